@@ -1,0 +1,18 @@
+//! Wire types of qb's REST API (`/api/v1`).
+//!
+//! Everything here is plain data: no I/O, no async runtime, no database. Inputs are parsed into
+//! validated newtypes at the edge (`Name`, `LabelKey`, `Cidr`, ...), so code holding one never
+//! re-checks it.
+
+mod ids;
+mod model;
+mod problem;
+mod values;
+
+pub use ids::{ClusterId, NodeId, TenantId, TokenId, UserId};
+pub use model::*;
+pub use problem::{Problem, ProblemCode};
+pub use values::*;
+
+/// The path prefix of the current API version.
+pub const API_PREFIX: &str = "/api/v1";

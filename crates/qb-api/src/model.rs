@@ -1,0 +1,410 @@
+//! Resources, requests and responses of the REST API.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{
+    Cidr, ClusterId, Description, KubernetesVersion, LabelKey, LabelValue, Labels, MasterCount,
+    Name, NodeId, NodeName, Selector, TenantId, TokenId, UserId,
+};
+
+/// What a user may do. Each role includes the ones below it.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Read everything of the tenant.
+    Viewer,
+    /// Viewer, plus change nodes and clusters.
+    Operator,
+    /// Operator, plus manage users and tokens.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Operator => "operator",
+            Self::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Viewer, Self::Operator, Self::Admin].into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// Where a node is in its life.
+///
+/// `pending → authorized (in the pool) → attached → detaching → authorized`; any state can be
+/// `deauthorized`, which revokes the host's identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Registered, waiting for an administrator to authorize it.
+    Pending,
+    /// Authorized and in the tenant's node pool, in no cluster.
+    Authorized,
+    /// Member of a cluster.
+    Attached,
+    /// Leaving its cluster; returns to the pool once its components are removed.
+    Detaching,
+    /// Identity revoked; the host must register again to come back.
+    Deauthorized,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Authorized => "authorized",
+            Self::Attached => "attached",
+            Self::Detaching => "detaching",
+            Self::Deauthorized => "deauthorized",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Authorized, Self::Attached, Self::Detaching, Self::Deauthorized]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+/// Where a cluster is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterState {
+    /// No nodes yet.
+    Empty,
+    /// Has nodes; waiting for the cluster engine to install them.
+    Pending,
+}
+
+impl ClusterState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::Pending => "pending",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Empty, Self::Pending].into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// The role a node plays in its cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    /// Control plane and etcd member.
+    Master,
+    Worker,
+}
+
+/// What the host reported about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFacts {
+    pub hostname: String,
+    /// Distribution and version, e.g. `Debian GNU/Linux 12 (bookworm)`.
+    pub os: String,
+    pub kernel: String,
+    /// CPU architecture, e.g. `x86_64`.
+    pub arch: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    #[schema(value_type = Vec<String>)]
+    pub addresses: Vec<IpAddr>,
+}
+
+/// A short reference to a cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterRef {
+    pub id: ClusterId,
+    pub name: Name,
+}
+
+/// A host known to the controller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Node {
+    pub id: NodeId,
+    pub name: NodeName,
+    pub state: NodeState,
+    /// The cluster the node belongs to, when attached or detaching.
+    pub cluster: Option<ClusterRef>,
+    pub facts: NodeFacts,
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub labels: Labels,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// Changes to a node's labels: `set` adds or replaces, `remove` deletes (absent keys are ignored).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LabelChange {
+    #[serde(default)]
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub set: BTreeMap<LabelKey, LabelValue>,
+    #[serde(default)]
+    #[schema(value_type = Vec<String>)]
+    pub remove: Vec<LabelKey>,
+}
+
+/// A Kubernetes cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Cluster {
+    pub id: ClusterId,
+    pub name: Name,
+    pub kubernetes_version: KubernetesVersion,
+    pub pod_cidr: Cidr,
+    pub service_cidr: Cidr,
+    #[schema(value_type = String, example = "auto")]
+    pub masters: MasterCount,
+    /// Explicit roles for named nodes ("advanced mode"); other nodes are placed automatically.
+    #[schema(value_type = BTreeMap<String, NodeRole>)]
+    pub roles: BTreeMap<NodeName, NodeRole>,
+    pub state: ClusterState,
+    /// Nodes attached or detaching.
+    pub node_count: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A cluster with its nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterDetail {
+    #[serde(flatten)]
+    pub cluster: Cluster,
+    pub nodes: Vec<Node>,
+}
+
+/// A request to create an empty cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCluster {
+    pub name: Name,
+    /// Defaults to the newest supported version.
+    #[serde(default)]
+    pub kubernetes_version: Option<KubernetesVersion>,
+    /// Range pods get addresses from; default `10.20.0.0/16`.
+    #[serde(default)]
+    pub pod_cidr: Option<Cidr>,
+    /// Range services get addresses from; default `10.21.0.0/16`.
+    #[serde(default)]
+    pub service_cidr: Option<Cidr>,
+    #[serde(default)]
+    #[schema(value_type = String, example = "auto")]
+    pub masters: MasterCount,
+    /// Advanced mode: explicit roles for named nodes.
+    #[serde(default)]
+    #[schema(value_type = BTreeMap<String, NodeRole>)]
+    pub roles: BTreeMap<NodeName, NodeRole>,
+}
+
+impl CreateCluster {
+    pub const DEFAULT_POD_CIDR: &str = "10.20.0.0/16";
+    pub const DEFAULT_SERVICE_CIDR: &str = "10.21.0.0/16";
+}
+
+/// Which nodes to attach: either `count` nodes from the pool (optionally only those matching
+/// `selector`), or the `nodes` named.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<Selector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub nodes: Option<Vec<NodeName>>,
+}
+
+/// An attach request, checked: exactly one way of choosing nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttachTarget {
+    FromPool { count: u32, selector: Option<Selector> },
+    Named(Vec<NodeName>),
+}
+
+impl AttachRequest {
+    /// The most nodes one request may move.
+    pub const MAX_NODES: u32 = 1000;
+
+    pub fn target(&self) -> Result<AttachTarget, crate::InvalidValue> {
+        let bad = |m: &str| Err(crate::InvalidValue(m.to_owned()));
+        match (self.count, &self.selector, &self.nodes) {
+            (Some(0), _, _) => bad("count must be at least 1"),
+            (Some(n), _, _) if n > Self::MAX_NODES => bad("count must be at most 1000"),
+            (Some(count), selector, None) => {
+                Ok(AttachTarget::FromPool { count, selector: selector.clone() })
+            }
+            (None, None, Some(nodes)) => {
+                if nodes.is_empty() {
+                    return bad("nodes must name at least one node");
+                }
+                if nodes.len() > Self::MAX_NODES as usize {
+                    return bad("nodes must name at most 1000 nodes");
+                }
+                let mut unique = nodes.clone();
+                unique.sort();
+                unique.dedup();
+                if unique.len() != nodes.len() {
+                    return bad("nodes names a node more than once");
+                }
+                Ok(AttachTarget::Named(nodes.clone()))
+            }
+            (None, Some(_), Some(_)) => bad("selector applies to count, not to named nodes"),
+            (Some(_), _, Some(_)) => bad("give either count or nodes, not both"),
+            (None, _, None) => bad("give count (nodes from the pool) or nodes (by name)"),
+        }
+    }
+}
+
+/// Nodes to detach from a cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DetachRequest {
+    #[schema(value_type = Vec<String>)]
+    pub nodes: Vec<NodeName>,
+}
+
+/// The nodes an attach or detach moved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeMove {
+    pub cluster: ClusterRef,
+    pub nodes: Vec<Node>,
+}
+
+/// A user of the tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub id: UserId,
+    pub name: Name,
+    pub role: Role,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub name: Name,
+    pub role: Role,
+}
+
+/// An API token. Its secret is shown once, when created, and stored only as a hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Token {
+    pub id: TokenId,
+    /// The user the token acts as.
+    pub user: Name,
+    pub role: Role,
+    pub description: Option<Description>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// The user the token acts as; defaults to the caller.
+    #[serde(default)]
+    pub user: Option<Name>,
+    #[serde(default)]
+    pub description: Option<Description>,
+    /// Lifetime in hours, 1 to 8760; default 720 (30 days).
+    #[serde(default)]
+    pub expires_in_hours: Option<u32>,
+}
+
+impl CreateToken {
+    pub const DEFAULT_HOURS: u32 = 720;
+    pub const MAX_HOURS: u32 = 8760;
+}
+
+/// A new token and its secret. The secret is never shown again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedToken {
+    pub token: Token,
+    pub secret: String,
+}
+
+/// Who the caller is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Whoami {
+    pub tenant_id: TenantId,
+    pub tenant: Name,
+    pub user: Name,
+    pub role: Role,
+    pub token_id: TokenId,
+}
+
+/// One entry of the append-only audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Increases with every event of the controller.
+    pub id: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Who made the change: `user:<name>`, or `controller` for the controller's own work.
+    pub actor: String,
+    /// What happened, e.g. `node.authorized`, `cluster.nodes_attached`.
+    pub action: String,
+    /// `node`, `cluster`, `user` or `token`.
+    pub object_kind: String,
+    pub object_id: String,
+    pub object_name: String,
+    /// Details of the change.
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+/// One page of a list, oldest first. Pass `next` back as `after` for the following page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// The cursor of the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// Paging of list calls.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// At most this many items, 1 to 1000 (default 100).
+    pub limit: Option<u32>,
+    /// The `next` cursor of the previous page.
+    pub after: Option<String>,
+}
+
+impl PageParams {
+    pub const DEFAULT_LIMIT: u32 = 100;
+    pub const MAX_LIMIT: u32 = 1000;
+
+    pub fn limit(&self) -> Result<u32, crate::InvalidValue> {
+        match self.limit {
+            None => Ok(Self::DEFAULT_LIMIT),
+            Some(n) if (1..=Self::MAX_LIMIT).contains(&n) => Ok(n),
+            Some(_) => Err(crate::InvalidValue("limit must be between 1 and 1000".to_owned())),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Errors as RFC 9457 problem details (`application/problem+json`) with a stable code.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A stable, machine-readable error code. Clients match on this, never on the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemCode {
+    /// No valid token: missing, unknown, expired or revoked.
+    Unauthenticated,
+    /// The caller's role does not allow this.
+    Forbidden,
+    /// No such object in the caller's tenant (or no such path).
+    NotFound,
+    MethodNotAllowed,
+    /// The body is not valid JSON, or has unknown or missing fields.
+    MalformedRequest,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    /// A value broke a rule (a name, CIDR, label, count ...).
+    InvalidInput,
+    /// The name is taken in this tenant.
+    NameTaken,
+    /// Two network ranges overlap.
+    CidrOverlap,
+    /// The pool has fewer matching authorized nodes than asked for.
+    PoolExhausted,
+    /// The node's state does not allow this operation.
+    InvalidNodeState,
+    /// The node is not in this cluster.
+    NodeNotInCluster,
+    /// The cluster still has nodes; detach them or delete with `force`.
+    ClusterNotEmpty,
+    /// Something went wrong on the controller; details are in its log.
+    Internal,
+    /// The controller's store is unavailable; retry later.
+    Unavailable,
+}
+
+impl ProblemCode {
+    pub fn status(self) -> u16 {
+        match self {
+            Self::Unauthenticated => 401,
+            Self::Forbidden => 403,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::MalformedRequest | Self::InvalidInput => 400,
+            Self::UnsupportedMediaType => 415,
+            Self::PayloadTooLarge => 413,
+            Self::NameTaken
+            | Self::CidrOverlap
+            | Self::PoolExhausted
+            | Self::InvalidNodeState
+            | Self::NodeNotInCluster
+            | Self::ClusterNotEmpty => 409,
+            Self::Internal => 500,
+            Self::Unavailable => 503,
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "Authentication required",
+            Self::Forbidden => "Not allowed for this role",
+            Self::NotFound => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::MalformedRequest => "Malformed request",
+            Self::UnsupportedMediaType => "Unsupported media type",
+            Self::PayloadTooLarge => "Request body too large",
+            Self::InvalidInput => "Invalid input",
+            Self::NameTaken => "Name already taken",
+            Self::CidrOverlap => "Network ranges overlap",
+            Self::PoolExhausted => "Not enough nodes in the pool",
+            Self::InvalidNodeState => "Node state does not allow this",
+            Self::NodeNotInCluster => "Node not in this cluster",
+            Self::ClusterNotEmpty => "Cluster still has nodes",
+            Self::Internal => "Internal error",
+            Self::Unavailable => "Service unavailable",
+        }
+    }
+}
+
+/// The body of every error response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    /// `urn:qb:problem:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    /// What went wrong, for a person.
+    pub detail: String,
+    pub code: ProblemCode,
+}
+
+impl Problem {
+    pub fn new(code: ProblemCode, detail: impl Into<String>) -> Self {
+        let code_text = serde_json::to_value(code)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        Self {
+            kind: format!("urn:qb:problem:{code_text}"),
+            title: code.title().to_owned(),
+            status: code.status(),
+            detail: detail.into(),
+            code,
+        }
+    }
+}

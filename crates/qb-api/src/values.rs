@@ -1,0 +1,474 @@
+//! Validated values: each is parsed once at the edge and cannot hold an invalid value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why a value was rejected. The message names the value and the rule it broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+fn invalid(msg: impl Into<String>) -> InvalidValue {
+    InvalidValue(msg.into())
+}
+
+macro_rules! string_value {
+    ($(#[$doc:meta])* $name:ident, $check:path, $example:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, utoipa::ToSchema)]
+        #[schema(value_type = String, example = $example)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = InvalidValue;
+            fn try_from(s: String) -> Result<Self, InvalidValue> {
+                $check(&s)?;
+                Ok(Self(s))
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidValue;
+            fn from_str(s: &str) -> Result<Self, InvalidValue> {
+                Self::try_from(s.to_owned())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::try_from(s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+/// `true` for a DNS-1123 label: 1–63 of `a-z 0-9 -`, starting and ending with a letter or digit.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn check_name(s: &str) -> Result<(), InvalidValue> {
+    if is_dns_label(s) {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "invalid name {s:?}: use 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+        )))
+    }
+}
+
+fn check_node_name(s: &str) -> Result<(), InvalidValue> {
+    if !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label) {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "invalid node name {s:?}: use a lowercase DNS name (labels of 1-63 letters, digits or '-', separated by '.'; at most 253 characters)"
+        )))
+    }
+}
+
+string_value!(
+    /// The name of a tenant, user or cluster: a DNS-1123 label (`clus100`).
+    Name, check_name, "clus100"
+);
+string_value!(
+    /// The name of a node: a lowercase DNS-1123 subdomain, normally its hostname.
+    NodeName, check_node_name, "host-1.rack2"
+);
+
+/// Kubernetes' rule for a label name segment and a label value: at most 63 of
+/// `A-Z a-z 0-9 - _ .`, starting and ending with a letter or digit.
+fn is_label_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
+}
+
+fn check_label_key(s: &str) -> Result<(), InvalidValue> {
+    let ok = match s.split_once('/') {
+        Some((prefix, name)) => check_node_name(prefix).is_ok() && is_label_segment(name),
+        None => is_label_segment(s),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "invalid label key {s:?}: use an optional DNS prefix and '/', then 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        )))
+    }
+}
+
+fn check_label_value(s: &str) -> Result<(), InvalidValue> {
+    if s.is_empty() || is_label_segment(s) {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "invalid label value {s:?}: use at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        )))
+    }
+}
+
+string_value!(
+    /// A label key, with Kubernetes' syntax (`topology.kubernetes.io/zone`, `rack`).
+    LabelKey, check_label_key, "topology.kubernetes.io/zone"
+);
+string_value!(
+    /// A label value, with Kubernetes' syntax (may be empty).
+    LabelValue, check_label_value, "zone-a"
+);
+
+/// A node's labels.
+pub type Labels = BTreeMap<LabelKey, LabelValue>;
+
+fn check_description(s: &str) -> Result<(), InvalidValue> {
+    if s.chars().count() <= 200 && !s.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        Err(invalid(
+            "invalid description: at most 200 characters, no control characters",
+        ))
+    }
+}
+
+string_value!(
+    /// Free text describing a token: at most 200 characters, no control characters.
+    Description, check_description, "ci pipeline"
+);
+
+fn check_version(s: &str) -> Result<(), InvalidValue> {
+    let parts: Vec<&str> = s.split('.').collect();
+    let numeric = |p: &&str| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit());
+    if parts.len() == 3 && parts.iter().all(numeric) && parts[0] == "1" {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "invalid Kubernetes version {s:?}: expected MAJOR.MINOR.PATCH such as 1.20.2"
+        )))
+    }
+}
+
+string_value!(
+    /// A Kubernetes release, `1.MINOR.PATCH`.
+    KubernetesVersion, check_version, "1.20.2"
+);
+
+impl KubernetesVersion {
+    /// The version every new cluster gets unless it asks for another.
+    pub fn default_version() -> Self {
+        Self("1.20.2".to_owned())
+    }
+}
+
+/// A network range in CIDR notation with no host bits set (`10.20.0.0/16`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, utoipa::ToSchema)]
+#[schema(value_type = String, example = "10.20.0.0/16")]
+pub struct Cidr(ipnet::IpNet);
+
+impl Cidr {
+    pub fn net(&self) -> ipnet::IpNet {
+        self.0
+    }
+
+    /// `true` when the two ranges share at least one address.
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.0.contains(&other.0.network()) || other.0.contains(&self.0.network())
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        let net: ipnet::IpNet = s
+            .parse()
+            .map_err(|_| invalid(format!("invalid CIDR {s:?}: expected ADDRESS/PREFIX such as 10.20.0.0/16")))?;
+        if net.trunc() != net {
+            return Err(invalid(format!(
+                "invalid CIDR {s:?}: host bits are set; did you mean {}?",
+                net.trunc()
+            )));
+        }
+        let max_prefix = match net {
+            ipnet::IpNet::V4(_) => 28,
+            ipnet::IpNet::V6(_) => 120,
+        };
+        if net.prefix_len() > max_prefix || net.prefix_len() < 8 {
+            return Err(invalid(format!(
+                "invalid CIDR {s:?}: the prefix length must be between 8 and {max_prefix}"
+            )));
+        }
+        Ok(Self(net))
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How many masters (control-plane + etcd members) a cluster runs: `"auto"` lets the controller
+/// choose from the node count; an explicit count must be odd (etcd never runs an even membership).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MasterCount {
+    #[default]
+    Auto,
+    Count(u8),
+}
+
+impl FromStr for MasterCount {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        if s == "auto" {
+            return Ok(Self::Auto);
+        }
+        match s.parse::<u8>() {
+            Ok(n) if n % 2 == 1 && n <= 9 => Ok(Self::Count(n)),
+            _ => Err(invalid(format!(
+                "invalid master count {s:?}: use \"auto\" or an odd number from 1 to 9"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for MasterCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Count(n) => n.fmt(f),
+        }
+    }
+}
+
+impl Serialize for MasterCount {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MasterCount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Number(n) => n.to_string(),
+            Raw::Text(s) => s,
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An equality-based label selector, as in Kubernetes: `zone=a,rack!=r1,gpu,!tainted`.
+#[derive(Clone, Debug, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(value_type = String, example = "topology.kubernetes.io/zone=zone-a,!maintenance")]
+pub struct Selector(Vec<Requirement>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Requirement {
+    Equals(LabelKey, LabelValue),
+    NotEquals(LabelKey, LabelValue),
+    Exists(LabelKey),
+    NotExists(LabelKey),
+}
+
+impl Selector {
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.0.iter().all(|r| match r {
+            Requirement::Equals(k, v) => labels.get(k) == Some(v),
+            Requirement::NotEquals(k, v) => labels.get(k) != Some(v),
+            Requirement::Exists(k) => labels.contains_key(k),
+            Requirement::NotExists(k) => !labels.contains_key(k),
+        })
+    }
+}
+
+impl FromStr for Selector {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        let mut reqs = Vec::new();
+        for part in s.split(',').map(str::trim) {
+            if part.is_empty() {
+                return Err(invalid(format!("invalid selector {s:?}: empty requirement")));
+            }
+            let req = if let Some((k, v)) = part.split_once("!=") {
+                Requirement::NotEquals(k.trim().parse()?, v.trim().parse()?)
+            } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+                Requirement::Equals(k.trim().parse()?, v.trim().parse()?)
+            } else if let Some(k) = part.strip_prefix('!') {
+                Requirement::NotExists(k.trim().parse()?)
+            } else {
+                Requirement::Exists(part.parse()?)
+            };
+            reqs.push(req);
+        }
+        Ok(Self(reqs))
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            match r {
+                Requirement::Equals(k, v) => write!(f, "{k}={v}")?,
+                Requirement::NotEquals(k, v) => write!(f, "{k}!={v}")?,
+                Requirement::Exists(k) => write!(f, "{k}")?,
+                Requirement::NotExists(k) => write!(f, "!{k}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Selector {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Selector {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_dns_label_rules() {
+        for ok in ["a", "clus100", "web-1", &"x".repeat(63)] {
+            assert!(ok.parse::<Name>().is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", "a b", "ü", &"x".repeat(64), "a;drop"] {
+            assert!(bad.parse::<Name>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn node_names_allow_dots_but_not_empty_labels() {
+        assert!("host-1.rack2.dc".parse::<NodeName>().is_ok());
+        for bad in ["", ".a", "a..b", "a.", "Host", "a/b"] {
+            assert!(bad.parse::<NodeName>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn label_keys_and_values() {
+        assert!("topology.kubernetes.io/zone".parse::<LabelKey>().is_ok());
+        assert!("Rack_1.a".parse::<LabelKey>().is_ok());
+        for bad in ["", "/a", "a/", "-a", "a b", "UPPER.Prefix/x"] {
+            assert!(bad.parse::<LabelKey>().is_err(), "{bad}");
+        }
+        assert!("".parse::<LabelValue>().is_ok());
+        assert!("a/b".parse::<LabelValue>().is_err());
+    }
+
+    #[test]
+    fn cidrs_reject_host_bits_and_extreme_prefixes() {
+        assert_eq!("10.20.0.0/16".parse::<Cidr>().unwrap().to_string(), "10.20.0.0/16");
+        let err = "10.20.0.1/16".parse::<Cidr>().unwrap_err();
+        assert!(err.0.contains("did you mean 10.20.0.0/16"), "{err}");
+        assert!("10.0.0.0/30".parse::<Cidr>().is_err());
+        assert!("10.0.0.0/7".parse::<Cidr>().is_err());
+        assert!("fd00::/64".parse::<Cidr>().is_ok());
+        assert!("nonsense".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn cidr_overlap_is_symmetric() {
+        let a: Cidr = "10.0.0.0/8".parse().unwrap();
+        let b: Cidr = "10.20.0.0/16".parse().unwrap();
+        let c: Cidr = "192.168.0.0/16".parse().unwrap();
+        assert!(a.overlaps(&b) && b.overlaps(&a));
+        assert!(!a.overlaps(&c) && !c.overlaps(&a));
+    }
+
+    #[test]
+    fn master_count_is_auto_or_odd() {
+        assert_eq!("auto".parse::<MasterCount>().unwrap(), MasterCount::Auto);
+        assert_eq!("3".parse::<MasterCount>().unwrap(), MasterCount::Count(3));
+        for bad in ["0", "2", "11", "-1", "three"] {
+            assert!(bad.parse::<MasterCount>().is_err(), "{bad}");
+        }
+        let from_json: MasterCount = serde_json::from_str("5").unwrap();
+        assert_eq!(from_json, MasterCount::Count(5));
+        assert!(serde_json::from_str::<MasterCount>("4").is_err());
+    }
+
+    #[test]
+    fn versions() {
+        assert!("1.20.2".parse::<KubernetesVersion>().is_ok());
+        for bad in ["1.20", "v1.20.2", "2.0.0", "1.20.2-rc1", "1..2"] {
+            assert!(bad.parse::<KubernetesVersion>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn selectors_match_like_kubernetes() {
+        let sel: Selector = "zone=a, rack!=r1,gpu,!maint".parse().unwrap();
+        let labels = |pairs: &[(&str, &str)]| -> Labels {
+            pairs.iter().map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap())).collect()
+        };
+        assert!(sel.matches(&labels(&[("zone", "a"), ("gpu", "")])));
+        assert!(sel.matches(&labels(&[("zone", "a"), ("gpu", "1"), ("rack", "r2")])));
+        assert!(!sel.matches(&labels(&[("zone", "a"), ("gpu", ""), ("rack", "r1")])));
+        assert!(!sel.matches(&labels(&[("zone", "a"), ("gpu", ""), ("maint", "")])));
+        assert!(!sel.matches(&labels(&[("zone", "b"), ("gpu", "")])));
+        assert_eq!(sel.to_string(), "zone=a,rack!=r1,gpu,!maint");
+        assert!("zone=a,,b".parse::<Selector>().is_err());
+        assert!("zone=a b".parse::<Selector>().is_err());
+    }
+}

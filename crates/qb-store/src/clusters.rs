@@ -1,0 +1,328 @@
+//! Clusters, and moving nodes between the pool and clusters.
+
+use std::collections::BTreeMap;
+
+use qb_api::{
+    AttachTarget, Cidr, Cluster, ClusterDetail, ClusterId, ClusterRef, CreateCluster,
+    KubernetesVersion, MasterCount, Name, Node, NodeId, NodeMove, NodeName, NodeRole, NodeState,
+    Page, TenantId,
+};
+use serde_json::json;
+use sqlx::any::AnyRow;
+
+use crate::events::NewEvent;
+use crate::nodes::{NODE_SELECT, node_event, to_json};
+use crate::{Actor, Key, Result, Store, StoreError, WriteTx, is_unique_violation, now_ms, rows};
+
+/// A cluster's specification, checked: defaults filled in, ranges disjoint, roles consistent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSpec {
+    pub name: Name,
+    pub kubernetes_version: KubernetesVersion,
+    pub pod_cidr: Cidr,
+    pub service_cidr: Cidr,
+    pub masters: MasterCount,
+    pub roles: BTreeMap<NodeName, NodeRole>,
+}
+
+/// Why a cluster request cannot be accepted, before anything is stored.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("pod CIDR {pod} and service CIDR {service} overlap")]
+    CidrOverlap { pod: Cidr, service: Cidr },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl TryFrom<CreateCluster> for ClusterSpec {
+    type Error = SpecError;
+
+    fn try_from(req: CreateCluster) -> Result<Self, SpecError> {
+        let default_cidr = |s: &str| s.parse::<Cidr>().expect("default CIDRs are valid");
+        let pod_cidr = req.pod_cidr.unwrap_or_else(|| default_cidr(CreateCluster::DEFAULT_POD_CIDR));
+        let service_cidr =
+            req.service_cidr.unwrap_or_else(|| default_cidr(CreateCluster::DEFAULT_SERVICE_CIDR));
+        if pod_cidr.overlaps(&service_cidr) {
+            return Err(SpecError::CidrOverlap { pod: pod_cidr, service: service_cidr });
+        }
+        if pod_cidr.net().addr().is_ipv4() != service_cidr.net().addr().is_ipv4() {
+            return Err(SpecError::Invalid(
+                "pod and service CIDRs must be of the same IP family".to_owned(),
+            ));
+        }
+        let named_masters = req.roles.values().filter(|r| **r == NodeRole::Master).count();
+        if let MasterCount::Count(n) = req.masters {
+            if named_masters > usize::from(n) {
+                return Err(SpecError::Invalid(format!(
+                    "roles name {named_masters} masters but the cluster has {n}"
+                )));
+            }
+        }
+        if !req.roles.is_empty() && named_masters == 0 && req.roles.len() > 64 {
+            return Err(SpecError::Invalid("roles may name at most 64 nodes".to_owned()));
+        }
+        Ok(Self {
+            name: req.name,
+            kubernetes_version: req.kubernetes_version.unwrap_or_else(KubernetesVersion::default_version),
+            pod_cidr,
+            service_cidr,
+            masters: req.masters,
+            roles: req.roles,
+        })
+    }
+}
+
+const CLUSTER_SELECT: &str = "SELECT c.*, \
+     (SELECT COUNT(*) FROM nodes n WHERE n.cluster_id = c.id) AS node_count FROM clusters c";
+
+impl Store {
+    /// Creates an empty cluster.
+    pub async fn create_cluster(&self, tenant: TenantId, spec: &ClusterSpec, actor: &Actor) -> Result<Cluster> {
+        let id = ClusterId::new();
+        let mut w = self.write(tenant).await?;
+        sqlx::query(
+            "INSERT INTO clusters (id, tenant_id, name, kubernetes_version, pod_cidr, service_cidr, masters, roles, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(id.to_string())
+        .bind(tenant.to_string())
+        .bind(spec.name.as_str())
+        .bind(spec.kubernetes_version.as_str())
+        .bind(spec.pod_cidr.to_string())
+        .bind(spec.service_cidr.to_string())
+        .bind(spec.masters.to_string())
+        .bind(to_json(&spec.roles))
+        .bind(now_ms())
+        .execute(&mut *w.tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::NameTaken { kind: "cluster", name: spec.name.to_string() }
+            } else {
+                e.into()
+            }
+        })?;
+        let cluster = w.cluster(tenant, &Key::Id(id)).await?;
+        w.event(tenant, actor, cluster_event("cluster.created", &cluster, json!({
+            "kubernetes_version": cluster.kubernetes_version,
+            "pod_cidr": cluster.pod_cidr,
+            "service_cidr": cluster.service_cidr,
+            "masters": cluster.masters,
+            "roles": cluster.roles,
+        })))
+        .await?;
+        w.commit().await?;
+        Ok(cluster)
+    }
+
+    pub async fn list_clusters(&self, tenant: TenantId, after: Option<&str>, limit: u32) -> Result<Page<Cluster>> {
+        let rows = sqlx::query(&format!(
+            "{CLUSTER_SELECT} WHERE c.tenant_id = $1 AND c.id > $2 ORDER BY c.id LIMIT $3"
+        ))
+        .bind(tenant.to_string())
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let items = rows.iter().map(rows::cluster).collect::<Result<Vec<_>>>()?;
+        Ok(crate::page(items, limit, |c| c.id.to_string()))
+    }
+
+    pub async fn get_cluster(&self, tenant: TenantId, key: &Key<ClusterId>) -> Result<ClusterDetail> {
+        let row = fetch_cluster(&self.pool, tenant, key).await?;
+        let cluster = rows::cluster(&row)?;
+        let nodes = sqlx::query(&format!("{NODE_SELECT} WHERE n.cluster_id = $1 ORDER BY n.name"))
+            .bind(cluster.id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        let nodes = nodes.iter().map(rows::node).collect::<Result<Vec<_>>>()?;
+        Ok(ClusterDetail { cluster, nodes })
+    }
+
+    /// Deletes a cluster. One that still has nodes is refused unless `force`, which returns its
+    /// nodes to the pool in the same transaction.
+    pub async fn delete_cluster(
+        &self,
+        tenant: TenantId,
+        key: &Key<ClusterId>,
+        force: bool,
+        actor: &Actor,
+    ) -> Result<Vec<Node>> {
+        let mut w = self.write(tenant).await?;
+        let cluster = w.cluster(tenant, key).await?;
+        let members = w.cluster_nodes(cluster.id).await?;
+        if !members.is_empty() && !force {
+            return Err(StoreError::ClusterNotEmpty {
+                cluster: cluster.name.to_string(),
+                nodes: cluster.node_count,
+            });
+        }
+        for node in &members {
+            w.set_node_state(node, NodeState::Authorized, None).await?;
+            let detail = json!({ "cluster": cluster.name, "reason": "cluster deleted" });
+            w.event(tenant, actor, node_event("node.detached", node, detail)).await?;
+        }
+        sqlx::query("DELETE FROM clusters WHERE id = $1")
+            .bind(cluster.id.to_string())
+            .execute(&mut *w.tx)
+            .await?;
+        let names: Vec<&NodeName> = members.iter().map(|n| &n.name).collect();
+        w.event(tenant, actor, cluster_event("cluster.deleted", &cluster, json!({ "force": force, "returned_to_pool": names })))
+            .await?;
+        let mut returned = Vec::with_capacity(members.len());
+        for node in &members {
+            returned.push(w.node(tenant, &Key::Id(node.id)).await?);
+        }
+        w.commit().await?;
+        Ok(returned)
+    }
+
+    /// Moves nodes from the pool into a cluster: all of them or none.
+    pub async fn attach(
+        &self,
+        tenant: TenantId,
+        key: &Key<ClusterId>,
+        target: &AttachTarget,
+        actor: &Actor,
+    ) -> Result<NodeMove> {
+        let mut w = self.write(tenant).await?;
+        let cluster = w.cluster(tenant, key).await?;
+        let chosen: Vec<Node> = match target {
+            AttachTarget::Named(names) => {
+                let mut chosen = Vec::with_capacity(names.len());
+                for name in names {
+                    let node = w.node(tenant, &Key::Name(name.to_string())).await?;
+                    if node.state != NodeState::Authorized {
+                        let action = if node.cluster.as_ref().is_some_and(|c| c.id == cluster.id) {
+                            "attached again"
+                        } else {
+                            "attached (only authorized nodes in the pool can be)"
+                        };
+                        return Err(StoreError::invalid_state(node.name.as_str(), node.state, action));
+                    }
+                    chosen.push(node);
+                }
+                chosen
+            }
+            AttachTarget::FromPool { count, selector } => {
+                let rows = sqlx::query(&format!(
+                    "{NODE_SELECT} WHERE n.tenant_id = $1 AND n.state = 'authorized' ORDER BY n.name"
+                ))
+                .bind(tenant.to_string())
+                .fetch_all(&mut *w.tx)
+                .await?;
+                let pool = rows.iter().map(rows::node).collect::<Result<Vec<_>>>()?;
+                let matching: Vec<Node> = pool
+                    .into_iter()
+                    .filter(|n| selector.as_ref().is_none_or(|s| s.matches(&n.labels)))
+                    .collect();
+                if matching.len() < *count as usize {
+                    return Err(StoreError::PoolExhausted {
+                        wanted: *count,
+                        available: u32::try_from(matching.len()).unwrap_or(u32::MAX),
+                        selector: selector.is_some(),
+                    });
+                }
+                matching.into_iter().take(*count as usize).collect()
+            }
+        };
+        for node in &chosen {
+            w.set_node_state(node, NodeState::Attached, Some(cluster.id)).await?;
+            w.event(tenant, actor, node_event("node.attached", node, json!({ "cluster": cluster.name })))
+                .await?;
+        }
+        let names: Vec<&NodeName> = chosen.iter().map(|n| &n.name).collect();
+        w.event(tenant, actor, cluster_event("cluster.nodes_attached", &cluster, json!({ "nodes": names })))
+            .await?;
+        let moved = w.reload(tenant, &chosen).await?;
+        w.commit().await?;
+        Ok(NodeMove { cluster: ClusterRef { id: cluster.id, name: cluster.name }, nodes: moved })
+    }
+
+    /// Starts returning named nodes of a cluster to the pool: they become `detaching` until their
+    /// components are removed. All of them or none.
+    pub async fn detach(
+        &self,
+        tenant: TenantId,
+        key: &Key<ClusterId>,
+        names: &[NodeName],
+        actor: &Actor,
+    ) -> Result<NodeMove> {
+        let mut w = self.write(tenant).await?;
+        let cluster = w.cluster(tenant, key).await?;
+        let mut chosen = Vec::with_capacity(names.len());
+        for name in names {
+            let node = w.node(tenant, &Key::Name(name.to_string())).await?;
+            if node.cluster.as_ref().is_none_or(|c| c.id != cluster.id) {
+                return Err(StoreError::NodeNotInCluster {
+                    node: node.name.to_string(),
+                    cluster: cluster.name.to_string(),
+                });
+            }
+            if node.state != NodeState::Attached {
+                return Err(StoreError::invalid_state(node.name.as_str(), node.state, "detached"));
+            }
+            chosen.push(node);
+        }
+        for node in &chosen {
+            w.set_node_state(node, NodeState::Detaching, Some(cluster.id)).await?;
+            w.event(tenant, actor, node_event("node.detaching", node, json!({ "cluster": cluster.name })))
+                .await?;
+        }
+        w.event(tenant, actor, cluster_event("cluster.nodes_detached", &cluster, json!({ "nodes": names })))
+            .await?;
+        let moved = w.reload(tenant, &chosen).await?;
+        w.commit().await?;
+        Ok(NodeMove { cluster: ClusterRef { id: cluster.id, name: cluster.name }, nodes: moved })
+    }
+}
+
+impl WriteTx {
+    async fn cluster(&mut self, tenant: TenantId, key: &Key<ClusterId>) -> Result<Cluster> {
+        let row = fetch_cluster(&mut *self.tx, tenant, key).await?;
+        rows::cluster(&row)
+    }
+
+    async fn cluster_nodes(&mut self, cluster: ClusterId) -> Result<Vec<Node>> {
+        let rows = sqlx::query(&format!("{NODE_SELECT} WHERE n.cluster_id = $1 ORDER BY n.name"))
+            .bind(cluster.to_string())
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.iter().map(rows::node).collect()
+    }
+
+    async fn reload(&mut self, tenant: TenantId, nodes: &[Node]) -> Result<Vec<Node>> {
+        let mut out = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            out.push(self.node(tenant, &Key::<NodeId>::Id(node.id)).await?);
+        }
+        Ok(out)
+    }
+}
+
+async fn fetch_cluster<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    ex: E,
+    tenant: TenantId,
+    key: &Key<ClusterId>,
+) -> Result<AnyRow> {
+    let (column, value) = match key {
+        Key::Id(id) => ("c.id", id.to_string()),
+        Key::Name(name) => ("c.name", name.clone()),
+    };
+    sqlx::query(&format!("{CLUSTER_SELECT} WHERE c.tenant_id = $1 AND {column} = $2"))
+        .bind(tenant.to_string())
+        .bind(value)
+        .fetch_optional(ex)
+        .await?
+        .ok_or_else(|| StoreError::NotFound { kind: "cluster", key: key.to_string() })
+}
+
+fn cluster_event<'a>(action: &'a str, cluster: &'a Cluster, detail: serde_json::Value) -> NewEvent<'a> {
+    NewEvent {
+        action,
+        object_kind: "cluster",
+        object_id: cluster.id.to_string(),
+        object_name: cluster.name.as_str(),
+        detail,
+    }
+}

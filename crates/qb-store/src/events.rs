@@ -1,0 +1,81 @@
+//! The append-only audit trail. Events are only ever written inside the transaction of the
+//! change they record.
+
+use qb_api::{Event, Page, TenantId};
+
+use crate::{Actor, Result, Store, WriteTx, now_ms, rows};
+
+/// Which events to list.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    /// Only events about objects of this kind (`node`, `cluster`, `user`, `token`).
+    pub object_kind: Option<String>,
+    /// Only events about the object with this id or name.
+    pub object: Option<String>,
+    /// Only events whose action starts with this (`node.`, `cluster.deleted`).
+    pub action_prefix: Option<String>,
+}
+
+/// What an event says happened to which object.
+pub(crate) struct NewEvent<'a> {
+    pub action: &'a str,
+    pub object_kind: &'a str,
+    pub object_id: String,
+    pub object_name: &'a str,
+    pub detail: serde_json::Value,
+}
+
+impl WriteTx {
+    pub(crate) async fn event(&mut self, tenant: TenantId, actor: &Actor, e: NewEvent<'_>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO events (tenant_id, at, actor, action, object_kind, object_id, object_name, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(tenant.to_string())
+        .bind(now_ms())
+        .bind(&actor.0)
+        .bind(e.action)
+        .bind(e.object_kind)
+        .bind(e.object_id)
+        .bind(e.object_name)
+        .bind(e.detail.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Events of the tenant, oldest first, after the cursor.
+    pub async fn list_events(
+        &self,
+        tenant: TenantId,
+        filter: &EventFilter,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<Event>> {
+        let rows = sqlx::query(
+            "SELECT * FROM events WHERE tenant_id = $1 AND id > $2 \
+             AND ($3 = '' OR object_kind = $3) \
+             AND ($4 = '' OR object_id = $4 OR object_name = $4) \
+             AND ($5 = '' OR substr(action, 1, length($5)) = $5) \
+             ORDER BY id LIMIT $6",
+        )
+        .bind(tenant.to_string())
+        .bind(after.unwrap_or(0))
+        .bind(filter.object_kind.clone().unwrap_or_default())
+        .bind(filter.object.clone().unwrap_or_default())
+        .bind(filter.action_prefix.clone().unwrap_or_default())
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = rows.iter().map(rows::event).collect::<Result<Vec<_>>>()?;
+        let next = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|e| e.id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+}

@@ -1,0 +1,250 @@
+//! qb's durable state on SQLite (one file, the default) or PostgreSQL (shared by several
+//! controller replicas), behind one [`Store`].
+//!
+//! Every change and its audit event commit in one transaction. Writes that move nodes are
+//! serialized per tenant (a process-wide lock on SQLite, a row lock on the tenant in PostgreSQL),
+//! and the schema itself forbids a node from being in two clusters.
+//!
+//! The store knows nothing of HTTP: it speaks in [`qb_api`] types and [`StoreError`]s.
+
+mod clusters;
+mod events;
+mod migrate;
+mod nodes;
+mod rows;
+mod tenants;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qb_api::{InvalidValue, NodeState};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{Any, AnyPool, Executor, Transaction};
+use time::OffsetDateTime;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+pub use clusters::{ClusterSpec, SpecError};
+pub use events::EventFilter;
+pub use nodes::{NewNode, NodeFilter};
+pub use tenants::{Principal, Tenant};
+
+/// Which database a [`Store`] runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Who made a change, as written into the event log: `user:<name>` or `controller`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor(pub String);
+
+impl Actor {
+    pub fn user(name: &str) -> Self {
+        Self(format!("user:{name}"))
+    }
+
+    pub fn controller() -> Self {
+        Self("controller".to_owned())
+    }
+}
+
+/// How a path names a node or a cluster: by id or by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Key<Id> {
+    Id(Id),
+    Name(String),
+}
+
+impl<Id: std::str::FromStr> Key<Id> {
+    /// A UUID is taken as an id, anything else as a name.
+    pub fn parse(s: &str) -> Self {
+        s.parse().map(Key::Id).unwrap_or_else(|_| Key::Name(s.to_owned()))
+    }
+}
+
+impl<Id: std::fmt::Display> std::fmt::Display for Key<Id> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Key::Id(id) => id.fmt(f),
+            Key::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {key:?} not found")]
+    NotFound { kind: &'static str, key: String },
+    #[error("a {kind} named {name:?} already exists")]
+    NameTaken { kind: &'static str, name: String },
+    #[error("{0}")]
+    Invalid(#[from] InvalidValue),
+    #[error(
+        "the pool has {available} authorized node(s){matching}, fewer than the {wanted} asked for; nothing was attached",
+        matching = if *.selector { " matching the selector" } else { "" }
+    )]
+    PoolExhausted { wanted: u32, available: u32, selector: bool },
+    #[error("node {node:?} is {state}, so it cannot be {action}")]
+    InvalidNodeState { node: String, state: &'static str, action: &'static str },
+    #[error("node {node:?} is not in cluster {cluster:?}")]
+    NodeNotInCluster { node: String, cluster: String },
+    #[error(
+        "cluster {cluster:?} still has {nodes} node(s); detach them first or delete with force to return them to the pool"
+    )]
+    ClusterNotEmpty { cluster: String, nodes: u32 },
+    #[error("stored {what} is unreadable")]
+    Corrupt {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("could not apply database migrations")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    fn invalid_state(node: &str, state: NodeState, action: &'static str) -> Self {
+        Self::InvalidNodeState { node: node.to_owned(), state: state.as_str(), action }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The controller's database.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    /// SQLite allows one writer at a time; writers queue here instead of failing with "busy".
+    sqlite_writer: Arc<Mutex<()>>,
+}
+
+/// A write transaction that holds the tenant's write lock until it ends.
+struct WriteTx {
+    tx: Transaction<'static, Any>,
+    _writer: Option<OwnedMutexGuard<()>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and applies pending migrations.
+    ///
+    /// `sqlite://<path>` or `postgres://...`.
+    pub async fn open(url: &str) -> Result<Self> {
+        install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(InvalidValue(
+                "database URL must start with sqlite:// or postgres://".to_owned(),
+            )
+            .into());
+        };
+        let pool = match backend {
+            Backend::Sqlite => {
+                let url =
+                    if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                            )
+                            .await
+                            .map(|_| ())
+                        })
+                    })
+                    .connect(&url)
+                    .await?
+            }
+            Backend::Postgres => AnyPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await?,
+        };
+        migrate::run(&pool, backend).await?;
+        Ok(Self { pool, backend, sqlite_writer: Arc::new(Mutex::new(())) })
+    }
+
+    /// Opens the SQLite database file at `path`.
+    pub async fn open_sqlite(path: &std::path::Path) -> Result<Self> {
+        Self::open(&format!("sqlite://{}", path.display())).await
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Starts a write transaction holding `tenant`'s write lock.
+    async fn write(&self, tenant: qb_api::TenantId) -> Result<WriteTx> {
+        let writer = match self.backend {
+            Backend::Sqlite => Some(self.sqlite_writer.clone().lock_owned().await),
+            Backend::Postgres => None,
+        };
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
+                .bind(tenant.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        }
+        Ok(WriteTx { tx, _writer: writer })
+    }
+
+    /// Starts a write transaction not tied to a tenant (creating one).
+    async fn write_global(&self) -> Result<WriteTx> {
+        let writer = match self.backend {
+            Backend::Sqlite => Some(self.sqlite_writer.clone().lock_owned().await),
+            Backend::Postgres => None,
+        };
+        Ok(WriteTx { tx: self.pool.begin().await?, _writer: writer })
+    }
+}
+
+impl WriteTx {
+    async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch, as stored.
+fn now_ms() -> i64 {
+    to_ms(OffsetDateTime::now_utc())
+}
+
+fn to_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn from_ms(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// `true` when the error is a unique-constraint violation (a taken name).
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// Cuts a list fetched with `limit + 1` rows into a page and the cursor of the next one.
+fn page<T>(mut items: Vec<T>, limit: u32, cursor: impl Fn(&T) -> String) -> qb_api::Page<T> {
+    let next = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(cursor)
+    } else {
+        None
+    };
+    qb_api::Page { items, next }
+}

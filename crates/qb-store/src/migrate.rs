@@ -1,0 +1,48 @@
+//! Schema migrations, embedded in the binary and applied at start.
+
+use std::borrow::Cow;
+
+use futures_core::future::BoxFuture;
+use sqlx::AnyPool;
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+
+use crate::Backend;
+
+/// `(version, description, SQL)` per backend, in order.
+const SQLITE: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("../migrations/sqlite/0001_init.sql"))];
+const POSTGRES: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("../migrations/postgres/0001_init.sql"))];
+
+#[derive(Debug)]
+struct Embedded(&'static [(i64, &'static str, &'static str)]);
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(*description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+/// Applies every migration not yet applied. On PostgreSQL, concurrent replicas take turns.
+pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<(), sqlx::migrate::MigrateError> {
+    let source = match backend {
+        Backend::Sqlite => Embedded(SQLITE),
+        Backend::Postgres => Embedded(POSTGRES),
+    };
+    Migrator::new(source).await?.run(pool).await
+}

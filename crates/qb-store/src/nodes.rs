@@ -1,0 +1,261 @@
+//! Nodes and their lifecycle in the pool.
+
+use qb_api::{LabelChange, Labels, Node, NodeFacts, NodeId, NodeName, NodeState, Page, TenantId};
+use serde_json::json;
+use sqlx::any::AnyRow;
+
+use crate::events::NewEvent;
+use crate::{Actor, Key, Result, Store, StoreError, WriteTx, is_unique_violation, now_ms, rows};
+
+/// A node as registration creates it: `pending`, in no cluster.
+#[derive(Clone, Debug)]
+pub struct NewNode {
+    pub name: NodeName,
+    pub facts: NodeFacts,
+    pub labels: Labels,
+}
+
+/// Which nodes to list.
+#[derive(Clone, Debug, Default)]
+pub struct NodeFilter {
+    pub state: Option<NodeState>,
+    /// Only nodes of the cluster with this id.
+    pub cluster: Option<qb_api::ClusterId>,
+}
+
+pub(crate) const NODE_SELECT: &str =
+    "SELECT n.*, c.name AS cluster_name FROM nodes n LEFT JOIN clusters c ON c.id = n.cluster_id";
+
+impl Store {
+    /// Records a newly registered host as a `pending` node.
+    pub async fn insert_node(&self, tenant: TenantId, new: NewNode, actor: &Actor) -> Result<Node> {
+        let id = NodeId::new();
+        let now = now_ms();
+        let mut w = self.write(tenant).await?;
+        sqlx::query(
+            "INSERT INTO nodes (id, tenant_id, name, state, cluster_id, facts, labels, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'pending', NULL, $4, $5, $6, $6)",
+        )
+        .bind(id.to_string())
+        .bind(tenant.to_string())
+        .bind(new.name.as_str())
+        .bind(to_json(&new.facts))
+        .bind(to_json(&new.labels))
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::NameTaken { kind: "node", name: new.name.to_string() }
+            } else {
+                e.into()
+            }
+        })?;
+        w.event(tenant, actor, NewEvent {
+            action: "node.registered",
+            object_kind: "node",
+            object_id: id.to_string(),
+            object_name: new.name.as_str(),
+            detail: json!({ "hostname": new.facts.hostname }),
+        })
+        .await?;
+        let node = w.node(tenant, &Key::Id(id)).await?;
+        w.commit().await?;
+        Ok(node)
+    }
+
+    pub async fn list_nodes(
+        &self,
+        tenant: TenantId,
+        filter: &NodeFilter,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Node>> {
+        let rows = sqlx::query(&format!(
+            "{NODE_SELECT} WHERE n.tenant_id = $1 AND n.id > $2 AND ($3 = '' OR n.state = $3) \
+             AND ($4 = '' OR n.cluster_id = $4) ORDER BY n.id LIMIT $5"
+        ))
+        .bind(tenant.to_string())
+        .bind(after.unwrap_or(""))
+        .bind(filter.state.map(NodeState::as_str).unwrap_or(""))
+        .bind(filter.cluster.map(|c| c.to_string()).unwrap_or_default())
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let items = rows.iter().map(rows::node).collect::<Result<Vec<_>>>()?;
+        Ok(crate::page(items, limit, |n| n.id.to_string()))
+    }
+
+    pub async fn get_node(&self, tenant: TenantId, key: &Key<NodeId>) -> Result<Node> {
+        let row = fetch_node(&self.pool, tenant, key).await?;
+        rows::node(&row)
+    }
+
+    pub async fn label_node(
+        &self,
+        tenant: TenantId,
+        key: &Key<NodeId>,
+        change: &LabelChange,
+        actor: &Actor,
+    ) -> Result<Node> {
+        let mut w = self.write(tenant).await?;
+        let mut node = w.node(tenant, key).await?;
+        for k in &change.remove {
+            node.labels.remove(k);
+        }
+        node.labels.extend(change.set.iter().map(|(k, v)| (k.clone(), v.clone())));
+        sqlx::query("UPDATE nodes SET labels = $1, updated_at = $2 WHERE id = $3")
+            .bind(to_json(&node.labels))
+            .bind(now_ms())
+            .bind(node.id.to_string())
+            .execute(&mut *w.tx)
+            .await?;
+        w.event(tenant, actor, NewEvent {
+            action: "node.labeled",
+            object_kind: "node",
+            object_id: node.id.to_string(),
+            object_name: node.name.as_str(),
+            detail: json!({ "set": change.set, "remove": change.remove }),
+        })
+        .await?;
+        let node = w.node(tenant, &Key::Id(node.id)).await?;
+        w.commit().await?;
+        Ok(node)
+    }
+
+    /// Moves a `pending` node into the pool.
+    pub async fn authorize_node(&self, tenant: TenantId, key: &Key<NodeId>, actor: &Actor) -> Result<Node> {
+        let mut w = self.write(tenant).await?;
+        let node = w.node(tenant, key).await?;
+        if node.state != NodeState::Pending {
+            return Err(StoreError::invalid_state(node.name.as_str(), node.state, "authorized"));
+        }
+        w.set_node_state(&node, NodeState::Authorized, None).await?;
+        w.event(tenant, actor, node_event("node.authorized", &node, json!({}))).await?;
+        let node = w.node(tenant, &Key::Id(node.id)).await?;
+        w.commit().await?;
+        Ok(node)
+    }
+
+    /// Revokes a node's identity, whatever its state; an attached node leaves its cluster.
+    pub async fn deauthorize_node(&self, tenant: TenantId, key: &Key<NodeId>, actor: &Actor) -> Result<Node> {
+        let mut w = self.write(tenant).await?;
+        let node = w.node(tenant, key).await?;
+        if node.state == NodeState::Deauthorized {
+            return Err(StoreError::invalid_state(node.name.as_str(), node.state, "deauthorized"));
+        }
+        w.set_node_state(&node, NodeState::Deauthorized, None).await?;
+        let detail = json!({ "previous_state": node.state, "left_cluster": node.cluster.as_ref().map(|c| &c.name) });
+        w.event(tenant, actor, node_event("node.deauthorized", &node, detail)).await?;
+        let node = w.node(tenant, &Key::Id(node.id)).await?;
+        w.commit().await?;
+        Ok(node)
+    }
+
+    /// Forgets a `pending` or `deauthorized` node.
+    pub async fn delete_node(&self, tenant: TenantId, key: &Key<NodeId>, actor: &Actor) -> Result<()> {
+        let mut w = self.write(tenant).await?;
+        let node = w.node(tenant, key).await?;
+        if !matches!(node.state, NodeState::Pending | NodeState::Deauthorized) {
+            return Err(StoreError::invalid_state(node.name.as_str(), node.state, "deleted"));
+        }
+        sqlx::query("DELETE FROM nodes WHERE id = $1").bind(node.id.to_string()).execute(&mut *w.tx).await?;
+        w.event(tenant, actor, node_event("node.deleted", &node, json!({}))).await?;
+        w.commit().await
+    }
+
+    /// Nodes of every tenant that are leaving a cluster, for the controller's reconciler.
+    pub async fn detaching_nodes(&self) -> Result<Vec<(TenantId, Node)>> {
+        let rows = sqlx::query(&format!("{NODE_SELECT} WHERE n.state = 'detaching' ORDER BY n.id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let tenant: String = sqlx::Row::try_get(row, "tenant_id")?;
+                let tenant = tenant.parse().map_err(|e| StoreError::Corrupt { what: "tenant id", source: Box::new(e) })?;
+                Ok((tenant, rows::node(row)?))
+            })
+            .collect()
+    }
+
+    /// Returns a `detaching` node to the pool once its components are gone.
+    pub async fn finish_detach(&self, tenant: TenantId, id: NodeId, actor: &Actor) -> Result<Node> {
+        let mut w = self.write(tenant).await?;
+        let node = w.node(tenant, &Key::Id(id)).await?;
+        if node.state != NodeState::Detaching {
+            return Err(StoreError::invalid_state(node.name.as_str(), node.state, "returned to the pool"));
+        }
+        w.set_node_state(&node, NodeState::Authorized, None).await?;
+        let detail = json!({ "cluster": node.cluster.as_ref().map(|c| &c.name) });
+        w.event(tenant, actor, node_event("node.detached", &node, detail)).await?;
+        let node = w.node(tenant, &Key::Id(id)).await?;
+        w.commit().await?;
+        Ok(node)
+    }
+}
+
+impl WriteTx {
+    pub(crate) async fn node(&mut self, tenant: TenantId, key: &Key<NodeId>) -> Result<Node> {
+        let row = fetch_node(&mut *self.tx, tenant, key).await?;
+        rows::node(&row)
+    }
+
+    /// Sets a node's state and cluster, but only if its state is still what `node` says: a
+    /// second guard, under the tenant lock, against moving a node twice.
+    pub(crate) async fn set_node_state(
+        &mut self,
+        node: &Node,
+        state: NodeState,
+        cluster: Option<qb_api::ClusterId>,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE nodes SET state = $1, cluster_id = $2, updated_at = $3 WHERE id = $4 AND state = $5",
+        )
+        .bind(state.as_str())
+        .bind(cluster.map(|c| c.to_string()))
+        .bind(now_ms())
+        .bind(node.id.to_string())
+        .bind(node.state.as_str())
+        .execute(&mut *self.tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::InvalidNodeState {
+                node: node.name.to_string(),
+                state: "changed by another request",
+                action: "moved",
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn fetch_node<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    ex: E,
+    tenant: TenantId,
+    key: &Key<NodeId>,
+) -> Result<AnyRow> {
+    let (column, value) = match key {
+        Key::Id(id) => ("n.id", id.to_string()),
+        Key::Name(name) => ("n.name", name.clone()),
+    };
+    sqlx::query(&format!("{NODE_SELECT} WHERE n.tenant_id = $1 AND {column} = $2"))
+        .bind(tenant.to_string())
+        .bind(value)
+        .fetch_optional(ex)
+        .await?
+        .ok_or_else(|| StoreError::NotFound { kind: "node", key: key.to_string() })
+}
+
+pub(crate) fn node_event<'a>(action: &'a str, node: &'a Node, detail: serde_json::Value) -> NewEvent<'a> {
+    NewEvent {
+        action,
+        object_kind: "node",
+        object_id: node.id.to_string(),
+        object_name: node.name.as_str(),
+        detail,
+    }
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("API types always serialize to JSON")
+}

@@ -1,0 +1,113 @@
+//! Turning stored rows into API types. A row that does not parse is reported as corrupt, never
+//! silently skipped.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use qb_api::{
+    Cidr, Cluster, ClusterRef, ClusterState, Event, KubernetesVersion, Labels, MasterCount, Name,
+    Node, NodeFacts, NodeName, NodeRole, NodeState, Role, Token,
+};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::{Result, StoreError, from_ms};
+
+fn corrupt<E: std::error::Error + Send + Sync + 'static>(what: &'static str) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError::Corrupt { what, source: Box::new(e) }
+}
+
+fn parse<T: FromStr>(what: &'static str, s: &str) -> Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    s.parse().map_err(corrupt(what))
+}
+
+fn json<T: serde::de::DeserializeOwned>(what: &'static str, s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(corrupt(what))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown value {0:?}")]
+struct UnknownValue(String);
+
+pub(crate) fn node_state(s: &str) -> Result<NodeState> {
+    NodeState::parse(s).ok_or_else(|| corrupt("node state")(UnknownValue(s.to_owned())))
+}
+
+pub(crate) fn role(s: &str) -> Result<Role> {
+    Role::parse(s).ok_or_else(|| corrupt("role")(UnknownValue(s.to_owned())))
+}
+
+/// A node row joined with its cluster's name as `cluster_name`.
+pub(crate) fn node(row: &AnyRow) -> Result<Node> {
+    let cluster_id: Option<String> = row.try_get("cluster_id")?;
+    let cluster_name: Option<String> = row.try_get("cluster_name")?;
+    let cluster = match (cluster_id, cluster_name) {
+        (Some(id), Some(name)) => {
+            Some(ClusterRef { id: parse("cluster id", &id)?, name: parse("cluster name", &name)? })
+        }
+        _ => None,
+    };
+    Ok(Node {
+        id: parse("node id", &row.try_get::<String, _>("id")?)?,
+        name: parse::<NodeName>("node name", &row.try_get::<String, _>("name")?)?,
+        state: node_state(&row.try_get::<String, _>("state")?)?,
+        cluster,
+        facts: json::<NodeFacts>("node facts", &row.try_get::<String, _>("facts")?)?,
+        labels: json::<Labels>("node labels", &row.try_get::<String, _>("labels")?)?,
+        created_at: from_ms(row.try_get("created_at")?),
+        updated_at: from_ms(row.try_get("updated_at")?),
+    })
+}
+
+/// A cluster row with its node count as `node_count`.
+pub(crate) fn cluster(row: &AnyRow) -> Result<Cluster> {
+    let node_count: i64 = row.try_get("node_count")?;
+    Ok(Cluster {
+        id: parse("cluster id", &row.try_get::<String, _>("id")?)?,
+        name: parse::<Name>("cluster name", &row.try_get::<String, _>("name")?)?,
+        kubernetes_version: parse::<KubernetesVersion>(
+            "kubernetes version",
+            &row.try_get::<String, _>("kubernetes_version")?,
+        )?,
+        pod_cidr: parse::<Cidr>("pod CIDR", &row.try_get::<String, _>("pod_cidr")?)?,
+        service_cidr: parse::<Cidr>("service CIDR", &row.try_get::<String, _>("service_cidr")?)?,
+        masters: parse::<MasterCount>("master count", &row.try_get::<String, _>("masters")?)?,
+        roles: json::<BTreeMap<NodeName, NodeRole>>("roles", &row.try_get::<String, _>("roles")?)?,
+        state: if node_count == 0 { ClusterState::Empty } else { ClusterState::Pending },
+        node_count: u32::try_from(node_count).unwrap_or(u32::MAX),
+        created_at: from_ms(row.try_get("created_at")?),
+    })
+}
+
+/// A token row joined with its user's `user_name` and `role`.
+pub(crate) fn token(row: &AnyRow) -> Result<Token> {
+    let description: Option<String> = row.try_get("description")?;
+    let last_used_at: Option<i64> = row.try_get("last_used_at")?;
+    let revoked_at: Option<i64> = row.try_get("revoked_at")?;
+    Ok(Token {
+        id: parse("token id", &row.try_get::<String, _>("id")?)?,
+        user: parse("user name", &row.try_get::<String, _>("user_name")?)?,
+        role: role(&row.try_get::<String, _>("role")?)?,
+        description: description.map(|d| parse("token description", &d)).transpose()?,
+        created_at: from_ms(row.try_get("created_at")?),
+        expires_at: from_ms(row.try_get("expires_at")?),
+        last_used_at: last_used_at.map(from_ms),
+        revoked_at: revoked_at.map(from_ms),
+    })
+}
+
+pub(crate) fn event(row: &AnyRow) -> Result<Event> {
+    Ok(Event {
+        id: row.try_get("id")?,
+        at: from_ms(row.try_get("at")?),
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        object_kind: row.try_get("object_kind")?,
+        object_id: row.try_get("object_id")?,
+        object_name: row.try_get("object_name")?,
+        detail: json("event detail", &row.try_get::<String, _>("detail")?)?,
+    })
+}
