@@ -287,6 +287,13 @@ pub struct NodeMove {
     pub nodes: Vec<Node>,
 }
 
+/// What deleting a cluster did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeletedCluster {
+    /// Nodes the cluster still had, now back in the pool (only with `force`).
+    pub returned_to_pool: Vec<Node>,
+}
+
 /// A user of the tenant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct User {

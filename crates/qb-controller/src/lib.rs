@@ -1,1 +1,17 @@
+//! The qb controller: the REST API over the store, served over TLS.
+//!
+//! Handlers parse and authorize; the store applies the rules and writes the audit trail.
+//! Handlers never run SQL.
 
+pub mod api;
+pub mod auth;
+pub mod bootstrap;
+mod error;
+mod extract;
+pub mod openapi;
+pub mod reconcile;
+pub mod serve;
+pub mod tls;
+
+pub use api::{AppState, router};
+pub use error::ApiError;

@@ -1,0 +1,410 @@
+//! The REST API, `/api/v1/...`.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use qb_api::{
+    AttachRequest, Cluster, ClusterDetail, CreateCluster, CreateToken, CreateUser, CreatedToken,
+    DeletedCluster, DetachRequest, Event, LabelChange, Node, NodeMove, NodeState, Page,
+    PageParams, ProblemCode, Role, Token, TokenId, User, Whoami,
+};
+use qb_store::{ClusterSpec, EventFilter, Key, NodeFilter, Store};
+use serde::Deserialize;
+use tokio::sync::Notify;
+use utoipa::IntoParams;
+
+use crate::auth::{Caller, TokenUse};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::{ApiError, auth};
+
+/// The largest request body the API accepts.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    /// Wakes the reconciler when there is work (a detach).
+    pub reconcile: Arc<Notify>,
+    pub token_use: TokenUse,
+}
+
+impl AppState {
+    pub fn new(store: Store) -> Self {
+        Self { store, reconcile: Arc::new(Notify::new()), token_use: TokenUse::default() }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/whoami", get(whoami))
+        .route("/nodes", get(list_nodes))
+        .route("/nodes/{node}", get(get_node).delete(delete_node))
+        .route("/nodes/{node}/labels", post(label_node))
+        .route("/nodes/{node}/authorize", post(authorize_node))
+        .route("/nodes/{node}/deauthorize", post(deauthorize_node))
+        .route("/clusters", get(list_clusters).post(create_cluster))
+        .route("/clusters/{cluster}", get(get_cluster).delete(delete_cluster))
+        .route("/clusters/{cluster}/attach", post(attach))
+        .route("/clusters/{cluster}/detach", post(detach))
+        .route("/users", get(list_users).post(create_user))
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/events", get(list_events))
+        .route("/openapi.json", get(openapi_document));
+    Router::new()
+        .nest(qb_api::API_PREFIX, api)
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(ProblemCode::NotFound, format!("no such path: {}", uri.path()))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(ProblemCode::MethodNotAllowed, "this path does not support that method")
+}
+
+/// Liveness and readiness: 200 when the database answers.
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => "ok\n".into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn openapi_document() -> Json<utoipa::openapi::OpenApi> {
+    Json(crate::openapi::document())
+}
+
+fn node_key(s: &str) -> Key<qb_api::NodeId> {
+    Key::parse(s)
+}
+
+fn cluster_key(s: &str) -> Key<qb_api::ClusterId> {
+    Key::parse(s)
+}
+
+/// Who is calling.
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "auth",
+    responses((status = 200, body = Whoami), (status = 401, body = qb_api::Problem)))]
+async fn whoami(caller: Caller) -> Json<Whoami> {
+    let p = caller.0;
+    Json(Whoami { tenant_id: p.tenant_id, tenant: p.tenant, user: p.user, role: p.role, token_id: p.token_id })
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct NodeQuery {
+    /// Only nodes in this state.
+    state: Option<String>,
+    /// Only nodes of this cluster (id or name).
+    cluster: Option<String>,
+    limit: Option<u32>,
+    after: Option<String>,
+}
+
+/// List the tenant's nodes.
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", params(NodeQuery),
+    responses((status = 200, body = Page<Node>), (status = 400, body = qb_api::Problem)))]
+async fn list_nodes(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<NodeQuery>,
+) -> ApiResult<Json<Page<Node>>> {
+    let paging = PageParams { limit: q.limit, after: q.after.clone() };
+    let node_state = q
+        .state
+        .as_deref()
+        .map(|s| {
+            NodeState::parse(s).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "unknown node state {s:?}: use pending, authorized, attached, detaching or deauthorized"
+                ))
+            })
+        })
+        .transpose()?;
+    let cluster = match &q.cluster {
+        Some(c) => Some(state.store.get_cluster(caller.tenant(), &cluster_key(c)).await?.cluster.id),
+        None => None,
+    };
+    let filter = NodeFilter { state: node_state, cluster };
+    Ok(Json(state.store.list_nodes(caller.tenant(), &filter, q.after.as_deref(), paging.limit()?).await?))
+}
+
+/// Show one node.
+#[utoipa::path(get, path = "/api/v1/nodes/{node}", tag = "nodes",
+    params(("node" = String, Path, description = "Node id or name")),
+    responses((status = 200, body = Node), (status = 404, body = qb_api::Problem)))]
+async fn get_node(State(state): State<AppState>, caller: Caller, Path(node): Path<String>) -> ApiResult<Json<Node>> {
+    Ok(Json(state.store.get_node(caller.tenant(), &node_key(&node)).await?))
+}
+
+/// Set or remove labels of a node.
+#[utoipa::path(post, path = "/api/v1/nodes/{node}/labels", tag = "nodes", request_body = LabelChange,
+    params(("node" = String, Path, description = "Node id or name")),
+    responses((status = 200, body = Node), (status = 400, body = qb_api::Problem), (status = 404, body = qb_api::Problem)))]
+async fn label_node(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(node): Path<String>,
+    ApiJson(change): ApiJson<LabelChange>,
+) -> ApiResult<Json<Node>> {
+    caller.require(Role::Operator)?;
+    if change.set.len() + change.remove.len() > 64 {
+        return Err(ApiError::invalid("at most 64 label changes per request"));
+    }
+    Ok(Json(state.store.label_node(caller.tenant(), &node_key(&node), &change, &caller.actor()).await?))
+}
+
+/// Authorize a pending node: it enters the pool.
+#[utoipa::path(post, path = "/api/v1/nodes/{node}/authorize", tag = "nodes",
+    params(("node" = String, Path, description = "Node id or name")),
+    responses((status = 200, body = Node), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
+async fn authorize_node(State(state): State<AppState>, caller: Caller, Path(node): Path<String>) -> ApiResult<Json<Node>> {
+    caller.require(Role::Operator)?;
+    Ok(Json(state.store.authorize_node(caller.tenant(), &node_key(&node), &caller.actor()).await?))
+}
+
+/// Deauthorize a node: its identity is revoked and it leaves its cluster.
+#[utoipa::path(post, path = "/api/v1/nodes/{node}/deauthorize", tag = "nodes",
+    params(("node" = String, Path, description = "Node id or name")),
+    responses((status = 200, body = Node), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
+async fn deauthorize_node(State(state): State<AppState>, caller: Caller, Path(node): Path<String>) -> ApiResult<Json<Node>> {
+    caller.require(Role::Operator)?;
+    Ok(Json(state.store.deauthorize_node(caller.tenant(), &node_key(&node), &caller.actor()).await?))
+}
+
+/// Forget a pending or deauthorized node.
+#[utoipa::path(delete, path = "/api/v1/nodes/{node}", tag = "nodes",
+    params(("node" = String, Path, description = "Node id or name")),
+    responses((status = 204), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
+async fn delete_node(State(state): State<AppState>, caller: Caller, Path(node): Path<String>) -> ApiResult<StatusCode> {
+    caller.require(Role::Operator)?;
+    state.store.delete_node(caller.tenant(), &node_key(&node), &caller.actor()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// List the tenant's clusters.
+#[utoipa::path(get, path = "/api/v1/clusters", tag = "clusters", params(PageParams),
+    responses((status = 200, body = Page<Cluster>)))]
+async fn list_clusters(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> ApiResult<Json<Page<Cluster>>> {
+    Ok(Json(state.store.list_clusters(caller.tenant(), q.after.as_deref(), q.limit()?).await?))
+}
+
+/// Create an empty cluster.
+#[utoipa::path(post, path = "/api/v1/clusters", tag = "clusters", request_body = CreateCluster,
+    responses((status = 201, body = Cluster), (status = 400, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
+async fn create_cluster(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateCluster>,
+) -> ApiResult<(StatusCode, Json<Cluster>)> {
+    caller.require(Role::Operator)?;
+    let spec = ClusterSpec::try_from(req)?;
+    let cluster = state.store.create_cluster(caller.tenant(), &spec, &caller.actor()).await?;
+    Ok((StatusCode::CREATED, Json(cluster)))
+}
+
+/// Show a cluster and its nodes.
+#[utoipa::path(get, path = "/api/v1/clusters/{cluster}", tag = "clusters",
+    params(("cluster" = String, Path, description = "Cluster id or name")),
+    responses((status = 200, body = ClusterDetail), (status = 404, body = qb_api::Problem)))]
+async fn get_cluster(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(cluster): Path<String>,
+) -> ApiResult<Json<ClusterDetail>> {
+    Ok(Json(state.store.get_cluster(caller.tenant(), &cluster_key(&cluster)).await?))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct DeleteQuery {
+    /// Delete even if the cluster has nodes, returning them to the pool.
+    #[serde(default)]
+    force: bool,
+}
+
+/// Delete a cluster.
+#[utoipa::path(delete, path = "/api/v1/clusters/{cluster}", tag = "clusters",
+    params(("cluster" = String, Path, description = "Cluster id or name"), DeleteQuery),
+    responses((status = 200, body = DeletedCluster), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
+async fn delete_cluster(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(cluster): Path<String>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
+) -> ApiResult<Json<DeletedCluster>> {
+    caller.require(Role::Operator)?;
+    let returned = state.store.delete_cluster(caller.tenant(), &cluster_key(&cluster), q.force, &caller.actor()).await?;
+    Ok(Json(DeletedCluster { returned_to_pool: returned }))
+}
+
+/// Attach nodes to a cluster: a number from the pool (optionally matching a label selector), or
+/// named nodes. All or nothing.
+#[utoipa::path(post, path = "/api/v1/clusters/{cluster}/attach", tag = "clusters", request_body = AttachRequest,
+    params(("cluster" = String, Path, description = "Cluster id or name")),
+    responses((status = 200, body = NodeMove), (status = 400, body = qb_api::Problem), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
+async fn attach(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(cluster): Path<String>,
+    ApiJson(req): ApiJson<AttachRequest>,
+) -> ApiResult<Json<NodeMove>> {
+    caller.require(Role::Operator)?;
+    let target = req.target()?;
+    Ok(Json(state.store.attach(caller.tenant(), &cluster_key(&cluster), &target, &caller.actor()).await?))
+}
+
+/// Detach named nodes from a cluster. They become `detaching` and return to the pool once their
+/// components are removed.
+#[utoipa::path(post, path = "/api/v1/clusters/{cluster}/detach", tag = "clusters", request_body = DetachRequest,
+    params(("cluster" = String, Path, description = "Cluster id or name")),
+    responses((status = 202, body = NodeMove), (status = 400, body = qb_api::Problem), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
+async fn detach(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(cluster): Path<String>,
+    ApiJson(req): ApiJson<DetachRequest>,
+) -> ApiResult<(StatusCode, Json<NodeMove>)> {
+    caller.require(Role::Operator)?;
+    if req.nodes.is_empty() || req.nodes.len() > AttachRequest::MAX_NODES as usize {
+        return Err(ApiError::invalid("nodes must name 1 to 1000 nodes"));
+    }
+    let mut unique = req.nodes.clone();
+    unique.sort();
+    unique.dedup();
+    if unique.len() != req.nodes.len() {
+        return Err(ApiError::invalid("nodes names a node more than once"));
+    }
+    let moved = state.store.detach(caller.tenant(), &cluster_key(&cluster), &req.nodes, &caller.actor()).await?;
+    state.reconcile.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(moved)))
+}
+
+/// List the tenant's users.
+#[utoipa::path(get, path = "/api/v1/users", tag = "users",
+    responses((status = 200, body = Vec<User>), (status = 403, body = qb_api::Problem)))]
+async fn list_users(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<User>>> {
+    caller.require(Role::Admin)?;
+    Ok(Json(state.store.list_users(caller.tenant()).await?))
+}
+
+/// Create a user.
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = CreateUser,
+    responses((status = 201, body = User), (status = 403, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
+async fn create_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateUser>,
+) -> ApiResult<(StatusCode, Json<User>)> {
+    caller.require(Role::Admin)?;
+    let user = state.store.create_user(caller.tenant(), &req.name, req.role, &caller.actor()).await?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+/// List the tenant's API tokens (never their secrets).
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", params(PageParams),
+    responses((status = 200, body = Page<Token>), (status = 403, body = qb_api::Problem)))]
+async fn list_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> ApiResult<Json<Page<Token>>> {
+    caller.require(Role::Admin)?;
+    Ok(Json(state.store.list_tokens(caller.tenant(), q.after.as_deref(), q.limit()?).await?))
+}
+
+/// Create an API token. Its secret is in this response only.
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateToken,
+    responses((status = 201, body = CreatedToken), (status = 400, body = qb_api::Problem), (status = 403, body = qb_api::Problem)))]
+async fn create_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateToken>,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+    caller.require(Role::Admin)?;
+    let hours = req.expires_in_hours.unwrap_or(CreateToken::DEFAULT_HOURS);
+    if !(1..=CreateToken::MAX_HOURS).contains(&hours) {
+        return Err(ApiError::invalid("expires_in_hours must be between 1 and 8760"));
+    }
+    let user = req.user.unwrap_or_else(|| caller.0.user.clone());
+    let created = mint_token(&state.store, caller.tenant(), &user, req.description, hours, &caller.actor()).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Makes a new token for `user`, returning its secret once.
+pub async fn mint_token(
+    store: &Store,
+    tenant: qb_api::TenantId,
+    user: &qb_api::Name,
+    description: Option<qb_api::Description>,
+    hours: u32,
+    actor: &qb_store::Actor,
+) -> Result<CreatedToken, qb_store::StoreError> {
+    let (secret, hash) = auth::new_secret();
+    let expires_at = time::OffsetDateTime::now_utc() + time::Duration::hours(i64::from(hours));
+    store.create_token(tenant, user, secret, &hash, description, expires_at, actor).await
+}
+
+/// Revoke a token at once.
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "Token id")),
+    responses((status = 200, body = Token), (status = 403, body = qb_api::Problem), (status = 404, body = qb_api::Problem)))]
+async fn revoke_token(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Token>> {
+    caller.require(Role::Admin)?;
+    let id: TokenId = id
+        .parse()
+        .map_err(|_| ApiError::new(ProblemCode::NotFound, format!("token {id:?} not found")))?;
+    Ok(Json(state.store.revoke_token(caller.tenant(), id, &caller.actor()).await?))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct EventQuery {
+    /// Only events about objects of this kind: node, cluster, user, token, tenant.
+    kind: Option<String>,
+    /// Only events about the object with this id or name.
+    object: Option<String>,
+    /// Only events whose action starts with this, e.g. `node.` or `cluster.deleted`.
+    action: Option<String>,
+    limit: Option<u32>,
+    /// The `next` cursor of the previous page.
+    after: Option<String>,
+}
+
+/// The audit trail, oldest first.
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", params(EventQuery),
+    responses((status = 200, body = Page<Event>), (status = 400, body = qb_api::Problem)))]
+async fn list_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<EventQuery>,
+) -> ApiResult<Json<Page<Event>>> {
+    let limit = PageParams { limit: q.limit, after: None }.limit()?;
+    let after = q
+        .after
+        .as_deref()
+        .map(|a| a.parse::<i64>().map_err(|_| ApiError::invalid(format!("invalid cursor {a:?}"))))
+        .transpose()?;
+    let filter = EventFilter { object_kind: q.kind, object: q.object, action_prefix: q.action };
+    Ok(Json(state.store.list_events(caller.tenant(), &filter, after, limit).await?))
+}

@@ -1,0 +1,90 @@
+//! The one mapping from errors to `application/problem+json` responses. Internal details are
+//! logged, never sent to clients.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use qb_api::{Problem, ProblemCode};
+use qb_store::StoreError;
+
+/// An error a handler returns; becomes a problem response.
+#[derive(Debug)]
+pub struct ApiError(pub Problem);
+
+impl ApiError {
+    pub fn new(code: ProblemCode, detail: impl Into<String>) -> Self {
+        Self(Problem::new(code, detail))
+    }
+
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(ProblemCode::InvalidInput, detail)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let code = match &e {
+            StoreError::NotFound { .. } => ProblemCode::NotFound,
+            StoreError::NameTaken { .. } => ProblemCode::NameTaken,
+            StoreError::Invalid(_) => ProblemCode::InvalidInput,
+            StoreError::PoolExhausted { .. } => ProblemCode::PoolExhausted,
+            StoreError::InvalidNodeState { .. } => ProblemCode::InvalidNodeState,
+            StoreError::NodeNotInCluster { .. } => ProblemCode::NodeNotInCluster,
+            StoreError::ClusterNotEmpty { .. } => ProblemCode::ClusterNotEmpty,
+            StoreError::Database(sqlx_error) if is_unavailable(sqlx_error) => {
+                tracing::warn!(error = %format_args!("{:#}", anyhow_chain(&e)), "store unavailable");
+                return Self::new(ProblemCode::Unavailable, "the controller's database is unavailable; retry shortly");
+            }
+            StoreError::Corrupt { .. } | StoreError::Database(_) | StoreError::Migrate(_) => {
+                tracing::error!(error = %anyhow_chain(&e), "store error");
+                return Self::new(ProblemCode::Internal, "internal error; see the controller's log");
+            }
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<qb_store::SpecError> for ApiError {
+    fn from(e: qb_store::SpecError) -> Self {
+        match e {
+            qb_store::SpecError::CidrOverlap { .. } => Self::new(ProblemCode::CidrOverlap, e.to_string()),
+            qb_store::SpecError::Invalid(m) => Self::invalid(m),
+        }
+    }
+}
+
+impl From<qb_api::InvalidValue> for ApiError {
+    fn from(e: qb_api::InvalidValue) -> Self {
+        Self::invalid(e.0)
+    }
+}
+
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+}
+
+/// The error and all its sources, `outer: inner: ...`.
+fn anyhow_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        problem_response(self.0)
+    }
+}
+
+pub(crate) fn problem_response(problem: Problem) -> Response {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, axum::Json(problem)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    response
+}
