@@ -36,7 +36,9 @@ impl Role {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Viewer, Self::Operator, Self::Admin].into_iter().find(|r| r.as_str() == s)
+        [Self::Viewer, Self::Operator, Self::Admin]
+            .into_iter()
+            .find(|r| r.as_str() == s)
     }
 }
 
@@ -71,9 +73,15 @@ impl NodeState {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Pending, Self::Authorized, Self::Attached, Self::Detaching, Self::Deauthorized]
-            .into_iter()
-            .find(|r| r.as_str() == s)
+        [
+            Self::Pending,
+            Self::Authorized,
+            Self::Attached,
+            Self::Detaching,
+            Self::Deauthorized,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
     }
 }
 
@@ -96,7 +104,9 @@ impl ClusterState {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Empty, Self::Pending].into_iter().find(|r| r.as_str() == s)
+        [Self::Empty, Self::Pending]
+            .into_iter()
+            .find(|r| r.as_str() == s)
     }
 }
 
@@ -234,7 +244,10 @@ pub struct AttachRequest {
 /// An attach request, checked: exactly one way of choosing nodes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AttachTarget {
-    FromPool { count: u32, selector: Option<Selector> },
+    FromPool {
+        count: u32,
+        selector: Option<Selector>,
+    },
     Named(Vec<NodeName>),
 }
 
@@ -247,9 +260,10 @@ impl AttachRequest {
         match (self.count, &self.selector, &self.nodes) {
             (Some(0), _, _) => bad("count must be at least 1"),
             (Some(n), _, _) if n > Self::MAX_NODES => bad("count must be at most 1000"),
-            (Some(count), selector, None) => {
-                Ok(AttachTarget::FromPool { count, selector: selector.clone() })
-            }
+            (Some(count), selector, None) => Ok(AttachTarget::FromPool {
+                count,
+                selector: selector.clone(),
+            }),
             (None, None, Some(nodes)) => {
                 if nodes.is_empty() {
                     return bad("nodes must name at least one node");
@@ -411,7 +425,9 @@ impl PageParams {
         match self.limit {
             None => Ok(Self::DEFAULT_LIMIT),
             Some(n) if (1..=Self::MAX_LIMIT).contains(&n) => Ok(n),
-            Some(_) => Err(crate::InvalidValue("limit must be between 1 and 1000".to_owned())),
+            Some(_) => Err(crate::InvalidValue(
+                "limit must be between 1 and 1000".to_owned(),
+            )),
         }
     }
 }

@@ -74,7 +74,8 @@ macro_rules! string_value {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -113,7 +114,8 @@ string_value!(
 fn is_label_segment(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && s.as_bytes()[0].is_ascii_alphanumeric()
         && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
 }
@@ -212,9 +214,11 @@ impl Cidr {
 impl FromStr for Cidr {
     type Err = InvalidValue;
     fn from_str(s: &str) -> Result<Self, InvalidValue> {
-        let net: ipnet::IpNet = s
-            .parse()
-            .map_err(|_| invalid(format!("invalid CIDR {s:?}: expected ADDRESS/PREFIX such as 10.20.0.0/16")))?;
+        let net: ipnet::IpNet = s.parse().map_err(|_| {
+            invalid(format!(
+                "invalid CIDR {s:?}: expected ADDRESS/PREFIX such as 10.20.0.0/16"
+            ))
+        })?;
         if net.trunc() != net {
             return Err(invalid(format!(
                 "invalid CIDR {s:?}: host bits are set; did you mean {}?",
@@ -248,7 +252,9 @@ impl Serialize for Cidr {
 
 impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -337,7 +343,9 @@ impl FromStr for Selector {
         let mut reqs = Vec::new();
         for part in s.split(',').map(str::trim) {
             if part.is_empty() {
-                return Err(invalid(format!("invalid selector {s:?}: empty requirement")));
+                return Err(invalid(format!(
+                    "invalid selector {s:?}: empty requirement"
+                )));
             }
             let req = if let Some((k, v)) = part.split_once("!=") {
                 Requirement::NotEquals(k.trim().parse()?, v.trim().parse()?)
@@ -379,7 +387,9 @@ impl Serialize for Selector {
 
 impl<'de> Deserialize<'de> for Selector {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -392,7 +402,18 @@ mod tests {
         for ok in ["a", "clus100", "web-1", &"x".repeat(63)] {
             assert!(ok.parse::<Name>().is_ok(), "{ok}");
         }
-        for bad in ["", "-a", "a-", "A", "a_b", "a.b", "a b", "ü", &"x".repeat(64), "a;drop"] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a.b",
+            "a b",
+            "ü",
+            &"x".repeat(64),
+            "a;drop",
+        ] {
             assert!(bad.parse::<Name>().is_err(), "{bad}");
         }
     }
@@ -418,7 +439,10 @@ mod tests {
 
     #[test]
     fn cidrs_reject_host_bits_and_extreme_prefixes() {
-        assert_eq!("10.20.0.0/16".parse::<Cidr>().unwrap().to_string(), "10.20.0.0/16");
+        assert_eq!(
+            "10.20.0.0/16".parse::<Cidr>().unwrap().to_string(),
+            "10.20.0.0/16"
+        );
         let err = "10.20.0.1/16".parse::<Cidr>().unwrap_err();
         assert!(err.0.contains("did you mean 10.20.0.0/16"), "{err}");
         assert!("10.0.0.0/30".parse::<Cidr>().is_err());
@@ -460,7 +484,10 @@ mod tests {
     fn selectors_match_like_kubernetes() {
         let sel: Selector = "zone=a, rack!=r1,gpu,!maint".parse().unwrap();
         let labels = |pairs: &[(&str, &str)]| -> Labels {
-            pairs.iter().map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap())).collect()
+            pairs
+                .iter()
+                .map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap()))
+                .collect()
         };
         assert!(sel.matches(&labels(&[("zone", "a"), ("gpu", "")])));
         assert!(sel.matches(&labels(&[("zone", "a"), ("gpu", "1"), ("rack", "r2")])));

@@ -9,8 +9,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use qb_api::{
     AttachRequest, Cluster, ClusterDetail, CreateCluster, CreateToken, CreateUser, CreatedToken,
-    DeletedCluster, DetachRequest, Event, LabelChange, Node, NodeMove, NodeState, Page,
-    PageParams, ProblemCode, Role, Token, TokenId, User, Whoami,
+    DeletedCluster, DetachRequest, Event, LabelChange, Node, NodeMove, NodeState, Page, PageParams,
+    ProblemCode, Role, Token, TokenId, User, Whoami,
 };
 use qb_store::{ClusterSpec, EventFilter, Key, NodeFilter, Store};
 use serde::Deserialize;
@@ -35,7 +35,11 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(store: Store) -> Self {
-        Self { store, reconcile: Arc::new(Notify::new()), token_use: TokenUse::default() }
+        Self {
+            store,
+            reconcile: Arc::new(Notify::new()),
+            token_use: TokenUse::default(),
+        }
     }
 }
 
@@ -50,7 +54,10 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/{node}/authorize", post(authorize_node))
         .route("/nodes/{node}/deauthorize", post(deauthorize_node))
         .route("/clusters", get(list_clusters).post(create_cluster))
-        .route("/clusters/{cluster}", get(get_cluster).delete(delete_cluster))
+        .route(
+            "/clusters/{cluster}",
+            get(get_cluster).delete(delete_cluster),
+        )
         .route("/clusters/{cluster}/attach", post(attach))
         .route("/clusters/{cluster}/detach", post(detach))
         .route("/users", get(list_users).post(create_user))
@@ -68,11 +75,17 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found(uri: Uri) -> ApiError {
-    ApiError::new(ProblemCode::NotFound, format!("no such path: {}", uri.path()))
+    ApiError::new(
+        ProblemCode::NotFound,
+        format!("no such path: {}", uri.path()),
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(ProblemCode::MethodNotAllowed, "this path does not support that method")
+    ApiError::new(
+        ProblemCode::MethodNotAllowed,
+        "this path does not support that method",
+    )
 }
 
 /// Liveness and readiness: 200 when the database answers.
@@ -100,7 +113,13 @@ fn cluster_key(s: &str) -> Key<qb_api::ClusterId> {
     responses((status = 200, body = Whoami), (status = 401, body = qb_api::Problem)))]
 async fn whoami(caller: Caller) -> Json<Whoami> {
     let p = caller.0;
-    Json(Whoami { tenant_id: p.tenant_id, tenant: p.tenant, user: p.user, role: p.role, token_id: p.token_id })
+    Json(Whoami {
+        tenant_id: p.tenant_id,
+        tenant: p.tenant,
+        user: p.user,
+        role: p.role,
+        token_id: p.token_id,
+    })
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -123,7 +142,10 @@ async fn list_nodes(
     caller: Caller,
     ApiQuery(q): ApiQuery<NodeQuery>,
 ) -> ApiResult<Json<Page<Node>>> {
-    let paging = PageParams { limit: q.limit, after: q.after.clone() };
+    let paging = PageParams {
+        limit: q.limit,
+        after: q.after.clone(),
+    };
     let node_state = q
         .state
         .as_deref()
@@ -136,19 +158,48 @@ async fn list_nodes(
         })
         .transpose()?;
     let cluster = match &q.cluster {
-        Some(c) => Some(state.store.get_cluster(caller.tenant(), &cluster_key(c)).await?.cluster.id),
+        Some(c) => Some(
+            state
+                .store
+                .get_cluster(caller.tenant(), &cluster_key(c))
+                .await?
+                .cluster
+                .id,
+        ),
         None => None,
     };
-    let filter = NodeFilter { state: node_state, cluster };
-    Ok(Json(state.store.list_nodes(caller.tenant(), &filter, q.after.as_deref(), paging.limit()?).await?))
+    let filter = NodeFilter {
+        state: node_state,
+        cluster,
+    };
+    Ok(Json(
+        state
+            .store
+            .list_nodes(
+                caller.tenant(),
+                &filter,
+                q.after.as_deref(),
+                paging.limit()?,
+            )
+            .await?,
+    ))
 }
 
 /// Show one node.
 #[utoipa::path(get, path = "/api/v1/nodes/{node}", tag = "nodes",
     params(("node" = String, Path, description = "Node id or name")),
     responses((status = 200, body = Node), (status = 404, body = qb_api::Problem)))]
-async fn get_node(State(state): State<AppState>, caller: Caller, Path(node): Path<String>) -> ApiResult<Json<Node>> {
-    Ok(Json(state.store.get_node(caller.tenant(), &node_key(&node)).await?))
+async fn get_node(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(node): Path<String>,
+) -> ApiResult<Json<Node>> {
+    Ok(Json(
+        state
+            .store
+            .get_node(caller.tenant(), &node_key(&node))
+            .await?,
+    ))
 }
 
 /// Set or remove labels of a node.
@@ -165,34 +216,64 @@ async fn label_node(
     if change.set.len() + change.remove.len() > 64 {
         return Err(ApiError::invalid("at most 64 label changes per request"));
     }
-    Ok(Json(state.store.label_node(caller.tenant(), &node_key(&node), &change, &caller.actor()).await?))
+    Ok(Json(
+        state
+            .store
+            .label_node(caller.tenant(), &node_key(&node), &change, &caller.actor())
+            .await?,
+    ))
 }
 
 /// Authorize a pending node: it enters the pool.
 #[utoipa::path(post, path = "/api/v1/nodes/{node}/authorize", tag = "nodes",
     params(("node" = String, Path, description = "Node id or name")),
     responses((status = 200, body = Node), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
-async fn authorize_node(State(state): State<AppState>, caller: Caller, Path(node): Path<String>) -> ApiResult<Json<Node>> {
+async fn authorize_node(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(node): Path<String>,
+) -> ApiResult<Json<Node>> {
     caller.require(Role::Operator)?;
-    Ok(Json(state.store.authorize_node(caller.tenant(), &node_key(&node), &caller.actor()).await?))
+    Ok(Json(
+        state
+            .store
+            .authorize_node(caller.tenant(), &node_key(&node), &caller.actor())
+            .await?,
+    ))
 }
 
 /// Deauthorize a node: its identity is revoked and it leaves its cluster.
 #[utoipa::path(post, path = "/api/v1/nodes/{node}/deauthorize", tag = "nodes",
     params(("node" = String, Path, description = "Node id or name")),
     responses((status = 200, body = Node), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
-async fn deauthorize_node(State(state): State<AppState>, caller: Caller, Path(node): Path<String>) -> ApiResult<Json<Node>> {
+async fn deauthorize_node(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(node): Path<String>,
+) -> ApiResult<Json<Node>> {
     caller.require(Role::Operator)?;
-    Ok(Json(state.store.deauthorize_node(caller.tenant(), &node_key(&node), &caller.actor()).await?))
+    Ok(Json(
+        state
+            .store
+            .deauthorize_node(caller.tenant(), &node_key(&node), &caller.actor())
+            .await?,
+    ))
 }
 
 /// Forget a pending or deauthorized node.
 #[utoipa::path(delete, path = "/api/v1/nodes/{node}", tag = "nodes",
     params(("node" = String, Path, description = "Node id or name")),
     responses((status = 204), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
-async fn delete_node(State(state): State<AppState>, caller: Caller, Path(node): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_node(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(node): Path<String>,
+) -> ApiResult<StatusCode> {
     caller.require(Role::Operator)?;
-    state.store.delete_node(caller.tenant(), &node_key(&node), &caller.actor()).await?;
+    state
+        .store
+        .delete_node(caller.tenant(), &node_key(&node), &caller.actor())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -204,7 +285,12 @@ async fn list_clusters(
     caller: Caller,
     ApiQuery(q): ApiQuery<PageParams>,
 ) -> ApiResult<Json<Page<Cluster>>> {
-    Ok(Json(state.store.list_clusters(caller.tenant(), q.after.as_deref(), q.limit()?).await?))
+    Ok(Json(
+        state
+            .store
+            .list_clusters(caller.tenant(), q.after.as_deref(), q.limit()?)
+            .await?,
+    ))
 }
 
 /// Create an empty cluster.
@@ -217,7 +303,10 @@ async fn create_cluster(
 ) -> ApiResult<(StatusCode, Json<Cluster>)> {
     caller.require(Role::Operator)?;
     let spec = ClusterSpec::try_from(req)?;
-    let cluster = state.store.create_cluster(caller.tenant(), &spec, &caller.actor()).await?;
+    let cluster = state
+        .store
+        .create_cluster(caller.tenant(), &spec, &caller.actor())
+        .await?;
     Ok((StatusCode::CREATED, Json(cluster)))
 }
 
@@ -230,7 +319,12 @@ async fn get_cluster(
     caller: Caller,
     Path(cluster): Path<String>,
 ) -> ApiResult<Json<ClusterDetail>> {
-    Ok(Json(state.store.get_cluster(caller.tenant(), &cluster_key(&cluster)).await?))
+    Ok(Json(
+        state
+            .store
+            .get_cluster(caller.tenant(), &cluster_key(&cluster))
+            .await?,
+    ))
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -253,8 +347,18 @@ async fn delete_cluster(
     ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> ApiResult<Json<DeletedCluster>> {
     caller.require(Role::Operator)?;
-    let returned = state.store.delete_cluster(caller.tenant(), &cluster_key(&cluster), q.force, &caller.actor()).await?;
-    Ok(Json(DeletedCluster { returned_to_pool: returned }))
+    let returned = state
+        .store
+        .delete_cluster(
+            caller.tenant(),
+            &cluster_key(&cluster),
+            q.force,
+            &caller.actor(),
+        )
+        .await?;
+    Ok(Json(DeletedCluster {
+        returned_to_pool: returned,
+    }))
 }
 
 /// Attach nodes to a cluster: a number from the pool (optionally matching a label selector), or
@@ -270,7 +374,17 @@ async fn attach(
 ) -> ApiResult<Json<NodeMove>> {
     caller.require(Role::Operator)?;
     let target = req.target()?;
-    Ok(Json(state.store.attach(caller.tenant(), &cluster_key(&cluster), &target, &caller.actor()).await?))
+    Ok(Json(
+        state
+            .store
+            .attach(
+                caller.tenant(),
+                &cluster_key(&cluster),
+                &target,
+                &caller.actor(),
+            )
+            .await?,
+    ))
 }
 
 /// Detach named nodes from a cluster. They become `detaching` and return to the pool once their
@@ -294,7 +408,15 @@ async fn detach(
     if unique.len() != req.nodes.len() {
         return Err(ApiError::invalid("nodes names a node more than once"));
     }
-    let moved = state.store.detach(caller.tenant(), &cluster_key(&cluster), &req.nodes, &caller.actor()).await?;
+    let moved = state
+        .store
+        .detach(
+            caller.tenant(),
+            &cluster_key(&cluster),
+            &req.nodes,
+            &caller.actor(),
+        )
+        .await?;
     state.reconcile.notify_one();
     Ok((StatusCode::ACCEPTED, Json(moved)))
 }
@@ -316,7 +438,10 @@ async fn create_user(
     ApiJson(req): ApiJson<CreateUser>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
     caller.require(Role::Admin)?;
-    let user = state.store.create_user(caller.tenant(), &req.name, req.role, &caller.actor()).await?;
+    let user = state
+        .store
+        .create_user(caller.tenant(), &req.name, req.role, &caller.actor())
+        .await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -329,7 +454,12 @@ async fn list_tokens(
     ApiQuery(q): ApiQuery<PageParams>,
 ) -> ApiResult<Json<Page<Token>>> {
     caller.require(Role::Admin)?;
-    Ok(Json(state.store.list_tokens(caller.tenant(), q.after.as_deref(), q.limit()?).await?))
+    Ok(Json(
+        state
+            .store
+            .list_tokens(caller.tenant(), q.after.as_deref(), q.limit()?)
+            .await?,
+    ))
 }
 
 /// Create an API token. Its secret is in this response only.
@@ -343,10 +473,20 @@ async fn create_token(
     caller.require(Role::Admin)?;
     let hours = req.expires_in_hours.unwrap_or(CreateToken::DEFAULT_HOURS);
     if !(1..=CreateToken::MAX_HOURS).contains(&hours) {
-        return Err(ApiError::invalid("expires_in_hours must be between 1 and 8760"));
+        return Err(ApiError::invalid(
+            "expires_in_hours must be between 1 and 8760",
+        ));
     }
     let user = req.user.unwrap_or_else(|| caller.0.user.clone());
-    let created = mint_token(&state.store, caller.tenant(), &user, req.description, hours, &caller.actor()).await?;
+    let created = mint_token(
+        &state.store,
+        caller.tenant(),
+        &user,
+        req.description,
+        hours,
+        &caller.actor(),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -361,19 +501,30 @@ pub async fn mint_token(
 ) -> Result<CreatedToken, qb_store::StoreError> {
     let (secret, hash) = auth::new_secret();
     let expires_at = time::OffsetDateTime::now_utc() + time::Duration::hours(i64::from(hours));
-    store.create_token(tenant, user, secret, &hash, description, expires_at, actor).await
+    store
+        .create_token(tenant, user, secret, &hash, description, expires_at, actor)
+        .await
 }
 
 /// Revoke a token at once.
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens",
     params(("id" = String, Path, description = "Token id")),
     responses((status = 200, body = Token), (status = 403, body = qb_api::Problem), (status = 404, body = qb_api::Problem)))]
-async fn revoke_token(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Token>> {
+async fn revoke_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Token>> {
     caller.require(Role::Admin)?;
     let id: TokenId = id
         .parse()
         .map_err(|_| ApiError::new(ProblemCode::NotFound, format!("token {id:?} not found")))?;
-    Ok(Json(state.store.revoke_token(caller.tenant(), id, &caller.actor()).await?))
+    Ok(Json(
+        state
+            .store
+            .revoke_token(caller.tenant(), id, &caller.actor())
+            .await?,
+    ))
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -399,12 +550,28 @@ async fn list_events(
     caller: Caller,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> ApiResult<Json<Page<Event>>> {
-    let limit = PageParams { limit: q.limit, after: None }.limit()?;
+    let limit = PageParams {
+        limit: q.limit,
+        after: None,
+    }
+    .limit()?;
     let after = q
         .after
         .as_deref()
-        .map(|a| a.parse::<i64>().map_err(|_| ApiError::invalid(format!("invalid cursor {a:?}"))))
+        .map(|a| {
+            a.parse::<i64>()
+                .map_err(|_| ApiError::invalid(format!("invalid cursor {a:?}")))
+        })
         .transpose()?;
-    let filter = EventFilter { object_kind: q.kind, object: q.object, action_prefix: q.action };
-    Ok(Json(state.store.list_events(caller.tenant(), &filter, after, limit).await?))
+    let filter = EventFilter {
+        object_kind: q.kind,
+        object: q.object,
+        action_prefix: q.action,
+    };
+    Ok(Json(
+        state
+            .store
+            .list_events(caller.tenant(), &filter, after, limit)
+            .await?,
+    ))
 }

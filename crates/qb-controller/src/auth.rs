@@ -43,7 +43,11 @@ impl Caller {
         } else {
             Err(ApiError::new(
                 ProblemCode::Forbidden,
-                format!("this needs the {} role; you are {}", role.as_str(), self.0.role.as_str()),
+                format!(
+                    "this needs the {} role; you are {}",
+                    role.as_str(),
+                    self.0.role.as_str()
+                ),
             ))
         }
     }
@@ -62,10 +66,9 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let unauthenticated = |m: &str| ApiError::new(ProblemCode::Unauthenticated, m);
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| unauthenticated("send an API token as 'Authorization: Bearer <token>'"))?;
+        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
+            unauthenticated("send an API token as 'Authorization: Bearer <token>'")
+        })?;
         let secret = header
             .to_str()
             .ok()
@@ -78,7 +81,10 @@ impl FromRequestParts<AppState> for Caller {
             .authenticate(&hash_secret(secret))
             .await?
             .ok_or_else(|| unauthenticated("the token is unknown, expired or revoked"))?;
-        state.token_use.record(&state.store, principal.token_id).await;
+        state
+            .token_use
+            .record(&state.store, principal.token_id)
+            .await;
         Ok(Self(principal))
     }
 }
@@ -95,7 +101,10 @@ impl TokenUse {
 
     async fn record(&self, store: &Store, id: TokenId) {
         let due = {
-            let mut flushed = self.flushed.lock().expect("token-use map lock is never poisoned");
+            let mut flushed = self
+                .flushed
+                .lock()
+                .expect("token-use map lock is never poisoned");
             let now = Instant::now();
             match flushed.get(&id) {
                 Some(at) if now.duration_since(*at) < Self::EVERY => false,

@@ -32,11 +32,17 @@ impl From<StoreError> for ApiError {
             StoreError::ClusterNotEmpty { .. } => ProblemCode::ClusterNotEmpty,
             StoreError::Database(sqlx_error) if is_unavailable(sqlx_error) => {
                 tracing::warn!(error = %format_args!("{:#}", anyhow_chain(&e)), "store unavailable");
-                return Self::new(ProblemCode::Unavailable, "the controller's database is unavailable; retry shortly");
+                return Self::new(
+                    ProblemCode::Unavailable,
+                    "the controller's database is unavailable; retry shortly",
+                );
             }
             StoreError::Corrupt { .. } | StoreError::Database(_) | StoreError::Migrate(_) => {
                 tracing::error!(error = %anyhow_chain(&e), "store error");
-                return Self::new(ProblemCode::Internal, "internal error; see the controller's log");
+                return Self::new(
+                    ProblemCode::Internal,
+                    "internal error; see the controller's log",
+                );
             }
         };
         Self::new(code, e.to_string())
@@ -46,7 +52,9 @@ impl From<StoreError> for ApiError {
 impl From<qb_store::SpecError> for ApiError {
     fn from(e: qb_store::SpecError) -> Self {
         match e {
-            qb_store::SpecError::CidrOverlap { .. } => Self::new(ProblemCode::CidrOverlap, e.to_string()),
+            qb_store::SpecError::CidrOverlap { .. } => {
+                Self::new(ProblemCode::CidrOverlap, e.to_string())
+            }
             qb_store::SpecError::Invalid(m) => Self::invalid(m),
         }
     }
@@ -59,7 +67,10 @@ impl From<qb_api::InvalidValue> for ApiError {
 }
 
 fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+    )
 }
 
 /// The error and all its sources, `outer: inner: ...`.
@@ -83,8 +94,9 @@ impl IntoResponse for ApiError {
 pub(crate) fn problem_response(problem: Problem) -> Response {
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (status, axum::Json(problem)).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
     response
 }

@@ -91,8 +91,13 @@ async fn run(cli: Cli) -> Result<()> {
         Some(url) => url.clone(),
         None => format!("sqlite://{}", cli.data_dir.join("qb.db").display()),
     };
-    let store = Store::open(&url).await.with_context(|| format!("opening the database {}", redact(&url)))?;
-    match cli.command.unwrap_or(Command::Serve(ServeArgs::parse_from(["serve"]))) {
+    let store = Store::open(&url)
+        .await
+        .with_context(|| format!("opening the database {}", redact(&url)))?;
+    match cli
+        .command
+        .unwrap_or(Command::Serve(ServeArgs::parse_from(["serve"])))
+    {
         Command::Serve(args) => serve_api(store, &cli.data_dir, args).await,
         Command::Tenant(TenantCommand::Create { name, admin }) => {
             let (tenant, user) = store.create_tenant(&name, &admin).await?;
@@ -109,11 +114,21 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", created.secret);
             Ok(())
         }
-        Command::AdminToken { tenant, user, expires_in_hours } => {
+        Command::AdminToken {
+            tenant,
+            user,
+            expires_in_hours,
+        } => {
             let tenant = store.tenant_by_name(&tenant).await?;
-            let created =
-                qb_controller::api::mint_token(&store, tenant.id, &user, None, expires_in_hours, &Actor::controller())
-                    .await?;
+            let created = qb_controller::api::mint_token(
+                &store,
+                tenant.id,
+                &user,
+                None,
+                expires_in_hours,
+                &Actor::controller(),
+            )
+            .await?;
             println!("{}", created.secret);
             Ok(())
         }
@@ -122,14 +137,21 @@ async fn run(cli: Cli) -> Result<()> {
 
 async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()> {
     if args.insecure_http && !args.listen.ip().is_loopback() {
-        bail!("--insecure-http is only allowed on a loopback address, not {}", args.listen);
+        bail!(
+            "--insecure-http is only allowed on a loopback address, not {}",
+            args.listen
+        );
     }
     let first_token = bootstrap::first_start(&store, data_dir).await?;
     let identity = if args.insecure_http {
         None
     } else {
         let given = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
-        Some(tls::load_or_generate(given, &data_dir.join("tls"), &args.tls_san)?)
+        Some(tls::load_or_generate(
+            given,
+            &data_dir.join("tls"),
+            &args.tls_san,
+        )?)
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -139,9 +161,22 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
     let url = format!("{scheme}://{addr}");
     let mut out = std::io::stdout().lock();
     if let Some(path) = &first_token {
-        writeln!(out, "First start: created tenant \"{}\" with admin user \"{}\".", bootstrap::FIRST_TENANT, bootstrap::FIRST_ADMIN)?;
-        writeln!(out, "Its API token is in {} (readable only by you); it is not shown again. Log in with:", path.display())?;
-        writeln!(out, "  qb login {url} --token \"$(cat {})\"", path.display())?;
+        writeln!(
+            out,
+            "First start: created tenant \"{}\" with admin user \"{}\".",
+            bootstrap::FIRST_TENANT,
+            bootstrap::FIRST_ADMIN
+        )?;
+        writeln!(
+            out,
+            "Its API token is in {} (readable only by you); it is not shown again. Log in with:",
+            path.display()
+        )?;
+        writeln!(
+            out,
+            "  qb login {url} --token \"$(cat {})\"",
+            path.display()
+        )?;
     }
     writeln!(out, "listening on {url}")?;
     if let Some(identity) = &identity {
@@ -152,7 +187,13 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
 
     let state = AppState::new(store);
     tokio::spawn(reconcile::run(state.clone()));
-    serve::serve(listener, router(state), identity.map(|i| i.config), shutdown_signal()).await?;
+    serve::serve(
+        listener,
+        router(state),
+        identity.map(|i| i.config),
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }

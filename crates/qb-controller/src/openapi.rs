@@ -56,7 +56,8 @@ pub fn document() -> utoipa::openapi::OpenApi {
 
 /// The document as committed: pretty JSON with a trailing newline.
 pub fn document_json() -> String {
-    let mut json = serde_json::to_string_pretty(&document()).expect("the OpenAPI document serializes");
+    let mut json =
+        serde_json::to_string_pretty(&document()).expect("the OpenAPI document serializes");
     json.push('\n');
     json
 }

@@ -26,10 +26,19 @@ pub async fn run(state: AppState) {
 /// One pass over everything that needs work.
 pub async fn pass(state: &AppState) -> Result<(), qb_store::StoreError> {
     for (tenant, node) in state.store.detaching_nodes().await? {
-        match state.store.finish_detach(tenant, node.id, &Actor::controller()).await {
-            Ok(node) => tracing::info!(node_id = %node.id, node = %node.name, "node returned to the pool"),
+        match state
+            .store
+            .finish_detach(tenant, node.id, &Actor::controller())
+            .await
+        {
+            Ok(node) => {
+                tracing::info!(node_id = %node.id, node = %node.name, "node returned to the pool")
+            }
             // Someone else (another replica, a deauthorize) got there first: nothing to do.
-            Err(qb_store::StoreError::InvalidNodeState { .. } | qb_store::StoreError::NotFound { .. }) => {}
+            Err(
+                qb_store::StoreError::InvalidNodeState { .. }
+                | qb_store::StoreError::NotFound { .. },
+            ) => {}
             Err(e) => return Err(e),
         }
     }

@@ -22,7 +22,11 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
 
 /// Loads the operator's certificate and key, or the generated pair in `dir` (creating it with
 /// `sans` on first use).
-pub fn load_or_generate(given: Option<(&Path, &Path)>, dir: &Path, sans: &[String]) -> Result<Identity> {
+pub fn load_or_generate(
+    given: Option<(&Path, &Path)>,
+    dir: &Path,
+    sans: &[String],
+) -> Result<Identity> {
     let (cert_path, key_path) = match given {
         Some((c, k)) => (c.to_path_buf(), k.to_path_buf()),
         None => {
@@ -43,23 +47,41 @@ pub fn load_or_generate(given: Option<(&Path, &Path)>, dir: &Path, sans: &[Strin
         .context("TLS protocol versions")?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .with_context(|| format!("certificate {} does not match key {}", cert_path.display(), key_path.display()))?;
+        .with_context(|| {
+            format!(
+                "certificate {} does not match key {}",
+                cert_path.display(),
+                key_path.display()
+            )
+        })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Identity { config: Arc::new(config), fingerprint })
+    Ok(Identity {
+        config: Arc::new(config),
+        fingerprint,
+    })
 }
 
 fn generate(dir: &Path, cert_path: &PathBuf, key_path: &PathBuf, sans: &[String]) -> Result<()> {
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     names.extend(sans.iter().cloned());
     let key = rcgen::KeyPair::generate().context("generating the TLS key")?;
     let mut params = rcgen::CertificateParams::new(names).context("certificate names")?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, "qb controller");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "qb controller");
     params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
     params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
-    let cert = params.self_signed(&key).context("signing the TLS certificate")?;
+    let cert = params
+        .self_signed(&key)
+        .context("signing the TLS certificate")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     crate::bootstrap::write_private(key_path, key.serialize_pem().as_bytes())?;
-    std::fs::write(cert_path, cert.pem()).with_context(|| format!("writing {}", cert_path.display()))?;
+    std::fs::write(cert_path, cert.pem())
+        .with_context(|| format!("writing {}", cert_path.display()))?;
     tracing::info!(cert = %cert_path.display(), "generated a self-signed TLS certificate");
     Ok(())
 }

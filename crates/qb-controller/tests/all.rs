@@ -1,0 +1,10 @@
+//! The controller's integration tests: the REST API through its router, on SQLite and on a real
+//! PostgreSQL server started for each test.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+mod api_auth;
+mod api_input;
+mod api_nodes_clusters;
+mod openapi;

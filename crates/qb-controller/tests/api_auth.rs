@@ -1,0 +1,433 @@
+//! Authentication, roles, and tenant isolation.
+
+use axum::http::{Method, StatusCode};
+use qb_store::{Actor, Store};
+use serde_json::json;
+
+use crate::support::{App, on_both_stores};
+
+on_both_stores!(
+    every_call_needs_a_valid_token,
+    revoked_and_expired_tokens_are_refused,
+    viewer_reads_but_cannot_mutate,
+    operator_cannot_manage_users_or_tokens,
+    tenants_cannot_see_or_touch_each_other,
+);
+
+/// Every API route, with a body a mutation would accept.
+fn routes() -> Vec<(Method, &'static str, Option<serde_json::Value>)> {
+    vec![
+        (Method::GET, "/api/v1/whoami", None),
+        (Method::GET, "/api/v1/nodes", None),
+        (Method::GET, "/api/v1/nodes/n-0", None),
+        (
+            Method::POST,
+            "/api/v1/nodes/n-0/labels",
+            Some(json!({"set": {"zone": "a"}})),
+        ),
+        (Method::POST, "/api/v1/nodes/n-0/authorize", None),
+        (Method::POST, "/api/v1/nodes/n-0/deauthorize", None),
+        (Method::DELETE, "/api/v1/nodes/n-0", None),
+        (Method::GET, "/api/v1/clusters", None),
+        (
+            Method::POST,
+            "/api/v1/clusters",
+            Some(json!({"name": "c2"})),
+        ),
+        (Method::GET, "/api/v1/clusters/c1", None),
+        (Method::DELETE, "/api/v1/clusters/c1?force=true", None),
+        (
+            Method::POST,
+            "/api/v1/clusters/c1/attach",
+            Some(json!({"count": 1})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/clusters/c1/detach",
+            Some(json!({"nodes": ["n-0"]})),
+        ),
+        (Method::GET, "/api/v1/users", None),
+        (
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"name": "u2", "role": "viewer"})),
+        ),
+        (Method::GET, "/api/v1/tokens", None),
+        (Method::POST, "/api/v1/tokens", Some(json!({}))),
+        (
+            Method::DELETE,
+            "/api/v1/tokens/01a1fc8f-3732-7437-af29-7d935c2c90b5",
+            None,
+        ),
+        (Method::GET, "/api/v1/events", None),
+    ]
+}
+
+async fn every_call_needs_a_valid_token(store: Store) {
+    let app = App::new(store);
+    let t = app.tenant("a").await;
+    app.pending_nodes(t.id, "n", 1).await;
+    let before = app.events(t.id).await.len();
+    for bad in [
+        "",
+        "qb_0000000000000000000000000000000000000000000000000000000000000000",
+        "not-a-token",
+    ] {
+        for (method, path, body) in routes() {
+            let (status, problem) = app.call(bad, method.clone(), path, body).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {bad:?}"
+            );
+            assert_eq!(problem["code"], "unauthenticated");
+        }
+    }
+    assert_eq!(
+        app.events(t.id).await.len(),
+        before,
+        "refused calls wrote nothing"
+    );
+    // The OpenAPI document and the health check are public.
+    assert_eq!(
+        app.call("", Method::GET, "/api/v1/openapi.json", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.call("", Method::GET, "/healthz", None).await.0,
+        StatusCode::OK
+    );
+}
+
+async fn revoked_and_expired_tokens_are_refused(store: Store) {
+    let app = App::new(store.clone());
+    let t = app.tenant("a").await;
+    let (status, created) = app
+        .call(
+            &t.admin,
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"user": "op"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.call(&secret, Method::GET, "/api/v1/whoami", None)
+            .await
+            .1["user"],
+        "op"
+    );
+    // The list never shows secrets, and shows the token as used.
+    let (_, list) = app
+        .call(&t.admin, Method::GET, "/api/v1/tokens", None)
+        .await;
+    assert!(!list.to_string().contains(&secret));
+    let id = created["token"]["id"].as_str().unwrap();
+    let listed = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == id)
+        .unwrap()
+        .clone();
+    assert!(listed["last_used_at"].is_string(), "{listed}");
+
+    let (status, revoked) = app
+        .call(
+            &t.admin,
+            Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(revoked["revoked_at"].is_string());
+    let (status, problem) = app.call(&secret, Method::GET, "/api/v1/whoami", None).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthenticated"))
+    );
+
+    let (expired, hash) = qb_controller::auth::new_secret();
+    let past = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    store
+        .create_token(
+            t.id,
+            &"op".parse().unwrap(),
+            expired.clone(),
+            &hash,
+            None,
+            past,
+            &Actor::controller(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        app.call(&expired, Method::GET, "/api/v1/whoami", None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Lifetimes are bounded.
+    for hours in [0, 8761] {
+        let (status, _) = app
+            .call(
+                &t.admin,
+                Method::POST,
+                "/api/v1/tokens",
+                Some(json!({"expires_in_hours": hours})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{hours}");
+    }
+}
+
+async fn viewer_reads_but_cannot_mutate(store: Store) {
+    let app = App::new(store);
+    let t = app.tenant("a").await;
+    app.pending_nodes(t.id, "n", 1).await;
+    let (status, _) = app
+        .call(
+            &t.operator,
+            Method::POST,
+            "/api/v1/clusters",
+            Some(json!({"name": "c1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let before = app.events(t.id).await.len();
+    for (method, path, body) in routes() {
+        let (status, problem) = app.call(&t.viewer, method.clone(), path, body).await;
+        let admin_only = path.starts_with("/api/v1/users") || path.starts_with("/api/v1/tokens");
+        if method == Method::GET && !admin_only {
+            assert_eq!(status, StatusCode::OK, "viewer may read {path}");
+        } else {
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "viewer {method} {path}: {problem}"
+            );
+            assert_eq!(problem["code"], "forbidden");
+        }
+    }
+    assert_eq!(
+        app.events(t.id).await.len(),
+        before,
+        "refused calls wrote nothing"
+    );
+    let (_, node) = app
+        .call(&t.viewer, Method::GET, "/api/v1/nodes/n-0", None)
+        .await;
+    assert_eq!(node["state"], "pending");
+}
+
+async fn operator_cannot_manage_users_or_tokens(store: Store) {
+    let app = App::new(store);
+    let t = app.tenant("a").await;
+    for (method, path, body) in routes()
+        .into_iter()
+        .filter(|(_, p, _)| p.contains("/users") || p.contains("/tokens"))
+    {
+        let (status, _) = app
+            .call(&t.operator, method.clone(), path, body.clone())
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "operator {method} {path}");
+        let (status, _) = app.call(&t.admin, method.clone(), path, body).await;
+        assert_ne!(status, StatusCode::FORBIDDEN, "admin {method} {path}");
+    }
+    let (status, user) = app
+        .call(
+            &t.admin,
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"name": "carol", "role": "operator"})),
+        )
+        .await;
+    assert_eq!(
+        (status, user["role"].as_str()),
+        (StatusCode::CREATED, Some("operator"))
+    );
+    let (status, problem) = app
+        .call(
+            &t.admin,
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"name": "carol", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::CONFLICT, Some("name_taken"))
+    );
+}
+
+async fn tenants_cannot_see_or_touch_each_other(store: Store) {
+    let app = App::new(store);
+    let a = app.tenant("a").await;
+    let b = app.tenant("b").await;
+    let a_nodes = app.pool(&a, "a", 3).await;
+    app.pending_nodes(a.id, "ap", 1).await;
+    app.pool(&b, "b", 1).await;
+    let (_, a_cluster) = app
+        .call(
+            &a.operator,
+            Method::POST,
+            "/api/v1/clusters",
+            Some(json!({"name": "shared-name"})),
+        )
+        .await;
+    let (_, moved) = app
+        .call(
+            &a.operator,
+            Method::POST,
+            "/api/v1/clusters/shared-name/attach",
+            Some(json!({"count": 1})),
+        )
+        .await;
+    assert_eq!(moved["nodes"].as_array().unwrap().len(), 1);
+    let a_node_id = moved["nodes"][0]["id"].as_str().unwrap().to_owned();
+    let a_cluster_id = a_cluster["id"].as_str().unwrap().to_owned();
+    // B may use the same cluster name: names are per tenant.
+    let (status, _) = app
+        .call(
+            &b.operator,
+            Method::POST,
+            "/api/v1/clusters",
+            Some(json!({"name": "shared-name"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let a_events_before = app.events(a.id).await.len();
+
+    // Lists show only B's own objects.
+    let (_, nodes) = app.call(&b.admin, Method::GET, "/api/v1/nodes", None).await;
+    let names: Vec<&str> = nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["b-0"]);
+    let (_, clusters) = app
+        .call(&b.admin, Method::GET, "/api/v1/clusters", None)
+        .await;
+    assert_eq!(clusters["items"].as_array().unwrap().len(), 1);
+    assert_ne!(clusters["items"][0]["id"], a_cluster_id.as_str());
+    let (_, tokens) = app
+        .call(&b.admin, Method::GET, "/api/v1/tokens", None)
+        .await;
+    let (_, events) = app
+        .call(&b.admin, Method::GET, "/api/v1/events", None)
+        .await;
+    let text = events.to_string();
+    assert!(
+        !text.contains(&a_node_id) && !text.contains(&a_cluster_id) && !text.contains("a-0"),
+        "{text}"
+    );
+    let (_, a_tokens) = app
+        .call(&a.admin, Method::GET, "/api/v1/tokens", None)
+        .await;
+    let a_token_id = a_tokens["items"][0]["id"].as_str().unwrap().to_owned();
+    let b_token_ids: Vec<&str> = tokens["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert!(!b_token_ids.contains(&a_token_id.as_str()));
+
+    // Every touch of A's objects, by id or by name, is a 404 (not 403: B must not learn they exist).
+    let attempts = [
+        (Method::GET, format!("/api/v1/nodes/{a_node_id}"), None),
+        (Method::GET, format!("/api/v1/nodes/{}", a_nodes[1]), None),
+        (Method::GET, "/api/v1/nodes/ap-0".to_owned(), None),
+        (
+            Method::POST,
+            "/api/v1/nodes/ap-0/authorize".to_owned(),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/nodes/{}/deauthorize", a_nodes[1]),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/nodes/{a_node_id}/labels"),
+            Some(json!({"set": {"x": "y"}})),
+        ),
+        (Method::DELETE, "/api/v1/nodes/ap-0".to_owned(), None),
+        (
+            Method::GET,
+            format!("/api/v1/clusters/{a_cluster_id}"),
+            None,
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/clusters/{a_cluster_id}?force=true"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/clusters/{a_cluster_id}/attach"),
+            Some(json!({"count": 1})),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/clusters/{a_cluster_id}/detach"),
+            Some(json!({"nodes": [moved["nodes"][0]["name"]]})),
+        ),
+        // A's pool node into B's own cluster.
+        (
+            Method::POST,
+            "/api/v1/clusters/shared-name/attach".to_owned(),
+            Some(json!({"nodes": [a_nodes[2]]})),
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/nodes?cluster={a_cluster_id}"),
+            None,
+        ),
+        (Method::DELETE, format!("/api/v1/tokens/{a_token_id}"), None),
+    ];
+    for (method, path, body) in attempts {
+        let (status, problem) = app.call(&b.admin, method.clone(), &path, body).await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "B {method} {path}: {problem}"
+        );
+        assert_eq!(problem["code"], "not_found");
+    }
+    // B's own cluster of the same name is B's: attaching from B's pool takes B's node only.
+    let (status, moved_b) = app
+        .call(
+            &b.operator,
+            Method::POST,
+            "/api/v1/clusters/shared-name/attach",
+            Some(json!({"count": 2})),
+        )
+        .await;
+    assert_eq!(
+        (status, moved_b["code"].as_str()),
+        (StatusCode::CONFLICT, Some("pool_exhausted"))
+    );
+    assert_eq!(
+        app.events(a.id).await.len(),
+        a_events_before,
+        "nothing of A changed"
+    );
+    let (_, node) = app
+        .call(
+            &a.viewer,
+            Method::GET,
+            &format!("/api/v1/nodes/{a_node_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(node["state"], "attached");
+}

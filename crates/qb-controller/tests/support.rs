@@ -1,0 +1,219 @@
+//! A controller router over a fresh store, with a token per role, and request helpers.
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use qb_api::{Name, NodeFacts, Role, TenantId};
+use qb_controller::{AppState, router};
+use qb_store::{Actor, NewNode, Store};
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// Runs an async test body once on SQLite and once on PostgreSQL.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let (store, _guard) = crate::support::sqlite_store().await;
+                    super::$name(store).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let (store, _guard) = crate::support::postgres_store().await;
+                    super::$name(store).await;
+                }
+            }
+        )*
+    };
+}
+pub(crate) use on_both_stores;
+
+/// Keeps a test's database alive.
+pub enum StoreGuard {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres(#[allow(dead_code)] qb_test_support::PgServer),
+}
+
+pub async fn sqlite_store() -> (Store, StoreGuard) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("qb.db")).await.unwrap();
+    (store, StoreGuard::Sqlite(dir))
+}
+
+pub async fn postgres_store() -> (Store, StoreGuard) {
+    let server = qb_test_support::PgServer::start().expect("PostgreSQL is required for this test");
+    let store = Store::open(&server.url()).await.unwrap();
+    (store, StoreGuard::Postgres(server))
+}
+
+/// A tenant with one token per role.
+pub struct Tenant {
+    pub id: TenantId,
+    pub admin: String,
+    pub operator: String,
+    pub viewer: String,
+}
+
+pub struct App {
+    pub store: Store,
+    pub state: AppState,
+    pub router: axum::Router,
+}
+
+impl App {
+    pub fn new(store: Store) -> Self {
+        let state = AppState::new(store.clone());
+        Self {
+            store,
+            router: router(state.clone()),
+            state,
+        }
+    }
+
+    pub async fn tenant(&self, name: &str) -> Tenant {
+        let (tenant, admin) = self
+            .store
+            .create_tenant(&name.parse().unwrap(), &"admin".parse().unwrap())
+            .await
+            .unwrap();
+        let mint = |user: Name| {
+            let store = self.store.clone();
+            async move {
+                qb_controller::api::mint_token(
+                    &store,
+                    tenant.id,
+                    &user,
+                    None,
+                    1,
+                    &Actor::controller(),
+                )
+                .await
+                .unwrap()
+                .secret
+            }
+        };
+        for (user, role) in [("op", Role::Operator), ("view", Role::Viewer)] {
+            self.store
+                .create_user(
+                    tenant.id,
+                    &user.parse().unwrap(),
+                    role,
+                    &Actor::controller(),
+                )
+                .await
+                .unwrap();
+        }
+        Tenant {
+            id: tenant.id,
+            admin: mint(admin.name).await,
+            operator: mint("op".parse().unwrap()).await,
+            viewer: mint("view".parse().unwrap()).await,
+        }
+    }
+
+    /// Registers `n` pending nodes named `<prefix>-<i>`, as the agent's registration will.
+    pub async fn pending_nodes(&self, tenant: TenantId, prefix: &str, n: usize) -> Vec<String> {
+        let mut names = Vec::new();
+        for i in 0..n {
+            let name = format!("{prefix}-{i}");
+            let facts = NodeFacts {
+                hostname: name.clone(),
+                os: "Debian GNU/Linux 12 (bookworm)".into(),
+                kernel: "6.1.0".into(),
+                arch: "x86_64".into(),
+                cpus: 2,
+                memory_bytes: 4 << 30,
+                addresses: vec![format!("10.77.0.{}", i + 10).parse().unwrap()],
+            };
+            let new = NewNode {
+                name: name.parse().unwrap(),
+                facts,
+                labels: Default::default(),
+            };
+            self.store
+                .insert_node(tenant, new, &Actor::controller())
+                .await
+                .unwrap();
+            names.push(name);
+        }
+        names
+    }
+
+    /// Registers and authorizes `n` nodes: a pool.
+    pub async fn pool(&self, tenant: &Tenant, prefix: &str, n: usize) -> Vec<String> {
+        let names = self.pending_nodes(tenant.id, prefix, n).await;
+        for name in &names {
+            let (status, _) = self
+                .call(
+                    &tenant.operator,
+                    Method::POST,
+                    &format!("/api/v1/nodes/{name}/authorize"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        names
+    }
+
+    /// Sends a request with a bearer token and a JSON body; returns status and JSON body.
+    pub async fn call(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if !token.is_empty() {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        self.send(req).await
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let problem = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v == "application/problem+json");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        if status.is_client_error() || status.is_server_error() {
+            assert!(
+                problem,
+                "error {status} without a problem+json body: {value}"
+            );
+            assert_eq!(value["status"], status.as_u16(), "{value}");
+            assert!(
+                value["code"].is_string() && value["detail"].is_string(),
+                "{value}"
+            );
+        }
+        (status, value)
+    }
+
+    /// Every event of the tenant (to check that a refused request wrote nothing).
+    pub async fn events(&self, tenant: TenantId) -> Vec<qb_api::Event> {
+        self.store
+            .list_events(tenant, &Default::default(), None, 1000)
+            .await
+            .unwrap()
+            .items
+    }
+}
