@@ -1,1 +1,80 @@
-fn main() {}
+//! `cargo xtask <task>`: the project's automation.
+//!
+//! - `test`: install what the test suite needs (when missing), then run the whole suite.
+//! - `bench`: run the benchmarks and print their figures.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    match args.first().map(String::as_str) {
+        Some("test") => {
+            prerequisites()?;
+            let mut cmd = Command::new(cargo());
+            cmd.current_dir(&root).args(["nextest", "run", "--workspace", "--no-fail-fast"]).args(&args[1..]);
+            run(&mut cmd)
+        }
+        Some("bench") => {
+            prerequisites()?;
+            let mut cmd = Command::new(cargo());
+            cmd.current_dir(&root).args(["bench", "--workspace", "--bench", "api"]).args(&args[1..]);
+            run(&mut cmd)
+        }
+        Some("deps") => prerequisites(),
+        _ => {
+            eprintln!("usage: cargo xtask <test|bench|deps> [args for the runner]");
+            eprintln!("  test   install missing test prerequisites, then run the whole test suite");
+            eprintln!("  bench  run the API throughput benchmark (SQLite and PostgreSQL side by side)");
+            eprintln!("  deps   only install missing prerequisites");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Debian packages the tests use, and a file each one installs.
+const PACKAGES: &[(&str, &str)] = &[("postgresql", "/usr/lib/postgresql")];
+
+/// Installs what the suite needs when it is missing: PostgreSQL (the store's tests start their own
+/// server from it) and cargo-nextest.
+fn prerequisites() -> Result<()> {
+    let missing: Vec<&str> =
+        PACKAGES.iter().filter(|(_, path)| !Path::new(path).exists()).map(|(pkg, _)| *pkg).collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!("missing Debian packages {missing:?}: run `sudo apt-get install -y {}` first", missing.join(" "));
+        }
+        eprintln!("xtask: installing {missing:?}");
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let has_nextest = Command::new(cargo()).args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !has_nextest {
+        eprintln!("xtask: installing cargo-nextest");
+        run(Command::new(cargo()).args(["install", "--locked", "cargo-nextest"]))?;
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
