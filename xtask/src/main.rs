@@ -15,20 +15,26 @@ fn main() -> Result<()> {
         Some("test") => {
             prerequisites()?;
             let mut cmd = Command::new(cargo());
-            cmd.current_dir(&root).args(["nextest", "run", "--workspace", "--no-fail-fast"]).args(&args[1..]);
+            cmd.current_dir(&root)
+                .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+                .args(&args[1..]);
             run(&mut cmd)
         }
         Some("bench") => {
             prerequisites()?;
             let mut cmd = Command::new(cargo());
-            cmd.current_dir(&root).args(["bench", "--workspace", "--bench", "api"]).args(&args[1..]);
+            cmd.current_dir(&root)
+                .args(["bench", "--workspace", "--bench", "api"])
+                .args(&args[1..]);
             run(&mut cmd)
         }
         Some("deps") => prerequisites(),
         _ => {
             eprintln!("usage: cargo xtask <test|bench|deps> [args for the runner]");
             eprintln!("  test   install missing test prerequisites, then run the whole test suite");
-            eprintln!("  bench  run the API throughput benchmark (SQLite and PostgreSQL side by side)");
+            eprintln!(
+                "  bench  run the API throughput benchmark (SQLite and PostgreSQL side by side)"
+            );
             eprintln!("  deps   only install missing prerequisites");
             std::process::exit(2);
         }
@@ -36,7 +42,10 @@ fn main() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn cargo() -> String {
@@ -57,17 +66,29 @@ const PACKAGES: &[(&str, &str)] = &[("postgresql", "/usr/lib/postgresql")];
 /// Installs what the suite needs when it is missing: PostgreSQL (the store's tests start their own
 /// server from it) and cargo-nextest.
 fn prerequisites() -> Result<()> {
-    let missing: Vec<&str> =
-        PACKAGES.iter().filter(|(_, path)| !Path::new(path).exists()).map(|(pkg, _)| *pkg).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, path)| !Path::new(path).exists())
+        .map(|(pkg, _)| *pkg)
+        .collect();
     if !missing.is_empty() {
         if !is_root() {
-            bail!("missing Debian packages {missing:?}: run `sudo apt-get install -y {}` first", missing.join(" "));
+            bail!(
+                "missing Debian packages {missing:?}: run `sudo apt-get install -y {}` first",
+                missing.join(" ")
+            );
         }
         eprintln!("xtask: installing {missing:?}");
         run(Command::new("apt-get").arg("update").arg("-q"))?;
-        run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
-    let has_nextest = Command::new(cargo()).args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
+    let has_nextest = Command::new(cargo())
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !has_nextest {
         eprintln!("xtask: installing cargo-nextest");
         run(Command::new(cargo()).args(["install", "--locked", "cargo-nextest"]))?;
@@ -76,5 +97,8 @@ fn prerequisites() -> Result<()> {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }

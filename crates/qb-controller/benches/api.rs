@@ -28,21 +28,49 @@ struct Fixture {
 }
 
 async fn fixture(store: Store) -> Fixture {
-    let (tenant, admin) = store.create_tenant(&"bench".parse().unwrap(), &"admin".parse().unwrap()).await.unwrap();
-    let op = store.create_user(tenant.id, &"op".parse().unwrap(), Role::Operator, &Actor::controller()).await.unwrap();
-    let _ = admin;
-    let token = qb_controller::api::mint_token(&store, tenant.id, &op.name, None, 1, &Actor::controller())
+    let (tenant, admin) = store
+        .create_tenant(&"bench".parse().unwrap(), &"admin".parse().unwrap())
         .await
-        .unwrap()
-        .secret;
+        .unwrap();
+    let op = store
+        .create_user(
+            tenant.id,
+            &"op".parse().unwrap(),
+            Role::Operator,
+            &Actor::controller(),
+        )
+        .await
+        .unwrap();
+    let _ = admin;
+    let token =
+        qb_controller::api::mint_token(&store, tenant.id, &op.name, None, 1, &Actor::controller())
+            .await
+            .unwrap()
+            .secret;
     for i in 0..POOL {
         let name = format!("node-{i:03}");
-        let facts = NodeFacts { hostname: name.clone(), cpus: 2, memory_bytes: 8 << 30, ..Default::default() };
+        let facts = NodeFacts {
+            hostname: name.clone(),
+            cpus: 2,
+            memory_bytes: 8 << 30,
+            ..Default::default()
+        };
         let node = store
-            .insert_node(tenant.id, NewNode { name: name.parse().unwrap(), facts, labels: Default::default() }, &Actor::controller())
+            .insert_node(
+                tenant.id,
+                NewNode {
+                    name: name.parse().unwrap(),
+                    facts,
+                    labels: Default::default(),
+                },
+                &Actor::controller(),
+            )
             .await
             .unwrap();
-        store.authorize_node(tenant.id, &qb_store::Key::Id(node.id), &Actor::controller()).await.unwrap();
+        store
+            .authorize_node(tenant.id, &qb_store::Key::Id(node.id), &Actor::controller())
+            .await
+            .unwrap();
     }
     let state = AppState::new(store);
     tokio::spawn(reconcile::run(state.clone()));
@@ -52,17 +80,38 @@ async fn fixture(store: Store) -> Fixture {
     tokio::spawn(serve::serve(listener, router(state), None, async move {
         let _ = rx.await;
     }));
-    let client = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build().unwrap();
-    let f = Fixture { base, token, client, _shutdown: tx };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .build()
+        .unwrap();
+    let f = Fixture {
+        base,
+        token,
+        client,
+        _shutdown: tx,
+    };
     for c in 0..CLIENTS {
-        f.request(reqwest::Method::POST, "/api/v1/clusters", Some(json!({"name": format!("bench-{c}")}))).await;
+        f.request(
+            reqwest::Method::POST,
+            "/api/v1/clusters",
+            Some(json!({"name": format!("bench-{c}")})),
+        )
+        .await;
     }
     f
 }
 
 impl Fixture {
-    async fn request(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> reqwest::StatusCode {
-        let mut req = self.client.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::StatusCode {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -109,20 +158,40 @@ async fn round(f: &Arc<Fixture>, workload: Workload) -> Round {
                 let started = Instant::now();
                 match workload {
                     Workload::GetNode => {
-                        assert!(f.request(reqwest::Method::GET, &format!("/api/v1/nodes/{node}"), None).await.is_success());
+                        assert!(
+                            f.request(reqwest::Method::GET, &format!("/api/v1/nodes/{node}"), None)
+                                .await
+                                .is_success()
+                        );
                     }
                     Workload::ListNodes => {
-                        assert!(f.request(reqwest::Method::GET, "/api/v1/nodes?limit=100", None).await.is_success());
+                        assert!(
+                            f.request(reqwest::Method::GET, "/api/v1/nodes?limit=100", None)
+                                .await
+                                .is_success()
+                        );
                     }
                     Workload::AttachDetach => {
                         // Attach this client's next node, detach it; the reconciler returns it
                         // to the pool before the client comes back round to it.
                         let cluster = format!("/api/v1/clusters/bench-{c}");
-                        let status = f.request(reqwest::Method::POST, &format!("{cluster}/attach"), Some(json!({"nodes": [node]}))).await;
+                        let status = f
+                            .request(
+                                reqwest::Method::POST,
+                                &format!("{cluster}/attach"),
+                                Some(json!({"nodes": [node]})),
+                            )
+                            .await;
                         if status.is_success() {
                             latencies.push(started.elapsed());
                             let started = Instant::now();
-                            let status = f.request(reqwest::Method::POST, &format!("{cluster}/detach"), Some(json!({"nodes": [node]}))).await;
+                            let status = f
+                                .request(
+                                    reqwest::Method::POST,
+                                    &format!("{cluster}/detach"),
+                                    Some(json!({"nodes": [node]})),
+                                )
+                                .await;
                             assert!(status.is_success(), "detach: {status}");
                             latencies.push(started.elapsed());
                         }
@@ -141,7 +210,10 @@ async fn round(f: &Arc<Fixture>, workload: Workload) -> Round {
         latencies.extend(t.await.unwrap());
     }
     latencies.sort();
-    Round { per_sec: latencies.len() as f64 / ROUND.as_secs_f64(), latencies }
+    Round {
+        per_sec: latencies.len() as f64 / ROUND.as_secs_f64(),
+        latencies,
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -165,15 +237,29 @@ async fn measure(f: &Arc<Fixture>, workload: Workload) -> Round {
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` would too: nothing else to parse.
-    let workloads = [Workload::GetNode, Workload::ListNodes, Workload::AttachDetach];
+    let workloads = [
+        Workload::GetNode,
+        Workload::ListNodes,
+        Workload::AttachDetach,
+    ];
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Store::open_sqlite(&dir.path().join("qb.db")).await.unwrap();
-    let pg_server = qb_test_support::PgServer::start().expect("PostgreSQL is needed for the benchmark");
+    let pg_server =
+        qb_test_support::PgServer::start().expect("PostgreSQL is needed for the benchmark");
     let postgres = Store::open(&pg_server.url()).await.unwrap();
-    let backends = [("sqlite", Arc::new(fixture(sqlite).await)), ("postgres", Arc::new(fixture(postgres).await))];
+    let backends = [
+        ("sqlite", Arc::new(fixture(sqlite).await)),
+        ("postgres", Arc::new(fixture(postgres).await)),
+    ];
 
-    println!("qb API benchmark: {CLIENTS} concurrent clients over HTTP on loopback, {ROUNDS} rounds of {}s, median round", ROUND.as_secs());
-    println!("{:<10} {:<16} {:>10} {:>9} {:>9}", "store", "workload", "req/s", "p50 ms", "p99 ms");
+    println!(
+        "qb API benchmark: {CLIENTS} concurrent clients over HTTP on loopback, {ROUNDS} rounds of {}s, median round",
+        ROUND.as_secs()
+    );
+    println!(
+        "{:<10} {:<16} {:>10} {:>9} {:>9}",
+        "store", "workload", "req/s", "p50 ms", "p99 ms"
+    );
     let mut rates = Vec::new();
     for workload in workloads {
         for (name, f) in &backends {
@@ -191,9 +277,18 @@ async fn main() {
     }
     println!();
     for workload in workloads {
-        let rate = |store: &str| rates.iter().find(|(w, s, _)| *w == workload.name() && *s == store).map(|r| r.2);
+        let rate = |store: &str| {
+            rates
+                .iter()
+                .find(|(w, s, _)| *w == workload.name() && *s == store)
+                .map(|r| r.2)
+        };
         if let (Some(s), Some(p)) = (rate("sqlite"), rate("postgres")) {
-            println!("{:<16} postgres/sqlite throughput ratio {:.2}", workload.name(), p / s);
+            println!(
+                "{:<16} postgres/sqlite throughput ratio {:.2}",
+                workload.name(),
+                p / s
+            );
         }
     }
 }

@@ -114,10 +114,8 @@ impl TokenUse {
                 }
             }
         };
-        if due {
-            if let Err(e) = store.touch_token(id, time::OffsetDateTime::now_utc()).await {
-                tracing::warn!(token_id = %id, error = %e, "could not record token use");
-            }
+        if due && let Err(e) = store.touch_token(id, time::OffsetDateTime::now_utc()).await {
+            tracing::warn!(token_id = %id, error = %e, "could not record token use");
         }
     }
 }

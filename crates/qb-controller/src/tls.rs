@@ -1,7 +1,7 @@
 //! The controller's TLS identity: given by the operator, or generated on first start and kept in
 //! the data directory. Clients pin its fingerprint the way ssh remembers a host key.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -61,7 +61,7 @@ pub fn load_or_generate(
     })
 }
 
-fn generate(dir: &Path, cert_path: &PathBuf, key_path: &PathBuf, sans: &[String]) -> Result<()> {
+fn generate(dir: &Path, cert_path: &Path, key_path: &Path, sans: &[String]) -> Result<()> {
     let mut names = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
