@@ -1,0 +1,546 @@
+//! The command line: clap definitions and the parsing of kubectl-style arguments.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use qb_api::{
+    Cidr, Description, KubernetesVersion, LabelChange, LabelKey, LabelValue, MasterCount, Name,
+    NodeName, NodeRole, NodeState, Role, Selector, TokenId,
+};
+
+use crate::output::Format;
+
+const GLOBAL: &str = "Global options";
+
+/// qb: manage Kubernetes clusters on your own hosts through the qb controller.
+#[derive(Debug, Parser)]
+#[command(name = "qb", version, max_term_width = 100)]
+pub struct Cli {
+    /// Output format: tables for people, or the API's objects as JSON or YAML.
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table, help_heading = GLOBAL)]
+    pub output: Format,
+    /// The context to use (default: the current one). With `login`, the name of the context to save.
+    #[arg(long, global = true, value_name = "NAME", help_heading = GLOBAL)]
+    pub context: Option<String>,
+    /// The configuration file [default: $HOME/.config/qb/config.yaml].
+    #[arg(long, global = true, value_name = "PATH", env = "QB_CONFIG", help_heading = GLOBAL)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Log in to a controller: pin its certificate, check the token, save a context.
+    Login(LoginArgs),
+    /// Manage the saved contexts (controllers and tokens).
+    #[command(subcommand)]
+    Context(ContextCommand),
+    /// Show who the token of the current context acts as.
+    Whoami,
+    /// Inspect and manage hosts.
+    #[command(subcommand, alias = "nodes")]
+    Node(NodeCommand),
+    /// Create, inspect and resize clusters.
+    #[command(subcommand, alias = "clusters")]
+    Cluster(ClusterCommand),
+    /// Manage API tokens.
+    #[command(subcommand, alias = "tokens")]
+    Token(TokenCommand),
+    /// Manage users.
+    #[command(subcommand, alias = "users")]
+    User(UserCommand),
+    /// Show the audit trail, oldest first.
+    Events(EventsArgs),
+    /// Print a shell completion script.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The controller, e.g. https://qb.example.net:8443 (http:// only on loopback).
+    pub url: String,
+    /// API token; `-` reads it from stdin.
+    #[arg(long, env = "QB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The expected certificate fingerprint (sha256:...), as the controller printed it.
+    #[arg(long, value_name = "SHA256")]
+    pub fingerprint: Option<String>,
+    /// Trust the controller's certificate without asking (for scripts).
+    #[arg(short, long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// List the saved contexts.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Make a context the current one.
+    Use { name: String },
+    /// Forget a context and its token.
+    #[command(visible_alias = "rm")]
+    Delete { name: String },
+    /// Print the name of the current context.
+    Current,
+}
+
+/// A node state, as a command-line value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StateArg {
+    Pending,
+    Authorized,
+    Attached,
+    Detaching,
+    Deauthorized,
+}
+
+impl From<StateArg> for NodeState {
+    fn from(s: StateArg) -> Self {
+        match s {
+            StateArg::Pending => Self::Pending,
+            StateArg::Authorized => Self::Authorized,
+            StateArg::Attached => Self::Attached,
+            StateArg::Detaching => Self::Detaching,
+            StateArg::Deauthorized => Self::Deauthorized,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes.
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only nodes in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        /// Only nodes of this cluster (name or id).
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// Show one node.
+    Show {
+        /// Node name or id.
+        node: String,
+    },
+    /// Set (`key=value`) or remove (`key-`) labels.
+    Label {
+        /// Node name or id.
+        node: String,
+        /// `key=value` to set, `key-` to remove.
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        changes: Vec<String>,
+    },
+    /// Admit pending nodes into the pool.
+    Authorize {
+        /// Node names or ids.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Revoke nodes' identities; they must register again to come back.
+    Deauthorize {
+        /// Node names or ids.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Forget a pending or deauthorized node.
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Node name or id.
+        node: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Create an empty cluster.
+    Create(CreateClusterArgs),
+    /// List clusters.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Show a cluster and its nodes.
+    Show {
+        /// Cluster name or id.
+        cluster: String,
+    },
+    /// Delete a cluster; with --force, its nodes return to the pool.
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Cluster name or id.
+        cluster: String,
+        /// Delete even if the cluster still has nodes.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Attach nodes: COUNT from the pool, or the NODEs named.
+    Attach(AttachArgs),
+    /// Detach nodes; by default wait until they are back in the pool.
+    Detach(DetachArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateClusterArgs {
+    pub name: Name,
+    /// Kubernetes version [default: the controller's newest].
+    #[arg(long = "version", value_name = "VERSION")]
+    pub kubernetes_version: Option<KubernetesVersion>,
+    /// Range pods get addresses from [default: 10.20.0.0/16].
+    #[arg(long)]
+    pub pod_cidr: Option<Cidr>,
+    /// Range services get addresses from [default: 10.21.0.0/16].
+    #[arg(long)]
+    pub service_cidr: Option<Cidr>,
+    /// Number of masters: `auto` or an odd number.
+    #[arg(long, default_value = "auto")]
+    pub masters: MasterCount,
+    /// Give a node an explicit role: NODE=master or NODE=worker (repeatable).
+    #[arg(long = "role", value_name = "NODE=ROLE", value_parser = parse_role_assignment)]
+    pub roles: Vec<(NodeName, NodeRole)>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    group(ArgGroup::new("which").required(true).args(["count", "nodes"])),
+    override_usage = "qb cluster attach <CLUSTER> (--count <COUNT> [--selector <SELECTOR>] | <NODES>...)"
+)]
+pub struct AttachArgs {
+    /// Cluster name or id.
+    pub cluster: String,
+    /// Take this many authorized nodes from the pool.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub count: Option<u32>,
+    /// With --count: only nodes whose labels match, e.g. `zone=a,!maintenance`.
+    #[arg(long, requires = "count", conflicts_with = "nodes")]
+    pub selector: Option<Selector>,
+    /// The nodes to attach, by name.
+    #[arg(conflicts_with = "count")]
+    pub nodes: Vec<NodeName>,
+}
+
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// Cluster name or id.
+    pub cluster: String,
+    /// The nodes to detach, by name.
+    #[arg(required = true)]
+    pub nodes: Vec<NodeName>,
+    /// Return as soon as the controller accepted the request.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for the nodes to return to the pool.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub timeout: u64,
+}
+
+/// A role, as a command-line value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Admin,
+    Operator,
+    Viewer,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Admin => Self::Admin,
+            RoleArg::Operator => Self::Operator,
+            RoleArg::Viewer => Self::Viewer,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once.
+    Create {
+        /// The user the token acts as [default: you].
+        #[arg(long)]
+        user: Option<Name>,
+        /// What the token is for.
+        #[arg(long)]
+        description: Option<Description>,
+        /// Lifetime in hours [default: 720].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=8760))]
+        expires_in_hours: Option<u32>,
+    },
+    /// List tokens.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Revoke a token at once.
+    Revoke {
+        /// The token's id (see `qb token list`).
+        id: TokenId,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user.
+    Create {
+        name: Name,
+        /// What the user may do: viewer reads, operator also changes nodes and clusters, admin
+        /// also manages users and tokens.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    /// List users.
+    #[command(visible_alias = "ls")]
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events about this kind of object: node, cluster, user, token.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only events about this object (name or id).
+    #[arg(long)]
+    pub object: Option<String>,
+    /// Only actions starting with this, e.g. `node.` or `cluster.nodes_attached`.
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Show at most this many events (the oldest matching ones).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+}
+
+/// `node=master` or `node=worker`.
+pub fn parse_role_assignment(s: &str) -> Result<(NodeName, NodeRole), String> {
+    let (node, role) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NODE=master or NODE=worker, got {s:?}"))?;
+    let node: NodeName = node
+        .parse()
+        .map_err(|e: qb_api::InvalidValue| e.to_string())?;
+    let role = match role {
+        "master" => NodeRole::Master,
+        "worker" => NodeRole::Worker,
+        other => {
+            return Err(format!(
+                "invalid role {other:?} for node {node}: use master or worker"
+            ));
+        }
+    };
+    Ok((node, role))
+}
+
+/// The roles of `--role` flags, each node at most once.
+pub fn roles_map(roles: &[(NodeName, NodeRole)]) -> anyhow::Result<BTreeMap<NodeName, NodeRole>> {
+    let mut map = BTreeMap::new();
+    for (node, role) in roles {
+        if map.insert(node.clone(), *role).is_some() {
+            anyhow::bail!("--role names node {node} more than once");
+        }
+    }
+    Ok(map)
+}
+
+/// kubectl-style label arguments: `key=value` sets, `key-` removes; each key at most once.
+pub fn parse_label_changes(args: &[String]) -> anyhow::Result<LabelChange> {
+    let mut change = LabelChange::default();
+    let mut seen = std::collections::BTreeSet::new();
+    for arg in args {
+        let key: LabelKey = if let Some((key, value)) = arg.split_once('=') {
+            let key: LabelKey = key.parse()?;
+            let value: LabelValue = value.parse()?;
+            change.set.insert(key.clone(), value);
+            key
+        } else if let Some(key) = arg.strip_suffix('-') {
+            let key: LabelKey = key.parse()?;
+            change.remove.push(key.clone());
+            key
+        } else {
+            anyhow::bail!(
+                "invalid label argument {arg:?}: use key=value to set a label or key- to remove it"
+            );
+        };
+        if !seen.insert(key.clone()) {
+            anyhow::bail!("label {key} is given more than once");
+        }
+    }
+    Ok(change)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn labels_set_and_remove() {
+        let change = parse_label_changes(&strings(&[
+            "zone=a",
+            "topology.kubernetes.io/rack=r-1",
+            "gpu=",
+            "old-",
+        ]))
+        .expect("valid");
+        let set: Vec<(String, String)> = change
+            .set
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(
+            set,
+            [
+                ("gpu", ""),
+                ("topology.kubernetes.io/rack", "r-1"),
+                ("zone", "a")
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        assert_eq!(
+            change
+                .remove
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["old"]
+        );
+        // `key-` where the key itself ends in '-' is not a valid key anyway.
+        assert!(parse_label_changes(&strings(&["a--"])).is_err());
+    }
+
+    #[test]
+    fn bad_labels_are_rejected() {
+        for bad in [
+            &["zone"][..],
+            &["=a"],
+            &["-"],
+            &["a=b c"],
+            &["Bad Key=1"],
+            &["a=1", "a-"],
+            &["a=1", "a=2"],
+        ] {
+            let err = parse_label_changes(&strings(bad)).expect_err("invalid");
+            assert!(!err.to_string().is_empty(), "{bad:?}");
+        }
+        let err = parse_label_changes(&strings(&["a=1", "a-"])).expect_err("twice");
+        assert_eq!(err.to_string(), "label a is given more than once");
+    }
+
+    #[test]
+    fn roles_parse() {
+        assert_eq!(
+            parse_role_assignment("host-1.rack2=master"),
+            Ok(("host-1.rack2".parse().expect("node"), NodeRole::Master))
+        );
+        assert!(parse_role_assignment("host-1=worker").is_ok());
+        assert!(parse_role_assignment("host-1").is_err());
+        assert!(parse_role_assignment("host-1=boss").is_err());
+        assert!(parse_role_assignment("Host=master").is_err());
+        let twice = [
+            parse_role_assignment("a=master").expect("a"),
+            parse_role_assignment("a=worker").expect("a"),
+        ];
+        assert!(roles_map(&twice).is_err());
+    }
+
+    #[test]
+    fn cluster_create_parses_typed_values() {
+        let cli = Cli::try_parse_from([
+            "qb",
+            "cluster",
+            "create",
+            "clus100",
+            "--version",
+            "1.20.2",
+            "--pod-cidr",
+            "10.30.0.0/16",
+            "--masters",
+            "3",
+            "--role",
+            "a=master",
+            "--role",
+            "b=worker",
+            "-o",
+            "json",
+        ])
+        .expect("parse");
+        assert_eq!(cli.output, Format::Json);
+        let Command::Cluster(ClusterCommand::Create(args)) = cli.command else {
+            panic!("wrong command: {:?}", cli.command)
+        };
+        assert_eq!(args.name.as_str(), "clus100");
+        assert_eq!(args.masters, MasterCount::Count(3));
+        assert_eq!(args.roles.len(), 2);
+        assert!(args.service_cidr.is_none());
+
+        for bad in [
+            &["qb", "cluster", "create", "Bad_Name"][..],
+            &["qb", "cluster", "create", "c", "--masters", "2"],
+            &["qb", "cluster", "create", "c", "--pod-cidr", "10.0.0.1/16"],
+            &["qb", "cluster", "create", "c", "--version", "v1.20"],
+            &["qb", "cluster", "create", "c", "--role", "a=boss"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn attach_takes_a_count_or_names() {
+        assert!(
+            Cli::try_parse_from([
+                "qb",
+                "cluster",
+                "attach",
+                "c",
+                "--count",
+                "3",
+                "--selector",
+                "zone=a"
+            ])
+            .is_ok()
+        );
+        assert!(Cli::try_parse_from(["qb", "cluster", "attach", "c", "n1", "n2"]).is_ok());
+        for bad in [
+            &["qb", "cluster", "attach", "c"][..],
+            &["qb", "cluster", "attach", "c", "--count", "3", "n1"],
+            &["qb", "cluster", "attach", "c", "--selector", "zone=a", "n1"],
+            &["qb", "cluster", "attach", "c", "--count", "0"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = Cli::try_parse_from([
+            "qb",
+            "node",
+            "list",
+            "--context",
+            "prod",
+            "-o",
+            "yaml",
+            "--state",
+            "pending",
+        ])
+        .expect("parse");
+        assert_eq!(cli.context.as_deref(), Some("prod"));
+        assert_eq!(cli.output, Format::Yaml);
+        assert!(matches!(
+            cli.command,
+            Command::Node(NodeCommand::List {
+                state: Some(StateArg::Pending),
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["qb", "node", "list", "--state", "gone"]).is_err());
+    }
+}

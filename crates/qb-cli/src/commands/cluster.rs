@@ -1,0 +1,202 @@
+//! `qb cluster`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::bail;
+use qb_api::{
+    AttachRequest, Cluster, ClusterDetail, CreateCluster, DeletedCluster, DetachRequest, Node,
+    NodeId, NodeMove, NodeState,
+};
+
+use super::{App, now};
+use crate::cli::{AttachArgs, ClusterCommand, CreateClusterArgs, DetachArgs, roles_map};
+use crate::client::Client;
+use crate::output;
+
+/// How often to look whether detached nodes are back in the pool.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+pub async fn run(app: &App, cmd: ClusterCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCommand::Create(args) => create(app, args).await,
+        ClusterCommand::List => {
+            let client = app.client()?;
+            let clusters: Vec<Cluster> = client.list(&["clusters"], &[], None).await?;
+            app.out.emit_list(&clusters, "clusters", || {
+                output::clusters_table(&clusters, now())
+            })
+        }
+        ClusterCommand::Show { cluster } => {
+            let client = app.client()?;
+            let detail: ClusterDetail =
+                client.get(client.url(&["clusters", &cluster], &[])).await?;
+            app.out
+                .emit(&detail, || output::cluster_detail(&detail, now()))
+        }
+        ClusterCommand::Delete { cluster, force } => {
+            let client = app.client()?;
+            let query = [("force", Some(force.to_string()))];
+            let deleted: DeletedCluster = client
+                .delete(client.url(&["clusters", &cluster], &query))
+                .await?;
+            app.out.emit(&deleted, || {
+                let mut s = format!("Cluster {cluster} deleted.");
+                if !deleted.returned_to_pool.is_empty() {
+                    s.push_str(&format!(
+                        "\nNodes returned to the pool: {}",
+                        names(&deleted.returned_to_pool)
+                    ));
+                }
+                s
+            })
+        }
+        ClusterCommand::Attach(args) => attach(app, args).await,
+        ClusterCommand::Detach(args) => detach(app, args).await,
+    }
+}
+
+fn names(nodes: &[Node]) -> String {
+    nodes
+        .iter()
+        .map(|n| n.name.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn create(app: &App, args: CreateClusterArgs) -> anyhow::Result<()> {
+    let body = CreateCluster {
+        name: args.name,
+        kubernetes_version: args.kubernetes_version,
+        pod_cidr: args.pod_cidr,
+        service_cidr: args.service_cidr,
+        masters: args.masters,
+        roles: roles_map(&args.roles)?,
+    };
+    let client = app.client()?;
+    let cluster: Cluster = client.post(client.url(&["clusters"], &[]), &body).await?;
+    app.out.emit(&cluster, || {
+        format!(
+            "Cluster {} created (Kubernetes {}, pods {}, services {}). Attach nodes with `qb cluster attach {} --count N`.",
+            cluster.name, cluster.kubernetes_version, cluster.pod_cidr, cluster.service_cidr, cluster.name
+        )
+    })
+}
+
+async fn attach(app: &App, args: AttachArgs) -> anyhow::Result<()> {
+    let body = match args.count {
+        Some(count) => AttachRequest {
+            count: Some(count),
+            selector: args.selector,
+            nodes: None,
+        },
+        None => AttachRequest {
+            count: None,
+            selector: None,
+            nodes: Some(args.nodes),
+        },
+    };
+    body.target()?;
+    let client = app.client()?;
+    let moved: NodeMove = client
+        .post(
+            client.url(&["clusters", &args.cluster, "attach"], &[]),
+            &body,
+        )
+        .await?;
+    app.out.emit(&moved, || {
+        format!(
+            "Attached {} node(s) to cluster {}:\n{}",
+            moved.nodes.len(),
+            moved.cluster.name,
+            output::nodes_table(&moved.nodes, now())
+        )
+    })
+}
+
+async fn detach(app: &App, args: DetachArgs) -> anyhow::Result<()> {
+    let unique: BTreeSet<_> = args.nodes.iter().collect();
+    if unique.len() != args.nodes.len() {
+        bail!("a node is named more than once");
+    }
+    let client = app.client()?;
+    let body = DetachRequest { nodes: args.nodes };
+    let moved: NodeMove = client
+        .post(
+            client.url(&["clusters", &args.cluster, "detach"], &[]),
+            &body,
+        )
+        .await?;
+    if args.no_wait {
+        return app.out.emit(&moved, || {
+            format!(
+                "Detaching {} from cluster {}; they return to the pool shortly (see `qb node list --state detaching`).",
+                names(&moved.nodes),
+                moved.cluster.name
+            )
+        });
+    }
+    let waiting: BTreeSet<NodeId> = moved
+        .nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Detaching)
+        .map(|n| n.id)
+        .collect();
+    wait_until_detached(&client, &moved, waiting, Duration::from_secs(args.timeout)).await?;
+    app.out.emit(&moved, || {
+        format!(
+            "Detached {} from cluster {}; they are back in the pool.",
+            names(&moved.nodes),
+            moved.cluster.name
+        )
+    })
+}
+
+/// Polls until none of `waiting` is `detaching` any more, reporting progress on stderr.
+async fn wait_until_detached(
+    client: &Client,
+    moved: &NodeMove,
+    mut waiting: BTreeSet<NodeId>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let total = waiting.len();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut reported = None;
+    while !waiting.is_empty() {
+        if reported != Some(waiting.len()) {
+            eprintln!(
+                "Waiting for nodes to leave cluster {}: {} of {total} back in the pool...",
+                moved.cluster.name,
+                total - waiting.len()
+            );
+            reported = Some(waiting.len());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let left: Vec<String> = moved
+                .nodes
+                .iter()
+                .filter(|n| waiting.contains(&n.id))
+                .map(|n| n.name.to_string())
+                .collect();
+            bail!(
+                "timed out after {}s waiting for nodes to leave cluster {}; still detaching: {} \
+                 (the controller goes on; see `qb node list --state detaching`)",
+                timeout.as_secs(),
+                moved.cluster.name,
+                left.join(", ")
+            );
+        }
+        tokio::time::sleep(
+            POLL_INTERVAL.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+        )
+        .await;
+        let filters = [("state", Some(NodeState::Detaching.as_str().to_owned()))];
+        let detaching: Vec<Node> = client.list(&["nodes"], &filters, None).await?;
+        let still: BTreeSet<NodeId> = detaching.iter().map(|n| n.id).collect();
+        waiting.retain(|id| still.contains(id));
+    }
+    if total > 0 {
+        eprintln!("All {total} node(s) are back in the pool.");
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! `qb node`.
+
+use anyhow::bail;
+use qb_api::{Node, NodeState};
+
+use super::{App, now};
+use crate::cli::{NodeCommand, parse_label_changes};
+use crate::client::Client;
+use crate::output;
+
+pub async fn run(app: &App, cmd: NodeCommand) -> anyhow::Result<()> {
+    // Check arguments before touching the network.
+    let label_change = match &cmd {
+        NodeCommand::Label { changes, .. } => Some(parse_label_changes(changes)?),
+        _ => None,
+    };
+    let client = app.client()?;
+    match cmd {
+        NodeCommand::List { state, cluster } => {
+            let filters = [
+                (
+                    "state",
+                    state.map(|s| NodeState::from(s).as_str().to_owned()),
+                ),
+                ("cluster", cluster),
+            ];
+            let nodes: Vec<Node> = client.list(&["nodes"], &filters, None).await?;
+            app.out
+                .emit_list(&nodes, "nodes", || output::nodes_table(&nodes, now()))
+        }
+        NodeCommand::Show { node } => {
+            let node: Node = client.get(client.url(&["nodes", &node], &[])).await?;
+            app.out.emit(&node, || output::node_fields(&node, now()))
+        }
+        NodeCommand::Label { node, .. } => {
+            let change = label_change.unwrap_or_default();
+            let node: Node = client
+                .post(client.url(&["nodes", &node, "labels"], &[]), &change)
+                .await?;
+            app.out.emit(&node, || {
+                format!(
+                    "Node {} labels: {}",
+                    node.name,
+                    output::labels(&node.labels)
+                )
+            })
+        }
+        NodeCommand::Authorize { nodes } => {
+            transition(app, &client, &nodes, "authorize", "authorized").await
+        }
+        NodeCommand::Deauthorize { nodes } => {
+            transition(app, &client, &nodes, "deauthorize", "deauthorized").await
+        }
+        NodeCommand::Delete { node } => {
+            client
+                .delete_no_content(client.url(&["nodes", &node], &[]))
+                .await?;
+            if app.table() {
+                println!("Node {node} deleted.");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Authorizes or deauthorizes each node; goes on after a failure and fails at the end. Prints the
+/// node for one argument, a list for several.
+async fn transition(
+    app: &App,
+    client: &Client,
+    nodes: &[String],
+    verb: &str,
+    done: &str,
+) -> anyhow::Result<()> {
+    if let [node] = nodes {
+        let node: Node = client
+            .post_empty(client.url(&["nodes", node, verb], &[]))
+            .await?;
+        return app
+            .out
+            .emit(&node, || format!("Node {} {done}.", node.name));
+    }
+    let mut changed = Vec::new();
+    let mut failed = 0;
+    for name in nodes {
+        match client
+            .post_empty::<Node>(client.url(&["nodes", name, verb], &[]))
+            .await
+        {
+            Ok(node) => {
+                if app.table() {
+                    println!("Node {} {done}.", node.name);
+                }
+                changed.push(node);
+            }
+            Err(e) => {
+                eprintln!("error: node {name}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if !app.table() {
+        app.out.emit(&changed, String::new)?;
+    }
+    if failed > 0 {
+        bail!("{failed} of {} nodes could not be {done}", nodes.len());
+    }
+    Ok(())
+}

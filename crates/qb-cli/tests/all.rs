@@ -1,0 +1,685 @@
+//! End to end: the real `qb` binary against a real `qb-controller` process, each test with its own
+//! data directory, port and client configuration.
+//!
+//! Nodes cannot register yet (there is no agent), so tests add them straight into the controller's
+//! SQLite database through `qb-store`, as registration would.
+//!
+//! The controller binary is `$QB_CONTROLLER_BIN` if set, else built with `cargo build -p
+//! qb-controller` into the same target directory as `qb`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use qb_api::{Labels, NodeFacts};
+use qb_store::{Actor, NewNode, Store};
+use serde_json::Value;
+
+/// How long the controller may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `qb-controller` binary, built if needed.
+fn controller_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("QB_CONTROLLER_BIN") {
+        return PathBuf::from(path);
+    }
+    let qb = PathBuf::from(env!("CARGO_BIN_EXE_qb"));
+    let dir = qb.parent().expect("qb lives in a directory");
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "qb-controller",
+            "--bin",
+            "qb-controller",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build for qb-controller");
+    assert!(
+        status.success(),
+        "cargo build -p qb-controller failed; the end-to-end tests need it"
+    );
+    let path = dir.join(format!("qb-controller{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "qb-controller not found at {}",
+        path.display()
+    );
+    path
+}
+
+/// A running controller; killed when dropped.
+struct Controller {
+    child: Child,
+    dir: tempfile::TempDir,
+    url: String,
+    fingerprint: Option<String>,
+    admin_token: String,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Controller {
+    fn start(https: bool) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cmd = Command::new(controller_binary());
+        cmd.arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--database")
+            .arg(format!("sqlite://{}", dir.path().join("qb.db").display()))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("QB_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if !https {
+            cmd.arg("--insecure-http");
+        }
+        let mut child = cmd.spawn().expect("start qb-controller");
+        let stdout = child.stdout.take().expect("piped stdout");
+        // Read the announcement on a thread, so a silent controller cannot hang the test.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut url = None;
+        let mut fingerprint = None;
+        while url.is_none() || (https && fingerprint.is_none()) {
+            let line = rx
+                .recv_timeout(START_TIMEOUT)
+                .expect("qb-controller announces its address");
+            if let Some(u) = line.strip_prefix("listening on ") {
+                url = Some(u.trim().to_owned());
+            } else if let Some(f) = line.strip_prefix("certificate fingerprint ") {
+                fingerprint = Some(f.trim().to_owned());
+            }
+        }
+        let admin_token = std::fs::read_to_string(dir.path().join("data").join("admin-token"))
+            .expect("first start writes the admin token")
+            .trim()
+            .to_owned();
+        Self {
+            child,
+            dir,
+            url: url.expect("url"),
+            fingerprint,
+            admin_token,
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("client").join("config.yaml")
+    }
+
+    /// Runs `qb` with this test's configuration file.
+    fn qb(&self, args: &[&str]) -> Run {
+        self.qb_with(args, None, &[])
+    }
+
+    fn qb_with(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Run {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qb"));
+        cmd.args(args)
+            .env("QB_CONFIG", self.config())
+            .env_remove("QB_TOKEN")
+            .envs(env.iter().copied())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run qb");
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().expect("piped stdin");
+            pipe.write_all(input.as_bytes()).expect("write stdin");
+        }
+        let output = child.wait_with_output().expect("wait for qb");
+        Run {
+            args: args.join(" "),
+            output,
+        }
+    }
+
+    /// Adds `pending` nodes, as registration would.
+    async fn add_nodes(&self, names: &[&str]) {
+        let store = Store::open_sqlite(&self.dir.path().join("qb.db"))
+            .await
+            .expect("open the store");
+        let tenant = store
+            .tenant_by_name("default")
+            .await
+            .expect("default tenant");
+        for name in names {
+            let facts = NodeFacts {
+                hostname: (*name).to_owned(),
+                os: "Debian GNU/Linux 12 (bookworm)".to_owned(),
+                kernel: "6.1.0-18-amd64".to_owned(),
+                arch: "x86_64".to_owned(),
+                cpus: 4,
+                memory_bytes: 8 << 30,
+                addresses: vec!["192.0.2.10".parse().expect("ip")],
+            };
+            let new = NewNode {
+                name: name.parse().expect("node name"),
+                facts,
+                labels: Labels::new(),
+            };
+            store
+                .insert_node(tenant.id, new, &Actor::controller())
+                .await
+                .expect("insert node");
+        }
+        store.close().await;
+    }
+}
+
+struct Run {
+    args: String,
+    output: Output,
+}
+
+impl Run {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    /// Asserts success; returns stdout.
+    fn ok(&self) -> String {
+        assert!(
+            self.output.status.success(),
+            "qb {} failed:\nstdout: {}\nstderr: {}",
+            self.args,
+            self.stdout(),
+            self.stderr()
+        );
+        self.stdout()
+    }
+
+    /// Asserts success; parses stdout as JSON.
+    fn json(&self) -> Value {
+        let out = self.ok();
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("qb {}: not JSON ({e}): {out}", self.args))
+    }
+
+    /// Asserts failure with a message on stderr containing `needle`; nothing on stdout.
+    fn fails_with(&self, needle: &str) {
+        assert!(
+            !self.output.status.success(),
+            "qb {} succeeded: {}",
+            self.args,
+            self.stdout()
+        );
+        let err = self.stderr();
+        assert!(
+            err.lines().any(|l| l.starts_with("error: ")),
+            "qb {}: {err}",
+            self.args
+        );
+        assert!(
+            err.contains(needle),
+            "qb {}: expected {needle:?} in {err:?}",
+            self.args
+        );
+    }
+}
+
+fn names(v: &Value) -> Vec<String> {
+    let mut names: Vec<String> = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|n| n["name"].as_str().expect("name").to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn login(c: &Controller) {
+    let fp = c.fingerprint.clone().expect("https");
+    c.qb_with(
+        &["login", &c.url, "--token", "-", "--fingerprint", &fp],
+        Some(&c.admin_token),
+        &[],
+    )
+    .ok();
+}
+
+#[tokio::test]
+async fn login_pins_the_certificate_and_manages_contexts() {
+    let c = Controller::start(true);
+    let fp = c.fingerprint.clone().expect("https");
+
+    // Without a terminal, qb will not trust an unknown certificate silently; it shows the fingerprint.
+    let run = c.qb_with(&["login", &c.url, "--token", &c.admin_token], None, &[]);
+    run.fails_with(&fp);
+    assert!(!c.config().exists(), "nothing saved");
+
+    // A wrong fingerprint is refused.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    c.qb(&[
+        "login",
+        &c.url,
+        "--token",
+        &c.admin_token,
+        "--fingerprint",
+        &wrong,
+    ])
+    .fails_with("not the expected");
+
+    // A bad token is refused.
+    c.qb(&["login", &c.url, "--token", "qb_nope", "--yes"])
+        .fails_with("rejected the token");
+    assert!(!c.config().exists(), "nothing saved");
+
+    // The right fingerprint, token on stdin.
+    let out = c
+        .qb_with(
+            &["login", &c.url, "--token", "-", "--fingerprint", &fp],
+            Some(&c.admin_token),
+            &[],
+        )
+        .ok();
+    assert!(out.contains("as admin (admin) in tenant default"), "{out}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(c.config())
+            .expect("config")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let config = std::fs::read_to_string(c.config()).expect("config");
+    assert!(
+        config.contains(&fp) && config.contains("current_context: default"),
+        "{config}"
+    );
+
+    // A second context from QB_TOKEN and --yes; it becomes current.
+    c.qb_with(
+        &["login", &c.url, "--context", "second", "--yes"],
+        None,
+        &[("QB_TOKEN", &c.admin_token)],
+    )
+    .ok();
+    assert_eq!(c.qb(&["context", "current"]).ok().trim(), "second");
+    let contexts = c.qb(&["context", "list", "-o", "json"]).json();
+    assert_eq!(names(&contexts), ["default", "second"]);
+    assert!(
+        !contexts.to_string().contains(&c.admin_token),
+        "tokens are never listed"
+    );
+    c.qb(&["context", "use", "default"]).ok();
+    assert_eq!(c.qb(&["context", "current"]).ok().trim(), "default");
+    c.qb(&["context", "use", "third"])
+        .fails_with("no context named \"third\"");
+    c.qb(&["context", "delete", "second"]).ok();
+    assert_eq!(
+        names(&c.qb(&["context", "list", "-o", "json"]).json()),
+        ["default"]
+    );
+
+    let who = c.qb(&["whoami", "-o", "json"]).json();
+    assert_eq!(
+        (who["user"].as_str(), who["role"].as_str()),
+        (Some("admin"), Some("admin"))
+    );
+    let table = c.qb(&["whoami"]).ok();
+    assert!(table.contains("Role:     admin"), "{table}");
+
+    // The certificate the context pins is no longer the controller's: refuse, and say what to do.
+    let changed = config.replace(&fp, &wrong);
+    std::fs::write(c.config(), changed).expect("rewrite config");
+    c.qb(&["whoami"]).fails_with("certificate changed");
+    c.qb(&["whoami"])
+        .fails_with(&format!("run `qb login {}` again", c.url));
+}
+
+#[tokio::test]
+async fn plain_http_on_loopback() {
+    let c = Controller::start(false);
+    assert!(c.url.starts_with("http://127.0.0.1:"), "{}", c.url);
+    c.qb(&["login", &c.url, "--token", &c.admin_token]).ok();
+    c.qb(&[
+        "login",
+        &c.url,
+        "--token",
+        &c.admin_token,
+        "--fingerprint",
+        "sha256:00",
+    ])
+    .fails_with("https:// controllers only");
+    c.qb(&["login", "http://192.0.2.1:7443", "--token", "x"])
+        .fails_with("refusing plain http://");
+    assert_eq!(c.qb(&["whoami", "-o", "json"]).json()["tenant"], "default");
+}
+
+#[tokio::test]
+async fn nodes_and_clusters() {
+    let c = Controller::start(true);
+    login(&c);
+    c.add_nodes(&["n1", "n2", "n3", "n4"]).await;
+
+    let nodes = c.qb(&["node", "list", "-o", "json"]).json();
+    assert_eq!(names(&nodes), ["n1", "n2", "n3", "n4"]);
+    assert!(
+        nodes
+            .as_array()
+            .expect("array")
+            .iter()
+            .all(|n| n["state"] == "pending")
+    );
+    let table = c.qb(&["node", "list"]).ok();
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "STATE",
+            "CLUSTER",
+            "OS",
+            "ARCH",
+            "CPUS",
+            "MEMORY",
+            "ADDRESSES",
+            "LABELS",
+            "AGE"
+        ]
+    );
+    assert!(
+        table.contains("8Gi") && table.contains("192.0.2.10"),
+        "{table}"
+    );
+
+    // Several at once give a list; one gives the node.
+    let authorized = c
+        .qb(&["node", "authorize", "n1", "n2", "n3", "-o", "json"])
+        .json();
+    assert_eq!(names(&authorized), ["n1", "n2", "n3"]);
+    assert_eq!(
+        c.qb(&["node", "authorize", "n4", "-o", "json"]).json()["state"],
+        "authorized"
+    );
+    c.qb(&["node", "authorize", "n4", "nope"])
+        .fails_with("nope");
+    c.qb(&["node", "show", "nope"]).fails_with("(not_found)");
+
+    // Labels, kubectl style.
+    let n1 = c
+        .qb(&["node", "label", "n1", "zone=a", "rack=r1", "-o", "json"])
+        .json();
+    assert_eq!(n1["labels"], serde_json::json!({"rack": "r1", "zone": "a"}));
+    let n1 = c.qb(&["node", "label", "n1", "rack-", "-o", "json"]).json();
+    assert_eq!(n1["labels"], serde_json::json!({"zone": "a"}));
+    c.qb(&["node", "label", "n1", "Bad Key=1"])
+        .fails_with("invalid label key");
+    let shown = c.qb(&["node", "show", "n1"]).ok();
+    assert!(
+        shown.contains("zone=a") && shown.contains("authorized"),
+        "{shown}"
+    );
+
+    // Clusters.
+    let cluster = c
+        .qb(&["cluster", "create", "c1", "--masters", "1", "-o", "json"])
+        .json();
+    assert_eq!(
+        (cluster["name"].as_str(), cluster["state"].as_str()),
+        (Some("c1"), Some("empty"))
+    );
+    c.qb(&["cluster", "create", "c1"])
+        .fails_with("(name_taken)");
+    c.qb(&[
+        "cluster",
+        "create",
+        "c2",
+        "--pod-cidr",
+        "10.20.0.0/16",
+        "--service-cidr",
+        "10.20.0.0/16",
+    ])
+    .fails_with("(cidr_overlap)");
+    let table = c.qb(&["cluster", "list"]).ok();
+    assert!(
+        table.starts_with("NAME   STATE   VERSION   MASTERS   NODES   POD-CIDR"),
+        "{table}"
+    );
+
+    c.qb(&[
+        "cluster",
+        "attach",
+        "c1",
+        "--count",
+        "2",
+        "--selector",
+        "zone=a",
+    ])
+    .fails_with("(pool_exhausted)");
+    let moved = c
+        .qb(&[
+            "cluster",
+            "attach",
+            "c1",
+            "--count",
+            "1",
+            "--selector",
+            "zone=a",
+            "-o",
+            "json",
+        ])
+        .json();
+    assert_eq!(names(&moved["nodes"]), ["n1"]);
+    c.qb(&["cluster", "attach", "c1", "n2", "n3"]).ok();
+    let members = c
+        .qb(&["node", "list", "--cluster", "c1", "-o", "json"])
+        .json();
+    assert_eq!(names(&members), ["n1", "n2", "n3"]);
+    let detail = c.qb(&["cluster", "show", "c1", "-o", "json"]).json();
+    assert_eq!(detail["node_count"], 3);
+    assert_eq!(names(&detail["nodes"]), ["n1", "n2", "n3"]);
+
+    // Detach waits until the node is back in the pool.
+    let run = c.qb(&["cluster", "detach", "c1", "n3"]);
+    let out = run.ok();
+    assert!(out.contains("back in the pool"), "{out}");
+    assert!(
+        run.stderr()
+            .contains("Waiting for nodes to leave cluster c1"),
+        "{}",
+        run.stderr()
+    );
+    let n3 = c.qb(&["node", "show", "n3", "-o", "json"]).json();
+    assert_eq!(
+        (n3["state"].as_str(), &n3["cluster"]),
+        (Some("authorized"), &Value::Null)
+    );
+    c.qb(&["cluster", "detach", "c1", "n4"])
+        .fails_with("(node_not_in_cluster)");
+
+    let moved = c
+        .qb(&["cluster", "detach", "c1", "n2", "--no-wait", "-o", "json"])
+        .json();
+    assert_eq!(names(&moved["nodes"]), ["n2"]);
+
+    c.qb(&["cluster", "delete", "c1"])
+        .fails_with("(cluster_not_empty)");
+    let deleted = c
+        .qb(&["cluster", "delete", "c1", "--force", "-o", "json"])
+        .json();
+    assert_eq!(names(&deleted["returned_to_pool"]), ["n1"]);
+    assert!(
+        c.qb(&["cluster", "list", "-o", "json"])
+            .json()
+            .as_array()
+            .expect("array")
+            .is_empty()
+    );
+
+    // Deauthorize, then delete.
+    c.qb(&["node", "delete", "n4"])
+        .fails_with("(invalid_node_state)");
+    assert_eq!(
+        c.qb(&["node", "deauthorize", "n4", "-o", "json"]).json()["state"],
+        "deauthorized"
+    );
+    assert_eq!(
+        c.qb(&["node", "delete", "n4"]).ok().trim(),
+        "Node n4 deleted."
+    );
+    c.qb(&["node", "show", "n4"]).fails_with("(not_found)");
+    let left = c
+        .qb(&["node", "list", "--state", "authorized", "-o", "json"])
+        .json();
+    // n2 was detached without waiting: it may still be on its way.
+    let left = names(&left);
+    assert!(
+        left.contains(&"n1".to_owned()) && left.contains(&"n3".to_owned()),
+        "{left:?}"
+    );
+
+    // The audit trail saw it all.
+    let events = c
+        .qb(&["events", "--kind", "node", "--object", "n1", "-o", "json"])
+        .json();
+    let actions: Vec<&str> = events
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(
+        actions.starts_with(&["node.registered", "node.authorized"]),
+        "{actions:?}"
+    );
+    let limited = c.qb(&["events", "--limit", "2", "-o", "json"]).json();
+    assert_eq!(limited.as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test]
+async fn users_and_tokens() {
+    let c = Controller::start(true);
+    login(&c);
+
+    let alice = c
+        .qb(&["user", "create", "alice", "--role", "viewer", "-o", "json"])
+        .json();
+    assert_eq!(alice["role"], "viewer");
+    c.qb(&["user", "create", "alice", "--role", "viewer"])
+        .fails_with("(name_taken)");
+    assert_eq!(
+        names(&c.qb(&["user", "list", "-o", "json"]).json()),
+        ["admin", "alice"]
+    );
+
+    let run = c.qb(&[
+        "token",
+        "create",
+        "--user",
+        "alice",
+        "--description",
+        "read only",
+        "--expires-in-hours",
+        "1",
+    ]);
+    let out = run.ok();
+    assert!(
+        run.stderr().contains("only time the secret is shown"),
+        "{}",
+        run.stderr()
+    );
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Secret:"))
+        .map(|s| s.trim().to_owned())
+        .expect("secret line");
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Token:"))
+        .map(|s| s.trim().to_owned())
+        .expect("id line");
+
+    // Alice logs in with it, as a viewer.
+    let fp = c.fingerprint.clone().expect("https");
+    c.qb(&[
+        "login",
+        &c.url,
+        "--context",
+        "alice",
+        "--token",
+        &secret,
+        "--fingerprint",
+        &fp,
+    ])
+    .ok();
+    assert_eq!(c.qb(&["whoami", "-o", "json"]).json()["user"], "alice");
+    c.qb(&["cluster", "create", "c1"]).fails_with("(forbidden)");
+    c.qb(&["context", "use", "default"]).ok();
+
+    let tokens = c.qb(&["token", "list"]).ok();
+    assert!(
+        tokens.contains("read only") && tokens.contains("active"),
+        "{tokens}"
+    );
+    let revoked = c.qb(&["token", "revoke", &id, "-o", "json"]).json();
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+    c.qb(&["token", "revoke", "not-a-uuid"])
+        .fails_with("invalid value");
+
+    // The revoked token no longer works, and qb says what to do.
+    c.qb(&["--context", "alice", "whoami"])
+        .fails_with("expired or was revoked; run `qb login");
+}
+
+#[tokio::test]
+async fn unreachable_controller() {
+    let mut c = Controller::start(true);
+    login(&c);
+    let _ = c.child.kill();
+    let _ = c.child.wait();
+    c.qb(&["node", "list"])
+        .fails_with(&format!("cannot reach the controller at {}", c.url));
+}
+
+#[test]
+fn completion_scripts() {
+    for shell in ["bash", "zsh", "fish", "powershell"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_qb"))
+            .args(["completion", shell])
+            .output()
+            .expect("run qb");
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains("qb") && script.contains("cluster"),
+            "{shell}: {script}"
+        );
+    }
+}
