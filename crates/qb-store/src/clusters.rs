@@ -39,31 +39,46 @@ impl TryFrom<CreateCluster> for ClusterSpec {
 
     fn try_from(req: CreateCluster) -> Result<Self, SpecError> {
         let default_cidr = |s: &str| s.parse::<Cidr>().expect("default CIDRs are valid");
-        let pod_cidr = req.pod_cidr.unwrap_or_else(|| default_cidr(CreateCluster::DEFAULT_POD_CIDR));
-        let service_cidr =
-            req.service_cidr.unwrap_or_else(|| default_cidr(CreateCluster::DEFAULT_SERVICE_CIDR));
+        let pod_cidr = req
+            .pod_cidr
+            .unwrap_or_else(|| default_cidr(CreateCluster::DEFAULT_POD_CIDR));
+        let service_cidr = req
+            .service_cidr
+            .unwrap_or_else(|| default_cidr(CreateCluster::DEFAULT_SERVICE_CIDR));
         if pod_cidr.overlaps(&service_cidr) {
-            return Err(SpecError::CidrOverlap { pod: pod_cidr, service: service_cidr });
+            return Err(SpecError::CidrOverlap {
+                pod: pod_cidr,
+                service: service_cidr,
+            });
         }
         if pod_cidr.net().addr().is_ipv4() != service_cidr.net().addr().is_ipv4() {
             return Err(SpecError::Invalid(
                 "pod and service CIDRs must be of the same IP family".to_owned(),
             ));
         }
-        let named_masters = req.roles.values().filter(|r| **r == NodeRole::Master).count();
-        if let MasterCount::Count(n) = req.masters {
-            if named_masters > usize::from(n) {
+        let named_masters = req
+            .roles
+            .values()
+            .filter(|r| **r == NodeRole::Master)
+            .count();
+        match req.masters {
+            MasterCount::Count(n) if named_masters > usize::from(n) => {
                 return Err(SpecError::Invalid(format!(
                     "roles name {named_masters} masters but the cluster has {n}"
                 )));
             }
+            _ => {}
         }
-        if !req.roles.is_empty() && named_masters == 0 && req.roles.len() > 64 {
-            return Err(SpecError::Invalid("roles may name at most 64 nodes".to_owned()));
+        if req.roles.len() > 64 {
+            return Err(SpecError::Invalid(
+                "roles may name at most 64 nodes".to_owned(),
+            ));
         }
         Ok(Self {
             name: req.name,
-            kubernetes_version: req.kubernetes_version.unwrap_or_else(KubernetesVersion::default_version),
+            kubernetes_version: req
+                .kubernetes_version
+                .unwrap_or_else(KubernetesVersion::default_version),
             pod_cidr,
             service_cidr,
             masters: req.masters,
@@ -77,7 +92,12 @@ const CLUSTER_SELECT: &str = "SELECT c.*, \
 
 impl Store {
     /// Creates an empty cluster.
-    pub async fn create_cluster(&self, tenant: TenantId, spec: &ClusterSpec, actor: &Actor) -> Result<Cluster> {
+    pub async fn create_cluster(
+        &self,
+        tenant: TenantId,
+        spec: &ClusterSpec,
+        actor: &Actor,
+    ) -> Result<Cluster> {
         let id = ClusterId::new();
         let mut w = self.write(tenant).await?;
         sqlx::query(
@@ -103,19 +123,32 @@ impl Store {
             }
         })?;
         let cluster = w.cluster(tenant, &Key::Id(id)).await?;
-        w.event(tenant, actor, cluster_event("cluster.created", &cluster, json!({
-            "kubernetes_version": cluster.kubernetes_version,
-            "pod_cidr": cluster.pod_cidr,
-            "service_cidr": cluster.service_cidr,
-            "masters": cluster.masters,
-            "roles": cluster.roles,
-        })))
+        w.event(
+            tenant,
+            actor,
+            cluster_event(
+                "cluster.created",
+                &cluster,
+                json!({
+                    "kubernetes_version": cluster.kubernetes_version,
+                    "pod_cidr": cluster.pod_cidr,
+                    "service_cidr": cluster.service_cidr,
+                    "masters": cluster.masters,
+                    "roles": cluster.roles,
+                }),
+            ),
+        )
         .await?;
         w.commit().await?;
         Ok(cluster)
     }
 
-    pub async fn list_clusters(&self, tenant: TenantId, after: Option<&str>, limit: u32) -> Result<Page<Cluster>> {
+    pub async fn list_clusters(
+        &self,
+        tenant: TenantId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Cluster>> {
         let rows = sqlx::query(&format!(
             "{CLUSTER_SELECT} WHERE c.tenant_id = $1 AND c.id > $2 ORDER BY c.id LIMIT $3"
         ))
@@ -128,13 +161,19 @@ impl Store {
         Ok(crate::page(items, limit, |c| c.id.to_string()))
     }
 
-    pub async fn get_cluster(&self, tenant: TenantId, key: &Key<ClusterId>) -> Result<ClusterDetail> {
+    pub async fn get_cluster(
+        &self,
+        tenant: TenantId,
+        key: &Key<ClusterId>,
+    ) -> Result<ClusterDetail> {
         let row = fetch_cluster(&self.pool, tenant, key).await?;
         let cluster = rows::cluster(&row)?;
-        let nodes = sqlx::query(&format!("{NODE_SELECT} WHERE n.cluster_id = $1 ORDER BY n.name"))
-            .bind(cluster.id.to_string())
-            .fetch_all(&self.pool)
-            .await?;
+        let nodes = sqlx::query(&format!(
+            "{NODE_SELECT} WHERE n.cluster_id = $1 ORDER BY n.name"
+        ))
+        .bind(cluster.id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
         let nodes = nodes.iter().map(rows::node).collect::<Result<Vec<_>>>()?;
         Ok(ClusterDetail { cluster, nodes })
     }
@@ -160,15 +199,24 @@ impl Store {
         for node in &members {
             w.set_node_state(node, NodeState::Authorized, None).await?;
             let detail = json!({ "cluster": cluster.name, "reason": "cluster deleted" });
-            w.event(tenant, actor, node_event("node.detached", node, detail)).await?;
+            w.event(tenant, actor, node_event("node.detached", node, detail))
+                .await?;
         }
         sqlx::query("DELETE FROM clusters WHERE id = $1")
             .bind(cluster.id.to_string())
             .execute(&mut *w.tx)
             .await?;
         let names: Vec<&NodeName> = members.iter().map(|n| &n.name).collect();
-        w.event(tenant, actor, cluster_event("cluster.deleted", &cluster, json!({ "force": force, "returned_to_pool": names })))
-            .await?;
+        w.event(
+            tenant,
+            actor,
+            cluster_event(
+                "cluster.deleted",
+                &cluster,
+                json!({ "force": force, "returned_to_pool": names }),
+            ),
+        )
+        .await?;
         let mut returned = Vec::with_capacity(members.len());
         for node in &members {
             returned.push(w.node(tenant, &Key::Id(node.id)).await?);
@@ -198,7 +246,11 @@ impl Store {
                         } else {
                             "attached (only authorized nodes in the pool can be)"
                         };
-                        return Err(StoreError::invalid_state(node.name.as_str(), node.state, action));
+                        return Err(StoreError::invalid_state(
+                            node.name.as_str(),
+                            node.state,
+                            action,
+                        ));
                     }
                     chosen.push(node);
                 }
@@ -227,16 +279,35 @@ impl Store {
             }
         };
         for node in &chosen {
-            w.set_node_state(node, NodeState::Attached, Some(cluster.id)).await?;
-            w.event(tenant, actor, node_event("node.attached", node, json!({ "cluster": cluster.name })))
+            w.set_node_state(node, NodeState::Attached, Some(cluster.id))
                 .await?;
+            w.event(
+                tenant,
+                actor,
+                node_event("node.attached", node, json!({ "cluster": cluster.name })),
+            )
+            .await?;
         }
         let names: Vec<&NodeName> = chosen.iter().map(|n| &n.name).collect();
-        w.event(tenant, actor, cluster_event("cluster.nodes_attached", &cluster, json!({ "nodes": names })))
-            .await?;
+        w.event(
+            tenant,
+            actor,
+            cluster_event(
+                "cluster.nodes_attached",
+                &cluster,
+                json!({ "nodes": names }),
+            ),
+        )
+        .await?;
         let moved = w.reload(tenant, &chosen).await?;
         w.commit().await?;
-        Ok(NodeMove { cluster: ClusterRef { id: cluster.id, name: cluster.name }, nodes: moved })
+        Ok(NodeMove {
+            cluster: ClusterRef {
+                id: cluster.id,
+                name: cluster.name,
+            },
+            nodes: moved,
+        })
     }
 
     /// Starts returning named nodes of a cluster to the pool: they become `detaching` until their
@@ -260,20 +331,43 @@ impl Store {
                 });
             }
             if node.state != NodeState::Attached {
-                return Err(StoreError::invalid_state(node.name.as_str(), node.state, "detached"));
+                return Err(StoreError::invalid_state(
+                    node.name.as_str(),
+                    node.state,
+                    "detached",
+                ));
             }
             chosen.push(node);
         }
         for node in &chosen {
-            w.set_node_state(node, NodeState::Detaching, Some(cluster.id)).await?;
-            w.event(tenant, actor, node_event("node.detaching", node, json!({ "cluster": cluster.name })))
+            w.set_node_state(node, NodeState::Detaching, Some(cluster.id))
                 .await?;
-        }
-        w.event(tenant, actor, cluster_event("cluster.nodes_detached", &cluster, json!({ "nodes": names })))
+            w.event(
+                tenant,
+                actor,
+                node_event("node.detaching", node, json!({ "cluster": cluster.name })),
+            )
             .await?;
+        }
+        w.event(
+            tenant,
+            actor,
+            cluster_event(
+                "cluster.nodes_detached",
+                &cluster,
+                json!({ "nodes": names }),
+            ),
+        )
+        .await?;
         let moved = w.reload(tenant, &chosen).await?;
         w.commit().await?;
-        Ok(NodeMove { cluster: ClusterRef { id: cluster.id, name: cluster.name }, nodes: moved })
+        Ok(NodeMove {
+            cluster: ClusterRef {
+                id: cluster.id,
+                name: cluster.name,
+            },
+            nodes: moved,
+        })
     }
 }
 
@@ -284,10 +378,12 @@ impl WriteTx {
     }
 
     async fn cluster_nodes(&mut self, cluster: ClusterId) -> Result<Vec<Node>> {
-        let rows = sqlx::query(&format!("{NODE_SELECT} WHERE n.cluster_id = $1 ORDER BY n.name"))
-            .bind(cluster.to_string())
-            .fetch_all(&mut *self.tx)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "{NODE_SELECT} WHERE n.cluster_id = $1 ORDER BY n.name"
+        ))
+        .bind(cluster.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
         rows.iter().map(rows::node).collect()
     }
 
@@ -309,15 +405,24 @@ async fn fetch_cluster<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
         Key::Id(id) => ("c.id", id.to_string()),
         Key::Name(name) => ("c.name", name.clone()),
     };
-    sqlx::query(&format!("{CLUSTER_SELECT} WHERE c.tenant_id = $1 AND {column} = $2"))
-        .bind(tenant.to_string())
-        .bind(value)
-        .fetch_optional(ex)
-        .await?
-        .ok_or_else(|| StoreError::NotFound { kind: "cluster", key: key.to_string() })
+    sqlx::query(&format!(
+        "{CLUSTER_SELECT} WHERE c.tenant_id = $1 AND {column} = $2"
+    ))
+    .bind(tenant.to_string())
+    .bind(value)
+    .fetch_optional(ex)
+    .await?
+    .ok_or_else(|| StoreError::NotFound {
+        kind: "cluster",
+        key: key.to_string(),
+    })
 }
 
-fn cluster_event<'a>(action: &'a str, cluster: &'a Cluster, detail: serde_json::Value) -> NewEvent<'a> {
+fn cluster_event<'a>(
+    action: &'a str,
+    cluster: &'a Cluster,
+    detail: serde_json::Value,
+) -> NewEvent<'a> {
     NewEvent {
         action,
         object_kind: "cluster",

@@ -26,7 +26,12 @@ pub(crate) struct NewEvent<'a> {
 }
 
 impl WriteTx {
-    pub(crate) async fn event(&mut self, tenant: TenantId, actor: &Actor, e: NewEvent<'_>) -> Result<()> {
+    pub(crate) async fn event(
+        &mut self,
+        tenant: TenantId,
+        actor: &Actor,
+        e: NewEvent<'_>,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO events (tenant_id, at, actor, action, object_kind, object_id, object_name, detail) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

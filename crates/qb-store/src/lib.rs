@@ -59,7 +59,9 @@ pub enum Key<Id> {
 impl<Id: std::str::FromStr> Key<Id> {
     /// A UUID is taken as an id, anything else as a name.
     pub fn parse(s: &str) -> Self {
-        s.parse().map(Key::Id).unwrap_or_else(|_| Key::Name(s.to_owned()))
+        s.parse()
+            .map(Key::Id)
+            .unwrap_or_else(|_| Key::Name(s.to_owned()))
     }
 }
 
@@ -84,9 +86,17 @@ pub enum StoreError {
         "the pool has {available} authorized node(s){matching}, fewer than the {wanted} asked for; nothing was attached",
         matching = if *.selector { " matching the selector" } else { "" }
     )]
-    PoolExhausted { wanted: u32, available: u32, selector: bool },
+    PoolExhausted {
+        wanted: u32,
+        available: u32,
+        selector: bool,
+    },
     #[error("node {node:?} is {state}, so it cannot be {action}")]
-    InvalidNodeState { node: String, state: &'static str, action: &'static str },
+    InvalidNodeState {
+        node: String,
+        state: &'static str,
+        action: &'static str,
+    },
     #[error("node {node:?} is not in cluster {cluster:?}")]
     NodeNotInCluster { node: String, cluster: String },
     #[error(
@@ -107,7 +117,11 @@ pub enum StoreError {
 
 impl StoreError {
     fn invalid_state(node: &str, state: NodeState, action: &'static str) -> Self {
-        Self::InvalidNodeState { node: node.to_owned(), state: state.as_str(), action }
+        Self::InvalidNodeState {
+            node: node.to_owned(),
+            state: state.as_str(),
+            action,
+        }
     }
 }
 
@@ -146,8 +160,11 @@ impl Store {
         };
         let pool = match backend {
             Backend::Sqlite => {
-                let url =
-                    if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
+                let url = if url.contains('?') {
+                    url.to_owned()
+                } else {
+                    format!("{url}?mode=rwc")
+                };
                 AnyPoolOptions::new()
                     .max_connections(8)
                     .after_connect(|conn, _| {
@@ -163,14 +180,20 @@ impl Store {
                     .connect(&url)
                     .await?
             }
-            Backend::Postgres => AnyPoolOptions::new()
-                .max_connections(16)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect(url)
-                .await?,
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await?
+            }
         };
         migrate::run(&pool, backend).await?;
-        Ok(Self { pool, backend, sqlite_writer: Arc::new(Mutex::new(())) })
+        Ok(Self {
+            pool,
+            backend,
+            sqlite_writer: Arc::new(Mutex::new(())),
+        })
     }
 
     /// Opens the SQLite database file at `path`.
@@ -180,6 +203,12 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     pub async fn close(&self) {
@@ -199,7 +228,10 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         }
-        Ok(WriteTx { tx, _writer: writer })
+        Ok(WriteTx {
+            tx,
+            _writer: writer,
+        })
     }
 
     /// Starts a write transaction not tied to a tenant (creating one).
@@ -208,7 +240,10 @@ impl Store {
             Backend::Sqlite => Some(self.sqlite_writer.clone().lock_owned().await),
             Backend::Postgres => None,
         };
-        Ok(WriteTx { tx: self.pool.begin().await?, _writer: writer })
+        Ok(WriteTx {
+            tx: self.pool.begin().await?,
+            _writer: writer,
+        })
     }
 }
 

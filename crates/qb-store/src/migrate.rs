@@ -10,10 +10,16 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use crate::Backend;
 
 /// `(version, description, SQL)` per backend, in order.
-const SQLITE: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/sqlite/0001_init.sql"))];
-const POSTGRES: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/postgres/0001_init.sql"))];
+const SQLITE: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../migrations/sqlite/0001_init.sql"),
+)];
+const POSTGRES: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../migrations/postgres/0001_init.sql"),
+)];
 
 #[derive(Debug)]
 struct Embedded(&'static [(i64, &'static str, &'static str)]);
@@ -39,7 +45,10 @@ impl MigrationSource<'static> for Embedded {
 }
 
 /// Applies every migration not yet applied. On PostgreSQL, concurrent replicas take turns.
-pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<(), sqlx::migrate::MigrateError> {
+pub(crate) async fn run(
+    pool: &AnyPool,
+    backend: Backend,
+) -> Result<(), sqlx::migrate::MigrateError> {
     let source = match backend {
         Backend::Sqlite => Embedded(SQLITE),
         Backend::Postgres => Embedded(POSTGRES),

@@ -51,13 +51,17 @@ impl Store {
                 e.into()
             }
         })?;
-        w.event(tenant, actor, NewEvent {
-            action: "node.registered",
-            object_kind: "node",
-            object_id: id.to_string(),
-            object_name: new.name.as_str(),
-            detail: json!({ "hostname": new.facts.hostname }),
-        })
+        w.event(
+            tenant,
+            actor,
+            NewEvent {
+                action: "node.registered",
+                object_kind: "node",
+                object_id: id.to_string(),
+                object_name: new.name.as_str(),
+                detail: json!({ "hostname": new.facts.hostname }),
+            },
+        )
         .await?;
         let node = w.node(tenant, &Key::Id(id)).await?;
         w.commit().await?;
@@ -103,20 +107,25 @@ impl Store {
         for k in &change.remove {
             node.labels.remove(k);
         }
-        node.labels.extend(change.set.iter().map(|(k, v)| (k.clone(), v.clone())));
+        node.labels
+            .extend(change.set.iter().map(|(k, v)| (k.clone(), v.clone())));
         sqlx::query("UPDATE nodes SET labels = $1, updated_at = $2 WHERE id = $3")
             .bind(to_json(&node.labels))
             .bind(now_ms())
             .bind(node.id.to_string())
             .execute(&mut *w.tx)
             .await?;
-        w.event(tenant, actor, NewEvent {
-            action: "node.labeled",
-            object_kind: "node",
-            object_id: node.id.to_string(),
-            object_name: node.name.as_str(),
-            detail: json!({ "set": change.set, "remove": change.remove }),
-        })
+        w.event(
+            tenant,
+            actor,
+            NewEvent {
+                action: "node.labeled",
+                object_kind: "node",
+                object_id: node.id.to_string(),
+                object_name: node.name.as_str(),
+                detail: json!({ "set": change.set, "remove": change.remove }),
+            },
+        )
         .await?;
         let node = w.node(tenant, &Key::Id(node.id)).await?;
         w.commit().await?;
@@ -124,55 +133,102 @@ impl Store {
     }
 
     /// Moves a `pending` node into the pool.
-    pub async fn authorize_node(&self, tenant: TenantId, key: &Key<NodeId>, actor: &Actor) -> Result<Node> {
+    pub async fn authorize_node(
+        &self,
+        tenant: TenantId,
+        key: &Key<NodeId>,
+        actor: &Actor,
+    ) -> Result<Node> {
         let mut w = self.write(tenant).await?;
         let node = w.node(tenant, key).await?;
         if node.state != NodeState::Pending {
-            return Err(StoreError::invalid_state(node.name.as_str(), node.state, "authorized"));
+            return Err(StoreError::invalid_state(
+                node.name.as_str(),
+                node.state,
+                "authorized",
+            ));
         }
         w.set_node_state(&node, NodeState::Authorized, None).await?;
-        w.event(tenant, actor, node_event("node.authorized", &node, json!({}))).await?;
+        w.event(
+            tenant,
+            actor,
+            node_event("node.authorized", &node, json!({})),
+        )
+        .await?;
         let node = w.node(tenant, &Key::Id(node.id)).await?;
         w.commit().await?;
         Ok(node)
     }
 
     /// Revokes a node's identity, whatever its state; an attached node leaves its cluster.
-    pub async fn deauthorize_node(&self, tenant: TenantId, key: &Key<NodeId>, actor: &Actor) -> Result<Node> {
+    pub async fn deauthorize_node(
+        &self,
+        tenant: TenantId,
+        key: &Key<NodeId>,
+        actor: &Actor,
+    ) -> Result<Node> {
         let mut w = self.write(tenant).await?;
         let node = w.node(tenant, key).await?;
         if node.state == NodeState::Deauthorized {
-            return Err(StoreError::invalid_state(node.name.as_str(), node.state, "deauthorized"));
+            return Err(StoreError::invalid_state(
+                node.name.as_str(),
+                node.state,
+                "deauthorized",
+            ));
         }
-        w.set_node_state(&node, NodeState::Deauthorized, None).await?;
+        w.set_node_state(&node, NodeState::Deauthorized, None)
+            .await?;
         let detail = json!({ "previous_state": node.state, "left_cluster": node.cluster.as_ref().map(|c| &c.name) });
-        w.event(tenant, actor, node_event("node.deauthorized", &node, detail)).await?;
+        w.event(
+            tenant,
+            actor,
+            node_event("node.deauthorized", &node, detail),
+        )
+        .await?;
         let node = w.node(tenant, &Key::Id(node.id)).await?;
         w.commit().await?;
         Ok(node)
     }
 
     /// Forgets a `pending` or `deauthorized` node.
-    pub async fn delete_node(&self, tenant: TenantId, key: &Key<NodeId>, actor: &Actor) -> Result<()> {
+    pub async fn delete_node(
+        &self,
+        tenant: TenantId,
+        key: &Key<NodeId>,
+        actor: &Actor,
+    ) -> Result<()> {
         let mut w = self.write(tenant).await?;
         let node = w.node(tenant, key).await?;
         if !matches!(node.state, NodeState::Pending | NodeState::Deauthorized) {
-            return Err(StoreError::invalid_state(node.name.as_str(), node.state, "deleted"));
+            return Err(StoreError::invalid_state(
+                node.name.as_str(),
+                node.state,
+                "deleted",
+            ));
         }
-        sqlx::query("DELETE FROM nodes WHERE id = $1").bind(node.id.to_string()).execute(&mut *w.tx).await?;
-        w.event(tenant, actor, node_event("node.deleted", &node, json!({}))).await?;
+        sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(node.id.to_string())
+            .execute(&mut *w.tx)
+            .await?;
+        w.event(tenant, actor, node_event("node.deleted", &node, json!({})))
+            .await?;
         w.commit().await
     }
 
     /// Nodes of every tenant that are leaving a cluster, for the controller's reconciler.
     pub async fn detaching_nodes(&self) -> Result<Vec<(TenantId, Node)>> {
-        let rows = sqlx::query(&format!("{NODE_SELECT} WHERE n.state = 'detaching' ORDER BY n.id"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "{NODE_SELECT} WHERE n.state = 'detaching' ORDER BY n.id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|row| {
                 let tenant: String = sqlx::Row::try_get(row, "tenant_id")?;
-                let tenant = tenant.parse().map_err(|e| StoreError::Corrupt { what: "tenant id", source: Box::new(e) })?;
+                let tenant = tenant.parse().map_err(|e| StoreError::Corrupt {
+                    what: "tenant id",
+                    source: Box::new(e),
+                })?;
                 Ok((tenant, rows::node(row)?))
             })
             .collect()
@@ -183,11 +239,16 @@ impl Store {
         let mut w = self.write(tenant).await?;
         let node = w.node(tenant, &Key::Id(id)).await?;
         if node.state != NodeState::Detaching {
-            return Err(StoreError::invalid_state(node.name.as_str(), node.state, "returned to the pool"));
+            return Err(StoreError::invalid_state(
+                node.name.as_str(),
+                node.state,
+                "returned to the pool",
+            ));
         }
         w.set_node_state(&node, NodeState::Authorized, None).await?;
         let detail = json!({ "cluster": node.cluster.as_ref().map(|c| &c.name) });
-        w.event(tenant, actor, node_event("node.detached", &node, detail)).await?;
+        w.event(tenant, actor, node_event("node.detached", &node, detail))
+            .await?;
         let node = w.node(tenant, &Key::Id(id)).await?;
         w.commit().await?;
         Ok(node)
@@ -238,15 +299,24 @@ async fn fetch_node<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
         Key::Id(id) => ("n.id", id.to_string()),
         Key::Name(name) => ("n.name", name.clone()),
     };
-    sqlx::query(&format!("{NODE_SELECT} WHERE n.tenant_id = $1 AND {column} = $2"))
-        .bind(tenant.to_string())
-        .bind(value)
-        .fetch_optional(ex)
-        .await?
-        .ok_or_else(|| StoreError::NotFound { kind: "node", key: key.to_string() })
+    sqlx::query(&format!(
+        "{NODE_SELECT} WHERE n.tenant_id = $1 AND {column} = $2"
+    ))
+    .bind(tenant.to_string())
+    .bind(value)
+    .fetch_optional(ex)
+    .await?
+    .ok_or_else(|| StoreError::NotFound {
+        kind: "node",
+        key: key.to_string(),
+    })
 }
 
-pub(crate) fn node_event<'a>(action: &'a str, node: &'a Node, detail: serde_json::Value) -> NewEvent<'a> {
+pub(crate) fn node_event<'a>(
+    action: &'a str,
+    node: &'a Node,
+    detail: serde_json::Value,
+) -> NewEvent<'a> {
     NewEvent {
         action,
         object_kind: "node",

@@ -13,8 +13,13 @@ use sqlx::any::AnyRow;
 
 use crate::{Result, StoreError, from_ms};
 
-fn corrupt<E: std::error::Error + Send + Sync + 'static>(what: &'static str) -> impl FnOnce(E) -> StoreError {
-    move |e| StoreError::Corrupt { what, source: Box::new(e) }
+fn corrupt<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError::Corrupt {
+        what,
+        source: Box::new(e),
+    }
 }
 
 fn parse<T: FromStr>(what: &'static str, s: &str) -> Result<T>
@@ -45,9 +50,10 @@ pub(crate) fn node(row: &AnyRow) -> Result<Node> {
     let cluster_id: Option<String> = row.try_get("cluster_id")?;
     let cluster_name: Option<String> = row.try_get("cluster_name")?;
     let cluster = match (cluster_id, cluster_name) {
-        (Some(id), Some(name)) => {
-            Some(ClusterRef { id: parse("cluster id", &id)?, name: parse("cluster name", &name)? })
-        }
+        (Some(id), Some(name)) => Some(ClusterRef {
+            id: parse("cluster id", &id)?,
+            name: parse("cluster name", &name)?,
+        }),
         _ => None,
     };
     Ok(Node {
@@ -76,7 +82,11 @@ pub(crate) fn cluster(row: &AnyRow) -> Result<Cluster> {
         service_cidr: parse::<Cidr>("service CIDR", &row.try_get::<String, _>("service_cidr")?)?,
         masters: parse::<MasterCount>("master count", &row.try_get::<String, _>("masters")?)?,
         roles: json::<BTreeMap<NodeName, NodeRole>>("roles", &row.try_get::<String, _>("roles")?)?,
-        state: if node_count == 0 { ClusterState::Empty } else { ClusterState::Pending },
+        state: if node_count == 0 {
+            ClusterState::Empty
+        } else {
+            ClusterState::Pending
+        },
         node_count: u32::try_from(node_count).unwrap_or(u32::MAX),
         created_at: from_ms(row.try_get("created_at")?),
     })
@@ -91,7 +101,9 @@ pub(crate) fn token(row: &AnyRow) -> Result<Token> {
         id: parse("token id", &row.try_get::<String, _>("id")?)?,
         user: parse("user name", &row.try_get::<String, _>("user_name")?)?,
         role: role(&row.try_get::<String, _>("role")?)?,
-        description: description.map(|d| parse("token description", &d)).transpose()?,
+        description: description
+            .map(|d| parse("token description", &d))
+            .transpose()?,
         created_at: from_ms(row.try_get("created_at")?),
         expires_at: from_ms(row.try_get("expires_at")?),
         last_used_at: last_used_at.map(from_ms),

@@ -26,10 +26,18 @@ pub struct Principal {
 }
 
 impl Store {
-    /// Creates a tenant with its first admin user. Returns `None` when the name is taken.
+    /// Creates a tenant with its first admin user.
     pub async fn create_tenant(&self, name: &Name, admin: &Name) -> Result<(Tenant, User)> {
-        let tenant = Tenant { id: TenantId::new(), name: name.clone() };
-        let user = User { id: UserId::new(), name: admin.clone(), role: Role::Admin, created_at: from_ms(now_ms()) };
+        let tenant = Tenant {
+            id: TenantId::new(),
+            name: name.clone(),
+        };
+        let user = User {
+            id: UserId::new(),
+            name: admin.clone(),
+            role: Role::Admin,
+            created_at: from_ms(now_ms()),
+        };
         let mut w = self.write_global().await?;
         sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(tenant.id.to_string())
@@ -39,22 +47,30 @@ impl Store {
             .await
             .map_err(|e| {
                 if is_unique_violation(&e) {
-                    StoreError::NameTaken { kind: "tenant", name: name.to_string() }
+                    StoreError::NameTaken {
+                        kind: "tenant",
+                        name: name.to_string(),
+                    }
                 } else {
                     e.into()
                 }
             })?;
         insert_user(&mut w, tenant.id, &user).await?;
         let actor = Actor::controller();
-        w.event(tenant.id, &actor, NewEvent {
-            action: "tenant.created",
-            object_kind: "tenant",
-            object_id: tenant.id.to_string(),
-            object_name: name.as_str(),
-            detail: json!({}),
-        })
+        w.event(
+            tenant.id,
+            &actor,
+            NewEvent {
+                action: "tenant.created",
+                object_kind: "tenant",
+                object_id: tenant.id.to_string(),
+                object_name: name.as_str(),
+                detail: json!({}),
+            },
+        )
         .await?;
-        w.event(tenant.id, &actor, user_event("user.created", &user)).await?;
+        w.event(tenant.id, &actor, user_event("user.created", &user))
+            .await?;
         w.commit().await?;
         Ok((tenant, user))
     }
@@ -64,26 +80,47 @@ impl Store {
             .bind(name)
             .fetch_optional(&self.pool)
             .await?
-            .ok_or_else(|| StoreError::NotFound { kind: "tenant", key: name.to_owned() })?;
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "tenant",
+                key: name.to_owned(),
+            })?;
         Ok(Tenant {
-            id: row.try_get::<String, _>("id")?.parse().map_err(|e| StoreError::Corrupt {
-                what: "tenant id",
-                source: Box::new(e),
-            })?,
+            id: row
+                .try_get::<String, _>("id")?
+                .parse()
+                .map_err(|e| StoreError::Corrupt {
+                    what: "tenant id",
+                    source: Box::new(e),
+                })?,
             name: name.parse()?,
         })
     }
 
     /// The number of tenants; zero on a fresh database.
     pub async fn tenant_count(&self) -> Result<i64> {
-        Ok(sqlx::query("SELECT COUNT(*) AS n FROM tenants").fetch_one(&self.pool).await?.try_get("n")?)
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM tenants")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?)
     }
 
-    pub async fn create_user(&self, tenant: TenantId, name: &Name, role: Role, actor: &Actor) -> Result<User> {
-        let user = User { id: UserId::new(), name: name.clone(), role, created_at: from_ms(now_ms()) };
+    pub async fn create_user(
+        &self,
+        tenant: TenantId,
+        name: &Name,
+        role: Role,
+        actor: &Actor,
+    ) -> Result<User> {
+        let user = User {
+            id: UserId::new(),
+            name: name.clone(),
+            role,
+            created_at: from_ms(now_ms()),
+        };
         let mut w = self.write(tenant).await?;
         insert_user(&mut w, tenant, &user).await?;
-        w.event(tenant, actor, user_event("user.created", &user)).await?;
+        w.event(tenant, actor, user_event("user.created", &user))
+            .await?;
         w.commit().await?;
         Ok(user)
     }
@@ -98,6 +135,7 @@ impl Store {
 
     /// Stores a new token for `user` (by name). Only the hash of `secret` is kept; the returned
     /// value carries the secret so it can be shown once.
+    #[allow(clippy::too_many_arguments)] // Each is a distinct field of the token; a struct would only move them.
     pub async fn create_token(
         &self,
         tenant: TenantId,
@@ -114,7 +152,10 @@ impl Store {
             .bind(user.as_str())
             .fetch_optional(&mut *w.tx)
             .await?
-            .ok_or_else(|| StoreError::NotFound { kind: "user", key: user.to_string() })?;
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "user",
+                key: user.to_string(),
+            })?;
         let owner = user_row(&row)?;
         let now = now_ms();
         let token = Token {
@@ -145,14 +186,22 @@ impl Store {
             object_kind: "token",
             object_id: token.id.to_string(),
             object_name: owner.name.as_str(),
-            detail: json!({ "user": owner.name, "expires_at": to_ms(token.expires_at) }),
+            detail: json!({
+                "user": owner.name,
+                "expires_at": token.expires_at.format(&time::format_description::well_known::Rfc3339).ok(),
+            }),
         })
         .await?;
         w.commit().await?;
         Ok(CreatedToken { token, secret })
     }
 
-    pub async fn list_tokens(&self, tenant: TenantId, after: Option<&str>, limit: u32) -> Result<Page<Token>> {
+    pub async fn list_tokens(
+        &self,
+        tenant: TenantId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Token>> {
         let rows = sqlx::query(
             "SELECT t.*, u.name AS user_name, u.role FROM tokens t JOIN users u ON u.id = t.user_id \
              WHERE t.tenant_id = $1 AND t.id > $2 ORDER BY t.id LIMIT $3",
@@ -166,7 +215,12 @@ impl Store {
         Ok(crate::page(items, limit, |t| t.id.to_string()))
     }
 
-    pub async fn revoke_token(&self, tenant: TenantId, id: TokenId, actor: &Actor) -> Result<Token> {
+    pub async fn revoke_token(
+        &self,
+        tenant: TenantId,
+        id: TokenId,
+        actor: &Actor,
+    ) -> Result<Token> {
         let mut w = self.write(tenant).await?;
         let now = now_ms();
         let row = sqlx::query(
@@ -181,13 +235,17 @@ impl Store {
         .await?
         .ok_or_else(|| StoreError::NotFound { kind: "token", key: id.to_string() })?;
         let token = rows::token(&row)?;
-        w.event(tenant, actor, NewEvent {
-            action: "token.revoked",
-            object_kind: "token",
-            object_id: id.to_string(),
-            object_name: token.user.as_str(),
-            detail: json!({}),
-        })
+        w.event(
+            tenant,
+            actor,
+            NewEvent {
+                action: "token.revoked",
+                object_kind: "token",
+                object_id: id.to_string(),
+                object_name: token.user.as_str(),
+                detail: json!({}),
+            },
+        )
         .await?;
         w.commit().await?;
         Ok(token)
@@ -206,14 +264,28 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
-        let parse_err = |what| move |e: uuid::Error| StoreError::Corrupt { what, source: Box::new(e) };
+        let parse_err = |what| {
+            move |e: uuid::Error| StoreError::Corrupt {
+                what,
+                source: Box::new(e),
+            }
+        };
         Ok(Some(Principal {
-            tenant_id: row.try_get::<String, _>("tenant_id")?.parse().map_err(parse_err("tenant id"))?,
+            tenant_id: row
+                .try_get::<String, _>("tenant_id")?
+                .parse()
+                .map_err(parse_err("tenant id"))?,
             tenant: row.try_get::<String, _>("tenant_name")?.parse()?,
-            user_id: row.try_get::<String, _>("user_id")?.parse().map_err(parse_err("user id"))?,
+            user_id: row
+                .try_get::<String, _>("user_id")?
+                .parse()
+                .map_err(parse_err("user id"))?,
             user: row.try_get::<String, _>("user_name")?.parse()?,
             role: rows::role(&row.try_get::<String, _>("role")?)?,
-            token_id: row.try_get::<String, _>("token_id")?.parse().map_err(parse_err("token id"))?,
+            token_id: row
+                .try_get::<String, _>("token_id")?
+                .parse()
+                .map_err(parse_err("token id"))?,
         }))
     }
 
@@ -233,21 +305,26 @@ impl Store {
 }
 
 async fn insert_user(w: &mut crate::WriteTx, tenant: TenantId, user: &User) -> Result<()> {
-    sqlx::query("INSERT INTO users (id, tenant_id, name, role, created_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(user.id.to_string())
-        .bind(tenant.to_string())
-        .bind(user.name.as_str())
-        .bind(user.role.as_str())
-        .bind(crate::to_ms(user.created_at))
-        .execute(&mut *w.tx)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::NameTaken { kind: "user", name: user.name.to_string() }
-            } else {
-                e.into()
+    sqlx::query(
+        "INSERT INTO users (id, tenant_id, name, role, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(user.id.to_string())
+    .bind(tenant.to_string())
+    .bind(user.name.as_str())
+    .bind(user.role.as_str())
+    .bind(crate::to_ms(user.created_at))
+    .execute(&mut *w.tx)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::NameTaken {
+                kind: "user",
+                name: user.name.to_string(),
             }
-        })?;
+        } else {
+            e.into()
+        }
+    })?;
     Ok(())
 }
 
@@ -263,10 +340,13 @@ fn user_event<'a>(action: &'a str, user: &'a User) -> NewEvent<'a> {
 
 fn user_row(row: &sqlx::any::AnyRow) -> Result<User> {
     Ok(User {
-        id: row.try_get::<String, _>("id")?.parse().map_err(|e| StoreError::Corrupt {
-            what: "user id",
-            source: Box::new(e),
-        })?,
+        id: row
+            .try_get::<String, _>("id")?
+            .parse()
+            .map_err(|e| StoreError::Corrupt {
+                what: "user id",
+                source: Box::new(e),
+            })?,
         name: row.try_get::<String, _>("name")?.parse()?,
         role: rows::role(&row.try_get::<String, _>("role")?)?,
         created_at: from_ms(row.try_get("created_at")?),

@@ -1,0 +1,337 @@
+//! The store's test suite, one binary. Every case is written once, as an async fn taking a
+//! [`TestDb`], and runs twice: on a SQLite file in a temp dir (`<case>::sqlite`) and on a private
+//! PostgreSQL server (`<case>::postgres`). The PostgreSQL half fails, never skips, when PostgreSQL
+//! is not installed.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::ops::Deref;
+
+use qb_api::{
+    AttachTarget, Cluster, ClusterDetail, ClusterId, CreateCluster, Event, Labels, Name, Node,
+    NodeFacts, NodeName, NodeState, Page, TenantId, Token, User,
+};
+use qb_store::{Actor, Backend, ClusterSpec, EventFilter, Key, NewNode, NodeFilter, Store};
+use qb_test_support::PgServer;
+use sqlx::AnyPool;
+
+/// Generates `<case>::sqlite` and `<case>::postgres` for each case fn in the calling module.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$case(crate::TestDb::sqlite().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$case(crate::TestDb::postgres().await).await;
+            }
+        }
+    )*};
+}
+
+#[path = "cases/attach.rs"]
+mod attach;
+#[path = "cases/clusters.rs"]
+mod clusters;
+#[path = "cases/events.rs"]
+mod events;
+#[path = "cases/nodes.rs"]
+mod nodes;
+#[path = "cases/paging.rs"]
+mod paging;
+#[path = "cases/persistence.rs"]
+mod persistence;
+#[path = "cases/tenants.rs"]
+mod tenants;
+
+/// A store on a database of its own, and what keeps that database alive.
+pub struct TestDb {
+    pub store: Store,
+    pub url: String,
+    _home: Home,
+}
+
+enum Home {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres(#[allow(dead_code)] PgServer),
+}
+
+impl TestDb {
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("creating a temp dir");
+        let url = qb_test_support::sqlite_url(dir.path());
+        let store = Store::open(&url).await.expect("opening a SQLite store");
+        assert_eq!(store.backend(), Backend::Sqlite);
+        Self {
+            store,
+            url,
+            _home: Home::Sqlite(dir),
+        }
+    }
+
+    pub async fn postgres() -> Self {
+        let server = match PgServer::start() {
+            Ok(server) => server,
+            Err(e) => panic!("these tests need PostgreSQL: {e:#}"),
+        };
+        let url = server.url();
+        let store = Store::open(&url).await.expect("opening a PostgreSQL store");
+        assert_eq!(store.backend(), Backend::Postgres);
+        Self {
+            store,
+            url,
+            _home: Home::Postgres(server),
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.store.backend()
+    }
+
+    /// Another store on the same database, as a second controller replica would open.
+    pub async fn open_again(&self) -> Store {
+        Store::open(&self.url)
+            .await
+            .expect("opening the store again")
+    }
+
+    /// A connection pool that goes around the store, straight to the database.
+    pub async fn raw(&self) -> AnyPool {
+        sqlx::any::install_default_drivers();
+        sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.url)
+            .await
+            .expect("connecting to the database directly")
+    }
+}
+
+impl Deref for TestDb {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+// ---- Inputs -------------------------------------------------------------------------------------
+
+pub fn actor() -> Actor {
+    Actor::user("alice")
+}
+
+pub fn name(s: &str) -> Name {
+    s.parse().unwrap()
+}
+
+pub fn node_name(s: &str) -> NodeName {
+    s.parse().unwrap()
+}
+
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap()))
+        .collect()
+}
+
+pub fn named(names: &[&str]) -> AttachTarget {
+    AttachTarget::Named(names.iter().map(|n| node_name(n)).collect())
+}
+
+pub fn from_pool(count: u32, selector: Option<&str>) -> AttachTarget {
+    AttachTarget::FromPool {
+        count,
+        selector: selector.map(|s| s.parse().unwrap()),
+    }
+}
+
+pub fn spec(cluster: &str) -> ClusterSpec {
+    ClusterSpec::try_from(CreateCluster {
+        name: name(cluster),
+        kubernetes_version: None,
+        pod_cidr: None,
+        service_cidr: None,
+        masters: Default::default(),
+        roles: BTreeMap::new(),
+    })
+    .unwrap()
+}
+
+pub fn by_name<Id>(s: &str) -> Key<Id> {
+    Key::Name(s.to_owned())
+}
+
+// ---- Setup --------------------------------------------------------------------------------------
+
+/// A tenant with its admin `alice`.
+pub async fn tenant(store: &Store, tenant: &str) -> TenantId {
+    store
+        .create_tenant(&name(tenant), &name("alice"))
+        .await
+        .unwrap()
+        .0
+        .id
+}
+
+/// A registered node, still `pending`.
+pub async fn pending_node(store: &Store, t: TenantId, node: &str, pairs: &[(&str, &str)]) -> Node {
+    let new = NewNode {
+        name: node_name(node),
+        facts: NodeFacts {
+            hostname: node.to_owned(),
+            cpus: 2,
+            ..Default::default()
+        },
+        labels: labels(pairs),
+    };
+    let created = store.insert_node(t, new, &actor()).await.unwrap();
+    assert_eq!(created.state, NodeState::Pending);
+    created
+}
+
+/// A node in the pool (`authorized`).
+pub async fn pool_node(store: &Store, t: TenantId, node: &str, pairs: &[(&str, &str)]) -> Node {
+    let pending = pending_node(store, t, node, pairs).await;
+    let node = store
+        .authorize_node(t, &Key::Id(pending.id), &actor())
+        .await
+        .unwrap();
+    assert_eq!(node.state, NodeState::Authorized);
+    node
+}
+
+pub async fn cluster(store: &Store, t: TenantId, cluster: &str) -> Cluster {
+    store
+        .create_cluster(t, &spec(cluster), &actor())
+        .await
+        .unwrap()
+}
+
+// ---- Reading everything back --------------------------------------------------------------------
+
+/// Follows `next` cursors until the last page, checking the pages on the way.
+pub async fn collect_pages<T, F, Fut>(limit: u32, mut fetch: F) -> Vec<T>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Page<T>>,
+{
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = fetch(after.take()).await;
+        assert!(
+            page.items.len() <= limit as usize,
+            "a page holds more than the limit"
+        );
+        assert!(
+            !page.items.is_empty() || all.is_empty(),
+            "an empty page after a full one"
+        );
+        match page.next {
+            Some(next) => {
+                assert_eq!(
+                    page.items.len(),
+                    limit as usize,
+                    "only the last page may be short"
+                );
+                all.extend(page.items);
+                after = Some(next);
+            }
+            None => {
+                all.extend(page.items);
+                return all;
+            }
+        }
+    }
+}
+
+pub async fn all_nodes(store: &Store, t: TenantId) -> Vec<Node> {
+    let filter = NodeFilter::default();
+    collect_pages(1000, |after| {
+        let filter = &filter;
+        async move {
+            store
+                .list_nodes(t, filter, after.as_deref(), 1000)
+                .await
+                .unwrap()
+        }
+    })
+    .await
+}
+
+pub async fn all_clusters(store: &Store, t: TenantId) -> Vec<Cluster> {
+    collect_pages(1000, |after| async move {
+        store
+            .list_clusters(t, after.as_deref(), 1000)
+            .await
+            .unwrap()
+    })
+    .await
+}
+
+pub async fn all_tokens(store: &Store, t: TenantId) -> Vec<Token> {
+    collect_pages(1000, |after| async move {
+        store.list_tokens(t, after.as_deref(), 1000).await.unwrap()
+    })
+    .await
+}
+
+pub async fn events(store: &Store, t: TenantId, filter: &EventFilter) -> Vec<Event> {
+    collect_pages(1000, |after| async move {
+        let after = after.map(|a| a.parse::<i64>().unwrap());
+        store.list_events(t, filter, after, 1000).await.unwrap()
+    })
+    .await
+}
+
+pub async fn all_events(store: &Store, t: TenantId) -> Vec<Event> {
+    events(store, t, &EventFilter::default()).await
+}
+
+pub fn actions(events: &[Event]) -> Vec<&str> {
+    events.iter().map(|e| e.action.as_str()).collect()
+}
+
+/// Everything a tenant has, to show that a refused request changed nothing.
+#[derive(Debug, PartialEq)]
+pub struct Snapshot {
+    pub nodes: Vec<Node>,
+    pub clusters: Vec<ClusterDetail>,
+    pub tokens: Vec<Token>,
+    pub users: Vec<User>,
+    pub events: Vec<Event>,
+}
+
+pub async fn snapshot(store: &Store, t: TenantId) -> Snapshot {
+    let mut clusters = Vec::new();
+    for c in all_clusters(store, t).await {
+        clusters.push(store.get_cluster(t, &Key::Id(c.id)).await.unwrap());
+    }
+    Snapshot {
+        nodes: all_nodes(store, t).await,
+        clusters,
+        tokens: all_tokens(store, t).await,
+        users: store.list_users(t).await.unwrap(),
+        events: all_events(store, t).await,
+    }
+}
+
+pub async fn node(store: &Store, t: TenantId, node: &str) -> Node {
+    store.get_node(t, &by_name(node)).await.unwrap()
+}
+
+pub async fn cluster_detail(store: &Store, t: TenantId, id: ClusterId) -> ClusterDetail {
+    store.get_cluster(t, &Key::Id(id)).await.unwrap()
+}
+
+/// The names of nodes, sorted.
+pub fn names(nodes: &[Node]) -> Vec<String> {
+    let mut names: Vec<String> = nodes.iter().map(|n| n.name.to_string()).collect();
+    names.sort();
+    names
+}

@@ -1,0 +1,573 @@
+//! Clusters: their spec, detaching nodes, and deleting them.
+
+use std::collections::BTreeMap;
+
+use qb_api::{ClusterState, CreateCluster, KubernetesVersion, MasterCount, NodeRole, NodeState};
+use qb_store::{ClusterSpec, EventFilter, Key, SpecError, StoreError};
+
+use crate::{
+    TestDb, actor, all_clusters, all_events, by_name, cluster, cluster_detail, events, name, named,
+    names, node, node_name, pool_node, snapshot, spec, tenant,
+};
+
+on_both_backends!(
+    cluster_spec_is_stored_as_given,
+    cluster_names_are_unique_per_tenant,
+    detach_then_finish_returns_nodes_to_the_pool,
+    detach_only_moves_members,
+    deauthorizing_an_attached_node_takes_it_out,
+    deleting_a_cluster_with_nodes_needs_force,
+);
+
+async fn cluster_spec_is_stored_as_given(db: TestDb) {
+    let t = tenant(&db, "acme").await;
+    let given = ClusterSpec::try_from(CreateCluster {
+        name: name("custom"),
+        kubernetes_version: Some("1.21.3".parse().unwrap()),
+        pod_cidr: Some("172.16.0.0/16".parse().unwrap()),
+        service_cidr: Some("fd00::/108".parse().unwrap()),
+        masters: MasterCount::Count(3),
+        roles: BTreeMap::from([
+            (node_name("h1.rack"), NodeRole::Master),
+            (node_name("h2"), NodeRole::Worker),
+        ]),
+    });
+    // Mixed IP families are refused before anything is stored.
+    assert!(matches!(given, Err(SpecError::Invalid(_))), "{given:?}");
+
+    let given = ClusterSpec::try_from(CreateCluster {
+        name: name("custom"),
+        kubernetes_version: Some("1.21.3".parse().unwrap()),
+        pod_cidr: Some("172.16.0.0/16".parse().unwrap()),
+        service_cidr: Some("172.17.0.0/20".parse().unwrap()),
+        masters: MasterCount::Count(3),
+        roles: BTreeMap::from([
+            (node_name("h1.rack"), NodeRole::Master),
+            (node_name("h2"), NodeRole::Worker),
+        ]),
+    })
+    .unwrap();
+    let created = db.create_cluster(t, &given, &actor()).await.unwrap();
+    assert_eq!(created.name, given.name);
+    assert_eq!(created.kubernetes_version, given.kubernetes_version);
+    assert_eq!(created.pod_cidr, given.pod_cidr);
+    assert_eq!(created.service_cidr, given.service_cidr);
+    assert_eq!(created.masters, given.masters);
+    assert_eq!(created.roles, given.roles);
+    assert_eq!(
+        (created.state, created.node_count),
+        (ClusterState::Empty, 0)
+    );
+    let stored = db.get_cluster(t, &by_name("custom")).await.unwrap();
+    assert_eq!(stored.cluster, created);
+    assert!(stored.nodes.is_empty());
+    assert_eq!(all_clusters(&db, t).await, std::slice::from_ref(&created));
+
+    let defaults = cluster(&db, t, "plain").await;
+    assert_eq!(
+        defaults.kubernetes_version,
+        KubernetesVersion::default_version()
+    );
+    assert_eq!(
+        defaults.pod_cidr.to_string(),
+        CreateCluster::DEFAULT_POD_CIDR
+    );
+    assert_eq!(
+        defaults.service_cidr.to_string(),
+        CreateCluster::DEFAULT_SERVICE_CIDR
+    );
+    assert_eq!(defaults.masters, MasterCount::Auto);
+
+    let logged = events(
+        &db,
+        t,
+        &EventFilter {
+            action_prefix: Some("cluster.created".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(logged.len(), 2);
+    assert_eq!(logged[0].object_id, created.id.to_string());
+    assert_eq!(logged[0].object_name, "custom");
+    assert_eq!(logged[0].detail["masters"], "3");
+    assert_eq!(logged[0].detail["roles"]["h1.rack"], "master");
+}
+
+async fn cluster_names_are_unique_per_tenant(db: TestDb) {
+    let a = tenant(&db, "acme").await;
+    let b = tenant(&db, "bolt").await;
+    let first = cluster(&db, a, "web").await;
+    let before = snapshot(&db, a).await;
+    let err = db
+        .create_cluster(a, &spec("web"), &actor())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NameTaken { kind: "cluster", ref name } if name == "web"),
+        "{err:?}"
+    );
+    assert_eq!(snapshot(&db, a).await, before);
+
+    let other = cluster(&db, b, "web").await;
+    assert_ne!(other.id, first.id);
+    assert_eq!(
+        db.get_cluster(a, &by_name("web")).await.unwrap().cluster.id,
+        first.id
+    );
+    assert_eq!(
+        db.get_cluster(b, &by_name("web")).await.unwrap().cluster.id,
+        other.id
+    );
+
+    // The name is free again once the cluster is gone.
+    db.delete_cluster(a, &by_name("web"), false, &actor())
+        .await
+        .unwrap();
+    let again = cluster(&db, a, "web").await;
+    assert_ne!(again.id, first.id);
+}
+
+async fn detach_then_finish_returns_nodes_to_the_pool(db: TestDb) {
+    let t = tenant(&db, "acme").await;
+    pool_node(&db, t, "n1", &[]).await;
+    pool_node(&db, t, "n2", &[]).await;
+    let c1 = cluster(&db, t, "c1").await;
+    let c2 = cluster(&db, t, "c2").await;
+    db.attach(t, &Key::Id(c1.id), &named(&["n1", "n2"]), &actor())
+        .await
+        .unwrap();
+    let before = all_events(&db, t).await.len();
+
+    let moved = db
+        .detach(t, &by_name("c1"), &[node_name("n1")], &actor())
+        .await
+        .unwrap();
+    assert_eq!(moved.cluster.id, c1.id);
+    assert_eq!(names(&moved.nodes), ["n1"]);
+    let n1 = &moved.nodes[0];
+    assert_eq!(n1.state, NodeState::Detaching);
+    assert_eq!(
+        n1.cluster.as_ref().map(|c| c.id),
+        Some(c1.id),
+        "a detaching node is still in its cluster"
+    );
+    assert_eq!(*n1, node(&db, t, "n1").await);
+    let detail = cluster_detail(&db, t, c1.id).await;
+    assert_eq!(detail.cluster.node_count, 2);
+    assert_eq!(names(&detail.nodes), ["n1", "n2"]);
+    assert_eq!(db.detaching_nodes().await.unwrap(), [(t, n1.clone())]);
+
+    // Not yet in the pool.
+    let err = db
+        .attach(t, &Key::Id(c2.id), &named(&["n1"]), &actor())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::InvalidNodeState {
+                state: "detaching",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = db
+        .attach(t, &Key::Id(c2.id), &crate::from_pool(1, None), &actor())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::PoolExhausted { available: 0, .. }),
+        "{err:?}"
+    );
+
+    let back = db
+        .finish_detach(t, n1.id, &qb_store::Actor::controller())
+        .await
+        .unwrap();
+    assert_eq!(back.state, NodeState::Authorized);
+    assert_eq!(back.cluster, None);
+    assert_eq!(back, node(&db, t, "n1").await);
+    assert_eq!(cluster_detail(&db, t, c1.id).await.cluster.node_count, 1);
+    assert!(db.detaching_nodes().await.unwrap().is_empty());
+
+    let new = all_events(&db, t).await.split_off(before);
+    assert_eq!(
+        crate::actions(&new),
+        ["node.detaching", "cluster.nodes_detached", "node.detached"]
+    );
+    assert_eq!(new[0].object_id, n1.id.to_string());
+    assert_eq!(new[0].detail["cluster"], "c1");
+    assert_eq!(new[1].object_id, c1.id.to_string());
+    assert_eq!(new[1].detail["nodes"], serde_json::json!(["n1"]));
+    assert_eq!(new[2].object_id, n1.id.to_string());
+    assert_eq!(new[2].actor, "controller");
+    assert_eq!(new[2].detail["cluster"], "c1");
+
+    // Finishing twice, or finishing an attached node, is refused and changes nothing.
+    let before = snapshot(&db, t).await;
+    let err = db.finish_detach(t, n1.id, &actor()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::InvalidNodeState {
+                state: "authorized",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let n2 = node(&db, t, "n2").await;
+    let err = db.finish_detach(t, n2.id, &actor()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::InvalidNodeState {
+                state: "attached",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(snapshot(&db, t).await, before);
+
+    // Back in the pool, it can join another cluster.
+    let moved = db
+        .attach(t, &Key::Id(c2.id), &crate::from_pool(1, None), &actor())
+        .await
+        .unwrap();
+    assert_eq!(names(&moved.nodes), ["n1"]);
+}
+
+async fn detach_only_moves_members(db: TestDb) {
+    let t = tenant(&db, "acme").await;
+    for n in ["mine", "mine-too", "theirs", "free"] {
+        pool_node(&db, t, n, &[]).await;
+    }
+    let c1 = cluster(&db, t, "c1").await;
+    let c2 = cluster(&db, t, "c2").await;
+    db.attach(t, &Key::Id(c1.id), &named(&["mine", "mine-too"]), &actor())
+        .await
+        .unwrap();
+    db.attach(t, &Key::Id(c2.id), &named(&["theirs"]), &actor())
+        .await
+        .unwrap();
+    db.detach(t, &Key::Id(c1.id), &[node_name("mine-too")], &actor())
+        .await
+        .unwrap();
+    let before = snapshot(&db, t).await;
+
+    for (list, not_member) in [
+        (vec!["theirs"], "theirs"),
+        (vec!["mine", "theirs"], "theirs"),
+        (vec!["free"], "free"),
+    ] {
+        let list: Vec<_> = list.into_iter().map(node_name).collect();
+        let err = db
+            .detach(t, &Key::Id(c1.id), &list, &actor())
+            .await
+            .unwrap_err();
+        match &err {
+            StoreError::NodeNotInCluster { node, cluster } => {
+                assert_eq!((node.as_str(), cluster.as_str()), (not_member, "c1"));
+            }
+            other => panic!("{list:?}: expected NodeNotInCluster, got {other:?}"),
+        }
+        assert_eq!(
+            snapshot(&db, t).await,
+            before,
+            "refusing {list:?} changed something"
+        );
+    }
+    let err = db
+        .detach(
+            t,
+            &Key::Id(c1.id),
+            &[node_name("mine"), node_name("mine-too")],
+            &actor(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::InvalidNodeState {
+                state: "detaching",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = db
+        .detach(t, &Key::Id(c1.id), &[node_name("nosuch")], &actor())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NotFound { kind: "node", .. }),
+        "{err:?}"
+    );
+    let err = db
+        .detach(t, &by_name("nosuch"), &[node_name("mine")], &actor())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NotFound {
+                kind: "cluster",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(snapshot(&db, t).await, before);
+
+    let moved = db
+        .detach(t, &Key::Id(c2.id), &[node_name("theirs")], &actor())
+        .await
+        .unwrap();
+    assert_eq!(moved.nodes[0].state, NodeState::Detaching);
+}
+
+async fn deauthorizing_an_attached_node_takes_it_out(db: TestDb) {
+    let t = tenant(&db, "acme").await;
+    pool_node(&db, t, "n1", &[]).await;
+    pool_node(&db, t, "n2", &[]).await;
+    let c = cluster(&db, t, "c1").await;
+    db.attach(t, &Key::Id(c.id), &named(&["n1", "n2"]), &actor())
+        .await
+        .unwrap();
+
+    let n1 = db
+        .deauthorize_node(t, &by_name("n1"), &actor())
+        .await
+        .unwrap();
+    assert_eq!(
+        (n1.state, n1.cluster.clone()),
+        (NodeState::Deauthorized, None)
+    );
+    let detail = cluster_detail(&db, t, c.id).await;
+    assert_eq!(
+        (detail.cluster.node_count, names(&detail.nodes)),
+        (1, vec!["n2".to_owned()])
+    );
+    let last = all_events(&db, t).await.pop().unwrap();
+    assert_eq!(last.action, "node.deauthorized");
+    assert_eq!(last.detail["previous_state"], "attached");
+    assert_eq!(last.detail["left_cluster"], "c1");
+
+    // A deauthorized node is not in the pool and cannot be detached or finished.
+    let err = db
+        .detach(t, &Key::Id(c.id), &[node_name("n1")], &actor())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NodeNotInCluster { .. }),
+        "{err:?}"
+    );
+    let err = db.finish_detach(t, n1.id, &actor()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::InvalidNodeState {
+                state: "deauthorized",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+async fn deleting_a_cluster_with_nodes_needs_force(db: TestDb) {
+    let t = tenant(&db, "acme").await;
+    for n in ["n1", "n2", "n3"] {
+        pool_node(&db, t, n, &[]).await;
+    }
+    let c1 = cluster(&db, t, "c1").await;
+    let c2 = cluster(&db, t, "c2").await;
+    db.attach(t, &Key::Id(c1.id), &named(&["n1", "n2"]), &actor())
+        .await
+        .unwrap();
+    db.detach(t, &Key::Id(c1.id), &[node_name("n2")], &actor())
+        .await
+        .unwrap();
+    let before = snapshot(&db, t).await;
+
+    // Even a cluster whose only nodes are leaving is not empty.
+    let err = db
+        .delete_cluster(t, &Key::Id(c1.id), false, &actor())
+        .await
+        .unwrap_err();
+    match &err {
+        StoreError::ClusterNotEmpty { cluster, nodes } => {
+            assert_eq!((cluster.as_str(), *nodes), ("c1", 2))
+        }
+        other => panic!("expected ClusterNotEmpty, got {other:?}"),
+    }
+    assert_eq!(
+        snapshot(&db, t).await,
+        before,
+        "a refused delete changed something"
+    );
+
+    let returned = db
+        .delete_cluster(t, &by_name("c1"), true, &actor())
+        .await
+        .unwrap();
+    assert_eq!(names(&returned), ["n1", "n2"]);
+    for n in &returned {
+        assert_eq!(
+            (n.state, n.cluster.clone()),
+            (NodeState::Authorized, None),
+            "{}",
+            n.name
+        );
+        assert_eq!(*n, node(&db, t, n.name.as_str()).await);
+    }
+    let err = db.get_cluster(t, &Key::Id(c1.id)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NotFound {
+                kind: "cluster",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        all_clusters(&db, t)
+            .await
+            .iter()
+            .map(|c| c.id)
+            .collect::<Vec<_>>(),
+        [c2.id]
+    );
+
+    let new = all_events(&db, t).await.split_off(before.events.len());
+    assert_eq!(
+        crate::actions(&new),
+        ["node.detached", "node.detached", "cluster.deleted"]
+    );
+    assert_eq!(new[0].object_name, "n1");
+    assert_eq!(new[1].object_name, "n2");
+    assert!(
+        new[..2]
+            .iter()
+            .all(|e| e.detail["reason"] == "cluster deleted" && e.detail["cluster"] == "c1")
+    );
+    assert_eq!(new[2].object_id, c1.id.to_string());
+    assert_eq!(new[2].detail["force"], true);
+    assert_eq!(
+        new[2].detail["returned_to_pool"],
+        serde_json::json!(["n1", "n2"])
+    );
+
+    // The nodes are back in the pool: all three can go to c2.
+    let moved = db
+        .attach(t, &Key::Id(c2.id), &crate::from_pool(3, None), &actor())
+        .await
+        .unwrap();
+    assert_eq!(names(&moved.nodes), ["n1", "n2", "n3"]);
+
+    // An empty cluster needs no force; a deleted one is gone.
+    let c3 = cluster(&db, t, "c3").await;
+    assert!(
+        db.delete_cluster(t, &Key::Id(c3.id), false, &actor())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let last = all_events(&db, t).await.pop().unwrap();
+    assert_eq!(
+        (last.action.as_str(), &last.detail["force"]),
+        ("cluster.deleted", &serde_json::json!(false))
+    );
+    let err = db
+        .delete_cluster(t, &Key::Id(c3.id), true, &actor())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NotFound {
+                kind: "cluster",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn specs_are_checked_before_anything_is_stored() {
+    let request = |pod: &str, service: &str, masters: MasterCount, roles: &[(&str, NodeRole)]| {
+        CreateCluster {
+            name: name("c"),
+            kubernetes_version: None,
+            pod_cidr: Some(pod.parse().unwrap()),
+            service_cidr: Some(service.parse().unwrap()),
+            masters,
+            roles: roles.iter().map(|(n, r)| (node_name(n), *r)).collect(),
+        }
+    };
+    let overlap = ClusterSpec::try_from(request(
+        "10.0.0.0/8",
+        "10.21.0.0/16",
+        MasterCount::Auto,
+        &[],
+    ));
+    assert!(
+        matches!(overlap, Err(SpecError::CidrOverlap { .. })),
+        "{overlap:?}"
+    );
+    let too_many_masters = ClusterSpec::try_from(request(
+        "10.20.0.0/16",
+        "10.21.0.0/16",
+        MasterCount::Count(1),
+        &[("a", NodeRole::Master), ("b", NodeRole::Master)],
+    ));
+    assert!(
+        matches!(too_many_masters, Err(SpecError::Invalid(_))),
+        "{too_many_masters:?}"
+    );
+    let fine = ClusterSpec::try_from(request(
+        "10.20.0.0/16",
+        "10.21.0.0/16",
+        MasterCount::Count(3),
+        &[("a", NodeRole::Master), ("b", NodeRole::Worker)],
+    ));
+    assert!(fine.is_ok(), "{fine:?}");
+    // At most 64 explicit roles, whether or not they name masters.
+    let many: Vec<(String, NodeRole)> = (0..65)
+        .map(|i| {
+            (
+                format!("h{i}"),
+                if i == 0 {
+                    NodeRole::Master
+                } else {
+                    NodeRole::Worker
+                },
+            )
+        })
+        .collect();
+    let many: Vec<(&str, NodeRole)> = many.iter().map(|(n, r)| (n.as_str(), *r)).collect();
+    let too_many_roles = ClusterSpec::try_from(request(
+        "10.20.0.0/16",
+        "10.21.0.0/16",
+        MasterCount::Auto,
+        &many,
+    ));
+    assert!(
+        matches!(too_many_roles, Err(SpecError::Invalid(_))),
+        "{too_many_roles:?}"
+    );
+    let roles_64 = ClusterSpec::try_from(request(
+        "10.20.0.0/16",
+        "10.21.0.0/16",
+        MasterCount::Auto,
+        &many[1..],
+    ));
+    assert!(roles_64.is_ok(), "{roles_64:?}");
+}
