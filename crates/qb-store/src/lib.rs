@@ -217,33 +217,35 @@ impl Store {
 
     /// Starts a write transaction holding `tenant`'s write lock.
     async fn write(&self, tenant: qb_api::TenantId) -> Result<WriteTx> {
-        let writer = match self.backend {
-            Backend::Sqlite => Some(self.sqlite_writer.clone().lock_owned().await),
-            Backend::Postgres => None,
-        };
-        let mut tx = self.pool.begin().await?;
+        let mut w = self.write_global().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
                 .bind(tenant.to_string())
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut *w.tx)
                 .await?;
         }
-        Ok(WriteTx {
-            tx,
-            _writer: writer,
-        })
+        Ok(w)
     }
 
     /// Starts a write transaction not tied to a tenant (creating one).
     async fn write_global(&self) -> Result<WriteTx> {
-        let writer = match self.backend {
-            Backend::Sqlite => Some(self.sqlite_writer.clone().lock_owned().await),
-            Backend::Postgres => None,
-        };
-        Ok(WriteTx {
-            tx: self.pool.begin().await?,
-            _writer: writer,
-        })
+        match self.backend {
+            // IMMEDIATE takes SQLite's write lock up front, so a transaction that reads before
+            // it writes never fails with "busy" when another process (an operator command)
+            // writes the same file; the busy timeout makes it wait instead.
+            Backend::Sqlite => {
+                let writer = self.sqlite_writer.clone().lock_owned().await;
+                let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                Ok(WriteTx {
+                    tx,
+                    _writer: Some(writer),
+                })
+            }
+            Backend::Postgres => Ok(WriteTx {
+                tx: self.pool.begin().await?,
+                _writer: None,
+            }),
+        }
     }
 }
 
