@@ -63,3 +63,7 @@ typed_id!(
     /// A Kubernetes cluster managed by the controller.
     ClusterId
 );
+typed_id!(
+    /// A bootstrap token, which agents present to register.
+    BootstrapTokenId
+);

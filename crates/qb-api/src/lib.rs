@@ -9,7 +9,7 @@ mod model;
 mod problem;
 mod values;
 
-pub use ids::{ClusterId, NodeId, TenantId, TokenId, UserId};
+pub use ids::{BootstrapTokenId, ClusterId, NodeId, TenantId, TokenId, UserId};
 pub use model::*;
 pub use problem::{Problem, ProblemCode};
 pub use values::*;

@@ -153,10 +153,23 @@ pub struct Node {
     pub facts: NodeFacts,
     #[schema(value_type = BTreeMap<String, String>)]
     pub labels: Labels,
+    /// The node's agent, once one has registered.
+    pub agent: Option<NodeAgent>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+/// The agent on a node, as the controller sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeAgent {
+    pub version: String,
+    /// Connected and heartbeating, judged by the controller's clock.
+    pub online: bool,
+    /// When the controller last heard from it.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_seen_at: Option<OffsetDateTime>,
 }
 
 /// Changes to a node's labels: `set` adds or replaces, `remove` deletes (absent keys are ignored).
@@ -365,6 +378,49 @@ impl CreateToken {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CreatedToken {
     pub token: Token,
+    pub secret: String,
+}
+
+/// A bootstrap token: lets agents register hosts into the tenant. Its secret is shown once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BootstrapToken {
+    pub id: crate::BootstrapTokenId,
+    pub description: Option<Description>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// How many registrations it allows.
+    pub max_uses: u32,
+    pub uses: u32,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBootstrapToken {
+    #[serde(default)]
+    pub description: Option<Description>,
+    /// Lifetime in hours, 1 to 720; default 24.
+    #[serde(default)]
+    pub expires_in_hours: Option<u32>,
+    /// How many hosts may register with it, 1 to 10000; default 1.
+    #[serde(default)]
+    pub max_uses: Option<u32>,
+}
+
+impl CreateBootstrapToken {
+    pub const DEFAULT_HOURS: u32 = 24;
+    pub const MAX_HOURS: u32 = 720;
+    pub const DEFAULT_USES: u32 = 1;
+    pub const MAX_USES: u32 = 10_000;
+}
+
+/// A new bootstrap token and its secret. The secret is never shown again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedBootstrapToken {
+    pub token: BootstrapToken,
     pub secret: String,
 }
 

@@ -32,6 +32,9 @@ pub enum ProblemCode {
     NodeNotInCluster,
     /// The cluster still has nodes; detach them or delete with `force`.
     ClusterNotEmpty,
+    /// The bootstrap token is unknown, expired, revoked or used up; the agent cannot register
+    /// with it. The detail says which.
+    RegistrationRefused,
     /// Something went wrong on the controller; details are in its log.
     Internal,
     /// The controller's store is unavailable; retry later.
@@ -41,7 +44,7 @@ pub enum ProblemCode {
 impl ProblemCode {
     pub fn status(self) -> u16 {
         match self {
-            Self::Unauthenticated => 401,
+            Self::Unauthenticated | Self::RegistrationRefused => 401,
             Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
@@ -75,6 +78,7 @@ impl ProblemCode {
             Self::InvalidNodeState => "Node state does not allow this",
             Self::NodeNotInCluster => "Node not in this cluster",
             Self::ClusterNotEmpty => "Cluster still has nodes",
+            Self::RegistrationRefused => "Registration refused",
             Self::Internal => "Internal error",
             Self::Unavailable => "Service unavailable",
         }

@@ -449,6 +449,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.parse().expect("key"), v.parse().expect("value")))
                 .collect(),
+            agent: None,
             created_at: datetime!(2024-04-28 12:00:00 UTC),
             updated_at: datetime!(2024-05-01 11:59:30 UTC),
         }

@@ -30,12 +30,19 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidNodeState { .. } => ProblemCode::InvalidNodeState,
             StoreError::NodeNotInCluster { .. } => ProblemCode::NodeNotInCluster,
             StoreError::ClusterNotEmpty { .. } => ProblemCode::ClusterNotEmpty,
+            StoreError::TokenRefused(refusal) => {
+                return Self::new(ProblemCode::RegistrationRefused, refusal.to_string());
+            }
             StoreError::Database(sqlx_error) if is_unavailable(sqlx_error) => {
                 tracing::warn!(error = %format_args!("{:#}", anyhow_chain(&e)), "store unavailable");
                 return Self::new(
                     ProblemCode::Unavailable,
                     "the controller's database is unavailable; retry shortly",
                 );
+            }
+            // Issuing fails on what the agent sent (a CSR that does not verify).
+            StoreError::Issue(source) => {
+                return Self::invalid(format!("certificate request refused: {source}"));
             }
             StoreError::Corrupt { .. } | StoreError::Database(_) | StoreError::Migrate(_) => {
                 tracing::error!(error = %anyhow_chain(&e), "store error");

@@ -7,6 +7,7 @@
 //!
 //! The store knows nothing of HTTP: it speaks in [`qb_api`] types and [`StoreError`]s.
 
+mod agents;
 mod clusters;
 mod events;
 mod migrate;
@@ -23,6 +24,9 @@ use sqlx::{Any, AnyPool, Executor, Transaction};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+pub use agents::{
+    AgentNode, IssueError, IssuedCert, NewSecret, Registered, Registration, TokenRefusal,
+};
 pub use clusters::{ClusterSpec, SpecError};
 pub use events::EventFilter;
 pub use nodes::{NewNode, NodeFilter};
@@ -109,6 +113,10 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("registration refused: {0}")]
+    TokenRefused(TokenRefusal),
+    #[error("could not issue a certificate")]
+    Issue(#[source] IssueError),
     #[error("database error")]
     Database(#[from] sqlx::Error),
     #[error("could not apply database migrations")]
@@ -284,4 +292,12 @@ fn page<T>(mut items: Vec<T>, limit: u32, cursor: impl Fn(&T) -> String) -> qb_a
         None
     };
     qb_api::Page { items, next }
+}
+
+/// Parses an id read from the database.
+fn parse_id<T: std::str::FromStr<Err = uuid::Error>>(what: &'static str, s: &str) -> Result<T> {
+    s.parse().map_err(|e| StoreError::Corrupt {
+        what,
+        source: Box::new(e),
+    })
 }

@@ -63,6 +63,16 @@ pub(crate) fn node(row: &AnyRow) -> Result<Node> {
         cluster,
         facts: json::<NodeFacts>("node facts", &row.try_get::<String, _>("facts")?)?,
         labels: json::<Labels>("node labels", &row.try_get::<String, _>("labels")?)?,
+        agent: row
+            .try_get::<Option<String>, _>("agent_version")?
+            .map(|version| -> Result<qb_api::NodeAgent> {
+                Ok(qb_api::NodeAgent {
+                    version,
+                    online: false,
+                    last_seen_at: row.try_get::<Option<i64>, _>("last_seen_at")?.map(from_ms),
+                })
+            })
+            .transpose()?,
         created_at: from_ms(row.try_get("created_at")?),
         updated_at: from_ms(row.try_get("updated_at")?),
     })
@@ -121,5 +131,25 @@ pub(crate) fn event(row: &AnyRow) -> Result<Event> {
         object_id: row.try_get("object_id")?,
         object_name: row.try_get("object_name")?,
         detail: json("event detail", &row.try_get::<String, _>("detail")?)?,
+    })
+}
+
+pub(crate) fn bootstrap_token(row: &AnyRow) -> Result<qb_api::BootstrapToken> {
+    let description: Option<String> = row.try_get("description")?;
+    let revoked_at: Option<i64> = row.try_get("revoked_at")?;
+    let count = |column: &str| -> Result<u32> {
+        let n: i64 = row.try_get(column)?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    };
+    Ok(qb_api::BootstrapToken {
+        id: parse("bootstrap token id", &row.try_get::<String, _>("id")?)?,
+        description: description
+            .map(|d| parse("token description", &d))
+            .transpose()?,
+        created_at: from_ms(row.try_get("created_at")?),
+        expires_at: from_ms(row.try_get("expires_at")?),
+        max_uses: count("max_uses")?,
+        uses: count("uses")?,
+        revoked_at: revoked_at.map(from_ms),
     })
 }

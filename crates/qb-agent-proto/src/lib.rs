@@ -1,0 +1,312 @@
+//! The protocol between `qb-agent` and the controller's agent endpoint.
+//!
+//! The agent always dials out: TLS to the agent endpoint, verified by a pinned CA, then HTTP/2.
+//! - `POST /agent/v1/register` (no client certificate yet): a bootstrap token, a CSR and the
+//!   host's facts; the answer is the node's certificate. Errors are `qb_api::Problem`s.
+//! - `POST /agent/v1/channel` (client certificate required): one long-lived HTTP/2 stream, full
+//!   duplex. The request body carries [`AgentMessage`] frames, the response body
+//!   [`ControllerMessage`] frames, so the controller pushes instructions the moment they exist.
+//! - `POST /agent/v1/renew` (client certificate required): a new CSR, a new certificate.
+//!
+//! Frames are a 4-byte big-endian length and a JSON document of at most [`MAX_FRAME_BYTES`].
+//! No I/O here: [`encode`] and [`FrameDecoder`] work on bytes.
+
+use qb_api::{Labels, NodeFacts, NodeId, NodeState, TenantId};
+use serde::{Deserialize, Serialize};
+
+pub const REGISTER_PATH: &str = "/agent/v1/register";
+pub const CHANNEL_PATH: &str = "/agent/v1/channel";
+pub const RENEW_PATH: &str = "/agent/v1/renew";
+
+/// The largest frame either side accepts; a larger one ends the channel.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// A host's stable identity: its `/etc/machine-id` (32 lowercase hex digits). A host that
+/// registers again with the same machine id is the same node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MachineId(String);
+
+impl MachineId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MachineId {
+    type Error = qb_api::InvalidValue;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        let s = s.trim().to_owned();
+        if s.len() == 32
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(Self(s))
+        } else {
+            Err(qb_api::InvalidValue(format!(
+                "invalid machine id {s:?}: expected 32 lowercase hex digits, as in /etc/machine-id"
+            )))
+        }
+    }
+}
+
+impl From<MachineId> for String {
+    fn from(m: MachineId) -> String {
+        m.0
+    }
+}
+
+impl std::str::FromStr for MachineId {
+    type Err = qb_api::InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::try_from(s.to_owned())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The bootstrap token from the agent's configuration.
+    pub token: String,
+    /// A CSR for the key the agent generated; the key never leaves the host.
+    pub csr_pem: String,
+    pub machine_id: MachineId,
+    pub facts: NodeFacts,
+    #[serde(default)]
+    pub labels: Labels,
+    pub agent_version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub tenant_id: TenantId,
+    pub node_id: NodeId,
+    pub node_name: qb_api::NodeName,
+    pub state: NodeState,
+    /// The node's client certificate, signed by the controller's CA.
+    pub certificate_pem: String,
+    /// The CA that signed it (and the agent endpoint's certificate).
+    pub ca_pem: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub csr_pem: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RenewResponse {
+    pub certificate_pem: String,
+}
+
+/// Host load, sent with every heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostMetrics {
+    /// Busy share of all CPUs since the previous heartbeat, 0–100.
+    pub cpu_percent: f32,
+    pub load1: f32,
+    pub load5: f32,
+    pub load15: f32,
+    pub memory_total_bytes: u64,
+    pub memory_available_bytes: u64,
+    /// The file system of the agent's state directory.
+    pub disk_total_bytes: u64,
+    pub disk_available_bytes: u64,
+    pub uptime_seconds: u64,
+}
+
+/// What the agent sends on the channel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AgentMessage {
+    /// First frame of every channel.
+    Hello {
+        agent_version: String,
+        facts: NodeFacts,
+    },
+    /// Periodic; `facts` only when they changed since the last frame that carried them.
+    Heartbeat {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        facts: Option<NodeFacts>,
+        metrics: HostMetrics,
+    },
+    /// The agent received and carried out an instruction.
+    Done { instruction: u64 },
+}
+
+/// What the controller sends on the channel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ControllerMessage {
+    /// First frame: who the agent is, and how often to heartbeat.
+    Welcome {
+        node_id: NodeId,
+        state: NodeState,
+        heartbeat_seconds: u32,
+    },
+    /// The node's lifecycle state changed (e.g. it was authorized).
+    State { state: NodeState },
+    /// Work to do now. Each has an id the agent reports back in `Done`.
+    Instruction { id: u64, instruction: Instruction },
+    /// The node's identity was revoked; the controller closes the connection after this.
+    Deauthorized,
+}
+
+/// Instructions the controller pushes. Plans for cluster components come with the cluster engine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Instruction {
+    /// Answer at once; measures push latency and liveness end to end.
+    Ping { nonce: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_BYTES}")]
+    TooLarge(usize),
+    #[error("malformed frame")]
+    Malformed(#[source] serde_json::Error),
+}
+
+/// A message as one frame: length, then JSON.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    let json = serde_json::to_vec(message).expect("protocol messages always serialize");
+    let mut frame = Vec::with_capacity(4 + json.len());
+    frame.extend_from_slice(&u32::try_from(json.len()).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(&json);
+    frame
+}
+
+/// Splits a byte stream into messages. Feed it chunks as they arrive; take messages out.
+#[derive(Default)]
+pub struct FrameDecoder {
+    buffer: Vec<u8>,
+}
+
+impl FrameDecoder {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next complete message, `Ok(None)` when more bytes are needed. An error is final: the
+    /// stream is out of step or hostile and must be closed.
+    pub fn next_message<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, FrameError> {
+        if self.buffer.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([
+            self.buffer[0],
+            self.buffer[1],
+            self.buffer[2],
+            self.buffer[3],
+        ]) as usize;
+        if len > MAX_FRAME_BYTES {
+            return Err(FrameError::TooLarge(len));
+        }
+        if self.buffer.len() < 4 + len {
+            return Ok(None);
+        }
+        let message =
+            serde_json::from_slice(&self.buffer[4..4 + len]).map_err(FrameError::Malformed)?;
+        self.buffer.drain(..4 + len);
+        Ok(Some(message))
+    }
+
+    /// Bytes received but not yet part of a complete frame.
+    pub fn pending(&self) -> usize {
+        self.buffer.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat() -> AgentMessage {
+        AgentMessage::Heartbeat {
+            facts: None,
+            metrics: HostMetrics {
+                cpu_percent: 1.5,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_in_any_chunking() {
+        let messages = vec![
+            AgentMessage::Hello {
+                agent_version: "0.1.0".into(),
+                facts: NodeFacts::default(),
+            },
+            heartbeat(),
+            AgentMessage::Done { instruction: 7 },
+        ];
+        let bytes: Vec<u8> = messages.iter().flat_map(encode).collect();
+        for chunk in [1, 3, 7, bytes.len()] {
+            let mut decoder = FrameDecoder::default();
+            let mut out = Vec::new();
+            for piece in bytes.chunks(chunk) {
+                decoder.push(piece);
+                while let Some(m) = decoder.next_message::<AgentMessage>().unwrap() {
+                    out.push(m);
+                }
+            }
+            assert_eq!(out, messages, "chunk size {chunk}");
+            assert_eq!(decoder.pending(), 0);
+        }
+    }
+
+    #[test]
+    fn oversized_and_malformed_frames_are_errors() {
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&((MAX_FRAME_BYTES as u32) + 1).to_be_bytes());
+        assert!(matches!(
+            decoder.next_message::<AgentMessage>(),
+            Err(FrameError::TooLarge(_))
+        ));
+
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&5u32.to_be_bytes());
+        decoder.push(b"nope!");
+        assert!(matches!(
+            decoder.next_message::<AgentMessage>(),
+            Err(FrameError::Malformed(_))
+        ));
+
+        // Unknown message types and unknown fields are refused, not ignored.
+        for json in [
+            r#"{"type":"shell","cmd":"rm -rf /"}"#,
+            r#"{"type":"done","instruction":1,"extra":1}"#,
+        ] {
+            let mut decoder = FrameDecoder::default();
+            decoder.push(&(json.len() as u32).to_be_bytes());
+            decoder.push(json.as_bytes());
+            assert!(decoder.next_message::<AgentMessage>().is_err(), "{json}");
+        }
+    }
+
+    #[test]
+    fn machine_ids_are_validated() {
+        assert!(
+            "0123456789abcdef0123456789abcdef"
+                .parse::<MachineId>()
+                .is_ok()
+        );
+        assert!(
+            "0123456789abcdef0123456789abcdef\n"
+                .parse::<MachineId>()
+                .is_ok()
+        );
+        for bad in [
+            "",
+            "xyz",
+            "0123456789ABCDEF0123456789ABCDEF",
+            "0123456789abcdef0123456789abcdef0",
+        ] {
+            assert!(bad.parse::<MachineId>().is_err(), "{bad}");
+        }
+    }
+}
