@@ -61,7 +61,11 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// Debian packages the tests use, and a file each one installs.
-const PACKAGES: &[(&str, &str)] = &[("postgresql", "/usr/lib/postgresql")];
+const PACKAGES: &[(&str, &str)] = &[
+    ("postgresql", "/usr/lib/postgresql"),
+    ("rpm", "/usr/bin/rpm"),
+    ("busybox-static", "/bin/busybox"),
+];
 
 /// Installs what the suite needs when it is missing: PostgreSQL (the store's tests start their own
 /// server from it) and cargo-nextest.

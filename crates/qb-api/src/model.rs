@@ -417,6 +417,12 @@ impl CreateBootstrapToken {
     pub const MAX_USES: u32 = 10_000;
 }
 
+/// How long a pushed instruction took to reach the agent and be answered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PingResult {
+    pub round_trip_ms: f64,
+}
+
 /// A new bootstrap token and its secret. The secret is never shown again.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CreatedBootstrapToken {

@@ -35,6 +35,11 @@ pub enum ProblemCode {
     /// The bootstrap token is unknown, expired, revoked or used up; the agent cannot register
     /// with it. The detail says which.
     RegistrationRefused,
+    /// The node certificate is no longer accepted: the node was deauthorized or its certificate
+    /// replaced. The agent must register again.
+    CertificateRefused,
+    /// The node's agent is not connected or did not answer.
+    AgentUnavailable,
     /// Something went wrong on the controller; details are in its log.
     Internal,
     /// The controller's store is unavailable; retry later.
@@ -45,7 +50,7 @@ impl ProblemCode {
     pub fn status(self) -> u16 {
         match self {
             Self::Unauthenticated | Self::RegistrationRefused => 401,
-            Self::Forbidden => 403,
+            Self::Forbidden | Self::CertificateRefused => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::MalformedRequest | Self::InvalidInput => 400,
@@ -56,7 +61,8 @@ impl ProblemCode {
             | Self::PoolExhausted
             | Self::InvalidNodeState
             | Self::NodeNotInCluster
-            | Self::ClusterNotEmpty => 409,
+            | Self::ClusterNotEmpty
+            | Self::AgentUnavailable => 409,
             Self::Internal => 500,
             Self::Unavailable => 503,
         }
@@ -79,6 +85,8 @@ impl ProblemCode {
             Self::NodeNotInCluster => "Node not in this cluster",
             Self::ClusterNotEmpty => "Cluster still has nodes",
             Self::RegistrationRefused => "Registration refused",
+            Self::AgentUnavailable => "Agent unavailable",
+            Self::CertificateRefused => "Certificate refused",
             Self::Internal => "Internal error",
             Self::Unavailable => "Service unavailable",
         }

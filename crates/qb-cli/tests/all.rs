@@ -79,7 +79,13 @@ impl Controller {
             .arg(dir.path().join("data"))
             .arg("--database")
             .arg(format!("sqlite://{}", dir.path().join("qb.db").display()))
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--agent-listen",
+                "127.0.0.1:0",
+            ])
             .env("QB_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

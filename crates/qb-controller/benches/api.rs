@@ -72,7 +72,12 @@ async fn fixture(store: Store) -> Fixture {
             .await
             .unwrap();
     }
-    let state = AppState::new(store);
+    let state = AppState::new(
+        store,
+        std::sync::Arc::new(qb_controller::agents::Agents::new(
+            std::time::Duration::from_secs(10),
+        )),
+    );
     tokio::spawn(reconcile::run(state.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

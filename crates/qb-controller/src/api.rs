@@ -8,15 +8,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use qb_api::{
-    AttachRequest, Cluster, ClusterDetail, CreateCluster, CreateToken, CreateUser, CreatedToken,
-    DeletedCluster, DetachRequest, Event, LabelChange, Node, NodeMove, NodeState, Page, PageParams,
-    ProblemCode, Role, Token, TokenId, User, Whoami,
+    AttachRequest, BootstrapToken, Cluster, ClusterDetail, CreateBootstrapToken, CreateCluster,
+    CreateToken, CreateUser, CreatedBootstrapToken, CreatedToken, DeletedCluster, DetachRequest,
+    Event, LabelChange, Node, NodeMove, NodeState, Page, PageParams, PingResult, ProblemCode, Role,
+    Token, TokenId, User, Whoami,
 };
 use qb_store::{ClusterSpec, EventFilter, Key, NodeFilter, Store};
 use serde::Deserialize;
 use tokio::sync::Notify;
 use utoipa::IntoParams;
 
+use crate::agents::Agents;
 use crate::auth::{Caller, TokenUse};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::{ApiError, auth};
@@ -31,15 +33,24 @@ pub struct AppState {
     /// Wakes the reconciler when there is work (a detach).
     pub reconcile: Arc<Notify>,
     pub token_use: TokenUse,
+    /// Connected agents.
+    pub agents: Arc<Agents>,
 }
 
 impl AppState {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, agents: Arc<Agents>) -> Self {
         Self {
             store,
             reconcile: Arc::new(Notify::new()),
             token_use: TokenUse::default(),
+            agents,
         }
+    }
+
+    /// A node with its agent's live state filled in.
+    fn live(&self, mut node: Node) -> Node {
+        self.agents.overlay(&mut node);
+        node
     }
 }
 
@@ -64,6 +75,15 @@ pub fn router(state: AppState) -> Router {
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/events", get(list_events))
+        .route("/nodes/{node}/ping", post(ping_node))
+        .route(
+            "/bootstrap-tokens",
+            get(list_bootstrap_tokens).post(create_bootstrap_token),
+        )
+        .route(
+            "/bootstrap-tokens/{id}",
+            axum::routing::delete(revoke_bootstrap_token),
+        )
         .route("/openapi.json", get(openapi_document));
     Router::new()
         .nest(qb_api::API_PREFIX, api)
@@ -189,17 +209,17 @@ async fn list_nodes(
         state: node_state,
         cluster,
     };
-    Ok(Json(
-        state
-            .store
-            .list_nodes(
-                caller.tenant(),
-                &filter,
-                q.after.as_deref(),
-                paging.limit()?,
-            )
-            .await?,
-    ))
+    let mut page = state
+        .store
+        .list_nodes(
+            caller.tenant(),
+            &filter,
+            q.after.as_deref(),
+            paging.limit()?,
+        )
+        .await?;
+    page.items = page.items.into_iter().map(|n| state.live(n)).collect();
+    Ok(Json(page))
 }
 
 /// Show one node.
@@ -211,12 +231,11 @@ async fn get_node(
     caller: Caller,
     Path(node): Path<String>,
 ) -> ApiResult<Json<Node>> {
-    Ok(Json(
-        state
-            .store
-            .get_node(caller.tenant(), &node_key(&node))
-            .await?,
-    ))
+    let node = state
+        .store
+        .get_node(caller.tenant(), &node_key(&node))
+        .await?;
+    Ok(Json(state.live(node)))
 }
 
 /// Set or remove labels of a node.
@@ -233,12 +252,11 @@ async fn label_node(
     if change.set.len() + change.remove.len() > 64 {
         return Err(ApiError::invalid("at most 64 label changes per request"));
     }
-    Ok(Json(
-        state
-            .store
-            .label_node(caller.tenant(), &node_key(&node), &change, &caller.actor())
-            .await?,
-    ))
+    let node = state
+        .store
+        .label_node(caller.tenant(), &node_key(&node), &change, &caller.actor())
+        .await?;
+    Ok(Json(state.live(node)))
 }
 
 /// Authorize a pending node: it enters the pool.
@@ -251,12 +269,12 @@ async fn authorize_node(
     Path(node): Path<String>,
 ) -> ApiResult<Json<Node>> {
     caller.require(Role::Operator)?;
-    Ok(Json(
-        state
-            .store
-            .authorize_node(caller.tenant(), &node_key(&node), &caller.actor())
-            .await?,
-    ))
+    let node = state
+        .store
+        .authorize_node(caller.tenant(), &node_key(&node), &caller.actor())
+        .await?;
+    crate::agents::endpoint::notify_state(&state.agents, node.id, node.state);
+    Ok(Json(state.live(node)))
 }
 
 /// Deauthorize a node: its identity is revoked and it leaves its cluster.
@@ -269,12 +287,13 @@ async fn deauthorize_node(
     Path(node): Path<String>,
 ) -> ApiResult<Json<Node>> {
     caller.require(Role::Operator)?;
-    Ok(Json(
-        state
-            .store
-            .deauthorize_node(caller.tenant(), &node_key(&node), &caller.actor())
-            .await?,
-    ))
+    let node = state
+        .store
+        .deauthorize_node(caller.tenant(), &node_key(&node), &caller.actor())
+        .await?;
+    // The store refuses its certificate from now on; close the live connection at once.
+    state.agents.revoke(node.id);
+    Ok(Json(state.live(node)))
 }
 
 /// Forget a pending or deauthorized node.
@@ -336,12 +355,12 @@ async fn get_cluster(
     caller: Caller,
     Path(cluster): Path<String>,
 ) -> ApiResult<Json<ClusterDetail>> {
-    Ok(Json(
-        state
-            .store
-            .get_cluster(caller.tenant(), &cluster_key(&cluster))
-            .await?,
-    ))
+    let mut detail = state
+        .store
+        .get_cluster(caller.tenant(), &cluster_key(&cluster))
+        .await?;
+    detail.nodes = detail.nodes.into_iter().map(|n| state.live(n)).collect();
+    Ok(Json(detail))
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -591,4 +610,108 @@ async fn list_events(
             .list_events(caller.tenant(), &filter, after, limit)
             .await?,
     ))
+}
+
+/// List the tenant's bootstrap tokens (never their secrets).
+#[utoipa::path(get, path = "/api/v1/bootstrap-tokens", tag = "agents", params(PageParams),
+    responses((status = 200, body = Page<BootstrapToken>), (status = 403, body = qb_api::Problem)))]
+async fn list_bootstrap_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> ApiResult<Json<Page<BootstrapToken>>> {
+    caller.require(Role::Operator)?;
+    let page = state
+        .store
+        .list_bootstrap_tokens(caller.tenant(), q.after.as_deref(), q.limit()?)
+        .await?;
+    Ok(Json(page))
+}
+
+/// Create a bootstrap token for agents to register hosts with. Its secret is in this response
+/// only.
+#[utoipa::path(post, path = "/api/v1/bootstrap-tokens", tag = "agents", request_body = CreateBootstrapToken,
+    responses((status = 201, body = CreatedBootstrapToken), (status = 400, body = qb_api::Problem), (status = 403, body = qb_api::Problem)))]
+async fn create_bootstrap_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateBootstrapToken>,
+) -> ApiResult<(StatusCode, Json<CreatedBootstrapToken>)> {
+    caller.require(Role::Operator)?;
+    let created = mint_bootstrap_token(&state.store, caller.tenant(), req, &caller.actor()).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Makes a bootstrap token, returning its secret once.
+pub async fn mint_bootstrap_token(
+    store: &Store,
+    tenant: qb_api::TenantId,
+    req: CreateBootstrapToken,
+    actor: &qb_store::Actor,
+) -> Result<CreatedBootstrapToken, ApiError> {
+    let hours = req
+        .expires_in_hours
+        .unwrap_or(CreateBootstrapToken::DEFAULT_HOURS);
+    if !(1..=CreateBootstrapToken::MAX_HOURS).contains(&hours) {
+        return Err(ApiError::invalid(
+            "expires_in_hours must be between 1 and 720",
+        ));
+    }
+    let uses = req.max_uses.unwrap_or(CreateBootstrapToken::DEFAULT_USES);
+    if !(1..=CreateBootstrapToken::MAX_USES).contains(&uses) {
+        return Err(ApiError::invalid("max_uses must be between 1 and 10000"));
+    }
+    let secret = auth::new_secret_with(crate::agents::endpoint::BOOTSTRAP_TOKEN_PREFIX);
+    let expires_at = time::OffsetDateTime::now_utc() + time::Duration::hours(i64::from(hours));
+    Ok(store
+        .create_bootstrap_token(tenant, secret, req.description, expires_at, uses, actor)
+        .await?)
+}
+
+/// Revoke a bootstrap token at once; hosts not yet registered with it can no longer use it.
+#[utoipa::path(delete, path = "/api/v1/bootstrap-tokens/{id}", tag = "agents",
+    params(("id" = String, Path, description = "Bootstrap token id")),
+    responses((status = 200, body = BootstrapToken), (status = 403, body = qb_api::Problem), (status = 404, body = qb_api::Problem)))]
+async fn revoke_bootstrap_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<BootstrapToken>> {
+    caller.require(Role::Operator)?;
+    let id = id.parse().map_err(|_| {
+        ApiError::new(
+            ProblemCode::NotFound,
+            format!("bootstrap token {id:?} not found"),
+        )
+    })?;
+    let token = state
+        .store
+        .revoke_bootstrap_token(caller.tenant(), id, &caller.actor())
+        .await?;
+    Ok(Json(token))
+}
+
+/// Push a ping to the node's agent and wait for its answer: the round trip from the controller
+/// deciding to the agent acting.
+#[utoipa::path(post, path = "/api/v1/nodes/{node}/ping", tag = "nodes",
+    params(("node" = String, Path, description = "Node id or name")),
+    responses((status = 200, body = PingResult), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
+async fn ping_node(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(node): Path<String>,
+) -> ApiResult<Json<PingResult>> {
+    caller.require(Role::Operator)?;
+    let node = state
+        .store
+        .get_node(caller.tenant(), &node_key(&node))
+        .await?;
+    let round_trip = state
+        .agents
+        .ping(node.id, std::time::Duration::from_secs(5))
+        .await
+        .map_err(|e| ApiError::new(ProblemCode::AgentUnavailable, format!("{}: {e}", node.name)))?;
+    Ok(Json(PingResult {
+        round_trip_ms: round_trip.as_secs_f64() * 1000.0,
+    }))
 }

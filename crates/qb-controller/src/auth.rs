@@ -17,13 +17,19 @@ use crate::{ApiError, AppState};
 /// Every token starts with this, so leaked tokens are easy to recognize and scan for.
 pub const TOKEN_PREFIX: &str = "qb_";
 
-/// A new token secret and the hash that is stored in its place.
+/// A new API token secret and the hash that is stored in its place.
 pub fn new_secret() -> (String, String) {
+    let s = new_secret_with(TOKEN_PREFIX);
+    (s.secret, s.hash)
+}
+
+/// A new secret of 256 random bits behind `prefix`, and its hash.
+pub fn new_secret_with(prefix: &str) -> qb_store::NewSecret {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    let secret = format!("{TOKEN_PREFIX}{}", hex::encode(bytes));
+    let secret = format!("{prefix}{}", hex::encode(bytes));
     let hash = hash_secret(&secret);
-    (secret, hash)
+    qb_store::NewSecret { secret, hash }
 }
 
 /// The stored form of a token. Tokens carry 256 random bits, so a fast hash is enough.

@@ -3,6 +3,7 @@
 //! Handlers parse and authorize; the store applies the rules and writes the audit trail.
 //! Handlers never run SQL.
 
+pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod bootstrap;

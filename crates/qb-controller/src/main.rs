@@ -7,6 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use qb_api::{CreateToken, Name};
+use std::sync::Arc;
+use std::time::Duration;
+
+use qb_controller::agents::Agents;
+use qb_controller::agents::endpoint::AgentEndpoint;
 use qb_controller::{AppState, bootstrap, reconcile, router, serve, tls};
 use qb_store::{Actor, Store};
 
@@ -70,6 +75,23 @@ struct ServeArgs {
     /// Extra DNS names or addresses for the generated certificate (first start only).
     #[arg(long)]
     tls_san: Vec<String>,
+    /// Address of the agent endpoint, where agents register and hold their channel (mutual
+    /// TLS), e.g. 0.0.0.0:7444.
+    #[arg(long, env = "QB_AGENT_LISTEN", default_value = "127.0.0.1:7444")]
+    agent_listen: SocketAddr,
+    /// The agent endpoint's URL as hosts reach it, written into agent packages; its host is in
+    /// the endpoint's certificate. Default: https://<agent-listen>.
+    #[arg(long, env = "QB_AGENT_URL")]
+    agent_url: Option<String>,
+    /// Extra DNS names or addresses for the agent endpoint's certificate.
+    #[arg(long)]
+    agent_san: Vec<String>,
+    /// How often agents heartbeat; an agent silent for three intervals is offline.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    heartbeat_seconds: u64,
+    /// Lifetime of node certificates; agents renew them at 70-90 % of it.
+    #[arg(long, default_value_t = 86400, value_parser = clap::value_parser!(i64).range(60..=31_536_000))]
+    node_cert_seconds: i64,
 }
 
 fn main() -> Result<()> {
@@ -159,33 +181,63 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
     let addr = listener.local_addr()?;
     let scheme = if identity.is_some() { "https" } else { "http" };
     let url = format!("{scheme}://{addr}");
-    let mut out = std::io::stdout().lock();
+    let agents = Arc::new(Agents::new(Duration::from_secs(args.heartbeat_seconds)));
+    let ca = Arc::new(qb_controller::agents::ca::load_or_create(&store).await?);
+
+    let endpoint = AgentEndpoint {
+        store: store.clone(),
+        agents: agents.clone(),
+        ca: ca.clone(),
+        node_cert_lifetime: time::Duration::seconds(args.node_cert_seconds),
+    };
+    let agent_listener = tokio::net::TcpListener::bind(args.agent_listen)
+        .await
+        .with_context(|| format!("listening for agents on {}", args.agent_listen))?;
+    let agent_addr = agent_listener.local_addr()?;
+    let agent_url = args
+        .agent_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{agent_addr}"));
+    let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    sans.extend(url_host(&agent_url));
+    if !args.agent_listen.ip().is_unspecified() {
+        sans.push(args.agent_listen.ip().to_string());
+    }
+    sans.extend(args.agent_san.iter().cloned());
+    sans.dedup();
+    let agent_tls = endpoint.tls_config(&sans)?;
+    tokio::spawn(endpoint.serve(agent_listener, agent_tls));
+    // Everything an operator (or a test) needs to know, in one block. A closed stdout must not
+    // stop the controller, so write errors are ignored here.
+    let mut lines = Vec::new();
     if let Some(path) = &first_token {
-        writeln!(
-            out,
+        lines.push(format!(
             "First start: created tenant \"{}\" with admin user \"{}\".",
             bootstrap::FIRST_TENANT,
             bootstrap::FIRST_ADMIN
-        )?;
-        writeln!(
-            out,
+        ));
+        lines.push(format!(
             "Its API token is in {} (readable only by you); it is not shown again. Log in with:",
             path.display()
-        )?;
-        writeln!(
-            out,
+        ));
+        lines.push(format!(
             "  qb login {url} --token \"$(cat {})\"",
             path.display()
-        )?;
+        ));
     }
-    writeln!(out, "listening on {url}")?;
+    lines.push(format!(
+        "agent endpoint on https://{agent_addr} (agents use {agent_url})"
+    ));
+    lines.push(format!("agent CA pin {}", ca.pin()));
+    lines.push(format!("listening on {url}"));
     if let Some(identity) = &identity {
-        writeln!(out, "certificate fingerprint {}", identity.fingerprint)?;
+        lines.push(format!("certificate fingerprint {}", identity.fingerprint));
     }
-    out.flush()?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", lines.join("\n")).and_then(|()| out.flush());
     drop(out);
 
-    let state = AppState::new(store);
+    let state = AppState::new(store, agents);
     tokio::spawn(reconcile::run(state.clone()));
     serve::serve(
         listener,
@@ -227,4 +279,15 @@ fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// The host of a URL (`https://host:port/...` → `host`), without IPv6 brackets.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    (!host.is_empty()).then(|| host.to_owned())
 }

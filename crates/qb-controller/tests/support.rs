@@ -65,7 +65,12 @@ pub struct App {
 
 impl App {
     pub fn new(store: Store) -> Self {
-        let state = AppState::new(store.clone());
+        let state = AppState::new(
+            store.clone(),
+            std::sync::Arc::new(qb_controller::agents::Agents::new(
+                std::time::Duration::from_secs(10),
+            )),
+        );
         Self {
             store,
             router: router(state.clone()),

@@ -1,0 +1,175 @@
+//! What the agent reports about its host: facts (what the host is) and metrics (how it is).
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use qb_agent_proto::HostMetrics;
+use qb_api::NodeFacts;
+
+/// The host's facts, read fresh.
+pub fn facts(hostname_override: Option<&str>) -> NodeFacts {
+    let uname = rustix::system::uname();
+    let hostname = hostname_override
+        .map(str::to_owned)
+        .unwrap_or_else(|| uname.nodename().to_string_lossy().into_owned());
+    let mut addresses: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .map(|ifs| {
+            ifs.into_iter()
+                .filter(|i| !i.is_loopback())
+                .map(|i| i.ip())
+                .collect()
+        })
+        .unwrap_or_default();
+    addresses.sort();
+    addresses.dedup();
+    NodeFacts {
+        hostname,
+        os: os_name(&std::fs::read_to_string("/etc/os-release").unwrap_or_default()),
+        kernel: uname.release().to_string_lossy().into_owned(),
+        arch: std::env::consts::ARCH.to_owned(),
+        cpus: std::thread::available_parallelism()
+            .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
+        memory_bytes: meminfo_kib(
+            &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
+            "MemTotal",
+        ) * 1024,
+        addresses,
+    }
+}
+
+/// `PRETTY_NAME` of an os-release file.
+fn os_name(os_release: &str) -> String {
+    os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_owned())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn meminfo_kib(meminfo: &str, key: &str) -> u64 {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Busy and total CPU time from /proc/stat, to turn into a percentage between two samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuSample {
+    busy: u64,
+    total: u64,
+}
+
+fn cpu_sample(stat: &str) -> CpuSample {
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return CpuSample::default();
+    };
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    // idle + iowait are not busy.
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    CpuSample {
+        busy: total.saturating_sub(idle),
+        total,
+    }
+}
+
+/// Samples the host's load. `previous` is the CPU sample of the last call.
+pub struct Metrics {
+    previous: CpuSample,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self {
+            previous: cpu_sample(&std::fs::read_to_string("/proc/stat").unwrap_or_default()),
+        }
+    }
+
+    pub fn sample(&mut self, state_dir: &Path) -> HostMetrics {
+        let now = cpu_sample(&std::fs::read_to_string("/proc/stat").unwrap_or_default());
+        let (busy, total) = (
+            now.busy.saturating_sub(self.previous.busy),
+            now.total.saturating_sub(self.previous.total),
+        );
+        self.previous = now;
+        let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let load: Vec<f32> = loadavg
+            .split_whitespace()
+            .take(3)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let (disk_total, disk_available) = match rustix::fs::statvfs(state_dir) {
+            Ok(s) => (s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize),
+            Err(_) => (0, 0),
+        };
+        let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+        HostMetrics {
+            cpu_percent: if total == 0 {
+                0.0
+            } else {
+                (busy as f64 * 100.0 / total as f64) as f32
+            },
+            load1: load.first().copied().unwrap_or(0.0),
+            load5: load.get(1).copied().unwrap_or(0.0),
+            load15: load.get(2).copied().unwrap_or(0.0),
+            memory_total_bytes: meminfo_kib(&meminfo, "MemTotal") * 1024,
+            memory_available_bytes: meminfo_kib(&meminfo, "MemAvailable") * 1024,
+            disk_total_bytes: disk_total,
+            disk_available_bytes: disk_available,
+            uptime_seconds: uptime
+                .split('.')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_files() {
+        assert_eq!(
+            os_name("NAME=x\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n"),
+            "Debian GNU/Linux 12 (bookworm)"
+        );
+        assert_eq!(os_name(""), "unknown");
+        let meminfo = "MemTotal:       24000000 kB\nMemFree: 1 kB\nMemAvailable:   12000000 kB\n";
+        assert_eq!(meminfo_kib(meminfo, "MemTotal"), 24_000_000);
+        assert_eq!(meminfo_kib(meminfo, "MemAvailable"), 12_000_000);
+        assert_eq!(meminfo_kib(meminfo, "Missing"), 0);
+        let a = cpu_sample("cpu  100 0 100 700 100 0 0 0 0 0\ncpu0 1 2 3\n");
+        assert_eq!(
+            a,
+            CpuSample {
+                busy: 200,
+                total: 1000
+            }
+        );
+    }
+
+    #[test]
+    fn facts_and_metrics_of_this_host_are_plausible() {
+        let f = facts(None);
+        assert!(!f.hostname.is_empty() && !f.kernel.is_empty());
+        assert_eq!(f.arch, std::env::consts::ARCH);
+        assert!(f.cpus >= 1 && f.memory_bytes > 0);
+        let mut m = Metrics::new();
+        let sample = m.sample(Path::new("/"));
+        assert!(
+            sample.memory_total_bytes >= sample.memory_available_bytes
+                && sample.memory_total_bytes > 0
+        );
+        assert!(sample.disk_total_bytes > 0 && (0.0..=100.0).contains(&sample.cpu_percent));
+        assert_eq!(facts(Some("override")).hostname, "override");
+    }
+}

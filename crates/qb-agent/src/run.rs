@@ -1,0 +1,360 @@
+//! The agent's life: register once, then hold the channel, reconnecting with backoff.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Bytes, Frame};
+use qb_agent_proto::{
+    AgentMessage, CHANNEL_PATH, ControllerMessage, FrameDecoder, Instruction, MachineId,
+    REGISTER_PATH, RENEW_PATH, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse,
+    encode,
+};
+use qb_api::ProblemCode;
+use rand::Rng;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::connect::{Controller, client_identity, post_json};
+use crate::host::{self, Metrics};
+use crate::state::{Identity, StateDir};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Reconnect delays: exponential with full jitter, so a thousand agents cut off together do not
+/// come back together.
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    const BASE: Duration = Duration::from_secs(1);
+    const CAP: Duration = Duration::from_secs(60);
+
+    fn next(&mut self) -> Duration {
+        let ceiling = Self::BASE
+            .saturating_mul(1 << self.attempt.min(16))
+            .min(Self::CAP);
+        self.attempt += 1;
+        Duration::from_millis(rand::rng().random_range(0..=ceiling.as_millis() as u64))
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// How a session with the controller ended.
+enum Ended {
+    /// The connection went away; try again.
+    Lost(anyhow::Error),
+    /// The controller revoked this host's identity.
+    Deauthorized,
+}
+
+/// Runs until the process is stopped.
+pub async fn run(config: Config) -> Result<()> {
+    let state = StateDir::open(&config.state_dir)?;
+    let controller = Controller::new(&config)?;
+    let mut backoff = Backoff { attempt: 0 };
+    loop {
+        let identity = match state.identity()? {
+            Some(identity) => identity,
+            None if state.revoked_with(config.bootstrap_token.as_deref()) => {
+                tracing::error!(
+                    "this host was deauthorized by the controller; install a new bootstrap token in the configuration and restart the agent to register again"
+                );
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                continue;
+            }
+            None => match register(&controller, &config, &state).await {
+                Ok(identity) => identity,
+                Err(Refused(problem)) => {
+                    tracing::error!(
+                        code = ?problem.code,
+                        "registration refused: {}; ask the controller's operator for a new bootstrap token",
+                        problem.detail
+                    );
+                    tokio::time::sleep(Duration::from_secs(600)).await;
+                    continue;
+                }
+                Err(Failed(e)) => {
+                    let delay = backoff.next();
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "could not register");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            },
+        };
+        let started = Instant::now();
+        match session(&controller, &config, &state, identity).await {
+            Ended::Deauthorized => {
+                tracing::error!(
+                    "the controller deauthorized this host; its certificate is no longer accepted"
+                );
+                state.revoke(config.bootstrap_token.as_deref())?;
+            }
+            Ended::Lost(e) => {
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff.reset();
+                }
+                let delay = backoff.next();
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "lost the controller");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+enum RegisterError {
+    /// The controller said no; retrying with the same token will not help.
+    Refused(qb_api::Problem),
+    Failed(anyhow::Error),
+}
+use RegisterError::{Failed, Refused};
+
+impl From<anyhow::Error> for RegisterError {
+    fn from(e: anyhow::Error) -> Self {
+        Failed(e)
+    }
+}
+
+fn machine_id(config: &Config) -> Result<MachineId> {
+    let raw = match &config.machine_id {
+        Some(id) => id.clone(),
+        None => std::fs::read_to_string("/etc/machine-id").context("reading /etc/machine-id")?,
+    };
+    Ok(raw.parse()?)
+}
+
+async fn register(
+    controller: &Controller,
+    config: &Config,
+    state: &StateDir,
+) -> Result<Identity, RegisterError> {
+    let token = config.bootstrap_token.clone().ok_or_else(|| {
+        Failed(anyhow::anyhow!(
+            "no bootstrap_token in the configuration, and this host has not registered"
+        ))
+    })?;
+    let facts = host::facts(config.node_name.as_deref());
+    let key = qb_pki::new_key_and_csr(&facts.hostname).map_err(anyhow::Error::from)?;
+    let request = RegisterRequest {
+        token,
+        csr_pem: key.csr_pem.clone(),
+        machine_id: machine_id(config)?,
+        facts,
+        labels: config.labels().map_err(|e| Failed(anyhow::anyhow!(e.0)))?,
+        agent_version: VERSION.to_owned(),
+    };
+    let mut connection = controller.connect(None).await?;
+    let answer = post_json(
+        &mut connection.sender,
+        &controller.uri(REGISTER_PATH),
+        &request,
+    )
+    .await?;
+    connection.closed.abort();
+    let response: RegisterResponse = match answer {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .context("the controller's registration answer")
+            .map_err(Failed)?,
+        Err((_, problem)) if problem.code == ProblemCode::RegistrationRefused => {
+            return Err(Refused(problem));
+        }
+        Err((status, problem)) => {
+            return Err(Failed(anyhow::anyhow!(
+                "registration failed ({status}): {}",
+                problem.detail
+            )));
+        }
+    };
+    let identity = Identity {
+        tenant_id: response.tenant_id,
+        node_id: response.node_id,
+        node_name: response.node_name.to_string(),
+        cert_pem: response.certificate_pem,
+        key_pem: key.key_pem.expose().to_owned(),
+    };
+    state.save(&identity)?;
+    tracing::info!(node_id = %identity.node_id, node = %identity.node_name, state = response.state.as_str(), "registered with the controller");
+    Ok(identity)
+}
+
+/// When to renew a certificate: at a random point between 70 % and 90 % of its lifetime.
+fn renewal_delay(cert_pem: &str) -> Duration {
+    let info = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .next()
+        .and_then(|c| c.ok())
+        .and_then(|der| qb_pki::node_cert_info(&der).ok());
+    let Some(info) = info else {
+        return Duration::from_secs(3600);
+    };
+    let lifetime = (info.not_after - info.not_before).whole_seconds().max(1) as f64;
+    let at = info.not_before
+        + time::Duration::seconds_f64(lifetime * rand::rng().random_range(0.7..0.9));
+    let wait = (at - time::OffsetDateTime::now_utc())
+        .whole_milliseconds()
+        .max(0);
+    Duration::from_millis(u64::try_from(wait).unwrap_or(0))
+}
+
+async fn session(
+    controller: &Controller,
+    config: &Config,
+    state: &StateDir,
+    mut identity: Identity,
+) -> Ended {
+    match hold_channel(controller, config, state, &mut identity).await {
+        Ok(ended) => ended,
+        Err(e) => Ended::Lost(e),
+    }
+}
+
+async fn hold_channel(
+    controller: &Controller,
+    config: &Config,
+    state: &StateDir,
+    identity: &mut Identity,
+) -> Result<Ended> {
+    let connection = controller
+        .connect(Some(client_identity(
+            &identity.cert_pem,
+            &identity.key_pem,
+        )?))
+        .await?;
+    let mut sender = connection.sender;
+    let (to_controller, outgoing) = mpsc::channel::<Bytes>(16);
+    let frames = futures_util::stream::unfold(outgoing, |mut rx| async move {
+        let bytes = rx.recv().await?;
+        Some((Ok::<_, Infallible>(Frame::data(bytes)), rx))
+    });
+    let request = hyper::Request::post(controller.uri(CHANNEL_PATH))
+        .body(BodyExt::boxed(StreamBody::new(frames)))?;
+    let mut facts = host::facts(config.node_name.as_deref());
+    let hello = AgentMessage::Hello {
+        agent_version: VERSION.to_owned(),
+        facts: facts.clone(),
+    };
+    to_controller.send(Bytes::from(encode(&hello))).await?;
+    let response = sender
+        .send_request(request)
+        .await
+        .context("opening the channel")?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let problem: Option<qb_api::Problem> = serde_json::from_slice(&body).ok();
+        if problem
+            .as_ref()
+            .is_some_and(|p| p.code == ProblemCode::CertificateRefused)
+        {
+            return Ok(Ended::Deauthorized);
+        }
+        anyhow::bail!(
+            "the controller refused the channel ({status}): {}",
+            problem.map(|p| p.detail).unwrap_or_default()
+        );
+    }
+    let mut incoming = response.into_body().into_data_stream();
+    let mut decoder = FrameDecoder::default();
+    let mut metrics = Metrics::new();
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
+    heartbeat.tick().await;
+    let renew = tokio::time::sleep(renewal_delay(&identity.cert_pem));
+    tokio::pin!(renew);
+    loop {
+        tokio::select! {
+            chunk = incoming.next() => {
+                let Some(chunk) = chunk else { anyhow::bail!("the controller closed the channel") };
+                decoder.push(&chunk.context("reading the channel")?);
+                while let Some(message) = decoder.next_message::<ControllerMessage>().context("the controller's frame")? {
+                    match message {
+                        ControllerMessage::Welcome { node_id, state, heartbeat_seconds } => {
+                            tracing::info!(%node_id, state = state.as_str(), "connected to the controller");
+                            heartbeat = tokio::time::interval(Duration::from_secs(u64::from(heartbeat_seconds.max(1))));
+                            heartbeat.tick().await;
+                        }
+                        ControllerMessage::State { state } => tracing::info!(state = state.as_str(), "node state changed"),
+                        ControllerMessage::Instruction { id, instruction } => {
+                            match instruction {
+                                Instruction::Ping { .. } => {}
+                            }
+                            to_controller.send(Bytes::from(encode(&AgentMessage::Done { instruction: id }))).await?;
+                        }
+                        ControllerMessage::Deauthorized => return Ok(Ended::Deauthorized),
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                let now = host::facts(config.node_name.as_deref());
+                let changed = (now != facts).then(|| now.clone());
+                facts = now;
+                let message = AgentMessage::Heartbeat { facts: changed, metrics: metrics.sample(state.path()) };
+                to_controller.send(Bytes::from(encode(&message))).await?;
+            }
+            () = &mut renew => {
+                renew_certificate(controller, &mut sender, state, identity).await?;
+                renew.as_mut().reset(tokio::time::Instant::now() + renewal_delay(&identity.cert_pem));
+            }
+        }
+    }
+}
+
+/// Gets a new certificate for a new key over the open connection and saves both; the next
+/// connection uses them.
+async fn renew_certificate(
+    controller: &Controller,
+    sender: &mut hyper::client::conn::http2::SendRequest<crate::connect::Body>,
+    state: &StateDir,
+    identity: &mut Identity,
+) -> Result<()> {
+    let key = qb_pki::new_key_and_csr(&identity.node_name)?;
+    let answer = post_json(
+        sender,
+        &controller.uri(RENEW_PATH),
+        &RenewRequest {
+            csr_pem: key.csr_pem.clone(),
+        },
+    )
+    .await?;
+    let response: RenewResponse = match answer {
+        Ok(bytes) => serde_json::from_slice(&bytes)?,
+        Err((status, problem)) => {
+            anyhow::bail!("certificate renewal refused ({status}): {}", problem.detail)
+        }
+    };
+    identity.cert_pem = response.certificate_pem;
+    identity.key_pem = key.key_pem.expose().to_owned();
+    state.save(identity)?;
+    tracing::info!("renewed the node certificate");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_full_jitter_up_to_the_cap() {
+        let mut b = Backoff { attempt: 0 };
+        let delays: Vec<Duration> = (0..40).map(|_| b.next()).collect();
+        assert!(delays.iter().all(|d| *d <= Backoff::CAP));
+        assert!(delays[0] <= Backoff::BASE);
+        // Late delays are spread over [0, cap], not pinned to it.
+        let late: Vec<_> = delays[20..].to_vec();
+        assert!(
+            late.iter().any(|d| *d < Backoff::CAP / 2)
+                && late.iter().any(|d| *d > Backoff::CAP / 2)
+        );
+        b.reset();
+        assert!(b.next() <= Backoff::BASE);
+    }
+}

@@ -1,0 +1,163 @@
+//! The agent's state directory: its key, certificate and identity. Files holding secrets are
+//! written atomically with mode 0600.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use qb_api::{NodeId, TenantId};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Who this host is to the controller, once registered.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Identity {
+    pub tenant_id: TenantId,
+    pub node_id: NodeId,
+    pub node_name: String,
+    pub cert_pem: String,
+    #[serde(skip)]
+    pub key_pem: String,
+}
+
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The saved identity, if this host has registered.
+    pub fn identity(&self) -> Result<Option<Identity>> {
+        let file = self.dir.join("identity.json");
+        if !file.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let mut identity: Identity = serde_json::from_str(&text).with_context(|| {
+            format!("{} is damaged; delete it to register again", file.display())
+        })?;
+        let key = self.dir.join("node.key");
+        identity.key_pem =
+            std::fs::read_to_string(&key).with_context(|| format!("reading {}", key.display()))?;
+        Ok(Some(identity))
+    }
+
+    /// Saves a new identity (registration) or certificate (renewal): the key first, so a crash
+    /// never leaves a certificate without its key.
+    pub fn save(&self, identity: &Identity) -> Result<()> {
+        write_private(&self.dir.join("node.key"), identity.key_pem.as_bytes())?;
+        write_private(
+            &self.dir.join("identity.json"),
+            serde_json::to_string_pretty(identity)?.as_bytes(),
+        )?;
+        std::fs::remove_file(self.dir.join("deauthorized")).or_else(ignore_missing)?;
+        Ok(())
+    }
+
+    /// Forgets the identity after the controller revoked it, remembering which bootstrap token
+    /// it came from so the agent does not register again with the same one.
+    pub fn revoke(&self, token: Option<&str>) -> Result<()> {
+        std::fs::remove_file(self.dir.join("identity.json")).or_else(ignore_missing)?;
+        std::fs::remove_file(self.dir.join("node.key")).or_else(ignore_missing)?;
+        write_private(&self.dir.join("deauthorized"), token_hash(token).as_bytes())
+    }
+
+    /// `true` when this host was deauthorized while configured with `token`.
+    pub fn revoked_with(&self, token: Option<&str>) -> bool {
+        std::fs::read_to_string(self.dir.join("deauthorized")).is_ok_and(|h| h == token_hash(token))
+    }
+}
+
+fn token_hash(token: Option<&str>) -> String {
+    hex::encode(Sha256::digest(token.unwrap_or_default().as_bytes()))
+}
+
+fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn identity_round_trips_privately_and_revocation_remembers_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        assert!(state.identity().unwrap().is_none());
+        let id = Identity {
+            tenant_id: TenantId::new(),
+            node_id: NodeId::new(),
+            node_name: "h1".into(),
+            cert_pem: "CERT".into(),
+            key_pem: "KEY".into(),
+        };
+        state.save(&id).unwrap();
+        let back = state.identity().unwrap().unwrap();
+        assert_eq!((back.node_id, back.key_pem.as_str()), (id.node_id, "KEY"));
+        for file in ["node.key", "identity.json"] {
+            let mode = std::fs::metadata(state.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
+        let dir_mode = std::fs::metadata(state.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        assert!(
+            !std::fs::read_to_string(state.path().join("identity.json"))
+                .unwrap()
+                .contains("KEY")
+        );
+
+        state.revoke(Some("qbb_old")).unwrap();
+        assert!(state.identity().unwrap().is_none());
+        assert!(state.revoked_with(Some("qbb_old")));
+        assert!(!state.revoked_with(Some("qbb_new")));
+        state.save(&id).unwrap();
+        assert!(
+            !state.revoked_with(Some("qbb_old")),
+            "a new identity clears the mark"
+        );
+    }
+}

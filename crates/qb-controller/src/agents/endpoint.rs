@@ -1,0 +1,401 @@
+//! The agent endpoint: its own TLS port, where agents register (server-authenticated TLS and a
+//! bootstrap token) and then hold their channel (mutual TLS with the node certificate).
+//!
+//! A presented node certificate is checked against the store when the connection opens: a
+//! deauthorized node, or a certificate that is not the node's current (or previous) one, is
+//! refused before any request is read.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use futures_util::StreamExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use qb_agent_proto::{
+    AgentMessage, CHANNEL_PATH, ControllerMessage, FrameDecoder, REGISTER_PATH, RENEW_PATH,
+    RegisterRequest, RegisterResponse, RenewRequest, RenewResponse, encode,
+};
+use qb_api::{NodeName, NodeState, ProblemCode};
+use qb_pki::{CertificateAuthority, NodeIdentity};
+use qb_store::{IssuedCert, Registration, Store};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+
+use super::Agents;
+use crate::ApiError;
+use crate::extract::ApiJson;
+
+/// Every bootstrap token starts with this.
+pub const BOOTSTRAP_TOKEN_PREFIX: &str = "qbb_";
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What the agent endpoint shares between connections.
+#[derive(Clone)]
+pub struct AgentEndpoint {
+    pub store: Store,
+    pub agents: Arc<Agents>,
+    pub ca: Arc<CertificateAuthority>,
+    /// How long node certificates live; agents renew at 70–90 % of it.
+    pub node_cert_lifetime: time::Duration,
+}
+
+/// The node behind a connection's client certificate.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    pub identity: NodeIdentity,
+    pub connection: u64,
+}
+
+impl AgentEndpoint {
+    /// The TLS configuration: a server certificate from the internal CA for `sans` (chain
+    /// includes the CA, which agents pin), and optional client certificates from the same CA.
+    pub fn tls_config(&self, sans: &[String]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let issued = self.ca.issue_server_cert(sans, time::Duration::days(365))?;
+        let certs = rustls_pemfile::certs(&mut issued.chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = rustls_pemfile::private_key(&mut issued.key_pem.expose().as_bytes())?
+            .ok_or_else(|| anyhow::anyhow!("issued key is missing"))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(qb_pki::agent_client_verifier(&self.ca)?)
+            .with_single_cert(certs, key)?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    fn router(&self) -> Router {
+        Router::new()
+            .route(REGISTER_PATH, post(register))
+            .route(CHANNEL_PATH, post(channel))
+            .route(RENEW_PATH, post(renew))
+            .fallback(|| async { ApiError::new(ProblemCode::NotFound, "no such agent path") })
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(self.clone())
+    }
+
+    /// Serves agents on `listener` until the process ends.
+    pub async fn serve(self, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+        let acceptor = TlsAcceptor::from(tls);
+        let router = self.router();
+        loop {
+            let (tcp, peer_addr) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "agent endpoint: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (endpoint, acceptor, router) = (self.clone(), acceptor.clone(), router.clone());
+            tokio::spawn(
+                async move { endpoint.connection(tcp, peer_addr, acceptor, router).await },
+            );
+        }
+    }
+
+    async fn connection(
+        self,
+        tcp: tokio::net::TcpStream,
+        addr: SocketAddr,
+        acceptor: TlsAcceptor,
+        router: Router,
+    ) {
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%addr, error = %e, "agent TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        };
+        let presented = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec());
+        let identity = match presented {
+            None => None,
+            Some(der) => match self.admit(&der).await {
+                Ok(identity) => Some(identity),
+                Err(reason) => {
+                    // Answer every request with the refusal, so the agent learns why and stops.
+                    tracing::warn!(%addr, %reason, "refused an agent certificate");
+                    let refuse = Router::new().fallback(|| async {
+                        ApiError::new(
+                            ProblemCode::CertificateRefused,
+                            "this node certificate is no longer accepted: the node was deauthorized or re-registered",
+                        )
+                    });
+                    let service = TowerToHyperService::new(refuse);
+                    let builder = auto::Builder::new(TokioExecutor::new()).http2_only();
+                    let serving = builder.serve_connection(TokioIo::new(tls), service);
+                    let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, serving).await;
+                    return;
+                }
+            },
+        };
+        let connection = identity.map(|id| (id, self.agents.connection_opened(id.node)));
+        let peer = connection.as_ref().map(|(identity, c)| Peer {
+            identity: *identity,
+            connection: c.id,
+        });
+        let service = TowerToHyperService::new(router.layer(Extension(peer)));
+        let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(self.agents.heartbeat()))
+            .keep_alive_timeout(self.agents.grace());
+        let serving = builder.serve_connection(TokioIo::new(tls), service);
+        match connection {
+            Some((identity, mut conn)) => {
+                tokio::select! {
+                    result = serving => if let Err(e) = result {
+                        tracing::debug!(node_id = %identity.node, error = %e, "agent connection ended");
+                    },
+                    _ = conn.closed.wait_for(|closed| *closed) => {
+                        tracing::info!(node_id = %identity.node, "closed the connection of a deauthorized node");
+                    }
+                }
+                self.agents.connection_closed(identity.node, conn.id);
+            }
+            None => {
+                if let Err(e) = serving.await {
+                    tracing::debug!(%addr, error = %e, "agent connection ended");
+                }
+            }
+        }
+    }
+
+    /// Checks a verified client certificate against the store: the node must exist in the
+    /// tenant the certificate names, not be deauthorized, and the serial must be current.
+    async fn admit(&self, der: &[u8]) -> Result<NodeIdentity, String> {
+        let info = qb_pki::node_cert_info(der).map_err(|e| e.to_string())?;
+        let node = self
+            .store
+            .agent_node(info.identity.tenant, info.identity.node)
+            .await
+            .map_err(|e| format!("node {}: {e}", info.identity.node))?;
+        if !node.accepts_serial(&info.serial) {
+            return Err(format!(
+                "node {} ({}) is {} or the certificate was replaced",
+                node.node.name,
+                info.identity.node,
+                node.node.state.as_str()
+            ));
+        }
+        Ok(info.identity)
+    }
+}
+
+fn require(peer: Option<Peer>) -> Result<Peer, ApiError> {
+    peer.ok_or_else(|| {
+        ApiError::new(
+            ProblemCode::Unauthenticated,
+            "this needs the node's client certificate",
+        )
+    })
+}
+
+async fn register(
+    State(endpoint): State<AgentEndpoint>,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    if !req.token.starts_with(BOOTSTRAP_TOKEN_PREFIX) || req.token.len() > 128 {
+        return Err(ApiError::new(
+            ProblemCode::RegistrationRefused,
+            "registration refused: that is not a bootstrap token",
+        ));
+    }
+    if req.agent_version.is_empty() || req.agent_version.len() > 64 {
+        return Err(ApiError::invalid(
+            "agent_version must be 1 to 64 characters",
+        ));
+    }
+    let name: NodeName =
+        req.facts
+            .hostname
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|e: qb_api::InvalidValue| {
+                ApiError::invalid(format!("the host's name cannot name a node: {e}"))
+            })?;
+    let registration = Registration {
+        token_hash: crate::auth::hash_secret(&req.token),
+        machine_id: req.machine_id.as_str().to_owned(),
+        name,
+        facts: req.facts,
+        labels: req.labels,
+        agent_version: req.agent_version,
+    };
+    let ca = endpoint.ca.clone();
+    let lifetime = endpoint.node_cert_lifetime;
+    let registered = endpoint
+        .store
+        .register_node(&registration, |tenant, node| {
+            let cert = ca.sign_node_csr(&req.csr_pem, &NodeIdentity { tenant, node }, lifetime)?;
+            Ok(IssuedCert {
+                pem: cert.cert_pem,
+                serial: cert.serial,
+            })
+        })
+        .await?;
+    tracing::info!(
+        node_id = %registered.node.id,
+        node = %registered.node.name,
+        tenant_id = %registered.tenant,
+        again = registered.existing,
+        "agent registered"
+    );
+    Ok(Json(RegisterResponse {
+        tenant_id: registered.tenant,
+        node_id: registered.node.id,
+        node_name: registered.node.name,
+        state: registered.node.state,
+        certificate_pem: registered.certificate.pem,
+        ca_pem: endpoint.ca.cert_pem().to_owned(),
+    }))
+}
+
+async fn renew(
+    State(endpoint): State<AgentEndpoint>,
+    Extension(peer): Extension<Option<Peer>>,
+    ApiJson(req): ApiJson<RenewRequest>,
+) -> Result<Json<RenewResponse>, ApiError> {
+    let peer = require(peer)?;
+    let (ca, lifetime) = (endpoint.ca.clone(), endpoint.node_cert_lifetime);
+    let cert = endpoint
+        .store
+        .renew_node_cert(peer.identity.tenant, peer.identity.node, || {
+            let cert = ca.sign_node_csr(&req.csr_pem, &peer.identity, lifetime)?;
+            Ok(IssuedCert {
+                pem: cert.cert_pem,
+                serial: cert.serial,
+            })
+        })
+        .await?;
+    tracing::info!(node_id = %peer.identity.node, "renewed a node certificate");
+    Ok(Json(RenewResponse {
+        certificate_pem: cert.pem,
+    }))
+}
+
+/// The channel: agent frames in the request body, controller frames in the response body, for
+/// as long as the connection lives.
+async fn channel(
+    State(endpoint): State<AgentEndpoint>,
+    Extension(peer): Extension<Option<Peer>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let peer = require(peer)?;
+    let node = endpoint
+        .store
+        .agent_node(peer.identity.tenant, peer.identity.node)
+        .await?
+        .node;
+    let (to_agent, from_controller) = mpsc::channel::<ControllerMessage>(64);
+    let welcome = ControllerMessage::Welcome {
+        node_id: node.id,
+        state: node.state,
+        heartbeat_seconds: u32::try_from(endpoint.agents.heartbeat().as_secs())
+            .unwrap_or(u32::MAX)
+            .max(1),
+    };
+    to_agent
+        .try_send(welcome)
+        .map_err(|_| ApiError::new(ProblemCode::Internal, "channel closed"))?;
+    endpoint
+        .agents
+        .channel_opened(node.id, peer.connection, to_agent);
+    tokio::spawn(read_agent(endpoint, peer, body));
+    let frames = futures_util::stream::unfold(from_controller, |mut rx| async move {
+        let message = rx.recv().await?;
+        Some((Ok::<_, Infallible>(Bytes::from(encode(&message))), rx))
+    });
+    Ok(Body::from_stream(frames).into_response())
+}
+
+/// Reads the agent's frames until the stream ends or breaks the protocol, then closes the
+/// channel. A bad frame is never acted on.
+async fn read_agent(endpoint: AgentEndpoint, peer: Peer, body: Body) {
+    let (tenant, node) = (peer.identity.tenant, peer.identity.node);
+    let mut stream = body.into_data_stream();
+    let mut decoder = FrameDecoder::default();
+    let mut version = String::new();
+    'read: while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else { break };
+        decoder.push(&chunk);
+        loop {
+            let message = match decoder.next_message::<AgentMessage>() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(node_id = %node, error = %e, "agent broke the protocol; closing its channel");
+                    break 'read;
+                }
+            };
+            endpoint.agents.heard(node);
+            let seen = match message {
+                AgentMessage::Hello {
+                    agent_version,
+                    facts,
+                } => {
+                    version = agent_version.chars().take(64).collect();
+                    Some(facts)
+                }
+                AgentMessage::Heartbeat { facts, .. } => facts,
+                AgentMessage::Done { instruction } => {
+                    endpoint.agents.done(instruction);
+                    None
+                }
+            };
+            if let Some(facts) = seen
+                && let Err(e) = endpoint
+                    .store
+                    .agent_seen(
+                        tenant,
+                        node,
+                        &version,
+                        Some(&facts),
+                        time::OffsetDateTime::now_utc(),
+                    )
+                    .await
+            {
+                tracing::warn!(node_id = %node, error = %e, "could not record agent facts");
+            }
+        }
+    }
+    endpoint.agents.channel_closed(node, peer.connection);
+    if !version.is_empty()
+        && let Err(e) = endpoint
+            .store
+            .agent_seen(
+                tenant,
+                node,
+                &version,
+                None,
+                time::OffsetDateTime::now_utc(),
+            )
+            .await
+    {
+        tracing::debug!(node_id = %node, error = %e, "could not record when the agent left");
+    }
+}
+
+/// Tells a node's agent its new state, if it is connected.
+pub fn notify_state(agents: &Agents, node: qb_api::NodeId, state: NodeState) {
+    agents.push(node, ControllerMessage::State { state });
+}

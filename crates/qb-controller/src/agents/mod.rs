@@ -1,0 +1,281 @@
+//! Connected agents: who is online, their channels, and pushing work to them.
+//!
+//! Liveness is judged by the controller's clock: an agent is online while its channel is open
+//! and it was heard from within [`Agents::grace`]. Heartbeats only touch this map; the database
+//! is written when an agent connects, when its facts change and when it leaves.
+
+pub mod ca;
+pub mod endpoint;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use qb_agent_proto::{ControllerMessage, Instruction};
+use qb_api::{Node, NodeId};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// The registry of connected agents, shared by the agent endpoint and the API.
+pub struct Agents {
+    nodes: Mutex<HashMap<NodeId, Entry>>,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    next_id: AtomicU64,
+    heartbeat: Duration,
+}
+
+#[derive(Default)]
+struct Entry {
+    /// Open TLS connections of this node and the switch that closes each.
+    connections: Vec<(u64, watch::Sender<bool>)>,
+    channel: Option<Channel>,
+}
+
+struct Channel {
+    connection: u64,
+    to_agent: mpsc::Sender<ControllerMessage>,
+    last_seen: Instant,
+    last_seen_at: OffsetDateTime,
+}
+
+/// An open agent connection; `closed` flips to `true` when the controller wants it gone.
+pub struct Connection {
+    pub id: u64,
+    pub closed: watch::Receiver<bool>,
+}
+
+impl Agents {
+    pub fn new(heartbeat: Duration) -> Self {
+        Self {
+            nodes: Mutex::default(),
+            waiting: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            heartbeat,
+        }
+    }
+
+    /// How often agents heartbeat.
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat
+    }
+
+    /// How long an agent may stay silent before it is offline: three missed heartbeats.
+    pub fn grace(&self) -> Duration {
+        self.heartbeat * 3
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Entry>> {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn connection_opened(&self, node: NodeId) -> Connection {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = watch::channel(false);
+        self.lock()
+            .entry(node)
+            .or_default()
+            .connections
+            .push((id, tx));
+        Connection { id, closed: rx }
+    }
+
+    pub fn connection_closed(&self, node: NodeId, connection: u64) {
+        let mut nodes = self.lock();
+        if let Some(entry) = nodes.get_mut(&node) {
+            entry.connections.retain(|(id, _)| *id != connection);
+            if entry
+                .channel
+                .as_ref()
+                .is_some_and(|c| c.connection == connection)
+            {
+                entry.channel = None;
+            }
+            if entry.connections.is_empty() && entry.channel.is_none() {
+                nodes.remove(&node);
+            }
+        }
+    }
+
+    /// The agent's channel is open: from now on instructions go to `to_agent`. A newer channel
+    /// replaces an older one (a reconnect that overtook the old connection's timeout).
+    pub fn channel_opened(
+        &self,
+        node: NodeId,
+        connection: u64,
+        to_agent: mpsc::Sender<ControllerMessage>,
+    ) {
+        self.lock().entry(node).or_default().channel = Some(Channel {
+            connection,
+            to_agent,
+            last_seen: Instant::now(),
+            last_seen_at: OffsetDateTime::now_utc(),
+        });
+    }
+
+    pub fn channel_closed(&self, node: NodeId, connection: u64) {
+        if let Some(entry) = self.lock().get_mut(&node)
+            && entry
+                .channel
+                .as_ref()
+                .is_some_and(|c| c.connection == connection)
+        {
+            entry.channel = None;
+        }
+    }
+
+    /// The agent was heard from (a heartbeat or any frame).
+    pub fn heard(&self, node: NodeId) {
+        if let Some(channel) = self.lock().get_mut(&node).and_then(|e| e.channel.as_mut()) {
+            channel.last_seen = Instant::now();
+            channel.last_seen_at = OffsetDateTime::now_utc();
+        }
+    }
+
+    /// Sends a message to the agent now, if it is connected. `false` when it is not, or when it
+    /// is so far behind that its queue is full.
+    pub fn push(&self, node: NodeId, message: ControllerMessage) -> bool {
+        let sender = self
+            .lock()
+            .get(&node)
+            .and_then(|e| e.channel.as_ref())
+            .map(|c| c.to_agent.clone());
+        sender.is_some_and(|s| s.try_send(message).is_ok())
+    }
+
+    /// Revokes a node's live identity: tells the agent, then closes all its connections a
+    /// moment later (so the message can reach it). Must be called within a tokio runtime.
+    pub fn revoke(&self, node: NodeId) {
+        let entry = self.lock().remove(&node);
+        if let Some(entry) = entry {
+            if let Some(channel) = &entry.channel {
+                let _ = channel.to_agent.try_send(ControllerMessage::Deauthorized);
+            }
+            tokio::spawn(async move {
+                tokio::time::sleep(Self::REVOKE_GRACE).await;
+                for (_, close) in &entry.connections {
+                    let _ = close.send(true);
+                }
+            });
+        }
+    }
+
+    /// How long a revoked agent's connection stays open for the news to reach it.
+    const REVOKE_GRACE: Duration = Duration::from_millis(200);
+
+    /// Online state and last contact of a node's agent, by the controller's clock.
+    pub fn status(&self, node: NodeId) -> Option<(bool, OffsetDateTime)> {
+        let nodes = self.lock();
+        let channel = nodes.get(&node)?.channel.as_ref()?;
+        Some((
+            channel.last_seen.elapsed() < self.grace(),
+            channel.last_seen_at,
+        ))
+    }
+
+    /// Fills in the live part of a node's agent information.
+    pub fn overlay(&self, node: &mut Node) {
+        if let (Some(agent), Some((online, last_seen))) =
+            (node.agent.as_mut(), self.status(node.id))
+        {
+            agent.online = online;
+            agent.last_seen_at = Some(last_seen);
+        }
+    }
+
+    /// How many agents have an open channel.
+    pub fn connected(&self) -> usize {
+        self.lock().values().filter(|e| e.channel.is_some()).count()
+    }
+
+    /// Pushes a ping and waits for the agent to answer: the time from "the controller decided"
+    /// to "the agent did it".
+    pub async fn ping(&self, node: NodeId, timeout: Duration) -> Result<Duration, PingError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
+        let started = Instant::now();
+        let instruction = ControllerMessage::Instruction {
+            id,
+            instruction: Instruction::Ping { nonce: id },
+        };
+        let result = if !self.push(node, instruction) {
+            Err(PingError::NotConnected)
+        } else {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(())) => Ok(started.elapsed()),
+                _ => Err(PingError::NoAnswer),
+            }
+        };
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        result
+    }
+
+    /// The agent reported an instruction done.
+    pub fn done(&self, instruction: u64) {
+        if let Some(waiter) = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&instruction)
+        {
+            let _ = waiter.send(());
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PingError {
+    #[error("the node's agent is not connected")]
+    NotConnected,
+    #[error("the node's agent did not answer in time")]
+    NoAnswer,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn revoke_tells_the_agent_and_closes_its_connections() {
+        let agents = Agents::new(Duration::from_secs(1));
+        let node = NodeId::new();
+        let mut conn = agents.connection_opened(node);
+        let (tx, mut rx) = mpsc::channel(4);
+        agents.channel_opened(node, conn.id, tx);
+        assert_eq!(agents.status(node).map(|s| s.0), Some(true));
+        agents.revoke(node);
+        assert_eq!(rx.recv().await, Some(ControllerMessage::Deauthorized));
+        conn.closed.changed().await.unwrap();
+        assert!(*conn.closed.borrow());
+        assert_eq!(agents.status(node), None);
+        assert!(!agents.push(node, ControllerMessage::Deauthorized));
+    }
+
+    #[tokio::test]
+    async fn silence_past_the_grace_period_is_offline() {
+        let agents = Agents::new(Duration::from_millis(1));
+        let node = NodeId::new();
+        let conn = agents.connection_opened(node);
+        let (tx, _rx) = mpsc::channel(4);
+        agents.channel_opened(node, conn.id, tx);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(agents.status(node).map(|s| s.0), Some(false));
+        agents.heard(node);
+        assert_eq!(agents.status(node).map(|s| s.0), Some(true));
+        agents.connection_closed(node, conn.id);
+        assert_eq!(
+            agents.status(node),
+            None,
+            "closing the connection ends its channel"
+        );
+    }
+}

@@ -1,0 +1,4 @@
+mod deb;
+mod rpm;
+mod support;
+mod tarball;

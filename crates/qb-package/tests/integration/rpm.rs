@@ -1,0 +1,270 @@
+//! The RPM, read and installed by `rpm`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use qb_package::AgentPackage;
+use tempfile::TempDir;
+
+use super::support::{
+    self, AGENT_BINARY, AGENT_BINARY_2, CONFIG, Root, Systemd, assert_installed, assert_removed,
+    package, stdout, tool,
+};
+
+const UNIT: &str = "/usr/lib/systemd/system/qb-agent.service";
+
+fn write_rpm(dir: &Path, p: &AgentPackage) -> PathBuf {
+    let rpm = qb_package::rpm(p).unwrap();
+    support::write(dir, &format!("qb-agent-{}.rpm", p.version), &rpm)
+}
+
+fn rpm() -> Command {
+    Command::new(tool("rpm", "rpm"))
+}
+
+/// `rpm` working on `root` only: its database (at the usual place, whatever the host's rpm
+/// defaults to), its files, its scripts run chrooted there.
+fn rpm_in(root: &Root) -> Command {
+    let mut cmd = rpm();
+    cmd.arg("--root")
+        .arg(root.path())
+        .args(["--dbpath", "/var/lib/rpm"]);
+    cmd
+}
+
+/// A root with an empty rpm database.
+fn rpm_root(systemd: Systemd) -> Root {
+    let root = Root::new(systemd);
+    support::run(rpm_in(&root).arg("--initdb"));
+    root
+}
+
+/// The installed qb-agent's version-release, or None.
+fn installed(root: &Root) -> Option<String> {
+    let out = rpm_in(root)
+        .args(["-q", "--qf", "%{VERSION}-%{RELEASE}", "qb-agent"])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8(out.stdout).unwrap())
+}
+
+#[test]
+fn rpm_metadata_contents_and_scripts() {
+    let dir = TempDir::new().unwrap();
+    let pkg = write_rpm(dir.path(), &package("0.1.0"));
+    let (_, arch) = support::target_arch();
+
+    // The build date in UTC, whatever the local time zone.
+    let info: BTreeMap<String, String> = stdout(rpm().env("TZ", "UTC").arg("-qpi").arg(&pkg))
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    for (key, want) in [
+        ("Name", "qb-agent"),
+        ("Version", "0.1.0"),
+        ("Release", "1"),
+        ("Architecture", arch),
+        ("License", "Apache-2.0"),
+        ("Vendor", "qb"),
+        ("Packager", "qb"),
+        ("Summary", "qb agent, preconfigured for one qb controller"),
+        ("Build Date", "Wed Jan  1 00:00:00 2025"),
+    ] {
+        assert_eq!(
+            info.get(key).map(String::as_str),
+            Some(want),
+            "{key} in {info:?}"
+        );
+    }
+
+    assert_eq!(
+        stdout(rpm().arg("-qpl").arg(&pkg)),
+        format!("/etc/qb-agent\n/etc/qb-agent/config.toml\n/usr/bin/qb-agent\n{UNIT}\n")
+    );
+
+    // path size mtime digest mode owner group isconfig isdoc rdev symlink
+    let dump = stdout(rpm().args(["-qp", "--dump"]).arg(&pkg));
+    let dump: Vec<(&str, &str, &str, &str, &str, &str)> = dump
+        .lines()
+        .map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            (c[0], c[1], c[4], c[5], c[6], c[7])
+        })
+        .collect();
+    let config_size = CONFIG.len().to_string();
+    let binary_size = AGENT_BINARY.len().to_string();
+    let unit_size = dump.last().map_or("", |entry| entry.1);
+    assert!(unit_size.parse::<u64>().is_ok_and(|n| n > 0), "{dump:?}");
+    assert_eq!(
+        dump,
+        [
+            ("/etc/qb-agent", "0", "040755", "root", "root", "0"),
+            (
+                "/etc/qb-agent/config.toml",
+                &*config_size,
+                "0100600",
+                "root",
+                "root",
+                "1"
+            ),
+            (
+                "/usr/bin/qb-agent",
+                &*binary_size,
+                "0100755",
+                "root",
+                "root",
+                "0"
+            ),
+            (UNIT, unit_size, "0100644", "root", "root", "0"),
+        ]
+    );
+    // %config(noreplace): flags c and n.
+    assert_eq!(
+        stdout(
+            rpm()
+                .args(["-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]"])
+                .arg(&pkg)
+        ),
+        format!("/etc/qb-agent \n/etc/qb-agent/config.toml cn\n/usr/bin/qb-agent \n{UNIT} \n")
+    );
+
+    let scripts = stdout(rpm().args(["-qp", "--scripts"]).arg(&pkg));
+    for heading in [
+        "postinstall scriptlet (using /bin/sh):",
+        "preuninstall scriptlet (using /bin/sh):",
+        "postuninstall scriptlet (using /bin/sh):",
+    ] {
+        assert!(scripts.contains(heading), "{heading} not in\n{scripts}");
+    }
+    for (tag, name) in [
+        ("POSTIN", "%post"),
+        ("PREUN", "%preun"),
+        ("POSTUN", "%postun"),
+    ] {
+        let body = stdout(
+            rpm()
+                .args(["-qp", "--qf", &format!("%{{{tag}}}")])
+                .arg(&pkg),
+        );
+        let path = support::write(dir.path(), tag, body.as_bytes());
+        support::assert_sh_syntax(name, &path);
+    }
+
+    support::run(rpm().arg("--checksig").arg(&pkg));
+
+    // What rpm's own payload reader unpacks is what went in. (Not rpm2cpio: it writes the whole
+    // payload but exits 1, because the rpm crate leaves out the signature header's
+    // uncompressed-payload size that rpm2cpio compares against; rpm -i does not use it.)
+    let archive = support::run(
+        Command::new(tool("rpm2archive", "rpm"))
+            .arg("-")
+            .stdin(fs::File::open(&pkg).unwrap()),
+    )
+    .stdout;
+    let archive = support::write(dir.path(), "payload.tgz", &archive);
+    let listing = support::listing(&stdout(
+        Command::new(tool("tar", "tar")).arg("-tzvf").arg(&archive),
+    ));
+    let files: Vec<_> = listing
+        .iter()
+        .map(|(p, o, n)| (p.as_str(), o.as_str(), n.as_str()))
+        .collect();
+    let unit = format!(".{UNIT}");
+    assert_eq!(
+        files,
+        [
+            ("drwxr-xr-x", "root/root", "./etc/qb-agent/"),
+            ("-rw-------", "root/root", "./etc/qb-agent/config.toml"),
+            ("-rwxr-xr-x", "root/root", "./usr/bin/qb-agent"),
+            ("-rw-r--r--", "root/root", unit.as_str()),
+        ]
+    );
+    let tree = dir.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    support::run(
+        Command::new(tool("tar", "tar"))
+            .arg("-xzf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&tree),
+    );
+    assert_eq!(
+        fs::read_to_string(tree.join("etc/qb-agent/config.toml")).unwrap(),
+        CONFIG
+    );
+    assert!(fs::read(tree.join("usr/bin/qb-agent")).unwrap() == *AGENT_BINARY);
+}
+
+#[test]
+fn rpm_installs_and_erases_without_systemd() {
+    let root = rpm_root(Systemd::Absent);
+    let dir = TempDir::new().unwrap();
+    let pkg = write_rpm(dir.path(), &package("0.1.0"));
+
+    let said = support::all_output(rpm_in(&root).args(["-i", "--nodeps"]).arg(&pkg));
+    assert!(
+        said.contains("systemd is not running on this host"),
+        "{said}"
+    );
+    assert_installed(root.path(), UNIT, &AGENT_BINARY);
+    assert_eq!(installed(&root).as_deref(), Some("0.1.0-1"));
+    // The installed files check out against the package's digests, modes and owners.
+    assert_eq!(
+        stdout(rpm_in(&root).args(["-V", "--nodeps", "qb-agent"])),
+        ""
+    );
+    fs::write(root.join("/var/lib/qb-agent/identity"), "node").unwrap();
+
+    // The rpm's only removal: it purges.
+    support::run(rpm_in(&root).args(["-e", "qb-agent"]));
+    assert_removed(root.path(), UNIT);
+    assert_eq!(installed(&root), None);
+    assert_eq!(root.systemctl_calls(), Vec::<String>::new());
+}
+
+#[test]
+fn rpm_enables_starts_upgrades_and_stops_the_unit_with_systemd() {
+    let root = rpm_root(Systemd::Running);
+    let dir = TempDir::new().unwrap();
+    let pkg = write_rpm(dir.path(), &package("0.1.0"));
+
+    let said = support::all_output(rpm_in(&root).args(["-i", "--nodeps"]).arg(&pkg));
+    assert!(!said.contains("systemd is not running"), "{said}");
+    assert_installed(root.path(), UNIT, &AGENT_BINARY);
+    assert_eq!(
+        root.systemctl_calls(),
+        ["daemon-reload", "enable --now qb-agent.service"]
+    );
+
+    // An upgrade restarts the agent and keeps its state: the old package's %preun and %postun
+    // run with $1 = 1 and must neither stop it nor purge.
+    fs::write(root.join("/var/lib/qb-agent/identity"), "node").unwrap();
+    let v2 = AgentPackage {
+        agent_binary: &AGENT_BINARY_2,
+        ..package("0.2.0")
+    };
+    support::run(
+        rpm_in(&root)
+            .args(["-U", "--nodeps"])
+            .arg(write_rpm(dir.path(), &v2)),
+    );
+    assert_installed(root.path(), UNIT, &AGENT_BINARY_2);
+    assert_eq!(installed(&root).as_deref(), Some("0.2.0-1"));
+    assert!(root.join("/var/lib/qb-agent/identity").exists());
+    assert_eq!(
+        root.systemctl_calls()[2..],
+        ["daemon-reload", "try-restart qb-agent.service"]
+    );
+
+    support::run(rpm_in(&root).args(["-e", "qb-agent"]));
+    assert_removed(root.path(), UNIT);
+    assert_eq!(
+        root.systemctl_calls()[4..],
+        ["disable --now qb-agent.service", "daemon-reload"]
+    );
+}
