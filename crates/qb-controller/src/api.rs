@@ -35,6 +35,8 @@ pub struct AppState {
     pub token_use: TokenUse,
     /// Connected agents.
     pub agents: Arc<Agents>,
+    /// What agent packages carry; `None` when the controller has no agent binary to ship.
+    pub packaging: Option<Arc<crate::agents::packages::Packaging>>,
 }
 
 impl AppState {
@@ -44,6 +46,7 @@ impl AppState {
             reconcile: Arc::new(Notify::new()),
             token_use: TokenUse::default(),
             agents,
+            packaging: None,
         }
     }
 
@@ -76,6 +79,10 @@ pub fn router(state: AppState) -> Router {
         .route("/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/events", get(list_events))
         .route("/nodes/{node}/ping", post(ping_node))
+        .route(
+            "/agent-packages/{format}",
+            get(crate::agents::packages::agent_package),
+        )
         .route(
             "/bootstrap-tokens",
             get(list_bootstrap_tokens).post(create_bootstrap_token),

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use qb_controller::agents::Agents;
 use qb_controller::agents::endpoint::AgentEndpoint;
+use qb_controller::agents::packages::Packaging;
 use qb_controller::{AppState, bootstrap, reconcile, router, serve, tls};
 use qb_store::{Actor, Store};
 
@@ -89,6 +90,10 @@ struct ServeArgs {
     /// How often agents heartbeat; an agent silent for three intervals is offline.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     heartbeat_seconds: u64,
+    /// The qb-agent executable that agent packages ship. Default: `qb-agent` beside this
+    /// program.
+    #[arg(long, env = "QB_AGENT_BINARY")]
+    agent_binary: Option<PathBuf>,
     /// Lifetime of node certificates; agents renew them at 70-90 % of it.
     #[arg(long, default_value_t = 86400, value_parser = clap::value_parser!(i64).range(60..=31_536_000))]
     node_cert_seconds: i64,
@@ -199,6 +204,9 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
         .clone()
         .unwrap_or_else(|| format!("https://{agent_addr}"));
     let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    if !agent_url.starts_with("https://") || url_host(&agent_url).is_none() {
+        bail!("--agent-url must be an https:// URL with a host, not {agent_url:?}");
+    }
     sans.extend(url_host(&agent_url));
     if !args.agent_listen.ip().is_unspecified() {
         sans.push(args.agent_listen.ip().to_string());
@@ -237,7 +245,23 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
     let _ = writeln!(out, "{}", lines.join("\n")).and_then(|()| out.flush());
     drop(out);
 
-    let state = AppState::new(store, agents);
+    let agent_binary = args.agent_binary.clone().or_else(|| {
+        let beside = std::env::current_exe().ok()?.with_file_name("qb-agent");
+        beside.exists().then_some(beside)
+    });
+    if agent_binary.is_none() {
+        tracing::warn!(
+            "no qb-agent binary found beside the controller: agent packages are unavailable (see --agent-binary)"
+        );
+    }
+    let mut state = AppState::new(store, agents);
+    state.packaging = agent_binary.map(|agent_binary| {
+        Arc::new(Packaging {
+            agent_url: agent_url.clone(),
+            ca_pin: ca.pin(),
+            agent_binary,
+        })
+    });
     tokio::spawn(reconcile::run(state.clone()));
     serve::serve(
         listener,

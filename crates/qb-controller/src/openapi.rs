@@ -31,6 +31,7 @@ use utoipa::{Modify, OpenApi};
         crate::api::list_bootstrap_tokens,
         crate::api::create_bootstrap_token,
         crate::api::revoke_bootstrap_token,
+        crate::agents::packages::agent_package,
     ),
     components(schemas(qb_api::Problem, qb_api::ProblemCode)),
     modifiers(&BearerAuth),

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod api_agents;
 mod api_auth;
 mod api_input;
 mod api_nodes_clusters;

@@ -115,6 +115,45 @@ pub fn tarball(p: &AgentPackage) -> Result<Vec<u8>, PackageError> {
     tarball::build(p)
 }
 
+/// The three kinds of agent package.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Deb,
+    Rpm,
+    Tarball,
+}
+
+impl Format {
+    /// `deb`, `rpm` or `tar.gz`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "deb" => Some(Self::Deb),
+            "rpm" => Some(Self::Rpm),
+            "tar.gz" => Some(Self::Tarball),
+            _ => None,
+        }
+    }
+
+    pub fn build(self, p: &AgentPackage) -> Result<Vec<u8>, PackageError> {
+        match self {
+            Self::Deb => deb(p),
+            Self::Rpm => rpm(p),
+            Self::Tarball => tarball(p),
+        }
+    }
+
+    /// The conventional file name of the package for `version` on this architecture.
+    pub fn file_name(self, version: &str) -> Result<String, PackageError> {
+        check_version(version)?;
+        let arch = Arch::target()?;
+        Ok(match self {
+            Self::Deb => format!("qb-agent_{version}_{}.deb", arch.debian()),
+            Self::Rpm => format!("qb-agent-{version}-1.{}.rpm", arch.rpm()),
+            Self::Tarball => format!("qb-agent-{version}.tar.gz"),
+        })
+    }
+}
+
 /// The architectures packages are built for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Arch {

@@ -6,6 +6,7 @@
 
 pub mod ca;
 pub mod endpoint;
+pub mod packages;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -1,0 +1,130 @@
+//! Agent packages, built on request for the caller's tenant: the agent binary, its systemd unit,
+//! and a configuration with this controller's agent URL, CA pin and a fresh bootstrap token.
+
+use std::path::PathBuf;
+
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use qb_api::{CreateBootstrapToken, ProblemCode, Role};
+use qb_package::{AgentPackage, Format};
+use serde::{Deserialize, Serialize};
+use utoipa::IntoParams;
+
+use crate::auth::Caller;
+use crate::extract::ApiQuery;
+use crate::{ApiError, AppState};
+
+/// What every package of this controller carries.
+#[derive(Clone, Debug)]
+pub struct Packaging {
+    /// The agent endpoint's URL as hosts reach it.
+    pub agent_url: String,
+    pub ca_pin: qb_pki::Pin,
+    /// The `qb-agent` executable to ship.
+    pub agent_binary: PathBuf,
+}
+
+/// The configuration file an agent package installs.
+#[derive(Serialize)]
+struct AgentConfig<'a> {
+    controller_url: &'a str,
+    ca_pins: Vec<String>,
+    bootstrap_token: &'a str,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct PackageQuery {
+    /// How many hosts may register with the package's bootstrap token (default 1).
+    max_uses: Option<u32>,
+    /// How long the package's bootstrap token is valid, in hours (default 24).
+    expires_in_hours: Option<u32>,
+}
+
+/// Download an agent package (`deb`, `rpm` or `tar.gz`) preconfigured for this tenant, with a
+/// new bootstrap token inside.
+#[utoipa::path(get, path = "/api/v1/agent-packages/{format}", tag = "agents",
+    params(("format" = String, Path, description = "deb, rpm or tar.gz"), PackageQuery),
+    responses(
+        (status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, body = qb_api::Problem),
+        (status = 503, body = qb_api::Problem)))]
+pub(crate) async fn agent_package(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(format): Path<String>,
+    ApiQuery(q): ApiQuery<PackageQuery>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
+    let format = Format::parse(&format).ok_or_else(|| {
+        ApiError::new(
+            ProblemCode::NotFound,
+            format!("no package format {format:?}: use deb, rpm or tar.gz"),
+        )
+    })?;
+    let packaging = state.packaging.clone().ok_or_else(|| {
+        ApiError::new(
+            ProblemCode::Unavailable,
+            "this controller has no agent binary to package (see --agent-binary)",
+        )
+    })?;
+    let binary = tokio::fs::read(&packaging.agent_binary).await.map_err(|e| {
+        tracing::error!(path = %packaging.agent_binary.display(), error = %e, "cannot read the agent binary");
+        ApiError::new(ProblemCode::Unavailable, "the agent binary is unavailable; see the controller's log")
+    })?;
+    let version = env!("CARGO_PKG_VERSION");
+    let file_name = format.file_name(version).map_err(package_error)?;
+    let request = CreateBootstrapToken {
+        description: Some(format!("agent package {file_name}").parse()?),
+        expires_in_hours: q.expires_in_hours,
+        max_uses: q.max_uses,
+    };
+    let token =
+        crate::api::mint_bootstrap_token(&state.store, caller.tenant(), request, &caller.actor())
+            .await?;
+    let config = toml::to_string(&AgentConfig {
+        controller_url: &packaging.agent_url,
+        ca_pins: vec![packaging.ca_pin.to_string()],
+        bootstrap_token: &token.secret,
+    })
+    .map_err(|e| {
+        tracing::error!(error = %e, "cannot render the agent config");
+        ApiError::new(
+            ProblemCode::Internal,
+            "internal error; see the controller's log",
+        )
+    })?;
+    let bytes = tokio::task::spawn_blocking(move || {
+        format.build(&AgentPackage {
+            version,
+            agent_binary: &binary,
+            config_toml: &config,
+        })
+    })
+    .await
+    .map_err(|e| ApiError::new(ProblemCode::Internal, format!("packaging stopped: {e}")))?
+    .map_err(package_error)?;
+    tracing::info!(tenant_id = %caller.tenant(), package = %file_name, bootstrap_token = %token.token.id, "built an agent package");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file_name}\""),
+            ),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+fn package_error(e: qb_package::PackageError) -> ApiError {
+    tracing::error!(error = %e, "cannot build an agent package");
+    ApiError::new(
+        ProblemCode::Internal,
+        "cannot build the agent package; see the controller's log",
+    )
+}

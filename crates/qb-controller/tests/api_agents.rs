@@ -1,0 +1,211 @@
+//! Bootstrap tokens and agent packages through the API.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use qb_controller::agents::packages::Packaging;
+use qb_store::Store;
+use serde_json::json;
+use tower::ServiceExt;
+
+use crate::support::{App, on_both_stores};
+
+on_both_stores!(bootstrap_tokens_are_shown_once_and_scoped_to_the_tenant);
+
+async fn bootstrap_tokens_are_shown_once_and_scoped_to_the_tenant(store: Store) {
+    let app = App::new(store);
+    let a = app.tenant("a").await;
+    let b = app.tenant("b").await;
+    let (status, created) = app
+        .call(
+            &a.operator,
+            Method::POST,
+            "/api/v1/bootstrap-tokens",
+            Some(json!({"max_uses": 3, "description": "rack 4"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let secret = created["secret"].as_str().unwrap();
+    assert!(secret.starts_with("qbb_") && secret.len() == 68, "{secret}");
+    assert_eq!(
+        (
+            created["token"]["max_uses"].as_u64(),
+            created["token"]["uses"].as_u64()
+        ),
+        (Some(3), Some(0))
+    );
+    let id = created["token"]["id"].as_str().unwrap();
+
+    let (_, list) = app
+        .call(&a.viewer, Method::GET, "/api/v1/bootstrap-tokens", None)
+        .await;
+    assert_eq!(
+        list["code"], "forbidden",
+        "viewers do not see bootstrap tokens"
+    );
+    let (_, list) = app
+        .call(&a.operator, Method::GET, "/api/v1/bootstrap-tokens", None)
+        .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert!(
+        !list.to_string().contains(secret),
+        "the secret is never listed"
+    );
+    let (_, other) = app
+        .call(&b.operator, Method::GET, "/api/v1/bootstrap-tokens", None)
+        .await;
+    assert_eq!(other["items"].as_array().unwrap().len(), 0);
+    let path = format!("/api/v1/bootstrap-tokens/{id}");
+    let (status, problem) = app.call(&b.operator, Method::DELETE, &path, None).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (status, revoked) = app.call(&a.operator, Method::DELETE, &path, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(revoked["revoked_at"].is_string());
+
+    for body in [
+        json!({"max_uses": 0}),
+        json!({"max_uses": 10001}),
+        json!({"expires_in_hours": 721}),
+        json!({"bogus": 1}),
+    ] {
+        let (status, _) = app
+            .call(
+                &a.operator,
+                Method::POST,
+                "/api/v1/bootstrap-tokens",
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
+    let (_, events) = app
+        .call(
+            &a.viewer,
+            Method::GET,
+            "/api/v1/events?kind=bootstrap_token",
+            None,
+        )
+        .await;
+    let actions: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["bootstrap_token.created", "bootstrap_token.revoked"]
+    );
+    assert!(!events.to_string().contains(secret));
+}
+
+#[tokio::test]
+async fn agent_packages_carry_the_controller_and_a_fresh_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("qb.db")).await.unwrap();
+    let mut app = App::new(store);
+    let t = app.tenant("a").await;
+
+    // Without an agent binary, packages are unavailable, and say so.
+    let (status, problem) = app
+        .call(&t.operator, Method::GET, "/api/v1/agent-packages/deb", None)
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable"))
+    );
+
+    let binary = dir.path().join("qb-agent");
+    std::fs::write(&binary, b"#!/bin/sh\necho agent\n").unwrap();
+    let ca = qb_pki::CertificateAuthority::generate("test CA", time::Duration::days(1)).unwrap();
+    app.state.packaging = Some(Arc::new(Packaging {
+        agent_url: "https://controller.example:7444".into(),
+        ca_pin: ca.pin(),
+        agent_binary: binary,
+    }));
+    app.router = qb_controller::router(app.state.clone());
+
+    let (status, _) = app
+        .call(&t.viewer, Method::GET, "/api/v1/agent-packages/deb", None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, problem) = app
+        .call(&t.operator, Method::GET, "/api/v1/agent-packages/exe", None)
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+
+    let download = |format: &str| {
+        let req = Request::get(format!("/api/v1/agent-packages/{format}?max_uses=5"))
+            .header(header::AUTHORIZATION, format!("Bearer {}", t.operator))
+            .body(Body::empty())
+            .unwrap();
+        let router = app.router.clone();
+        async move {
+            let resp = router.oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let disposition = resp.headers()[header::CONTENT_DISPOSITION]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store");
+            (
+                disposition,
+                resp.into_body().collect().await.unwrap().to_bytes(),
+            )
+        }
+    };
+    let (disposition, deb) = download("deb").await;
+    assert!(disposition.contains(".deb\""), "{disposition}");
+    assert!(deb.starts_with(b"!<arch>\n"));
+    let (_, rpm) = download("rpm").await;
+    assert!(rpm.starts_with(&[0xed, 0xab, 0xee, 0xdb]));
+    let (_, tarball) = download("tar.gz").await;
+
+    // The tarball's config names this controller, pins its CA and holds a working token.
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&tarball[..]));
+    let mut config = String::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().ends_with("config.toml") {
+            entry.read_to_string(&mut config).unwrap();
+        }
+    }
+    assert!(
+        config.contains("controller_url = \"https://controller.example:7444\""),
+        "{config}"
+    );
+    assert!(config.contains(&ca.pin().to_string()), "{config}");
+    let secret = config
+        .split("bootstrap_token = \"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let hash = qb_controller::auth::hash_secret(secret);
+    let (_, tokens) = app
+        .call(&t.operator, Method::GET, "/api/v1/bootstrap-tokens", None)
+        .await;
+    assert_eq!(
+        tokens["items"].as_array().unwrap().len(),
+        3,
+        "one fresh token per package"
+    );
+    assert!(
+        tokens["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["max_uses"] == 5)
+    );
+    assert!(!tokens.to_string().contains(secret) && !tokens.to_string().contains(&hash));
+}
