@@ -183,8 +183,11 @@ async fn register(
     Ok(identity)
 }
 
-/// When to renew a certificate: at a random point between 70 % and 90 % of its lifetime.
+/// When to renew a certificate: at a random point between 70 % and 90 % of the lifetime it has
+/// left (certificates are backdated a little for clock skew, so `not_before` is no anchor), and
+/// never sooner than a few seconds, so a nearly expired certificate cannot cause a storm.
 fn renewal_delay(cert_pem: &str) -> Duration {
+    const FLOOR: Duration = Duration::from_secs(5);
     let info = rustls_pemfile::certs(&mut cert_pem.as_bytes())
         .next()
         .and_then(|c| c.ok())
@@ -192,13 +195,10 @@ fn renewal_delay(cert_pem: &str) -> Duration {
     let Some(info) = info else {
         return Duration::from_secs(3600);
     };
-    let lifetime = (info.not_after - info.not_before).whole_seconds().max(1) as f64;
-    let at = info.not_before
-        + time::Duration::seconds_f64(lifetime * rand::rng().random_range(0.7..0.9));
-    let wait = (at - time::OffsetDateTime::now_utc())
-        .whole_milliseconds()
-        .max(0);
-    Duration::from_millis(u64::try_from(wait).unwrap_or(0))
+    let left = (info.not_after - time::OffsetDateTime::now_utc())
+        .as_seconds_f64()
+        .max(0.0);
+    Duration::from_secs_f64(left * rand::rng().random_range(0.7..0.9)).max(FLOOR)
 }
 
 async fn session(
@@ -341,6 +341,33 @@ async fn renew_certificate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renewal_comes_at_70_to_90_percent_of_the_remaining_lifetime() {
+        let ca = qb_pki::CertificateAuthority::generate("test", time::Duration::days(1)).unwrap();
+        let key = qb_pki::new_key_and_csr("h").unwrap();
+        let identity = qb_pki::NodeIdentity {
+            tenant: qb_api::TenantId::new(),
+            node: qb_api::NodeId::new(),
+        };
+        let cert = ca
+            .sign_node_csr(&key.csr_pem, &identity, time::Duration::seconds(1000))
+            .unwrap();
+        for _ in 0..20 {
+            let delay = renewal_delay(&cert.cert_pem).as_secs_f64();
+            // Certificates are backdated for clock skew; that must not pull renewal forward.
+            assert!((690.0..=900.0).contains(&delay), "{delay}");
+        }
+        let short = ca
+            .sign_node_csr(&key.csr_pem, &identity, time::Duration::seconds(1))
+            .unwrap();
+        assert_eq!(
+            renewal_delay(&short.cert_pem),
+            Duration::from_secs(5),
+            "never a renewal storm"
+        );
+        assert_eq!(renewal_delay("garbage"), Duration::from_secs(3600));
+    }
 
     #[test]
     fn backoff_grows_with_full_jitter_up_to_the_cap() {
