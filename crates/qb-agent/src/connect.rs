@@ -198,3 +198,95 @@ pub fn client_identity(
     let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())?.context("no private key")?;
     Ok((certs, key))
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn config(url: &str, proxy: Option<&str>) -> Config {
+        let mut text = format!(
+            "controller_url = \"{url}\"\nca_pins = [\"sha256:{}\"]\n",
+            "ab".repeat(32)
+        );
+        if let Some(p) = proxy {
+            text.push_str(&format!("http_proxy = \"{p}\"\n"));
+        }
+        Config::parse(std::path::Path::new("test.toml"), &text).unwrap()
+    }
+
+    /// A minimal real CONNECT proxy: reads the request head, records it, then pipes bytes.
+    async fn proxy(answer: &'static str) -> (String, tokio::sync::oneshot::Receiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (client, _) = listener.accept().await.unwrap();
+            let mut client = BufReader::new(client);
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                client.read_line(&mut line).await.unwrap();
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let target = head.split_whitespace().nth(1).unwrap().to_owned();
+            let _ = tx.send(head);
+            let mut client = client.into_inner();
+            client.write_all(answer.as_bytes()).await.unwrap();
+            if answer.contains(" 200 ") {
+                let mut upstream = tokio::net::TcpStream::connect(target).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn connects_through_an_http_connect_proxy() {
+        let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target_addr = target.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = target.accept().await.unwrap();
+            s.write_all(b"hello from the controller").await.unwrap();
+        });
+        let (proxy_addr, head) =
+            proxy("HTTP/1.1 200 Connection established\r\nVia: test\r\n\r\n").await;
+        let controller = Controller::new(&config(
+            &format!("https://{target_addr}"),
+            Some(&format!("http://{proxy_addr}")),
+        ))
+        .unwrap();
+        let mut tcp = controller.tcp().await.unwrap();
+        let mut got = String::new();
+        tcp.read_to_string(&mut got).await.unwrap();
+        assert_eq!(
+            got, "hello from the controller",
+            "nothing of the proxy's answer leaks into the stream"
+        );
+        let head = head.await.unwrap();
+        assert!(
+            head.starts_with(&format!("CONNECT {target_addr} HTTP/1.1\r\n")),
+            "{head}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusing_proxy_is_a_clear_error() {
+        let (proxy_addr, _head) = proxy("HTTP/1.1 403 Forbidden\r\n\r\n").await;
+        let controller = Controller::new(&config(
+            "https://controller.example:7444",
+            Some(&format!("http://{proxy_addr}")),
+        ))
+        .unwrap();
+        let err = controller.tcp().await.unwrap_err().to_string();
+        assert!(
+            err.contains("refused to connect to controller.example:7444") && err.contains("403"),
+            "{err}"
+        );
+    }
+}
