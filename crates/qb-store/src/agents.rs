@@ -197,7 +197,19 @@ impl Store {
         issue: impl FnOnce(TenantId, NodeId) -> Result<IssuedCert, IssueError>,
     ) -> Result<Registered> {
         let mut w = self.write_global().await?;
+        // Lock order is tenant, then token, as everywhere else: find the token's tenant first.
+        let tenant_of_token =
+            sqlx::query("SELECT tenant_id FROM bootstrap_tokens WHERE secret_hash = $1")
+                .bind(&reg.token_hash)
+                .fetch_optional(&mut *w.tx)
+                .await?
+                .ok_or(StoreError::TokenRefused(TokenRefusal::Unknown))?;
         let lock = if self.backend == Backend::Postgres {
+            let tenant: String = tenant_of_token.try_get("tenant_id")?;
+            sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
+                .bind(tenant)
+                .fetch_optional(&mut *w.tx)
+                .await?;
             " FOR UPDATE"
         } else {
             ""
@@ -224,12 +236,6 @@ impl Store {
         let token_id: String = token.try_get("id")?;
         let tenant: TenantId =
             crate::parse_id("tenant id", &token.try_get::<String, _>("tenant_id")?)?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
-                .bind(tenant.to_string())
-                .fetch_optional(&mut *w.tx)
-                .await?;
-        }
         sqlx::query("UPDATE bootstrap_tokens SET uses = uses + 1 WHERE id = $1")
             .bind(&token_id)
             .execute(&mut *w.tx)
