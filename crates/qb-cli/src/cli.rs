@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use qb_api::{
-    Cidr, Description, KubernetesVersion, LabelChange, LabelKey, LabelValue, MasterCount, Name,
-    NodeName, NodeRole, NodeState, Role, Selector, TokenId,
+    BootstrapTokenId, Cidr, CreateBootstrapToken, Description, KubernetesVersion, LabelChange,
+    LabelKey, LabelValue, MasterCount, Name, NodeName, NodeRole, NodeState, Role, Selector,
+    TokenId,
 };
 
 use crate::output::Format;
@@ -45,9 +46,12 @@ pub enum Command {
     /// Create, inspect and resize clusters.
     #[command(subcommand, alias = "clusters")]
     Cluster(ClusterCommand),
-    /// Manage API tokens.
+    /// Manage API tokens, and the bootstrap tokens agents register hosts with.
     #[command(subcommand, alias = "tokens")]
     Token(TokenCommand),
+    /// Download qb-agent packages preconfigured for this controller.
+    #[command(subcommand, name = "agent-package", alias = "agent-packages")]
+    AgentPackage(AgentPackageCommand),
     /// Manage users.
     #[command(subcommand, alias = "users")]
     User(UserCommand),
@@ -151,6 +155,11 @@ pub enum NodeCommand {
     /// Forget a pending or deauthorized node.
     #[command(visible_alias = "rm")]
     Delete {
+        /// Node name or id.
+        node: String,
+    },
+    /// Check that a node's agent is connected and answers; prints the round trip.
+    Ping {
         /// Node name or id.
         node: String,
     },
@@ -277,6 +286,83 @@ pub enum TokenCommand {
         /// The token's id (see `qb token list`).
         id: TokenId,
     },
+    /// Manage bootstrap tokens, which agents use to register hosts.
+    #[command(subcommand)]
+    Bootstrap(BootstrapTokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BootstrapTokenCommand {
+    /// Create a bootstrap token; its secret is printed once.
+    Create {
+        /// What the token is for.
+        #[arg(long)]
+        description: Option<Description>,
+        /// Lifetime in hours [default: 24].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(CreateBootstrapToken::MAX_HOURS)))]
+        expires_in_hours: Option<u32>,
+        /// How many hosts may register with it [default: 1].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(CreateBootstrapToken::MAX_USES)))]
+        max_uses: Option<u32>,
+    },
+    /// List bootstrap tokens (never their secrets).
+    #[command(visible_alias = "ls")]
+    List,
+    /// Revoke a bootstrap token at once; hosts not yet registered with it can no longer use it.
+    Revoke {
+        /// The token's id (see `qb token bootstrap list`).
+        id: BootstrapTokenId,
+    },
+}
+
+/// The kind of an agent package.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PackageFormat {
+    /// Debian, Ubuntu and derivatives.
+    Deb,
+    /// Fedora, RHEL, SUSE and derivatives.
+    Rpm,
+    /// Any distribution with systemd (or none): unpack and run install.sh.
+    #[value(name = "tar.gz")]
+    TarGz,
+}
+
+impl PackageFormat {
+    /// The name in the API's path: `deb`, `rpm` or `tar.gz`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deb => "deb",
+            Self::Rpm => "rpm",
+            Self::TarGz => "tar.gz",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentPackageCommand {
+    /// Download an agent package with a new bootstrap token inside (a secret: the file is
+    /// written readable by you only).
+    Download(DownloadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// The package format.
+    #[arg(long, value_enum)]
+    pub format: PackageFormat,
+    /// How many hosts may register with the package's bootstrap token [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(CreateBootstrapToken::MAX_USES)))]
+    pub max_uses: Option<u32>,
+    /// How long the package's bootstrap token is valid, in hours [default: 24].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(CreateBootstrapToken::MAX_HOURS)))]
+    pub expires_in_hours: Option<u32>,
+    /// Where to write the package: a file, or a directory to put it in under the controller's
+    /// file name [default: that name, in the current directory]. (`-o` selects the output format.)
+    #[arg(short = 'O', long, value_name = "FILE")]
+    pub output_file: Option<PathBuf>,
+    /// Replace the file if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -516,6 +602,143 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn bootstrap_tokens_parse_with_limits() {
+        let cli = Cli::try_parse_from([
+            "qb",
+            "token",
+            "bootstrap",
+            "create",
+            "--description",
+            "rack 4",
+            "--expires-in-hours",
+            "720",
+            "--max-uses",
+            "10000",
+        ])
+        .expect("parse");
+        let Command::Token(TokenCommand::Bootstrap(BootstrapTokenCommand::Create {
+            description,
+            expires_in_hours,
+            max_uses,
+        })) = cli.command
+        else {
+            panic!("not bootstrap create: {:?}", cli.command);
+        };
+        assert_eq!(
+            description.map(|d| d.to_string()).as_deref(),
+            Some("rack 4")
+        );
+        assert_eq!((expires_in_hours, max_uses), (Some(720), Some(10_000)));
+        assert!(Cli::try_parse_from(["qb", "token", "bootstrap", "ls"]).is_ok());
+        assert!(
+            Cli::try_parse_from([
+                "qb",
+                "token",
+                "bootstrap",
+                "revoke",
+                "0190b5a4-8f4e-7c8b-9d0a-1b2c3d4e5f60"
+            ])
+            .is_ok()
+        );
+        for bad in [
+            &["qb", "token", "bootstrap", "create", "--max-uses", "0"][..],
+            &["qb", "token", "bootstrap", "create", "--max-uses", "10001"],
+            &[
+                "qb",
+                "token",
+                "bootstrap",
+                "create",
+                "--expires-in-hours",
+                "0",
+            ],
+            &[
+                "qb",
+                "token",
+                "bootstrap",
+                "create",
+                "--expires-in-hours",
+                "721",
+            ],
+            &["qb", "token", "bootstrap", "revoke", "not-a-uuid"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        // API tokens are unchanged.
+        assert!(
+            Cli::try_parse_from(["qb", "token", "create", "--expires-in-hours", "8760"]).is_ok()
+        );
+    }
+
+    #[test]
+    fn agent_package_download_parses() {
+        let cli = Cli::try_parse_from([
+            "qb",
+            "agent-package",
+            "download",
+            "--format",
+            "tar.gz",
+            "--max-uses",
+            "5",
+            "-O",
+            "/tmp/x.tgz",
+            "-o",
+            "json",
+            "--force",
+        ])
+        .expect("parse");
+        assert_eq!(cli.output, Format::Json);
+        let Command::AgentPackage(AgentPackageCommand::Download(args)) = cli.command else {
+            panic!("not a download: {:?}", cli.command);
+        };
+        assert_eq!(args.format, PackageFormat::TarGz);
+        assert_eq!(args.format.as_str(), "tar.gz");
+        assert_eq!((args.max_uses, args.expires_in_hours), (Some(5), None));
+        assert_eq!(args.output_file, Some(PathBuf::from("/tmp/x.tgz")));
+        assert!(args.force);
+        for (arg, format) in [("deb", PackageFormat::Deb), ("rpm", PackageFormat::Rpm)] {
+            let cli = Cli::try_parse_from(["qb", "agent-package", "download", "--format", arg])
+                .expect("parse");
+            assert!(matches!(
+                cli.command,
+                Command::AgentPackage(AgentPackageCommand::Download(DownloadArgs { format: f, .. })) if f == format
+            ));
+            assert_eq!(format.as_str(), arg);
+        }
+        for bad in [
+            &["qb", "agent-package", "download"][..],
+            &["qb", "agent-package", "download", "--format", "zip"],
+            &["qb", "agent-package", "download", "--format", "tgz"],
+            &[
+                "qb",
+                "agent-package",
+                "download",
+                "--format",
+                "deb",
+                "--max-uses",
+                "0",
+            ],
+            &[
+                "qb",
+                "agent-package",
+                "download",
+                "--format",
+                "deb",
+                "-o",
+                "x.deb",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn node_ping_parses() {
+        let cli = Cli::try_parse_from(["qb", "node", "ping", "n1"]).expect("parse");
+        assert!(matches!(cli.command, Command::Node(NodeCommand::Ping { node }) if node == "n1"));
+        assert!(Cli::try_parse_from(["qb", "node", "ping"]).is_err());
     }
 
     #[test]

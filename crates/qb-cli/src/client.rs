@@ -16,6 +16,8 @@ use crate::tls::{self, Fingerprint, PinnedVerifier, Trust};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for a whole request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a download may take, body included: packages are built on request and may be large.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// Items per page when listing everything.
 const PAGE_SIZE: u32 = 1000;
 
@@ -167,7 +169,18 @@ impl Client {
         url: Url,
         body: Option<Vec<u8>>,
     ) -> Result<reqwest::Response, ApiError> {
-        let mut request = self.http.request(method, url);
+        self.send_within(method, url, body, REQUEST_TIMEOUT).await
+    }
+
+    /// [`Client::send`], the whole request (body included) limited to `timeout`.
+    async fn send_within(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ApiError> {
+        let mut request = self.http.request(method, url).timeout(timeout);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -176,7 +189,10 @@ impl Client {
                 .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
                 .body(body);
         }
-        let response = request.send().await.map_err(|e| self.transport_error(&e))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.transport_error_after(&e, timeout))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -184,11 +200,15 @@ impl Client {
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| self.transport_error(&e))?;
+            .map_err(|e| self.transport_error_after(&e, timeout))?;
         Err(self.status_error(status, &bytes))
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> ApiError {
+        self.transport_error_after(e, REQUEST_TIMEOUT)
+    }
+
+    fn transport_error_after(&self, e: &reqwest::Error, timeout: Duration) -> ApiError {
         let server = self.server();
         if let Some((expected, seen)) = self.verifier.mismatch() {
             return ApiError::CertificateChanged {
@@ -200,7 +220,7 @@ impl Client {
         if e.is_timeout() {
             return ApiError::Timeout {
                 server,
-                after: REQUEST_TIMEOUT,
+                after: timeout,
             };
         }
         if e.is_connect() {
@@ -297,6 +317,18 @@ impl Client {
         self.send(Method::DELETE, url, None).await.map(drop)
     }
 
+    /// A GET answered with a file: its headers are in, its body is read with
+    /// [`Download::chunk`].
+    pub async fn download(&self, url: Url) -> Result<Download<'_>, ApiError> {
+        let response = self
+            .send_within(Method::GET, url, None, DOWNLOAD_TIMEOUT)
+            .await?;
+        Ok(Download {
+            client: self,
+            response,
+        })
+    }
+
     /// Every item of a paged list, following `next`, up to `max` items if given.
     pub async fn list<T: DeserializeOwned>(
         &self,
@@ -334,6 +366,27 @@ impl Client {
                 None => return Ok(items),
             }
         }
+    }
+}
+
+/// A response whose body is being read piece by piece.
+pub struct Download<'a> {
+    client: &'a Client,
+    response: reqwest::Response,
+}
+
+impl Download<'_> {
+    /// A response header, if present and printable.
+    pub fn header(&self, name: reqwest::header::HeaderName) -> Option<&str> {
+        self.response.headers().get(name)?.to_str().ok()
+    }
+
+    /// The next piece of the body; `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<impl AsRef<[u8]> + use<>>, ApiError> {
+        self.response
+            .chunk()
+            .await
+            .map_err(|e| self.client.transport_error_after(&e, DOWNLOAD_TIMEOUT))
     }
 }
 

@@ -7,7 +7,9 @@ use std::io::Write;
 
 use anyhow::Context as _;
 use comfy_table::{Table, presets};
-use qb_api::{Cluster, ClusterDetail, Event, Labels, Node, Token, User, Whoami};
+use qb_api::{
+    BootstrapToken, Cluster, ClusterDetail, Event, Labels, Node, NodeAgent, Token, User, Whoami,
+};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -159,13 +161,49 @@ fn or_none(s: String) -> String {
     if s.is_empty() { NONE.to_owned() } else { s }
 }
 
+/// What the node list shows at most of a node's addresses; the rest are counted (`,+2`).
+const LISTED_ADDRESSES: usize = 2;
+
+/// A node's addresses for a table cell: the first few, then how many more.
+fn addresses_cell(addresses: &[std::net::IpAddr]) -> String {
+    let mut cell = addresses
+        .iter()
+        .take(LISTED_ADDRESSES)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    if addresses.len() > LISTED_ADDRESSES {
+        cell.push_str(&format!(",+{}", addresses.len() - LISTED_ADDRESSES));
+    }
+    or_none(cell)
+}
+
+/// `yes`/`no`, or `-` when no agent has registered.
+pub fn agent_online(agent: Option<&NodeAgent>) -> &'static str {
+    match agent {
+        None => "-",
+        Some(a) if a.online => "yes",
+        Some(_) => "no",
+    }
+}
+
+/// How long ago the agent was last heard from, or `-`.
+pub fn agent_last_seen(agent: Option<&NodeAgent>, now: OffsetDateTime) -> String {
+    agent
+        .and_then(|a| a.last_seen_at)
+        .map_or_else(|| "-".to_owned(), |t| age(t, now))
+}
+
+/// The node list. The OS and kernel are in `qb node show`, to keep it narrow.
 pub fn nodes_table(nodes: &[Node], now: OffsetDateTime) -> String {
     table(
         &[
             "NAME",
             "STATE",
             "CLUSTER",
-            "OS",
+            "ONLINE",
+            "LAST-SEEN",
+            "AGENT",
             "ARCH",
             "CPUS",
             "MEMORY",
@@ -174,24 +212,20 @@ pub fn nodes_table(nodes: &[Node], now: OffsetDateTime) -> String {
             "AGE",
         ],
         nodes.iter().map(|n| {
+            let agent = n.agent.as_ref();
             vec![
                 n.name.to_string(),
                 n.state.as_str().to_owned(),
                 n.cluster
                     .as_ref()
                     .map_or_else(|| NONE.to_owned(), |c| c.name.to_string()),
-                or_none(n.facts.os.clone()),
+                agent_online(agent).to_owned(),
+                agent_last_seen(agent, now),
+                agent.map_or_else(|| "-".to_owned(), |a| a.version.clone()),
                 or_none(n.facts.arch.clone()),
                 n.facts.cpus.to_string(),
                 bytes(n.facts.memory_bytes),
-                or_none(
-                    n.facts
-                        .addresses
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(","),
-                ),
+                addresses_cell(&n.facts.addresses),
                 labels(&n.labels),
                 age(n.created_at, now),
             ]
@@ -201,7 +235,7 @@ pub fn nodes_table(nodes: &[Node], now: OffsetDateTime) -> String {
 
 pub fn node_fields(n: &Node, now: OffsetDateTime) -> String {
     let when = |t: OffsetDateTime| format!("{} ({} ago)", timestamp(t), age(t, now));
-    fields(&[
+    let mut rows = vec![
         ("Name", n.name.to_string()),
         ("ID", n.id.to_string()),
         ("State", n.state.as_str().to_owned()),
@@ -211,6 +245,19 @@ pub fn node_fields(n: &Node, now: OffsetDateTime) -> String {
                 .as_ref()
                 .map_or_else(|| NONE.to_owned(), |c| c.name.to_string()),
         ),
+    ];
+    match &n.agent {
+        None => rows.push(("Agent", format!("{NONE} (no agent has registered)"))),
+        Some(a) => rows.extend([
+            ("Agent", a.version.clone()),
+            ("Online", agent_online(Some(a)).to_owned()),
+            (
+                "Last seen",
+                a.last_seen_at.map_or_else(|| "never".to_owned(), when),
+            ),
+        ]),
+    }
+    rows.extend([
         ("Hostname", or_none(n.facts.hostname.clone())),
         ("OS", or_none(n.facts.os.clone())),
         ("Kernel", or_none(n.facts.kernel.clone())),
@@ -240,7 +287,19 @@ pub fn node_fields(n: &Node, now: OffsetDateTime) -> String {
         ),
         ("Created", when(n.created_at)),
         ("Updated", when(n.updated_at)),
-    ])
+    ]);
+    fields(&rows)
+}
+
+/// Milliseconds, with as many decimals as make sense: `0.42`, `3.7`, `120`.
+pub fn millis(ms: f64) -> String {
+    if ms < 10.0 {
+        format!("{ms:.2}")
+    } else if ms < 100.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.0}")
+    }
 }
 
 pub fn clusters_table(clusters: &[Cluster], now: OffsetDateTime) -> String {
@@ -371,6 +430,40 @@ pub fn tokens_table(tokens: &[Token], now: OffsetDateTime) -> String {
     )
 }
 
+/// `active`, `revoked`, `expired` or `used-up`.
+pub fn bootstrap_token_status(t: &BootstrapToken, now: OffsetDateTime) -> &'static str {
+    if t.revoked_at.is_some() {
+        "revoked"
+    } else if t.expires_at <= now {
+        "expired"
+    } else if t.uses >= t.max_uses {
+        "used-up"
+    } else {
+        "active"
+    }
+}
+
+pub fn bootstrap_tokens_table(tokens: &[BootstrapToken], now: OffsetDateTime) -> String {
+    table(
+        &["ID", "STATUS", "USES", "DESCRIPTION", "EXPIRES", "AGE"],
+        tokens.iter().map(|t| {
+            vec![
+                t.id.to_string(),
+                bootstrap_token_status(t, now).to_owned(),
+                format!("{}/{}", t.uses, t.max_uses),
+                or_none(
+                    t.description
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                ),
+                timestamp(t.expires_at),
+                age(t.created_at, now),
+            ]
+        }),
+    )
+}
+
 /// At most `max` characters, with an ellipsis when cut.
 fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
@@ -417,7 +510,8 @@ pub fn whoami_fields(w: &Whoami, context: &str, server: &str) -> String {
 mod tests {
     use super::*;
     use qb_api::{
-        ClusterRef, ClusterState, MasterCount, NodeFacts, NodeState, Role, TokenId, UserId,
+        ClusterRef, ClusterState, MasterCount, NodeAgent, NodeFacts, NodeState, Role, TokenId,
+        UserId,
     };
     use std::collections::BTreeMap;
     use time::macros::datetime;
@@ -455,20 +549,44 @@ mod tests {
         }
     }
 
+    fn agent(online: bool, seen: Option<OffsetDateTime>) -> Option<NodeAgent> {
+        Some(NodeAgent {
+            version: "0.1.0".to_owned(),
+            online,
+            last_seen_at: seen,
+        })
+    }
+
     #[test]
     fn node_table_has_the_documented_columns() {
+        let mut online = node(
+            "host-1",
+            NodeState::Attached,
+            Some("clus100"),
+            &[("rack", "r1"), ("zone", "a")],
+        );
+        online.agent = agent(true, Some(datetime!(2024-05-01 11:59:55 UTC)));
+        let mut offline = node("host-3", NodeState::Authorized, None, &[]);
+        offline.agent = agent(false, Some(datetime!(2024-04-30 12:00:00 UTC)));
+        offline
+            .facts
+            .addresses
+            .push("192.0.2.7".parse().expect("ip"));
+        offline
+            .facts
+            .addresses
+            .push("192.0.2.8".parse().expect("ip"));
+        let mut never = node("host-4", NodeState::Pending, None, &[]);
+        never.agent = agent(false, None);
         let nodes = vec![
-            node(
-                "host-1",
-                NodeState::Attached,
-                Some("clus100"),
-                &[("rack", "r1"), ("zone", "a")],
-            ),
+            online,
             node("host-2.rack2", NodeState::Pending, None, &[]),
+            offline,
+            never,
         ];
         let out = nodes_table(&nodes, NOW);
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 3, "{out}");
+        assert_eq!(lines.len(), 5, "{out}");
         let header: Vec<&str> = lines[0].split_whitespace().collect();
         assert_eq!(
             header,
@@ -476,7 +594,9 @@ mod tests {
                 "NAME",
                 "STATE",
                 "CLUSTER",
-                "OS",
+                "ONLINE",
+                "LAST-SEEN",
+                "AGENT",
                 "ARCH",
                 "CPUS",
                 "MEMORY",
@@ -487,40 +607,86 @@ mod tests {
         );
         assert!(lines[0].starts_with("NAME   "), "{out}");
         assert!(lines[1].starts_with("host-1 "), "{out}");
-        for (line, expected) in lines[1..].iter().zip([
+        let rows: Vec<Vec<&str>> = lines[1..]
+            .iter()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows,
             [
-                "attached",
-                "clus100",
-                "x86_64",
-                "8",
-                "16Gi",
-                "10.0.0.5,fd00::5",
-                "rack=r1,zone=a",
-                "3d",
+                vec![
+                    "host-1",
+                    "attached",
+                    "clus100",
+                    "yes",
+                    "5s",
+                    "0.1.0",
+                    "x86_64",
+                    "8",
+                    "16Gi",
+                    "10.0.0.5,fd00::5",
+                    "rack=r1,zone=a",
+                    "3d",
+                ],
+                vec![
+                    "host-2.rack2",
+                    "pending",
+                    "<none>",
+                    "-",
+                    "-",
+                    "-",
+                    "x86_64",
+                    "8",
+                    "16Gi",
+                    "10.0.0.5,fd00::5",
+                    "<none>",
+                    "3d",
+                ],
+                vec![
+                    "host-3",
+                    "authorized",
+                    "<none>",
+                    "no",
+                    "24h",
+                    "0.1.0",
+                    "x86_64",
+                    "8",
+                    "16Gi",
+                    "10.0.0.5,fd00::5,+2",
+                    "<none>",
+                    "3d",
+                ],
+                vec![
+                    "host-4",
+                    "pending",
+                    "<none>",
+                    "no",
+                    "-",
+                    "0.1.0",
+                    "x86_64",
+                    "8",
+                    "16Gi",
+                    "10.0.0.5,fd00::5",
+                    "<none>",
+                    "3d",
+                ],
             ],
-            [
-                "pending",
-                "<none>",
-                "x86_64",
-                "8",
-                "16Gi",
-                "10.0.0.5,fd00::5",
-                "<none>",
-                "3d",
-            ],
-        ]) {
-            for cell in expected {
+            "{out}"
+        );
+        // Columns line up: every row's STATE and ONLINE start where the header's do.
+        for column in ["STATE", "ONLINE", "LAST-SEEN"] {
+            let col = lines[0].find(column).expect(column);
+            for line in &lines[1..] {
+                let before = &line[..col];
                 assert!(
-                    line.split_whitespace().any(|c| c == cell),
-                    "{cell} missing in {line:?}"
+                    before.ends_with("   ") && !line[col..].starts_with(' '),
+                    "{column} misaligned in {line:?}"
                 );
             }
         }
-        // Columns line up: every row's STATE starts where the header's does.
-        let col = lines[0].find("STATE").expect("STATE");
-        assert_eq!(lines[1].find("attached"), Some(col));
-        assert_eq!(lines[2].find("pending"), Some(col));
         assert!(out.lines().all(|l| l == l.trim_end()), "trailing blanks");
+        // Narrow enough for a wide terminal with typical values.
+        assert!(lines.iter().all(|l| l.chars().count() <= 150), "{out}");
     }
 
     #[test]
@@ -535,6 +701,11 @@ mod tests {
             NOW,
         );
         assert!(out.contains("State:      authorized\n"), "{out}");
+        assert!(
+            out.contains("Agent:      <none> (no agent has registered)\n"),
+            "{out}"
+        );
+        assert!(!out.contains("Online:"), "{out}");
         assert!(out.contains("Labels:     a=1\n            b=\n"), "{out}");
         assert!(
             out.contains("Addresses:  10.0.0.5\n            fd00::5\n"),
@@ -543,6 +714,39 @@ mod tests {
         assert!(
             out.contains("Created:    2024-04-28T12:00:00Z (3d ago)"),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn node_fields_show_the_agent() {
+        let mut n = node("host-1", NodeState::Attached, Some("c1"), &[]);
+        n.agent = agent(true, Some(datetime!(2024-05-01 11:59:58 UTC)));
+        let out = node_fields(&n, NOW);
+        assert!(
+            out.contains(
+                "Cluster:    c1\nAgent:      0.1.0\nOnline:     yes\n\
+                 Last seen:  2024-05-01T11:59:58Z (2s ago)\nHostname:   host-1\n"
+            ),
+            "{out}"
+        );
+        n.agent = agent(false, None);
+        let out = node_fields(&n, NOW);
+        assert!(out.contains("Online:     no\nLast seen:  never\n"), "{out}");
+    }
+
+    #[test]
+    fn round_trips_in_milliseconds() {
+        assert_eq!(
+            [
+                millis(0.0),
+                millis(0.4242),
+                millis(3.75),
+                millis(12.34),
+                millis(99.94),
+                millis(120.4),
+                millis(5001.0)
+            ],
+            ["0.00", "0.42", "3.75", "12.3", "99.9", "120", "5001"]
         );
     }
 
@@ -604,6 +808,57 @@ mod tests {
         assert_eq!(statuses, ["active", "revoked", "expired"], "{out}");
         assert!(out.contains("ci pipeline"), "{out}");
         assert!(out.contains("1m ago"), "{out}");
+    }
+
+    #[test]
+    fn bootstrap_token_table_shows_status_and_uses() {
+        let token = |uses: u32, revoked: bool, expires: OffsetDateTime| BootstrapToken {
+            id: qb_api::BootstrapTokenId::new(),
+            description: (uses == 0).then(|| "rack 4".parse().expect("description")),
+            created_at: datetime!(2024-05-01 10:00:00 UTC),
+            expires_at: expires,
+            max_uses: 3,
+            uses,
+            revoked_at: revoked.then_some(datetime!(2024-05-01 11:00:00 UTC)),
+        };
+        let later = datetime!(2024-05-02 10:00:00 UTC);
+        let tokens = [
+            token(0, false, later),
+            token(1, true, later),
+            token(2, false, datetime!(2024-05-01 11:00:00 UTC)),
+            token(3, false, later),
+        ];
+        let out = bootstrap_tokens_table(&tokens, NOW);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            ["ID", "STATUS", "USES", "DESCRIPTION", "EXPIRES", "AGE"]
+        );
+        let cells: Vec<(&str, &str)> = lines[1..]
+            .iter()
+            .map(|l| {
+                let mut words = l.split_whitespace().skip(1);
+                (
+                    words.next().unwrap_or_default(),
+                    words.next().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                ("active", "0/3"),
+                ("revoked", "1/3"),
+                ("expired", "2/3"),
+                ("used-up", "3/3")
+            ],
+            "{out}"
+        );
+        assert!(
+            lines[1].contains("rack 4") && lines[1].ends_with("2024-05-02T10:00:00Z   2h"),
+            "{out}"
+        );
+        assert!(lines[2].contains("<none>"), "{out}");
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! End to end: the real `qb` binary against a real `qb-controller` process, each test with its own
 //! data directory, port and client configuration.
 //!
-//! Nodes cannot register yet (there is no agent), so tests add them straight into the controller's
-//! SQLite database through `qb-store`, as registration would.
+//! No agent runs in these tests, so they add nodes straight into the controller's SQLite database
+//! through `qb-store`, as registration would; agent packages ship a stand-in for the agent binary.
 //!
 //! The controller binary is `$QB_CONTROLLER_BIN` if set, else built with `cargo build -p
 //! qb-controller` into the same target directory as `qb`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -74,6 +74,9 @@ impl Drop for Controller {
 impl Controller {
     fn start(https: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        // Agent packages ship this instead of a real agent: the tests look at the packages only.
+        let agent = dir.path().join("qb-agent");
+        std::fs::write(&agent, "#!/bin/sh\necho 'a stand-in for qb-agent'\n").expect("fake agent");
         let mut cmd = Command::new(controller_binary());
         cmd.arg("--data-dir")
             .arg(dir.path().join("data"))
@@ -87,6 +90,7 @@ impl Controller {
                 "127.0.0.1:0",
             ])
             .env("QB_LOG", "warn")
+            .env("QB_AGENT_BINARY", &agent)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -137,6 +141,22 @@ impl Controller {
     /// Runs `qb` with this test's configuration file.
     fn qb(&self, args: &[&str]) -> Run {
         self.qb_with(args, None, &[])
+    }
+
+    /// Runs `qb` in the directory `cwd`.
+    fn qb_in(&self, cwd: &Path, args: &[&str]) -> Run {
+        let output = Command::new(env!("CARGO_BIN_EXE_qb"))
+            .args(args)
+            .current_dir(cwd)
+            .env("QB_CONFIG", self.config())
+            .env_remove("QB_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run qb");
+        Run {
+            args: args.join(" "),
+            output,
+        }
     }
 
     fn qb_with(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Run {
@@ -411,7 +431,9 @@ async fn nodes_and_clusters() {
             "NAME",
             "STATE",
             "CLUSTER",
-            "OS",
+            "ONLINE",
+            "LAST-SEEN",
+            "AGENT",
             "ARCH",
             "CPUS",
             "MEMORY",
@@ -424,6 +446,40 @@ async fn nodes_and_clusters() {
         table.contains("8Gi") && table.contains("192.0.2.10"),
         "{table}"
     );
+    // No agent has registered: no agent columns to fill.
+    let first: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .expect("a row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        first[..6],
+        ["n1", "pending", "<none>", "-", "-", "-"],
+        "{table}"
+    );
+    assert!(
+        nodes
+            .as_array()
+            .expect("array")
+            .iter()
+            .all(|n| n["agent"].is_null()),
+        "{nodes}"
+    );
+    let shown = c.qb(&["node", "show", "n1"]).ok();
+    assert!(
+        shown.contains("Agent:      <none> (no agent has registered)"),
+        "{shown}"
+    );
+
+    // Ping needs a connected agent: a clear refusal, non-zero exit, nothing on stdout.
+    let run = c.qb(&["node", "ping", "n1"]);
+    run.fails_with("the node's agent is not connected (agent_unavailable)");
+    assert!(run.stdout().is_empty(), "{}", run.stdout());
+    assert_eq!(run.output.status.code(), Some(1));
+    c.qb(&["node", "ping", "n1", "-o", "json"])
+        .fails_with("(agent_unavailable)");
+    c.qb(&["node", "ping", "nope"]).fails_with("(not_found)");
 
     // Several at once give a list; one gives the node.
     let authorized = c
@@ -662,6 +718,295 @@ async fn users_and_tokens() {
     // The revoked token no longer works, and qb says what to do.
     c.qb(&["--context", "alice", "whoami"])
         .fails_with("expired or was revoked; run `qb login");
+}
+
+#[tokio::test]
+async fn bootstrap_tokens() {
+    let c = Controller::start(true);
+    login(&c);
+
+    // The secret is printed once, with a warning.
+    let run = c.qb(&[
+        "token",
+        "bootstrap",
+        "create",
+        "--description",
+        "rack 4",
+        "--max-uses",
+        "3",
+        "--expires-in-hours",
+        "2",
+    ]);
+    let out = run.ok();
+    assert!(
+        run.stderr().contains("only time the secret is shown"),
+        "{}",
+        run.stderr()
+    );
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {name} line in {out}"))
+    };
+    let secret = field("Secret:");
+    let id = field("Token:");
+    assert!(secret.starts_with("qbb_"), "{out}");
+    assert_eq!(field("Description:"), "rack 4");
+    assert_eq!(field("Max uses:"), "3");
+
+    // JSON gives the CreatedBootstrapToken, defaults filled in by the controller.
+    let created = c.qb(&["token", "bootstrap", "create", "-o", "json"]).json();
+    let other_secret = created["secret"].as_str().expect("secret").to_owned();
+    assert!(other_secret.starts_with("qbb_"), "{created}");
+    assert_eq!(created["token"]["max_uses"], 1);
+    assert_eq!(created["token"]["uses"], 0);
+    assert!(created["token"]["revoked_at"].is_null(), "{created}");
+    let yaml = c.qb(&["token", "bootstrap", "create", "-o", "yaml"]).ok();
+    assert!(yaml.contains("secret: qbb_"), "{yaml}");
+
+    // Listing never shows a secret.
+    let table = c.qb(&["token", "bootstrap", "list"]).ok();
+    let listed = c.qb(&["token", "bootstrap", "list", "-o", "json"]).json();
+    for secret in [&secret, &other_secret] {
+        assert!(!table.contains(secret.as_str()), "{table}");
+        assert!(!listed.to_string().contains(secret.as_str()), "{listed}");
+    }
+    assert!(!table.contains("qbb_") && !listed.to_string().contains("qbb_"));
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} not in {table}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1..5], ["active", "0/3", "rack", "4"], "{row}");
+
+    // API tokens are listed apart.
+    let api_tokens = c.qb(&["token", "list", "-o", "json"]).json();
+    assert!(!api_tokens.to_string().contains(&id), "{api_tokens}");
+
+    // Revoke.
+    let out = c.qb(&["token", "bootstrap", "revoke", &id]).ok();
+    assert_eq!(out.trim(), format!("Bootstrap token {id} revoked."));
+    let table = c.qb(&["token", "bootstrap", "list"]).ok();
+    let row = table.lines().find(|l| l.starts_with(&id)).expect("row");
+    assert!(row.contains(" revoked "), "{row}");
+    let other = created["token"]["id"].as_str().expect("id");
+    let revoked = c
+        .qb(&["token", "bootstrap", "revoke", other, "-o", "json"])
+        .json();
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+    c.qb(&["token", "bootstrap", "revoke", "not-a-uuid"])
+        .fails_with("invalid value");
+    c.qb(&[
+        "token",
+        "bootstrap",
+        "revoke",
+        "0190b5a4-8f4e-7c8b-9d0a-1b2c3d4e5f60",
+    ])
+    .fails_with("(not_found)");
+    c.qb(&["token", "bootstrap", "create", "--max-uses", "0"])
+        .fails_with("--max-uses");
+}
+
+/// The file's permission bits.
+fn mode(path: &Path) -> u32 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path)
+            .expect("downloaded file")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        0o600
+    }
+}
+
+#[tokio::test]
+async fn agent_packages() {
+    let c = Controller::start(true);
+    login(&c);
+    let work = tempfile::tempdir().expect("temp dir");
+    let bootstrap_tokens = || {
+        c.qb(&["token", "bootstrap", "list", "-o", "json"])
+            .json()
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+
+    // By default the file takes the controller's name, in the current directory.
+    for (format, suffix, magic) in [
+        ("deb", ".deb", &b"!<arch>\n"[..]),
+        ("rpm", ".rpm", b"\xed\xab\xee\xdb"),
+        ("tar.gz", ".tar.gz", b"\x1f\x8b"),
+    ] {
+        let run = c.qb_in(
+            work.path(),
+            &["agent-package", "download", "--format", format],
+        );
+        assert!(run.ok().is_empty(), "table mode prints to stderr only");
+        let err = run.stderr();
+        let name = err
+            .lines()
+            .find_map(|l| l.strip_prefix("Wrote "))
+            .and_then(|l| l.split(' ').next())
+            .unwrap_or_else(|| panic!("{format}: where did it go? {err}"))
+            .to_owned();
+        assert!(
+            name.starts_with("qb-agent") && name.ends_with(suffix) && !name.contains('/'),
+            "{format}: {name}"
+        );
+        let path = work.path().join(&name);
+        let bytes = std::fs::read(&path).expect("the package");
+        assert!(bytes.starts_with(magic), "{format}: {:?}", &bytes[..8]);
+        assert_eq!(mode(&path), 0o600, "{format}");
+        assert!(
+            err.contains("mode 0600") && err.contains("keep the file private"),
+            "{err}"
+        );
+        let install = match format {
+            "deb" => format!("sudo dpkg -i {name}"),
+            "rpm" => format!("sudo rpm -i {name}"),
+            _ => format!("tar xzf {name} && sudo ./qb-agent-*/install.sh"),
+        };
+        assert!(err.contains(&install), "{format}: {err}");
+    }
+    assert_eq!(bootstrap_tokens(), 3, "one bootstrap token per package");
+
+    // The same again would overwrite: refused, and the file is untouched; --force replaces it.
+    let deb = std::fs::read_dir(work.path())
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("the deb");
+    std::fs::write(&deb, b"mine").expect("overwrite");
+    c.qb_in(
+        work.path(),
+        &["agent-package", "download", "--format", "deb"],
+    )
+    .fails_with("exists; pass --force");
+    assert_eq!(std::fs::read(&deb).expect("deb"), b"mine");
+    c.qb_in(
+        work.path(),
+        &["agent-package", "download", "--format", "deb", "--force"],
+    )
+    .ok();
+    assert!(std::fs::read(&deb).expect("deb").starts_with(b"!<arch>\n"));
+    assert_eq!(mode(&deb), 0o600);
+
+    // An explicit file that exists is refused before the controller mints a token.
+    let tokens = bootstrap_tokens();
+    let mine = work.path().join("mine.rpm");
+    std::fs::write(&mine, b"keep").expect("write");
+    let mine_arg = mine.to_str().expect("utf-8 path");
+    c.qb(&[
+        "agent-package",
+        "download",
+        "--format",
+        "rpm",
+        "--output-file",
+        mine_arg,
+    ])
+    .fails_with("exists; pass --force");
+    assert_eq!(std::fs::read(&mine).expect("mine"), b"keep");
+    // So is a directory that does not exist.
+    let missing = work.path().join("missing");
+    for target in [missing.join("x.deb"), missing.join("")] {
+        c.qb(&[
+            "agent-package",
+            "download",
+            "--format",
+            "deb",
+            "-O",
+            target.to_str().expect("utf-8 path"),
+        ])
+        .fails_with("no such directory");
+    }
+    assert_eq!(bootstrap_tokens(), tokens);
+
+    // -O FILE with the token's limits; -o json prints where it went.
+    let target = work.path().join("sub dir");
+    std::fs::create_dir(&target).expect("dir");
+    let file = target.join("agent.tgz");
+    let file_arg = file.to_str().expect("utf-8 path");
+    let run = c.qb(&[
+        "agent-package",
+        "download",
+        "--format",
+        "tar.gz",
+        "--max-uses",
+        "5",
+        "--expires-in-hours",
+        "48",
+        "-O",
+        file_arg,
+        "-o",
+        "json",
+    ]);
+    let summary = run.json();
+    assert_eq!(summary["path"], file_arg);
+    assert_eq!(summary["format"], "tar.gz");
+    let size = std::fs::metadata(&file).expect("tgz").len();
+    assert_eq!(summary["bytes"].as_u64(), Some(size));
+    assert_eq!(
+        summary["install"].as_str(),
+        Some(format!("tar xzf '{file_arg}' && sudo ./qb-agent-*/install.sh").as_str())
+    );
+    assert!(std::fs::read(&file).expect("tgz").starts_with(b"\x1f\x8b"));
+    assert_eq!(mode(&file), 0o600);
+    assert!(
+        run.stderr()
+            .contains("lets up to 5 hosts register within 48 hours"),
+        "{}",
+        run.stderr()
+    );
+    let listed = c.qb(&["token", "bootstrap", "list", "-o", "json"]).json();
+    assert!(
+        listed
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|t| t["max_uses"] == 5),
+        "{listed}"
+    );
+
+    // A directory takes the controller's file name.
+    let run = c.qb(&[
+        "agent-package",
+        "download",
+        "--format",
+        "rpm",
+        "-O",
+        target.to_str().expect("utf-8 path"),
+    ]);
+    run.ok();
+    let rpms: Vec<_> = std::fs::read_dir(&target)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".rpm"))
+        .collect();
+    assert_eq!(rpms.len(), 1, "{rpms:?}");
+    assert!(rpms[0].starts_with("qb-agent"), "{rpms:?}");
+
+    // Nothing half-written is left behind.
+    for dir in [work.path(), target.as_path()] {
+        for entry in std::fs::read_dir(dir).expect("list") {
+            let name = entry.expect("entry").file_name();
+            assert!(
+                !name.to_string_lossy().contains(".part-"),
+                "{name:?} left in {}",
+                dir.display()
+            );
+        }
+    }
+
+    c.qb(&["agent-package", "download", "--format", "zip"])
+        .fails_with("invalid value");
 }
 
 #[tokio::test]

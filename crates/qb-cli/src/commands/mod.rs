@@ -1,5 +1,6 @@
 //! The commands: each reads the configuration and arguments, calls the controller, prints.
 
+mod agent_package;
 mod cluster;
 mod context;
 mod events;
@@ -82,6 +83,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(cmd) => token::run(&app, cmd).await,
         Command::User(cmd) => user::run(&app, cmd).await,
         Command::Events(args) => events::run(&app, args).await,
+        Command::AgentPackage(cmd) => agent_package::run(&app, cmd).await,
         Command::Completion { .. } => Ok(()),
     }
 }

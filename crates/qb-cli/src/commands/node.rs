@@ -1,11 +1,11 @@
 //! `qb node`.
 
 use anyhow::bail;
-use qb_api::{Node, NodeState};
+use qb_api::{Node, NodeState, PingResult, ProblemCode};
 
 use super::{App, now};
 use crate::cli::{NodeCommand, parse_label_changes};
-use crate::client::Client;
+use crate::client::{ApiError, Client};
 use crate::output;
 
 pub async fn run(app: &App, cmd: NodeCommand) -> anyhow::Result<()> {
@@ -59,6 +59,28 @@ pub async fn run(app: &App, cmd: NodeCommand) -> anyhow::Result<()> {
                 println!("Node {node} deleted.");
             }
             Ok(())
+        }
+        NodeCommand::Ping { node } => {
+            let url = client.url(&["nodes", &node, "ping"], &[]);
+            let result: PingResult = match client.post_empty(url).await {
+                Ok(result) => result,
+                Err(ApiError::Problem { problem })
+                    if problem.code == ProblemCode::AgentUnavailable =>
+                {
+                    bail!(
+                        "{} (agent_unavailable); check that qb-agent runs on the host \
+                         (`systemctl status qb-agent`) and when it was last seen (`qb node show {node}`)",
+                        problem.detail
+                    )
+                }
+                Err(e) => return Err(e.into()),
+            };
+            app.out.emit(&result, || {
+                format!(
+                    "Node {node} answered in {} ms.",
+                    output::millis(result.round_trip_ms)
+                )
+            })
         }
     }
 }

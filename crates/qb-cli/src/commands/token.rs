@@ -1,9 +1,12 @@
 //! `qb token`.
 
-use qb_api::{CreateToken, CreatedToken, Token};
+use qb_api::{
+    BootstrapToken, CreateBootstrapToken, CreateToken, CreatedBootstrapToken, CreatedToken, Token,
+};
 
 use super::{App, now};
-use crate::cli::TokenCommand;
+use crate::cli::{BootstrapTokenCommand, TokenCommand};
+use crate::client::Client;
 use crate::output;
 
 pub async fn run(app: &App, cmd: TokenCommand) -> anyhow::Result<()> {
@@ -45,6 +48,60 @@ pub async fn run(app: &App, cmd: TokenCommand) -> anyhow::Result<()> {
             let token: Token = client.delete(client.url(&["tokens", &id], &[])).await?;
             app.out
                 .emit(&token, || format!("Token {} revoked.", token.id))
+        }
+        TokenCommand::Bootstrap(cmd) => bootstrap(app, &client, cmd).await,
+    }
+}
+
+/// `qb token bootstrap`.
+async fn bootstrap(app: &App, client: &Client, cmd: BootstrapTokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        BootstrapTokenCommand::Create {
+            description,
+            expires_in_hours,
+            max_uses,
+        } => {
+            let body = CreateBootstrapToken {
+                description,
+                expires_in_hours,
+                max_uses,
+            };
+            let created: CreatedBootstrapToken = client
+                .post(client.url(&["bootstrap-tokens"], &[]), &body)
+                .await?;
+            let t = &created.token;
+            app.out.emit(&created, || {
+                output::fields(&[
+                    ("Token", t.id.to_string()),
+                    (
+                        "Description",
+                        t.description
+                            .as_ref()
+                            .map_or_else(|| output::NONE.to_owned(), ToString::to_string),
+                    ),
+                    ("Max uses", t.max_uses.to_string()),
+                    ("Expires", output::timestamp(t.expires_at)),
+                    ("Secret", created.secret.clone()),
+                ])
+            })?;
+            eprintln!(
+                "warning: this is the only time the secret is shown; store it now (the controller keeps only a hash)."
+            );
+            Ok(())
+        }
+        BootstrapTokenCommand::List => {
+            let tokens: Vec<BootstrapToken> = client.list(&["bootstrap-tokens"], &[], None).await?;
+            app.out.emit_list(&tokens, "bootstrap tokens", || {
+                output::bootstrap_tokens_table(&tokens, now())
+            })
+        }
+        BootstrapTokenCommand::Revoke { id } => {
+            let id = id.to_string();
+            let token: BootstrapToken = client
+                .delete(client.url(&["bootstrap-tokens", &id], &[]))
+                .await?;
+            app.out
+                .emit(&token, || format!("Bootstrap token {} revoked.", token.id))
         }
     }
 }
