@@ -89,12 +89,13 @@ pub async fn run(config: Config) -> Result<()> {
             },
         };
         let started = Instant::now();
+        let registered_with = identity.registered_with.clone();
         match session(&controller, &config, &state, identity).await {
             Ended::Deauthorized => {
                 tracing::error!(
                     "the controller deauthorized this host; its certificate is no longer accepted"
                 );
-                state.revoke(config.bootstrap_token.as_deref())?;
+                state.revoke(&registered_with)?;
             }
             Ended::Lost(e) => {
                 if started.elapsed() > Duration::from_secs(30) {
@@ -176,6 +177,7 @@ async fn register(
         node_id: response.node_id,
         node_name: response.node_name.to_string(),
         cert_pem: response.certificate_pem,
+        registered_with: crate::state::token_hash(Some(&request.token)),
         key_pem: key.key_pem.expose().to_owned(),
     };
     state.save(&identity)?;

@@ -17,6 +17,9 @@ pub struct Identity {
     pub node_id: NodeId,
     pub node_name: String,
     pub cert_pem: String,
+    /// SHA-256 of the bootstrap token this identity was registered with.
+    #[serde(default)]
+    pub registered_with: String,
     #[serde(skip)]
     pub key_pem: String,
 }
@@ -71,11 +74,12 @@ impl StateDir {
     }
 
     /// Forgets the identity after the controller revoked it, remembering which bootstrap token
-    /// it came from so the agent does not register again with the same one.
-    pub fn revoke(&self, token: Option<&str>) -> Result<()> {
+    /// it came from (`registered_with`) so the agent does not register again with that one; a new
+    /// token in the configuration registers again.
+    pub fn revoke(&self, registered_with: &str) -> Result<()> {
         std::fs::remove_file(self.dir.join("identity.json")).or_else(ignore_missing)?;
         std::fs::remove_file(self.dir.join("node.key")).or_else(ignore_missing)?;
-        write_private(&self.dir.join("deauthorized"), token_hash(token).as_bytes())
+        write_private(&self.dir.join("deauthorized"), registered_with.as_bytes())
     }
 
     /// `true` when this host was deauthorized while configured with `token`.
@@ -84,7 +88,8 @@ impl StateDir {
     }
 }
 
-fn token_hash(token: Option<&str>) -> String {
+/// How the state directory remembers a bootstrap token without keeping it.
+pub fn token_hash(token: Option<&str>) -> String {
     hex::encode(Sha256::digest(token.unwrap_or_default().as_bytes()))
 }
 
@@ -127,6 +132,7 @@ mod tests {
             node_id: NodeId::new(),
             node_name: "h1".into(),
             cert_pem: "CERT".into(),
+            registered_with: token_hash(Some("qbb_old")),
             key_pem: "KEY".into(),
         };
         state.save(&id).unwrap();
@@ -150,7 +156,7 @@ mod tests {
                 .contains("KEY")
         );
 
-        state.revoke(Some("qbb_old")).unwrap();
+        state.revoke(&id.registered_with).unwrap();
         assert!(state.identity().unwrap().is_none());
         assert!(state.revoked_with(Some("qbb_old")));
         assert!(!state.revoked_with(Some("qbb_new")));

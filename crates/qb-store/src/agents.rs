@@ -188,9 +188,10 @@ impl Store {
     }
 
     /// Registers a host with a bootstrap token, in one transaction: checks and counts the
-    /// token, creates the node as `pending` (or finds it again by machine id: a deauthorized
-    /// host comes back as `pending`, any other keeps its state), and records the certificate
-    /// `issue` makes for it. A refused token changes nothing.
+    /// token, creates the node as `pending` (or finds it again by machine id: a pending or
+    /// deauthorized host comes back as `pending` with only the new certificate valid; a host in
+    /// the pool or a cluster is refused), and records the certificate `issue` makes for it. A
+    /// refused registration changes nothing.
     pub async fn register_node(
         &self,
         reg: &Registration,
@@ -253,21 +254,29 @@ impl Store {
             }
             None => None,
         };
+        // A known host may register again only while it is pending or deauthorized: a node in the
+        // pool or a cluster is not handed to whoever holds a bootstrap token and its machine id.
+        if let Some(before) = &before
+            && !matches!(before.state, NodeState::Pending | NodeState::Deauthorized)
+        {
+            return Err(StoreError::invalid_state(
+                before.name.as_str(),
+                before.state,
+                "registered again; deauthorize it first if this host was reinstalled",
+            ));
+        }
         let node_id = before.as_ref().map_or_else(NodeId::new, |n| n.id);
         let certificate = issue(tenant, node_id).map_err(StoreError::Issue)?;
         let actor = Actor::controller();
         let now = now_ms();
         match &before {
             Some(before) => {
-                let state = match before.state {
-                    NodeState::Deauthorized => NodeState::Pending,
-                    other => other,
-                };
+                let state = NodeState::Pending;
                 let mut labels = before.labels.clone();
                 labels.extend(reg.labels.clone());
                 sqlx::query(
                     "UPDATE nodes SET state = $1, facts = $2, labels = $3, agent_version = $4, \
-                     prev_cert_serial = cert_serial, cert_serial = $5, updated_at = $6 WHERE id = $7",
+                     prev_cert_serial = NULL, cert_serial = $5, updated_at = $6 WHERE id = $7",
                 )
                 .bind(state.as_str())
                 .bind(to_json(&reg.facts))

@@ -178,6 +178,11 @@ impl Store {
         }
         w.set_node_state(&node, NodeState::Deauthorized, None)
             .await?;
+        // No certificate of this node is accepted any more, not even after it registers again.
+        sqlx::query("UPDATE nodes SET cert_serial = NULL, prev_cert_serial = NULL WHERE id = $1")
+            .bind(node.id.to_string())
+            .execute(&mut *w.tx)
+            .await?;
         let detail = json!({ "previous_state": node.state, "left_cluster": node.cluster.as_ref().map(|c| &c.name) });
         w.event(
             tenant,

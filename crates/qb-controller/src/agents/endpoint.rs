@@ -347,6 +347,11 @@ async fn read_agent(endpoint: AgentEndpoint, peer: Peer, body: Body) {
                     break 'read;
                 }
             };
+            // The first frame must say who the agent is; nothing before it is acted on.
+            if version.is_empty() && !matches!(message, AgentMessage::Hello { .. }) {
+                tracing::warn!(node_id = %node, "agent did not start with hello; closing its channel");
+                break 'read;
+            }
             endpoint.agents.heard(node);
             let seen = match message {
                 AgentMessage::Hello {
@@ -354,6 +359,10 @@ async fn read_agent(endpoint: AgentEndpoint, peer: Peer, body: Body) {
                     facts,
                 } => {
                     version = agent_version.chars().take(64).collect();
+                    if version.is_empty() {
+                        tracing::warn!(node_id = %node, "agent sent an empty version; closing its channel");
+                        break 'read;
+                    }
                     Some(facts)
                 }
                 AgentMessage::Heartbeat { facts, .. } => facts,

@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// The registry of connected agents, shared by the agent endpoint and the API.
 pub struct Agents {
     nodes: Mutex<HashMap<NodeId, Entry>>,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// Pings waiting for their answer, with the node they went to.
+    waiting: Mutex<HashMap<u64, (NodeId, oneshot::Sender<()>)>>,
     next_id: AtomicU64,
     heartbeat: Duration,
 }
@@ -84,6 +85,7 @@ impl Agents {
     }
 
     pub fn connection_closed(&self, node: NodeId, connection: u64) {
+        let mut abandoned = false;
         let mut nodes = self.lock();
         if let Some(entry) = nodes.get_mut(&node) {
             entry.connections.retain(|(id, _)| *id != connection);
@@ -93,10 +95,15 @@ impl Agents {
                 .is_some_and(|c| c.connection == connection)
             {
                 entry.channel = None;
+                abandoned = true;
             }
             if entry.connections.is_empty() && entry.channel.is_none() {
                 nodes.remove(&node);
             }
+        }
+        drop(nodes);
+        if abandoned {
+            self.abandon_pings(node);
         }
     }
 
@@ -117,14 +124,29 @@ impl Agents {
     }
 
     pub fn channel_closed(&self, node: NodeId, connection: u64) {
-        if let Some(entry) = self.lock().get_mut(&node)
-            && entry
-                .channel
-                .as_ref()
-                .is_some_and(|c| c.connection == connection)
-        {
-            entry.channel = None;
+        let closed = match self.lock().get_mut(&node) {
+            Some(entry)
+                if entry
+                    .channel
+                    .as_ref()
+                    .is_some_and(|c| c.connection == connection) =>
+            {
+                entry.channel = None;
+                true
+            }
+            _ => false,
+        };
+        if closed {
+            self.abandon_pings(node);
         }
+    }
+
+    /// Pings sent to a channel that closed will never be answered: fail them now.
+    fn abandon_pings(&self, node: NodeId) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, (to, _)| *to != node);
     }
 
     /// The agent was heard from (a heartbeat or any frame).
@@ -150,6 +172,7 @@ impl Agents {
     /// moment later (so the message can reach it). Must be called within a tokio runtime.
     pub fn revoke(&self, node: NodeId) {
         let entry = self.lock().remove(&node);
+        self.abandon_pings(node);
         if let Some(entry) = entry {
             if let Some(channel) = &entry.channel {
                 let _ = channel.to_agent.try_send(ControllerMessage::Deauthorized);
@@ -199,7 +222,7 @@ impl Agents {
         self.waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, tx);
+            .insert(id, (node, tx));
         let started = Instant::now();
         let instruction = ControllerMessage::Instruction {
             id,
@@ -210,7 +233,8 @@ impl Agents {
         } else {
             match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(())) => Ok(started.elapsed()),
-                _ => Err(PingError::NoAnswer),
+                Ok(Err(_)) => Err(PingError::ChannelClosed),
+                Err(_) => Err(PingError::NoAnswer),
             }
         };
         self.waiting
@@ -222,7 +246,7 @@ impl Agents {
 
     /// The agent reported an instruction done.
     pub fn done(&self, instruction: u64) {
-        if let Some(waiter) = self
+        if let Some((_, waiter)) = self
             .waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -239,6 +263,8 @@ pub enum PingError {
     NotConnected,
     #[error("the node's agent did not answer in time")]
     NoAnswer,
+    #[error("the node's agent disconnected before it answered")]
+    ChannelClosed,
 }
 
 #[cfg(test)]
@@ -259,6 +285,46 @@ mod tests {
         assert!(*conn.closed.borrow());
         assert_eq!(agents.status(node), None);
         assert!(!agents.push(node, ControllerMessage::Deauthorized));
+    }
+
+    #[tokio::test]
+    async fn pings_are_answered_or_fail_fast_when_the_channel_closes() {
+        let agents = std::sync::Arc::new(Agents::new(Duration::from_secs(1)));
+        let node = NodeId::new();
+        let conn = agents.connection_opened(node);
+        let (tx, mut rx) = mpsc::channel(4);
+        agents.channel_opened(node, conn.id, tx);
+        // An agent that answers.
+        let answering = {
+            let agents = agents.clone();
+            tokio::spawn(async move {
+                let Some(ControllerMessage::Instruction { id, .. }) = rx.recv().await else {
+                    panic!()
+                };
+                agents.done(id);
+                rx
+            })
+        };
+        let rtt = agents.ping(node, Duration::from_secs(5)).await.unwrap();
+        assert!(rtt < Duration::from_secs(1));
+        let _rx = answering.await.unwrap();
+        // An agent whose channel closes before it answers: the ping fails at once, not at the timeout.
+        let started = std::time::Instant::now();
+        let closer = {
+            let agents = agents.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                agents.channel_closed(node, conn.id);
+            })
+        };
+        let err = agents.ping(node, Duration::from_secs(5)).await.unwrap_err();
+        closer.await.unwrap();
+        assert!(matches!(err, PingError::ChannelClosed), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(matches!(
+            agents.ping(node, Duration::from_secs(5)).await,
+            Err(PingError::NotConnected)
+        ));
     }
 
     #[tokio::test]

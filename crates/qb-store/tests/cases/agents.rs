@@ -133,9 +133,8 @@ async fn registration_by_machine_id_never_duplicates_a_host(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(other.node.name.as_str(), "web-m2");
-    db.authorize_node(t, &by_name("web"), &actor())
-        .await
-        .unwrap();
+    // The same machine again, while still pending, is the same node with only the new
+    // certificate valid.
     let again = db
         .register_node(&registration("tok", "m1", "web"), |_, id| {
             assert_eq!(id, first.node.id, "the certificate names the existing node");
@@ -146,10 +145,31 @@ async fn registration_by_machine_id_never_duplicates_a_host(db: TestDb) {
     assert!(again.existing);
     assert_eq!(
         (again.node.id, again.node.state),
-        (first.node.id, NodeState::Authorized),
-        "keeps its state"
+        (first.node.id, NodeState::Pending)
     );
     assert_eq!(all_nodes(&db, t).await.len(), 2);
+    let checked = db.agent_node(t, first.node.id).await.unwrap();
+    assert!(
+        checked.accepts_serial("s3") && !checked.accepts_serial("s1"),
+        "the old key is dead"
+    );
+
+    // A host in the pool is not handed to whoever has a token and its machine id.
+    db.authorize_node(t, &by_name("web"), &actor())
+        .await
+        .unwrap();
+    let before = (all_nodes(&db, t).await, all_events(&db, t).await);
+    let err = db
+        .register_node(&registration("tok", "m1", "web"), |_, _| cert("stolen"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidNodeState { .. }), "{err}");
+    assert!(err.to_string().contains("deauthorize it first"), "{err}");
+    assert_eq!(
+        (all_nodes(&db, t).await, all_events(&db, t).await),
+        before,
+        "nothing changed"
+    );
 
     // A deauthorized host that registers again comes back as pending, never straight to the pool.
     db.deauthorize_node(t, &by_name("web"), &actor())
@@ -164,11 +184,7 @@ async fn registration_by_machine_id_never_duplicates_a_host(db: TestDb) {
         (first.node.id, NodeState::Pending)
     );
     let checked = db.agent_node(t, first.node.id).await.unwrap();
-    assert!(
-        checked.accepts_serial("s4")
-            && checked.accepts_serial("s3")
-            && !checked.accepts_serial("s1")
-    );
+    assert!(checked.accepts_serial("s4") && !checked.accepts_serial("s3"));
     let actions: Vec<String> = all_events(&db, t)
         .await
         .into_iter()

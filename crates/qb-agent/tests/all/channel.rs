@@ -1,0 +1,257 @@
+//! Speaking to the agent endpoint ourselves: TLS trusting only the pinned CA, optionally with a
+//! node certificate taken from an agent's state directory, then HTTP/2 as the agent does.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use qb_agent_proto::{CHANNEL_PATH, ControllerMessage, FrameDecoder};
+use qb_pki::{Pin, PinnedCaVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A node's identity as an agent keeps it: `identity.json` (with `cert_pem`) and `node.key`.
+pub struct NodeCert {
+    pub node_id: String,
+    pub tenant_id: String,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Clone for NodeCert {
+    fn clone(&self) -> Self {
+        Self {
+            node_id: self.node_id.clone(),
+            tenant_id: self.tenant_id.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl NodeCert {
+    /// Copies the identity out of an agent's state directory.
+    pub fn steal(state_dir: &Path) -> Self {
+        let identity: Value = serde_json::from_str(
+            &std::fs::read_to_string(state_dir.join("identity.json")).expect("identity.json"),
+        )
+        .expect("identity.json is JSON");
+        let key_pem = std::fs::read_to_string(state_dir.join("node.key")).expect("node.key");
+        let cert_pem = identity["cert_pem"].as_str().expect("cert_pem");
+        let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificate PEM");
+        assert!(!chain.is_empty(), "no certificate in identity.json");
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+            .expect("key PEM")
+            .expect("a private key in node.key");
+        Self {
+            node_id: identity["node_id"].as_str().expect("node_id").to_owned(),
+            tenant_id: identity["tenant_id"]
+                .as_str()
+                .expect("tenant_id")
+                .to_owned(),
+            chain,
+            key,
+        }
+    }
+}
+
+/// An HTTP/2 connection to the agent endpoint.
+pub struct Conn {
+    sender: SendRequest<Body>,
+    base: String,
+}
+
+impl Conn {
+    /// TLS to `addr` (certificate checked for `host` against `pin`), presenting `cert` if given.
+    pub async fn open(addr: SocketAddr, pin: &str, cert: Option<&NodeCert>) -> Self {
+        let pin: Pin = pin.parse().expect("a CA pin");
+        let tcp = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+            .expect("TCP connect timed out")
+            .expect("TCP connect to the agent endpoint");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .dangerous()
+            .with_custom_certificate_verifier(PinnedCaVerifier::new(vec![pin]));
+        let mut config = match cert {
+            Some(cert) => builder
+                .with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())
+                .expect("client certificate"),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let name = ServerName::from(addr.ip());
+        let tls = tokio::time::timeout(
+            TIMEOUT,
+            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+        )
+        .await
+        .expect("TLS handshake timed out")
+        .expect("TLS handshake with the agent endpoint");
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(tls))
+            .await
+            .expect("HTTP/2 handshake");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Self {
+            sender,
+            base: format!("https://{addr}"),
+        }
+    }
+
+    /// `POST /agent/v1/channel`: the open channel, or the refusal's status and problem.
+    pub async fn channel(&mut self) -> Result<Channel, (u16, Value)> {
+        let (tx, rx) = mpsc::channel::<Bytes>(16);
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            let bytes = rx.recv().await?;
+            Some((Ok::<_, Infallible>(Frame::data(bytes)), rx))
+        });
+        let request = hyper::Request::post(format!("{}{CHANNEL_PATH}", self.base))
+            .body(BodyExt::boxed(StreamBody::new(frames)))
+            .expect("request");
+        let response = self.send(request).await;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err((status, read_json(response.into_body()).await));
+        }
+        Ok(Channel {
+            tx,
+            body: response.into_body(),
+            decoder: FrameDecoder::default(),
+        })
+    }
+
+    /// POSTs JSON to `path`: status and body.
+    pub async fn post(&mut self, path: &str, json: &Value) -> (u16, Value) {
+        let request = hyper::Request::post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(json.to_string())).boxed())
+            .expect("request");
+        let response = self.send(request).await;
+        let status = response.status().as_u16();
+        (status, read_json(response.into_body()).await)
+    }
+
+    async fn send(&mut self, request: hyper::Request<Body>) -> hyper::Response<Incoming> {
+        tokio::time::timeout(TIMEOUT, self.sender.send_request(request))
+            .await
+            .expect("the agent endpoint did not answer in time")
+            .expect("sending a request to the agent endpoint")
+    }
+}
+
+async fn read_json(body: Incoming) -> Value {
+    let bytes = tokio::time::timeout(TIMEOUT, body.collect())
+        .await
+        .expect("reading an answer timed out")
+        .expect("reading an answer")
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// How the controller's side of a channel ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// The response body ended normally.
+    Clean,
+    /// The stream or connection was reset.
+    Reset(String),
+}
+
+/// An open channel: our frames go out in the request body, the controller's come back in the
+/// response body.
+pub struct Channel {
+    tx: mpsc::Sender<Bytes>,
+    body: Incoming,
+    decoder: FrameDecoder,
+}
+
+impl Channel {
+    /// Sends raw bytes (frames, or anything else).
+    pub async fn send(&self, bytes: Vec<u8>) {
+        self.tx
+            .send(Bytes::from(bytes))
+            .await
+            .expect("the request body is still open");
+    }
+
+    /// The controller's next message; `Err` when the body ends first (how) or nothing comes
+    /// within `timeout`.
+    pub async fn recv(&mut self, timeout: Duration) -> Result<ControllerMessage, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(message) = self
+                .decoder
+                .next_message::<ControllerMessage>()
+                .map_err(|e| format!("the controller sent a bad frame: {e}"))?
+            {
+                return Ok(message);
+            }
+            match tokio::time::timeout_at(deadline, self.body.frame()).await {
+                Err(_) => return Err(format!("no message within {timeout:?}")),
+                Ok(None) => return Err(format!("{:?}", End::Clean)),
+                Ok(Some(Err(e))) => return Err(format!("{:?}", End::Reset(e.to_string()))),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.decoder.push(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads until the controller ends the response body, at most `timeout`; the messages seen
+    /// on the way and how it ended. Panics if it does not end in time.
+    pub async fn until_end(&mut self, timeout: Duration) -> (Vec<ControllerMessage>, End) {
+        match self.ends_within(timeout).await {
+            (seen, Some(end)) => (seen, end),
+            (seen, None) => {
+                panic!("the controller kept the channel open for {timeout:?} (messages: {seen:?})")
+            }
+        }
+    }
+
+    /// Like [`Self::until_end`], but `None` when the channel is still open after `timeout`.
+    pub async fn ends_within(
+        &mut self,
+        timeout: Duration,
+    ) -> (Vec<ControllerMessage>, Option<End>) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            while let Ok(Some(message)) = self.decoder.next_message::<ControllerMessage>() {
+                seen.push(message);
+            }
+            match tokio::time::timeout_at(deadline, self.body.frame()).await {
+                Err(_) => return (seen, None),
+                Ok(None) => return (seen, Some(End::Clean)),
+                Ok(Some(Err(e))) => return (seen, Some(End::Reset(e.to_string()))),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.decoder.push(&data);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! The processes under test (a `qb-controller`, `qb-agent`s), their logs, and bounded polls.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use crate::http::Api;
+
+/// How long the controller may take to start and announce itself.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a short helper command (`ip`, `qb-controller tenant create`) may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+const POLL_STEP: Duration = Duration::from_millis(50);
+/// A bound for things that take a moment.
+pub const SHORT: Duration = Duration::from_secs(5);
+
+/// Calls `check` until it returns `Ok`, for at most `timeout`; then fails naming `what` and the
+/// last thing `check` saw.
+pub fn poll<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let started = Instant::now();
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) if started.elapsed() >= timeout => {
+                panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(POLL_STEP),
+        }
+    }
+}
+
+/// Runs a short command to completion, killing it after [`COMMAND_TIMEOUT`].
+pub fn run(cmd: &mut Command) -> Output {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    // Read both pipes on threads so a chatty command cannot block on a full pipe.
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait().expect("wait for a command") {
+            Some(status) => break status,
+            None if started.elapsed() > COMMAND_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not finish within {COMMAND_TIMEOUT:?}");
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    Output {
+        status,
+        stdout: out.join().expect("pipe reader"),
+        stderr: err.join().expect("pipe reader"),
+    }
+}
+
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
+
+/// What a process wrote, line by line with the time each arrived, collected by a thread.
+#[derive(Clone, Default)]
+pub struct Log {
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Log {
+    /// Collects `reader`'s lines; each is also sent to `tee` if given.
+    fn collect(reader: impl Read + Send + 'static, tee: Option<mpsc::Sender<String>>) -> Self {
+        let log = Self::default();
+        let lines = log.lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(reader).lines() {
+                let Ok(line) = line else { break };
+                let line = strip_ansi(&line);
+                if let Some(tee) = &tee {
+                    let _ = tee.send(line.clone());
+                }
+                lines
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((Instant::now(), line));
+            }
+        });
+        log
+    }
+
+    fn snapshot(&self) -> Vec<(Instant, String)> {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Lines containing `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.snapshot()
+            .iter()
+            .filter(|(_, l)| l.contains(needle))
+            .count()
+    }
+
+    /// Lines containing `needle` that arrived at or after `since`.
+    pub fn count_since(&self, since: Instant, needle: &str) -> usize {
+        self.snapshot()
+            .iter()
+            .filter(|(at, l)| *at >= since && l.contains(needle))
+            .count()
+    }
+
+    /// Waits for a line containing every one of `needles`; returns it.
+    pub fn wait_for(&self, needles: &[&str], timeout: Duration) -> String {
+        poll(&format!("a log line with {needles:?}"), timeout, || {
+            self.snapshot()
+                .into_iter()
+                .map(|(_, l)| l)
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .ok_or_else(|| format!("last lines:\n{}", self.tail(8)))
+        })
+    }
+
+    pub fn tail(&self, n: usize) -> String {
+        let lines = self.snapshot();
+        let start = lines.len().saturating_sub(n);
+        lines[start..]
+            .iter()
+            .map(|(_, l)| format!("  {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Removes terminal colour sequences, so log lines can be matched as plain text.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A command that dies with the test: `setpriv --pdeathsig KILL` makes the kernel kill it if
+/// the test process is killed before it can clean up. With `netns`, it runs inside that network
+/// namespace (`ip netns exec` and `setpriv` both exec, so the child's pid is the program's).
+pub fn command(program: &Path, netns: Option<&str>) -> Command {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, "setpriv"]);
+            cmd
+        }
+        None => Command::new("setpriv"),
+    };
+    cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+    cmd.env("NO_COLOR", "1");
+    cmd
+}
+
+/// A running process and its stderr; killed (by its pid, through `Child`) when dropped. When the
+/// test is failing, the end of its log is printed.
+pub struct Proc {
+    name: String,
+    child: Child,
+    pub log: Log,
+}
+
+impl Proc {
+    /// Starts `cmd` with stderr collected; returns stdout's lines on a channel.
+    fn spawn(name: &str, mut cmd: Command) -> (Self, mpsc::Receiver<String>) {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let _ = Log::collect(stdout, Some(tx));
+        let log = Log::collect(child.stderr.take().expect("piped stderr"), None);
+        let proc = Self {
+            name: name.to_owned(),
+            child,
+            log,
+        };
+        (proc, rx)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("--- last lines of {} ---\n{}", self.name, self.log.tail(40));
+        }
+    }
+}
+
+/// The `qb-controller` binary, built once per test process if needed.
+pub fn controller_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            if let Some(path) = std::env::var_os("QB_CONTROLLER_BIN") {
+                return PathBuf::from(path);
+            }
+            let agent = PathBuf::from(env!("CARGO_BIN_EXE_qb-agent"));
+            let dir = agent.parent().expect("qb-agent lives in a directory");
+            let mut build = Command::new(env!("CARGO"));
+            build
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "qb-controller",
+                    "--bin",
+                    "qb-controller",
+                ])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            // Cargo gives this test the variables of *its* package (CARGO_MANIFEST_DIR, ...).
+            // Passed on, they change the fingerprint of build scripts that watch them (ring's
+            // does), and every run would rebuild half the dependency tree (~30 s).
+            for (name, _) in std::env::vars_os() {
+                let name = name.to_string_lossy();
+                if [
+                    "CARGO_PKG_",
+                    "CARGO_MANIFEST_",
+                    "CARGO_BIN_",
+                    "CARGO_CRATE_",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                    "OUT_DIR",
+                ]
+                .iter()
+                .any(|p| name.starts_with(p))
+                {
+                    build.env_remove(name.as_ref());
+                }
+            }
+            if dir.ends_with("release") {
+                build.arg("--release");
+            }
+            let started = Instant::now();
+            let status = build.status().expect("run cargo build for qb-controller");
+            eprintln!("cargo build -p qb-controller: {:?}", started.elapsed());
+            assert!(
+                status.success(),
+                "cargo build -p qb-controller failed; these tests need it"
+            );
+            let path = dir.join(format!("qb-controller{}", std::env::consts::EXE_SUFFIX));
+            assert!(
+                path.exists(),
+                "qb-controller not found at {}",
+                path.display()
+            );
+            path
+        })
+        .clone()
+}
+
+pub fn agent_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_qb-agent"))
+}
+
+/// A running controller: API on loopback (plain HTTP), agent endpoint on `agent_ip`, heartbeats
+/// every second (offline after three missed).
+pub struct Controller {
+    pub proc: Proc,
+    dir: tempfile::TempDir,
+    api: SocketAddr,
+    /// The agent endpoint, as agents reach it.
+    pub agent_url: String,
+    pub agent_addr: SocketAddr,
+    /// The agent CA's pin, `sha256:<hex>`.
+    pub pin: String,
+    pub admin_token: String,
+}
+
+impl Controller {
+    pub fn start(agent_ip: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cmd = command(&controller_binary(), None);
+        cmd.args(data_args(dir.path()))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--insecure-http",
+                "--agent-listen",
+                &format!("{agent_ip}:0"),
+                "--heartbeat-seconds",
+                "1",
+            ])
+            .env("QB_LOG", "info,sqlx=warn");
+        let (proc, stdout) = Proc::spawn("qb-controller", cmd);
+        let (mut agent_url, mut agent_addr, mut pin, mut api) = (None, None, None, None);
+        while api.is_none() {
+            let line = stdout.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
+                panic!(
+                    "qb-controller did not announce its addresses; its log:\n{}",
+                    proc.log.tail(20)
+                )
+            });
+            if let Some(rest) = line.strip_prefix("agent endpoint on https://") {
+                // `agent endpoint on https://ADDR (agents use URL)`
+                let (addr, url) = rest.split_once(" (agents use ").expect("announcement");
+                agent_addr = Some(addr.parse::<SocketAddr>().expect("agent endpoint address"));
+                agent_url = Some(url.trim_end_matches(')').to_owned());
+            } else if let Some(p) = line.strip_prefix("agent CA pin ") {
+                pin = Some(p.trim().to_owned());
+            } else if let Some(u) = line.strip_prefix("listening on http://") {
+                api = Some(u.trim().parse::<SocketAddr>().expect("API address"));
+            }
+        }
+        let admin_token = std::fs::read_to_string(dir.path().join("data").join("admin-token"))
+            .expect("the first start writes the admin token")
+            .trim()
+            .to_owned();
+        let agent_url = agent_url.expect("the controller announces the agent URL");
+        assert!(
+            agent_url.starts_with(&format!("https://{agent_ip}:")),
+            "{agent_url}"
+        );
+        Self {
+            proc,
+            dir,
+            api: api.expect("API address"),
+            agent_url,
+            agent_addr: agent_addr.expect("agent endpoint address"),
+            pin: pin.expect("the controller announces the CA pin"),
+            admin_token,
+        }
+    }
+
+    /// The API as the first tenant's admin.
+    pub fn api(&self) -> Api {
+        Api::new(self.api, &self.admin_token)
+    }
+
+    /// The API with another token.
+    pub fn api_as(&self, token: &str) -> Api {
+        Api::new(self.api, token)
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.dir.path().join("data").join("qb.db")
+    }
+
+    /// `qb-controller tenant create NAME` on the same database; the new admin's token.
+    pub fn create_tenant(&self, name: &str) -> String {
+        let out = run(Command::new(controller_binary())
+            .args(data_args(self.dir.path()))
+            .args(["tenant", "create", name])
+            .env("NO_COLOR", "1"));
+        assert!(
+            out.status.success(),
+            "tenant create {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout)
+            .expect("UTF-8")
+            .trim()
+            .to_owned();
+        assert!(token.starts_with("qb_"), "tenant create printed {token:?}");
+        token
+    }
+}
+
+fn data_args(dir: &Path) -> Vec<String> {
+    let data = dir.join("data");
+    vec![
+        "--data-dir".to_owned(),
+        data.display().to_string(),
+        "--database".to_owned(),
+        format!("sqlite://{}", data.join("qb.db").display()),
+    ]
+}
+
+/// A fresh machine id: 32 lowercase hex digits.
+pub fn machine_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// A fresh bootstrap-token-shaped secret (`qbb_` and 64 hex digits).
+pub fn random_bootstrap_secret() -> String {
+    format!("qbb_{}", hex::encode(rand::random::<[u8; 32]>()))
+}
+
+/// What an agent's configuration file says.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub controller_url: String,
+    pub ca_pins: Vec<String>,
+    pub bootstrap_token: Option<String>,
+    pub machine_id: String,
+    pub node_name: String,
+}
+
+impl AgentConfig {
+    /// A new host (fresh machine id) for `controller`, registering with `token`.
+    pub fn new(controller: &Controller, token: &str, node_name: &str) -> Self {
+        Self {
+            controller_url: controller.agent_url.clone(),
+            ca_pins: vec![controller.pin.clone()],
+            bootstrap_token: Some(token.to_owned()),
+            machine_id: machine_id(),
+            node_name: node_name.to_owned(),
+        }
+    }
+}
+
+/// A running `qb-agent` with its own configuration file and state directory.
+pub struct Agent {
+    pub proc: Proc,
+    pub state_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts the agent, inside network namespace `netns` if given.
+    pub fn start(config: &AgentConfig, netns: Option<&str>) -> Self {
+        Self::start_in(tempfile::tempdir().expect("temp dir"), config, netns)
+    }
+
+    /// Stops `agent` and starts it again with `config`, keeping its state directory.
+    pub fn restart(mut agent: Self, config: &AgentConfig) -> Self {
+        agent.proc.stop();
+        let Self { _dir: dir, .. } = agent;
+        Self::start_in(dir, config, None)
+    }
+
+    fn start_in(dir: tempfile::TempDir, config: &AgentConfig, netns: Option<&str>) -> Self {
+        let state_dir = dir.path().join("state");
+        let mut file = serde_json::json!({
+            "controller_url": config.controller_url,
+            "ca_pins": config.ca_pins,
+            "state_dir": state_dir,
+            "machine_id": config.machine_id,
+            "node_name": config.node_name,
+        });
+        if let Some(token) = &config.bootstrap_token {
+            file["bootstrap_token"] = token.clone().into();
+        }
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, toml::to_string(&file).expect("TOML")).expect("write config");
+        let mut cmd = command(&agent_binary(), netns);
+        cmd.arg("--config").arg(&path).env("QB_LOG", "info");
+        let (proc, _stdout) = Proc::spawn(&format!("qb-agent {}", config.node_name), cmd);
+        Self {
+            proc,
+            state_dir,
+            _dir: dir,
+        }
+    }
+
+    /// The node id in the agent's saved identity, once it has registered.
+    pub fn node_id(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.state_dir.join("identity.json")).ok()?;
+        let identity: serde_json::Value = serde_json::from_str(&text).ok()?;
+        identity["node_id"].as_str().map(str::to_owned)
+    }
+}

@@ -1,0 +1,187 @@
+//! A small blocking HTTP/1.1 client for the controller's REST API on loopback.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The API with one bearer token.
+#[derive(Clone)]
+pub struct Api {
+    addr: SocketAddr,
+    token: String,
+}
+
+/// An answer: status and body (JSON, or the text as a JSON string).
+#[derive(Debug)]
+pub struct Reply {
+    pub request: String,
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    /// Asserts a 2xx status; the body.
+    #[track_caller]
+    pub fn ok(self) -> Value {
+        assert!(
+            (200..300).contains(&self.status),
+            "{} answered {}: {}",
+            self.request,
+            self.status,
+            self.body
+        );
+        self.body
+    }
+
+    /// Asserts this status and problem code.
+    #[track_caller]
+    pub fn problem(&self, status: u16, code: &str) {
+        assert_eq!(
+            (self.status, self.body["code"].as_str()),
+            (status, Some(code)),
+            "{}: {}",
+            self.request,
+            self.body
+        );
+    }
+}
+
+/// A bootstrap token as created.
+#[derive(Clone, Debug)]
+pub struct BootstrapToken {
+    pub id: String,
+    pub secret: String,
+}
+
+impl Api {
+    pub fn new(addr: SocketAddr, token: &str) -> Self {
+        Self {
+            addr,
+            token: token.to_owned(),
+        }
+    }
+
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        let request = format!("{method} {path}");
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let mut stream = TcpStream::connect_timeout(&self.addr, TIMEOUT)
+            .unwrap_or_else(|e| panic!("{request}: cannot connect to {}: {e}", self.addr));
+        stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        stream.set_write_timeout(Some(TIMEOUT)).expect("timeout");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: application/json\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.addr,
+            self.token,
+            body.len()
+        );
+        stream
+            .write_all(head.as_bytes())
+            .and_then(|()| stream.write_all(body.as_bytes()))
+            .unwrap_or_else(|e| panic!("{request}: {e}"));
+        let mut raw = Vec::new();
+        stream
+            .read_to_end(&mut raw)
+            .unwrap_or_else(|e| panic!("{request}: reading the answer: {e}"));
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("{request}: no HTTP head in {raw:?}"));
+        let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+        let mut content = raw[split + 4..].to_vec();
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{request}: bad status line in {head:?}"));
+        if head.contains("transfer-encoding: chunked") {
+            content = dechunk(&content);
+        }
+        let body = serde_json::from_slice(&content)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&content).into_owned()));
+        Reply {
+            request,
+            status,
+            body,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.call("GET", &format!("/api/v1{path}"), None)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Reply {
+        self.call("POST", &format!("/api/v1{path}"), Some(body))
+    }
+
+    pub fn delete(&self, path: &str) -> Reply {
+        self.call("DELETE", &format!("/api/v1{path}"), None)
+    }
+
+    /// `GET /healthz` answers 200.
+    pub fn healthy(&self) -> bool {
+        self.call("GET", "/healthz", None).status == 200
+    }
+
+    /// All of the tenant's nodes.
+    pub fn nodes(&self) -> Vec<Value> {
+        let page = self.get("/nodes?limit=1000").ok();
+        page["items"].as_array().expect("a page of nodes").clone()
+    }
+
+    /// One node by name or id (asserting it exists).
+    pub fn node(&self, name: &str) -> Value {
+        self.get(&format!("/nodes/{name}")).ok()
+    }
+
+    pub fn bootstrap_token(&self, max_uses: u32, hours: u32) -> BootstrapToken {
+        let created = self
+            .post(
+                "/bootstrap-tokens",
+                &json!({ "max_uses": max_uses, "expires_in_hours": hours }),
+            )
+            .ok();
+        BootstrapToken {
+            id: created["token"]["id"]
+                .as_str()
+                .expect("token id")
+                .to_owned(),
+            secret: created["secret"].as_str().expect("secret").to_owned(),
+        }
+    }
+
+    /// The tenant's bootstrap tokens, by id.
+    pub fn bootstrap_tokens(&self) -> Vec<Value> {
+        let page = self.get("/bootstrap-tokens?limit=1000").ok();
+        page["items"].as_array().expect("a page of tokens").clone()
+    }
+}
+
+/// `true` when a node's agent is online.
+pub fn online(node: &Value) -> bool {
+    node["agent"]["online"].as_bool() == Some(true)
+}
+
+pub fn state(node: &Value) -> &str {
+    node["state"].as_str().unwrap_or("?")
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&data[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or(0);
+        data = &data[eol + 2..];
+        if size == 0 || data.len() < size {
+            break;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[(size + 2).min(data.len())..];
+    }
+    out
+}
