@@ -22,37 +22,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The `qb-controller` binary, built if needed.
 fn controller_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("QB_CONTROLLER_BIN") {
-        return PathBuf::from(path);
-    }
     let qb = PathBuf::from(env!("CARGO_BIN_EXE_qb"));
-    let dir = qb.parent().expect("qb lives in a directory");
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "qb-controller",
-            "--bin",
-            "qb-controller",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("run cargo build for qb-controller");
-    assert!(
-        status.success(),
-        "cargo build -p qb-controller failed; the end-to-end tests need it"
-    );
-    let path = dir.join(format!("qb-controller{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "qb-controller not found at {}",
-        path.display()
-    );
-    path
+    qb_test_support::workspace_binary("qb-controller", "qb-controller", &qb)
+        .expect("the end-to-end tests need qb-controller")
 }
 
 /// A running controller; killed when dropped.

@@ -541,6 +541,60 @@ fn current_uid_tag() -> Result<String> {
     Ok(format!("uid{}", current_uid()?))
 }
 
+/// A binary of this workspace, built (if needed) into the same target directory and profile as
+/// the test that asks: `beside` is one of that test's own binaries (`env!("CARGO_BIN_EXE_...")`).
+/// End-to-end tests use it to run another package's binary (`qb-controller`, `qb-agent`).
+///
+/// `$QB_<BIN>_BIN` (e.g. `QB_CONTROLLER_BIN`) names a ready binary instead.
+pub fn workspace_binary(package: &str, bin: &str, beside: &Path) -> Result<PathBuf> {
+    let env_name = format!(
+        "{}_BIN",
+        bin.trim_start_matches("qb-")
+            .to_uppercase()
+            .replace('-', "_")
+    );
+    if let Some(path) = std::env::var_os(format!("QB_{env_name}")) {
+        return Ok(PathBuf::from(path));
+    }
+    let dir = beside
+        .parent()
+        .context("a test binary lives in a directory")?;
+    let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    build.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    // Cargo gives a test the variables of its own package (CARGO_MANIFEST_DIR, ...). Passed on,
+    // they change the fingerprint of build scripts that watch them (ring's does), and every run
+    // would rebuild half the dependency tree.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let inherited = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_BIN_",
+            "CARGO_CRATE_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+            "OUT_DIR",
+        ];
+        if inherited.iter().any(|p| name.starts_with(p)) {
+            build.env_remove(name.as_ref());
+        }
+    }
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build
+        .status()
+        .with_context(|| format!("running cargo build -p {package}"))?;
+    anyhow::ensure!(
+        status.success(),
+        "cargo build -p {package} --bin {bin} failed"
+    );
+    let path = dir.join(bin);
+    anyhow::ensure!(path.exists(), "{bin} not found at {}", path.display());
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -230,60 +230,9 @@ pub fn controller_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
         .get_or_init(|| {
-            if let Some(path) = std::env::var_os("QB_CONTROLLER_BIN") {
-                return PathBuf::from(path);
-            }
             let agent = PathBuf::from(env!("CARGO_BIN_EXE_qb-agent"));
-            let dir = agent.parent().expect("qb-agent lives in a directory");
-            let mut build = Command::new(env!("CARGO"));
-            build
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "qb-controller",
-                    "--bin",
-                    "qb-controller",
-                ])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            // Cargo gives this test the variables of *its* package (CARGO_MANIFEST_DIR, ...).
-            // Passed on, they change the fingerprint of build scripts that watch them (ring's
-            // does), and every run would rebuild half the dependency tree (~30 s).
-            for (name, _) in std::env::vars_os() {
-                let name = name.to_string_lossy();
-                if [
-                    "CARGO_PKG_",
-                    "CARGO_MANIFEST_",
-                    "CARGO_BIN_",
-                    "CARGO_CRATE_",
-                    "CARGO_PRIMARY_PACKAGE",
-                    "CARGO_TARGET_TMPDIR",
-                    "CARGO_RUSTC_CURRENT_DIR",
-                    "OUT_DIR",
-                ]
-                .iter()
-                .any(|p| name.starts_with(p))
-                {
-                    build.env_remove(name.as_ref());
-                }
-            }
-            if dir.ends_with("release") {
-                build.arg("--release");
-            }
-            let started = Instant::now();
-            let status = build.status().expect("run cargo build for qb-controller");
-            eprintln!("cargo build -p qb-controller: {:?}", started.elapsed());
-            assert!(
-                status.success(),
-                "cargo build -p qb-controller failed; these tests need it"
-            );
-            let path = dir.join(format!("qb-controller{}", std::env::consts::EXE_SUFFIX));
-            assert!(
-                path.exists(),
-                "qb-controller not found at {}",
-                path.display()
-            );
-            path
+            qb_test_support::workspace_binary("qb-controller", "qb-controller", &agent)
+                .expect("these tests need qb-controller")
         })
         .clone()
 }
