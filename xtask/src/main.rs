@@ -65,6 +65,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("postgresql", "/usr/lib/postgresql"),
     ("rpm", "/usr/bin/rpm"),
     ("busybox-static", "/bin/busybox"),
+    // The agent tests put hosts in network namespaces (ip) and run them as children that die
+    // with the test (setpriv).
+    ("iproute2", "/bin/ip"),
+    ("util-linux", "/usr/bin/setpriv"),
 ];
 
 /// Installs what the suite needs when it is missing: PostgreSQL (the store's tests start their own
