@@ -13,6 +13,8 @@
 //!
 //! One test binary: the helpers live in `tests/all/`.
 
+#[path = "all/binary.rs"]
+mod binary;
 #[path = "all/channel.rs"]
 mod channel;
 #[path = "all/harness.rs"]
