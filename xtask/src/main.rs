@@ -24,7 +24,14 @@ fn main() -> Result<()> {
             prerequisites()?;
             let mut cmd = Command::new(cargo());
             cmd.current_dir(&root)
-                .args(["bench", "--workspace", "--bench", "api"])
+                .args([
+                    "bench",
+                    "--workspace",
+                    "--bench",
+                    "api",
+                    "--bench",
+                    "agents",
+                ])
                 .args(&args[1..]);
             run(&mut cmd)
         }
@@ -33,7 +40,7 @@ fn main() -> Result<()> {
             eprintln!("usage: cargo xtask <test|bench|deps> [args for the runner]");
             eprintln!("  test   install missing test prerequisites, then run the whole test suite");
             eprintln!(
-                "  bench  run the API throughput benchmark (SQLite and PostgreSQL side by side)"
+                "  bench  run the benchmarks: API throughput (SQLite and PostgreSQL side by side), agent costs"
             );
             eprintln!("  deps   only install missing prerequisites");
             std::process::exit(2);
