@@ -92,7 +92,8 @@ impl Controller {
         .with_context(|| format!("TLS with {} (is the CA pin right?)", self.address))?;
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(10))
+            // Finds a dead link to the controller (heartbeats alone would only fill the socket).
+            .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true)
             .handshake(TokioIo::new(tls))

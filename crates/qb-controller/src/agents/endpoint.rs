@@ -152,12 +152,20 @@ impl AgentEndpoint {
             identity: *identity,
             connection: c.id,
         });
-        let service = TowerToHyperService::new(router.layer(Extension(peer)));
+        // Hand each request the connection's peer; cloning the router is cheap, re-layering it
+        // per connection is not (it rebuilds the routes).
+        let service = TowerToHyperService::new(tower::service_fn(
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(peer);
+                tower::ServiceExt::oneshot(router.clone(), req)
+            },
+        ));
         let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
         builder
             .http2()
             .timer(TokioTimer::new())
-            .keep_alive_interval(Some(self.agents.heartbeat()))
+            // Heartbeats already show the agent is there; pings only find dead connections.
+            .keep_alive_interval(Some(self.agents.grace()))
             .keep_alive_timeout(self.agents.grace());
         let serving = builder.serve_connection(TokioIo::new(tls), service);
         match connection {
