@@ -19,7 +19,7 @@ const SQLITE: &[(i64, &str, &str)] = &[
     (
         2,
         "agents",
-        include_str!("../migrations/sqlite/0002_agents.sql"),
+        include_str!("../migrations/shared/0002_agents.sql"),
     ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
@@ -31,7 +31,7 @@ const POSTGRES: &[(i64, &str, &str)] = &[
     (
         2,
         "agents",
-        include_str!("../migrations/postgres/0002_agents.sql"),
+        include_str!("../migrations/shared/0002_agents.sql"),
     ),
 ];
 

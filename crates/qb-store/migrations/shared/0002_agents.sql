@@ -1,3 +1,4 @@
+-- Shared by SQLite and PostgreSQL: plain SQL both accept.
 -- Bootstrap tokens let an agent register a host into a tenant. Only their hash is kept.
 CREATE TABLE bootstrap_tokens (
     id TEXT PRIMARY KEY,
