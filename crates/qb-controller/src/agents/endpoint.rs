@@ -328,7 +328,7 @@ async fn channel(
     endpoint
         .agents
         .channel_opened(node.id, peer.connection, to_agent);
-    tokio::spawn(read_agent(endpoint, peer, body));
+    tokio::spawn(read_agent(endpoint, peer, node, body));
     let frames = futures_util::stream::unfold(from_controller, |mut rx| async move {
         let message = rx.recv().await?;
         Some((Ok::<_, Infallible>(Bytes::from(encode(&message))), rx))
@@ -338,8 +338,11 @@ async fn channel(
 
 /// Reads the agent's frames until the stream ends or breaks the protocol, then closes the
 /// channel. A bad frame is never acted on.
-async fn read_agent(endpoint: AgentEndpoint, peer: Peer, body: Body) {
+async fn read_agent(endpoint: AgentEndpoint, peer: Peer, stored: qb_api::Node, body: Body) {
     let (tenant, node) = (peer.identity.tenant, peer.identity.node);
+    // What the store already knows: a reconnecting agent whose facts did not change costs no write.
+    let mut known_facts = Some(stored.facts);
+    let known_version = stored.agent.map(|a| a.version);
     let mut stream = body.into_data_stream();
     let mut decoder = FrameDecoder::default();
     let mut version = String::new();
@@ -371,7 +374,9 @@ async fn read_agent(endpoint: AgentEndpoint, peer: Peer, body: Body) {
                         tracing::warn!(node_id = %node, "agent sent an empty version; closing its channel");
                         break 'read;
                     }
-                    Some(facts)
+                    let unchanged = known_facts.as_ref() == Some(&facts)
+                        && known_version.as_deref() == Some(version.as_str());
+                    (!unchanged).then_some(facts)
                 }
                 AgentMessage::Heartbeat { facts, .. } => facts,
                 AgentMessage::Done { instruction } => {
@@ -379,8 +384,8 @@ async fn read_agent(endpoint: AgentEndpoint, peer: Peer, body: Body) {
                     None
                 }
             };
-            if let Some(facts) = seen
-                && let Err(e) = endpoint
+            if let Some(facts) = seen {
+                let result = endpoint
                     .store
                     .agent_seen(
                         tenant,
@@ -389,9 +394,11 @@ async fn read_agent(endpoint: AgentEndpoint, peer: Peer, body: Body) {
                         Some(&facts),
                         time::OffsetDateTime::now_utc(),
                     )
-                    .await
-            {
-                tracing::warn!(node_id = %node, error = %e, "could not record agent facts");
+                    .await;
+                if let Err(e) = result {
+                    tracing::warn!(node_id = %node, error = %e, "could not record agent facts");
+                }
+                known_facts = Some(facts);
             }
         }
     }
