@@ -278,18 +278,7 @@ impl AttachRequest {
                 selector: selector.clone(),
             }),
             (None, None, Some(nodes)) => {
-                if nodes.is_empty() {
-                    return bad("nodes must name at least one node");
-                }
-                if nodes.len() > Self::MAX_NODES as usize {
-                    return bad("nodes must name at most 1000 nodes");
-                }
-                let mut unique = nodes.clone();
-                unique.sort();
-                unique.dedup();
-                if unique.len() != nodes.len() {
-                    return bad("nodes names a node more than once");
-                }
+                check_node_list(nodes)?;
                 Ok(AttachTarget::Named(nodes.clone()))
             }
             (None, Some(_), Some(_)) => bad("selector applies to count, not to named nodes"),
@@ -299,12 +288,32 @@ impl AttachRequest {
     }
 }
 
+/// A list of named nodes to move: 1 to [`AttachRequest::MAX_NODES`], each once.
+fn check_node_list(nodes: &[NodeName]) -> Result<(), crate::InvalidValue> {
+    let bad = |m: &str| Err(crate::InvalidValue(m.to_owned()));
+    if nodes.is_empty() || nodes.len() > AttachRequest::MAX_NODES as usize {
+        return bad("nodes must name 1 to 1000 nodes");
+    }
+    let unique: std::collections::BTreeSet<&NodeName> = nodes.iter().collect();
+    if unique.len() != nodes.len() {
+        return bad("nodes names a node more than once");
+    }
+    Ok(())
+}
+
 /// Nodes to detach from a cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DetachRequest {
     #[schema(value_type = Vec<String>)]
     pub nodes: Vec<NodeName>,
+}
+
+impl DetachRequest {
+    /// Checks the list: 1 to 1000 nodes, each named once.
+    pub fn validate(&self) -> Result<(), crate::InvalidValue> {
+        check_node_list(&self.nodes)
+    }
 }
 
 /// The nodes an attach or detach moved.

@@ -442,15 +442,7 @@ async fn detach(
     ApiJson(req): ApiJson<DetachRequest>,
 ) -> ApiResult<(StatusCode, Json<NodeMove>)> {
     caller.require(Role::Operator)?;
-    if req.nodes.is_empty() || req.nodes.len() > AttachRequest::MAX_NODES as usize {
-        return Err(ApiError::invalid("nodes must name 1 to 1000 nodes"));
-    }
-    let mut unique = req.nodes.clone();
-    unique.sort();
-    unique.dedup();
-    if unique.len() != req.nodes.len() {
-        return Err(ApiError::invalid("nodes names a node more than once"));
-    }
+    req.validate()?;
     let moved = state
         .store
         .detach(

@@ -400,10 +400,7 @@ impl Store {
         facts: Option<&NodeFacts>,
         at: OffsetDateTime,
     ) -> Result<()> {
-        let _writer = match self.backend {
-            Backend::Sqlite => Some(self.sqlite_writer.lock().await),
-            Backend::Postgres => None,
-        };
+        let _writer = self.bookkeeping_lock().await;
         sqlx::query(
             "UPDATE nodes SET agent_version = $1, facts = COALESCE($2, facts), last_seen_at = $3 \
              WHERE tenant_id = $4 AND id = $5",

@@ -74,13 +74,7 @@ impl Store {
         .bind(i64::from(limit) + 1)
         .fetch_all(&self.pool)
         .await?;
-        let mut items = rows.iter().map(rows::event).collect::<Result<Vec<_>>>()?;
-        let next = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|e| e.id.to_string())
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        let items = rows.iter().map(rows::event).collect::<Result<Vec<_>>>()?;
+        Ok(crate::page(items, limit, |e| e.id.to_string()))
     }
 }

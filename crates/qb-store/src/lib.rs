@@ -223,6 +223,15 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// For single-statement bookkeeping writes outside a transaction (token use, agent
+    /// last-seen): on SQLite they queue behind the writer like any other write.
+    async fn bookkeeping_lock(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.sqlite_writer.lock().await),
+            Backend::Postgres => None,
+        }
+    }
+
     /// Starts a write transaction holding `tenant`'s write lock.
     async fn write(&self, tenant: qb_api::TenantId) -> Result<WriteTx> {
         let mut w = self.write_global().await?;

@@ -230,10 +230,7 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let tenant: String = sqlx::Row::try_get(row, "tenant_id")?;
-                let tenant = tenant.parse().map_err(|e| StoreError::Corrupt {
-                    what: "tenant id",
-                    source: Box::new(e),
-                })?;
+                let tenant = crate::parse_id("tenant id", &tenant)?;
                 Ok((tenant, rows::node(row)?))
             })
             .collect()

@@ -85,13 +85,7 @@ impl Store {
                 key: name.to_owned(),
             })?;
         Ok(Tenant {
-            id: row
-                .try_get::<String, _>("id")?
-                .parse()
-                .map_err(|e| StoreError::Corrupt {
-                    what: "tenant id",
-                    source: Box::new(e),
-                })?,
+            id: crate::parse_id("tenant id", &row.try_get::<String, _>("id")?)?,
             name: name.parse()?,
         })
     }
@@ -264,37 +258,19 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
-        let parse_err = |what| {
-            move |e: uuid::Error| StoreError::Corrupt {
-                what,
-                source: Box::new(e),
-            }
-        };
         Ok(Some(Principal {
-            tenant_id: row
-                .try_get::<String, _>("tenant_id")?
-                .parse()
-                .map_err(parse_err("tenant id"))?,
+            tenant_id: crate::parse_id("tenant id", &row.try_get::<String, _>("tenant_id")?)?,
             tenant: row.try_get::<String, _>("tenant_name")?.parse()?,
-            user_id: row
-                .try_get::<String, _>("user_id")?
-                .parse()
-                .map_err(parse_err("user id"))?,
+            user_id: crate::parse_id("user id", &row.try_get::<String, _>("user_id")?)?,
             user: row.try_get::<String, _>("user_name")?.parse()?,
             role: rows::role(&row.try_get::<String, _>("role")?)?,
-            token_id: row
-                .try_get::<String, _>("token_id")?
-                .parse()
-                .map_err(parse_err("token id"))?,
+            token_id: crate::parse_id("token id", &row.try_get::<String, _>("token_id")?)?,
         }))
     }
 
     /// Records that a token was used. Not audited: it is bookkeeping, not a change.
     pub async fn touch_token(&self, id: TokenId, at: OffsetDateTime) -> Result<()> {
-        let _writer = match self.backend {
-            crate::Backend::Sqlite => Some(self.sqlite_writer.lock().await),
-            crate::Backend::Postgres => None,
-        };
+        let _writer = self.bookkeeping_lock().await;
         sqlx::query("UPDATE tokens SET last_used_at = $1 WHERE id = $2")
             .bind(to_ms(at))
             .bind(id.to_string())
@@ -340,13 +316,7 @@ fn user_event<'a>(action: &'a str, user: &'a User) -> NewEvent<'a> {
 
 fn user_row(row: &sqlx::any::AnyRow) -> Result<User> {
     Ok(User {
-        id: row
-            .try_get::<String, _>("id")?
-            .parse()
-            .map_err(|e| StoreError::Corrupt {
-                what: "user id",
-                source: Box::new(e),
-            })?,
+        id: crate::parse_id("user id", &row.try_get::<String, _>("id")?)?,
         name: row.try_get::<String, _>("name")?.parse()?,
         role: rows::role(&row.try_get::<String, _>("role")?)?,
         created_at: from_ms(row.try_get("created_at")?),
