@@ -76,6 +76,9 @@ const PACKAGES: &[(&str, &str)] = &[
     // with the test (setpriv).
     ("iproute2", "/bin/ip"),
     ("util-linux", "/usr/bin/setpriv"),
+    // The cluster engine's lab runs real etcd members; etcdctl checks them from outside.
+    ("etcd-server", "/usr/bin/etcd"),
+    ("etcd-client", "/usr/bin/etcdctl"),
 ];
 
 /// Installs what the suite needs when it is missing: PostgreSQL (the store's tests start their own

@@ -11,8 +11,16 @@
 //! Frames are a 4-byte big-endian length and a JSON document of at most [`MAX_FRAME_BYTES`].
 //! No I/O here: [`encode`] and [`FrameDecoder`] work on bytes.
 
+pub mod etcd;
+pub mod plan;
+pub mod preflight;
+
 use qb_api::{Labels, NodeFacts, NodeId, NodeState, TenantId};
 use serde::{Deserialize, Serialize};
+
+use crate::etcd::{EtcdMember, EtcdRequest};
+use crate::plan::PlanReport;
+use crate::preflight::{LocalReport, PreflightCheck, PreflightProbe, ProbeResult};
 
 pub const REGISTER_PATH: &str = "/agent/v1/register";
 pub const CHANNEL_PATH: &str = "/agent/v1/channel";
@@ -134,6 +142,20 @@ pub enum AgentMessage {
     },
     /// The agent received and carried out an instruction.
     Done { instruction: u64 },
+    /// The answer to an instruction that returns something.
+    Reply { instruction: u64, outcome: Outcome },
+    /// Progress of the node's plan; sent when it changes and after `Hello`.
+    Plan(PlanReport),
+}
+
+/// What an instruction produced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Outcome {
+    Preflight { report: LocalReport },
+    Probes { results: Vec<ProbeResult> },
+    EtcdMembers { members: Vec<EtcdMember> },
+    Failed { error: String },
 }
 
 /// What the controller sends on the channel.
@@ -145,7 +167,13 @@ pub enum ControllerMessage {
         node_id: NodeId,
         state: NodeState,
         heartbeat_seconds: u32,
+        /// The generation of the node's current plan, if it has one; the agent fetches it
+        /// when it holds an older one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        plan_generation: Option<u64>,
     },
+    /// A new plan is waiting at [`plan::PLAN_PATH`].
+    PlanAvailable { generation: u64 },
     /// The node's lifecycle state changed (e.g. it was authorized).
     State { state: NodeState },
     /// Work to do now. Each has an id the agent reports back in `Done`.
@@ -154,12 +182,19 @@ pub enum ControllerMessage {
     Deauthorized,
 }
 
-/// Instructions the controller pushes. Plans for cluster components come with the cluster engine.
+/// Instructions the controller pushes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Instruction {
-    /// Answer at once; measures push latency and liveness end to end.
+    /// Answer at once (`Done`); measures push latency and liveness end to end.
     Ping { nonce: u64 },
+    /// Preflight phase 1: local checks and listeners; answered with `Outcome::Preflight`.
+    Preflight(PreflightCheck),
+    /// Preflight phase 2: probe the peers; answered with `Outcome::Probes`.
+    Probe(PreflightProbe),
+    /// An etcd membership operation through the local member; answered with
+    /// `Outcome::EtcdMembers` (the membership after the operation).
+    Etcd(EtcdRequest),
 }
 
 #[derive(Debug, thiserror::Error)]

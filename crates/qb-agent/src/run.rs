@@ -279,7 +279,7 @@ async fn hold_channel(
                 decoder.push(&chunk.context("reading the channel")?);
                 while let Some(message) = decoder.next_message::<ControllerMessage>().context("the controller's frame")? {
                     match message {
-                        ControllerMessage::Welcome { node_id, state, heartbeat_seconds } => {
+                        ControllerMessage::Welcome { node_id, state, heartbeat_seconds, .. } => {
                             tracing::info!(%node_id, state = state.as_str(), "connected to the controller");
                             heartbeat = tokio::time::interval(Duration::from_secs(u64::from(heartbeat_seconds.max(1))));
                             heartbeat.tick().await;
@@ -288,10 +288,12 @@ async fn hold_channel(
                         ControllerMessage::Instruction { id, instruction } => {
                             match instruction {
                                 Instruction::Ping { .. } => {}
+                                _ => {}
                             }
                             to_controller.send(Bytes::from(encode(&AgentMessage::Done { instruction: id }))).await?;
                         }
                         ControllerMessage::Deauthorized => return Ok(Ended::Deauthorized),
+                        ControllerMessage::PlanAvailable { .. } => {}
                     }
                 }
             }

@@ -4,11 +4,13 @@
 //! validated newtypes at the edge (`Name`, `LabelKey`, `Cidr`, ...), so code holding one never
 //! re-checks it.
 
+mod bundle;
 mod ids;
 mod model;
 mod problem;
 mod values;
 
+pub use bundle::*;
 pub use ids::{BootstrapTokenId, ClusterId, NodeId, TenantId, TokenId, UserId};
 pub use model::*;
 pub use problem::{Problem, ProblemCode};

@@ -321,6 +321,7 @@ async fn channel(
         heartbeat_seconds: u32::try_from(endpoint.agents.heartbeat().as_secs())
             .unwrap_or(u32::MAX)
             .max(1),
+        plan_generation: None,
     };
     to_agent
         .try_send(welcome)
@@ -383,6 +384,7 @@ async fn read_agent(endpoint: AgentEndpoint, peer: Peer, stored: qb_api::Node, b
                     endpoint.agents.done(instruction);
                     None
                 }
+                AgentMessage::Reply { .. } | AgentMessage::Plan(_) => None,
             };
             if let Some(facts) = seen {
                 let result = endpoint

@@ -1,0 +1,225 @@
+//! Plans: what a node must run, declared by the controller, signed, and converged by the agent.
+//!
+//! A plan is the whole desired state of one node: artifacts to install, files to write, services
+//! to supervise in order. The agent applies it in steps — `artifacts`, `files`, then one step per
+//! service, each service's health probe being the readiness gate of the next — and reports each
+//! step. Applying the same plan twice changes nothing; a changed plan restarts only the services
+//! whose definition or inputs changed. A plan with `cluster_id: None` means the node belongs to
+//! no cluster: everything the previous plan installed is stopped and its state wiped.
+//!
+//! The controller signs the exact JSON text of a plan ([`SignedPlan`]); the agent verifies the
+//! signature against a signer certificate that chains to its pinned CA before it parses a byte.
+
+use std::collections::BTreeMap;
+
+use qb_api::{ClusterId, NodeId};
+use serde::{Deserialize, Serialize};
+
+/// `GET`: the node's current [`SignedPlan`] (404 while it has none).
+pub const PLAN_PATH: &str = "/agent/v1/plan";
+/// `GET {ARTIFACTS_PATH}/{sha256}`: an artifact's bytes, if a bundle of the node's tenant has it.
+pub const ARTIFACTS_PATH: &str = "/agent/v1/artifacts";
+
+/// A plan as the controller signed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedPlan {
+    /// The plan's JSON text, exactly as signed. Parse it only after the signature verified.
+    pub plan: String,
+    /// ECDSA P-256 / SHA-256 signature of `plan`'s bytes (ASN.1 DER), hex.
+    pub signature: String,
+    /// The certificate of the key that signed, issued by the controller's CA for plan signing.
+    pub signer_pem: String,
+}
+
+/// Everything one node must have and run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub node_id: NodeId,
+    /// `None`: the node is in no cluster; stop everything and wipe `state_dirs` of the old plan.
+    pub cluster_id: Option<ClusterId>,
+    /// Grows with every change; the agent refuses a plan older than the one it has.
+    pub generation: u64,
+    pub artifacts: Vec<Artifact>,
+    pub files: Vec<PlanFile>,
+    /// Started in this order; each waits for the previous one's probe (its readiness gate).
+    pub services: Vec<Service>,
+    /// Directories holding the cluster's state on this node (etcd data, ...), removed when the
+    /// node leaves its cluster.
+    pub state_dirs: Vec<String>,
+}
+
+/// A file from the release bundle, installed at `path` once its SHA-256 matched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    /// The bundle's name for it, e.g. `etcd`.
+    pub name: String,
+    /// Lowercase hex SHA-256 of the content.
+    pub sha256: String,
+    pub size: u64,
+    /// Absolute path to install it at.
+    pub path: String,
+    pub mode: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanFile {
+    /// Absolute path.
+    pub path: String,
+    pub content: String,
+    pub mode: u32,
+    #[serde(default)]
+    pub owner: Owner,
+}
+
+/// Numeric owner of a file; `0:0` (root) unless said otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A long-running process the agent supervises.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Short name, `[a-z0-9-]+`, e.g. `etcd`; names its log file and step.
+    pub name: String,
+    /// Program (absolute path) and arguments.
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Health check; also the readiness gate before the next service starts.
+    #[serde(default)]
+    pub probe: Option<Probe>,
+    /// Ports the service listens on (preflight leaves them alone once the service runs).
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    /// Paths of files and artifacts the service reads: when one changes, the service restarts.
+    #[serde(default)]
+    pub inputs: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPolicy {
+    /// Restart whenever it exits (with backoff).
+    #[default]
+    Always,
+    /// Restart only after a non-zero exit or a signal.
+    OnFailure,
+}
+
+/// How to tell a service is healthy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Probe {
+    /// A TCP connection to `address` (`host:port`) succeeds.
+    Tcp { address: String },
+    /// `GET url` answers 2xx. For `https`, the server is verified against `ca_file`, and
+    /// `cert_file`/`key_file` are presented as the client certificate when given.
+    Http {
+        url: String,
+        #[serde(default)]
+        ca_file: Option<String>,
+        #[serde(default)]
+        cert_file: Option<String>,
+        #[serde(default)]
+        key_file: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl std::fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.port, self.protocol.as_str())
+    }
+}
+
+/// The agent's account of applying a plan, sent whenever it changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanReport {
+    pub generation: u64,
+    pub state: PlanState,
+    pub steps: Vec<StepReport>,
+    pub services: Vec<ServiceReport>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanState {
+    /// Steps are running.
+    #[default]
+    Applying,
+    /// Every step is done and every service passed its probe once.
+    Applied,
+    /// A step failed; the agent retries with backoff.
+    Failed,
+    /// The plan was not accepted (bad signature, not for this node, older generation).
+    Refused,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepReport {
+    /// `artifacts`, `files`, `service:<name>`, or `wipe`.
+    pub name: String,
+    pub state: StepState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+/// A supervised service as the agent sees it now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceReport {
+    pub name: String,
+    pub running: bool,
+    /// The last probe passed (or there is no probe and the process runs).
+    pub healthy: bool,
+    /// Restarts since the service was (re)defined.
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// How the process last ended, e.g. `exit status 1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+}

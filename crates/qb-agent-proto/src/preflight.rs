@@ -1,0 +1,112 @@
+//! Preflight: local checks on each node, then a mesh check between all of a cluster's nodes.
+//!
+//! Two phases, driven by the controller over the channel:
+//! 1. [`PreflightCheck`] to every node: run the local checks and start listening on every
+//!    required port (a port that cannot be bound is a failed local check). The answer is a
+//!    [`LocalReport`]. Listeners answer with [`banner`] (TCP: sent on accept; UDP: echoed back
+//!    for a datagram that carries it), so a probe that reaches some other program fails.
+//! 2. once every node listens, [`PreflightProbe`] to every node: probe every other node on every
+//!    port, all at once, each probe with the same deadline. The answer is a list of
+//!    [`ProbeResult`]s. Listeners close when the session's `hold_ms` ran out.
+
+use qb_api::NodeId;
+use serde::{Deserialize, Serialize};
+
+use crate::plan::PortSpec;
+
+/// What a listener says for `session`; probes expect exactly this.
+pub fn banner(session: u64) -> String {
+    format!("qb-preflight {session}\n")
+}
+
+/// Phase 1: local checks, and listen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreflightCheck {
+    pub session: u64,
+    /// Ports to bind and answer on. Ports held by services of the node's current plan are
+    /// left to those services (reported as `held_by_service`).
+    pub listen: Vec<PortSpec>,
+    /// How long listeners stay open, from when they opened.
+    pub hold_ms: u64,
+    pub requirements: Requirements,
+}
+
+/// What the host must have.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requirements {
+    pub min_memory_bytes: u64,
+    pub min_cpus: u32,
+    /// The controller's clock when it sent the check (Unix ms); the agent compares its own.
+    pub controller_time_ms: i64,
+    pub max_clock_offset_ms: u64,
+    /// Oldest kernel accepted, `major.minor`.
+    pub min_kernel: (u32, u32),
+    /// Kernel modules that should be available (loaded or built in); missing ones warn.
+    #[serde(default)]
+    pub kernel_modules: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalReport {
+    pub checks: Vec<CheckResult>,
+    /// Ports now listening for the mesh check.
+    pub listening: Vec<PortSpec>,
+    /// Ports held by the node's own services (probed, but not bound by the preflight).
+    #[serde(default)]
+    pub held_by_service: Vec<PortSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckResult {
+    /// e.g. `port 2379/tcp`, `memory`, `swap`, `clock`, `kernel`, `module br_netfilter`.
+    pub name: String,
+    pub ok: bool,
+    pub severity: Severity,
+    /// What was found, e.g. `address in use` or `2.0 GiB, need 1.0 GiB`.
+    pub detail: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// A failure blocks the install.
+    Error,
+    /// Shown, but does not block.
+    Warning,
+}
+
+/// Phase 2: probe the peers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreflightProbe {
+    pub session: u64,
+    pub targets: Vec<ProbeTarget>,
+    /// Every probe gives up after this long.
+    pub timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeTarget {
+    pub node: NodeId,
+    pub address: std::net::IpAddr,
+    pub ports: Vec<PortSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeResult {
+    pub to: NodeId,
+    pub port: PortSpec,
+    pub ok: bool,
+    /// Round trip of the probe in microseconds, when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<u64>,
+    /// Why it failed: `connection refused`, `timed out`, `wrong answer`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

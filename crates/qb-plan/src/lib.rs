@@ -1,0 +1,8 @@
+//! The cluster engine's pure logic, apart from all I/O so it can be tested exhaustively:
+//! - [`placement`]: how many masters a cluster has and which nodes they are;
+//! - [`pki`]: the cluster's certificate authorities and every component's certificate;
+//! - [`render`]: each node's [`qb_agent_proto::plan::Plan`] for a Kubernetes version.
+
+pub mod pki;
+pub mod placement;
+pub mod render;

@@ -1,0 +1,1 @@
+//! Cluster PKI (to be written).

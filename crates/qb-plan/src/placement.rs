@@ -1,0 +1,1 @@
+//! Placement (to be written).
