@@ -302,6 +302,28 @@ impl CertificateAuthority {
         })
     }
 
+    /// A key and certificate for signing plans: codeSigning EKU and the URI SAN
+    /// [`crate::PLAN_SIGNER_URI`], which node certificates never carry, so no agent key can
+    /// sign a plan another agent would accept.
+    pub fn issue_plan_signer(&self, validity: Duration) -> Result<crate::PlanSigner, PkiError> {
+        let (not_before, not_after) = self.window(validity, now())?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(PkiError::Rcgen)?;
+        let mut params = leaf_params("qb plan signer", random_serial()?, not_before, not_after);
+        params.subject_alt_names = vec![SanType::URI(
+            crate::PLAN_SIGNER_URI
+                .try_into()
+                .expect("the plan signer URI is ASCII"),
+        )];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
+        let cert = params
+            .signed_by(&key, &self.issuer, &self.key)
+            .map_err(PkiError::Rcgen)?;
+        crate::PlanSigner::from_pem(
+            &format!("{}{}", cert.pem(), self.cert_pem),
+            &key.serialize_pem(),
+        )
+    }
+
     /// The validity window of a certificate issued `now` for `validity`: from [`CLOCK_SKEW`]
     /// ago, to `now + validity` or the CA's own expiry, whichever comes first.
     fn window(

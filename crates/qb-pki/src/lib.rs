@@ -20,6 +20,7 @@ mod csr;
 mod error;
 mod identity;
 mod pin;
+mod plan_signing;
 mod util;
 mod verify;
 
@@ -31,4 +32,5 @@ pub use csr::{KeyAndCsr, MAX_CSR_PEM_LEN, new_key_and_csr};
 pub use error::PkiError;
 pub use identity::{NodeCertInfo, NodeIdentity, node_cert_info};
 pub use pin::{Pin, spki_pin};
+pub use plan_signing::{PLAN_SIGNER_URI, PlanSignatureError, PlanSigner, verify_plan_signature};
 pub use verify::{PinnedCaVerifier, agent_client_verifier};
