@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use qb_api::{ClusterId, NodeId};
+pub use qb_api::{PlanReport, PlanState, PortSpec, Protocol, ServiceReport, StepReport, StepState};
 use serde::{Deserialize, Serialize};
 
 /// `GET`: the node's current [`SignedPlan`] (404 while it has none).
@@ -133,93 +134,4 @@ pub enum Probe {
         #[serde(default)]
         key_file: Option<String>,
     },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PortSpec {
-    pub port: u16,
-    pub protocol: Protocol,
-}
-
-impl std::fmt::Display for PortSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.port, self.protocol.as_str())
-    }
-}
-
-/// The agent's account of applying a plan, sent whenever it changes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlanReport {
-    pub generation: u64,
-    pub state: PlanState,
-    pub steps: Vec<StepReport>,
-    pub services: Vec<ServiceReport>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PlanState {
-    /// Steps are running.
-    #[default]
-    Applying,
-    /// Every step is done and every service passed its probe once.
-    Applied,
-    /// A step failed; the agent retries with backoff.
-    Failed,
-    /// The plan was not accepted (bad signature, not for this node, older generation).
-    Refused,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StepReport {
-    /// `artifacts`, `files`, `service:<name>`, or `wipe`.
-    pub name: String,
-    pub state: StepState,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepState {
-    Pending,
-    Running,
-    Done,
-    Failed,
-}
-
-/// A supervised service as the agent sees it now.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceReport {
-    pub name: String,
-    pub running: bool,
-    /// The last probe passed (or there is no probe and the process runs).
-    pub healthy: bool,
-    /// Restarts since the service was (re)defined.
-    pub restarts: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<u32>,
-    /// How the process last ended, e.g. `exit status 1`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_exit: Option<String>,
 }

@@ -12,7 +12,7 @@
 use qb_api::NodeId;
 use serde::{Deserialize, Serialize};
 
-use crate::plan::PortSpec;
+pub use qb_api::{CheckResult, PortSpec, Severity};
 
 /// What a listener says for `session`; probes expect exactly this.
 pub fn banner(session: u64) -> String {
@@ -57,26 +57,6 @@ pub struct LocalReport {
     /// Ports held by the node's own services (probed, but not bound by the preflight).
     #[serde(default)]
     pub held_by_service: Vec<PortSpec>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckResult {
-    /// e.g. `port 2379/tcp`, `memory`, `swap`, `clock`, `kernel`, `module br_netfilter`.
-    pub name: String,
-    pub ok: bool,
-    pub severity: Severity,
-    /// What was found, e.g. `address in use` or `2.0 GiB, need 1.0 GiB`.
-    pub detail: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    /// A failure blocks the install.
-    Error,
-    /// Shown, but does not block.
-    Warning,
 }
 
 /// Phase 2: probe the peers.

@@ -8,12 +8,14 @@ mod bundle;
 mod ids;
 mod model;
 mod problem;
+mod report;
 mod values;
 
 pub use bundle::*;
 pub use ids::{BootstrapTokenId, ClusterId, NodeId, TenantId, TokenId, UserId};
 pub use model::*;
 pub use problem::{Problem, ProblemCode};
+pub use report::*;
 pub use values::*;
 
 /// The path prefix of the current API version.
