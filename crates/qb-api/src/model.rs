@@ -89,24 +89,48 @@ impl NodeState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClusterState {
-    /// No nodes yet.
+    /// No nodes.
     Empty,
-    /// Has nodes; waiting for the cluster engine to install them.
+    /// Has nodes the cluster engine has not looked at yet.
     Pending,
+    /// Checking the nodes and the network between them before installing.
+    Preflight,
+    /// Rolling plans out, or changing etcd membership.
+    Installing,
+    /// Every node runs its plan and every component is healthy.
+    Ready,
+    /// Installed, but a node is offline or a component unhealthy.
+    Degraded,
+    /// Cannot go on without the operator: preflight failed, no bundle, impossible placement.
+    /// `state_message` says why.
+    Blocked,
 }
 
 impl ClusterState {
+    pub const ALL: [Self; 7] = [
+        Self::Empty,
+        Self::Pending,
+        Self::Preflight,
+        Self::Installing,
+        Self::Ready,
+        Self::Degraded,
+        Self::Blocked,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Empty => "empty",
             Self::Pending => "pending",
+            Self::Preflight => "preflight",
+            Self::Installing => "installing",
+            Self::Ready => "ready",
+            Self::Degraded => "degraded",
+            Self::Blocked => "blocked",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Empty, Self::Pending]
-            .into_iter()
-            .find(|r| r.as_str() == s)
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
 }
 
@@ -155,6 +179,12 @@ pub struct Node {
     pub labels: Labels,
     /// The node's agent, once one has registered.
     pub agent: Option<NodeAgent>,
+    /// Its role in its cluster, once placed.
+    #[serde(default)]
+    pub role: Option<NodeRole>,
+    /// The node's plan: the generation the controller published and the agent's last report.
+    #[serde(default)]
+    pub plan: Option<NodePlan>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -170,6 +200,15 @@ pub struct NodeAgent {
     /// When the controller last heard from it.
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_seen_at: Option<OffsetDateTime>,
+}
+
+/// A node's plan as the controller published it and the agent last reported it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodePlan {
+    /// The newest generation published for the node.
+    pub generation: u64,
+    /// The agent's last report (it may be about an older generation).
+    pub report: Option<crate::PlanReport>,
 }
 
 /// Changes to a node's labels: `set` adds or replaces, `remove` deletes (absent keys are ignored).
@@ -198,6 +237,9 @@ pub struct Cluster {
     #[schema(value_type = BTreeMap<String, NodeRole>)]
     pub roles: BTreeMap<NodeName, NodeRole>,
     pub state: ClusterState,
+    /// Why the cluster is in its state, when there is more to say (e.g. what blocks it).
+    #[serde(default)]
+    pub state_message: Option<String>,
     /// Nodes attached or detaching.
     pub node_count: u32,
     #[serde(with = "time::serde::rfc3339")]

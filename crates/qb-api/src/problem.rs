@@ -40,6 +40,11 @@ pub enum ProblemCode {
     CertificateRefused,
     /// The node's agent is not connected or did not answer.
     AgentUnavailable,
+    /// A bundle for this Kubernetes version exists with different content.
+    BundleConflict,
+    /// The change would leave etcd without quorum or without a member; the detail says why.
+    /// Repeat with `force` to do it anyway.
+    QuorumAtRisk,
     /// Something went wrong on the controller; details are in its log.
     Internal,
     /// The controller's store is unavailable; retry later.
@@ -62,7 +67,9 @@ impl ProblemCode {
             | Self::InvalidNodeState
             | Self::NodeNotInCluster
             | Self::ClusterNotEmpty
-            | Self::AgentUnavailable => 409,
+            | Self::AgentUnavailable
+            | Self::BundleConflict
+            | Self::QuorumAtRisk => 409,
             Self::Internal => 500,
             Self::Unavailable => 503,
         }
@@ -87,6 +94,8 @@ impl ProblemCode {
             Self::RegistrationRefused => "Registration refused",
             Self::AgentUnavailable => "Agent unavailable",
             Self::CertificateRefused => "Certificate refused",
+            Self::BundleConflict => "A different bundle has this version",
+            Self::QuorumAtRisk => "etcd quorum at risk",
             Self::Internal => "Internal error",
             Self::Unavailable => "Service unavailable",
         }

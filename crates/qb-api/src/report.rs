@@ -114,3 +114,46 @@ pub enum Severity {
     /// Shown, but does not block.
     Warning,
 }
+
+/// The result of a preflight run across a cluster's nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PreflightReport {
+    pub id: uuid::Uuid,
+    pub cluster: crate::ClusterRef,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: time::OffsetDateTime,
+    pub duration_ms: u64,
+    /// No Error-severity check failed and every probe succeeded.
+    pub passed: bool,
+    /// One line per failure, naming hosts and ports; empty when passed.
+    pub problems: Vec<String>,
+    /// Local checks of every node.
+    pub checks: Vec<NodeCheck>,
+    /// Every node probing every other node on every required port.
+    pub mesh: Vec<MeshProbe>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeCheck {
+    pub node: crate::NodeId,
+    #[schema(value_type = String)]
+    pub node_name: crate::NodeName,
+    #[serde(flatten)]
+    pub check: CheckResult,
+}
+
+/// One cell of the preflight matrix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MeshProbe {
+    #[schema(value_type = String)]
+    pub from: crate::NodeName,
+    #[schema(value_type = String)]
+    pub to: crate::NodeName,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

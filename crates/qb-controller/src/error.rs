@@ -30,6 +30,7 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidNodeState { .. } => ProblemCode::InvalidNodeState,
             StoreError::NodeNotInCluster { .. } => ProblemCode::NodeNotInCluster,
             StoreError::ClusterNotEmpty { .. } => ProblemCode::ClusterNotEmpty,
+            StoreError::BundleConflict { .. } => ProblemCode::BundleConflict,
             StoreError::TokenRefused(refusal) => {
                 return Self::new(ProblemCode::RegistrationRefused, refusal.to_string());
             }

@@ -198,10 +198,16 @@ impl Store {
         }
         for node in &members {
             w.set_node_state(node, NodeState::Authorized, None).await?;
+            // The engine sends pool nodes that still run a cluster's plan a plan that wipes it.
+            w.forget_cluster_part(node.id).await?;
             let detail = json!({ "cluster": cluster.name, "reason": "cluster deleted" });
             w.event(tenant, actor, node_event("node.detached", node, detail))
                 .await?;
         }
+        sqlx::query("DELETE FROM preflights WHERE cluster_id = $1")
+            .bind(cluster.id.to_string())
+            .execute(&mut *w.tx)
+            .await?;
         sqlx::query("DELETE FROM clusters WHERE id = $1")
             .bind(cluster.id.to_string())
             .execute(&mut *w.tx)
@@ -372,7 +378,11 @@ impl Store {
 }
 
 impl WriteTx {
-    async fn cluster(&mut self, tenant: TenantId, key: &Key<ClusterId>) -> Result<Cluster> {
+    pub(crate) async fn cluster(
+        &mut self,
+        tenant: TenantId,
+        key: &Key<ClusterId>,
+    ) -> Result<Cluster> {
         let row = fetch_cluster(&mut *self.tx, tenant, key).await?;
         rows::cluster(&row)
     }
@@ -396,7 +406,7 @@ impl WriteTx {
     }
 }
 
-async fn fetch_cluster<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+pub(crate) async fn fetch_cluster<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     ex: E,
     tenant: TenantId,
     key: &Key<ClusterId>,
@@ -418,7 +428,7 @@ async fn fetch_cluster<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     })
 }
 
-fn cluster_event<'a>(
+pub(crate) fn cluster_event<'a>(
     action: &'a str,
     cluster: &'a Cluster,
     detail: serde_json::Value,

@@ -9,6 +9,7 @@
 
 mod agents;
 mod clusters;
+mod engine;
 mod events;
 mod migrate;
 mod nodes;
@@ -28,6 +29,7 @@ pub use agents::{
     AgentNode, IssueError, IssuedCert, NewSecret, Registered, Registration, TokenRefusal,
 };
 pub use clusters::{ClusterSpec, SpecError};
+pub use engine::{EngineCluster, EngineNode, WIPE_PLAN_HASH};
 pub use events::EventFilter;
 pub use nodes::{NewNode, NodeFilter};
 pub use tenants::{Principal, Tenant};
@@ -107,6 +109,10 @@ pub enum StoreError {
         "cluster {cluster:?} still has {nodes} node(s); detach them first or delete with force to return them to the pool"
     )]
     ClusterNotEmpty { cluster: String, nodes: u32 },
+    #[error(
+        "a different bundle for Kubernetes {version} is already imported; bundles are immutable"
+    )]
+    BundleConflict { version: String },
     #[error("stored {what} is unreadable")]
     Corrupt {
         what: &'static str,

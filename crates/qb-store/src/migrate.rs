@@ -21,6 +21,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "agents",
         include_str!("../migrations/shared/0002_agents.sql"),
     ),
+    (
+        3,
+        "engine",
+        include_str!("../migrations/shared/0003_engine.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -32,6 +37,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         2,
         "agents",
         include_str!("../migrations/shared/0002_agents.sql"),
+    ),
+    (
+        3,
+        "engine",
+        include_str!("../migrations/shared/0003_engine.sql"),
     ),
 ];
 

@@ -248,6 +248,7 @@ impl Store {
             ));
         }
         w.set_node_state(&node, NodeState::Authorized, None).await?;
+        w.forget_cluster_part(node.id).await?;
         let detail = json!({ "cluster": node.cluster.as_ref().map(|c| &c.name) });
         w.event(tenant, actor, node_event("node.detached", &node, detail))
             .await?;
@@ -258,6 +259,16 @@ impl Store {
 }
 
 impl WriteTx {
+    /// Forgets a node's role, etcd membership and cluster certificates when it leaves a
+    /// cluster. Its plan generation stays: agents refuse older plans.
+    pub(crate) async fn forget_cluster_part(&mut self, node: NodeId) -> Result<()> {
+        sqlx::query("UPDATE nodes SET role = NULL, etcd = NULL, certs = NULL WHERE id = $1")
+            .bind(node.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
     pub(crate) async fn node(&mut self, tenant: TenantId, key: &Key<NodeId>) -> Result<Node> {
         let row = fetch_node(&mut *self.tx, tenant, key).await?;
         rows::node(&row)

@@ -29,13 +29,17 @@ where
     s.parse().map_err(corrupt(what))
 }
 
-fn json<T: serde::de::DeserializeOwned>(what: &'static str, s: &str) -> Result<T> {
+pub(crate) fn json<T: serde::de::DeserializeOwned>(what: &'static str, s: &str) -> Result<T> {
     serde_json::from_str(s).map_err(corrupt(what))
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("unknown value {0:?}")]
 struct UnknownValue(String);
+
+pub(crate) fn cluster_state(s: &str) -> Result<ClusterState> {
+    ClusterState::parse(s).ok_or_else(|| corrupt("cluster state")(UnknownValue(s.to_owned())))
+}
 
 pub(crate) fn node_state(s: &str) -> Result<NodeState> {
     NodeState::parse(s).ok_or_else(|| corrupt("node state")(UnknownValue(s.to_owned())))
@@ -73,6 +77,20 @@ pub(crate) fn node(row: &AnyRow) -> Result<Node> {
                 })
             })
             .transpose()?,
+        role: row
+            .try_get::<Option<String>, _>("role")?
+            .map(|r| json::<NodeRole>("node role", &format!("\"{r}\"")))
+            .transpose()?,
+        plan: match row.try_get::<i64, _>("plan_generation")? {
+            0 => None,
+            generation => Some(qb_api::NodePlan {
+                generation: u64::try_from(generation).unwrap_or_default(),
+                report: row
+                    .try_get::<Option<String>, _>("plan_report")?
+                    .map(|r| json("plan report", &r))
+                    .transpose()?,
+            }),
+        },
         created_at: from_ms(row.try_get("created_at")?),
         updated_at: from_ms(row.try_get("updated_at")?),
     })
@@ -92,11 +110,11 @@ pub(crate) fn cluster(row: &AnyRow) -> Result<Cluster> {
         service_cidr: parse::<Cidr>("service CIDR", &row.try_get::<String, _>("service_cidr")?)?,
         masters: parse::<MasterCount>("master count", &row.try_get::<String, _>("masters")?)?,
         roles: json::<BTreeMap<NodeName, NodeRole>>("roles", &row.try_get::<String, _>("roles")?)?,
-        state: if node_count == 0 {
-            ClusterState::Empty
-        } else {
-            ClusterState::Pending
+        state: match cluster_state(&row.try_get::<String, _>("state")?)? {
+            ClusterState::Empty if node_count > 0 => ClusterState::Pending,
+            state => state,
         },
+        state_message: row.try_get("state_message")?,
         node_count: u32::try_from(node_count).unwrap_or(u32::MAX),
         created_at: from_ms(row.try_get("created_at")?),
     })

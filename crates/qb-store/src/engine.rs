@@ -1,0 +1,516 @@
+//! What the cluster engine keeps: release bundles, each cluster's state and PKI, each node's
+//! role, etcd membership, certificates and plan, and preflight results.
+//!
+//! Secrets (the cluster PKI, node certificates, signed plans that carry keys) are stored as the
+//! engine hands them over and never appear in API types.
+
+use qb_api::{
+    Bundle, BundleManifest, ClusterId, ClusterState, KubernetesVersion, Node, NodeId, NodeRole,
+    NodeState, PlanReport, PreflightReport, TenantId,
+};
+use serde_json::json;
+use sqlx::Row;
+
+use crate::clusters::cluster_event;
+use crate::events::NewEvent;
+use crate::nodes::{NODE_SELECT, node_event, to_json};
+use crate::{Actor, Key, Result, Store, StoreError, now_ms, rows};
+
+/// The `plan_hash` of a plan that wipes a node (no cluster).
+pub const WIPE_PLAN_HASH: &str = "wipe";
+
+/// A cluster as the engine sees it: its nodes (attached and detaching) with their engine state.
+#[derive(Clone, Debug)]
+pub struct EngineCluster {
+    pub tenant: TenantId,
+    pub cluster: qb_api::Cluster,
+    /// The cluster PKI as the engine stored it (JSON), once generated. A secret.
+    pub pki: Option<String>,
+    pub nodes: Vec<EngineNode>,
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineNode {
+    pub node: Node,
+    /// The node's etcd membership as the engine stored it (JSON).
+    pub etcd: Option<String>,
+    /// The node's certificates (JSON). A secret.
+    pub certs: Option<String>,
+    /// Hash of the node's current plan without its generation, to tell whether it changed.
+    pub plan_hash: Option<String>,
+}
+
+impl Store {
+    /// Imports a release bundle. Importing the same bundle again changes nothing; a different
+    /// bundle for a version that exists is refused (bundles are immutable).
+    pub async fn import_bundle(
+        &self,
+        tenant: TenantId,
+        manifest: &BundleManifest,
+        actor: &Actor,
+    ) -> Result<(Bundle, bool)> {
+        manifest.validate()?;
+        let mut stored = manifest.clone();
+        for a in &mut stored.artifacts {
+            a.file = None;
+        }
+        let version = stored.kubernetes_version.to_string();
+        let mut w = self.write(tenant).await?;
+        let existing = sqlx::query(
+            "SELECT manifest, imported_at FROM bundles WHERE tenant_id = $1 AND kubernetes_version = $2",
+        )
+        .bind(tenant.to_string())
+        .bind(&version)
+        .fetch_optional(&mut *w.tx)
+        .await?;
+        if let Some(row) = existing {
+            let bundle = bundle_row(&row)?;
+            return if bundle.manifest == stored {
+                Ok((bundle, false))
+            } else {
+                Err(StoreError::BundleConflict { version })
+            };
+        }
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO bundles (tenant_id, kubernetes_version, manifest, imported_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(tenant.to_string())
+        .bind(&version)
+        .bind(to_json(&stored))
+        .bind(now)
+        .execute(&mut *w.tx)
+        .await?;
+        for a in &stored.artifacts {
+            sqlx::query(
+                "INSERT INTO bundle_artifacts (tenant_id, kubernetes_version, name, sha256, size) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(tenant.to_string())
+            .bind(&version)
+            .bind(&a.name)
+            .bind(&a.sha256)
+            .bind(i64::try_from(a.size).unwrap_or(i64::MAX))
+            .execute(&mut *w.tx)
+            .await?;
+        }
+        let names: Vec<String> = stored
+            .artifacts
+            .iter()
+            .map(|a| format!("{} {}", a.name, a.version))
+            .collect();
+        w.event(
+            tenant,
+            actor,
+            NewEvent {
+                action: "bundle.imported",
+                object_kind: "bundle",
+                object_id: version.clone(),
+                object_name: &version,
+                detail: json!({ "artifacts": names }),
+            },
+        )
+        .await?;
+        w.commit().await?;
+        Ok((
+            Bundle {
+                manifest: stored,
+                imported_at: crate::from_ms(now),
+            },
+            true,
+        ))
+    }
+
+    pub async fn list_bundles(&self, tenant: TenantId) -> Result<Vec<Bundle>> {
+        let rows = sqlx::query(
+            "SELECT manifest, imported_at FROM bundles WHERE tenant_id = $1 ORDER BY kubernetes_version",
+        )
+        .bind(tenant.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(bundle_row).collect()
+    }
+
+    pub async fn get_bundle(
+        &self,
+        tenant: TenantId,
+        version: &KubernetesVersion,
+    ) -> Result<Bundle> {
+        let row = sqlx::query(
+            "SELECT manifest, imported_at FROM bundles WHERE tenant_id = $1 AND kubernetes_version = $2",
+        )
+        .bind(tenant.to_string())
+        .bind(version.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "bundle",
+            key: version.to_string(),
+        })?;
+        bundle_row(&row)
+    }
+
+    /// Whether a bundle of `tenant` ships the artifact with this SHA-256 (who may download it).
+    pub async fn tenant_has_artifact(&self, tenant: TenantId, sha256: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM bundle_artifacts WHERE tenant_id = $1 AND sha256 = $2 LIMIT 1",
+        )
+        .bind(tenant.to_string())
+        .bind(sha256)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Every cluster the engine has to look at: those with nodes, and those not yet `empty`.
+    pub async fn engine_clusters(&self) -> Result<Vec<(TenantId, ClusterId)>> {
+        let rows = sqlx::query(
+            "SELECT c.tenant_id, c.id FROM clusters c WHERE c.state <> 'empty' \
+             OR EXISTS (SELECT 1 FROM nodes n WHERE n.cluster_id = c.id) ORDER BY c.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    crate::parse_id("tenant id", &row.try_get::<String, _>("tenant_id")?)?,
+                    crate::parse_id("cluster id", &row.try_get::<String, _>("id")?)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// A cluster with its nodes and their engine state.
+    pub async fn engine_cluster(
+        &self,
+        tenant: TenantId,
+        cluster: ClusterId,
+    ) -> Result<EngineCluster> {
+        let mut conn = self.pool.acquire().await?;
+        let row = crate::clusters::fetch_cluster(&mut *conn, tenant, &Key::Id(cluster)).await?;
+        let pki: Option<String> = row.try_get("pki")?;
+        let cluster = rows::cluster(&row)?;
+        let node_rows = sqlx::query(&format!(
+            "{NODE_SELECT} WHERE n.tenant_id = $1 AND n.cluster_id = $2 ORDER BY n.name"
+        ))
+        .bind(tenant.to_string())
+        .bind(cluster.id.to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+        let nodes = node_rows
+            .iter()
+            .map(|row| {
+                Ok(EngineNode {
+                    node: rows::node(row)?,
+                    etcd: row.try_get("etcd")?,
+                    certs: row.try_get("certs")?,
+                    plan_hash: row.try_get("plan_hash")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(EngineCluster {
+            tenant,
+            cluster,
+            pki,
+            nodes,
+        })
+    }
+
+    /// Stores a cluster's PKI the first time; returns the PKI that is stored (another replica's
+    /// if it got there first).
+    pub async fn init_cluster_pki(
+        &self,
+        tenant: TenantId,
+        cluster: ClusterId,
+        pki: &str,
+    ) -> Result<String> {
+        let mut w = self.write(tenant).await?;
+        sqlx::query(
+            "UPDATE clusters SET pki = $1 WHERE tenant_id = $2 AND id = $3 AND pki IS NULL",
+        )
+        .bind(pki)
+        .bind(tenant.to_string())
+        .bind(cluster.to_string())
+        .execute(&mut *w.tx)
+        .await?;
+        let stored: Option<String> =
+            sqlx::query("SELECT pki FROM clusters WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant.to_string())
+                .bind(cluster.to_string())
+                .fetch_optional(&mut *w.tx)
+                .await?
+                .map(|row| row.try_get("pki"))
+                .transpose()?
+                .flatten();
+        w.commit().await?;
+        stored.ok_or_else(|| StoreError::NotFound {
+            kind: "cluster",
+            key: cluster.to_string(),
+        })
+    }
+
+    /// Records the cluster's state; an event when it changes. Returns whether it changed.
+    pub async fn set_cluster_state(
+        &self,
+        tenant: TenantId,
+        cluster: ClusterId,
+        state: ClusterState,
+        message: Option<&str>,
+    ) -> Result<bool> {
+        let mut w = self.write(tenant).await?;
+        let current = w.cluster(tenant, &Key::Id(cluster)).await?;
+        let stored_state = match current.state {
+            ClusterState::Pending => ClusterState::Empty,
+            s => s,
+        };
+        if stored_state == state && current.state_message.as_deref() == message {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE clusters SET state = $1, state_message = $2 WHERE tenant_id = $3 AND id = $4",
+        )
+        .bind(state.as_str())
+        .bind(message)
+        .bind(tenant.to_string())
+        .bind(cluster.to_string())
+        .execute(&mut *w.tx)
+        .await?;
+        if stored_state != state {
+            w.event(
+                tenant,
+                &Actor::controller(),
+                cluster_event(
+                    "cluster.state_changed",
+                    &current,
+                    json!({ "from": current.state, "to": state, "message": message }),
+                ),
+            )
+            .await?;
+        }
+        w.commit().await?;
+        Ok(true)
+    }
+
+    /// Sets a node's role, etcd membership and certificates, while it is in `cluster`.
+    pub async fn set_node_engine(
+        &self,
+        tenant: TenantId,
+        node: NodeId,
+        cluster: ClusterId,
+        role: Option<NodeRole>,
+        etcd: Option<&str>,
+        certs: Option<&str>,
+    ) -> Result<()> {
+        let mut w = self.write(tenant).await?;
+        let current = w.node(tenant, &Key::Id(node)).await?;
+        if current.cluster.as_ref().map(|c| c.id) != Some(cluster) {
+            return Err(StoreError::NodeNotInCluster {
+                node: current.name.to_string(),
+                cluster: cluster.to_string(),
+            });
+        }
+        sqlx::query("UPDATE nodes SET role = $1, etcd = $2, certs = $3 WHERE id = $4")
+            .bind(role.map(role_str))
+            .bind(etcd)
+            .bind(certs)
+            .bind(node.to_string())
+            .execute(&mut *w.tx)
+            .await?;
+        if current.role != role {
+            w.event(
+                tenant,
+                &Actor::controller(),
+                node_event(
+                    "node.role_changed",
+                    &current,
+                    json!({ "from": current.role, "to": role }),
+                ),
+            )
+            .await?;
+        }
+        w.commit().await
+    }
+
+    /// Publishes a new plan for a node: the generation grows by one, `sign` turns it into the
+    /// stored signed plan. Refused unless the node is still where the engine thinks: in
+    /// `cluster`, or (`None`) in no cluster.
+    pub async fn publish_plan(
+        &self,
+        tenant: TenantId,
+        node: NodeId,
+        cluster: Option<ClusterId>,
+        plan_hash: &str,
+        sign: impl FnOnce(u64) -> std::result::Result<String, String>,
+    ) -> Result<u64> {
+        let mut w = self.write(tenant).await?;
+        let current = w.node(tenant, &Key::Id(node)).await?;
+        if current.cluster.as_ref().map(|c| c.id) != cluster {
+            return Err(StoreError::InvalidNodeState {
+                node: current.name.to_string(),
+                state: "moved by another request",
+                action: "given a plan",
+            });
+        }
+        let generation = current.plan.as_ref().map_or(0, |p| p.generation) + 1;
+        let signed = sign(generation).map_err(|e| StoreError::Invalid(qb_api::InvalidValue(e)))?;
+        let done = sqlx::query(
+            "UPDATE nodes SET plan_generation = $1, plan = $2, plan_hash = $3 WHERE id = $4 AND plan_generation = $5",
+        )
+        .bind(i64::try_from(generation).unwrap_or(i64::MAX))
+        .bind(&signed)
+        .bind(plan_hash)
+        .bind(node.to_string())
+        .bind(i64::try_from(generation - 1).unwrap_or(i64::MAX))
+        .execute(&mut *w.tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::InvalidNodeState {
+                node: current.name.to_string(),
+                state: "changed by another request",
+                action: "given a plan",
+            });
+        }
+        w.event(
+            tenant,
+            &Actor::controller(),
+            node_event(
+                "node.plan_published",
+                &current,
+                json!({ "generation": generation, "leaving": current.state == NodeState::Detaching }),
+            ),
+        )
+        .await?;
+        w.commit().await?;
+        Ok(generation)
+    }
+
+    /// Nodes in no cluster whose last plan was not a wipe (their cluster was deleted while
+    /// they ran it): the engine sends them one.
+    pub async fn unwiped_pool_nodes(&self) -> Result<Vec<(TenantId, Node)>> {
+        let rows = sqlx::query(&format!(
+            "{NODE_SELECT} WHERE n.cluster_id IS NULL AND n.state = 'authorized' \
+             AND n.plan IS NOT NULL AND n.plan_hash <> $1 ORDER BY n.id"
+        ))
+        .bind(WIPE_PLAN_HASH)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    crate::parse_id("tenant id", &row.try_get::<String, _>("tenant_id")?)?,
+                    rows::node(row)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The node's current signed plan and its generation, for its agent.
+    pub async fn node_plan(&self, tenant: TenantId, node: NodeId) -> Result<Option<(u64, String)>> {
+        let row =
+            sqlx::query("SELECT plan_generation, plan FROM nodes WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant.to_string())
+                .bind(node.to_string())
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "node",
+                    key: node.to_string(),
+                })?;
+        let generation: i64 = row.try_get("plan_generation")?;
+        let plan: Option<String> = row.try_get("plan")?;
+        Ok(plan.map(|p| (u64::try_from(generation).unwrap_or_default(), p)))
+    }
+
+    /// Records what the node's agent last reported about its plan. No event: reports are
+    /// progress, not changes.
+    pub async fn record_plan_report(
+        &self,
+        tenant: TenantId,
+        node: NodeId,
+        report: &PlanReport,
+    ) -> Result<()> {
+        let mut w = self.write(tenant).await?;
+        sqlx::query("UPDATE nodes SET plan_report = $1 WHERE tenant_id = $2 AND id = $3")
+            .bind(to_json(report))
+            .bind(tenant.to_string())
+            .bind(node.to_string())
+            .execute(&mut *w.tx)
+            .await?;
+        w.commit().await
+    }
+
+    /// Stores a preflight run of `nodes`; an event says whether it passed.
+    pub async fn save_preflight(
+        &self,
+        tenant: TenantId,
+        report: &PreflightReport,
+        nodes: &[NodeId],
+    ) -> Result<()> {
+        let mut w = self.write(tenant).await?;
+        let cluster = w.cluster(tenant, &Key::Id(report.cluster.id)).await?;
+        sqlx::query(
+            "INSERT INTO preflights (id, tenant_id, cluster_id, at, passed, nodes, report) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(report.id.to_string())
+        .bind(tenant.to_string())
+        .bind(cluster.id.to_string())
+        .bind(now_ms())
+        .bind(i64::from(report.passed))
+        .bind(to_json(&nodes))
+        .bind(to_json(report))
+        .execute(&mut *w.tx)
+        .await?;
+        let action = if report.passed {
+            "cluster.preflight_passed"
+        } else {
+            "cluster.preflight_failed"
+        };
+        let problems: Vec<&String> = report.problems.iter().take(20).collect();
+        w.event(
+            tenant,
+            &Actor::controller(),
+            cluster_event(
+                action,
+                &cluster,
+                json!({ "preflight": report.id, "duration_ms": report.duration_ms, "problems": problems }),
+            ),
+        )
+        .await?;
+        w.commit().await
+    }
+
+    /// The newest preflight run of a cluster, with the nodes it covered.
+    pub async fn latest_preflight(
+        &self,
+        tenant: TenantId,
+        cluster: ClusterId,
+    ) -> Result<Option<(PreflightReport, Vec<NodeId>)>> {
+        let row = sqlx::query(
+            "SELECT report, nodes FROM preflights WHERE tenant_id = $1 AND cluster_id = $2 ORDER BY at DESC, id DESC LIMIT 1",
+        )
+        .bind(tenant.to_string())
+        .bind(cluster.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok((
+                rows::json("preflight report", &row.try_get::<String, _>("report")?)?,
+                rows::json("preflight nodes", &row.try_get::<String, _>("nodes")?)?,
+            ))
+        })
+        .transpose()
+    }
+}
+
+fn role_str(role: NodeRole) -> &'static str {
+    match role {
+        NodeRole::Master => "master",
+        NodeRole::Worker => "worker",
+    }
+}
+
+fn bundle_row(row: &sqlx::any::AnyRow) -> Result<Bundle> {
+    Ok(Bundle {
+        manifest: rows::json("bundle manifest", &row.try_get::<String, _>("manifest")?)?,
+        imported_at: crate::from_ms(row.try_get("imported_at")?),
+    })
+}
