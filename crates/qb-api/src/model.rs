@@ -349,6 +349,10 @@ fn check_node_list(nodes: &[NodeName]) -> Result<(), crate::InvalidValue> {
 pub struct DetachRequest {
     #[schema(value_type = Vec<String>)]
     pub nodes: Vec<NodeName>,
+    /// Detach even if removing the nodes' etcd members would leave etcd without quorum or
+    /// without any member.
+    #[serde(default)]
+    pub force: bool,
 }
 
 impl DetachRequest {

@@ -710,7 +710,7 @@ async fn sim_channel(
                                 .await?;
                             fleet.done.fetch_add(1, Ordering::Relaxed);
                         }
-                        ControllerMessage::State { .. } => {}
+                        ControllerMessage::State { .. } | ControllerMessage::PlanAvailable { .. } => {}
                         ControllerMessage::Deauthorized => anyhow::bail!("deauthorized"),
                     }
                 }

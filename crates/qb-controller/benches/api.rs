@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use qb_api::{NodeFacts, Role};
-use qb_controller::{AppState, reconcile, router, serve};
+use qb_controller::{AppState, router, serve};
 use qb_store::{Actor, NewNode, Store};
 use serde_json::json;
 
@@ -72,13 +72,24 @@ async fn fixture(store: Store) -> Fixture {
             .await
             .unwrap();
     }
-    let state = AppState::new(
-        store,
-        std::sync::Arc::new(qb_controller::agents::Agents::new(
-            std::time::Duration::from_secs(10),
-        )),
+    let artifacts = std::env::temp_dir().join(format!("qb-bench-artifacts-{}", std::process::id()));
+    let ca = qb_controller::agents::ca::load_or_create(&store)
+        .await
+        .unwrap();
+    let engine = std::sync::Arc::new(
+        qb_controller::engine::Engine::load(
+            store,
+            std::sync::Arc::new(qb_controller::agents::Agents::new(
+                std::time::Duration::from_secs(10),
+            )),
+            qb_controller::artifacts::ArtifactStore::open(&artifacts).unwrap(),
+            &ca,
+        )
+        .await
+        .unwrap(),
     );
-    tokio::spawn(reconcile::run(state.clone()));
+    let state = AppState::new(engine.clone());
+    tokio::spawn(engine.run());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

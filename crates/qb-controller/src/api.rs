@@ -15,7 +15,6 @@ use qb_api::{
 };
 use qb_store::{ClusterSpec, EventFilter, Key, NodeFilter, Store};
 use serde::Deserialize;
-use tokio::sync::Notify;
 use utoipa::IntoParams;
 
 use crate::agents::Agents;
@@ -30,8 +29,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
-    /// Wakes the reconciler when there is work (a detach).
-    pub reconcile: Arc<Notify>,
+    /// The cluster engine; `engine.wake` wakes it when there is work.
+    pub engine: Arc<crate::engine::Engine>,
     pub token_use: TokenUse,
     /// Connected agents.
     pub agents: Arc<Agents>,
@@ -40,12 +39,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Store, agents: Arc<Agents>) -> Self {
+    pub fn new(engine: Arc<crate::engine::Engine>) -> Self {
         Self {
-            store,
-            reconcile: Arc::new(Notify::new()),
+            store: engine.store.clone(),
+            agents: engine.agents.clone(),
+            engine,
             token_use: TokenUse::default(),
-            agents,
             packaging: None,
         }
     }
@@ -91,7 +90,8 @@ pub fn router(state: AppState) -> Router {
             "/bootstrap-tokens/{id}",
             axum::routing::delete(revoke_bootstrap_token),
         )
-        .route("/openapi.json", get(openapi_document));
+        .route("/openapi.json", get(openapi_document))
+        .merge(crate::engine::api::routes());
     Router::new()
         .nest(qb_api::API_PREFIX, api)
         .route("/healthz", get(healthz))
@@ -417,17 +417,17 @@ async fn attach(
 ) -> ApiResult<Json<NodeMove>> {
     caller.require(Role::Operator)?;
     let target = req.target()?;
-    Ok(Json(
-        state
-            .store
-            .attach(
-                caller.tenant(),
-                &cluster_key(&cluster),
-                &target,
-                &caller.actor(),
-            )
-            .await?,
-    ))
+    let moved = state
+        .store
+        .attach(
+            caller.tenant(),
+            &cluster_key(&cluster),
+            &target,
+            &caller.actor(),
+        )
+        .await?;
+    state.engine.wake.notify_one();
+    Ok(Json(moved))
 }
 
 /// Detach named nodes from a cluster. They become `detaching` and return to the pool once their
@@ -443,6 +443,12 @@ async fn detach(
 ) -> ApiResult<(StatusCode, Json<NodeMove>)> {
     caller.require(Role::Operator)?;
     req.validate()?;
+    if !req.force {
+        state
+            .engine
+            .check_detach(caller.tenant(), &cluster_key(&cluster), &req.nodes)
+            .await?;
+    }
     let moved = state
         .store
         .detach(
@@ -452,7 +458,7 @@ async fn detach(
             &caller.actor(),
         )
         .await?;
-    state.reconcile.notify_one();
+    state.engine.wake.notify_one();
     Ok((StatusCode::ACCEPTED, Json(moved)))
 }
 

@@ -5,12 +5,13 @@
 
 pub mod agents;
 pub mod api;
+pub mod artifacts;
 pub mod auth;
 pub mod bootstrap;
+pub mod engine;
 mod error;
 mod extract;
 pub mod openapi;
-pub mod reconcile;
 pub mod serve;
 pub mod tls;
 

@@ -13,7 +13,9 @@ use std::time::Duration;
 use qb_controller::agents::Agents;
 use qb_controller::agents::endpoint::AgentEndpoint;
 use qb_controller::agents::packages::Packaging;
-use qb_controller::{AppState, bootstrap, reconcile, router, serve, tls};
+use qb_controller::artifacts::ArtifactStore;
+use qb_controller::engine::Engine;
+use qb_controller::{AppState, bootstrap, router, serve, tls};
 use qb_store::{Actor, Store};
 
 #[derive(Parser)]
@@ -188,12 +190,18 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
     let url = format!("{scheme}://{addr}");
     let agents = Arc::new(Agents::new(Duration::from_secs(args.heartbeat_seconds)));
     let ca = Arc::new(qb_controller::agents::ca::load_or_create(&store).await?);
+    let artifacts_dir = data_dir.join("artifacts");
+    let artifacts = ArtifactStore::open(&artifacts_dir)
+        .with_context(|| format!("opening the artifact store {}", artifacts_dir.display()))?;
+    let engine = Arc::new(Engine::load(store.clone(), agents.clone(), artifacts, &ca).await?);
 
     let endpoint = AgentEndpoint {
         store: store.clone(),
         agents: agents.clone(),
         ca: ca.clone(),
         node_cert_lifetime: time::Duration::seconds(args.node_cert_seconds),
+        wake: engine.wake.clone(),
+        artifacts: engine.artifacts.clone(),
     };
     let agent_listener = tokio::net::TcpListener::bind(args.agent_listen)
         .await
@@ -254,7 +262,7 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
             "no qb-agent binary found beside the controller: agent packages are unavailable (see --agent-binary)"
         );
     }
-    let mut state = AppState::new(store, agents);
+    let mut state = AppState::new(engine.clone());
     state.packaging = agent_binary.map(|agent_binary| {
         Arc::new(Packaging {
             agent_url: agent_url.clone(),
@@ -262,7 +270,7 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
             agent_binary,
         })
     });
-    tokio::spawn(reconcile::run(state.clone()));
+    tokio::spawn(engine.run());
     serve::serve(
         listener,
         router(state),

@@ -16,7 +16,7 @@ use crate::support::{App, on_both_stores};
 on_both_stores!(bootstrap_tokens_are_shown_once_and_scoped_to_the_tenant);
 
 async fn bootstrap_tokens_are_shown_once_and_scoped_to_the_tenant(store: Store) {
-    let app = App::new(store);
+    let app = App::new(store).await;
     let a = app.tenant("a").await;
     let b = app.tenant("b").await;
     let (status, created) = app
@@ -109,7 +109,7 @@ async fn bootstrap_tokens_are_shown_once_and_scoped_to_the_tenant(store: Store) 
 async fn agent_packages_carry_the_controller_and_a_fresh_token() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_sqlite(&dir.path().join("qb.db")).await.unwrap();
-    let mut app = App::new(store);
+    let mut app = App::new(store).await;
     let t = app.tenant("a").await;
 
     // Without an agent binary, packages are unavailable, and say so.

@@ -64,7 +64,7 @@ fn routes() -> Vec<(Method, &'static str, Option<serde_json::Value>)> {
 }
 
 async fn every_call_needs_a_valid_token(store: Store) {
-    let app = App::new(store);
+    let app = App::new(store).await;
     let t = app.tenant("a").await;
     app.pending_nodes(t.id, "n", 1).await;
     let before = app.events(t.id).await.len();
@@ -102,7 +102,7 @@ async fn every_call_needs_a_valid_token(store: Store) {
 }
 
 async fn revoked_and_expired_tokens_are_refused(store: Store) {
-    let app = App::new(store.clone());
+    let app = App::new(store.clone()).await;
     let t = app.tenant("a").await;
     let (status, created) = app
         .call(
@@ -187,7 +187,7 @@ async fn revoked_and_expired_tokens_are_refused(store: Store) {
 }
 
 async fn viewer_reads_but_cannot_mutate(store: Store) {
-    let app = App::new(store);
+    let app = App::new(store).await;
     let t = app.tenant("a").await;
     app.pending_nodes(t.id, "n", 1).await;
     let (status, _) = app
@@ -226,7 +226,7 @@ async fn viewer_reads_but_cannot_mutate(store: Store) {
 }
 
 async fn operator_cannot_manage_users_or_tokens(store: Store) {
-    let app = App::new(store);
+    let app = App::new(store).await;
     let t = app.tenant("a").await;
     for (method, path, body) in routes()
         .into_iter()
@@ -266,7 +266,7 @@ async fn operator_cannot_manage_users_or_tokens(store: Store) {
 }
 
 async fn tenants_cannot_see_or_touch_each_other(store: Store) {
-    let app = App::new(store);
+    let app = App::new(store).await;
     let a = app.tenant("a").await;
     let b = app.tenant("b").await;
     let a_nodes = app.pool(&a, "a", 3).await;

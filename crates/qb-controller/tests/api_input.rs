@@ -10,7 +10,7 @@ use crate::support::{App, on_both_stores};
 on_both_stores!(bad_input_is_refused_and_changes_nothing);
 
 async fn bad_input_is_refused_and_changes_nothing(store: Store) {
-    let app = App::new(store);
+    let app = App::new(store).await;
     let t = app.tenant("a").await;
     app.pool(&t, "n", 2).await;
     let (status, _) = app

@@ -25,7 +25,7 @@ fn names(v: &Value) -> Vec<String> {
 }
 
 async fn lifecycle_through_the_api(store: Store) {
-    let app = App::new(store);
+    let app = App::new(store).await;
     let t = app.tenant("a").await;
     let op = t.operator.as_str();
     app.pending_nodes(t.id, "n", 4).await;
@@ -139,7 +139,7 @@ async fn lifecycle_through_the_api(store: Store) {
         )
         .await;
     assert_eq!(again["code"], "invalid_node_state");
-    qb_controller::reconcile::pass(&app.state).await.unwrap();
+    app.state.engine.pass().await.unwrap();
     let (_, node) = app.call(op, Method::GET, "/api/v1/nodes/n-1", None).await;
     assert_eq!(
         (node["state"].as_str(), &node["cluster"]),
@@ -217,7 +217,7 @@ async fn lifecycle_through_the_api(store: Store) {
 }
 
 async fn impossible_attaches_change_nothing(store: Store) {
-    let app = App::new(store);
+    let app = App::new(store).await;
     let t = app.tenant("a").await;
     let op = t.operator.as_str();
     app.pool(&t, "pool", 2).await;
@@ -290,7 +290,7 @@ async fn impossible_attaches_change_nothing(store: Store) {
 }
 
 async fn delete_refuses_non_empty_clusters_unless_forced(store: Store) {
-    let app = App::new(store);
+    let app = App::new(store).await;
     let t = app.tenant("a").await;
     let op = t.operator.as_str();
     app.pool(&t, "n", 3).await;
@@ -364,7 +364,7 @@ async fn delete_refuses_non_empty_clusters_unless_forced(store: Store) {
 async fn racing_attaches_never_share_a_node(store: Store) {
     const NODES: usize = 12;
     const CLUSTERS: usize = 6;
-    let app = App::new(store);
+    let app = App::new(store).await;
     let t = app.tenant("a").await;
     let pool = app.pool(&t, "n", NODES).await;
     for c in 0..CLUSTERS {
@@ -499,7 +499,7 @@ async fn racing_attaches_never_share_a_node(store: Store) {
 }
 
 async fn lists_page_through_everything_once(store: Store) {
-    let app = App::new(store);
+    let app = App::new(store).await;
     let t = app.tenant("a").await;
     let all = app.pending_nodes(t.id, "n", 7).await;
     let mut seen = Vec::new();

@@ -31,7 +31,7 @@ async fn served_document_is_the_committed_one() {
     let store = qb_store::Store::open_sqlite(&dir.path().join("qb.db"))
         .await
         .unwrap();
-    let app = crate::support::App::new(store);
+    let app = crate::support::App::new(store).await;
     let (status, served) = app
         .call("", axum::http::Method::GET, "/api/v1/openapi.json", None)
         .await;

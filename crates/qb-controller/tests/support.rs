@@ -61,20 +61,32 @@ pub struct App {
     pub store: Store,
     pub state: AppState,
     pub router: axum::Router,
+    _artifacts: tempfile::TempDir,
 }
 
 impl App {
-    pub fn new(store: Store) -> Self {
-        let state = AppState::new(
+    pub async fn new(store: Store) -> Self {
+        let agents = std::sync::Arc::new(qb_controller::agents::Agents::new(
+            std::time::Duration::from_secs(10),
+        ));
+        let artifacts = tempfile::tempdir().unwrap();
+        let ca = qb_controller::agents::ca::load_or_create(&store)
+            .await
+            .unwrap();
+        let engine = qb_controller::engine::Engine::load(
             store.clone(),
-            std::sync::Arc::new(qb_controller::agents::Agents::new(
-                std::time::Duration::from_secs(10),
-            )),
-        );
+            agents,
+            qb_controller::artifacts::ArtifactStore::open(artifacts.path()).unwrap(),
+            &ca,
+        )
+        .await
+        .unwrap();
+        let state = AppState::new(std::sync::Arc::new(engine));
         Self {
             store,
             router: router(state.clone()),
             state,
+            _artifacts: artifacts,
         }
     }
 

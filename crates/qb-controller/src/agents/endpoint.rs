@@ -13,12 +13,13 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use futures_util::StreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use qb_agent_proto::plan::{ARTIFACTS_PATH, PLAN_PATH};
 use qb_agent_proto::{
     AgentMessage, CHANNEL_PATH, ControllerMessage, FrameDecoder, REGISTER_PATH, RENEW_PATH,
     RegisterRequest, RegisterResponse, RenewRequest, RenewResponse, encode,
@@ -47,6 +48,10 @@ pub struct AgentEndpoint {
     pub ca: Arc<CertificateAuthority>,
     /// How long node certificates live; agents renew at 70–90 % of it.
     pub node_cert_lifetime: time::Duration,
+    /// Woken when an agent reports on its plan.
+    pub wake: Arc<tokio::sync::Notify>,
+    /// Where bundle artifacts are kept.
+    pub artifacts: crate::artifacts::ArtifactStore,
 }
 
 /// The node behind a connection's client certificate.
@@ -79,6 +84,8 @@ impl AgentEndpoint {
             .route(REGISTER_PATH, post(register))
             .route(CHANNEL_PATH, post(channel))
             .route(RENEW_PATH, post(renew))
+            .route(PLAN_PATH, get(plan))
+            .route(&format!("{ARTIFACTS_PATH}/{{sha256}}"), get(artifact))
             .fallback(|| async { ApiError::new(ProblemCode::NotFound, "no such agent path") })
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self.clone())
@@ -301,6 +308,72 @@ async fn renew(
     }))
 }
 
+/// The node's current signed plan.
+async fn plan(
+    State(endpoint): State<AgentEndpoint>,
+    Extension(peer): Extension<Option<Peer>>,
+) -> Result<Response, ApiError> {
+    let peer = require(peer)?;
+    match endpoint
+        .store
+        .node_plan(peer.identity.tenant, peer.identity.node)
+        .await?
+    {
+        Some((_, signed)) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            signed,
+        )
+            .into_response()),
+        None => Err(ApiError::new(
+            ProblemCode::NotFound,
+            "this node has no plan",
+        )),
+    }
+}
+
+/// An artifact's bytes, if a bundle of the node's tenant ships it.
+async fn artifact(
+    State(endpoint): State<AgentEndpoint>,
+    Extension(peer): Extension<Option<Peer>>,
+    axum::extract::Path(sha256): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let peer = require(peer)?;
+    let not_found = || ApiError::new(ProblemCode::NotFound, "no such artifact");
+    if !qb_api::is_sha256_hex(&sha256)
+        || !endpoint
+            .store
+            .tenant_has_artifact(peer.identity.tenant, &sha256)
+            .await?
+    {
+        return Err(not_found());
+    }
+    let file = endpoint
+        .artifacts
+        .open_file(&sha256)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot read an artifact");
+            ApiError::new(ProblemCode::Internal, "cannot read the artifact")
+        })?
+        .ok_or_else(not_found)?;
+    let size = file.metadata().await.map(|m| m.len()).unwrap_or_default();
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        file,
+        256 * 1024,
+    ));
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_owned(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, size.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
 /// The channel: agent frames in the request body, controller frames in the response body, for
 /// as long as the connection lives.
 async fn channel(
@@ -321,7 +394,11 @@ async fn channel(
         heartbeat_seconds: u32::try_from(endpoint.agents.heartbeat().as_secs())
             .unwrap_or(u32::MAX)
             .max(1),
-        plan_generation: None,
+        plan_generation: endpoint
+            .store
+            .node_plan(peer.identity.tenant, peer.identity.node)
+            .await?
+            .map(|(generation, _)| generation),
     };
     to_agent
         .try_send(welcome)
@@ -381,10 +458,29 @@ async fn read_agent(endpoint: AgentEndpoint, peer: Peer, stored: qb_api::Node, b
                 }
                 AgentMessage::Heartbeat { facts, .. } => facts,
                 AgentMessage::Done { instruction } => {
-                    endpoint.agents.done(instruction);
+                    endpoint
+                        .agents
+                        .answered(node, instruction, qb_agent_proto::Outcome::Done);
                     None
                 }
-                AgentMessage::Reply { .. } | AgentMessage::Plan(_) => None,
+                AgentMessage::Reply {
+                    instruction,
+                    outcome,
+                } => {
+                    endpoint.agents.answered(node, instruction, outcome);
+                    None
+                }
+                AgentMessage::Plan(report) => {
+                    if let Err(e) = endpoint
+                        .store
+                        .record_plan_report(tenant, node, &report)
+                        .await
+                    {
+                        tracing::warn!(node_id = %node, error = %e, "could not record a plan report");
+                    }
+                    endpoint.wake.notify_one();
+                    None
+                }
             };
             if let Some(facts) = seen {
                 let result = endpoint

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use qb_agent_proto::{ControllerMessage, Instruction};
+use qb_agent_proto::{ControllerMessage, Instruction, Outcome};
 use qb_api::{Node, NodeId};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// The registry of connected agents, shared by the agent endpoint and the API.
 pub struct Agents {
     nodes: Mutex<HashMap<NodeId, Entry>>,
-    /// Pings waiting for their answer, with the node they went to.
-    waiting: Mutex<HashMap<u64, (NodeId, oneshot::Sender<()>)>>,
+    /// Instructions waiting for their answer, with the node they went to.
+    waiting: Mutex<HashMap<u64, (NodeId, oneshot::Sender<Outcome>)>>,
     next_id: AtomicU64,
     heartbeat: Duration,
 }
@@ -217,22 +217,34 @@ impl Agents {
     /// Pushes a ping and waits for the agent to answer: the time from "the controller decided"
     /// to "the agent did it".
     pub async fn ping(&self, node: NodeId, timeout: Duration) -> Result<Duration, PingError> {
+        let started = Instant::now();
+        self.request(node, |id| Instruction::Ping { nonce: id }, timeout)
+            .await?;
+        Ok(started.elapsed())
+    }
+
+    /// Pushes an instruction (built from its id) and waits for the agent's answer.
+    pub async fn request(
+        &self,
+        node: NodeId,
+        instruction: impl FnOnce(u64) -> Instruction,
+        timeout: Duration,
+    ) -> Result<Outcome, PingError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, (node, tx));
-        let started = Instant::now();
-        let instruction = ControllerMessage::Instruction {
+        let message = ControllerMessage::Instruction {
             id,
-            instruction: Instruction::Ping { nonce: id },
+            instruction: instruction(id),
         };
-        let result = if !self.push(node, instruction) {
+        let result = if !self.push(node, message) {
             Err(PingError::NotConnected)
         } else {
             match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(())) => Ok(started.elapsed()),
+                Ok(Ok(outcome)) => Ok(outcome),
                 Ok(Err(_)) => Err(PingError::ChannelClosed),
                 Err(_) => Err(PingError::NoAnswer),
             }
@@ -244,16 +256,20 @@ impl Agents {
         result
     }
 
-    /// The agent reported an instruction done.
-    pub fn done(&self, instruction: u64) {
-        if let Some((_, waiter)) = self
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&instruction)
+    /// The agent answered an instruction (`Done` answers with `Outcome::Done`). An answer from
+    /// another node than the one asked is ignored.
+    pub fn answered(&self, from: NodeId, instruction: u64, outcome: Outcome) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if waiting.get(&instruction).is_some_and(|(to, _)| *to == from)
+            && let Some((_, waiter)) = waiting.remove(&instruction)
         {
-            let _ = waiter.send(());
+            let _ = waiter.send(outcome);
         }
+    }
+
+    /// Whether the node's agent is online now.
+    pub fn online(&self, node: NodeId) -> bool {
+        self.status(node).is_some_and(|(online, _)| online)
     }
 }
 
@@ -301,7 +317,7 @@ mod tests {
                 let Some(ControllerMessage::Instruction { id, .. }) = rx.recv().await else {
                     panic!()
                 };
-                agents.done(id);
+                agents.answered(node, id, Outcome::Done);
                 rx
             })
         };

@@ -1,0 +1,406 @@
+//! etcd membership, one change per pass: the first masters form etcd together; a later master
+//! joins as a learner and is promoted once etcd says it caught up; a member leaves only when
+//! the members that stay, and are healthy, still make a quorum.
+//!
+//! The controller never dials a host: every etcd operation goes through the agent of a
+//! voting member, against its local etcd.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use qb_agent_proto::etcd::{EtcdMember, EtcdOp};
+use qb_api::{NodeId, NodeRole};
+use qb_plan::placement::Placement;
+use qb_plan::render::{EtcdBootstrap, InitialClusterState, etcd_peer_url};
+use qb_store::{EngineCluster, EngineNode};
+use serde::{Deserialize, Serialize};
+
+use super::{Engine, EngineError};
+
+/// A node's etcd membership, as the engine stores it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// How the member first started; fixed from then on (it is part of etcd's command line).
+    pub bootstrap: EtcdBootstrap,
+    /// Added as a learner and not promoted yet.
+    pub learner: bool,
+    /// etcd's id, known for members added one by one.
+    pub member_id: Option<u64>,
+}
+
+impl Membership {
+    pub fn of(n: &EngineNode) -> Option<Self> {
+        n.etcd.as_deref().and_then(|s| serde_json::from_str(s).ok())
+    }
+}
+
+fn json(m: &Membership) -> String {
+    serde_json::to_string(m).expect("memberships serialize")
+}
+
+async fn set_engine(
+    engine: &Engine,
+    ec: &EngineCluster,
+    n: &EngineNode,
+    role: Option<NodeRole>,
+    membership: Option<&Membership>,
+) -> Result<(), qb_store::StoreError> {
+    let etcd = membership.map(json);
+    engine
+        .store
+        .set_node_engine(
+            ec.tenant,
+            n.node.id,
+            ec.cluster.id,
+            role,
+            etcd.as_deref(),
+            n.certs.as_deref(),
+        )
+        .await
+}
+
+/// Whether a node's etcd is up and healthy, as its agent reports.
+fn etcd_healthy(engine: &Engine, n: &EngineNode) -> bool {
+    engine.agents.online(n.node.id)
+        && n.node.plan.as_ref().is_some_and(|p| {
+            p.report.as_ref().is_some_and(|r| {
+                r.services
+                    .iter()
+                    .any(|s| s.name == "etcd" && s.running && s.healthy)
+            })
+        })
+}
+
+/// The next membership change, if one is due. `Some(message)` when a change was made (or is
+/// waited for) and plans should not be rendered from this pass's view.
+pub async fn step(
+    engine: &Engine,
+    ec: &EngineCluster,
+    staying: &[&EngineNode],
+    placement: &Placement,
+    addresses: &BTreeMap<NodeId, IpAddr>,
+) -> Result<Option<String>, EngineError> {
+    // Workers are placed at once: nothing to change in etcd.
+    for n in staying {
+        if n.node.role.is_none() && placement.role(n.node.id) == Some(NodeRole::Worker) {
+            set_engine(engine, ec, n, Some(NodeRole::Worker), None).await?;
+        }
+    }
+
+    let members: Vec<(&EngineNode, Membership)> = staying
+        .iter()
+        .filter_map(|n| Membership::of(n).map(|m| (*n, m)))
+        .collect();
+    let masters: Vec<&EngineNode> = staying
+        .iter()
+        .copied()
+        .filter(|n| placement.role(n.node.id) == Some(NodeRole::Master))
+        .collect();
+
+    // No etcd yet: the placed masters form it together.
+    if members.is_empty() {
+        let initial: Vec<(String, IpAddr)> = masters
+            .iter()
+            .map(|n| (n.node.name.to_string(), addresses[&n.node.id]))
+            .collect();
+        let bootstrap = Membership {
+            bootstrap: EtcdBootstrap {
+                initial_cluster: initial,
+                state: InitialClusterState::New,
+            },
+            learner: false,
+            member_id: None,
+        };
+        for n in &masters {
+            set_engine(engine, ec, n, Some(NodeRole::Master), Some(&bootstrap)).await?;
+        }
+        let names: Vec<&str> = masters.iter().map(|n| n.node.name.as_str()).collect();
+        return Ok(Some(format!("forming etcd with {}", names.join(", "))));
+    }
+
+    // A learner waits to be promoted.
+    if let Some((n, m)) = members.iter().find(|(_, m)| m.learner) {
+        let Some(via) = voter_via(engine, &members, n.node.id) else {
+            return Ok(Some("waiting for a healthy etcd member".to_owned()));
+        };
+        let list = match engine.etcd(via, EtcdOp::List).await {
+            Ok(list) => list,
+            Err(e) => return Ok(Some(format!("listing etcd members: {e}"))),
+        };
+        let peer = etcd_peer_url(addresses[&n.node.id]);
+        let Some(member) = find(&list, &peer) else {
+            // Lost (e.g. removed by hand): forget it; the next pass adds it again.
+            set_engine(engine, ec, n, n.node.role, None).await?;
+            return Ok(Some(format!("{}'s etcd learner disappeared", n.node.name)));
+        };
+        if !member.is_learner {
+            set_engine(
+                engine,
+                ec,
+                n,
+                n.node.role,
+                Some(&Membership {
+                    learner: false,
+                    ..m.clone()
+                }),
+            )
+            .await?;
+            return Ok(Some(format!("{} is a voting etcd member", n.node.name)));
+        }
+        return match engine.etcd(via, EtcdOp::Promote { id: member.id }).await {
+            Ok(_) => {
+                set_engine(
+                    engine,
+                    ec,
+                    n,
+                    n.node.role,
+                    Some(&Membership {
+                        learner: false,
+                        ..m.clone()
+                    }),
+                )
+                .await?;
+                tracing::info!(node = %n.node.name, "promoted etcd learner");
+                Ok(Some(format!("promoted {}'s etcd member", n.node.name)))
+            }
+            Err(e) => Ok(Some(format!(
+                "waiting to promote {}'s etcd learner: {e}",
+                n.node.name
+            ))),
+        };
+    }
+
+    // A placed master without a member joins as a learner.
+    if let Some(n) = masters.iter().find(|n| Membership::of(n).is_none()) {
+        let Some(via) = voter_via(engine, &members, n.node.id) else {
+            return Ok(Some(
+                "waiting for a healthy etcd member to add a learner".to_owned(),
+            ));
+        };
+        let peer = etcd_peer_url(addresses[&n.node.id]);
+        let mut list = match engine.etcd(via, EtcdOp::List).await {
+            Ok(list) => list,
+            Err(e) => return Ok(Some(format!("listing etcd members: {e}"))),
+        };
+        // Added by an earlier pass that did not get to record it: adopt it.
+        if find(&list, &peer).is_none() {
+            list = match engine
+                .etcd(
+                    via,
+                    EtcdOp::AddLearner {
+                        peer_url: peer.clone(),
+                    },
+                )
+                .await
+            {
+                Ok(list) => list,
+                Err(e) => return Ok(Some(format!("adding {} to etcd: {e}", n.node.name))),
+            };
+        }
+        let Some(member) = find(&list, &peer) else {
+            return Ok(Some(format!(
+                "etcd did not list {}'s new member",
+                n.node.name
+            )));
+        };
+        let by_peer: BTreeMap<String, String> = staying
+            .iter()
+            .map(|m| {
+                (
+                    etcd_peer_url(addresses[&m.node.id]),
+                    m.node.name.to_string(),
+                )
+            })
+            .collect();
+        let initial: Vec<(String, IpAddr)> = list
+            .iter()
+            .filter_map(|m| {
+                let url = m.peer_urls.first()?;
+                let name = by_peer.get(url)?;
+                let address = staying
+                    .iter()
+                    .find(|s| s.node.name.as_str() == name)
+                    .map(|s| addresses[&s.node.id])?;
+                Some((name.clone(), address))
+            })
+            .collect();
+        let membership = Membership {
+            bootstrap: EtcdBootstrap {
+                initial_cluster: initial,
+                state: InitialClusterState::Existing,
+            },
+            learner: member.is_learner,
+            member_id: Some(member.id),
+        };
+        set_engine(engine, ec, n, Some(NodeRole::Master), Some(&membership)).await?;
+        tracing::info!(node = %n.node.name, id = member.id, "added etcd learner");
+        return Ok(Some(format!("added {} to etcd as a learner", n.node.name)));
+    }
+
+    // A member placement no longer wants: remove it (never below quorum), then demote.
+    if let Some((n, _)) = members
+        .iter()
+        .find(|(n, _)| placement.role(n.node.id) != Some(NodeRole::Master))
+    {
+        if let Some(waiting) = remove(engine, ec, n, addresses).await? {
+            return Ok(Some(waiting));
+        }
+        set_engine(engine, ec, n, Some(NodeRole::Worker), None).await?;
+        return Ok(Some(format!("{} is no longer an etcd member", n.node.name)));
+    }
+    Ok(None)
+}
+
+/// Removes a leaving node's etcd member. `Some(reason)` while it has to wait.
+pub async fn remove_leaving(
+    engine: &Engine,
+    ec: &EngineCluster,
+    n: &EngineNode,
+) -> Result<Option<String>, EngineError> {
+    let mut addresses = BTreeMap::new();
+    for m in &ec.nodes {
+        if let Some(a) = qb_plan::render::node_address(&m.node.facts, &m.node.labels) {
+            addresses.insert(m.node.id, a);
+        }
+    }
+    if let Some(waiting) = remove(engine, ec, n, &addresses).await? {
+        return Ok(Some(waiting));
+    }
+    engine
+        .store
+        .set_node_engine(
+            ec.tenant,
+            n.node.id,
+            ec.cluster.id,
+            n.node.role,
+            None,
+            n.certs.as_deref(),
+        )
+        .await?;
+    Ok(None)
+}
+
+/// Removes `n`'s member from etcd if the healthy members that stay keep a quorum.
+async fn remove(
+    engine: &Engine,
+    ec: &EngineCluster,
+    n: &EngineNode,
+    addresses: &BTreeMap<NodeId, IpAddr>,
+) -> Result<Option<String>, EngineError> {
+    let members: Vec<(&EngineNode, Membership)> = ec
+        .nodes
+        .iter()
+        .filter_map(|m| Membership::of(m).map(|ms| (m, ms)))
+        .collect();
+    let others: Vec<&(&EngineNode, Membership)> = members
+        .iter()
+        .filter(|(m, _)| m.node.id != n.node.id)
+        .collect();
+    if others.is_empty() {
+        // The last member: etcd goes with it.
+        return Ok(None);
+    }
+    let Some(via) = voter_via(engine, &members, n.node.id) else {
+        return Ok(Some(format!(
+            "waiting for a healthy etcd member to remove {}'s",
+            n.node.name
+        )));
+    };
+    let list = match engine.etcd(via, EtcdOp::List).await {
+        Ok(list) => list,
+        Err(e) => return Ok(Some(format!("listing etcd members: {e}"))),
+    };
+    let Some(address) = addresses.get(&n.node.id) else {
+        return Ok(Some(format!("{} has no address", n.node.name)));
+    };
+    let Some(member) = find(&list, &etcd_peer_url(*address)) else {
+        return Ok(None);
+    };
+    let voters_after = list
+        .iter()
+        .filter(|m| !m.is_learner && m.id != member.id)
+        .count();
+    let healthy_after = others
+        .iter()
+        .filter(|(m, ms)| !ms.learner && etcd_healthy(engine, m))
+        .count();
+    let quorum = voters_after / 2 + 1;
+    if healthy_after < quorum {
+        return Ok(Some(format!(
+            "not removing {}'s etcd member yet: {healthy_after} healthy voting member(s) would remain, quorum needs {quorum}",
+            n.node.name
+        )));
+    }
+    match engine.etcd(via, EtcdOp::Remove { id: member.id }).await {
+        Ok(_) => {
+            tracing::info!(node = %n.node.name, id = member.id, "removed etcd member");
+            Ok(None)
+        }
+        Err(e) => Ok(Some(format!("removing {}'s etcd member: {e}", n.node.name))),
+    }
+}
+
+/// A healthy voting member other than `not`, to carry an etcd operation.
+fn voter_via(
+    engine: &Engine,
+    members: &[(&EngineNode, Membership)],
+    not: NodeId,
+) -> Option<NodeId> {
+    members
+        .iter()
+        .find(|(n, m)| n.node.id != not && !m.learner && etcd_healthy(engine, n))
+        .map(|(n, _)| n.node.id)
+}
+
+fn find<'a>(list: &'a [EtcdMember], peer_url: &str) -> Option<&'a EtcdMember> {
+    list.iter()
+        .find(|m| m.peer_urls.iter().any(|u| u == peer_url))
+}
+
+/// Whether detaching `leaving` from the cluster keeps etcd safe: the healthy voting members
+/// that stay must make a quorum of the members that stay, and at least one master must stay
+/// unless every node leaves. `Err(reason)` when not.
+pub fn detach_is_safe(
+    engine: &Engine,
+    ec: &EngineCluster,
+    leaving: &[NodeId],
+) -> Result<(), String> {
+    let members: Vec<(&EngineNode, Membership)> = ec
+        .nodes
+        .iter()
+        .filter(|n| n.node.state != qb_api::NodeState::Detaching)
+        .filter_map(|n| Membership::of(n).map(|m| (n, m)))
+        .collect();
+    if members.is_empty() {
+        return Ok(());
+    }
+    let all_leave = ec
+        .nodes
+        .iter()
+        .filter(|n| n.node.state != qb_api::NodeState::Detaching)
+        .all(|n| leaving.contains(&n.node.id));
+    if all_leave {
+        return Ok(());
+    }
+    let staying: Vec<&(&EngineNode, Membership)> = members
+        .iter()
+        .filter(|(n, _)| !leaving.contains(&n.node.id))
+        .collect();
+    if staying.is_empty() {
+        return Err(
+            "it would remove every etcd member while other nodes stay in the cluster".to_owned(),
+        );
+    }
+    let voters_after = staying.iter().filter(|(_, m)| !m.learner).count();
+    let healthy = staying
+        .iter()
+        .filter(|(n, m)| !m.learner && etcd_healthy(engine, n))
+        .count();
+    let quorum = voters_after / 2 + 1;
+    if healthy < quorum {
+        return Err(format!(
+            "only {healthy} healthy voting etcd member(s) would remain of {voters_after}; quorum needs {quorum}"
+        ));
+    }
+    Ok(())
+}

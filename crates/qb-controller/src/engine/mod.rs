@@ -1,0 +1,686 @@
+//! The cluster engine: a level-triggered reconciler that turns attached nodes into a cluster
+//! and keeps it so. Every pass reads what the store says (nodes, roles, etcd membership, plans,
+//! the agents' reports), compares it with what should be, and takes the next step. It keeps no
+//! state of its own between passes, so a restarted controller carries on where it stopped.
+//!
+//! One cluster's pass, in order:
+//! 1. nodes leaving (`detaching`): their etcd member is removed (one at a time, never below
+//!    quorum), then they get a plan that wipes them; once the agent applied it they return
+//!    to the pool;
+//! 2. the cluster needs an imported bundle for its version (else `blocked`);
+//! 3. nodes that never ran in the cluster pass preflight first (else `preflight`/`blocked`);
+//! 4. placement says who is a master; etcd membership follows it one change at a time:
+//!    the first masters form etcd together, later ones join as learners and are promoted
+//!    once caught up;
+//! 5. every node's plan is rendered, and published (signed, with a new generation) when it
+//!    changed; the agent is told at once;
+//! 6. the cluster's state follows from the agents' reports: `installing`, `ready`, `degraded`.
+
+pub mod api;
+pub mod membership;
+pub mod preflight;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qb_agent_proto::plan::{Plan, PlanState, SignedPlan};
+use qb_agent_proto::{ControllerMessage, Instruction, Outcome};
+use qb_api::{ClusterState, Node, NodeId, NodeRole, TenantId};
+use qb_pki::PlanSigner;
+use qb_plan::pki::{ClusterPki, NodeCerts};
+use qb_plan::render::{ClusterInput, NodeInput};
+use qb_store::{Actor, EngineCluster, EngineNode, Store, StoreError, WIPE_PLAN_HASH};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::agents::Agents;
+use crate::artifacts::ArtifactStore;
+use membership::Membership;
+
+/// How often the engine looks even when nothing woke it.
+const RESYNC: Duration = Duration::from_secs(5);
+const SIGNER_SECRET: &str = "plan-signer";
+/// The plan signer's certificate lifetime; a new one is issued when it runs out.
+const SIGNER_LIFETIME: time::Duration = time::Duration::days(3650);
+
+/// What the engine shares with the API and the agent endpoint.
+pub struct Engine {
+    pub store: Store,
+    pub agents: Arc<Agents>,
+    pub artifacts: ArtifactStore,
+    signer: PlanSigner,
+    /// Wakes the engine when there is work (an attach, a detach, an agent's report).
+    pub wake: Arc<Notify>,
+    /// One preflight per cluster at a time.
+    preflights: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Plan(String),
+}
+
+impl Engine {
+    /// The engine, with the plan signer kept in the database for all replicas.
+    pub async fn load(
+        store: Store,
+        agents: Arc<Agents>,
+        artifacts: ArtifactStore,
+        ca: &qb_pki::CertificateAuthority,
+    ) -> anyhow::Result<Self> {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Stored {
+            chain_pem: String,
+            key_pem: String,
+        }
+        let value = store
+            .controller_secret(SIGNER_SECRET, || {
+                let signer = ca.issue_plan_signer(SIGNER_LIFETIME)?;
+                Ok(serde_json::to_string(&Stored {
+                    chain_pem: signer.chain_pem().to_owned(),
+                    key_pem: signer.key_pem().expose().to_owned(),
+                })?)
+            })
+            .await?;
+        let stored: Stored = serde_json::from_str(&value)?;
+        Ok(Self {
+            store,
+            agents,
+            artifacts,
+            signer: PlanSigner::from_pem(&stored.chain_pem, &stored.key_pem)?,
+            wake: Arc::new(Notify::new()),
+            preflights: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Runs passes until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.pass().await {
+                tracing::warn!(error = %format!("{e:#}"), "engine pass failed; retrying");
+            }
+            let _ = tokio::time::timeout(RESYNC, self.wake.notified()).await;
+        }
+    }
+
+    /// One pass over every cluster with work, and every pool node still running a cluster's
+    /// plan.
+    pub async fn pass(&self) -> Result<(), EngineError> {
+        for (tenant, node) in self.store.unwiped_pool_nodes().await? {
+            if let Err(e) = self.publish_wipe(tenant, &node, None).await {
+                tracing::warn!(node_id = %node.id, error = %e, "could not send a wipe plan");
+            }
+        }
+        for (tenant, cluster) in self.store.engine_clusters().await? {
+            if let Err(e) = self.reconcile(tenant, cluster).await {
+                tracing::warn!(%tenant, cluster_id = %cluster, error = %e, "cluster pass failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn reconcile(
+        &self,
+        tenant: TenantId,
+        cluster: qb_api::ClusterId,
+    ) -> Result<(), EngineError> {
+        let ec = self.store.engine_cluster(tenant, cluster).await?;
+        let (leaving, staying): (Vec<&EngineNode>, Vec<&EngineNode>) = ec
+            .nodes
+            .iter()
+            .partition(|n| n.node.state == qb_api::NodeState::Detaching);
+        let mut waiting_on = Vec::new();
+        for node in &leaving {
+            if let Some(why) = self.leave(&ec, node).await? {
+                waiting_on.push(why);
+            }
+        }
+        if staying.is_empty() {
+            let (state, message) = if leaving.is_empty() {
+                (ClusterState::Empty, None)
+            } else {
+                (ClusterState::Installing, Some(waiting_on.join("; ")))
+            };
+            self.store
+                .set_cluster_state(tenant, cluster, state, message.as_deref())
+                .await?;
+            return Ok(());
+        }
+        let bundle = match self
+            .store
+            .get_bundle(tenant, &ec.cluster.kubernetes_version)
+            .await
+        {
+            Ok(bundle) => bundle,
+            Err(StoreError::NotFound { .. }) => {
+                let message = format!(
+                    "no release bundle for Kubernetes {} is imported; import one with `qb bundle import`",
+                    ec.cluster.kubernetes_version
+                );
+                return self.block(&ec, &message).await;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let input = ClusterInput {
+            id: ec.cluster.id,
+            name: ec.cluster.name.to_string(),
+            version: ec.cluster.kubernetes_version.clone(),
+            pod_cidr: ec.cluster.pod_cidr,
+            service_cidr: ec.cluster.service_cidr,
+            bundle: bundle.manifest,
+        };
+        let mut addresses = BTreeMap::new();
+        for n in &staying {
+            match qb_plan::render::node_address(&n.node.facts, &n.node.labels) {
+                Some(address) => {
+                    addresses.insert(n.node.id, address);
+                }
+                None => {
+                    let message = format!(
+                        "node {} reported no usable IP address; label it node.qb.io/address=<ip>",
+                        n.node.name
+                    );
+                    return self.block(&ec, &message).await;
+                }
+            }
+        }
+        let candidates: Vec<_> = staying
+            .iter()
+            .map(|n| qb_plan::placement::Candidate {
+                id: n.node.id,
+                name: n.node.name.clone(),
+                memory_bytes: n.node.facts.memory_bytes,
+                labels: n.node.labels.clone(),
+                current: n.node.role,
+            })
+            .collect();
+        let placement =
+            match qb_plan::placement::place(&candidates, ec.cluster.masters, &ec.cluster.roles) {
+                Ok(p) => p,
+                Err(e) => return self.block(&ec, &format!("placement: {e}")).await,
+            };
+
+        // Nodes that never ran here must pass preflight with the rest of the cluster first.
+        if staying.iter().any(|n| n.node.role.is_none()) {
+            match self
+                .preflight_gate(&ec, &staying, &input, &placement, &addresses)
+                .await?
+            {
+                None => {}
+                Some((state, message)) => {
+                    self.store
+                        .set_cluster_state(tenant, cluster, state, Some(&message))
+                        .await?;
+                    return Ok(());
+                }
+            }
+        }
+
+        // Roles and etcd membership, one change at a time.
+        if let Some(message) = membership::step(self, &ec, &staying, &placement, &addresses).await?
+        {
+            self.store
+                .set_cluster_state(tenant, cluster, ClusterState::Installing, Some(&message))
+                .await?;
+            // Membership changed the store; render from fresh state on the next pass.
+            self.wake.notify_one();
+            return Ok(());
+        }
+
+        // Plans.
+        let ec = self.store.engine_cluster(tenant, cluster).await?;
+        let staying: Vec<&EngineNode> = ec
+            .nodes
+            .iter()
+            .filter(|n| n.node.state != qb_api::NodeState::Detaching)
+            .collect();
+        let pki = self.cluster_pki(&ec).await?;
+        let inputs: Vec<NodeInput> = staying
+            .iter()
+            .map(|n| node_input(n, addresses[&n.node.id]))
+            .collect();
+        for (n, node_input) in staying.iter().zip(&inputs) {
+            let certs = self.node_certs(&ec, n, &pki, &input, node_input).await?;
+            let plan = qb_plan::render::render(&input, &inputs, n.node.id, &pki, &certs)
+                .map_err(|e| EngineError::Plan(format!("rendering {}'s plan: {e}", n.node.name)))?;
+            let hash = plan_hash(&plan);
+            if n.plan_hash.as_deref() != Some(hash.as_str()) {
+                self.publish(tenant, &n.node, Some(cluster), plan, &hash)
+                    .await?;
+            }
+        }
+
+        // State, from the agents' reports.
+        let ec = self.store.engine_cluster(tenant, cluster).await?;
+        let (state, message) = self.observed_state(&ec, &waiting_on);
+        self.store
+            .set_cluster_state(tenant, cluster, state, message.as_deref())
+            .await?;
+        Ok(())
+    }
+
+    async fn block(&self, ec: &EngineCluster, message: &str) -> Result<(), EngineError> {
+        self.store
+            .set_cluster_state(
+                ec.tenant,
+                ec.cluster.id,
+                ClusterState::Blocked,
+                Some(message),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Runs preflight when the newest run does not cover exactly these nodes (or failed a
+    /// while ago). `None` when the nodes may go on; otherwise the state to show.
+    async fn preflight_gate(
+        &self,
+        ec: &EngineCluster,
+        staying: &[&EngineNode],
+        input: &ClusterInput,
+        placement: &qb_plan::placement::Placement,
+        addresses: &BTreeMap<NodeId, IpAddr>,
+    ) -> Result<Option<(ClusterState, String)>, EngineError> {
+        let mut ids: Vec<NodeId> = staying.iter().map(|n| n.node.id).collect();
+        ids.sort();
+        if let Some((report, mut covered)) = self
+            .store
+            .latest_preflight(ec.tenant, ec.cluster.id)
+            .await?
+        {
+            covered.sort();
+            let age = time::OffsetDateTime::now_utc() - report.started_at;
+            if covered == ids {
+                if report.passed {
+                    return Ok(None);
+                }
+                if age < time::Duration::seconds(30) {
+                    return Ok(Some((
+                        ClusterState::Blocked,
+                        format!("preflight failed: {}", summarize(&report.problems)),
+                    )));
+                }
+            }
+        }
+        let offline: Vec<String> = staying
+            .iter()
+            .filter(|n| !self.agents.online(n.node.id))
+            .map(|n| n.node.name.to_string())
+            .collect();
+        if !offline.is_empty() {
+            return Ok(Some((
+                ClusterState::Preflight,
+                format!(
+                    "waiting for the agents of {} to connect",
+                    offline.join(", ")
+                ),
+            )));
+        }
+        let targets = preflight::targets(input, staying, placement, addresses);
+        let report = self.run_preflight(ec, &targets).await?;
+        Ok((!report.passed).then(|| {
+            (
+                ClusterState::Blocked,
+                format!("preflight failed: {}", summarize(&report.problems)),
+            )
+        }))
+    }
+
+    /// Runs preflight over `targets` now and stores the result.
+    pub async fn run_preflight(
+        &self,
+        ec: &EngineCluster,
+        targets: &[preflight::Target],
+    ) -> Result<qb_api::PreflightReport, EngineError> {
+        let _one_at_a_time = self.preflights.lock().await;
+        self.store
+            .set_cluster_state(
+                ec.tenant,
+                ec.cluster.id,
+                ClusterState::Preflight,
+                Some(&format!("checking {} nodes", targets.len())),
+            )
+            .await?;
+        let cluster = qb_api::ClusterRef {
+            id: ec.cluster.id,
+            name: ec.cluster.name.clone(),
+        };
+        let report = preflight::run(&self.agents, cluster, targets).await;
+        let ids: Vec<NodeId> = targets.iter().map(|t| t.node).collect();
+        self.store.save_preflight(ec.tenant, &report, &ids).await?;
+        tracing::info!(
+            cluster = %ec.cluster.name,
+            passed = report.passed,
+            ms = report.duration_ms,
+            problems = report.problems.len(),
+            "preflight finished"
+        );
+        Ok(report)
+    }
+
+    /// The targets of a preflight over a cluster's current nodes, for the API.
+    pub async fn preflight_now(
+        &self,
+        tenant: TenantId,
+        cluster: qb_api::ClusterId,
+    ) -> Result<qb_api::PreflightReport, EngineError> {
+        let ec = self.store.engine_cluster(tenant, cluster).await?;
+        let staying: Vec<&EngineNode> = ec
+            .nodes
+            .iter()
+            .filter(|n| n.node.state != qb_api::NodeState::Detaching)
+            .collect();
+        let bundle = self
+            .store
+            .get_bundle(tenant, &ec.cluster.kubernetes_version)
+            .await?;
+        let input = ClusterInput {
+            id: ec.cluster.id,
+            name: ec.cluster.name.to_string(),
+            version: ec.cluster.kubernetes_version.clone(),
+            pod_cidr: ec.cluster.pod_cidr,
+            service_cidr: ec.cluster.service_cidr,
+            bundle: bundle.manifest,
+        };
+        let mut addresses = BTreeMap::new();
+        for n in &staying {
+            let address =
+                qb_plan::render::node_address(&n.node.facts, &n.node.labels).ok_or_else(|| {
+                    EngineError::Plan(format!(
+                        "node {} reported no usable IP address",
+                        n.node.name
+                    ))
+                })?;
+            addresses.insert(n.node.id, address);
+        }
+        let candidates: Vec<_> = staying
+            .iter()
+            .map(|n| qb_plan::placement::Candidate {
+                id: n.node.id,
+                name: n.node.name.clone(),
+                memory_bytes: n.node.facts.memory_bytes,
+                labels: n.node.labels.clone(),
+                current: n.node.role,
+            })
+            .collect();
+        let placement =
+            qb_plan::placement::place(&candidates, ec.cluster.masters, &ec.cluster.roles)
+                .map_err(|e| EngineError::Plan(e.to_string()))?;
+        let targets = preflight::targets(&input, &staying, &placement, &addresses);
+        let report = self.run_preflight(&ec, &targets).await?;
+        self.wake.notify_one();
+        Ok(report)
+    }
+
+    /// A leaving node: etcd member out first, then a wiping plan, then back to the pool.
+    /// Returns what it waits for, if anything.
+    async fn leave(
+        &self,
+        ec: &EngineCluster,
+        n: &EngineNode,
+    ) -> Result<Option<String>, EngineError> {
+        if Membership::of(n).is_some() {
+            if let Some(waiting) = membership::remove_leaving(self, ec, n).await? {
+                return Ok(Some(waiting));
+            }
+            return Ok(Some(format!("removed {}'s etcd member", n.node.name)));
+        }
+        if n.plan_hash.as_deref() != Some(WIPE_PLAN_HASH) {
+            self.publish_wipe(ec.tenant, &n.node, Some(ec.cluster.id))
+                .await?;
+            return Ok(Some(format!("wiping {}", n.node.name)));
+        }
+        let plan = n.node.plan.as_ref();
+        let wiped = match plan.and_then(|p| p.report.as_ref().map(|r| (p.generation, r))) {
+            Some((generation, report)) => {
+                report.generation >= generation && report.state == PlanState::Applied
+            }
+            // The agent never reported a plan: nothing was installed.
+            None => true,
+        };
+        if !wiped {
+            return Ok(Some(format!("waiting for {} to be wiped", n.node.name)));
+        }
+        match self
+            .store
+            .finish_detach(ec.tenant, n.node.id, &Actor::controller())
+            .await
+        {
+            Ok(node) => {
+                tracing::info!(node_id = %node.id, node = %node.name, "node returned to the pool");
+                Ok(None)
+            }
+            Err(StoreError::InvalidNodeState { .. } | StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn publish_wipe(
+        &self,
+        tenant: TenantId,
+        node: &Node,
+        cluster: Option<qb_api::ClusterId>,
+    ) -> Result<(), EngineError> {
+        let plan = Plan {
+            node_id: node.id,
+            ..Plan::default()
+        };
+        self.publish(tenant, node, cluster, plan, WIPE_PLAN_HASH)
+            .await
+    }
+
+    /// Signs and stores a plan with the node's next generation, and tells its agent.
+    async fn publish(
+        &self,
+        tenant: TenantId,
+        node: &Node,
+        cluster: Option<qb_api::ClusterId>,
+        mut plan: Plan,
+        hash: &str,
+    ) -> Result<(), EngineError> {
+        let generation = self
+            .store
+            .publish_plan(tenant, node.id, cluster, hash, |generation| {
+                plan.generation = generation;
+                let text = serde_json::to_string(&plan).map_err(|e| e.to_string())?;
+                let signature = self
+                    .signer
+                    .sign(text.as_bytes())
+                    .map_err(|e| e.to_string())?;
+                serde_json::to_string(&SignedPlan {
+                    plan: text,
+                    signature,
+                    signer_pem: self.signer.chain_pem().to_owned(),
+                })
+                .map_err(|e| e.to_string())
+            })
+            .await?;
+        tracing::info!(node_id = %node.id, node = %node.name, generation, "published a plan");
+        self.agents
+            .push(node.id, ControllerMessage::PlanAvailable { generation });
+        Ok(())
+    }
+
+    async fn cluster_pki(&self, ec: &EngineCluster) -> Result<ClusterPki, EngineError> {
+        let stored = match &ec.pki {
+            Some(pki) => pki.clone(),
+            None => {
+                let pki = ClusterPki::generate(ec.cluster.name.as_str())
+                    .map_err(|e| EngineError::Plan(format!("generating the cluster PKI: {e}")))?;
+                let json =
+                    serde_json::to_string(&pki).map_err(|e| EngineError::Plan(e.to_string()))?;
+                self.store
+                    .init_cluster_pki(ec.tenant, ec.cluster.id, &json)
+                    .await?
+            }
+        };
+        serde_json::from_str(&stored)
+            .map_err(|e| EngineError::Plan(format!("stored cluster PKI: {e}")))
+    }
+
+    async fn node_certs(
+        &self,
+        ec: &EngineCluster,
+        n: &EngineNode,
+        pki: &ClusterPki,
+        input: &ClusterInput,
+        node: &NodeInput,
+    ) -> Result<NodeCerts, EngineError> {
+        if let Some(certs) = n
+            .certs
+            .as_deref()
+            .and_then(|c| serde_json::from_str::<NodeCerts>(c).ok())
+            && qb_plan::pki::node_certs_fit(&certs, input, node)
+        {
+            return Ok(certs);
+        }
+        let certs = qb_plan::pki::issue_node_certs(pki, input, node).map_err(|e| {
+            EngineError::Plan(format!("issuing {}'s certificates: {e}", n.node.name))
+        })?;
+        let json = serde_json::to_string(&certs).map_err(|e| EngineError::Plan(e.to_string()))?;
+        self.store
+            .set_node_engine(
+                ec.tenant,
+                n.node.id,
+                ec.cluster.id,
+                n.node.role,
+                n.etcd.as_deref(),
+                Some(&json),
+            )
+            .await?;
+        Ok(certs)
+    }
+
+    /// The cluster's state as the agents report it.
+    fn observed_state(
+        &self,
+        ec: &EngineCluster,
+        leaving: &[String],
+    ) -> (ClusterState, Option<String>) {
+        let mut behind = Vec::new();
+        let mut unhealthy = Vec::new();
+        for n in ec
+            .nodes
+            .iter()
+            .filter(|n| n.node.state != qb_api::NodeState::Detaching)
+        {
+            let name = &n.node.name;
+            if !self.agents.online(n.node.id) {
+                unhealthy.push(format!("{name}: agent offline"));
+                continue;
+            }
+            let Some(plan) = &n.node.plan else {
+                behind.push(format!("{name}: no plan yet"));
+                continue;
+            };
+            match &plan.report {
+                Some(r) if r.generation == plan.generation && r.state == PlanState::Applied => {
+                    let sick: Vec<&str> = r
+                        .services
+                        .iter()
+                        .filter(|s| !s.healthy)
+                        .map(|s| s.name.as_str())
+                        .collect();
+                    if !sick.is_empty() {
+                        unhealthy.push(format!("{name}: {} unhealthy", sick.join(", ")));
+                    }
+                }
+                Some(r) if r.generation == plan.generation => {
+                    let step = r
+                        .steps
+                        .iter()
+                        .find(|s| s.state != qb_api::StepState::Done)
+                        .map(|s| match &s.message {
+                            Some(m) => format!("{} {:?}: {m}", s.name, s.state),
+                            None => format!("{} {:?}", s.name, s.state),
+                        })
+                        .unwrap_or_else(|| format!("{:?}", r.state));
+                    behind.push(format!("{name}: {step}"));
+                }
+                _ => behind.push(format!("{name}: applying plan {}", plan.generation)),
+            }
+        }
+        let was_installed = matches!(
+            ec.cluster.state,
+            ClusterState::Ready | ClusterState::Degraded
+        );
+        let mut all: Vec<String> = leaving.to_vec();
+        all.extend(behind.iter().cloned());
+        all.extend(unhealthy.iter().cloned());
+        if all.is_empty() {
+            (ClusterState::Ready, None)
+        } else if behind.is_empty() && leaving.is_empty() && was_installed {
+            (ClusterState::Degraded, Some(summarize(&unhealthy)))
+        } else {
+            (ClusterState::Installing, Some(summarize(&all)))
+        }
+    }
+
+    /// Sends an etcd request through a node's agent and returns the membership after it.
+    pub(crate) async fn etcd(
+        &self,
+        via: NodeId,
+        op: qb_agent_proto::etcd::EtcdOp,
+    ) -> Result<Vec<qb_agent_proto::etcd::EtcdMember>, String> {
+        use qb_plan::render::paths;
+        let request = qb_agent_proto::etcd::EtcdRequest {
+            endpoint: "https://127.0.0.1:2379".to_owned(),
+            ca_file: paths::ETCD_CA_CERT.to_owned(),
+            cert_file: paths::ETCD_HEALTHCHECK_CLIENT_CERT.to_owned(),
+            key_file: paths::ETCD_HEALTHCHECK_CLIENT_KEY.to_owned(),
+            op,
+        };
+        match self
+            .agents
+            .request(via, |_| Instruction::Etcd(request), Duration::from_secs(20))
+            .await
+        {
+            Ok(Outcome::EtcdMembers { members }) => Ok(members),
+            Ok(Outcome::Failed { error }) => Err(error),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+fn node_input(n: &EngineNode, address: IpAddr) -> NodeInput {
+    let membership = Membership::of(n);
+    NodeInput {
+        id: n.node.id,
+        name: n.node.name.clone(),
+        address,
+        // A master renders as one once it has an etcd membership to run.
+        role: match (&n.node.role, &membership) {
+            (Some(NodeRole::Master), Some(_)) => NodeRole::Master,
+            _ => NodeRole::Worker,
+        },
+        etcd: membership.map(|m| m.bootstrap),
+    }
+}
+
+/// SHA-256 of the plan without its generation: equal plans hash equal.
+fn plan_hash(plan: &Plan) -> String {
+    let mut plan = plan.clone();
+    plan.generation = 0;
+    let json = serde_json::to_vec(&plan).expect("plans serialize");
+    hex::encode(Sha256::digest(json))
+}
+
+fn summarize(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = items
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if items.len() > SHOWN {
+        text.push_str(&format!("; and {} more", items.len() - SHOWN));
+    }
+    text
+}
