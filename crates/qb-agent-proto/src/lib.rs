@@ -152,6 +152,8 @@ pub enum AgentMessage {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Outcome {
+    /// Carried out; nothing to return.
+    Done,
     Preflight { report: LocalReport },
     Probes { results: Vec<ProbeResult> },
     EtcdMembers { members: Vec<EtcdMember> },
