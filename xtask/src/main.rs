@@ -79,6 +79,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // The cluster engine's lab runs real etcd members; etcdctl checks them from outside.
     ("etcd-server", "/usr/bin/etcd"),
     ("etcd-client", "/usr/bin/etcdctl"),
+    // Preflight tests block a node's UDP with a drop rule in its namespace.
+    ("nftables", "/usr/sbin/nft"),
 ];
 
 /// Installs what the suite needs when it is missing: PostgreSQL (the store's tests start their own
