@@ -34,6 +34,13 @@ pub struct Config {
     /// The node's name; default: the host name.
     #[serde(default)]
     pub node_name: Option<String>,
+    /// Where the services the agent supervises write their logs (rotated).
+    #[serde(default = "default_log_dir")]
+    pub log_dir: PathBuf,
+}
+
+fn default_log_dir() -> PathBuf {
+    PathBuf::from("/var/log/qb")
 }
 
 fn default_state_dir() -> PathBuf {

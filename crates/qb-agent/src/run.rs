@@ -1,6 +1,7 @@
 //! The agent's life: register once, then hold the channel, reconnecting with backoff.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -20,6 +21,7 @@ use crate::config::Config;
 use crate::connect::{Controller, client_identity, post_json};
 use crate::host::{self, Metrics};
 use crate::state::{Identity, StateDir};
+use crate::work::Work;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -58,6 +60,8 @@ enum Ended {
 pub async fn run(config: Config) -> Result<()> {
     let state = StateDir::open(&config.state_dir)?;
     let controller = Controller::new(&config)?;
+    let work = Work::open(&config.state_dir, &config.log_dir, config.ca_pins.clone())?;
+    tokio::spawn(work.clone().run());
     let mut backoff = Backoff { attempt: 0 };
     loop {
         let identity = match state.identity()? {
@@ -90,7 +94,7 @@ pub async fn run(config: Config) -> Result<()> {
         };
         let started = Instant::now();
         let registered_with = identity.registered_with.clone();
-        match session(&controller, &config, &state, identity).await {
+        match session(&controller, &config, &state, &work, identity).await {
             Ended::Deauthorized => {
                 tracing::error!(
                     "the controller deauthorized this host; its certificate is no longer accepted"
@@ -207,18 +211,22 @@ async fn session(
     controller: &Controller,
     config: &Config,
     state: &StateDir,
+    work: &Arc<Work>,
     mut identity: Identity,
 ) -> Ended {
-    match hold_channel(controller, config, state, &mut identity).await {
+    let ended = match hold_channel(controller, config, state, work, &mut identity).await {
         Ok(ended) => ended,
         Err(e) => Ended::Lost(e),
-    }
+    };
+    work.connected(String::new(), None);
+    ended
 }
 
 async fn hold_channel(
     controller: &Controller,
     config: &Config,
     state: &StateDir,
+    work: &Arc<Work>,
     identity: &mut Identity,
 ) -> Result<Ended> {
     let connection = controller
@@ -228,6 +236,7 @@ async fn hold_channel(
         )?))
         .await?;
     let mut sender = connection.sender;
+    work.connected(controller.url.clone(), Some(sender.clone()));
     let (to_controller, outgoing) = mpsc::channel::<Bytes>(16);
     let frames = futures_util::stream::unfold(outgoing, |mut rx| async move {
         let bytes = rx.recv().await?;
@@ -241,6 +250,11 @@ async fn hold_channel(
         facts: facts.clone(),
     };
     to_controller.send(Bytes::from(encode(&hello))).await?;
+    let mut reports = work.report.subscribe();
+    if reports.borrow_and_update().generation > 0 {
+        let report = AgentMessage::Plan(reports.borrow().clone());
+        to_controller.send(Bytes::from(encode(&report))).await?;
+    }
     let response = sender
         .send_request(request)
         .await
@@ -279,22 +293,40 @@ async fn hold_channel(
                 decoder.push(&chunk.context("reading the channel")?);
                 while let Some(message) = decoder.next_message::<ControllerMessage>().context("the controller's frame")? {
                     match message {
-                        ControllerMessage::Welcome { node_id, state, heartbeat_seconds, .. } => {
+                        ControllerMessage::Welcome { node_id, state, heartbeat_seconds, plan_generation } => {
                             tracing::info!(%node_id, state = state.as_str(), "connected to the controller");
                             heartbeat = tokio::time::interval(Duration::from_secs(u64::from(heartbeat_seconds.max(1))));
                             heartbeat.tick().await;
+                            if let Some(generation) = plan_generation.filter(|g| *g > work.generation()) {
+                                work.fetch_plan(identity.node_id, generation).await?;
+                            }
                         }
                         ControllerMessage::State { state } => tracing::info!(state = state.as_str(), "node state changed"),
-                        ControllerMessage::Instruction { id, instruction } => {
-                            match instruction {
-                                Instruction::Ping { .. } => {}
-                                _ => {}
+                        ControllerMessage::PlanAvailable { generation } => {
+                            if generation > work.generation() {
+                                work.fetch_plan(identity.node_id, generation).await?;
                             }
+                        }
+                        ControllerMessage::Instruction { id, instruction: Instruction::Ping { .. } } => {
                             to_controller.send(Bytes::from(encode(&AgentMessage::Done { instruction: id }))).await?;
                         }
+                        ControllerMessage::Instruction { id, instruction } => {
+                            // Preflight and etcd work take a while: answer from a task.
+                            let (work, to_controller) = (work.clone(), to_controller.clone());
+                            tokio::spawn(async move {
+                                let outcome = work.instruction(instruction).await;
+                                let reply = AgentMessage::Reply { instruction: id, outcome };
+                                let _ = to_controller.send(Bytes::from(encode(&reply))).await;
+                            });
+                        }
                         ControllerMessage::Deauthorized => return Ok(Ended::Deauthorized),
-                        ControllerMessage::PlanAvailable { .. } => {}
                     }
+                }
+            }
+            changed = reports.changed() => {
+                if changed.is_ok() {
+                    let report = AgentMessage::Plan(reports.borrow_and_update().clone());
+                    to_controller.send(Bytes::from(encode(&report))).await?;
                 }
             }
             _ = heartbeat.tick() => {

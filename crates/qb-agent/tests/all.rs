@@ -5,6 +5,8 @@
 //! - `security`: wrong CA pin, refused bootstrap tokens, re-registration, a stolen certificate
 //!   (also after the host registers again), an agent deauthorized while down, a second tenant,
 //!   and hostile frames on the channel (agents on 127.0.0.1).
+//! - `engine`: the cluster engine on real etcd: a cluster forms, grows, refuses an unsafe
+//!   detach, shrinks safely; preflight; tampered plans and artifacts; crashes.
 //! - `netns`: the lab helper itself, and a check that it leaves nothing behind when a test panics.
 //!
 //! The controller binary is `$QB_CONTROLLER_BIN` if set, else built with `cargo build -p
@@ -17,6 +19,8 @@
 mod binary;
 #[path = "all/channel.rs"]
 mod channel;
+#[path = "all/engine.rs"]
+mod engine;
 #[path = "all/harness.rs"]
 mod harness;
 #[path = "all/http.rs"]

@@ -360,6 +360,40 @@ pub fn machine_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 
+/// The agent in a new mount namespace (inside `netns`) where `root/<dir>` is mounted over each of
+/// [`HOST_DIRS`]. It dies with the test (pdeathsig); what it starts stays in the namespace.
+fn private_dirs_command(root: &Path, netns: Option<&str>) -> Command {
+    let mut script = String::from("set -e; ");
+    for dir in HOST_DIRS {
+        let private = root.join(dir.trim_start_matches('/'));
+        std::fs::create_dir_all(&private).expect("create a host directory");
+        // The mount point must exist on the machine; it stays empty there.
+        std::fs::create_dir_all(dir).expect("create a mount point");
+        script.push_str(&format!("mount --bind '{}' '{dir}'; ", private.display()));
+    }
+    script.push_str(r#"exec setpriv --pdeathsig KILL -- "$@""#);
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, "unshare"]);
+            cmd
+        }
+        None => Command::new("unshare"),
+    };
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+    ])
+    .arg(agent_binary());
+    cmd.env("NO_COLOR", "1");
+    cmd
+}
+
 /// A fresh bootstrap-token-shaped secret (`qbb_` and 64 hex digits).
 pub fn random_bootstrap_secret() -> String {
     format!("qbb_{}", hex::encode(rand::random::<[u8; 32]>()))
@@ -388,10 +422,17 @@ impl AgentConfig {
     }
 }
 
+/// The system directories cluster components live in. A lab host gets private ones: its agent
+/// runs in its own mount namespace with a directory of the test bind-mounted over each.
+pub const HOST_DIRS: &[&str] = &["/etc/qb", "/var/lib/qb", "/var/log/qb", "/run/qb"];
+
 /// A running `qb-agent` with its own configuration file and state directory.
 pub struct Agent {
     pub proc: Proc,
     pub state_dir: PathBuf,
+    /// Where this host's [`HOST_DIRS`] really are, when it has private ones.
+    pub host_root: Option<PathBuf>,
+    netns: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -401,6 +442,14 @@ impl Agent {
         Self::start_in(tempfile::tempdir().expect("temp dir"), config, netns)
     }
 
+    /// Starts the agent of a lab host in namespace `netns`, with private [`HOST_DIRS`] (the
+    /// cluster engine installs components there).
+    pub fn start_host(config: &AgentConfig, netns: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("host");
+        Self::start_with(dir, config, Some(netns), Some(root))
+    }
+
     /// Stops `agent` and starts it again with `config`, keeping its state directory.
     pub fn restart(mut agent: Self, config: &AgentConfig) -> Self {
         agent.proc.stop();
@@ -408,7 +457,38 @@ impl Agent {
         Self::start_in(dir, config, None)
     }
 
+    /// Kills the agent with SIGKILL (what it started keeps running) and starts it again in the
+    /// same namespace with the same state and host directories.
+    pub fn kill_and_restart(mut self, config: &AgentConfig) -> Self {
+        self.proc.stop();
+        let Self {
+            _dir: dir,
+            netns,
+            host_root,
+            ..
+        } = self;
+        Self::start_with(dir, config, netns.as_deref(), host_root)
+    }
+
+    /// Where `path` (under one of [`HOST_DIRS`]) of this host really is.
+    pub fn host_path(&self, path: &str) -> PathBuf {
+        let root = self
+            .host_root
+            .as_ref()
+            .expect("a host with private directories");
+        root.join(path.trim_start_matches('/'))
+    }
+
     fn start_in(dir: tempfile::TempDir, config: &AgentConfig, netns: Option<&str>) -> Self {
+        Self::start_with(dir, config, netns, None)
+    }
+
+    fn start_with(
+        dir: tempfile::TempDir,
+        config: &AgentConfig,
+        netns: Option<&str>,
+        host_root: Option<PathBuf>,
+    ) -> Self {
         let state_dir = dir.path().join("state");
         let mut file = serde_json::json!({
             "controller_url": config.controller_url,
@@ -422,12 +502,17 @@ impl Agent {
         }
         let path = dir.path().join("config.toml");
         std::fs::write(&path, toml::to_string(&file).expect("TOML")).expect("write config");
-        let mut cmd = command(&agent_binary(), netns);
+        let mut cmd = match &host_root {
+            None => command(&agent_binary(), netns),
+            Some(root) => private_dirs_command(root, netns),
+        };
         cmd.arg("--config").arg(&path).env("QB_LOG", "info");
         let (proc, _stdout) = Proc::spawn(&format!("qb-agent {}", config.node_name), cmd);
         Self {
             proc,
             state_dir,
+            host_root,
+            netns: netns.map(str::to_owned),
             _dir: dir,
         }
     }

@@ -66,22 +66,36 @@ impl Api {
     }
 
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
-        let request = format!("{method} {path}");
         let body = body.map(Value::to_string).unwrap_or_default();
+        self.raw(method, path, "application/json", body.as_bytes())
+    }
+
+    /// `PUT` of raw bytes.
+    pub fn put_bytes(&self, path: &str, bytes: &[u8]) -> Reply {
+        self.raw(
+            "PUT",
+            &format!("/api/v1{path}"),
+            "application/octet-stream",
+            bytes,
+        )
+    }
+
+    fn raw(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Reply {
+        let request = format!("{method} {path}");
         let mut stream = TcpStream::connect_timeout(&self.addr, TIMEOUT)
             .unwrap_or_else(|e| panic!("{request}: cannot connect to {}: {e}", self.addr));
         stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
         stream.set_write_timeout(Some(TIMEOUT)).expect("timeout");
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: application/json\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+             Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             self.addr,
             self.token,
             body.len()
         );
         stream
             .write_all(head.as_bytes())
-            .and_then(|()| stream.write_all(body.as_bytes()))
+            .and_then(|()| stream.write_all(body))
             .unwrap_or_else(|e| panic!("{request}: {e}"));
         let mut raw = Vec::new();
         stream

@@ -1,0 +1,320 @@
+//! The node's work, apart from the channel that brings it: the current plan (verified, kept in
+//! the state directory so a restarted agent finishes it), the applier converging on it in the
+//! background whether or not the controller is reachable, and the instructions that return
+//! answers (preflight, etcd membership).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http2::SendRequest;
+use qb_agent_proto::plan::{ARTIFACTS_PATH, PLAN_PATH, Plan, SignedPlan};
+use qb_agent_proto::{Instruction, Outcome};
+use qb_api::{NodeId, PlanReport, PlanState, PortSpec, StepReport, StepState};
+use qb_pki::Pin;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+
+use crate::apply::{Applier, ApplierDirs, ArtifactSource};
+use crate::connect::Body;
+use crate::preflight::Preflight;
+use crate::supervise::{Supervisor, SupervisorDirs};
+
+/// The signed plan the agent accepted last, in the state directory.
+const PLAN_FILE: &str = "plan.json";
+
+pub struct Work {
+    state_dir: PathBuf,
+    pins: Vec<Pin>,
+    supervisor: Arc<Supervisor>,
+    applier: Applier,
+    preflight: Preflight,
+    /// The accepted plan; the applier follows it.
+    plan: watch::Sender<Option<Arc<Plan>>>,
+    /// Progress of the plan, sent to the controller whenever it changes.
+    pub report: watch::Sender<PlanReport>,
+    /// The open connection to the controller, for downloads.
+    connection: Mutex<Option<(String, SendRequest<Body>)>>,
+}
+
+impl Work {
+    /// Opens the work of this host: re-attaches to the services a previous agent process
+    /// started, and picks up the plan it had accepted (verified again).
+    pub fn open(state_dir: &Path, log_dir: &Path, pins: Vec<Pin>) -> Result<Arc<Self>> {
+        let supervisor = Supervisor::new(SupervisorDirs {
+            records: state_dir.join("services"),
+            logs: log_dir.to_owned(),
+        })
+        .context("starting the service supervisor")?;
+        let adopted = supervisor.adopt().context("adopting running services")?;
+        if !adopted.is_empty() {
+            tracing::info!(services = ?adopted, "re-attached to running services");
+        }
+        let applier = Applier::new(
+            ApplierDirs {
+                state: state_dir.join("applier"),
+                cache: state_dir.join("artifacts"),
+            },
+            supervisor.clone(),
+        );
+        let work = Arc::new(Self {
+            state_dir: state_dir.to_owned(),
+            pins,
+            supervisor,
+            applier,
+            preflight: Preflight::new(),
+            plan: watch::Sender::new(None),
+            report: watch::Sender::new(PlanReport::default()),
+            connection: Mutex::new(None),
+        });
+        let saved = state_dir.join(PLAN_FILE);
+        if let Ok(text) = std::fs::read_to_string(&saved) {
+            match serde_json::from_str::<SignedPlan>(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|signed| work.verify(&signed, None))
+            {
+                Ok(plan) => {
+                    tracing::info!(generation = plan.generation, "resuming the saved plan");
+                    work.plan.send_replace(Some(Arc::new(plan)));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, file = %saved.display(), "ignoring the saved plan")
+                }
+            }
+        }
+        Ok(work)
+    }
+
+    /// The generation of the accepted plan (0 without one).
+    pub fn generation(&self) -> u64 {
+        self.plan.borrow().as_ref().map_or(0, |p| p.generation)
+    }
+
+    /// The connection downloads go over, while the channel is up.
+    pub fn connected(&self, base: String, sender: Option<SendRequest<Body>>) {
+        *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = sender.map(|s| (base, s));
+    }
+
+    fn sender(&self) -> Option<(String, SendRequest<Body>)> {
+        self.connection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Checks a signed plan: signature by a plan signer of a pinned CA over the exact text,
+    /// meant for this node (when known), not older than the accepted one.
+    fn verify(&self, signed: &SignedPlan, node: Option<NodeId>) -> Result<Plan, String> {
+        qb_pki::verify_plan_signature(
+            signed.plan.as_bytes(),
+            &signed.signature,
+            &signed.signer_pem,
+            &self.pins,
+            time::OffsetDateTime::now_utc(),
+        )
+        .map_err(|e| format!("plan refused: {e}"))?;
+        let plan: Plan = serde_json::from_str(&signed.plan)
+            .map_err(|e| format!("plan refused: unreadable: {e}"))?;
+        if let Some(node) = node
+            && plan.node_id != node
+        {
+            return Err(format!(
+                "plan refused: it is for node {}, not this one",
+                plan.node_id
+            ));
+        }
+        let current = self.generation();
+        if plan.generation < current {
+            return Err(format!(
+                "plan refused: generation {} is older than the accepted {current}",
+                plan.generation
+            ));
+        }
+        Ok(plan)
+    }
+
+    /// Fetches the node's plan from the controller and accepts it if it verifies; a refused
+    /// plan is reported and never acted on.
+    pub async fn fetch_plan(&self, node: NodeId, announced: u64) -> Result<()> {
+        let (base, mut sender) = self.sender().context("not connected")?;
+        let request = hyper::Request::get(format!("{base}{PLAN_PATH}"))
+            .body(Body::new(Empty::new().map_err(|never| match never {})))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("fetching the plan")?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            anyhow::bail!("fetching the plan: the controller answered {status}");
+        }
+        let signed: Result<SignedPlan, String> =
+            serde_json::from_slice(&bytes).map_err(|e| format!("plan refused: unreadable: {e}"));
+        match signed.and_then(|s| self.verify(&s, Some(node)).map(|p| (s, p))) {
+            Ok((signed, plan)) => {
+                if plan.generation == self.generation() {
+                    return Ok(());
+                }
+                let text = serde_json::to_string(&signed)?;
+                write_atomic(&self.state_dir.join(PLAN_FILE), text.as_bytes())?;
+                tracing::info!(generation = plan.generation, "accepted a new plan");
+                self.plan.send_replace(Some(Arc::new(plan)));
+            }
+            Err(reason) => {
+                tracing::error!(generation = announced, %reason, "refused a plan");
+                self.report.send_replace(PlanReport {
+                    generation: announced,
+                    state: PlanState::Refused,
+                    steps: vec![StepReport {
+                        name: "verify".to_owned(),
+                        state: StepState::Failed,
+                        message: Some(reason),
+                    }],
+                    services: self.supervisor.reports(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Converges on the accepted plan for as long as the agent runs: applies it, retries
+    /// failures with backoff, starts over when a new plan arrives, and keeps service health in
+    /// the report fresh.
+    pub async fn run(self: Arc<Self>) {
+        let mut plans = self.plan.subscribe();
+        let mut changes = self.supervisor.changes();
+        let mut failures = 0u32;
+        loop {
+            let plan = plans.borrow_and_update().clone();
+            let Some(plan) = plan else {
+                if plans.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let source = Downloads { work: &self };
+            let outcome = tokio::select! {
+                result = self.applier.apply(&plan, &source, &self.report) => Some(result),
+                _ = plans.changed() => None,
+            };
+            match outcome {
+                // A newer plan arrived: start over with it.
+                None => continue,
+                Some(Ok(())) => {
+                    failures = 0;
+                    // Applied: keep the report's service health fresh until the plan changes.
+                    loop {
+                        tokio::select! {
+                            changed = plans.changed() => {
+                                if changed.is_err() { return; }
+                                break;
+                            }
+                            _ = changes.changed() => self.applier.refresh_services(&self.report),
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    failures += 1;
+                    let delay =
+                        Duration::from_secs(1 << failures.min(5)).min(Duration::from_secs(30));
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "plan not applied");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = plans.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Carries out an instruction that answers with an outcome.
+    pub async fn instruction(&self, instruction: Instruction) -> Outcome {
+        match instruction {
+            Instruction::Ping { .. } => Outcome::Done,
+            Instruction::Preflight(check) => Outcome::Preflight {
+                report: self.preflight.check(&check, &self.held_ports()).await,
+            },
+            Instruction::Probe(probe) => Outcome::Probes {
+                results: self.preflight.probe(&probe).await,
+            },
+            Instruction::Etcd(request) => match crate::etcd::run(&request).await {
+                Ok(members) => Outcome::EtcdMembers { members },
+                Err(e) => Outcome::Failed {
+                    error: crate::supervise::error_chain(&e),
+                },
+            },
+        }
+    }
+
+    /// Ports the services of the accepted plan listen on, while they run.
+    fn held_ports(&self) -> Vec<PortSpec> {
+        let running: Vec<String> = self
+            .supervisor
+            .reports()
+            .into_iter()
+            .filter(|s| s.running)
+            .map(|s| s.name)
+            .collect();
+        self.plan
+            .borrow()
+            .as_ref()
+            .map(|p| {
+                p.services
+                    .iter()
+                    .filter(|s| running.contains(&s.name))
+                    .flat_map(|s| s.ports.iter().copied())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Artifacts come from the controller over the agent's authenticated connection.
+struct Downloads<'a> {
+    work: &'a Work,
+}
+
+impl ArtifactSource for Downloads<'_> {
+    async fn fetch(&self, sha256: &str, _size: u64, into: &Path) -> anyhow::Result<()> {
+        let (base, mut sender) = self
+            .work
+            .sender()
+            .context("not connected to the controller")?;
+        let request = hyper::Request::get(format!("{base}{ARTIFACTS_PATH}/{sha256}"))
+            .body(Body::new(Empty::new().map_err(|never| match never {})))?;
+        let response = sender.send_request(request).await?;
+        if !response.status().is_success() {
+            anyhow::bail!("the controller answered {}", response.status());
+        }
+        let mut body = response.into_body();
+        let mut file = tokio::fs::File::create(into)
+            .await
+            .with_context(|| format!("creating {}", into.display()))?;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                file.write_all(&data).await?;
+            }
+        }
+        file.sync_all().await?;
+        Ok(())
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .with_context(|| format!("writing {}", temp.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
