@@ -1,11 +1,22 @@
 //! `qb-agent`: the qb node agent. Registers the host with its controller, then keeps one
 //! outbound, mutually authenticated channel to it.
 
+#[allow(dead_code)]
+mod apply;
 mod config;
 mod connect;
+#[allow(dead_code)] // wired into run.rs later
+mod etcd;
 mod host;
+#[allow(dead_code)] // wired into run.rs later
+mod preflight;
+#[allow(dead_code)]
+mod probe;
 mod run;
 mod state;
+mod work;
+#[allow(dead_code)]
+mod supervise;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,1751 @@
+//! Converging a node on its plan: artifacts, files, then the services in order, each one's
+//! probe gating the next.
+//!
+//! The applier is level-triggered and idempotent: it compares the plan with what is on disk and
+//! what runs, and changes only the difference. Applying the same plan twice rewrites no file and
+//! restarts no service; a changed file or artifact restarts only the services that list it in
+//! their `inputs` (through the service's fingerprint).
+//!
+//! What earlier plans installed is remembered in `<state>/installed.json` (files, artifacts with
+//! the size, mtime and inode they had when verified, every state directory ever used, services
+//! and their fingerprints), written atomically before and after each change. Whatever a crash
+//! interrupts, applying the same plan again finishes it, and a later plan (or a wipe) removes
+//! exactly what is no longer wanted. Artifacts are downloaded once into `<cache>/<sha256>`,
+//! verified, and copied into place.
+//!
+//! Steps, as reported: `service:<name>` for each service no longer in the plan (it is
+//! stopped), `artifacts`, `files`, then `service:<name>` per service of the plan; or `wipe`
+//! alone for a plan without a cluster.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions, Permissions};
+use std::future::Future;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use qb_agent_proto::plan::{
+    Artifact, Owner, Plan, PlanFile, PlanReport, PlanState, Service, StepReport, StepState,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::supervise::{Change, SuperviseError, Supervisor, check_name, error_chain};
+
+/// How long a service may take to pass its probe before the step fails.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where artifacts come from: the controller, in the agent. Implemented by the caller.
+pub trait ArtifactSource {
+    /// Writes the artifact with this SHA-256 (lowercase hex) and size into the file `into`
+    /// (created or truncated). The applier verifies what arrived.
+    fn fetch(
+        &self,
+        sha256: &str,
+        size: u64,
+        into: &Path,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// The applier's own directories.
+#[derive(Clone, Debug)]
+pub struct ApplierDirs {
+    /// Holds `installed.json`.
+    pub state: PathBuf,
+    /// Verified artifacts by SHA-256.
+    pub cache: PathBuf,
+}
+
+/// Why a plan was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("invalid plan: {0}")]
+    Invalid(String),
+    #[error("plan generation {plan} is older than the applied generation {applied}")]
+    Stale { plan: u64, applied: u64 },
+    #[error("the applier's state in {path}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("step {step} failed")]
+    Step {
+        step: String,
+        #[source]
+        source: StepError,
+    },
+}
+
+/// Why a step failed; its message (with its sources) goes into the step's report.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("artifact {name}: checksum mismatch: expected {expected}, got {got}")]
+    Checksum {
+        name: String,
+        expected: String,
+        got: String,
+    },
+    #[error("artifact {name}: size mismatch: expected {expected} bytes, got {got}")]
+    Size {
+        name: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error("artifact {name}: download failed")]
+    Fetch {
+        name: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Supervise(#[from] SuperviseError),
+}
+
+/// Converges the node on plans, one at a time.
+pub struct Applier {
+    dirs: ApplierDirs,
+    supervisor: Arc<Supervisor>,
+    readiness_timeout: Duration,
+    /// One apply at a time.
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl Applier {
+    /// An applier keeping its state in `dirs` and running services through `supervisor`
+    /// (which should have adopted the services of a previous agent process first).
+    pub fn new(dirs: ApplierDirs, supervisor: Arc<Supervisor>) -> Self {
+        Self {
+            dirs,
+            supervisor,
+            readiness_timeout: READINESS_TIMEOUT,
+            busy: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// How long each service may take to become healthy (120 s unless set).
+    pub fn with_readiness_timeout(mut self, timeout: Duration) -> Self {
+        self.readiness_timeout = timeout;
+        self
+    }
+
+    /// Converges the node on `plan` (already verified), publishing progress on `report`.
+    /// `Ok` once every step is done and every service passed its probe; on `Err` the caller
+    /// retries later (with backoff): the steps already done are not redone.
+    #[tracing::instrument(skip_all, fields(generation = plan.generation))]
+    pub async fn apply(
+        &self,
+        plan: &Plan,
+        source: &impl ArtifactSource,
+        report: &watch::Sender<PlanReport>,
+    ) -> Result<(), ApplyError> {
+        let _busy = self.busy.lock().await;
+        let mut progress = Progress::new(plan.generation, &self.supervisor, report);
+        let mut ledger = match validate(plan).and_then(|()| self.open_ledger(plan)) {
+            Ok(ledger) => ledger,
+            Err(e) => {
+                progress.reject(&e);
+                return Err(e);
+            }
+        };
+        let run = Run {
+            applier: self,
+            plan,
+            progress: &mut progress,
+            ledger: &mut ledger,
+        };
+        let result = if plan.cluster_id.is_some() {
+            run.converge(source).await
+        } else {
+            run.wipe().await
+        };
+        match result {
+            Ok(()) => {
+                ledger.installed.generation = Some(plan.generation);
+                if let Err(source) = ledger.save() {
+                    let e = ApplyError::State {
+                        path: ledger.path.clone(),
+                        source: Box::new(source),
+                    };
+                    progress.finish(PlanState::Failed);
+                    return Err(e);
+                }
+                progress.finish(PlanState::Applied);
+                tracing::info!("plan applied");
+                Ok(())
+            }
+            Err(e) => {
+                progress.finish(PlanState::Failed);
+                tracing::warn!(error = %error_chain(&e), "plan not applied");
+                Err(e)
+            }
+        }
+    }
+
+    /// Refreshes the services in the last published report, e.g. when
+    /// [`Supervisor::changes`] ticks between applies.
+    pub fn refresh_services(&self, report: &watch::Sender<PlanReport>) {
+        let services = self.supervisor.reports();
+        report.send_if_modified(|r| {
+            let changed = r.services != services;
+            r.services = services;
+            changed
+        });
+    }
+
+    fn open_ledger(&self, plan: &Plan) -> Result<Ledger, ApplyError> {
+        let state_error = |path: &Path, source: std::io::Error| ApplyError::State {
+            path: path.to_owned(),
+            source: Box::new(source),
+        };
+        for dir in [&self.dirs.state, &self.dirs.cache] {
+            std::fs::create_dir_all(dir).map_err(|e| state_error(dir, e))?;
+        }
+        let ledger = Ledger::load(self.dirs.state.join("installed.json"))?;
+        match ledger.installed.generation {
+            Some(applied) if plan.generation < applied => Err(ApplyError::Stale {
+                plan: plan.generation,
+                applied,
+            }),
+            _ => Ok(ledger),
+        }
+    }
+
+    fn cache_path(&self, sha256: &str) -> PathBuf {
+        self.dirs.cache.join(sha256)
+    }
+}
+
+/// One application of one plan.
+struct Run<'a, 'r> {
+    applier: &'a Applier,
+    plan: &'a Plan,
+    progress: &'a mut Progress<'r>,
+    ledger: &'a mut Ledger,
+}
+
+impl Run<'_, '_> {
+    fn supervisor(&self) -> &Supervisor {
+        &self.applier.supervisor
+    }
+
+    /// Runs `result`'s step bookkeeping: done with its message, or failed with the error.
+    fn conclude(
+        &mut self,
+        step: &str,
+        result: Result<String, StepError>,
+    ) -> Result<(), ApplyError> {
+        match result {
+            Ok(message) => {
+                self.progress.step(step, StepState::Done, Some(message));
+                Ok(())
+            }
+            Err(source) => {
+                self.progress
+                    .step(step, StepState::Failed, Some(error_chain(&source)));
+                Err(ApplyError::Step {
+                    step: step.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+
+    async fn converge(mut self, source: &impl ArtifactSource) -> Result<(), ApplyError> {
+        let wanted: BTreeSet<&str> = self.plan.services.iter().map(|s| s.name.as_str()).collect();
+        let retired: Vec<String> = self
+            .known_services()
+            .into_iter()
+            .filter(|name| !wanted.contains(name.as_str()))
+            .collect();
+        let mut steps: Vec<String> = retired.iter().map(|n| format!("service:{n}")).collect();
+        steps.extend(["artifacts".to_owned(), "files".to_owned()]);
+        steps.extend(
+            self.plan
+                .services
+                .iter()
+                .map(|s| format!("service:{}", s.name)),
+        );
+        self.progress.plan_steps(&steps);
+
+        for name in retired {
+            let step = format!("service:{name}");
+            self.progress.step(&step, StepState::Running, None);
+            let result = self.retire_service(&name).await;
+            self.conclude(&step, result)?;
+        }
+        self.progress.step("artifacts", StepState::Running, None);
+        let result = self.artifacts(source).await;
+        self.conclude("artifacts", result)?;
+        self.progress.step("files", StepState::Running, None);
+        let result = self.files().await;
+        self.conclude("files", result)?;
+        let plan = self.plan;
+        for service in &plan.services {
+            let step = format!("service:{}", service.name);
+            self.progress.step(&step, StepState::Running, None);
+            let result = self.service(service).await;
+            self.conclude(&step, result)?;
+        }
+        Ok(())
+    }
+
+    /// Services the supervisor runs or an earlier plan declared.
+    fn known_services(&self) -> BTreeSet<String> {
+        let mut names: BTreeSet<String> = self.supervisor().names().into_iter().collect();
+        names.extend(self.ledger.installed.services.keys().cloned());
+        names
+    }
+
+    async fn retire_service(&mut self, name: &str) -> Result<String, StepError> {
+        self.supervisor().stop(name).await?;
+        self.ledger.installed.services.remove(name);
+        self.ledger.save()?;
+        Ok("stopped: no longer in the plan".to_owned())
+    }
+
+    async fn artifacts(&mut self, source: &impl ArtifactSource) -> Result<String, StepError> {
+        // The state directories are remembered before any service could write into them.
+        let installed = &mut self.ledger.installed;
+        let dirs = installed.state_dirs.len();
+        installed
+            .state_dirs
+            .extend(self.plan.state_dirs.iter().cloned());
+        if installed.state_dirs.len() != dirs {
+            self.ledger.save()?;
+        }
+        let wanted: BTreeSet<&str> = self
+            .plan
+            .artifacts
+            .iter()
+            .map(|a| a.path.as_str())
+            .collect();
+        let files: BTreeSet<&str> = self.plan.files.iter().map(|f| f.path.as_str()).collect();
+        let stale: Vec<String> = self
+            .ledger
+            .installed
+            .artifacts
+            .keys()
+            .filter(|p| !wanted.contains(p.as_str()))
+            .cloned()
+            .collect();
+        for path in &stale {
+            // A path that became a plain file of the plan is left to the `files` step.
+            if !files.contains(path.as_str()) {
+                remove_path(Path::new(path))?;
+            }
+            self.ledger.installed.artifacts.remove(path);
+            self.ledger.save()?;
+        }
+        let mut installed = 0;
+        for artifact in &self.plan.artifacts {
+            if self.artifact_in_place(artifact).await? {
+                continue;
+            }
+            let cached = self.cached(artifact, source).await?;
+            // Recorded before it is written: a crash in between leaves nothing unaccounted for.
+            self.ledger.installed.artifacts.insert(
+                artifact.path.clone(),
+                InstalledArtifact {
+                    sha256: artifact.sha256.clone(),
+                    stamp: None,
+                },
+            );
+            self.ledger.save()?;
+            let owned = artifact.clone();
+            let stamp = blocking(move || install_copy(&owned, &cached)).await?;
+            if let Some(entry) = self.ledger.installed.artifacts.get_mut(&artifact.path) {
+                entry.stamp = Some(stamp);
+            }
+            self.ledger.save()?;
+            tracing::info!(artifact = %artifact.name, path = %artifact.path, "artifact installed");
+            installed += 1;
+        }
+        self.prune_cache()?;
+        Ok(format!(
+            "{installed} installed, {} unchanged, {} removed",
+            self.plan.artifacts.len() - installed,
+            stale.len()
+        ))
+    }
+
+    /// Whether `artifact` is already installed with its content and mode. Trusts the recorded
+    /// stamp (size, mtime, inode, mode) instead of hashing the file again; hashes it only when
+    /// the stamp is missing or differs (and records the stamp when the content is right).
+    async fn artifact_in_place(&mut self, artifact: &Artifact) -> Result<bool, StepError> {
+        let path = PathBuf::from(&artifact.path);
+        let Some(stamp) = Stamp::of(&path)? else {
+            return Ok(false);
+        };
+        let entry = self.ledger.installed.artifacts.get(&artifact.path);
+        if entry.is_some_and(|e| e.sha256 == artifact.sha256 && e.stamp.as_ref() == Some(&stamp)) {
+            return Ok(stamp.mode == artifact.mode);
+        }
+        if stamp.size != artifact.size || stamp.mode != artifact.mode {
+            return Ok(false);
+        }
+        let (sha256, _) = blocking(move || hash_file(&path)).await?;
+        if sha256 != artifact.sha256 {
+            return Ok(false);
+        }
+        self.ledger.installed.artifacts.insert(
+            artifact.path.clone(),
+            InstalledArtifact {
+                sha256,
+                stamp: Some(stamp),
+            },
+        );
+        self.ledger.save()?;
+        Ok(true)
+    }
+
+    /// The verified artifact in the cache, downloaded if missing. What arrived with the wrong
+    /// checksum or size is deleted.
+    async fn cached(
+        &self,
+        artifact: &Artifact,
+        source: &impl ArtifactSource,
+    ) -> Result<PathBuf, StepError> {
+        let cached = self.applier.cache_path(&artifact.sha256);
+        // Only verified content is ever renamed to its checksum's name.
+        if std::fs::metadata(&cached).is_ok_and(|m| m.len() == artifact.size) {
+            return Ok(cached);
+        }
+        let partial = self
+            .applier
+            .cache_path(&format!("{}.partial", artifact.sha256));
+        remove_path(&partial)?;
+        tracing::info!(artifact = %artifact.name, size = artifact.size, "downloading");
+        if let Err(e) = source
+            .fetch(&artifact.sha256, artifact.size, &partial)
+            .await
+        {
+            remove_path(&partial)?;
+            return Err(StepError::Fetch {
+                name: artifact.name.clone(),
+                source: e.into(),
+            });
+        }
+        let verify = partial.clone();
+        let (got, size) = blocking(move || hash_file(&verify)).await?;
+        let mismatch = if got != artifact.sha256 {
+            Some(StepError::Checksum {
+                name: artifact.name.clone(),
+                expected: artifact.sha256.clone(),
+                got,
+            })
+        } else if size != artifact.size {
+            Some(StepError::Size {
+                name: artifact.name.clone(),
+                expected: artifact.size,
+                got: size,
+            })
+        } else {
+            None
+        };
+        if let Some(e) = mismatch {
+            remove_path(&partial)?;
+            return Err(e);
+        }
+        std::fs::rename(&partial, &cached).map_err(io("caching", &cached))?;
+        Ok(cached)
+    }
+
+    /// Deletes cached artifacts the plan does not use (and leftover partial downloads).
+    fn prune_cache(&self) -> Result<(), StepError> {
+        let wanted: BTreeSet<&str> = self
+            .plan
+            .artifacts
+            .iter()
+            .map(|a| a.sha256.as_str())
+            .collect();
+        let dir = &self.applier.dirs.cache;
+        let entries = std::fs::read_dir(dir).map_err(io("reading", dir))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !wanted.contains(name.to_string_lossy().as_ref()) {
+                remove_path(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn files(&mut self) -> Result<String, StepError> {
+        let wanted: BTreeSet<&str> = self.plan.files.iter().map(|f| f.path.as_str()).collect();
+        let artifacts: BTreeSet<&str> = self
+            .plan
+            .artifacts
+            .iter()
+            .map(|a| a.path.as_str())
+            .collect();
+        let stale: Vec<String> = self
+            .ledger
+            .installed
+            .files
+            .keys()
+            .filter(|p| !wanted.contains(p.as_str()))
+            .cloned()
+            .collect();
+        for path in &stale {
+            if !artifacts.contains(path.as_str()) {
+                remove_path(Path::new(path))?;
+            }
+            self.ledger.installed.files.remove(path);
+            self.ledger.save()?;
+        }
+        let mut written = 0;
+        for file in &self.plan.files {
+            let sha256 = hex::encode(Sha256::digest(file.content.as_bytes()));
+            let in_place = {
+                let file = file.clone();
+                blocking(move || file_in_place(&file)).await?
+            };
+            let known = self.ledger.installed.files.get(&file.path);
+            if in_place && known.is_some_and(|k| k.sha256 == sha256) {
+                continue;
+            }
+            self.ledger
+                .installed
+                .files
+                .insert(file.path.clone(), InstalledFile { sha256 });
+            self.ledger.save()?;
+            if !in_place {
+                let owned = file.clone();
+                blocking(move || write_file(&owned)).await?;
+                tracing::info!(path = %file.path, "file written");
+                written += 1;
+            }
+        }
+        Ok(format!(
+            "{written} written, {} unchanged, {} removed",
+            self.plan.files.len() - written,
+            stale.len()
+        ))
+    }
+
+    async fn service(&mut self, service: &Service) -> Result<String, StepError> {
+        let fingerprint = fingerprint(service, self.plan);
+        if self.ledger.installed.services.get(&service.name) != Some(&fingerprint) {
+            self.ledger
+                .installed
+                .services
+                .insert(service.name.clone(), fingerprint.clone());
+            self.ledger.save()?;
+        }
+        let change = self.supervisor().ensure(service, &fingerprint).await?;
+        self.progress.publish();
+        self.supervisor()
+            .wait_healthy(&service.name, self.applier.readiness_timeout)
+            .await?;
+        Ok(match change {
+            Change::Started => "started, healthy",
+            Change::Restarted => "restarted, healthy",
+            Change::Unchanged => "unchanged, healthy",
+        }
+        .to_owned())
+    }
+
+    /// Stops every service and removes everything earlier plans installed, and their state.
+    async fn wipe(mut self) -> Result<(), ApplyError> {
+        self.progress.plan_steps(&["wipe".to_owned()]);
+        self.progress.step("wipe", StepState::Running, None);
+        let result = self.wipe_everything().await;
+        self.conclude("wipe", result)
+    }
+
+    async fn wipe_everything(&mut self) -> Result<String, StepError> {
+        let mut services = 0;
+        for name in self.known_services() {
+            self.supervisor().stop(&name).await?;
+            self.ledger.installed.services.remove(&name);
+            self.ledger.save()?;
+            services += 1;
+        }
+        let installed = &self.ledger.installed;
+        let paths: Vec<String> = installed
+            .files
+            .keys()
+            .chain(installed.artifacts.keys())
+            .cloned()
+            .collect();
+        for path in &paths {
+            remove_path(Path::new(path))?;
+            self.ledger.installed.files.remove(path);
+            self.ledger.installed.artifacts.remove(path);
+            self.ledger.save()?;
+        }
+        let mut dirs = self.ledger.installed.state_dirs.clone();
+        dirs.extend(self.plan.state_dirs.iter().cloned());
+        for dir in &dirs {
+            remove_tree(Path::new(dir))?;
+            self.ledger.installed.state_dirs.remove(dir);
+            self.ledger.save()?;
+        }
+        self.prune_cache()?;
+        tracing::info!(
+            services,
+            paths = paths.len(),
+            dirs = dirs.len(),
+            "node wiped"
+        );
+        Ok(format!(
+            "{services} services stopped, {} files removed, {} state directories removed",
+            paths.len(),
+            dirs.len()
+        ))
+    }
+}
+
+/// What earlier plans installed: `<state>/installed.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct Installed {
+    /// The last plan applied in full.
+    generation: Option<u64>,
+    /// By path.
+    artifacts: BTreeMap<String, InstalledArtifact>,
+    /// By path.
+    files: BTreeMap<String, InstalledFile>,
+    /// Every state directory a plan named since the last wipe.
+    state_dirs: BTreeSet<String>,
+    /// Name → fingerprint.
+    services: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct InstalledArtifact {
+    sha256: String,
+    /// How the file looked right after it was verified; `None` while being installed.
+    stamp: Option<Stamp>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct InstalledFile {
+    sha256: String,
+}
+
+/// Identifies a file's version without reading it: replacing or rewriting it changes this.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Stamp {
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    inode: u64,
+    /// Permission bits.
+    mode: u32,
+}
+
+impl Stamp {
+    /// `None` when nothing is at `path`.
+    fn of(path: &Path) -> Result<Option<Self>, StepError> {
+        match std::fs::metadata(path) {
+            Ok(meta) => Ok(Some(Self::from_metadata(&meta))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("inspecting", path)(e)),
+        }
+    }
+
+    fn from_metadata(meta: &std::fs::Metadata) -> Self {
+        Self {
+            size: meta.len(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+            inode: meta.ino(),
+            mode: meta.mode() & 0o7777,
+        }
+    }
+}
+
+struct Ledger {
+    path: PathBuf,
+    installed: Installed,
+}
+
+impl Ledger {
+    fn load(path: PathBuf) -> Result<Self, ApplyError> {
+        let installed = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ApplyError::State {
+                path: path.clone(),
+                source: Box::new(e),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Installed::default(),
+            Err(e) => {
+                return Err(ApplyError::State {
+                    path,
+                    source: Box::new(e),
+                });
+            }
+        };
+        Ok(Self { path, installed })
+    }
+
+    fn save(&self) -> Result<(), StepError> {
+        let json = serde_json::to_vec_pretty(&self.installed).expect("the ledger serializes");
+        crate::supervise::write_atomically(&self.path, &json).map_err(io("writing", &self.path))
+    }
+}
+
+/// The plan report being built, published on every change with the services' state merged in.
+struct Progress<'r> {
+    supervisor: &'r Supervisor,
+    sender: &'r watch::Sender<PlanReport>,
+    report: PlanReport,
+}
+
+impl<'r> Progress<'r> {
+    fn new(
+        generation: u64,
+        supervisor: &'r Supervisor,
+        sender: &'r watch::Sender<PlanReport>,
+    ) -> Self {
+        Self {
+            supervisor,
+            sender,
+            report: PlanReport {
+                generation,
+                state: PlanState::Applying,
+                steps: Vec::new(),
+                services: Vec::new(),
+            },
+        }
+    }
+
+    fn plan_steps(&mut self, names: &[String]) {
+        self.report.steps = names
+            .iter()
+            .map(|name| StepReport {
+                name: name.clone(),
+                state: StepState::Pending,
+                message: None,
+            })
+            .collect();
+        self.publish();
+    }
+
+    fn step(&mut self, name: &str, state: StepState, message: Option<String>) {
+        if let Some(step) = self.report.steps.iter_mut().find(|s| s.name == name) {
+            step.state = state;
+            step.message = message;
+        }
+        self.publish();
+    }
+
+    /// The plan could not be started: `Refused` (invalid or stale) or `Failed` (the
+    /// applier's own state is unusable), the reason in the message of a pseudo-step `plan`.
+    fn reject(&mut self, error: &ApplyError) {
+        self.report.state = match error {
+            ApplyError::Invalid(_) | ApplyError::Stale { .. } => PlanState::Refused,
+            ApplyError::State { .. } | ApplyError::Step { .. } => PlanState::Failed,
+        };
+        self.report.steps = vec![StepReport {
+            name: "plan".to_owned(),
+            state: StepState::Failed,
+            message: Some(error_chain(error)),
+        }];
+        self.publish();
+    }
+
+    fn finish(&mut self, state: PlanState) {
+        self.report.state = state;
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let mut report = self.report.clone();
+        report.services = self.supervisor.reports();
+        self.sender.send_replace(report);
+    }
+}
+
+/// SHA-256 over the service's definition and the content of its inputs, as the plan declares
+/// them (an input the plan does not install counts by its path alone).
+fn fingerprint(service: &Service, plan: &Plan) -> String {
+    let mut hash = Sha256::new();
+    hash.update(serde_json::to_vec(service).expect("services serialize"));
+    for input in &service.inputs {
+        let content = plan
+            .artifacts
+            .iter()
+            .find(|a| &a.path == input)
+            .map(|a| a.sha256.clone())
+            .or_else(|| {
+                plan.files
+                    .iter()
+                    .find(|f| &f.path == input)
+                    .map(|f| hex::encode(Sha256::digest(f.content.as_bytes())))
+            })
+            .unwrap_or_else(|| "not installed by the plan".to_owned());
+        hash.update(b"\0");
+        hash.update(input.as_bytes());
+        hash.update(b"\0");
+        hash.update(content.as_bytes());
+    }
+    hex::encode(hash.finalize())
+}
+
+/// Refuses what the applier must never act on: relative paths, `..`, unsafe names.
+fn validate(plan: &Plan) -> Result<(), ApplyError> {
+    let invalid = |what: String| Err(ApplyError::Invalid(what));
+    if plan.cluster_id.is_none()
+        && !(plan.artifacts.is_empty() && plan.files.is_empty() && plan.services.is_empty())
+    {
+        return invalid("a plan without a cluster cannot install anything".to_owned());
+    }
+    let mut paths = BTreeSet::new();
+    for artifact in &plan.artifacts {
+        check_path(&artifact.path)?;
+        let hex = artifact.sha256.len() == 64
+            && artifact
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex {
+            return invalid(format!(
+                "artifact {}: {:?} is not a lowercase hex SHA-256",
+                artifact.name, artifact.sha256
+            ));
+        }
+        if !paths.insert(artifact.path.as_str()) {
+            return invalid(format!("{} is installed twice", artifact.path));
+        }
+    }
+    for file in &plan.files {
+        check_path(&file.path)?;
+        if !paths.insert(file.path.as_str()) {
+            return invalid(format!("{} is installed twice", file.path));
+        }
+    }
+    for dir in &plan.state_dirs {
+        check_path(dir)?;
+    }
+    let mut names = BTreeSet::new();
+    for service in &plan.services {
+        check_name(&service.name).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+        if !names.insert(service.name.as_str()) {
+            return invalid(format!("service {} is declared twice", service.name));
+        }
+        match service.command.first() {
+            Some(program) => check_path(program)?,
+            None => return invalid(format!("service {} has no command", service.name)),
+        }
+        for input in &service.inputs {
+            check_path(input)?;
+        }
+    }
+    Ok(())
+}
+
+/// An absolute path below `/`, without `..`.
+fn check_path(path: &str) -> Result<(), ApplyError> {
+    let p = Path::new(path);
+    let fine = p.is_absolute()
+        && p.components().all(|c| c != Component::ParentDir)
+        && p.components().any(|c| matches!(c, Component::Normal(_)));
+    if fine {
+        Ok(())
+    } else {
+        Err(ApplyError::Invalid(format!(
+            "{path:?} must be an absolute path below / without \"..\""
+        )))
+    }
+}
+
+/// Runs file work off the async threads (hashing hundreds of megabytes takes a while).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StepError> + Send + 'static,
+) -> Result<T, StepError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .expect("file work does not panic")
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StepError {
+    let path = path.to_owned();
+    move |source| StepError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// SHA-256 (hex) and length of a file.
+fn hash_file(path: &Path) -> Result<(String, u64), StepError> {
+    let mut file = File::open(path).map_err(io("reading", path))?;
+    let mut hash = Sha256::new();
+    let mut buffer = vec![0; 256 * 1024];
+    let mut size = 0;
+    loop {
+        let n = file.read(&mut buffer).map_err(io("reading", path))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buffer[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hash.finalize()), size))
+}
+
+/// Whether `file` is on disk with its content, mode and owner.
+fn file_in_place(file: &PlanFile) -> Result<bool, StepError> {
+    let path = Path::new(&file.path);
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io("inspecting", path)(e)),
+    };
+    if !meta.is_file()
+        || meta.mode() & 0o7777 != file.mode
+        || meta.uid() != file.owner.uid
+        || meta.gid() != file.owner.gid
+        || meta.len() != file.content.len() as u64
+    {
+        return Ok(false);
+    }
+    let content = std::fs::read(path).map_err(io("reading", path))?;
+    Ok(content == file.content.as_bytes())
+}
+
+/// Writes a plan file atomically: a temporary file beside it with the content, owner and mode,
+/// fsynced, renamed over it.
+fn write_file(file: &PlanFile) -> Result<(), StepError> {
+    let path = Path::new(&file.path);
+    replace(path, file.mode, Some(file.owner), |temp| {
+        temp.write_all(file.content.as_bytes())
+    })
+    .map(drop)
+}
+
+/// Copies a cached artifact into place atomically, checking its SHA-256 on the way (the copy
+/// reads every byte anyway); returns the installed file's stamp. A cached copy that no longer
+/// matches is deleted, so the next attempt downloads it again.
+fn install_copy(artifact: &Artifact, cached: &Path) -> Result<Stamp, StepError> {
+    let mut from = File::open(cached).map_err(io("reading", cached))?;
+    let mut got = None;
+    let stamp = replace(Path::new(&artifact.path), artifact.mode, None, |temp| {
+        let mut hash = Sha256::new();
+        let mut buffer = vec![0; 256 * 1024];
+        loop {
+            let n = from.read(&mut buffer)?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buffer[..n]);
+            temp.write_all(&buffer[..n])?;
+        }
+        let sha256 = hex::encode(hash.finalize());
+        if sha256 == artifact.sha256 {
+            return Ok(());
+        }
+        got = Some(sha256);
+        Err(std::io::Error::other("the cached copy is damaged"))
+    });
+    if let Some(got) = got {
+        remove_path(cached)?;
+        return Err(StepError::Checksum {
+            name: artifact.name.clone(),
+            expected: artifact.sha256.clone(),
+            got,
+        });
+    }
+    stamp
+}
+
+/// Creates `path` anew through a temporary file in its directory (created if missing): `fill`
+/// writes it; owner (when it differs from the creator's) and mode are set, it is fsynced and
+/// renamed into place, and the directory fsynced.
+fn replace(
+    path: &Path,
+    mode: u32,
+    owner: Option<Owner>,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<Stamp, StepError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp_path = dir.join(format!(".{name}.{:016x}.qb-tmp", rand::random::<u64>()));
+    let result = (|| {
+        let mut temp = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp_path)?;
+        fill(&mut temp)?;
+        if let Some(owner) = owner {
+            let meta = temp.metadata()?;
+            if (meta.uid(), meta.gid()) != (owner.uid, owner.gid) {
+                std::os::unix::fs::fchown(&temp, Some(owner.uid), Some(owner.gid))?;
+            }
+        }
+        // After chown, which may clear set-id bits.
+        temp.set_permissions(Permissions::from_mode(mode))?;
+        temp.sync_all()?;
+        std::fs::rename(&temp_path, path)?;
+        let stamp = Stamp::from_metadata(&temp.metadata()?);
+        File::open(dir)?.sync_all()?;
+        Ok(stamp)
+    })();
+    result.map_err(|source| {
+        let _ = std::fs::remove_file(&temp_path);
+        StepError::Io {
+            action: "installing",
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+/// Removes a file; nothing there is fine.
+fn remove_path(path: &Path) -> Result<(), StepError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io("removing", path)(e)),
+    }
+}
+
+/// Removes a directory tree; nothing there is fine.
+fn remove_tree(path: &Path) -> Result<(), StepError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io("removing", path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::SystemTime;
+
+    use anyhow::Context;
+    use qb_agent_proto::plan::{Probe, RestartPolicy};
+    use qb_api::{ClusterId, NodeId};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::supervise::{Settings, SupervisorDirs};
+
+    /// Serves artifacts from memory, counting downloads; `tamper` flips a bit of what it sends.
+    #[derive(Default)]
+    struct Source {
+        blobs: HashMap<String, Vec<u8>>,
+        fetches: AtomicUsize,
+        tamper: bool,
+    }
+
+    impl Source {
+        /// An artifact for `content`, known to this source.
+        fn artifact(&mut self, name: &str, path: &Path, content: &[u8], mode: u32) -> Artifact {
+            let sha256 = hex::encode(Sha256::digest(content));
+            self.blobs.insert(sha256.clone(), content.to_vec());
+            Artifact {
+                name: name.to_owned(),
+                sha256,
+                size: content.len() as u64,
+                path: path.to_str().unwrap().to_owned(),
+                mode,
+            }
+        }
+
+        fn fetches(&self) -> usize {
+            self.fetches.load(Ordering::SeqCst)
+        }
+    }
+
+    impl ArtifactSource for Source {
+        async fn fetch(&self, sha256: &str, size: u64, into: &Path) -> anyhow::Result<()> {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            let mut bytes = self.blobs.get(sha256).context("no such artifact")?.clone();
+            assert_eq!(bytes.len() as u64, size);
+            if self.tamper {
+                bytes[0] ^= 1;
+            }
+            tokio::fs::write(into, bytes).await?;
+            Ok(())
+        }
+    }
+
+    /// A source whose downloads never finish.
+    struct Stuck;
+
+    impl ArtifactSource for Stuck {
+        async fn fetch(&self, _: &str, _: u64, into: &Path) -> anyhow::Result<()> {
+            tokio::fs::write(into, b"half of it").await?;
+            std::future::pending().await
+        }
+    }
+
+    /// A test host: plan paths point into `host/`, the agent keeps its state in `agent/`.
+    struct Host {
+        root: tempfile::TempDir,
+    }
+
+    impl Drop for Host {
+        /// Services outlive their supervisor: a failed test must not leave them running.
+        fn drop(&mut self) {
+            crate::supervise::kill_recorded(&self.root.path().join("agent/services"));
+        }
+    }
+
+    impl Host {
+        fn new() -> Self {
+            Self {
+                root: tempfile::tempdir().unwrap(),
+            }
+        }
+
+        fn path(&self, rel: &str) -> PathBuf {
+            self.root.path().join("host").join(rel)
+        }
+
+        fn text(&self, rel: &str) -> String {
+            self.path(rel).to_str().unwrap().to_owned()
+        }
+
+        /// A supervisor and an applier on the agent's directories, as after an agent start.
+        fn agent(&self) -> (Arc<Supervisor>, Applier) {
+            let agent = self.root.path().join("agent");
+            let supervisor = Supervisor::with_settings(
+                SupervisorDirs {
+                    records: agent.join("services"),
+                    logs: agent.join("logs"),
+                },
+                Settings {
+                    check_interval: Duration::from_millis(100),
+                    backoff_initial: Duration::from_millis(100),
+                    ..Settings::default()
+                },
+            )
+            .unwrap();
+            supervisor.adopt().unwrap();
+            let applier = Applier::new(
+                ApplierDirs {
+                    state: agent.clone(),
+                    cache: agent.join("cache"),
+                },
+                supervisor.clone(),
+            )
+            .with_readiness_timeout(Duration::from_secs(20));
+            (supervisor, applier)
+        }
+
+        fn cache_entries(&self) -> Vec<String> {
+            std::fs::read_dir(self.root.path().join("agent/cache"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        }
+    }
+
+    fn owner() -> Owner {
+        Owner {
+            uid: rustix::process::getuid().as_raw(),
+            gid: rustix::process::getgid().as_raw(),
+        }
+    }
+
+    fn file(path: String, content: &str) -> PlanFile {
+        PlanFile {
+            path,
+            content: content.to_owned(),
+            mode: 0o640,
+            owner: owner(),
+        }
+    }
+
+    fn service(name: &str, command: Vec<String>, inputs: Vec<String>) -> Service {
+        Service {
+            name: name.to_owned(),
+            command,
+            env: BTreeMap::new(),
+            restart: RestartPolicy::Always,
+            probe: None,
+            ports: Vec::new(),
+            inputs,
+        }
+    }
+
+    fn program(name: &str) -> String {
+        std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{name} is needed by this test and is not installed"))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// A plan with an artifact (a TCP server script), three files and two services: `server`
+    /// (serves `port`, probed, reads the script and `server.conf`) and `worker` (reads
+    /// `worker.conf`, writes into the state directory).
+    async fn plan(host: &Host, source: &mut Source) -> (Plan, u16) {
+        let port = free_port().await;
+        let script = format!(
+            "#!/bin/sh\nexec {} nc -ll -p \"$1\" -e true\n",
+            program("busybox")
+        );
+        let server = source.artifact("server", &host.path("bin/server"), script.as_bytes(), 0o755);
+        let data = host.text("var/lib/worker");
+        let mut server_service = service(
+            "server",
+            vec![host.text("bin/server"), port.to_string()],
+            vec![host.text("bin/server"), host.text("etc/server.conf")],
+        );
+        server_service.probe = Some(Probe::Tcp {
+            address: format!("127.0.0.1:{port}"),
+        });
+        let worker = service(
+            "worker",
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("mkdir -p {data} && echo state > {data}/member && exec sleep 1000"),
+            ],
+            vec![host.text("etc/worker.conf")],
+        );
+        let plan = Plan {
+            node_id: NodeId::new(),
+            cluster_id: Some(ClusterId::new()),
+            generation: 1,
+            artifacts: vec![server],
+            files: vec![
+                file(host.text("etc/server.conf"), "listen = all\n"),
+                file(host.text("etc/worker.conf"), "threads = 2\n"),
+                file(host.text("etc/deep/down/extra.conf"), "nested\n"),
+            ],
+            services: vec![server_service, worker],
+            state_dirs: vec![data],
+        };
+        (plan, port)
+    }
+
+    fn pid(supervisor: &Supervisor, name: &str) -> u32 {
+        supervisor
+            .reports()
+            .into_iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.pid)
+            .unwrap_or_else(|| panic!("{name} does not run"))
+    }
+
+    fn mtime(path: &Path) -> SystemTime {
+        std::fs::metadata(path).unwrap().modified().unwrap()
+    }
+
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'))
+    }
+
+    async fn until_dead(pid: u32) {
+        for _ in 0..200 {
+            if !alive(pid) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("process {pid} still runs");
+    }
+
+    fn step<'a>(report: &'a PlanReport, name: &str) -> &'a StepReport {
+        report.steps.iter().find(|s| s.name == name).unwrap()
+    }
+
+    async fn stop_all(supervisor: &Supervisor) {
+        for name in supervisor.names() {
+            supervisor.stop(&name).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plan_converges_and_applying_it_again_changes_nothing() {
+        let host = Host::new();
+        let mut source = Source::default();
+        let (plan, port) = plan(&host, &mut source).await;
+        let (supervisor, applier) = host.agent();
+        let report = watch::Sender::new(PlanReport::default());
+        let mut updates = report.subscribe();
+
+        applier.apply(&plan, &source, &report).await.unwrap();
+        let done = report.borrow().clone();
+        assert_eq!(done.state, PlanState::Applied);
+        assert_eq!(done.generation, 1);
+        let names: Vec<&str> = done.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["artifacts", "files", "service:server", "service:worker"]
+        );
+        assert!(
+            done.steps.iter().all(|s| s.state == StepState::Done),
+            "{done:?}"
+        );
+        assert_eq!(
+            step(&done, "service:server").message.as_deref(),
+            Some("started, healthy")
+        );
+        assert!(
+            done.services.iter().all(|s| s.running && s.healthy),
+            "{done:?}"
+        );
+        assert!(updates.has_changed().unwrap());
+        updates.mark_unchanged();
+
+        // Everything is in place, with its mode and owner.
+        let installed = host.path("bin/server");
+        assert_eq!(
+            std::fs::metadata(&installed).unwrap().mode() & 0o7777,
+            0o755
+        );
+        assert!(
+            std::fs::read_to_string(&installed)
+                .unwrap()
+                .contains("nc -ll")
+        );
+        let conf = std::fs::metadata(host.path("etc/server.conf")).unwrap();
+        assert_eq!(conf.mode() & 0o7777, 0o640);
+        assert_eq!((conf.uid(), conf.gid()), (owner().uid, owner().gid));
+        assert_eq!(
+            std::fs::read_to_string(host.path("etc/deep/down/extra.conf")).unwrap(),
+            "nested\n"
+        );
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("the server serves its port");
+        assert_eq!(source.fetches(), 1);
+
+        // Again: no download, no write, no restart.
+        let pids = (pid(&supervisor, "server"), pid(&supervisor, "worker"));
+        let paths = [
+            installed.clone(),
+            host.path("etc/server.conf"),
+            host.path("etc/worker.conf"),
+        ];
+        let mtimes: Vec<SystemTime> = paths.iter().map(|p| mtime(p)).collect();
+        applier.apply(&plan, &source, &report).await.unwrap();
+        let again = report.borrow().clone();
+        assert_eq!(again.state, PlanState::Applied);
+        assert_eq!(
+            step(&again, "artifacts").message.as_deref(),
+            Some("0 installed, 1 unchanged, 0 removed")
+        );
+        assert_eq!(
+            step(&again, "files").message.as_deref(),
+            Some("0 written, 3 unchanged, 0 removed")
+        );
+        assert_eq!(
+            step(&again, "service:worker").message.as_deref(),
+            Some("unchanged, healthy")
+        );
+        assert_eq!(source.fetches(), 1);
+        assert_eq!(
+            (pid(&supervisor, "server"), pid(&supervisor, "worker")),
+            pids
+        );
+        assert_eq!(paths.iter().map(|p| mtime(p)).collect::<Vec<_>>(), mtimes);
+
+        // A changed input restarts only the service that reads it.
+        let mut changed = plan.clone();
+        changed.generation = 2;
+        changed.files[1].content = "threads = 4\n".into();
+        applier.apply(&changed, &source, &report).await.unwrap();
+        assert_eq!(
+            pid(&supervisor, "server"),
+            pids.0,
+            "server is not restarted"
+        );
+        assert_ne!(pid(&supervisor, "worker"), pids.1, "worker is restarted");
+        until_dead(pids.1).await;
+        assert_eq!(
+            std::fs::read_to_string(host.path("etc/worker.conf")).unwrap(),
+            "threads = 4\n"
+        );
+        assert_eq!(mtime(&paths[1]), mtimes[1], "server.conf is not rewritten");
+        let third = report.borrow().clone();
+        assert_eq!(
+            step(&third, "service:worker").message.as_deref(),
+            Some("restarted, healthy")
+        );
+
+        // An older plan is refused.
+        let err = applier.apply(&plan, &source, &report).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ApplyError::Stale {
+                    plan: 1,
+                    applied: 2
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(report.borrow().state, PlanState::Refused);
+        stop_all(&supervisor).await;
+    }
+
+    #[tokio::test]
+    async fn removed_services_and_files_go_and_a_plan_without_cluster_wipes_everything() {
+        let host = Host::new();
+        let mut source = Source::default();
+        let (plan, _) = plan(&host, &mut source).await;
+        let (supervisor, applier) = host.agent();
+        let report = watch::Sender::new(PlanReport::default());
+        applier.apply(&plan, &source, &report).await.unwrap();
+        let worker = pid(&supervisor, "worker");
+        let server = pid(&supervisor, "server");
+        // The worker has no probe: it counts as ready once it runs, perhaps before it wrote.
+        let member = host.path("var/lib/worker/member");
+        for _ in 0..200 {
+            if member.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(member.exists(), "the worker writes its state");
+
+        // Without the worker and its file.
+        let mut smaller = plan.clone();
+        smaller.generation = 2;
+        smaller.services.retain(|s| s.name != "worker");
+        smaller.files.retain(|f| !f.path.ends_with("worker.conf"));
+        applier.apply(&smaller, &source, &report).await.unwrap();
+        let done = report.borrow().clone();
+        assert_eq!(done.steps[0].name, "service:worker");
+        assert_eq!(
+            done.steps[0].message.as_deref(),
+            Some("stopped: no longer in the plan")
+        );
+        until_dead(worker).await;
+        assert_eq!(supervisor.names(), ["server"]);
+        assert_eq!(pid(&supervisor, "server"), server);
+        assert!(!host.path("etc/worker.conf").exists());
+        assert!(host.path("etc/server.conf").exists());
+        assert!(
+            host.path("var/lib/worker/member").exists(),
+            "state directories stay until the node leaves its cluster"
+        );
+
+        // The node leaves its cluster.
+        let wipe = Plan {
+            node_id: plan.node_id,
+            cluster_id: None,
+            generation: 3,
+            ..Plan::default()
+        };
+        applier.apply(&wipe, &source, &report).await.unwrap();
+        let done = report.borrow().clone();
+        assert_eq!(done.state, PlanState::Applied);
+        assert_eq!(done.steps.len(), 1);
+        assert_eq!(done.steps[0].name, "wipe");
+        assert_eq!(done.steps[0].state, StepState::Done);
+        assert!(done.services.is_empty());
+        until_dead(server).await;
+        assert!(supervisor.names().is_empty());
+        for gone in [
+            "bin/server",
+            "etc/server.conf",
+            "etc/deep/down/extra.conf",
+            "var/lib/worker",
+        ] {
+            assert!(!host.path(gone).exists(), "{gone} is left");
+        }
+        assert!(host.cache_entries().is_empty());
+        let ledger: Installed = serde_json::from_slice(
+            &std::fs::read(host.root.path().join("agent/installed.json")).unwrap(),
+        )
+        .unwrap();
+        assert!(
+            ledger.files.is_empty()
+                && ledger.artifacts.is_empty()
+                && ledger.services.is_empty()
+                && ledger.state_dirs.is_empty()
+        );
+        assert_eq!(ledger.generation, Some(3));
+
+        // Wiping again is a no-op.
+        applier.apply(&wipe, &source, &report).await.unwrap();
+        assert_eq!(
+            step(&report.borrow(), "wipe").message.as_deref(),
+            Some("0 services stopped, 0 files removed, 0 state directories removed")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tampered_artifact_fails_its_step_and_installs_nothing() {
+        let host = Host::new();
+        let mut source = Source::default();
+        let (plan, _) = plan(&host, &mut source).await;
+        source.tamper = true;
+        let (supervisor, applier) = host.agent();
+        let report = watch::Sender::new(PlanReport::default());
+
+        let err = applier.apply(&plan, &source, &report).await.unwrap_err();
+        assert!(
+            matches!(&err, ApplyError::Step { step, .. } if step == "artifacts"),
+            "{err}"
+        );
+        let failed = report.borrow().clone();
+        assert_eq!(failed.state, PlanState::Failed);
+        let artifacts = step(&failed, "artifacts");
+        assert_eq!(artifacts.state, StepState::Failed);
+        let message = artifacts.message.as_deref().unwrap();
+        let expected = &plan.artifacts[0].sha256;
+        assert!(
+            message.starts_with(&format!(
+                "artifact server: checksum mismatch: expected {expected}, got "
+            )),
+            "{message}"
+        );
+        assert!(
+            failed.steps[1..]
+                .iter()
+                .all(|s| s.state == StepState::Pending)
+        );
+        assert!(!host.path("bin/server").exists());
+        assert!(
+            host.cache_entries().is_empty(),
+            "{:?}",
+            host.cache_entries()
+        );
+        assert!(supervisor.names().is_empty());
+
+        // Honest bytes next time.
+        source.tamper = false;
+        applier.apply(&plan, &source, &report).await.unwrap();
+        assert_eq!(report.borrow().state, PlanState::Applied);
+        stop_all(&supervisor).await;
+    }
+
+    #[tokio::test]
+    async fn an_apply_cut_short_is_finished_by_the_next_agent() {
+        let host = Host::new();
+        let mut source = Source::default();
+        let (mut plan, _) = plan(&host, &mut source).await;
+        // The worker's readiness gate: a port nobody serves yet.
+        let gate = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gate_address = gate.local_addr().unwrap();
+        drop(gate);
+        plan.services[1].probe = Some(Probe::Tcp {
+            address: gate_address.to_string(),
+        });
+
+        let (supervisor, applier) = host.agent();
+        let report = watch::Sender::new(PlanReport::default());
+        // The agent dies while the worker's gate waits.
+        let cut = tokio::time::timeout(
+            Duration::from_secs(3),
+            applier.apply(&plan, &source, &report),
+        )
+        .await;
+        assert!(cut.is_err(), "the apply was still waiting");
+        let interrupted = report.borrow().clone();
+        assert_eq!(interrupted.state, PlanState::Applying);
+        assert_eq!(
+            step(&interrupted, "service:worker").state,
+            StepState::Running
+        );
+        let pids = (pid(&supervisor, "server"), pid(&supervisor, "worker"));
+        let conf = host.path("etc/server.conf");
+        let conf_mtime = mtime(&conf);
+        drop(applier);
+        drop(supervisor);
+
+        // The worker becomes ready; a new agent adopts the services and finishes the plan.
+        let _gate = TcpListener::bind(gate_address).await.unwrap();
+        let (supervisor, applier) = host.agent();
+        applier.apply(&plan, &source, &report).await.unwrap();
+        let done = report.borrow().clone();
+        assert_eq!(done.state, PlanState::Applied);
+        assert_eq!(
+            (pid(&supervisor, "server"), pid(&supervisor, "worker")),
+            pids,
+            "nothing was restarted"
+        );
+        assert_eq!(
+            step(&done, "service:worker").message.as_deref(),
+            Some("unchanged, healthy")
+        );
+        assert_eq!(mtime(&conf), conf_mtime);
+        assert_eq!(source.fetches(), 1);
+        stop_all(&supervisor).await;
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_download_is_started_over() {
+        let host = Host::new();
+        let mut source = Source::default();
+        let (plan, _) = plan(&host, &mut source).await;
+        let (supervisor, applier) = host.agent();
+        let report = watch::Sender::new(PlanReport::default());
+        let cut = tokio::time::timeout(
+            Duration::from_millis(500),
+            applier.apply(&plan, &Stuck, &report),
+        )
+        .await;
+        assert!(cut.is_err());
+        assert!(!host.path("bin/server").exists());
+
+        applier.apply(&plan, &source, &report).await.unwrap();
+        assert_eq!(
+            host.cache_entries(),
+            [plan.artifacts[0].sha256.clone()],
+            "the partial download is gone"
+        );
+        stop_all(&supervisor).await;
+    }
+
+    #[tokio::test]
+    async fn a_changed_artifact_is_reinstalled_from_a_verified_copy() {
+        let host = Host::new();
+        let mut source = Source::default();
+        let (plan, _) = plan(&host, &mut source).await;
+        let (supervisor, applier) = host.agent();
+        let report = watch::Sender::new(PlanReport::default());
+        applier.apply(&plan, &source, &report).await.unwrap();
+        let server = pid(&supervisor, "server");
+
+        // Someone edits the installed binary: the stamp differs, the content is checked.
+        let installed = host.path("bin/server");
+        let mut content = std::fs::read(&installed).unwrap();
+        content.push(b'\n');
+        std::fs::write(&installed, &content).unwrap();
+        applier.apply(&plan, &source, &report).await.unwrap();
+        assert_eq!(
+            step(&report.borrow(), "artifacts").message.as_deref(),
+            Some("1 installed, 0 unchanged, 0 removed")
+        );
+        let sha = hex::encode(Sha256::digest(std::fs::read(&installed).unwrap()));
+        assert_eq!(sha, plan.artifacts[0].sha256);
+        assert_eq!(source.fetches(), 1, "reinstalled from the cache");
+        assert_eq!(
+            pid(&supervisor, "server"),
+            server,
+            "same content, no restart"
+        );
+
+        // A damaged cached copy is never installed: the step fails, the copy is dropped, and
+        // the next attempt downloads it again.
+        let cached = host
+            .root
+            .path()
+            .join("agent/cache")
+            .join(&plan.artifacts[0].sha256);
+        let mut damaged = std::fs::read(&cached).unwrap();
+        damaged[0] ^= 1;
+        std::fs::write(&cached, &damaged).unwrap();
+        std::fs::write(&installed, &content).unwrap();
+        let err = applier.apply(&plan, &source, &report).await.unwrap_err();
+        assert!(
+            error_chain(&err).contains("artifact server: checksum mismatch"),
+            "{}",
+            error_chain(&err)
+        );
+        assert_eq!(
+            std::fs::read(&installed).unwrap(),
+            content,
+            "left as it was"
+        );
+        assert!(!cached.exists());
+        applier.apply(&plan, &source, &report).await.unwrap();
+        assert_eq!(source.fetches(), 2);
+        let sha = hex::encode(Sha256::digest(std::fs::read(&installed).unwrap()));
+        assert_eq!(sha, plan.artifacts[0].sha256);
+        stop_all(&supervisor).await;
+    }
+
+    #[tokio::test]
+    async fn unsafe_plans_are_refused() {
+        let host = Host::new();
+        let mut source = Source::default();
+        let (plan, _) = plan(&host, &mut source).await;
+        let (supervisor, applier) = host.agent();
+        let report = watch::Sender::new(PlanReport::default());
+        type Breakage = Box<dyn Fn(&mut Plan)>;
+        let cases: Vec<(&str, Breakage)> = vec![
+            ("relative", Box::new(|p| p.files[0].path = "etc/x".into())),
+            (
+                "dot-dot",
+                Box::new(|p| p.files[0].path = "/etc/../root/.ssh/keys".into()),
+            ),
+            ("root", Box::new(|p| p.state_dirs.push("/".into()))),
+            (
+                "checksum",
+                Box::new(|p| p.artifacts[0].sha256 = "../../etc/passwd".into()),
+            ),
+            ("name", Box::new(|p| p.services[0].name = "../x".into())),
+            (
+                "twice",
+                Box::new(|p| p.files[1].path = p.files[0].path.clone()),
+            ),
+            ("wipe with content", Box::new(|p| p.cluster_id = None)),
+        ];
+        for (case, break_it) in cases {
+            let mut bad = plan.clone();
+            break_it(&mut bad);
+            let err = applier.apply(&bad, &source, &report).await.unwrap_err();
+            assert!(matches!(err, ApplyError::Invalid(_)), "{case}: {err}");
+            let refused = report.borrow().clone();
+            assert_eq!(refused.state, PlanState::Refused, "{case}");
+            assert_eq!(refused.steps[0].name, "plan");
+            assert!(
+                refused.steps[0]
+                    .message
+                    .as_deref()
+                    .unwrap()
+                    .contains("invalid plan")
+            );
+        }
+        assert!(!host.path("etc").exists(), "nothing was written");
+        assert!(supervisor.names().is_empty());
+        assert_eq!(source.fetches(), 0);
+    }
+
+    #[test]
+    fn fingerprints_follow_the_definition_and_the_inputs_content() {
+        let mut plan = Plan {
+            files: vec![
+                file("/etc/a.conf".into(), "a"),
+                file("/etc/b.conf".into(), "b"),
+            ],
+            ..Plan::default()
+        };
+        let reader = service("svc", vec!["/bin/svc".into()], vec!["/etc/a.conf".into()]);
+        let before = fingerprint(&reader, &plan);
+        plan.files[1].content = "b2".into();
+        assert_eq!(
+            fingerprint(&reader, &plan),
+            before,
+            "b.conf is not an input"
+        );
+        plan.files[0].content = "a2".into();
+        let after = fingerprint(&reader, &plan);
+        assert_ne!(after, before);
+        let mut other = reader.clone();
+        other.env.insert("X".into(), "1".into());
+        assert_ne!(fingerprint(&other, &plan), after);
+    }
+}
