@@ -46,6 +46,9 @@ pub enum Command {
     /// Create, inspect and resize clusters.
     #[command(subcommand, alias = "clusters")]
     Cluster(ClusterCommand),
+    /// Import and inspect release bundles: the Kubernetes binaries clusters are installed from.
+    #[command(subcommand, alias = "bundles")]
+    Bundle(BundleCommand),
     /// Manage API tokens, and the bootstrap tokens agents register hosts with.
     #[command(subcommand, alias = "tokens")]
     Token(TokenCommand),
@@ -190,6 +193,45 @@ pub enum ClusterCommand {
     Attach(AttachArgs),
     /// Detach nodes; by default wait until they are back in the pool.
     Detach(DetachArgs),
+    /// Check the nodes and the network between them: run preflight now and show the result.
+    ///
+    /// Every node checks itself (memory, kernel, clock, free ports, ...) and then probes every
+    /// other node on the ports its role needs. Exits with status 1 when the preflight failed.
+    Preflight(PreflightArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PreflightArgs {
+    /// Cluster name or id.
+    pub cluster: String,
+    /// Show the newest preflight result instead of running one.
+    #[arg(long)]
+    pub last: bool,
+    /// Show every probe of the network matrix with its latency, not only the failed ones.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Import a release bundle: check its files, upload the missing ones, register it.
+    ///
+    /// A bundle is a directory holding `bundle.json` and the files it names (a directory with a
+    /// single bundle directory inside is accepted too). Every file is checked against the size
+    /// and SHA-256 in `bundle.json` before anything is uploaded.
+    Import {
+        /// The bundle directory.
+        #[arg(value_name = "DIR")]
+        path: PathBuf,
+    },
+    /// List the imported bundles.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Show one bundle and its artifacts.
+    Show {
+        /// The Kubernetes version of the bundle, e.g. 1.20.2.
+        version: KubernetesVersion,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +286,10 @@ pub struct DetachArgs {
     /// How long to wait for the nodes to return to the pool.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub timeout: u64,
+    /// Detach even if removing the nodes' etcd members would leave etcd without quorum or
+    /// without any member.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// A role, as a command-line value.
@@ -457,6 +503,7 @@ pub fn parse_label_changes(args: &[String]) -> anyhow::Result<LabelChange> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use std::path::Path;
 
     fn strings(args: &[&str]) -> Vec<String> {
         args.iter().map(|s| (*s).to_owned()).collect()
@@ -739,6 +786,63 @@ mod tests {
         let cli = Cli::try_parse_from(["qb", "node", "ping", "n1"]).expect("parse");
         assert!(matches!(cli.command, Command::Node(NodeCommand::Ping { node }) if node == "n1"));
         assert!(Cli::try_parse_from(["qb", "node", "ping"]).is_err());
+    }
+
+    #[test]
+    fn bundle_commands_parse() {
+        let cli = Cli::try_parse_from(["qb", "bundle", "import", "./k8s-1.20.2"]).expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Bundle(BundleCommand::Import { path }) if path == Path::new("./k8s-1.20.2")
+        ));
+        assert!(Cli::try_parse_from(["qb", "bundles", "ls", "-o", "json"]).is_ok());
+        let cli = Cli::try_parse_from(["qb", "bundle", "show", "1.20.2"]).expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Bundle(BundleCommand::Show { version }) if version.to_string() == "1.20.2"
+        ));
+        for bad in [
+            &["qb", "bundle", "import"][..],
+            &["qb", "bundle", "show", "v1.20"],
+            &["qb", "bundle", "show"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn preflight_and_forced_detach_parse() {
+        let cli = Cli::try_parse_from(["qb", "cluster", "preflight", "clus100"]).expect("parse");
+        let Command::Cluster(ClusterCommand::Preflight(args)) = cli.command else {
+            panic!("not a preflight: {:?}", cli.command);
+        };
+        assert_eq!(
+            (args.cluster.as_str(), args.last, args.all),
+            ("clus100", false, false)
+        );
+        let cli = Cli::try_parse_from(["qb", "cluster", "preflight", "c", "--last", "--all"])
+            .expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::Preflight(PreflightArgs {
+                last: true,
+                all: true,
+                ..
+            }))
+        ));
+        assert!(Cli::try_parse_from(["qb", "cluster", "preflight"]).is_err());
+
+        let cli =
+            Cli::try_parse_from(["qb", "cluster", "detach", "c", "n1", "--force"]).expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::Detach(DetachArgs { force: true, .. }))
+        ));
+        let cli = Cli::try_parse_from(["qb", "cluster", "detach", "c", "n1"]).expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::Detach(DetachArgs { force: false, .. }))
+        ));
     }
 
     #[test]

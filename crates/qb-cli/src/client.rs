@@ -18,6 +18,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a download may take, body included: packages are built on request and may be large.
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// How long an upload may take, body included: artifacts may be hundreds of megabytes.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Items per page when listing everything.
 const PAGE_SIZE: u32 = 1000;
 
@@ -180,15 +182,30 @@ impl Client {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<reqwest::Response, ApiError> {
-        let mut request = self.http.request(method, url).timeout(timeout);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
+        let mut request = self.request(method, url, timeout);
         if let Some(body) = body {
             request = request
                 .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
                 .body(body);
         }
+        self.execute(request, timeout).await
+    }
+
+    /// A request with the token, limited to `timeout`.
+    fn request(&self, method: Method, url: Url, timeout: Duration) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, url).timeout(timeout);
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Sends `request`; returns the successful response, or the error the controller gave.
+    async fn execute(
+        &self,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ApiError> {
         let response = request
             .send()
             .await
@@ -298,11 +315,65 @@ impl Client {
         self.decode(response, &what).await
     }
 
+    /// A POST that may create: the answer, and whether the controller created something (201)
+    /// rather than found it there already.
+    pub async fn post_creating<B: Serialize, T: DeserializeOwned>(
+        &self,
+        url: Url,
+        body: &B,
+    ) -> Result<(T, bool), ApiError> {
+        let what = Self::what(&Method::POST, &url);
+        let bytes = serde_json::to_vec(body).map_err(|e| ApiError::Decode {
+            what: what.clone(),
+            reason: e.to_string(),
+        })?;
+        let response = self.send(Method::POST, url, Some(bytes)).await?;
+        let created = response.status() == StatusCode::CREATED;
+        Ok((self.decode(response, &what).await?, created))
+    }
+
     /// A POST without a body.
     pub async fn post_empty<T: DeserializeOwned>(&self, url: Url) -> Result<T, ApiError> {
+        self.post_empty_within(url, REQUEST_TIMEOUT).await
+    }
+
+    /// A POST without a body, for work that takes a while on the controller.
+    pub async fn post_empty_within<T: DeserializeOwned>(
+        &self,
+        url: Url,
+        timeout: Duration,
+    ) -> Result<T, ApiError> {
         let what = Self::what(&Method::POST, &url);
-        let response = self.send(Method::POST, url, None).await?;
+        let response = self.send_within(Method::POST, url, None, timeout).await?;
         self.decode(response, &what).await
+    }
+
+    /// A HEAD: `true` when the resource exists, `false` on 404.
+    pub async fn exists(&self, url: Url) -> Result<bool, ApiError> {
+        let response = self
+            .request(Method::HEAD, url, REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        match response.status() {
+            status if status.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            // A HEAD answer has no body to explain itself.
+            status => Err(self.status_error(status, &[])),
+        }
+    }
+
+    /// A PUT of raw bytes (`application/octet-stream`) answered with no content. The body is
+    /// sent from memory.
+    pub async fn upload(&self, url: Url, body: Vec<u8>) -> Result<(), ApiError> {
+        let request = self
+            .request(Method::PUT, url, UPLOAD_TIMEOUT)
+            .header(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            )
+            .body(body);
+        self.execute(request, UPLOAD_TIMEOUT).await.map(drop)
     }
 
     /// A DELETE answered with a body.
@@ -589,6 +660,75 @@ mod tests {
             .await
             .expect_err("409");
         assert_eq!(err.to_string(), r#"asked {"count":3} (pool_exhausted)"#);
+    }
+
+    #[tokio::test]
+    async fn heads_uploads_and_creations() {
+        let handler = |seen: &fake_server::Seen| match seen.line.as_str() {
+            "HEAD /api/v1/artifacts/there" => (200, String::new()),
+            "HEAD /api/v1/artifacts/missing" => (404, String::new()),
+            "HEAD /api/v1/artifacts/broken" => (500, String::new()),
+            "PUT /api/v1/artifacts/missing" => (204, String::new()),
+            "PUT /api/v1/artifacts/bad" => {
+                let problem = Problem::new(ProblemCode::InvalidInput, "the content's SHA-256 is x");
+                (400, serde_json::to_string(&problem).unwrap_or_default())
+            }
+            "POST /api/v1/bundles" if seen.body.contains("new") => (201, seen.body.clone()),
+            _ => (200, seen.body.clone()),
+        };
+        let server = fake_server::start(Protocol::Http, Arc::new(handler)).await;
+        let client = Client::new(&server.url, Trust::Probe, Some("t".into())).expect("client");
+        let artifact = |name: &str| client.url(&["artifacts", name], &[]);
+        assert!(client.exists(artifact("there")).await.expect("head"));
+        assert!(!client.exists(artifact("missing")).await.expect("head"));
+        let err = client.exists(artifact("broken")).await.expect_err("500");
+        assert!(matches!(err, ApiError::Unexpected { .. }), "{err:?}");
+
+        client
+            .upload(artifact("missing"), b"content".to_vec())
+            .await
+            .expect("upload");
+        let err = client
+            .upload(artifact("bad"), b"other".to_vec())
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "the content's SHA-256 is x (invalid_input)"
+        );
+        let puts: Vec<(String, String, Option<String>)> = server
+            .requests()
+            .into_iter()
+            .filter(|r| r.line.starts_with("PUT "))
+            .map(|r| (r.line, r.body, r.authorization))
+            .collect();
+        assert_eq!(
+            puts,
+            [
+                (
+                    "PUT /api/v1/artifacts/missing".to_owned(),
+                    "content".to_owned(),
+                    Some("Bearer t".to_owned())
+                ),
+                (
+                    "PUT /api/v1/artifacts/bad".to_owned(),
+                    "other".to_owned(),
+                    Some("Bearer t".to_owned())
+                ),
+            ]
+        );
+
+        let url = client.url(&["bundles"], &[]);
+        let (value, created): (serde_json::Value, bool) = client
+            .post_creating(url.clone(), &serde_json::json!({"a": "new"}))
+            .await
+            .expect("post");
+        assert_eq!((value["a"].as_str(), created), (Some("new"), true));
+        let (_, created): (serde_json::Value, bool) = client
+            .post_creating(url, &serde_json::json!({"a": "old"}))
+            .await
+            .expect("post");
+        assert!(!created);
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ mod commands;
 mod config;
 #[cfg(test)]
 mod fake_server;
+mod local_bundle;
 mod output;
 mod tls;
 

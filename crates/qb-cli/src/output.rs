@@ -8,7 +8,9 @@ use std::io::Write;
 use anyhow::Context as _;
 use comfy_table::{Table, presets};
 use qb_api::{
-    BootstrapToken, Cluster, ClusterDetail, Event, Labels, Node, NodeAgent, Token, User, Whoami,
+    BootstrapToken, Bundle, BundleManifest, Cluster, ClusterDetail, Event, Labels, MeshProbe, Node,
+    NodeAgent, NodePlan, NodeRole, PlanState, PreflightReport, ServiceReport, Severity, StepState,
+    Token, User, Whoami,
 };
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -201,6 +203,7 @@ pub fn nodes_table(nodes: &[Node], now: OffsetDateTime) -> String {
             "NAME",
             "STATE",
             "CLUSTER",
+            "ROLE",
             "ONLINE",
             "LAST-SEEN",
             "AGENT",
@@ -219,6 +222,7 @@ pub fn nodes_table(nodes: &[Node], now: OffsetDateTime) -> String {
                 n.cluster
                     .as_ref()
                     .map_or_else(|| NONE.to_owned(), |c| c.name.to_string()),
+                role_name(n.role).to_owned(),
                 agent_online(agent).to_owned(),
                 agent_last_seen(agent, now),
                 agent.map_or_else(|| "-".to_owned(), |a| a.version.clone()),
@@ -245,7 +249,22 @@ pub fn node_fields(n: &Node, now: OffsetDateTime) -> String {
                 .as_ref()
                 .map_or_else(|| NONE.to_owned(), |c| c.name.to_string()),
         ),
+        ("Role", role_name(n.role).to_owned()),
     ];
+    if let Some(plan) = &n.plan {
+        rows.push(("Plan", plan_status(plan)));
+        let services = services(plan);
+        if !services.is_empty() {
+            rows.push((
+                "Services",
+                services
+                    .iter()
+                    .map(|s| format!("{} {}", s.name, service_status(s)))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ));
+        }
+    }
     match &n.agent {
         None => rows.push(("Agent", format!("{NONE} (no agent has registered)"))),
         Some(a) => rows.extend([
@@ -334,22 +353,17 @@ pub fn cluster_detail(d: &ClusterDetail, now: OffsetDateTime) -> String {
     let roles = c
         .roles
         .iter()
-        .map(|(node, role)| {
-            format!(
-                "{node}={}",
-                if *role == qb_api::NodeRole::Master {
-                    "master"
-                } else {
-                    "worker"
-                }
-            )
-        })
+        .map(|(node, role)| format!("{node}={}", role_name(Some(*role))))
         .collect::<Vec<_>>()
         .join("\n");
+    let state = match &c.state_message {
+        Some(message) if !message.is_empty() => format!("{} — {message}", c.state.as_str()),
+        _ => c.state.as_str().to_owned(),
+    };
     let mut out = fields(&[
         ("Name", c.name.to_string()),
         ("ID", c.id.to_string()),
-        ("State", c.state.as_str().to_owned()),
+        ("State", state),
         ("Version", c.kubernetes_version.to_string()),
         ("Masters", c.masters.to_string()),
         ("Roles", or_none(roles)),
@@ -367,7 +381,305 @@ pub fn cluster_detail(d: &ClusterDetail, now: OffsetDateTime) -> String {
     ]);
     if !d.nodes.is_empty() {
         out.push('\n');
-        out.push_str(&nodes_table(&d.nodes, now));
+        out.push_str(&cluster_nodes_table(&d.nodes, now));
+    }
+    let services: Vec<(&Node, &ServiceReport)> = d
+        .nodes
+        .iter()
+        .flat_map(|n| n.plan.iter().flat_map(services).map(move |s| (n, s)))
+        .collect();
+    if !services.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &["NODE", "SERVICE", "STATUS", "RESTARTS", "LAST-EXIT"],
+            services.iter().map(|(n, s)| {
+                vec![
+                    n.name.to_string(),
+                    s.name.clone(),
+                    service_health(s).to_owned(),
+                    s.restarts.to_string(),
+                    s.last_exit.clone().unwrap_or_else(|| "-".to_owned()),
+                ]
+            }),
+        ));
+    }
+    out
+}
+
+/// A cluster's nodes: what they are to the cluster, and how their plans are going.
+pub fn cluster_nodes_table(nodes: &[Node], now: OffsetDateTime) -> String {
+    table(
+        &[
+            "NAME",
+            "STATE",
+            "ROLE",
+            "ONLINE",
+            "LAST-SEEN",
+            "AGENT",
+            "ADDRESSES",
+            "PLAN",
+        ],
+        nodes.iter().map(|n| {
+            let agent = n.agent.as_ref();
+            vec![
+                n.name.to_string(),
+                n.state.as_str().to_owned(),
+                role_name(n.role).to_owned(),
+                agent_online(agent).to_owned(),
+                agent_last_seen(agent, now),
+                agent.map_or_else(|| "-".to_owned(), |a| a.version.clone()),
+                addresses_cell(&n.facts.addresses),
+                n.plan
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |p| truncate(&plan_status(p), 72)),
+            ]
+        }),
+    )
+}
+
+/// `master`, `worker`, or `-` before placement.
+pub fn role_name(role: Option<NodeRole>) -> &'static str {
+    match role {
+        Some(NodeRole::Master) => "master",
+        Some(NodeRole::Worker) => "worker",
+        None => "-",
+    }
+}
+
+/// How a node's plan is going: `gen 4 applied`, `gen 4 applying (service:etcd running)`,
+/// `gen 4 failed: <why>`; and when the agent has not caught up with the newest generation, both.
+pub fn plan_status(plan: &NodePlan) -> String {
+    let Some(report) = &plan.report else {
+        return format!("gen {} published, no report yet", plan.generation);
+    };
+    let generation = report.generation;
+    let status = match report.state {
+        PlanState::Applied => format!("gen {generation} applied"),
+        PlanState::Applying => {
+            let step = report
+                .steps
+                .iter()
+                .find(|s| s.state == StepState::Running)
+                .or_else(|| report.steps.iter().find(|s| s.state == StepState::Pending));
+            match step {
+                Some(step) => format!(
+                    "gen {generation} applying ({} {})",
+                    step.name,
+                    step_state(step.state)
+                ),
+                None => format!("gen {generation} applying"),
+            }
+        }
+        PlanState::Failed | PlanState::Refused => {
+            let verb = if report.state == PlanState::Failed {
+                "failed"
+            } else {
+                "refused"
+            };
+            let failed = report
+                .steps
+                .iter()
+                .find(|s| s.state == StepState::Failed)
+                .or_else(|| report.steps.iter().find(|s| s.message.is_some()));
+            match failed {
+                Some(step) => match &step.message {
+                    Some(message) => format!("gen {generation} {verb}: {}: {message}", step.name),
+                    None => format!("gen {generation} {verb}: {}", step.name),
+                },
+                None => format!("gen {generation} {verb}"),
+            }
+        }
+    };
+    if report.generation < plan.generation {
+        format!("gen {} published; agent at {status}", plan.generation)
+    } else {
+        status
+    }
+}
+
+fn step_state(state: StepState) -> &'static str {
+    match state {
+        StepState::Pending => "pending",
+        StepState::Running => "running",
+        StepState::Done => "done",
+        StepState::Failed => "failed",
+    }
+}
+
+/// The services the agent last reported for a plan.
+fn services(plan: &NodePlan) -> &[ServiceReport] {
+    plan.report.as_ref().map_or(&[], |r| r.services.as_slice())
+}
+
+/// `ok`, `unhealthy` or `not running`.
+fn service_health(s: &ServiceReport) -> &'static str {
+    match (s.running, s.healthy) {
+        (true, true) => "ok",
+        (true, false) => "unhealthy",
+        (false, _) => "not running",
+    }
+}
+
+/// `ok, 0 restarts`; `not running, 3 restarts (last exit: exit status 1)`.
+pub fn service_status(s: &ServiceReport) -> String {
+    let mut out = format!(
+        "{}, {} restart{}",
+        service_health(s),
+        s.restarts,
+        if s.restarts == 1 { "" } else { "s" }
+    );
+    if let Some(exit) = s
+        .last_exit
+        .as_ref()
+        .filter(|_| s.restarts > 0 || !s.running)
+    {
+        out.push_str(&format!(" (last exit: {exit})"));
+    }
+    out
+}
+
+/// `etcd 3.4.23, kube-apiserver 1.20.2`.
+pub fn bundle_artifacts(m: &BundleManifest) -> String {
+    m.artifacts
+        .iter()
+        .map(|a| format!("{} {}", a.name, a.version))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn bundles_table(bundles: &[Bundle], now: OffsetDateTime) -> String {
+    table(
+        &["VERSION", "ARTIFACTS", "IMPORTED"],
+        bundles.iter().map(|b| {
+            vec![
+                b.manifest.kubernetes_version.to_string(),
+                bundle_artifacts(&b.manifest),
+                format!("{} ago", age(b.imported_at, now)),
+            ]
+        }),
+    )
+}
+
+pub fn bundle_fields(b: &Bundle, now: OffsetDateTime) -> String {
+    let mut out = fields(&[
+        ("Version", b.manifest.kubernetes_version.to_string()),
+        (
+            "Imported",
+            format!(
+                "{} ({} ago)",
+                timestamp(b.imported_at),
+                age(b.imported_at, now)
+            ),
+        ),
+        ("Artifacts", b.manifest.artifacts.len().to_string()),
+    ]);
+    out.push('\n');
+    out.push_str(&table(
+        &["NAME", "VERSION", "SIZE", "SHA256"],
+        b.manifest.artifacts.iter().map(|a| {
+            vec![
+                a.name.clone(),
+                a.version.clone(),
+                bytes(a.size),
+                a.sha256.clone(),
+            ]
+        }),
+    ));
+    out
+}
+
+/// A preflight result: a summary line, the problems, the local checks that failed (warnings
+/// too), and the network matrix: its failed cells, or with `all` every cell. `now` adds how long
+/// ago it ran.
+pub fn preflight_report(r: &PreflightReport, all: bool, now: Option<OffsetDateTime>) -> String {
+    let mut nodes: std::collections::BTreeSet<&str> =
+        r.checks.iter().map(|c| c.node_name.as_str()).collect();
+    nodes.extend(r.mesh.iter().flat_map(|p| [p.from.as_str(), p.to.as_str()]));
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let mut out = format!(
+        "Preflight of {} {} in {} ms: {}, {}.",
+        r.cluster.name,
+        if r.passed { "passed" } else { "FAILED" },
+        r.duration_ms,
+        plural(nodes.len(), "node", "nodes"),
+        plural(r.mesh.len(), "probe", "probes"),
+    );
+    if let Some(now) = now {
+        out.push_str(&format!(
+            " Run at {} ({} ago).",
+            timestamp(r.started_at),
+            age(r.started_at, now)
+        ));
+    }
+    out.push('\n');
+
+    if !r.problems.is_empty() {
+        out.push_str("\nProblems:\n");
+        for p in &r.problems {
+            out.push_str(&format!("  - {p}\n"));
+        }
+    }
+
+    let failed: Vec<_> = r.checks.iter().filter(|c| !c.check.ok).collect();
+    if !failed.is_empty() {
+        out.push_str(&format!(
+            "\nFailed checks ({} of {} passed):\n",
+            r.checks.len() - failed.len(),
+            r.checks.len()
+        ));
+        out.push_str(&table(
+            &["NODE", "CHECK", "SEVERITY", "DETAIL"],
+            failed.iter().map(|c| {
+                vec![
+                    c.node_name.to_string(),
+                    c.check.name.clone(),
+                    match c.check.severity {
+                        Severity::Error => "error",
+                        Severity::Warning => "warning",
+                    }
+                    .to_owned(),
+                    c.check.detail.clone(),
+                ]
+            }),
+        ));
+    } else if !r.checks.is_empty() {
+        out.push_str(&format!("\nAll {} local checks passed.\n", r.checks.len()));
+    }
+
+    let ok = r.mesh.iter().filter(|p| p.ok).count();
+    if !r.mesh.is_empty() {
+        out.push_str(&format!(
+            "\nNetwork: {ok} of {} OK.\n",
+            plural(r.mesh.len(), "probe", "probes")
+        ));
+    }
+    let port = |p: &MeshProbe| format!("{}/{}", p.port, p.protocol.as_str());
+    let error = |p: &MeshProbe| p.error.clone().unwrap_or_else(|| "failed".to_owned());
+    if all && !r.mesh.is_empty() {
+        out.push_str(&table(
+            &["FROM", "TO", "PORT", "RESULT", "LATENCY"],
+            r.mesh.iter().map(|p| {
+                vec![
+                    p.from.to_string(),
+                    p.to.to_string(),
+                    port(p),
+                    if p.ok { "ok".to_owned() } else { error(p) },
+                    p.latency_us.map_or_else(
+                        || "-".to_owned(),
+                        |us| format!("{} ms", millis(us as f64 / 1000.0)),
+                    ),
+                ]
+            }),
+        ));
+    } else if ok < r.mesh.len() {
+        out.push_str(&table(
+            &["FROM", "TO", "PORT", "ERROR"],
+            r.mesh
+                .iter()
+                .filter(|p| !p.ok)
+                .map(|p| vec![p.from.to_string(), p.to.to_string(), port(p), error(p)]),
+        ));
     }
     out
 }
@@ -544,6 +856,8 @@ mod tests {
                 .map(|(k, v)| (k.parse().expect("key"), v.parse().expect("value")))
                 .collect(),
             agent: None,
+            role: None,
+            plan: None,
             created_at: datetime!(2024-04-28 12:00:00 UTC),
             updated_at: datetime!(2024-05-01 11:59:30 UTC),
         }
@@ -566,6 +880,7 @@ mod tests {
             &[("rack", "r1"), ("zone", "a")],
         );
         online.agent = agent(true, Some(datetime!(2024-05-01 11:59:55 UTC)));
+        online.role = Some(qb_api::NodeRole::Master);
         let mut offline = node("host-3", NodeState::Authorized, None, &[]);
         offline.agent = agent(false, Some(datetime!(2024-04-30 12:00:00 UTC)));
         offline
@@ -594,6 +909,7 @@ mod tests {
                 "NAME",
                 "STATE",
                 "CLUSTER",
+                "ROLE",
                 "ONLINE",
                 "LAST-SEEN",
                 "AGENT",
@@ -618,6 +934,7 @@ mod tests {
                     "host-1",
                     "attached",
                     "clus100",
+                    "master",
                     "yes",
                     "5s",
                     "0.1.0",
@@ -635,6 +952,7 @@ mod tests {
                     "-",
                     "-",
                     "-",
+                    "-",
                     "x86_64",
                     "8",
                     "16Gi",
@@ -646,6 +964,7 @@ mod tests {
                     "host-3",
                     "authorized",
                     "<none>",
+                    "-",
                     "no",
                     "24h",
                     "0.1.0",
@@ -660,6 +979,7 @@ mod tests {
                     "host-4",
                     "pending",
                     "<none>",
+                    "-",
                     "no",
                     "-",
                     "0.1.0",
@@ -674,7 +994,7 @@ mod tests {
             "{out}"
         );
         // Columns line up: every row's STATE and ONLINE start where the header's do.
-        for column in ["STATE", "ONLINE", "LAST-SEEN"] {
+        for column in ["STATE", "ROLE", "ONLINE", "LAST-SEEN"] {
             let col = lines[0].find(column).expect(column);
             for line in &lines[1..] {
                 let before = &line[..col];
@@ -724,7 +1044,7 @@ mod tests {
         let out = node_fields(&n, NOW);
         assert!(
             out.contains(
-                "Cluster:    c1\nAgent:      0.1.0\nOnline:     yes\n\
+                "Cluster:    c1\nRole:       -\nAgent:      0.1.0\nOnline:     yes\n\
                  Last seen:  2024-05-01T11:59:58Z (2s ago)\nHostname:   host-1\n"
             ),
             "{out}"
@@ -760,6 +1080,7 @@ mod tests {
             masters: MasterCount::Auto,
             roles: BTreeMap::from([("host-1".parse().expect("node"), qb_api::NodeRole::Master)]),
             state: ClusterState::Pending,
+            state_message: None,
             node_count: 3,
             created_at: datetime!(2024-05-01 11:00:00 UTC),
         }
@@ -773,6 +1094,28 @@ mod tests {
             "NAME      STATE     VERSION   MASTERS   NODES   POD-CIDR       SERVICE-CIDR   AGE\n\
              clus100   pending   1.20.2    auto      3       10.20.0.0/16   10.21.0.0/16   1h\n"
         );
+        let states: Vec<String> = ClusterState::ALL
+            .iter()
+            .map(|state| {
+                let mut c = cluster();
+                c.state = *state;
+                let out = clusters_table(&[c], NOW);
+                let row = out.lines().nth(1).unwrap_or_default();
+                row.split_whitespace().nth(1).unwrap_or_default().to_owned()
+            })
+            .collect();
+        assert_eq!(
+            states,
+            [
+                "empty",
+                "pending",
+                "preflight",
+                "installing",
+                "ready",
+                "degraded",
+                "blocked"
+            ]
+        );
         let detail = ClusterDetail {
             cluster: cluster(),
             nodes: vec![node("host-1", NodeState::Attached, Some("clus100"), &[])],
@@ -780,6 +1123,403 @@ mod tests {
         let out = cluster_detail(&detail, NOW);
         assert!(out.contains("Roles:         host-1=master\n"), "{out}");
         assert!(out.contains("\n\nNAME "), "{out}");
+    }
+
+    fn plan(
+        generation: u64,
+        state: PlanState,
+        steps: &[(&str, StepState, Option<&str>)],
+    ) -> NodePlan {
+        NodePlan {
+            generation,
+            report: Some(qb_api::PlanReport {
+                generation,
+                state,
+                steps: steps
+                    .iter()
+                    .map(|(name, state, message)| qb_api::StepReport {
+                        name: (*name).to_owned(),
+                        state: *state,
+                        message: message.map(str::to_owned),
+                    })
+                    .collect(),
+                services: Vec::new(),
+            }),
+        }
+    }
+
+    fn service(
+        name: &str,
+        running: bool,
+        healthy: bool,
+        restarts: u32,
+        exit: Option<&str>,
+    ) -> ServiceReport {
+        ServiceReport {
+            name: name.to_owned(),
+            running,
+            healthy,
+            restarts,
+            pid: running.then_some(4242),
+            last_exit: exit.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn plan_statuses() {
+        use StepState::{Done, Failed, Pending, Running};
+        let applied = plan(4, PlanState::Applied, &[("artifacts", Done, None)]);
+        let applying = plan(
+            4,
+            PlanState::Applying,
+            &[
+                ("artifacts", Done, None),
+                ("files", Done, None),
+                ("service:etcd", Running, None),
+                ("service:kube-apiserver", Pending, None),
+            ],
+        );
+        let starting = plan(4, PlanState::Applying, &[("artifacts", Pending, None)]);
+        let failed = plan(
+            4,
+            PlanState::Failed,
+            &[
+                ("artifacts", Done, None),
+                (
+                    "service:etcd",
+                    Failed,
+                    Some("probe on 127.0.0.1:2379 failed"),
+                ),
+            ],
+        );
+        let refused = plan(5, PlanState::Refused, &[]);
+        let mut behind = applied.clone();
+        behind.generation = 5;
+        let unreported = NodePlan {
+            generation: 1,
+            report: None,
+        };
+        let statuses: Vec<String> = [
+            applied, applying, starting, failed, refused, behind, unreported,
+        ]
+        .iter()
+        .map(plan_status)
+        .collect();
+        assert_eq!(
+            statuses,
+            [
+                "gen 4 applied",
+                "gen 4 applying (service:etcd running)",
+                "gen 4 applying (artifacts pending)",
+                "gen 4 failed: service:etcd: probe on 127.0.0.1:2379 failed",
+                "gen 5 refused",
+                "gen 5 published; agent at gen 4 applied",
+                "gen 1 published, no report yet",
+            ]
+        );
+        assert_eq!(
+            [
+                service_status(&service("etcd", true, true, 0, None)),
+                service_status(&service("etcd", true, true, 1, Some("exit status 1"))),
+                service_status(&service("kubelet", true, false, 2, None)),
+                service_status(&service("kubelet", false, false, 3, Some("signal 9"))),
+            ],
+            [
+                "ok, 0 restarts",
+                "ok, 1 restart (last exit: exit status 1)",
+                "unhealthy, 2 restarts",
+                "not running, 3 restarts (last exit: signal 9)",
+            ]
+        );
+    }
+
+    #[test]
+    fn node_fields_show_role_plan_and_services() {
+        let mut n = node("host-1", NodeState::Attached, Some("clus100"), &[]);
+        n.role = Some(qb_api::NodeRole::Master);
+        let mut p = plan(4, PlanState::Applied, &[]);
+        if let Some(r) = p.report.as_mut() {
+            r.services = vec![
+                service("etcd", true, true, 0, None),
+                service("kube-apiserver", true, true, 1, Some("exit status 2")),
+            ];
+        }
+        n.plan = Some(p);
+        let out = node_fields(&n, NOW);
+        assert!(
+            out.contains(
+                "Cluster:    clus100\n\
+                 Role:       master\n\
+                 Plan:       gen 4 applied\n\
+                 Services:   etcd ok, 0 restarts\n\
+                 \x20           kube-apiserver ok, 1 restart (last exit: exit status 2)\n\
+                 Agent:      <none>"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn cluster_detail_shows_state_roles_plans_and_services() {
+        let mut c = cluster();
+        c.id = serde_json::from_value(serde_json::json!("0190b5a4-8f4e-7c8b-9d0a-1b2c3d4e5f60"))
+            .expect("id");
+        c.state = ClusterState::Blocked;
+        c.state_message =
+            Some("preflight failed: host-2: port 2379/tcp: address in use".to_owned());
+        let mut master = node("host-1", NodeState::Attached, Some("clus100"), &[]);
+        master.role = Some(qb_api::NodeRole::Master);
+        master.agent = agent(true, Some(datetime!(2024-05-01 11:59:58 UTC)));
+        let mut p = plan(
+            4,
+            PlanState::Applying,
+            &[
+                ("artifacts", StepState::Done, None),
+                ("service:etcd", StepState::Running, None),
+            ],
+        );
+        if let Some(r) = p.report.as_mut() {
+            r.services = vec![
+                service("etcd", true, true, 0, None),
+                service("kube-apiserver", false, false, 3, Some("exit status 1")),
+            ];
+        }
+        master.plan = Some(p);
+        let mut worker = node("host-2", NodeState::Attached, Some("clus100"), &[]);
+        worker.role = Some(qb_api::NodeRole::Worker);
+        worker.plan = Some(plan(
+            2,
+            PlanState::Failed,
+            &[(
+                "artifacts",
+                StepState::Failed,
+                Some("download of kubelet: connection reset"),
+            )],
+        ));
+        let fresh = node("host-3", NodeState::Attached, Some("clus100"), &[]);
+        let detail = ClusterDetail {
+            cluster: c,
+            nodes: vec![master, worker, fresh],
+        };
+        assert_eq!(
+            cluster_detail(&detail, NOW),
+            "Name:          clus100\n\
+            ID:            0190b5a4-8f4e-7c8b-9d0a-1b2c3d4e5f60\n\
+            State:         blocked — preflight failed: host-2: port 2379/tcp: address in use\n\
+            Version:       1.20.2\n\
+            Masters:       auto\n\
+            Roles:         host-1=master\n\
+            Pod CIDR:      10.20.0.0/16\n\
+            Service CIDR:  10.21.0.0/16\n\
+            Nodes:         3\n\
+            Created:       2024-05-01T11:00:00Z (1h ago)\n\
+            \n\
+            NAME     STATE      ROLE     ONLINE   LAST-SEEN   AGENT   ADDRESSES          PLAN\n\
+            host-1   attached   master   yes      2s          0.1.0   10.0.0.5,fd00::5   gen 4 applying (service:etcd running)\n\
+            host-2   attached   worker   -        -           -       10.0.0.5,fd00::5   gen 2 failed: artifacts: download of kubelet: connection reset\n\
+            host-3   attached   -        -        -           -       10.0.0.5,fd00::5   -\n\
+            \n\
+            NODE     SERVICE          STATUS        RESTARTS   LAST-EXIT\n\
+            host-1   etcd             ok            0          -\n\
+            host-1   kube-apiserver   not running   3          exit status 1\n"
+        );
+    }
+
+    #[test]
+    fn bundles() {
+        let bundle = Bundle {
+            manifest: BundleManifest {
+                kubernetes_version: "1.20.2".parse().expect("version"),
+                artifacts: vec![
+                    qb_api::BundleArtifact {
+                        name: "etcd".to_owned(),
+                        version: "3.4.23".to_owned(),
+                        sha256: "ab".repeat(32),
+                        size: 22 << 20,
+                        file: None,
+                    },
+                    qb_api::BundleArtifact {
+                        name: "kube-apiserver".to_owned(),
+                        version: "1.20.2".to_owned(),
+                        sha256: "cd".repeat(32),
+                        size: 118_000_000,
+                        file: None,
+                    },
+                ],
+            },
+            imported_at: datetime!(2024-05-01 10:00:00 UTC),
+        };
+        assert_eq!(
+            bundles_table(std::slice::from_ref(&bundle), NOW),
+            "VERSION   ARTIFACTS                            IMPORTED\n\
+            1.20.2    etcd 3.4.23, kube-apiserver 1.20.2   2h ago\n"
+        );
+        assert_eq!(
+            bundle_fields(&bundle, NOW),
+            "Version:    1.20.2\n\
+            Imported:   2024-05-01T10:00:00Z (2h ago)\n\
+            Artifacts:  2\n\
+            \n\
+            NAME             VERSION   SIZE    SHA256\n\
+            etcd             3.4.23    22Mi    abababababababababababababababababababababababababababababababab\n\
+            kube-apiserver   1.20.2    113Mi   cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd\n"
+        );
+        assert_eq!(
+            bundle_artifacts(&bundle.manifest),
+            "etcd 3.4.23, kube-apiserver 1.20.2"
+        );
+    }
+
+    fn preflight(passed: bool) -> PreflightReport {
+        let id = |_: &str| qb_api::NodeId::new();
+        let check = |node: &str, name: &str, ok: bool, severity: Severity, detail: &str| {
+            qb_api::NodeCheck {
+                node: id(node),
+                node_name: node.parse().expect("node"),
+                check: qb_api::CheckResult {
+                    name: name.to_owned(),
+                    ok,
+                    severity,
+                    detail: detail.to_owned(),
+                },
+            }
+        };
+        let probe =
+            |from: &str, to: &str, port: u16, latency_us: Option<u64>, error: Option<&str>| {
+                MeshProbe {
+                    from: from.parse().expect("node"),
+                    to: to.parse().expect("node"),
+                    port,
+                    protocol: qb_api::Protocol::Tcp,
+                    ok: error.is_none(),
+                    latency_us,
+                    error: error.map(str::to_owned),
+                }
+            };
+        let mut checks = vec![
+            check(
+                "host-1",
+                "memory",
+                true,
+                Severity::Error,
+                "16.0 GiB, need 1.0 GiB",
+            ),
+            check(
+                "host-2",
+                "swap",
+                false,
+                Severity::Warning,
+                "swap is on (2.0 GiB)",
+            ),
+            check(
+                "host-2",
+                "memory",
+                true,
+                Severity::Error,
+                "16.0 GiB, need 1.0 GiB",
+            ),
+        ];
+        let mut mesh = vec![
+            probe("host-1", "host-2", 2379, Some(412), None),
+            probe("host-1", "host-2", 10250, Some(1_250), None),
+            probe("host-2", "host-1", 2379, Some(388), None),
+            probe("host-2", "host-1", 10250, Some(15_020), None),
+        ];
+        let mut problems = Vec::new();
+        if !passed {
+            checks.push(check(
+                "host-1",
+                "port 2380/tcp",
+                false,
+                Severity::Error,
+                "address in use",
+            ));
+            mesh[2] = probe("host-2", "host-1", 2379, None, Some("connection refused"));
+            problems = vec![
+                "host-1: port 2380/tcp: address in use".to_owned(),
+                "host-2 cannot reach host-1 on 2379/tcp: connection refused".to_owned(),
+            ];
+        }
+        PreflightReport {
+            id: serde_json::from_value(serde_json::json!("0190b5a4-8f4e-7c8b-9d0a-1b2c3d4e5f60"))
+                .expect("uuid"),
+            cluster: ClusterRef {
+                id: qb_api::ClusterId::new(),
+                name: "clus100".parse().expect("name"),
+            },
+            started_at: datetime!(2024-05-01 11:57:00 UTC),
+            duration_ms: 412,
+            passed,
+            problems,
+            checks,
+            mesh,
+        }
+    }
+
+    #[test]
+    fn preflight_reports() {
+        let failed = preflight(false);
+        assert_eq!(
+            preflight_report(&failed, false, None),
+            "Preflight of clus100 FAILED in 412 ms: 2 nodes, 4 probes.\n\
+            \n\
+            Problems:\n\
+            \x20 - host-1: port 2380/tcp: address in use\n\
+            \x20 - host-2 cannot reach host-1 on 2379/tcp: connection refused\n\
+            \n\
+            Failed checks (2 of 4 passed):\n\
+            NODE     CHECK           SEVERITY   DETAIL\n\
+            host-2   swap            warning    swap is on (2.0 GiB)\n\
+            host-1   port 2380/tcp   error      address in use\n\
+            \n\
+            Network: 3 of 4 probes OK.\n\
+            FROM     TO       PORT       ERROR\n\
+            host-2   host-1   2379/tcp   connection refused\n"
+        );
+        // --all --last: every cell with its latency, and when it ran.
+        assert_eq!(
+            preflight_report(&failed, true, Some(NOW)),
+            "Preflight of clus100 FAILED in 412 ms: 2 nodes, 4 probes. Run at 2024-05-01T11:57:00Z (3m ago).\n\
+            \n\
+            Problems:\n\
+            \x20 - host-1: port 2380/tcp: address in use\n\
+            \x20 - host-2 cannot reach host-1 on 2379/tcp: connection refused\n\
+            \n\
+            Failed checks (2 of 4 passed):\n\
+            NODE     CHECK           SEVERITY   DETAIL\n\
+            host-2   swap            warning    swap is on (2.0 GiB)\n\
+            host-1   port 2380/tcp   error      address in use\n\
+            \n\
+            Network: 3 of 4 probes OK.\n\
+            FROM     TO       PORT        RESULT               LATENCY\n\
+            host-1   host-2   2379/tcp    ok                   0.41 ms\n\
+            host-1   host-2   10250/tcp   ok                   1.25 ms\n\
+            host-2   host-1   2379/tcp    connection refused   -\n\
+            host-2   host-1   10250/tcp   ok                   15.0 ms\n"
+        );
+        // Warnings do not fail a preflight, but are shown.
+        assert_eq!(
+            preflight_report(&preflight(true), false, None),
+            "Preflight of clus100 passed in 412 ms: 2 nodes, 4 probes.\n\
+            \n\
+            Failed checks (2 of 3 passed):\n\
+            NODE     CHECK   SEVERITY   DETAIL\n\
+            host-2   swap    warning    swap is on (2.0 GiB)\n\
+            \n\
+            Network: 4 of 4 probes OK.\n"
+        );
+        // Agents that did not answer leave only problems.
+        let mut silent = preflight(false);
+        silent.checks.clear();
+        silent.mesh.clear();
+        silent.problems = vec!["host-1: the node's agent is not connected".to_owned()];
+        assert_eq!(
+            preflight_report(&silent, true, None),
+            "Preflight of clus100 FAILED in 412 ms: 0 nodes, 0 probes.\n\
+             \n\
+             Problems:\n\
+             \x20 - host-1: the node's agent is not connected\n"
+        );
     }
 
     #[test]

@@ -6,16 +6,21 @@ use std::time::Duration;
 use anyhow::bail;
 use qb_api::{
     AttachRequest, Cluster, ClusterDetail, CreateCluster, DeletedCluster, DetachRequest, Node,
-    NodeId, NodeMove, NodeState,
+    NodeId, NodeMove, NodeState, PreflightReport,
 };
 
 use super::{App, now};
-use crate::cli::{AttachArgs, ClusterCommand, CreateClusterArgs, DetachArgs, roles_map};
+use crate::cli::{
+    AttachArgs, ClusterCommand, CreateClusterArgs, DetachArgs, PreflightArgs, roles_map,
+};
 use crate::client::Client;
 use crate::output;
 
 /// How often to look whether detached nodes are back in the pool.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a preflight may take: the controller waits for every agent, twice, and may first
+/// wait for a preflight the cluster engine is running.
+const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(180);
 
 pub async fn run(app: &App, cmd: ClusterCommand) -> anyhow::Result<()> {
     match cmd {
@@ -53,6 +58,7 @@ pub async fn run(app: &App, cmd: ClusterCommand) -> anyhow::Result<()> {
         }
         ClusterCommand::Attach(args) => attach(app, args).await,
         ClusterCommand::Detach(args) => detach(app, args).await,
+        ClusterCommand::Preflight(args) => preflight(app, args).await,
     }
 }
 
@@ -120,7 +126,10 @@ async fn detach(app: &App, args: DetachArgs) -> anyhow::Result<()> {
         bail!("a node is named more than once");
     }
     let client = app.client()?;
-    let body = DetachRequest { nodes: args.nodes };
+    let body = DetachRequest {
+        nodes: args.nodes,
+        force: args.force,
+    };
     let moved: NodeMove = client
         .post(
             client.url(&["clusters", &args.cluster, "detach"], &[]),
@@ -150,6 +159,35 @@ async fn detach(app: &App, args: DetachArgs) -> anyhow::Result<()> {
             moved.cluster.name
         )
     })
+}
+
+/// Runs preflight (or fetches the newest result), prints it, and fails when the preflight did.
+async fn preflight(app: &App, args: PreflightArgs) -> anyhow::Result<()> {
+    let client = app.client()?;
+    let url = client.url(&["clusters", &args.cluster, "preflight"], &[]);
+    let report: PreflightReport = if args.last {
+        client.get(url).await?
+    } else {
+        if app.table() {
+            eprintln!(
+                "Running preflight on cluster {}: every node checks itself, then probes the others...",
+                args.cluster
+            );
+        }
+        client.post_empty_within(url, PREFLIGHT_TIMEOUT).await?
+    };
+    app.out.emit(&report, || {
+        output::preflight_report(&report, args.all, args.last.then(now))
+    })?;
+    if !report.passed {
+        let n = report.problems.len();
+        bail!(
+            "preflight of cluster {} failed with {n} problem{}",
+            report.cluster.name,
+            if n == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
 }
 
 /// Polls until none of `waiting` is `detaching` any more, reporting progress on stderr.

@@ -1,6 +1,7 @@
 //! The commands: each reads the configuration and arguments, calls the controller, prints.
 
 mod agent_package;
+mod bundle;
 mod cluster;
 mod context;
 mod events;
@@ -80,6 +81,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Context(cmd) => context::run(&mut app, cmd),
         Command::Node(cmd) => node::run(&app, cmd).await,
         Command::Cluster(cmd) => cluster::run(&app, cmd).await,
+        Command::Bundle(cmd) => bundle::run(&app, cmd).await,
         Command::Token(cmd) => token::run(&app, cmd).await,
         Command::User(cmd) => user::run(&app, cmd).await,
         Command::Events(args) => events::run(&app, args).await,
