@@ -1016,11 +1016,39 @@ fn remove_path(path: &Path) -> Result<(), StepError> {
     }
 }
 
-/// Removes a directory tree; nothing there is fine.
+/// Removes a directory tree; nothing there is fine. A directory that is a mount point cannot
+/// go itself: emptied, it counts as removed.
 fn remove_tree(path: &Path) -> Result<(), StepError> {
-    match std::fs::remove_dir_all(path) {
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io("reading", path)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io("reading", path))?;
+        let child = entry.path();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        let removed = if is_dir {
+            std::fs::remove_dir_all(&child)
+        } else {
+            std::fs::remove_file(&child)
+        };
+        match removed {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("removing", &child)(e)),
+        }
+    }
+    match std::fs::remove_dir(path) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ResourceBusy
+            ) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(io("removing", path)(e)),
     }
 }

@@ -71,15 +71,25 @@ fn etcd_healthy(engine: &Engine, n: &EngineNode) -> bool {
         })
 }
 
-/// The next membership change, if one is due. `Some(message)` when a change was made (or is
-/// waited for) and plans should not be rendered from this pass's view.
+/// What a membership step did.
+pub enum Step {
+    /// Membership is what placement wants.
+    Settled,
+    /// The store changed: render plans from fresh state on the next pass.
+    Changed(String),
+    /// Waiting for something (a learner to catch up, a member to be healthy); plans may be
+    /// rendered meanwhile (a learner's node must run etcd to catch up).
+    Waiting(String),
+}
+
+/// The next membership change, if one is due.
 pub async fn step(
     engine: &Engine,
     ec: &EngineCluster,
     staying: &[&EngineNode],
     placement: &Placement,
     addresses: &BTreeMap<NodeId, IpAddr>,
-) -> Result<Option<String>, EngineError> {
+) -> Result<Step, EngineError> {
     // Workers are placed at once: nothing to change in etcd.
     for n in staying {
         if n.node.role.is_none() && placement.role(n.node.id) == Some(NodeRole::Worker) {
@@ -115,23 +125,31 @@ pub async fn step(
             set_engine(engine, ec, n, Some(NodeRole::Master), Some(&bootstrap)).await?;
         }
         let names: Vec<&str> = masters.iter().map(|n| n.node.name.as_str()).collect();
-        return Ok(Some(format!("forming etcd with {}", names.join(", "))));
+        return Ok(Step::Changed(format!(
+            "forming etcd with {}",
+            names.join(", ")
+        )));
     }
 
     // A learner waits to be promoted.
     if let Some((n, m)) = members.iter().find(|(_, m)| m.learner) {
         let Some(via) = voter_via(engine, &members, n.node.id) else {
-            return Ok(Some("waiting for a healthy etcd member".to_owned()));
+            return Ok(Step::Waiting(
+                "waiting for a healthy etcd member".to_owned(),
+            ));
         };
         let list = match engine.etcd(via, EtcdOp::List).await {
             Ok(list) => list,
-            Err(e) => return Ok(Some(format!("listing etcd members: {e}"))),
+            Err(e) => return Ok(Step::Waiting(format!("listing etcd members: {e}"))),
         };
         let peer = etcd_peer_url(addresses[&n.node.id]);
         let Some(member) = find(&list, &peer) else {
             // Lost (e.g. removed by hand): forget it; the next pass adds it again.
             set_engine(engine, ec, n, n.node.role, None).await?;
-            return Ok(Some(format!("{}'s etcd learner disappeared", n.node.name)));
+            return Ok(Step::Changed(format!(
+                "{}'s etcd learner disappeared",
+                n.node.name
+            )));
         };
         if !member.is_learner {
             set_engine(
@@ -145,7 +163,10 @@ pub async fn step(
                 }),
             )
             .await?;
-            return Ok(Some(format!("{} is a voting etcd member", n.node.name)));
+            return Ok(Step::Changed(format!(
+                "{} is a voting etcd member",
+                n.node.name
+            )));
         }
         return match engine.etcd(via, EtcdOp::Promote { id: member.id }).await {
             Ok(_) => {
@@ -161,9 +182,12 @@ pub async fn step(
                 )
                 .await?;
                 tracing::info!(node = %n.node.name, "promoted etcd learner");
-                Ok(Some(format!("promoted {}'s etcd member", n.node.name)))
+                Ok(Step::Changed(format!(
+                    "promoted {}'s etcd member",
+                    n.node.name
+                )))
             }
-            Err(e) => Ok(Some(format!(
+            Err(e) => Ok(Step::Waiting(format!(
                 "waiting to promote {}'s etcd learner: {e}",
                 n.node.name
             ))),
@@ -173,14 +197,14 @@ pub async fn step(
     // A placed master without a member joins as a learner.
     if let Some(n) = masters.iter().find(|n| Membership::of(n).is_none()) {
         let Some(via) = voter_via(engine, &members, n.node.id) else {
-            return Ok(Some(
+            return Ok(Step::Waiting(
                 "waiting for a healthy etcd member to add a learner".to_owned(),
             ));
         };
         let peer = etcd_peer_url(addresses[&n.node.id]);
         let mut list = match engine.etcd(via, EtcdOp::List).await {
             Ok(list) => list,
-            Err(e) => return Ok(Some(format!("listing etcd members: {e}"))),
+            Err(e) => return Ok(Step::Waiting(format!("listing etcd members: {e}"))),
         };
         // Added by an earlier pass that did not get to record it: adopt it.
         if find(&list, &peer).is_none() {
@@ -194,11 +218,16 @@ pub async fn step(
                 .await
             {
                 Ok(list) => list,
-                Err(e) => return Ok(Some(format!("adding {} to etcd: {e}", n.node.name))),
+                Err(e) => {
+                    return Ok(Step::Waiting(format!(
+                        "adding {} to etcd: {e}",
+                        n.node.name
+                    )));
+                }
             };
         }
         let Some(member) = find(&list, &peer) else {
-            return Ok(Some(format!(
+            return Ok(Step::Waiting(format!(
                 "etcd did not list {}'s new member",
                 n.node.name
             )));
@@ -234,7 +263,10 @@ pub async fn step(
         };
         set_engine(engine, ec, n, Some(NodeRole::Master), Some(&membership)).await?;
         tracing::info!(node = %n.node.name, id = member.id, "added etcd learner");
-        return Ok(Some(format!("added {} to etcd as a learner", n.node.name)));
+        return Ok(Step::Changed(format!(
+            "added {} to etcd as a learner",
+            n.node.name
+        )));
     }
 
     // A member placement no longer wants: remove it (never below quorum), then demote.
@@ -243,12 +275,15 @@ pub async fn step(
         .find(|(n, _)| placement.role(n.node.id) != Some(NodeRole::Master))
     {
         if let Some(waiting) = remove(engine, ec, n, addresses).await? {
-            return Ok(Some(waiting));
+            return Ok(Step::Waiting(waiting));
         }
         set_engine(engine, ec, n, Some(NodeRole::Worker), None).await?;
-        return Ok(Some(format!("{} is no longer an etcd member", n.node.name)));
+        return Ok(Step::Changed(format!(
+            "{} is no longer an etcd member",
+            n.node.name
+        )));
     }
-    Ok(None)
+    Ok(Step::Settled)
 }
 
 /// Removes a leaving node's etcd member. `Some(reason)` while it has to wait.

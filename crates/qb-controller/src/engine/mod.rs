@@ -222,14 +222,18 @@ impl Engine {
         }
 
         // Roles and etcd membership, one change at a time.
-        if let Some(message) = membership::step(self, &ec, &staying, &placement, &addresses).await?
-        {
-            self.store
-                .set_cluster_state(tenant, cluster, ClusterState::Installing, Some(&message))
-                .await?;
-            // Membership changed the store; render from fresh state on the next pass.
-            self.wake.notify_one();
-            return Ok(());
+        let mut waiting_on = waiting_on;
+        match membership::step(self, &ec, &staying, &placement, &addresses).await? {
+            membership::Step::Settled => {}
+            membership::Step::Changed(message) => {
+                self.store
+                    .set_cluster_state(tenant, cluster, ClusterState::Installing, Some(&message))
+                    .await?;
+                // Render from the changed store on the next pass, at once.
+                self.wake.notify_one();
+                return Ok(());
+            }
+            membership::Step::Waiting(message) => waiting_on.push(message),
         }
 
         // Plans.

@@ -172,9 +172,9 @@ pub async fn run(agents: &Agents, cluster: ClusterRef, targets: &[Target]) -> Pr
             let ok = r.ok
                 || (held_port
                     && r.port.protocol == qb_api::Protocol::Tcp
-                    && r.error
-                        .as_deref()
-                        .is_some_and(|e| e.starts_with("connected")));
+                    && r.error.as_deref().is_some_and(|e| {
+                        e.contains("connected, but not to the preflight listener")
+                    }));
             if !ok {
                 problems.push(format!(
                     "{} cannot reach {} on {}: {}",
