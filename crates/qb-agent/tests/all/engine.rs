@@ -313,3 +313,319 @@ fn a_cluster_forms_on_real_etcd_grows_and_shrinks_safely() {
     });
     assert!(!etcd_in_ns0, "etcd still runs on the detached host");
 }
+
+/// Runs `sh -c script` inside host `i`'s network namespace, in the background; killed with the
+/// lab.
+fn in_namespace(lab: &Lab, i: usize, script: &str) -> std::process::Child {
+    Command::new("ip")
+        .args(["netns", "exec", &lab.netns(i), "sh", "-c", script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run in a namespace")
+}
+
+fn nft(lab: &Lab, i: usize, args: &str) {
+    let out = run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &lab.netns(i),
+        "sh",
+        "-c",
+        &format!("nft {args}"),
+    ]));
+    assert!(
+        out.status.success(),
+        "nft {args}: {} (the preflight test needs nftables)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn preflight_names_a_port_in_use_and_a_node_whose_udp_is_dropped() {
+    let lab = Lab::new(10);
+    let controller = Controller::start(&lab.bridge_ip());
+    let api = controller.api();
+    import_etcd_bundle(&api);
+    let (_configs, _agents) = hosts(&lab, &controller, 10);
+    // host-1 will be a master (placement prefers names in order among equals): something
+    // else holds its etcd client port. host-7 drops every datagram to the overlay port.
+    let mut squatter = in_namespace(&lab, 1, "exec busybox nc -l -p 2379");
+    nft(&lab, 7, "add table inet qbtest");
+    nft(
+        &lab,
+        7,
+        "'add chain inet qbtest input { type filter hook input priority 0; }'",
+    );
+    nft(&lab, 7, "add rule inet qbtest input udp dport 8472 drop");
+
+    api.post("/clusters", &json!({"name": "pf"})).ok();
+    let all: Vec<String> = (0..10).map(|i| format!("host-{i}")).collect();
+    api.post("/clusters/pf/attach", &json!({"nodes": all})).ok();
+    let c = poll(
+        "preflight blocks the install",
+        Duration::from_secs(60),
+        || {
+            let c = cluster(&api, "pf");
+            if c["state"] == "blocked" {
+                Ok(c)
+            } else {
+                Err(format!("{} — {}", c["state"], c["state_message"]))
+            }
+        },
+    );
+    let message = c["state_message"].as_str().expect("a message");
+    assert!(message.contains("preflight failed"), "{message}");
+    let report = api.get("/clusters/pf/preflight").ok();
+    assert_eq!(report["passed"], false);
+    let problems: Vec<&str> = report["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("host-1: port 2379/tcp:") && p.contains("in use")),
+        "the port in use is named: {problems:#?}"
+    );
+    // Every other node fails to reach host-7 over UDP; nothing else fails.
+    let udp_to_7: Vec<&&str> = problems
+        .iter()
+        .filter(|p| p.contains("cannot reach host-7 on 8472/udp"))
+        .collect();
+    assert_eq!(udp_to_7.len(), 9, "{problems:#?}");
+    // Nothing but the two faults: probes of host-1's 2379/tcp reach the squatter or nothing.
+    let fault = |to: &str, port: &str| {
+        to == "host-1" && port == "2379/tcp" || to == "host-7" && port == "8472/udp"
+    };
+    for p in &problems[1..] {
+        let (_, rest) = p
+            .split_once(" cannot reach ")
+            .unwrap_or_else(|| panic!("{p}"));
+        let mut words = rest.split(' ');
+        let (to, port) = (
+            words.next().unwrap_or_default(),
+            words.nth(1).unwrap_or_default().trim_end_matches(':'),
+        );
+        assert!(fault(to, port), "unexpected problem {p}");
+    }
+    let mesh = report["mesh"].as_array().expect("mesh");
+    for m in mesh.iter().filter(|m| m["ok"] == false) {
+        let port = format!(
+            "{}/{}",
+            m["port"],
+            m["protocol"].as_str().unwrap_or_default()
+        );
+        assert!(fault(m["to"].as_str().unwrap_or_default(), &port), "{m}");
+    }
+    // Nothing was installed.
+    for n in c["nodes"].as_array().expect("nodes") {
+        assert!(
+            n["plan"].is_null(),
+            "{} got a plan despite the failed preflight",
+            n["name"]
+        );
+    }
+
+    // Fixed: preflight passes, on ten nodes, in about a second.
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    nft(&lab, 7, "delete table inet qbtest");
+    let report = api.post("/clusters/pf/preflight", &json!({})).ok();
+    assert_eq!(report["passed"], true, "{report}");
+    let probes = report["mesh"].as_array().expect("mesh").len();
+    // 5 masters × (2379, 2380, 8472) and 5 workers × 8472, probed by the 9 others each.
+    assert_eq!(probes, 9 * (5 * 3 + 5), "{report}");
+    eprintln!(
+        "preflight of 10 healthy nodes: {} ms, {probes} probes",
+        report["duration_ms"]
+    );
+}
+
+/// The signed plan stored for `node`, tampered: a higher generation and an extra service, the
+/// signature left as it was.
+fn tamper_stored_plan(database: &Path, node: &str, marker: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        use sqlx::Row;
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(database)
+            .busy_timeout(Duration::from_secs(10));
+        let mut db = sqlx::SqlitePool::connect_with(options)
+            .await
+            .expect("open the database");
+        let row = sqlx::query("SELECT plan, plan_generation FROM nodes WHERE name = ?")
+            .bind(node)
+            .fetch_one(&db)
+            .await
+            .expect("the node's plan");
+        let signed: Value =
+            serde_json::from_str(&row.get::<String, _>("plan")).expect("signed plan");
+        let mut plan: Value =
+            serde_json::from_str(signed["plan"].as_str().expect("plan text")).expect("plan");
+        let generation = row.get::<i64, _>("plan_generation") + 1;
+        plan["generation"] = generation.into();
+        plan["services"]
+            .as_array_mut()
+            .expect("services")
+            .push(json!({
+                "name": "evil",
+                "command": ["/bin/sh", "-c", format!("touch {marker}; sleep 1000")],
+            }));
+        let mut forged = signed.clone();
+        forged["plan"] = plan.to_string().into();
+        sqlx::query("UPDATE nodes SET plan = ?, plan_generation = ? WHERE name = ?")
+            .bind(forged.to_string())
+            .bind(generation)
+            .bind(node)
+            .execute(&db)
+            .await
+            .expect("store the forged plan");
+        db.close().await;
+        let _ = &mut db;
+    });
+}
+
+fn etcd_processes(lab: &Lab, i: usize) -> usize {
+    lab.pids(i)
+        .iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "etcd")
+        })
+        .count()
+}
+
+#[test]
+fn tampered_artifacts_and_plans_are_refused_and_crashes_end_in_the_right_state() {
+    let lab = Lab::new(4);
+    let mut controller = Controller::start(&lab.bridge_ip());
+    let api = controller.api();
+    let etcd = import_etcd_bundle(&api);
+    let (configs, mut agents) = hosts(&lab, &controller, 4);
+    api.post("/clusters", &json!({"name": "crash"})).ok();
+
+    // The controller's copy of etcd is corrupted: every node refuses it.
+    let sha = hex::encode(Sha256::digest(&etcd));
+    let blob = controller.data_dir().join("artifacts").join(&sha);
+    let mut bad = etcd.clone();
+    bad[1000] ^= 0xff;
+    std::fs::write(&blob, &bad).expect("corrupt the artifact");
+    api.post(
+        "/clusters/crash/attach",
+        &json!({"nodes": ["host-0", "host-1", "host-2"]}),
+    )
+    .ok();
+    let c = poll(
+        "the checksum mismatch reported",
+        Duration::from_secs(60),
+        || {
+            let c = cluster(&api, "crash");
+            let message = c["state_message"].as_str().unwrap_or_default().to_owned();
+            if message.contains("checksum mismatch") {
+                Ok(c)
+            } else {
+                Err(message)
+            }
+        },
+    );
+    assert_eq!(c["state"], "installing", "{c}");
+    for agent in &agents[..3] {
+        assert!(
+            !agent.host_path("/var/lib/qb/bin/etcd").exists(),
+            "a corrupted etcd was installed"
+        );
+    }
+
+    // Repaired; host-1's agent is killed (-9) while it is applying and comes back: the
+    // cluster forms, with one etcd per host.
+    std::fs::write(&blob, &etcd).expect("repair the artifact");
+    poll("host-1 applying", Duration::from_secs(60), || {
+        let n = api.get("/nodes/host-1").ok();
+        let steps = &n["plan"]["report"]["steps"];
+        let artifacts_done = steps.as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["name"] == "artifacts" && s["state"] == "done")
+        });
+        if artifacts_done {
+            Ok(())
+        } else {
+            Err(n["plan"].to_string())
+        }
+    });
+    let agent = agents.remove(1);
+    agents.insert(1, agent.kill_and_restart(&configs[1]));
+    wait_ready(&api, "crash", CONVERGE);
+    for i in 0..3 {
+        assert_eq!(etcd_processes(&lab, i), 1, "host-{i} runs one etcd");
+    }
+
+    // The controller is killed (-9) right after it accepted an attach, and restarted: the node
+    // ends attached and placed, and the cluster ready; no node is left half-attached.
+    api.post("/clusters/crash/attach", &json!({"nodes": ["host-3"]}))
+        .ok();
+    controller = controller.kill_and_restart();
+    let api = controller.api();
+    let c = poll("four nodes ready after the restart", CONVERGE, || {
+        let c = cluster(&api, "crash");
+        let placed = c["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == 4 && n.iter().all(|n| n["role"].is_string()));
+        if placed && c["state"] == "ready" {
+            Ok(c)
+        } else {
+            Err(format!("{} — {}", c["state"], c["state_message"]))
+        }
+    });
+    let (masters, workers) = roles(&c);
+    assert_eq!(
+        (masters.len(), workers),
+        (3, vec!["host-3".to_owned()]),
+        "{c}"
+    );
+    for n in api.nodes() {
+        let attached = n["state"] == "attached";
+        assert_eq!(attached, n["cluster"]["name"] == "crash", "{n}");
+        assert_eq!(attached, n["role"].is_string(), "{n}");
+    }
+
+    // A plan whose text was changed after signing is refused, reported, and never run.
+    let marker = "/var/lib/qb/forged";
+    tamper_stored_plan(&controller.database(), "host-2", marker);
+    let agent = agents.remove(2);
+    agents.insert(2, agent.kill_and_restart(&configs[2]));
+    let n = poll("the forged plan refused", Duration::from_secs(60), || {
+        let n = api.get("/nodes/host-2").ok();
+        if n["plan"]["report"]["state"] == "refused" {
+            Ok(n)
+        } else {
+            Err(n["plan"].to_string())
+        }
+    });
+    let why = n["plan"]["report"]["steps"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("signature does not match"), "{n}");
+    assert!(
+        !agents[2].host_path(marker).exists(),
+        "the forged service ran"
+    );
+    assert_eq!(
+        etcd_processes(&lab, 2),
+        1,
+        "host-2 keeps running its last good plan"
+    );
+    let c = cluster(&api, "crash");
+    assert!(
+        c["state_message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("signature"),
+        "{c}"
+    );
+}

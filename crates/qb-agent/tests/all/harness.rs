@@ -257,7 +257,31 @@ pub struct Controller {
 
 impl Controller {
     pub fn start(agent_ip: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(
+            tempfile::tempdir().expect("temp dir"),
+            &format!("{agent_ip}:0"),
+        )
+    }
+
+    /// Kills the controller with SIGKILL and starts it again on the same data directory and
+    /// agent address (agents find it where they left it).
+    pub fn kill_and_restart(mut self) -> Self {
+        self.proc.stop();
+        let agent_addr = self.agent_addr.to_string();
+        let Self { dir, .. } = self;
+        Self::start_in(dir, &agent_addr)
+    }
+
+    /// The controller's data directory (database, artifacts).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn start_in(dir: tempfile::TempDir, agent_listen: &str) -> Self {
+        let agent_ip = agent_listen
+            .rsplit_once(':')
+            .map_or(agent_listen, |(ip, _)| ip)
+            .to_owned();
         let mut cmd = command(&controller_binary(), None);
         cmd.args(data_args(dir.path()))
             .args([
@@ -266,7 +290,7 @@ impl Controller {
                 "127.0.0.1:0",
                 "--insecure-http",
                 "--agent-listen",
-                &format!("{agent_ip}:0"),
+                agent_listen,
                 "--heartbeat-seconds",
                 "1",
             ])
