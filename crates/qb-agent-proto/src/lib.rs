@@ -154,10 +154,18 @@ pub enum AgentMessage {
 pub enum Outcome {
     /// Carried out; nothing to return.
     Done,
-    Preflight { report: LocalReport },
-    Probes { results: Vec<ProbeResult> },
-    EtcdMembers { members: Vec<EtcdMember> },
-    Failed { error: String },
+    Preflight {
+        report: LocalReport,
+    },
+    Probes {
+        results: Vec<ProbeResult>,
+    },
+    EtcdMembers {
+        members: Vec<EtcdMember>,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 /// What the controller sends on the channel.

@@ -14,9 +14,9 @@ mod preflight;
 mod probe;
 mod run;
 mod state;
-mod work;
 #[allow(dead_code)]
 mod supervise;
+mod work;
 
 use std::path::PathBuf;
 

@@ -222,7 +222,6 @@ impl Engine {
         }
 
         // Roles and etcd membership, one change at a time.
-        let mut waiting_on = waiting_on;
         match membership::step(self, &ec, &staying, &placement, &addresses).await? {
             membership::Step::Settled => {}
             membership::Step::Changed(message) => {
