@@ -75,6 +75,10 @@ pub struct ProbeTarget {
     pub node: NodeId,
     pub address: std::net::IpAddr,
     pub ports: Vec<PortSpec>,
+    /// Of `ports`, the TCP ports the target's own services hold: a connection is enough (they
+    /// do not send the banner).
+    #[serde(default)]
+    pub held: Vec<PortSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -125,7 +125,9 @@ impl Preflight {
         let probes = req.targets.iter().flat_map(|target| {
             target.ports.iter().map(move |&port| async move {
                 let to = SocketAddr::new(target.address, port.port);
+                let held = target.held.contains(&port);
                 let outcome = match port.protocol {
+                    Protocol::Tcp if held => connect_tcp(to, timeout).await,
                     Protocol::Tcp => probe_tcp(to, banner, timeout).await,
                     Protocol::Udp => probe_udp(to, banner, timeout).await,
                 };
@@ -267,6 +269,16 @@ async fn probe_tcp(to: SocketAddr, banner: &[u8], timeout: Duration) -> Result<D
         Ok(latency)
     } else {
         Err(wrong_answer(&answer))
+    }
+}
+
+/// Connects to a port a service of the target holds; connecting is all that is asked.
+async fn connect_tcp(to: SocketAddr, timeout: Duration) -> Result<Duration, String> {
+    let start = Instant::now();
+    match tokio::time::timeout(timeout, TcpStream::connect(to)).await {
+        Err(_) => Err("timed out".to_owned()),
+        Ok(Err(e)) => Err(io_error_text(&e)),
+        Ok(Ok(_stream)) => Ok(start.elapsed()),
     }
 }
 
@@ -603,10 +615,37 @@ mod tests {
                     node: NodeId::new(),
                     address,
                     ports,
+                    held: Vec::new(),
                 })
                 .collect(),
             timeout_ms,
         }
+    }
+
+    #[tokio::test]
+    async fn a_port_held_by_a_service_needs_only_a_connection() {
+        // A TLS server, say: it accepts and waits for the client to speak.
+        let silent = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+        let port = PortSpec {
+            port: silent.local_addr().unwrap().port(),
+            protocol: Protocol::Tcp,
+        };
+        let mut req = probe_request(7, vec![(IpAddr::V4(Ipv4Addr::LOCALHOST), vec![port])], 300);
+        let preflight = Preflight::new();
+        let started = std::time::Instant::now();
+        req.targets[0].held = vec![port];
+        let held = preflight.probe(&req).await;
+        assert!(held[0].ok, "{held:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "no wait for a banner"
+        );
+        req.targets[0].held.clear();
+        let not_held = preflight.probe(&req).await;
+        assert!(!not_held[0].ok, "{not_held:?}");
+        drop(silent);
     }
 
     fn named<'a>(report: &'a LocalReport, name: &str) -> &'a CheckResult {

@@ -139,6 +139,15 @@ pub async fn run(agents: &Agents, cluster: ClusterRef, targets: &[Target]) -> Pr
                     node: to.node,
                     address: to.address,
                     ports: to.ports.clone(),
+                    held: held
+                        .get(&to.node)
+                        .map(|h| {
+                            h.iter()
+                                .filter(|p| p.protocol == qb_api::Protocol::Tcp)
+                                .copied()
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 })
                 .collect(),
             timeout_ms: PROBE_TIMEOUT.as_millis() as u64,
@@ -166,15 +175,7 @@ pub async fn run(agents: &Agents, cluster: ClusterRef, targets: &[Target]) -> Pr
         };
         for r in results {
             let Some(to) = names.get(&r.to) else { continue };
-            // A port the target's own service holds answers without the banner: reaching it
-            // is what counts.
-            let held_port = held.get(&r.to).is_some_and(|h| h.contains(&r.port));
-            let ok = r.ok
-                || (held_port
-                    && r.port.protocol == qb_api::Protocol::Tcp
-                    && r.error.as_deref().is_some_and(|e| {
-                        e.contains("connected, but not to the preflight listener")
-                    }));
+            let ok = r.ok;
             if !ok {
                 problems.push(format!(
                     "{} cannot reach {} on {}: {}",
