@@ -31,6 +31,8 @@ fn main() -> Result<()> {
                     "api",
                     "--bench",
                     "agents",
+                    "--bench",
+                    "preflight",
                 ])
                 .args(&args[1..]);
             run(&mut cmd)
@@ -40,7 +42,7 @@ fn main() -> Result<()> {
             eprintln!("usage: cargo xtask <test|bench|deps> [args for the runner]");
             eprintln!("  test   install missing test prerequisites, then run the whole test suite");
             eprintln!(
-                "  bench  run the benchmarks: API throughput (SQLite and PostgreSQL side by side), agent costs"
+                "  bench  run the benchmarks: API throughput (SQLite and PostgreSQL side by side), agent costs, preflight"
             );
             eprintln!("  deps   only install missing prerequisites");
             std::process::exit(2);

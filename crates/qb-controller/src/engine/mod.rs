@@ -433,7 +433,8 @@ impl Engine {
             }
             return Ok(Some(format!("removed {}'s etcd member", n.node.name)));
         }
-        if n.plan_hash.as_deref() != Some(WIPE_PLAN_HASH) {
+        // A node that never got a plan has nothing to remove.
+        if n.node.plan.is_some() && n.plan_hash.as_deref() != Some(WIPE_PLAN_HASH) {
             self.publish_wipe(ec.tenant, &n.node, Some(ec.cluster.id))
                 .await?;
             return Ok(Some(format!("wiping {}", n.node.name)));
