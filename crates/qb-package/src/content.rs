@@ -17,6 +17,9 @@ Type=simple
 ExecStart=/usr/bin/qb-agent --config /etc/qb-agent/config.toml
 Restart=always
 RestartSec=5
+# The cluster components the agent supervises outlive an agent restart or upgrade: stopping
+# the agent stops only the agent.
+KillMode=process
 StateDirectory=qb-agent
 StateDirectoryMode=0700
 
@@ -309,6 +312,7 @@ mod tests {
             "ExecStart=/usr/bin/qb-agent --config /etc/qb-agent/config.toml",
             "Restart=always",
             "RestartSec=5",
+            "KillMode=process",
             "StateDirectory=qb-agent",
             "StateDirectoryMode=0700",
             "WantedBy=multi-user.target",
