@@ -217,11 +217,11 @@ pub enum BundleCommand {
     /// Import a release bundle: check its files, upload the missing ones, register it.
     ///
     /// A bundle is a directory holding `bundle.json` and the files it names (a directory with a
-    /// single bundle directory inside is accepted too). Every file is checked against the size
-    /// and SHA-256 in `bundle.json` before anything is uploaded.
+    /// single bundle directory inside is accepted too), or a `.tar`/`.tar.gz` of one. Every file
+    /// is checked against the size and SHA-256 in `bundle.json` before anything is uploaded.
     Import {
-        /// The bundle directory.
-        #[arg(value_name = "DIR")]
+        /// The bundle directory or tarball.
+        #[arg(value_name = "DIR|TARBALL")]
         path: PathBuf,
     },
     /// List the imported bundles.

@@ -1,6 +1,6 @@
-//! A release bundle on disk: a directory holding `bundle.json` and the files it names. Reading
-//! one checks everything the controller would refuse, and every file's size and SHA-256, so that
-//! nothing is uploaded from a bundle that is not whole.
+//! A release bundle on disk: a directory holding `bundle.json` and the files it names, or a
+//! tarball (`.tar`, `.tar.gz`) of one. Reading one checks everything the controller would refuse,
+//! and every file's size and SHA-256, so that nothing is uploaded from a bundle that is not whole.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -24,6 +24,8 @@ pub struct LocalBundle {
     pub manifest: BundleManifest,
     /// Each artifact's file, in the manifest's order.
     pub files: Vec<PathBuf>,
+    /// Where a tarball was unpacked; removed when the bundle is dropped.
+    _unpacked: Option<tempfile::TempDir>,
 }
 
 impl LocalBundle {
@@ -39,12 +41,8 @@ impl LocalBundle {
 /// Why a bundle cannot be imported.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error(
-        "{} is not a directory: qb imports bundle directories; unpack the bundle first (e.g. `tar xzf {}`) and import the directory",
-        .path.display(),
-        .path.display()
-    )]
-    NotADirectory { path: PathBuf },
+    #[error("{} is not a bundle tarball (.tar or .tar.gz): {reason}", .path.display())]
+    BadTarball { path: PathBuf, reason: String },
     #[error("cannot read {}", .path.display())]
     Io {
         path: PathBuf,
@@ -100,12 +98,13 @@ pub fn read(path: &Path) -> Result<LocalBundle, BundleError> {
         move |source| BundleError::Io { path, source }
     };
     let meta = std::fs::metadata(path).map_err(io(path))?;
-    if !meta.is_dir() {
-        return Err(BundleError::NotADirectory {
-            path: path.to_owned(),
-        });
-    }
-    let root = find_root(path)?;
+    let unpacked = if meta.is_dir() {
+        None
+    } else {
+        Some(unpack(path)?)
+    };
+    let dir = unpacked.as_ref().map_or(path, |d| d.path());
+    let root = find_root(dir)?;
     let manifest_path = root.join(MANIFEST);
     let manifest = read_manifest(&manifest_path)?;
     let canonical_root = std::fs::canonicalize(&root).map_err(io(&root))?;
@@ -117,7 +116,58 @@ pub fn read(path: &Path) -> Result<LocalBundle, BundleError> {
         root,
         manifest,
         files,
+        _unpacked: unpacked,
     })
+}
+
+/// Unpacks a tarball (gzip-compressed or not) into a temporary directory. Only directories and
+/// regular files are accepted, and none outside the directory.
+fn unpack(path: &Path) -> Result<tempfile::TempDir, BundleError> {
+    let bad = |reason: String| BundleError::BadTarball {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut file = File::open(path).map_err(|source| BundleError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut magic = [0u8; 2];
+    let gzip = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
+    let file = File::open(path).map_err(|source| BundleError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let reader: Box<dyn Read> = if gzip {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let dir = tempfile::tempdir().map_err(|e| bad(format!("no temporary directory: {e}")))?;
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive.entries().map_err(|e| bad(e.to_string()))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir()) {
+            let name = entry
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            return Err(bad(format!("{name} is neither a file nor a directory")));
+        }
+        // `unpack_in` refuses paths that would leave the directory.
+        let inside = entry
+            .unpack_in(dir.path())
+            .map_err(|e| bad(e.to_string()))?;
+        if !inside {
+            let name = entry
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            return Err(bad(format!("{name} leads outside the bundle")));
+        }
+    }
+    Ok(dir)
 }
 
 /// `dir` if it holds the manifest, or the one directory inside it that does (a tarball's
@@ -423,12 +473,46 @@ mod tests {
     }
 
     #[test]
-    fn a_tarball_is_not_a_directory() {
+    fn tarballs_are_unpacked_and_checked() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let tarball = dir.path().join("bundle.tar.gz");
-        std::fs::write(&tarball, b"\x1f\x8b").expect("write");
-        let err = read(&tarball).expect_err("a file");
-        assert!(err.to_string().contains("unpack the bundle first"), "{err}");
+        let source = dir.path().join("src");
+        std::fs::create_dir(&source).expect("mkdir");
+        bundle(
+            &source,
+            vec![artifact("etcd", ETCD, Some("etcd"))],
+            &[("etcd", ETCD)],
+        );
+        for gzip in [false, true] {
+            let tarball = dir.path().join(if gzip { "b.tar.gz" } else { "b.tar" });
+            let file = File::create(&tarball).expect("create");
+            let writer: Box<dyn std::io::Write> = if gzip {
+                Box::new(flate2::write::GzEncoder::new(
+                    file,
+                    flate2::Compression::fast(),
+                ))
+            } else {
+                Box::new(file)
+            };
+            let mut builder = tar::Builder::new(writer);
+            builder
+                .append_dir_all("kubernetes-1.20.2", &source)
+                .expect("tar");
+            builder
+                .into_inner()
+                .expect("finish")
+                .flush()
+                .expect("flush");
+            let read_back = read(&tarball).expect("a tarball bundle");
+            assert_eq!(read_back.manifest.artifacts[0].name, "etcd");
+            assert!(read_back.files[0].exists());
+            let unpacked = read_back.root.clone();
+            drop(read_back);
+            assert!(!unpacked.exists(), "the unpacked copy is removed");
+        }
+        let garbage = dir.path().join("garbage.tar.gz");
+        std::fs::write(&garbage, b"\x1f\x8bnot really").expect("write");
+        let err = read(&garbage).expect_err("not a tarball");
+        assert!(matches!(err, BundleError::BadTarball { .. }), "{err:?}");
     }
 
     #[test]

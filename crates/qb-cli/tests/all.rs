@@ -930,11 +930,11 @@ async fn bundles() {
     c.qb(&["bundle", "import", other.to_str().expect("utf-8 path")])
         .fails_with("(bundle_conflict)");
 
-    // Only directories.
+    // Something that is neither a bundle directory nor a tarball.
     let tarball = work.path().join("bundle.tar.gz");
     std::fs::write(&tarball, b"\x1f\x8b").expect("write");
     c.qb(&["bundle", "import", tarball.to_str().expect("utf-8 path")])
-        .fails_with("is not a directory");
+        .fails_with("is not a bundle tarball");
     c.qb(&[
         "bundle",
         "import",
