@@ -6,7 +6,8 @@
 //! on the installed cluster (etcd holds the masters' ports), against the design target of 2 s
 //! for 50 nodes. Needs root (namespaces), like the lab tests.
 
-#[allow(dead_code)]
+// The tests' helpers; the tests themselves are not compiled here.
+#[allow(dead_code, unused_imports)]
 #[path = "../tests/all/engine.rs"]
 mod engine;
 #[allow(dead_code)]
