@@ -43,9 +43,25 @@ fn main() {
         let names: Vec<String> = (0..n).map(|i| format!("host-{i}")).collect();
         api.post("/clusters/bench/attach", &json!({"nodes": names}))
             .ok();
+        // The first run comes with the attach; when it fails the cluster is blocked and the
+        // figures say so instead.
+        let first = harness::poll("the first preflight", Duration::from_secs(120), || {
+            let r = api.get("/clusters/bench/preflight");
+            if r.status == 200 {
+                Ok(r.body)
+            } else {
+                Err(r.body.to_string())
+            }
+        });
+        if first["passed"] != true {
+            let problems = first["problems"].as_array().map_or(0, Vec::len);
+            println!(
+                "{n:>5}  FAILED in {} ms with {problems} problems, e.g. {}",
+                first["duration_ms"], first["problems"][0]
+            );
+            continue;
+        }
         engine::wait_ready(&api, "bench", Duration::from_secs(300));
-        let first = api.get("/clusters/bench/preflight").ok();
-        assert_eq!(first["passed"], true, "{first}");
         let mut runs = Vec::new();
         let mut walls = Vec::new();
         let mut probes = 0;
@@ -53,8 +69,13 @@ fn main() {
             let started = Instant::now();
             let report: Value = api.post("/clusters/bench/preflight", &json!({})).ok();
             walls.push(started.elapsed().as_secs_f64() * 1000.0);
-            assert_eq!(report["passed"], true, "{report}");
             probes = report["mesh"].as_array().map_or(0, Vec::len);
+            if report["passed"] != true {
+                println!(
+                    "{n:>5}  a run on the installed cluster FAILED: {}",
+                    report["problems"][0]
+                );
+            }
             runs.push(report["duration_ms"].as_f64().unwrap_or_default());
         }
         let steady = median(runs);
