@@ -331,22 +331,10 @@ impl Run<'_, '_> {
             .map(|a| a.path.as_str())
             .collect();
         let files: BTreeSet<&str> = self.plan.files.iter().map(|f| f.path.as_str()).collect();
-        let stale: Vec<String> = self
+        // A path that became a plain file of the plan is left to the `files` step.
+        let removed = self
             .ledger
-            .installed
-            .artifacts
-            .keys()
-            .filter(|p| !wanted.contains(p.as_str()))
-            .cloned()
-            .collect();
-        for path in &stale {
-            // A path that became a plain file of the plan is left to the `files` step.
-            if !files.contains(path.as_str()) {
-                remove_path(Path::new(path))?;
-            }
-            self.ledger.installed.artifacts.remove(path);
-            self.ledger.save()?;
-        }
+            .drop_stale(|i| &mut i.artifacts, &wanted, &files)?;
         let mut installed = 0;
         for artifact in &self.plan.artifacts {
             if self.artifact_in_place(artifact).await? {
@@ -375,7 +363,7 @@ impl Run<'_, '_> {
         Ok(format!(
             "{installed} installed, {} unchanged, {} removed",
             self.plan.artifacts.len() - installed,
-            stale.len()
+            removed
         ))
     }
 
@@ -488,21 +476,9 @@ impl Run<'_, '_> {
             .iter()
             .map(|a| a.path.as_str())
             .collect();
-        let stale: Vec<String> = self
+        let removed = self
             .ledger
-            .installed
-            .files
-            .keys()
-            .filter(|p| !wanted.contains(p.as_str()))
-            .cloned()
-            .collect();
-        for path in &stale {
-            if !artifacts.contains(path.as_str()) {
-                remove_path(Path::new(path))?;
-            }
-            self.ledger.installed.files.remove(path);
-            self.ledger.save()?;
-        }
+            .drop_stale(|i| &mut i.files, &wanted, &artifacts)?;
         let mut written = 0;
         for file in &self.plan.files {
             let sha256 = hex::encode(Sha256::digest(file.content.as_bytes()));
@@ -529,7 +505,7 @@ impl Run<'_, '_> {
         Ok(format!(
             "{written} written, {} unchanged, {} removed",
             self.plan.files.len() - written,
-            stale.len()
+            removed
         ))
     }
 
@@ -689,9 +665,33 @@ impl Ledger {
         Ok(Self { path, installed })
     }
 
+    /// Forgets every path of one kind (`which`) that the plan no longer has (`wanted`), and
+    /// removes it from disk unless the plan has it as the other kind (`other`). Returns how
+    /// many it forgot.
+    fn drop_stale<V>(
+        &mut self,
+        which: impl Fn(&mut Installed) -> &mut BTreeMap<String, V>,
+        wanted: &BTreeSet<&str>,
+        other: &BTreeSet<&str>,
+    ) -> Result<usize, StepError> {
+        let stale: Vec<String> = which(&mut self.installed)
+            .keys()
+            .filter(|p| !wanted.contains(p.as_str()))
+            .cloned()
+            .collect();
+        for path in &stale {
+            if !other.contains(path.as_str()) {
+                remove_path(Path::new(path))?;
+            }
+            which(&mut self.installed).remove(path);
+            self.save()?;
+        }
+        Ok(stale.len())
+    }
+
     fn save(&self) -> Result<(), StepError> {
         let json = serde_json::to_vec_pretty(&self.installed).expect("the ledger serializes");
-        crate::supervise::write_atomically(&self.path, &json).map_err(io("writing", &self.path))
+        crate::state::write_private(&self.path, &json).map_err(io("writing", &self.path))
     }
 }
 
@@ -1717,7 +1717,7 @@ mod tests {
             ("relative", Box::new(|p| p.files[0].path = "etc/x".into())),
             (
                 "dot-dot",
-                Box::new(|p| p.files[0].path = "/etc/../root/.ssh/keys".into()),
+                Box::new(|p| p.files[0].path = "/etc/qb/../../etc/shadow".into()),
             ),
             ("root", Box::new(|p| p.state_dirs.push("/".into()))),
             (

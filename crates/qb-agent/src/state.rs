@@ -64,11 +64,13 @@ impl StateDir {
     /// Saves a new identity (registration) or certificate (renewal): the key first, so a crash
     /// never leaves a certificate without its key.
     pub fn save(&self, identity: &Identity) -> Result<()> {
-        write_private(&self.dir.join("node.key"), identity.key_pem.as_bytes())?;
+        write_private(&self.dir.join("node.key"), identity.key_pem.as_bytes())
+            .context("saving the node key")?;
         write_private(
             &self.dir.join("identity.json"),
             serde_json::to_string_pretty(identity)?.as_bytes(),
-        )?;
+        )
+        .context("saving the identity")?;
         std::fs::remove_file(self.dir.join("deauthorized")).or_else(ignore_missing)?;
         Ok(())
     }
@@ -80,6 +82,7 @@ impl StateDir {
         std::fs::remove_file(self.dir.join("identity.json")).or_else(ignore_missing)?;
         std::fs::remove_file(self.dir.join("node.key")).or_else(ignore_missing)?;
         write_private(&self.dir.join("deauthorized"), registered_with.as_bytes())
+            .context("recording the deauthorization")
     }
 
     /// `true` when this host was deauthorized while configured with `token`.
@@ -101,19 +104,30 @@ fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
     }
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+/// Writes a file so that a crash leaves the old or the new content, readable only by the agent:
+/// a temporary file (mode 0600) in the same directory, fsync, rename, fsync of the directory.
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.{}.tmp", rand::random::<u64>()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
 }
 
 #[cfg(test)]

@@ -15,8 +15,7 @@
 //! Durable: the records and the logs. Rebuilt at start: everything else (by `adopt`).
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
@@ -544,7 +543,8 @@ impl Shared {
         };
         let path = self.record_path(&service.name);
         let json = serde_json::to_vec_pretty(&record).expect("records always serialize");
-        write_atomically(&path, &json).map_err(|source| SuperviseError::Record { path, source })
+        crate::state::write_private(&path, &json)
+            .map_err(|source| SuperviseError::Record { path, source })
     }
 
     fn log_path(&self, name: &str) -> PathBuf {
@@ -909,38 +909,6 @@ fn rotate_if_larger(log: &Path, max: u64, keep: u32) -> std::io::Result<bool> {
     std::fs::copy(log, generation(1))?;
     OpenOptions::new().write(true).open(log)?.set_len(0)?;
     Ok(true)
-}
-
-/// Writes a file so that a crash leaves the old or the new content: a temporary file (mode
-/// 0600) in the same directory, fsync, rename, fsync of the directory.
-pub(crate) fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let mut temp = tempfile_in(dir, path)?;
-    let result = (|| {
-        temp.1.write_all(content)?;
-        temp.1.sync_all()?;
-        std::fs::rename(&temp.0, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        remove_file(&temp.0);
-    }
-    result
-}
-
-/// A new file next to `path`, named after it.
-fn tempfile_in(dir: &Path, path: &Path) -> std::io::Result<(PathBuf, File)> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.{}.tmp", rand::random::<u64>()));
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temp)?;
-    Ok((temp, file))
 }
 
 fn remove_file(path: &Path) {

@@ -158,7 +158,9 @@ impl Work {
                     return Ok(());
                 }
                 let text = serde_json::to_string(&signed)?;
-                write_atomic(&self.state_dir.join(PLAN_FILE), text.as_bytes())?;
+                let file = self.state_dir.join(PLAN_FILE);
+                crate::state::write_private(&file, text.as_bytes())
+                    .with_context(|| format!("saving {}", file.display()))?;
                 tracing::info!(generation = plan.generation, "accepted a new plan");
                 self.plan.send_replace(Some(Arc::new(plan)));
             }
@@ -300,21 +302,4 @@ impl ArtifactSource for Downloads<'_> {
         file.sync_all().await?;
         Ok(())
     }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let temp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)
-        .with_context(|| format!("writing {}", temp.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
