@@ -251,8 +251,10 @@ async fn hold_channel(
     };
     to_controller.send(Bytes::from(encode(&hello))).await?;
     let mut reports = work.report.subscribe();
-    if reports.borrow_and_update().generation > 0 {
-        let report = AgentMessage::Plan(reports.borrow().clone());
+    reports.mark_unchanged();
+    let report = work.current_report();
+    if report.generation > 0 {
+        let report = AgentMessage::Plan(report);
         to_controller.send(Bytes::from(encode(&report))).await?;
     }
     let response = sender
@@ -325,7 +327,8 @@ async fn hold_channel(
             }
             changed = reports.changed() => {
                 if changed.is_ok() {
-                    let report = AgentMessage::Plan(reports.borrow_and_update().clone());
+                    reports.mark_unchanged();
+                    let report = AgentMessage::Plan(work.current_report());
                     to_controller.send(Bytes::from(encode(&report))).await?;
                 }
             }

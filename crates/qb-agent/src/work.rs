@@ -33,8 +33,12 @@ pub struct Work {
     preflight: Preflight,
     /// The accepted plan; the applier follows it.
     plan: watch::Sender<Option<Arc<Plan>>>,
-    /// Progress of the plan, sent to the controller whenever it changes.
+    /// Progress of the accepted plan, published by the applier; it ticks whenever the report
+    /// to send ([`Work::report`]) may have changed.
     pub report: watch::Sender<PlanReport>,
+    /// The last plan refused, while it is newer than the accepted one: the applier's progress
+    /// on the accepted plan must not hide it.
+    refused: Mutex<Option<PlanReport>>,
     /// The open connection to the controller, for downloads.
     connection: Mutex<Option<(String, SendRequest<Body>)>>,
 }
@@ -67,6 +71,7 @@ impl Work {
             preflight: Preflight::new(),
             plan: watch::Sender::new(None),
             report: watch::Sender::new(PlanReport::default()),
+            refused: Mutex::new(None),
             connection: Mutex::new(None),
         });
         let saved = state_dir.join(PLAN_FILE);
@@ -162,11 +167,12 @@ impl Work {
                 crate::state::write_private(&file, text.as_bytes())
                     .with_context(|| format!("saving {}", file.display()))?;
                 tracing::info!(generation = plan.generation, "accepted a new plan");
+                *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 self.plan.send_replace(Some(Arc::new(plan)));
             }
             Err(reason) => {
                 tracing::error!(generation = announced, %reason, "refused a plan");
-                self.report.send_replace(PlanReport {
+                *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(PlanReport {
                     generation: announced,
                     state: PlanState::Refused,
                     steps: vec![StepReport {
@@ -174,11 +180,30 @@ impl Work {
                         state: StepState::Failed,
                         message: Some(reason),
                     }],
-                    services: self.supervisor.reports(),
+                    services: Vec::new(),
                 });
+                self.report.send_modify(|_| {});
             }
         }
         Ok(())
+    }
+
+    /// What to tell the controller now: a refusal of a newer plan, with the services as they
+    /// run, or else the progress on the accepted plan.
+    pub fn current_report(&self) -> PlanReport {
+        let progress = self.report.borrow().clone();
+        match self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(refused) if refused.generation > progress.generation => PlanReport {
+                services: progress.services,
+                ..refused.clone()
+            },
+            _ => progress,
+        }
     }
 
     /// Converges on the accepted plan for as long as the agent runs: applies it, retries

@@ -220,22 +220,6 @@ impl Store {
         w.commit().await
     }
 
-    /// Nodes of every tenant that are leaving a cluster, for the controller's reconciler.
-    pub async fn detaching_nodes(&self) -> Result<Vec<(TenantId, Node)>> {
-        let rows = sqlx::query(&format!(
-            "{NODE_SELECT} WHERE n.state = 'detaching' ORDER BY n.id"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let tenant: String = sqlx::Row::try_get(row, "tenant_id")?;
-                let tenant = crate::parse_id("tenant id", &tenant)?;
-                Ok((tenant, rows::node(row)?))
-            })
-            .collect()
-    }
-
     /// Returns a `detaching` node to the pool once its components are gone.
     pub async fn finish_detach(&self, tenant: TenantId, id: NodeId, actor: &Actor) -> Result<Node> {
         let mut w = self.write(tenant).await?;

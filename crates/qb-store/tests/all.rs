@@ -327,6 +327,19 @@ pub async fn node(store: &Store, t: TenantId, node: &str) -> Node {
     store.get_node(t, &by_name(node)).await.unwrap()
 }
 
+/// The tenant's nodes that are leaving a cluster.
+pub async fn detaching(store: &Store, t: TenantId) -> Vec<Node> {
+    let filter = NodeFilter {
+        state: Some(qb_api::NodeState::Detaching),
+        cluster: None,
+    };
+    store
+        .list_nodes(t, &filter, None, 1000)
+        .await
+        .unwrap()
+        .items
+}
+
 pub async fn cluster_detail(store: &Store, t: TenantId, id: ClusterId) -> ClusterDetail {
     store.get_cluster(t, &Key::Id(id)).await.unwrap()
 }

@@ -400,20 +400,15 @@ pub fn detach_is_safe(
     ec: &EngineCluster,
     leaving: &[NodeId],
 ) -> Result<(), String> {
-    let members: Vec<(&EngineNode, Membership)> = ec
-        .nodes
+    let in_cluster = super::staying_nodes(ec);
+    let members: Vec<(&EngineNode, Membership)> = in_cluster
         .iter()
-        .filter(|n| n.node.state != qb_api::NodeState::Detaching)
-        .filter_map(|n| Membership::of(n).map(|m| (n, m)))
+        .filter_map(|n| Membership::of(n).map(|m| (*n, m)))
         .collect();
     if members.is_empty() {
         return Ok(());
     }
-    let all_leave = ec
-        .nodes
-        .iter()
-        .filter(|n| n.node.state != qb_api::NodeState::Detaching)
-        .all(|n| leaving.contains(&n.node.id));
+    let all_leave = in_cluster.iter().all(|n| leaving.contains(&n.node.id));
     if all_leave {
         return Ok(());
     }

@@ -53,7 +53,7 @@ pub struct Engine {
     signer: PlanSigner,
     /// Wakes the engine when there is work (an attach, a detach, an agent's report).
     pub wake: Arc<Notify>,
-    /// One preflight per cluster at a time.
+    /// One preflight at a time: each listens on the same ports of its nodes.
     preflights: tokio::sync::Mutex<()>,
 }
 
@@ -151,59 +151,14 @@ impl Engine {
                 .await?;
             return Ok(());
         }
-        let bundle = match self
-            .store
-            .get_bundle(tenant, &ec.cluster.kubernetes_version)
-            .await
-        {
-            Ok(bundle) => bundle,
-            Err(StoreError::NotFound { .. }) => {
-                let message = format!(
-                    "no release bundle for Kubernetes {} is imported; import one with `qb bundle import`",
-                    ec.cluster.kubernetes_version
-                );
-                return self.block(&ec, &message).await;
-            }
-            Err(e) => return Err(e.into()),
+        let Layout {
+            input,
+            addresses,
+            placement,
+        } = match self.layout(&ec, &staying).await? {
+            Ok(layout) => layout,
+            Err(blocked) => return self.block(&ec, &blocked).await,
         };
-        let input = ClusterInput {
-            id: ec.cluster.id,
-            name: ec.cluster.name.to_string(),
-            version: ec.cluster.kubernetes_version.clone(),
-            pod_cidr: ec.cluster.pod_cidr,
-            service_cidr: ec.cluster.service_cidr,
-            bundle: bundle.manifest,
-        };
-        let mut addresses = BTreeMap::new();
-        for n in &staying {
-            match qb_plan::render::node_address(&n.node.facts, &n.node.labels) {
-                Some(address) => {
-                    addresses.insert(n.node.id, address);
-                }
-                None => {
-                    let message = format!(
-                        "node {} reported no usable IP address; label it node.qb.io/address=<ip>",
-                        n.node.name
-                    );
-                    return self.block(&ec, &message).await;
-                }
-            }
-        }
-        let candidates: Vec<_> = staying
-            .iter()
-            .map(|n| qb_plan::placement::Candidate {
-                id: n.node.id,
-                name: n.node.name.clone(),
-                memory_bytes: n.node.facts.memory_bytes,
-                labels: n.node.labels.clone(),
-                current: n.node.role,
-            })
-            .collect();
-        let placement =
-            match qb_plan::placement::place(&candidates, ec.cluster.masters, &ec.cluster.roles) {
-                Ok(p) => p,
-                Err(e) => return self.block(&ec, &format!("placement: {e}")).await,
-            };
 
         // Nodes that never ran here must pass preflight with the rest of the cluster first.
         if staying.iter().any(|n| n.node.role.is_none()) {
@@ -237,11 +192,7 @@ impl Engine {
 
         // Plans.
         let ec = self.store.engine_cluster(tenant, cluster).await?;
-        let staying: Vec<&EngineNode> = ec
-            .nodes
-            .iter()
-            .filter(|n| n.node.state != qb_api::NodeState::Detaching)
-            .collect();
+        let staying = staying_nodes(&ec);
         let pki = self.cluster_pki(&ec).await?;
         let inputs: Vec<NodeInput> = staying
             .iter()
@@ -366,39 +317,31 @@ impl Engine {
         Ok(report)
     }
 
-    /// The targets of a preflight over a cluster's current nodes, for the API.
-    pub async fn preflight_now(
+    /// What a cluster's staying nodes amount to: the render input (with the bundle), each
+    /// node's address and the placement. `Ok(Err(reason))` when the cluster cannot go on.
+    async fn layout(
         &self,
-        tenant: TenantId,
-        cluster: qb_api::ClusterId,
-    ) -> Result<qb_api::PreflightReport, EngineError> {
-        let ec = self.store.engine_cluster(tenant, cluster).await?;
-        let staying: Vec<&EngineNode> = ec
-            .nodes
-            .iter()
-            .filter(|n| n.node.state != qb_api::NodeState::Detaching)
-            .collect();
-        let bundle = self
-            .store
-            .get_bundle(tenant, &ec.cluster.kubernetes_version)
-            .await?;
-        let input = ClusterInput {
-            id: ec.cluster.id,
-            name: ec.cluster.name.to_string(),
-            version: ec.cluster.kubernetes_version.clone(),
-            pod_cidr: ec.cluster.pod_cidr,
-            service_cidr: ec.cluster.service_cidr,
-            bundle: bundle.manifest,
+        ec: &EngineCluster,
+        staying: &[&EngineNode],
+    ) -> Result<Result<Layout, String>, EngineError> {
+        let version = &ec.cluster.kubernetes_version;
+        let bundle = match self.store.get_bundle(ec.tenant, version).await {
+            Ok(bundle) => bundle,
+            Err(StoreError::NotFound { .. }) => {
+                return Ok(Err(format!(
+                    "no release bundle for Kubernetes {version} is imported; import one with `qb bundle import`"
+                )));
+            }
+            Err(e) => return Err(e.into()),
         };
         let mut addresses = BTreeMap::new();
-        for n in &staying {
-            let address =
-                qb_plan::render::node_address(&n.node.facts, &n.node.labels).ok_or_else(|| {
-                    EngineError::Plan(format!(
-                        "node {} reported no usable IP address",
-                        n.node.name
-                    ))
-                })?;
+        for n in staying {
+            let Some(address) = qb_plan::render::node_address(&n.node.facts, &n.node.labels) else {
+                return Ok(Err(format!(
+                    "node {} reported no usable IP address; label it node.qb.io/address=<ip>",
+                    n.node.name
+                )));
+            };
             addresses.insert(n.node.id, address);
         }
         let candidates: Vec<_> = staying
@@ -412,8 +355,40 @@ impl Engine {
             })
             .collect();
         let placement =
-            qb_plan::placement::place(&candidates, ec.cluster.masters, &ec.cluster.roles)
-                .map_err(|e| EngineError::Plan(e.to_string()))?;
+            match qb_plan::placement::place(&candidates, ec.cluster.masters, &ec.cluster.roles) {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(format!("placement: {e}"))),
+            };
+        Ok(Ok(Layout {
+            input: ClusterInput {
+                id: ec.cluster.id,
+                name: ec.cluster.name.to_string(),
+                version: version.clone(),
+                pod_cidr: ec.cluster.pod_cidr,
+                service_cidr: ec.cluster.service_cidr,
+                bundle: bundle.manifest,
+            },
+            addresses,
+            placement,
+        }))
+    }
+
+    /// Runs preflight over a cluster's current nodes now, for the API.
+    pub async fn preflight_now(
+        &self,
+        tenant: TenantId,
+        cluster: qb_api::ClusterId,
+    ) -> Result<qb_api::PreflightReport, EngineError> {
+        let ec = self.store.engine_cluster(tenant, cluster).await?;
+        let staying = staying_nodes(&ec);
+        let Layout {
+            input,
+            addresses,
+            placement,
+        } = self
+            .layout(&ec, &staying)
+            .await?
+            .map_err(EngineError::Plan)?;
         let targets = preflight::targets(&input, &staying, &placement, &addresses);
         let report = self.run_preflight(&ec, &targets).await?;
         self.wake.notify_one();
@@ -560,19 +535,16 @@ impl Engine {
         Ok(certs)
     }
 
-    /// The cluster's state as the agents report it.
+    /// The cluster's state as the agents report it; `waiting_on` is what the engine itself waits
+    /// for (nodes leaving, etcd changes).
     fn observed_state(
         &self,
         ec: &EngineCluster,
-        leaving: &[String],
+        waiting_on: &[String],
     ) -> (ClusterState, Option<String>) {
         let mut behind = Vec::new();
         let mut unhealthy = Vec::new();
-        for n in ec
-            .nodes
-            .iter()
-            .filter(|n| n.node.state != qb_api::NodeState::Detaching)
-        {
+        for n in staying_nodes(ec) {
             let name = &n.node.name;
             if !self.agents.online(n.node.id) {
                 unhealthy.push(format!("{name}: agent offline"));
@@ -613,12 +585,12 @@ impl Engine {
             ec.cluster.state,
             ClusterState::Ready | ClusterState::Degraded
         );
-        let mut all: Vec<String> = leaving.to_vec();
+        let mut all: Vec<String> = waiting_on.to_vec();
         all.extend(behind.iter().cloned());
         all.extend(unhealthy.iter().cloned());
         if all.is_empty() {
             (ClusterState::Ready, None)
-        } else if behind.is_empty() && leaving.is_empty() && was_installed {
+        } else if behind.is_empty() && waiting_on.is_empty() && was_installed {
             (ClusterState::Degraded, Some(summarize(&unhealthy)))
         } else {
             (ClusterState::Installing, Some(summarize(&all)))
@@ -650,6 +622,21 @@ impl Engine {
             Err(e) => Err(e.to_string()),
         }
     }
+}
+
+/// What [`Engine::layout`] derives from a cluster.
+struct Layout {
+    input: ClusterInput,
+    addresses: BTreeMap<NodeId, IpAddr>,
+    placement: qb_plan::placement::Placement,
+}
+
+/// The nodes that stay in the cluster (attached, not leaving).
+pub(super) fn staying_nodes(ec: &EngineCluster) -> Vec<&EngineNode> {
+    ec.nodes
+        .iter()
+        .filter(|n| n.node.state != qb_api::NodeState::Detaching)
+        .collect()
 }
 
 fn node_input(n: &EngineNode, address: IpAddr) -> NodeInput {

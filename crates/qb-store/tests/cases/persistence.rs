@@ -52,7 +52,7 @@ async fn reopening_keeps_everything(db: TestDb) {
             .map(|p| p.user),
         Some(name("bob"))
     );
-    assert_eq!(again.detaching_nodes().await.unwrap().len(), 1);
+    assert_eq!(crate::detaching(&again, t).await.len(), 1);
 
     // Work goes on where it stopped.
     again
