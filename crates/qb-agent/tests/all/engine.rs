@@ -457,7 +457,7 @@ fn tamper_stored_plan(database: &Path, node: &str, marker: &str) {
         let options = sqlx::sqlite::SqliteConnectOptions::new()
             .filename(database)
             .busy_timeout(Duration::from_secs(10));
-        let mut db = sqlx::SqlitePool::connect_with(options)
+        let db = sqlx::SqlitePool::connect_with(options)
             .await
             .expect("open the database");
         let row = sqlx::query("SELECT plan, plan_generation FROM nodes WHERE name = ?")
@@ -488,7 +488,6 @@ fn tamper_stored_plan(database: &Path, node: &str, marker: &str) {
             .await
             .expect("store the forged plan");
         db.close().await;
-        let _ = &mut db;
     });
 }
 
