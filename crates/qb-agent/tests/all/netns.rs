@@ -67,6 +67,7 @@ impl Lab {
     pub fn new(hosts: usize) -> Self {
         require_root_and_ip();
         assert!(hosts <= 100, "at most 100 hosts per lab");
+        make_room_for_neighbours(hosts);
         let lab = Self { k: claim(), hosts };
         // From here on `lab` is dropped (and torn down) if anything below panics.
         let bridge = lab.bridge();
@@ -184,6 +185,26 @@ impl Drop for Lab {
                 "lab {} teardown: errors {errors:?}, left over {left:?}",
                 self.k
             );
+        }
+    }
+}
+
+/// The kernel keeps one ARP table for all network namespaces, with one limit (`gc_thresh3`,
+/// 1024 entries by default): a lab of `n` hosts that all talk to each other needs `n * (n - 1)`
+/// entries, and past the limit the kernel drops packets ("neighbor table overflow"). Separate
+/// machines have a table each; the lab raises the shared limits (never lowers them).
+fn make_room_for_neighbours(hosts: usize) {
+    let wanted = (hosts * hosts).max(1024) * 4;
+    for (name, share) in [("gc_thresh1", 8), ("gc_thresh2", 2), ("gc_thresh3", 1)] {
+        let path = format!("/proc/sys/net/ipv4/neigh/default/{name}");
+        let current: usize = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let value = wanted / share;
+        if current < value {
+            std::fs::write(&path, value.to_string())
+                .unwrap_or_else(|e| panic!("raising {path} to {value}: {e}"));
         }
     }
 }
