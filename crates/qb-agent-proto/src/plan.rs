@@ -49,6 +49,23 @@ pub struct Plan {
     /// Directories holding the cluster's state on this node (etcd data, ...), removed when the
     /// node leaves its cluster.
     pub state_dirs: Vec<String>,
+    /// Routes to the other nodes' pod subnets through their hosts (flannel's host-gw way). The
+    /// agent keeps exactly these: routes it added that a plan no longer has are removed.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Cgroups the services need to exist (kubelet's `cgroupRoot`), as paths from the root of
+    /// every cgroup hierarchy; created before the services start.
+    #[serde(default)]
+    pub cgroups: Vec<String>,
+}
+
+/// `destination` is reached through `via`, a host on the node's own network.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// A CIDR, e.g. `10.244.3.0/24`.
+    pub destination: String,
+    pub via: std::net::IpAddr,
 }
 
 /// A file from the release bundle, installed at `path` once its SHA-256 matched.
@@ -84,7 +101,8 @@ pub struct Owner {
     pub gid: u32,
 }
 
-/// A long-running process the agent supervises.
+/// A long-running process the agent supervises, or a task (`restart: never`) it runs to
+/// completion once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
@@ -115,6 +133,9 @@ pub enum RestartPolicy {
     Always,
     /// Restart only after a non-zero exit or a signal.
     OnFailure,
+    /// A task, not a service: it runs to completion, exit status 0 being its readiness gate, and
+    /// runs again only when its definition or inputs change (importing an image, say).
+    Never,
 }
 
 /// How to tell a service is healthy.
@@ -123,6 +144,8 @@ pub enum RestartPolicy {
 pub enum Probe {
     /// A TCP connection to `address` (`host:port`) succeeds.
     Tcp { address: String },
+    /// A connection to the Unix socket at `path` succeeds.
+    Unix { path: String },
     /// `GET url` answers 2xx. For `https`, the server is verified against `ca_file`, and
     /// `cert_file`/`key_file` are presented as the client certificate when given.
     Http {

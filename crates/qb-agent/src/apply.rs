@@ -14,7 +14,8 @@
 //! verified, and copied into place.
 //!
 //! Steps, as reported: `service:<name>` for each service no longer in the plan (it is
-//! stopped), `artifacts`, `files`, then `service:<name>` per service of the plan; or `wipe`
+//! stopped), `artifacts`, `files`, `routes`, `cgroups`, then `service:<name>` per service of the
+//! plan (`task:<name>` for a task, which runs to completion once per definition); or `wipe`
 //! alone for a plan without a cluster.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,7 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qb_agent_proto::plan::{
-    Artifact, Owner, Plan, PlanFile, PlanReport, PlanState, Service, StepReport, StepState,
+    Artifact, Owner, Plan, PlanFile, PlanReport, PlanState, RestartPolicy, Service, StepReport,
+    StepState,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -110,6 +112,10 @@ pub enum StepError {
     },
     #[error(transparent)]
     Supervise(#[from] SuperviseError),
+    #[error(transparent)]
+    Routes(#[from] crate::routes::RouteError),
+    #[error(transparent)]
+    Cgroups(#[from] crate::cgroups::CgroupError),
 }
 
 /// Converges the node on plans, one at a time.
@@ -269,13 +275,8 @@ impl Run<'_, '_> {
             .filter(|name| !wanted.contains(name.as_str()))
             .collect();
         let mut steps: Vec<String> = retired.iter().map(|n| format!("service:{n}")).collect();
-        steps.extend(["artifacts".to_owned(), "files".to_owned()]);
-        steps.extend(
-            self.plan
-                .services
-                .iter()
-                .map(|s| format!("service:{}", s.name)),
-        );
+        steps.extend(["artifacts", "files", "routes", "cgroups"].map(str::to_owned));
+        steps.extend(self.plan.services.iter().map(step_name));
         self.progress.plan_steps(&steps);
 
         for name in retired {
@@ -290,11 +291,24 @@ impl Run<'_, '_> {
         self.progress.step("files", StepState::Running, None);
         let result = self.files().await;
         self.conclude("files", result)?;
+        self.progress.step("routes", StepState::Running, None);
+        let result = crate::routes::converge(&self.plan.routes)
+            .await
+            .map_err(StepError::from);
+        self.conclude("routes", result)?;
+        self.progress.step("cgroups", StepState::Running, None);
+        let cgroups = self.plan.cgroups.clone();
+        let result = blocking(move || Ok(crate::cgroups::ensure(&cgroups)?)).await;
+        self.conclude("cgroups", result)?;
         let plan = self.plan;
         for service in &plan.services {
-            let step = format!("service:{}", service.name);
+            let step = step_name(service);
             self.progress.step(&step, StepState::Running, None);
-            let result = self.service(service).await;
+            let result = if service.restart == RestartPolicy::Never {
+                self.task(service).await
+            } else {
+                self.service(service).await
+            };
             self.conclude(&step, result)?;
         }
         Ok(())
@@ -531,6 +545,23 @@ impl Run<'_, '_> {
         .to_owned())
     }
 
+    /// Runs a task unless it already ran to completion with this definition and these inputs.
+    async fn task(&mut self, task: &Service) -> Result<String, StepError> {
+        let fingerprint = fingerprint(task, self.plan);
+        if self.ledger.installed.tasks.get(&task.name) == Some(&fingerprint) {
+            return Ok("done earlier".to_owned());
+        }
+        self.supervisor()
+            .run_task(task, self.applier.readiness_timeout)
+            .await?;
+        self.ledger
+            .installed
+            .tasks
+            .insert(task.name.clone(), fingerprint);
+        self.ledger.save()?;
+        Ok("done".to_owned())
+    }
+
     /// Stops every service and removes everything earlier plans installed, and their state.
     async fn wipe(mut self) -> Result<(), ApplyError> {
         self.progress.plan_steps(&["wipe".to_owned()]);
@@ -560,6 +591,9 @@ impl Run<'_, '_> {
             self.ledger.installed.artifacts.remove(path);
             self.ledger.save()?;
         }
+        crate::routes::converge(&[]).await?;
+        self.ledger.installed.tasks.clear();
+        self.ledger.save()?;
         let mut dirs = self.ledger.installed.state_dirs.clone();
         dirs.extend(self.plan.state_dirs.iter().cloned());
         for dir in &dirs {
@@ -596,6 +630,8 @@ struct Installed {
     state_dirs: BTreeSet<String>,
     /// Name → fingerprint.
     services: BTreeMap<String, String>,
+    /// Tasks that ran to completion: name → fingerprint.
+    tasks: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -769,6 +805,15 @@ impl<'r> Progress<'r> {
 
 /// SHA-256 over the service's definition and the content of its inputs, as the plan declares
 /// them (an input the plan does not install counts by its path alone).
+/// The step of a service (`service:<name>`) or a task (`task:<name>`).
+fn step_name(service: &Service) -> String {
+    if service.restart == RestartPolicy::Never {
+        format!("task:{}", service.name)
+    } else {
+        format!("service:{}", service.name)
+    }
+}
+
 fn fingerprint(service: &Service, plan: &Plan) -> String {
     let mut hash = Sha256::new();
     hash.update(serde_json::to_vec(service).expect("services serialize"));
@@ -797,7 +842,11 @@ fn fingerprint(service: &Service, plan: &Plan) -> String {
 fn validate(plan: &Plan) -> Result<(), ApplyError> {
     let invalid = |what: String| Err(ApplyError::Invalid(what));
     if plan.cluster_id.is_none()
-        && !(plan.artifacts.is_empty() && plan.files.is_empty() && plan.services.is_empty())
+        && !(plan.artifacts.is_empty()
+            && plan.files.is_empty()
+            && plan.services.is_empty()
+            && plan.routes.is_empty()
+            && plan.cgroups.is_empty())
     {
         return invalid("a plan without a cluster cannot install anything".to_owned());
     }
@@ -1268,6 +1317,7 @@ mod tests {
             ],
             services: vec![server_service, worker],
             state_dirs: vec![data],
+            ..Plan::default()
         };
         (plan, port)
     }
@@ -1311,6 +1361,81 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_task_runs_once_per_definition_and_gates_what_follows() {
+        let host = Host::new();
+        let source = Source::default();
+        let (_supervisor, applier) = host.agent();
+        let report = watch::Sender::new(PlanReport::default());
+        let runs = host.text("runs");
+        let input = host.text("etc/image.conf");
+        let mut task = service(
+            "import",
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("cat {input} >> {runs}"),
+            ],
+            vec![input.clone()],
+        );
+        task.restart = RestartPolicy::Never;
+        let mut plan = Plan {
+            node_id: NodeId::new(),
+            cluster_id: Some(ClusterId::new()),
+            generation: 1,
+            files: vec![file(input.clone(), "one\n")],
+            services: vec![task],
+            ..Plan::default()
+        };
+        applier.apply(&plan, &source, &report).await.unwrap();
+        assert_eq!(
+            step(&report.borrow(), "task:import").message.as_deref(),
+            Some("done")
+        );
+        plan.generation = 2;
+        applier.apply(&plan, &source, &report).await.unwrap();
+        assert_eq!(
+            step(&report.borrow(), "task:import").message.as_deref(),
+            Some("done earlier")
+        );
+        assert_eq!(std::fs::read_to_string(&runs).unwrap(), "one\n");
+
+        // A changed input runs it again.
+        plan.generation = 3;
+        plan.files[0].content = "two\n".to_owned();
+        applier.apply(&plan, &source, &report).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&runs).unwrap(), "one\ntwo\n");
+
+        // A failing task fails its step with the end of its log, and what follows never starts.
+        plan.generation = 4;
+        plan.services[0].command = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo image is corrupt >&2; exit 3".into(),
+        ];
+        let after = host.text("after");
+        plan.services.push(service(
+            "after",
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("touch {after}; exec sleep 1000"),
+            ],
+            Vec::new(),
+        ));
+        let err = applier.apply(&plan, &source, &report).await.unwrap_err();
+        assert!(
+            matches!(&err, ApplyError::Step { step, .. } if step == "task:import"),
+            "{err:?}"
+        );
+        let failed = report.borrow().clone();
+        let message = step(&failed, "task:import").message.clone().unwrap();
+        assert!(message.contains("exit status 3"), "{message}");
+        assert!(message.contains("image is corrupt"), "{message}");
+        assert_eq!(step(&failed, "service:after").state, StepState::Pending);
+        assert!(!Path::new(&after).exists());
+    }
+
+    #[tokio::test]
     async fn a_plan_converges_and_applying_it_again_changes_nothing() {
         let host = Host::new();
         let mut source = Source::default();
@@ -1326,7 +1451,14 @@ mod tests {
         let names: Vec<&str> = done.steps.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
-            ["artifacts", "files", "service:server", "service:worker"]
+            [
+                "artifacts",
+                "files",
+                "routes",
+                "cgroups",
+                "service:server",
+                "service:worker"
+            ]
         );
         assert!(
             done.steps.iter().all(|s| s.state == StepState::Done),

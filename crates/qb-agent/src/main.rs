@@ -3,6 +3,7 @@
 
 #[allow(dead_code)]
 mod apply;
+mod cgroups;
 mod config;
 mod connect;
 #[allow(dead_code)] // wired into run.rs later
@@ -12,6 +13,7 @@ mod host;
 mod preflight;
 #[allow(dead_code)]
 mod probe;
+mod routes;
 mod run;
 mod state;
 #[allow(dead_code)]

@@ -1,4 +1,5 @@
-//! Health probes of supervised services: a TCP connection, or an HTTP(S) `GET` answering 2xx.
+//! Health probes of supervised services: a TCP or Unix-socket connection, or an HTTP(S) `GET`
+//! answering 2xx.
 //!
 //! HTTPS probes trust only the plan's `ca_file` (never the system's roots) and present
 //! `cert_file`/`key_file` as the client certificate when given, as etcd and the Kubernetes API
@@ -69,6 +70,13 @@ pub async fn check(probe: &Probe, timeout: Duration) -> Result<(), ProbeError> {
 async fn run(probe: &Probe) -> Result<(), ProbeError> {
     match probe {
         Probe::Tcp { address } => connect(address).await.map(drop),
+        Probe::Unix { path } => tokio::net::UnixStream::connect(path)
+            .await
+            .map(drop)
+            .map_err(|source| ProbeError::Connect {
+                address: path.clone(),
+                source,
+            }),
         Probe::Http {
             url,
             ca_file,
@@ -350,6 +358,19 @@ mod tests {
                 if source.kind() == std::io::ErrorKind::ConnectionRefused),
             "{err:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn unix_probe_passes_on_a_listening_socket_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let probe = Probe::Unix {
+            path: path.to_str().unwrap().to_owned(),
+        };
+        let err = check(&probe, TIMEOUT).await.unwrap_err();
+        assert!(matches!(err, ProbeError::Connect { .. }), "{err:?}");
+        let _listener = tokio::net::UnixListener::bind(&path).unwrap();
+        check(&probe, TIMEOUT).await.unwrap();
     }
 
     #[tokio::test]

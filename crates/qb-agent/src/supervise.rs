@@ -133,6 +133,14 @@ pub enum SuperviseError {
     },
     #[error("service {0} is not supervised")]
     Unknown(String),
+    #[error("task {name} failed: {exit}; its log ends with: {log_tail}")]
+    TaskFailed {
+        name: String,
+        exit: String,
+        log_tail: String,
+    },
+    #[error("task {name} did not finish within {waited:?}")]
+    TaskTimeout { name: String, waited: Duration },
     #[error("service {name} was not healthy within {waited:?}: {reason}")]
     NotHealthy {
         name: String,
@@ -189,6 +197,35 @@ struct Record {
 }
 
 impl Supervisor {
+    /// Runs a task (a service with `restart: never`) to completion, its output appended to its
+    /// log like a service's. `Ok` on exit status 0; a task still running after `timeout` is
+    /// killed with its process group.
+    pub async fn run_task(&self, task: &Service, timeout: Duration) -> Result<(), SuperviseError> {
+        check_name(&task.name)?;
+        let mut process = spawn(&self.shared.dirs, task)?;
+        tracing::info!(task = %task.name, pid = process.pid, "task started");
+        let Ok(exit) = tokio::time::timeout(timeout, process.exited()).await else {
+            terminate(&mut process, self.shared.settings.stop_timeout).await;
+            return Err(SuperviseError::TaskTimeout {
+                name: task.name.clone(),
+                waited: timeout,
+            });
+        };
+        signal_group(process.pid, Signal::KILL);
+        if exit.clean {
+            tracing::info!(task = %task.name, "task done");
+            return Ok(());
+        }
+        let log = std::fs::read_to_string(log_path(&self.shared.dirs.logs, &task.name))
+            .unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(3).collect();
+        Err(SuperviseError::TaskFailed {
+            name: task.name.clone(),
+            exit: exit.description,
+            log_tail: tail.into_iter().rev().collect::<Vec<_>>().join(" | "),
+        })
+    }
+
     /// A supervisor with the default [`Settings`]; creates the directories.
     pub fn new(dirs: SupervisorDirs) -> Result<Arc<Self>, SuperviseError> {
         Self::with_settings(dirs, Settings::default())
@@ -586,6 +623,8 @@ async fn monitor(
         let restart = match watch.service.restart {
             RestartPolicy::Always => true,
             RestartPolicy::OnFailure => !exit.clean,
+            // Tasks are run by `run_task`, never supervised.
+            RestartPolicy::Never => false,
         };
         tracing::warn!(service = %name, pid = process.pid, exit = %exit.description, restart, "service exited");
         shared.update(&name, watch.id, |status| {

@@ -1,0 +1,161 @@
+//! Cgroups a plan's services need before they start: kubelet refuses a `cgroupRoot` that does
+//! not exist in every hierarchy it uses.
+//!
+//! The cgroup hierarchies are found in `/proc/self/mountinfo` (cgroup v1 controllers, named
+//! hierarchies and the v2 unified tree alike). In a v1 `cpuset` hierarchy a new cgroup starts
+//! with no CPUs and no memory nodes, so it gets its parent's.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("invalid cgroup path {0:?}: expected an absolute path without \"..\"")]
+    Invalid(String),
+    #[error("reading the mount table")]
+    Mounts(#[source] std::io::Error),
+    #[error("no cgroup hierarchy is mounted")]
+    NoHierarchy,
+    #[error("creating {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Creates each of `paths` (e.g. `/qb/host-1`) in every mounted hierarchy. Returns a summary.
+pub fn ensure(paths: &[String]) -> Result<String, CgroupError> {
+    if paths.is_empty() {
+        return Ok("none needed".to_owned());
+    }
+    for path in paths {
+        let p = Path::new(path);
+        let fine = p.is_absolute()
+            && p.components()
+                .all(|c| !matches!(c, std::path::Component::ParentDir));
+        if !fine {
+            return Err(CgroupError::Invalid(path.clone()));
+        }
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mounts)?;
+    let hierarchies = hierarchies(&mountinfo);
+    if hierarchies.is_empty() {
+        return Err(CgroupError::NoHierarchy);
+    }
+    let mut created = 0;
+    for root in &hierarchies {
+        for path in paths {
+            let mut dir = root.clone();
+            for part in Path::new(path).components().skip(1) {
+                let parent = dir.clone();
+                dir.push(part);
+                if dir.is_dir() {
+                    continue;
+                }
+                std::fs::create_dir(&dir).map_err(|source| CgroupError::Create {
+                    path: dir.clone(),
+                    source,
+                })?;
+                inherit_cpuset(&parent, &dir).map_err(|source| CgroupError::Create {
+                    path: dir.clone(),
+                    source,
+                })?;
+                created += 1;
+            }
+        }
+    }
+    Ok(format!(
+        "{} in {} hierarchies ({created} created)",
+        paths.join(", "),
+        hierarchies.len()
+    ))
+}
+
+/// Mount points of cgroup hierarchies.
+fn hierarchies(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            // Fields: id parent major:minor root mount-point options [optional...] - type ...
+            let (before, after) = line.split_once(" - ")?;
+            let fstype = after.split_whitespace().next()?;
+            let mount_point = before.split_whitespace().nth(4)?;
+            matches!(fstype, "cgroup" | "cgroup2").then(|| PathBuf::from(unescape(mount_point)))
+        })
+        .collect()
+}
+
+/// mountinfo escapes spaces and the like as octal (`\040`).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && let Some(code) = bytes
+                .get(i + 1..i + 4)
+                .and_then(|digits| std::str::from_utf8(digits).ok())
+                .and_then(|digits| u8::from_str_radix(digits, 8).ok())
+        {
+            out.push(code);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Copies `cpuset.cpus` and `cpuset.mems` from `parent` when `dir` is a v1 cpuset cgroup.
+fn inherit_cpuset(parent: &Path, dir: &Path) -> std::io::Result<()> {
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let child = dir.join(file);
+        let is_v1_cpuset = child.exists() && !dir.join("cgroup.controllers").exists();
+        if !is_v1_cpuset {
+            continue;
+        }
+        let value = std::fs::read_to_string(parent.join(file))?;
+        std::fs::write(&child, value.trim())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hierarchies_are_the_cgroup_mounts() {
+        let mountinfo = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+50 23 0:40 / /mnt/with\\040space rw - cgroup2 cgroup2 rw
+60 23 0:41 / /proc rw - proc proc rw";
+        assert_eq!(
+            hierarchies(mountinfo),
+            [
+                "/sys/fs/cgroup/cpu",
+                "/sys/fs/cgroup/cpuset",
+                "/sys/fs/cgroup/systemd",
+                "/sys/fs/cgroup/unified",
+                "/mnt/with space",
+            ]
+            .map(PathBuf::from)
+        );
+    }
+
+    #[test]
+    fn paths_must_be_absolute_and_stay_inside() {
+        for bad in ["qb/host", "/qb/../../etc"] {
+            assert!(
+                matches!(ensure(&[bad.to_owned()]), Err(CgroupError::Invalid(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(ensure(&[]).unwrap(), "none needed");
+    }
+}
