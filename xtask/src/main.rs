@@ -2,6 +2,9 @@
 //!
 //! - `test`: install what the test suite needs (when missing), then run the whole suite.
 //! - `bench`: run the benchmarks and print their figures.
+//! - `bundle`: build (once, cached) the Kubernetes release bundle the lab tests import.
+
+mod bundle;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,8 +17,10 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => {
             prerequisites()?;
+            let bundle = bundle::ensure()?;
             let mut cmd = Command::new(cargo());
             cmd.current_dir(&root)
+                .env(BUNDLE_ENV, &bundle)
                 .args(["nextest", "run", "--workspace", "--no-fail-fast"])
                 .args(&args[1..]);
             run(&mut cmd)
@@ -37,18 +42,35 @@ fn main() -> Result<()> {
                 .args(&args[1..]);
             run(&mut cmd)
         }
-        Some("deps") => prerequisites(),
+        Some("deps") => {
+            prerequisites()?;
+            bundle::ensure().map(drop)
+        }
+        Some("bundle") => {
+            prerequisites()?;
+            println!("{}", bundle::ensure()?.display());
+            Ok(())
+        }
         _ => {
-            eprintln!("usage: cargo xtask <test|bench|deps> [args for the runner]");
+            eprintln!("usage: cargo xtask <test|bench|deps|bundle> [args for the runner]");
             eprintln!("  test   install missing test prerequisites, then run the whole test suite");
             eprintln!(
                 "  bench  run the benchmarks: API throughput (SQLite and PostgreSQL side by side), agent costs, preflight"
             );
-            eprintln!("  deps   only install missing prerequisites");
+            eprintln!(
+                "  deps   only install missing prerequisites (and build the Kubernetes bundle)"
+            );
+            eprintln!(
+                "  bundle build the Kubernetes {} bundle from Debian's packages (cached); print its directory",
+                bundle::KUBERNETES_VERSION
+            );
             std::process::exit(2);
         }
     }
 }
+
+/// Where the lab tests find the Kubernetes bundle.
+const BUNDLE_ENV: &str = "QB_LAB_BUNDLE";
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -22,7 +22,25 @@ pub const KNOWN_ARTIFACTS: &[&str] = &[
     "cni-loopback",
     "cni-portmap",
     "pause-image",
+    "ctr",
 ];
+
+/// Names of extra container images (OCI image tarballs) start with this, e.g. `image-busybox`;
+/// every node imports them into containerd, as it does the pause image.
+pub const IMAGE_PREFIX: &str = "image-";
+
+/// Whether `name` is an artifact qb knows: one of [`KNOWN_ARTIFACTS`], or an image named
+/// `image-<lowercase letters, digits, dashes>`.
+pub fn is_known_artifact(name: &str) -> bool {
+    KNOWN_ARTIFACTS.contains(&name)
+        || name.strip_prefix(IMAGE_PREFIX).is_some_and(|rest| {
+            !rest.is_empty()
+                && rest.len() <= 40
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
 
 /// `bundle.json` at the root of a bundle directory or tarball, and the body of an import.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -78,9 +96,9 @@ impl BundleManifest {
         }
         let mut seen = std::collections::BTreeSet::new();
         for a in &self.artifacts {
-            if !KNOWN_ARTIFACTS.contains(&a.name.as_str()) {
+            if !is_known_artifact(&a.name) {
                 return bad(format!(
-                    "unknown artifact {:?}; known: {}",
+                    "unknown artifact {:?}; known: {}, and images named {IMAGE_PREFIX}<name>",
                     a.name,
                     KNOWN_ARTIFACTS.join(", ")
                 ));
@@ -130,6 +148,23 @@ mod tests {
     }
 
     #[test]
+    fn images_are_known_artifacts_by_their_prefix() {
+        assert!(is_known_artifact("ctr"));
+        assert!(is_known_artifact("image-busybox"));
+        assert!(is_known_artifact("image-web-2"));
+        for name in [
+            "image-",
+            "image-Busybox",
+            "image-a/b",
+            "image-a.b",
+            "images-x",
+            "bash",
+        ] {
+            assert!(!is_known_artifact(name), "{name}");
+        }
+    }
+
+    #[test]
     fn manifests_are_validated() {
         let sha = "a".repeat(64);
         let ok = manifest(&format!(
@@ -147,6 +182,12 @@ mod tests {
             (
                 format!(
                     r#"[{{"name":"etcd","version":"1","sha256":"{sha}","size":1}},{{"name":"bash","version":"1","sha256":"{sha}","size":1}}]"#
+                ),
+                "unknown artifact",
+            ),
+            (
+                format!(
+                    r#"[{{"name":"etcd","version":"1","sha256":"{sha}","size":1}},{{"name":"image-Busy/box","version":"1","sha256":"{sha}","size":1}}]"#
                 ),
                 "unknown artifact",
             ),

@@ -194,6 +194,10 @@ pub enum CertPurpose {
     Kubelet,
     /// kube-proxy's API client (`system:kube-proxy`).
     KubeProxy,
+    /// The cluster administrator on masters (`qb-admin`, group `system:masters`): the agent's
+    /// node operations (node health, cordon and drain) and `admin.conf` for an operator on the
+    /// host.
+    Admin,
 }
 
 impl CertPurpose {
@@ -213,6 +217,7 @@ impl CertPurpose {
         Self::SchedulerServing,
         Self::Kubelet,
         Self::KubeProxy,
+        Self::Admin,
     ];
 
     /// The CA that signs it.
@@ -507,6 +512,10 @@ fn leaf_specs(cluster: &ClusterInput, node: &NodeInput) -> BTreeMap<CertPurpose,
         (
             CertPurpose::KubeProxy,
             LeafSpec::new("system:kube-proxy", Usage::Client),
+        ),
+        (
+            CertPurpose::Admin,
+            LeafSpec::new("qb-admin", Usage::Client).organization("system:masters"),
         ),
     ];
     specs

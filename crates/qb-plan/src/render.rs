@@ -19,8 +19,8 @@
 //! - kube-controller-manager and kube-scheduler: `GET /healthz` on their secure ports (served
 //!   with certificates of the cluster CA) from 1.21, where those paths are always allowed; a TCP
 //!   connection on 1.20.
-//! - containerd: none. It listens on a unix socket only, which a TCP or HTTP probe cannot reach;
-//!   the kubelet, next in line, waits for the socket itself.
+//! - containerd: a connection to its socket. Then one task per image the bundle ships imports
+//!   it (`ctr images import`), before the kubelet starts.
 //! - kubelet: `GET http://127.0.0.1:10248/healthz`; kube-proxy: `GET http://127.0.0.1:10256/healthz`.
 //!
 //! Kubeconfigs of the kubelet and kube-proxy point at the first master (the master with the
@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use qb_agent_proto::plan::{
-    Artifact, Owner, Plan, PlanFile, PortSpec, Probe, Protocol, RestartPolicy, Service,
+    Artifact, Owner, Plan, PlanFile, PortSpec, Probe, Protocol, RestartPolicy, Route, Service,
 };
 use qb_api::{
     BundleManifest, Cidr, ClusterId, KubernetesVersion, LabelKey, Labels, NodeFacts, NodeId,
@@ -52,8 +52,12 @@ pub mod paths {
     pub const BIN_DIR: &str = "/var/lib/qb/bin";
     /// CNI plugins: `CNI_BIN_DIR/<plugin>` (`bridge`, `host-local`, `loopback`, `portmap`).
     pub const CNI_BIN_DIR: &str = "/var/lib/qb/cni/bin";
-    /// The pause (sandbox) image, as an image tarball.
-    pub const PAUSE_IMAGE: &str = "/var/lib/qb/images/pause.tar";
+    /// Container images as OCI image tarballs: `IMAGES_DIR/<artifact name>.tar`.
+    pub const IMAGES_DIR: &str = "/var/lib/qb/images";
+    /// The pause (sandbox) image.
+    pub const PAUSE_IMAGE: &str = "/var/lib/qb/images/pause-image.tar";
+    /// runc's state of the containers of containerd's runc shim.
+    pub const RUNC_ROOT: &str = "/run/qb/runc";
 
     /// Certificates (`.crt`, 0644) and keys (`.key`, 0600).
     pub const PKI_DIR: &str = "/etc/qb/pki";
@@ -97,6 +101,9 @@ pub mod paths {
     pub const KUBELET_KEY: &str = "/etc/qb/pki/kubelet.key";
     pub const KUBE_PROXY_CERT: &str = "/etc/qb/pki/kube-proxy.crt";
     pub const KUBE_PROXY_KEY: &str = "/etc/qb/pki/kube-proxy.key";
+    /// The cluster administrator's certificate, on masters.
+    pub const ADMIN_CERT: &str = "/etc/qb/pki/admin.crt";
+    pub const ADMIN_KEY: &str = "/etc/qb/pki/admin.key";
 
     /// Kubeconfigs and component configurations.
     pub const KUBERNETES_DIR: &str = "/etc/qb/kubernetes";
@@ -104,6 +111,8 @@ pub mod paths {
     pub const SCHEDULER_KUBECONFIG: &str = "/etc/qb/kubernetes/scheduler.conf";
     pub const KUBELET_KUBECONFIG: &str = "/etc/qb/kubernetes/kubelet.conf";
     pub const KUBE_PROXY_KUBECONFIG: &str = "/etc/qb/kubernetes/kube-proxy.conf";
+    /// The cluster administrator's kubeconfig on masters, for the local API server.
+    pub const ADMIN_KUBECONFIG: &str = "/etc/qb/kubernetes/admin.conf";
     pub const KUBELET_CONFIG: &str = "/etc/qb/kubernetes/kubelet-config.yaml";
     pub const KUBE_PROXY_CONFIG: &str = "/etc/qb/kubernetes/kube-proxy-config.yaml";
     pub const CONTAINERD_CONFIG: &str = "/etc/qb/containerd/config.toml";
@@ -133,6 +142,9 @@ pub mod paths {
         let cni = |plugin: &str| Some((format!("{CNI_BIN_DIR}/{plugin}"), 0o755));
         match name {
             "pause-image" => Some((PAUSE_IMAGE.to_owned(), 0o644)),
+            image if image.starts_with(qb_api::IMAGE_PREFIX) => {
+                Some((format!("{IMAGES_DIR}/{image}.tar"), 0o644))
+            }
             "cni-bridge" => cni("bridge"),
             "cni-host-local" => cni("host-local"),
             "cni-loopback" => cni("loopback"),
@@ -145,6 +157,7 @@ pub mod paths {
             | "kube-proxy"
             | "containerd"
             | "containerd-shim-runc-v2"
+            | "ctr"
             | "runc" => Some((format!("{BIN_DIR}/{name}"), 0o755)),
             _ => None,
         }
@@ -182,6 +195,7 @@ pub mod paths {
             CertPurpose::SchedulerServing => (SCHEDULER_SERVING_CERT, SCHEDULER_SERVING_KEY),
             CertPurpose::Kubelet => (KUBELET_CERT, KUBELET_KEY),
             CertPurpose::KubeProxy => (KUBE_PROXY_CERT, KUBE_PROXY_KEY),
+            CertPurpose::Admin => (ADMIN_CERT, ADMIN_KEY),
         }
     }
 
@@ -236,6 +250,7 @@ mod artifact {
     pub const CONTAINERD: &str = "containerd";
     pub const CONTAINERD_SHIM: &str = "containerd-shim-runc-v2";
     pub const RUNC: &str = "runc";
+    pub const CTR: &str = "ctr";
     pub const PAUSE_IMAGE: &str = "pause-image";
     pub const CNI_BRIDGE: &str = "cni-bridge";
     pub const CNI_PLUGINS: &[&str] = &[
@@ -270,6 +285,9 @@ pub struct NodeInput {
     pub role: NodeRole,
     /// Masters only: how its etcd member joins.
     pub etcd: Option<EtcdBootstrap>,
+    /// The node's own part of the cluster's pod CIDR (see [`pod_subnet`]), assigned once by
+    /// the controller and kept while the node stays in the cluster.
+    pub pod_subnet: Cidr,
 }
 
 /// How an etcd member starts. Fixed when the member first starts: etcd ignores it afterwards,
@@ -325,10 +343,12 @@ pub enum RenderError {
     NotInInitialCluster { node: NodeName, address: IpAddr },
     #[error("the cluster has no master for its nodes to reach the API server")]
     NoMaster,
-    #[error(
-        "the pod CIDR {pod_cidr} has no subnet for node #{index} (each node takes a /24 or /64)"
-    )]
-    PodSubnet { pod_cidr: Cidr, index: usize },
+    #[error("the pod subnet {subnet} of {node} is not inside the cluster's pod CIDR {pod_cidr}")]
+    PodSubnet {
+        node: NodeName,
+        subnet: Cidr,
+        pod_cidr: Cidr,
+    },
     #[error("node {node} has no {purpose:?} certificate")]
     MissingCert {
         node: NodeName,
@@ -348,6 +368,7 @@ pub fn render(
     let mut parts = Parts::default();
     etcd(&ctx, &mut parts)?;
     kube_apiserver(&ctx, &mut parts)?;
+    admin(&ctx, &mut parts)?;
     kube_controller_manager(&ctx, &mut parts)?;
     kube_scheduler(&ctx, &mut parts)?;
     containerd(&ctx, &mut parts);
@@ -433,9 +454,8 @@ pub fn cluster_dns_ip(service_cidr: &Cidr) -> IpAddr {
     nth_address(service_cidr, 10).expect("a CIDR holds at least 16 addresses")
 }
 
-/// The pod subnet of the node at `index` (in the node list sorted by id): the `index`-th /24
-/// (IPv4) or /64 (IPv6) of the pod CIDR, if there is one. Removing a node shifts the subnets of
-/// the nodes after it.
+/// The `index`-th /24 (IPv4) or /64 (IPv6) of the pod CIDR, if there is one: the pod subnet of
+/// the node the controller gave `index`.
 pub fn pod_subnet(pod_cidr: &Cidr, index: usize) -> Option<Cidr> {
     let net = pod_cidr.net();
     let max = net.max_prefix_len();
@@ -447,6 +467,17 @@ pub fn pod_subnet(pod_cidr: &Cidr, index: usize) -> Option<Cidr> {
     }
     let network = offset_address(net.network(), index << (max - prefix))?;
     format!("{network}/{prefix}").parse().ok()
+}
+
+/// How many node subnets the pod CIDR holds (see [`pod_subnet`]), at most `u32::MAX`.
+pub fn pod_subnet_count(pod_cidr: &Cidr) -> u32 {
+    let net = pod_cidr.net();
+    let prefix: u8 = if net.max_prefix_len() == 32 { 24 } else { 64 };
+    match prefix.checked_sub(net.prefix_len()) {
+        None => 0,
+        Some(bits) if bits >= 32 => u32::MAX,
+        Some(bits) => 1 << bits,
+    }
 }
 
 fn offset_address(ip: IpAddr, n: u128) -> Option<IpAddr> {
@@ -500,8 +531,8 @@ struct Context<'a> {
     pki: &'a ClusterPki,
     certs: &'a NodeCerts,
     flags: VersionFlags,
-    /// The node's position in the node list sorted by id.
-    index: usize,
+    /// Every node of the cluster, this one included.
+    nodes: &'a [NodeInput],
     /// Where kubelets and kube-proxies reach the API server: the first master by node id.
     api_address: Option<IpAddr>,
 }
@@ -516,11 +547,10 @@ impl<'a> Context<'a> {
     ) -> Result<Self, RenderError> {
         let mut sorted: Vec<&NodeInput> = nodes.iter().collect();
         sorted.sort_by_key(|n| n.id);
-        let index = sorted
+        let node = *sorted
             .iter()
-            .position(|n| n.id == id)
+            .find(|n| n.id == id)
             .ok_or(RenderError::UnknownNode(id))?;
-        let node = sorted[index];
         if cluster.bundle.artifact(artifact::ETCD).is_none() {
             return Err(RenderError::NoEtcd);
         }
@@ -540,7 +570,7 @@ impl<'a> Context<'a> {
             pki,
             certs,
             flags: VersionFlags::for_minor(minor),
-            index,
+            nodes,
             api_address: sorted
                 .iter()
                 .find(|n| n.role == NodeRole::Master)
@@ -598,6 +628,8 @@ struct Parts {
     artifacts: BTreeMap<String, Artifact>,
     files: BTreeMap<String, PlanFile>,
     services: Vec<Service>,
+    routes: Vec<Route>,
+    cgroups: Vec<String>,
 }
 
 impl Parts {
@@ -665,6 +697,8 @@ impl Parts {
             // All of them on every node: a node that stopped being a master still has etcd's
             // data, and wiping a directory that does not exist costs nothing.
             state_dirs: paths::STATE_DIRS.iter().map(|d| (*d).to_owned()).collect(),
+            routes: self.routes,
+            cgroups: self.cgroups,
         }
     }
 }
@@ -905,7 +939,8 @@ fn kube_controller_manager(ctx: &Context, parts: &mut Parts) -> Result<(), Rende
     );
 
     let command = Command::new(binary.clone())
-        .arg("allocate-node-cidrs", true)
+        // The controller gives each node its pod subnet (CNI configuration and routes).
+        .arg("allocate-node-cidrs", false)
         .arg("authentication-kubeconfig", &kubeconfig)
         .arg("authorization-kubeconfig", &kubeconfig)
         .arg("bind-address", Ipv4Addr::LOCALHOST)
@@ -997,6 +1032,23 @@ fn kube_scheduler(ctx: &Context, parts: &mut Parts) -> Result<(), RenderError> {
     Ok(())
 }
 
+/// On masters with an API server: the administrator's certificate and a kubeconfig for the
+/// local API server, used by the agent for node operations.
+fn admin(ctx: &Context, parts: &mut Parts) -> Result<(), RenderError> {
+    if !(ctx.is_master() && ctx.ships(artifact::APISERVER)) {
+        return Ok(());
+    }
+    let [cert, key] = parts.cert(ctx, CertPurpose::Admin)?;
+    parts.ca_cert(ctx, Authority::Cluster);
+    let local = https_url(IpAddr::V4(Ipv4Addr::LOCALHOST), ports::APISERVER);
+    parts.file(
+        paths::ADMIN_KUBECONFIG,
+        kubeconfig(ctx, &local, "qb-admin", &cert, &key),
+        0o600,
+    );
+    Ok(())
+}
+
 /// The probe of a controller-manager's or scheduler's secure port on 127.0.0.1 (see
 /// [`VersionFlags::secure_port_http_probes`]).
 fn secure_port_probe(ctx: &Context, port: u16, ca: &str) -> Probe {
@@ -1021,19 +1073,18 @@ fn containerd(ctx: &Context, parts: &mut Parts) {
     let Some(binary) = parts.install(ctx, artifact::CONTAINERD) else {
         return;
     };
-    for name in [
-        artifact::CONTAINERD_SHIM,
-        artifact::RUNC,
-        artifact::PAUSE_IMAGE,
-    ] {
+    for name in [artifact::CONTAINERD_SHIM, artifact::RUNC] {
         parts.install(ctx, name);
     }
     let config = parts.file(paths::CONTAINERD_CONFIG, containerd_config(), 0o644);
     let command = Command::new(binary.clone()).arg("config", &config);
+    let probe = Probe::Unix {
+        path: paths::CONTAINERD_SOCKET.to_owned(),
+    };
     let mut containerd = service(
         "containerd",
         command,
-        None,
+        Some(probe),
         Vec::new(),
         vec![binary, config],
     );
@@ -1046,6 +1097,50 @@ fn containerd(ctx: &Context, parts: &mut Parts) {
         ),
     );
     parts.services.push(containerd);
+    import_images(ctx, parts);
+}
+
+/// One task per image the bundle ships (the pause image and `image-*`): `ctr images import`
+/// into containerd's `k8s.io` namespace, where the kubelet finds them. Needs the bundle's `ctr`.
+fn import_images(ctx: &Context, parts: &mut Parts) {
+    let images: Vec<&str> = ctx
+        .cluster
+        .bundle
+        .artifacts
+        .iter()
+        .map(|a| a.name.as_str())
+        .filter(|name| *name == artifact::PAUSE_IMAGE || name.starts_with(qb_api::IMAGE_PREFIX))
+        .collect();
+    if images.is_empty() {
+        return;
+    }
+    let Some(ctr) = parts.install(ctx, artifact::CTR) else {
+        return;
+    };
+    for name in images {
+        let Some(image) = parts.install(ctx, name) else {
+            continue;
+        };
+        let command = vec![
+            ctr.clone(),
+            "--address".to_owned(),
+            paths::CONTAINERD_SOCKET.to_owned(),
+            "--namespace".to_owned(),
+            "k8s.io".to_owned(),
+            "images".to_owned(),
+            "import".to_owned(),
+            image.clone(),
+        ];
+        parts.services.push(Service {
+            name: format!("import-{name}"),
+            command,
+            env: BTreeMap::new(),
+            restart: RestartPolicy::Never,
+            probe: None,
+            ports: Vec::new(),
+            inputs: vec![ctr.clone(), image],
+        });
+    }
 }
 
 fn containerd_config() -> String {
@@ -1074,6 +1169,7 @@ state = {state}
 
 [{cri}.containerd.runtimes.runc.options]
   BinaryName = {runc}
+  Root = {runc_root}
 "#,
         root = quote(paths::CONTAINERD_ROOT_DIR),
         state = quote(paths::CONTAINERD_STATE_DIR),
@@ -1082,6 +1178,7 @@ state = {state}
         cni_bin = quote(paths::CNI_BIN_DIR),
         cni_conf = quote(paths::CNI_CONF_DIR),
         runc = quote(&format!("{}/{}", paths::BIN_DIR, artifact::RUNC)),
+        runc_root = quote(paths::RUNC_ROOT),
     )
 }
 
@@ -1094,10 +1191,24 @@ fn cni(ctx: &Context, parts: &mut Parts) -> Result<(), RenderError> {
     for name in artifact::CNI_PLUGINS {
         parts.install(ctx, name);
     }
-    let subnet = pod_subnet(&ctx.cluster.pod_cidr, ctx.index).ok_or(RenderError::PodSubnet {
-        pod_cidr: ctx.cluster.pod_cidr,
-        index: ctx.index,
-    })?;
+    for node in ctx.nodes {
+        let (pod_cidr, subnet) = (ctx.cluster.pod_cidr.net(), node.pod_subnet.net());
+        if !(pod_cidr.contains(&subnet.network()) && subnet.prefix_len() >= pod_cidr.prefix_len()) {
+            return Err(RenderError::PodSubnet {
+                node: node.name.clone(),
+                subnet: node.pod_subnet,
+                pod_cidr: ctx.cluster.pod_cidr,
+            });
+        }
+        if node.id != ctx.node.id {
+            parts.routes.push(Route {
+                destination: node.pod_subnet.to_string(),
+                via: node.address,
+            });
+        }
+    }
+    parts.routes.sort();
+    let subnet = ctx.node.pod_subnet;
     let default_route = if subnet.net().max_prefix_len() == 32 {
         "0.0.0.0/0"
     } else {
@@ -1148,6 +1259,7 @@ fn kubelet(ctx: &Context, parts: &mut Parts) -> Result<(), RenderError> {
         0o600,
     );
     let config = parts.file(paths::KUBELET_CONFIG, kubelet_config(ctx), 0o644);
+    parts.cgroups.push(kubelet_cgroup_root(ctx));
 
     let network_plugin = ctx.flags.kubelet_network_plugin;
     let command = Command::new(binary.clone())
@@ -1216,7 +1328,7 @@ tlsCertFile: {cert}
 tlsPrivateKeyFile: {key}
 ",
         ca = quote(paths::CA_CERT),
-        cgroup_root = quote(&format!("/qb/{}", ctx.name())),
+        cgroup_root = quote(&kubelet_cgroup_root(ctx)),
         dns = quote(&cluster_dns_ip(&ctx.cluster.service_cidr).to_string()),
         domain = quote(CLUSTER_DOMAIN),
         healthz_port = ports::KUBELET_HEALTHZ,
@@ -1224,6 +1336,11 @@ tlsPrivateKeyFile: {key}
         cert = quote(paths::KUBELET_CERT),
         key = quote(paths::KUBELET_KEY),
     )
+}
+
+/// The kubelet's cgroup, under which it puts every pod: `/qb/<node name>`.
+fn kubelet_cgroup_root(ctx: &Context) -> String {
+    format!("/qb/{}", ctx.name())
 }
 
 /// kube-proxy, on every node: iptables mode.
@@ -1276,6 +1393,12 @@ healthzBindAddress: {healthz}
 hostnameOverride: {hostname}
 metricsBindAddress: {metrics}
 mode: iptables
+# Conntrack sizing and timeouts are the host's own: kube-proxy leaves the sysctls alone.
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpCloseWaitTimeout: 0s
+  tcpEstablishedTimeout: 0s
 ",
         kubeconfig = quote(paths::KUBE_PROXY_KUBECONFIG),
         cluster_cidr = quote(&ctx.cluster.pod_cidr.to_string()),
@@ -1410,6 +1533,7 @@ pub(crate) mod fixtures {
                 initial_cluster: vec![(name.to_owned(), ip(address))],
                 state: InitialClusterState::New,
             }),
+            pod_subnet: subnet_of(n),
         }
     }
 
@@ -1420,7 +1544,13 @@ pub(crate) mod fixtures {
             address: ip(address),
             role: NodeRole::Worker,
             etcd: None,
+            pod_subnet: subnet_of(n),
         }
+    }
+
+    /// Node `n`'s pod subnet: `10.244.<n>.0/24`.
+    pub fn subnet_of(n: u8) -> qb_api::Cidr {
+        format!("10.244.{n}.0/24").parse().unwrap()
     }
 
     /// One master and two workers.
@@ -1554,6 +1684,11 @@ mod tests {
             writeln!(out, "    ports: {}", list(&ports)).unwrap();
             writeln!(out, "    inputs: {}", list(&s.inputs)).unwrap();
         }
+        writeln!(out, "\nroutes:").unwrap();
+        for r in &plan.routes {
+            writeln!(out, "  {} via {}", r.destination, r.via).unwrap();
+        }
+        writeln!(out, "\ncgroups: {}", plan.cgroups.join(" ")).unwrap();
         writeln!(out, "\nstate dirs: {}", plan.state_dirs.join(" ")).unwrap();
         out
     }
@@ -1624,7 +1759,10 @@ mod tests {
                 assert!(worker.services.iter().all(|s| s.name != name), "{name}");
             }
             let services: Vec<&str> = worker.services.iter().map(|s| s.name.as_str()).collect();
-            assert_eq!(services, ["containerd", "kubelet", "kube-proxy"]);
+            assert_eq!(
+                services,
+                ["containerd", "import-pause-image", "kubelet", "kube-proxy"]
+            );
         }
         // The master has the cluster CA's key for kube-controller-manager, and no other CA key.
         let master = &plans[0];
@@ -1679,7 +1817,13 @@ mod tests {
                     }
                 }
                 for s in &plan.services {
-                    assert_eq!(s.restart, RestartPolicy::Always);
+                    // Tasks import images; everything else is a service that always restarts.
+                    let expected = if s.name.starts_with("import-") {
+                        RestartPolicy::Never
+                    } else {
+                        RestartPolicy::Always
+                    };
+                    assert_eq!(s.restart, expected, "{}", s.name);
                     assert!(s.command[0].starts_with(paths::BIN_DIR), "{}", s.name);
                     assert_eq!(
                         s.inputs[0], s.command[0],
@@ -1750,14 +1894,26 @@ mod tests {
     }
 
     #[test]
-    fn render_pod_subnets_follow_the_nodes_sorted_by_id() {
+    fn each_node_has_its_pod_subnet_and_routes_to_the_others() {
         let cluster = cluster(full_bundle("1.20.2"));
-        let (_, plans) = render_all(&cluster, &nodes());
-        for (index, plan) in plans.iter().enumerate() {
+        let nodes = nodes();
+        let (_, plans) = render_all(&cluster, &nodes);
+        for (node, plan) in nodes.iter().zip(&plans) {
             let conflist: serde_json::Value =
                 serde_json::from_str(&file(plan, paths::CNI_CONFLIST).content).unwrap();
             let subnet = &conflist["plugins"][0]["ipam"]["ranges"][0][0]["subnet"];
-            assert_eq!(subnet, &format!("10.244.{index}.0/24"));
+            assert_eq!(subnet, &node.pod_subnet.to_string());
+            let routes: Vec<(String, IpAddr)> = plan
+                .routes
+                .iter()
+                .map(|r| (r.destination.clone(), r.via))
+                .collect();
+            let others: Vec<(String, IpAddr)> = nodes
+                .iter()
+                .filter(|n| n.id != node.id)
+                .map(|n| (n.pod_subnet.to_string(), n.address))
+                .collect();
+            assert_eq!(routes, others);
             assert_eq!(conflist["plugins"][0]["bridge"], "qb0");
             let types: Vec<&str> = conflist["plugins"]
                 .as_array()
@@ -1973,7 +2129,10 @@ mod tests {
         let mut small = full.clone();
         small.pod_cidr = "10.244.0.0/24".parse().unwrap();
         let e = render_err(&small, &nodes, node_id(2));
-        assert!(matches!(e, RenderError::PodSubnet { index: 1, .. }), "{e}");
+        assert!(
+            matches!(&e, RenderError::PodSubnet { node, .. } if node.as_str() == "m1"),
+            "{e}"
+        );
 
         // Certificates of a worker do not serve a master.
         let pki = ClusterPki::generate("demo").unwrap();
@@ -2079,6 +2238,11 @@ mod tests {
             Some(cidr("10.244.255.0/24"))
         );
         assert_eq!(pod_subnet(&cidr("10.244.0.0/16"), 256), None);
+        assert_eq!(pod_subnet_count(&cidr("10.244.0.0/16")), 256);
+        assert_eq!(pod_subnet_count(&cidr("10.244.0.0/24")), 1);
+        assert_eq!(pod_subnet_count(&cidr("10.244.0.0/25")), 0);
+        assert_eq!(pod_subnet_count(&cidr("fd00:244::/56")), 256);
+        assert_eq!(pod_subnet_count(&cidr("fd00::/8")), u32::MAX);
         assert_eq!(
             pod_subnet(&cidr("10.244.0.0/24"), 0),
             Some(cidr("10.244.0.0/24"))

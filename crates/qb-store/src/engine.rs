@@ -4,6 +4,8 @@
 //! Secrets (the cluster PKI, node certificates, signed plans that carry keys) are stored as the
 //! engine hands them over and never appear in API types.
 
+use std::collections::BTreeMap;
+
 use qb_api::{
     Bundle, BundleManifest, ClusterId, ClusterState, KubernetesVersion, Node, NodeId, NodeRole,
     NodeState, PlanReport, PreflightReport, TenantId,
@@ -38,6 +40,8 @@ pub struct EngineNode {
     pub certs: Option<String>,
     /// Hash of the node's current plan without its generation, to tell whether it changed.
     pub plan_hash: Option<String>,
+    /// The index of the node's pod subnet in the cluster's pod CIDR, once given.
+    pub pod_subnet: Option<u32>,
 }
 
 impl Store {
@@ -204,6 +208,9 @@ impl Store {
                     etcd: row.try_get("etcd")?,
                     certs: row.try_get("certs")?,
                     plan_hash: row.try_get("plan_hash")?,
+                    pod_subnet: row
+                        .try_get::<Option<i64>, _>("pod_subnet")?
+                        .and_then(|i| u32::try_from(i).ok()),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -288,6 +295,51 @@ impl Store {
         }
         w.commit().await?;
         Ok(true)
+    }
+
+    /// Gives each node of `cluster` without a pod subnet the lowest free index, below `limit`
+    /// (the number of subnets the pod CIDR holds). Nodes that keep theirs keep them; leaving
+    /// nodes hold theirs until they are gone. Returns every node's index; a node is missing
+    /// when no index was free.
+    pub async fn assign_pod_subnets(
+        &self,
+        tenant: TenantId,
+        cluster: ClusterId,
+        limit: u32,
+    ) -> Result<BTreeMap<NodeId, u32>> {
+        let mut w = self.write(tenant).await?;
+        let rows = sqlx::query(
+            "SELECT id, pod_subnet FROM nodes WHERE tenant_id = $1 AND cluster_id = $2 ORDER BY name",
+        )
+        .bind(tenant.to_string())
+        .bind(cluster.to_string())
+        .fetch_all(&mut *w.tx)
+        .await?;
+        let mut given = BTreeMap::new();
+        let mut without = Vec::new();
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let id: NodeId = rows::parse("node id", &id)?;
+            match row.try_get::<Option<i64>, _>("pod_subnet")? {
+                Some(index) => {
+                    given.insert(id, u32::try_from(index).unwrap_or(u32::MAX));
+                }
+                None => without.push(id),
+            }
+        }
+        let taken: std::collections::BTreeSet<u32> = given.values().copied().collect();
+        let mut free = (0..limit).filter(|i| !taken.contains(i));
+        for id in without {
+            let Some(index) = free.next() else { break };
+            sqlx::query("UPDATE nodes SET pod_subnet = $1 WHERE id = $2")
+                .bind(i64::from(index))
+                .bind(id.to_string())
+                .execute(&mut *w.tx)
+                .await?;
+            given.insert(id, index);
+        }
+        w.commit().await?;
+        Ok(given)
     }
 
     /// Sets a node's role, etcd membership and certificates, while it is in `cluster`.

@@ -26,6 +26,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "engine",
         include_str!("../migrations/shared/0003_engine.sql"),
     ),
+    (
+        4,
+        "pod subnets",
+        include_str!("../migrations/shared/0004_pod_subnets.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -42,6 +47,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         3,
         "engine",
         include_str!("../migrations/shared/0003_engine.sql"),
+    ),
+    (
+        4,
+        "pod subnets",
+        include_str!("../migrations/shared/0004_pod_subnets.sql"),
     ),
 ];
 

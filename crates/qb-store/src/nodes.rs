@@ -243,13 +243,16 @@ impl Store {
 }
 
 impl WriteTx {
-    /// Forgets a node's role, etcd membership and cluster certificates when it leaves a
-    /// cluster. Its plan generation stays: agents refuse older plans.
+    /// Forgets a node's role, etcd membership, cluster certificates and pod subnet when it
+    /// leaves a cluster. Its plan generation stays: agents refuse older plans.
     pub(crate) async fn forget_cluster_part(&mut self, node: NodeId) -> Result<()> {
-        sqlx::query("UPDATE nodes SET role = NULL, etcd = NULL, certs = NULL WHERE id = $1")
-            .bind(node.to_string())
-            .execute(&mut *self.tx)
-            .await?;
+        sqlx::query(
+            "UPDATE nodes SET role = NULL, etcd = NULL, certs = NULL, pod_subnet = NULL \
+             WHERE id = $1",
+        )
+        .bind(node.to_string())
+        .execute(&mut *self.tx)
+        .await?;
         Ok(())
     }
 

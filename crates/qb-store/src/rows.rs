@@ -22,7 +22,7 @@ fn corrupt<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
-fn parse<T: FromStr>(what: &'static str, s: &str) -> Result<T>
+pub(crate) fn parse<T: FromStr>(what: &'static str, s: &str) -> Result<T>
 where
     T::Err: std::error::Error + Send + Sync + 'static,
 {

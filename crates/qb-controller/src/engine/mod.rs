@@ -190,14 +190,35 @@ impl Engine {
             membership::Step::Waiting(message) => waiting_on.push(message),
         }
 
+        // Pod subnets: given once per node, kept while it stays.
+        let pod_cidr = ec.cluster.pod_cidr;
+        let subnets = self
+            .store
+            .assign_pod_subnets(
+                tenant,
+                cluster,
+                qb_plan::render::pod_subnet_count(&pod_cidr),
+            )
+            .await?;
+
         // Plans.
         let ec = self.store.engine_cluster(tenant, cluster).await?;
         let staying = staying_nodes(&ec);
         let pki = self.cluster_pki(&ec).await?;
-        let inputs: Vec<NodeInput> = staying
-            .iter()
-            .map(|n| node_input(n, addresses[&n.node.id]))
-            .collect();
+        let mut inputs = Vec::new();
+        for n in &staying {
+            let Some(subnet) = subnets
+                .get(&n.node.id)
+                .and_then(|i| qb_plan::render::pod_subnet(&pod_cidr, *i as usize))
+            else {
+                let message = format!(
+                    "the pod CIDR {pod_cidr} has no subnet left for {} (each node takes a /24, or a /64 for IPv6)",
+                    n.node.name
+                );
+                return self.block(&ec, &message).await;
+            };
+            inputs.push(node_input(n, addresses[&n.node.id], subnet));
+        }
         for (n, node_input) in staying.iter().zip(&inputs) {
             let certs = self.node_certs(&ec, n, &pki, &input, node_input).await?;
             let plan = qb_plan::render::render(&input, &inputs, n.node.id, &pki, &certs)
@@ -639,7 +660,7 @@ pub(super) fn staying_nodes(ec: &EngineCluster) -> Vec<&EngineNode> {
         .collect()
 }
 
-fn node_input(n: &EngineNode, address: IpAddr) -> NodeInput {
+fn node_input(n: &EngineNode, address: IpAddr, pod_subnet: qb_api::Cidr) -> NodeInput {
     let membership = Membership::of(n);
     NodeInput {
         id: n.node.id,
@@ -651,6 +672,7 @@ fn node_input(n: &EngineNode, address: IpAddr) -> NodeInput {
             _ => NodeRole::Worker,
         },
         etcd: membership.map(|m| m.bootstrap),
+        pod_subnet,
     }
 }
 

@@ -17,6 +17,7 @@ on_both_backends!(
     detach_only_moves_members,
     deauthorizing_an_attached_node_takes_it_out,
     deleting_a_cluster_with_nodes_needs_force,
+    pod_subnets_are_given_once_and_freed_when_a_node_leaves,
 );
 
 async fn cluster_spec_is_stored_as_given(db: TestDb) {
@@ -570,4 +571,56 @@ fn specs_are_checked_before_anything_is_stored() {
         &many[1..],
     ));
     assert!(roles_64.is_ok(), "{roles_64:?}");
+}
+
+async fn pod_subnets_are_given_once_and_freed_when_a_node_leaves(db: TestDb) {
+    let t = tenant(&db, "acme").await;
+    for n in ["n1", "n2", "n3", "n4"] {
+        pool_node(&db, t, n, &[]).await;
+    }
+    let c = cluster(&db, t, "c1").await;
+    db.attach(t, &Key::Id(c.id), &named(&["n1", "n2", "n3"]), &actor())
+        .await
+        .unwrap();
+    let id = |name: &'static str| {
+        let db = &db;
+        async move { node(db, t, name).await.id }
+    };
+    let (n1, n2, n3, n4) = (
+        id("n1").await,
+        id("n2").await,
+        id("n3").await,
+        id("n4").await,
+    );
+
+    let given = db.assign_pod_subnets(t, c.id, 256).await.unwrap();
+    assert_eq!(given, BTreeMap::from([(n1, 0), (n2, 1), (n3, 2)]));
+    // Asking again changes nothing.
+    assert_eq!(db.assign_pod_subnets(t, c.id, 256).await.unwrap(), given);
+
+    // n1 leaves: n2 and n3 keep theirs, and n4 gets the subnet n1 freed.
+    db.detach(t, &Key::Id(c.id), &[node_name("n1")], &actor())
+        .await
+        .unwrap();
+    assert_eq!(db.assign_pod_subnets(t, c.id, 256).await.unwrap(), given);
+    db.finish_detach(t, n1, &qb_store::Actor::controller())
+        .await
+        .unwrap();
+    db.attach(t, &Key::Id(c.id), &named(&["n4"]), &actor())
+        .await
+        .unwrap();
+    assert_eq!(
+        db.assign_pod_subnets(t, c.id, 256).await.unwrap(),
+        BTreeMap::from([(n2, 1), (n3, 2), (n4, 0)])
+    );
+
+    // With no subnet left, a newcomer gets none and the others keep theirs.
+    pool_node(&db, t, "n5", &[]).await;
+    db.attach(t, &Key::Id(c.id), &named(&["n5"]), &actor())
+        .await
+        .unwrap();
+    assert_eq!(
+        db.assign_pod_subnets(t, c.id, 3).await.unwrap(),
+        BTreeMap::from([(n2, 1), (n3, 2), (n4, 0)])
+    );
 }

@@ -1,0 +1,410 @@
+//! `cargo xtask bundle`: a real Kubernetes 1.20.2 release bundle, made on this machine the way an
+//! operator would make one for an air-gapped site.
+//!
+//! - Kubernetes server binaries built from Debian's source package `kubernetes` (the only
+//!   Kubernetes Debian ships; it packages kubectl alone as a binary).
+//! - etcd, containerd, its runc shim, ctr, runc and the CNI plugins from Debian's packages.
+//! - Two OCI images: the pause image (Kubernetes' own `pause.c`, built static) and a workload
+//!   image holding Debian's static busybox (sh, httpd, wget, ...).
+//!
+//! Everything is cached by version under the cache directory (`QB_CACHE_DIR`, else
+//! `$XDG_CACHE_HOME/qb`, else `~/.cache/qb`): the slow build runs at most once per machine.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::run;
+
+/// The Kubernetes version Debian's source package holds.
+pub const KUBERNETES_VERSION: &str = "1.20.2";
+/// The upstream tarball inside Debian's source package.
+const ORIG_TARBALL: &str = "kubernetes_1.20.5+really1.20.2.orig.tar.gz";
+const SERVER_BINARIES: &[&str] = &[
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+];
+/// What building needs from Debian, and a file each one installs.
+const BUILD_PACKAGES: &[(&str, &str)] = &[
+    ("golang-go", "/usr/bin/go"),
+    // Without rsync the build leaves an empty code generator behind.
+    ("rsync", "/usr/bin/rsync"),
+    ("dpkg-dev", "/usr/bin/dpkg-source"),
+    ("gcc", "/usr/bin/gcc"),
+];
+/// What the bundle takes from Debian: package, file, artifact name, path in the bundle.
+const FROM_DEBIAN: &[(&str, &str, &str, &str)] = &[
+    ("etcd-server", "/usr/bin/etcd", "etcd", "bin/etcd"),
+    (
+        "containerd",
+        "/usr/bin/containerd",
+        "containerd",
+        "bin/containerd",
+    ),
+    (
+        "containerd",
+        "/usr/bin/containerd-shim-runc-v2",
+        "containerd-shim-runc-v2",
+        "bin/containerd-shim-runc-v2",
+    ),
+    ("containerd", "/usr/bin/ctr", "ctr", "bin/ctr"),
+    ("runc", "/usr/sbin/runc", "runc", "bin/runc"),
+    (
+        "containernetworking-plugins",
+        "/usr/lib/cni/bridge",
+        "cni-bridge",
+        "cni/bridge",
+    ),
+    (
+        "containernetworking-plugins",
+        "/usr/lib/cni/host-local",
+        "cni-host-local",
+        "cni/host-local",
+    ),
+    (
+        "containernetworking-plugins",
+        "/usr/lib/cni/loopback",
+        "cni-loopback",
+        "cni/loopback",
+    ),
+    (
+        "containernetworking-plugins",
+        "/usr/lib/cni/portmap",
+        "cni-portmap",
+        "cni/portmap",
+    ),
+];
+/// The image the bundle's pause image is known as (the renderer's sandbox image).
+const PAUSE_REF: &str = "qb.local/pause:3.2";
+/// The workload image: Debian's static busybox.
+pub const BUSYBOX_REF: &str = "qb.local/busybox:1";
+/// Busybox applets the workload image links, so a pod's command can name them.
+const BUSYBOX_APPLETS: &[&str] = &[
+    "sh", "httpd", "wget", "nc", "echo", "cat", "sleep", "hostname", "ip", "ls", "true",
+];
+
+/// The cache directory.
+pub fn cache_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("QB_CACHE_DIR") {
+        return Ok(dir.into());
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Ok(Path::new(&dir).join("qb"));
+    }
+    let home = std::env::var_os("HOME").context("neither QB_CACHE_DIR nor HOME is set")?;
+    Ok(Path::new(&home).join(".cache/qb"))
+}
+
+/// Builds the bundle unless the cache has it; its directory.
+pub fn ensure() -> Result<PathBuf> {
+    let cache = cache_dir()?;
+    let dir = cache.join(format!("bundles/kubernetes-{KUBERNETES_VERSION}"));
+    if dir.join("bundle.json").is_file() {
+        return Ok(dir);
+    }
+    let binaries = kubernetes_binaries(&cache)?;
+    install_missing(
+        FROM_DEBIAN
+            .iter()
+            .map(|(pkg, file, ..)| (*pkg, *file))
+            .chain([("busybox-static", "/bin/busybox")]),
+    )?;
+    let partial = dir.with_extension("partial");
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)?;
+    }
+    std::fs::create_dir_all(&partial)?;
+    let mut artifacts = Vec::new();
+    for name in SERVER_BINARIES {
+        let path = format!("bin/{name}");
+        copy(&binaries.join(name), &partial.join(&path))?;
+        artifacts.push((name.to_string(), KUBERNETES_VERSION.to_owned(), path));
+    }
+    for (package, file, name, path) in FROM_DEBIAN {
+        copy(Path::new(file), &partial.join(path))?;
+        artifacts.push((name.to_string(), debian_version(package)?, path.to_string()));
+    }
+    let pause = pause_binary(&cache)?;
+    std::fs::create_dir_all(partial.join("images"))?;
+    oci_image(
+        &partial.join("images/pause.tar"),
+        PAUSE_REF,
+        &[("pause", std::fs::read(&pause)?, 0o755)],
+        &[],
+        &["/pause"],
+    )?;
+    artifacts.push((
+        "pause-image".into(),
+        "3.2".into(),
+        "images/pause.tar".into(),
+    ));
+    let busybox = std::fs::read("/bin/busybox")?;
+    let links: Vec<(String, String)> = BUSYBOX_APPLETS
+        .iter()
+        .map(|applet| (format!("bin/{applet}"), "busybox".to_owned()))
+        .collect();
+    oci_image(
+        &partial.join("images/busybox.tar"),
+        BUSYBOX_REF,
+        &[("bin/busybox", busybox, 0o755)],
+        &links,
+        &["/bin/sh"],
+    )?;
+    artifacts.push((
+        "image-busybox".into(),
+        debian_version("busybox-static")?,
+        "images/busybox.tar".into(),
+    ));
+
+    let mut entries = Vec::new();
+    for (name, version, path) in &artifacts {
+        let bytes = std::fs::read(partial.join(path))?;
+        entries.push(json!({
+            "name": name,
+            "version": version,
+            "sha256": hex::encode(Sha256::digest(&bytes)),
+            "size": bytes.len(),
+            "file": path,
+        }));
+    }
+    let manifest = json!({ "kubernetes_version": KUBERNETES_VERSION, "artifacts": entries });
+    std::fs::write(
+        partial.join("bundle.json"),
+        serde_json::to_string_pretty(&manifest)? + "\n",
+    )?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::rename(&partial, &dir)?;
+    eprintln!("xtask: bundle ready in {}", dir.display());
+    Ok(dir)
+}
+
+/// The Kubernetes server binaries, built from Debian's source package once.
+fn kubernetes_binaries(cache: &Path) -> Result<PathBuf> {
+    let out = cache.join(format!("kubernetes/{KUBERNETES_VERSION}/bin"));
+    if SERVER_BINARIES.iter().all(|b| out.join(b).is_file()) {
+        return Ok(out);
+    }
+    install_missing(BUILD_PACKAGES.iter().copied())?;
+    let src = cache.join("kubernetes/src");
+    let tarball = src.join(ORIG_TARBALL);
+    if !tarball.is_file() {
+        enable_source_packages()?;
+        std::fs::create_dir_all(&src)?;
+        eprintln!("xtask: downloading Debian's kubernetes source package");
+        run(Command::new("apt-get")
+            .args(["source", "--download-only", "kubernetes"])
+            .current_dir(&src))?;
+    }
+    let build = cache.join("kubernetes/build");
+    let tree = build.join(format!("kubernetes-{KUBERNETES_VERSION}"));
+    if !tree.join("Makefile").is_file() {
+        if build.exists() {
+            std::fs::remove_dir_all(&build)?;
+        }
+        std::fs::create_dir_all(&build)?;
+        run(Command::new("tar")
+            .arg("xzf")
+            .arg(&tarball)
+            .current_dir(&build))?;
+    }
+    let go = cache.join("go");
+    eprintln!(
+        "xtask: building Kubernetes {KUBERNETES_VERSION} server binaries from source (about 10 minutes on 2 cores, once)"
+    );
+    let what: Vec<String> = SERVER_BINARIES.iter().map(|b| format!("cmd/{b}")).collect();
+    let status = Command::new("make")
+        .arg(format!("WHAT={}", what.join(" ")))
+        .current_dir(&tree)
+        .env("CGO_ENABLED", "0")
+        .env("HOME", &go)
+        .env("GOPATH", go.join("path"))
+        .env("GOCACHE", go.join("cache"))
+        .status()
+        .context("running make")?;
+    if !status.success() {
+        // A failed first run can leave an empty code generator behind; start over next time.
+        let _ = std::fs::remove_dir_all(tree.join("_output"));
+        bail!("building Kubernetes failed: {status}");
+    }
+    std::fs::create_dir_all(&out)?;
+    for binary in SERVER_BINARIES {
+        copy(
+            &tree.join("_output/local/bin/linux/amd64").join(binary),
+            &out.join(binary),
+        )?;
+    }
+    Ok(out)
+}
+
+/// Kubernetes' pause program (`build/pause/linux/pause.c`), compiled static.
+fn pause_binary(cache: &Path) -> Result<PathBuf> {
+    let out = cache.join(format!("kubernetes/{KUBERNETES_VERSION}/pause"));
+    if out.is_file() {
+        return Ok(out);
+    }
+    let source = cache.join("kubernetes/build").join(format!(
+        "kubernetes-{KUBERNETES_VERSION}/build/pause/linux/pause.c"
+    ));
+    run(Command::new("gcc")
+        .args(["-Os", "-static", "-o"])
+        .arg(&out)
+        .arg(&source)
+        .arg(format!("-DVERSION=v3.2-qb-{KUBERNETES_VERSION}")))?;
+    Ok(out)
+}
+
+/// Adds a `deb-src` twin of Debian's `deb` sources when there is none, and updates.
+fn enable_source_packages() -> Result<()> {
+    let sources = Path::new("/etc/apt/sources.list.d/debian.sources");
+    let twin = Path::new("/etc/apt/sources.list.d/debian-src.sources");
+    if !twin.exists() {
+        let text = std::fs::read_to_string(sources)
+            .with_context(|| format!("reading {}", sources.display()))?;
+        std::fs::write(twin, text.replace("Types: deb\n", "Types: deb-src\n"))?;
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))
+}
+
+/// Installs the packages whose file is missing.
+fn install_missing<'a>(packages: impl Iterator<Item = (&'a str, &'a str)>) -> Result<()> {
+    let mut missing: Vec<&str> = packages
+        .filter(|(_, file)| !Path::new(file).exists())
+        .map(|(pkg, _)| pkg)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {missing:?}");
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn debian_version(package: &str) -> Result<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", package])
+        .output()
+        .context("running dpkg-query")?;
+    if !out.status.success() {
+        bail!("{package} is not installed");
+    }
+    // Bundle versions allow `[A-Za-z0-9._+~-]`; Debian's epochs (`1:`) are dropped.
+    let version = String::from_utf8_lossy(&out.stdout);
+    let version = version.rsplit_once(':').map_or(&*version, |(_, v)| v);
+    Ok(version.to_owned())
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    Ok(())
+}
+
+/// Writes an OCI image layout tarball of one uncompressed layer holding `files` (path,
+/// content, mode) and `links` (path, target), named `reference` for containerd.
+fn oci_image(
+    out: &Path,
+    reference: &str,
+    files: &[(&str, Vec<u8>, u32)],
+    links: &[(String, String)],
+    entrypoint: &[&str],
+) -> Result<()> {
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut dirs: Vec<String> = files
+        .iter()
+        .map(|(path, ..)| path.to_string())
+        .chain(links.iter().map(|(path, _)| path.clone()))
+        .filter_map(|path| path.rsplit_once('/').map(|(dir, _)| dir.to_owned()))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in &dirs {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(0o755);
+        header.set_size(0);
+        layer.append_data(&mut header, format!("{dir}/"), std::io::empty())?;
+    }
+    for (path, content, mode) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(*mode);
+        header.set_size(content.len() as u64);
+        layer.append_data(&mut header, path, content.as_slice())?;
+    }
+    for (path, target) in links {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_mode(0o777);
+        header.set_size(0);
+        layer.append_link(&mut header, path, target)?;
+    }
+    let layer = layer.into_inner()?;
+    let layer_digest = hex::encode(Sha256::digest(&layer));
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Entrypoint": entrypoint },
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_digest}")] },
+    }))?;
+    let config_digest = hex::encode(Sha256::digest(&config));
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": format!("sha256:{config_digest}"),
+            "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": format!("sha256:{layer_digest}"),
+            "size": layer.len(),
+        }],
+    }))?;
+    let manifest_digest = hex::encode(Sha256::digest(&manifest));
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{manifest_digest}"),
+            "size": manifest.len(),
+            "platform": { "architecture": "amd64", "os": "linux" },
+            "annotations": { "io.containerd.image.name": reference },
+        }],
+    }))?;
+    let mut blobs = BTreeMap::new();
+    blobs.insert(format!("blobs/sha256/{layer_digest}"), layer);
+    blobs.insert(format!("blobs/sha256/{config_digest}"), config);
+    blobs.insert(format!("blobs/sha256/{manifest_digest}"), manifest);
+    blobs.insert("index.json".to_owned(), index);
+    blobs.insert(
+        "oci-layout".to_owned(),
+        br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+    );
+    let mut image = tar::Builder::new(Vec::new());
+    for (path, content) in &blobs {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(content.len() as u64);
+        image.append_data(&mut header, path, content.as_slice())?;
+    }
+    let mut file = std::fs::File::create(out)?;
+    file.write_all(&image.into_inner()?)?;
+    Ok(())
+}
