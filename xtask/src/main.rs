@@ -105,6 +105,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("etcd-client", "/usr/bin/etcdctl"),
     // Preflight tests block a node's UDP with a drop rule in its namespace.
     ("nftables", "/usr/sbin/nft"),
+    // The Kubernetes lab test runs kubectl on a master; kube-proxy programs iptables.
+    ("kubernetes-client", "/usr/bin/kubectl"),
+    ("iptables", "/usr/sbin/iptables"),
 ];
 
 /// Installs what the suite needs when it is missing: PostgreSQL (the store's tests start their own

@@ -297,8 +297,7 @@ impl Run<'_, '_> {
             .map_err(StepError::from);
         self.conclude("routes", result)?;
         self.progress.step("cgroups", StepState::Running, None);
-        let cgroups = self.plan.cgroups.clone();
-        let result = blocking(move || Ok(crate::cgroups::ensure(&cgroups)?)).await;
+        let result = self.cgroups().await;
         self.conclude("cgroups", result)?;
         let plan = self.plan;
         for service in &plan.services {
@@ -545,6 +544,17 @@ impl Run<'_, '_> {
         .to_owned())
     }
 
+    async fn cgroups(&mut self) -> Result<String, StepError> {
+        // Remembered before they exist, so a wipe finds them whatever happens next.
+        let known = &mut self.ledger.installed.cgroups;
+        if !self.plan.cgroups.iter().all(|c| known.contains(c)) {
+            known.extend(self.plan.cgroups.iter().cloned());
+            self.ledger.save()?;
+        }
+        let cgroups = self.plan.cgroups.clone();
+        blocking(move || Ok(crate::cgroups::ensure(&cgroups)?)).await
+    }
+
     /// Runs a task unless it already ran to completion with this definition and these inputs.
     async fn task(&mut self, task: &Service) -> Result<String, StepError> {
         let fingerprint = fingerprint(task, self.plan);
@@ -592,6 +602,11 @@ impl Run<'_, '_> {
             self.ledger.save()?;
         }
         crate::routes::converge(&[]).await?;
+        // Pods and the runtime's shims outlive the services that started them.
+        let cgroups: Vec<String> = self.ledger.installed.cgroups.iter().cloned().collect();
+        let ended = blocking(move || Ok(crate::cgroups::remove(&cgroups)?)).await?;
+        tracing::info!(cgroups = %ended, "cluster cgroups removed");
+        self.ledger.installed.cgroups.clear();
         self.ledger.installed.tasks.clear();
         self.ledger.save()?;
         let mut dirs = self.ledger.installed.state_dirs.clone();
@@ -632,6 +647,8 @@ struct Installed {
     services: BTreeMap<String, String>,
     /// Tasks that ran to completion: name → fingerprint.
     tasks: BTreeMap<String, String>,
+    /// Every cgroup a plan had since the last wipe.
+    cgroups: BTreeSet<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -15,6 +15,12 @@ pub enum CgroupError {
     Mounts(#[source] std::io::Error),
     #[error("no cgroup hierarchy is mounted")]
     NoHierarchy,
+    #[error("removing {path}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("creating {path}")]
     Create {
         path: PathBuf,
@@ -69,6 +75,89 @@ pub fn ensure(paths: &[String]) -> Result<String, CgroupError> {
         paths.join(", "),
         hierarchies.len()
     ))
+}
+
+/// Kills every process in each of `paths` (and the cgroups below), in every hierarchy, and
+/// removes the cgroups: what a node that leaves its cluster must not keep running (pods, the
+/// container runtime's shims). Returns a summary.
+pub fn remove(paths: &[String]) -> Result<String, CgroupError> {
+    if paths.is_empty() {
+        return Ok("none".to_owned());
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mounts)?;
+    let trees: Vec<PathBuf> = hierarchies(&mountinfo)
+        .iter()
+        .flat_map(|root| {
+            paths
+                .iter()
+                .map(move |p| root.join(p.trim_start_matches('/')))
+        })
+        .filter(|dir| dir.is_dir())
+        .collect();
+    let mut killed = std::collections::BTreeSet::new();
+    let mut removed = 0;
+    // Processes may fork while they are being killed: a few rounds, then give up loudly.
+    for _ in 0..50 {
+        let mut alive = false;
+        for tree in &trees {
+            for dir in walk(tree) {
+                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                {
+                    alive = true;
+                    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                        killed.insert(pid.as_raw_nonzero().get());
+                    }
+                }
+            }
+        }
+        if !alive {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for tree in &trees {
+        for dir in walk(tree).into_iter().rev() {
+            let mut result = std::fs::remove_dir(&dir);
+            // A cgroup whose last process is still exiting is busy for a moment.
+            for _ in 0..50 {
+                if result.is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                result = std::fs::remove_dir(&dir);
+            }
+            match result {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(CgroupError::Remove { path: dir, source }),
+            }
+        }
+    }
+    Ok(format!(
+        "{} processes killed, {removed} cgroups removed",
+        killed.len()
+    ))
+}
+
+/// `dir` and every directory below it, parents before children.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut all = vec![dir.to_owned()];
+    let mut i = 0;
+    while i < all.len() {
+        if let Ok(entries) = std::fs::read_dir(&all[i]) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    all.push(entry.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    all
 }
 
 /// Mount points of cgroup hierarchies.

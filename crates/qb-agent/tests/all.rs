@@ -7,6 +7,8 @@
 //!   and hostile frames on the channel (agents on 127.0.0.1).
 //! - `engine`: the cluster engine on real etcd: a cluster forms, grows, refuses an unsafe
 //!   detach, shrinks safely; preflight; tampered plans and artifacts; crashes.
+//! - `kubernetes`: a real Kubernetes 1.20.2 cluster from the bundle `cargo xtask bundle` builds:
+//!   Nodes Ready, pods on different hosts talking to each other.
 //! - `netns`: the lab helper itself, and a check that it leaves nothing behind when a test panics.
 //!
 //! The controller binary is `$QB_CONTROLLER_BIN` if set, else built with `cargo build -p
@@ -25,6 +27,8 @@ mod engine;
 mod harness;
 #[path = "all/http.rs"]
 mod http;
+#[path = "all/kubernetes.rs"]
+mod kubernetes;
 #[path = "all/lab.rs"]
 mod lab;
 #[path = "all/netns.rs"]

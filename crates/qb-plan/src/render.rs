@@ -1076,7 +1076,11 @@ fn containerd(ctx: &Context, parts: &mut Parts) {
     for name in [artifact::CONTAINERD_SHIM, artifact::RUNC] {
         parts.install(ctx, name);
     }
-    let config = parts.file(paths::CONTAINERD_CONFIG, containerd_config(), 0o644);
+    let config = parts.file(paths::CONTAINERD_CONFIG, containerd_config(ctx), 0o644);
+    // Every container and shim of the node lives in its cgroup, which the agent creates here
+    // and empties when the node leaves the cluster.
+    parts.cgroups.push(kubelet_cgroup_root(ctx));
+    parts.cgroups.push(shim_cgroup(ctx));
     let command = Command::new(binary.clone()).arg("config", &config);
     let probe = Probe::Unix {
         path: paths::CONTAINERD_SOCKET.to_owned(),
@@ -1143,7 +1147,7 @@ fn import_images(ctx: &Context, parts: &mut Parts) {
     }
 }
 
-fn containerd_config() -> String {
+fn containerd_config(ctx: &Context) -> String {
     let cri = r#"plugins."io.containerd.grpc.v1.cri""#;
     format!(
         r#"version = 2
@@ -1170,6 +1174,7 @@ state = {state}
 [{cri}.containerd.runtimes.runc.options]
   BinaryName = {runc}
   Root = {runc_root}
+  ShimCgroup = {shim_cgroup}
 "#,
         root = quote(paths::CONTAINERD_ROOT_DIR),
         state = quote(paths::CONTAINERD_STATE_DIR),
@@ -1179,6 +1184,7 @@ state = {state}
         cni_conf = quote(paths::CNI_CONF_DIR),
         runc = quote(&format!("{}/{}", paths::BIN_DIR, artifact::RUNC)),
         runc_root = quote(paths::RUNC_ROOT),
+        shim_cgroup = quote(&shim_cgroup(ctx)),
     )
 }
 
@@ -1259,7 +1265,6 @@ fn kubelet(ctx: &Context, parts: &mut Parts) -> Result<(), RenderError> {
         0o600,
     );
     let config = parts.file(paths::KUBELET_CONFIG, kubelet_config(ctx), 0o644);
-    parts.cgroups.push(kubelet_cgroup_root(ctx));
 
     let network_plugin = ctx.flags.kubelet_network_plugin;
     let command = Command::new(binary.clone())
@@ -1341,6 +1346,11 @@ tlsPrivateKeyFile: {key}
 /// The kubelet's cgroup, under which it puts every pod: `/qb/<node name>`.
 fn kubelet_cgroup_root(ctx: &Context) -> String {
     format!("/qb/{}", ctx.name())
+}
+
+/// Where containerd puts its runc shims: beside the pods, `/qb/<node name>/shims`.
+fn shim_cgroup(ctx: &Context) -> String {
+    format!("{}/shims", kubelet_cgroup_root(ctx))
 }
 
 /// kube-proxy, on every node: iptables mode.

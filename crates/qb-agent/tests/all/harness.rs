@@ -206,6 +206,10 @@ impl Proc {
         (proc, rx)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -395,11 +399,23 @@ fn private_dirs_command(root: &Path, netns: Option<&str>) -> Command {
         std::fs::create_dir_all(dir).expect("create a mount point");
         script.push_str(&format!("mount --bind '{}' '{dir}'; ", private.display()));
     }
+    if netns.is_some() {
+        // The namespace's own sysfs (its network devices), as `ip netns exec` mounts it, but
+        // keeping the machine's cgroup hierarchies, which `ip netns exec` would hide: the
+        // kubelet and the agent need them.
+        let cgroup = root.join(".cgroup");
+        std::fs::create_dir_all(&cgroup).expect("create a mount point");
+        let cgroup = cgroup.display();
+        script.push_str(&format!(
+            "mount --rbind /sys/fs/cgroup '{cgroup}'; mount -t sysfs sysfs /sys; \
+             mount --move '{cgroup}' /sys/fs/cgroup; "
+        ));
+    }
     script.push_str(r#"exec setpriv --pdeathsig KILL -- "$@""#);
     let mut cmd = match netns {
         Some(ns) => {
-            let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", ns, "unshare"]);
+            let mut cmd = Command::new("nsenter");
+            cmd.arg(format!("--net=/run/netns/{ns}")).arg("unshare");
             cmd
         }
         None => Command::new("unshare"),
@@ -448,7 +464,18 @@ impl AgentConfig {
 
 /// The system directories cluster components live in. A lab host gets private ones: its agent
 /// runs in its own mount namespace with a directory of the test bind-mounted over each.
-pub const HOST_DIRS: &[&str] = &["/etc/qb", "/var/lib/qb", "/var/log/qb", "/run/qb"];
+pub const HOST_DIRS: &[&str] = &[
+    "/etc/qb",
+    "/var/lib/qb",
+    "/var/log/qb",
+    "/run/qb",
+    // Where the kubelet, containerd and the CNI plugins keep what no flag moves: pod logs,
+    // pods' network namespaces, CNI results. Separate machines have their own.
+    "/var/log/pods",
+    "/var/log/containers",
+    "/run/netns",
+    "/var/lib/cni",
+];
 
 /// A running `qb-agent` with its own configuration file and state directory.
 pub struct Agent {

@@ -1,0 +1,393 @@
+//! A real Kubernetes 1.20.2 cluster in the lab: the bundle `cargo xtask bundle` builds from
+//! Debian's packages (the Kubernetes server binaries from Debian's source package) is imported
+//! through the API, hosts in network namespaces attach, and the controller turns them into a
+//! cluster whose Nodes are Ready and whose pods on different hosts talk to each other.
+//!
+//! `kubectl` runs on a master host itself (in its mount and network namespaces) with the
+//! administrator's kubeconfig the plan put there.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::engine::{cluster, hosts, roles};
+use crate::harness::{Agent, Controller, poll, run};
+use crate::http::Api;
+use crate::netns::Lab;
+
+/// Where `cargo xtask test` says the bundle is.
+const BUNDLE_ENV: &str = "QB_LAB_BUNDLE";
+/// First start of every component from scratch on two shared cores, images imported.
+const BRING_UP: Duration = Duration::from_secs(300);
+
+/// The directory of the Kubernetes bundle; fails loudly when it was never built.
+fn bundle_dir() -> PathBuf {
+    let dir = std::env::var_os(BUNDLE_ENV)
+        .map(PathBuf::from)
+        .or_else(|| {
+            let cache = std::env::var_os("QB_CACHE_DIR")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/qb")))?;
+            Some(cache.join("bundles/kubernetes-1.20.2"))
+        })
+        .unwrap_or_default();
+    assert!(
+        dir.join("bundle.json").is_file(),
+        "no Kubernetes bundle at {dir:?}: build it with `cargo xtask bundle` \
+         (`cargo xtask test` does) or point {BUNDLE_ENV} at one"
+    );
+    dir
+}
+
+/// Imports a bundle directory the way `qb bundle import` does: every artifact the controller
+/// lacks, then the manifest.
+pub fn import_bundle(api: &Api, dir: &Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("bundle.json")).expect("bundle.json");
+    let manifest: Value = serde_json::from_str(&text).expect("bundle.json is JSON");
+    for artifact in manifest["artifacts"].as_array().expect("artifacts") {
+        let sha = artifact["sha256"].as_str().expect("sha256");
+        let path = format!("/artifacts/{sha}");
+        if api.call("HEAD", &format!("/api/v1{path}"), None).status == 200 {
+            continue;
+        }
+        let file = artifact["file"].as_str().expect("file");
+        let bytes = std::fs::read(dir.join(file)).expect("artifact file");
+        let put = api.put_bytes(&path, &bytes);
+        assert_eq!(put.status, 204, "uploading {file}: {:?}", put.body);
+    }
+    api.post("/bundles", &manifest).ok()
+}
+
+/// `kubectl` on `host` (a master) as the cluster administrator.
+fn kubectl(host: &Agent, args: &[&str], stdin: Option<&str>) -> Output {
+    let pid = host.proc.pid().to_string();
+    let mut cmd = Command::new("nsenter");
+    cmd.args(["-t", &pid, "-m", "-n", "kubectl"])
+        .args([
+            "--kubeconfig",
+            "/etc/qb/kubernetes/admin.conf",
+            "--request-timeout=10s",
+        ])
+        .args(args);
+    match stdin {
+        None => run(&mut cmd),
+        Some(input) => {
+            let mut child = cmd
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start kubectl");
+            child
+                .stdin
+                .take()
+                .expect("piped stdin")
+                .write_all(input.as_bytes())
+                .expect("write to kubectl");
+            child.wait_with_output().expect("kubectl")
+        }
+    }
+}
+
+/// `kubectl … -o json`, parsed; `Err` with kubectl's complaint.
+fn kubectl_json(host: &Agent, args: &[&str]) -> Result<Value, String> {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = kubectl(host, &all, None);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("kubectl printed no JSON: {e}"))
+}
+
+/// Waits until exactly `names` are the cluster's Nodes and every one is `Ready`.
+fn wait_nodes_ready(host: &Agent, names: &[&str], timeout: Duration) {
+    let mut want: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    want.sort();
+    poll("every Node Ready", timeout, || {
+        let list = kubectl_json(host, &["get", "nodes"])?;
+        let mut seen = Vec::new();
+        let mut not_ready = Vec::new();
+        for node in list["items"].as_array().into_iter().flatten() {
+            let name = node["metadata"]["name"].as_str().unwrap_or("?").to_owned();
+            let ready = node["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            if !ready {
+                not_ready.push(name.clone());
+            }
+            seen.push(name);
+        }
+        seen.sort();
+        if seen == want && not_ready.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("nodes {seen:?}, not ready {not_ready:?}"))
+        }
+    });
+}
+
+/// Waits until the cluster is `ready` with a role for each of its `count` nodes.
+fn wait_ready(api: &Api, name: &str, count: usize, timeout: Duration) -> Value {
+    poll(&format!("cluster {name} ready"), timeout, || {
+        let c = cluster(api, name);
+        let placed = c["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["role"].is_string())
+            .count();
+        if c["state"] == "ready" && placed == count {
+            Ok(c)
+        } else {
+            Err(format!("{} — {}", c["state"], c["state_message"]))
+        }
+    })
+}
+
+/// Kills what pods left in the hosts' cgroups (`/qb/<host>` in every hierarchy) and removes
+/// the cgroups, when the test ends: pod processes live in network namespaces of their own, which
+/// the lab's teardown does not see.
+struct PodCgroups(Vec<String>);
+
+impl Drop for PodCgroups {
+    fn drop(&mut self) {
+        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        let roots: Vec<PathBuf> = hierarchies
+            .flatten()
+            .flat_map(|h| {
+                self.0
+                    .iter()
+                    .map(move |host| h.path().join("qb").join(host))
+            })
+            .filter(|p| p.is_dir())
+            .collect();
+        for root in &roots {
+            for dir in walk(root) {
+                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.split_whitespace() {
+                    let _ = run(Command::new("kill").args(["-KILL", pid]));
+                }
+            }
+        }
+        for root in &roots {
+            // Deepest first; a cgroup goes once its processes are gone.
+            for dir in walk(root).into_iter().rev() {
+                for _ in 0..50 {
+                    if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            // `/qb` too, unless another lab still uses it.
+            if let Some(parent) = root.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+    }
+}
+
+/// `dir` and every directory below it, parents before children.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut all = vec![dir.to_owned()];
+    let mut i = 0;
+    while i < all.len() {
+        if let Ok(entries) = std::fs::read_dir(&all[i]) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    all.push(entry.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    all
+}
+
+/// A Deployment of busybox httpd on `nodes`, one pod per node, each serving its pod name.
+fn web_deployment(nodes: &[&str]) -> String {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": nodes.len(),
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "affinity": {
+                        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": [{"matchExpressions": [{
+                                "key": "kubernetes.io/hostname", "operator": "In", "values": nodes,
+                            }]}],
+                        }},
+                        "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+                            "labelSelector": {"matchLabels": {"app": "web"}},
+                            "topologyKey": "kubernetes.io/hostname",
+                        }]},
+                    },
+                    "containers": [{
+                        "name": "httpd",
+                        "image": "qb.local/busybox:1",
+                        "imagePullPolicy": "Never",
+                        "command": ["/bin/sh", "-c",
+                            "mkdir -p /www && echo \"hello from $(hostname)\" > /www/index.html && exec httpd -f -p 8080 -h /www"],
+                        "ports": [{"containerPort": 8080}],
+                    }],
+                },
+            },
+        },
+    })
+    .to_string()
+}
+
+/// A pod on `node` that fetches `/` from each of `servers` (`ip port`) once and exits.
+/// (busybox's `nc`: Debian's static busybox `wget` crashes.)
+fn client_pod(node: &str, servers: &[String]) -> String {
+    let script: Vec<String> = servers
+        .iter()
+        .map(|s| format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {s}"))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "client"},
+        "spec": {
+            "automountServiceAccountToken": false,
+            "nodeName": node,
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "wget",
+                "image": "qb.local/busybox:1",
+                "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", script.join(" && ")],
+            }],
+        },
+    })
+    .to_string()
+}
+
+#[test]
+fn attached_hosts_become_a_kubernetes_cluster_whose_pods_talk_across_hosts() {
+    let bundle = bundle_dir();
+    // Dropped last: the lab's teardown stops the kubelets first, so none recreates a pod.
+    let _cgroups = PodCgroups((0..5).map(|i| format!("host-{i}")).collect());
+    let lab = Lab::new(5);
+    let controller = Controller::start(&lab.bridge_ip());
+    let api = controller.api();
+    let started = Instant::now();
+    import_bundle(&api, &bundle);
+    eprintln!("bundle imported in {:?}", started.elapsed());
+    let (_configs, agents) = hosts(&lab, &controller, 5);
+    api.post(
+        "/clusters",
+        &json!({"name": "k8s", "pod_cidr": "10.244.0.0/16", "service_cidr": "10.96.0.0/12"}),
+    )
+    .ok();
+
+    // Three hosts: three masters.
+    let attach = Instant::now();
+    api.post(
+        "/clusters/k8s/attach",
+        &json!({"nodes": ["host-0", "host-1", "host-2"]}),
+    )
+    .ok();
+    let ready = wait_ready(&api, "k8s", 3, BRING_UP);
+    let (masters, workers) = roles(&ready);
+    assert_eq!((masters.len(), workers.len()), (3, 0), "{ready}");
+    let admin = &agents[0];
+    wait_nodes_ready(admin, &["host-0", "host-1", "host-2"], BRING_UP);
+    eprintln!(
+        "3 hosts: attach → cluster ready and every Node Ready in {:?}",
+        attach.elapsed()
+    );
+
+    // Two more: workers.
+    let attach = Instant::now();
+    api.post(
+        "/clusters/k8s/attach",
+        &json!({"nodes": ["host-3", "host-4"]}),
+    )
+    .ok();
+    let ready = wait_ready(&api, "k8s", 5, BRING_UP);
+    let (masters, workers) = roles(&ready);
+    assert_eq!(masters, ["host-0", "host-1", "host-2"]);
+    assert_eq!(workers, ["host-3", "host-4"]);
+    wait_nodes_ready(
+        admin,
+        &["host-0", "host-1", "host-2", "host-3", "host-4"],
+        BRING_UP,
+    );
+    eprintln!(
+        "2 more hosts: attach → every Node Ready in {:?}",
+        attach.elapsed()
+    );
+
+    // Pods on the workers serve HTTP to a pod on a master, across hosts.
+    let out = kubectl(
+        admin,
+        &["apply", "-f", "-"],
+        Some(&web_deployment(&["host-3", "host-4"])),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let pods = poll("the web pods Running", BRING_UP, || {
+        let list = kubectl_json(admin, &["get", "pods", "-l", "app=web"])?;
+        let pods: Vec<(String, String, String)> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string())
+            .map(|p| {
+                (
+                    p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    p["spec"]["nodeName"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    p["status"]["podIP"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        if pods.len() == 2 {
+            Ok(pods)
+        } else {
+            Err(list.to_string())
+        }
+    });
+    let mut nodes: Vec<&str> = pods.iter().map(|(_, node, _)| node.as_str()).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["host-3", "host-4"], "{pods:?}");
+    let servers: Vec<String> = pods.iter().map(|(_, _, ip)| format!("{ip} 8080")).collect();
+    let out = kubectl(
+        admin,
+        &["apply", "-f", "-"],
+        Some(&client_pod("host-1", &servers)),
+    );
+    assert!(out.status.success(), "{out:?}");
+    poll("the client pod done", BRING_UP, || {
+        let pod = kubectl_json(admin, &["get", "pod", "client"])?;
+        match pod["status"]["phase"].as_str() {
+            Some("Succeeded") => Ok(()),
+            Some("Failed") => panic!("the client failed: {pod}"),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let logs = kubectl(admin, &["logs", "client"], None);
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    for (name, ..) in &pods {
+        assert!(logs.contains(&format!("hello from {name}")), "{logs}");
+    }
+}
