@@ -12,6 +12,7 @@
 //! No I/O here: [`encode`] and [`FrameDecoder`] work on bytes.
 
 pub mod etcd;
+pub mod kube;
 pub mod plan;
 pub mod preflight;
 
@@ -19,6 +20,7 @@ use qb_api::{Labels, NodeFacts, NodeId, NodeState, TenantId};
 use serde::{Deserialize, Serialize};
 
 use crate::etcd::{EtcdMember, EtcdRequest};
+use crate::kube::{KubeNode, KubeRequest};
 use crate::plan::PlanReport;
 use crate::preflight::{LocalReport, PreflightCheck, PreflightProbe, ProbeResult};
 
@@ -163,6 +165,10 @@ pub enum Outcome {
     EtcdMembers {
         members: Vec<EtcdMember>,
     },
+    /// The nodes after a Kubernetes node operation.
+    KubeNodes {
+        nodes: Vec<KubeNode>,
+    },
     Failed {
         error: String,
     },
@@ -205,6 +211,9 @@ pub enum Instruction {
     /// An etcd membership operation through the local member; answered with
     /// `Outcome::EtcdMembers` (the membership after the operation).
     Etcd(EtcdRequest),
+    /// A Kubernetes node operation through the local API server; answered with
+    /// `Outcome::KubeNodes` (the nodes after the operation).
+    Kube(KubeRequest),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -330,6 +339,80 @@ mod tests {
             decoder.push(&(json.len() as u32).to_be_bytes());
             decoder.push(json.as_bytes());
             assert!(decoder.next_message::<AgentMessage>().is_err(), "{json}");
+        }
+    }
+
+    #[test]
+    fn kube_instructions_and_outcomes_round_trip() {
+        use crate::kube::{KubeNode, KubeOp, KubeRequest};
+
+        let request = |op| KubeRequest {
+            endpoint: "https://127.0.0.1:6443".into(),
+            ca_file: "/etc/qb/pki/ca.crt".into(),
+            cert_file: "/etc/qb/pki/admin.crt".into(),
+            key_file: "/etc/qb/pki/admin.key".into(),
+            op,
+        };
+        let ops = [
+            KubeOp::Nodes,
+            KubeOp::Drain {
+                node: "w1".into(),
+                timeout_seconds: 120,
+            },
+            KubeOp::DeleteNode { node: "w1".into() },
+        ];
+        for (id, op) in ops.into_iter().enumerate() {
+            let message = ControllerMessage::Instruction {
+                id: id as u64,
+                instruction: Instruction::Kube(request(op)),
+            };
+            let mut decoder = FrameDecoder::default();
+            decoder.push(&encode(&message));
+            assert_eq!(
+                decoder.next_message::<ControllerMessage>().unwrap(),
+                Some(message)
+            );
+        }
+        let reply = AgentMessage::Reply {
+            instruction: 3,
+            outcome: Outcome::KubeNodes {
+                nodes: vec![KubeNode {
+                    name: "m1".into(),
+                    ready: true,
+                    unschedulable: false,
+                    kubelet_version: "v1.20.2".into(),
+                }],
+            },
+        };
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&encode(&reply));
+        assert_eq!(decoder.next_message::<AgentMessage>().unwrap(), Some(reply));
+
+        // The spelling on the wire, which the controller and older agents agree on.
+        let drain = Instruction::Kube(request(KubeOp::Drain {
+            node: "w1".into(),
+            timeout_seconds: 60,
+        }));
+        assert_eq!(
+            serde_json::to_value(&drain).unwrap(),
+            serde_json::json!({
+                "kind": "kube",
+                "endpoint": "https://127.0.0.1:6443",
+                "ca_file": "/etc/qb/pki/ca.crt",
+                "cert_file": "/etc/qb/pki/admin.crt",
+                "key_file": "/etc/qb/pki/admin.key",
+                "op": {"op": "drain", "node": "w1", "timeout_seconds": 60},
+            })
+        );
+        // Unknown operations and fields are refused, not ignored. (serde lets extra fields
+        // next to the tag of a unit variant such as `nodes` through.)
+        for json in [
+            r#"{"kind":"kube","endpoint":"e","ca_file":"c","cert_file":"c","key_file":"k","op":{"op":"reboot"}}"#,
+            r#"{"kind":"kube","endpoint":"e","ca_file":"c","cert_file":"c","key_file":"k","op":{"op":"delete_node","node":"w1","force":true}}"#,
+            r#"{"kind":"kube","endpoint":"e","ca_file":"c","cert_file":"c","key_file":"k","op":{"op":"drain","node":"w1"}}"#,
+            r#"{"kind":"kube","endpoint":"e","ca_file":"c","cert_file":"c","key_file":"k","op":{"op":"nodes"},"x":1}"#,
+        ] {
+            assert!(serde_json::from_str::<Instruction>(json).is_err(), "{json}");
         }
     }
 

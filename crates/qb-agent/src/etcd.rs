@@ -5,25 +5,13 @@
 //! at their default value (`isLearner: false`, the empty `name` of a member that has not
 //! started yet) are left out.
 
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
-
-use http_body_util::{BodyExt, Full};
+use hyper::Method;
 use hyper::body::Bytes;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use qb_agent_proto::etcd::{EtcdMember, EtcdOp, EtcdRequest};
-use rustls::RootCertStore;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
-use tokio::net::TcpStream;
 
-/// How long the TCP connection and the TLS handshake may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one gateway call may take (a membership change waits for the raft commit).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::https::{self, HttpsError, Payload, TlsFiles};
 
 const LIST_PATH: &str = "/v3/cluster/member/list";
 const ADD_PATH: &str = "/v3/cluster/member/add";
@@ -33,41 +21,9 @@ const REMOVE_PATH: &str = "/v3/cluster/member/remove";
 /// Why an etcd instruction failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
-    #[error("reading {path}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} holds no {what}")]
-    Pem { path: String, what: &'static str },
-    #[error("the TLS client configuration")]
-    TlsConfig(#[source] rustls::Error),
-    #[error("invalid etcd endpoint {endpoint:?}: {reason}")]
-    Endpoint { endpoint: String, reason: String },
-    #[error("connecting to {endpoint}")]
-    Connect {
-        endpoint: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("TLS handshake with {endpoint}")]
-    Handshake {
-        endpoint: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{what} to {endpoint} timed out")]
-    Timeout {
-        endpoint: String,
-        what: &'static str,
-    },
-    #[error("HTTP exchange with {endpoint}")]
-    Http {
-        endpoint: String,
-        #[source]
-        source: hyper::Error,
-    },
+    /// Reaching the member failed (files, TLS, connection, timeout); its message is the cause's.
+    #[error(transparent)]
+    Https(#[from] HttpsError),
     /// etcd refused the call; `message` is etcd's own, e.g. `etcdserver: member not found`.
     #[error("etcd answered {status} to {path}: {message}")]
     Etcd {
@@ -108,59 +64,20 @@ pub async fn run(req: &EtcdRequest) -> Result<Vec<EtcdMember>, EtcdError> {
     client.list().await
 }
 
-/// An HTTP/1.1 connection to the gateway.
+/// A connection to the gateway.
 struct Client {
-    endpoint: String,
-    authority: String,
-    sender: SendRequest<Full<Bytes>>,
+    https: https::Client,
 }
 
 impl Client {
     async fn connect(req: &EtcdRequest) -> Result<Self, EtcdError> {
-        let endpoint = req.endpoint.clone();
-        let (host, port, authority) = parse_endpoint(&endpoint)?;
-        let tls = tls_config(req)?;
-        let server_name = ServerName::try_from(host.clone()).map_err(|e| EtcdError::Endpoint {
-            endpoint: endpoint.clone(),
-            reason: e.to_string(),
-        })?;
-        let timeout = |what| EtcdError::Timeout {
-            endpoint: endpoint.clone(),
-            what,
+        let files = TlsFiles {
+            ca_file: &req.ca_file,
+            cert_file: &req.cert_file,
+            key_file: &req.key_file,
         };
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)))
-            .await
-            .map_err(|_| timeout("connecting"))?
-            .map_err(|source| EtcdError::Connect {
-                endpoint: endpoint.clone(),
-                source,
-            })?;
-        let _ = tcp.set_nodelay(true);
-        let stream = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(server_name, tcp),
-        )
-        .await
-        .map_err(|_| timeout("the TLS handshake"))?
-        .map_err(|source| EtcdError::Handshake {
-            endpoint: endpoint.clone(),
-            source,
-        })?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| EtcdError::Http {
-                endpoint: endpoint.clone(),
-                source,
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "etcd connection ended");
-            }
-        });
         Ok(Self {
-            endpoint,
-            authority,
-            sender,
+            https: https::Client::connect(&req.endpoint, files).await?,
         })
     }
 
@@ -180,113 +97,19 @@ impl Client {
         path: &'static str,
         body: &serde_json::Value,
     ) -> Result<Bytes, EtcdError> {
-        let endpoint = self.endpoint.as_str();
-        let http = |source| EtcdError::Http {
-            endpoint: endpoint.to_owned(),
-            source,
-        };
-        let request = hyper::Request::post(path)
-            .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .expect("a POST with a static path and a parsed authority is a valid request");
-        let exchange = async {
-            self.sender.ready().await.map_err(http)?;
-            let response = self.sender.send_request(request).await.map_err(http)?;
-            let status = response.status();
-            let body = response.into_body().collect().await.map_err(http)?;
-            Ok::<_, EtcdError>((status, body.to_bytes()))
-        };
-        let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .map_err(|_| EtcdError::Timeout {
-                endpoint: endpoint.to_owned(),
-                what: path,
-            })??;
-        if status.is_success() {
-            return Ok(body);
+        let response = self
+            .https
+            .request(Method::POST, path, Some(Payload::json(body)))
+            .await?;
+        if response.status.is_success() {
+            return Ok(response.body);
         }
         Err(EtcdError::Etcd {
             path,
-            status: status.as_u16(),
-            message: error_message(&body),
+            status: response.status.as_u16(),
+            message: error_message(&response.body),
         })
     }
-}
-
-/// `https://host:port` → host (without IPv6 brackets), port, and the authority for `Host`.
-fn parse_endpoint(endpoint: &str) -> Result<(String, u16, String), EtcdError> {
-    let invalid = |reason: &str| EtcdError::Endpoint {
-        endpoint: endpoint.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let uri: hyper::Uri = endpoint.parse().map_err(|_| invalid("not a URL"))?;
-    if uri.scheme_str() != Some("https") {
-        return Err(invalid("the scheme must be https"));
-    }
-    let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let port = authority.port_u16().unwrap_or(443);
-    Ok((host.to_owned(), port, authority.as_str().to_owned()))
-}
-
-/// Trust only `ca_file`; present `cert_file` and `key_file`.
-fn tls_config(req: &EtcdRequest) -> Result<rustls::ClientConfig, EtcdError> {
-    let mut roots = RootCertStore::empty();
-    for cert in read_certs(&req.ca_file)? {
-        roots.add(cert).map_err(EtcdError::TlsConfig)?;
-    }
-    let chain = read_certs(&req.cert_file)?;
-    let key = read_key(&req.key_file)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(EtcdError::TlsConfig)?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(EtcdError::TlsConfig)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
-}
-
-fn read_pem(path: &str) -> Result<Vec<u8>, EtcdError> {
-    std::fs::read(Path::new(path)).map_err(|source| EtcdError::Read {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn read_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, EtcdError> {
-    let pem = read_pem(path)?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| EtcdError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(EtcdError::Pem {
-            path: path.to_owned(),
-            what: "certificate",
-        });
-    }
-    Ok(certs)
-}
-
-fn read_key(path: &str) -> Result<PrivateKeyDer<'static>, EtcdError> {
-    let pem = read_pem(path)?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|source| EtcdError::Read {
-            path: path.to_owned(),
-            source,
-        })?
-        .ok_or_else(|| EtcdError::Pem {
-            path: path.to_owned(),
-            what: "private key",
-        })
 }
 
 /// etcd's message from a gateway error body (`{"error": ..., "message": ..., "code": ...}`),
@@ -357,9 +180,9 @@ fn uint64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use rcgen::{
         BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -652,7 +475,7 @@ mod tests {
         wrong_ca.ca_file = pki.join("other-ca.crt").display().to_string();
         let error = run(&wrong_ca).await.unwrap_err();
         assert!(
-            matches!(&error, EtcdError::Handshake { endpoint, .. } if *endpoint == member.client_url),
+            matches!(&error, EtcdError::Https(HttpsError::Handshake { endpoint, .. }) if *endpoint == member.client_url),
             "{error:?}"
         );
 
@@ -731,22 +554,5 @@ mod tests {
         assert_eq!(error_message(body), "etcdserver: member not found");
         assert_eq!(error_message(br#"{"error":"only error"}"#), "only error");
         assert_eq!(error_message(b"404 page not found\n"), "404 page not found");
-    }
-
-    #[test]
-    fn endpoints_must_be_https_urls() {
-        assert_eq!(
-            parse_endpoint("https://127.0.0.1:2379").unwrap(),
-            ("127.0.0.1".to_owned(), 2379, "127.0.0.1:2379".to_owned())
-        );
-        assert_eq!(
-            parse_endpoint("https://[::1]:2379").unwrap(),
-            ("::1".to_owned(), 2379, "[::1]:2379".to_owned())
-        );
-        assert!(matches!(
-            parse_endpoint("http://127.0.0.1:2379"),
-            Err(EtcdError::Endpoint { .. })
-        ));
-        assert!(parse_endpoint("not a url").is_err());
     }
 }

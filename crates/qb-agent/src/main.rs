@@ -9,6 +9,8 @@ mod connect;
 #[allow(dead_code)] // wired into run.rs later
 mod etcd;
 mod host;
+mod https;
+mod kube;
 #[allow(dead_code)] // wired into run.rs later
 mod preflight;
 #[allow(dead_code)]

@@ -1,7 +1,7 @@
 //! The node's work, apart from the channel that brings it: the current plan (verified, kept in
 //! the state directory so a restarted agent finishes it), the applier converging on it in the
 //! background whether or not the controller is reachable, and the instructions that return
-//! answers (preflight, etcd membership).
+//! answers (preflight, etcd membership, Kubernetes node operations).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -268,6 +268,12 @@ impl Work {
             },
             Instruction::Etcd(request) => match crate::etcd::run(&request).await {
                 Ok(members) => Outcome::EtcdMembers { members },
+                Err(e) => Outcome::Failed {
+                    error: crate::supervise::error_chain(&e),
+                },
+            },
+            Instruction::Kube(request) => match crate::kube::run(&request).await {
+                Ok(nodes) => Outcome::KubeNodes { nodes },
                 Err(e) => Outcome::Failed {
                     error: crate::supervise::error_chain(&e),
                 },

@@ -390,4 +390,129 @@ fn attached_hosts_become_a_kubernetes_cluster_whose_pods_talk_across_hosts() {
     for (name, ..) in &pods {
         assert!(logs.contains(&format!("hello from {name}")), "{logs}");
     }
+
+    // Detach a worker: it is drained (its web pod evicted), wiped, its Node deleted.
+    let (drained_pod, ..) = pods
+        .iter()
+        .find(|(_, node, _)| node == "host-4")
+        .expect("a web pod on host-4");
+    leave(&api, &lab, &agents, 4);
+    let web = kubectl_json(admin, &["get", "pods", "-l", "app=web"]).expect("pods");
+    assert!(
+        web["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|p| p["metadata"]["name"] != drained_pod.as_str()),
+        "{drained_pod} was not evicted: {web}"
+    );
+    wait_nodes_ready(admin, &["host-0", "host-1", "host-2", "host-3"], BRING_UP);
+
+    // Detach a master: host-3 (a worker) takes its place in etcd and the control plane.
+    leave(&api, &lab, &agents, 2);
+    let ready = wait_ready(&api, "k8s", 3, BRING_UP);
+    assert_eq!(roles(&ready).0, ["host-0", "host-1", "host-3"], "{ready}");
+    wait_nodes_ready(admin, &["host-0", "host-1", "host-3"], BRING_UP);
+
+    // Both come back.
+    let attach = Instant::now();
+    api.post(
+        "/clusters/k8s/attach",
+        &json!({"nodes": ["host-2", "host-4"]}),
+    )
+    .ok();
+    wait_ready(&api, "k8s", 5, BRING_UP);
+    wait_nodes_ready(
+        admin,
+        &["host-0", "host-1", "host-2", "host-3", "host-4"],
+        BRING_UP,
+    );
+    eprintln!(
+        "2 hosts re-attached: attach → every Node Ready in {:?}",
+        attach.elapsed()
+    );
+
+    // Deleting the cluster returns every host to the pool, wiped.
+    api.delete("/clusters/k8s?force=true").ok();
+    for i in 0..5 {
+        wait_wiped(&api, &lab, &agents, i);
+    }
+    let events = api
+        .get("/events?object=k8s&action=cluster.&limit=1000")
+        .ok();
+    let actions: Vec<&str> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for action in [
+        "cluster.nodes_attached",
+        "cluster.nodes_detached",
+        "cluster.deleted",
+    ] {
+        assert!(actions.contains(&action), "{action} not in {actions:?}");
+    }
+}
+
+/// Detaches host `i` and waits until it is back in the pool, wiped.
+fn leave(api: &Api, lab: &Lab, agents: &[Agent], i: usize) {
+    let name = format!("host-{i}");
+    api.post("/clusters/k8s/detach", &json!({"nodes": [name]}))
+        .ok();
+    wait_wiped(api, lab, agents, i);
+}
+
+/// Waits until host `i` is in the pool with nothing of a cluster left: no component running
+/// in its namespace but the agent, no cgroup, no installed file.
+fn wait_wiped(api: &Api, lab: &Lab, agents: &[Agent], i: usize) {
+    let name = format!("host-{i}");
+    poll(&format!("{name} back in the pool"), BRING_UP, || {
+        let n = api.get(&format!("/nodes/{name}")).ok();
+        let applied = n["plan"]["report"]["state"] == "applied"
+            && n["plan"]["report"]["generation"] == n["plan"]["generation"];
+        if n["state"] == "authorized" && applied {
+            Ok(())
+        } else {
+            let c = cluster(api, "k8s");
+            Err(format!(
+                "{}: {} — {}",
+                n["state"], c["state"], c["state_message"]
+            ))
+        }
+    });
+    let agent_pid = agents[i].proc.pid().to_string();
+    poll(
+        &format!("{name} runs nothing but its agent"),
+        BRING_UP,
+        || {
+            let others: Vec<String> = lab
+                .pids(i)
+                .into_iter()
+                .filter(|p| *p != agent_pid)
+                .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).ok())
+                .map(|c| c.replace('\0', " "))
+                .collect();
+            if others.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{others:?}"))
+            }
+        },
+    );
+    for hierarchy in ["pids", "memory", "cpu"] {
+        let cgroup = Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join("qb")
+            .join(&name);
+        assert!(!cgroup.exists(), "{} is left", cgroup.display());
+    }
+    for path in [
+        "/var/lib/qb/bin/kubelet",
+        "/etc/qb/pki",
+        "/var/lib/qb/kubelet",
+    ] {
+        let left = agents[i].host_path(path);
+        assert!(!left.exists(), "{name}: {path} is left");
+    }
 }

@@ -1,12 +1,18 @@
 //! The cluster engine: a level-triggered reconciler that turns attached nodes into a cluster
 //! and keeps it so. Every pass reads what the store says (nodes, roles, etcd membership, plans,
 //! the agents' reports), compares it with what should be, and takes the next step. It keeps no
-//! state of its own between passes, so a restarted controller carries on where it stopped.
+//! state of its own between passes (but for which leaving nodes it drained: a restarted
+//! controller drains them again, which changes nothing), so a restarted controller carries on
+//! where it stopped.
+//!
+//! The Kubernetes API is reached through the agent of a master whose API server is healthy
+//! (the controller never dials a host): it cordons and drains, deletes Nodes, lists them.
 //!
 //! One cluster's pass, in order:
-//! 1. nodes leaving (`detaching`): their etcd member is removed (one at a time, never below
-//!    quorum), then they get a plan that wipes them; once the agent applied it they return
-//!    to the pool;
+//! 1. nodes leaving (`detaching`): they are cordoned and drained while the API is reachable
+//!    (for at most [`DRAIN_TIMEOUT`]), their etcd member is removed (one at a time, never
+//!    below quorum), then they get a plan that wipes them; once the agent applied it their
+//!    Node is deleted and they return to the pool;
 //! 2. the cluster needs an imported bundle for its version (else `blocked`);
 //! 3. nodes that never ran in the cluster pass preflight first (else `preflight`/`blocked`);
 //! 4. placement says who is a master; etcd membership follows it one change at a time:
@@ -14,17 +20,19 @@
 //!    once caught up;
 //! 5. every node's plan is rendered, and published (signed, with a new generation) when it
 //!    changed; the agent is told at once;
-//! 6. the cluster's state follows from the agents' reports: `installing`, `ready`, `degraded`.
+//! 6. the cluster's state follows from the agents' reports and, with an API server, from the
+//!    Nodes' `Ready` condition: `installing`, `ready`, `degraded`.
 
 pub mod api;
 pub mod membership;
 pub mod preflight;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use qb_agent_proto::kube::{KubeNode, KubeOp, KubeRequest};
 use qb_agent_proto::plan::{Plan, PlanState, SignedPlan};
 use qb_agent_proto::{ControllerMessage, Instruction, Outcome};
 use qb_api::{ClusterState, Node, NodeId, NodeRole, TenantId};
@@ -44,6 +52,11 @@ const RESYNC: Duration = Duration::from_secs(5);
 const SIGNER_SECRET: &str = "plan-signer";
 /// The plan signer's certificate lifetime; a new one is issued when it runs out.
 const SIGNER_LIFETIME: time::Duration = time::Duration::days(3650);
+/// How long the engine keeps trying to drain a leaving node (a PodDisruptionBudget may refuse
+/// evictions) before it detaches the node anyway.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one drain attempt may take on the master's agent.
+const DRAIN_ATTEMPT_SECONDS: u32 = 20;
 
 /// What the engine shares with the API and the agent endpoint.
 pub struct Engine {
@@ -55,6 +68,9 @@ pub struct Engine {
     pub wake: Arc<Notify>,
     /// One preflight at a time: each listens on the same ports of its nodes.
     preflights: tokio::sync::Mutex<()>,
+    /// Leaving nodes: when the first drain attempt started, and those done.
+    draining: Mutex<HashMap<NodeId, Instant>>,
+    drained: Mutex<HashSet<NodeId>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +111,8 @@ impl Engine {
             signer: PlanSigner::from_pem(&stored.chain_pem, &stored.key_pem)?,
             wake: Arc::new(Notify::new()),
             preflights: tokio::sync::Mutex::new(()),
+            draining: Mutex::new(HashMap::new()),
+            drained: Mutex::new(HashSet::new()),
         })
     }
 
@@ -230,9 +248,15 @@ impl Engine {
             }
         }
 
-        // State, from the agents' reports.
+        // State, from the agents' reports and the Nodes.
         let ec = self.store.engine_cluster(tenant, cluster).await?;
-        let (state, message) = self.observed_state(&ec, &waiting_on);
+        let kube_nodes = match self.api_master(&ec) {
+            Some(via) if input.bundle.artifact("kubelet").is_some() => {
+                self.kube(via, KubeOp::Nodes).await.ok()
+            }
+            _ => None,
+        };
+        let (state, message) = self.observed_state(&ec, &waiting_on, kube_nodes.as_deref());
         self.store
             .set_cluster_state(tenant, cluster, state, message.as_deref())
             .await?;
@@ -423,6 +447,9 @@ impl Engine {
         ec: &EngineCluster,
         n: &EngineNode,
     ) -> Result<Option<String>, EngineError> {
+        if let Some(waiting) = self.drain(ec, n).await {
+            return Ok(Some(waiting));
+        }
         if Membership::of(n).is_some() {
             if let Some(waiting) = membership::remove_leaving(self, ec, n).await? {
                 return Ok(Some(waiting));
@@ -446,6 +473,18 @@ impl Engine {
         if !wiped {
             return Ok(Some(format!("waiting for {} to be wiped", n.node.name)));
         }
+        if let Some(via) = self.api_master(ec) {
+            let op = KubeOp::DeleteNode {
+                node: n.node.name.to_string(),
+            };
+            if let Err(e) = self.kube(via, op).await {
+                return Ok(Some(format!(
+                    "deleting the Kubernetes Node {}: {e}",
+                    n.node.name
+                )));
+            }
+        }
+        lock(&self.drained).remove(&n.node.id);
         match self
             .store
             .finish_detach(ec.tenant, n.node.id, &Actor::controller())
@@ -457,6 +496,88 @@ impl Engine {
             }
             Err(StoreError::InvalidNodeState { .. } | StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Cordons and drains a leaving node through a master, once. `Some` while it is still
+    /// being drained; `None` when it is drained, the API is out of reach (no master with a
+    /// healthy API server to ask), or [`DRAIN_TIMEOUT`] ran out.
+    async fn drain(&self, ec: &EngineCluster, n: &EngineNode) -> Option<String> {
+        let id = n.node.id;
+        if lock(&self.drained).contains(&id) {
+            return None;
+        }
+        let via = self.api_master(ec)?;
+        let started = *lock(&self.draining).entry(id).or_insert_with(Instant::now);
+        let op = KubeOp::Drain {
+            node: n.node.name.to_string(),
+            timeout_seconds: DRAIN_ATTEMPT_SECONDS,
+        };
+        let result = self.kube(via, op).await;
+        let done = match &result {
+            Ok(_) => {
+                tracing::info!(node = %n.node.name, "node cordoned and drained");
+                true
+            }
+            Err(e) if started.elapsed() >= DRAIN_TIMEOUT => {
+                tracing::warn!(node = %n.node.name, error = %e, timeout = ?DRAIN_TIMEOUT,
+                    "draining did not finish in time; detaching anyway");
+                true
+            }
+            Err(_) => false,
+        };
+        if done {
+            lock(&self.draining).remove(&id);
+            lock(&self.drained).insert(id);
+            return None;
+        }
+        let error = result.err().unwrap_or_default();
+        Some(format!("draining {}: {error}", n.node.name))
+    }
+
+    /// A staying master whose agent is online and whose API server is healthy.
+    fn api_master(&self, ec: &EngineCluster) -> Option<NodeId> {
+        staying_nodes(ec)
+            .into_iter()
+            .filter(|n| n.node.role == Some(NodeRole::Master) && self.agents.online(n.node.id))
+            .find(|n| {
+                n.node.plan.as_ref().is_some_and(|p| {
+                    p.report.as_ref().is_some_and(|r| {
+                        r.services
+                            .iter()
+                            .any(|s| s.name == "kube-apiserver" && s.running && s.healthy)
+                    })
+                })
+            })
+            .map(|n| n.node.id)
+    }
+
+    /// A Kubernetes operation through `via`'s agent, against its own API server with the
+    /// cluster administrator's certificate; the Nodes after it.
+    pub(crate) async fn kube(&self, via: NodeId, op: KubeOp) -> Result<Vec<KubeNode>, String> {
+        use qb_plan::render::paths;
+        let wait = match &op {
+            KubeOp::Drain {
+                timeout_seconds, ..
+            } => Duration::from_secs(u64::from(*timeout_seconds) + 10),
+            _ => Duration::from_secs(20),
+        };
+        let request = KubeRequest {
+            endpoint: "https://127.0.0.1:6443".to_owned(),
+            ca_file: paths::CA_CERT.to_owned(),
+            cert_file: paths::ADMIN_CERT.to_owned(),
+            key_file: paths::ADMIN_KEY.to_owned(),
+            op,
+        };
+        match self
+            .agents
+            .request(via, |_| Instruction::Kube(request), wait)
+            .await
+        {
+            Ok(Outcome::KubeNodes { nodes }) => Ok(nodes),
+            Ok(Outcome::Failed { error }) => Err(error),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -558,10 +679,13 @@ impl Engine {
 
     /// The cluster's state as the agents report it; `waiting_on` is what the engine itself waits
     /// for (nodes leaving, etcd changes).
+    /// `kube_nodes`: the Nodes as the API server lists them, when the bundle runs kubelets and
+    /// the API answered.
     fn observed_state(
         &self,
         ec: &EngineCluster,
         waiting_on: &[String],
+        kube_nodes: Option<&[KubeNode]>,
     ) -> (ClusterState, Option<String>) {
         let mut behind = Vec::new();
         let mut unhealthy = Vec::new();
@@ -585,6 +709,20 @@ impl Engine {
                         .collect();
                     if !sick.is_empty() {
                         unhealthy.push(format!("{name}: {} unhealthy", sick.join(", ")));
+                    }
+                    let runs_kubelet = r.services.iter().any(|s| s.name == "kubelet");
+                    if runs_kubelet {
+                        match kube_nodes.map(|nodes| nodes.iter().find(|k| k.name == name.as_str()))
+                        {
+                            None => {
+                                unhealthy.push(format!("{name}: no API server answers"));
+                            }
+                            Some(None) => behind.push(format!("{name}: Node not registered")),
+                            Some(Some(k)) if !k.ready => {
+                                unhealthy.push(format!("{name}: Node not Ready"));
+                            }
+                            Some(Some(_)) => {}
+                        }
                     }
                 }
                 Some(r) if r.generation == plan.generation => {
@@ -643,6 +781,13 @@ impl Engine {
             Err(e) => Err(e.to_string()),
         }
     }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What [`Engine::layout`] derives from a cluster.
