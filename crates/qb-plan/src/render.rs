@@ -1325,6 +1325,13 @@ cgroupRoot: {cgroup_root}
 clusterDNS:
   - {dns}
 clusterDomain: {domain}
+# Evict pods when the host runs short, in absolute terms: the percentages kubelet defaults to
+# (10 % of the disk free) taint a big, well-used disk with plenty of room left.
+evictionHard:
+  memory.available: \"200Mi\"
+  nodefs.available: \"2Gi\"
+  nodefs.inodesFree: \"5%\"
+  imagefs.available: \"2Gi\"
 failSwapOn: false
 healthzBindAddress: \"127.0.0.1\"
 healthzPort: {healthz_port}
