@@ -597,6 +597,7 @@ impl Run<'_, '_> {
             .collect();
         for path in &paths {
             remove_path(Path::new(path))?;
+            remove_empty_parents(Path::new(path));
             self.ledger.installed.files.remove(path);
             self.ledger.installed.artifacts.remove(path);
             self.ledger.save()?;
@@ -1079,6 +1080,19 @@ fn remove_path(path: &Path) -> Result<(), StepError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io("removing", path)(e)),
+    }
+}
+
+/// Removes the directories above a removed file while they are empty, up to (not including)
+/// a directory two levels below the root, such as `/etc/qb`: a wiped node keeps no empty
+/// directories of a plan.
+fn remove_empty_parents(path: &Path) {
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d.components().count() <= 3 || std::fs::remove_dir(d).is_err() {
+            return;
+        }
+        dir = d.parent();
     }
 }
 
@@ -1646,6 +1660,8 @@ mod tests {
             "bin/server",
             "etc/server.conf",
             "etc/deep/down/extra.conf",
+            "etc/deep",
+            "bin",
             "var/lib/worker",
         ] {
             assert!(!host.path(gone).exists(), "{gone} is left");
