@@ -1083,6 +1083,32 @@ fn remove_path(path: &Path) -> Result<(), StepError> {
     }
 }
 
+/// Unmounts every mount strictly below `dir` (the kubelet's pod volumes, say), deepest first,
+/// lazily: what the components mounted goes with them. A mount at `dir` itself stays (the
+/// kubelet binds its root directory onto itself; an operator may have mounted a disk there).
+fn unmount_below(dir: &Path) -> Result<(), StepError> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(io("reading", Path::new("/proc/self/mountinfo")))?;
+    let mut below: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(4))
+        .map(|point| PathBuf::from(point.replace("\\040", " ")))
+        .filter(|point| point.starts_with(dir) && point != dir)
+        .collect();
+    below.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    below.dedup();
+    for point in &below {
+        match rustix::mount::unmount(point, rustix::mount::UnmountFlags::DETACH) {
+            Ok(()) | Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(io("unmounting", point)(e.into())),
+        }
+    }
+    if !below.is_empty() {
+        tracing::info!(dir = %dir.display(), mounts = below.len(), "unmounted what components left");
+    }
+    Ok(())
+}
+
 /// Removes the directories above a removed file while they are empty, up to (not including)
 /// a directory two levels below the root, such as `/etc/qb`: a wiped node keeps no empty
 /// directories of a plan.
@@ -1099,6 +1125,7 @@ fn remove_empty_parents(path: &Path) {
 /// Removes a directory tree; nothing there is fine. A directory that is a mount point cannot
 /// go itself: emptied, it counts as removed.
 fn remove_tree(path: &Path) -> Result<(), StepError> {
+    unmount_below(path)?;
     let entries = match std::fs::read_dir(path) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
