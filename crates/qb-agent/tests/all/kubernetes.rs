@@ -469,12 +469,16 @@ fn wait_wiped(api: &Api, lab: &Lab, agents: &[Agent], i: usize) {
     let name = format!("host-{i}");
     poll(&format!("{name} back in the pool"), BRING_UP, || {
         let n = api.get(&format!("/nodes/{name}")).ok();
-        let applied = n["plan"]["report"]["state"] == "applied"
-            && n["plan"]["report"]["generation"] == n["plan"]["generation"];
+        // The wipe plan applied (a deleted cluster's nodes are in the pool before it is sent).
+        let report = &n["plan"]["report"];
+        let applied = report["state"] == "applied"
+            && report["generation"] == n["plan"]["generation"]
+            && report["steps"][0]["name"] == "wipe";
         if n["state"] == "authorized" && applied {
             Ok(())
         } else {
-            let c = cluster(api, "k8s");
+            // The cluster is gone once deleted.
+            let c = api.get("/clusters/k8s").body;
             Err(format!(
                 "{}: {} — {}",
                 n["state"], c["state"], c["state_message"]
