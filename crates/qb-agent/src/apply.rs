@@ -140,6 +140,7 @@ impl Applier {
     }
 
     /// How long each service may take to become healthy (120 s unless set).
+    #[cfg(test)]
     pub fn with_readiness_timeout(mut self, timeout: Duration) -> Self {
         self.readiness_timeout = timeout;
         self

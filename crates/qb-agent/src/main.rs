@@ -1,24 +1,19 @@
 //! `qb-agent`: the qb node agent. Registers the host with its controller, then keeps one
 //! outbound, mutually authenticated channel to it.
 
-#[allow(dead_code)]
 mod apply;
 mod cgroups;
 mod config;
 mod connect;
-#[allow(dead_code)] // wired into run.rs later
 mod etcd;
 mod host;
 mod https;
 mod kube;
-#[allow(dead_code)] // wired into run.rs later
 mod preflight;
-#[allow(dead_code)]
 mod probe;
 mod routes;
 mod run;
 mod state;
-#[allow(dead_code)]
 mod supervise;
 mod work;
 
