@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::run;
+use crate::{install_missing, run};
 
 /// The Kubernetes version Debian's source package holds.
 pub const KUBERNETES_VERSION: &str = "1.20.2";
@@ -273,24 +273,6 @@ fn enable_source_packages() -> Result<()> {
         std::fs::write(twin, text.replace("Types: deb\n", "Types: deb-src\n"))?;
     }
     run(Command::new("apt-get").args(["update", "-q"]))
-}
-
-/// Installs the packages whose file is missing.
-fn install_missing<'a>(packages: impl Iterator<Item = (&'a str, &'a str)>) -> Result<()> {
-    let mut missing: Vec<&str> = packages
-        .filter(|(_, file)| !Path::new(file).exists())
-        .map(|(pkg, _)| pkg)
-        .collect();
-    missing.dedup();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("xtask: installing {missing:?}");
-    run(Command::new("apt-get").args(["update", "-q"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn debian_version(package: &str) -> Result<String> {

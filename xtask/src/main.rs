@@ -113,25 +113,7 @@ const PACKAGES: &[(&str, &str)] = &[
 /// Installs what the suite needs when it is missing: PostgreSQL (the store's tests start their own
 /// server from it) and cargo-nextest.
 fn prerequisites() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .filter(|(_, path)| !Path::new(path).exists())
-        .map(|(pkg, _)| *pkg)
-        .collect();
-    if !missing.is_empty() {
-        if !is_root() {
-            bail!(
-                "missing Debian packages {missing:?}: run `sudo apt-get install -y {}` first",
-                missing.join(" ")
-            );
-        }
-        eprintln!("xtask: installing {missing:?}");
-        run(Command::new("apt-get").arg("update").arg("-q"))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    }
+    install_missing(PACKAGES.iter().copied())?;
     let has_nextest = Command::new(cargo())
         .args(["nextest", "--version"])
         .output()
@@ -141,6 +123,32 @@ fn prerequisites() -> Result<()> {
         run(Command::new(cargo()).args(["install", "--locked", "cargo-nextest"]))?;
     }
     Ok(())
+}
+
+/// Installs the Debian packages (package, a file it installs) whose file is missing; without
+/// root, says what to install.
+fn install_missing<'a>(packages: impl Iterator<Item = (&'a str, &'a str)>) -> Result<()> {
+    let mut missing: Vec<&str> = packages
+        .filter(|(_, file)| !Path::new(file).exists())
+        .map(|(pkg, _)| pkg)
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {missing:?}: run `sudo apt-get install -y {}` first",
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: installing {missing:?}");
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn is_root() -> bool {

@@ -73,11 +73,18 @@ pub fn cluster(api: &Api, name: &str) -> Value {
     api.get(&format!("/clusters/{name}")).ok()
 }
 
-/// Waits until the cluster is `ready`; panics with its last state and message otherwise.
+/// Waits until the cluster is `ready` with a role for each of its nodes (right after an attach
+/// the cluster may still be `ready` without the newcomers); panics with its last state and
+/// message otherwise.
 pub fn wait_ready(api: &Api, name: &str, timeout: Duration) -> Value {
     poll(&format!("cluster {name} ready"), timeout, || {
         let c = cluster(api, name);
-        if c["state"] == "ready" {
+        let placed = c["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|n| n["role"].is_string());
+        if c["state"] == "ready" && placed {
             Ok(c)
         } else {
             Err(format!("{} — {}", c["state"], c["state_message"]))

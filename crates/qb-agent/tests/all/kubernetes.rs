@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::engine::{cluster, hosts, roles};
+use crate::engine::{hosts, roles, wait_ready};
 use crate::harness::{Agent, Controller, poll, run};
 use crate::http::Api;
 use crate::netns::Lab;
@@ -23,21 +23,15 @@ const BUNDLE_ENV: &str = "QB_LAB_BUNDLE";
 /// First start of every component from scratch on two shared cores, images imported.
 const BRING_UP: Duration = Duration::from_secs(300);
 
-/// The directory of the Kubernetes bundle; fails loudly when it was never built.
+/// The directory of the Kubernetes bundle `cargo xtask test` passes; fails loudly without it.
 fn bundle_dir() -> PathBuf {
     let dir = std::env::var_os(BUNDLE_ENV)
         .map(PathBuf::from)
-        .or_else(|| {
-            let cache = std::env::var_os("QB_CACHE_DIR")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/qb")))?;
-            Some(cache.join("bundles/kubernetes-1.20.2"))
-        })
         .unwrap_or_default();
     assert!(
         dir.join("bundle.json").is_file(),
-        "no Kubernetes bundle at {dir:?}: build it with `cargo xtask bundle` \
-         (`cargo xtask test` does) or point {BUNDLE_ENV} at one"
+        "no Kubernetes bundle at {BUNDLE_ENV}={dir:?}: run the suite with `cargo xtask test`, \
+         or set {BUNDLE_ENV} to the directory `cargo xtask bundle` prints"
     );
     dir
 }
@@ -130,24 +124,6 @@ fn wait_nodes_ready(host: &Agent, names: &[&str], timeout: Duration) {
             Err(format!("nodes {seen:?}, not ready {not_ready:?}"))
         }
     });
-}
-
-/// Waits until the cluster is `ready` with a role for each of its `count` nodes.
-fn wait_ready(api: &Api, name: &str, count: usize, timeout: Duration) -> Value {
-    poll(&format!("cluster {name} ready"), timeout, || {
-        let c = cluster(api, name);
-        let placed = c["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|n| n["role"].is_string())
-            .count();
-        if c["state"] == "ready" && placed == count {
-            Ok(c)
-        } else {
-            Err(format!("{} — {}", c["state"], c["state_message"]))
-        }
-    })
 }
 
 /// Kills what pods left in the hosts' cgroups (`/qb/<host>` in every hierarchy) and removes
@@ -302,7 +278,7 @@ fn attached_hosts_become_a_kubernetes_cluster_whose_pods_talk_across_hosts() {
         &json!({"nodes": ["host-0", "host-1", "host-2"]}),
     )
     .ok();
-    let ready = wait_ready(&api, "k8s", 3, BRING_UP);
+    let ready = wait_ready(&api, "k8s", BRING_UP);
     let (masters, workers) = roles(&ready);
     assert_eq!((masters.len(), workers.len()), (3, 0), "{ready}");
     let admin = &agents[0];
@@ -319,7 +295,7 @@ fn attached_hosts_become_a_kubernetes_cluster_whose_pods_talk_across_hosts() {
         &json!({"nodes": ["host-3", "host-4"]}),
     )
     .ok();
-    let ready = wait_ready(&api, "k8s", 5, BRING_UP);
+    let ready = wait_ready(&api, "k8s", BRING_UP);
     let (masters, workers) = roles(&ready);
     assert_eq!(masters, ["host-0", "host-1", "host-2"]);
     assert_eq!(workers, ["host-3", "host-4"]);
@@ -410,7 +386,7 @@ fn attached_hosts_become_a_kubernetes_cluster_whose_pods_talk_across_hosts() {
 
     // Detach a master: host-3 (a worker) takes its place in etcd and the control plane.
     leave(&api, &lab, &agents, 2);
-    let ready = wait_ready(&api, "k8s", 3, BRING_UP);
+    let ready = wait_ready(&api, "k8s", BRING_UP);
     assert_eq!(roles(&ready).0, ["host-0", "host-1", "host-3"], "{ready}");
     wait_nodes_ready(admin, &["host-0", "host-1", "host-3"], BRING_UP);
 
@@ -421,7 +397,7 @@ fn attached_hosts_become_a_kubernetes_cluster_whose_pods_talk_across_hosts() {
         &json!({"nodes": ["host-2", "host-4"]}),
     )
     .ok();
-    wait_ready(&api, "k8s", 5, BRING_UP);
+    wait_ready(&api, "k8s", BRING_UP);
     wait_nodes_ready(
         admin,
         &["host-0", "host-1", "host-2", "host-3", "host-4"],
