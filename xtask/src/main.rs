@@ -3,8 +3,10 @@
 //! - `test`: install what the test suite needs (when missing), then run the whole suite.
 //! - `bench`: run the benchmarks and print their figures.
 //! - `bundle`: build (once, cached) the Kubernetes release bundle the lab tests import.
+//! - `lab`: a standing lab of hosts on this machine, to try qb on.
 
 mod bundle;
+mod lab;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,13 +48,14 @@ fn main() -> Result<()> {
             prerequisites()?;
             bundle::ensure().map(drop)
         }
+        Some("lab") => lab::main(&root, &args[1..]),
         Some("bundle") => {
             prerequisites()?;
             println!("{}", bundle::ensure()?.display());
             Ok(())
         }
         _ => {
-            eprintln!("usage: cargo xtask <test|bench|deps|bundle> [args for the runner]");
+            eprintln!("usage: cargo xtask <test|bench|deps|bundle|lab> [args for the runner]");
             eprintln!("  test   install missing test prerequisites, then run the whole test suite");
             eprintln!(
                 "  bench  run the benchmarks: API throughput (SQLite and PostgreSQL side by side), agent costs, preflight"
@@ -63,6 +66,9 @@ fn main() -> Result<()> {
             eprintln!(
                 "  bundle build the Kubernetes {} bundle from Debian's packages (cached); print its directory",
                 bundle::KUBERNETES_VERSION
+            );
+            eprintln!(
+                "  lab    a lab of hosts on this machine to try qb on (`cargo xtask lab` says more)"
             );
             std::process::exit(2);
         }

@@ -16,9 +16,6 @@ mod harness;
 #[allow(dead_code)]
 #[path = "../tests/all/http.rs"]
 mod http;
-#[allow(dead_code)]
-#[path = "../tests/all/netns.rs"]
-mod netns;
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +31,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 fn main() {
     println!("nodes  probes  first run ms  median of 5 (installed) ms  wall ms (API call)");
     for n in [10, 50] {
-        let lab = netns::Lab::new(n);
+        let lab = qb_lab::Lab::new(n).expect("the lab");
         let controller = harness::Controller::start(&lab.bridge_ip());
         let api = controller.api();
         engine::import_etcd_bundle(&api);

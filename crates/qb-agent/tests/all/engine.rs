@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::harness::{Agent, AgentConfig, Controller, poll, run};
 use crate::http::Api;
-use crate::netns::Lab;
+use qb_lab::Lab;
 
 const ETCD: &str = "/usr/bin/etcd";
 const ETCDCTL: &str = "/usr/bin/etcdctl";
@@ -153,7 +153,7 @@ fn index(name: &str) -> usize {
 
 #[test]
 fn a_cluster_forms_on_real_etcd_grows_and_shrinks_safely() {
-    let lab = Lab::new(5);
+    let lab = Lab::new(5).expect("the lab");
     let controller = Controller::start(&lab.bridge_ip());
     let api = controller.api();
     import_etcd_bundle(&api);
@@ -228,7 +228,7 @@ fn a_cluster_forms_on_real_etcd_grows_and_shrinks_safely() {
 
     // With one master cut off, detaching another would leave one healthy voter of two: refused,
     // and nothing changes.
-    lab.link_down(2);
+    lab.link_down(2).expect("the cable");
     poll("host-2 offline", Duration::from_secs(30), || {
         let n = api.get("/nodes/host-2").ok();
         if n["agent"]["online"] == false {
@@ -240,7 +240,7 @@ fn a_cluster_forms_on_real_etcd_grows_and_shrinks_safely() {
     api.post("/clusters/lab/detach", &json!({"nodes": ["host-1"]}))
         .problem(409, "quorum_at_risk");
     assert_eq!(api.get("/nodes/host-1").ok()["state"], "attached");
-    lab.link_up(2);
+    lab.link_up(2).expect("the cable");
     poll("host-2 back, its etcd healthy", CONVERGE, || {
         let n = api.get("/nodes/host-2").ok();
         let etcd_ok = n["plan"]["report"]["services"].as_array().is_some_and(|s| {
@@ -351,7 +351,7 @@ fn nft(lab: &Lab, i: usize, args: &str) {
 
 #[test]
 fn preflight_names_a_port_in_use_and_a_node_whose_udp_is_dropped() {
-    let lab = Lab::new(10);
+    let lab = Lab::new(10).expect("the lab");
     let controller = Controller::start(&lab.bridge_ip());
     let api = controller.api();
     import_etcd_bundle(&api);
@@ -509,7 +509,7 @@ fn etcd_processes(lab: &Lab, i: usize) -> usize {
 
 #[test]
 fn tampered_artifacts_and_plans_are_refused_and_crashes_end_in_the_right_state() {
-    let lab = Lab::new(4);
+    let lab = Lab::new(4).expect("the lab");
     let mut controller = Controller::start(&lab.bridge_ip());
     let api = controller.api();
     let etcd = import_etcd_bundle(&api);

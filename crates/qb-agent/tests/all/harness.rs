@@ -388,52 +388,6 @@ pub fn machine_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 
-/// The agent in a new mount namespace (inside `netns`) where `root/<dir>` is mounted over each of
-/// [`HOST_DIRS`]. It dies with the test (pdeathsig); what it starts stays in the namespace.
-fn private_dirs_command(root: &Path, netns: Option<&str>) -> Command {
-    let mut script = String::from("set -e; ");
-    for dir in HOST_DIRS {
-        let private = root.join(dir.trim_start_matches('/'));
-        std::fs::create_dir_all(&private).expect("create a host directory");
-        // The mount point must exist on the machine; it stays empty there.
-        std::fs::create_dir_all(dir).expect("create a mount point");
-        script.push_str(&format!("mount --bind '{}' '{dir}'; ", private.display()));
-    }
-    if netns.is_some() {
-        // The namespace's own sysfs (its network devices), as `ip netns exec` mounts it, but
-        // keeping the machine's cgroup hierarchies, which `ip netns exec` would hide: the
-        // kubelet and the agent need them.
-        let cgroup = root.join(".cgroup");
-        std::fs::create_dir_all(&cgroup).expect("create a mount point");
-        let cgroup = cgroup.display();
-        script.push_str(&format!(
-            "mount --rbind /sys/fs/cgroup '{cgroup}'; mount -t sysfs sysfs /sys; \
-             mount --move '{cgroup}' /sys/fs/cgroup; "
-        ));
-    }
-    script.push_str(r#"exec setpriv --pdeathsig KILL -- "$@""#);
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut cmd = Command::new("nsenter");
-            cmd.arg(format!("--net=/run/netns/{ns}")).arg("unshare");
-            cmd
-        }
-        None => Command::new("unshare"),
-    };
-    cmd.args([
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &script,
-        "sh",
-    ])
-    .arg(agent_binary());
-    cmd.env("NO_COLOR", "1");
-    cmd
-}
-
 /// A fresh bootstrap-token-shaped secret (`qbb_` and 64 hex digits).
 pub fn random_bootstrap_secret() -> String {
     format!("qbb_{}", hex::encode(rand::random::<[u8; 32]>()))
@@ -462,20 +416,7 @@ impl AgentConfig {
     }
 }
 
-/// The system directories cluster components live in. A lab host gets private ones: its agent
-/// runs in its own mount namespace with a directory of the test bind-mounted over each.
-pub const HOST_DIRS: &[&str] = &[
-    "/etc/qb",
-    "/var/lib/qb",
-    "/var/log/qb",
-    "/run/qb",
-    // Where the kubelet, containerd and the CNI plugins keep what no flag moves: pod logs,
-    // pods' network namespaces, CNI results. Separate machines have their own.
-    "/var/log/pods",
-    "/var/log/containers",
-    "/run/netns",
-    "/var/lib/cni",
-];
+pub use qb_lab::host::HOST_DIRS;
 
 /// A running `qb-agent` with its own configuration file and state directory.
 pub struct Agent {
@@ -555,7 +496,15 @@ impl Agent {
         std::fs::write(&path, toml::to_string(&file).expect("TOML")).expect("write config");
         let mut cmd = match &host_root {
             None => command(&agent_binary(), netns),
-            Some(root) => private_dirs_command(root, netns),
+            Some(root) => qb_lab::host::Host {
+                netns,
+                root,
+                dirs: HOST_DIRS,
+                identity: None,
+                die_with_parent: true,
+            }
+            .command(&agent_binary())
+            .expect("the host's directories"),
         };
         cmd.arg("--config").arg(&path).env("QB_LOG", "info");
         let (proc, _stdout) = Proc::spawn(&format!("qb-agent {}", config.node_name), cmd);

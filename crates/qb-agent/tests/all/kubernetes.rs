@@ -16,15 +16,15 @@ use serde_json::{Value, json};
 use crate::engine::{hosts, roles, wait_ready};
 use crate::harness::{Agent, Controller, poll, run};
 use crate::http::Api;
-use crate::netns::Lab;
+use qb_lab::Lab;
 
 /// Where `cargo xtask test` says the bundle is.
 const BUNDLE_ENV: &str = "QB_LAB_BUNDLE";
 /// First start of every component from scratch on two shared cores, images imported.
-const BRING_UP: Duration = Duration::from_secs(300);
+pub(crate) const BRING_UP: Duration = Duration::from_secs(300);
 
 /// The directory of the Kubernetes bundle `cargo xtask test` passes; fails loudly without it.
-fn bundle_dir() -> PathBuf {
+pub(crate) fn bundle_dir() -> PathBuf {
     let dir = std::env::var_os(BUNDLE_ENV)
         .map(PathBuf::from)
         .unwrap_or_default();
@@ -56,7 +56,7 @@ pub fn import_bundle(api: &Api, dir: &Path) -> Value {
 }
 
 /// `kubectl` on `host` (a master) as the cluster administrator.
-fn kubectl(host: &Agent, args: &[&str], stdin: Option<&str>) -> Output {
+pub(crate) fn kubectl(host: &Agent, args: &[&str], stdin: Option<&str>) -> Output {
     let pid = host.proc.pid().to_string();
     let mut cmd = Command::new("nsenter");
     cmd.args(["-t", &pid, "-m", "-n", "kubectl"])
@@ -87,7 +87,7 @@ fn kubectl(host: &Agent, args: &[&str], stdin: Option<&str>) -> Output {
 }
 
 /// `kubectl … -o json`, parsed; `Err` with kubectl's complaint.
-fn kubectl_json(host: &Agent, args: &[&str]) -> Result<Value, String> {
+pub(crate) fn kubectl_json(host: &Agent, args: &[&str]) -> Result<Value, String> {
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["-o", "json"]);
     let out = kubectl(host, &all, None);
@@ -98,7 +98,7 @@ fn kubectl_json(host: &Agent, args: &[&str]) -> Result<Value, String> {
 }
 
 /// Waits until exactly `names` are the cluster's Nodes and every one is `Ready`.
-fn wait_nodes_ready(host: &Agent, names: &[&str], timeout: Duration) {
+pub(crate) fn wait_nodes_ready(host: &Agent, names: &[&str], timeout: Duration) {
     let mut want: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
     want.sort();
     poll("every Node Ready", timeout, || {
@@ -129,7 +129,7 @@ fn wait_nodes_ready(host: &Agent, names: &[&str], timeout: Duration) {
 /// Kills what pods left in the hosts' cgroups (`/qb/<host>` in every hierarchy) and removes
 /// the cgroups, when the test ends: pod processes live in network namespaces of their own, which
 /// the lab's teardown does not see.
-struct PodCgroups(Vec<String>);
+pub(crate) struct PodCgroups(pub(crate) Vec<String>);
 
 impl Drop for PodCgroups {
     fn drop(&mut self) {
@@ -258,7 +258,7 @@ fn attached_hosts_become_a_kubernetes_cluster_whose_pods_talk_across_hosts() {
     let bundle = bundle_dir();
     // Dropped last: the lab's teardown stops the kubelets first, so none recreates a pod.
     let _cgroups = PodCgroups((0..5).map(|i| format!("host-{i}")).collect());
-    let lab = Lab::new(5);
+    let lab = Lab::new(5).expect("the lab");
     let controller = Controller::start(&lab.bridge_ip());
     let api = controller.api();
     let started = Instant::now();

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Agent, AgentConfig, Controller, SHORT, poll};
 use crate::http::{Api, online, state};
-use crate::netns::Lab;
+use qb_lab::Lab;
 
 /// The controller is told to expect a heartbeat every second; three missed is offline.
 const GRACE: Duration = Duration::from_secs(3);
@@ -52,7 +52,7 @@ fn ping(api: &Api, name: &str) -> f64 {
 #[test]
 fn three_hosts_register_survive_a_partition_and_are_deauthorized() {
     // Declared first, dropped last: processes end before their namespaces go.
-    let lab = Lab::new(3);
+    let lab = Lab::new(3).expect("the lab");
     let controller = Controller::start(&lab.bridge_ip());
     let api = controller.api();
     let token = api.bootstrap_token(3, 1);
@@ -140,7 +140,7 @@ fn three_hosts_register_survive_a_partition_and_are_deauthorized() {
     // 4. Cut host-1's cable. It goes offline within the grace period (by the controller's
     //    clock); the others stay online all along.
     let others: Vec<String> = vec![names[0].clone(), names[2].clone()];
-    lab.link_down(1);
+    lab.link_down(1).expect("the cable");
     let cut = Instant::now();
     poll(
         "host-1 to go offline after its link was cut",
@@ -171,7 +171,7 @@ fn three_hosts_register_survive_a_partition_and_are_deauthorized() {
     );
 
     // 5. Reconnect the cable: host-1 comes back online (resuming or reconnecting).
-    lab.link_up(1);
+    lab.link_up(1).expect("the cable");
     let restored = Instant::now();
     poll("host-1 to come back online", SHORT * 6, || {
         let nodes = api.nodes();

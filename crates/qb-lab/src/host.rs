@@ -1,0 +1,98 @@
+//! Entering a lab host: its network namespace, and a private mount namespace in which the
+//! host's own copy of each system directory cluster components use is mounted over the
+//! machine's, so components of different hosts never share files.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context as _, Result};
+
+/// The system directories cluster components live in; each lab host has its own.
+pub const HOST_DIRS: &[&str] = &[
+    "/etc/qb",
+    "/var/lib/qb",
+    "/var/log/qb",
+    "/run/qb",
+    // Where the kubelet, containerd and the CNI plugins keep what no flag moves: pod logs,
+    // pods' network namespaces, CNI results. Separate machines have their own.
+    "/var/log/pods",
+    "/var/log/containers",
+    "/run/netns",
+    "/var/lib/cni",
+];
+
+/// Where the agent's packages install its configuration and state.
+pub const AGENT_DIRS: &[&str] = &["/etc/qb-agent", "/var/lib/qb-agent"];
+
+/// How to start a program on a lab host.
+pub struct Host<'a> {
+    /// The host's network namespace (`None`: the machine's).
+    pub netns: Option<&'a str>,
+    /// Where the host's directories really are: `root/<dir>` for each of `dirs`.
+    pub root: &'a Path,
+    pub dirs: &'a [&'a str],
+    /// The host's own name and `/etc/machine-id`, as a separate machine has (a new UTS
+    /// namespace); `None` keeps the machine's.
+    pub identity: Option<(&'a str, &'a str)>,
+    /// Kill the program when its parent dies (`setpriv --pdeathsig`): for tests, whose hosts must
+    /// not outlive them.
+    pub die_with_parent: bool,
+}
+
+impl Host<'_> {
+    /// `program` on this host; add its arguments to the command.
+    pub fn command(&self, program: &Path) -> Result<Command> {
+        let mut script = String::from("set -e; ");
+        for dir in self.dirs {
+            let private = self.root.join(dir.trim_start_matches('/'));
+            std::fs::create_dir_all(&private)
+                .with_context(|| format!("creating {}", private.display()))?;
+            // The mount point must exist on the machine; it stays empty there.
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+            script.push_str(&format!("mount --bind '{}' '{dir}'; ", private.display()));
+        }
+        if let Some((name, machine_id)) = self.identity {
+            let file = self.root.join("etc/machine-id");
+            std::fs::create_dir_all(self.root.join("etc"))?;
+            std::fs::write(&file, format!("{machine_id}\n"))
+                .with_context(|| format!("writing {}", file.display()))?;
+            script.push_str(&format!(
+                "mount --bind '{}' /etc/machine-id; echo '{name}' > /proc/sys/kernel/hostname; ",
+                file.display()
+            ));
+        }
+        if self.netns.is_some() {
+            // The namespace's own sysfs (its network devices), as `ip netns exec` mounts it, but
+            // keeping the machine's cgroup hierarchies, which `ip netns exec` would hide: the
+            // kubelet and the agent need them.
+            let cgroup = self.root.join(".cgroup");
+            std::fs::create_dir_all(&cgroup)
+                .with_context(|| format!("creating {}", cgroup.display()))?;
+            let cgroup = cgroup.display();
+            script.push_str(&format!(
+                "mount --rbind /sys/fs/cgroup '{cgroup}'; mount -t sysfs sysfs /sys; \
+                 mount --move '{cgroup}' /sys/fs/cgroup; "
+            ));
+        }
+        if self.die_with_parent {
+            script.push_str(r#"exec setpriv --pdeathsig KILL -- "$@""#);
+        } else {
+            script.push_str(r#"exec "$@""#);
+        }
+        let mut cmd = match self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net=/run/netns/{ns}")).arg("unshare");
+                cmd
+            }
+            None => Command::new("unshare"),
+        };
+        cmd.args(["--mount", "--propagation", "private"]);
+        if self.identity.is_some() {
+            cmd.arg("--uts");
+        }
+        cmd.args(["sh", "-c", &script, "sh"]).arg(program);
+        cmd.env("NO_COLOR", "1");
+        Ok(cmd)
+    }
+}
