@@ -9,6 +9,8 @@
 //!   detach, shrinks safely; preflight; tampered plans and artifacts; crashes.
 //! - `kubernetes`: a real Kubernetes 1.20.2 cluster from the bundle `cargo xtask bundle` builds:
 //!   Nodes Ready, pods on different hosts talking to each other.
+//! - `standing`: the standing lab of `cargo xtask lab`: agents installed from the controller's
+//!   tarball, and a teardown that leaves nothing, also after a crash or a failed start.
 //! - `netns`: the lab helper itself, and a check that it leaves nothing behind when a test panics.
 //!
 //! The controller binary is `$QB_CONTROLLER_BIN` if set, else built with `cargo build -p
@@ -35,3 +37,5 @@ mod lab;
 mod netns;
 #[path = "all/security.rs"]
 mod security;
+#[path = "all/standing.rs"]
+mod standing;

@@ -1,0 +1,139 @@
+//! The standing lab of `cargo xtask lab`: agents installed from the controller's own tarball
+//! register; `down` leaves nothing behind, also after a crash or a failed `up`.
+
+use std::path::{Path, PathBuf};
+
+use qb_lab::Lab;
+use qb_lab::standing::{self, Binaries, Options, Record};
+
+use crate::harness::{agent_binary, controller_binary};
+
+fn options(dir: &Path, prefix: &str, hosts: usize, bundle: Option<PathBuf>) -> Options {
+    let agent = agent_binary();
+    Options {
+        dir: dir.to_owned(),
+        hosts,
+        name_prefix: prefix.to_owned(),
+        bundle,
+        binaries: Binaries {
+            controller: controller_binary(),
+            qb: qb_test_support::workspace_binary("qb-cli", "qb", &agent)
+                .expect("these tests need qb"),
+            agent,
+        },
+    }
+}
+
+fn alive(pid: Option<u32>) -> bool {
+    pid.is_some_and(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, r)| !r.starts_with('Z'))
+        })
+    })
+}
+
+/// Everything of `record`'s lab that is still there: namespaces, links, processes, cgroups,
+/// mounts and files.
+fn leftovers(record: &Record, dir: &Path) -> Vec<String> {
+    let mut left = Lab::existing(record.k, record.hosts.len()).leftovers();
+    let pids =
+        std::iter::once(record.controller_pid).chain(record.hosts.iter().map(|h| h.agent_pid));
+    left.extend(pids.filter(|p| alive(*p)).map(|p| format!("process {p:?}")));
+    for host in &record.hosts {
+        left.extend(
+            qb_lab::cgroups::node_cgroups(&host.name)
+                .into_iter()
+                .map(|c| c.display().to_string()),
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let dir_name = dir.display().to_string();
+    left.extend(
+        mounts
+            .lines()
+            .filter(|l| l.contains(&dir_name))
+            .map(str::to_owned),
+    );
+    if dir.exists() {
+        left.push(format!("{} exists", dir.display()));
+    }
+    left
+}
+
+#[test]
+fn a_standing_lab_installs_agents_from_the_tarball_and_down_leaves_nothing_even_after_a_crash() {
+    let parent = tempfile::tempdir().expect("temp dir");
+    let dir = parent.path().join("lab");
+    let record = standing::up(&options(&dir, "standing", 2, None)).expect("the lab comes up");
+    let dir = dir.canonicalize().expect("the lab's directory");
+
+    // Each host got the agent from the tarball's install.sh, with the package's config, and
+    // registered under its own host name and machine id.
+    for host in &record.hosts {
+        let root = standing::host_root(&dir, &host.name);
+        assert!(root.join("usr/bin/qb-agent").is_file(), "{}", host.name);
+        let config = std::fs::read_to_string(root.join("etc/qb-agent/config.toml"))
+            .expect("the package's config");
+        assert!(config.contains("bootstrap_token"), "{config}");
+        assert!(alive(host.agent_pid), "{}", host.name);
+    }
+    assert_ne!(record.hosts[0].machine_id, record.hosts[1].machine_id);
+    let status = standing::status(&dir).expect("status");
+    assert!(status.contains("standing-2"), "{status}");
+    assert!(status.contains("link up"), "{status}");
+
+    // A second lab in the same place is refused, and the first is untouched.
+    let again =
+        standing::up(&options(&dir, "standing", 1, None)).expect_err("one lab per directory");
+    assert!(format!("{again:#}").contains("already up"), "{again:#}");
+    assert!(alive(record.controller_pid));
+
+    // A cut cable shows in the status; a restarted host gets a new agent.
+    standing::cable(&dir, "standing-1", false).expect("cut");
+    assert!(
+        standing::status(&dir).expect("status").contains("link cut"),
+        "the cut shows"
+    );
+    standing::cable(&dir, "standing-1", true).expect("mend");
+    standing::restart(&dir, "standing-2").expect("restart");
+
+    // A crash: the controller and an agent die with SIGKILL; `down` still removes everything.
+    for pid in [record.controller_pid, record.hosts[0].agent_pid]
+        .into_iter()
+        .flatten()
+    {
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+    }
+    let left = standing::down(&dir).expect("down");
+    assert_eq!(left, Vec::<String>::new());
+    assert_eq!(leftovers(&record, &dir), Vec::<String>::new());
+    // And `down` on nothing is no error.
+    assert_eq!(
+        standing::down(&dir).expect("down again"),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn a_failed_up_says_why_and_leaves_nothing() {
+    let parent = tempfile::tempdir().expect("temp dir");
+    let dir = parent.path().join("lab");
+    // Everything comes up, then the bundle import fails: there is no such bundle.
+    let missing = parent.path().join("no-such-bundle");
+    let error =
+        standing::up(&options(&dir, "failing", 1, Some(missing))).expect_err("a missing bundle");
+    let message = format!("{error:#}");
+    assert!(message.contains("no-such-bundle"), "{message}");
+    assert!(!dir.exists(), "{} is left", dir.display());
+    // A new lab can take its place.
+    let record =
+        standing::up(&options(&dir, "failing", 1, None)).expect("a lab after the failed one");
+    let left = standing::down(&dir).expect("down");
+    assert_eq!(left, Vec::<String>::new());
+    assert_eq!(leftovers(&record, &dir), Vec::<String>::new());
+}
