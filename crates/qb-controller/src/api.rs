@@ -417,7 +417,7 @@ async fn attach(
 ) -> ApiResult<Json<NodeMove>> {
     caller.require(Role::Operator)?;
     let target = req.target()?;
-    let moved = state
+    let mut moved = state
         .store
         .attach(
             caller.tenant(),
@@ -427,6 +427,7 @@ async fn attach(
         )
         .await?;
     state.engine.wake.notify_one();
+    moved.nodes = moved.nodes.into_iter().map(|n| state.live(n)).collect();
     Ok(Json(moved))
 }
 
@@ -449,7 +450,7 @@ async fn detach(
             .check_detach(caller.tenant(), &cluster_key(&cluster), &req.nodes)
             .await?;
     }
-    let moved = state
+    let mut moved = state
         .store
         .detach(
             caller.tenant(),
@@ -459,6 +460,7 @@ async fn detach(
         )
         .await?;
     state.engine.wake.notify_one();
+    moved.nodes = moved.nodes.into_iter().map(|n| state.live(n)).collect();
     Ok((StatusCode::ACCEPTED, Json(moved)))
 }
 

@@ -162,11 +162,16 @@ fn a_cluster_forms_on_real_etcd_grows_and_shrinks_safely() {
 
     // Three nodes: preflight passes, three masters form a TLS etcd cluster.
     let started = Instant::now();
-    api.post(
-        "/clusters/lab/attach",
-        &json!({"nodes": ["host-0", "host-1", "host-2"]}),
-    )
-    .ok();
+    let moved = api
+        .post(
+            "/clusters/lab/attach",
+            &json!({"nodes": ["host-0", "host-1", "host-2"]}),
+        )
+        .ok();
+    // The answer shows the nodes as every node view does: with their agents' live state.
+    for node in moved["nodes"].as_array().expect("nodes") {
+        assert_eq!(node["agent"]["online"], true, "{node}");
+    }
     let c = wait_ready(&api, "lab", CONVERGE);
     eprintln!("3 nodes attached → ready in {:?}", started.elapsed());
     let preflight = api.get("/clusters/lab/preflight").ok();
