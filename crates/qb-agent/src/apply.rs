@@ -463,7 +463,10 @@ impl Run<'_, '_> {
         Ok(cached)
     }
 
-    /// Deletes cached artifacts the plan does not use (and leftover partial downloads).
+    /// Deletes cached artifacts the plan does not use (and leftover partial downloads). A wipe
+    /// plan uses none but keeps them all (only partial downloads go): a node back in the pool
+    /// holds one plan's artifacts, so attaching it again starts without downloading them; the
+    /// next plan that does not use them removes them.
     fn prune_cache(&self) -> Result<(), StepError> {
         let wanted: BTreeSet<&str> = self
             .plan
@@ -475,7 +478,13 @@ impl Run<'_, '_> {
         let entries = std::fs::read_dir(dir).map_err(io("reading", dir))?;
         for entry in entries.flatten() {
             let name = entry.file_name();
-            if !wanted.contains(name.to_string_lossy().as_ref()) {
+            let name = name.to_string_lossy();
+            let unused = if self.plan.cluster_id.is_none() {
+                name.ends_with(".partial")
+            } else {
+                !wanted.contains(name.as_ref())
+            };
+            if unused {
                 remove_path(&entry.path())?;
             }
         }
@@ -1668,7 +1677,12 @@ mod tests {
             "state directories stay until the node leaves its cluster"
         );
 
-        // The node leaves its cluster.
+        // The node leaves its cluster (while a download was left half-way).
+        std::fs::write(
+            host.root.path().join("agent/cache/0123.partial"),
+            b"half a download",
+        )
+        .unwrap();
         let wipe = Plan {
             node_id: plan.node_id,
             cluster_id: None,
@@ -1694,7 +1708,13 @@ mod tests {
         ] {
             assert!(!host.path(gone).exists(), "{gone} is left");
         }
-        assert!(host.cache_entries().is_empty());
+        // The wipe keeps the verified artifacts (a re-attach need not download them), but no
+        // partial download.
+        let mut kept: Vec<String> = plan.artifacts.iter().map(|a| a.sha256.clone()).collect();
+        kept.sort();
+        let mut cached = host.cache_entries();
+        cached.sort();
+        assert_eq!(cached, kept);
         let ledger: Installed = serde_json::from_slice(
             &std::fs::read(host.root.path().join("agent/installed.json")).unwrap(),
         )
