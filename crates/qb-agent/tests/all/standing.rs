@@ -61,6 +61,25 @@ fn leftovers(record: &Record, dir: &Path) -> Vec<String> {
     left
 }
 
+/// Starts a process as the kubelet starts a pod's: in its own network namespace, in the cgroup
+/// `/qb/<node>/pod` of the pids hierarchy; its pid.
+fn spawn_pod(node: &str) -> u32 {
+    let cgroup = Path::new("/sys/fs/cgroup/pids/qb").join(node).join("pod");
+    std::fs::create_dir_all(&cgroup).expect("the pod's cgroup");
+    let pod = std::process::Command::new("unshare")
+        .args(["--net", "sleep", "600"])
+        .spawn()
+        .expect("start the pod");
+    // Reaped by a thread once killed, so it does not stay a zombie of the test.
+    let pid = pod.id();
+    std::thread::spawn(move || {
+        let mut pod = pod;
+        let _ = pod.wait();
+    });
+    std::fs::write(cgroup.join("cgroup.procs"), pid.to_string()).expect("move the pod");
+    pid
+}
+
 #[test]
 fn a_standing_lab_installs_agents_from_the_tarball_and_down_leaves_nothing_even_after_a_crash() {
     let parent = tempfile::tempdir().expect("temp dir");
@@ -98,6 +117,10 @@ fn a_standing_lab_installs_agents_from_the_tarball_and_down_leaves_nothing_even_
     standing::cable(&dir, "standing-1", true).expect("mend");
     standing::restart(&dir, "standing-2").expect("restart");
 
+    // A pod of standing-1: in a network namespace of its own (the host's process list does not
+    // show it), in the host's cgroup.
+    let pod = spawn_pod("standing-1");
+
     // A crash: the controller and an agent die with SIGKILL; `down` still removes everything.
     for pid in [record.controller_pid, record.hosts[0].agent_pid]
         .into_iter()
@@ -112,6 +135,7 @@ fn a_standing_lab_installs_agents_from_the_tarball_and_down_leaves_nothing_even_
     let left = standing::down(&dir).expect("down");
     assert_eq!(left, Vec::<String>::new());
     assert_eq!(leftovers(&record, &dir), Vec::<String>::new());
+    assert!(!alive(Some(pod)), "the pod {pod} survived");
     // And `down` on nothing is no error.
     assert_eq!(
         standing::down(&dir).expect("down again"),
