@@ -9,6 +9,8 @@
 //!   detach, shrinks safely; preflight; tampered plans and artifacts; crashes.
 //! - `kubernetes`: a real Kubernetes 1.20.2 cluster from the bundle `cargo xtask bundle` builds:
 //!   Nodes Ready, pods on different hosts talking to each other.
+//! - `faults`: in a real Kubernetes cluster: the controller and an agent killed mid-install, a
+//!   host power-cycled, a master's cable pulled during the install.
 //! - `standing`: the standing lab of `cargo xtask lab`: agents installed from the controller's
 //!   tarball, and a teardown that leaves nothing, also after a crash or a failed start.
 //! - `netns`: the lab helper itself, and a check that it leaves nothing behind when a test panics.
@@ -25,6 +27,8 @@ mod binary;
 mod channel;
 #[path = "all/engine.rs"]
 mod engine;
+#[path = "all/faults.rs"]
+mod faults;
 #[path = "all/harness.rs"]
 mod harness;
 #[path = "all/http.rs"]

@@ -96,3 +96,76 @@ impl Host<'_> {
         Ok(cmd)
     }
 }
+
+/// Host `i` of `lab`, the node `node` with its directories under `root`, loses power: every
+/// process of it ends at once (those in its network namespace, and those in its cgroups
+/// `/qb/<node>`, where pods run in network namespaces of their own), and what a reboot does not
+/// keep goes: its cgroups, its `/run` directories (a tmpfs), and the routes, links and packet
+/// filter rules made since it booted. Its disk stays. Starting its agent again is the boot.
+pub fn power_off(lab: &crate::Lab, i: usize, node: &str, root: &Path) -> Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let mut pids = lab.pids(i);
+        for cgroup in crate::cgroups::node_cgroups(node) {
+            pids.extend(crate::cgroups::pids_below(&cgroup));
+        }
+        if pids.is_empty() {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "processes of {node} keep running: {pids:?}"
+        );
+        for pid in &pids {
+            crate::kill(pid);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let left = crate::cgroups::remove(&[node.to_owned()]);
+    anyhow::ensure!(left.is_empty(), "{node}: {left:?} remain");
+    for run in HOST_DIRS.iter().filter(|d| d.starts_with("/run/")) {
+        let dir = root.join(run.trim_start_matches('/'));
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.with_context(|| format!("emptying {}", path.display()))?;
+        }
+    }
+    let ns = lab.netns(i);
+    let ip = |args: &[&str]| crate::netns::ip(&[&["-n", &ns], args].concat());
+    // Routes the kernel did not add for an address.
+    for route in ip(&["-o", "route", "show"])?.lines() {
+        if !route.contains("proto kernel") {
+            let spec: Vec<&str> = route.split_whitespace().collect();
+            ip(&[&["route", "del"], &spec[..]].concat())?;
+        }
+    }
+    // Links other than loopback and the host's cable (bridges and veths of pods).
+    for line in ip(&["-o", "link", "show"])?.lines() {
+        let Some(name) = line
+            .split(": ")
+            .nth(1)
+            .map(|n| n.split('@').next().unwrap_or(n))
+        else {
+            continue;
+        };
+        if name != "lo" && name != lab.inner_veth(i) {
+            // A pod's veth goes with its peer; it may be gone already.
+            let _ = ip(&["link", "del", name]);
+        }
+    }
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns, "nft", "flush", "ruleset"])
+        .output()
+        .context("running nft (install nftables)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "flushing {node}'s packet filter: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}

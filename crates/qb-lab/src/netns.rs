@@ -172,7 +172,7 @@ impl Lab {
         format!("qba{}h{i}", self.k)
     }
 
-    fn inner_veth(&self, i: usize) -> String {
+    pub(crate) fn inner_veth(&self, i: usize) -> String {
         format!("qba{}n{i}", self.k)
     }
 

@@ -534,22 +534,14 @@ pub fn exec(dir: &Path, name: &str, args: &[String]) -> Result<std::process::Exi
         .context("running nsenter")
 }
 
-/// Restarts host `name` as a power cycle would: every process of it ends at once (its pods
-/// too), its `/run` directories are emptied, and its agent starts again with its disk intact.
+/// Restarts host `name` as a power cycle would (see [`crate::host::power_off`]): every process
+/// of it ends at once, pods too, what a reboot loses goes, and its agent starts again with its
+/// disk intact.
 pub fn restart(dir: &Path, name: &str) -> Result<()> {
     let mut record = Record::load(dir)?.context("no lab is up")?;
     let (i, _) = record.host(name)?;
     let lab = record.lab();
-    for pid in lab.pids(i) {
-        crate::kill(&pid);
-    }
-    let left = crate::cgroups::remove(&[name.to_owned()]);
-    ensure!(left.is_empty(), "cannot stop {name}: {left:?} remain");
-    let root = host_root(dir, name);
-    for run in HOST_DIRS.iter().filter(|d| d.starts_with("/run/")) {
-        let path = root.join(run.trim_start_matches('/'));
-        let _ = std::fs::remove_dir_all(&path);
-    }
+    crate::host::power_off(&lab, i, name, &host_root(dir, name))?;
     let pid = start_agent(dir, &lab, i, &record.hosts[i])?;
     record.hosts[i].agent_pid = Some(pid);
     record.save(dir)

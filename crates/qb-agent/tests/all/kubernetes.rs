@@ -133,59 +133,11 @@ pub(crate) struct PodCgroups(pub(crate) Vec<String>);
 
 impl Drop for PodCgroups {
     fn drop(&mut self) {
-        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
-            return;
-        };
-        let roots: Vec<PathBuf> = hierarchies
-            .flatten()
-            .flat_map(|h| {
-                self.0
-                    .iter()
-                    .map(move |host| h.path().join("qb").join(host))
-            })
-            .filter(|p| p.is_dir())
-            .collect();
-        for root in &roots {
-            for dir in walk(root) {
-                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                for pid in procs.split_whitespace() {
-                    let _ = run(Command::new("kill").args(["-KILL", pid]));
-                }
-            }
-        }
-        for root in &roots {
-            // Deepest first; a cgroup goes once its processes are gone.
-            for dir in walk(root).into_iter().rev() {
-                for _ in 0..50 {
-                    if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-            // `/qb` too, unless another lab still uses it.
-            if let Some(parent) = root.parent() {
-                let _ = std::fs::remove_dir(parent);
-            }
+        let left = qb_lab::cgroups::remove(&self.0);
+        if !left.is_empty() {
+            eprintln!("left over: {left:?}");
         }
     }
-}
-
-/// `dir` and every directory below it, parents before children.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut all = vec![dir.to_owned()];
-    let mut i = 0;
-    while i < all.len() {
-        if let Ok(entries) = std::fs::read_dir(&all[i]) {
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    all.push(entry.path());
-                }
-            }
-        }
-        i += 1;
-    }
-    all
 }
 
 /// A Deployment of busybox httpd on `nodes`, one pod per node, each serving its pod name.

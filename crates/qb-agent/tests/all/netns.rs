@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-pub use qb_lab::Lab;
+use qb_lab::Lab;
 
 /// The lab's own self-check: a panicking test leaves nothing behind, processes included.
 #[test]
