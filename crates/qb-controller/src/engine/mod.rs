@@ -744,9 +744,11 @@ impl Engine {
             ec.cluster.state,
             ClusterState::Ready | ClusterState::Degraded
         );
-        let mut all: Vec<String> = waiting_on.to_vec();
+        // Problems first (an offline agent, a sick service), then progress: the message shows
+        // only the first few items.
+        let mut all: Vec<String> = unhealthy.clone();
+        all.extend(waiting_on.iter().cloned());
         all.extend(behind.iter().cloned());
-        all.extend(unhealthy.iter().cloned());
         if all.is_empty() {
             (ClusterState::Ready, None)
         } else if behind.is_empty() && waiting_on.is_empty() && was_installed {
