@@ -29,8 +29,10 @@ fn main() -> Result<()> {
         }
         Some("bench") => {
             prerequisites()?;
+            let bundle = bundle::ensure()?;
             let mut cmd = Command::new(cargo());
             cmd.current_dir(&root)
+                .env(BUNDLE_ENV, &bundle)
                 .args([
                     "bench",
                     "--workspace",
@@ -40,6 +42,8 @@ fn main() -> Result<()> {
                     "agents",
                     "--bench",
                     "preflight",
+                    "--bench",
+                    "bringup",
                 ])
                 .args(&args[1..]);
             run(&mut cmd)
@@ -58,7 +62,7 @@ fn main() -> Result<()> {
             eprintln!("usage: cargo xtask <test|bench|deps|bundle|lab> [args for the runner]");
             eprintln!("  test   install missing test prerequisites, then run the whole test suite");
             eprintln!(
-                "  bench  run the benchmarks: API throughput (SQLite and PostgreSQL side by side), agent costs, preflight"
+                "  bench  run the benchmarks: API throughput (SQLite and PostgreSQL side by side), agent costs, preflight, Kubernetes bring-up"
             );
             eprintln!(
                 "  deps   only install missing prerequisites (and build the Kubernetes bundle)"

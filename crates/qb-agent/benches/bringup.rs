@@ -1,0 +1,190 @@
+//! Kubernetes bring-up in the standing lab of `cargo xtask lab` (release binaries, agents
+//! installed from the controller's tarball, the real bundle): how long the lab takes to come up
+//! and go, and from "attach" to every Node `Ready` (as the API server reports) for 3 hosts from
+//! nothing (artifacts downloaded from the controller), 2 more, and 3 again after the cluster
+//! was deleted (artifacts cached on the hosts, the design target of 60 s). Needs root and the
+//! bundle: run it with `cargo xtask bench`, or set `QB_LAB_BUNDLE`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use qb_lab::standing::{self, Binaries, Options, Record};
+use serde_json::Value;
+
+const TARGET: Duration = Duration::from_secs(60);
+const TIMEOUT: Duration = Duration::from_secs(600);
+/// Warm bring-ups of 3 hosts (the median is reported).
+const WARM_ROUNDS: usize = 3;
+
+fn main() -> Result<()> {
+    let bundle = std::env::var_os("QB_LAB_BUNDLE")
+        .map(PathBuf::from)
+        .filter(|b| b.join("bundle.json").is_file())
+        .context("set QB_LAB_BUNDLE to the directory `cargo xtask bundle` prints")?;
+    let agent = PathBuf::from(env!("CARGO_BIN_EXE_qb-agent"));
+    let binaries = Binaries {
+        controller: qb_test_support::workspace_binary("qb-controller", "qb-controller", &agent)?,
+        qb: qb_test_support::workspace_binary("qb-cli", "qb", &agent)?,
+        agent,
+    };
+    let parent = tempfile::tempdir()?;
+    let dir = parent.path().join("lab");
+    let options = Options {
+        dir: dir.clone(),
+        hosts: 5,
+        name_prefix: "bench".to_owned(),
+        bundle: Some(bundle),
+        binaries,
+    };
+    let started = Instant::now();
+    let record = standing::up(&options)?;
+    let up = started.elapsed();
+    let lab = Lab {
+        dir: dir.canonicalize()?,
+        qb: options.binaries.qb.clone(),
+        record,
+    };
+    let result = lab.rounds();
+    let started = Instant::now();
+    let left = standing::down(&lab.dir)?;
+    let down = started.elapsed();
+    let (cold, more, warm) = result?;
+    ensure!(left.is_empty(), "the lab left {left:?}");
+
+    println!("lab of 5 hosts (bundle imported): up {up:.1?}, down {down:.1?}");
+    println!("attach → every Node Ready:");
+    println!("  3 hosts, artifacts downloaded  {cold:>8.1?}");
+    println!("  2 more hosts, downloaded       {more:>8.1?}");
+    let median = {
+        let mut w = warm.clone();
+        w.sort();
+        w[w.len() / 2]
+    };
+    println!(
+        "  3 hosts, artifacts cached      {median:>8.1?} median of {WARM_ROUNDS} {warm:.1?}, {:.2} of the {TARGET:?} target",
+        median.as_secs_f64() / TARGET.as_secs_f64()
+    );
+    Ok(())
+}
+
+struct Lab {
+    dir: PathBuf,
+    qb: PathBuf,
+    record: Record,
+}
+
+impl Lab {
+    fn names(&self, range: std::ops::Range<usize>) -> Vec<String> {
+        self.record.hosts[range]
+            .iter()
+            .map(|h| h.name.clone())
+            .collect()
+    }
+
+    /// Cold 3, then 2 more, then warm 3 (after deleting the cluster), `WARM_ROUNDS` times.
+    fn rounds(&self) -> Result<(Duration, Duration, Vec<Duration>)> {
+        let all = self.names(0..5);
+        self.qb(&[&["node", "authorize"], &strs(&all)[..]].concat())?;
+        self.qb(&["cluster", "create", "bench"])?;
+        let cold = self.attach(&self.names(0..3), &self.names(0..3))?;
+        let more = self.attach(&self.names(3..5), &all)?;
+        let mut warm = Vec::new();
+        for _ in 0..WARM_ROUNDS {
+            self.qb(&["cluster", "delete", "bench", "--force"])?;
+            self.wait("every host back in the pool", || {
+                let nodes = self.qb_json(&["node", "list"])?;
+                Ok(nodes.as_array().into_iter().flatten().all(|n| {
+                    n["state"] == "authorized"
+                        && n["plan"]["report"]["state"] == "applied"
+                        && n["plan"]["report"]["generation"] == n["plan"]["generation"]
+                }))
+            })?;
+            self.qb(&["cluster", "create", "bench"])?;
+            warm.push(self.attach(&self.names(0..3), &self.names(0..3))?);
+        }
+        Ok((cold, more, warm))
+    }
+
+    /// Attaches `names`; the time until the cluster is ready and exactly `nodes` are Ready.
+    fn attach(&self, names: &[String], nodes: &[String]) -> Result<Duration> {
+        let started = Instant::now();
+        self.qb(&[&["cluster", "attach", "bench"], &strs(names)[..]].concat())?;
+        self.wait("the cluster ready", || {
+            let c = self.qb_json(&["cluster", "show", "bench"])?;
+            Ok(c["state"] == "ready"
+                && c["nodes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .all(|n| n["role"].is_string()))
+        })?;
+        let mut want = nodes.to_vec();
+        want.sort();
+        self.wait("every Node Ready", || {
+            Ok(self.ready_nodes().is_ok_and(|ready| ready == want))
+        })?;
+        Ok(started.elapsed())
+    }
+
+    /// The Nodes whose `Ready` condition is true, from kubectl on the first host (a master).
+    fn ready_nodes(&self) -> Result<Vec<String>> {
+        let pid = self.record.hosts[0].agent_pid.context("no agent")?;
+        let out = Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-m", "-n", "kubectl"])
+            .args(["--kubeconfig", "/etc/qb/kubernetes/admin.conf"])
+            .args(["--request-timeout=5s", "get", "nodes", "-o", "json"])
+            .output()?;
+        ensure!(out.status.success(), "kubectl failed");
+        let list: Value = serde_json::from_slice(&out.stdout)?;
+        let mut ready: Vec<String> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| {
+                n["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+            .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned))
+            .collect();
+        ready.sort();
+        Ok(ready)
+    }
+
+    fn wait(&self, what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+        let started = Instant::now();
+        while !done()? {
+            if started.elapsed() > TIMEOUT {
+                bail!("{what}: not within {TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Ok(())
+    }
+
+    fn qb(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.qb)
+            .env("QB_CONFIG", standing::qb_config(&self.dir))
+            .args(args)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "qb {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn qb_json(&self, args: &[&str]) -> Result<Value> {
+        let text = self.qb(&[args, &["-o", "json"]].concat())?;
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+fn strs(names: &[String]) -> Vec<&str> {
+    names.iter().map(String::as_str).collect()
+}
