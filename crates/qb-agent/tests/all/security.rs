@@ -274,7 +274,15 @@ fn a_stolen_certificate_is_refused_after_deauthorization() {
             "{problem}"
         );
     });
-    assert!(controller.proc.log.count("refused an agent certificate") >= 2);
+    // Both refusals are logged (the log arrives through a pipe, a moment later).
+    poll(
+        "two refusals in the controller's log",
+        SHORT,
+        || match controller.proc.log.count("refused an agent certificate") {
+            n if n >= 2 => Ok(()),
+            n => Err(format!("{n} logged")),
+        },
+    );
     let node = api.node("victim");
     assert_eq!(state(&node), "deauthorized");
     assert!(!online(&node));
