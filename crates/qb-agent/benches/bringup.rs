@@ -107,12 +107,15 @@ impl Lab {
     /// it again, empty.
     fn recreate(&self) -> Result<()> {
         self.qb(&["cluster", "delete", "bench", "--force"])?;
-        self.wait("every host back in the pool", || {
+        // Back in the pool at once; wiped once each has applied its wipe plan.
+        self.wait("every host wiped", || {
             let nodes = self.qb_json(&["node", "list"])?;
             Ok(nodes.as_array().into_iter().flatten().all(|n| {
+                let report = &n["plan"]["report"];
                 n["state"] == "authorized"
-                    && n["plan"]["report"]["state"] == "applied"
-                    && n["plan"]["report"]["generation"] == n["plan"]["generation"]
+                    && report["state"] == "applied"
+                    && report["generation"] == n["plan"]["generation"]
+                    && report["steps"][0]["name"] == "wipe"
             }))
         })?;
         self.qb(&["cluster", "create", "bench"]).map(drop)
