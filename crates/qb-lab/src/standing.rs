@@ -59,7 +59,6 @@ pub struct Record {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct HostRecord {
     pub name: String,
-    pub address: String,
     pub machine_id: String,
     pub agent_pid: Option<u32>,
 }
@@ -142,7 +141,6 @@ pub fn up(options: &Options) -> Result<Record> {
         hosts: (0..options.hosts)
             .map(|i| HostRecord {
                 name: format!("{}-{}", options.name_prefix, i + 1),
-                address: lab.host_ip(i),
                 machine_id: machine_id(),
                 agent_pid: None,
             })
@@ -200,12 +198,8 @@ fn bring_up(options: &Options, dir: &Path, record: &mut Record) -> Result<()> {
     let pid = spawn_detached(controller, &log)?;
     record.controller_pid = Some(pid);
     record.save(dir)?;
-    let announced = wait_for_lines(
-        &log,
-        pid,
-        &["listening on https://", "certificate fingerprint "],
-    )
-    .context("the controller did not start")?;
+    let announced = wait_for_lines(&log, pid, &["listening on ", "certificate fingerprint "])
+        .context("the controller did not start")?;
     let url = announced[0].clone();
     let fingerprint = announced[1].clone();
     record.api_url = Some(url.clone());
@@ -240,7 +234,8 @@ fn bring_up(options: &Options, dir: &Path, record: &mut Record) -> Result<()> {
         record
             .hosts
             .iter()
-            .map(|h| format!("{} ({})", h.name, h.address))
+            .enumerate()
+            .map(|(i, h)| format!("{} ({})", h.name, lab.host_ip(i)))
             .collect::<Vec<_>>()
             .join(", ")
     ));
@@ -335,18 +330,7 @@ fn wait_for_lines(log: &Path, pid: u32, prefixes: &[&str]) -> Result<Vec<String>
             })
             .collect();
         if found.iter().all(Option::is_some) {
-            // `listening on https://ADDR` gives the address; put the scheme back.
-            return Ok(prefixes
-                .iter()
-                .zip(found.into_iter().flatten())
-                .map(|(p, rest)| {
-                    if p.ends_with("https://") {
-                        format!("https://{rest}")
-                    } else {
-                        rest
-                    }
-                })
-                .collect());
+            return Ok(found.into_iter().flatten().collect());
         }
         if !alive(pid) {
             bail!("it exited; its log:\n{}", tail(&text, 20));
@@ -502,7 +486,7 @@ pub fn status(dir: &Path) -> Result<String> {
         lines.push(format!(
             "{:<10}  {:<12}  link {link:<4}  agent pid {}  {} processes",
             host.name,
-            host.address,
+            lab.host_ip(i),
             describe(host.agent_pid),
             lab.pids(i).len(),
         ));
@@ -560,7 +544,7 @@ pub fn cable(dir: &Path, name: &str, connected: bool) -> Result<()> {
 }
 
 /// `true` while process `pid` exists and is not a zombie.
-fn alive(pid: u32) -> bool {
+pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))

@@ -25,12 +25,7 @@ fn options(dir: &Path, prefix: &str, hosts: usize, bundle: Option<PathBuf>) -> O
 }
 
 fn alive(pid: Option<u32>) -> bool {
-    pid.is_some_and(|pid| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            s.rsplit_once(") ")
-                .is_some_and(|(_, r)| !r.starts_with('Z'))
-        })
-    })
+    pid.is_some_and(standing::alive)
 }
 
 /// Everything of `record`'s lab that is still there: namespaces, links, processes, cgroups,
