@@ -7,6 +7,10 @@
 //!   duplex. The request body carries [`AgentMessage`] frames, the response body
 //!   [`ControllerMessage`] frames, so the controller pushes instructions the moment they exist.
 //! - `POST /agent/v1/renew` (client certificate required): a new CSR, a new certificate.
+//! - `POST /agent/v1/tunnels/{stream}` (client certificate required): one tunneled connection,
+//!   opened by the agent when the controller asks ([`ControllerMessage::OpenTunnel`]). The
+//!   request body carries the bytes from the local endpoint, the response body the bytes to it;
+//!   HTTP/2 flow control keeps each tunnel apart from the others and from the channel.
 //!
 //! Frames are a 4-byte big-endian length and a JSON document of at most [`MAX_FRAME_BYTES`].
 //! No I/O here: [`encode`] and [`FrameDecoder`] work on bytes.
@@ -27,6 +31,7 @@ use crate::preflight::{LocalReport, PreflightCheck, PreflightProbe, ProbeResult}
 pub const REGISTER_PATH: &str = "/agent/v1/register";
 pub const CHANNEL_PATH: &str = "/agent/v1/channel";
 pub const RENEW_PATH: &str = "/agent/v1/renew";
+pub const TUNNEL_PATH: &str = "/agent/v1/tunnels";
 
 /// The largest frame either side accepts; a larger one ends the channel.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
@@ -148,6 +153,9 @@ pub enum AgentMessage {
     Reply { instruction: u64, outcome: Outcome },
     /// Progress of the node's plan; sent when it changes and after `Hello`.
     Plan(PlanReport),
+    /// The agent will not open the tunnel the controller asked for: its plan allows no such
+    /// endpoint, or the endpoint did not answer.
+    TunnelRefused { stream: u64, reason: String },
 }
 
 /// What an instruction produced.
@@ -194,6 +202,9 @@ pub enum ControllerMessage {
     State { state: NodeState },
     /// Work to do now. Each has an id the agent reports back in `Done`.
     Instruction { id: u64, instruction: Instruction },
+    /// Open a connection to one of the endpoints the node's plan allows (by name, e.g.
+    /// [`plan::KUBE_APISERVER_ENDPOINT`]), and carry it at `TUNNEL_PATH/{stream}`.
+    OpenTunnel { stream: u64, endpoint: String },
     /// The node's identity was revoked; the controller closes the connection after this.
     Deauthorized,
 }

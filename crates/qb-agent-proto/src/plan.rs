@@ -57,7 +57,14 @@ pub struct Plan {
     /// every cgroup hierarchy; created before the services start.
     #[serde(default)]
     pub cgroups: Vec<String>,
+    /// Local endpoints the controller may reach through the agent's tunnel, by name (e.g.
+    /// [`KUBE_APISERVER_ENDPOINT`] → `127.0.0.1:6443`). The agent dials nothing else.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoints: BTreeMap<String, std::net::SocketAddr>,
 }
+
+/// The endpoint name of a master's own Kubernetes API server.
+pub const KUBE_APISERVER_ENDPOINT: &str = "kube-apiserver";
 
 /// `destination` is reached through `via`, a host on the node's own network.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -15,6 +15,7 @@ mod routes;
 mod run;
 mod state;
 mod supervise;
+mod tunnel;
 mod work;
 
 use std::path::PathBuf;

@@ -321,6 +321,16 @@ async fn hold_channel(
                                 let _ = to_controller.send(Bytes::from(encode(&reply))).await;
                             });
                         }
+                        ControllerMessage::OpenTunnel { stream, endpoint } => {
+                            let (work, to_controller) = (work.clone(), to_controller.clone());
+                            tokio::spawn(async move {
+                                if let Err(reason) = work.open_tunnel(stream, &endpoint).await {
+                                    tracing::warn!(stream, endpoint, %reason, "refused a tunnel");
+                                    let refused = AgentMessage::TunnelRefused { stream, reason };
+                                    let _ = to_controller.send(Bytes::from(encode(&refused))).await;
+                                }
+                            });
+                        }
                         ControllerMessage::Deauthorized => return Ok(Ended::Deauthorized),
                     }
                 }

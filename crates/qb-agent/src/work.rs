@@ -97,6 +97,22 @@ impl Work {
         self.plan.borrow().as_ref().map_or(0, |p| p.generation)
     }
 
+    /// Opens a tunnel the controller asked for, to an endpoint the accepted plan allows, and
+    /// carries it in the background; a refusal is returned for the controller.
+    pub async fn open_tunnel(&self, stream: u64, endpoint: &str) -> Result<(), String> {
+        let address = crate::tunnel::allowed(self.plan.borrow().as_deref(), endpoint)?;
+        let tcp = crate::tunnel::dial(address).await?;
+        let (base, sender) = self
+            .sender()
+            .ok_or_else(|| "not connected to the controller".to_owned())?;
+        tokio::spawn(async move {
+            if let Err(e) = crate::tunnel::carry(sender, &base, stream, tcp).await {
+                tracing::debug!(stream, error = %format!("{e:#}"), "tunnel ended");
+            }
+        });
+        Ok(())
+    }
+
     /// The connection downloads go over, while the channel is up.
     pub fn connected(&self, base: String, sender: Option<SendRequest<Body>>) {
         *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = sender.map(|s| (base, s));

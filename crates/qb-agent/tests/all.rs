@@ -13,6 +13,8 @@
 //!   host power-cycled, a master's cable pulled during the install.
 //! - `standing`: the standing lab of `cargo xtask lab`: agents installed from the controller's
 //!   tarball, and a teardown that leaves nothing, also after a crash or a failed start.
+//! - `proxy`: the Kubernetes API proxy: plain `kubectl` with the kubeconfig `qb` writes reaches
+//!   a real cluster through the controller and the agents' tunnels, as the qb user.
 //! - `netns`: the lab helper itself, and a check that it leaves nothing behind when a test panics.
 //!
 //! The controller binary is `$QB_CONTROLLER_BIN` if set, else built with `cargo build -p
@@ -39,6 +41,8 @@ mod kubernetes;
 mod lab;
 #[path = "all/netns.rs"]
 mod netns;
+#[path = "all/proxy.rs"]
+mod proxy;
 #[path = "all/security.rs"]
 mod security;
 #[path = "all/standing.rs"]

@@ -436,6 +436,32 @@ pub struct CreatedToken {
     pub secret: String,
 }
 
+/// A request for a kubeconfig that points `kubectl` at a cluster through the controller's
+/// Kubernetes API proxy, with a new API token of the caller's own.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKubeconfig {
+    /// Lifetime of the kubeconfig's token in hours, 1 to 8760; default 24.
+    #[serde(default)]
+    pub expires_in_hours: Option<u32>,
+}
+
+impl CreateKubeconfig {
+    pub const DEFAULT_HOURS: u32 = 24;
+    pub const MAX_HOURS: u32 = CreateToken::MAX_HOURS;
+}
+
+/// A kubeconfig and the token inside it. The token's secret is in the kubeconfig only, and is
+/// never shown again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Kubeconfig {
+    /// The kubeconfig, YAML: one cluster, user and context, all named `qb-<cluster>`
+    /// (the user `<user>@qb-<cluster>`), the context current.
+    pub kubeconfig: String,
+    /// The token the kubeconfig authenticates with: the caller's user and role.
+    pub token: Token,
+}
+
 /// A bootstrap token: lets agents register hosts into the tenant. Its secret is shown once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BootstrapToken {

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use qb_api::{
-    BootstrapTokenId, Cidr, CreateBootstrapToken, Description, KubernetesVersion, LabelChange,
-    LabelKey, LabelValue, MasterCount, Name, NodeName, NodeRole, NodeState, Role, Selector,
-    TokenId,
+    BootstrapTokenId, Cidr, CreateBootstrapToken, CreateKubeconfig, Description, KubernetesVersion,
+    LabelChange, LabelKey, LabelValue, MasterCount, Name, NodeName, NodeRole, NodeState, Role,
+    Selector, TokenId,
 };
 
 use crate::output::Format;
@@ -198,6 +198,26 @@ pub enum ClusterCommand {
     /// Every node checks itself (memory, kernel, clock, free ports, ...) and then probes every
     /// other node on the ports its role needs. Exits with status 1 when the preflight failed.
     Preflight(PreflightArgs),
+    /// Print a kubeconfig for the cluster, or write it to a file: plain `kubectl` then reaches
+    /// the cluster through the controller.
+    ///
+    /// The kubeconfig holds a new API token of yours (your user and role; the cluster's RBAC
+    /// decides what it may do there), so keep it private. An admin can revoke it (`qb token
+    /// revoke`).
+    Kubeconfig(KubeconfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    /// Cluster name or id.
+    pub cluster: String,
+    /// How long the kubeconfig's token is valid, in hours [default: 24].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(CreateKubeconfig::MAX_HOURS)))]
+    pub expires_in_hours: Option<u32>,
+    /// Write the kubeconfig to this file (mode 0600, replacing it) instead of printing it.
+    /// (`-o` selects the output format.)
+    #[arg(short = 'O', long, value_name = "FILE")]
+    pub output_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -775,6 +795,68 @@ mod tests {
                 "deb",
                 "-o",
                 "x.deb",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cluster_kubeconfig_parses() {
+        let cli = Cli::try_parse_from([
+            "qb",
+            "cluster",
+            "kubeconfig",
+            "prod",
+            "--expires-in-hours",
+            "8760",
+            "-O",
+            "kube/config",
+        ])
+        .expect("parse");
+        let Command::Cluster(ClusterCommand::Kubeconfig(args)) = cli.command else {
+            panic!("not a kubeconfig: {:?}", cli.command);
+        };
+        assert_eq!(args.cluster, "prod");
+        assert_eq!(args.expires_in_hours, Some(8760));
+        assert_eq!(args.output_file, Some(PathBuf::from("kube/config")));
+        let cli = Cli::try_parse_from(["qb", "clusters", "kubeconfig", "prod", "-o", "json"])
+            .expect("parse");
+        assert_eq!(cli.output, Format::Json);
+        assert!(matches!(
+            cli.command,
+            Command::Cluster(ClusterCommand::Kubeconfig(KubeconfigArgs {
+                expires_in_hours: None,
+                output_file: None,
+                ..
+            }))
+        ));
+        for bad in [
+            &["qb", "cluster", "kubeconfig"][..],
+            &[
+                "qb",
+                "cluster",
+                "kubeconfig",
+                "prod",
+                "--expires-in-hours",
+                "0",
+            ],
+            &[
+                "qb",
+                "cluster",
+                "kubeconfig",
+                "prod",
+                "--expires-in-hours",
+                "8761",
+            ],
+            // -o is the output format, not the file.
+            &[
+                "qb",
+                "cluster",
+                "kubeconfig",
+                "prod",
+                "-o",
+                "kubeconfig.yaml",
             ],
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");

@@ -45,6 +45,11 @@ impl Drop for Controller {
 
 impl Controller {
     fn start(https: bool) -> Self {
+        Self::start_with(https, &[])
+    }
+
+    /// Starts a controller with extra arguments to `serve`.
+    fn start_with(https: bool, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         // Agent packages ship this instead of a real agent: the tests look at the packages only.
         let agent = dir.path().join("qb-agent");
@@ -61,6 +66,7 @@ impl Controller {
                 "--agent-listen",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .env("QB_LOG", "warn")
             .env("QB_AGENT_BINARY", &agent)
             .stdin(Stdio::null())
@@ -1236,6 +1242,265 @@ async fn agent_packages() {
 
     c.qb(&["agent-package", "download", "--format", "zip"])
         .fails_with("invalid value");
+}
+
+/// Standard base64, decoded by rustls' PEM reader.
+fn base64_decode(data: &str) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = format!("-----BEGIN CERTIFICATE-----\n{data}\n-----END CERTIFICATE-----\n");
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap_or_else(|e| panic!("not base64 ({e:?}): {data}"))
+        .to_vec()
+}
+
+/// A kubeconfig's `(server, certificate-authority-data decoded, user, token)`, checking that it
+/// is the one cluster, user and context `qb-<cluster>`.
+fn read_kubeconfig(yaml: &str, cluster: &str) -> (String, Option<String>, String, String) {
+    let kc: Value = serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("{e}: {yaml}"));
+    let name = format!("qb-{cluster}");
+    assert_eq!(kc["apiVersion"], "v1", "{yaml}");
+    assert_eq!(kc["kind"], "Config", "{yaml}");
+    assert_eq!(kc["current-context"], name.as_str(), "{yaml}");
+    let one = |list: &str| {
+        let items = kc[list].as_array().expect(list);
+        assert_eq!(items.len(), 1, "{list}: {yaml}");
+        items[0].clone()
+    };
+    let (c, u, ctx) = (one("clusters"), one("users"), one("contexts"));
+    assert_eq!(c["name"], name.as_str());
+    assert_eq!(ctx["name"], name.as_str());
+    assert_eq!(ctx["context"]["cluster"], name.as_str());
+    assert_eq!(ctx["context"]["user"], u["name"]);
+    let user = u["name"].as_str().expect("user name");
+    let user = user
+        .strip_suffix(&format!("@{name}"))
+        .unwrap_or_else(|| panic!("user {user}"))
+        .to_owned();
+    let ca = c["cluster"]["certificate-authority-data"]
+        .as_str()
+        .map(|data| String::from_utf8(base64_decode(data)).expect("the CA data is PEM text"));
+    (
+        c["cluster"]["server"].as_str().expect("server").to_owned(),
+        ca,
+        user,
+        u["user"]["token"].as_str().expect("token").to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn cluster_kubeconfig() {
+    let c = Controller::start(true);
+    login(&c);
+    c.qb(&["cluster", "create", "prod"]).ok();
+    let served = std::fs::read_to_string(c.dir.path().join("data/tls/controller.crt"))
+        .expect("the controller's certificate");
+    let tokens = || c.qb(&["token", "list", "-o", "json"]).json();
+    let before = tokens().as_array().expect("tokens").len();
+
+    // To stdout: the kubeconfig only, pointing at the proxy and trusting the served certificate.
+    let run = c.qb(&["cluster", "kubeconfig", "prod"]);
+    let (server, ca, user, token) = read_kubeconfig(&run.ok(), "prod");
+    assert_eq!(server, format!("{}/k8s/clusters/prod", c.url));
+    assert_eq!(ca.as_deref(), Some(served.as_str()));
+    assert_eq!(user, "admin");
+    assert!(
+        token.starts_with("qb_") && token != c.admin_token,
+        "{token}"
+    );
+
+    // Its token is the admin's own, and works.
+    let fp = c.fingerprint.clone().expect("https");
+    c.qb(&[
+        "login",
+        &c.url,
+        "--context",
+        "kc",
+        "--token",
+        &token,
+        "--fingerprint",
+        &fp,
+    ])
+    .ok();
+    let me = c.qb(&["--context", "kc", "whoami", "-o", "json"]).json();
+    assert_eq!(
+        (&me["user"], &me["role"]),
+        (&serde_json::json!("admin"), &serde_json::json!("admin"))
+    );
+    c.qb(&["context", "use", "default"]).ok();
+    let listed = tokens();
+    let kc_token = listed
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .find(|t| t["id"] == me["token_id"])
+        .unwrap_or_else(|| panic!("not listed: {listed}"));
+    assert_eq!(kc_token["description"], "kubeconfig for cluster prod");
+
+    // To a file: mode 0600, replacing what was there, nothing else left in the directory.
+    let work = tempfile::tempdir().expect("temp dir");
+    let file = work.path().join("kubeconfig");
+    std::fs::write(&file, "old").expect("write");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let file_arg = file.to_str().expect("utf-8 path");
+    let run = c.qb(&[
+        "cluster",
+        "kubeconfig",
+        "prod",
+        "--expires-in-hours",
+        "2",
+        "-O",
+        file_arg,
+    ]);
+    assert!(
+        run.ok().is_empty(),
+        "the file, not stdout: {}",
+        run.stdout()
+    );
+    let err = run.stderr();
+    assert!(
+        err.contains(&format!("to {file_arg} (mode 0600)"))
+            && err.contains("its token expires 20")
+            && err.contains(&format!("KUBECONFIG={file_arg} kubectl")),
+        "{err}"
+    );
+    assert_eq!(mode(&file), 0o600);
+    let written = std::fs::read_to_string(&file).expect("the kubeconfig");
+    let (server, ca, user, token) = read_kubeconfig(&written, "prod");
+    assert_eq!(
+        (server, ca.as_deref(), user.as_str()),
+        (
+            format!("{}/k8s/clusters/prod", c.url),
+            Some(served.as_str()),
+            "admin"
+        )
+    );
+    let left: Vec<_> = std::fs::read_dir(work.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("kubeconfig")]);
+    // -o json says where it went and which token it holds (never the secret).
+    let summary = c
+        .qb(&[
+            "cluster",
+            "kubeconfig",
+            "prod",
+            "-O",
+            file_arg,
+            "-o",
+            "json",
+            "--expires-in-hours",
+            "3",
+        ])
+        .json();
+    assert_eq!(summary["path"], file_arg);
+    let at = |k: &str| {
+        time::OffsetDateTime::parse(
+            summary["token"][k].as_str().expect(k),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect(k)
+    };
+    let lifetime = at("expires_at") - at("created_at");
+    assert!(
+        (lifetime - time::Duration::hours(3)).abs() < time::Duration::minutes(1),
+        "{summary}"
+    );
+    assert_eq!(
+        summary["token"]["description"],
+        "kubeconfig for cluster prod"
+    );
+    assert!(!summary.to_string().contains("qb_"), "{summary}");
+    assert_ne!(
+        read_kubeconfig(&std::fs::read_to_string(&file).expect("kubeconfig"), "prod").3,
+        token,
+        "replaced by the new one"
+    );
+    let as_json = c
+        .qb(&["cluster", "kubeconfig", "prod", "-o", "json"])
+        .json();
+    read_kubeconfig(as_json["kubeconfig"].as_str().expect("kubeconfig"), "prod");
+    assert_eq!(as_json["token"]["user"], "admin");
+    assert_eq!(tokens().as_array().expect("tokens").len(), before + 4);
+
+    // Refused before or by the controller: nothing is minted.
+    c.qb(&["cluster", "kubeconfig", "nope"])
+        .fails_with("(not_found)");
+    let missing = work.path().join("missing").join("config");
+    c.qb(&[
+        "cluster",
+        "kubeconfig",
+        "prod",
+        "-O",
+        missing.to_str().expect("utf-8 path"),
+    ])
+    .fails_with("no such directory");
+    c.qb(&[
+        "cluster",
+        "kubeconfig",
+        "prod",
+        "-O",
+        work.path().to_str().expect("utf-8 path"),
+    ])
+    .fails_with("is a directory");
+    assert_eq!(tokens().as_array().expect("tokens").len(), before + 4);
+}
+
+#[tokio::test]
+async fn cluster_kubeconfig_public_url() {
+    // Plain HTTP: no CA; --public-url is what kubeconfigs point at.
+    for (extra, public) in [
+        (&[][..], None),
+        (
+            &["--public-url", "http://qb.example.net:8080/"][..],
+            Some("http://qb.example.net:8080"),
+        ),
+    ] {
+        let c = Controller::start_with(false, extra);
+        c.qb_with(
+            &["login", &c.url, "--token", "-"],
+            Some(&c.admin_token),
+            &[],
+        )
+        .ok();
+        c.qb(&["cluster", "create", "prod"]).ok();
+        let (server, ca, _, _) =
+            read_kubeconfig(&c.qb(&["cluster", "kubeconfig", "prod"]).ok(), "prod");
+        assert_eq!(
+            server,
+            format!("{}/k8s/clusters/prod", public.unwrap_or(&c.url))
+        );
+        assert_eq!(ca, None);
+    }
+
+    // A URL kubeconfigs cannot use stops the controller at once.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(controller_binary())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--public-url",
+            "https://qb.example.net/api",
+        ])
+        .env("QB_LOG", "warn")
+        .output()
+        .expect("run qb-controller");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--public-url") && err.contains("no path is allowed"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -710,7 +710,9 @@ async fn sim_channel(
                                 .await?;
                             fleet.done.fetch_add(1, Ordering::Relaxed);
                         }
-                        ControllerMessage::State { .. } | ControllerMessage::PlanAvailable { .. } => {}
+                        ControllerMessage::State { .. }
+                        | ControllerMessage::PlanAvailable { .. }
+                        | ControllerMessage::OpenTunnel { .. } => {}
                         ControllerMessage::Deauthorized => anyhow::bail!("deauthorized"),
                     }
                 }

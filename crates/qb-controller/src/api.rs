@@ -9,9 +9,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use qb_api::{
     AttachRequest, BootstrapToken, Cluster, ClusterDetail, CreateBootstrapToken, CreateCluster,
-    CreateToken, CreateUser, CreatedBootstrapToken, CreatedToken, DeletedCluster, DetachRequest,
-    Event, LabelChange, Node, NodeMove, NodeState, Page, PageParams, PingResult, ProblemCode, Role,
-    Token, TokenId, User, Whoami,
+    CreateKubeconfig, CreateToken, CreateUser, CreatedBootstrapToken, CreatedToken, DeletedCluster,
+    DetachRequest, Event, Kubeconfig, LabelChange, Node, NodeMove, NodeState, Page, PageParams,
+    PingResult, ProblemCode, Role, Token, TokenId, User, Whoami,
 };
 use qb_store::{ClusterSpec, EventFilter, Key, NodeFilter, Store};
 use serde::Deserialize;
@@ -20,7 +20,8 @@ use utoipa::IntoParams;
 use crate::agents::Agents;
 use crate::auth::{Caller, TokenUse};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::{ApiError, auth};
+use crate::kubeconfig::PublicEndpoint;
+use crate::{ApiError, auth, kubeconfig};
 
 /// The largest request body the API accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -36,16 +37,27 @@ pub struct AppState {
     pub agents: Arc<Agents>,
     /// What agent packages carry; `None` when the controller has no agent binary to ship.
     pub packaging: Option<Arc<crate::agents::packages::Packaging>>,
+    /// How users reach the API, written into kubeconfigs; `None` when the controller does not
+    /// know (then it writes no kubeconfigs).
+    pub public: Option<Arc<PublicEndpoint>>,
+    /// The Kubernetes API proxy's connections to the clusters.
+    pub kube_proxy: Arc<crate::proxy::KubeProxy>,
 }
 
 impl AppState {
     pub fn new(engine: Arc<crate::engine::Engine>) -> Self {
+        let kube_proxy = Arc::new(crate::proxy::KubeProxy::new(
+            engine.store.clone(),
+            engine.agents.clone(),
+        ));
         Self {
             store: engine.store.clone(),
             agents: engine.agents.clone(),
             engine,
             token_use: TokenUse::default(),
             packaging: None,
+            public: None,
+            kube_proxy,
         }
     }
 
@@ -73,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/clusters/{cluster}/attach", post(attach))
         .route("/clusters/{cluster}/detach", post(detach))
+        .route("/clusters/{cluster}/kubeconfig", post(create_kubeconfig))
         .route("/users", get(list_users).post(create_user))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}", axum::routing::delete(revoke_token))
@@ -94,6 +107,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::engine::api::routes());
     Router::new()
         .nest(qb_api::API_PREFIX, api)
+        .merge(crate::proxy::routes())
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -462,6 +476,60 @@ async fn detach(
     state.engine.wake.notify_one();
     moved.nodes = moved.nodes.into_iter().map(|n| state.live(n)).collect();
     Ok((StatusCode::ACCEPTED, Json(moved)))
+}
+
+/// A kubeconfig for `kubectl`, pointing at the cluster through the controller's Kubernetes API
+/// proxy, with a new API token of the caller's own: the same user and role (the cluster's RBAC
+/// decides what it may do there). Its secret is in this response only.
+#[utoipa::path(post, path = "/api/v1/clusters/{cluster}/kubeconfig", tag = "clusters", request_body = CreateKubeconfig,
+    params(("cluster" = String, Path, description = "Cluster id or name")),
+    responses((status = 201, body = Kubeconfig), (status = 400, body = qb_api::Problem), (status = 404, body = qb_api::Problem), (status = 503, body = qb_api::Problem)))]
+async fn create_kubeconfig(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(cluster): Path<String>,
+    ApiJson(req): ApiJson<CreateKubeconfig>,
+) -> ApiResult<(StatusCode, Json<Kubeconfig>)> {
+    let hours = req
+        .expires_in_hours
+        .unwrap_or(CreateKubeconfig::DEFAULT_HOURS);
+    if !(1..=CreateKubeconfig::MAX_HOURS).contains(&hours) {
+        return Err(ApiError::invalid(
+            "expires_in_hours must be between 1 and 8760",
+        ));
+    }
+    let public = state.public.clone().ok_or_else(|| {
+        ApiError::new(
+            ProblemCode::Unavailable,
+            "this controller does not know the URL users reach it at, so it writes no kubeconfigs",
+        )
+    })?;
+    // The proxy serves clusters by name, whether the caller gave the name or the id.
+    let cluster = state
+        .store
+        .get_cluster(caller.tenant(), &cluster_key(&cluster))
+        .await?
+        .cluster;
+    let description =
+        qb_api::Description::try_from(format!("kubeconfig for cluster {}", cluster.name))?;
+    let created = mint_token(
+        &state.store,
+        caller.tenant(),
+        &caller.0.user,
+        Some(description),
+        hours,
+        &caller.actor(),
+    )
+    .await?;
+    let kubeconfig =
+        kubeconfig::render(&public, &cluster.name, &created.token.user, &created.secret);
+    Ok((
+        StatusCode::CREATED,
+        Json(Kubeconfig {
+            kubeconfig,
+            token: created.token,
+        }),
+    ))
 }
 
 /// List the tenant's users.

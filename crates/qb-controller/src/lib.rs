@@ -11,7 +11,9 @@ pub mod bootstrap;
 pub mod engine;
 mod error;
 mod extract;
+pub mod kubeconfig;
 pub mod openapi;
+pub mod proxy;
 pub mod serve;
 pub mod tls;
 

@@ -15,6 +15,7 @@ use qb_controller::agents::endpoint::AgentEndpoint;
 use qb_controller::agents::packages::Packaging;
 use qb_controller::artifacts::ArtifactStore;
 use qb_controller::engine::Engine;
+use qb_controller::kubeconfig::{self, PublicEndpoint};
 use qb_controller::{AppState, bootstrap, router, serve, tls};
 use qb_store::{Actor, Store};
 
@@ -35,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -78,6 +79,11 @@ struct ServeArgs {
     /// Extra DNS names or addresses for the generated certificate (first start only).
     #[arg(long)]
     tls_san: Vec<String>,
+    /// The API's URL as users reach it, written into kubeconfigs, e.g.
+    /// https://qb.example.net:7443 (its host should be in the certificate); default: the
+    /// listening URL.
+    #[arg(long, env = "QB_PUBLIC_URL")]
+    public_url: Option<String>,
     /// Address of the agent endpoint, where agents register and hold their channel (mutual
     /// TLS), e.g. 0.0.0.0:7444.
     #[arg(long, env = "QB_AGENT_LISTEN", default_value = "127.0.0.1:7444")]
@@ -125,9 +131,9 @@ async fn run(cli: Cli) -> Result<()> {
         .with_context(|| format!("opening the database {}", redact(&url)))?;
     match cli
         .command
-        .unwrap_or(Command::Serve(ServeArgs::parse_from(["serve"])))
+        .unwrap_or_else(|| Command::Serve(Box::new(ServeArgs::parse_from(["serve"]))))
     {
-        Command::Serve(args) => serve_api(store, &cli.data_dir, args).await,
+        Command::Serve(args) => serve_api(store, &cli.data_dir, *args).await,
         Command::Tenant(TenantCommand::Create { name, admin }) => {
             let (tenant, user) = store.create_tenant(&name, &admin).await?;
             let created = qb_controller::api::mint_token(
@@ -171,6 +177,12 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
             args.listen
         );
     }
+    let public_url = args
+        .public_url
+        .as_deref()
+        .map(kubeconfig::parse_public_url)
+        .transpose()
+        .context("--public-url")?;
     let first_token = bootstrap::first_start(&store, data_dir).await?;
     let identity = if args.insecure_http {
         None
@@ -188,6 +200,28 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
     let addr = listener.local_addr()?;
     let scheme = if identity.is_some() { "https" } else { "http" };
     let url = format!("{scheme}://{addr}");
+    let public_url = match public_url {
+        Some(public_url) => public_url,
+        None => {
+            if addr.ip().is_unspecified() {
+                tracing::warn!(
+                    %url,
+                    "kubeconfigs point at the listening address, which users cannot reach; set --public-url"
+                );
+            }
+            url.clone()
+        }
+    };
+    // An https URL on a controller serving TLS is taken to reach it directly: kubeconfigs trust
+    // the served certificate. Otherwise TLS ends in front of the controller, and clients use their
+    // own trusted roots.
+    let public = Arc::new(PublicEndpoint {
+        ca_pem: identity
+            .as_ref()
+            .filter(|_| public_url.starts_with("https://"))
+            .map(|i| i.cert_pem.clone()),
+        url: public_url,
+    });
     let agents = Arc::new(Agents::new(Duration::from_secs(args.heartbeat_seconds)));
     let ca = Arc::new(qb_controller::agents::ca::load_or_create(&store).await?);
     let artifacts_dir = data_dir.join("artifacts");
@@ -263,6 +297,7 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
         );
     }
     let mut state = AppState::new(engine.clone());
+    state.public = Some(public);
     state.packaging = agent_binary.map(|agent_binary| {
         Arc::new(Packaging {
             agent_url: agent_url.clone(),

@@ -21,6 +21,7 @@ use utoipa::{Modify, OpenApi};
         crate::api::delete_cluster,
         crate::api::attach,
         crate::api::detach,
+        crate::api::create_kubeconfig,
         crate::api::list_users,
         crate::api::create_user,
         crate::api::list_tokens,

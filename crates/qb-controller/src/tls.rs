@@ -13,6 +13,8 @@ pub struct Identity {
     pub config: Arc<rustls::ServerConfig>,
     /// `sha256:<hex>` of the leaf certificate.
     pub fingerprint: String,
+    /// The certificate chain served, as PEM (certificates only, whatever else the file held).
+    pub cert_pem: String,
 }
 
 /// `sha256:<hex>` of a DER certificate: what `qb login` shows and pins.
@@ -41,6 +43,7 @@ pub fn load_or_generate(
     let key = read_key(&key_path)?;
     let leaf = certs.first().context("no certificate")?;
     let fingerprint = fingerprint(leaf);
+    let cert_pem = certs.iter().map(|c| pem_certificate(c)).collect();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -58,7 +61,20 @@ pub fn load_or_generate(
     Ok(Identity {
         config: Arc::new(config),
         fingerprint,
+        cert_pem,
     })
+}
+
+/// One certificate as PEM, lines of 64 characters, as rcgen writes it.
+fn pem_certificate(cert: &CertificateDer<'_>) -> String {
+    let b64 = crate::kubeconfig::base64(cert.as_ref());
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
 }
 
 fn generate(dir: &Path, cert_path: &Path, key_path: &Path, sans: &[String]) -> Result<()> {
@@ -100,4 +116,31 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     rustls_pemfile::private_key(&mut pem.as_slice())
         .with_context(|| format!("parsing the key in {}", path.display()))?
         .with_context(|| format!("no private key in {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_served_chain_is_kept_as_pem_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let generated = load_or_generate(None, dir.path(), &[]).expect("generate");
+        let file = std::fs::read_to_string(dir.path().join("controller.crt")).expect("cert");
+        assert_eq!(generated.cert_pem, file);
+        let again = load_or_generate(None, dir.path(), &[]).expect("load");
+        assert_eq!(
+            (again.cert_pem, again.fingerprint),
+            (file.clone(), generated.fingerprint)
+        );
+
+        // An operator's file with the key and comments in it: only the certificates are kept.
+        let key = std::fs::read_to_string(dir.path().join("controller.key")).expect("key");
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, format!("# ours\n{key}{file}{file}")).expect("write");
+        let given = load_or_generate(Some((&bundle, &bundle)), &dir.path().join("unused"), &[])
+            .expect("load the bundle");
+        assert_eq!(given.cert_pem, format!("{file}{file}"));
+        assert!(!given.cert_pem.contains("PRIVATE KEY"));
+    }
 }

@@ -7,5 +7,6 @@ mod support;
 mod api_agents;
 mod api_auth;
 mod api_input;
+mod api_kubeconfig;
 mod api_nodes_clusters;
 mod openapi;

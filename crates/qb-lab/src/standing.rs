@@ -105,7 +105,8 @@ pub fn qb_config(dir: &Path) -> PathBuf {
     dir.join("qb.yaml")
 }
 
-fn controller_dir(dir: &Path) -> PathBuf {
+/// The controller's data directory (its database, TLS identity, artifacts).
+pub fn controller_dir(dir: &Path) -> PathBuf {
     dir.join("controller")
 }
 

@@ -255,6 +255,46 @@ impl NodeCerts {
     }
 }
 
+/// The controller's own clients of a cluster's API servers, which it reaches through the
+/// agents' tunnels. It keeps their keys in memory only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ControllerClient {
+    /// The Kubernetes API proxy (`qb-proxy`, group `qb:proxy`). The cluster's RBAC lets that
+    /// group impersonate users and groups and nothing else, so every proxied request is
+    /// decided as the qb user it carries.
+    Proxy,
+    /// Sets up that RBAC (`qb-controller`, group `system:masters`).
+    Admin,
+}
+
+impl ControllerClient {
+    /// The Kubernetes group of the proxy's certificate.
+    pub const PROXY_GROUP: &str = "qb:proxy";
+}
+
+/// How long the controller's client certificates live.
+pub const CONTROLLER_CLIENT_VALIDITY: Duration = Duration::days(1);
+
+impl ClusterPki {
+    /// A new key and client certificate for one of the controller's own clients, valid for
+    /// [`CONTROLLER_CLIENT_VALIDITY`].
+    pub fn issue_controller_client(&self, client: ControllerClient) -> Result<KeyCert, PkiError> {
+        let spec = match client {
+            ControllerClient::Proxy => {
+                LeafSpec::new("qb-proxy", Usage::Client).organization(ControllerClient::PROXY_GROUP)
+            }
+            ControllerClient::Admin => {
+                LeafSpec::new("qb-controller", Usage::Client).organization("system:masters")
+            }
+        };
+        Signer::load(Authority::Cluster, self.authority(Authority::Cluster))?.issue(
+            &spec,
+            now(),
+            CONTROLLER_CLIENT_VALIDITY,
+        )
+    }
+}
+
 /// Issues every certificate `node` needs in `cluster` for its role, each with a fresh key,
 /// valid for [`LEAF_VALIDITY`].
 pub fn issue_node_certs(
@@ -272,7 +312,7 @@ pub fn issue_node_certs(
             Entry::Occupied(loaded) => loaded.into_mut(),
             Entry::Vacant(slot) => slot.insert(Signer::load(authority, pki.authority(authority))?),
         };
-        certs.insert(purpose, signer.issue(&spec, now)?);
+        certs.insert(purpose, signer.issue(&spec, now, LEAF_VALIDITY)?);
     }
     Ok(NodeCerts { certs })
 }
@@ -548,7 +588,12 @@ impl Signer {
     }
 
     /// A new key and a certificate for it, as `spec` says.
-    fn issue(&self, spec: &LeafSpec, now: OffsetDateTime) -> Result<KeyCert, PkiError> {
+    fn issue(
+        &self,
+        spec: &LeafSpec,
+        now: OffsetDateTime,
+        validity: Duration,
+    ) -> Result<KeyCert, PkiError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = spec.distinguished_name();
         params.subject_alt_names = spec
@@ -561,7 +606,7 @@ impl Signer {
         params.extended_key_usages = spec.usage.extended_key_usages();
         params.use_authority_key_identifier_extension = true;
         params.not_before = now - CLOCK_SKEW;
-        params.not_after = (now + LEAF_VALIDITY).min(self.not_after);
+        params.not_after = (now + validity).min(self.not_after);
         let key = new_key()?;
         let cert = params
             .signed_by(&key, &self.issuer, &self.key)

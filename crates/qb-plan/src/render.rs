@@ -34,7 +34,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use qb_agent_proto::plan::{
-    Artifact, Owner, Plan, PlanFile, PortSpec, Probe, Protocol, RestartPolicy, Route, Service,
+    Artifact, KUBE_APISERVER_ENDPOINT, Owner, Plan, PlanFile, PortSpec, Probe, Protocol,
+    RestartPolicy, Route, Service,
 };
 use qb_api::{
     BundleManifest, Cidr, ClusterId, KubernetesVersion, LabelKey, Labels, NodeFacts, NodeId,
@@ -630,6 +631,7 @@ struct Parts {
     services: Vec<Service>,
     routes: Vec<Route>,
     cgroups: Vec<String>,
+    endpoints: BTreeMap<String, SocketAddr>,
 }
 
 impl Parts {
@@ -699,6 +701,7 @@ impl Parts {
             state_dirs: paths::STATE_DIRS.iter().map(|d| (*d).to_owned()).collect(),
             routes: self.routes,
             cgroups: self.cgroups,
+            endpoints: self.endpoints,
         }
     }
 }
@@ -870,6 +873,11 @@ fn kube_apiserver(ctx: &Context, parts: &mut Parts) -> Result<(), RenderError> {
         cert_file: Some(probe_cert),
         key_file: Some(probe_key),
     };
+    // The controller reaches this API server through the agent's tunnel, and nothing else.
+    parts.endpoints.insert(
+        KUBE_APISERVER_ENDPOINT.to_owned(),
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ports::APISERVER),
+    );
     parts.services.push(service(
         "kube-apiserver",
         command,

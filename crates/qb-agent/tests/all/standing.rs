@@ -8,7 +8,7 @@ use qb_lab::standing::{self, Binaries, Options, Record};
 
 use crate::harness::{agent_binary, controller_binary};
 
-fn options(dir: &Path, prefix: &str, hosts: usize, bundle: Option<PathBuf>) -> Options {
+pub(crate) fn options(dir: &Path, prefix: &str, hosts: usize, bundle: Option<PathBuf>) -> Options {
     let agent = agent_binary();
     Options {
         dir: dir.to_owned(),

@@ -301,7 +301,7 @@ fn sanitize_file_name(name: &str) -> Option<String> {
 
 /// `s` as one shell word: as is when it has nothing special, else single-quoted. A relative path
 /// starting with `-` gets `./`, so no command takes it for an option.
-fn shell_word(s: &str) -> String {
+pub(super) fn shell_word(s: &str) -> String {
     let s = if s.starts_with('-') {
         format!("./{s}")
     } else {
@@ -328,7 +328,7 @@ fn install_command(format: PackageFormat, file: &str) -> String {
 
 /// A file being downloaded: written to a private temporary file beside its destination, which
 /// takes the final name only when complete. Removed if dropped before [`PrivateFile::finish`].
-struct PrivateFile {
+pub(super) struct PrivateFile {
     path: PathBuf,
     tmp: PathBuf,
     file: Option<fs::File>,
@@ -336,7 +336,7 @@ struct PrivateFile {
 }
 
 impl PrivateFile {
-    fn create(path: &Path) -> anyhow::Result<Self> {
+    pub(super) fn create(path: &Path) -> anyhow::Result<Self> {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
@@ -380,7 +380,7 @@ impl PrivateFile {
         })
     }
 
-    fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+    pub(super) fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         if let Some(file) = &mut self.file {
             file.write_all(bytes)
                 .with_context(|| format!("cannot write {}", self.tmp.display()))?;
@@ -390,7 +390,7 @@ impl PrivateFile {
     }
 
     /// Gives the file its name: replacing what is there with `force`, else only if nothing is.
-    fn finish(mut self, force: bool) -> anyhow::Result<()> {
+    pub(super) fn finish(mut self, force: bool) -> anyhow::Result<()> {
         if let Some(file) = self.file.take() {
             file.sync_all()
                 .with_context(|| format!("cannot write {}", self.tmp.display()))?;

@@ -1,17 +1,21 @@
 //! `qb cluster`.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::bail;
 use qb_api::{
-    AttachRequest, Cluster, ClusterDetail, CreateCluster, DeletedCluster, DetachRequest, Node,
-    NodeId, NodeMove, NodeState, PreflightReport,
+    AttachRequest, Cluster, ClusterDetail, CreateCluster, CreateKubeconfig, DeletedCluster,
+    DetachRequest, Kubeconfig, Node, NodeId, NodeMove, NodeState, PreflightReport, Token,
 };
+use serde::Serialize;
 
+use super::agent_package::{PrivateFile, shell_word};
 use super::{App, now};
 use crate::cli::{
-    AttachArgs, ClusterCommand, CreateClusterArgs, DetachArgs, PreflightArgs, roles_map,
+    AttachArgs, ClusterCommand, CreateClusterArgs, DetachArgs, KubeconfigArgs, PreflightArgs,
+    roles_map,
 };
 use crate::client::Client;
 use crate::output;
@@ -59,6 +63,7 @@ pub async fn run(app: &App, cmd: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Attach(args) => attach(app, args).await,
         ClusterCommand::Detach(args) => detach(app, args).await,
         ClusterCommand::Preflight(args) => preflight(app, args).await,
+        ClusterCommand::Kubeconfig(args) => kubeconfig(app, args).await,
     }
 }
 
@@ -186,6 +191,60 @@ async fn preflight(app: &App, args: PreflightArgs) -> anyhow::Result<()> {
             report.cluster.name,
             if n == 1 { "" } else { "s" }
         );
+    }
+    Ok(())
+}
+
+/// What `-o json|yaml` prints when the kubeconfig went to a file.
+#[derive(Debug, Serialize)]
+struct WrittenKubeconfig {
+    path: String,
+    token: Token,
+}
+
+/// Prints the cluster's kubeconfig, or writes it to a private file (replacing it at once: a
+/// reader sees the old file or the new one, never a part).
+async fn kubeconfig(app: &App, args: KubeconfigArgs) -> anyhow::Result<()> {
+    // Every kubeconfig mints a token: refuse what can be refused before asking for one.
+    if let Some(path) = &args.output_file {
+        if path.is_dir() {
+            bail!("{} is a directory; name the file to write", path.display());
+        }
+        let dir = path.parent().unwrap_or(Path::new(""));
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            bail!("cannot write into {}: no such directory", dir.display());
+        }
+    }
+    let client = app.client()?;
+    let body = CreateKubeconfig {
+        expires_in_hours: args.expires_in_hours,
+    };
+    let created: Kubeconfig = client
+        .post(
+            client.url(&["clusters", &args.cluster, "kubeconfig"], &[]),
+            &body,
+        )
+        .await?;
+    let Some(path) = args.output_file else {
+        return app.out.emit(&created, || created.kubeconfig.clone());
+    };
+    let mut file = PrivateFile::create(&path)?;
+    file.write(created.kubeconfig.as_bytes())?;
+    file.finish(true)?;
+    let shown = shell_word(&path.to_string_lossy());
+    eprintln!(
+        "Wrote the kubeconfig of cluster {} to {shown} (mode 0600); its token expires {}.\n\
+         It holds a token of yours: keep the file private. Use it with:\n    \
+         KUBECONFIG={shown} kubectl get nodes",
+        args.cluster,
+        output::timestamp(created.token.expires_at),
+    );
+    if !app.table() {
+        let written = WrittenKubeconfig {
+            path: path.to_string_lossy().into_owned(),
+            token: created.token,
+        };
+        app.out.emit(&written, String::new)?;
     }
     Ok(())
 }

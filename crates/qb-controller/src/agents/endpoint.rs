@@ -22,7 +22,7 @@ use hyper_util::service::TowerToHyperService;
 use qb_agent_proto::plan::{ARTIFACTS_PATH, PLAN_PATH};
 use qb_agent_proto::{
     AgentMessage, CHANNEL_PATH, ControllerMessage, FrameDecoder, REGISTER_PATH, RENEW_PATH,
-    RegisterRequest, RegisterResponse, RenewRequest, RenewResponse, encode,
+    RegisterRequest, RegisterResponse, RenewRequest, RenewResponse, TUNNEL_PATH, encode,
 };
 use qb_api::{NodeName, NodeState, ProblemCode};
 use qb_pki::{CertificateAuthority, NodeIdentity};
@@ -84,6 +84,7 @@ impl AgentEndpoint {
             .route(REGISTER_PATH, post(register))
             .route(CHANNEL_PATH, post(channel))
             .route(RENEW_PATH, post(renew))
+            .route(&format!("{TUNNEL_PATH}/{{stream}}"), post(tunnel))
             .route(PLAN_PATH, get(plan))
             .route(&format!("{ARTIFACTS_PATH}/{{sha256}}"), get(artifact))
             .fallback(|| async { ApiError::new(ProblemCode::NotFound, "no such agent path") })
@@ -374,6 +375,30 @@ async fn artifact(
         .into_response())
 }
 
+/// A tunnel the agent opened because the controller asked: the request body brings the
+/// endpoint's bytes, the response body takes the bytes to it. A stream nobody asked this node
+/// for is not found.
+async fn tunnel(
+    State(endpoint): State<AgentEndpoint>,
+    Extension(peer): Extension<Option<Peer>>,
+    axum::extract::Path(stream): axum::extract::Path<u64>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let peer = require(peer)?;
+    let (outgoing, to_agent) = qb_tunnel::outgoing();
+    let tunnel = qb_tunnel::Tunnel::new(body, to_agent);
+    if !endpoint
+        .agents
+        .tunnel_opened(peer.identity.node, stream, Ok(tunnel))
+    {
+        return Err(ApiError::new(
+            ProblemCode::NotFound,
+            "no tunnel was asked for with that stream number",
+        ));
+    }
+    Ok(Body::new(outgoing).into_response())
+}
+
 /// The channel: agent frames in the request body, controller frames in the response body, for
 /// as long as the connection lives.
 async fn channel(
@@ -468,6 +493,11 @@ async fn read_agent(endpoint: AgentEndpoint, peer: Peer, stored: qb_api::Node, b
                     outcome,
                 } => {
                     endpoint.agents.answered(node, instruction, outcome);
+                    None
+                }
+                AgentMessage::TunnelRefused { stream, reason } => {
+                    let reason: String = reason.chars().take(512).collect();
+                    endpoint.agents.tunnel_opened(node, stream, Err(reason));
                     None
                 }
                 AgentMessage::Plan(report) => {

@@ -23,6 +23,8 @@ pub struct Agents {
     nodes: Mutex<HashMap<NodeId, Entry>>,
     /// Instructions waiting for their answer, with the node they went to.
     waiting: Mutex<HashMap<u64, (NodeId, oneshot::Sender<Outcome>)>>,
+    /// Tunnels asked for and not yet opened, with the node asked.
+    tunnels: Mutex<HashMap<u64, PendingTunnel>>,
     next_id: AtomicU64,
     heartbeat: Duration,
 }
@@ -52,6 +54,7 @@ impl Agents {
         Self {
             nodes: Mutex::default(),
             waiting: Mutex::default(),
+            tunnels: Mutex::default(),
             next_id: AtomicU64::new(1),
             heartbeat,
         }
@@ -147,6 +150,7 @@ impl Agents {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, (to, _)| *to != node);
+        self.pending_tunnels().retain(|_, (to, _)| *to != node);
     }
 
     /// The agent was heard from (a heartbeat or any frame).
@@ -267,10 +271,78 @@ impl Agents {
         }
     }
 
+    /// Asks the node's agent for a connection to one of the endpoints its plan allows (by
+    /// name) and waits until the agent opened it or refused.
+    pub async fn open_tunnel(
+        &self,
+        node: NodeId,
+        endpoint: &str,
+        timeout: Duration,
+    ) -> Result<AgentTunnel, TunnelError> {
+        let stream = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending_tunnels().insert(stream, (node, tx));
+        let message = ControllerMessage::OpenTunnel {
+            stream,
+            endpoint: endpoint.to_owned(),
+        };
+        let result = if !self.push(node, message) {
+            Err(TunnelError::NotConnected)
+        } else {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(Ok(tunnel))) => Ok(tunnel),
+                Ok(Ok(Err(reason))) => Err(TunnelError::Refused(reason)),
+                Ok(Err(_)) => Err(TunnelError::ChannelClosed),
+                Err(_) => Err(TunnelError::NoAnswer),
+            }
+        };
+        self.pending_tunnels().remove(&stream);
+        result
+    }
+
+    fn pending_tunnels(&self) -> std::sync::MutexGuard<'_, HashMap<u64, PendingTunnel>> {
+        self.tunnels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The agent opened the tunnel `stream` (or refused it, `Err`). `false` when nobody waits
+    /// for it any more, or `from` is not the node that was asked.
+    pub fn tunnel_opened(
+        &self,
+        from: NodeId,
+        stream: u64,
+        tunnel: Result<AgentTunnel, String>,
+    ) -> bool {
+        let mut pending = self.pending_tunnels();
+        if pending.get(&stream).is_none_or(|(to, _)| *to != from) {
+            return false;
+        }
+        pending
+            .remove(&stream)
+            .is_some_and(|(_, waiter)| waiter.send(tunnel).is_ok())
+    }
+
     /// Whether the node's agent is online now.
     pub fn online(&self, node: NodeId) -> bool {
         self.status(node).is_some_and(|(online, _)| online)
     }
+}
+
+/// A connection the agent carries to a local endpoint: read and write it like a socket.
+pub type AgentTunnel = qb_tunnel::Tunnel<axum::body::Body>;
+
+/// The node asked for a tunnel, and who waits for it (or for the agent's refusal).
+type PendingTunnel = (NodeId, oneshot::Sender<Result<AgentTunnel, String>>);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("the node's agent is not connected")]
+    NotConnected,
+    #[error("the node's agent did not open the tunnel in time")]
+    NoAnswer,
+    #[error("the node's agent disconnected before it opened the tunnel")]
+    ChannelClosed,
+    #[error("the node's agent refused: {0}")]
+    Refused(String),
 }
 
 #[derive(Debug, thiserror::Error)]
