@@ -65,16 +65,12 @@ pub fn load_or_generate(
     })
 }
 
-/// One certificate as PEM, lines of 64 characters, as rcgen writes it.
+/// One certificate as PEM.
 fn pem_certificate(cert: &CertificateDer<'_>) -> String {
-    let b64 = crate::kubeconfig::base64(cert.as_ref());
-    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-        pem.push('\n');
-    }
-    pem.push_str("-----END CERTIFICATE-----\n");
-    pem
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", cert.as_ref()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 fn generate(dir: &Path, cert_path: &Path, key_path: &Path, sans: &[String]) -> Result<()> {

@@ -1755,6 +1755,19 @@ mod tests {
     }
 
     #[test]
+    fn render_only_a_master_with_an_api_server_lets_the_controller_tunnel_to_it() {
+        let (_, plans) = render_all(&cluster(full_bundle("1.20.2")), &nodes());
+        let apiserver: SocketAddr = "127.0.0.1:6443".parse().unwrap();
+        assert_eq!(
+            plans[0].endpoints,
+            BTreeMap::from([(KUBE_APISERVER_ENDPOINT.to_owned(), apiserver)])
+        );
+        assert!(plans[1..].iter().all(|worker| worker.endpoints.is_empty()));
+        let (_, etcd_only) = render_all(&cluster(etcd_only_bundle("1.20.2")), &nodes());
+        assert!(etcd_only.iter().all(|plan| plan.endpoints.is_empty()));
+    }
+
+    #[test]
     fn render_worker_plans_hold_no_ca_key_and_nothing_of_etcd() {
         let cluster = cluster(full_bundle("1.20.2"));
         let (pki, plans) = render_all(&cluster, &nodes());

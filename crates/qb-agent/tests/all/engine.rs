@@ -204,6 +204,16 @@ fn a_cluster_forms_on_real_etcd_grows_and_shrinks_safely() {
     ]));
     assert!(!plain.status.success(), "etcd answered plain HTTP");
 
+    // These masters run no API server: asked for a tunnel to one, each agent refuses, since
+    // its plan allows it no endpoint (it dials nothing a request names).
+    let proxied = api.call("GET", "/k8s/clusters/lab/version", None);
+    assert_eq!(proxied.status, 502, "{}", proxied.body);
+    let message = proxied.body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("plan allows no endpoint \"kube-apiserver\""),
+        "{message}"
+    );
+
     // Two more: placement keeps three masters; the new nodes are workers, etcd stays at 3.
     api.post(
         "/clusters/lab/attach",

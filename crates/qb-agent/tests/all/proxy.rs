@@ -361,7 +361,7 @@ fn kubectl_reaches_the_cluster_through_the_controller_as_the_qb_user() {
     let refusal = String::from_utf8_lossy(&write.stderr);
     assert!(!write.status.success());
     assert!(
-        refusal.contains("Forbidden") && refusal.contains("User \"qb:vera\""),
+        refusal.contains("forbidden: User \"qb:vera\" cannot create"),
         "{refusal}"
     );
     let exec = kubectl(&viewer, &["exec", "shell", "--", "id"]);
@@ -423,7 +423,9 @@ fn kubectl_reaches_the_cluster_through_the_controller_as_the_qb_user() {
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("qb:vera"), "{body}");
 
-    // The watch is still open and still hears about changes.
+    // The watch is still open minutes later, and still hears about changes.
+    let hold = Duration::from_secs(150).saturating_sub(watch_started.elapsed());
+    std::thread::sleep(hold);
     ok(&kubectl(
         &kubeconfig,
         &["label", "pod", "shell", "seen=late"],

@@ -210,7 +210,7 @@ async fn forward(state: &AppState, request: Request) -> Result<Response, ProxyEr
     let mut last_error = String::new();
     for master in &masters {
         if let Err(e) = upstream.ensure_rbac(*master).await {
-            last_error = format!("{e}");
+            last_error = error_chain(e.as_ref());
             tracing::warn!(cluster_id = %upstream.cluster, node_id = %master, error = %last_error, "cannot set up the proxy's RBAC");
             continue;
         }
@@ -257,12 +257,16 @@ async fn forward_upgrade(
             "this connection cannot be upgraded (upgrades need HTTP/1.1)".to_owned(),
         )
     })?;
-    let gateway =
-        |e: &dyn std::fmt::Display| ProxyError::BadGateway(format!("the API server: {e}"));
+    let gateway = |e: &(dyn std::error::Error + 'static)| {
+        ProxyError::BadGateway(format!("the API server: {}", error_chain(e)))
+    };
     if let Err(e) = upstream.ensure_rbac(master).await {
-        return Err(gateway(&e));
+        return Err(gateway(e.as_ref()));
     }
-    let io = upstream.connect(master).await.map_err(|e| gateway(&e))?;
+    let io = upstream
+        .connect(master)
+        .await
+        .map_err(|e| gateway(e.as_ref()))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| gateway(&e))?;
@@ -376,7 +380,7 @@ fn upstream_headers(
     Ok(headers)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
