@@ -12,6 +12,10 @@ use serde::Deserialize;
 pub struct Config {
     /// The controller's agent endpoint, e.g. `https://controller.example:7444`.
     pub controller_url: String,
+    /// Agent endpoints of the controller's other replicas, tried in turn when the one in use
+    /// does not answer.
+    #[serde(default)]
+    pub other_controller_urls: Vec<String>,
     /// SHA-256 pins of the controller CA's public key (`sha256:<hex>`); several while the CA
     /// rotates. The agent talks to nothing that does not chain to one of them.
     pub ca_pins: Vec<Pin>,
@@ -83,11 +87,12 @@ impl Config {
             path: path.to_owned(),
             reason,
         };
-        if !config.controller_url.starts_with("https://") {
-            return Err(invalid(format!(
-                "controller_url must be an https:// URL, not {:?}",
-                config.controller_url
-            )));
+        for url in config.controller_urls() {
+            if !url.starts_with("https://") || authority(url, 443).is_err() {
+                return Err(invalid(format!(
+                    "controller URLs must be https:// URLs with a host, not {url:?}"
+                )));
+            }
         }
         if config.ca_pins.is_empty() {
             return Err(invalid("ca_pins must name at least one CA pin".to_owned()));
@@ -111,9 +116,10 @@ impl Config {
             .collect()
     }
 
-    /// `host:port` of the controller, and the host alone (for TLS).
-    pub fn controller_address(&self) -> Result<(String, String), String> {
-        authority(&self.controller_url, 443)
+    /// Every agent endpoint of the controller: `controller_url`, then the other replicas'.
+    pub fn controller_urls(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.controller_url.as_str())
+            .chain(self.other_controller_urls.iter().map(String::as_str))
     }
 }
 
@@ -161,7 +167,7 @@ mod tests {
         let config = Config::parse(Path::new("config.example.toml"), EXAMPLE).unwrap();
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/qb-agent"));
         assert_eq!(
-            config.controller_address().unwrap().0,
+            authority(&config.controller_url, 443).unwrap().0,
             "controller.example:7444"
         );
         assert_eq!(config.labels().unwrap().len(), 1);
@@ -174,6 +180,10 @@ mod tests {
             ("", "missing field `controller_url`"),
             (
                 "controller_url = \"http://x\"\nca_pins = [\"PIN\"]",
+                "controller URLs must be https:// URLs",
+            ),
+            (
+                "controller_url = \"https://x\"\nother_controller_urls = [\"http://y\"]\nca_pins = [\"PIN\"]",
                 "https://",
             ),
             (

@@ -40,8 +40,9 @@ pub struct Connection {
 }
 
 impl Controller {
-    pub fn new(config: &Config) -> Result<Self> {
-        let (address, host) = config.controller_address().map_err(anyhow::Error::msg)?;
+    /// The controller's agent endpoint at `url` (one of `config.controller_urls()`).
+    pub fn new(config: &Config, url: &str) -> Result<Self> {
+        let (address, host) = authority(url, 443).map_err(anyhow::Error::msg)?;
         let proxy = config
             .http_proxy
             .as_deref()
@@ -52,7 +53,7 @@ impl Controller {
             })
             .transpose()?;
         Ok(Self {
-            url: config.controller_url.trim_end_matches('/').to_owned(),
+            url: url.trim_end_matches('/').to_owned(),
             address,
             host,
             proxy,
@@ -96,6 +97,8 @@ impl Controller {
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true)
+            // Tunnels carry bulk data: let each stream's window grow with the link.
+            .adaptive_window(true)
             .handshake(TokioIo::new(tls))
             .await
             .context("HTTP/2 handshake")?;
@@ -257,11 +260,9 @@ mod tests {
         });
         let (proxy_addr, head) =
             proxy("HTTP/1.1 200 Connection established\r\nVia: test\r\n\r\n").await;
-        let controller = Controller::new(&config(
-            &format!("https://{target_addr}"),
-            Some(&format!("http://{proxy_addr}")),
-        ))
-        .unwrap();
+        let url = format!("https://{target_addr}");
+        let config = config(&url, Some(&format!("http://{proxy_addr}")));
+        let controller = Controller::new(&config, &url).unwrap();
         let mut tcp = controller.tcp().await.unwrap();
         let mut got = String::new();
         tcp.read_to_string(&mut got).await.unwrap();
@@ -279,11 +280,9 @@ mod tests {
     #[tokio::test]
     async fn a_refusing_proxy_is_a_clear_error() {
         let (proxy_addr, _head) = proxy("HTTP/1.1 403 Forbidden\r\n\r\n").await;
-        let controller = Controller::new(&config(
-            "https://controller.example:7444",
-            Some(&format!("http://{proxy_addr}")),
-        ))
-        .unwrap();
+        let url = "https://controller.example:7444";
+        let controller =
+            Controller::new(&config(url, Some(&format!("http://{proxy_addr}"))), url).unwrap();
         let err = controller.tcp().await.unwrap_err().to_string();
         assert!(
             err.contains("refused to connect to controller.example:7444") && err.contains("403"),

@@ -59,7 +59,12 @@ enum Ended {
 /// Runs until the process is stopped.
 pub async fn run(config: Config) -> Result<()> {
     let state = StateDir::open(&config.state_dir)?;
-    let controller = Controller::new(&config)?;
+    // The controller's replicas, tried in turn: a lost or unreachable one moves the agent on.
+    let controllers = config
+        .controller_urls()
+        .map(|url| Controller::new(&config, url))
+        .collect::<Result<Vec<_>>>()?;
+    let mut current = 0;
     let work = Work::open(&config.state_dir, &config.log_dir, config.ca_pins.clone())?;
     tokio::spawn(work.clone().run());
     let mut backoff = Backoff { attempt: 0 };
@@ -73,7 +78,7 @@ pub async fn run(config: Config) -> Result<()> {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 continue;
             }
-            None => match register(&controller, &config, &state).await {
+            None => match register(&controllers[current], &config, &state).await {
                 Ok(identity) => identity,
                 Err(Refused(problem)) => {
                     tracing::error!(
@@ -85,6 +90,7 @@ pub async fn run(config: Config) -> Result<()> {
                     continue;
                 }
                 Err(Failed(e)) => {
+                    current = (current + 1) % controllers.len();
                     let delay = backoff.next();
                     tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "could not register");
                     tokio::time::sleep(delay).await;
@@ -94,7 +100,7 @@ pub async fn run(config: Config) -> Result<()> {
         };
         let started = Instant::now();
         let registered_with = identity.registered_with.clone();
-        match session(&controller, &config, &state, &work, identity).await {
+        match session(&controllers[current], &config, &state, &work, identity).await {
             Ended::Deauthorized => {
                 tracing::error!(
                     "the controller deauthorized this host; its certificate is no longer accepted"
@@ -102,6 +108,7 @@ pub async fn run(config: Config) -> Result<()> {
                 state.revoke(&registered_with)?;
             }
             Ended::Lost(e) => {
+                current = (current + 1) % controllers.len();
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff.reset();
                 }

@@ -15,6 +15,8 @@
 //!   tarball, and a teardown that leaves nothing, also after a crash or a failed start.
 //! - `proxy`: the Kubernetes API proxy: plain `kubectl` with the kubeconfig `qb` writes reaches
 //!   a real cluster through the controller and the agents' tunnels, as the qb user.
+//! - `replicas`: two controller replicas on one PostgreSQL: agents held by one, the engine and
+//!   the API on the other, work relayed between them; agents move when their replica dies.
 //! - `netns`: the lab helper itself, and a check that it leaves nothing behind when a test panics.
 //!
 //! The controller binary is `$QB_CONTROLLER_BIN` if set, else built with `cargo build -p
@@ -43,6 +45,8 @@ mod lab;
 mod netns;
 #[path = "all/proxy.rs"]
 mod proxy;
+#[path = "all/replicas.rs"]
+mod replicas;
 #[path = "all/security.rs"]
 mod security;
 #[path = "all/standing.rs"]

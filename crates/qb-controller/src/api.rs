@@ -480,7 +480,8 @@ async fn detach(
 
 /// A kubeconfig for `kubectl`, pointing at the cluster through the controller's Kubernetes API
 /// proxy, with a new API token of the caller's own: the same user and role (the cluster's RBAC
-/// decides what it may do there). Its secret is in this response only.
+/// decides what it may do there), expiring no later than the caller's token. Its secret is in
+/// this response only.
 #[utoipa::path(post, path = "/api/v1/clusters/{cluster}/kubeconfig", tag = "clusters", request_body = CreateKubeconfig,
     params(("cluster" = String, Path, description = "Cluster id or name")),
     responses((status = 201, body = Kubeconfig), (status = 400, body = qb_api::Problem), (status = 404, body = qb_api::Problem), (status = 503, body = qb_api::Problem)))]
@@ -512,15 +513,22 @@ async fn create_kubeconfig(
         .cluster;
     let description =
         qb_api::Description::try_from(format!("kubeconfig for cluster {}", cluster.name))?;
-    let created = mint_token(
-        &state.store,
-        caller.tenant(),
-        &caller.0.user,
-        Some(description),
-        hours,
-        &caller.actor(),
-    )
-    .await?;
+    // Never longer than the token that asks for it: a short-lived token cannot mint a long one.
+    let expires_at = (time::OffsetDateTime::now_utc() + time::Duration::hours(i64::from(hours)))
+        .min(caller.0.token_expires_at);
+    let (secret, hash) = auth::new_secret();
+    let created = state
+        .store
+        .create_token(
+            caller.tenant(),
+            &caller.0.user,
+            secret,
+            &hash,
+            Some(description),
+            expires_at,
+            &caller.actor(),
+        )
+        .await?;
     let kubeconfig =
         kubeconfig::render(&public, &cluster.name, &created.token.user, &created.secret);
     Ok((

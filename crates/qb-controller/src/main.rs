@@ -13,6 +13,7 @@ use std::time::Duration;
 use qb_controller::agents::Agents;
 use qb_controller::agents::endpoint::AgentEndpoint;
 use qb_controller::agents::packages::Packaging;
+use qb_controller::agents::peers::Peers;
 use qb_controller::artifacts::ArtifactStore;
 use qb_controller::engine::Engine;
 use qb_controller::kubeconfig::{self, PublicEndpoint};
@@ -95,6 +96,15 @@ struct ServeArgs {
     /// Extra DNS names or addresses for the agent endpoint's certificate.
     #[arg(long)]
     agent_san: Vec<String>,
+    /// Other replicas' agent endpoints (repeat the flag), written into agent packages: agents
+    /// move to one of them when the replica they use does not answer.
+    #[arg(long, env = "QB_OTHER_AGENT_URLS", value_delimiter = ',')]
+    other_agent_url: Vec<String>,
+    /// With PostgreSQL: where the other replicas reach this one's agent endpoint (to relay work
+    /// for the agents it holds). Default: https://<agent-listen>, unless it listens on every
+    /// address.
+    #[arg(long, env = "QB_PEER_URL")]
+    peer_url: Option<String>,
     /// How often agents heartbeat; an agent silent for three intervals is offline.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     heartbeat_seconds: u64,
@@ -254,8 +264,44 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
         sans.push(args.agent_listen.ip().to_string());
     }
     sans.extend(args.agent_san.iter().cloned());
+    let peer_url = match (&args.peer_url, store.backend()) {
+        (_, qb_store::Backend::Sqlite) => None,
+        (Some(url), _) => Some(url.trim_end_matches('/').to_owned()),
+        (None, _) if !args.agent_listen.ip().is_unspecified() => {
+            Some(format!("https://{agent_addr}"))
+        }
+        (None, _) => bail!(
+            "with PostgreSQL, say with --peer-url how the other replicas reach this one's agent endpoint (it listens on {agent_addr})"
+        ),
+    };
+    if let Some(url) = &peer_url {
+        match url_host(url) {
+            Some(host) if url.starts_with("https://") => sans.push(host),
+            _ => bail!("--peer-url must be an https:// URL with a host, not {url:?}"),
+        }
+    }
+    for url in &args.other_agent_url {
+        if !url.starts_with("https://") || url_host(url).is_none() {
+            bail!("--other-agent-url must be an https:// URL with a host, not {url:?}");
+        }
+    }
+    sans.sort();
     sans.dedup();
     let agent_tls = endpoint.tls_config(&sans)?;
+    if let Some(peer_url) = &peer_url {
+        let replica = uuid::Uuid::now_v7().to_string();
+        let certificate = ca.issue_replica_cert(&replica, time::Duration::days(365))?;
+        let peers = Arc::new(Peers::new(
+            store.clone(),
+            replica.clone(),
+            peer_url.clone(),
+            ca.cert_pem(),
+            &certificate,
+        )?);
+        agents.set_peers(peers.clone());
+        tokio::spawn(peers.run());
+        tracing::info!(replica, peer_url, "replica on a shared database");
+    }
     tokio::spawn(endpoint.serve(agent_listener, agent_tls));
     // Everything an operator (or a test) needs to know, in one block. A closed stdout must not
     // stop the controller, so write errors are ignored here.
@@ -301,11 +347,12 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
     state.packaging = agent_binary.map(|agent_binary| {
         Arc::new(Packaging {
             agent_url: agent_url.clone(),
+            other_agent_urls: args.other_agent_url.clone(),
             ca_pin: ca.pin(),
             agent_binary,
         })
     });
-    tokio::spawn(engine.run());
+    tokio::spawn(lead(store.clone(), engine.clone(), agents.peers().cloned()));
     serve::serve(
         listener,
         router(state),
@@ -315,6 +362,41 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
     .await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs the cluster engine while this replica holds the lead (always, on SQLite); another
+/// replica takes over within seconds when this one stops or loses its database connection.
+async fn lead(store: Store, engine: Arc<Engine>, peers: Option<Arc<Peers>>) {
+    const CHECK: Duration = Duration::from_secs(2);
+    loop {
+        let mut leadership = match store.try_lead().await {
+            Ok(Some(leadership)) => leadership,
+            Ok(None) => {
+                // Another replica runs the engine: pass this one's wake-ups on.
+                let deadline = tokio::time::Instant::now() + CHECK;
+                while let Ok(()) = tokio::time::timeout_at(deadline, engine.wake.notified()).await {
+                    if let Some(peers) = &peers {
+                        peers.wake_others();
+                    }
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask the database who runs the engine");
+                tokio::time::sleep(CHECK).await;
+                continue;
+            }
+        };
+        tracing::info!("this replica runs the cluster engine");
+        let running = tokio::spawn(engine.clone().run());
+        while leadership.holds().await {
+            tokio::time::sleep(CHECK).await;
+        }
+        running.abort();
+        tracing::warn!(
+            "lost the database connection that held the engine's lead; stopped the engine"
+        );
+    }
 }
 
 async fn shutdown_signal() {

@@ -126,6 +126,7 @@ async fn agent_packages_carry_the_controller_and_a_fresh_token() {
     let ca = qb_pki::CertificateAuthority::generate("test CA", time::Duration::days(1)).unwrap();
     app.state.packaging = Some(Arc::new(Packaging {
         agent_url: "https://controller.example:7444".into(),
+        other_agent_urls: vec!["https://replica-b.example:7444".into()],
         ca_pin: ca.pin(),
         agent_binary: binary,
     }));
@@ -180,7 +181,8 @@ async fn agent_packages_carry_the_controller_and_a_fresh_token() {
         }
     }
     assert!(
-        config.contains("controller_url = \"https://controller.example:7444\""),
+        config.contains("controller_url = \"https://controller.example:7444\"")
+            && config.contains("other_controller_urls = [\"https://replica-b.example:7444\"]"),
         "{config}"
     );
     assert!(config.contains(&ca.pin().to_string()), "{config}");

@@ -324,6 +324,51 @@ impl CertificateAuthority {
         )
     }
 
+    /// A certificate for a controller replica, with which it reaches the other replicas'
+    /// agent endpoints: clientAuth and serverAuth EKUs and the URI SAN
+    /// `qb:replica:<replica>` ([`crate::replica_of`] reads it back), which no node certificate
+    /// carries.
+    pub fn issue_replica_cert(
+        &self,
+        replica: &str,
+        validity: Duration,
+    ) -> Result<IssuedCert, PkiError> {
+        let uri = format!("{}{replica}", crate::REPLICA_URI_PREFIX);
+        if replica.is_empty()
+            || !replica
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(PkiError::Invalid {
+                what: "replica certificate",
+                reason: format!("{replica:?} is not a replica id"),
+            });
+        }
+        let (not_before, not_after) = self.window(validity, now())?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(PkiError::Rcgen)?;
+        let serial = random_serial()?;
+        let mut params = leaf_params("qb controller replica", serial, not_before, not_after);
+        params.subject_alt_names = vec![SanType::URI(
+            uri.as_str().try_into().map_err(PkiError::Rcgen)?,
+        )];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        let cert = params
+            .signed_by(&key, &self.issuer, &self.key)
+            .map_err(PkiError::Rcgen)?;
+        let cert_pem = cert.pem();
+        Ok(IssuedCert {
+            chain_pem: format!("{cert_pem}{}", self.cert_pem),
+            cert_pem,
+            key_pem: PrivateKeyPem(key.serialize_pem()),
+            serial: hex::encode(serial),
+            not_before,
+            not_after,
+        })
+    }
+
     /// The validity window of a certificate issued `now` for `validity`: from [`CLOCK_SKEW`]
     /// ago, to `now + validity` or the CA's own expiry, whichever comes first.
     fn window(
@@ -867,5 +912,27 @@ mod tests {
             );
         }
         assert!(ca.issue_server_cert(&[] as &[&str], DAY).is_err());
+    }
+
+    #[test]
+    fn replica_certificates_name_their_replica_and_are_never_node_certificates() {
+        let ca = ca();
+        let replica = ca.issue_replica_cert("0192-abc", DAY).unwrap();
+        let der = cert_der(&replica.cert_pem);
+        assert_eq!(crate::replica_of(&der).as_deref(), Some("0192-abc"));
+        assert!(node_cert_info(&der).is_err());
+        let verifier = crate::agent_client_verifier(&ca).unwrap();
+        verifier
+            .verify_client_cert(
+                &rustls::pki_types::CertificateDer::from(der.clone()),
+                &[],
+                unix(now()),
+            )
+            .expect("the agent endpoint accepts a replica's certificate");
+        let node = ca.sign_node_csr(&csr("h"), &identity(), DAY).unwrap();
+        assert_eq!(crate::replica_of(&cert_der(&node.cert_pem)), None);
+        for bad in ["", "a b", "x/../y", "qb:node"] {
+            assert!(ca.issue_replica_cert(bad, DAY).is_err(), "{bad:?}");
+        }
     }
 }

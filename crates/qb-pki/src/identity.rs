@@ -134,6 +134,33 @@ pub fn node_cert_info(der: &[u8]) -> Result<NodeCertInfo, PkiError> {
     })
 }
 
+/// Every replica certificate's URI SAN starts with this, then the replica's id.
+pub const REPLICA_URI_PREFIX: &str = "qb:replica:";
+
+/// The replica a certificate (DER) was issued to by
+/// [`crate::CertificateAuthority::issue_replica_cert`]: not a CA, clientAuth, exactly one URI
+/// SAN, `qb:replica:<id>`. `None` for anything else, node certificates included. Like
+/// [`node_cert_info`], call it only on a certificate the TLS layer verified.
+pub fn replica_of(der: &[u8]) -> Option<String> {
+    let cert = parse_cert(der, "replica certificate").ok()?;
+    let client_auth = cert
+        .extended_key_usage()
+        .ok()
+        .flatten()
+        .is_some_and(|eku| eku.value.client_auth);
+    if cert.is_ca() || !client_auth {
+        return None;
+    }
+    let san = cert.subject_alternative_name().ok().flatten()?;
+    match san.value.general_names.as_slice() {
+        [GeneralName::URI(uri)] => uri
+            .strip_prefix(REPLICA_URI_PREFIX)
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType};

@@ -30,7 +30,7 @@ mod testing;
 pub use ca::{CLOCK_SKEW, CertificateAuthority, IssuedCert, NodeCert, PrivateKeyPem};
 pub use csr::{KeyAndCsr, MAX_CSR_PEM_LEN, new_key_and_csr};
 pub use error::PkiError;
-pub use identity::{NodeCertInfo, NodeIdentity, node_cert_info};
+pub use identity::{NodeCertInfo, NodeIdentity, REPLICA_URI_PREFIX, node_cert_info, replica_of};
 pub use pin::{Pin, spki_pin};
 pub use plan_signing::{PLAN_SIGNER_URI, PlanSignatureError, PlanSigner, verify_plan_signature};
 pub use verify::{PinnedCaVerifier, agent_client_verifier};

@@ -13,6 +13,7 @@ mod engine;
 mod events;
 mod migrate;
 mod nodes;
+mod replicas;
 mod rows;
 mod tenants;
 
@@ -32,6 +33,7 @@ pub use clusters::{ClusterSpec, SpecError};
 pub use engine::{EngineCluster, EngineNode, WIPE_PLAN_HASH};
 pub use events::EventFilter;
 pub use nodes::{NewNode, NodeFilter};
+pub use replicas::Leadership;
 pub use tenants::{Principal, Tenant};
 
 /// Which database a [`Store`] runs on.

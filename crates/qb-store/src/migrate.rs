@@ -31,6 +31,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "pod subnets",
         include_str!("../migrations/shared/0004_pod_subnets.sql"),
     ),
+    (
+        5,
+        "replicas",
+        include_str!("../migrations/shared/0005_replicas.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -52,6 +57,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         4,
         "pod subnets",
         include_str!("../migrations/shared/0004_pod_subnets.sql"),
+    ),
+    (
+        5,
+        "replicas",
+        include_str!("../migrations/shared/0005_replicas.sql"),
     ),
 ];
 

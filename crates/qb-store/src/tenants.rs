@@ -23,6 +23,8 @@ pub struct Principal {
     pub user: Name,
     pub role: Role,
     pub token_id: TokenId,
+    /// When the token stops being valid.
+    pub token_expires_at: OffsetDateTime,
 }
 
 impl Store {
@@ -249,7 +251,7 @@ impl Store {
     pub async fn authenticate(&self, secret_hash: &str) -> Result<Option<Principal>> {
         let row = sqlx::query(
             "SELECT t.id AS token_id, t.tenant_id, n.name AS tenant_name, u.id AS user_id, \
-             u.name AS user_name, u.role FROM tokens t \
+             u.name AS user_name, u.role, t.expires_at FROM tokens t \
              JOIN users u ON u.id = t.user_id JOIN tenants n ON n.id = t.tenant_id \
              WHERE t.secret_hash = $1 AND t.revoked_at IS NULL AND t.expires_at > $2",
         )
@@ -265,6 +267,7 @@ impl Store {
             user: row.try_get::<String, _>("user_name")?.parse()?,
             role: rows::role(&row.try_get::<String, _>("role")?)?,
             token_id: crate::parse_id("token id", &row.try_get::<String, _>("token_id")?)?,
+            token_expires_at: crate::from_ms(row.try_get("expires_at")?),
         }))
     }
 

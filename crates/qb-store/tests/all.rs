@@ -47,6 +47,8 @@ mod nodes;
 mod paging;
 #[path = "cases/persistence.rs"]
 mod persistence;
+#[path = "cases/replicas.rs"]
+mod replicas;
 #[path = "cases/tenants.rs"]
 mod tenants;
 

@@ -264,7 +264,20 @@ impl Controller {
         Self::start_in(
             tempfile::tempdir().expect("temp dir"),
             &format!("{agent_ip}:0"),
+            None,
         )
+    }
+
+    /// A replica on the shared PostgreSQL database `database`; the first one to start makes
+    /// the first tenant, the others use `admin_token` (the first one's).
+    pub fn start_replica(agent_ip: &str, database: &str, admin_token: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        if let Some(token) = admin_token {
+            std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+            std::fs::write(dir.path().join("data").join("admin-token"), token)
+                .expect("admin token");
+        }
+        Self::start_in(dir, &format!("{agent_ip}:0"), Some(database))
     }
 
     /// Kills the controller with SIGKILL and starts it again on the same data directory and
@@ -273,7 +286,7 @@ impl Controller {
         self.proc.stop();
         let agent_addr = self.agent_addr.to_string();
         let Self { dir, .. } = self;
-        Self::start_in(dir, &agent_addr)
+        Self::start_in(dir, &agent_addr, None)
     }
 
     /// The controller's data directory (database, artifacts).
@@ -281,13 +294,17 @@ impl Controller {
         self.dir.path().join("data")
     }
 
-    fn start_in(dir: tempfile::TempDir, agent_listen: &str) -> Self {
+    fn start_in(dir: tempfile::TempDir, agent_listen: &str, database: Option<&str>) -> Self {
         let agent_ip = agent_listen
             .rsplit_once(':')
             .map_or(agent_listen, |(ip, _)| ip)
             .to_owned();
         let mut cmd = command(&controller_binary(), None);
-        cmd.args(data_args(dir.path()))
+        let mut data = data_args(dir.path());
+        if let Some(url) = database {
+            data[3] = url.to_owned();
+        }
+        cmd.args(data)
             .args([
                 "serve",
                 "--listen",
@@ -397,6 +414,8 @@ pub fn random_bootstrap_secret() -> String {
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub controller_url: String,
+    /// Other replicas' agent endpoints.
+    pub other_controller_urls: Vec<String>,
     pub ca_pins: Vec<String>,
     pub bootstrap_token: Option<String>,
     pub machine_id: String,
@@ -408,6 +427,7 @@ impl AgentConfig {
     pub fn new(controller: &Controller, token: &str, node_name: &str) -> Self {
         Self {
             controller_url: controller.agent_url.clone(),
+            other_controller_urls: Vec::new(),
             ca_pins: vec![controller.pin.clone()],
             bootstrap_token: Some(token.to_owned()),
             machine_id: machine_id(),
@@ -484,6 +504,7 @@ impl Agent {
         let state_dir = dir.path().join("state");
         let mut file = serde_json::json!({
             "controller_url": config.controller_url,
+            "other_controller_urls": config.other_controller_urls,
             "ca_pins": config.ca_pins,
             "state_dir": state_dir,
             "machine_id": config.machine_id,

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use super::Agents;
+use super::peers::{PEER_PREFIX, RelayedInstruction, RelayedOutcome};
 use crate::ApiError;
 use crate::extract::ApiJson;
 
@@ -53,6 +54,10 @@ pub struct AgentEndpoint {
     /// Where bundle artifacts are kept.
     pub artifacts: crate::artifacts::ArtifactStore,
 }
+
+/// Another controller replica, behind a connection's client certificate.
+#[derive(Clone, Debug)]
+pub struct ReplicaPeer(pub String);
 
 /// The node behind a connection's client certificate.
 #[derive(Clone, Copy, Debug)]
@@ -85,6 +90,27 @@ impl AgentEndpoint {
             .route(CHANNEL_PATH, post(channel))
             .route(RENEW_PATH, post(renew))
             .route(&format!("{TUNNEL_PATH}/{{stream}}"), post(tunnel))
+            .route(&format!("{PEER_PREFIX}/wake"), post(relay_wake))
+            .route(
+                &format!("{PEER_PREFIX}/artifacts/{{sha256}}"),
+                get(relay_artifact),
+            )
+            .route(
+                &format!("{PEER_PREFIX}/nodes/{{node}}/push"),
+                post(relay_push),
+            )
+            .route(
+                &format!("{PEER_PREFIX}/nodes/{{node}}/revoke"),
+                post(relay_revoke),
+            )
+            .route(
+                &format!("{PEER_PREFIX}/nodes/{{node}}/request"),
+                post(relay_request),
+            )
+            .route(
+                &format!("{PEER_PREFIX}/nodes/{{node}}/tunnels/{{endpoint}}"),
+                post(relay_tunnel),
+            )
             .route(PLAN_PATH, get(plan))
             .route(&format!("{ARTIFACTS_PATH}/{{sha256}}"), get(artifact))
             .fallback(|| async { ApiError::new(ProblemCode::NotFound, "no such agent path") })
@@ -134,7 +160,12 @@ impl AgentEndpoint {
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|c| c.to_vec());
-        let identity = match presented {
+        // Another controller replica, relaying work for an agent this one holds.
+        let replica = presented
+            .as_deref()
+            .and_then(qb_pki::replica_of)
+            .map(ReplicaPeer);
+        let identity = match presented.filter(|_| replica.is_none()) {
             None => None,
             Some(der) => match self.admit(&der).await {
                 Ok(identity) => Some(identity),
@@ -165,6 +196,7 @@ impl AgentEndpoint {
         let service = TowerToHyperService::new(tower::service_fn(
             move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(peer);
+                req.extensions_mut().insert(replica.clone());
                 tower::ServiceExt::oneshot(router.clone(), req)
             },
         ));
@@ -174,7 +206,9 @@ impl AgentEndpoint {
             .timer(TokioTimer::new())
             // Heartbeats already show the agent is there; pings only find dead connections.
             .keep_alive_interval(Some(self.agents.grace()))
-            .keep_alive_timeout(self.agents.grace());
+            .keep_alive_timeout(self.agents.grace())
+            // Tunnels carry bulk data: let each stream's window grow with the link.
+            .adaptive_window(true);
         let serving = builder.serve_connection(TokioIo::new(tls), service);
         match connection {
             Some((identity, mut conn)) => {
@@ -348,6 +382,11 @@ async fn artifact(
     {
         return Err(not_found());
     }
+    if let Some(peers) = endpoint.agents.peers()
+        && matches!(endpoint.artifacts.size(&sha256).await, Ok(None))
+    {
+        peers.fetch_artifact(&sha256, &endpoint.artifacts).await;
+    }
     let file = endpoint
         .artifacts
         .open_file(&sha256)
@@ -373,6 +412,125 @@ async fn artifact(
         body,
     )
         .into_response())
+}
+
+fn require_replica(replica: Option<ReplicaPeer>) -> Result<ReplicaPeer, ApiError> {
+    replica.ok_or_else(|| ApiError::new(ProblemCode::NotFound, "no such agent path"))
+}
+
+/// Another replica copies an artifact it lacks.
+async fn relay_artifact(
+    State(endpoint): State<AgentEndpoint>,
+    Extension(replica): Extension<Option<ReplicaPeer>>,
+    axum::extract::Path(sha256): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    require_replica(replica)?;
+    let not_found = || ApiError::new(ProblemCode::NotFound, "no such artifact");
+    if !qb_api::is_sha256_hex(&sha256) {
+        return Err(not_found());
+    }
+    let file = endpoint
+        .artifacts
+        .open_file(&sha256)
+        .await
+        .map_err(|_| not_found())?
+        .ok_or_else(not_found)?;
+    Ok(
+        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+            file,
+            256 * 1024,
+        ))
+        .into_response(),
+    )
+}
+
+/// Another replica has work for the cluster engine.
+async fn relay_wake(
+    State(endpoint): State<AgentEndpoint>,
+    Extension(replica): Extension<Option<ReplicaPeer>>,
+) -> Result<Json<()>, ApiError> {
+    require_replica(replica)?;
+    endpoint.wake.notify_one();
+    Ok(Json(()))
+}
+
+/// Another replica relays a message for an agent this one holds.
+async fn relay_push(
+    State(endpoint): State<AgentEndpoint>,
+    Extension(replica): Extension<Option<ReplicaPeer>>,
+    axum::extract::Path(node): axum::extract::Path<qb_api::NodeId>,
+    ApiJson(message): ApiJson<ControllerMessage>,
+) -> Result<Json<()>, ApiError> {
+    require_replica(replica)?;
+    if !endpoint.agents.push_local(node, message) {
+        return Err(ApiError::new(
+            ProblemCode::NotFound,
+            "this replica does not hold that agent",
+        ));
+    }
+    Ok(Json(()))
+}
+
+/// Another replica relays a revocation (the node was deauthorized there).
+async fn relay_revoke(
+    State(endpoint): State<AgentEndpoint>,
+    Extension(replica): Extension<Option<ReplicaPeer>>,
+    axum::extract::Path(node): axum::extract::Path<qb_api::NodeId>,
+) -> Result<Json<()>, ApiError> {
+    require_replica(replica)?;
+    endpoint.agents.revoke_local(node);
+    Ok(Json(()))
+}
+
+/// Another replica relays an instruction and waits for the agent's answer.
+async fn relay_request(
+    State(endpoint): State<AgentEndpoint>,
+    Extension(replica): Extension<Option<ReplicaPeer>>,
+    axum::extract::Path(node): axum::extract::Path<qb_api::NodeId>,
+    ApiJson(relayed): ApiJson<RelayedInstruction>,
+) -> Result<Json<RelayedOutcome>, ApiError> {
+    require_replica(replica)?;
+    let timeout = Duration::from_millis(relayed.timeout_ms.min(600_000));
+    let id = endpoint.agents.next_instruction_id();
+    let answer = match endpoint
+        .agents
+        .request_local(node, id, relayed.instruction, timeout)
+        .await
+    {
+        Ok(outcome) => RelayedOutcome::Outcome(outcome),
+        Err(super::PingError::NotConnected) => RelayedOutcome::NotConnected,
+        Err(super::PingError::NoAnswer) => RelayedOutcome::NoAnswer,
+        Err(super::PingError::ChannelClosed) => RelayedOutcome::ChannelClosed,
+    };
+    Ok(Json(answer))
+}
+
+/// Another replica asks for a tunnel through an agent this one holds: opened here, spliced to
+/// the replica's stream.
+async fn relay_tunnel(
+    State(endpoint): State<AgentEndpoint>,
+    Extension(replica): Extension<Option<ReplicaPeer>>,
+    axum::extract::Path((node, name)): axum::extract::Path<(qb_api::NodeId, String)>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_replica(replica)?;
+    let mut agent = endpoint
+        .agents
+        .open_tunnel_local(node, &name, Duration::from_secs(10))
+        .await
+        .map_err(|e| ApiError::new(ProblemCode::Unavailable, e.to_string()))?;
+    let (outgoing, to_replica) = qb_tunnel::outgoing();
+    let mut replica_side = qb_tunnel::Tunnel::new(body, to_replica);
+    tokio::spawn(async move {
+        let _ = tokio::io::copy_bidirectional_with_sizes(
+            &mut replica_side,
+            &mut agent,
+            qb_tunnel::COPY_BUFFER,
+            qb_tunnel::COPY_BUFFER,
+        )
+        .await;
+    });
+    Ok(Body::new(outgoing).into_response())
 }
 
 /// A tunnel the agent opened because the controller asked: the request body brings the
@@ -431,6 +589,9 @@ async fn channel(
     endpoint
         .agents
         .channel_opened(node.id, peer.connection, to_agent);
+    if let Some(peers) = endpoint.agents.peers() {
+        peers.session(node.id, true).await;
+    }
     tokio::spawn(read_agent(endpoint, peer, node, body));
     let frames = futures_util::stream::unfold(from_controller, |mut rx| async move {
         let message = rx.recv().await?;
@@ -531,6 +692,11 @@ async fn read_agent(endpoint: AgentEndpoint, peer: Peer, stored: qb_api::Node, b
         }
     }
     endpoint.agents.channel_closed(node, peer.connection);
+    if let Some(peers) = endpoint.agents.peers()
+        && !endpoint.agents.holds(node)
+    {
+        peers.session(node, false).await;
+    }
     if !version.is_empty()
         && let Err(e) = endpoint
             .store

@@ -7,10 +7,11 @@
 pub mod ca;
 pub mod endpoint;
 pub mod packages;
+pub mod peers;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qb_agent_proto::{ControllerMessage, Instruction, Outcome};
@@ -27,6 +28,8 @@ pub struct Agents {
     tunnels: Mutex<HashMap<u64, PendingTunnel>>,
     next_id: AtomicU64,
     heartbeat: Duration,
+    /// The other replicas, when several share the database.
+    peers: std::sync::OnceLock<Arc<peers::Peers>>,
 }
 
 #[derive(Default)]
@@ -57,7 +60,36 @@ impl Agents {
             tunnels: Mutex::default(),
             next_id: AtomicU64::new(1),
             heartbeat,
+            peers: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Routes work for agents other replicas hold through them, from now on.
+    pub fn set_peers(&self, peers: Arc<peers::Peers>) {
+        let _ = self.peers.set(peers);
+    }
+
+    /// The other replicas, if several share the database.
+    pub fn peers(&self) -> Option<&Arc<peers::Peers>> {
+        self.peers.get()
+    }
+
+    /// The URL of the replica holding `node`'s agent, when another replica does.
+    fn holder(&self, node: NodeId) -> Option<(&Arc<peers::Peers>, String)> {
+        let peers = self.peers.get()?;
+        if self.has_channel(node) {
+            return None;
+        }
+        peers.holder(node).map(|url| (peers, url))
+    }
+
+    /// Whether this replica holds the node's channel.
+    pub fn holds(&self, node: NodeId) -> bool {
+        self.has_channel(node)
+    }
+
+    fn has_channel(&self, node: NodeId) -> bool {
+        self.lock().get(&node).is_some_and(|e| e.channel.is_some())
     }
 
     /// How often agents heartbeat.
@@ -164,6 +196,15 @@ impl Agents {
     /// Sends a message to the agent now, if it is connected. `false` when it is not, or when it
     /// is so far behind that its queue is full.
     pub fn push(&self, node: NodeId, message: ControllerMessage) -> bool {
+        if let Some((peers, url)) = self.holder(node) {
+            peers.push(url, node, message);
+            return true;
+        }
+        self.push_local(node, message)
+    }
+
+    /// Sends a message to the agent if this replica holds its channel.
+    pub fn push_local(&self, node: NodeId, message: ControllerMessage) -> bool {
         let sender = self
             .lock()
             .get(&node)
@@ -175,6 +216,14 @@ impl Agents {
     /// Revokes a node's live identity: tells the agent, then closes all its connections a
     /// moment later (so the message can reach it). Must be called within a tokio runtime.
     pub fn revoke(&self, node: NodeId) {
+        if let Some((peers, url)) = self.holder(node) {
+            peers.revoke(url, node);
+        }
+        self.revoke_local(node);
+    }
+
+    /// Revokes the node's connections to this replica.
+    pub fn revoke_local(&self, node: NodeId) {
         let entry = self.lock().remove(&node);
         self.abandon_pings(node);
         if let Some(entry) = entry {
@@ -205,11 +254,15 @@ impl Agents {
 
     /// Fills in the live part of a node's agent information.
     pub fn overlay(&self, node: &mut Node) {
-        if let (Some(agent), Some((online, last_seen))) =
-            (node.agent.as_mut(), self.status(node.id))
-        {
+        let Some(agent) = node.agent.as_mut() else {
+            return;
+        };
+        if let Some((online, last_seen)) = self.status(node.id) {
             agent.online = online;
             agent.last_seen_at = Some(last_seen);
+        } else if self.holder(node.id).is_some() {
+            // Another replica holds its channel: online; the stored last-seen time stands.
+            agent.online = true;
         }
     }
 
@@ -235,16 +288,33 @@ impl Agents {
         timeout: Duration,
     ) -> Result<Outcome, PingError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some((peers, url)) = self.holder(node) {
+            return peers.request(&url, node, instruction(id), timeout).await;
+        }
+        self.request_local(node, id, instruction(id), timeout).await
+    }
+
+    /// A fresh instruction id.
+    pub fn next_instruction_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Pushes an instruction to the agent if this replica holds its channel, and waits for
+    /// the answer.
+    pub async fn request_local(
+        &self,
+        node: NodeId,
+        id: u64,
+        instruction: Instruction,
+        timeout: Duration,
+    ) -> Result<Outcome, PingError> {
         let (tx, rx) = oneshot::channel();
         self.waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, (node, tx));
-        let message = ControllerMessage::Instruction {
-            id,
-            instruction: instruction(id),
-        };
-        let result = if !self.push(node, message) {
+        let message = ControllerMessage::Instruction { id, instruction };
+        let result = if !self.push_local(node, message) {
             Err(PingError::NotConnected)
         } else {
             match tokio::time::timeout(timeout, rx).await {
@@ -279,6 +349,19 @@ impl Agents {
         endpoint: &str,
         timeout: Duration,
     ) -> Result<AgentTunnel, TunnelError> {
+        if let Some((peers, url)) = self.holder(node) {
+            return peers.open_tunnel(&url, node, endpoint).await;
+        }
+        self.open_tunnel_local(node, endpoint, timeout).await
+    }
+
+    /// A tunnel through the agent if this replica holds its channel.
+    pub async fn open_tunnel_local(
+        &self,
+        node: NodeId,
+        endpoint: &str,
+        timeout: Duration,
+    ) -> Result<AgentTunnel, TunnelError> {
         let stream = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending_tunnels().insert(stream, (node, tx));
@@ -286,7 +369,7 @@ impl Agents {
             stream,
             endpoint: endpoint.to_owned(),
         };
-        let result = if !self.push(node, message) {
+        let result = if !self.push_local(node, message) {
             Err(TunnelError::NotConnected)
         } else {
             match tokio::time::timeout(timeout, rx).await {
@@ -323,7 +406,7 @@ impl Agents {
 
     /// Whether the node's agent is online now.
     pub fn online(&self, node: NodeId) -> bool {
-        self.status(node).is_some_and(|(online, _)| online)
+        self.status(node).is_some_and(|(online, _)| online) || self.holder(node).is_some()
     }
 }
 

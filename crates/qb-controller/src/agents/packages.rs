@@ -20,6 +20,8 @@ use crate::{ApiError, AppState};
 pub struct Packaging {
     /// The agent endpoint's URL as hosts reach it.
     pub agent_url: String,
+    /// Other replicas' agent endpoints, which agents try when `agent_url` does not answer.
+    pub other_agent_urls: Vec<String>,
     pub ca_pin: qb_pki::Pin,
     /// The `qb-agent` executable to ship.
     pub agent_binary: PathBuf,
@@ -29,6 +31,8 @@ pub struct Packaging {
 #[derive(Serialize)]
 struct AgentConfig<'a> {
     controller_url: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    other_controller_urls: &'a [String],
     ca_pins: Vec<String>,
     bootstrap_token: &'a str,
 }
@@ -86,6 +90,7 @@ pub(crate) async fn agent_package(
             .await?;
     let config = toml::to_string(&AgentConfig {
         controller_url: &packaging.agent_url,
+        other_controller_urls: &packaging.other_agent_urls,
         ca_pins: vec![packaging.ca_pin.to_string()],
         bootstrap_token: &token.secret,
     })

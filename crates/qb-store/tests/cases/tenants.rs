@@ -131,6 +131,7 @@ async fn tokens_authenticate_until_expired_or_revoked(db: TestDb) {
             user: name("alice"),
             role: Role::Admin,
             token_id: alice.token.id,
+            token_expires_at: alice.token.expires_at,
         }
     );
     let principal = db.authenticate("hash-bob").await.unwrap().unwrap();

@@ -1,0 +1,423 @@
+//! Several controller replicas on one PostgreSQL. Each holds the channels of the agents that
+//! connected to it; the store records which replica holds which agent. An instruction, a push,
+//! a revocation or a tunnel for an agent that another replica holds goes to that replica, over
+//! its agent endpoint, with mutual TLS: each replica has a certificate from the internal CA
+//! naming it (`qb:replica:<id>`), which no node certificate carries.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use qb_agent_proto::{ControllerMessage, Instruction, Outcome};
+use qb_api::NodeId;
+use qb_store::Store;
+use rustls::pki_types::ServerName;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::net::TcpStream;
+
+use super::{AgentTunnel, PingError, TunnelError};
+
+/// Where the peer routes live on the agent endpoint.
+pub const PEER_PREFIX: &str = "/peer/v1";
+/// How often a replica says it is alive and reads where the other replicas' agents are.
+const REFRESH: Duration = Duration::from_secs(1);
+/// A replica silent for this long is gone; its agents are not online through it.
+const REPLICA_GRACE: Duration = Duration::from_secs(5);
+/// Replicas gone this long are forgotten, with their sessions.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An instruction relayed to the replica that holds the agent.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayedInstruction {
+    pub instruction: Instruction,
+    pub timeout_ms: u64,
+}
+
+/// The relayed answer: the agent's outcome, or why there is none.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayedOutcome {
+    Outcome(Outcome),
+    NotConnected,
+    NoAnswer,
+    ChannelClosed,
+}
+
+/// This replica, and how it reaches the others.
+pub struct Peers {
+    /// This replica's id.
+    pub replica: String,
+    /// Where the other replicas reach this one.
+    pub peer_url: String,
+    store: Store,
+    /// Agents other replicas hold: node → the holder's URL.
+    remote: RwLock<HashMap<NodeId, String>>,
+    /// The other live replicas' URLs.
+    others: RwLock<Vec<String>>,
+    tls: tokio_rustls::TlsConnector,
+    connections: tokio::sync::Mutex<HashMap<String, SendRequest<Body>>>,
+    /// Artifacts are copied from other replicas one at a time.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl Peers {
+    /// `certificate` is this replica's (chain and key, from the internal CA whose certificate
+    /// `ca_pem` is); peers are trusted by that CA alone.
+    pub fn new(
+        store: Store,
+        replica: String,
+        peer_url: String,
+        ca_pem: &str,
+        certificate: &qb_pki::IssuedCert,
+    ) -> anyhow::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+            roots.add(cert?)?;
+        }
+        let chain = rustls_pemfile::certs(&mut certificate.chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = rustls_pemfile::private_key(&mut certificate.key_pem.expose().as_bytes())?
+            .ok_or_else(|| anyhow::anyhow!("the replica certificate has no key"))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Self {
+            replica,
+            peer_url,
+            store,
+            remote: RwLock::default(),
+            others: RwLock::default(),
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            connections: tokio::sync::Mutex::default(),
+            fetching: tokio::sync::Mutex::default(),
+        })
+    }
+
+    /// Says this replica is alive and reads which agents the others hold, every [`REFRESH`],
+    /// until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(REFRESH);
+        let mut forgotten = tokio::time::Instant::now();
+        loop {
+            tick.tick().await;
+            let now = OffsetDateTime::now_utc();
+            if let Err(e) = self
+                .store
+                .replica_alive(&self.replica, &self.peer_url, now)
+                .await
+            {
+                tracing::warn!(error = %e, "could not record that this replica is alive");
+                continue;
+            }
+            match self
+                .store
+                .remote_sessions(&self.replica, now - REPLICA_GRACE)
+                .await
+            {
+                Ok(sessions) => {
+                    *self.remote.write().unwrap_or_else(|p| p.into_inner()) =
+                        sessions.into_iter().map(|(n, (url, _))| (n, url)).collect();
+                }
+                Err(e) => tracing::warn!(error = %e, "could not read the other replicas' agents"),
+            }
+            match self
+                .store
+                .live_replicas(&self.replica, now - REPLICA_GRACE)
+                .await
+            {
+                Ok(others) => *self.others.write().unwrap_or_else(|p| p.into_inner()) = others,
+                Err(e) => tracing::warn!(error = %e, "could not read the other replicas"),
+            }
+            if forgotten.elapsed() > REPLICA_GRACE * 12 {
+                forgotten = tokio::time::Instant::now();
+                if let Err(e) = self.store.forget_replicas(now - FORGET_AFTER).await {
+                    tracing::debug!(error = %e, "could not forget old replicas");
+                }
+            }
+        }
+    }
+
+    /// The URL of the replica that holds `node`'s agent, if another one does.
+    pub fn holder(&self, node: NodeId) -> Option<String> {
+        self.remote
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node)
+            .cloned()
+    }
+
+    /// Records that this replica holds `node`'s channel, or no longer does.
+    pub async fn session(&self, node: NodeId, open: bool) {
+        let result = if open {
+            self.store
+                .agent_session_opened(node, &self.replica, OffsetDateTime::now_utc())
+                .await
+        } else {
+            self.store.agent_session_closed(node, &self.replica).await
+        };
+        if let Err(e) = result {
+            tracing::warn!(node_id = %node, error = %e, "could not record the agent's session");
+        }
+    }
+
+    /// An HTTP/2 connection to the replica at `url`, kept for the next request.
+    async fn connection(&self, url: &str) -> anyhow::Result<SendRequest<Body>> {
+        let mut connections = self.connections.lock().await;
+        if let Some(sender) = connections.get(url)
+            && !sender.is_closed()
+        {
+            return Ok(sender.clone());
+        }
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or_else(|| anyhow::anyhow!("peer URL {url:?} is not https"))?;
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        };
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
+            .await
+            .map_err(|_| anyhow::anyhow!("connecting to the replica at {url} timed out"))??;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(host.to_owned())?;
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, self.tls.connect(name, tcp))
+            .await
+            .map_err(|_| anyhow::anyhow!("TLS with the replica at {url} timed out"))??;
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .keep_alive_interval(Some(Duration::from_secs(10)))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(tls))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection to a replica ended");
+            }
+        });
+        connections.insert(url.to_owned(), sender.clone());
+        Ok(sender)
+    }
+
+    async fn post(
+        &self,
+        url: &str,
+        path: &str,
+        body: Body,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        self.send(hyper::Method::POST, url, path, body).await
+    }
+
+    async fn send(
+        &self,
+        method: hyper::Method,
+        url: &str,
+        path: &str,
+        body: Body,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        let mut sender = self.connection(url).await?;
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{url}{PEER_PREFIX}{path}"))
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(body)?;
+        Ok(sender.send_request(request).await?)
+    }
+
+    /// Copies a bundle artifact this replica lacks from another replica that has it (bundles
+    /// are imported through one replica, agents download through any). The store keeps it only
+    /// if its content hashes to `sha256`. Whether it is here now.
+    pub async fn fetch_artifact(
+        &self,
+        sha256: &str,
+        into: &crate::artifacts::ArtifactStore,
+    ) -> bool {
+        let _one_at_a_time = self.fetching.lock().await;
+        if matches!(into.size(sha256).await, Ok(Some(_))) {
+            return true;
+        }
+        let others = self
+            .others
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for url in others {
+            let response = match self
+                .send(
+                    hyper::Method::GET,
+                    &url,
+                    &format!("/artifacts/{sha256}"),
+                    Body::empty(),
+                )
+                .await
+            {
+                Ok(response) if response.status().is_success() => response,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::debug!(%url, error = %format!("{e:#}"), "could not ask a replica for an artifact");
+                    continue;
+                }
+            };
+            let stream = http_body_util::BodyDataStream::new(response.into_body())
+                .map(|chunk| chunk.map_err(axum::Error::new));
+            match into.put(sha256, stream).await {
+                Ok(size) => {
+                    tracing::info!(sha256, size, from = %url, "copied an artifact from another replica");
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(sha256, from = %url, error = %e, "an artifact from another replica was refused")
+                }
+            }
+        }
+        false
+    }
+
+    async fn post_json<T: Serialize>(
+        &self,
+        url: &str,
+        path: &str,
+        value: &T,
+    ) -> anyhow::Result<Bytes> {
+        let json = serde_json::to_vec(value)?;
+        let response = self
+            .post(url, path, Body::new(Full::new(Bytes::from(json))))
+            .await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            anyhow::bail!(
+                "the replica at {url} answered {status}: {}",
+                String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+            );
+        }
+        Ok(body)
+    }
+
+    /// Sends `message` to `node`'s agent through the replica at `url`, in the background.
+    pub fn push(self: &Arc<Self>, url: String, node: NodeId, message: ControllerMessage) {
+        let peers = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = peers
+                .post_json(&url, &format!("/nodes/{node}/push"), &message)
+                .await
+            {
+                tracing::warn!(node_id = %node, error = %format!("{e:#}"), "could not relay a message to the agent's replica");
+            }
+        });
+    }
+
+    /// Wakes the cluster engine wherever it runs: there is work (a change through this
+    /// replica's API, an agent's report to it).
+    pub fn wake_others(self: &Arc<Self>) {
+        let others = self
+            .others
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for url in others {
+            let peers = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = peers.post_json(&url, "/wake", &()).await {
+                    tracing::debug!(%url, error = %format!("{e:#}"), "could not wake a replica's engine");
+                }
+            });
+        }
+    }
+
+    /// Revokes `node`'s live identity on the replica at `url`.
+    pub fn revoke(self: &Arc<Self>, url: String, node: NodeId) {
+        let peers = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = peers
+                .post_json(&url, &format!("/nodes/{node}/revoke"), &())
+                .await
+            {
+                tracing::warn!(node_id = %node, error = %format!("{e:#}"), "could not relay a revocation to the agent's replica");
+            }
+        });
+    }
+
+    /// An instruction to `node`'s agent through the replica at `url`, and its answer.
+    pub async fn request(
+        &self,
+        url: &str,
+        node: NodeId,
+        instruction: Instruction,
+        timeout: Duration,
+    ) -> Result<Outcome, PingError> {
+        let relayed = RelayedInstruction {
+            instruction,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        let answer = tokio::time::timeout(
+            timeout + CONNECT_TIMEOUT,
+            self.post_json(url, &format!("/nodes/{node}/request"), &relayed),
+        )
+        .await
+        .map_err(|_| PingError::NoAnswer)?
+        .map_err(|e| {
+            tracing::warn!(node_id = %node, error = %format!("{e:#}"), "could not relay an instruction");
+            PingError::NotConnected
+        })?;
+        match serde_json::from_slice(&answer) {
+            Ok(RelayedOutcome::Outcome(outcome)) => Ok(outcome),
+            Ok(RelayedOutcome::NoAnswer) => Err(PingError::NoAnswer),
+            Ok(RelayedOutcome::ChannelClosed) => Err(PingError::ChannelClosed),
+            Ok(RelayedOutcome::NotConnected) | Err(_) => Err(PingError::NotConnected),
+        }
+    }
+
+    /// A tunnel to `endpoint` of `node`'s agent through the replica at `url`: that replica
+    /// asks its agent and splices; bytes flow through both replicas, each hop its own HTTP/2
+    /// stream.
+    pub async fn open_tunnel(
+        &self,
+        url: &str,
+        node: NodeId,
+        endpoint: &str,
+    ) -> Result<AgentTunnel, TunnelError> {
+        let (outgoing, to_peer) = qb_tunnel::outgoing();
+        let response = self
+            .post(
+                url,
+                &format!("/nodes/{node}/tunnels/{endpoint}"),
+                Body::new(outgoing),
+            )
+            .await
+            .map_err(|e| TunnelError::Refused(format!("the agent's replica at {url}: {e:#}")))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let reason = serde_json::from_slice::<qb_api::Problem>(&body)
+                .map(|p| p.detail)
+                .unwrap_or_else(|_| format!("{status}"));
+            return Err(TunnelError::Refused(reason));
+        }
+        Ok(qb_tunnel::Tunnel::new(
+            Body::new(response.into_body()),
+            to_peer,
+        ))
+    }
+}
