@@ -610,3 +610,55 @@ fn a_channel_that_does_not_start_with_hello_stores_nothing() {
         "a channel that does not start with hello should be closed"
     );
 }
+
+/// The routes by which replicas relay work to each other, and tunnel streams, are closed to a
+/// node's certificate: a node cannot push to, revoke, instruct or tunnel into another node, nor
+/// pose as the agent of a tunnel the controller never asked it for.
+#[test]
+fn a_node_certificate_cannot_act_as_a_replica_or_answer_a_tunnel_it_was_not_asked_for() {
+    let controller = Controller::start(LOCAL);
+    let api = controller.api();
+    let token = api.bootstrap_token(2, 1);
+    let victim = AgentConfig::new(&controller, &token.secret, "victim");
+    let intruder = AgentConfig::new(&controller, &token.secret, "intruder");
+    let _victim = Agent::start(&victim, None);
+    let intruder = Agent::start(&intruder, None);
+    let id = online_node(&api, "victim")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    online_node(&api, "intruder");
+    let cert = NodeCert::steal(&intruder.state_dir);
+    let (addr, pin) = (controller.agent_addr, controller.pin.clone());
+    let refused: Vec<(String, u16)> = runtime().block_on(async move {
+        let mut conn = Conn::open(addr, &pin, Some(&cert)).await;
+        let mut statuses = Vec::new();
+        for (path, body) in [
+            (
+                format!("/peer/v1/nodes/{id}/push"),
+                json!({"type": "deauthorized"}),
+            ),
+            (format!("/peer/v1/nodes/{id}/revoke"), json!(null)),
+            (
+                format!("/peer/v1/nodes/{id}/request"),
+                json!({"instruction": {"kind": "ping", "nonce": 1}, "timeout_ms": 1000}),
+            ),
+            (
+                format!("/peer/v1/nodes/{id}/tunnels/kube-apiserver"),
+                json!({}),
+            ),
+            ("/peer/v1/wake".to_owned(), json!(null)),
+            ("/agent/v1/tunnels/1".to_owned(), json!({})),
+        ] {
+            let (status, _) = conn.post(&path, &body).await;
+            statuses.push((path, status));
+        }
+        statuses
+    });
+    for (path, status) in refused {
+        assert_eq!(status, 404, "{path}");
+    }
+    // The victim never heard of it: still online, still answering.
+    assert_eq!(online_node(&api, "victim")["state"], "pending");
+    api.post("/nodes/victim/ping", &json!({})).ok();
+}
