@@ -29,6 +29,7 @@ fn main() -> Result<()> {
         }
         Some("bench") => {
             prerequisites()?;
+            install_missing(BENCH_PACKAGES.iter().copied())?;
             let bundle = bundle::ensure()?;
             let mut cmd = Command::new(cargo());
             cmd.current_dir(&root)
@@ -44,6 +45,8 @@ fn main() -> Result<()> {
                     "preflight",
                     "--bench",
                     "bringup",
+                    "--bench",
+                    "tunnel",
                 ])
                 .args(&args[1..]);
             run(&mut cmd)
@@ -62,7 +65,7 @@ fn main() -> Result<()> {
             eprintln!("usage: cargo xtask <test|bench|deps|bundle|lab> [args for the runner]");
             eprintln!("  test   install missing test prerequisites, then run the whole test suite");
             eprintln!(
-                "  bench  run the benchmarks: API throughput (SQLite and PostgreSQL side by side), agent costs, preflight, Kubernetes bring-up"
+                "  bench  run the benchmarks: API throughput (SQLite and PostgreSQL side by side), agent costs, preflight, Kubernetes bring-up, the API proxy's tunnel against direct and ssh -R"
             );
             eprintln!(
                 "  deps   only install missing prerequisites (and build the Kubernetes bundle)"
@@ -118,6 +121,12 @@ const PACKAGES: &[(&str, &str)] = &[
     // The Kubernetes lab test runs kubectl on a master; kube-proxy programs iptables.
     ("kubernetes-client", "/usr/bin/kubectl"),
     ("iptables", "/usr/sbin/iptables"),
+];
+
+/// What the benchmarks need beyond the tests' packages.
+const BENCH_PACKAGES: &[(&str, &str)] = &[
+    // The tunnel benchmark compares the proxy's tunnel with an OpenSSH reverse tunnel.
+    ("openssh-server", "/usr/sbin/sshd"),
 ];
 
 /// Installs what the suite needs when it is missing: PostgreSQL (the store's tests start their own

@@ -97,8 +97,9 @@ impl Controller {
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true)
-            // Tunnels carry bulk data: let each stream's window grow with the link.
-            .adaptive_window(true)
+            // Stalled tunnels must leave room for the others and the channel.
+            .initial_stream_window_size(qb_tunnel::window::STREAM)
+            .initial_connection_window_size(qb_tunnel::window::CONNECTION)
             .handshake(TokioIo::new(tls))
             .await
             .context("HTTP/2 handshake")?;

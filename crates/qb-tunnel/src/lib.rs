@@ -14,6 +14,19 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
+/// HTTP/2 flow control of a connection that carries tunnels. Each stream has its own window;
+/// data a stalled tunnel has not read also holds the connection's window, so that one is large
+/// enough for every stream the connection allows to stall with a full window and still leave a
+/// window's worth for the others (and for the agent's channel). Both ends use these.
+pub mod window {
+    /// Each stream's window: a tunnel's throughput is at most this per round trip.
+    pub const STREAM: u32 = 1 << 20;
+    /// Streams open at once on one connection (the receiving end enforces it).
+    pub const MAX_STREAMS: u32 = 128;
+    /// The connection's window: what stalled tunnels can hold at most, plus one stream's.
+    pub const CONNECTION: u32 = STREAM * (MAX_STREAMS + 1);
+}
+
 /// How many written chunks may wait for the HTTP/2 stream's window before writes wait too.
 const QUEUED_CHUNKS: usize = 8;
 
@@ -162,10 +175,15 @@ mod tests {
                 }
             });
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(window::STREAM)
+                .initial_connection_window_size(window::CONNECTION)
+                .max_concurrent_streams(window::MAX_STREAMS)
                 .serve_connection(TokioIo::new(server), service)
                 .await;
         });
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(window::STREAM)
+            .initial_connection_window_size(window::CONNECTION)
             .handshake(TokioIo::new(client))
             .await
             .unwrap();
@@ -203,9 +221,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stalled_tunnel_does_not_hold_up_another_on_the_same_connection() {
-        // The server echoes; the first tunnel's reader never reads its echo, so its stream's
-        // window fills and its writes stall. The second keeps echoing.
+    async fn stalled_tunnels_do_not_hold_up_another_on_the_same_connection() {
+        // The server echoes; the stalled tunnels' readers never read their echoes, so their
+        // streams' windows fill and their writes stall, holding what they buffered of the
+        // connection's window. The live one keeps echoing.
         let mut sender = connection(|mut t: Tunnel<Incoming>| async move {
             let mut buf = vec![0; COPY_BUFFER];
             while let Ok(n) = t.read(&mut buf).await {
@@ -215,21 +234,24 @@ mod tests {
             }
         })
         .await;
-        let mut stalled = open(&mut sender).await;
-        let flood = tokio::spawn(async move {
+        let mut stalled = Vec::new();
+        for _ in 0..8 {
+            let mut tunnel = open(&mut sender).await;
             let chunk = vec![7u8; COPY_BUFFER];
             let mut written = 0usize;
-            while tokio::time::timeout(Duration::from_millis(500), stalled.write_all(&chunk))
+            while tokio::time::timeout(Duration::from_millis(300), tunnel.write_all(&chunk))
                 .await
                 .is_ok()
             {
                 written += chunk.len();
-                assert!(written < 256 << 20, "writes never stalled");
+                assert!(written < 64 << 20, "writes never stalled");
             }
-            written
-        });
-        let written = flood.await.unwrap();
-        assert!(written > 0, "the stalled tunnel carried nothing");
+            assert!(
+                written >= window::STREAM as usize,
+                "stalled after {written} bytes"
+            );
+            stalled.push(tunnel);
+        }
 
         let mut live = open(&mut sender).await;
         for round in 0..100u32 {
@@ -238,9 +260,10 @@ mod tests {
             let mut echo = [0u8; 4];
             tokio::time::timeout(Duration::from_secs(2), live.read_exact(&mut echo))
                 .await
-                .expect("the live tunnel answers while the other is stalled")
+                .expect("the live tunnel answers while the others are stalled")
                 .unwrap();
             assert_eq!(echo, message);
         }
+        drop(stalled);
     }
 }

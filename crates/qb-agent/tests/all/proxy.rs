@@ -289,7 +289,8 @@ fn kubectl_reaches_the_cluster_through_the_controller_as_the_qb_user() {
                 "name": "sh",
                 "image": "qb.local/busybox:1",
                 "imagePullPolicy": "Never",
-                "command": ["/bin/sh", "-c", "echo started; exec sleep 3600"],
+                "command": ["/bin/sh", "-c",
+                    "mkdir -p /www && echo served-in-the-pod > /www/index.html && httpd -p 8080 -h /www && echo started && exec sleep 3600"],
             }],
         },
     });
@@ -332,6 +333,38 @@ fn kubectl_reaches_the_cluster_through_the_controller_as_the_qb_user() {
     assert_eq!(exec.trim(), "through-the-tunnel 42");
     let logs = ok(&kubectl(&kubeconfig, &["logs", "shell"]));
     assert_eq!(logs.trim(), "started");
+    // port-forward: another upgraded connection, carrying the pod's web server to this machine.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut forward = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["port-forward", "pod/shell", &format!("{port}:8080")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl port-forward");
+    let page = poll(
+        "the pod's page through port-forward",
+        Duration::from_secs(30),
+        || {
+            let mut tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+            tcp.set_read_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            tcp.write_all(b"GET / HTTP/1.0\r\n\r\n")
+                .map_err(|e| e.to_string())?;
+            let mut page = String::new();
+            tcp.read_to_string(&mut page).map_err(|e| e.to_string())?;
+            page.contains("served-in-the-pod")
+                .then_some(page.clone())
+                .ok_or(page)
+        },
+    );
+    assert!(page.starts_with("HTTP/1."), "{page}");
+    let _ = forward.kill();
+    let _ = forward.wait();
 
     // A viewer: reads, but the cluster's RBAC refuses its writes, as user qb:<name>.
     lab.qb(&["user", "create", "vera", "--role", "viewer"]);

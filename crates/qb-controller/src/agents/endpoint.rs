@@ -207,8 +207,10 @@ impl AgentEndpoint {
             // Heartbeats already show the agent is there; pings only find dead connections.
             .keep_alive_interval(Some(self.agents.grace()))
             .keep_alive_timeout(self.agents.grace())
-            // Tunnels carry bulk data: let each stream's window grow with the link.
-            .adaptive_window(true);
+            // Stalled tunnels must leave room for the others and the channel.
+            .initial_stream_window_size(qb_tunnel::window::STREAM)
+            .initial_connection_window_size(qb_tunnel::window::CONNECTION)
+            .max_concurrent_streams(qb_tunnel::window::MAX_STREAMS);
         let serving = builder.serve_connection(TokioIo::new(tls), service);
         match connection {
             Some((identity, mut conn)) => {

@@ -198,7 +198,8 @@ impl Peers {
             .map_err(|_| anyhow::anyhow!("TLS with the replica at {url} timed out"))??;
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .adaptive_window(true)
+            .initial_stream_window_size(qb_tunnel::window::STREAM)
+            .initial_connection_window_size(qb_tunnel::window::CONNECTION)
             .keep_alive_interval(Some(Duration::from_secs(10)))
             .keep_alive_timeout(Duration::from_secs(10))
             .handshake(TokioIo::new(tls))

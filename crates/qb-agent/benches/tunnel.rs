@@ -1,0 +1,856 @@
+//! The Kubernetes API through qb's tunnel, beside the alternatives, in one run. A standing lab of
+//! one host (release binaries, the real bundle) becomes a one-master cluster, and the same client
+//! code reaches its kube-apiserver three ways from this machine, all HTTPS over keep-alive
+//! connections (HTTP/1.1, as kubectl's requests are forwarded):
+//!
+//! - direct: the host's lab address, port 6443, with the cluster admin's certificate;
+//! - qb proxy: `<controller>/k8s/clusters/<cluster>` with the token of `qb cluster kubeconfig`,
+//!   through the agent's tunnel (one HTTP/2 stream per upstream connection);
+//! - ssh -R: an OpenSSH reverse tunnel that the host opens to an sshd on this machine over the
+//!   same lab link, as a host behind a firewall would, with the admin's certificate.
+//!
+//! Figures: the latency of small GETs (p50/p99, in interleaved rounds; beside them the
+//! controller's own front, `GET /api/v1/whoami`, to tell its cost from the tunnel's), the
+//! throughput of a list of about 36 MB, and head-of-line blocking: the latency beside 1, 2 and 4
+//! watches whose bodies are never read, so that their streams' flow-control windows stay full
+//! (a request not answered within 10 s counts as blocked), and whether the proxy answers again
+//! once they are gone. Needs root, `sshd` (openssh-server) and the bundle: run it with
+//! `cargo xtask bench`, or set `QB_LAB_BUNDLE`.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use qb_lab::Lab;
+use qb_lab::standing::{self, Binaries, Options, Record};
+use qb_plan::render::paths;
+use rand::Rng as _;
+use serde_json::{Value, json};
+
+const CLUSTER: &str = "tunnel";
+/// How long the cluster may take to come up.
+const BRING_UP: Duration = Duration::from_secs(600);
+/// How long one measured request may take (a longer one counts as blocked).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The API server's port on the host (`qb_plan`'s `ports::APISERVER`).
+const APISERVER_PORT: u16 = 6443;
+const SSHD: &str = "/usr/sbin/sshd";
+
+/// Small requests before the measured ones, per path.
+const WARM_UP: usize = 100;
+/// Measured small requests per path, in `ROUNDS` interleaved rounds (the machine's noise drifts;
+/// interleaving spreads it over the three paths alike).
+const LATENCY_REQUESTS: usize = 2000;
+const ROUNDS: usize = 4;
+/// The small request: one tiny ConfigMap.
+const SMALL: &str = "/api/v1/namespaces/default/configmaps/small";
+/// The controller's cheapest authenticated request.
+const WHOAMI: &str = "/api/v1/whoami";
+
+/// The bulk list: `BULK_OBJECTS` ConfigMaps of `BULK_BYTES` each, listed `BULK_LISTS` times per
+/// path, from the API server's watch cache (`resourceVersion=0`) to keep etcd out of it.
+const BULK_OBJECTS: usize = 40;
+const BULK_BYTES: usize = 900 * 1000;
+const BULK_LISTS: usize = 5;
+const LABEL: (&str, &str) = ("qb-bench", "bulk");
+const BULK_LIST: &str =
+    "/api/v1/namespaces/default/configmaps?labelSelector=qb-bench%3Dbulk&resourceVersion=0";
+/// A watch that first sends every bulk ConfigMap (`ADDED`), then stays open.
+const BULK_WATCH: &str = "/api/v1/namespaces/default/configmaps?labelSelector=qb-bench%3Dbulk\
+                          &resourceVersion=0&watch=true&timeoutSeconds=900";
+
+/// Head-of-line: small requests measured beside each number of stalled watches.
+const HOL_REQUESTS: usize = 500;
+const HOL_STALLED: [usize; 3] = [1, 2, 4];
+/// Small requests on the proxy once the stalled watches are gone.
+const RECOVERY_REQUESTS: usize = 100;
+/// How long the stalled watches get to fill every buffer on their way before measuring.
+const HOL_FILL: Duration = Duration::from_secs(3);
+
+/// DESIGN: the tunnel adds less than this at p50 over a direct connection.
+const TARGET_ADDED_P50: Duration = Duration::from_millis(1);
+
+fn main() -> Result<()> {
+    let bundle = std::env::var_os("QB_LAB_BUNDLE")
+        .map(PathBuf::from)
+        .filter(|b| b.join("bundle.json").is_file())
+        .context("set QB_LAB_BUNDLE to the directory `cargo xtask bundle` prints")?;
+    ensure!(
+        Path::new(SSHD).is_file(),
+        "{SSHD} is missing: `apt-get install openssh-server` (`cargo xtask bench` installs it)"
+    );
+    let agent = PathBuf::from(env!("CARGO_BIN_EXE_qb-agent"));
+    let binaries = Binaries {
+        controller: qb_test_support::workspace_binary("qb-controller", "qb-controller", &agent)?,
+        qb: qb_test_support::workspace_binary("qb-cli", "qb", &agent)?,
+        agent,
+    };
+    let parent = tempfile::tempdir()?;
+    let dir = parent.path().join("lab");
+    let options = Options {
+        dir: dir.clone(),
+        hosts: 1,
+        name_prefix: "tunnel".to_owned(),
+        bundle: Some(bundle),
+        binaries,
+    };
+    let record = standing::up(&options)?;
+    let bench = Bench {
+        dir: dir.canonicalize()?,
+        work: parent.path().to_owned(),
+        qb: options.binaries.qb.clone(),
+        record,
+    };
+    // The tunnel's processes are gone when `run` returns, whatever happened; then the lab goes.
+    let result = bench.run();
+    let left = standing::down(&bench.dir);
+    let figures = result?;
+    print!("{figures}");
+    let left = left?;
+    ensure!(left.is_empty(), "the lab left {left:?}");
+    Ok(())
+}
+
+struct Bench {
+    dir: PathBuf,
+    /// Outside the lab's directory: the kubeconfig, sshd's files.
+    work: PathBuf,
+    qb: PathBuf,
+    record: Record,
+}
+
+impl Bench {
+    /// Brings the cluster up, opens the three paths and measures them.
+    fn run(&self) -> Result<Figures> {
+        let host = &self.record.hosts[0];
+        let agent_pid = host.agent_pid.context("the host's agent did not start")?;
+        let lab = Lab::existing(self.record.k, self.record.hosts.len());
+        self.qb(&["node", "authorize", &host.name])?;
+        self.qb(&["cluster", "create", CLUSTER])?;
+        self.qb(&["cluster", "attach", CLUSTER, &host.name])?;
+        let started = Instant::now();
+        wait("the cluster ready", BRING_UP, || {
+            let c = self.qb_json(&["cluster", "show", CLUSTER])?;
+            Ok(c["state"] == "ready")
+        })?;
+        let kubeconfig = self.work.join("tunnel.kubeconfig");
+        self.qb(&[
+            "cluster",
+            "kubeconfig",
+            CLUSTER,
+            "-O",
+            &kubeconfig.display().to_string(),
+        ])?;
+        let want = vec![host.name.clone()];
+        wait("the Node Ready through the proxy", BRING_UP, || {
+            Ok(ready_nodes(&kubeconfig).is_ok_and(|ready| ready == want))
+        })?;
+        eprintln!(
+            "tunnel: the master Ready through the proxy {:.1?} after attach",
+            started.elapsed()
+        );
+
+        // The credentials of each path.
+        let (server, token) = kubeconfig_server_and_token(&kubeconfig)?;
+        let host_root = standing::host_root(&self.dir, &host.name);
+        let on_host = |path: &str| read(&host_root.join(path.trim_start_matches('/')));
+        let cluster_ca = on_host(paths::CA_CERT)?;
+        let admin = [on_host(paths::ADMIN_CERT)?, on_host(paths::ADMIN_KEY)?].concat();
+        let controller_ca = read(&standing::controller_dir(&self.dir).join("tls/controller.crt"))?;
+        let host_ip: IpAddr = lab.host_ip(0).parse().context("the host's address")?;
+        let bridge_ip: IpAddr = lab.bridge_ip().parse().context("the bridge's address")?;
+
+        let tunnel = ReverseTunnel::open(&self.work.join("ssh"), bridge_ip, agent_pid)?;
+        let targets = [
+            Target {
+                name: "direct",
+                base: format!("https://kubernetes:{APISERVER_PORT}"),
+                ca: cluster_ca.clone(),
+                identity: Some(admin.clone()),
+                resolve: Some(SocketAddr::new(host_ip, APISERVER_PORT)),
+                token: None,
+                small: SMALL,
+            },
+            Target {
+                name: "qb proxy",
+                base: server,
+                ca: controller_ca.clone(),
+                identity: None,
+                resolve: None,
+                token: Some(token.clone()),
+                small: SMALL,
+            },
+            Target {
+                name: "ssh -R",
+                base: format!("https://kubernetes:{}", tunnel.port),
+                ca: cluster_ca,
+                identity: Some(admin),
+                resolve: Some(SocketAddr::new([127, 0, 0, 1].into(), tunnel.port)),
+                token: None,
+                small: SMALL,
+            },
+            // Not a path to the API server: the controller's own front (TLS, HTTP, the token's
+            // lookup), to tell it apart from the tunnel in the proxy's figure.
+            Target {
+                name: "controller /whoami",
+                base: self
+                    .record
+                    .api_url
+                    .clone()
+                    .context("the controller's URL")?,
+                ca: controller_ca,
+                identity: None,
+                resolve: None,
+                token: Some(token),
+                small: WHOAMI,
+            },
+        ];
+        // One thread: the client's own scheduling stays out of the figures.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let figures = runtime.block_on(measure(&targets));
+        drop(tunnel);
+        figures
+    }
+
+    fn qb(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.qb)
+            .env("QB_CONFIG", standing::qb_config(&self.dir))
+            .args(args)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "qb {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn qb_json(&self, args: &[&str]) -> Result<Value> {
+        let text = self.qb(&[args, &["-o", "json"]].concat())?;
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn wait(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+    let started = Instant::now();
+    while !done()? {
+        if started.elapsed() > timeout {
+            bail!("{what}: not within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}
+
+/// Debian's `kubectl` with `kubeconfig`, on this machine.
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<Vec<u8>> {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--request-timeout=10s")
+        .args(args)
+        .output()
+        .context("running kubectl")?;
+    ensure!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out.stdout)
+}
+
+/// The Nodes whose `Ready` condition is true.
+fn ready_nodes(kubeconfig: &Path) -> Result<Vec<String>> {
+    let list: Value =
+        serde_json::from_slice(&kubectl(kubeconfig, &["get", "nodes", "-o", "json"])?)?;
+    let mut ready: Vec<String> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| {
+            n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    ready.sort();
+    Ok(ready)
+}
+
+/// The kubeconfig's server URL (the controller's proxy) and bearer token.
+fn kubeconfig_server_and_token(kubeconfig: &Path) -> Result<(String, String)> {
+    let config: Value = serde_json::from_slice(&kubectl(
+        kubeconfig,
+        &["config", "view", "--raw", "-o", "json"],
+    )?)?;
+    let server = config["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .context("no server in the kubeconfig")?;
+    let token = config["users"][0]["user"]["token"]
+        .as_str()
+        .context("no token in the kubeconfig")?;
+    Ok((server.trim_end_matches('/').to_owned(), token.to_owned()))
+}
+
+/// A child process killed (and reaped) when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An OpenSSH reverse tunnel: an sshd of its own on the lab's bridge (this machine's side of the
+/// link), and `ssh -R` on the host, which dials it and forwards `127.0.0.1:port` here to the
+/// host's API server. Both are killed when it is dropped.
+struct ReverseTunnel {
+    port: u16,
+    // Dropped in this order: the client, the server, then sshd's directory.
+    _ssh: Killed,
+    _sshd: Killed,
+    _privsep: Option<RemovedDir>,
+}
+
+/// A directory this made, removed (when empty) when dropped.
+struct RemovedDir(PathBuf);
+
+impl Drop for RemovedDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+impl ReverseTunnel {
+    fn open(dir: &Path, bridge_ip: IpAddr, agent_pid: u32) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        for key in ["host_key", "client_key"] {
+            let status = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "qb-bench", "-f"])
+                .arg(dir.join(key))
+                .status()
+                .context("running ssh-keygen")?;
+            ensure!(status.success(), "ssh-keygen failed: {status}");
+        }
+        std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys"))?;
+        let ssh_port = TcpListener::bind((bridge_ip, 0))
+            .and_then(|l| l.local_addr())
+            .with_context(|| format!("a free port on {bridge_ip}"))?
+            .port();
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {ssh_port}\n\
+                 ListenAddress {bridge_ip}\n\
+                 HostKey {host_key}\n\
+                 PidFile {pid}\n\
+                 AuthorizedKeysFile {authorized}\n\
+                 PermitRootLogin prohibit-password\n\
+                 PubkeyAuthentication yes\n\
+                 PasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\n\
+                 UsePAM no\n\
+                 StrictModes no\n\
+                 AllowTcpForwarding yes\n\
+                 GatewayPorts no\n",
+                host_key = dir.join("host_key").display(),
+                pid = dir.join("sshd.pid").display(),
+                authorized = dir.join("authorized_keys").display(),
+            ),
+        )?;
+        // sshd refuses to start without its privilege-separation directory.
+        let privsep = Path::new("/run/sshd");
+        let privsep = if privsep.is_dir() {
+            None
+        } else {
+            std::fs::create_dir_all(privsep)?;
+            Some(RemovedDir(privsep.to_owned()))
+        };
+        let check = Command::new(SSHD)
+            .arg("-t")
+            .arg("-f")
+            .arg(&config)
+            .output()?;
+        ensure!(
+            check.status.success(),
+            "sshd refuses its configuration: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let sshd_log = dir.join("sshd.log");
+        let mut sshd = Killed(
+            Command::new(SSHD)
+                .args(["-D", "-e", "-f"])
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(File::create(&sshd_log)?)
+                .spawn()
+                .context("starting sshd")?,
+        );
+        wait_until("sshd listening", &mut sshd.0, &sshd_log, || {
+            TcpStream::connect((bridge_ip, ssh_port)).is_ok()
+        })?;
+
+        // On the host, as the host: in its mount and network namespaces.
+        let port = qb_test_support::free_port()?;
+        let ssh_log = dir.join("ssh.log");
+        let mut ssh = Killed(
+            Command::new("nsenter")
+                .args(["-t", &agent_pid.to_string(), "-m", "-n"])
+                .args(["ssh", "-F", "/dev/null", "-N", "-o", "BatchMode=yes"])
+                .args(["-o", "LogLevel=ERROR", "-o", "StrictHostKeyChecking=no"])
+                .args(["-o", "UserKnownHostsFile=/dev/null"])
+                .args(["-o", "ExitOnForwardFailure=yes", "-i"])
+                .arg(dir.join("client_key"))
+                .args(["-p", &ssh_port.to_string(), "-R"])
+                .arg(format!("127.0.0.1:{port}:127.0.0.1:{APISERVER_PORT}"))
+                .arg(format!("root@{bridge_ip}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(File::create(&ssh_log)?)
+                .spawn()
+                .context("starting ssh -R on the host")?,
+        );
+        wait_until("ssh -R forwarding", &mut ssh.0, &ssh_log, || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })?;
+        Ok(Self {
+            port,
+            _ssh: ssh,
+            _sshd: sshd,
+            _privsep: privsep,
+        })
+    }
+}
+
+/// Waits until `ready`, as long as `child` runs; its log when it exits or is too slow.
+fn wait_until(
+    what: &str,
+    child: &mut Child,
+    log: &Path,
+    mut ready: impl FnMut() -> bool,
+) -> Result<()> {
+    let started = Instant::now();
+    while !ready() {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "{what}: it exited ({status}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!(
+                "{what}: not within 20 s: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// One way to the API server: where, whom to trust, who the client is.
+struct Target {
+    name: &'static str,
+    /// Paths are appended to it.
+    base: String,
+    /// The PEM certificate(s) the server's must chain to.
+    ca: Vec<u8>,
+    /// A client certificate and key (PEM).
+    identity: Option<Vec<u8>>,
+    /// Where `kubernetes` (the server name of the API server's certificate) is.
+    resolve: Option<SocketAddr>,
+    token: Option<String>,
+    /// The small request: a tiny ConfigMap (or, for the controller alone, `/whoami`).
+    small: &'static str,
+}
+
+impl Target {
+    /// A client of its own (its own pool of keep-alive connections): HTTP/1.1, TLS with only
+    /// this target's trust anchor.
+    fn client(&self, timeout: Option<Duration>) -> Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&self.ca)?)
+            .http1_only()
+            .no_proxy()
+            .pool_idle_timeout(None);
+        if let Some(identity) = &self.identity {
+            builder = builder.identity(reqwest::Identity::from_pem(identity)?);
+        }
+        if let Some(addr) = self.resolve {
+            builder = builder.resolve("kubernetes", addr);
+        }
+        if let Some(timeout) = timeout {
+            builder = builder.timeout(timeout);
+        }
+        Ok(builder.build()?)
+    }
+
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let request = client.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// GETs `path` and reads the whole body; its length.
+    async fn get(&self, client: &reqwest::Client, path: &str) -> Result<usize> {
+        let response = self
+            .request(client, reqwest::Method::GET, path)
+            .send()
+            .await?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        ensure!(
+            status.is_success(),
+            "{} GET {path}: {status}: {}",
+            self.name,
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        );
+        Ok(body.len())
+    }
+
+    async fn create(&self, client: &reqwest::Client, object: &Value) -> Result<()> {
+        let response = self
+            .request(
+                client,
+                reqwest::Method::POST,
+                "/api/v1/namespaces/default/configmaps",
+            )
+            .header("content-type", "application/json")
+            .body(object.to_string())
+            .send()
+            .await?;
+        let status = response.status();
+        let body = response.text().await?;
+        ensure!(
+            status.is_success(),
+            "{} creating a ConfigMap: {status}: {body}",
+            self.name
+        );
+        Ok(())
+    }
+}
+
+/// A path to the API server and a client of its own.
+struct Way<'a> {
+    target: &'a Target,
+    client: reqwest::Client,
+}
+
+async fn small_gets(way: &Way<'_>, n: usize, into: &mut Vec<Duration>) -> Result<()> {
+    for _ in 0..n {
+        let started = Instant::now();
+        way.target.get(&way.client, way.target.small).await?;
+        into.push(started.elapsed());
+    }
+    Ok(())
+}
+
+async fn measure(targets: &[Target; 4]) -> Result<Figures> {
+    let mut ways = Vec::new();
+    for target in targets {
+        ways.push(Way {
+            target,
+            client: target.client(Some(REQUEST_TIMEOUT))?,
+        });
+    }
+    let direct = &ways[0];
+
+    // The objects, through the direct path.
+    direct
+        .target
+        .create(
+            &direct.client,
+            &json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "small"},
+                "data": {"greeting": "hello"},
+            }),
+        )
+        .await?;
+    let creating = Instant::now();
+    for i in 0..BULK_OBJECTS {
+        let blob: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(BULK_BYTES)
+            .map(char::from)
+            .collect();
+        direct
+            .target
+            .create(
+                &direct.client,
+                &json!({
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": format!("bulk-{i}"), "labels": {LABEL.0: LABEL.1}},
+                    "data": {"blob": blob},
+                }),
+            )
+            .await?;
+    }
+    eprintln!(
+        "tunnel: {BULK_OBJECTS} ConfigMaps of {} KB created in {:.1?}",
+        BULK_BYTES / 1000,
+        creating.elapsed()
+    );
+
+    // Latency: warm-up, then interleaved rounds, each path first in turn.
+    let mut latency: Vec<Vec<Duration>> = vec![Vec::new(); ways.len()];
+    for way in &ways {
+        small_gets(way, WARM_UP, &mut Vec::new()).await?;
+    }
+    for round in 0..ROUNDS {
+        for k in 0..ways.len() {
+            let i = (round + k) % ways.len();
+            small_gets(&ways[i], LATENCY_REQUESTS / ROUNDS, &mut latency[i]).await?;
+        }
+    }
+
+    // Throughput, of the three paths: one list each to warm up, then interleaved.
+    let paths = &ways[..3];
+    let mut bulk_bytes = 0;
+    for way in paths {
+        bulk_bytes = way.target.get(&way.client, BULK_LIST).await?;
+    }
+    let mut throughput: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    for round in 0..BULK_LISTS {
+        for k in 0..paths.len() {
+            let i = (round + k) % paths.len();
+            let started = Instant::now();
+            let bytes = paths[i].target.get(&paths[i].client, BULK_LIST).await?;
+            throughput[i].push(bytes as f64 / 1e6 / started.elapsed().as_secs_f64());
+        }
+    }
+
+    // Head-of-line: watches never read, on connections of their own; small GETs beside them.
+    // Then, the stalled watches gone, whether the proxy answers again.
+    let mut head_of_line = Vec::new();
+    let mut recovered = Err("not measured".to_owned());
+    for (i, way) in paths.iter().enumerate().skip(1) {
+        for stalled in HOL_STALLED {
+            let figures = beside_stalled(way, stalled)
+                .await
+                .map_err(|e| format!("{e:#}"));
+            head_of_line.push((i, stalled, figures));
+        }
+        if i == 1 {
+            let mut after = Vec::new();
+            recovered = small_gets(way, RECOVERY_REQUESTS, &mut after)
+                .await
+                .map(|()| after)
+                .map_err(|e| format!("{e:#}"));
+        }
+    }
+
+    Ok(Figures {
+        names: targets.iter().map(|t| t.name).collect(),
+        latency,
+        bulk_bytes,
+        throughput,
+        head_of_line,
+        recovered,
+    })
+}
+
+/// `HOL_REQUESTS` small GETs on `way`'s own connection while `stalled` watches, on other
+/// connections, have their bodies left unread.
+async fn beside_stalled(way: &Way<'_>, stalled: usize) -> Result<Vec<Duration>> {
+    let staller = way.target.client(None)?;
+    let mut unread = Vec::new();
+    for _ in 0..stalled {
+        let response = way
+            .target
+            .request(&staller, reqwest::Method::GET, BULK_WATCH)
+            .send()
+            .await?;
+        ensure!(
+            response.status().is_success(),
+            "the watch: {}",
+            response.status()
+        );
+        // Kept, never read: every buffer and window between the API server and here fills.
+        unread.push(response);
+    }
+    tokio::time::sleep(HOL_FILL).await;
+    let mut durations = Vec::new();
+    let result = small_gets(way, HOL_REQUESTS, &mut durations).await;
+    drop(unread);
+    result.with_context(|| {
+        format!(
+            "after {} of {HOL_REQUESTS} requests beside {stalled} stalled watches",
+            durations.len()
+        )
+    })?;
+    Ok(durations)
+}
+
+struct Figures {
+    names: Vec<&'static str>,
+    latency: Vec<Vec<Duration>>,
+    bulk_bytes: usize,
+    /// MB/s of each list.
+    throughput: Vec<Vec<f64>>,
+    /// Path (index), number of stalled watches, latencies beside them (or why they failed).
+    head_of_line: Vec<(usize, usize, Result<Vec<Duration>, String>)>,
+    /// The proxy's latencies once its stalled watches are gone (or why they failed).
+    recovered: Result<Vec<Duration>, String>,
+}
+
+/// The `p`th percentile of `values` (nearest rank).
+fn percentile(values: &[Duration], p: usize) -> Duration {
+    let mut sorted = values.to_vec();
+    sorted.sort();
+    let rank = (sorted.len() * p).div_ceil(100).max(1);
+    sorted[rank - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn signed_ms(a: Duration, b: Duration) -> String {
+    format!("{:+.2} ms", (a.as_secs_f64() - b.as_secs_f64()) * 1e3)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+impl std::fmt::Display for Figures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p50: Vec<Duration> = self.latency.iter().map(|l| percentile(l, 50)).collect();
+        let p99: Vec<Duration> = self.latency.iter().map(|l| percentile(l, 99)).collect();
+        let paths = &self.names[..3];
+        writeln!(
+            f,
+            "Kubernetes API of a 1-host lab cluster from this machine: HTTPS, keep-alive HTTP/1.1, \
+             same client; medians (the machine is shared and noisy)"
+        )?;
+        let mut line = format!(
+            "latency       {LATENCY_REQUESTS} GETs of a small ConfigMap ({ROUNDS} interleaved rounds)  "
+        );
+        for (i, name) in paths.iter().enumerate() {
+            if i > 0 {
+                line.push_str(" | ");
+            }
+            let _ = write!(line, "{name} p50 {}", ms(p50[i]));
+            if i > 0 {
+                let _ = write!(line, " ({})", signed_ms(p50[i], p50[0]));
+            }
+            let _ = write!(line, " p99 {}", ms(p99[i]));
+        }
+        writeln!(f, "{line}")?;
+        let added = p50[1].saturating_sub(p50[0]);
+        let ratio = p50[1].as_secs_f64() / p50[2].as_secs_f64();
+        writeln!(
+            f,
+            "              targets: the tunnel adds < {} p50 over direct: {} ({}); \
+             faster than ssh -R: {} (proxy/ssh p50 {ratio:.2})",
+            ms(TARGET_ADDED_P50),
+            if added < TARGET_ADDED_P50 {
+                "met"
+            } else {
+                "MISSED"
+            },
+            signed_ms(p50[1], p50[0]),
+            if ratio < 1.0 { "met" } else { "MISSED" },
+        )?;
+        writeln!(
+            f,
+            "              the controller alone (GET {WHOAMI}, same token: TLS, HTTP, token lookup) \
+             p50 {} p99 {}; proxy minus it {} (direct {})",
+            ms(p50[3]),
+            ms(p99[3]),
+            ms(p50[1].saturating_sub(p50[3])),
+            ms(p50[0]),
+        )?;
+        let mut line = format!(
+            "throughput    list of {BULK_OBJECTS} ConfigMaps, {:.1} MB of JSON, median of {BULK_LISTS}  ",
+            self.bulk_bytes as f64 / 1e6
+        );
+        for (i, name) in paths.iter().enumerate() {
+            if i > 0 {
+                line.push_str(" | ");
+            }
+            let _ = write!(line, "{name} {:.0} MB/s", median(&self.throughput[i]));
+        }
+        writeln!(f, "{line}")?;
+        writeln!(
+            f,
+            "              (bounded by the API server serializing the list from its watch cache, \
+             the same for all three)"
+        )?;
+        for (i, name) in paths.iter().enumerate().skip(1) {
+            let mut line = format!(
+                "head-of-line  {name:<8} {HOL_REQUESTS} GETs beside watches never read  \
+                 none p50 {} p99 {}",
+                ms(p50[i]),
+                ms(p99[i])
+            );
+            for (_, stalled, figures) in self.head_of_line.iter().filter(|h| h.0 == i) {
+                match figures {
+                    Ok(d) => {
+                        let _ = write!(
+                            line,
+                            " | {stalled} stalled p50 {} ({}) p99 {}",
+                            ms(percentile(d, 50)),
+                            signed_ms(percentile(d, 50), p50[i]),
+                            ms(percentile(d, 99))
+                        );
+                    }
+                    Err(e) => {
+                        let _ = write!(line, " | {stalled} stalled: BLOCKED ({e})");
+                    }
+                }
+            }
+            writeln!(f, "{line}")?;
+            if i == 1 {
+                match &self.recovered {
+                    Ok(d) => writeln!(
+                        f,
+                        "              qb proxy once they are gone: {RECOVERY_REQUESTS} GETs \
+                         p50 {} p99 {}",
+                        ms(percentile(d, 50)),
+                        ms(percentile(d, 99))
+                    )?,
+                    Err(e) => writeln!(
+                        f,
+                        "              qb proxy once they are gone: STILL BLOCKED ({e})"
+                    )?,
+                }
+            }
+        }
+        writeln!(
+            f,
+            "              target: a stalled stream holds up no other tunnel (one tunnel, one \
+             HTTP/2 stream with its own flow control)"
+        )
+    }
+}
