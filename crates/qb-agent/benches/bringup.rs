@@ -152,21 +152,7 @@ impl Lab {
             .output()?;
         ensure!(out.status.success(), "kubectl failed");
         let list: Value = serde_json::from_slice(&out.stdout)?;
-        let mut ready: Vec<String> = list["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|n| {
-                n["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-            .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned))
-            .collect();
-        ready.sort();
-        Ok(ready)
+        Ok(qb_lab::kube::ready_nodes(&list))
     }
 
     fn wait(&self, what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {

@@ -277,21 +277,7 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<Vec<u8>> {
 fn ready_nodes(kubeconfig: &Path) -> Result<Vec<String>> {
     let list: Value =
         serde_json::from_slice(&kubectl(kubeconfig, &["get", "nodes", "-o", "json"])?)?;
-    let mut ready: Vec<String> = list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| {
-            n["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned))
-        .collect();
-    ready.sort();
-    Ok(ready)
+    Ok(qb_lab::kube::ready_nodes(&list))
 }
 
 /// The kubeconfig's server URL (the controller's proxy) and bearer token.

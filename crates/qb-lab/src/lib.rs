@@ -3,6 +3,7 @@
 //! - [`netns`]: the network: a private bridge and one network namespace per host.
 //! - [`host`]: entering a host: its namespace and its own copy of the system directories.
 //! - [`cgroups`]: the cgroups a host's components (and pods) run in, to clean up after them.
+//! - [`kube`]: reading what a lab cluster's API server answers.
 //! - [`standing`]: a lab that stays up after the command that made it: a controller, hosts
 //!   with agents installed from the controller's own tarball, and a teardown that leaves nothing,
 //!   also after a failed run.
@@ -11,6 +12,7 @@
 
 pub mod cgroups;
 pub mod host;
+pub mod kube;
 pub mod netns;
 pub mod standing;
 

@@ -237,17 +237,29 @@ impl CertificateAuthority {
             .iter()
             .map(|san| parse_san(san.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
+        self.issue_leaf(first.as_ref(), validity, now, |params| {
+            params.subject_alt_names = subject_alt_names;
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        })
+    }
+
+    /// A new key and a certificate for it, signed now for `validity`, named `common_name` and
+    /// completed by `shape` (SANs, usages).
+    fn issue_leaf(
+        &self,
+        common_name: &str,
+        validity: Duration,
+        now: OffsetDateTime,
+        shape: impl FnOnce(&mut CertificateParams),
+    ) -> Result<IssuedCert, PkiError> {
         let (not_before, not_after) = self.window(validity, now)?;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(PkiError::Rcgen)?;
         let serial = random_serial()?;
-
-        let mut params = leaf_params(first.as_ref(), serial, not_before, not_after);
-        params.subject_alt_names = subject_alt_names;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let mut params = leaf_params(common_name, serial, not_before, not_after);
+        shape(&mut params);
         let cert = params
             .signed_by(&key, &self.issuer, &self.key)
             .map_err(PkiError::Rcgen)?;
-
         let cert_pem = cert.pem();
         Ok(IssuedCert {
             chain_pem: format!("{cert_pem}{}", self.cert_pem),
@@ -344,28 +356,13 @@ impl CertificateAuthority {
                 reason: format!("{replica:?} is not a replica id"),
             });
         }
-        let (not_before, not_after) = self.window(validity, now())?;
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(PkiError::Rcgen)?;
-        let serial = random_serial()?;
-        let mut params = leaf_params("qb controller replica", serial, not_before, not_after);
-        params.subject_alt_names = vec![SanType::URI(
-            uri.as_str().try_into().map_err(PkiError::Rcgen)?,
-        )];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ClientAuth,
-            ExtendedKeyUsagePurpose::ServerAuth,
-        ];
-        let cert = params
-            .signed_by(&key, &self.issuer, &self.key)
-            .map_err(PkiError::Rcgen)?;
-        let cert_pem = cert.pem();
-        Ok(IssuedCert {
-            chain_pem: format!("{cert_pem}{}", self.cert_pem),
-            cert_pem,
-            key_pem: PrivateKeyPem(key.serialize_pem()),
-            serial: hex::encode(serial),
-            not_before,
-            not_after,
+        let san = SanType::URI(uri.as_str().try_into().map_err(PkiError::Rcgen)?);
+        self.issue_leaf("qb controller replica", validity, now(), |params| {
+            params.subject_alt_names = vec![san];
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ];
         })
     }
 

@@ -8,7 +8,7 @@ use sqlx::Row;
 use sqlx::pool::PoolConnection;
 use time::OffsetDateTime;
 
-use crate::{Backend, Result, Store, from_ms, to_ms};
+use crate::{Backend, Result, Store, to_ms};
 
 /// The advisory lock the engine's replica holds on PostgreSQL ("qb-engine").
 const ENGINE_LOCK: i64 = 0x7162_2d65_6e67;
@@ -150,9 +150,9 @@ impl Store {
         &self,
         replica: &str,
         alive_since: OffsetDateTime,
-    ) -> Result<HashMap<NodeId, (String, OffsetDateTime)>> {
+    ) -> Result<HashMap<NodeId, String>> {
         let rows = sqlx::query(
-            "SELECT s.node_id, r.peer_url, s.connected_at FROM agent_sessions s \
+            "SELECT s.node_id, r.peer_url FROM agent_sessions s \
              JOIN replicas r ON r.id = s.replica_id WHERE r.id <> $1 AND r.seen_at >= $2",
         )
         .bind(replica)
@@ -163,7 +163,7 @@ impl Store {
         for row in rows {
             let node: String = row.try_get(0)?;
             let Ok(node) = node.parse() else { continue };
-            sessions.insert(node, (row.try_get(1)?, from_ms(row.try_get(2)?)));
+            sessions.insert(node, row.try_get(1)?);
         }
         Ok(sessions)
     }

@@ -44,12 +44,23 @@ pub fn hosts(lab: &Lab, controller: &Controller, n: usize) -> (Vec<AgentConfig>,
     let configs: Vec<AgentConfig> = (0..n)
         .map(|i| AgentConfig::new(controller, &token.secret, &format!("host-{i}")))
         .collect();
-    let agents: Vec<Agent> = configs
+    let agents = start_hosts(lab, &configs);
+    authorize_when_online(&api, &configs);
+    (configs, agents)
+}
+
+/// Starts the agent of host `i` with `configs[i]`, each in its lab namespace.
+pub fn start_hosts(lab: &Lab, configs: &[AgentConfig]) -> Vec<Agent> {
+    configs
         .iter()
         .enumerate()
         .map(|(i, c)| Agent::start_host(c, &lab.netns(i)))
-        .collect();
-    for c in &configs {
+        .collect()
+}
+
+/// Waits until `api` sees each host's agent online, then authorizes the host through it.
+pub fn authorize_when_online(api: &Api, configs: &[AgentConfig]) {
+    for c in configs {
         let name = &c.node_name;
         poll(
             &format!("{name} registered"),
@@ -66,7 +77,6 @@ pub fn hosts(lab: &Lab, controller: &Controller, n: usize) -> (Vec<AgentConfig>,
         api.post(&format!("/nodes/{name}/authorize"), &json!({}))
             .ok();
     }
-    (configs, agents)
 }
 
 pub fn cluster(api: &Api, name: &str) -> Value {

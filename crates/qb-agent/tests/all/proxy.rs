@@ -83,21 +83,7 @@ fn kubectl_json(kubeconfig: &Path, args: &[&str]) -> Result<Value, String> {
 
 fn ready_nodes(kubeconfig: &Path) -> Result<Vec<String>, String> {
     let list = kubectl_json(kubeconfig, &["get", "nodes"])?;
-    let mut ready: Vec<String> = list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| {
-            n["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned))
-        .collect();
-    ready.sort();
-    Ok(ready)
+    Ok(qb_lab::kube::ready_nodes(&list))
 }
 
 /// `kubectl get pods -A -w`, its output collected as it comes.

@@ -13,8 +13,8 @@ use qb_lab::Lab;
 use qb_test_support::PgServer;
 use serde_json::json;
 
-use crate::engine::{roles, wait_ready};
-use crate::harness::{Agent, AgentConfig, Controller, poll};
+use crate::engine::{authorize_when_online, roles, start_hosts, wait_ready};
+use crate::harness::{AgentConfig, Controller, poll};
 use crate::kubernetes::{BRING_UP, PodCgroups, bundle_dir, import_bundle};
 
 /// The Ready Nodes, as `GET /api/v1/nodes` through the controller's Kubernetes API proxy
@@ -25,21 +25,7 @@ fn ready_nodes(api: &Api) -> Result<Vec<String>, String> {
     if reply.status != 200 {
         return Err(format!("{}: {}", reply.status, reply.body));
     }
-    let mut ready: Vec<String> = reply.body["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| {
-            n["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned))
-        .collect();
-    ready.sort();
-    Ok(ready)
+    Ok(qb_lab::kube::ready_nodes(&reply.body))
 }
 
 #[test]
@@ -71,27 +57,11 @@ fn agents_on_one_replica_are_reached_through_another_and_move_when_it_dies() {
             config
         })
         .collect();
-    let _agents: Vec<Agent> = configs
-        .iter()
-        .enumerate()
-        .map(|(i, c)| Agent::start_host(c, &lab.netns(i)))
-        .collect();
+    let _agents = start_hosts(&lab, &configs);
     // B sees them online although they talk to A; authorizing through B reaches them.
+    authorize_when_online(&api_b, &configs);
     for c in &configs {
         let name = &c.node_name;
-        poll(
-            &format!("{name} online as B sees it"),
-            Duration::from_secs(30),
-            || {
-                let node = api_b.get(&format!("/nodes/{name}"));
-                (node.status == 200 && node.body["agent"]["online"] == true)
-                    .then_some(())
-                    .ok_or(node.body.to_string())
-            },
-        );
-        api_b
-            .post(&format!("/nodes/{name}/authorize"), &json!({}))
-            .ok();
         let ping = api_b.post(&format!("/nodes/{name}/ping"), &json!({})).ok();
         assert!(ping["round_trip_ms"].as_f64().is_some(), "{ping}");
     }

@@ -77,7 +77,7 @@ impl Agents {
     /// The URL of the replica holding `node`'s agent, when another replica does.
     fn holder(&self, node: NodeId) -> Option<(&Arc<peers::Peers>, String)> {
         let peers = self.peers.get()?;
-        if self.has_channel(node) {
+        if self.holds(node) {
             return None;
         }
         peers.holder(node).map(|url| (peers, url))
@@ -85,10 +85,6 @@ impl Agents {
 
     /// Whether this replica holds the node's channel.
     pub fn holds(&self, node: NodeId) -> bool {
-        self.has_channel(node)
-    }
-
-    fn has_channel(&self, node: NodeId) -> bool {
         self.lock().get(&node).is_some_and(|e| e.channel.is_some())
     }
 

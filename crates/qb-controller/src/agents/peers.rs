@@ -126,10 +126,7 @@ impl Peers {
                 .remote_sessions(&self.replica, now - REPLICA_GRACE)
                 .await
             {
-                Ok(sessions) => {
-                    *self.remote.write().unwrap_or_else(|p| p.into_inner()) =
-                        sessions.into_iter().map(|(n, (url, _))| (n, url)).collect();
-                }
+                Ok(sessions) => *self.remote.write().unwrap_or_else(|p| p.into_inner()) = sessions,
                 Err(e) => tracing::warn!(error = %e, "could not read the other replicas' agents"),
             }
             match self
@@ -156,6 +153,14 @@ impl Peers {
             .unwrap_or_else(|p| p.into_inner())
             .get(&node)
             .cloned()
+    }
+
+    /// The other live replicas' URLs.
+    fn others(&self) -> Vec<String> {
+        self.others
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Records that this replica holds `node`'s channel, or no longer does.
@@ -250,12 +255,7 @@ impl Peers {
         if matches!(into.size(sha256).await, Ok(Some(_))) {
             return true;
         }
-        let others = self
-            .others
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for url in others {
+        for url in self.others() {
             let response = match self
                 .send(
                     hyper::Method::GET,
@@ -297,18 +297,10 @@ impl Peers {
         let response = self
             .post(url, path, Body::new(Full::new(Bytes::from(json))))
             .await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            anyhow::bail!(
-                "the replica at {url} answered {status}: {}",
-                String::from_utf8_lossy(&body)
-                    .chars()
-                    .take(300)
-                    .collect::<String>()
-            );
+        if !response.status().is_success() {
+            anyhow::bail!("the replica at {url} answered {}", refusal(response).await);
         }
-        Ok(body)
+        Ok(response.into_body().collect().await?.to_bytes())
     }
 
     /// Sends `message` to `node`'s agent through the replica at `url`, in the background.
@@ -327,12 +319,7 @@ impl Peers {
     /// Wakes the cluster engine wherever it runs: there is work (a change through this
     /// replica's API, an agent's report to it).
     pub fn wake_others(self: &Arc<Self>) {
-        let others = self
-            .others
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for url in others {
+        for url in self.others() {
             let peers = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = peers.post_json(&url, "/wake", &()).await {
@@ -404,16 +391,7 @@ impl Peers {
             .await
             .map_err(|e| TunnelError::Refused(format!("the agent's replica at {url}: {e:#}")))?;
         if !response.status().is_success() {
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let reason = serde_json::from_slice::<qb_api::Problem>(&body)
-                .map(|p| p.detail)
-                .unwrap_or_else(|_| format!("{status}"));
+            let reason = refusal(response).await;
             return Err(TunnelError::Refused(reason));
         }
         Ok(qb_tunnel::Tunnel::new(
@@ -421,4 +399,18 @@ impl Peers {
             to_peer,
         ))
     }
+}
+
+/// Why another replica refused: its problem's detail, or the status.
+async fn refusal(response: hyper::Response<hyper::body::Incoming>) -> String {
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    serde_json::from_slice::<qb_api::Problem>(&body)
+        .map(|p| format!("{status}: {}", p.detail))
+        .unwrap_or_else(|_| status.to_string())
 }

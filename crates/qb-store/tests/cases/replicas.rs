@@ -24,7 +24,7 @@ async fn sessions_name_the_live_replica_that_holds_each_agent(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(seen_by_b.len(), 1, "B's own agents are not remote to it");
-    assert_eq!(seen_by_b[&n1].0, "https://a:7444");
+    assert_eq!(seen_by_b[&n1], "https://a:7444");
     assert_eq!(
         db.live_replicas("b", now - Duration::seconds(5))
             .await
@@ -40,7 +40,7 @@ async fn sessions_name_the_live_replica_that_holds_each_agent(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(seen_by_a.len(), 2, "{seen_by_a:?}");
-    assert!(seen_by_a.values().all(|(url, _)| url == "https://b:7444"));
+    assert!(seen_by_a.values().all(|url| url == "https://b:7444"));
 
     // A replica that stopped refreshing itself holds nothing, and is forgotten later.
     db.agent_session_opened(n2, "a", now).await.unwrap();
