@@ -1,12 +1,10 @@
 //! Kubeconfigs that point plain `kubectl` at a cluster through the controller's Kubernetes API
-//! proxy, `<public URL>/k8s/clusters/<cluster>`, authenticating with a qb API token.
+//! proxy, `<public URL>/k8s/clusters/<cluster>` ([`crate::proxy::PREFIX`]), authenticating with
+//! a qb API token.
 
 use std::net::Ipv6Addr;
 
 use qb_api::Name;
-
-/// Where the Kubernetes API proxy serves a cluster: `<public URL><PROXY_PREFIX>/<cluster name>`.
-pub const PROXY_PREFIX: &str = "/k8s/clusters";
 
 /// How users reach the controller's API, as written into kubeconfigs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,7 +95,7 @@ pub fn parse_public_url(url: &str) -> Result<String, InvalidUrl> {
 pub fn render(endpoint: &PublicEndpoint, cluster: &Name, user: &Name, secret: &str) -> String {
     let name = format!("qb-{cluster}");
     let user_name = format!("{user}@{name}");
-    let server = format!("{}{PROXY_PREFIX}/{cluster}", endpoint.url);
+    let server = format!("{}{}/{cluster}", endpoint.url, crate::proxy::PREFIX);
     let ca = endpoint.ca_pem.as_ref().map_or_else(String::new, |pem| {
         format!(
             "      certificate-authority-data: {}\n",

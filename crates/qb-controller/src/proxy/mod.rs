@@ -40,8 +40,8 @@ use upstream::{ClusterUpstream, UpstreamError};
 pub const VIEWERS: &str = "qb:viewers";
 pub const OPERATORS: &str = "qb:operators";
 pub const ADMINS: &str = "qb:admins";
-/// Where the proxy is served.
-pub const PREFIX: &str = "/k8s/clusters/";
+/// Where the proxy serves a cluster: `<PREFIX>/<cluster name>/...`.
+pub const PREFIX: &str = "/k8s/clusters";
 /// How long a cluster name is trusted to mean the same cluster.
 const NAME_FRESH: Duration = Duration::from_secs(5);
 
@@ -157,8 +157,8 @@ impl KubeProxy {
 /// The proxy's routes, beside the API's.
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/k8s/clusters/{cluster}", any(proxy))
-        .route("/k8s/clusters/{cluster}/{*rest}", any(proxy))
+        .route(&format!("{PREFIX}/{{cluster}}"), any(proxy))
+        .route(&format!("{PREFIX}/{{cluster}}/{{*rest}}"), any(proxy))
 }
 
 async fn proxy(State(state): State<AppState>, request: Request) -> Response {
@@ -177,6 +177,7 @@ async fn forward(state: &AppState, request: Request) -> Result<Response, ProxyEr
         .uri
         .path()
         .strip_prefix(PREFIX)
+        .and_then(|rest| rest.strip_prefix('/'))
         .ok_or_else(|| ProxyError::Invalid("not a proxy path".to_owned()))?;
     let (cluster, path) = match rest.split_once('/') {
         Some((cluster, path)) => (cluster, format!("/{path}")),
