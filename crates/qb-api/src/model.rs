@@ -511,6 +511,25 @@ pub struct CreatedBootstrapToken {
     pub secret: String,
 }
 
+/// Logging in to the web UI: an API token of the user, exchanged for a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub token: String,
+}
+
+/// A web UI session. The session itself is an HttpOnly cookie the browser sends; requests that
+/// change anything must also carry `csrf_token` in the `X-CSRF-Token` header.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Session {
+    pub tenant: Name,
+    pub user: Name,
+    pub role: Role,
+    pub csrf_token: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
 /// Who the caller is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Whoami {

@@ -42,6 +42,8 @@ pub struct AppState {
     pub public: Option<Arc<PublicEndpoint>>,
     /// The Kubernetes API proxy's connections to the clusters.
     pub kube_proxy: Arc<crate::proxy::KubeProxy>,
+    /// Live updates for the web UI.
+    pub changes: Arc<crate::live::Changes>,
 }
 
 impl AppState {
@@ -58,6 +60,7 @@ impl AppState {
             packaging: None,
             public: None,
             kube_proxy,
+            changes: Arc::default(),
         }
     }
 
@@ -104,10 +107,13 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(revoke_bootstrap_token),
         )
         .route("/openapi.json", get(openapi_document))
-        .merge(crate::engine::api::routes());
+        .merge(crate::engine::api::routes())
+        .merge(crate::session::routes())
+        .merge(crate::live::routes());
     Router::new()
         .nest(qb_api::API_PREFIX, api)
         .merge(crate::proxy::routes())
+        .merge(crate::ui::routes())
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -656,12 +662,22 @@ struct EventQuery {
     object: Option<String>,
     /// Only events whose action starts with this, e.g. `node.` or `cluster.deleted`.
     action: Option<String>,
+    /// `oldest` (the default) or `newest` first; `next` continues in the same order.
+    order: Option<EventOrder>,
     limit: Option<u32>,
     /// The `next` cursor of the previous page.
     after: Option<String>,
 }
 
-/// The audit trail, oldest first.
+/// The order of the audit trail.
+#[derive(Clone, Copy, Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum EventOrder {
+    Oldest,
+    Newest,
+}
+
+/// The audit trail, oldest first unless asked for the newest first.
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", params(EventQuery),
     responses((status = 200, body = Page<Event>), (status = 400, body = qb_api::Problem)))]
 async fn list_events(
@@ -686,6 +702,7 @@ async fn list_events(
         object_kind: q.kind,
         object: q.object,
         action_prefix: q.action,
+        newest_first: matches!(q.order, Some(EventOrder::Newest)),
     };
     Ok(Json(
         state

@@ -32,6 +32,11 @@ pub fn new_secret_with(prefix: &str) -> qb_store::NewSecret {
     qb_store::NewSecret { secret, hash }
 }
 
+/// Whether `s` has a token's form (before it is looked up).
+pub(crate) fn looks_like_token(s: &str) -> bool {
+    s.starts_with(TOKEN_PREFIX) && s.len() <= 128
+}
+
 /// The stored form of a token. Tokens carry 256 random bits, so a fast hash is enough.
 pub fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
@@ -71,20 +76,31 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let unauthenticated = |m: &str| ApiError::new(ProblemCode::Unauthenticated, m);
-        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
-            unauthenticated("send an API token as 'Authorization: Bearer <token>'")
+        // A request that names a token is judged by it alone, never by a cookie beside it.
+        if parts.headers.contains_key(AUTHORIZATION) {
+            return Self::authenticate(state, &hash_secret(bearer_secret(parts)?)).await;
+        }
+        let secret = crate::session::cookie_secret(&parts.headers).ok_or_else(|| {
+            unauthenticated("send an API token as 'Authorization: Bearer <token>', or log in")
         })?;
-        let secret = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| t.starts_with(TOKEN_PREFIX) && t.len() <= 128)
-            .ok_or_else(|| unauthenticated("the Authorization header must be 'Bearer <token>'"))?;
+        // Browsers send cookies with requests other sites make them send; only this site's
+        // pages know the session's CSRF token. Reads change nothing and need none.
+        if !parts.method.is_safe() {
+            crate::session::check_csrf(&parts.headers, secret)?;
+        }
+        Self::authenticate(state, &hash_secret(secret)).await
+    }
+}
+
+impl Caller {
+    /// The caller whose token has this hash, from the store.
+    pub(crate) async fn authenticate(
+        state: &AppState,
+        secret_hash: &str,
+    ) -> Result<Self, ApiError> {
         let principal = state
             .store
-            .authenticate(&hash_secret(secret))
+            .authenticate(secret_hash)
             .await?
             .ok_or_else(|| unauthenticated("the token is unknown, expired or revoked"))?;
         state
@@ -92,6 +108,68 @@ impl FromRequestParts<AppState> for Caller {
             .record(&state.store, principal.token_id)
             .await;
         Ok(Self(principal))
+    }
+}
+
+pub(crate) fn unauthenticated(message: &str) -> ApiError {
+    ApiError::new(ProblemCode::Unauthenticated, message)
+}
+
+/// The token secret of a request's `Authorization: Bearer` header.
+pub(crate) fn bearer_secret(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| unauthenticated("send an API token as 'Authorization: Bearer <token>'"))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| looks_like_token(t))
+        .ok_or_else(|| unauthenticated("the Authorization header must be 'Bearer <token>'"))
+}
+
+/// Callers authenticated in the last second, by their token's hash. The Kubernetes API proxy
+/// re-authorizes every request, and kubectl sends many small ones: they should not each wait
+/// for the store. A revoked token stops working here within [`RecentCallers::FRESH`]; an
+/// expired one at once.
+#[derive(Default)]
+pub struct RecentCallers {
+    seen: Mutex<HashMap<String, (Principal, Instant)>>,
+}
+
+impl RecentCallers {
+    const FRESH: Duration = Duration::from_secs(1);
+    /// Beyond this many, stale entries are dropped before another is added.
+    const PRUNE_ABOVE: usize = 4096;
+
+    /// The request's caller, from the store at most once a second per token.
+    pub async fn caller(&self, parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+        let hash = hash_secret(bearer_secret(parts)?);
+        let now = Instant::now();
+        let recent = self
+            .lock()
+            .get(&hash)
+            .filter(|(principal, at)| {
+                now.duration_since(*at) < Self::FRESH
+                    && principal.token_expires_at > time::OffsetDateTime::now_utc()
+            })
+            .map(|(principal, _)| principal.clone());
+        if let Some(principal) = recent {
+            return Ok(Caller(principal));
+        }
+        let caller = Caller::authenticate(state, &hash).await?;
+        let mut seen = self.lock();
+        if seen.len() >= Self::PRUNE_ABOVE {
+            seen.retain(|_, (_, at)| now.duration_since(*at) < Self::FRESH);
+        }
+        seen.insert(hash, (caller.0.clone(), now));
+        Ok(caller)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Principal, Instant)>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -12,10 +12,13 @@ pub mod engine;
 mod error;
 mod extract;
 pub mod kubeconfig;
+pub mod live;
 pub mod openapi;
 pub mod proxy;
 pub mod serve;
+pub mod session;
 pub mod tls;
+pub mod ui;
 
 pub use api::{AppState, router};
 pub use error::ApiError;

@@ -9,4 +9,7 @@ mod api_auth;
 mod api_input;
 mod api_kubeconfig;
 mod api_nodes_clusters;
+mod api_proxy;
+mod api_session;
 mod openapi;
+mod ui;

@@ -14,6 +14,8 @@ pub struct EventFilter {
     pub object: Option<String>,
     /// Only events whose action starts with this (`node.`, `cluster.deleted`).
     pub action_prefix: Option<String>,
+    /// Newest first (the cursor then continues to older events); oldest first otherwise.
+    pub newest_first: bool,
 }
 
 /// What an event says happened to which object.
@@ -51,7 +53,8 @@ impl WriteTx {
 }
 
 impl Store {
-    /// Events of the tenant, oldest first, after the cursor.
+    /// Events of the tenant after the cursor: oldest first, or newest first if the filter
+    /// says so.
     pub async fn list_events(
         &self,
         tenant: TenantId,
@@ -59,15 +62,20 @@ impl Store {
         after: Option<i64>,
         limit: u32,
     ) -> Result<Page<Event>> {
-        let rows = sqlx::query(
-            "SELECT * FROM events WHERE tenant_id = $1 AND id > $2 \
+        let (beyond, order, start) = if filter.newest_first {
+            ("<", "DESC", i64::MAX)
+        } else {
+            (">", "ASC", 0)
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT * FROM events WHERE tenant_id = $1 AND id {beyond} $2 \
              AND ($3 = '' OR object_kind = $3) \
              AND ($4 = '' OR object_id = $4 OR object_name = $4) \
              AND ($5 = '' OR substr(action, 1, length($5)) = $5) \
-             ORDER BY id LIMIT $6",
-        )
+             ORDER BY id {order} LIMIT $6",
+        ))
         .bind(tenant.to_string())
-        .bind(after.unwrap_or(0))
+        .bind(after.unwrap_or(start))
         .bind(filter.object_kind.clone().unwrap_or_default())
         .bind(filter.object.clone().unwrap_or_default())
         .bind(filter.action_prefix.clone().unwrap_or_default())
@@ -76,5 +84,14 @@ impl Store {
         .await?;
         let items = rows.iter().map(rows::event).collect::<Result<Vec<_>>>()?;
         Ok(crate::page(items, limit, |e| e.id.to_string()))
+    }
+
+    /// The id of the tenant's newest event (0 before the first): it grows with every change.
+    pub async fn latest_event_id(&self, tenant: TenantId) -> Result<i64> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM events WHERE tenant_id = $1")
+            .bind(tenant.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(id.unwrap_or(0))
     }
 }

@@ -271,6 +271,18 @@ impl Store {
         }))
     }
 
+    /// Whether the token exists and is neither revoked nor expired.
+    pub async fn token_active(&self, id: TokenId) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 FROM tokens WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2",
+        )
+        .bind(id.to_string())
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// Records that a token was used. Not audited: it is bookkeeping, not a change.
     pub async fn touch_token(&self, id: TokenId, at: OffsetDateTime) -> Result<()> {
         let _writer = self.bookkeeping_lock().await;

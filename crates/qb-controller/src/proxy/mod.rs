@@ -1,7 +1,8 @@
 //! The Kubernetes API proxy: `/k8s/clusters/{cluster}/...` on the controller reaches the
 //! cluster's API servers through the masters' agents (the controller never dials a host).
 //!
-//! Every request is authenticated as an API request is (a qb token), the cluster is looked up
+//! Every request is authenticated as an API request is (a qb token; the proxy remembers a
+//! token's caller for a second, see [`RecentCallers`]), the cluster is looked up
 //! in the caller's tenant (another tenant's is not found), and the request is forwarded with
 //! the caller as an impersonated Kubernetes user — `qb:<user>`, in the groups of their role —
 //! so the cluster's RBAC decides what they may do. The proxy's own certificate may only
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -33,7 +34,7 @@ use qb_store::{Key, Store, StoreError};
 
 use crate::AppState;
 use crate::agents::Agents;
-use crate::auth::Caller;
+use crate::auth::{Caller, RecentCallers};
 use upstream::{ClusterUpstream, UpstreamError};
 
 /// The Kubernetes groups of qb's roles; each role has its own and those of the roles below.
@@ -65,6 +66,7 @@ pub struct KubeProxy {
     agents: Arc<Agents>,
     upstreams: Mutex<HashMap<ClusterId, Arc<ClusterUpstream>>>,
     names: Mutex<HashMap<(TenantId, String), (ClusterId, Instant)>>,
+    callers: RecentCallers,
 }
 
 impl KubeProxy {
@@ -74,6 +76,7 @@ impl KubeProxy {
             agents,
             upstreams: Mutex::default(),
             names: Mutex::default(),
+            callers: RecentCallers::default(),
         }
     }
 
@@ -170,7 +173,10 @@ async fn proxy(State(state): State<AppState>, request: Request) -> Response {
 
 async fn forward(state: &AppState, request: Request) -> Result<Response, ProxyError> {
     let (mut parts, body) = request.into_parts();
-    let caller = Caller::from_request_parts(&mut parts, state)
+    let caller = state
+        .kube_proxy
+        .callers
+        .caller(&parts, state)
         .await
         .map_err(|e| ProxyError::Refused(e.0))?;
     let rest = parts

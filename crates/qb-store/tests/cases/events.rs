@@ -347,6 +347,7 @@ async fn event_filters(db: TestDb) {
             object_kind: kind.map(str::to_owned),
             object: object.map(str::to_owned),
             action_prefix: prefix.map(str::to_owned),
+            newest_first: false,
         };
         let db = &db;
         async move {

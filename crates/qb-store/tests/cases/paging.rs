@@ -137,7 +137,28 @@ async fn pages_cover_every_item_once(db: TestDb) {
         })
         .await;
         assert_eq!(filtered, node_events, "node events by {limit}");
+
+        let newest_first = EventFilter {
+            newest_first: true,
+            ..node_filter.clone()
+        };
+        let newest = collect_pages(limit, |after| {
+            let filter = newest_first.clone();
+            let db = &db;
+            async move {
+                let after = after.map(|s| s.parse::<i64>().unwrap());
+                db.list_events(a, &filter, after, limit).await.unwrap()
+            }
+        })
+        .await;
+        let mut reversed = node_events.clone();
+        reversed.reverse();
+        assert_eq!(newest, reversed, "node events newest first by {limit}");
     }
+    assert_eq!(
+        db.latest_event_id(a).await.unwrap(),
+        all_events.last().unwrap().id
+    );
 
     // The full lists hold each item once, in cursor order, and only the tenant's own.
     let ids: Vec<String> = all_nodes.iter().map(|n| n.id.to_string()).collect();

@@ -1,0 +1,529 @@
+//! Web UI sessions: log in with a token, the cookie, CSRF, logout; the live stream; the UI's
+//! files. A browser is a client of the same API: a viewer's session can change nothing, however
+//! the request is made.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use qb_store::Store;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::support::{App, on_both_stores};
+
+on_both_stores!(
+    a_token_opens_a_session_that_works_like_it,
+    cookie_changes_need_the_csrf_token_and_nothing_changes_without,
+    a_viewer_session_cannot_change_anything_by_forged_requests,
+    logout_revokes_the_session,
+    bad_logins_open_nothing,
+    the_live_stream_tells_of_changes_and_ends_with_the_session,
+);
+
+/// A browser's session: its cookie and CSRF token.
+struct Browser {
+    cookie: String,
+    csrf: String,
+    session: Value,
+}
+
+async fn login(app: &App, token: &str) -> Browser {
+    let response = app
+        .router
+        .clone()
+        .oneshot(
+            Request::post("/api/v1/session")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(json!({ "token": token }).to_string()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let set_cookie = response.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let session: Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    Browser {
+        cookie,
+        csrf: session["csrf_token"].as_str().unwrap().to_owned(),
+        session,
+    }
+}
+
+impl Browser {
+    /// A request as the UI makes it: the cookie, and the CSRF header if `csrf` is given.
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        csrf: Option<&str>,
+        body: Option<Value>,
+    ) -> Request<Body> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::COOKIE, &self.cookie);
+        if let Some(csrf) = csrf {
+            req = req.header("x-csrf-token", csrf);
+        }
+        match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap()
+    }
+
+    async fn call(
+        &self,
+        app: &App,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        app.send(self.request(method, path, Some(&self.csrf), body))
+            .await
+    }
+}
+
+async fn a_token_opens_a_session_that_works_like_it(store: Store) {
+    let app = App::new(store).await;
+    let t = app.tenant("a").await;
+    let response = app
+        .router
+        .clone()
+        .oneshot(
+            Request::post("/api/v1/session")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(json!({ "token": t.operator }).to_string()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let cookie = response.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for attribute in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/",
+        "Secure",
+        "Max-Age=",
+    ] {
+        assert!(cookie.contains(attribute), "{attribute} missing: {cookie}");
+    }
+    assert!(
+        !cookie.contains(&t.operator),
+        "the cookie holds a new token, not the one given"
+    );
+
+    let b = login(&app, &t.operator).await;
+    assert_eq!(
+        (
+            b.session["user"].as_str(),
+            b.session["role"].as_str(),
+            b.session["tenant"].as_str()
+        ),
+        (Some("op"), Some("operator"), Some("a"))
+    );
+    // The session is a token of the user's own, listed (never its secret) and short-lived.
+    let (_, tokens) = app
+        .call(&t.admin, Method::GET, "/api/v1/tokens", None)
+        .await;
+    let sessions: Vec<&Value> = tokens["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["description"] == "web session")
+        .collect();
+    assert_eq!(sessions.len(), 2, "{tokens}");
+    assert!(sessions.iter().all(|s| s["user"] == "op"));
+    let expires = time::OffsetDateTime::parse(
+        b.session["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(expires <= time::OffsetDateTime::now_utc() + time::Duration::hours(12));
+    assert!(
+        !tokens
+            .to_string()
+            .contains(b.cookie.trim_start_matches("qb_session="))
+    );
+
+    // Reads need no CSRF token; the session is shown again to a reloaded page.
+    let (status, nodes) = app
+        .send(b.request(Method::GET, "/api/v1/nodes", None, None))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{nodes}");
+    let (status, again) = app
+        .send(b.request(Method::GET, "/api/v1/session", None, None))
+        .await;
+    assert_eq!((status, &again), (StatusCode::OK, &b.session));
+    // The operator's session changes what the operator may.
+    let (status, cluster) = b
+        .call(
+            &app,
+            Method::POST,
+            "/api/v1/clusters",
+            Some(json!({"name": "web"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{cluster}");
+    // An Authorization header is judged alone: a bad token beside a good cookie is refused.
+    let mut req = b.request(Method::GET, "/api/v1/nodes", None, None);
+    req.headers_mut()
+        .insert(header::AUTHORIZATION, "Bearer qb_nonsense".parse().unwrap());
+    assert_eq!(app.send(req).await.0, StatusCode::UNAUTHORIZED);
+
+    // A session never outlives the token that opened it.
+    let (_, short) = app
+        .call(
+            &t.admin,
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"user": "view", "expires_in_hours": 1})),
+        )
+        .await;
+    let s = login(&app, short["secret"].as_str().unwrap()).await;
+    assert_eq!(s.session["expires_at"], short["token"]["expires_at"]);
+}
+
+async fn cookie_changes_need_the_csrf_token_and_nothing_changes_without(store: Store) {
+    let app = App::new(store).await;
+    let t = app.tenant("a").await;
+    let pending = app.pending_nodes(t.id, "n", 1).await;
+    let b = login(&app, &t.admin).await;
+    let other = login(&app, &t.admin).await;
+    let before = app.events(t.id).await;
+    let authorize = format!("/api/v1/nodes/{}/authorize", pending[0]);
+    for csrf in [None, Some(""), Some("x"), Some(other.csrf.as_str())] {
+        for (method, path, body) in [
+            (Method::POST, authorize.as_str(), None),
+            (
+                Method::POST,
+                "/api/v1/clusters",
+                Some(json!({"name": "forged"})),
+            ),
+            (Method::POST, "/api/v1/tokens", Some(json!({"user": "op"}))),
+            (Method::DELETE, "/api/v1/session", None),
+        ] {
+            let (status, problem) = app.send(b.request(method.clone(), path, csrf, body)).await;
+            assert_eq!(
+                (status, problem["code"].as_str()),
+                (StatusCode::FORBIDDEN, Some("forbidden")),
+                "{method} {path} with CSRF {csrf:?}: {problem}"
+            );
+            assert!(problem["detail"].as_str().unwrap().contains("X-CSRF-Token"));
+        }
+    }
+    assert_eq!(
+        app.events(t.id).await,
+        before,
+        "a refused request changed something"
+    );
+    let (_, node) = app
+        .send(b.request(
+            Method::GET,
+            &format!("/api/v1/nodes/{}", pending[0]),
+            None,
+            None,
+        ))
+        .await;
+    assert_eq!(node["state"], "pending");
+    // With its own CSRF token, the same request goes through.
+    let (status, node) = b.call(&app, Method::POST, &authorize, None).await;
+    assert_eq!(
+        (status, node["state"].as_str()),
+        (StatusCode::OK, Some("authorized")),
+        "{node}"
+    );
+}
+
+async fn a_viewer_session_cannot_change_anything_by_forged_requests(store: Store) {
+    let app = App::new(store).await;
+    let t = app.tenant("a").await;
+    let pending = app.pending_nodes(t.id, "p", 1).await;
+    let pool = app.pool(&t, "q", 2).await;
+    let (_, cluster) = app
+        .call(
+            &t.admin,
+            Method::POST,
+            "/api/v1/clusters",
+            Some(json!({"name": "prod"})),
+        )
+        .await;
+    assert!(cluster["id"].is_string(), "{cluster}");
+    let viewer = login(&app, &t.viewer).await;
+    assert_eq!(viewer.session["role"], "viewer");
+    let before = app.events(t.id).await;
+
+    // Every change the UI could offer, forged with the viewer's valid cookie and CSRF token.
+    let forged = [
+        (
+            Method::POST,
+            format!("/api/v1/nodes/{}/authorize", pending[0]),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/nodes/{}/deauthorize", pool[0]),
+            None,
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/nodes/{}", pending[0]),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/nodes/{}/labels", pool[0]),
+            Some(json!({"set": {"a": "b"}})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/clusters".to_owned(),
+            Some(json!({"name": "mine"})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/clusters/prod/attach".to_owned(),
+            Some(json!({"count": 1})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/clusters/prod/detach".to_owned(),
+            Some(json!({"nodes": [pool[1]]})),
+        ),
+        (Method::DELETE, "/api/v1/clusters/prod".to_owned(), None),
+        (
+            Method::POST,
+            "/api/v1/tokens".to_owned(),
+            Some(json!({"user": "view"})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/users".to_owned(),
+            Some(json!({"name": "eve", "role": "admin"})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/bootstrap-tokens".to_owned(),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/clusters/prod/preflight".to_owned(),
+            None,
+        ),
+    ];
+    for (method, path, body) in forged {
+        let (status, problem) = viewer.call(&app, method.clone(), &path, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("viewer"),
+            "{problem}"
+        );
+    }
+    assert_eq!(
+        app.events(t.id).await,
+        before,
+        "a viewer's request changed something"
+    );
+    let (_, nodes) = viewer.call(&app, Method::GET, "/api/v1/nodes", None).await;
+    let states: Vec<&str> = nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["pending", "authorized", "authorized"]);
+    // And another tenant's session sees none of it.
+    let u = app.tenant("b").await;
+    let stranger = login(&app, &u.admin).await;
+    let (status, _) = stranger
+        .call(&app, Method::GET, "/api/v1/clusters/prod", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, theirs) = stranger
+        .call(&app, Method::GET, "/api/v1/nodes", None)
+        .await;
+    assert_eq!(theirs["items"], json!([]));
+}
+
+async fn logout_revokes_the_session(store: Store) {
+    let app = App::new(store).await;
+    let t = app.tenant("a").await;
+    let b = login(&app, &t.admin).await;
+    let response = app
+        .router
+        .clone()
+        .oneshot(b.request(Method::DELETE, "/api/v1/session", Some(&b.csrf), None))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let cleared = response.headers()[header::SET_COOKIE].to_str().unwrap();
+    assert!(
+        cleared.starts_with("qb_session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    for path in ["/api/v1/session", "/api/v1/nodes"] {
+        let (status, _) = app.send(b.request(Method::GET, path, None, None)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} after logout");
+    }
+    // The token that opened it still works; the session's token is listed as revoked.
+    let (status, tokens) = app
+        .call(&t.admin, Method::GET, "/api/v1/tokens", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let session = tokens["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["description"] == "web session")
+        .unwrap();
+    assert!(session["revoked_at"].is_string(), "{session}");
+}
+
+async fn bad_logins_open_nothing(store: Store) {
+    let app = App::new(store).await;
+    let t = app.tenant("a").await;
+    let before = app.events(t.id).await;
+    let unknown = format!("qb_{}", "0".repeat(64));
+    for (body, content_type, expected) in [
+        (
+            json!({"token": unknown}).to_string(),
+            "application/json",
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            json!({"token": "hunter2"}).to_string(),
+            "application/json",
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            json!({"token": t.admin, "user": "admin"}).to_string(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("token={}", t.admin),
+            "application/x-www-form-urlencoded",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        ("{".to_owned(), "application/json", StatusCode::BAD_REQUEST),
+    ] {
+        let req = Request::post("/api/v1/session")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body.clone()))
+            .unwrap();
+        let response = app.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(response.status(), expected, "{body}");
+        assert!(response.headers().get(header::SET_COOKIE).is_none());
+    }
+    assert_eq!(app.events(t.id).await, before);
+    let (status, _) = app
+        .send(Request::get("/api/v1/session").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// The next server-sent event's name and data, within `within`.
+async fn next_event(
+    body: &mut Body,
+    buffer: &mut String,
+    within: Duration,
+) -> Option<(String, String)> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_owned())
+            };
+            match (field("event:"), field("data:")) {
+                (Some(event), Some(data)) => return Some((event, data)),
+                _ => continue, // a keep-alive comment
+            }
+        }
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .ok()??
+            .ok()?;
+        if let Ok(data) = frame.into_data() {
+            buffer.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+}
+
+async fn the_live_stream_tells_of_changes_and_ends_with_the_session(store: Store) {
+    let app = App::new(store).await;
+    let t = app.tenant("a").await;
+    let b = login(&app, &t.operator).await;
+    let response = app
+        .router
+        .clone()
+        .oneshot(b.request(Method::GET, "/api/v1/changes", None, None))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
+    let mut body = response.into_body();
+    let mut buffer = String::new();
+    let (event, first) = next_event(&mut body, &mut buffer, Duration::from_secs(5))
+        .await
+        .expect("a first event at once");
+    assert_eq!(event, "change");
+    let first: Value = serde_json::from_str(&first).unwrap();
+
+    // A change made elsewhere (the CLI, here) reaches the browser within a few seconds.
+    let (status, _) = app
+        .call(
+            &t.admin,
+            Method::POST,
+            "/api/v1/clusters",
+            Some(json!({"name": "live"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (event, next) = next_event(&mut body, &mut buffer, Duration::from_secs(5))
+        .await
+        .expect("a change event");
+    assert_eq!(event, "change");
+    let next: Value = serde_json::from_str(&next).unwrap();
+    assert!(
+        next["version"].as_u64() > first["version"].as_u64(),
+        "{first} then {next}"
+    );
+
+    // Without the cookie there is no stream.
+    let (status, _) = app
+        .send(Request::get("/api/v1/changes").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Logging out (a change itself) ends the stream.
+    let (status, _) = app
+        .send(b.request(Method::DELETE, "/api/v1/session", Some(&b.csrf), None))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        next_event(&mut body, &mut buffer, Duration::from_secs(10)).await,
+        None,
+        "the stream goes on after logout"
+    );
+}
