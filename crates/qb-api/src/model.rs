@@ -511,11 +511,37 @@ pub struct CreatedBootstrapToken {
     pub secret: String,
 }
 
-/// Logging in to the web UI: an API token of the user, exchanged for a session.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// Logging in to the web UI, with an API token, or with a user's password (tenant, user and
+/// password together).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
-    pub token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<Name>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<Name>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// A user's new password: 12 to 256 characters.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPassword {
+    pub password: String,
+}
+
+impl SetPassword {
+    pub const MIN_CHARS: usize = 12;
+    pub const MAX_CHARS: usize = 256;
+}
+
+impl std::fmt::Debug for SetPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SetPassword { password: <hidden> }")
+    }
 }
 
 /// A web UI session. The session itself is an HttpOnly cookie the browser sends; requests that

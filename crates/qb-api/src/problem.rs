@@ -45,6 +45,8 @@ pub enum ProblemCode {
     /// The change would leave etcd without quorum or without a member; the detail says why.
     /// Repeat with `force` to do it anyway.
     QuorumAtRisk,
+    /// Too many failed logins for this user; wait before trying again.
+    TooManyAttempts,
     /// Something went wrong on the controller; details are in its log.
     Internal,
     /// The controller's store is unavailable; retry later.
@@ -70,6 +72,7 @@ impl ProblemCode {
             | Self::AgentUnavailable
             | Self::BundleConflict
             | Self::QuorumAtRisk => 409,
+            Self::TooManyAttempts => 429,
             Self::Internal => 500,
             Self::Unavailable => 503,
         }
@@ -96,6 +99,7 @@ impl ProblemCode {
             Self::CertificateRefused => "Certificate refused",
             Self::BundleConflict => "A different bundle has this version",
             Self::QuorumAtRisk => "etcd quorum at risk",
+            Self::TooManyAttempts => "Too many failed logins",
             Self::Internal => "Internal error",
             Self::Unavailable => "Service unavailable",
         }

@@ -444,6 +444,9 @@ pub enum UserCommand {
     /// List users.
     #[command(visible_alias = "ls")]
     List,
+    /// Set a user's password for the web UI (admins: anyone's; everyone: their own). Asks for
+    /// it twice on a terminal; otherwise reads one line from stdin.
+    SetPassword { name: Name },
 }
 
 #[derive(Debug, Args)]

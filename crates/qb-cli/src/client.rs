@@ -306,12 +306,29 @@ impl Client {
         url: Url,
         body: &B,
     ) -> Result<T, ApiError> {
-        let what = Self::what(&Method::POST, &url);
+        self.send_json(Method::POST, url, body).await
+    }
+
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        url: Url,
+        body: &B,
+    ) -> Result<T, ApiError> {
+        self.send_json(Method::PUT, url, body).await
+    }
+
+    async fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        body: &B,
+    ) -> Result<T, ApiError> {
+        let what = Self::what(&method, &url);
         let bytes = serde_json::to_vec(body).map_err(|e| ApiError::Decode {
             what: what.clone(),
             reason: e.to_string(),
         })?;
-        let response = self.send(Method::POST, url, Some(bytes)).await?;
+        let response = self.send(method, url, Some(bytes)).await?;
         self.decode(response, &what).await
     }
 

@@ -702,6 +702,38 @@ async fn users_and_tokens() {
     // The revoked token no longer works, and qb says what to do.
     c.qb(&["--context", "alice", "whoami"])
         .fails_with("expired or was revoked; run `qb login");
+
+    // A password for the web UI, read from stdin; too short is refused and changes nothing.
+    c.qb_with(&["user", "set-password", "alice"], Some("short\n"), &[])
+        .fails_with("12 to 256 characters");
+    let set = c
+        .qb_with(
+            &["user", "set-password", "alice"],
+            Some("a long passphrase\n"),
+            &[],
+        )
+        .ok();
+    assert!(set.contains("Password of alice set"), "{set}");
+    c.qb_with(
+        &["user", "set-password", "nobody"],
+        Some("a long passphrase\n"),
+        &[],
+    )
+    .fails_with("(not_found)");
+    let login = |password: &str| {
+        reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap()
+            .post(format!("{}/api/v1/session", c.url))
+            .json(&serde_json::json!({"tenant": "default", "user": "alice", "password": password}))
+            .send()
+    };
+    assert_eq!(login("a long passphrase").await.unwrap().status(), 201);
+    assert_eq!(login("a long passphrasE").await.unwrap().status(), 401);
+    let events = c.qb(&["events", "--object", "alice", "-o", "json"]).ok();
+    assert!(events.contains("user.password_set"), "{events}");
+    assert!(!events.contains("passphrase"), "{events}");
 }
 
 #[tokio::test]

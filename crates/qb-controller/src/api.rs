@@ -11,7 +11,7 @@ use qb_api::{
     AttachRequest, BootstrapToken, Cluster, ClusterDetail, CreateBootstrapToken, CreateCluster,
     CreateKubeconfig, CreateToken, CreateUser, CreatedBootstrapToken, CreatedToken, DeletedCluster,
     DetachRequest, Event, Kubeconfig, LabelChange, Node, NodeMove, NodeState, Page, PageParams,
-    PingResult, ProblemCode, Role, Token, TokenId, User, Whoami,
+    PingResult, ProblemCode, Role, SetPassword, Token, TokenId, User, Whoami,
 };
 use qb_store::{ClusterSpec, EventFilter, Key, NodeFilter, Store};
 use serde::Deserialize;
@@ -44,6 +44,8 @@ pub struct AppState {
     pub kube_proxy: Arc<crate::proxy::KubeProxy>,
     /// Live updates for the web UI.
     pub changes: Arc<crate::live::Changes>,
+    /// Failed password logins, per user.
+    pub logins: Arc<crate::passwords::Throttle>,
 }
 
 impl AppState {
@@ -61,6 +63,7 @@ impl AppState {
             public: None,
             kube_proxy,
             changes: Arc::default(),
+            logins: Arc::default(),
         }
     }
 
@@ -90,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/clusters/{cluster}/detach", post(detach))
         .route("/clusters/{cluster}/kubeconfig", post(create_kubeconfig))
         .route("/users", get(list_users).post(create_user))
+        .route("/users/{user}/password", axum::routing::put(set_password))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/events", get(list_events))
@@ -568,6 +572,42 @@ async fn create_user(
         .create_user(caller.tenant(), &req.name, req.role, &caller.actor())
         .await?;
     Ok((StatusCode::CREATED, Json(user)))
+}
+
+/// Set a user's password, for logging in to the web UI: admins for anyone of the tenant, every
+/// user for themselves.
+#[utoipa::path(put, path = "/api/v1/users/{user}/password", tag = "users", request_body = SetPassword,
+    params(("user" = String, Path, description = "User name")),
+    responses((status = 200, body = User), (status = 400, body = qb_api::Problem),
+        (status = 403, body = qb_api::Problem), (status = 404, body = qb_api::Problem)))]
+async fn set_password(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(user): Path<String>,
+    ApiJson(req): ApiJson<SetPassword>,
+) -> ApiResult<Json<User>> {
+    if user != caller.0.user.as_str() {
+        caller.require(Role::Admin)?;
+    }
+    let user: qb_api::Name = user
+        .parse()
+        .map_err(|_| ApiError::new(ProblemCode::NotFound, format!("user {user:?} not found")))?;
+    crate::passwords::validate(&req.password)?;
+    let hash = tokio::task::spawn_blocking(move || crate::passwords::hash(&req.password))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "hashing a password failed");
+            ApiError::new(
+                ProblemCode::Internal,
+                "internal error; see the controller's log",
+            )
+        })?;
+    Ok(Json(
+        state
+            .store
+            .set_password(caller.tenant(), &user, &hash, &caller.actor())
+            .await?,
+    ))
 }
 
 /// List the tenant's API tokens (never their secrets).

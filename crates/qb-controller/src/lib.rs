@@ -14,6 +14,7 @@ mod extract;
 pub mod kubeconfig;
 pub mod live;
 pub mod openapi;
+pub mod passwords;
 pub mod proxy;
 pub mod serve;
 pub mod session;

@@ -24,6 +24,7 @@ use utoipa::{Modify, OpenApi};
         crate::api::create_kubeconfig,
         crate::api::list_users,
         crate::api::create_user,
+        crate::api::set_password,
         crate::api::list_tokens,
         crate::api::create_token,
         crate::api::revoke_token,

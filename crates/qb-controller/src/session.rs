@@ -1,6 +1,6 @@
-//! Web UI sessions. Logging in exchanges an API token for a session: a new token of the same
-//! user (listed and revocable like any other, never outliving the one that opened it), kept by
-//! the browser in an HttpOnly cookie. Requests with the cookie are the API's requests, under
+//! Web UI sessions. Logging in (with an API token, or with a user's password) opens a session:
+//! a new token of the user (listed and revocable like any other, at most [`MAX_HOURS`] long and
+//! never outliving a token that opened it), kept by the browser in an HttpOnly cookie. Requests with the cookie are the API's requests, under
 //! the same rules; those that change anything must also carry the session's CSRF token, which
 //! only pages of this controller can read.
 
@@ -10,13 +10,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use qb_api::{Description, Login, ProblemCode, Session};
-use qb_store::Principal;
+use qb_store::{Actor, Principal};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::auth::{Caller, hash_secret, looks_like_token, unauthenticated};
 use crate::extract::ApiJson;
-use crate::{ApiError, AppState, auth};
+use crate::{ApiError, AppState, auth, passwords};
 
 /// The cookie that carries a session's token.
 pub const COOKIE: &str = "qb_session";
@@ -68,33 +68,80 @@ pub(crate) fn check_csrf(headers: &HeaderMap, secret: &str) -> Result<(), ApiErr
     }
 }
 
-/// Log in to the web UI with an API token: opens a session (a cookie) for its user.
+/// Log in to the web UI, with an API token or with a tenant, user and password: opens a
+/// session (a cookie) for the user.
 #[utoipa::path(post, path = "/api/v1/session", tag = "session", request_body = Login,
-    responses((status = 201, body = Session), (status = 401, body = qb_api::Problem)))]
+    responses((status = 201, body = Session), (status = 401, body = qb_api::Problem),
+        (status = 429, body = qb_api::Problem)))]
 pub(crate) async fn login(
     State(state): State<AppState>,
     ApiJson(login): ApiJson<Login>,
 ) -> Result<Response, ApiError> {
-    let token = login.token.trim();
-    if !looks_like_token(token) {
-        return Err(unauthenticated(
-            "that is not a qb API token (they start with 'qb_')",
-        ));
-    }
-    let caller = Caller::authenticate(&state, &hash_secret(token)).await?;
-    let expires_at = (OffsetDateTime::now_utc() + time::Duration::hours(MAX_HOURS))
-        .min(caller.0.token_expires_at);
+    let (tenant_id, tenant, user, role, expires_at) = match login {
+        Login {
+            token: Some(token),
+            tenant: None,
+            user: None,
+            password: None,
+        } => {
+            let token = token.trim();
+            if !looks_like_token(token) {
+                return Err(unauthenticated(
+                    "that is not a qb API token (they start with 'qb_')",
+                ));
+            }
+            let caller = Caller::authenticate(&state, &hash_secret(token)).await?.0;
+            // Never longer than the token that opened it.
+            let expires_at = session_end().min(caller.token_expires_at);
+            (
+                caller.tenant_id,
+                caller.tenant,
+                caller.user,
+                caller.role,
+                expires_at,
+            )
+        }
+        Login {
+            token: None,
+            tenant: Some(tenant),
+            user: Some(user),
+            password: Some(password),
+        } => {
+            state.logins.admit(tenant.as_str(), user.as_str())?;
+            let found = state.store.password_user(&tenant, &user).await?;
+            let stored = found.as_ref().map(|f| f.password_hash.clone());
+            let matched = passwords::check(password, stored).await;
+            let Some(found) = found.filter(|_| matched) else {
+                state.logins.failed(tenant.as_str(), user.as_str());
+                tracing::info!(tenant = %tenant, user = %user, "a password login failed");
+                return Err(unauthenticated("wrong tenant, user or password"));
+            };
+            state.logins.succeeded(tenant.as_str(), user.as_str());
+            (
+                found.tenant_id,
+                tenant,
+                found.user.name,
+                found.user.role,
+                session_end(),
+            )
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "log in with either \"token\", or \"tenant\", \"user\" and \"password\"",
+            ));
+        }
+    };
     let (secret, hash) = auth::new_secret();
     let created = state
         .store
         .create_token(
-            caller.tenant(),
-            &caller.0.user,
+            tenant_id,
+            &user,
             secret,
             &hash,
             Some(Description::try_from("web session".to_owned())?),
             expires_at,
-            &caller.actor(),
+            &Actor::user(user.as_str()),
         )
         .await?;
     let max_age = (expires_at - OffsetDateTime::now_utc())
@@ -105,13 +152,24 @@ pub(crate) async fn login(
         created.secret,
         secure(&state)
     );
-    let session = session(&caller.0, &created.secret, expires_at);
+    let session = Session {
+        tenant,
+        user,
+        role,
+        csrf_token: csrf_token(&created.secret),
+        expires_at,
+    };
     Ok((
         StatusCode::CREATED,
         [(header::SET_COOKIE, header_value(cookie))],
         Json(session),
     )
         .into_response())
+}
+
+/// When a session opened now ends at the latest.
+fn session_end() -> OffsetDateTime {
+    OffsetDateTime::now_utc() + time::Duration::hours(MAX_HOURS)
 }
 
 /// The session of the request's cookie.

@@ -20,6 +20,7 @@ on_both_stores!(
     logout_revokes_the_session,
     bad_logins_open_nothing,
     the_live_stream_tells_of_changes_and_ends_with_the_session,
+    passwords_open_sessions_and_failures_are_throttled,
 );
 
 /// A browser's session: its cookie and CSRF token.
@@ -30,13 +31,17 @@ struct Browser {
 }
 
 async fn login(app: &App, token: &str) -> Browser {
+    login_with(app, json!({ "token": token })).await
+}
+
+async fn login_with(app: &App, body: Value) -> Browser {
     let response = app
         .router
         .clone()
         .oneshot(
             Request::post("/api/v1/session")
                 .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(json!({ "token": token }).to_string()))
+                .body(Body::from(body.to_string()))
                 .unwrap(),
         )
         .await
@@ -525,5 +530,174 @@ async fn the_live_stream_tells_of_changes_and_ends_with_the_session(store: Store
         next_event(&mut body, &mut buffer, Duration::from_secs(10)).await,
         None,
         "the stream goes on after logout"
+    );
+}
+
+/// A password login's answer: status and problem code.
+async fn password_login(
+    app: &App,
+    tenant: &str,
+    user: &str,
+    password: &str,
+) -> (StatusCode, Value) {
+    let body = json!({"tenant": tenant, "user": user, "password": password});
+    app.send(
+        Request::post("/api/v1/session")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap(),
+    )
+    .await
+}
+
+async fn passwords_open_sessions_and_failures_are_throttled(store: Store) {
+    let app = App::new(store.clone()).await;
+    let t = app.tenant("a").await;
+    let password = "correct horse battery staple";
+    // Nobody has a password yet: the same answer as a wrong one.
+    let (status, problem) = password_login(&app, "a", "op", password).await;
+    assert_eq!(
+        (status, problem["detail"].as_str()),
+        (
+            StatusCode::UNAUTHORIZED,
+            Some("wrong tenant, user or password")
+        )
+    );
+
+    // Who may set whose password, and which passwords.
+    let set = |token: String, user: &'static str, password: &'static str| {
+        let app = &app;
+        async move {
+            app.call(
+                &token,
+                Method::PUT,
+                &format!("/api/v1/users/{user}/password"),
+                Some(json!({ "password": password })),
+            )
+            .await
+        }
+    };
+    let before = app.events(t.id).await;
+    assert_eq!(
+        set(t.viewer.clone(), "op", password).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        set(t.operator.clone(), "admin", password).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, problem) = set(t.admin.clone(), "op", "too short").await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_input"))
+    );
+    assert_eq!(
+        set(t.admin.clone(), "nobody", password).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.events(t.id).await,
+        before,
+        "a refused change wrote something"
+    );
+    let (status, user) = set(t.admin.clone(), "op", password).await;
+    assert_eq!(
+        (status, user["name"].as_str()),
+        (StatusCode::OK, Some("op")),
+        "{user}"
+    );
+    assert_eq!(
+        set(t.viewer.clone(), "view", "the viewer's own secret")
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let events = app.events(t.id).await;
+    let set_events: Vec<&str> = events
+        .iter()
+        .filter(|e| e.action == "user.password_set")
+        .map(|e| e.object_name.as_str())
+        .collect();
+    assert_eq!(set_events, ["op", "view"]);
+    let trail = serde_json::to_string(&events).unwrap();
+    assert!(
+        !trail.contains("horse") && !trail.contains("argon2"),
+        "{trail}"
+    );
+    let (_, users) = app.call(&t.admin, Method::GET, "/api/v1/users", None).await;
+    assert!(!users.to_string().contains("argon2"), "{users}");
+
+    // The right password opens a session of that user, like a token would.
+    let b = login_with(
+        &app,
+        json!({"tenant": "a", "user": "op", "password": password}),
+    )
+    .await;
+    assert_eq!(
+        (b.session["user"].as_str(), b.session["role"].as_str()),
+        (Some("op"), Some("operator"))
+    );
+    let (status, _) = b
+        .call(
+            &app,
+            Method::POST,
+            "/api/v1/clusters",
+            Some(json!({"name": "pw"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // The same tenant and user elsewhere, another tenant's name, or a wrong password: no.
+    app.tenant("b").await;
+    for (tenant, user, pw) in [
+        ("a", "op", "correct horse battery stapl"),
+        ("b", "op", password),
+        ("a", "nobody", password),
+        ("nope", "op", password),
+    ] {
+        let (status, problem) = password_login(&app, tenant, user, pw).await;
+        assert_eq!(
+            (status, problem["detail"].as_str()),
+            (
+                StatusCode::UNAUTHORIZED,
+                Some("wrong tenant, user or password")
+            ),
+            "{tenant}/{user}"
+        );
+    }
+    // Mixed or partial credentials are malformed, not failures.
+    for body in [
+        json!({"token": t.admin, "user": "op"}),
+        json!({"tenant": "a", "user": "op"}),
+        json!({}),
+    ] {
+        let (status, _) = app
+            .send(
+                Request::post("/api/v1/session")
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(body.to_string()))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
+
+    // Failures in a row make the user wait, even with the right password; others are not held up.
+    for _ in 0..4 {
+        assert_eq!(
+            password_login(&app, "a", "op", "guess guess guess").await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let (status, problem) = password_login(&app, "a", "op", password).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("too_many_attempts")),
+        "{problem}"
+    );
+    assert_eq!(
+        password_login(&app, "a", "view", "the viewer's own secret")
+            .await
+            .0,
+        StatusCode::CREATED
     );
 }

@@ -34,7 +34,7 @@ pub use engine::{EngineCluster, EngineNode, WIPE_PLAN_HASH};
 pub use events::EventFilter;
 pub use nodes::{NewNode, NodeFilter};
 pub use replicas::Leadership;
-pub use tenants::{Principal, Tenant};
+pub use tenants::{PasswordUser, Principal, Tenant};
 
 /// Which database a [`Store`] runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

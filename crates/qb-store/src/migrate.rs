@@ -36,6 +36,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "replicas",
         include_str!("../migrations/shared/0005_replicas.sql"),
     ),
+    (
+        6,
+        "passwords",
+        include_str!("../migrations/shared/0006_passwords.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -62,6 +67,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         5,
         "replicas",
         include_str!("../migrations/shared/0005_replicas.sql"),
+    ),
+    (
+        6,
+        "passwords",
+        include_str!("../migrations/shared/0006_passwords.sql"),
     ),
 ];
 

@@ -27,6 +27,15 @@ pub struct Principal {
     pub token_expires_at: OffsetDateTime,
 }
 
+/// A user who has a password, found by tenant and user name for a login.
+#[derive(Clone, Debug)]
+pub struct PasswordUser {
+    pub tenant_id: TenantId,
+    pub user: User,
+    /// The stored hash (a PHC string); the password itself is never stored.
+    pub password_hash: String,
+}
+
 impl Store {
     /// Creates a tenant with its first admin user.
     pub async fn create_tenant(&self, name: &Name, admin: &Name) -> Result<(Tenant, User)> {
@@ -268,6 +277,54 @@ impl Store {
             role: rows::role(&row.try_get::<String, _>("role")?)?,
             token_id: crate::parse_id("token id", &row.try_get::<String, _>("token_id")?)?,
             token_expires_at: crate::from_ms(row.try_get("expires_at")?),
+        }))
+    }
+
+    /// Sets `user`'s password to the one whose hash is `password_hash`.
+    pub async fn set_password(
+        &self,
+        tenant: TenantId,
+        user: &Name,
+        password_hash: &str,
+        actor: &Actor,
+    ) -> Result<User> {
+        let mut w = self.write(tenant).await?;
+        let row = sqlx::query("SELECT * FROM users WHERE tenant_id = $1 AND name = $2")
+            .bind(tenant.to_string())
+            .bind(user.as_str())
+            .fetch_optional(&mut *w.tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "user",
+                key: user.to_string(),
+            })?;
+        let found = user_row(&row)?;
+        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+            .bind(password_hash)
+            .bind(found.id.to_string())
+            .execute(&mut *w.tx)
+            .await?;
+        w.event(tenant, actor, user_event("user.password_set", &found))
+            .await?;
+        w.commit().await?;
+        Ok(found)
+    }
+
+    /// The user `user` of the tenant called `tenant`, if both exist and the user has a password.
+    pub async fn password_user(&self, tenant: &Name, user: &Name) -> Result<Option<PasswordUser>> {
+        let row = sqlx::query(
+            "SELECT u.*, n.id AS tenant FROM users u JOIN tenants n ON n.id = u.tenant_id \
+             WHERE n.name = $1 AND u.name = $2 AND u.password_hash IS NOT NULL",
+        )
+        .bind(tenant.as_str())
+        .bind(user.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(PasswordUser {
+            tenant_id: crate::parse_id("tenant id", &row.try_get::<String, _>("tenant")?)?,
+            user: user_row(&row)?,
+            password_hash: row.try_get("password_hash")?,
         }))
     }
 

@@ -1,6 +1,9 @@
 //! `qb user`.
 
-use qb_api::{CreateUser, User};
+use std::io::{BufRead as _, IsTerminal as _};
+
+use anyhow::{Context as _, bail};
+use qb_api::{CreateUser, SetPassword, User};
 
 use super::{App, now};
 use crate::cli::UserCommand;
@@ -28,5 +31,42 @@ pub async fn run(app: &App, cmd: UserCommand) -> anyhow::Result<()> {
             app.out
                 .emit_list(&users, "users", || output::users_table(&users, now()))
         }
+        UserCommand::SetPassword { name } => {
+            let body = SetPassword {
+                password: read_password(name.as_str())?,
+            };
+            let url = client.url(&["users", name.as_str(), "password"], &[]);
+            let user: User = client.put(url, &body).await?;
+            app.out.emit(&user, || {
+                format!(
+                    "Password of {} set; they can log in to the web UI.",
+                    user.name
+                )
+            })
+        }
     }
+}
+
+/// The new password: typed twice without echo on a terminal, else the first line of stdin.
+fn read_password(user: &str) -> anyhow::Result<String> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("New password for {user}: "))
+            .context("cannot read the password")?;
+        let again = rpassword::prompt_password("Again: ").context("cannot read the password")?;
+        if first != again {
+            bail!("the two passwords differ; nothing changed");
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from stdin")?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    if password.is_empty() {
+        bail!("the password is empty; nothing changed");
+    }
+    Ok(password)
 }
