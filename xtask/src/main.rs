@@ -121,6 +121,9 @@ const PACKAGES: &[(&str, &str)] = &[
     // The Kubernetes lab test runs kubectl on a master; kube-proxy programs iptables.
     ("kubernetes-client", "/usr/bin/kubectl"),
     ("iptables", "/usr/sbin/iptables"),
+    // The web UI's tests drive a real headless Chromium through its WebDriver.
+    ("chromium", "/usr/bin/chromium"),
+    ("chromium-driver", "/usr/bin/chromedriver"),
 ];
 
 /// What the benchmarks need beyond the tests' packages.

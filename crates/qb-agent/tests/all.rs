@@ -17,6 +17,10 @@
 //!   a real cluster through the controller and the agents' tunnels, as the qb user.
 //! - `replicas`: two controller replicas on one PostgreSQL: agents held by one, the engine and
 //!   the API on the other, work relayed between them; agents move when their replica dies.
+//! - `ui`: the web UI in a real headless Chromium (`browser`): an operator authorizes hosts,
+//!   creates a cluster, attaches nodes and sees it become ready live, detaches one; a viewer is
+//!   offered no change and its forged requests are refused. Screenshots go to
+//!   `target/tmp/ui-screenshots`.
 //! - `netns`: the lab helper itself, and a check that it leaves nothing behind when a test panics.
 //!
 //! The controller binary is `$QB_CONTROLLER_BIN` if set, else built with `cargo build -p
@@ -27,6 +31,8 @@
 
 #[path = "all/binary.rs"]
 mod binary;
+#[path = "all/browser.rs"]
+mod browser;
 #[path = "all/channel.rs"]
 mod channel;
 #[path = "all/engine.rs"]
@@ -51,3 +57,5 @@ mod replicas;
 mod security;
 #[path = "all/standing.rs"]
 mod standing;
+#[path = "all/ui.rs"]
+mod ui;

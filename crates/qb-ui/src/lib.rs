@@ -26,6 +26,18 @@ pub const ASSETS: &[Asset] = assets![
     "index.html" => "text/html; charset=utf-8",
     "app.js" => "text/javascript; charset=utf-8",
     "app.css" => "text/css; charset=utf-8",
+    "icon.svg" => "image/svg+xml",
+    "api.js" => "text/javascript; charset=utf-8",
+    "dom.js" => "text/javascript; charset=utf-8",
+    "ui.js" => "text/javascript; charset=utf-8",
+    "views/common.js" => "text/javascript; charset=utf-8",
+    "views/overview.js" => "text/javascript; charset=utf-8",
+    "views/nodes.js" => "text/javascript; charset=utf-8",
+    "views/node.js" => "text/javascript; charset=utf-8",
+    "views/clusters.js" => "text/javascript; charset=utf-8",
+    "views/cluster.js" => "text/javascript; charset=utf-8",
+    "views/tokens.js" => "text/javascript; charset=utf-8",
+    "views/events.js" => "text/javascript; charset=utf-8",
 ];
 
 /// The UI's file called `name`, if there is one.
@@ -51,5 +63,54 @@ mod tests {
         assert_eq!(asset("../Cargo.toml").map(|a| a.name), None);
         let index = std::str::from_utf8(index().body).expect("index.html is UTF-8");
         assert!(index.contains("app.js") && index.contains("app.css"));
+    }
+
+    /// Every file in `assets/` is served, and every module a script imports is one of them
+    /// (a forgotten entry would only show as a broken page in the browser).
+    #[test]
+    fn every_file_and_every_import_is_an_asset() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+        let mut files = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    let name = path.strip_prefix(&root).unwrap().to_str().unwrap();
+                    files.push(name.replace(std::path::MAIN_SEPARATOR, "/"));
+                }
+            }
+        }
+        for name in &files {
+            assert!(asset(name).is_some(), "assets/{name} is not in ASSETS");
+        }
+        for a in ASSETS.iter().filter(|a| a.name.ends_with(".js")) {
+            let text = std::str::from_utf8(a.body).unwrap();
+            let dir = a.name.rsplit_once('/').map_or("", |(d, _)| d);
+            for line in text.lines().filter(|l| l.starts_with("import ")) {
+                let target = line
+                    .rsplit_once(" from '")
+                    .map(|(_, t)| t.trim_end_matches("';"));
+                let Some(target) = target else { continue };
+                let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+                for seg in target.split('/') {
+                    match seg {
+                        "." => {}
+                        ".." => {
+                            parts.pop();
+                        }
+                        s => parts.push(s),
+                    }
+                }
+                let resolved = parts.join("/");
+                assert!(
+                    asset(&resolved).is_some(),
+                    "{} imports {target}, which is not an asset",
+                    a.name
+                );
+            }
+        }
     }
 }

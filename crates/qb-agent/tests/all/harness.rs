@@ -187,7 +187,7 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `cmd` with stderr collected; returns stdout's lines on a channel.
-    fn spawn(name: &str, mut cmd: Command) -> (Self, mpsc::Receiver<String>) {
+    pub fn spawn(name: &str, mut cmd: Command) -> (Self, mpsc::Receiver<String>) {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -354,6 +354,11 @@ impl Controller {
             pin: pin.expect("the controller announces the CA pin"),
             admin_token,
         }
+    }
+
+    /// Where the API (and the web UI) is served: `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.api)
     }
 
     /// The API as the first tenant's admin.

@@ -1,0 +1,321 @@
+//! The web UI in a real headless Chromium, against a real controller whose hosts are real
+//! agents in network namespaces forming a real etcd cluster: an operator logs in, authorizes
+//! pending hosts, creates a cluster, attaches nodes and sees it become ready without reloading,
+//! detaches a node; a viewer sees no control that changes anything, and requests forged from
+//! the viewer's own page are refused. Screenshots of the main pages are saved on the way.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::browser::{Browser, SHOWS};
+use crate::engine::{import_etcd_bundle, start_hosts};
+use crate::harness::{AgentConfig, Controller, poll};
+use qb_lab::Lab;
+
+/// From attach to ready on real etcd, on shared cores.
+const CONVERGE: Duration = Duration::from_secs(120);
+/// What only an operator or admin may press.
+const CHANGES: &[&str] = &[
+    "Authorize",
+    "Authorize selected",
+    "Deauthorize",
+    "Delete",
+    "Create cluster",
+    "Attach",
+    "Detach",
+    "Delete cluster",
+    "Detach selected",
+    "Create token",
+    "Revoke",
+    "Create bootstrap token",
+    "Run preflight",
+    "Set label",
+    "Ping",
+];
+
+/// The cluster's state as its page shows it.
+fn shown_cluster_state(b: &Browser) -> Option<String> {
+    b.attribute("#cluster-state", "data-state")
+}
+
+/// The cluster's state in the list of clusters.
+fn listed_cluster_state(b: &Browser, cluster: &str) -> Option<String> {
+    b.attribute(
+        &format!("tr[data-cluster=\"{cluster}\"] [data-state]"),
+        "data-state",
+    )
+}
+
+/// The node's state as the page shows it in its row.
+fn shown_node_state(b: &Browser, node: &str) -> Option<String> {
+    b.attribute(
+        &format!("tr[data-node=\"{node}\"] [data-state]"),
+        "data-state",
+    )
+}
+
+/// Logs in with an API token.
+fn log_in(b: &Browser, base: &str, token: &str) {
+    b.goto(&format!("{base}/"));
+    b.fill("#token", token);
+    b.click_button("#token-form", "Log in with token");
+    signed_in(b);
+}
+
+fn signed_in(b: &Browser) {
+    b.wait("the signed-in header", SHOWS, |b| {
+        b.buttons("header")
+            .iter()
+            .any(|t| t == "Log out")
+            .then_some(())
+    });
+}
+
+/// Opens a view by its address (a change of the hash: no page load).
+fn view(b: &Browser, base: &str, route: &str, heading: &str) {
+    b.goto(&format!("{base}/#/{route}"));
+    b.wait(&format!("the heading {heading:?}"), SHOWS, |b| {
+        b.text("main h1").contains(heading).then_some(())
+    });
+}
+
+#[test]
+fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anything() {
+    let lab = Lab::new(3).expect("the lab");
+    let controller = Controller::start(&lab.bridge_ip());
+    let api = controller.api();
+    import_etcd_bundle(&api);
+    let token = api.bootstrap_token(3, 1);
+    let configs: Vec<AgentConfig> = (0..3)
+        .map(|i| AgentConfig::new(&controller, &token.secret, &format!("host-{i}")))
+        .collect();
+    let _agents = start_hosts(&lab, &configs);
+    for c in &configs {
+        poll(
+            &format!("{} online", c.node_name),
+            Duration::from_secs(30),
+            || {
+                let node = api.get(&format!("/nodes/{}", c.node_name));
+                (node.body["agent"]["online"] == true)
+                    .then_some(())
+                    .ok_or(node.body.to_string())
+            },
+        );
+    }
+    let base = controller.url();
+    let b = Browser::start(1280, 900);
+
+    // Log in with the admin's token.
+    b.goto(&format!("{base}/"));
+    b.element("#token");
+    b.shot("login");
+    log_in(&b, &base, &controller.admin_token);
+    b.wait("the overview", SHOWS, |b| {
+        b.text("main h1").contains("Overview").then_some(())
+    });
+    b.wait("3 pending nodes on the overview", SHOWS, |b| {
+        b.text("main").contains("host-0").then_some(())
+    });
+    b.shot("overview");
+
+    // Authorize two pending hosts; each moves to the pool as the page updates.
+    view(&b, &base, "nodes", "Nodes");
+    for node in ["host-0", "host-1"] {
+        assert_eq!(shown_node_state(&b, node).as_deref(), Some("pending"));
+        b.click_button(&format!("[data-node=\"{node}\"]"), "Authorize");
+        b.wait(&format!("{node} in the pool"), SHOWS, |b| {
+            (shown_node_state(b, node).as_deref() == Some("authorized")).then_some(())
+        });
+        assert_eq!(
+            api.get(&format!("/nodes/{node}")).body["state"],
+            "authorized"
+        );
+    }
+    assert_eq!(shown_node_state(&b, "host-2").as_deref(), Some("pending"));
+    b.shot("nodes");
+    view(&b, &base, "nodes/host-0", "host-0");
+    b.wait("host-0's facts", SHOWS, |b| {
+        b.text("main").contains("Debian").then_some(())
+    });
+    b.shot("node-detail");
+
+    // Create a cluster; its page opens.
+    view(&b, &base, "clusters", "Clusters");
+    b.fill("#cluster-name", "web");
+    b.click_button("main", "Create cluster");
+    b.wait("the new cluster's page", SHOWS, |b| {
+        b.text("main h1").contains("web").then_some(())
+    });
+    assert_eq!(api.get("/clusters/web").body["state"], "empty");
+
+    // Attach both pool nodes, then watch the state move to ready without a page load.
+    b.script("window.qbStillTheSamePage = true; return null;", vec![]);
+    b.fill("#attach-count", "2");
+    b.click_button("main", "Attach");
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    let mut shot_installing = false;
+    b.wait("the cluster ready", CONVERGE, |b| {
+        let state = shown_cluster_state(b)?;
+        if seen.last() != Some(&state) {
+            eprintln!(
+                "{:>6.1?} the page shows the cluster {state}",
+                started.elapsed()
+            );
+            seen.push(state.clone());
+        }
+        if state != "ready" && state != "empty" && !shot_installing {
+            b.shot("cluster-installing");
+            shot_installing = true;
+        }
+        (state == "ready").then_some(())
+    });
+    assert!(
+        seen.iter().any(|s| s != "empty" && s != "ready"),
+        "the page never showed the cluster on its way to ready: {seen:?}"
+    );
+    assert_eq!(
+        b.script("return window.qbStillTheSamePage === true;", vec![]),
+        json!(true),
+        "the page was reloaded"
+    );
+    let cluster = api.get("/clusters/web").ok();
+    assert_eq!(cluster["state"], "ready", "{cluster}");
+    let role = |name: &str| {
+        cluster["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["name"] == name)
+            .map(|n| n["role"].clone())
+            .unwrap_or(Value::Null)
+    };
+    let worker = ["host-0", "host-1"]
+        .into_iter()
+        .find(|n| role(n) == "worker")
+        .expect("one of two nodes is a worker");
+    b.wait("the nodes' roles", SHOWS, |b| {
+        b.text(&format!("[data-node=\"{worker}\"]"))
+            .contains("worker")
+            .then_some(())
+    });
+    b.shot("cluster-ready");
+
+    // Detach the worker: the page asks first, then shows it leave.
+    b.click_button(&format!("[data-node=\"{worker}\"]"), "Detach");
+    b.element("dialog[open]");
+    b.shot("confirm-detach");
+    b.click_button("dialog[open]", "Confirm");
+    b.wait(&format!("{worker} gone from the cluster"), CONVERGE, |b| {
+        b.all(&format!("[data-node=\"{worker}\"]"))
+            .is_empty()
+            .then_some(())
+    });
+    poll(&format!("{worker} back in the pool"), CONVERGE, || {
+        let node = api.get(&format!("/nodes/{worker}")).body;
+        (node["state"] == "authorized")
+            .then_some(())
+            .ok_or(node.to_string())
+    });
+    view(&b, &base, "nodes", "Nodes");
+    b.wait(&format!("{worker} in the pool"), SHOWS, |b| {
+        (shown_node_state(b, worker).as_deref() == Some("authorized")).then_some(())
+    });
+
+    // The other main pages.
+    view(&b, &base, "clusters", "Clusters");
+    b.wait("the cluster list", SHOWS, |b| {
+        listed_cluster_state(b, "web")
+    });
+    b.shot("clusters");
+    view(&b, &base, "tokens", "Tokens");
+    b.shot("tokens");
+    view(&b, &base, "events", "Events");
+    b.wait("the audit trail", SHOWS, |b| {
+        b.text("main").contains("node.authorized").then_some(())
+    });
+    b.shot("events");
+    b.resize(390, 844);
+    view(&b, &base, "clusters/web", "web");
+    b.shot("cluster-phone");
+    b.resize(1280, 900);
+
+    // A viewer, logged in with the password an admin set: every page, and no control that
+    // changes anything.
+    api.post("/users", &json!({"name": "vera", "role": "viewer"}))
+        .ok();
+    let password = "vera's long passphrase";
+    api.call(
+        "PUT",
+        "/api/v1/users/vera/password",
+        Some(&json!({ "password": password })),
+    )
+    .ok();
+    b.click_button("header", "Log out");
+    b.element("#login-user");
+    b.fill("#login-user", "vera");
+    b.fill("#login-password", "not vera's passphrase");
+    b.click_button("#password-form", "Log in");
+    b.wait("the refusal", SHOWS, |b| {
+        b.text("[role=alert]")
+            .contains("wrong tenant, user or password")
+            .then_some(())
+    });
+    b.shot("login-refused");
+    b.fill("#login-password", password);
+    b.click_button("#password-form", "Log in");
+    signed_in(&b);
+    assert!(b.text("header").contains("vera"), "{}", b.text("header"));
+    for (route, heading) in [
+        ("", "Overview"),
+        ("nodes", "Nodes"),
+        ("nodes/host-2", "host-2"),
+        ("clusters", "Clusters"),
+        ("clusters/web", "web"),
+        ("tokens", "Tokens"),
+        ("events", "Events"),
+    ] {
+        view(&b, &base, route, heading);
+        std::thread::sleep(Duration::from_millis(500));
+        let offered: Vec<String> = b
+            .buttons("main")
+            .into_iter()
+            .filter(|t| CHANGES.contains(&t.as_str()))
+            .collect();
+        assert!(
+            offered.is_empty(),
+            "a viewer is offered {offered:?} on #/{route}"
+        );
+        for form in ["#cluster-name", "#attach-count"] {
+            assert!(b.all(form).is_empty(), "a viewer sees {form} on #/{route}");
+        }
+    }
+    b.shot("viewer-nodes");
+
+    // Requests forged from the viewer's own page, with the session's CSRF token: refused.
+    let forged = b.script_async(
+        r#"const done = arguments[arguments.length - 1];
+        (async () => {
+          const session = await (await fetch('/api/v1/session')).json();
+          const send = (method, path, body) => fetch(path, {
+            method, credentials: 'same-origin',
+            headers: {'X-CSRF-Token': session.csrf_token, 'Content-Type': 'application/json'},
+            body: body === undefined ? undefined : JSON.stringify(body),
+          }).then(r => r.status);
+          return [
+            await send('POST', '/api/v1/nodes/host-2/authorize'),
+            await send('POST', '/api/v1/clusters', {name: 'forged'}),
+            await send('POST', '/api/v1/clusters/web/attach', {nodes: ['host-2']}),
+            await send('DELETE', '/api/v1/clusters/web'),
+            await send('POST', '/api/v1/tokens', {user: 'vera'}),
+          ];
+        })().then(done, e => done(String(e)));"#,
+        vec![],
+    );
+    assert_eq!(forged, json!([403, 403, 403, 403, 403]), "{forged}");
+    assert_eq!(api.get("/nodes/host-2").body["state"], "pending");
+    assert_eq!(api.get("/clusters/forged").status, 404);
+    assert_eq!(api.get("/clusters/web").body["state"], "ready");
+    eprintln!("screenshots in {}", b.shots.display());
+}

@@ -1,0 +1,243 @@
+// Node detail `#/nodes/<name>`: facts, labels, agent, cluster and role, and the plan the agent
+// last reported (steps and services). Operators authorize, deauthorize, delete, ping and label.
+
+import { h, add, render, badge, time, exact, bytes, clusterLink, plural } from '../dom.js';
+import { ApiError, get, post, del, path } from '../api.js';
+import { section, dl, empty, table, alertSlot, runAction, announce, confirmDialog, button, showError } from '../ui.js';
+import { labelChips, roleText, planProgress, planText } from './common.js';
+
+export function mount(ctx) {
+  const name = ctx.params[0];
+  const operator = ctx.can('operator');
+
+  const stateRegion = h('span', { class: 'heading-badge' });
+  const actionAlert = alertSlot();
+  const actionsRegion = h('div', { class: 'region toolbar' });
+  const pingResult = h('p', { class: 'muted small', hidden: true });
+  const summary = h('div', { class: 'region' });
+  const labels = h('div', { class: 'region' });
+  const labelAlert = alertSlot();
+  const plan = h('div', { class: 'region' });
+  const missing = h('div', { class: 'region', hidden: true });
+
+  const labelsSection = section('Labels');
+  add(labelsSection,
+    h('p', { class: 'lead' }, 'Placement spreads masters over ', h('code', {}, 'topology.kubernetes.io/zone'), ' or ', h('code', {}, 'rack'), ' labels; attach requests can select nodes by label.'),
+    labelAlert, labels, operator ? labelForm() : null);
+  const planSection = section('Plan');
+  add(planSection, plan);
+  const body = h('div', {},
+    operator ? h('div', { class: 'section' }, actionsRegion, actionAlert, pingResult) : null,
+    summary, labelsSection, planSection);
+
+  add(ctx.root,
+    h('nav', { class: 'breadcrumb', 'aria-label': 'Breadcrumb' },
+      h('ol', {}, h('li', {}, h('a', { href: '#/nodes' }, 'Nodes')), h('li', {}, h('span', { 'aria-current': 'page' }, name)))),
+    h('div', { class: 'page-head' }, ctx.heading(name), stateRegion),
+    ctx.loadAlert,
+    missing,
+    body);
+
+  let node = null;
+
+  async function refresh() {
+    let n;
+    try {
+      n = await get(path('nodes', name));
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 404) {
+        if (!ctx.alive) return;
+        node = null;
+        body.hidden = true;
+        missing.hidden = false;
+        stateRegion.replaceChildren();
+        render(missing, 'missing', () => empty(`There is no node named ${name}. It may have been deleted. `,
+          h('a', { href: '#/nodes' }, 'All nodes'), '.'));
+        return;
+      }
+      throw err;
+    }
+    if (!ctx.alive) return;
+    node = n;
+    body.hidden = false;
+    missing.hidden = true;
+    render(stateRegion, n.state, () => badge(n.state));
+    if (operator) render(actionsRegion, [n.state, n.agent && n.agent.online], () => actions(n));
+    render(summary, n, () => summaryCards(n));
+    render(labels, n.labels, () => labelChips(n.labels, operator ? removeLabel : null));
+    render(plan, [n.plan, n.state], () => planView(n));
+  }
+
+  // ---- rendering -----------------------------------------------------------------------
+
+  function actions(n) {
+    const items = [];
+    if (n.state === 'pending') items.push(button('Authorize', (e) => authorize(e.currentTarget), { kind: 'primary', fk: 'authorize' }));
+    if (n.state !== 'deauthorized') items.push(button('Deauthorize', (e) => deauthorize(e.currentTarget), { kind: 'danger', fk: 'deauthorize' }));
+    if (n.state === 'pending' || n.state === 'deauthorized') items.push(button('Delete', (e) => remove(e.currentTarget), { kind: 'danger', fk: 'delete' }));
+    if (n.agent && n.agent.online) items.push(button('Ping', (e) => ping(e.currentTarget), { fk: 'ping', label: `Ping the agent of ${name}` }));
+    return items;
+  }
+
+  function summaryCards(n) {
+    const f = n.facts || {};
+    const a = n.agent;
+    return h('div', { class: 'cards-grid' },
+      card('Status', dl([
+        ['State', badge(n.state)],
+        ['Cluster', n.cluster ? clusterLink(n.cluster.name) : h('span', { class: 'muted' }, 'none')],
+        ['Role', n.cluster ? roleText(n.role) : null],
+        ['Registered', time(n.created_at)],
+        ['Changed', time(n.updated_at)],
+      ])),
+      card('Agent', a ? dl([
+        ['Connection', badge(a.online ? 'online' : 'offline', { attr: 'agent' })],
+        ['Version', a.version || '—'],
+        ['Last seen', time(a.last_seen_at, 'never')],
+        ['Exact time', a.last_seen_at ? exact(a.last_seen_at) : null],
+      ]) : empty('No agent has registered for this node.')),
+      card('Host', dl([
+        ['Host name', f.hostname || '—'],
+        ['Operating system', f.os || '—'],
+        ['Kernel', f.kernel || '—'],
+        ['Architecture', f.arch || '—'],
+        ['CPUs', f.cpus ? String(f.cpus) : '—'],
+        ['Memory', bytes(f.memory_bytes)],
+        ['Addresses', (f.addresses || []).length ? h('span', { class: 'stack' }, f.addresses.map((x) => h('span', { class: 'mono' }, x))) : '—'],
+      ])));
+  }
+
+  function planView(n) {
+    if (!n.plan) {
+      return empty(n.state === 'attached'
+        ? 'No plan yet: the cluster engine publishes one after preflight and placement.'
+        : 'No plan: a node gets one when it is attached to a cluster.');
+    }
+    const p = planProgress(n);
+    const parts = [dl([
+      ['Published generation', String(n.plan.generation)],
+      ['Reported generation', p ? String(p.generation) : h('span', { class: 'muted' }, 'no report yet')],
+      ['State', p ? badge(p.state, { attr: 'plan' }) : null],
+      ['Progress', p ? h('span', { class: 'stack' },
+        h('progress', { max: String(p.total || 1), value: String(p.done), 'aria-label': `${p.done} of ${p.total} steps done` }),
+        h('span', { class: 'small' }, `${p.done} of ${plural(p.total, 'step')} done`)) : null],
+      ['Summary', planText(n)],
+    ])];
+    const report = n.plan.report;
+    if (report && report.steps.length) {
+      parts.push(h('h3', {}, 'Steps'), table({
+        label: 'Plan steps',
+        columns: ['Step', 'State', 'Message'],
+        sk: 'steps',
+        rows: report.steps.map((s) => h('tr', {},
+          h('th', { scope: 'row' }, h('code', {}, s.name)),
+          h('td', {}, badge(s.state, { attr: 'step' })),
+          h('td', { class: 'message' }, s.message || ''))),
+      }));
+    }
+    if (report && report.services.length) {
+      parts.push(h('h3', {}, 'Services'), table({
+        label: 'Services',
+        columns: ['Service', 'Health', 'Restarts', 'PID', 'Last exit'],
+        sk: 'services',
+        rows: report.services.map((s) => h('tr', {},
+          h('th', { scope: 'row' }, h('code', {}, s.name)),
+          h('td', {}, badge(!s.running ? 'not running' : s.healthy ? 'healthy' : 'unhealthy', { attr: 'service' })),
+          h('td', {}, String(s.restarts)),
+          h('td', {}, s.pid ? String(s.pid) : '—'),
+          h('td', {}, s.last_exit || '—'))),
+      }));
+    }
+    return parts;
+  }
+
+  function card(title, content) {
+    return h('section', { class: 'card-box' }, h('h2', { class: 'card-box-title' }, title), content);
+  }
+
+  function labelForm() {
+    const key = h('input', { id: 'label-key', type: 'text', autocomplete: 'off', spellcheck: 'false', placeholder: 'topology.kubernetes.io/zone' });
+    const value = h('input', { id: 'label-value', type: 'text', autocomplete: 'off', spellcheck: 'false', placeholder: 'zone-a' });
+    const submit = h('button', { type: 'submit', class: 'btn' }, 'Set label');
+    const form = h('form', { class: 'inline-form', novalidate: true },
+      h('div', { class: 'field' }, h('label', { for: 'label-key' }, 'Key'), key),
+      h('div', { class: 'field' }, h('label', { for: 'label-value' }, 'Value'), value),
+      h('div', { class: 'field field-button' }, submit));
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const k = key.value.trim();
+      if (!k) {
+        showError(labelAlert, new Error('Give the label a key.'));
+        key.focus();
+        return;
+      }
+      const done = await runAction(submit, labelAlert, () => post(path('nodes', name, 'labels'), { set: { [k]: value.value.trim() } }), 'Could not set the label');
+      if (done) {
+        announce(`Set label ${k} on ${name}.`);
+        key.value = '';
+        value.value = '';
+        await ctx.refresh();
+      }
+    });
+    return form;
+  }
+
+  // ---- actions -------------------------------------------------------------------------
+
+  async function removeLabel(k, btn) {
+    const done = await runAction(btn, labelAlert, () => post(path('nodes', name, 'labels'), { remove: [k] }), `Could not remove label ${k}`);
+    if (done) {
+      announce(`Removed label ${k} from ${name}.`);
+      await ctx.refresh();
+    }
+  }
+
+  async function authorize(btn) {
+    const done = await runAction(btn, actionAlert, () => post(path('nodes', name, 'authorize')), `Could not authorize ${name}`);
+    if (done) {
+      announce(`Authorized ${name}: it is in the pool.`);
+      await ctx.refresh();
+    }
+  }
+
+  async function deauthorize(btn) {
+    const inCluster = node && node.cluster;
+    const ok = await confirmDialog({
+      title: `Deauthorize ${name}?`,
+      message: inCluster
+        ? `${name} leaves cluster ${node.cluster.name} at once, without being drained or wiped, and its identity is revoked: its agent is disconnected and its certificate refused. Detaching it from the cluster first is the gentle way.`
+        : `${name}'s identity is revoked at once: its agent is disconnected and its certificate refused. To come back, the host must register again and be authorized.`,
+    });
+    if (!ok) return;
+    const done = await runAction(btn, actionAlert, () => post(path('nodes', name, 'deauthorize')), `Could not deauthorize ${name}`);
+    if (done) {
+      announce(`Deauthorized ${name}.`);
+      await ctx.refresh();
+    }
+  }
+
+  async function remove(btn) {
+    const ok = await confirmDialog({
+      title: `Delete ${name}?`,
+      message: `The controller forgets ${name}. If its agent registers again, it comes back as a new pending node.`,
+    });
+    if (!ok) return;
+    const done = await runAction(btn, actionAlert, () => del(path('nodes', name)).then(() => true), `Could not delete ${name}`);
+    if (done) {
+      announce(`Deleted ${name}.`);
+      ctx.navigate('#/nodes');
+    }
+  }
+
+  async function ping(btn) {
+    const result = await runAction(btn, actionAlert, () => post(path('nodes', name, 'ping')), `Could not ping ${name}`);
+    if (result) {
+      const text = `The agent of ${name} answered in ${result.round_trip_ms.toFixed(1)} ms.`;
+      pingResult.textContent = text;
+      pingResult.hidden = false;
+      announce(text);
+    }
+  }
+
+  return { refresh };
+}
