@@ -195,6 +195,13 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
         .into_iter()
         .find(|n| role(n) == "worker")
         .expect("one of two nodes is a worker");
+    // The preflight that ran before the install, as a matrix: each node reached the other.
+    b.wait("the preflight matrix", SHOWS, |b| {
+        (b.all("table.matrix [data-probe=\"ok\"]").len() == 2
+            && b.attribute("[data-preflight]", "data-preflight").as_deref() == Some("passed"))
+        .then_some(())
+    });
+    assert!(b.all("table.matrix [data-probe=\"failed\"]").is_empty());
     b.wait("the nodes' roles", SHOWS, |b| {
         b.text(&format!("[data-node=\"{worker}\"]"))
             .contains("worker")
@@ -236,6 +243,13 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
         b.text("main").contains("node.authorized").then_some(())
     });
     b.shot("events");
+    // Filtered to the cluster: its events, none of the nodes'.
+    b.fill("#events-object", "web");
+    b.click_button("main", "Apply filters");
+    b.wait("the cluster's events only", SHOWS, |b| {
+        let shown = b.text("main table");
+        (shown.contains("cluster.created") && !shown.contains("node.authorized")).then_some(())
+    });
     b.resize(390, 844);
     view(&b, &base, "clusters/web", "web");
     b.shot("cluster-phone");
@@ -292,6 +306,14 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
         }
     }
     b.shot("viewer-nodes");
+    // A viewer may still have a kubeconfig: the cluster's RBAC keeps it to reading.
+    view(&b, &base, "clusters/web", "web");
+    b.click_button("main", "Download kubeconfig");
+    b.wait("the kubeconfig", SHOWS, |b| {
+        b.text("main")
+            .contains("It contains a new API token of yours (viewer)")
+            .then_some(())
+    });
 
     // Requests forged from the viewer's own page, with the session's CSRF token: refused.
     let forged = b.script_async(

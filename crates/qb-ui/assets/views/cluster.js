@@ -66,7 +66,7 @@ export function mount(ctx) {
 
   const body = h('div', {},
     message,
-    operator ? actionsBar() : null,
+    actionsBar(),
     (() => {
       const s = section('Settings');
       add(s, summary);
@@ -322,11 +322,13 @@ export function mount(ctx) {
       e.preventDefault();
       kubeconfig(download, Number(hours.value) || 24);
     });
-    const s = section('Actions', { className: 'actions-section' });
+    // Everyone may have a kubeconfig: the cluster's RBAC decides what it allows (viewers read).
+    const s = section(operator ? 'Actions' : 'kubectl', { className: 'actions-section' });
     add(s,
       h('div', { class: 'toolbar toolbar-split' }, form,
-        button('Delete cluster', (e) => deleteCluster(e.currentTarget), { kind: 'danger', id: 'delete-cluster' })),
-      h('p', { class: 'hint' }, 'A kubeconfig points kubectl at this cluster through the controller, with a new API token of yours.'),
+        operator ? button('Delete cluster', (e) => deleteCluster(e.currentTarget), { kind: 'danger', id: 'delete-cluster' }) : null),
+      h('p', { class: 'hint' }, 'A kubeconfig points kubectl at this cluster through the controller, with a new API token of yours; '
+        + 'in the cluster you have the rights of your role.'),
       actionAlert, kubeconfigArea);
     return s;
   }
