@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::serve::ListenerExt as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -22,6 +23,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Some(tls) = tls else {
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         return axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await;
@@ -41,6 +45,10 @@ pub async fn serve(
             },
             () = &mut shutdown => return Ok(()),
         };
+        // Responses go out in pieces (headers, then each body chunk; a proxied body as the
+        // cluster sends it): without this, Nagle's algorithm holds each piece back until the
+        // client acknowledges the one before.
+        let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
