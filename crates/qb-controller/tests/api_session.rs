@@ -34,18 +34,24 @@ async fn login(app: &App, token: &str) -> Browser {
     login_with(app, json!({ "token": token })).await
 }
 
-async fn login_with(app: &App, body: Value) -> Browser {
-    let response = app
-        .router
+/// A login: `POST /api/v1/session` with a JSON body.
+fn session_request(body: &Value) -> Request<Body> {
+    Request::post("/api/v1/session")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+async fn post_session(app: &App, body: &Value) -> axum::response::Response {
+    app.router
         .clone()
-        .oneshot(
-            Request::post("/api/v1/session")
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap(),
-        )
+        .oneshot(session_request(body))
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn login_with(app: &App, body: Value) -> Browser {
+    let response = post_session(app, &body).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let set_cookie = response.headers()[header::SET_COOKIE]
         .to_str()
@@ -101,17 +107,7 @@ impl Browser {
 async fn a_token_opens_a_session_that_works_like_it(store: Store) {
     let app = App::new(store).await;
     let t = app.tenant("a").await;
-    let response = app
-        .router
-        .clone()
-        .oneshot(
-            Request::post("/api/v1/session")
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(json!({ "token": t.operator }).to_string()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = post_session(&app, &json!({ "token": t.operator })).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let cookie = response.headers()[header::SET_COOKIE]
         .to_str()
@@ -541,13 +537,7 @@ async fn password_login(
     password: &str,
 ) -> (StatusCode, Value) {
     let body = json!({"tenant": tenant, "user": user, "password": password});
-    app.send(
-        Request::post("/api/v1/session")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap(),
-    )
-    .await
+    app.send(session_request(&body)).await
 }
 
 async fn passwords_open_sessions_and_failures_are_throttled(store: Store) {
@@ -670,14 +660,7 @@ async fn passwords_open_sessions_and_failures_are_throttled(store: Store) {
         json!({"tenant": "a", "user": "op"}),
         json!({}),
     ] {
-        let (status, _) = app
-            .send(
-                Request::post("/api/v1/session")
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(Body::from(body.to_string()))
-                    .unwrap(),
-            )
-            .await;
+        let (status, _) = app.send(session_request(&body)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     }
 

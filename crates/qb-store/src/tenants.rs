@@ -152,16 +152,7 @@ impl Store {
         actor: &Actor,
     ) -> Result<CreatedToken> {
         let mut w = self.write(tenant).await?;
-        let row = sqlx::query("SELECT * FROM users WHERE tenant_id = $1 AND name = $2")
-            .bind(tenant.to_string())
-            .bind(user.as_str())
-            .fetch_optional(&mut *w.tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "user",
-                key: user.to_string(),
-            })?;
-        let owner = user_row(&row)?;
+        let owner = user_by_name(&mut w, tenant, user).await?;
         let now = now_ms();
         let token = Token {
             id: TokenId::new(),
@@ -289,16 +280,7 @@ impl Store {
         actor: &Actor,
     ) -> Result<User> {
         let mut w = self.write(tenant).await?;
-        let row = sqlx::query("SELECT * FROM users WHERE tenant_id = $1 AND name = $2")
-            .bind(tenant.to_string())
-            .bind(user.as_str())
-            .fetch_optional(&mut *w.tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "user",
-                key: user.to_string(),
-            })?;
-        let found = user_row(&row)?;
+        let found = user_by_name(&mut w, tenant, user).await?;
         sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
             .bind(password_hash)
             .bind(found.id.to_string())
@@ -384,6 +366,20 @@ fn user_event<'a>(action: &'a str, user: &'a User) -> NewEvent<'a> {
         object_name: user.name.as_str(),
         detail: json!({ "role": user.role }),
     }
+}
+
+/// The tenant's user called `name`, read inside a write.
+async fn user_by_name(w: &mut crate::WriteTx, tenant: TenantId, name: &Name) -> Result<User> {
+    let row = sqlx::query("SELECT * FROM users WHERE tenant_id = $1 AND name = $2")
+        .bind(tenant.to_string())
+        .bind(name.as_str())
+        .fetch_optional(&mut *w.tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "user",
+            key: name.to_string(),
+        })?;
+    user_row(&row)
 }
 
 fn user_row(row: &sqlx::any::AnyRow) -> Result<User> {

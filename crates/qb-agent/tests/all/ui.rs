@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::browser::{Browser, SHOWS};
-use crate::engine::{import_etcd_bundle, start_hosts};
-use crate::harness::{AgentConfig, Controller, poll};
+use crate::engine::{import_etcd_bundle, pending_hosts};
+use crate::harness::{Controller, poll};
 use qb_lab::Lab;
 
 /// From attach to ready on real etcd, on shared cores.
@@ -80,29 +80,27 @@ fn view(b: &Browser, base: &str, route: &str, heading: &str) {
     });
 }
 
+/// Every form control and button on the page has a name a screen reader can say.
+fn assert_labelled(b: &Browser, route: &str) {
+    let unnamed = b.script(
+        r#"const named = (el) => (el.labels && el.labels.length > 0)
+              || el.getAttribute('aria-label') || el.getAttribute('aria-labelledby')
+              || (el.tagName === 'BUTTON' && el.textContent.trim() !== '');
+            return [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
+              .filter((el) => !named(el))
+              .map((el) => el.outerHTML.slice(0, 120));"#,
+        vec![],
+    );
+    assert_eq!(unnamed, json!([]), "controls without a name on #/{route}");
+}
+
 #[test]
 fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anything() {
     let lab = Lab::new(3).expect("the lab");
     let controller = Controller::start(&lab.bridge_ip());
     let api = controller.api();
     import_etcd_bundle(&api);
-    let token = api.bootstrap_token(3, 1);
-    let configs: Vec<AgentConfig> = (0..3)
-        .map(|i| AgentConfig::new(&controller, &token.secret, &format!("host-{i}")))
-        .collect();
-    let _agents = start_hosts(&lab, &configs);
-    for c in &configs {
-        poll(
-            &format!("{} online", c.node_name),
-            Duration::from_secs(30),
-            || {
-                let node = api.get(&format!("/nodes/{}", c.node_name));
-                (node.body["agent"]["online"] == true)
-                    .then_some(())
-                    .ok_or(node.body.to_string())
-            },
-        );
-    }
+    let (_configs, _agents) = pending_hosts(&lab, &controller, 3);
     let base = controller.url();
     let b = Browser::start(1280, 900);
 
@@ -110,6 +108,7 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
     b.goto(&format!("{base}/"));
     b.element("#token");
     b.shot("login");
+    assert_labelled(&b, "login");
     log_in(&b, &base, &controller.admin_token);
     b.wait("the overview", SHOWS, |b| {
         b.text("main h1").contains("Overview").then_some(())
@@ -134,11 +133,13 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
     }
     assert_eq!(shown_node_state(&b, "host-2").as_deref(), Some("pending"));
     b.shot("nodes");
+    assert_labelled(&b, "nodes");
     view(&b, &base, "nodes/host-0", "host-0");
     b.wait("host-0's facts", SHOWS, |b| {
         b.text("main").contains("Debian").then_some(())
     });
     b.shot("node-detail");
+    assert_labelled(&b, "nodes/host-0");
 
     // Create a cluster; its page opens.
     view(&b, &base, "clusters", "Clusters");
@@ -148,6 +149,18 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
         b.text("main h1").contains("web").then_some(())
     });
     assert_eq!(api.get("/clusters/web").body["state"], "empty");
+    // The API's refusal is shown where the action was, and nothing is made.
+    view(&b, &base, "clusters", "Clusters");
+    b.fill("#cluster-name", "web");
+    b.click_button("main", "Create cluster");
+    b.wait("the API's refusal", SHOWS, |b| {
+        b.text("main [role=alert]").contains("web").then_some(())
+    });
+    assert_eq!(
+        api.get("/clusters").ok()["items"].as_array().map(Vec::len),
+        Some(1)
+    );
+    view(&b, &base, "clusters/web", "web");
 
     // Attach both pool nodes, then watch the state move to ready without a page load.
     b.script("window.qbStillTheSamePage = true; return null;", vec![]);
@@ -208,6 +221,7 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
             .then_some(())
     });
     b.shot("cluster-ready");
+    assert_labelled(&b, "clusters/web");
 
     // Detach the worker: the page asks first, then shows it leave.
     b.click_button(&format!("[data-node=\"{worker}\"]"), "Detach");
@@ -236,13 +250,16 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
         listed_cluster_state(b, "web")
     });
     b.shot("clusters");
+    assert_labelled(&b, "clusters");
     view(&b, &base, "tokens", "Tokens");
     b.shot("tokens");
+    assert_labelled(&b, "tokens");
     view(&b, &base, "events", "Events");
     b.wait("the audit trail", SHOWS, |b| {
         b.text("main").contains("node.authorized").then_some(())
     });
     b.shot("events");
+    assert_labelled(&b, "events");
     // Filtered to the cluster: its events, none of the nodes'.
     b.fill("#events-object", "web");
     b.click_button("main", "Apply filters");
@@ -277,8 +294,8 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
             .then_some(())
     });
     b.shot("login-refused");
-    b.fill("#login-password", password);
-    b.click_button("#password-form", "Log in");
+    // By keyboard: Enter in the password field submits the form.
+    b.fill("#login-password", &format!("{password}\u{E007}"));
     signed_in(&b);
     assert!(b.text("header").contains("vera"), "{}", b.text("header"));
     for (route, heading) in [
@@ -304,6 +321,7 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
         for form in ["#cluster-name", "#attach-count"] {
             assert!(b.all(form).is_empty(), "a viewer sees {form} on #/{route}");
         }
+        assert_labelled(&b, route);
     }
     b.shot("viewer-nodes");
     // A viewer may still have a kubeconfig: the cluster's RBAC keeps it to reading.
