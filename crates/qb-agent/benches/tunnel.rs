@@ -128,6 +128,10 @@ impl Bench {
     fn run(&self) -> Result<Figures> {
         let host = &self.record.hosts[0];
         let agent_pid = host.agent_pid.context("the host's agent did not start")?;
+        let controller_pid = self
+            .record
+            .controller_pid
+            .context("the controller did not start")?;
         let lab = Lab::existing(self.record.k, self.record.hosts.len());
         self.qb(&["node", "authorize", &host.name])?;
         self.qb(&["cluster", "create", CLUSTER])?;
@@ -175,6 +179,7 @@ impl Bench {
                 token: None,
                 impersonate: true,
                 small: SMALL,
+                relays: Vec::new(),
             },
             Target {
                 name: "qb proxy",
@@ -185,6 +190,10 @@ impl Bench {
                 token: Some(token.clone()),
                 impersonate: false,
                 small: SMALL,
+                relays: vec![
+                    Relay::process("controller", controller_pid),
+                    Relay::process("agent", agent_pid),
+                ],
             },
             Target {
                 name: "ssh -R",
@@ -195,6 +204,7 @@ impl Bench {
                 token: None,
                 impersonate: true,
                 small: SMALL,
+                relays: tunnel.relays.clone(),
             },
             // Not a path to the API server: the controller's own front (TLS, HTTP, the token's
             // lookup), to tell it apart from the tunnel in the proxy's figure.
@@ -211,6 +221,7 @@ impl Bench {
                 token: Some(token),
                 impersonate: false,
                 small: WHOAMI,
+                relays: vec![Relay::process("controller", controller_pid)],
             },
         ];
         // One thread: the client's own scheduling stays out of the figures.
@@ -310,6 +321,8 @@ impl Drop for Killed {
 /// host's API server. Both are killed when it is dropped.
 struct ReverseTunnel {
     port: u16,
+    /// sshd (with the children it forks for the connection) and ssh.
+    relays: Vec<Relay>,
     // Dropped in this order: the client, the server, then sshd's directory.
     _ssh: Killed,
     _sshd: Killed,
@@ -421,6 +434,14 @@ impl ReverseTunnel {
         })?;
         Ok(Self {
             port,
+            relays: vec![
+                Relay {
+                    name: "sshd",
+                    pid: sshd.0.id(),
+                    children: true,
+                },
+                Relay::process("ssh", ssh.0.id()),
+            ],
             _ssh: ssh,
             _sshd: sshd,
             _privsep: privsep,
@@ -472,6 +493,114 @@ struct Target {
     impersonate: bool,
     /// The small request: a tiny ConfigMap (or, for the controller alone, `/whoami`).
     small: &'static str,
+    /// The processes that carry this path's bytes between the client and the API server.
+    relays: Vec<Relay>,
+}
+
+/// A process that carries a path's bytes, whose CPU time is measured.
+#[derive(Clone)]
+struct Relay {
+    name: &'static str,
+    pid: u32,
+    /// Whether its children count too (sshd forks one per connection; the agent's children are
+    /// the cluster's components and do not).
+    children: bool,
+}
+
+impl Relay {
+    fn process(name: &'static str, pid: u32) -> Self {
+        Self {
+            name,
+            pid,
+            children: false,
+        }
+    }
+
+    /// Its threads' (and children's) time on a CPU, and how often they were scheduled in, from
+    /// the kernel's `schedstat` of every thread.
+    fn usage(&self) -> Usage {
+        let mut pids = vec![self.pid];
+        if self.children {
+            pids.extend(descendants(self.pid));
+        }
+        let mut usage = Usage::default();
+        for pid in pids {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                    continue;
+                };
+                let mut fields = stat
+                    .split_whitespace()
+                    .map(|f| f.parse::<u64>().unwrap_or(0));
+                usage.cpu += Duration::from_nanos(fields.next().unwrap_or(0));
+                usage.switches += fields.nth(1).unwrap_or(0);
+            }
+        }
+        usage
+    }
+}
+
+/// Every process below `root`.
+fn descendants(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // `pid (comm) state ppid ...`; comm may hold anything but the last `)`.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    found.split_off(1)
+}
+
+/// CPU time, and how many times the threads were scheduled in.
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    cpu: Duration,
+    switches: u64,
+}
+
+impl std::ops::Sub for Usage {
+    type Output = Usage;
+
+    fn sub(self, earlier: Usage) -> Usage {
+        Usage {
+            cpu: self.cpu.saturating_sub(earlier.cpu),
+            switches: self.switches.saturating_sub(earlier.switches),
+        }
+    }
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, more: Usage) {
+        self.cpu += more.cpu;
+        self.switches += more.switches;
+    }
 }
 
 impl Target {
@@ -624,10 +753,20 @@ async fn measure(targets: &[Target; 4]) -> Result<Figures> {
     for way in &ways {
         small_gets(way, WARM_UP, &mut Vec::new()).await?;
     }
+    // What the relays of each path spent on its requests (and on anything else meanwhile).
+    let mut relayed: Vec<Vec<Usage>> = ways
+        .iter()
+        .map(|w| vec![Usage::default(); w.target.relays.len()])
+        .collect();
     for round in 0..ROUNDS {
         for k in 0..ways.len() {
             let i = (round + k) % ways.len();
+            let relays = &ways[i].target.relays;
+            let before: Vec<Usage> = relays.iter().map(Relay::usage).collect();
             small_gets(&ways[i], LATENCY_REQUESTS / ROUNDS, &mut latency[i]).await?;
+            for (j, relay) in relays.iter().enumerate() {
+                relayed[i][j] += relay.usage() - before[j];
+            }
         }
     }
 
@@ -670,6 +809,11 @@ async fn measure(targets: &[Target; 4]) -> Result<Figures> {
     Ok(Figures {
         names: targets.iter().map(|t| t.name).collect(),
         latency,
+        relays: targets
+            .iter()
+            .zip(relayed)
+            .map(|(t, usage)| t.relays.iter().map(|r| r.name).zip(usage).collect())
+            .collect(),
         bulk_bytes,
         throughput,
         head_of_line,
@@ -712,6 +856,8 @@ async fn beside_stalled(way: &Way<'_>, stalled: usize) -> Result<Vec<Duration>> 
 struct Figures {
     names: Vec<&'static str>,
     latency: Vec<Vec<Duration>>,
+    /// Per path, what each of its relays spent during its latency requests.
+    relays: Vec<Vec<(&'static str, Usage)>>,
     bulk_bytes: usize,
     /// MB/s of each list.
     throughput: Vec<Vec<f64>>,
@@ -792,6 +938,25 @@ impl std::fmt::Display for Figures {
             ms(p50[1].saturating_sub(p50[3])),
             ms(p50[0]),
         )?;
+        let mut line = format!("relays        per small GET (CPU time, times scheduled in)  ");
+        for (i, name) in self.names.iter().enumerate().skip(1) {
+            if i > 1 {
+                line.push_str(" | ");
+            }
+            let n = self.latency[i].len() as f64;
+            let each: Vec<String> = self.relays[i]
+                .iter()
+                .map(|(relay, u)| {
+                    format!(
+                        "{relay} {:.0} µs {:.1}",
+                        u.cpu.as_secs_f64() * 1e6 / n,
+                        u.switches as f64 / n
+                    )
+                })
+                .collect();
+            let _ = write!(line, "{name}: {}", each.join(" + "));
+        }
+        writeln!(f, "{line}")?;
         let mut line = format!(
             "throughput    list of {BULK_OBJECTS} ConfigMaps, {:.1} MB of JSON, median of {BULK_LISTS}  ",
             self.bulk_bytes as f64 / 1e6
