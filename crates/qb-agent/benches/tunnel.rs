@@ -938,7 +938,9 @@ impl std::fmt::Display for Figures {
             ms(p50[1].saturating_sub(p50[3])),
             ms(p50[0]),
         )?;
-        let mut line = format!("relays        per small GET (CPU time, times scheduled in)  ");
+        let mut line =
+            "relays        per small GET, CPU time and times scheduled in (background work included)  "
+                .to_owned();
         for (i, name) in self.names.iter().enumerate().skip(1) {
             if i > 1 {
                 line.push_str(" | ");
