@@ -10,7 +10,9 @@
 //!   same lab link, as a host behind a firewall would, with the admin's certificate.
 //!
 //! Figures: the latency of small GETs (p50/p99, in interleaved rounds; beside them the
-//! controller's own front, `GET /api/v1/whoami`, to tell its cost from the tunnel's), the
+//! controller's own front, `GET /api/v1/whoami`, to tell its cost from the tunnel's), what the
+//! relays of each path (the controller and the agent; sshd and ssh) spend per request (CPU time
+//! and times scheduled in, from the kernel's per-thread `schedstat`), the
 //! throughput of a list of about 36 MB, and head-of-line blocking: the latency beside 1, 2 and 4
 //! watches whose bodies are never read, so that their streams' flow-control windows stay full
 //! (a request not answered within 10 s counts as blocked), and whether the proxy answers again
