@@ -165,10 +165,16 @@ impl Browser {
         }
     }
 
-    /// The value of an attribute of the first element `css` finds.
+    /// The value of an attribute of the first element `css` finds. Found and read in one step
+    /// in the page: a live update may replace the element between two WebDriver calls.
     pub fn attribute(&self, css: &str, name: &str) -> Option<String> {
-        let e = self.all(css).into_iter().next()?;
-        self.runtime.block_on(e.attr(name)).ok().flatten()
+        self.script(
+            "const e = document.querySelector(arguments[0]); \
+             return e === null ? null : e.getAttribute(arguments[1]);",
+            vec![css.into(), name.into()],
+        )
+        .as_str()
+        .map(str::to_owned)
     }
 
     /// The visible texts of the buttons inside `scope` (a CSS selector).
