@@ -193,8 +193,8 @@ impl Bench {
                 impersonate: false,
                 small: SMALL,
                 relays: vec![
-                    Relay::process("controller", controller_pid),
-                    Relay::process("agent", agent_pid),
+                    Relay::new("controller", vec![controller_pid]),
+                    Relay::new("agent", vec![agent_pid]),
                 ],
             },
             Target {
@@ -223,7 +223,7 @@ impl Bench {
                 token: Some(token),
                 impersonate: false,
                 small: WHOAMI,
-                relays: vec![Relay::process("controller", controller_pid)],
+                relays: vec![Relay::new("controller", vec![controller_pid])],
             },
         ];
         // One thread: the client's own scheduling stays out of the figures.
@@ -323,7 +323,7 @@ impl Drop for Killed {
 /// host's API server. Both are killed when it is dropped.
 struct ReverseTunnel {
     port: u16,
-    /// sshd (with the children it forks for the connection) and ssh.
+    /// sshd (with the processes it forked for the connection) and ssh.
     relays: Vec<Relay>,
     // Dropped in this order: the client, the server, then sshd's directory.
     _ssh: Killed,
@@ -436,13 +436,13 @@ impl ReverseTunnel {
         })?;
         Ok(Self {
             port,
+            // sshd forks the processes that serve the connection; they exist once it forwards.
             relays: vec![
-                Relay {
-                    name: "sshd",
-                    pid: sshd.0.id(),
-                    children: true,
-                },
-                Relay::process("ssh", ssh.0.id()),
+                Relay::new(
+                    "sshd",
+                    [vec![sshd.0.id()], descendants(sshd.0.id())].concat(),
+                ),
+                Relay::new("ssh", vec![ssh.0.id()]),
             ],
             _ssh: ssh,
             _sshd: sshd,
@@ -499,34 +499,23 @@ struct Target {
     relays: Vec<Relay>,
 }
 
-/// A process that carries a path's bytes, whose CPU time is measured.
+/// Processes that carry a path's bytes, whose CPU time is measured.
 #[derive(Clone)]
 struct Relay {
     name: &'static str,
-    pid: u32,
-    /// Whether its children count too (sshd forks one per connection; the agent's children are
-    /// the cluster's components and do not).
-    children: bool,
+    pids: Vec<u32>,
 }
 
 impl Relay {
-    fn process(name: &'static str, pid: u32) -> Self {
-        Self {
-            name,
-            pid,
-            children: false,
-        }
+    fn new(name: &'static str, pids: Vec<u32>) -> Self {
+        Self { name, pids }
     }
 
-    /// Its threads' (and children's) time on a CPU, and how often they were scheduled in, from
-    /// the kernel's `schedstat` of every thread.
+    /// Its processes' time on a CPU, and how often their threads were scheduled in, from the
+    /// kernel's `schedstat` of every thread.
     fn usage(&self) -> Usage {
-        let mut pids = vec![self.pid];
-        if self.children {
-            pids.extend(descendants(self.pid));
-        }
         let mut usage = Usage::default();
-        for pid in pids {
+        for pid in &self.pids {
             let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
                 continue;
             };
@@ -756,9 +745,15 @@ async fn measure(targets: &[Target; 4]) -> Result<Figures> {
         small_gets(way, WARM_UP, &mut Vec::new()).await?;
     }
     // What the relays of each path spent on its requests (and on anything else meanwhile).
-    let mut relayed: Vec<Vec<Usage>> = ways
+    let mut relayed: Vec<Vec<(&'static str, Usage)>> = ways
         .iter()
-        .map(|w| vec![Usage::default(); w.target.relays.len()])
+        .map(|w| {
+            w.target
+                .relays
+                .iter()
+                .map(|r| (r.name, Usage::default()))
+                .collect()
+        })
         .collect();
     for round in 0..ROUNDS {
         for k in 0..ways.len() {
@@ -766,8 +761,10 @@ async fn measure(targets: &[Target; 4]) -> Result<Figures> {
             let relays = &ways[i].target.relays;
             let before: Vec<Usage> = relays.iter().map(Relay::usage).collect();
             small_gets(&ways[i], LATENCY_REQUESTS / ROUNDS, &mut latency[i]).await?;
-            for (j, relay) in relays.iter().enumerate() {
-                relayed[i][j] += relay.usage() - before[j];
+            for ((_, total), (relay, before)) in
+                relayed[i].iter_mut().zip(relays.iter().zip(before))
+            {
+                *total += relay.usage() - before;
             }
         }
     }
@@ -811,11 +808,7 @@ async fn measure(targets: &[Target; 4]) -> Result<Figures> {
     Ok(Figures {
         names: targets.iter().map(|t| t.name).collect(),
         latency,
-        relays: targets
-            .iter()
-            .zip(relayed)
-            .map(|(t, usage)| t.relays.iter().map(|r| r.name).zip(usage).collect())
-            .collect(),
+        relays: relayed,
         bulk_bytes,
         throughput,
         head_of_line,
