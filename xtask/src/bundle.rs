@@ -23,6 +23,9 @@ use crate::{install_missing, run};
 
 /// The Kubernetes version Debian's source package holds.
 pub const KUBERNETES_VERSION: &str = "1.20.2";
+/// Bumped whenever the build of the server binaries changes, so that cached binaries and bundles
+/// made the old way are built again.
+const BUILD_REVISION: u32 = 2;
 /// The upstream tarball inside Debian's source package.
 const ORIG_TARBALL: &str = "kubernetes_1.20.5+really1.20.2.orig.tar.gz";
 const SERVER_BINARIES: &[&str] = &[
@@ -40,6 +43,18 @@ const BUILD_PACKAGES: &[(&str, &str)] = &[
     ("dpkg-dev", "/usr/bin/dpkg-source"),
     ("gcc", "/usr/bin/gcc"),
 ];
+/// Vendored Go packages replaced by Debian's newer ones before building: package, its source
+/// directory, the directory in the Kubernetes tree.
+///
+/// Kubernetes 1.20 vendors reflect2 1.0.1, which corrupts memory when built with Go 1.18 or
+/// later (Debian's is 1.19): kube-apiserver dies (SIGSEGV in `mapiterinit`) on its first
+/// pretty-printed answer, i.e. any GET from curl or a browser, or with `?pretty=true`. reflect2
+/// 1.0.2 is the fix; Kubernetes took it in 1.23.
+const PATCHED_VENDOR: &[(&str, &str, &str)] = &[(
+    "golang-github-modern-go-reflect2-dev",
+    "/usr/share/gocode/src/github.com/modern-go/reflect2",
+    "vendor/github.com/modern-go/reflect2",
+)];
 /// What the bundle takes from Debian: package, file, artifact name, path in the bundle.
 const FROM_DEBIAN: &[(&str, &str, &str, &str)] = &[
     ("etcd-server", "/usr/bin/etcd", "etcd", "bin/etcd"),
@@ -106,7 +121,9 @@ pub fn cache_dir() -> Result<PathBuf> {
 /// Builds the bundle unless the cache has it; its directory.
 pub fn ensure() -> Result<PathBuf> {
     let cache = cache_dir()?;
-    let dir = cache.join(format!("bundles/kubernetes-{KUBERNETES_VERSION}"));
+    let dir = cache.join(format!(
+        "bundles/kubernetes-{KUBERNETES_VERSION}-r{BUILD_REVISION}"
+    ));
     if dir.join("bundle.json").is_file() {
         return Ok(dir);
     }
@@ -190,11 +207,19 @@ pub fn ensure() -> Result<PathBuf> {
 
 /// The Kubernetes server binaries, built from Debian's source package once.
 fn kubernetes_binaries(cache: &Path) -> Result<PathBuf> {
-    let out = cache.join(format!("kubernetes/{KUBERNETES_VERSION}/bin"));
+    let out = cache.join(format!(
+        "kubernetes/{KUBERNETES_VERSION}/bin-r{BUILD_REVISION}"
+    ));
     if SERVER_BINARIES.iter().all(|b| out.join(b).is_file()) {
         return Ok(out);
     }
-    install_missing(BUILD_PACKAGES.iter().copied())?;
+    install_missing(
+        BUILD_PACKAGES.iter().copied().chain(
+            PATCHED_VENDOR
+                .iter()
+                .map(|(package, dir, _)| (*package, *dir)),
+        ),
+    )?;
     let src = cache.join("kubernetes/src");
     let tarball = src.join(ORIG_TARBALL);
     if !tarball.is_file() {
@@ -216,6 +241,9 @@ fn kubernetes_binaries(cache: &Path) -> Result<PathBuf> {
             .arg("xzf")
             .arg(&tarball)
             .current_dir(&build))?;
+    }
+    for (_, from, vendored) in PATCHED_VENDOR {
+        replace_vendored(Path::new(from), &tree.join(vendored))?;
     }
     let go = cache.join("go");
     eprintln!(
@@ -244,6 +272,28 @@ fn kubernetes_binaries(cache: &Path) -> Result<PathBuf> {
         )?;
     }
     Ok(out)
+}
+
+/// Replaces the vendored package in `vendored` with the Go sources in `from` (the package's own
+/// `go.mod` stays out: a vendored package has none).
+fn replace_vendored(from: &Path, vendored: &Path) -> Result<()> {
+    if vendored.exists() {
+        std::fs::remove_dir_all(vendored)
+            .with_context(|| format!("removing {}", vendored.display()))?;
+    }
+    std::fs::create_dir_all(vendored)?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let source = name.ends_with(".go") || name.ends_with(".s");
+        if source && !name.ends_with("_test.go") {
+            copy(&path, &vendored.join(name))?;
+        }
+    }
+    Ok(())
 }
 
 /// Kubernetes' pause program (`build/pause/linux/pause.c`), compiled static.
