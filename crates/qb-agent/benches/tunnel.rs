@@ -12,11 +12,12 @@
 //! Figures: the latency of small GETs (p50/p99, in interleaved rounds; beside them the
 //! controller's own front, `GET /api/v1/whoami`, to tell its cost from the tunnel's), what the
 //! relays of each path (the controller and the agent; sshd and ssh) spend per request (CPU time
-//! and times scheduled in, from the kernel's per-thread `schedstat`), the
-//! throughput of a list of about 36 MB, and head-of-line blocking: the latency beside 1, 2 and 4
-//! watches whose bodies are never read, so that their streams' flow-control windows stay full
-//! (a request not answered within 10 s counts as blocked), and whether the proxy answers again
-//! once they are gone. Needs root, `sshd` (openssh-server) and the bundle: run it with
+//! and times scheduled in, from the kernel's per-thread `schedstat`), the throughput of a list of
+//! about 36 MB and of the API server's OpenAPI document (served from memory, already serialized:
+//! what a tunnel carries when the API server is not the bound), and head-of-line blocking: the
+//! latency beside 0, 1, 2 and 4 watches whose bodies are never read, so that their streams'
+//! flow-control windows stay full (a request not answered within 10 s counts as blocked), and
+//! whether the proxy answers again once they are gone. Needs root, `sshd` (openssh-server) and the bundle: run it with
 //! `cargo xtask bench`, or set `QB_LAB_BUNDLE`.
 
 use std::fmt::Write as _;
@@ -58,6 +59,9 @@ const WHOAMI: &str = "/api/v1/whoami";
 const BULK_OBJECTS: usize = 40;
 const BULK_BYTES: usize = 900 * 1000;
 const BULK_LISTS: usize = 5;
+/// The OpenAPI document, which the API server keeps serialized in memory: GETs per path.
+const OPENAPI: &str = "/openapi/v2";
+const OPENAPI_GETS: usize = 15;
 const LABEL: (&str, &str) = ("qb-bench", "bulk");
 const BULK_LIST: &str =
     "/api/v1/namespaces/default/configmaps?labelSelector=qb-bench%3Dbulk&resourceVersion=0";
@@ -65,9 +69,10 @@ const BULK_LIST: &str =
 const BULK_WATCH: &str = "/api/v1/namespaces/default/configmaps?labelSelector=qb-bench%3Dbulk\
                           &resourceVersion=0&watch=true&timeoutSeconds=900";
 
-/// Head-of-line: small requests measured beside each number of stalled watches.
+/// Head-of-line: small requests measured beside each number of stalled watches (none first, for
+/// the baseline of the same minute: the machine's noise drifts).
 const HOL_REQUESTS: usize = 500;
-const HOL_STALLED: [usize; 3] = [1, 2, 4];
+const HOL_STALLED: [usize; 4] = [0, 1, 2, 4];
 /// Small requests on the proxy once the stalled watches are gone.
 const RECOVERY_REQUESTS: usize = 100;
 /// How long the stalled watches get to fill every buffer on their way before measuring.
@@ -769,21 +774,12 @@ async fn measure(targets: &[Target; 4]) -> Result<Figures> {
         }
     }
 
-    // Throughput, of the three paths: one list each to warm up, then interleaved.
+    // Throughput, of the three paths.
     let paths = &ways[..3];
-    let mut bulk_bytes = 0;
-    for way in paths {
-        bulk_bytes = way.target.get(&way.client, BULK_LIST).await?;
-    }
-    let mut throughput: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
-    for round in 0..BULK_LISTS {
-        for k in 0..paths.len() {
-            let i = (round + k) % paths.len();
-            let started = Instant::now();
-            let bytes = paths[i].target.get(&paths[i].client, BULK_LIST).await?;
-            throughput[i].push(bytes as f64 / 1e6 / started.elapsed().as_secs_f64());
-        }
-    }
+    let throughput = [
+        bulk(paths, BULK_LIST, BULK_LISTS).await?,
+        bulk(paths, OPENAPI, OPENAPI_GETS).await?,
+    ];
 
     // Head-of-line: watches never read, on connections of their own; small GETs beside them.
     // Then, the stalled watches gone, whether the proxy answers again.
@@ -809,10 +805,31 @@ async fn measure(targets: &[Target; 4]) -> Result<Figures> {
         names: targets.iter().map(|t| t.name).collect(),
         latency,
         relays: relayed,
-        bulk_bytes,
         throughput,
         head_of_line,
         recovered,
+    })
+}
+
+/// GETs of `path` on every path: one each to warm up, then `times` each, interleaved.
+async fn bulk(paths: &[Way<'_>], path: &str, times: usize) -> Result<Bulk> {
+    let mut bytes = 0;
+    for way in paths {
+        bytes = way.target.get(&way.client, path).await?;
+    }
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    for round in 0..times {
+        for k in 0..paths.len() {
+            let i = (round + k) % paths.len();
+            let started = Instant::now();
+            let got = paths[i].target.get(&paths[i].client, path).await?;
+            rates[i].push(got as f64 / 1e6 / started.elapsed().as_secs_f64());
+        }
+    }
+    Ok(Bulk {
+        bytes,
+        times,
+        rates,
     })
 }
 
@@ -848,14 +865,21 @@ async fn beside_stalled(way: &Way<'_>, stalled: usize) -> Result<Vec<Duration>> 
     Ok(durations)
 }
 
+/// What one bulk GET measured: the bytes of one answer, how many per path, and MB/s of each,
+/// per path.
+struct Bulk {
+    bytes: usize,
+    times: usize,
+    rates: Vec<Vec<f64>>,
+}
+
 struct Figures {
     names: Vec<&'static str>,
     latency: Vec<Vec<Duration>>,
     /// Per path, what each of its relays spent during its latency requests.
     relays: Vec<Vec<(&'static str, Usage)>>,
-    bulk_bytes: usize,
-    /// MB/s of each list.
-    throughput: Vec<Vec<f64>>,
+    /// The bulk list, then the OpenAPI document.
+    throughput: [Bulk; 2],
     /// Path (index), number of stalled watches, latencies beside them (or why they failed).
     head_of_line: Vec<(usize, usize, Result<Vec<Duration>, String>)>,
     /// The proxy's latencies once its stalled watches are gone (or why they failed).
@@ -954,42 +978,61 @@ impl std::fmt::Display for Figures {
             let _ = write!(line, "{name}: {}", each.join(" + "));
         }
         writeln!(f, "{line}")?;
-        let mut line = format!(
-            "throughput    list of {BULK_OBJECTS} ConfigMaps, {:.1} MB of JSON, median of {BULK_LISTS}  ",
-            self.bulk_bytes as f64 / 1e6
-        );
-        for (i, name) in paths.iter().enumerate() {
-            if i > 0 {
-                line.push_str(" | ");
-            }
-            let _ = write!(line, "{name} {:.0} MB/s", median(&self.throughput[i]));
-        }
-        writeln!(f, "{line}")?;
-        writeln!(
-            f,
-            "              (bounded by the API server serializing the list from its watch cache, \
-             the same for all three)"
-        )?;
-        for (i, name) in paths.iter().enumerate().skip(1) {
+        let [list, openapi] = &self.throughput;
+        for (bulk, what, bound) in [
+            (
+                list,
+                format!("list of {BULK_OBJECTS} ConfigMaps"),
+                "bounded by the API server serializing the list from its watch cache, the same \
+                 for all three",
+            ),
+            (
+                openapi,
+                format!("GET {OPENAPI}"),
+                "served from the API server's memory, already serialized",
+            ),
+        ] {
             let mut line = format!(
-                "head-of-line  {name:<8} {HOL_REQUESTS} GETs beside watches never read  \
-                 none p50 {} p99 {}",
-                ms(p50[i]),
-                ms(p99[i])
+                "throughput    {what}, {:.1} MB of JSON, median of {}  ",
+                bulk.bytes as f64 / 1e6,
+                bulk.times
             );
+            for (i, name) in paths.iter().enumerate() {
+                if i > 0 {
+                    line.push_str(" | ");
+                }
+                let rate = median(&bulk.rates[i]);
+                let _ = write!(
+                    line,
+                    "{name} {rate:.0} MB/s ({:.2} Gbit/s)",
+                    rate * 8.0 / 1e3
+                );
+            }
+            writeln!(f, "{line}")?;
+            writeln!(f, "              ({bound})")?;
+        }
+        for (i, name) in paths.iter().enumerate().skip(1) {
+            let mut line =
+                format!("head-of-line  {name:<8} {HOL_REQUESTS} GETs beside watches never read");
+            let mut baseline = None;
             for (_, stalled, figures) in self.head_of_line.iter().filter(|h| h.0 == i) {
+                let beside = match stalled {
+                    0 => "none".to_owned(),
+                    n => format!("{n} stalled"),
+                };
                 match figures {
                     Ok(d) => {
-                        let _ = write!(
-                            line,
-                            " | {stalled} stalled p50 {} ({}) p99 {}",
-                            ms(percentile(d, 50)),
-                            signed_ms(percentile(d, 50), p50[i]),
-                            ms(percentile(d, 99))
-                        );
+                        let p50 = percentile(d, 50);
+                        let _ = write!(line, " | {beside} p50 {}", ms(p50));
+                        if *stalled == 0 {
+                            baseline = Some(p50);
+                        } else if let Some(none) = baseline {
+                            let _ = write!(line, " ({})", signed_ms(p50, none));
+                        }
+                        let _ = write!(line, " p99 {}", ms(percentile(d, 99)));
                     }
                     Err(e) => {
-                        let _ = write!(line, " | {stalled} stalled: BLOCKED ({e})");
+                        let _ = write!(line, " | {beside}: BLOCKED ({e})");
                     }
                 }
             }
