@@ -49,7 +49,8 @@ const BUILD_PACKAGES: &[(&str, &str)] = &[
 /// Kubernetes 1.20 vendors reflect2 1.0.1, which corrupts memory when built with Go 1.18 or
 /// later (Debian's is 1.19): kube-apiserver dies (SIGSEGV in `mapiterinit`) on its first
 /// pretty-printed answer, i.e. any GET from curl or a browser, or with `?pretty=true`. reflect2
-/// 1.0.2 is the fix; Kubernetes took it in 1.23.
+/// 1.0.2 is the fix; Kubernetes took it in 1.23. (`vendor/modules.txt` still names 1.0.1: Go
+/// checks that list against `go.mod`, never the vendored files.)
 const PATCHED_VENDOR: &[(&str, &str, &str)] = &[(
     "golang-github-modern-go-reflect2-dev",
     "/usr/share/gocode/src/github.com/modern-go/reflect2",

@@ -18,8 +18,8 @@
 //! what a tunnel carries when the API server is not the bound), and head-of-line blocking: the
 //! latency beside 0, 1, 2 and 4 watches whose bodies are never read, so that their streams'
 //! flow-control windows stay full (a request not answered within 10 s counts as blocked), and
-//! whether the proxy answers again once they are gone. Needs root, `sshd` (openssh-server) and the bundle: run it with
-//! `cargo xtask bench`, or set `QB_LAB_BUNDLE`.
+//! whether the proxy answers again once they are gone. Needs root, `sshd` (openssh-server) and
+//! the bundle: run it with `cargo xtask bench`, or set `QB_LAB_BUNDLE`.
 
 use std::fmt::Write as _;
 use std::fs::File;
