@@ -23,8 +23,8 @@ use crate::{install_missing, run};
 
 /// The Kubernetes version Debian's source package holds.
 pub const KUBERNETES_VERSION: &str = "1.20.2";
-/// Bumped whenever the build of the server binaries changes, so that cached binaries and bundles
-/// made the old way are built again.
+/// Bumped whenever the build of the server binaries changes: cached binaries and bundles of an
+/// older build are removed, and built again the new way.
 const BUILD_REVISION: u32 = 2;
 /// The upstream tarball inside Debian's source package.
 const ORIG_TARBALL: &str = "kubernetes_1.20.5+really1.20.2.orig.tar.gz";
@@ -122,9 +122,16 @@ pub fn cache_dir() -> Result<PathBuf> {
 /// Builds the bundle unless the cache has it; its directory.
 pub fn ensure() -> Result<PathBuf> {
     let cache = cache_dir()?;
-    let dir = cache.join(format!(
-        "bundles/kubernetes-{KUBERNETES_VERSION}-r{BUILD_REVISION}"
-    ));
+    for revision in 1..BUILD_REVISION {
+        for old in [bundle_dir(&cache, revision), binaries_dir(&cache, revision)] {
+            if old.exists() {
+                std::fs::remove_dir_all(&old)
+                    .with_context(|| format!("removing {}", old.display()))?;
+                eprintln!("xtask: removed {}, made by an older build", old.display());
+            }
+        }
+    }
+    let dir = bundle_dir(&cache, BUILD_REVISION);
     if dir.join("bundle.json").is_file() {
         return Ok(dir);
     }
@@ -206,11 +213,32 @@ pub fn ensure() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Where the bundle of build `revision` is cached (the first had no revision in its name).
+fn bundle_dir(cache: &Path, revision: u32) -> PathBuf {
+    cache.join(format!(
+        "bundles/kubernetes-{KUBERNETES_VERSION}{}",
+        revision_suffix(revision)
+    ))
+}
+
+/// Where the server binaries of build `revision` are cached.
+fn binaries_dir(cache: &Path, revision: u32) -> PathBuf {
+    cache.join(format!(
+        "kubernetes/{KUBERNETES_VERSION}/bin{}",
+        revision_suffix(revision)
+    ))
+}
+
+fn revision_suffix(revision: u32) -> String {
+    match revision {
+        1 => String::new(),
+        n => format!("-r{n}"),
+    }
+}
+
 /// The Kubernetes server binaries, built from Debian's source package once.
 fn kubernetes_binaries(cache: &Path) -> Result<PathBuf> {
-    let out = cache.join(format!(
-        "kubernetes/{KUBERNETES_VERSION}/bin-r{BUILD_REVISION}"
-    ));
+    let out = binaries_dir(cache, BUILD_REVISION);
     if SERVER_BINARIES.iter().all(|b| out.join(b).is_file()) {
         return Ok(out);
     }
