@@ -505,10 +505,13 @@ fn hostile_frames_close_the_channel_and_store_nothing() {
         assert_eq!(ends, End::Clean, "{what}: the channel should end cleanly");
         check_nothing_changed(what);
     }
-    assert_eq!(
-        controller.proc.log.count("agent broke the protocol"),
-        cases.len()
-    );
+    // The controller logs a broken channel as it closes it: the last line may trail the close.
+    poll("every broken channel logged", SHORT, || {
+        match controller.proc.log.count("agent broke the protocol") {
+            n if n == cases.len() => Ok(()),
+            n => Err(format!("{n} of {} logged", cases.len())),
+        }
+    });
 
     // The controller still serves channels: a well-behaved client gets in, stays in past
     // 64 KiB of traffic (the frame limit is per frame, not per channel), and answers a push.
