@@ -445,7 +445,8 @@ pub enum UserCommand {
     #[command(visible_alias = "ls")]
     List,
     /// Set a user's password for the web UI (admins: anyone's; everyone: their own). Asks for
-    /// it twice on a terminal; otherwise reads one line from stdin.
+    /// it twice on a terminal; otherwise reads one line from stdin. The user's web sessions end;
+    /// their API tokens stay.
     SetPassword { name: Name },
 }
 

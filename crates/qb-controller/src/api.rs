@@ -575,7 +575,8 @@ async fn create_user(
 }
 
 /// Set a user's password, for logging in to the web UI: admins for anyone of the tenant, every
-/// user for themselves.
+/// user for themselves. The user's web sessions end, but the one that made the change; their
+/// API tokens stay.
 #[utoipa::path(put, path = "/api/v1/users/{user}/password", tag = "users", request_body = SetPassword,
     params(("user" = String, Path, description = "User name")),
     responses((status = 200, body = User), (status = 400, body = qb_api::Problem),
@@ -586,7 +587,8 @@ async fn set_password(
     Path(user): Path<String>,
     ApiJson(req): ApiJson<SetPassword>,
 ) -> ApiResult<Json<User>> {
-    if user != caller.0.user.as_str() {
+    let own = user == caller.0.user.as_str();
+    if !own {
         caller.require(Role::Admin)?;
     }
     let user: qb_api::Name = user
@@ -605,7 +607,14 @@ async fn set_password(
     Ok(Json(
         state
             .store
-            .set_password(caller.tenant(), &user, &hash, &caller.actor())
+            .set_password(
+                caller.tenant(),
+                &user,
+                &hash,
+                // Whoever changes their own password stays logged in where they did it.
+                own.then_some(caller.0.token_id),
+                &caller.actor(),
+            )
             .await?,
     ))
 }

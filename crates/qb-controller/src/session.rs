@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use qb_api::{Description, Login, ProblemCode, Session};
+use qb_api::{Login, ProblemCode, Session};
 use qb_store::{Actor, Principal};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -134,12 +134,11 @@ pub(crate) async fn login(
     let (secret, hash) = auth::new_secret();
     let created = state
         .store
-        .create_token(
+        .create_session_token(
             tenant_id,
             &user,
             secret,
             &hash,
-            Some(Description::try_from("web session".to_owned())?),
             expires_at,
             &Actor::user(user.as_str()),
         )

@@ -21,6 +21,7 @@ on_both_stores!(
     bad_logins_open_nothing,
     the_live_stream_tells_of_changes_and_ends_with_the_session,
     passwords_open_sessions_and_failures_are_throttled,
+    a_password_change_ends_the_users_other_sessions,
 );
 
 /// A browser's session: its cookie and CSRF token.
@@ -683,4 +684,84 @@ async fn passwords_open_sessions_and_failures_are_throttled(store: Store) {
             .0,
         StatusCode::CREATED
     );
+}
+
+async fn a_password_change_ends_the_users_other_sessions(store: Store) {
+    let app = App::new(store).await;
+    let t = app.tenant("a").await;
+    let old = "correct horse battery staple";
+    let (status, _) = app
+        .call(
+            &t.admin,
+            Method::PUT,
+            "/api/v1/users/op/password",
+            Some(json!({ "password": old })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let credentials = json!({"tenant": "a", "user": "op", "password": old});
+    let (here, elsewhere) = (
+        login_with(&app, credentials.clone()).await,
+        login_with(&app, credentials).await,
+    );
+    let by_token = login(&app, &t.operator).await;
+    let admins = login(&app, &t.admin).await;
+    let works = |b: &Browser| {
+        let request = b.request(Method::GET, "/api/v1/nodes", None, None);
+        let app = &app;
+        async move { app.send(request).await.0 }
+    };
+    let set_password = |b: &Browser, password: &str| {
+        let body = Some(json!({ "password": password }));
+        let request = b.request(
+            Method::PUT,
+            "/api/v1/users/op/password",
+            Some(&b.csrf),
+            body,
+        );
+        let app = &app;
+        async move { app.send(request).await.0 }
+    };
+
+    // The user changes their own password in one session: the other one ends.
+    assert_eq!(
+        set_password(&here, "a new and longer secret").await,
+        StatusCode::OK
+    );
+    assert_eq!(works(&here).await, StatusCode::OK);
+    assert_eq!(works(&elsewhere).await, StatusCode::UNAUTHORIZED);
+    // Every session of the user ends, the one opened with a token too; API tokens and other
+    // users' sessions stay.
+    assert_eq!(works(&by_token).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(works(&admins).await, StatusCode::OK);
+    let (status, _) = app
+        .call(&t.operator, Method::GET, "/api/v1/nodes", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // An admin sets it: every session of the user ends, none of the admin's.
+    assert_eq!(
+        set_password(&admins, "the admin's choice, again").await,
+        StatusCode::OK
+    );
+    assert_eq!(works(&here).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(works(&admins).await, StatusCode::OK);
+    let ended: Vec<u64> = app
+        .events(t.id)
+        .await
+        .iter()
+        .filter(|e| e.action == "user.password_set")
+        .map(|e| e.detail["sessions_ended"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ended, [0, 2, 1]);
+    let (_, tokens) = app
+        .call(&t.admin, Method::GET, "/api/v1/tokens", None)
+        .await;
+    let revoked = tokens["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["description"] == "web session" && t["revoked_at"].is_string())
+        .count();
+    assert_eq!(revoked, 3, "{tokens}");
 }

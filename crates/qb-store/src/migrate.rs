@@ -41,6 +41,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "passwords",
         include_str!("../migrations/shared/0006_passwords.sql"),
     ),
+    (
+        7,
+        "web sessions",
+        include_str!("../migrations/shared/0007_web_sessions.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -72,6 +77,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         6,
         "passwords",
         include_str!("../migrations/shared/0006_passwords.sql"),
+    ),
+    (
+        7,
+        "web sessions",
+        include_str!("../migrations/shared/0007_web_sessions.sql"),
     ),
 ];
 

@@ -151,6 +151,57 @@ impl Store {
         expires_at: OffsetDateTime,
         actor: &Actor,
     ) -> Result<CreatedToken> {
+        self.insert_token(
+            tenant,
+            user,
+            secret,
+            secret_hash,
+            description,
+            expires_at,
+            actor,
+            false,
+        )
+        .await
+    }
+
+    /// A token for a web UI session: an API token but for one thing, a change of the user's
+    /// password revokes it (see [`Store::set_password`]).
+    pub async fn create_session_token(
+        &self,
+        tenant: TenantId,
+        user: &Name,
+        secret: String,
+        secret_hash: &str,
+        expires_at: OffsetDateTime,
+        actor: &Actor,
+    ) -> Result<CreatedToken> {
+        let description =
+            Description::try_from("web session".to_owned()).expect("a valid description");
+        self.insert_token(
+            tenant,
+            user,
+            secret,
+            secret_hash,
+            Some(description),
+            expires_at,
+            actor,
+            true,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_token(
+        &self,
+        tenant: TenantId,
+        user: &Name,
+        secret: String,
+        secret_hash: &str,
+        description: Option<Description>,
+        expires_at: OffsetDateTime,
+        actor: &Actor,
+        web_session: bool,
+    ) -> Result<CreatedToken> {
         let mut w = self.write(tenant).await?;
         let owner = user_by_name(&mut w, tenant, user).await?;
         let now = now_ms();
@@ -165,8 +216,8 @@ impl Store {
             revoked_at: None,
         };
         sqlx::query(
-            "INSERT INTO tokens (id, tenant_id, user_id, secret_hash, description, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO tokens (id, tenant_id, user_id, secret_hash, description, created_at, expires_at, web_session) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(token.id.to_string())
         .bind(tenant.to_string())
@@ -175,6 +226,7 @@ impl Store {
         .bind(token.description.as_ref().map(|d| d.to_string()))
         .bind(now)
         .bind(to_ms(token.expires_at))
+        .bind(i32::from(web_session))
         .execute(&mut *w.tx)
         .await?;
         w.event(tenant, actor, NewEvent {
@@ -271,12 +323,15 @@ impl Store {
         }))
     }
 
-    /// Sets `user`'s password to the one whose hash is `password_hash`.
+    /// Sets `user`'s password to the one whose hash is `password_hash`, and ends the user's web
+    /// sessions but `keep` (the session that changes it, if it is one): whoever logged in with
+    /// the old password is logged out. API tokens stay.
     pub async fn set_password(
         &self,
         tenant: TenantId,
         user: &Name,
         password_hash: &str,
+        keep: Option<TokenId>,
         actor: &Actor,
     ) -> Result<User> {
         let mut w = self.write(tenant).await?;
@@ -286,8 +341,19 @@ impl Store {
             .bind(found.id.to_string())
             .execute(&mut *w.tx)
             .await?;
-        w.event(tenant, actor, user_event("user.password_set", &found))
-            .await?;
+        let ended = sqlx::query(
+            "UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND web_session = 1 \
+             AND revoked_at IS NULL AND expires_at > $1 AND id <> $3",
+        )
+        .bind(now_ms())
+        .bind(found.id.to_string())
+        .bind(keep.map(|id| id.to_string()).unwrap_or_default())
+        .execute(&mut *w.tx)
+        .await?
+        .rows_affected();
+        let mut event = user_event("user.password_set", &found);
+        event.detail["sessions_ended"] = json!(ended);
+        w.event(tenant, actor, event).await?;
         w.commit().await?;
         Ok(found)
     }
