@@ -17,8 +17,9 @@
 //! about 36 MB and of the API server's OpenAPI document (served from memory, already serialized:
 //! what a tunnel carries when the API server is not the bound), and head-of-line blocking: the
 //! latency beside 0, 1, 2 and 4 watches whose bodies are never read, so that their streams'
-//! flow-control windows stay full (a request not answered within 10 s counts as blocked), and
-//! whether the proxy answers again once they are gone. Needs root, `sshd` (openssh-server) and
+//! flow-control windows stay full (a request not answered within 10 s counts as blocked), as
+//! added over the direct path measured in the same rounds (the machine drifts within a minute),
+//! and whether the proxy answers again once they are gone. Needs root, `sshd` (openssh-server) and
 //! the bundle: run it with `cargo xtask bench`, or set `QB_LAB_BUNDLE`.
 
 use std::fmt::Write as _;
@@ -71,7 +72,7 @@ const BULK_WATCH: &str = "/api/v1/namespaces/default/configmaps?labelSelector=qb
                           &resourceVersion=0&watch=true&timeoutSeconds=900";
 
 /// Head-of-line: small requests measured beside each number of stalled watches (none first, for
-/// the baseline of the same minute: the machine's noise drifts).
+/// the baseline), each interleaved with as many on the direct path.
 const HOL_REQUESTS: usize = 500;
 const HOL_STALLED: [usize; 4] = [0, 1, 2, 4];
 /// Small requests on the proxy once the stalled watches are gone.
@@ -791,7 +792,7 @@ async fn measure(targets: &[Target; 4]) -> Result<Figures> {
     let mut recovered = Err("not measured".to_owned());
     for (i, way) in paths.iter().enumerate().skip(1) {
         for stalled in HOL_STALLED {
-            let figures = beside_stalled(way, stalled)
+            let figures = beside_stalled(way, direct, stalled)
                 .await
                 .map_err(|e| format!("{e:#}"));
             head_of_line.push((i, stalled, figures));
@@ -834,8 +835,9 @@ async fn bulk(paths: &[Way<'_>], path: &str, times: usize) -> Result<Bulk> {
 }
 
 /// `HOL_REQUESTS` small GETs on `way`'s own connection while `stalled` watches, on other
-/// connections, have their bodies left unread.
-async fn beside_stalled(way: &Way<'_>, stalled: usize) -> Result<Vec<Duration>> {
+/// connections, have their bodies left unread; and as many on the direct path, interleaved in
+/// `ROUNDS` rounds, so that what the machine's drift does to both cancels out in the difference.
+async fn beside_stalled(way: &Way<'_>, direct: &Way<'_>, stalled: usize) -> Result<Beside> {
     let staller = way.target.client(None)?;
     let mut unread = Vec::new();
     for _ in 0..stalled {
@@ -853,16 +855,35 @@ async fn beside_stalled(way: &Way<'_>, stalled: usize) -> Result<Vec<Duration>> 
         unread.push(response);
     }
     tokio::time::sleep(HOL_FILL).await;
-    let mut durations = Vec::new();
-    let result = small_gets(way, HOL_REQUESTS, &mut durations).await;
+    let mut beside = Beside::default();
+    for _ in 0..ROUNDS {
+        let result = small_gets(way, HOL_REQUESTS / ROUNDS, &mut beside.path).await;
+        result.with_context(|| {
+            format!(
+                "after {} of {HOL_REQUESTS} requests beside {stalled} stalled watches",
+                beside.path.len()
+            )
+        })?;
+        small_gets(direct, HOL_REQUESTS / ROUNDS, &mut beside.direct)
+            .await
+            .context("the direct path, beside which the stalled path is measured")?;
+    }
     drop(unread);
-    result.with_context(|| {
-        format!(
-            "after {} of {HOL_REQUESTS} requests beside {stalled} stalled watches",
-            durations.len()
-        )
-    })?;
-    Ok(durations)
+    Ok(beside)
+}
+
+/// Latencies on a path beside stalled watches, and on the direct path in the same rounds.
+#[derive(Default)]
+struct Beside {
+    path: Vec<Duration>,
+    direct: Vec<Duration>,
+}
+
+impl Beside {
+    /// What the path added over direct at p50, in these rounds.
+    fn added(&self) -> f64 {
+        percentile(&self.path, 50).as_secs_f64() - percentile(&self.direct, 50).as_secs_f64()
+    }
 }
 
 /// What one bulk GET measured: the bytes of one answer, and per path the MB/s of each GET.
@@ -879,7 +900,7 @@ struct Figures {
     /// The bulk list, then the OpenAPI document.
     throughput: [Bulk; 2],
     /// Path (index), number of stalled watches, latencies beside them (or why they failed).
-    head_of_line: Vec<(usize, usize, Result<Vec<Duration>, String>)>,
+    head_of_line: Vec<(usize, usize, Result<Beside, String>)>,
     /// The proxy's latencies once its stalled watches are gone (or why they failed).
     recovered: Result<Vec<Duration>, String>,
 }
@@ -1010,8 +1031,10 @@ impl std::fmt::Display for Figures {
             writeln!(f, "              ({bound})")?;
         }
         for (i, name) in paths.iter().enumerate().skip(1) {
-            let mut line =
-                format!("head-of-line  {name:<8} {HOL_REQUESTS} GETs beside watches never read");
+            let mut line = format!(
+                "head-of-line  {name:<8} {HOL_REQUESTS} GETs beside watches never read, \
+                 interleaved with as many direct; p50 added over direct (change from none)"
+            );
             let mut baseline = None;
             for (_, stalled, figures) in self.head_of_line.iter().filter(|h| h.0 == i) {
                 let beside = match stalled {
@@ -1020,14 +1043,19 @@ impl std::fmt::Display for Figures {
                 };
                 match figures {
                     Ok(d) => {
-                        let p50 = percentile(d, 50);
-                        let _ = write!(line, " | {beside} p50 {}", ms(p50));
+                        let added = d.added();
+                        let _ = write!(line, " | {beside} {:+.2} ms", added * 1e3);
                         if *stalled == 0 {
-                            baseline = Some(p50);
+                            baseline = Some(added);
                         } else if let Some(none) = baseline {
-                            let _ = write!(line, " ({})", signed_ms(p50, none));
+                            let _ = write!(line, " ({:+.2} ms)", (added - none) * 1e3);
                         }
-                        let _ = write!(line, " p99 {}", ms(percentile(d, 99)));
+                        let _ = write!(
+                            line,
+                            " p50 {} p99 {}",
+                            ms(percentile(&d.path, 50)),
+                            ms(percentile(&d.path, 99))
+                        );
                     }
                     Err(e) => {
                         let _ = write!(line, " | {beside}: BLOCKED ({e})");
