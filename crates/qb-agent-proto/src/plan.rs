@@ -61,6 +61,21 @@ pub struct Plan {
     /// [`KUBE_APISERVER_ENDPOINT`] → `127.0.0.1:6443`). The agent dials nothing else.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub endpoints: BTreeMap<String, std::net::SocketAddr>,
+    /// The node's way to the cluster's API servers: the kubelet and kube-proxy connect to the
+    /// balancer's address on this host, and the agent carries each connection to the first
+    /// master's API server that accepts it. They keep working while any master does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_balancer: Option<ApiBalancer>,
+}
+
+/// A TCP load balancer the agent runs for the node's Kubernetes components.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiBalancer {
+    /// Where it listens: a loopback address.
+    pub listen: std::net::SocketAddr,
+    /// The API servers, in the order they are tried.
+    pub upstreams: Vec<std::net::SocketAddr>,
 }
 
 /// The endpoint name of a master's own Kubernetes API server.

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use crate::balancer::Balancer;
 use crate::supervise::{Change, SuperviseError, Supervisor, check_name, error_chain};
 
 /// How long a service may take to pass its probe before the step fails.
@@ -116,12 +117,16 @@ pub enum StepError {
     Routes(#[from] crate::routes::RouteError),
     #[error(transparent)]
     Cgroups(#[from] crate::cgroups::CgroupError),
+    #[error(transparent)]
+    Balancer(#[from] crate::balancer::BalancerError),
 }
 
 /// Converges the node on plans, one at a time.
 pub struct Applier {
     dirs: ApplierDirs,
     supervisor: Arc<Supervisor>,
+    /// The node's API balancer, when its plan has one.
+    balancer: Balancer,
     readiness_timeout: Duration,
     /// One apply at a time.
     busy: tokio::sync::Mutex<()>,
@@ -134,6 +139,7 @@ impl Applier {
         Self {
             dirs,
             supervisor,
+            balancer: Balancer::default(),
             readiness_timeout: READINESS_TIMEOUT,
             busy: tokio::sync::Mutex::new(()),
         }
@@ -276,7 +282,8 @@ impl Run<'_, '_> {
             .filter(|name| !wanted.contains(name.as_str()))
             .collect();
         let mut steps: Vec<String> = retired.iter().map(|n| format!("service:{n}")).collect();
-        steps.extend(["artifacts", "files", "routes", "cgroups"].map(str::to_owned));
+        steps
+            .extend(["artifacts", "files", "routes", "cgroups", "api-balancer"].map(str::to_owned));
         steps.extend(self.plan.services.iter().map(step_name));
         self.progress.plan_steps(&steps);
 
@@ -300,6 +307,11 @@ impl Run<'_, '_> {
         self.progress.step("cgroups", StepState::Running, None);
         let result = self.cgroups().await;
         self.conclude("cgroups", result)?;
+        self.progress.step("api-balancer", StepState::Running, None);
+        let result = (self.applier.balancer)
+            .set(self.plan.api_balancer.as_ref())
+            .map_err(StepError::from);
+        self.conclude("api-balancer", result)?;
         let plan = self.plan;
         for service in &plan.services {
             let step = step_name(service);
@@ -598,6 +610,7 @@ impl Run<'_, '_> {
             self.ledger.save()?;
             services += 1;
         }
+        self.applier.balancer.set(None)?;
         let installed = &self.ledger.installed;
         let paths: Vec<String> = installed
             .files
@@ -1524,6 +1537,7 @@ mod tests {
                 "files",
                 "routes",
                 "cgroups",
+                "api-balancer",
                 "service:server",
                 "service:worker"
             ]

@@ -2,6 +2,7 @@
 //! outbound, mutually authenticated channel to it.
 
 mod apply;
+mod balancer;
 mod cgroups;
 mod config;
 mod connect;

@@ -23,8 +23,10 @@
 //!   it (`ctr images import`), before the kubelet starts.
 //! - kubelet: `GET http://127.0.0.1:10248/healthz`; kube-proxy: `GET http://127.0.0.1:10256/healthz`.
 //!
-//! Kubeconfigs of the kubelet and kube-proxy point at the first master (the master with the
-//! smallest node id), `https://<its address>:6443`, until the cluster has a load balancer; the
+//! Kubeconfigs of the kubelet and kube-proxy point at the agent's API balancer on the node,
+//! `https://127.0.0.1:6444`, which carries each connection to the first master's API server that
+//! accepts it: a master's own first, then the others, each worker starting at another one, so
+//! that the nodes keep reaching the cluster while any master's API server runs. The
 //! controller-manager's and scheduler's point at their own master's API server on 127.0.0.1.
 //! Kubeconfigs refer to certificate and key files, so no key is ever copied into a second file.
 //!
@@ -34,8 +36,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use qb_agent_proto::plan::{
-    Artifact, KUBE_APISERVER_ENDPOINT, Owner, Plan, PlanFile, PortSpec, Probe, Protocol,
-    RestartPolicy, Route, Service,
+    ApiBalancer, Artifact, KUBE_APISERVER_ENDPOINT, Owner, Plan, PlanFile, PortSpec, Probe,
+    Protocol, RestartPolicy, Route, Service,
 };
 use qb_api::{
     BundleManifest, Cidr, ClusterId, KubernetesVersion, LabelKey, Labels, NodeFacts, NodeId,
@@ -217,6 +219,8 @@ pub mod ports {
     /// etcd's metrics and health over plain HTTP, on 127.0.0.1 only.
     pub const ETCD_METRICS: u16 = 2381;
     pub const APISERVER: u16 = 6443;
+    /// The agent's balancer in front of the masters' API servers, on 127.0.0.1 only.
+    pub const API_BALANCER: u16 = 6444;
     pub const CONTROLLER_MANAGER: u16 = 10257;
     pub const SCHEDULER: u16 = 10259;
     pub const KUBELET: u16 = 10250;
@@ -534,8 +538,8 @@ struct Context<'a> {
     flags: VersionFlags,
     /// Every node of the cluster, this one included.
     nodes: &'a [NodeInput],
-    /// Where kubelets and kube-proxies reach the API server: the first master by node id.
-    api_address: Option<IpAddr>,
+    /// The masters' API servers in the order this node's balancer tries them.
+    api_servers: Vec<SocketAddr>,
 }
 
 impl<'a> Context<'a> {
@@ -572,10 +576,7 @@ impl<'a> Context<'a> {
             certs,
             flags: VersionFlags::for_minor(minor),
             nodes,
-            api_address: sorted
-                .iter()
-                .find(|n| n.role == NodeRole::Master)
-                .map(|n| n.address),
+            api_servers: api_servers(&sorted, node),
         })
     }
 
@@ -591,12 +592,39 @@ impl<'a> Context<'a> {
         self.node.name.as_str()
     }
 
-    /// The first master's API server, for kubelets and kube-proxies.
-    fn api_server_url(&self) -> Result<String, RenderError> {
-        self.api_address
-            .map(|address| https_url(address, ports::APISERVER))
-            .ok_or(RenderError::NoMaster)
+    /// The balancer in front of the masters' API servers, for kubelets and kube-proxies.
+    fn api_balancer(&self) -> Result<ApiBalancer, RenderError> {
+        if self.api_servers.is_empty() {
+            return Err(RenderError::NoMaster);
+        }
+        Ok(ApiBalancer {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ports::API_BALANCER),
+            upstreams: self.api_servers.clone(),
+        })
     }
+}
+
+/// The masters' API servers in the order `node`'s balancer tries them: a master's own first, then
+/// the others by node id; a worker starts at the master its place among the nodes gives, so that
+/// workers spread over the masters. `sorted` is every node by id.
+fn api_servers(sorted: &[&NodeInput], node: &NodeInput) -> Vec<SocketAddr> {
+    let mut masters: Vec<&NodeInput> = sorted
+        .iter()
+        .copied()
+        .filter(|n| n.role == NodeRole::Master)
+        .collect();
+    if let Some(own) = masters.iter().position(|m| m.id == node.id) {
+        let own = masters.remove(own);
+        masters.insert(0, own);
+    } else if !masters.is_empty() {
+        let place = sorted.iter().position(|n| n.id == node.id).unwrap_or(0);
+        let count = masters.len();
+        masters.rotate_left(place % count);
+    }
+    masters
+        .iter()
+        .map(|m| SocketAddr::new(m.address, ports::APISERVER))
+        .collect()
 }
 
 /// Masters need an etcd bootstrap that lists them; workers must not have one.
@@ -632,6 +660,7 @@ struct Parts {
     routes: Vec<Route>,
     cgroups: Vec<String>,
     endpoints: BTreeMap<String, SocketAddr>,
+    api_balancer: Option<ApiBalancer>,
 }
 
 impl Parts {
@@ -682,6 +711,14 @@ impl Parts {
         ])
     }
 
+    /// The API balancer's URL; the node runs the balancer.
+    fn api_balancer_url(&mut self, ctx: &Context) -> Result<String, RenderError> {
+        let balancer = ctx.api_balancer()?;
+        let url = https_url(balancer.listen.ip(), balancer.listen.port());
+        self.api_balancer = Some(balancer);
+        Ok(url)
+    }
+
     /// Writes the certificate of a CA; its path.
     fn ca_cert(&mut self, ctx: &Context, authority: Authority) -> String {
         let cert = ctx.pki.authority(authority).cert_pem.clone();
@@ -702,6 +739,7 @@ impl Parts {
             routes: self.routes,
             cgroups: self.cgroups,
             endpoints: self.endpoints,
+            api_balancer: self.api_balancer,
         }
     }
 }
@@ -1261,11 +1299,12 @@ fn kubelet(ctx: &Context, parts: &mut Parts) -> Result<(), RenderError> {
     };
     let ca = parts.ca_cert(ctx, Authority::Cluster);
     let [cert, key] = parts.cert(ctx, CertPurpose::Kubelet)?;
+    let server = parts.api_balancer_url(ctx)?;
     let kubeconfig = parts.file(
         paths::KUBELET_KUBECONFIG,
         kubeconfig(
             ctx,
-            &ctx.api_server_url()?,
+            &server,
             &format!("system:node:{}", ctx.name()),
             &cert,
             &key,
@@ -1375,15 +1414,10 @@ fn kube_proxy(ctx: &Context, parts: &mut Parts) -> Result<(), RenderError> {
     };
     let ca = parts.ca_cert(ctx, Authority::Cluster);
     let [cert, key] = parts.cert(ctx, CertPurpose::KubeProxy)?;
+    let server = parts.api_balancer_url(ctx)?;
     let kubeconfig = parts.file(
         paths::KUBE_PROXY_KUBECONFIG,
-        kubeconfig(
-            ctx,
-            &ctx.api_server_url()?,
-            "system:kube-proxy",
-            &cert,
-            &key,
-        ),
+        kubeconfig(ctx, &server, "system:kube-proxy", &cert, &key),
         0o600,
     );
     let config = parts.file(paths::KUBE_PROXY_CONFIG, kube_proxy_config(ctx), 0o644);
@@ -1715,6 +1749,17 @@ mod tests {
         }
         writeln!(out, "\ncgroups: {}", plan.cgroups.join(" ")).unwrap();
         writeln!(out, "\nstate dirs: {}", plan.state_dirs.join(" ")).unwrap();
+        if let Some(balancer) = &plan.api_balancer {
+            let upstreams: Vec<String> =
+                balancer.upstreams.iter().map(ToString::to_string).collect();
+            writeln!(
+                out,
+                "\napi balancer: {} -> {}",
+                balancer.listen,
+                upstreams.join(" ")
+            )
+            .unwrap();
+        }
         out
     }
 
@@ -1903,22 +1948,46 @@ mod tests {
     }
 
     #[test]
-    fn render_kubeconfigs_point_at_the_first_master_or_the_local_api_server() {
-        // The first master by id is m2 (id 1), whatever the order given.
+    fn kubelets_reach_the_masters_through_the_balancer_and_control_planes_their_own() {
+        // Masters m2 (id 1) and m1 (id 4), whatever the order given; workers w (id 2), x (id 3).
         let mut two_masters = nodes();
         two_masters[0] = master(4, "m1", "10.0.0.11");
         two_masters.push(master(1, "m2", "10.0.0.21"));
         let cluster = cluster(full_bundle("1.20.2"));
-        let worker = render_node(&cluster, &two_masters, 1);
-        for path in [paths::KUBELET_KUBECONFIG, paths::KUBE_PROXY_KUBECONFIG] {
-            assert!(
-                file(&worker, path)
-                    .content
-                    .contains("server: \"https://10.0.0.21:6443\""),
-                "{path}"
-            );
+        let upstreams = |plan: &Plan| {
+            let balancer = plan.api_balancer.as_ref().expect("a balancer");
+            assert_eq!(balancer.listen, "127.0.0.1:6444".parse().unwrap());
+            balancer
+                .upstreams
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        for (i, _) in two_masters.iter().enumerate() {
+            let plan = render_node(&cluster, &two_masters, i);
+            for path in [paths::KUBELET_KUBECONFIG, paths::KUBE_PROXY_KUBECONFIG] {
+                assert!(
+                    file(&plan, path)
+                        .content
+                        .contains("server: \"https://127.0.0.1:6444\""),
+                    "{path}"
+                );
+            }
         }
+        // A master tries its own API server first; workers start at different masters.
         let m1 = render_node(&cluster, &two_masters, 0);
+        assert_eq!(upstreams(&m1), ["10.0.0.11:6443", "10.0.0.21:6443"]);
+        let m2 = render_node(&cluster, &two_masters, 3);
+        assert_eq!(upstreams(&m2), ["10.0.0.21:6443", "10.0.0.11:6443"]);
+        let workers: Vec<Vec<String>> = [1, 2]
+            .map(|i| upstreams(&render_node(&cluster, &two_masters, i)))
+            .into();
+        assert_ne!(workers[0][0], workers[1][0], "{workers:?}");
+        for w in &workers {
+            let mut sorted = w.clone();
+            sorted.sort();
+            assert_eq!(sorted, ["10.0.0.11:6443", "10.0.0.21:6443"]);
+        }
         assert!(
             file(&m1, paths::CONTROLLER_MANAGER_KUBECONFIG)
                 .content

@@ -12,6 +12,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::engine::{hosts, roles, wait_ready};
 use crate::harness::{Agent, Controller, poll, run};
@@ -319,6 +321,41 @@ fn attached_hosts_become_a_kubernetes_cluster_whose_pods_talk_across_hosts() {
         assert!(logs.contains(&format!("hello from {name}")), "{logs}");
     }
 
+    // The master host-3's API balancer tries first is cut off: both workers' kubelets go on
+    // renewing their Node leases through the other masters.
+    let cut = first_api_server(&api, &lab, "host-3");
+    assert!(
+        cut < 3,
+        "host-3's balancer tries host-{cut} first, not a master"
+    );
+    let admin = &agents[(cut + 1) % 3];
+    lab.link_down(cut).expect("pull the master's cable");
+    let since = OffsetDateTime::now_utc() + Duration::from_secs(5);
+    for worker in ["host-3", "host-4"] {
+        poll(
+            &format!("{worker}'s lease renewed with host-{cut} cut off"),
+            BRING_UP,
+            || {
+                let lease =
+                    kubectl_json(admin, &["get", "lease", "-n", "kube-node-lease", worker])?;
+                let renewed = lease["spec"]["renewTime"]
+                    .as_str()
+                    .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+                match renewed {
+                    Some(at) if at > since => Ok(()),
+                    _ => Err(lease["spec"].to_string()),
+                }
+            },
+        );
+    }
+    lab.link_up(cut).expect("plug the master's cable back");
+    let admin = &agents[0];
+    wait_nodes_ready(
+        admin,
+        &["host-0", "host-1", "host-2", "host-3", "host-4"],
+        BRING_UP,
+    );
+
     // Detach a worker: it is drained (its web pod evicted), wiped, its Node deleted.
     let (drained_pod, ..) = pods
         .iter()
@@ -381,6 +418,28 @@ fn attached_hosts_become_a_kubernetes_cluster_whose_pods_talk_across_hosts() {
     ] {
         assert!(actions.contains(&action), "{action} not in {actions:?}");
     }
+}
+
+/// The lab index of the master whose API server `node`'s balancer tries first, from the
+/// message of its plan's `api-balancer` step (`127.0.0.1:6444 -> <address>:6443, ...`).
+fn first_api_server(api: &Api, lab: &Lab, node: &str) -> usize {
+    let n = api.node(node);
+    let message = n["plan"]["report"]["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == "api-balancer")
+        .and_then(|s| s["message"].as_str())
+        .unwrap_or_else(|| panic!("{node} reports no api-balancer step: {}", n["plan"]));
+    let first = message
+        .split_once(" -> ")
+        .and_then(|(_, upstreams)| upstreams.split(", ").next())
+        .and_then(|u| u.rsplit_once(':'))
+        .map(|(ip, _)| ip.to_owned())
+        .unwrap_or_else(|| panic!("{node}'s api-balancer step says {message:?}"));
+    (0..5)
+        .find(|&i| lab.host_ip(i) == first)
+        .unwrap_or_else(|| panic!("{first} is no host of the lab"))
 }
 
 /// Detaches host `i` and waits until it is back in the pool, wiped.
