@@ -16,11 +16,11 @@
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
+use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -202,7 +202,7 @@ impl Supervisor {
     /// killed with its process group.
     pub async fn run_task(&self, task: &Service, timeout: Duration) -> Result<(), SuperviseError> {
         check_name(&task.name)?;
-        let mut process = spawn(&self.shared.dirs, task)?;
+        let mut process = spawn(&self.shared.dirs, task, |_, _| Ok(()))?;
         tracing::info!(task = %task.name, pid = process.pid, "task started");
         let Ok(exit) = tokio::time::timeout(timeout, process.exited()).await else {
             terminate(&mut process, self.shared.settings.stop_timeout).await;
@@ -327,12 +327,10 @@ impl Supervisor {
             }
             None => Change::Started,
         };
-        let mut process = spawn(&self.shared.dirs, service)?;
-        if let Err(e) = self.shared.write_record(service, fingerprint, &process, 0) {
-            // Unrecorded, it could not be found again after a restart of the agent.
-            terminate(&mut process, self.shared.settings.stop_timeout).await;
-            return Err(e);
-        }
+        let process = spawn(&self.shared.dirs, service, |pid, start_time| {
+            self.shared
+                .write_record(service, fingerprint, pid, start_time, 0)
+        })?;
         tracing::info!(service = %service.name, pid = process.pid, "started");
         self.supervise(service.clone(), fingerprint.to_owned(), 0, process);
         Ok(change)
@@ -568,14 +566,15 @@ impl Shared {
         &self,
         service: &Service,
         fingerprint: &str,
-        process: &Process,
+        pid: u32,
+        start_time: u64,
         restarts: u32,
     ) -> Result<(), SuperviseError> {
         let record = Record {
             service: service.clone(),
             fingerprint: fingerprint.to_owned(),
-            pid: process.pid,
-            start_time: process.start_time,
+            pid,
+            start_time,
             restarts,
         };
         let path = self.record_path(&service.name);
@@ -645,21 +644,26 @@ async fn monitor(
                 () = tokio::time::sleep(delay) => {}
                 () = stopped(&mut stop) => return Some(process.pid),
             }
-            match spawn(&shared.dirs, &watch.service) {
+            let restarts = watch.restarts + 1;
+            let record = |pid, start_time| {
+                shared.write_record(
+                    &watch.service,
+                    &watch.fingerprint,
+                    pid,
+                    start_time,
+                    restarts,
+                )
+            };
+            match spawn(&shared.dirs, &watch.service, record) {
                 Ok(next) => {
                     process = next;
+                    watch.restarts = restarts;
                     break;
                 }
                 Err(e) => {
                     tracing::error!(service = %name, error = %error_chain(&e), "restart failed");
                 }
             }
-        }
-        watch.restarts += 1;
-        if let Err(e) =
-            shared.write_record(&watch.service, &watch.fingerprint, &process, watch.restarts)
-        {
-            tracing::error!(service = %name, error = %error_chain(&e), "cannot record the restarted service");
         }
         tracing::info!(service = %name, pid = process.pid, restarts = watch.restarts, "restarted");
         let healthy = watch.service.probe.is_none();
@@ -840,8 +844,17 @@ fn signal_group(pid: u32, signal: Signal) {
     }
 }
 
-/// Starts a service's process in its own process group, its output appended to its log.
-fn spawn(dirs: &SupervisorDirs, service: &Service) -> Result<Process, SuperviseError> {
+/// Starts a service's process in its own process group, its output appended to its log. The
+/// program runs only once `record` has kept the process's pid and start time: the process
+/// starts as `/bin/sh` waiting for one line on a pipe, which it gets after `record` succeeded,
+/// and then becomes the program (`exec`, same pid). An agent killed in between closes the pipe
+/// and the shell exits without running the program, so no service ever runs that the next
+/// agent could not find again (and would start a second time, its ports taken by the first).
+fn spawn(
+    dirs: &SupervisorDirs,
+    service: &Service,
+    record: impl FnOnce(u32, u64) -> Result<(), SuperviseError>,
+) -> Result<Process, SuperviseError> {
     let path = log_path(&dirs.logs, &service.name);
     let log_error = |source| SuperviseError::Log {
         path: path.clone(),
@@ -863,13 +876,19 @@ fn spawn(dirs: &SupervisorDirs, service: &Service) -> Result<Process, SuperviseE
         program: program.clone(),
         source,
     };
-    let child = tokio::process::Command::new(program)
+    // The shell would only say so in the log, after the fact.
+    executable(Path::new(program)).map_err(spawn_error)?;
+    let (gate, release) = std::io::pipe().map_err(spawn_error)?;
+    let child = tokio::process::Command::new("/bin/sh")
+        .args(["-c", r#"read -r go || exit 125; exec "$@" </dev/null"#])
+        .arg(&service.name)
+        .arg(program)
         .args(args)
         .env_clear()
         .env("PATH", DEFAULT_PATH)
         .envs(&service.env)
         .current_dir("/")
-        .stdin(Stdio::null())
+        .stdin(gate)
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0)
@@ -878,13 +897,32 @@ fn spawn(dirs: &SupervisorDirs, service: &Service) -> Result<Process, SuperviseE
     let pid = child
         .id()
         .expect("a child that was never waited for has a pid");
-    // Until it is reaped, even an exited child has its /proc entry.
+    // Until it is reaped, even an exited child has its /proc entry. `exec` keeps the start time.
     let start_time = ProcStat::read(pid).map_err(spawn_error)?.start_time;
+    // On an error the pipe closes unwritten: the shell exits, and tokio reaps it.
+    record(pid, start_time)?;
+    if let Err(e) = (&release).write_all(b"go\n") {
+        // The shell is gone already: the caller sees the process exit.
+        tracing::warn!(service = %service.name, pid, error = %e, "could not release the service");
+    }
     Ok(Process {
         pid,
         start_time,
         kind: Kind::Child(child),
     })
+}
+
+/// `Ok` when `program` is a file someone may execute.
+fn executable(program: &Path) -> std::io::Result<()> {
+    let meta = std::fs::metadata(program)?;
+    if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "not an executable file",
+        ))
+    }
 }
 
 /// The fields of `/proc/<pid>/stat` the supervisor needs.
@@ -1356,6 +1394,67 @@ mod tests {
                 .contains("started by a previous agent")
         );
         second.stop("etcd").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_service_runs_only_once_its_record_is_kept() {
+        let root = Root::new();
+        let dirs = dirs(root.path());
+        std::fs::create_dir_all(&dirs.logs).unwrap();
+        let marker = root.path().join("ran");
+        let service = sh(
+            "etcd",
+            &format!("touch {}; exec sleep 1000", marker.display()),
+        );
+
+        // Recording fails, as when the agent dies before it could record: the process ends
+        // without running the program.
+        let mut shell = None;
+        let refused = spawn(&dirs, &service, |pid, _| {
+            shell = Some(pid);
+            Err(SuperviseError::Unknown("etcd".into()))
+        });
+        assert!(matches!(refused, Err(SuperviseError::Unknown(_))));
+        until_dead(shell.unwrap()).await;
+        assert!(!marker.exists(), "the program ran unrecorded");
+
+        // Recorded: the recorded pid becomes the program.
+        let mut recorded = None;
+        let process = spawn(&dirs, &service, |pid, start_time| {
+            recorded = Some((pid, start_time));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(recorded, Some((process.pid, process.start_time)));
+        let mut comm = String::new();
+        for _ in 0..200 {
+            comm = std::fs::read_to_string(format!("/proc/{}/comm", process.pid)).unwrap();
+            if marker.exists() && comm.trim() == "sleep" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(marker.exists());
+        assert_eq!(comm.trim(), "sleep", "the recorded process is the program");
+        signal_group(process.pid, Signal::KILL);
+    }
+
+    #[tokio::test]
+    async fn a_program_that_cannot_run_is_a_clear_error() {
+        let root = Root::new();
+        let supervisor = Supervisor::with_settings(dirs(root.path()), fast()).unwrap();
+        let not_executable = root.path().join("etcd");
+        std::fs::write(&not_executable, "#!/bin/sh\n").unwrap();
+        let mut service = sh("etcd", "");
+        for program in ["/no/such/etcd", not_executable.to_str().unwrap()] {
+            service.command = vec![program.to_owned()];
+            let error = supervisor.ensure(&service, "v1").await.unwrap_err();
+            assert!(
+                matches!(&error, SuperviseError::Spawn { program: p, .. } if p == program),
+                "{error:?}"
+            );
+            assert!(supervisor.names().is_empty());
+        }
     }
 
     #[tokio::test]
