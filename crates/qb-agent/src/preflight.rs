@@ -115,6 +115,18 @@ impl Preflight {
         report
     }
 
+    /// Closes the listeners of the last session now, before their hold ends: a plan arrives
+    /// once the preflight is over, and its services need those ports.
+    pub async fn close(&self) {
+        if let Some(listeners) = self.listeners.lock().await.take() {
+            tracing::debug!(
+                session = listeners.session,
+                "closing the preflight listeners"
+            );
+            listeners.close().await;
+        }
+    }
+
     /// Phase 2: probes every port of every target at once, each probe giving up after
     /// `req.timeout_ms`. Results come in the order of the targets and their ports.
     #[tracing::instrument(skip_all, fields(session = req.session))]
@@ -754,6 +766,23 @@ mod tests {
             .probe(&probe_request(3, vec![(LOCALHOST, vec![port])], 1_000))
             .await;
         assert_eq!(error_of(&results[0]), "connection refused");
+    }
+
+    #[tokio::test]
+    async fn closing_frees_the_ports_before_the_hold_ends() {
+        let ports = vec![free_port(Protocol::Tcp), free_port(Protocol::Udp)];
+        let preflight = Preflight::new();
+        let report = preflight
+            .check(&check_request(4, ports.clone(), 60_000), &[])
+            .await;
+        assert_eq!(report.listening, ports);
+        assert!(std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, ports[0].port)).is_err());
+
+        preflight.close().await;
+        std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, ports[0].port))
+            .expect("the TCP port is free");
+        std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, ports[1].port))
+            .expect("the UDP port is free");
     }
 
     #[tokio::test]

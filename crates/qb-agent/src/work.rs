@@ -237,6 +237,8 @@ impl Work {
                 }
                 continue;
             };
+            // The preflight's listeners would hold the ports of the services (for seconds).
+            self.preflight.close().await;
             let source = Downloads { work: &self };
             let outcome = tokio::select! {
                 result = self.applier.apply(&plan, &source, &self.report) => Some(result),

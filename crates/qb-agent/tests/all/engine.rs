@@ -212,6 +212,17 @@ fn a_cluster_forms_on_real_etcd_grows_and_shrinks_safely() {
     );
     let (masters, workers) = roles(&c);
     assert_eq!((masters.len(), workers.len()), (3, 0), "{c}");
+    // Each etcd started once: nothing held its ports (the preflight's listeners close when the
+    // plan comes).
+    for i in 0..3 {
+        let services =
+            api.get(&format!("/nodes/host-{i}")).ok()["plan"]["report"]["services"].clone();
+        let etcd = services
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "etcd"))
+            .unwrap_or_else(|| panic!("host-{i} reports no etcd: {services}"));
+        assert_eq!(etcd["restarts"], 0, "host-{i}: {etcd}");
+    }
     let endpoint = format!("https://{}:2379", lab.host_ip(0));
     let health = etcdctl(&agents[0], &endpoint, &["endpoint", "health", "--cluster"]);
     assert_eq!(health.matches("is healthy").count(), 3, "{health}");
