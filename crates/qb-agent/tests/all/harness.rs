@@ -450,7 +450,35 @@ pub struct Agent {
     /// Where this host's [`HOST_DIRS`] really are, when it has private ones.
     pub host_root: Option<PathBuf>,
     netns: Option<String>,
+    _service_logs: ServiceLogs,
     _dir: tempfile::TempDir,
+}
+
+/// The services' logs of a host with private directories: when the test is failing, the end of
+/// each is printed (a component that keeps exiting says why only there).
+struct ServiceLogs(Option<PathBuf>);
+
+impl Drop for ServiceLogs {
+    fn drop(&mut self) {
+        let Some(dir) = &self.0 else { return };
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut logs: Vec<PathBuf> = entries
+            .filter_map(|e| Some(e.ok()?.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(15)..].join("\n      ");
+            eprintln!("--- last lines of {} ---\n      {tail}", log.display());
+        }
+    }
 }
 
 impl Agent {
@@ -537,6 +565,7 @@ impl Agent {
         Self {
             proc,
             state_dir,
+            _service_logs: ServiceLogs(host_root.as_ref().map(|r| r.join("var/log/qb"))),
             host_root,
             netns: netns.map(str::to_owned),
             _dir: dir,
