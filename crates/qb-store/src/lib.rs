@@ -33,7 +33,7 @@ pub use clusters::{ClusterSpec, SpecError};
 pub use engine::{EngineCluster, EngineNode, WIPE_PLAN_HASH};
 pub use events::EventFilter;
 pub use nodes::{NewNode, NodeFilter};
-pub use replicas::Leadership;
+pub use replicas::{Leadership, SessionChange, SessionChanges};
 pub use tenants::{PasswordUser, Principal, Tenant};
 
 /// Which database a [`Store`] runs on.
@@ -148,6 +148,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// PostgreSQL's URL, for the connection that listens for notifications.
+    postgres_url: Option<Arc<str>>,
     /// SQLite allows one writer at a time; writers queue here instead of failing with "busy".
     sqlite_writer: Arc<Mutex<()>>,
 }
@@ -208,6 +210,7 @@ impl Store {
         Ok(Self {
             pool,
             backend,
+            postgres_url: (backend == Backend::Postgres).then(|| url.into()),
             sqlite_writer: Arc::new(Mutex::new(())),
         })
     }

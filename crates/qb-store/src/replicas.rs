@@ -1,17 +1,78 @@
 //! Controller replicas sharing one database: which are alive and where the others reach them,
 //! which replica holds each agent's channel, and which one runs the cluster engine.
+//!
+//! A replica reads every session once, then follows their changes as PostgreSQL notifications
+//! ([`Store::session_changes`]): never the whole table again while its listening connection
+//! lasts.
 
 use std::collections::HashMap;
 
 use qb_api::NodeId;
 use sqlx::Row;
 use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgListener;
 use time::OffsetDateTime;
 
 use crate::{Backend, Result, Store, to_ms};
 
 /// The advisory lock the engine's replica holds on PostgreSQL ("qb-engine").
 const ENGINE_LOCK: i64 = 0x7162_2d65_6e67;
+/// The notification channel of session changes: `opened <node> <replica>` or
+/// `closed <node> <replica>`, sent in the transaction that makes the change.
+const SESSIONS_CHANNEL: &str = "qb_agent_sessions";
+
+/// A change of which replica holds an agent's channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionChange {
+    Opened {
+        node: NodeId,
+        replica: String,
+    },
+    /// `replica` no longer holds it (it was still the holder).
+    Closed {
+        node: NodeId,
+        replica: String,
+    },
+    /// Changes may have been missed: the listening connection was lost and made again. Read
+    /// all sessions again.
+    Missed,
+}
+
+/// The session changes committed since it was made, in commit order.
+pub struct SessionChanges {
+    listener: PgListener,
+}
+
+impl SessionChanges {
+    /// The next change; waits for one. After [`SessionChange::Missed`], make a new
+    /// `SessionChanges` before reading all sessions again: this one would only listen again
+    /// once asked for its next change.
+    pub async fn next(&mut self) -> Result<SessionChange> {
+        loop {
+            let Some(notification) = self.listener.try_recv().await? else {
+                return Ok(SessionChange::Missed);
+            };
+            match parse_change(notification.payload()) {
+                Some(change) => return Ok(change),
+                None => tracing::warn!(
+                    payload = notification.payload(),
+                    "ignoring an unreadable session notification"
+                ),
+            }
+        }
+    }
+}
+
+fn parse_change(payload: &str) -> Option<SessionChange> {
+    let mut words = payload.split(' ');
+    let (kind, node, replica) = (words.next()?, words.next()?, words.next()?);
+    let (node, replica) = (node.parse().ok()?, replica.to_owned());
+    match kind {
+        "opened" => Some(SessionChange::Opened { node, replica }),
+        "closed" => Some(SessionChange::Closed { node, replica }),
+        _ => None,
+    }
+}
 
 /// This replica runs the cluster engine for as long as this lives (and [`Leadership::holds`]).
 pub struct Leadership {
@@ -105,22 +166,39 @@ impl Store {
         replica: &str,
         at: OffsetDateTime,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO agent_sessions (node_id, replica_id, connected_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (node_id) DO UPDATE SET replica_id = $2, connected_at = $3",
-        )
-        .bind(node.to_string())
-        .bind(replica)
-        .bind(to_ms(at))
-        .execute(&self.pool)
-        .await?;
+        let upsert = "INSERT INTO agent_sessions (node_id, replica_id, connected_at) \
+                      VALUES ($1, $2, $3) \
+                      ON CONFLICT (node_id) DO UPDATE SET replica_id = $2, connected_at = $3";
+        let notifying = format!(
+            "WITH changed AS ({upsert} RETURNING node_id) \
+             SELECT pg_notify('{SESSIONS_CHANNEL}', 'opened ' || node_id || ' ' || $2) FROM changed"
+        );
+        let sql = match self.backend {
+            Backend::Sqlite => upsert,
+            Backend::Postgres => &notifying,
+        };
+        sqlx::query(sql)
+            .bind(node.to_string())
+            .bind(replica)
+            .bind(to_ms(at))
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     /// `replica` no longer holds `node`'s channel (if another replica took it over since,
     /// its session stays).
     pub async fn agent_session_closed(&self, node: NodeId, replica: &str) -> Result<()> {
-        sqlx::query("DELETE FROM agent_sessions WHERE node_id = $1 AND replica_id = $2")
+        let delete = "DELETE FROM agent_sessions WHERE node_id = $1 AND replica_id = $2";
+        let notifying = format!(
+            "WITH changed AS ({delete} RETURNING node_id) \
+             SELECT pg_notify('{SESSIONS_CHANNEL}', 'closed ' || node_id || ' ' || $2) FROM changed"
+        );
+        let sql = match self.backend {
+            Backend::Sqlite => delete,
+            Backend::Postgres => &notifying,
+        };
+        sqlx::query(sql)
             .bind(node.to_string())
             .bind(replica)
             .execute(&self.pool)
@@ -128,37 +206,42 @@ impl Store {
         Ok(())
     }
 
-    /// Where the other replicas seen since `alive_since` are reached.
+    /// On PostgreSQL, every session change committed from now on; `None` on SQLite, where one
+    /// controller is alone on its database file.
+    pub async fn session_changes(&self) -> Result<Option<SessionChanges>> {
+        let Some(url) = &self.postgres_url else {
+            return Ok(None);
+        };
+        let mut listener = PgListener::connect(url).await?;
+        listener.listen(SESSIONS_CHANNEL).await?;
+        Ok(Some(SessionChanges { listener }))
+    }
+
+    /// The other replicas seen since `alive_since`: their ids and where they are reached.
     pub async fn live_replicas(
         &self,
         replica: &str,
         alive_since: OffsetDateTime,
-    ) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT peer_url FROM replicas WHERE id <> $1 AND seen_at >= $2")
-            .bind(replica)
-            .bind(to_ms(alive_since))
-            .fetch_all(&self.pool)
-            .await?;
+    ) -> Result<HashMap<String, String>> {
+        let rows =
+            sqlx::query("SELECT id, peer_url FROM replicas WHERE id <> $1 AND seen_at >= $2")
+                .bind(replica)
+                .bind(to_ms(alive_since))
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
-            .map(|row| row.try_get(0).map_err(Into::into))
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect()
     }
 
-    /// The agents whose channels other replicas hold, with the URL where each of those replicas
-    /// is reached; only replicas seen since `alive_since` count.
-    pub async fn remote_sessions(
-        &self,
-        replica: &str,
-        alive_since: OffsetDateTime,
-    ) -> Result<HashMap<NodeId, String>> {
-        let rows = sqlx::query(
-            "SELECT s.node_id, r.peer_url FROM agent_sessions s \
-             JOIN replicas r ON r.id = s.replica_id WHERE r.id <> $1 AND r.seen_at >= $2",
-        )
-        .bind(replica)
-        .bind(to_ms(alive_since))
-        .fetch_all(&self.pool)
-        .await?;
+    /// The agents whose channels other replicas hold, with the id of each holder (alive or
+    /// not: see [`Store::live_replicas`]).
+    pub async fn remote_sessions(&self, replica: &str) -> Result<HashMap<NodeId, String>> {
+        let rows =
+            sqlx::query("SELECT node_id, replica_id FROM agent_sessions WHERE replica_id <> $1")
+                .bind(replica)
+                .fetch_all(&self.pool)
+                .await?;
         let mut sessions = HashMap::with_capacity(rows.len());
         for row in rows {
             let node: String = row.try_get(0)?;

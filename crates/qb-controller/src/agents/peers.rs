@@ -3,6 +3,9 @@
 //! a revocation or a tunnel for an agent that another replica holds goes to that replica, over
 //! its agent endpoint, with mutual TLS: each replica has a certificate from the internal CA
 //! naming it (`qb:replica:<id>`), which no node certificate carries.
+//!
+//! Each replica reads where every agent is once, then follows the changes as the database
+//! notifies them; every second it reads only the (few) replicas that are alive.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -16,7 +19,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use qb_agent_proto::{ControllerMessage, Instruction, Outcome};
 use qb_api::NodeId;
-use qb_store::Store;
+use qb_store::{SessionChange, Store};
 use rustls::pki_types::ServerName;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -26,7 +29,7 @@ use super::{AgentTunnel, PingError, TunnelError};
 
 /// Where the peer routes live on the agent endpoint.
 pub const PEER_PREFIX: &str = "/peer/v1";
-/// How often a replica says it is alive and reads where the other replicas' agents are.
+/// How often a replica says it is alive and reads which others are.
 const REFRESH: Duration = Duration::from_secs(1);
 /// A replica silent for this long is gone; its agents are not online through it.
 const REPLICA_GRACE: Duration = Duration::from_secs(5);
@@ -59,10 +62,10 @@ pub struct Peers {
     /// Where the other replicas reach this one.
     pub peer_url: String,
     store: Store,
-    /// Agents other replicas hold: node → the holder's URL.
+    /// Agents other replicas hold: node → the holder's id.
     remote: RwLock<HashMap<NodeId, String>>,
-    /// The other live replicas' URLs.
-    others: RwLock<Vec<String>>,
+    /// The other live replicas: id → URL.
+    others: RwLock<HashMap<String, String>>,
     tls: tokio_rustls::TlsConnector,
     connections: tokio::sync::Mutex<HashMap<String, SendRequest<Body>>>,
     /// Artifacts are copied from other replicas one at a time.
@@ -105,9 +108,10 @@ impl Peers {
         })
     }
 
-    /// Says this replica is alive and reads which agents the others hold, every [`REFRESH`],
-    /// until the process ends.
+    /// Says this replica is alive and reads which others are, every [`REFRESH`], and follows
+    /// which agents the others hold, until the process ends.
     pub async fn run(self: Arc<Self>) {
+        tokio::spawn(Arc::clone(&self).follow_sessions());
         let mut tick = tokio::time::interval(REFRESH);
         let mut forgotten = tokio::time::Instant::now();
         loop {
@@ -120,14 +124,6 @@ impl Peers {
             {
                 tracing::warn!(error = %e, "could not record that this replica is alive");
                 continue;
-            }
-            match self
-                .store
-                .remote_sessions(&self.replica, now - REPLICA_GRACE)
-                .await
-            {
-                Ok(sessions) => *self.remote.write().unwrap_or_else(|p| p.into_inner()) = sessions,
-                Err(e) => tracing::warn!(error = %e, "could not read the other replicas' agents"),
             }
             match self
                 .store
@@ -146,12 +142,50 @@ impl Peers {
         }
     }
 
-    /// The URL of the replica that holds `node`'s agent, if another one does.
+    /// Keeps `remote` up to date for as long as the process runs.
+    async fn follow_sessions(self: Arc<Self>) {
+        loop {
+            match self.follow_until_missed().await {
+                Ok(true) => tracing::info!("changes to the agent sessions may have been missed"),
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot follow the other replicas' agents");
+                    tokio::time::sleep(REFRESH).await;
+                }
+            }
+        }
+    }
+
+    /// Listens for session changes, reads all sessions, then applies each change as it comes,
+    /// until changes may have been missed (`true`). `false`: the database sends no changes.
+    async fn follow_until_missed(&self) -> qb_store::Result<bool> {
+        let Some(mut changes) = self.store.session_changes().await? else {
+            return Ok(false);
+        };
+        // Listening before reading: a change committed in between is in both, and applying it
+        // again changes nothing.
+        let all = self.store.remote_sessions(&self.replica).await?;
+        *self.remote.write().unwrap_or_else(|p| p.into_inner()) = all;
+        loop {
+            match changes.next().await? {
+                SessionChange::Missed => return Ok(true),
+                change => apply(
+                    &mut self.remote.write().unwrap_or_else(|p| p.into_inner()),
+                    &self.replica,
+                    change,
+                ),
+            }
+        }
+    }
+
+    /// The URL of the replica that holds `node`'s agent, if another live one does.
     pub fn holder(&self, node: NodeId) -> Option<String> {
-        self.remote
+        let remote = self.remote.read().unwrap_or_else(|p| p.into_inner());
+        let replica = remote.get(&node)?;
+        self.others
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&node)
+            .get(replica)
             .cloned()
     }
 
@@ -160,7 +194,9 @@ impl Peers {
         self.others
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Records that this replica holds `node`'s channel, or no longer does.
@@ -413,4 +449,63 @@ async fn refusal(response: hyper::Response<hyper::body::Incoming>) -> String {
     serde_json::from_slice::<qb_api::Problem>(&body)
         .map(|p| format!("{status}: {}", p.detail))
         .unwrap_or_else(|_| status.to_string())
+}
+
+/// Applies a session change to `remote` (node → the other replica holding it), as replica `me`.
+fn apply(remote: &mut HashMap<NodeId, String>, me: &str, change: SessionChange) {
+    match change {
+        // Ours now: whoever held it before may never say it let go (its close finds the
+        // session already taken over, and changes nothing).
+        SessionChange::Opened { node, replica } if replica == me => {
+            remote.remove(&node);
+        }
+        SessionChange::Opened { node, replica } => {
+            remote.insert(node, replica);
+        }
+        SessionChange::Closed { node, replica } => {
+            if remote.get(&node) == Some(&replica) {
+                remote.remove(&node);
+            }
+        }
+        SessionChange::Missed => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_changes_track_which_other_replica_holds_each_agent() {
+        let (n1, n2) = (NodeId::new(), NodeId::new());
+        let opened = |node, replica: &str| SessionChange::Opened {
+            node,
+            replica: replica.to_owned(),
+        };
+        let closed = |node, replica: &str| SessionChange::Closed {
+            node,
+            replica: replica.to_owned(),
+        };
+        let mut remote = HashMap::new();
+        for change in [opened(n1, "a"), opened(n2, "b")] {
+            apply(&mut remote, "me", change);
+        }
+        assert_eq!(remote.len(), 2);
+        assert_eq!(remote[&n1], "a");
+
+        // n1 moves to this replica; A's close comes late, or never (it finds the session
+        // taken over): n1 is no longer A's either way.
+        apply(&mut remote, "me", opened(n1, "me"));
+        assert!(!remote.contains_key(&n1), "{remote:?}");
+        apply(&mut remote, "me", closed(n1, "a"));
+        apply(&mut remote, "me", closed(n1, "me"));
+        assert!(!remote.contains_key(&n1), "{remote:?}");
+
+        // n2 moves from B to A before B closes: B's late close leaves it with A.
+        apply(&mut remote, "me", opened(n2, "a"));
+        apply(&mut remote, "me", closed(n2, "b"));
+        assert_eq!(remote[&n2], "a");
+        apply(&mut remote, "me", closed(n2, "a"));
+        assert!(remote.is_empty(), "{remote:?}");
+    }
 }

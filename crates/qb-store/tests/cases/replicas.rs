@@ -1,17 +1,18 @@
 //! Controller replicas: which are alive, which holds each agent, which runs the engine.
 
 use qb_api::NodeId;
-use qb_store::Backend;
+use qb_store::{Backend, SessionChange};
 use time::{Duration, OffsetDateTime};
 
 use crate::TestDb;
 
 on_both_backends!(
-    sessions_name_the_live_replica_that_holds_each_agent,
+    sessions_name_the_replica_that_holds_each_agent,
+    other_replicas_hear_of_each_session_change_as_it_commits,
     one_replica_leads_until_it_lets_go,
 );
 
-async fn sessions_name_the_live_replica_that_holds_each_agent(db: TestDb) {
+async fn sessions_name_the_replica_that_holds_each_agent(db: TestDb) {
     let now = OffsetDateTime::now_utc();
     let (n1, n2) = (NodeId::new(), NodeId::new());
     db.replica_alive("a", "https://a:7444", now).await.unwrap();
@@ -19,54 +20,98 @@ async fn sessions_name_the_live_replica_that_holds_each_agent(db: TestDb) {
     db.agent_session_opened(n1, "a", now).await.unwrap();
     db.agent_session_opened(n2, "b", now).await.unwrap();
 
-    let seen_by_b = db
-        .remote_sessions("b", now - Duration::seconds(5))
+    let seen_by_b = db.remote_sessions("b").await.unwrap();
+    assert_eq!(seen_by_b.len(), 1, "B's own agents are not remote to it");
+    assert_eq!(seen_by_b[&n1], "a");
+    let live = db
+        .live_replicas("b", now - Duration::seconds(5))
         .await
         .unwrap();
-    assert_eq!(seen_by_b.len(), 1, "B's own agents are not remote to it");
-    assert_eq!(seen_by_b[&n1], "https://a:7444");
-    assert_eq!(
-        db.live_replicas("b", now - Duration::seconds(5))
-            .await
-            .unwrap(),
-        ["https://a:7444"]
-    );
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live["a"], "https://a:7444");
 
     // The agent moves to B before A notices its channel closed: A's late close changes nothing.
     db.agent_session_opened(n1, "b", now).await.unwrap();
     db.agent_session_closed(n1, "a").await.unwrap();
-    let seen_by_a = db
-        .remote_sessions("a", now - Duration::seconds(5))
-        .await
-        .unwrap();
+    let seen_by_a = db.remote_sessions("a").await.unwrap();
     assert_eq!(seen_by_a.len(), 2, "{seen_by_a:?}");
-    assert!(seen_by_a.values().all(|url| url == "https://b:7444"));
+    assert!(seen_by_a.values().all(|replica| replica == "b"));
 
-    // A replica that stopped refreshing itself holds nothing, and is forgotten later.
+    // A replica that stopped refreshing itself is not alive, and is forgotten later with its
+    // sessions.
     db.agent_session_opened(n2, "a", now).await.unwrap();
     let later = now + Duration::seconds(10);
     db.replica_alive("b", "https://b:7444", later)
         .await
         .unwrap();
-    let seen_by_b = db
-        .remote_sessions("b", later - Duration::seconds(5))
+    let live = db
+        .live_replicas("b", later - Duration::seconds(5))
         .await
         .unwrap();
-    assert!(seen_by_b.is_empty(), "A is gone: {seen_by_b:?}");
+    assert!(live.is_empty(), "A is gone: {live:?}");
     db.forget_replicas(later - Duration::seconds(5))
         .await
         .unwrap();
     db.replica_alive("a", "https://a:7444", later)
         .await
         .unwrap();
-    let seen_by_b = db
-        .remote_sessions("b", later - Duration::seconds(5))
-        .await
-        .unwrap();
+    let seen_by_b = db.remote_sessions("b").await.unwrap();
     assert!(
         seen_by_b.is_empty(),
         "A's sessions went with it: {seen_by_b:?}"
     );
+}
+
+async fn other_replicas_hear_of_each_session_change_as_it_commits(db: TestDb) {
+    let Some(mut changes) = db.session_changes().await.unwrap() else {
+        assert_eq!(
+            db.backend(),
+            Backend::Sqlite,
+            "no notifications on PostgreSQL"
+        );
+        return;
+    };
+    let now = OffsetDateTime::now_utc();
+    let (n1, n2) = (NodeId::new(), NodeId::new());
+    let next = async |changes: &mut qb_store::SessionChanges| {
+        tokio::time::timeout(std::time::Duration::from_secs(10), changes.next())
+            .await
+            .expect("a change within 10 s")
+            .unwrap()
+    };
+    let opened = |node, replica: &str| SessionChange::Opened {
+        node,
+        replica: replica.to_owned(),
+    };
+    let closed = |node, replica: &str| SessionChange::Closed {
+        node,
+        replica: replica.to_owned(),
+    };
+
+    db.agent_session_opened(n1, "a", now).await.unwrap();
+    assert_eq!(next(&mut changes).await, opened(n1, "a"));
+    db.agent_session_opened(n1, "b", now).await.unwrap();
+    assert_eq!(next(&mut changes).await, opened(n1, "b"));
+    // A's late close removes nothing, and tells nobody.
+    db.agent_session_closed(n1, "a").await.unwrap();
+    db.agent_session_opened(n2, "a", now).await.unwrap();
+    assert_eq!(next(&mut changes).await, opened(n2, "a"));
+    db.agent_session_closed(n1, "b").await.unwrap();
+    assert_eq!(next(&mut changes).await, closed(n1, "b"));
+
+    // The listening connection is cut: the next change says changes may have been missed; a
+    // new listener hears the ones after it.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+    )
+    .execute(&db.raw().await)
+    .await
+    .unwrap();
+    assert_eq!(next(&mut changes).await, SessionChange::Missed);
+    let mut changes = db.session_changes().await.unwrap().expect("PostgreSQL");
+    db.agent_session_opened(n1, "b", now).await.unwrap();
+    assert_eq!(next(&mut changes).await, opened(n1, "b"));
 }
 
 async fn one_replica_leads_until_it_lets_go(db: TestDb) {
