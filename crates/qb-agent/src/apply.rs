@@ -43,8 +43,9 @@ const READINESS_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where artifacts come from: the controller, in the agent. Implemented by the caller.
 pub trait ArtifactSource {
-    /// Writes the artifact with this SHA-256 (lowercase hex) and size into the file `into`
-    /// (created or truncated). The applier verifies what arrived.
+    /// Writes the artifact with this SHA-256 (lowercase hex) and size into the file `into`:
+    /// after the bytes `into` already holds (what an earlier attempt got) when the source can
+    /// send the rest, else from the start. The applier verifies what arrived.
     fn fetch(
         &self,
         sha256: &str,
@@ -423,8 +424,9 @@ impl Run<'_, '_> {
         Ok(true)
     }
 
-    /// The verified artifact in the cache, downloaded if missing. What arrived with the wrong
-    /// checksum or size is deleted.
+    /// The verified artifact in the cache, downloaded if missing. An interrupted download is
+    /// kept and resumed by the next attempt; what arrived with the wrong checksum or size is
+    /// deleted, so the attempt after that starts from zero.
     async fn cached(
         &self,
         artifact: &Artifact,
@@ -438,17 +440,24 @@ impl Run<'_, '_> {
         let partial = self
             .applier
             .cache_path(&format!("{}.partial", artifact.sha256));
-        remove_path(&partial)?;
-        tracing::info!(artifact = %artifact.name, size = artifact.size, "downloading");
-        if let Err(e) = source
-            .fetch(&artifact.sha256, artifact.size, &partial)
-            .await
-        {
+        let mut have = std::fs::metadata(&partial).map_or(0, |m| m.len());
+        if have > artifact.size {
             remove_path(&partial)?;
-            return Err(StepError::Fetch {
-                name: artifact.name.clone(),
-                source: e.into(),
-            });
+            have = 0;
+        }
+        if have < artifact.size {
+            if have == 0 {
+                tracing::info!(artifact = %artifact.name, size = artifact.size, "downloading");
+            } else {
+                tracing::info!(artifact = %artifact.name, size = artifact.size, have, "resuming the download");
+            }
+            source
+                .fetch(&artifact.sha256, artifact.size, &partial)
+                .await
+                .map_err(|e| StepError::Fetch {
+                    name: artifact.name.clone(),
+                    source: e.into(),
+                })?;
         }
         let verify = partial.clone();
         let (got, size) = blocking(move || hash_file(&verify)).await?;
@@ -1197,11 +1206,13 @@ mod tests {
     use super::*;
     use crate::supervise::{Settings, SupervisorDirs};
 
-    /// Serves artifacts from memory, counting downloads; `tamper` flips a bit of what it sends.
+    /// Serves artifacts from memory, counting downloads and resuming partial ones (the offsets
+    /// asked for are kept); `tamper` flips a bit of what it sends.
     #[derive(Default)]
     struct Source {
         blobs: HashMap<String, Vec<u8>>,
         fetches: AtomicUsize,
+        offsets: std::sync::Mutex<Vec<u64>>,
         tamper: bool,
     }
 
@@ -1232,17 +1243,23 @@ mod tests {
             if self.tamper {
                 bytes[0] ^= 1;
             }
-            tokio::fs::write(into, bytes).await?;
+            let have = tokio::fs::metadata(into).await.map_or(0, |m| m.len());
+            self.offsets.lock().unwrap().push(have);
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(into)?
+                .write_all(&bytes[have as usize..])?;
             Ok(())
         }
     }
 
-    /// A source whose downloads never finish.
-    struct Stuck;
+    /// A source whose downloads write these bytes, then never finish.
+    struct Stuck(&'static [u8]);
 
     impl ArtifactSource for Stuck {
         async fn fetch(&self, _: &str, _: u64, into: &Path) -> anyhow::Result<()> {
-            tokio::fs::write(into, b"half of it").await?;
+            tokio::fs::write(into, self.0).await?;
             std::future::pending().await
         }
     }
@@ -1850,15 +1867,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_interrupted_download_is_started_over() {
+    async fn an_interrupted_download_resumes_where_it_stopped() {
         let host = Host::new();
         let mut source = Source::default();
         let (plan, _) = plan(&host, &mut source).await;
+        let content = &source.blobs[&plan.artifacts[0].sha256];
+        let half: &'static [u8] = content[..content.len() / 2].to_vec().leak();
         let (supervisor, applier) = host.agent();
         let report = watch::Sender::new(PlanReport::default());
         let cut = tokio::time::timeout(
             Duration::from_millis(500),
-            applier.apply(&plan, &Stuck, &report),
+            applier.apply(&plan, &Stuck(half), &report),
         )
         .await;
         assert!(cut.is_err());
@@ -1866,10 +1885,50 @@ mod tests {
 
         applier.apply(&plan, &source, &report).await.unwrap();
         assert_eq!(
+            *source.offsets.lock().unwrap(),
+            [half.len() as u64],
+            "only the rest was asked for"
+        );
+        assert_eq!(
             host.cache_entries(),
             [plan.artifacts[0].sha256.clone()],
-            "the partial download is gone"
+            "the partial download became the artifact"
         );
+        stop_all(&supervisor).await;
+    }
+
+    #[tokio::test]
+    async fn a_partial_download_that_does_not_match_is_fetched_again_from_zero() {
+        let host = Host::new();
+        let mut source = Source::default();
+        let (plan, _) = plan(&host, &mut source).await;
+        let (supervisor, applier) = host.agent();
+        let report = watch::Sender::new(PlanReport::default());
+        let garbage = b"not the start of it";
+        let cut = tokio::time::timeout(
+            Duration::from_millis(500),
+            applier.apply(&plan, &Stuck(garbage), &report),
+        )
+        .await;
+        assert!(cut.is_err());
+
+        // Resumed, the whole does not match: refused, nothing installed, the partial dropped.
+        applier.apply(&plan, &source, &report).await.unwrap_err();
+        let why = step(&report.borrow(), "artifacts")
+            .message
+            .clone()
+            .unwrap_or_default();
+        assert!(why.contains("checksum mismatch"), "{why}");
+        assert!(!host.path("bin/server").exists());
+        assert!(
+            host.cache_entries().is_empty(),
+            "{:?}",
+            host.cache_entries()
+        );
+
+        applier.apply(&plan, &source, &report).await.unwrap();
+        assert_eq!(*source.offsets.lock().unwrap(), [garbage.len() as u64, 0]);
+        assert_eq!(host.cache_entries(), [plan.artifacts[0].sha256.clone()]);
         stop_all(&supervisor).await;
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Empty};
+use hyper::StatusCode;
 use hyper::client::conn::http2::SendRequest;
 use qb_agent_proto::plan::{ARTIFACTS_PATH, PLAN_PATH, Plan, SignedPlan};
 use qb_agent_proto::{Instruction, Outcome};
@@ -328,27 +329,60 @@ struct Downloads<'a> {
 }
 
 impl ArtifactSource for Downloads<'_> {
-    async fn fetch(&self, sha256: &str, _size: u64, into: &Path) -> anyhow::Result<()> {
+    async fn fetch(&self, sha256: &str, size: u64, into: &Path) -> anyhow::Result<()> {
         let (base, mut sender) = self
             .work
             .sender()
             .context("not connected to the controller")?;
-        let request = hyper::Request::get(format!("{base}{ARTIFACTS_PATH}/{sha256}"))
-            .body(Body::new(Empty::new().map_err(|never| match never {})))?;
-        let response = sender.send_request(request).await?;
-        if !response.status().is_success() {
-            anyhow::bail!("the controller answered {}", response.status());
+        let have = tokio::fs::metadata(into).await.map_or(0, |m| m.len());
+        let mut request = hyper::Request::get(format!("{base}{ARTIFACTS_PATH}/{sha256}"));
+        if have > 0 {
+            request = request.header(hyper::header::RANGE, format!("bytes={have}-"));
         }
-        let mut body = response.into_body();
-        let mut file = tokio::fs::File::create(into)
+        let request = request.body(Body::new(Empty::new().map_err(|never| match never {})))?;
+        let response = sender.send_request(request).await?;
+        let resumed = match response.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let range = response
+                    .headers()
+                    .get(hyper::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                if range != format!("bytes {have}-{}/{size}", size.saturating_sub(1)) {
+                    // Start over next time rather than append the wrong bytes again.
+                    tokio::fs::remove_file(into).await?;
+                    anyhow::bail!("the controller sent another range ({range:?}) than asked for");
+                }
+                true
+            }
+            status if status.is_success() => false,
+            status => anyhow::bail!("the controller answered {status}"),
+        };
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(resumed)
+            .truncate(!resumed)
+            .open(into)
             .await
-            .with_context(|| format!("creating {}", into.display()))?;
+            .with_context(|| format!("opening {}", into.display()))?;
+        let mut body = response.into_body();
+        let mut result = Ok(());
         while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame?.into_data() {
-                file.write_all(&data).await?;
+            match frame {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        file.write_all(&data).await?;
+                    }
+                }
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
             }
         }
+        // What came is kept for the next attempt, even when the transfer broke off.
         file.sync_all().await?;
-        Ok(())
+        result
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::HeaderMap;
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -140,6 +141,25 @@ impl Conn {
         })
     }
 
+    /// GETs `path`, with a `Range` header if given: status, headers and body.
+    pub async fn get(&mut self, path: &str, range: Option<&str>) -> (u16, HeaderMap, Bytes) {
+        let mut request = hyper::Request::get(format!("{}{path}", self.base));
+        if let Some(range) = range {
+            request = request.header("range", range);
+        }
+        let request = request
+            .body(Full::new(Bytes::new()).boxed())
+            .expect("request");
+        let response = self.send(request).await;
+        let (parts, body) = response.into_parts();
+        let bytes = tokio::time::timeout(TIMEOUT, body.collect())
+            .await
+            .expect("reading an answer timed out")
+            .expect("reading an answer")
+            .to_bytes();
+        (parts.status.as_u16(), parts.headers, bytes)
+    }
+
     /// POSTs JSON to `path`: status and body.
     pub async fn post(&mut self, path: &str, json: &Value) -> (u16, Value) {
         let request = hyper::Request::post(format!("{}{path}", self.base))
@@ -167,6 +187,15 @@ async fn read_json(body: Incoming) -> Value {
         .to_bytes();
     serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// A runtime for the async clients of a synchronous test.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 /// How the controller's side of a channel ended.

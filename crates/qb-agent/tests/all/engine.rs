@@ -184,9 +184,18 @@ fn a_cluster_forms_on_real_etcd_grows_and_shrinks_safely() {
     let lab = Lab::new(5).expect("the lab");
     let controller = Controller::start(&lab.bridge_ip());
     let api = controller.api();
-    import_etcd_bundle(&api);
+    let etcd = import_etcd_bundle(&api);
     let (_configs, agents) = hosts(&lab, &controller, 5);
     api.post("/clusters", &json!({"name": "lab"})).ok();
+    // host-0 holds the first half of etcd from an interrupted download: it asks for the rest.
+    let cache = agents[0].state_dir.join("artifacts");
+    std::fs::create_dir_all(&cache).expect("the artifact cache");
+    let sha = hex::encode(Sha256::digest(&etcd));
+    std::fs::write(
+        cache.join(format!("{sha}.partial")),
+        &etcd[..etcd.len() / 2],
+    )
+    .expect("a partial download");
 
     // Three nodes: preflight passes, three masters form a TLS etcd cluster.
     let started = Instant::now();
@@ -202,6 +211,13 @@ fn a_cluster_forms_on_real_etcd_grows_and_shrinks_safely() {
     }
     let c = wait_ready(&api, "lab", CONVERGE);
     eprintln!("3 nodes attached → ready in {:?}", started.elapsed());
+    let resumed = format!("have={}", etcd.len() / 2);
+    assert_eq!(
+        agents[0].proc.log.count(&resumed),
+        1,
+        "host-0 resumed its download: {}",
+        agents[0].proc.log.tail(20)
+    );
     let preflight = api.get("/clusters/lab/preflight").ok();
     assert_eq!(preflight["passed"], true, "{preflight}");
     assert_eq!(

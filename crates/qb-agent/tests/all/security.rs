@@ -3,24 +3,19 @@
 
 use std::time::Duration;
 
+use hyper::HeaderMap;
+use hyper::body::Bytes;
 use qb_agent_proto::{AgentMessage, ControllerMessage, HostMetrics, RENEW_PATH, encode};
 use qb_store::{Actor, NewSecret, Store};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::channel::{Conn, End, NodeCert};
+use crate::channel::{Conn, End, NodeCert, runtime};
+use crate::engine::import_etcd_bundle;
 use crate::harness::{Agent, AgentConfig, Controller, SHORT, poll, random_bootstrap_secret};
 use crate::http::{Api, online, state};
 
 const LOCAL: &str = "127.0.0.1";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 /// Waits for `name` to exist with its agent online; the node.
 fn online_node(api: &Api, name: &str) -> Value {
@@ -664,4 +659,62 @@ fn a_node_certificate_cannot_act_as_a_replica_or_answer_a_tunnel_it_was_not_aske
     // The victim never heard of it: still online, still answering.
     assert_eq!(online_node(&api, "victim")["state"], "pending");
     api.post("/nodes/victim/ping", &json!({})).ok();
+}
+
+/// The agent endpoint serves an artifact from a byte offset (`Range: bytes=<from>-`), so an
+/// interrupted download resumes; other ranges get all of it, an offset past the end 416.
+#[test]
+fn an_artifact_is_served_from_a_byte_offset() {
+    let controller = Controller::start(LOCAL);
+    let api = controller.api();
+    let etcd = import_etcd_bundle(&api);
+    let sha = hex::encode(Sha256::digest(&etcd));
+    let token = api.bootstrap_token(1, 1);
+    let config = AgentConfig::new(&controller, &token.secret, "host-0");
+    let agent = Agent::start(&config, None);
+    poll("host-0 registered", Duration::from_secs(30), || {
+        agent
+            .node_id()
+            .ok_or_else(|| "not registered yet".to_owned())
+    });
+    let cert = NodeCert::steal(&agent.state_dir);
+    let (addr, pin) = (controller.agent_addr, controller.pin.clone());
+    let path = format!("/agent/v1/artifacts/{sha}");
+    let size = etcd.len();
+    let answers = runtime().block_on(async move {
+        let mut conn = Conn::open(addr, &pin, Some(&cert)).await;
+        let mut answers = Vec::new();
+        for range in [
+            None,
+            Some("bytes=1000-"),
+            Some(format!("bytes={size}-").as_str()),
+            Some("bytes=0-9"),
+        ] {
+            answers.push(conn.get(&path, range).await);
+        }
+        answers
+    });
+    let header = |(_, headers, _): &(u16, HeaderMap, Bytes), name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let [all, rest, past, other] = answers.try_into().expect("four answers");
+    assert_eq!((all.0, all.2.len()), (200, size));
+    assert_eq!(header(&all, "accept-ranges"), "bytes");
+    assert_eq!(rest.0, 206);
+    assert_eq!(
+        header(&rest, "content-range"),
+        format!("bytes 1000-{}/{size}", size - 1)
+    );
+    assert!(rest.2 == etcd[1000..], "the rest, from byte 1000");
+    assert_eq!(past.0, 416);
+    assert_eq!(header(&past, "content-range"), format!("bytes */{size}"));
+    assert_eq!(
+        (other.0, other.2.len()),
+        (200, size),
+        "another range: all of it"
+    );
 }

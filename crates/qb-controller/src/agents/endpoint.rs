@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::http::{StatusCode, header};
+use axum::response::{AppendHeaders, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use futures_util::StreamExt;
@@ -27,6 +28,7 @@ use qb_agent_proto::{
 use qb_api::{NodeName, NodeState, ProblemCode};
 use qb_pki::{CertificateAuthority, NodeIdentity};
 use qb_store::{IssuedCert, Registration, Store};
+use tokio::io::AsyncSeekExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -368,11 +370,14 @@ async fn plan(
     }
 }
 
-/// An artifact's bytes, if a bundle of the node's tenant ships it.
+/// An artifact's bytes, if a bundle of the node's tenant ships it. `Range: bytes=<from>-` asks
+/// for the rest from byte `from` on (206), so an interrupted download resumes; other ranges
+/// are ignored (200, all of it).
 async fn artifact(
     State(endpoint): State<AgentEndpoint>,
     Extension(peer): Extension<Option<Peer>>,
     axum::extract::Path(sha256): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let peer = require(peer)?;
     let not_found = || ApiError::new(ProblemCode::NotFound, "no such artifact");
@@ -389,7 +394,7 @@ async fn artifact(
     {
         peers.fetch_artifact(&sha256, &endpoint.artifacts).await;
     }
-    let file = endpoint
+    let mut file = endpoint
         .artifacts
         .open_file(&sha256)
         .await
@@ -399,21 +404,51 @@ async fn artifact(
         })?
         .ok_or_else(not_found)?;
     let size = file.metadata().await.map(|m| m.len()).unwrap_or_default();
+    let from = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(range_from);
+    let mut response_headers = vec![
+        (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+        (header::ACCEPT_RANGES, "bytes".to_owned()),
+    ];
+    let status = match from {
+        None => StatusCode::OK,
+        Some(from) if from >= size => {
+            response_headers.push((header::CONTENT_RANGE, format!("bytes */{size}")));
+            let headers = AppendHeaders(response_headers);
+            return Ok((StatusCode::RANGE_NOT_SATISFIABLE, headers).into_response());
+        }
+        Some(from) => {
+            file.seek(std::io::SeekFrom::Start(from))
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "cannot read an artifact");
+                    ApiError::new(ProblemCode::Internal, "cannot read the artifact")
+                })?;
+            response_headers.push((
+                header::CONTENT_RANGE,
+                format!("bytes {from}-{}/{size}", size - 1),
+            ));
+            StatusCode::PARTIAL_CONTENT
+        }
+    };
+    let length = size - from.unwrap_or(0);
+    response_headers.push((header::CONTENT_LENGTH, length.to_string()));
     let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
         file,
         256 * 1024,
     ));
-    Ok((
-        [
-            (
-                axum::http::header::CONTENT_TYPE,
-                "application/octet-stream".to_owned(),
-            ),
-            (axum::http::header::CONTENT_LENGTH, size.to_string()),
-        ],
-        body,
-    )
-        .into_response())
+    Ok((status, AppendHeaders(response_headers), body).into_response())
+}
+
+/// The start of a `Range: bytes=<from>-` header, the one form the agents send.
+fn range_from(range: &str) -> Option<u64> {
+    range
+        .strip_prefix("bytes=")?
+        .strip_suffix('-')?
+        .parse()
+        .ok()
 }
 
 fn require_replica(replica: Option<ReplicaPeer>) -> Result<ReplicaPeer, ApiError> {
