@@ -5,6 +5,7 @@
 //! ([`Store::session_changes`]): never the whole table again while its listening connection
 //! lasts.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use qb_api::NodeId;
@@ -166,18 +167,12 @@ impl Store {
         replica: &str,
         at: OffsetDateTime,
     ) -> Result<()> {
-        let upsert = "INSERT INTO agent_sessions (node_id, replica_id, connected_at) \
-                      VALUES ($1, $2, $3) \
-                      ON CONFLICT (node_id) DO UPDATE SET replica_id = $2, connected_at = $3";
-        let notifying = format!(
-            "WITH changed AS ({upsert} RETURNING node_id) \
-             SELECT pg_notify('{SESSIONS_CHANNEL}', 'opened ' || node_id || ' ' || $2) FROM changed"
+        let sql = self.session_statement(
+            "INSERT INTO agent_sessions (node_id, replica_id, connected_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (node_id) DO UPDATE SET replica_id = $2, connected_at = $3",
+            "opened",
         );
-        let sql = match self.backend {
-            Backend::Sqlite => upsert,
-            Backend::Postgres => &notifying,
-        };
-        sqlx::query(sql)
+        sqlx::query(&sql)
             .bind(node.to_string())
             .bind(replica)
             .bind(to_ms(at))
@@ -189,21 +184,30 @@ impl Store {
     /// `replica` no longer holds `node`'s channel (if another replica took it over since,
     /// its session stays).
     pub async fn agent_session_closed(&self, node: NodeId, replica: &str) -> Result<()> {
-        let delete = "DELETE FROM agent_sessions WHERE node_id = $1 AND replica_id = $2";
-        let notifying = format!(
-            "WITH changed AS ({delete} RETURNING node_id) \
-             SELECT pg_notify('{SESSIONS_CHANNEL}', 'closed ' || node_id || ' ' || $2) FROM changed"
+        let sql = self.session_statement(
+            "DELETE FROM agent_sessions WHERE node_id = $1 AND replica_id = $2",
+            "closed",
         );
-        let sql = match self.backend {
-            Backend::Sqlite => delete,
-            Backend::Postgres => &notifying,
-        };
-        sqlx::query(sql)
+        sqlx::query(&sql)
             .bind(node.to_string())
             .bind(replica)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// `sql`, a statement that changes one session (`$2` is the replica), and on PostgreSQL
+    /// also notifies the change as `kind` (in the same statement: only if it changed a row,
+    /// and only once it commits).
+    fn session_statement(&self, sql: &'static str, kind: &str) -> Cow<'static, str> {
+        match self.backend {
+            Backend::Sqlite => Cow::Borrowed(sql),
+            Backend::Postgres => Cow::Owned(format!(
+                "WITH changed AS ({sql} RETURNING node_id) \
+                 SELECT pg_notify('{SESSIONS_CHANNEL}', '{kind} ' || node_id || ' ' || $2) \
+                 FROM changed"
+            )),
+        }
     }
 
     /// On PostgreSQL, every session change committed from now on; `None` on SQLite, where one
