@@ -23,3 +23,44 @@ pub mod ui;
 
 pub use api::{AppState, router};
 pub use error::ApiError;
+
+/// The host and port of an `https://host[:port]/...` URL (IPv6 without brackets; port 443 if
+/// none is given); `None` for anything else.
+pub fn https_host_port(url: &str) -> Option<(String, u16)> {
+    let url = url::Url::parse(url).ok()?;
+    if url.scheme() != "https" {
+        return None;
+    }
+    let host = match url.host()? {
+        url::Host::Domain(name) => name.to_owned(),
+        url::Host::Ipv4(ip) => ip.to_string(),
+        url::Host::Ipv6(ip) => ip.to_string(),
+    };
+    Some((host, url.port_or_known_default()?))
+}
+
+/// The host of an `https://host[:port]/...` URL, without IPv6 brackets; `None` for anything else.
+pub fn url_host(url: &str) -> Option<String> {
+    https_host_port(url).map(|(host, _)| host)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn url_hosts() {
+        for (url, host) in [
+            (
+                "https://controller.example:7444/x",
+                Some("controller.example"),
+            ),
+            ("https://10.0.0.1", Some("10.0.0.1")),
+            ("https://[fd00::1]:7444", Some("fd00::1")),
+            ("http://controller.example", None),
+            ("https://:7444", None),
+            ("controller.example:7444", None),
+            ("https://host:port", None),
+        ] {
+            assert_eq!(super::url_host(url).as_deref(), host, "{url}");
+        }
+    }
+}

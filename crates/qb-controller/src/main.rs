@@ -256,10 +256,10 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
         .clone()
         .unwrap_or_else(|| format!("https://{agent_addr}"));
     let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    if !agent_url.starts_with("https://") || url_host(&agent_url).is_none() {
+    if qb_controller::url_host(&agent_url).is_none() {
         bail!("--agent-url must be an https:// URL with a host, not {agent_url:?}");
     }
-    sans.extend(url_host(&agent_url));
+    sans.extend(qb_controller::url_host(&agent_url));
     if !args.agent_listen.ip().is_unspecified() {
         sans.push(args.agent_listen.ip().to_string());
     }
@@ -275,13 +275,13 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
         ),
     };
     if let Some(url) = &peer_url {
-        match url_host(url) {
-            Some(host) if url.starts_with("https://") => sans.push(host),
-            _ => bail!("--peer-url must be an https:// URL with a host, not {url:?}"),
+        match qb_controller::url_host(url) {
+            Some(host) => sans.push(host),
+            None => bail!("--peer-url must be an https:// URL with a host, not {url:?}"),
         }
     }
     for url in &args.other_agent_url {
-        if !url.starts_with("https://") || url_host(url).is_none() {
+        if qb_controller::url_host(url).is_none() {
             bail!("--other-agent-url must be an https:// URL with a host, not {url:?}");
         }
     }
@@ -428,15 +428,4 @@ fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
-}
-
-/// The host of a URL (`https://host:port/...` → `host`), without IPv6 brackets.
-fn url_host(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split('/').next()?;
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next()?,
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
-    (!host.is_empty()).then(|| host.to_owned())
 }

@@ -221,19 +221,13 @@ impl Peers {
         {
             return Ok(sender.clone());
         }
-        let rest = url
-            .strip_prefix("https://")
-            .ok_or_else(|| anyhow::anyhow!("peer URL {url:?} is not https"))?;
-        let authority = rest.split('/').next().unwrap_or_default();
-        let host = match authority.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or_default(),
-            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-        };
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
+        let (host, port) = crate::https_host_port(url)
+            .ok_or_else(|| anyhow::anyhow!("peer URL {url:?} is not an https:// URL"))?;
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)))
             .await
             .map_err(|_| anyhow::anyhow!("connecting to the replica at {url} timed out"))??;
         let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(host.to_owned())?;
+        let name = ServerName::try_from(host)?;
         let tls = tokio::time::timeout(CONNECT_TIMEOUT, self.tls.connect(name, tcp))
             .await
             .map_err(|_| anyhow::anyhow!("TLS with the replica at {url} timed out"))??;
