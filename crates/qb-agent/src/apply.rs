@@ -43,13 +43,15 @@ const READINESS_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where artifacts come from: the controller, in the agent. Implemented by the caller.
 pub trait ArtifactSource {
-    /// Writes the artifact with this SHA-256 (lowercase hex) and size into the file `into`:
-    /// after the bytes `into` already holds (what an earlier attempt got) when the source can
-    /// send the rest, else from the start. The applier verifies what arrived.
+    /// Writes the artifact with this SHA-256 (lowercase hex) and size into the file `into`,
+    /// which holds its first `from` bytes (what an earlier attempt got): appends the rest, or
+    /// rewrites the file whole when the source cannot send only the rest. The applier verifies
+    /// what arrived.
     fn fetch(
         &self,
         sha256: &str,
         size: u64,
+        from: u64,
         into: &Path,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
@@ -452,7 +454,7 @@ impl Run<'_, '_> {
                 tracing::info!(artifact = %artifact.name, size = artifact.size, have, "resuming the download");
             }
             source
-                .fetch(&artifact.sha256, artifact.size, &partial)
+                .fetch(&artifact.sha256, artifact.size, have, &partial)
                 .await
                 .map_err(|e| StepError::Fetch {
                     name: artifact.name.clone(),
@@ -1236,20 +1238,25 @@ mod tests {
     }
 
     impl ArtifactSource for Source {
-        async fn fetch(&self, sha256: &str, size: u64, into: &Path) -> anyhow::Result<()> {
+        async fn fetch(
+            &self,
+            sha256: &str,
+            size: u64,
+            from: u64,
+            into: &Path,
+        ) -> anyhow::Result<()> {
             self.fetches.fetch_add(1, Ordering::SeqCst);
             let mut bytes = self.blobs.get(sha256).context("no such artifact")?.clone();
             assert_eq!(bytes.len() as u64, size);
             if self.tamper {
                 bytes[0] ^= 1;
             }
-            let have = tokio::fs::metadata(into).await.map_or(0, |m| m.len());
-            self.offsets.lock().unwrap().push(have);
+            self.offsets.lock().unwrap().push(from);
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(into)?
-                .write_all(&bytes[have as usize..])?;
+                .write_all(&bytes[from as usize..])?;
             Ok(())
         }
     }
@@ -1258,7 +1265,7 @@ mod tests {
     struct Stuck(&'static [u8]);
 
     impl ArtifactSource for Stuck {
-        async fn fetch(&self, _: &str, _: u64, into: &Path) -> anyhow::Result<()> {
+        async fn fetch(&self, _: &str, _: u64, _: u64, into: &Path) -> anyhow::Result<()> {
             tokio::fs::write(into, self.0).await?;
             std::future::pending().await
         }

@@ -329,15 +329,14 @@ struct Downloads<'a> {
 }
 
 impl ArtifactSource for Downloads<'_> {
-    async fn fetch(&self, sha256: &str, size: u64, into: &Path) -> anyhow::Result<()> {
+    async fn fetch(&self, sha256: &str, size: u64, from: u64, into: &Path) -> anyhow::Result<()> {
         let (base, mut sender) = self
             .work
             .sender()
             .context("not connected to the controller")?;
-        let have = tokio::fs::metadata(into).await.map_or(0, |m| m.len());
         let mut request = hyper::Request::get(format!("{base}{ARTIFACTS_PATH}/{sha256}"));
-        if have > 0 {
-            request = request.header(hyper::header::RANGE, format!("bytes={have}-"));
+        if from > 0 {
+            request = request.header(hyper::header::RANGE, format!("bytes={from}-"));
         }
         let request = request.body(Body::new(Empty::new().map_err(|never| match never {})))?;
         let response = sender.send_request(request).await?;
@@ -348,7 +347,7 @@ impl ArtifactSource for Downloads<'_> {
                     .get(hyper::header::CONTENT_RANGE)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default();
-                if range != format!("bytes {have}-{}/{size}", size.saturating_sub(1)) {
+                if range != format!("bytes {from}-{}/{size}", size.saturating_sub(1)) {
                     // Start over next time rather than append the wrong bytes again.
                     tokio::fs::remove_file(into).await?;
                     anyhow::bail!("the controller sent another range ({range:?}) than asked for");
