@@ -822,6 +822,10 @@ fn etcd(ctx: &Context, parts: &mut Parts) -> Result<(), RenderError> {
         .arg("initial-cluster", initial_cluster)
         .arg("initial-cluster-state", bootstrap.state.as_str())
         .arg("initial-cluster-token", ctx.cluster.id)
+        // A member cut off from the others keeps starting elections, each with a higher term;
+        // without pre-vote (off by default before etcd 3.5) its return deposes the leader of
+        // the members that kept quorum, and none of them answers until a new one is elected.
+        .arg("pre-vote", true)
         .arg("client-cert-auth", true)
         .arg("trusted-ca-file", &ca)
         .arg("cert-file", &server_cert)

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::engine::{hosts, roles, wait_ready};
+use crate::engine::{etcdctl, hosts, roles, wait_ready};
 use crate::harness::{Agent, Controller, poll, run};
 use crate::http::Api;
 use qb_lab::Lab;
@@ -24,6 +24,9 @@ use qb_lab::Lab;
 const BUNDLE_ENV: &str = "QB_LAB_BUNDLE";
 /// First start of every component from scratch on two shared cores, images imported.
 pub(crate) const BRING_UP: Duration = Duration::from_secs(300);
+/// How long a master stays cut off once the others have a leader: ten of etcd's default
+/// election timeouts (1 s), each at most doubled by its randomization.
+const CUT_FOR_ELECTIONS: Duration = Duration::from_secs(10);
 
 /// The directory of the Kubernetes bundle `cargo xtask test` passes; fails loudly without it.
 pub(crate) fn bundle_dir() -> PathBuf {
@@ -348,7 +351,39 @@ fn attached_hosts_become_a_kubernetes_cluster_whose_pods_talk_across_hosts() {
             },
         );
     }
+    // The others have elected a leader (the leases were renewed through them). The cut master
+    // stays away for several election timeouts, then comes back: with pre-vote its return does
+    // not depose their leader. Without it, it brings one higher term for every election it
+    // started alone, and the others stop answering until a new leader is elected.
+    let staying = lab.host_ip((cut + 1) % 3);
+    let term = etcd_term(admin, &staying);
+    std::thread::sleep(CUT_FOR_ELECTIONS);
     lab.link_up(cut).expect("plug the master's cable back");
+    for i in 0..3 {
+        poll(
+            &format!("host-{i} online, its etcd healthy"),
+            BRING_UP,
+            || {
+                let n = api.node(&format!("host-{i}"));
+                let etcd_ok = n["plan"]["report"]["services"].as_array().is_some_and(|s| {
+                    s.iter()
+                        .any(|s| s["name"] == "etcd" && s["healthy"] == true)
+                });
+                if n["agent"]["online"] == true && etcd_ok {
+                    Ok(())
+                } else {
+                    Err(n["plan"]["report"].to_string())
+                }
+            },
+        );
+    }
+    let after = etcd_term(admin, &staying);
+    eprintln!("host-{cut} cut off and back: raft term {term} before, {after} after");
+    // One election more may come from load alone (a heartbeat late by an election timeout).
+    assert!(
+        after <= term + 1,
+        "host-{cut}'s return deposed the leader: raft term {term} before, {after} after"
+    );
     let admin = &agents[0];
     wait_nodes_ready(
         admin,
@@ -440,6 +475,19 @@ fn first_api_server(api: &Api, lab: &Lab, node: &str) -> usize {
     (0..5)
         .find(|&i| lab.host_ip(i) == first)
         .unwrap_or_else(|| panic!("{first} is no host of the lab"))
+}
+
+/// The Raft term of the etcd member at lab address `ip`, asked with `host`'s certificate.
+fn etcd_term(host: &Agent, ip: &str) -> u64 {
+    let out = etcdctl(
+        host,
+        &format!("https://{ip}:2379"),
+        &["endpoint", "status", "-w", "json"],
+    );
+    let status: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    status[0]["Status"]["raftTerm"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no raft term in {status}"))
 }
 
 /// Detaches host `i` and waits until it is back in the pool, wiped.
