@@ -128,8 +128,10 @@ const PACKAGES: &[(&str, &str)] = &[
 
 /// What the benchmarks need beyond the tests' packages.
 const BENCH_PACKAGES: &[(&str, &str)] = &[
-    // The tunnel benchmark compares the proxy's tunnel with an OpenSSH reverse tunnel.
+    // The tunnel benchmark compares the proxy's tunnel with an OpenSSH reverse tunnel, and
+    // measures nginx terminating TLS in front of the API server beside them.
     ("openssh-server", "/usr/sbin/sshd"),
+    ("nginx", "/usr/sbin/nginx"),
 ];
 
 /// Installs what the suite needs when it is missing: PostgreSQL (the store's tests start their own

@@ -10,17 +10,21 @@
 //!   same lab link, as a host behind a firewall would (cipher AES-128-GCM), with the admin's
 //!   certificate.
 //!
-//! Figures: the latency of small GETs (p50/p99, in interleaved rounds; beside them the
-//! controller's own front, `GET /api/v1/whoami`, to tell its cost from the tunnel's), what the
-//! relays of each path (the controller and the agent; sshd and ssh) spend per request (CPU time
-//! and times scheduled in, from the kernel's per-thread `schedstat`), the throughput of a list of
+//! Beside them, a reference for what terminating TLS and HTTP costs, which an authenticating
+//! proxy must do and a byte relay such as `ssh -R` does not: nginx on this machine, dialing the
+//! API server directly over the lab link with the admin's certificate (no tunnel, no
+//! authentication; one worker process).
+//!
+//! Figures: the latency of small GETs (p50/p99, in interleaved rounds), what the relays of each
+//! path (the controller and the agent; sshd and ssh; nginx) spend per request (CPU time and
+//! times scheduled in, from the kernel's per-thread `schedstat`), the throughput of a list of
 //! about 36 MB and of the API server's OpenAPI document (served from memory, already serialized:
 //! what a tunnel carries when the API server is not the bound), and head-of-line blocking: the
 //! latency beside 0, 1, 2 and 4 watches whose bodies are never read, so that their streams'
 //! flow-control windows stay full (a request not answered within 10 s counts as blocked), as
 //! added over the direct path measured in the same rounds (the machine drifts within a minute),
-//! and whether the proxy answers again once they are gone. Needs root, `sshd` (openssh-server) and
-//! the bundle: run it with `cargo xtask bench`, or set `QB_LAB_BUNDLE`.
+//! and whether the proxy answers again once they are gone. Needs root, `sshd` (openssh-server),
+//! `nginx` and the bundle: run it with `cargo xtask bench`, or set `QB_LAB_BUNDLE`.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -44,17 +48,16 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The API server's port on the host (`qb_plan`'s `ports::APISERVER`).
 const APISERVER_PORT: u16 = 6443;
 const SSHD: &str = "/usr/sbin/sshd";
+const NGINX: &str = "/usr/sbin/nginx";
 
 /// Small requests before the measured ones, per path.
 const WARM_UP: usize = 100;
 /// Measured small requests per path, in `ROUNDS` interleaved rounds (the machine's noise drifts;
-/// interleaving spreads it over the three paths alike).
+/// interleaving spreads it over the paths alike).
 const LATENCY_REQUESTS: usize = 2000;
 const ROUNDS: usize = 4;
 /// The small request: one tiny ConfigMap.
 const SMALL: &str = "/api/v1/namespaces/default/configmaps/small";
-/// The controller's cheapest authenticated request.
-const WHOAMI: &str = "/api/v1/whoami";
 
 /// The bulk list: `BULK_OBJECTS` ConfigMaps of `BULK_BYTES` each, listed `BULK_LISTS` times per
 /// path, from the API server's watch cache (`resourceVersion=0`) to keep etcd out of it.
@@ -91,6 +94,10 @@ fn main() -> Result<()> {
     ensure!(
         Path::new(SSHD).is_file(),
         "{SSHD} is missing: `apt-get install openssh-server` (`cargo xtask bench` installs it)"
+    );
+    ensure!(
+        Path::new(NGINX).is_file(),
+        "{NGINX} is missing: `apt-get install nginx` (`cargo xtask bench` installs it)"
     );
     let agent = PathBuf::from(env!("CARGO_BIN_EXE_qb-agent"));
     let binaries = Binaries {
@@ -133,7 +140,7 @@ struct Bench {
 }
 
 impl Bench {
-    /// Brings the cluster up, opens the three paths and measures them.
+    /// Brings the cluster up, opens the paths and measures them.
     fn run(&self) -> Result<Figures> {
         let host = &self.record.hosts[0];
         let agent_pid = host.agent_pid.context("the host's agent did not start")?;
@@ -178,6 +185,16 @@ impl Bench {
         let bridge_ip: IpAddr = lab.bridge_ip().parse().context("the bridge's address")?;
 
         let tunnel = ReverseTunnel::open(&self.work.join("ssh"), bridge_ip, agent_pid)?;
+        let controller_tls = standing::controller_dir(&self.dir).join("tls");
+        let nginx = Nginx::start(
+            &self.work.join("nginx"),
+            (
+                &controller_tls.join("controller.crt"),
+                &controller_tls.join("controller.key"),
+            ),
+            SocketAddr::new(host_ip, APISERVER_PORT),
+            (&cluster_ca, &admin),
+        )?;
         let targets = [
             Target {
                 name: "direct",
@@ -187,7 +204,6 @@ impl Bench {
                 resolve: Some(SocketAddr::new(host_ip, APISERVER_PORT)),
                 token: None,
                 impersonate: true,
-                small: SMALL,
                 relays: Vec::new(),
             },
             Target {
@@ -196,9 +212,8 @@ impl Bench {
                 ca: controller_ca.clone(),
                 identity: None,
                 resolve: None,
-                token: Some(token.clone()),
+                token: Some(token),
                 impersonate: false,
-                small: SMALL,
                 relays: vec![
                     Relay::new("controller", vec![controller_pid]),
                     Relay::new("agent", vec![agent_pid]),
@@ -207,30 +222,23 @@ impl Bench {
             Target {
                 name: "ssh -R",
                 base: format!("https://kubernetes:{}", tunnel.port),
-                ca: cluster_ca,
+                ca: cluster_ca.clone(),
                 identity: Some(admin),
                 resolve: Some(SocketAddr::new([127, 0, 0, 1].into(), tunnel.port)),
                 token: None,
                 impersonate: true,
-                small: SMALL,
                 relays: tunnel.relays.clone(),
             },
-            // Not a path to the API server: the controller's own front (TLS, HTTP, the token's
-            // lookup), to tell it apart from the tunnel in the proxy's figure.
+            // A reference, not a way through a firewall: what terminating TLS and HTTP costs.
             Target {
-                name: "controller /whoami",
-                base: self
-                    .record
-                    .api_url
-                    .clone()
-                    .context("the controller's URL")?,
+                name: "nginx",
+                base: format!("https://127.0.0.1:{}", nginx.port),
                 ca: controller_ca,
                 identity: None,
                 resolve: None,
-                token: Some(token),
-                impersonate: false,
-                small: WHOAMI,
-                relays: vec![Relay::new("controller", vec![controller_pid])],
+                token: None,
+                impersonate: true,
+                relays: vec![Relay::new("nginx", nginx.pids())],
             },
         ];
         // One thread: the client's own scheduling stays out of the figures.
@@ -239,6 +247,7 @@ impl Bench {
             .build()?;
         let figures = runtime.block_on(measure(&targets));
         drop(tunnel);
+        drop(nginx);
         figures
     }
 
@@ -461,6 +470,117 @@ impl ReverseTunnel {
     }
 }
 
+/// nginx as a TLS-terminating reverse proxy in front of the API server: it listens on loopback
+/// with the controller's certificate and keeps HTTPS connections to the API server, as the
+/// cluster admin. One worker process, killed with its master when dropped.
+struct Nginx {
+    port: u16,
+    master: Killed,
+}
+
+impl Nginx {
+    fn start(
+        dir: &Path,
+        (cert, key): (&Path, &Path),
+        apiserver: SocketAddr,
+        (cluster_ca, admin): (&[u8], &[u8]),
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let file = |name: &str, bytes: &[u8]| -> Result<PathBuf> {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes)?;
+            Ok(path)
+        };
+        let ca = file("cluster-ca.crt", cluster_ca)?;
+        // The admin's certificate and key, in one PEM file (nginx finds each in it).
+        let admin = file("admin.pem", admin)?;
+        let port = qb_test_support::free_port()?;
+        let d = dir.display();
+        let config = file(
+            "nginx.conf",
+            format!(
+                "user root;\n\
+                 worker_processes 1;\n\
+                 daemon off;\n\
+                 pid {d}/nginx.pid;\n\
+                 error_log {d}/error.log warn;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{\n\
+                   access_log off;\n\
+                   client_body_temp_path {d}/body;\n\
+                   proxy_temp_path {d}/proxy;\n\
+                   fastcgi_temp_path {d}/fastcgi;\n\
+                   uwsgi_temp_path {d}/uwsgi;\n\
+                   scgi_temp_path {d}/scgi;\n\
+                   upstream apiserver {{ server {apiserver}; keepalive 32; }}\n\
+                   server {{\n\
+                     listen 127.0.0.1:{port} ssl;\n\
+                     ssl_certificate {cert};\n\
+                     ssl_certificate_key {key};\n\
+                     location / {{\n\
+                       proxy_pass https://apiserver;\n\
+                       proxy_http_version 1.1;\n\
+                       proxy_set_header Connection \"\";\n\
+                       proxy_set_header Host kubernetes;\n\
+                       proxy_buffering off;\n\
+                       proxy_read_timeout 900s;\n\
+                       proxy_ssl_certificate {admin};\n\
+                       proxy_ssl_certificate_key {admin};\n\
+                       proxy_ssl_trusted_certificate {ca};\n\
+                       proxy_ssl_verify on;\n\
+                       proxy_ssl_name kubernetes;\n\
+                       proxy_ssl_session_reuse on;\n\
+                     }}\n\
+                   }}\n\
+                 }}\n",
+                cert = cert.display(),
+                key = key.display(),
+                admin = admin.display(),
+                ca = ca.display(),
+            )
+            .as_bytes(),
+        )?;
+        let log = dir.join("nginx.log");
+        let mut master = Killed(
+            Command::new(NGINX)
+                .arg("-p")
+                .arg(dir)
+                .arg("-c")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(File::create(&log)?)
+                .spawn()
+                .context("starting nginx")?,
+        );
+        let pid = master.0.id();
+        wait_until("nginx listening", &mut master.0, &log, || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok() && !descendants(pid).is_empty()
+        })?;
+        Ok(Self { port, master })
+    }
+
+    /// The master and its worker.
+    fn pids(&self) -> Vec<u32> {
+        let master = self.master.0.id();
+        [vec![master], descendants(master)].concat()
+    }
+}
+
+impl Drop for Nginx {
+    /// Its master stops its worker on SIGTERM (a killed master would leave the worker running).
+    fn drop(&mut self) {
+        let master = self.master.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &master]).status();
+        let asked = Instant::now();
+        while matches!(self.master.0.try_wait(), Ok(None))
+            && asked.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// Waits until `ready`, as long as `child` runs; its log when it exits or is too slow.
 fn wait_until(
     what: &str,
@@ -503,8 +623,6 @@ struct Target {
     /// that the API server does the same work on every path (impersonation checks and RBAC for
     /// that user, not `system:masters`): the paths then differ only in how they carry bytes.
     impersonate: bool,
-    /// The small request: a tiny ConfigMap (or, for the controller alone, `/whoami`).
-    small: &'static str,
     /// The processes that carry this path's bytes between the client and the API server.
     relays: Vec<Relay>,
 }
@@ -694,7 +812,7 @@ struct Way<'a> {
 async fn small_gets(way: &Way<'_>, n: usize, into: &mut Vec<Duration>) -> Result<()> {
     for _ in 0..n {
         let started = Instant::now();
-        way.target.get(&way.client, way.target.small).await?;
+        way.target.get(&way.client, SMALL).await?;
         into.push(started.elapsed());
     }
     Ok(())
@@ -779,18 +897,17 @@ async fn measure(targets: &[Target; 4]) -> Result<Figures> {
         }
     }
 
-    // Throughput, of the three paths.
-    let paths = &ways[..3];
+    // Throughput, of every path.
     let throughput = [
-        bulk(paths, BULK_LIST, BULK_LISTS).await?,
-        bulk(paths, OPENAPI, OPENAPI_GETS).await?,
+        bulk(&ways, BULK_LIST, BULK_LISTS).await?,
+        bulk(&ways, OPENAPI, OPENAPI_GETS).await?,
     ];
 
     // Head-of-line: watches never read, on connections of their own; small GETs beside them.
     // Then, the stalled watches gone, whether the proxy answers again.
     let mut head_of_line = Vec::new();
     let mut recovered = Err("not measured".to_owned());
-    for (i, way) in paths.iter().enumerate().skip(1) {
+    for (i, way) in ways.iter().enumerate().take(3).skip(1) {
         for stalled in HOL_STALLED {
             let figures = beside_stalled(way, direct, stalled)
                 .await
@@ -931,7 +1048,7 @@ impl std::fmt::Display for Figures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let p50: Vec<Duration> = self.latency.iter().map(|l| percentile(l, 50)).collect();
         let p99: Vec<Duration> = self.latency.iter().map(|l| percentile(l, 99)).collect();
-        let paths = &self.names[..3];
+        let paths = &self.names;
         writeln!(
             f,
             "Kubernetes API of a 1-host lab cluster from this machine: HTTPS, keep-alive HTTP/1.1, \
@@ -969,12 +1086,10 @@ impl std::fmt::Display for Figures {
         )?;
         writeln!(
             f,
-            "              the controller alone (GET {WHOAMI}, same token: TLS, HTTP, token lookup) \
-             p50 {} p99 {}; proxy minus it {} (direct {})",
-            ms(p50[3]),
-            ms(p99[3]),
-            ms(p50[1].saturating_sub(p50[3])),
-            ms(p50[0]),
+            "              terminating TLS and HTTP alone, as any authenticating proxy must (nginx, \
+             no tunnel): {} over direct, {} over ssh -R",
+            signed_ms(p50[3], p50[0]),
+            signed_ms(p50[3], p50[2]),
         )?;
         let mut line =
             "relays        per small GET, CPU time and times scheduled in (background work included)  "
@@ -1030,7 +1145,7 @@ impl std::fmt::Display for Figures {
             writeln!(f, "{line}")?;
             writeln!(f, "              ({bound})")?;
         }
-        for (i, name) in paths.iter().enumerate().skip(1) {
+        for (i, name) in paths.iter().enumerate().take(3).skip(1) {
             let mut line = format!(
                 "head-of-line  {name:<8} {HOL_REQUESTS} GETs beside watches never read, \
                  interleaved with as many direct; p50 added over direct (change from none)"
