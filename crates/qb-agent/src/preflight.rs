@@ -10,6 +10,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
@@ -36,6 +37,8 @@ const MAX_ANSWER: usize = 64;
 #[derive(Default)]
 pub struct Preflight {
     listeners: Mutex<Option<Listeners>>,
+    /// The plan generation that last closed them (see [`close_for`](Self::close_for)).
+    closed_for: AtomicU64,
 }
 
 /// The listener tasks of one session; dropping the set aborts them.
@@ -115,9 +118,17 @@ impl Preflight {
         report
     }
 
-    /// Closes the listeners of the last session now, before their hold ends: a plan arrives
-    /// once the preflight is over, and its services need those ports.
-    pub async fn close(&self) {
+    /// Closes the listeners of the last session before their hold ends, when plan `generation`
+    /// is applied for the first time: a plan arrives once its preflight is over, and its services
+    /// need those ports. Retries of the same plan leave the listeners alone: they may be a later
+    /// preflight's (of a node that joins), whose probes must find them.
+    pub async fn close_for(&self, generation: u64) {
+        if self.closed_for.swap(generation, Ordering::Relaxed) != generation {
+            self.close().await;
+        }
+    }
+
+    async fn close(&self) {
         if let Some(listeners) = self.listeners.lock().await.take() {
             tracing::debug!(
                 session = listeners.session,
@@ -778,11 +789,35 @@ mod tests {
         assert_eq!(report.listening, ports);
         assert!(std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, ports[0].port)).is_err());
 
-        preflight.close().await;
+        preflight.close_for(1).await;
         std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, ports[0].port))
             .expect("the TCP port is free");
         std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, ports[1].port))
             .expect("the UDP port is free");
+    }
+
+    #[tokio::test]
+    async fn retrying_a_plan_leaves_a_later_preflights_listeners_open() {
+        let ports = vec![free_port(Protocol::Tcp)];
+        let bound = || std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, ports[0].port)).is_ok();
+        let preflight = Preflight::new();
+        preflight
+            .check(&check_request(4, ports.clone(), 60_000), &[])
+            .await;
+        preflight.close_for(1).await;
+        assert!(bound(), "plan 1 closes the listeners of its preflight");
+
+        // Another node's preflight, while plan 1 is applied again after a failure.
+        preflight
+            .check(&check_request(5, ports.clone(), 60_000), &[])
+            .await;
+        preflight.close_for(1).await;
+        assert!(
+            !bound(),
+            "a retry of plan 1 closed a later preflight's listeners"
+        );
+        preflight.close_for(2).await;
+        assert!(bound(), "plan 2 closes them");
     }
 
     #[tokio::test]

@@ -239,7 +239,7 @@ impl Work {
                 continue;
             };
             // The preflight's listeners would hold the ports of the services (for seconds).
-            self.preflight.close().await;
+            self.preflight.close_for(plan.generation).await;
             let source = Downloads { work: &self };
             let outcome = tokio::select! {
                 result = self.applier.apply(&plan, &source, &self.report) => Some(result),
