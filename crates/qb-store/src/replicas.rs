@@ -142,16 +142,19 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets replicas not seen since `before`, and their agents' sessions.
+    /// Forgets replicas not seen since `before`, and their agents' sessions (each a notified
+    /// close, so that other replicas forget them too).
     pub async fn forget_replicas(&self, before: OffsetDateTime) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let sql = self.session_statement(
             "DELETE FROM agent_sessions WHERE replica_id IN \
              (SELECT id FROM replicas WHERE seen_at < $1)",
-        )
-        .bind(to_ms(before))
-        .execute(&mut *tx)
-        .await?;
+            "closed",
+        );
+        sqlx::query(&sql)
+            .bind(to_ms(before))
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM replicas WHERE seen_at < $1")
             .bind(to_ms(before))
             .execute(&mut *tx)
@@ -196,15 +199,14 @@ impl Store {
         Ok(())
     }
 
-    /// `sql`, a statement that changes one session (`$2` is the replica), and on PostgreSQL
-    /// also notifies the change as `kind` (in the same statement: only if it changed a row,
-    /// and only once it commits).
+    /// `sql`, a statement that changes sessions, and on PostgreSQL also notifies each change
+    /// as `kind` (in the same statement: only for rows it changed, and only once it commits).
     fn session_statement(&self, sql: &'static str, kind: &str) -> Cow<'static, str> {
         match self.backend {
             Backend::Sqlite => Cow::Borrowed(sql),
             Backend::Postgres => Cow::Owned(format!(
-                "WITH changed AS ({sql} RETURNING node_id) \
-                 SELECT pg_notify('{SESSIONS_CHANNEL}', '{kind} ' || node_id || ' ' || $2) \
+                "WITH changed AS ({sql} RETURNING node_id, replica_id) \
+                 SELECT pg_notify('{SESSIONS_CHANNEL}', '{kind} ' || node_id || ' ' || replica_id) \
                  FROM changed"
             )),
         }

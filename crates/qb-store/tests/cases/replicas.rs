@@ -99,6 +99,18 @@ async fn other_replicas_hear_of_each_session_change_as_it_commits(db: TestDb) {
     db.agent_session_closed(n1, "b").await.unwrap();
     assert_eq!(next(&mut changes).await, closed(n1, "b"));
 
+    // A replica gone for long is forgotten: its sessions close, and others hear it.
+    db.replica_alive("a", "https://a", now - Duration::hours(2))
+        .await
+        .unwrap();
+    db.replica_alive("b", "https://b", now).await.unwrap();
+    db.agent_session_opened(n1, "b", now).await.unwrap();
+    assert_eq!(next(&mut changes).await, opened(n1, "b"));
+    db.forget_replicas(now - Duration::hours(1)).await.unwrap();
+    assert_eq!(next(&mut changes).await, closed(n2, "a"));
+    db.agent_session_closed(n1, "b").await.unwrap();
+    assert_eq!(next(&mut changes).await, closed(n1, "b"));
+
     // The listening connection is cut: the next change says changes may have been missed; a
     // new listener hears the ones after it.
     sqlx::query(
