@@ -185,6 +185,13 @@ struct Status {
     last_exit: Option<String>,
 }
 
+/// `<records>/<name>.task`: a task's process while it runs.
+#[derive(Debug, Serialize, Deserialize)]
+struct TaskRecord {
+    pid: u32,
+    start_time: u64,
+}
+
 /// `<records>/<name>.json`.
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
@@ -199,13 +206,48 @@ struct Record {
 impl Supervisor {
     /// Runs a task (a service with `restart: never`) to completion, its output appended to its
     /// log like a service's. `Ok` on exit status 0; a task still running after `timeout` is
-    /// killed with its process group.
+    /// killed with its process group. A run of the task that an earlier agent started and
+    /// left going (it stopped mid-task) ends first, so that the task never runs twice at once;
+    /// how that run ended is unknown, so the task runs again.
     pub async fn run_task(&self, task: &Service, timeout: Duration) -> Result<(), SuperviseError> {
         check_name(&task.name)?;
-        let mut process = spawn(&self.shared.dirs, task, |_, _| Ok(()))?;
+        let record = self.shared.dirs.records.join(format!("{}.task", task.name));
+        if let Some(mut earlier) = std::fs::read(&record)
+            .ok()
+            .and_then(|json| serde_json::from_slice::<TaskRecord>(&json).ok())
+            .and_then(|r| Process::adopt(r.pid, r.start_time))
+        {
+            tracing::info!(task = %task.name, pid = earlier.pid, "waiting for the run an earlier agent started");
+            if tokio::time::timeout(timeout, earlier.exited())
+                .await
+                .is_err()
+            {
+                terminate(&mut earlier, self.shared.settings.stop_timeout).await;
+            }
+        }
+        let mut process = spawn(&self.shared.dirs, task, |pid, start_time| {
+            let json = serde_json::to_vec(&TaskRecord { pid, start_time })
+                .expect("records always serialize");
+            crate::state::write_private(&record, &json).map_err(|source| SuperviseError::Record {
+                path: record.clone(),
+                source,
+            })
+        })?;
         tracing::info!(task = %task.name, pid = process.pid, "task started");
+        let result = self.finish_task(task, &mut process, timeout).await;
+        remove_file(&record);
+        result
+    }
+
+    /// Waits for a task's process to end; kills it after `timeout`.
+    async fn finish_task(
+        &self,
+        task: &Service,
+        process: &mut Process,
+        timeout: Duration,
+    ) -> Result<(), SuperviseError> {
         let Ok(exit) = tokio::time::timeout(timeout, process.exited()).await else {
-            terminate(&mut process, self.shared.settings.stop_timeout).await;
+            terminate(process, self.shared.settings.stop_timeout).await;
             return Err(SuperviseError::TaskTimeout {
                 name: task.name.clone(),
                 waited: timeout,
@@ -1047,8 +1089,9 @@ pub(crate) fn kill_recorded(records: &Path) {
         return;
     };
     for entry in entries.flatten() {
+        // A service's record has a task record's fields too.
         if let Ok(text) = std::fs::read_to_string(entry.path())
-            && let Ok(record) = serde_json::from_str::<Record>(&text)
+            && let Ok(record) = serde_json::from_str::<TaskRecord>(&text)
             && ProcStat::read(record.pid)
                 .is_ok_and(|s| s.start_time == record.start_time && s.state != 'Z')
         {
@@ -1116,6 +1159,37 @@ mod tests {
             ports: Vec::new(),
             inputs: Vec::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_task_an_earlier_agent_left_running_ends_before_it_runs_again() {
+        let root = Root::new();
+        let marker = root.path().join("marker");
+        let task = sh(
+            "import",
+            &format!(
+                "echo start >> {m}; sleep 1; echo end >> {m}",
+                m = marker.display()
+            ),
+        );
+        let first = Supervisor::with_settings(dirs(root.path()), fast()).unwrap();
+        // The agent stops mid-task; the task's process goes on.
+        let stopped = tokio::time::timeout(
+            Duration::from_millis(300),
+            first.run_task(&task, Duration::from_secs(10)),
+        )
+        .await;
+        assert!(stopped.is_err(), "the task ended within 300 ms");
+        drop(first);
+
+        let next = Supervisor::with_settings(dirs(root.path()), fast()).unwrap();
+        next.run_task(&task, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap(),
+            "start\nend\nstart\nend\n",
+            "two runs of the task overlapped"
+        );
+        assert!(!root.path().join("records/import.task").exists());
     }
 
     fn report(supervisor: &Supervisor, name: &str) -> ServiceReport {
