@@ -164,6 +164,22 @@ pub fn etcdctl(host: &Agent, endpoint: &str, args: &[&str]) -> String {
     text
 }
 
+/// Waits until `node`'s agent is online and reports its etcd healthy.
+pub fn wait_etcd_healthy(api: &Api, node: &str, timeout: Duration) {
+    poll(&format!("{node} online, its etcd healthy"), timeout, || {
+        let n = api.get(&format!("/nodes/{node}")).ok();
+        let etcd_ok = n["plan"]["report"]["services"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["name"] == "etcd" && s["healthy"] == true)
+        });
+        if n["agent"]["online"] == true && etcd_ok {
+            Ok(())
+        } else {
+            Err(n["plan"].to_string())
+        }
+    });
+}
+
 /// Names in `etcdctl member list` (`id, started, name, peers, clients, learner`).
 fn member_names(list: &str) -> Vec<String> {
     let mut names: Vec<String> = list
@@ -311,18 +327,7 @@ fn a_cluster_forms_on_real_etcd_grows_and_shrinks_safely() {
         .problem(409, "quorum_at_risk");
     assert_eq!(api.get("/nodes/host-1").ok()["state"], "attached");
     lab.link_up(2).expect("the cable");
-    poll("host-2 back, its etcd healthy", CONVERGE, || {
-        let n = api.get("/nodes/host-2").ok();
-        let etcd_ok = n["plan"]["report"]["services"].as_array().is_some_and(|s| {
-            s.iter()
-                .any(|s| s["name"] == "etcd" && s["healthy"] == true)
-        });
-        if n["agent"]["online"] == true && etcd_ok {
-            Ok(())
-        } else {
-            Err(n["plan"].to_string())
-        }
-    });
+    wait_etcd_healthy(&api, "host-2", CONVERGE);
     wait_ready(&api, "lab", CONVERGE);
 
     // Detach a master: its member goes first, a worker joins as a learner and is promoted,

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::engine::{etcdctl, hosts, roles, wait_ready};
+use crate::engine::{etcdctl, hosts, roles, wait_etcd_healthy, wait_ready};
 use crate::harness::{Agent, Controller, poll, run};
 use crate::http::Api;
 use qb_lab::Lab;
@@ -360,22 +360,7 @@ fn attached_hosts_become_a_kubernetes_cluster_whose_pods_talk_across_hosts() {
     std::thread::sleep(CUT_FOR_ELECTIONS);
     lab.link_up(cut).expect("plug the master's cable back");
     for i in 0..3 {
-        poll(
-            &format!("host-{i} online, its etcd healthy"),
-            BRING_UP,
-            || {
-                let n = api.node(&format!("host-{i}"));
-                let etcd_ok = n["plan"]["report"]["services"].as_array().is_some_and(|s| {
-                    s.iter()
-                        .any(|s| s["name"] == "etcd" && s["healthy"] == true)
-                });
-                if n["agent"]["online"] == true && etcd_ok {
-                    Ok(())
-                } else {
-                    Err(n["plan"]["report"].to_string())
-                }
-            },
-        );
+        wait_etcd_healthy(&api, &format!("host-{i}"), BRING_UP);
     }
     let after = etcd_term(admin, &staying);
     eprintln!("host-{cut} cut off and back: raft term {term} before, {after} after");
