@@ -39,28 +39,24 @@ pub fn https_host_port(url: &str) -> Option<(String, u16)> {
     Some((host, url.port_or_known_default()?))
 }
 
-/// The host of an `https://host[:port]/...` URL, without IPv6 brackets; `None` for anything else.
-pub fn url_host(url: &str) -> Option<String> {
-    https_host_port(url).map(|(host, _)| host)
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
-    fn url_hosts() {
-        for (url, host) in [
+    fn https_hosts_and_ports() {
+        for (url, want) in [
             (
                 "https://controller.example:7444/x",
-                Some("controller.example"),
+                Some(("controller.example", 7444)),
             ),
-            ("https://10.0.0.1", Some("10.0.0.1")),
-            ("https://[fd00::1]:7444", Some("fd00::1")),
+            ("https://10.0.0.1", Some(("10.0.0.1", 443))),
+            ("https://[fd00::1]:7444", Some(("fd00::1", 7444))),
             ("http://controller.example", None),
             ("https://:7444", None),
             ("controller.example:7444", None),
             ("https://host:port", None),
         ] {
-            assert_eq!(super::url_host(url).as_deref(), host, "{url}");
+            let got = super::https_host_port(url);
+            assert_eq!(got.as_ref().map(|(h, p)| (h.as_str(), *p)), want, "{url}");
         }
     }
 }

@@ -255,11 +255,10 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
         .agent_url
         .clone()
         .unwrap_or_else(|| format!("https://{agent_addr}"));
-    let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    if qb_controller::url_host(&agent_url).is_none() {
+    let Some((agent_host, _)) = qb_controller::https_host_port(&agent_url) else {
         bail!("--agent-url must be an https:// URL with a host, not {agent_url:?}");
-    }
-    sans.extend(qb_controller::url_host(&agent_url));
+    };
+    let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), agent_host];
     if !args.agent_listen.ip().is_unspecified() {
         sans.push(args.agent_listen.ip().to_string());
     }
@@ -275,13 +274,13 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
         ),
     };
     if let Some(url) = &peer_url {
-        match qb_controller::url_host(url) {
-            Some(host) => sans.push(host),
+        match qb_controller::https_host_port(url) {
+            Some((host, _)) => sans.push(host),
             None => bail!("--peer-url must be an https:// URL with a host, not {url:?}"),
         }
     }
     for url in &args.other_agent_url {
-        if qb_controller::url_host(url).is_none() {
+        if qb_controller::https_host_port(url).is_none() {
             bail!("--other-agent-url must be an https:// URL with a host, not {url:?}");
         }
     }
