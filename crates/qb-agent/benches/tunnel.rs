@@ -74,6 +74,9 @@ const BULK_LIST: &str =
 const BULK_WATCH: &str = "/api/v1/namespaces/default/configmaps?labelSelector=qb-bench%3Dbulk\
                           &resourceVersion=0&watch=true&timeoutSeconds=900";
 
+/// The paths (by their place among the targets: direct, qb proxy, ssh -R, nginx) that cross
+/// a tunnel, whose streams can stall: head-of-line blocking is measured on them.
+const TUNNELED: std::ops::Range<usize> = 1..3;
 /// Head-of-line: small requests measured beside each number of stalled watches (none first, for
 /// the baseline), each interleaved with as many on the direct path.
 const HOL_REQUESTS: usize = 500;
@@ -907,7 +910,8 @@ async fn measure(targets: &[Target; 4]) -> Result<Figures> {
     // Then, the stalled watches gone, whether the proxy answers again.
     let mut head_of_line = Vec::new();
     let mut recovered = Err("not measured".to_owned());
-    for (i, way) in ways.iter().enumerate().take(3).skip(1) {
+    for i in TUNNELED {
+        let way = &ways[i];
         for stalled in HOL_STALLED {
             let figures = beside_stalled(way, direct, stalled)
                 .await
@@ -1145,7 +1149,8 @@ impl std::fmt::Display for Figures {
             writeln!(f, "{line}")?;
             writeln!(f, "              ({bound})")?;
         }
-        for (i, name) in paths.iter().enumerate().take(3).skip(1) {
+        for i in TUNNELED {
+            let name = paths[i];
             let mut line = format!(
                 "head-of-line  {name:<8} {HOL_REQUESTS} GETs beside watches never read, \
                  interleaved with as many direct; p50 added over direct (change from none)"

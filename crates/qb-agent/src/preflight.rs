@@ -37,7 +37,8 @@ const MAX_ANSWER: usize = 64;
 #[derive(Default)]
 pub struct Preflight {
     listeners: Mutex<Option<Listeners>>,
-    /// The plan generation that last closed them (see [`close_for`](Self::close_for)).
+    /// The plan generation that last closed them (see [`close_for`](Self::close_for)); 0 for
+    /// none, as generations start at 1.
     closed_for: AtomicU64,
 }
 
