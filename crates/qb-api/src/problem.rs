@@ -120,7 +120,16 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// The most characters of detail a problem carries; a longer detail is cut. Messages quote
+    /// input with [`crate::quote`] and stay well below this; it bounds those that quote input
+    /// whole (serde's, such as an unknown field's name).
+    pub const MAX_DETAIL_CHARS: usize = 1024;
+
     pub fn new(code: ProblemCode, detail: impl Into<String>) -> Self {
+        let mut detail = detail.into();
+        if let Some(start) = crate::values::prefix(&detail, Self::MAX_DETAIL_CHARS) {
+            detail = format!("{start}…");
+        }
         let code_text = serde_json::to_value(code)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -129,8 +138,25 @@ impl Problem {
             kind: format!("urn:qb:problem:{code_text}"),
             title: code.title().to_owned(),
             status: code.status(),
-            detail: detail.into(),
+            detail,
             code,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_detail_is_cut() {
+        let long = Problem::new(ProblemCode::InvalidInput, "é".repeat(60_000));
+        assert_eq!(long.detail.chars().count(), Problem::MAX_DETAIL_CHARS + 1);
+        assert!(long.detail.ends_with("é…"), "{}", long.detail);
+        let exact = "x".repeat(Problem::MAX_DETAIL_CHARS);
+        assert_eq!(
+            Problem::new(ProblemCode::InvalidInput, exact.clone()).detail,
+            exact
+        );
     }
 }

@@ -15,6 +15,33 @@ fn invalid(msg: impl Into<String>) -> InvalidValue {
     InvalidValue(msg.into())
 }
 
+/// How many characters of a bad input an error message quotes.
+pub const QUOTED_CHARS: usize = 64;
+
+/// `s` for an error message: quoted and escaped as `{:?}` does, but only its first
+/// [`QUOTED_CHARS`] characters, then `…` and its length. A message about a 60 KB name says what
+/// is wrong without repeating the name.
+pub fn quote(s: &str) -> Quoted<'_> {
+    Quoted(s)
+}
+
+/// Input quoted for a message; see [`quote`].
+pub struct Quoted<'a>(&'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match prefix(self.0, QUOTED_CHARS) {
+            None => write!(f, "{:?}", self.0),
+            Some(start) => write!(f, "{start:?}… ({} characters)", self.0.chars().count()),
+        }
+    }
+}
+
+/// The first `chars` characters of `s`, if it has more.
+pub(crate) fn prefix(s: &str, chars: usize) -> Option<&str> {
+    s.char_indices().nth(chars).map(|(end, _)| &s[..end])
+}
+
 macro_rules! string_value {
     ($(#[$doc:meta])* $name:ident, $check:path, $example:literal) => {
         $(#[$doc])*
@@ -85,7 +112,8 @@ fn check_name(s: &str) -> Result<(), InvalidValue> {
         Ok(())
     } else {
         Err(invalid(format!(
-            "invalid name {s:?}: use 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+            "invalid name {}: use 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit",
+            quote(s)
         )))
     }
 }
@@ -95,7 +123,8 @@ fn check_node_name(s: &str) -> Result<(), InvalidValue> {
         Ok(())
     } else {
         Err(invalid(format!(
-            "invalid node name {s:?}: use a lowercase DNS name (labels of 1-63 letters, digits or '-', separated by '.'; at most 253 characters)"
+            "invalid node name {}: use a lowercase DNS name (labels of 1-63 letters, digits or '-', separated by '.'; at most 253 characters)",
+            quote(s)
         )))
     }
 }
@@ -129,7 +158,8 @@ fn check_label_key(s: &str) -> Result<(), InvalidValue> {
         Ok(())
     } else {
         Err(invalid(format!(
-            "invalid label key {s:?}: use an optional DNS prefix and '/', then 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+            "invalid label key {}: use an optional DNS prefix and '/', then 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+            quote(s)
         )))
     }
 }
@@ -139,7 +169,8 @@ fn check_label_value(s: &str) -> Result<(), InvalidValue> {
         Ok(())
     } else {
         Err(invalid(format!(
-            "invalid label value {s:?}: use at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+            "invalid label value {}: use at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+            quote(s)
         )))
     }
 }
@@ -178,7 +209,8 @@ fn check_version(s: &str) -> Result<(), InvalidValue> {
         Ok(())
     } else {
         Err(invalid(format!(
-            "invalid Kubernetes version {s:?}: expected MAJOR.MINOR.PATCH such as 1.20.2"
+            "invalid Kubernetes version {}: expected MAJOR.MINOR.PATCH such as 1.20.2",
+            quote(s)
         )))
     }
 }
@@ -216,12 +248,14 @@ impl FromStr for Cidr {
     fn from_str(s: &str) -> Result<Self, InvalidValue> {
         let net: ipnet::IpNet = s.parse().map_err(|_| {
             invalid(format!(
-                "invalid CIDR {s:?}: expected ADDRESS/PREFIX such as 10.20.0.0/16"
+                "invalid CIDR {}: expected ADDRESS/PREFIX such as 10.20.0.0/16",
+                quote(s)
             ))
         })?;
         if net.trunc() != net {
             return Err(invalid(format!(
-                "invalid CIDR {s:?}: host bits are set; did you mean {}?",
+                "invalid CIDR {}: host bits are set; did you mean {}?",
+                quote(s),
                 net.trunc()
             )));
         }
@@ -231,7 +265,8 @@ impl FromStr for Cidr {
         };
         if net.prefix_len() > max_prefix || net.prefix_len() < 8 {
             return Err(invalid(format!(
-                "invalid CIDR {s:?}: the prefix length must be between 8 and {max_prefix}"
+                "invalid CIDR {}: the prefix length must be between 8 and {max_prefix}",
+                quote(s)
             )));
         }
         Ok(Self(net))
@@ -276,7 +311,8 @@ impl FromStr for MasterCount {
         match s.parse::<u8>() {
             Ok(n) if n % 2 == 1 && n <= 9 => Ok(Self::Count(n)),
             _ => Err(invalid(format!(
-                "invalid master count {s:?}: use \"auto\" or an odd number from 1 to 9"
+                "invalid master count {}: use \"auto\" or an odd number from 1 to 9",
+                quote(s)
             ))),
         }
     }
@@ -344,7 +380,8 @@ impl FromStr for Selector {
         for part in s.split(',').map(str::trim) {
             if part.is_empty() {
                 return Err(invalid(format!(
-                    "invalid selector {s:?}: empty requirement"
+                    "invalid selector {}: empty requirement",
+                    quote(s)
                 )));
             }
             let req = if let Some((k, v)) = part.split_once("!=") {
@@ -396,6 +433,23 @@ impl<'de> Deserialize<'de> for Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_quote_at_most_a_prefix_of_the_input() {
+        assert_eq!(quote("a\"b").to_string(), r#""a\"b""#);
+        let exact = "x".repeat(QUOTED_CHARS);
+        assert_eq!(quote(&exact).to_string(), format!("{exact:?}"));
+        let long = "é".repeat(60_000);
+        assert_eq!(
+            quote(&long).to_string(),
+            format!("{:?}… (60000 characters)", "é".repeat(QUOTED_CHARS))
+        );
+        let err = "x".repeat(60_000).parse::<Name>().unwrap_err().0;
+        assert!(
+            err.len() < 300 && err.starts_with("invalid name \"xxx") && err.contains("1-63"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn names_follow_dns_label_rules() {

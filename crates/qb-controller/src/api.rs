@@ -712,6 +712,7 @@ struct EventQuery {
     /// Only events whose action starts with this, e.g. `node.` or `cluster.deleted`.
     action: Option<String>,
     /// `oldest` (the default) or `newest` first; `next` continues in the same order.
+    #[param(inline)]
     order: Option<EventOrder>,
     limit: Option<u32>,
     /// The `next` cursor of the previous page.
@@ -744,7 +745,7 @@ async fn list_events(
         .as_deref()
         .map(|a| {
             a.parse::<i64>()
-                .map_err(|_| ApiError::invalid(format!("invalid cursor {a:?}")))
+                .map_err(|_| ApiError::invalid(format!("invalid cursor {}", qb_api::quote(a))))
         })
         .transpose()?;
     let filter = EventFilter {

@@ -1,11 +1,21 @@
 //! Bad input: each is answered with a problem response, and nothing is written.
 
-use axum::body::Body;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::body::{Body, Bytes};
 use axum::http::{Method, Request, StatusCode, header};
+use futures_util::StreamExt as _;
+use http_body_util::{BodyExt as _, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use qb_store::Store;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
 
-use crate::support::{App, on_both_stores};
+use crate::support::{App, on_both_stores, sqlite_store};
 
 on_both_stores!(bad_input_is_refused_and_changes_nothing);
 
@@ -41,6 +51,17 @@ async fn bad_input_is_refused_and_changes_nothing(store: Store) {
         ),
         ("/api/v1/clusters", b"not json", "malformed_request"),
         ("/api/v1/clusters", b"[]", "invalid_input"),
+        ("/api/v1/clusters", b"[\"c2\"]", "invalid_input"),
+        (
+            "/api/v1/clusters",
+            b"{\"name\": \"c2\", \"name\": \"c3\"}",
+            "invalid_input",
+        ),
+        (
+            "/api/v1/nodes/n-0/labels",
+            b"{\"set\": {\"k\": \"a\", \"k\": \"b\"}}",
+            "invalid_input",
+        ),
         (
             "/api/v1/clusters",
             b"{\"name\": \"c2\", \"nodes\": 3}",
@@ -373,4 +394,219 @@ async fn bad_input_is_refused_and_changes_nothing(store: Store) {
             .iter()
             .all(|n| n["labels"] == json!({}))
     );
+}
+
+/// What serde alone would take is refused, with a message that says where: an array read as an
+/// object field by field (`[]` made an admin token), a key repeated in a map (the last one won).
+/// A message about a huge input quotes only its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_what_the_document_describes_is_taken() {
+    let (store, _guard) = sqlite_store().await;
+    let app = App::new(store).await;
+    let t = app.tenant("a").await;
+    app.pool(&t, "n", 1).await;
+    let before = app.events(t.id).await;
+    let post = |token: &str, path: &str, body: &str| {
+        Request::post(path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    let cases = [
+        (
+            &t.admin,
+            "/api/v1/tokens",
+            "[]",
+            "expected struct CreateToken",
+        ),
+        (
+            &t.admin,
+            "/api/v1/tokens",
+            "[null, 1]",
+            "expected struct CreateToken",
+        ),
+        (
+            &t.admin,
+            "/api/v1/users",
+            r#"["eve", "admin"]"#,
+            "expected struct CreateUser",
+        ),
+        (
+            &t.operator,
+            "/api/v1/clusters",
+            r#"["harr"]"#,
+            "expected struct CreateCluster",
+        ),
+        (
+            &t.operator,
+            "/api/v1/nodes/n-0/labels",
+            r#"{"set": {"zone": "a", "zone": "b"}}"#,
+            r#"duplicate key "zone""#,
+        ),
+        (
+            &t.operator,
+            "/api/v1/clusters",
+            r#"{"name": "c1", "roles": {"n-0": "master", "n-0": "worker"}}"#,
+            r#"duplicate key "n-0""#,
+        ),
+    ];
+    for (token, path, body, says) in cases {
+        let (status, problem) = app.send(post(token, path, body)).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_input")),
+            "{path} {body}: {problem}"
+        );
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(says), "{path} {body}: {detail}");
+    }
+
+    let name = "x".repeat(60_000);
+    let (status, problem) = app
+        .send(post(
+            &t.operator,
+            "/api/v1/clusters",
+            &json!({ "name": name }).to_string(),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let size = problem.to_string().len();
+    assert!(size < 1024, "{size} bytes: {problem}");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(&format!(
+            "name: invalid name \"{}\"… (60000 characters)",
+            &name[..64]
+        )) && detail.contains("use 1-63 lowercase letters"),
+        "{detail}"
+    );
+    // A message that quotes input whole (serde's, about an unknown field) is cut.
+    let (status, problem) = app
+        .send(post(
+            &t.operator,
+            "/api/v1/clusters",
+            &json!({ name: 1 }).to_string(),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.chars().count() == qb_api::Problem::MAX_DETAIL_CHARS + 1 && detail.ends_with("xx…"),
+        "{detail}"
+    );
+
+    assert_eq!(app.events(t.id).await, before, "nothing was written");
+}
+
+/// A body over the limit is answered 413 with a problem, over TLS as the controller serves, on
+/// HTTP/1.1 and HTTP/2 alike, with or without a length, and while the client is still sending:
+/// the rest of the body is read first, so the client can send it all and read the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_answered_413_on_http1_and_http2() {
+    let (store, _guard) = sqlite_store().await;
+    let app = App::new(store).await;
+    let t = app.tenant("a").await;
+    let tls_dir = tempfile::tempdir().unwrap();
+    let identity = qb_controller::tls::load_or_generate(None, tls_dir.path(), &[]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(qb_controller::serve::serve(
+        listener,
+        app.router.clone(),
+        Some(identity.config.clone()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let limit = qb_controller::api::MAX_BODY_BYTES;
+    for http2 in [false, true] {
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+        tls.alpn_protocols = vec![if http2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        // 4 MiB is more than HTTP/2's windows let a client send before the server reads.
+        for (size, with_length) in [(limit + 1, true), (4 << 20, true), (4 << 20, false)] {
+            let at = format!("HTTP/2: {http2}, {size} bytes, length given: {with_length}");
+            let body = format!("{{\"name\": \"big\", \"pad\": \"{}\"}}", "x".repeat(size));
+            let length = body.len();
+            let sent = Arc::new(AtomicUsize::new(0));
+            let counter = Arc::clone(&sent);
+            let chunks: Vec<Bytes> = body
+                .into_bytes()
+                .chunks(16 * 1024)
+                .map(Bytes::copy_from_slice)
+                .collect();
+            let body = StreamBody::new(futures_util::stream::iter(chunks).map(move |chunk| {
+                counter.fetch_add(chunk.len(), Ordering::SeqCst);
+                Ok::<_, Infallible>(Frame::data(chunk))
+            }));
+            let mut request = Request::post(if http2 {
+                "https://localhost/api/v1/clusters"
+            } else {
+                "/api/v1/clusters"
+            })
+            .header(header::HOST, "localhost")
+            .header(header::AUTHORIZATION, format!("Bearer {}", t.operator))
+            .header(header::CONTENT_TYPE, "application/json");
+            if with_length {
+                request = request.header(header::CONTENT_LENGTH, length);
+            }
+            let request = request.body(body).unwrap();
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let io = TokioIo::new(
+                tls.connect("localhost".try_into().unwrap(), tcp)
+                    .await
+                    .unwrap(),
+            );
+            let answer = async {
+                if http2 {
+                    let (mut sender, conn) =
+                        hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+                    tokio::spawn(conn);
+                    sender.send_request(request).await
+                } else {
+                    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+                    tokio::spawn(conn);
+                    sender.send_request(request).await
+                }
+            };
+            let response = tokio::time::timeout(std::time::Duration::from_secs(60), answer)
+                .await
+                .unwrap_or_else(|_| panic!("{at}: no answer"))
+                .unwrap_or_else(|e| panic!("{at}: {e:?}"));
+            assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE, "{at}");
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                "application/problem+json",
+                "{at}"
+            );
+            let problem = response.into_body().collect().await.unwrap().to_bytes();
+            let problem: Value = serde_json::from_slice(&problem).unwrap();
+            assert_eq!(problem["code"], "payload_too_large", "{at}: {problem}");
+            assert_eq!(
+                sent.load(Ordering::SeqCst),
+                length,
+                "{at}: the client could send its whole body"
+            );
+        }
+    }
+    let (_, clusters) = app
+        .call(&t.viewer, Method::GET, "/api/v1/clusters", None)
+        .await;
+    assert_eq!(clusters["items"], json!([]), "nothing was created");
 }

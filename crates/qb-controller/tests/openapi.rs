@@ -40,3 +40,89 @@ async fn served_document_is_the_committed_one() {
         serde_json::from_str(&qb_controller::openapi::document_json()).unwrap();
     assert_eq!(served, generated);
 }
+
+/// Every `$ref` points into the document: one that does not makes validators and client
+/// generators refuse the whole document.
+#[test]
+fn every_reference_in_the_document_resolves() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&qb_controller::openapi::document_json()).unwrap();
+    let mut refs = Vec::new();
+    references(&doc, &mut refs);
+    assert!(refs.len() > 50, "{} references", refs.len());
+    let unresolved: Vec<String> = refs
+        .iter()
+        .filter(|r| {
+            r.as_str()
+                .and_then(|r| r.strip_prefix('#'))
+                .and_then(|pointer| doc.pointer(pointer))
+                .is_none()
+        })
+        .map(ToString::to_string)
+        .collect();
+    assert!(unresolved.is_empty(), "unresolved: {unresolved:?}");
+}
+
+/// The values of every `$ref` key in `value`.
+fn references<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                if key == "$ref" {
+                    out.push(value);
+                } else {
+                    references(value, out);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| references(v, out)),
+        _ => {}
+    }
+}
+
+/// The rules of the OpenAPI specification that the generator does not enforce: operation ids
+/// are unique; a path's `{parameters}` are exactly its required path parameters; every
+/// operation says what it answers.
+#[test]
+fn operations_are_well_formed() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&qb_controller::openapi::document_json()).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let mut ids = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let mut templated: Vec<&str> = path
+            .split('{')
+            .skip(1)
+            .filter_map(|s| s.split_once('}').map(|(name, _)| name))
+            .collect();
+        templated.sort_unstable();
+        for (method, op) in item.as_object().unwrap() {
+            let at = format!("{method} {path}");
+            let id = op["operationId"].as_str().unwrap_or_default();
+            assert!(!id.is_empty(), "{at}: no operation id");
+            assert!(
+                ids.insert(id.to_owned()),
+                "{at}: operation id {id:?} repeated"
+            );
+            let params = op["parameters"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let mut in_path: Vec<&str> = params
+                .iter()
+                .filter(|p| p["in"] == "path")
+                .map(|p| {
+                    assert_eq!(p["required"], true, "{at}: {p}");
+                    p["name"].as_str().unwrap()
+                })
+                .collect();
+            in_path.sort_unstable();
+            assert_eq!(in_path, templated, "{at}: path parameters");
+            let responses = op["responses"].as_object();
+            assert!(
+                responses.is_some_and(|r| !r.is_empty()),
+                "{at}: no responses"
+            );
+        }
+    }
+}
