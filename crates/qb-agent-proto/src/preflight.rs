@@ -2,9 +2,11 @@
 //!
 //! Two phases, driven by the controller over the channel:
 //! 1. [`PreflightCheck`] to every node: run the local checks and start listening on every
-//!    required port (a port that cannot be bound is a failed local check). The answer is a
-//!    [`LocalReport`]. Listeners answer with [`banner`] (TCP: sent on accept; UDP: echoed back
-//!    for a datagram that carries it), so a probe that reaches some other program fails.
+//!    required port (a port that cannot be bound is a failed local check, naming the process
+//!    that holds it). The answer is a [`LocalReport`]. Listeners answer with [`banner`] (TCP:
+//!    sent on accept; UDP: echoed back for a datagram that carries it), so a probe that reaches
+//!    some other program fails. The ports only the node itself uses ([`LocalPort`]) are bound
+//!    too, where their component binds them, and released at once: no peer probes them.
 //! 2. once every node listens, [`PreflightProbe`] to every node: probe every other node on every
 //!    port, all at once, each probe with the same deadline. The answer is a list of
 //!    [`ProbeResult`]s. Listeners close when the session's `hold_ms` ran out.
@@ -27,9 +29,25 @@ pub struct PreflightCheck {
     /// Ports to bind and answer on. Ports held by services of the node's current plan are
     /// left to those services (reported as `held_by_service`).
     pub listen: Vec<PortSpec>,
+    /// Ports only the node itself uses: each must be free to bind at its address, but nothing
+    /// listens on it afterwards and no peer probes it. Ports held by services of the node's
+    /// current plan are left alone, as in `listen`. (Left out when empty, so an older agent,
+    /// which refuses unknown fields, still reads the checks of nodes that have none.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local: Vec<LocalPort>,
     /// How long listeners stay open, from when they opened.
     pub hold_ms: u64,
     pub requirements: Requirements,
+}
+
+/// A port a component of the node binds for the node's own use (a health or metrics endpoint,
+/// the API balancer), at the address it binds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalPort {
+    pub port: PortSpec,
+    /// `127.0.0.1` for a component that binds loopback only, `0.0.0.0` for every address.
+    pub address: std::net::IpAddr,
 }
 
 /// What the host must have.
@@ -54,7 +72,8 @@ pub struct LocalReport {
     pub checks: Vec<CheckResult>,
     /// Ports now listening for the mesh check.
     pub listening: Vec<PortSpec>,
-    /// Ports held by the node's own services (probed, but not bound by the preflight).
+    /// Ports held by the node's own services, of `listen` and `local` (not bound by the
+    /// preflight; those of `listen` are probed all the same).
     #[serde(default)]
     pub held_by_service: Vec<PortSpec>,
 }

@@ -1,9 +1,10 @@
 //! The agent's side of the preflight (the protocol is in `qb_agent_proto::preflight`).
 //!
-//! Phase 1, [`Preflight::check`]: the local checks, and a listener on every required port that
-//! answers with the session's banner. Phase 2, [`Preflight::probe`]: every port of every peer at
-//! once, each probe with the same timeout, so the whole mesh check takes about one timeout even
-//! when nothing answers.
+//! Phase 1, [`Preflight::check`]: the local checks, a listener on every required port that
+//! answers with the session's banner, and a bind of every port only the node uses. A port
+//! another program holds fails its check with that program's name and pid, found through /proc.
+//! Phase 2, [`Preflight::probe`]: every port of every peer at once, each probe with the same
+//! timeout, so the whole mesh check takes about one timeout even when nothing answers.
 
 use std::collections::HashSet;
 use std::io;
@@ -16,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::future::join_all;
 use qb_agent_proto::plan::{PortSpec, Protocol};
 use qb_agent_proto::preflight::{
-    CheckResult, LocalReport, PreflightCheck, PreflightProbe, ProbeResult, Requirements, Severity,
-    banner,
+    CheckResult, LocalPort, LocalReport, PreflightCheck, PreflightProbe, ProbeResult, Requirements,
+    Severity, banner,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
@@ -69,9 +70,11 @@ impl Preflight {
     }
 
     /// Phase 1: closes the listeners of any earlier session, listens on every port of `req.listen`
-    /// that the node's own services (`held_by_services`) do not hold, and runs the local checks.
-    /// A port that cannot be bound is a failed check named `port <port>/<proto>`; ports bound
-    /// are reported in `listening` (not as checks). Listeners close after `req.hold_ms`.
+    /// that the node's own services (`held_by_services`) do not hold, checks that every such
+    /// port of `req.local` is free at its address (bound, then released at once), and runs the
+    /// local checks. A port that cannot be bound is a failed check named `port <port>/<proto>`
+    /// that names the process holding it; ports bound for the mesh are reported in `listening`
+    /// (not as checks). Listeners close after `req.hold_ms`.
     #[tracing::instrument(skip_all, fields(session = req.session))]
     pub async fn check(&self, req: &PreflightCheck, held_by_services: &[PortSpec]) -> LocalReport {
         let mut current = self.listeners.lock().await;
@@ -104,6 +107,21 @@ impl Preflight {
                     tracing::info!(%port, error = %e, "preflight port not free");
                     report.checks.push(port_taken(port, &e));
                 }
+            }
+        }
+        for &LocalPort { port, address } in &req.local {
+            // A port bound for the mesh above is free, and ours now.
+            if !seen.insert(port) {
+                continue;
+            }
+            if held_by_services.contains(&port) {
+                report.held_by_service.push(port);
+                continue;
+            }
+            // Free if it binds; nothing probes it, so it is released at once.
+            if let Err(e) = bind_at(address, port) {
+                tracing::info!(%port, %address, error = %e, "local port not free");
+                report.checks.push(port_taken(port, &e));
             }
         }
         *current = Some(Listeners {
@@ -196,10 +214,19 @@ fn probe_result(
 
 /// Binds `port` on every IPv4 address.
 fn bind(port: PortSpec) -> io::Result<Bound> {
-    let address = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port.port);
+    bind_at(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+}
+
+/// Binds `port` at `address` (a TCP port listens: binding alone would not find a conflict
+/// with another listener that also set `SO_REUSEADDR`).
+fn bind_at(address: IpAddr, port: PortSpec) -> io::Result<Bound> {
+    let address = SocketAddr::new(address, port.port);
     match port.protocol {
         Protocol::Tcp => {
-            let socket = TcpSocket::new_v4()?;
+            let socket = match address {
+                SocketAddr::V4(_) => TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => TcpSocket::new_v6()?,
+            };
             // Connections the last session closed linger in TIME_WAIT; they must not keep
             // this session from binding. A listening socket still makes the bind fail.
             socket.set_reuseaddr(true)?;
@@ -214,10 +241,18 @@ fn bind(port: PortSpec) -> io::Result<Bound> {
     }
 }
 
-/// The failed "free to bind" check of `port`.
+/// The failed "free to bind" check of `port`: for a port in use, who holds it.
 fn port_taken(port: PortSpec, error: &io::Error) -> CheckResult {
     let detail = match error.kind() {
-        io::ErrorKind::AddrInUse => "address in use".to_owned(),
+        io::ErrorKind::AddrInUse => match holders(port).as_slice() {
+            [] => "in use (by a process the agent cannot see)".to_owned(),
+            [one] => format!("in use by {one}"),
+            [first, rest @ ..] => format!(
+                "in use by {first} and {} other process{}",
+                rest.len(),
+                if rest.len() == 1 { "" } else { "es" }
+            ),
+        },
         io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
         _ => error.to_string(),
     };
@@ -227,6 +262,93 @@ fn port_taken(port: PortSpec, error: &io::Error) -> CheckResult {
         severity: Severity::Error,
         detail,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Who holds a port
+
+/// The processes that hold a socket bound to `port` (for TCP, listening ones if there are any),
+/// as `comm (pid N)`, by pid. Sockets come from this network namespace's `/proc/net` tables;
+/// their holders from the `socket:[inode]` links in `/proc/<pid>/fd` of every process the agent
+/// may read (a process of another network namespace cannot hold one: inodes are unique).
+fn holders(port: PortSpec) -> Vec<String> {
+    let tables: Vec<String> = match port.protocol {
+        Protocol::Tcp => ["/proc/net/tcp", "/proc/net/tcp6"],
+        Protocol::Udp => ["/proc/net/udp", "/proc/net/udp6"],
+    }
+    .iter()
+    .filter_map(|table| std::fs::read_to_string(table).ok())
+    .collect();
+    let bound = |listening_only| -> HashSet<u64> {
+        tables
+            .iter()
+            .flat_map(|table| socket_inodes(table, port, listening_only))
+            .collect()
+    };
+    let mut inodes = bound(true);
+    if inodes.is_empty() {
+        // A connection's socket without SO_REUSEADDR holds its local port too.
+        inodes = bound(false);
+    }
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&pid| holds_socket(pid, &inodes))
+        .collect();
+    pids.sort_unstable();
+    pids.into_iter()
+        .map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            match comm.trim_end() {
+                "" => format!("pid {pid}"),
+                comm => format!("{comm} (pid {pid})"),
+            }
+        })
+        .collect()
+}
+
+/// The inodes of the sockets in a `/proc/net/{tcp,tcp6,udp,udp6}` table bound to `port`; with
+/// `listening_only`, of TCP sockets only listening ones (UDP sockets do not listen).
+fn socket_inodes(table: &str, port: PortSpec, listening_only: bool) -> Vec<u64> {
+    /// `st` of a listening TCP socket.
+    const TCP_LISTEN: &str = "0A";
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid
+            // timeout inode ...
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (_, local_port) = fields.get(1)?.rsplit_once(':')?;
+            let state = *fields.get(3)?;
+            let inode: u64 = fields.get(9)?.parse().ok()?;
+            let bound = u16::from_str_radix(local_port, 16).ok()? == port.port;
+            let listening =
+                !listening_only || port.protocol == Protocol::Udp || state == TCP_LISTEN;
+            (bound && listening && inode != 0).then_some(inode)
+        })
+        .collect()
+}
+
+/// Whether one of `pid`'s descriptors is a socket of `inodes`; false for a process the agent
+/// may not look into.
+fn holds_socket(pid: u32, inodes: &HashSet<u64>) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok).any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
+                .is_some_and(|inode| inodes.contains(&inode))
+        })
+    })
 }
 
 /// Answers probes on `bound` for `hold`, then closes it.
@@ -621,9 +743,16 @@ mod tests {
         PreflightCheck {
             session,
             listen,
+            local: Vec::new(),
             hold_ms,
             requirements: easy(),
         }
+    }
+
+    /// `comm (pid N)` of this test process, as a failed port check names its holder.
+    fn this_process() -> String {
+        let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+        format!("{} (pid {})", comm.trim_end(), std::process::id())
     }
 
     fn probe_request(
@@ -724,8 +853,79 @@ mod tests {
         let check = named(&report, &format!("port {}/tcp", port.port));
         assert!(!check.ok);
         assert_eq!(check.severity, Severity::Error);
-        assert_eq!(check.detail, "address in use");
+        assert_eq!(check.detail, format!("in use by {}", this_process()));
         assert_eq!(report.listening, vec![free]);
+    }
+
+    #[tokio::test]
+    async fn a_local_port_in_use_names_the_process_holding_it() {
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        // Another program on the loopback port a component will bind, and on a UDP port.
+        let tcp_holder = std::net::TcpListener::bind((loopback, 0)).unwrap();
+        let udp_holder = std::net::UdpSocket::bind((loopback, 0)).unwrap();
+        let taken_tcp = tcp(tcp_holder.local_addr().unwrap().port());
+        let taken_udp = udp(udp_holder.local_addr().unwrap().port());
+        let free = free_port(Protocol::Tcp);
+        let local = |port, address| LocalPort { port, address };
+        let mut request = check_request(1, vec![], 60_000);
+        request.local = vec![
+            local(taken_tcp, loopback),
+            local(taken_udp, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            local(free, loopback),
+        ];
+        let report = Preflight::new().check(&request, &[]).await;
+
+        for port in [taken_tcp, taken_udp] {
+            let check = named(&report, &format!("port {port}"));
+            assert!(!check.ok && check.severity == Severity::Error, "{check:?}");
+            assert_eq!(check.detail, format!("in use by {}", this_process()));
+        }
+        assert!(
+            report
+                .checks
+                .iter()
+                .all(|c| c.name != format!("port {free}")),
+            "{:#?}",
+            report.checks
+        );
+        // Nothing listens on local ports: the free one was released at once.
+        assert!(report.listening.is_empty(), "{:?}", report.listening);
+        std::net::TcpListener::bind((loopback, free.port)).expect("the local port is free again");
+    }
+
+    #[tokio::test]
+    async fn local_ports_held_by_the_nodes_services_are_left_to_them() {
+        let service = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let held = tcp(service.local_addr().unwrap().port());
+        let mut request = check_request(1, vec![], 10_000);
+        request.local = vec![LocalPort {
+            port: held,
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }];
+        let report = Preflight::new().check(&request, &[held]).await;
+        assert_eq!(report.held_by_service, vec![held]);
+        assert!(report.listening.is_empty());
+        assert!(report.checks.iter().all(|c| !c.name.starts_with("port ")));
+    }
+
+    #[test]
+    fn sockets_are_found_in_proc_net_tables() {
+        // /proc/net/tcp: 127.0.0.1:10248 listening (inode 111), a connection from it (222),
+        // 0.0.0.0:10256 listening (333).
+        let tcp_table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:2808 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:2808 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 222 1 0000000000000000 20 4 30 10 -1
+   2: 00000000:2810 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 333 1 0000000000000000 100 0 0 10 0
+";
+        assert_eq!(socket_inodes(tcp_table, tcp(10248), true), [111]);
+        assert_eq!(socket_inodes(tcp_table, tcp(10248), false), [111, 222]);
+        assert_eq!(socket_inodes(tcp_table, tcp(10256), true), [333]);
+        assert!(socket_inodes(tcp_table, tcp(10250), true).is_empty());
+        // /proc/net/udp6: [::]:8472, unconnected (st 07).
+        let udp_table = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  10: 00000000000000000000000000000000:2118 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 444 2 0000000000000000 0
+";
+        assert_eq!(socket_inodes(udp_table, udp(8472), true), [444]);
     }
 
     #[tokio::test]
@@ -937,6 +1137,7 @@ mod tests {
         let request = PreflightCheck {
             session: 1,
             listen: vec![],
+            local: vec![],
             hold_ms: 1_000,
             requirements: Requirements {
                 min_memory_bytes: 1 << 50,

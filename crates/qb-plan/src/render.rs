@@ -400,6 +400,48 @@ pub fn required_ports(cluster: &ClusterInput, role: NodeRole) -> Vec<PortSpec> {
     ports
 }
 
+/// The ports a node of `role` uses only itself, each at the address its component binds: no
+/// other node reaches them, but another program holding one would keep the component from
+/// starting, so the preflight checks that each is free.
+pub fn local_ports(
+    cluster: &ClusterInput,
+    role: NodeRole,
+) -> Vec<qb_agent_proto::preflight::LocalPort> {
+    use qb_agent_proto::preflight::LocalPort;
+    let ships = |name: &str| cluster.bundle.artifact(name).is_some();
+    let loopback = |port| LocalPort {
+        port: tcp(port),
+        address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    let mut local = Vec::new();
+    if role == NodeRole::Master {
+        local.push(loopback(ports::ETCD_METRICS));
+        if ships(artifact::CONTROLLER_MANAGER) {
+            local.push(loopback(ports::CONTROLLER_MANAGER));
+        }
+        if ships(artifact::SCHEDULER) {
+            local.push(loopback(ports::SCHEDULER));
+        }
+    }
+    // The kubelet and kube-proxy reach the API servers through the balancer.
+    if ships(artifact::KUBELET) || ships(artifact::KUBE_PROXY) {
+        local.push(loopback(ports::API_BALANCER));
+    }
+    if ships(artifact::KUBELET) {
+        local.push(loopback(ports::KUBELET_HEALTHZ));
+    }
+    if ships(artifact::KUBE_PROXY) {
+        local.push(loopback(ports::KUBE_PROXY_METRICS));
+        // Its health endpoint binds every address (see `kube_proxy_config`).
+        local.push(LocalPort {
+            port: tcp(ports::KUBE_PROXY_HEALTHZ),
+            address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        });
+    }
+    local.sort();
+    local
+}
+
 /// etcd's client URL at `address`, e.g. `https://10.0.0.1:2379`.
 pub fn etcd_client_url(address: IpAddr) -> String {
     https_url(address, ports::ETCD_CLIENT)
@@ -2280,6 +2322,77 @@ mod tests {
             ["2379/tcp", "2380/tcp", "8472/udp"]
         );
         assert_eq!(names(required_ports(&etcd, NodeRole::Worker)), ["8472/udp"]);
+    }
+
+    #[test]
+    fn local_ports_by_role_and_bundle() {
+        use qb_agent_proto::preflight::LocalPort;
+        let names = |ports: Vec<LocalPort>| {
+            ports
+                .iter()
+                .map(|p| format!("{}:{}", p.address, p.port))
+                .collect::<Vec<_>>()
+        };
+        let full = cluster(full_bundle("1.20.2"));
+        assert_eq!(
+            names(local_ports(&full, NodeRole::Master)),
+            [
+                "127.0.0.1:2381/tcp",
+                "127.0.0.1:6444/tcp",
+                "127.0.0.1:10248/tcp",
+                "127.0.0.1:10249/tcp",
+                "0.0.0.0:10256/tcp",
+                "127.0.0.1:10257/tcp",
+                "127.0.0.1:10259/tcp",
+            ]
+        );
+        assert_eq!(
+            names(local_ports(&full, NodeRole::Worker)),
+            [
+                "127.0.0.1:6444/tcp",
+                "127.0.0.1:10248/tcp",
+                "127.0.0.1:10249/tcp",
+                "0.0.0.0:10256/tcp",
+            ]
+        );
+        let etcd = cluster(etcd_only_bundle("1.20.2"));
+        assert_eq!(
+            names(local_ports(&etcd, NodeRole::Master)),
+            ["127.0.0.1:2381/tcp"]
+        );
+        assert!(local_ports(&etcd, NodeRole::Worker).is_empty());
+        // Only what ships: a kubelet without kube-proxy, an API server without a scheduler.
+        let some = cluster(bundle(
+            "1.20.2",
+            &[
+                "etcd",
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kubelet",
+            ],
+        ));
+        assert_eq!(
+            names(local_ports(&some, NodeRole::Master)),
+            [
+                "127.0.0.1:2381/tcp",
+                "127.0.0.1:6444/tcp",
+                "127.0.0.1:10248/tcp",
+                "127.0.0.1:10257/tcp",
+            ]
+        );
+        assert_eq!(
+            names(local_ports(&some, NodeRole::Worker)),
+            ["127.0.0.1:6444/tcp", "127.0.0.1:10248/tcp"]
+        );
+        // None of them is one other nodes reach.
+        for role in [NodeRole::Master, NodeRole::Worker] {
+            let required = required_ports(&full, role);
+            assert!(
+                local_ports(&full, role)
+                    .iter()
+                    .all(|l| !required.contains(&l.port))
+            );
+        }
     }
 
     #[test]
