@@ -26,6 +26,33 @@ pub enum KubeOp {
     Drain { node: String, timeout_seconds: u32 },
     /// Remove the node object; one that is gone already is not an error.
     DeleteNode { node: String },
+    /// Give the node its role's labels ([`ROLE_LABELS`]) and, for a master with `taint`, the
+    /// [`MASTER_TAINT`] (`NoSchedule`); take away those of the other role. Other labels and
+    /// taints stay.
+    SetRole {
+        node: String,
+        master: bool,
+        taint: bool,
+    },
+}
+
+/// Labels of a master in Kubernetes 1.20 (both, as kubeadm sets them); a worker has the last.
+pub const ROLE_LABELS: [&str; 3] = [
+    "node-role.kubernetes.io/control-plane",
+    "node-role.kubernetes.io/master",
+    "node-role.kubernetes.io/worker",
+];
+
+/// The taint that keeps workloads off masters, as kubeadm 1.20 sets it.
+pub const MASTER_TAINT: &str = "node-role.kubernetes.io/master";
+
+/// The role labels a node of this role has.
+pub fn role_labels(master: bool) -> Vec<&'static str> {
+    if master {
+        ROLE_LABELS[..2].to_vec()
+    } else {
+        ROLE_LABELS[2..].to_vec()
+    }
 }
 
 /// A node as the API server lists it.
@@ -39,4 +66,10 @@ pub struct KubeNode {
     pub unschedulable: bool,
     /// e.g. `v1.20.2`; empty before the kubelet first reported.
     pub kubelet_version: String,
+    /// Which of [`ROLE_LABELS`] it has, sorted.
+    #[serde(default)]
+    pub role_labels: Vec<String>,
+    /// Whether it has the [`MASTER_TAINT`].
+    #[serde(default)]
+    pub master_taint: bool,
 }

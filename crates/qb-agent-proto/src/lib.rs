@@ -392,6 +392,8 @@ mod tests {
                     ready: true,
                     unschedulable: false,
                     kubelet_version: "v1.20.2".into(),
+                    role_labels: vec!["node-role.kubernetes.io/worker".into()],
+                    master_taint: false,
                 }],
             },
         };

@@ -145,6 +145,11 @@ pub struct Service {
     /// Paths of files and artifacts the service reads: when one changes, the service restarts.
     #[serde(default)]
     pub inputs: Vec<String>,
+    /// Directories holding this service's own state (etcd's data): removed when the service
+    /// leaves the plan, so that it starts from nothing if a later plan has it again (a master
+    /// demoted and promoted again joins etcd as a new member).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_dirs: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

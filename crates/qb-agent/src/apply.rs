@@ -119,6 +119,8 @@ pub enum StepError {
     #[error(transparent)]
     Routes(#[from] crate::routes::RouteError),
     #[error(transparent)]
+    PodNetwork(#[from] crate::pod_network::TeardownError),
+    #[error(transparent)]
     Cgroups(#[from] crate::cgroups::CgroupError),
     #[error(transparent)]
     Balancer(#[from] crate::balancer::BalancerError),
@@ -131,6 +133,8 @@ pub struct Applier {
     /// The node's API balancer, when its plan has one.
     balancer: Balancer,
     readiness_timeout: Duration,
+    /// Whether a wipe takes down the pod network of the host (its bridge, rules, namespaces).
+    pod_network: bool,
     /// One apply at a time.
     busy: tokio::sync::Mutex<()>,
 }
@@ -144,6 +148,7 @@ impl Applier {
             supervisor,
             balancer: Balancer::default(),
             readiness_timeout: READINESS_TIMEOUT,
+            pod_network: true,
             busy: tokio::sync::Mutex::new(()),
         }
     }
@@ -152,6 +157,14 @@ impl Applier {
     #[cfg(test)]
     pub fn with_readiness_timeout(mut self, timeout: Duration) -> Self {
         self.readiness_timeout = timeout;
+        self
+    }
+
+    /// An applier whose wipes leave the host's network alone: unit tests run on the machine
+    /// itself, beside lab hosts whose private directories are mounted over the machine's.
+    #[cfg(test)]
+    pub fn without_pod_network(mut self) -> Self {
+        self.pod_network = false;
         self
     }
 
@@ -278,6 +291,22 @@ impl Run<'_, '_> {
     }
 
     async fn converge(mut self, source: &impl ArtifactSource) -> Result<(), ApplyError> {
+        // A host moved to another cluster (its wipe never came: it was unreachable when it
+        // left) starts clean: nothing of the old cluster's state may leak into the new one.
+        let previous = self.ledger.installed.cluster_id;
+        if previous.is_some() && previous != self.plan.cluster_id {
+            self.progress.plan_steps(&["wipe".to_owned()]);
+            self.progress.step("wipe", StepState::Running, None);
+            let result = self.wipe_everything().await;
+            self.conclude("wipe", result)?;
+        }
+        if self.ledger.installed.cluster_id != self.plan.cluster_id {
+            self.ledger.installed.cluster_id = self.plan.cluster_id;
+            self.ledger.save().map_err(|source| ApplyError::State {
+                path: self.ledger.path.clone(),
+                source: Box::new(source),
+            })?;
+        }
         let wanted: BTreeSet<&str> = self.plan.services.iter().map(|s| s.name.as_str()).collect();
         let retired: Vec<String> = self
             .known_services()
@@ -340,16 +369,37 @@ impl Run<'_, '_> {
         self.supervisor().stop(name).await?;
         self.ledger.installed.services.remove(name);
         self.ledger.save()?;
-        Ok("stopped: no longer in the plan".to_owned())
+        let dirs = self
+            .ledger
+            .installed
+            .service_data
+            .get(name)
+            .cloned()
+            .unwrap_or_default();
+        for dir in &dirs {
+            remove_tree(Path::new(dir), false)?;
+        }
+        if self.ledger.installed.service_data.remove(name).is_some() {
+            self.ledger.save()?;
+        }
+        Ok(match dirs.len() {
+            0 => "stopped: no longer in the plan".to_owned(),
+            n => format!("stopped: no longer in the plan; its {n} data directories removed"),
+        })
     }
 
     async fn artifacts(&mut self, source: &impl ArtifactSource) -> Result<String, StepError> {
         // The state directories are remembered before any service could write into them.
+        // So are those that were mount points then (an operator's disk): a wipe empties them
+        // but leaves the mount; any other mount on them is the components' and goes.
         let installed = &mut self.ledger.installed;
         let dirs = installed.state_dirs.len();
-        installed
-            .state_dirs
-            .extend(self.plan.state_dirs.iter().cloned());
+        let mounts = mount_points()?;
+        for dir in &self.plan.state_dirs {
+            if installed.state_dirs.insert(dir.clone()) && mounts.contains(Path::new(dir)) {
+                installed.premounted_dirs.insert(dir.clone());
+            }
+        }
         if installed.state_dirs.len() != dirs {
             self.ledger.save()?;
         }
@@ -556,6 +606,19 @@ impl Run<'_, '_> {
     }
 
     async fn service(&mut self, service: &Service) -> Result<String, StepError> {
+        if !service.data_dirs.is_empty() {
+            let dirs = self
+                .ledger
+                .installed
+                .service_data
+                .entry(service.name.clone())
+                .or_default();
+            let before = dirs.len();
+            dirs.extend(service.data_dirs.iter().cloned());
+            if dirs.len() != before {
+                self.ledger.save()?;
+            }
+        }
         let fingerprint = fingerprint(service, self.plan);
         if self.ledger.installed.services.get(&service.name) != Some(&fingerprint) {
             self.ledger
@@ -641,16 +704,34 @@ impl Run<'_, '_> {
         let cgroups: Vec<String> = self.ledger.installed.cgroups.iter().cloned().collect();
         let ended = blocking(move || Ok(crate::cgroups::remove(&cgroups)?)).await?;
         tracing::info!(cgroups = %ended, "cluster cgroups removed");
+        // Only once the pods are gone: their interfaces and rules go with them.
+        if self.applier.pod_network {
+            let network = crate::pod_network::teardown().await?;
+            tracing::info!(%network, "pod network taken down");
+        }
         self.ledger.installed.cgroups.clear();
         self.ledger.installed.tasks.clear();
         self.ledger.save()?;
         let mut dirs = self.ledger.installed.state_dirs.clone();
         dirs.extend(self.plan.state_dirs.iter().cloned());
+        dirs.extend(
+            self.ledger
+                .installed
+                .service_data
+                .values()
+                .flatten()
+                .cloned(),
+        );
         for dir in &dirs {
-            remove_tree(Path::new(dir))?;
+            let keep_mount = self.ledger.installed.premounted_dirs.contains(dir);
+            remove_tree(Path::new(dir), keep_mount)?;
             self.ledger.installed.state_dirs.remove(dir);
+            self.ledger.installed.premounted_dirs.remove(dir);
             self.ledger.save()?;
         }
+        self.ledger.installed.service_data.clear();
+        self.ledger.installed.cluster_id = None;
+        self.ledger.save()?;
         self.prune_cache()?;
         tracing::info!(
             services,
@@ -678,8 +759,15 @@ struct Installed {
     files: BTreeMap<String, InstalledFile>,
     /// Every state directory a plan named since the last wipe.
     state_dirs: BTreeSet<String>,
+    /// Those of them that were mount points before a plan named them.
+    premounted_dirs: BTreeSet<String>,
     /// Name → fingerprint.
     services: BTreeMap<String, String>,
+    /// Name → the service's own state directories, removed when it is retired.
+    service_data: BTreeMap<String, BTreeSet<String>>,
+    /// The cluster of the last plan applied in part or in full: a plan of another cluster
+    /// starts by wiping what this one left.
+    cluster_id: Option<qb_api::ClusterId>,
     /// Tasks that ran to completion: name → fingerprint.
     tasks: BTreeMap<String, String>,
     /// Every cgroup a plan had since the last wipe.
@@ -939,8 +1027,8 @@ fn validate(plan: &Plan) -> Result<(), ApplyError> {
             Some(program) => check_path(program)?,
             None => return invalid(format!("service {} has no command", service.name)),
         }
-        for input in &service.inputs {
-            check_path(input)?;
+        for path in service.inputs.iter().chain(&service.data_dirs) {
+            check_path(path)?;
         }
     }
     Ok(())
@@ -1117,28 +1205,39 @@ fn remove_path(path: &Path) -> Result<(), StepError> {
     }
 }
 
-/// Unmounts every mount strictly below `dir` (the kubelet's pod volumes, say), deepest first,
-/// lazily: what the components mounted goes with them. A mount at `dir` itself stays (the
-/// kubelet binds its root directory onto itself; an operator may have mounted a disk there).
-fn unmount_below(dir: &Path) -> Result<(), StepError> {
+/// The mount points of the agent's mount namespace.
+fn mount_points() -> Result<BTreeSet<PathBuf>, StepError> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(io("reading", Path::new("/proc/self/mountinfo")))?;
-    let mut below: Vec<PathBuf> = mountinfo
+    Ok(mountinfo
         .lines()
         .filter_map(|line| line.split_whitespace().nth(4))
         .map(|point| PathBuf::from(point.replace("\\040", " ")))
-        .filter(|point| point.starts_with(dir) && point != dir)
+        .collect())
+}
+
+/// Unmounts every mount below `dir` (the kubelet's pod volumes, say), deepest first, lazily,
+/// and `dir`'s own mounts unless `keep_own` (the kubelet binds its root directory onto itself;
+/// an operator's disk mounted there stays).
+fn unmount_below(dir: &Path, keep_own: bool) -> Result<(), StepError> {
+    let mut below: Vec<PathBuf> = mount_points()?
+        .into_iter()
+        .filter(|point| point.starts_with(dir) && !(keep_own && point == dir))
         .collect();
     below.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    below.dedup();
+    let mut unmounted = 0;
     for point in &below {
-        match rustix::mount::unmount(point, rustix::mount::UnmountFlags::DETACH) {
-            Ok(()) | Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => {}
-            Err(e) => return Err(io("unmounting", point)(e.into())),
+        // A point can carry several mounts (a bind on a bind): unmount until none is left.
+        for _ in 0..16 {
+            match rustix::mount::unmount(point, rustix::mount::UnmountFlags::DETACH) {
+                Ok(()) => unmounted += 1,
+                Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => break,
+                Err(e) => return Err(io("unmounting", point)(e.into())),
+            }
         }
     }
-    if !below.is_empty() {
-        tracing::info!(dir = %dir.display(), mounts = below.len(), "unmounted what components left");
+    if unmounted > 0 {
+        tracing::info!(dir = %dir.display(), mounts = unmounted, "unmounted what components left");
     }
     Ok(())
 }
@@ -1156,10 +1255,10 @@ fn remove_empty_parents(path: &Path) {
     }
 }
 
-/// Removes a directory tree; nothing there is fine. A directory that is a mount point cannot
-/// go itself: emptied, it counts as removed.
-fn remove_tree(path: &Path) -> Result<(), StepError> {
-    unmount_below(path)?;
+/// Removes a directory tree; nothing there is fine. A directory that stays a mount point
+/// (`keep_mount`) cannot go itself: emptied, it counts as removed.
+fn remove_tree(path: &Path, keep_mount: bool) -> Result<(), StepError> {
+    unmount_below(path, keep_mount)?;
     let entries = match std::fs::read_dir(path) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -1321,7 +1420,8 @@ mod tests {
                 },
                 supervisor.clone(),
             )
-            .with_readiness_timeout(Duration::from_secs(20));
+            .with_readiness_timeout(Duration::from_secs(20))
+            .without_pod_network();
             (supervisor, applier)
         }
 
@@ -1358,6 +1458,7 @@ mod tests {
             probe: None,
             ports: Vec::new(),
             inputs,
+            data_dirs: Vec::new(),
         }
     }
 
@@ -1771,6 +1872,101 @@ mod tests {
             step(&report.borrow(), "wipe").message.as_deref(),
             Some("0 services stopped, 0 files removed, 0 state directories removed")
         );
+    }
+
+    #[tokio::test]
+    async fn a_retired_services_data_goes_with_it_and_it_comes_back_from_nothing() {
+        let host = Host::new();
+        let mut source = Source::default();
+        let (mut plan, _) = plan(&host, &mut source).await;
+        let data = host.text("var/lib/member");
+        // Says whether it found data of an earlier run, then keeps some of its own.
+        let mut member = service(
+            "member",
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!(
+                    "mkdir -p {data}; if [ -e {data}/db ]; then echo reused; else echo fresh; fi > {data}/start; \
+                     echo data > {data}/db; exec sleep 1000"
+                ),
+            ],
+            Vec::new(),
+        );
+        member.data_dirs = vec![data.clone()];
+        plan.services.push(member);
+        let (supervisor, applier) = host.agent();
+        let report = watch::Sender::new(PlanReport::default());
+        let start = host.path("var/lib/member/start");
+        let started_as = |expected: &'static str| {
+            let start = start.clone();
+            async move {
+                for _ in 0..200 {
+                    if std::fs::read_to_string(&start).is_ok_and(|s| s.trim() == expected)
+                        && start.with_file_name("db").exists()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                panic!("the member did not start {expected}");
+            }
+        };
+        applier.apply(&plan, &source, &report).await.unwrap();
+        started_as("fresh").await;
+
+        // Retired: stopped, and its data removed (the other state directories stay).
+        let mut without = plan.clone();
+        without.generation = 2;
+        without.services.retain(|s| s.name != "member");
+        applier.apply(&without, &source, &report).await.unwrap();
+        assert_eq!(
+            step(&report.borrow(), "service:member").message.as_deref(),
+            Some("stopped: no longer in the plan; its 1 data directories removed")
+        );
+        assert!(!host.path("var/lib/member").exists());
+        assert!(host.path("var/lib/worker/member").exists());
+
+        // Back: it starts from nothing.
+        let mut again = plan.clone();
+        again.generation = 3;
+        applier.apply(&again, &source, &report).await.unwrap();
+        started_as("fresh").await;
+        stop_all(&supervisor).await;
+    }
+
+    #[tokio::test]
+    async fn a_plan_of_another_cluster_starts_from_a_wiped_node() {
+        let host = Host::new();
+        let mut source = Source::default();
+        let (plan, _) = plan(&host, &mut source).await;
+        let (supervisor, applier) = host.agent();
+        let report = watch::Sender::new(PlanReport::default());
+        applier.apply(&plan, &source, &report).await.unwrap();
+        let old_state = host.path("var/lib/worker/from-the-old-cluster");
+        std::fs::write(&old_state, "old").unwrap();
+        let server = pid(&supervisor, "server");
+
+        // The same cluster's next plan keeps the state.
+        let mut next = plan.clone();
+        next.generation = 2;
+        applier.apply(&next, &source, &report).await.unwrap();
+        assert!(old_state.exists());
+        assert_eq!(pid(&supervisor, "server"), server);
+
+        // Another cluster's plan, without a wipe between (the host was away when it left):
+        // nothing of the old cluster's state is left, and the services start anew.
+        let mut other = plan.clone();
+        other.generation = 3;
+        other.cluster_id = Some(ClusterId::new());
+        applier.apply(&other, &source, &report).await.unwrap();
+        assert!(
+            !old_state.exists(),
+            "the old cluster's state was wiped first"
+        );
+        assert_ne!(pid(&supervisor, "server"), server);
+        assert_eq!(report.borrow().state, PlanState::Applied);
+        stop_all(&supervisor).await;
     }
 
     #[tokio::test]

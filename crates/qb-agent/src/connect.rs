@@ -35,6 +35,9 @@ pub struct Controller {
 /// An open HTTP/2 connection to the controller.
 pub struct Connection {
     pub sender: SendRequest<Body>,
+    /// The host's address this connection leaves from (the source of its route towards the
+    /// controller, or towards the proxy).
+    pub local_ip: Option<std::net::IpAddr>,
     /// Completes when the connection is gone.
     pub closed: tokio::task::JoinHandle<()>,
 }
@@ -70,6 +73,7 @@ impl Controller {
             .await
             .with_context(|| format!("connecting to {} timed out", self.address))??;
         let _ = tcp.set_nodelay(true);
+        let local_ip = tcp.local_addr().ok().map(|a| a.ip());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -108,7 +112,11 @@ impl Controller {
                 tracing::debug!(error = %e, "controller connection ended");
             }
         });
-        Ok(Connection { sender, closed })
+        Ok(Connection {
+            sender,
+            local_ip,
+            closed,
+        })
     }
 
     async fn tcp(&self) -> Result<TcpStream> {

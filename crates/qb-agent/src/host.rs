@@ -4,22 +4,20 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use qb_agent_proto::HostMetrics;
-use qb_api::NodeFacts;
+use qb_api::{InterfaceKind, NetInterface, NodeFacts};
 
-/// The host's facts, read fresh.
-pub fn facts(hostname_override: Option<&str>) -> NodeFacts {
+/// The host's facts, read fresh. `route_source`: the local address of the agent's connection
+/// to the controller, when it has one.
+pub fn facts(hostname_override: Option<&str>, route_source: Option<IpAddr>) -> NodeFacts {
     let uname = rustix::system::uname();
     let hostname = hostname_override
         .map(str::to_owned)
         .unwrap_or_else(|| uname.nodename().to_string_lossy().into_owned());
-    let mut addresses: Vec<IpAddr> = if_addrs::get_if_addrs()
-        .map(|ifs| {
-            ifs.into_iter()
-                .filter(|i| !i.is_loopback())
-                .map(|i| i.ip())
-                .collect()
-        })
-        .unwrap_or_default();
+    let interfaces = interfaces(Path::new("/sys/class/net"));
+    let mut addresses: Vec<IpAddr> = interfaces
+        .iter()
+        .flat_map(|i| i.addresses.iter().copied())
+        .collect();
     addresses.sort();
     addresses.dedup();
     NodeFacts {
@@ -34,6 +32,63 @@ pub fn facts(hostname_override: Option<&str>) -> NodeFacts {
             "MemTotal",
         ) * 1024,
         addresses,
+        interfaces,
+        route_source: route_source.filter(|ip| !ip.is_loopback() && !ip.is_unspecified()),
+    }
+}
+
+/// The host's interfaces but loopback, with their addresses and what kind they are (read from
+/// `sys_net`, the network namespace's `/sys/class/net`), sorted by name.
+fn interfaces(sys_net: &Path) -> Vec<NetInterface> {
+    let mut by_name: std::collections::BTreeMap<String, Vec<IpAddr>> = Default::default();
+    for i in if_addrs::get_if_addrs().unwrap_or_default() {
+        if !i.is_loopback() {
+            by_name.entry(i.name.clone()).or_default().push(i.ip());
+        }
+    }
+    by_name
+        .into_iter()
+        .map(|(name, mut addresses)| {
+            addresses.sort();
+            addresses.dedup();
+            let dir = sys_net.join(&name);
+            NetInterface {
+                kind: interface_kind(&dir),
+                master: std::fs::read_link(dir.join("master"))
+                    .ok()
+                    .and_then(|p| Some(p.file_name()?.to_string_lossy().into_owned())),
+                name,
+                addresses,
+            }
+        })
+        .collect()
+}
+
+/// An interface's kind from its sysfs directory.
+fn interface_kind(dir: &Path) -> InterfaceKind {
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+    let devtype = read("uevent")
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVTYPE=").map(str::to_owned))
+        .unwrap_or_default();
+    // ARPHRD_ETHER is 1; tunnels have their own link types (ipip 768, sit 776, gre 778,
+    // none 65534 for WireGuard and tun).
+    let link_type: u32 = read("type").trim().parse().unwrap_or(1);
+    let peer_elsewhere = read("iflink").trim() != read("ifindex").trim();
+    if dir.join("bridge").is_dir() {
+        InterfaceKind::Bridge
+    } else if dir.join("bonding").is_dir() {
+        InterfaceKind::Bond
+    } else if devtype == "vlan" {
+        InterfaceKind::Vlan
+    } else if matches!(devtype.as_str(), "vxlan" | "geneve" | "wireguard") || link_type != 1 {
+        InterfaceKind::Tunnel
+    } else if dir.join("device").exists() {
+        InterfaceKind::Physical
+    } else if devtype.is_empty() && peer_elsewhere {
+        InterfaceKind::Veth
+    } else {
+        InterfaceKind::Virtual
     }
 }
 
@@ -158,8 +213,59 @@ mod tests {
     }
 
     #[test]
+    fn interface_kinds_come_from_sysfs() {
+        let sys = tempfile::tempdir().unwrap();
+        let make = |name: &str, files: &[(&str, &str)], dirs: &[&str]| {
+            let dir = sys.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            for (file, content) in files {
+                std::fs::write(dir.join(file), content).unwrap();
+            }
+            for sub in dirs {
+                std::fs::create_dir_all(dir.join(sub)).unwrap();
+            }
+            dir
+        };
+        let ether = [
+            ("type", "1\n"),
+            ("ifindex", "4\n"),
+            ("iflink", "4\n"),
+            ("uevent", "INTERFACE=x\n"),
+        ];
+        let card = make("eth0", &ether, &["device"]);
+        let bridge = make("qb0", &ether, &["bridge"]);
+        let bond = make("bond0", &ether, &["bonding"]);
+        let vlan = make(
+            "eth0.7",
+            &[("type", "1\n"), ("uevent", "DEVTYPE=vlan\n")],
+            &[],
+        );
+        let vxlan = make(
+            "vx0",
+            &[("type", "1\n"), ("uevent", "DEVTYPE=vxlan\n")],
+            &[],
+        );
+        let wg = make("wg0", &[("type", "65534\n")], &[]);
+        let veth = make(
+            "veth9",
+            &[("type", "1\n"), ("ifindex", "9\n"), ("iflink", "8\n")],
+            &[],
+        );
+        let dummy = make("dummy0", &ether, &[]);
+        assert_eq!(interface_kind(&card), InterfaceKind::Physical);
+        assert_eq!(interface_kind(&bridge), InterfaceKind::Bridge);
+        assert_eq!(interface_kind(&bond), InterfaceKind::Bond);
+        assert_eq!(interface_kind(&vlan), InterfaceKind::Vlan);
+        assert_eq!(interface_kind(&vxlan), InterfaceKind::Tunnel);
+        assert_eq!(interface_kind(&wg), InterfaceKind::Tunnel);
+        assert_eq!(interface_kind(&veth), InterfaceKind::Veth);
+        assert_eq!(interface_kind(&dummy), InterfaceKind::Virtual);
+    }
+
+    #[test]
     fn facts_and_metrics_of_this_host_are_plausible() {
-        let f = facts(None);
+        let f = facts(None, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(f.route_source, None, "loopback is no route source");
         assert!(!f.hostname.is_empty() && !f.kernel.is_empty());
         assert_eq!(f.arch, std::env::consts::ARCH);
         assert!(f.cpus >= 1 && f.memory_bytes > 0);
@@ -170,6 +276,6 @@ mod tests {
                 && sample.memory_total_bytes > 0
         );
         assert!(sample.disk_total_bytes > 0 && (0.0..=100.0).contains(&sample.cpu_percent));
-        assert_eq!(facts(Some("override")).hostname, "override");
+        assert_eq!(facts(Some("override"), None).hostname, "override");
     }
 }

@@ -12,7 +12,7 @@ use hyper::Method;
 use qb_agent_proto::kube::{KubeNode, KubeOp, KubeRequest};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::https::{self, HttpsError, Payload, TlsFiles};
@@ -90,8 +90,65 @@ pub async fn run(req: &KubeRequest) -> Result<Vec<KubeNode>, KubeError> {
         KubeOp::DeleteNode { node } => {
             delete_node(&mut api, ObjectName::parse("node", node)?).await?
         }
+        KubeOp::SetRole {
+            node,
+            master,
+            taint,
+        } => set_role(&mut api, ObjectName::parse("node", node)?, *master, *taint).await?,
     }
     api.nodes().await
+}
+
+/// Sets the role labels and the master taint of `node` with one merge patch, made against the
+/// version read (a concurrent change makes it fail, and the engine tries again).
+async fn set_role(
+    api: &mut Api<'_>,
+    node: ObjectName<'_>,
+    master: bool,
+    taint: bool,
+) -> Result<(), KubeError> {
+    use qb_agent_proto::kube::{MASTER_TAINT, ROLE_LABELS, role_labels};
+    let path = format!("{NODES_PATH}/{node}");
+    let current: Value = api.get(&path).await?;
+    let wanted = role_labels(master);
+    let labels: serde_json::Map<String, Value> = ROLE_LABELS
+        .iter()
+        .map(|l| {
+            let value = if wanted.contains(l) {
+                Value::String(String::new())
+            } else {
+                Value::Null
+            };
+            ((*l).to_owned(), value)
+        })
+        .collect();
+    let mut taints: Vec<Value> = current["spec"]["taints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["key"] != MASTER_TAINT)
+        .cloned()
+        .collect();
+    if master && taint {
+        taints.push(json!({ "key": MASTER_TAINT, "effect": "NoSchedule" }));
+    }
+    let patch = json!({
+        "metadata": {
+            "labels": labels,
+            "resourceVersion": current["metadata"]["resourceVersion"],
+        },
+        "spec": { "taints": taints },
+    });
+    let response = api
+        .send(
+            Method::PATCH,
+            &path,
+            Some(Payload::typed("application/merge-patch+json", &patch)),
+        )
+        .await?;
+    api.check(Method::PATCH, &path, &response)?;
+    tracing::info!(%node, master, taint, "set the node's role labels and taint");
+    Ok(())
 }
 
 /// Cordons `node`, evicts its pods but those of daemon sets, mirror pods and finished ones,
@@ -419,6 +476,8 @@ struct Metadata {
     #[serde(default)]
     annotations: BTreeMap<String, String>,
     #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
     owner_references: Vec<OwnerReference>,
 }
 
@@ -440,6 +499,13 @@ struct Node {
 struct NodeSpec {
     #[serde(default)]
     unschedulable: bool,
+    #[serde(default)]
+    taints: Vec<Taint>,
+}
+
+#[derive(Deserialize)]
+struct Taint {
+    key: String,
 }
 
 #[derive(Default, Deserialize)]
@@ -476,6 +542,16 @@ impl From<Node> for KubeNode {
                 .any(|c| c.kind == "Ready" && c.status == "True"),
             unschedulable: node.spec.unschedulable,
             kubelet_version: node.status.node_info.kubelet_version,
+            role_labels: qb_agent_proto::kube::ROLE_LABELS
+                .iter()
+                .filter(|l| node.metadata.labels.contains_key(**l))
+                .map(|l| (*l).to_owned())
+                .collect(),
+            master_taint: node
+                .spec
+                .taints
+                .iter()
+                .any(|t| t.key == qb_agent_proto::kube::MASTER_TAINT),
         }
     }
 }
@@ -544,6 +620,8 @@ mod tests {
             ready,
             unschedulable,
             kubelet_version: version.to_owned(),
+            role_labels: Vec::new(),
+            master_taint: false,
         };
         assert_eq!(
             nodes,
@@ -732,6 +810,31 @@ mod tests {
             match (method.as_str(), segments.as_slice()) {
                 ("GET", ["api", "v1", "nodes"]) => {
                     (200, json!({"kind": "NodeList", "items": self.nodes}))
+                }
+                ("GET", ["api", "v1", "nodes", name]) => {
+                    match self.nodes.iter().find(|n| name_of(n) == *name) {
+                        Some(node) => (200, node.clone()),
+                        None => (404, status(404, &format!("nodes \"{name}\" not found"))),
+                    }
+                }
+                ("PATCH", ["api", "v1", "nodes", name])
+                    if content_type == Some("application/merge-patch+json") =>
+                {
+                    let patch: Value = serde_json::from_slice(body).unwrap();
+                    let Some(node) = self.nodes.iter_mut().find(|n| name_of(n) == *name) else {
+                        return (404, status(404, &format!("nodes \"{name}\" not found")));
+                    };
+                    if patch["metadata"]["resourceVersion"] != node["metadata"]["resourceVersion"] {
+                        return (409, status(409, "the object has been modified"));
+                    }
+                    merge(node, &patch);
+                    let version: u64 = node["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    node["metadata"]["resourceVersion"] = json!((version + 1).to_string());
+                    (200, node.clone())
                 }
                 ("PATCH", ["api", "v1", "nodes", name]) => {
                     assert_eq!(content_type, Some("application/strategic-merge-patch+json"));
@@ -941,6 +1044,75 @@ mod tests {
         fn cluster(&self) -> std::sync::MutexGuard<'_, Cluster> {
             self.cluster.lock().unwrap()
         }
+    }
+
+    /// RFC 7386 JSON merge patch.
+    fn merge(target: &mut Value, patch: &Value) {
+        match patch.as_object() {
+            Some(fields) => {
+                if !target.is_object() {
+                    *target = json!({});
+                }
+                for (key, value) in fields {
+                    if value.is_null() {
+                        target.as_object_mut().unwrap().remove(key);
+                    } else {
+                        merge(&mut target[key], value);
+                    }
+                }
+            }
+            None => *target = patch.clone(),
+        }
+    }
+
+    #[tokio::test]
+    async fn roles_set_their_labels_and_the_master_taint_and_leave_the_rest() {
+        let mut node = node("n1");
+        node["metadata"]["resourceVersion"] = json!("7");
+        node["metadata"]["labels"] = json!({"zone": "a", "node-role.kubernetes.io/worker": ""});
+        node["spec"]["taints"] = json!([{"key": "gpu", "effect": "NoSchedule"}]);
+        let lab = Lab::start(Cluster {
+            nodes: vec![node],
+            ..Cluster::default()
+        })
+        .await;
+        let set = |master, taint| {
+            lab.request(KubeOp::SetRole {
+                node: "n1".into(),
+                master,
+                taint,
+            })
+        };
+        let nodes = run(&set(true, true)).await.unwrap();
+        assert_eq!(
+            nodes[0].role_labels,
+            [
+                "node-role.kubernetes.io/control-plane",
+                "node-role.kubernetes.io/master"
+            ]
+        );
+        assert!(nodes[0].master_taint);
+        let stored = lab.cluster().nodes[0].clone();
+        assert_eq!(stored["metadata"]["labels"]["zone"], "a");
+        assert_eq!(
+            stored["spec"]["taints"],
+            json!([
+                {"key": "gpu", "effect": "NoSchedule"},
+                {"key": "node-role.kubernetes.io/master", "effect": "NoSchedule"},
+            ])
+        );
+        // Untainted master, then a worker again: the master taint goes, the others stay.
+        let nodes = run(&set(true, false)).await.unwrap();
+        assert!(!nodes[0].master_taint);
+        let nodes = run(&set(false, true)).await.unwrap();
+        assert_eq!(nodes[0].role_labels, ["node-role.kubernetes.io/worker"]);
+        assert!(!nodes[0].master_taint);
+        let stored = lab.cluster().nodes[0].clone();
+        assert_eq!(
+            stored["spec"]["taints"],
+            json!([{"key": "gpu", "effect": "NoSchedule"}])
+        );
+        assert_eq!(stored["metadata"]["labels"]["zone"], "a");
     }
 
     fn drain_op(node: &str, timeout_seconds: u32) -> KubeOp {

@@ -10,6 +10,7 @@ mod etcd;
 mod host;
 mod https;
 mod kube;
+mod pod_network;
 mod preflight;
 mod probe;
 mod routes;
@@ -59,7 +60,10 @@ fn main() -> Result<()> {
         .init();
     match cli.command.unwrap_or(Command::Run) {
         Command::Facts => {
-            println!("{}", serde_json::to_string_pretty(&host::facts(None))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&host::facts(None, None))?
+            );
             Ok(())
         }
         Command::CheckConfig => {

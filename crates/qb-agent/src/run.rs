@@ -151,7 +151,8 @@ async fn register(
             "no bootstrap_token in the configuration, and this host has not registered"
         ))
     })?;
-    let facts = host::facts(config.node_name.as_deref());
+    let mut connection = controller.connect(None).await?;
+    let facts = host::facts(config.node_name.as_deref(), connection.local_ip);
     let key = qb_pki::new_key_and_csr(&facts.hostname).map_err(anyhow::Error::from)?;
     let request = RegisterRequest {
         token,
@@ -161,7 +162,6 @@ async fn register(
         labels: config.labels().map_err(|e| Failed(anyhow::anyhow!(e.0)))?,
         agent_version: VERSION.to_owned(),
     };
-    let mut connection = controller.connect(None).await?;
     let answer = post_json(
         &mut connection.sender,
         &controller.uri(REGISTER_PATH),
@@ -251,7 +251,8 @@ async fn hold_channel(
     });
     let request = hyper::Request::post(controller.uri(CHANNEL_PATH))
         .body(BodyExt::boxed(StreamBody::new(frames)))?;
-    let mut facts = host::facts(config.node_name.as_deref());
+    let local_ip = connection.local_ip;
+    let mut facts = host::facts(config.node_name.as_deref(), local_ip);
     let hello = AgentMessage::Hello {
         agent_version: VERSION.to_owned(),
         facts: facts.clone(),
@@ -350,7 +351,7 @@ async fn hold_channel(
                 }
             }
             _ = heartbeat.tick() => {
-                let now = host::facts(config.node_name.as_deref());
+                let now = host::facts(config.node_name.as_deref(), local_ip);
                 let changed = (now != facts).then(|| now.clone());
                 facts = now;
                 let message = AgentMessage::Heartbeat { facts: changed, metrics: metrics.sample(state.path()) };

@@ -1158,6 +1158,7 @@ mod tests {
             probe: None,
             ports: Vec::new(),
             inputs: Vec::new(),
+            data_dirs: Vec::new(),
         }
     }
 

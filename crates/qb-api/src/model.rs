@@ -157,6 +157,59 @@ pub struct NodeFacts {
     pub memory_bytes: u64,
     #[schema(value_type = Vec<String>)]
     pub addresses: Vec<IpAddr>,
+    /// The host's network interfaces (not loopback), so the controller can tell a host's own
+    /// addresses from those of bridges and pods.
+    #[serde(default)]
+    pub interfaces: Vec<NetInterface>,
+    /// The address the host's connection to the controller leaves from: the address of its
+    /// route towards the controller, the first choice for the node's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub route_source: Option<IpAddr>,
+}
+
+/// A network interface of a host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetInterface {
+    pub name: String,
+    pub kind: InterfaceKind,
+    /// The interface it is enslaved to (a bridge or a bond), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
+    #[schema(value_type = Vec<String>)]
+    pub addresses: Vec<IpAddr>,
+}
+
+impl NetInterface {
+    /// Whether a cluster's pod network made it: qb's pod bridge, or a pod's end on it.
+    pub fn is_pod_network(&self) -> bool {
+        self.name == POD_BRIDGE || self.master.as_deref() == Some(POD_BRIDGE)
+    }
+}
+
+/// The label that sets the address a node's cluster reaches it at (an IP address). It is read
+/// when the node is first planned in a cluster; while the node is in one it cannot change.
+pub const ADDRESS_LABEL: &str = "node.qb.io/address";
+
+/// The bridge the pods of a qb cluster's node are attached to.
+pub const POD_BRIDGE: &str = "qb0";
+
+/// What kind of network interface a host has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InterfaceKind {
+    /// A network card (it has a device).
+    Physical,
+    Bridge,
+    Bond,
+    Vlan,
+    /// One end of a virtual Ethernet pair.
+    Veth,
+    /// VXLAN, GRE, WireGuard, IP-in-IP and the like.
+    Tunnel,
+    /// Any other virtual interface (dummy, tun/tap, macvlan, ...).
+    Virtual,
 }
 
 /// A short reference to a cluster.
@@ -182,6 +235,13 @@ pub struct Node {
     /// Its role in its cluster, once placed.
     #[serde(default)]
     pub role: Option<NodeRole>,
+    /// The address its cluster reaches it at: chosen when the node is first planned in its
+    /// cluster (the [`ADDRESS_LABEL`] label, else the address the host reaches the controller
+    /// from, never one of the cluster's pod or service ranges or of its pod network) and kept
+    /// until the node leaves the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub address: Option<IpAddr>,
     /// The node's plan: the generation the controller published and the agent's last report.
     #[serde(default)]
     pub plan: Option<NodePlan>,
@@ -236,6 +296,10 @@ pub struct Cluster {
     /// Explicit roles for named nodes ("advanced mode"); other nodes are placed automatically.
     #[schema(value_type = BTreeMap<String, NodeRole>)]
     pub roles: BTreeMap<NodeName, NodeRole>,
+    /// Masters carry the `node-role.kubernetes.io/master:NoSchedule` taint: only pods that
+    /// tolerate it run there.
+    #[serde(default)]
+    pub taint_masters: bool,
     pub state: ClusterState,
     /// Why the cluster is in its state, when there is more to say (e.g. what blocks it).
     #[serde(default)]
@@ -275,6 +339,10 @@ pub struct CreateCluster {
     #[serde(default)]
     #[schema(value_type = BTreeMap<String, NodeRole>)]
     pub roles: BTreeMap<NodeName, NodeRole>,
+    /// Taint masters so that workloads run on workers only (default: masters run workloads
+    /// too, which small clusters need).
+    #[serde(default)]
+    pub taint_masters: bool,
 }
 
 impl CreateCluster {
@@ -349,8 +417,10 @@ fn check_node_list(nodes: &[NodeName]) -> Result<(), crate::InvalidValue> {
 pub struct DetachRequest {
     #[schema(value_type = Vec<String>)]
     pub nodes: Vec<NodeName>,
-    /// Detach even if removing the nodes' etcd members would leave etcd without quorum or
-    /// without any member.
+    /// Skip the checks that would hold the detach up: the quorum guard (refusing when etcd
+    /// would lose its quorum or every member), draining the nodes, and waiting for the wipe of
+    /// a host whose agent is offline (it wipes itself when it comes back). Their etcd members
+    /// are still removed, one at a time.
     #[serde(default)]
     pub force: bool,
 }

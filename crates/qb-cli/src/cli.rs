@@ -272,6 +272,10 @@ pub struct CreateClusterArgs {
     /// Give a node an explicit role: NODE=master or NODE=worker (repeatable).
     #[arg(long = "role", value_name = "NODE=ROLE", value_parser = parse_role_assignment)]
     pub roles: Vec<(NodeName, NodeRole)>,
+    /// Taint masters (node-role.kubernetes.io/master:NoSchedule) so that workloads run on
+    /// workers only [default: masters run workloads too].
+    #[arg(long)]
+    pub taint_masters: bool,
 }
 
 #[derive(Debug, Args)]

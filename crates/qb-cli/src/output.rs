@@ -850,6 +850,8 @@ mod tests {
                     "10.0.0.5".parse().expect("ip"),
                     "fd00::5".parse().expect("ip"),
                 ],
+                interfaces: Vec::new(),
+                route_source: None,
             },
             labels: labels
                 .iter()
@@ -857,6 +859,7 @@ mod tests {
                 .collect(),
             agent: None,
             role: None,
+            address: None,
             plan: None,
             created_at: datetime!(2024-04-28 12:00:00 UTC),
             updated_at: datetime!(2024-05-01 11:59:30 UTC),
@@ -1079,6 +1082,7 @@ mod tests {
             service_cidr: "10.21.0.0/16".parse().expect("cidr"),
             masters: MasterCount::Auto,
             roles: BTreeMap::from([("host-1".parse().expect("node"), qb_api::NodeRole::Master)]),
+            taint_masters: false,
             state: ClusterState::Pending,
             state_message: None,
             node_count: 3,

@@ -180,6 +180,8 @@ impl Controller {
                 cpus: 4,
                 memory_bytes: 8 << 30,
                 addresses: vec!["192.0.2.10".parse().expect("ip")],
+                interfaces: Vec::new(),
+                route_source: None,
             };
             let new = NewNode {
                 name: name.parse().expect("node name"),

@@ -535,6 +535,8 @@ fn facts(name: &str) -> NodeFacts {
         cpus: 4,
         memory_bytes: 8 << 30,
         addresses: vec!["10.0.0.1".parse().unwrap()],
+        interfaces: Vec::new(),
+        route_source: None,
     }
 }
 

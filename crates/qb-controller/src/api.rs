@@ -480,6 +480,7 @@ async fn detach(
             caller.tenant(),
             &cluster_key(&cluster),
             &req.nodes,
+            req.force,
             &caller.actor(),
         )
         .await?;

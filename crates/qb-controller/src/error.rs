@@ -27,7 +27,9 @@ impl From<StoreError> for ApiError {
             StoreError::NameTaken { .. } => ProblemCode::NameTaken,
             StoreError::Invalid(_) => ProblemCode::InvalidInput,
             StoreError::PoolExhausted { .. } => ProblemCode::PoolExhausted,
-            StoreError::InvalidNodeState { .. } => ProblemCode::InvalidNodeState,
+            StoreError::InvalidNodeState { .. } | StoreError::NodeInCluster { .. } => {
+                ProblemCode::InvalidNodeState
+            }
             StoreError::NodeNotInCluster { .. } => ProblemCode::NodeNotInCluster,
             StoreError::ClusterNotEmpty { .. } => ProblemCode::ClusterNotEmpty,
             StoreError::BundleConflict { .. } => ProblemCode::BundleConflict,

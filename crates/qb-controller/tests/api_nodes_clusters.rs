@@ -146,7 +146,30 @@ async fn lifecycle_through_the_api(store: Store) {
         (Some("authorized"), &Value::Null)
     );
 
-    // Deauthorizing an attached node takes it out of its cluster; it cannot come back by attach.
+    // An attached node is not deauthorized: it must leave its cluster first (detach wipes it
+    // and keeps etcd's quorum), and the refusal says how.
+    let (status, problem) = app
+        .call(op, Method::POST, "/api/v1/nodes/n-0/deauthorize", None)
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::CONFLICT, Some("invalid_node_state"))
+    );
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("detach it first (`qb cluster detach clus100 n-0`"),
+        "{problem}"
+    );
+    app.call(
+        op,
+        Method::POST,
+        "/api/v1/clusters/clus100/detach",
+        Some(json!({"nodes": ["n-0"]})),
+    )
+    .await;
+    app.state.engine.pass().await.unwrap();
+
+    // In the pool it is; then it cannot come back by attach.
     let (_, node) = app
         .call(op, Method::POST, "/api/v1/nodes/n-0/deauthorize", None)
         .await;
@@ -213,7 +236,8 @@ async fn lifecycle_through_the_api(store: Store) {
             None,
         )
         .await;
-    assert_eq!(cluster_events["items"].as_array().unwrap().len(), 3);
+    // Attached, n-1 detached, n-0 detached.
+    assert_eq!(cluster_events["items"].as_array().unwrap().len(), 4);
 }
 
 async fn impossible_attaches_change_nothing(store: Store) {

@@ -144,6 +144,8 @@ impl App {
                 cpus: 2,
                 memory_bytes: 4 << 30,
                 addresses: vec![format!("10.77.0.{}", i + 10).parse().unwrap()],
+                interfaces: Vec::new(),
+                route_source: None,
             };
             let new = NewNode {
                 name: name.parse().unwrap(),

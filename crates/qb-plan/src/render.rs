@@ -40,8 +40,8 @@ use qb_agent_proto::plan::{
     Protocol, RestartPolicy, Route, Service,
 };
 use qb_api::{
-    BundleManifest, Cidr, ClusterId, KubernetesVersion, LabelKey, Labels, NodeFacts, NodeId,
-    NodeName, NodeRole,
+    BundleManifest, Cidr, ClusterId, KubernetesVersion, Labels, NodeFacts, NodeId, NodeName,
+    NodeRole,
 };
 use serde::{Deserialize, Serialize};
 
@@ -233,8 +233,8 @@ pub mod ports {
     pub const VXLAN: u16 = 8472;
 }
 
-/// The node label whose value, an IPv4 address, overrides the address qb picks for a node.
-pub const ADDRESS_LABEL: &str = "node.qb.io/address";
+/// The node label whose value, an IP address, overrides the address qb picks for a node.
+pub use qb_api::ADDRESS_LABEL;
 /// The oldest Kubernetes minor version rendered (1.20).
 pub const MIN_MINOR: u32 = 20;
 /// The cluster's DNS domain.
@@ -354,6 +354,14 @@ pub enum RenderError {
         subnet: Cidr,
         pod_cidr: Cidr,
     },
+    #[error(
+        "the address {address} of {node} is in the cluster's range {range}: routes through it would point into the cluster's own network"
+    )]
+    AddressInClusterRange {
+        node: NodeName,
+        address: IpAddr,
+        range: Cidr,
+    },
     #[error("node {node} has no {purpose:?} certificate")]
     MissingCert {
         node: NodeName,
@@ -452,25 +460,86 @@ pub fn etcd_peer_url(address: IpAddr) -> String {
     https_url(address, ports::ETCD_PEER)
 }
 
-/// The address other nodes reach a node at: the [`ADDRESS_LABEL`] label's value if it parses;
-/// else the first IPv4 address the host reported that is not loopback, link-local or
-/// unspecified; else the first such IPv6 address.
-pub fn node_address(facts: &NodeFacts, labels: &Labels) -> Option<IpAddr> {
-    let key: LabelKey = ADDRESS_LABEL
-        .parse()
-        .expect("the address label key is valid");
-    let usable = |want_v4: bool| {
+/// Why no address could be chosen for a node.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("its {ADDRESS_LABEL} label {0:?} is not an IP address")]
+    LabelNotAnAddress(String),
+    #[error("its {ADDRESS_LABEL} label {address} is in the cluster's range {range}")]
+    LabelInClusterRange { address: IpAddr, range: Cidr },
+    #[error(
+        "the host reported no address outside the cluster's pod and service ranges and its pod network; label it {ADDRESS_LABEL}=<ip>"
+    )]
+    NoneUsable,
+}
+
+/// The address a cluster will reach a node at, chosen when the node is first planned there
+/// (and then kept, see [`qb_api::Node::address`]): the [`ADDRESS_LABEL`] label's value; else
+/// the address the host's connection to the controller leaves from; else the host's first
+/// address by kind of interface (network cards first) and then IPv4 before IPv6. Never
+/// loopback, link-local or unspecified, never inside one of `cluster_ranges` (the cluster's
+/// pod and service ranges), never on the pod network's interfaces (`qb0` and its pods' veths).
+pub fn choose_node_address(
+    facts: &NodeFacts,
+    labels: &Labels,
+    cluster_ranges: &[Cidr],
+) -> Result<IpAddr, AddressError> {
+    let in_range = |ip: IpAddr| cluster_ranges.iter().find(|r| r.net().contains(&ip));
+    if let Some((_, value)) = labels.iter().find(|(k, _)| k.as_str() == ADDRESS_LABEL) {
+        let address: IpAddr = value
+            .as_str()
+            .parse()
+            .map_err(|_| AddressError::LabelNotAnAddress(value.as_str().to_owned()))?;
+        if let Some(range) = in_range(address) {
+            return Err(AddressError::LabelInClusterRange {
+                address,
+                range: *range,
+            });
+        }
+        return Ok(address);
+    }
+    // Candidates with a rank: lower is better.
+    let mut candidates: Vec<(u8, bool, IpAddr)> = if facts.interfaces.is_empty() {
+        // An agent that does not report interfaces: its addresses, in its order.
         facts
             .addresses
             .iter()
-            .copied()
-            .find(|ip| ip.is_ipv4() == want_v4 && is_usable_address(*ip))
+            .map(|ip| (0, ip.is_ipv6(), *ip))
+            .collect()
+    } else {
+        facts
+            .interfaces
+            .iter()
+            .filter(|i| !i.is_pod_network())
+            .flat_map(|i| {
+                let rank = kind_rank(i.kind);
+                i.addresses.iter().map(move |ip| (rank, ip.is_ipv6(), *ip))
+            })
+            .collect()
     };
-    labels
-        .get(&key)
-        .and_then(|value| value.as_str().parse().ok())
-        .or_else(|| usable(true))
-        .or_else(|| usable(false))
+    candidates.retain(|(_, _, ip)| is_usable_address(*ip) && in_range(*ip).is_none());
+    if let Some(source) = facts.route_source
+        && candidates.iter().any(|(_, _, ip)| *ip == source)
+    {
+        return Ok(source);
+    }
+    candidates.sort_by_key(|(rank, v6, _)| (*rank, *v6));
+    candidates
+        .first()
+        .map(|(_, _, ip)| *ip)
+        .ok_or(AddressError::NoneUsable)
+}
+
+/// How likely an interface of this kind carries the host's own address.
+fn kind_rank(kind: qb_api::InterfaceKind) -> u8 {
+    use qb_api::InterfaceKind::*;
+    match kind {
+        Physical | Bond | Vlan => 0,
+        Bridge => 1,
+        Veth => 2,
+        Virtual => 3,
+        Tunnel => 4,
+    }
 }
 
 fn is_usable_address(ip: IpAddr) -> bool {
@@ -824,6 +893,7 @@ fn service(
         probe,
         ports,
         inputs,
+        data_dirs: Vec::new(),
     }
 }
 
@@ -886,13 +956,18 @@ fn etcd(ctx: &Context, parts: &mut Parts) -> Result<(), RenderError> {
         cert_file: Some(probe_cert),
         key_file: Some(probe_key),
     };
-    parts.services.push(service(
-        "etcd",
-        command,
-        Some(probe),
-        vec![tcp(ports::ETCD_CLIENT), tcp(ports::ETCD_PEER)],
-        vec![binary, ca, server_cert, server_key, peer_cert, peer_key],
-    ));
+    // A member's data is its identity in etcd: a master demoted (its member removed) and
+    // promoted again must join as a new member, from nothing.
+    parts.services.push(Service {
+        data_dirs: vec![paths::ETCD_DATA_DIR.to_owned()],
+        ..service(
+            "etcd",
+            command,
+            Some(probe),
+            vec![tcp(ports::ETCD_CLIENT), tcp(ports::ETCD_PEER)],
+            vec![binary, ca, server_cert, server_key, peer_cert, peer_key],
+        )
+    });
     Ok(())
 }
 
@@ -1235,6 +1310,7 @@ fn import_images(ctx: &Context, parts: &mut Parts) {
             probe: None,
             ports: Vec::new(),
             inputs: vec![ctr.clone(), image],
+            data_dirs: Vec::new(),
         });
     }
 }
@@ -1290,6 +1366,15 @@ fn cni(ctx: &Context, parts: &mut Parts) -> Result<(), RenderError> {
         parts.install(ctx, name);
     }
     for node in ctx.nodes {
+        for range in [ctx.cluster.pod_cidr, ctx.cluster.service_cidr] {
+            if range.net().contains(&node.address) {
+                return Err(RenderError::AddressInClusterRange {
+                    node: node.name.clone(),
+                    address: node.address,
+                    range,
+                });
+            }
+        }
         let (pod_cidr, subnet) = (ctx.cluster.pod_cidr.net(), node.pod_subnet.net());
         if !(pod_cidr.contains(&subnet.network()) && subnet.prefix_len() >= pod_cidr.prefix_len()) {
             return Err(RenderError::PodSubnet {
@@ -2079,6 +2164,26 @@ mod tests {
     }
 
     #[test]
+    fn routes_never_go_through_an_address_of_the_clusters_own_ranges() {
+        let cluster = cluster(full_bundle("1.20.2"));
+        for bad in [
+            nth_address(&cluster.pod_cidr, 1).unwrap(),
+            nth_address(&cluster.service_cidr, 5).unwrap(),
+        ] {
+            let mut nodes = nodes();
+            nodes[1].address = bad;
+            // Every node's plan is refused: each would route through the bad address, or is it.
+            for node in &nodes {
+                let err = render_err(&cluster, &nodes, node.id);
+                assert!(
+                    matches!(&err, RenderError::AddressInClusterRange { address, .. } if *address == bad),
+                    "{err:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn render_etcd_flags_come_from_the_bootstrap() {
         let mut m = master(1, "m1", "10.0.0.11");
         m.etcd = Some(EtcdBootstrap {
@@ -2404,38 +2509,113 @@ mod tests {
     }
 
     #[test]
-    fn node_address_prefers_the_label_then_ipv4_then_ipv6() {
-        let facts = |addresses: &[&str]| NodeFacts {
+    fn node_address_prefers_the_label_then_the_route_source_then_network_cards() {
+        use qb_api::{InterfaceKind, NetInterface};
+        let iface = |name: &str, kind, master: Option<&str>, addresses: &[&str]| NetInterface {
+            name: name.to_owned(),
+            kind,
+            master: master.map(str::to_owned),
             addresses: addresses.iter().map(|a| ip(a)).collect(),
-            ..NodeFacts::default()
         };
         let labels = |value: &str| -> Labels {
             [(ADDRESS_LABEL.parse().unwrap(), value.parse().unwrap())].into()
         };
         let none = Labels::new();
-        let host = facts(&[
-            "127.0.0.1",
-            "::1",
-            "169.254.1.1",
-            "fe80::1",
-            "0.0.0.0",
-            "fd00::5",
-            "192.168.1.5",
-            "10.0.0.7",
-        ]);
-        assert_eq!(node_address(&host, &none), Some(ip("192.168.1.5")));
+        let ranges: Vec<Cidr> = vec![
+            "10.20.0.0/16".parse().unwrap(),
+            "10.21.0.0/16".parse().unwrap(),
+        ];
+        // A used host: its pod bridge came up first and holds the lowest address.
+        let mut host = NodeFacts {
+            interfaces: vec![
+                iface(
+                    "qb0",
+                    InterfaceKind::Bridge,
+                    None,
+                    &["10.20.1.1", "fe80::1"],
+                ),
+                iface(
+                    "veth1a2b",
+                    InterfaceKind::Veth,
+                    Some("qb0"),
+                    &["169.254.3.3"],
+                ),
+                iface("docker0", InterfaceKind::Bridge, None, &["172.17.0.1"]),
+                iface(
+                    "eth0",
+                    InterfaceKind::Physical,
+                    None,
+                    &["fd00::5", "192.168.1.5"],
+                ),
+                iface("wg0", InterfaceKind::Tunnel, None, &["10.99.0.2"]),
+            ],
+            ..NodeFacts::default()
+        };
+        host.addresses = host
+            .interfaces
+            .iter()
+            .flat_map(|i| i.addresses.clone())
+            .collect();
         assert_eq!(
-            node_address(&host, &labels("10.9.9.9")),
-            Some(ip("10.9.9.9"))
+            choose_node_address(&host, &none, &ranges),
+            Ok(ip("192.168.1.5"))
         );
-        // A label that is not an address is ignored.
+        // The source of the route to the controller wins, if it is a host address.
+        host.route_source = Some(ip("10.99.0.2"));
         assert_eq!(
-            node_address(&host, &labels("eth0")),
-            Some(ip("192.168.1.5"))
+            choose_node_address(&host, &none, &ranges),
+            Ok(ip("10.99.0.2"))
         );
-        let v6_only = facts(&["::1", "fe80::1", "fd00::5", "fd00::6"]);
-        assert_eq!(node_address(&v6_only, &none), Some(ip("fd00::5")));
-        assert_eq!(node_address(&facts(&["127.0.0.1", "fe80::2"]), &none), None);
+        host.route_source = Some(ip("10.20.1.1"));
+        assert_eq!(
+            choose_node_address(&host, &none, &ranges),
+            Ok(ip("192.168.1.5"))
+        );
+        // The label wins, unless it is no address or lies in the cluster's ranges.
+        assert_eq!(
+            choose_node_address(&host, &labels("10.9.9.9"), &ranges),
+            Ok(ip("10.9.9.9"))
+        );
+        assert_eq!(
+            choose_node_address(&host, &labels("eth0"), &ranges),
+            Err(AddressError::LabelNotAnAddress("eth0".into()))
+        );
+        assert!(matches!(
+            choose_node_address(&host, &labels("10.21.0.10"), &ranges),
+            Err(AddressError::LabelInClusterRange { .. })
+        ));
+        // An address of a range the cluster uses is never chosen, on any interface.
+        let clash = NodeFacts {
+            interfaces: vec![
+                iface("eth0", InterfaceKind::Physical, None, &["10.20.0.1"]),
+                iface("eth1", InterfaceKind::Physical, None, &["fd00::7"]),
+            ],
+            ..NodeFacts::default()
+        };
+        assert_eq!(
+            choose_node_address(&clash, &none, &ranges),
+            Ok(ip("fd00::7"))
+        );
+        let only_pods = NodeFacts {
+            interfaces: vec![iface("qb0", InterfaceKind::Bridge, None, &["10.30.0.1"])],
+            route_source: Some(ip("10.30.0.1")),
+            ..NodeFacts::default()
+        };
+        assert_eq!(
+            choose_node_address(&only_pods, &none, &[]),
+            Err(AddressError::NoneUsable)
+        );
+        // An agent that reports no interfaces: its first usable address outside the ranges.
+        let old = NodeFacts {
+            addresses: ["127.0.0.1", "fe80::2", "10.20.3.1", "192.168.7.7"]
+                .map(ip)
+                .to_vec(),
+            ..NodeFacts::default()
+        };
+        assert_eq!(
+            choose_node_address(&old, &none, &ranges),
+            Ok(ip("192.168.7.7"))
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub struct ClusterSpec {
     pub service_cidr: Cidr,
     pub masters: MasterCount,
     pub roles: BTreeMap<NodeName, NodeRole>,
+    pub taint_masters: bool,
 }
 
 /// Why a cluster request cannot be accepted, before anything is stored.
@@ -83,6 +84,7 @@ impl TryFrom<CreateCluster> for ClusterSpec {
             service_cidr,
             masters: req.masters,
             roles: req.roles,
+            taint_masters: req.taint_masters,
         })
     }
 }
@@ -101,8 +103,8 @@ impl Store {
         let id = ClusterId::new();
         let mut w = self.write(tenant).await?;
         sqlx::query(
-            "INSERT INTO clusters (id, tenant_id, name, kubernetes_version, pod_cidr, service_cidr, masters, roles, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO clusters (id, tenant_id, name, kubernetes_version, pod_cidr, service_cidr, masters, roles, taint_masters, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(id.to_string())
         .bind(tenant.to_string())
@@ -112,6 +114,7 @@ impl Store {
         .bind(spec.service_cidr.to_string())
         .bind(spec.masters.to_string())
         .bind(to_json(&spec.roles))
+        .bind(i64::from(spec.taint_masters))
         .bind(now_ms())
         .execute(&mut *w.tx)
         .await
@@ -135,6 +138,7 @@ impl Store {
                     "service_cidr": cluster.service_cidr,
                     "masters": cluster.masters,
                     "roles": cluster.roles,
+                    "taint_masters": cluster.taint_masters,
                 }),
             ),
         )
@@ -317,12 +321,14 @@ impl Store {
     }
 
     /// Starts returning named nodes of a cluster to the pool: they become `detaching` until their
-    /// components are removed. All of them or none.
+    /// components are removed. All of them or none. `force`: the engine does not wait for the
+    /// wipe of a host whose agent is offline (it wipes itself when it comes back).
     pub async fn detach(
         &self,
         tenant: TenantId,
         key: &Key<ClusterId>,
         names: &[NodeName],
+        force: bool,
         actor: &Actor,
     ) -> Result<NodeMove> {
         let mut w = self.write(tenant).await?;
@@ -348,10 +354,19 @@ impl Store {
         for node in &chosen {
             w.set_node_state(node, NodeState::Detaching, Some(cluster.id))
                 .await?;
+            sqlx::query("UPDATE nodes SET detach_force = $1 WHERE id = $2")
+                .bind(i64::from(force))
+                .bind(node.id.to_string())
+                .execute(&mut *w.tx)
+                .await?;
             w.event(
                 tenant,
                 actor,
-                node_event("node.detaching", node, json!({ "cluster": cluster.name })),
+                node_event(
+                    "node.detaching",
+                    node,
+                    json!({ "cluster": cluster.name, "force": force }),
+                ),
             )
             .await?;
         }

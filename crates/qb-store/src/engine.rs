@@ -42,6 +42,8 @@ pub struct EngineNode {
     pub plan_hash: Option<String>,
     /// The index of the node's pod subnet in the cluster's pod CIDR, once given.
     pub pod_subnet: Option<u32>,
+    /// Detached with `--force`: an unreachable host's wipe is not waited for.
+    pub detach_force: bool,
 }
 
 impl Store {
@@ -211,6 +213,7 @@ impl Store {
                     pod_subnet: row
                         .try_get::<Option<i64>, _>("pod_subnet")?
                         .and_then(|i| u32::try_from(i).ok()),
+                    detach_force: row.try_get::<i64, _>("detach_force")? != 0,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -340,6 +343,45 @@ impl Store {
         }
         w.commit().await?;
         Ok(given)
+    }
+
+    /// Records the address `cluster` reaches a node at, unless it has one already; returns the
+    /// address it has.
+    pub async fn set_node_address(
+        &self,
+        tenant: TenantId,
+        node: NodeId,
+        cluster: ClusterId,
+        address: std::net::IpAddr,
+    ) -> Result<std::net::IpAddr> {
+        let mut w = self.write(tenant).await?;
+        let current = w.node(tenant, &Key::Id(node)).await?;
+        if current.cluster.as_ref().map(|c| c.id) != Some(cluster) {
+            return Err(StoreError::NodeNotInCluster {
+                node: current.name.to_string(),
+                cluster: cluster.to_string(),
+            });
+        }
+        if let Some(existing) = current.address {
+            return Ok(existing);
+        }
+        sqlx::query("UPDATE nodes SET address = $1 WHERE id = $2")
+            .bind(address.to_string())
+            .bind(node.to_string())
+            .execute(&mut *w.tx)
+            .await?;
+        w.event(
+            tenant,
+            &Actor::controller(),
+            node_event(
+                "node.address_chosen",
+                &current,
+                json!({ "address": address, "cluster": current.cluster.as_ref().map(|c| &c.name) }),
+            ),
+        )
+        .await?;
+        w.commit().await?;
+        Ok(address)
     }
 
     /// Sets a node's role, etcd membership and certificates, while it is in `cluster`.

@@ -108,6 +108,14 @@ pub enum StoreError {
     #[error("node {node:?} is not in cluster {cluster:?}")]
     NodeNotInCluster { node: String, cluster: String },
     #[error(
+        "node {node:?} is in cluster {cluster:?}, so it cannot be {action}; detach it first (`qb cluster detach {cluster} {node}`, with --force if its host is unreachable)"
+    )]
+    NodeInCluster {
+        node: String,
+        cluster: String,
+        action: &'static str,
+    },
+    #[error(
         "cluster {cluster:?} still has {nodes} node(s); detach them first or delete with force to return them to the pool"
     )]
     ClusterNotEmpty { cluster: String, nodes: u32 },

@@ -46,6 +46,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "web sessions",
         include_str!("../migrations/shared/0007_web_sessions.sql"),
     ),
+    (
+        8,
+        "node address, roles",
+        include_str!("../migrations/shared/0008_node_address_roles.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -82,6 +87,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         7,
         "web sessions",
         include_str!("../migrations/shared/0007_web_sessions.sql"),
+    ),
+    (
+        8,
+        "node address, roles",
+        include_str!("../migrations/shared/0008_node_address_roles.sql"),
     ),
 ];
 

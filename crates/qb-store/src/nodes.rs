@@ -104,11 +104,27 @@ impl Store {
     ) -> Result<Node> {
         let mut w = self.write(tenant).await?;
         let mut node = w.node(tenant, key).await?;
+        let before = node.labels.clone();
         for k in &change.remove {
             node.labels.remove(k);
         }
         node.labels
             .extend(change.set.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let address = |labels: &qb_api::Labels| {
+            labels
+                .iter()
+                .find(|(k, _)| k.as_str() == qb_api::ADDRESS_LABEL)
+                .map(|(_, v)| v.clone())
+        };
+        if let Some(cluster) = &node.cluster
+            && address(&before) != address(&node.labels)
+        {
+            return Err(StoreError::NodeInCluster {
+                node: node.name.to_string(),
+                cluster: cluster.name.to_string(),
+                action: "given another address",
+            });
+        }
         sqlx::query("UPDATE nodes SET labels = $1, updated_at = $2 WHERE id = $3")
             .bind(to_json(&node.labels))
             .bind(now_ms())
@@ -160,7 +176,8 @@ impl Store {
         Ok(node)
     }
 
-    /// Revokes a node's identity, whatever its state; an attached node leaves its cluster.
+    /// Revokes a node's identity. A node in a cluster must leave it first (detach wipes it
+    /// and keeps etcd's quorum; a revoked host could not be wiped).
     pub async fn deauthorize_node(
         &self,
         tenant: TenantId,
@@ -175,6 +192,13 @@ impl Store {
                 node.state,
                 "deauthorized",
             ));
+        }
+        if let Some(cluster) = &node.cluster {
+            return Err(StoreError::NodeInCluster {
+                node: node.name.to_string(),
+                cluster: cluster.name.to_string(),
+                action: "deauthorized",
+            });
         }
         w.set_node_state(&node, NodeState::Deauthorized, None)
             .await?;
@@ -243,12 +267,12 @@ impl Store {
 }
 
 impl WriteTx {
-    /// Forgets a node's role, etcd membership, cluster certificates and pod subnet when it
-    /// leaves a cluster. Its plan generation stays: agents refuse older plans.
+    /// Forgets a node's role, etcd membership, cluster certificates, pod subnet and address
+    /// when it leaves a cluster. Its plan generation stays: agents refuse older plans.
     pub(crate) async fn forget_cluster_part(&mut self, node: NodeId) -> Result<()> {
         sqlx::query(
-            "UPDATE nodes SET role = NULL, etcd = NULL, certs = NULL, pod_subnet = NULL \
-             WHERE id = $1",
+            "UPDATE nodes SET role = NULL, etcd = NULL, certs = NULL, pod_subnet = NULL, \
+             address = NULL, detach_force = 0 WHERE id = $1",
         )
         .bind(node.to_string())
         .execute(&mut *self.tx)

@@ -81,6 +81,10 @@ pub(crate) fn node(row: &AnyRow) -> Result<Node> {
             .try_get::<Option<String>, _>("role")?
             .map(|r| json::<NodeRole>("node role", &format!("\"{r}\"")))
             .transpose()?,
+        address: row
+            .try_get::<Option<String>, _>("address")?
+            .map(|a| parse::<std::net::IpAddr>("node address", &a))
+            .transpose()?,
         plan: match row.try_get::<i64, _>("plan_generation")? {
             0 => None,
             generation => Some(qb_api::NodePlan {
@@ -110,6 +114,7 @@ pub(crate) fn cluster(row: &AnyRow) -> Result<Cluster> {
         service_cidr: parse::<Cidr>("service CIDR", &row.try_get::<String, _>("service_cidr")?)?,
         masters: parse::<MasterCount>("master count", &row.try_get::<String, _>("masters")?)?,
         roles: json::<BTreeMap<NodeName, NodeRole>>("roles", &row.try_get::<String, _>("roles")?)?,
+        taint_masters: row.try_get::<i64, _>("taint_masters")? != 0,
         state: match cluster_state(&row.try_get::<String, _>("state")?)? {
             ClusterState::Empty if node_count > 0 => ClusterState::Pending,
             state => state,

@@ -162,6 +162,7 @@ pub fn spec(cluster: &str) -> ClusterSpec {
         service_cidr: None,
         masters: Default::default(),
         roles: BTreeMap::new(),
+        taint_masters: false,
     })
     .unwrap()
 }

@@ -83,6 +83,7 @@ async fn create(app: &App, args: CreateClusterArgs) -> anyhow::Result<()> {
         service_cidr: args.service_cidr,
         masters: args.masters,
         roles: roles_map(&args.roles)?,
+        taint_masters: args.taint_masters,
     };
     let client = app.client()?;
     let cluster: Cluster = client.post(client.url(&["clusters"], &[]), &body).await?;

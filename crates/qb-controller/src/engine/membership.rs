@@ -292,12 +292,11 @@ pub async fn remove_leaving(
     ec: &EngineCluster,
     n: &EngineNode,
 ) -> Result<Option<String>, EngineError> {
-    let mut addresses = BTreeMap::new();
-    for m in &ec.nodes {
-        if let Some(a) = qb_plan::render::node_address(&m.node.facts, &m.node.labels) {
-            addresses.insert(m.node.id, a);
-        }
-    }
+    let addresses: BTreeMap<NodeId, IpAddr> = ec
+        .nodes
+        .iter()
+        .filter_map(|m| Some((m.node.id, m.node.address?)))
+        .collect();
     if let Some(waiting) = remove(engine, ec, n, &addresses).await? {
         return Ok(Some(waiting));
     }
@@ -345,10 +344,15 @@ async fn remove(
         Ok(list) => list,
         Err(e) => return Ok(Some(format!("listing etcd members: {e}"))),
     };
-    let Some(address) = addresses.get(&n.node.id) else {
-        return Ok(Some(format!("{} has no address", n.node.name)));
-    };
-    let Some(member) = find(&list, &etcd_peer_url(*address)) else {
+    let recorded = Membership::of(n).and_then(|m| m.member_id);
+    let member = list.iter().find(|m| {
+        addresses
+            .get(&n.node.id)
+            .is_some_and(|a| m.peer_urls.contains(&etcd_peer_url(*a)))
+            || Some(m.id) == recorded
+            || m.name == n.node.name.as_str()
+    });
+    let Some(member) = member else {
         return Ok(None);
     };
     let voters_after = list

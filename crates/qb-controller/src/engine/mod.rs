@@ -256,6 +256,9 @@ impl Engine {
             }
             _ => None,
         };
+        if let Some(nodes) = &kube_nodes {
+            self.label_roles(&ec, nodes).await;
+        }
         let (state, message) = self.observed_state(&ec, &waiting_on, kube_nodes.as_deref());
         self.store
             .set_cluster_state(tenant, cluster, state, message.as_deref())
@@ -379,13 +382,30 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         };
+        // A node's address is chosen once, when it is first planned here, and kept.
+        let ranges = [ec.cluster.pod_cidr, ec.cluster.service_cidr];
         let mut addresses = BTreeMap::new();
         for n in staying {
-            let Some(address) = qb_plan::render::node_address(&n.node.facts, &n.node.labels) else {
-                return Ok(Err(format!(
-                    "node {} reported no usable IP address; label it node.qb.io/address=<ip>",
-                    n.node.name
-                )));
+            let address = match n.node.address {
+                Some(address) => address,
+                None => {
+                    let chosen = match qb_plan::render::choose_node_address(
+                        &n.node.facts,
+                        &n.node.labels,
+                        &ranges,
+                    ) {
+                        Ok(address) => address,
+                        Err(e) => {
+                            return Ok(Err(format!("no address for node {}: {e}", n.node.name)));
+                        }
+                    };
+                    let kept = self
+                        .store
+                        .set_node_address(ec.tenant, n.node.id, ec.cluster.id, chosen)
+                        .await?;
+                    tracing::info!(node = %n.node.name, address = %kept, "node address chosen");
+                    kept
+                }
             };
             addresses.insert(n.node.id, address);
         }
@@ -447,7 +467,10 @@ impl Engine {
         ec: &EngineCluster,
         n: &EngineNode,
     ) -> Result<Option<String>, EngineError> {
-        if let Some(waiting) = self.drain(ec, n).await {
+        // `--force` skips the drain; never the member's removal.
+        if !n.detach_force
+            && let Some(waiting) = self.drain(ec, n).await
+        {
             return Ok(Some(waiting));
         }
         if Membership::of(n).is_some() {
@@ -470,7 +493,10 @@ impl Engine {
             // The agent never reported a plan: nothing was installed.
             None => true,
         };
-        if !wiped {
+        // `--force` does not wait for an unreachable host: it gets its wipe when it is back
+        // (and an agent given another cluster's plan wipes the old cluster's state first).
+        let unreachable = n.detach_force && !self.agents.online(n.node.id);
+        if !wiped && !unreachable {
             return Ok(Some(format!("waiting for {} to be wiped", n.node.name)));
         }
         if let Some(via) = self.api_master(ec) {
@@ -533,6 +559,47 @@ impl Engine {
         }
         let error = result.err().unwrap_or_default();
         Some(format!("draining {}: {error}", n.node.name))
+    }
+
+    /// Gives each registered Node the labels of its role and, on a cluster that taints masters,
+    /// masters their taint; a failure is tried again on the next pass.
+    async fn label_roles(&self, ec: &EngineCluster, kube_nodes: &[KubeNode]) {
+        let Some(via) = self.api_master(ec) else {
+            return;
+        };
+        for n in staying_nodes(ec) {
+            let Some(k) = kube_nodes.iter().find(|k| k.name == n.node.name.as_str()) else {
+                continue;
+            };
+            if n.node.role.is_none() {
+                continue;
+            }
+            // A master is one once it runs etcd and the control plane (as its plan renders).
+            let master = node_input_role(n) == NodeRole::Master;
+            let labels = qb_agent_proto::kube::role_labels(master);
+            let taint = master && ec.cluster.taint_masters;
+            if k.role_labels
+                .iter()
+                .map(String::as_str)
+                .eq(labels.iter().copied())
+                && k.master_taint == taint
+            {
+                continue;
+            }
+            let op = KubeOp::SetRole {
+                node: n.node.name.to_string(),
+                master,
+                taint,
+            };
+            match self.kube(via, op).await {
+                Ok(_) => {
+                    tracing::info!(node = %n.node.name, master, taint, "labelled the node's role")
+                }
+                Err(e) => {
+                    tracing::warn!(node = %n.node.name, error = %e, "could not label the node's role")
+                }
+            }
+        }
     }
 
     /// A staying master whose agent is online and whose API server is healthy.
@@ -695,6 +762,15 @@ impl Engine {
                 unhealthy.push(format!("{name}: agent offline"));
                 continue;
             }
+            // The address stays what it was chosen as; a host that lost it needs an operator.
+            if let Some(address) = n.node.address
+                && !n.node.facts.addresses.is_empty()
+                && !n.node.facts.addresses.contains(&address)
+            {
+                unhealthy.push(format!(
+                    "{name}: the host no longer has its cluster address {address}"
+                ));
+            }
             let Some(plan) = &n.node.plan else {
                 behind.push(format!("{name}: no plan yet"));
                 continue;
@@ -808,18 +884,21 @@ pub(super) fn staying_nodes(ec: &EngineCluster) -> Vec<&EngineNode> {
 }
 
 fn node_input(n: &EngineNode, address: IpAddr, pod_subnet: qb_api::Cidr) -> NodeInput {
-    let membership = Membership::of(n);
     NodeInput {
         id: n.node.id,
         name: n.node.name.clone(),
         address,
-        // A master renders as one once it has an etcd membership to run.
-        role: match (&n.node.role, &membership) {
-            (Some(NodeRole::Master), Some(_)) => NodeRole::Master,
-            _ => NodeRole::Worker,
-        },
-        etcd: membership.map(|m| m.bootstrap),
+        role: node_input_role(n),
+        etcd: Membership::of(n).map(|m| m.bootstrap),
         pod_subnet,
+    }
+}
+
+/// The role a node's plan renders: a master renders as one once it has an etcd membership.
+fn node_input_role(n: &EngineNode) -> NodeRole {
+    match (&n.node.role, Membership::of(n)) {
+        (Some(NodeRole::Master), Some(_)) => NodeRole::Master,
+        _ => NodeRole::Worker,
     }
 }
 

@@ -166,9 +166,15 @@ async fn only_pool_nodes_can_be_attached(db: TestDb) {
     db.attach(t, &Key::Id(c1.id), &named(&["mine", "leaving"]), &actor())
         .await
         .unwrap();
-    db.detach(t, &Key::Id(c1.id), &[crate::node_name("leaving")], &actor())
-        .await
-        .unwrap();
+    db.detach(
+        t,
+        &Key::Id(c1.id),
+        &[crate::node_name("leaving")],
+        false,
+        &actor(),
+    )
+    .await
+    .unwrap();
     db.attach(t, &Key::Id(c2.id), &named(&["theirs"]), &actor())
         .await
         .unwrap();

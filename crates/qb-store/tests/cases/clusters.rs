@@ -15,7 +15,8 @@ on_both_backends!(
     cluster_names_are_unique_per_tenant,
     detach_then_finish_returns_nodes_to_the_pool,
     detach_only_moves_members,
-    deauthorizing_an_attached_node_takes_it_out,
+    deauthorizing_a_node_in_a_cluster_is_refused_until_it_left,
+    a_node_in_a_cluster_keeps_its_address_label,
     deleting_a_cluster_with_nodes_needs_force,
     pod_subnets_are_given_once_and_freed_when_a_node_leaves,
 );
@@ -32,6 +33,7 @@ async fn cluster_spec_is_stored_as_given(db: TestDb) {
             (node_name("h1.rack"), NodeRole::Master),
             (node_name("h2"), NodeRole::Worker),
         ]),
+        taint_masters: true,
     });
     // Mixed IP families are refused before anything is stored.
     assert!(matches!(given, Err(SpecError::Invalid(_))), "{given:?}");
@@ -46,6 +48,7 @@ async fn cluster_spec_is_stored_as_given(db: TestDb) {
             (node_name("h1.rack"), NodeRole::Master),
             (node_name("h2"), NodeRole::Worker),
         ]),
+        taint_masters: true,
     })
     .unwrap();
     let created = db.create_cluster(t, &given, &actor()).await.unwrap();
@@ -55,6 +58,7 @@ async fn cluster_spec_is_stored_as_given(db: TestDb) {
     assert_eq!(created.service_cidr, given.service_cidr);
     assert_eq!(created.masters, given.masters);
     assert_eq!(created.roles, given.roles);
+    assert!(created.taint_masters);
     assert_eq!(
         (created.state, created.node_count),
         (ClusterState::Empty, 0)
@@ -65,6 +69,10 @@ async fn cluster_spec_is_stored_as_given(db: TestDb) {
     assert_eq!(all_clusters(&db, t).await, std::slice::from_ref(&created));
 
     let defaults = cluster(&db, t, "plain").await;
+    assert!(
+        !defaults.taint_masters,
+        "masters run workloads unless asked"
+    );
     assert_eq!(
         defaults.kubernetes_version,
         KubernetesVersion::default_version()
@@ -141,7 +149,7 @@ async fn detach_then_finish_returns_nodes_to_the_pool(db: TestDb) {
     let before = all_events(&db, t).await.len();
 
     let moved = db
-        .detach(t, &by_name("c1"), &[node_name("n1")], &actor())
+        .detach(t, &by_name("c1"), &[node_name("n1")], false, &actor())
         .await
         .unwrap();
     assert_eq!(moved.cluster.id, c1.id);
@@ -254,9 +262,15 @@ async fn detach_only_moves_members(db: TestDb) {
     db.attach(t, &Key::Id(c2.id), &named(&["theirs"]), &actor())
         .await
         .unwrap();
-    db.detach(t, &Key::Id(c1.id), &[node_name("mine-too")], &actor())
-        .await
-        .unwrap();
+    db.detach(
+        t,
+        &Key::Id(c1.id),
+        &[node_name("mine-too")],
+        false,
+        &actor(),
+    )
+    .await
+    .unwrap();
     let before = snapshot(&db, t).await;
 
     for (list, not_member) in [
@@ -266,7 +280,7 @@ async fn detach_only_moves_members(db: TestDb) {
     ] {
         let list: Vec<_> = list.into_iter().map(node_name).collect();
         let err = db
-            .detach(t, &Key::Id(c1.id), &list, &actor())
+            .detach(t, &Key::Id(c1.id), &list, false, &actor())
             .await
             .unwrap_err();
         match &err {
@@ -286,6 +300,7 @@ async fn detach_only_moves_members(db: TestDb) {
             t,
             &Key::Id(c1.id),
             &[node_name("mine"), node_name("mine-too")],
+            false,
             &actor(),
         )
         .await
@@ -301,7 +316,7 @@ async fn detach_only_moves_members(db: TestDb) {
         "{err:?}"
     );
     let err = db
-        .detach(t, &Key::Id(c1.id), &[node_name("nosuch")], &actor())
+        .detach(t, &Key::Id(c1.id), &[node_name("nosuch")], false, &actor())
         .await
         .unwrap_err();
     assert!(
@@ -309,7 +324,7 @@ async fn detach_only_moves_members(db: TestDb) {
         "{err:?}"
     );
     let err = db
-        .detach(t, &by_name("nosuch"), &[node_name("mine")], &actor())
+        .detach(t, &by_name("nosuch"), &[node_name("mine")], false, &actor())
         .await
         .unwrap_err();
     assert!(
@@ -325,13 +340,13 @@ async fn detach_only_moves_members(db: TestDb) {
     assert_eq!(snapshot(&db, t).await, before);
 
     let moved = db
-        .detach(t, &Key::Id(c2.id), &[node_name("theirs")], &actor())
+        .detach(t, &Key::Id(c2.id), &[node_name("theirs")], false, &actor())
         .await
         .unwrap();
     assert_eq!(moved.nodes[0].state, NodeState::Detaching);
 }
 
-async fn deauthorizing_an_attached_node_takes_it_out(db: TestDb) {
+async fn deauthorizing_a_node_in_a_cluster_is_refused_until_it_left(db: TestDb) {
     let t = tenant(&db, "acme").await;
     pool_node(&db, t, "n1", &[]).await;
     pool_node(&db, t, "n2", &[]).await;
@@ -339,28 +354,60 @@ async fn deauthorizing_an_attached_node_takes_it_out(db: TestDb) {
     db.attach(t, &Key::Id(c.id), &named(&["n1", "n2"]), &actor())
         .await
         .unwrap();
+    let before = snapshot(&db, t).await;
 
-    let n1 = db
+    // Attached: refused with the way out, and nothing changes.
+    let err = db
         .deauthorize_node(t, &by_name("n1"), &actor())
         .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StoreError::NodeInCluster {
+                action: "deauthorized",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("qb cluster detach c1 n1"),
+        "the error says how to go on: {err}"
+    );
+    assert_eq!(snapshot(&db, t).await, before);
+
+    // Detaching: still in the cluster until its components are gone.
+    db.detach(t, &Key::Id(c.id), &[node_name("n1")], true, &actor())
+        .await
         .unwrap();
-    assert_eq!(
-        (n1.state, n1.cluster.clone()),
-        (NodeState::Deauthorized, None)
-    );
-    let detail = cluster_detail(&db, t, c.id).await;
-    assert_eq!(
-        (detail.cluster.node_count, names(&detail.nodes)),
-        (1, vec!["n2".to_owned()])
-    );
+    let err = db
+        .deauthorize_node(t, &by_name("n1"), &actor())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NodeInCluster { .. }), "{err:?}");
+
+    // Back in the pool: revoked.
+    let n1 = db
+        .finish_detach(
+            t,
+            db.get_node(t, &by_name("n1")).await.unwrap().id,
+            &actor(),
+        )
+        .await
+        .unwrap();
+    let n1 = db
+        .deauthorize_node(t, &Key::Id(n1.id), &actor())
+        .await
+        .unwrap();
+    assert_eq!((n1.state, n1.cluster), (NodeState::Deauthorized, None));
     let last = all_events(&db, t).await.pop().unwrap();
     assert_eq!(last.action, "node.deauthorized");
-    assert_eq!(last.detail["previous_state"], "attached");
-    assert_eq!(last.detail["left_cluster"], "c1");
+    assert_eq!(last.detail["previous_state"], "authorized");
 
     // A deauthorized node is not in the pool and cannot be detached or finished.
     let err = db
-        .detach(t, &Key::Id(c.id), &[node_name("n1")], &actor())
+        .detach(t, &Key::Id(c.id), &[node_name("n1")], false, &actor())
         .await
         .unwrap_err();
     assert!(
@@ -380,6 +427,76 @@ async fn deauthorizing_an_attached_node_takes_it_out(db: TestDb) {
     );
 }
 
+async fn a_node_in_a_cluster_keeps_its_address_label(db: TestDb) {
+    let t = tenant(&db, "acme").await;
+    pool_node(&db, t, "n1", &[]).await;
+    let change = |set: &[(&str, &str)]| qb_api::LabelChange {
+        set: set
+            .iter()
+            .map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap()))
+            .collect(),
+        remove: Vec::new(),
+    };
+    // In the pool: any label.
+    db.label_node(
+        t,
+        &by_name("n1"),
+        &change(&[(qb_api::ADDRESS_LABEL, "10.0.0.1")]),
+        &actor(),
+    )
+    .await
+    .unwrap();
+    let c = cluster(&db, t, "c1").await;
+    db.attach(t, &Key::Id(c.id), &named(&["n1"]), &actor())
+        .await
+        .unwrap();
+    // In a cluster: other labels change, the address label does not.
+    db.label_node(
+        t,
+        &by_name("n1"),
+        &change(&[("zone", "a"), (qb_api::ADDRESS_LABEL, "10.0.0.1")]),
+        &actor(),
+    )
+    .await
+    .unwrap();
+    let before = snapshot(&db, t).await;
+    let err = db
+        .label_node(
+            t,
+            &by_name("n1"),
+            &change(&[(qb_api::ADDRESS_LABEL, "10.0.0.2")]),
+            &actor(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NodeInCluster {
+                action: "given another address",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(snapshot(&db, t).await, before);
+
+    // The engine records the address once; a second choice does not replace it.
+    let id = db.get_node(t, &by_name("n1")).await.unwrap().id;
+    let ip: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+    assert_eq!(db.set_node_address(t, id, c.id, ip).await.unwrap(), ip);
+    let other: std::net::IpAddr = "10.0.0.9".parse().unwrap();
+    assert_eq!(db.set_node_address(t, id, c.id, other).await.unwrap(), ip);
+    let node = db.get_node(t, &Key::Id(id)).await.unwrap();
+    assert_eq!(node.address, Some(ip));
+    // Leaving the cluster forgets it.
+    db.detach(t, &Key::Id(c.id), &[node_name("n1")], false, &actor())
+        .await
+        .unwrap();
+    let node = db.finish_detach(t, id, &actor()).await.unwrap();
+    assert_eq!(node.address, None);
+}
+
 async fn deleting_a_cluster_with_nodes_needs_force(db: TestDb) {
     let t = tenant(&db, "acme").await;
     for n in ["n1", "n2", "n3"] {
@@ -390,7 +507,7 @@ async fn deleting_a_cluster_with_nodes_needs_force(db: TestDb) {
     db.attach(t, &Key::Id(c1.id), &named(&["n1", "n2"]), &actor())
         .await
         .unwrap();
-    db.detach(t, &Key::Id(c1.id), &[node_name("n2")], &actor())
+    db.detach(t, &Key::Id(c1.id), &[node_name("n2")], false, &actor())
         .await
         .unwrap();
     let before = snapshot(&db, t).await;
@@ -511,6 +628,7 @@ fn specs_are_checked_before_anything_is_stored() {
             service_cidr: Some(service.parse().unwrap()),
             masters,
             roles: roles.iter().map(|(n, r)| (node_name(n), *r)).collect(),
+            taint_masters: false,
         }
     };
     let overlap = ClusterSpec::try_from(request(
@@ -599,7 +717,7 @@ async fn pod_subnets_are_given_once_and_freed_when_a_node_leaves(db: TestDb) {
     assert_eq!(db.assign_pod_subnets(t, c.id, 256).await.unwrap(), given);
 
     // n1 leaves: n2 and n3 keep theirs, and n4 gets the subnet n1 freed.
-    db.detach(t, &Key::Id(c.id), &[node_name("n1")], &actor())
+    db.detach(t, &Key::Id(c.id), &[node_name("n1")], false, &actor())
         .await
         .unwrap();
     assert_eq!(db.assign_pod_subnets(t, c.id, 256).await.unwrap(), given);

@@ -32,6 +32,8 @@ async fn node_lifecycle(db: TestDb) {
                 "192.0.2.10".parse().unwrap(),
                 "2001:db8::10".parse().unwrap(),
             ],
+            interfaces: Vec::new(),
+            route_source: None,
         },
         labels: labels(&[("zone", "a")]),
     };
@@ -256,7 +258,7 @@ async fn node_filters(db: TestDb) {
     db.attach(t, &Key::Id(c2.id), &named(&["c"]), &actor())
         .await
         .unwrap();
-    db.detach(t, &Key::Id(c1.id), &[node_name("b")], &actor())
+    db.detach(t, &Key::Id(c1.id), &[node_name("b")], false, &actor())
         .await
         .unwrap();
 

@@ -35,7 +35,7 @@ async fn reopening_keeps_everything(db: TestDb) {
     db.attach(t, &Key::Id(c.id), &named(&["n1", "n2"]), &actor())
         .await
         .unwrap();
-    db.detach(t, &Key::Id(c.id), &[node_name("n2")], &actor())
+    db.detach(t, &Key::Id(c.id), &[node_name("n2")], false, &actor())
         .await
         .unwrap();
     let before = snapshot(&db, t).await;
@@ -82,7 +82,7 @@ async fn reopening_keeps_everything(db: TestDb) {
         .await
         .unwrap()
         .get("n");
-    assert_eq!((applied, total), (vec![1, 2, 3, 4, 5, 6, 7], 7));
+    assert_eq!((applied, total), (vec![1, 2, 3, 4, 5, 6, 7, 8], 8));
 }
 
 /// Controller replicas starting together on a fresh PostgreSQL database take turns migrating.

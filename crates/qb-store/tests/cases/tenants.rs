@@ -228,6 +228,7 @@ async fn tenants_cannot_see_or_touch_each_other(db: TestDb) {
         a,
         &Key::Id(a_cluster.id),
         &[node_name("a-member")],
+        false,
         &actor(),
     )
     .await
@@ -392,6 +393,7 @@ async fn tenants_cannot_see_or_touch_each_other(db: TestDb) {
             b,
             &Key::Id(a_cluster.id),
             &[node_name("a-member")],
+            false,
             &actor(),
         )
         .await
@@ -403,6 +405,7 @@ async fn tenants_cannot_see_or_touch_each_other(db: TestDb) {
             b,
             &Key::Id(b_cluster.id),
             &[node_name("a-member")],
+            false,
             &actor(),
         )
         .await

@@ -73,7 +73,7 @@ export function mount(ctx) {
   function actions(n) {
     const items = [];
     if (n.state === 'pending') items.push(button('Authorize', (e) => authorize(e.currentTarget), { kind: 'primary', fk: 'authorize' }));
-    if (n.state !== 'deauthorized') items.push(button('Deauthorize', (e) => deauthorize(e.currentTarget), { kind: 'danger', fk: 'deauthorize' }));
+    if (n.state === 'pending' || n.state === 'authorized') items.push(button('Deauthorize', (e) => deauthorize(e.currentTarget), { kind: 'danger', fk: 'deauthorize' }));
     if (n.state === 'pending' || n.state === 'deauthorized') items.push(button('Delete', (e) => remove(e.currentTarget), { kind: 'danger', fk: 'delete' }));
     if (n.agent && n.agent.online) items.push(button('Ping', (e) => ping(e.currentTarget), { fk: 'ping', label: `Ping the agent of ${name}` }));
     return items;
