@@ -678,11 +678,23 @@ impl Run<'_, '_> {
 
     async fn wipe_everything(&mut self) -> Result<String, StepError> {
         let mut services = 0;
+        let mut logs = self
+            .ledger
+            .installed
+            .tasks
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>();
         for name in self.known_services() {
             self.supervisor().stop(&name).await?;
             self.ledger.installed.services.remove(&name);
             self.ledger.save()?;
             services += 1;
+            logs.push(name);
+        }
+        // The cluster's logs go with it: a host that joins another cluster starts clean.
+        for name in &logs {
+            self.supervisor().remove_logs(name)?;
         }
         self.applier.balancer.set(None)?;
         let installed = &self.ledger.installed;

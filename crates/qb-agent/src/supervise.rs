@@ -381,6 +381,29 @@ impl Supervisor {
     /// Stops a service: SIGTERM to its process group, SIGKILL after the stop timeout, and its
     /// record removed. `Ok(false)` when it was not supervised (a leftover record is removed,
     /// and its process, if it still runs, stopped too).
+    /// Removes the logs of a service that no longer runs (the current one and its rotations).
+    pub fn remove_logs(&self, name: &str) -> Result<usize, SuperviseError> {
+        check_name(name)?;
+        let prefix = format!("{name}.log");
+        let mut removed = 0;
+        let Ok(entries) = std::fs::read_dir(&self.shared.dirs.logs) else {
+            return Ok(0);
+        };
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let rotation = file.strip_prefix(&prefix);
+            if rotation.is_some_and(|r| {
+                r.is_empty()
+                    || r.strip_prefix('.')
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+            }) {
+                remove_file(&entry.path());
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     pub async fn stop(&self, name: &str) -> Result<bool, SuperviseError> {
         check_name(name)?;
         let entry = self.shared.lock().remove(name);

@@ -25,6 +25,8 @@ use crate::supervise::{Supervisor, SupervisorDirs};
 
 /// The signed plan the agent accepted last, in the state directory.
 const PLAN_FILE: &str = "plan.json";
+/// How often an applied plan's routes are checked, and put back when they changed.
+const ROUTE_CHECK: Duration = Duration::from_secs(10);
 
 pub struct Work {
     state_dir: PathBuf,
@@ -250,7 +252,11 @@ impl Work {
                 None => continue,
                 Some(Ok(())) => {
                     failures = 0;
-                    // Applied: keep the report's service health fresh until the plan changes.
+                    // Applied: keep the report's service health fresh until the plan changes,
+                    // and put back the plan's routes when someone deletes or changes them.
+                    let mut routes = tokio::time::interval(ROUTE_CHECK);
+                    routes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    routes.tick().await;
                     loop {
                         tokio::select! {
                             changed = plans.changed() => {
@@ -258,6 +264,11 @@ impl Work {
                                 break;
                             }
                             _ = changes.changed() => self.applier.refresh_services(&self.report),
+                            _ = routes.tick(), if plan.cluster_id.is_some() => {
+                                if let Err(e) = crate::routes::converge(&plan.routes).await {
+                                    tracing::warn!(error = %format!("{e:#}"), "could not repair the plan's routes");
+                                }
+                            }
                         }
                     }
                 }

@@ -131,12 +131,17 @@ pub mod paths {
     pub const CONTAINERD_SOCKET: &str = "/run/qb/containerd/containerd.sock";
     /// host-local IPAM's leases: in `/run`, since no pod outlives a reboot.
     pub const CNI_IPAM_DATA_DIR: &str = "/run/qb/cni/networks";
+    /// Pods' and containers' logs, where the kubelet keeps them (no flag moves them).
+    pub const POD_LOG_DIR: &str = "/var/log/pods";
+    pub const CONTAINER_LOG_DIR: &str = "/var/log/containers";
     /// Every state directory, in the order the plan lists them.
     pub const STATE_DIRS: &[&str] = &[
         ETCD_DATA_DIR,
         KUBELET_ROOT_DIR,
         CONTAINERD_ROOT_DIR,
         RUN_DIR,
+        POD_LOG_DIR,
+        CONTAINER_LOG_DIR,
     ];
 
     /// Where a bundle artifact is installed and its mode; `None` for a name the engine does not
