@@ -149,7 +149,8 @@ pub enum NodeCommand {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
-    /// Revoke nodes' identities; they must register again to come back.
+    /// Revoke nodes' identities; they must register again to come back. A node in a
+    /// cluster must be detached first.
     Deauthorize {
         /// Node names or ids.
         #[arg(required = true)]
@@ -310,8 +311,8 @@ pub struct DetachArgs {
     /// How long to wait for the nodes to return to the pool.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub timeout: u64,
-    /// Detach even if removing the nodes' etcd members would leave etcd without quorum or
-    /// without any member.
+    /// Skip the quorum guard and the drain, and do not wait for the wipe of a host whose agent
+    /// is offline (it wipes itself when it is back); etcd members are still removed.
     #[arg(long)]
     pub force: bool,
 }

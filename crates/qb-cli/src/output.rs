@@ -166,8 +166,14 @@ fn or_none(s: String) -> String {
 /// What the node list shows at most of a node's addresses; the rest are counted (`,+2`).
 const LISTED_ADDRESSES: usize = 2;
 
-/// A node's addresses for a table cell: the first few, then how many more.
-fn addresses_cell(addresses: &[std::net::IpAddr]) -> String {
+/// A node's addresses for a table cell: the address its cluster reaches it at first (when it
+/// has one), then the host's others; the first few, then how many more.
+fn addresses_cell(n: &Node) -> String {
+    let addresses: Vec<&std::net::IpAddr> = n
+        .address
+        .iter()
+        .chain(n.facts.addresses.iter().filter(|a| Some(**a) != n.address))
+        .collect();
     let mut cell = addresses
         .iter()
         .take(LISTED_ADDRESSES)
@@ -229,7 +235,7 @@ pub fn nodes_table(nodes: &[Node], now: OffsetDateTime) -> String {
                 or_none(n.facts.arch.clone()),
                 n.facts.cpus.to_string(),
                 bytes(n.facts.memory_bytes),
-                addresses_cell(&n.facts.addresses),
+                addresses_cell(n),
                 labels(&n.labels),
                 age(n.created_at, now),
             ]
@@ -283,6 +289,10 @@ pub fn node_fields(n: &Node, now: OffsetDateTime) -> String {
         ("Arch", or_none(n.facts.arch.clone())),
         ("CPUs", n.facts.cpus.to_string()),
         ("Memory", bytes(n.facts.memory_bytes)),
+        (
+            "Address",
+            n.address.map_or_else(|| NONE.to_owned(), |a| a.to_string()),
+        ),
         (
             "Addresses",
             or_none(
@@ -428,7 +438,7 @@ pub fn cluster_nodes_table(nodes: &[Node], now: OffsetDateTime) -> String {
                 agent_online(agent).to_owned(),
                 agent_last_seen(agent, now),
                 agent.map_or_else(|| "-".to_owned(), |a| a.version.clone()),
-                addresses_cell(&n.facts.addresses),
+                addresses_cell(n),
                 n.plan
                     .as_ref()
                     .map_or_else(|| "-".to_owned(), |p| truncate(&plan_status(p), 72)),
@@ -884,6 +894,8 @@ mod tests {
         );
         online.agent = agent(true, Some(datetime!(2024-05-01 11:59:55 UTC)));
         online.role = Some(qb_api::NodeRole::Master);
+        // The address its cluster reaches it at comes first.
+        online.address = Some("fd00::5".parse().expect("ip"));
         let mut offline = node("host-3", NodeState::Authorized, None, &[]);
         offline.agent = agent(false, Some(datetime!(2024-04-30 12:00:00 UTC)));
         offline
@@ -944,7 +956,7 @@ mod tests {
                     "x86_64",
                     "8",
                     "16Gi",
-                    "10.0.0.5,fd00::5",
+                    "fd00::5,10.0.0.5",
                     "rack=r1,zone=a",
                     "3d",
                 ],
