@@ -718,7 +718,14 @@ impl Run<'_, '_> {
         tracing::info!(cgroups = %ended, "cluster cgroups removed");
         // Only once the pods are gone: their interfaces and rules go with them.
         if self.applier.pod_network {
-            let network = crate::pod_network::teardown().await?;
+            let sandboxes = crate::pod_network::sandbox_ids(
+                self.ledger
+                    .installed
+                    .state_dirs
+                    .iter()
+                    .chain(&self.plan.state_dirs),
+            );
+            let network = crate::pod_network::teardown(&sandboxes).await?;
             tracing::info!(%network, "pod network taken down");
         }
         self.ledger.installed.cgroups.clear();

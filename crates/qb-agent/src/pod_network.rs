@@ -6,6 +6,7 @@
 //! is [`qb_api::POD_BRIDGE`]; kube-proxy's and the kubelet's chains are `KUBE-*`, the CNI
 //! plugins' `CNI-*`; the CNI caches results under the network's name, `qb`.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use tokio::process::Command;
@@ -16,6 +17,8 @@ const CNI_NETWORK: &str = "qb";
 const CNI_CACHE: &str = "/var/lib/cni";
 /// Where the container runtime pins pods' network namespaces (`cni-<uuid>`).
 const NETNS_DIR: &str = "/run/netns";
+/// Where containerd's CRI plugin keeps a directory per pod sandbox, below its root.
+const CRI_SANDBOXES: &str = "io.containerd.grpc.v1.cri/sandboxes";
 /// Chains of kube-proxy and the kubelet, and of the CNI plugins (masquerading, port maps).
 const CHAIN_PREFIXES: &[&str] = &["KUBE-", "CNI-"];
 
@@ -37,8 +40,25 @@ pub enum TeardownError {
     },
 }
 
-/// Removes the pod network's interfaces, namespaces, rules and cache. Returns a summary.
-pub async fn teardown() -> Result<String, TeardownError> {
+/// The pod sandboxes of the container runtimes whose roots are among `state_dirs` (containerd
+/// keeps one directory per sandbox, named by its id): the CNI caches results under their ids.
+pub fn sandbox_ids<'d>(state_dirs: impl IntoIterator<Item = &'d String>) -> BTreeSet<String> {
+    state_dirs
+        .into_iter()
+        .flat_map(|d| {
+            std::fs::read_dir(Path::new(d).join(CRI_SANDBOXES))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Removes the pod network's interfaces, namespaces, rules and cache (the results of the `qb`
+/// network, and any result of `sandboxes`: the runtime's loopback network has its own name).
+/// Returns a summary.
+pub async fn teardown(sandboxes: &BTreeSet<String>) -> Result<String, TeardownError> {
     let bridge = qb_api::POD_BRIDGE;
     let mut links = 0;
     if let Some(listing) = run_ok("ip", &["-j", "link", "show", "master", bridge]).await? {
@@ -59,7 +79,7 @@ pub async fn teardown() -> Result<String, TeardownError> {
     ] {
         rules += remove_chains(save, restore).await?;
     }
-    let cached = remove_cni_cache()?;
+    let cached = remove_cni_cache(Path::new(CNI_CACHE), sandboxes)?;
     Ok(format!(
         "{links} interfaces, {namespaces} pod network namespaces, {rules} iptables lines, {cached} CNI cache entries removed"
     ))
@@ -183,14 +203,18 @@ fn without_cluster_chains(dump: &str) -> (String, usize) {
     (kept, removed)
 }
 
-/// Removes the CNI's cached results of the `qb` network.
-fn remove_cni_cache() -> Result<usize, TeardownError> {
-    let results = Path::new(CNI_CACHE).join("results");
+/// Removes the CNI's cached results (`<network>-<container id>-<interface>`) of the `qb`
+/// network and of the runtime's `sandboxes`.
+fn remove_cni_cache(cache: &Path, sandboxes: &BTreeSet<String>) -> Result<usize, TeardownError> {
+    let results = cache.join("results");
     let mut removed = 0;
     if let Ok(entries) = std::fs::read_dir(&results) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&format!("{CNI_NETWORK}-")) {
+            let of_sandbox = name
+                .split('-')
+                .any(|part| part.len() == 64 && sandboxes.contains(part));
+            if name.starts_with(&format!("{CNI_NETWORK}-")) || of_sandbox {
                 let path = entry.path();
                 std::fs::remove_file(&path).map_err(|source| TeardownError::Remove {
                     path: path.display().to_string(),
@@ -290,5 +314,45 @@ COMMIT
         );
         // Nothing of the cluster's: nothing to restore.
         assert_eq!(without_cluster_chains(&kept).1, 0);
+    }
+
+    #[test]
+    fn the_cache_loses_the_qb_networks_results_and_those_of_the_runtimes_sandboxes() {
+        let cache = tempfile::tempdir().unwrap();
+        let results = cache.path().join("results");
+        std::fs::create_dir_all(&results).unwrap();
+        let ours = "a".repeat(64);
+        let theirs = "b".repeat(64);
+        let files = [
+            format!("qb-{ours}-eth0"),
+            format!("cni-loopback-{ours}-lo"),
+            format!("qb-{}-eth0", "c".repeat(64)),
+            format!("cni-loopback-{theirs}-lo"),
+            format!("podman-{theirs}-eth0"),
+        ];
+        for f in &files {
+            std::fs::write(results.join(f), "{}").unwrap();
+        }
+        let sandboxes = BTreeSet::from([ours]);
+        assert_eq!(remove_cni_cache(cache.path(), &sandboxes).unwrap(), 3);
+        let mut left: Vec<String> = std::fs::read_dir(&results)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [files[3].clone(), files[4].clone()]);
+    }
+
+    #[test]
+    fn sandboxes_are_found_below_the_runtimes_root() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join(CRI_SANDBOXES);
+        std::fs::create_dir_all(dir.join("1234")).unwrap();
+        std::fs::create_dir_all(dir.join("5678")).unwrap();
+        let dirs = [root.path().display().to_string(), "/nonexistent".to_owned()];
+        assert_eq!(
+            sandbox_ids(&dirs),
+            BTreeSet::from(["1234".to_owned(), "5678".to_owned()])
+        );
     }
 }

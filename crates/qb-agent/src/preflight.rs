@@ -702,17 +702,11 @@ mod tests {
     const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     fn tcp(port: u16) -> PortSpec {
-        PortSpec {
-            port,
-            protocol: Protocol::Tcp,
-        }
+        PortSpec::tcp(port)
     }
 
     fn udp(port: u16) -> PortSpec {
-        PortSpec {
-            port,
-            protocol: Protocol::Udp,
-        }
+        PortSpec::udp(port)
     }
 
     /// A port that was free a moment ago (bound on port 0, then released).

@@ -30,6 +30,22 @@ pub struct PortSpec {
     pub protocol: Protocol,
 }
 
+impl PortSpec {
+    pub const fn tcp(port: u16) -> Self {
+        Self {
+            port,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    pub const fn udp(port: u16) -> Self {
+        Self {
+            port,
+            protocol: Protocol::Udp,
+        }
+    }
+}
+
 impl std::fmt::Display for PortSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.port, self.protocol.as_str())

@@ -101,7 +101,7 @@ impl Host<'_> {
 /// process of it ends at once (those in its network namespace, and those in its cgroups
 /// `/qb/<node>`, where pods run in network namespaces of their own), and what a reboot does not
 /// keep goes: its cgroups, its `/run` directories (a tmpfs), and the routes, links and packet
-/// filter rules made since it booted. Its disk stays. Starting its agent again is the boot.
+/// filter rules made since it booted. Its disk and its configured routes (`proto static`) stay. Starting its agent again is the boot.
 pub fn power_off(lab: &crate::Lab, i: usize, node: &str, root: &Path) -> Result<()> {
     let started = std::time::Instant::now();
     loop {
@@ -137,9 +137,9 @@ pub fn power_off(lab: &crate::Lab, i: usize, node: &str, root: &Path) -> Result<
     }
     let ns = lab.netns(i);
     let ip = |args: &[&str]| crate::netns::ip(&[&["-n", &ns], args].concat());
-    // Routes the kernel did not add for an address.
+    // Routes the kernel did not add for an address, nor the host's configuration (its gateway).
     for route in ip(&["-o", "route", "show"])?.lines() {
-        if !route.contains("proto kernel") {
+        if !route.contains("proto kernel") && !route.contains("proto static") {
             let spec: Vec<&str> = route.split_whitespace().collect();
             ip(&[&["route", "del"], &spec[..]].concat())?;
         }

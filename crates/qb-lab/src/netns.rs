@@ -176,6 +176,30 @@ impl Lab {
         format!("qba{}n{i}", self.k)
     }
 
+    /// Gives every host a default route through the bridge, as hosts of a data center have a
+    /// gateway (a host reaches its cluster's Service addresses only through a route). The
+    /// bridge never forwards what arrives on it, whatever the machine's `ip_forward`: nothing a
+    /// host sends leaves the machine.
+    pub fn add_gateway(&self) -> Result<()> {
+        let sysctl = format!("/proc/sys/net/ipv4/conf/{}/forwarding", self.bridge());
+        std::fs::write(&sysctl, "0").with_context(|| format!("writing {sysctl}"))?;
+        for i in 0..self.hosts {
+            ip(&[
+                "-n",
+                &self.netns(i),
+                "route",
+                "replace",
+                "default",
+                "via",
+                &self.bridge_ip(),
+                // The host's own configuration: it survives a power cycle.
+                "proto",
+                "static",
+            ])?;
+        }
+        Ok(())
+    }
+
     /// Pulls host `i`'s cable: a real partition, both ways.
     pub fn link_down(&self, i: usize) -> Result<()> {
         ip(&["link", "set", &self.host_veth(i), "down"]).map(drop)
@@ -287,6 +311,7 @@ fn leftovers(k: u32) -> Vec<String> {
 
 /// Claims a free `k` by creating its bridge, and labels the bridge with its owner.
 fn claim(owner: &str) -> Result<u32> {
+    reclaim_stale();
     let in_use = ip(&["-o", "-4", "addr", "show"])?;
     for step in 0..K_COUNT {
         let k = FIRST_K + (std::process::id() + step) % K_COUNT;
@@ -315,6 +340,33 @@ fn claim(owner: &str) -> Result<u32> {
         "no free lab subnet in 10.77.{FIRST_K}-{}.0/24",
         FIRST_K + K_COUNT - 1
     )
+}
+
+/// Tears down every lab whose test process died without doing it (killed at a timeout): its
+/// components would go on running, and their cgroups bear the same host names as a new lab's.
+fn reclaim_stale() {
+    let Ok(bridges) = ip(&["-o", "link", "show", "type", "bridge"]) else {
+        return;
+    };
+    for line in bridges.lines() {
+        let Some(name) = line
+            .split(": ")
+            .nth(1)
+            .map(|n| n.split('@').next().unwrap_or(n))
+        else {
+            continue;
+        };
+        let Some(k) = name.strip_prefix("qba").and_then(|k| k.parse::<u32>().ok()) else {
+            continue;
+        };
+        if stale(name) {
+            eprintln!("reclaiming lab {k}, left behind by a dead test process");
+            let problems = Lab::existing(k, MAX_HOSTS).teardown();
+            if !problems.is_empty() {
+                eprintln!("lab {k} teardown: {problems:?}");
+            }
+        }
+    }
 }
 
 fn is_exists(e: &anyhow::Error) -> bool {

@@ -37,7 +37,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use qb_agent_proto::plan::{
     ApiBalancer, Artifact, KUBE_APISERVER_ENDPOINT, Owner, Plan, PlanFile, PortSpec, Probe,
-    Protocol, RestartPolicy, Route, Service,
+    RestartPolicy, Route, Service,
 };
 use qb_api::{
     BundleManifest, Cidr, ClusterId, KubernetesVersion, Labels, NodeFacts, NodeId, NodeName,
@@ -1649,17 +1649,11 @@ fn quote(s: &str) -> String {
 }
 
 fn tcp(port: u16) -> PortSpec {
-    PortSpec {
-        port,
-        protocol: Protocol::Tcp,
-    }
+    PortSpec::tcp(port)
 }
 
 fn udp(port: u16) -> PortSpec {
-    PortSpec {
-        port,
-        protocol: Protocol::Udp,
-    }
+    PortSpec::udp(port)
 }
 
 /// Inputs shared by the tests of this crate.

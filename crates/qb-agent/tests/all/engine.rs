@@ -402,6 +402,77 @@ fn a_cluster_forms_on_real_etcd_grows_and_shrinks_safely() {
         std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "etcd")
     });
     assert!(!etcd_in_ns0, "etcd still runs on the detached host");
+
+    // A master in a cluster cannot be deauthorized: the refusal says to detach it first.
+    let cut = index(&masters[1]);
+    let name = format!("host-{cut}");
+    api.post(&format!("/nodes/{name}/deauthorize"), &json!({}))
+        .problem(409, "invalid_node_state");
+
+    // Its host goes away for good: detached with --force, its member is removed all the same
+    // (a worker takes its place), and it returns to the pool without waiting for its wipe.
+    lab.link_down(cut).expect("the cable");
+    poll(&format!("{name} offline"), Duration::from_secs(30), || {
+        let n = api.node(&name);
+        if n["agent"]["online"] == false {
+            Ok(())
+        } else {
+            Err(n["agent"].to_string())
+        }
+    });
+    api.post(
+        "/clusters/lab/detach",
+        &json!({"nodes": [name], "force": true}),
+    )
+    .ok();
+    poll(&format!("{name} in the pool, unwiped"), CONVERGE, || {
+        let n = api.node(&name);
+        if n["state"] == "authorized" {
+            Ok(())
+        } else {
+            let c = cluster(&api, "lab");
+            Err(format!(
+                "{}: {} — {}",
+                n["state"], c["state"], c["state_message"]
+            ))
+        }
+    });
+    let c = wait_ready(&api, "lab", CONVERGE);
+    let (masters, _) = roles(&c);
+    assert_eq!(masters.len(), 3, "{c}");
+    assert!(!masters.contains(&name), "{c}");
+    let survivor = &agents[index(&masters[0])];
+    let endpoint = format!("https://{}:2379", lab.host_ip(index(&masters[0])));
+    poll(
+        "the unreachable member removed",
+        Duration::from_secs(30),
+        || {
+            let list = etcdctl(survivor, &endpoint, &["member", "list"]);
+            if member_names(&list) == masters && !list.contains(&lab.host_ip(cut)) {
+                Ok(())
+            } else {
+                Err(list)
+            }
+        },
+    );
+    // Back, its agent finds the wipe waiting: nothing of the cluster is left.
+    lab.link_up(cut).expect("the cable");
+    poll(&format!("{name} wiped once back"), CONVERGE, || {
+        let n = api.node(&name);
+        let report = &n["plan"]["report"];
+        let wiped = report["state"] == "applied"
+            && report["generation"] == n["plan"]["generation"]
+            && report["steps"][0]["name"] == "wipe";
+        if wiped {
+            Ok(())
+        } else {
+            Err(n["plan"].to_string())
+        }
+    });
+    assert!(
+        !agents[cut].host_path("/var/lib/qb/etcd").exists(),
+        "{name}'s etcd data survived"
+    );
 }
 
 /// Runs `sh -c script` inside host `i`'s network namespace, in the background; killed with the

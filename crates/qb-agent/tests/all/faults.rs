@@ -152,7 +152,7 @@ fn wait_services(api: &Api, lab: &Lab, i: usize, not: &[u32]) -> BTreeMap<String
 
 /// Host `i` loses power (see `qb_lab::host::power_off`); its agent is killed first, so it
 /// restarts nothing.
-fn power_cycle(lab: &Lab, host: &Agent, i: usize) {
+pub(crate) fn power_cycle(lab: &Lab, host: &Agent, i: usize) {
     let _ = run(Command::new("kill").args(["-KILL", &host.proc.pid().to_string()]));
     let root = host
         .host_root

@@ -145,9 +145,10 @@ impl Drop for PodCgroups {
     }
 }
 
-/// A Deployment of busybox httpd on `nodes`, one pod per node, each serving its pod name.
-fn web_deployment(nodes: &[&str]) -> String {
-    json!({
+/// A Deployment of busybox httpd on `nodes`, one pod per node, each serving its pod name, and
+/// the Service `web` (port 80) in front of them.
+fn web(nodes: &[String]) -> String {
+    let deployment = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": "web"},
@@ -180,48 +181,443 @@ fn web_deployment(nodes: &[&str]) -> String {
                 },
             },
         },
-    })
-    .to_string()
+    });
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {
+            "selector": {"app": "web"},
+            "ports": [{"port": 80, "targetPort": 8080}],
+        },
+    });
+    format!("{deployment}\n{service}\n")
 }
 
-/// A pod on `node` that fetches `/` from each of `servers` (`ip port`) once and exits.
-/// (busybox's `nc`: Debian's static busybox `wget` crashes.)
-fn client_pod(node: &str, servers: &[String]) -> String {
-    let script: Vec<String> = servers
+/// Tries per source to reach every backend of the Service: with 6 backends picked at random,
+/// the chance that one is never picked is below 1e-7.
+const SERVICE_TRIES: usize = 120;
+
+/// A shell loop that fetches `/` from `target` (`ip port`) `tries` times with busybox `nc`
+/// (`busybox` is the program), printing `<tag> <last line of the answer>` each time.
+/// (Debian's static busybox `wget` crashes.)
+fn fetch_loop(busybox: &str, tag: &str, target: &str, tries: usize) -> String {
+    format!(
+        "i=0; while [ $i -lt {tries} ]; do i=$((i+1)); \
+         echo \"{tag} $(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | {busybox} nc -w 3 {target} 2>/dev/null | tail -n 1)\"; done"
+    )
+}
+
+/// A pod on `node` that fetches from every server once (`POD <ip> <answer>`) and from the
+/// Service `SERVICE_TRIES` times (`SVC - <answer>`), then exits.
+fn probe_pod(name: &str, node: &str, servers: &[String], service_ip: &str) -> String {
+    let mut script: Vec<String> = servers
         .iter()
-        .map(|s| format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {s}"))
+        .map(|ip| fetch_loop("", &format!("POD {ip}"), &format!("{ip} 8080"), 1))
         .collect();
+    script.push(fetch_loop(
+        "",
+        "SVC -",
+        &format!("{service_ip} 80"),
+        SERVICE_TRIES,
+    ));
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "client"},
+        "metadata": {"name": name, "labels": {"app": "probe"}},
         "spec": {
             "automountServiceAccountToken": false,
             "nodeName": node,
             "restartPolicy": "Never",
             "containers": [{
-                "name": "wget",
+                "name": "probe",
                 "image": "qb.local/busybox:1",
                 "imagePullPolicy": "Never",
-                "command": ["/bin/sh", "-c", script.join(" && ")],
+                "command": ["/bin/sh", "-c", script.join("; ")],
             }],
         },
     })
     .to_string()
 }
 
+/// The `web` pods, once exactly one runs on each of `hosts`: (pod name, node, pod IP).
+fn web_pods(admin: &Agent, hosts: &[String]) -> Vec<(String, String, String)> {
+    poll("a web pod Running on each host", BRING_UP, || {
+        let list = kubectl_json(admin, &["get", "pods", "-l", "app=web"])?;
+        let mut pods: Vec<(String, String, String)> = Vec::new();
+        for p in list["items"].as_array().into_iter().flatten() {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            let running = p["status"]["phase"] == "Running"
+                && p["status"]["podIP"].is_string()
+                && p["metadata"]["deletionTimestamp"].is_null()
+                && p["status"]["containerStatuses"][0]["ready"] == true;
+            if running {
+                pods.push((
+                    text(&p["metadata"]["name"]),
+                    text(&p["spec"]["nodeName"]),
+                    text(&p["status"]["podIP"]),
+                ));
+            }
+        }
+        pods.sort_by(|a, b| a.1.cmp(&b.1));
+        let nodes: Vec<&String> = pods.iter().map(|(_, n, _)| n).collect();
+        let want: Vec<&String> = hosts.iter().collect();
+        if nodes == want && pods.len() == list["items"].as_array().map_or(0, Vec::len) {
+            Ok(pods)
+        } else {
+            Err(format!("web pods on {nodes:?}, want {want:?}"))
+        }
+    })
+}
+
+/// Traffic as a cluster's users send it: from a pod on every host to the `web` pod on every
+/// host (every ordered pair), and to the `web` Service from a pod on every host and from every
+/// host itself, each reaching every backend. Panics naming what failed; returns the pair matrix.
+fn check_traffic(admin: &Agent, agents: &[Agent], hosts: &[String]) -> String {
+    let pods = web_pods(admin, hosts);
+    let service = kubectl_json(admin, &["get", "service", "web"]).expect("the web Service");
+    let service_ip = service["spec"]["clusterIP"]
+        .as_str()
+        .expect("a cluster IP")
+        .to_owned();
+    let backends: std::collections::BTreeSet<String> = pods
+        .iter()
+        .map(|(name, ..)| format!("hello from {name}"))
+        .collect();
+    let ips: Vec<String> = pods.iter().map(|(.., ip)| ip.clone()).collect();
+    // Probe pods: one per host, all at once.
+    let _ = kubectl(
+        admin,
+        &["delete", "pod", "-l", "app=probe", "--wait=true"],
+        None,
+    );
+    let mut manifests = String::new();
+    for host in hosts {
+        manifests.push_str(&probe_pod(
+            &format!("probe-{host}"),
+            host,
+            &ips,
+            &service_ip,
+        ));
+        manifests.push('\n');
+    }
+    let out = kubectl(admin, &["apply", "-f", "-"], Some(&manifests));
+    assert!(out.status.success(), "{out:?}");
+    let mut failures = Vec::new();
+    let mut matrix = format!("{:>8} │ {}\n", "from\\to", hosts.join(" "));
+    for host in hosts {
+        let name = format!("probe-{host}");
+        poll(&format!("{name} done"), BRING_UP, || {
+            let pod = kubectl_json(admin, &["get", "pod", &name])?;
+            match pod["status"]["phase"].as_str() {
+                Some("Succeeded") => Ok(()),
+                Some("Failed") => panic!("{name} failed: {pod}"),
+                other => Err(format!("{other:?}")),
+            }
+        });
+        let logs = kubectl(admin, &["logs", &name], None);
+        let logs = String::from_utf8_lossy(&logs.stdout).into_owned();
+        let mut row = format!("{host:>8} │");
+        for (server, node, ip) in &pods {
+            let ok = logs
+                .lines()
+                .any(|l| l == format!("POD {ip} hello from {server}"));
+            row.push_str(if ok { "   ok " } else { "   -- " });
+            if !ok {
+                failures.push(format!("pod on {host} → pod on {node} ({ip})"));
+            }
+        }
+        matrix.push_str(&format!("{row}\n"));
+        let missed = never_reached(&backends, &logs);
+        if !missed.is_empty() {
+            failures.push(format!(
+                "Service {service_ip} from a pod on {host}: never reached {missed:?}"
+            ));
+        }
+    }
+    // From each host itself (its network namespace), as a process on the host would.
+    for host in hosts {
+        let agent = &agents[index_of(host)];
+        let script = fetch_loop(
+            "/bin/busybox",
+            "SVC -",
+            &format!("{service_ip} 80"),
+            SERVICE_TRIES,
+        );
+        let out = run(Command::new("nsenter")
+            .args(["-t", &agent.proc.pid().to_string(), "-n", "sh", "-c"])
+            .arg(&script));
+        let missed = never_reached(&backends, &String::from_utf8_lossy(&out.stdout));
+        if !missed.is_empty() {
+            failures.push(format!(
+                "Service {service_ip} from host {host}: never reached {missed:?}"
+            ));
+        }
+    }
+    let _ = kubectl(
+        admin,
+        &["delete", "pod", "-l", "app=probe", "--wait=false"],
+        None,
+    );
+    assert!(failures.is_empty(), "{failures:#?}\n{matrix}");
+    matrix
+}
+
+/// The backends no `SVC - <answer>` line of `output` came from.
+fn never_reached<'b>(
+    backends: &'b std::collections::BTreeSet<String>,
+    output: &str,
+) -> Vec<&'b String> {
+    let seen: std::collections::BTreeSet<&str> = output
+        .lines()
+        .filter_map(|l| l.strip_prefix("SVC - "))
+        .collect();
+    backends
+        .iter()
+        .filter(|b| !seen.contains(b.as_str()))
+        .collect()
+}
+
+fn index_of(host: &str) -> usize {
+    host.trim_start_matches("host-").parse().expect("host-N")
+}
+
+fn names(hosts: std::ops::Range<usize>) -> Vec<String> {
+    hosts.map(|i| format!("host-{i}")).collect()
+}
+
+/// What a lab host has that a cluster could leave behind: interfaces, addresses, routes,
+/// packet filter rules, mounts (of the agent's mount namespace), processes besides the agent,
+/// and files under the directories components use.
+#[derive(Debug, PartialEq)]
+struct HostState {
+    links: Vec<String>,
+    addresses: Vec<String>,
+    routes: Vec<String>,
+    rules: Vec<String>,
+    mounts: Vec<String>,
+    processes: Vec<String>,
+    files: Vec<String>,
+}
+
+fn host_state(lab: &Lab, agent: &Agent, i: usize) -> HostState {
+    let ns = lab.netns(i);
+    let ip_json = |args: &[&str]| -> Vec<Value> {
+        let out = run(Command::new("ip").args(["-n", &ns, "-j"]).args(args));
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let mut links: Vec<String> = ip_json(&["link", "show"])
+        .iter()
+        .map(|l| format!("{} master={}", l["ifname"], l["master"]))
+        .collect();
+    let mut addresses: Vec<String> = ip_json(&["addr", "show"])
+        .iter()
+        .flat_map(|l| {
+            l["addr_info"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |a| format!("{} {}/{}", l["ifname"], a["local"], a["prefixlen"]))
+        })
+        .collect();
+    let mut routes = Vec::new();
+    for family in ["-4", "-6"] {
+        let out =
+            run(Command::new("ip").args(["-n", &ns, family, "route", "show", "table", "all"]));
+        routes.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned),
+        );
+    }
+    // Rules and the chains they are in; the tables' built-in chains exist once any tool looked.
+    let builtin = ["INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"];
+    let mut rules = Vec::new();
+    for save in ["iptables-save", "ip6tables-save"] {
+        let out = run(Command::new("ip").args(["netns", "exec", &ns, save]));
+        rules.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| {
+                    l.starts_with("-A")
+                        || l.strip_prefix(':').is_some_and(|c| {
+                            !builtin.contains(&c.split_whitespace().next().unwrap_or_default())
+                        })
+                })
+                .map(|l| format!("{save}: {l}")),
+        );
+    }
+    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", agent.proc.pid()))
+        .expect("the agent's mounts");
+    // Mounts on the directories components use; the machine's own, and the lab's namespaces
+    // (made by other tests too), come from outside the host.
+    let mut mounts: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .filter(|m| {
+            crate::harness::HOST_DIRS.iter().any(|d| m.starts_with(d))
+                && !m.starts_with("/run/netns/qba")
+        })
+        .collect();
+    let agent_pid = agent.proc.pid().to_string();
+    let mut processes: Vec<String> = lab
+        .pids(i)
+        .into_iter()
+        .filter(|p| *p != agent_pid)
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).ok())
+        .map(|c| c.replace('\0', " "))
+        .collect();
+    let mut files = Vec::new();
+    for dir in crate::harness::HOST_DIRS {
+        let root = agent.host_path(dir);
+        let mut stack = vec![root.clone()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(path);
+                } else {
+                    files.push(format!(
+                        "{dir}/{}",
+                        path.strip_prefix(&root).unwrap_or(&path).display()
+                    ));
+                }
+            }
+        }
+    }
+    for list in [
+        &mut links,
+        &mut addresses,
+        &mut routes,
+        &mut rules,
+        &mut mounts,
+        &mut processes,
+        &mut files,
+    ] {
+        list.sort();
+        list.dedup();
+    }
+    HostState {
+        links,
+        addresses,
+        routes,
+        rules,
+        mounts,
+        processes,
+        files,
+    }
+}
+
+/// Waits until host `i`, in no cluster now, is as it was before it first joined one.
+fn wait_clean(lab: &Lab, agent: &Agent, i: usize, before: &HostState) {
+    poll(
+        &format!("host-{i} as it was before its first cluster"),
+        BRING_UP,
+        || {
+            let now = host_state(lab, agent, i);
+            if &now == before {
+                Ok(())
+            } else {
+                Err(format!("before: {before:#?}\nnow: {now:#?}"))
+            }
+        },
+    );
+}
+
+/// The plan's routes on host `i` (`ip route` lines the agent added).
+fn plan_routes(lab: &Lab, i: usize) -> Vec<String> {
+    let out = run(Command::new("ip").args(["-n", &lab.netns(i), "route", "show", "proto", "196"]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The role labels and whether the master taint is set, of every Node.
+fn node_roles(admin: &Agent) -> Vec<(String, Vec<String>, bool)> {
+    let list = kubectl_json(admin, &["get", "nodes"]).expect("nodes");
+    let mut roles: Vec<(String, Vec<String>, bool)> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            let labels: Vec<String> = n["metadata"]["labels"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, _)| {
+                    k.strip_prefix("node-role.kubernetes.io/")
+                        .map(str::to_owned)
+                })
+                .collect();
+            let tainted = n["spec"]["taints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|t| t["key"] == "node-role.kubernetes.io/master");
+            (
+                n["metadata"]["name"].as_str().unwrap_or("?").to_owned(),
+                labels,
+                tainted,
+            )
+        })
+        .collect();
+    roles.sort();
+    roles
+}
+
+/// Waits until every Node carries its role's labels (masters `control-plane` and `master`,
+/// workers `worker`) and no master taint.
+fn wait_role_labels(admin: &Agent, masters: &[String], workers: &[String]) {
+    let mut want: Vec<(String, Vec<String>, bool)> = masters
+        .iter()
+        .map(|m| {
+            (
+                m.clone(),
+                vec!["control-plane".to_owned(), "master".to_owned()],
+                false,
+            )
+        })
+        .chain(
+            workers
+                .iter()
+                .map(|w| (w.clone(), vec!["worker".to_owned()], false)),
+        )
+        .collect();
+    want.sort();
+    poll("every Node labelled with its role", BRING_UP, || {
+        let roles = node_roles(admin);
+        if roles == want {
+            Ok(())
+        } else {
+            Err(format!("{roles:?}"))
+        }
+    });
+}
+
+/// A cluster as people use it, from its first hosts to its last: 3 masters and 2 workers with
+/// a workload on every host; pod-to-pod between every pair of hosts and the Service from every
+/// host and pod, checked after each change: a master cut off and back, a host power-cycled, a
+/// sixth host attached. Then reuse: a host that ran pods is detached (and is exactly as it was
+/// before it first joined), joins a second cluster with other ranges and serves there; two
+/// workers follow it there (their pods evicted first); that cluster shrinks from 3 nodes to 2
+/// (a master demoted) and grows back to 3 masters with 3 healthy etcd members. Deleting both
+/// clusters leaves every host as it was.
 #[test]
-fn attached_hosts_become_a_kubernetes_cluster_whose_pods_talk_across_hosts() {
+fn attached_hosts_become_a_kubernetes_cluster_that_keeps_working_while_used() {
     let bundle = bundle_dir();
     // Dropped last: the lab's teardown stops the kubelets first, so none recreates a pod.
-    let _cgroups = PodCgroups((0..5).map(|i| format!("host-{i}")).collect());
-    let lab = Lab::new(5).expect("the lab");
+    let _cgroups = PodCgroups((0..6).map(|i| format!("host-{i}")).collect());
+    let lab = Lab::new(6).expect("the lab");
+    lab.add_gateway().expect("the hosts' gateway");
     let controller = Controller::start(&lab.bridge_ip());
     let api = controller.api();
     let started = Instant::now();
     import_bundle(&api, &bundle);
     eprintln!("bundle imported in {:?}", started.elapsed());
-    let (_configs, agents) = hosts(&lab, &controller, 5);
+    let (configs, mut agents) = hosts(&lab, &controller, 6);
+    let pristine: Vec<HostState> = (0..6).map(|i| host_state(&lab, &agents[i], i)).collect();
     api.post(
         "/clusters",
         &json!({"name": "k8s", "pod_cidr": "10.244.0.0/16", "service_cidr": "10.96.0.0/12"}),
@@ -238,8 +634,7 @@ fn attached_hosts_become_a_kubernetes_cluster_whose_pods_talk_across_hosts() {
     let ready = wait_ready(&api, "k8s", BRING_UP);
     let (masters, workers) = roles(&ready);
     assert_eq!((masters.len(), workers.len()), (3, 0), "{ready}");
-    let admin = &agents[0];
-    wait_nodes_ready(admin, &["host-0", "host-1", "host-2"], BRING_UP);
+    wait_nodes_ready(&agents[0], &["host-0", "host-1", "host-2"], BRING_UP);
     eprintln!(
         "3 hosts: attach → cluster ready and every Node Ready in {:?}",
         attach.elapsed()
@@ -256,73 +651,66 @@ fn attached_hosts_become_a_kubernetes_cluster_whose_pods_talk_across_hosts() {
     let (masters, workers) = roles(&ready);
     assert_eq!(masters, ["host-0", "host-1", "host-2"]);
     assert_eq!(workers, ["host-3", "host-4"]);
-    wait_nodes_ready(
-        admin,
-        &["host-0", "host-1", "host-2", "host-3", "host-4"],
-        BRING_UP,
-    );
+    let five = names(0..5);
+    let five_refs: Vec<&str> = five.iter().map(String::as_str).collect();
+    wait_nodes_ready(&agents[0], &five_refs, BRING_UP);
     eprintln!(
         "2 more hosts: attach → every Node Ready in {:?}",
         attach.elapsed()
     );
+    wait_role_labels(&agents[0], &masters, &workers);
 
-    // Pods on the workers serve HTTP to a pod on a master, across hosts.
-    let out = kubectl(
-        admin,
-        &["apply", "-f", "-"],
-        Some(&web_deployment(&["host-3", "host-4"])),
-    );
+    // A workload on every host, and its Service.
+    let admin = &agents[0];
+    let out = kubectl(admin, &["apply", "-f", "-"], Some(&web(&five)));
     assert!(out.status.success(), "{out:?}");
-    let pods = poll("the web pods Running", BRING_UP, || {
-        let list = kubectl_json(admin, &["get", "pods", "-l", "app=web"])?;
-        let pods: Vec<(String, String, String)> = list["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string())
-            .map(|p| {
-                (
-                    p["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    p["spec"]["nodeName"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    p["status"]["podIP"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect();
-        if pods.len() == 2 {
-            Ok(pods)
-        } else {
-            Err(list.to_string())
-        }
-    });
-    let mut nodes: Vec<&str> = pods.iter().map(|(_, node, _)| node.as_str()).collect();
-    nodes.sort();
-    assert_eq!(nodes, ["host-3", "host-4"], "{pods:?}");
-    let servers: Vec<String> = pods.iter().map(|(_, _, ip)| format!("{ip} 8080")).collect();
-    let out = kubectl(
-        admin,
-        &["apply", "-f", "-"],
-        Some(&client_pod("host-1", &servers)),
-    );
-    assert!(out.status.success(), "{out:?}");
-    poll("the client pod done", BRING_UP, || {
-        let pod = kubectl_json(admin, &["get", "pod", "client"])?;
-        match pod["status"]["phase"].as_str() {
-            Some("Succeeded") => Ok(()),
-            Some("Failed") => panic!("the client failed: {pod}"),
-            other => Err(format!("{other:?}")),
-        }
-    });
-    let logs = kubectl(admin, &["logs", "client"], None);
-    let logs = String::from_utf8_lossy(&logs.stdout);
-    for (name, ..) in &pods {
-        assert!(logs.contains(&format!("hello from {name}")), "{logs}");
+    let matrix = check_traffic(admin, &agents, &five);
+    eprintln!("used cluster, pod to pod (rows: client's host):\n{matrix}");
+    // The hosts run pods: their pod bridges have addresses (the first, by sort order), and each
+    // node's address is still its host's, chosen once; routes go through those addresses only.
+    let mut listing = String::from("NAME    STATE     ROLE    ADDRESS       HOST'S ADDRESSES\n");
+    for i in 0..5 {
+        let n = api.node(&format!("host-{i}"));
+        assert_eq!(n["address"], lab.host_ip(i), "{n}");
+        listing.push_str(&format!(
+            "{:<7} {:<9} {:<7} {:<13} {}\n",
+            n["name"].as_str().unwrap_or("?"),
+            n["state"].as_str().unwrap_or("?"),
+            n["role"].as_str().unwrap_or("-"),
+            n["address"].as_str().unwrap_or("-"),
+            n["facts"]["addresses"]
+        ));
     }
+    eprintln!("node list with pods running:\n{listing}");
+    for i in [0, 3] {
+        let out = run(Command::new("ip").args(["-n", &lab.netns(i), "route"]));
+        eprintln!(
+            "ip route of host-{i}:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    // Someone deletes a route of the plan: the agent puts it back.
+    let routes = plan_routes(&lab, 3);
+    assert_eq!(routes.len(), 4, "{routes:?}");
+    let destination = routes[0]
+        .split_whitespace()
+        .next()
+        .expect("a destination")
+        .to_owned();
+    run(Command::new("ip").args(["-n", &lab.netns(3), "route", "del", &destination]));
+    poll(
+        "host-3's deleted route back",
+        Duration::from_secs(30),
+        || {
+            let now = plan_routes(&lab, 3);
+            if now == routes {
+                Ok(())
+            } else {
+                Err(format!("{now:?}"))
+            }
+        },
+    );
 
     // The master host-3's API balancer tries first is cut off: both workers' kubelets go on
     // renewing their Node leases through the other masters.
@@ -369,58 +757,158 @@ fn attached_hosts_become_a_kubernetes_cluster_whose_pods_talk_across_hosts() {
         after <= term + 1,
         "host-{cut}'s return deposed the leader: raft term {term} before, {after} after"
     );
-    let admin = &agents[0];
-    wait_nodes_ready(
-        admin,
-        &["host-0", "host-1", "host-2", "host-3", "host-4"],
-        BRING_UP,
-    );
+    wait_nodes_ready(&agents[0], &five_refs, BRING_UP);
 
-    // Detach a worker: it is drained (its web pod evicted), wiped, its Node deleted.
-    let (drained_pod, ..) = pods
-        .iter()
-        .find(|(_, node, _)| node == "host-4")
-        .expect("a web pod on host-4");
-    leave(&api, &lab, &agents, 4);
-    let web = kubectl_json(admin, &["get", "pods", "-l", "app=web"]).expect("pods");
-    assert!(
-        web["items"]
+    // host-4 loses power and boots: everything comes back, and still works.
+    crate::faults::power_cycle(&lab, &agents[4], 4);
+    let booted = now_in_seconds();
+    let agent = agents.remove(4);
+    agents.insert(4, agent.kill_and_restart(&configs[4]));
+    let admin = &agents[0];
+    let boot = Instant::now();
+    wait_ready(&api, "k8s", BRING_UP);
+    wait_nodes_ready(admin, &five_refs, BRING_UP);
+    // Its web pod runs again (the API keeps the old pod's status until the kubelet reports).
+    poll("host-4's web pod started again", BRING_UP, || {
+        let list = kubectl_json(admin, &["get", "pods", "-l", "app=web"])?;
+        let started = list["items"]
             .as_array()
             .into_iter()
             .flatten()
-            .all(|p| p["metadata"]["name"] != drained_pod.as_str()),
-        "{drained_pod} was not evicted: {web}"
+            .filter(|p| p["spec"]["nodeName"] == "host-4")
+            .filter_map(|p| {
+                let at = p["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+                    .as_str()?;
+                OffsetDateTime::parse(at, &Rfc3339).ok()
+            })
+            .any(|at| at >= booted);
+        if started {
+            Ok(())
+        } else {
+            Err(list.to_string())
+        }
+    });
+    check_traffic(admin, &agents, &five);
+    eprintln!(
+        "host-4 power-cycled: traffic as before {:?} after it booted",
+        boot.elapsed()
     );
-    wait_nodes_ready(admin, &["host-0", "host-1", "host-2", "host-3"], BRING_UP);
 
-    // Detach a master: host-3 (a worker) takes its place in etcd and the control plane.
-    leave(&api, &lab, &agents, 2);
+    // A sixth host: a worker, with a pod of its own.
+    api.post("/clusters/k8s/attach", &json!({"nodes": ["host-5"]}))
+        .ok();
     let ready = wait_ready(&api, "k8s", BRING_UP);
-    assert_eq!(roles(&ready).0, ["host-0", "host-1", "host-3"], "{ready}");
-    wait_nodes_ready(admin, &["host-0", "host-1", "host-3"], BRING_UP);
+    assert_eq!(roles(&ready).1, ["host-3", "host-4", "host-5"], "{ready}");
+    let six = names(0..6);
+    let six_refs: Vec<&str> = six.iter().map(String::as_str).collect();
+    wait_nodes_ready(admin, &six_refs, BRING_UP);
+    let out = kubectl(admin, &["apply", "-f", "-"], Some(&web(&six)));
+    assert!(out.status.success(), "{out:?}");
+    check_traffic(admin, &agents, &six);
+    eprintln!("host-5 attached: traffic between all 6 hosts");
 
-    // Both come back.
-    let attach = Instant::now();
+    // host-5, which ran pods, leaves: it is drained, wiped, and as it was before it joined.
+    leave(&api, &lab, &agents, "k8s", 5);
+    wait_clean(&lab, &agents[5], 5, &pristine[5]);
+    eprintln!("host-5 detached: as it was before its first attach");
+    let out = kubectl(admin, &["apply", "-f", "-"], Some(&web(&five)));
+    assert!(out.status.success(), "{out:?}");
+
+    // It joins a second cluster with other ranges, and serves there.
     api.post(
-        "/clusters/k8s/attach",
-        &json!({"nodes": ["host-2", "host-4"]}),
+        "/clusters",
+        &json!({"name": "reuse", "pod_cidr": "10.30.0.0/16", "service_cidr": "10.31.0.0/16"}),
     )
     .ok();
-    wait_ready(&api, "k8s", BRING_UP);
-    wait_nodes_ready(
-        admin,
-        &["host-0", "host-1", "host-2", "host-3", "host-4"],
-        BRING_UP,
-    );
-    eprintln!(
-        "2 hosts re-attached: attach → every Node Ready in {:?}",
-        attach.elapsed()
-    );
+    api.post("/clusters/reuse/attach", &json!({"nodes": ["host-5"]}))
+        .ok();
+    wait_ready(&api, "reuse", BRING_UP);
+    assert_eq!(api.node("host-5")["address"], lab.host_ip(5));
+    let other = &agents[5];
+    wait_nodes_ready(other, &["host-5"], BRING_UP);
+    let only = names(5..6);
+    let out = kubectl(other, &["apply", "-f", "-"], Some(&web(&only)));
+    assert!(out.status.success(), "{out:?}");
+    check_traffic(other, &agents, &only);
+    eprintln!("host-5 reused in a cluster with other ranges: it serves there");
 
-    // Deleting the cluster returns every host to the pool, wiped.
-    api.delete("/clusters/k8s?force=true").ok();
-    for i in 0..5 {
-        wait_wiped(&api, &lab, &agents, i);
+    // Both workers of k8s leave (the web pod of each is evicted first) and, used, join the
+    // second cluster: three masters there.
+    let mut serving = five.clone();
+    for worker in [3, 4] {
+        let host = format!("host-{worker}");
+        let evicted = web_pods(admin, &serving)
+            .into_iter()
+            .find(|(_, node, _)| *node == host)
+            .unwrap_or_else(|| panic!("a web pod on {host}"))
+            .0;
+        leave(&api, &lab, &agents, "k8s", worker);
+        let left = kubectl_json(admin, &["get", "pods", "-l", "app=web"]).expect("pods");
+        assert!(
+            left["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|p| p["metadata"]["name"] != evicted.as_str()),
+            "{evicted} was not evicted: {left}"
+        );
+        serving.retain(|h| *h != host);
+        let out = kubectl(admin, &["apply", "-f", "-"], Some(&web(&serving)));
+        assert!(out.status.success(), "{out:?}");
+    }
+    let ready = wait_ready(&api, "k8s", BRING_UP);
+    assert_eq!(roles(&ready), (names(0..3), Vec::new()), "{ready}");
+    wait_nodes_ready(admin, &["host-0", "host-1", "host-2"], BRING_UP);
+    api.post(
+        "/clusters/reuse/attach",
+        &json!({"nodes": ["host-3", "host-4"]}),
+    )
+    .ok();
+    let ready = wait_ready(&api, "reuse", BRING_UP);
+    assert_eq!(roles(&ready).0, ["host-3", "host-4", "host-5"], "{ready}");
+
+    // Shrunk to 2 nodes (one master stays, the other is demoted), grown back to 3: three
+    // healthy etcd members again, the demoted one joining as a new member.
+    api.post("/clusters/reuse/detach", &json!({"nodes": ["host-4"]}))
+        .ok();
+    wait_wiped(&api, &lab, &agents, "reuse", 4);
+    let ready = wait_ready(&api, "reuse", BRING_UP);
+    let (masters, workers) = roles(&ready);
+    assert_eq!((masters.len(), workers.len()), (1, 1), "{ready}");
+    api.post("/clusters/reuse/attach", &json!({"nodes": ["host-4"]}))
+        .ok();
+    let ready = wait_ready(&api, "reuse", BRING_UP);
+    assert_eq!(roles(&ready).0, ["host-3", "host-4", "host-5"], "{ready}");
+    for host in ["host-3", "host-4", "host-5"] {
+        wait_etcd_healthy(&api, host, BRING_UP);
+    }
+    let members = etcdctl(
+        other,
+        &format!("https://{}:2379", lab.host_ip(5)),
+        &["member", "list"],
+    );
+    let voters = members
+        .lines()
+        .filter(|l| l.trim_end().ends_with("false"))
+        .count();
+    assert_eq!(voters, 3, "{members}");
+    let (masters, workers) = roles(&ready);
+    wait_nodes_ready(other, &["host-3", "host-4", "host-5"], BRING_UP);
+    wait_role_labels(other, &masters, &workers);
+    eprintln!("reuse shrunk to 2 nodes and grown back: 3 healthy etcd voters");
+
+    // Deleting both clusters returns every host to the pool as it was before.
+    for name in ["k8s", "reuse"] {
+        api.delete(&format!("/clusters/{name}?force=true")).ok();
+    }
+    for (i, before) in pristine.iter().enumerate() {
+        let cluster = if [2, 4, 5].contains(&i) {
+            "reuse"
+        } else {
+            "k8s"
+        };
+        wait_wiped(&api, &lab, &agents, cluster, i);
+        wait_clean(&lab, &agents[i], i, before);
     }
     let events = api
         .get("/events?object=k8s&action=cluster.&limit=1000")
@@ -438,6 +926,12 @@ fn attached_hosts_become_a_kubernetes_cluster_whose_pods_talk_across_hosts() {
     ] {
         assert!(actions.contains(&action), "{action} not in {actions:?}");
     }
+}
+
+/// Now, to the second, as the API server writes times.
+fn now_in_seconds() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(0).unwrap_or(now)
 }
 
 /// The lab index of the master whose API server `node`'s balancer tries first, from the
@@ -475,17 +969,20 @@ fn etcd_term(host: &Agent, ip: &str) -> u64 {
         .unwrap_or_else(|| panic!("no raft term in {status}"))
 }
 
-/// Detaches host `i` and waits until it is back in the pool, wiped.
-fn leave(api: &Api, lab: &Lab, agents: &[Agent], i: usize) {
+/// Detaches host `i` from `cluster` and waits until it is back in the pool, wiped.
+fn leave(api: &Api, lab: &Lab, agents: &[Agent], cluster: &str, i: usize) {
     let name = format!("host-{i}");
-    api.post("/clusters/k8s/detach", &json!({"nodes": [name]}))
-        .ok();
-    wait_wiped(api, lab, agents, i);
+    api.post(
+        &format!("/clusters/{cluster}/detach"),
+        &json!({"nodes": [name]}),
+    )
+    .ok();
+    wait_wiped(api, lab, agents, cluster, i);
 }
 
 /// Waits until host `i` is in the pool with nothing of a cluster left: no component running
 /// in its namespace but the agent, no cgroup, no installed file.
-fn wait_wiped(api: &Api, lab: &Lab, agents: &[Agent], i: usize) {
+fn wait_wiped(api: &Api, lab: &Lab, agents: &[Agent], cluster: &str, i: usize) {
     let name = format!("host-{i}");
     poll(&format!("{name} back in the pool"), BRING_UP, || {
         let n = api.get(&format!("/nodes/{name}")).ok();
@@ -498,7 +995,7 @@ fn wait_wiped(api: &Api, lab: &Lab, agents: &[Agent], i: usize) {
             Ok(())
         } else {
             // The cluster is gone once deleted.
-            let c = api.get("/clusters/k8s").body;
+            let c = api.get(&format!("/clusters/{cluster}")).body;
             Err(format!(
                 "{}: {} — {}",
                 n["state"], c["state"], c["state_message"]

@@ -246,22 +246,16 @@ pub async fn run(agents: &Agents, cluster: ClusterRef, targets: &[Target]) -> Pr
 mod tests {
     use std::net::Ipv4Addr;
 
-    use qb_api::{BundleArtifact, BundleManifest, KNOWN_ARTIFACTS, NodeFacts, NodeState, Protocol};
+    use qb_api::{BundleArtifact, BundleManifest, KNOWN_ARTIFACTS, NodeFacts, NodeState};
 
     use super::*;
 
     fn tcp(port: u16) -> PortSpec {
-        PortSpec {
-            port,
-            protocol: Protocol::Tcp,
-        }
+        PortSpec::tcp(port)
     }
 
     fn udp(port: u16) -> PortSpec {
-        PortSpec {
-            port,
-            protocol: Protocol::Udp,
-        }
+        PortSpec::udp(port)
     }
 
     fn loopback(port: u16) -> LocalPort {
