@@ -7,8 +7,10 @@
 //!   and hostile frames on the channel (agents on 127.0.0.1).
 //! - `engine`: the cluster engine on real etcd: a cluster forms, grows, refuses an unsafe
 //!   detach, shrinks safely; preflight; tampered plans and artifacts; crashes.
-//! - `kubernetes`: a real Kubernetes 1.20.2 cluster from the bundle `cargo xtask bundle` builds:
-//!   Nodes Ready, pods on different hosts talking to each other.
+//! - `kubernetes`: real Kubernetes 1.20.2 clusters from the bundle `cargo xtask bundle` builds,
+//!   used as people use them: a workload on every host, pod-to-pod between every pair of hosts
+//!   and a Service from every host and pod, after a master is cut off, a host power-cycled and
+//!   one more attached; hosts reused in a second cluster and left as they were before.
 //! - `faults`: in a real Kubernetes cluster: the controller and an agent killed mid-install, a
 //!   host power-cycled, a master's cable pulled during the install.
 //! - `standing`: the standing lab of `cargo xtask lab`: agents installed from the controller's

@@ -666,8 +666,10 @@ fn attached_hosts_become_a_kubernetes_cluster_that_keeps_working_while_used() {
     assert!(out.status.success(), "{out:?}");
     let matrix = check_traffic(admin, &agents, &five);
     eprintln!("used cluster, pod to pod (rows: client's host):\n{matrix}");
-    // The hosts run pods: their pod bridges have addresses (the first, by sort order), and each
-    // node's address is still its host's, chosen once; routes go through those addresses only.
+    // The hosts run pods: their pod bridges have addresses, and each node's address is still
+    // its host's, chosen once; routes go through those addresses only. (In the second cluster
+    // below, the pod bridge's 10.30.x.1 sorts before the host's 10.77.x.y: a node address taken
+    // afresh from the host's first address would move there when that cluster grows.)
     let mut listing = String::from("NAME    STATE     ROLE    ADDRESS       HOST'S ADDRESSES\n");
     for i in 0..5 {
         let n = api.node(&format!("host-{i}"));
