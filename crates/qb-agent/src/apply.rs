@@ -1933,6 +1933,14 @@ mod tests {
         };
         applier.apply(&plan, &source, &report).await.unwrap();
         started_as("fresh").await;
+        // The worker (no probe) writes its own state a moment after it starts.
+        let worker_state = host.path("var/lib/worker/member");
+        for _ in 0..200 {
+            if worker_state.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
 
         // Retired: stopped, and its data removed (the other state directories stay).
         let mut without = plan.clone();
@@ -1944,7 +1952,7 @@ mod tests {
             Some("stopped: no longer in the plan; its 1 data directories removed")
         );
         assert!(!host.path("var/lib/member").exists());
-        assert!(host.path("var/lib/worker/member").exists());
+        assert!(worker_state.exists());
 
         // Back: it starts from nothing.
         let mut again = plan.clone();
@@ -1962,7 +1970,9 @@ mod tests {
         let (supervisor, applier) = host.agent();
         let report = watch::Sender::new(PlanReport::default());
         applier.apply(&plan, &source, &report).await.unwrap();
+        // (The worker makes its state directory itself, maybe not yet.)
         let old_state = host.path("var/lib/worker/from-the-old-cluster");
+        std::fs::create_dir_all(old_state.parent().unwrap()).unwrap();
         std::fs::write(&old_state, "old").unwrap();
         let server = pid(&supervisor, "server");
 
