@@ -145,14 +145,7 @@ pub fn power_off(lab: &crate::Lab, i: usize, node: &str, root: &Path) -> Result<
         }
     }
     // Links other than loopback and the host's cable (bridges and veths of pods).
-    for line in ip(&["-o", "link", "show"])?.lines() {
-        let Some(name) = line
-            .split(": ")
-            .nth(1)
-            .map(|n| n.split('@').next().unwrap_or(n))
-        else {
-            continue;
-        };
+    for name in crate::netns::link_names(&ip(&["-o", "link", "show"])?) {
         if name != "lo" && name != lab.inner_veth(i) {
             // A pod's veth goes with its peer; it may be gone already.
             let _ = ip(&["link", "del", name]);

@@ -348,14 +348,7 @@ fn reclaim_stale() {
     let Ok(bridges) = ip(&["-o", "link", "show", "type", "bridge"]) else {
         return;
     };
-    for line in bridges.lines() {
-        let Some(name) = line
-            .split(": ")
-            .nth(1)
-            .map(|n| n.split('@').next().unwrap_or(n))
-        else {
-            continue;
-        };
+    for name in link_names(&bridges) {
         let Some(k) = name.strip_prefix("qba").and_then(|k| k.parse::<u32>().ok()) else {
             continue;
         };
@@ -367,6 +360,14 @@ fn reclaim_stale() {
             }
         }
     }
+}
+
+/// The interface names in `ip -o link show` output (without the `@peer` of a veth).
+pub(crate) fn link_names(output: &str) -> impl Iterator<Item = &str> {
+    output
+        .lines()
+        .filter_map(|line| line.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n))
 }
 
 fn is_exists(e: &anyhow::Error) -> bool {
@@ -392,4 +393,16 @@ fn stale(bridge: &str) -> bool {
         return false;
     };
     !std::path::Path::new("/proc").join(owner).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn link_names_drop_the_peer_of_a_veth() {
+        let output = "1: lo: <LOOPBACK,UP> mtu 65536 qdisc noqueue state UNKNOWN\n\
+                      7: qba120: <BROADCAST,MULTICAST,UP> mtu 1500 qdisc noqueue\n\
+                      9: veth1a2b@if3: <BROADCAST,MULTICAST,UP> mtu 1500 master qb0\n";
+        let names: Vec<&str> = super::link_names(output).collect();
+        assert_eq!(names, ["lo", "qba120", "veth1a2b"]);
+    }
 }

@@ -460,14 +460,7 @@ fn host_state(lab: &Lab, agent: &Agent, i: usize) -> HostState {
                 && !m.starts_with("/run/netns/qba")
         })
         .collect();
-    let agent_pid = agent.proc.pid().to_string();
-    let mut processes: Vec<String> = lab
-        .pids(i)
-        .into_iter()
-        .filter(|p| *p != agent_pid)
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).ok())
-        .map(|c| c.replace('\0', " "))
-        .collect();
+    let mut processes = other_processes(lab, agent, i);
     let mut files = Vec::new();
     for dir in crate::harness::HOST_DIRS {
         let root = agent.host_path(dir);
@@ -507,6 +500,17 @@ fn host_state(lab: &Lab, agent: &Agent, i: usize) -> HostState {
         processes,
         files,
     }
+}
+
+/// The command lines of what runs in host `i`'s network namespace besides its agent.
+fn other_processes(lab: &Lab, agent: &Agent, i: usize) -> Vec<String> {
+    let agent_pid = agent.proc.pid().to_string();
+    lab.pids(i)
+        .into_iter()
+        .filter(|p| *p != agent_pid)
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).ok())
+        .map(|c| c.replace('\0', " "))
+        .collect()
 }
 
 /// Waits until host `i`, in no cluster now, is as it was before it first joined one.
@@ -1004,18 +1008,11 @@ fn wait_wiped(api: &Api, lab: &Lab, agents: &[Agent], cluster: &str, i: usize) {
             ))
         }
     });
-    let agent_pid = agents[i].proc.pid().to_string();
     poll(
         &format!("{name} runs nothing but its agent"),
         BRING_UP,
         || {
-            let others: Vec<String> = lab
-                .pids(i)
-                .into_iter()
-                .filter(|p| *p != agent_pid)
-                .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).ok())
-                .map(|c| c.replace('\0', " "))
-                .collect();
+            let others = other_processes(lab, &agents[i], i);
             if others.is_empty() {
                 Ok(())
             } else {
