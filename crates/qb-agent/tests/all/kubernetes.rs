@@ -147,6 +147,12 @@ impl Drop for PodCgroups {
 
 /// A Deployment of busybox httpd on `nodes`, one pod per node, each serving its pod name, and
 /// the Service `web` (port 80) in front of them.
+///
+/// A new list of nodes changes the pod template, so the Deployment replaces every pod. It does
+/// so all at once (`Recreate`): a rolling update would surge new pods that the anti-affinity
+/// keeps off every node still running an old one, and step through the nodes one termination
+/// and one scheduling retry at a time, minutes on a slow machine. httpd as PID 1 ignores
+/// SIGTERM, hence the short grace period.
 fn web(nodes: &[String]) -> String {
     let deployment = json!({
         "apiVersion": "apps/v1",
@@ -154,11 +160,13 @@ fn web(nodes: &[String]) -> String {
         "metadata": {"name": "web"},
         "spec": {
             "replicas": nodes.len(),
+            "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": {"app": "web"}},
             "template": {
                 "metadata": {"labels": {"app": "web"}},
                 "spec": {
                     "automountServiceAccountToken": false,
+                    "terminationGracePeriodSeconds": 1,
                     "affinity": {
                         "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
                             "nodeSelectorTerms": [{"matchExpressions": [{
