@@ -7,6 +7,7 @@
 
 mod bundle;
 mod lab;
+mod tidy;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -12,6 +12,8 @@
 //!   request body carries the bytes from the local endpoint, the response body the bytes to it;
 //!   HTTP/2 flow control keeps each tunnel apart from the others and from the channel.
 //!
+//! Every request carries the protocol version ([`PROTOCOL_HEADER`]).
+//!
 //! Frames are a 4-byte big-endian length and a JSON document of at most [`MAX_FRAME_BYTES`].
 //! No I/O here: [`encode`] and [`FrameDecoder`] work on bytes.
 
@@ -32,6 +34,15 @@ pub const REGISTER_PATH: &str = "/agent/v1/register";
 pub const CHANNEL_PATH: &str = "/agent/v1/channel";
 pub const RENEW_PATH: &str = "/agent/v1/renew";
 pub const TUNNEL_PATH: &str = "/agent/v1/tunnels";
+
+/// The version of this protocol. Every agent request says which it speaks in
+/// [`PROTOCOL_HEADER`]; the controller refuses a version outside [`SUPPORTED_PROTOCOLS`] (or
+/// none) with 400 `unsupported_protocol` before anything else, and names its own version in
+/// the same header of every answer. A change either side could misread takes a new version.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The versions a controller of this build serves (it keeps older ones while agents upgrade).
+pub const SUPPORTED_PROTOCOLS: std::ops::RangeInclusive<u32> = 1..=PROTOCOL_VERSION;
+pub const PROTOCOL_HEADER: &str = "qb-agent-protocol";
 
 /// The largest frame either side accepts; a larger one ends the channel.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
@@ -82,7 +93,7 @@ impl std::str::FromStr for MachineId {
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// The bootstrap token from the agent's configuration.
-    pub token: String,
+    pub token: qb_api::Secret,
     /// A CSR for the key the agent generated; the key never leaves the host.
     pub csr_pem: String,
     pub machine_id: MachineId,

@@ -109,7 +109,8 @@ pub struct Artifact {
 pub struct PlanFile {
     /// Absolute path.
     pub path: String,
-    pub content: String,
+    /// Secret, as many plan files hold keys: `Debug` shows only its length.
+    pub content: qb_api::Secret,
     pub mode: u32,
     #[serde(default)]
     pub owner: Owner,

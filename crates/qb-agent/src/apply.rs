@@ -17,6 +17,10 @@
 //! stopped), `artifacts`, `files`, `routes`, `cgroups`, then `service:<name>` per service of the
 //! plan (`task:<name>` for a task, which runs to completion once per definition); or `wipe`
 //! alone for a plan without a cluster.
+//!
+//! One long file: every step writes the same ledger under the same crash-safety rule (record
+//! before and after each change), and the wipe undoes exactly what the steps recorded; split
+//! apart, that rule would be spread over files that must agree.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions, Permissions};
@@ -121,7 +125,7 @@ pub enum StepError {
     #[error(transparent)]
     PodNetwork(#[from] crate::pod_network::TeardownError),
     #[error(transparent)]
-    Cgroups(#[from] crate::cgroups::CgroupError),
+    Cgroups(#[from] qb_host::cgroups::CgroupError),
     #[error(transparent)]
     Balancer(#[from] crate::balancer::BalancerError),
 }
@@ -577,7 +581,7 @@ impl Run<'_, '_> {
             .drop_stale(|i| &mut i.files, &wanted, &artifacts)?;
         let mut written = 0;
         for file in &self.plan.files {
-            let sha256 = hex::encode(Sha256::digest(file.content.as_bytes()));
+            let sha256 = hex::encode(Sha256::digest(file.content.expose().as_bytes()));
             let in_place = {
                 let file = file.clone();
                 blocking(move || file_in_place(&file)).await?
@@ -648,7 +652,7 @@ impl Run<'_, '_> {
             self.ledger.save()?;
         }
         let cgroups = self.plan.cgroups.clone();
-        blocking(move || Ok(crate::cgroups::ensure(&cgroups)?)).await
+        blocking(move || Ok(qb_host::cgroups::ensure(&cgroups)?)).await
     }
 
     /// Runs a task unless it already ran to completion with this definition and these inputs.
@@ -714,7 +718,7 @@ impl Run<'_, '_> {
         crate::routes::converge(&[]).await?;
         // Pods and the runtime's shims outlive the services that started them.
         let cgroups: Vec<String> = self.ledger.installed.cgroups.iter().cloned().collect();
-        let ended = blocking(move || Ok(crate::cgroups::remove(&cgroups)?)).await?;
+        let ended = blocking(move || Ok(qb_host::cgroups::remove(&cgroups)?)).await?;
         tracing::info!(cgroups = %ended, "cluster cgroups removed");
         // Only once the pods are gone: their interfaces and rules go with them.
         if self.applier.pod_network {
@@ -986,7 +990,7 @@ fn fingerprint(service: &Service, plan: &Plan) -> String {
                 plan.files
                     .iter()
                     .find(|f| &f.path == input)
-                    .map(|f| hex::encode(Sha256::digest(f.content.as_bytes())))
+                    .map(|f| hex::encode(Sha256::digest(f.content.expose().as_bytes())))
             })
             .unwrap_or_else(|| "not installed by the plan".to_owned());
         hash.update(b"\0");
@@ -1115,12 +1119,12 @@ fn file_in_place(file: &PlanFile) -> Result<bool, StepError> {
         || meta.mode() & 0o7777 != file.mode
         || meta.uid() != file.owner.uid
         || meta.gid() != file.owner.gid
-        || meta.len() != file.content.len() as u64
+        || meta.len() != file.content.expose().len() as u64
     {
         return Ok(false);
     }
     let content = std::fs::read(path).map_err(io("reading", path))?;
-    Ok(content == file.content.as_bytes())
+    Ok(content == file.content.expose().as_bytes())
 }
 
 /// Writes a plan file atomically: a temporary file beside it with the content, owner and mode,
@@ -1128,7 +1132,7 @@ fn file_in_place(file: &PlanFile) -> Result<bool, StepError> {
 fn write_file(file: &PlanFile) -> Result<(), StepError> {
     let path = Path::new(&file.path);
     replace(path, file.mode, Some(file.owner), |temp| {
-        temp.write_all(file.content.as_bytes())
+        temp.write_all(file.content.expose().as_bytes())
     })
     .map(drop)
 }
@@ -1462,7 +1466,7 @@ mod tests {
     fn file(path: String, content: &str) -> PlanFile {
         PlanFile {
             path,
-            content: content.to_owned(),
+            content: content.into(),
             mode: 0o640,
             owner: owner(),
         }
@@ -1626,7 +1630,7 @@ mod tests {
 
         // A changed input runs it again.
         plan.generation = 3;
-        plan.files[0].content = "two\n".to_owned();
+        plan.files[0].content = "two\n".into();
         applier.apply(&plan, &source, &report).await.unwrap();
         assert_eq!(std::fs::read_to_string(&runs).unwrap(), "one\ntwo\n");
 

@@ -162,6 +162,14 @@ impl Controller {
     }
 }
 
+/// A request to the controller's agent endpoint, naming the protocol version the agent speaks.
+pub fn controller_request(method: hyper::Method, uri: &str) -> hyper::http::request::Builder {
+    hyper::Request::builder().method(method).uri(uri).header(
+        qb_agent_proto::PROTOCOL_HEADER,
+        qb_agent_proto::PROTOCOL_VERSION,
+    )
+}
+
 /// A JSON request body.
 pub fn json_body<T: serde::Serialize>(value: &T) -> Body {
     Full::new(Bytes::from(
@@ -176,7 +184,7 @@ pub async fn post_json<T: serde::Serialize>(
     uri: &str,
     value: &T,
 ) -> Result<std::result::Result<Bytes, (u16, qb_api::Problem)>> {
-    let request = hyper::Request::post(uri)
+    let request = controller_request(hyper::Method::POST, uri)
         .header("content-type", "application/json")
         .body(json_body(value))?;
     let response = sender

@@ -27,10 +27,7 @@ pub fn facts(hostname_override: Option<&str>, route_source: Option<IpAddr>) -> N
         arch: std::env::consts::ARCH.to_owned(),
         cpus: std::thread::available_parallelism()
             .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
-        memory_bytes: meminfo_kib(
-            &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
-            "MemTotal",
-        ) * 1024,
+        memory_bytes: qb_host::process::Memory::read().total_bytes,
         addresses,
         interfaces,
         route_source: route_source.filter(|ip| !ip.is_loopback() && !ip.is_unspecified()),
@@ -101,14 +98,6 @@ fn os_name(os_release: &str) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-fn meminfo_kib(meminfo: &str, key: &str) -> u64 {
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Busy and total CPU time from /proc/stat, to turn into a percentage between two samples.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuSample {
@@ -140,7 +129,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// Starts sampling: the first sample's CPU use is since now.
+    pub fn start() -> Self {
         Self {
             previous: cpu_sample(&std::fs::read_to_string("/proc/stat").unwrap_or_default()),
         }
@@ -159,7 +149,7 @@ impl Metrics {
             .take(3)
             .filter_map(|v| v.parse().ok())
             .collect();
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory = qb_host::process::Memory::read();
         let (disk_total, disk_available) = match rustix::fs::statvfs(state_dir) {
             Ok(s) => (s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize),
             Err(_) => (0, 0),
@@ -174,8 +164,8 @@ impl Metrics {
             load1: load.first().copied().unwrap_or(0.0),
             load5: load.get(1).copied().unwrap_or(0.0),
             load15: load.get(2).copied().unwrap_or(0.0),
-            memory_total_bytes: meminfo_kib(&meminfo, "MemTotal") * 1024,
-            memory_available_bytes: meminfo_kib(&meminfo, "MemAvailable") * 1024,
+            memory_total_bytes: memory.total_bytes,
+            memory_available_bytes: memory.available_bytes,
             disk_total_bytes: disk_total,
             disk_available_bytes: disk_available,
             uptime_seconds: uptime
@@ -198,10 +188,6 @@ mod tests {
             "Debian GNU/Linux 12 (bookworm)"
         );
         assert_eq!(os_name(""), "unknown");
-        let meminfo = "MemTotal:       24000000 kB\nMemFree: 1 kB\nMemAvailable:   12000000 kB\n";
-        assert_eq!(meminfo_kib(meminfo, "MemTotal"), 24_000_000);
-        assert_eq!(meminfo_kib(meminfo, "MemAvailable"), 12_000_000);
-        assert_eq!(meminfo_kib(meminfo, "Missing"), 0);
         let a = cpu_sample("cpu  100 0 100 700 100 0 0 0 0 0\ncpu0 1 2 3\n");
         assert_eq!(
             a,
@@ -269,7 +255,7 @@ mod tests {
         assert!(!f.hostname.is_empty() && !f.kernel.is_empty());
         assert_eq!(f.arch, std::env::consts::ARCH);
         assert!(f.cpus >= 1 && f.memory_bytes > 0);
-        let mut m = Metrics::new();
+        let mut m = Metrics::start();
         let sample = m.sample(Path::new("/"));
         assert!(
             sample.memory_total_bytes >= sample.memory_available_bytes

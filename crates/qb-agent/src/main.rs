@@ -1,29 +1,11 @@
 //! `qb-agent`: the qb node agent. Registers the host with its controller, then keeps one
 //! outbound, mutually authenticated channel to it.
 
-mod apply;
-mod balancer;
-mod cgroups;
-mod config;
-mod connect;
-mod etcd;
-mod host;
-mod https;
-mod kube;
-mod pod_network;
-mod preflight;
-mod probe;
-mod routes;
-mod run;
-mod state;
-mod supervise;
-mod tunnel;
-mod work;
-
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use qb_agent::{config, host, run};
 
 #[derive(Parser)]
 #[command(name = "qb-agent", version, about = "The qb node agent")]

@@ -302,13 +302,12 @@ fn holders(port: PortSpec) -> Vec<String> {
         .collect();
     pids.sort_unstable();
     pids.into_iter()
-        .map(|pid| {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            match comm.trim_end() {
-                "" => format!("pid {pid}"),
-                comm => format!("{comm} (pid {pid})"),
-            }
-        })
+        .map(
+            |pid| match qb_host::process::comm(pid).filter(|c| !c.is_empty()) {
+                None => format!("pid {pid}"),
+                Some(comm) => format!("{comm} (pid {pid})"),
+            },
+        )
         .collect()
 }
 
@@ -507,7 +506,7 @@ fn io_error_text(error: &io::Error) -> String {
 
 /// The local checks, against this host.
 fn local_checks(req: &Requirements) -> Vec<CheckResult> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = qb_host::process::Memory::read();
     let uname = rustix::system::uname();
     let cpus = std::thread::available_parallelism()
         .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
@@ -517,8 +516,8 @@ fn local_checks(req: &Requirements) -> Vec<CheckResult> {
         os_check(std::env::consts::OS, &os_release),
         kernel_check(&uname.release().to_string_lossy(), req.min_kernel),
         cpus_check(cpus, req.min_cpus),
-        memory_check(&meminfo, req.min_memory_bytes),
-        swap_check(&meminfo),
+        memory_check(memory.total_bytes, req.min_memory_bytes),
+        swap_check(memory.swap_bytes),
         clock_check(now_ms(), req.controller_time_ms, req.max_clock_offset_ms),
     ];
     checks.extend(
@@ -600,9 +599,8 @@ fn cpus_check(cpus: u32, min: u32) -> CheckResult {
     }
 }
 
-/// `MemTotal` of `/proc/meminfo` must be at least `min` bytes.
-fn memory_check(meminfo: &str, min: u64) -> CheckResult {
-    let total = meminfo_bytes(meminfo, "MemTotal");
+/// The host's memory must be at least `min` bytes.
+fn memory_check(total: u64, min: u64) -> CheckResult {
     if total >= min {
         check_result("memory", true, Severity::Error, bytes(total))
     } else {
@@ -612,8 +610,8 @@ fn memory_check(meminfo: &str, min: u64) -> CheckResult {
 }
 
 /// Swap does not block, but the kubelet then runs with `failSwapOn=false`.
-fn swap_check(meminfo: &str) -> CheckResult {
-    match meminfo_bytes(meminfo, "SwapTotal") {
+fn swap_check(swap: u64) -> CheckResult {
+    match swap {
         0 => check_result("swap", true, Severity::Warning, "no swap".to_owned()),
         swap => check_result(
             "swap",
@@ -661,15 +659,6 @@ fn module_check(name: &str, proc_modules: &str, sys_module: &Path) -> CheckResul
         let detail = "not loaded and not built in".to_owned();
         check_result(&check_name, false, Severity::Warning, detail)
     }
-}
-
-/// A field of `/proc/meminfo` (given in KiB), in bytes; 0 if absent.
-fn meminfo_bytes(meminfo: &str, key: &str) -> u64 {
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kib| kib.saturating_mul(1024))
 }
 
 /// `1.5 GiB`, `512.0 MiB`.
@@ -1184,11 +1173,10 @@ mod tests {
         }
         assert_eq!(report.checks.len(), 7, "{:#?}", report.checks);
         // Swap is whatever this host has: a warning if any.
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
         let swap = named(&report, "swap");
         assert_eq!(
             swap.ok,
-            meminfo_bytes(&meminfo, "SwapTotal") == 0,
+            qb_host::process::Memory::read().swap_bytes == 0,
             "{swap:?}"
         );
         assert_eq!(swap.severity, Severity::Warning);
@@ -1196,16 +1184,15 @@ mod tests {
 
     #[test]
     fn swap_warns_that_the_kubelet_tolerates_it() {
-        let meminfo = "MemTotal:       16318412 kB\nSwapTotal:       2097148 kB\n";
-        let swap = swap_check(meminfo);
+        let swap = swap_check(2_097_148 * 1024);
         assert!(!swap.ok);
         assert_eq!(swap.severity, Severity::Warning);
         assert_eq!(
             swap.detail,
             "2.0 GiB of swap: the kubelet will run with failSwapOn=false"
         );
-        assert_eq!(memory_check(meminfo, 1 << 30).detail, "15.6 GiB");
-        assert!(swap_check("SwapTotal: 0 kB\n").ok);
+        assert_eq!(memory_check(16_318_412 * 1024, 1 << 30).detail, "15.6 GiB");
+        assert!(swap_check(0).ok);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use rand::Rng;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::connect::{Controller, client_identity, post_json};
+use crate::connect::{Controller, client_identity, controller_request, post_json};
 use crate::host::{self, Metrics};
 use crate::state::{Identity, StateDir};
 use crate::work::Work;
@@ -155,7 +155,7 @@ async fn register(
     let facts = host::facts(config.node_name.as_deref(), connection.local_ip);
     let key = qb_pki::new_key_and_csr(&facts.hostname).map_err(anyhow::Error::from)?;
     let request = RegisterRequest {
-        token,
+        token: token.into(),
         csr_pem: key.csr_pem.clone(),
         machine_id: machine_id(config)?,
         facts,
@@ -188,7 +188,7 @@ async fn register(
         node_id: response.node_id,
         node_name: response.node_name.to_string(),
         cert_pem: response.certificate_pem,
-        registered_with: crate::state::token_hash(Some(&request.token)),
+        registered_with: crate::state::token_hash(Some(request.token.expose())),
         key_pem: key.key_pem.expose().to_owned(),
     };
     state.save(&identity)?;
@@ -249,7 +249,7 @@ async fn hold_channel(
         let bytes = rx.recv().await?;
         Some((Ok::<_, Infallible>(Frame::data(bytes)), rx))
     });
-    let request = hyper::Request::post(controller.uri(CHANNEL_PATH))
+    let request = controller_request(hyper::Method::POST, &controller.uri(CHANNEL_PATH))
         .body(BodyExt::boxed(StreamBody::new(frames)))?;
     let local_ip = connection.local_ip;
     let mut facts = host::facts(config.node_name.as_deref(), local_ip);
@@ -291,7 +291,7 @@ async fn hold_channel(
     }
     let mut incoming = response.into_body().into_data_stream();
     let mut decoder = FrameDecoder::default();
-    let mut metrics = Metrics::new();
+    let mut metrics = Metrics::start();
     let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
     heartbeat.tick().await;
     let renew = tokio::time::sleep(renewal_delay(&identity.cert_pem));

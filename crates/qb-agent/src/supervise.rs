@@ -13,6 +13,10 @@
 //! service's running, healthy or restart state ticks [`Supervisor::changes`].
 //!
 //! Durable: the records and the logs. Rebuilt at start: everything else (by `adopt`).
+//!
+//! One long file: starting, adopting, watching and stopping a process share the one rule that
+//! a pid is trusted only with its start time (and then through a pidfd); kept together, every
+//! path through it can be read against that rule.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -25,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use qb_agent_proto::plan::{Probe, RestartPolicy, Service, ServiceReport};
+use qb_host::process::ProcStat;
 use rustix::process::{Pid, PidfdFlags, Signal};
 use serde::{Deserialize, Serialize};
 use tokio::io::Interest;
@@ -990,37 +995,6 @@ fn executable(program: &Path) -> std::io::Result<()> {
     }
 }
 
-/// The fields of `/proc/<pid>/stat` the supervisor needs.
-struct ProcStat {
-    state: char,
-    pgrp: u32,
-    start_time: u64,
-}
-
-impl ProcStat {
-    fn read(pid: u32) -> std::io::Result<Self> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        Self::parse(&text).ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("unexpected /proc/{pid}/stat"),
-            )
-        })
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        // The command name (field 2) is in parentheses and may contain anything, so count
-        // fields from the last ')': field 3 is then the first.
-        let (_, rest) = text.rsplit_once(')')?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        Some(Self {
-            state: fields.first()?.chars().next()?,
-            pgrp: fields.get(2)?.parse().ok()?,
-            start_time: fields.get(19)?.parse().ok()?,
-        })
-    }
-}
-
 fn log_path(logs: &Path, name: &str) -> PathBuf {
     logs.join(format!("{name}.log"))
 }
@@ -1282,18 +1256,6 @@ mod tests {
         let delays: Vec<u64> = (0..8).map(|n| backoff(&settings, n).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
         assert_eq!(backoff(&settings, u32::MAX), Duration::from_secs(30));
-    }
-
-    #[test]
-    fn proc_stat_fields_are_counted_from_the_last_parenthesis() {
-        let line = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 \
-                    1000 10 18446744073709551615";
-        let stat = ProcStat::parse(line).unwrap();
-        assert_eq!(
-            (stat.state, stat.pgrp, stat.start_time),
-            ('S', 4242, 987_654)
-        );
-        assert!(ProcStat::parse("4242 (truncated").is_none());
     }
 
     #[tokio::test]

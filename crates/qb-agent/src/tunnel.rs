@@ -13,7 +13,7 @@ use qb_agent_proto::TUNNEL_PATH;
 use qb_agent_proto::plan::Plan;
 use tokio::net::TcpStream;
 
-use crate::connect::Body;
+use crate::connect::{Body, controller_request};
 
 /// How long the local endpoint has to accept the connection.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,9 +51,12 @@ pub async fn carry(
     mut tcp: TcpStream,
 ) -> Result<()> {
     let (body, to_controller) = qb_tunnel::outgoing();
-    let request = hyper::Request::post(format!("{base}{TUNNEL_PATH}/{stream}"))
-        .body(BodyExt::boxed(body))
-        .context("building the tunnel request")?;
+    let request = controller_request(
+        hyper::Method::POST,
+        &format!("{base}{TUNNEL_PATH}/{stream}"),
+    )
+    .body(BodyExt::boxed(body))
+    .context("building the tunnel request")?;
     let response = sender
         .send_request(request)
         .await

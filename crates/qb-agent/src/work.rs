@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::apply::{Applier, ApplierDirs, ArtifactSource};
-use crate::connect::Body;
+use crate::connect::{Body, controller_request};
 use crate::preflight::Preflight;
 use crate::supervise::{Supervisor, SupervisorDirs};
 
@@ -163,7 +163,7 @@ impl Work {
     /// plan is reported and never acted on.
     pub async fn fetch_plan(&self, node: NodeId, announced: u64) -> Result<()> {
         let (base, mut sender) = self.sender().context("not connected")?;
-        let request = hyper::Request::get(format!("{base}{PLAN_PATH}"))
+        let request = controller_request(hyper::Method::GET, &format!("{base}{PLAN_PATH}"))
             .body(Body::new(Empty::new().map_err(|never| match never {})))?;
         let response = sender
             .send_request(request)
@@ -345,7 +345,10 @@ impl ArtifactSource for Downloads<'_> {
             .work
             .sender()
             .context("not connected to the controller")?;
-        let mut request = hyper::Request::get(format!("{base}{ARTIFACTS_PATH}/{sha256}"));
+        let mut request = controller_request(
+            hyper::Method::GET,
+            &format!("{base}{ARTIFACTS_PATH}/{sha256}"),
+        );
         if from > 0 {
             request = request.header(hyper::header::RANGE, format!("bytes={from}-"));
         }

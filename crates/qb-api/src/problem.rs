@@ -47,6 +47,9 @@ pub enum ProblemCode {
     QuorumAtRisk,
     /// Too many failed logins for this user; wait before trying again.
     TooManyAttempts,
+    /// The agent speaks a version of the agent protocol this controller does not (or says
+    /// none); the detail names both. Upgrade whichever is older.
+    UnsupportedProtocol,
     /// Something went wrong on the controller; details are in its log.
     Internal,
     /// The controller's store is unavailable; retry later.
@@ -60,7 +63,7 @@ impl ProblemCode {
             Self::Forbidden | Self::CertificateRefused => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
-            Self::MalformedRequest | Self::InvalidInput => 400,
+            Self::MalformedRequest | Self::InvalidInput | Self::UnsupportedProtocol => 400,
             Self::UnsupportedMediaType => 415,
             Self::PayloadTooLarge => 413,
             Self::NameTaken
@@ -100,6 +103,7 @@ impl ProblemCode {
             Self::BundleConflict => "A different bundle has this version",
             Self::QuorumAtRisk => "etcd quorum at risk",
             Self::TooManyAttempts => "Too many failed logins",
+            Self::UnsupportedProtocol => "Agent protocol not supported",
             Self::Internal => "Internal error",
             Self::Unavailable => "Service unavailable",
         }

@@ -435,6 +435,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_secret_shows_only_its_length_but_travels_whole() {
+        let key = "-----BEGIN PRIVATE KEY-----\nMIGHAgEA\n-----END PRIVATE KEY-----\n";
+        #[derive(Debug, Serialize, Deserialize)]
+        struct File {
+            content: Secret,
+        }
+        let file = File {
+            content: Secret::new(key),
+        };
+        let shown = format!("{file:?} {} {file:#?}", file.content);
+        assert!(
+            !shown.contains("MIGHAgEA") && shown.contains("63 bytes"),
+            "{shown}"
+        );
+        let wire = serde_json::to_string(&file).unwrap();
+        assert_eq!(wire, serde_json::json!({ "content": key }).to_string());
+        let back: File = serde_json::from_str(&wire).unwrap();
+        assert_eq!(back.content.expose(), key);
+    }
+
+    #[test]
     fn messages_quote_at_most_a_prefix_of_the_input() {
         assert_eq!(quote("a\"b").to_string(), r#""a\"b""#);
         let exact = "x".repeat(QUOTED_CHARS);
@@ -551,5 +572,54 @@ mod tests {
         assert_eq!(sel.to_string(), "zone=a,rack!=r1,gpu,!maint");
         assert!("zone=a,,b".parse::<Selector>().is_err());
         assert!("zone=a b".parse::<Selector>().is_err());
+    }
+}
+
+/// A secret text: a token, a private key, a file that holds one. `Debug` and `Display` show
+/// only its length, so it cannot reach a log or an error message by accident; [`Secret::expose`]
+/// is the one way to the text. On the wire it is the plain string.
+///
+/// (The `secrecy` crate's strings do not serialize; its marker for that cannot be implemented
+/// for `str` outside it.)
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
+    /// The text, for the one place that must use it (a file written, a header sent).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_exposed(self) -> String {
+        self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(text: String) -> Self {
+        Self(text)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(text: &str) -> Self {
+        Self(text.to_owned())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<{} bytes, redacted>)", self.0.len())
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<secret, {} bytes>", self.0.len())
     }
 }

@@ -37,8 +37,8 @@ use hyper::body::{Bytes, Frame};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use qb_agent_proto::{
-    AgentMessage, CHANNEL_PATH, ControllerMessage, FrameDecoder, HostMetrics, REGISTER_PATH,
-    RegisterRequest, RegisterResponse, encode,
+    AgentMessage, CHANNEL_PATH, ControllerMessage, FrameDecoder, HostMetrics, PROTOCOL_HEADER,
+    PROTOCOL_VERSION, REGISTER_PATH, RegisterRequest, RegisterResponse, encode,
 };
 use qb_api::NodeFacts;
 use qb_pki::{Pin, PinnedCaVerifier};
@@ -552,7 +552,7 @@ async fn register_all(addr: &str, pin: Pin, token: &str, count: usize) -> Vec<Ar
                 let name = format!("sim-{i:05}");
                 let key = qb_pki::new_key_and_csr(&name).unwrap();
                 let request = RegisterRequest {
-                    token,
+                    token: token.into(),
                     csr_pem: key.csr_pem.clone(),
                     machine_id: format!("{:032x}", (0xb3u128 << 120) + i as u128)
                         .parse()
@@ -563,6 +563,7 @@ async fn register_all(addr: &str, pin: Pin, token: &str, count: usize) -> Vec<Ar
                 };
                 let request = hyper::Request::post(uri)
                     .header("content-type", "application/json")
+                    .header(PROTOCOL_HEADER, PROTOCOL_VERSION)
                     .body(Full::new(Bytes::from(serde_json::to_vec(&request).unwrap())).boxed())
                     .unwrap();
                 let response = sender.send_request(request).await.unwrap();
@@ -646,6 +647,7 @@ async fn sim_channel(
         Some((Ok::<_, Infallible>(Frame::data(bytes)), rx))
     });
     let request = hyper::Request::post(format!("https://{addr}{CHANNEL_PATH}"))
+        .header(PROTOCOL_HEADER, PROTOCOL_VERSION)
         .body(BodyExt::boxed(StreamBody::new(frames)))?;
     let hello = AgentMessage::Hello {
         agent_version: "bench".into(),

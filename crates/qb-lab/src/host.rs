@@ -106,9 +106,7 @@ pub fn power_off(lab: &crate::Lab, i: usize, node: &str, root: &Path) -> Result<
     let started = std::time::Instant::now();
     loop {
         let mut pids = lab.pids(i);
-        for cgroup in crate::cgroups::node_cgroups(node) {
-            pids.extend(crate::cgroups::pids_below(&cgroup));
-        }
+        pids.extend(crate::cgroups::pids(node));
         if pids.is_empty() {
             break;
         }

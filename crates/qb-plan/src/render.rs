@@ -31,6 +31,9 @@
 //! Kubeconfigs refer to certificate and key files, so no key is ever copied into a second file.
 //!
 //! The output is deterministic: artifacts sorted by name, files by path, no timestamps.
+//!
+//! One long file: each component's flags, files and probe are read together with the others
+//! they must agree with (ports, paths, certificates, the order of services), as one node's plan.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -803,7 +806,7 @@ impl Parts {
             path.to_owned(),
             PlanFile {
                 path: path.to_owned(),
-                content,
+                content: content.into(),
                 mode,
                 owner: Owner::default(),
             },
@@ -1848,7 +1851,7 @@ mod tests {
                 f.path, f.mode, f.owner.uid, f.owner.gid
             )
             .unwrap();
-            for line in redact(&f.content).lines() {
+            for line in redact(f.content.expose()).lines() {
                 writeln!(out, "    |{}{line}", if line.is_empty() { "" } else { " " }).unwrap();
             }
         }
@@ -1947,14 +1950,18 @@ mod tests {
         let cluster = cluster(full_bundle("1.20.2"));
         let (pki, plans) = render_all(&cluster, &nodes());
         let secrets = [
-            &pki.ca.key_pem,
+            pki.ca.key_pem.as_str(),
             &pki.etcd_ca.key_pem,
             &pki.front_proxy_ca.key_pem,
             &pki.service_account_key_pem,
         ];
         for worker in &plans[1..] {
             for f in &worker.files {
-                assert!(!secrets.contains(&&f.content), "{} holds a CA key", f.path);
+                assert!(
+                    !secrets.contains(&f.content.expose()),
+                    "{} holds a CA key",
+                    f.path
+                );
                 assert!(!f.path.contains("etcd"), "{}", f.path);
                 assert!(
                     !f.path.contains("front-proxy") && !f.path.contains("/sa."),
@@ -1979,10 +1986,15 @@ mod tests {
         }
         // The master has the cluster CA's key for kube-controller-manager, and no other CA key.
         let master = &plans[0];
-        assert_eq!(file(master, paths::CA_KEY).content, pki.ca.key_pem);
+        assert_eq!(file(master, paths::CA_KEY).content.expose(), pki.ca.key_pem);
         assert_eq!(file(master, paths::CA_KEY).mode, 0o600);
         for secret in &secrets[1..3] {
-            assert!(master.files.iter().all(|f| &&f.content != secret));
+            assert!(
+                master
+                    .files
+                    .iter()
+                    .all(|f| f.content.expose() != secret.as_ref() as &str)
+            );
         }
     }
 
@@ -2026,7 +2038,7 @@ mod tests {
                     assert_eq!(f.mode, expected, "{}", f.path);
                     assert_eq!(f.owner, Owner::default());
                     if f.path.ends_with(".key") {
-                        assert!(f.content.contains("PRIVATE KEY"), "{}", f.path);
+                        assert!(f.content.expose().contains("PRIVATE KEY"), "{}", f.path);
                     }
                 }
                 for s in &plan.services {
@@ -2099,6 +2111,7 @@ mod tests {
                 assert!(
                     file(&plan, path)
                         .content
+                        .expose()
                         .contains("server: \"https://127.0.0.1:6444\""),
                     "{path}"
                 );
@@ -2121,11 +2134,13 @@ mod tests {
         assert!(
             file(&m1, paths::CONTROLLER_MANAGER_KUBECONFIG)
                 .content
+                .expose()
                 .contains("server: \"https://127.0.0.1:6443\"")
         );
         assert!(
             file(&m1, paths::SCHEDULER_KUBECONFIG)
                 .content
+                .expose()
                 .contains("server: \"https://127.0.0.1:6443\"")
         );
     }
@@ -2137,7 +2152,7 @@ mod tests {
         let (_, plans) = render_all(&cluster, &nodes);
         for (node, plan) in nodes.iter().zip(&plans) {
             let conflist: serde_json::Value =
-                serde_json::from_str(&file(plan, paths::CNI_CONFLIST).content).unwrap();
+                serde_json::from_str(file(plan, paths::CNI_CONFLIST).content.expose()).unwrap();
             let subnet = &conflist["plugins"][0]["ipam"]["ranges"][0][0]["subnet"];
             assert_eq!(subnet, &node.pod_subnet.to_string());
             let routes: Vec<(String, IpAddr)> = plan

@@ -354,11 +354,14 @@ impl Store {
         for node in &chosen {
             w.set_node_state(node, NodeState::Detaching, Some(cluster.id))
                 .await?;
-            sqlx::query("UPDATE nodes SET detach_force = $1 WHERE id = $2")
-                .bind(i64::from(force))
-                .bind(node.id.to_string())
-                .execute(&mut *w.tx)
-                .await?;
+            sqlx::query(
+                "UPDATE nodes SET detach_force = $1, drain_started_at = NULL, drained = 0 \
+                 WHERE id = $2",
+            )
+            .bind(i64::from(force))
+            .bind(node.id.to_string())
+            .execute(&mut *w.tx)
+            .await?;
             w.event(
                 tenant,
                 actor,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use qb_api::{
     Bundle, BundleManifest, ClusterId, ClusterState, KubernetesVersion, Node, NodeId, NodeRole,
-    NodeState, PlanReport, PreflightReport, TenantId,
+    NodeState, PlanReport, PreflightReport, Secret, TenantId,
 };
 use serde_json::json;
 use sqlx::Row;
@@ -26,8 +26,8 @@ pub const WIPE_PLAN_HASH: &str = "wipe";
 pub struct EngineCluster {
     pub tenant: TenantId,
     pub cluster: qb_api::Cluster,
-    /// The cluster PKI as the engine stored it (JSON), once generated. A secret.
-    pub pki: Option<String>,
+    /// The cluster PKI as the engine stored it (JSON), once generated.
+    pub pki: Option<Secret>,
     pub nodes: Vec<EngineNode>,
 }
 
@@ -36,14 +36,27 @@ pub struct EngineNode {
     pub node: Node,
     /// The node's etcd membership as the engine stored it (JSON).
     pub etcd: Option<String>,
-    /// The node's certificates (JSON). A secret.
-    pub certs: Option<String>,
+    /// The node's certificates and their keys (JSON).
+    pub certs: Option<Secret>,
     /// Hash of the node's current plan without its generation, to tell whether it changed.
     pub plan_hash: Option<String>,
     /// The index of the node's pod subnet in the cluster's pod CIDR, once given.
     pub pod_subnet: Option<u32>,
     /// Detached with `--force`: an unreachable host's wipe is not waited for.
     pub detach_force: bool,
+    /// A leaving node's drain, as far as it went.
+    pub drain: Drain,
+}
+
+/// How far a leaving node's drain went; kept in the store so that a restarted or failed-over
+/// controller resumes it rather than starting over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drain {
+    NotStarted,
+    /// The first attempt began then; the engine gives up some time after it.
+    Since(time::OffsetDateTime),
+    /// Drained, or given up on.
+    Done,
 }
 
 impl Store {
@@ -193,7 +206,7 @@ impl Store {
     ) -> Result<EngineCluster> {
         let mut conn = self.pool.acquire().await?;
         let row = crate::clusters::fetch_cluster(&mut *conn, tenant, &Key::Id(cluster)).await?;
-        let pki: Option<String> = row.try_get("pki")?;
+        let pki = row.try_get::<Option<String>, _>("pki")?.map(Secret::from);
         let cluster = rows::cluster(&row)?;
         let node_rows = sqlx::query(&format!(
             "{NODE_SELECT} WHERE n.tenant_id = $1 AND n.cluster_id = $2 ORDER BY n.name"
@@ -208,12 +221,20 @@ impl Store {
                 Ok(EngineNode {
                     node: rows::node(row)?,
                     etcd: row.try_get("etcd")?,
-                    certs: row.try_get("certs")?,
+                    certs: row.try_get::<Option<String>, _>("certs")?.map(Secret::from),
                     plan_hash: row.try_get("plan_hash")?,
                     pod_subnet: row
                         .try_get::<Option<i64>, _>("pod_subnet")?
                         .and_then(|i| u32::try_from(i).ok()),
                     detach_force: row.try_get::<i64, _>("detach_force")? != 0,
+                    drain: match (
+                        row.try_get::<i64, _>("drained")? != 0,
+                        row.try_get::<Option<i64>, _>("drain_started_at")?,
+                    ) {
+                        (true, _) => Drain::Done,
+                        (false, Some(ms)) => Drain::Since(crate::from_ms(ms)),
+                        (false, None) => Drain::NotStarted,
+                    },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -382,6 +403,62 @@ impl Store {
         .await?;
         w.commit().await?;
         Ok(address)
+    }
+
+    /// Records that a leaving node's drain began now, unless it began before; returns when it
+    /// began.
+    pub async fn start_drain(
+        &self,
+        tenant: TenantId,
+        node: NodeId,
+    ) -> Result<time::OffsetDateTime> {
+        let mut w = self.write(tenant).await?;
+        let current = w.node(tenant, &Key::Id(node)).await?;
+        let started: Option<i64> =
+            sqlx::query_scalar("SELECT drain_started_at FROM nodes WHERE id = $1")
+                .bind(node.to_string())
+                .fetch_one(&mut *w.tx)
+                .await?;
+        if let Some(ms) = started {
+            return Ok(crate::from_ms(ms));
+        }
+        let now = now_ms();
+        sqlx::query("UPDATE nodes SET drain_started_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(node.to_string())
+            .execute(&mut *w.tx)
+            .await?;
+        let cluster = current.cluster.as_ref().map(|c| &c.name);
+        w.event(
+            tenant,
+            &Actor::controller(),
+            node_event("node.draining", &current, json!({ "cluster": cluster })),
+        )
+        .await?;
+        w.commit().await?;
+        Ok(crate::from_ms(now))
+    }
+
+    /// Records that a leaving node is drained, or (`gave_up`) that the engine stopped trying.
+    pub async fn finish_drain(&self, tenant: TenantId, node: NodeId, gave_up: bool) -> Result<()> {
+        let mut w = self.write(tenant).await?;
+        let current = w.node(tenant, &Key::Id(node)).await?;
+        sqlx::query("UPDATE nodes SET drained = 1 WHERE id = $1")
+            .bind(node.to_string())
+            .execute(&mut *w.tx)
+            .await?;
+        let cluster = current.cluster.as_ref().map(|c| &c.name);
+        w.event(
+            tenant,
+            &Actor::controller(),
+            node_event(
+                "node.drained",
+                &current,
+                json!({ "cluster": cluster, "gave_up": gave_up }),
+            ),
+        )
+        .await?;
+        w.commit().await
     }
 
     /// Sets a node's role, etcd membership and certificates, while it is in `cluster`.

@@ -30,7 +30,7 @@ pub use agents::{
     AgentNode, IssueError, IssuedCert, NewSecret, Registered, Registration, TokenRefusal,
 };
 pub use clusters::{ClusterSpec, SpecError};
-pub use engine::{EngineCluster, EngineNode, WIPE_PLAN_HASH};
+pub use engine::{Drain, EngineCluster, EngineNode, WIPE_PLAN_HASH};
 pub use events::EventFilter;
 pub use nodes::{NewNode, NodeFilter};
 pub use replicas::{Leadership, SessionChange, SessionChanges};

@@ -51,6 +51,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "node address, roles",
         include_str!("../migrations/shared/0008_node_address_roles.sql"),
     ),
+    (
+        9,
+        "node drain",
+        include_str!("../migrations/shared/0009_node_drain.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -92,6 +97,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         8,
         "node address, roles",
         include_str!("../migrations/shared/0008_node_address_roles.sql"),
+    ),
+    (
+        9,
+        "node drain",
+        include_str!("../migrations/shared/0009_node_drain.sql"),
     ),
 ];
 

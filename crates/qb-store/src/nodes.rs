@@ -267,12 +267,12 @@ impl Store {
 }
 
 impl WriteTx {
-    /// Forgets a node's role, etcd membership, cluster certificates, pod subnet and address
-    /// when it leaves a cluster. Its plan generation stays: agents refuse older plans.
+    /// Forgets a node's role, etcd membership, cluster certificates, pod subnet, address and
+    /// drain when it leaves a cluster. Its plan generation stays: agents refuse older plans.
     pub(crate) async fn forget_cluster_part(&mut self, node: NodeId) -> Result<()> {
         sqlx::query(
             "UPDATE nodes SET role = NULL, etcd = NULL, certs = NULL, pod_subnet = NULL, \
-             address = NULL, detach_force = 0 WHERE id = $1",
+             address = NULL, detach_force = 0, drain_started_at = NULL, drained = 0 WHERE id = $1",
         )
         .bind(node.to_string())
         .execute(&mut *self.tx)

@@ -13,7 +13,9 @@ use hyper::HeaderMap;
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use qb_agent_proto::{CHANNEL_PATH, ControllerMessage, FrameDecoder};
+use qb_agent_proto::{
+    CHANNEL_PATH, ControllerMessage, FrameDecoder, PROTOCOL_HEADER, PROTOCOL_VERSION,
+};
 use qb_pki::{Pin, PinnedCaVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
@@ -74,6 +76,8 @@ impl NodeCert {
 pub struct Conn {
     sender: SendRequest<Body>,
     base: String,
+    /// The protocol version each request names, as agents do (`None`: no header).
+    pub protocol: Option<String>,
 }
 
 impl Conn {
@@ -116,6 +120,7 @@ impl Conn {
         Self {
             sender,
             base: format!("https://{addr}"),
+            protocol: Some(PROTOCOL_VERSION.to_string()),
         }
     }
 
@@ -171,7 +176,11 @@ impl Conn {
         (status, read_json(response.into_body()).await)
     }
 
-    async fn send(&mut self, request: hyper::Request<Body>) -> hyper::Response<Incoming> {
+    async fn send(&mut self, mut request: hyper::Request<Body>) -> hyper::Response<Incoming> {
+        if let Some(version) = &self.protocol {
+            let value = version.parse().expect("a header value");
+            request.headers_mut().insert(PROTOCOL_HEADER, value);
+        }
         tokio::time::timeout(TIMEOUT, self.sender.send_request(request))
             .await
             .expect("the agent endpoint did not answer in time")

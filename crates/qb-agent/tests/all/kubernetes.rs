@@ -613,9 +613,11 @@ fn wait_role_labels(admin: &Agent, masters: &[String], workers: &[String]) {
 /// host and pod, checked after each change: a master cut off and back, a host power-cycled, a
 /// sixth host attached. Then reuse: a host that ran pods is detached (and is exactly as it was
 /// before it first joined), joins a second cluster with other ranges and serves there; two
-/// workers follow it there (their pods evicted first); that cluster shrinks from 3 nodes to 2
-/// (a master demoted) and grows back to 3 masters with 3 healthy etcd members. Deleting both
-/// clusters leaves every host as it was.
+/// workers follow it there (their pods evicted first), one joining while the other's drain is
+/// stalled and the controller killed in the middle of that drain; that cluster shrinks from 3
+/// nodes to 2 (a master demoted) and grows back to 3 masters with 3 healthy etcd members, the
+/// controller killed in the middle of the join. Deleting both clusters leaves every host as it
+/// was.
 #[test]
 fn attached_hosts_become_a_kubernetes_cluster_that_keeps_working_while_used() {
     let bundle = bundle_dir();
@@ -809,9 +811,12 @@ fn attached_hosts_become_a_kubernetes_cluster_that_keeps_working_while_used() {
     );
 
     // A sixth host: a worker, with a pod of its own.
+    let join = Instant::now();
     api.post("/clusters/k8s/attach", &json!({"nodes": ["host-5"]}))
         .ok();
     let ready = wait_ready(&api, "k8s", BRING_UP);
+    // How long a worker's join takes when nothing else goes on.
+    let usual_join = join.elapsed();
     assert_eq!(roles(&ready).1, ["host-3", "host-4", "host-5"], "{ready}");
     let six = names(0..6);
     let six_refs: Vec<&str> = six.iter().map(String::as_str).collect();
@@ -846,38 +851,83 @@ fn attached_hosts_become_a_kubernetes_cluster_that_keeps_working_while_used() {
     check_traffic(other, &agents, &only);
     eprintln!("host-5 reused in a cluster with other ranges: it serves there");
 
-    // Both workers of k8s leave (the web pod of each is evicted first) and, used, join the
-    // second cluster: three masters there.
+    // Both workers of k8s leave and, used, join the second cluster: three masters there.
+    // host-4 leaves first, its web pod evicted.
     let mut serving = five.clone();
-    for worker in [3, 4] {
-        let host = format!("host-{worker}");
-        let evicted = web_pods(admin, &serving)
+    let evicted = web_pods(admin, &serving)
+        .into_iter()
+        .find(|(_, node, _)| node == "host-4")
+        .expect("a web pod on host-4")
+        .0;
+    leave(&api, &lab, &agents, "k8s", 4);
+    let left = kubectl_json(admin, &["get", "pods", "-l", "app=web"]).expect("pods");
+    assert!(
+        left["items"]
+            .as_array()
             .into_iter()
-            .find(|(_, node, _)| *node == host)
-            .unwrap_or_else(|| panic!("a web pod on {host}"))
-            .0;
-        leave(&api, &lab, &agents, "k8s", worker);
-        let left = kubectl_json(admin, &["get", "pods", "-l", "app=web"]).expect("pods");
-        assert!(
-            left["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .all(|p| p["metadata"]["name"] != evicted.as_str()),
-            "{evicted} was not evicted: {left}"
-        );
-        serving.retain(|h| *h != host);
-        let out = kubectl(admin, &["apply", "-f", "-"], Some(&web(&serving)));
-        assert!(out.status.success(), "{out:?}");
-    }
+            .flatten()
+            .all(|p| p["metadata"]["name"] != evicted.as_str()),
+        "{evicted} was not evicted: {left}"
+    );
+    serving.retain(|h| h != "host-4");
+    let out = kubectl(admin, &["apply", "-f", "-"], Some(&web(&serving)));
+    assert!(out.status.success(), "{out:?}");
+
+    // host-3's drain stalls (its kubelet frozen, its web pod never goes). Meanwhile host-4
+    // joins the second cluster as fast as a join goes when nothing stalls, while the first
+    // still drains host-3: one cluster's drain holds no other cluster up.
+    let kubelet = component_pid(&lab, 3, "kubelet");
+    run(Command::new("kill").args(["-STOP", &kubelet]));
+    api.post("/clusters/k8s/detach", &json!({"nodes": ["host-3"]}))
+        .ok();
+    poll("host-3's drain begun", BRING_UP, || {
+        match drain_events(&api, "host-3").as_slice() {
+            [begun] if begun == "node.draining" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let join = Instant::now();
+    api.post("/clusters/reuse/attach", &json!({"nodes": ["host-4"]}))
+        .ok();
+    wait_ready(&api, "reuse", BRING_UP);
+    let stalled_join = join.elapsed();
+    eprintln!(
+        "host-4 joined reuse in {stalled_join:?} while k8s's drain of host-3 stalled \
+         (host-5 joined k8s in {usual_join:?})"
+    );
+    assert_eq!(
+        drain_events(&api, "host-3"),
+        ["node.draining"],
+        "drain no longer stalled"
+    );
+    assert_eq!(api.node("host-3")["state"], "detaching");
+    assert!(
+        stalled_join < usual_join * 3 / 2 + Duration::from_secs(10),
+        "the join took {stalled_join:?} while another cluster drained; {usual_join:?} otherwise"
+    );
+
+    // The controller is killed (-9) in the middle of the drain. The new one resumes it where
+    // it was (begun once), and ends it once the kubelet is back.
+    let controller = controller.kill_and_restart();
+    let api = controller.api();
+    run(Command::new("kill").args(["-CONT", &kubelet]));
+    wait_wiped(&api, &lab, &agents, "k8s", 3);
+    assert_eq!(
+        drain_events(&api, "host-3"),
+        ["node.draining", "node.drained"],
+        "drain resumed, not begun again"
+    );
+    eprintln!(
+        "controller killed (-9) in the middle of host-3's drain: the drain resumed and ended"
+    );
+    serving.retain(|h| h != "host-3");
+    let out = kubectl(admin, &["apply", "-f", "-"], Some(&web(&serving)));
+    assert!(out.status.success(), "{out:?}");
     let ready = wait_ready(&api, "k8s", BRING_UP);
     assert_eq!(roles(&ready), (names(0..3), Vec::new()), "{ready}");
     wait_nodes_ready(admin, &["host-0", "host-1", "host-2"], BRING_UP);
-    api.post(
-        "/clusters/reuse/attach",
-        &json!({"nodes": ["host-3", "host-4"]}),
-    )
-    .ok();
+    api.post("/clusters/reuse/attach", &json!({"nodes": ["host-3"]}))
+        .ok();
     let ready = wait_ready(&api, "reuse", BRING_UP);
     assert_eq!(roles(&ready).0, ["host-3", "host-4", "host-5"], "{ready}");
 
@@ -891,6 +941,17 @@ fn attached_hosts_become_a_kubernetes_cluster_that_keeps_working_while_used() {
     assert_eq!((masters.len(), workers.len()), (1, 1), "{ready}");
     api.post("/clusters/reuse/attach", &json!({"nodes": ["host-4"]}))
         .ok();
+    // The controller is killed (-9) in the middle of the join, once host-4 has its role.
+    poll("host-4 given its role in reuse", BRING_UP, || {
+        let n = api.node("host-4");
+        if n["role"].is_string() {
+            Ok(())
+        } else {
+            Err(n["state"].to_string())
+        }
+    });
+    let controller = controller.kill_and_restart();
+    let api = controller.api();
     let ready = wait_ready(&api, "reuse", BRING_UP);
     assert_eq!(roles(&ready).0, ["host-3", "host-4", "host-5"], "{ready}");
     for host in ["host-3", "host-4", "host-5"] {
@@ -940,6 +1001,34 @@ fn attached_hosts_become_a_kubernetes_cluster_that_keeps_working_while_used() {
     ] {
         assert!(actions.contains(&action), "{action} not in {actions:?}");
     }
+}
+
+/// The pid of the component (`kubelet`, `etcd`, ...) running on host `i`.
+fn component_pid(lab: &Lab, i: usize, component: &str) -> String {
+    lab.pids(i)
+        .into_iter()
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+                let program = c.split(|b| *b == 0).next().unwrap_or_default();
+                program.ends_with(format!("/{component}").as_bytes())
+            })
+        })
+        .unwrap_or_else(|| panic!("no {component} on host-{i}"))
+}
+
+/// The actions of `node`'s drain events, oldest first.
+fn drain_events(api: &Api, node: &str) -> Vec<String> {
+    let events = api
+        .get(&format!(
+            "/events?object={node}&action=node.drain&limit=100"
+        ))
+        .ok();
+    events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["action"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// Now, to the second, as the API server writes times.

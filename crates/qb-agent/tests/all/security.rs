@@ -661,6 +661,59 @@ fn a_node_certificate_cannot_act_as_a_replica_or_answer_a_tunnel_it_was_not_aske
     api.post("/nodes/victim/ping", &json!({})).ok();
 }
 
+/// A request that names no agent protocol version, or one the controller does not speak, is
+/// refused before anything else, saying which side to upgrade; every answer names the
+/// controller's version. Nothing is registered.
+#[test]
+fn an_agent_of_another_protocol_version_is_refused_before_anything_else() {
+    let controller = Controller::start(LOCAL);
+    let api = controller.api();
+    let token = api.bootstrap_token(1, 1);
+    let config = AgentConfig::new(&controller, &token.secret, "odd");
+    let register = json!({
+        "token": token.secret,
+        "csr_pem": "not looked at",
+        "machine_id": "0123456789abcdef0123456789abcdef",
+        "facts": {},
+        "agent_version": "0.1.0",
+    });
+    let (addr, pin) = (controller.agent_addr, controller.pin.clone());
+    let answers = runtime().block_on(async move {
+        let mut conn = Conn::open(addr, &pin, None).await;
+        let mut answers = Vec::new();
+        for version in [None, Some("0"), Some("99"), Some("one")] {
+            conn.protocol = version.map(str::to_owned);
+            let (status, problem) = conn.post(qb_agent_proto::REGISTER_PATH, &register).await;
+            let (_, headers, _) = conn.get(qb_agent_proto::plan::PLAN_PATH, None).await;
+            let named = headers
+                .get(qb_agent_proto::PROTOCOL_HEADER)
+                .map(|v| v.to_str().unwrap_or_default().to_owned());
+            answers.push((version, status, problem, named));
+        }
+        answers
+    });
+    let current = qb_agent_proto::PROTOCOL_VERSION.to_string();
+    for (version, status, problem, named) in answers {
+        assert_eq!(status, 400, "{version:?}: {problem}");
+        assert_eq!(
+            problem["type"], "urn:qb:problem:unsupported_protocol",
+            "{version:?}"
+        );
+        assert_eq!(named.as_deref(), Some(current.as_str()), "{version:?}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        let upgrade = match version {
+            Some("0") => "upgrade the agent",
+            Some("99") => "upgrade the controller",
+            _ => "speaks agent protocol",
+        };
+        assert!(detail.contains(upgrade), "{version:?}: {detail}");
+    }
+    assert!(names(&api).is_empty(), "nothing registered");
+    // The agent itself names its version: it registers.
+    let _agent = Agent::start(&config, None);
+    online_node(&api, "odd");
+}
+
 /// The agent endpoint serves an artifact from a byte offset (`Range: bytes=<from>-`), so an
 /// interrupted download resumes; other ranges get all of it, an offset past the end 416.
 #[test]

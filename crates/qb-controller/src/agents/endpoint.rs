@@ -22,8 +22,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use qb_agent_proto::plan::{ARTIFACTS_PATH, PLAN_PATH};
 use qb_agent_proto::{
-    AgentMessage, CHANNEL_PATH, ControllerMessage, FrameDecoder, REGISTER_PATH, RENEW_PATH,
-    RegisterRequest, RegisterResponse, RenewRequest, RenewResponse, TUNNEL_PATH, encode,
+    AgentMessage, CHANNEL_PATH, ControllerMessage, FrameDecoder, PROTOCOL_HEADER, PROTOCOL_VERSION,
+    REGISTER_PATH, RENEW_PATH, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse,
+    SUPPORTED_PROTOCOLS, TUNNEL_PATH, encode,
 };
 use qb_api::{NodeName, NodeState, ProblemCode};
 use qb_pki::{CertificateAuthority, NodeIdentity};
@@ -87,11 +88,16 @@ impl AgentEndpoint {
     }
 
     fn router(&self) -> Router {
-        Router::new()
+        let agents = Router::new()
             .route(REGISTER_PATH, post(register))
             .route(CHANNEL_PATH, post(channel))
             .route(RENEW_PATH, post(renew))
             .route(&format!("{TUNNEL_PATH}/{{stream}}"), post(tunnel))
+            .route(PLAN_PATH, get(plan))
+            .route(&format!("{ARTIFACTS_PATH}/{{sha256}}"), get(artifact))
+            .route_layer(axum::middleware::from_fn(agent_protocol));
+        Router::new()
+            .merge(agents)
             .route(&format!("{PEER_PREFIX}/wake"), post(relay_wake))
             .route(
                 &format!("{PEER_PREFIX}/artifacts/{{sha256}}"),
@@ -113,8 +119,6 @@ impl AgentEndpoint {
                 &format!("{PEER_PREFIX}/nodes/{{node}}/tunnels/{{endpoint}}"),
                 post(relay_tunnel),
             )
-            .route(PLAN_PATH, get(plan))
-            .route(&format!("{ARTIFACTS_PATH}/{{sha256}}"), get(artifact))
             .fallback(|| async { ApiError::new(ProblemCode::NotFound, "no such agent path") })
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self.clone())
@@ -268,7 +272,8 @@ async fn register(
     State(endpoint): State<AgentEndpoint>,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
-    if !req.token.starts_with(BOOTSTRAP_TOKEN_PREFIX) || req.token.len() > 128 {
+    let token = req.token.expose();
+    if !token.starts_with(BOOTSTRAP_TOKEN_PREFIX) || token.len() > 128 {
         return Err(ApiError::new(
             ProblemCode::RegistrationRefused,
             "registration refused: that is not a bootstrap token",
@@ -288,7 +293,7 @@ async fn register(
                 ApiError::invalid(format!("the host's name cannot name a node: {e}"))
             })?;
     let registration = Registration {
-        token_hash: crate::auth::hash_secret(&req.token),
+        token_hash: crate::auth::hash_secret(token),
         machine_id: req.machine_id.as_str().to_owned(),
         name,
         facts: req.facts,
@@ -440,6 +445,55 @@ async fn artifact(
         256 * 1024,
     ));
     Ok((status, AppendHeaders(response_headers), body).into_response())
+}
+
+/// Lets through only agents that speak a protocol version this controller does, and names
+/// its own version in every answer.
+async fn agent_protocol(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let spoken = request.headers().get(PROTOCOL_HEADER).map(|v| {
+        v.to_str()
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .ok_or_else(|| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    });
+    let supported = format!(
+        "this controller speaks agent protocol {} to {}",
+        SUPPORTED_PROTOCOLS.start(),
+        SUPPORTED_PROTOCOLS.end()
+    );
+    let mut response = match spoken {
+        Some(Ok(version)) if SUPPORTED_PROTOCOLS.contains(&version) => next.run(request).await,
+        Some(Ok(version)) => {
+            let newer = if version > *SUPPORTED_PROTOCOLS.end() {
+                "the controller"
+            } else {
+                "the agent"
+            };
+            ApiError::new(
+                ProblemCode::UnsupportedProtocol,
+                format!("{supported}, the agent {version}: upgrade {newer}"),
+            )
+            .into_response()
+        }
+        Some(Err(text)) => ApiError::new(
+            ProblemCode::UnsupportedProtocol,
+            format!(
+                "{supported}; the agent sent {PROTOCOL_HEADER}: {}",
+                qb_api::quote(&text)
+            ),
+        )
+        .into_response(),
+        None => ApiError::new(
+            ProblemCode::UnsupportedProtocol,
+            format!("{supported}; the request names no version (no {PROTOCOL_HEADER} header)"),
+        )
+        .into_response(),
+    };
+    response.headers_mut().insert(
+        PROTOCOL_HEADER,
+        axum::http::HeaderValue::from(PROTOCOL_VERSION),
+    );
+    response
 }
 
 /// The start of a `Range: bytes=<from>-` header, the one form the agents send.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use qb_agent_proto::etcd::{EtcdMember, EtcdOp};
-use qb_api::{NodeId, NodeRole};
+use qb_api::{NodeId, NodeRole, Secret};
 use qb_plan::placement::Placement;
 use qb_plan::render::{EtcdBootstrap, InitialClusterState, etcd_peer_url};
 use qb_store::{EngineCluster, EngineNode};
@@ -54,7 +54,7 @@ async fn set_engine(
             ec.cluster.id,
             role,
             etcd.as_deref(),
-            n.certs.as_deref(),
+            n.certs.as_ref().map(Secret::expose),
         )
         .await
 }
@@ -308,7 +308,7 @@ pub async fn remove_leaving(
             ec.cluster.id,
             n.node.role,
             None,
-            n.certs.as_deref(),
+            n.certs.as_ref().map(Secret::expose),
         )
         .await?;
     Ok(None)

@@ -1,9 +1,13 @@
 //! The cluster engine: a level-triggered reconciler that turns attached nodes into a cluster
 //! and keeps it so. Every pass reads what the store says (nodes, roles, etcd membership, plans,
-//! the agents' reports), compares it with what should be, and takes the next step. It keeps no
-//! state of its own between passes (but for which leaving nodes it drained: a restarted
-//! controller drains them again, which changes nothing), so a restarted controller carries on
-//! where it stopped.
+//! drains, the agents' reports), compares it with what should be, and takes the next step. It
+//! keeps no state of its own between passes, so a restarted or failed-over controller carries
+//! on where the last one stopped.
+//!
+//! Each cluster has its own executor: a task that runs that cluster's passes, so a slow drain,
+//! a stuck host or a long preflight on one cluster never delays another. The engine's own loop
+//! starts and stops executors as clusters come and go, wakes them, and wipes pool nodes that
+//! still run a cluster's plan.
 //!
 //! The Kubernetes API is reached through the agent of a master whose API server is healthy
 //! (the controller never dials a host): it cordons and drains, deletes Nodes, lists them.
@@ -24,27 +28,29 @@
 //!    Nodes' `Ready` condition: `installing`, `ready`, `degraded`.
 
 pub mod api;
+mod executors;
 pub mod membership;
 pub mod preflight;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use qb_agent_proto::kube::{KubeNode, KubeOp, KubeRequest};
 use qb_agent_proto::plan::{Plan, PlanState, SignedPlan};
 use qb_agent_proto::{ControllerMessage, Instruction, Outcome};
-use qb_api::{ClusterState, Node, NodeId, NodeRole, TenantId};
+use qb_api::{ClusterState, Node, NodeId, NodeRole, Secret, TenantId};
 use qb_pki::PlanSigner;
 use qb_plan::pki::{ClusterPki, NodeCerts};
 use qb_plan::render::{ClusterInput, NodeInput};
-use qb_store::{Actor, EngineCluster, EngineNode, Store, StoreError, WIPE_PLAN_HASH};
+use qb_store::{Actor, Drain, EngineCluster, EngineNode, Store, StoreError, WIPE_PLAN_HASH};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use crate::agents::Agents;
 use crate::artifacts::ArtifactStore;
+use executors::Next;
 use membership::Membership;
 
 /// How often the engine looks even when nothing woke it.
@@ -64,13 +70,12 @@ pub struct Engine {
     pub agents: Arc<Agents>,
     pub artifacts: ArtifactStore,
     signer: PlanSigner,
-    /// Wakes the engine when there is work (an attach, a detach, an agent's report).
+    /// Wakes the engine when there is work (an attach, a detach, an agent's report); it wakes
+    /// every cluster's executor in turn.
     pub wake: Arc<Notify>,
-    /// One preflight at a time: each listens on the same ports of its nodes.
-    preflights: tokio::sync::Mutex<()>,
-    /// Leaving nodes: when the first drain attempt started, and those done.
-    draining: Mutex<HashMap<NodeId, Instant>>,
-    drained: Mutex<HashSet<NodeId>>,
+    /// One preflight at a time per cluster (the executor's and the API's): each listens on
+    /// the same ports of the cluster's nodes.
+    preflights: Mutex<HashMap<qb_api::ClusterId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,30 +115,14 @@ impl Engine {
             artifacts,
             signer: PlanSigner::from_pem(&stored.chain_pem, &stored.key_pem)?,
             wake: Arc::new(Notify::new()),
-            preflights: tokio::sync::Mutex::new(()),
-            draining: Mutex::new(HashMap::new()),
-            drained: Mutex::new(HashSet::new()),
+            preflights: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Runs passes until the process ends.
-    pub async fn run(self: Arc<Self>) {
-        loop {
-            if let Err(e) = self.pass().await {
-                tracing::warn!(error = %format!("{e:#}"), "engine pass failed; retrying");
-            }
-            let _ = tokio::time::timeout(RESYNC, self.wake.notified()).await;
-        }
-    }
-
-    /// One pass over every cluster with work, and every pool node still running a cluster's
-    /// plan.
+    /// One pass over the pool and every cluster with work, one after the other (tests drive
+    /// the engine with it; [`Engine::run`] gives each cluster its own task).
     pub async fn pass(&self) -> Result<(), EngineError> {
-        for (tenant, node) in self.store.unwiped_pool_nodes().await? {
-            if let Err(e) = self.publish_wipe(tenant, &node, None).await {
-                tracing::warn!(node_id = %node.id, error = %e, "could not send a wipe plan");
-            }
-        }
+        self.wipe_pool_nodes().await;
         for (tenant, cluster) in self.store.engine_clusters().await? {
             if let Err(e) = self.reconcile(tenant, cluster).await {
                 tracing::warn!(%tenant, cluster_id = %cluster, error = %e, "cluster pass failed");
@@ -142,11 +131,27 @@ impl Engine {
         Ok(())
     }
 
+    /// Sends a wipe to every pool node still running a cluster's plan.
+    async fn wipe_pool_nodes(&self) {
+        let nodes = match self.store.unwiped_pool_nodes().await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the pool's nodes to wipe");
+                return;
+            }
+        };
+        for (tenant, node) in nodes {
+            if let Err(e) = self.publish_wipe(tenant, &node, None).await {
+                tracing::warn!(node_id = %node.id, error = %e, "could not send a wipe plan");
+            }
+        }
+    }
+
     async fn reconcile(
         &self,
         tenant: TenantId,
         cluster: qb_api::ClusterId,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Next, EngineError> {
         let ec = self.store.engine_cluster(tenant, cluster).await?;
         let (leaving, staying): (Vec<&EngineNode>, Vec<&EngineNode>) = ec
             .nodes
@@ -167,7 +172,7 @@ impl Engine {
             self.store
                 .set_cluster_state(tenant, cluster, state, message.as_deref())
                 .await?;
-            return Ok(());
+            return Ok(Next::Wait);
         }
         let Layout {
             input,
@@ -189,7 +194,7 @@ impl Engine {
                     self.store
                         .set_cluster_state(tenant, cluster, state, Some(&message))
                         .await?;
-                    return Ok(());
+                    return Ok(Next::Wait);
                 }
             }
         }
@@ -202,8 +207,7 @@ impl Engine {
                     .set_cluster_state(tenant, cluster, ClusterState::Installing, Some(&message))
                     .await?;
                 // Render from the changed store on the next pass, at once.
-                self.wake.notify_one();
-                return Ok(());
+                return Ok(Next::Again);
             }
             membership::Step::Waiting(message) => waiting_on.push(message),
         }
@@ -263,10 +267,10 @@ impl Engine {
         self.store
             .set_cluster_state(tenant, cluster, state, message.as_deref())
             .await?;
-        Ok(())
+        Ok(Next::Wait)
     }
 
-    async fn block(&self, ec: &EngineCluster, message: &str) -> Result<(), EngineError> {
+    async fn block(&self, ec: &EngineCluster, message: &str) -> Result<Next, EngineError> {
         self.store
             .set_cluster_state(
                 ec.tenant,
@@ -275,7 +279,7 @@ impl Engine {
                 Some(message),
             )
             .await?;
-        Ok(())
+        Ok(Next::Wait)
     }
 
     /// Runs preflight when the newest run does not cover exactly these nodes (or failed a
@@ -339,7 +343,11 @@ impl Engine {
         ec: &EngineCluster,
         targets: &[preflight::Target],
     ) -> Result<qb_api::PreflightReport, EngineError> {
-        let _one_at_a_time = self.preflights.lock().await;
+        let cluster_lock = lock(&self.preflights)
+            .entry(ec.cluster.id)
+            .or_default()
+            .clone();
+        let _one_at_a_time = cluster_lock.lock().await;
         self.store
             .set_cluster_state(
                 ec.tenant,
@@ -469,7 +477,7 @@ impl Engine {
     ) -> Result<Option<String>, EngineError> {
         // `--force` skips the drain; never the member's removal.
         if !n.detach_force
-            && let Some(waiting) = self.drain(ec, n).await
+            && let Some(waiting) = self.drain(ec, n).await?
         {
             return Ok(Some(waiting));
         }
@@ -510,7 +518,6 @@ impl Engine {
                 )));
             }
         }
-        lock(&self.drained).remove(&n.node.id);
         match self
             .store
             .finish_detach(ec.tenant, n.node.id, &Actor::controller())
@@ -527,38 +534,47 @@ impl Engine {
 
     /// Cordons and drains a leaving node through a master, once. `Some` while it is still
     /// being drained; `None` when it is drained, the API is out of reach (no master with a
-    /// healthy API server to ask), or [`DRAIN_TIMEOUT`] ran out.
-    async fn drain(&self, ec: &EngineCluster, n: &EngineNode) -> Option<String> {
+    /// healthy API server to ask), or [`DRAIN_TIMEOUT`] ran out. How far it went is kept in the
+    /// store: a restarted controller neither drains again nor waits anew.
+    async fn drain(
+        &self,
+        ec: &EngineCluster,
+        n: &EngineNode,
+    ) -> Result<Option<String>, EngineError> {
         let id = n.node.id;
-        if lock(&self.drained).contains(&id) {
-            return None;
-        }
-        let via = self.api_master(ec)?;
-        let started = *lock(&self.draining).entry(id).or_insert_with(Instant::now);
+        let started = match n.drain {
+            Drain::Done => return Ok(None),
+            Drain::Since(started) => started,
+            Drain::NotStarted => {
+                if self.api_master(ec).is_none() {
+                    return Ok(None);
+                }
+                self.store.start_drain(ec.tenant, id).await?
+            }
+        };
+        let Some(via) = self.api_master(ec) else {
+            return Ok(None);
+        };
         let op = KubeOp::Drain {
             node: n.node.name.to_string(),
             timeout_seconds: DRAIN_ATTEMPT_SECONDS,
         };
         let result = self.kube(via, op).await;
-        let done = match &result {
+        let elapsed = time::OffsetDateTime::now_utc() - started;
+        let gave_up = match &result {
             Ok(_) => {
                 tracing::info!(node = %n.node.name, "node cordoned and drained");
-                true
+                false
             }
-            Err(e) if started.elapsed() >= DRAIN_TIMEOUT => {
+            Err(e) if elapsed >= DRAIN_TIMEOUT => {
                 tracing::warn!(node = %n.node.name, error = %e, timeout = ?DRAIN_TIMEOUT,
                     "draining did not finish in time; detaching anyway");
                 true
             }
-            Err(_) => false,
+            Err(e) => return Ok(Some(format!("draining {}: {e}", n.node.name))),
         };
-        if done {
-            lock(&self.draining).remove(&id);
-            lock(&self.drained).insert(id);
-            return None;
-        }
-        let error = result.err().unwrap_or_default();
-        Some(format!("draining {}: {error}", n.node.name))
+        self.store.finish_drain(ec.tenant, id, gave_up).await?;
+        Ok(None)
     }
 
     /// Gives each registered Node the labels of its role and, on a cluster that taints masters,
@@ -702,12 +718,14 @@ impl Engine {
                     .map_err(|e| EngineError::Plan(format!("generating the cluster PKI: {e}")))?;
                 let json =
                     serde_json::to_string(&pki).map_err(|e| EngineError::Plan(e.to_string()))?;
-                self.store
-                    .init_cluster_pki(ec.tenant, ec.cluster.id, &json)
-                    .await?
+                Secret::from(
+                    self.store
+                        .init_cluster_pki(ec.tenant, ec.cluster.id, &json)
+                        .await?,
+                )
             }
         };
-        serde_json::from_str(&stored)
+        serde_json::from_str(stored.expose())
             .map_err(|e| EngineError::Plan(format!("stored cluster PKI: {e}")))
     }
 
@@ -721,8 +739,8 @@ impl Engine {
     ) -> Result<NodeCerts, EngineError> {
         if let Some(certs) = n
             .certs
-            .as_deref()
-            .and_then(|c| serde_json::from_str::<NodeCerts>(c).ok())
+            .as_ref()
+            .and_then(|c| serde_json::from_str::<NodeCerts>(c.expose()).ok())
             && qb_plan::pki::node_certs_fit(&certs, input, node)
         {
             return Ok(certs);

@@ -131,7 +131,7 @@ impl KubeProxy {
                 cluster.cluster.name
             )));
         };
-        let pki: ClusterPki = serde_json::from_str(&pki).map_err(|e| {
+        let pki: ClusterPki = serde_json::from_str(pki.expose()).map_err(|e| {
             tracing::error!(cluster_id = %id, error = %e, "the stored cluster PKI does not parse");
             ProxyError::Internal
         })?;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use qb_api::{ClusterState, CreateCluster, KubernetesVersion, MasterCount, NodeRole, NodeState};
-use qb_store::{ClusterSpec, EventFilter, Key, SpecError, StoreError};
+use qb_store::{ClusterSpec, Drain, EventFilter, Key, SpecError, StoreError};
 
 use crate::{
     TestDb, actor, all_clusters, all_events, by_name, cluster, cluster_detail, events, name, named,
@@ -15,6 +15,7 @@ on_both_backends!(
     cluster_names_are_unique_per_tenant,
     detach_then_finish_returns_nodes_to_the_pool,
     detach_only_moves_members,
+    a_leaving_nodes_drain_is_kept_until_it_left,
     deauthorizing_a_node_in_a_cluster_is_refused_until_it_left,
     a_node_in_a_cluster_keeps_its_address_label,
     deleting_a_cluster_with_nodes_needs_force,
@@ -247,6 +248,54 @@ async fn detach_then_finish_returns_nodes_to_the_pool(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(names(&moved.nodes), ["n1"]);
+}
+
+/// A restarted controller finds a drain where the last one left it: when it began (it gives up
+/// some time after) and whether it is done. A node that leaves again starts a new drain.
+async fn a_leaving_nodes_drain_is_kept_until_it_left(db: TestDb) {
+    let t = tenant(&db, "acme").await;
+    pool_node(&db, t, "n1", &[]).await;
+    let c1 = cluster(&db, t, "c1").await;
+    let c2 = cluster(&db, t, "c2").await;
+    let drain_of = |cluster: qb_api::ClusterId| {
+        let db = &db;
+        async move {
+            let ec = db.engine_cluster(t, cluster).await.unwrap();
+            ec.nodes[0].drain
+        }
+    };
+    db.attach(t, &Key::Id(c1.id), &named(&["n1"]), &actor())
+        .await
+        .unwrap();
+    let n1 = node(&db, t, "n1").await;
+    db.detach(t, &Key::Id(c1.id), &[node_name("n1")], false, &actor())
+        .await
+        .unwrap();
+    assert_eq!(drain_of(c1.id).await, Drain::NotStarted);
+
+    let before = all_events(&db, t).await.len();
+    let began = db.start_drain(t, n1.id).await.unwrap();
+    assert_eq!(drain_of(c1.id).await, Drain::Since(began));
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(db.start_drain(t, n1.id).await.unwrap(), began, "begun once");
+    db.finish_drain(t, n1.id, true).await.unwrap();
+    assert_eq!(drain_of(c1.id).await, Drain::Done);
+    let new = all_events(&db, t).await.split_off(before);
+    assert_eq!(crate::actions(&new), ["node.draining", "node.drained"]);
+    assert_eq!(new[0].detail["cluster"], "c1");
+    assert_eq!(new[1].detail["gave_up"], true);
+
+    // It leaves; in another cluster, leaving again drains again.
+    db.finish_detach(t, n1.id, &qb_store::Actor::controller())
+        .await
+        .unwrap();
+    db.attach(t, &Key::Id(c2.id), &named(&["n1"]), &actor())
+        .await
+        .unwrap();
+    db.detach(t, &Key::Id(c2.id), &[node_name("n1")], false, &actor())
+        .await
+        .unwrap();
+    assert_eq!(drain_of(c2.id).await, Drain::NotStarted);
 }
 
 async fn detach_only_moves_members(db: TestDb) {

@@ -1,5 +1,6 @@
-//! Cgroups a plan's services need before they start: kubelet refuses a `cgroupRoot` that does
-//! not exist in every hierarchy it uses.
+//! Cgroups: those a plan's services need before they start (kubelet refuses a `cgroupRoot`
+//! that does not exist in every hierarchy it uses), and removing a tree of them with everything
+//! that runs in it.
 //!
 //! The cgroup hierarchies are found in `/proc/self/mountinfo` (cgroup v1 controllers, named
 //! hierarchies and the v2 unified tree alike). In a v1 `cpuset` hierarchy a new cgroup starts
@@ -35,16 +36,9 @@ pub fn ensure(paths: &[String]) -> Result<String, CgroupError> {
         return Ok("none needed".to_owned());
     }
     for path in paths {
-        let p = Path::new(path);
-        let fine = p.is_absolute()
-            && p.components()
-                .all(|c| !matches!(c, std::path::Component::ParentDir));
-        if !fine {
-            return Err(CgroupError::Invalid(path.clone()));
-        }
+        check(path)?;
     }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mounts)?;
-    let hierarchies = hierarchies(&mountinfo);
+    let hierarchies = mounted()?;
     if hierarchies.is_empty() {
         return Err(CgroupError::NoHierarchy);
     }
@@ -84,34 +78,23 @@ pub fn remove(paths: &[String]) -> Result<String, CgroupError> {
     if paths.is_empty() {
         return Ok("none".to_owned());
     }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mounts)?;
-    let trees: Vec<PathBuf> = hierarchies(&mountinfo)
-        .iter()
-        .flat_map(|root| {
-            paths
-                .iter()
-                .map(move |p| root.join(p.trim_start_matches('/')))
-        })
-        .filter(|dir| dir.is_dir())
-        .collect();
+    let mut trees = Vec::new();
+    for path in paths {
+        trees.extend(existing(path)?);
+    }
     let mut killed = std::collections::BTreeSet::new();
     let mut removed = 0;
     // Processes may fork while they are being killed: a few rounds, then give up loudly.
     for _ in 0..50 {
         let mut alive = false;
-        for tree in &trees {
-            for dir in walk(tree) {
-                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                for pid in procs
-                    .split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok())
-                {
-                    alive = true;
-                    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                        killed.insert(pid.as_raw_nonzero().get());
-                    }
-                }
+        for pid in trees.iter().flat_map(|tree| pids_below(tree)) {
+            alive = true;
+            if let Some(pid) = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                killed.insert(pid.as_raw_nonzero().get());
             }
         }
         if !alive {
@@ -141,6 +124,49 @@ pub fn remove(paths: &[String]) -> Result<String, CgroupError> {
         "{} processes killed, {removed} cgroups removed",
         killed.len()
     ))
+}
+
+/// `path` (e.g. `/qb/host-1`) in every mounted hierarchy, where it exists.
+pub fn existing(path: &str) -> Result<Vec<PathBuf>, CgroupError> {
+    check(path)?;
+    Ok(mounted()?
+        .iter()
+        .map(|root| root.join(path.trim_start_matches('/')))
+        .filter(|dir| dir.is_dir())
+        .collect())
+}
+
+/// The processes in the cgroup `dir` and every cgroup below it.
+pub fn pids_below(dir: &Path) -> Vec<u32> {
+    walk(dir)
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// An absolute path without `..`.
+fn check(path: &str) -> Result<(), CgroupError> {
+    let p = Path::new(path);
+    let fine = p.is_absolute()
+        && p.components()
+            .all(|c| !matches!(c, std::path::Component::ParentDir));
+    if fine {
+        Ok(())
+    } else {
+        Err(CgroupError::Invalid(path.to_owned()))
+    }
+}
+
+/// The mount points of the cgroup hierarchies.
+fn mounted() -> Result<Vec<PathBuf>, CgroupError> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mounts)?;
+    Ok(hierarchies(&mountinfo))
 }
 
 /// `dir` and every directory below it, parents before children.
@@ -242,6 +268,14 @@ mod tests {
         for bad in ["qb/host", "/qb/../../etc"] {
             assert!(
                 matches!(ensure(&[bad.to_owned()]), Err(CgroupError::Invalid(_))),
+                "{bad}"
+            );
+            assert!(
+                matches!(remove(&[bad.to_owned()]), Err(CgroupError::Invalid(_))),
+                "{bad}"
+            );
+            assert!(
+                matches!(existing(bad), Err(CgroupError::Invalid(_))),
                 "{bad}"
             );
         }
