@@ -351,7 +351,7 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
             agent_binary,
         })
     });
-    tokio::spawn(lead(store.clone(), engine.clone(), agents.peers().cloned()));
+    tokio::spawn(lead(store.clone(), engine.clone()));
     serve::serve(
         listener,
         router(state),
@@ -365,17 +365,17 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
 
 /// Runs the cluster engine while this replica holds the lead (always, on SQLite); another
 /// replica takes over within seconds when this one stops or loses its database connection.
-async fn lead(store: Store, engine: Arc<Engine>, peers: Option<Arc<Peers>>) {
+/// Replicas that do not lead pass their wake-ups on through the database.
+async fn lead(store: Store, engine: Arc<Engine>) {
     const CHECK: Duration = Duration::from_secs(2);
     loop {
         let mut leadership = match store.try_lead().await {
             Ok(Some(leadership)) => leadership,
             Ok(None) => {
-                // Another replica runs the engine: pass this one's wake-ups on.
                 let deadline = tokio::time::Instant::now() + CHECK;
                 while let Ok(()) = tokio::time::timeout_at(deadline, engine.wake.notified()).await {
-                    if let Some(peers) = &peers {
-                        peers.wake_others();
+                    if let Err(e) = store.wake_engine().await {
+                        tracing::warn!(error = %e, "could not wake the engine's replica; it looks again within seconds anyway");
                     }
                 }
                 continue;
@@ -388,13 +388,33 @@ async fn lead(store: Store, engine: Arc<Engine>, peers: Option<Arc<Peers>>) {
         };
         tracing::info!("this replica runs the cluster engine");
         let running = tokio::spawn(engine.clone().run());
+        let listening = tokio::spawn(hear_wakes(store.clone(), engine.clone()));
         while leadership.holds().await {
             tokio::time::sleep(CHECK).await;
         }
         running.abort();
+        listening.abort();
         tracing::warn!(
             "lost the database connection that held the engine's lead; stopped the engine"
         );
+    }
+}
+
+/// Wakes the engine whenever another replica says there is work (PostgreSQL only).
+async fn hear_wakes(store: Store, engine: Arc<Engine>) {
+    loop {
+        match store.engine_wakes().await {
+            Ok(None) => return,
+            Ok(Some(mut wakes)) => loop {
+                if let Err(e) = wakes.next().await {
+                    tracing::warn!(error = %e, "lost the engine's wake-ups; listening again");
+                    break;
+                }
+                engine.wake.notify_one();
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot listen for the engine's wake-ups"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 

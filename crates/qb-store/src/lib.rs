@@ -33,7 +33,7 @@ pub use clusters::{ClusterSpec, SpecError};
 pub use engine::{Drain, EngineCluster, EngineNode, WIPE_PLAN_HASH};
 pub use events::EventFilter;
 pub use nodes::{NewNode, NodeFilter};
-pub use replicas::{Leadership, SessionChange, SessionChanges};
+pub use replicas::{EngineWakes, Leadership, SessionChange, SessionChanges};
 pub use tenants::{PasswordUser, Principal, Tenant};
 
 /// Which database a [`Store`] runs on.

@@ -1,5 +1,6 @@
 //! Controller replicas sharing one database: which are alive and where the others reach them,
-//! which replica holds each agent's channel, and which one runs the cluster engine.
+//! which replica holds each agent's channel, which one runs the cluster engine, and the
+//! engine's wake-ups from the others (PostgreSQL notifications).
 //!
 //! A replica reads every session once, then follows their changes as PostgreSQL notifications
 //! ([`Store::session_changes`]): never the whole table again while its listening connection
@@ -21,6 +22,9 @@ const ENGINE_LOCK: i64 = 0x7162_2d65_6e67;
 /// The notification channel of session changes: `opened <node> <replica>` or
 /// `closed <node> <replica>`, sent in the transaction that makes the change.
 const SESSIONS_CHANNEL: &str = "qb_agent_sessions";
+/// The notification channel of the engine's wake-ups: a replica that took a change (through
+/// its API, or an agent's report) tells the one running the engine.
+const ENGINE_CHANNEL: &str = "qb_engine_wake";
 
 /// A change of which replica holds an agent's channel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +65,20 @@ impl SessionChanges {
                 ),
             }
         }
+    }
+}
+
+/// The engine's wake-ups, as other replicas send them ([`Store::wake_engine`]).
+pub struct EngineWakes {
+    listener: PgListener,
+}
+
+impl EngineWakes {
+    /// Waits for the next wake-up. It also returns when the listening connection was lost and
+    /// made again (a wake-up may have been missed: the engine should look anyway).
+    pub async fn next(&mut self) -> Result<()> {
+        self.listener.try_recv().await?;
+        Ok(())
     }
 }
 
@@ -221,6 +239,28 @@ impl Store {
         let mut listener = PgListener::connect(url).await?;
         listener.listen(SESSIONS_CHANNEL).await?;
         Ok(Some(SessionChanges { listener }))
+    }
+
+    /// Tells the replica running the cluster engine that there is work; nothing on SQLite,
+    /// where the engine runs in the one controller.
+    pub async fn wake_engine(&self) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(ENGINE_CHANNEL)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// On PostgreSQL, the engine's wake-ups sent from now on; `None` on SQLite.
+    pub async fn engine_wakes(&self) -> Result<Option<EngineWakes>> {
+        let Some(url) = &self.postgres_url else {
+            return Ok(None);
+        };
+        let mut listener = PgListener::connect(url).await?;
+        listener.listen(ENGINE_CHANNEL).await?;
+        Ok(Some(EngineWakes { listener }))
     }
 
     /// The other replicas seen since `alive_since`: their ids and where they are reached.

@@ -645,7 +645,6 @@ fn a_node_certificate_cannot_act_as_a_replica_or_answer_a_tunnel_it_was_not_aske
                 format!("/peer/v1/nodes/{id}/tunnels/kube-apiserver"),
                 json!({}),
             ),
-            ("/peer/v1/wake".to_owned(), json!(null)),
             ("/agent/v1/tunnels/1".to_owned(), json!({})),
         ] {
             let (status, _) = conn.post(&path, &body).await;

@@ -98,7 +98,6 @@ impl AgentEndpoint {
             .route_layer(axum::middleware::from_fn(agent_protocol));
         Router::new()
             .merge(agents)
-            .route(&format!("{PEER_PREFIX}/wake"), post(relay_wake))
             .route(
                 &format!("{PEER_PREFIX}/artifacts/{{sha256}}"),
                 get(relay_artifact),
@@ -533,16 +532,6 @@ async fn relay_artifact(
         ))
         .into_response(),
     )
-}
-
-/// Another replica has work for the cluster engine.
-async fn relay_wake(
-    State(endpoint): State<AgentEndpoint>,
-    Extension(replica): Extension<Option<ReplicaPeer>>,
-) -> Result<Json<()>, ApiError> {
-    require_replica(replica)?;
-    endpoint.wake.notify_one();
-    Ok(Json(()))
 }
 
 /// Another replica relays a message for an agent this one holds.

@@ -346,19 +346,6 @@ impl Peers {
         });
     }
 
-    /// Wakes the cluster engine wherever it runs: there is work (a change through this
-    /// replica's API, an agent's report to it).
-    pub fn wake_others(self: &Arc<Self>) {
-        for url in self.others() {
-            let peers = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = peers.post_json(&url, "/wake", &()).await {
-                    tracing::debug!(%url, error = %format!("{e:#}"), "could not wake a replica's engine");
-                }
-            });
-        }
-    }
-
     /// Revokes `node`'s live identity on the replica at `url`.
     pub fn revoke(self: &Arc<Self>, url: String, node: NodeId) {
         let peers = self.clone();

@@ -10,7 +10,38 @@ on_both_backends!(
     sessions_name_the_replica_that_holds_each_agent,
     other_replicas_hear_of_each_session_change_as_it_commits,
     one_replica_leads_until_it_lets_go,
+    the_engine_hears_each_wake_up_another_replica_sends,
 );
+
+/// A replica that took a change wakes the engine wherever it runs, through the database.
+async fn the_engine_hears_each_wake_up_another_replica_sends(db: TestDb) {
+    let Some(mut wakes) = db.engine_wakes().await.unwrap() else {
+        assert_eq!(
+            db.backend(),
+            Backend::Sqlite,
+            "PostgreSQL has notifications"
+        );
+        // One controller alone on its file: nothing to send.
+        db.wake_engine().await.unwrap();
+        return;
+    };
+    let quiet = std::time::Duration::from_millis(300);
+    assert!(
+        tokio::time::timeout(quiet, wakes.next()).await.is_err(),
+        "no wake-up before one is sent"
+    );
+    for _ in 0..2 {
+        db.wake_engine().await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), wakes.next())
+            .await
+            .expect("the wake-up within 10 s")
+            .unwrap();
+    }
+    assert!(
+        tokio::time::timeout(quiet, wakes.next()).await.is_err(),
+        "one per wake-up"
+    );
+}
 
 async fn sessions_name_the_replica_that_holds_each_agent(db: TestDb) {
     let now = OffsetDateTime::now_utc();
