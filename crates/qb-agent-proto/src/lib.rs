@@ -21,6 +21,7 @@ pub mod etcd;
 pub mod kube;
 pub mod plan;
 pub mod preflight;
+pub mod values;
 
 use qb_api::{Labels, NodeFacts, NodeId, NodeState, TenantId};
 use serde::{Deserialize, Serialize};

@@ -16,6 +16,8 @@ use qb_api::{ClusterId, NodeId};
 pub use qb_api::{PlanReport, PlanState, PortSpec, Protocol, ServiceReport, StepReport, StepState};
 use serde::{Deserialize, Serialize};
 
+pub use crate::values::{HostPath, ServiceName, Sha256Hex};
+
 /// `GET`: the node's current [`SignedPlan`] (404 while it has none).
 pub const PLAN_PATH: &str = "/agent/v1/plan";
 /// `GET {ARTIFACTS_PATH}/{sha256}`: an artifact's bytes, if a bundle of the node's tenant has it.
@@ -48,7 +50,7 @@ pub struct Plan {
     pub services: Vec<Service>,
     /// Directories holding the cluster's state on this node (etcd data, ...), removed when the
     /// node leaves its cluster.
-    pub state_dirs: Vec<String>,
+    pub state_dirs: Vec<HostPath>,
     /// Routes to the other nodes' pod subnets through their hosts (flannel's host-gw way). The
     /// agent keeps exactly these: routes it added that a plan no longer has are removed.
     #[serde(default)]
@@ -56,7 +58,7 @@ pub struct Plan {
     /// Cgroups the services need to exist (kubelet's `cgroupRoot`), as paths from the root of
     /// every cgroup hierarchy; created before the services start.
     #[serde(default)]
-    pub cgroups: Vec<String>,
+    pub cgroups: Vec<HostPath>,
     /// Local endpoints the controller may reach through the agent's tunnel, by name (e.g.
     /// [`KUBE_APISERVER_ENDPOINT`] → `127.0.0.1:6443`). The agent dials nothing else.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -86,7 +88,7 @@ pub const KUBE_APISERVER_ENDPOINT: &str = "kube-apiserver";
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// A CIDR, e.g. `10.244.3.0/24`.
-    pub destination: String,
+    pub destination: ipnet::IpNet,
     pub via: std::net::IpAddr,
 }
 
@@ -96,19 +98,18 @@ pub struct Route {
 pub struct Artifact {
     /// The bundle's name for it, e.g. `etcd`.
     pub name: String,
-    /// Lowercase hex SHA-256 of the content.
-    pub sha256: String,
+    /// SHA-256 of the content.
+    pub sha256: Sha256Hex,
     pub size: u64,
-    /// Absolute path to install it at.
-    pub path: String,
+    /// Where to install it.
+    pub path: HostPath,
     pub mode: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanFile {
-    /// Absolute path.
-    pub path: String,
+    pub path: HostPath,
     /// Secret, as many plan files hold keys: `Debug` shows only its length.
     pub content: qb_api::Secret,
     pub mode: u32,
@@ -129,8 +130,8 @@ pub struct Owner {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
-    /// Short name, `[a-z0-9-]+`, e.g. `etcd`; names its log file and step.
-    pub name: String,
+    /// E.g. `etcd`; names its log file and step.
+    pub name: ServiceName,
     /// Program (absolute path) and arguments.
     pub command: Vec<String>,
     #[serde(default)]
@@ -145,12 +146,12 @@ pub struct Service {
     pub ports: Vec<PortSpec>,
     /// Paths of files and artifacts the service reads: when one changes, the service restarts.
     #[serde(default)]
-    pub inputs: Vec<String>,
+    pub inputs: Vec<HostPath>,
     /// Directories holding this service's own state (etcd's data): removed when the service
     /// leaves the plan, so that it starts from nothing if a later plan has it again (a master
     /// demoted and promoted again joins etcd as a new member).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub data_dirs: Vec<String>,
+    pub data_dirs: Vec<HostPath>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,20 +27,20 @@ use std::fs::{File, OpenOptions, Permissions};
 use std::future::Future;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use qb_agent_proto::plan::{
-    Artifact, Owner, Plan, PlanFile, PlanReport, PlanState, RestartPolicy, Service, StepReport,
-    StepState,
+    Artifact, HostPath, Owner, Plan, PlanFile, PlanReport, PlanState, RestartPolicy, Service,
+    StepReport, StepState,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::balancer::Balancer;
-use crate::supervise::{Change, SuperviseError, Supervisor, check_name, error_chain};
+use crate::supervise::{Change, SuperviseError, Supervisor, error_chain};
 
 /// How long a service may take to pass its probe before the step fails.
 const READINESS_TIMEOUT: Duration = Duration::from_secs(120);
@@ -400,8 +400,8 @@ impl Run<'_, '_> {
         let dirs = installed.state_dirs.len();
         let mounts = mount_points()?;
         for dir in &self.plan.state_dirs {
-            if installed.state_dirs.insert(dir.clone()) && mounts.contains(Path::new(dir)) {
-                installed.premounted_dirs.insert(dir.clone());
+            if installed.state_dirs.insert(dir.to_string()) && mounts.contains(Path::new(dir)) {
+                installed.premounted_dirs.insert(dir.to_string());
             }
         }
         if installed.state_dirs.len() != dirs {
@@ -426,16 +426,21 @@ impl Run<'_, '_> {
             let cached = self.cached(artifact, source).await?;
             // Recorded before it is written: a crash in between leaves nothing unaccounted for.
             self.ledger.installed.artifacts.insert(
-                artifact.path.clone(),
+                artifact.path.to_string(),
                 InstalledArtifact {
-                    sha256: artifact.sha256.clone(),
+                    sha256: artifact.sha256.to_string(),
                     stamp: None,
                 },
             );
             self.ledger.save()?;
             let owned = artifact.clone();
             let stamp = blocking(move || install_copy(&owned, &cached)).await?;
-            if let Some(entry) = self.ledger.installed.artifacts.get_mut(&artifact.path) {
+            if let Some(entry) = self
+                .ledger
+                .installed
+                .artifacts
+                .get_mut(artifact.path.as_str())
+            {
                 entry.stamp = Some(stamp);
             }
             self.ledger.save()?;
@@ -458,19 +463,21 @@ impl Run<'_, '_> {
         let Some(stamp) = Stamp::of(&path)? else {
             return Ok(false);
         };
-        let entry = self.ledger.installed.artifacts.get(&artifact.path);
-        if entry.is_some_and(|e| e.sha256 == artifact.sha256 && e.stamp.as_ref() == Some(&stamp)) {
+        let entry = self.ledger.installed.artifacts.get(artifact.path.as_str());
+        if entry.is_some_and(|e| {
+            e.sha256 == artifact.sha256.as_str() && e.stamp.as_ref() == Some(&stamp)
+        }) {
             return Ok(stamp.mode == artifact.mode);
         }
         if stamp.size != artifact.size || stamp.mode != artifact.mode {
             return Ok(false);
         }
         let (sha256, _) = blocking(move || hash_file(&path)).await?;
-        if sha256 != artifact.sha256 {
+        if sha256 != artifact.sha256.as_str() {
             return Ok(false);
         }
         self.ledger.installed.artifacts.insert(
-            artifact.path.clone(),
+            artifact.path.to_string(),
             InstalledArtifact {
                 sha256,
                 stamp: Some(stamp),
@@ -517,10 +524,10 @@ impl Run<'_, '_> {
         }
         let verify = partial.clone();
         let (got, size) = blocking(move || hash_file(&verify)).await?;
-        let mismatch = if got != artifact.sha256 {
+        let mismatch = if got != artifact.sha256.as_str() {
             Some(StepError::Checksum {
                 name: artifact.name.clone(),
-                expected: artifact.sha256.clone(),
+                expected: artifact.sha256.to_string(),
                 got,
             })
         } else if size != artifact.size {
@@ -586,14 +593,14 @@ impl Run<'_, '_> {
                 let file = file.clone();
                 blocking(move || file_in_place(&file)).await?
             };
-            let known = self.ledger.installed.files.get(&file.path);
+            let known = self.ledger.installed.files.get(file.path.as_str());
             if in_place && known.is_some_and(|k| k.sha256 == sha256) {
                 continue;
             }
             self.ledger
                 .installed
                 .files
-                .insert(file.path.clone(), InstalledFile { sha256 });
+                .insert(file.path.to_string(), InstalledFile { sha256 });
             self.ledger.save()?;
             if !in_place {
                 let owned = file.clone();
@@ -615,20 +622,20 @@ impl Run<'_, '_> {
                 .ledger
                 .installed
                 .service_data
-                .entry(service.name.clone())
+                .entry(service.name.to_string())
                 .or_default();
             let before = dirs.len();
-            dirs.extend(service.data_dirs.iter().cloned());
+            dirs.extend(service.data_dirs.iter().map(ToString::to_string));
             if dirs.len() != before {
                 self.ledger.save()?;
             }
         }
         let fingerprint = fingerprint(service, self.plan);
-        if self.ledger.installed.services.get(&service.name) != Some(&fingerprint) {
+        if self.ledger.installed.services.get(service.name.as_str()) != Some(&fingerprint) {
             self.ledger
                 .installed
                 .services
-                .insert(service.name.clone(), fingerprint.clone());
+                .insert(service.name.to_string(), fingerprint.clone());
             self.ledger.save()?;
         }
         let change = self.supervisor().ensure(service, &fingerprint).await?;
@@ -647,18 +654,18 @@ impl Run<'_, '_> {
     async fn cgroups(&mut self) -> Result<String, StepError> {
         // Remembered before they exist, so a wipe finds them whatever happens next.
         let known = &mut self.ledger.installed.cgroups;
-        if !self.plan.cgroups.iter().all(|c| known.contains(c)) {
-            known.extend(self.plan.cgroups.iter().cloned());
+        if !self.plan.cgroups.iter().all(|c| known.contains(c.as_str())) {
+            known.extend(self.plan.cgroups.iter().map(ToString::to_string));
             self.ledger.save()?;
         }
-        let cgroups = self.plan.cgroups.clone();
+        let cgroups: Vec<String> = self.plan.cgroups.iter().map(ToString::to_string).collect();
         blocking(move || Ok(qb_host::cgroups::ensure(&cgroups)?)).await
     }
 
     /// Runs a task unless it already ran to completion with this definition and these inputs.
     async fn task(&mut self, task: &Service) -> Result<String, StepError> {
         let fingerprint = fingerprint(task, self.plan);
-        if self.ledger.installed.tasks.get(&task.name) == Some(&fingerprint) {
+        if self.ledger.installed.tasks.get(task.name.as_str()) == Some(&fingerprint) {
             return Ok("done earlier".to_owned());
         }
         self.supervisor()
@@ -667,7 +674,7 @@ impl Run<'_, '_> {
         self.ledger
             .installed
             .tasks
-            .insert(task.name.clone(), fingerprint);
+            .insert(task.name.to_string(), fingerprint);
         self.ledger.save()?;
         Ok("done".to_owned())
     }
@@ -727,7 +734,8 @@ impl Run<'_, '_> {
                     .installed
                     .state_dirs
                     .iter()
-                    .chain(&self.plan.state_dirs),
+                    .map(String::as_str)
+                    .chain(self.plan.state_dirs.iter().map(HostPath::as_str)),
             );
             let network = crate::pod_network::teardown(&sandboxes).await?;
             tracing::info!(%network, "pod network taken down");
@@ -736,7 +744,7 @@ impl Run<'_, '_> {
         self.ledger.installed.tasks.clear();
         self.ledger.save()?;
         let mut dirs = self.ledger.installed.state_dirs.clone();
-        dirs.extend(self.plan.state_dirs.iter().cloned());
+        dirs.extend(self.plan.state_dirs.iter().map(ToString::to_string));
         dirs.extend(
             self.ledger
                 .installed
@@ -985,7 +993,7 @@ fn fingerprint(service: &Service, plan: &Plan) -> String {
             .artifacts
             .iter()
             .find(|a| &a.path == input)
-            .map(|a| a.sha256.clone())
+            .map(|a| a.sha256.to_string())
             .or_else(|| {
                 plan.files
                     .iter()
@@ -1013,36 +1021,20 @@ fn validate(plan: &Plan) -> Result<(), ApplyError> {
     {
         return invalid("a plan without a cluster cannot install anything".to_owned());
     }
+    // Paths, digests and names were checked when the plan decoded (`qb_agent_proto::values`).
     let mut paths = BTreeSet::new();
-    for artifact in &plan.artifacts {
-        check_path(&artifact.path)?;
-        let hex = artifact.sha256.len() == 64
-            && artifact
-                .sha256
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !hex {
-            return invalid(format!(
-                "artifact {}: {:?} is not a lowercase hex SHA-256",
-                artifact.name, artifact.sha256
-            ));
+    for path in plan
+        .artifacts
+        .iter()
+        .map(|a| &a.path)
+        .chain(plan.files.iter().map(|f| &f.path))
+    {
+        if !paths.insert(path.as_str()) {
+            return invalid(format!("{path} is installed twice"));
         }
-        if !paths.insert(artifact.path.as_str()) {
-            return invalid(format!("{} is installed twice", artifact.path));
-        }
-    }
-    for file in &plan.files {
-        check_path(&file.path)?;
-        if !paths.insert(file.path.as_str()) {
-            return invalid(format!("{} is installed twice", file.path));
-        }
-    }
-    for dir in &plan.state_dirs {
-        check_path(dir)?;
     }
     let mut names = BTreeSet::new();
     for service in &plan.services {
-        check_name(&service.name).map_err(|e| ApplyError::Invalid(e.to_string()))?;
         if !names.insert(service.name.as_str()) {
             return invalid(format!("service {} is declared twice", service.name));
         }
@@ -1050,26 +1042,15 @@ fn validate(plan: &Plan) -> Result<(), ApplyError> {
             Some(program) => check_path(program)?,
             None => return invalid(format!("service {} has no command", service.name)),
         }
-        for path in service.inputs.iter().chain(&service.data_dirs) {
-            check_path(path)?;
-        }
     }
     Ok(())
 }
 
-/// An absolute path below `/`, without `..`.
+/// A program: an absolute path below `/`, without `..`.
 fn check_path(path: &str) -> Result<(), ApplyError> {
-    let p = Path::new(path);
-    let fine = p.is_absolute()
-        && p.components().all(|c| c != Component::ParentDir)
-        && p.components().any(|c| matches!(c, Component::Normal(_)));
-    if fine {
-        Ok(())
-    } else {
-        Err(ApplyError::Invalid(format!(
-            "{path:?} must be an absolute path below / without \"..\""
-        )))
-    }
+    HostPath::try_from(path)
+        .map(drop)
+        .map_err(|e| ApplyError::Invalid(e.to_string()))
 }
 
 /// Runs file work off the async threads (hashing hundreds of megabytes takes a while).
@@ -1155,7 +1136,7 @@ fn install_copy(artifact: &Artifact, cached: &Path) -> Result<Stamp, StepError> 
             temp.write_all(&buffer[..n])?;
         }
         let sha256 = hex::encode(hash.finalize());
-        if sha256 == artifact.sha256 {
+        if sha256 == artifact.sha256.as_str() {
             return Ok(());
         }
         got = Some(sha256);
@@ -1165,7 +1146,7 @@ fn install_copy(artifact: &Artifact, cached: &Path) -> Result<Stamp, StepError> 
         remove_path(cached)?;
         return Err(StepError::Checksum {
             name: artifact.name.clone(),
-            expected: artifact.sha256.clone(),
+            expected: artifact.sha256.to_string(),
             got,
         });
     }
@@ -1347,9 +1328,9 @@ mod tests {
             self.blobs.insert(sha256.clone(), content.to_vec());
             Artifact {
                 name: name.to_owned(),
-                sha256,
+                sha256: sha256.parse().unwrap(),
                 size: content.len() as u64,
-                path: path.to_str().unwrap().to_owned(),
+                path: path.to_str().unwrap().parse().unwrap(),
                 mode,
             }
         }
@@ -1465,7 +1446,7 @@ mod tests {
 
     fn file(path: String, content: &str) -> PlanFile {
         PlanFile {
-            path,
+            path: path.parse().unwrap(),
             content: content.into(),
             mode: 0o640,
             owner: owner(),
@@ -1474,13 +1455,13 @@ mod tests {
 
     fn service(name: &str, command: Vec<String>, inputs: Vec<String>) -> Service {
         Service {
-            name: name.to_owned(),
+            name: name.parse().unwrap(),
             command,
             env: BTreeMap::new(),
             restart: RestartPolicy::Always,
             probe: None,
             ports: Vec::new(),
-            inputs,
+            inputs: inputs.iter().map(|i| i.parse().unwrap()).collect(),
             data_dirs: Vec::new(),
         }
     }
@@ -1545,7 +1526,7 @@ mod tests {
                 file(host.text("etc/deep/down/extra.conf"), "nested\n"),
             ],
             services: vec![server_service, worker],
-            state_dirs: vec![data],
+            state_dirs: vec![data.parse().unwrap()],
             ..Plan::default()
         };
         (plan, port)
@@ -1872,7 +1853,11 @@ mod tests {
         }
         // The wipe keeps the verified artifacts (a re-attach need not download them), but no
         // partial download.
-        let mut kept: Vec<String> = plan.artifacts.iter().map(|a| a.sha256.clone()).collect();
+        let mut kept: Vec<String> = plan
+            .artifacts
+            .iter()
+            .map(|a| a.sha256.to_string())
+            .collect();
         kept.sort();
         let mut cached = host.cache_entries();
         cached.sort();
@@ -1916,7 +1901,7 @@ mod tests {
             ],
             Vec::new(),
         );
-        member.data_dirs = vec![data.clone()];
+        member.data_dirs = vec![data.parse().unwrap()];
         plan.services.push(member);
         let (supervisor, applier) = host.agent();
         let report = watch::Sender::new(PlanReport::default());
@@ -2107,7 +2092,7 @@ mod tests {
         let host = Host::new();
         let mut source = Source::default();
         let (plan, _) = plan(&host, &mut source).await;
-        let content = &source.blobs[&plan.artifacts[0].sha256];
+        let content = &source.blobs[plan.artifacts[0].sha256.as_str()];
         let half: &'static [u8] = content[..content.len() / 2].to_vec().leak();
         let (supervisor, applier) = host.agent();
         let report = watch::Sender::new(PlanReport::default());
@@ -2127,7 +2112,7 @@ mod tests {
         );
         assert_eq!(
             host.cache_entries(),
-            [plan.artifacts[0].sha256.clone()],
+            [plan.artifacts[0].sha256.to_string()],
             "the partial download became the artifact"
         );
         stop_all(&supervisor).await;
@@ -2164,7 +2149,7 @@ mod tests {
 
         applier.apply(&plan, &source, &report).await.unwrap();
         assert_eq!(*source.offsets.lock().unwrap(), [garbage.len() as u64, 0]);
-        assert_eq!(host.cache_entries(), [plan.artifacts[0].sha256.clone()]);
+        assert_eq!(host.cache_entries(), [plan.artifacts[0].sha256.to_string()]);
         stop_all(&supervisor).await;
     }
 
@@ -2189,7 +2174,7 @@ mod tests {
             Some("1 installed, 0 unchanged, 0 removed")
         );
         let sha = hex::encode(Sha256::digest(std::fs::read(&installed).unwrap()));
-        assert_eq!(sha, plan.artifacts[0].sha256);
+        assert_eq!(plan.artifacts[0].sha256, sha);
         assert_eq!(source.fetches(), 1, "reinstalled from the cache");
         assert_eq!(
             pid(&supervisor, "server"),
@@ -2203,7 +2188,7 @@ mod tests {
             .root
             .path()
             .join("agent/cache")
-            .join(&plan.artifacts[0].sha256);
+            .join(plan.artifacts[0].sha256.as_str());
         let mut damaged = std::fs::read(&cached).unwrap();
         damaged[0] ^= 1;
         std::fs::write(&cached, &damaged).unwrap();
@@ -2223,7 +2208,7 @@ mod tests {
         applier.apply(&plan, &source, &report).await.unwrap();
         assert_eq!(source.fetches(), 2);
         let sha = hex::encode(Sha256::digest(std::fs::read(&installed).unwrap()));
-        assert_eq!(sha, plan.artifacts[0].sha256);
+        assert_eq!(plan.artifacts[0].sha256, sha);
         stop_all(&supervisor).await;
     }
 
@@ -2234,19 +2219,26 @@ mod tests {
         let (plan, _) = plan(&host, &mut source).await;
         let (supervisor, applier) = host.agent();
         let report = watch::Sender::new(PlanReport::default());
-        type Breakage = Box<dyn Fn(&mut Plan)>;
-        let cases: Vec<(&str, Breakage)> = vec![
-            ("relative", Box::new(|p| p.files[0].path = "etc/x".into())),
+        // What no plan can even say: it does not decode.
+        let json = serde_json::to_value(&plan).unwrap();
+        let undecodable: [(&str, &str, serde_json::Value); 5] = [
+            ("relative", "/files/0/path", "etc/x".into()),
             (
                 "dot-dot",
-                Box::new(|p| p.files[0].path = "/etc/qb/../../etc/shadow".into()),
+                "/files/0/path",
+                "/etc/qb/../../etc/shadow".into(),
             ),
-            ("root", Box::new(|p| p.state_dirs.push("/".into()))),
-            (
-                "checksum",
-                Box::new(|p| p.artifacts[0].sha256 = "../../etc/passwd".into()),
-            ),
-            ("name", Box::new(|p| p.services[0].name = "../x".into())),
+            ("root", "/state_dirs", serde_json::json!(["/"])),
+            ("checksum", "/artifacts/0/sha256", "../../etc/passwd".into()),
+            ("name", "/services/0/name", "../x".into()),
+        ];
+        for (case, pointer, value) in undecodable {
+            let mut bad = json.clone();
+            *bad.pointer_mut(pointer).unwrap() = value;
+            assert!(serde_json::from_value::<Plan>(bad).is_err(), "{case}");
+        }
+        type Breakage = Box<dyn Fn(&mut Plan)>;
+        let cases: Vec<(&str, Breakage)> = vec![
             (
                 "twice",
                 Box::new(|p| p.files[1].path = p.files[0].path.clone()),

@@ -42,7 +42,7 @@ pub enum TeardownError {
 
 /// The pod sandboxes of the container runtimes whose roots are among `state_dirs` (containerd
 /// keeps one directory per sandbox, named by its id): the CNI caches results under their ids.
-pub fn sandbox_ids<'d>(state_dirs: impl IntoIterator<Item = &'d String>) -> BTreeSet<String> {
+pub fn sandbox_ids<'d>(state_dirs: impl IntoIterator<Item = &'d str>) -> BTreeSet<String> {
     state_dirs
         .into_iter()
         .flat_map(|d| {
@@ -351,7 +351,7 @@ COMMIT
         std::fs::create_dir_all(dir.join("5678")).unwrap();
         let dirs = [root.path().display().to_string(), "/nonexistent".to_owned()];
         assert_eq!(
-            sandbox_ids(&dirs),
+            sandbox_ids(dirs.iter().map(String::as_str)),
             BTreeSet::from(["1234".to_owned(), "5678".to_owned()])
         );
     }

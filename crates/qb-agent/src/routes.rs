@@ -15,7 +15,7 @@ const PROTO: &str = "196";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
-    #[error("invalid route destination {0:?}: expected a CIDR such as 10.244.3.0/24")]
+    #[error("the route to {0} goes through a gateway of the other address family")]
     Invalid(String),
     #[error("`ip {args}` failed: {stderr}")]
     Ip { args: String, stderr: String },
@@ -38,7 +38,7 @@ pub async fn converge(wanted: &[Route]) -> Result<String, RouteError> {
     let present = list().await?;
     let wanted_keys: BTreeSet<(String, String)> = wanted
         .iter()
-        .map(|r| (r.destination.clone(), r.via.to_string()))
+        .map(|r| (r.destination.to_string(), r.via.to_string()))
         .collect();
     let mut removed = 0;
     for (destination, via) in &present {
@@ -54,20 +54,13 @@ pub async fn converge(wanted: &[Route]) -> Result<String, RouteError> {
     }
     let mut added = 0;
     for route in wanted {
-        let key = (route.destination.clone(), route.via.to_string());
+        let key = (route.destination.to_string(), route.via.to_string());
         if present.contains(&key) {
             continue;
         }
         let family = if route.via.is_ipv6() { "-6" } else { "-4" };
         ip(&[
-            family,
-            "route",
-            "replace",
-            &route.destination,
-            "via",
-            &key.1,
-            "proto",
-            PROTO,
+            family, "route", "replace", &key.0, "via", &key.1, "proto", PROTO,
         ])
         .await?;
         added += 1;
@@ -81,16 +74,19 @@ pub async fn converge(wanted: &[Route]) -> Result<String, RouteError> {
     ))
 }
 
+/// A route's destination and gateway are of one address family (each is well-formed once
+/// decoded).
 fn validate(route: &Route) -> Result<(), RouteError> {
-    let invalid = || RouteError::Invalid(route.destination.clone());
-    let (address, prefix) = route.destination.split_once('/').ok_or_else(invalid)?;
-    let address: std::net::IpAddr = address.parse().map_err(|_| invalid())?;
-    let prefix: u8 = prefix.parse().map_err(|_| invalid())?;
-    let max = if address.is_ipv4() { 32 } else { 128 };
-    if prefix > max || address.is_ipv4() != route.via.is_ipv4() {
-        return Err(invalid());
+    let same_family = matches!(
+        (route.destination, route.via),
+        (ipnet::IpNet::V4(_), std::net::IpAddr::V4(_))
+            | (ipnet::IpNet::V6(_), std::net::IpAddr::V6(_))
+    );
+    if same_family {
+        Ok(())
+    } else {
+        Err(RouteError::Invalid(route.destination.to_string()))
     }
-    Ok(())
 }
 
 /// The agent's routes on the host, as (destination, gateway).
@@ -143,31 +139,32 @@ async fn ip(args: &[&str]) -> Result<String, RouteError> {
 mod tests {
     use super::*;
 
-    fn route(destination: &str, via: &str) -> Route {
-        Route {
-            destination: destination.to_owned(),
-            via: via.parse().unwrap(),
-        }
+    /// A route as a plan carries it, decoded.
+    fn route(destination: &str, via: &str) -> Result<Route, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({"destination": destination, "via": via}))
     }
 
     #[test]
     fn only_cidrs_of_the_gateways_family_are_routes() {
-        validate(&route("10.244.3.0/24", "10.0.0.3")).unwrap();
-        validate(&route("fd00:244::/64", "fd00::3")).unwrap();
-        for (destination, via) in [
-            ("10.244.3.0", "10.0.0.3"),
-            ("10.244.3.0/33", "10.0.0.3"),
-            ("default", "10.0.0.3"),
-            ("10.244.3.0/24", "fd00::3"),
-            ("10.244.3.0/24; reboot", "10.0.0.3"),
-        ] {
+        validate(&route("10.244.3.0/24", "10.0.0.3").unwrap()).unwrap();
+        validate(&route("fd00:244::/64", "fd00::3").unwrap()).unwrap();
+        for (destination, via) in [("10.244.3.0/24", "fd00::3"), ("fd00:244::/64", "10.0.0.3")] {
             assert!(
                 matches!(
-                    validate(&route(destination, via)),
+                    validate(&route(destination, via).unwrap()),
                     Err(RouteError::Invalid(_))
                 ),
                 "{destination} via {via}"
             );
+        }
+        // What is no CIDR does not even decode.
+        for destination in [
+            "10.244.3.0",
+            "10.244.3.0/33",
+            "default",
+            "10.244.3.0/24; reboot",
+        ] {
+            assert!(route(destination, "10.0.0.3").is_err(), "{destination}");
         }
     }
 }

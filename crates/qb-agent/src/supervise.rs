@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use qb_agent_proto::plan::{Probe, RestartPolicy, Service, ServiceReport};
+use qb_agent_proto::plan::{Probe, RestartPolicy, Service, ServiceName, ServiceReport};
 use qb_host::process::ProcStat;
 use rustix::process::{Pid, PidfdFlags, Signal};
 use serde::{Deserialize, Serialize};
@@ -215,7 +215,6 @@ impl Supervisor {
     /// left going (it stopped mid-task) ends first, so that the task never runs twice at once;
     /// how that run ended is unknown, so the task runs again.
     pub async fn run_task(&self, task: &Service, timeout: Duration) -> Result<(), SuperviseError> {
-        check_name(&task.name)?;
         let record = self.shared.dirs.records.join(format!("{}.task", task.name));
         if let Some(mut earlier) = std::fs::read(&record)
             .ok()
@@ -254,7 +253,7 @@ impl Supervisor {
         let Ok(exit) = tokio::time::timeout(timeout, process.exited()).await else {
             terminate(process, self.shared.settings.stop_timeout).await;
             return Err(SuperviseError::TaskTimeout {
-                name: task.name.clone(),
+                name: task.name.to_string(),
                 waited: timeout,
             });
         };
@@ -267,7 +266,7 @@ impl Supervisor {
             .unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(3).collect();
         Err(SuperviseError::TaskFailed {
-            name: task.name.clone(),
+            name: task.name.to_string(),
             exit: exit.description,
             log_tail: tail.into_iter().rev().collect::<Vec<_>>().join(" | "),
         })
@@ -359,9 +358,9 @@ impl Supervisor {
         validate(service)?;
         let old = {
             let mut services = self.shared.lock();
-            match services.get(&service.name) {
+            match services.get(service.name.as_str()) {
                 Some(entry) if entry.fingerprint == fingerprint => return Ok(Change::Unchanged),
-                Some(_) => services.remove(&service.name),
+                Some(_) => services.remove(service.name.as_str()),
                 None => None,
             }
         };
@@ -447,7 +446,7 @@ impl Supervisor {
             .lock()
             .values()
             .map(|entry| ServiceReport {
-                name: entry.service.name.clone(),
+                name: entry.service.name.to_string(),
                 running: entry.status.running,
                 healthy: entry.status.healthy,
                 restarts: entry.status.restarts,
@@ -519,7 +518,7 @@ impl Supervisor {
         let probe = service.probe.clone();
         // The entry exists before its tasks run, so none of their updates is lost.
         self.shared.lock().insert(
-            name.clone(),
+            name.to_string(),
             Entry {
                 id,
                 service: service.clone(),
@@ -541,8 +540,13 @@ impl Supervisor {
             process,
             stop_rx,
         ));
-        let checker = tokio::spawn(checker(self.shared.clone(), name.clone(), id, probe));
-        if let Some(entry) = self.shared.lock().get_mut(&name).filter(|e| e.id == id) {
+        let checker = tokio::spawn(checker(self.shared.clone(), name.to_string(), id, probe));
+        if let Some(entry) = self
+            .shared
+            .lock()
+            .get_mut(name.as_str())
+            .filter(|e| e.id == id)
+        {
             entry.monitor = Some(monitor);
             entry.checker = Some(checker);
         }
@@ -940,9 +944,9 @@ fn spawn(
     let (program, args) = service
         .command
         .split_first()
-        .ok_or_else(|| SuperviseError::BadCommand(service.name.clone()))?;
+        .ok_or_else(|| SuperviseError::BadCommand(service.name.to_string()))?;
     let spawn_error = |source| SuperviseError::Spawn {
-        name: service.name.clone(),
+        name: service.name.to_string(),
         program: program.clone(),
         source,
     };
@@ -951,7 +955,7 @@ fn spawn(
     let (gate, release) = std::io::pipe().map_err(spawn_error)?;
     let child = tokio::process::Command::new("/bin/sh")
         .args(["-c", r#"read -r go || exit 125; exec "$@" </dev/null"#])
-        .arg(&service.name)
+        .arg(service.name.as_str())
         .arg(program)
         .args(args)
         .env_clear()
@@ -1045,24 +1049,18 @@ fn record_name(path: &Path) -> Option<String> {
     Some(name.to_owned())
 }
 
-/// Names become file names: only `[a-z0-9-]+`.
-pub(crate) fn check_name(name: &str) -> Result<(), SuperviseError> {
-    if !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        Ok(())
-    } else {
-        Err(SuperviseError::InvalidName(name.to_owned()))
-    }
+/// Names become file names: a name read from a file or given as text must be a service's
+/// (`ServiceName`).
+fn check_name(name: &str) -> Result<(), SuperviseError> {
+    ServiceName::try_from(name)
+        .map(drop)
+        .map_err(|_| SuperviseError::InvalidName(name.to_owned()))
 }
 
 fn validate(service: &Service) -> Result<(), SuperviseError> {
-    check_name(&service.name)?;
     match service.command.first() {
         Some(program) if program.starts_with('/') => Ok(()),
-        _ => Err(SuperviseError::BadCommand(service.name.clone())),
+        _ => Err(SuperviseError::BadCommand(service.name.to_string())),
     }
 }
 
@@ -1148,7 +1146,7 @@ mod tests {
 
     fn sh(name: &str, script: &str) -> Service {
         Service {
-            name: name.to_owned(),
+            name: name.parse().unwrap(),
             command: vec!["/bin/sh".into(), "-c".into(), script.into()],
             env: BTreeMap::new(),
             restart: RestartPolicy::Always,
@@ -1397,10 +1395,10 @@ mod tests {
         until_dead(first).await;
         supervisor.stop("web").await.unwrap();
 
-        let mut bad = service.clone();
-        bad.name = "../etc".into();
+        // A name that is no file name is not a service's name at all; given as text, refused.
+        assert!("../etc".parse::<ServiceName>().is_err());
         assert!(matches!(
-            supervisor.ensure(&bad, "v1").await,
+            supervisor.remove_logs("../etc"),
             Err(SuperviseError::InvalidName(_))
         ));
         let mut relative = service;

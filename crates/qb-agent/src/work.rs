@@ -326,7 +326,7 @@ impl Work {
             .map(|p| {
                 p.services
                     .iter()
-                    .filter(|s| running.contains(&s.name))
+                    .filter(|s| running.iter().any(|r| s.name == *r))
                     .flat_map(|s| s.ports.iter().copied())
                     .collect()
             })

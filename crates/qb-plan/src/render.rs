@@ -39,8 +39,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use qb_agent_proto::plan::{
-    ApiBalancer, Artifact, KUBE_APISERVER_ENDPOINT, Owner, Plan, PlanFile, PortSpec, Probe,
-    RestartPolicy, Route, Service,
+    ApiBalancer, Artifact, HostPath, KUBE_APISERVER_ENDPOINT, Owner, Plan, PlanFile, PortSpec,
+    Probe, RestartPolicy, Route, Service, ServiceName, Sha256Hex,
 };
 use qb_api::{
     BundleManifest, Cidr, ClusterId, KubernetesVersion, Labels, NodeFacts, NodeId, NodeName,
@@ -791,9 +791,10 @@ impl Parts {
             name.to_owned(),
             Artifact {
                 name: name.to_owned(),
-                sha256: shipped.sha256.clone(),
+                sha256: Sha256Hex::try_from(shipped.sha256.as_str())
+                    .expect("bundles are checked on import: their digests are hex"),
                 size: shipped.size,
-                path: path.clone(),
+                path: host_path(&path),
                 mode,
             },
         );
@@ -805,7 +806,7 @@ impl Parts {
         self.files.insert(
             path.to_owned(),
             PlanFile {
-                path: path.to_owned(),
+                path: host_path(path),
                 content: content.into(),
                 mode,
                 owner: Owner::default(),
@@ -854,9 +855,9 @@ impl Parts {
             services: self.services,
             // All of them on every node: a node that stopped being a master still has etcd's
             // data, and wiping a directory that does not exist costs nothing.
-            state_dirs: paths::STATE_DIRS.iter().map(|d| (*d).to_owned()).collect(),
+            state_dirs: paths::STATE_DIRS.iter().map(|d| host_path(d)).collect(),
             routes: self.routes,
-            cgroups: self.cgroups,
+            cgroups: self.cgroups.iter().map(|c| host_path(c)).collect(),
             endpoints: self.endpoints,
             api_balancer: self.api_balancer,
         }
@@ -894,15 +895,27 @@ fn service(
     inputs: Vec<String>,
 ) -> Service {
     Service {
-        name: name.to_owned(),
+        name: service_name(name),
         command: command.0,
         env: BTreeMap::new(),
         restart: RestartPolicy::Always,
         probe,
         ports,
-        inputs,
+        inputs: inputs.iter().map(|i| host_path(i)).collect(),
         data_dirs: Vec::new(),
     }
+}
+
+/// A path of the plan. The renderer makes paths only from `paths` and from artifact names a
+/// bundle's import checked (`[a-z0-9-]`), so each is absolute and free of `..`.
+fn host_path(path: &str) -> HostPath {
+    HostPath::try_from(path).expect("the renderer's paths are absolute, without ..")
+}
+
+/// A service's name: the renderer's own, or `import-` and an image name a bundle's import
+/// checked (`[a-z0-9-]`, at most 46 characters).
+fn service_name(name: &str) -> ServiceName {
+    ServiceName::try_from(name).expect("the renderer's service names are [a-z0-9-]")
 }
 
 /// etcd, on masters: TLS for clients and peers, client certificates required on both.
@@ -967,7 +980,7 @@ fn etcd(ctx: &Context, parts: &mut Parts) -> Result<(), RenderError> {
     // A member's data is its identity in etcd: a master demoted (its member removed) and
     // promoted again must join as a new member, from nothing.
     parts.services.push(Service {
-        data_dirs: vec![paths::ETCD_DATA_DIR.to_owned()],
+        data_dirs: vec![host_path(paths::ETCD_DATA_DIR)],
         ..service(
             "etcd",
             command,
@@ -1311,13 +1324,13 @@ fn import_images(ctx: &Context, parts: &mut Parts) {
             image.clone(),
         ];
         parts.services.push(Service {
-            name: format!("import-{name}"),
+            name: service_name(&format!("import-{name}")),
             command,
             env: BTreeMap::new(),
             restart: RestartPolicy::Never,
             probe: None,
             ports: Vec::new(),
-            inputs: vec![ctr.clone(), image],
+            inputs: vec![host_path(&ctr), host_path(&image)],
             data_dirs: Vec::new(),
         });
     }
@@ -1393,7 +1406,7 @@ fn cni(ctx: &Context, parts: &mut Parts) -> Result<(), RenderError> {
         }
         if node.id != ctx.node.id {
             parts.routes.push(Route {
-                destination: node.pod_subnet.to_string(),
+                destination: node.pod_subnet.net(),
                 via: node.address,
             });
         }
@@ -1874,7 +1887,8 @@ mod tests {
                 }
             };
             writeln!(out, "    ports: {}", list(&ports)).unwrap();
-            writeln!(out, "    inputs: {}", list(&s.inputs)).unwrap();
+            let inputs: Vec<String> = s.inputs.iter().map(ToString::to_string).collect();
+            writeln!(out, "    inputs: {}", list(&inputs)).unwrap();
         }
         writeln!(out, "\nroutes:").unwrap();
         for r in &plan.routes {
@@ -1993,7 +2007,7 @@ mod tests {
                 master
                     .files
                     .iter()
-                    .all(|f| f.content.expose() != secret.as_ref() as &str)
+                    .all(|f| f.content.expose() != *secret)
             );
         }
     }
@@ -2158,7 +2172,7 @@ mod tests {
             let routes: Vec<(String, IpAddr)> = plan
                 .routes
                 .iter()
-                .map(|r| (r.destination.clone(), r.via))
+                .map(|r| (r.destination.to_string(), r.via))
                 .collect();
             let others: Vec<(String, IpAddr)> = nodes
                 .iter()
