@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use qb_api::{
     AttachRequest, BootstrapToken, Cluster, ClusterDetail, CreateBootstrapToken, CreateCluster,
@@ -15,7 +15,9 @@ use qb_api::{
 };
 use qb_store::{ClusterSpec, EventFilter, Key, NodeFilter, Store};
 use serde::Deserialize;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, OpenApi as _};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::agents::Agents;
 use crate::auth::{Caller, TokenUse};
@@ -77,45 +79,13 @@ impl AppState {
 type ApiResult<T> = Result<T, ApiError>;
 
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/whoami", get(whoami))
-        .route("/nodes", get(list_nodes))
-        .route("/nodes/{node}", get(get_node).delete(delete_node))
-        .route("/nodes/{node}/labels", post(label_node))
-        .route("/nodes/{node}/authorize", post(authorize_node))
-        .route("/nodes/{node}/deauthorize", post(deauthorize_node))
-        .route("/clusters", get(list_clusters).post(create_cluster))
-        .route(
-            "/clusters/{cluster}",
-            get(get_cluster).delete(delete_cluster),
-        )
-        .route("/clusters/{cluster}/attach", post(attach))
-        .route("/clusters/{cluster}/detach", post(detach))
-        .route("/clusters/{cluster}/kubeconfig", post(create_kubeconfig))
-        .route("/users", get(list_users).post(create_user))
-        .route("/users/{user}/password", axum::routing::put(set_password))
-        .route("/tokens", get(list_tokens).post(create_token))
-        .route("/tokens/{id}", axum::routing::delete(revoke_token))
-        .route("/events", get(list_events))
-        .route("/nodes/{node}/ping", post(ping_node))
-        .route(
-            "/agent-packages/{format}",
-            get(crate::agents::packages::agent_package),
-        )
-        .route(
-            "/bootstrap-tokens",
-            get(list_bootstrap_tokens).post(create_bootstrap_token),
-        )
-        .route(
-            "/bootstrap-tokens/{id}",
-            axum::routing::delete(revoke_bootstrap_token),
-        )
-        .route("/openapi.json", get(openapi_document))
-        .merge(crate::engine::api::routes())
-        .merge(crate::session::routes())
-        .merge(crate::live::routes());
+    let (api, _) = documented().split_for_parts();
     Router::new()
-        .nest(qb_api::API_PREFIX, api)
+        .merge(api)
+        .route(
+            &format!("{}/openapi.json", qb_api::API_PREFIX),
+            get(openapi_document),
+        )
         .merge(crate::proxy::routes())
         .merge(crate::ui::routes())
         .route("/healthz", get(healthz))
@@ -124,6 +94,36 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// Every documented route of the API, declared once: the router serves these and the OpenAPI
+/// document describes these, each at the path its handler's `#[utoipa::path]` names. Handlers
+/// of one path go in one `routes!`.
+pub(crate) fn documented() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(whoami))
+        .routes(routes!(list_nodes))
+        .routes(routes!(get_node, delete_node))
+        .routes(routes!(label_node))
+        .routes(routes!(authorize_node))
+        .routes(routes!(deauthorize_node))
+        .routes(routes!(ping_node))
+        .routes(routes!(list_clusters, create_cluster))
+        .routes(routes!(get_cluster, delete_cluster))
+        .routes(routes!(attach))
+        .routes(routes!(detach))
+        .routes(routes!(create_kubeconfig))
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(set_password))
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(list_events))
+        .routes(routes!(crate::agents::packages::agent_package))
+        .routes(routes!(list_bootstrap_tokens, create_bootstrap_token))
+        .routes(routes!(revoke_bootstrap_token))
+        .merge(crate::engine::api::routes())
+        .merge(crate::session::routes())
+        .merge(crate::live::routes())
 }
 
 /// Logs each request's method, path (never the query or headers, which may carry secrets),

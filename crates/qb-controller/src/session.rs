@@ -4,15 +4,16 @@
 //! the same rules; those that change anything must also carry the session's CSRF token, which
 //! only pages of this controller can read.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use qb_api::{Login, ProblemCode, Session};
 use qb_store::{Actor, Principal};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Caller, hash_secret, looks_like_token, unauthenticated};
 use crate::extract::ApiJson;
@@ -25,8 +26,8 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// The longest a session lasts.
 pub const MAX_HOURS: i64 = 12;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/session", get(current).post(login).delete(logout))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(current, login, logout))
 }
 
 /// The session token in a request's cookies, if it has one of the right form.

@@ -1,14 +1,15 @@
 //! The REST API of the cluster engine: release bundles and their artifacts, and preflight.
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, put};
-use axum::{Json, Router};
 use qb_api::{
     Bundle, BundleManifest, KubernetesVersion, NodeName, PreflightReport, ProblemCode, Role,
 };
 use qb_store::{Key, StoreError};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{Engine, EngineError};
 use crate::auth::Caller;
@@ -18,18 +19,12 @@ use crate::{ApiError, AppState};
 /// The largest artifact accepted.
 const MAX_ARTIFACT_BYTES: u64 = 4 << 30;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/bundles", get(list_bundles).post(import_bundle))
-        .route("/bundles/{version}", get(get_bundle))
-        .route(
-            "/artifacts/{sha256}",
-            put(upload_artifact).head(artifact_exists),
-        )
-        .route(
-            "/clusters/{cluster}/preflight",
-            get(latest_preflight).post(run_preflight),
-        )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_bundles, import_bundle))
+        .routes(routes!(get_bundle))
+        .routes(routes!(upload_artifact, artifact_exists))
+        .routes(routes!(latest_preflight, run_preflight))
 }
 
 impl From<EngineError> for ApiError {
