@@ -416,6 +416,18 @@ fn traffic(fleet: &Fleet) -> [u64; 4] {
     ]
 }
 
+/// The socket writes and reads (count and bytes) between two [`traffic`] readings, per `units`.
+fn traffic_per(before: [u64; 4], after: [u64; 4], units: f64) -> String {
+    let per = |i: usize| (after[i] - before[i]) as f64 / units;
+    format!(
+        "{:.2} ({:.0} B) / {:.2} ({:.0} B)",
+        per(2),
+        per(3),
+        per(0),
+        per(1)
+    )
+}
+
 /// A socket that counts its reads and writes into a [`Fleet`].
 struct Counted<T> {
     inner: T,
@@ -1189,16 +1201,9 @@ async fn controller_costs(controller_bin: &Path, max_agents: usize, table: &mut 
             "   controller CPU per agent per 10 s interval",
             format!("{:.0} us", cpu * 1e6 / intervals),
         );
-        let per = |i: usize| (net1[i] - net0[i]) as f64 / intervals;
         table.row(
             "   per agent per 10 s: socket writes / reads",
-            format!(
-                "{:.2} ({:.0} B) / {:.2} ({:.0} B)",
-                per(2),
-                per(3),
-                per(0),
-                per(1)
-            ),
+            traffic_per(net0, net1, intervals),
         );
         table.row(
             "   linear to 100k idle agents: RSS / CPU (CPU pessimistic)",
@@ -1312,16 +1317,9 @@ async fn controller_costs(controller_bin: &Path, max_agents: usize, table: &mut 
             db1[0] - db0[0]
         ),
     );
-    let per = |i: usize| (net1[i] - net0[i]) as f64 / heartbeats.max(1) as f64;
     table.row(
         "   per heartbeat: agent socket writes / reads",
-        format!(
-            "{:.2} ({:.0} B) / {:.2} ({:.0} B)",
-            per(2),
-            per(3),
-            per(0),
-            per(1)
-        ),
+        traffic_per(net0, net1, heartbeats.max(1) as f64),
     );
     let per_hb = median(cpu_per_heartbeat);
     table.target(

@@ -3,15 +3,12 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::{Method, StatusCode, header};
 use qb_controller::agents::packages::Packaging;
 use qb_store::Store;
 use serde_json::json;
-use tower::ServiceExt;
 
-use crate::support::{App, on_both_stores};
+use crate::support::{App, bearer, items, json_request, on_both_stores, pluck};
 
 on_both_stores!(bootstrap_tokens_are_shown_once_and_scoped_to_the_tenant);
 
@@ -20,11 +17,10 @@ async fn bootstrap_tokens_are_shown_once_and_scoped_to_the_tenant(store: Store) 
     let a = app.tenant("a").await;
     let b = app.tenant("b").await;
     let (status, created) = app
-        .call(
+        .post(
             &a.operator,
-            Method::POST,
             "/api/v1/bootstrap-tokens",
-            Some(json!({"max_uses": 3, "description": "rack 4"})),
+            json!({"max_uses": 3, "description": "rack 4"}),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
@@ -39,32 +35,26 @@ async fn bootstrap_tokens_are_shown_once_and_scoped_to_the_tenant(store: Store) 
     );
     let id = created["token"]["id"].as_str().unwrap();
 
-    let (_, list) = app
-        .call(&a.viewer, Method::GET, "/api/v1/bootstrap-tokens", None)
-        .await;
+    let (_, list) = app.get(&a.viewer, "/api/v1/bootstrap-tokens").await;
     assert_eq!(
         list["code"], "forbidden",
         "viewers do not see bootstrap tokens"
     );
-    let (_, list) = app
-        .call(&a.operator, Method::GET, "/api/v1/bootstrap-tokens", None)
-        .await;
-    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let (_, list) = app.get(&a.operator, "/api/v1/bootstrap-tokens").await;
+    assert_eq!(items(&list).len(), 1);
     assert!(
         !list.to_string().contains(secret),
         "the secret is never listed"
     );
-    let (_, other) = app
-        .call(&b.operator, Method::GET, "/api/v1/bootstrap-tokens", None)
-        .await;
-    assert_eq!(other["items"].as_array().unwrap().len(), 0);
+    let (_, other) = app.get(&b.operator, "/api/v1/bootstrap-tokens").await;
+    assert_eq!(items(&other).len(), 0);
     let path = format!("/api/v1/bootstrap-tokens/{id}");
-    let (status, problem) = app.call(&b.operator, Method::DELETE, &path, None).await;
+    let (status, problem) = app.delete(&b.operator, &path).await;
     assert_eq!(
         (status, problem["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("not_found"))
     );
-    let (status, revoked) = app.call(&a.operator, Method::DELETE, &path, None).await;
+    let (status, revoked) = app.delete(&a.operator, &path).await;
     assert_eq!(status, StatusCode::OK);
     assert!(revoked["revoked_at"].is_string());
 
@@ -75,29 +65,14 @@ async fn bootstrap_tokens_are_shown_once_and_scoped_to_the_tenant(store: Store) 
         json!({"bogus": 1}),
     ] {
         let (status, _) = app
-            .call(
-                &a.operator,
-                Method::POST,
-                "/api/v1/bootstrap-tokens",
-                Some(body.clone()),
-            )
+            .post(&a.operator, "/api/v1/bootstrap-tokens", body.clone())
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     }
     let (_, events) = app
-        .call(
-            &a.viewer,
-            Method::GET,
-            "/api/v1/events?kind=bootstrap_token",
-            None,
-        )
+        .get(&a.viewer, "/api/v1/events?kind=bootstrap_token")
         .await;
-    let actions: Vec<&str> = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
+    let actions = pluck(&events["items"], "action");
     assert_eq!(
         actions,
         ["bootstrap_token.created", "bootstrap_token.revoked"]
@@ -113,9 +88,7 @@ async fn agent_packages_carry_the_controller_and_a_fresh_token() {
     let t = app.tenant("a").await;
 
     // Without an agent binary, packages are unavailable, and say so.
-    let (status, problem) = app
-        .call(&t.operator, Method::GET, "/api/v1/agent-packages/deb", None)
-        .await;
+    let (status, problem) = app.get(&t.operator, "/api/v1/agent-packages/deb").await;
     assert_eq!(
         (status, problem["code"].as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable"))
@@ -132,36 +105,24 @@ async fn agent_packages_carry_the_controller_and_a_fresh_token() {
     }));
     app.router = qb_controller::router(app.state.clone());
 
-    let (status, _) = app
-        .call(&t.viewer, Method::GET, "/api/v1/agent-packages/deb", None)
-        .await;
+    let (status, _) = app.get(&t.viewer, "/api/v1/agent-packages/deb").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, problem) = app
-        .call(&t.operator, Method::GET, "/api/v1/agent-packages/exe", None)
-        .await;
+    let (status, problem) = app.get(&t.operator, "/api/v1/agent-packages/exe").await;
     assert_eq!(
         (status, problem["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("not_found"))
     );
 
     let download = |format: &str| {
-        let req = Request::get(format!("/api/v1/agent-packages/{format}?max_uses=5"))
-            .header(header::AUTHORIZATION, format!("Bearer {}", t.operator))
-            .body(Body::empty())
-            .unwrap();
-        let router = app.router.clone();
+        let path = format!("/api/v1/agent-packages/{format}?max_uses=5");
+        let req = json_request(bearer(&t.operator, Method::GET, &path), None);
+        let app = &app;
         async move {
-            let resp = router.oneshot(req).await.unwrap();
-            assert_eq!(resp.status(), StatusCode::OK);
-            let disposition = resp.headers()[header::CONTENT_DISPOSITION]
-                .to_str()
-                .unwrap()
-                .to_owned();
-            assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store");
-            (
-                disposition,
-                resp.into_body().collect().await.unwrap().to_bytes(),
-            )
+            let (head, body) = app.respond(req).await;
+            assert_eq!(head.status, StatusCode::OK);
+            let disposition = head.headers[header::CONTENT_DISPOSITION].to_str().unwrap();
+            assert_eq!(head.headers[header::CACHE_CONTROL], "no-store");
+            (disposition.to_owned(), body)
         }
     };
     let (disposition, deb) = download("deb").await;
@@ -194,20 +155,8 @@ async fn agent_packages_carry_the_controller_and_a_fresh_token() {
         .next()
         .unwrap();
     let hash = qb_controller::auth::hash_secret(secret);
-    let (_, tokens) = app
-        .call(&t.operator, Method::GET, "/api/v1/bootstrap-tokens", None)
-        .await;
-    assert_eq!(
-        tokens["items"].as_array().unwrap().len(),
-        3,
-        "one fresh token per package"
-    );
-    assert!(
-        tokens["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|t| t["max_uses"] == 5)
-    );
+    let (_, tokens) = app.get(&t.operator, "/api/v1/bootstrap-tokens").await;
+    assert_eq!(items(&tokens).len(), 3, "one fresh token per package");
+    assert!(items(&tokens).iter().all(|t| t["max_uses"] == 5));
     assert!(!tokens.to_string().contains(secret) && !tokens.to_string().contains(&hash));
 }

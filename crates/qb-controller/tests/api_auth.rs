@@ -4,7 +4,7 @@ use axum::http::{Method, StatusCode};
 use qb_store::{Actor, Store};
 use serde_json::json;
 
-use crate::support::{App, on_both_stores};
+use crate::support::{App, items, on_both_stores, pluck};
 
 on_both_stores!(
     every_call_needs_a_valid_token,
@@ -76,11 +76,10 @@ async fn every_call_needs_a_valid_token(store: Store) {
         for (method, path, body) in routes() {
             let (status, problem) = app.call(bad, method.clone(), path, body).await;
             assert_eq!(
-                status,
-                StatusCode::UNAUTHORIZED,
+                (status, problem["code"].as_str()),
+                (StatusCode::UNAUTHORIZED, Some("unauthenticated")),
                 "{method} {path} with {bad:?}"
             );
-            assert_eq!(problem["code"], "unauthenticated");
         }
     }
     assert_eq!(
@@ -89,63 +88,30 @@ async fn every_call_needs_a_valid_token(store: Store) {
         "refused calls wrote nothing"
     );
     // The OpenAPI document and the health check are public.
-    assert_eq!(
-        app.call("", Method::GET, "/api/v1/openapi.json", None)
-            .await
-            .0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        app.call("", Method::GET, "/healthz", None).await.0,
-        StatusCode::OK
-    );
+    assert_eq!(app.get("", "/api/v1/openapi.json").await.0, StatusCode::OK);
+    assert_eq!(app.get("", "/healthz").await.0, StatusCode::OK);
 }
 
 async fn revoked_and_expired_tokens_are_refused(store: Store) {
     let app = App::new(store.clone()).await;
     let t = app.tenant("a").await;
     let (status, created) = app
-        .call(
-            &t.admin,
-            Method::POST,
-            "/api/v1/tokens",
-            Some(json!({"user": "op"})),
-        )
+        .post(&t.admin, "/api/v1/tokens", json!({"user": "op"}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let secret = created["secret"].as_str().unwrap().to_owned();
-    assert_eq!(
-        app.call(&secret, Method::GET, "/api/v1/whoami", None)
-            .await
-            .1["user"],
-        "op"
-    );
+    assert_eq!(app.get(&secret, "/api/v1/whoami").await.1["user"], "op");
     // The list never shows secrets, and shows the token as used.
-    let (_, list) = app
-        .call(&t.admin, Method::GET, "/api/v1/tokens", None)
-        .await;
+    let (_, list) = app.get(&t.admin, "/api/v1/tokens").await;
     assert!(!list.to_string().contains(&secret));
     let id = created["token"]["id"].as_str().unwrap();
-    let listed = list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["id"] == id)
-        .unwrap()
-        .clone();
+    let listed = items(&list).iter().find(|x| x["id"] == id).unwrap().clone();
     assert!(listed["last_used_at"].is_string(), "{listed}");
 
-    let (status, revoked) = app
-        .call(
-            &t.admin,
-            Method::DELETE,
-            &format!("/api/v1/tokens/{id}"),
-            None,
-        )
-        .await;
+    let (status, revoked) = app.delete(&t.admin, &format!("/api/v1/tokens/{id}")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(revoked["revoked_at"].is_string());
-    let (status, problem) = app.call(&secret, Method::GET, "/api/v1/whoami", None).await;
+    let (status, problem) = app.get(&secret, "/api/v1/whoami").await;
     assert_eq!(
         (status, problem["code"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("unauthenticated"))
@@ -166,20 +132,17 @@ async fn revoked_and_expired_tokens_are_refused(store: Store) {
         .await
         .unwrap();
     assert_eq!(
-        app.call(&expired, Method::GET, "/api/v1/whoami", None)
-            .await
-            .0,
+        app.get(&expired, "/api/v1/whoami").await.0,
         StatusCode::UNAUTHORIZED
     );
 
     // Lifetimes are bounded.
     for hours in [0, 8761] {
         let (status, _) = app
-            .call(
+            .post(
                 &t.admin,
-                Method::POST,
                 "/api/v1/tokens",
-                Some(json!({"expires_in_hours": hours})),
+                json!({"expires_in_hours": hours}),
             )
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{hours}");
@@ -191,12 +154,7 @@ async fn viewer_reads_but_cannot_mutate(store: Store) {
     let t = app.tenant("a").await;
     app.pending_nodes(t.id, "n", 1).await;
     let (status, _) = app
-        .call(
-            &t.operator,
-            Method::POST,
-            "/api/v1/clusters",
-            Some(json!({"name": "c1"})),
-        )
+        .post(&t.operator, "/api/v1/clusters", json!({"name": "c1"}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let before = app.events(t.id).await.len();
@@ -207,11 +165,10 @@ async fn viewer_reads_but_cannot_mutate(store: Store) {
             assert_eq!(status, StatusCode::OK, "viewer may read {path}");
         } else {
             assert_eq!(
-                status,
-                StatusCode::FORBIDDEN,
+                (status, problem["code"].as_str()),
+                (StatusCode::FORBIDDEN, Some("forbidden")),
                 "viewer {method} {path}: {problem}"
             );
-            assert_eq!(problem["code"], "forbidden");
         }
     }
     assert_eq!(
@@ -219,9 +176,7 @@ async fn viewer_reads_but_cannot_mutate(store: Store) {
         before,
         "refused calls wrote nothing"
     );
-    let (_, node) = app
-        .call(&t.viewer, Method::GET, "/api/v1/nodes/n-0", None)
-        .await;
+    let (_, node) = app.get(&t.viewer, "/api/v1/nodes/n-0").await;
     assert_eq!(node["state"], "pending");
 }
 
@@ -240,11 +195,10 @@ async fn operator_cannot_manage_users_or_tokens(store: Store) {
         assert_ne!(status, StatusCode::FORBIDDEN, "admin {method} {path}");
     }
     let (status, user) = app
-        .call(
+        .post(
             &t.admin,
-            Method::POST,
             "/api/v1/users",
-            Some(json!({"name": "carol", "role": "operator"})),
+            json!({"name": "carol", "role": "operator"}),
         )
         .await;
     assert_eq!(
@@ -252,11 +206,10 @@ async fn operator_cannot_manage_users_or_tokens(store: Store) {
         (StatusCode::CREATED, Some("operator"))
     );
     let (status, problem) = app
-        .call(
+        .post(
             &t.admin,
-            Method::POST,
             "/api/v1/users",
-            Some(json!({"name": "carol", "role": "viewer"})),
+            json!({"name": "carol", "role": "viewer"}),
         )
         .await;
     assert_eq!(
@@ -273,19 +226,17 @@ async fn tenants_cannot_see_or_touch_each_other(store: Store) {
     app.pending_nodes(a.id, "ap", 1).await;
     app.pool(&b, "b", 1).await;
     let (_, a_cluster) = app
-        .call(
+        .post(
             &a.operator,
-            Method::POST,
             "/api/v1/clusters",
-            Some(json!({"name": "shared-name"})),
+            json!({"name": "shared-name"}),
         )
         .await;
     let (_, moved) = app
-        .call(
+        .post(
             &a.operator,
-            Method::POST,
             "/api/v1/clusters/shared-name/attach",
-            Some(json!({"count": 1})),
+            json!({"count": 1}),
         )
         .await;
     assert_eq!(moved["nodes"].as_array().unwrap().len(), 1);
@@ -293,36 +244,24 @@ async fn tenants_cannot_see_or_touch_each_other(store: Store) {
     let a_cluster_id = a_cluster["id"].as_str().unwrap().to_owned();
     // B may use the same cluster name: names are per tenant.
     let (status, _) = app
-        .call(
+        .post(
             &b.operator,
-            Method::POST,
             "/api/v1/clusters",
-            Some(json!({"name": "shared-name"})),
+            json!({"name": "shared-name"}),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let a_events_before = app.events(a.id).await.len();
 
     // Lists show only B's own objects.
-    let (_, nodes) = app.call(&b.admin, Method::GET, "/api/v1/nodes", None).await;
-    let names: Vec<&str> = nodes["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["name"].as_str().unwrap())
-        .collect();
+    let (_, nodes) = app.get(&b.admin, "/api/v1/nodes").await;
+    let names = pluck(&nodes["items"], "name");
     assert_eq!(names, ["b-0"]);
-    let (_, clusters) = app
-        .call(&b.admin, Method::GET, "/api/v1/clusters", None)
-        .await;
-    assert_eq!(clusters["items"].as_array().unwrap().len(), 1);
+    let (_, clusters) = app.get(&b.admin, "/api/v1/clusters").await;
+    assert_eq!(items(&clusters).len(), 1);
     assert_ne!(clusters["items"][0]["id"], a_cluster_id.as_str());
-    let (_, tokens) = app
-        .call(&b.admin, Method::GET, "/api/v1/tokens", None)
-        .await;
-    let (_, events) = app
-        .call(&b.admin, Method::GET, "/api/v1/events", None)
-        .await;
+    let (_, tokens) = app.get(&b.admin, "/api/v1/tokens").await;
+    let (_, events) = app.get(&b.admin, "/api/v1/events").await;
     let text = events.to_string();
     assert!(
         !text.contains(&a_node_id)
@@ -330,16 +269,9 @@ async fn tenants_cannot_see_or_touch_each_other(store: Store) {
             && !text.contains("\"object_name\":\"a-0\""),
         "{text}"
     );
-    let (_, a_tokens) = app
-        .call(&a.admin, Method::GET, "/api/v1/tokens", None)
-        .await;
+    let (_, a_tokens) = app.get(&a.admin, "/api/v1/tokens").await;
     let a_token_id = a_tokens["items"][0]["id"].as_str().unwrap().to_owned();
-    let b_token_ids: Vec<&str> = tokens["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap())
-        .collect();
+    let b_token_ids = pluck(&tokens["items"], "id");
     assert!(!b_token_ids.contains(&a_token_id.as_str()));
 
     // Every touch of A's objects, by id or by name, is a 404 (not 403: B must not learn they exist).
@@ -399,19 +331,17 @@ async fn tenants_cannot_see_or_touch_each_other(store: Store) {
     for (method, path, body) in attempts {
         let (status, problem) = app.call(&b.admin, method.clone(), &path, body).await;
         assert_eq!(
-            status,
-            StatusCode::NOT_FOUND,
+            (status, problem["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found")),
             "B {method} {path}: {problem}"
         );
-        assert_eq!(problem["code"], "not_found");
     }
     // B's own cluster of the same name is B's: attaching from B's pool takes B's node only.
     let (status, moved_b) = app
-        .call(
+        .post(
             &b.operator,
-            Method::POST,
             "/api/v1/clusters/shared-name/attach",
-            Some(json!({"count": 2})),
+            json!({"count": 2}),
         )
         .await;
     assert_eq!(
@@ -424,12 +354,7 @@ async fn tenants_cannot_see_or_touch_each_other(store: Store) {
         "nothing of A changed"
     );
     let (_, node) = app
-        .call(
-            &a.viewer,
-            Method::GET,
-            &format!("/api/v1/nodes/{a_node_id}"),
-            None,
-        )
+        .get(&a.viewer, &format!("/api/v1/nodes/{a_node_id}"))
         .await;
     assert_eq!(node["state"], "attached");
 }

@@ -15,7 +15,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
 
-use crate::support::{App, on_both_stores, sqlite_store};
+use crate::support::{App, bearer, items, on_both_stores, sqlite_store};
 
 on_both_stores!(bad_input_is_refused_and_changes_nothing);
 
@@ -24,21 +24,13 @@ async fn bad_input_is_refused_and_changes_nothing(store: Store) {
     let t = app.tenant("a").await;
     app.pool(&t, "n", 2).await;
     let (status, _) = app
-        .call(
-            &t.operator,
-            Method::POST,
-            "/api/v1/clusters",
-            Some(json!({"name": "c1"})),
-        )
+        .post(&t.operator, "/api/v1/clusters", json!({"name": "c1"}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let before = app.events(t.id).await;
 
     let raw = |method: Method, path: &str, content_type: &str, body: Vec<u8>| {
-        Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::AUTHORIZATION, format!("Bearer {}", t.operator))
+        bearer(&t.operator, method, path)
             .header(header::CONTENT_TYPE, content_type)
             .body(Body::from(body))
             .unwrap()
@@ -374,26 +366,11 @@ async fn bad_input_is_refused_and_changes_nothing(store: Store) {
         before,
         "no refused request wrote anything"
     );
-    let (_, clusters) = app
-        .call(&t.viewer, Method::GET, "/api/v1/clusters", None)
-        .await;
-    assert_eq!(clusters["items"].as_array().unwrap().len(), 1);
-    let (_, nodes) = app
-        .call(
-            &t.viewer,
-            Method::GET,
-            "/api/v1/nodes?state=authorized",
-            None,
-        )
-        .await;
-    assert_eq!(nodes["items"].as_array().unwrap().len(), 2);
-    assert!(
-        nodes["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["labels"] == json!({}))
-    );
+    let (_, clusters) = app.get(&t.viewer, "/api/v1/clusters").await;
+    assert_eq!(items(&clusters).len(), 1);
+    let (_, nodes) = app.get(&t.viewer, "/api/v1/nodes?state=authorized").await;
+    assert_eq!(items(&nodes).len(), 2);
+    assert!(items(&nodes).iter().all(|n| n["labels"] == json!({})));
 }
 
 /// What serde alone would take is refused, with a message that says where: an array read as an
@@ -407,8 +384,7 @@ async fn only_what_the_document_describes_is_taken() {
     app.pool(&t, "n", 1).await;
     let before = app.events(t.id).await;
     let post = |token: &str, path: &str, body: &str| {
-        Request::post(path)
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        bearer(token, Method::POST, path)
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(body.to_owned()))
             .unwrap()
@@ -605,8 +581,6 @@ async fn oversized_bodies_are_answered_413_on_http1_and_http2() {
             );
         }
     }
-    let (_, clusters) = app
-        .call(&t.viewer, Method::GET, "/api/v1/clusters", None)
-        .await;
+    let (_, clusters) = app.get(&t.viewer, "/api/v1/clusters").await;
     assert_eq!(clusters["items"], json!([]), "nothing was created");
 }

@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use qb_controller::kubeconfig::PublicEndpoint;
 use qb_store::Store;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
-use crate::support::{App, on_both_stores};
+use crate::support::{App, items, on_both_stores};
 
 on_both_stores!(
     kubeconfig_carries_a_token_of_the_caller,
@@ -17,6 +17,7 @@ on_both_stores!(
 );
 
 const PUBLIC_URL: &str = "https://qb.example.net:8443";
+const PROD_KUBECONFIG: &str = "/api/v1/clusters/prod/kubeconfig";
 
 /// Makes the app write kubeconfigs for `endpoint` (`None`: it does not know its public URL).
 fn serve_public(app: &mut App, endpoint: Option<PublicEndpoint>) {
@@ -83,12 +84,7 @@ async fn kubeconfig_carries_a_token_of_the_caller(store: Store) {
         }),
     );
     let (status, cluster) = app
-        .call(
-            &t.operator,
-            Method::POST,
-            "/api/v1/clusters",
-            Some(json!({"name": "prod"})),
-        )
+        .post(&t.operator, "/api/v1/clusters", json!({"name": "prod"}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{cluster}");
     let cluster_id = cluster["id"].as_str().unwrap().to_owned();
@@ -101,11 +97,10 @@ async fn kubeconfig_carries_a_token_of_the_caller(store: Store) {
         (&t.viewer, "view", "viewer", cluster_id.as_str()),
     ] {
         let (status, kc) = app
-            .call(
+            .post(
                 caller,
-                Method::POST,
                 &format!("/api/v1/clusters/{key}/kubeconfig"),
-                Some(json!({})),
+                json!({}),
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{role}: {kc}");
@@ -138,9 +133,9 @@ async fn kubeconfig_carries_a_token_of_the_caller(store: Store) {
         );
 
         // The token acts as the caller: same user, same role; it is the one described.
-        let (status, me) = app.call(caller, Method::GET, "/api/v1/whoami", None).await;
+        let (status, me) = app.get(caller, "/api/v1/whoami").await;
         assert_eq!(status, StatusCode::OK);
-        let (status, it) = app.call(&secret, Method::GET, "/api/v1/whoami", None).await;
+        let (status, it) = app.get(&secret, "/api/v1/whoami").await;
         assert_eq!(status, StatusCode::OK, "{it}");
         assert_eq!((&it["user"], &it["role"]), (&me["user"], &me["role"]));
         assert_eq!(
@@ -163,14 +158,10 @@ async fn kubeconfig_carries_a_token_of_the_caller(store: Store) {
     }
 
     // Listed with the description; the audit trail says who minted each.
-    let (status, tokens) = app
-        .call(&t.admin, Method::GET, "/api/v1/tokens", None)
-        .await;
+    let (status, tokens) = app.get(&t.admin, "/api/v1/tokens").await;
     assert_eq!(status, StatusCode::OK);
     for id in &minted {
-        let listed = tokens["items"]
-            .as_array()
-            .unwrap()
+        let listed = items(&tokens)
             .iter()
             .find(|tok| tok["id"] == id.as_str())
             .unwrap_or_else(|| panic!("{id} not listed: {tokens}"));
@@ -190,11 +181,10 @@ async fn kubeconfig_carries_a_token_of_the_caller(store: Store) {
     // test's tokens live an hour).
     for (hours, lifetime) in [(1, 1), (8760, 1)] {
         let (status, kc) = app
-            .call(
+            .post(
                 &t.viewer,
-                Method::POST,
-                "/api/v1/clusters/prod/kubeconfig",
-                Some(json!({"expires_in_hours": hours})),
+                PROD_KUBECONFIG,
+                json!({"expires_in_hours": hours}),
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{kc}");
@@ -213,14 +203,7 @@ async fn kubeconfig_carries_a_token_of_the_caller(store: Store) {
             ca_pem: None,
         }),
     );
-    let (status, kc) = app
-        .call(
-            &t.viewer,
-            Method::POST,
-            "/api/v1/clusters/prod/kubeconfig",
-            Some(json!({})),
-        )
-        .await;
+    let (status, kc) = app.post(&t.viewer, PROD_KUBECONFIG, json!({})).await;
     assert_eq!(status, StatusCode::CREATED, "{kc}");
     let text = kc["kubeconfig"].as_str().unwrap();
     let secret = field(text, "token").unwrap();
@@ -234,7 +217,7 @@ async fn kubeconfig_carries_a_token_of_the_caller(store: Store) {
         )
     );
     assert!(!text.contains("certificate-authority"), "{text}");
-    let (status, _) = app.call(&secret, Method::GET, "/api/v1/whoami", None).await;
+    let (status, _) = app.get(&secret, "/api/v1/whoami").await;
     assert_eq!(status, StatusCode::OK);
 }
 
@@ -264,12 +247,7 @@ async fn kubeconfig_refusals_mint_nothing(store: Store) {
         }),
     );
     let (status, cluster) = app
-        .call(
-            &a.operator,
-            Method::POST,
-            "/api/v1/clusters",
-            Some(json!({"name": "prod"})),
-        )
+        .post(&a.operator, "/api/v1/clusters", json!({"name": "prod"}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let id = cluster["id"].as_str().unwrap().to_owned();
@@ -346,11 +324,10 @@ async fn kubeconfig_refusals_mint_nothing(store: Store) {
     ];
     for (token, key, body, status, code) in refused {
         let (got, problem) = app
-            .call(
+            .post(
                 token,
-                Method::POST,
                 &format!("/api/v1/clusters/{key}/kubeconfig"),
-                Some(body.clone()),
+                body.clone(),
             )
             .await;
         assert_eq!(
@@ -360,37 +337,22 @@ async fn kubeconfig_refusals_mint_nothing(store: Store) {
         );
     }
     let (_, problem) = app
-        .call(
+        .post(
             &a.viewer,
-            Method::POST,
-            "/api/v1/clusters/prod/kubeconfig",
-            Some(json!({"expires_in_hours": 9000})),
+            PROD_KUBECONFIG,
+            json!({"expires_in_hours": 9000}),
         )
         .await;
     assert_eq!(
         problem["detail"],
         "expires_in_hours must be between 1 and 8760"
     );
-    let (status, _) = app
-        .call(
-            "",
-            Method::POST,
-            "/api/v1/clusters/prod/kubeconfig",
-            Some(json!({})),
-        )
-        .await;
+    let (status, _) = app.post("", PROD_KUBECONFIG, json!({})).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     // A controller that does not know how users reach it writes no kubeconfig.
     serve_public(&mut app, None);
-    let (status, problem) = app
-        .call(
-            &a.admin,
-            Method::POST,
-            "/api/v1/clusters/prod/kubeconfig",
-            Some(json!({})),
-        )
-        .await;
+    let (status, problem) = app.post(&a.admin, PROD_KUBECONFIG, json!({})).await;
     assert_eq!(
         (status, problem["code"].as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),

@@ -1,12 +1,13 @@
 //! The node and cluster rules through the API, including racing attach requests.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use axum::http::{Method, StatusCode};
 use qb_store::Store;
 use serde_json::{Value, json};
 
-use crate::support::{App, on_both_stores};
+use crate::support::{App, items, on_both_stores, pluck};
 
 on_both_stores!(
     lifecycle_through_the_api,
@@ -16,18 +17,14 @@ on_both_stores!(
     lists_page_through_everything_once,
 );
 
-fn names(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["name"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 async fn lifecycle_through_the_api(store: Store) {
     let app = App::new(store).await;
     let t = app.tenant("a").await;
     let op = t.operator.as_str();
+    let (attach, detach) = (
+        "/api/v1/clusters/clus100/attach",
+        "/api/v1/clusters/clus100/detach",
+    );
     app.pending_nodes(t.id, "n", 4).await;
     for name in ["n-0", "n-1", "n-2"] {
         let (status, node) = app
@@ -44,11 +41,10 @@ async fn lifecycle_through_the_api(store: Store) {
         );
     }
     let (_, node) = app
-        .call(
+        .post(
             op,
-            Method::POST,
             "/api/v1/nodes/n-1/labels",
-            Some(json!({"set": {"topology.kubernetes.io/zone": "b", "gpu": ""}})),
+            json!({"set": {"topology.kubernetes.io/zone": "b", "gpu": ""}}),
         )
         .await;
     assert_eq!(
@@ -56,21 +52,15 @@ async fn lifecycle_through_the_api(store: Store) {
         json!({"gpu": "", "topology.kubernetes.io/zone": "b"})
     );
     let (_, node) = app
-        .call(
-            op,
-            Method::POST,
-            "/api/v1/nodes/n-1/labels",
-            Some(json!({"remove": ["gpu"]})),
-        )
+        .post(op, "/api/v1/nodes/n-1/labels", json!({"remove": ["gpu"]}))
         .await;
     assert_eq!(node["labels"], json!({"topology.kubernetes.io/zone": "b"}));
 
     let (status, cluster) = app
-        .call(
+        .post(
             op,
-            Method::POST,
             "/api/v1/clusters",
-            Some(json!({"name": "clus100", "masters": 1, "roles": {"n-0": "master"}})),
+            json!({"name": "clus100", "masters": 1, "roles": {"n-0": "master"}}),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{cluster}");
@@ -82,65 +72,34 @@ async fn lifecycle_through_the_api(store: Store) {
 
     // By selector from the pool, then by name.
     let (status, moved) = app
-        .call(
+        .post(
             op,
-            Method::POST,
-            "/api/v1/clusters/clus100/attach",
-            Some(json!({"count": 1, "selector": "topology.kubernetes.io/zone=b"})),
+            attach,
+            json!({"count": 1, "selector": "topology.kubernetes.io/zone=b"}),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{moved}");
-    assert_eq!(names(&moved["nodes"]), ["n-1"]);
-    let (_, moved) = app
-        .call(
-            op,
-            Method::POST,
-            "/api/v1/clusters/clus100/attach",
-            Some(json!({"nodes": ["n-0"]})),
-        )
-        .await;
+    assert_eq!(pluck(&moved["nodes"], "name"), ["n-1"]);
+    let (_, moved) = app.post(op, attach, json!({"nodes": ["n-0"]})).await;
     assert_eq!(moved["nodes"][0]["state"], "attached");
     assert_eq!(moved["nodes"][0]["cluster"]["name"], "clus100");
-    let (_, detail) = app
-        .call(&t.viewer, Method::GET, "/api/v1/clusters/clus100", None)
-        .await;
+    let (_, detail) = app.get(&t.viewer, "/api/v1/clusters/clus100").await;
     assert_eq!(
         (detail["state"].as_str(), detail["node_count"].as_u64()),
         (Some("pending"), Some(2))
     );
-    assert_eq!(names(&detail["nodes"]), ["n-0", "n-1"]);
-    let (_, listed) = app
-        .call(
-            &t.viewer,
-            Method::GET,
-            "/api/v1/nodes?cluster=clus100",
-            None,
-        )
-        .await;
-    assert_eq!(listed["items"].as_array().unwrap().len(), 2);
+    assert_eq!(pluck(&detail["nodes"], "name"), ["n-0", "n-1"]);
+    let (_, listed) = app.get(&t.viewer, "/api/v1/nodes?cluster=clus100").await;
+    assert_eq!(items(&listed).len(), 2);
 
     // Detach: detaching, then the reconciler returns the node to the pool.
-    let (status, moved) = app
-        .call(
-            op,
-            Method::POST,
-            "/api/v1/clusters/clus100/detach",
-            Some(json!({"nodes": ["n-1"]})),
-        )
-        .await;
+    let (status, moved) = app.post(op, detach, json!({"nodes": ["n-1"]})).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(moved["nodes"][0]["state"], "detaching");
-    let (_, again) = app
-        .call(
-            op,
-            Method::POST,
-            "/api/v1/clusters/clus100/detach",
-            Some(json!({"nodes": ["n-1"]})),
-        )
-        .await;
+    let (_, again) = app.post(op, detach, json!({"nodes": ["n-1"]})).await;
     assert_eq!(again["code"], "invalid_node_state");
     app.state.engine.pass().await.unwrap();
-    let (_, node) = app.call(op, Method::GET, "/api/v1/nodes/n-1", None).await;
+    let (_, node) = app.get(op, "/api/v1/nodes/n-1").await;
     assert_eq!(
         (node["state"].as_str(), &node["cluster"]),
         (Some("authorized"), &Value::Null)
@@ -160,13 +119,7 @@ async fn lifecycle_through_the_api(store: Store) {
         detail.contains("detach it first (`qb cluster detach clus100 n-0`"),
         "{problem}"
     );
-    app.call(
-        op,
-        Method::POST,
-        "/api/v1/clusters/clus100/detach",
-        Some(json!({"nodes": ["n-0"]})),
-    )
-    .await;
+    app.post(op, detach, json!({"nodes": ["n-0"]})).await;
     app.state.engine.pass().await.unwrap();
 
     // In the pool it is; then it cannot come back by attach.
@@ -177,37 +130,19 @@ async fn lifecycle_through_the_api(store: Store) {
         (node["state"].as_str(), &node["cluster"]),
         (Some("deauthorized"), &Value::Null)
     );
-    let (status, problem) = app
-        .call(
-            op,
-            Method::POST,
-            "/api/v1/clusters/clus100/attach",
-            Some(json!({"nodes": ["n-0"]})),
-        )
-        .await;
+    let (status, problem) = app.post(op, attach, json!({"nodes": ["n-0"]})).await;
     assert_eq!(
         (status, problem["code"].as_str()),
         (StatusCode::CONFLICT, Some("invalid_node_state"))
     );
-    let (status, _) = app
-        .call(op, Method::DELETE, "/api/v1/nodes/n-0", None)
-        .await;
+    let (status, _) = app.delete(op, "/api/v1/nodes/n-0").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = app
-        .call(op, Method::DELETE, "/api/v1/nodes/n-1", None)
-        .await;
+    let (status, _) = app.delete(op, "/api/v1/nodes/n-1").await;
     assert_eq!(status, StatusCode::CONFLICT, "a pool node is not deleted");
 
     // The audit trail tells the story, with who did it.
-    let (_, events) = app
-        .call(&t.viewer, Method::GET, "/api/v1/events?object=n-1", None)
-        .await;
-    let actions: Vec<&str> = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
+    let (_, events) = app.get(&t.viewer, "/api/v1/events?object=n-1").await;
+    let actions = pluck(&events["items"], "action");
     assert_eq!(
         actions,
         [
@@ -220,52 +155,34 @@ async fn lifecycle_through_the_api(store: Store) {
             "node.detached"
         ]
     );
-    let actors: Vec<&str> = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["actor"].as_str().unwrap())
-        .collect();
+    let actors = pluck(&events["items"], "actor");
     assert_eq!(actors[1], "user:op");
     assert_eq!(actors[6], "controller");
     let (_, cluster_events) = app
-        .call(
+        .get(
             &t.viewer,
-            Method::GET,
             "/api/v1/events?kind=cluster&action=cluster.nodes_",
-            None,
         )
         .await;
     // Attached, n-1 detached, n-0 detached.
-    assert_eq!(cluster_events["items"].as_array().unwrap().len(), 4);
+    assert_eq!(items(&cluster_events).len(), 4);
 }
 
 async fn impossible_attaches_change_nothing(store: Store) {
     let app = App::new(store).await;
     let t = app.tenant("a").await;
     let op = t.operator.as_str();
+    let attach = "/api/v1/clusters/c1/attach";
     app.pool(&t, "pool", 2).await;
     app.pending_nodes(t.id, "pend", 1).await;
     app.pool(&t, "gone", 1).await;
     app.call(op, Method::POST, "/api/v1/nodes/gone-0/deauthorize", None)
         .await;
-    app.call(
-        op,
-        Method::POST,
-        "/api/v1/clusters",
-        Some(json!({"name": "c1"})),
-    )
-    .await;
+    app.post(op, "/api/v1/clusters", json!({"name": "c1"}))
+        .await;
     let before = app.events(t.id).await;
 
-    let (status, problem) = app
-        .call(
-            op,
-            Method::POST,
-            "/api/v1/clusters/c1/attach",
-            Some(json!({"count": 3})),
-        )
-        .await;
+    let (status, problem) = app.post(op, attach, json!({"count": 3})).await;
     assert_eq!(
         (status, problem["code"].as_str()),
         (StatusCode::CONFLICT, Some("pool_exhausted"))
@@ -278,22 +195,12 @@ async fn impossible_attaches_change_nothing(store: Store) {
         "{problem}"
     );
     let (_, problem) = app
-        .call(
-            op,
-            Method::POST,
-            "/api/v1/clusters/c1/attach",
-            Some(json!({"count": 1, "selector": "zone=a"})),
-        )
+        .post(op, attach, json!({"count": 1, "selector": "zone=a"}))
         .await;
     assert_eq!(problem["code"], "pool_exhausted");
     for bad in ["pend-0", "gone-0"] {
         let (status, problem) = app
-            .call(
-                op,
-                Method::POST,
-                "/api/v1/clusters/c1/attach",
-                Some(json!({"nodes": ["pool-0", bad]})),
-            )
+            .post(op, attach, json!({"nodes": ["pool-0", bad]}))
             .await;
         assert_eq!(
             (status, problem["code"].as_str()),
@@ -303,11 +210,9 @@ async fn impossible_attaches_change_nothing(store: Store) {
         assert!(problem["detail"].as_str().unwrap().contains(bad));
     }
     assert_eq!(app.events(t.id).await, before, "nothing was written");
-    let (_, pool) = app
-        .call(op, Method::GET, "/api/v1/nodes?state=authorized", None)
-        .await;
+    let (_, pool) = app.get(op, "/api/v1/nodes?state=authorized").await;
     assert_eq!(
-        names(&pool["items"]),
+        pluck(&pool["items"], "name"),
         ["pool-0", "pool-1"],
         "pool-0 was not attached by the failed request"
     );
@@ -318,38 +223,19 @@ async fn delete_refuses_non_empty_clusters_unless_forced(store: Store) {
     let t = app.tenant("a").await;
     let op = t.operator.as_str();
     app.pool(&t, "n", 3).await;
-    app.call(
-        op,
-        Method::POST,
-        "/api/v1/clusters",
-        Some(json!({"name": "c1"})),
-    )
-    .await;
-    app.call(
-        op,
-        Method::POST,
-        "/api/v1/clusters/c1/attach",
-        Some(json!({"count": 2})),
-    )
-    .await;
-    let (status, problem) = app
-        .call(op, Method::DELETE, "/api/v1/clusters/c1", None)
+    app.post(op, "/api/v1/clusters", json!({"name": "c1"}))
         .await;
+    app.post(op, "/api/v1/clusters/c1/attach", json!({"count": 2}))
+        .await;
+    let (status, problem) = app.delete(op, "/api/v1/clusters/c1").await;
     assert_eq!(
         (status, problem["code"].as_str()),
         (StatusCode::CONFLICT, Some("cluster_not_empty"))
     );
-    assert_eq!(
-        app.call(op, Method::GET, "/api/v1/clusters/c1", None)
-            .await
-            .1["node_count"],
-        2
-    );
-    let (status, deleted) = app
-        .call(op, Method::DELETE, "/api/v1/clusters/c1?force=true", None)
-        .await;
+    assert_eq!(app.get(op, "/api/v1/clusters/c1").await.1["node_count"], 2);
+    let (status, deleted) = app.delete(op, "/api/v1/clusters/c1?force=true").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(names(&deleted["returned_to_pool"]), ["n-0", "n-1"]);
+    assert_eq!(pluck(&deleted["returned_to_pool"], "name"), ["n-0", "n-1"]);
     assert!(
         deleted["returned_to_pool"]
             .as_array()
@@ -358,27 +244,16 @@ async fn delete_refuses_non_empty_clusters_unless_forced(store: Store) {
             .all(|n| n["state"] == "authorized")
     );
     assert_eq!(
-        app.call(op, Method::GET, "/api/v1/clusters/c1", None)
-            .await
-            .0,
+        app.get(op, "/api/v1/clusters/c1").await.0,
         StatusCode::NOT_FOUND
     );
-    let (_, pool) = app
-        .call(op, Method::GET, "/api/v1/nodes?state=authorized", None)
-        .await;
-    assert_eq!(pool["items"].as_array().unwrap().len(), 3);
+    let (_, pool) = app.get(op, "/api/v1/nodes?state=authorized").await;
+    assert_eq!(items(&pool).len(), 3);
     // An empty cluster is deleted without force.
-    app.call(
-        op,
-        Method::POST,
-        "/api/v1/clusters",
-        Some(json!({"name": "c2"})),
-    )
-    .await;
+    app.post(op, "/api/v1/clusters", json!({"name": "c2"}))
+        .await;
     assert_eq!(
-        app.call(op, Method::DELETE, "/api/v1/clusters/c2", None)
-            .await
-            .0,
+        app.delete(op, "/api/v1/clusters/c2").await.0,
         StatusCode::OK
     );
 }
@@ -388,15 +263,14 @@ async fn delete_refuses_non_empty_clusters_unless_forced(store: Store) {
 async fn racing_attaches_never_share_a_node(store: Store) {
     const NODES: usize = 12;
     const CLUSTERS: usize = 6;
-    let app = App::new(store).await;
+    let app = Arc::new(App::new(store).await);
     let t = app.tenant("a").await;
     let pool = app.pool(&t, "n", NODES).await;
     for c in 0..CLUSTERS {
-        app.call(
+        app.post(
             &t.operator,
-            Method::POST,
             "/api/v1/clusters",
-            Some(json!({"name": format!("c{c}")})),
+            json!({"name": format!("c{c}")}),
         )
         .await;
     }
@@ -410,26 +284,11 @@ async fn racing_attaches_never_share_a_node(store: Store) {
             } else {
                 json!({"count": 2})
             };
-            let (router, token) = (app.router.clone(), t.operator.clone());
+            let (app, token) = (Arc::clone(&app), t.operator.clone());
             let path = format!("/api/v1/clusters/c{c}/attach");
             tasks.push(tokio::spawn(async move {
-                let req = axum::http::Request::post(path)
-                    .header("authorization", format!("Bearer {token}"))
-                    .header("content-type", "application/json")
-                    .body(axum::body::Body::from(body.to_string()))
-                    .unwrap();
-                let resp = tower::ServiceExt::oneshot(router, req).await.unwrap();
-                let status = resp.status();
-                let bytes = http_body_util::BodyExt::collect(resp.into_body())
-                    .await
-                    .unwrap()
-                    .to_bytes();
-                (
-                    c,
-                    body,
-                    status,
-                    serde_json::from_slice::<Value>(&bytes).unwrap(),
-                )
+                let (status, resp) = app.post(&token, &path, body.clone()).await;
+                (c, body, status, resp)
             }));
         }
     }
@@ -438,13 +297,13 @@ async fn racing_attaches_never_share_a_node(store: Store) {
         let (c, body, status, resp) = task.await.unwrap();
         match status {
             StatusCode::OK => {
-                let got = names(&resp["nodes"]);
+                let got = pluck(&resp["nodes"], "name");
                 let want = body["count"]
                     .as_u64()
                     .map_or_else(|| body["nodes"].as_array().unwrap().len(), |n| n as usize);
                 assert_eq!(got.len(), want, "all or nothing: {resp}");
                 for node in got {
-                    let previous = won.insert(node.clone(), format!("c{c}"));
+                    let previous = won.insert(node.to_owned(), format!("c{c}"));
                     assert!(
                         previous.is_none(),
                         "{node} attached twice: {previous:?} and c{c}"
@@ -463,11 +322,9 @@ async fn racing_attaches_never_share_a_node(store: Store) {
     }
     assert!(!won.is_empty());
     // The store agrees with the responses.
-    let (_, nodes) = app
-        .call(&t.viewer, Method::GET, "/api/v1/nodes", None)
-        .await;
+    let (_, nodes) = app.get(&t.viewer, "/api/v1/nodes").await;
     let mut stored = BTreeMap::new();
-    for n in nodes["items"].as_array().unwrap() {
+    for n in items(&nodes) {
         if let Some(cluster) = n["cluster"]["name"].as_str() {
             assert_eq!(n["state"], "attached");
             stored.insert(n["name"].as_str().unwrap().to_owned(), cluster.to_owned());
@@ -478,14 +335,7 @@ async fn racing_attaches_never_share_a_node(store: Store) {
     assert_eq!(stored, won);
     let mut total = 0;
     for c in 0..CLUSTERS {
-        let (_, detail) = app
-            .call(
-                &t.viewer,
-                Method::GET,
-                &format!("/api/v1/clusters/c{c}"),
-                None,
-            )
-            .await;
+        let (_, detail) = app.get(&t.viewer, &format!("/api/v1/clusters/c{c}")).await;
         total += detail["node_count"].as_u64().unwrap() as usize;
     }
     assert_eq!(total, won.len());
@@ -534,10 +384,10 @@ async fn lists_page_through_everything_once(store: Store) {
             Some(a) => format!("/api/v1/nodes?limit=3&after={a}"),
             None => "/api/v1/nodes?limit=3".to_owned(),
         };
-        let (status, page) = app.call(&t.viewer, Method::GET, &path, None).await;
+        let (status, page) = app.get(&t.viewer, &path).await;
         assert_eq!(status, StatusCode::OK);
-        assert!(page["items"].as_array().unwrap().len() <= 3);
-        seen.extend(names(&page["items"]));
+        assert!(items(&page).len() <= 3);
+        seen.extend(pluck(&page["items"], "name").into_iter().map(str::to_owned));
         pages += 1;
         match page["next"].as_str() {
             Some(next) => after = Some(next.to_owned()),
@@ -546,17 +396,13 @@ async fn lists_page_through_everything_once(store: Store) {
     }
     assert_eq!(pages, 3);
     assert_eq!(seen, all);
-    let (_, events) = app
-        .call(&t.viewer, Method::GET, "/api/v1/events?limit=2", None)
-        .await;
-    assert_eq!(events["items"].as_array().unwrap().len(), 2);
+    let (_, events) = app.get(&t.viewer, "/api/v1/events?limit=2").await;
+    assert_eq!(items(&events).len(), 2);
     let next = events["next"].as_str().unwrap();
     let (_, rest) = app
-        .call(
+        .get(
             &t.viewer,
-            Method::GET,
             &format!("/api/v1/events?after={next}&limit=1000"),
-            None,
         )
         .await;
     assert!(rest["items"][0]["id"].as_i64().unwrap() > events["items"][1]["id"].as_i64().unwrap());

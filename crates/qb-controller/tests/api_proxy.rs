@@ -2,27 +2,20 @@
 
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::{Method, StatusCode};
 use qb_store::Store;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
-use crate::support::{App, on_both_stores};
+use crate::support::{App, bearer, json_request, on_both_stores};
 
 on_both_stores!(proxy_refuses_a_revoked_token_within_a_second);
 
 /// A GET through the proxy: its status and Kubernetes `Status` body.
 async fn get(app: &App, token: &str, path: &str) -> (StatusCode, Value) {
-    let request = Request::get(path)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Body::empty())
-        .unwrap();
-    let response = app.router.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&body).unwrap())
+    let (head, body) = app
+        .respond(json_request(bearer(token, Method::GET, path), None))
+        .await;
+    (head.status, serde_json::from_slice(&body).unwrap())
 }
 
 /// The proxy remembers a token's caller for a second; a revoked token is refused after that.
@@ -30,12 +23,7 @@ async fn proxy_refuses_a_revoked_token_within_a_second(store: Store) {
     let app = App::new(store).await;
     let t = app.tenant("a").await;
     let (status, created) = app
-        .call(
-            &t.admin,
-            Method::POST,
-            "/api/v1/tokens",
-            Some(json!({"user": "op"})),
-        )
+        .post(&t.admin, "/api/v1/tokens", json!({"user": "op"}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let secret = created["secret"].as_str().unwrap();
@@ -50,14 +38,7 @@ async fn proxy_refuses_a_revoked_token_within_a_second(store: Store) {
         (Some("Status"), Some(404))
     );
 
-    let (status, _) = app
-        .call(
-            &t.admin,
-            Method::DELETE,
-            &format!("/api/v1/tokens/{id}"),
-            None,
-        )
-        .await;
+    let (status, _) = app.delete(&t.admin, &format!("/api/v1/tokens/{id}")).await;
     assert_eq!(status, StatusCode::OK);
     let revoked = Instant::now();
     let refused = loop {

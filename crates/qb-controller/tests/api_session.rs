@@ -11,7 +11,7 @@ use qb_store::Store;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::support::{App, on_both_stores};
+use crate::support::{App, items, json_request, on_both_stores, pluck};
 
 on_both_stores!(
     a_token_opens_a_session_that_works_like_it,
@@ -37,32 +37,16 @@ async fn login(app: &App, token: &str) -> Browser {
 
 /// A login: `POST /api/v1/session` with a JSON body.
 fn session_request(body: &Value) -> Request<Body> {
-    Request::post("/api/v1/session")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap()
-}
-
-async fn post_session(app: &App, body: &Value) -> axum::response::Response {
-    app.router
-        .clone()
-        .oneshot(session_request(body))
-        .await
-        .unwrap()
+    json_request(Request::post("/api/v1/session"), Some(body.clone()))
 }
 
 async fn login_with(app: &App, body: Value) -> Browser {
-    let response = post_session(app, &body).await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let set_cookie = response.headers()[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let session: Value =
-        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let (head, answer) = app.respond(session_request(&body)).await;
+    assert_eq!(head.status, StatusCode::CREATED);
+    let set_cookie = head.headers[header::SET_COOKIE].to_str().unwrap();
+    let session: Value = serde_json::from_slice(&answer).unwrap();
     Browser {
-        cookie,
+        cookie: set_cookie.split(';').next().unwrap().to_owned(),
         csrf: session["csrf_token"].as_str().unwrap().to_owned(),
         session,
     }
@@ -84,13 +68,7 @@ impl Browser {
         if let Some(csrf) = csrf {
             req = req.header("x-csrf-token", csrf);
         }
-        match body {
-            Some(b) => req
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(b.to_string())),
-            None => req.body(Body::empty()),
-        }
-        .unwrap()
+        json_request(req, body)
     }
 
     async fn call(
@@ -103,17 +81,20 @@ impl Browser {
         app.send(self.request(method, path, Some(&self.csrf), body))
             .await
     }
+
+    async fn post(&self, app: &App, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(app, Method::POST, path, Some(body)).await
+    }
 }
 
 async fn a_token_opens_a_session_that_works_like_it(store: Store) {
     let app = App::new(store).await;
     let t = app.tenant("a").await;
-    let response = post_session(&app, &json!({ "token": t.operator })).await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let cookie = response.headers()[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let (head, _) = app
+        .respond(session_request(&json!({ "token": t.operator })))
+        .await;
+    assert_eq!(head.status, StatusCode::CREATED);
+    let cookie = head.headers[header::SET_COOKIE].to_str().unwrap();
     for attribute in [
         "HttpOnly",
         "SameSite=Strict",
@@ -138,12 +119,8 @@ async fn a_token_opens_a_session_that_works_like_it(store: Store) {
         (Some("op"), Some("operator"), Some("a"))
     );
     // The session is a token of the user's own, listed (never its secret) and short-lived.
-    let (_, tokens) = app
-        .call(&t.admin, Method::GET, "/api/v1/tokens", None)
-        .await;
-    let sessions: Vec<&Value> = tokens["items"]
-        .as_array()
-        .unwrap()
+    let (_, tokens) = app.get(&t.admin, "/api/v1/tokens").await;
+    let sessions: Vec<&Value> = items(&tokens)
         .iter()
         .filter(|t| t["description"] == "web session")
         .collect();
@@ -172,12 +149,7 @@ async fn a_token_opens_a_session_that_works_like_it(store: Store) {
     assert_eq!((status, &again), (StatusCode::OK, &b.session));
     // The operator's session changes what the operator may.
     let (status, cluster) = b
-        .call(
-            &app,
-            Method::POST,
-            "/api/v1/clusters",
-            Some(json!({"name": "web"})),
-        )
+        .post(&app, "/api/v1/clusters", json!({"name": "web"}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{cluster}");
     // An Authorization header is judged alone: a bad token beside a good cookie is refused.
@@ -188,11 +160,10 @@ async fn a_token_opens_a_session_that_works_like_it(store: Store) {
 
     // A session never outlives the token that opened it.
     let (_, short) = app
-        .call(
+        .post(
             &t.admin,
-            Method::POST,
             "/api/v1/tokens",
-            Some(json!({"user": "view", "expires_in_hours": 1})),
+            json!({"user": "view", "expires_in_hours": 1}),
         )
         .await;
     let s = login(&app, short["secret"].as_str().unwrap()).await;
@@ -256,12 +227,7 @@ async fn a_viewer_session_cannot_change_anything_by_forged_requests(store: Store
     let pending = app.pending_nodes(t.id, "p", 1).await;
     let pool = app.pool(&t, "q", 2).await;
     let (_, cluster) = app
-        .call(
-            &t.admin,
-            Method::POST,
-            "/api/v1/clusters",
-            Some(json!({"name": "prod"})),
-        )
+        .post(&t.admin, "/api/v1/clusters", json!({"name": "prod"}))
         .await;
     assert!(cluster["id"].is_string(), "{cluster}");
     let viewer = login(&app, &t.viewer).await;
@@ -341,12 +307,7 @@ async fn a_viewer_session_cannot_change_anything_by_forged_requests(store: Store
         "a viewer's request changed something"
     );
     let (_, nodes) = viewer.call(&app, Method::GET, "/api/v1/nodes", None).await;
-    let states: Vec<&str> = nodes["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["state"].as_str().unwrap())
-        .collect();
+    let states = pluck(&nodes["items"], "state");
     assert_eq!(states, ["pending", "authorized", "authorized"]);
     // And another tenant's session sees none of it.
     let u = app.tenant("b").await;
@@ -365,14 +326,11 @@ async fn logout_revokes_the_session(store: Store) {
     let app = App::new(store).await;
     let t = app.tenant("a").await;
     let b = login(&app, &t.admin).await;
-    let response = app
-        .router
-        .clone()
-        .oneshot(b.request(Method::DELETE, "/api/v1/session", Some(&b.csrf), None))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    let cleared = response.headers()[header::SET_COOKIE].to_str().unwrap();
+    let (head, _) = app
+        .respond(b.request(Method::DELETE, "/api/v1/session", Some(&b.csrf), None))
+        .await;
+    assert_eq!(head.status, StatusCode::NO_CONTENT);
+    let cleared = head.headers[header::SET_COOKIE].to_str().unwrap();
     assert!(
         cleared.starts_with("qb_session=;") && cleared.contains("Max-Age=0"),
         "{cleared}"
@@ -382,13 +340,9 @@ async fn logout_revokes_the_session(store: Store) {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} after logout");
     }
     // The token that opened it still works; the session's token is listed as revoked.
-    let (status, tokens) = app
-        .call(&t.admin, Method::GET, "/api/v1/tokens", None)
-        .await;
+    let (status, tokens) = app.get(&t.admin, "/api/v1/tokens").await;
     assert_eq!(status, StatusCode::OK);
-    let session = tokens["items"]
-        .as_array()
-        .unwrap()
+    let session = items(&tokens)
         .iter()
         .find(|t| t["description"] == "web session")
         .unwrap();
@@ -427,9 +381,9 @@ async fn bad_logins_open_nothing(store: Store) {
             .header(header::CONTENT_TYPE, content_type)
             .body(Body::from(body.clone()))
             .unwrap();
-        let response = app.router.clone().oneshot(req).await.unwrap();
-        assert_eq!(response.status(), expected, "{body}");
-        assert!(response.headers().get(header::SET_COOKIE).is_none());
+        let (head, _) = app.respond(req).await;
+        assert_eq!(head.status, expected, "{body}");
+        assert!(head.headers.get(header::SET_COOKIE).is_none());
     }
     assert_eq!(app.events(t.id).await, before);
     let (status, _) = app
@@ -494,12 +448,7 @@ async fn the_live_stream_tells_of_changes_and_ends_with_the_session(store: Store
 
     // A change made elsewhere (the CLI, here) reaches the browser within a few seconds.
     let (status, _) = app
-        .call(
-            &t.admin,
-            Method::POST,
-            "/api/v1/clusters",
-            Some(json!({"name": "live"})),
-        )
+        .post(&t.admin, "/api/v1/clusters", json!({"name": "live"}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let (event, next) = next_event(&mut body, &mut buffer, Duration::from_secs(5))
@@ -615,7 +564,7 @@ async fn passwords_open_sessions_and_failures_are_throttled(store: Store) {
         !trail.contains("horse") && !trail.contains("argon2"),
         "{trail}"
     );
-    let (_, users) = app.call(&t.admin, Method::GET, "/api/v1/users", None).await;
+    let (_, users) = app.get(&t.admin, "/api/v1/users").await;
     assert!(!users.to_string().contains("argon2"), "{users}");
 
     // The right password opens a session of that user, like a token would.
@@ -629,12 +578,7 @@ async fn passwords_open_sessions_and_failures_are_throttled(store: Store) {
         (Some("op"), Some("operator"))
     );
     let (status, _) = b
-        .call(
-            &app,
-            Method::POST,
-            "/api/v1/clusters",
-            Some(json!({"name": "pw"})),
-        )
+        .post(&app, "/api/v1/clusters", json!({"name": "pw"}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
     // The same tenant and user elsewhere, another tenant's name, or a wrong password: no.
@@ -734,9 +678,7 @@ async fn a_password_change_ends_the_users_other_sessions(store: Store) {
     // users' sessions stay.
     assert_eq!(works(&by_token).await, StatusCode::UNAUTHORIZED);
     assert_eq!(works(&admins).await, StatusCode::OK);
-    let (status, _) = app
-        .call(&t.operator, Method::GET, "/api/v1/nodes", None)
-        .await;
+    let (status, _) = app.get(&t.operator, "/api/v1/nodes").await;
     assert_eq!(status, StatusCode::OK);
 
     // An admin sets it: every session of the user ends, none of the admin's.
@@ -754,12 +696,8 @@ async fn a_password_change_ends_the_users_other_sessions(store: Store) {
         .map(|e| e.detail["sessions_ended"].as_u64().unwrap())
         .collect();
     assert_eq!(ended, [0, 2, 1]);
-    let (_, tokens) = app
-        .call(&t.admin, Method::GET, "/api/v1/tokens", None)
-        .await;
-    let revoked = tokens["items"]
-        .as_array()
-        .unwrap()
+    let (_, tokens) = app.get(&t.admin, "/api/v1/tokens").await;
+    let revoked = items(&tokens)
         .iter()
         .filter(|t| t["description"] == "web session" && t["revoked_at"].is_string())
         .count();

@@ -32,9 +32,7 @@ async fn served_document_is_the_committed_one() {
         .await
         .unwrap();
     let app = crate::support::App::new(store).await;
-    let (status, served) = app
-        .call("", axum::http::Method::GET, "/api/v1/openapi.json", None)
-        .await;
+    let (status, served) = app.get("", "/api/v1/openapi.json").await;
     assert_eq!(status, axum::http::StatusCode::OK);
     let generated: serde_json::Value =
         serde_json::from_str(&qb_controller::openapi::document_json()).unwrap();

@@ -1,7 +1,7 @@
 //! A controller router over a fresh store, with a token per role, and request helpers.
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::body::{Body, Bytes};
+use axum::http::{Method, Request, StatusCode, header, request, response};
 use http_body_util::BodyExt;
 use qb_api::{Name, NodeFacts, Role, TenantId};
 use qb_controller::{AppState, router};
@@ -165,14 +165,8 @@ impl App {
     pub async fn pool(&self, tenant: &Tenant, prefix: &str, n: usize) -> Vec<String> {
         let names = self.pending_nodes(tenant.id, prefix, n).await;
         for name in &names {
-            let (status, _) = self
-                .call(
-                    &tenant.operator,
-                    Method::POST,
-                    &format!("/api/v1/nodes/{name}/authorize"),
-                    None,
-                )
-                .await;
+            let path = format!("/api/v1/nodes/{name}/authorize");
+            let (status, _) = self.call(&tenant.operator, Method::POST, &path, None).await;
             assert_eq!(status, StatusCode::OK);
         }
         names
@@ -186,28 +180,30 @@ impl App {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(path);
-        if !token.is_empty() {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let req = match body {
-            Some(b) => req
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(b.to_string())),
-            None => req.body(Body::empty()),
-        }
-        .unwrap();
-        self.send(req).await
+        self.send(json_request(bearer(token, method, path), body))
+            .await
     }
 
+    pub async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        self.call(token, Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(token, Method::POST, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        self.call(token, Method::DELETE, path, None).await
+    }
+
+    /// Sends `req`, checks that an error answer is a problem, and returns status and JSON body.
     pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
-        let resp = self.router.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let problem = resp
-            .headers()
+        let (head, bytes) = self.respond(req).await;
+        let status = head.status;
+        let problem = head
+            .headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v == "application/problem+json");
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         let value = if bytes.is_empty() {
             Value::Null
         } else {
@@ -227,6 +223,12 @@ impl App {
         (status, value)
     }
 
+    /// Sends `req` as it is, for answers that are not JSON or whose headers matter.
+    pub async fn respond(&self, req: Request<Body>) -> (response::Parts, Bytes) {
+        let (head, body) = self.router.clone().oneshot(req).await.unwrap().into_parts();
+        (head, body.collect().await.unwrap().to_bytes())
+    }
+
     /// Every event of the tenant (to check that a refused request wrote nothing).
     pub async fn events(&self, tenant: TenantId) -> Vec<qb_api::Event> {
         self.store
@@ -235,4 +237,36 @@ impl App {
             .unwrap()
             .items
     }
+}
+
+/// A request with `token` as its bearer credential (none when `token` is empty).
+pub fn bearer(token: &str, method: Method, path: &str) -> request::Builder {
+    let req = Request::builder().method(method).uri(path);
+    if token.is_empty() {
+        req
+    } else {
+        req.header(header::AUTHORIZATION, format!("Bearer {token}"))
+    }
+}
+
+/// Finishes `req` with `body` as JSON, or with no body.
+pub fn json_request(req: request::Builder, body: Option<Value>) -> Request<Body> {
+    match body {
+        Some(b) => req
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(b.to_string())),
+        None => req.body(Body::empty()),
+    }
+    .unwrap()
+}
+
+/// The items of a page (`{"items": [...], "next": ...}`).
+pub fn items(page: &Value) -> &[Value] {
+    page["items"].as_array().expect("a page of items")
+}
+
+/// The string at `key` of every object in the array `list`, e.g. the names of listed nodes.
+pub fn pluck<'a>(list: &'a Value, key: &str) -> Vec<&'a str> {
+    let list = list.as_array().expect("an array");
+    list.iter().map(|x| x[key].as_str().expect(key)).collect()
 }

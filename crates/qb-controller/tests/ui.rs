@@ -1,25 +1,15 @@
 //! The web UI's files, served by the controller under a strict content security policy.
 
 use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use axum::http::{Request, StatusCode, header};
 
 use crate::support::{App, sqlite_store};
 
 async fn get(app: &App, path: &str) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-    let response = app
-        .router
-        .clone()
-        .oneshot(Request::get(path).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let (parts, body) = response.into_parts();
-    (
-        parts.status,
-        parts.headers,
-        body.collect().await.unwrap().to_bytes().to_vec(),
-    )
+    let (head, body) = app
+        .respond(Request::get(path).body(Body::empty()).unwrap())
+        .await;
+    (head.status, head.headers, body.to_vec())
 }
 
 #[tokio::test]
@@ -57,14 +47,11 @@ async fn the_ui_is_served_with_its_policy_and_every_ui_address_loads_the_page() 
         assert_eq!(body, asset.body);
     }
     // The API keeps its own answers: an unknown API path is a problem, not the page.
-    let (status, value) = app.call("", Method::GET, "/api/v1/nope", None).await;
+    let (status, value) = app.get("", "/api/v1/nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{value}");
     // Only GET: the UI's addresses take no writes.
-    let response = app
-        .router
-        .clone()
-        .oneshot(Request::post("/ui/app.js").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let (head, _) = app
+        .respond(Request::post("/ui/app.js").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(head.status, StatusCode::METHOD_NOT_ALLOWED);
 }
