@@ -23,10 +23,10 @@
 //! apart, that rule would be spread over files that must agree.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{File, OpenOptions, Permissions};
+use std::fs::{File, Permissions};
 use std::future::Future;
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -1164,39 +1164,23 @@ fn replace(
 ) -> Result<Stamp, StepError> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp_path = dir.join(format!(".{name}.{:016x}.qb-tmp", rand::random::<u64>()));
-    let result = (|| {
-        let mut temp = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp_path)?;
-        fill(&mut temp)?;
+    let tag = format!("{:016x}.qb-tmp", rand::random::<u64>());
+    crate::state::replace_file(path, &tag, |temp| {
+        fill(temp)?;
         if let Some(owner) = owner {
             let meta = temp.metadata()?;
             if (meta.uid(), meta.gid()) != (owner.uid, owner.gid) {
-                std::os::unix::fs::fchown(&temp, Some(owner.uid), Some(owner.gid))?;
+                std::os::unix::fs::fchown(&*temp, Some(owner.uid), Some(owner.gid))?;
             }
         }
         // After chown, which may clear set-id bits.
-        temp.set_permissions(Permissions::from_mode(mode))?;
-        temp.sync_all()?;
-        std::fs::rename(&temp_path, path)?;
-        let stamp = Stamp::from_metadata(&temp.metadata()?);
-        File::open(dir)?.sync_all()?;
-        Ok(stamp)
-    })();
-    result.map_err(|source| {
-        let _ = std::fs::remove_file(&temp_path);
-        StepError::Io {
-            action: "installing",
-            path: path.to_owned(),
-            source,
-        }
+        temp.set_permissions(Permissions::from_mode(mode))
+    })
+    .and_then(|installed| Ok(Stamp::from_metadata(&installed.metadata()?)))
+    .map_err(|source| StepError::Io {
+        action: "installing",
+        path: path.to_owned(),
+        source,
     })
 }
 
@@ -1309,6 +1293,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use crate::supervise::tests::until_dead;
     use crate::supervise::{Settings, SupervisorDirs};
 
     /// Serves artifacts from memory, counting downloads and resuming partial ones (the offsets
@@ -1545,29 +1530,62 @@ mod tests {
         std::fs::metadata(path).unwrap().modified().unwrap()
     }
 
-    fn alive(pid: u32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| !s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'))
-    }
-
-    async fn until_dead(pid: u32) {
+    /// Whether `path` exists within five seconds (services write their state a moment after
+    /// they start).
+    async fn until_exists(path: &Path) -> bool {
         for _ in 0..200 {
-            if !alive(pid) {
-                return;
+            if path.exists() {
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("process {pid} still runs");
+        path.exists()
+    }
+
+    /// Runs `apply` for `limit` only, as an agent that dies meanwhile; it must still be at work.
+    async fn cut_short(limit: Duration, apply: impl Future<Output = Result<(), ApplyError>>) {
+        let cut = tokio::time::timeout(limit, apply).await;
+        assert!(cut.is_err(), "the apply was still waiting");
     }
 
     fn step<'a>(report: &'a PlanReport, name: &str) -> &'a StepReport {
         report.steps.iter().find(|s| s.name == name).unwrap()
     }
 
+    fn assert_step_message(report: &PlanReport, name: &str, expected: &str) {
+        assert_eq!(
+            step(report, name).message.as_deref(),
+            Some(expected),
+            "{name}"
+        );
+    }
+
+    fn assert_cache_is_empty(host: &Host) {
+        assert_eq!(host.cache_entries(), Vec::<String>::new());
+    }
+
     async fn stop_all(supervisor: &Supervisor) {
         for name in supervisor.names() {
             supervisor.stop(&name).await.unwrap();
         }
+    }
+
+    /// A host with the test [`plan`] and an agent started on it: the host, the artifacts'
+    /// source, the plan, the agent's supervisor and applier, and the report the applier fills.
+    async fn set_up() -> (
+        Host,
+        Source,
+        Plan,
+        Arc<Supervisor>,
+        Applier,
+        watch::Sender<PlanReport>,
+    ) {
+        let host = Host::new();
+        let mut source = Source::default();
+        let (plan, _) = plan(&host, &mut source).await;
+        let (supervisor, applier) = host.agent();
+        let report = watch::Sender::new(PlanReport::default());
+        (host, source, plan, supervisor, applier, report)
     }
 
     #[tokio::test]
@@ -1597,16 +1615,10 @@ mod tests {
             ..Plan::default()
         };
         applier.apply(&plan, &source, &report).await.unwrap();
-        assert_eq!(
-            step(&report.borrow(), "task:import").message.as_deref(),
-            Some("done")
-        );
+        assert_step_message(&report.borrow(), "task:import", "done");
         plan.generation = 2;
         applier.apply(&plan, &source, &report).await.unwrap();
-        assert_eq!(
-            step(&report.borrow(), "task:import").message.as_deref(),
-            Some("done earlier")
-        );
+        assert_step_message(&report.borrow(), "task:import", "done earlier");
         assert_eq!(std::fs::read_to_string(&runs).unwrap(), "one\n");
 
         // A changed input runs it again.
@@ -1675,10 +1687,7 @@ mod tests {
             done.steps.iter().all(|s| s.state == StepState::Done),
             "{done:?}"
         );
-        assert_eq!(
-            step(&done, "service:server").message.as_deref(),
-            Some("started, healthy")
-        );
+        assert_step_message(&done, "service:server", "started, healthy");
         assert!(
             done.services.iter().all(|s| s.running && s.healthy),
             "{done:?}"
@@ -1720,18 +1729,9 @@ mod tests {
         applier.apply(&plan, &source, &report).await.unwrap();
         let again = report.borrow().clone();
         assert_eq!(again.state, PlanState::Applied);
-        assert_eq!(
-            step(&again, "artifacts").message.as_deref(),
-            Some("0 installed, 1 unchanged, 0 removed")
-        );
-        assert_eq!(
-            step(&again, "files").message.as_deref(),
-            Some("0 written, 3 unchanged, 0 removed")
-        );
-        assert_eq!(
-            step(&again, "service:worker").message.as_deref(),
-            Some("unchanged, healthy")
-        );
+        assert_step_message(&again, "artifacts", "0 installed, 1 unchanged, 0 removed");
+        assert_step_message(&again, "files", "0 written, 3 unchanged, 0 removed");
+        assert_step_message(&again, "service:worker", "unchanged, healthy");
         assert_eq!(source.fetches(), 1);
         assert_eq!(
             (pid(&supervisor, "server"), pid(&supervisor, "worker")),
@@ -1757,10 +1757,7 @@ mod tests {
         );
         assert_eq!(mtime(&paths[1]), mtimes[1], "server.conf is not rewritten");
         let third = report.borrow().clone();
-        assert_eq!(
-            step(&third, "service:worker").message.as_deref(),
-            Some("restarted, healthy")
-        );
+        assert_step_message(&third, "service:worker", "restarted, healthy");
 
         // An older plan is refused.
         let err = applier.apply(&plan, &source, &report).await.unwrap_err();
@@ -1780,23 +1777,15 @@ mod tests {
 
     #[tokio::test]
     async fn removed_services_and_files_go_and_a_plan_without_cluster_wipes_everything() {
-        let host = Host::new();
-        let mut source = Source::default();
-        let (plan, _) = plan(&host, &mut source).await;
-        let (supervisor, applier) = host.agent();
-        let report = watch::Sender::new(PlanReport::default());
+        let (host, source, plan, supervisor, applier, report) = set_up().await;
         applier.apply(&plan, &source, &report).await.unwrap();
         let worker = pid(&supervisor, "worker");
         let server = pid(&supervisor, "server");
         // The worker has no probe: it counts as ready once it runs, perhaps before it wrote.
-        let member = host.path("var/lib/worker/member");
-        for _ in 0..200 {
-            if member.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        assert!(member.exists(), "the worker writes its state");
+        assert!(
+            until_exists(&host.path("var/lib/worker/member")).await,
+            "the worker writes its state"
+        );
 
         // Without the worker and its file.
         let mut smaller = plan.clone();
@@ -1876,17 +1865,16 @@ mod tests {
 
         // Wiping again is a no-op.
         applier.apply(&wipe, &source, &report).await.unwrap();
-        assert_eq!(
-            step(&report.borrow(), "wipe").message.as_deref(),
-            Some("0 services stopped, 0 files removed, 0 state directories removed")
+        assert_step_message(
+            &report.borrow(),
+            "wipe",
+            "0 services stopped, 0 files removed, 0 state directories removed",
         );
     }
 
     #[tokio::test]
     async fn a_retired_services_data_goes_with_it_and_it_comes_back_from_nothing() {
-        let host = Host::new();
-        let mut source = Source::default();
-        let (mut plan, _) = plan(&host, &mut source).await;
+        let (host, source, mut plan, supervisor, applier, report) = set_up().await;
         let data = host.text("var/lib/member");
         // Says whether it found data of an earlier run, then keeps some of its own.
         let mut member = service(
@@ -1903,8 +1891,6 @@ mod tests {
         );
         member.data_dirs = vec![data.parse().unwrap()];
         plan.services.push(member);
-        let (supervisor, applier) = host.agent();
-        let report = watch::Sender::new(PlanReport::default());
         let start = host.path("var/lib/member/start");
         let started_as = |expected: &'static str| {
             let start = start.clone();
@@ -1924,21 +1910,17 @@ mod tests {
         started_as("fresh").await;
         // The worker (no probe) writes its own state a moment after it starts.
         let worker_state = host.path("var/lib/worker/member");
-        for _ in 0..200 {
-            if worker_state.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        until_exists(&worker_state).await;
 
         // Retired: stopped, and its data removed (the other state directories stay).
         let mut without = plan.clone();
         without.generation = 2;
         without.services.retain(|s| s.name != "member");
         applier.apply(&without, &source, &report).await.unwrap();
-        assert_eq!(
-            step(&report.borrow(), "service:member").message.as_deref(),
-            Some("stopped: no longer in the plan; its 1 data directories removed")
+        assert_step_message(
+            &report.borrow(),
+            "service:member",
+            "stopped: no longer in the plan; its 1 data directories removed",
         );
         assert!(!host.path("var/lib/member").exists());
         assert!(worker_state.exists());
@@ -1953,11 +1935,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_plan_of_another_cluster_starts_from_a_wiped_node() {
-        let host = Host::new();
-        let mut source = Source::default();
-        let (plan, _) = plan(&host, &mut source).await;
-        let (supervisor, applier) = host.agent();
-        let report = watch::Sender::new(PlanReport::default());
+        let (host, source, plan, supervisor, applier, report) = set_up().await;
         applier.apply(&plan, &source, &report).await.unwrap();
         // (The worker makes its state directory itself, maybe not yet.)
         let old_state = host.path("var/lib/worker/from-the-old-cluster");
@@ -1989,12 +1967,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_tampered_artifact_fails_its_step_and_installs_nothing() {
-        let host = Host::new();
-        let mut source = Source::default();
-        let (plan, _) = plan(&host, &mut source).await;
+        let (host, mut source, plan, supervisor, applier, report) = set_up().await;
         source.tamper = true;
-        let (supervisor, applier) = host.agent();
-        let report = watch::Sender::new(PlanReport::default());
 
         let err = applier.apply(&plan, &source, &report).await.unwrap_err();
         assert!(
@@ -2019,11 +1993,7 @@ mod tests {
                 .all(|s| s.state == StepState::Pending)
         );
         assert!(!host.path("bin/server").exists());
-        assert!(
-            host.cache_entries().is_empty(),
-            "{:?}",
-            host.cache_entries()
-        );
+        assert_cache_is_empty(&host);
         assert!(supervisor.names().is_empty());
 
         // Honest bytes next time.
@@ -2035,9 +2005,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_apply_cut_short_is_finished_by_the_next_agent() {
-        let host = Host::new();
-        let mut source = Source::default();
-        let (mut plan, _) = plan(&host, &mut source).await;
+        let (host, source, mut plan, supervisor, applier, report) = set_up().await;
         // The worker's readiness gate: a port nobody serves yet.
         let gate = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gate_address = gate.local_addr().unwrap();
@@ -2046,15 +2014,12 @@ mod tests {
             address: gate_address.to_string(),
         });
 
-        let (supervisor, applier) = host.agent();
-        let report = watch::Sender::new(PlanReport::default());
         // The agent dies while the worker's gate waits.
-        let cut = tokio::time::timeout(
+        cut_short(
             Duration::from_secs(3),
             applier.apply(&plan, &source, &report),
         )
         .await;
-        assert!(cut.is_err(), "the apply was still waiting");
         let interrupted = report.borrow().clone();
         assert_eq!(interrupted.state, PlanState::Applying);
         assert_eq!(
@@ -2078,10 +2043,7 @@ mod tests {
             pids,
             "nothing was restarted"
         );
-        assert_eq!(
-            step(&done, "service:worker").message.as_deref(),
-            Some("unchanged, healthy")
-        );
+        assert_step_message(&done, "service:worker", "unchanged, healthy");
         assert_eq!(mtime(&conf), conf_mtime);
         assert_eq!(source.fetches(), 1);
         stop_all(&supervisor).await;
@@ -2089,19 +2051,14 @@ mod tests {
 
     #[tokio::test]
     async fn an_interrupted_download_resumes_where_it_stopped() {
-        let host = Host::new();
-        let mut source = Source::default();
-        let (plan, _) = plan(&host, &mut source).await;
+        let (host, source, plan, supervisor, applier, report) = set_up().await;
         let content = &source.blobs[plan.artifacts[0].sha256.as_str()];
         let half: &'static [u8] = content[..content.len() / 2].to_vec().leak();
-        let (supervisor, applier) = host.agent();
-        let report = watch::Sender::new(PlanReport::default());
-        let cut = tokio::time::timeout(
+        cut_short(
             Duration::from_millis(500),
             applier.apply(&plan, &Stuck(half), &report),
         )
         .await;
-        assert!(cut.is_err());
         assert!(!host.path("bin/server").exists());
 
         applier.apply(&plan, &source, &report).await.unwrap();
@@ -2120,18 +2077,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_partial_download_that_does_not_match_is_fetched_again_from_zero() {
-        let host = Host::new();
-        let mut source = Source::default();
-        let (plan, _) = plan(&host, &mut source).await;
-        let (supervisor, applier) = host.agent();
-        let report = watch::Sender::new(PlanReport::default());
+        let (host, source, plan, supervisor, applier, report) = set_up().await;
         let garbage = b"not the start of it";
-        let cut = tokio::time::timeout(
+        cut_short(
             Duration::from_millis(500),
             applier.apply(&plan, &Stuck(garbage), &report),
         )
         .await;
-        assert!(cut.is_err());
 
         // Resumed, the whole does not match: refused, nothing installed, the partial dropped.
         applier.apply(&plan, &source, &report).await.unwrap_err();
@@ -2141,11 +2093,7 @@ mod tests {
             .unwrap_or_default();
         assert!(why.contains("checksum mismatch"), "{why}");
         assert!(!host.path("bin/server").exists());
-        assert!(
-            host.cache_entries().is_empty(),
-            "{:?}",
-            host.cache_entries()
-        );
+        assert_cache_is_empty(&host);
 
         applier.apply(&plan, &source, &report).await.unwrap();
         assert_eq!(*source.offsets.lock().unwrap(), [garbage.len() as u64, 0]);
@@ -2155,11 +2103,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_changed_artifact_is_reinstalled_from_a_verified_copy() {
-        let host = Host::new();
-        let mut source = Source::default();
-        let (plan, _) = plan(&host, &mut source).await;
-        let (supervisor, applier) = host.agent();
-        let report = watch::Sender::new(PlanReport::default());
+        let (host, source, plan, supervisor, applier, report) = set_up().await;
         applier.apply(&plan, &source, &report).await.unwrap();
         let server = pid(&supervisor, "server");
 
@@ -2169,9 +2113,10 @@ mod tests {
         content.push(b'\n');
         std::fs::write(&installed, &content).unwrap();
         applier.apply(&plan, &source, &report).await.unwrap();
-        assert_eq!(
-            step(&report.borrow(), "artifacts").message.as_deref(),
-            Some("1 installed, 0 unchanged, 0 removed")
+        assert_step_message(
+            &report.borrow(),
+            "artifacts",
+            "1 installed, 0 unchanged, 0 removed",
         );
         let sha = hex::encode(Sha256::digest(std::fs::read(&installed).unwrap()));
         assert_eq!(plan.artifacts[0].sha256, sha);
@@ -2214,11 +2159,7 @@ mod tests {
 
     #[tokio::test]
     async fn unsafe_plans_are_refused() {
-        let host = Host::new();
-        let mut source = Source::default();
-        let (plan, _) = plan(&host, &mut source).await;
-        let (supervisor, applier) = host.agent();
-        let report = watch::Sender::new(PlanReport::default());
+        let (host, source, plan, supervisor, applier, report) = set_up().await;
         // What no plan can even say: it does not decode.
         let json = serde_json::to_value(&plan).unwrap();
         let undecodable: [(&str, &str, serde_json::Value); 5] = [

@@ -378,6 +378,14 @@ mod tests {
             }
         }
 
+        /// Starts `name` as the first member of a new cluster; it and the members it lists.
+        async fn first(pki: &Path, name: &'static str) -> (Self, Vec<EtcdMember>) {
+            let mut server = Self::new(pki, name);
+            server.start(pki, &[]);
+            let members = server.ready(pki).await;
+            (server, members)
+        }
+
         fn log_text(&self) -> String {
             std::fs::read_to_string(&self.log).unwrap_or_default()
         }
@@ -414,9 +422,7 @@ mod tests {
     async fn a_learner_joins_is_promoted_and_removed() {
         let dir = pki();
         let pki = dir.path();
-        let mut first = Server::new(pki, "m1");
-        first.start(pki, &[]);
-        let members = first.ready(pki).await;
+        let (first, members) = Server::first(pki, "m1").await;
         assert_eq!(members.len(), 1, "{members:?}");
         assert_eq!(members[0].name, "m1");
         assert_eq!(members[0].peer_urls, vec![first.peer_url.clone()]);
@@ -466,9 +472,7 @@ mod tests {
     async fn errors_name_their_cause() {
         let dir = pki();
         let pki = dir.path();
-        let mut member = Server::new(pki, "solo");
-        member.start(pki, &[]);
-        let members = member.ready(pki).await;
+        let (member, members) = Server::first(pki, "solo").await;
 
         // A server certificate from another CA than the one trusted is refused.
         let mut wrong_ca = member.request(pki, EtcdOp::List);

@@ -140,38 +140,24 @@ async fn remove_chains(save: &str, restore: &str) -> Result<usize, TeardownError
     if removed == 0 {
         return Ok(0);
     }
+    let spawn_error = |source| TeardownError::Spawn {
+        command: restore.to_owned(),
+        source,
+    };
     let mut child = Command::new(restore)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|source| TeardownError::Spawn {
-            command: restore.to_owned(),
-            source,
-        })?;
+        .map_err(spawn_error)?;
     if let Some(mut stdin) = child.stdin.take() {
         use tokio::io::AsyncWriteExt as _;
         stdin
             .write_all(kept.as_bytes())
             .await
-            .map_err(|source| TeardownError::Spawn {
-                command: restore.to_owned(),
-                source,
-            })?;
+            .map_err(spawn_error)?;
     }
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|source| TeardownError::Spawn {
-            command: restore.to_owned(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(TeardownError::Command {
-            command: restore.to_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
+    succeeded(restore.to_owned(), child.wait_with_output().await)?;
     Ok(removed)
 }
 
@@ -245,21 +231,26 @@ async fn run_ok(program: &str, args: &[&str]) -> Result<Option<String>, Teardown
 
 async fn run(program: &str, args: &[&str]) -> Result<String, TeardownError> {
     let command = format!("{program} {}", args.join(" "));
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .await
-        .map_err(|source| TeardownError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+    let out = succeeded(command, Command::new(program).args(args).output().await)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What `command` left, or why it failed: it did not run, or it exited unsuccessfully.
+fn succeeded(
+    command: String,
+    out: std::io::Result<std::process::Output>,
+) -> Result<std::process::Output, TeardownError> {
+    let out = out.map_err(|source| TeardownError::Spawn {
+        command: command.clone(),
+        source,
+    })?;
     if !out.status.success() {
         return Err(TeardownError::Command {
             command,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out)
 }
 
 #[cfg(test)]

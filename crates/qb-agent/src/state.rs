@@ -107,22 +107,35 @@ fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
 /// Writes a file so that a crash leaves the old or the new content, readable only by the agent:
 /// a temporary file (mode 0600) in the same directory, fsync, rename, fsync of the directory.
 pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tag = format!("{}.tmp", rand::random::<u64>());
+    replace_file(path, &tag, |file| file.write_all(contents)).map(drop)
+}
+
+/// Replaces `path` through a new file (mode 0600) beside it, `.<name>.<tag>`: `fill` writes it,
+/// then it is fsynced, renamed into place, and the directory fsynced; on failure the temporary
+/// file goes. Returns the file, now at `path`.
+pub(crate) fn replace_file(
+    path: &Path,
+    tag: &str,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<std::fs::File> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.{}.tmp", rand::random::<u64>()));
+    let temp = dir.join(format!(".{name}.{tag}"));
     let result = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&temp)?;
-        file.write_all(contents)?;
+        fill(&mut file)?;
         file.sync_all()?;
         std::fs::rename(&temp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(file)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&temp);

@@ -1096,7 +1096,7 @@ pub(crate) fn kill_recorded(records: &Path) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
     use std::os::unix::process::CommandExt;
 
@@ -1128,6 +1128,11 @@ mod tests {
 
         fn path(&self) -> &Path {
             self.0.path()
+        }
+
+        /// A supervisor on this root with the [`fast`] timings.
+        fn supervisor(&self) -> Arc<Supervisor> {
+            Supervisor::with_settings(dirs(self.path()), fast()).unwrap()
         }
     }
 
@@ -1168,7 +1173,7 @@ mod tests {
                 m = marker.display()
             ),
         );
-        let first = Supervisor::with_settings(dirs(root.path()), fast()).unwrap();
+        let first = root.supervisor();
         // The agent stops mid-task; the task's process goes on.
         let stopped = tokio::time::timeout(
             Duration::from_millis(300),
@@ -1178,7 +1183,7 @@ mod tests {
         assert!(stopped.is_err(), "the task ended within 300 ms");
         drop(first);
 
-        let next = Supervisor::with_settings(dirs(root.path()), fast()).unwrap();
+        let next = root.supervisor();
         next.run_task(&task, Duration::from_secs(10)).await.unwrap();
         assert_eq!(
             std::fs::read_to_string(&marker).unwrap(),
@@ -1226,7 +1231,8 @@ mod tests {
         ProcStat::read(pid).is_ok_and(|s| s.state != 'Z')
     }
 
-    async fn until_dead(pid: u32) {
+    /// Waits up to five seconds for `pid` to end (the apply tests use it too).
+    pub(crate) async fn until_dead(pid: u32) {
         for _ in 0..200 {
             if !alive(pid) {
                 return;
@@ -1259,7 +1265,7 @@ mod tests {
     #[tokio::test]
     async fn a_crashing_service_is_restarted_with_growing_delays() {
         let root = Root::new();
-        let supervisor = Supervisor::with_settings(dirs(root.path()), fast()).unwrap();
+        let supervisor = root.supervisor();
         let service = sh("crasher", "exit 3");
         assert_eq!(
             supervisor.ensure(&service, "v1").await.unwrap(),
@@ -1296,7 +1302,7 @@ mod tests {
     #[tokio::test]
     async fn on_failure_restarts_only_failures() {
         let root = Root::new();
-        let supervisor = Supervisor::with_settings(dirs(root.path()), fast()).unwrap();
+        let supervisor = root.supervisor();
         let mut clean = sh("clean", "exit 0");
         clean.restart = RestartPolicy::OnFailure;
         let mut failing = sh("failing", "exit 1");
@@ -1323,7 +1329,7 @@ mod tests {
     #[tokio::test]
     async fn stop_ends_the_whole_process_group_and_forgets_the_service() {
         let root = Root::new();
-        let supervisor = Supervisor::with_settings(dirs(root.path()), fast()).unwrap();
+        let supervisor = root.supervisor();
         let pid_file = root.path().join("grandchild.pid");
         let service = sh(
             "family",
@@ -1371,7 +1377,7 @@ mod tests {
     #[tokio::test]
     async fn ensure_restarts_only_on_a_new_fingerprint() {
         let root = Root::new();
-        let supervisor = Supervisor::with_settings(dirs(root.path()), fast()).unwrap();
+        let supervisor = root.supervisor();
         let service = sh("web", "exec sleep 1000");
         assert_eq!(
             supervisor.ensure(&service, "v1").await.unwrap(),
@@ -1412,7 +1418,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_supervisor_adopts_running_services_and_restarts_them_when_they_exit() {
         let root = Root::new();
-        let first = Supervisor::with_settings(dirs(root.path()), fast()).unwrap();
+        let first = root.supervisor();
         first
             .ensure(&sh("etcd", "exec sleep 1000"), "v1")
             .await
@@ -1423,7 +1429,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(alive(pid));
 
-        let second = Supervisor::with_settings(dirs(root.path()), fast()).unwrap();
+        let second = root.supervisor();
         assert_eq!(second.adopt().unwrap(), ["etcd"]);
         let adopted = report(&second, "etcd");
         assert_eq!(adopted.pid, Some(pid), "the same process, not a restart");
@@ -1500,7 +1506,7 @@ mod tests {
     #[tokio::test]
     async fn a_program_that_cannot_run_is_a_clear_error() {
         let root = Root::new();
-        let supervisor = Supervisor::with_settings(dirs(root.path()), fast()).unwrap();
+        let supervisor = root.supervisor();
         let not_executable = root.path().join("etcd");
         std::fs::write(&not_executable, "#!/bin/sh\n").unwrap();
         let mut service = sh("etcd", "");
@@ -1518,7 +1524,7 @@ mod tests {
     #[tokio::test]
     async fn a_record_whose_pid_names_another_process_is_not_adopted() {
         let root = Root::new();
-        let supervisor = Supervisor::with_settings(dirs(root.path()), fast()).unwrap();
+        let supervisor = root.supervisor();
         // Some unrelated process now holds the recorded pid.
         let mut stranger = std::process::Command::new("sleep")
             .arg("1000")
@@ -1553,7 +1559,7 @@ mod tests {
     #[tokio::test]
     async fn output_goes_to_the_log_file_which_rotates_while_the_service_writes() {
         let root = Root::new();
-        let supervisor = Supervisor::with_settings(dirs(root.path()), fast()).unwrap();
+        let supervisor = root.supervisor();
         let service = sh(
             "chatty",
             "i=0; while :; do i=$((i+1)); echo \"line $i\"; sleep 0.005; done",
@@ -1592,7 +1598,7 @@ mod tests {
     #[tokio::test]
     async fn stdout_and_stderr_are_appended_to_the_log() {
         let root = Root::new();
-        let supervisor = Supervisor::with_settings(dirs(root.path()), fast()).unwrap();
+        let supervisor = root.supervisor();
         let log = root.path().join("logs/talker.log");
         std::fs::create_dir_all(log.parent().unwrap()).unwrap();
         std::fs::write(&log, "from before\n").unwrap();
@@ -1610,7 +1616,7 @@ mod tests {
     #[tokio::test]
     async fn health_follows_the_probe() {
         let root = Root::new();
-        let supervisor = Supervisor::with_settings(dirs(root.path()), fast()).unwrap();
+        let supervisor = root.supervisor();
         // A port nobody listens on yet.
         let address = TcpListener::bind("127.0.0.1:0")
             .await

@@ -534,6 +534,17 @@ mod tests {
     use clap::CommandFactory;
     use std::path::Path;
 
+    /// Parses a command line; its words are separated by single spaces.
+    fn parse(line: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(line.split(' '))
+    }
+
+    fn rejects(lines: &[&str]) {
+        for line in lines {
+            assert!(parse(line).is_err(), "{line}");
+        }
+    }
+
     fn strings(args: &[&str]) -> Vec<String> {
         args.iter().map(|s| (*s).to_owned()).collect()
     }
@@ -615,24 +626,10 @@ mod tests {
 
     #[test]
     fn cluster_create_parses_typed_values() {
-        let cli = Cli::try_parse_from([
-            "qb",
-            "cluster",
-            "create",
-            "clus100",
-            "--version",
-            "1.20.2",
-            "--pod-cidr",
-            "10.30.0.0/16",
-            "--masters",
-            "3",
-            "--role",
-            "a=master",
-            "--role",
-            "b=worker",
-            "-o",
-            "json",
-        ])
+        let cli = parse(
+            "qb cluster create clus100 --version 1.20.2 --pod-cidr 10.30.0.0/16 --masters 3 \
+             --role a=master --role b=worker -o json",
+        )
         .expect("parse");
         assert_eq!(cli.output, Format::Json);
         let Command::Cluster(ClusterCommand::Create(args)) = cli.command else {
@@ -643,41 +640,25 @@ mod tests {
         assert_eq!(args.roles.len(), 2);
         assert!(args.service_cidr.is_none());
 
-        for bad in [
-            &["qb", "cluster", "create", "Bad_Name"][..],
-            &["qb", "cluster", "create", "c", "--masters", "2"],
-            &["qb", "cluster", "create", "c", "--pod-cidr", "10.0.0.1/16"],
-            &["qb", "cluster", "create", "c", "--version", "v1.20"],
-            &["qb", "cluster", "create", "c", "--role", "a=boss"],
-        ] {
-            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
-        }
+        rejects(&[
+            "qb cluster create Bad_Name",
+            "qb cluster create c --masters 2",
+            "qb cluster create c --pod-cidr 10.0.0.1/16",
+            "qb cluster create c --version v1.20",
+            "qb cluster create c --role a=boss",
+        ]);
     }
 
     #[test]
     fn attach_takes_a_count_or_names() {
-        assert!(
-            Cli::try_parse_from([
-                "qb",
-                "cluster",
-                "attach",
-                "c",
-                "--count",
-                "3",
-                "--selector",
-                "zone=a"
-            ])
-            .is_ok()
-        );
-        assert!(Cli::try_parse_from(["qb", "cluster", "attach", "c", "n1", "n2"]).is_ok());
-        for bad in [
-            &["qb", "cluster", "attach", "c"][..],
-            &["qb", "cluster", "attach", "c", "--count", "3", "n1"],
-            &["qb", "cluster", "attach", "c", "--selector", "zone=a", "n1"],
-            &["qb", "cluster", "attach", "c", "--count", "0"],
-        ] {
-            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
-        }
+        assert!(parse("qb cluster attach c --count 3 --selector zone=a").is_ok());
+        assert!(parse("qb cluster attach c n1 n2").is_ok());
+        rejects(&[
+            "qb cluster attach c",
+            "qb cluster attach c --count 3 n1",
+            "qb cluster attach c --selector zone=a n1",
+            "qb cluster attach c --count 0",
+        ]);
     }
 
     #[test]
@@ -708,62 +689,24 @@ mod tests {
             Some("rack 4")
         );
         assert_eq!((expires_in_hours, max_uses), (Some(720), Some(10_000)));
-        assert!(Cli::try_parse_from(["qb", "token", "bootstrap", "ls"]).is_ok());
-        assert!(
-            Cli::try_parse_from([
-                "qb",
-                "token",
-                "bootstrap",
-                "revoke",
-                "0190b5a4-8f4e-7c8b-9d0a-1b2c3d4e5f60"
-            ])
-            .is_ok()
-        );
-        for bad in [
-            &["qb", "token", "bootstrap", "create", "--max-uses", "0"][..],
-            &["qb", "token", "bootstrap", "create", "--max-uses", "10001"],
-            &[
-                "qb",
-                "token",
-                "bootstrap",
-                "create",
-                "--expires-in-hours",
-                "0",
-            ],
-            &[
-                "qb",
-                "token",
-                "bootstrap",
-                "create",
-                "--expires-in-hours",
-                "721",
-            ],
-            &["qb", "token", "bootstrap", "revoke", "not-a-uuid"],
-        ] {
-            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
-        }
+        assert!(parse("qb token bootstrap ls").is_ok());
+        assert!(parse("qb token bootstrap revoke 0190b5a4-8f4e-7c8b-9d0a-1b2c3d4e5f60").is_ok());
+        rejects(&[
+            "qb token bootstrap create --max-uses 0",
+            "qb token bootstrap create --max-uses 10001",
+            "qb token bootstrap create --expires-in-hours 0",
+            "qb token bootstrap create --expires-in-hours 721",
+            "qb token bootstrap revoke not-a-uuid",
+        ]);
         // API tokens are unchanged.
-        assert!(
-            Cli::try_parse_from(["qb", "token", "create", "--expires-in-hours", "8760"]).is_ok()
-        );
+        assert!(parse("qb token create --expires-in-hours 8760").is_ok());
     }
 
     #[test]
     fn agent_package_download_parses() {
-        let cli = Cli::try_parse_from([
-            "qb",
-            "agent-package",
-            "download",
-            "--format",
-            "tar.gz",
-            "--max-uses",
-            "5",
-            "-O",
-            "/tmp/x.tgz",
-            "-o",
-            "json",
-            "--force",
-        ])
+        let cli = parse(
+            "qb agent-package download --format tar.gz --max-uses 5 -O /tmp/x.tgz -o json --force",
+        )
         .expect("parse");
         assert_eq!(cli.output, Format::Json);
         let Command::AgentPackage(AgentPackageCommand::Download(args)) = cli.command else {
@@ -775,62 +718,33 @@ mod tests {
         assert_eq!(args.output_file, Some(PathBuf::from("/tmp/x.tgz")));
         assert!(args.force);
         for (arg, format) in [("deb", PackageFormat::Deb), ("rpm", PackageFormat::Rpm)] {
-            let cli = Cli::try_parse_from(["qb", "agent-package", "download", "--format", arg])
-                .expect("parse");
+            let cli = parse(&format!("qb agent-package download --format {arg}")).expect("parse");
             assert!(matches!(
                 cli.command,
                 Command::AgentPackage(AgentPackageCommand::Download(DownloadArgs { format: f, .. })) if f == format
             ));
             assert_eq!(format.as_str(), arg);
         }
-        for bad in [
-            &["qb", "agent-package", "download"][..],
-            &["qb", "agent-package", "download", "--format", "zip"],
-            &["qb", "agent-package", "download", "--format", "tgz"],
-            &[
-                "qb",
-                "agent-package",
-                "download",
-                "--format",
-                "deb",
-                "--max-uses",
-                "0",
-            ],
-            &[
-                "qb",
-                "agent-package",
-                "download",
-                "--format",
-                "deb",
-                "-o",
-                "x.deb",
-            ],
-        ] {
-            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
-        }
+        rejects(&[
+            "qb agent-package download",
+            "qb agent-package download --format zip",
+            "qb agent-package download --format tgz",
+            "qb agent-package download --format deb --max-uses 0",
+            "qb agent-package download --format deb -o x.deb",
+        ]);
     }
 
     #[test]
     fn cluster_kubeconfig_parses() {
-        let cli = Cli::try_parse_from([
-            "qb",
-            "cluster",
-            "kubeconfig",
-            "prod",
-            "--expires-in-hours",
-            "8760",
-            "-O",
-            "kube/config",
-        ])
-        .expect("parse");
+        let cli = parse("qb cluster kubeconfig prod --expires-in-hours 8760 -O kube/config")
+            .expect("parse");
         let Command::Cluster(ClusterCommand::Kubeconfig(args)) = cli.command else {
             panic!("not a kubeconfig: {:?}", cli.command);
         };
         assert_eq!(args.cluster, "prod");
         assert_eq!(args.expires_in_hours, Some(8760));
         assert_eq!(args.output_file, Some(PathBuf::from("kube/config")));
-        let cli = Cli::try_parse_from(["qb", "clusters", "kubeconfig", "prod", "-o", "json"])
-            .expect("parse");
+        let cli = parse("qb clusters kubeconfig prod -o json").expect("parse");
         assert_eq!(cli.output, Format::Json);
         assert!(matches!(
             cli.command,
@@ -840,70 +754,41 @@ mod tests {
                 ..
             }))
         ));
-        for bad in [
-            &["qb", "cluster", "kubeconfig"][..],
-            &[
-                "qb",
-                "cluster",
-                "kubeconfig",
-                "prod",
-                "--expires-in-hours",
-                "0",
-            ],
-            &[
-                "qb",
-                "cluster",
-                "kubeconfig",
-                "prod",
-                "--expires-in-hours",
-                "8761",
-            ],
+        rejects(&[
+            "qb cluster kubeconfig",
+            "qb cluster kubeconfig prod --expires-in-hours 0",
+            "qb cluster kubeconfig prod --expires-in-hours 8761",
             // -o is the output format, not the file.
-            &[
-                "qb",
-                "cluster",
-                "kubeconfig",
-                "prod",
-                "-o",
-                "kubeconfig.yaml",
-            ],
-        ] {
-            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
-        }
+            "qb cluster kubeconfig prod -o kubeconfig.yaml",
+        ]);
     }
 
     #[test]
     fn node_ping_parses() {
-        let cli = Cli::try_parse_from(["qb", "node", "ping", "n1"]).expect("parse");
+        let cli = parse("qb node ping n1").expect("parse");
         assert!(matches!(cli.command, Command::Node(NodeCommand::Ping { node }) if node == "n1"));
-        assert!(Cli::try_parse_from(["qb", "node", "ping"]).is_err());
+        assert!(parse("qb node ping").is_err());
     }
 
     #[test]
     fn bundle_commands_parse() {
-        let cli = Cli::try_parse_from(["qb", "bundle", "import", "./k8s-1.20.2"]).expect("parse");
+        let cli = parse("qb bundle import ./k8s-1.20.2").expect("parse");
         assert!(matches!(
             cli.command,
             Command::Bundle(BundleCommand::Import { path }) if path == Path::new("./k8s-1.20.2")
         ));
-        assert!(Cli::try_parse_from(["qb", "bundles", "ls", "-o", "json"]).is_ok());
-        let cli = Cli::try_parse_from(["qb", "bundle", "show", "1.20.2"]).expect("parse");
+        assert!(parse("qb bundles ls -o json").is_ok());
+        let cli = parse("qb bundle show 1.20.2").expect("parse");
         assert!(matches!(
             cli.command,
             Command::Bundle(BundleCommand::Show { version }) if version.to_string() == "1.20.2"
         ));
-        for bad in [
-            &["qb", "bundle", "import"][..],
-            &["qb", "bundle", "show", "v1.20"],
-            &["qb", "bundle", "show"],
-        ] {
-            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
-        }
+        rejects(&["qb bundle import", "qb bundle show v1.20", "qb bundle show"]);
     }
 
     #[test]
     fn preflight_and_forced_detach_parse() {
-        let cli = Cli::try_parse_from(["qb", "cluster", "preflight", "clus100"]).expect("parse");
+        let cli = parse("qb cluster preflight clus100").expect("parse");
         let Command::Cluster(ClusterCommand::Preflight(args)) = cli.command else {
             panic!("not a preflight: {:?}", cli.command);
         };
@@ -911,8 +796,7 @@ mod tests {
             (args.cluster.as_str(), args.last, args.all),
             ("clus100", false, false)
         );
-        let cli = Cli::try_parse_from(["qb", "cluster", "preflight", "c", "--last", "--all"])
-            .expect("parse");
+        let cli = parse("qb cluster preflight c --last --all").expect("parse");
         assert!(matches!(
             cli.command,
             Command::Cluster(ClusterCommand::Preflight(PreflightArgs {
@@ -921,15 +805,14 @@ mod tests {
                 ..
             }))
         ));
-        assert!(Cli::try_parse_from(["qb", "cluster", "preflight"]).is_err());
+        assert!(parse("qb cluster preflight").is_err());
 
-        let cli =
-            Cli::try_parse_from(["qb", "cluster", "detach", "c", "n1", "--force"]).expect("parse");
+        let cli = parse("qb cluster detach c n1 --force").expect("parse");
         assert!(matches!(
             cli.command,
             Command::Cluster(ClusterCommand::Detach(DetachArgs { force: true, .. }))
         ));
-        let cli = Cli::try_parse_from(["qb", "cluster", "detach", "c", "n1"]).expect("parse");
+        let cli = parse("qb cluster detach c n1").expect("parse");
         assert!(matches!(
             cli.command,
             Command::Cluster(ClusterCommand::Detach(DetachArgs { force: false, .. }))
@@ -938,18 +821,7 @@ mod tests {
 
     #[test]
     fn global_flags_go_anywhere() {
-        let cli = Cli::try_parse_from([
-            "qb",
-            "node",
-            "list",
-            "--context",
-            "prod",
-            "-o",
-            "yaml",
-            "--state",
-            "pending",
-        ])
-        .expect("parse");
+        let cli = parse("qb node list --context prod -o yaml --state pending").expect("parse");
         assert_eq!(cli.context.as_deref(), Some("prod"));
         assert_eq!(cli.output, Format::Yaml);
         assert!(matches!(
@@ -959,6 +831,6 @@ mod tests {
                 ..
             })
         ));
-        assert!(Cli::try_parse_from(["qb", "node", "list", "--state", "gone"]).is_err());
+        assert!(parse("qb node list --state gone").is_err());
     }
 }

@@ -230,6 +230,11 @@ impl Run {
             .unwrap_or_else(|e| panic!("qb {}: not JSON ({e}): {out}", self.args))
     }
 
+    fn assert_stderr_contains(&self, needle: &str) {
+        let err = self.stderr();
+        assert!(err.contains(needle), "{err}");
+    }
+
     /// Asserts failure with a message on stderr containing `needle`; nothing on stdout.
     fn fails_with(&self, needle: &str) {
         assert!(
@@ -261,6 +266,26 @@ fn names(v: &Value) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// A table line's cells, one space apart.
+fn words(line: &str) -> String {
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The value of the `name` line of a `Name: value` listing.
+fn field(out: &str, name: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| panic!("no {name} line in {out}"))
+}
+
+/// The output of a command that created a token; it warns that the secret is shown only now.
+fn created_token(run: &Run) -> String {
+    let out = run.ok();
+    run.assert_stderr_contains("only time the secret is shown");
+    out
 }
 
 fn login(c: &Controller) {
@@ -399,29 +424,9 @@ async fn nodes_and_clusters() {
             .all(|n| n["state"] == "pending")
     );
     let table = c.qb(&["node", "list"]).ok();
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .expect("header")
-        .split_whitespace()
-        .collect();
     assert_eq!(
-        header,
-        [
-            "NAME",
-            "STATE",
-            "CLUSTER",
-            "ROLE",
-            "ONLINE",
-            "LAST-SEEN",
-            "AGENT",
-            "ARCH",
-            "CPUS",
-            "MEMORY",
-            "ADDRESSES",
-            "LABELS",
-            "AGE"
-        ]
+        words(table.lines().next().expect("header")),
+        "NAME STATE CLUSTER ROLE ONLINE LAST-SEEN AGENT ARCH CPUS MEMORY ADDRESSES LABELS AGE"
     );
     assert!(
         table.contains("8Gi") && table.contains("192.0.2.10"),
@@ -553,12 +558,7 @@ async fn nodes_and_clusters() {
     let run = c.qb(&["cluster", "detach", "c1", "n3"]);
     let out = run.ok();
     assert!(out.contains("back in the pool"), "{out}");
-    assert!(
-        run.stderr()
-            .contains("Waiting for nodes to leave cluster c1"),
-        "{}",
-        run.stderr()
-    );
+    run.assert_stderr_contains("Waiting for nodes to leave cluster c1");
     let n3 = c.qb(&["node", "show", "n3", "-o", "json"]).json();
     assert_eq!(
         (n3["state"].as_str(), &n3["cluster"]),
@@ -657,22 +657,9 @@ async fn users_and_tokens() {
         "--expires-in-hours",
         "1",
     ]);
-    let out = run.ok();
-    assert!(
-        run.stderr().contains("only time the secret is shown"),
-        "{}",
-        run.stderr()
-    );
-    let secret = out
-        .lines()
-        .find_map(|l| l.strip_prefix("Secret:"))
-        .map(|s| s.trim().to_owned())
-        .expect("secret line");
-    let id = out
-        .lines()
-        .find_map(|l| l.strip_prefix("Token:"))
-        .map(|s| s.trim().to_owned())
-        .expect("id line");
+    let out = created_token(&run);
+    let secret = field(&out, "Secret:");
+    let id = field(&out, "Token:");
 
     // Alice logs in with it, as a viewer.
     let fp = c.fingerprint.clone().expect("https");
@@ -755,23 +742,12 @@ async fn bootstrap_tokens() {
         "--expires-in-hours",
         "2",
     ]);
-    let out = run.ok();
-    assert!(
-        run.stderr().contains("only time the secret is shown"),
-        "{}",
-        run.stderr()
-    );
-    let field = |name: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|| panic!("no {name} line in {out}"))
-    };
-    let secret = field("Secret:");
-    let id = field("Token:");
+    let out = created_token(&run);
+    let secret = field(&out, "Secret:");
+    let id = field(&out, "Token:");
     assert!(secret.starts_with("qbb_"), "{out}");
-    assert_eq!(field("Description:"), "rack 4");
-    assert_eq!(field("Max uses:"), "3");
+    assert_eq!(field(&out, "Description:"), "rack 4");
+    assert_eq!(field(&out, "Max uses:"), "3");
 
     // JSON gives the CreatedBootstrapToken, defaults filled in by the controller.
     let created = c.qb(&["token", "bootstrap", "create", "-o", "json"]).json();
@@ -872,11 +848,7 @@ async fn bundles() {
 
     let run = c.qb(&["bundle", "list"]);
     assert!(run.ok().is_empty());
-    assert!(
-        run.stderr().contains("No bundles found."),
-        "{}",
-        run.stderr()
-    );
+    run.assert_stderr_contains("No bundles found.");
 
     // First import: every artifact is uploaded.
     let run = c.qb(&["bundle", "import", dir_arg]);
@@ -1047,17 +1019,8 @@ async fn preflight_without_agents() {
         .find(|l| l.starts_with("NAME "))
         .expect("node table");
     assert_eq!(
-        header.split_whitespace().collect::<Vec<_>>(),
-        [
-            "NAME",
-            "STATE",
-            "ROLE",
-            "ONLINE",
-            "LAST-SEEN",
-            "AGENT",
-            "ADDRESSES",
-            "PLAN"
-        ]
+        words(header),
+        "NAME STATE ROLE ONLINE LAST-SEEN AGENT ADDRESSES PLAN"
     );
 
     // --force reaches the controller (no etcd member to lose here, so it is not needed).
@@ -1228,12 +1191,7 @@ async fn agent_packages() {
     );
     assert!(std::fs::read(&file).expect("tgz").starts_with(b"\x1f\x8b"));
     assert_eq!(mode(&file), 0o600);
-    assert!(
-        run.stderr()
-            .contains("lets up to 5 hosts register within 48 hours"),
-        "{}",
-        run.stderr()
-    );
+    run.assert_stderr_contains("lets up to 5 hosts register within 48 hours");
     let listed = c.qb(&["token", "bootstrap", "list", "-o", "json"]).json();
     assert!(
         listed

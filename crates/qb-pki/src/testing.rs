@@ -71,6 +71,26 @@ pub(crate) fn is_invalid_purpose(err: &rustls::Error) -> bool {
     )
 }
 
+/// Whether rustls refused a certificate that does not name the server asked for.
+pub(crate) fn is_not_valid_for_name(err: &rustls::Error) -> bool {
+    matches!(
+        err,
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+        )
+    )
+}
+
+/// Whether rustls refused a certificate past its validity.
+pub(crate) fn is_expired(err: &rustls::Error) -> bool {
+    matches!(
+        err,
+        rustls::Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. }
+        )
+    )
+}
+
 /// An `OffsetDateTime` as rustls' time.
 pub(crate) fn unix(t: OffsetDateTime) -> UnixTime {
     let secs = u64::try_from(t.unix_timestamp()).unwrap();

@@ -3,11 +3,25 @@
 use qb_api::{
     BootstrapToken, CreateBootstrapToken, CreateToken, CreatedBootstrapToken, CreatedToken, Token,
 };
+use serde::Serialize;
 
 use super::{App, now};
 use crate::cli::{BootstrapTokenCommand, TokenCommand};
 use crate::client::Client;
 use crate::output;
+
+/// Prints a created token, then warns that its secret is shown this once.
+fn emit_created<T: Serialize>(
+    app: &App,
+    created: &T,
+    fields: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    app.out.emit(created, fields)?;
+    eprintln!(
+        "warning: this is the only time the secret is shown; store it now (the controller keeps only a hash)."
+    );
+    Ok(())
+}
 
 pub async fn run(app: &App, cmd: TokenCommand) -> anyhow::Result<()> {
     let client = app.client()?;
@@ -24,7 +38,7 @@ pub async fn run(app: &App, cmd: TokenCommand) -> anyhow::Result<()> {
             };
             let created: CreatedToken = client.post(client.url(&["tokens"], &[]), &body).await?;
             let t = &created.token;
-            app.out.emit(&created, || {
+            emit_created(app, &created, || {
                 output::fields(&[
                     ("Token", t.id.to_string()),
                     ("User", t.user.to_string()),
@@ -32,11 +46,7 @@ pub async fn run(app: &App, cmd: TokenCommand) -> anyhow::Result<()> {
                     ("Expires", output::timestamp(t.expires_at)),
                     ("Secret", created.secret.clone()),
                 ])
-            })?;
-            eprintln!(
-                "warning: this is the only time the secret is shown; store it now (the controller keeps only a hash)."
-            );
-            Ok(())
+            })
         }
         TokenCommand::List => {
             let tokens: Vec<Token> = client.list(&["tokens"], &[], None).await?;
@@ -70,7 +80,7 @@ async fn bootstrap(app: &App, client: &Client, cmd: BootstrapTokenCommand) -> an
                 .post(client.url(&["bootstrap-tokens"], &[]), &body)
                 .await?;
             let t = &created.token;
-            app.out.emit(&created, || {
+            emit_created(app, &created, || {
                 output::fields(&[
                     ("Token", t.id.to_string()),
                     (
@@ -83,11 +93,7 @@ async fn bootstrap(app: &App, client: &Client, cmd: BootstrapTokenCommand) -> an
                     ("Expires", output::timestamp(t.expires_at)),
                     ("Secret", created.secret.clone()),
                 ])
-            })?;
-            eprintln!(
-                "warning: this is the only time the secret is shown; store it now (the controller keeps only a hash)."
-            );
-            Ok(())
+            })
         }
         BootstrapTokenCommand::List => {
             let tokens: Vec<BootstrapToken> = client.list(&["bootstrap-tokens"], &[], None).await?;

@@ -1,23 +1,14 @@
 //! The Debian package, read by `dpkg-deb` and installed by `dpkg`.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use qb_package::AgentPackage;
+use qb_package::Format;
 use tempfile::TempDir;
 
-use super::support::{
-    self, AGENT_BINARY, AGENT_BINARY_2, CONFIG, Root, Systemd, assert_installed, assert_removed,
-    package, stdout, tool,
-};
+use super::support::{self, AGENT_BINARY, CONFIG, Root, Systemd, package, stdout, tool};
 
 const UNIT: &str = "/lib/systemd/system/qb-agent.service";
-
-fn write_deb(dir: &Path, p: &AgentPackage) -> PathBuf {
-    let deb = qb_package::deb(p).unwrap();
-    support::write(dir, &format!("qb-agent_{}.deb", p.version), &deb)
-}
 
 fn dpkg_deb() -> Command {
     Command::new(tool("dpkg-deb", "dpkg"))
@@ -42,6 +33,16 @@ fn dpkg_root(systemd: Systemd) -> Root {
     root
 }
 
+/// A root where `dpkg --install` installed 0.1.0, the directory of the package, and what dpkg
+/// said.
+fn installed_v1(systemd: Systemd) -> (Root, TempDir, String) {
+    let root = dpkg_root(systemd);
+    let dir = TempDir::new().unwrap();
+    let deb = support::write_package(dir.path(), Format::Deb, &package("0.1.0"));
+    let said = support::all_output(dpkg(&root).arg("--install").arg(&deb));
+    (root, dir, said)
+}
+
 /// `dpkg -s qb-agent`, or None when dpkg knows no such package.
 fn status(root: &Root) -> Option<String> {
     let out = dpkg(root).args(["-s", "qb-agent"]).output().unwrap();
@@ -53,7 +54,7 @@ fn status(root: &Root) -> Option<String> {
 #[test]
 fn deb_metadata_contents_and_scripts() {
     let dir = TempDir::new().unwrap();
-    let deb = write_deb(dir.path(), &package("0.1.0"));
+    let deb = support::write_package(dir.path(), Format::Deb, &package("0.1.0"));
     let (arch, _) = support::target_arch();
 
     let fields = stdout(dpkg_deb().arg("--field").arg(&deb).args([
@@ -91,11 +92,8 @@ fn deb_metadata_contents_and_scripts() {
     }
 
     let contents = support::listing(&stdout(dpkg_deb().arg("--contents").arg(&deb)));
-    let files: Vec<_> = contents
-        .iter()
-        .filter(|(perm, _, _)| perm.starts_with('-'))
-        .map(|(p, o, n)| (p.as_str(), o.as_str(), n.as_str()))
-        .collect();
+    let mut files = support::rows(&contents);
+    files.retain(|(perm, _, _)| perm.starts_with('-'));
     assert_eq!(
         files,
         [
@@ -140,11 +138,7 @@ fn deb_metadata_contents_and_scripts() {
 
 #[test]
 fn deb_installs_removes_and_purges_without_systemd() {
-    let root = dpkg_root(Systemd::Absent);
-    let dir = TempDir::new().unwrap();
-    let deb = write_deb(dir.path(), &package("0.1.0"));
-
-    let said = support::all_output(dpkg(&root).arg("--install").arg(&deb));
+    let (root, _dir, said) = installed_v1(Systemd::Absent);
     assert!(
         said.contains("systemd is not running on this host"),
         "{said}"
@@ -153,7 +147,7 @@ fn deb_installs_removes_and_purges_without_systemd() {
         said.contains("/usr/bin/qb-agent --config /etc/qb-agent/config.toml"),
         "{said}"
     );
-    assert_installed(root.path(), UNIT, &AGENT_BINARY);
+    support::assert_installed(root.path(), UNIT, &AGENT_BINARY);
     let state = status(&root).expect("qb-agent is installed");
     assert!(state.contains("Status: install ok installed"), "{state}");
     assert!(
@@ -161,7 +155,7 @@ fn deb_installs_removes_and_purges_without_systemd() {
         "{state}"
     );
     // Already in a state directory: an agent's data, which only a purge removes.
-    fs::write(root.join("/var/lib/qb-agent/identity"), "node").unwrap();
+    support::write_agent_state(&root);
 
     // Remove keeps the conffile and the state, as Debian does.
     support::run(dpkg(&root).args(["--remove", "qb-agent"]));
@@ -174,44 +168,26 @@ fn deb_installs_removes_and_purges_without_systemd() {
     assert!(root.join("/var/lib/qb-agent/identity").exists());
 
     support::run(dpkg(&root).args(["--purge", "qb-agent"]));
-    assert_removed(root.path(), UNIT);
+    support::assert_removed(root.path(), UNIT);
     assert_eq!(status(&root), None);
     assert_eq!(root.systemctl_calls(), Vec::<String>::new());
 }
 
 #[test]
 fn deb_enables_starts_and_stops_the_unit_with_systemd() {
-    let root = dpkg_root(Systemd::Running);
-    let dir = TempDir::new().unwrap();
-    let deb = write_deb(dir.path(), &package("0.1.0"));
-
-    let said = support::all_output(dpkg(&root).arg("--install").arg(&deb));
-    assert!(!said.contains("systemd is not running"), "{said}");
-    assert_installed(root.path(), UNIT, &AGENT_BINARY);
-    assert_eq!(
-        root.systemctl_calls(),
-        ["daemon-reload", "enable --now qb-agent.service"]
-    );
+    let (root, dir, said) = installed_v1(Systemd::Running);
+    support::assert_enabled(&root, UNIT, &said);
 
     // An upgrade restarts the agent (if it runs) and keeps its state.
-    fs::write(root.join("/var/lib/qb-agent/identity"), "node").unwrap();
-    let v2 = AgentPackage {
-        agent_binary: &AGENT_BINARY_2,
-        ..package("0.2.0")
-    };
-    support::run(dpkg(&root).arg("--install").arg(write_deb(dir.path(), &v2)));
-    assert_installed(root.path(), UNIT, &AGENT_BINARY_2);
-    assert!(root.join("/var/lib/qb-agent/identity").exists());
+    support::write_agent_state(&root);
+    support::run(dpkg(&root).arg("--install").arg(support::write_package(
+        dir.path(),
+        Format::Deb,
+        &support::upgrade(),
+    )));
+    support::assert_upgraded(&root, UNIT);
     assert!(status(&root).unwrap().contains("Version: 0.2.0"));
-    assert_eq!(
-        root.systemctl_calls()[2..],
-        ["daemon-reload", "try-restart qb-agent.service"]
-    );
 
     support::run(dpkg(&root).args(["--purge", "qb-agent"]));
-    assert_removed(root.path(), UNIT);
-    assert_eq!(
-        root.systemctl_calls()[4..],
-        ["disable --now qb-agent.service", "daemon-reload"]
-    );
+    support::assert_purged(&root, UNIT);
 }

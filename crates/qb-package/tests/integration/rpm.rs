@@ -2,23 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use qb_package::AgentPackage;
+use qb_package::Format;
 use tempfile::TempDir;
 
-use super::support::{
-    self, AGENT_BINARY, AGENT_BINARY_2, CONFIG, Root, Systemd, assert_installed, assert_removed,
-    package, stdout, tool,
-};
+use super::support::{self, AGENT_BINARY, CONFIG, Root, Systemd, package, stdout, tool};
 
 const UNIT: &str = "/usr/lib/systemd/system/qb-agent.service";
-
-fn write_rpm(dir: &Path, p: &AgentPackage) -> PathBuf {
-    let rpm = qb_package::rpm(p).unwrap();
-    support::write(dir, &format!("qb-agent-{}.rpm", p.version), &rpm)
-}
 
 fn rpm() -> Command {
     Command::new(tool("rpm", "rpm"))
@@ -41,6 +32,15 @@ fn rpm_root(systemd: Systemd) -> Root {
     root
 }
 
+/// A root where `rpm -i` installed 0.1.0, the directory of the package, and what rpm said.
+fn installed_v1(systemd: Systemd) -> (Root, TempDir, String) {
+    let root = rpm_root(systemd);
+    let dir = TempDir::new().unwrap();
+    let pkg = support::write_package(dir.path(), Format::Rpm, &package("0.1.0"));
+    let said = support::all_output(rpm_in(&root).args(["-i", "--nodeps"]).arg(&pkg));
+    (root, dir, said)
+}
+
 /// The installed qb-agent's version-release, or None.
 fn installed(root: &Root) -> Option<String> {
     let out = rpm_in(root)
@@ -55,7 +55,7 @@ fn installed(root: &Root) -> Option<String> {
 #[test]
 fn rpm_metadata_contents_and_scripts() {
     let dir = TempDir::new().unwrap();
-    let pkg = write_rpm(dir.path(), &package("0.1.0"));
+    let pkg = support::write_package(dir.path(), Format::Rpm, &package("0.1.0"));
     let (_, arch) = support::target_arch();
 
     // The build date in UTC, whatever the local time zone.
@@ -170,10 +170,7 @@ fn rpm_metadata_contents_and_scripts() {
     let listing = support::listing(&stdout(
         Command::new(tool("tar", "tar")).arg("-tzvf").arg(&archive),
     ));
-    let files: Vec<_> = listing
-        .iter()
-        .map(|(p, o, n)| (p.as_str(), o.as_str(), n.as_str()))
-        .collect();
+    let files = support::rows(&listing);
     let unit = format!(".{UNIT}");
     assert_eq!(
         files,
@@ -202,69 +199,47 @@ fn rpm_metadata_contents_and_scripts() {
 
 #[test]
 fn rpm_installs_and_erases_without_systemd() {
-    let root = rpm_root(Systemd::Absent);
-    let dir = TempDir::new().unwrap();
-    let pkg = write_rpm(dir.path(), &package("0.1.0"));
-
-    let said = support::all_output(rpm_in(&root).args(["-i", "--nodeps"]).arg(&pkg));
+    let (root, _dir, said) = installed_v1(Systemd::Absent);
     assert!(
         said.contains("systemd is not running on this host"),
         "{said}"
     );
-    assert_installed(root.path(), UNIT, &AGENT_BINARY);
+    support::assert_installed(root.path(), UNIT, &AGENT_BINARY);
     assert_eq!(installed(&root).as_deref(), Some("0.1.0-1"));
     // The installed files check out against the package's digests, modes and owners.
     assert_eq!(
         stdout(rpm_in(&root).args(["-V", "--nodeps", "qb-agent"])),
         ""
     );
-    fs::write(root.join("/var/lib/qb-agent/identity"), "node").unwrap();
+    support::write_agent_state(&root);
 
     // The rpm's only removal: it purges.
     support::run(rpm_in(&root).args(["-e", "qb-agent"]));
-    assert_removed(root.path(), UNIT);
+    support::assert_removed(root.path(), UNIT);
     assert_eq!(installed(&root), None);
     assert_eq!(root.systemctl_calls(), Vec::<String>::new());
 }
 
 #[test]
 fn rpm_enables_starts_upgrades_and_stops_the_unit_with_systemd() {
-    let root = rpm_root(Systemd::Running);
-    let dir = TempDir::new().unwrap();
-    let pkg = write_rpm(dir.path(), &package("0.1.0"));
-
-    let said = support::all_output(rpm_in(&root).args(["-i", "--nodeps"]).arg(&pkg));
-    assert!(!said.contains("systemd is not running"), "{said}");
-    assert_installed(root.path(), UNIT, &AGENT_BINARY);
-    assert_eq!(
-        root.systemctl_calls(),
-        ["daemon-reload", "enable --now qb-agent.service"]
-    );
+    let (root, dir, said) = installed_v1(Systemd::Running);
+    support::assert_enabled(&root, UNIT, &said);
 
     // An upgrade restarts the agent and keeps its state: the old package's %preun and %postun
     // run with $1 = 1 and must neither stop it nor purge.
-    fs::write(root.join("/var/lib/qb-agent/identity"), "node").unwrap();
-    let v2 = AgentPackage {
-        agent_binary: &AGENT_BINARY_2,
-        ..package("0.2.0")
-    };
+    support::write_agent_state(&root);
     support::run(
         rpm_in(&root)
             .args(["-U", "--nodeps"])
-            .arg(write_rpm(dir.path(), &v2)),
+            .arg(support::write_package(
+                dir.path(),
+                Format::Rpm,
+                &support::upgrade(),
+            )),
     );
-    assert_installed(root.path(), UNIT, &AGENT_BINARY_2);
+    support::assert_upgraded(&root, UNIT);
     assert_eq!(installed(&root).as_deref(), Some("0.2.0-1"));
-    assert!(root.join("/var/lib/qb-agent/identity").exists());
-    assert_eq!(
-        root.systemctl_calls()[2..],
-        ["daemon-reload", "try-restart qb-agent.service"]
-    );
 
     support::run(rpm_in(&root).args(["-e", "qb-agent"]));
-    assert_removed(root.path(), UNIT);
-    assert_eq!(
-        root.systemctl_calls()[4..],
-        ["disable --now qb-agent.service", "daemon-reload"]
-    );
+    support::assert_purged(&root, UNIT);
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::LazyLock;
 
-use qb_package::AgentPackage;
+use qb_package::{AgentPackage, Format};
 use tempfile::TempDir;
 
 /// The agent's config: a secret, and characters a careless script or archive would mangle.
@@ -42,6 +42,26 @@ pub fn package(version: &str) -> AgentPackage<'_> {
         config_toml: CONFIG,
     }
 }
+
+/// Builds `p` as `format` and writes it into `dir` under its conventional name; its path.
+pub fn write_package(dir: &Path, format: Format, p: &AgentPackage) -> PathBuf {
+    let name = format.file_name(p.version).unwrap();
+    write(dir, &name, &format.build(p).unwrap())
+}
+
+/// The next version, with another agent build: what the upgrade tests install.
+pub fn upgrade() -> AgentPackage<'static> {
+    AgentPackage {
+        agent_binary: &AGENT_BINARY_2,
+        ..package("0.2.0")
+    }
+}
+
+/// What the packages' scripts ask of systemctl when it runs: on the first install, on an
+/// upgrade, on removal.
+pub const SYSTEMCTL_ON_INSTALL: [&str; 2] = ["daemon-reload", "enable --now qb-agent.service"];
+pub const SYSTEMCTL_ON_UPGRADE: [&str; 2] = ["daemon-reload", "try-restart qb-agent.service"];
+pub const SYSTEMCTL_ON_REMOVAL: [&str; 2] = ["disable --now qb-agent.service", "daemon-reload"];
 
 /// The package architecture names of the build target: (Debian, RPM).
 pub fn target_arch() -> (&'static str, &'static str) {
@@ -303,6 +323,41 @@ pub fn assert_removed(root: &Path, unit_path: &str) {
             "{path} is still there after removal"
         );
     }
+}
+
+/// A [`listing`]'s rows borrowed, to compare with literals.
+pub fn rows(listing: &[(String, String, String)]) -> Vec<(&str, &str, &str)> {
+    listing
+        .iter()
+        .map(|(p, o, n)| (p.as_str(), o.as_str(), n.as_str()))
+        .collect()
+}
+
+/// Checks a first install on a host running systemd: what the package manager `said`, the
+/// files, and the unit enabled and started.
+pub fn assert_enabled(root: &Root, unit_path: &str, said: &str) {
+    assert!(!said.contains("systemd is not running"), "{said}");
+    assert_installed(root.path(), unit_path, &AGENT_BINARY);
+    assert_eq!(root.systemctl_calls(), SYSTEMCTL_ON_INSTALL);
+}
+
+/// Leaves some agent state, which only a purge may remove.
+pub fn write_agent_state(root: &Root) {
+    fs::write(root.join("/var/lib/qb-agent/identity"), "node").unwrap();
+}
+
+/// Checks an upgrade to [`upgrade`] after [`assert_enabled`]: the new agent is in place, its
+/// state kept, and it is restarted.
+pub fn assert_upgraded(root: &Root, unit_path: &str) {
+    assert_installed(root.path(), unit_path, &AGENT_BINARY_2);
+    assert!(root.join("/var/lib/qb-agent/identity").exists());
+    assert_eq!(root.systemctl_calls()[2..], SYSTEMCTL_ON_UPGRADE);
+}
+
+/// Checks the removal after [`assert_upgraded`]: nothing left, the unit stopped and disabled.
+pub fn assert_purged(root: &Root, unit_path: &str) {
+    assert_removed(root.path(), unit_path);
+    assert_eq!(root.systemctl_calls()[4..], SYSTEMCTL_ON_REMOVAL);
 }
 
 /// Parses `ls -l`-like listings (`tar tv`, `dpkg-deb --contents`): (permissions, owner, path).

@@ -9,8 +9,9 @@ use qb_package::AgentPackage;
 use tempfile::TempDir;
 
 use super::support::{
-    self, AGENT_BINARY, AGENT_BINARY_2, BusyboxPath, CONFIG, assert_installed, assert_removed,
-    package, stdout, tool,
+    self, AGENT_BINARY, AGENT_BINARY_2, BusyboxPath, CONFIG, SYSTEMCTL_ON_INSTALL,
+    SYSTEMCTL_ON_REMOVAL, SYSTEMCTL_ON_UPGRADE, assert_installed, assert_removed, package, stdout,
+    tool,
 };
 
 const UNIT: &str = "/etc/systemd/system/qb-agent.service";
@@ -48,12 +49,8 @@ fn tarball_listing() {
         &qb_package::tarball(&package("0.1.0")).unwrap(),
     );
     let listing = support::listing(&stdout(tar().arg("-tzvf").arg(&tarball)));
-    let listing: Vec<_> = listing
-        .iter()
-        .map(|(p, o, n)| (p.as_str(), o.as_str(), n.as_str()))
-        .collect();
     assert_eq!(
-        listing,
+        support::rows(&listing),
         [
             ("drwxr-xr-x", "root/root", "qb-agent-0.1.0/"),
             ("-rwxr-xr-x", "root/root", "qb-agent-0.1.0/qb-agent"),
@@ -122,20 +119,13 @@ fn tarball_reinstall_keeps_a_changed_config_with_systemd() {
     let said = busybox_sh(&path, &unpacked.join("install.sh"), root.path());
     assert!(!said.contains("systemd is not running"), "{said}");
     assert_installed(root.path(), UNIT, &AGENT_BINARY);
-    assert_eq!(
-        path.systemctl_calls(),
-        ["daemon-reload", "enable --now qb-agent.service"]
-    );
+    assert_eq!(path.systemctl_calls(), SYSTEMCTL_ON_INSTALL);
 
     // The administrator changes the config; a newer tarball keeps it and puts its own beside it.
     let config = root.path().join("etc/qb-agent/config.toml");
     fs::write(&config, "changed by hand\n").unwrap();
     let dir2 = TempDir::new().unwrap();
-    let v2 = AgentPackage {
-        agent_binary: &AGENT_BINARY_2,
-        ..package("0.2.0")
-    };
-    let unpacked2 = unpack(dir2.path(), &v2);
+    let unpacked2 = unpack(dir2.path(), &support::upgrade());
     let said = busybox_sh(&path, &unpacked2.join("install.sh"), root.path());
     assert!(
         said.contains("kept the existing /etc/qb-agent/config.toml"),
@@ -146,17 +136,11 @@ fn tarball_reinstall_keeps_a_changed_config_with_systemd() {
     assert_eq!(fs::read_to_string(&new).unwrap(), CONFIG);
     assert_eq!(support::mode(&new), 0o600);
     assert!(fs::read(root.path().join("usr/bin/qb-agent")).unwrap() == *AGENT_BINARY_2);
-    assert_eq!(
-        path.systemctl_calls()[2..],
-        ["daemon-reload", "try-restart qb-agent.service"]
-    );
+    assert_eq!(path.systemctl_calls()[2..], SYSTEMCTL_ON_UPGRADE);
 
     busybox_sh(&path, &unpacked2.join("uninstall.sh"), root.path());
     assert_removed(root.path(), UNIT);
-    assert_eq!(
-        path.systemctl_calls()[4..],
-        ["disable --now qb-agent.service", "daemon-reload"]
-    );
+    assert_eq!(path.systemctl_calls()[4..], SYSTEMCTL_ON_REMOVAL);
 }
 
 #[test]
