@@ -40,7 +40,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::balancer::Balancer;
-use crate::supervise::{Change, SuperviseError, Supervisor, error_chain};
+use crate::supervise::{Change, SuperviseError, Supervisor};
+use qb_api::error_chain;
 
 /// How long a service may take to pass its probe before the step fails.
 const READINESS_TIMEOUT: Duration = Duration::from_secs(120);

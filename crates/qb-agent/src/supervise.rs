@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use qb_agent_proto::plan::{Probe, RestartPolicy, Service, ServiceName, ServiceReport};
+use qb_api::error_chain;
 use qb_host::process::ProcStat;
 use rustix::process::{Pid, PidfdFlags, Signal};
 use serde::{Deserialize, Serialize};
@@ -1062,18 +1063,6 @@ fn validate(service: &Service) -> Result<(), SuperviseError> {
         Some(program) if program.starts_with('/') => Ok(()),
         _ => Err(SuperviseError::BadCommand(service.name.to_string())),
     }
-}
-
-/// An error and its sources, `a: b: c`, for logs and reports.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Kills the process group of every recorded service that still runs: what a failed test

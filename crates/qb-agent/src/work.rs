@@ -299,13 +299,13 @@ impl Work {
             Instruction::Etcd(request) => match crate::etcd::run(&request).await {
                 Ok(members) => Outcome::EtcdMembers { members },
                 Err(e) => Outcome::Failed {
-                    error: crate::supervise::error_chain(&e),
+                    error: qb_api::error_chain(&e),
                 },
             },
             Instruction::Kube(request) => match crate::kube::run(&request).await {
                 Ok(nodes) => Outcome::KubeNodes { nodes },
                 Err(e) => Outcome::Failed {
-                    error: crate::supervise::error_chain(&e),
+                    error: qb_api::error_chain(&e),
                 },
             },
         }

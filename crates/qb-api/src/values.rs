@@ -575,6 +575,19 @@ mod tests {
     }
 }
 
+/// An error and its sources, `outer: inner: ...`, for logs, reports and problem details (the
+/// one walker of `Error::source` chains; `anyhow`'s `{:#}` does the same for its own errors).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// A secret text: a token, a private key, a file that holds one. `Debug` and `Display` show
 /// only its length, so it cannot reach a log or an error message by accident; [`Secret::expose`]
 /// is the one way to the text. On the wire it is the plain string.

@@ -37,7 +37,7 @@ impl From<StoreError> for ApiError {
                 return Self::new(ProblemCode::RegistrationRefused, refusal.to_string());
             }
             StoreError::Database(sqlx_error) if is_unavailable(sqlx_error) => {
-                tracing::warn!(error = %format_args!("{:#}", anyhow_chain(&e)), "store unavailable");
+                tracing::warn!(error = %format_args!("{:#}", qb_api::error_chain(&e)), "store unavailable");
                 return Self::new(
                     ProblemCode::Unavailable,
                     "the controller's database is unavailable; retry shortly",
@@ -48,7 +48,7 @@ impl From<StoreError> for ApiError {
                 return Self::invalid(format!("certificate request refused: {source}"));
             }
             StoreError::Corrupt { .. } | StoreError::Database(_) | StoreError::Migrate(_) => {
-                tracing::error!(error = %anyhow_chain(&e), "store error");
+                tracing::error!(error = %qb_api::error_chain(&e), "store error");
                 return Self::new(
                     ProblemCode::Internal,
                     "internal error; see the controller's log",
@@ -81,18 +81,6 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
         e,
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
     )
-}
-
-/// The error and all its sources, `outer: inner: ...`.
-fn anyhow_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 impl IntoResponse for ApiError {

@@ -217,7 +217,7 @@ async fn forward(state: &AppState, request: Request) -> Result<Response, ProxyEr
     let mut last_error = String::new();
     for master in &masters {
         if let Err(e) = upstream.ensure_rbac(*master).await {
-            last_error = error_chain(e.as_ref());
+            last_error = qb_api::error_chain(e.as_ref());
             tracing::warn!(cluster_id = %upstream.cluster, node_id = %master, error = %last_error, "cannot set up the proxy's RBAC");
             continue;
         }
@@ -235,7 +235,7 @@ async fn forward(state: &AppState, request: Request) -> Result<Response, ProxyEr
                 return Ok(Response::from_parts(parts, Body::new(incoming)));
             }
             Err(e) => {
-                last_error = error_chain(&e);
+                last_error = qb_api::error_chain(&e);
                 tracing::info!(cluster_id = %upstream.cluster, node_id = %master, error = %last_error, "a master's API server could not be reached");
                 if !(retryable && e.is_connect()) {
                     break;
@@ -265,7 +265,7 @@ async fn forward_upgrade(
         )
     })?;
     let gateway = |e: &(dyn std::error::Error + 'static)| {
-        ProxyError::BadGateway(format!("the API server: {}", error_chain(e)))
+        ProxyError::BadGateway(format!("the API server: {}", qb_api::error_chain(e)))
     };
     if let Err(e) = upstream.ensure_rbac(master).await {
         return Err(gateway(e.as_ref()));
@@ -385,17 +385,6 @@ fn upstream_headers(
         headers.append("impersonate-group", HeaderValue::from_static(group));
     }
     Ok(headers)
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Why the proxy answered itself, as a Kubernetes `Status` so that kubectl shows it well.
