@@ -74,9 +74,7 @@ impl Controller {
             .with_context(|| format!("connecting to {} timed out", self.address))??;
         let _ = tcp.set_nodelay(true);
         let local_ip = tcp.local_addr().ok().map(|a| a.ip());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
+        let builder = qb_pki::tls::client_config_builder()
             .dangerous()
             .with_custom_certificate_verifier(PinnedCaVerifier::new(self.pins.clone()));
         let mut tls_config = match client {

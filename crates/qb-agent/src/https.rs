@@ -241,10 +241,7 @@ fn tls_config(files: TlsFiles<'_>) -> Result<rustls::ClientConfig, HttpsError> {
     }
     let chain = read_certs(files.cert_file)?;
     let key = read_key(files.key_file)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(HttpsError::TlsConfig)?
+    let mut config = qb_pki::tls::client_config_builder()
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .map_err(HttpsError::TlsConfig)?;

@@ -219,11 +219,7 @@ async fn tls_config(
             source: Box::new(e),
         })?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ProbeError::Config(format!("TLS versions: {e}")))?
-        .with_root_certificates(roots);
+    let builder = qb_pki::tls::client_config_builder().with_root_certificates(roots);
     let Some((cert_file, key_file)) = client else {
         return Ok(builder.with_no_client_auth());
     };

@@ -44,10 +44,7 @@ pub fn load_or_generate(
     let leaf = certs.first().context("no certificate")?;
     let fingerprint = fingerprint(leaf);
     let cert_pem = certs.iter().map(|c| pem_certificate(c)).collect();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
+    let mut config = qb_pki::tls::server_config_builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .with_context(|| {

@@ -21,6 +21,7 @@ mod error;
 mod identity;
 mod pin;
 mod plan_signing;
+pub mod tls;
 mod util;
 mod verify;
 

@@ -78,9 +78,7 @@ impl AgentEndpoint {
             .collect::<Result<Vec<_>, _>>()?;
         let key = rustls_pemfile::private_key(&mut issued.key_pem.expose().as_bytes())?
             .ok_or_else(|| anyhow::anyhow!("issued key is missing"))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
+        let mut config = qb_pki::tls::server_config_builder()
             .with_client_cert_verifier(qb_pki::agent_client_verifier(&self.ca)?)
             .with_single_cert(certs, key)?;
         config.alpn_protocols = vec![b"h2".to_vec()];

@@ -90,9 +90,7 @@ impl Peers {
             .collect::<Result<Vec<_>, _>>()?;
         let key = rustls_pemfile::private_key(&mut certificate.key_pem.expose().as_bytes())?
             .ok_or_else(|| anyhow::anyhow!("the replica certificate has no key"))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
+        let mut config = qb_pki::tls::client_config_builder()
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)?;
         config.alpn_protocols = vec![b"h2".to_vec()];

@@ -273,9 +273,7 @@ fn tls_connector(ca_pem: &str, client: &KeyCert) -> anyhow::Result<TlsConnector>
         rustls_pemfile::certs(&mut client.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
     let key = rustls_pemfile::private_key(&mut client.key_pem.as_bytes())?
         .ok_or_else(|| anyhow::anyhow!("the client certificate has no key"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
+    let mut config = qb_pki::tls::client_config_builder()
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)?;
     // HTTP/1.1 only: upgrades (exec, port-forward) need it, and every request gets its own
