@@ -134,19 +134,12 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Page<BootstrapToken>> {
-        let rows = sqlx::query(
-            "SELECT * FROM bootstrap_tokens WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-        )
-        .bind(tenant.to_string())
-        .bind(after.unwrap_or(""))
-        .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        let items = rows
-            .iter()
-            .map(rows::bootstrap_token)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(crate::page(items, limit, |t| t.id.to_string()))
+        let sql =
+            "SELECT * FROM bootstrap_tokens WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3";
+        self.fetch_page(sql, tenant, after, limit, rows::bootstrap_token, |t| {
+            t.id.to_string()
+        })
+        .await
     }
 
     pub async fn revoke_bootstrap_token(
@@ -165,13 +158,10 @@ impl Store {
         .execute(&mut *w.tx)
         .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                kind: "bootstrap token",
-                key: id.to_string(),
-            });
+            return Err(StoreError::not_found("bootstrap token", id));
         }
         let token = fetch_bootstrap_token(&mut w, tenant, id).await?;
-        w.event(
+        w.commit_with_event(
             tenant,
             actor,
             NewEvent {
@@ -183,7 +173,6 @@ impl Store {
             },
         )
         .await?;
-        w.commit().await?;
         Ok(token)
     }
 
@@ -260,8 +249,7 @@ impl Store {
             && !matches!(before.state, NodeState::Pending | NodeState::Deauthorized)
         {
             return Err(StoreError::invalid_state(
-                before.name.as_str(),
-                before.state,
+                before,
                 "registered again; deauthorize it first if this host was reinstalled",
             ));
         }
@@ -340,10 +328,7 @@ impl Store {
         .bind(id.to_string())
         .fetch_optional(&self.pool)
         .await?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: "node",
-            key: id.to_string(),
-        })?;
+        .ok_or_else(|| StoreError::not_found("node", id))?;
         Ok(AgentNode {
             node: rows::node(&row)?,
             cert_serial: row.try_get("cert_serial")?,
@@ -361,11 +346,7 @@ impl Store {
         let mut w = self.write(tenant).await?;
         let node = w.node(tenant, &Key::Id(id)).await?;
         if node.state == NodeState::Deauthorized {
-            return Err(StoreError::invalid_state(
-                node.name.as_str(),
-                node.state,
-                "given a certificate",
-            ));
+            return Err(StoreError::invalid_state(&node, "given a certificate"));
         }
         let cert = issue().map_err(StoreError::Issue)?;
         sqlx::query(
@@ -376,17 +357,9 @@ impl Store {
         .bind(id.to_string())
         .execute(&mut *w.tx)
         .await?;
-        w.event(
-            tenant,
-            &Actor::controller(),
-            node_event(
-                "node.certificate_renewed",
-                &node,
-                json!({ "serial": cert.serial }),
-            ),
-        )
-        .await?;
-        w.commit().await?;
+        let detail = json!({ "serial": cert.serial });
+        w.commit_by_controller(tenant, "node.certificate_renewed", &node, detail)
+            .await?;
         Ok(cert)
     }
 
@@ -437,10 +410,7 @@ impl Store {
         // Another replica may have won the race: everyone uses the stored value.
         self.read_secret(name)
             .await?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "secret",
-                key: name.to_owned(),
-            })
+            .ok_or_else(|| StoreError::not_found("secret", name))
     }
 
     async fn read_secret(&self, name: &str) -> Result<Option<String>> {
@@ -501,10 +471,7 @@ async fn fetch_bootstrap_token(
         .bind(id.to_string())
         .fetch_optional(&mut *w.tx)
         .await?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: "bootstrap token",
-            key: id.to_string(),
-        })?;
+        .ok_or_else(|| StoreError::not_found("bootstrap token", id))?;
     rows::bootstrap_token(&row)
 }
 

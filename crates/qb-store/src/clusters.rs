@@ -8,7 +8,6 @@ use qb_api::{
     Page, TenantId,
 };
 use serde_json::json;
-use sqlx::any::AnyRow;
 
 use crate::events::NewEvent;
 use crate::nodes::{NODE_SELECT, node_event, to_json};
@@ -126,7 +125,7 @@ impl Store {
             }
         })?;
         let cluster = w.cluster(tenant, &Key::Id(id)).await?;
-        w.event(
+        w.commit_with_event(
             tenant,
             actor,
             cluster_event(
@@ -143,7 +142,6 @@ impl Store {
             ),
         )
         .await?;
-        w.commit().await?;
         Ok(cluster)
     }
 
@@ -153,16 +151,12 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Page<Cluster>> {
-        let rows = sqlx::query(&format!(
-            "{CLUSTER_SELECT} WHERE c.tenant_id = $1 AND c.id > $2 ORDER BY c.id LIMIT $3"
-        ))
-        .bind(tenant.to_string())
-        .bind(after.unwrap_or(""))
-        .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        let items = rows.iter().map(rows::cluster).collect::<Result<Vec<_>>>()?;
-        Ok(crate::page(items, limit, |c| c.id.to_string()))
+        let sql =
+            format!("{CLUSTER_SELECT} WHERE c.tenant_id = $1 AND c.id > $2 ORDER BY c.id LIMIT $3");
+        self.fetch_page(&sql, tenant, after, limit, rows::cluster, |c| {
+            c.id.to_string()
+        })
+        .await
     }
 
     pub async fn get_cluster(
@@ -170,7 +164,7 @@ impl Store {
         tenant: TenantId,
         key: &Key<ClusterId>,
     ) -> Result<ClusterDetail> {
-        let row = fetch_cluster(&self.pool, tenant, key).await?;
+        let row = crate::fetch_keyed(&self.pool, tenant, key).await?;
         let cluster = rows::cluster(&row)?;
         let nodes = sqlx::query(&format!(
             "{NODE_SELECT} WHERE n.cluster_id = $1 ORDER BY n.name"
@@ -227,10 +221,7 @@ impl Store {
             ),
         )
         .await?;
-        let mut returned = Vec::with_capacity(members.len());
-        for node in &members {
-            returned.push(w.node(tenant, &Key::Id(node.id)).await?);
-        }
+        let returned = w.reload(tenant, &members).await?;
         w.commit().await?;
         Ok(returned)
     }
@@ -256,11 +247,7 @@ impl Store {
                         } else {
                             "attached (only authorized nodes in the pool can be)"
                         };
-                        return Err(StoreError::invalid_state(
-                            node.name.as_str(),
-                            node.state,
-                            action,
-                        ));
+                        return Err(StoreError::invalid_state(&node, action));
                     }
                     chosen.push(node);
                 }
@@ -298,26 +285,8 @@ impl Store {
             )
             .await?;
         }
-        let names: Vec<&NodeName> = chosen.iter().map(|n| &n.name).collect();
-        w.event(
-            tenant,
-            actor,
-            cluster_event(
-                "cluster.nodes_attached",
-                &cluster,
-                json!({ "nodes": names }),
-            ),
-        )
-        .await?;
-        let moved = w.reload(tenant, &chosen).await?;
-        w.commit().await?;
-        Ok(NodeMove {
-            cluster: ClusterRef {
-                id: cluster.id,
-                name: cluster.name,
-            },
-            nodes: moved,
-        })
+        w.commit_move(tenant, actor, "cluster.nodes_attached", cluster, &chosen)
+            .await
     }
 
     /// Starts returning named nodes of a cluster to the pool: they become `detaching` until their
@@ -343,11 +312,7 @@ impl Store {
                 });
             }
             if node.state != NodeState::Attached {
-                return Err(StoreError::invalid_state(
-                    node.name.as_str(),
-                    node.state,
-                    "detached",
-                ));
+                return Err(StoreError::invalid_state(&node, "detached"));
             }
             chosen.push(node);
         }
@@ -373,25 +338,8 @@ impl Store {
             )
             .await?;
         }
-        w.event(
-            tenant,
-            actor,
-            cluster_event(
-                "cluster.nodes_detached",
-                &cluster,
-                json!({ "nodes": names }),
-            ),
-        )
-        .await?;
-        let moved = w.reload(tenant, &chosen).await?;
-        w.commit().await?;
-        Ok(NodeMove {
-            cluster: ClusterRef {
-                id: cluster.id,
-                name: cluster.name,
-            },
-            nodes: moved,
-        })
+        w.commit_move(tenant, actor, "cluster.nodes_detached", cluster, &chosen)
+            .await
     }
 }
 
@@ -401,7 +349,7 @@ impl WriteTx {
         tenant: TenantId,
         key: &Key<ClusterId>,
     ) -> Result<Cluster> {
-        let row = fetch_cluster(&mut *self.tx, tenant, key).await?;
+        let row = crate::fetch_keyed(&mut *self.tx, tenant, key).await?;
         rows::cluster(&row)
     }
 
@@ -422,28 +370,37 @@ impl WriteTx {
         }
         Ok(out)
     }
+
+    /// Records that `nodes` moved into or out of `cluster` (`action`) and commits; returns them
+    /// as the move left them.
+    async fn commit_move(
+        mut self,
+        tenant: TenantId,
+        actor: &Actor,
+        action: &str,
+        cluster: Cluster,
+        nodes: &[Node],
+    ) -> Result<NodeMove> {
+        let names: Vec<&NodeName> = nodes.iter().map(|n| &n.name).collect();
+        let detail = json!({ "nodes": names });
+        self.event(tenant, actor, cluster_event(action, &cluster, detail))
+            .await?;
+        let moved = self.reload(tenant, nodes).await?;
+        self.commit().await?;
+        Ok(NodeMove {
+            cluster: ClusterRef {
+                id: cluster.id,
+                name: cluster.name,
+            },
+            nodes: moved,
+        })
+    }
 }
 
-pub(crate) async fn fetch_cluster<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
-    ex: E,
-    tenant: TenantId,
-    key: &Key<ClusterId>,
-) -> Result<AnyRow> {
-    let (column, value) = match key {
-        Key::Id(id) => ("c.id", id.to_string()),
-        Key::Name(name) => ("c.name", name.clone()),
-    };
-    sqlx::query(&format!(
-        "{CLUSTER_SELECT} WHERE c.tenant_id = $1 AND {column} = $2"
-    ))
-    .bind(tenant.to_string())
-    .bind(value)
-    .fetch_optional(ex)
-    .await?
-    .ok_or_else(|| StoreError::NotFound {
-        kind: "cluster",
-        key: key.to_string(),
-    })
+impl crate::Keyed for ClusterId {
+    const KIND: &'static str = "cluster";
+    const SELECT: &'static str = CLUSTER_SELECT;
+    const ALIAS: &'static str = "c";
 }
 
 pub(crate) fn cluster_event<'a>(

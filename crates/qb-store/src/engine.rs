@@ -117,7 +117,7 @@ impl Store {
             .iter()
             .map(|a| format!("{} {}", a.name, a.version))
             .collect();
-        w.event(
+        w.commit_with_event(
             tenant,
             actor,
             NewEvent {
@@ -129,7 +129,6 @@ impl Store {
             },
         )
         .await?;
-        w.commit().await?;
         Ok((
             Bundle {
                 manifest: stored,
@@ -161,10 +160,7 @@ impl Store {
         .bind(version.to_string())
         .fetch_optional(&self.pool)
         .await?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: "bundle",
-            key: version.to_string(),
-        })?;
+        .ok_or_else(|| StoreError::not_found("bundle", version))?;
         bundle_row(&row)
     }
 
@@ -188,14 +184,9 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    crate::parse_id("tenant id", &row.try_get::<String, _>("tenant_id")?)?,
-                    crate::parse_id("cluster id", &row.try_get::<String, _>("id")?)?,
-                ))
-            })
-            .collect()
+        rows::with_tenant(&rows, |row| {
+            crate::parse_id("cluster id", &row.try_get::<String, _>("id")?)
+        })
     }
 
     /// A cluster with its nodes and their engine state.
@@ -205,7 +196,7 @@ impl Store {
         cluster: ClusterId,
     ) -> Result<EngineCluster> {
         let mut conn = self.pool.acquire().await?;
-        let row = crate::clusters::fetch_cluster(&mut *conn, tenant, &Key::Id(cluster)).await?;
+        let row = crate::fetch_keyed(&mut *conn, tenant, &Key::Id(cluster)).await?;
         let pki = row.try_get::<Option<String>, _>("pki")?.map(Secret::from);
         let cluster = rows::cluster(&row)?;
         let node_rows = sqlx::query(&format!(
@@ -273,10 +264,7 @@ impl Store {
                 .transpose()?
                 .flatten();
         w.commit().await?;
-        stored.ok_or_else(|| StoreError::NotFound {
-            kind: "cluster",
-            key: cluster.to_string(),
-        })
+        stored.ok_or_else(|| StoreError::not_found("cluster", cluster))
     }
 
     /// Records the cluster's state; an event when it changes. Returns whether it changed.
@@ -377,12 +365,7 @@ impl Store {
     ) -> Result<std::net::IpAddr> {
         let mut w = self.write(tenant).await?;
         let current = w.node(tenant, &Key::Id(node)).await?;
-        if current.cluster.as_ref().map(|c| c.id) != Some(cluster) {
-            return Err(StoreError::NodeNotInCluster {
-                node: current.name.to_string(),
-                cluster: cluster.to_string(),
-            });
-        }
+        in_cluster(&current, cluster)?;
         if let Some(existing) = current.address {
             return Ok(existing);
         }
@@ -391,17 +374,10 @@ impl Store {
             .bind(node.to_string())
             .execute(&mut *w.tx)
             .await?;
-        w.event(
-            tenant,
-            &Actor::controller(),
-            node_event(
-                "node.address_chosen",
-                &current,
-                json!({ "address": address, "cluster": current.cluster.as_ref().map(|c| &c.name) }),
-            ),
-        )
-        .await?;
-        w.commit().await?;
+        let detail =
+            json!({ "address": address, "cluster": current.cluster.as_ref().map(|c| &c.name) });
+        w.commit_by_controller(tenant, "node.address_chosen", &current, detail)
+            .await?;
         Ok(address)
     }
 
@@ -429,13 +405,9 @@ impl Store {
             .execute(&mut *w.tx)
             .await?;
         let cluster = current.cluster.as_ref().map(|c| &c.name);
-        w.event(
-            tenant,
-            &Actor::controller(),
-            node_event("node.draining", &current, json!({ "cluster": cluster })),
-        )
-        .await?;
-        w.commit().await?;
+        let detail = json!({ "cluster": cluster });
+        w.commit_by_controller(tenant, "node.draining", &current, detail)
+            .await?;
         Ok(crate::from_ms(now))
     }
 
@@ -448,17 +420,9 @@ impl Store {
             .execute(&mut *w.tx)
             .await?;
         let cluster = current.cluster.as_ref().map(|c| &c.name);
-        w.event(
-            tenant,
-            &Actor::controller(),
-            node_event(
-                "node.drained",
-                &current,
-                json!({ "cluster": cluster, "gave_up": gave_up }),
-            ),
-        )
-        .await?;
-        w.commit().await
+        let detail = json!({ "cluster": cluster, "gave_up": gave_up });
+        w.commit_by_controller(tenant, "node.drained", &current, detail)
+            .await
     }
 
     /// Sets a node's role, etcd membership and certificates, while it is in `cluster`.
@@ -473,12 +437,7 @@ impl Store {
     ) -> Result<()> {
         let mut w = self.write(tenant).await?;
         let current = w.node(tenant, &Key::Id(node)).await?;
-        if current.cluster.as_ref().map(|c| c.id) != Some(cluster) {
-            return Err(StoreError::NodeNotInCluster {
-                node: current.name.to_string(),
-                cluster: cluster.to_string(),
-            });
-        }
+        in_cluster(&current, cluster)?;
         sqlx::query("UPDATE nodes SET role = $1, etcd = $2, certs = $3 WHERE id = $4")
             .bind(role.map(role_str))
             .bind(etcd)
@@ -534,23 +493,12 @@ impl Store {
         .execute(&mut *w.tx)
         .await?;
         if done.rows_affected() != 1 {
-            return Err(StoreError::InvalidNodeState {
-                node: current.name.to_string(),
-                state: "changed by another request",
-                action: "given a plan",
-            });
+            return Err(StoreError::changed_meanwhile(&current, "given a plan"));
         }
-        w.event(
-            tenant,
-            &Actor::controller(),
-            node_event(
-                "node.plan_published",
-                &current,
-                json!({ "generation": generation, "leaving": current.state == NodeState::Detaching }),
-            ),
-        )
-        .await?;
-        w.commit().await?;
+        let leaving = current.state == NodeState::Detaching;
+        let detail = json!({ "generation": generation, "leaving": leaving });
+        w.commit_by_controller(tenant, "node.plan_published", &current, detail)
+            .await?;
         Ok(generation)
     }
 
@@ -564,14 +512,7 @@ impl Store {
         .bind(WIPE_PLAN_HASH)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    crate::parse_id("tenant id", &row.try_get::<String, _>("tenant_id")?)?,
-                    rows::node(row)?,
-                ))
-            })
-            .collect()
+        rows::with_tenant(&rows, rows::node)
     }
 
     /// The node's current signed plan and its generation, for its agent.
@@ -582,10 +523,7 @@ impl Store {
                 .bind(node.to_string())
                 .fetch_optional(&self.pool)
                 .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    kind: "node",
-                    key: node.to_string(),
-                })?;
+                .ok_or_else(|| StoreError::not_found("node", node))?;
         let generation: i64 = row.try_get("plan_generation")?;
         let plan: Option<String> = row.try_get("plan")?;
         Ok(plan.map(|p| (u64::try_from(generation).unwrap_or_default(), p)))
@@ -636,17 +574,14 @@ impl Store {
             "cluster.preflight_failed"
         };
         let problems: Vec<&String> = report.problems.iter().take(20).collect();
-        w.event(
-            tenant,
-            &Actor::controller(),
-            cluster_event(
-                action,
-                &cluster,
-                json!({ "preflight": report.id, "duration_ms": report.duration_ms, "problems": problems }),
-            ),
-        )
-        .await?;
-        w.commit().await
+        let detail = json!({
+            "preflight": report.id,
+            "duration_ms": report.duration_ms,
+            "problems": problems
+        });
+        let event = cluster_event(action, &cluster, detail);
+        w.commit_with_event(tenant, &Actor::controller(), event)
+            .await
     }
 
     /// The newest preflight run of a cluster, with the nodes it covered.
@@ -670,6 +605,17 @@ impl Store {
         })
         .transpose()
     }
+}
+
+/// Refuses engine bookkeeping for a node that has left `cluster` meanwhile.
+fn in_cluster(node: &Node, cluster: ClusterId) -> Result<()> {
+    if node.cluster.as_ref().map(|c| c.id) != Some(cluster) {
+        return Err(StoreError::NodeNotInCluster {
+            node: node.name.to_string(),
+            cluster: cluster.to_string(),
+        });
+    }
+    Ok(())
 }
 
 fn role_str(role: NodeRole) -> &'static str {

@@ -50,6 +50,17 @@ impl WriteTx {
         .await?;
         Ok(())
     }
+
+    /// Records the change's event and commits the two together.
+    pub(crate) async fn commit_with_event(
+        mut self,
+        tenant: TenantId,
+        actor: &Actor,
+        e: NewEvent<'_>,
+    ) -> Result<()> {
+        self.event(tenant, actor, e).await?;
+        self.commit().await
+    }
 }
 
 impl Store {

@@ -20,8 +20,8 @@ mod tenants;
 use std::sync::Arc;
 use std::time::Duration;
 
-use qb_api::{InvalidValue, NodeState};
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use qb_api::{InvalidValue, Node};
+use sqlx::any::{AnyPoolOptions, AnyRow, install_default_drivers};
 use sqlx::{Any, AnyPool, Executor, Transaction};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -140,10 +140,27 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    fn invalid_state(node: &str, state: NodeState, action: &'static str) -> Self {
+    fn not_found(kind: &'static str, key: impl ToString) -> Self {
+        Self::NotFound {
+            kind,
+            key: key.to_string(),
+        }
+    }
+
+    /// `node` is in a state that does not allow `action`.
+    fn invalid_state(node: &Node, action: &'static str) -> Self {
         Self::InvalidNodeState {
-            node: node.to_owned(),
-            state: state.as_str(),
+            node: node.name.to_string(),
+            state: node.state.as_str(),
+            action,
+        }
+    }
+
+    /// Another request moved `node` between reading and writing it.
+    fn changed_meanwhile(node: &Node, action: &'static str) -> Self {
+        Self::InvalidNodeState {
+            node: node.name.to_string(),
+            state: "changed by another request",
             action,
         }
     }
@@ -242,6 +259,26 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// A page of what `sql` selects, given the tenant, the cursor and `limit + 1` as $1, $2, $3.
+    async fn fetch_page<T>(
+        &self,
+        sql: &str,
+        tenant: qb_api::TenantId,
+        after: Option<&str>,
+        limit: u32,
+        row: fn(&AnyRow) -> Result<T>,
+        cursor: impl Fn(&T) -> String,
+    ) -> Result<qb_api::Page<T>> {
+        let rows = sqlx::query(sql)
+            .bind(tenant.to_string())
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        let items = rows.iter().map(row).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit, cursor))
+    }
+
     /// For single-statement bookkeeping writes outside a transaction (token use, agent
     /// last-seen): on SQLite they queue behind the writer like any other write.
     async fn bookkeeping_lock(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
@@ -320,6 +357,36 @@ fn page<T>(mut items: Vec<T>, limit: u32, cursor: impl Fn(&T) -> String) -> qb_a
         None
     };
     qb_api::Page { items, next }
+}
+
+/// The id of a record that a [`Key`] names by id or by name, and where its rows are read.
+trait Keyed: std::fmt::Display {
+    /// What a `NotFound` error calls it.
+    const KIND: &'static str;
+    /// Selects its rows, from a table aliased [`Self::ALIAS`].
+    const SELECT: &'static str;
+    const ALIAS: &'static str;
+}
+
+/// The row in `tenant` that `key` names.
+async fn fetch_keyed<'e, E, Id>(ex: E, tenant: qb_api::TenantId, key: &Key<Id>) -> Result<AnyRow>
+where
+    E: Executor<'e, Database = Any>,
+    Id: Keyed,
+{
+    let (column, value) = match key {
+        Key::Id(id) => ("id", id.to_string()),
+        Key::Name(name) => ("name", name.clone()),
+    };
+    let (select, alias) = (Id::SELECT, Id::ALIAS);
+    sqlx::query(&format!(
+        "{select} WHERE {alias}.tenant_id = $1 AND {alias}.{column} = $2"
+    ))
+    .bind(tenant.to_string())
+    .bind(value)
+    .fetch_optional(ex)
+    .await?
+    .ok_or_else(|| StoreError::not_found(Id::KIND, key))
 }
 
 /// Parses an id read from the database.

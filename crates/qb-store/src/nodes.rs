@@ -2,7 +2,6 @@
 
 use qb_api::{LabelChange, Labels, Node, NodeFacts, NodeId, NodeName, NodeState, Page, TenantId};
 use serde_json::json;
-use sqlx::any::AnyRow;
 
 use crate::events::NewEvent;
 use crate::{Actor, Key, Result, Store, StoreError, WriteTx, is_unique_violation, now_ms, rows};
@@ -63,9 +62,7 @@ impl Store {
             },
         )
         .await?;
-        let node = w.node(tenant, &Key::Id(id)).await?;
-        w.commit().await?;
-        Ok(node)
+        w.commit_node(tenant, id).await
     }
 
     pub async fn list_nodes(
@@ -91,7 +88,7 @@ impl Store {
     }
 
     pub async fn get_node(&self, tenant: TenantId, key: &Key<NodeId>) -> Result<Node> {
-        let row = fetch_node(&self.pool, tenant, key).await?;
+        let row = crate::fetch_keyed(&self.pool, tenant, key).await?;
         rows::node(&row)
     }
 
@@ -131,21 +128,10 @@ impl Store {
             .bind(node.id.to_string())
             .execute(&mut *w.tx)
             .await?;
-        w.event(
-            tenant,
-            actor,
-            NewEvent {
-                action: "node.labeled",
-                object_kind: "node",
-                object_id: node.id.to_string(),
-                object_name: node.name.as_str(),
-                detail: json!({ "set": change.set, "remove": change.remove }),
-            },
-        )
-        .await?;
-        let node = w.node(tenant, &Key::Id(node.id)).await?;
-        w.commit().await?;
-        Ok(node)
+        let detail = json!({ "set": change.set, "remove": change.remove });
+        w.event(tenant, actor, node_event("node.labeled", &node, detail))
+            .await?;
+        w.commit_node(tenant, node.id).await
     }
 
     /// Moves a `pending` node into the pool.
@@ -158,11 +144,7 @@ impl Store {
         let mut w = self.write(tenant).await?;
         let node = w.node(tenant, key).await?;
         if node.state != NodeState::Pending {
-            return Err(StoreError::invalid_state(
-                node.name.as_str(),
-                node.state,
-                "authorized",
-            ));
+            return Err(StoreError::invalid_state(&node, "authorized"));
         }
         w.set_node_state(&node, NodeState::Authorized, None).await?;
         w.event(
@@ -171,9 +153,7 @@ impl Store {
             node_event("node.authorized", &node, json!({})),
         )
         .await?;
-        let node = w.node(tenant, &Key::Id(node.id)).await?;
-        w.commit().await?;
-        Ok(node)
+        w.commit_node(tenant, node.id).await
     }
 
     /// Revokes a node's identity. A node in a cluster must leave it first (detach wipes it
@@ -187,11 +167,7 @@ impl Store {
         let mut w = self.write(tenant).await?;
         let node = w.node(tenant, key).await?;
         if node.state == NodeState::Deauthorized {
-            return Err(StoreError::invalid_state(
-                node.name.as_str(),
-                node.state,
-                "deauthorized",
-            ));
+            return Err(StoreError::invalid_state(&node, "deauthorized"));
         }
         if let Some(cluster) = &node.cluster {
             return Err(StoreError::NodeInCluster {
@@ -214,9 +190,7 @@ impl Store {
             node_event("node.deauthorized", &node, detail),
         )
         .await?;
-        let node = w.node(tenant, &Key::Id(node.id)).await?;
-        w.commit().await?;
-        Ok(node)
+        w.commit_node(tenant, node.id).await
     }
 
     /// Forgets a `pending` or `deauthorized` node.
@@ -229,19 +203,14 @@ impl Store {
         let mut w = self.write(tenant).await?;
         let node = w.node(tenant, key).await?;
         if !matches!(node.state, NodeState::Pending | NodeState::Deauthorized) {
-            return Err(StoreError::invalid_state(
-                node.name.as_str(),
-                node.state,
-                "deleted",
-            ));
+            return Err(StoreError::invalid_state(&node, "deleted"));
         }
         sqlx::query("DELETE FROM nodes WHERE id = $1")
             .bind(node.id.to_string())
             .execute(&mut *w.tx)
             .await?;
-        w.event(tenant, actor, node_event("node.deleted", &node, json!({})))
-            .await?;
-        w.commit().await
+        w.commit_with_event(tenant, actor, node_event("node.deleted", &node, json!({})))
+            .await
     }
 
     /// Returns a `detaching` node to the pool once its components are gone.
@@ -249,20 +218,14 @@ impl Store {
         let mut w = self.write(tenant).await?;
         let node = w.node(tenant, &Key::Id(id)).await?;
         if node.state != NodeState::Detaching {
-            return Err(StoreError::invalid_state(
-                node.name.as_str(),
-                node.state,
-                "returned to the pool",
-            ));
+            return Err(StoreError::invalid_state(&node, "returned to the pool"));
         }
         w.set_node_state(&node, NodeState::Authorized, None).await?;
         w.forget_cluster_part(node.id).await?;
         let detail = json!({ "cluster": node.cluster.as_ref().map(|c| &c.name) });
         w.event(tenant, actor, node_event("node.detached", &node, detail))
             .await?;
-        let node = w.node(tenant, &Key::Id(id)).await?;
-        w.commit().await?;
-        Ok(node)
+        w.commit_node(tenant, id).await
     }
 }
 
@@ -281,8 +244,28 @@ impl WriteTx {
     }
 
     pub(crate) async fn node(&mut self, tenant: TenantId, key: &Key<NodeId>) -> Result<Node> {
-        let row = fetch_node(&mut *self.tx, tenant, key).await?;
+        let row = crate::fetch_keyed(&mut *self.tx, tenant, key).await?;
         rows::node(&row)
+    }
+
+    /// Records that the controller did `action` to `node`, and commits.
+    pub(crate) async fn commit_by_controller(
+        self,
+        tenant: TenantId,
+        action: &str,
+        node: &Node,
+        detail: serde_json::Value,
+    ) -> Result<()> {
+        let event = node_event(action, node, detail);
+        self.commit_with_event(tenant, &Actor::controller(), event)
+            .await
+    }
+
+    /// Commits, and returns the node as the change left it.
+    async fn commit_node(mut self, tenant: TenantId, id: NodeId) -> Result<Node> {
+        let node = self.node(tenant, &Key::Id(id)).await?;
+        self.commit().await?;
+        Ok(node)
     }
 
     /// Sets a node's state and cluster, but only if its state is still what `node` says: a
@@ -304,36 +287,16 @@ impl WriteTx {
         .execute(&mut *self.tx)
         .await?;
         if done.rows_affected() != 1 {
-            return Err(StoreError::InvalidNodeState {
-                node: node.name.to_string(),
-                state: "changed by another request",
-                action: "moved",
-            });
+            return Err(StoreError::changed_meanwhile(node, "moved"));
         }
         Ok(())
     }
 }
 
-async fn fetch_node<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
-    ex: E,
-    tenant: TenantId,
-    key: &Key<NodeId>,
-) -> Result<AnyRow> {
-    let (column, value) = match key {
-        Key::Id(id) => ("n.id", id.to_string()),
-        Key::Name(name) => ("n.name", name.clone()),
-    };
-    sqlx::query(&format!(
-        "{NODE_SELECT} WHERE n.tenant_id = $1 AND {column} = $2"
-    ))
-    .bind(tenant.to_string())
-    .bind(value)
-    .fetch_optional(ex)
-    .await?
-    .ok_or_else(|| StoreError::NotFound {
-        kind: "node",
-        key: key.to_string(),
-    })
+impl crate::Keyed for NodeId {
+    const KIND: &'static str = "node";
+    const SELECT: &'static str = NODE_SELECT;
+    const ALIAS: &'static str = "n";
 }
 
 pub(crate) fn node_event<'a>(

@@ -233,12 +233,8 @@ impl Store {
     /// On PostgreSQL, every session change committed from now on; `None` on SQLite, where one
     /// controller is alone on its database file.
     pub async fn session_changes(&self) -> Result<Option<SessionChanges>> {
-        let Some(url) = &self.postgres_url else {
-            return Ok(None);
-        };
-        let mut listener = PgListener::connect(url).await?;
-        listener.listen(SESSIONS_CHANNEL).await?;
-        Ok(Some(SessionChanges { listener }))
+        let listener = self.listen(SESSIONS_CHANNEL).await?;
+        Ok(listener.map(|listener| SessionChanges { listener }))
     }
 
     /// Tells the replica running the cluster engine that there is work; nothing on SQLite,
@@ -255,12 +251,18 @@ impl Store {
 
     /// On PostgreSQL, the engine's wake-ups sent from now on; `None` on SQLite.
     pub async fn engine_wakes(&self) -> Result<Option<EngineWakes>> {
+        let listener = self.listen(ENGINE_CHANNEL).await?;
+        Ok(listener.map(|listener| EngineWakes { listener }))
+    }
+
+    /// A connection listening on `channel`; `None` on SQLite, which has no notifications.
+    async fn listen(&self, channel: &str) -> Result<Option<PgListener>> {
         let Some(url) = &self.postgres_url else {
             return Ok(None);
         };
         let mut listener = PgListener::connect(url).await?;
-        listener.listen(ENGINE_CHANNEL).await?;
-        Ok(Some(EngineWakes { listener }))
+        listener.listen(channel).await?;
+        Ok(Some(listener))
     }
 
     /// The other replicas seen since `alive_since`: their ids and where they are reached.

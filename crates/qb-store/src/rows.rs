@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use qb_api::{
     Cidr, Cluster, ClusterRef, ClusterState, Event, KubernetesVersion, Labels, MasterCount, Name,
-    Node, NodeFacts, NodeName, NodeRole, NodeState, Role, Token,
+    Node, NodeFacts, NodeName, NodeRole, NodeState, Role, TenantId, Token,
 };
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -47,6 +47,19 @@ pub(crate) fn node_state(s: &str) -> Result<NodeState> {
 
 pub(crate) fn role(s: &str) -> Result<Role> {
     Role::parse(s).ok_or_else(|| corrupt("role")(UnknownValue(s.to_owned())))
+}
+
+/// Rows of any tenant, each read by `item` and paired with its `tenant_id`.
+pub(crate) fn with_tenant<T>(
+    rows: &[AnyRow],
+    item: impl Fn(&AnyRow) -> Result<T>,
+) -> Result<Vec<(TenantId, T)>> {
+    rows.iter()
+        .map(|row| {
+            let tenant = crate::parse_id("tenant id", &row.try_get::<String, _>("tenant_id")?)?;
+            Ok((tenant, item(row)?))
+        })
+        .collect()
 }
 
 /// A node row joined with its cluster's name as `cluster_name`.

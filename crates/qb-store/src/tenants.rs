@@ -80,9 +80,8 @@ impl Store {
             },
         )
         .await?;
-        w.event(tenant.id, &actor, user_event("user.created", &user))
+        w.commit_with_event(tenant.id, &actor, user_event("user.created", &user))
             .await?;
-        w.commit().await?;
         Ok((tenant, user))
     }
 
@@ -91,10 +90,7 @@ impl Store {
             .bind(name)
             .fetch_optional(&self.pool)
             .await?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "tenant",
-                key: name.to_owned(),
-            })?;
+            .ok_or_else(|| StoreError::not_found("tenant", name))?;
         Ok(Tenant {
             id: crate::parse_id("tenant id", &row.try_get::<String, _>("id")?)?,
             name: name.parse()?,
@@ -124,9 +120,8 @@ impl Store {
         };
         let mut w = self.write(tenant).await?;
         insert_user(&mut w, tenant, &user).await?;
-        w.event(tenant, actor, user_event("user.created", &user))
+        w.commit_with_event(tenant, actor, user_event("user.created", &user))
             .await?;
-        w.commit().await?;
         Ok(user)
     }
 
@@ -229,7 +224,7 @@ impl Store {
         .bind(i32::from(web_session))
         .execute(&mut *w.tx)
         .await?;
-        w.event(tenant, actor, NewEvent {
+        w.commit_with_event(tenant, actor, NewEvent {
             action: "token.created",
             object_kind: "token",
             object_id: token.id.to_string(),
@@ -240,7 +235,6 @@ impl Store {
             }),
         })
         .await?;
-        w.commit().await?;
         Ok(CreatedToken { token, secret })
     }
 
@@ -250,17 +244,10 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Page<Token>> {
-        let rows = sqlx::query(
-            "SELECT t.*, u.name AS user_name, u.role FROM tokens t JOIN users u ON u.id = t.user_id \
-             WHERE t.tenant_id = $1 AND t.id > $2 ORDER BY t.id LIMIT $3",
-        )
-        .bind(tenant.to_string())
-        .bind(after.unwrap_or(""))
-        .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        let items = rows.iter().map(rows::token).collect::<Result<Vec<_>>>()?;
-        Ok(crate::page(items, limit, |t| t.id.to_string()))
+        let sql = "SELECT t.*, u.name AS user_name, u.role FROM tokens t JOIN users u ON u.id = t.user_id \
+                   WHERE t.tenant_id = $1 AND t.id > $2 ORDER BY t.id LIMIT $3";
+        self.fetch_page(sql, tenant, after, limit, rows::token, |t| t.id.to_string())
+            .await
     }
 
     pub async fn revoke_token(
@@ -281,9 +268,9 @@ impl Store {
         .bind(id.to_string())
         .fetch_optional(&mut *w.tx)
         .await?
-        .ok_or_else(|| StoreError::NotFound { kind: "token", key: id.to_string() })?;
+        .ok_or_else(|| StoreError::not_found("token", id))?;
         let token = rows::token(&row)?;
-        w.event(
+        w.commit_with_event(
             tenant,
             actor,
             NewEvent {
@@ -295,7 +282,6 @@ impl Store {
             },
         )
         .await?;
-        w.commit().await?;
         Ok(token)
     }
 
@@ -353,8 +339,7 @@ impl Store {
         .rows_affected();
         let mut event = user_event("user.password_set", &found);
         event.detail["sessions_ended"] = json!(ended);
-        w.event(tenant, actor, event).await?;
-        w.commit().await?;
+        w.commit_with_event(tenant, actor, event).await?;
         Ok(found)
     }
 
@@ -441,10 +426,7 @@ async fn user_by_name(w: &mut crate::WriteTx, tenant: TenantId, name: &Name) -> 
         .bind(name.as_str())
         .fetch_optional(&mut *w.tx)
         .await?
-        .ok_or_else(|| StoreError::NotFound {
-            kind: "user",
-            key: name.to_string(),
-        })?;
+        .ok_or_else(|| StoreError::not_found("user", name))?;
     user_row(&row)
 }
 

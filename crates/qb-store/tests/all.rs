@@ -6,13 +6,16 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::ops::Deref;
 
 use qb_api::{
     AttachTarget, Cluster, ClusterDetail, ClusterId, CreateCluster, Event, Labels, Name, Node,
-    NodeFacts, NodeName, NodeState, Page, TenantId, Token, User,
+    NodeFacts, NodeMove, NodeName, NodeState, Page, Role, TenantId, Token, User,
 };
-use qb_store::{Actor, Backend, ClusterSpec, EventFilter, Key, NewNode, NodeFilter, Store};
+use qb_store::{
+    Actor, Backend, ClusterSpec, EventFilter, Key, NewNode, NodeFilter, Store, StoreError,
+};
 use qb_test_support::PgServer;
 use sqlx::AnyPool;
 
@@ -68,13 +71,7 @@ impl TestDb {
     pub async fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("creating a temp dir");
         let url = qb_test_support::sqlite_url(dir.path());
-        let store = Store::open(&url).await.expect("opening a SQLite store");
-        assert_eq!(store.backend(), Backend::Sqlite);
-        Self {
-            store,
-            url,
-            _home: Home::Sqlite(dir),
-        }
+        Self::open(url, Backend::Sqlite, Home::Sqlite(dir)).await
     }
 
     pub async fn postgres() -> Self {
@@ -83,12 +80,18 @@ impl TestDb {
             Err(e) => panic!("these tests need PostgreSQL: {e:#}"),
         };
         let url = server.url();
-        let store = Store::open(&url).await.expect("opening a PostgreSQL store");
-        assert_eq!(store.backend(), Backend::Postgres);
+        Self::open(url, Backend::Postgres, Home::Postgres(server)).await
+    }
+
+    async fn open(url: String, backend: Backend, home: Home) -> Self {
+        let store = Store::open(&url)
+            .await
+            .unwrap_or_else(|e| panic!("opening a {backend:?} store: {e:#}"));
+        assert_eq!(store.backend(), backend);
         Self {
             store,
             url,
-            _home: Home::Postgres(server),
+            _home: home,
         }
     }
 
@@ -183,6 +186,14 @@ pub async fn tenant(store: &Store, tenant: &str) -> TenantId {
         .id
 }
 
+/// A user that `alice` adds to the tenant.
+pub async fn new_user(store: &Store, t: TenantId, user: &str, role: Role) -> User {
+    store
+        .create_user(t, &name(user), role, &actor())
+        .await
+        .unwrap()
+}
+
 /// A registered node, still `pending`.
 pub async fn pending_node(store: &Store, t: TenantId, node: &str, pairs: &[(&str, &str)]) -> Node {
     let new = NewNode {
@@ -210,11 +221,83 @@ pub async fn pool_node(store: &Store, t: TenantId, node: &str, pairs: &[(&str, &
     node
 }
 
+/// Nodes in the pool, without labels.
+pub async fn pool_nodes(store: &Store, t: TenantId, nodes: &[&str]) {
+    for node in nodes {
+        pool_node(store, t, node, &[]).await;
+    }
+}
+
 pub async fn cluster(store: &Store, t: TenantId, cluster: &str) -> Cluster {
     store
         .create_cluster(t, &spec(cluster), &actor())
         .await
         .unwrap()
+}
+
+/// Attaches the named pool nodes to cluster `c`.
+pub async fn attach_nodes(store: &Store, t: TenantId, c: ClusterId, nodes: &[&str]) -> NodeMove {
+    store
+        .attach(t, &Key::Id(c), &named(nodes), &actor())
+        .await
+        .unwrap()
+}
+
+/// Starts detaching the named nodes from cluster `c`, without force.
+pub async fn detach_nodes(store: &Store, t: TenantId, c: ClusterId, nodes: &[&str]) -> NodeMove {
+    let nodes: Vec<NodeName> = nodes.iter().map(|n| node_name(n)).collect();
+    store
+        .detach(t, &Key::Id(c), &nodes, false, &actor())
+        .await
+        .unwrap()
+}
+
+// ---- Refusals -----------------------------------------------------------------------------------
+
+/// Asserts that a request was refused because the `kind` it names does not exist.
+#[track_caller]
+pub fn assert_not_found<T: Debug>(result: &Result<T, StoreError>, kind: &str) {
+    assert!(
+        matches!(result, Err(StoreError::NotFound { kind: k, .. }) if *k == kind),
+        "expected NotFound for a {kind}, got {result:?}"
+    );
+}
+
+/// Asserts that a request was refused because its `kind` called `name` exists already.
+#[track_caller]
+pub fn assert_name_taken<T: Debug>(result: &Result<T, StoreError>, kind: &str, name: &str) {
+    assert!(
+        matches!(result, Err(StoreError::NameTaken { kind: k, name: n }) if *k == kind && n == name),
+        "expected NameTaken for the {kind} {name}, got {result:?}"
+    );
+}
+
+/// Asserts that a request was refused because a node it names is in `state`.
+#[track_caller]
+pub fn assert_invalid_state<T: Debug>(result: &Result<T, StoreError>, state: &str) {
+    assert!(
+        matches!(result, Err(StoreError::InvalidNodeState { state: s, .. }) if *s == state),
+        "expected InvalidNodeState {state}, got {result:?}"
+    );
+}
+
+/// Asserts that an attach was refused because the pool holds only `available` nodes (matching
+/// the selector, if `selector`) where `wanted` were asked for.
+#[track_caller]
+pub fn assert_pool_exhausted<T: Debug>(
+    result: &Result<T, StoreError>,
+    wanted: u32,
+    available: u32,
+    selector: bool,
+) {
+    match result {
+        Err(StoreError::PoolExhausted {
+            wanted: w,
+            available: a,
+            selector: s,
+        }) => assert_eq!((*w, *a, *s), (wanted, available, selector)),
+        other => panic!("expected PoolExhausted, got {other:?}"),
+    }
 }
 
 // ---- Reading everything back --------------------------------------------------------------------
@@ -255,18 +338,24 @@ where
     }
 }
 
-pub async fn all_nodes(store: &Store, t: TenantId) -> Vec<Node> {
-    let filter = NodeFilter::default();
-    collect_pages(1000, |after| {
-        let filter = &filter;
-        async move {
-            store
-                .list_nodes(t, filter, after.as_deref(), 1000)
-                .await
-                .unwrap()
-        }
+/// The tenant's nodes that pass `filter`, read `limit` at a time.
+pub async fn nodes_by_pages(
+    store: &Store,
+    t: TenantId,
+    filter: &NodeFilter,
+    limit: u32,
+) -> Vec<Node> {
+    collect_pages(limit, |after| async move {
+        store
+            .list_nodes(t, filter, after.as_deref(), limit)
+            .await
+            .unwrap()
     })
     .await
+}
+
+pub async fn all_nodes(store: &Store, t: TenantId) -> Vec<Node> {
+    nodes_by_pages(store, t, &NodeFilter::default(), 1000).await
 }
 
 pub async fn all_clusters(store: &Store, t: TenantId) -> Vec<Cluster> {
@@ -286,12 +375,31 @@ pub async fn all_tokens(store: &Store, t: TenantId) -> Vec<Token> {
     .await
 }
 
-pub async fn events(store: &Store, t: TenantId, filter: &EventFilter) -> Vec<Event> {
-    collect_pages(1000, |after| async move {
+/// The tenant's events that pass `filter`, read `limit` at a time.
+pub async fn events_by_pages(
+    store: &Store,
+    t: TenantId,
+    filter: &EventFilter,
+    limit: u32,
+) -> Vec<Event> {
+    collect_pages(limit, |after| async move {
         let after = after.map(|a| a.parse::<i64>().unwrap());
-        store.list_events(t, filter, after, 1000).await.unwrap()
+        store.list_events(t, filter, after, limit).await.unwrap()
     })
     .await
+}
+
+pub async fn events(store: &Store, t: TenantId, filter: &EventFilter) -> Vec<Event> {
+    events_by_pages(store, t, filter, 1000).await
+}
+
+/// The tenant's events whose action starts with `prefix`.
+pub async fn events_with_action(store: &Store, t: TenantId, prefix: &str) -> Vec<Event> {
+    let filter = EventFilter {
+        action_prefix: Some(prefix.into()),
+        ..Default::default()
+    };
+    events(store, t, &filter).await
 }
 
 pub async fn all_events(store: &Store, t: TenantId) -> Vec<Event> {

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use qb_api::{NodeFacts, NodeState};
-use qb_store::{IssuedCert, NewSecret, Registration, StoreError, TokenRefusal};
+use qb_store::{IssuedCert, NewSecret, Registered, Registration, StoreError, TokenRefusal};
 use time::{Duration, OffsetDateTime};
 
 use crate::{TestDb, actor, all_events, all_nodes, by_name, labels, node, node_name, tenant};
@@ -46,6 +46,19 @@ fn cert(serial: &str) -> Result<IssuedCert, qb_store::IssueError> {
     })
 }
 
+/// Registers host `host` (machine `machine`) with bootstrap token `token`; its certificate gets
+/// serial `serial`.
+async fn register(
+    db: &TestDb,
+    token: &str,
+    machine: &str,
+    host: &str,
+    serial: &str,
+) -> Result<Registered, StoreError> {
+    db.register_node(&registration(token, machine, host), |_, _| cert(serial))
+        .await
+}
+
 async fn bootstrap(db: &TestDb, t: qb_api::TenantId, name: &str, uses: u32, expires_in: Duration) {
     let expires = OffsetDateTime::now_utc() + expires_in;
     db.create_bootstrap_token(t, secret(name), None, expires, uses, &actor())
@@ -71,9 +84,7 @@ async fn tokens_are_refused_for_every_reason_and_change_nothing(db: TestDb) {
     db.revoke_bootstrap_token(t, revoked.token.id, &actor())
         .await
         .unwrap();
-    db.register_node(&registration("once", "m1", "h1"), |_, _| cert("s1"))
-        .await
-        .unwrap();
+    register(&db, "once", "m1", "h1", "s1").await.unwrap();
     let before = (all_nodes(&db, t).await, all_events(&db, t).await);
 
     for (token, want) in [
@@ -113,10 +124,7 @@ async fn tokens_are_refused_for_every_reason_and_change_nothing(db: TestDb) {
 async fn registration_by_machine_id_never_duplicates_a_host(db: TestDb) {
     let t = tenant(&db, "acme").await;
     bootstrap(&db, t, "tok", 10, Duration::hours(1)).await;
-    let first = db
-        .register_node(&registration("tok", "m1", "web"), |_, _| cert("s1"))
-        .await
-        .unwrap();
+    let first = register(&db, "tok", "m1", "web", "s1").await.unwrap();
     assert!(!first.existing);
     assert_eq!(
         (first.node.state, first.node.name.as_str()),
@@ -128,10 +136,7 @@ async fn registration_by_machine_id_never_duplicates_a_host(db: TestDb) {
     );
 
     // Another host with the same name gets a suffixed name; the same machine again is the same node.
-    let other = db
-        .register_node(&registration("tok", "m2", "web"), |_, _| cert("s2"))
-        .await
-        .unwrap();
+    let other = register(&db, "tok", "m2", "web", "s2").await.unwrap();
     assert_eq!(other.node.name.as_str(), "web-m2");
     // The same machine again, while still pending, is the same node with only the new
     // certificate valid.
@@ -159,8 +164,7 @@ async fn registration_by_machine_id_never_duplicates_a_host(db: TestDb) {
         .await
         .unwrap();
     let before = (all_nodes(&db, t).await, all_events(&db, t).await);
-    let err = db
-        .register_node(&registration("tok", "m1", "web"), |_, _| cert("stolen"))
+    let err = register(&db, "tok", "m1", "web", "stolen")
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::InvalidNodeState { .. }), "{err}");
@@ -175,10 +179,7 @@ async fn registration_by_machine_id_never_duplicates_a_host(db: TestDb) {
     db.deauthorize_node(t, &by_name("web"), &actor())
         .await
         .unwrap();
-    let back = db
-        .register_node(&registration("tok", "m1", "web"), |_, _| cert("s4"))
-        .await
-        .unwrap();
+    let back = register(&db, "tok", "m1", "web", "s4").await.unwrap();
     assert_eq!(
         (back.node.id, back.node.state),
         (first.node.id, NodeState::Pending)
@@ -206,10 +207,7 @@ async fn registration_by_machine_id_never_duplicates_a_host(db: TestDb) {
     // Tokens are per tenant: the same machine id in another tenant is another node.
     let b = tenant(&db, "other").await;
     bootstrap(&db, b, "btok", 1, Duration::hours(1)).await;
-    let in_b = db
-        .register_node(&registration("btok", "m1", "web"), |_, _| cert("b1"))
-        .await
-        .unwrap();
+    let in_b = register(&db, "btok", "m1", "web", "b1").await.unwrap();
     assert_eq!(in_b.tenant, b);
     assert_ne!(in_b.node.id, first.node.id);
     assert!(matches!(
@@ -258,10 +256,7 @@ async fn racing_registrations_respect_the_token_limit(db: TestDb) {
 async fn certificates_rotate_serials(db: TestDb) {
     let t = tenant(&db, "acme").await;
     bootstrap(&db, t, "tok", 1, Duration::hours(1)).await;
-    let reg = db
-        .register_node(&registration("tok", "m1", "h1"), |_, _| cert("a"))
-        .await
-        .unwrap();
+    let reg = register(&db, "tok", "m1", "h1", "a").await.unwrap();
     let id = reg.node.id;
     db.renew_node_cert(t, id, || cert("b")).await.unwrap();
     let n = db.agent_node(t, id).await.unwrap();

@@ -5,13 +5,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use qb_api::{AttachTarget, ClusterId, NodeId, NodeState};
-use qb_store::{EventFilter, Key, StoreError};
+use qb_store::{Key, StoreError};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
 use crate::{
-    TestDb, actor, all_clusters, all_events, all_nodes, by_name, cluster, cluster_detail, events,
-    from_pool, named, names, node, pending_node, pool_node, snapshot, tenant,
+    TestDb, actor, all_clusters, all_events, all_nodes, assert_invalid_state, assert_not_found,
+    assert_pool_exhausted, attach_nodes, by_name, cluster, cluster_detail, detach_nodes,
+    events_with_action, from_pool, named, names, node, pending_node, pool_node, pool_nodes,
+    snapshot, tenant,
 };
 
 on_both_backends!(
@@ -24,17 +26,12 @@ on_both_backends!(
 
 async fn attach_moves_nodes_and_records_it(db: TestDb) {
     let t = tenant(&db, "acme").await;
-    for n in ["n1", "n2", "n3", "n4"] {
-        pool_node(&db, t, n, &[]).await;
-    }
+    pool_nodes(&db, t, &["n1", "n2", "n3", "n4"]).await;
     let c = cluster(&db, t, "c1").await;
     assert_eq!((c.node_count, c.state), (0, qb_api::ClusterState::Empty));
     let before = all_events(&db, t).await.len();
 
-    let moved = db
-        .attach(t, &Key::Id(c.id), &named(&["n3", "n1"]), &actor())
-        .await
-        .unwrap();
+    let moved = attach_nodes(&db, t, c.id, &["n3", "n1"]).await;
     assert_eq!(moved.cluster.id, c.id);
     assert_eq!(moved.cluster.name.as_str(), "c1");
     assert_eq!(
@@ -91,8 +88,7 @@ async fn attach_moves_nodes_and_records_it(db: TestDb) {
 
 async fn pool_exhausted_changes_nothing(db: TestDb) {
     let t = tenant(&db, "acme").await;
-    pool_node(&db, t, "free-1", &[]).await;
-    pool_node(&db, t, "free-2", &[]).await;
+    pool_nodes(&db, t, &["free-1", "free-2"]).await;
     pending_node(&db, t, "waiting", &[]).await;
     let gone = pool_node(&db, t, "gone", &[]).await;
     db.deauthorize_node(t, &Key::Id(gone.id), &actor())
@@ -100,26 +96,16 @@ async fn pool_exhausted_changes_nothing(db: TestDb) {
         .unwrap();
     pool_node(&db, t, "busy", &[]).await;
     let other = cluster(&db, t, "other").await;
-    db.attach(t, &Key::Id(other.id), &named(&["busy"]), &actor())
-        .await
-        .unwrap();
+    attach_nodes(&db, t, other.id, &["busy"]).await;
     let c = cluster(&db, t, "c1").await;
     let before = snapshot(&db, t).await;
 
-    let err = db
-        .attach(t, &Key::Id(c.id), &from_pool(3, None), &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::PoolExhausted {
-                wanted: 3,
-                available: 2,
-                selector: false
-            }
-        ),
-        "{err:?}"
+    assert_pool_exhausted(
+        &db.attach(t, &Key::Id(c.id), &from_pool(3, None), &actor())
+            .await,
+        3,
+        2,
+        false,
     );
     assert_eq!(
         snapshot(&db, t).await,
@@ -133,20 +119,12 @@ async fn pool_exhausted_changes_nothing(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(names(&moved.nodes), ["free-1", "free-2"]);
-    let err = db
-        .attach(t, &Key::Id(c.id), &from_pool(1, None), &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::PoolExhausted {
-                wanted: 1,
-                available: 0,
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_pool_exhausted(
+        &db.attach(t, &Key::Id(c.id), &from_pool(1, None), &actor())
+            .await,
+        1,
+        0,
+        false,
     );
 }
 
@@ -158,26 +136,12 @@ async fn only_pool_nodes_can_be_attached(db: TestDb) {
     db.deauthorize_node(t, &Key::Id(gone.id), &actor())
         .await
         .unwrap();
-    pool_node(&db, t, "mine", &[]).await;
-    pool_node(&db, t, "theirs", &[]).await;
-    pool_node(&db, t, "leaving", &[]).await;
+    pool_nodes(&db, t, &["mine", "theirs", "leaving"]).await;
     let c1 = cluster(&db, t, "c1").await;
     let c2 = cluster(&db, t, "c2").await;
-    db.attach(t, &Key::Id(c1.id), &named(&["mine", "leaving"]), &actor())
-        .await
-        .unwrap();
-    db.detach(
-        t,
-        &Key::Id(c1.id),
-        &[crate::node_name("leaving")],
-        false,
-        &actor(),
-    )
-    .await
-    .unwrap();
-    db.attach(t, &Key::Id(c2.id), &named(&["theirs"]), &actor())
-        .await
-        .unwrap();
+    attach_nodes(&db, t, c1.id, &["mine", "leaving"]).await;
+    detach_nodes(&db, t, c1.id, &["leaving"]).await;
+    attach_nodes(&db, t, c2.id, &["theirs"]).await;
     let before = snapshot(&db, t).await;
 
     let refused = [
@@ -188,16 +152,8 @@ async fn only_pool_nodes_can_be_attached(db: TestDb) {
         (vec!["leaving"], NodeState::Detaching),
     ];
     for (list, state) in refused {
-        let err = db
-            .attach(t, &Key::Id(c1.id), &named(&list), &actor())
-            .await
-            .unwrap_err();
-        match &err {
-            StoreError::InvalidNodeState { state: s, .. } => {
-                assert_eq!(*s, state.as_str(), "{list:?}")
-            }
-            other => panic!("{list:?}: expected InvalidNodeState, got {other:?}"),
-        }
+        let result = db.attach(t, &Key::Id(c1.id), &named(&list), &actor()).await;
+        assert_invalid_state(&result, state.as_str());
         assert_eq!(
             snapshot(&db, t).await,
             before,
@@ -205,50 +161,27 @@ async fn only_pool_nodes_can_be_attached(db: TestDb) {
         );
     }
 
-    let err = db
-        .attach(t, &Key::Id(c1.id), &named(&["free", "nosuch"]), &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::NotFound { kind: "node", .. }),
-        "{err:?}"
+    assert_not_found(
+        &db.attach(t, &Key::Id(c1.id), &named(&["free", "nosuch"]), &actor())
+            .await,
+        "node",
     );
-    let err = db
-        .attach(t, &by_name("nosuch"), &named(&["free"]), &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::NotFound {
-                kind: "cluster",
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_not_found(
+        &db.attach(t, &by_name("nosuch"), &named(&["free"]), &actor())
+            .await,
+        "cluster",
     );
     assert_eq!(snapshot(&db, t).await, before);
 
     // The pool never offers them either: only `free` is there.
-    let err = db
-        .attach(t, &Key::Id(c1.id), &from_pool(2, None), &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::PoolExhausted {
-                wanted: 2,
-                available: 1,
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_pool_exhausted(
+        &db.attach(t, &Key::Id(c1.id), &from_pool(2, None), &actor())
+            .await,
+        2,
+        1,
+        false,
     );
-    let moved = db
-        .attach(t, &Key::Id(c1.id), &named(&["free"]), &actor())
-        .await
-        .unwrap();
+    let moved = attach_nodes(&db, t, c1.id, &["free"]).await;
     assert_eq!(names(&moved.nodes), ["free"]);
 }
 
@@ -269,21 +202,11 @@ async fn selectors_choose_from_the_pool(db: TestDb) {
     assert_eq!(names(&moved.nodes), ["a2"]);
 
     let before = snapshot(&db, t).await;
-    let err = db
+    let refused = db
         .attach(t, &key, &from_pool(3, Some("zone=a")), &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::PoolExhausted {
-                wanted: 3,
-                available: 2,
-                selector: true
-            }
-        ),
-        "{err:?}"
-    );
+        .await;
+    assert_pool_exhausted(&refused, 3, 2, true);
+    let err = refused.unwrap_err();
     assert!(err.to_string().contains("matching the selector"), "{err}");
     assert_eq!(snapshot(&db, t).await, before);
 
@@ -294,20 +217,12 @@ async fn selectors_choose_from_the_pool(db: TestDb) {
     assert_eq!(names(&moved.nodes), ["b1", "b2"]);
 
     // Labels change what matches.
-    let err = db
-        .attach(t, &key, &from_pool(2, Some("zone=a,!maint")), &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::PoolExhausted {
-                wanted: 2,
-                available: 1,
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_pool_exhausted(
+        &db.attach(t, &key, &from_pool(2, Some("zone=a,!maint")), &actor())
+            .await,
+        2,
+        1,
+        true,
     );
     let change = qb_api::LabelChange {
         set: BTreeMap::new(),
@@ -480,15 +395,7 @@ async fn concurrent_attaches_never_share_a_node(db: TestDb) {
         .iter()
         .map(|c| (c.id, c.name.to_string()))
         .collect();
-    let attached = events(
-        &db,
-        t,
-        &EventFilter {
-            action_prefix: Some("node.attached".into()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let attached = events_with_action(&db, t, "node.attached").await;
     let mut logged: Vec<(String, String)> = attached
         .iter()
         .map(|e| {
@@ -506,15 +413,7 @@ async fn concurrent_attaches_never_share_a_node(db: TestDb) {
     expected.sort();
     assert_eq!(logged, expected);
 
-    let batches = events(
-        &db,
-        t,
-        &EventFilter {
-            action_prefix: Some("cluster.nodes_attached".into()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let batches = events_with_action(&db, t, "cluster.nodes_attached").await;
     let mut logged: Vec<(String, BTreeSet<String>)> = batches
         .iter()
         .map(|e| {

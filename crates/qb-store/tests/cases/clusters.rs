@@ -3,11 +3,13 @@
 use std::collections::BTreeMap;
 
 use qb_api::{ClusterState, CreateCluster, KubernetesVersion, MasterCount, NodeRole, NodeState};
-use qb_store::{ClusterSpec, Drain, EventFilter, Key, SpecError, StoreError};
+use qb_store::{ClusterSpec, Drain, Key, SpecError, StoreError};
 
 use crate::{
-    TestDb, actor, all_clusters, all_events, by_name, cluster, cluster_detail, events, name, named,
-    names, node, node_name, pool_node, snapshot, spec, tenant,
+    TestDb, actor, all_clusters, all_events, assert_invalid_state, assert_name_taken,
+    assert_not_found, assert_pool_exhausted, attach_nodes, by_name, cluster, cluster_detail,
+    detach_nodes, events_with_action, name, named, names, node, node_name, pool_node, pool_nodes,
+    snapshot, spec, tenant,
 };
 
 on_both_backends!(
@@ -24,34 +26,25 @@ on_both_backends!(
 
 async fn cluster_spec_is_stored_as_given(db: TestDb) {
     let t = tenant(&db, "acme").await;
-    let given = ClusterSpec::try_from(CreateCluster {
-        name: name("custom"),
-        kubernetes_version: Some("1.21.3".parse().unwrap()),
-        pod_cidr: Some("172.16.0.0/16".parse().unwrap()),
-        service_cidr: Some("fd00::/108".parse().unwrap()),
-        masters: MasterCount::Count(3),
-        roles: BTreeMap::from([
-            (node_name("h1.rack"), NodeRole::Master),
-            (node_name("h2"), NodeRole::Worker),
-        ]),
-        taint_masters: true,
-    });
+    let custom = |service_cidr: &str| {
+        ClusterSpec::try_from(CreateCluster {
+            name: name("custom"),
+            kubernetes_version: Some("1.21.3".parse().unwrap()),
+            pod_cidr: Some("172.16.0.0/16".parse().unwrap()),
+            service_cidr: Some(service_cidr.parse().unwrap()),
+            masters: MasterCount::Count(3),
+            roles: BTreeMap::from([
+                (node_name("h1.rack"), NodeRole::Master),
+                (node_name("h2"), NodeRole::Worker),
+            ]),
+            taint_masters: true,
+        })
+    };
     // Mixed IP families are refused before anything is stored.
+    let given = custom("fd00::/108");
     assert!(matches!(given, Err(SpecError::Invalid(_))), "{given:?}");
 
-    let given = ClusterSpec::try_from(CreateCluster {
-        name: name("custom"),
-        kubernetes_version: Some("1.21.3".parse().unwrap()),
-        pod_cidr: Some("172.16.0.0/16".parse().unwrap()),
-        service_cidr: Some("172.17.0.0/20".parse().unwrap()),
-        masters: MasterCount::Count(3),
-        roles: BTreeMap::from([
-            (node_name("h1.rack"), NodeRole::Master),
-            (node_name("h2"), NodeRole::Worker),
-        ]),
-        taint_masters: true,
-    })
-    .unwrap();
+    let given = custom("172.17.0.0/20").unwrap();
     let created = db.create_cluster(t, &given, &actor()).await.unwrap();
     assert_eq!(created.name, given.name);
     assert_eq!(created.kubernetes_version, given.kubernetes_version);
@@ -88,15 +81,7 @@ async fn cluster_spec_is_stored_as_given(db: TestDb) {
     );
     assert_eq!(defaults.masters, MasterCount::Auto);
 
-    let logged = events(
-        &db,
-        t,
-        &EventFilter {
-            action_prefix: Some("cluster.created".into()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let logged = events_with_action(&db, t, "cluster.created").await;
     assert_eq!(logged.len(), 2);
     assert_eq!(logged[0].object_id, created.id.to_string());
     assert_eq!(logged[0].object_name, "custom");
@@ -109,14 +94,8 @@ async fn cluster_names_are_unique_per_tenant(db: TestDb) {
     let b = tenant(&db, "bolt").await;
     let first = cluster(&db, a, "web").await;
     let before = snapshot(&db, a).await;
-    let err = db
-        .create_cluster(a, &spec("web"), &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::NameTaken { kind: "cluster", ref name } if name == "web"),
-        "{err:?}"
-    );
+    let refused = db.create_cluster(a, &spec("web"), &actor()).await;
+    assert_name_taken(&refused, "cluster", "web");
     assert_eq!(snapshot(&db, a).await, before);
 
     let other = cluster(&db, b, "web").await;
@@ -140,13 +119,10 @@ async fn cluster_names_are_unique_per_tenant(db: TestDb) {
 
 async fn detach_then_finish_returns_nodes_to_the_pool(db: TestDb) {
     let t = tenant(&db, "acme").await;
-    pool_node(&db, t, "n1", &[]).await;
-    pool_node(&db, t, "n2", &[]).await;
+    pool_nodes(&db, t, &["n1", "n2"]).await;
     let c1 = cluster(&db, t, "c1").await;
     let c2 = cluster(&db, t, "c2").await;
-    db.attach(t, &Key::Id(c1.id), &named(&["n1", "n2"]), &actor())
-        .await
-        .unwrap();
+    attach_nodes(&db, t, c1.id, &["n1", "n2"]).await;
     let before = all_events(&db, t).await.len();
 
     let moved = db
@@ -169,27 +145,17 @@ async fn detach_then_finish_returns_nodes_to_the_pool(db: TestDb) {
     assert_eq!(crate::detaching(&db, t).await, std::slice::from_ref(n1));
 
     // Not yet in the pool.
-    let err = db
-        .attach(t, &Key::Id(c2.id), &named(&["n1"]), &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::InvalidNodeState {
-                state: "detaching",
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_invalid_state(
+        &db.attach(t, &Key::Id(c2.id), &named(&["n1"]), &actor())
+            .await,
+        "detaching",
     );
-    let err = db
-        .attach(t, &Key::Id(c2.id), &crate::from_pool(1, None), &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::PoolExhausted { available: 0, .. }),
-        "{err:?}"
+    assert_pool_exhausted(
+        &db.attach(t, &Key::Id(c2.id), &crate::from_pool(1, None), &actor())
+            .await,
+        1,
+        0,
+        false,
     );
 
     let back = db
@@ -217,29 +183,9 @@ async fn detach_then_finish_returns_nodes_to_the_pool(db: TestDb) {
 
     // Finishing twice, or finishing an attached node, is refused and changes nothing.
     let before = snapshot(&db, t).await;
-    let err = db.finish_detach(t, n1.id, &actor()).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::InvalidNodeState {
-                state: "authorized",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_invalid_state(&db.finish_detach(t, n1.id, &actor()).await, "authorized");
     let n2 = node(&db, t, "n2").await;
-    let err = db.finish_detach(t, n2.id, &actor()).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::InvalidNodeState {
-                state: "attached",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_invalid_state(&db.finish_detach(t, n2.id, &actor()).await, "attached");
     assert_eq!(snapshot(&db, t).await, before);
 
     // Back in the pool, it can join another cluster.
@@ -264,13 +210,9 @@ async fn a_leaving_nodes_drain_is_kept_until_it_left(db: TestDb) {
             ec.nodes[0].drain
         }
     };
-    db.attach(t, &Key::Id(c1.id), &named(&["n1"]), &actor())
-        .await
-        .unwrap();
+    attach_nodes(&db, t, c1.id, &["n1"]).await;
     let n1 = node(&db, t, "n1").await;
-    db.detach(t, &Key::Id(c1.id), &[node_name("n1")], false, &actor())
-        .await
-        .unwrap();
+    detach_nodes(&db, t, c1.id, &["n1"]).await;
     assert_eq!(drain_of(c1.id).await, Drain::NotStarted);
 
     let before = all_events(&db, t).await.len();
@@ -289,37 +231,19 @@ async fn a_leaving_nodes_drain_is_kept_until_it_left(db: TestDb) {
     db.finish_detach(t, n1.id, &qb_store::Actor::controller())
         .await
         .unwrap();
-    db.attach(t, &Key::Id(c2.id), &named(&["n1"]), &actor())
-        .await
-        .unwrap();
-    db.detach(t, &Key::Id(c2.id), &[node_name("n1")], false, &actor())
-        .await
-        .unwrap();
+    attach_nodes(&db, t, c2.id, &["n1"]).await;
+    detach_nodes(&db, t, c2.id, &["n1"]).await;
     assert_eq!(drain_of(c2.id).await, Drain::NotStarted);
 }
 
 async fn detach_only_moves_members(db: TestDb) {
     let t = tenant(&db, "acme").await;
-    for n in ["mine", "mine-too", "theirs", "free"] {
-        pool_node(&db, t, n, &[]).await;
-    }
+    pool_nodes(&db, t, &["mine", "mine-too", "theirs", "free"]).await;
     let c1 = cluster(&db, t, "c1").await;
     let c2 = cluster(&db, t, "c2").await;
-    db.attach(t, &Key::Id(c1.id), &named(&["mine", "mine-too"]), &actor())
-        .await
-        .unwrap();
-    db.attach(t, &Key::Id(c2.id), &named(&["theirs"]), &actor())
-        .await
-        .unwrap();
-    db.detach(
-        t,
-        &Key::Id(c1.id),
-        &[node_name("mine-too")],
-        false,
-        &actor(),
-    )
-    .await
-    .unwrap();
+    attach_nodes(&db, t, c1.id, &["mine", "mine-too"]).await;
+    attach_nodes(&db, t, c2.id, &["theirs"]).await;
+    detach_nodes(&db, t, c1.id, &["mine-too"]).await;
     let before = snapshot(&db, t).await;
 
     for (list, not_member) in [
@@ -344,65 +268,38 @@ async fn detach_only_moves_members(db: TestDb) {
             "refusing {list:?} changed something"
         );
     }
-    let err = db
-        .detach(
+    assert_invalid_state(
+        &db.detach(
             t,
             &Key::Id(c1.id),
             &[node_name("mine"), node_name("mine-too")],
             false,
             &actor(),
         )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::InvalidNodeState {
-                state: "detaching",
-                ..
-            }
-        ),
-        "{err:?}"
+        .await,
+        "detaching",
     );
-    let err = db
-        .detach(t, &Key::Id(c1.id), &[node_name("nosuch")], false, &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::NotFound { kind: "node", .. }),
-        "{err:?}"
+    assert_not_found(
+        &db.detach(t, &Key::Id(c1.id), &[node_name("nosuch")], false, &actor())
+            .await,
+        "node",
     );
-    let err = db
-        .detach(t, &by_name("nosuch"), &[node_name("mine")], false, &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::NotFound {
-                kind: "cluster",
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_not_found(
+        &db.detach(t, &by_name("nosuch"), &[node_name("mine")], false, &actor())
+            .await,
+        "cluster",
     );
     assert_eq!(snapshot(&db, t).await, before);
 
-    let moved = db
-        .detach(t, &Key::Id(c2.id), &[node_name("theirs")], false, &actor())
-        .await
-        .unwrap();
+    let moved = detach_nodes(&db, t, c2.id, &["theirs"]).await;
     assert_eq!(moved.nodes[0].state, NodeState::Detaching);
 }
 
 async fn deauthorizing_a_node_in_a_cluster_is_refused_until_it_left(db: TestDb) {
     let t = tenant(&db, "acme").await;
-    pool_node(&db, t, "n1", &[]).await;
-    pool_node(&db, t, "n2", &[]).await;
+    pool_nodes(&db, t, &["n1", "n2"]).await;
     let c = cluster(&db, t, "c1").await;
-    db.attach(t, &Key::Id(c.id), &named(&["n1", "n2"]), &actor())
-        .await
-        .unwrap();
+    attach_nodes(&db, t, c.id, &["n1", "n2"]).await;
     let before = snapshot(&db, t).await;
 
     // Attached: refused with the way out, and nothing changes.
@@ -463,17 +360,7 @@ async fn deauthorizing_a_node_in_a_cluster_is_refused_until_it_left(db: TestDb) 
         matches!(err, StoreError::NodeNotInCluster { .. }),
         "{err:?}"
     );
-    let err = db.finish_detach(t, n1.id, &actor()).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::InvalidNodeState {
-                state: "deauthorized",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_invalid_state(&db.finish_detach(t, n1.id, &actor()).await, "deauthorized");
 }
 
 async fn a_node_in_a_cluster_keeps_its_address_label(db: TestDb) {
@@ -496,9 +383,7 @@ async fn a_node_in_a_cluster_keeps_its_address_label(db: TestDb) {
     .await
     .unwrap();
     let c = cluster(&db, t, "c1").await;
-    db.attach(t, &Key::Id(c.id), &named(&["n1"]), &actor())
-        .await
-        .unwrap();
+    attach_nodes(&db, t, c.id, &["n1"]).await;
     // In a cluster: other labels change, the address label does not.
     db.label_node(
         t,
@@ -539,26 +424,18 @@ async fn a_node_in_a_cluster_keeps_its_address_label(db: TestDb) {
     let node = db.get_node(t, &Key::Id(id)).await.unwrap();
     assert_eq!(node.address, Some(ip));
     // Leaving the cluster forgets it.
-    db.detach(t, &Key::Id(c.id), &[node_name("n1")], false, &actor())
-        .await
-        .unwrap();
+    detach_nodes(&db, t, c.id, &["n1"]).await;
     let node = db.finish_detach(t, id, &actor()).await.unwrap();
     assert_eq!(node.address, None);
 }
 
 async fn deleting_a_cluster_with_nodes_needs_force(db: TestDb) {
     let t = tenant(&db, "acme").await;
-    for n in ["n1", "n2", "n3"] {
-        pool_node(&db, t, n, &[]).await;
-    }
+    pool_nodes(&db, t, &["n1", "n2", "n3"]).await;
     let c1 = cluster(&db, t, "c1").await;
     let c2 = cluster(&db, t, "c2").await;
-    db.attach(t, &Key::Id(c1.id), &named(&["n1", "n2"]), &actor())
-        .await
-        .unwrap();
-    db.detach(t, &Key::Id(c1.id), &[node_name("n2")], false, &actor())
-        .await
-        .unwrap();
+    attach_nodes(&db, t, c1.id, &["n1", "n2"]).await;
+    detach_nodes(&db, t, c1.id, &["n2"]).await;
     let before = snapshot(&db, t).await;
 
     // Even a cluster whose only nodes are leaving is not empty.
@@ -592,17 +469,7 @@ async fn deleting_a_cluster_with_nodes_needs_force(db: TestDb) {
         );
         assert_eq!(*n, node(&db, t, n.name.as_str()).await);
     }
-    let err = db.get_cluster(t, &Key::Id(c1.id)).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::NotFound {
-                kind: "cluster",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_not_found(&db.get_cluster(t, &Key::Id(c1.id)).await, "cluster");
     assert_eq!(
         all_clusters(&db, t)
             .await
@@ -651,62 +518,23 @@ async fn deleting_a_cluster_with_nodes_needs_force(db: TestDb) {
         (last.action.as_str(), &last.detail["force"]),
         ("cluster.deleted", &serde_json::json!(false))
     );
-    let err = db
-        .delete_cluster(t, &Key::Id(c3.id), true, &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::NotFound {
-                kind: "cluster",
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_not_found(
+        &db.delete_cluster(t, &Key::Id(c3.id), true, &actor()).await,
+        "cluster",
     );
 }
 
 #[test]
 fn specs_are_checked_before_anything_is_stored() {
-    let request = |pod: &str, service: &str, masters: MasterCount, roles: &[(&str, NodeRole)]| {
-        CreateCluster {
-            name: name("c"),
-            kubernetes_version: None,
-            pod_cidr: Some(pod.parse().unwrap()),
-            service_cidr: Some(service.parse().unwrap()),
-            masters,
-            roles: roles.iter().map(|(n, r)| (node_name(n), *r)).collect(),
-            taint_masters: false,
-        }
+    let request = |pod: &str, masters: MasterCount, roles: &[(&str, NodeRole)]| CreateCluster {
+        name: name("c"),
+        kubernetes_version: None,
+        pod_cidr: Some(pod.parse().unwrap()),
+        service_cidr: Some("10.21.0.0/16".parse().unwrap()),
+        masters,
+        roles: roles.iter().map(|(n, r)| (node_name(n), *r)).collect(),
+        taint_masters: false,
     };
-    let overlap = ClusterSpec::try_from(request(
-        "10.0.0.0/8",
-        "10.21.0.0/16",
-        MasterCount::Auto,
-        &[],
-    ));
-    assert!(
-        matches!(overlap, Err(SpecError::CidrOverlap { .. })),
-        "{overlap:?}"
-    );
-    let too_many_masters = ClusterSpec::try_from(request(
-        "10.20.0.0/16",
-        "10.21.0.0/16",
-        MasterCount::Count(1),
-        &[("a", NodeRole::Master), ("b", NodeRole::Master)],
-    ));
-    assert!(
-        matches!(too_many_masters, Err(SpecError::Invalid(_))),
-        "{too_many_masters:?}"
-    );
-    let fine = ClusterSpec::try_from(request(
-        "10.20.0.0/16",
-        "10.21.0.0/16",
-        MasterCount::Count(3),
-        &[("a", NodeRole::Master), ("b", NodeRole::Worker)],
-    ));
-    assert!(fine.is_ok(), "{fine:?}");
     // At most 64 explicit roles, whether or not they name masters.
     let many: Vec<(String, NodeRole)> = (0..65)
         .map(|i| {
@@ -721,34 +549,37 @@ fn specs_are_checked_before_anything_is_stored() {
         })
         .collect();
     let many: Vec<(&str, NodeRole)> = many.iter().map(|(n, r)| (n.as_str(), *r)).collect();
-    let too_many_roles = ClusterSpec::try_from(request(
-        "10.20.0.0/16",
-        "10.21.0.0/16",
+    let outcome = |spec: &Result<ClusterSpec, SpecError>| match spec {
+        Ok(_) => "accepted",
+        Err(SpecError::CidrOverlap { .. }) => "overlap",
+        Err(SpecError::Invalid(_)) => "invalid",
+    };
+    let two_masters = [("a", NodeRole::Master), ("b", NodeRole::Master)];
+    let master_and_worker = [("a", NodeRole::Master), ("b", NodeRole::Worker)];
+    let (auto, one, three) = (
         MasterCount::Auto,
-        &many,
-    ));
-    assert!(
-        matches!(too_many_roles, Err(SpecError::Invalid(_))),
-        "{too_many_roles:?}"
+        MasterCount::Count(1),
+        MasterCount::Count(3),
     );
-    let roles_64 = ClusterSpec::try_from(request(
-        "10.20.0.0/16",
-        "10.21.0.0/16",
-        MasterCount::Auto,
-        &many[1..],
-    ));
-    assert!(roles_64.is_ok(), "{roles_64:?}");
+    let disjoint = "10.20.0.0/16";
+    let cases = [
+        ("10.0.0.0/8", auto, &[][..], "overlap"),
+        (disjoint, one, &two_masters[..], "invalid"),
+        (disjoint, three, &master_and_worker[..], "accepted"),
+        (disjoint, auto, &many[..], "invalid"),
+        (disjoint, auto, &many[1..], "accepted"),
+    ];
+    for (pod, masters, roles, expected) in cases {
+        let spec = ClusterSpec::try_from(request(pod, masters, roles));
+        assert_eq!(outcome(&spec), expected, "{} roles: {spec:?}", roles.len());
+    }
 }
 
 async fn pod_subnets_are_given_once_and_freed_when_a_node_leaves(db: TestDb) {
     let t = tenant(&db, "acme").await;
-    for n in ["n1", "n2", "n3", "n4"] {
-        pool_node(&db, t, n, &[]).await;
-    }
+    pool_nodes(&db, t, &["n1", "n2", "n3", "n4"]).await;
     let c = cluster(&db, t, "c1").await;
-    db.attach(t, &Key::Id(c.id), &named(&["n1", "n2", "n3"]), &actor())
-        .await
-        .unwrap();
+    attach_nodes(&db, t, c.id, &["n1", "n2", "n3"]).await;
     let id = |name: &'static str| {
         let db = &db;
         async move { node(db, t, name).await.id }
@@ -766,16 +597,12 @@ async fn pod_subnets_are_given_once_and_freed_when_a_node_leaves(db: TestDb) {
     assert_eq!(db.assign_pod_subnets(t, c.id, 256).await.unwrap(), given);
 
     // n1 leaves: n2 and n3 keep theirs, and n4 gets the subnet n1 freed.
-    db.detach(t, &Key::Id(c.id), &[node_name("n1")], false, &actor())
-        .await
-        .unwrap();
+    detach_nodes(&db, t, c.id, &["n1"]).await;
     assert_eq!(db.assign_pod_subnets(t, c.id, 256).await.unwrap(), given);
     db.finish_detach(t, n1, &qb_store::Actor::controller())
         .await
         .unwrap();
-    db.attach(t, &Key::Id(c.id), &named(&["n4"]), &actor())
-        .await
-        .unwrap();
+    attach_nodes(&db, t, c.id, &["n4"]).await;
     assert_eq!(
         db.assign_pod_subnets(t, c.id, 256).await.unwrap(),
         BTreeMap::from([(n2, 1), (n3, 2), (n4, 0)])
@@ -783,9 +610,7 @@ async fn pod_subnets_are_given_once_and_freed_when_a_node_leaves(db: TestDb) {
 
     // With no subnet left, a newcomer gets none and the others keep theirs.
     pool_node(&db, t, "n5", &[]).await;
-    db.attach(t, &Key::Id(c.id), &named(&["n5"]), &actor())
-        .await
-        .unwrap();
+    attach_nodes(&db, t, c.id, &["n5"]).await;
     assert_eq!(
         db.assign_pod_subnets(t, c.id, 3).await.unwrap(),
         BTreeMap::from([(n2, 1), (n3, 2), (n4, 0)])

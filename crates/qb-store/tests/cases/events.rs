@@ -5,8 +5,9 @@ use qb_store::{Actor, Backend, EventFilter, Key, NewNode, StoreError};
 use time::{Duration, OffsetDateTime};
 
 use crate::{
-    TestDb, actor, all_events, by_name, cluster, events, from_pool, name, named, node, node_name,
-    pending_node, pool_node, snapshot, spec, tenant,
+    TestDb, actor, all_events, attach_nodes, by_name, cluster, detach_nodes, events, from_pool,
+    name, named, new_user, node, node_name, pending_node, pool_node, pool_nodes, snapshot, spec,
+    tenant,
 };
 
 on_both_backends!(
@@ -85,9 +86,7 @@ async fn repair_the_event_log(db: &TestDb, raw: &sqlx::AnyPool) {
 /// log repaired, and they succeed), so only the broken log can stop them.
 async fn a_change_whose_event_fails_is_rolled_back(db: TestDb) {
     let t = tenant(&db, "acme").await;
-    db.create_user(t, &name("bob"), Role::Operator, &actor())
-        .await
-        .unwrap();
+    new_user(&db, t, "bob", Role::Operator).await;
     let expires = OffsetDateTime::now_utc() + Duration::hours(1);
     let token = db
         .create_token(
@@ -102,17 +101,11 @@ async fn a_change_whose_event_fails_is_rolled_back(db: TestDb) {
         .await
         .unwrap();
     let pending = pending_node(&db, t, "pending", &[]).await;
-    for n in ["free-1", "free-2", "member", "leaving"] {
-        pool_node(&db, t, n, &[]).await;
-    }
+    pool_nodes(&db, t, &["free-1", "free-2", "member", "leaving"]).await;
     let c1 = cluster(&db, t, "c1").await;
     let c2 = cluster(&db, t, "c2").await;
-    db.attach(t, &Key::Id(c1.id), &named(&["member", "leaving"]), &actor())
-        .await
-        .unwrap();
-    db.detach(t, &Key::Id(c1.id), &[node_name("leaving")], false, &actor())
-        .await
-        .unwrap();
+    attach_nodes(&db, t, c1.id, &["member", "leaving"]).await;
+    detach_nodes(&db, t, c1.id, &["leaving"]).await;
     let leaving = node(&db, t, "leaving").await;
     let before = snapshot(&db, t).await;
     let raw = db.raw().await;
@@ -186,12 +179,8 @@ async fn a_change_whose_event_fails_is_rolled_back(db: TestDb) {
         .await
         .unwrap();
     db.create_cluster(t, &spec("c3"), &actor()).await.unwrap();
-    db.attach(t, &Key::Id(c2.id), &named(&["free-1", "free-2"]), &actor())
-        .await
-        .unwrap();
-    db.detach(t, &Key::Id(c1.id), &[node_name("member")], false, &actor())
-        .await
-        .unwrap();
+    attach_nodes(&db, t, c2.id, &["free-1", "free-2"]).await;
+    detach_nodes(&db, t, c1.id, &["member"]).await;
     db.finish_detach(t, leaving.id, &actor()).await.unwrap();
     db.delete_cluster(t, &Key::Id(c1.id), true, &actor())
         .await
@@ -202,9 +191,7 @@ async fn a_change_whose_event_fails_is_rolled_back(db: TestDb) {
     db.delete_node(t, &by_name("member"), &actor())
         .await
         .unwrap();
-    db.create_user(t, &name("carol"), Role::Viewer, &actor())
-        .await
-        .unwrap();
+    new_user(&db, t, "carol", Role::Viewer).await;
     db.create_token(
         t,
         &name("bob"),
@@ -228,10 +215,7 @@ async fn a_change_whose_event_fails_is_rolled_back(db: TestDb) {
 async fn every_change_is_recorded(db: TestDb) {
     let started = OffsetDateTime::now_utc() - Duration::seconds(1);
     let t = tenant(&db, "acme").await;
-    let bob = db
-        .create_user(t, &name("bob"), Role::Operator, &actor())
-        .await
-        .unwrap();
+    let bob = new_user(&db, t, "bob", Role::Operator).await;
     let expires = OffsetDateTime::now_utc() + Duration::hours(1);
     let token = db
         .create_token(t, &name("bob"), "s".into(), "h", None, expires, &actor())
@@ -249,12 +233,8 @@ async fn every_change_is_recorded(db: TestDb) {
         .await
         .unwrap();
     let c = cluster(&db, t, "c1").await;
-    db.attach(t, &Key::Id(c.id), &named(&["n1"]), &actor())
-        .await
-        .unwrap();
-    db.detach(t, &Key::Id(c.id), &[node_name("n1")], false, &actor())
-        .await
-        .unwrap();
+    attach_nodes(&db, t, c.id, &["n1"]).await;
+    detach_nodes(&db, t, c.id, &["n1"]).await;
     db.finish_detach(t, n1.id, &Actor::controller())
         .await
         .unwrap();
@@ -337,9 +317,7 @@ async fn event_filters(db: TestDb) {
     let n1 = pool_node(&db, t, "n1", &[]).await;
     pool_node(&db, t, "n2", &[]).await;
     let c = cluster(&db, t, "c1").await;
-    db.attach(t, &Key::Id(c.id), &named(&["n1"]), &actor())
-        .await
-        .unwrap();
+    attach_nodes(&db, t, c.id, &["n1"]).await;
 
     let filtered = |kind: Option<&str>, object: Option<&str>, prefix: Option<&str>| {
         let filter = EventFilter {

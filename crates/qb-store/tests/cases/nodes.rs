@@ -3,11 +3,12 @@
 use std::collections::BTreeMap;
 
 use qb_api::{LabelChange, NodeState};
-use qb_store::{Key, NewNode, NodeFilter, StoreError};
+use qb_store::{Key, NewNode, NodeFilter};
 
 use crate::{
-    TestDb, actor, all_events, all_nodes, by_name, cluster, labels, named, node, node_name,
-    pending_node, pool_node, snapshot, tenant,
+    TestDb, actor, all_events, all_nodes, assert_invalid_state, assert_name_taken,
+    assert_not_found, attach_nodes, by_name, cluster, detach_nodes, labels, node, node_name,
+    pending_node, pool_nodes, snapshot, tenant,
 };
 
 on_both_backends!(
@@ -38,6 +39,7 @@ async fn node_lifecycle(db: TestDb) {
         labels: labels(&[("zone", "a")]),
     };
     let created = db.insert_node(t, new.clone(), &actor()).await.unwrap();
+    let key = Key::Id(created.id);
     assert_eq!(
         (created.state, created.cluster.clone()),
         (NodeState::Pending, None)
@@ -47,7 +49,7 @@ async fn node_lifecycle(db: TestDb) {
         (&new.name, &new.facts, &new.labels)
     );
     assert!(created.created_at >= start && created.updated_at == created.created_at);
-    assert_eq!(db.get_node(t, &Key::Id(created.id)).await.unwrap(), created);
+    assert_eq!(db.get_node(t, &key).await.unwrap(), created);
     assert_eq!(
         db.get_node(t, &by_name("host-1.rack2")).await.unwrap(),
         created
@@ -60,42 +62,13 @@ async fn node_lifecycle(db: TestDb) {
         created
     );
 
-    let authorized = db
-        .authorize_node(t, &Key::Id(created.id), &actor())
-        .await
-        .unwrap();
+    let authorized = db.authorize_node(t, &key, &actor()).await.unwrap();
     assert_eq!(authorized.state, NodeState::Authorized);
     assert!(authorized.updated_at >= created.updated_at);
 
     let before = snapshot(&db, t).await;
-    let err = db
-        .authorize_node(t, &Key::Id(created.id), &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::InvalidNodeState {
-                state: "authorized",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    let err = db
-        .delete_node(t, &Key::Id(created.id), &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::InvalidNodeState {
-                state: "authorized",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_invalid_state(&db.authorize_node(t, &key, &actor()).await, "authorized");
+    assert_invalid_state(&db.delete_node(t, &key, &actor()).await, "authorized");
     assert_eq!(snapshot(&db, t).await, before);
 
     let change = LabelChange {
@@ -114,55 +87,20 @@ async fn node_lifecycle(db: TestDb) {
         set: BTreeMap::new(),
         remove: vec!["zone".parse().unwrap()],
     };
-    let labeled = db
-        .label_node(t, &Key::Id(created.id), &change, &actor())
-        .await
-        .unwrap();
+    let labeled = db.label_node(t, &key, &change, &actor()).await.unwrap();
     assert_eq!(labeled.labels, labels(&[("gpu", "")]));
-    assert_eq!(labeled, db.get_node(t, &Key::Id(created.id)).await.unwrap());
+    assert_eq!(labeled, db.get_node(t, &key).await.unwrap());
     assert_eq!(labeled.state, NodeState::Authorized);
 
-    let gone = db
-        .deauthorize_node(t, &Key::Id(created.id), &actor())
-        .await
-        .unwrap();
+    let gone = db.deauthorize_node(t, &key, &actor()).await.unwrap();
     assert_eq!(gone.state, NodeState::Deauthorized);
-    let err = db
-        .deauthorize_node(t, &Key::Id(created.id), &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::InvalidNodeState {
-                state: "deauthorized",
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_invalid_state(
+        &db.deauthorize_node(t, &key, &actor()).await,
+        "deauthorized",
     );
-    let err = db
-        .authorize_node(t, &Key::Id(created.id), &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::InvalidNodeState {
-                state: "deauthorized",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    db.delete_node(t, &Key::Id(created.id), &actor())
-        .await
-        .unwrap();
-    let err = db.get_node(t, &Key::Id(created.id)).await.unwrap_err();
-    assert!(
-        matches!(err, StoreError::NotFound { kind: "node", .. }),
-        "{err:?}"
-    );
+    assert_invalid_state(&db.authorize_node(t, &key, &actor()).await, "deauthorized");
+    db.delete_node(t, &key, &actor()).await.unwrap();
+    assert_not_found(&db.get_node(t, &key).await, "node");
 
     // A pending node can be deleted outright; a pending node can be deauthorized too.
     let p = pending_node(&db, t, "p1", &[]).await;
@@ -221,11 +159,8 @@ async fn node_names_are_unique_per_tenant(db: TestDb) {
         facts: Default::default(),
         labels: Default::default(),
     };
-    let err = db.insert_node(a, new.clone(), &actor()).await.unwrap_err();
-    assert!(
-        matches!(err, StoreError::NameTaken { kind: "node", ref name } if name == "web-1"),
-        "{err:?}"
-    );
+    let refused = db.insert_node(a, new.clone(), &actor()).await;
+    assert_name_taken(&refused, "node", "web-1");
     assert_eq!(
         snapshot(&db, a).await,
         before,
@@ -247,20 +182,12 @@ async fn node_names_are_unique_per_tenant(db: TestDb) {
 async fn node_filters(db: TestDb) {
     let t = tenant(&db, "acme").await;
     pending_node(&db, t, "p", &[]).await;
-    for n in ["a", "b", "c", "d"] {
-        pool_node(&db, t, n, &[]).await;
-    }
+    pool_nodes(&db, t, &["a", "b", "c", "d"]).await;
     let c1 = cluster(&db, t, "c1").await;
     let c2 = cluster(&db, t, "c2").await;
-    db.attach(t, &Key::Id(c1.id), &named(&["a", "b"]), &actor())
-        .await
-        .unwrap();
-    db.attach(t, &Key::Id(c2.id), &named(&["c"]), &actor())
-        .await
-        .unwrap();
-    db.detach(t, &Key::Id(c1.id), &[node_name("b")], false, &actor())
-        .await
-        .unwrap();
+    attach_nodes(&db, t, c1.id, &["a", "b"]).await;
+    attach_nodes(&db, t, c2.id, &["c"]).await;
+    detach_nodes(&db, t, c1.id, &["b"]).await;
 
     let list = |filter: NodeFilter| {
         let db = &db;

@@ -4,7 +4,10 @@ use qb_api::{NodeState, Role};
 use qb_store::{EventFilter, Key, NodeFilter};
 use time::{Duration, OffsetDateTime};
 
-use crate::{TestDb, actor, all_events, cluster, collect_pages, name, pending_node, tenant};
+use crate::{
+    TestDb, actor, all_events, cluster, collect_pages, events_by_pages, name, new_user,
+    nodes_by_pages, pending_node, tenant,
+};
 
 on_both_backends!(pages_cover_every_item_once);
 
@@ -34,9 +37,7 @@ async fn pages_cover_every_item_once(db: TestDb) {
             cluster(&db, t, &format!("c{i}")).await;
         }
     }
-    db.create_user(a, &name("bob"), Role::Viewer, &actor())
-        .await
-        .unwrap();
+    new_user(&db, a, "bob", Role::Viewer).await;
     for i in 0..5 {
         let hash = format!("hash-{i}");
         db.create_token(a, &name("bob"), "s".into(), &hash, None, expires, &actor())
@@ -89,16 +90,7 @@ async fn pages_cover_every_item_once(db: TestDb) {
         assert_eq!(nodes, all_nodes, "nodes by {limit}");
         assert_eq!(pages, pages_for(7, limit), "pages of nodes by {limit}");
 
-        let in_pool = collect_pages(limit, |after| {
-            let filter = pool_filter.clone();
-            let db = &db;
-            async move {
-                db.list_nodes(a, &filter, after.as_deref(), limit)
-                    .await
-                    .unwrap()
-            }
-        })
-        .await;
+        let in_pool = nodes_by_pages(&db, a, &pool_filter, limit).await;
         assert_eq!(in_pool, pool, "pool by {limit}");
 
         let clusters = collect_pages(limit, |after| {
@@ -115,42 +107,17 @@ async fn pages_cover_every_item_once(db: TestDb) {
         .await;
         assert_eq!(tokens, all_tokens, "tokens by {limit}");
 
-        let events = collect_pages(limit, |after| {
-            let db = &db;
-            async move {
-                let after = after.map(|s| s.parse::<i64>().unwrap());
-                db.list_events(a, &EventFilter::default(), after, limit)
-                    .await
-                    .unwrap()
-            }
-        })
-        .await;
+        let events = events_by_pages(&db, a, &EventFilter::default(), limit).await;
         assert_eq!(events, all_events, "events by {limit}");
 
-        let filtered = collect_pages(limit, |after| {
-            let filter = node_filter.clone();
-            let db = &db;
-            async move {
-                let after = after.map(|s| s.parse::<i64>().unwrap());
-                db.list_events(a, &filter, after, limit).await.unwrap()
-            }
-        })
-        .await;
+        let filtered = events_by_pages(&db, a, &node_filter, limit).await;
         assert_eq!(filtered, node_events, "node events by {limit}");
 
         let newest_first = EventFilter {
             newest_first: true,
             ..node_filter.clone()
         };
-        let newest = collect_pages(limit, |after| {
-            let filter = newest_first.clone();
-            let db = &db;
-            async move {
-                let after = after.map(|s| s.parse::<i64>().unwrap());
-                db.list_events(a, &filter, after, limit).await.unwrap()
-            }
-        })
-        .await;
+        let newest = events_by_pages(&db, a, &newest_first, limit).await;
         let mut reversed = node_events.clone();
         reversed.reverse();
         assert_eq!(newest, reversed, "node events newest first by {limit}");

@@ -6,16 +6,15 @@ use sqlx::Row;
 use time::{Duration, OffsetDateTime};
 
 use crate::{
-    TestDb, actor, cluster, from_pool, name, named, node_name, pool_node, snapshot, tenant,
+    TestDb, actor, attach_nodes, cluster, detach_nodes, from_pool, name, new_user, pool_node,
+    snapshot, tenant,
 };
 
 on_both_backends!(reopening_keeps_everything);
 
 async fn reopening_keeps_everything(db: TestDb) {
     let t = tenant(&db, "acme").await;
-    db.create_user(t, &name("bob"), Role::Operator, &actor())
-        .await
-        .unwrap();
+    new_user(&db, t, "bob", Role::Operator).await;
     let expires = OffsetDateTime::now_utc() + Duration::hours(1);
     db.create_token(
         t,
@@ -32,12 +31,8 @@ async fn reopening_keeps_everything(db: TestDb) {
         pool_node(&db, t, n, &[("zone", "a")]).await;
     }
     let c = cluster(&db, t, "c1").await;
-    db.attach(t, &Key::Id(c.id), &named(&["n1", "n2"]), &actor())
-        .await
-        .unwrap();
-    db.detach(t, &Key::Id(c.id), &[node_name("n2")], false, &actor())
-        .await
-        .unwrap();
+    attach_nodes(&db, t, c.id, &["n1", "n2"]).await;
+    detach_nodes(&db, t, c.id, &["n2"]).await;
     let before = snapshot(&db, t).await;
     db.store.close().await;
 

@@ -13,14 +13,19 @@ on_both_backends!(
     the_engine_hears_each_wake_up_another_replica_sends,
 );
 
+#[track_caller]
+fn only_sqlite_lacks_notifications(db: &TestDb) {
+    assert_eq!(
+        db.backend(),
+        Backend::Sqlite,
+        "PostgreSQL has notifications"
+    );
+}
+
 /// A replica that took a change wakes the engine wherever it runs, through the database.
 async fn the_engine_hears_each_wake_up_another_replica_sends(db: TestDb) {
     let Some(mut wakes) = db.engine_wakes().await.unwrap() else {
-        assert_eq!(
-            db.backend(),
-            Backend::Sqlite,
-            "PostgreSQL has notifications"
-        );
+        only_sqlite_lacks_notifications(&db);
         // One controller alone on its file: nothing to send.
         db.wake_engine().await.unwrap();
         return;
@@ -95,11 +100,7 @@ async fn sessions_name_the_replica_that_holds_each_agent(db: TestDb) {
 
 async fn other_replicas_hear_of_each_session_change_as_it_commits(db: TestDb) {
     let Some(mut changes) = db.session_changes().await.unwrap() else {
-        assert_eq!(
-            db.backend(),
-            Backend::Sqlite,
-            "no notifications on PostgreSQL"
-        );
+        only_sqlite_lacks_notifications(&db);
         return;
     };
     let now = OffsetDateTime::now_utc();

@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 
 use qb_api::{LabelChange, NodeState, Role, TokenId};
-use qb_store::{EventFilter, Key, NodeFilter, Principal, StoreError};
+use qb_store::{EventFilter, Key, NodeFilter, Principal};
 use time::{Duration, OffsetDateTime};
 
 use crate::{
-    TestDb, actor, all_clusters, all_events, all_nodes, all_tokens, by_name, cluster, from_pool,
-    name, named, node_name, pending_node, pool_node, snapshot, tenant,
+    TestDb, actor, all_clusters, all_events, all_nodes, all_tokens, assert_name_taken,
+    assert_not_found, assert_pool_exhausted, attach_nodes, by_name, cluster, detach_nodes,
+    from_pool, name, named, new_user, node_name, pending_node, pool_node, snapshot, tenant,
 };
 
 on_both_backends!(
@@ -28,36 +29,19 @@ async fn tenants_and_users(db: TestDb) {
         ("acme", "alice", Role::Admin)
     );
     assert_eq!(db.tenant_by_name("acme").await.unwrap(), acme);
-    let err = db.tenant_by_name("nosuch").await.unwrap_err();
-    assert!(
-        matches!(err, StoreError::NotFound { kind: "tenant", .. }),
-        "{err:?}"
-    );
+    assert_not_found(&db.tenant_by_name("nosuch").await, "tenant");
 
     let before = snapshot(&db, acme.id).await;
-    let err = db
-        .create_tenant(&name("acme"), &name("mallory"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::NameTaken { kind: "tenant", .. }),
-        "{err:?}"
-    );
+    let refused = db.create_tenant(&name("acme"), &name("mallory")).await;
+    assert_name_taken(&refused, "tenant", "acme");
     assert_eq!(db.tenant_count().await.unwrap(), 1);
     assert_eq!(snapshot(&db, acme.id).await, before);
 
-    let bob = db
-        .create_user(acme.id, &name("bob"), Role::Operator, &actor())
-        .await
-        .unwrap();
-    let err = db
+    let bob = new_user(&db, acme.id, "bob", Role::Operator).await;
+    let refused = db
         .create_user(acme.id, &name("bob"), Role::Viewer, &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::NameTaken { kind: "user", .. }),
-        "{err:?}"
-    );
+        .await;
+    assert_name_taken(&refused, "user", "bob");
     assert_eq!(
         db.list_users(acme.id).await.unwrap(),
         [admin.clone(), bob.clone()]
@@ -69,9 +53,7 @@ async fn tenants_and_users(db: TestDb) {
         .await
         .unwrap();
     assert_ne!(bolt_admin.id, admin.id);
-    db.create_user(bolt.id, &name("bob"), Role::Viewer, &actor())
-        .await
-        .unwrap();
+    new_user(&db, bolt.id, "bob", Role::Viewer).await;
     assert_eq!(db.tenant_count().await.unwrap(), 2);
     assert_eq!(db.list_users(acme.id).await.unwrap(), [admin, bob]);
 
@@ -87,9 +69,7 @@ async fn tenants_and_users(db: TestDb) {
 
 async fn tokens_authenticate_until_expired_or_revoked(db: TestDb) {
     let t = tenant(&db, "acme").await;
-    db.create_user(t, &name("bob"), Role::Operator, &actor())
-        .await
-        .unwrap();
+    new_user(&db, t, "bob", Role::Operator).await;
     let now = OffsetDateTime::now_utc();
     let create = |user: &'static str, hash: &'static str, expires_at: OffsetDateTime| {
         let db = &db;
@@ -169,21 +149,11 @@ async fn tokens_authenticate_until_expired_or_revoked(db: TestDb) {
     // Revoking again keeps the first time.
     let again = db.revoke_token(t, bob.token.id, &actor()).await.unwrap();
     assert_eq!(again.revoked_at, Some(revoked_at));
-    let err = db
-        .revoke_token(t, TokenId::new(), &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::NotFound { kind: "token", .. }),
-        "{err:?}"
-    );
+    assert_not_found(&db.revoke_token(t, TokenId::new(), &actor()).await, "token");
 
-    let err = create("nobody", "hash-nobody", now + Duration::hours(1))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::NotFound { kind: "user", .. }),
-        "{err:?}"
+    assert_not_found(
+        &create("nobody", "hash-nobody", now + Duration::hours(1)).await,
+        "user",
     );
 
     let logged = crate::events(
@@ -221,18 +191,8 @@ async fn tenants_cannot_see_or_touch_each_other(db: TestDb) {
     let a_free = pool_node(&db, a, "a-free", &[]).await;
     let a_member = pool_node(&db, a, "a-member", &[]).await;
     let a_cluster = cluster(&db, a, "a-cluster").await;
-    db.attach(a, &Key::Id(a_cluster.id), &named(&["a-member"]), &actor())
-        .await
-        .unwrap();
-    db.detach(
-        a,
-        &Key::Id(a_cluster.id),
-        &[node_name("a-member")],
-        false,
-        &actor(),
-    )
-    .await
-    .unwrap();
+    attach_nodes(&db, a, a_cluster.id, &["a-member"]).await;
+    detach_nodes(&db, a, a_cluster.id, &["a-member"]).await;
     let a_token = db
         .create_token(
             a,
@@ -245,43 +205,29 @@ async fn tenants_cannot_see_or_touch_each_other(db: TestDb) {
         )
         .await
         .unwrap();
-    db.create_user(a, &name("carol"), Role::Viewer, &actor())
-        .await
-        .unwrap();
+    new_user(&db, a, "carol", Role::Viewer).await;
     let b_cluster = cluster(&db, b, "b-cluster").await;
     let a_before = snapshot(&db, a).await;
     let b_before = snapshot(&db, b).await;
 
     // B sees none of it.
     assert!(all_nodes(&db, b).await.is_empty());
-    for state in [
-        NodeState::Pending,
-        NodeState::Authorized,
-        NodeState::Detaching,
-    ] {
-        let filter = NodeFilter {
-            state: Some(state),
-            cluster: None,
-        };
-        assert!(
-            db.list_nodes(b, &filter, None, 100)
-                .await
-                .unwrap()
-                .items
-                .is_empty()
-        );
-    }
-    let filter = NodeFilter {
-        state: None,
-        cluster: Some(a_cluster.id),
+    let in_state = |state| NodeFilter {
+        state: Some(state),
+        cluster: None,
     };
-    assert!(
-        db.list_nodes(b, &filter, None, 100)
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    for filter in [
+        in_state(NodeState::Pending),
+        in_state(NodeState::Authorized),
+        in_state(NodeState::Detaching),
+        NodeFilter {
+            state: None,
+            cluster: Some(a_cluster.id),
+        },
+    ] {
+        let listed = db.list_nodes(b, &filter, None, 100).await.unwrap();
+        assert!(listed.items.is_empty(), "{filter:?}");
+    }
     assert_eq!(all_clusters(&db, b).await, std::slice::from_ref(&b_cluster));
     assert!(all_tokens(&db, b).await.is_empty());
     let b_events = all_events(&db, b).await;
@@ -290,24 +236,10 @@ async fn tenants_cannot_see_or_touch_each_other(db: TestDb) {
         ["tenant.created", "user.created", "cluster.created"]
     );
     for key in [Key::Id(a_free.id), by_name("a-free")] {
-        let err = db.get_node(b, &key).await.unwrap_err();
-        assert!(
-            matches!(err, StoreError::NotFound { kind: "node", .. }),
-            "{err:?}"
-        );
+        assert_not_found(&db.get_node(b, &key).await, "node");
     }
     for key in [Key::Id(a_cluster.id), by_name("a-cluster")] {
-        let err = db.get_cluster(b, &key).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::NotFound {
-                    kind: "cluster",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert_not_found(&db.get_cluster(b, &key).await, "cluster");
     }
     for filter in [
         EventFilter {
@@ -330,112 +262,33 @@ async fn tenants_cannot_see_or_touch_each_other(db: TestDb) {
     }
 
     // ...and can change none of it.
-    let not_found = |result: Result<_, StoreError>, kind: &str| match result {
-        Err(StoreError::NotFound { kind: k, .. }) if k == kind => {}
-        other => panic!("expected NotFound for a {kind}, got {other:?}"),
-    };
-    not_found(
-        db.authorize_node(b, &Key::Id(a_pending.id), &actor())
-            .await
-            .map(drop),
-        "node",
-    );
-    not_found(
-        db.authorize_node(b, &by_name("a-pending"), &actor())
-            .await
-            .map(drop),
-        "node",
-    );
     let change = LabelChange {
         set: BTreeMap::from([("x".parse().unwrap(), "y".parse().unwrap())]),
         remove: vec![],
     };
-    not_found(
-        db.label_node(b, &Key::Id(a_free.id), &change, &actor())
-            .await
-            .map(drop),
-        "node",
-    );
-    not_found(
-        db.deauthorize_node(b, &Key::Id(a_free.id), &actor())
-            .await
-            .map(drop),
-        "node",
-    );
-    not_found(
-        db.delete_node(b, &Key::Id(a_pending.id), &actor()).await,
-        "node",
-    );
-    not_found(
-        db.finish_detach(b, a_member.id, &actor()).await.map(drop),
-        "node",
-    );
-    not_found(
-        db.attach(b, &Key::Id(b_cluster.id), &named(&["a-free"]), &actor())
-            .await
-            .map(drop),
-        "node",
-    );
-    not_found(
-        db.attach(b, &Key::Id(a_cluster.id), &from_pool(1, None), &actor())
-            .await
-            .map(drop),
-        "cluster",
-    );
-    not_found(
-        db.attach(b, &by_name("a-cluster"), &from_pool(1, None), &actor())
-            .await
-            .map(drop),
-        "cluster",
-    );
-    not_found(
-        db.detach(
-            b,
-            &Key::Id(a_cluster.id),
-            &[node_name("a-member")],
-            false,
-            &actor(),
-        )
-        .await
-        .map(drop),
-        "cluster",
-    );
-    not_found(
-        db.detach(
-            b,
-            &Key::Id(b_cluster.id),
-            &[node_name("a-member")],
-            false,
-            &actor(),
-        )
-        .await
-        .map(drop),
-        "node",
-    );
-    not_found(
-        db.delete_cluster(b, &Key::Id(a_cluster.id), true, &actor())
-            .await
-            .map(drop),
-        "cluster",
-    );
-    not_found(
-        db.revoke_token(b, a_token.token.id, &actor())
-            .await
-            .map(drop),
-        "token",
-    );
+    let (pending, pending_name) = (Key::Id(a_pending.id), by_name("a-pending"));
+    let free = Key::Id(a_free.id);
+    let (a_key, a_name) = (Key::Id(a_cluster.id), by_name("a-cluster"));
+    let (b_key, a_free_named) = (Key::Id(b_cluster.id), named(&["a-free"]));
+    let (one, member, me) = (from_pool(1, None), [node_name("a-member")], actor());
+    assert_not_found(&db.authorize_node(b, &pending, &me).await, "node");
+    assert_not_found(&db.authorize_node(b, &pending_name, &me).await, "node");
+    assert_not_found(&db.label_node(b, &free, &change, &me).await, "node");
+    assert_not_found(&db.deauthorize_node(b, &free, &me).await, "node");
+    assert_not_found(&db.delete_node(b, &pending, &me).await, "node");
+    assert_not_found(&db.finish_detach(b, a_member.id, &me).await, "node");
+    assert_not_found(&db.attach(b, &b_key, &a_free_named, &me).await, "node");
+    assert_not_found(&db.attach(b, &a_key, &one, &me).await, "cluster");
+    assert_not_found(&db.attach(b, &a_name, &one, &me).await, "cluster");
+    assert_not_found(&db.detach(b, &a_key, &member, false, &me).await, "cluster");
+    assert_not_found(&db.detach(b, &b_key, &member, false, &me).await, "node");
+    assert_not_found(&db.delete_cluster(b, &a_key, true, &me).await, "cluster");
+    assert_not_found(&db.revoke_token(b, a_token.token.id, &me).await, "token");
     // B's pool is empty however full A's is.
-    let err = db
-        .attach(b, &Key::Id(b_cluster.id), &from_pool(1, None), &actor())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::PoolExhausted { available: 0, .. }),
-        "{err:?}"
-    );
+    assert_pool_exhausted(&db.attach(b, &b_key, &one, &me).await, 1, 0, false);
     // B cannot mint tokens for A's users.
-    let err = db
-        .create_token(
+    assert_not_found(
+        &db.create_token(
             b,
             &name("carol"),
             "s".into(),
@@ -444,11 +297,8 @@ async fn tenants_cannot_see_or_touch_each_other(db: TestDb) {
             OffsetDateTime::now_utc() + Duration::hours(1),
             &actor(),
         )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::NotFound { kind: "user", .. }),
-        "{err:?}"
+        .await,
+        "user",
     );
 
     assert_eq!(
