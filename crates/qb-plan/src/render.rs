@@ -2003,12 +2003,7 @@ mod tests {
         assert_eq!(file(master, paths::CA_KEY).content.expose(), pki.ca.key_pem);
         assert_eq!(file(master, paths::CA_KEY).mode, 0o600);
         for secret in &secrets[1..3] {
-            assert!(
-                master
-                    .files
-                    .iter()
-                    .all(|f| f.content.expose() != *secret)
-            );
+            assert!(master.files.iter().all(|f| f.content.expose() != *secret));
         }
     }
 

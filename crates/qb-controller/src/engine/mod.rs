@@ -533,26 +533,34 @@ impl Engine {
     }
 
     /// Cordons and drains a leaving node through a master, once. `Some` while it is still
-    /// being drained; `None` when it is drained, the API is out of reach (no master with a
-    /// healthy API server to ask), or [`DRAIN_TIMEOUT`] ran out. How far it went is kept in the
-    /// store: a restarted controller neither drains again nor waits anew.
+    /// being drained, or waits for a master's API server to answer; `None` when it is drained,
+    /// the cluster runs no API server, or [`DRAIN_TIMEOUT`] ran out. How far it went is kept in
+    /// the store: a restarted controller neither drains again nor waits anew.
     async fn drain(
         &self,
         ec: &EngineCluster,
         n: &EngineNode,
     ) -> Result<Option<String>, EngineError> {
         let id = n.node.id;
+        if n.drain == Drain::Done || !has_api_server(ec) {
+            return Ok(None);
+        }
         let started = match n.drain {
-            Drain::Done => return Ok(None),
             Drain::Since(started) => started,
-            Drain::NotStarted => {
-                if self.api_master(ec).is_none() {
-                    return Ok(None);
-                }
-                self.store.start_drain(ec.tenant, id).await?
-            }
+            _ => self.store.start_drain(ec.tenant, id).await?,
         };
+        let elapsed = time::OffsetDateTime::now_utc() - started;
+        // The API may be back in a moment (a restarted controller waits for its agents).
         let Some(via) = self.api_master(ec) else {
+            if elapsed < DRAIN_TIMEOUT {
+                return Ok(Some(format!(
+                    "draining {}: waiting for a master's API server",
+                    n.node.name
+                )));
+            }
+            tracing::warn!(node = %n.node.name, timeout = ?DRAIN_TIMEOUT,
+                "no API server answered to drain the node; detaching it anyway");
+            self.store.finish_drain(ec.tenant, id, true).await?;
             return Ok(None);
         };
         let op = KubeOp::Drain {
@@ -891,6 +899,19 @@ struct Layout {
     input: ClusterInput,
     addresses: BTreeMap<NodeId, IpAddr>,
     placement: qb_plan::placement::Placement,
+}
+
+/// Whether the cluster runs an API server at all: a staying master's plan has one (a cluster of
+/// etcd alone has nothing to drain through).
+fn has_api_server(ec: &EngineCluster) -> bool {
+    staying_nodes(ec).iter().any(|n| {
+        n.node.role == Some(NodeRole::Master)
+            && n.node.plan.as_ref().is_some_and(|p| {
+                p.report
+                    .as_ref()
+                    .is_some_and(|r| r.services.iter().any(|s| s.name == "kube-apiserver"))
+            })
+    })
 }
 
 /// The nodes that stay in the cluster (attached, not leaving).
