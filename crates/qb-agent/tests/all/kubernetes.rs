@@ -293,6 +293,7 @@ fn check_traffic(admin: &Agent, agents: &[Agent], hosts: &[String]) -> String {
         .map(|(name, ..)| format!("hello from {name}"))
         .collect();
     let ips: Vec<String> = pods.iter().map(|(.., ip)| ip.clone()).collect();
+    wait_service_programmed(agents, hosts, &ips);
     // Probe pods: one per host, all at once.
     let _ = kubectl(
         admin,
@@ -369,6 +370,45 @@ fn check_traffic(admin: &Agent, agents: &[Agent], hosts: &[String]) -> String {
     );
     assert!(failures.is_empty(), "{failures:#?}\n{matrix}");
     matrix
+}
+
+/// Waits until every host's kube-proxy sends the `web` Service to exactly `ips`: it programs a
+/// change of the Service's endpoints a moment after it, later on a busy machine, and traffic
+/// sent meanwhile goes to pods that are gone.
+fn wait_service_programmed(agents: &[Agent], hosts: &[String], ips: &[String]) {
+    let mut want: Vec<&str> = ips.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    for host in hosts {
+        let pid = agents[index_of(host)].proc.pid().to_string();
+        poll(
+            &format!("kube-proxy on {host} sending the web Service to every backend"),
+            BRING_UP,
+            || {
+                let out = run(Command::new("nsenter").args([
+                    "-t",
+                    &pid,
+                    "-n",
+                    "iptables-save",
+                    "-t",
+                    "nat",
+                ]));
+                let rules = String::from_utf8_lossy(&out.stdout);
+                let mut backends: Vec<&str> = rules
+                    .lines()
+                    .filter(|l| l.contains("\"default/web\""))
+                    .filter_map(|l| l.split("--to-destination ").nth(1))
+                    .filter_map(|d| d.split_whitespace().next()?.strip_suffix(":8080"))
+                    .collect();
+                backends.sort_unstable();
+                backends.dedup();
+                if backends == want {
+                    Ok(())
+                } else {
+                    Err(format!("{backends:?}, want {want:?}"))
+                }
+            },
+        );
+    }
 }
 
 /// The backends no `SVC - <answer>` line of `output` came from.
