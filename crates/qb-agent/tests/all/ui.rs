@@ -121,7 +121,10 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
     // Authorize two pending hosts; each moves to the pool as the page updates.
     view(&b, &base, "nodes", "Nodes");
     for node in ["host-0", "host-1"] {
-        assert_eq!(shown_node_state(&b, node).as_deref(), Some("pending"));
+        // The heading shows before the view's first answer from the API.
+        b.wait(&format!("{node} pending"), SHOWS, |b| {
+            (shown_node_state(b, node).as_deref() == Some("pending")).then_some(())
+        });
         b.click_button(&format!("[data-node=\"{node}\"]"), "Authorize");
         b.wait(&format!("{node} in the pool"), SHOWS, |b| {
             (shown_node_state(b, node).as_deref() == Some("authorized")).then_some(())
