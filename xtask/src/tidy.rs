@@ -90,6 +90,11 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// A source file's code: all of it before its `mod tests`.
+fn code(text: &str) -> &str {
+    text.find("\nmod tests {").map_or(text, |end| &text[..end])
+}
+
 fn relative(path: &Path) -> String {
     path.strip_prefix(root())
         .unwrap_or(path)
@@ -135,8 +140,7 @@ fn unwrap_is_allowed_only_in_tests() {
     for dir in members() {
         for file in rust_files(&dir.join("src")) {
             let text = std::fs::read_to_string(&file).expect("a source file");
-            let tests = text.find("\nmod tests {").unwrap_or(text.len());
-            for (i, line) in text[..tests].lines().enumerate() {
+            for (i, line) in code(&text).lines().enumerate() {
                 // Spelled in two parts so that this line is not a hit itself.
                 if line.contains(concat!("allow(clippy::", "unwrap_used)")) {
                     wrong.push(format!("{}:{}", relative(&file), i + 1));
@@ -161,10 +165,7 @@ fn long_files_say_why() {
     for dir in members() {
         for file in rust_files(&dir.join("src")) {
             let text = std::fs::read_to_string(&file).expect("a source file");
-            let code = text
-                .find("\nmod tests {")
-                .map_or(text.as_str(), |end| &text[..end]);
-            let lines = code.lines().count();
+            let lines = code(&text).lines().count();
             let says_why = text.lines().take_while(|l| l.starts_with("//!")).any(|l| {
                 l.trim_start_matches("//!")
                     .trim()

@@ -120,6 +120,22 @@ pub fn wait_ready(api: &Api, name: &str, timeout: Duration) -> Value {
     })
 }
 
+/// Waits until `node` left cluster `lab` for the pool; the cluster's state says why while not.
+fn wait_in_pool(api: &Api, node: &str) {
+    poll(&format!("{node} back in the pool"), CONVERGE, || {
+        let n = api.node(node);
+        if n["state"] == "authorized" {
+            Ok(())
+        } else {
+            let c = cluster(api, "lab");
+            Err(format!(
+                "{}: {} — {}",
+                n["state"], c["state"], c["state_message"]
+            ))
+        }
+    });
+}
+
 pub fn roles(cluster: &Value) -> (Vec<String>, Vec<String>) {
     let mut masters = Vec::new();
     let mut workers = Vec::new();
@@ -343,18 +359,7 @@ fn a_cluster_forms_on_real_etcd_grows_and_shrinks_safely() {
             _ => panic!("detach answered {}: {}", r.status, r.body),
         }
     });
-    poll("host-0 back in the pool", CONVERGE, || {
-        let n = api.get(&format!("/nodes/{leaving}")).ok();
-        if n["state"] == "authorized" {
-            Ok(())
-        } else {
-            let c = cluster(&api, "lab");
-            Err(format!(
-                "{}: {} — {}",
-                n["state"], c["state"], c["state_message"]
-            ))
-        }
-    });
+    wait_in_pool(&api, leaving);
     let c = poll("four nodes ready with three masters", CONVERGE, || {
         let c = cluster(&api, "lab");
         let ms = c["nodes"]
@@ -425,18 +430,7 @@ fn a_cluster_forms_on_real_etcd_grows_and_shrinks_safely() {
         &json!({"nodes": [name], "force": true}),
     )
     .ok();
-    poll(&format!("{name} in the pool, unwiped"), CONVERGE, || {
-        let n = api.node(&name);
-        if n["state"] == "authorized" {
-            Ok(())
-        } else {
-            let c = cluster(&api, "lab");
-            Err(format!(
-                "{}: {} — {}",
-                n["state"], c["state"], c["state_message"]
-            ))
-        }
-    });
+    wait_in_pool(&api, &name);
     let c = wait_ready(&api, "lab", CONVERGE);
     let (masters, _) = roles(&c);
     assert_eq!(masters.len(), 3, "{c}");
