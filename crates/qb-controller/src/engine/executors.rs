@@ -52,6 +52,8 @@ impl Engine {
                         }
                         listed
                     });
+                    super::lock(&self.preflights)
+                        .retain(|id, _| listed.iter().any(|(_, cluster)| cluster == id));
                     for key in clusters {
                         if let Some(executor) = executors.get(&key) {
                             // Full: a wake-up is already pending.
