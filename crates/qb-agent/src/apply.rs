@@ -129,6 +129,24 @@ pub enum StepError {
     Cgroups(#[from] qb_host::cgroups::CgroupError),
     #[error(transparent)]
     Balancer(#[from] crate::balancer::BalancerError),
+    /// A wipe looked again and found some of the cluster's state still there.
+    #[error("the wipe left {}: {}", .0.len(), summarize_leftovers(.0))]
+    Leftovers(Vec<String>),
+}
+
+/// The first few leftovers, and how many more.
+fn summarize_leftovers(left: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut text = left
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if left.len() > SHOWN {
+        text.push_str(&format!(" and {} more", left.len() - SHOWN));
+    }
+    text
 }
 
 /// Converges the node on plans, one at a time.
@@ -688,6 +706,8 @@ impl Run<'_, '_> {
         self.conclude("wipe", result)
     }
 
+    /// Removes everything, then looks again: the ledger forgets what it recorded only once
+    /// nothing of it is left, so a wipe that fails (or a crash) is redone in full by the next.
     async fn wipe_everything(&mut self) -> Result<String, StepError> {
         let mut services = 0;
         let mut logs = self
@@ -719,14 +739,14 @@ impl Run<'_, '_> {
         for path in &paths {
             remove_path(Path::new(path))?;
             remove_empty_parents(Path::new(path));
-            self.ledger.installed.files.remove(path);
-            self.ledger.installed.artifacts.remove(path);
-            self.ledger.save()?;
         }
         crate::routes::converge(&[]).await?;
         // Pods and the runtime's shims outlive the services that started them.
         let cgroups: Vec<String> = self.ledger.installed.cgroups.iter().cloned().collect();
-        let ended = blocking(move || Ok(qb_host::cgroups::remove(&cgroups)?)).await?;
+        let ended = {
+            let cgroups = cgroups.clone();
+            blocking(move || Ok(qb_host::cgroups::remove(&cgroups)?)).await?
+        };
         tracing::info!(cgroups = %ended, "cluster cgroups removed");
         // Only once the pods are gone: their interfaces and rules go with them.
         if self.applier.pod_network {
@@ -741,9 +761,6 @@ impl Run<'_, '_> {
             let network = crate::pod_network::teardown(&sandboxes).await?;
             tracing::info!(%network, "pod network taken down");
         }
-        self.ledger.installed.cgroups.clear();
-        self.ledger.installed.tasks.clear();
-        self.ledger.save()?;
         let mut dirs = self.ledger.installed.state_dirs.clone();
         dirs.extend(self.plan.state_dirs.iter().map(ToString::to_string));
         dirs.extend(
@@ -754,31 +771,98 @@ impl Run<'_, '_> {
                 .flatten()
                 .cloned(),
         );
+        let premounted = self.ledger.installed.premounted_dirs.clone();
         for dir in &dirs {
-            let keep_mount = self.ledger.installed.premounted_dirs.contains(dir);
-            remove_tree(Path::new(dir), keep_mount)?;
-            self.ledger.installed.state_dirs.remove(dir);
-            self.ledger.installed.premounted_dirs.remove(dir);
-            self.ledger.save()?;
+            remove_tree(Path::new(dir), premounted.contains(dir))?;
         }
-        self.ledger.installed.service_data.clear();
-        self.ledger.installed.cluster_id = None;
+        let wiped = Wiped {
+            paths: paths.clone(),
+            dirs: dirs.clone(),
+            premounted,
+            cgroups,
+        };
+        let mut left = blocking(move || wiped.leftovers(&mount_points()?)).await?;
+        left.extend(crate::routes::remaining().await?);
+        if self.applier.pod_network {
+            left.extend(crate::pod_network::leftovers().await?);
+        }
+        if !left.is_empty() {
+            return Err(StepError::Leftovers(left));
+        }
+        let installed = &mut self.ledger.installed;
+        installed.files.clear();
+        installed.artifacts.clear();
+        installed.cgroups.clear();
+        installed.tasks.clear();
+        installed.state_dirs.clear();
+        installed.premounted_dirs.clear();
+        installed.service_data.clear();
+        installed.cluster_id = None;
         self.ledger.save()?;
         self.prune_cache()?;
         tracing::info!(
             services,
             paths = paths.len(),
             dirs = dirs.len(),
-            "node wiped"
+            "node wiped and checked clean"
         );
         Ok(format!(
-            "{services} services stopped, {} files removed, {} state directories removed",
+            "{services} services stopped, {} files removed, {} state directories removed; nothing left",
             paths.len(),
             dirs.len()
         ))
     }
 }
 
+/// What a wipe removed, to look for again once it is done.
+struct Wiped {
+    /// Files and installed artifacts.
+    paths: Vec<String>,
+    /// State directories.
+    dirs: BTreeSet<String>,
+    /// Those of them that were mount points before the cluster came: they stay, emptied.
+    premounted: BTreeSet<String>,
+    cgroups: Vec<String>,
+}
+
+impl Wiped {
+    /// What is still there, each named: a file, a directory (of a premounted one, anything in
+    /// it), one of the `mounts` at or below a directory (but a premounted directory's own), a
+    /// cgroup.
+    fn leftovers(&self, mounts: &BTreeSet<PathBuf>) -> Result<Vec<String>, StepError> {
+        let mut left = Vec::new();
+        for path in &self.paths {
+            if Path::new(path).symlink_metadata().is_ok() {
+                left.push(format!("file {path}"));
+            }
+        }
+        for dir in &self.dirs {
+            let path = Path::new(dir);
+            if !self.premounted.contains(dir) {
+                if path.symlink_metadata().is_ok() {
+                    left.push(format!("directory {dir}"));
+                }
+            } else if std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some()) {
+                left.push(format!("files in {dir}"));
+            }
+        }
+        for point in mounts {
+            let of_cluster = self.dirs.iter().any(|dir| {
+                point.starts_with(dir)
+                    && !(self.premounted.contains(dir) && point == Path::new(dir))
+            });
+            if of_cluster {
+                left.push(format!("mount {}", point.display()));
+            }
+        }
+        for cgroup in &self.cgroups {
+            if !qb_host::cgroups::existing(cgroup)?.is_empty() {
+                left.push(format!("cgroup {cgroup}"));
+            }
+        }
+        Ok(left)
+    }
+}
 /// What earlier plans installed: `<state>/installed.json`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -1196,13 +1280,7 @@ fn remove_path(path: &Path) -> Result<(), StepError> {
 
 /// The mount points of the agent's mount namespace.
 fn mount_points() -> Result<BTreeSet<PathBuf>, StepError> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(io("reading", Path::new("/proc/self/mountinfo")))?;
-    Ok(mountinfo
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(4))
-        .map(|point| PathBuf::from(point.replace("\\040", " ")))
-        .collect())
+    qb_host::mounts::points().map_err(io("reading", Path::new("/proc/self/mountinfo")))
 }
 
 /// Unmounts every mount below `dir` (the kubelet's pod volumes, say), deepest first, lazily,
@@ -1776,6 +1854,50 @@ mod tests {
         stop_all(&supervisor).await;
     }
 
+    #[test]
+    fn a_wipe_looks_again_for_each_kind_of_state_it_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let at = |p: &str| root.path().join(p).display().to_string();
+        for dir in ["gone", "kept-mount", "emptied-mount", "left/sub"] {
+            std::fs::create_dir_all(at(dir)).unwrap();
+        }
+        std::fs::remove_dir(at("gone")).unwrap();
+        std::fs::write(at("left/file"), b"x").unwrap();
+        std::fs::write(at("kept-mount/file"), b"x").unwrap();
+        let wiped = Wiped {
+            paths: vec![at("left/file"), at("removed-file")],
+            dirs: [
+                at("gone"),
+                at("left"),
+                at("kept-mount"),
+                at("emptied-mount"),
+            ]
+            .into(),
+            premounted: [at("kept-mount"), at("emptied-mount")].into(),
+            cgroups: vec!["/qb/never-made-by-this-test".to_owned()],
+        };
+        let mounts: BTreeSet<PathBuf> = ["/", &at("emptied-mount"), &at("gone/pod/volume")]
+            .into_iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(
+            wiped.leftovers(&mounts).unwrap(),
+            [
+                format!("file {}", at("left/file")),
+                format!("files in {}", at("kept-mount")),
+                format!("directory {}", at("left")),
+                format!("mount {}", at("gone/pod/volume")),
+            ]
+        );
+        let many: Vec<String> = (0..10).map(|i| format!("file /f{i}")).collect();
+        let message = StepError::Leftovers(many).to_string();
+        assert!(
+            message.starts_with("the wipe left 10: file /f0, ")
+                && message.ends_with(", file /f7 and 2 more"),
+            "{message}"
+        );
+    }
+
     #[tokio::test]
     async fn removed_services_and_files_go_and_a_plan_without_cluster_wipes_everything() {
         let (host, source, plan, supervisor, applier, report) = set_up().await;
@@ -1869,7 +1991,7 @@ mod tests {
         assert_step_message(
             &report.borrow(),
             "wipe",
-            "0 services stopped, 0 files removed, 0 state directories removed",
+            "0 services stopped, 0 files removed, 0 state directories removed; nothing left",
         );
     }
 

@@ -85,6 +85,56 @@ pub async fn teardown(sandboxes: &BTreeSet<String>) -> Result<String, TeardownEr
     ))
 }
 
+/// What of the pod network is still on the host after [`teardown`]: the bridge, interfaces
+/// enslaved to it, the cluster's iptables chains and the `qb` network's cached results. Empty
+/// when the host is clean.
+pub async fn leftovers() -> Result<Vec<String>, TeardownError> {
+    let bridge = qb_api::POD_BRIDGE;
+    let mut left = Vec::new();
+    if run_ok("ip", &["link", "show", "dev", bridge])
+        .await?
+        .is_some()
+    {
+        left.push(format!("interface {bridge}"));
+    }
+    if let Some(listing) = run_ok("ip", &["-j", "link", "show", "master", bridge]).await? {
+        left.extend(
+            names(&listing)
+                .into_iter()
+                .map(|n| format!("interface {n}")),
+        );
+    }
+    for save in ["iptables-save", "ip6tables-save"] {
+        if let Some(dump) = run_ok(save, &[]).await? {
+            left.extend(
+                cluster_chains(&dump)
+                    .into_iter()
+                    .map(|c| format!("{save} chain {c}")),
+            );
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(Path::new(CNI_CACHE).join("results")) {
+        left.extend(
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with(&format!("{CNI_NETWORK}-")))
+                .map(|name| format!("CNI result {name}")),
+        );
+    }
+    Ok(left)
+}
+
+/// The cluster's chains an `iptables-save` dump declares, once each.
+fn cluster_chains(dump: &str) -> BTreeSet<String> {
+    dump.lines()
+        .filter_map(|line| line.strip_prefix(':'))
+        .filter_map(|decl| decl.split_whitespace().next())
+        .filter(|chain| CHAIN_PREFIXES.iter().any(|p| chain.starts_with(p)))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The `ifname`s of `ip -j link` output.
 fn names(json: &str) -> Vec<String> {
     let links: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
@@ -303,8 +353,13 @@ COMMIT
 COMMIT
 "
         );
-        // Nothing of the cluster's: nothing to restore.
+        // Nothing of the cluster's: nothing to restore, and nothing a wipe's check finds.
         assert_eq!(without_cluster_chains(&kept).1, 0);
+        assert_eq!(
+            cluster_chains(dump).into_iter().collect::<Vec<_>>(),
+            ["CNI-4f1e2d", "KUBE-FIREWALL", "KUBE-SERVICES"]
+        );
+        assert!(cluster_chains(&kept).is_empty());
     }
 
     #[test]

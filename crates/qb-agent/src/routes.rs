@@ -74,6 +74,16 @@ pub async fn converge(wanted: &[Route]) -> Result<String, RouteError> {
     ))
 }
 
+/// The agent's routes still on the host, as `destination via gateway`: none once a wipe
+/// converged on no route.
+pub async fn remaining() -> Result<Vec<String>, RouteError> {
+    Ok(list()
+        .await?
+        .into_iter()
+        .map(|(destination, via)| format!("route {destination} via {via}"))
+        .collect())
+}
+
 /// A route's destination and gateway are of one address family (each is well-formed once
 /// decoded).
 fn validate(route: &Route) -> Result<(), RouteError> {

@@ -456,7 +456,8 @@ pub fn down(dir: &Path) -> Result<Vec<String>> {
     let mut left = record.lab().teardown();
     let names: Vec<String> = record.hosts.iter().map(|h| h.name.clone()).collect();
     left.extend(crate::cgroups::remove(&names));
-    left.extend(mounts_below(&dir).into_iter().map(|m| format!("mount {m}")));
+    let mounts = qb_host::mounts::points_below(&dir).unwrap_or_default();
+    left.extend(mounts.iter().map(|m| format!("mount {}", m.display())));
     if let Some(pid) = record.controller_pid.filter(|p| alive(*p)) {
         left.push(format!("controller process {pid}"));
     }
@@ -558,18 +559,6 @@ fn runs(pid: u32, program: &str) -> bool {
     alive(pid)
         && std::fs::read(format!("/proc/{pid}/cmdline"))
             .is_ok_and(|c| String::from_utf8_lossy(&c).contains(program))
-}
-
-/// Mount points of this mount namespace at or below `dir`.
-fn mounts_below(dir: &Path) -> Vec<String> {
-    let prefix = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| *m == prefix || m.starts_with(&format!("{prefix}/")))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// A fresh machine id: 32 lowercase hex digits, from the kernel's random UUIDs.
