@@ -9,6 +9,10 @@
 //! starts and stops executors as clusters come and go, wakes them, and wipes pool nodes that
 //! still run a cluster's plan.
 //!
+//! What to do is decided apart from doing it where the decision is more than a lookup:
+//! [`decide`] holds the cluster's state, the preflight gate and the wipe check as pure
+//! functions, tested on tables of cases; [`membership`] decides etcd's next change.
+//!
 //! The Kubernetes API is reached through the agent of a master whose API server is healthy
 //! (the controller never dials a host): it cordons and drains, deletes Nodes, lists them.
 //!
@@ -28,6 +32,7 @@
 //!    Nodes' `Ready` condition: `installing`, `ready`, `degraded`.
 
 pub mod api;
+pub mod decide;
 mod executors;
 pub mod membership;
 pub mod preflight;
@@ -38,7 +43,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use qb_agent_proto::kube::{KubeNode, KubeOp, KubeRequest};
-use qb_agent_proto::plan::{Plan, PlanState, SignedPlan};
+use qb_agent_proto::plan::{Plan, SignedPlan};
 use qb_agent_proto::{ControllerMessage, Instruction, Outcome};
 use qb_api::{ClusterState, Node, NodeId, NodeRole, Secret, TenantId};
 use qb_pki::PlanSigner;
@@ -282,8 +287,8 @@ impl Engine {
         Ok(Next::Wait)
     }
 
-    /// Runs preflight when the newest run does not cover exactly these nodes (or failed a
-    /// while ago). `None` when the nodes may go on; otherwise the state to show.
+    /// Runs preflight when [`decide::preflight`] says so. `None` when the nodes may go on;
+    /// otherwise the state to show.
     async fn preflight_gate(
         &self,
         ec: &EngineCluster,
@@ -292,49 +297,29 @@ impl Engine {
         placement: &qb_plan::placement::Placement,
         addresses: &BTreeMap<NodeId, IpAddr>,
     ) -> Result<Option<(ClusterState, String)>, EngineError> {
-        let mut ids: Vec<NodeId> = staying.iter().map(|n| n.node.id).collect();
-        ids.sort();
-        if let Some((report, mut covered)) = self
-            .store
-            .latest_preflight(ec.tenant, ec.cluster.id)
-            .await?
-        {
-            covered.sort();
-            let age = time::OffsetDateTime::now_utc() - report.started_at;
-            if covered == ids {
-                if report.passed {
-                    return Ok(None);
-                }
-                if age < time::Duration::seconds(30) {
-                    return Ok(Some((
-                        ClusterState::Blocked,
-                        format!("preflight failed: {}", summarize(&report.problems)),
-                    )));
-                }
-            }
-        }
-        let offline: Vec<String> = staying
+        let ids: Vec<NodeId> = staying.iter().map(|n| n.node.id).collect();
+        let offline: Vec<&str> = staying
             .iter()
             .filter(|n| !self.agents.online(n.node.id))
-            .map(|n| n.node.name.to_string())
+            .map(|n| n.node.name.as_str())
             .collect();
-        if !offline.is_empty() {
-            return Ok(Some((
-                ClusterState::Preflight,
-                format!(
-                    "waiting for the agents of {} to connect",
-                    offline.join(", ")
-                ),
-            )));
-        }
-        let targets = preflight::targets(input, staying, placement, addresses);
-        let report = self.run_preflight(ec, &targets).await?;
-        Ok((!report.passed).then(|| {
-            (
-                ClusterState::Blocked,
-                format!("preflight failed: {}", summarize(&report.problems)),
-            )
-        }))
+        let latest = self
+            .store
+            .latest_preflight(ec.tenant, ec.cluster.id)
+            .await?;
+        let latest = latest.as_ref().map(|(r, covered)| (r, covered.as_slice()));
+        let verdict =
+            match decide::preflight(latest, &ids, &offline, time::OffsetDateTime::now_utc()) {
+                decide::Preflight::Run => {
+                    let targets = preflight::targets(input, staying, placement, addresses);
+                    decide::preflight_ran(&self.run_preflight(ec, &targets).await?)
+                }
+                verdict => verdict,
+            };
+        Ok(match verdict {
+            decide::Preflight::Hold(state, message) => Some((state, message)),
+            decide::Preflight::Passed | decide::Preflight::Run => None,
+        })
     }
 
     /// Runs preflight over `targets` now and stores the result.
@@ -493,14 +478,7 @@ impl Engine {
                 .await?;
             return Ok(Some(format!("wiping {}", n.node.name)));
         }
-        let plan = n.node.plan.as_ref();
-        let wiped = match plan.and_then(|p| p.report.as_ref().map(|r| (p.generation, r))) {
-            Some((generation, report)) => {
-                report.generation >= generation && report.state == PlanState::Applied
-            }
-            // The agent never reported a plan: nothing was installed.
-            None => true,
-        };
+        let wiped = decide::wiped(n.node.plan.as_ref());
         // `--force` does not wait for an unreachable host: it gets its wipe when it is back
         // (and an agent given another cluster's plan wipes the old cluster's state first).
         let unreachable = n.detach_force && !self.agents.online(n.node.id);
@@ -770,94 +748,22 @@ impl Engine {
         Ok(certs)
     }
 
-    /// The cluster's state as the agents report it; `waiting_on` is what the engine itself waits
-    /// for (nodes leaving, etcd changes).
-    /// `kube_nodes`: the Nodes as the API server lists them, when the bundle runs kubelets and
-    /// the API answered.
+    /// The cluster's state as the agents report it (see [`decide::cluster_state`]).
     fn observed_state(
         &self,
         ec: &EngineCluster,
         waiting_on: &[String],
         kube_nodes: Option<&[KubeNode]>,
     ) -> (ClusterState, Option<String>) {
-        let mut behind = Vec::new();
-        let mut unhealthy = Vec::new();
-        for n in staying_nodes(ec) {
-            let name = &n.node.name;
-            if !self.agents.online(n.node.id) {
-                unhealthy.push(format!("{name}: agent offline"));
-                continue;
-            }
-            // The address stays what it was chosen as; a host that lost it needs an operator.
-            if let Some(address) = n.node.address
-                && !n.node.facts.addresses.is_empty()
-                && !n.node.facts.addresses.contains(&address)
-            {
-                unhealthy.push(format!(
-                    "{name}: the host no longer has its cluster address {address}"
-                ));
-            }
-            let Some(plan) = &n.node.plan else {
-                behind.push(format!("{name}: no plan yet"));
-                continue;
-            };
-            match &plan.report {
-                Some(r) if r.generation == plan.generation && r.state == PlanState::Applied => {
-                    let sick: Vec<&str> = r
-                        .services
-                        .iter()
-                        .filter(|s| !s.healthy)
-                        .map(|s| s.name.as_str())
-                        .collect();
-                    if !sick.is_empty() {
-                        unhealthy.push(format!("{name}: {} unhealthy", sick.join(", ")));
-                    }
-                    let runs_kubelet = r.services.iter().any(|s| s.name == "kubelet");
-                    if runs_kubelet {
-                        match kube_nodes.map(|nodes| nodes.iter().find(|k| k.name == name.as_str()))
-                        {
-                            None => {
-                                unhealthy.push(format!("{name}: no API server answers"));
-                            }
-                            Some(None) => behind.push(format!("{name}: Node not registered")),
-                            Some(Some(k)) if !k.ready => {
-                                unhealthy.push(format!("{name}: Node not Ready"));
-                            }
-                            Some(Some(_)) => {}
-                        }
-                    }
-                }
-                Some(r) if r.generation == plan.generation => {
-                    let step = r
-                        .steps
-                        .iter()
-                        .find(|s| s.state != qb_api::StepState::Done)
-                        .map(|s| match &s.message {
-                            Some(m) => format!("{} {:?}: {m}", s.name, s.state),
-                            None => format!("{} {:?}", s.name, s.state),
-                        })
-                        .unwrap_or_else(|| format!("{:?}", r.state));
-                    behind.push(format!("{name}: {step}"));
-                }
-                _ => behind.push(format!("{name}: applying plan {}", plan.generation)),
-            }
-        }
+        let nodes: Vec<decide::NodeView> = staying_nodes(ec)
+            .into_iter()
+            .map(|n| decide::NodeView::of(n, self.agents.online(n.node.id)))
+            .collect();
         let was_installed = matches!(
             ec.cluster.state,
             ClusterState::Ready | ClusterState::Degraded
         );
-        // Problems first (an offline agent, a sick service), then progress: the message shows
-        // only the first few items.
-        let mut all: Vec<String> = unhealthy.clone();
-        all.extend(waiting_on.iter().cloned());
-        all.extend(behind.iter().cloned());
-        if all.is_empty() {
-            (ClusterState::Ready, None)
-        } else if behind.is_empty() && waiting_on.is_empty() && was_installed {
-            (ClusterState::Degraded, Some(summarize(&unhealthy)))
-        } else {
-            (ClusterState::Installing, Some(summarize(&all)))
-        }
+        decide::cluster_state(was_installed, &nodes, waiting_on, kube_nodes)
     }
 
     /// Sends an etcd request through a node's agent and returns the membership after it.
@@ -947,18 +853,4 @@ fn plan_hash(plan: &Plan) -> String {
     plan.generation = 0;
     let json = serde_json::to_vec(&plan).expect("plans serialize");
     hex::encode(Sha256::digest(json))
-}
-
-fn summarize(items: &[String]) -> String {
-    const SHOWN: usize = 5;
-    let mut text = items
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("; ");
-    if items.len() > SHOWN {
-        text.push_str(&format!("; and {} more", items.len() - SHOWN));
-    }
-    text
 }

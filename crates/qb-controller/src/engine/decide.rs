@@ -1,0 +1,416 @@
+//! The engine's decisions, apart from its actions: what a cluster's state is, whether its nodes
+//! must pass preflight (again), whether a leaving node is wiped. Each takes what the store and
+//! the agents say, and the time, and returns a verdict, with no I/O, so tables of cases test
+//! them; the cluster's executor does what they say.
+
+use std::net::IpAddr;
+
+use qb_agent_proto::kube::KubeNode;
+use qb_api::{ClusterState, NodeId, NodePlan, PlanState, PreflightReport, StepState};
+use qb_store::EngineNode;
+
+/// A failed preflight stands this long before it is run again: the cluster shows it as
+/// `blocked` meanwhile.
+pub const PREFLIGHT_RETRY: time::Duration = time::Duration::seconds(30);
+
+/// A staying node as the state decision sees it.
+#[derive(Clone, Debug)]
+pub struct NodeView<'a> {
+    pub name: &'a str,
+    /// Its agent holds a channel to the controller.
+    pub online: bool,
+    /// The cluster address the host no longer has (an operator must give it back).
+    pub lost_address: Option<IpAddr>,
+    pub plan: Option<&'a NodePlan>,
+}
+
+impl<'a> NodeView<'a> {
+    pub fn of(n: &'a EngineNode, online: bool) -> Self {
+        let facts = &n.node.facts.addresses;
+        Self {
+            name: n.node.name.as_str(),
+            online,
+            lost_address: n
+                .node
+                .address
+                .filter(|a| !facts.is_empty() && !facts.contains(a)),
+            plan: n.node.plan.as_ref(),
+        }
+    }
+}
+
+/// The cluster's state from its staying nodes' reports: `ready` when every node applied its
+/// newest plan and is healthy; `degraded` when an installed cluster only has problems (an
+/// offline agent, a sick service, a Node not Ready); else `installing`, saying what it waits
+/// for — problems first. `was_installed`: the cluster was `ready` or `degraded`. `waiting_on`:
+/// what the engine itself waits for (nodes leaving, etcd changes). `kube_nodes`: the Nodes as
+/// the API server lists them, when the bundle runs kubelets and the API answered.
+pub fn cluster_state(
+    was_installed: bool,
+    nodes: &[NodeView<'_>],
+    waiting_on: &[String],
+    kube_nodes: Option<&[KubeNode]>,
+) -> (ClusterState, Option<String>) {
+    let mut behind = Vec::new();
+    let mut unhealthy = Vec::new();
+    for n in nodes {
+        let name = n.name;
+        if !n.online {
+            unhealthy.push(format!("{name}: agent offline"));
+            continue;
+        }
+        if let Some(address) = n.lost_address {
+            unhealthy.push(format!(
+                "{name}: the host no longer has its cluster address {address}"
+            ));
+        }
+        let Some(plan) = n.plan else {
+            behind.push(format!("{name}: no plan yet"));
+            continue;
+        };
+        match &plan.report {
+            Some(r) if r.generation == plan.generation && r.state == PlanState::Applied => {
+                let sick: Vec<&str> = r
+                    .services
+                    .iter()
+                    .filter(|s| !s.healthy)
+                    .map(|s| s.name.as_str())
+                    .collect();
+                if !sick.is_empty() {
+                    unhealthy.push(format!("{name}: {} unhealthy", sick.join(", ")));
+                }
+                let runs_kubelet = r.services.iter().any(|s| s.name == "kubelet");
+                if runs_kubelet {
+                    match kube_nodes.map(|nodes| nodes.iter().find(|k| k.name == name)) {
+                        None => unhealthy.push(format!("{name}: no API server answers")),
+                        Some(None) => behind.push(format!("{name}: Node not registered")),
+                        Some(Some(k)) if !k.ready => {
+                            unhealthy.push(format!("{name}: Node not Ready"));
+                        }
+                        Some(Some(_)) => {}
+                    }
+                }
+            }
+            Some(r) if r.generation == plan.generation => {
+                let step = r
+                    .steps
+                    .iter()
+                    .find(|s| s.state != StepState::Done)
+                    .map(|s| match &s.message {
+                        Some(m) => format!("{} {:?}: {m}", s.name, s.state),
+                        None => format!("{} {:?}", s.name, s.state),
+                    })
+                    .unwrap_or_else(|| format!("{:?}", r.state));
+                behind.push(format!("{name}: {step}"));
+            }
+            _ => behind.push(format!("{name}: applying plan {}", plan.generation)),
+        }
+    }
+    // Problems first (an offline agent, a sick service), then progress: the message shows
+    // only the first few items.
+    let mut all: Vec<String> = unhealthy.clone();
+    all.extend(waiting_on.iter().cloned());
+    all.extend(behind.iter().cloned());
+    if all.is_empty() {
+        (ClusterState::Ready, None)
+    } else if behind.is_empty() && waiting_on.is_empty() && was_installed {
+        (ClusterState::Degraded, Some(summarize(&unhealthy)))
+    } else {
+        (ClusterState::Installing, Some(summarize(&all)))
+    }
+}
+
+/// What to do about preflight before nodes new to the cluster get plans.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Preflight {
+    /// The newest run covered exactly these nodes and passed: go on.
+    Passed,
+    /// Show this state and message, and look again later.
+    Hold(ClusterState, String),
+    /// Run it now.
+    Run,
+}
+
+/// Decides from the newest run (its report and the nodes it covered), the staying nodes and
+/// which of them have no agent online: a run that covered exactly these nodes stands (a failed
+/// one for [`PREFLIGHT_RETRY`]); else it runs again once every agent is online.
+pub fn preflight(
+    latest: Option<(&PreflightReport, &[NodeId])>,
+    nodes: &[NodeId],
+    offline: &[&str],
+    now: time::OffsetDateTime,
+) -> Preflight {
+    let mut ids = nodes.to_vec();
+    ids.sort();
+    if let Some((report, covered)) = latest {
+        let mut covered = covered.to_vec();
+        covered.sort();
+        if covered == ids {
+            if report.passed {
+                return Preflight::Passed;
+            }
+            if now - report.started_at < PREFLIGHT_RETRY {
+                return failed(report);
+            }
+        }
+    }
+    if !offline.is_empty() {
+        return Preflight::Hold(
+            ClusterState::Preflight,
+            format!(
+                "waiting for the agents of {} to connect",
+                offline.join(", ")
+            ),
+        );
+    }
+    Preflight::Run
+}
+
+/// A run that just finished: go on, or hold the cluster `blocked` with its problems.
+pub fn preflight_ran(report: &PreflightReport) -> Preflight {
+    if report.passed {
+        Preflight::Passed
+    } else {
+        failed(report)
+    }
+}
+
+fn failed(report: &PreflightReport) -> Preflight {
+    Preflight::Hold(
+        ClusterState::Blocked,
+        format!("preflight failed: {}", summarize(&report.problems)),
+    )
+}
+
+/// A leaving node's agent applied its newest plan (the wipe), or never reported a plan at all
+/// (nothing was installed).
+pub fn wiped(plan: Option<&NodePlan>) -> bool {
+    match plan.and_then(|p| p.report.as_ref().map(|r| (p.generation, r))) {
+        Some((generation, report)) => {
+            report.generation >= generation && report.state == PlanState::Applied
+        }
+        None => true,
+    }
+}
+
+/// The first few items, and how many more: state messages stay short.
+pub fn summarize(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = items
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if items.len() > SHOWN {
+        text.push_str(&format!("; and {} more", items.len() - SHOWN));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use qb_api::{PlanReport, ServiceReport, StepReport};
+
+    use super::*;
+
+    /// What happens, whether the cluster was installed, its nodes, what the engine waits on,
+    /// the Nodes the API lists; the state and message expected.
+    type StateCase<'a> = (
+        &'a str,
+        bool,
+        Vec<NodeView<'a>>,
+        &'a [String],
+        Option<&'a [KubeNode]>,
+        ClusterState,
+        Option<&'a str>,
+    );
+    /// What happens, the newest run and whom it covered, the agents offline; the verdict.
+    type PreflightCase<'a> = (
+        &'a str,
+        Option<(&'a PreflightReport, &'a [NodeId])>,
+        &'a [&'a str],
+        Preflight,
+    );
+
+    /// A plan of generation 2 and a report: of `generation`, in `state`, with `services`
+    /// (name, healthy).
+    fn plan(generation: u64, state: PlanState, services: &[(&str, bool)]) -> NodePlan {
+        NodePlan {
+            generation: 2,
+            report: Some(PlanReport {
+                generation,
+                state,
+                steps: vec![StepReport {
+                    name: "service:etcd".to_owned(),
+                    state: if state == PlanState::Applied {
+                        StepState::Done
+                    } else {
+                        StepState::Running
+                    },
+                    message: None,
+                }],
+                services: services
+                    .iter()
+                    .map(|(name, healthy)| ServiceReport {
+                        name: (*name).to_owned(),
+                        running: true,
+                        healthy: *healthy,
+                        restarts: 0,
+                        pid: None,
+                        last_exit: None,
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
+    fn kube(name: &str, ready: bool) -> KubeNode {
+        KubeNode {
+            name: name.to_owned(),
+            ready,
+            unschedulable: false,
+            kubelet_version: "v1.20.2".to_owned(),
+            role_labels: Vec::new(),
+            master_taint: false,
+        }
+    }
+
+    #[test]
+    fn the_cluster_state_follows_the_nodes_reports() {
+        let applied = plan(2, PlanState::Applied, &[("etcd", true)]);
+        let sick = plan(2, PlanState::Applied, &[("etcd", false)]);
+        let older = plan(1, PlanState::Applied, &[("etcd", true)]);
+        let running = plan(2, PlanState::Applying, &[]);
+        let kubelet = plan(2, PlanState::Applied, &[("kubelet", true)]);
+        let node = |name, online, plan| NodeView {
+            name,
+            online,
+            lost_address: None,
+            plan,
+        };
+        let ready_kube = [kube("a", true)];
+        let unready_kube = [kube("a", false)];
+        let lost = NodeView {
+            lost_address: Some("10.0.0.9".parse().unwrap()),
+            ..node("a", true, Some(&applied))
+        };
+        let waiting = ["removing b's etcd member".to_owned()];
+        #[rustfmt::skip]
+        let cases: Vec<StateCase> = vec![
+            ("all applied and healthy", false,
+             vec![node("a", true, Some(&applied)), node("b", true, Some(&applied))], &[], None,
+             ClusterState::Ready, None),
+            ("a plan not reported yet", false,
+             vec![node("a", true, Some(&older))], &[], None,
+             ClusterState::Installing, Some("a: applying plan 2")),
+            ("a step under way", false,
+             vec![node("a", true, Some(&running))], &[], None,
+             ClusterState::Installing, Some("a: service:etcd Running")),
+            ("no plan yet", false,
+             vec![node("a", true, None)], &[], None,
+             ClusterState::Installing, Some("a: no plan yet")),
+            ("installed, a service sick", true,
+             vec![node("a", true, Some(&sick))], &[], None,
+             ClusterState::Degraded, Some("a: etcd unhealthy")),
+            ("installing, a service sick: problems first", false,
+             vec![node("b", true, None), node("a", true, Some(&sick))], &[], None,
+             ClusterState::Installing, Some("a: etcd unhealthy; b: no plan yet")),
+            ("installed, an agent offline", true,
+             vec![node("a", false, Some(&applied))], &[], None,
+             ClusterState::Degraded, Some("a: agent offline")),
+            ("installed, the engine waits on a change", true,
+             vec![node("a", true, Some(&applied))], &waiting, None,
+             ClusterState::Installing, Some("removing b's etcd member")),
+            ("installed, the address gone", true,
+             vec![lost], &[], None,
+             ClusterState::Degraded, Some("a: the host no longer has its cluster address 10.0.0.9")),
+            ("a kubelet and no API server", true,
+             vec![node("a", true, Some(&kubelet))], &[], None,
+             ClusterState::Degraded, Some("a: no API server answers")),
+            ("a kubelet whose Node is not registered", true,
+             vec![node("a", true, Some(&kubelet))], &[], Some(&[]),
+             ClusterState::Installing, Some("a: Node not registered")),
+            ("a kubelet whose Node is not Ready", true,
+             vec![node("a", true, Some(&kubelet))], &[], Some(&unready_kube),
+             ClusterState::Degraded, Some("a: Node not Ready")),
+            ("a kubelet whose Node is Ready", true,
+             vec![node("a", true, Some(&kubelet))], &[], Some(&ready_kube),
+             ClusterState::Ready, None),
+        ];
+        for (case, was_installed, nodes, waiting_on, kube_nodes, state, message) in cases {
+            assert_eq!(
+                cluster_state(was_installed, &nodes, waiting_on, kube_nodes),
+                (state, message.map(str::to_owned)),
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn preflight_runs_when_its_last_run_does_not_cover_the_nodes_or_failed_a_while_ago() {
+        let now = time::OffsetDateTime::now_utc();
+        let (a, b) = (NodeId::new(), NodeId::new());
+        let report = |passed, age: time::Duration| PreflightReport {
+            id: uuid::Uuid::nil(),
+            cluster: qb_api::ClusterRef {
+                id: qb_api::ClusterId::new(),
+                name: "c".parse().unwrap(),
+            },
+            started_at: now - age,
+            duration_ms: 10,
+            passed,
+            problems: if passed {
+                Vec::new()
+            } else {
+                vec!["a cannot reach b on 2379/tcp".to_owned()]
+            },
+            checks: Vec::new(),
+            mesh: Vec::new(),
+        };
+        let passed = report(true, time::Duration::hours(1));
+        let failed_now = report(false, time::Duration::seconds(5));
+        let failed_long_ago = report(false, time::Duration::minutes(5));
+        let blocked = Preflight::Hold(
+            ClusterState::Blocked,
+            "preflight failed: a cannot reach b on 2379/tcp".to_owned(),
+        );
+        let both = [b, a];
+        let just_a = [a];
+        #[rustfmt::skip]
+        let cases: Vec<PreflightCase> = vec![
+            ("never ran", None, &[], Preflight::Run),
+            ("never ran, an agent offline", None, &["b"],
+             Preflight::Hold(ClusterState::Preflight, "waiting for the agents of b to connect".to_owned())),
+            ("passed for these nodes, in any order", Some((&passed, &both)), &[], Preflight::Passed),
+            ("passed for these nodes, an agent offline since", Some((&passed, &both)), &["b"], Preflight::Passed),
+            ("passed for fewer nodes", Some((&passed, &just_a)), &[], Preflight::Run),
+            ("failed a moment ago", Some((&failed_now, &both)), &[], blocked),
+            ("failed a while ago", Some((&failed_long_ago, &both)), &[], Preflight::Run),
+        ];
+        for (case, latest, offline, expected) in cases {
+            assert_eq!(preflight(latest, &[a, b], offline, now), expected, "{case}");
+        }
+        assert_eq!(preflight_ran(&passed), Preflight::Passed);
+    }
+
+    #[test]
+    fn a_node_is_wiped_once_its_agent_applied_its_newest_plan() {
+        assert!(wiped(None), "no plan: nothing installed");
+        let no_report = NodePlan {
+            generation: 3,
+            report: None,
+        };
+        assert!(wiped(Some(&no_report)), "never reported: nothing installed");
+        assert!(wiped(Some(&plan(2, PlanState::Applied, &[]))));
+        assert!(!wiped(Some(&plan(1, PlanState::Applied, &[]))));
+        assert!(!wiped(Some(&plan(2, PlanState::Failed, &[]))));
+    }
+
+    #[test]
+    fn summaries_show_five_items_and_count_the_rest() {
+        let items: Vec<String> = (1..=7).map(|i| i.to_string()).collect();
+        assert_eq!(summarize(&items), "1; 2; 3; 4; 5; and 2 more");
+        assert_eq!(summarize(&items[..2]), "1; 2");
+    }
+}
