@@ -467,6 +467,42 @@ fn a_cluster_forms_on_real_etcd_grows_and_shrinks_safely() {
         !agents[cut].host_path("/var/lib/qb/etcd").exists(),
         "{name}'s etcd data survived"
     );
+
+    // Two of the three masters detached at once with --force, which skips the quorum guard:
+    // their members still go one at a time while they run, so the one left keeps a leader and
+    // the cluster is ready on one master, with one healthy member.
+    let c = wait_ready(&api, "lab", CONVERGE);
+    let (masters, workers) = roles(&c);
+    assert_eq!((masters.len(), workers.len()), (3, 0), "{c}");
+    let (keep, leaving) = (&masters[0], &masters[1..]);
+    api.post(
+        "/clusters/lab/detach",
+        &json!({"nodes": leaving, "force": true}),
+    )
+    .ok();
+    for node in leaving {
+        wait_in_pool(&api, node);
+    }
+    let c = wait_ready(&api, "lab", CONVERGE);
+    assert_eq!(roles(&c), (vec![keep.clone()], vec![]), "{c}");
+    let survivor = &agents[index(keep)];
+    let endpoint = format!("https://{}:2379", lab.host_ip(index(keep)));
+    let list = poll("one member left", Duration::from_secs(30), || {
+        let list = etcdctl(survivor, &endpoint, &["member", "list"]);
+        if member_names(&list) == [keep.clone()] {
+            Ok(list)
+        } else {
+            Err(list)
+        }
+    });
+    let health = etcdctl(survivor, &endpoint, &["endpoint", "health", "--cluster"]);
+    assert_eq!(health.matches("is healthy").count(), 1, "{health} {list}");
+    for node in leaving {
+        assert!(
+            !agents[index(node)].host_path("/var/lib/qb/etcd").exists(),
+            "{node}'s etcd data survived"
+        );
+    }
 }
 
 /// Runs `sh -c script` inside host `i`'s network namespace, in the background; killed with the
