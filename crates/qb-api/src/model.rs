@@ -304,6 +304,10 @@ pub struct Cluster {
     /// Why the cluster is in its state, when there is more to say (e.g. what blocks it).
     #[serde(default)]
     pub state_message: Option<String>,
+    /// When the cluster entered `state`, so that one taking long stands out. For `pending`,
+    /// when the empty cluster got its first nodes.
+    #[serde(with = "time::serde::rfc3339")]
+    pub state_since: OffsetDateTime,
     /// Nodes attached or detaching.
     pub node_count: u32,
     #[serde(with = "time::serde::rfc3339")]

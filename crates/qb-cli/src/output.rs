@@ -1032,6 +1032,7 @@ mod tests {
             taint_masters: false,
             state: ClusterState::Pending,
             state_message: None,
+            state_since: datetime!(2024-05-01 11:00:00 UTC),
             node_count: 3,
             created_at: datetime!(2024-05-01 11:00:00 UTC),
         }

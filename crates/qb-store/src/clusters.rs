@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use qb_api::{
-    AttachTarget, Cidr, Cluster, ClusterDetail, ClusterId, ClusterRef, CreateCluster,
+    AttachTarget, Cidr, Cluster, ClusterDetail, ClusterId, ClusterRef, ClusterState, CreateCluster,
     KubernetesVersion, MasterCount, Name, Node, NodeId, NodeMove, NodeName, NodeRole, NodeState,
     Page, TenantId,
 };
@@ -100,10 +100,11 @@ impl Store {
         actor: &Actor,
     ) -> Result<Cluster> {
         let id = ClusterId::new();
+        let now = now_ms();
         let mut w = self.write(tenant).await?;
         sqlx::query(
-            "INSERT INTO clusters (id, tenant_id, name, kubernetes_version, pod_cidr, service_cidr, masters, roles, taint_masters, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO clusters (id, tenant_id, name, kubernetes_version, pod_cidr, service_cidr, masters, roles, taint_masters, created_at, state_changed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(id.to_string())
         .bind(tenant.to_string())
@@ -114,7 +115,8 @@ impl Store {
         .bind(spec.masters.to_string())
         .bind(to_json(&spec.roles))
         .bind(i64::from(spec.taint_masters))
-        .bind(now_ms())
+        .bind(now)
+        .bind(now)
         .execute(&mut *w.tx)
         .await
         .map_err(|e| {
@@ -275,6 +277,14 @@ impl Store {
                 matching.into_iter().take(*count as usize).collect()
             }
         };
+        if cluster.state == ClusterState::Empty {
+            // Its first nodes: it shows as `pending` from now on.
+            sqlx::query("UPDATE clusters SET state_changed_at = $1 WHERE id = $2")
+                .bind(now_ms())
+                .bind(cluster.id.to_string())
+                .execute(&mut *w.tx)
+                .await?;
+        }
         for node in &chosen {
             w.set_node_state(node, NodeState::Attached, Some(cluster.id))
                 .await?;

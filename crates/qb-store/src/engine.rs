@@ -16,7 +16,7 @@ use sqlx::Row;
 use crate::clusters::cluster_event;
 use crate::events::NewEvent;
 use crate::nodes::{NODE_SELECT, node_event, to_json};
-use crate::{Actor, Key, Result, Store, StoreError, now_ms, rows};
+use crate::{Actor, Key, Result, Store, StoreError, now_ms, rows, to_ms};
 
 /// The `plan_hash` of a plan that wipes a node (no cluster).
 pub const WIPE_PLAN_HASH: &str = "wipe";
@@ -267,7 +267,8 @@ impl Store {
         stored.ok_or_else(|| StoreError::not_found("cluster", cluster))
     }
 
-    /// Records the cluster's state; an event when it changes. Returns whether it changed.
+    /// Records the cluster's state and message. A change of state (not of the message alone)
+    /// also records an event and restarts `state_since`. Returns whether anything changed.
     pub async fn set_cluster_state(
         &self,
         tenant: TenantId,
@@ -284,11 +285,18 @@ impl Store {
         if stored_state == state && current.state_message.as_deref() == message {
             return Ok(false);
         }
+        let state_changed_at = if stored_state == state {
+            to_ms(current.state_since)
+        } else {
+            now_ms()
+        };
         sqlx::query(
-            "UPDATE clusters SET state = $1, state_message = $2 WHERE tenant_id = $3 AND id = $4",
+            "UPDATE clusters SET state = $1, state_message = $2, state_changed_at = $3 \
+             WHERE tenant_id = $4 AND id = $5",
         )
         .bind(state.as_str())
         .bind(message)
+        .bind(state_changed_at)
         .bind(tenant.to_string())
         .bind(cluster.to_string())
         .execute(&mut *w.tx)

@@ -55,6 +55,11 @@ const SHARED: &[(i64, &str, &str)] = &[
         "node drain",
         include_str!("../migrations/shared/0009_node_drain.sql"),
     ),
+    (
+        10,
+        "cluster state since",
+        include_str!("../migrations/shared/0010_cluster_state_since.sql"),
+    ),
 ];
 
 /// A backend's migrations: its own first one, then the shared ones.

@@ -133,6 +133,7 @@ pub(crate) fn cluster(row: &AnyRow) -> Result<Cluster> {
             state => state,
         },
         state_message: row.try_get("state_message")?,
+        state_since: from_ms(row.try_get("state_changed_at")?),
         node_count: u32::try_from(node_count).unwrap_or(u32::MAX),
         created_at: from_ms(row.try_get("created_at")?),
     })

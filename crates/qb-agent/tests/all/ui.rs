@@ -1,8 +1,9 @@
 //! The web UI in a real headless Chromium, against a real controller whose hosts are real
 //! agents in network namespaces forming a real etcd cluster: an operator logs in, authorizes
 //! pending hosts, creates a cluster, attaches nodes and sees it become ready without reloading,
-//! detaches a node; a viewer sees no control that changes anything, and requests forged from
-//! the viewer's own page are refused. Screenshots of the main pages are saved on the way.
+//! detaches a node, sees a cluster that stays busy for too long called out on the overview; a
+//! viewer sees no control that changes anything, and requests forged from the viewer's own page
+//! are refused. Screenshots of the main pages are saved on the way.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::browser::{Browser, SHOWS};
 use crate::engine::{import_etcd_bundle, pending_hosts};
-use crate::harness::{Controller, poll};
+use crate::harness::{Agent, Controller, poll};
 use qb_lab::Lab;
 
 /// From attach to ready on real etcd, on shared cores.
@@ -53,6 +54,36 @@ fn shown_node_state(b: &Browser, node: &str) -> Option<String> {
         &format!("tr[data-node=\"{node}\"] [data-state]"),
         "data-state",
     )
+}
+
+/// An entry of the overview's section headed `section`, found by its link's key `fk`: its
+/// text and its badge's state. Read in one step in the page, as a live update may redraw it.
+fn overview_entry(b: &Browser, section: &str, fk: &str) -> Option<(String, String)> {
+    let found = b.script(
+        "const s = [...document.querySelectorAll('main section')] \
+           .find((s) => s.querySelector('h2')?.textContent === arguments[0]); \
+         const link = s && [...s.querySelectorAll('[data-fk]')] \
+           .find((e) => e.dataset.fk === arguments[1]); \
+         const entry = link && link.closest('li'); \
+         return entry ? [entry.querySelector('.problem-text')?.textContent ?? '', \
+           entry.querySelector('[data-state]')?.dataset.state ?? ''] : null;",
+        vec![section.into(), fk.into()],
+    );
+    serde_json::from_value(found).expect("an entry or null")
+}
+
+/// Waits until the API shows `node`'s agent `online` or not.
+fn wait_agent(api: &crate::http::Api, node: &str, online: bool) {
+    poll(
+        &format!("{node}'s agent online: {online}"),
+        CONVERGE,
+        || {
+            let node = api.get(&format!("/nodes/{node}")).body;
+            (node["agent"]["online"] == online)
+                .then_some(())
+                .ok_or(node.to_string())
+        },
+    );
 }
 
 /// Logs in with an API token.
@@ -100,7 +131,7 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
     let controller = Controller::start(&lab.bridge_ip());
     let api = controller.api();
     import_etcd_bundle(&api);
-    let (_configs, _agents) = pending_hosts(&lab, &controller, 3);
+    let (configs, mut agents) = pending_hosts(&lab, &controller, 3);
     let base = controller.url();
     let b = Browser::start(1280, 900);
 
@@ -246,6 +277,63 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
     b.wait(&format!("{worker} in the pool"), SHOWS, |b| {
         (shown_node_state(b, worker).as_deref() == Some("authorized")).then_some(())
     });
+
+    // A cluster that stays busy: its one node's agent is down, so preflight waits for it. Fresh,
+    // it is only in progress; two hours later by the page's clock, it needs attention too.
+    let host = configs
+        .iter()
+        .position(|c| c.node_name == worker)
+        .expect("the worker's host");
+    agents[host].proc.stop();
+    wait_agent(&api, worker, false);
+    api.post("/clusters", &json!({ "name": "stuck" })).ok();
+    api.post("/clusters/stuck/attach", &json!({ "nodes": [worker] }))
+        .ok();
+    let waiting = format!("waiting for the agents of {worker} to connect");
+    poll("cluster stuck waiting in preflight", CONVERGE, || {
+        let cluster = api.get("/clusters/stuck").body;
+        (cluster["state"] == "preflight" && cluster["state_message"] == waiting.as_str())
+            .then_some(())
+            .ok_or(cluster.to_string())
+    });
+    view(&b, &base, "", "Overview");
+    let (text, state) = b.wait("cluster stuck in progress", SHOWS, |b| {
+        overview_entry(b, "In progress", "c:stuck")
+    });
+    assert!(text.starts_with(&waiting), "{text}");
+    assert_eq!(state, "preflight");
+    assert_eq!(
+        overview_entry(&b, "Needs attention", "slow:stuck"),
+        None,
+        "a cluster busy for seconds needs no attention"
+    );
+    b.script(
+        "const ahead = arguments[0]; \
+         window.qbRealDateNow = Date.now; \
+         Date.now = () => window.qbRealDateNow() + ahead; \
+         document.dispatchEvent(new Event('visibilitychange')); \
+         return null;",
+        vec![json!(2 * 3600 * 1000)],
+    );
+    let (text, state) = b.wait("cluster stuck needing attention", SHOWS, |b| {
+        overview_entry(b, "Needs attention", "slow:stuck")
+    });
+    assert_eq!(text, format!("In preflight for 2 hours: {waiting}"));
+    assert_eq!(state, "preflight");
+    assert!(
+        overview_entry(&b, "In progress", "c:stuck").is_some(),
+        "a cluster busy for long is still in progress"
+    );
+    b.shot("overview-busy-too-long");
+    b.script("Date.now = window.qbRealDateNow; return null;", vec![]);
+    api.delete("/clusters/stuck?force=true").ok();
+    let stopped = agents.remove(host);
+    agents.insert(host, Agent::kill_and_restart(stopped, &configs[host]));
+    wait_agent(&api, worker, true);
+    assert_eq!(
+        api.get(&format!("/nodes/{worker}")).body["state"],
+        "authorized"
+    );
 
     // The other main pages.
     view(&b, &base, "clusters", "Clusters");

@@ -22,6 +22,7 @@ on_both_backends!(
     a_node_in_a_cluster_keeps_its_address_label,
     deleting_a_cluster_with_nodes_needs_force,
     pod_subnets_are_given_once_and_freed_when_a_node_leaves,
+    state_since_moves_with_the_state_not_with_the_message,
 );
 
 async fn cluster_spec_is_stored_as_given(db: TestDb) {
@@ -614,5 +615,63 @@ async fn pod_subnets_are_given_once_and_freed_when_a_node_leaves(db: TestDb) {
     assert_eq!(
         db.assign_pod_subnets(t, c.id, 3).await.unwrap(),
         BTreeMap::from([(n2, 1), (n3, 2), (n4, 0)])
+    );
+}
+
+/// `state_since` is when the cluster entered the state the API shows: set on creation, on the
+/// first attach (`empty` becomes `pending`) and on every change of state; a new message alone
+/// keeps it.
+async fn state_since_moves_with_the_state_not_with_the_message(db: TestDb) {
+    let t = tenant(&db, "acme").await;
+    pool_nodes(&db, t, &["n1"]).await;
+    let created = cluster(&db, t, "c1").await;
+    assert_eq!(created.state_since, created.created_at);
+    let shown = || async { cluster_detail(&db, t, created.id).await.cluster };
+    // Timestamps are kept in milliseconds: let each step happen in a later one.
+    let later = || tokio::time::sleep(std::time::Duration::from_millis(5));
+
+    later().await;
+    attach_nodes(&db, t, created.id, &["n1"]).await;
+    let pending = shown().await;
+    assert_eq!(pending.state, ClusterState::Pending);
+    assert!(pending.state_since > created.state_since, "{pending:?}");
+
+    // The engine writing `empty` while the cluster has nodes leaves it `pending`, since then.
+    later().await;
+    let set =
+        |state, message: Option<&'static str>| db.set_cluster_state(t, created.id, state, message);
+    assert!(!set(ClusterState::Empty, None).await.unwrap());
+    assert_eq!(shown().await, pending);
+
+    later().await;
+    assert!(
+        set(ClusterState::Preflight, Some("checking 1 nodes"))
+            .await
+            .unwrap()
+    );
+    let preflight = shown().await;
+    assert_eq!(preflight.state, ClusterState::Preflight);
+    assert!(preflight.state_since > pending.state_since, "{preflight:?}");
+
+    later().await;
+    let waiting = "waiting for the agents of n1 to connect";
+    assert!(set(ClusterState::Preflight, Some(waiting)).await.unwrap());
+    let still = shown().await;
+    assert_eq!(still.state_message.as_deref(), Some(waiting));
+    assert_eq!(still.state_since, preflight.state_since);
+    assert!(!set(ClusterState::Preflight, Some(waiting)).await.unwrap());
+    assert_eq!(shown().await, still);
+
+    later().await;
+    assert!(set(ClusterState::Installing, Some(waiting)).await.unwrap());
+    let installing = shown().await;
+    assert_eq!(installing.state, ClusterState::Installing);
+    assert!(installing.state_since > still.state_since, "{installing:?}");
+    assert_eq!(
+        events_with_action(&db, t, "cluster.state_changed")
+            .await
+            .len(),
+        2,
+        "one event per change of state"
     );
 }

@@ -77,7 +77,7 @@ async fn reopening_keeps_everything(db: TestDb) {
         .await
         .unwrap()
         .get("n");
-    assert_eq!((applied, total), ((1..=9).collect::<Vec<i64>>(), 9));
+    assert_eq!((applied, total), ((1..=10).collect::<Vec<i64>>(), 10));
 }
 
 /// Controller replicas starting together on a fresh PostgreSQL database take turns migrating.

@@ -1,13 +1,18 @@
-// Overview `#/`: problems first (clusters that are not well, offline agents of attached nodes,
-// nodes waiting for authorization), then work in progress, then counts.
+// Overview `#/`: problems first (clusters that are not well or busy for too long, offline agents
+// of attached nodes, nodes waiting for authorization), then work in progress (every busy
+// cluster, however long it has been busy, and leaving nodes), then counts.
 
-import { h, add, render, badge, time, plural, nodeHref, clusterHref } from '../dom.js';
+import { h, add, render, badge, time, exact, plural, nodeHref, clusterHref } from '../dom.js';
 import { API, listAll } from '../api.js';
 import { section, lead, empty, code } from '../ui.js';
 import { planProgress } from './common.js';
 
 const TROUBLED = new Set(['degraded', 'blocked']);
 const BUSY = new Set(['pending', 'preflight', 'installing']);
+/** How long a cluster may stay busy before it needs attention: a healthy install takes minutes. */
+const BUSY_TOO_LONG_MS = 15 * 60 * 1000;
+/** How a busy state starts a sentence. */
+const BUSY_DOING = { pending: 'Pending', preflight: 'In preflight', installing: 'Installing' };
 
 export function mount(ctx) {
   const problems = h('div', { class: 'region' });
@@ -35,7 +40,10 @@ export function mount(ctx) {
       listAll(`${API}/clusters`),
     ]);
     if (!ctx.alive) return;
-    render(problems, [nodes, clusters, ctx.can('operator')], () => renderProblems(ctx, nodes, clusters));
+    // The minute is an input too: a cluster becomes busy for too long while the API says the same.
+    const now = Date.now();
+    render(problems, [nodes, clusters, ctx.can('operator'), Math.floor(now / 60000)],
+      () => renderProblems(ctx, nodes, clusters, now));
     render(progress, [nodes, clusters], () => renderProgress(nodes, clusters));
     render(counts, [nodes, clusters], () => renderCounts(nodes, clusters));
   }
@@ -50,11 +58,19 @@ function item(link, state, text, attr = 'state') {
     text && h('p', { class: 'problem-text' }, text));
 }
 
-function renderProblems(ctx, nodes, clusters) {
+function renderProblems(ctx, nodes, clusters, now) {
   const items = [];
   for (const c of clusters.filter((c) => TROUBLED.has(c.state))) {
     items.push(item(h('a', { href: clusterHref(c.name), 'data-fk': `c:${c.name}` }, `Cluster ${c.name}`), c.state,
       c.state_message || (c.state === 'blocked' ? 'Blocked: it needs you.' : 'A node or a component is unhealthy.')));
+  }
+  const busyFor = (c) => now - Date.parse(c.state_since);
+  for (const c of clusters.filter((c) => BUSY.has(c.state) && busyFor(c) > BUSY_TOO_LONG_MS)) {
+    const minutes = Math.floor(busyFor(c) / 60000);
+    items.push(item(h('a', { href: clusterHref(c.name), 'data-fk': `slow:${c.name}` }, `Cluster ${c.name}`), c.state,
+      [`${BUSY_DOING[c.state]} for `,
+        h('time', { datetime: `PT${minutes}M`, title: `since ${exact(c.state_since)}` }, duration(minutes)),
+        c.state_message ? `: ${c.state_message}` : '.']));
   }
   const attached = nodes.filter((n) => n.state === 'attached' || n.state === 'detaching');
   for (const n of attached.filter((n) => n.agent && !n.agent.online)) {
@@ -85,6 +101,13 @@ function renderProblems(ctx, nodes, clusters) {
     return h('p', { class: 'all-good' }, badge('ok', { attr: 'status', label: 'all good' }), ' Nothing needs attention.');
   }
   return h('ul', { class: 'problems' }, items);
+}
+
+/** `42 minutes`, `5 hours`, `3 days`: rounded down, precise enough to tell slow from stuck. */
+function duration(minutes) {
+  if (minutes < 120) return plural(minutes, 'minute');
+  if (minutes < 48 * 60) return plural(Math.floor(minutes / 60), 'hour');
+  return plural(Math.floor(minutes / (24 * 60)), 'day');
 }
 
 function renderProgress(nodes, clusters) {
