@@ -165,8 +165,8 @@ fn check(path: &str) -> Result<(), CgroupError> {
 
 /// The mount points of the cgroup hierarchies.
 fn mounted() -> Result<Vec<PathBuf>, CgroupError> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mounts)?;
-    Ok(hierarchies(&mountinfo))
+    let mounts = crate::mounts::table().map_err(CgroupError::Mounts)?;
+    Ok(hierarchies(&mounts))
 }
 
 /// `dir` and every directory below it, parents before children.
@@ -186,40 +186,13 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     all
 }
 
-/// Mount points of cgroup hierarchies.
-fn hierarchies(mountinfo: &str) -> Vec<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            // Fields: id parent major:minor root mount-point options [optional...] - type ...
-            let (before, after) = line.split_once(" - ")?;
-            let fstype = after.split_whitespace().next()?;
-            let mount_point = before.split_whitespace().nth(4)?;
-            matches!(fstype, "cgroup" | "cgroup2").then(|| PathBuf::from(unescape(mount_point)))
-        })
+/// Mount points of cgroup hierarchies (v1 controllers, named hierarchies, the v2 tree).
+fn hierarchies(mounts: &[crate::mounts::Mount]) -> Vec<PathBuf> {
+    mounts
+        .iter()
+        .filter(|m| matches!(m.fstype.as_str(), "cgroup" | "cgroup2"))
+        .map(|m| m.point.clone())
         .collect()
-}
-
-/// mountinfo escapes spaces and the like as octal (`\040`).
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && let Some(code) = bytes
-                .get(i + 1..i + 4)
-                .and_then(|digits| std::str::from_utf8(digits).ok())
-                .and_then(|digits| u8::from_str_radix(digits, 8).ok())
-        {
-            out.push(code);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Copies `cpuset.cpus` and `cpuset.mems` from `parent` when `dir` is a v1 cpuset cgroup.
@@ -251,7 +224,7 @@ mod tests {
 50 23 0:40 / /mnt/with\\040space rw - cgroup2 cgroup2 rw
 60 23 0:41 / /proc rw - proc proc rw";
         assert_eq!(
-            hierarchies(mountinfo),
+            hierarchies(&crate::mounts::parse(mountinfo).unwrap()),
             [
                 "/sys/fs/cgroup/cpu",
                 "/sys/fs/cgroup/cpuset",
