@@ -1,10 +1,11 @@
 //! Kubeconfigs that point plain `kubectl` at a cluster through the controller's Kubernetes API
 //! proxy, `<public URL>/k8s/clusters/<cluster>` ([`crate::proxy::PREFIX`]), authenticating with
-//! a qb API token.
+//! a qb API token; [`qb_plan::kubeconfig`] writes them.
 
 use std::net::Ipv6Addr;
 
-use qb_api::Name;
+use qb_api::{Name, Secret};
+use qb_plan::kubeconfig::{Credentials, Kubeconfig, TrustedCa};
 
 /// How users reach the controller's API, as written into kubeconfigs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,56 +91,27 @@ pub fn parse_public_url(url: &str) -> Result<String, InvalidUrl> {
 /// The kubeconfig of `user` for `cluster`, authenticating with the API token `secret`.
 ///
 /// The cluster and context are named `qb-<cluster>`, the user `<user>@qb-<cluster>`, so that
-/// kubeconfigs of several clusters (and users) merge without clashes (`KUBECONFIG=a:b`). Every
-/// value is a JSON string, which YAML reads as the same string whatever it holds.
+/// kubeconfigs of several clusters (and users) merge without clashes (`KUBECONFIG=a:b`).
 pub fn render(endpoint: &PublicEndpoint, cluster: &Name, user: &Name, secret: &str) -> String {
     let name = format!("qb-{cluster}");
-    let user_name = format!("{user}@{name}");
-    let server = format!("{}{}/{cluster}", endpoint.url, crate::proxy::PREFIX);
-    let ca = endpoint.ca_pem.as_ref().map_or_else(String::new, |pem| {
-        format!(
-            "      certificate-authority-data: {}\n",
-            quote(&base64(pem.as_bytes()))
-        )
-    });
-    format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-  - name: {name}
-    cluster:
-      server: {server}
-{ca}users:
-  - name: {user_name}
-    user:
-      token: {secret}
-contexts:
-  - name: {name}
-    context:
-      cluster: {name}
-      user: {user_name}
-current-context: {name}
-",
-        name = quote(&name),
-        server = quote(&server),
-        user_name = quote(&user_name),
-        secret = quote(secret),
-    )
-}
-
-/// `s` as a double-quoted scalar: JSON's escapes are a subset of YAML's.
-fn quote(s: &str) -> String {
-    serde_json::to_string(s).expect("strings always serialize")
-}
-
-/// Standard base64 (RFC 4648, with padding), as kubeconfig's `*-data` fields want it.
-pub fn base64(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+    Kubeconfig {
+        server: format!("{}{}/{cluster}", endpoint.url, crate::proxy::PREFIX),
+        ca: endpoint
+            .ca_pem
+            .clone()
+            .map_or(TrustedCa::SystemRoots, TrustedCa::Pem),
+        user: format!("{user}@{name}"),
+        credentials: Credentials::Token(Secret::from(secret)),
+        context: Some(name.clone()),
+        cluster: name,
+    }
+    .to_yaml()
 }
 
 #[cfg(test)]
 mod tests {
+    use qb_plan::kubeconfig::base64;
+
     use super::*;
 
     #[test]
@@ -229,11 +201,5 @@ current-context: "qb-prod"
             text.contains("\n      server: \"http://127.0.0.1:7443/k8s/clusters/prod\"\nusers:\n"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn values_are_quoted_whatever_they_hold() {
-        assert_eq!(quote(r#"a"b\c: #d"#), r#""a\"b\\c: #d""#);
-        assert_eq!(quote("line\nbreak"), r#""line\nbreak""#);
     }
 }

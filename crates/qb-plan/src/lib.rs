@@ -1,8 +1,10 @@
 //! The cluster engine's pure logic, apart from all I/O so it can be tested exhaustively:
 //! - [`placement`]: how many masters a cluster has and which nodes they are;
 //! - [`pki`]: the cluster's certificate authorities and every component's certificate;
+//! - [`kubeconfig`]: every kubeconfig qb writes, the components' on nodes and the users';
 //! - [`render`]: each node's [`qb_agent_proto::plan::Plan`] for a Kubernetes version.
 
+pub mod kubeconfig;
 pub mod pki;
 pub mod placement;
 pub mod render;

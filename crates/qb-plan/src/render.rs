@@ -28,7 +28,8 @@
 //! accepts it: a master's own first, then the others, each worker starting at another one, so
 //! that the nodes keep reaching the cluster while any master's API server runs. The
 //! controller-manager's and scheduler's point at their own master's API server on 127.0.0.1.
-//! Kubeconfigs refer to certificate and key files, so no key is ever copied into a second file.
+//! Kubeconfigs ([`crate::kubeconfig`]) refer to certificate and key files, so no key is ever
+//! copied into a second file.
 //!
 //! The output is deterministic: artifacts sorted by name, files by path, no timestamps.
 //!
@@ -48,6 +49,7 @@ use qb_api::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::kubeconfig::{Credentials, Kubeconfig, TrustedCa, quote};
 use crate::pki::{Authority, CertPurpose, ClusterPki, NodeCerts};
 
 /// Where everything lives on a node.
@@ -1621,33 +1623,18 @@ conntrack:
 
 /// A kubeconfig for `user`, trusting the cluster CA and presenting the given certificate files.
 fn kubeconfig(ctx: &Context, server: &str, user: &str, cert: &str, key: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-  - name: {cluster}
-    cluster:
-      certificate-authority: {ca}
-      server: {server}
-users:
-  - name: {user}
-    user:
-      client-certificate: {cert}
-      client-key: {key}
-contexts:
-  - name: default
-    context:
-      cluster: {cluster}
-      user: {user}
-current-context: default
-",
-        cluster = quote(&ctx.cluster.name),
-        ca = quote(paths::CA_CERT),
-        server = quote(server),
-        user = quote(user),
-        cert = quote(cert),
-        key = quote(key),
-    )
+    Kubeconfig {
+        cluster: ctx.cluster.name.clone(),
+        server: server.to_owned(),
+        ca: TrustedCa::File(paths::CA_CERT.to_owned()),
+        user: user.to_owned(),
+        credentials: Credentials::ClientCertificate {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+        },
+        context: None,
+    }
+    .to_yaml()
 }
 
 /// The node's own API server, for the components next to it.
@@ -1657,11 +1644,6 @@ fn local_api_server_url() -> String {
 
 fn https_url(address: IpAddr, port: u16) -> String {
     format!("https://{}", SocketAddr::new(address, port))
-}
-
-/// A double-quoted string, valid in YAML and TOML alike (JSON's escaping).
-fn quote(s: &str) -> String {
-    serde_json::to_string(s).expect("strings always serialize")
 }
 
 fn tcp(port: u16) -> PortSpec {
