@@ -25,7 +25,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
     ("qb-package", &[]),
     // The host, the controller's store, the lab.
     ("qb-host", &[]),
-    ("qb-store", &["qb-api"]),
+    ("qb-store", &["qb-api", "qb-plan"]),
     ("qb-lab", &["qb-host"]),
     ("qb-test-support", &[]),
     // The programs. The agent and the CLI know nothing of the controller's insides.

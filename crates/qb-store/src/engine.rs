@@ -1,17 +1,21 @@
 //! What the cluster engine keeps: release bundles, each cluster's state and PKI, each node's
 //! role, etcd membership, certificates and plan, and preflight results.
 //!
-//! Secrets (the cluster PKI, node certificates, signed plans that carry keys) are stored as the
-//! engine hands them over and never appear in API types.
+//! The engine's state reads back as qb-plan's types (`ClusterPki`, `NodeCerts`, `Membership`;
+//! their `Debug` redacts private keys); a row that does not parse is an error, never taken for a
+//! missing value. None of it appears in API types.
 
 use std::collections::BTreeMap;
 
 use qb_api::{
     Bundle, BundleManifest, ClusterId, ClusterState, KubernetesVersion, Node, NodeId, NodeRole,
-    NodeState, PlanReport, PreflightReport, Secret, TenantId,
+    NodeState, PlanReport, PreflightReport, TenantId,
 };
+use qb_plan::membership::Membership;
+use qb_plan::pki::{ClusterPki, NodeCerts};
 use serde_json::json;
 use sqlx::Row;
+use sqlx::any::AnyRow;
 
 use crate::clusters::cluster_event;
 use crate::events::NewEvent;
@@ -26,18 +30,18 @@ pub const WIPE_PLAN_HASH: &str = "wipe";
 pub struct EngineCluster {
     pub tenant: TenantId,
     pub cluster: qb_api::Cluster,
-    /// The cluster PKI as the engine stored it (JSON), once generated.
-    pub pki: Option<Secret>,
+    /// The cluster's certificate authorities, once generated.
+    pub pki: Option<ClusterPki>,
     pub nodes: Vec<EngineNode>,
 }
 
 #[derive(Clone, Debug)]
 pub struct EngineNode {
     pub node: Node,
-    /// The node's etcd membership as the engine stored it (JSON).
-    pub etcd: Option<String>,
-    /// The node's certificates and their keys (JSON).
-    pub certs: Option<Secret>,
+    /// The node's etcd membership, while it is (or becomes) a member.
+    pub etcd: Option<Membership>,
+    /// The node's certificates and their keys.
+    pub certs: Option<NodeCerts>,
     /// Hash of the node's current plan without its generation, to tell whether it changed.
     pub plan_hash: Option<String>,
     /// The index of the node's pod subnet in the cluster's pod CIDR, once given.
@@ -197,7 +201,7 @@ impl Store {
     ) -> Result<EngineCluster> {
         let mut conn = self.pool.acquire().await?;
         let row = crate::fetch_keyed(&mut *conn, tenant, &Key::Id(cluster)).await?;
-        let pki = row.try_get::<Option<String>, _>("pki")?.map(Secret::from);
+        let pki = json_column(&row, "pki", "cluster PKI")?;
         let cluster = rows::cluster(&row)?;
         let node_rows = sqlx::query(&format!(
             "{NODE_SELECT} WHERE n.tenant_id = $1 AND n.cluster_id = $2 ORDER BY n.name"
@@ -211,8 +215,8 @@ impl Store {
             .map(|row| {
                 Ok(EngineNode {
                     node: rows::node(row)?,
-                    etcd: row.try_get("etcd")?,
-                    certs: row.try_get::<Option<String>, _>("certs")?.map(Secret::from),
+                    etcd: json_column(row, "etcd", "etcd membership")?,
+                    certs: json_column(row, "certs", "node certificates")?,
                     plan_hash: row.try_get("plan_hash")?,
                     pod_subnet: row
                         .try_get::<Option<i64>, _>("pod_subnet")?
@@ -243,26 +247,25 @@ impl Store {
         &self,
         tenant: TenantId,
         cluster: ClusterId,
-        pki: &str,
-    ) -> Result<String> {
+        pki: &ClusterPki,
+    ) -> Result<ClusterPki> {
         let mut w = self.write(tenant).await?;
         sqlx::query(
             "UPDATE clusters SET pki = $1 WHERE tenant_id = $2 AND id = $3 AND pki IS NULL",
         )
-        .bind(pki)
+        .bind(to_json(pki))
         .bind(tenant.to_string())
         .bind(cluster.to_string())
         .execute(&mut *w.tx)
         .await?;
-        let stored: Option<String> =
-            sqlx::query("SELECT pki FROM clusters WHERE tenant_id = $1 AND id = $2")
-                .bind(tenant.to_string())
-                .bind(cluster.to_string())
-                .fetch_optional(&mut *w.tx)
-                .await?
-                .map(|row| row.try_get("pki"))
-                .transpose()?
-                .flatten();
+        let stored = sqlx::query("SELECT pki FROM clusters WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant.to_string())
+            .bind(cluster.to_string())
+            .fetch_optional(&mut *w.tx)
+            .await?
+            .map(|row| json_column(&row, "pki", "cluster PKI"))
+            .transpose()?
+            .flatten();
         w.commit().await?;
         stored.ok_or_else(|| StoreError::not_found("cluster", cluster))
     }
@@ -440,16 +443,16 @@ impl Store {
         node: NodeId,
         cluster: ClusterId,
         role: Option<NodeRole>,
-        etcd: Option<&str>,
-        certs: Option<&str>,
+        etcd: Option<&Membership>,
+        certs: Option<&NodeCerts>,
     ) -> Result<()> {
         let mut w = self.write(tenant).await?;
         let current = w.node(tenant, &Key::Id(node)).await?;
         in_cluster(&current, cluster)?;
         sqlx::query("UPDATE nodes SET role = $1, etcd = $2, certs = $3 WHERE id = $4")
             .bind(role.map(role_str))
-            .bind(etcd)
-            .bind(certs)
+            .bind(etcd.map(to_json))
+            .bind(certs.map(to_json))
             .bind(node.to_string())
             .execute(&mut *w.tx)
             .await?;
@@ -638,4 +641,16 @@ fn bundle_row(row: &sqlx::any::AnyRow) -> Result<Bundle> {
         manifest: rows::json("bundle manifest", &row.try_get::<String, _>("manifest")?)?,
         imported_at: crate::from_ms(row.try_get("imported_at")?),
     })
+}
+
+/// A JSON column read into its type; `None` when it is NULL, an error naming `what` when it
+/// does not parse (never skipped: the engine must not take a corrupt row for a missing one).
+fn json_column<T: serde::de::DeserializeOwned>(
+    row: &AnyRow,
+    column: &str,
+    what: &'static str,
+) -> Result<Option<T>> {
+    row.try_get::<Option<String>, _>(column)?
+        .map(|text| rows::json(what, &text))
+        .transpose()
 }

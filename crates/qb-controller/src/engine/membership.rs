@@ -9,34 +9,14 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use qb_agent_proto::etcd::{EtcdMember, EtcdOp};
-use qb_api::{NodeId, NodeRole, Secret};
+use qb_api::{NodeId, NodeRole};
 use qb_plan::placement::Placement;
 use qb_plan::render::{EtcdBootstrap, InitialClusterState, etcd_peer_url};
 use qb_store::{EngineCluster, EngineNode};
-use serde::{Deserialize, Serialize};
 
 use super::{Engine, EngineError};
 
-/// A node's etcd membership, as the engine stores it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Membership {
-    /// How the member first started; fixed from then on (it is part of etcd's command line).
-    pub bootstrap: EtcdBootstrap,
-    /// Added as a learner and not promoted yet.
-    pub learner: bool,
-    /// etcd's id, known for members added one by one.
-    pub member_id: Option<u64>,
-}
-
-impl Membership {
-    pub fn of(n: &EngineNode) -> Option<Self> {
-        n.etcd.as_deref().and_then(|s| serde_json::from_str(s).ok())
-    }
-}
-
-fn json(m: &Membership) -> String {
-    serde_json::to_string(m).expect("memberships serialize")
-}
+pub use qb_plan::membership::Membership;
 
 async fn set_engine(
     engine: &Engine,
@@ -45,7 +25,6 @@ async fn set_engine(
     role: Option<NodeRole>,
     membership: Option<&Membership>,
 ) -> Result<(), qb_store::StoreError> {
-    let etcd = membership.map(json);
     engine
         .store
         .set_node_engine(
@@ -53,8 +32,8 @@ async fn set_engine(
             n.node.id,
             ec.cluster.id,
             role,
-            etcd.as_deref(),
-            n.certs.as_ref().map(Secret::expose),
+            membership,
+            n.certs.as_ref(),
         )
         .await
 }
@@ -99,7 +78,7 @@ pub async fn step(
 
     let members: Vec<(&EngineNode, Membership)> = staying
         .iter()
-        .filter_map(|n| Membership::of(n).map(|m| (*n, m)))
+        .filter_map(|n| n.etcd.clone().map(|m| (*n, m)))
         .collect();
     let masters: Vec<&EngineNode> = staying
         .iter()
@@ -195,7 +174,7 @@ pub async fn step(
     }
 
     // A placed master without a member joins as a learner.
-    if let Some(n) = masters.iter().find(|n| Membership::of(n).is_none()) {
+    if let Some(n) = masters.iter().find(|n| n.etcd.clone().is_none()) {
         let Some(via) = voter_via(engine, &members, n.node.id) else {
             return Ok(Step::Waiting(
                 "waiting for a healthy etcd member to add a learner".to_owned(),
@@ -308,7 +287,7 @@ pub async fn remove_leaving(
             ec.cluster.id,
             n.node.role,
             None,
-            n.certs.as_ref().map(Secret::expose),
+            n.certs.as_ref(),
         )
         .await?;
     Ok(None)
@@ -324,7 +303,7 @@ async fn remove(
     let members: Vec<(&EngineNode, Membership)> = ec
         .nodes
         .iter()
-        .filter_map(|m| Membership::of(m).map(|ms| (m, ms)))
+        .filter_map(|m| m.etcd.clone().map(|ms| (m, ms)))
         .collect();
     let others: Vec<&(&EngineNode, Membership)> = members
         .iter()
@@ -344,7 +323,7 @@ async fn remove(
         Ok(list) => list,
         Err(e) => return Ok(Some(format!("listing etcd members: {e}"))),
     };
-    let recorded = Membership::of(n).and_then(|m| m.member_id);
+    let recorded = n.etcd.clone().and_then(|m| m.member_id);
     let member = list.iter().find(|m| {
         addresses
             .get(&n.node.id)
@@ -407,7 +386,7 @@ pub fn detach_is_safe(
     let in_cluster = super::staying_nodes(ec);
     let members: Vec<(&EngineNode, Membership)> = in_cluster
         .iter()
-        .filter_map(|n| Membership::of(n).map(|m| (*n, m)))
+        .filter_map(|n| n.etcd.clone().map(|m| (*n, m)))
         .collect();
     if members.is_empty() {
         return Ok(());

@@ -45,7 +45,7 @@ use std::time::Duration;
 use qb_agent_proto::kube::{KubeNode, KubeOp, KubeRequest};
 use qb_agent_proto::plan::{Plan, SignedPlan};
 use qb_agent_proto::{ControllerMessage, Instruction, Outcome};
-use qb_api::{ClusterState, Node, NodeId, NodeRole, Secret, TenantId};
+use qb_api::{ClusterState, Node, NodeId, NodeRole, TenantId};
 use qb_pki::PlanSigner;
 use qb_plan::pki::{ClusterPki, NodeCerts};
 use qb_plan::render::{ClusterInput, NodeInput};
@@ -56,7 +56,6 @@ use tokio::sync::Notify;
 use crate::agents::Agents;
 use crate::artifacts::ArtifactStore;
 use executors::Next;
-use membership::Membership;
 
 /// How often the engine looks even when nothing woke it.
 const RESYNC: Duration = Duration::from_secs(5);
@@ -466,7 +465,7 @@ impl Engine {
         {
             return Ok(Some(waiting));
         }
-        if Membership::of(n).is_some() {
+        if n.etcd.clone().is_some() {
             if let Some(waiting) = membership::remove_leaving(self, ec, n).await? {
                 return Ok(Some(waiting));
             }
@@ -697,22 +696,15 @@ impl Engine {
     }
 
     async fn cluster_pki(&self, ec: &EngineCluster) -> Result<ClusterPki, EngineError> {
-        let stored = match &ec.pki {
-            Some(pki) => pki.clone(),
-            None => {
-                let pki = ClusterPki::generate(ec.cluster.name.as_str())
-                    .map_err(|e| EngineError::Plan(format!("generating the cluster PKI: {e}")))?;
-                let json =
-                    serde_json::to_string(&pki).map_err(|e| EngineError::Plan(e.to_string()))?;
-                Secret::from(
-                    self.store
-                        .init_cluster_pki(ec.tenant, ec.cluster.id, &json)
-                        .await?,
-                )
-            }
-        };
-        serde_json::from_str(stored.expose())
-            .map_err(|e| EngineError::Plan(format!("stored cluster PKI: {e}")))
+        if let Some(pki) = &ec.pki {
+            return Ok(pki.clone());
+        }
+        let pki = ClusterPki::generate(ec.cluster.name.as_str())
+            .map_err(|e| EngineError::Plan(format!("generating the cluster PKI: {e}")))?;
+        Ok(self
+            .store
+            .init_cluster_pki(ec.tenant, ec.cluster.id, &pki)
+            .await?)
     }
 
     async fn node_certs(
@@ -723,26 +715,22 @@ impl Engine {
         input: &ClusterInput,
         node: &NodeInput,
     ) -> Result<NodeCerts, EngineError> {
-        if let Some(certs) = n
-            .certs
-            .as_ref()
-            .and_then(|c| serde_json::from_str::<NodeCerts>(c.expose()).ok())
-            && qb_plan::pki::node_certs_fit(&certs, input, node)
+        if let Some(certs) = &n.certs
+            && qb_plan::pki::node_certs_fit(certs, input, node)
         {
-            return Ok(certs);
+            return Ok(certs.clone());
         }
         let certs = qb_plan::pki::issue_node_certs(pki, input, node).map_err(|e| {
             EngineError::Plan(format!("issuing {}'s certificates: {e}", n.node.name))
         })?;
-        let json = serde_json::to_string(&certs).map_err(|e| EngineError::Plan(e.to_string()))?;
         self.store
             .set_node_engine(
                 ec.tenant,
                 n.node.id,
                 ec.cluster.id,
                 n.node.role,
-                n.etcd.as_deref(),
-                Some(&json),
+                n.etcd.as_ref(),
+                Some(&certs),
             )
             .await?;
         Ok(certs)
@@ -834,14 +822,14 @@ fn node_input(n: &EngineNode, address: IpAddr, pod_subnet: qb_api::Cidr) -> Node
         name: n.node.name.clone(),
         address,
         role: node_input_role(n),
-        etcd: Membership::of(n).map(|m| m.bootstrap),
+        etcd: n.etcd.clone().map(|m| m.bootstrap),
         pod_subnet,
     }
 }
 
 /// The role a node's plan renders: a master renders as one once it has an etcd membership.
 fn node_input_role(n: &EngineNode) -> NodeRole {
-    match (&n.node.role, Membership::of(n)) {
+    match (&n.node.role, n.etcd.clone()) {
         (Some(NodeRole::Master), Some(_)) => NodeRole::Master,
         _ => NodeRole::Worker,
     }

@@ -29,7 +29,6 @@ use axum::routing::any;
 use hyper::body::Body as _;
 use hyper_util::rt::TokioIo;
 use qb_api::{ClusterId, Role, TenantId};
-use qb_plan::pki::ClusterPki;
 use qb_store::{Key, Store, StoreError};
 
 use crate::AppState;
@@ -131,10 +130,6 @@ impl KubeProxy {
                 cluster.cluster.name
             )));
         };
-        let pki: ClusterPki = serde_json::from_str(pki.expose()).map_err(|e| {
-            tracing::error!(cluster_id = %id, error = %e, "the stored cluster PKI does not parse");
-            ProxyError::Internal
-        })?;
         let upstream = Arc::new(
             ClusterUpstream::new(
                 self.store.clone(),

@@ -23,6 +23,7 @@ on_both_backends!(
     deleting_a_cluster_with_nodes_needs_force,
     pod_subnets_are_given_once_and_freed_when_a_node_leaves,
     state_since_moves_with_the_state_not_with_the_message,
+    engine_state_reads_back_typed_and_a_corrupt_row_is_an_error,
 );
 
 async fn cluster_spec_is_stored_as_given(db: TestDb) {
@@ -235,6 +236,76 @@ async fn a_leaving_nodes_drain_is_kept_until_it_left(db: TestDb) {
     attach_nodes(&db, t, c2.id, &["n1"]).await;
     detach_nodes(&db, t, c2.id, &["n1"]).await;
     assert_eq!(drain_of(c2.id).await, Drain::NotStarted);
+}
+
+/// The engine's own state (the cluster PKI, a node's etcd membership and certificates) reads
+/// back as the types it was stored from; a row that does not parse is an error naming it, never
+/// taken for a missing value; and none of it prints a private key.
+async fn engine_state_reads_back_typed_and_a_corrupt_row_is_an_error(db: TestDb) {
+    use qb_plan::membership::Membership;
+    use qb_plan::pki::{CertPurpose, ClusterPki, KeyCert, NodeCerts};
+    use qb_plan::render::{EtcdBootstrap, InitialClusterState};
+
+    let t = tenant(&db, "acme").await;
+    pool_node(&db, t, "n1", &[]).await;
+    let c1 = cluster(&db, t, "c1").await;
+    attach_nodes(&db, t, c1.id, &["n1"]).await;
+    let ec = db.engine_cluster(t, c1.id).await.unwrap();
+    assert!(ec.pki.is_none() && ec.nodes[0].etcd.is_none() && ec.nodes[0].certs.is_none());
+
+    // The first PKI stored wins (another replica's, say).
+    let pki = ClusterPki::generate("c1").unwrap();
+    assert_eq!(db.init_cluster_pki(t, c1.id, &pki).await.unwrap(), pki);
+    let other = ClusterPki::generate("c1").unwrap();
+    assert_eq!(db.init_cluster_pki(t, c1.id, &other).await.unwrap(), pki);
+
+    let membership = Membership {
+        bootstrap: EtcdBootstrap {
+            initial_cluster: vec![("n1".to_owned(), "10.0.0.1".parse().unwrap())],
+            state: InitialClusterState::New,
+        },
+        learner: false,
+        member_id: Some(7),
+    };
+    let certs = NodeCerts {
+        certs: [(
+            CertPurpose::EtcdServer,
+            KeyCert {
+                cert_pem: "a certificate".to_owned(),
+                key_pem: "-----BEGIN PRIVATE KEY----- the node's".to_owned(),
+            },
+        )]
+        .into(),
+    };
+    let n1 = ec.nodes[0].node.id;
+    db.set_node_engine(
+        t,
+        n1,
+        c1.id,
+        Some(NodeRole::Master),
+        Some(&membership),
+        Some(&certs),
+    )
+    .await
+    .unwrap();
+    let ec = db.engine_cluster(t, c1.id).await.unwrap();
+    assert_eq!(ec.pki.as_ref(), Some(&pki));
+    assert_eq!(ec.nodes[0].etcd.as_ref(), Some(&membership));
+    assert_eq!(ec.nodes[0].certs.as_ref(), Some(&certs));
+    let printed = format!("{ec:?}");
+    assert!(!printed.contains("PRIVATE KEY"), "{printed}");
+
+    // A membership of the wrong shape: the cluster cannot be read, and the error says why.
+    sqlx::query("UPDATE nodes SET etcd = $1 WHERE id = $2")
+        .bind(r#"{"bootstrap": 1}"#)
+        .bind(n1.to_string())
+        .execute(&db.raw().await)
+        .await
+        .unwrap();
+    match db.engine_cluster(t, c1.id).await {
+        Err(StoreError::Corrupt { what, .. }) => assert_eq!(what, "etcd membership"),
+        other => panic!("expected a corrupt row, got {other:?}"),
+    }
 }
 
 async fn detach_only_moves_members(db: TestDb) {
