@@ -1,5 +1,5 @@
 //! The engine's decisions, apart from its actions: what a cluster's state is, whether its nodes
-//! must pass preflight (again), whether a leaving node is wiped. Each takes what the store and
+//! must pass preflight (again), a leaving node's next step. Each takes what the store and
 //! the agents say, and the time, and returns a verdict, with no I/O, so tables of cases test
 //! them; the cluster's executor does what they say.
 
@@ -191,6 +191,59 @@ pub fn wiped(plan: Option<&NodePlan>) -> bool {
         }
         None => true,
     }
+}
+
+/// A leaving node as the leave decision sees it.
+#[derive(Clone, Debug)]
+pub struct LeavingView<'a> {
+    /// Detached with `--force`: no drain, and an unreachable host's wipe is not waited for.
+    pub force: bool,
+    /// Nothing (more) to drain: drained or given up on, or the cluster runs no API server.
+    pub drained: bool,
+    /// Still an etcd member (or learner).
+    pub member: bool,
+    pub plan: Option<&'a NodePlan>,
+    /// The plan last published is the wipe.
+    pub wipe_published: bool,
+    pub online: bool,
+}
+
+/// The next step of a node leaving its cluster.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Leave {
+    /// Cordon and drain it through a master.
+    Drain,
+    /// Remove its etcd member (never below quorum; see [`super::membership`]).
+    RemoveMember,
+    /// Publish the plan that wipes it.
+    PublishWipe,
+    /// Wait for its agent to apply the wipe.
+    AwaitWipe,
+    /// Delete its Kubernetes Node and return it to the pool.
+    Finish,
+}
+
+/// In order: drain (unless forced or nothing to drain), the etcd member out, the wipe, then
+/// back to the pool. `--force` skips the drain and, for an unreachable host, the wait for its
+/// wipe (it gets the wipe when it is back); never the member's removal. A node that never got
+/// a plan has nothing to wipe.
+pub fn leave(n: &LeavingView<'_>) -> Leave {
+    if !n.force && !n.drained {
+        Leave::Drain
+    } else if n.member {
+        Leave::RemoveMember
+    } else if n.plan.is_some() && !n.wipe_published {
+        Leave::PublishWipe
+    } else if !wiped(n.plan) && !forced_off(n) {
+        Leave::AwaitWipe
+    } else {
+        Leave::Finish
+    }
+}
+
+/// Forced out while its host cannot be reached: its wipe waits for it to come back.
+fn forced_off(n: &LeavingView<'_>) -> bool {
+    n.force && !n.online
 }
 
 /// The first few items, and how many more: state messages stay short.
@@ -405,6 +458,46 @@ mod tests {
         assert!(wiped(Some(&plan(2, PlanState::Applied, &[]))));
         assert!(!wiped(Some(&plan(1, PlanState::Applied, &[]))));
         assert!(!wiped(Some(&plan(2, PlanState::Failed, &[]))));
+    }
+
+    #[test]
+    fn a_leaving_node_is_drained_loses_its_member_is_wiped_then_goes() {
+        let wiping = plan(1, PlanState::Applied, &[("etcd", true)]);
+        let wiped_plan = plan(2, PlanState::Applied, &[]);
+        let base = LeavingView {
+            force: false,
+            drained: false,
+            member: true,
+            plan: Some(&wiping),
+            wipe_published: false,
+            online: true,
+        };
+        #[rustfmt::skip]
+        let cases: Vec<(&str, LeavingView, Leave)> = vec![
+            ("first, the drain", base.clone(), Leave::Drain),
+            ("forced: no drain, the member all the same",
+             LeavingView { force: true, ..base.clone() }, Leave::RemoveMember),
+            ("drained: the member", LeavingView { drained: true, ..base.clone() }, Leave::RemoveMember),
+            ("no member: the wipe",
+             LeavingView { drained: true, member: false, ..base.clone() }, Leave::PublishWipe),
+            ("the wipe sent: its agent applies it",
+             LeavingView { drained: true, member: false, wipe_published: true, ..base.clone() },
+             Leave::AwaitWipe),
+            ("wiped: gone",
+             LeavingView { drained: true, member: false, wipe_published: true, plan: Some(&wiped_plan), ..base.clone() },
+             Leave::Finish),
+            ("forced and unreachable: gone without waiting for the wipe",
+             LeavingView { force: true, member: false, wipe_published: true, online: false, ..base.clone() },
+             Leave::Finish),
+            ("unreachable but not forced: waits",
+             LeavingView { drained: true, member: false, wipe_published: true, online: false, ..base.clone() },
+             Leave::AwaitWipe),
+            ("never planned: nothing to wipe",
+             LeavingView { drained: true, member: false, plan: None, ..base.clone() }, Leave::Finish),
+        ];
+        for (case, view, expected) in cases {
+            assert_eq!(leave(&view), expected, "{case}");
+        }
     }
 
     #[test]

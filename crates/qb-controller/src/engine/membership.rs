@@ -174,7 +174,7 @@ pub async fn step(
     }
 
     // A placed master without a member joins as a learner.
-    if let Some(n) = masters.iter().find(|n| n.etcd.clone().is_none()) {
+    if let Some(n) = masters.iter().find(|n| n.etcd.is_none()) {
         let Some(via) = voter_via(engine, &members, n.node.id) else {
             return Ok(Step::Waiting(
                 "waiting for a healthy etcd member to add a learner".to_owned(),
@@ -323,7 +323,7 @@ async fn remove(
         Ok(list) => list,
         Err(e) => return Ok(Some(format!("listing etcd members: {e}"))),
     };
-    let recorded = n.etcd.clone().and_then(|m| m.member_id);
+    let recorded = n.etcd.as_ref().and_then(|m| m.member_id);
     let member = list.iter().find(|m| {
         addresses
             .get(&n.node.id)

@@ -452,37 +452,43 @@ impl Engine {
         Ok(report)
     }
 
-    /// A leaving node: etcd member out first, then a wiping plan, then back to the pool.
-    /// Returns what it waits for, if anything.
+    /// A leaving node's next step, as [`decide::leave`] says: drain, etcd member out, a wiping
+    /// plan, then back to the pool. Returns what it waits for, if anything.
     async fn leave(
         &self,
         ec: &EngineCluster,
         n: &EngineNode,
     ) -> Result<Option<String>, EngineError> {
-        // `--force` skips the drain; never the member's removal.
-        if !n.detach_force
-            && let Some(waiting) = self.drain(ec, n).await?
-        {
-            return Ok(Some(waiting));
-        }
-        if n.etcd.clone().is_some() {
-            if let Some(waiting) = membership::remove_leaving(self, ec, n).await? {
-                return Ok(Some(waiting));
+        let mut view = decide::LeavingView {
+            force: n.detach_force,
+            drained: n.drain == Drain::Done || !has_api_server(ec),
+            member: n.etcd.is_some(),
+            plan: n.node.plan.as_ref(),
+            wipe_published: n.plan_hash.as_deref() == Some(WIPE_PLAN_HASH),
+            online: self.agents.online(n.node.id),
+        };
+        loop {
+            match decide::leave(&view) {
+                decide::Leave::Drain => match self.drain(ec, n).await? {
+                    Some(waiting) => return Ok(Some(waiting)),
+                    None => view.drained = true,
+                },
+                decide::Leave::RemoveMember => {
+                    let waiting = membership::remove_leaving(self, ec, n).await?;
+                    return Ok(Some(waiting.unwrap_or_else(|| {
+                        format!("removed {}'s etcd member", n.node.name)
+                    })));
+                }
+                decide::Leave::PublishWipe => {
+                    self.publish_wipe(ec.tenant, &n.node, Some(ec.cluster.id))
+                        .await?;
+                    return Ok(Some(format!("wiping {}", n.node.name)));
+                }
+                decide::Leave::AwaitWipe => {
+                    return Ok(Some(format!("waiting for {} to be wiped", n.node.name)));
+                }
+                decide::Leave::Finish => break,
             }
-            return Ok(Some(format!("removed {}'s etcd member", n.node.name)));
-        }
-        // A node that never got a plan has nothing to remove.
-        if n.node.plan.is_some() && n.plan_hash.as_deref() != Some(WIPE_PLAN_HASH) {
-            self.publish_wipe(ec.tenant, &n.node, Some(ec.cluster.id))
-                .await?;
-            return Ok(Some(format!("wiping {}", n.node.name)));
-        }
-        let wiped = decide::wiped(n.node.plan.as_ref());
-        // `--force` does not wait for an unreachable host: it gets its wipe when it is back
-        // (and an agent given another cluster's plan wipes the old cluster's state first).
-        let unreachable = n.detach_force && !self.agents.online(n.node.id);
-        if !wiped && !unreachable {
-            return Ok(Some(format!("waiting for {} to be wiped", n.node.name)));
         }
         if let Some(via) = self.api_master(ec) {
             let op = KubeOp::DeleteNode {
@@ -822,14 +828,14 @@ fn node_input(n: &EngineNode, address: IpAddr, pod_subnet: qb_api::Cidr) -> Node
         name: n.node.name.clone(),
         address,
         role: node_input_role(n),
-        etcd: n.etcd.clone().map(|m| m.bootstrap),
+        etcd: n.etcd.as_ref().map(|m| m.bootstrap.clone()),
         pod_subnet,
     }
 }
 
 /// The role a node's plan renders: a master renders as one once it has an etcd membership.
 fn node_input_role(n: &EngineNode) -> NodeRole {
-    match (&n.node.role, n.etcd.clone()) {
+    match (&n.node.role, &n.etcd) {
         (Some(NodeRole::Master), Some(_)) => NodeRole::Master,
         _ => NodeRole::Worker,
     }
