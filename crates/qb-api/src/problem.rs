@@ -35,6 +35,9 @@ pub enum ProblemCode {
     /// The bootstrap token is unknown, expired, revoked or used up; the agent cannot register
     /// with it. The detail says which.
     RegistrationRefused,
+    /// Another host whose agent is online holds this host's machine id (a cloned machine?); the
+    /// detail names both hosts. The host needs its own machine id.
+    IdentityConflict,
     /// The node certificate is no longer accepted: the node was deauthorized or its certificate
     /// replaced. The agent must register again.
     CertificateRefused,
@@ -74,7 +77,8 @@ impl ProblemCode {
             | Self::ClusterNotEmpty
             | Self::AgentUnavailable
             | Self::BundleConflict
-            | Self::QuorumAtRisk => 409,
+            | Self::QuorumAtRisk
+            | Self::IdentityConflict => 409,
             Self::TooManyAttempts => 429,
             Self::Internal => 500,
             Self::Unavailable => 503,
@@ -98,6 +102,7 @@ impl ProblemCode {
             Self::NodeNotInCluster => "Node not in this cluster",
             Self::ClusterNotEmpty => "Cluster still has nodes",
             Self::RegistrationRefused => "Registration refused",
+            Self::IdentityConflict => "Host identity in use by another host",
             Self::AgentUnavailable => "Agent unavailable",
             Self::CertificateRefused => "Certificate refused",
             Self::BundleConflict => "A different bundle has this version",

@@ -33,6 +33,9 @@ impl From<StoreError> for ApiError {
             StoreError::NodeNotInCluster { .. } => ProblemCode::NodeNotInCluster,
             StoreError::ClusterNotEmpty { .. } => ProblemCode::ClusterNotEmpty,
             StoreError::BundleConflict { .. } => ProblemCode::BundleConflict,
+            StoreError::IdentityConflict(conflict) => {
+                return Self::new(ProblemCode::IdentityConflict, conflict.to_string());
+            }
             StoreError::TokenRefused(refusal) => {
                 return Self::new(ProblemCode::RegistrationRefused, refusal.to_string());
             }

@@ -45,6 +45,44 @@ pub struct Registration {
     pub agent_version: String,
 }
 
+/// Two hosts with one machine id: `node`, whose agent is online, and another that tried to
+/// register with it.
+#[derive(Clone, Debug)]
+pub struct IdentityConflict {
+    pub tenant: TenantId,
+    pub machine_id: String,
+    /// The node the machine id belongs to, as it is.
+    pub node: Node,
+    /// What the other host says of itself.
+    pub claimant_hostname: String,
+    pub claimant_addresses: Vec<std::net::IpAddr>,
+}
+
+impl std::fmt::Display for IdentityConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |addresses: &[std::net::IpAddr]| {
+            addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        write!(
+            f,
+            "host {:?} ({}) presents machine id {}, which belongs to node {} (host {:?}, {}) whose \
+             agent is online: two hosts share one identity (a cloned machine?); give this host its \
+             own machine id (`rm /etc/machine-id && systemd-machine-id-setup`, or `machine_id` in \
+             the agent's configuration) and restart its agent",
+            self.claimant_hostname,
+            list(&self.claimant_addresses),
+            self.machine_id,
+            self.node.name,
+            self.node.facts.hostname,
+            list(&self.node.facts.addresses),
+        )
+    }
+}
+
 /// A certificate issued for a node: PEM and serial.
 #[derive(Clone, Debug)]
 pub struct IssuedCert {
@@ -180,10 +218,14 @@ impl Store {
     /// token, creates the node as `pending` (or finds it again by machine id: a pending or
     /// deauthorized host comes back as `pending` with only the new certificate valid; a host in
     /// the pool or a cluster is refused), and records the certificate `issue` makes for it. A
-    /// refused registration changes nothing.
+    /// refused registration changes nothing. A host presenting the machine id of a node whose
+    /// agent is online (`online` says, by node) is another host with the same identity (a
+    /// cloned VM, say): refused as [`StoreError::IdentityConflict`], and the online one keeps
+    /// its certificate.
     pub async fn register_node(
         &self,
         reg: &Registration,
+        online: impl FnOnce(NodeId) -> bool,
         issue: impl FnOnce(TenantId, NodeId) -> Result<IssuedCert, IssueError>,
     ) -> Result<Registered> {
         let mut w = self.write_global().await?;
@@ -243,6 +285,17 @@ impl Store {
             }
             None => None,
         };
+        if let Some(before) = &before
+            && online(before.id)
+        {
+            return Err(StoreError::IdentityConflict(Box::new(IdentityConflict {
+                tenant,
+                machine_id: reg.machine_id.clone(),
+                node: before.clone(),
+                claimant_hostname: reg.facts.hostname.clone(),
+                claimant_addresses: reg.facts.addresses.clone(),
+            })));
+        }
         // A known host may register again only while it is pending or deauthorized: a node in the
         // pool or a cluster is not handed to whoever holds a bootstrap token and its machine id.
         if let Some(before) = &before
@@ -316,6 +369,28 @@ impl Store {
             certificate,
             existing,
         })
+    }
+
+    /// Records that another host tried to register with a node's machine id
+    /// (`node.identity_conflict`, on that node), so operators see it in the audit trail.
+    pub async fn record_identity_conflict(&self, conflict: &IdentityConflict) -> Result<()> {
+        let mut w = self.write(conflict.tenant).await?;
+        let node = w.node(conflict.tenant, &Key::Id(conflict.node.id)).await?;
+        let detail = json!({
+            "machine_id": conflict.machine_id,
+            "holder": { "hostname": node.facts.hostname, "addresses": node.facts.addresses },
+            "claimant": {
+                "hostname": conflict.claimant_hostname,
+                "addresses": conflict.claimant_addresses,
+            },
+        });
+        w.event(
+            conflict.tenant,
+            &Actor::controller(),
+            node_event("node.identity_conflict", &node, detail),
+        )
+        .await?;
+        w.commit().await
     }
 
     /// The node behind a connecting agent's certificate.

@@ -27,7 +27,8 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 pub use agents::{
-    AgentNode, IssueError, IssuedCert, NewSecret, Registered, Registration, TokenRefusal,
+    AgentNode, IdentityConflict, IssueError, IssuedCert, NewSecret, Registered, Registration,
+    TokenRefusal,
 };
 pub use clusters::{ClusterSpec, SpecError};
 pub use engine::{Drain, EngineCluster, EngineNode, WIPE_PLAN_HASH};
@@ -131,6 +132,8 @@ pub enum StoreError {
     },
     #[error("registration refused: {0}")]
     TokenRefused(TokenRefusal),
+    #[error("registration refused: {0}")]
+    IdentityConflict(Box<IdentityConflict>),
     #[error("could not issue a certificate")]
     Issue(#[source] IssueError),
     #[error("database error")]

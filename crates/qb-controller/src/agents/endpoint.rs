@@ -28,7 +28,7 @@ use qb_agent_proto::{
 };
 use qb_api::{NodeName, NodeState, ProblemCode};
 use qb_pki::{CertificateAuthority, NodeIdentity};
-use qb_store::{IssuedCert, Registration, Store};
+use qb_store::{IssuedCert, Registration, Store, StoreError};
 use tokio::io::AsyncSeekExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -299,16 +299,30 @@ async fn register(
     };
     let ca = endpoint.ca.clone();
     let lifetime = endpoint.node_cert_lifetime;
+    let online = |node| endpoint.agents.online(node);
     let registered = endpoint
         .store
-        .register_node(&registration, |tenant, node| {
+        .register_node(&registration, online, |tenant, node| {
             let cert = ca.sign_node_csr(&req.csr_pem, &NodeIdentity { tenant, node }, lifetime)?;
             Ok(IssuedCert {
                 pem: cert.cert_pem,
                 serial: cert.serial,
             })
         })
-        .await?;
+        .await;
+    let registered = match registered {
+        Err(StoreError::IdentityConflict(conflict)) => {
+            tracing::warn!(
+                node_id = %conflict.node.id,
+                node = %conflict.node.name,
+                claimant = %conflict.claimant_hostname,
+                "a second host presented an online node's machine id"
+            );
+            endpoint.store.record_identity_conflict(&conflict).await?;
+            return Err(StoreError::IdentityConflict(conflict).into());
+        }
+        other => other?,
+    };
     tracing::info!(
         node_id = %registered.node.id,
         node = %registered.node.name,

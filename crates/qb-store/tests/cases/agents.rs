@@ -11,6 +11,7 @@ use crate::{TestDb, actor, all_events, all_nodes, by_name, labels, node, node_na
 on_both_backends!(
     tokens_are_refused_for_every_reason_and_change_nothing,
     registration_by_machine_id_never_duplicates_a_host,
+    a_second_host_with_an_online_hosts_machine_id_is_refused,
     racing_registrations_respect_the_token_limit,
     certificates_rotate_serials,
     controller_secrets_are_created_once,
@@ -55,8 +56,58 @@ async fn register(
     host: &str,
     serial: &str,
 ) -> Result<Registered, StoreError> {
-    db.register_node(&registration(token, machine, host), |_, _| cert(serial))
+    db.register_node(&registration(token, machine, host), |_| false, |_, _| cert(serial))
         .await
+}
+
+/// A cloned host (same machine id) registering while the first host's agent is online is
+/// refused, naming both hosts; the first keeps its node and certificate, the token is not used,
+/// and the attempt is in the audit trail once recorded. Once the first host is offline, the same
+/// machine id registers again as that node (a reinstalled host).
+async fn a_second_host_with_an_online_hosts_machine_id_is_refused(db: TestDb) {
+    let t = tenant(&db, "acme").await;
+    bootstrap(&db, t, "tok", 2, Duration::hours(1)).await;
+    let first = register(&db, "tok", "m1", "web", "s1").await.unwrap();
+    let mut clone = registration("tok", "m1", "web-clone");
+    clone.facts.addresses = vec!["10.0.0.2".parse().unwrap()];
+    let issued = AtomicU32::new(0);
+    let err = db
+        .register_node(&clone, |id| id == first.node.id, |_, _| {
+            issued.fetch_add(1, Ordering::SeqCst);
+            cert("never")
+        })
+        .await
+        .expect_err("a second host with the machine id");
+    let StoreError::IdentityConflict(conflict) = &err else {
+        panic!("expected an identity conflict, got {err:?}");
+    };
+    assert_eq!(issued.load(Ordering::SeqCst), 0);
+    assert_eq!(conflict.node.id, first.node.id);
+    let message = err.to_string();
+    for part in ["\"web-clone\" (10.0.0.2)", "machine id m1", "node web", "online"] {
+        assert!(message.contains(part), "{part:?} in {message}");
+    }
+    let now = node(&db, t, "web").await;
+    assert_eq!(now.state, NodeState::Pending);
+    let serial = db.agent_node(t, first.node.id).await.unwrap().cert_serial;
+    assert_eq!(serial.as_deref(), Some("s1"), "the first host keeps its certificate");
+
+    db.record_identity_conflict(conflict).await.unwrap();
+    let events = all_events(&db, t).await;
+    let recorded = events.last().unwrap();
+    assert_eq!(recorded.action, "node.identity_conflict");
+    assert_eq!(recorded.object_id, first.node.id.to_string());
+    assert_eq!(recorded.detail["claimant"]["hostname"], "web-clone");
+    assert_eq!(recorded.detail["claimant"]["addresses"][0], "10.0.0.2");
+    assert_eq!(recorded.detail["holder"]["hostname"], "web");
+
+    // The token was not used by the refusal: its second use is the reinstalled host's.
+    let again = db
+        .register_node(&clone, |_| false, |_, _| cert("s2"))
+        .await
+        .unwrap();
+    assert_eq!(again.node.id, first.node.id);
+    assert!(again.existing);
 }
 
 async fn bootstrap(db: &TestDb, t: qb_api::TenantId, name: &str, uses: u32, expires_in: Duration) {
@@ -95,7 +146,7 @@ async fn tokens_are_refused_for_every_reason_and_change_nothing(db: TestDb) {
     ] {
         let issued = AtomicU32::new(0);
         let err = db
-            .register_node(&registration(token, "m2", "h2"), |_, _| {
+            .register_node(&registration(token, "m2", "h2"), |_| false, |_, _| {
                 issued.fetch_add(1, Ordering::SeqCst);
                 cert("never")
             })
@@ -141,7 +192,7 @@ async fn registration_by_machine_id_never_duplicates_a_host(db: TestDb) {
     // The same machine again, while still pending, is the same node with only the new
     // certificate valid.
     let again = db
-        .register_node(&registration("tok", "m1", "web"), |_, id| {
+        .register_node(&registration("tok", "m1", "web"), |_| false, |_, id| {
             assert_eq!(id, first.node.id, "the certificate names the existing node");
             cert("s3")
         })
@@ -232,6 +283,7 @@ async fn racing_registrations_respect_the_token_limit(db: TestDb) {
             store
                 .register_node(
                     &registration("five", &format!("m{i:02}"), &format!("h{i}")),
+                    |_| false,
                     |_, _| cert(&format!("s{i}")),
                 )
                 .await
