@@ -9,9 +9,8 @@ use futures_util::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Bytes, Frame};
 use qb_agent_proto::{
-    AgentMessage, CHANNEL_PATH, ControllerMessage, FrameDecoder, Instruction, MachineId,
-    REGISTER_PATH, RENEW_PATH, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse,
-    encode,
+    AgentMessage, CHANNEL_PATH, ControllerMessage, FrameDecoder, Instruction, REGISTER_PATH,
+    RENEW_PATH, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse, encode,
 };
 use qb_api::ProblemCode;
 use rand::Rng;
@@ -80,6 +79,11 @@ pub async fn run(config: Config) -> Result<()> {
             }
             None => match register(&controllers[current], &config, &state).await {
                 Ok(identity) => identity,
+                Err(Refused(problem)) if problem.code == ProblemCode::IdentityConflict => {
+                    tracing::error!(code = ?problem.code, "registration refused: {}", problem.detail);
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    continue;
+                }
                 Err(Refused(problem)) => {
                     tracing::error!(
                         code = ?problem.code,
@@ -121,7 +125,8 @@ pub async fn run(config: Config) -> Result<()> {
 }
 
 enum RegisterError {
-    /// The controller said no; retrying with the same token will not help.
+    /// The controller said no: the token will not do, or another host holds this host's
+    /// machine id (tried again a minute later: the operator may give this host its own).
     Refused(qb_api::Problem),
     Failed(anyhow::Error),
 }
@@ -133,13 +138,8 @@ impl From<anyhow::Error> for RegisterError {
     }
 }
 
-fn machine_id(config: &Config) -> Result<MachineId> {
-    let raw = match &config.machine_id {
-        Some(id) => id.clone(),
-        None => std::fs::read_to_string("/etc/machine-id").context("reading /etc/machine-id")?,
-    };
-    Ok(raw.parse()?)
-}
+/// Where the system keeps the host's machine id: systemd's file, then D-Bus's copy.
+const SYSTEM_MACHINE_IDS: [&str; 2] = ["/etc/machine-id", "/var/lib/dbus/machine-id"];
 
 async fn register(
     controller: &Controller,
@@ -157,7 +157,10 @@ async fn register(
     let request = RegisterRequest {
         token: token.into(),
         csr_pem: key.csr_pem.clone(),
-        machine_id: machine_id(config)?,
+        machine_id: state.machine_id(
+            config.machine_id.as_deref(),
+            &SYSTEM_MACHINE_IDS.map(std::path::Path::new),
+        )?,
         facts,
         labels: config.labels().map_err(|e| Failed(anyhow::anyhow!(e.0)))?,
         agent_version: VERSION.to_owned(),
@@ -173,7 +176,12 @@ async fn register(
         Ok(bytes) => serde_json::from_slice(&bytes)
             .context("the controller's registration answer")
             .map_err(Failed)?,
-        Err((_, problem)) if problem.code == ProblemCode::RegistrationRefused => {
+        Err((_, problem))
+            if matches!(
+                problem.code,
+                ProblemCode::RegistrationRefused | ProblemCode::IdentityConflict
+            ) =>
+        {
             return Err(Refused(problem));
         }
         Err((status, problem)) => {

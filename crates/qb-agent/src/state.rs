@@ -44,6 +44,50 @@ impl StateDir {
         &self.dir
     }
 
+    /// The host's machine id, which names it to the controller when it registers: the one the
+    /// configuration gives, else the system's (`/etc/machine-id`, else D-Bus's copy), else —
+    /// on a minimal install or image without one — qb's own, made once and kept in the state
+    /// directory. An empty or `uninitialized` system file counts as none; any other content
+    /// that is not a machine id is an error naming the file.
+    pub fn machine_id(
+        &self,
+        configured: Option<&str>,
+        system: &[&Path],
+    ) -> Result<qb_agent_proto::MachineId> {
+        if let Some(id) = configured {
+            return Ok(id.to_owned().try_into()?);
+        }
+        for file in system {
+            let text = match std::fs::read_to_string(file) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+            };
+            let text = text.trim();
+            if text.is_empty() || text == "uninitialized" {
+                continue;
+            }
+            return text
+                .to_owned()
+                .try_into()
+                .with_context(|| format!("{} holds no machine id", file.display()));
+        }
+        let own = self.dir.join("machine-id");
+        if let Ok(text) = std::fs::read_to_string(&own) {
+            return text
+                .try_into()
+                .with_context(|| format!("{} is damaged; delete it for a new one", own.display()));
+        }
+        let id = format!("{:032x}", rand::random::<u128>());
+        write_private(&own, format!("{id}\n").as_bytes())
+            .with_context(|| format!("writing {}", own.display()))?;
+        tracing::warn!(
+            file = %own.display(),
+            "this host has no machine id (/etc/machine-id); it is known to the controller by one of qb's own, kept in the state directory"
+        );
+        Ok(id.try_into()?)
+    }
+
     /// The saved identity, if this host has registered.
     pub fn identity(&self) -> Result<Option<Identity>> {
         let file = self.dir.join("identity.json");
@@ -148,6 +192,52 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn a_host_without_a_machine_id_gets_one_of_qbs_own_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        let etc = dir.path().join("machine-id");
+        let dbus = dir.path().join("dbus-machine-id");
+        let system = [etc.as_path(), dbus.as_path()];
+        let configured = "0123456789abcdef0123456789abcdef";
+
+        // None anywhere: made once, then the same on every start.
+        let own = state.machine_id(None, &system).unwrap();
+        assert_eq!(state.machine_id(None, &system).unwrap(), own);
+        let kept = std::fs::read_to_string(state.path().join("machine-id")).unwrap();
+        assert_eq!(kept.trim(), own.as_str());
+        let other = StateDir::open(&dir.path().join("other")).unwrap();
+        assert_ne!(other.machine_id(None, &system).unwrap(), own, "random");
+
+        // An empty or uninitialized system file is none; D-Bus's copy counts.
+        std::fs::write(&etc, "uninitialized\n").unwrap();
+        assert_eq!(state.machine_id(None, &system).unwrap(), own);
+        std::fs::write(&dbus, "fedcba9876543210fedcba9876543210\n").unwrap();
+        assert_eq!(
+            state.machine_id(None, &system).unwrap().as_str(),
+            "fedcba9876543210fedcba9876543210"
+        );
+        // The system's wins over D-Bus's, and the configuration over both.
+        std::fs::write(&etc, format!("{configured}\n")).unwrap();
+        assert_eq!(
+            state.machine_id(None, &system).unwrap().as_str(),
+            configured
+        );
+        let given = "00000000000000000000000000000001";
+        assert_eq!(
+            state.machine_id(Some(given), &system).unwrap().as_str(),
+            given
+        );
+
+        // Anything else in the file is an error that names it.
+        std::fs::write(&etc, "not a machine id").unwrap();
+        let e = format!("{:#}", state.machine_id(None, &system).unwrap_err());
+        assert!(
+            e.contains(&etc.display().to_string()) && e.contains("32 lowercase hex"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn identity_round_trips_privately_and_revocation_remembers_the_token() {
