@@ -5,6 +5,8 @@
 //! - `security`: wrong CA pin, refused bootstrap tokens, re-registration, a stolen certificate
 //!   (also after the host registers again), an agent deauthorized while down, a second tenant,
 //!   and hostile frames on the channel (agents on 127.0.0.1).
+//! - `identity`: a cloned host (another host with the same machine id) is refused while the
+//!   first is online, reported to the operator, and the first keeps working.
 //! - `engine`: the cluster engine on real etcd: a cluster forms, grows, refuses an unsafe
 //!   detach, shrinks safely; preflight; tampered plans and artifacts; crashes.
 //! - `kubernetes`: real Kubernetes 1.20.2 clusters from the bundle `cargo xtask bundle` builds,
@@ -45,6 +47,8 @@ mod faults;
 mod harness;
 #[path = "all/http.rs"]
 mod http;
+#[path = "all/identity.rs"]
+mod identity;
 #[path = "all/kubernetes.rs"]
 mod kubernetes;
 #[path = "all/lab.rs"]
