@@ -273,7 +273,41 @@ fn web_pods(admin: &Agent, hosts: &[String]) -> Vec<(String, String, String)> {
         if nodes == want && pods.len() == list["items"].as_array().map_or(0, Vec::len) {
             Ok(pods)
         } else {
-            Err(format!("web pods on {nodes:?}, want {want:?}"))
+            // Every pod as it is, with what holds it (unschedulable, a container waiting).
+            let seen: Vec<String> = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let why: Vec<String> = p["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|c| c["status"] != "True" && c["message"].is_string())
+                        .map(|c| format!("{}: {}", c["type"], c["message"]))
+                        .chain(
+                            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                                .as_str()
+                                .map(str::to_owned),
+                        )
+                        .collect();
+                    format!(
+                        "{} on {} {}{} {}",
+                        p["metadata"]["name"],
+                        p["spec"]["nodeName"],
+                        p["status"]["phase"],
+                        if p["metadata"]["deletionTimestamp"].is_null() {
+                            ""
+                        } else {
+                            " (terminating)"
+                        },
+                        why.join("; ")
+                    )
+                })
+                .collect();
+            Err(format!(
+                "web pods running on {nodes:?}, want {want:?}; pods: {seen:#?}"
+            ))
         }
     })
 }
