@@ -5,6 +5,7 @@
 //! re-checks it.
 
 mod bundle;
+pub mod endpoints;
 mod ids;
 mod model;
 mod problem;

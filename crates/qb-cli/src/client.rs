@@ -1,10 +1,11 @@
-//! The HTTP client of the controller's REST API: pinned TLS, bearer token, problem-details errors,
-//! paging.
+//! The HTTP client of the controller's REST API: requests to qb-api's `endpoints` (the method
+//! and path come from there), pinned TLS, bearer token, problem-details errors, paging.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use qb_api::{API_PREFIX, Page, Problem, ProblemCode};
+use qb_api::endpoints::{self, Endpoint};
+use qb_api::{Page, Problem, ProblemCode};
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
@@ -104,6 +105,23 @@ fn is_loopback(url: &Url) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// A request to make: an endpoint's method and its URL, filled in.
+pub struct Request {
+    method: Method,
+    url: Url,
+}
+
+/// The method `reqwest` sends for an endpoint's method.
+fn http_method(method: endpoints::Method) -> Method {
+    match method {
+        endpoints::Method::Get => Method::GET,
+        endpoints::Method::Head => Method::HEAD,
+        endpoints::Method::Post => Method::POST,
+        endpoints::Method::Put => Method::PUT,
+        endpoints::Method::Delete => Method::DELETE,
+    }
+}
+
 /// A connection to one controller.
 pub struct Client {
     http: reqwest::Client,
@@ -143,15 +161,20 @@ impl Client {
         &self.verifier
     }
 
-    /// `base` + `/api/v1/` + the segments, each percent-encoded, + the query pairs that are set.
-    pub fn url(&self, segments: &[&str], query: &[(&str, Option<String>)]) -> Url {
+    /// A request to `endpoint`: `base` + its path with `params` filled in, each percent-encoded
+    /// as one segment, + the query pairs that are set.
+    pub fn request(
+        &self,
+        endpoint: &Endpoint,
+        params: &[&str],
+        query: &[(&str, Option<String>)],
+    ) -> Request {
         let mut url = self.base.clone();
         {
             // A base URL with a scheme of http(s) always has path segments.
             if let Ok(mut path) = url.path_segments_mut() {
                 path.pop_if_empty();
-                path.extend(API_PREFIX.split('/').filter(|s| !s.is_empty()));
-                path.extend(segments);
+                path.extend(endpoint.segments(params));
             }
         }
         let set: Vec<_> = query
@@ -161,42 +184,46 @@ impl Client {
         if !set.is_empty() {
             url.query_pairs_mut().extend_pairs(set);
         }
-        url
+        Request {
+            method: http_method(endpoint.method),
+            url,
+        }
     }
 
     /// Sends a request and returns the successful response, or the error the controller gave.
     async fn send(
         &self,
-        method: Method,
-        url: Url,
+        request: Request,
         body: Option<Vec<u8>>,
     ) -> Result<reqwest::Response, ApiError> {
-        self.send_within(method, url, body, REQUEST_TIMEOUT).await
+        self.send_within(request, body, REQUEST_TIMEOUT).await
     }
 
     /// [`Client::send`], the whole request (body included) limited to `timeout`.
     async fn send_within(
         &self,
-        method: Method,
-        url: Url,
+        request: Request,
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<reqwest::Response, ApiError> {
-        let mut request = self.request(method, url, timeout);
+        let mut builder = self.builder(request, timeout);
         if let Some(body) = body {
-            request = request
+            builder = builder
                 .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
                 .body(body);
         }
-        self.execute(request, timeout).await
+        self.execute(builder, timeout).await
     }
 
     /// A request with the token, limited to `timeout`.
-    fn request(&self, method: Method, url: Url, timeout: Duration) -> reqwest::RequestBuilder {
-        let request = self.http.request(method, url).timeout(timeout);
+    fn builder(&self, request: Request, timeout: Duration) -> reqwest::RequestBuilder {
+        let builder = self
+            .http
+            .request(request.method, request.url)
+            .timeout(timeout);
         match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
         }
     }
 
@@ -291,84 +318,62 @@ impl Client {
         })
     }
 
-    fn what(method: &Method, url: &Url) -> String {
-        format!("{method} {}", url.path())
+    /// `POST /api/v1/clusters`: what a request was, for an error about its answer.
+    fn what(request: &Request) -> String {
+        format!("{} {}", request.method, request.url.path())
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, url: Url) -> Result<T, ApiError> {
-        let what = Self::what(&Method::GET, &url);
-        let response = self.send(Method::GET, url, None).await?;
+    /// Sends `request` without a body; its JSON answer.
+    pub async fn call<T: DeserializeOwned>(&self, request: Request) -> Result<T, ApiError> {
+        self.call_within(request, REQUEST_TIMEOUT).await
+    }
+
+    /// [`Client::call`], for work that takes a while on the controller.
+    pub async fn call_within<T: DeserializeOwned>(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<T, ApiError> {
+        let what = Self::what(&request);
+        let response = self.send_within(request, None, timeout).await?;
         self.decode(response, &what).await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(
+    /// Sends `request` with `body` as JSON; its JSON answer.
+    pub async fn call_with<B: Serialize, T: DeserializeOwned>(
         &self,
-        url: Url,
+        request: Request,
         body: &B,
     ) -> Result<T, ApiError> {
-        self.send_json(Method::POST, url, body).await
+        Ok(self.call_creating(request, body).await?.0)
     }
 
-    pub async fn put<B: Serialize, T: DeserializeOwned>(
+    /// [`Client::call_with`] for a request that may create: the answer, and whether the
+    /// controller created something (201) rather than found it there already.
+    pub async fn call_creating<B: Serialize, T: DeserializeOwned>(
         &self,
-        url: Url,
-        body: &B,
-    ) -> Result<T, ApiError> {
-        self.send_json(Method::PUT, url, body).await
-    }
-
-    async fn send_json<B: Serialize, T: DeserializeOwned>(
-        &self,
-        method: Method,
-        url: Url,
-        body: &B,
-    ) -> Result<T, ApiError> {
-        let what = Self::what(&method, &url);
-        let bytes = serde_json::to_vec(body).map_err(|e| ApiError::Decode {
-            what: what.clone(),
-            reason: e.to_string(),
-        })?;
-        let response = self.send(method, url, Some(bytes)).await?;
-        self.decode(response, &what).await
-    }
-
-    /// A POST that may create: the answer, and whether the controller created something (201)
-    /// rather than found it there already.
-    pub async fn post_creating<B: Serialize, T: DeserializeOwned>(
-        &self,
-        url: Url,
+        request: Request,
         body: &B,
     ) -> Result<(T, bool), ApiError> {
-        let what = Self::what(&Method::POST, &url);
+        let what = Self::what(&request);
         let bytes = serde_json::to_vec(body).map_err(|e| ApiError::Decode {
             what: what.clone(),
             reason: e.to_string(),
         })?;
-        let response = self.send(Method::POST, url, Some(bytes)).await?;
+        let response = self.send(request, Some(bytes)).await?;
         let created = response.status() == StatusCode::CREATED;
         Ok((self.decode(response, &what).await?, created))
     }
 
-    /// A POST without a body.
-    pub async fn post_empty<T: DeserializeOwned>(&self, url: Url) -> Result<T, ApiError> {
-        self.post_empty_within(url, REQUEST_TIMEOUT).await
+    /// Sends `request` without a body, answered with `204 No Content`.
+    pub async fn call_no_content(&self, request: Request) -> Result<(), ApiError> {
+        self.send(request, None).await.map(drop)
     }
 
-    /// A POST without a body, for work that takes a while on the controller.
-    pub async fn post_empty_within<T: DeserializeOwned>(
-        &self,
-        url: Url,
-        timeout: Duration,
-    ) -> Result<T, ApiError> {
-        let what = Self::what(&Method::POST, &url);
-        let response = self.send_within(Method::POST, url, None, timeout).await?;
-        self.decode(response, &what).await
-    }
-
-    /// A HEAD: `true` when the resource exists, `false` on 404.
-    pub async fn exists(&self, url: Url) -> Result<bool, ApiError> {
+    /// Asks whether a resource exists (a `HEAD`): `true` on success, `false` on 404.
+    pub async fn exists(&self, request: Request) -> Result<bool, ApiError> {
         let response = self
-            .request(Method::HEAD, url, REQUEST_TIMEOUT)
+            .builder(request, REQUEST_TIMEOUT)
             .send()
             .await
             .map_err(|e| self.transport_error(&e))?;
@@ -380,37 +385,23 @@ impl Client {
         }
     }
 
-    /// A PUT of raw bytes (`application/octet-stream`) answered with no content. The body is
-    /// sent from memory.
-    pub async fn upload(&self, url: Url, body: Vec<u8>) -> Result<(), ApiError> {
-        let request = self
-            .request(Method::PUT, url, UPLOAD_TIMEOUT)
+    /// Sends raw bytes (`application/octet-stream`), answered with no content. The body is sent
+    /// from memory.
+    pub async fn upload(&self, request: Request, body: Vec<u8>) -> Result<(), ApiError> {
+        let builder = self
+            .builder(request, UPLOAD_TIMEOUT)
             .header(
                 CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
             )
             .body(body);
-        self.execute(request, UPLOAD_TIMEOUT).await.map(drop)
+        self.execute(builder, UPLOAD_TIMEOUT).await.map(drop)
     }
 
-    /// A DELETE answered with a body.
-    pub async fn delete<T: DeserializeOwned>(&self, url: Url) -> Result<T, ApiError> {
-        let what = Self::what(&Method::DELETE, &url);
-        let response = self.send(Method::DELETE, url, None).await?;
-        self.decode(response, &what).await
-    }
-
-    /// A DELETE answered with `204 No Content`.
-    pub async fn delete_no_content(&self, url: Url) -> Result<(), ApiError> {
-        self.send(Method::DELETE, url, None).await.map(drop)
-    }
-
-    /// A GET answered with a file: its headers are in, its body is read with
+    /// Sends `request` answered with a file: its headers are in, its body is read with
     /// [`Download::chunk`].
-    pub async fn download(&self, url: Url) -> Result<Download<'_>, ApiError> {
-        let response = self
-            .send_within(Method::GET, url, None, DOWNLOAD_TIMEOUT)
-            .await?;
+    pub async fn download(&self, request: Request) -> Result<Download<'_>, ApiError> {
+        let response = self.send_within(request, None, DOWNLOAD_TIMEOUT).await?;
         Ok(Download {
             client: self,
             response,
@@ -420,7 +411,7 @@ impl Client {
     /// Every item of a paged list, following `next`, up to `max` items if given.
     pub async fn list<T: DeserializeOwned>(
         &self,
-        segments: &[&str],
+        endpoint: &Endpoint,
         filters: &[(&str, Option<String>)],
         max: Option<usize>,
     ) -> Result<Vec<T>, ApiError> {
@@ -437,7 +428,7 @@ impl Client {
             let mut query = filters.to_vec();
             query.push(("limit", Some(want.to_string())));
             query.push(("after", after.clone()));
-            let page: Page<T> = self.get(self.url(segments, &query)).await?;
+            let page: Page<T> = self.call(self.request(endpoint, &[], &query)).await?;
             items.extend(page.items);
             if let Some(max) = max.filter(|max| items.len() >= *max) {
                 items.truncate(max);
@@ -446,7 +437,7 @@ impl Client {
             match page.next {
                 Some(next) if Some(&next) == after.as_ref() => {
                     return Err(ApiError::Decode {
-                        what: format!("GET {}", self.url(segments, &[]).path()),
+                        what: Self::what(&self.request(endpoint, &[], &[])),
                         reason: "the controller returned the same page cursor twice".to_owned(),
                     });
                 }
@@ -510,16 +501,21 @@ mod tests {
             Client::new("https://qb.example.net:8443/", Trust::Probe, None).expect("client");
         assert_eq!(
             client
-                .url(
-                    &["nodes", "a/../b c"],
+                .request(
+                    &endpoints::GET_NODE,
+                    &["a/../b c"],
                     &[("state", None), ("cluster", Some("x y".into()))]
                 )
+                .url
                 .as_str(),
             "https://qb.example.net:8443/api/v1/nodes/a%2F..%2Fb%20c?cluster=x+y"
         );
         let behind_prefix = Client::new("https://h/qb", Trust::Probe, None).expect("client");
         assert_eq!(
-            behind_prefix.url(&["whoami"], &[]).as_str(),
+            behind_prefix
+                .request(&endpoints::WHOAMI, &[], &[])
+                .url
+                .as_str(),
             "https://h/qb/api/v1/whoami"
         );
         assert_eq!(client.server(), "https://qb.example.net:8443");
@@ -573,7 +569,7 @@ mod tests {
         // Probing reads the certificate and sends nothing.
         let probe = Client::new(&server.url, Trust::Probe, Some("secret".into())).expect("client");
         let result = probe
-            .get::<serde_json::Value>(probe.url(&["whoami"], &[]))
+            .call::<serde_json::Value>(probe.request(&endpoints::WHOAMI, &[], &[]))
             .await;
         assert!(result.is_err(), "a probe never completes a request");
         assert_eq!(probe.verifier().seen(), Some(presented));
@@ -586,7 +582,7 @@ mod tests {
         let client =
             Client::new(&server.url, Trust::Pinned(presented), Some("t0k".into())).expect("client");
         let who: Whoami = client
-            .get(client.url(&["whoami"], &[]))
+            .call(client.request(&endpoints::WHOAMI, &[], &[]))
             .await
             .expect("pinned certificate works");
         assert_eq!(who.user.as_str(), "admin");
@@ -600,7 +596,7 @@ mod tests {
         let client =
             Client::new(&server.url, Trust::Pinned(other), Some("t0k".into())).expect("client");
         let err = client
-            .get::<Whoami>(client.url(&["whoami"], &[]))
+            .call::<Whoami>(client.request(&endpoints::WHOAMI, &[], &[]))
             .await
             .expect_err("wrong pin");
         assert!(
@@ -646,7 +642,10 @@ mod tests {
         let server = fake_server::start(Protocol::Http, Arc::new(handler)).await;
         let client = Client::new(&server.url, Trust::Probe, Some("t".into())).expect("client");
         let filters = [("state", Some("pending".to_owned())), ("cluster", None)];
-        let all: Vec<u32> = client.list(&["nodes"], &filters, None).await.expect("list");
+        let all: Vec<u32> = client
+            .list(&endpoints::LIST_NODES, &filters, None)
+            .await
+            .expect("list");
         assert_eq!(all, [0, 1, 2, 3, 4, 5, 6]);
         let lines: Vec<String> = server.requests().into_iter().map(|r| r.line).collect();
         assert_eq!(
@@ -657,7 +656,10 @@ mod tests {
                 "GET /api/v1/nodes?state=pending&limit=1000&after=6",
             ]
         );
-        let some: Vec<u32> = client.list(&["events"], &[], Some(4)).await.expect("list");
+        let some: Vec<u32> = client
+            .list(&endpoints::LIST_EVENTS, &[], Some(4))
+            .await
+            .expect("list");
         assert_eq!(some, [0, 1, 2, 3]);
         let last = server.requests().pop().expect("request").line;
         assert_eq!(last, "GET /api/v1/events?limit=1&after=3");
@@ -673,7 +675,10 @@ mod tests {
         let client = Client::new(&server.url, Trust::Probe, Some("t".into())).expect("client");
         let body = serde_json::json!({"count": 3});
         let err = client
-            .post::<_, serde_json::Value>(client.url(&["clusters", "c1", "attach"], &[]), &body)
+            .call_with::<_, serde_json::Value>(
+                client.request(&endpoints::ATTACH_NODES, &["c1"], &[]),
+                &body,
+            )
             .await
             .expect_err("409");
         assert_eq!(err.to_string(), r#"asked {"count":3} (pool_exhausted)"#);
@@ -695,18 +700,19 @@ mod tests {
         };
         let server = fake_server::start(Protocol::Http, Arc::new(handler)).await;
         let client = Client::new(&server.url, Trust::Probe, Some("t".into())).expect("client");
-        let artifact = |name: &str| client.url(&["artifacts", name], &[]);
-        assert!(client.exists(artifact("there")).await.expect("head"));
-        assert!(!client.exists(artifact("missing")).await.expect("head"));
-        let err = client.exists(artifact("broken")).await.expect_err("500");
+        let exists = |name: &str| client.request(&endpoints::ARTIFACT_EXISTS, &[name], &[]);
+        let upload = |name: &str| client.request(&endpoints::UPLOAD_ARTIFACT, &[name], &[]);
+        assert!(client.exists(exists("there")).await.expect("head"));
+        assert!(!client.exists(exists("missing")).await.expect("head"));
+        let err = client.exists(exists("broken")).await.expect_err("500");
         assert!(matches!(err, ApiError::Unexpected { .. }), "{err:?}");
 
         client
-            .upload(artifact("missing"), b"content".to_vec())
+            .upload(upload("missing"), b"content".to_vec())
             .await
             .expect("upload");
         let err = client
-            .upload(artifact("bad"), b"other".to_vec())
+            .upload(upload("bad"), b"other".to_vec())
             .await
             .expect_err("refused");
         assert_eq!(
@@ -735,14 +741,14 @@ mod tests {
             ]
         );
 
-        let url = client.url(&["bundles"], &[]);
+        let import = || client.request(&endpoints::IMPORT_BUNDLE, &[], &[]);
         let (value, created): (serde_json::Value, bool) = client
-            .post_creating(url.clone(), &serde_json::json!({"a": "new"}))
+            .call_creating(import(), &serde_json::json!({"a": "new"}))
             .await
             .expect("post");
         assert_eq!((value["a"].as_str(), created), (Some("new"), true));
         let (_, created): (serde_json::Value, bool) = client
-            .post_creating(url, &serde_json::json!({"a": "old"}))
+            .call_creating(import(), &serde_json::json!({"a": "old"}))
             .await
             .expect("post");
         assert!(!created);
@@ -756,7 +762,7 @@ mod tests {
         let client =
             Client::new(&format!("http://{addr}"), Trust::Probe, Some("t".into())).expect("client");
         let err = client
-            .get::<Whoami>(client.url(&["whoami"], &[]))
+            .call::<Whoami>(client.request(&endpoints::WHOAMI, &[], &[]))
             .await
             .expect_err("nothing listens");
         assert!(matches!(err, ApiError::Unreachable { .. }), "{err:?}");

@@ -25,6 +25,39 @@ fn committed_openapi_document_matches_the_code() {
     assert!(doc["components"]["schemas"]["Problem"].is_object());
 }
 
+/// Every endpoint the CLI calls (`qb_api::endpoints`) is an operation of the committed document,
+/// with that method: the CLI calls no route the API lacks. Operations it does not call (the web
+/// UI's) are listed, not refused.
+#[test]
+fn every_endpoint_the_cli_calls_is_documented() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let called: Vec<String> = qb_api::endpoints::ALL
+        .iter()
+        .map(|e| format!("{} {}", e.method.as_str(), e.template))
+        .collect();
+    let documented: Vec<String> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| format!("{} {path}", method.to_ascii_uppercase()))
+        })
+        .collect();
+    let undocumented: Vec<&String> = called.iter().filter(|c| !documented.contains(c)).collect();
+    assert!(
+        undocumented.is_empty(),
+        "qb_api::endpoints names operations {} does not have: {undocumented:?}",
+        path.display()
+    );
+    let not_called: Vec<&String> = documented.iter().filter(|d| !called.contains(d)).collect();
+    eprintln!("documented operations the CLI does not call: {not_called:?}");
+}
+
 #[tokio::test]
 async fn served_document_is_the_committed_one() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,12 +1,58 @@
-//! A small blocking HTTP/1.1 client for the controller's REST API on loopback.
+//! A small blocking HTTP/1.1 client for the controller's REST API on loopback. Every request
+//! under `/api/` must be an operation of the committed OpenAPI document, so a test cannot pass
+//! against a route the API does not declare.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The operations of `qb-controller/openapi.json`: method (`GET`) and path template.
+static DOCUMENTED: LazyLock<Vec<(String, String)>> = LazyLock::new(|| {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../qb-controller/openapi.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let doc: Value = serde_json::from_str(&text).expect("the OpenAPI document is JSON");
+    doc["paths"]
+        .as_object()
+        .expect("the document has paths")
+        .iter()
+        .flat_map(|(template, item)| {
+            let methods = item.as_object().expect("a path item is an object").keys();
+            methods.map(|method| (method.to_ascii_uppercase(), template.clone()))
+        })
+        .collect()
+});
+
+/// Panics unless `method path` (the query aside) is an operation of the document. Paths outside
+/// `/api/` (health, the Kubernetes API proxy) are not in it.
+fn assert_documented(method: &str, path: &str) {
+    let path = path.split_once('?').map_or(path, |(path, _)| path);
+    if !path.starts_with("/api/") {
+        return;
+    }
+    assert!(
+        DOCUMENTED
+            .iter()
+            .any(|(m, template)| m == method && fits(template, path)),
+        "{method} {path} is not an operation of qb-controller/openapi.json"
+    );
+}
+
+/// Whether `path` fits `template`, each `{parameter}` standing for one non-empty segment.
+fn fits(template: &str, path: &str) -> bool {
+    let template: Vec<&str> = template.split('/').collect();
+    let path: Vec<&str> = path.split('/').collect();
+    template.len() == path.len()
+        && template
+            .iter()
+            .zip(&path)
+            .all(|(t, p)| t == p || (t.starts_with('{') && !p.is_empty()))
+}
 
 /// The API with one bearer token.
 #[derive(Clone)]
@@ -81,6 +127,7 @@ impl Api {
     }
 
     fn raw(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Reply {
+        assert_documented(method, path);
         let request = format!("{method} {path}");
         let mut stream = TcpStream::connect_timeout(&self.addr, TIMEOUT)
             .unwrap_or_else(|e| panic!("{request}: cannot connect to {}: {e}", self.addr));
@@ -198,4 +245,24 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = &data[(size + 2).min(data.len())..];
     }
     out
+}
+
+#[test]
+fn only_documented_api_requests_are_sent() {
+    assert_documented("POST", "/api/v1/clusters/lab/detach");
+    assert_documented("HEAD", "/api/v1/artifacts/0123abcd");
+    assert_documented("GET", "/api/v1/nodes?limit=1000");
+    assert_documented("GET", "/k8s/clusters/lab/version");
+    for (method, path) in [
+        ("POST", "/api/v1/nodes/x/bogus"),
+        ("PATCH", "/api/v1/nodes/x"),
+        ("POST", "/api/v1/nodes//labels"),
+        ("GET", "/api/v1/nodes/"),
+        ("GET", "/api/v2/nodes"),
+    ] {
+        assert!(
+            std::panic::catch_unwind(|| assert_documented(method, path)).is_err(),
+            "{method} {path} passed"
+        );
+    }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use qb_api::CreateBootstrapToken;
+use qb_api::endpoints;
 use reqwest::header::CONTENT_DISPOSITION;
 use serde::Serialize;
 
@@ -72,8 +73,8 @@ async fn download(app: &App, args: DownloadArgs) -> anyhow::Result<()> {
             args.expires_in_hours.map(|h| h.to_string()),
         ),
     ];
-    let url = client.url(&["agent-packages", args.format.as_str()], &query);
-    let mut body = client.download(url).await?;
+    let package = client.request(&endpoints::AGENT_PACKAGE, &[args.format.as_str()], &query);
+    let mut body = client.download(package).await?;
     let path = match target {
         Target::File(path) => path,
         Target::Dir(dir) => {

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
+use qb_api::endpoints;
 use qb_api::{Bundle, BundleArtifact};
 
 use super::{App, now};
@@ -17,7 +18,9 @@ pub async fn run(app: &App, cmd: BundleCommand) -> anyhow::Result<()> {
         BundleCommand::Import { path } => import(app, path).await,
         BundleCommand::List => {
             let client = app.client()?;
-            let bundles: Vec<Bundle> = client.get(client.url(&["bundles"], &[])).await?;
+            let bundles: Vec<Bundle> = client
+                .call(client.request(&endpoints::LIST_BUNDLES, &[], &[]))
+                .await?;
             app.out.emit_list(&bundles, "bundles", || {
                 output::bundles_table(&bundles, now())
             })
@@ -25,7 +28,7 @@ pub async fn run(app: &App, cmd: BundleCommand) -> anyhow::Result<()> {
         BundleCommand::Show { version } => {
             let client = app.client()?;
             let bundle: Bundle = client
-                .get(client.url(&["bundles", version.as_str()], &[]))
+                .call(client.request(&endpoints::GET_BUNDLE, &[version.as_str()], &[]))
                 .await?;
             app.out
                 .emit(&bundle, || output::bundle_fields(&bundle, now()))
@@ -86,7 +89,10 @@ async fn import(app: &App, path: PathBuf) -> anyhow::Result<()> {
         result?;
     }
     let (imported, created): (Bundle, bool) = client
-        .post_creating(client.url(&["bundles"], &[]), &bundle.manifest)
+        .call_creating(
+            client.request(&endpoints::IMPORT_BUNDLE, &[], &[]),
+            &bundle.manifest,
+        )
         .await?;
     app.out.emit(&imported, || summary(&imported, created))
 }
@@ -111,8 +117,11 @@ async fn upload_if_missing(
     artifact: &BundleArtifact,
     file: &Path,
 ) -> anyhow::Result<bool> {
-    let url = client.url(&["artifacts", &artifact.sha256], &[]);
-    if client.exists(url.clone()).await? {
+    let sha256 = [artifact.sha256.as_str()];
+    if client
+        .exists(client.request(&endpoints::ARTIFACT_EXISTS, &sha256, &[]))
+        .await?
+    {
         return Ok(false);
     }
     let content = tokio::fs::read(file)
@@ -128,7 +137,10 @@ async fn upload_if_missing(
         );
     }
     client
-        .upload(url, content)
+        .upload(
+            client.request(&endpoints::UPLOAD_ARTIFACT, &sha256, &[]),
+            content,
+        )
         .await
         .with_context(|| format!("cannot upload artifact {}", artifact.name))?;
     Ok(true)

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::bail;
+use qb_api::endpoints;
 use qb_api::{
     AttachRequest, Cluster, ClusterDetail, CreateCluster, CreateKubeconfig, DeletedCluster,
     DetachRequest, Kubeconfig, Node, NodeId, NodeMove, NodeState, PreflightReport, Token,
@@ -31,15 +32,16 @@ pub async fn run(app: &App, cmd: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Create(args) => create(app, args).await,
         ClusterCommand::List => {
             let client = app.client()?;
-            let clusters: Vec<Cluster> = client.list(&["clusters"], &[], None).await?;
+            let clusters: Vec<Cluster> = client.list(&endpoints::LIST_CLUSTERS, &[], None).await?;
             app.out.emit_list(&clusters, "clusters", || {
                 output::clusters_table(&clusters, now())
             })
         }
         ClusterCommand::Show { cluster } => {
             let client = app.client()?;
-            let detail: ClusterDetail =
-                client.get(client.url(&["clusters", &cluster], &[])).await?;
+            let detail: ClusterDetail = client
+                .call(client.request(&endpoints::GET_CLUSTER, &[&cluster], &[]))
+                .await?;
             app.out
                 .emit(&detail, || output::cluster_detail(&detail, now()))
         }
@@ -47,7 +49,7 @@ pub async fn run(app: &App, cmd: ClusterCommand) -> anyhow::Result<()> {
             let client = app.client()?;
             let query = [("force", Some(force.to_string()))];
             let deleted: DeletedCluster = client
-                .delete(client.url(&["clusters", &cluster], &query))
+                .call(client.request(&endpoints::DELETE_CLUSTER, &[&cluster], &query))
                 .await?;
             app.out.emit(&deleted, || {
                 let mut s = format!("Cluster {cluster} deleted.");
@@ -86,7 +88,9 @@ async fn create(app: &App, args: CreateClusterArgs) -> anyhow::Result<()> {
         taint_masters: args.taint_masters,
     };
     let client = app.client()?;
-    let cluster: Cluster = client.post(client.url(&["clusters"], &[]), &body).await?;
+    let cluster: Cluster = client
+        .call_with(client.request(&endpoints::CREATE_CLUSTER, &[], &[]), &body)
+        .await?;
     app.out.emit(&cluster, || {
         format!(
             "Cluster {} created (Kubernetes {}, pods {}, services {}). Attach nodes with `qb cluster attach {} --count N`.",
@@ -111,8 +115,8 @@ async fn attach(app: &App, args: AttachArgs) -> anyhow::Result<()> {
     body.target()?;
     let client = app.client()?;
     let moved: NodeMove = client
-        .post(
-            client.url(&["clusters", &args.cluster, "attach"], &[]),
+        .call_with(
+            client.request(&endpoints::ATTACH_NODES, &[&args.cluster], &[]),
             &body,
         )
         .await?;
@@ -137,8 +141,8 @@ async fn detach(app: &App, args: DetachArgs) -> anyhow::Result<()> {
         force: args.force,
     };
     let moved: NodeMove = client
-        .post(
-            client.url(&["clusters", &args.cluster, "detach"], &[]),
+        .call_with(
+            client.request(&endpoints::DETACH_NODES, &[&args.cluster], &[]),
             &body,
         )
         .await?;
@@ -170,9 +174,10 @@ async fn detach(app: &App, args: DetachArgs) -> anyhow::Result<()> {
 /// Runs preflight (or fetches the newest result), prints it, and fails when the preflight did.
 async fn preflight(app: &App, args: PreflightArgs) -> anyhow::Result<()> {
     let client = app.client()?;
-    let url = client.url(&["clusters", &args.cluster, "preflight"], &[]);
     let report: PreflightReport = if args.last {
-        client.get(url).await?
+        client
+            .call(client.request(&endpoints::LATEST_PREFLIGHT, &[&args.cluster], &[]))
+            .await?
     } else {
         if app.table() {
             eprintln!(
@@ -180,7 +185,8 @@ async fn preflight(app: &App, args: PreflightArgs) -> anyhow::Result<()> {
                 args.cluster
             );
         }
-        client.post_empty_within(url, PREFLIGHT_TIMEOUT).await?
+        let run = client.request(&endpoints::RUN_PREFLIGHT, &[&args.cluster], &[]);
+        client.call_within(run, PREFLIGHT_TIMEOUT).await?
     };
     app.out.emit(&report, || {
         output::preflight_report(&report, args.all, args.last.then(now))
@@ -221,8 +227,8 @@ async fn kubeconfig(app: &App, args: KubeconfigArgs) -> anyhow::Result<()> {
         expires_in_hours: args.expires_in_hours,
     };
     let created: Kubeconfig = client
-        .post(
-            client.url(&["clusters", &args.cluster, "kubeconfig"], &[]),
+        .call_with(
+            client.request(&endpoints::CREATE_KUBECONFIG, &[&args.cluster], &[]),
             &body,
         )
         .await?;
@@ -289,7 +295,7 @@ async fn wait_until_detached(
         )
         .await;
         let filters = [("state", Some(NodeState::Detaching.as_str().to_owned()))];
-        let detaching: Vec<Node> = client.list(&["nodes"], &filters, None).await?;
+        let detaching: Vec<Node> = client.list(&endpoints::LIST_NODES, &filters, None).await?;
         let still: BTreeSet<NodeId> = detaching.iter().map(|n| n.id).collect();
         waiting.retain(|id| still.contains(id));
     }

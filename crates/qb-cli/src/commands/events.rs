@@ -1,6 +1,7 @@
 //! `qb events`: the audit trail.
 
 use qb_api::Event;
+use qb_api::endpoints;
 
 use super::App;
 use crate::cli::EventsArgs;
@@ -14,7 +15,7 @@ pub async fn run(app: &App, args: EventsArgs) -> anyhow::Result<()> {
         ("action", args.action),
     ];
     let max = args.limit.map(|n| n as usize);
-    let events: Vec<Event> = client.list(&["events"], &filters, max).await?;
+    let events: Vec<Event> = client.list(&endpoints::LIST_EVENTS, &filters, max).await?;
     app.out
         .emit_list(&events, "events", || output::events_table(&events))
 }

@@ -1,6 +1,7 @@
 //! `qb node`.
 
 use anyhow::bail;
+use qb_api::endpoints::{self, Endpoint};
 use qb_api::{Node, NodeState, PingResult, ProblemCode};
 
 use super::{App, now};
@@ -24,18 +25,23 @@ pub async fn run(app: &App, cmd: NodeCommand) -> anyhow::Result<()> {
                 ),
                 ("cluster", cluster),
             ];
-            let nodes: Vec<Node> = client.list(&["nodes"], &filters, None).await?;
+            let nodes: Vec<Node> = client.list(&endpoints::LIST_NODES, &filters, None).await?;
             app.out
                 .emit_list(&nodes, "nodes", || output::nodes_table(&nodes, now()))
         }
         NodeCommand::Show { node } => {
-            let node: Node = client.get(client.url(&["nodes", &node], &[])).await?;
+            let node: Node = client
+                .call(client.request(&endpoints::GET_NODE, &[&node], &[]))
+                .await?;
             app.out.emit(&node, || output::node_fields(&node, now()))
         }
         NodeCommand::Label { node, .. } => {
             let change = label_change.unwrap_or_default();
             let node: Node = client
-                .post(client.url(&["nodes", &node, "labels"], &[]), &change)
+                .call_with(
+                    client.request(&endpoints::LABEL_NODE, &[&node], &[]),
+                    &change,
+                )
                 .await?;
             app.out.emit(&node, || {
                 format!(
@@ -46,14 +52,28 @@ pub async fn run(app: &App, cmd: NodeCommand) -> anyhow::Result<()> {
             })
         }
         NodeCommand::Authorize { nodes } => {
-            transition(app, &client, &nodes, "authorize", "authorized").await
+            transition(
+                app,
+                &client,
+                &nodes,
+                &endpoints::AUTHORIZE_NODE,
+                "authorized",
+            )
+            .await
         }
         NodeCommand::Deauthorize { nodes } => {
-            transition(app, &client, &nodes, "deauthorize", "deauthorized").await
+            transition(
+                app,
+                &client,
+                &nodes,
+                &endpoints::DEAUTHORIZE_NODE,
+                "deauthorized",
+            )
+            .await
         }
         NodeCommand::Delete { node } => {
             client
-                .delete_no_content(client.url(&["nodes", &node], &[]))
+                .call_no_content(client.request(&endpoints::DELETE_NODE, &[&node], &[]))
                 .await?;
             if app.table() {
                 println!("Node {node} deleted.");
@@ -61,8 +81,8 @@ pub async fn run(app: &App, cmd: NodeCommand) -> anyhow::Result<()> {
             Ok(())
         }
         NodeCommand::Ping { node } => {
-            let url = client.url(&["nodes", &node, "ping"], &[]);
-            let result: PingResult = match client.post_empty(url).await {
+            let ping = client.request(&endpoints::PING_NODE, &[&node], &[]);
+            let result: PingResult = match client.call(ping).await {
                 Ok(result) => result,
                 Err(ApiError::Problem { problem })
                     if problem.code == ProblemCode::AgentUnavailable =>
@@ -91,13 +111,11 @@ async fn transition(
     app: &App,
     client: &Client,
     nodes: &[String],
-    verb: &str,
+    endpoint: &Endpoint,
     done: &str,
 ) -> anyhow::Result<()> {
     if let [node] = nodes {
-        let node: Node = client
-            .post_empty(client.url(&["nodes", node, verb], &[]))
-            .await?;
+        let node: Node = client.call(client.request(endpoint, &[node], &[])).await?;
         return app
             .out
             .emit(&node, || format!("Node {} {done}.", node.name));
@@ -106,7 +124,7 @@ async fn transition(
     let mut failed = 0;
     for name in nodes {
         match client
-            .post_empty::<Node>(client.url(&["nodes", name, verb], &[]))
+            .call::<Node>(client.request(endpoint, &[name], &[]))
             .await
         {
             Ok(node) => {

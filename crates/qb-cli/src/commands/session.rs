@@ -4,6 +4,7 @@ use std::io::{BufRead, IsTerminal, Read, Write};
 
 use anyhow::{Context as _, bail};
 use qb_api::Whoami;
+use qb_api::endpoints;
 
 use super::App;
 use crate::cli::LoginArgs;
@@ -42,7 +43,8 @@ pub async fn login(app: &mut App, args: LoginArgs) -> anyhow::Result<()> {
 
     let trust = fingerprint.map_or(Trust::Probe, Trust::Pinned);
     let client = Client::new(&server, trust, Some(token.clone()))?;
-    let who: Whoami = match client.get(client.url(&["whoami"], &[])).await {
+    let whoami = client.request(&endpoints::WHOAMI, &[], &[]);
+    let who: Whoami = match client.call(whoami).await {
         Ok(who) => who,
         Err(ApiError::Unauthenticated { detail, .. }) => {
             bail!("the controller rejected the token: {detail}; nothing was saved")
@@ -97,7 +99,7 @@ fn read_token(arg: Option<&str>) -> anyhow::Result<String> {
 async fn probe(server: &str) -> anyhow::Result<Fingerprint> {
     let client = Client::new(server, Trust::Probe, None)?;
     let result = client
-        .get::<serde_json::Value>(client.url(&["whoami"], &[]))
+        .call::<serde_json::Value>(client.request(&endpoints::WHOAMI, &[], &[]))
         .await;
     if let Some(seen) = client.verifier().seen() {
         return Ok(seen);
@@ -201,7 +203,9 @@ fn confirm(question: &str) -> anyhow::Result<Option<bool>> {
 
 pub async fn whoami(app: &App) -> anyhow::Result<()> {
     let client = app.client()?;
-    let who: Whoami = client.get(client.url(&["whoami"], &[])).await?;
+    let who: Whoami = client
+        .call(client.request(&endpoints::WHOAMI, &[], &[]))
+        .await?;
     let ctx = app.config.resolve(app.context.as_deref())?;
     app.out
         .emit(&who, || output::whoami_fields(&who, &ctx.name, &ctx.server))

@@ -1,5 +1,6 @@
 //! `qb token`.
 
+use qb_api::endpoints;
 use qb_api::{
     BootstrapToken, CreateBootstrapToken, CreateToken, CreatedBootstrapToken, CreatedToken, Token,
 };
@@ -36,7 +37,9 @@ pub async fn run(app: &App, cmd: TokenCommand) -> anyhow::Result<()> {
                 description,
                 expires_in_hours,
             };
-            let created: CreatedToken = client.post(client.url(&["tokens"], &[]), &body).await?;
+            let created: CreatedToken = client
+                .call_with(client.request(&endpoints::CREATE_TOKEN, &[], &[]), &body)
+                .await?;
             let t = &created.token;
             emit_created(app, &created, || {
                 output::fields(&[
@@ -49,13 +52,15 @@ pub async fn run(app: &App, cmd: TokenCommand) -> anyhow::Result<()> {
             })
         }
         TokenCommand::List => {
-            let tokens: Vec<Token> = client.list(&["tokens"], &[], None).await?;
+            let tokens: Vec<Token> = client.list(&endpoints::LIST_TOKENS, &[], None).await?;
             app.out
                 .emit_list(&tokens, "tokens", || output::tokens_table(&tokens, now()))
         }
         TokenCommand::Revoke { id } => {
             let id = id.to_string();
-            let token: Token = client.delete(client.url(&["tokens", &id], &[])).await?;
+            let token: Token = client
+                .call(client.request(&endpoints::REVOKE_TOKEN, &[&id], &[]))
+                .await?;
             app.out
                 .emit(&token, || format!("Token {} revoked.", token.id))
         }
@@ -77,7 +82,10 @@ async fn bootstrap(app: &App, client: &Client, cmd: BootstrapTokenCommand) -> an
                 max_uses,
             };
             let created: CreatedBootstrapToken = client
-                .post(client.url(&["bootstrap-tokens"], &[]), &body)
+                .call_with(
+                    client.request(&endpoints::CREATE_BOOTSTRAP_TOKEN, &[], &[]),
+                    &body,
+                )
                 .await?;
             let t = &created.token;
             emit_created(app, &created, || {
@@ -96,7 +104,9 @@ async fn bootstrap(app: &App, client: &Client, cmd: BootstrapTokenCommand) -> an
             })
         }
         BootstrapTokenCommand::List => {
-            let tokens: Vec<BootstrapToken> = client.list(&["bootstrap-tokens"], &[], None).await?;
+            let tokens: Vec<BootstrapToken> = client
+                .list(&endpoints::LIST_BOOTSTRAP_TOKENS, &[], None)
+                .await?;
             app.out.emit_list(&tokens, "bootstrap tokens", || {
                 output::bootstrap_tokens_table(&tokens, now())
             })
@@ -104,7 +114,7 @@ async fn bootstrap(app: &App, client: &Client, cmd: BootstrapTokenCommand) -> an
         BootstrapTokenCommand::Revoke { id } => {
             let id = id.to_string();
             let token: BootstrapToken = client
-                .delete(client.url(&["bootstrap-tokens", &id], &[]))
+                .call(client.request(&endpoints::REVOKE_BOOTSTRAP_TOKEN, &[&id], &[]))
                 .await?;
             app.out
                 .emit(&token, || format!("Bootstrap token {} revoked.", token.id))

@@ -3,6 +3,7 @@
 use std::io::{BufRead as _, IsTerminal as _};
 
 use anyhow::{Context as _, bail};
+use qb_api::endpoints;
 use qb_api::{CreateUser, SetPassword, User};
 
 use super::{App, now};
@@ -17,7 +18,9 @@ pub async fn run(app: &App, cmd: UserCommand) -> anyhow::Result<()> {
                 name,
                 role: role.into(),
             };
-            let user: User = client.post(client.url(&["users"], &[]), &body).await?;
+            let user: User = client
+                .call_with(client.request(&endpoints::CREATE_USER, &[], &[]), &body)
+                .await?;
             app.out.emit(&user, || {
                 format!(
                     "User {} created with role {}.",
@@ -27,7 +30,9 @@ pub async fn run(app: &App, cmd: UserCommand) -> anyhow::Result<()> {
             })
         }
         UserCommand::List => {
-            let users: Vec<User> = client.get(client.url(&["users"], &[])).await?;
+            let users: Vec<User> = client
+                .call(client.request(&endpoints::LIST_USERS, &[], &[]))
+                .await?;
             app.out
                 .emit_list(&users, "users", || output::users_table(&users, now()))
         }
@@ -35,8 +40,8 @@ pub async fn run(app: &App, cmd: UserCommand) -> anyhow::Result<()> {
             let body = SetPassword {
                 password: read_password(name.as_str())?,
             };
-            let url = client.url(&["users", name.as_str(), "password"], &[]);
-            let user: User = client.put(url, &body).await?;
+            let set = client.request(&endpoints::SET_PASSWORD, &[name.as_str()], &[]);
+            let user: User = client.call_with(set, &body).await?;
             app.out.emit(&user, || {
                 format!(
                     "Password of {} set; they can log in to the web UI.",
