@@ -5,13 +5,16 @@
 //! deleted, with the artifacts cached on the hosts (the design target of 60 s) — 3 and 5 hosts
 //! at once. Needs root and the bundle: run it with `cargo xtask bench`, or set `QB_LAB_BUNDLE`.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
-use qb_lab::standing::{self, Binaries, Options, Record};
+use anyhow::{Context as _, Result, ensure};
+use qb_lab::standing;
 use serde_json::Value;
+
+use standing_lab::{StandingLab, wait};
+
+mod standing_lab;
 
 const TARGET: Duration = Duration::from_secs(60);
 const TIMEOUT: Duration = Duration::from_secs(600);
@@ -19,36 +22,16 @@ const TIMEOUT: Duration = Duration::from_secs(600);
 const WARM_ROUNDS: usize = 3;
 
 fn main() -> Result<()> {
-    let bundle = std::env::var_os("QB_LAB_BUNDLE")
-        .map(PathBuf::from)
-        .filter(|b| b.join("bundle.json").is_file())
-        .context("set QB_LAB_BUNDLE to the directory `cargo xtask bundle` prints")?;
-    let agent = PathBuf::from(env!("CARGO_BIN_EXE_qb-agent"));
-    let binaries = Binaries {
-        controller: qb_test_support::workspace_binary("qb-controller", "qb-controller", &agent)?,
-        qb: qb_test_support::workspace_binary("qb-cli", "qb", &agent)?,
-        agent,
-    };
     let parent = tempfile::tempdir()?;
-    let dir = parent.path().join("lab");
-    let options = Options {
-        dir: dir.clone(),
-        hosts: 5,
-        name_prefix: "bench".to_owned(),
-        bundle: Some(bundle),
-        binaries,
-    };
+    let options = standing_lab::options(parent.path(), 5, "bench")?;
     let started = Instant::now();
-    let record = standing::up(&options)?;
+    let bench = Bench {
+        lab: StandingLab::up(&options)?,
+    };
     let up = started.elapsed();
-    let lab = Lab {
-        dir: dir.canonicalize()?,
-        qb: options.binaries.qb.clone(),
-        record,
-    };
-    let result = lab.rounds();
+    let result = bench.rounds();
     let started = Instant::now();
-    let left = standing::down(&lab.dir)?;
+    let left = standing::down(&bench.lab.dir)?;
     let down = started.elapsed();
     let (cold, more, warm3, warm5) = result?;
     ensure!(left.is_empty(), "the lab left {left:?}");
@@ -71,15 +54,13 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-struct Lab {
-    dir: PathBuf,
-    qb: PathBuf,
-    record: Record,
+struct Bench {
+    lab: StandingLab,
 }
 
-impl Lab {
+impl Bench {
     fn names(&self, range: std::ops::Range<usize>) -> Vec<String> {
-        self.record.hosts[range]
+        self.lab.record.hosts[range]
             .iter()
             .map(|h| h.name.clone())
             .collect()
@@ -89,8 +70,9 @@ impl Lab {
     /// new cluster, the previous one deleted).
     fn rounds(&self) -> Result<(Duration, Duration, Vec<Duration>, Vec<Duration>)> {
         let all = self.names(0..5);
-        self.qb(&[&["node", "authorize"], &strs(&all)[..]].concat())?;
-        self.qb(&["cluster", "create", "bench"])?;
+        self.lab
+            .qb(&[&["node", "authorize"], &strs(&all)[..]].concat())?;
+        self.lab.qb(&["cluster", "create", "bench"])?;
         let cold = self.attach(&self.names(0..3), &self.names(0..3))?;
         let more = self.attach(&self.names(3..5), &all)?;
         let (mut warm3, mut warm5) = (Vec::new(), Vec::new());
@@ -106,10 +88,10 @@ impl Lab {
     /// Deletes the cluster, waits until every host is wiped and back in the pool, and creates
     /// it again, empty.
     fn recreate(&self) -> Result<()> {
-        self.qb(&["cluster", "delete", "bench", "--force"])?;
+        self.lab.qb(&["cluster", "delete", "bench", "--force"])?;
         // Back in the pool at once; wiped once each has applied its wipe plan.
-        self.wait("every host wiped", || {
-            let nodes = self.qb_json(&["node", "list"])?;
+        wait("every host wiped", TIMEOUT, || {
+            let nodes = self.lab.qb_json(&["node", "list"])?;
             Ok(nodes.as_array().into_iter().flatten().all(|n| {
                 let report = &n["plan"]["report"];
                 n["state"] == "authorized"
@@ -118,15 +100,16 @@ impl Lab {
                     && report["steps"][0]["name"] == "wipe"
             }))
         })?;
-        self.qb(&["cluster", "create", "bench"]).map(drop)
+        self.lab.qb(&["cluster", "create", "bench"]).map(drop)
     }
 
     /// Attaches `names`; the time until the cluster is ready and exactly `nodes` are Ready.
     fn attach(&self, names: &[String], nodes: &[String]) -> Result<Duration> {
         let started = Instant::now();
-        self.qb(&[&["cluster", "attach", "bench"], &strs(names)[..]].concat())?;
-        self.wait("the cluster ready", || {
-            let c = self.qb_json(&["cluster", "show", "bench"])?;
+        self.lab
+            .qb(&[&["cluster", "attach", "bench"], &strs(names)[..]].concat())?;
+        wait("the cluster ready", TIMEOUT, || {
+            let c = self.lab.qb_json(&["cluster", "show", "bench"])?;
             Ok(c["state"] == "ready"
                 && c["nodes"]
                     .as_array()
@@ -136,7 +119,7 @@ impl Lab {
         })?;
         let mut want = nodes.to_vec();
         want.sort();
-        self.wait("every Node Ready", || {
+        wait("every Node Ready", TIMEOUT, || {
             Ok(self.ready_nodes().is_ok_and(|ready| ready == want))
         })?;
         Ok(started.elapsed())
@@ -144,7 +127,7 @@ impl Lab {
 
     /// The Nodes whose `Ready` condition is true, from kubectl on the first host (a master).
     fn ready_nodes(&self) -> Result<Vec<String>> {
-        let pid = self.record.hosts[0].agent_pid.context("no agent")?;
+        let pid = self.lab.record.hosts[0].agent_pid.context("no agent")?;
         let out = Command::new("nsenter")
             .args(["-t", &pid.to_string(), "-m", "-n", "kubectl"])
             .args(["--kubeconfig", "/etc/qb/kubernetes/admin.conf"])
@@ -153,35 +136,6 @@ impl Lab {
         ensure!(out.status.success(), "kubectl failed");
         let list: Value = serde_json::from_slice(&out.stdout)?;
         Ok(qb_lab::kube::ready_nodes(&list))
-    }
-
-    fn wait(&self, what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
-        let started = Instant::now();
-        while !done()? {
-            if started.elapsed() > TIMEOUT {
-                bail!("{what}: not within {TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        Ok(())
-    }
-
-    fn qb(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(&self.qb)
-            .env("QB_CONFIG", standing::qb_config(&self.dir))
-            .args(args)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "qb {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn qb_json(&self, args: &[&str]) -> Result<Value> {
-        let text = self.qb(&[args, &["-o", "json"]].concat())?;
-        Ok(serde_json::from_str(&text)?)
     }
 }
 

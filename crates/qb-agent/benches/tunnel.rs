@@ -35,10 +35,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use qb_lab::Lab;
-use qb_lab::standing::{self, Binaries, Options, Record};
+use qb_lab::standing;
 use qb_plan::render::paths;
 use rand::Rng as _;
 use serde_json::{Value, json};
+
+use standing_lab::{StandingLab, wait};
+
+mod standing_lab;
 
 const CLUSTER: &str = "tunnel";
 /// How long the cluster may take to come up.
@@ -90,10 +94,6 @@ const HOL_FILL: Duration = Duration::from_secs(3);
 const TARGET_ADDED_P50: Duration = Duration::from_millis(1);
 
 fn main() -> Result<()> {
-    let bundle = std::env::var_os("QB_LAB_BUNDLE")
-        .map(PathBuf::from)
-        .filter(|b| b.join("bundle.json").is_file())
-        .context("set QB_LAB_BUNDLE to the directory `cargo xtask bundle` prints")?;
     ensure!(
         Path::new(SSHD).is_file(),
         "{SSHD} is missing: `apt-get install openssh-server` (`cargo xtask bench` installs it)"
@@ -102,31 +102,15 @@ fn main() -> Result<()> {
         Path::new(NGINX).is_file(),
         "{NGINX} is missing: `apt-get install nginx` (`cargo xtask bench` installs it)"
     );
-    let agent = PathBuf::from(env!("CARGO_BIN_EXE_qb-agent"));
-    let binaries = Binaries {
-        controller: qb_test_support::workspace_binary("qb-controller", "qb-controller", &agent)?,
-        qb: qb_test_support::workspace_binary("qb-cli", "qb", &agent)?,
-        agent,
-    };
     let parent = tempfile::tempdir()?;
-    let dir = parent.path().join("lab");
-    let options = Options {
-        dir: dir.clone(),
-        hosts: 1,
-        name_prefix: "tunnel".to_owned(),
-        bundle: Some(bundle),
-        binaries,
-    };
-    let record = standing::up(&options)?;
+    let options = standing_lab::options(parent.path(), 1, "tunnel")?;
     let bench = Bench {
-        dir: dir.canonicalize()?,
+        lab: StandingLab::up(&options)?,
         work: parent.path().to_owned(),
-        qb: options.binaries.qb.clone(),
-        record,
     };
     // The tunnel's processes are gone when `run` returns, whatever happened; then the lab goes.
     let result = bench.run();
-    let left = standing::down(&bench.dir);
+    let left = standing::down(&bench.lab.dir);
     let figures = result?;
     print!("{figures}");
     let left = left?;
@@ -135,33 +119,32 @@ fn main() -> Result<()> {
 }
 
 struct Bench {
-    dir: PathBuf,
+    lab: StandingLab,
     /// Outside the lab's directory: the kubeconfig, sshd's files.
     work: PathBuf,
-    qb: PathBuf,
-    record: Record,
 }
 
 impl Bench {
     /// Brings the cluster up, opens the paths and measures them.
     fn run(&self) -> Result<Figures> {
-        let host = &self.record.hosts[0];
+        let host = &self.lab.record.hosts[0];
         let agent_pid = host.agent_pid.context("the host's agent did not start")?;
         let controller_pid = self
+            .lab
             .record
             .controller_pid
             .context("the controller did not start")?;
-        let lab = Lab::existing(self.record.k, self.record.hosts.len());
-        self.qb(&["node", "authorize", &host.name])?;
-        self.qb(&["cluster", "create", CLUSTER])?;
-        self.qb(&["cluster", "attach", CLUSTER, &host.name])?;
+        let lab = Lab::existing(self.lab.record.k, self.lab.record.hosts.len());
+        self.lab.qb(&["node", "authorize", &host.name])?;
+        self.lab.qb(&["cluster", "create", CLUSTER])?;
+        self.lab.qb(&["cluster", "attach", CLUSTER, &host.name])?;
         let started = Instant::now();
         wait("the cluster ready", BRING_UP, || {
-            let c = self.qb_json(&["cluster", "show", CLUSTER])?;
+            let c = self.lab.qb_json(&["cluster", "show", CLUSTER])?;
             Ok(c["state"] == "ready")
         })?;
         let kubeconfig = self.work.join("tunnel.kubeconfig");
-        self.qb(&[
+        self.lab.qb(&[
             "cluster",
             "kubeconfig",
             CLUSTER,
@@ -179,16 +162,17 @@ impl Bench {
 
         // The credentials of each path.
         let (server, token) = kubeconfig_server_and_token(&kubeconfig)?;
-        let host_root = standing::host_root(&self.dir, &host.name);
+        let host_root = standing::host_root(&self.lab.dir, &host.name);
         let on_host = |path: &str| read(&host_root.join(path.trim_start_matches('/')));
         let cluster_ca = on_host(paths::CA_CERT)?;
         let admin = [on_host(paths::ADMIN_CERT)?, on_host(paths::ADMIN_KEY)?].concat();
-        let controller_ca = read(&standing::controller_dir(&self.dir).join("tls/controller.crt"))?;
+        let controller_ca =
+            read(&standing::controller_dir(&self.lab.dir).join("tls/controller.crt"))?;
         let host_ip: IpAddr = lab.host_ip(0).parse().context("the host's address")?;
         let bridge_ip: IpAddr = lab.bridge_ip().parse().context("the bridge's address")?;
 
         let tunnel = ReverseTunnel::open(&self.work.join("ssh"), bridge_ip, agent_pid)?;
-        let controller_tls = standing::controller_dir(&self.dir).join("tls");
+        let controller_tls = standing::controller_dir(&self.lab.dir).join("tls");
         let nginx = Nginx::start(
             &self.work.join("nginx"),
             (
@@ -253,39 +237,10 @@ impl Bench {
         drop(nginx);
         figures
     }
-
-    fn qb(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(&self.qb)
-            .env("QB_CONFIG", standing::qb_config(&self.dir))
-            .args(args)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "qb {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn qb_json(&self, args: &[&str]) -> Result<Value> {
-        let text = self.qb(&[args, &["-o", "json"]].concat())?;
-        Ok(serde_json::from_str(&text)?)
-    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
-}
-
-fn wait(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
-    let started = Instant::now();
-    while !done()? {
-        if started.elapsed() > timeout {
-            bail!("{what}: not within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    Ok(())
 }
 
 /// Debian's `kubectl` with `kubeconfig`, on this machine.
@@ -329,6 +284,20 @@ fn kubeconfig_server_and_token(kubeconfig: &Path) -> Result<(String, String)> {
 
 /// A child process killed (and reaped) when dropped.
 struct Killed(Child);
+
+impl Killed {
+    /// Starts `command` (`name` in errors) with no input, its output dropped and its errors
+    /// written to `log`, which `wait_until` shows if it fails.
+    fn spawn(name: &str, mut command: Command, log: &Path) -> Result<Self> {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(log)?)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self(child))
+    }
+}
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -416,16 +385,9 @@ impl ReverseTunnel {
             String::from_utf8_lossy(&check.stderr)
         );
         let sshd_log = dir.join("sshd.log");
-        let mut sshd = Killed(
-            Command::new(SSHD)
-                .args(["-D", "-e", "-f"])
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(File::create(&sshd_log)?)
-                .spawn()
-                .context("starting sshd")?,
-        );
+        let mut sshd_command = Command::new(SSHD);
+        sshd_command.args(["-D", "-e", "-f"]).arg(&config);
+        let mut sshd = Killed::spawn("sshd", sshd_command, &sshd_log)?;
         wait_until("sshd listening", &mut sshd.0, &sshd_log, || {
             TcpStream::connect((bridge_ip, ssh_port)).is_ok()
         })?;
@@ -433,26 +395,21 @@ impl ReverseTunnel {
         // On the host, as the host: in its mount and network namespaces.
         let port = qb_test_support::free_port()?;
         let ssh_log = dir.join("ssh.log");
-        let mut ssh = Killed(
-            Command::new("nsenter")
-                .args(["-t", &agent_pid.to_string(), "-m", "-n"])
-                .args(["ssh", "-F", "/dev/null", "-N", "-o", "BatchMode=yes"])
-                .args(["-o", "LogLevel=ERROR", "-o", "StrictHostKeyChecking=no"])
-                .args(["-o", "UserKnownHostsFile=/dev/null"])
-                .args(["-o", "ExitOnForwardFailure=yes"])
-                // Its fastest cipher on a CPU with AES-NI, as the proxy's TLS uses AES-GCM too
-                // (OpenSSH's default, chacha20-poly1305, is slower there).
-                .args(["-o", "Ciphers=aes128-gcm@openssh.com", "-i"])
-                .arg(dir.join("client_key"))
-                .args(["-p", &ssh_port.to_string(), "-R"])
-                .arg(format!("127.0.0.1:{port}:127.0.0.1:{APISERVER_PORT}"))
-                .arg(format!("root@{bridge_ip}"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(File::create(&ssh_log)?)
-                .spawn()
-                .context("starting ssh -R on the host")?,
-        );
+        let mut ssh_command = Command::new("nsenter");
+        ssh_command
+            .args(["-t", &agent_pid.to_string(), "-m", "-n"])
+            .args(["ssh", "-F", "/dev/null", "-N", "-o", "BatchMode=yes"])
+            .args(["-o", "LogLevel=ERROR", "-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "ExitOnForwardFailure=yes"])
+            // Its fastest cipher on a CPU with AES-NI, as the proxy's TLS uses AES-GCM too
+            // (OpenSSH's default, chacha20-poly1305, is slower there).
+            .args(["-o", "Ciphers=aes128-gcm@openssh.com", "-i"])
+            .arg(dir.join("client_key"))
+            .args(["-p", &ssh_port.to_string(), "-R"])
+            .arg(format!("127.0.0.1:{port}:127.0.0.1:{APISERVER_PORT}"))
+            .arg(format!("root@{bridge_ip}"));
+        let mut ssh = Killed::spawn("ssh -R on the host", ssh_command, &ssh_log)?;
         wait_until("ssh -R forwarding", &mut ssh.0, &ssh_log, || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         })?;
@@ -544,18 +501,9 @@ impl Nginx {
             .as_bytes(),
         )?;
         let log = dir.join("nginx.log");
-        let mut master = Killed(
-            Command::new(NGINX)
-                .arg("-p")
-                .arg(dir)
-                .arg("-c")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(File::create(&log)?)
-                .spawn()
-                .context("starting nginx")?,
-        );
+        let mut command = Command::new(NGINX);
+        command.arg("-p").arg(dir).arg("-c").arg(&config);
+        let mut master = Killed::spawn("nginx", command, &log)?;
         let pid = master.0.id();
         wait_until("nginx listening", &mut master.0, &log, || {
             TcpStream::connect(("127.0.0.1", port)).is_ok() && !descendants(pid).is_empty()
@@ -769,40 +717,56 @@ impl Target {
 
     /// GETs `path` and reads the whole body; its length.
     async fn get(&self, client: &reqwest::Client, path: &str) -> Result<usize> {
-        let response = self
-            .request(client, reqwest::Method::GET, path)
-            .send()
-            .await?;
-        let status = response.status();
-        let body = response.bytes().await?;
-        ensure!(
-            status.is_success(),
-            "{} GET {path}: {status}: {}",
-            self.name,
-            String::from_utf8_lossy(&body[..body.len().min(300)])
-        );
+        let request = self.request(client, reqwest::Method::GET, path);
+        let body = self.answer(request, || format!("GET {path}")).await?;
         Ok(body.len())
     }
 
-    async fn create(&self, client: &reqwest::Client, object: &Value) -> Result<()> {
-        let response = self
+    /// Creates a ConfigMap in the default namespace.
+    async fn create_config_map(
+        &self,
+        client: &reqwest::Client,
+        metadata: Value,
+        data: Value,
+    ) -> Result<()> {
+        let object = json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata,
+            "data": data,
+        });
+        let request = self
             .request(
                 client,
                 reqwest::Method::POST,
                 "/api/v1/namespaces/default/configmaps",
             )
             .header("content-type", "application/json")
-            .body(object.to_string())
-            .send()
+            .body(object.to_string());
+        self.answer(request, || "creating a ConfigMap".to_owned())
             .await?;
+        Ok(())
+    }
+
+    /// Sends `request` and reads the whole answer, which must be a success; an error says `what`
+    /// was asked (made only then: requests are timed) and shows the start of the answer (a
+    /// refused list can be long).
+    async fn answer(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: impl FnOnce() -> String,
+    ) -> Result<hyper::body::Bytes> {
+        let response = request.send().await?;
         let status = response.status();
-        let body = response.text().await?;
+        let body = response.bytes().await?;
         ensure!(
             status.is_success(),
-            "{} creating a ConfigMap: {status}: {body}",
-            self.name
+            "{} {}: {status}: {}",
+            self.name,
+            what(),
+            String::from_utf8_lossy(&body[..body.len().min(300)])
         );
-        Ok(())
+        Ok(body)
     }
 }
 
@@ -834,14 +798,10 @@ async fn measure(targets: &[Target; 4]) -> Result<Figures> {
     // The objects, through the direct path.
     direct
         .target
-        .create(
+        .create_config_map(
             &direct.client,
-            &json!({
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": "small"},
-                "data": {"greeting": "hello"},
-            }),
+            json!({"name": "small"}),
+            json!({"greeting": "hello"}),
         )
         .await?;
     let creating = Instant::now();
@@ -853,14 +813,10 @@ async fn measure(targets: &[Target; 4]) -> Result<Figures> {
             .collect();
         direct
             .target
-            .create(
+            .create_config_map(
                 &direct.client,
-                &json!({
-                    "apiVersion": "v1",
-                    "kind": "ConfigMap",
-                    "metadata": {"name": format!("bulk-{i}"), "labels": {LABEL.0: LABEL.1}},
-                    "data": {"blob": blob},
-                }),
+                json!({"name": format!("bulk-{i}"), "labels": {LABEL.0: LABEL.1}}),
+                json!({"blob": blob}),
             )
             .await?;
     }

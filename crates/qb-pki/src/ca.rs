@@ -446,6 +446,7 @@ mod tests {
     use rustls::pki_types::UnixTime;
     use rustls::server::WebPkiClientVerifier;
     use rustls::server::danger::ClientCertVerifier;
+    use x509_parser::certificate::X509Certificate;
     use x509_parser::extensions::GeneralName;
 
     use super::*;
@@ -477,6 +478,16 @@ mod tests {
         WebPkiServerVerifier::builder_with_provider(roots(ca), provider())
             .build()
             .unwrap()
+    }
+
+    /// The subject alternative names of a leaf, which every leaf of this CA has.
+    fn sans<'a>(x509: &'a X509Certificate<'_>) -> &'a [GeneralName<'a>] {
+        &x509
+            .subject_alternative_name()
+            .unwrap()
+            .expect("a leaf has subject alternative names")
+            .value
+            .general_names
     }
 
     #[test]
@@ -649,13 +660,7 @@ mod tests {
 
         let x509 = parse_cert(&der, "leaf").unwrap();
         assert_eq!(x509.subject().to_string(), format!("CN={}", id.node));
-        let sans = &x509
-            .subject_alternative_name()
-            .unwrap()
-            .unwrap()
-            .value
-            .general_names;
-        assert_eq!(sans, &vec![GeneralName::URI(&id.uri())]);
+        assert_eq!(sans(&x509), [GeneralName::URI(&id.uri())]);
         let eku = x509.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.client_auth);
         assert!(!eku.server_auth && !eku.any && eku.other.is_empty());
@@ -854,12 +859,7 @@ mod tests {
         let der = cert_der(&server.cert_pem);
         let x509 = parse_cert(&der, "leaf").unwrap();
         assert_eq!(x509.subject().to_string(), "CN=controller.example");
-        let sans = &x509
-            .subject_alternative_name()
-            .unwrap()
-            .unwrap()
-            .value
-            .general_names;
+        let sans = sans(&x509);
         assert_eq!(sans.len(), 3);
         assert_eq!(sans[0], GeneralName::DNSName("controller.example"));
         assert_eq!(sans[1], GeneralName::IPAddress(&[10, 1, 2, 3]));

@@ -129,9 +129,8 @@ impl Store {
             .execute(&mut *w.tx)
             .await?;
         let detail = json!({ "set": change.set, "remove": change.remove });
-        w.event(tenant, actor, node_event("node.labeled", &node, detail))
-            .await?;
-        w.commit_node(tenant, node.id).await
+        w.commit_node_event(tenant, actor, "node.labeled", &node, detail)
+            .await
     }
 
     /// Moves a `pending` node into the pool.
@@ -147,13 +146,8 @@ impl Store {
             return Err(StoreError::invalid_state(&node, "authorized"));
         }
         w.set_node_state(&node, NodeState::Authorized, None).await?;
-        w.event(
-            tenant,
-            actor,
-            node_event("node.authorized", &node, json!({})),
-        )
-        .await?;
-        w.commit_node(tenant, node.id).await
+        w.commit_node_event(tenant, actor, "node.authorized", &node, json!({}))
+            .await
     }
 
     /// Revokes a node's identity. A node in a cluster must leave it first (detach wipes it
@@ -184,13 +178,8 @@ impl Store {
             .execute(&mut *w.tx)
             .await?;
         let detail = json!({ "previous_state": node.state, "left_cluster": node.cluster.as_ref().map(|c| &c.name) });
-        w.event(
-            tenant,
-            actor,
-            node_event("node.deauthorized", &node, detail),
-        )
-        .await?;
-        w.commit_node(tenant, node.id).await
+        w.commit_node_event(tenant, actor, "node.deauthorized", &node, detail)
+            .await
     }
 
     /// Forgets a `pending` or `deauthorized` node.
@@ -223,9 +212,8 @@ impl Store {
         w.set_node_state(&node, NodeState::Authorized, None).await?;
         w.forget_cluster_part(node.id).await?;
         let detail = json!({ "cluster": node.cluster.as_ref().map(|c| &c.name) });
-        w.event(tenant, actor, node_event("node.detached", &node, detail))
-            .await?;
-        w.commit_node(tenant, id).await
+        w.commit_node_event(tenant, actor, "node.detached", &node, detail)
+            .await
     }
 }
 
@@ -266,6 +254,21 @@ impl WriteTx {
         let node = self.node(tenant, &Key::Id(id)).await?;
         self.commit().await?;
         Ok(node)
+    }
+
+    /// Records that `actor` did `action` to `node`, commits, and returns the node as the change
+    /// left it.
+    async fn commit_node_event(
+        mut self,
+        tenant: TenantId,
+        actor: &Actor,
+        action: &str,
+        node: &Node,
+        detail: serde_json::Value,
+    ) -> Result<Node> {
+        self.event(tenant, actor, node_event(action, node, detail))
+            .await?;
+        self.commit_node(tenant, node.id).await
     }
 
     /// Sets a node's state and cluster, but only if its state is still what `node` says: a

@@ -106,18 +106,31 @@ pub fn cluster(api: &Api, name: &str) -> Value {
 /// message otherwise.
 pub fn wait_ready(api: &Api, name: &str, timeout: Duration) -> Value {
     poll(&format!("cluster {name} ready"), timeout, || {
-        let c = cluster(api, name);
-        let placed = c["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .all(|n| n["role"].is_string());
-        if c["state"] == "ready" && placed {
-            Ok(c)
-        } else {
-            Err(format!("{} — {}", c["state"], c["state_message"]))
-        }
+        ready_and_placed(api, name, None)
     })
+}
+
+/// Waits as [`wait_ready`] does, and until the cluster has `nodes` nodes.
+fn wait_ready_with_nodes(api: &Api, name: &str, nodes: usize, timeout: Duration) -> Value {
+    poll(
+        &format!("cluster {name} ready, its {nodes} nodes placed"),
+        timeout,
+        || ready_and_placed(api, name, Some(nodes)),
+    )
+}
+
+/// The cluster if it is `ready` with a role for each of its nodes (`nodes` of them, if given);
+/// else its state and message.
+fn ready_and_placed(api: &Api, name: &str, nodes: Option<usize>) -> Result<Value, String> {
+    let c = cluster(api, name);
+    let listed = c["nodes"].as_array().map_or(&[][..], Vec::as_slice);
+    let placed =
+        nodes.is_none_or(|n| listed.len() == n) && listed.iter().all(|n| n["role"].is_string());
+    if c["state"] == "ready" && placed {
+        Ok(c)
+    } else {
+        Err(format!("{} — {}", c["state"], c["state_message"]))
+    }
 }
 
 /// Waits until `node` left cluster `lab` for the pool; the cluster's state says why while not.
@@ -307,17 +320,7 @@ fn a_cluster_forms_on_real_etcd_grows_and_shrinks_safely() {
         &json!({"nodes": ["host-3", "host-4"]}),
     )
     .ok();
-    let c = poll("five nodes placed and ready", CONVERGE, || {
-        let c = cluster(&api, "lab");
-        let placed = c["nodes"]
-            .as_array()
-            .is_some_and(|n| n.len() == 5 && n.iter().all(|n| n["role"].is_string()));
-        if placed && c["state"] == "ready" {
-            Ok(c)
-        } else {
-            Err(format!("{} — {}", c["state"], c["state_message"]))
-        }
-    });
+    let c = wait_ready_with_nodes(&api, "lab", 5, CONVERGE);
     let (masters, workers) = roles(&c);
     assert_eq!(
         masters,
@@ -761,17 +764,7 @@ fn tampered_artifacts_and_plans_are_refused_and_crashes_end_in_the_right_state()
         .ok();
     controller = controller.kill_and_restart();
     let api = controller.api();
-    let c = poll("four nodes ready after the restart", CONVERGE, || {
-        let c = cluster(&api, "crash");
-        let placed = c["nodes"]
-            .as_array()
-            .is_some_and(|n| n.len() == 4 && n.iter().all(|n| n["role"].is_string()));
-        if placed && c["state"] == "ready" {
-            Ok(c)
-        } else {
-            Err(format!("{} — {}", c["state"], c["state_message"]))
-        }
-    });
+    let c = wait_ready_with_nodes(&api, "crash", 4, CONVERGE);
     let (masters, workers) = roles(&c);
     assert_eq!(
         (masters.len(), workers),

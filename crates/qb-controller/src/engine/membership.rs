@@ -130,47 +130,31 @@ pub async fn step(
                 n.node.name
             )));
         };
-        if !member.is_learner {
-            set_engine(
-                engine,
-                ec,
-                n,
-                n.node.role,
-                Some(&Membership {
-                    learner: false,
-                    ..m.clone()
-                }),
-            )
-            .await?;
+        // Still a learner in etcd: promote it. A voter already: an earlier pass promoted it but
+        // did not get to record it.
+        let promote_now = member.is_learner;
+        if promote_now && let Err(e) = engine.etcd(via, EtcdOp::Promote { id: member.id }).await {
+            return Ok(Step::Waiting(format!(
+                "waiting to promote {}'s etcd learner: {e}",
+                n.node.name
+            )));
+        }
+        let voter = Membership {
+            learner: false,
+            ..m.clone()
+        };
+        set_engine(engine, ec, n, n.node.role, Some(&voter)).await?;
+        if !promote_now {
             return Ok(Step::Changed(format!(
                 "{} is a voting etcd member",
                 n.node.name
             )));
         }
-        return match engine.etcd(via, EtcdOp::Promote { id: member.id }).await {
-            Ok(_) => {
-                set_engine(
-                    engine,
-                    ec,
-                    n,
-                    n.node.role,
-                    Some(&Membership {
-                        learner: false,
-                        ..m.clone()
-                    }),
-                )
-                .await?;
-                tracing::info!(node = %n.node.name, "promoted etcd learner");
-                Ok(Step::Changed(format!(
-                    "promoted {}'s etcd member",
-                    n.node.name
-                )))
-            }
-            Err(e) => Ok(Step::Waiting(format!(
-                "waiting to promote {}'s etcd learner: {e}",
-                n.node.name
-            ))),
-        };
+        tracing::info!(node = %n.node.name, "promoted etcd learner");
+        return Ok(Step::Changed(format!(
+            "promoted {}'s etcd member",
+            n.node.name
+        )));
     }
 
     // A placed master without a member joins as a learner.
@@ -279,17 +263,7 @@ pub async fn remove_leaving(
     if let Some(waiting) = remove(engine, ec, n, &addresses).await? {
         return Ok(Some(waiting));
     }
-    engine
-        .store
-        .set_node_engine(
-            ec.tenant,
-            n.node.id,
-            ec.cluster.id,
-            n.node.role,
-            None,
-            n.certs.as_ref(),
-        )
-        .await?;
+    set_engine(engine, ec, n, n.node.role, None).await?;
     Ok(None)
 }
 
@@ -338,11 +312,8 @@ async fn remove(
         .iter()
         .filter(|m| !m.is_learner && m.id != member.id)
         .count();
-    let healthy_after = others
-        .iter()
-        .filter(|(m, ms)| !ms.learner && etcd_healthy(engine, m))
-        .count();
-    let quorum = voters_after / 2 + 1;
+    let healthy_after = healthy_voters(engine, &others);
+    let quorum = majority(voters_after);
     if healthy_after < quorum {
         return Ok(Some(format!(
             "not removing {}'s etcd member yet: {healthy_after} healthy voting member(s) would remain, quorum needs {quorum}",
@@ -368,6 +339,19 @@ fn voter_via(
         .iter()
         .find(|(n, m)| n.node.id != not && !m.learner && etcd_healthy(engine, n))
         .map(|(n, _)| n.node.id)
+}
+
+/// How many of `members` vote and have a healthy etcd.
+fn healthy_voters(engine: &Engine, members: &[&(&EngineNode, Membership)]) -> usize {
+    members
+        .iter()
+        .filter(|(n, m)| !m.learner && etcd_healthy(engine, n))
+        .count()
+}
+
+/// etcd's quorum among `voters`: more than half of them.
+fn majority(voters: usize) -> usize {
+    voters / 2 + 1
 }
 
 fn find<'a>(list: &'a [EtcdMember], peer_url: &str) -> Option<&'a EtcdMember> {
@@ -405,11 +389,8 @@ pub fn detach_is_safe(
         );
     }
     let voters_after = staying.iter().filter(|(_, m)| !m.learner).count();
-    let healthy = staying
-        .iter()
-        .filter(|(n, m)| !m.learner && etcd_healthy(engine, n))
-        .count();
-    let quorum = voters_after / 2 + 1;
+    let healthy = healthy_voters(engine, &staying);
+    let quorum = majority(voters_after);
     if healthy < quorum {
         return Err(format!(
             "only {healthy} healthy voting etcd member(s) would remain of {voters_after}; quorum needs {quorum}"
