@@ -56,8 +56,12 @@ async fn register(
     host: &str,
     serial: &str,
 ) -> Result<Registered, StoreError> {
-    db.register_node(&registration(token, machine, host), |_| false, |_, _| cert(serial))
-        .await
+    db.register_node(
+        &registration(token, machine, host),
+        |_| false,
+        |_, _| cert(serial),
+    )
+    .await
 }
 
 /// A cloned host (same machine id) registering while the first host's agent is online is
@@ -72,10 +76,14 @@ async fn a_second_host_with_an_online_hosts_machine_id_is_refused(db: TestDb) {
     clone.facts.addresses = vec!["10.0.0.2".parse().unwrap()];
     let issued = AtomicU32::new(0);
     let err = db
-        .register_node(&clone, |id| id == first.node.id, |_, _| {
-            issued.fetch_add(1, Ordering::SeqCst);
-            cert("never")
-        })
+        .register_node(
+            &clone,
+            |id| id == first.node.id,
+            |_, _| {
+                issued.fetch_add(1, Ordering::SeqCst);
+                cert("never")
+            },
+        )
         .await
         .expect_err("a second host with the machine id");
     let StoreError::IdentityConflict(conflict) = &err else {
@@ -84,13 +92,22 @@ async fn a_second_host_with_an_online_hosts_machine_id_is_refused(db: TestDb) {
     assert_eq!(issued.load(Ordering::SeqCst), 0);
     assert_eq!(conflict.node.id, first.node.id);
     let message = err.to_string();
-    for part in ["\"web-clone\" (10.0.0.2)", "machine id m1", "node web", "online"] {
+    for part in [
+        "\"web-clone\" (10.0.0.2)",
+        "machine id m1",
+        "node web",
+        "online",
+    ] {
         assert!(message.contains(part), "{part:?} in {message}");
     }
     let now = node(&db, t, "web").await;
     assert_eq!(now.state, NodeState::Pending);
     let serial = db.agent_node(t, first.node.id).await.unwrap().cert_serial;
-    assert_eq!(serial.as_deref(), Some("s1"), "the first host keeps its certificate");
+    assert_eq!(
+        serial.as_deref(),
+        Some("s1"),
+        "the first host keeps its certificate"
+    );
 
     db.record_identity_conflict(conflict).await.unwrap();
     let events = all_events(&db, t).await;
@@ -146,10 +163,14 @@ async fn tokens_are_refused_for_every_reason_and_change_nothing(db: TestDb) {
     ] {
         let issued = AtomicU32::new(0);
         let err = db
-            .register_node(&registration(token, "m2", "h2"), |_| false, |_, _| {
-                issued.fetch_add(1, Ordering::SeqCst);
-                cert("never")
-            })
+            .register_node(
+                &registration(token, "m2", "h2"),
+                |_| false,
+                |_, _| {
+                    issued.fetch_add(1, Ordering::SeqCst);
+                    cert("never")
+                },
+            )
             .await
             .unwrap_err();
         assert!(
@@ -192,10 +213,14 @@ async fn registration_by_machine_id_never_duplicates_a_host(db: TestDb) {
     // The same machine again, while still pending, is the same node with only the new
     // certificate valid.
     let again = db
-        .register_node(&registration("tok", "m1", "web"), |_| false, |_, id| {
-            assert_eq!(id, first.node.id, "the certificate names the existing node");
-            cert("s3")
-        })
+        .register_node(
+            &registration("tok", "m1", "web"),
+            |_| false,
+            |_, id| {
+                assert_eq!(id, first.node.id, "the certificate names the existing node");
+                cert("s3")
+            },
+        )
         .await
         .unwrap();
     assert!(again.existing);
