@@ -1,5 +1,6 @@
 //! Host identity: a second host presenting the machine id of a host whose agent is online (a
-//! cloned VM) is refused and reported; the first host keeps working.
+//! cloned VM) is refused and reported; the first host keeps working, and stays the same node
+//! when it is renamed.
 
 use std::time::Duration;
 
@@ -73,4 +74,22 @@ fn a_cloned_host_is_refused_while_the_first_is_online_and_the_first_keeps_workin
         0,
         "the first host was not told it is deauthorized"
     );
+
+    // Renamed, the first host stays the same node: its certificate says who it is.
+    drop(clone);
+    let id = api.node("first")["id"].clone();
+    let renamed = AgentConfig {
+        node_name: "first-renamed".to_owned(),
+        ..first_config.clone()
+    };
+    let _first = first.kill_and_restart(&renamed);
+    poll("the new name reported", SHORT, || {
+        let node = api.node("first");
+        (online(&node) && node["facts"]["hostname"] == "first-renamed")
+            .then_some(())
+            .ok_or(node.to_string())
+    });
+    assert_eq!(api.node("first")["id"], id);
+    let nodes = api.get("/nodes").ok();
+    assert_eq!(nodes["items"].as_array().map(Vec::len), Some(1), "{nodes}");
 }
