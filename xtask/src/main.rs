@@ -3,9 +3,11 @@
 //! - `test`: install what the test suite needs (when missing), then run the whole suite.
 //! - `bench`: run the benchmarks and print their figures.
 //! - `bundle`: build (once, cached) the Kubernetes release bundle the lab tests import.
+//! - `dist`: the release binaries as they ship (the agent for glibc 2.17), in `target/dist`.
 //! - `lab`: a standing lab of hosts on this machine, to try qb on.
 
 mod bundle;
+mod dist;
 mod lab;
 mod tidy;
 
@@ -21,9 +23,11 @@ fn main() -> Result<()> {
         Some("test") => {
             prerequisites()?;
             let bundle = bundle::ensure()?;
+            let agent = dist::agent(&root, &root.join("target/dist"))?;
             let mut cmd = Command::new(cargo());
             cmd.current_dir(&root)
                 .env(BUNDLE_ENV, &bundle)
+                .env(DIST_AGENT_ENV, &agent)
                 .args(["nextest", "run", "--workspace", "--no-fail-fast"])
                 .args(&args[1..]);
             run(&mut cmd)
@@ -54,7 +58,13 @@ fn main() -> Result<()> {
         }
         Some("deps") => {
             prerequisites()?;
+            dist::tools()?;
             bundle::ensure().map(drop)
+        }
+        Some("dist") => {
+            prerequisites()?;
+            println!("{}", dist::all(&root)?.display());
+            Ok(())
         }
         Some("lab") => lab::main(&root, &args[1..]),
         Some("bundle") => {
@@ -63,7 +73,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         _ => {
-            eprintln!("usage: cargo xtask <test|bench|deps|bundle|lab> [args for the runner]");
+            eprintln!("usage: cargo xtask <test|bench|deps|bundle|dist|lab> [args for the runner]");
             eprintln!("  test   install missing test prerequisites, then run the whole test suite");
             eprintln!(
                 "  bench  run the benchmarks: API throughput (SQLite and PostgreSQL side by side), agent costs, preflight, Kubernetes bring-up, the API proxy's tunnel against direct and ssh -R"
@@ -76,6 +86,10 @@ fn main() -> Result<()> {
                 bundle::KUBERNETES_VERSION
             );
             eprintln!(
+                "  dist   the release binaries as they ship, in target/dist (the agent runs on glibc {} and later)",
+                dist::AGENT_GLIBC
+            );
+            eprintln!(
                 "  lab    a lab of hosts on this machine to try qb on (`cargo xtask lab` says more)"
             );
             std::process::exit(2);
@@ -85,6 +99,8 @@ fn main() -> Result<()> {
 
 /// Where the lab tests find the Kubernetes bundle.
 const BUNDLE_ENV: &str = "QB_LAB_BUNDLE";
+/// Where the tests find the agent as it ships (`cargo xtask dist`'s).
+const DIST_AGENT_ENV: &str = "QB_DIST_AGENT";
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -125,6 +141,12 @@ const PACKAGES: &[(&str, &str)] = &[
     // The web UI's tests drive a real headless Chromium through its WebDriver.
     ("chromium", "/usr/bin/chromium"),
     ("chromium-driver", "/usr/bin/chromedriver"),
+    // The shipped agent is stripped with objcopy, its glibc needs read with objdump; Zig, which
+    // links it against an old glibc, comes from PyPI.
+    ("binutils", "/usr/bin/objcopy"),
+    ("python3-pip", "/usr/bin/pip3"),
+    // The agent's .deb is checked with Debian's own package checker.
+    ("lintian", "/usr/bin/lintian"),
 ];
 
 /// What the benchmarks need beyond the tests' packages.

@@ -1,10 +1,101 @@
-//! The agent is one self-contained binary: it needs nothing on a host beyond the C library.
+//! The agent is one self-contained binary: it needs nothing on a host beyond the C library, and
+//! the one that ships (`cargo xtask dist`'s) runs on glibc 2.17 and later, stripped.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The oldest glibc the shipped agent must start on (CentOS 7, Debian 8).
+const OLDEST_GLIBC: (u32, u32) = (2, 17);
 
 #[test]
 fn the_agent_links_only_the_c_library() {
-    let agent = env!("CARGO_BIN_EXE_qb-agent");
+    links_only_the_c_library(Path::new(env!("CARGO_BIN_EXE_qb-agent")));
+}
+
+#[test]
+fn the_shipped_agent_needs_glibc_2_17_at_most_and_is_stripped() {
+    let agent = shipped_agent();
+    links_only_the_c_library(&agent);
+    let symbols = objdump(&agent, "-T");
+    let newest = symbols
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .filter_map(|word| word.strip_prefix("GLIBC_"))
+        .filter_map(|v| {
+            let (major, minor) = v.split_once('.')?;
+            Some((
+                major.parse::<u32>().ok()?,
+                minor.split('.').next()?.parse::<u32>().ok()?,
+            ))
+        })
+        .max()
+        .expect("the agent needs some glibc symbol versions");
+    eprintln!(
+        "the shipped agent needs glibc {}.{} at most ({})",
+        newest.0,
+        newest.1,
+        agent.display()
+    );
+    assert!(
+        newest <= OLDEST_GLIBC,
+        "the shipped agent needs glibc {}.{}, newer than {}.{}",
+        newest.0,
+        newest.1,
+        OLDEST_GLIBC.0,
+        OLDEST_GLIBC.1
+    );
+    // Stripped: no symbol table, no debug info; that is beside it, named in a debug link.
+    let sections = objdump(&agent, "-h");
+    for gone in [".symtab", ".debug_line", ".debug_info"] {
+        assert!(!sections.contains(gone), "{gone} in the shipped agent");
+    }
+    assert!(sections.contains(".gnu_debuglink"), "{sections}");
+    let debug = agent.with_file_name("qb-agent.debug");
+    assert!(
+        objdump(&debug, "-h").contains(".debug_line"),
+        "{} has the debug info",
+        debug.display()
+    );
+    let size = std::fs::metadata(&agent)
+        .map(|m| m.len())
+        .unwrap_or_default();
+    eprintln!(
+        "the shipped agent is {:.1} MiB",
+        size as f64 / (1 << 20) as f64
+    );
+}
+
+/// The agent `cargo xtask dist` builds, as `cargo xtask test` names it.
+fn shipped_agent() -> PathBuf {
+    let path = std::env::var_os("QB_DIST_AGENT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "QB_DIST_AGENT is not set: run the suite with `cargo xtask test`, or set it to the \
+             qb-agent `cargo xtask dist` writes to target/dist"
+            )
+        });
+    assert!(path.exists(), "{} does not exist", path.display());
+    path
+}
+
+/// `objdump FLAG BINARY`'s listing.
+fn objdump(binary: &Path, flag: &str) -> String {
+    let out = Command::new("objdump")
+        .arg(flag)
+        .arg(binary)
+        .output()
+        .expect("objdump (from binutils) must be installed");
+    assert!(
+        out.status.success(),
+        "objdump {flag} {}: {}",
+        binary.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ldd` lists nothing but glibc's own libraries, and the binary runs.
+fn links_only_the_c_library(agent: &Path) {
     let out = Command::new("ldd")
         .arg(agent)
         .output()
