@@ -1,6 +1,6 @@
-//! The REST API, `/api/v1/...`.
-
-use std::sync::Arc;
+//! The REST API, `/api/v1/...`: the router and the handlers. A handler extracts and parses
+//! its request, checks the caller's role, makes one call to the app layer ([`crate::app`]) and
+//! renders the answer: its status and JSON.
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, Uri};
@@ -13,68 +13,19 @@ use qb_api::{
     DetachRequest, Event, Kubeconfig, LabelChange, Node, NodeMove, NodeState, Page, PageParams,
     PingResult, ProblemCode, Role, SetPassword, Token, TokenId, User, Whoami,
 };
-use qb_store::{ClusterSpec, EventFilter, Key, NodeFilter, Store};
+use qb_store::{ClusterSpec, EventFilter, Key};
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi as _};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::agents::Agents;
-use crate::auth::{Caller, TokenUse};
+pub use crate::app::mint_token;
+use crate::auth::Caller;
 use crate::extract::{ApiJson, ApiQuery};
-use crate::kubeconfig::PublicEndpoint;
-use crate::{ApiError, auth, kubeconfig};
+use crate::{ApiError, AppState};
 
 /// The largest request body the API accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    pub store: Store,
-    /// The cluster engine; `engine.wake` wakes it when there is work.
-    pub engine: Arc<crate::engine::Engine>,
-    pub token_use: TokenUse,
-    /// Connected agents.
-    pub agents: Arc<Agents>,
-    /// What agent packages carry; `None` when the controller has no agent binary to ship.
-    pub packaging: Option<Arc<crate::agents::packages::Packaging>>,
-    /// How users reach the API, written into kubeconfigs; `None` when the controller does not
-    /// know (then it writes no kubeconfigs).
-    pub public: Option<Arc<PublicEndpoint>>,
-    /// The Kubernetes API proxy's connections to the clusters.
-    pub kube_proxy: Arc<crate::proxy::KubeProxy>,
-    /// Live updates for the web UI.
-    pub changes: Arc<crate::live::Changes>,
-    /// Failed password logins, per user.
-    pub logins: Arc<crate::passwords::Throttle>,
-}
-
-impl AppState {
-    pub fn new(engine: Arc<crate::engine::Engine>) -> Self {
-        let kube_proxy = Arc::new(crate::proxy::KubeProxy::new(
-            engine.store.clone(),
-            engine.agents.clone(),
-        ));
-        Self {
-            store: engine.store.clone(),
-            agents: engine.agents.clone(),
-            engine,
-            token_use: TokenUse::default(),
-            packaging: None,
-            public: None,
-            kube_proxy,
-            changes: Arc::default(),
-            logins: Arc::default(),
-        }
-    }
-
-    /// A node with its agent's live state filled in.
-    fn live(&self, mut node: Node) -> Node {
-        self.agents.overlay(&mut node);
-        node
-    }
-}
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -206,14 +157,10 @@ struct NodeQuery {
 #[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", params(NodeQuery),
     responses((status = 200, body = Page<Node>), (status = 400, body = qb_api::Problem)))]
 async fn list_nodes(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<NodeQuery>,
 ) -> ApiResult<Json<Page<Node>>> {
-    let paging = PageParams {
-        limit: q.limit,
-        after: q.after.clone(),
-    };
     let node_state = q
         .state
         .as_deref()
@@ -225,32 +172,15 @@ async fn list_nodes(
             })
         })
         .transpose()?;
-    let cluster = match &q.cluster {
-        Some(c) => Some(
-            state
-                .store
-                .get_cluster(caller.tenant(), &cluster_key(c))
-                .await?
-                .cluster
-                .id,
-        ),
-        None => None,
+    let cluster = q.cluster.as_deref().map(cluster_key);
+    let page = PageParams {
+        limit: q.limit,
+        after: q.after,
     };
-    let filter = NodeFilter {
-        state: node_state,
-        cluster,
-    };
-    let mut page = state
-        .store
-        .list_nodes(
-            caller.tenant(),
-            &filter,
-            q.after.as_deref(),
-            paging.limit()?,
-        )
+    let nodes = app
+        .list_nodes(&caller, node_state, cluster.as_ref(), &page)
         .await?;
-    page.items = page.items.into_iter().map(|n| state.live(n)).collect();
-    Ok(Json(page))
+    Ok(Json(nodes))
 }
 
 /// Show one node.
@@ -258,15 +188,11 @@ async fn list_nodes(
     params(("node" = String, Path, description = "Node id or name")),
     responses((status = 200, body = Node), (status = 404, body = qb_api::Problem)))]
 async fn get_node(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     Path(node): Path<String>,
 ) -> ApiResult<Json<Node>> {
-    let node = state
-        .store
-        .get_node(caller.tenant(), &node_key(&node))
-        .await?;
-    Ok(Json(state.live(node)))
+    Ok(Json(app.get_node(&caller, &node_key(&node)).await?))
 }
 
 /// Set or remove labels of a node.
@@ -274,20 +200,15 @@ async fn get_node(
     params(("node" = String, Path, description = "Node id or name")),
     responses((status = 200, body = Node), (status = 400, body = qb_api::Problem), (status = 404, body = qb_api::Problem)))]
 async fn label_node(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     Path(node): Path<String>,
     ApiJson(change): ApiJson<LabelChange>,
 ) -> ApiResult<Json<Node>> {
     caller.require(Role::Operator)?;
-    if change.set.len() + change.remove.len() > 64 {
-        return Err(ApiError::invalid("at most 64 label changes per request"));
-    }
-    let node = state
-        .store
-        .label_node(caller.tenant(), &node_key(&node), &change, &caller.actor())
-        .await?;
-    Ok(Json(state.live(node)))
+    Ok(Json(
+        app.label_node(&caller, &node_key(&node), &change).await?,
+    ))
 }
 
 /// Authorize a pending node: it enters the pool.
@@ -295,17 +216,12 @@ async fn label_node(
     params(("node" = String, Path, description = "Node id or name")),
     responses((status = 200, body = Node), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
 async fn authorize_node(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     Path(node): Path<String>,
 ) -> ApiResult<Json<Node>> {
     caller.require(Role::Operator)?;
-    let node = state
-        .store
-        .authorize_node(caller.tenant(), &node_key(&node), &caller.actor())
-        .await?;
-    crate::agents::endpoint::notify_state(&state.agents, node.id, node.state);
-    Ok(Json(state.live(node)))
+    Ok(Json(app.authorize_node(&caller, &node_key(&node)).await?))
 }
 
 /// Deauthorize a node: its identity is revoked and it leaves its cluster.
@@ -313,18 +229,12 @@ async fn authorize_node(
     params(("node" = String, Path, description = "Node id or name")),
     responses((status = 200, body = Node), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
 async fn deauthorize_node(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     Path(node): Path<String>,
 ) -> ApiResult<Json<Node>> {
     caller.require(Role::Operator)?;
-    let node = state
-        .store
-        .deauthorize_node(caller.tenant(), &node_key(&node), &caller.actor())
-        .await?;
-    // The store refuses its certificate from now on; close the live connection at once.
-    state.agents.revoke(node.id);
-    Ok(Json(state.live(node)))
+    Ok(Json(app.deauthorize_node(&caller, &node_key(&node)).await?))
 }
 
 /// Forget a pending or deauthorized node.
@@ -332,15 +242,12 @@ async fn deauthorize_node(
     params(("node" = String, Path, description = "Node id or name")),
     responses((status = 204), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
 async fn delete_node(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     Path(node): Path<String>,
 ) -> ApiResult<StatusCode> {
     caller.require(Role::Operator)?;
-    state
-        .store
-        .delete_node(caller.tenant(), &node_key(&node), &caller.actor())
-        .await?;
+    app.delete_node(&caller, &node_key(&node)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -348,32 +255,24 @@ async fn delete_node(
 #[utoipa::path(get, path = "/api/v1/clusters", tag = "clusters", params(PageParams),
     responses((status = 200, body = Page<Cluster>)))]
 async fn list_clusters(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
-    ApiQuery(q): ApiQuery<PageParams>,
+    ApiQuery(page): ApiQuery<PageParams>,
 ) -> ApiResult<Json<Page<Cluster>>> {
-    Ok(Json(
-        state
-            .store
-            .list_clusters(caller.tenant(), q.after.as_deref(), q.limit()?)
-            .await?,
-    ))
+    Ok(Json(app.list_clusters(&caller, &page).await?))
 }
 
 /// Create an empty cluster.
 #[utoipa::path(post, path = "/api/v1/clusters", tag = "clusters", request_body = CreateCluster,
     responses((status = 201, body = Cluster), (status = 400, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
 async fn create_cluster(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateCluster>,
 ) -> ApiResult<(StatusCode, Json<Cluster>)> {
     caller.require(Role::Operator)?;
     let spec = ClusterSpec::try_from(req)?;
-    let cluster = state
-        .store
-        .create_cluster(caller.tenant(), &spec, &caller.actor())
-        .await?;
+    let cluster = app.create_cluster(&caller, &spec).await?;
     Ok((StatusCode::CREATED, Json(cluster)))
 }
 
@@ -382,16 +281,13 @@ async fn create_cluster(
     params(("cluster" = String, Path, description = "Cluster id or name")),
     responses((status = 200, body = ClusterDetail), (status = 404, body = qb_api::Problem)))]
 async fn get_cluster(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     Path(cluster): Path<String>,
 ) -> ApiResult<Json<ClusterDetail>> {
-    let mut detail = state
-        .store
-        .get_cluster(caller.tenant(), &cluster_key(&cluster))
-        .await?;
-    detail.nodes = detail.nodes.into_iter().map(|n| state.live(n)).collect();
-    Ok(Json(detail))
+    Ok(Json(
+        app.get_cluster(&caller, &cluster_key(&cluster)).await?,
+    ))
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -408,24 +304,16 @@ struct DeleteQuery {
     params(("cluster" = String, Path, description = "Cluster id or name"), DeleteQuery),
     responses((status = 200, body = DeletedCluster), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
 async fn delete_cluster(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     Path(cluster): Path<String>,
     ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> ApiResult<Json<DeletedCluster>> {
     caller.require(Role::Operator)?;
-    let returned = state
-        .store
-        .delete_cluster(
-            caller.tenant(),
-            &cluster_key(&cluster),
-            q.force,
-            &caller.actor(),
-        )
+    let deleted = app
+        .delete_cluster(&caller, &cluster_key(&cluster), q.force)
         .await?;
-    Ok(Json(DeletedCluster {
-        returned_to_pool: returned,
-    }))
+    Ok(Json(deleted))
 }
 
 /// Attach nodes to a cluster: a number from the pool (optionally matching a label selector), or
@@ -434,24 +322,14 @@ async fn delete_cluster(
     params(("cluster" = String, Path, description = "Cluster id or name")),
     responses((status = 200, body = NodeMove), (status = 400, body = qb_api::Problem), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
 async fn attach(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     Path(cluster): Path<String>,
     ApiJson(req): ApiJson<AttachRequest>,
 ) -> ApiResult<Json<NodeMove>> {
     caller.require(Role::Operator)?;
     let target = req.target()?;
-    let mut moved = state
-        .store
-        .attach(
-            caller.tenant(),
-            &cluster_key(&cluster),
-            &target,
-            &caller.actor(),
-        )
-        .await?;
-    state.engine.wake.notify_one();
-    moved.nodes = moved.nodes.into_iter().map(|n| state.live(n)).collect();
+    let moved = app.attach(&caller, &cluster_key(&cluster), &target).await?;
     Ok(Json(moved))
 }
 
@@ -461,31 +339,16 @@ async fn attach(
     params(("cluster" = String, Path, description = "Cluster id or name")),
     responses((status = 202, body = NodeMove), (status = 400, body = qb_api::Problem), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
 async fn detach(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     Path(cluster): Path<String>,
     ApiJson(req): ApiJson<DetachRequest>,
 ) -> ApiResult<(StatusCode, Json<NodeMove>)> {
     caller.require(Role::Operator)?;
     req.validate()?;
-    if !req.force {
-        state
-            .engine
-            .check_detach(caller.tenant(), &cluster_key(&cluster), &req.nodes)
-            .await?;
-    }
-    let mut moved = state
-        .store
-        .detach(
-            caller.tenant(),
-            &cluster_key(&cluster),
-            &req.nodes,
-            req.force,
-            &caller.actor(),
-        )
+    let moved = app
+        .detach(&caller, &cluster_key(&cluster), &req.nodes, req.force)
         .await?;
-    state.engine.wake.notify_one();
-    moved.nodes = moved.nodes.into_iter().map(|n| state.live(n)).collect();
     Ok((StatusCode::ACCEPTED, Json(moved)))
 }
 
@@ -497,81 +360,35 @@ async fn detach(
     params(("cluster" = String, Path, description = "Cluster id or name")),
     responses((status = 201, body = Kubeconfig), (status = 400, body = qb_api::Problem), (status = 404, body = qb_api::Problem), (status = 503, body = qb_api::Problem)))]
 async fn create_kubeconfig(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     Path(cluster): Path<String>,
     ApiJson(req): ApiJson<CreateKubeconfig>,
 ) -> ApiResult<(StatusCode, Json<Kubeconfig>)> {
-    let hours = req
-        .expires_in_hours
-        .unwrap_or(CreateKubeconfig::DEFAULT_HOURS);
-    if !(1..=CreateKubeconfig::MAX_HOURS).contains(&hours) {
-        return Err(ApiError::invalid(
-            "expires_in_hours must be between 1 and 8760",
-        ));
-    }
-    let public = state.public.clone().ok_or_else(|| {
-        ApiError::new(
-            ProblemCode::Unavailable,
-            "this controller does not know the URL users reach it at, so it writes no kubeconfigs",
-        )
-    })?;
-    // The proxy serves clusters by name, whether the caller gave the name or the id.
-    let cluster = state
-        .store
-        .get_cluster(caller.tenant(), &cluster_key(&cluster))
-        .await?
-        .cluster;
-    let description =
-        qb_api::Description::try_from(format!("kubeconfig for cluster {}", cluster.name))?;
-    // Never longer than the token that asks for it: a short-lived token cannot mint a long one.
-    let expires_at = (time::OffsetDateTime::now_utc() + time::Duration::hours(i64::from(hours)))
-        .min(caller.0.token_expires_at);
-    let (secret, hash) = auth::new_secret();
-    let created = state
-        .store
-        .create_token(
-            caller.tenant(),
-            &caller.0.user,
-            secret,
-            &hash,
-            Some(description),
-            expires_at,
-            &caller.actor(),
-        )
+    let kubeconfig = app
+        .create_kubeconfig(&caller, &cluster_key(&cluster), &req)
         .await?;
-    let kubeconfig =
-        kubeconfig::render(&public, &cluster.name, &created.token.user, &created.secret);
-    Ok((
-        StatusCode::CREATED,
-        Json(Kubeconfig {
-            kubeconfig,
-            token: created.token,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(kubeconfig)))
 }
 
 /// List the tenant's users.
 #[utoipa::path(get, path = "/api/v1/users", tag = "users",
     responses((status = 200, body = Vec<User>), (status = 403, body = qb_api::Problem)))]
-async fn list_users(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<User>>> {
+async fn list_users(State(app): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<User>>> {
     caller.require(Role::Admin)?;
-    Ok(Json(state.store.list_users(caller.tenant()).await?))
+    Ok(Json(app.list_users(&caller).await?))
 }
 
 /// Create a user.
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = CreateUser,
     responses((status = 201, body = User), (status = 403, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
 async fn create_user(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateUser>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
     caller.require(Role::Admin)?;
-    let user = state
-        .store
-        .create_user(caller.tenant(), &req.name, req.role, &caller.actor())
-        .await?;
+    let user = app.create_user(&caller, &req).await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -583,102 +400,43 @@ async fn create_user(
     responses((status = 200, body = User), (status = 400, body = qb_api::Problem),
         (status = 403, body = qb_api::Problem), (status = 404, body = qb_api::Problem)))]
 async fn set_password(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     Path(user): Path<String>,
     ApiJson(req): ApiJson<SetPassword>,
 ) -> ApiResult<Json<User>> {
-    let own = user == caller.0.user.as_str();
-    if !own {
+    if user != caller.0.user.as_str() {
         caller.require(Role::Admin)?;
     }
     let user: qb_api::Name = user
         .parse()
         .map_err(|_| ApiError::new(ProblemCode::NotFound, format!("user {user:?} not found")))?;
-    crate::passwords::validate(&req.password)?;
-    let hash = tokio::task::spawn_blocking(move || crate::passwords::hash(&req.password))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "hashing a password failed");
-            ApiError::new(
-                ProblemCode::Internal,
-                "internal error; see the controller's log",
-            )
-        })?;
-    Ok(Json(
-        state
-            .store
-            .set_password(
-                caller.tenant(),
-                &user,
-                &hash,
-                // Whoever changes their own password stays logged in where they did it.
-                own.then_some(caller.0.token_id),
-                &caller.actor(),
-            )
-            .await?,
-    ))
+    Ok(Json(app.set_password(&caller, &user, req.password).await?))
 }
 
 /// List the tenant's API tokens (never their secrets).
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", params(PageParams),
     responses((status = 200, body = Page<Token>), (status = 403, body = qb_api::Problem)))]
 async fn list_tokens(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
-    ApiQuery(q): ApiQuery<PageParams>,
+    ApiQuery(page): ApiQuery<PageParams>,
 ) -> ApiResult<Json<Page<Token>>> {
     caller.require(Role::Admin)?;
-    Ok(Json(
-        state
-            .store
-            .list_tokens(caller.tenant(), q.after.as_deref(), q.limit()?)
-            .await?,
-    ))
+    Ok(Json(app.list_tokens(&caller, &page).await?))
 }
 
 /// Create an API token. Its secret is in this response only.
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateToken,
     responses((status = 201, body = CreatedToken), (status = 400, body = qb_api::Problem), (status = 403, body = qb_api::Problem)))]
 async fn create_token(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateToken>,
 ) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
     caller.require(Role::Admin)?;
-    let hours = req.expires_in_hours.unwrap_or(CreateToken::DEFAULT_HOURS);
-    if !(1..=CreateToken::MAX_HOURS).contains(&hours) {
-        return Err(ApiError::invalid(
-            "expires_in_hours must be between 1 and 8760",
-        ));
-    }
-    let user = req.user.unwrap_or_else(|| caller.0.user.clone());
-    let created = mint_token(
-        &state.store,
-        caller.tenant(),
-        &user,
-        req.description,
-        hours,
-        &caller.actor(),
-    )
-    .await?;
+    let created = app.create_token(&caller, req).await?;
     Ok((StatusCode::CREATED, Json(created)))
-}
-
-/// Makes a new token for `user`, returning its secret once.
-pub async fn mint_token(
-    store: &Store,
-    tenant: qb_api::TenantId,
-    user: &qb_api::Name,
-    description: Option<qb_api::Description>,
-    hours: u32,
-    actor: &qb_store::Actor,
-) -> Result<CreatedToken, qb_store::StoreError> {
-    let (secret, hash) = auth::new_secret();
-    let expires_at = time::OffsetDateTime::now_utc() + time::Duration::hours(i64::from(hours));
-    store
-        .create_token(tenant, user, secret, &hash, description, expires_at, actor)
-        .await
 }
 
 /// Revoke a token at once.
@@ -686,7 +444,7 @@ pub async fn mint_token(
     params(("id" = String, Path, description = "Token id")),
     responses((status = 200, body = Token), (status = 403, body = qb_api::Problem), (status = 404, body = qb_api::Problem)))]
 async fn revoke_token(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Token>> {
@@ -694,12 +452,7 @@ async fn revoke_token(
     let id: TokenId = id
         .parse()
         .map_err(|_| ApiError::new(ProblemCode::NotFound, format!("token {id:?} not found")))?;
-    Ok(Json(
-        state
-            .store
-            .revoke_token(caller.tenant(), id, &caller.actor())
-            .await?,
-    ))
+    Ok(Json(app.revoke_token(&caller, id).await?))
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -732,51 +485,33 @@ enum EventOrder {
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", params(EventQuery),
     responses((status = 200, body = Page<Event>), (status = 400, body = qb_api::Problem)))]
 async fn list_events(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> ApiResult<Json<Page<Event>>> {
-    let limit = PageParams {
-        limit: q.limit,
-        after: None,
-    }
-    .limit()?;
-    let after = q
-        .after
-        .as_deref()
-        .map(|a| {
-            a.parse::<i64>()
-                .map_err(|_| ApiError::invalid(format!("invalid cursor {}", qb_api::quote(a))))
-        })
-        .transpose()?;
     let filter = EventFilter {
         object_kind: q.kind,
         object: q.object,
         action_prefix: q.action,
         newest_first: matches!(q.order, Some(EventOrder::Newest)),
     };
-    Ok(Json(
-        state
-            .store
-            .list_events(caller.tenant(), &filter, after, limit)
-            .await?,
-    ))
+    let page = PageParams {
+        limit: q.limit,
+        after: q.after,
+    };
+    Ok(Json(app.list_events(&caller, &filter, &page).await?))
 }
 
 /// List the tenant's bootstrap tokens (never their secrets).
 #[utoipa::path(get, path = "/api/v1/bootstrap-tokens", tag = "agents", params(PageParams),
     responses((status = 200, body = Page<BootstrapToken>), (status = 403, body = qb_api::Problem)))]
 async fn list_bootstrap_tokens(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
-    ApiQuery(q): ApiQuery<PageParams>,
+    ApiQuery(page): ApiQuery<PageParams>,
 ) -> ApiResult<Json<Page<BootstrapToken>>> {
     caller.require(Role::Operator)?;
-    let page = state
-        .store
-        .list_bootstrap_tokens(caller.tenant(), q.after.as_deref(), q.limit()?)
-        .await?;
-    Ok(Json(page))
+    Ok(Json(app.list_bootstrap_tokens(&caller, &page).await?))
 }
 
 /// Create a bootstrap token for agents to register hosts with. Its secret is in this response
@@ -784,39 +519,13 @@ async fn list_bootstrap_tokens(
 #[utoipa::path(post, path = "/api/v1/bootstrap-tokens", tag = "agents", request_body = CreateBootstrapToken,
     responses((status = 201, body = CreatedBootstrapToken), (status = 400, body = qb_api::Problem), (status = 403, body = qb_api::Problem)))]
 async fn create_bootstrap_token(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateBootstrapToken>,
 ) -> ApiResult<(StatusCode, Json<CreatedBootstrapToken>)> {
     caller.require(Role::Operator)?;
-    let created = mint_bootstrap_token(&state.store, caller.tenant(), req, &caller.actor()).await?;
+    let created = app.create_bootstrap_token(&caller, req).await?;
     Ok((StatusCode::CREATED, Json(created)))
-}
-
-/// Makes a bootstrap token, returning its secret once.
-pub async fn mint_bootstrap_token(
-    store: &Store,
-    tenant: qb_api::TenantId,
-    req: CreateBootstrapToken,
-    actor: &qb_store::Actor,
-) -> Result<CreatedBootstrapToken, ApiError> {
-    let hours = req
-        .expires_in_hours
-        .unwrap_or(CreateBootstrapToken::DEFAULT_HOURS);
-    if !(1..=CreateBootstrapToken::MAX_HOURS).contains(&hours) {
-        return Err(ApiError::invalid(
-            "expires_in_hours must be between 1 and 720",
-        ));
-    }
-    let uses = req.max_uses.unwrap_or(CreateBootstrapToken::DEFAULT_USES);
-    if !(1..=CreateBootstrapToken::MAX_USES).contains(&uses) {
-        return Err(ApiError::invalid("max_uses must be between 1 and 10000"));
-    }
-    let secret = auth::new_secret_with(crate::agents::endpoint::BOOTSTRAP_TOKEN_PREFIX);
-    let expires_at = time::OffsetDateTime::now_utc() + time::Duration::hours(i64::from(hours));
-    Ok(store
-        .create_bootstrap_token(tenant, secret, req.description, expires_at, uses, actor)
-        .await?)
 }
 
 /// Revoke a bootstrap token at once; hosts not yet registered with it can no longer use it.
@@ -824,7 +533,7 @@ pub async fn mint_bootstrap_token(
     params(("id" = String, Path, description = "Bootstrap token id")),
     responses((status = 200, body = BootstrapToken), (status = 403, body = qb_api::Problem), (status = 404, body = qb_api::Problem)))]
 async fn revoke_bootstrap_token(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<BootstrapToken>> {
@@ -835,11 +544,7 @@ async fn revoke_bootstrap_token(
             format!("bootstrap token {id:?} not found"),
         )
     })?;
-    let token = state
-        .store
-        .revoke_bootstrap_token(caller.tenant(), id, &caller.actor())
-        .await?;
-    Ok(Json(token))
+    Ok(Json(app.revoke_bootstrap_token(&caller, id).await?))
 }
 
 /// Push a ping to the node's agent and wait for its answer: the round trip from the controller
@@ -848,21 +553,10 @@ async fn revoke_bootstrap_token(
     params(("node" = String, Path, description = "Node id or name")),
     responses((status = 200, body = PingResult), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
 async fn ping_node(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     Path(node): Path<String>,
 ) -> ApiResult<Json<PingResult>> {
     caller.require(Role::Operator)?;
-    let node = state
-        .store
-        .get_node(caller.tenant(), &node_key(&node))
-        .await?;
-    let round_trip = state
-        .agents
-        .ping(node.id, std::time::Duration::from_secs(5))
-        .await
-        .map_err(|e| ApiError::new(ProblemCode::AgentUnavailable, format!("{}: {e}", node.name)))?;
-    Ok(Json(PingResult {
-        round_trip_ms: round_trip.as_secs_f64() * 1000.0,
-    }))
+    Ok(Json(app.ping_node(&caller, &node_key(&node)).await?))
 }

@@ -27,7 +27,7 @@ pub async fn first_start(store: &Store, data_dir: &Path) -> Result<Option<PathBu
     let admin_name: Name = FIRST_ADMIN.parse().expect("a valid name");
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     let (tenant, admin) = store.create_tenant(&tenant_name, &admin_name).await?;
-    let created = crate::api::mint_token(
+    let created = crate::app::mint_token(
         store,
         tenant.id,
         &admin.name,

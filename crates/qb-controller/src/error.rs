@@ -6,7 +6,8 @@ use axum::response::{IntoResponse, Response};
 use qb_api::{Problem, ProblemCode};
 use qb_store::StoreError;
 
-/// An error a handler returns; becomes a problem response.
+/// An error a request is answered with, from a handler or an operation of the app layer;
+/// becomes a problem response.
 #[derive(Debug)]
 pub struct ApiError(pub Problem);
 
@@ -69,6 +70,15 @@ impl From<qb_store::SpecError> for ApiError {
                 Self::new(ProblemCode::CidrOverlap, e.to_string())
             }
             qb_store::SpecError::Invalid(m) => Self::invalid(m),
+        }
+    }
+}
+
+impl From<crate::engine::EngineError> for ApiError {
+    fn from(e: crate::engine::EngineError) -> Self {
+        match e {
+            crate::engine::EngineError::Store(e) => e.into(),
+            crate::engine::EngineError::Plan(message) => Self::invalid(message),
         }
     }
 }

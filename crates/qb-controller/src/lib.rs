@@ -1,10 +1,12 @@
 //! The qb controller: the REST API over the store, served over TLS.
 //!
-//! Handlers parse and authorize; the store applies the rules and writes the audit trail.
-//! Handlers never run SQL.
+//! Handlers ([`api`]) parse and authorize, then make one call to the app layer ([`app`]),
+//! which applies the rules beyond the records' own and knows nothing of HTTP; the store applies
+//! the records' rules and writes the audit trail. Handlers never run SQL.
 
 pub mod agents;
 pub mod api;
+pub mod app;
 pub mod artifacts;
 pub mod auth;
 pub mod bootstrap;
@@ -21,7 +23,8 @@ pub mod session;
 pub mod tls;
 pub mod ui;
 
-pub use api::{AppState, router};
+pub use api::router;
+pub use app::AppState;
 pub use error::ApiError;
 
 /// The host and port of an `https://host[:port]/...` URL (IPv6 without brackets; port 443 if

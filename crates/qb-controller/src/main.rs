@@ -146,7 +146,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve_api(store, &cli.data_dir, *args).await,
         Command::Tenant(TenantCommand::Create { name, admin }) => {
             let (tenant, user) = store.create_tenant(&name, &admin).await?;
-            let created = qb_controller::api::mint_token(
+            let created = qb_controller::app::mint_token(
                 &store,
                 tenant.id,
                 &user.name,
@@ -165,7 +165,7 @@ async fn run(cli: Cli) -> Result<()> {
             expires_in_hours,
         } => {
             let tenant = store.tenant_by_name(&tenant).await?;
-            let created = qb_controller::api::mint_token(
+            let created = qb_controller::app::mint_token(
                 &store,
                 tenant.id,
                 &user,

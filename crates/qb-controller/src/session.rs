@@ -1,23 +1,25 @@
 //! Web UI sessions. Logging in (with an API token, or with a user's password) opens a session:
 //! a new token of the user (listed and revocable like any other, at most [`MAX_HOURS`] long and
-//! never outliving a token that opened it), kept by the browser in an HttpOnly cookie. Requests with the cookie are the API's requests, under
-//! the same rules; those that change anything must also carry the session's CSRF token, which
-//! only pages of this controller can read.
+//! never outliving a token that opened it; [`AppState::open_session`] makes it), kept by the
+//! browser in an HttpOnly cookie. Requests with the cookie are the API's requests, under the
+//! same rules; those that change anything must also carry the session's CSRF token, which only
+//! pages of this controller can read.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use qb_api::{Login, ProblemCode, Session};
-use qb_store::{Actor, Principal};
+use qb_store::Principal;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::app::SessionLogin;
 use crate::auth::{Caller, hash_secret, looks_like_token, unauthenticated};
 use crate::extract::ApiJson;
-use crate::{ApiError, AppState, auth, passwords};
+use crate::{ApiError, AppState};
 
 /// The cookie that carries a session's token.
 pub const COOKIE: &str = "qb_session";
@@ -75,10 +77,10 @@ pub(crate) fn check_csrf(headers: &HeaderMap, secret: &str) -> Result<(), ApiErr
     responses((status = 201, body = Session), (status = 401, body = qb_api::Problem),
         (status = 429, body = qb_api::Problem)))]
 pub(crate) async fn login(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     ApiJson(login): ApiJson<Login>,
 ) -> Result<Response, ApiError> {
-    let (tenant_id, tenant, user, role, expires_at) = match login {
+    let login = match login {
         Login {
             token: Some(token),
             tenant: None,
@@ -91,73 +93,39 @@ pub(crate) async fn login(
                     "that is not a qb API token (they start with 'qb_')",
                 ));
             }
-            let caller = Caller::authenticate(&state, &hash_secret(token)).await?.0;
-            // Never longer than the token that opened it.
-            let expires_at = session_end().min(caller.token_expires_at);
-            (
-                caller.tenant_id,
-                caller.tenant,
-                caller.user,
-                caller.role,
-                expires_at,
-            )
+            SessionLogin::Token(token.to_owned())
         }
         Login {
             token: None,
             tenant: Some(tenant),
             user: Some(user),
             password: Some(password),
-        } => {
-            state.logins.admit(tenant.as_str(), user.as_str())?;
-            let found = state.store.password_user(&tenant, &user).await?;
-            let stored = found.as_ref().map(|f| f.password_hash.clone());
-            let matched = passwords::check(password, stored).await;
-            let Some(found) = found.filter(|_| matched) else {
-                state.logins.failed(tenant.as_str(), user.as_str());
-                tracing::info!(tenant = %tenant, user = %user, "a password login failed");
-                return Err(unauthenticated("wrong tenant, user or password"));
-            };
-            state.logins.succeeded(tenant.as_str(), user.as_str());
-            (
-                found.tenant_id,
-                tenant,
-                found.user.name,
-                found.user.role,
-                session_end(),
-            )
-        }
+        } => SessionLogin::Password {
+            tenant,
+            user,
+            password,
+        },
         _ => {
             return Err(ApiError::invalid(
                 "log in with either \"token\", or \"tenant\", \"user\" and \"password\"",
             ));
         }
     };
-    let (secret, hash) = auth::new_secret();
-    let created = state
-        .store
-        .create_session_token(
-            tenant_id,
-            &user,
-            secret,
-            &hash,
-            expires_at,
-            &Actor::user(user.as_str()),
-        )
-        .await?;
-    let max_age = (expires_at - OffsetDateTime::now_utc())
+    let opened = app.open_session(login).await?;
+    let max_age = (opened.expires_at - OffsetDateTime::now_utc())
         .whole_seconds()
         .max(0);
     let cookie = format!(
         "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
-        created.secret,
-        secure(&state)
+        opened.secret,
+        secure(&app)
     );
     let session = Session {
-        tenant,
-        user,
-        role,
-        csrf_token: csrf_token(&created.secret),
-        expires_at,
+        csrf_token: csrf_token(&opened.secret),
+        tenant: opened.tenant,
+        user: opened.user,
+        role: opened.role,
+        expires_at: opened.expires_at,
     };
     Ok((
         StatusCode::CREATED,
@@ -165,11 +133,6 @@ pub(crate) async fn login(
         Json(session),
     )
         .into_response())
-}
-
-/// When a session opened now ends at the latest.
-fn session_end() -> OffsetDateTime {
-    OffsetDateTime::now_utc() + time::Duration::hours(MAX_HOURS)
 }
 
 /// The session of the request's cookie.
@@ -189,22 +152,16 @@ pub(crate) async fn current(
 #[utoipa::path(delete, path = "/api/v1/session", tag = "session",
     responses((status = 204), (status = 403, body = qb_api::Problem)))]
 pub(crate) async fn logout(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if let Some(secret) = cookie_secret(&headers) {
         check_csrf(&headers, secret)?;
-        if let Some(principal) = state.store.authenticate(&hash_secret(secret)).await? {
-            let actor = Caller(principal.clone()).actor();
-            state
-                .store
-                .revoke_token(principal.tenant_id, principal.token_id, &actor)
-                .await?;
-        }
+        app.end_session(secret).await?;
     }
     let cookie = format!(
         "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
-        secure(&state)
+        secure(&app)
     );
     Ok((
         StatusCode::NO_CONTENT,

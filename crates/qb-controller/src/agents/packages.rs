@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use qb_api::{CreateBootstrapToken, ProblemCode, Role};
+use qb_api::{ProblemCode, Role};
 use qb_package::{AgentPackage, Format};
 use serde::{Deserialize, Serialize};
 use utoipa::IntoParams;
@@ -25,6 +25,56 @@ pub struct Packaging {
     pub ca_pin: qb_pki::Pin,
     /// The `qb-agent` executable to ship.
     pub agent_binary: PathBuf,
+}
+
+/// The version packages carry: the controller's own.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+impl Packaging {
+    /// The agent binary to ship.
+    pub(crate) async fn agent_binary(&self) -> Result<Vec<u8>, ApiError> {
+        tokio::fs::read(&self.agent_binary).await.map_err(|e| {
+            tracing::error!(path = %self.agent_binary.display(), error = %e, "cannot read the agent binary");
+            ApiError::new(ProblemCode::Unavailable, "the agent binary is unavailable; see the controller's log")
+        })
+    }
+
+    /// A package of `binary` in `format` whose agent registers with `bootstrap_token`.
+    pub(crate) async fn build(
+        &self,
+        format: Format,
+        binary: Vec<u8>,
+        bootstrap_token: &str,
+    ) -> Result<Vec<u8>, ApiError> {
+        let config = toml::to_string(&AgentConfig {
+            controller_url: &self.agent_url,
+            other_controller_urls: &self.other_agent_urls,
+            ca_pins: vec![self.ca_pin.to_string()],
+            bootstrap_token,
+        })
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot render the agent config");
+            ApiError::new(
+                ProblemCode::Internal,
+                "internal error; see the controller's log",
+            )
+        })?;
+        tokio::task::spawn_blocking(move || {
+            format.build(&AgentPackage {
+                version: VERSION,
+                agent_binary: &binary,
+                config_toml: &config,
+            })
+        })
+        .await
+        .map_err(|e| ApiError::new(ProblemCode::Internal, format!("packaging stopped: {e}")))?
+        .map_err(package_error)
+    }
+}
+
+/// The name of a package in `format`.
+pub(crate) fn file_name(format: Format) -> Result<String, ApiError> {
+    format.file_name(VERSION).map_err(package_error)
 }
 
 /// The configuration file an agent package installs.
@@ -56,7 +106,7 @@ pub(crate) struct PackageQuery {
         (status = 404, body = qb_api::Problem),
         (status = 503, body = qb_api::Problem)))]
 pub(crate) async fn agent_package(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     Path(format): Path<String>,
     ApiQuery(q): ApiQuery<PackageQuery>,
@@ -68,60 +118,19 @@ pub(crate) async fn agent_package(
             format!("no package format {format:?}: use deb, rpm or tar.gz"),
         )
     })?;
-    let packaging = state.packaging.clone().ok_or_else(|| {
-        ApiError::new(
-            ProblemCode::Unavailable,
-            "this controller has no agent binary to package (see --agent-binary)",
-        )
-    })?;
-    let binary = tokio::fs::read(&packaging.agent_binary).await.map_err(|e| {
-        tracing::error!(path = %packaging.agent_binary.display(), error = %e, "cannot read the agent binary");
-        ApiError::new(ProblemCode::Unavailable, "the agent binary is unavailable; see the controller's log")
-    })?;
-    let version = env!("CARGO_PKG_VERSION");
-    let file_name = format.file_name(version).map_err(package_error)?;
-    let request = CreateBootstrapToken {
-        description: Some(format!("agent package {file_name}").parse()?),
-        expires_in_hours: q.expires_in_hours,
-        max_uses: q.max_uses,
-    };
-    let token =
-        crate::api::mint_bootstrap_token(&state.store, caller.tenant(), request, &caller.actor())
-            .await?;
-    let config = toml::to_string(&AgentConfig {
-        controller_url: &packaging.agent_url,
-        other_controller_urls: &packaging.other_agent_urls,
-        ca_pins: vec![packaging.ca_pin.to_string()],
-        bootstrap_token: &token.secret,
-    })
-    .map_err(|e| {
-        tracing::error!(error = %e, "cannot render the agent config");
-        ApiError::new(
-            ProblemCode::Internal,
-            "internal error; see the controller's log",
-        )
-    })?;
-    let bytes = tokio::task::spawn_blocking(move || {
-        format.build(&AgentPackage {
-            version,
-            agent_binary: &binary,
-            config_toml: &config,
-        })
-    })
-    .await
-    .map_err(|e| ApiError::new(ProblemCode::Internal, format!("packaging stopped: {e}")))?
-    .map_err(package_error)?;
-    tracing::info!(tenant_id = %caller.tenant(), package = %file_name, bootstrap_token = %token.token.id, "built an agent package");
+    let package = app
+        .agent_package(&caller, format, q.expires_in_hours, q.max_uses)
+        .await?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
             (
                 header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{file_name}\""),
+                format!("attachment; filename=\"{}\"", package.file_name),
             ),
             (header::CACHE_CONTROL, "no-store".to_owned()),
         ],
-        bytes,
+        package.bytes,
     )
         .into_response())
 }

@@ -1,17 +1,16 @@
 //! The REST API of the cluster engine: release bundles and their artifacts, and preflight.
+//! Artifacts stream between the request and the artifact store here; the rest are calls to the
+//! app layer ([`crate::app`]).
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use qb_api::{
-    Bundle, BundleManifest, KubernetesVersion, NodeName, PreflightReport, ProblemCode, Role,
-};
+use qb_api::{Bundle, BundleManifest, KubernetesVersion, PreflightReport, Role};
 use qb_store::{Key, StoreError};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{Engine, EngineError};
 use crate::auth::Caller;
 use crate::extract::ApiJson;
 use crate::{ApiError, AppState};
@@ -27,53 +26,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(latest_preflight, run_preflight))
 }
 
-impl From<EngineError> for ApiError {
-    fn from(e: EngineError) -> Self {
-        match e {
-            EngineError::Store(e) => e.into(),
-            EngineError::Plan(message) => ApiError::new(ProblemCode::InvalidInput, message),
-        }
-    }
-}
-
-impl Engine {
-    /// Refuses a detach that would leave etcd without quorum or without members.
-    pub async fn check_detach(
-        &self,
-        tenant: qb_api::TenantId,
-        cluster: &Key<qb_api::ClusterId>,
-        names: &[NodeName],
-    ) -> Result<(), ApiError> {
-        let detail = self.store.get_cluster(tenant, cluster).await?;
-        let ec = self.store.engine_cluster(tenant, detail.cluster.id).await?;
-        let leaving: Vec<qb_api::NodeId> = ec
-            .nodes
-            .iter()
-            .filter(|n| names.contains(&n.node.name))
-            .map(|n| n.node.id)
-            .collect();
-        super::membership::detach_is_safe(self, &ec, &leaving).map_err(|reason| {
-            let names: Vec<&str> = names.iter().map(NodeName::as_str).collect();
-            ApiError::new(
-                ProblemCode::QuorumAtRisk,
-                format!(
-                    "detaching {} from {} is refused: {reason}; nothing was changed (repeat with force to detach anyway)",
-                    names.join(", "),
-                    detail.cluster.name
-                ),
-            )
-        })
-    }
-}
-
 /// List the imported release bundles.
 #[utoipa::path(get, path = "/api/v1/bundles", tag = "bundles",
     responses((status = 200, body = Vec<Bundle>)))]
 pub(crate) async fn list_bundles(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Vec<Bundle>>, ApiError> {
-    Ok(Json(state.store.list_bundles(caller.tenant()).await?))
+    Ok(Json(app.list_bundles(&caller).await?))
 }
 
 /// Show one release bundle.
@@ -81,14 +41,12 @@ pub(crate) async fn list_bundles(
     params(("version" = String, Path, description = "Kubernetes version, e.g. 1.20.2")),
     responses((status = 200, body = Bundle), (status = 404, body = qb_api::Problem)))]
 pub(crate) async fn get_bundle(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     Path(version): Path<String>,
 ) -> Result<Json<Bundle>, ApiError> {
     let version: KubernetesVersion = version.parse()?;
-    Ok(Json(
-        state.store.get_bundle(caller.tenant(), &version).await?,
-    ))
+    Ok(Json(app.get_bundle(&caller, &version).await?))
 }
 
 /// Import a release bundle whose artifacts were uploaded. Importing the same bundle again
@@ -96,46 +54,19 @@ pub(crate) async fn get_bundle(
 #[utoipa::path(post, path = "/api/v1/bundles", tag = "bundles", request_body = BundleManifest,
     responses((status = 201, body = Bundle), (status = 200, body = Bundle), (status = 400, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
 pub(crate) async fn import_bundle(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     ApiJson(manifest): ApiJson<BundleManifest>,
 ) -> Result<(StatusCode, Json<Bundle>), ApiError> {
     caller.require(Role::Operator)?;
     manifest.validate()?;
-    for a in &manifest.artifacts {
-        let size = state
-            .engine
-            .artifacts
-            .size(&a.sha256)
-            .await
-            .map_err(|e| ApiError::invalid(e.to_string()))?;
-        match size {
-            Some(size) if size == a.size => {}
-            Some(size) => {
-                return Err(ApiError::invalid(format!(
-                    "artifact {} is {size} bytes, the manifest says {}",
-                    a.name, a.size
-                )));
-            }
-            None => {
-                return Err(ApiError::invalid(format!(
-                    "artifact {} ({}) was not uploaded; PUT it to /api/v1/artifacts/{} first",
-                    a.name, a.sha256, a.sha256
-                )));
-            }
-        }
-    }
-    let (bundle, created) = state
-        .store
-        .import_bundle(caller.tenant(), &manifest, &caller.actor())
-        .await?;
-    state.engine.wake.notify_one();
-    let status = if created {
+    let imported = app.import_bundle(&caller, &manifest).await?;
+    let status = if imported.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(bundle)))
+    Ok((status, Json(imported.bundle)))
 }
 
 /// Upload an artifact: the body's SHA-256 must be the one in the path.
@@ -192,20 +123,12 @@ pub(crate) async fn artifact_exists(
     params(("cluster" = String, Path, description = "Cluster id or name")),
     responses((status = 200, body = PreflightReport), (status = 404, body = qb_api::Problem)))]
 pub(crate) async fn latest_preflight(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     Path(cluster): Path<String>,
 ) -> Result<Json<PreflightReport>, ApiError> {
-    let detail = state
-        .store
-        .get_cluster(caller.tenant(), &Key::parse(&cluster))
-        .await?;
-    match state
-        .store
-        .latest_preflight(caller.tenant(), detail.cluster.id)
-        .await?
-    {
-        Some((report, _)) => Ok(Json(report)),
+    match app.latest_preflight(&caller, &Key::parse(&cluster)).await? {
+        Some(report) => Ok(Json(report)),
         None => Err(StoreError::NotFound {
             kind: "preflight run of cluster",
             key: cluster,
@@ -219,25 +142,12 @@ pub(crate) async fn latest_preflight(
     params(("cluster" = String, Path, description = "Cluster id or name")),
     responses((status = 200, body = PreflightReport), (status = 400, body = qb_api::Problem), (status = 404, body = qb_api::Problem)))]
 pub(crate) async fn run_preflight(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     caller: Caller,
     Path(cluster): Path<String>,
 ) -> Result<Json<PreflightReport>, ApiError> {
     caller.require(Role::Operator)?;
-    let detail = state
-        .store
-        .get_cluster(caller.tenant(), &Key::parse(&cluster))
-        .await?;
-    if detail.nodes.is_empty() {
-        return Err(ApiError::invalid(format!(
-            "cluster {} has no nodes to check",
-            detail.cluster.name
-        )));
-    }
     Ok(Json(
-        state
-            .engine
-            .preflight_now(caller.tenant(), detail.cluster.id)
-            .await?,
+        app.run_preflight(&caller, &Key::parse(&cluster)).await?,
     ))
 }

@@ -1,0 +1,221 @@
+//! Clusters: creating and deleting them, moving nodes in and out (a detach that would cost etcd
+//! its quorum is refused unless forced), and preflight.
+
+use qb_api::{
+    AttachTarget, Cluster, ClusterDetail, ClusterId, DeletedCluster, NodeMove, NodeName, Page,
+    PageParams, PreflightReport, ProblemCode,
+};
+use qb_store::{ClusterSpec, Key, StoreError};
+
+use super::AppState;
+use crate::ApiError;
+use crate::auth::Caller;
+
+impl AppState {
+    pub async fn list_clusters(
+        &self,
+        caller: &Caller,
+        page: &PageParams,
+    ) -> Result<Page<Cluster>, ApiError> {
+        Ok(self
+            .store
+            .list_clusters(caller.tenant(), page.after.as_deref(), page.limit()?)
+            .await?)
+    }
+
+    pub async fn create_cluster(
+        &self,
+        caller: &Caller,
+        spec: &ClusterSpec,
+    ) -> Result<Cluster, StoreError> {
+        self.store
+            .create_cluster(caller.tenant(), spec, &caller.actor())
+            .await
+    }
+
+    /// A cluster and its nodes, with their agents' live state.
+    pub async fn get_cluster(
+        &self,
+        caller: &Caller,
+        cluster: &Key<ClusterId>,
+    ) -> Result<ClusterDetail, StoreError> {
+        let mut detail = self.store.get_cluster(caller.tenant(), cluster).await?;
+        detail.nodes = self.live_all(detail.nodes);
+        Ok(detail)
+    }
+
+    /// Deletes a cluster; with `force` even one with nodes, which return to the pool.
+    pub async fn delete_cluster(
+        &self,
+        caller: &Caller,
+        cluster: &Key<ClusterId>,
+        force: bool,
+    ) -> Result<DeletedCluster, StoreError> {
+        let returned = self
+            .store
+            .delete_cluster(caller.tenant(), cluster, force, &caller.actor())
+            .await?;
+        Ok(DeletedCluster {
+            returned_to_pool: returned,
+        })
+    }
+
+    /// Attaches the target's nodes, all or nothing, and wakes the engine to build them in.
+    pub async fn attach(
+        &self,
+        caller: &Caller,
+        cluster: &Key<ClusterId>,
+        target: &AttachTarget,
+    ) -> Result<NodeMove, StoreError> {
+        let mut moved = self
+            .store
+            .attach(caller.tenant(), cluster, target, &caller.actor())
+            .await?;
+        self.engine.wake.notify_one();
+        moved.nodes = self.live_all(moved.nodes);
+        Ok(moved)
+    }
+
+    /// Starts detaching named nodes and wakes the engine to take them out. Unless `force`d, a
+    /// detach that would leave etcd without quorum or without members is refused first.
+    pub async fn detach(
+        &self,
+        caller: &Caller,
+        cluster: &Key<ClusterId>,
+        nodes: &[NodeName],
+        force: bool,
+    ) -> Result<NodeMove, ApiError> {
+        if !force {
+            self.refuse_detach_without_quorum(caller, cluster, nodes)
+                .await?;
+        }
+        let mut moved = self
+            .store
+            .detach(caller.tenant(), cluster, nodes, force, &caller.actor())
+            .await?;
+        self.engine.wake.notify_one();
+        moved.nodes = self.live_all(moved.nodes);
+        Ok(moved)
+    }
+
+    async fn refuse_detach_without_quorum(
+        &self,
+        caller: &Caller,
+        cluster: &Key<ClusterId>,
+        names: &[NodeName],
+    ) -> Result<(), ApiError> {
+        let detail = self.store.get_cluster(caller.tenant(), cluster).await?;
+        let ec = self
+            .store
+            .engine_cluster(caller.tenant(), detail.cluster.id)
+            .await?;
+        let leaving: Vec<qb_api::NodeId> = ec
+            .nodes
+            .iter()
+            .filter(|n| names.contains(&n.node.name))
+            .map(|n| n.node.id)
+            .collect();
+        crate::engine::membership::detach_is_safe(&self.engine, &ec, &leaving).map_err(|reason| {
+            let names: Vec<&str> = names.iter().map(NodeName::as_str).collect();
+            ApiError::new(
+                ProblemCode::QuorumAtRisk,
+                format!(
+                    "detaching {} from {} is refused: {reason}; nothing was changed (repeat with force to detach anyway)",
+                    names.join(", "),
+                    detail.cluster.name
+                ),
+            )
+        })
+    }
+
+    /// The cluster's newest preflight run; `None` when it never had one.
+    pub async fn latest_preflight(
+        &self,
+        caller: &Caller,
+        cluster: &Key<ClusterId>,
+    ) -> Result<Option<PreflightReport>, StoreError> {
+        let detail = self.store.get_cluster(caller.tenant(), cluster).await?;
+        let latest = self
+            .store
+            .latest_preflight(caller.tenant(), detail.cluster.id)
+            .await?;
+        Ok(latest.map(|(report, _)| report))
+    }
+
+    /// Runs preflight across the cluster's nodes now; a cluster without nodes has nothing to
+    /// check.
+    pub async fn run_preflight(
+        &self,
+        caller: &Caller,
+        cluster: &Key<ClusterId>,
+    ) -> Result<PreflightReport, ApiError> {
+        let detail = self.store.get_cluster(caller.tenant(), cluster).await?;
+        if detail.nodes.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "cluster {} has no nodes to check",
+                detail.cluster.name
+            )));
+        }
+        Ok(self
+            .engine
+            .preflight_now(caller.tenant(), detail.cluster.id)
+            .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use qb_api::NodeState;
+
+    use super::*;
+    use crate::app::fixture::Fixture;
+
+    #[tokio::test]
+    async fn nodes_move_in_and_out_of_a_cluster_and_preflight_needs_some() {
+        let f = Fixture::new().await;
+        let prod = Key::Name(f.cluster("prod").await.name.to_string());
+        let refused = f.app.run_preflight(&f.operator, &prod).await.unwrap_err();
+        assert_eq!(refused.0.code, ProblemCode::InvalidInput);
+        assert_eq!(refused.0.detail, "cluster prod has no nodes to check");
+        assert_eq!(
+            f.app.latest_preflight(&f.operator, &prod).await.unwrap(),
+            None
+        );
+
+        let name = f.pending_node("n1").await;
+        f.app
+            .authorize_node(&f.operator, &Key::Name(name.to_string()))
+            .await
+            .unwrap();
+        let moved = f
+            .app
+            .attach(&f.operator, &prod, &AttachTarget::Named(vec![name.clone()]))
+            .await
+            .unwrap();
+        assert_eq!(moved.nodes[0].state, NodeState::Attached);
+        let detail = f.app.get_cluster(&f.operator, &prod).await.unwrap();
+        assert_eq!(detail.nodes.len(), 1);
+
+        let moved = f
+            .app
+            .detach(&f.operator, &prod, std::slice::from_ref(&name), false)
+            .await
+            .unwrap();
+        assert_eq!(moved.nodes[0].state, NodeState::Detaching);
+        let refused = f
+            .app
+            .delete_cluster(&f.operator, &prod, false)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, StoreError::ClusterNotEmpty { .. }),
+            "{refused}"
+        );
+        let deleted = f
+            .app
+            .delete_cluster(&f.operator, &prod, true)
+            .await
+            .unwrap();
+        assert_eq!(deleted.returned_to_pool.len(), 1);
+    }
+}

@@ -1,0 +1,219 @@
+//! Nodes: listing them with their agents' live state, labels, and the lifecycle moves whose
+//! news the node's agent must hear.
+
+use std::time::Duration;
+
+use qb_api::{
+    ClusterId, LabelChange, Node, NodeId, NodeState, Page, PageParams, PingResult, ProblemCode,
+};
+use qb_store::{Key, NodeFilter, StoreError};
+
+use super::AppState;
+use crate::ApiError;
+use crate::auth::Caller;
+
+/// The most label changes one request makes.
+const MAX_LABEL_CHANGES: usize = 64;
+/// How long a ping waits for the agent's answer.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl AppState {
+    /// A page of the tenant's nodes, only those in `state` and of `cluster` when given.
+    pub async fn list_nodes(
+        &self,
+        caller: &Caller,
+        state: Option<NodeState>,
+        cluster: Option<&Key<ClusterId>>,
+        page: &PageParams,
+    ) -> Result<Page<Node>, ApiError> {
+        let cluster = match cluster {
+            Some(key) => Some(
+                self.store
+                    .get_cluster(caller.tenant(), key)
+                    .await?
+                    .cluster
+                    .id,
+            ),
+            None => None,
+        };
+        let filter = NodeFilter { state, cluster };
+        let mut nodes = self
+            .store
+            .list_nodes(
+                caller.tenant(),
+                &filter,
+                page.after.as_deref(),
+                page.limit()?,
+            )
+            .await?;
+        nodes.items = self.live_all(nodes.items);
+        Ok(nodes)
+    }
+
+    pub async fn get_node(&self, caller: &Caller, node: &Key<NodeId>) -> Result<Node, StoreError> {
+        let node = self.store.get_node(caller.tenant(), node).await?;
+        Ok(self.live(node))
+    }
+
+    pub async fn label_node(
+        &self,
+        caller: &Caller,
+        node: &Key<NodeId>,
+        change: &LabelChange,
+    ) -> Result<Node, ApiError> {
+        if change.set.len() + change.remove.len() > MAX_LABEL_CHANGES {
+            return Err(ApiError::invalid(format!(
+                "at most {MAX_LABEL_CHANGES} label changes per request"
+            )));
+        }
+        let node = self
+            .store
+            .label_node(caller.tenant(), node, change, &caller.actor())
+            .await?;
+        Ok(self.live(node))
+    }
+
+    /// Authorizes a pending node into the pool; its agent, if connected, hears so at once.
+    pub async fn authorize_node(
+        &self,
+        caller: &Caller,
+        node: &Key<NodeId>,
+    ) -> Result<Node, StoreError> {
+        let node = self
+            .store
+            .authorize_node(caller.tenant(), node, &caller.actor())
+            .await?;
+        crate::agents::endpoint::notify_state(&self.agents, node.id, node.state);
+        Ok(self.live(node))
+    }
+
+    /// Deauthorizes a node. The store refuses its certificate from now on; its live connection
+    /// is closed at once rather than at its next reconnect.
+    pub async fn deauthorize_node(
+        &self,
+        caller: &Caller,
+        node: &Key<NodeId>,
+    ) -> Result<Node, StoreError> {
+        let node = self
+            .store
+            .deauthorize_node(caller.tenant(), node, &caller.actor())
+            .await?;
+        self.agents.revoke(node.id);
+        Ok(self.live(node))
+    }
+
+    /// Forgets a pending or deauthorized node.
+    pub async fn delete_node(&self, caller: &Caller, node: &Key<NodeId>) -> Result<(), StoreError> {
+        self.store
+            .delete_node(caller.tenant(), node, &caller.actor())
+            .await
+    }
+
+    /// The round trip of a ping through the node's agent: from the controller deciding to the
+    /// agent acting.
+    pub async fn ping_node(
+        &self,
+        caller: &Caller,
+        node: &Key<NodeId>,
+    ) -> Result<PingResult, ApiError> {
+        let node = self.store.get_node(caller.tenant(), node).await?;
+        let round_trip = self.agents.ping(node.id, PING_TIMEOUT).await.map_err(|e| {
+            ApiError::new(ProblemCode::AgentUnavailable, format!("{}: {e}", node.name))
+        })?;
+        Ok(PingResult {
+            round_trip_ms: round_trip.as_secs_f64() * 1000.0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::app::fixture::Fixture;
+
+    #[tokio::test]
+    async fn label_changes_are_bounded_per_request() {
+        let f = Fixture::new().await;
+        let name = f.pending_node("n1").await;
+        let key = Key::Name(name.to_string());
+        let change = |n: usize| LabelChange {
+            set: (0..n)
+                .map(|i| (format!("k{i}").parse().unwrap(), "v".parse().unwrap()))
+                .collect::<BTreeMap<_, _>>(),
+            remove: Vec::new(),
+        };
+        let refused = f
+            .app
+            .label_node(&f.operator, &key, &change(65))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.0.code, ProblemCode::InvalidInput);
+        assert_eq!(refused.0.detail, "at most 64 label changes per request");
+        let node = f
+            .app
+            .label_node(&f.operator, &key, &change(64))
+            .await
+            .unwrap();
+        assert_eq!(node.labels.len(), 64);
+    }
+
+    #[tokio::test]
+    async fn a_node_moves_through_authorization_and_is_forgotten() {
+        let f = Fixture::new().await;
+        let key = Key::Name(f.pending_node("n1").await.to_string());
+        let node = f.app.authorize_node(&f.operator, &key).await.unwrap();
+        assert_eq!(node.state, NodeState::Authorized);
+        let node = f.app.deauthorize_node(&f.operator, &key).await.unwrap();
+        assert_eq!(node.state, NodeState::Deauthorized);
+        f.app.delete_node(&f.operator, &key).await.unwrap();
+        assert!(matches!(
+            f.app.get_node(&f.operator, &key).await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_ping_to_a_node_without_its_agent_names_the_node() {
+        let f = Fixture::new().await;
+        let key = Key::Name(f.pending_node("n1").await.to_string());
+        let refused = f.app.ping_node(&f.operator, &key).await.unwrap_err();
+        assert_eq!(refused.0.code, ProblemCode::AgentUnavailable);
+        assert!(refused.0.detail.starts_with("n1: "), "{}", refused.0.detail);
+    }
+
+    #[tokio::test]
+    async fn nodes_are_listed_by_state_and_an_unknown_cluster_is_not_found() {
+        let f = Fixture::new().await;
+        let pending = f.pending_node("n1").await;
+        let authorized = Key::Name(f.pending_node("n2").await.to_string());
+        f.app
+            .authorize_node(&f.operator, &authorized)
+            .await
+            .unwrap();
+        let page = f
+            .app
+            .list_nodes(
+                &f.operator,
+                Some(NodeState::Pending),
+                None,
+                &PageParams::default(),
+            )
+            .await
+            .unwrap();
+        let names: Vec<_> = page.items.iter().map(|n| n.name.clone()).collect();
+        assert_eq!(names, [pending]);
+        let refused = f
+            .app
+            .list_nodes(
+                &f.operator,
+                None,
+                Some(&Key::Name("nowhere".to_owned())),
+                &PageParams::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(refused.0.code, ProblemCode::NotFound);
+    }
+}
