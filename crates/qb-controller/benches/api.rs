@@ -43,7 +43,7 @@ async fn fixture(store: Store) -> Fixture {
         .unwrap();
     let _ = admin;
     let token =
-        qb_controller::api::mint_token(&store, tenant.id, &op.name, None, 1, &Actor::controller())
+        qb_controller::app::mint_token(&store, tenant.id, &op.name, None, 1, &Actor::controller())
             .await
             .unwrap()
             .secret;

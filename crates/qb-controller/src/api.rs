@@ -19,7 +19,6 @@ use utoipa::{IntoParams, OpenApi as _};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use crate::app::mint_token;
 use crate::auth::Caller;
 use crate::extract::{ApiJson, ApiQuery};
 use crate::{ApiError, AppState};

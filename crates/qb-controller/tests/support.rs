@@ -99,7 +99,7 @@ impl App {
         let mint = |user: Name| {
             let store = self.store.clone();
             async move {
-                qb_controller::api::mint_token(
+                qb_controller::app::mint_token(
                     &store,
                     tenant.id,
                     &user,
