@@ -145,8 +145,10 @@ const PACKAGES: &[(&str, &str)] = &[
     // links it against an old glibc, comes from PyPI.
     ("binutils", "/usr/bin/objcopy"),
     ("python3-pip", "/usr/bin/pip3"),
-    // The agent's .deb is checked with Debian's own package checker.
+    // The agent's .deb is checked with Debian's own package checker; the shipped agent runs in
+    // a root of an older Debian made with debootstrap.
     ("lintian", "/usr/bin/lintian"),
+    ("debootstrap", "/usr/sbin/debootstrap"),
 ];
 
 /// What the benchmarks need beyond the tests' packages.

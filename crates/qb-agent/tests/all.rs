@@ -5,6 +5,9 @@
 //! - `security`: wrong CA pin, refused bootstrap tokens, re-registration, a stolen certificate
 //!   (also after the host registers again), an agent deauthorized while down, a second tenant,
 //!   and hostile frames on the channel (agents on 127.0.0.1).
+//! - `binary`, `distros`: the agent needs only the C library; the one that ships needs glibc
+//!   2.17 at most, is stripped, and registers from a Debian 11 root (debootstrap, cached) that
+//!   has no machine id.
 //! - `identity`: a cloned host (another host with the same machine id) is refused while the
 //!   first is online, reported to the operator, and the first keeps working.
 //! - `engine`: the cluster engine on real etcd: a cluster forms, grows, refuses an unsafe
@@ -39,6 +42,8 @@ mod binary;
 mod browser;
 #[path = "all/channel.rs"]
 mod channel;
+#[path = "all/distros.rs"]
+mod distros;
 #[path = "all/engine.rs"]
 mod engine;
 #[path = "all/faults.rs"]

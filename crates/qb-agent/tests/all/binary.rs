@@ -65,7 +65,7 @@ fn the_shipped_agent_needs_glibc_2_17_at_most_and_is_stripped() {
 }
 
 /// The agent `cargo xtask dist` builds, as `cargo xtask test` names it.
-fn shipped_agent() -> PathBuf {
+pub fn shipped_agent() -> PathBuf {
     let path = std::env::var_os("QB_DIST_AGENT")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -125,6 +125,9 @@ fn links_only_the_c_library(agent: &Path) {
             "unexpected dependency: {line}"
         );
     }
-    let version = Command::new(agent).arg("--version").output().unwrap();
+    let version = Command::new(agent)
+        .arg("--version")
+        .output()
+        .expect("the agent runs");
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("qb-agent "));
 }

@@ -1,0 +1,107 @@
+//! The agent as it ships, on another distribution: a Debian 11 root made with debootstrap
+//! (minbase: glibc 2.31, no machine id, no systemd), entered as a lab host is — its own network
+//! namespace, and a private mount namespace with its own /proc and /sys — registers with the
+//! controller and stays online. The root is made once per release and cached.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::{AgentConfig, Controller, Proc, SHORT, command, poll, run};
+use crate::http::online;
+use qb_lab::Lab;
+
+#[test]
+fn the_shipped_agent_registers_from_a_debian_11_root_without_a_machine_id() {
+    let agent = crate::binary::shipped_agent();
+    let cached = debian_root("bullseye");
+    // Declared first, dropped last: the agent is gone before its root is removed.
+    let work = tempfile::tempdir().expect("temp dir");
+    let root = work.path().join("root");
+    let copy = run(Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(&cached)
+        .arg(&root));
+    assert!(copy.status.success(), "{copy:?}");
+    std::fs::copy(&agent, root.join("usr/bin/qb-agent")).expect("the agent in the root");
+    assert!(
+        !root.join("etc/machine-id").exists(),
+        "a minbase root has no machine id"
+    );
+
+    let lab = Lab::new(1).expect("the lab");
+    let controller = Controller::start(&lab.bridge_ip());
+    let api = controller.api();
+    let token = api.bootstrap_token(1, 1);
+    let config = AgentConfig::new(&controller, &token.secret, "bullseye");
+    let file = serde_json::json!({
+        "controller_url": config.controller_url,
+        "ca_pins": config.ca_pins,
+        "bootstrap_token": token.secret,
+        "state_dir": "/var/lib/qb/agent",
+        "node_name": config.node_name,
+    });
+    std::fs::create_dir_all(root.join("etc/qb")).expect("/etc/qb");
+    std::fs::write(
+        root.join("etc/qb/agent.toml"),
+        toml::to_string(&file).expect("TOML"),
+    )
+    .expect("the agent's configuration");
+    let r = root.display();
+    let script = format!(
+        "mount -t proc proc {r}/proc && mount -t sysfs sysfs {r}/sys && \
+         exec chroot {r} /usr/bin/qb-agent --config /etc/qb/agent.toml"
+    );
+    let mut cmd = command(Path::new("unshare"), Some(&lab.netns(0)));
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("QB_LOG", "info");
+    let (_agent, _stdout) = Proc::spawn("qb-agent in Debian 11", cmd);
+
+    let node = poll("the Debian 11 host online", SHORT, || {
+        let node = api.get("/nodes/bullseye");
+        (node.status == 200 && online(&node.body))
+            .then_some(node.body.clone())
+            .ok_or(node.body.to_string())
+    });
+    let os = node["facts"]["os"].as_str().unwrap_or_default();
+    assert!(os.contains("Debian GNU/Linux 11"), "{node}");
+    assert!(
+        node["facts"]["addresses"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|ip| ip == lab.host_ip(0).as_str())),
+        "{node}"
+    );
+    let own = std::fs::read_to_string(root.join("var/lib/qb/agent/machine-id"))
+        .expect("qb's own machine id, made for a host without one");
+    assert_eq!(own.trim().len(), 32, "{own}");
+}
+
+/// A minimal Debian root of `release`, made with debootstrap the first time and kept in the cache
+/// directory (`QB_CACHE_DIR`, else `$XDG_CACHE_HOME/qb`, else `~/.cache/qb`) under `roots/`.
+fn debian_root(release: &str) -> PathBuf {
+    let cache = std::env::var_os("QB_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| Path::new(&d).join("qb")))
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/qb")))
+        .expect("a cache directory: set QB_CACHE_DIR or HOME");
+    let root = cache.join("roots").join(release);
+    if root.join("etc/debian_version").exists() {
+        return root;
+    }
+    let partial = root.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(partial.parent().expect("a parent")).expect("the cache");
+    // Not `run`: fetching and unpacking a root takes longer than its timeout.
+    let out = Command::new("debootstrap")
+        .args(["--variant=minbase", release])
+        .arg(&partial)
+        .arg("http://deb.debian.org/debian")
+        .output()
+        .expect("debootstrap (Debian's package) must be installed");
+    assert!(
+        out.status.success(),
+        "debootstrap {release} (from Debian's debootstrap package) failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&partial, &root).expect("the root into the cache");
+    root
+}
