@@ -149,6 +149,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // a root of an older Debian made with debootstrap.
     ("lintian", "/usr/bin/lintian"),
     ("debootstrap", "/usr/sbin/debootstrap"),
+    // The package tests hold its dependencies to dpkg-shlibdeps'.
+    ("dpkg-dev", "/usr/bin/dpkg-shlibdeps"),
 ];
 
 /// What the benchmarks need beyond the tests' packages.

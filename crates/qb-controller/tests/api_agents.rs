@@ -95,7 +95,8 @@ async fn agent_packages_carry_the_controller_and_a_fresh_token() {
     );
 
     let binary = dir.path().join("qb-agent");
-    std::fs::write(&binary, b"#!/bin/sh\necho agent\n").unwrap();
+    // A small real executable that links only the C library stands in for the agent.
+    std::fs::copy("/bin/true", &binary).unwrap();
     let ca = qb_pki::CertificateAuthority::generate("test CA", time::Duration::days(1)).unwrap();
     app.state.packaging = Some(Arc::new(Packaging {
         agent_url: "https://controller.example:7444".into(),

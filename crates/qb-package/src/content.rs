@@ -1,9 +1,14 @@
 //! What the packages hold besides the agent and its config: the systemd unit, the maintainer and
-//! install scripts, the README. Every script is POSIX `sh` and uses only what busybox has.
+//! install scripts, the README, the manual page, and the deb's copyright file and changelog.
+//! Every script is POSIX `sh` and uses only what busybox has, besides the init system's own
+//! tools.
 //!
 //! The scripts of all three formats are assembled from the same fragments. Each fragment takes a
 //! `root` prefix for its paths: empty in the deb and rpm (dpkg and rpm run them chrooted into the
-//! target), `$root` in the tarball's scripts (the optional `QB_ROOT` to install under).
+//! target), `$root` in the tarball's scripts (the optional `QB_ROOT` to install under). The deb's
+//! scripts go through Debian's `deb-systemd-helper` (enable, mask, purge: it works with or
+//! without systemd running) and `deb-systemd-invoke` (start, stop: it asks the host's
+//! `policy-rc.d`, which image builds use to keep services from starting), as debhelper's do.
 
 /// The systemd unit (the same in every format).
 pub(crate) const UNIT: &str = "\
@@ -28,7 +33,7 @@ WantedBy=multi-user.target
 ";
 
 /// The one-line summary of the package.
-pub(crate) const SUMMARY: &str = "qb agent, preconfigured for one qb controller";
+pub(crate) const SUMMARY: &str = "Node agent of qb, preconfigured for one qb controller";
 
 /// The longer description, one paragraph.
 pub(crate) const DESCRIPTION: &str = "qb-agent joins this host to the qb controller it was \
@@ -39,12 +44,25 @@ agent, its systemd unit and its configuration, which includes a bootstrap secret
 /// with a space.
 pub(crate) fn debian_description() -> String {
     let mut out = String::from(SUMMARY);
+    for line in fold(DESCRIPTION) {
+        out.push_str("\n ");
+        out.push_str(&line);
+    }
+    out
+}
+
+/// The RPM description: folded, as rpmlint wants lines of at most 79 characters.
+pub(crate) fn rpm_description() -> String {
+    fold(DESCRIPTION).join("\n")
+}
+
+/// `text`'s words in lines of at most 78 characters.
+fn fold(text: &str) -> Vec<String> {
+    let mut lines = Vec::new();
     let mut line = String::new();
-    for word in DESCRIPTION.split_whitespace() {
+    for word in text.split_whitespace() {
         if !line.is_empty() && line.len() + 1 + word.len() > 78 {
-            out.push_str("\n ");
-            out.push_str(&line);
-            line.clear();
+            lines.push(std::mem::take(&mut line));
         }
         if !line.is_empty() {
             line.push(' ');
@@ -52,20 +70,36 @@ pub(crate) fn debian_description() -> String {
         line.push_str(word);
     }
     if !line.is_empty() {
-        out.push_str("\n ");
-        out.push_str(&line);
+        lines.push(line);
     }
-    out
+    lines
 }
+
+/// Make the state directory.
+fn make_state_dir(root: &str) -> String {
+    format!(
+        r#"mkdir -p -m 0700 "{root}/var/lib/qb-agent"
+chmod 0700 "{root}/var/lib/qb-agent"
+"#
+    )
+}
+
+/// Without systemd: say how to start the agent.
+const NOT_STARTED: &str = r#"echo "qb-agent: systemd is not running on this host, so qb-agent was not started."
+echo "qb-agent: start it as root, and have the host's init system start it at boot:"
+echo "qb-agent:     /usr/bin/qb-agent --config /etc/qb-agent/config.toml"
+"#;
+
+/// Without systemd: say that stopping the agent is the administrator's.
+const NOT_STOPPED: &str = r#"echo "qb-agent: systemd is not running on this host: stop qb-agent if you started it by hand."
+"#;
 
 /// After the files are in place: make the state directory; with systemd, enable and start the
 /// agent on a first install and restart it (if it runs) on an upgrade; without, say how to start
 /// it. `upgrade` is a shell condition that holds on an upgrade.
 fn after_install(root: &str, upgrade: &str) -> String {
     format!(
-        r#"mkdir -p -m 0700 "{root}/var/lib/qb-agent"
-chmod 0700 "{root}/var/lib/qb-agent"
-if [ -d "{root}/run/systemd/system" ]; then
+        r#"{state}if [ -d "{root}/run/systemd/system" ]; then
     systemctl daemon-reload || true
     if {upgrade}; then
         systemctl try-restart qb-agent.service || true
@@ -74,11 +108,10 @@ if [ -d "{root}/run/systemd/system" ]; then
             echo "qb-agent: could not enable and start qb-agent.service; see: systemctl status qb-agent.service" >&2
     fi
 else
-    echo "qb-agent: systemd is not running on this host, so qb-agent was not started."
-    echo "qb-agent: start it as root, and have the host's init system start it at boot:"
-    echo "qb-agent:     /usr/bin/qb-agent --config /etc/qb-agent/config.toml"
-fi
-"#
+{not_started}fi
+"#,
+        state = make_state_dir(root),
+        not_started = indent(NOT_STARTED, 4),
     )
 }
 
@@ -88,9 +121,9 @@ fn before_remove(root: &str) -> String {
         r#"if [ -d "{root}/run/systemd/system" ]; then
     systemctl disable --now qb-agent.service || true
 else
-    echo "qb-agent: systemd is not running on this host: stop qb-agent if you started it by hand."
-fi
-"#
+{not_stopped}fi
+"#,
+        not_stopped = indent(NOT_STOPPED, 4),
     )
 }
 
@@ -127,30 +160,78 @@ fn indent(text: &str, n: usize) -> String {
         .collect()
 }
 
-/// Debian `postinst`: `configure [<old version>]`.
+/// Debian `postinst`: `configure [<old version>]`. The unit is enabled whether systemd runs or
+/// not (unless the administrator disabled it); where systemd runs, it is started on a first
+/// install and restarted on an upgrade unless disabled, as debhelper's scripts do.
 pub(crate) fn deb_postinst() -> String {
+    let configure = format!(
+        r#"{state}deb-systemd-helper unmask qb-agent.service >/dev/null || true
+if deb-systemd-helper --quiet was-enabled qb-agent.service; then
+    deb-systemd-helper enable qb-agent.service >/dev/null || true
+else
+    deb-systemd-helper update-state qb-agent.service >/dev/null || true
+fi
+if [ -d /run/systemd/system ]; then
+    systemctl --system daemon-reload >/dev/null || true
+    if [ -n "${{2:-}}" ]; then
+        deb-systemd-invoke restart qb-agent.service || true
+    else
+        deb-systemd-invoke start qb-agent.service ||
+            echo "qb-agent: could not start qb-agent.service; see: systemctl status qb-agent.service" >&2
+    fi
+else
+{not_started}fi
+"#,
+        state = make_state_dir(""),
+        not_started = indent(NOT_STARTED, 4),
+    );
     let body = format!(
         "case \"$1\" in\nconfigure)\n{}    ;;\nesac\n\nexit 0\n",
-        indent(&after_install("", "[ -n \"${2:-}\" ]"), 4)
+        indent(&configure, 4)
     );
     script("postinst", &body)
 }
 
-/// Debian `prerm`: `remove`, or `upgrade <new version>` (the new postinst restarts the agent).
+/// Debian `prerm`: `remove` stops the agent; `upgrade <new version>` leaves it to the new
+/// postinst, which restarts it.
 pub(crate) fn deb_prerm() -> String {
+    let remove = format!(
+        r#"if [ -d /run/systemd/system ]; then
+    deb-systemd-invoke stop qb-agent.service >/dev/null || true
+else
+{not_stopped}fi
+"#,
+        not_stopped = indent(NOT_STOPPED, 4),
+    );
     let body = format!(
         "case \"$1\" in\nremove)\n{}    ;;\nesac\n\nexit 0\n",
-        indent(&before_remove(""), 4)
+        indent(&remove, 4)
     );
     script("prerm", &body)
 }
 
-/// Debian `postrm`: `remove`, then `purge` (which also removes the state and config).
+/// Debian `postrm`: `remove` masks the unit (its links stay until the purge, as the config does),
+/// `purge` forgets it and removes the state and config. `deb-systemd-helper` may be gone by then.
 pub(crate) fn deb_postrm() -> String {
+    let remove = format!(
+        r#"{after}if command -v deb-systemd-helper >/dev/null; then
+    deb-systemd-helper mask qb-agent.service >/dev/null || true
+fi
+"#,
+        after = after_remove(""),
+    );
+    let purge = format!(
+        r#"if command -v deb-systemd-helper >/dev/null; then
+    deb-systemd-helper purge qb-agent.service >/dev/null || true
+    deb-systemd-helper unmask qb-agent.service >/dev/null || true
+fi
+{purge}"#,
+        purge = purge(""),
+    );
     let body = format!(
         "case \"$1\" in\nremove)\n{}    ;;\npurge)\n{}    ;;\nesac\n\nexit 0\n",
-        indent(&after_remove(""), 4),
-        indent(&purge(""), 4)
+        indent(&remove, 4),
+        indent(&purge, 4)
     );
     script("postrm", &body)
 }
@@ -302,6 +383,132 @@ controller instead.
     )
 }
 
+/// The date of the man page and of the changelog entry: [`crate::MTIME`]'s.
+const DATE: &str = "2025-01-01";
+/// [`crate::MTIME`] as Debian's changelog writes dates (RFC 2822).
+const CHANGELOG_DATE: &str = "Wed, 01 Jan 2025 00:00:00 +0000";
+
+/// The agent's manual page, `qb-agent(1)`, in roff.
+pub(crate) fn man_page(version: &str) -> String {
+    format!(
+        r#".TH QB\-AGENT 1 "{DATE}" "qb\-agent {version}" "qb"
+.SH NAME
+qb\-agent \- the qb node agent
+.SH SYNOPSIS
+.B qb\-agent
+.RB [ \-\-config
+.IR file ]
+.RB [ run | facts | check\-config ]
+.SH DESCRIPTION
+.B qb\-agent
+joins this host to the qb controller its configuration names, which then manages the
+Kubernetes clusters placed on it. It registers with the configuration's bootstrap token, then
+keeps one outbound, mutually authenticated connection to the controller and does the host's
+part of its clusters.
+.PP
+The package that installed it also installed its configuration and its systemd unit,
+.BR qb\-agent.service .
+Without systemd, run it as root and have the host's init system start it at boot.
+.SH COMMANDS
+.TP
+.B run
+Run the agent (the default).
+.TP
+.B facts
+Print the facts the agent reports about this host, as JSON.
+.TP
+.B check\-config
+Check the configuration file and exit.
+.SH OPTIONS
+.TP
+.BI \-\-config " file"
+The configuration file (default:
+.IR /etc/qb\-agent/config.toml ).
+.TP
+.BR \-h ", " \-\-help
+Print the usage and exit.
+.TP
+.BR \-V ", " \-\-version
+Print the version and exit.
+.SH ENVIRONMENT
+.TP
+.B QB_AGENT_CONFIG
+The configuration file, when
+.B \-\-config
+is not given.
+.TP
+.B QB_LOG
+What the agent logs to its standard error, as a tracing filter (default:
+.BR info ).
+.SH FILES
+.TP
+.I /etc/qb\-agent/config.toml
+The configuration: the controller's address, the certificates to trust and a bootstrap token,
+which is a secret (mode 0600).
+.TP
+.I /var/lib/qb\-agent
+The agent's state: its key, its certificate, the host's identity.
+.SH SEE ALSO
+.BR systemctl (1)
+"#
+    )
+}
+
+/// The deb's `copyright` file, in Debian's machine-readable format (DEP-5).
+pub(crate) fn debian_copyright() -> String {
+    format!(
+        r#"Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: qb
+Comment: qb-agent is statically linked with the Rust libraries (crates) it is
+ built from, each under its own permissive license.
+
+Files: *
+Copyright: 2026 the qb authors
+License: {LICENSE}
+
+License: {LICENSE}
+{APACHE_2_0}"#
+    )
+}
+
+/// The workspace's license (its SPDX name).
+const LICENSE: &str = env!("CARGO_PKG_LICENSE");
+
+/// The license paragraph's text: the Apache License's notice, and where Debian keeps its text.
+const APACHE_2_0: &str = r#" Licensed under the Apache License, Version 2.0 (the "License");
+ you may not use this file except in compliance with the License.
+ You may obtain a copy of the License at
+ .
+     https://www.apache.org/licenses/LICENSE-2.0
+ .
+ Unless required by applicable law or agreed to in writing, software
+ distributed under the License is distributed on an "AS IS" BASIS,
+ WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+ See the License for the specific language governing permissions and
+ limitations under the License.
+ .
+ On Debian systems, the complete text of the Apache License, Version 2.0
+ can be found in "/usr/share/common-licenses/Apache-2.0".
+"#;
+
+/// The deb's changelog: one entry, for this version (the package is native: no Debian
+/// revision).
+pub(crate) fn debian_changelog(version: &str) -> String {
+    format!(
+        "{name} ({version}) stable; urgency=medium\n\n  \
+         * qb-agent {version}, packaged by its qb controller.\n\n \
+         -- {maintainer}  {CHANGELOG_DATE}\n",
+        name = crate::PACKAGE_NAME,
+        maintainer = crate::MAINTAINER,
+    )
+}
+
+/// lintian's overrides for the deb, each with why the tag does not apply.
+pub(crate) const LINTIAN_OVERRIDES: &str = "\
+# The config holds this host's bootstrap token, a secret: only root may read it.
+qb-agent: non-standard-file-perm 0600 != 0644 [etc/qb-agent/config.toml]
+";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,6 +536,37 @@ mod tests {
         for line in lines {
             assert!(line.starts_with(' ') && line.len() <= 80, "{line:?}");
         }
+    }
+
+    #[test]
+    fn dates_are_mtimes() {
+        let mtime = time::OffsetDateTime::from_unix_timestamp(i64::from(crate::MTIME)).unwrap();
+        let rfc2822 = mtime
+            .format(&time::format_description::well_known::Rfc2822)
+            .unwrap();
+        assert_eq!(CHANGELOG_DATE, rfc2822);
+        assert_eq!(DATE, mtime.date().to_string());
+    }
+
+    #[test]
+    fn the_copyright_file_states_the_workspace_license() {
+        // The license paragraph's text is Apache's: a change of license must change it too.
+        assert_eq!(LICENSE, "Apache-2.0");
+        let copyright = debian_copyright();
+        assert!(copyright.contains("\nLicense: Apache-2.0\n Licensed under the Apache License"));
+        assert!(
+            copyright.lines().skip(1).all(|l| l.len() <= 80),
+            "{copyright}"
+        );
+    }
+
+    #[test]
+    fn rpm_description_lines_are_short() {
+        assert!(rpm_description().lines().all(|l| l.len() <= 79));
+        assert_eq!(
+            rpm_description().split_whitespace().collect::<Vec<_>>(),
+            DESCRIPTION.split_whitespace().collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -1,19 +1,48 @@
 //! The Debian package: an `ar` archive of `debian-binary`, `control.tar.gz` and `data.tar.gz`
-//! (deb(5)), laid out as `dpkg-deb --build` would.
+//! (deb(5)), laid out as `dpkg-deb --build` would, with what Debian's policy asks of a package
+//! (copyright file, changelog, manual page, md5sums) so that lintian finds no error.
+
+use md5::{Digest, Md5};
 
 use crate::content;
+use crate::elf::AgentElf;
 use crate::{AgentPackage, Arch, MTIME, PackageError, TarGz};
 
 /// Where Debian packages put systemd units.
 const UNIT_DIR: &str = "/lib/systemd/system";
+/// The package's documentation directory.
+const DOC_DIR: &str = "/usr/share/doc/qb-agent";
+/// Where lintian looks for a package's overrides.
+const LINTIAN_OVERRIDES_PATH: &str = "/usr/share/lintian/overrides/qb-agent";
 
-pub(crate) fn build(p: &AgentPackage, arch: Arch) -> Result<Vec<u8>, PackageError> {
+/// What the maintainer scripts need besides the essential packages: `deb-systemd-helper` with
+/// `purge` (1.18, as debhelper declares it; the package is essential itself since Debian 9).
+const SCRIPT_DEPENDS: &str = "init-system-helpers (>= 1.18~)";
+
+pub(crate) fn build(p: &AgentPackage, arch: Arch, elf: &AgentElf) -> Result<Vec<u8>, PackageError> {
     let unit_path = format!("{UNIT_DIR}/{}", crate::UNIT_NAME);
-    let files: [(&str, u32, &[u8]); 3] = [
+    let copyright_path = format!("{DOC_DIR}/copyright");
+    let changelog_path = format!("{DOC_DIR}/changelog.gz");
+    let changelog = crate::gzip_best(
+        content::debian_changelog(p.version).as_bytes(),
+        "deb's changelog",
+    )?;
+    let man_page = crate::gzip_best(content::man_page(p.version).as_bytes(), "man page")?;
+    let copyright = content::debian_copyright();
+    let files: [(&str, u32, &[u8]); 7] = [
         (crate::BINARY_PATH, 0o755, p.agent_binary),
         (crate::CONFIG_PATH, 0o600, p.config_toml.as_bytes()),
         (&unit_path, 0o644, content::UNIT.as_bytes()),
+        (&copyright_path, 0o644, copyright.as_bytes()),
+        (&changelog_path, 0o644, &changelog),
+        (crate::MAN_PAGE_PATH, 0o644, &man_page),
+        (
+            LINTIAN_OVERRIDES_PATH,
+            0o644,
+            content::LINTIAN_OVERRIDES.as_bytes(),
+        ),
     ];
+    let conffiles = [crate::CONFIG_PATH];
     // Every directory above the files, parents first, once.
     let mut dirs: Vec<String> = Vec::new();
     for (path, _, _) in &files {
@@ -37,6 +66,19 @@ pub(crate) fn build(p: &AgentPackage, arch: Arch) -> Result<Vec<u8>, PackageErro
     }
     let data = data.finish()?;
 
+    // As dh_md5sums writes it: every file but the conffiles (dpkg keeps their sums itself).
+    let md5sums: String = files
+        .iter()
+        .filter(|(path, _, _)| !conffiles.contains(path))
+        .map(|(path, _, bytes)| {
+            format!(
+                "{:x}  {}\n",
+                Md5::digest(bytes),
+                path.trim_start_matches('/')
+            )
+        })
+        .collect();
+
     // In KiB, as dpkg-gencontrol counts: each file rounded up, one per directory.
     let installed_size: u64 = files
         .iter()
@@ -44,28 +86,34 @@ pub(crate) fn build(p: &AgentPackage, arch: Arch) -> Result<Vec<u8>, PackageErro
         .sum::<u64>()
         + dirs.len() as u64
         + 1;
+    let depends = elf
+        .debian_depends()
+        .into_iter()
+        .chain([SCRIPT_DEPENDS.to_owned()])
+        .collect::<Vec<_>>()
+        .join(", ");
     let control = format!(
         "Package: {name}\n\
          Version: {version}\n\
          Architecture: {arch}\n\
-         Maintainer: qb\n\
+         Maintainer: {maintainer}\n\
          Installed-Size: {installed_size}\n\
+         Depends: {depends}\n\
          Section: admin\n\
          Priority: optional\n\
          Description: {description}\n",
         name = crate::PACKAGE_NAME,
         version = p.version,
         arch = arch.debian(),
+        maintainer = crate::MAINTAINER,
         description = content::debian_description(),
     );
+    let conffiles: String = conffiles.iter().map(|c| format!("{c}\n")).collect();
     let mut control_tar = TarGz::new("deb's control.tar.gz");
     control_tar.dir("./")?;
     control_tar.file("./control", 0o644, control.as_bytes())?;
-    control_tar.file(
-        "./conffiles",
-        0o644,
-        format!("{}\n", crate::CONFIG_PATH).as_bytes(),
-    )?;
+    control_tar.file("./md5sums", 0o644, md5sums.as_bytes())?;
+    control_tar.file("./conffiles", 0o644, conffiles.as_bytes())?;
     control_tar.file("./postinst", 0o755, content::deb_postinst().as_bytes())?;
     control_tar.file("./prerm", 0o755, content::deb_prerm().as_bytes())?;
     control_tar.file("./postrm", 0o755, content::deb_postrm().as_bytes())?;

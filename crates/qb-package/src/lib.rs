@@ -11,20 +11,31 @@
 //! | the systemd unit     | `qb-agent.service` (directory per format)  | 0644 root:root   |
 //! | its state (scripts)  | `/var/lib/qb-agent`                        | 0700 root:root   |
 //!
+//! The deb and the rpm also carry the agent's manual page, and the deb its copyright file and
+//! changelog, as Debian's policy asks. The deb depends on, and the rpm requires, the libraries
+//! the agent's ELF headers say it needs, at the newest symbol version it uses (`libc6 (>= 2.34)`,
+//! `libc.so.6(GLIBC_2.34)(64bit)`), so a host whose C library is too old refuses the package; an
+//! agent that needs a library other than the C library and gcc's unwinder is refused.
+//!
 //! The config is a conffile in the deb and `%config(noreplace)` in the rpm, so an upgrade never
 //! overwrites one the administrator changed. The maintainer scripts are POSIX `sh` (they run under
 //! busybox): after install they create the state directory and, when systemd is PID 1, enable and
-//! start the unit, otherwise they say how to start the agent by hand; before removal they stop
-//! and disable it; purging (the rpm's erase, the tarball's `uninstall.sh`) removes
-//! `/var/lib/qb-agent` and `/etc/qb-agent`.
+//! start the unit, otherwise they say how to start the agent by hand (the deb enables the unit
+//! with `deb-systemd-helper` either way, so a host that boots with systemd later starts it);
+//! before removal they stop and disable it; purging (the rpm's erase, the tarball's
+//! `uninstall.sh`) removes `/var/lib/qb-agent` and `/etc/qb-agent`.
+//!
+//! The agent binary is shipped as given: stripping it (and keeping its debug info elsewhere) is
+//! the release build's work, and [`is_stripped`] tells whether it was done.
 //!
 //! Output is deterministic: the same inputs give the same bytes (every timestamp is [`MTIME`]).
 //!
 //! The package architecture is that of the build target (amd64/x86_64 or arm64/aarch64): the
-//! controller serves the agent built alongside it.
+//! controller serves the agent built alongside it, and refuses a binary built for another.
 
 mod content;
 mod deb;
+mod elf;
 mod rpm_pkg;
 mod tarball;
 
@@ -42,6 +53,10 @@ pub const CONFIG_PATH: &str = "/etc/qb-agent/config.toml";
 pub const STATE_DIR: &str = "/var/lib/qb-agent";
 /// The systemd unit's name.
 pub const UNIT_NAME: &str = "qb-agent.service";
+/// The agent's manual page (deb and rpm).
+pub const MAN_PAGE_PATH: &str = "/usr/share/man/man1/qb-agent.1.gz";
+/// Who answers for the deb and the rpm (Debian's `Maintainer`, RPM's `Packager`).
+pub const MAINTAINER: &str = "qb maintainers <maintainers@qb.invalid>";
 /// The timestamp of every file and of the packages themselves (2025-01-01T00:00:00Z), so the same
 /// inputs always give the same bytes.
 pub const MTIME: u32 = 1_735_689_600;
@@ -82,6 +97,17 @@ pub enum PackageError {
     },
     #[error("the agent binary is empty")]
     EmptyBinary,
+    #[error("the agent binary is not a 64-bit ELF executable")]
+    NotElf,
+    #[error("cannot read the agent binary's ELF headers")]
+    Elf(#[source] object::read::Error),
+    #[error("the agent binary is built for ELF machine {machine}, not for {arch}")]
+    WrongArch { machine: u16, arch: &'static str },
+    #[error(
+        "the agent binary needs {0}, which its packages cannot depend on: the agent may link \
+         only the C library and gcc's unwinder"
+    )]
+    UnknownLibrary(String),
     #[error("the agent config is empty")]
     EmptyConfig,
     #[error("no package architecture for the build target's architecture {0:?}")]
@@ -98,14 +124,14 @@ pub enum PackageError {
 
 /// The Debian package (`qb-agent_<version>_<arch>.deb`).
 pub fn deb(p: &AgentPackage) -> Result<Vec<u8>, PackageError> {
-    let arch = check(p)?;
-    deb::build(p, arch)
+    let (arch, elf) = check(p)?;
+    deb::build(p, arch, &elf)
 }
 
 /// The RPM (`qb-agent-<version>-1.<arch>.rpm`).
 pub fn rpm(p: &AgentPackage) -> Result<Vec<u8>, PackageError> {
-    let arch = check(p)?;
-    rpm_pkg::build(p, arch)
+    let (arch, elf) = check(p)?;
+    rpm_pkg::build(p, arch, &elf)
 }
 
 /// The tarball: `qb-agent-<version>/{qb-agent, config.toml, qb-agent.service, install.sh,
@@ -113,6 +139,13 @@ pub fn rpm(p: &AgentPackage) -> Result<Vec<u8>, PackageError> {
 pub fn tarball(p: &AgentPackage) -> Result<Vec<u8>, PackageError> {
     check(p)?;
     tarball::build(p)
+}
+
+/// Whether the agent binary has neither a symbol table nor debug info. The packages ship it
+/// as given; an unstripped one (a debug build) carries tens of megabytes to every host, and
+/// lintian calls it an error.
+pub fn is_stripped(agent_binary: &[u8]) -> Result<bool, PackageError> {
+    Ok(elf::AgentElf::read(agent_binary, Arch::target()?)?.stripped())
 }
 
 /// The three kinds of agent package.
@@ -184,13 +217,20 @@ impl Arch {
             Self::Aarch64 => "aarch64",
         }
     }
+
+    fn elf_machine(self) -> object::elf::Machine {
+        match self {
+            Self::X86_64 => object::elf::EM_X86_64,
+            Self::Aarch64 => object::elf::EM_AARCH64,
+        }
+    }
 }
 
 /// The longest version accepted.
 const MAX_VERSION_LEN: usize = 64;
 
-/// Checks the inputs; returns the architecture to build for.
-fn check(p: &AgentPackage) -> Result<Arch, PackageError> {
+/// Checks the inputs; returns the architecture to build for and the agent's ELF headers.
+fn check(p: &AgentPackage) -> Result<(Arch, elf::AgentElf), PackageError> {
     check_version(p.version)?;
     if p.agent_binary.is_empty() {
         return Err(PackageError::EmptyBinary);
@@ -198,7 +238,9 @@ fn check(p: &AgentPackage) -> Result<Arch, PackageError> {
     if p.config_toml.is_empty() {
         return Err(PackageError::EmptyConfig);
     }
-    Arch::target()
+    let arch = Arch::target()?;
+    let elf = elf::AgentElf::read(p.agent_binary, arch)?;
+    Ok((arch, elf))
 }
 
 /// A version both dpkg and rpm take as is, and that is safe in file names and shell scripts:
@@ -227,6 +269,18 @@ fn check_version(version: &str) -> Result<(), PackageError> {
         }),
         None => Ok(()),
     }
+}
+
+/// `data` compressed as `gzip -9n` does: best compression, no name or time in the header (Debian
+/// wants documentation compressed so, and the same inputs must give the same bytes).
+fn gzip_best(data: &[u8], what: &'static str) -> Result<Vec<u8>, PackageError> {
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(3)
+        .write(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, data)
+        .and_then(|()| gz.finish())
+        .map_err(|source| PackageError::Archive { what, source })
 }
 
 /// A gzip-compressed tar archive written in memory, every entry owned by root with [`MTIME`].
@@ -312,10 +366,14 @@ mod tests {
 
     const CONFIG: &str = "controller = \"https://qb.example:8443\"\ntoken = \"qb_secret\"\n";
 
+    /// A small real executable standing in for the agent: it links only the C library.
+    static AGENT: std::sync::LazyLock<Vec<u8>> =
+        std::sync::LazyLock::new(|| std::fs::read("/bin/true").unwrap());
+
     fn package(version: &str) -> AgentPackage<'_> {
         AgentPackage {
             version,
-            agent_binary: b"\x7fELF not really",
+            agent_binary: &AGENT,
             config_toml: CONFIG,
         }
     }
@@ -360,9 +418,14 @@ mod tests {
             config_toml: "",
             ..package("0.1.0")
         };
+        let script = AgentPackage {
+            agent_binary: b"#!/bin/sh\necho agent\n",
+            ..package("0.1.0")
+        };
         for build in [deb, rpm, tarball] {
             assert!(matches!(build(&no_binary), Err(PackageError::EmptyBinary)));
             assert!(matches!(build(&no_config), Err(PackageError::EmptyConfig)));
+            assert!(matches!(build(&script), Err(PackageError::NotElf)));
             assert!(matches!(
                 build(&package("0.1.0-1")),
                 Err(PackageError::InvalidVersion { .. })
@@ -376,6 +439,13 @@ mod tests {
         for build in [deb, rpm, tarball] {
             assert_eq!(build(&p).unwrap(), build(&p).unwrap());
         }
+    }
+
+    #[test]
+    fn tells_a_stripped_binary_from_a_debug_build() {
+        assert!(is_stripped(&AGENT).unwrap());
+        let this_test = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(!is_stripped(&this_test).unwrap());
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! The RPM, built with the pure-Rust `rpm` crate (no rpmbuild).
 
-use rpm::{BuildConfig, CompressionWithLevel, FileOptions, PackageBuilder, Scriptlet};
+use rpm::{BuildConfig, CompressionWithLevel, Dependency, FileOptions, PackageBuilder, Scriptlet};
 
 use crate::content;
+use crate::elf::AgentElf;
 use crate::{AgentPackage, Arch, MTIME, PackageError};
 
 /// Where RPM distributions put systemd units.
 const UNIT_DIR: &str = "/usr/lib/systemd/system";
 
-pub(crate) fn build(p: &AgentPackage, arch: Arch) -> Result<Vec<u8>, PackageError> {
+pub(crate) fn build(p: &AgentPackage, arch: Arch, elf: &AgentElf) -> Result<Vec<u8>, PackageError> {
     let config = BuildConfig::v4()
         .source_date(MTIME)
         // rpm's default, level 9, takes much longer on a large binary for little gain.
@@ -17,17 +18,28 @@ pub(crate) fn build(p: &AgentPackage, arch: Arch) -> Result<Vec<u8>, PackageErro
     let mut builder = PackageBuilder::new(
         crate::PACKAGE_NAME,
         p.version,
-        "Apache-2.0",
+        env!("CARGO_PKG_LICENSE"),
         arch.rpm(),
         content::SUMMARY,
     );
     builder
         .using_config(config)
         .release("1")
-        .description(content::DESCRIPTION)
+        .description(content::rpm_description())
         .vendor("qb")
-        .packager("qb")
-        .group("System Environment/Daemons");
+        .packager(crate::MAINTAINER)
+        .group("System Environment/Daemons")
+        // The same bytes wherever the package is built, as in reproducible distribution builds.
+        .build_host("reproducible")
+        .add_changelog_entry(
+            format!("{} - {}-1", crate::MAINTAINER, p.version),
+            format!("- qb-agent {}, packaged by its qb controller.", p.version),
+            MTIME,
+        );
+    for requirement in elf.rpm_requires() {
+        builder.requires(Dependency::any(requirement));
+    }
+    let man_page = crate::gzip_best(content::man_page(p.version).as_bytes(), "man page")?;
     builder
         .with_file_contents(
             p.agent_binary,
@@ -53,6 +65,16 @@ pub(crate) fn build(p: &AgentPackage, arch: Arch) -> Result<Vec<u8>, PackageErro
                     .group("root")
                     .config()
                     .noreplace(),
+            )
+        })
+        .and_then(|b| {
+            b.with_file_contents(
+                man_page,
+                FileOptions::new(crate::MAN_PAGE_PATH)
+                    .permissions(0o644)
+                    .user("root")
+                    .group("root")
+                    .doc(),
             )
         })
         .and_then(|b| {

@@ -2,14 +2,17 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::process::Command;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use qb_package::Format;
 use tempfile::TempDir;
 
-use super::support::{self, AGENT_BINARY, CONFIG, Root, Systemd, package, stdout, tool};
+use super::support::{self, AGENT_BINARY, CONFIG, Root, SYSTEMCTL, Systemd, package, stdout, tool};
 
 const UNIT: &str = "/usr/lib/systemd/system/qb-agent.service";
+const MAN: &str = qb_package::MAN_PAGE_PATH;
 
 fn rpm() -> Command {
     Command::new(tool("rpm", "rpm"))
@@ -71,8 +74,12 @@ fn rpm_metadata_contents_and_scripts() {
         ("Architecture", arch),
         ("License", "Apache-2.0"),
         ("Vendor", "qb"),
-        ("Packager", "qb"),
-        ("Summary", "qb agent, preconfigured for one qb controller"),
+        ("Packager", qb_package::MAINTAINER),
+        (
+            "Summary",
+            "Node agent of qb, preconfigured for one qb controller",
+        ),
+        ("Build Host", "reproducible"),
         ("Build Date", "Wed Jan  1 00:00:00 2025"),
     ] {
         assert_eq!(
@@ -84,7 +91,20 @@ fn rpm_metadata_contents_and_scripts() {
 
     assert_eq!(
         stdout(rpm().arg("-qpl").arg(&pkg)),
-        format!("/etc/qb-agent\n/etc/qb-agent/config.toml\n/usr/bin/qb-agent\n{UNIT}\n")
+        format!("/etc/qb-agent\n/etc/qb-agent/config.toml\n/usr/bin/qb-agent\n{UNIT}\n{MAN}\n")
+    );
+    let changelog = stdout(
+        rpm()
+            .env("TZ", "UTC")
+            .args(["-qp", "--changelog"])
+            .arg(&pkg),
+    );
+    assert_eq!(
+        changelog,
+        format!(
+            "* Wed Jan 01 2025 {} - 0.1.0-1\n- qb-agent 0.1.0, packaged by its qb controller.\n\n",
+            qb_package::MAINTAINER
+        )
     );
 
     // path size mtime digest mode owner group isconfig isdoc rdev symlink
@@ -98,8 +118,11 @@ fn rpm_metadata_contents_and_scripts() {
         .collect();
     let config_size = CONFIG.len().to_string();
     let binary_size = AGENT_BINARY.len().to_string();
-    let unit_size = dump.last().map_or("", |entry| entry.1);
-    assert!(unit_size.parse::<u64>().is_ok_and(|n| n > 0), "{dump:?}");
+    let unit_size = dump[3].1;
+    let man_size = dump[4].1;
+    for size in [unit_size, man_size] {
+        assert!(size.parse::<u64>().is_ok_and(|n| n > 0), "{dump:?}");
+    }
     assert_eq!(
         dump,
         [
@@ -121,16 +144,19 @@ fn rpm_metadata_contents_and_scripts() {
                 "0"
             ),
             (UNIT, unit_size, "0100644", "root", "root", "0"),
+            (MAN, man_size, "0100644", "root", "root", "0"),
         ]
     );
-    // %config(noreplace): flags c and n.
+    // %config(noreplace): flags c and n; %doc: d.
     assert_eq!(
         stdout(
             rpm()
                 .args(["-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]"])
                 .arg(&pkg)
         ),
-        format!("/etc/qb-agent \n/etc/qb-agent/config.toml cn\n/usr/bin/qb-agent \n{UNIT} \n")
+        format!(
+            "/etc/qb-agent \n/etc/qb-agent/config.toml cn\n/usr/bin/qb-agent \n{UNIT} \n{MAN} d\n"
+        )
     );
 
     let scripts = stdout(rpm().args(["-qp", "--scripts"]).arg(&pkg));
@@ -172,6 +198,7 @@ fn rpm_metadata_contents_and_scripts() {
     ));
     let files = support::rows(&listing);
     let unit = format!(".{UNIT}");
+    let man = format!(".{MAN}");
     assert_eq!(
         files,
         [
@@ -179,6 +206,7 @@ fn rpm_metadata_contents_and_scripts() {
             ("-rw-------", "root/root", "./etc/qb-agent/config.toml"),
             ("-rwxr-xr-x", "root/root", "./usr/bin/qb-agent"),
             ("-rw-r--r--", "root/root", unit.as_str()),
+            ("-rw-r--r--", "root/root", man.as_str()),
         ]
     );
     let tree = dir.path().join("tree");
@@ -215,15 +243,15 @@ fn rpm_installs_and_erases_without_systemd() {
 
     // The rpm's only removal: it purges.
     support::run(rpm_in(&root).args(["-e", "qb-agent"]));
-    support::assert_removed(root.path(), UNIT);
+    support::assert_removed(root.path());
     assert_eq!(installed(&root), None);
-    assert_eq!(root.systemctl_calls(), Vec::<String>::new());
+    assert_eq!(root.init_calls(), Vec::<String>::new());
 }
 
 #[test]
 fn rpm_enables_starts_upgrades_and_stops_the_unit_with_systemd() {
     let (root, dir, said) = installed_v1(Systemd::Running);
-    support::assert_enabled(&root, UNIT, &said);
+    support::assert_enabled(&root, UNIT, &said, &SYSTEMCTL);
 
     // An upgrade restarts the agent and keeps its state: the old package's %preun and %postun
     // run with $1 = 1 and must neither stop it nor purge.
@@ -237,9 +265,71 @@ fn rpm_enables_starts_upgrades_and_stops_the_unit_with_systemd() {
                 &support::upgrade(),
             )),
     );
-    support::assert_upgraded(&root, UNIT);
+    support::assert_upgraded(&root, UNIT, &SYSTEMCTL);
     assert_eq!(installed(&root).as_deref(), Some("0.2.0-1"));
 
     support::run(rpm_in(&root).args(["-e", "qb-agent"]));
-    support::assert_purged(&root, UNIT);
+    support::assert_purged(&root, &SYSTEMCTL);
+}
+
+#[test]
+fn rpm_requires_what_rpms_own_dependency_generator_finds() {
+    let dir = TempDir::new().unwrap();
+    let binary = support::shipped_agent(dir.path());
+    let agent = fs::read(&binary).unwrap();
+    let p = qb_package::AgentPackage {
+        agent_binary: &agent,
+        ..package("0.1.0")
+    };
+    let pkg = support::write_package(dir.path(), Format::Rpm, &p);
+    let requires = stdout(rpm().args(["-qp", "--requires"]).arg(&pkg));
+    let mut from_elf: Vec<&str> = requires
+        .lines()
+        .filter(|r| !r.starts_with("rpmlib(") && !r.starts_with("config(") && *r != "/bin/sh")
+        .collect();
+    from_elf.sort_unstable();
+
+    // What rpmbuild would have declared: rpm's ELF dependency generator on the file as it is
+    // installed (executable), which reads file names on its standard input.
+    let elfdeps = Path::new("/usr/lib/rpm/elfdeps");
+    assert!(
+        elfdeps.exists(),
+        "{} is missing: run `apt-get install -y rpm`",
+        elfdeps.display()
+    );
+    let mut child = Command::new(elfdeps)
+        .arg("--requires")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(support::mode(&binary) & 0o111, 0o111);
+    writeln!(child.stdin.take().unwrap(), "{}", binary.display()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let generated = String::from_utf8(out.stdout).unwrap();
+    let mut generated: Vec<&str> = generated.lines().collect();
+    generated.sort_unstable();
+    assert_eq!(from_elf, generated);
+    assert!(
+        from_elf
+            .iter()
+            .any(|r| r.starts_with("libc.so.6(GLIBC_2.") && r.ends_with(")(64bit)")),
+        "{requires}"
+    );
+}
+
+#[test]
+fn rpm_will_not_install_where_the_c_library_is_missing() {
+    let root = rpm_root(Systemd::Absent);
+    let dir = TempDir::new().unwrap();
+    let pkg = support::write_package(dir.path(), Format::Rpm, &package("0.1.0"));
+    let out = rpm_in(&root).arg("-i").arg(&pkg).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("libc.so.6(GLIBC_2.") && said.contains("is needed by qb-agent-0.1.0-1"),
+        "{said}"
+    );
+    assert_eq!(installed(&root), None);
 }

@@ -17,23 +17,46 @@ ca_sha256 = [\"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\
 bootstrap_token = \"qb_5e4f0c7b2a9d8e1f3c6b5a4d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f\"\n\
 note = \"quotes ' \\\" $HOME `id` \\\\ ünïcödé, no trailing newline\"";
 
-/// A stand-in for the agent executable: 300 KiB of every byte value (the packages never run it).
-pub static AGENT_BINARY: LazyLock<Vec<u8>> = LazyLock::new(|| {
-    let mut bytes = b"\x7fELF".to_vec();
-    let mut x: u32 = 0x1234_5678;
-    while bytes.len() < 300 * 1024 {
-        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        bytes.push((x >> 24) as u8);
-    }
-    bytes
-});
+/// A stand-in for the agent executable: a small real program that, like the agent, links only
+/// the C library (the packages read its ELF headers and never run it).
+pub const AGENT_BINARY_PATH: &str = "/bin/true";
+pub static AGENT_BINARY: LazyLock<Vec<u8>> = LazyLock::new(|| fs::read(AGENT_BINARY_PATH).unwrap());
 
 /// Another agent build, for upgrades.
-pub static AGENT_BINARY_2: LazyLock<Vec<u8>> = LazyLock::new(|| {
-    let mut bytes = AGENT_BINARY.clone();
-    bytes.extend_from_slice(b"version 2");
-    bytes
-});
+pub static AGENT_BINARY_2: LazyLock<Vec<u8>> = LazyLock::new(|| fs::read("/bin/false").unwrap());
+
+/// Where `cargo xtask test` puts the agent as it ships (built by `cargo xtask dist`).
+const DIST_AGENT_ENV: &str = "QB_DIST_AGENT";
+
+/// The agent as it ships, written to `dir/qb-agent`: `cargo xtask dist`'s when the suite runs
+/// under `cargo xtask test` (`QB_DIST_AGENT`), otherwise a Rust program built as the agent is
+/// (this test binary: glibc, gcc's unwinder) and stripped the same way, its debug info split off
+/// into a file beside it. Its path.
+pub fn shipped_agent(dir: &Path) -> PathBuf {
+    let shipped = dir.join("qb-agent");
+    if let Some(dist) = std::env::var_os(DIST_AGENT_ENV) {
+        fs::copy(&dist, &shipped)
+            .unwrap_or_else(|e| panic!("{DIST_AGENT_ENV}={}: {e}", Path::new(&dist).display()));
+    } else {
+        let objcopy = tool("objcopy", "binutils");
+        let built = std::env::current_exe().unwrap();
+        let debug = dir.join("qb-agent.debug");
+        run(Command::new(&objcopy)
+            .arg("--only-keep-debug")
+            .arg(&built)
+            .arg(&debug));
+        run(Command::new(&objcopy)
+            .args(["--strip-debug", "--strip-unneeded"])
+            .arg(format!("--add-gnu-debuglink={}", debug.display()))
+            .arg(&built)
+            .arg(&shipped));
+    }
+    assert!(
+        qb_package::is_stripped(&fs::read(&shipped).unwrap()).unwrap(),
+        "the shipped agent is not stripped"
+    );
+    shipped
+}
 
 pub fn package(version: &str) -> AgentPackage<'_> {
     AgentPackage {
@@ -57,11 +80,29 @@ pub fn upgrade() -> AgentPackage<'static> {
     }
 }
 
-/// What the packages' scripts ask of systemctl when it runs: on the first install, on an
-/// upgrade, on removal.
-pub const SYSTEMCTL_ON_INSTALL: [&str; 2] = ["daemon-reload", "enable --now qb-agent.service"];
-pub const SYSTEMCTL_ON_UPGRADE: [&str; 2] = ["daemon-reload", "try-restart qb-agent.service"];
-pub const SYSTEMCTL_ON_REMOVAL: [&str; 2] = ["disable --now qb-agent.service", "daemon-reload"];
+/// What a package's scripts ask of the init system's tools where systemd runs: on the first
+/// install, on an upgrade, on removal (each call a line: the tool, then its arguments).
+pub struct InitCalls {
+    pub install: &'static [&'static str],
+    pub upgrade: &'static [&'static str],
+    pub removal: &'static [&'static str],
+}
+
+/// The rpm's and the tarball's: systemctl.
+pub const SYSTEMCTL: InitCalls = InitCalls {
+    install: &[
+        "systemctl daemon-reload",
+        "systemctl enable --now qb-agent.service",
+    ],
+    upgrade: &[
+        "systemctl daemon-reload",
+        "systemctl try-restart qb-agent.service",
+    ],
+    removal: &[
+        "systemctl disable --now qb-agent.service",
+        "systemctl daemon-reload",
+    ],
+};
 
 /// The package architecture names of the build target: (Debian, RPM).
 pub fn target_arch() -> (&'static str, &'static str) {
@@ -149,11 +190,14 @@ const SCRIPT_APPLETS: &[&str] = &["sh", "[", "test", "echo", "true", "mkdir", "c
 /// The applets the tarball's scripts may use besides those.
 const TARBALL_APPLETS: &[&str] = &["cp", "mv", "cmp", "id", "dirname", "pwd"];
 
-/// A recording stand-in for `systemctl` (systemd cannot run in a test): appends its arguments
-/// to `log`.
-fn systemctl_stub(log: &str) -> String {
-    format!("#!/bin/sh\necho \"$*\" >> {log}\n")
+/// A recording stand-in for one of the init system's tools, `name` (systemd cannot run in a
+/// test): appends its name and arguments to `log`, and succeeds.
+pub fn init_tool_stub(name: &str, log: &str) -> String {
+    format!("#!/bin/sh\necho \"{name} $*\" >> {log}\n")
 }
+
+/// Where a [`Root`]'s stand-ins record their calls.
+pub const INIT_LOG: &str = "/init-calls.log";
 
 /// The static busybox, checked to run where no libraries are.
 fn busybox() -> PathBuf {
@@ -168,7 +212,7 @@ pub enum Systemd {
 }
 
 /// A throwaway root to install into: busybox as its only shell and tools, and a recording
-/// `systemctl` (called only where `/run/systemd/system` exists).
+/// `systemctl` (called only where `/run/systemd/system` exists), which logs to [`INIT_LOG`].
 pub struct Root {
     dir: TempDir,
 }
@@ -185,12 +229,14 @@ impl Root {
             symlink("busybox", bin.join(applet)).unwrap();
         }
         fs::create_dir_all(dir.path().join("tmp")).unwrap();
-        let stub = write(
-            &bin,
-            "systemctl",
-            systemctl_stub("/systemctl.log").as_bytes(),
-        );
-        fs::set_permissions(stub, fs::Permissions::from_mode(0o755)).unwrap();
+        // Scripts send what they do not need to /dev/null.
+        fs::create_dir_all(dir.path().join("dev")).unwrap();
+        let null = dir.path().join("dev/null");
+        run(Command::new(tool("mknod", "coreutils"))
+            .args(["-m", "666"])
+            .arg(&null)
+            .args(["c", "1", "3"]));
+        root_stub(dir.path(), "/bin/systemctl");
         if systemd == Systemd::Running {
             fs::create_dir_all(dir.path().join("run/systemd/system")).unwrap();
         }
@@ -217,10 +263,20 @@ impl Root {
         self.dir.path().join(path.trim_start_matches('/'))
     }
 
-    /// What the scripts asked of systemctl, one call a line.
-    pub fn systemctl_calls(&self) -> Vec<String> {
-        read_calls(&self.join("/systemctl.log"))
+    /// What the scripts asked of the init system's tools, one call a line.
+    pub fn init_calls(&self) -> Vec<String> {
+        read_calls(&self.join(INIT_LOG))
     }
+}
+
+/// Puts a recording stand-in for the tool at `path` (absolute, as on the installed system) in the
+/// root at `root`.
+pub fn root_stub(root: &Path, path: &str) {
+    let at = root.join(path.trim_start_matches('/'));
+    let name = at.file_name().unwrap().to_str().unwrap().to_owned();
+    fs::create_dir_all(at.parent().unwrap()).unwrap();
+    fs::write(&at, init_tool_stub(&name, INIT_LOG)).unwrap();
+    fs::set_permissions(&at, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 fn read_calls(log: &Path) -> Vec<String> {
@@ -232,7 +288,7 @@ fn read_calls(log: &Path) -> Vec<String> {
 }
 
 /// A directory to use as the whole `PATH` of the tarball's scripts run on this host: busybox's
-/// applets and the recording `systemctl`, which logs to `<dir>/systemctl.log`.
+/// applets and the recording `systemctl`, which logs to `<dir>/init-calls.log`.
 pub struct BusyboxPath {
     dir: TempDir,
 }
@@ -244,11 +300,11 @@ impl BusyboxPath {
         for applet in SCRIPT_APPLETS.iter().chain(TARBALL_APPLETS) {
             symlink(&busybox, dir.path().join(applet)).unwrap();
         }
-        let log = dir.path().join("systemctl.log");
+        let log = dir.path().join("init-calls.log");
         let stub = write(
             dir.path(),
             "systemctl",
-            systemctl_stub(&log.display().to_string()).as_bytes(),
+            init_tool_stub("systemctl", &log.display().to_string()).as_bytes(),
         );
         fs::set_permissions(stub, fs::Permissions::from_mode(0o755)).unwrap();
         Self { dir }
@@ -262,8 +318,8 @@ impl BusyboxPath {
         self.dir.path().join("sh")
     }
 
-    pub fn systemctl_calls(&self) -> Vec<String> {
-        read_calls(&self.dir.path().join("systemctl.log"))
+    pub fn init_calls(&self) -> Vec<String> {
+        read_calls(&self.dir.path().join("init-calls.log"))
     }
 }
 
@@ -309,20 +365,23 @@ pub fn assert_installed(root: &Path, unit_path: &str, binary: &[u8]) {
     assert_eq!(mode(&at("/etc/qb-agent")), 0o755, "mode of /etc/qb-agent");
 }
 
-/// Checks that nothing of the agent is left in `root`.
-pub fn assert_removed(root: &Path, unit_path: &str) {
-    for path in [
-        "/usr/bin/qb-agent",
-        "/etc/qb-agent",
-        unit_path,
-        "/var/lib/qb-agent",
-    ] {
-        let at = root.join(path.trim_start_matches('/'));
-        assert!(
-            fs::symlink_metadata(&at).is_err(),
-            "{path} is still there after removal"
-        );
+/// Checks that nothing of the agent is left in `root`: no file or directory whose name has
+/// `qb` in it (the agent, its config, unit, state, manual page, documentation).
+pub fn assert_removed(root: &Path) {
+    let mut left = Vec::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(dir) = todo.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().unwrap().to_string_lossy().contains("qb") {
+                left.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+            if fs::symlink_metadata(&path).unwrap().is_dir() {
+                todo.push(path);
+            }
+        }
     }
+    assert_eq!(left, Vec::<String>::new(), "left after removal");
 }
 
 /// A [`listing`]'s rows borrowed, to compare with literals.
@@ -335,10 +394,10 @@ pub fn rows(listing: &[(String, String, String)]) -> Vec<(&str, &str, &str)> {
 
 /// Checks a first install on a host running systemd: what the package manager `said`, the
 /// files, and the unit enabled and started.
-pub fn assert_enabled(root: &Root, unit_path: &str, said: &str) {
+pub fn assert_enabled(root: &Root, unit_path: &str, said: &str, calls: &InitCalls) {
     assert!(!said.contains("systemd is not running"), "{said}");
     assert_installed(root.path(), unit_path, &AGENT_BINARY);
-    assert_eq!(root.systemctl_calls(), SYSTEMCTL_ON_INSTALL);
+    assert_eq!(root.init_calls(), calls.install);
 }
 
 /// Leaves some agent state, which only a purge may remove.
@@ -348,16 +407,17 @@ pub fn write_agent_state(root: &Root) {
 
 /// Checks an upgrade to [`upgrade`] after [`assert_enabled`]: the new agent is in place, its
 /// state kept, and it is restarted.
-pub fn assert_upgraded(root: &Root, unit_path: &str) {
+pub fn assert_upgraded(root: &Root, unit_path: &str, calls: &InitCalls) {
     assert_installed(root.path(), unit_path, &AGENT_BINARY_2);
     assert!(root.join("/var/lib/qb-agent/identity").exists());
-    assert_eq!(root.systemctl_calls()[2..], SYSTEMCTL_ON_UPGRADE);
+    assert_eq!(root.init_calls()[calls.install.len()..], *calls.upgrade);
 }
 
 /// Checks the removal after [`assert_upgraded`]: nothing left, the unit stopped and disabled.
-pub fn assert_purged(root: &Root, unit_path: &str) {
-    assert_removed(root.path(), unit_path);
-    assert_eq!(root.systemctl_calls()[4..], SYSTEMCTL_ON_REMOVAL);
+pub fn assert_purged(root: &Root, calls: &InitCalls) {
+    assert_removed(root.path());
+    let before = calls.install.len() + calls.upgrade.len();
+    assert_eq!(root.init_calls()[before..], *calls.removal);
 }
 
 /// Parses `ls -l`-like listings (`tar tv`, `dpkg-deb --contents`): (permissions, owner, path).

@@ -9,9 +9,8 @@ use qb_package::AgentPackage;
 use tempfile::TempDir;
 
 use super::support::{
-    self, AGENT_BINARY, AGENT_BINARY_2, BusyboxPath, CONFIG, SYSTEMCTL_ON_INSTALL,
-    SYSTEMCTL_ON_REMOVAL, SYSTEMCTL_ON_UPGRADE, assert_installed, assert_removed, package, stdout,
-    tool,
+    self, AGENT_BINARY, AGENT_BINARY_2, BusyboxPath, CONFIG, SYSTEMCTL, assert_installed,
+    assert_removed, package, stdout, tool,
 };
 
 const UNIT: &str = "/etc/systemd/system/qb-agent.service";
@@ -103,8 +102,8 @@ fn tarball_installs_and_uninstalls_under_busybox_without_systemd() {
 
     let said = busybox_sh(&path, &unpacked.join("uninstall.sh"), root.path());
     assert!(said.contains("qb-agent removed"), "{said}");
-    assert_removed(root.path(), UNIT);
-    assert_eq!(path.systemctl_calls(), Vec::<String>::new());
+    assert_removed(root.path());
+    assert_eq!(path.init_calls(), Vec::<String>::new());
 }
 
 #[test]
@@ -119,7 +118,7 @@ fn tarball_reinstall_keeps_a_changed_config_with_systemd() {
     let said = busybox_sh(&path, &unpacked.join("install.sh"), root.path());
     assert!(!said.contains("systemd is not running"), "{said}");
     assert_installed(root.path(), UNIT, &AGENT_BINARY);
-    assert_eq!(path.systemctl_calls(), SYSTEMCTL_ON_INSTALL);
+    assert_eq!(path.init_calls(), SYSTEMCTL.install);
 
     // The administrator changes the config; a newer tarball keeps it and puts its own beside it.
     let config = root.path().join("etc/qb-agent/config.toml");
@@ -136,11 +135,11 @@ fn tarball_reinstall_keeps_a_changed_config_with_systemd() {
     assert_eq!(fs::read_to_string(&new).unwrap(), CONFIG);
     assert_eq!(support::mode(&new), 0o600);
     assert!(fs::read(root.path().join("usr/bin/qb-agent")).unwrap() == *AGENT_BINARY_2);
-    assert_eq!(path.systemctl_calls()[2..], SYSTEMCTL_ON_UPGRADE);
+    assert_eq!(path.init_calls()[2..], *SYSTEMCTL.upgrade);
 
     busybox_sh(&path, &unpacked2.join("uninstall.sh"), root.path());
-    assert_removed(root.path(), UNIT);
-    assert_eq!(path.systemctl_calls()[4..], SYSTEMCTL_ON_REMOVAL);
+    assert_removed(root.path());
+    assert_eq!(path.init_calls()[4..], *SYSTEMCTL.removal);
 }
 
 #[test]
@@ -154,5 +153,5 @@ fn tarball_installs_with_the_hosts_sh() {
     support::run(Command::new(unpacked.join("install.sh")).env("QB_ROOT", root.path()));
     assert_installed(root.path(), UNIT, &AGENT_BINARY);
     support::run(Command::new(unpacked.join("uninstall.sh")).env("QB_ROOT", root.path()));
-    assert_removed(root.path(), UNIT);
+    assert_removed(root.path());
 }
