@@ -31,12 +31,17 @@ pub struct Packaging {
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 impl Packaging {
-    /// The agent binary to ship.
+    /// The agent binary to ship. Packages ship it as given: one that is not stripped (a debug
+    /// build) carries its symbols and debug info to every host, so that is logged.
     pub(crate) async fn agent_binary(&self) -> Result<Vec<u8>, ApiError> {
-        tokio::fs::read(&self.agent_binary).await.map_err(|e| {
+        let binary = tokio::fs::read(&self.agent_binary).await.map_err(|e| {
             tracing::error!(path = %self.agent_binary.display(), error = %e, "cannot read the agent binary");
             ApiError::new(ProblemCode::Unavailable, "the agent binary is unavailable; see the controller's log")
-        })
+        })?;
+        if let Ok(false) = qb_package::is_stripped(&binary) {
+            tracing::warn!(path = %self.agent_binary.display(), "the agent binary is not stripped: packages ship its symbols and debug info to every host (`cargo xtask dist` builds it as it should ship)");
+        }
+        Ok(binary)
     }
 
     /// A package of `binary` in `format` whose agent registers with `bootstrap_token`.
@@ -135,10 +140,19 @@ pub(crate) async fn agent_package(
         .into_response())
 }
 
+/// An agent binary that cannot be packaged is this controller's configuration (`--agent-binary`),
+/// as a missing one is; anything else is a fault.
 fn package_error(e: qb_package::PackageError) -> ApiError {
+    use qb_package::PackageError as E;
     tracing::error!(error = %e, "cannot build an agent package");
+    let code = match e {
+        E::EmptyBinary | E::NotElf | E::Elf(_) | E::WrongArch { .. } | E::UnknownLibrary(_) => {
+            ProblemCode::Unavailable
+        }
+        _ => ProblemCode::Internal,
+    };
     ApiError::new(
-        ProblemCode::Internal,
+        code,
         "cannot build the agent package; see the controller's log",
     )
 }
