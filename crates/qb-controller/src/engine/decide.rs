@@ -1,5 +1,5 @@
 //! The engine's decisions, apart from its actions: what a cluster's state is, whether its nodes
-//! must pass preflight (again), a leaving node's next step. Each takes what the store and
+//! must pass preflight (again), etcd's next membership change, a leaving node's next step. Each takes what the store and
 //! the agents say, and the time, and returns a verdict, with no I/O, so tables of cases test
 //! them; the cluster's executor does what they say.
 
@@ -238,6 +238,56 @@ pub fn leave(n: &LeavingView<'_>) -> Leave {
         Leave::AwaitWipe
     } else {
         Leave::Finish
+    }
+}
+
+/// A staying node as the membership decision sees it.
+#[derive(Clone, Debug)]
+pub struct MemberView {
+    pub node: NodeId,
+    /// Placement wants it a master.
+    pub placed_master: bool,
+    /// Its etcd membership: `None` for none, else whether it is still a learner.
+    pub learner: Option<bool>,
+}
+
+/// The next change of etcd's membership, one per pass.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// No member yet: these placed masters form etcd together.
+    Form(Vec<NodeId>),
+    /// Promote this learner once it caught up.
+    Promote(NodeId),
+    /// This placed master joins as a learner.
+    AddLearner(NodeId),
+    /// Placement no longer wants this member: remove it (never below quorum), then demote it.
+    Remove(NodeId),
+    /// Membership is what placement wants.
+    Settled,
+}
+
+/// In order: form etcd from the placed masters; finish a learner before anything else; add a
+/// placed master that has no member; remove a member placement no longer wants. One change at
+/// a time, so quorum is never at stake in two changes at once.
+pub fn membership(nodes: &[MemberView]) -> MembershipChange {
+    if nodes.iter().all(|n| n.learner.is_none()) {
+        let masters = nodes.iter().filter(|n| n.placed_master).map(|n| n.node);
+        return MembershipChange::Form(masters.collect());
+    }
+    if let Some(n) = nodes.iter().find(|n| n.learner == Some(true)) {
+        MembershipChange::Promote(n.node)
+    } else if let Some(n) = nodes
+        .iter()
+        .find(|n| n.placed_master && n.learner.is_none())
+    {
+        MembershipChange::AddLearner(n.node)
+    } else if let Some(n) = nodes
+        .iter()
+        .find(|n| !n.placed_master && n.learner.is_some())
+    {
+        MembershipChange::Remove(n.node)
+    } else {
+        MembershipChange::Settled
     }
 }
 
@@ -497,6 +547,37 @@ mod tests {
         ];
         for (case, view, expected) in cases {
             assert_eq!(leave(&view), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn membership_changes_one_at_a_time_in_order() {
+        let ids: Vec<NodeId> = (0..4).map(|_| NodeId::new()).collect();
+        let view = |i: usize, placed_master: bool, learner: Option<bool>| MemberView {
+            node: ids[i],
+            placed_master,
+            learner,
+        };
+        use MembershipChange::*;
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Vec<MemberView>, MembershipChange)> = vec![
+            ("no member: the placed masters form etcd",
+             vec![view(0, true, None), view(1, false, None), view(2, true, None)],
+             Form(vec![ids[0], ids[2]])),
+            ("settled",
+             vec![view(0, true, Some(false)), view(1, false, None)], Settled),
+            ("a learner is promoted before anything else",
+             vec![view(0, true, Some(false)), view(1, true, None), view(2, true, Some(true)), view(3, false, Some(false))],
+             Promote(ids[2])),
+            ("a placed master without a member joins",
+             vec![view(0, true, Some(false)), view(1, true, None), view(3, false, Some(false))],
+             AddLearner(ids[1])),
+            ("then a member placement no longer wants leaves",
+             vec![view(0, true, Some(false)), view(1, true, Some(false)), view(3, false, Some(false))],
+             Remove(ids[3])),
+        ];
+        for (case, nodes, expected) in cases {
+            assert_eq!(membership(&nodes), expected, "{case}");
         }
     }
 

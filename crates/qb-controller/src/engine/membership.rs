@@ -14,7 +14,7 @@ use qb_plan::placement::Placement;
 use qb_plan::render::{EtcdBootstrap, InitialClusterState, etcd_peer_url};
 use qb_store::{EngineCluster, EngineNode};
 
-use super::{Engine, EngineError};
+use super::{Engine, EngineError, decide};
 
 pub use qb_plan::membership::Membership;
 
@@ -61,7 +61,8 @@ pub enum Step {
     Waiting(String),
 }
 
-/// The next membership change, if one is due.
+/// The next membership change, if one is due: [`super::decide::membership`] chooses it from
+/// the store's view; this does it through a voting member's agent.
 pub async fn step(
     engine: &Engine,
     ec: &EngineCluster,
@@ -75,178 +76,214 @@ pub async fn step(
             set_engine(engine, ec, n, Some(NodeRole::Worker), None).await?;
         }
     }
-
     let members: Vec<(&EngineNode, Membership)> = staying
         .iter()
         .filter_map(|n| n.etcd.clone().map(|m| (*n, m)))
         .collect();
-    let masters: Vec<&EngineNode> = staying
+    let views: Vec<decide::MemberView> = staying
         .iter()
-        .copied()
-        .filter(|n| placement.role(n.node.id) == Some(NodeRole::Master))
+        .map(|n| decide::MemberView {
+            node: n.node.id,
+            placed_master: placement.role(n.node.id) == Some(NodeRole::Master),
+            learner: n.etcd.as_ref().map(|m| m.learner),
+        })
         .collect();
-
-    // No etcd yet: the placed masters form it together.
-    if members.is_empty() {
-        let initial: Vec<(String, IpAddr)> = masters
+    let node = |id: NodeId| {
+        staying
             .iter()
-            .map(|n| (n.node.name.to_string(), addresses[&n.node.id]))
-            .collect();
-        let bootstrap = Membership {
-            bootstrap: EtcdBootstrap {
-                initial_cluster: initial,
-                state: InitialClusterState::New,
-            },
-            learner: false,
-            member_id: None,
-        };
-        for n in &masters {
-            set_engine(engine, ec, n, Some(NodeRole::Master), Some(&bootstrap)).await?;
+            .copied()
+            .find(|n| n.node.id == id)
+            .expect("the decision names a staying node")
+    };
+    match decide::membership(&views) {
+        decide::MembershipChange::Form(masters) => {
+            let masters: Vec<&EngineNode> = masters.into_iter().map(node).collect();
+            form(engine, ec, &masters, addresses).await
         }
-        let names: Vec<&str> = masters.iter().map(|n| n.node.name.as_str()).collect();
-        return Ok(Step::Changed(format!(
-            "forming etcd with {}",
-            names.join(", ")
-        )));
+        decide::MembershipChange::Promote(id) => {
+            promote(engine, ec, node(id), &members, addresses).await
+        }
+        decide::MembershipChange::AddLearner(id) => {
+            add_learner(engine, ec, node(id), staying, &members, addresses).await
+        }
+        decide::MembershipChange::Remove(id) => {
+            let n = node(id);
+            if let Some(waiting) = remove(engine, ec, n, addresses).await? {
+                return Ok(Step::Waiting(waiting));
+            }
+            set_engine(engine, ec, n, Some(NodeRole::Worker), None).await?;
+            Ok(Step::Changed(format!(
+                "{} is no longer an etcd member",
+                n.node.name
+            )))
+        }
+        decide::MembershipChange::Settled => Ok(Step::Settled),
     }
+}
 
-    // A learner waits to be promoted.
-    if let Some((n, m)) = members.iter().find(|(_, m)| m.learner) {
-        let Some(via) = voter_via(engine, &members, n.node.id) else {
-            return Ok(Step::Waiting(
-                "waiting for a healthy etcd member".to_owned(),
-            ));
-        };
-        let list = match engine.etcd(via, EtcdOp::List).await {
-            Ok(list) => list,
-            Err(e) => return Ok(Step::Waiting(format!("listing etcd members: {e}"))),
-        };
-        let peer = etcd_peer_url(addresses[&n.node.id]);
-        let Some(member) = find(&list, &peer) else {
-            // Lost (e.g. removed by hand): forget it; the next pass adds it again.
-            set_engine(engine, ec, n, n.node.role, None).await?;
-            return Ok(Step::Changed(format!(
-                "{}'s etcd learner disappeared",
-                n.node.name
-            )));
-        };
-        // Still a learner in etcd: promote it. A voter already: an earlier pass promoted it but
-        // did not get to record it.
-        let promote_now = member.is_learner;
-        if promote_now && let Err(e) = engine.etcd(via, EtcdOp::Promote { id: member.id }).await {
-            return Ok(Step::Waiting(format!(
-                "waiting to promote {}'s etcd learner: {e}",
-                n.node.name
-            )));
-        }
-        let voter = Membership {
-            learner: false,
-            ..m.clone()
-        };
-        set_engine(engine, ec, n, n.node.role, Some(&voter)).await?;
-        if !promote_now {
-            return Ok(Step::Changed(format!(
-                "{} is a voting etcd member",
-                n.node.name
-            )));
-        }
-        tracing::info!(node = %n.node.name, "promoted etcd learner");
-        return Ok(Step::Changed(format!(
-            "promoted {}'s etcd member",
-            n.node.name
-        )));
-    }
-
-    // A placed master without a member joins as a learner.
-    if let Some(n) = masters.iter().find(|n| n.etcd.is_none()) {
-        let Some(via) = voter_via(engine, &members, n.node.id) else {
-            return Ok(Step::Waiting(
-                "waiting for a healthy etcd member to add a learner".to_owned(),
-            ));
-        };
-        let peer = etcd_peer_url(addresses[&n.node.id]);
-        let mut list = match engine.etcd(via, EtcdOp::List).await {
-            Ok(list) => list,
-            Err(e) => return Ok(Step::Waiting(format!("listing etcd members: {e}"))),
-        };
-        // Added by an earlier pass that did not get to record it: adopt it.
-        if find(&list, &peer).is_none() {
-            list = match engine
-                .etcd(
-                    via,
-                    EtcdOp::AddLearner {
-                        peer_url: peer.clone(),
-                    },
-                )
-                .await
-            {
-                Ok(list) => list,
-                Err(e) => {
-                    return Ok(Step::Waiting(format!(
-                        "adding {} to etcd: {e}",
-                        n.node.name
-                    )));
-                }
-            };
-        }
-        let Some(member) = find(&list, &peer) else {
-            return Ok(Step::Waiting(format!(
-                "etcd did not list {}'s new member",
-                n.node.name
-            )));
-        };
-        let by_peer: BTreeMap<String, String> = staying
-            .iter()
-            .map(|m| {
-                (
-                    etcd_peer_url(addresses[&m.node.id]),
-                    m.node.name.to_string(),
-                )
-            })
-            .collect();
-        let initial: Vec<(String, IpAddr)> = list
-            .iter()
-            .filter_map(|m| {
-                let url = m.peer_urls.first()?;
-                let name = by_peer.get(url)?;
-                let address = staying
-                    .iter()
-                    .find(|s| s.node.name.as_str() == name)
-                    .map(|s| addresses[&s.node.id])?;
-                Some((name.clone(), address))
-            })
-            .collect();
-        let membership = Membership {
-            bootstrap: EtcdBootstrap {
-                initial_cluster: initial,
-                state: InitialClusterState::Existing,
-            },
-            learner: member.is_learner,
-            member_id: Some(member.id),
-        };
-        set_engine(engine, ec, n, Some(NodeRole::Master), Some(&membership)).await?;
-        tracing::info!(node = %n.node.name, id = member.id, "added etcd learner");
-        return Ok(Step::Changed(format!(
-            "added {} to etcd as a learner",
-            n.node.name
-        )));
-    }
-
-    // A member placement no longer wants: remove it (never below quorum), then demote.
-    if let Some((n, _)) = members
+/// No etcd yet: the placed masters form it together.
+async fn form(
+    engine: &Engine,
+    ec: &EngineCluster,
+    masters: &[&EngineNode],
+    addresses: &BTreeMap<NodeId, IpAddr>,
+) -> Result<Step, EngineError> {
+    let initial: Vec<(String, IpAddr)> = masters
         .iter()
-        .find(|(n, _)| placement.role(n.node.id) != Some(NodeRole::Master))
-    {
-        if let Some(waiting) = remove(engine, ec, n, addresses).await? {
-            return Ok(Step::Waiting(waiting));
-        }
-        set_engine(engine, ec, n, Some(NodeRole::Worker), None).await?;
+        .map(|n| (n.node.name.to_string(), addresses[&n.node.id]))
+        .collect();
+    let bootstrap = Membership {
+        bootstrap: EtcdBootstrap {
+            initial_cluster: initial,
+            state: InitialClusterState::New,
+        },
+        learner: false,
+        member_id: None,
+    };
+    for n in masters {
+        set_engine(engine, ec, n, Some(NodeRole::Master), Some(&bootstrap)).await?;
+    }
+    let names: Vec<&str> = masters.iter().map(|n| n.node.name.as_str()).collect();
+    Ok(Step::Changed(format!(
+        "forming etcd with {}",
+        names.join(", ")
+    )))
+}
+
+/// A learner is promoted once etcd says it caught up.
+async fn promote(
+    engine: &Engine,
+    ec: &EngineCluster,
+    n: &EngineNode,
+    members: &[(&EngineNode, Membership)],
+    addresses: &BTreeMap<NodeId, IpAddr>,
+) -> Result<Step, EngineError> {
+    let m = n.etcd.as_ref().expect("a learner has a membership");
+    let Some(via) = voter_via(engine, members, n.node.id) else {
+        return Ok(Step::Waiting(
+            "waiting for a healthy etcd member".to_owned(),
+        ));
+    };
+    let list = match engine.etcd(via, EtcdOp::List).await {
+        Ok(list) => list,
+        Err(e) => return Ok(Step::Waiting(format!("listing etcd members: {e}"))),
+    };
+    let peer = etcd_peer_url(addresses[&n.node.id]);
+    let Some(member) = find(&list, &peer) else {
+        // Lost (e.g. removed by hand): forget it; the next pass adds it again.
+        set_engine(engine, ec, n, n.node.role, None).await?;
         return Ok(Step::Changed(format!(
-            "{} is no longer an etcd member",
+            "{}'s etcd learner disappeared",
+            n.node.name
+        )));
+    };
+    // Still a learner in etcd: promote it. A voter already: an earlier pass promoted it but
+    // did not get to record it.
+    let promote_now = member.is_learner;
+    if promote_now && let Err(e) = engine.etcd(via, EtcdOp::Promote { id: member.id }).await {
+        return Ok(Step::Waiting(format!(
+            "waiting to promote {}'s etcd learner: {e}",
             n.node.name
         )));
     }
-    Ok(Step::Settled)
+    let voter = Membership {
+        learner: false,
+        ..m.clone()
+    };
+    set_engine(engine, ec, n, n.node.role, Some(&voter)).await?;
+    if !promote_now {
+        return Ok(Step::Changed(format!(
+            "{} is a voting etcd member",
+            n.node.name
+        )));
+    }
+    tracing::info!(node = %n.node.name, "promoted etcd learner");
+    Ok(Step::Changed(format!(
+        "promoted {}'s etcd member",
+        n.node.name
+    )))
+}
+
+/// A placed master without a member joins as a learner.
+async fn add_learner(
+    engine: &Engine,
+    ec: &EngineCluster,
+    n: &EngineNode,
+    staying: &[&EngineNode],
+    members: &[(&EngineNode, Membership)],
+    addresses: &BTreeMap<NodeId, IpAddr>,
+) -> Result<Step, EngineError> {
+    let Some(via) = voter_via(engine, members, n.node.id) else {
+        return Ok(Step::Waiting(
+            "waiting for a healthy etcd member to add a learner".to_owned(),
+        ));
+    };
+    let peer = etcd_peer_url(addresses[&n.node.id]);
+    let mut list = match engine.etcd(via, EtcdOp::List).await {
+        Ok(list) => list,
+        Err(e) => return Ok(Step::Waiting(format!("listing etcd members: {e}"))),
+    };
+    // Added by an earlier pass that did not get to record it: adopt it.
+    if find(&list, &peer).is_none() {
+        list = match engine
+            .etcd(
+                via,
+                EtcdOp::AddLearner {
+                    peer_url: peer.clone(),
+                },
+            )
+            .await
+        {
+            Ok(list) => list,
+            Err(e) => {
+                return Ok(Step::Waiting(format!(
+                    "adding {} to etcd: {e}",
+                    n.node.name
+                )));
+            }
+        };
+    }
+    let Some(member) = find(&list, &peer) else {
+        return Ok(Step::Waiting(format!(
+            "etcd did not list {}'s new member",
+            n.node.name
+        )));
+    };
+    let by_peer: BTreeMap<String, String> = staying
+        .iter()
+        .map(|m| {
+            (
+                etcd_peer_url(addresses[&m.node.id]),
+                m.node.name.to_string(),
+            )
+        })
+        .collect();
+    let initial: Vec<(String, IpAddr)> = list
+        .iter()
+        .filter_map(|m| {
+            let url = m.peer_urls.first()?;
+            let name = by_peer.get(url)?;
+            let address = staying
+                .iter()
+                .find(|s| s.node.name.as_str() == name)
+                .map(|s| addresses[&s.node.id])?;
+            Some((name.clone(), address))
+        })
+        .collect();
+    let membership = Membership {
+        bootstrap: EtcdBootstrap {
+            initial_cluster: initial,
+            state: InitialClusterState::Existing,
+        },
+        learner: member.is_learner,
+        member_id: Some(member.id),
+    };
+    set_engine(engine, ec, n, Some(NodeRole::Master), Some(&membership)).await?;
+    tracing::info!(node = %n.node.name, id = member.id, "added etcd learner");
+    Ok(Step::Changed(format!(
+        "added {} to etcd as a learner",
+        n.node.name
+    )))
 }
 
 /// Removes a leaving node's etcd member. `Some(reason)` while it has to wait.
