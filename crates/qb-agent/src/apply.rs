@@ -415,6 +415,11 @@ impl Run<'_, '_> {
         // The state directories are remembered before any service could write into them.
         // So are those that were mount points then (an operator's disk): a wipe empties them
         // but leaves the mount; any other mount on them is the components' and goes.
+        // And, before the cluster's first service, the chains other software on the host has
+        // under the names the cluster's use (`KUBE-*`, `CNI-*`): a wipe leaves those alone.
+        if self.ledger.installed.state_dirs.is_empty() && self.applier.pod_network {
+            self.ledger.installed.foreign_chains = crate::pod_network::cluster_chains_now().await?;
+        }
         let installed = &mut self.ledger.installed;
         let dirs = installed.state_dirs.len();
         let mounts = mount_points()?;
@@ -758,7 +763,8 @@ impl Run<'_, '_> {
                     .map(String::as_str)
                     .chain(self.plan.state_dirs.iter().map(HostPath::as_str)),
             );
-            let network = crate::pod_network::teardown(&sandboxes).await?;
+            let foreign = &self.ledger.installed.foreign_chains;
+            let network = crate::pod_network::teardown(&sandboxes, foreign).await?;
             tracing::info!(%network, "pod network taken down");
         }
         let mut dirs = self.ledger.installed.state_dirs.clone();
@@ -784,7 +790,8 @@ impl Run<'_, '_> {
         let mut left = blocking(move || wiped.leftovers(&mount_points()?)).await?;
         left.extend(crate::routes::remaining().await?);
         if self.applier.pod_network {
-            left.extend(crate::pod_network::leftovers().await?);
+            let foreign = &self.ledger.installed.foreign_chains;
+            left.extend(crate::pod_network::leftovers(foreign).await?);
         }
         if !left.is_empty() {
             return Err(StepError::Leftovers(left));
@@ -797,6 +804,7 @@ impl Run<'_, '_> {
         installed.state_dirs.clear();
         installed.premounted_dirs.clear();
         installed.service_data.clear();
+        installed.foreign_chains.clear();
         installed.cluster_id = None;
         self.ledger.save()?;
         self.prune_cache()?;
@@ -888,6 +896,9 @@ struct Installed {
     tasks: BTreeMap<String, String>,
     /// Every cgroup a plan had since the last wipe.
     cgroups: BTreeSet<String>,
+    /// The `KUBE-*`/`CNI-*` iptables chains the host had before the cluster came (another
+    /// Kubernetes, podman's CNI networks): not the cluster's, so a wipe leaves them.
+    foreign_chains: BTreeSet<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -4,7 +4,9 @@
 //!
 //! Everything is found by name, so nothing of the host's own networking is touched: the bridge
 //! is [`qb_api::POD_BRIDGE`]; kube-proxy's and the kubelet's chains are `KUBE-*`, the CNI
-//! plugins' `CNI-*`; the CNI caches results under the network's name, `qb`.
+//! plugins' `CNI-*` — except those the host had before the cluster came (another Kubernetes,
+//! podman's CNI networks), which the agent records then and leaves alone; the CNI caches results
+//! under the network's name, `qb`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -58,7 +60,10 @@ pub fn sandbox_ids<'d>(state_dirs: impl IntoIterator<Item = &'d str>) -> BTreeSe
 /// Removes the pod network's interfaces, namespaces, rules and cache (the results of the `qb`
 /// network, and any result of `sandboxes`: the runtime's loopback network has its own name).
 /// Returns a summary.
-pub async fn teardown(sandboxes: &BTreeSet<String>) -> Result<String, TeardownError> {
+pub async fn teardown(
+    sandboxes: &BTreeSet<String>,
+    foreign: &BTreeSet<String>,
+) -> Result<String, TeardownError> {
     let bridge = qb_api::POD_BRIDGE;
     let mut links = 0;
     if let Some(listing) = run_ok("ip", &["-j", "link", "show", "master", bridge]).await? {
@@ -77,7 +82,7 @@ pub async fn teardown(sandboxes: &BTreeSet<String>) -> Result<String, TeardownEr
         ("iptables-save", "iptables-restore"),
         ("ip6tables-save", "ip6tables-restore"),
     ] {
-        rules += remove_chains(save, restore).await?;
+        rules += remove_chains(save, restore, foreign).await?;
     }
     let cached = remove_cni_cache(Path::new(CNI_CACHE), sandboxes)?;
     Ok(format!(
@@ -88,7 +93,7 @@ pub async fn teardown(sandboxes: &BTreeSet<String>) -> Result<String, TeardownEr
 /// What of the pod network is still on the host after [`teardown`]: the bridge, interfaces
 /// enslaved to it, the cluster's iptables chains and the `qb` network's cached results. Empty
 /// when the host is clean.
-pub async fn leftovers() -> Result<Vec<String>, TeardownError> {
+pub async fn leftovers(foreign: &BTreeSet<String>) -> Result<Vec<String>, TeardownError> {
     let bridge = qb_api::POD_BRIDGE;
     let mut left = Vec::new();
     if run_ok("ip", &["link", "show", "dev", bridge])
@@ -108,7 +113,7 @@ pub async fn leftovers() -> Result<Vec<String>, TeardownError> {
         if let Some(dump) = run_ok(save, &[]).await? {
             left.extend(
                 cluster_chains(&dump)
-                    .into_iter()
+                    .difference(foreign)
                     .map(|c| format!("{save} chain {c}")),
             );
         }
@@ -125,7 +130,18 @@ pub async fn leftovers() -> Result<Vec<String>, TeardownError> {
     Ok(left)
 }
 
-/// The cluster's chains an `iptables-save` dump declares, once each.
+/// The chains named like the cluster's (`KUBE-*`, `CNI-*`) the host has now, in either family.
+pub async fn cluster_chains_now() -> Result<BTreeSet<String>, TeardownError> {
+    let mut chains = BTreeSet::new();
+    for save in ["iptables-save", "ip6tables-save"] {
+        if let Some(dump) = run_ok(save, &[]).await? {
+            chains.extend(cluster_chains(&dump));
+        }
+    }
+    Ok(chains)
+}
+
+/// The chains named like the cluster's an `iptables-save` dump declares, once each.
 fn cluster_chains(dump: &str) -> BTreeSet<String> {
     dump.lines()
         .filter_map(|line| line.strip_prefix(':'))
@@ -180,13 +196,18 @@ async fn remove_empty_pod_namespaces() -> Result<usize, TeardownError> {
     Ok(removed)
 }
 
-/// Removes every chain named with [`CHAIN_PREFIXES`], its rules and every rule that jumps to
-/// it, from every table, in one `*-restore`. Returns how many lines went; 0 without iptables.
-async fn remove_chains(save: &str, restore: &str) -> Result<usize, TeardownError> {
+/// Removes every chain named with [`CHAIN_PREFIXES`] but the `foreign` ones, its rules and
+/// every rule that jumps to it, from every table, in one `*-restore`. Returns how many lines
+/// went; 0 without iptables.
+async fn remove_chains(
+    save: &str,
+    restore: &str,
+    foreign: &BTreeSet<String>,
+) -> Result<usize, TeardownError> {
     let Some(dump) = run_ok(save, &[]).await? else {
         return Ok(0);
     };
-    let (kept, removed) = without_cluster_chains(&dump);
+    let (kept, removed) = without_cluster_chains(&dump, foreign);
     if removed == 0 {
         return Ok(0);
     }
@@ -211,10 +232,12 @@ async fn remove_chains(save: &str, restore: &str) -> Result<usize, TeardownError
     Ok(removed)
 }
 
-/// An `iptables-save` dump without the cluster's chains and the rules into them, and how many
-/// lines went.
-fn without_cluster_chains(dump: &str) -> (String, usize) {
-    let ours = |chain: &str| CHAIN_PREFIXES.iter().any(|p| chain.starts_with(p));
+/// An `iptables-save` dump without the cluster's chains (named with [`CHAIN_PREFIXES`], not
+/// `foreign`) and the rules into them, and how many lines went.
+fn without_cluster_chains(dump: &str, foreign: &BTreeSet<String>) -> (String, usize) {
+    let ours = |chain: &str| {
+        CHAIN_PREFIXES.iter().any(|p| chain.starts_with(p)) && !foreign.contains(chain)
+    };
     let mut kept = String::with_capacity(dump.len());
     let mut removed = 0;
     for line in dump.lines() {
@@ -333,7 +356,8 @@ COMMIT
 -A KUBE-FIREWALL -m mark --mark 0x8000/0x8000 -j DROP
 COMMIT
 ";
-        let (kept, removed) = without_cluster_chains(dump);
+        let none = BTreeSet::new();
+        let (kept, removed) = without_cluster_chains(dump, &none);
         assert_eq!(removed, 9);
         assert_eq!(
             kept,
@@ -354,12 +378,25 @@ COMMIT
 "
         );
         // Nothing of the cluster's: nothing to restore, and nothing a wipe's check finds.
-        assert_eq!(without_cluster_chains(&kept).1, 0);
+        assert_eq!(without_cluster_chains(&kept, &none).1, 0);
         assert_eq!(
             cluster_chains(dump).into_iter().collect::<Vec<_>>(),
             ["CNI-4f1e2d", "KUBE-FIREWALL", "KUBE-SERVICES"]
         );
         assert!(cluster_chains(&kept).is_empty());
+
+        // A chain the host had before the cluster came stays, with its rules and the jumps
+        // into it.
+        let foreign = BTreeSet::from(["KUBE-FIREWALL".to_owned()]);
+        let (kept, removed) = without_cluster_chains(dump, &foreign);
+        assert_eq!(removed, 6);
+        for stays in [
+            ":KUBE-FIREWALL - [0:0]",
+            "-A INPUT -j KUBE-FIREWALL",
+            "-A KUBE-FIREWALL -m mark --mark 0x8000/0x8000 -j DROP",
+        ] {
+            assert!(kept.lines().any(|l| l == stays), "{stays} in {kept}");
+        }
     }
 
     #[test]
