@@ -32,7 +32,8 @@ pub struct Config {
     /// Labels the node gets when it registers.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
-    /// The host's machine id; default: read from /etc/machine-id.
+    /// The host's machine id; default: the agent's own if it made one, else /etc/machine-id,
+    /// else /var/lib/dbus/machine-id, else one the agent makes (see `StateDir::machine_id`).
     #[serde(default)]
     pub machine_id: Option<String>,
     /// The node's name; default: the host name.

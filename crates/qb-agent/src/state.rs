@@ -45,10 +45,11 @@ impl StateDir {
     }
 
     /// The host's machine id, which names it to the controller when it registers: the one the
-    /// configuration gives, else the system's (`/etc/machine-id`, else D-Bus's copy), else —
-    /// on a minimal install or image without one — qb's own, made once and kept in the state
-    /// directory. An empty or `uninitialized` system file counts as none; any other content
-    /// that is not a machine id is an error naming the file.
+    /// configuration gives; else qb's own, once one was made; else the system's
+    /// (`/etc/machine-id`, else D-Bus's copy); else — on a minimal install or image without one —
+    /// qb's own, made now and kept in the state directory, so the host keeps its identity when a
+    /// system id appears later. An empty or `uninitialized` system file counts as none; a file
+    /// that cannot be read, or holds something else, is an error naming it.
     pub fn machine_id(
         &self,
         configured: Option<&str>,
@@ -56,6 +57,16 @@ impl StateDir {
     ) -> Result<qb_agent_proto::MachineId> {
         if let Some(id) = configured {
             return Ok(id.to_owned().try_into()?);
+        }
+        let own = self.own_machine_id_path();
+        match std::fs::read_to_string(&own) {
+            Ok(text) => {
+                return text.try_into().with_context(|| {
+                    format!("{} is damaged; delete it for a new one", own.display())
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", own.display())),
         }
         for file in system {
             let text = match std::fs::read_to_string(file) {
@@ -72,12 +83,6 @@ impl StateDir {
                 .try_into()
                 .with_context(|| format!("{} holds no machine id", file.display()));
         }
-        let own = self.dir.join("machine-id");
-        if let Ok(text) = std::fs::read_to_string(&own) {
-            return text
-                .try_into()
-                .with_context(|| format!("{} is damaged; delete it for a new one", own.display()));
-        }
         let id = format!("{:032x}", rand::random::<u128>());
         write_private(&own, format!("{id}\n").as_bytes())
             .with_context(|| format!("writing {}", own.display()))?;
@@ -86,6 +91,11 @@ impl StateDir {
             "this host has no machine id (/etc/machine-id); it is known to the controller by one of qb's own, kept in the state directory"
         );
         Ok(id.try_into()?)
+    }
+
+    /// Where qb's own machine id is kept, for a host that has none of its own.
+    pub fn own_machine_id_path(&self) -> PathBuf {
+        self.dir.join("machine-id")
     }
 
     /// The saved identity, if this host has registered.
@@ -196,47 +206,64 @@ mod tests {
     #[test]
     fn a_host_without_a_machine_id_gets_one_of_qbs_own_and_keeps_it() {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open(&dir.path().join("state")).unwrap();
         let etc = dir.path().join("machine-id");
         let dbus = dir.path().join("dbus-machine-id");
         let system = [etc.as_path(), dbus.as_path()];
-        let configured = "0123456789abcdef0123456789abcdef";
-
-        // None anywhere: made once, then the same on every start.
-        let own = state.machine_id(None, &system).unwrap();
-        assert_eq!(state.machine_id(None, &system).unwrap(), own);
-        let kept = std::fs::read_to_string(state.path().join("machine-id")).unwrap();
-        assert_eq!(kept.trim(), own.as_str());
-        let other = StateDir::open(&dir.path().join("other")).unwrap();
-        assert_ne!(other.machine_id(None, &system).unwrap(), own, "random");
-
-        // An empty or uninitialized system file is none; D-Bus's copy counts.
-        std::fs::write(&etc, "uninitialized\n").unwrap();
-        assert_eq!(state.machine_id(None, &system).unwrap(), own);
-        std::fs::write(&dbus, "fedcba9876543210fedcba9876543210\n").unwrap();
-        assert_eq!(
-            state.machine_id(None, &system).unwrap().as_str(),
-            "fedcba9876543210fedcba9876543210"
+        let state = |name: &str| StateDir::open(&dir.path().join(name)).unwrap();
+        let (system_id, dbus_id) = (
+            "0123456789abcdef0123456789abcdef",
+            "fedcba9876543210fedcba9876543210",
         );
-        // The system's wins over D-Bus's, and the configuration over both.
-        std::fs::write(&etc, format!("{configured}\n")).unwrap();
+
+        // None anywhere: made once, then the same on every start — also once the system has
+        // one (the host keeps the identity it registered with).
+        let bare = state("bare");
+        let own = bare.machine_id(None, &system).unwrap();
+        assert_eq!(bare.machine_id(None, &system).unwrap(), own);
+        let kept = std::fs::read_to_string(bare.own_machine_id_path()).unwrap();
+        assert_eq!(kept.trim(), own.as_str());
+        assert_ne!(
+            state("other").machine_id(None, &system).unwrap(),
+            own,
+            "random"
+        );
+        std::fs::write(&etc, format!("{system_id}\n")).unwrap();
+        assert_eq!(bare.machine_id(None, &system).unwrap(), own);
+
+        // A host with its own: the system's, else D-Bus's (an empty or uninitialized file is
+        // none); the configuration over both.
         assert_eq!(
-            state.machine_id(None, &system).unwrap().as_str(),
-            configured
+            state("a").machine_id(None, &system).unwrap().as_str(),
+            system_id
+        );
+        std::fs::write(&etc, "uninitialized\n").unwrap();
+        std::fs::write(&dbus, format!("{dbus_id}\n")).unwrap();
+        assert_eq!(
+            state("b").machine_id(None, &system).unwrap().as_str(),
+            dbus_id
         );
         let given = "00000000000000000000000000000001";
         assert_eq!(
-            state.machine_id(Some(given), &system).unwrap().as_str(),
+            state("c")
+                .machine_id(Some(given), &system)
+                .unwrap()
+                .as_str(),
             given
         );
 
-        // Anything else in the file is an error that names it.
+        // Anything else in the file, or a file that cannot be read, is an error that names it:
+        // never a new identity.
         std::fs::write(&etc, "not a machine id").unwrap();
-        let e = format!("{:#}", state.machine_id(None, &system).unwrap_err());
+        let e = format!("{:#}", state("d").machine_id(None, &system).unwrap_err());
         assert!(
             e.contains(&etc.display().to_string()) && e.contains("32 lowercase hex"),
             "{e}"
         );
+        std::fs::remove_file(&etc).unwrap();
+        std::fs::create_dir(&etc).unwrap();
+        let e = format!("{:#}", state("e").machine_id(None, &system).unwrap_err());
+        assert!(e.contains(&etc.display().to_string()), "{e}");
+        assert!(!state("e").own_machine_id_path().exists());
     }
 
     #[test]

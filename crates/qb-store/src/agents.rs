@@ -45,6 +45,9 @@ pub struct Registration {
     pub agent_version: String,
 }
 
+/// How long after recording an identity conflict on a node the next one goes unrecorded.
+pub const IDENTITY_CONFLICT_QUIET: time::Duration = time::Duration::minutes(10);
+
 /// Two hosts with one machine id: `node`, whose agent is online, and another that tried to
 /// register with it.
 #[derive(Clone, Debug)]
@@ -71,8 +74,10 @@ impl std::fmt::Display for IdentityConflict {
             f,
             "host {:?} ({}) presents machine id {}, which belongs to node {} (host {:?}, {}) whose \
              agent is online: two hosts share one identity (a cloned machine?); give this host its \
-             own machine id (`rm /etc/machine-id && systemd-machine-id-setup`, or `machine_id` in \
-             the agent's configuration) and restart its agent",
+             own: remove /etc/machine-id and /var/lib/dbus/machine-id and run \
+             `systemd-machine-id-setup` (or `dbus-uuidgen --ensure`), or remove the `machine-id` \
+             in the agent's state directory if it made its own, or set `machine_id` in its \
+             configuration; its agent tries again within a minute",
             self.claimant_hostname,
             list(&self.claimant_addresses),
             self.machine_id,
@@ -372,9 +377,24 @@ impl Store {
     }
 
     /// Records that another host tried to register with a node's machine id
-    /// (`node.identity_conflict`, on that node), so operators see it in the audit trail.
-    pub async fn record_identity_conflict(&self, conflict: &IdentityConflict) -> Result<()> {
+    /// (`node.identity_conflict`, on that node), so operators see it in the audit trail: once
+    /// per node every [`IDENTITY_CONFLICT_QUIET`] (the other host keeps trying). Returns whether
+    /// it recorded one.
+    pub async fn record_identity_conflict(&self, conflict: &IdentityConflict) -> Result<bool> {
         let mut w = self.write(conflict.tenant).await?;
+        let since = to_ms(OffsetDateTime::now_utc() - IDENTITY_CONFLICT_QUIET);
+        let recent = sqlx::query(
+            "SELECT 1 FROM events WHERE tenant_id = $1 AND object_id = $2 \
+             AND action = 'node.identity_conflict' AND at > $3 LIMIT 1",
+        )
+        .bind(conflict.tenant.to_string())
+        .bind(conflict.node.id.to_string())
+        .bind(since)
+        .fetch_optional(&mut *w.tx)
+        .await?;
+        if recent.is_some() {
+            return Ok(false);
+        }
         let node = w.node(conflict.tenant, &Key::Id(conflict.node.id)).await?;
         let detail = json!({
             "machine_id": conflict.machine_id,
@@ -390,7 +410,8 @@ impl Store {
             node_event("node.identity_conflict", &node, detail),
         )
         .await?;
-        w.commit().await
+        w.commit().await?;
+        Ok(true)
     }
 
     /// The node behind a connecting agent's certificate.

@@ -109,8 +109,19 @@ async fn a_second_host_with_an_online_hosts_machine_id_is_refused(db: TestDb) {
         "the first host keeps its certificate"
     );
 
-    db.record_identity_conflict(conflict).await.unwrap();
+    assert!(db.record_identity_conflict(conflict).await.unwrap());
+    assert!(
+        !db.record_identity_conflict(conflict).await.unwrap(),
+        "the clone's next tries are not recorded again for a while"
+    );
     let events = all_events(&db, t).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.action == "node.identity_conflict")
+            .count(),
+        1
+    );
     let recorded = events.last().unwrap();
     assert_eq!(recorded.action, "node.identity_conflict");
     assert_eq!(recorded.object_id, first.node.id.to_string());
