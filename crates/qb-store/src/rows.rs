@@ -133,7 +133,11 @@ pub(crate) fn cluster(row: &AnyRow) -> Result<Cluster> {
             state => state,
         },
         state_message: row.try_get("state_message")?,
-        state_since: from_ms(row.try_get("state_changed_at")?),
+        // NULL only in a row an older controller wrote (a replica not yet upgraded).
+        state_since: from_ms(
+            row.try_get::<Option<i64>, _>("state_changed_at")?
+                .map_or_else(|| row.try_get("created_at"), Ok)?,
+        ),
         node_count: u32::try_from(node_count).unwrap_or(u32::MAX),
         created_at: from_ms(row.try_get("created_at")?),
     })

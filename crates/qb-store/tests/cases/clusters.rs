@@ -306,6 +306,20 @@ async fn engine_state_reads_back_typed_and_a_corrupt_row_is_an_error(db: TestDb)
         Err(StoreError::Corrupt { what, .. }) => assert_eq!(what, "etcd membership"),
         other => panic!("expected a corrupt row, got {other:?}"),
     }
+    // A damaged key row: the error says where, never what the row holds.
+    sqlx::query("UPDATE nodes SET etcd = NULL, certs = $1 WHERE id = $2")
+        .bind(r#"{"certs": {"etcd_server": "-----BEGIN PRIVATE KEY----- secret"}}"#)
+        .bind(n1.to_string())
+        .execute(&db.raw().await)
+        .await
+        .unwrap();
+    let e = db.engine_cluster(t, c1.id).await.unwrap_err();
+    let chain = format!("{:?} {}", e, qb_api::error_chain(&e));
+    assert!(chain.contains("node certificates"), "{chain}");
+    assert!(
+        !chain.contains("secret") && !chain.contains("PRIVATE"),
+        "{chain}"
+    );
 }
 
 async fn detach_only_moves_members(db: TestDb) {
