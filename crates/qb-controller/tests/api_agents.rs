@@ -95,16 +95,33 @@ async fn agent_packages_carry_the_controller_and_a_fresh_token() {
     );
 
     let binary = dir.path().join("qb-agent");
-    // A small real executable that links only the C library stands in for the agent.
-    std::fs::copy("/bin/true", &binary).unwrap();
     let ca = qb_pki::CertificateAuthority::generate("test CA", time::Duration::days(1)).unwrap();
     app.state.packaging = Some(Arc::new(Packaging {
         agent_url: "https://controller.example:7444".into(),
         other_agent_urls: vec!["https://replica-b.example:7444".into()],
         ca_pin: ca.pin(),
-        agent_binary: binary,
+        agent_binary: binary.clone(),
     }));
     app.router = qb_controller::router(app.state.clone());
+
+    // A binary that cannot be packaged (not an executable) is refused before a bootstrap token
+    // is made for its package.
+    std::fs::write(&binary, b"#!/bin/sh\necho agent\n").unwrap();
+    let (status, problem) = app.get(&t.operator, "/api/v1/agent-packages/deb").await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
+        "{problem}"
+    );
+    let (_, tokens) = app.get(&t.operator, "/api/v1/bootstrap-tokens").await;
+    assert_eq!(
+        tokens["items"].as_array().map(Vec::len),
+        Some(0),
+        "{tokens}"
+    );
+
+    // A small real executable that links only the C library stands in for the agent.
+    std::fs::copy("/bin/true", &binary).unwrap();
 
     let (status, _) = app.get(&t.viewer, "/api/v1/agent-packages/deb").await;
     assert_eq!(status, StatusCode::FORBIDDEN);

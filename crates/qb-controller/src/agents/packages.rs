@@ -31,14 +31,17 @@ pub struct Packaging {
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 impl Packaging {
-    /// The agent binary to ship. Packages ship it as given: one that is not stripped (a debug
-    /// build) carries its symbols and debug info to every host, so that is logged.
+    /// The agent binary to ship, once it is known to be packageable. Packages ship it as given:
+    /// one that is not stripped (a debug build) carries its symbols and debug info to every
+    /// host, so that is logged.
     pub(crate) async fn agent_binary(&self) -> Result<Vec<u8>, ApiError> {
         let binary = tokio::fs::read(&self.agent_binary).await.map_err(|e| {
             tracing::error!(path = %self.agent_binary.display(), error = %e, "cannot read the agent binary");
             ApiError::new(ProblemCode::Unavailable, "the agent binary is unavailable; see the controller's log")
         })?;
-        if let Ok(false) = qb_package::is_stripped(&binary) {
+        // Checked before anything is made for the package (its bootstrap token): a binary that
+        // cannot be packaged fails here.
+        if !qb_package::is_stripped(&binary).map_err(package_error)? {
             tracing::warn!(path = %self.agent_binary.display(), "the agent binary is not stripped: packages ship its symbols and debug info to every host (`cargo xtask dist` builds it as it should ship)");
         }
         Ok(binary)
