@@ -9,9 +9,9 @@
 //! starts and stops executors as clusters come and go, wakes them, and wipes pool nodes that
 //! still run a cluster's plan.
 //!
-//! What to do is decided apart from doing it where the decision is more than a lookup:
-//! [`decide`] holds the cluster's state, the preflight gate and the wipe check as pure
-//! functions, tested on tables of cases; [`membership`] decides etcd's next change.
+//! What to do is decided apart from doing it: [`decide`] holds the cluster's state, the
+//! preflight gate, etcd's next membership change and a leaving node's next step as pure
+//! functions, tested on tables of cases; this module and [`membership`] do what they say.
 //!
 //! The Kubernetes API is reached through the agent of a master whose API server is healthy
 //! (the controller never dials a host): it cordons and drains, deletes Nodes, lists them.
