@@ -645,44 +645,12 @@ fn bundle_row(row: &sqlx::any::AnyRow) -> Result<Bundle> {
 
 /// A JSON column read into its type; `None` when it is NULL, an error naming `what` when it
 /// does not parse (never skipped: the engine must not take a corrupt row for a missing one).
-/// The error keeps only where and what kind: serde's own message may quote the value, and these
-/// columns hold private keys.
 fn json_column<T: serde::de::DeserializeOwned>(
     row: &AnyRow,
     column: &str,
     what: &'static str,
 ) -> Result<Option<T>> {
     row.try_get::<Option<String>, _>(column)?
-        .map(|text| {
-            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-                what,
-                source: Box::new(JsonShape::of(&e)),
-            })
-        })
+        .map(|text| rows::json(what, &text))
         .transpose()
-}
-
-/// Where a JSON text failed to parse, and how, without any of its content.
-#[derive(Debug, thiserror::Error)]
-#[error("{kind} at line {line}, column {column}")]
-struct JsonShape {
-    kind: &'static str,
-    line: usize,
-    column: usize,
-}
-
-impl JsonShape {
-    fn of(e: &serde_json::Error) -> Self {
-        use serde_json::error::Category;
-        Self {
-            kind: match e.classify() {
-                Category::Io => "unreadable",
-                Category::Syntax => "not JSON",
-                Category::Data => "JSON of another shape",
-                Category::Eof => "cut short",
-            },
-            line: e.line(),
-            column: e.column(),
-        }
-    }
 }

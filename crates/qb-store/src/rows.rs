@@ -29,8 +29,35 @@ where
     s.parse().map_err(corrupt(what))
 }
 
+/// A stored JSON text read into its type. The error keeps only where and what kind: serde's
+/// own message may quote the value, and some columns hold private keys.
 pub(crate) fn json<T: serde::de::DeserializeOwned>(what: &'static str, s: &str) -> Result<T> {
-    serde_json::from_str(s).map_err(corrupt(what))
+    serde_json::from_str(s).map_err(|e| corrupt(what)(JsonShape::of(&e)))
+}
+
+/// Where a JSON text failed to parse, and how, without any of its content.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} at line {line}, column {column}")]
+struct JsonShape {
+    kind: &'static str,
+    line: usize,
+    column: usize,
+}
+
+impl JsonShape {
+    fn of(e: &serde_json::Error) -> Self {
+        use serde_json::error::Category;
+        Self {
+            kind: match e.classify() {
+                Category::Io => "unreadable",
+                Category::Syntax => "not JSON",
+                Category::Data => "JSON of another shape",
+                Category::Eof => "cut short",
+            },
+            line: e.line(),
+            column: e.column(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
