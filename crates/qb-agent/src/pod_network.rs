@@ -109,15 +109,12 @@ pub async fn leftovers(foreign: &BTreeSet<String>) -> Result<Vec<String>, Teardo
                 .map(|n| format!("interface {n}")),
         );
     }
-    for save in ["iptables-save", "ip6tables-save"] {
-        if let Some(dump) = run_ok(save, &[]).await? {
-            left.extend(
-                cluster_chains(&dump)
-                    .difference(foreign)
-                    .map(|c| format!("{save} chain {c}")),
-            );
-        }
-    }
+    left.extend(
+        cluster_chains_now()
+            .await?
+            .difference(foreign)
+            .map(|c| format!("iptables chain {c}")),
+    );
     if let Ok(entries) = std::fs::read_dir(Path::new(CNI_CACHE).join("results")) {
         left.extend(
             entries

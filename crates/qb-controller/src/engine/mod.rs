@@ -515,9 +515,10 @@ impl Engine {
         }
     }
 
-    /// Cordons and drains a leaving node through a master, once. `Some` while it is still
-    /// being drained, or waits for a master's API server to answer; `None` when it is drained,
-    /// the cluster runs no API server, or [`DRAIN_TIMEOUT`] ran out. How far it went is kept in
+    /// Cordons and drains a leaving node through a master, once ([`decide::leave`] says when:
+    /// not yet drained, and the cluster runs an API server). `Some` while it is still being
+    /// drained, or waits for a master's API server to answer; `None` when it is drained or
+    /// [`DRAIN_TIMEOUT`] ran out. How far it went is kept in
     /// the store: a restarted controller neither drains again nor waits anew.
     async fn drain(
         &self,
@@ -525,9 +526,6 @@ impl Engine {
         n: &EngineNode,
     ) -> Result<Option<String>, EngineError> {
         let id = n.node.id;
-        if n.drain == Drain::Done || !has_api_server(ec) {
-            return Ok(None);
-        }
         let started = match n.drain {
             Drain::Since(started) => started,
             _ => self.store.start_drain(ec.tenant, id).await?,
