@@ -136,3 +136,23 @@ fn ensure_zigbuild() -> Result<()> {
         ZIGBUILD_VERSION,
     ]))
 }
+
+/// A minimal Debian root of `release` (Debian 11 is `bullseye`: glibc 2.31, no machine id, no
+/// systemd), made with debootstrap the first time and kept in the cache under `roots/`: the
+/// tests run the shipped agent in it.
+pub fn debian_root(release: &str) -> Result<PathBuf> {
+    let root = crate::bundle::cache_dir()?.join("roots").join(release);
+    if root.join("etc/debian_version").exists() {
+        return Ok(root);
+    }
+    eprintln!("xtask: making a Debian {release} root with debootstrap");
+    let partial = root.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial)?;
+    run(Command::new("debootstrap")
+        .args(["--variant=minbase", release])
+        .arg(&partial)
+        .arg("http://deb.debian.org/debian"))?;
+    std::fs::rename(&partial, &root)?;
+    Ok(root)
+}

@@ -24,10 +24,12 @@ fn main() -> Result<()> {
             prerequisites()?;
             let bundle = bundle::ensure()?;
             let agent = dist::agent(&root, &root.join("target/dist"))?;
+            let debian_11 = dist::debian_root("bullseye")?;
             let mut cmd = Command::new(cargo());
             cmd.current_dir(&root)
                 .env(BUNDLE_ENV, &bundle)
                 .env(DIST_AGENT_ENV, &agent)
+                .env(DEBIAN_11_ENV, &debian_11)
                 .args(["nextest", "run", "--workspace", "--no-fail-fast"])
                 .args(&args[1..]);
             run(&mut cmd)
@@ -59,6 +61,7 @@ fn main() -> Result<()> {
         Some("deps") => {
             prerequisites()?;
             dist::tools()?;
+            dist::debian_root("bullseye")?;
             bundle::ensure().map(drop)
         }
         Some("dist") => {
@@ -101,6 +104,8 @@ fn main() -> Result<()> {
 const BUNDLE_ENV: &str = "QB_LAB_BUNDLE";
 /// Where the tests find the agent as it ships (`cargo xtask dist`'s).
 const DIST_AGENT_ENV: &str = "QB_DIST_AGENT";
+/// Where the tests find a Debian 11 root to run the shipped agent in.
+const DEBIAN_11_ENV: &str = "QB_DEBIAN_11_ROOT";
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

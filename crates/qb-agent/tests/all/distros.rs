@@ -1,7 +1,7 @@
 //! The agent as it ships, on another distribution: a Debian 11 root made with debootstrap
 //! (minbase: glibc 2.31, no machine id, no systemd), entered as a lab host is — its own network
 //! namespace, and a private mount namespace with its own /proc and /sys — registers with the
-//! controller and stays online. The root is made once per release and cached.
+//! controller and stays online. `cargo xtask test` makes the root once and caches it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,7 +13,7 @@ use qb_lab::Lab;
 #[test]
 fn the_shipped_agent_registers_from_a_debian_11_root_without_a_machine_id() {
     let agent = crate::binary::shipped_agent();
-    let cached = debian_root("bullseye");
+    let cached = debian_11_root();
     // Declared first, dropped last: the agent is gone before its root is removed.
     let work = tempfile::tempdir().expect("temp dir");
     let root = work.path().join("root");
@@ -75,33 +75,21 @@ fn the_shipped_agent_registers_from_a_debian_11_root_without_a_machine_id() {
     assert_eq!(own.trim().len(), 32, "{own}");
 }
 
-/// A minimal Debian root of `release`, made with debootstrap the first time and kept in the cache
-/// directory (`QB_CACHE_DIR`, else `$XDG_CACHE_HOME/qb`, else `~/.cache/qb`) under `roots/`.
-fn debian_root(release: &str) -> PathBuf {
-    let cache = std::env::var_os("QB_CACHE_DIR")
+/// The Debian 11 root `cargo xtask test` makes once (debootstrap minbase, cached), never
+/// changed by a test: each copies it.
+fn debian_11_root() -> PathBuf {
+    let root = std::env::var_os("QB_DEBIAN_11_ROOT")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| Path::new(&d).join("qb")))
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/qb")))
-        .expect("a cache directory: set QB_CACHE_DIR or HOME");
-    let root = cache.join("roots").join(release);
-    if root.join("etc/debian_version").exists() {
-        return root;
-    }
-    let partial = root.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&partial);
-    std::fs::create_dir_all(partial.parent().expect("a parent")).expect("the cache");
-    // Not `run`: fetching and unpacking a root takes longer than its timeout.
-    let out = Command::new("debootstrap")
-        .args(["--variant=minbase", release])
-        .arg(&partial)
-        .arg("http://deb.debian.org/debian")
-        .output()
-        .expect("debootstrap (Debian's package) must be installed");
+        .unwrap_or_else(|| {
+            panic!(
+                "QB_DEBIAN_11_ROOT is not set: run the suite with `cargo xtask test`, or set it \
+                 to a root made with `debootstrap --variant=minbase bullseye DIR`"
+            )
+        });
     assert!(
-        out.status.success(),
-        "debootstrap {release} (from Debian's debootstrap package) failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        root.join("etc/debian_version").exists(),
+        "{} is no Debian root",
+        root.display()
     );
-    std::fs::rename(&partial, &root).expect("the root into the cache");
     root
 }
