@@ -3,7 +3,9 @@
 //!
 //! - Kubernetes server binaries built from Debian's source package `kubernetes` (the only
 //!   Kubernetes Debian ships; it packages kubectl alone as a binary).
-//! - etcd, containerd, its runc shim, ctr, runc and the CNI plugins from Debian's packages.
+//! - etcd, containerd, its runc shim, ctr, runc and the CNI plugins built statically from
+//!   Debian's source packages (see [`crate::static_build`]), so that every binary of the bundle
+//!   starts on any x86_64 Linux, whatever its C library.
 //! - Two OCI images: the pause image (Kubernetes' own `pause.c`, built static) and a workload
 //!   image holding Debian's static busybox (sh, httpd, wget, ...).
 //!
@@ -19,13 +21,16 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::{install_missing, run};
+use crate::{install_missing, run, static_build};
 
 /// The Kubernetes version Debian's source package holds.
 pub const KUBERNETES_VERSION: &str = "1.20.2";
-/// Bumped whenever the build of the server binaries changes: cached binaries and bundles of an
-/// older build are removed, and built again the new way.
+/// Bumped whenever the build of the server binaries changes: cached binaries of an older build
+/// are removed, and built again the new way.
 const BUILD_REVISION: u32 = 2;
+/// Bumped whenever what goes into the bundle changes (3: static etcd, containerd, runc and CNI
+/// plugins): bundles of an older revision are removed and made again.
+const BUNDLE_REVISION: u32 = 3;
 /// The upstream tarball inside Debian's source package.
 const ORIG_TARBALL: &str = "kubernetes_1.20.5+really1.20.2.orig.tar.gz";
 const SERVER_BINARIES: &[&str] = &[
@@ -56,48 +61,6 @@ const PATCHED_VENDOR: &[(&str, &str, &str)] = &[(
     "/usr/share/gocode/src/github.com/modern-go/reflect2",
     "vendor/github.com/modern-go/reflect2",
 )];
-/// What the bundle takes from Debian: package, file, artifact name, path in the bundle.
-const FROM_DEBIAN: &[(&str, &str, &str, &str)] = &[
-    ("etcd-server", "/usr/bin/etcd", "etcd", "bin/etcd"),
-    (
-        "containerd",
-        "/usr/bin/containerd",
-        "containerd",
-        "bin/containerd",
-    ),
-    (
-        "containerd",
-        "/usr/bin/containerd-shim-runc-v2",
-        "containerd-shim-runc-v2",
-        "bin/containerd-shim-runc-v2",
-    ),
-    ("containerd", "/usr/bin/ctr", "ctr", "bin/ctr"),
-    ("runc", "/usr/sbin/runc", "runc", "bin/runc"),
-    (
-        "containernetworking-plugins",
-        "/usr/lib/cni/bridge",
-        "cni-bridge",
-        "cni/bridge",
-    ),
-    (
-        "containernetworking-plugins",
-        "/usr/lib/cni/host-local",
-        "cni-host-local",
-        "cni/host-local",
-    ),
-    (
-        "containernetworking-plugins",
-        "/usr/lib/cni/loopback",
-        "cni-loopback",
-        "cni/loopback",
-    ),
-    (
-        "containernetworking-plugins",
-        "/usr/lib/cni/portmap",
-        "cni-portmap",
-        "cni/portmap",
-    ),
-];
 /// The image the bundle's pause image is known as (the renderer's sandbox image).
 const PAUSE_REF: &str = "qb.local/pause:3.2";
 /// The workload image: Debian's static busybox.
@@ -122,26 +85,24 @@ pub fn cache_dir() -> Result<PathBuf> {
 /// Builds the bundle unless the cache has it; its directory.
 pub fn ensure() -> Result<PathBuf> {
     let cache = cache_dir()?;
-    for revision in 1..BUILD_REVISION {
-        for old in [bundle_dir(&cache, revision), binaries_dir(&cache, revision)] {
-            if old.exists() {
-                std::fs::remove_dir_all(&old)
-                    .with_context(|| format!("removing {}", old.display()))?;
-                eprintln!("xtask: removed {}, made by an older build", old.display());
-            }
+    let old_bundles = (1..BUNDLE_REVISION).map(|r| bundle_dir(&cache, r));
+    let old_binaries = (1..BUILD_REVISION).map(|r| binaries_dir(&cache, r));
+    for old in old_bundles.chain(old_binaries) {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+            eprintln!("xtask: removed {}, made by an older build", old.display());
         }
     }
-    let dir = bundle_dir(&cache, BUILD_REVISION);
+    let dir = bundle_dir(&cache, BUNDLE_REVISION);
     if dir.join("bundle.json").is_file() {
         return Ok(dir);
     }
     let binaries = kubernetes_binaries(&cache)?;
-    install_missing(
-        FROM_DEBIAN
-            .iter()
-            .map(|(pkg, file, ..)| (*pkg, *file))
-            .chain([("busybox-static", "/bin/busybox")]),
-    )?;
+    let mut statics = Vec::new();
+    for source in static_build::SOURCES {
+        statics.push((source, static_build::build(&cache, source)?));
+    }
+    install_missing([("busybox-static", "/bin/busybox")].into_iter())?;
     let partial = dir.with_extension("partial");
     if partial.exists() {
         std::fs::remove_dir_all(&partial)?;
@@ -153,9 +114,15 @@ pub fn ensure() -> Result<PathBuf> {
         copy(&binaries.join(name), &partial.join(&path))?;
         artifacts.push((name.to_string(), KUBERNETES_VERSION.to_owned(), path));
     }
-    for (package, file, name, path) in FROM_DEBIAN {
-        copy(Path::new(file), &partial.join(path))?;
-        artifacts.push((name.to_string(), debian_version(package)?, path.to_string()));
+    for (source, built) in &statics {
+        for binary in source.binaries {
+            copy(&built.dir.join(binary.artifact), &partial.join(binary.path))?;
+            artifacts.push((
+                binary.artifact.to_owned(),
+                built.version.clone(),
+                binary.path.to_owned(),
+            ));
+        }
     }
     let pause = pause_binary(&cache)?;
     std::fs::create_dir_all(partial.join("images"))?;
@@ -343,7 +310,7 @@ fn pause_binary(cache: &Path) -> Result<PathBuf> {
 }
 
 /// Adds a `deb-src` twin of Debian's `deb` sources when there is none, and updates.
-fn enable_source_packages() -> Result<()> {
+pub fn enable_source_packages() -> Result<()> {
     let sources = Path::new("/etc/apt/sources.list.d/debian.sources");
     let twin = Path::new("/etc/apt/sources.list.d/debian-src.sources");
     if !twin.exists() {

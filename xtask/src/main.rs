@@ -9,6 +9,7 @@
 mod bundle;
 mod dist;
 mod lab;
+mod static_build;
 mod tidy;
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! The agent is one self-contained binary: it needs nothing on a host beyond the C library, and
-//! the one that ships (`cargo xtask dist`'s) runs on glibc 2.17 and later, stripped.
+//! the one that ships (`cargo xtask dist`'s) runs on glibc 2.17 and later, stripped. Every
+//! binary of the bundle is statically linked, so it starts whatever C library a host has.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,19 +17,7 @@ fn the_agent_links_only_the_c_library() {
 fn the_shipped_agent_needs_glibc_2_17_at_most_and_is_stripped() {
     let agent = shipped_agent();
     links_only_the_c_library(&agent);
-    let symbols = objdump(&agent, "-T");
-    let newest = symbols
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
-        .filter_map(|word| word.strip_prefix("GLIBC_"))
-        .filter_map(|v| {
-            let (major, minor) = v.split_once('.')?;
-            Some((
-                major.parse::<u32>().ok()?,
-                minor.split('.').next()?.parse::<u32>().ok()?,
-            ))
-        })
-        .max()
-        .expect("the agent needs some glibc symbol versions");
+    let newest = newest_glibc(&agent).expect("the agent needs some glibc symbol versions");
     eprintln!(
         "the shipped agent needs glibc {}.{} at most ({})",
         newest.0,
@@ -62,6 +51,61 @@ fn the_shipped_agent_needs_glibc_2_17_at_most_and_is_stripped() {
         "the shipped agent is {:.1} MiB",
         size as f64 / (1 << 20) as f64
     );
+}
+
+/// Every executable in the bundle needs no C library at all (statically linked), or one no
+/// newer than the agent's: the table of what each needs is printed.
+#[test]
+fn every_binary_of_the_bundle_is_static() {
+    let dir = crate::kubernetes::bundle_dir();
+    let text = std::fs::read_to_string(dir.join("bundle.json")).expect("bundle.json");
+    let manifest: serde_json::Value = serde_json::from_str(&text).expect("bundle.json is JSON");
+    let mut binaries = 0;
+    let mut dynamic = Vec::new();
+    for artifact in manifest["artifacts"].as_array().expect("artifacts") {
+        let file = dir.join(artifact["file"].as_str().expect("file"));
+        let bytes = std::fs::read(&file).expect("artifact file");
+        if !bytes.starts_with(b"\x7fELF") {
+            continue; // images
+        }
+        binaries += 1;
+        let name = artifact["name"].as_str().expect("name");
+        let interp = objdump(&file, "-h").contains(".interp");
+        let glibc = newest_glibc(&file);
+        match (interp, glibc) {
+            (false, None) => eprintln!("{name:<26} static, needs no C library"),
+            (_, glibc) => {
+                let needs = glibc.map_or("no versioned symbols".into(), |(a, b)| {
+                    format!("glibc {a}.{b}")
+                });
+                eprintln!("{name:<26} dynamic, needs {needs}");
+                dynamic.push(format!("{name} ({needs})"));
+            }
+        }
+    }
+    assert!(binaries >= 14, "only {binaries} executables in the bundle");
+    assert!(dynamic.is_empty(), "linked dynamically: {dynamic:?}");
+}
+
+/// The newest glibc symbol version `binary` needs (`objdump -T`); `None` when it names none.
+fn newest_glibc(binary: &Path) -> Option<(u32, u32)> {
+    let symbols = Command::new("objdump")
+        .arg("-T")
+        .arg(binary)
+        .output()
+        .expect("objdump (from binutils) must be installed");
+    // A static binary has no dynamic symbol table: objdump says so and fails.
+    String::from_utf8_lossy(&symbols.stdout)
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .filter_map(|word| word.strip_prefix("GLIBC_"))
+        .filter_map(|v| {
+            let (major, minor) = v.split_once('.')?;
+            Some((
+                major.parse::<u32>().ok()?,
+                minor.split('.').next()?.parse::<u32>().ok()?,
+            ))
+        })
+        .max()
 }
 
 /// The agent `cargo xtask dist` builds, as `cargo xtask test` names it.
