@@ -137,20 +137,44 @@ fn ensure_zigbuild() -> Result<()> {
     ]))
 }
 
-/// A minimal Debian root of `release` (Debian 11 is `bullseye`: glibc 2.31, no machine id, no
-/// systemd), made with debootstrap the first time and kept in the cache under `roots/`: the
-/// tests run the shipped agent in it.
+/// What the lab's Debian roots have beyond minbase: what a Kubernetes node needs from its
+/// distribution (the agent's package depends on them), so the package installs with `dpkg -i`.
+const ROOT_PACKAGES: &str = "iptables,iproute2,conntrack";
+/// Bumped when the roots change (2: [`ROOT_PACKAGES`] added): older roots are removed.
+const ROOTS_REVISION: u32 = 2;
+
+/// A minimal Debian root of `release` (Debian 11 is `bullseye`: glibc 2.31; Debian 12 is
+/// `bookworm`), with no machine id and no systemd, made with debootstrap the first time and
+/// kept in the cache under `roots/`: the tests copy it for each host of that distribution.
 pub fn debian_root(release: &str) -> Result<PathBuf> {
-    let root = crate::bundle::cache_dir()?.join("roots").join(release);
+    let roots = crate::bundle::cache_dir()?.join("roots");
+    for old in std::iter::once(roots.join(release))
+        .chain((2..ROOTS_REVISION).map(|r| roots.join(format!("{release}-{r}"))))
+    {
+        if old.exists() {
+            run(Command::new("rm")
+                .args(["-rf", "--one-file-system"])
+                .arg(&old))?;
+        }
+    }
+    let root = roots.join(format!("{release}-{ROOTS_REVISION}"));
     if root.join("etc/debian_version").exists() {
         return Ok(root);
     }
     eprintln!("xtask: making a Debian {release} root with debootstrap");
     let partial = root.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&partial);
+    if partial.exists() {
+        run(Command::new("rm")
+            .args(["-rf", "--one-file-system"])
+            .arg(&partial))?;
+    }
     std::fs::create_dir_all(&partial)?;
     run(Command::new("debootstrap")
-        .args(["--variant=minbase", release])
+        .args([
+            "--variant=minbase",
+            &format!("--include={ROOT_PACKAGES}"),
+            release,
+        ])
         .arg(&partial)
         .arg("http://deb.debian.org/debian"))?;
     std::fs::rename(&partial, &root)?;

@@ -26,11 +26,13 @@ fn main() -> Result<()> {
             let bundle = bundle::ensure()?;
             let agent = dist::agent(&root, &root.join("target/dist"))?;
             let debian_11 = dist::debian_root("bullseye")?;
+            let debian_12 = dist::debian_root("bookworm")?;
             let mut cmd = Command::new(cargo());
             cmd.current_dir(&root)
                 .env(BUNDLE_ENV, &bundle)
                 .env(DIST_AGENT_ENV, &agent)
                 .env(DEBIAN_11_ENV, &debian_11)
+                .env(DEBIAN_12_ENV, &debian_12)
                 .args(["nextest", "run", "--workspace", "--no-fail-fast"])
                 .args(&args[1..]);
             run(&mut cmd)
@@ -63,6 +65,7 @@ fn main() -> Result<()> {
             prerequisites()?;
             dist::tools()?;
             dist::debian_root("bullseye")?;
+            dist::debian_root("bookworm")?;
             bundle::ensure().map(drop)
         }
         Some("dist") => {
@@ -105,8 +108,10 @@ fn main() -> Result<()> {
 const BUNDLE_ENV: &str = "QB_LAB_BUNDLE";
 /// Where the tests find the agent as it ships (`cargo xtask dist`'s).
 const DIST_AGENT_ENV: &str = "QB_DIST_AGENT";
-/// Where the tests find a Debian 11 root to run the shipped agent in.
+/// Where the tests find a Debian 11 root and a Debian 12 root to copy for hosts of those
+/// distributions.
 const DEBIAN_11_ENV: &str = "QB_DEBIAN_11_ROOT";
+const DEBIAN_12_ENV: &str = "QB_DEBIAN_12_ROOT";
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,6 +1,7 @@
 //! Entering a lab host: its network namespace, and a private mount namespace in which the
 //! host's own copy of each system directory cluster components use is mounted over the
-//! machine's, so components of different hosts never share files.
+//! machine's, so components of different hosts never share files — or, for a host of another
+//! distribution, in which the host's whole root filesystem (made with debootstrap) is the root.
 
 use std::path::Path;
 use std::process::Command;
@@ -31,9 +32,15 @@ pub struct Host<'a> {
     /// Where the host's directories really are: `root/<dir>` for each of `dirs`.
     pub root: &'a Path,
     pub dirs: &'a [&'a str],
-    /// The host's own name and `/etc/machine-id`, as a separate machine has (a new UTS
-    /// namespace); `None` keeps the machine's.
-    pub identity: Option<(&'a str, &'a str)>,
+    /// `root` is the host's whole root filesystem (a distribution's, as debootstrap makes it):
+    /// programs run chrooted into it, with its own `/proc` and `/sys` and the machine's `/dev`
+    /// and cgroups; `dirs` are part of it already and not mounted. The program is a path in it.
+    pub chroot: bool,
+    /// The host's own name, as a separate machine has (a new UTS namespace); `None` keeps the
+    /// machine's.
+    pub hostname: Option<&'a str>,
+    /// The host's own `/etc/machine-id`; `None` keeps what the host's files have.
+    pub machine_id: Option<&'a str>,
     /// Kill the program when its parent dies (`setpriv --pdeathsig`): for tests, whose hosts must
     /// not outlive them.
     pub die_with_parent: bool,
@@ -43,25 +50,40 @@ impl Host<'_> {
     /// `program` on this host; add its arguments to the command.
     pub fn command(&self, program: &Path) -> Result<Command> {
         let mut script = String::from("set -e; ");
-        for dir in self.dirs {
-            let private = self.root.join(dir.trim_start_matches('/'));
-            std::fs::create_dir_all(&private)
-                .with_context(|| format!("creating {}", private.display()))?;
-            // The mount point must exist on the machine; it stays empty there.
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
-            script.push_str(&format!("mount --bind '{}' '{dir}'; ", private.display()));
-        }
-        if let Some((name, machine_id)) = self.identity {
+        if let Some(machine_id) = self.machine_id {
             let file = self.root.join("etc/machine-id");
             std::fs::create_dir_all(self.root.join("etc"))?;
             std::fs::write(&file, format!("{machine_id}\n"))
                 .with_context(|| format!("writing {}", file.display()))?;
-            script.push_str(&format!(
-                "mount --bind '{}' /etc/machine-id; echo '{name}' > /proc/sys/kernel/hostname; ",
-                file.display()
-            ));
+            if !self.chroot {
+                script.push_str(&format!(
+                    "mount --bind '{}' /etc/machine-id; ",
+                    file.display()
+                ));
+            }
         }
-        if self.netns.is_some() {
+        if let Some(name) = self.hostname {
+            script.push_str(&format!("echo '{name}' > /proc/sys/kernel/hostname; "));
+        }
+        if self.chroot {
+            // Its own /proc (of the namespaces it runs in) and /sys (of its network namespace),
+            // the machine's devices and cgroup hierarchies.
+            let r = self.root.display();
+            script.push_str(&format!(
+                "mount -t proc proc '{r}/proc'; mount -t sysfs sysfs '{r}/sys'; \
+                 mount --rbind /sys/fs/cgroup '{r}/sys/fs/cgroup'; mount --rbind /dev '{r}/dev'; "
+            ));
+        } else {
+            for dir in self.dirs {
+                let private = self.root.join(dir.trim_start_matches('/'));
+                std::fs::create_dir_all(&private)
+                    .with_context(|| format!("creating {}", private.display()))?;
+                // The mount point must exist on the machine; it stays empty there.
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+                script.push_str(&format!("mount --bind '{}' '{dir}'; ", private.display()));
+            }
+        }
+        if self.netns.is_some() && !self.chroot {
             // The namespace's own sysfs (its network devices), as `ip netns exec` mounts it, but
             // keeping the machine's cgroup hierarchies, which `ip netns exec` would hide: the
             // kubelet and the agent need them.
@@ -74,10 +96,15 @@ impl Host<'_> {
                  mount --move '{cgroup}' /sys/fs/cgroup; "
             ));
         }
-        if self.die_with_parent {
-            script.push_str(r#"exec setpriv --pdeathsig KILL -- "$@""#);
+        let chroot = if self.chroot {
+            format!("chroot '{}' ", self.root.display())
         } else {
-            script.push_str(r#"exec "$@""#);
+            String::new()
+        };
+        if self.die_with_parent {
+            script.push_str(&format!(r#"exec setpriv --pdeathsig KILL -- {chroot}"$@""#));
+        } else {
+            script.push_str(&format!(r#"exec {chroot}"$@""#));
         }
         let mut cmd = match self.netns {
             Some(ns) => {
@@ -88,7 +115,7 @@ impl Host<'_> {
             None => Command::new("unshare"),
         };
         cmd.args(["--mount", "--propagation", "private"]);
-        if self.identity.is_some() {
+        if self.hostname.is_some() {
             cmd.arg("--uts");
         }
         cmd.args(["sh", "-c", &script, "sh"]).arg(program);

@@ -380,7 +380,9 @@ fn start_agent(dir: &Path, lab: &Lab, i: usize, host: &HostRecord) -> Result<u32
         netns: Some(&netns),
         root: &root,
         dirs: &dirs,
-        identity: Some((&host.name, &host.machine_id)),
+        chroot: false,
+        hostname: Some(&host.name),
+        machine_id: Some(&host.machine_id),
         die_with_parent: false,
     }
     .command(&root.join("usr/bin/qb-agent"))?;

@@ -89,6 +89,7 @@ pub(crate) fn build(p: &AgentPackage, arch: Arch, elf: &AgentElf) -> Result<Vec<
     let depends = elf
         .debian_depends()
         .into_iter()
+        .chain(crate::NODE_TOOLS_DEB.iter().map(|t| t.to_string()))
         .chain([SCRIPT_DEPENDS.to_owned()])
         .collect::<Vec<_>>()
         .join(", ");
@@ -99,6 +100,7 @@ pub(crate) fn build(p: &AgentPackage, arch: Arch, elf: &AgentElf) -> Result<Vec<
          Maintainer: {maintainer}\n\
          Installed-Size: {installed_size}\n\
          Depends: {depends}\n\
+         Recommends: {recommends}\n\
          Section: admin\n\
          Priority: optional\n\
          Description: {description}\n",
@@ -106,6 +108,7 @@ pub(crate) fn build(p: &AgentPackage, arch: Arch, elf: &AgentElf) -> Result<Vec<
         version = p.version,
         arch = arch.debian(),
         maintainer = crate::MAINTAINER,
+        recommends = crate::NODE_RECOMMENDS_DEB,
         description = content::debian_description(),
     );
     let conffiles: String = conffiles.iter().map(|c| format!("{c}\n")).collect();

@@ -56,6 +56,15 @@ pub const UNIT_NAME: &str = "qb-agent.service";
 /// The agent's manual page (deb and rpm).
 pub const MAN_PAGE_PATH: &str = "/usr/share/man/man1/qb-agent.1.gz";
 /// Who answers for the deb and the rpm (Debian's `Maintainer`, RPM's `Packager`).
+/// What a Kubernetes node needs of its distribution besides the C library: packet filtering
+/// (`iptables`, `iptables-save`, `iptables-restore`, used by the agent, the kubelet and
+/// kube-proxy) and `ip`; as Debian and as RPM distributions name the packages.
+const NODE_TOOLS_DEB: &[&str] = &["iptables", "iproute2"];
+const NODE_TOOLS_RPM: &[&str] = &["iptables", "iproute"];
+/// Recommended: kube-proxy clears stale UDP connections with `conntrack`.
+const NODE_RECOMMENDS_DEB: &str = "conntrack";
+const NODE_RECOMMENDS_RPM: &str = "conntrack-tools";
+
 pub const MAINTAINER: &str = "qb maintainers <maintainers@qb.invalid>";
 /// The timestamp of every file and of the packages themselves (2025-01-01T00:00:00Z), so the same
 /// inputs always give the same bytes.

@@ -39,6 +39,10 @@ pub(crate) fn build(p: &AgentPackage, arch: Arch, elf: &AgentElf) -> Result<Vec<
     for requirement in elf.rpm_requires() {
         builder.requires(Dependency::any(requirement));
     }
+    for tool in crate::NODE_TOOLS_RPM {
+        builder.requires(Dependency::any(*tool));
+    }
+    builder.recommends(Dependency::any(crate::NODE_RECOMMENDS_RPM));
     let man_page = crate::gzip_best(content::man_page(p.version).as_bytes(), "man page")?;
     builder
         .with_file_contents(

@@ -554,7 +554,9 @@ impl Agent {
                 netns,
                 root,
                 dirs: HOST_DIRS,
-                identity: None,
+                chroot: false,
+                hostname: None,
+                machine_id: None,
                 die_with_parent: true,
             }
             .command(&agent_binary())

@@ -49,9 +49,11 @@ const DOCS: [&str; 4] = [
 ];
 
 /// The packages the deb may depend on, with their architecture (none: the build target's).
-const DEPENDENCIES: [(&str, Option<&str>); 3] = [
+const DEPENDENCIES: [(&str, Option<&str>); 5] = [
     ("libc6", None),
     ("libgcc-s1", None),
+    ("iptables", None),
+    ("iproute2", None),
     ("init-system-helpers", Some("all")),
 ];
 
@@ -201,9 +203,13 @@ fn assert_depends_fit(binary: &Path, depends: &[&str]) {
         Some(format!("libc6 (>= {})", newest_glibc(binary)).as_str()),
         "{depends:?}"
     );
-    assert_eq!(depends.last(), Some(&"init-system-helpers (>= 1.18~)"));
+    // Then the node's tools, then what the maintainer scripts use.
+    assert_eq!(
+        depends[depends.len() - 3..],
+        ["iptables", "iproute2", "init-system-helpers (>= 1.18~)"]
+    );
     let debians = shlibdeps(binary);
-    let ours = &depends[..depends.len() - 1];
+    let ours = &depends[..depends.len() - 3];
     assert_eq!(ours.len(), debians.len(), "{depends:?} {debians:?}");
     for (ours, debians) in ours.iter().zip(&debians) {
         let ours = ours.split(" | ").next().unwrap();
@@ -243,12 +249,13 @@ fn deb_metadata_contents_and_scripts() {
         "Maintainer",
         "Section",
         "Priority",
+        "Recommends",
     ]));
     assert_eq!(
         fields,
         format!(
             "Package: qb-agent\nVersion: 0.1.0\nArchitecture: {arch}\nMaintainer: {}\n\
-             Section: admin\nPriority: optional\n",
+             Section: admin\nPriority: optional\nRecommends: conntrack\n",
             qb_package::MAINTAINER
         )
     );
