@@ -156,9 +156,10 @@ const PACKAGES: &[(&str, &str)] = &[
     // links it against an old glibc, comes from PyPI.
     ("binutils", "/usr/bin/objcopy"),
     ("python3-pip", "/usr/bin/pip3"),
-    // The agent's .deb is checked with Debian's own package checker; the shipped agent runs in
-    // a root of an older Debian made with debootstrap.
+    // The agent's .deb and .rpm are checked with lintian and rpmlint; the shipped agent runs in
+    // roots of Debian 11 and 12 made with debootstrap.
     ("lintian", "/usr/bin/lintian"),
+    ("rpmlint", "/usr/bin/rpmlint"),
     ("debootstrap", "/usr/sbin/debootstrap"),
     // The package tests hold its dependencies to dpkg-shlibdeps'.
     ("dpkg-dev", "/usr/bin/dpkg-shlibdeps"),

@@ -338,3 +338,36 @@ fn rpm_will_not_install_where_the_c_library_is_missing() {
     );
     assert_eq!(installed(&root), None);
 }
+
+#[test]
+fn rpm_of_the_shipped_agent_passes_rpmlint() {
+    let dir = TempDir::new().unwrap();
+    let binary = support::shipped_agent(dir.path());
+    let agent = fs::read(&binary).unwrap();
+    let pkg = support::write_package(
+        dir.path(),
+        Format::Rpm,
+        &qb_package::AgentPackage {
+            agent_binary: &agent,
+            ..package("0.1.0")
+        },
+    );
+    // rpmlint exits 64 on errors (66 when it finds too many warnings); every finding is printed.
+    // The filters say why each of them is as it is.
+    let filters = Path::new(env!("CARGO_MANIFEST_DIR")).join("qb-agent.rpmlintrc");
+    let out = Command::new(tool("rpmlint", "rpmlint"))
+        .arg("-r")
+        .arg(&filters)
+        .arg(&pkg)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{said}");
+    let errors: Vec<&str> = said.lines().filter(|l| l.contains(": E: ")).collect();
+    assert!(
+        out.status.success() && errors.is_empty(),
+        "rpmlint ({}) finds errors:\n{said}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
