@@ -1534,6 +1534,11 @@ evictionHard:
   nodefs.inodesFree: \"5%\"
   imagefs.available: \"2Gi\"
 failSwapOn: false
+# Images go only when the disk is really short (the eviction threshold above), never because a
+# big disk is 85 % used: the bundle's images (the pause image among them) cannot be pulled
+# again, and a node whose pause image is gone starts no pod.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
 healthzBindAddress: \"127.0.0.1\"
 healthzPort: {healthz_port}
 port: {port}
