@@ -6,8 +6,10 @@
 //!   (also after the host registers again), an agent deauthorized while down, a second tenant,
 //!   and hostile frames on the channel (agents on 127.0.0.1).
 //! - `binary`, `distros`: the agent needs only the C library; the one that ships needs glibc
-//!   2.17 at most, is stripped, and registers from a Debian 11 root (debootstrap, cached) that
-//!   has no machine id.
+//!   2.17 at most and is stripped; every binary of the bundle is static. The shipped agent
+//!   registers from a Debian 11 root (debootstrap, cached) that has no machine id; a Debian 11
+//!   host and a Debian 12 host, each installed with `dpkg -i` of the controller's package, form
+//!   a cluster that runs pods and survives an upgrade of the agent's package on both.
 //! - `identity`: a cloned host (another host with the same machine id) is refused while the
 //!   first is online, reported to the operator, and the first keeps working.
 //! - `engine`: the cluster engine on real etcd: a cluster forms, grows, refuses an unsafe

@@ -66,11 +66,12 @@ impl Host<'_> {
             script.push_str(&format!("echo '{name}' > /proc/sys/kernel/hostname; "));
         }
         if self.chroot {
-            // Its own /proc (of the namespaces it runs in) and /sys (of its network namespace),
-            // the machine's devices and cgroup hierarchies.
+            // The root is a mount point, as a host's is (the kubelet looks for the mount its
+            // directories are on); its own /proc (of the namespaces it runs in) and /sys (of its
+            // network namespace); the machine's devices and cgroup hierarchies.
             let r = self.root.display();
             script.push_str(&format!(
-                "mount -t proc proc '{r}/proc'; mount -t sysfs sysfs '{r}/sys'; \
+                "mount --bind '{r}' '{r}'; mount -t proc proc '{r}/proc'; mount -t sysfs sysfs '{r}/sys'; \
                  mount --rbind /sys/fs/cgroup '{r}/sys/fs/cgroup'; mount --rbind /dev '{r}/dev'; "
             ));
         } else {

@@ -265,6 +265,17 @@ impl Controller {
             tempfile::tempdir().expect("temp dir"),
             &format!("{agent_ip}:0"),
             None,
+            None,
+        )
+    }
+
+    /// As [`Self::start`], with agent packages that ship `agent_binary`.
+    pub fn start_shipping(agent_ip: &str, agent_binary: &Path) -> Self {
+        Self::start_in(
+            tempfile::tempdir().expect("temp dir"),
+            &format!("{agent_ip}:0"),
+            None,
+            Some(agent_binary),
         )
     }
 
@@ -277,7 +288,7 @@ impl Controller {
             std::fs::write(dir.path().join("data").join("admin-token"), token)
                 .expect("admin token");
         }
-        Self::start_in(dir, &format!("{agent_ip}:0"), Some(database))
+        Self::start_in(dir, &format!("{agent_ip}:0"), Some(database), None)
     }
 
     /// Kills the controller with SIGKILL and starts it again on the same data directory and
@@ -286,7 +297,7 @@ impl Controller {
         self.proc.stop();
         let agent_addr = self.agent_addr.to_string();
         let Self { dir, .. } = self;
-        Self::start_in(dir, &agent_addr, None)
+        Self::start_in(dir, &agent_addr, None, None)
     }
 
     /// The controller's data directory (database, artifacts).
@@ -294,7 +305,12 @@ impl Controller {
         self.dir.path().join("data")
     }
 
-    fn start_in(dir: tempfile::TempDir, agent_listen: &str, database: Option<&str>) -> Self {
+    fn start_in(
+        dir: tempfile::TempDir,
+        agent_listen: &str,
+        database: Option<&str>,
+        agent_binary: Option<&Path>,
+    ) -> Self {
         let agent_ip = agent_listen
             .rsplit_once(':')
             .map_or(agent_listen, |(ip, _)| ip)
@@ -316,6 +332,9 @@ impl Controller {
                 "1",
             ])
             .env("QB_LOG", "info,sqlx=warn");
+        if let Some(binary) = agent_binary {
+            cmd.env("QB_AGENT_BINARY", binary);
+        }
         let (proc, stdout) = Proc::spawn("qb-controller", cmd);
         let (mut agent_url, mut agent_addr, mut pin, mut api) = (None, None, None, None);
         while api.is_none() {
@@ -449,6 +468,8 @@ pub struct Agent {
     pub state_dir: PathBuf,
     /// Where this host's [`HOST_DIRS`] really are, when it has private ones.
     pub host_root: Option<PathBuf>,
+    /// `host_root` is the host's whole root filesystem, its programs chrooted into it.
+    pub chroot: bool,
     netns: Option<String>,
     _service_logs: ServiceLogs,
     _dir: tempfile::TempDir,
@@ -569,9 +590,50 @@ impl Agent {
             state_dir,
             _service_logs: ServiceLogs(host_root.as_ref().map(|r| r.join("var/log/qb"))),
             host_root,
+            chroot: false,
             netns: netns.map(str::to_owned),
             _dir: dir,
         }
+    }
+
+    /// Starts the agent a package installed in `<dir>/root`, a host's whole root filesystem
+    /// (another distribution's), as its service would: chrooted into it, in namespace `netns`,
+    /// with the host name `hostname` (the agent's node name by default).
+    pub fn start_installed(dir: tempfile::TempDir, netns: &str, hostname: &str) -> Self {
+        let root = dir.path().join("root");
+        let mut cmd = qb_lab::host::Host {
+            netns: Some(netns),
+            root: &root,
+            dirs: &[],
+            chroot: true,
+            hostname: Some(hostname),
+            machine_id: None,
+            die_with_parent: true,
+        }
+        .command(Path::new(qb_package::BINARY_PATH))
+        .expect("the host's root");
+        cmd.args(["--config", qb_package::CONFIG_PATH])
+            .env("QB_LOG", "info");
+        let (proc, _stdout) = Proc::spawn(&format!("qb-agent {hostname}"), cmd);
+        Self {
+            proc,
+            state_dir: root.join(qb_package::STATE_DIR.trim_start_matches('/')),
+            _service_logs: ServiceLogs(Some(root.join("var/log/qb"))),
+            host_root: Some(root),
+            chroot: true,
+            netns: Some(netns.to_owned()),
+            _dir: dir,
+        }
+    }
+
+    /// Stops the installed agent (as its service manager does: the components it started go on)
+    /// and starts it again, e.g. after its package was upgraded.
+    pub fn restart_installed(mut self, hostname: &str) -> Self {
+        assert!(self.chroot, "an installed agent");
+        self.proc.stop();
+        let netns = self.netns.take().expect("a lab host");
+        let Self { _dir: dir, .. } = self;
+        Self::start_installed(dir, &netns, hostname)
     }
 
     /// The node id in the agent's saved identity, once it has registered.

@@ -126,7 +126,39 @@ impl Api {
         )
     }
 
+    /// `GET` of what is not JSON (a package): the body as it came; panics on a status other
+    /// than 200.
+    pub fn get_bytes(&self, path: &str) -> Vec<u8> {
+        let path = format!("/api/v1{path}");
+        let (status, content) = self.exchange("GET", &path, "application/json", b"");
+        assert_eq!(
+            status,
+            200,
+            "GET {path}: {}",
+            String::from_utf8_lossy(&content)
+        );
+        content
+    }
+
     fn raw(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Reply {
+        let (status, content) = self.exchange(method, path, content_type, body);
+        let body = serde_json::from_slice(&content)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&content).into_owned()));
+        Reply {
+            request: format!("{method} {path}"),
+            status,
+            body,
+        }
+    }
+
+    /// One request; the status and the body.
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
         assert_documented(method, path);
         let request = format!("{method} {path}");
         let mut stream = TcpStream::connect_timeout(&self.addr, TIMEOUT)
@@ -162,13 +194,7 @@ impl Api {
         if head.contains("transfer-encoding: chunked") {
             content = dechunk(&content);
         }
-        let body = serde_json::from_slice(&content)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&content).into_owned()));
-        Reply {
-            request,
-            status,
-            body,
-        }
+        (status, content)
     }
 
     pub fn get(&self, path: &str) -> Reply {

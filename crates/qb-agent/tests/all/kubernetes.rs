@@ -60,11 +60,16 @@ pub fn import_bundle(api: &Api, dir: &Path) -> Value {
     api.post("/bundles", &manifest).ok()
 }
 
-/// `kubectl` on `host` (a master) as the cluster administrator.
+/// `kubectl` on `host` (a master) as the cluster administrator; a host with a root filesystem
+/// of its own needs a `kubectl` in it.
 pub(crate) fn kubectl(host: &Agent, args: &[&str], stdin: Option<&str>) -> Output {
     let pid = host.proc.pid().to_string();
     let mut cmd = Command::new("nsenter");
-    cmd.args(["-t", &pid, "-m", "-n", "kubectl"])
+    cmd.args(["-t", &pid, "-m", "-n"]);
+    if host.chroot {
+        cmd.arg("-r");
+    }
+    cmd.arg("kubectl")
         .args([
             "--kubeconfig",
             "/etc/qb/kubernetes/admin.conf",
@@ -153,7 +158,7 @@ impl Drop for PodCgroups {
 /// keeps off every node still running an old one, and step through the nodes one termination
 /// and one scheduling retry at a time, minutes on a slow machine. httpd as PID 1 ignores
 /// SIGTERM, hence the short grace period.
-fn web(nodes: &[String]) -> String {
+pub(crate) fn web(nodes: &[String]) -> String {
     let deployment = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -249,7 +254,7 @@ fn probe_pod(name: &str, node: &str, servers: &[String], service_ip: &str) -> St
 }
 
 /// The `web` pods, once exactly one runs on each of `hosts`: (pod name, node, pod IP).
-fn web_pods(admin: &Agent, hosts: &[String]) -> Vec<(String, String, String)> {
+pub(crate) fn web_pods(admin: &Agent, hosts: &[String]) -> Vec<(String, String, String)> {
     poll("a web pod Running on each host", BRING_UP, || {
         let list = kubectl_json(admin, &["get", "pods", "-l", "app=web"])?;
         let mut pods: Vec<(String, String, String)> = Vec::new();
@@ -315,7 +320,7 @@ fn web_pods(admin: &Agent, hosts: &[String]) -> Vec<(String, String, String)> {
 /// Traffic as a cluster's users send it: from a pod on every host to the `web` pod on every
 /// host (every ordered pair), and to the `web` Service from a pod on every host and from every
 /// host itself, each reaching every backend. Panics naming what failed; returns the pair matrix.
-fn check_traffic(admin: &Agent, agents: &[Agent], hosts: &[String]) -> String {
+pub(crate) fn check_traffic(admin: &Agent, agents: &[Agent], hosts: &[String]) -> String {
     let pods = web_pods(admin, hosts);
     let service = kubectl_json(admin, &["get", "service", "web"]).expect("the web Service");
     let service_ip = service["spec"]["clusterIP"]
