@@ -1,0 +1,7 @@
+//! qb's cluster DNS: the zone the Kubernetes DNS specification defines, built from the
+//! cluster's objects ([`zone`]), kept current by watching them ([`watch`]), and the server that
+//! answers from it and forwards every other name to the host's resolvers ([`server`]).
+
+pub mod server;
+pub mod watch;
+pub mod zone;
