@@ -29,8 +29,9 @@ pub const KUBERNETES_VERSION: &str = "1.20.2";
 /// are removed, and built again the new way.
 const BUILD_REVISION: u32 = 2;
 /// Bumped whenever what goes into the bundle changes (3: static etcd, containerd, runc and CNI
-/// plugins): bundles of an older revision are removed and made again.
-const BUNDLE_REVISION: u32 = 3;
+/// plugins; 4: `nslookup` in the workload image): bundles of an older revision are removed and
+/// made again.
+const BUNDLE_REVISION: u32 = 4;
 /// The upstream tarball inside Debian's source package.
 const ORIG_TARBALL: &str = "kubernetes_1.20.5+really1.20.2.orig.tar.gz";
 const SERVER_BINARIES: &[&str] = &[
@@ -67,7 +68,7 @@ const PAUSE_REF: &str = "qb.local/pause:3.2";
 pub const BUSYBOX_REF: &str = "qb.local/busybox:1";
 /// Busybox applets the workload image links, so a pod's command can name them.
 const BUSYBOX_APPLETS: &[&str] = &[
-    "sh", "httpd", "wget", "nc", "echo", "cat", "sleep", "hostname", "ip", "ls", "true",
+    "sh", "httpd", "wget", "nc", "echo", "cat", "sleep", "hostname", "ip", "ls", "true", "nslookup",
 ];
 
 /// The cache directory.
@@ -346,7 +347,7 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
 
 /// Writes an OCI image layout tarball of one uncompressed layer holding `files` (path,
 /// content, mode) and `links` (path, target), named `reference` for containerd.
-fn oci_image(
+pub(crate) fn oci_image(
     out: &Path,
     reference: &str,
     files: &[(&str, Vec<u8>, u32)],

@@ -80,7 +80,10 @@ fn up(root: &Path, dir: &Path, args: &[String]) -> Result<()> {
     }
     crate::prerequisites()?;
     let bundle = if with_bundle {
-        Some(crate::bundle::ensure()?)
+        Some(crate::addon_images::bundle(
+            root,
+            &crate::bundle::ensure()?,
+        )?)
     } else {
         None
     };

@@ -6,6 +6,7 @@
 //! - `dist`: the release binaries as they ship (the agent for glibc 2.17), in `target/dist`.
 //! - `lab`: a standing lab of hosts on this machine, to try qb on.
 
+mod addon_images;
 mod bundle;
 mod dist;
 mod lab;
@@ -23,7 +24,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => {
             prerequisites()?;
-            let bundle = bundle::ensure()?;
+            let bundle = addon_images::bundle(&root, &bundle::ensure()?)?;
             let agent = dist::agent(&root, &root.join("target/dist"))?;
             let debian_11 = dist::debian_root("bullseye")?;
             let debian_12 = dist::debian_root("bookworm")?;
@@ -40,7 +41,7 @@ fn main() -> Result<()> {
         Some("bench") => {
             prerequisites()?;
             install_missing(BENCH_PACKAGES.iter().copied())?;
-            let bundle = bundle::ensure()?;
+            let bundle = addon_images::bundle(&root, &bundle::ensure()?)?;
             let mut cmd = Command::new(cargo());
             cmd.current_dir(&root)
                 .env(BUNDLE_ENV, &bundle)
@@ -57,6 +58,8 @@ fn main() -> Result<()> {
                     "bringup",
                     "--bench",
                     "tunnel",
+                    "--bench",
+                    "dns",
                 ])
                 .args(&args[1..]);
             run(&mut cmd)
@@ -76,14 +79,17 @@ fn main() -> Result<()> {
         Some("lab") => lab::main(&root, &args[1..]),
         Some("bundle") => {
             prerequisites()?;
-            println!("{}", bundle::ensure()?.display());
+            println!(
+                "{}",
+                addon_images::bundle(&root, &bundle::ensure()?)?.display()
+            );
             Ok(())
         }
         _ => {
             eprintln!("usage: cargo xtask <test|bench|deps|bundle|dist|lab> [args for the runner]");
             eprintln!("  test   install missing test prerequisites, then run the whole test suite");
             eprintln!(
-                "  bench  run the benchmarks: API throughput (SQLite and PostgreSQL side by side), agent costs, preflight, Kubernetes bring-up, the API proxy's tunnel against direct and ssh -R"
+                "  bench  run the benchmarks: API throughput (SQLite and PostgreSQL side by side), agent costs, preflight, Kubernetes bring-up, the API proxy's tunnel against direct and ssh -R, cluster DNS against unbound"
             );
             eprintln!(
                 "  deps   only install missing prerequisites (and build the Kubernetes bundle)"
@@ -161,6 +167,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("lintian", "/usr/bin/lintian"),
     ("rpmlint", "/usr/bin/rpmlint"),
     ("debootstrap", "/usr/sbin/debootstrap"),
+    // The cluster DNS is queried with dig, and forwards to a real upstream resolver, unbound.
+    ("bind9-dnsutils", "/usr/bin/dig"),
+    ("unbound", "/usr/sbin/unbound"),
     // The package tests hold its dependencies to dpkg-shlibdeps'.
     ("dpkg-dev", "/usr/bin/dpkg-shlibdeps"),
 ];
@@ -171,6 +180,8 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[
     // measures nginx terminating TLS in front of the API server beside them.
     ("openssh-server", "/usr/sbin/sshd"),
     ("nginx", "/usr/sbin/nginx"),
+    // The cluster DNS is measured beside unbound with dnsperf.
+    ("dnsperf", "/usr/bin/dnsperf"),
 ];
 
 /// Installs what the suite needs when it is missing: PostgreSQL (the store's tests start their own

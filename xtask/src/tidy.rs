@@ -28,6 +28,8 @@ const MAY_USE: &[(&str, &[&str])] = &[
     ("qb-store", &["qb-api", "qb-plan"]),
     ("qb-lab", &["qb-host"]),
     ("qb-test-support", &[]),
+    // The add-ons: programs that run in the clusters, knowing nothing of qb's insides.
+    ("qb-dns", &[]),
     // The programs. The agent and the CLI know nothing of the controller's insides.
     (
         "qb-agent",

@@ -18,6 +18,9 @@
 //!   used as people use them: a workload on every host, pod-to-pod between every pair of hosts
 //!   and a Service from every host and pod, after a master is cut off, a host power-cycled and
 //!   one more attached; hosts reused in a second cluster and left as they were before.
+//! - `addons`: qb's cluster DNS in a real 3-host cluster: pods find Services by name (ClusterIP
+//!   to every host, SRV, headless, other names from the hosts' resolver), a NodePort answers on
+//!   every host, the add-on comes back when deleted and answers while every API server is frozen.
 //! - `faults`: in a real Kubernetes cluster: the controller and an agent killed mid-install, a
 //!   host power-cycled, a master's cable pulled during the install.
 //! - `standing`: the standing lab of `cargo xtask lab`: agents installed from the controller's
@@ -38,6 +41,8 @@
 //!
 //! One test binary: the helpers live in `tests/all/`.
 
+#[path = "all/addons.rs"]
+mod addons;
 #[path = "all/binary.rs"]
 mod binary;
 #[path = "all/browser.rs"]

@@ -314,12 +314,57 @@ pub struct Cluster {
     pub created_at: OffsetDateTime,
 }
 
-/// A cluster with its nodes.
+/// A cluster with its nodes and add-ons.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterDetail {
     #[serde(flatten)]
     pub cluster: Cluster,
     pub nodes: Vec<Node>,
+    /// What qb runs in the cluster for it (its DNS, ...), as last checked; empty until the
+    /// cluster first became ready.
+    #[serde(default)]
+    pub addons: Vec<AddonStatus>,
+}
+
+/// An add-on of a cluster, as the controller last saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AddonStatus {
+    /// e.g. `qb-dns`.
+    pub name: String,
+    /// The version applied; none when it could not be.
+    #[serde(default)]
+    pub version: Option<String>,
+    pub health: AddonHealth,
+    /// What is wrong, or how far it is.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// When it was last checked.
+    #[serde(with = "time::serde::rfc3339")]
+    pub checked_at: OffsetDateTime,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AddonHealth {
+    /// Applied, and every replica ready.
+    Ready,
+    /// Applied; replicas are starting or some are not ready.
+    Progressing,
+    /// Applying it failed: the message says why.
+    Failing,
+    /// The cluster cannot run it (e.g. its bundle lacks the image).
+    Unavailable,
+}
+
+impl AddonHealth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Progressing => "progressing",
+            Self::Failing => "failing",
+            Self::Unavailable => "unavailable",
+        }
+    }
 }
 
 /// A request to create an empty cluster.

@@ -418,6 +418,21 @@ pub fn cluster_detail(d: &ClusterDetail, now: OffsetDateTime) -> String {
             }),
         ));
     }
+    if !d.addons.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &["ADD-ON", "VERSION", "HEALTH", "CHECKED", "MESSAGE"],
+            d.addons.iter().map(|a| {
+                vec![
+                    a.name.clone(),
+                    a.version.clone().unwrap_or_else(|| "-".to_owned()),
+                    a.health.as_str().to_owned(),
+                    format!("{} ago", age(a.checked_at, now)),
+                    a.message.clone().unwrap_or_else(|| "-".to_owned()),
+                ]
+            }),
+        ));
+    }
     out
 }
 
@@ -1071,6 +1086,7 @@ mod tests {
         let detail = ClusterDetail {
             cluster: cluster(),
             nodes: vec![node("host-1", NodeState::Attached, Some("clus100"), &[])],
+            addons: Vec::new(),
         };
         let out = cluster_detail(&detail, NOW);
         assert!(out.contains("Roles:         host-1=master\n"), "{out}");
@@ -1252,6 +1268,13 @@ mod tests {
         let detail = ClusterDetail {
             cluster: c,
             nodes: vec![master, worker, fresh],
+            addons: vec![qb_api::AddonStatus {
+                name: "qb-dns".to_owned(),
+                version: Some("0.1.0".to_owned()),
+                health: qb_api::AddonHealth::Progressing,
+                message: Some("1 of 2 replicas ready, 2 of 2 updated".to_owned()),
+                checked_at: NOW - time::Duration::seconds(4),
+            }],
         };
         assert_eq!(
             cluster_detail(&detail, NOW),
@@ -1273,7 +1296,10 @@ mod tests {
             \n\
             NODE     SERVICE          STATUS        RESTARTS   LAST-EXIT\n\
             host-1   etcd             ok            0          -\n\
-            host-1   kube-apiserver   not running   3          exit status 1\n"
+            host-1   kube-apiserver   not running   3          exit status 1\n\
+            \n\
+            ADD-ON   VERSION   HEALTH        CHECKED   MESSAGE\n\
+            qb-dns   0.1.0     progressing   4s ago    1 of 2 replicas ready, 2 of 2 updated\n"
         );
     }
 

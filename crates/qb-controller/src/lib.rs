@@ -4,6 +4,7 @@
 //! which applies the rules beyond the records' own and knows nothing of HTTP; the store applies
 //! the records' rules and writes the audit trail. Handlers never run SQL.
 
+pub mod addons;
 pub mod agents;
 pub mod api;
 pub mod app;

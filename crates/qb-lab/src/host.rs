@@ -75,6 +75,14 @@ impl Host<'_> {
                  mount --rbind /sys/fs/cgroup '{r}/sys/fs/cgroup'; mount --rbind /dev '{r}/dev'; "
             ));
         } else {
+            // The host's own resolvers, when it has them.
+            let resolv = self.root.join("etc/resolv.conf");
+            if resolv.is_file() {
+                script.push_str(&format!(
+                    "mount --bind '{}' /etc/resolv.conf; ",
+                    resolv.display()
+                ));
+            }
             for dir in self.dirs {
                 let private = self.root.join(dir.trim_start_matches('/'));
                 std::fs::create_dir_all(&private)

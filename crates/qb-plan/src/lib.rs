@@ -5,6 +5,7 @@
 //! - [`membership`]: a node's etcd membership as the engine keeps it;
 //! - [`render`]: each node's [`qb_agent_proto::plan::Plan`] for a Kubernetes version.
 
+pub mod addons;
 pub mod kubeconfig;
 pub mod membership;
 pub mod pki;

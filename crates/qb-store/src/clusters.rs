@@ -3,11 +3,12 @@
 use std::collections::BTreeMap;
 
 use qb_api::{
-    AttachTarget, Cidr, Cluster, ClusterDetail, ClusterId, ClusterRef, ClusterState, CreateCluster,
-    KubernetesVersion, MasterCount, Name, Node, NodeId, NodeMove, NodeName, NodeRole, NodeState,
-    Page, TenantId,
+    AddonStatus, AttachTarget, Cidr, Cluster, ClusterDetail, ClusterId, ClusterRef, ClusterState,
+    CreateCluster, KubernetesVersion, MasterCount, Name, Node, NodeId, NodeMove, NodeName,
+    NodeRole, NodeState, Page, TenantId,
 };
 use serde_json::json;
+use sqlx::Row as _;
 
 use crate::events::NewEvent;
 use crate::nodes::{NODE_SELECT, node_event, to_json};
@@ -147,6 +148,48 @@ impl Store {
         Ok(cluster)
     }
 
+    /// Records the cluster's add-ons as last checked, only when something other than the time
+    /// of the check changed (a check every few seconds writes nothing while all is well).
+    /// Returns whether it wrote.
+    pub async fn set_cluster_addons(
+        &self,
+        tenant: TenantId,
+        cluster: ClusterId,
+        addons: &[AddonStatus],
+    ) -> Result<bool> {
+        let stored: Option<Option<String>> =
+            sqlx::query_scalar("SELECT addons FROM clusters WHERE id = $1 AND tenant_id = $2")
+                .bind(cluster.to_string())
+                .bind(tenant.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(stored) = stored else {
+            return Err(StoreError::NotFound {
+                kind: "cluster",
+                key: cluster.to_string(),
+            });
+        };
+        let stored: Vec<AddonStatus> = match stored {
+            Some(text) => rows::json("cluster add-ons", &text)?,
+            None => Vec::new(),
+        };
+        let same = stored.len() == addons.len()
+            && stored.iter().zip(addons).all(|(a, b)| {
+                (&a.name, &a.version, a.health, &a.message)
+                    == (&b.name, &b.version, b.health, &b.message)
+            });
+        if same {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE clusters SET addons = $1 WHERE id = $2 AND tenant_id = $3")
+            .bind(to_json(&addons))
+            .bind(cluster.to_string())
+            .bind(tenant.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(true)
+    }
+
     pub async fn list_clusters(
         &self,
         tenant: TenantId,
@@ -168,6 +211,11 @@ impl Store {
     ) -> Result<ClusterDetail> {
         let row = crate::fetch_keyed(&self.pool, tenant, key).await?;
         let cluster = rows::cluster(&row)?;
+        let addons: Option<String> = row.try_get("addons")?;
+        let addons = match addons {
+            Some(text) => rows::json("cluster add-ons", &text)?,
+            None => Vec::new(),
+        };
         let nodes = sqlx::query(&format!(
             "{NODE_SELECT} WHERE n.cluster_id = $1 ORDER BY n.name"
         ))
@@ -175,7 +223,11 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let nodes = nodes.iter().map(rows::node).collect::<Result<Vec<_>>>()?;
-        Ok(ClusterDetail { cluster, nodes })
+        Ok(ClusterDetail {
+            cluster,
+            nodes,
+            addons,
+        })
     }
 
     /// Deletes a cluster. One that still has nodes is refused unless `force`, which returns its

@@ -60,6 +60,11 @@ const SHARED: &[(i64, &str, &str)] = &[
         "cluster state since",
         include_str!("../migrations/shared/0010_cluster_state_since.sql"),
     ),
+    (
+        11,
+        "cluster add-ons",
+        include_str!("../migrations/shared/0011_cluster_addons.sql"),
+    ),
 ];
 
 /// A backend's migrations: its own first one, then the shared ones.

@@ -193,10 +193,10 @@ export function compareVersions(a, b) {
 // How each state looks. The text is always shown; the colour only repeats it.
 const TONES = {
   ok: ['ready', 'applied', 'done', 'ok', 'online', 'passed', 'active', 'healthy'],
-  info: ['installing', 'preflight', 'applying', 'running', 'detaching', 'in progress'],
+  info: ['installing', 'preflight', 'applying', 'running', 'detaching', 'in progress', 'progressing'],
   wait: ['pending', 'warning', 'not checked'],
   neutral: ['authorized', 'attached'],
-  bad: ['degraded', 'blocked', 'failed', 'refused', 'offline', 'deauthorized', 'error', 'unhealthy', 'not running'],
+  bad: ['degraded', 'blocked', 'failed', 'refused', 'offline', 'deauthorized', 'error', 'unhealthy', 'not running', 'failing', 'unavailable'],
   muted: ['empty', 'expired', 'revoked', 'used up', 'unknown', 'no agent', 'no report', 'worker', 'master'],
 };
 const TONE_OF = new Map(Object.entries(TONES).flatMap(([tone, states]) => states.map((s) => [s, tone])));

@@ -516,6 +516,20 @@ impl Agent {
         Self::start_with(dir, config, Some(netns), Some(root))
     }
 
+    /// As [`Self::start_host`], with `resolver` as the host's one nameserver (its own
+    /// `/etc/resolv.conf`).
+    pub fn start_host_resolving_with(config: &AgentConfig, netns: &str, resolver: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("host");
+        std::fs::create_dir_all(root.join("etc")).expect("the host's /etc");
+        std::fs::write(
+            root.join("etc/resolv.conf"),
+            format!("nameserver {resolver}\n"),
+        )
+        .expect("the host's resolv.conf");
+        Self::start_with(dir, config, Some(netns), Some(root))
+    }
+
     /// Stops `agent` and starts it again with `config`, keeping its state directory.
     pub fn restart(mut agent: Self, config: &AgentConfig) -> Self {
         agent.proc.stop();

@@ -29,7 +29,8 @@
 //! 5. every node's plan is rendered, and published (signed, with a new generation) when it
 //!    changed; the agent is told at once;
 //! 6. the cluster's state follows from the agents' reports and, with an API server, from the
-//!    Nodes' `Ready` condition: `installing`, `ready`, `degraded`.
+//!    Nodes' `Ready` condition: `installing`, `ready`, `degraded`;
+//! 7. an installed cluster's add-ons are applied and checked (see [`crate::addons`]).
 
 pub mod api;
 pub mod decide;
@@ -80,6 +81,7 @@ pub struct Engine {
     /// One preflight at a time per cluster (the executor's and the API's): each listens on
     /// the same ports of the cluster's nodes.
     preflights: Mutex<HashMap<qb_api::ClusterId, Arc<tokio::sync::Mutex<()>>>>,
+    addons: crate::addons::AddonManager,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +116,7 @@ impl Engine {
             .await?;
         let stored: Stored = serde_json::from_str(&value)?;
         Ok(Self {
+            addons: crate::addons::AddonManager::new(store.clone(), agents.clone()),
             store,
             agents,
             artifacts,
@@ -271,6 +274,10 @@ impl Engine {
         self.store
             .set_cluster_state(tenant, cluster, state, message.as_deref())
             .await?;
+        // Add-ons, once the cluster has a working API (a Kubernetes bundle).
+        if matches!(state, ClusterState::Ready | ClusterState::Degraded) && kube_nodes.is_some() {
+            self.addons.reconcile(&self.store, tenant, &input).await?;
+        }
         Ok(Next::Wait)
     }
 

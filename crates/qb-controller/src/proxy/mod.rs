@@ -14,7 +14,7 @@
 //! answered and its connection dropped, so nothing can be smuggled over it with the proxy's
 //! credentials (CVE-2018-1002105).
 
-mod upstream;
+pub(crate) mod upstream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -109,6 +109,16 @@ impl KubeProxy {
                 detail.cluster.id
             }
         };
+        self.upstream_of(tenant, id).await
+    }
+
+    /// The connections of cluster `id` of `tenant`, made when there are none (or they are due
+    /// for new certificates).
+    pub(crate) async fn upstream_of(
+        &self,
+        tenant: TenantId,
+        id: ClusterId,
+    ) -> Result<Arc<ClusterUpstream>, ProxyError> {
         let existing = self
             .upstreams
             .lock()
@@ -384,7 +394,7 @@ fn upstream_headers(
 
 /// Why the proxy answered itself, as a Kubernetes `Status` so that kubectl shows it well.
 #[derive(Debug)]
-enum ProxyError {
+pub(crate) enum ProxyError {
     /// Authentication or authorization failed; the problem says why.
     Refused(qb_api::Problem),
     NotFound(String),
@@ -396,6 +406,19 @@ enum ProxyError {
 }
 
 impl ProxyError {
+    /// What went wrong, for a log or a status (never a secret).
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::Refused(problem) => problem.detail.clone(),
+            Self::NotFound(m)
+            | Self::Forbidden(m)
+            | Self::Invalid(m)
+            | Self::Unavailable(m)
+            | Self::BadGateway(m) => m.clone(),
+            Self::Internal => "internal error; see the controller's log".to_owned(),
+        }
+    }
+
     fn store(e: StoreError) -> Self {
         match e {
             StoreError::NotFound { .. } => Self::NotFound(e.to_string()),

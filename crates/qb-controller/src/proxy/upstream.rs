@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use hyper::Uri;
+use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -59,7 +60,9 @@ pub struct ClusterUpstream {
     /// The proxy's pooled connections, one pool per master.
     client: Client<TunnelConnector, Body>,
     connector: TunnelConnector,
-    admin: TunnelConnector,
+    /// Pooled connections with the controller's administrator certificate: the proxy's RBAC,
+    /// the add-ons.
+    admin: Client<TunnelConnector, Body>,
     /// The cluster's masters, the one that answered last first, and when they were read.
     masters: Mutex<(Vec<NodeId>, Option<Instant>)>,
     /// The RBAC the proxy relies on, set up once per upstream.
@@ -100,7 +103,9 @@ impl ClusterUpstream {
             agents,
             client,
             connector: proxy,
-            admin,
+            admin: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build(admin),
             masters: Mutex::new((Vec::new(), None)),
             rbac: OnceCell::new(),
             created: Instant::now(),
@@ -180,36 +185,64 @@ impl ClusterUpstream {
     pub async fn ensure_rbac(&self, master: NodeId) -> Result<(), BoxError> {
         self.rbac
             .get_or_try_init(|| async {
-                let client: Client<TunnelConnector, Body> =
-                    Client::builder(TokioExecutor::new()).build(self.admin.clone());
-                for (path, object) in rbac_objects() {
-                    let uri =
-                        format!("https://{master}{path}?fieldManager=qb-controller&force=true");
-                    let request = hyper::Request::patch(uri)
-                        .header("content-type", "application/apply-patch+yaml")
-                        .body(Body::from(object.to_string()))?;
-                    let response = client.request(request).await?;
-                    let status = response.status();
-                    if !status.is_success() {
-                        let body = http_body_util::BodyExt::collect(response.into_body())
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        return Err(format!(
-                            "setting up {path}: the API server answered {status}: {}",
-                            String::from_utf8_lossy(&body)
-                                .chars()
-                                .take(300)
-                                .collect::<String>()
-                        )
-                        .into());
-                    }
-                }
+                self.apply(master, &rbac_objects(), "qb-controller").await?;
                 tracing::info!(cluster_id = %self.cluster, "set up the proxy's RBAC");
                 Ok::<_, BoxError>(())
             })
             .await
             .map(|_| ())
+    }
+
+    /// Server-side applies `objects` (API path, object) in order through `master`, as the
+    /// controller's administrator, owning their fields as `manager` (and taking them from any
+    /// other manager: what qb applies is qb's).
+    pub async fn apply(
+        &self,
+        master: NodeId,
+        objects: &[(String, serde_json::Value)],
+        manager: &str,
+    ) -> Result<(), BoxError> {
+        for (path, object) in objects {
+            let uri = format!("https://{master}{path}?fieldManager={manager}&force=true");
+            let request = hyper::Request::patch(uri)
+                .header("content-type", "application/apply-patch+yaml")
+                .body(Body::from(object.to_string()))?;
+            self.admin_call(request, path).await?;
+        }
+        Ok(())
+    }
+
+    /// The object at `path`, read through `master` as the controller's administrator.
+    pub async fn get(&self, master: NodeId, path: &str) -> Result<serde_json::Value, BoxError> {
+        let request = hyper::Request::get(format!("https://{master}{path}")).body(Body::empty())?;
+        let body = self.admin_call(request, path).await?;
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// Sends `request` with the administrator's certificate; the body of a 2xx answer.
+    async fn admin_call(
+        &self,
+        request: hyper::Request<Body>,
+        path: &str,
+    ) -> Result<Bytes, BoxError> {
+        let method = request.method().clone();
+        let response = self.admin.request(request).await?;
+        let status = response.status();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        if !status.is_success() {
+            return Err(format!(
+                "{method} {path}: the API server answered {status}: {}",
+                String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+            )
+            .into());
+        }
+        Ok(body)
     }
 }
 

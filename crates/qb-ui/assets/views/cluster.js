@@ -30,6 +30,7 @@ export function mount(ctx) {
   const summary = h('div', { class: 'region' });
   const nodesRegion = h('div', { class: 'region' });
   const nodesAlert = alertSlot();
+  const addonsRegion = h('div', { class: 'region' });
   const poolRegion = h('div', { class: 'region' });
   const preflightRegion = h('div', { class: 'region' });
   const preflightAlert = alertSlot();
@@ -51,6 +52,11 @@ export function mount(ctx) {
       button('Detach selected', (e) => detach(e.currentTarget, [...detachSelected]), { kind: 'danger', id: 'detach-selected' }),
       detachNote) : null,
     nodesAlert, nodesRegion);
+
+  const addonsSection = section('Add-ons');
+  add(addonsSection,
+    lead('What qb runs in the cluster for it, applied again whenever it drifts or is deleted.'),
+    addonsRegion);
 
   const preflightSection = section('Preflight');
   add(preflightSection,
@@ -74,6 +80,7 @@ export function mount(ctx) {
     })(),
     nodesSection,
     operator ? attachSection() : null,
+    addonsSection,
     preflightSection,
     eventsSection);
 
@@ -143,8 +150,9 @@ export function mount(ctx) {
     for (const n of [...attachSelected]) if (!pool.some((p) => p.name === n)) attachSelected.delete(n);
     updateDetachNote();
 
-    const { nodes, ...settings } = detail;
+    const { nodes, addons, ...settings } = detail;
     render(summary, settings, () => summaryView(settings));
+    render(addonsRegion, addons, () => addonsTable(addons || []));
     render(nodesRegion, [nodes, [...detachSelected]], () => nodesTable(nodes));
     if (operator) render(poolRegion, [pool, [...attachSelected]], () => poolList(pool));
     render(preflightRegion, preflight, () => preflightView(preflight));
@@ -184,6 +192,21 @@ export function mount(ctx) {
       ['Nodes', String(c.node_count)],
       ['Created', time(c.created_at)],
     ]);
+  }
+
+  function addonsTable(addons) {
+    if (!addons.length) return empty('None yet: add-ons are applied once the cluster is installed.');
+    return table({
+      label: `Add-ons of ${name}`,
+      columns: ['Add-on', 'Version', 'Health', 'Message', 'Checked'],
+      sk: 'addons',
+      rows: addons.map((a) => h('tr', { 'data-addon': a.name },
+        h('th', { scope: 'row' }, a.name),
+        h('td', { class: 'mono' }, a.version || '—'),
+        h('td', {}, badge(a.health, { attr: 'health' })),
+        h('td', { class: 'message' }, a.message || h('span', { class: 'muted' }, '—')),
+        h('td', { class: 'nowrap' }, time(a.checked_at)))),
+    });
   }
 
   function nodesTable(nodes) {

@@ -1,0 +1,361 @@
+//! Cluster add-ons in a real 3-host cluster: qb's DNS (`qb-dns`, from the bundle the suite
+//! builds) runs as two replicas behind the cluster DNS address, and pods find Services by
+//! name as the Kubernetes DNS specification says — through the ClusterIP to pods on every host,
+//! SRV for named ports, every pod of a headless Service, other names forwarded to the hosts'
+//! own resolver (Debian's unbound, run by the test on the lab network); a NodePort answers on
+//! every host's address. Deleting the DNS Deployment by hand: qb puts it back. Every API server
+//! frozen: names that existed keep resolving.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::engine::{authorize_when_online, wait_ready};
+use crate::harness::{Agent, AgentConfig, Controller, poll, run};
+use crate::http::Api;
+use crate::kubernetes::{
+    BRING_UP, PodCgroups, import_bundle, kubectl, kubectl_json, wait_nodes_ready, web, web_pods,
+};
+use qb_lab::Lab;
+
+/// How long qb has to put a deleted add-on back and have it answer.
+const PUT_BACK: Duration = Duration::from_secs(30);
+/// How long every API server stays frozen.
+const API_OUTAGE: Duration = Duration::from_secs(30);
+
+#[test]
+fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api() {
+    let bundle = crate::kubernetes::bundle_dir();
+    let names: Vec<String> = (0..3).map(|i| format!("host-{i}")).collect();
+    let _cgroups = PodCgroups(names.clone());
+    let lab = Lab::new(3).expect("the lab");
+    lab.add_gateway().expect("the hosts' gateway");
+    // The hosts' own resolver, on the lab network.
+    let upstream = Unbound::start(&lab.bridge_ip());
+    let controller = Controller::start(&lab.bridge_ip());
+    let api = controller.api();
+    import_bundle(&api, &bundle);
+    let token = api.bootstrap_token(3, 1);
+    let configs: Vec<AgentConfig> = names
+        .iter()
+        .map(|n| AgentConfig::new(&controller, &token.secret, n))
+        .collect();
+    let agents: Vec<Agent> = configs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Agent::start_host_resolving_with(c, &lab.netns(i), &upstream.ip))
+        .collect();
+    authorize_when_online(&api, &configs);
+    api.post(
+        "/clusters",
+        &json!({"name": "dns", "pod_cidr": "10.244.0.0/16", "service_cidr": "10.96.0.0/12"}),
+    )
+    .ok();
+    let started = Instant::now();
+    api.post("/clusters/dns/attach", &json!({"nodes": names}))
+        .ok();
+    wait_ready(&api, "dns", BRING_UP);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    wait_nodes_ready(&agents[0], &refs, BRING_UP);
+    let addon = wait_addon_ready(&api, "dns", BRING_UP);
+    eprintln!(
+        "attach → cluster ready, qb-dns {} ready in {:?}",
+        addon["version"],
+        started.elapsed()
+    );
+    let dns_pods = kubectl_json(
+        &agents[0],
+        &[
+            "get",
+            "pods",
+            "-n",
+            "kube-system",
+            "-l",
+            "app.kubernetes.io/name=qb-dns",
+        ],
+    )
+    .expect("the DNS pods");
+    let hosts: std::collections::BTreeSet<&str> = dns_pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["spec"]["nodeName"].as_str())
+        .collect();
+    assert_eq!(hosts.len(), 2, "two replicas on two hosts: {hosts:?}");
+
+    // A workload on every host; its Service, a headless one, and a NodePort.
+    let admin = &agents[0];
+    let out = kubectl(admin, &["apply", "-f", "-"], Some(&web(&names)));
+    assert!(out.status.success(), "{out:?}");
+    let extra = format!(
+        "{}\n{}\n",
+        json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-headless"},
+            "spec": {"clusterIP": "None", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 8080}]},
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-nodeport"},
+            "spec": {"type": "NodePort", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        })
+    );
+    let out = kubectl(admin, &["apply", "-f", "-"], Some(&extra));
+    assert!(out.status.success(), "{out:?}");
+    let pods = web_pods(admin, &names);
+    let service_ip = kubectl_json(admin, &["get", "service", "web"]).expect("the web Service")
+        ["spec"]["clusterIP"]
+        .as_str()
+        .expect("a cluster IP")
+        .to_owned();
+
+    // From a pod on host-0: the Service by its short name (the search path), through its
+    // ClusterIP to the pods on every host; SRV; the headless Service's every pod; a name of the
+    // world outside, from the hosts' resolver.
+    let report = probe(
+        admin,
+        "probe-dns",
+        "host-0",
+        "nslookup web; nslookup -type=SRV _http._tcp.web.default.svc.cluster.local; \
+             nslookup web-headless.default.svc.cluster.local; nslookup www.example.test; \
+             ip=$(nslookup web.default.svc.cluster.local | sed -n 's/^Address: *//p' | tail -n 1); \
+             echo \"RESOLVED $ip\"; \
+             i=0; while [ $i -lt 60 ]; do i=$((i+1)); \
+             echo \"SVC $(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $ip 80 2>/dev/null | tail -n 1)\"; done",
+    );
+    assert!(
+        report.contains(&format!("RESOLVED {service_ip}")),
+        "web resolved to its ClusterIP {service_ip}:\n{report}"
+    );
+    for (pod, node, _) in &pods {
+        assert!(
+            report.contains(&format!("SVC hello from {pod}")),
+            "the pod on {node} answered through the ClusterIP:\n{report}"
+        );
+    }
+    assert!(
+        report.contains("_http._tcp.web.default.svc.cluster.local\tservice = 0 100 80 web.default.svc.cluster.local"),
+        "SRV of the named port:\n{report}"
+    );
+    for (_, node, ip) in &pods {
+        assert!(
+            report.contains(&format!("Address: {ip}")),
+            "the headless Service has the pod on {node} ({ip}):\n{report}"
+        );
+    }
+    assert!(
+        report.contains("Address: 192.0.2.10"),
+        "www.example.test from the hosts' resolver:\n{report}"
+    );
+
+    // A NodePort answers on every host's address.
+    let service = kubectl_json(admin, &["get", "service", "web-nodeport"]).expect("the NodePort");
+    let node_port = service["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .expect("a node port");
+    for i in 0..3 {
+        let address = format!("{}:{node_port}", lab.host_ip(i));
+        let answer = poll(
+            &format!("NodePort on {address}"),
+            Duration::from_secs(30),
+            || {
+                let out = run(Command::new("curl")
+                    .args(["-s", "--max-time", "3"])
+                    .arg(format!("http://{address}/")));
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if text.starts_with("hello from web-") {
+                    Ok(text)
+                } else {
+                    Err(text)
+                }
+            },
+        );
+        eprintln!("NodePort {address}: {}", answer.trim());
+    }
+
+    // The DNS Deployment deleted by hand: qb puts it back, and names resolve again.
+    let deleted = Instant::now();
+    let out = kubectl(
+        admin,
+        &[
+            "delete",
+            "deployment",
+            "-n",
+            "kube-system",
+            "qb-dns",
+            "--wait=false",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    poll("the DNS Deployment back and answering", PUT_BACK, || {
+        let report = probe(
+            admin,
+            "probe-back",
+            "host-1",
+            "nslookup web.default.svc.cluster.local",
+        );
+        if report.contains(&format!("Address: {service_ip}")) {
+            Ok(())
+        } else {
+            Err(report)
+        }
+    });
+    eprintln!(
+        "qb-dns deleted by hand: back and answering in {:?}",
+        deleted.elapsed()
+    );
+
+    // Every API server frozen: names that existed keep resolving.
+    let frozen: Vec<String> = (0..3)
+        .map(|i| component_pid(&lab, i, "kube-apiserver"))
+        .collect();
+    let started = Instant::now();
+    for pid in &frozen {
+        run(Command::new("kill").args(["-STOP", pid]));
+    }
+    let _thaw = Thaw(frozen.clone());
+    let mut answered = 0;
+    while started.elapsed() < API_OUTAGE {
+        let out = run(Command::new("nsenter")
+            .args(["-t", &agents[2].proc.pid().to_string(), "-n"])
+            .args(["dig", "+short", "+time=2", "+tries=1", "@10.96.0.10"])
+            .arg("web.default.svc.cluster.local"));
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert_eq!(
+            said,
+            service_ip,
+            "during the API outage, after {:?}",
+            started.elapsed()
+        );
+        answered += 1;
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    drop(_thaw);
+    eprintln!("every API server frozen for {API_OUTAGE:?}: {answered} lookups, all answered");
+}
+
+/// The cluster's add-on `qb-dns` once it is ready; panics with its last status otherwise.
+fn wait_addon_ready(api: &Api, cluster: &str, timeout: Duration) -> Value {
+    poll("the qb-dns add-on ready", timeout, || {
+        let c = api.get(&format!("/clusters/{cluster}")).ok();
+        let addon = c["addons"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["name"] == "qb-dns"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        if addon["health"] == "ready" {
+            Ok(addon)
+        } else {
+            Err(format!("{addon}"))
+        }
+    })
+}
+
+/// Runs `script` in a busybox pod on `node` and returns its log once it is done.
+fn probe(admin: &Agent, name: &str, node: &str, script: &str) -> String {
+    let _ = kubectl(admin, &["delete", "pod", name, "--wait=true"], None);
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {
+            "automountServiceAccountToken": false,
+            "nodeName": node,
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "probe", "image": "qb.local/busybox:1", "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", script],
+            }],
+        },
+    });
+    let out = kubectl(admin, &["apply", "-f", "-"], Some(&pod.to_string()));
+    assert!(out.status.success(), "{out:?}");
+    poll(&format!("{name} done"), BRING_UP, || {
+        let pod = kubectl_json(admin, &["get", "pod", name])?;
+        match pod["status"]["phase"].as_str() {
+            Some("Succeeded" | "Failed") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let logs = kubectl(admin, &["logs", name], None);
+    String::from_utf8_lossy(&logs.stdout).into_owned()
+}
+
+/// The pid of `component` on lab host `i` (the process in its network namespace).
+fn component_pid(lab: &Lab, i: usize, component: &str) -> String {
+    lab.pids(i)
+        .into_iter()
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == component)
+        })
+        .unwrap_or_else(|| panic!("no {component} on host-{i}"))
+}
+
+/// Lets frozen processes go on when dropped (also when the test fails).
+struct Thaw(Vec<String>);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill").args(["-CONT", pid]).status();
+        }
+    }
+}
+
+/// Debian's unbound on the lab network (`ip`:53), answering `www.example.test`: the resolver
+/// the hosts' `resolv.conf` names. Stopped on drop.
+struct Unbound {
+    child: std::process::Child,
+    ip: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Unbound {
+    fn start(ip: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = format!(
+            "server:\n  interface: {ip}\n  port: 53\n  do-daemonize: no\n  use-syslog: no\n  \
+             logfile: \"\"\n  username: \"\"\n  chroot: \"\"\n  directory: \"{dir}\"\n  pidfile: \"{dir}/pid\"\n  \
+             do-ip6: no\n  access-control: 10.0.0.0/8 allow\n  local-zone: \"example.test.\" static\n  \
+             local-data: \"www.example.test. 60 IN A 192.0.2.10\"\nremote-control:\n  control-enable: no\n",
+            dir = dir.path().display()
+        );
+        let file = dir.path().join("unbound.conf");
+        std::fs::write(&file, config).expect("unbound.conf");
+        let child = Command::new("unbound")
+            .arg("-d")
+            .arg("-c")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("unbound (Debian's unbound) must be installed");
+        let me = Self {
+            child,
+            ip: ip.to_owned(),
+            _dir: dir,
+        };
+        poll("unbound answering", Duration::from_secs(10), || {
+            let out = run(Command::new("dig").args([
+                &format!("@{ip}"),
+                "+short",
+                "+time=1",
+                "www.example.test",
+            ]));
+            let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if said == "192.0.2.10" {
+                Ok(())
+            } else {
+                Err(said)
+            }
+        });
+        me
+    }
+}
+
+impl Drop for Unbound {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
