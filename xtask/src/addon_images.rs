@@ -28,6 +28,9 @@ pub fn bundle(root: &Path, base: &Path) -> Result<PathBuf> {
     build
         .current_dir(root)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        // What runs in a container needs no debug info.
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
         .args(["build", "--release", "--locked", "--target", TARGET])
         .arg("--target-dir")
         .arg(&target_dir);
