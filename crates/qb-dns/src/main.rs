@@ -111,12 +111,40 @@ async fn serve(args: Args) -> Result<()> {
     tracing::info!(listen = %args.listen, upstreams = ?upstreams, "serving cluster DNS");
     let workers = std::thread::available_parallelism().map_or(2, usize::from);
     tokio::spawn(qb_dns::watch::run(client, config, zone, ready.clone()));
+    let mut serving = tokio::task::JoinSet::new();
+    let udp_resolver = resolver.clone();
+    serving.spawn(async move {
+        udp_resolver
+            .serve_udp(udp, workers)
+            .await
+            .context("serving UDP")
+    });
+    serving.spawn(async move { resolver.serve_tcp(tcp).await.context("serving TCP") });
+    serving.spawn(async move {
+        serve_health(health, ready)
+            .await
+            .context("serving health checks")
+    });
+    // As the first process of its container, nothing stops it on SIGTERM but its own handler.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("handling SIGTERM")?;
     tokio::select! {
-        r = resolver.clone().serve_udp(udp, workers) => r.context("serving UDP"),
-        r = resolver.serve_tcp(tcp) => r.context("serving TCP"),
-        r = serve_health(health, ready) => r.context("serving health checks"),
+        done = serving.join_next() => match done {
+            Some(Ok(result)) => result,
+            Some(Err(e)) => Err(e.into()),
+            None => Ok(()),
+        },
+        _ = terminate.recv() => {
+            // Answer a moment longer, while the Service stops sending queries here.
+            tracing::info!("stopping in {LAME_DUCK:?}");
+            tokio::time::sleep(LAME_DUCK).await;
+            Ok(())
+        }
     }
 }
+
+/// How long the server still answers once told to stop.
+const LAME_DUCK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `/healthz`: 200 while the server runs; `/ready`: 200 once the zone holds the cluster's
 /// objects (the Service sends queries here only then), and from then on.

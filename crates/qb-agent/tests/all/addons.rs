@@ -15,7 +15,8 @@ use crate::engine::{authorize_when_online, wait_ready};
 use crate::harness::{Agent, AgentConfig, Controller, poll, run};
 use crate::http::Api;
 use crate::kubernetes::{
-    BRING_UP, PodCgroups, import_bundle, kubectl, kubectl_json, wait_nodes_ready, web, web_pods,
+    BRING_UP, PodCgroups, import_bundle, kubectl, kubectl_json, wait_nodes_ready,
+    wait_service_programmed, web, web_pods,
 };
 use qb_lab::Lab;
 
@@ -109,6 +110,8 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
         .as_str()
         .expect("a cluster IP")
         .to_owned();
+    let ips: Vec<String> = pods.iter().map(|(.., ip)| ip.clone()).collect();
+    wait_service_programmed(&agents, &names, &ips);
 
     // From a pod on host-0: the Service by its short name (the search path), through its
     // ClusterIP to the pods on every host; SRV; the headless Service's every pod; a name of the
@@ -117,7 +120,8 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
         admin,
         "probe-dns",
         "host-0",
-        "nslookup web; nslookup -type=SRV _http._tcp.web.default.svc.cluster.local; \
+        "nslookup web; nslookup -type=SRV _http._tcp.web-nodeport.default.svc.cluster.local; \
+             nslookup -type=SRV _http._tcp.web-headless.default.svc.cluster.local; \
              nslookup web-headless.default.svc.cluster.local; nslookup www.example.test; \
              ip=$(nslookup web.default.svc.cluster.local | sed -n 's/^Address: *//p' | tail -n 1); \
              echo \"RESOLVED $ip\"; \
@@ -135,13 +139,22 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
         );
     }
     assert!(
-        report.contains("_http._tcp.web.default.svc.cluster.local\tservice = 0 100 80 web.default.svc.cluster.local"),
-        "SRV of the named port:\n{report}"
+        report.contains(
+            "_http._tcp.web-nodeport.default.svc.cluster.local\tservice = 0 100 80 web-nodeport.default.svc.cluster.local"
+        ),
+        "SRV of a ClusterIP Service's named port:\n{report}"
     );
     for (_, node, ip) in &pods {
         assert!(
             report.contains(&format!("Address: {ip}")),
             "the headless Service has the pod on {node} ({ip}):\n{report}"
+        );
+        let host = ip.replace('.', "-");
+        assert!(
+            report.contains(&format!(
+                "service = 0 100 8080 {host}.web-headless.default.svc.cluster.local"
+            )),
+            "SRV of the headless Service's named port, to the pod on {node}:\n{report}"
         );
     }
     assert!(
@@ -174,7 +187,13 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
         eprintln!("NodePort {address}: {}", answer.trim());
     }
 
-    // The DNS Deployment deleted by hand: qb puts it back, and names resolve again.
+    // The DNS Deployment deleted by hand (its pods go with it, in the background): qb puts a new
+    // one back, whose replicas are ready, and names resolve.
+    let dns = |what: &str| {
+        kubectl_json(admin, &["get", "deployment", "-n", "kube-system", "qb-dns"])
+            .map(|d| d[what].clone())
+    };
+    let old = dns("metadata").expect("the DNS Deployment")["uid"].clone();
     let deleted = Instant::now();
     let out = kubectl(
         admin,
@@ -189,23 +208,41 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
         None,
     );
     assert!(out.status.success(), "{out:?}");
-    poll("the DNS Deployment back and answering", PUT_BACK, || {
-        let report = probe(
-            admin,
-            "probe-back",
-            "host-1",
-            "nslookup web.default.svc.cluster.local",
-        );
-        if report.contains(&format!("Address: {service_ip}")) {
+    poll("a new DNS Deployment, its replicas ready", PUT_BACK, || {
+        let uid = dns("metadata")?["uid"].clone();
+        let ready = dns("status")?["readyReplicas"].as_u64().unwrap_or(0);
+        if uid != old && ready == 2 {
             Ok(())
         } else {
-            Err(report)
+            Err(format!("uid {uid} (was {old}), {ready} ready"))
         }
     });
+    let report = probe(
+        admin,
+        "probe-back",
+        "host-1",
+        "nslookup web.default.svc.cluster.local",
+    );
+    assert!(
+        report.contains(&format!("Address: {service_ip}")),
+        "{report}"
+    );
     eprintln!(
         "qb-dns deleted by hand: back and answering in {:?}",
         deleted.elapsed()
     );
+
+    // Every host's kube-proxy sends the DNS Service to the new replicas before the outage.
+    for (i, agent) in agents.iter().enumerate() {
+        poll(
+            &format!("cluster DNS answering on host-{i}"),
+            PUT_BACK,
+            || match lookup(agent, "web.default.svc.cluster.local") {
+                ip if ip == service_ip => Ok(()),
+                said => Err(said),
+            },
+        );
+    }
 
     // Every API server frozen: names that existed keep resolving.
     let frozen: Vec<String> = (0..3)
@@ -218,22 +255,29 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
     let _thaw = Thaw(frozen.clone());
     let mut answered = 0;
     while started.elapsed() < API_OUTAGE {
-        let out = run(Command::new("nsenter")
-            .args(["-t", &agents[2].proc.pid().to_string(), "-n"])
-            .args(["dig", "+short", "+time=2", "+tries=1", "@10.96.0.10"])
-            .arg("web.default.svc.cluster.local"));
-        let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        assert_eq!(
-            said,
-            service_ip,
-            "during the API outage, after {:?}",
-            started.elapsed()
-        );
-        answered += 1;
+        for (i, agent) in agents.iter().enumerate() {
+            let said = lookup(agent, "web.default.svc.cluster.local");
+            assert_eq!(
+                said,
+                service_ip,
+                "host-{i} during the API outage, after {:?}",
+                started.elapsed()
+            );
+            answered += 1;
+        }
         std::thread::sleep(Duration::from_secs(2));
     }
     drop(_thaw);
     eprintln!("every API server frozen for {API_OUTAGE:?}: {answered} lookups, all answered");
+}
+
+/// `name`'s address as the cluster DNS gives it to a process on `host` (`dig` in the host's
+/// network namespace, through the DNS Service's address).
+fn lookup(host: &Agent, name: &str) -> String {
+    let out = run(Command::new("nsenter")
+        .args(["-t", &host.proc.pid().to_string(), "-n"])
+        .args(["dig", "+short", "+time=2", "+tries=1", "@10.96.0.10", name]));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// The cluster's add-on `qb-dns` once it is ready; panics with its last status otherwise.

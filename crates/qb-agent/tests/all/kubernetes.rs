@@ -414,7 +414,7 @@ pub(crate) fn check_traffic(admin: &Agent, agents: &[Agent], hosts: &[String]) -
 /// Waits until every host's kube-proxy sends the `web` Service to exactly `ips`: it programs a
 /// change of the Service's endpoints a moment after it, later on a busy machine, and traffic
 /// sent meanwhile goes to pods that are gone.
-fn wait_service_programmed(agents: &[Agent], hosts: &[String], ips: &[String]) {
+pub(crate) fn wait_service_programmed(agents: &[Agent], hosts: &[String], ips: &[String]) {
     let mut want: Vec<&str> = ips.iter().map(String::as_str).collect();
     want.sort_unstable();
     for host in hosts {
