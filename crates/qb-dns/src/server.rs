@@ -3,6 +3,7 @@
 //! and their answer relayed as it came back.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -22,21 +23,54 @@ const MAX_UDP: u16 = 1232;
 /// How long a TCP client may stay idle between queries.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
-/// The current zone, swapped whole when the cluster changes.
+/// The current zone, swapped whole when the cluster changes. Readers keep their own copy and
+/// look only at the generation per query (one atomic load), taking the new zone when it moved.
 #[derive(Clone)]
-pub struct SharedZone(Arc<RwLock<Arc<Zone>>>);
+pub struct SharedZone(Arc<(RwLock<Arc<Zone>>, AtomicU64)>);
 
 impl SharedZone {
     pub fn new(zone: Zone) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(zone))))
+        Self(Arc::new((RwLock::new(Arc::new(zone)), AtomicU64::new(0))))
     }
 
     pub fn get(&self) -> Arc<Zone> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn set(&self, zone: Zone) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(zone);
+        *self.0.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(zone);
+        self.0.1.fetch_add(1, Ordering::Release);
+    }
+
+    fn generation(&self) -> u64 {
+        self.0.1.load(Ordering::Acquire)
+    }
+
+    /// A reader's copy of the zone.
+    fn reader(&self) -> ZoneReader {
+        ZoneReader {
+            generation: self.generation(),
+            zone: self.get(),
+        }
+    }
+}
+
+/// One task's copy of the current zone.
+struct ZoneReader {
+    generation: u64,
+    zone: Arc<Zone>,
+}
+
+impl ZoneReader {
+    /// The current zone, taken again only when it changed.
+    fn current(&mut self, shared: &SharedZone) -> &Zone {
+        let generation = shared.generation();
+        if generation != self.generation {
+            // Read the generation first: a change after it is seen on the next query.
+            self.generation = generation;
+            self.zone = shared.get();
+        }
+        &self.zone
     }
 }
 
@@ -72,10 +106,11 @@ impl Resolver {
 
     async fn udp_loop(self, socket: Arc<UdpSocket>) -> std::io::Result<()> {
         let mut buf = vec![0u8; 4096];
+        let mut zone = self.zone.reader();
         loop {
             let (len, peer) = socket.recv_from(&mut buf).await?;
             let query = &buf[..len];
-            match self.answer(query, Transport::Udp) {
+            match answer(zone.current(&self.zone), query, Transport::Udp) {
                 Reply::Now(Some(bytes)) => {
                     let _ = socket.send_to(&bytes, peer).await;
                 }
@@ -104,6 +139,7 @@ impl Resolver {
     }
 
     async fn tcp_connection(self, mut stream: TcpStream) -> std::io::Result<()> {
+        let mut zone = self.zone.reader();
         loop {
             let mut len = [0u8; 2];
             match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
@@ -112,7 +148,7 @@ impl Resolver {
             }
             let mut query = vec![0u8; u16::from_be_bytes(len) as usize];
             stream.read_exact(&mut query).await?;
-            let bytes = match self.answer(&query, Transport::Tcp) {
+            let bytes = match answer(zone.current(&self.zone), &query, Transport::Tcp) {
                 Reply::Now(bytes) => bytes,
                 Reply::Forward => self.forward(&query, Transport::Tcp).await,
             };
@@ -125,68 +161,6 @@ impl Resolver {
             stream.write_all(&len.to_be_bytes()).await?;
             stream.write_all(&bytes).await?;
         }
-    }
-
-    /// The answer to `query` from the zone, or that it is for the upstream resolvers. A query
-    /// too broken to answer gets nothing.
-    fn answer(&self, query: &[u8], transport: Transport) -> Reply {
-        let Ok(request) = Message::from_vec(query) else {
-            return Reply::Now(None);
-        };
-        if request.message_type() != MessageType::Query {
-            return Reply::Now(None);
-        }
-        let mut response = Message::new();
-        response
-            .set_id(request.id())
-            .set_message_type(MessageType::Response)
-            .set_op_code(request.op_code())
-            .set_recursion_desired(request.recursion_desired())
-            .set_recursion_available(true)
-            .add_queries(request.queries().iter().cloned());
-        let limit = match (transport, request.extensions()) {
-            (Transport::Tcp, _) => usize::from(u16::MAX),
-            (Transport::Udp, Some(edns)) => usize::from(edns.max_payload().clamp(512, MAX_UDP)),
-            (Transport::Udp, None) => CLASSIC_UDP,
-        };
-        if let Some(edns) = request.extensions() {
-            let mut ours = Edns::new();
-            ours.set_max_payload(MAX_UDP).set_version(edns.version());
-            response.set_edns(ours);
-        }
-        let [question] = request.queries() else {
-            response.set_response_code(ResponseCode::FormErr);
-            return Reply::Now(response.to_vec().ok());
-        };
-        if request.op_code() != OpCode::Query {
-            response.set_response_code(ResponseCode::NotImp);
-            return Reply::Now(response.to_vec().ok());
-        }
-        let zone = self.zone.get();
-        let (code, answers, authority): (_, Vec<Record>, _) =
-            match zone.lookup(question.name(), question.query_type()) {
-                Answer::NotOurs => return Reply::Forward,
-                Answer::Records(records) => (ResponseCode::NoError, records, None),
-                Answer::NoData(soa) => (ResponseCode::NoError, Vec::new(), Some(soa)),
-                Answer::NxDomain(soa) => (ResponseCode::NXDomain, Vec::new(), Some(soa)),
-            };
-        response
-            .set_authoritative(true)
-            .set_response_code(code)
-            .add_answers(answers)
-            .add_name_servers(authority);
-        let Ok(bytes) = response.to_vec() else {
-            response.set_response_code(ResponseCode::ServFail);
-            return Reply::Now(response.to_vec().ok());
-        };
-        if bytes.len() <= limit {
-            return Reply::Now(Some(bytes));
-        }
-        // Too long for UDP: truncated, so the client asks again over TCP.
-        response.take_answers();
-        response.take_name_servers();
-        response.set_truncated(true);
-        Reply::Now(response.to_vec().ok())
     }
 
     /// `query` sent as it came to each upstream resolver in turn; the first answer. A UDP answer
@@ -222,6 +196,67 @@ impl Resolver {
             .add_queries(request.queries().iter().cloned());
         response.to_vec().ok()
     }
+}
+
+/// The answer to `query` from the zone, or that it is for the upstream resolvers. A query
+/// too broken to answer gets nothing.
+fn answer(zone: &Zone, query: &[u8], transport: Transport) -> Reply {
+    let Ok(request) = Message::from_vec(query) else {
+        return Reply::Now(None);
+    };
+    if request.message_type() != MessageType::Query {
+        return Reply::Now(None);
+    }
+    let mut response = Message::new();
+    response
+        .set_id(request.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(request.op_code())
+        .set_recursion_desired(request.recursion_desired())
+        .set_recursion_available(true)
+        .add_queries(request.queries().iter().cloned());
+    let limit = match (transport, request.extensions()) {
+        (Transport::Tcp, _) => usize::from(u16::MAX),
+        (Transport::Udp, Some(edns)) => usize::from(edns.max_payload().clamp(512, MAX_UDP)),
+        (Transport::Udp, None) => CLASSIC_UDP,
+    };
+    if let Some(edns) = request.extensions() {
+        let mut ours = Edns::new();
+        ours.set_max_payload(MAX_UDP).set_version(edns.version());
+        response.set_edns(ours);
+    }
+    let [question] = request.queries() else {
+        response.set_response_code(ResponseCode::FormErr);
+        return Reply::Now(response.to_vec().ok());
+    };
+    if request.op_code() != OpCode::Query {
+        response.set_response_code(ResponseCode::NotImp);
+        return Reply::Now(response.to_vec().ok());
+    }
+    let (code, answers, authority): (_, Vec<Record>, _) =
+        match zone.lookup(question.name(), question.query_type()) {
+            Answer::NotOurs => return Reply::Forward,
+            Answer::Records(records) => (ResponseCode::NoError, records, None),
+            Answer::NoData(soa) => (ResponseCode::NoError, Vec::new(), Some(soa)),
+            Answer::NxDomain(soa) => (ResponseCode::NXDomain, Vec::new(), Some(soa)),
+        };
+    response
+        .set_authoritative(true)
+        .set_response_code(code)
+        .add_answers(answers)
+        .add_name_servers(authority);
+    let Ok(bytes) = response.to_vec() else {
+        response.set_response_code(ResponseCode::ServFail);
+        return Reply::Now(response.to_vec().ok());
+    };
+    if bytes.len() <= limit {
+        return Reply::Now(Some(bytes));
+    }
+    // Too long for UDP: truncated, so the client asks again over TCP.
+    response.take_answers();
+    response.take_name_servers();
+    response.set_truncated(true);
+    Reply::Now(response.to_vec().ok())
 }
 
 enum Reply {
