@@ -3,8 +3,9 @@
 //! packed as an OCI image `qb.local/<name>:<version>`, the artifact `image-<name>`.
 //!
 //! The cached bundle stays as it is; the bundle with the add-ons is a directory under
-//! `target/bundle` whose manifest lists the cached bundle's files (linked, not copied) and the
-//! add-on images, made again on every run so it always holds this source's add-ons.
+//! `target/bundle` whose manifest lists the cached bundle's files (hard links, where the file
+//! system allows) and the add-on images, made again on every run so it always holds this
+//! source's add-ons.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -58,8 +59,13 @@ pub fn bundle(root: &Path, base: &Path) -> Result<PathBuf> {
         if let Some(parent) = link.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::os::unix::fs::symlink(base.join(file), &link)
-            .with_context(|| format!("linking {}", link.display()))?;
+        // A hard link (a copy across file systems): a bundle's files are its own, and
+        // `qb bundle import` refuses links that lead out of it.
+        let from = base.join(file);
+        if std::fs::hard_link(&from, &link).is_err() {
+            std::fs::copy(&from, &link)
+                .with_context(|| format!("copying {} to {}", from.display(), link.display()))?;
+        }
     }
     let version = env!("CARGO_PKG_VERSION");
     for (package, image) in ADDONS {

@@ -169,6 +169,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("debootstrap", "/usr/sbin/debootstrap"),
     // The cluster DNS is queried with dig, and forwards to a real upstream resolver, unbound.
     ("bind9-dnsutils", "/usr/bin/dig"),
+    // A NodePort is fetched from outside the cluster as a user would.
+    ("curl", "/usr/bin/curl"),
     ("unbound", "/usr/sbin/unbound"),
     // The package tests hold its dependencies to dpkg-shlibdeps'.
     ("dpkg-dev", "/usr/bin/dpkg-shlibdeps"),

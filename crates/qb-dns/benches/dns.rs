@@ -4,12 +4,12 @@
 //! latency percentiles of every answer. Both use two threads. Run with `cargo xtask bench`.
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use hickory_proto::rr::Name;
 use qb_dns::server::{Resolver, SharedZone};
 use qb_dns::zone::{PodRecords, Port, Service, ServiceKind, Zone, ZoneConfig};
+use qb_test_support::unbound::{Records, Unbound};
 
 const SERVICES: u16 = 1000;
 const PEAK_SECONDS: &str = "10";
@@ -29,7 +29,21 @@ fn main() {
     std::fs::write(&queries, lines).expect("the query file");
 
     let qb = start_qb(&names);
-    let unbound = Unbound::start(dir.path(), &names);
+    // Debian's unbound with the same names as `local-data`, two threads.
+    let data: Vec<String> = names
+        .iter()
+        .map(|(n, ip)| format!("{n}. 5 IN A {ip}"))
+        .collect();
+    let unbound = Unbound::start(
+        [127, 0, 0, 1].into(),
+        0,
+        2,
+        &Records {
+            zones: &["cluster.local."],
+            data: &data,
+        },
+    )
+    .expect("unbound");
 
     let mut peaks: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for _ in 0..ROUNDS {
@@ -119,65 +133,6 @@ fn start_qb(names: &[(String, IpAddr)]) -> SocketAddr {
         });
     });
     rx.recv().expect("qb-dns listening")
-}
-
-/// Debian's unbound with the same names as `local-data`, two threads; stopped on drop.
-struct Unbound {
-    child: std::process::Child,
-    addr: SocketAddr,
-}
-
-impl Unbound {
-    fn start(dir: &std::path::Path, names: &[(String, IpAddr)]) -> Self {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("a free port")
-            .port();
-        let mut config = format!(
-            "server:\n  interface: 127.0.0.1\n  port: {port}\n  do-daemonize: no\n  use-syslog: no\n  \
-             logfile: \"\"\n  username: \"\"\n  chroot: \"\"\n  directory: \"{dir}\"\n  pidfile: \"{dir}/pid\"\n  \
-             do-ip6: no\n  do-tcp: no\n  num-threads: 2\n  so-reuseport: yes\n  access-control: 127.0.0.0/8 allow\n  \
-             local-zone: \"cluster.local.\" static\n",
-            dir = dir.display()
-        );
-        for (name, ip) in names {
-            config.push_str(&format!("  local-data: \"{name}. 5 IN A {ip}\"\n"));
-        }
-        config.push_str("remote-control:\n  control-enable: no\n");
-        let file = dir.join("unbound.conf");
-        std::fs::write(&file, config).expect("unbound.conf");
-        let child = Command::new("unbound")
-            .arg("-d")
-            .arg("-c")
-            .arg(&file)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("unbound (Debian's unbound) must be installed");
-        // Owned at once: stopped on drop, also when it never answers.
-        let me = Self {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        for _ in 0..100 {
-            let out = Command::new("dig")
-                .args(["@127.0.0.1", "-p", &port.to_string(), "+short", "+time=1"])
-                .arg(&names[0].0)
-                .output()
-                .expect("dig (Debian's bind9-dnsutils) must be installed");
-            if String::from_utf8_lossy(&out.stdout).trim() == names[0].1.to_string() {
-                return me;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("unbound did not answer on {}", me.addr);
-    }
-}
-
-impl Drop for Unbound {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 struct Run {

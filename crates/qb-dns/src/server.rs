@@ -185,15 +185,8 @@ impl Resolver {
         }
         // Nobody answered: SERVFAIL, as the client would otherwise only time out.
         let request = Message::from_vec(query).ok()?;
-        let mut response = Message::new();
-        response
-            .set_id(request.id())
-            .set_message_type(MessageType::Response)
-            .set_op_code(request.op_code())
-            .set_recursion_desired(request.recursion_desired())
-            .set_recursion_available(true)
-            .set_response_code(ResponseCode::ServFail)
-            .add_queries(request.queries().iter().cloned());
+        let mut response = response_to(&request);
+        response.set_response_code(ResponseCode::ServFail);
         response.to_vec().ok()
     }
 }
@@ -207,14 +200,7 @@ fn answer(zone: &Zone, query: &[u8], transport: Transport) -> Reply {
     if request.message_type() != MessageType::Query {
         return Reply::Now(None);
     }
-    let mut response = Message::new();
-    response
-        .set_id(request.id())
-        .set_message_type(MessageType::Response)
-        .set_op_code(request.op_code())
-        .set_recursion_desired(request.recursion_desired())
-        .set_recursion_available(true)
-        .add_queries(request.queries().iter().cloned());
+    let mut response = response_to(&request);
     let limit = match (transport, request.extensions()) {
         (Transport::Tcp, _) => usize::from(u16::MAX),
         (Transport::Udp, Some(edns)) => usize::from(edns.max_payload().clamp(512, MAX_UDP)),
@@ -257,6 +243,19 @@ fn answer(zone: &Zone, query: &[u8], transport: Transport) -> Reply {
     response.take_name_servers();
     response.set_truncated(true);
     Reply::Now(response.to_vec().ok())
+}
+
+/// The start of the response to `request`: its id, opcode and question, recursion as asked.
+fn response_to(request: &Message) -> Message {
+    let mut response = Message::new();
+    response
+        .set_id(request.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(request.op_code())
+        .set_recursion_desired(request.recursion_desired())
+        .set_recursion_available(true)
+        .add_queries(request.queries().iter().cloned());
+    response
 }
 
 enum Reply {

@@ -3,14 +3,13 @@
 //! loopback) for the names outside the cluster.
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::Stdio;
-use std::time::Duration;
 
 use hickory_proto::rr::Name;
 use qb_dns::server::{Resolver, SharedZone};
 use qb_dns::zone::{
     Address, Endpoints, PodRecords, Port, Service, ServiceKind, Subset, Zone, ZoneConfig,
 };
+use qb_test_support::unbound::{Records, Unbound};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::process::Command;
 
@@ -80,56 +79,18 @@ async fn bind_both() -> (UdpSocket, TcpListener, u16) {
     panic!("no loopback port free for both UDP and TCP");
 }
 
-/// Debian's unbound on loopback, answering `www.example.test` from a zone of its own; stopped
-/// on drop.
-struct Unbound {
-    child: tokio::process::Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Unbound {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (udp, tcp, port) = bind_both().await;
-        drop((udp, tcp));
-        let config = format!(
-            "server:\n  interface: 127.0.0.1\n  port: {port}\n  do-daemonize: no\n  use-syslog: no\n  \
-             logfile: \"\"\n  username: \"\"\n  chroot: \"\"\n  directory: \"{dir}\"\n  pidfile: \"{dir}/pid\"\n  \
-             do-ip6: no\n  access-control: 127.0.0.0/8 allow\n  local-zone: \"example.test.\" static\n  \
-             local-data: \"www.example.test. 60 IN A 192.0.2.10\"\nremote-control:\n  control-enable: no\n",
-            dir = dir.path().display()
-        );
-        let file = dir.path().join("unbound.conf");
-        std::fs::write(&file, config).expect("unbound.conf");
-        let child = Command::new("unbound")
-            .arg("-d")
-            .arg("-c")
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("unbound (Debian's unbound) must be installed");
-        let me = Self {
-            child,
-            addr: ([127, 0, 0, 1], port).into(),
-            _dir: dir,
-        };
-        for _ in 0..100 {
-            if dig(me.addr.port(), &["+short", "www.example.test"]).await == "192.0.2.10" {
-                return me;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("unbound did not answer on {}", me.addr);
-    }
-}
-
-impl Drop for Unbound {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
+/// Debian's unbound on loopback, answering `www.example.test` from a zone of its own.
+fn upstream() -> Unbound {
+    Unbound::start(
+        [127, 0, 0, 1].into(),
+        0,
+        1,
+        &Records {
+            zones: &["example.test."],
+            data: &["www.example.test. 60 IN A 192.0.2.10".to_owned()],
+        },
+    )
+    .expect("unbound")
 }
 
 /// `dig @127.0.0.1 -p PORT ARGS`: its output, trimmed.
@@ -146,7 +107,7 @@ async fn dig(port: u16, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_client_gets_cluster_names_and_forwarded_names_over_udp_and_tcp() {
-    let upstream = Unbound::start().await;
+    let upstream = upstream();
     let (udp, tcp, port) = bind_both().await;
     let resolver = Resolver {
         zone: SharedZone::new(zone()),

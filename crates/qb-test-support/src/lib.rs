@@ -1,5 +1,5 @@
 //! Test helpers: a throwaway PostgreSQL server from the system's packages, free ports and SQLite
-//! URLs.
+//! URLs, and a throwaway DNS resolver ([`unbound`]).
 //!
 //! [`PgServer::start`] runs a private `postgres` on 127.0.0.1 with its data in a temporary
 //! directory (on `/dev/shm` when it has room), and stops it and removes the directory when
@@ -25,6 +25,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+
+pub mod unbound;
 
 /// Where Debian's `postgresql-<major>` packages put the server binaries.
 const DEBIAN_PG_ROOT: &str = "/usr/lib/postgresql";

@@ -6,7 +6,7 @@
 //! every host's address. Deleting the DNS Deployment by hand: qb puts it back. Every API server
 //! frozen: names that existed keep resolving.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -19,6 +19,7 @@ use crate::kubernetes::{
     wait_service_programmed, web, web_pods,
 };
 use qb_lab::Lab;
+use qb_test_support::unbound::{Records, Unbound};
 
 /// How long qb has to put a deleted add-on back and have it answer.
 const PUT_BACK: Duration = Duration::from_secs(30);
@@ -32,8 +33,18 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
     let _cgroups = PodCgroups(names.clone());
     let lab = Lab::new(3).expect("the lab");
     lab.add_gateway().expect("the hosts' gateway");
-    // The hosts' own resolver, on the lab network.
-    let upstream = Unbound::start(&lab.bridge_ip());
+    // The hosts' own resolver, Debian's unbound on the lab network.
+    let upstream = Unbound::start(
+        lab.bridge_ip().parse().expect("an address"),
+        53,
+        1,
+        &Records {
+            zones: &["example.test."],
+            data: &["www.example.test. 60 IN A 192.0.2.10".to_owned()],
+        },
+    )
+    .expect("unbound");
+    let resolver = upstream.addr.ip().to_string();
     let controller = Controller::start(&lab.bridge_ip());
     let api = controller.api();
     import_bundle(&api, &bundle);
@@ -45,7 +56,7 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
     let agents: Vec<Agent> = configs
         .iter()
         .enumerate()
-        .map(|(i, c)| Agent::start_host_resolving_with(c, &lab.netns(i), &upstream.ip))
+        .map(|(i, c)| Agent::start_host_resolving_with(c, &lab.netns(i), &resolver))
         .collect();
     authorize_when_online(&api, &configs);
     api.post(
@@ -344,62 +355,5 @@ impl Drop for Thaw {
         for pid in &self.0 {
             let _ = Command::new("kill").args(["-CONT", pid]).status();
         }
-    }
-}
-
-/// Debian's unbound on the lab network (`ip`:53), answering `www.example.test`: the resolver
-/// the hosts' `resolv.conf` names. Stopped on drop.
-struct Unbound {
-    child: std::process::Child,
-    ip: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Unbound {
-    fn start(ip: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = format!(
-            "server:\n  interface: {ip}\n  port: 53\n  do-daemonize: no\n  use-syslog: no\n  \
-             logfile: \"\"\n  username: \"\"\n  chroot: \"\"\n  directory: \"{dir}\"\n  pidfile: \"{dir}/pid\"\n  \
-             do-ip6: no\n  access-control: 10.0.0.0/8 allow\n  local-zone: \"example.test.\" static\n  \
-             local-data: \"www.example.test. 60 IN A 192.0.2.10\"\nremote-control:\n  control-enable: no\n",
-            dir = dir.path().display()
-        );
-        let file = dir.path().join("unbound.conf");
-        std::fs::write(&file, config).expect("unbound.conf");
-        let child = Command::new("unbound")
-            .arg("-d")
-            .arg("-c")
-            .arg(&file)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("unbound (Debian's unbound) must be installed");
-        let me = Self {
-            child,
-            ip: ip.to_owned(),
-            _dir: dir,
-        };
-        poll("unbound answering", Duration::from_secs(10), || {
-            let out = run(Command::new("dig").args([
-                &format!("@{ip}"),
-                "+short",
-                "+time=1",
-                "www.example.test",
-            ]));
-            let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            if said == "192.0.2.10" {
-                Ok(())
-            } else {
-                Err(said)
-            }
-        });
-        me
-    }
-}
-
-impl Drop for Unbound {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
