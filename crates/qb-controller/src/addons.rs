@@ -20,6 +20,8 @@ use crate::proxy::upstream::ClusterUpstream;
 
 /// How often each cluster's add-ons are applied and checked.
 pub const RECHECK: Duration = Duration::from_secs(5);
+/// How long applying and checking a cluster's add-ons may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 /// The field manager of everything qb applies for add-ons.
 const FIELD_MANAGER: &str = "qb-addons";
 
@@ -54,7 +56,29 @@ impl AddonManager {
             }
             checked.insert(cluster.id, Instant::now());
         }
-        let statuses = self.check(tenant, cluster).await;
+        // Bounded: the check runs in the cluster's executor, and an API server that accepts
+        // connections but never answers must not hold the cluster's other work.
+        let statuses = match tokio::time::timeout(CHECK_TIMEOUT, self.check(tenant, cluster)).await
+        {
+            Ok(statuses) => statuses,
+            Err(_) => qb_plan::addons::render(cluster)
+                .into_iter()
+                .map(|addon| {
+                    let name = match &addon {
+                        Ok(a) => a.name,
+                        Err(u) => u.name,
+                    };
+                    status(
+                        name,
+                        None,
+                        AddonHealth::Failing,
+                        Some(format!(
+                            "the API server did not answer within {CHECK_TIMEOUT:?}"
+                        )),
+                    )
+                })
+                .collect(),
+        };
         for s in &statuses {
             if s.health == AddonHealth::Failing {
                 tracing::warn!(cluster = %cluster.name, addon = %s.name, message = ?s.message, "add-on failing");

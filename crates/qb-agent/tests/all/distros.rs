@@ -15,9 +15,9 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::engine::{roles, wait_ready};
+use crate::engine::{roles, wait_online, wait_ready};
 use crate::harness::{Agent, AgentConfig, Controller, Proc, SHORT, poll, run};
-use crate::http::{Api, online};
+use crate::http::online;
 use crate::kubernetes::{
     BRING_UP, PodCgroups, check_traffic, import_bundle, kubectl, wait_nodes_ready, web, web_pods,
 };
@@ -271,14 +271,4 @@ fn installed_version(root: &Path) -> String {
     said.strip_prefix("install ok installed ")
         .unwrap_or_else(|| panic!("qb-agent is not installed: {said}"))
         .to_owned()
-}
-
-/// Waits until the host `name` is registered with its agent online; the node.
-fn wait_online(api: &Api, name: &str) -> serde_json::Value {
-    poll(&format!("{name} online"), SHORT, || {
-        let node = api.get(&format!("/nodes/{name}"));
-        (node.status == 200 && online(&node.body))
-            .then_some(node.body.clone())
-            .ok_or(node.body.to_string())
-    })
 }

@@ -81,20 +81,20 @@ pub fn authorize_when_online(api: &Api, configs: &[AgentConfig]) {
     }
 }
 
-/// Waits until `api` sees the host `name` registered with its agent online.
-fn wait_online(api: &Api, name: &str) {
+/// Waits until `api` sees the host `name` registered with its agent online; the node.
+pub fn wait_online(api: &Api, name: &str) -> Value {
     poll(
         &format!("{name} registered"),
         Duration::from_secs(30),
         || {
             let node = api.get(&format!("/nodes/{name}"));
             if node.status == 200 && node.body["agent"]["online"] == true {
-                Ok(())
+                Ok(node.body)
             } else {
                 Err(node.body.to_string())
             }
         },
-    );
+    )
 }
 
 pub fn cluster(api: &Api, name: &str) -> Value {
