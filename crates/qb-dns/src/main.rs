@@ -3,18 +3,14 @@
 //! account, answers the cluster's names, and forwards the rest to the resolvers in the
 //! `resolv.conf` it is given (the host's, with `dnsPolicy: Default`).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, ValueEnum};
 use hickory_proto::rr::Name;
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
 use qb_dns::server::{Resolver, SharedZone, nameservers};
 use qb_dns::zone::{PodRecords, Zone, ZoneConfig};
@@ -55,13 +51,7 @@ enum Pods {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .init();
+    qb_addon_kit::init_logging();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -121,7 +111,7 @@ async fn serve(args: Args) -> Result<()> {
     });
     serving.spawn(async move { resolver.serve_tcp(tcp).await.context("serving TCP") });
     serving.spawn(async move {
-        serve_health(health, ready)
+        qb_addon_kit::serve_health(health, ready, NOT_READY)
             .await
             .context("serving health checks")
     });
@@ -143,37 +133,7 @@ async fn serve(args: Args) -> Result<()> {
     }
 }
 
+const NOT_READY: &str = "not ready: the zone does not have the cluster yet\n";
+
 /// How long the server still answers once told to stop.
 const LAME_DUCK: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// `/healthz`: 200 while the server runs; `/ready`: 200 once the zone holds the cluster's
-/// objects (the Service sends queries here only then), and from then on.
-async fn serve_health(listener: TcpListener, ready: Arc<AtomicBool>) -> std::io::Result<()> {
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
-                let ok = match req.uri().path() {
-                    "/healthz" => Some(true),
-                    "/ready" => Some(ready.load(Ordering::Acquire)),
-                    _ => None,
-                };
-                let (status, body) = match ok {
-                    Some(true) => (200, "ok\n"),
-                    Some(false) => (503, "not ready: the zone does not have the cluster yet\n"),
-                    None => (404, "not found\n"),
-                };
-                async move {
-                    let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
-                    *response.status_mut() =
-                        hyper::StatusCode::from_u16(status).unwrap_or_default();
-                    Ok::<_, Infallible>(response)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}

@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1 as core;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client};
+use qb_addon_kit::reflect;
 
 use crate::server::SharedZone;
 use crate::zone::{self, PodRecords, Zone, ZoneConfig};
@@ -25,10 +24,11 @@ const SETTLE: Duration = Duration::from_millis(50);
 pub async fn run(client: Client, config: ZoneConfig, zone: SharedZone, ready: Arc<AtomicBool>) {
     let (changed, mut wake) = tokio::sync::watch::channel(());
     let changed = Arc::new(changed);
-    let services = reflect::<core::Service>(&client, changed.clone());
-    let endpoints = reflect::<core::Endpoints>(&client, changed.clone());
+    let all = watcher::Config::default;
+    let services = reflect::<core::Service>(Api::all(client.clone()), all(), changed.clone());
+    let endpoints = reflect::<core::Endpoints>(Api::all(client.clone()), all(), changed.clone());
     let pods = (config.pods == PodRecords::Verified)
-        .then(|| reflect::<core::Pod>(&client, changed.clone()));
+        .then(|| reflect::<core::Pod>(Api::all(client.clone()), all(), changed.clone()));
     // Each store is ready once its first listing is in; a dropped writer means its task ended.
     if services.wait_until_ready().await.is_err() || endpoints.wait_until_ready().await.is_err() {
         return;
@@ -67,39 +67,6 @@ pub async fn run(client: Client, config: ZoneConfig, zone: SharedZone, ready: Ar
         tokio::time::sleep(SETTLE).await;
         wake.borrow_and_update();
     }
-}
-
-/// A reflector of every `K` in the cluster, run in its own task, waking `changed` on each event.
-fn reflect<K>(client: &Client, changed: Arc<tokio::sync::watch::Sender<()>>) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store::<K>();
-    let api: Api<K> = Api::all(client.clone());
-    let stream =
-        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(_) => {
-                    changed.send_replace(());
-                }
-                Err(e) => tracing::warn!(
-                    kind = K::kind(&()).as_ref(),
-                    error = %e,
-                    "watching the cluster failed; answering from the last state while retrying"
-                ),
-            }
-        }
-    });
-    reader
 }
 
 /// A Service as the zone needs it; `None` for one without a name or namespace.
