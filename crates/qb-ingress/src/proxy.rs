@@ -207,13 +207,12 @@ impl Proxy {
             *upstream.headers_mut() = headers.clone();
             match self.client.request(upstream).await {
                 Ok(mut response) => {
-                    if response.status() == StatusCode::SWITCHING_PROTOCOLS
-                        && let Some(client_side) = upgrade
-                    {
+                    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                    if switching && let Some(client_side) = upgrade {
                         let backend_side = hyper::upgrade::on(&mut response);
                         tokio::spawn(tunnel(client_side, backend_side));
                     }
-                    strip_hop_by_hop(response.headers_mut(), false);
+                    strip_hop_by_hop(response.headers_mut(), switching);
                     return response.map(BodyExt::boxed);
                 }
                 Err(e) if e.is_connect() => {
