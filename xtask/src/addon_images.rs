@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::{cargo, run};
 
 /// The add-on binaries: the crate, its binary, the image name.
-const ADDONS: &[(&str, &str)] = &[("qb-dns", "qb-dns")];
+const ADDONS: &[(&str, &str)] = &[("qb-dns", "qb-dns"), ("qb-ingress", "qb-ingress")];
 /// The target they are built for: its own target directory, so the static flags never touch
 /// the workspace's other builds.
 const TARGET: &str = "x86_64-unknown-linux-gnu";

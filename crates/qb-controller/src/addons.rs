@@ -1,6 +1,7 @@
 //! Each installed cluster's add-ons ([`qb_plan::addons`]): applied with server-side apply
 //! through a master, as the controller's administrator, and again every [`RECHECK`], so that
-//! whatever drifted or was deleted comes back; each add-on's health is its Deployment's. What
+//! whatever drifted or was deleted comes back; each add-on's health is its workload's (a
+//! Deployment or a DaemonSet). What
 //! was found is recorded on the cluster (only when it changed) for the API, CLI and UI.
 
 use std::collections::HashMap;
@@ -8,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qb_api::{AddonHealth, AddonStatus, ClusterId, TenantId};
-use qb_plan::addons::Addon;
+use qb_plan::addons::{Addon, INGRESS_NODE_LABEL, WorkloadKind};
 use qb_plan::render::ClusterInput;
 use qb_store::{Store, StoreError};
 use serde_json::Value;
@@ -54,6 +55,8 @@ impl AddonManager {
             {
                 return Ok(());
             }
+            // Forget clusters not seen for a while (deleted, or no longer installed).
+            checked.retain(|_, at| at.elapsed() < RECHECK * 12);
             checked.insert(cluster.id, Instant::now());
         }
         // Bounded: the check runs in the cluster's executor, and an API server that accepts
@@ -142,40 +145,58 @@ async fn apply_and_check(upstream: &ClusterUpstream, addon: &Addon) -> AddonStat
             continue;
         }
         upstream.answered(master);
-        let (namespace, name) = &addon.deployment;
-        let path = format!("/apis/apps/v1/namespaces/{namespace}/deployments/{name}");
-        return match upstream.get(master, &path).await {
-            Ok(deployment) => {
-                let (health, message) = deployment_health(&deployment);
+        return match upstream.get(master, &addon.workload.path()).await {
+            Ok(workload) => {
+                let (health, message) = workload_health(addon.workload.kind, &workload);
                 status(addon.name, Some(addon.version.clone()), health, message)
             }
             Err(e) => status(
                 addon.name,
                 Some(addon.version.clone()),
                 AddonHealth::Failing,
-                Some(format!("reading its Deployment: {e}")),
+                Some(format!("reading its {:?}: {e}", addon.workload.kind)),
             ),
         };
     }
     failing(last)
 }
 
-/// Ready when the Deployment's controller saw its latest spec and every replica it wants is
-/// updated and ready; else how far it is.
-fn deployment_health(d: &Value) -> (AddonHealth, Option<String>) {
+/// Ready when the workload's controller saw its latest spec and every replica it wants (each
+/// node's pod, for a DaemonSet) is updated and ready; else how far it is.
+fn workload_health(kind: WorkloadKind, w: &Value) -> (AddonHealth, Option<String>) {
     let number = |v: &Value| v.as_u64().unwrap_or(0);
-    let want = d["spec"]["replicas"].as_u64().unwrap_or(1);
-    let status = &d["status"];
-    let observed = number(&status["observedGeneration"]) >= number(&d["metadata"]["generation"]);
-    let ready = number(&status["readyReplicas"]);
-    let updated = number(&status["updatedReplicas"]);
-    if observed && ready >= want && updated >= want {
-        (AddonHealth::Ready, None)
+    let status = &w["status"];
+    let observed = number(&status["observedGeneration"]) >= number(&w["metadata"]["generation"]);
+    let (want, ready, updated, of) = match kind {
+        WorkloadKind::Deployment => (
+            w["spec"]["replicas"].as_u64().unwrap_or(1),
+            number(&status["readyReplicas"]),
+            number(&status["updatedReplicas"]),
+            "replicas",
+        ),
+        WorkloadKind::DaemonSet => (
+            number(&status["desiredNumberScheduled"]),
+            number(&status["numberReady"]),
+            number(&status["updatedNumberScheduled"]),
+            "nodes",
+        ),
+    };
+    if !observed {
+        return (
+            AddonHealth::Progressing,
+            Some("its controller has not seen the latest change yet".to_owned()),
+        );
+    }
+    if ready >= want && updated >= want {
+        let none = (kind == WorkloadKind::DaemonSet && want == 0).then(|| {
+            format!("no node runs it: every node is labelled {INGRESS_NODE_LABEL}=false or cannot take it")
+        });
+        (AddonHealth::Ready, none)
     } else {
         (
             AddonHealth::Progressing,
             Some(format!(
-                "{ready} of {want} replicas ready, {updated} of {want} updated"
+                "{ready} of {want} {of} ready, {updated} of {want} updated"
             )),
         )
     }
@@ -201,7 +222,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_deployment_is_ready_when_every_replica_of_its_latest_spec_is() {
+    fn a_workload_is_ready_when_every_replica_of_its_latest_spec_is() {
         let d = |generation: u64, observed: u64, ready: u64, updated: u64| {
             serde_json::json!({
                 "metadata": {"generation": generation},
@@ -209,13 +230,14 @@ mod tests {
                 "status": {"observedGeneration": observed, "readyReplicas": ready, "updatedReplicas": updated},
             })
         };
-        assert_eq!(
-            deployment_health(&d(3, 3, 2, 2)),
-            (AddonHealth::Ready, None)
-        );
-        for (deployment, message) in [
+        let deployment = |w: &Value| workload_health(WorkloadKind::Deployment, w);
+        assert_eq!(deployment(&d(3, 3, 2, 2)), (AddonHealth::Ready, None));
+        for (w, message) in [
             (d(3, 3, 1, 2), "1 of 2 replicas ready, 2 of 2 updated"),
-            (d(4, 3, 2, 2), "2 of 2 replicas ready, 2 of 2 updated"),
+            (
+                d(4, 3, 2, 2),
+                "its controller has not seen the latest change yet",
+            ),
             (d(3, 3, 2, 1), "2 of 2 replicas ready, 1 of 2 updated"),
             (
                 serde_json::json!({"spec": {"replicas": 2}}),
@@ -223,10 +245,30 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                deployment_health(&deployment),
+                deployment(&w),
                 (AddonHealth::Progressing, Some(message.to_owned())),
-                "{deployment}"
+                "{w}"
             );
         }
+
+        let ds = |desired: u64, ready: u64, updated: u64| {
+            serde_json::json!({
+                "metadata": {"generation": 1},
+                "status": {"observedGeneration": 1, "desiredNumberScheduled": desired,
+                           "numberReady": ready, "updatedNumberScheduled": updated},
+            })
+        };
+        let daemon_set = |w: &Value| workload_health(WorkloadKind::DaemonSet, w);
+        assert_eq!(daemon_set(&ds(3, 3, 3)), (AddonHealth::Ready, None));
+        assert_eq!(
+            daemon_set(&ds(3, 2, 3)),
+            (
+                AddonHealth::Progressing,
+                Some("2 of 3 nodes ready, 3 of 3 updated".to_owned())
+            )
+        );
+        let (health, message) = daemon_set(&ds(0, 0, 0));
+        assert_eq!(health, AddonHealth::Ready);
+        assert!(message.is_some_and(|m| m.contains("qb.io/ingress=false")));
     }
 }

@@ -1,10 +1,13 @@
 //! The add-ons qb runs in every cluster, as Kubernetes objects rendered per cluster from its
 //! settings and its bundle. The controller applies them with server-side apply (so applying
 //! again puts back what drifted or was deleted) and judges each add-on's health by its
-//! Deployment.
+//! workload (a Deployment or a DaemonSet).
 //!
-//! - `dns`: qb's cluster DNS (`qb-dns`), two replicas behind the `kube-dns` Service on the
-//!   cluster DNS address every kubelet gives its pods.
+//! - `qb-dns`: qb's cluster DNS, two replicas behind the `kube-dns` Service on the cluster DNS
+//!   address every kubelet gives its pods.
+//! - `qb-ingress`: qb's ingress, on the network of every node not labelled
+//!   `qb.io/ingress=false`, serving Ingresses of the IngressClass `qb` (the cluster's default)
+//!   on the nodes' ports 80 and 443.
 //!
 //! An add-on's image travels in the bundle as the artifact `image-<name>`, which every node
 //! imports as `qb.local/<name>:<artifact version>`.
@@ -19,10 +22,17 @@ pub const ADDON_LABEL: &str = "qb.io/addon";
 pub const NAMESPACE: &str = "kube-system";
 /// The DNS add-on's name, and its image's.
 pub const DNS: &str = "qb-dns";
+/// The ingress add-on's name, and its image's.
+pub const INGRESS: &str = "qb-ingress";
+/// The node label that keeps the ingress off a node when `false`.
+pub const INGRESS_NODE_LABEL: &str = "qb.io/ingress";
 /// Where the DNS server answers its probes.
 const DNS_HEALTH_PORT: u16 = 8080;
+/// Where the ingress answers its probes, on its node's network.
+const INGRESS_HEALTH_PORT: u16 = 10254;
+const RBAC: &str = "/apis/rbac.authorization.k8s.io/v1";
 
-/// One add-on of a cluster: what to apply, and the Deployment whose readiness is its health.
+/// One add-on of a cluster: what to apply, and the workload whose readiness is its health.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Addon {
     pub name: &'static str,
@@ -30,8 +40,43 @@ pub struct Addon {
     pub version: String,
     /// In the order to apply them.
     pub objects: Vec<Object>,
-    /// `(namespace, name)` of its Deployment.
-    pub deployment: (String, String),
+    pub workload: Workload,
+}
+
+/// The Deployment or DaemonSet that runs an add-on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub kind: WorkloadKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadKind {
+    Deployment,
+    DaemonSet,
+}
+
+impl Workload {
+    fn new(kind: WorkloadKind, name: &str) -> Self {
+        Self {
+            kind,
+            namespace: NAMESPACE.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// Its path in the Kubernetes API.
+    pub fn path(&self) -> String {
+        let plural = match self.kind {
+            WorkloadKind::Deployment => "deployments",
+            WorkloadKind::DaemonSet => "daemonsets",
+        };
+        format!(
+            "/apis/apps/v1/namespaces/{}/{plural}/{}",
+            self.namespace, self.name
+        )
+    }
 }
 
 /// A Kubernetes object and the API path that server-side apply sends it to.
@@ -55,69 +100,150 @@ pub fn image_artifact(name: &str) -> String {
 
 /// The add-ons of `cluster`: each rendered, or why it cannot be.
 pub fn render(cluster: &ClusterInput) -> Vec<Result<Addon, Unavailable>> {
-    vec![dns(cluster)]
+    vec![dns(cluster), ingress(cluster)]
 }
 
-fn dns(cluster: &ClusterInput) -> Result<Addon, Unavailable> {
-    let artifact = image_artifact(DNS);
-    let version = cluster
-        .bundle
-        .artifacts
-        .iter()
-        .find(|a| a.name == artifact)
-        .map(|a| a.version.clone())
-        .ok_or_else(|| Unavailable {
-            name: DNS,
-            reason: format!("the cluster's bundle has no {artifact}"),
-        })?;
-    let image = format!("qb.local/{DNS}:{version}");
-    let labels = json!({ ADDON_LABEL: DNS, "app.kubernetes.io/managed-by": "qb" });
-    let selector = json!({ "app.kubernetes.io/name": DNS });
-    let metadata = |name: &str, namespaced: bool| {
-        let mut m = json!({"name": name, "labels": labels});
+/// What every add-on's objects share: its name, image and labels.
+struct Parts {
+    name: &'static str,
+    version: String,
+    image: String,
+}
+
+impl Parts {
+    /// The add-on `name` with its image from the cluster's bundle.
+    fn of(cluster: &ClusterInput, name: &'static str) -> Result<Parts, Unavailable> {
+        let artifact = image_artifact(name);
+        let version = cluster
+            .bundle
+            .artifacts
+            .iter()
+            .find(|a| a.name == artifact)
+            .map(|a| a.version.clone())
+            .ok_or_else(|| Unavailable {
+                name,
+                reason: format!("the cluster's bundle has no {artifact}"),
+            })?;
+        Ok(Parts {
+            name,
+            image: format!("qb.local/{name}:{version}"),
+            version,
+        })
+    }
+
+    fn metadata(&self, name: &str, namespaced: bool) -> Value {
+        let mut m = json!({
+            "name": name,
+            "labels": { ADDON_LABEL: self.name, "app.kubernetes.io/managed-by": "qb" },
+        });
         if namespaced {
             m["namespace"] = json!(NAMESPACE);
         }
         m
-    };
-    let ns = format!("/api/v1/namespaces/{NAMESPACE}");
-    const RBAC: &str = "/apis/rbac.authorization.k8s.io/v1";
-    let role = format!("qb:{DNS}");
+    }
+
+    /// The selector of its pods.
+    fn selector(&self) -> Value {
+        json!({ "app.kubernetes.io/name": self.name })
+    }
+
+    fn pod_labels(&self) -> Value {
+        json!({ "app.kubernetes.io/name": self.name, ADDON_LABEL: self.name })
+    }
+
+    /// Its service account, and a cluster role with `rules` bound to it.
+    fn identity(&self, rules: Value) -> [Object; 3] {
+        let role = format!("qb:{}", self.name);
+        [
+            Object {
+                path: format!(
+                    "/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{}",
+                    self.name
+                ),
+                manifest: json!({
+                    "apiVersion": "v1", "kind": "ServiceAccount",
+                    "metadata": self.metadata(self.name, true),
+                }),
+            },
+            Object {
+                path: format!("{RBAC}/clusterroles/{role}"),
+                manifest: json!({
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                    "metadata": self.metadata(&role, false),
+                    "rules": rules,
+                }),
+            },
+            Object {
+                path: format!("{RBAC}/clusterrolebindings/{role}"),
+                manifest: json!({
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                    "metadata": self.metadata(&role, false),
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                    "subjects": [{"kind": "ServiceAccount", "name": self.name, "namespace": NAMESPACE}],
+                }),
+            },
+        ]
+    }
+
+    fn addon(self, objects: Vec<Object>, kind: WorkloadKind) -> Addon {
+        Addon {
+            workload: Workload::new(kind, self.name),
+            name: self.name,
+            version: self.version,
+            objects,
+        }
+    }
+}
+
+/// Probes of a server's `/ready` and `/healthz` on `port`.
+fn probes(port: u16) -> (Value, Value) {
+    (
+        json!({"httpGet": {"path": "/ready", "port": port}, "periodSeconds": 2}),
+        json!({
+            "httpGet": {"path": "/healthz", "port": port},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        }),
+    )
+}
+
+/// Tolerated by add-ons that also run on masters that only take what tolerates them.
+fn master_tolerations() -> Value {
+    json!([
+        {"key": "CriticalAddonsOnly", "operator": "Exists"},
+        {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"},
+    ])
+}
+
+/// A container that binds ports below 1024 and nothing else.
+fn binds_low_ports() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]},
+    })
+}
+
+fn dns(cluster: &ClusterInput) -> Result<Addon, Unavailable> {
+    let parts = Parts::of(cluster, DNS)?;
+    let selector = parts.selector();
+    let (readiness, liveness) = probes(DNS_HEALTH_PORT);
+    let [account, role, binding] = parts.identity(json!([{
+        "apiGroups": [""],
+        "resources": ["services", "endpoints", "pods"],
+        "verbs": ["get", "list", "watch"],
+    }]));
     let objects = vec![
-        Object {
-            path: format!("{ns}/serviceaccounts/{DNS}"),
-            manifest: json!({
-                "apiVersion": "v1", "kind": "ServiceAccount",
-                "metadata": metadata(DNS, true),
-            }),
-        },
-        Object {
-            path: format!("{RBAC}/clusterroles/{role}"),
-            manifest: json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                "metadata": metadata(&role, false),
-                "rules": [{
-                    "apiGroups": [""],
-                    "resources": ["services", "endpoints", "pods"],
-                    "verbs": ["get", "list", "watch"],
-                }],
-            }),
-        },
-        Object {
-            path: format!("{RBAC}/clusterrolebindings/{role}"),
-            manifest: json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                "metadata": metadata(&role, false),
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-                "subjects": [{"kind": "ServiceAccount", "name": DNS, "namespace": NAMESPACE}],
-            }),
-        },
+        account,
+        role,
+        binding,
         // Named as every cluster's DNS Service is, which tools look for.
         Object {
-            path: format!("{ns}/services/kube-dns"),
+            path: format!("/api/v1/namespaces/{NAMESPACE}/services/kube-dns"),
             manifest: json!({
                 "apiVersion": "v1", "kind": "Service",
-                "metadata": metadata("kube-dns", true),
+                "metadata": parts.metadata("kube-dns", true),
                 "spec": {
                     "clusterIP": cluster_dns_ip(&cluster.service_cidr).to_string(),
                     "selector": selector,
@@ -129,16 +255,16 @@ fn dns(cluster: &ClusterInput) -> Result<Addon, Unavailable> {
             }),
         },
         Object {
-            path: format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{DNS}"),
+            path: Workload::new(WorkloadKind::Deployment, DNS).path(),
             manifest: json!({
                 "apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": metadata(DNS, true),
+                "metadata": parts.metadata(DNS, true),
                 "spec": {
                     "replicas": 2,
                     "selector": {"matchLabels": selector},
                     "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}},
                     "template": {
-                        "metadata": {"labels": {"app.kubernetes.io/name": DNS, ADDON_LABEL: DNS}},
+                        "metadata": {"labels": parts.pod_labels()},
                         "spec": {
                             "serviceAccountName": DNS,
                             "priorityClassName": "system-cluster-critical",
@@ -152,14 +278,10 @@ fn dns(cluster: &ClusterInput) -> Result<Addon, Unavailable> {
                                     "topologyKey": "kubernetes.io/hostname",
                                 },
                             }]}},
-                            // Also on masters that only take what tolerates them.
-                            "tolerations": [
-                                {"key": "CriticalAddonsOnly", "operator": "Exists"},
-                                {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"},
-                            ],
+                            "tolerations": master_tolerations(),
                             "containers": [{
                                 "name": "dns",
-                                "image": image,
+                                "image": parts.image,
                                 // Every node imported it from the bundle; there is no registry.
                                 "imagePullPolicy": "Never",
                                 "args": [
@@ -174,25 +296,13 @@ fn dns(cluster: &ClusterInput) -> Result<Addon, Unavailable> {
                                     {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
                                     {"name": "health", "containerPort": DNS_HEALTH_PORT, "protocol": "TCP"},
                                 ],
-                                "readinessProbe": {
-                                    "httpGet": {"path": "/ready", "port": DNS_HEALTH_PORT},
-                                    "periodSeconds": 2,
-                                },
-                                "livenessProbe": {
-                                    "httpGet": {"path": "/healthz", "port": DNS_HEALTH_PORT},
-                                    "initialDelaySeconds": 10,
-                                    "periodSeconds": 10,
-                                    "failureThreshold": 3,
-                                },
+                                "readinessProbe": readiness,
+                                "livenessProbe": liveness,
                                 "resources": {
                                     "requests": {"cpu": "50m", "memory": "20Mi"},
                                     "limits": {"memory": "128Mi"},
                                 },
-                                "securityContext": {
-                                    "allowPrivilegeEscalation": false,
-                                    "readOnlyRootFilesystem": true,
-                                    "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]},
-                                },
+                                "securityContext": binds_low_ports(),
                             }],
                         },
                     },
@@ -200,12 +310,104 @@ fn dns(cluster: &ClusterInput) -> Result<Addon, Unavailable> {
             }),
         },
     ];
-    Ok(Addon {
-        name: DNS,
-        version,
-        objects,
-        deployment: (NAMESPACE.to_owned(), DNS.to_owned()),
-    })
+    Ok(parts.addon(objects, WorkloadKind::Deployment))
+}
+
+fn ingress(cluster: &ClusterInput) -> Result<Addon, Unavailable> {
+    let parts = Parts::of(cluster, INGRESS)?;
+    let (readiness, liveness) = probes(INGRESS_HEALTH_PORT);
+    let [account, role, binding] = parts.identity(json!([
+        {
+            "apiGroups": [""],
+            "resources": ["services", "endpoints", "secrets", "pods"],
+            "verbs": ["get", "list", "watch"],
+        },
+        {
+            "apiGroups": ["networking.k8s.io"],
+            "resources": ["ingresses", "ingressclasses"],
+            "verbs": ["get", "list", "watch"],
+        },
+        {
+            "apiGroups": ["networking.k8s.io"],
+            "resources": ["ingresses/status"],
+            "verbs": ["update", "patch"],
+        },
+    ]));
+    let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
+    let objects = vec![
+        account,
+        role,
+        binding,
+        Object {
+            path: "/apis/networking.k8s.io/v1/ingressclasses/qb".to_owned(),
+            manifest: json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+                "metadata": {
+                    "name": "qb",
+                    "labels": parts.metadata("qb", false)["labels"],
+                    "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"},
+                },
+                "spec": {"controller": "qb.io/ingress"},
+            }),
+        },
+        Object {
+            path: Workload::new(WorkloadKind::DaemonSet, INGRESS).path(),
+            manifest: json!({
+                "apiVersion": "apps/v1", "kind": "DaemonSet",
+                "metadata": parts.metadata(INGRESS, true),
+                "spec": {
+                    "selector": {"matchLabels": parts.selector()},
+                    "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+                    "template": {
+                        "metadata": {"labels": parts.pod_labels()},
+                        "spec": {
+                            "serviceAccountName": INGRESS,
+                            "priorityClassName": "system-cluster-critical",
+                            // Ports 80 and 443 of the node itself.
+                            "hostNetwork": true,
+                            "dnsPolicy": "ClusterFirstWithHostNet",
+                            // Open connections get this long to finish (`--drain-seconds`).
+                            "terminationGracePeriodSeconds": 15,
+                            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                                "nodeSelectorTerms": [{"matchExpressions": [
+                                    {"key": INGRESS_NODE_LABEL, "operator": "NotIn", "values": ["false"]},
+                                ]}],
+                            }}},
+                            "tolerations": master_tolerations(),
+                            "containers": [{
+                                "name": "ingress",
+                                "image": parts.image,
+                                "imagePullPolicy": "Never",
+                                "args": [
+                                    "--http", "0.0.0.0:80",
+                                    "--https", "0.0.0.0:443",
+                                    "--health", format!("0.0.0.0:{INGRESS_HEALTH_PORT}"),
+                                    "--drain-seconds", "10",
+                                ],
+                                "env": [
+                                    {"name": "POD_NAME", "valueFrom": field("metadata.name")},
+                                    {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
+                                ],
+                                "ports": [
+                                    {"name": "http", "containerPort": 80, "protocol": "TCP"},
+                                    {"name": "https", "containerPort": 443, "protocol": "TCP"},
+                                    {"name": "health", "containerPort": INGRESS_HEALTH_PORT, "protocol": "TCP"},
+                                ],
+                                "readinessProbe": readiness,
+                                "livenessProbe": liveness,
+                                "resources": {
+                                    "requests": {"cpu": "100m", "memory": "32Mi"},
+                                    "limits": {"memory": "256Mi"},
+                                },
+                                "securityContext": binds_low_ports(),
+                            }],
+                        },
+                    },
+                },
+            }),
+        },
+    ];
+    Ok(parts.addon(objects, WorkloadKind::DaemonSet))
 }
 
 #[cfg(test)]
@@ -215,31 +417,8 @@ mod tests {
     use super::*;
     use crate::render::fixtures::{bundle, cluster, full_bundle};
 
-    #[test]
-    fn the_dns_addon_of_a_cluster_whose_bundle_has_its_image() {
-        let mut with_image = full_bundle("1.20.2");
-        with_image
-            .artifacts
-            .extend(bundle("1.20.2", &["image-qb-dns"]).artifacts);
-        let cluster = cluster(with_image);
-        let addons = render(&cluster);
-        let [Ok(dns)] = addons.as_slice() else {
-            panic!("{addons:?}");
-        };
-        assert_eq!((dns.name, dns.version.as_str()), ("qb-dns", "1.0.0"));
-        assert_eq!(dns.deployment, ("kube-system".into(), "qb-dns".into()));
-        // Every object is labelled as the add-on's, and its path is its own.
-        for object in &dns.objects {
-            let m = &object.manifest;
-            assert_eq!(m["metadata"]["labels"][ADDON_LABEL], "qb-dns", "{m}");
-            let name = m["metadata"]["name"].as_str().expect("a name");
-            assert!(
-                object.path.ends_with(&format!("/{name}")),
-                "{}",
-                object.path
-            );
-        }
-        let text: String = dns
+    fn snapshot(addon: &Addon) -> String {
+        addon
             .objects
             .iter()
             .map(|o| {
@@ -249,25 +428,73 @@ mod tests {
                     serde_json::to_string_pretty(&o.manifest).expect("JSON")
                 )
             })
-            .collect();
-        // The Service is on the address kubelets give pods; the image is the bundle's.
-        assert!(text.contains("\"clusterIP\": \"10.96.0.10\""), "{text}");
-        assert!(
-            text.contains("\"image\": \"qb.local/qb-dns:1.0.0\""),
-            "{text}"
-        );
-        expect_file!["snapshots/addons_dns.txt"].assert_eq(&text);
+            .collect()
     }
 
     #[test]
-    fn a_bundle_without_the_image_says_so() {
+    fn the_addons_of_a_cluster_whose_bundle_has_their_images() {
+        let mut with_images = full_bundle("1.20.2");
+        with_images
+            .artifacts
+            .extend(bundle("1.20.2", &["image-qb-dns", "image-qb-ingress"]).artifacts);
+        let cluster = cluster(with_images);
+        let addons = render(&cluster);
+        let [Ok(dns), Ok(ingress)] = addons.as_slice() else {
+            panic!("{addons:?}");
+        };
+        assert_eq!((dns.name, dns.version.as_str()), ("qb-dns", "1.0.0"));
+        assert_eq!(
+            dns.workload.path(),
+            "/apis/apps/v1/namespaces/kube-system/deployments/qb-dns"
+        );
+        assert_eq!(
+            (ingress.name, ingress.workload.path().as_str()),
+            (
+                "qb-ingress",
+                "/apis/apps/v1/namespaces/kube-system/daemonsets/qb-ingress"
+            )
+        );
+        // Every object is labelled as its add-on's, and its path is its own.
+        for addon in [dns, ingress] {
+            for object in &addon.objects {
+                let m = &object.manifest;
+                assert_eq!(m["metadata"]["labels"][ADDON_LABEL], addon.name, "{m}");
+                let name = m["metadata"]["name"].as_str().expect("a name");
+                assert!(
+                    object.path.ends_with(&format!("/{name}")),
+                    "{}",
+                    object.path
+                );
+            }
+        }
+        let dns = snapshot(dns);
+        // The Service is on the address kubelets give pods; the image is the bundle's.
+        assert!(dns.contains("\"clusterIP\": \"10.96.0.10\""), "{dns}");
+        assert!(
+            dns.contains("\"image\": \"qb.local/qb-dns:1.0.0\""),
+            "{dns}"
+        );
+        expect_file!["snapshots/addons_dns.txt"].assert_eq(&dns);
+        let ingress = snapshot(ingress);
+        assert!(ingress.contains("\"hostNetwork\": true"), "{ingress}");
+        expect_file!["snapshots/addons_ingress.txt"].assert_eq(&ingress);
+    }
+
+    #[test]
+    fn a_bundle_without_the_images_says_so() {
         let cluster = cluster(full_bundle("1.20.2"));
         assert_eq!(
             render(&cluster),
-            [Err(Unavailable {
-                name: "qb-dns",
-                reason: "the cluster's bundle has no image-qb-dns".into()
-            })]
+            [
+                Err(Unavailable {
+                    name: "qb-dns",
+                    reason: "the cluster's bundle has no image-qb-dns".into()
+                }),
+                Err(Unavailable {
+                    name: "qb-ingress",
+                    reason: "the cluster's bundle has no image-qb-ingress".into()
+                })
+            ]
         );
     }
 }
