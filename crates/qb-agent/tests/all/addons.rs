@@ -5,7 +5,13 @@
 //! own resolver (Debian's unbound, run by the test on the lab network); a NodePort answers on
 //! every host's address. Deleting the DNS Deployment by hand: qb puts it back. Every API server
 //! frozen: names that existed keep resolving.
+//!
+//! In the same cluster, qb's ingress (`qb-ingress`, a DaemonSet on every node's network): two
+//! host names and two paths route to Deployments on other hosts, over HTTP and over HTTPS with
+//! a TLS Secret, from every node's address; the Ingress's status lists the nodes; editing the
+//! Ingress reroutes within seconds while a client loop sees no failed request.
 
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -70,7 +76,7 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
     wait_ready(&api, "dns", BRING_UP);
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     wait_nodes_ready(&agents[0], &refs, BRING_UP);
-    let addon = wait_addon_ready(&api, "dns", BRING_UP);
+    let addon = wait_addon_ready(&api, "dns", "qb-dns", BRING_UP);
     eprintln!(
         "attach → cluster ready, qb-dns {} ready in {:?}",
         addon["version"],
@@ -198,6 +204,8 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
         eprintln!("NodePort {address}: {}", answer.trim());
     }
 
+    check_ingress(&lab, &api, admin, &names);
+
     // The DNS Deployment deleted by hand (its pods go with it, in the background): qb puts a new
     // one back, whose replicas are ready, and names resolve.
     let dns = |what: &str| {
@@ -282,6 +290,202 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
     eprintln!("every API server frozen for {API_OUTAGE:?}: {answered} lookups, all answered");
 }
 
+/// How long an edited Ingress may take to route anew.
+const REROUTE: Duration = Duration::from_secs(5);
+
+/// The ingress part: see the module's documentation.
+fn check_ingress(lab: &Lab, api: &Api, admin: &Agent, names: &[String]) {
+    let addon = wait_addon_ready(api, "dns", "qb-ingress", BRING_UP);
+    eprintln!("qb-ingress {} ready on every node", addon["version"]);
+    // A second Deployment, `api`, on the two hosts other than host-0, answering on `/` and
+    // `/api/` (busybox httpd serves files); `web` answers on `/` only.
+    let others: Vec<String> = names[1..].to_vec();
+    let api_app = web(&others)
+        .replace("\"web\"", "\"api\"")
+        .replace(
+            "echo \\\"hello from $(hostname)\\\" > /www/index.html",
+            "mkdir -p /www/api && echo \\\"api from $(hostname)\\\" | tee /www/index.html > /www/api/index.html",
+        );
+    assert!(api_app.contains("api from"), "{api_app}");
+    let out = kubectl(admin, &["apply", "-f", "-"], Some(&api_app));
+    assert!(out.status.success(), "{out:?}");
+
+    // A certificate for both names, in a TLS Secret.
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["shop.test".to_owned(), "admin.test".to_owned()])
+            .expect("a certificate");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(dir.path().join("tls.crt"), cert.cert.pem()).expect("the certificate");
+    std::fs::write(dir.path().join("tls.key"), cert.key_pair.serialize_pem()).expect("the key");
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let out = kubectl(
+        admin,
+        &[
+            "create",
+            "secret",
+            "tls",
+            "shop-tls",
+            "--cert",
+            &file("tls.crt"),
+            "--key",
+            &file("tls.key"),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+
+    let ingress = |admin_backend: &str| {
+        let path = |path: &str, service: &str| {
+            json!({"path": path, "pathType": "Prefix",
+                   "backend": {"service": {"name": service, "port": {"number": 80}}}})
+        };
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "shop"},
+            // No class: IngressClass qb is the cluster's default.
+            "spec": {
+                "tls": [{"hosts": ["shop.test", "admin.test"], "secretName": "shop-tls"}],
+                "rules": [
+                    {"host": "shop.test", "http": {"paths": [path("/", "web"), path("/api", "api")]}},
+                    {"host": "admin.test", "http": {"paths": [path("/", admin_backend)]}},
+                ],
+            },
+        })
+        .to_string()
+    };
+    let out = kubectl(admin, &["apply", "-f", "-"], Some(&ingress("api")));
+    assert!(out.status.success(), "{out:?}");
+
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).expect("PEM");
+    let hosts: Vec<String> = (0..names.len()).map(|i| lab.host_ip(i)).collect();
+    for (i, host) in hosts.iter().enumerate() {
+        let ip: std::net::IpAddr = host.parse().expect("an address");
+        let client = reqwest::Client::builder()
+            .resolve("shop.test", SocketAddr::new(ip, 0))
+            .resolve("admin.test", SocketAddr::new(ip, 0))
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(root.clone())
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("a client");
+        for scheme in ["http", "https"] {
+            for (url, want) in [
+                ("shop.test/", "hello from web-"),
+                ("shop.test/api/", "api from api-"),
+                ("admin.test/", "api from api-"),
+            ] {
+                let url = format!("{scheme}://{url}");
+                let (version, body) = poll(&format!("{url} through host-{i}"), BRING_UP, || {
+                    runtime.block_on(fetch(&client, &url))
+                });
+                assert!(body.starts_with(want), "{url} through host-{i}: {body}");
+                if scheme == "https" {
+                    assert_eq!(version, reqwest::Version::HTTP_2, "{url}: HTTP/2 by ALPN");
+                }
+            }
+        }
+        eprintln!("ingress through host-{i} ({host}): HTTP and HTTPS, both hosts, both paths");
+    }
+    // Pods on the other hosts answered `/api/` (not only host-0's own).
+    let pods = poll("an api pod on host-1 and host-2", BRING_UP, || {
+        let list = kubectl_json(admin, &["get", "pods", "-l", "app=api"])?;
+        let mut nodes: Vec<String> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_owned))
+            .collect();
+        nodes.sort();
+        if nodes == others {
+            Ok(nodes)
+        } else {
+            Err(format!("{nodes:?}"))
+        }
+    });
+    eprintln!("api pods on {pods:?}");
+
+    // The Ingress's status names every node.
+    poll(
+        "the Ingress's status lists every node",
+        Duration::from_secs(30),
+        || {
+            let ingress = kubectl_json(admin, &["get", "ingress", "shop"])?;
+            let mut ips: Vec<String> = ingress["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["ip"].as_str().map(str::to_owned))
+                .collect();
+            ips.sort();
+            let mut want = hosts.clone();
+            want.sort();
+            if ips == want {
+                Ok(())
+            } else {
+                Err(format!("{ips:?}"))
+            }
+        },
+    );
+
+    // admin.test moves from `api` to `web` while a client asks every 50 ms through host-0.
+    let client = reqwest::Client::builder()
+        .resolve(
+            "admin.test",
+            SocketAddr::new(hosts[0].parse().expect("an address"), 0),
+        )
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("a client");
+    let (moved, requests) = runtime.block_on(async {
+        let mut requests = 0;
+        let mut edited: Option<Instant> = None;
+        let mut moved: Option<Duration> = None;
+        // 20 requests before the edit, then on until 20 after the move.
+        let mut after = 0;
+        loop {
+            let answer = fetch(&client, "http://admin.test/").await;
+            requests += 1;
+            let body = answer
+                .unwrap_or_else(|e| panic!("request {requests} failed: {e}"))
+                .1;
+            match (edited, moved, body.split(' ').next()) {
+                (Some(at), None, Some("hello")) => moved = Some(at.elapsed()),
+                (Some(_), Some(_), Some("hello")) => {
+                    after += 1;
+                    if after == 20 {
+                        return (moved.unwrap_or_default(), requests);
+                    }
+                }
+                (Some(_), Some(_), _) => panic!("request {requests} went back: {body:?}"),
+                (Some(at), None, _) if at.elapsed() > REROUTE => {
+                    panic!("still {body:?} {:?} after the edit", at.elapsed())
+                }
+                (_, _, Some("api" | "hello")) => {}
+                _ => panic!("request {requests}: {body:?}"),
+            }
+            if edited.is_none() && requests == 20 {
+                let out = kubectl(admin, &["apply", "-f", "-"], Some(&ingress("web")));
+                assert!(out.status.success(), "{out:?}");
+                edited = Some(Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    eprintln!("Ingress edited: rerouted in {moved:?}, {requests} requests, none failed");
+}
+
+/// A GET of `url`: its version and body when it answered 200.
+async fn fetch(client: &reqwest::Client, url: &str) -> Result<(reqwest::Version, String), String> {
+    let response = client.get(url).send().await.map_err(|e| format!("{e:?}"))?;
+    let (status, version) = (response.status(), response.version());
+    let body = response.text().await.map_err(|e| e.to_string())?;
+    if status == reqwest::StatusCode::OK {
+        Ok((version, body))
+    } else {
+        Err(format!("{status}: {body}"))
+    }
+}
+
 /// `name`'s address as the cluster DNS gives it to a process on `host` (`dig` in the host's
 /// network namespace, through the DNS Service's address).
 fn lookup(host: &Agent, name: &str) -> String {
@@ -291,13 +495,13 @@ fn lookup(host: &Agent, name: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// The cluster's add-on `qb-dns` once it is ready; panics with its last status otherwise.
-fn wait_addon_ready(api: &Api, cluster: &str, timeout: Duration) -> Value {
-    poll("the qb-dns add-on ready", timeout, || {
+/// The cluster's add-on `name` once it is ready; panics with its last status otherwise.
+fn wait_addon_ready(api: &Api, cluster: &str, name: &str, timeout: Duration) -> Value {
+    poll(&format!("the {name} add-on ready"), timeout, || {
         let c = api.get(&format!("/clusters/{cluster}")).ok();
         let addon = c["addons"]
             .as_array()
-            .and_then(|a| a.iter().find(|a| a["name"] == "qb-dns"))
+            .and_then(|a| a.iter().find(|a| a["name"] == name))
             .cloned()
             .unwrap_or(Value::Null);
         if addon["health"] == "ready" {
