@@ -60,6 +60,8 @@ fn main() -> Result<()> {
                     "tunnel",
                     "--bench",
                     "dns",
+                    "--bench",
+                    "ingress",
                 ])
                 .args(&args[1..]);
             run(&mut cmd)
@@ -184,6 +186,8 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("nginx", "/usr/sbin/nginx"),
     // The cluster DNS is measured beside unbound with dnsperf.
     ("dnsperf", "/usr/bin/dnsperf"),
+    // The ingress is measured beside nginx with wrk.
+    ("wrk", "/usr/bin/wrk"),
 ];
 
 /// Installs what the suite needs when it is missing: PostgreSQL (the store's tests start their own

@@ -1,5 +1,5 @@
 //! Test helpers: a throwaway PostgreSQL server from the system's packages, free ports and SQLite
-//! URLs, and a throwaway DNS resolver ([`unbound`]).
+//! URLs, a throwaway DNS resolver ([`unbound`]) and a throwaway nginx ([`nginx`]).
 //!
 //! [`PgServer::start`] runs a private `postgres` on 127.0.0.1 with its data in a temporary
 //! directory (on `/dev/shm` when it has room), and stops it and removes the directory when
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
+pub mod nginx;
 pub mod unbound;
 
 /// Where Debian's `postgresql-<major>` packages put the server binaries.
