@@ -1,25 +1,20 @@
 //! Serving the zone over UDP and TCP: queries under the zone are answered from the current
-//! snapshot, every other query is forwarded as it came to the upstream resolvers (the host's),
-//! and their answer relayed as it came back.
+//! snapshot (its responses written as bytes, see `wire`), every other query is forwarded as it
+//! came to the upstream resolvers (the host's), and their answer relayed as it came back.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::Record;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
-use crate::zone::{Answer, Zone};
+use crate::wire::{self, MAX_UDP, Reply, Transport};
+use crate::zone::Zone;
 
 /// How long an upstream resolver has to answer before the next one is asked.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
-/// The largest UDP answer sent to a client that does not say (RFC 1035).
-const CLASSIC_UDP: usize = 512;
-/// The largest UDP answer this server sends (the DNS flag day 2020 size).
-const MAX_UDP: u16 = 1232;
 /// How long a TCP client may stay idle between queries.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
@@ -81,13 +76,6 @@ pub struct Resolver {
     pub upstreams: Arc<[SocketAddr]>,
 }
 
-/// How a query came: UDP answers are bounded in size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Transport {
-    Udp,
-    Tcp,
-}
-
 impl Resolver {
     /// Serves UDP on `socket` with `workers` tasks receiving at once.
     pub async fn serve_udp(self, socket: UdpSocket, workers: usize) -> std::io::Result<()> {
@@ -106,15 +94,16 @@ impl Resolver {
 
     async fn udp_loop(self, socket: Arc<UdpSocket>) -> std::io::Result<()> {
         let mut buf = vec![0u8; 4096];
+        let mut out = Vec::with_capacity(usize::from(MAX_UDP));
         let mut zone = self.zone.reader();
         loop {
             let (len, peer) = socket.recv_from(&mut buf).await?;
             let query = &buf[..len];
-            match answer(zone.current(&self.zone), query, Transport::Udp) {
-                Reply::Now(Some(bytes)) => {
-                    let _ = socket.send_to(&bytes, peer).await;
+            match wire::answer(zone.current(&self.zone), query, Transport::Udp, &mut out) {
+                Reply::Answer => {
+                    let _ = socket.send_to(&out, peer).await;
                 }
-                Reply::Now(None) => {}
+                Reply::Ignore => {}
                 Reply::Forward => {
                     let (me, socket, query) = (self.clone(), socket.clone(), query.to_vec());
                     tokio::spawn(async move {
@@ -140,6 +129,7 @@ impl Resolver {
 
     async fn tcp_connection(self, mut stream: TcpStream) -> std::io::Result<()> {
         let mut zone = self.zone.reader();
+        let mut out = Vec::new();
         loop {
             let mut len = [0u8; 2];
             match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
@@ -148,18 +138,19 @@ impl Resolver {
             }
             let mut query = vec![0u8; u16::from_be_bytes(len) as usize];
             stream.read_exact(&mut query).await?;
-            let bytes = match answer(zone.current(&self.zone), &query, Transport::Tcp) {
-                Reply::Now(bytes) => bytes,
-                Reply::Forward => self.forward(&query, Transport::Tcp).await,
-            };
-            let Some(bytes) = bytes else {
-                return Ok(());
-            };
-            let Ok(len) = u16::try_from(bytes.len()) else {
+            match wire::answer(zone.current(&self.zone), &query, Transport::Tcp, &mut out) {
+                Reply::Answer => {}
+                Reply::Ignore => return Ok(()),
+                Reply::Forward => match self.forward(&query, Transport::Tcp).await {
+                    Some(bytes) => out = bytes,
+                    None => return Ok(()),
+                },
+            }
+            let Ok(len) = u16::try_from(out.len()) else {
                 return Ok(());
             };
             stream.write_all(&len.to_be_bytes()).await?;
-            stream.write_all(&bytes).await?;
+            stream.write_all(&out).await?;
         }
     }
 
@@ -184,83 +175,8 @@ impl Resolver {
             }
         }
         // Nobody answered: SERVFAIL, as the client would otherwise only time out.
-        let request = Message::from_vec(query).ok()?;
-        let mut response = response_to(&request);
-        response.set_response_code(ResponseCode::ServFail);
-        response.to_vec().ok()
+        wire::server_failure(query)
     }
-}
-
-/// The answer to `query` from the zone, or that it is for the upstream resolvers. A query
-/// too broken to answer gets nothing.
-fn answer(zone: &Zone, query: &[u8], transport: Transport) -> Reply {
-    let Ok(request) = Message::from_vec(query) else {
-        return Reply::Now(None);
-    };
-    if request.message_type() != MessageType::Query {
-        return Reply::Now(None);
-    }
-    let mut response = response_to(&request);
-    let limit = match (transport, request.extensions()) {
-        (Transport::Tcp, _) => usize::from(u16::MAX),
-        (Transport::Udp, Some(edns)) => usize::from(edns.max_payload().clamp(512, MAX_UDP)),
-        (Transport::Udp, None) => CLASSIC_UDP,
-    };
-    if let Some(edns) = request.extensions() {
-        let mut ours = Edns::new();
-        ours.set_max_payload(MAX_UDP).set_version(edns.version());
-        response.set_edns(ours);
-    }
-    let [question] = request.queries() else {
-        response.set_response_code(ResponseCode::FormErr);
-        return Reply::Now(response.to_vec().ok());
-    };
-    if request.op_code() != OpCode::Query {
-        response.set_response_code(ResponseCode::NotImp);
-        return Reply::Now(response.to_vec().ok());
-    }
-    let (code, answers, authority): (_, Vec<Record>, _) =
-        match zone.lookup(question.name(), question.query_type()) {
-            Answer::NotOurs => return Reply::Forward,
-            Answer::Records(records) => (ResponseCode::NoError, records, None),
-            Answer::NoData(soa) => (ResponseCode::NoError, Vec::new(), Some(soa)),
-            Answer::NxDomain(soa) => (ResponseCode::NXDomain, Vec::new(), Some(soa)),
-        };
-    response
-        .set_authoritative(true)
-        .set_response_code(code)
-        .add_answers(answers)
-        .add_name_servers(authority);
-    let Ok(bytes) = response.to_vec() else {
-        response.set_response_code(ResponseCode::ServFail);
-        return Reply::Now(response.to_vec().ok());
-    };
-    if bytes.len() <= limit {
-        return Reply::Now(Some(bytes));
-    }
-    // Too long for UDP: truncated, so the client asks again over TCP.
-    response.take_answers();
-    response.take_name_servers();
-    response.set_truncated(true);
-    Reply::Now(response.to_vec().ok())
-}
-
-/// The start of the response to `request`: its id, opcode and question, recursion as asked.
-fn response_to(request: &Message) -> Message {
-    let mut response = Message::new();
-    response
-        .set_id(request.id())
-        .set_message_type(MessageType::Response)
-        .set_op_code(request.op_code())
-        .set_recursion_desired(request.recursion_desired())
-        .set_recursion_available(true)
-        .add_queries(request.queries().iter().cloned());
-    response
-}
-
-enum Reply {
-    Now(Option<Vec<u8>>),
-    Forward,
 }
 
 async fn forward_udp(upstream: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {

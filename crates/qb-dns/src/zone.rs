@@ -23,6 +23,8 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use ipnet::IpNet;
 
+use crate::wire::Prepared;
+
 /// The version of the Kubernetes DNS specification this zone follows.
 pub const SPEC_VERSION: &str = "1.1.0";
 
@@ -126,6 +128,8 @@ pub struct Zone {
     soa: Record,
     /// `(namespace, address)` of every pod, for verified pod records.
     pods: HashSet<(String, IpAddr)>,
+    /// The answers of every name that exists, encoded for the server.
+    prepared: Prepared,
 }
 
 impl Zone {
@@ -154,6 +158,7 @@ impl Zone {
             names: HashSet::new(),
             soa: soa.clone(),
             pods: HashSet::new(),
+            prepared: Prepared::default(),
             config: ZoneConfig {
                 domain: domain.clone(),
                 ..config
@@ -181,7 +186,30 @@ impl Zone {
                 zone.pods.insert((pod.namespace.to_ascii_lowercase(), *ip));
             }
         }
+        zone.prepared = Prepared::new(&zone);
         zone
+    }
+
+    /// What the zone serves besides the cluster's objects (its domain in lowercase).
+    pub fn config(&self) -> &ZoneConfig {
+        &self.config
+    }
+
+    /// The zone's SOA record, the authority of negative answers.
+    pub fn soa(&self) -> &Record {
+        &self.soa
+    }
+
+    /// Every name that exists, with its records (none for the names between them and the
+    /// zone); a name with records may come again without them.
+    pub(crate) fn existing(&self) -> impl Iterator<Item = (&Name, &[Record])> {
+        let with_records = self.records.iter().map(|(n, r)| (n, r.as_slice()));
+        with_records.chain(self.names.iter().map(|n| (n, &[][..])))
+    }
+
+    /// The answers of every name that exists, encoded for the server.
+    pub(crate) fn prepared(&self) -> &Prepared {
+        &self.prepared
     }
 
     /// The records, or the reason there are none, for `name` and `rtype`.
