@@ -4,14 +4,14 @@
 //! second (median of three runs each, taken in turn) and the latency percentiles of the median
 //! run. Both proxies have two threads (nginx: two workers). Run with `cargo xtask bench`.
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::networking::v1::Ingress;
-use qb_ingress::proxy::{Proxy, SharedRoutes};
+use qb_ingress::proxy::SharedRoutes;
 use qb_ingress::routes::Routes;
+use qb_ingress::workers::{Ports, Workers};
 use qb_test_support::free_port;
 use qb_test_support::nginx::Nginx;
 use serde_json::json;
@@ -59,22 +59,15 @@ fn main() {
     )
     .expect("nginx");
 
-    // qb's proxy in this process, on a runtime of its own with two threads.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let qb: SocketAddr = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a port");
-        let addr = listener.local_addr().expect("its address");
-        let routes = SharedRoutes::default();
-        routes.set(routes_to(&backends));
-        tokio::spawn(Proxy::new(routes).serve_http(listener));
-        addr
-    });
+    // qb's proxy in this process: two threads, as qb-ingress runs on a node of two cores.
+    let routes = SharedRoutes::default();
+    routes.set(routes_to(&backends));
+    let ports = Ports {
+        http: "127.0.0.1:0".parse().expect("an address"),
+        https: None,
+    };
+    let workers = Workers::start(2, ports, routes).expect("the proxy");
+    let qb = workers.http;
 
     let targets = [("qb-ingress", qb.port()), ("nginx", nginx_port)];
     for (name, port) in targets {

@@ -6,3 +6,4 @@ pub mod proxy;
 pub mod routes;
 pub mod tls;
 pub mod watch;
+pub mod workers;
