@@ -162,7 +162,15 @@ struct Run {
 
 fn wrk(port: u16) -> Run {
     let out = Command::new("wrk")
-        .args(["-t", THREADS, "-c", CONNECTIONS, "-d", DURATION, "--latency"])
+        .args([
+            "-t",
+            THREADS,
+            "-c",
+            CONNECTIONS,
+            "-d",
+            DURATION,
+            "--latency",
+        ])
         .args(["-H", &format!("Host: {HOST}")])
         .arg(format!("http://127.0.0.1:{port}/"))
         .output()

@@ -2,6 +2,7 @@
 //! ([`watch`]), served as a reverse proxy on every node's ports 80 and 443 ([`proxy`]) with the
 //! certificates of the Ingresses' TLS Secrets ([`tls`]).
 
+pub mod pool;
 pub mod proxy;
 pub mod routes;
 pub mod tls;

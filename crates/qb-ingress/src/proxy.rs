@@ -4,43 +4,113 @@
 //! pooled keep-alive HTTP/1.1 connections to the backend's endpoints. WebSocket (and other
 //! HTTP/1.1) upgrades are passed through.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Body as _, Bytes, Incoming};
+use http_body_util::Full;
+use hyper::body::{Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::routes::{Backend, Routes};
+use crate::pool::{Pool, Returning, SendError};
+use crate::routes::Routes;
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// A response's body: the endpoint's, or one the proxy wrote.
+pub enum Body {
+    Endpoint(Returning),
+    Local(Full<Bytes>),
+}
 
-/// How long connecting to an endpoint may take before the next one is tried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long an idle pooled connection to an endpoint is kept.
-const POOL_IDLE: Duration = Duration::from_secs(90);
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
 
-/// The current routing table, replaced whole on every change.
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Body::Endpoint(body) => Pin::new(body).poll_frame(cx),
+            Body::Local(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Endpoint(body) => body.is_end_stream(),
+            Body::Local(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Endpoint(body) => body.size_hint(),
+            Body::Local(body) => body.size_hint(),
+        }
+    }
+}
+
+/// The current routing table, replaced whole on every change. Each thread keeps the table it
+/// last read and reads again only when the generation moved, so the requests of different
+/// threads share no counter.
 #[derive(Clone, Default)]
-pub struct SharedRoutes(Arc<RwLock<Arc<Routes>>>);
+pub struct SharedRoutes(Arc<RoutesCell>);
+
+#[derive(Default)]
+struct RoutesCell {
+    generation: AtomicU64,
+    table: RwLock<Arc<Routes>>,
+}
+
+thread_local! {
+    /// This thread's copy: the table, its generation, and whose it is.
+    static CACHED: RefCell<Option<(usize, u64, Arc<Routes>)>> = const { RefCell::new(None) };
+}
 
 impl SharedRoutes {
     pub fn get(&self) -> Arc<Routes> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0
+            .table
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn set(&self, routes: Routes) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+        *self.0.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+        self.0.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// `f` of the current table, from this thread's copy when it is current.
+    pub fn with<T>(&self, f: impl FnOnce(&Routes) -> T) -> T {
+        let owner = Arc::as_ptr(&self.0) as usize;
+        let generation = self.0.generation.load(Ordering::Acquire);
+        CACHED.with(|cached| {
+            let mut cached = cached.borrow_mut();
+            match &*cached {
+                Some((o, g, table)) if *o == owner && *g == generation => f(table),
+                _ => {
+                    let table = self.get();
+                    let result = f(&table);
+                    *cached = Some((owner, generation, table));
+                    result
+                }
+            }
+        })
     }
 }
 
@@ -63,23 +133,16 @@ impl Scheme {
 #[derive(Clone)]
 pub struct Proxy {
     routes: SharedRoutes,
-    client: Client<HttpConnector, Body>,
+    pool: Pool,
     /// Tracks open connections until [`Proxy::shut_down`] takes it.
     graceful: Arc<Mutex<Option<GracefulShutdown>>>,
 }
 
 impl Proxy {
     pub fn new(routes: SharedRoutes) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .set_host(false)
-            .build(connector);
         Self {
             routes,
-            client,
+            pool: Pool::default(),
             graceful: Arc::new(Mutex::new(Some(GracefulShutdown::new()))),
         }
     }
@@ -164,68 +227,48 @@ impl Proxy {
         let Some(host) = request_host(&req) else {
             return error(StatusCode::BAD_REQUEST, "the request names no host\n");
         };
-        let routes = self.routes.get();
-        let Some(backend) = routes.route(&host, req.uri().path()) else {
+        let host = host.into_owned();
+        let backend = self
+            .routes
+            .with(|routes| routes.route(&host, req.uri().path()).cloned());
+        let Some(backend) = backend else {
             return error(
                 StatusCode::NOT_FOUND,
                 "no Ingress routes this host and path\n",
             );
         };
-        let backend = backend.clone();
-        drop(routes);
         let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
-        let headers = forwarded_headers(&parts.headers, &host, remote, scheme, upgrade.is_some());
-        let path = parts
-            .uri
+        forward_headers(req.headers_mut(), &host, remote, scheme, upgrade.is_some());
+        // Origin-form, as a request to a server (not to a proxy) is written.
+        let path = req
+            .uri()
             .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        let empty = body.is_end_stream();
-        let mut body = Some(body.boxed());
-        let mut last = None;
-        for endpoint in backend.endpoints() {
-            // A request whose body was sent cannot go again; one without a body can, when
-            // its endpoint refused the connection.
-            let attempt = match body.take() {
-                Some(body) => body,
-                None if empty => Empty::new().map_err(|never| match never {}).boxed(),
-                None => break,
-            };
-            let uri = Uri::builder()
-                .scheme("http")
-                .authority(endpoint.authority.clone())
-                .path_and_query(path.as_str())
-                .build();
-            let Ok(uri) = uri else {
-                return error(StatusCode::BAD_REQUEST, "the request's path is not valid\n");
-            };
-            let mut upstream = Request::new(attempt);
-            *upstream.method_mut() = parts.method.clone();
-            *upstream.uri_mut() = uri;
-            *upstream.version_mut() = Version::HTTP_11;
-            *upstream.headers_mut() = headers.clone();
-            match self.client.request(upstream).await {
-                Ok(mut response) => {
-                    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-                    if switching && let Some(client_side) = upgrade {
-                        let backend_side = hyper::upgrade::on(&mut response);
-                        tokio::spawn(tunnel(client_side, backend_side));
-                    }
-                    strip_hop_by_hop(response.headers_mut(), switching);
-                    return response.map(BodyExt::boxed);
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
+        *req.version_mut() = Version::HTTP_11;
+        match self.pool.send(&backend, req).await {
+            Ok(mut response) => {
+                let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                if switching && let Some(client_side) = upgrade {
+                    let backend_side = hyper::upgrade::on(&mut response);
+                    tokio::spawn(tunnel(client_side, backend_side));
                 }
-                Err(e) if e.is_connect() => {
-                    tracing::debug!(backend = %backend.name, endpoint = %endpoint.addr, error = %e, "endpoint refused; trying the next");
-                    last = Some(e);
-                }
-                Err(e) => {
-                    last = Some(e);
-                    break;
-                }
+                strip_hop_by_hop(response.headers_mut(), switching);
+                response.map(Body::Endpoint)
+            }
+            Err(SendError::NoEndpoints) => {
+                tracing::debug!(backend = %backend.name, problem = ?backend.problem, "no endpoint to send to");
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the backend has no ready endpoints\n",
+                )
+            }
+            Err(e) => {
+                tracing::warn!(backend = %backend.name, error = format!("{:#}", anyhow::Error::new(e)), "the backend failed");
+                error(StatusCode::BAD_GATEWAY, "the backend did not answer\n")
             }
         }
-        bad_gateway(&backend, last)
     }
 }
 
@@ -242,35 +285,8 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUp
     let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
 }
 
-fn bad_gateway(
-    backend: &Backend,
-    error: Option<hyper_util::client::legacy::Error>,
-) -> Response<Body> {
-    match (error, &backend.problem) {
-        (None, Some(problem)) => {
-            tracing::debug!(backend = %backend.name, problem, "no endpoint to send to");
-            self::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the backend has no ready endpoints\n",
-            )
-        }
-        (None, None) => self::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the backend has no ready endpoints\n",
-        ),
-        (Some(e), _) => {
-            tracing::warn!(backend = %backend.name, error = format!("{:#}", anyhow::Error::new(e)), "the backend failed");
-            self::error(StatusCode::BAD_GATEWAY, "the backend did not answer\n")
-        }
-    }
-}
-
 pub fn error(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut response = Response::new(
-        Full::new(Bytes::from_static(text.as_bytes()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut response = Response::new(Body::Local(Full::new(Bytes::from_static(text.as_bytes()))));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -279,18 +295,34 @@ pub fn error(status: StatusCode, text: &'static str) -> Response<Body> {
     response
 }
 
-/// The host a request is for, in lower case without its port: HTTP/2's `:authority` (or an
-/// absolute URI's), else the `Host` header.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
+/// The host a request is for, in lower case without its port or a final dot: HTTP/2's
+/// `:authority` (or an absolute URI's), else the `Host` header. Borrowed when already so.
+fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
     let host = match req.uri().authority() {
-        Some(authority) => authority.host().to_owned(),
+        Some(authority) => authority.host(),
         None => {
             let value = req.headers().get(header::HOST)?.to_str().ok()?;
-            let authority: hyper::http::uri::Authority = value.parse().ok()?;
-            authority.host().to_owned()
+            let host = match value.strip_prefix('[') {
+                // An IPv6 address, with its brackets.
+                Some(rest) => &value[..rest.find(']')? + 2],
+                None => match value.rsplit_once(':') {
+                    Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+                    _ => value,
+                },
+            };
+            let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b);
+            if host.is_empty() || !host.bytes().all(allowed) {
+                return None;
+            }
+            host
         }
     };
-    Some(host.trim_end_matches('.').to_ascii_lowercase())
+    let host = host.strip_suffix('.').unwrap_or(host);
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
@@ -320,6 +352,7 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     let upgrade = keep_upgrade
@@ -337,38 +370,47 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// The request's headers as the backend gets them: hop-by-hop ones removed (but an upgrade's),
-/// `Host` kept as the client sent it, and where the request came from in `X-Forwarded-*`.
-fn forwarded_headers(
-    original: &HeaderMap,
+/// `Host` kept as the client sent it (or set from HTTP/2's authority), and where the request
+/// came from in `X-Forwarded-*`.
+fn forward_headers(
+    headers: &mut HeaderMap,
     host: &str,
     remote: SocketAddr,
     scheme: Scheme,
     upgrade: bool,
-) -> HeaderMap {
-    let mut headers = original.clone();
-    strip_hop_by_hop(&mut headers, upgrade);
+) {
+    strip_hop_by_hop(headers, upgrade);
     if !headers.contains_key(header::HOST)
         && let Ok(value) = HeaderValue::from_str(host)
     {
         headers.insert(header::HOST, value);
     }
     let client = remote.ip().to_string();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(before) => format!("{before}, {client}"),
-        None => client.clone(),
+    let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(before) => HeaderValue::from_str(&format!("{before}, {client}")),
+        None => HeaderValue::from_str(&client),
     };
-    for (name, value) in [
-        ("x-forwarded-for", forwarded_for.as_str()),
-        ("x-real-ip", client.as_str()),
-        ("x-forwarded-proto", scheme.as_str()),
-        ("x-forwarded-host", host),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(name, value);
-        }
+    if let Ok(client) = HeaderValue::from_str(&client) {
+        headers.insert(X_REAL_IP, client);
     }
-    headers
+    if let Ok(value) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme.as_str()));
+    // The host as asked (the Host header's value, port and all, is shared, not copied).
+    let forwarded_host = match headers.get(header::HOST) {
+        Some(value) => Ok(value.clone()),
+        None => HeaderValue::from_str(host),
+    };
+    if let Ok(value) = forwarded_host {
+        headers.insert(X_FORWARDED_HOST, value);
+    }
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 #[cfg(test)]
 mod tests {
@@ -389,8 +431,14 @@ mod tests {
             original.append(name, HeaderValue::from_static(value));
         }
         let remote: SocketAddr = "198.51.100.7:4000".parse().expect("an address");
-        let headers =
-            forwarded_headers(&original, "shop.example.org", remote, Scheme::Https, false);
+        let mut headers = original.clone();
+        forward_headers(
+            &mut headers,
+            "shop.example.org",
+            remote,
+            Scheme::Https,
+            false,
+        );
         let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(
@@ -411,7 +459,8 @@ mod tests {
         let mut upgrade = HeaderMap::new();
         upgrade.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         upgrade.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        let headers = forwarded_headers(&upgrade, "h.test", remote, Scheme::Http, true);
+        let mut headers = upgrade.clone();
+        forward_headers(&mut headers, "h.test", remote, Scheme::Http, true);
         assert_eq!(headers[header::UPGRADE], "websocket");
         assert_eq!(headers[header::CONNECTION], "upgrade");
         assert_eq!(headers[header::HOST], "h.test");

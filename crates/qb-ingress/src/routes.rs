@@ -18,7 +18,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use hyper::http::uri::Authority;
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 
@@ -45,7 +44,6 @@ pub struct Backend {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     pub addr: SocketAddr,
-    pub authority: Authority,
 }
 
 impl Backend {
@@ -281,12 +279,7 @@ impl<'a> Index<'a> {
             problem,
             endpoints: endpoints
                 .into_iter()
-                .filter_map(|addr| {
-                    Some(Endpoint {
-                        authority: addr.to_string().parse().ok()?,
-                        addr,
-                    })
-                })
+                .map(|addr| Endpoint { addr })
                 .collect(),
             next: AtomicUsize::new(0),
         })
