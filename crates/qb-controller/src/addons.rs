@@ -1,7 +1,8 @@
 //! Each installed cluster's add-ons ([`qb_plan::addons`]): applied with server-side apply
 //! through a master, as the controller's administrator, and again every [`RECHECK`], so that
 //! whatever drifted or was deleted comes back; each add-on's health is its workload's (a
-//! Deployment or a DaemonSet). What
+//! Deployment or a DaemonSet). Every [`PRUNE_EVERY`], objects labelled as an add-on's that no
+//! add-on renders any more (an older version's, a removed add-on's) are deleted. What
 //! was found is recorded on the cluster (only when it changed) for the API, CLI and UI.
 
 use std::collections::HashMap;
@@ -17,10 +18,12 @@ use time::OffsetDateTime;
 
 use crate::agents::Agents;
 use crate::proxy::KubeProxy;
-use crate::proxy::upstream::ClusterUpstream;
+use crate::proxy::upstream::{BoxError, ClusterUpstream};
 
 /// How often each cluster's add-ons are applied and checked.
 pub const RECHECK: Duration = Duration::from_secs(5);
+/// How often each cluster is searched for add-on objects no add-on wants any more.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// How long applying and checking a cluster's add-ons may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 /// The field manager of everything qb applies for add-ons.
@@ -28,7 +31,14 @@ const FIELD_MANAGER: &str = "qb-addons";
 
 pub struct AddonManager {
     proxy: KubeProxy,
-    checked: Mutex<HashMap<ClusterId, Instant>>,
+    checked: Mutex<HashMap<ClusterId, Checked>>,
+}
+
+/// When a cluster's add-ons were last applied, and when their strays were last looked for.
+#[derive(Clone, Copy)]
+struct Checked {
+    at: Instant,
+    pruned: Option<Instant>,
 }
 
 impl AddonManager {
@@ -47,41 +57,47 @@ impl AddonManager {
         tenant: TenantId,
         cluster: &ClusterInput,
     ) -> Result<(), StoreError> {
-        {
+        let prune = {
             let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
-            if checked
-                .get(&cluster.id)
-                .is_some_and(|at| at.elapsed() < RECHECK)
-            {
+            let last = checked.get(&cluster.id).copied();
+            if last.is_some_and(|c| c.at.elapsed() < RECHECK) {
                 return Ok(());
             }
             // Forget clusters not seen for a while (deleted, or no longer installed).
-            checked.retain(|_, at| at.elapsed() < RECHECK * 12);
-            checked.insert(cluster.id, Instant::now());
-        }
+            checked.retain(|_, c| c.at.elapsed() < RECHECK * 12);
+            let pruned = last.and_then(|c| c.pruned);
+            checked.insert(
+                cluster.id,
+                Checked {
+                    at: Instant::now(),
+                    pruned,
+                },
+            );
+            pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY)
+        };
         // Bounded: the check runs in the cluster's executor, and an API server that accepts
         // connections but never answers must not hold the cluster's other work.
-        let statuses = match tokio::time::timeout(CHECK_TIMEOUT, self.check(tenant, cluster)).await
-        {
-            Ok(statuses) => statuses,
-            Err(_) => qb_plan::addons::render(cluster)
-                .into_iter()
-                .map(|addon| {
-                    let name = match &addon {
-                        Ok(a) => a.name,
-                        Err(u) => u.name,
-                    };
-                    status(
-                        name,
-                        None,
-                        AddonHealth::Failing,
-                        Some(format!(
-                            "the API server did not answer within {CHECK_TIMEOUT:?}"
-                        )),
-                    )
-                })
-                .collect(),
-        };
+        let statuses =
+            match tokio::time::timeout(CHECK_TIMEOUT, self.check(tenant, cluster, prune)).await {
+                Ok(statuses) => statuses,
+                Err(_) => qb_plan::addons::render(cluster)
+                    .into_iter()
+                    .map(|addon| {
+                        let name = match &addon {
+                            Ok(a) => a.name,
+                            Err(u) => u.name,
+                        };
+                        status(
+                            name,
+                            None,
+                            AddonHealth::Failing,
+                            Some(format!(
+                                "the API server did not answer within {CHECK_TIMEOUT:?}"
+                            )),
+                        )
+                    })
+                    .collect(),
+            };
         for s in &statuses {
             if s.health == AddonHealth::Failing {
                 tracing::warn!(cluster = %cluster.name, addon = %s.name, message = ?s.message, "add-on failing");
@@ -100,30 +116,91 @@ impl AddonManager {
         Ok(())
     }
 
-    async fn check(&self, tenant: TenantId, cluster: &ClusterInput) -> Vec<AddonStatus> {
+    async fn check(
+        &self,
+        tenant: TenantId,
+        cluster: &ClusterInput,
+        prune: bool,
+    ) -> Vec<AddonStatus> {
         let rendered = qb_plan::addons::render(cluster);
         let upstream = match self.proxy.upstream_of(tenant, cluster.id).await {
             Ok(upstream) => Ok(upstream),
             Err(e) => Err(e.describe()),
         };
         let mut statuses = Vec::new();
+        let mut applied = Vec::new();
+        let mut kept = Vec::new();
         for addon in rendered {
             let status = match (addon, &upstream) {
-                (Err(unavailable), _) => status(
-                    unavailable.name,
-                    None,
-                    AddonHealth::Unavailable,
-                    Some(unavailable.reason),
-                ),
+                (Err(unavailable), _) => {
+                    kept.push(unavailable.name);
+                    status(
+                        unavailable.name,
+                        None,
+                        AddonHealth::Unavailable,
+                        Some(unavailable.reason),
+                    )
+                }
                 (Ok(addon), Err(e)) => {
                     status(addon.name, None, AddonHealth::Failing, Some(e.clone()))
                 }
-                (Ok(addon), Ok(upstream)) => apply_and_check(upstream, &addon).await,
+                (Ok(addon), Ok(upstream)) => {
+                    let status = apply_and_check(upstream, &addon).await;
+                    applied.push(addon);
+                    status
+                }
             };
             statuses.push(status);
         }
+        // Only once every add-on was applied: what one failed to apply may look like a stray.
+        let all_applied = statuses
+            .iter()
+            .all(|s| s.health != AddonHealth::Failing || s.version.is_some());
+        if prune
+            && all_applied
+            && let Ok(upstream) = &upstream
+        {
+            match delete_strays(upstream, &applied, &kept).await {
+                Ok(deleted) => {
+                    if !deleted.is_empty() {
+                        tracing::info!(cluster = %cluster.name, ?deleted, "deleted add-on objects no add-on wants");
+                    }
+                    let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(c) = checked.get_mut(&cluster.id) {
+                        c.pruned = Some(Instant::now());
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = %cluster.name, error = %e, "looking for add-on objects no add-on wants failed");
+                }
+            }
+        }
         statuses
     }
+}
+
+/// Deletes the objects labelled as an add-on's that none of `applied` renders (except those of
+/// the add-ons `kept`); their paths.
+async fn delete_strays(
+    upstream: &ClusterUpstream,
+    applied: &[Addon],
+    kept: &[&str],
+) -> Result<Vec<String>, BoxError> {
+    let master = *upstream
+        .masters()
+        .await?
+        .first()
+        .ok_or("the cluster has no master")?;
+    let mut deleted = Vec::new();
+    for (collection, namespaced) in qb_plan::addons::KINDS {
+        let path = format!("{collection}?labelSelector={}", qb_plan::addons::SELECTOR);
+        let listed = upstream.get(master, &path).await?;
+        for stray in qb_plan::addons::strays(collection, *namespaced, &listed, applied, kept) {
+            upstream.delete(master, &stray).await?;
+            deleted.push(stray);
+        }
+    }
+    Ok(deleted)
 }
 
 /// Applies `addon` through the first master that takes it, then reads its Deployment.

@@ -30,7 +30,6 @@ pub const INGRESS_NODE_LABEL: &str = "qb.io/ingress";
 const DNS_HEALTH_PORT: u16 = 8080;
 /// Where the ingress answers its probes, on its node's network.
 const INGRESS_HEALTH_PORT: u16 = 10254;
-const RBAC: &str = "/apis/rbac.authorization.k8s.io/v1";
 
 /// One add-on of a cluster: what to apply, and the workload whose readiness is its health.
 #[derive(Clone, Debug, PartialEq)]
@@ -91,6 +90,61 @@ pub struct Object {
 pub struct Unavailable {
     pub name: &'static str,
     pub reason: String,
+}
+
+/// The kinds of object add-ons are made of: where to list each (across namespaces), and
+/// whether its objects live in a namespace. Objects of these kinds that carry an add-on's
+/// labels but are not among what the add-ons render are strays, deleted.
+pub const KINDS: &[(&str, bool)] = &[
+    ("/api/v1/serviceaccounts", true),
+    ("/api/v1/services", true),
+    ("/apis/apps/v1/deployments", true),
+    ("/apis/apps/v1/daemonsets", true),
+    (RBAC_CLUSTER_ROLES, false),
+    (RBAC_CLUSTER_ROLE_BINDINGS, false),
+    ("/apis/networking.k8s.io/v1/ingressclasses", false),
+];
+const RBAC_CLUSTER_ROLES: &str = "/apis/rbac.authorization.k8s.io/v1/clusterroles";
+const RBAC_CLUSTER_ROLE_BINDINGS: &str = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings";
+
+/// The label selector of every object qb applied for an add-on (URL-encoded).
+pub const SELECTOR: &str = "app.kubernetes.io%2Fmanaged-by%3Dqb%2Cqb.io%2Faddon";
+
+/// The paths of the objects in `listed` (a list answer of the kind listed at `collection`) that
+/// belong to no add-on of `rendered` (but to none `kept` either: add-ons that could not be
+/// rendered keep what they had).
+pub fn strays(
+    collection: &str,
+    namespaced: bool,
+    listed: &Value,
+    rendered: &[Addon],
+    kept: &[&str],
+) -> Vec<String> {
+    let wanted: std::collections::HashSet<&str> = rendered
+        .iter()
+        .flat_map(|a| a.objects.iter().map(|o| o.path.as_str()))
+        .collect();
+    listed["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| {
+            let metadata = &item["metadata"];
+            let addon = metadata["labels"][ADDON_LABEL].as_str()?;
+            if kept.contains(&addon) {
+                return None;
+            }
+            let name = metadata["name"].as_str()?;
+            let path = match (namespaced, collection.rsplit_once('/')) {
+                (true, Some((group, plural))) => format!(
+                    "{group}/namespaces/{}/{plural}/{name}",
+                    metadata["namespace"].as_str()?
+                ),
+                _ => format!("{collection}/{name}"),
+            };
+            (!wanted.contains(path.as_str())).then_some(path)
+        })
+        .collect()
 }
 
 /// The artifact that carries add-on `name`'s image.
@@ -166,7 +220,7 @@ impl Parts {
                 }),
             },
             Object {
-                path: format!("{RBAC}/clusterroles/{role}"),
+                path: format!("{RBAC_CLUSTER_ROLES}/{role}"),
                 manifest: json!({
                     "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
                     "metadata": self.metadata(&role, false),
@@ -174,7 +228,7 @@ impl Parts {
                 }),
             },
             Object {
-                path: format!("{RBAC}/clusterrolebindings/{role}"),
+                path: format!("{RBAC_CLUSTER_ROLE_BINDINGS}/{role}"),
                 manifest: json!({
                     "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
                     "metadata": self.metadata(&role, false),
@@ -478,6 +532,68 @@ mod tests {
         let ingress = snapshot(ingress);
         assert!(ingress.contains("\"hostNetwork\": true"), "{ingress}");
         expect_file!["snapshots/addons_ingress.txt"].assert_eq(&ingress);
+    }
+
+    #[test]
+    fn objects_with_an_addons_labels_that_no_addon_renders_are_strays() {
+        let mut with_images = full_bundle("1.20.2");
+        with_images
+            .artifacts
+            .extend(bundle("1.20.2", &["image-qb-dns", "image-qb-ingress"]).artifacts);
+        let rendered: Vec<Addon> = render(&cluster(with_images))
+            .into_iter()
+            .map(|a| a.expect("rendered"))
+            .collect();
+        let item = |namespace: Option<&str>, name: &str, addon: &str| {
+            let mut metadata = json!({"name": name, "labels": {ADDON_LABEL: addon}});
+            if let Some(namespace) = namespace {
+                metadata["namespace"] = json!(namespace);
+            }
+            json!({ "metadata": metadata })
+        };
+        let accounts = json!({"items": [
+            item(Some("kube-system"), "qb-dns", "qb-dns"),
+            item(Some("kube-system"), "qb-dns-old", "qb-dns"),
+            item(Some("default"), "qb-ingress", "qb-ingress"),
+            item(Some("kube-system"), "qb-metrics", "qb-metrics"),
+        ]});
+        assert_eq!(
+            strays(
+                "/api/v1/serviceaccounts",
+                true,
+                &accounts,
+                &rendered,
+                &["qb-metrics"]
+            ),
+            [
+                "/api/v1/namespaces/kube-system/serviceaccounts/qb-dns-old",
+                "/api/v1/namespaces/default/serviceaccounts/qb-ingress",
+            ]
+        );
+        let roles = json!({"items": [
+            item(None, "qb:qb-ingress", "qb-ingress"),
+            item(None, "qb:qb-gone", "qb-gone"),
+        ]});
+        assert_eq!(
+            strays(RBAC_CLUSTER_ROLES, false, &roles, &rendered, &[]),
+            ["/apis/rbac.authorization.k8s.io/v1/clusterroles/qb:qb-gone"]
+        );
+        // Every path an add-on renders is one its kind lists.
+        for object in rendered.iter().flat_map(|a| &a.objects) {
+            assert!(
+                KINDS.iter().any(|(collection, namespaced)| {
+                    let (group, plural) = collection.rsplit_once('/').expect("a path");
+                    if *namespaced {
+                        object.path.starts_with(&format!("{group}/namespaces/"))
+                            && object.path.contains(&format!("/{plural}/"))
+                    } else {
+                        object.path.starts_with(&format!("{collection}/"))
+                    }
+                }),
+                "{} is of no kind in KINDS",
+                object.path
+            );
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! SRV for named ports, every pod of a headless Service, other names forwarded to the hosts'
 //! own resolver (Debian's unbound, run by the test on the lab network); a NodePort answers on
 //! every host's address. Deleting the DNS Deployment by hand: qb puts it back. Every API server
-//! frozen: names that existed keep resolving.
+//! frozen: names that existed keep resolving. An object labelled as an add-on's that no add-on
+//! renders is deleted.
 //!
 //! In the same cluster, qb's ingress (`qb-ingress`, a DaemonSet on every node's network): two
 //! host names and two paths route to Deployments on other hosts, over HTTP and over HTTPS with
@@ -29,6 +30,8 @@ use qb_test_support::unbound::{Records, Unbound};
 
 /// How long qb has to put a deleted add-on back and have it answer.
 const PUT_BACK: Duration = Duration::from_secs(30);
+/// How long qb may take to delete an add-on object no add-on wants (it looks every minute).
+const PRUNED: Duration = Duration::from_secs(75);
 /// How long every API server stays frozen.
 const API_OUTAGE: Duration = Duration::from_secs(30);
 
@@ -82,6 +85,16 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
         addon["version"],
         started.elapsed()
     );
+    // An object labelled as the DNS add-on's that no add-on renders (as an older version's
+    // would be): qb deletes it.
+    let stray = json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "qb-dns-old", "namespace": "kube-system",
+                     "labels": {"qb.io/addon": "qb-dns", "app.kubernetes.io/managed-by": "qb"}},
+    });
+    let out = kubectl(&agents[0], &["apply", "-f", "-"], Some(&stray.to_string()));
+    assert!(out.status.success(), "{out:?}");
+    let stray_made = Instant::now();
     let dns_pods = kubectl_json(
         &agents[0],
         &[
@@ -249,6 +262,23 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
     eprintln!(
         "qb-dns deleted by hand: back and answering in {:?}",
         deleted.elapsed()
+    );
+
+    poll(
+        "the stray add-on object deleted",
+        PRUNED,
+        || match kubectl_json(
+            admin,
+            &["get", "serviceaccount", "-n", "kube-system", "qb-dns-old"],
+        ) {
+            Ok(_) => Err("still there".to_owned()),
+            Err(e) if e.contains("NotFound") || e.contains("not found") => Ok(()),
+            Err(e) => Err(e),
+        },
+    );
+    eprintln!(
+        "a stray add-on object: deleted within {:?} of its creation",
+        stray_made.elapsed()
     );
 
     // Every host's kube-proxy sends the DNS Service to the new replicas before the outage.
@@ -472,6 +502,53 @@ fn check_ingress(lab: &Lab, api: &Api, admin: &Agent, names: &[String]) {
         }
     });
     eprintln!("Ingress edited: rerouted in {moved:?}, {requests} requests, none failed");
+
+    // host-2 labelled to run no ingress: its replica goes, the status names the others, and
+    // the add-on is still ready.
+    let out = kubectl(
+        admin,
+        &["label", "node", &names[2], "qb.io/ingress=false"],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let mut want = hosts[..2].to_vec();
+    want.sort();
+    poll("the Ingress's status without host-2", BRING_UP, || {
+        let ingress = kubectl_json(admin, &["get", "ingress", "shop"])?;
+        let mut ips: Vec<String> = ingress["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["ip"].as_str().map(str::to_owned))
+            .collect();
+        ips.sort();
+        if ips == want {
+            Ok(())
+        } else {
+            Err(format!("{ips:?}"))
+        }
+    });
+    let refused = run(Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "3",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("http://{}/", hosts[2])));
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stdout),
+        "000",
+        "nothing serves port 80 on host-2"
+    );
+    let addon = wait_addon_ready(api, "dns", "qb-ingress", BRING_UP);
+    eprintln!(
+        "host-2 labelled qb.io/ingress=false: its replica gone, status {want:?}, add-on {}",
+        addon["health"]
+    );
 }
 
 /// A GET of `url`: its version and body when it answered 200.

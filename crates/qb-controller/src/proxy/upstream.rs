@@ -212,6 +212,20 @@ impl ClusterUpstream {
         Ok(())
     }
 
+    /// Deletes the object at `path` through `master` as the controller's administrator (its
+    /// dependents in the background); one already gone is no error.
+    pub async fn delete(&self, master: NodeId, path: &str) -> Result<(), BoxError> {
+        let request = hyper::Request::delete(format!(
+            "https://{master}{path}?propagationPolicy=Background"
+        ))
+        .body(Body::empty())?;
+        match self.admin_call(request, path).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.downcast_ref::<Refused>().is_some_and(|r| r.status == 404) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The object at `path`, read through `master` as the controller's administrator.
     pub async fn get(&self, master: NodeId, path: &str) -> Result<serde_json::Value, BoxError> {
         let request = hyper::Request::get(format!("https://{master}{path}")).body(Body::empty())?;
@@ -233,20 +247,28 @@ impl ClusterUpstream {
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         if !status.is_success() {
-            return Err(format!(
-                "{method} {path}: the API server answered {status}: {}",
-                String::from_utf8_lossy(&body)
-                    .chars()
-                    .take(300)
-                    .collect::<String>()
-            )
-            .into());
+            return Err(Box::new(Refused {
+                method,
+                path: path.to_owned(),
+                status,
+                body: String::from_utf8_lossy(&body).chars().take(300).collect(),
+            }));
         }
         Ok(body)
     }
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An API server's answer other than success.
+#[derive(Debug, thiserror::Error)]
+#[error("{method} {path}: the API server answered {status}: {body}")]
+pub struct Refused {
+    method: hyper::Method,
+    path: String,
+    status: hyper::StatusCode,
+    body: String,
+}
 
 /// What the proxy's identity may do (impersonate, nothing else), and what each qb role may do
 /// in the cluster: viewers read (`view`, plus nodes, namespaces and storage), operators change
