@@ -29,7 +29,9 @@ const MAY_USE: &[(&str, &[&str])] = &[
     ("qb-lab", &["qb-host"]),
     ("qb-test-support", &[]),
     // The add-ons: programs that run in the clusters, knowing nothing of qb's insides.
-    ("qb-dns", &[]),
+    ("qb-addon-kit", &[]),
+    ("qb-dns", &["qb-addon-kit"]),
+    ("qb-ingress", &["qb-addon-kit"]),
     // The programs. The agent and the CLI know nothing of the controller's insides.
     (
         "qb-agent",

@@ -222,7 +222,8 @@ fn fetch_loop(busybox: &str, tag: &str, target: &str, tries: usize) -> String {
 }
 
 /// A pod on `node` that fetches from every server once (`POD <ip> <answer>`) and from the
-/// Service `SERVICE_TRIES` times (`SVC - <answer>`), then exits.
+/// Service `SERVICE_TRIES` times (`SVC - <answer>`), looks the Service up by name
+/// (`DNS <address>`), then exits.
 fn probe_pod(name: &str, node: &str, servers: &[String], service_ip: &str) -> String {
     let mut script: Vec<String> = servers
         .iter()
@@ -234,6 +235,12 @@ fn probe_pod(name: &str, node: &str, servers: &[String], service_ip: &str) -> St
         &format!("{service_ip} 80"),
         SERVICE_TRIES,
     ));
+    // The Service by name, from the cluster DNS (its replicas may be starting: a while).
+    script.push(
+        "i=0; until nslookup web.default.svc.cluster.local > /tmp/dns 2>&1 || [ $i -ge 20 ]; \
+         do i=$((i+1)); sleep 2; done; echo \"DNS $(sed -n 's/^Address: *//p' /tmp/dns | tail -n 1)\""
+            .to_owned(),
+    );
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -319,7 +326,8 @@ pub(crate) fn web_pods(admin: &Agent, hosts: &[String]) -> Vec<(String, String, 
 
 /// Traffic as a cluster's users send it: from a pod on every host to the `web` pod on every
 /// host (every ordered pair), and to the `web` Service from a pod on every host and from every
-/// host itself, each reaching every backend. Panics naming what failed; returns the pair matrix.
+/// host itself, each reaching every backend; and the Service's name looked up in the cluster
+/// DNS from a pod on every host. Panics naming what failed; returns the pair matrix.
 pub(crate) fn check_traffic(admin: &Agent, agents: &[Agent], hosts: &[String]) -> String {
     let pods = web_pods(admin, hosts);
     let service = kubectl_json(admin, &["get", "service", "web"]).expect("the web Service");
@@ -380,6 +388,12 @@ pub(crate) fn check_traffic(admin: &Agent, agents: &[Agent], hosts: &[String]) -
         if !missed.is_empty() {
             failures.push(format!(
                 "Service {service_ip} from a pod on {host}: never reached {missed:?}"
+            ));
+        }
+        if !logs.lines().any(|l| l == format!("DNS {service_ip}")) {
+            let said: Vec<&str> = logs.lines().filter(|l| l.starts_with("DNS")).collect();
+            failures.push(format!(
+                "web.default.svc.cluster.local from a pod on {host}: {said:?}, not {service_ip}"
             ));
         }
     }
