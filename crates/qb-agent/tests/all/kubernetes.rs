@@ -237,8 +237,9 @@ fn probe_pod(name: &str, node: &str, servers: &[String], service_ip: &str) -> St
     ));
     // The Service by name, from the cluster DNS (its replicas may be starting: a while).
     script.push(
-        "i=0; until nslookup web.default.svc.cluster.local > /tmp/dns 2>&1 || [ $i -ge 20 ]; \
-         do i=$((i+1)); sleep 2; done; echo \"DNS $(sed -n 's/^Address: *//p' /tmp/dns | tail -n 1)\""
+        "i=0; until out=$(nslookup web.default.svc.cluster.local 2>&1) || [ $i -ge 20 ]; \
+         do i=$((i+1)); sleep 2; done; \
+         echo \"DNS $(echo \"$out\" | sed -n 's/^Address: *//p' | tail -n 1)\""
             .to_owned(),
     );
     json!({
@@ -392,8 +393,29 @@ pub(crate) fn check_traffic(admin: &Agent, agents: &[Agent], hosts: &[String]) -
         }
         if !logs.lines().any(|l| l == format!("DNS {service_ip}")) {
             let said: Vec<&str> = logs.lines().filter(|l| l.starts_with("DNS")).collect();
+            // What the DNS add-on was doing.
+            let pods = kubectl(
+                admin,
+                &["get", "pods", "-n", "kube-system", "-o", "wide"],
+                None,
+            );
+            let dns_logs = kubectl(
+                admin,
+                &[
+                    "logs",
+                    "-n",
+                    "kube-system",
+                    "-l",
+                    "app.kubernetes.io/name=qb-dns",
+                    "--tail=20",
+                ],
+                None,
+            );
             failures.push(format!(
-                "web.default.svc.cluster.local from a pod on {host}: {said:?}, not {service_ip}"
+                "web.default.svc.cluster.local from a pod on {host}: {said:?}, not {service_ip}\n{}\n{}{}",
+                String::from_utf8_lossy(&pods.stdout),
+                String::from_utf8_lossy(&dns_logs.stdout),
+                String::from_utf8_lossy(&dns_logs.stderr),
             ));
         }
     }
