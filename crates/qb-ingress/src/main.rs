@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
-use qb_ingress::proxy::{Proxy, SharedRoutes};
+use qb_ingress::proxy::SharedRoutes;
 use qb_ingress::tls::{CertResolver, server_config};
 use qb_ingress::watch::Replica;
+use qb_ingress::workers::{Ports, Workers};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -57,16 +58,9 @@ async fn serve(args: Args) -> Result<()> {
     let tls = tokio_rustls::TlsAcceptor::from(Arc::new(
         server_config(certificates.clone()).context("configuring TLS")?,
     ));
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening on {addr}"))
-    };
-    let (http, https, health) = (
-        bind(args.http).await?,
-        bind(args.https).await?,
-        bind(args.health).await?,
-    );
+    let health = TcpListener::bind(args.health)
+        .await
+        .with_context(|| format!("listening on {}", args.health))?;
     let client = kube::Client::try_default()
         .await
         .context("reaching the Kubernetes API with the pod's service account")?;
@@ -76,7 +70,7 @@ async fn serve(args: Args) -> Result<()> {
         pod: args.pod,
         selector: args.selector,
     };
-    tracing::info!(http = %args.http, https = %args.https, "serving Ingresses of class qb");
+    tracing::info!(http = %args.http, https = %args.https, "serving Ingresses of class qb (once the routes are loaded)");
     tokio::spawn(qb_ingress::watch::run(
         client,
         replica,
@@ -84,18 +78,15 @@ async fn serve(args: Args) -> Result<()> {
         certificates,
         ready.clone(),
     ));
-    let proxy = Proxy::new(routes);
-    let mut serving = tokio::task::JoinSet::new();
-    let plain = proxy.clone();
-    serving.spawn(async move { plain.serve_http(http).await.context("serving HTTP") });
-    let secure = proxy.clone();
-    serving.spawn(async move {
-        secure
-            .serve_https(https, tls)
-            .await
-            .context("serving HTTPS")
-    });
-    serving.spawn(async move {
+    // One thread per core, as nginx runs a worker per core; ports taken fail here.
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let ports = Ports {
+        http: args.http,
+        https: Some((args.https, tls)),
+    };
+    let workers = Workers::start(threads, ports, routes)
+        .with_context(|| format!("listening on {} and {}", args.http, args.https))?;
+    let health = tokio::spawn(async move {
         qb_addon_kit::serve_health(health, ready, NOT_READY)
             .await
             .context("serving health checks")
@@ -104,16 +95,14 @@ async fn serve(args: Args) -> Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("handling SIGTERM")?;
     tokio::select! {
-        done = serving.join_next() => match done {
-            Some(Ok(result)) => result,
-            Some(Err(e)) => Err(e.into()),
-            None => Ok(()),
-        },
+        done = health => {
+            workers.stop(Duration::ZERO);
+            done?
+        }
         _ = terminate.recv() => {
             let within = Duration::from_secs(args.drain_seconds);
             tracing::info!("stopping: letting open connections finish within {within:?}");
-            serving.abort_all();
-            proxy.shut_down(within).await;
+            tokio::task::spawn_blocking(move || workers.stop(within)).await?;
             Ok(())
         }
     }

@@ -2,11 +2,14 @@
 //! an idle connection of its endpoint when there is one, else on a new one; the connection
 //! goes back to the pool once its response's body has been read to the end. A connection the
 //! endpoint closed while idle gives the request back unsent, and it goes on the next; an
-//! endpoint that refuses connections is passed over for the next one of its backend.
+//! endpoint that refuses connections is passed over for the next one of its backend. A
+//! connection goes back only when both its request and its response went through to the end
+//! (an endpoint may answer before a client's upload ended); anything else closes it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -21,12 +24,18 @@ use crate::routes::Backend;
 
 /// How long connecting to an endpoint may take before the next one is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an endpoint may take to answer a request's head (nginx's `proxy_read_timeout`).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a pooled connection may take to be ready for the next request.
+const READY_TIMEOUT: Duration = Duration::from_millis(500);
+/// When the kernel starts probing an idle connection to an endpoint whose host may be gone.
+const KEEPALIVE: Duration = Duration::from_secs(30);
 /// How long an idle connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// The most idle connections kept per endpoint.
 const MAX_IDLE: usize = 256;
 
-type Sender = SendRequest<Incoming>;
+type Sender = SendRequest<Upload>;
 
 #[derive(Default)]
 struct Idle {
@@ -49,6 +58,8 @@ pub enum SendError {
         #[source]
         source: std::io::Error,
     },
+    #[error("endpoint {endpoint} did not answer within {RESPONSE_TIMEOUT:?}")]
+    Timeout { endpoint: SocketAddr },
     #[error("endpoint {endpoint} failed the request")]
     Request {
         endpoint: SocketAddr,
@@ -62,8 +73,13 @@ impl Pool {
     pub async fn send(
         &self,
         backend: &Backend,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
     ) -> Result<Response<Returning>, SendError> {
+        let uploaded = Arc::new(AtomicBool::new(req.body().is_end_stream()));
+        let mut req = req.map(|body| Upload {
+            body,
+            done: uploaded.clone(),
+        });
         let mut last = SendError::NoEndpoints;
         for endpoint in backend.endpoints() {
             let addr = endpoint.addr;
@@ -81,13 +97,24 @@ impl Pool {
                         }
                     },
                 };
-                if sender.ready().await.is_err() {
-                    if fresh {
+                // A pooled connection is ready at once, or is busy or gone: another.
+                match tokio::time::timeout(READY_TIMEOUT, sender.ready()).await {
+                    Ok(Ok(())) => {}
+                    _ if fresh => {
+                        last = SendError::Connect {
+                            endpoint: addr,
+                            source: std::io::Error::other("the new connection closed at once"),
+                        };
                         break;
                     }
-                    continue;
+                    _ => continue,
                 }
-                match sender.try_send_request(req).await {
+                let sent =
+                    tokio::time::timeout(RESPONSE_TIMEOUT, sender.try_send_request(req)).await;
+                let Ok(sent) = sent else {
+                    return Err(SendError::Timeout { endpoint: addr });
+                };
+                match sent {
                     Ok(response) => {
                         // An upgraded connection is the client's now.
                         let mut lease = (response.status()
@@ -96,6 +123,7 @@ impl Pool {
                                 pool: self.clone(),
                                 addr,
                                 sender,
+                                uploaded,
                             });
                         if response.body().is_end_stream()
                             && let Some(lease) = lease.take()
@@ -159,6 +187,14 @@ async fn connect(addr: SocketAddr) -> std::io::Result<Sender> {
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting timed out"))??;
     stream.set_nodelay(true)?;
+    // A pooled connection to a host that went away without a word is found out in minutes,
+    // not in the kernel's quarter of an hour of retransmissions.
+    socket2::SockRef::from(&stream).set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE)
+            .with_interval(KEEPALIVE / 3)
+            .with_retries(3),
+    )?;
     let (sender, connection) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -176,11 +212,47 @@ struct Lease {
     pool: Pool,
     addr: SocketAddr,
     sender: Sender,
+    /// Whether the request's body went out to its end.
+    uploaded: Arc<AtomicBool>,
 }
 
 impl Lease {
+    /// Back to the pool, if the request's body went out whole; else closed.
     fn release(self) {
-        self.pool.put(self.addr, self.sender);
+        if self.uploaded.load(Ordering::Acquire) {
+            self.pool.put(self.addr, self.sender);
+        }
+    }
+}
+
+/// A request's body on its way to an endpoint, saying when it ended.
+pub struct Upload {
+    body: Incoming,
+    done: Arc<AtomicBool>,
+}
+
+impl Body for Upload {
+    type Data = hyper::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        if frame.is_none() || this.body.is_end_stream() {
+            this.done.store(true, Ordering::Release);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

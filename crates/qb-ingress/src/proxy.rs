@@ -18,7 +18,7 @@ use hyper::body::{Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri, Version};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -95,6 +95,11 @@ impl SharedRoutes {
         self.0.generation.fetch_add(1, Ordering::Release);
     }
 
+    /// Whether a table was set: before, nothing is known of the cluster's Ingresses.
+    pub fn loaded(&self) -> bool {
+        self.0.generation.load(Ordering::Relaxed) > 0
+    }
+
     /// `f` of the current table, from this thread's copy when it is current.
     pub fn with<T>(&self, f: impl FnOnce(&Routes) -> T) -> T {
         let owner = Arc::as_ptr(&self.0) as usize;
@@ -113,6 +118,13 @@ impl SharedRoutes {
         })
     }
 }
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scheme {
@@ -166,10 +178,9 @@ impl Proxy {
 
     /// Serves plain HTTP (HTTP/1.1, or HTTP/2 with prior knowledge) on `listener`, until the
     /// process ends.
-    pub async fn serve_http(self, listener: TcpListener) -> std::io::Result<()> {
+    pub async fn serve_http(self, listener: TcpListener) {
         loop {
-            let (stream, remote) = listener.accept().await?;
-            let _ = stream.set_nodelay(true);
+            let (stream, remote) = accept(&listener).await;
             tokio::spawn(
                 self.clone()
                     .connection(TokioIo::new(stream), remote, Scheme::Http),
@@ -178,18 +189,18 @@ impl Proxy {
     }
 
     /// Serves HTTPS on `listener`, each connection's certificate chosen by `tls`.
-    pub async fn serve_https(self, listener: TcpListener, tls: TlsAcceptor) -> std::io::Result<()> {
+    pub async fn serve_https(self, listener: TcpListener, tls: TlsAcceptor) {
         loop {
-            let (stream, remote) = listener.accept().await?;
-            let _ = stream.set_nodelay(true);
+            let (stream, remote) = accept(&listener).await;
             let (me, tls) = (self.clone(), tls.clone());
             tokio::spawn(async move {
-                match tls.accept(stream).await {
-                    Ok(stream) => {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => {
                         me.connection(TokioIo::new(stream), remote, Scheme::Https)
                             .await
                     }
-                    Err(e) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                    Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%remote, "no TLS handshake in {HANDSHAKE_TIMEOUT:?}"),
                 }
             });
         }
@@ -210,7 +221,17 @@ impl Proxy {
             let me = self.clone();
             async move { Ok::<_, std::convert::Infallible>(me.handle(req, remote, scheme).await) }
         });
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // A client gets this long for a request's head, and for its next one on a kept
+        // connection; HTTP/2 connections are pinged when idle.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(HEADER_TIMEOUT);
         let connection = builder.serve_connection_with_upgrades(io, service);
         if let Err(e) = watcher.watch(connection).await {
             tracing::debug!(%remote, error = %e, "connection ended with an error");
@@ -224,10 +245,28 @@ impl Proxy {
         remote: SocketAddr,
         scheme: Scheme,
     ) -> Response<Body> {
+        if !self.routes.loaded() {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting: the routes are not loaded yet\n",
+            );
+        }
+        if req.headers().get_all(header::HOST).iter().count() > 1 {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "the request has more than one Host\n",
+            );
+        }
         let Some(host) = request_host(&req) else {
             return error(StatusCode::BAD_REQUEST, "the request names no host\n");
         };
         let host = host.into_owned();
+        if !plain_path(req.uri().path()) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "the path has dot segments or encoded dots or slashes\n",
+            );
+        }
         let backend = self
             .routes
             .with(|routes| routes.route(&host, req.uri().path()).cloned());
@@ -237,7 +276,16 @@ impl Proxy {
                 "no Ingress routes this host and path\n",
             );
         };
-        let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let upgrade = wants_websocket(&req).then(|| hyper::upgrade::on(&mut req));
+        // The host routed by is the host the backend sees, port and all.
+        if let Some(authority) = req.uri().authority()
+            && let Ok(value) = HeaderValue::from_str(authority.as_str())
+        {
+            req.headers_mut().insert(header::HOST, value);
+        }
+        if req.version() == Version::HTTP_2 {
+            join_cookies(req.headers_mut());
+        }
         forward_headers(req.headers_mut(), &host, remote, scheme, upgrade.is_some());
         // Origin-form, as a request to a server (not to a proxy) is written.
         let path = req
@@ -250,12 +298,29 @@ impl Proxy {
         match self.pool.send(&backend, req).await {
             Ok(mut response) => {
                 let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-                if switching && let Some(client_side) = upgrade {
-                    let backend_side = hyper::upgrade::on(&mut response);
-                    tokio::spawn(tunnel(client_side, backend_side));
+                match (switching, upgrade) {
+                    (true, Some(client_side)) => {
+                        let backend_side = hyper::upgrade::on(&mut response);
+                        tokio::spawn(tunnel(client_side, backend_side));
+                    }
+                    (true, None) => {
+                        tracing::warn!(backend = %backend.name, "the backend switched protocols unasked");
+                        return error(
+                            StatusCode::BAD_GATEWAY,
+                            "the backend switched protocols unasked\n",
+                        );
+                    }
+                    (false, _) => {}
                 }
                 strip_hop_by_hop(response.headers_mut(), switching);
                 response.map(Body::Endpoint)
+            }
+            Err(SendError::Timeout { .. }) => {
+                tracing::warn!(backend = %backend.name, "the backend did not answer in time");
+                error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the backend did not answer in time\n",
+                )
             }
             Err(SendError::NoEndpoints) => {
                 tracing::debug!(backend = %backend.name, problem = ?backend.problem, "no endpoint to send to");
@@ -283,6 +348,23 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUp
     };
     let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
     let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+}
+
+/// The next connection of `listener`. Errors (out of file descriptors, a connection reset
+/// before it was taken) are logged and waited out: the listener keeps serving.
+async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, remote);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
 }
 
 pub fn error(status: StatusCode, text: &'static str) -> Response<Body> {
@@ -325,10 +407,50 @@ fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
     })
 }
 
-fn wants_upgrade<B>(req: &Request<B>) -> bool {
+/// A WebSocket handshake (the one upgrade passed through: others, such as `h2c`, would reach
+/// paths no Ingress routes).
+fn wants_websocket<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
         && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+/// Whether `path` is as a backend resolves it: no `.` or `..` segments, no encoded dots or
+/// slashes that it would decode into them (a `Prefix /public` rule must not reach
+/// `/public/../secret`).
+fn plain_path(path: &str) -> bool {
+    let lower = path.as_bytes();
+    let encoded = lower.windows(3).any(|w| {
+        w[0] == b'%'
+            && (w[1..].eq_ignore_ascii_case(b"2e")
+                || w[1..].eq_ignore_ascii_case(b"2f")
+                || w[1..].eq_ignore_ascii_case(b"5c"))
+    });
+    !encoded
+        && !path.contains('\\')
+        && !path
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+}
+
+/// HTTP/2 clients may split `Cookie` into several fields; HTTP/1.1 servers expect one, joined
+/// with `; ` (RFC 9113, 8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().count() < 2 {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, value);
+    }
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -344,10 +466,10 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -464,6 +586,49 @@ mod tests {
         assert_eq!(headers[header::UPGRADE], "websocket");
         assert_eq!(headers[header::CONNECTION], "upgrade");
         assert_eq!(headers[header::HOST], "h.test");
+    }
+
+    #[test]
+    fn paths_that_climb_or_hide_a_slash_are_not_plain() {
+        for plain in ["/", "/a/b", "/a/b/", "/a.b/c..d", "/%41", "/a%20b"] {
+            assert!(plain_path(plain), "{plain}");
+        }
+        for climbing in [
+            "/a/../b",
+            "/..",
+            "/a/.",
+            "/./a",
+            "/a/%2e%2E/b",
+            "/a%2fb",
+            "/a%5cb",
+            "/a\\b",
+        ] {
+            assert!(!plain_path(climbing), "{climbing}");
+        }
+    }
+
+    #[test]
+    fn split_cookies_are_joined_and_hop_by_hop_stays_but_trailers() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        join_cookies(&mut headers);
+        assert_eq!(
+            headers.get_all(header::COOKIE).iter().collect::<Vec<_>>(),
+            ["a=1; b=2"]
+        );
+
+        let mut headers = HeaderMap::new();
+        headers.insert(header::TRAILER, HeaderValue::from_static("x-checksum"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        headers.insert("http2-settings", HeaderValue::from_static("AAA"));
+        strip_hop_by_hop(&mut headers, false);
+        let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["trailer"]);
     }
 
     #[test]

@@ -170,11 +170,22 @@ impl Routes {
             {
                 routes.default_backend = Some(index.backend(&namespace, backend));
             }
+            // A TLS entry without hosts covers the hosts of the Ingress's rules.
+            let rule_hosts: Vec<String> = spec
+                .rules
+                .iter()
+                .flatten()
+                .filter_map(|r| r.host.clone())
+                .collect();
             for tls in spec.tls.iter().flatten() {
                 let Some(secret) = &tls.secret_name else {
                     continue;
                 };
-                for host in tls.hosts.iter().flatten() {
+                let hosts = match tls.hosts.as_deref() {
+                    Some(hosts) if !hosts.is_empty() => hosts,
+                    _ => &rule_hosts,
+                };
+                for host in hosts {
                     routes
                         .tls
                         .entry(host.to_ascii_lowercase())
@@ -638,5 +649,17 @@ mod tests {
         };
         assert_eq!(routes.tls.get("shop.example.org"), Some(&want));
         assert_eq!(routes.tls.get("*.example.org"), Some(&want));
+
+        let hostless = json!({"ingressClassName": "qb", "tls": [{"secretName": "rules-cert"}],
+                              "rules": [{"host": "a.test"}, {"host": "b.test"}, {}]});
+        let routes = Routes::build(
+            &[ingress("i", "2026-01-01T00:00:00Z", hostless)],
+            &[],
+            &services,
+            &endpoints,
+        );
+        let mut hosts: Vec<&String> = routes.tls.keys().collect();
+        hosts.sort();
+        assert_eq!(hosts, ["a.test", "b.test"], "the rules' hosts");
     }
 }

@@ -76,6 +76,18 @@ pub async fn run(
             return;
         }
     }
+    let (status, mut to_write) =
+        tokio::sync::watch::channel::<Option<(Vec<String>, BTreeSet<String>)>>(None);
+    let writer_client = client.clone();
+    let writer_ingresses = ingresses.clone();
+    tokio::spawn(async move {
+        while to_write.changed().await.is_ok() {
+            let latest = to_write.borrow_and_update().clone();
+            if let Some((served, addresses)) = latest {
+                write_status(&writer_client, &writer_ingresses, &served, &addresses).await;
+            }
+        }
+    });
     let mut reported = String::new();
     loop {
         let table = Routes::build(
@@ -100,8 +112,9 @@ pub async fn run(
         routes.set(table);
         certificates.set(certs);
         ready.store(true, Ordering::Release);
+        // Written apart, so a slow API server never holds back the next table.
         if let Some(addresses) = status_addresses(&replica, &replicas) {
-            write_status(&client, &ingresses, &served, &addresses).await;
+            status.send_replace(Some((served, addresses)));
         }
         if let Ok(Err(_)) = tokio::time::timeout(RESYNC, wake.changed()).await {
             return;

@@ -107,11 +107,8 @@ impl Workers {
                             if let Some(within) = *stopped.borrow_and_update() {
                                 break within;
                             }
-                            tokio::select! {
-                                changed = stopped.changed() => if changed.is_err() { break Duration::ZERO },
-                                Some(Ok(Err(e))) = serving.join_next() => {
-                                    tracing::error!(error = %e, "accepting connections failed");
-                                }
+                            if stopped.changed().await.is_err() {
+                                break Duration::ZERO;
                             }
                         };
                         serving.abort_all();

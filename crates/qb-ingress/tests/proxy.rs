@@ -219,12 +219,7 @@ async fn hosts_and_paths_route_over_http1_and_http2_on_pooled_connections_to_end
             let (status, body, got_version) = get(client, &url).await;
             assert_eq!(status, StatusCode::OK, "{url}: {body}");
             assert_eq!(got_version, version);
-            // HTTP/2 has no Host header: the proxy sends the authority's host.
-            let want = if version == reqwest::Version::HTTP_2 {
-                want.replace(&format!(":{port}"), "")
-            } else {
-                want
-            };
+            // HTTP/2 has no Host header: the proxy sends the authority, port and all.
             assert_eq!(body, want, "{url}");
         }
     }
@@ -236,6 +231,30 @@ async fn hosts_and_paths_route_over_http1_and_http2_on_pooled_connections_to_end
             "no Ingress routes this host and path\n"
         )
     );
+
+    // What a backend must not see: a second Host, paths that climb out of the routed prefix
+    // (sent raw: clients tidy such paths themselves).
+    for request in [
+        "GET /one/x HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n",
+        "GET /one/../secret HTTP/1.1\r\nHost: a.test\r\n",
+        "GET /one/%2e%2e/secret HTTP/1.1\r\nHost: a.test\r\n",
+        "GET /one/%2F HTTP/1.1\r\nHost: a.test\r\n",
+    ] {
+        let mut stream = TcpStream::connect(running.http)
+            .await
+            .expect("a connection");
+        let request = format!("{request}Connection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("the request");
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .await
+            .expect("the answer");
+        assert!(answer.starts_with("HTTP/1.1 400"), "{request}: {answer}");
+    }
 
     // Keep-alive to the endpoints: many requests, few connections.
     let before = one.connections.load(Ordering::SeqCst);
@@ -332,6 +351,20 @@ async fn https_presents_each_hosts_certificate_by_sni_over_http2_and_http1() {
             "{err:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn before_its_routes_are_loaded_the_proxy_answers_503() {
+    let running = start_proxy().await;
+    let client = client(&["a.test"], running.http).build().expect("a client");
+    let (status, body, _) = get(&client, &format!("http://a.test:{}/", running.http.port())).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: the routes are not loaded yet\n"
+        )
+    );
 }
 
 #[tokio::test]

@@ -135,6 +135,10 @@ pub fn strays(
                 return None;
             }
             let name = metadata["name"].as_str()?;
+            // Add-ons run in their namespace alone: a copy elsewhere is someone else's.
+            if namespaced && metadata["namespace"].as_str() != Some(NAMESPACE) {
+                return None;
+            }
             let path = match (namespaced, collection.rsplit_once('/')) {
                 (true, Some((group, plural))) => format!(
                     "{group}/namespaces/{}/{plural}/{name}",
@@ -565,10 +569,8 @@ mod tests {
                 &rendered,
                 &["qb-metrics"]
             ),
-            [
-                "/api/v1/namespaces/kube-system/serviceaccounts/qb-dns-old",
-                "/api/v1/namespaces/default/serviceaccounts/qb-ingress",
-            ]
+            ["/api/v1/namespaces/kube-system/serviceaccounts/qb-dns-old"],
+            "the copy in default is not an add-on's"
         );
         let roles = json!({"items": [
             item(None, "qb:qb-ingress", "qb-ingress"),
