@@ -46,7 +46,10 @@ impl Nginx {
                 bail!("nginx exited ({status}): {}", me.errors());
             }
             if started.elapsed() > START {
-                bail!("nginx did not listen on {ready_port} within {START:?}: {}", me.errors());
+                bail!(
+                    "nginx did not listen on {ready_port} within {START:?}: {}",
+                    me.errors()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
