@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 
 use crate::agents::Agents;
 use crate::proxy::KubeProxy;
-use crate::proxy::upstream::{BoxError, ClusterUpstream};
+use crate::proxy::upstream::{BoxError, ClusterUpstream, is_not_found};
 
 /// How often each cluster's add-ons are applied and checked.
 pub const RECHECK: Duration = Duration::from_secs(5);
@@ -210,13 +210,23 @@ async fn apply_and_check(upstream: &ClusterUpstream, addon: &Addon) -> AddonStat
         Ok(masters) => masters,
         Err(e) => return failing(e.to_string()),
     };
-    let objects: Vec<(String, Value)> = addon
-        .objects
-        .iter()
-        .map(|o| (o.path.clone(), o.manifest.clone()))
-        .collect();
     let mut last = String::new();
-    for master in masters {
+    'masters: for master in masters {
+        // The user's word on what qb leaves to the user.
+        let mut live = HashMap::new();
+        for (path, _) in &addon.user_annotations {
+            match upstream.get(master, path).await {
+                Ok(object) => {
+                    live.insert(path.clone(), object);
+                }
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => {
+                    last = format!("reading {path}: {e}");
+                    continue 'masters;
+                }
+            }
+        }
+        let objects = addon.objects_over(&live);
         if let Err(e) = upstream.apply(master, &objects, FIELD_MANAGER).await {
             last = format!("applying {}: {e}", addon.name);
             continue;

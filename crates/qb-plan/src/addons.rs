@@ -6,8 +6,9 @@
 //! - `qb-dns`: qb's cluster DNS, two replicas behind the `kube-dns` Service on the cluster DNS
 //!   address every kubelet gives its pods.
 //! - `qb-ingress`: qb's ingress, on the network of every node not labelled
-//!   `qb.io/ingress=false`, serving Ingresses of the IngressClass `qb` (the cluster's default)
-//!   on the nodes' ports 80 and 443.
+//!   `qb.io/ingress=false`, serving Ingresses of the IngressClass `qb` (the cluster's default,
+//!   unless the user sets its `is-default-class` annotation otherwise) on the nodes' ports 80
+//!   and 443.
 //!
 //! An add-on's image travels in the bundle as the artifact `image-<name>`, which every node
 //! imports as `qb.local/<name>:<artifact version>`.
@@ -26,6 +27,8 @@ pub const DNS: &str = "qb-dns";
 pub const INGRESS: &str = "qb-ingress";
 /// The node label that keeps the ingress off a node when `false`.
 pub const INGRESS_NODE_LABEL: &str = "qb.io/ingress";
+/// The IngressClass of the ingress add-on.
+const INGRESS_CLASS_PATH: &str = "/apis/networking.k8s.io/v1/ingressclasses/qb";
 /// Where the DNS server answers its probes.
 const DNS_HEALTH_PORT: u16 = 8080;
 /// Where the ingress answers its probes, on its node's network.
@@ -40,6 +43,35 @@ pub struct Addon {
     /// In the order to apply them.
     pub objects: Vec<Object>,
     pub workload: Workload,
+    /// Annotations qb sets when it creates an object and leaves to the user afterwards, as
+    /// `(object path, annotation)`.
+    pub user_annotations: Vec<(String, &'static str)>,
+}
+
+impl Addon {
+    /// Its objects as `(path, manifest)` to apply, each user annotation at the value it has
+    /// in `live` (the objects as they are, by path) where it has one there.
+    pub fn objects_over(
+        &self,
+        live: &std::collections::HashMap<String, Value>,
+    ) -> Vec<(String, Value)> {
+        self.objects
+            .iter()
+            .map(|o| {
+                let mut manifest = o.manifest.clone();
+                for (path, key) in &self.user_annotations {
+                    if *path == o.path
+                        && let Some(value) = live
+                            .get(path)
+                            .and_then(|l| l["metadata"]["annotations"][*key].as_str())
+                    {
+                        manifest["metadata"]["annotations"][*key] = json!(value);
+                    }
+                }
+                (o.path.clone(), manifest)
+            })
+            .collect()
+    }
 }
 
 /// The Deployment or DaemonSet that runs an add-on.
@@ -249,6 +281,7 @@ impl Parts {
             name: self.name,
             version: self.version,
             objects,
+            user_annotations: Vec::new(),
         }
     }
 }
@@ -397,7 +430,7 @@ fn ingress(cluster: &ClusterInput) -> Result<Addon, Unavailable> {
         role,
         binding,
         Object {
-            path: "/apis/networking.k8s.io/v1/ingressclasses/qb".to_owned(),
+            path: INGRESS_CLASS_PATH.to_owned(),
             manifest: json!({
                 "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
                 "metadata": {
@@ -465,7 +498,13 @@ fn ingress(cluster: &ClusterInput) -> Result<Addon, Unavailable> {
             }),
         },
     ];
-    Ok(parts.addon(objects, WorkloadKind::DaemonSet))
+    let mut addon = parts.addon(objects, WorkloadKind::DaemonSet);
+    // The cluster's default class unless the user says otherwise.
+    addon.user_annotations.push((
+        INGRESS_CLASS_PATH.to_owned(),
+        "ingressclass.kubernetes.io/is-default-class",
+    ));
+    Ok(addon)
 }
 
 #[cfg(test)]
@@ -596,6 +635,35 @@ mod tests {
                 object.path
             );
         }
+    }
+
+    #[test]
+    fn the_ingress_class_stays_default_unless_the_user_says_otherwise() {
+        let mut with_images = full_bundle("1.20.2");
+        with_images
+            .artifacts
+            .extend(bundle("1.20.2", &["image-qb-dns", "image-qb-ingress"]).artifacts);
+        let addons = render(&cluster(with_images));
+        let Some(Ok(ingress)) = addons.get(1) else {
+            panic!("{addons:?}");
+        };
+        let default = |live: &std::collections::HashMap<String, Value>| {
+            let objects = ingress.objects_over(live);
+            let (_, class) = objects
+                .iter()
+                .find(|(path, _)| path == INGRESS_CLASS_PATH)
+                .expect("the IngressClass");
+            class["metadata"]["annotations"]["ingressclass.kubernetes.io/is-default-class"].clone()
+        };
+        assert_eq!(default(&Default::default()), "true", "at creation");
+        let user_said = [(
+            INGRESS_CLASS_PATH.to_owned(),
+            json!({"metadata": {"annotations": {"ingressclass.kubernetes.io/is-default-class": "false"}}}),
+        )]
+        .into();
+        assert_eq!(default(&user_said), "false", "the user's word");
+        let without = [(INGRESS_CLASS_PATH.to_owned(), json!({"metadata": {}}))].into();
+        assert_eq!(default(&without), "true", "put back when removed");
     }
 
     #[test]

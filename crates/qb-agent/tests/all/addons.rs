@@ -549,6 +549,26 @@ fn check_ingress(lab: &Lab, api: &Api, admin: &Agent, names: &[String]) {
         "host-2 labelled qb.io/ingress=false: its replica gone, status {want:?}, add-on {}",
         addon["health"]
     );
+
+    // The user says the class is not the default: qb leaves it so (it applies every 5 s).
+    let default = |value: &str| {
+        let annotation = format!("ingressclass.kubernetes.io/is-default-class={value}");
+        let out = kubectl(
+            admin,
+            &["annotate", "ingressclass", "qb", &annotation, "--overwrite"],
+            None,
+        );
+        assert!(out.status.success(), "{out:?}");
+    };
+    default("false");
+    std::thread::sleep(Duration::from_secs(12));
+    let class = kubectl_json(admin, &["get", "ingressclass", "qb"]).expect("the IngressClass");
+    assert_eq!(
+        class["metadata"]["annotations"]["ingressclass.kubernetes.io/is-default-class"], "false",
+        "{class}"
+    );
+    default("true");
+    eprintln!("IngressClass qb made not the default by hand: left so");
 }
 
 /// A GET of `url`: its version and body when it answered 200.

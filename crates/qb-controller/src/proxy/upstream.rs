@@ -221,7 +221,7 @@ impl ClusterUpstream {
         .body(Body::empty())?;
         match self.admin_call(request, path).await {
             Ok(_) => Ok(()),
-            Err(e) if e.downcast_ref::<Refused>().is_some_and(|r| r.status == 404) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -259,6 +259,12 @@ impl ClusterUpstream {
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Whether `e` is an API server's 404.
+pub fn is_not_found(e: &BoxError) -> bool {
+    e.downcast_ref::<Refused>()
+        .is_some_and(|r| r.status == hyper::StatusCode::NOT_FOUND)
+}
 
 /// An API server's answer other than success.
 #[derive(Debug, thiserror::Error)]
