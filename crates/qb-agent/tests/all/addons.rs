@@ -435,27 +435,9 @@ fn check_ingress(lab: &Lab, api: &Api, admin: &Agent, names: &[String]) {
     eprintln!("api pods on {pods:?}");
 
     // The Ingress's status names every node.
-    poll(
-        "the Ingress's status lists every node",
-        Duration::from_secs(30),
-        || {
-            let ingress = kubectl_json(admin, &["get", "ingress", "shop"])?;
-            let mut ips: Vec<String> = ingress["status"]["loadBalancer"]["ingress"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|i| i["ip"].as_str().map(str::to_owned))
-                .collect();
-            ips.sort();
-            let mut want = hosts.clone();
-            want.sort();
-            if ips == want {
-                Ok(())
-            } else {
-                Err(format!("{ips:?}"))
-            }
-        },
-    );
+    let mut every = hosts.clone();
+    every.sort();
+    wait_status(admin, "the Ingress's status lists every node", &every);
 
     // admin.test moves from `api` to `web` while a client asks every 50 ms through host-0.
     let client = reqwest::Client::builder()
@@ -513,21 +495,7 @@ fn check_ingress(lab: &Lab, api: &Api, admin: &Agent, names: &[String]) {
     assert!(out.status.success(), "{out:?}");
     let mut want = hosts[..2].to_vec();
     want.sort();
-    poll("the Ingress's status without host-2", BRING_UP, || {
-        let ingress = kubectl_json(admin, &["get", "ingress", "shop"])?;
-        let mut ips: Vec<String> = ingress["status"]["loadBalancer"]["ingress"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i["ip"].as_str().map(str::to_owned))
-            .collect();
-        ips.sort();
-        if ips == want {
-            Ok(())
-        } else {
-            Err(format!("{ips:?}"))
-        }
-    });
+    wait_status(admin, "the Ingress's status without host-2", &want);
     let refused = run(Command::new("curl")
         .args([
             "-s",
@@ -569,6 +537,25 @@ fn check_ingress(lab: &Lab, api: &Api, admin: &Agent, names: &[String]) {
     );
     default("true");
     eprintln!("IngressClass qb made not the default by hand: left so");
+}
+
+/// Waits until the Ingress `shop`'s status lists exactly `want` (sorted).
+fn wait_status(admin: &Agent, what: &str, want: &[String]) {
+    poll(what, BRING_UP, || {
+        let ingress = kubectl_json(admin, &["get", "ingress", "shop"])?;
+        let mut ips: Vec<String> = ingress["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["ip"].as_str().map(str::to_owned))
+            .collect();
+        ips.sort();
+        if ips == want {
+            Ok(())
+        } else {
+            Err(format!("{ips:?}"))
+        }
+    });
 }
 
 /// A GET of `url`: its version and body when it answered 200.
