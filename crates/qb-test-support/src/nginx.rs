@@ -56,6 +56,11 @@ impl Nginx {
         Ok(me)
     }
 
+    /// The master process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn errors(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
