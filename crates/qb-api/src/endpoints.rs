@@ -112,6 +112,7 @@ pub const DEAUTHORIZE_NODE: Endpoint =
     Endpoint::new(Method::Post, "/api/v1/nodes/{node}/deauthorize");
 pub const LABEL_NODE: Endpoint = Endpoint::new(Method::Post, "/api/v1/nodes/{node}/labels");
 pub const PING_NODE: Endpoint = Endpoint::new(Method::Post, "/api/v1/nodes/{node}/ping");
+pub const NODE_METRICS: Endpoint = Endpoint::new(Method::Get, "/api/v1/nodes/{node}/metrics");
 
 pub const LIST_TOKENS: Endpoint = Endpoint::new(Method::Get, "/api/v1/tokens");
 pub const CREATE_TOKEN: Endpoint = Endpoint::new(Method::Post, "/api/v1/tokens");
@@ -151,6 +152,7 @@ pub const ALL: &[Endpoint] = &[
     DEAUTHORIZE_NODE,
     LABEL_NODE,
     PING_NODE,
+    NODE_METRICS,
     LIST_TOKENS,
     CREATE_TOKEN,
     REVOKE_TOKEN,

@@ -7,6 +7,7 @@
 mod bundle;
 pub mod endpoints;
 mod ids;
+mod metrics;
 mod model;
 mod problem;
 mod report;
@@ -14,6 +15,7 @@ mod values;
 
 pub use bundle::*;
 pub use ids::{BootstrapTokenId, ClusterId, NodeId, TenantId, TokenId, UserId};
+pub use metrics::*;
 pub use model::*;
 pub use problem::{Problem, ProblemCode};
 pub use report::*;

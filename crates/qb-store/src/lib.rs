@@ -11,6 +11,7 @@ mod agents;
 mod clusters;
 mod engine;
 mod events;
+mod metrics;
 mod migrate;
 mod nodes;
 mod replicas;
@@ -33,6 +34,7 @@ pub use agents::{
 pub use clusters::{ClusterSpec, SpecError};
 pub use engine::{Drain, EngineCluster, EngineNode, WIPE_PLAN_HASH};
 pub use events::EventFilter;
+pub use metrics::{HOURS_KEPT, MINUTES_KEPT};
 pub use nodes::{NewNode, NodeFilter};
 pub use replicas::{EngineWakes, Leadership, SessionChange, SessionChanges};
 pub use tenants::{PasswordUser, Principal, Tenant};

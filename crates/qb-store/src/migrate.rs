@@ -65,6 +65,11 @@ const SHARED: &[(i64, &str, &str)] = &[
         "cluster add-ons",
         include_str!("../migrations/shared/0011_cluster_addons.sql"),
     ),
+    (
+        12,
+        "node metrics",
+        include_str!("../migrations/shared/0012_node_metrics.sql"),
+    ),
 ];
 
 /// A backend's migrations: its own first one, then the shared ones.

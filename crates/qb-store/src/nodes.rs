@@ -194,6 +194,10 @@ impl Store {
         if !matches!(node.state, NodeState::Pending | NodeState::Deauthorized) {
             return Err(StoreError::invalid_state(&node, "deleted"));
         }
+        sqlx::query("DELETE FROM node_metrics WHERE node_id = $1")
+            .bind(node.id.to_string())
+            .execute(&mut *w.tx)
+            .await?;
         sqlx::query("DELETE FROM nodes WHERE id = $1")
             .bind(node.id.to_string())
             .execute(&mut *w.tx)

@@ -44,6 +44,8 @@ mod attach;
 mod clusters;
 #[path = "cases/events.rs"]
 mod events;
+#[path = "cases/metrics.rs"]
+mod metrics;
 #[path = "cases/nodes.rs"]
 mod nodes;
 #[path = "cases/paging.rs"]
