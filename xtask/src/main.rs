@@ -174,6 +174,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // A NodePort is fetched from outside the cluster as a user would.
     ("curl", "/usr/bin/curl"),
     ("unbound", "/usr/sbin/unbound"),
+    // The controller's /metrics is scraped by a real Prometheus.
+    ("prometheus", "/usr/bin/prometheus"),
     // The package tests hold its dependencies to dpkg-shlibdeps'.
     ("dpkg-dev", "/usr/bin/dpkg-shlibdeps"),
 ];

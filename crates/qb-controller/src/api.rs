@@ -10,8 +10,9 @@ use axum::{Json, Router};
 use qb_api::{
     AttachRequest, BootstrapToken, Cluster, ClusterDetail, CreateBootstrapToken, CreateCluster,
     CreateKubeconfig, CreateToken, CreateUser, CreatedBootstrapToken, CreatedToken, DeletedCluster,
-    DetachRequest, Event, Kubeconfig, LabelChange, Node, NodeMove, NodeState, Page, PageParams,
-    PingResult, ProblemCode, Role, SetPassword, Token, TokenId, User, Whoami,
+    DetachRequest, Event, Kubeconfig, LabelChange, MetricsQuery, MetricsRange, Node, NodeMetrics,
+    NodeMove, NodeState, Page, PageParams, PingResult, ProblemCode, Role, SetPassword, Token,
+    TokenId, User, Whoami,
 };
 use qb_store::{ClusterSpec, EventFilter, Key};
 use serde::Deserialize;
@@ -39,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::proxy::routes())
         .merge(crate::ui::routes())
         .route("/healthz", get(healthz))
+        .route("/metrics", get(crate::prometheus::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -58,6 +60,7 @@ pub(crate) fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(authorize_node))
         .routes(routes!(deauthorize_node))
         .routes(routes!(ping_node))
+        .routes(routes!(node_metrics))
         .routes(routes!(list_clusters, create_cluster))
         .routes(routes!(get_cluster, delete_cluster))
         .routes(routes!(attach))
@@ -558,4 +561,24 @@ async fn ping_node(
 ) -> ApiResult<Json<PingResult>> {
     caller.require(Role::Operator)?;
     Ok(Json(app.ping_node(&caller, &node_key(&node)).await?))
+}
+
+/// A node's host metrics: its agent's last report (CPU, load, memory, disk, uptime) and their
+/// history, by the minute up to a day back and by the hour up to 30 days.
+#[utoipa::path(get, path = "/api/v1/nodes/{node}/metrics", tag = "nodes",
+    params(("node" = String, Path, description = "Node id or name"), MetricsQuery),
+    responses((status = 200, body = NodeMetrics), (status = 400, body = qb_api::Problem), (status = 404, body = qb_api::Problem)))]
+async fn node_metrics(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(node): Path<String>,
+    ApiQuery(query): ApiQuery<MetricsQuery>,
+) -> ApiResult<Json<NodeMetrics>> {
+    let range = match query.range.as_deref() {
+        Some(range) => range.parse::<MetricsRange>()?,
+        None => MetricsRange::default(),
+    };
+    Ok(Json(
+        app.node_metrics(&caller, &node_key(&node), range).await?,
+    ))
 }

@@ -18,6 +18,7 @@ pub mod kubeconfig;
 pub mod live;
 pub mod openapi;
 pub mod passwords;
+pub mod prometheus;
 pub mod proxy;
 pub mod serve;
 pub mod session;

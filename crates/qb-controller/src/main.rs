@@ -233,6 +233,7 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
         url: public_url,
     });
     let agents = Arc::new(Agents::new(Duration::from_secs(args.heartbeat_seconds)));
+    tokio::spawn(agents.metrics().clone().run(store.clone()));
     let ca = Arc::new(qb_controller::agents::ca::load_or_create(&store).await?);
     let artifacts_dir = data_dir.join("artifacts");
     let artifacts = ArtifactStore::open(&artifacts_dir)

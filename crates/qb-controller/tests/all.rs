@@ -8,6 +8,7 @@ mod api_agents;
 mod api_auth;
 mod api_input;
 mod api_kubeconfig;
+mod api_metrics;
 mod api_nodes_clusters;
 mod api_proxy;
 mod api_session;

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 pub mod nginx;
+pub mod prometheus;
 pub mod unbound;
 
 /// Where Debian's `postgresql-<major>` packages put the server binaries.

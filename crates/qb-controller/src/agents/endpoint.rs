@@ -734,7 +734,11 @@ async fn read_agent(endpoint: AgentEndpoint, peer: Peer, stored: qb_api::Node, b
                         && known_version.as_deref() == Some(version.as_str());
                     (!unchanged).then_some(facts)
                 }
-                AgentMessage::Heartbeat { facts, .. } => facts,
+                AgentMessage::Heartbeat { facts, metrics } => {
+                    let sample = super::metrics::sample(&metrics, time::OffsetDateTime::now_utc());
+                    endpoint.agents.metrics().record(tenant, node, sample);
+                    facts
+                }
                 AgentMessage::Done { instruction } => {
                     endpoint
                         .agents

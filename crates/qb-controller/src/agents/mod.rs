@@ -6,6 +6,7 @@
 
 pub mod ca;
 pub mod endpoint;
+pub mod metrics;
 pub mod packages;
 pub mod peers;
 
@@ -30,6 +31,8 @@ pub struct Agents {
     heartbeat: Duration,
     /// The other replicas, when several share the database.
     peers: std::sync::OnceLock<Arc<peers::Peers>>,
+    /// What the agents held here report of their hosts.
+    metrics: Arc<metrics::HostMetrics>,
 }
 
 #[derive(Default)]
@@ -61,7 +64,13 @@ impl Agents {
             next_id: AtomicU64::new(1),
             heartbeat,
             peers: std::sync::OnceLock::new(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// What the agents held here report of their hosts.
+    pub fn metrics(&self) -> &Arc<metrics::HostMetrics> {
+        &self.metrics
     }
 
     /// Routes work for agents other replicas hold through them, from now on.

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use qb_api::{
-    ClusterId, LabelChange, Node, NodeId, NodeState, Page, PageParams, PingResult, ProblemCode,
+    ClusterId, LabelChange, MetricsRange, Node, NodeId, NodeMetrics, NodeState, Page, PageParams,
+    PingResult, ProblemCode,
 };
 use qb_store::{Key, NodeFilter, StoreError};
 
@@ -122,6 +123,30 @@ impl AppState {
         })?;
         Ok(PingResult {
             round_trip_ms: round_trip.as_secs_f64() * 1000.0,
+        })
+    }
+
+    /// A node's last report and its history over `range`.
+    pub async fn node_metrics(
+        &self,
+        caller: &Caller,
+        node: &Key<NodeId>,
+        range: MetricsRange,
+    ) -> Result<NodeMetrics, ApiError> {
+        let node = self.store.get_node(caller.tenant(), node).await?;
+        let resolution_seconds = range.resolution_seconds();
+        let since = time::OffsetDateTime::now_utc() - range.duration();
+        let points = self
+            .store
+            .node_metrics(caller.tenant(), node.id, resolution_seconds, since)
+            .await?;
+        Ok(NodeMetrics {
+            node: node.id,
+            name: node.name,
+            range,
+            resolution_seconds,
+            latest: self.agents.metrics().latest(node.id),
+            points,
         })
     }
 }
