@@ -167,6 +167,15 @@ pub enum NodeCommand {
         /// Node name or id.
         node: String,
     },
+    /// Show a node's host metrics: its agent's last report, and their history by the minute
+    /// (up to a day back) or by the hour (up to 30 days).
+    Metrics {
+        /// Node name or id.
+        node: String,
+        /// How far back.
+        #[arg(long, default_value = "1h", value_parser = ["1h", "6h", "24h", "7d", "30d"])]
+        range: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -761,6 +770,20 @@ mod tests {
             // -o is the output format, not the file.
             "qb cluster kubeconfig prod -o kubeconfig.yaml",
         ]);
+    }
+
+    #[test]
+    fn node_metrics_parses_its_range() {
+        let cli = parse("qb node metrics n1 --range 24h").expect("parse");
+        assert!(
+            matches!(cli.command, Command::Node(NodeCommand::Metrics { node, range })
+            if node == "n1" && range == "24h")
+        );
+        let cli = parse("qb node metrics n1").expect("parse");
+        assert!(
+            matches!(cli.command, Command::Node(NodeCommand::Metrics { range, .. }) if range == "1h")
+        );
+        assert!(parse("qb node metrics n1 --range 2h").is_err());
     }
 
     #[test]

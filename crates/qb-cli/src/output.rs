@@ -9,8 +9,8 @@ use anyhow::Context as _;
 use comfy_table::{Table, presets};
 use qb_api::{
     BootstrapToken, Bundle, BundleManifest, Cluster, ClusterDetail, Description, Event, Labels,
-    MeshProbe, Node, NodeAgent, NodePlan, NodeRole, PlanState, PreflightReport, ServiceReport,
-    Severity, StepState, Token, User, Whoami,
+    MeshProbe, Node, NodeAgent, NodeMetrics, NodePlan, NodeRole, PlanState, PreflightReport,
+    ServiceReport, Severity, StepState, Token, User, Whoami,
 };
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -147,6 +147,65 @@ pub fn bytes(n: u64) -> String {
 }
 
 pub const NONE: &str = "<none>";
+
+/// A node's last report on one line, then its history as a table.
+pub fn node_metrics(m: &NodeMetrics, now: OffsetDateTime) -> String {
+    let used = |total: u64, available: u64| total.saturating_sub(available);
+    let mut out = match &m.latest {
+        Some(s) => format!(
+            "Node {}: CPU {:.1}%, load {:.2} {:.2} {:.2}, memory {} of {} used, disk {} of {} \
+             used, up {} (reported {} ago)\n",
+            m.name,
+            s.cpu_percent,
+            s.load1,
+            s.load5,
+            s.load15,
+            bytes(used(s.memory_total_bytes, s.memory_available_bytes)),
+            bytes(s.memory_total_bytes),
+            bytes(used(s.disk_total_bytes, s.disk_available_bytes)),
+            bytes(s.disk_total_bytes),
+            age(
+                now - time::Duration::seconds(s.uptime_seconds.try_into().unwrap_or(i64::MAX)),
+                now
+            ),
+            age(s.at, now),
+        ),
+        None => format!("Node {}: no report from its agent now.\n", m.name),
+    };
+    if m.points.is_empty() {
+        out.push_str(&format!(
+            "No history over the last {} yet.\n",
+            m.range.as_str()
+        ));
+        return out;
+    }
+    out.push('\n');
+    out.push_str(&table(
+        &[
+            "TIME",
+            "CPU AVG",
+            "CPU MAX",
+            "LOAD1",
+            "MEMORY USED",
+            "DISK USED",
+        ],
+        m.points.iter().map(|p| {
+            vec![
+                timestamp(p.at),
+                format!("{:.1}%", p.cpu_percent),
+                format!("{:.1}%", p.cpu_percent_max),
+                format!("{:.2}", p.load1),
+                format!(
+                    "{}/{}",
+                    bytes(p.memory_used_bytes),
+                    bytes(p.memory_total_bytes)
+                ),
+                format!("{}/{}", bytes(p.disk_used_bytes), bytes(p.disk_total_bytes)),
+            ]
+        }),
+    ));
+    out
+}
 
 pub fn labels(labels: &Labels) -> String {
     if labels.is_empty() {
@@ -1628,5 +1687,51 @@ mod tests {
         assert_eq!(bytes(512 * 1024 * 1024), "512Mi");
         assert_eq!(bytes(16_743_890_944), "15.6Gi");
         assert_eq!(bytes(8 * 1024 * 1024 * 1024 * 1024), "8Ti");
+    }
+
+    #[test]
+    fn node_metrics_show_the_last_report_and_the_history() {
+        let mut m = qb_api::NodeMetrics {
+            node: qb_api::NodeId::new(),
+            name: "host-0".parse().unwrap(),
+            range: qb_api::MetricsRange::Hour,
+            resolution_seconds: 60,
+            latest: Some(qb_api::MetricsSample {
+                at: NOW - time::Duration::seconds(4),
+                cpu_percent: 12.5,
+                load1: 0.5,
+                load5: 0.25,
+                load15: 0.125,
+                memory_total_bytes: 8 << 30,
+                memory_available_bytes: 6 << 30,
+                disk_total_bytes: 100 << 30,
+                disk_available_bytes: 40 << 30,
+                uptime_seconds: 7200,
+            }),
+            points: vec![qb_api::MetricsPoint {
+                at: datetime!(2026-12-05 10:01 UTC),
+                samples: 6,
+                cpu_percent: 40.0,
+                cpu_percent_max: 55.5,
+                load1: 0.75,
+                memory_used_bytes: 2 << 30,
+                memory_total_bytes: 8 << 30,
+                disk_used_bytes: 60 << 30,
+                disk_total_bytes: 100 << 30,
+            }],
+        };
+        assert_eq!(
+            node_metrics(&m, NOW),
+            "Node host-0: CPU 12.5%, load 0.50 0.25 0.12, memory 2Gi of 8Gi used, disk 60Gi of \
+             100Gi used, up 2h (reported 4s ago)\n\n\
+             TIME                   CPU AVG   CPU MAX   LOAD1   MEMORY USED   DISK USED\n\
+             2026-12-05T10:01:00Z   40.0%     55.5%     0.75    2Gi/8Gi       60Gi/100Gi\n"
+        );
+        m.latest = None;
+        m.points.clear();
+        assert_eq!(
+            node_metrics(&m, NOW),
+            "Node host-0: no report from its agent now.\nNo history over the last 1h yet.\n"
+        );
     }
 }

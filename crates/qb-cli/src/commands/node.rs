@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 use qb_api::endpoints::{self, Endpoint};
-use qb_api::{Node, NodeState, PingResult, ProblemCode};
+use qb_api::{Node, NodeMetrics, NodeState, PingResult, ProblemCode};
 
 use super::{App, now};
 use crate::cli::{NodeCommand, parse_label_changes};
@@ -101,6 +101,17 @@ pub async fn run(app: &App, cmd: NodeCommand) -> anyhow::Result<()> {
                     output::millis(result.round_trip_ms)
                 )
             })
+        }
+        NodeCommand::Metrics { node, range } => {
+            let metrics: NodeMetrics = client
+                .call(client.request(
+                    &endpoints::NODE_METRICS,
+                    &[&node],
+                    &[("range", Some(range))],
+                ))
+                .await?;
+            app.out
+                .emit(&metrics, || output::node_metrics(&metrics, now()))
         }
     }
 }
