@@ -137,7 +137,64 @@ fn three_hosts_register_survive_a_partition_and_are_deauthorized() {
     let pings: Vec<f64> = names.iter().map(|name| ping(&api, name)).collect();
     eprintln!("ping round trips (ms): {pings:?}");
 
-    // 4. Cut host-1's cable. It goes offline within the grace period (by the controller's
+    // 4. Host metrics: each agent's heartbeats carry its host's figures, which the API shows
+    // and a real Prometheus scrapes from /metrics with a token, a series per host.
+    for name in &names {
+        let metrics = poll(&format!("{name}'s first heartbeat"), SHORT * 4, || {
+            let metrics = api.get(&format!("/nodes/{name}/metrics")).ok();
+            if metrics["latest"].is_null() {
+                Err(metrics.to_string())
+            } else {
+                Ok(metrics)
+            }
+        });
+        let latest = &metrics["latest"];
+        let cpu = latest["cpu_percent"].as_f64().expect("cpu_percent");
+        assert!((0.0..=100.0).contains(&cpu), "{name}: {metrics}");
+        assert!(
+            latest["memory_total_bytes"].as_u64() > Some(0),
+            "{name}: {metrics}"
+        );
+        assert!(
+            latest["memory_available_bytes"].as_u64() <= latest["memory_total_bytes"].as_u64(),
+            "{name}: {metrics}"
+        );
+        assert!(
+            latest["disk_total_bytes"].as_u64() > Some(0),
+            "{name}: {metrics}"
+        );
+        assert!(
+            latest["uptime_seconds"].as_u64() > Some(0),
+            "{name}: {metrics}"
+        );
+    }
+    let prometheus = qb_test_support::prometheus::Prometheus::start(&format!(
+        "  - job_name: qb\n    authorization: {{credentials: \"{}\"}}\n    \
+         static_configs: [{{targets: [\"{}\"]}}]\n",
+        controller.admin_token,
+        controller.url().trim_start_matches("http://")
+    ))
+    .expect("prometheus");
+    poll("a memory series per host in Prometheus", SHORT * 4, || {
+        let series = prometheus
+            .query("qb_node_memory_total_bytes")
+            .map_err(|e| e.to_string())?;
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|n| !series.contains(&format!("\"node\":\"{n}\"")))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "no series of {missing:?} in {series}; log: {}",
+                prometheus.log()
+            ))
+        }
+    });
+    drop(prometheus);
+
+    // 5. Cut host-1's cable. It goes offline within the grace period (by the controller's
     //    clock); the others stay online all along.
     let others: Vec<String> = vec![names[0].clone(), names[2].clone()];
     lab.link_down(1).expect("the cable");
@@ -170,7 +227,7 @@ fn three_hosts_register_survive_a_partition_and_are_deauthorized() {
         "going offline does not change the lifecycle state"
     );
 
-    // 5. Reconnect the cable: host-1 comes back online (resuming or reconnecting).
+    // 6. Reconnect the cable: host-1 comes back online (resuming or reconnecting).
     lab.link_up(1).expect("the cable");
     let restored = Instant::now();
     poll("host-1 to come back online", SHORT * 6, || {
@@ -200,7 +257,7 @@ fn three_hosts_register_survive_a_partition_and_are_deauthorized() {
     });
     eprintln!("host-1 answered a ping {:?} after that", answered.elapsed());
 
-    // 6. Deauthorize host-2: offline within a second, and the agent is told why.
+    // 7. Deauthorize host-2: offline within a second, and the agent is told why.
     let refused_before = controller.proc.log.count("refused an agent certificate");
     let asked = Instant::now();
     let node = api.post("/nodes/host-2/deauthorize", &json!({})).ok();
