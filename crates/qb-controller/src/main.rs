@@ -108,6 +108,10 @@ struct ServeArgs {
     /// How often agents heartbeat; an agent silent for three intervals is offline.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     heartbeat_seconds: u64,
+    /// How often the host metrics of heartbeats are written to the store (one batch for all
+    /// agents; a minute's figures may come in several writes, which add up).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    metrics_flush_seconds: u64,
     /// The qb-agent executable that agent packages ship. Default: `qb-agent` beside this
     /// program.
     #[arg(long, env = "QB_AGENT_BINARY")]
@@ -233,7 +237,10 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
         url: public_url,
     });
     let agents = Arc::new(Agents::new(Duration::from_secs(args.heartbeat_seconds)));
-    tokio::spawn(agents.metrics().clone().run(store.clone()));
+    tokio::spawn(agents.metrics().clone().run(
+        store.clone(),
+        Duration::from_secs(args.metrics_flush_seconds),
+    ));
     let ca = Arc::new(qb_controller::agents::ca::load_or_create(&store).await?);
     let artifacts_dir = data_dir.join("artifacts");
     let artifacts = ArtifactStore::open(&artifacts_dir)

@@ -34,6 +34,7 @@ pub const ASSETS: &[Asset] = assets![
     "views/overview.js" => "text/javascript; charset=utf-8",
     "views/nodes.js" => "text/javascript; charset=utf-8",
     "views/node.js" => "text/javascript; charset=utf-8",
+    "views/charts.js" => "text/javascript; charset=utf-8",
     "views/clusters.js" => "text/javascript; charset=utf-8",
     "views/cluster.js" => "text/javascript; charset=utf-8",
     "views/tokens.js" => "text/javascript; charset=utf-8",

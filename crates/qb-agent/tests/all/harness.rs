@@ -330,6 +330,9 @@ impl Controller {
                 agent_listen,
                 "--heartbeat-seconds",
                 "1",
+                // Host metrics reach the store (and the UI's charts) within seconds.
+                "--metrics-flush-seconds",
+                "2",
             ])
             .env("QB_LOG", "info,sqlx=warn");
         if let Some(binary) = agent_binary {

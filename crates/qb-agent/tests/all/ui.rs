@@ -172,6 +172,11 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
     b.wait("host-0's facts", SHOWS, |b| {
         b.text("main").contains("Debian").then_some(())
     });
+    // The host's load as its agent last reported it.
+    b.wait("host-0's load", SHOWS, |b| {
+        let text = b.text("main");
+        (text.contains("Load") && text.contains("of") && text.contains("used")).then_some(())
+    });
     b.shot("node-detail");
     assert_labelled(&b, "nodes/host-0");
 
@@ -334,6 +339,30 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
         api.get(&format!("/nodes/{worker}")).body["state"],
         "authorized"
     );
+
+    // Minutes later: host-0's load history, as charts that say what they show.
+    view(&b, &base, "nodes/host-0", "host-0");
+    let summary = b.wait("host-0's CPU chart", CONVERGE, |b| {
+        b.attribute("svg[data-chart=\"cpu\"]", "aria-label")
+    });
+    assert!(summary.starts_with("CPU over the last 1h: "), "{summary}");
+    for chart in ["memory", "disk"] {
+        assert!(
+            !b.all(&format!("svg[data-chart=\"{chart}\"] polyline"))
+                .is_empty(),
+            "{chart}"
+        );
+    }
+    b.click_button("main", "24h");
+    b.wait("the day's charts", SHOWS, |b| {
+        b.attribute("svg[data-chart=\"cpu\"]", "aria-label")
+            .filter(|l| l.starts_with("CPU over the last 24h"))
+    });
+    b.script(
+        "document.querySelector('svg[data-chart]').scrollIntoView({ block: 'center' }); return null;",
+        vec![],
+    );
+    b.shot("node-load");
 
     // The other main pages.
     view(&b, &base, "clusters", "Clusters");

@@ -1,6 +1,7 @@
 //! Host metrics from agents' heartbeats. This replica keeps, for each agent it holds, the last
-//! report and the current minute's sums; a task writes finished minutes to the store once a
-//! minute in one batch (never a write per heartbeat) and rolls each finished hour up.
+//! report and the current minute's sums; a task writes what was summed since its last write to
+//! the store in one batch (once a minute by default; never a write per heartbeat), where parts
+//! of the same minute add up, and rolls each finished hour up.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,8 +11,6 @@ use qb_api::{MetricsPoint, MetricsSample, NodeId, TenantId};
 use qb_store::Store;
 use time::OffsetDateTime;
 
-/// How often finished minutes are written.
-const FLUSH_EVERY: Duration = Duration::from_secs(60);
 /// How long a node that stopped reporting is remembered (its last minute written first).
 const FORGET_AFTER: time::Duration = time::Duration::minutes(5);
 
@@ -26,7 +25,7 @@ struct Recent {
     latest: MetricsSample,
     /// The minute being summed.
     minute: Sums,
-    /// Minutes finished and not yet written.
+    /// Minutes finished and not yet written in full.
     finished: Vec<MetricsPoint>,
 }
 
@@ -160,38 +159,39 @@ impl HostMetrics {
             .collect()
     }
 
-    /// Minutes finished by `now`, taken out to be written; nodes silent for long forgotten.
-    fn finished(&self, now: OffsetDateTime) -> Vec<(TenantId, NodeId, MetricsPoint)> {
-        let current = minute_of(now);
+    /// What was summed since the last call, taken out to be written: finished minutes, and
+    /// the part of the current one (whose next part will add up with it in the store). Nodes
+    /// silent for long are forgotten.
+    fn take(&self, now: OffsetDateTime) -> Vec<(TenantId, NodeId, MetricsPoint)> {
         let mut out = Vec::new();
         self.lock().retain(|node, recent| {
             out.extend(recent.finished.drain(..).map(|p| (recent.tenant, *node, p)));
-            if recent.minute.start < current && recent.minute.samples > 0 {
+            if recent.minute.samples > 0 {
                 out.push((recent.tenant, *node, recent.minute.point()));
-                recent.minute = Sums::new(current);
+                recent.minute = Sums::new(recent.minute.start);
             }
             now - recent.latest.at < FORGET_AFTER
         });
         out
     }
 
-    /// Writes finished minutes once a minute and rolls up each hour as it ends, until the
-    /// process does. A failed write is logged and its minutes tried again next time.
-    pub async fn run(self: Arc<Self>, store: Store) {
-        let mut ticker = tokio::time::interval(FLUSH_EVERY);
+    /// Writes what was summed every `every` and rolls up each hour as it ends, until the
+    /// process does. A failed write is logged and tried again next time.
+    pub async fn run(self: Arc<Self>, store: Store, every: Duration) {
+        let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pending: Vec<(TenantId, NodeId, MetricsPoint)> = Vec::new();
         let mut rolled = hour_of(OffsetDateTime::now_utc());
         loop {
             ticker.tick().await;
             let now = OffsetDateTime::now_utc();
-            pending.extend(self.finished(now));
+            pending.extend(self.take(now));
             match store.record_node_metrics(&pending).await {
                 Ok(()) => pending.clear(),
                 Err(e) => {
                     tracing::warn!(error = %e, points = pending.len(), "could not write node metrics; trying again in a minute");
-                    // Bounded: an hour of points for every node, then the oldest go.
-                    let cap = self.lock().len().max(1) * 60;
+                    // Bounded: an hour of writes for every node, then the oldest go.
+                    let cap = self.lock().len().max(1) * 3600 / every.as_secs().max(1) as usize;
                     if pending.len() > cap {
                         pending.drain(..pending.len() - cap);
                     }
@@ -235,46 +235,40 @@ mod tests {
     }
 
     #[test]
-    fn heartbeats_are_summed_by_the_minute_and_written_once_the_minute_is_over() {
+    fn heartbeats_are_summed_by_the_minute_and_each_part_written_once() {
         let metrics = HostMetrics::default();
         let (tenant, node) = (TenantId::new(), NodeId::new());
         let t0 = minute_of(OffsetDateTime::now_utc()) - time::Duration::minutes(3);
-        for (s, cpu, available) in [(0, 10.0, 60), (20, 20.0, 40), (40, 60.0, 50)] {
-            metrics.record(
-                tenant,
-                node,
-                heartbeat(t0 + time::Duration::seconds(s), cpu, available),
-            );
+        let at = |s: i64| t0 + time::Duration::seconds(s);
+        for (s, cpu, available) in [(0, 10.0, 60), (20, 20.0, 40)] {
+            metrics.record(tenant, node, heartbeat(at(s), cpu, available));
         }
-        // Nothing finished while the minute is still going.
-        assert!(
-            metrics
-                .finished(t0 + time::Duration::seconds(50))
-                .is_empty()
-        );
-        metrics.record(
-            tenant,
-            node,
-            heartbeat(t0 + time::Duration::seconds(65), 50.0, 50),
-        );
-        let written = metrics.finished(t0 + time::Duration::seconds(70));
-        assert_eq!(written.len(), 1);
+        // The minute so far, then only what came after.
+        let first = metrics.take(at(30));
+        assert_eq!(first.len(), 1);
+        assert_eq!((first[0].2.at, first[0].2.samples), (t0, 2));
+        assert!(metrics.take(at(35)).is_empty(), "nothing new");
+        metrics.record(tenant, node, heartbeat(at(40), 60.0, 50));
+        metrics.record(tenant, node, heartbeat(at(65), 50.0, 50));
+        let written = metrics.take(at(70));
+        assert_eq!(written.len(), 2, "{written:?}");
         let (t, n, p) = &written[0];
-        assert_eq!((*t, *n, p.at, p.samples), (tenant, node, t0, 3));
-        assert!((p.cpu_percent - 30.0).abs() < 1e-6, "{p:?}");
-        assert_eq!((p.cpu_percent_max, p.memory_used_bytes), (60.0, 50));
+        assert_eq!((*t, *n, p.at, p.samples), (tenant, node, t0, 1));
+        assert_eq!((p.cpu_percent, p.cpu_percent_max), (60.0, 60.0));
         assert_eq!(p.disk_used_bytes, 60, "the peak, not the average");
+        assert_eq!((written[1].2.at, written[1].2.samples), (at(60), 1));
         assert_eq!(metrics.latest(node).map(|s| s.cpu_percent), Some(50.0));
 
-        // The next minute goes out once it is over; a node silent for minutes is forgotten.
-        let later = metrics.finished(t0 + time::Duration::minutes(2));
-        assert_eq!(later.len(), 1);
-        assert_eq!(later[0].2.at, t0 + time::Duration::MINUTE);
-        assert!(
-            metrics
-                .finished(t0 + time::Duration::minutes(10))
-                .is_empty()
-        );
+        let mut sums = Sums::new(t0);
+        for (cpu, available) in [(10.0, 60), (20.0, 40), (60.0, 50)] {
+            sums.add(&heartbeat(t0, cpu, available));
+        }
+        let p = sums.point();
+        assert!((p.cpu_percent - 30.0).abs() < 1e-6, "{p:?}");
+        assert_eq!((p.cpu_percent_max, p.memory_used_bytes), (60.0, 50));
+
+        // A node silent for minutes is forgotten.
+        assert!(metrics.take(t0 + time::Duration::minutes(10)).is_empty());
         assert_eq!(metrics.latest(node), None);
     }
 

@@ -1,10 +1,15 @@
-// Node detail `#/nodes/<name>`: facts, labels, agent, cluster and role, and the plan the agent
-// last reported (steps and services). Operators authorize, deauthorize, delete, ping and label.
+// Node detail `#/nodes/<name>`: facts, labels, agent, cluster and role, the host's load (last
+// report and charts of its history), and the plan the agent last reported (steps and services).
+// Operators authorize, deauthorize, delete, ping and label.
 
 import { h, add, render, badge, time, exact, bytes, clusterLink, plural } from '../dom.js';
 import { ApiError, get, post, del, path } from '../api.js';
 import { section, dl, empty, table, alertSlot, runAction, announce, confirmDialog, button, showError } from '../ui.js';
 import { labelChips, roleText, planProgress, planText } from './common.js';
+import { latestFacts, loadCharts } from './charts.js';
+
+/** The ranges the load charts offer. */
+const RANGES = ['1h', '24h', '7d', '30d'];
 
 export function mount(ctx) {
   const name = ctx.params[0];
@@ -26,9 +31,24 @@ export function mount(ctx) {
     labelAlert, labels, operator ? labelForm() : null);
   const planSection = section('Plan');
   add(planSection, plan);
+  let range = RANGES[0];
+  const latest = h('div', { class: 'region' });
+  const charts = h('div', { class: 'region' });
+  const rangeButtons = RANGES.map((r) => h('button', {
+    type: 'button', class: 'btn btn-small', 'aria-pressed': String(r === range), 'data-range': r,
+    onclick: async () => {
+      range = r;
+      for (const b of rangeButtons) b.setAttribute('aria-pressed', String(b.dataset.range === r));
+      await refreshLoad();
+    },
+  }, r));
+  const loadSection = section('Load');
+  add(loadSection, latest,
+    h('div', { class: 'toolbar', role: 'group', 'aria-label': 'History range' }, rangeButtons),
+    charts);
   const body = h('div', {},
     operator ? h('div', { class: 'section' }, actionsRegion, actionAlert, pingResult) : null,
-    summary, labelsSection, planSection);
+    summary, loadSection, labelsSection, planSection);
 
   add(ctx.root,
     h('nav', { class: 'breadcrumb', 'aria-label': 'Breadcrumb' },
@@ -66,6 +86,14 @@ export function mount(ctx) {
     render(summary, n, () => summaryCards(n));
     render(labels, n.labels, () => labelChips(n.labels, operator ? removeLabel : null));
     render(plan, [n.plan, n.state], () => planView(n));
+    await refreshLoad();
+  }
+
+  async function refreshLoad() {
+    const m = await get(path('nodes', name, 'metrics'), { range });
+    if (!ctx.alive) return;
+    render(latest, m.latest, () => latestFacts(m.latest));
+    render(charts, [m.range, m.points], () => loadCharts(m));
   }
 
   // ---- rendering -----------------------------------------------------------------------
@@ -239,5 +267,9 @@ export function mount(ctx) {
     }
   }
 
-  return { refresh };
+  // The load changes with every heartbeat, which the live stream does not announce: read it
+  // again every half minute while the page is open.
+  const loadTimer = setInterval(() => refreshLoad().catch(() => {}), 30000);
+
+  return { refresh, destroy: () => clearInterval(loadTimer) };
 }
