@@ -330,6 +330,10 @@ fn start_controller(
         "127.0.0.1:0",
         "--heartbeat-seconds",
         &heartbeat_seconds.to_string(),
+        // Host metrics written every 5 s rather than every minute, so that a window of
+        // seconds sees the writes (their number per agent is what is measured).
+        "--metrics-flush-seconds",
+        "5",
     ]);
     let mut process = Process::spawn(
         &format!("qb-controller ({tag})"),
@@ -1280,11 +1284,17 @@ async fn controller_costs(controller_bin: &Path, max_agents: usize, table: &mut 
     connected.check(total);
     let all_tuples = (db1[1] - db0[1]) + (db1[2] - db0[2]) + (db1[3] - db0[3]);
     let mut tuples = 0;
+    let mut metrics_rows = 0;
     let mut maintenance = 0;
     let mut written = Vec::new();
     for (table, (writes, vacuums)) in &tables1 {
         let (w0, v0) = tables0.get(table).copied().unwrap_or_default();
-        tuples += writes - w0;
+        // Host metrics are written on a timer, never per heartbeat: counted apart.
+        if table == "node_metrics" {
+            metrics_rows += writes - w0;
+        } else {
+            tuples += writes - w0;
+        }
         maintenance += vacuums - v0;
         if writes > &w0 {
             written.push(format!("{table} {}", writes - w0));
@@ -1310,6 +1320,17 @@ async fn controller_costs(controller_bin: &Path, max_agents: usize, table: &mut 
     if !written.is_empty() {
         table.row("   qb tables written in the window", written.join(", "));
     }
+    // One row per agent per timed write of the metrics, one more where a minute ends between
+    // two writes; never one per heartbeat.
+    let window_s = elapsed.as_secs_f64();
+    let writes_at_most = (window_s / 5.0).ceil() + 1.0;
+    let per_agent_minute = metrics_rows as f64 / total as f64 / (window_s / 60.0);
+    table.target(
+        "   node metrics rows in the window (a timed write every 5 s here)",
+        format!("{metrics_rows}, {per_agent_minute:.1} per agent per minute"),
+        format!("1..={:.0}", total as f64 * writes_at_most),
+        metrics_rows > 0 && metrics_rows as f64 <= total as f64 * writes_at_most,
+    );
     table.row(
         "   whole database incl. catalogs: tuples / commits",
         format!(
