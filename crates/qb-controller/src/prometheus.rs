@@ -1,6 +1,7 @@
 //! `/metrics`: the caller's tenant in Prometheus's text exposition format, for a Prometheus
 //! server to scrape with an API token (`authorization: Bearer ...`). Per node: whether its agent
-//! is online and its host's last figures; per cluster: its state and size.
+//! is online and its host's last figures; per cluster: its state and size, and the requests
+//! through the Kubernetes API proxy; how long agents take to answer what the controller pushes.
 //!
 //! Host figures come from the agents this replica holds: with several replicas, scrape each.
 //! The format is four line shapes, so it is written here rather than through a metrics
@@ -15,6 +16,7 @@ use axum::response::IntoResponse;
 use qb_api::{Cluster, ClusterState, Node, NodeState, PageParams, Role};
 use qb_store::NodeFilter;
 
+use crate::agents::metrics::ROUND_TRIP_BUCKETS;
 use crate::auth::Caller;
 use crate::{ApiError, AppState};
 
@@ -68,10 +70,57 @@ pub async fn metrics(
         .filter(|(t, _, _)| *t == tenant)
         .map(|(_, node, sample)| (node, sample))
         .collect();
-    Ok((
-        [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        exposition(&nodes, &clusters, &latest),
-    ))
+    let mut text = exposition(&nodes, &clusters, &latest);
+    controller_series(&mut text, &app, &clusters, tenant);
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text))
+}
+
+/// What this replica did for the tenant: requests through its Kubernetes API proxy, and how
+/// long its agents took to answer what it pushed.
+fn controller_series(
+    text: &mut String,
+    app: &AppState,
+    clusters: &[Cluster],
+    tenant: qb_api::TenantId,
+) {
+    let mut out = Exposition::default();
+    out.head(
+        "qb_proxy_requests_total",
+        "Requests through this replica's Kubernetes API proxy: answered by an API server (whatever the status) or failed.",
+        "counter",
+    );
+    for c in clusters {
+        let (answered, failed) = app.kube_proxy.requests(c.id);
+        for (outcome, n) in [("answered", answered), ("failed", failed)] {
+            let labels = [
+                ("cluster", c.name.to_string()),
+                ("outcome", outcome.to_owned()),
+            ];
+            out.sample("qb_proxy_requests_total", &labels, n as f64);
+        }
+    }
+    let name = "qb_agent_round_trip_seconds";
+    out.head(
+        name,
+        "From an instruction pushed to an agent held by this replica to its answer.",
+        "histogram",
+    );
+    let h = app.agents.metrics().round_trips(tenant);
+    for (bound, n) in ROUND_TRIP_BUCKETS.iter().zip(h.buckets) {
+        out.sample(
+            &format!("{name}_bucket"),
+            &[("le", bound.to_string())],
+            n as f64,
+        );
+    }
+    out.sample(
+        &format!("{name}_bucket"),
+        &[("le", "+Inf".to_owned())],
+        h.count as f64,
+    );
+    out.sample(&format!("{name}_sum"), &[], h.sum_seconds);
+    out.sample(&format!("{name}_count"), &[], h.count as f64);
+    text.push_str(&out.text);
 }
 
 /// The text of one scrape.
@@ -207,9 +256,13 @@ struct Exposition {
 }
 
 impl Exposition {
-    /// Every family here is a gauge.
+    /// A gauge's help and type lines.
     fn family(&mut self, name: &str, help: &str) {
-        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} gauge");
+        self.head(name, help, "gauge");
+    }
+
+    fn head(&mut self, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, String)], value: f64) {

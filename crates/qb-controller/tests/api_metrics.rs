@@ -88,6 +88,24 @@ async fn a_nodes_metrics_are_its_last_report_and_its_history(store: qb_store::St
     let (status, _) = app.get(&b.admin, "/api/v1/nodes/a-0/metrics").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
+    // A request through the Kubernetes API proxy to a cluster no API server of which answers
+    // (it has no nodes) counts as failed.
+    let (status, _) = app
+        .post(
+            &a.operator,
+            "/api/v1/clusters",
+            serde_json::json!({"name": "c1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (head, _) = app
+        .respond(json_request(
+            bearer(&a.viewer, Method::GET, "/k8s/clusters/c1/api"),
+            None,
+        ))
+        .await;
+    assert!(head.status.is_server_error(), "{:?}", head.status);
+
     // /metrics: the caller's tenant only, and only with a token.
     let b0 = node_id(&app, b.id, "b-0").await;
     app.state
@@ -117,6 +135,26 @@ async fn a_nodes_metrics_are_its_last_report_and_its_history(store: qb_store::St
         "{text}"
     );
     assert!(!text.contains("b-0"), "{text}");
+    assert!(
+        text.contains("qb_cluster_state{cluster=\"c1\",state=\"empty\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("qb_proxy_requests_total{cluster=\"c1\",outcome=\"failed\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("qb_proxy_requests_total{cluster=\"c1\",outcome=\"answered\"} 0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE qb_agent_round_trip_seconds histogram\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("qb_agent_round_trip_seconds_bucket{le=\"+Inf\"} 0\n"),
+        "{text}"
+    );
     let (head, _) = app
         .respond(json_request(bearer("", Method::GET, "/metrics"), None))
         .await;

@@ -192,6 +192,24 @@ fn three_hosts_register_survive_a_partition_and_are_deauthorized() {
             ))
         }
     });
+    // Pushes answered by the agents, timed by the controller.
+    for name in &names {
+        ping(&api, name);
+    }
+    poll("the pings' round trips in Prometheus", SHORT * 4, || {
+        let count = prometheus
+            .query("qb_agent_round_trip_seconds_count")
+            .map_err(|e| e.to_string())?;
+        let pushed = count
+            .split("\"value\":[")
+            .nth(1)
+            .and_then(|v| v.split('"').nth(1))
+            .and_then(|n| n.parse::<u64>().ok());
+        match pushed {
+            Some(n) if n >= 3 => Ok(()),
+            _ => Err(count),
+        }
+    });
     drop(prometheus);
 
     // 5. Cut host-1's cable. It goes offline within the grace period (by the controller's

@@ -14,10 +14,37 @@ use time::OffsetDateTime;
 /// How long a node that stopped reporting is remembered (its last minute written first).
 const FORGET_AFTER: time::Duration = time::Duration::minutes(5);
 
-/// The recent metrics of the agents this replica holds.
+/// The recent metrics of the agents this replica holds, and how fast they answer.
 #[derive(Default)]
 pub struct HostMetrics {
     nodes: Mutex<HashMap<NodeId, Recent>>,
+    round_trips: Mutex<HashMap<TenantId, Histogram>>,
+}
+
+/// The upper bounds of the round-trip histogram's buckets, in seconds.
+pub const ROUND_TRIP_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Durations counted into buckets, as Prometheus's histograms are (each bucket counts what is
+/// at most its bound).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Histogram {
+    pub buckets: [u64; ROUND_TRIP_BUCKETS.len()],
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        for (bucket, bound) in self.buckets.iter_mut().zip(ROUND_TRIP_BUCKETS) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_seconds += seconds;
+    }
 }
 
 struct Recent {
@@ -146,6 +173,30 @@ impl HostMetrics {
         recent.latest = sample;
     }
 
+    /// An instruction pushed to `node`'s agent was answered after `took`; counted under the
+    /// node's tenant once its agent has sent a heartbeat.
+    pub fn round_trip(&self, node: NodeId, took: Duration) {
+        let Some(tenant) = self.lock().get(&node).map(|r| r.tenant) else {
+            return;
+        };
+        self.round_trips
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tenant)
+            .or_default()
+            .observe(took.as_secs_f64());
+    }
+
+    /// The round trips of `tenant`'s agents held here.
+    pub fn round_trips(&self, tenant: TenantId) -> Histogram {
+        self.round_trips
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&tenant)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// The node's last report, if this replica holds its agent.
     pub fn latest(&self, node: NodeId) -> Option<MetricsSample> {
         self.lock().get(&node).map(|r| r.latest.clone())
@@ -270,6 +321,25 @@ mod tests {
         // A node silent for minutes is forgotten.
         assert!(metrics.take(t0 + time::Duration::minutes(10)).is_empty());
         assert_eq!(metrics.latest(node), None);
+    }
+
+    #[test]
+    fn round_trips_are_counted_per_tenant_into_cumulative_buckets() {
+        let metrics = HostMetrics::default();
+        let (tenant, node) = (TenantId::new(), NodeId::new());
+        // Not counted before the node is known to be the tenant's.
+        metrics.round_trip(node, Duration::from_millis(3));
+        assert_eq!(metrics.round_trips(tenant).count, 0);
+        metrics.record(tenant, node, heartbeat(OffsetDateTime::now_utc(), 1.0, 50));
+        for ms in [3, 3, 40, 20_000] {
+            metrics.round_trip(node, Duration::from_millis(ms));
+        }
+        let h = metrics.round_trips(tenant);
+        assert_eq!(h.count, 4);
+        assert!((h.sum_seconds - 20.046).abs() < 1e-9, "{h:?}");
+        // <= 1 ms, 2.5 ms, 5 ms, 10 ms, 25 ms, 50 ms, ..., 10 s
+        assert_eq!(h.buckets, [0, 0, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3]);
+        assert_eq!(metrics.round_trips(TenantId::new()), Histogram::default());
     }
 
     #[test]

@@ -319,11 +319,15 @@ impl Agents {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, (node, tx));
         let message = ControllerMessage::Instruction { id, instruction };
+        let pushed = Instant::now();
         let result = if !self.push_local(node, message) {
             Err(PingError::NotConnected)
         } else {
             match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(outcome)) => Ok(outcome),
+                Ok(Ok(outcome)) => {
+                    self.metrics.round_trip(node, pushed.elapsed());
+                    Ok(outcome)
+                }
                 Ok(Err(_)) => Err(PingError::ChannelClosed),
                 Err(_) => Err(PingError::NoAnswer),
             }

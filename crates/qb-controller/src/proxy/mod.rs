@@ -66,6 +66,8 @@ pub struct KubeProxy {
     upstreams: Mutex<HashMap<ClusterId, Arc<ClusterUpstream>>>,
     names: Mutex<HashMap<(TenantId, String), (ClusterId, Instant)>>,
     callers: RecentCallers,
+    /// Requests to each cluster's API servers through this replica: answered, failed.
+    requests: Mutex<HashMap<ClusterId, (u64, u64)>>,
 }
 
 impl KubeProxy {
@@ -76,15 +78,33 @@ impl KubeProxy {
             upstreams: Mutex::default(),
             names: Mutex::default(),
             callers: RecentCallers::default(),
+            requests: Mutex::default(),
         }
     }
 
-    /// The cluster `key` (name or id) of `tenant`, and its connections.
-    async fn upstream(
-        &self,
-        tenant: TenantId,
-        key: &str,
-    ) -> Result<Arc<ClusterUpstream>, ProxyError> {
+    fn count(&self, cluster: ClusterId, answered: bool) {
+        let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = requests.entry(cluster).or_default();
+        if answered {
+            counts.0 += 1;
+        } else {
+            counts.1 += 1;
+        }
+    }
+
+    /// Requests to the cluster's API servers through this replica so far: answered (whatever
+    /// their status) and failed (no API server reached).
+    pub fn requests(&self, cluster: ClusterId) -> (u64, u64) {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cluster)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The id of `tenant`'s cluster `key` (name or id).
+    async fn cluster_id(&self, tenant: TenantId, key: &str) -> Result<ClusterId, ProxyError> {
         let cached = self
             .names
             .lock()
@@ -109,7 +129,7 @@ impl KubeProxy {
                 detail.cluster.id
             }
         };
-        self.upstream_of(tenant, id).await
+        Ok(id)
     }
 
     /// The connections of cluster `id` of `tenant`, made when there are none (or they are due
@@ -177,7 +197,7 @@ async fn proxy(State(state): State<AppState>, request: Request) -> Response {
 }
 
 async fn forward(state: &AppState, request: Request) -> Result<Response, ProxyError> {
-    let (mut parts, body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     let caller = state
         .kube_proxy
         .callers
@@ -200,13 +220,33 @@ async fn forward(state: &AppState, request: Request) -> Result<Response, ProxyEr
     };
     let upgrade = is_upgrade(&parts.headers);
     let headers = upstream_headers(&parts.headers, &caller, upgrade)?;
-    let upstream = state.kube_proxy.upstream(caller.tenant(), cluster).await?;
+    let id = state
+        .kube_proxy
+        .cluster_id(caller.tenant(), cluster)
+        .await?;
+    let result = match state.kube_proxy.upstream_of(caller.tenant(), id).await {
+        Ok(upstream) => forward_to(&upstream, parts, body, path_and_query, headers, upgrade).await,
+        Err(e) => Err(e),
+    };
+    state.kube_proxy.count(id, result.is_ok());
+    result
+}
+
+/// Sends a request to one of the cluster's API servers.
+async fn forward_to(
+    upstream: &ClusterUpstream,
+    mut parts: axum::http::request::Parts,
+    body: Body,
+    path_and_query: String,
+    headers: HeaderMap,
+    upgrade: bool,
+) -> Result<Response, ProxyError> {
     let masters = upstream.masters().await.map_err(ProxyError::upstream)?;
 
     if upgrade {
         let client_side = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
         return forward_upgrade(
-            &upstream,
+            upstream,
             masters[0],
             parts.method,
             path_and_query,
