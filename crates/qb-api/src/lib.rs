@@ -4,6 +4,7 @@
 //! validated newtypes at the edge (`Name`, `LabelKey`, `Cidr`, ...), so code holding one never
 //! re-checks it.
 
+mod alerts;
 mod bundle;
 pub mod endpoints;
 mod ids;
@@ -13,6 +14,7 @@ mod problem;
 mod report;
 mod values;
 
+pub use alerts::*;
 pub use bundle::*;
 pub use ids::{BootstrapTokenId, ClusterId, NodeId, TenantId, TokenId, UserId};
 pub use metrics::*;

@@ -8,6 +8,7 @@
 //! The store knows nothing of HTTP: it speaks in [`qb_api`] types and [`StoreError`]s.
 
 mod agents;
+mod alerts;
 mod clusters;
 mod engine;
 mod events;
@@ -31,6 +32,7 @@ pub use agents::{
     AgentNode, IdentityConflict, IssueError, IssuedCert, NewSecret, Registered, Registration,
     TokenRefusal,
 };
+pub use alerts::{AlertChanges, WantedAlert};
 pub use clusters::{ClusterSpec, SpecError};
 pub use engine::{Drain, EngineCluster, EngineNode, WIPE_PLAN_HASH};
 pub use events::EventFilter;

@@ -70,6 +70,11 @@ const SHARED: &[(i64, &str, &str)] = &[
         "node metrics",
         include_str!("../migrations/shared/0012_node_metrics.sql"),
     ),
+    (
+        13,
+        "alerts",
+        include_str!("../migrations/shared/0013_alerts.sql"),
+    ),
 ];
 
 /// A backend's migrations: its own first one, then the shared ones.

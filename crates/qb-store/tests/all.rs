@@ -38,6 +38,8 @@ macro_rules! on_both_backends {
 
 #[path = "cases/agents.rs"]
 mod agents;
+#[path = "cases/alerts.rs"]
+mod alerts;
 #[path = "cases/attach.rs"]
 mod attach;
 #[path = "cases/clusters.rs"]

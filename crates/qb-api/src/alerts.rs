@@ -1,0 +1,184 @@
+//! Alerts: conditions the controller watches for (a host offline, a disk nearly full, a
+//! cluster not healthy), each firing once per object until it resolves, and silences that keep
+//! matching alerts quiet for a while.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+
+/// What an alert watches for.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertRule {
+    /// The agent of a node in the pool or in a cluster has been silent for three heartbeats.
+    HostOffline,
+    /// The file system of a host's agent state is over 90 % full.
+    DiskFull,
+    /// A cluster is degraded or blocked.
+    ClusterUnhealthy,
+}
+
+impl AlertRule {
+    pub const ALL: [AlertRule; 3] = [
+        AlertRule::HostOffline,
+        AlertRule::DiskFull,
+        AlertRule::ClusterUnhealthy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertRule::HostOffline => "host_offline",
+            AlertRule::DiskFull => "disk_full",
+            AlertRule::ClusterUnhealthy => "cluster_unhealthy",
+        }
+    }
+}
+
+impl std::str::FromStr for AlertRule {
+    type Err = crate::InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                crate::InvalidValue(format!(
+                    "rule must be one of host_offline, disk_full, cluster_unhealthy, not {}",
+                    crate::quote(s)
+                ))
+            })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertSeverity {
+    Warning,
+    Critical,
+}
+
+impl AlertSeverity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertSeverity::Warning => "warning",
+            AlertSeverity::Critical => "critical",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    Firing,
+    Resolved,
+}
+
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Firing => "firing",
+            AlertState::Resolved => "resolved",
+        }
+    }
+}
+
+/// One occurrence of a rule on one object, from when it fired to when it resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Alert {
+    pub id: String,
+    pub rule: AlertRule,
+    pub severity: AlertSeverity,
+    pub state: AlertState,
+    /// `node` or `cluster`.
+    pub object_kind: String,
+    pub object_id: String,
+    pub object_name: String,
+    /// What is wrong, in a sentence.
+    pub summary: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub fired_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub resolved_at: Option<OffsetDateTime>,
+    /// Whether a silence covered it when it fired.
+    pub silenced: bool,
+}
+
+/// Which alerts to list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AlertQuery {
+    /// `firing` (the default), `resolved` or `all`.
+    #[param(pattern = "^(firing|resolved|all)$")]
+    pub state: Option<String>,
+    /// At most this many, newest first (default 100, at most 1000).
+    pub limit: Option<u32>,
+}
+
+/// Keeps alerts of a rule, of an object, or both, quiet until it ends: they still fire and
+/// resolve, and are marked silenced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Silence {
+    pub id: String,
+    /// The rule it covers; every rule when absent.
+    pub rule: Option<AlertRule>,
+    /// The node or cluster (by name) it covers; every object when absent.
+    pub object_name: Option<String>,
+    pub comment: String,
+    pub created_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub ends_at: OffsetDateTime,
+}
+
+impl Silence {
+    /// Whether it covers `rule` on `object_name` at `at`.
+    pub fn covers(&self, rule: AlertRule, object_name: &str, at: OffsetDateTime) -> bool {
+        at < self.ends_at
+            && self.rule.is_none_or(|r| r == rule)
+            && self.object_name.as_deref().is_none_or(|o| o == object_name)
+    }
+}
+
+/// A new silence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSilence {
+    pub rule: Option<AlertRule>,
+    /// A node's or cluster's name.
+    #[schema(max_length = 253)]
+    pub object_name: Option<String>,
+    /// How long it lasts, 1 minute to 30 days.
+    #[schema(minimum = 1, maximum = 43200)]
+    pub duration_minutes: u32,
+    /// Why; shown with it.
+    #[schema(min_length = 1, max_length = 512)]
+    pub comment: String,
+}
+
+impl CreateSilence {
+    pub const MAX_MINUTES: u32 = 43_200;
+
+    pub fn validate(&self) -> Result<(), crate::InvalidValue> {
+        let bad = |m: &str| Err(crate::InvalidValue(m.to_owned()));
+        if !(1..=Self::MAX_MINUTES).contains(&self.duration_minutes) {
+            return bad("duration_minutes must be between 1 and 43200 (30 days)");
+        }
+        let comment = self.comment.trim();
+        if comment.is_empty() || comment.chars().count() > 512 {
+            return bad("comment must say why, in 1 to 512 characters");
+        }
+        if let Some(object) = &self.object_name
+            && (object.is_empty() || object.len() > 253)
+        {
+            return bad("object_name must be a node's or cluster's name");
+        }
+        if self.rule.is_none() && self.object_name.is_none() {
+            return bad("a silence names a rule, an object, or both");
+        }
+        Ok(())
+    }
+}
