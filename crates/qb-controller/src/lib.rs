@@ -6,6 +6,7 @@
 
 pub mod addons;
 pub mod agents;
+pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod artifacts;

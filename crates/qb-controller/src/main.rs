@@ -397,11 +397,16 @@ async fn lead(store: Store, engine: Arc<Engine>) {
         tracing::info!("this replica runs the cluster engine");
         let running = tokio::spawn(engine.clone().run());
         let listening = tokio::spawn(hear_wakes(store.clone(), engine.clone()));
+        let alerting = tokio::spawn(qb_controller::alerts::run(
+            store.clone(),
+            engine.agents.clone(),
+        ));
         while leadership.holds().await {
             tokio::time::sleep(CHECK).await;
         }
         running.abort();
         listening.abort();
+        alerting.abort();
         tracing::warn!(
             "lost the database connection that held the engine's lead; stopped the engine"
         );

@@ -13,8 +13,7 @@ use std::fmt::Write as _;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use qb_api::{Cluster, ClusterState, Node, NodeState, PageParams, Role};
-use qb_store::NodeFilter;
+use qb_api::{Cluster, ClusterState, Node, NodeState, Role};
 
 use crate::agents::metrics::ROUND_TRIP_BUCKETS;
 use crate::auth::Caller;
@@ -28,40 +27,11 @@ pub async fn metrics(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let tenant = caller.tenant();
-    let mut nodes: Vec<Node> = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = app
-            .store
-            .list_nodes(
-                tenant,
-                &NodeFilter::default(),
-                after.as_deref(),
-                PageParams::MAX_LIMIT,
-            )
-            .await?;
-        nodes.extend(page.items);
-        match page.next {
-            Some(next) => after = Some(next),
-            None => break,
-        }
-    }
+    let mut nodes = crate::alerts::all_nodes(&app.store, tenant).await?;
     for node in &mut nodes {
         app.agents.overlay(node);
     }
-    let mut clusters: Vec<Cluster> = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = app
-            .store
-            .list_clusters(tenant, after.as_deref(), PageParams::MAX_LIMIT)
-            .await?;
-        clusters.extend(page.items);
-        match page.next {
-            Some(next) => after = Some(next),
-            None => break,
-        }
-    }
+    let clusters = crate::alerts::all_clusters(&app.store, tenant).await?;
     let latest: HashMap<_, _> = app
         .agents
         .metrics()

@@ -167,4 +167,34 @@ impl Store {
             })
             .collect()
     }
+
+    /// Each of the tenant's nodes' disk use (used, total bytes) in its newest minute point
+    /// since `since`.
+    pub async fn recent_disk_use(
+        &self,
+        tenant: TenantId,
+        since: OffsetDateTime,
+    ) -> Result<std::collections::HashMap<NodeId, (u64, u64)>> {
+        let rows = sqlx::query(
+            "SELECT node_id, disk_used_bytes, disk_total_bytes FROM node_metrics \
+             WHERE tenant_id = $1 AND resolution_s = 60 AND at >= $2 ORDER BY at",
+        )
+        .bind(tenant.to_string())
+        .bind(to_ms(since))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut disks = std::collections::HashMap::new();
+        for row in &rows {
+            let node: NodeId = crate::parse_id("node", &row.try_get::<String, _>("node_id")?)?;
+            let count = |v: i64| u64::try_from(v).unwrap_or(0);
+            disks.insert(
+                node,
+                (
+                    count(row.try_get("disk_used_bytes")?),
+                    count(row.try_get("disk_total_bytes")?),
+                ),
+            );
+        }
+        Ok(disks)
+    }
 }

@@ -141,7 +141,10 @@ async fn alerts_fire_once_resolve_and_are_silenced(db: TestDb) {
     );
 
     // Silences: listed until they end; deleted by id; another tenant's is not found.
-    assert_eq!(db.list_silences(a, now).await.unwrap(), std::slice::from_ref(&silence));
+    assert_eq!(
+        db.list_silences(a, now).await.unwrap(),
+        std::slice::from_ref(&silence)
+    );
     assert!(
         db.list_silences(a, now + Duration::HOUR)
             .await

@@ -1,0 +1,261 @@
+//! The alert rules: what is wrong with each tenant's hosts and clusters, found every few
+//! seconds by the replica that runs the cluster engine and synced to the store (which fires
+//! what is new and resolves what is over).
+//!
+//! - `host_offline`: a node in the pool or in a cluster whose agent has been silent for three
+//!   heartbeats (critical in a cluster, a warning in the pool);
+//! - `disk_full`: a host's agent state file system over 90 % full in its last minute point;
+//! - `cluster_unhealthy`: a cluster degraded or blocked.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qb_api::{
+    AlertRule, AlertSeverity, Cluster, ClusterState, Node, NodeId, NodeState, PageParams,
+};
+use qb_store::{NodeFilter, Store, WantedAlert};
+use time::OffsetDateTime;
+
+use crate::agents::Agents;
+
+/// How often the rules are evaluated.
+pub const EVALUATE_EVERY: Duration = Duration::from_secs(5);
+/// The share of a disk in use above which a host alerts.
+pub const DISK_FULL: f64 = 0.9;
+/// How old a metrics point may be to count for `disk_full`.
+const DISK_FRESH: time::Duration = time::Duration::minutes(5);
+
+/// The alerts the rules find true for one tenant's `nodes` and `clusters`; `online` tells a
+/// node's agent's liveness, `disks` each host's latest disk use (used, total bytes).
+pub fn wanted(
+    nodes: &[Node],
+    clusters: &[Cluster],
+    online: impl Fn(NodeId) -> bool,
+    disks: &HashMap<NodeId, (u64, u64)>,
+) -> Vec<WantedAlert> {
+    let mut out = Vec::new();
+    for n in nodes {
+        let watched = matches!(
+            n.state,
+            NodeState::Authorized | NodeState::Attached | NodeState::Detaching
+        );
+        if watched && n.agent.is_some() && !online(n.id) {
+            let (severity, place) = match &n.cluster {
+                Some(c) => (AlertSeverity::Critical, format!("in cluster {}", c.name)),
+                None => (AlertSeverity::Warning, "in the pool".to_owned()),
+            };
+            let since = n
+                .agent
+                .as_ref()
+                .and_then(|a| a.last_seen_at)
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .map_or_else(String::new, |t| format!(", last heard from at {t}"));
+            out.push(WantedAlert {
+                rule: AlertRule::HostOffline,
+                severity,
+                object_kind: "node",
+                object_id: n.id.to_string(),
+                object_name: n.name.to_string(),
+                summary: format!("the agent of {} ({place}) is offline{since}", n.name),
+            });
+        }
+        if let Some(&(used, total)) = disks.get(&n.id)
+            && total > 0
+            && used as f64 / total as f64 > DISK_FULL
+        {
+            out.push(WantedAlert {
+                rule: AlertRule::DiskFull,
+                severity: AlertSeverity::Warning,
+                object_kind: "node",
+                object_id: n.id.to_string(),
+                object_name: n.name.to_string(),
+                summary: format!(
+                    "the disk of {}'s agent state is {:.0} % full ({used} of {total} bytes)",
+                    n.name,
+                    100.0 * used as f64 / total as f64
+                ),
+            });
+        }
+    }
+    for c in clusters {
+        if matches!(c.state, ClusterState::Degraded | ClusterState::Blocked) {
+            let why = c
+                .state_message
+                .as_deref()
+                .map_or_else(String::new, |m| format!(": {m}"));
+            out.push(WantedAlert {
+                rule: AlertRule::ClusterUnhealthy,
+                severity: AlertSeverity::Critical,
+                object_kind: "cluster",
+                object_id: c.id.to_string(),
+                object_name: c.name.to_string(),
+                summary: format!("cluster {} is {}{why}", c.name, c.state.as_str()),
+            });
+        }
+    }
+    out
+}
+
+/// Evaluates the rules for every tenant every [`EVALUATE_EVERY`], until aborted.
+pub async fn run(store: Store, agents: Arc<Agents>) {
+    let mut ticker = tokio::time::interval(EVALUATE_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Err(e) = evaluate(&store, &agents).await {
+            tracing::warn!(error = %e, "could not evaluate the alert rules; trying again shortly");
+        }
+    }
+}
+
+async fn evaluate(store: &Store, agents: &Agents) -> Result<(), qb_store::StoreError> {
+    for tenant in store.tenants_with_objects().await? {
+        let nodes = all_nodes(store, tenant).await?;
+        let clusters = all_clusters(store, tenant).await?;
+        let now = OffsetDateTime::now_utc();
+        let disks = store.recent_disk_use(tenant, now - DISK_FRESH).await?;
+        let wanted = wanted(&nodes, &clusters, |n| agents.online(n), &disks);
+        let changes = store.sync_alerts(tenant, &wanted, now).await?;
+        for a in &changes.fired {
+            tracing::info!(tenant_id = %tenant, rule = a.rule.as_str(), object = %a.object_name, silenced = a.silenced, "alert fired: {}", a.summary);
+        }
+        for a in &changes.resolved {
+            tracing::info!(tenant_id = %tenant, rule = a.rule.as_str(), object = %a.object_name, "alert resolved: {}", a.summary);
+        }
+    }
+    Ok(())
+}
+
+/// Every node of the tenant.
+pub(crate) async fn all_nodes(
+    store: &Store,
+    tenant: qb_api::TenantId,
+) -> Result<Vec<Node>, qb_store::StoreError> {
+    let mut nodes = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_nodes(
+                tenant,
+                &NodeFilter::default(),
+                after.as_deref(),
+                PageParams::MAX_LIMIT,
+            )
+            .await?;
+        nodes.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(nodes),
+        }
+    }
+}
+
+/// Every cluster of the tenant.
+pub(crate) async fn all_clusters(
+    store: &Store,
+    tenant: qb_api::TenantId,
+) -> Result<Vec<Cluster>, qb_store::StoreError> {
+    let mut clusters = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_clusters(tenant, after.as_deref(), PageParams::MAX_LIMIT)
+            .await?;
+        clusters.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(clusters),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn node(name: &str, state: &str, cluster: Option<&str>, agent: bool) -> Node {
+        let id = NodeId::new();
+        serde_json::from_value(json!({
+            "id": id, "name": name, "state": state,
+            "cluster": cluster.map(|c| json!({"id": qb_api::ClusterId::new(), "name": c})),
+            "facts": {"hostname": name, "os": "Debian", "kernel": "6.1", "arch": "x86_64",
+                      "cpus": 2, "memory_bytes": 1, "addresses": []},
+            "labels": {},
+            "agent": agent.then(|| json!({"version": "0.1.0", "online": false,
+                                         "last_seen_at": "2026-12-05T10:00:00Z"})),
+            "created_at": "2026-12-05T09:00:00Z", "updated_at": "2026-12-05T09:00:00Z",
+        }))
+        .expect("a node")
+    }
+
+    fn cluster(name: &str, state: &str, message: Option<&str>) -> Cluster {
+        serde_json::from_value(json!({
+            "id": qb_api::ClusterId::new(), "name": name, "kubernetes_version": "1.20.2",
+            "pod_cidr": "10.244.0.0/16", "service_cidr": "10.96.0.0/12", "masters": "auto",
+            "roles": {}, "state": state, "state_message": message,
+            "state_since": "2026-12-05T09:00:00Z", "node_count": 1,
+            "created_at": "2026-12-05T09:00:00Z",
+        }))
+        .expect("a cluster")
+    }
+
+    #[test]
+    fn each_rule_fires_for_what_it_watches_and_nothing_else() {
+        let nodes = [
+            node("in-cluster", "attached", Some("web"), true),
+            node("in-pool", "authorized", None, true),
+            node("pending", "pending", None, true),
+            node("never-registered", "authorized", None, false),
+            node("online", "attached", Some("web"), true),
+            node("full", "authorized", None, true),
+        ];
+        let online = |id: NodeId| [&nodes[4], &nodes[5]].iter().any(|n| n.id == id);
+        let disks = HashMap::from([
+            (nodes[4].id, (89, 100)),
+            (nodes[5].id, (95, 100)),
+            (nodes[0].id, (10, 0)),
+        ]);
+        let clusters = [
+            cluster("web", "degraded", Some("host-1 is offline")),
+            cluster("db", "blocked", None),
+            cluster("ok", "ready", None),
+            cluster("new", "installing", None),
+        ];
+        let got: Vec<(AlertRule, AlertSeverity, String)> =
+            wanted(&nodes, &clusters, online, &disks)
+                .into_iter()
+                .map(|a| (a.rule, a.severity, a.object_name))
+                .collect();
+        use AlertRule::*;
+        use AlertSeverity::*;
+        assert_eq!(
+            got,
+            [
+                (HostOffline, Critical, "in-cluster".to_owned()),
+                (HostOffline, Warning, "in-pool".to_owned()),
+                (DiskFull, Warning, "full".to_owned()),
+                (ClusterUnhealthy, Critical, "web".to_owned()),
+                (ClusterUnhealthy, Critical, "db".to_owned()),
+            ]
+        );
+        let summaries: Vec<String> = wanted(&nodes, &clusters, online, &disks)
+            .into_iter()
+            .map(|a| a.summary)
+            .collect();
+        assert_eq!(
+            summaries[0],
+            "the agent of in-cluster (in cluster web) is offline, last heard from at 2026-12-05T10:00:00Z"
+        );
+        assert_eq!(
+            summaries[2],
+            "the disk of full's agent state is 95 % full (95 of 100 bytes)"
+        );
+        assert_eq!(summaries[3], "cluster web is degraded: host-1 is offline");
+    }
+}
