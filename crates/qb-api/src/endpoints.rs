@@ -112,6 +112,10 @@ pub const DEAUTHORIZE_NODE: Endpoint =
     Endpoint::new(Method::Post, "/api/v1/nodes/{node}/deauthorize");
 pub const LABEL_NODE: Endpoint = Endpoint::new(Method::Post, "/api/v1/nodes/{node}/labels");
 pub const PING_NODE: Endpoint = Endpoint::new(Method::Post, "/api/v1/nodes/{node}/ping");
+pub const LIST_ALERTS: Endpoint = Endpoint::new(Method::Get, "/api/v1/alerts");
+pub const LIST_SILENCES: Endpoint = Endpoint::new(Method::Get, "/api/v1/silences");
+pub const CREATE_SILENCE: Endpoint = Endpoint::new(Method::Post, "/api/v1/silences");
+pub const DELETE_SILENCE: Endpoint = Endpoint::new(Method::Delete, "/api/v1/silences/{id}");
 pub const NODE_METRICS: Endpoint = Endpoint::new(Method::Get, "/api/v1/nodes/{node}/metrics");
 
 pub const LIST_TOKENS: Endpoint = Endpoint::new(Method::Get, "/api/v1/tokens");
@@ -153,6 +157,10 @@ pub const ALL: &[Endpoint] = &[
     LABEL_NODE,
     PING_NODE,
     NODE_METRICS,
+    LIST_ALERTS,
+    LIST_SILENCES,
+    CREATE_SILENCE,
+    DELETE_SILENCE,
     LIST_TOKENS,
     CREATE_TOKEN,
     REVOKE_TOKEN,

@@ -8,11 +8,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use qb_api::{
-    AttachRequest, BootstrapToken, Cluster, ClusterDetail, CreateBootstrapToken, CreateCluster,
-    CreateKubeconfig, CreateToken, CreateUser, CreatedBootstrapToken, CreatedToken, DeletedCluster,
-    DetachRequest, Event, Kubeconfig, LabelChange, MetricsQuery, MetricsRange, Node, NodeMetrics,
-    NodeMove, NodeState, Page, PageParams, PingResult, ProblemCode, Role, SetPassword, Token,
-    TokenId, User, Whoami,
+    Alert, AlertQuery, AttachRequest, BootstrapToken, Cluster, ClusterDetail, CreateBootstrapToken,
+    CreateCluster, CreateKubeconfig, CreateSilence, CreateToken, CreateUser, CreatedBootstrapToken,
+    CreatedToken, DeletedCluster, DetachRequest, Event, Kubeconfig, LabelChange, MetricsQuery,
+    MetricsRange, Node, NodeMetrics, NodeMove, NodeState, Page, PageParams, PingResult,
+    ProblemCode, Role, SetPassword, Silence, Token, TokenId, User, Whoami,
 };
 use qb_store::{ClusterSpec, EventFilter, Key};
 use serde::Deserialize;
@@ -61,6 +61,9 @@ pub(crate) fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(deauthorize_node))
         .routes(routes!(ping_node))
         .routes(routes!(node_metrics))
+        .routes(routes!(list_alerts))
+        .routes(routes!(list_silences, create_silence))
+        .routes(routes!(delete_silence))
         .routes(routes!(list_clusters, create_cluster))
         .routes(routes!(get_cluster, delete_cluster))
         .routes(routes!(attach))
@@ -581,4 +584,57 @@ async fn node_metrics(
     Ok(Json(
         app.node_metrics(&caller, &node_key(&node), range).await?,
     ))
+}
+
+/// The tenant's alerts, newest first: firing ones by default. An alert fires once when its
+/// rule finds its object wrong (a host offline, a disk over 90 % full, a cluster degraded or
+/// blocked) and resolves when it no longer does.
+#[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", params(AlertQuery),
+    responses((status = 200, body = Vec<Alert>), (status = 400, body = qb_api::Problem)))]
+async fn list_alerts(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<AlertQuery>,
+) -> ApiResult<Json<Vec<Alert>>> {
+    Ok(Json(app.list_alerts(&caller, &query).await?))
+}
+
+/// The tenant's silences that have not ended.
+#[utoipa::path(get, path = "/api/v1/silences", tag = "alerts",
+    responses((status = 200, body = Vec<Silence>)))]
+async fn list_silences(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<Silence>>> {
+    Ok(Json(app.list_silences(&caller).await?))
+}
+
+/// Silence the alerts of a rule, of a node or cluster, or both, for a while: they still fire
+/// and resolve, marked silenced, and notify no one.
+#[utoipa::path(post, path = "/api/v1/silences", tag = "alerts", request_body = CreateSilence,
+    responses((status = 201, body = Silence), (status = 400, body = qb_api::Problem)))]
+async fn create_silence(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateSilence>,
+) -> ApiResult<(StatusCode, Json<Silence>)> {
+    caller.require(Role::Operator)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(app.create_silence(&caller, &req).await?),
+    ))
+}
+
+/// End a silence now.
+#[utoipa::path(delete, path = "/api/v1/silences/{id}", tag = "alerts",
+    params(("id" = String, Path, description = "Silence id")),
+    responses((status = 204), (status = 404, body = qb_api::Problem)))]
+async fn delete_silence(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Operator)?;
+    app.delete_silence(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

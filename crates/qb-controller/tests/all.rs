@@ -5,6 +5,7 @@
 mod support;
 
 mod api_agents;
+mod api_alerts;
 mod api_auth;
 mod api_input;
 mod api_kubeconfig;

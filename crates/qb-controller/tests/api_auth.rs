@@ -60,6 +60,19 @@ fn routes() -> Vec<(Method, &'static str, Option<serde_json::Value>)> {
             None,
         ),
         (Method::GET, "/api/v1/events", None),
+        (Method::GET, "/api/v1/nodes/n-0/metrics", None),
+        (Method::GET, "/api/v1/alerts", None),
+        (Method::GET, "/api/v1/silences", None),
+        (
+            Method::POST,
+            "/api/v1/silences",
+            Some(json!({"rule": "disk_full", "duration_minutes": 5, "comment": "c"})),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/silences/01a1fc8f-3732-7437-af29-7d935c2c90b5",
+            None,
+        ),
     ]
 }
 

@@ -94,6 +94,8 @@ impl Store {
         wanted: &[WantedAlert],
         now: OffsetDateTime,
     ) -> Result<AlertChanges> {
+        // As stored: to the millisecond.
+        let now = from_ms(to_ms(now));
         let mut w = self.write(tenant).await?;
         let rows = sqlx::query(&format!(
             "SELECT {ALERT_COLUMNS} FROM alerts WHERE tenant_id = $1 AND state = 'firing'"
@@ -244,6 +246,7 @@ impl Store {
         now: OffsetDateTime,
     ) -> Result<Silence> {
         new.validate()?;
+        let now = from_ms(to_ms(now));
         let s = Silence {
             id: uuid::Uuid::now_v7().to_string(),
             rule: new.rule,

@@ -11,6 +11,7 @@
 
 mod access;
 mod agents;
+mod alerts;
 mod bundles;
 mod clusters;
 mod nodes;

@@ -77,7 +77,7 @@ async fn reopening_keeps_everything(db: TestDb) {
         .await
         .unwrap()
         .get("n");
-    assert_eq!((applied, total), ((1..=11).collect::<Vec<i64>>(), 11));
+    assert_eq!((applied, total), ((1..=13).collect::<Vec<i64>>(), 13));
 }
 
 /// Controller replicas starting together on a fresh PostgreSQL database take turns migrating.
