@@ -60,10 +60,47 @@ pub enum Command {
     User(UserCommand),
     /// Show the audit trail, oldest first.
     Events(EventsArgs),
+    /// Alerts (a host offline, a disk nearly full, a cluster not healthy) and their silences.
+    #[command(subcommand, alias = "alerts")]
+    Alert(AlertCommand),
     /// Print a shell completion script.
     Completion {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertCommand {
+    /// List alerts, newest first: the firing ones, or with --all resolved ones too.
+    #[command(visible_alias = "ls")]
+    List {
+        /// Resolved alerts too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Keep alerts of a rule, of a node or cluster, or both, quiet for a while (they still fire
+    /// and resolve, and notify no one).
+    Silence {
+        /// The rule: host_offline, disk_full or cluster_unhealthy; every rule when left out.
+        #[arg(long, value_parser = ["host_offline", "disk_full", "cluster_unhealthy"])]
+        rule: Option<String>,
+        /// The node or cluster, by name; every object when left out.
+        #[arg(long)]
+        object: Option<String>,
+        /// How long, in minutes (at most 30 days).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=43200))]
+        minutes: u32,
+        /// Why.
+        #[arg(long)]
+        comment: String,
+    },
+    /// List the silences that have not ended.
+    Silences,
+    /// End a silence now.
+    Unsilence {
+        /// The silence's id.
+        id: String,
     },
 }
 
@@ -784,6 +821,23 @@ mod tests {
             matches!(cli.command, Command::Node(NodeCommand::Metrics { range, .. }) if range == "1h")
         );
         assert!(parse("qb node metrics n1 --range 2h").is_err());
+    }
+
+    #[test]
+    fn alert_commands_parse() {
+        let cli =
+            parse("qb alert silence --rule disk_full --object n2 --minutes 90 --comment moving")
+                .expect("parse");
+        assert!(
+            matches!(cli.command, Command::Alert(AlertCommand::Silence { rule: Some(r), object: Some(o), minutes: 90, .. })
+            if r == "disk_full" && o == "n2")
+        );
+        assert!(parse("qb alert silence --rule loud --minutes 5 --comment x").is_err());
+        assert!(parse("qb alert silence --rule disk_full --minutes 0 --comment x").is_err());
+        assert!(matches!(
+            parse("qb alerts ls --all").expect("parse").command,
+            Command::Alert(AlertCommand::List { all: true })
+        ));
     }
 
     #[test]

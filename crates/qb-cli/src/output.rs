@@ -8,9 +8,9 @@ use std::io::Write;
 use anyhow::Context as _;
 use comfy_table::{Table, presets};
 use qb_api::{
-    BootstrapToken, Bundle, BundleManifest, Cluster, ClusterDetail, Description, Event, Labels,
-    MeshProbe, Node, NodeAgent, NodeMetrics, NodePlan, NodeRole, PlanState, PreflightReport,
-    ServiceReport, Severity, StepState, Token, User, Whoami,
+    Alert, AlertState, BootstrapToken, Bundle, BundleManifest, Cluster, ClusterDetail, Description,
+    Event, Labels, MeshProbe, Node, NodeAgent, NodeMetrics, NodePlan, NodeRole, PlanState,
+    PreflightReport, ServiceReport, Severity, Silence, StepState, Token, User, Whoami,
 };
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -895,6 +895,46 @@ pub fn events_table(events: &[Event]) -> String {
     )
 }
 
+pub fn alerts_table(alerts: &[Alert]) -> String {
+    table(
+        &["FIRED", "STATE", "SEVERITY", "RULE", "OBJECT", "SUMMARY"],
+        alerts.iter().map(|a| {
+            let state = match (a.state, a.silenced) {
+                (AlertState::Firing, true) => "firing (silenced)".to_owned(),
+                (AlertState::Firing, false) => "firing".to_owned(),
+                (AlertState::Resolved, _) => format!(
+                    "resolved {}",
+                    a.resolved_at.map(timestamp).unwrap_or_default()
+                ),
+            };
+            vec![
+                timestamp(a.fired_at),
+                state,
+                a.severity.as_str().to_owned(),
+                a.rule.as_str().to_owned(),
+                format!("{}/{}", a.object_kind, a.object_name),
+                a.summary.clone(),
+            ]
+        }),
+    )
+}
+
+pub fn silences_table(silences: &[Silence]) -> String {
+    table(
+        &["ID", "RULE", "OBJECT", "UNTIL", "BY", "COMMENT"],
+        silences.iter().map(|s| {
+            vec![
+                s.id.clone(),
+                s.rule.map_or("(any)", |r| r.as_str()).to_owned(),
+                s.object_name.clone().unwrap_or_else(|| "(any)".to_owned()),
+                timestamp(s.ends_at),
+                s.created_by.clone(),
+                truncate(&s.comment, 60),
+            ]
+        }),
+    )
+}
+
 pub fn whoami_fields(w: &Whoami, context: &str, server: &str) -> String {
     fields(&[
         ("User", w.user.to_string()),
@@ -1732,6 +1772,50 @@ mod tests {
         assert_eq!(
             node_metrics(&m, NOW),
             "Node host-0: no report from its agent now.\nNo history over the last 1h yet.\n"
+        );
+    }
+
+    #[test]
+    fn alerts_and_silences_tables() {
+        let alert = |state, silenced, resolved_at| Alert {
+            id: "a1".into(),
+            rule: qb_api::AlertRule::HostOffline,
+            severity: qb_api::AlertSeverity::Critical,
+            state,
+            object_kind: "node".into(),
+            object_id: "n1-id".into(),
+            object_name: "n1".into(),
+            summary: "the agent of n1 (in cluster web) is offline".into(),
+            fired_at: datetime!(2026-12-05 10:00 UTC),
+            resolved_at,
+            silenced,
+        };
+        assert_eq!(
+            alerts_table(&[
+                alert(AlertState::Firing, true, None),
+                alert(
+                    AlertState::Resolved,
+                    false,
+                    Some(datetime!(2026-12-05 10:05 UTC))
+                ),
+            ]),
+            "FIRED                  STATE                           SEVERITY   RULE           OBJECT    SUMMARY\n\
+             2026-12-05T10:00:00Z   firing (silenced)               critical   host_offline   node/n1   the agent of n1 (in cluster web) is offline\n\
+             2026-12-05T10:00:00Z   resolved 2026-12-05T10:05:00Z   critical   host_offline   node/n1   the agent of n1 (in cluster web) is offline\n"
+        );
+        let silence = Silence {
+            id: "s1".into(),
+            rule: None,
+            object_name: Some("n2".into()),
+            comment: "moving data".into(),
+            created_by: "user:op".into(),
+            created_at: datetime!(2026-12-05 10:00 UTC),
+            ends_at: datetime!(2026-12-05 12:00 UTC),
+        };
+        assert_eq!(
+            silences_table(&[silence]),
+            "ID   RULE    OBJECT   UNTIL                  BY        COMMENT\n\
+             s1   (any)   n2       2026-12-05T12:00:00Z   user:op   moving data\n"
         );
     }
 }

@@ -1,6 +1,7 @@
 //! The commands: each reads the configuration and arguments, calls the controller, prints.
 
 mod agent_package;
+mod alert;
 mod bundle;
 mod cluster;
 mod context;
@@ -85,6 +86,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(cmd) => token::run(&app, cmd).await,
         Command::User(cmd) => user::run(&app, cmd).await,
         Command::Events(args) => events::run(&app, args).await,
+        Command::Alert(cmd) => alert::run(&app, cmd).await,
         Command::AgentPackage(cmd) => agent_package::run(&app, cmd).await,
         Command::Completion { .. } => Ok(()),
     }
