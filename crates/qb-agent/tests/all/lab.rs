@@ -244,6 +244,27 @@ fn three_hosts_register_survive_a_partition_and_are_deauthorized() {
         "authorized",
         "going offline does not change the lifecycle state"
     );
+    // A host-offline alert fires for it (a warning: it is in the pool), and for it alone.
+    // (Other rules may fire in the lab: its hosts share this machine's disk.)
+    let offline_alerts = |alerts: &Value| -> Vec<Value> {
+        alerts
+            .as_array()
+            .expect("alerts")
+            .iter()
+            .filter(|a| a["rule"] == "host_offline")
+            .cloned()
+            .collect()
+    };
+    let alert = poll("a host_offline alert for host-1", SHORT * 2, || {
+        let alerts = api.get("/alerts").ok();
+        let firing = offline_alerts(&alerts);
+        match firing.as_slice() {
+            [a] if a["object_name"] == "host-1" => Ok(a.clone()),
+            _ => Err(alerts.to_string()),
+        }
+    });
+    assert_eq!(alert["severity"], "warning", "{alert}");
+    eprintln!("host_offline alert fired {:?} after the cut", cut.elapsed());
 
     // 6. Reconnect the cable: host-1 comes back online (resuming or reconnecting).
     lab.link_up(1).expect("the cable");
@@ -259,6 +280,19 @@ fn three_hosts_register_survive_a_partition_and_are_deauthorized() {
         }
     });
     let back = restored.elapsed();
+    // Its alert resolves.
+    poll("host-1's alert resolved", SHORT * 2, || {
+        let alerts = api.get("/alerts?state=all").ok();
+        let resolved = alerts.as_array().expect("alerts").iter().any(|a| {
+            a["id"] == alert["id"] && a["state"] == "resolved" && a["resolved_at"].is_string()
+        });
+        let firing = offline_alerts(&api.get("/alerts").ok());
+        if resolved && firing.is_empty() {
+            Ok(())
+        } else {
+            Err(alerts.to_string())
+        }
+    });
     let reconnected = agents[1].proc.log.count("lost the controller") > 0;
     eprintln!("host-1 back online {back:?} after the link came up (reconnected: {reconnected})");
     // And it answers pushes again. A ping pushed while the resumed connection is still being
