@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use qb_api::{Cluster, ClusterState, Node, NodeState, Role};
+use qb_api::{Cluster, ClusterState, Node, NodeState, PageParams, Role};
 
 use crate::agents::metrics::ROUND_TRIP_BUCKETS;
 use crate::auth::Caller;
@@ -41,8 +41,46 @@ pub async fn metrics(
         .map(|(_, node, sample)| (node, sample))
         .collect();
     let mut text = exposition(&nodes, &clusters, &latest);
+    let firing = app
+        .store
+        .list_alerts(
+            tenant,
+            Some(qb_api::AlertState::Firing),
+            PageParams::MAX_LIMIT,
+        )
+        .await?;
+    alert_series(&mut text, &firing);
     controller_series(&mut text, &app, &clusters, tenant);
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text))
+}
+
+/// How many alerts fire, per rule and severity (silenced ones apart).
+fn alert_series(text: &mut String, firing: &[qb_api::Alert]) {
+    let mut out = Exposition::default();
+    out.family(
+        "qb_alerts_firing",
+        "Alerts firing now, by rule and severity; silenced or not.",
+    );
+    for rule in qb_api::AlertRule::ALL {
+        for severity in [
+            qb_api::AlertSeverity::Warning,
+            qb_api::AlertSeverity::Critical,
+        ] {
+            for silenced in [false, true] {
+                let n = firing
+                    .iter()
+                    .filter(|a| a.rule == rule && a.severity == severity && a.silenced == silenced)
+                    .count();
+                let labels = [
+                    ("rule", rule.as_str().to_owned()),
+                    ("severity", severity.as_str().to_owned()),
+                    ("silenced", silenced.to_string()),
+                ];
+                out.sample("qb_alerts_firing", &labels, n as f64);
+            }
+        }
+    }
+    text.push_str(&out.text);
 }
 
 /// What this replica did for the tenant: requests through its Kubernetes API proxy, and how

@@ -196,7 +196,7 @@ const TONES = {
   info: ['installing', 'preflight', 'applying', 'running', 'detaching', 'in progress', 'progressing'],
   wait: ['pending', 'warning', 'not checked'],
   neutral: ['authorized', 'attached'],
-  bad: ['degraded', 'blocked', 'failed', 'refused', 'offline', 'deauthorized', 'error', 'unhealthy', 'not running', 'failing', 'unavailable'],
+  bad: ['degraded', 'blocked', 'critical', 'failed', 'refused', 'offline', 'deauthorized', 'error', 'unhealthy', 'not running', 'failing', 'unavailable'],
   muted: ['empty', 'expired', 'revoked', 'used up', 'unknown', 'no agent', 'no report', 'worker', 'master'],
 };
 const TONE_OF = new Map(Object.entries(TONES).flatMap(([tone, states]) => states.map((s) => [s, tone])));

@@ -1,9 +1,9 @@
-// Overview `#/`: problems first (clusters that are not well or busy for too long, offline agents
-// of attached nodes, nodes waiting for authorization), then work in progress (every busy
+// Overview `#/`: problems first (firing alerts, clusters that are not well or busy for too long,
+// offline agents of attached nodes, nodes waiting for authorization), then work in progress (every busy
 // cluster, however long it has been busy, and leaving nodes), then counts.
 
 import { h, add, render, badge, time, exact, plural, nodeHref, clusterHref } from '../dom.js';
-import { API, listAll } from '../api.js';
+import { API, get, listAll } from '../api.js';
 import { section, lead, empty, code } from '../ui.js';
 import { planProgress } from './common.js';
 
@@ -35,15 +35,16 @@ export function mount(ctx) {
     countsSection);
 
   async function refresh() {
-    const [nodes, clusters] = await Promise.all([
+    const [nodes, clusters, alerts] = await Promise.all([
       listAll(`${API}/nodes`),
       listAll(`${API}/clusters`),
+      get(`${API}/alerts`),
     ]);
     if (!ctx.alive) return;
     // The minute is an input too: a cluster becomes busy for too long while the API says the same.
     const now = Date.now();
-    render(problems, [nodes, clusters, ctx.can('operator'), Math.floor(now / 60000)],
-      () => renderProblems(ctx, nodes, clusters, now));
+    render(problems, [nodes, clusters, alerts, ctx.can('operator'), Math.floor(now / 60000)],
+      () => renderProblems(ctx, nodes, clusters, alerts, now));
     render(progress, [nodes, clusters], () => renderProgress(nodes, clusters));
     render(counts, [nodes, clusters], () => renderCounts(nodes, clusters));
   }
@@ -58,8 +59,18 @@ function item(link, state, text, attr = 'state') {
     text && h('p', { class: 'problem-text' }, text));
 }
 
-function renderProblems(ctx, nodes, clusters, now) {
+function renderProblems(ctx, nodes, clusters, alerts, now) {
   const items = [];
+  // Firing alerts the entries below do not already tell: full disks, hosts offline in the pool.
+  const inCluster = new Set(nodes.filter((n) => n.cluster).map((n) => n.name));
+  for (const a of alerts.filter((a) => !a.silenced)) {
+    const told = a.rule === 'cluster_unhealthy' || (a.rule === 'host_offline' && inCluster.has(a.object_name));
+    if (told) continue;
+    const href = a.object_kind === 'cluster' ? clusterHref(a.object_name) : nodeHref(a.object_name);
+    const what = a.object_kind === 'cluster' ? 'Cluster' : 'Node';
+    items.push(item(h('a', { href, 'data-fk': `a:${a.id}` }, `${what} ${a.object_name}`), a.severity,
+      [`Alert ${a.rule}: ${a.summary}, since `, time(a.fired_at), '.'], 'alert'));
+  }
   for (const c of clusters.filter((c) => TROUBLED.has(c.state))) {
     items.push(item(h('a', { href: clusterHref(c.name), 'data-fk': `c:${c.name}` }, `Cluster ${c.name}`), c.state,
       c.state_message || (c.state === 'blocked' ? 'Blocked: it needs you.' : 'A node or a component is unhealthy.')));
