@@ -135,23 +135,13 @@ pub(crate) async fn all_nodes(
     store: &Store,
     tenant: qb_api::TenantId,
 ) -> Result<Vec<Node>, qb_store::StoreError> {
-    let mut nodes = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store
-            .list_nodes(
-                tenant,
-                &NodeFilter::default(),
-                after.as_deref(),
-                PageParams::MAX_LIMIT,
-            )
-            .await?;
-        nodes.extend(page.items);
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok(nodes),
-        }
-    }
+    every_page(|after| async move {
+        let filter = NodeFilter::default();
+        store
+            .list_nodes(tenant, &filter, after.as_deref(), PageParams::MAX_LIMIT)
+            .await
+    })
+    .await
 }
 
 /// Every cluster of the tenant.
@@ -159,16 +149,28 @@ pub(crate) async fn all_clusters(
     store: &Store,
     tenant: qb_api::TenantId,
 ) -> Result<Vec<Cluster>, qb_store::StoreError> {
-    let mut clusters = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store
+    every_page(|after| async move {
+        store
             .list_clusters(tenant, after.as_deref(), PageParams::MAX_LIMIT)
-            .await?;
-        clusters.extend(page.items);
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok(clusters),
+            .await
+    })
+    .await
+}
+
+/// The items of every page `page` returns, following each page's cursor to the last.
+async fn every_page<T, F, Fut>(mut page: F) -> Result<Vec<T>, qb_store::StoreError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<qb_api::Page<T>, qb_store::StoreError>>,
+{
+    let mut items = Vec::new();
+    let mut after = None;
+    loop {
+        let next = page(after).await?;
+        items.extend(next.items);
+        match next.next {
+            Some(cursor) => after = Some(cursor),
+            None => return Ok(items),
         }
     }
 }
