@@ -1289,11 +1289,12 @@ async fn controller_costs(controller_bin: &Path, max_agents: usize, table: &mut 
     let mut written = Vec::new();
     for (table, (writes, vacuums)) in &tables1 {
         let (w0, v0) = tables0.get(table).copied().unwrap_or_default();
-        // Host metrics are written on a timer, never per heartbeat: counted apart.
-        if table == "node_metrics" {
-            metrics_rows += writes - w0;
-        } else {
-            tuples += writes - w0;
+        // Host metrics are written on a timer, never per heartbeat: counted apart. A replica
+        // records itself in `replicas` once a second whatever its agents do.
+        match table.as_str() {
+            "node_metrics" => metrics_rows += writes - w0,
+            "replicas" => {}
+            _ => tuples += writes - w0,
         }
         maintenance += vacuums - v0;
         if writes > &w0 {
