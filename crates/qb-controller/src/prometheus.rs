@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use qb_api::{Cluster, ClusterState, Node, NodeState, PageParams, Role};
+use qb_api::{Cluster, ClusterState, Node, NodeState, Role};
 
 use crate::agents::metrics::ROUND_TRIP_BUCKETS;
 use crate::auth::Caller;
@@ -43,11 +43,7 @@ pub async fn metrics(
     let mut text = exposition(&nodes, &clusters, &latest);
     let firing = app
         .store
-        .list_alerts(
-            tenant,
-            Some(qb_api::AlertState::Firing),
-            PageParams::MAX_LIMIT,
-        )
+        .list_alerts(tenant, Some(qb_api::AlertState::Firing), u32::MAX)
         .await?;
     alert_series(&mut text, &firing);
     controller_series(&mut text, &app, &clusters, tenant);
