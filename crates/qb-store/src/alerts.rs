@@ -96,16 +96,13 @@ impl Store {
     ) -> Result<AlertChanges> {
         // As stored: to the millisecond.
         let now = from_ms(to_ms(now));
+        let same = |a: &Alert, x: &WantedAlert| a.rule == x.rule && a.object_id == x.object_id;
         // Most syncs change nothing: found out without a write transaction.
         let firing = self
             .list_alerts(tenant, Some(AlertState::Firing), u32::MAX)
             .await?;
         let unchanged = firing.len() == wanted.len()
-            && wanted.iter().all(|x| {
-                firing
-                    .iter()
-                    .any(|a| a.rule == x.rule && a.object_id == x.object_id)
-            });
+            && wanted.iter().all(|x| firing.iter().any(|a| same(a, x)));
         if unchanged {
             return Ok(AlertChanges::default());
         }
@@ -116,12 +113,12 @@ impl Store {
         .bind(tenant.to_string())
         .fetch_all(&mut *w.tx)
         .await?;
-        let firing = rows.iter().map(alert).collect::<Result<Vec<_>>>()?;
-        let is_wanted = |a: &Alert| {
-            wanted
-                .iter()
-                .any(|x| x.rule == a.rule && x.object_id == a.object_id)
-        };
+        let (kept, over): (Vec<Alert>, Vec<Alert>) = rows
+            .iter()
+            .map(alert)
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .partition(|a| wanted.iter().any(|x| same(a, x)));
         let silences = sqlx::query(
             "SELECT id, rule, object_name, comment, created_by, created_at, ends_at \
              FROM silences WHERE tenant_id = $1 AND ends_at > $2",
@@ -134,7 +131,7 @@ impl Store {
         .map(silence)
         .collect::<Result<Vec<_>>>()?;
         let mut changes = AlertChanges::default();
-        for mut a in firing.into_iter().filter(|a| !is_wanted(a)) {
+        for mut a in over {
             sqlx::query("UPDATE alerts SET state = 'resolved', resolved_at = $1 WHERE id = $2")
                 .bind(to_ms(now))
                 .bind(&a.id)
@@ -144,20 +141,7 @@ impl Store {
             a.resolved_at = Some(now);
             changes.resolved.push(a);
         }
-        let firing_now = sqlx::query(
-            "SELECT rule, object_id FROM alerts WHERE tenant_id = $1 AND state = 'firing'",
-        )
-        .bind(tenant.to_string())
-        .fetch_all(&mut *w.tx)
-        .await?;
-        let already = |x: &WantedAlert| {
-            firing_now.iter().any(|r| {
-                r.try_get::<String, _>("rule").ok().as_deref() == Some(x.rule.as_str())
-                    && r.try_get::<String, _>("object_id").ok().as_deref()
-                        == Some(x.object_id.as_str())
-            })
-        };
-        for x in wanted.iter().filter(|x| !already(x)) {
+        for x in wanted.iter().filter(|x| !kept.iter().any(|a| same(a, x))) {
             let a = Alert {
                 id: uuid::Uuid::now_v7().to_string(),
                 rule: x.rule,

@@ -175,9 +175,12 @@ impl Store {
         tenant: TenantId,
         since: OffsetDateTime,
     ) -> Result<std::collections::HashMap<NodeId, (u64, u64)>> {
+        // Only the newest point of each node.
         let rows = sqlx::query(
-            "SELECT node_id, disk_used_bytes, disk_total_bytes FROM node_metrics \
-             WHERE tenant_id = $1 AND resolution_s = 60 AND at >= $2 ORDER BY at",
+            "SELECT m.node_id, m.disk_used_bytes, m.disk_total_bytes FROM node_metrics m \
+             JOIN (SELECT node_id, MAX(at) AS at FROM node_metrics \
+                   WHERE tenant_id = $1 AND resolution_s = 60 AND at >= $2 GROUP BY node_id) n \
+             ON n.node_id = m.node_id AND n.at = m.at WHERE m.resolution_s = 60",
         )
         .bind(tenant.to_string())
         .bind(to_ms(since))

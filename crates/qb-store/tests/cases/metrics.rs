@@ -59,6 +59,19 @@ async fn metrics_merge_roll_up_and_age(db: TestDb) {
     assert_eq!(merged.memory_used_bytes, 4 << 30);
     assert_eq!(merged.disk_used_bytes, 12 << 30);
 
+    // The newest minute's disk use of each node, of the tenant's nodes only.
+    let disks = db.recent_disk_use(a, hour).await.unwrap();
+    assert_eq!(
+        disks,
+        [(n1.id, (12 << 30, 100 << 30))].into_iter().collect()
+    );
+    assert!(
+        db.recent_disk_use(a, now + Duration::MINUTE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
     // Another tenant's node is not found under this one.
     assert!(
         db.node_metrics(a, n2.id, 60, hour)
