@@ -38,7 +38,45 @@ pub(crate) fn bundle_dir() -> PathBuf {
         "no Kubernetes bundle at {BUNDLE_ENV}={dir:?}: run the suite with `cargo xtask test`, \
          or set {BUNDLE_ENV} to the directory `cargo xtask bundle` prints"
     );
+    assert_room_for_a_cluster(&dir);
     dir
+}
+
+/// The most hosts a lab test attaches to clusters at once.
+const MOST_HOSTS: u64 = 6;
+/// What the lab's kubelets keep free: below it they evict every pod (their `evictionHard`).
+const EVICTION_FLOOR: u64 = 2 << 30;
+
+/// Fails at once, saying why, when the disk the lab's hosts live on has too little room for a
+/// cluster: every host keeps its own copy of the bundle's artifacts and images, and kubelets
+/// evict every pod once less than [`EVICTION_FLOOR`] is free, which a test would otherwise
+/// see minutes later as pods that never run.
+fn assert_room_for_a_cluster(bundle: &Path) {
+    let bundle_bytes: u64 = std::fs::read_dir(bundle.join("bin"))
+        .into_iter()
+        .chain(std::fs::read_dir(bundle.join("images")))
+        .chain(std::fs::read_dir(bundle.join("cni")))
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|meta| meta.len())
+        .sum();
+    // The controller's copy, each host's, and as much again for images unpacked in containerd.
+    let needed = EVICTION_FLOOR + bundle_bytes * (1 + 2 * MOST_HOSTS);
+    let tmp = std::env::temp_dir();
+    let stat = rustix::fs::statvfs(&tmp).expect("statvfs of the temporary directory");
+    let free = stat.f_bavail * stat.f_frsize;
+    let gib = |bytes: u64| bytes as f64 / f64::from(1 << 30);
+    assert!(
+        free >= needed,
+        "only {:.1} GiB free on the disk of {tmp:?}; a lab cluster needs about {:.1} GiB \
+         (each of up to {MOST_HOSTS} hosts keeps its own copy of the bundle's {:.1} GiB, and the \
+         lab's kubelets evict every pod once less than {:.0} GiB is free): free some space",
+        gib(free),
+        gib(needed),
+        gib(bundle_bytes),
+        gib(EVICTION_FLOOR),
+    );
 }
 
 /// Imports a bundle directory the way `qb bundle import` does: every artifact the controller
