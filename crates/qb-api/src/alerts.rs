@@ -52,7 +52,8 @@ impl std::str::FromStr for AlertRule {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// Ordered: a warning is below critical.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertSeverity {
     Warning,
@@ -64,6 +65,21 @@ impl AlertSeverity {
         match self {
             AlertSeverity::Warning => "warning",
             AlertSeverity::Critical => "critical",
+        }
+    }
+}
+
+impl std::str::FromStr for AlertSeverity {
+    type Err = crate::InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "warning" => Ok(AlertSeverity::Warning),
+            "critical" => Ok(AlertSeverity::Critical),
+            other => Err(crate::InvalidValue(format!(
+                "severity must be warning or critical, not {}",
+                crate::quote(other)
+            ))),
         }
     }
 }

@@ -116,6 +116,11 @@ pub const LIST_ALERTS: Endpoint = Endpoint::new(Method::Get, "/api/v1/alerts");
 pub const LIST_SILENCES: Endpoint = Endpoint::new(Method::Get, "/api/v1/silences");
 pub const CREATE_SILENCE: Endpoint = Endpoint::new(Method::Post, "/api/v1/silences");
 pub const DELETE_SILENCE: Endpoint = Endpoint::new(Method::Delete, "/api/v1/silences/{id}");
+pub const LIST_CHANNELS: Endpoint = Endpoint::new(Method::Get, "/api/v1/notification-channels");
+pub const CREATE_CHANNEL: Endpoint = Endpoint::new(Method::Post, "/api/v1/notification-channels");
+pub const DELETE_CHANNEL: Endpoint =
+    Endpoint::new(Method::Delete, "/api/v1/notification-channels/{channel}");
+pub const LIST_DELIVERIES: Endpoint = Endpoint::new(Method::Get, "/api/v1/notification-deliveries");
 pub const NODE_METRICS: Endpoint = Endpoint::new(Method::Get, "/api/v1/nodes/{node}/metrics");
 
 pub const LIST_TOKENS: Endpoint = Endpoint::new(Method::Get, "/api/v1/tokens");
@@ -161,6 +166,10 @@ pub const ALL: &[Endpoint] = &[
     LIST_SILENCES,
     CREATE_SILENCE,
     DELETE_SILENCE,
+    LIST_CHANNELS,
+    CREATE_CHANNEL,
+    DELETE_CHANNEL,
+    LIST_DELIVERIES,
     LIST_TOKENS,
     CREATE_TOKEN,
     REVOKE_TOKEN,

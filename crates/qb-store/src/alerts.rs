@@ -1,6 +1,6 @@
 //! Alerts and silences. The controller says which alerts should be firing for a tenant
 //! ([`Store::sync_alerts`]); the store fires the new ones, resolves the ones no longer wanted,
-//! and records each change in the audit trail, in one transaction.
+//! records each change in the audit trail, and queues its notifications, in one transaction.
 
 use qb_api::{Alert, AlertRule, AlertSeverity, AlertState, CreateSilence, Silence, TenantId};
 use serde_json::json;
@@ -31,8 +31,22 @@ pub struct AlertChanges {
 const ALERT_COLUMNS: &str = "id, rule, severity, state, object_kind, object_id, object_name, \
     summary, fired_at, resolved_at, silenced";
 
+/// The alert columns of table alias `table`, each named with `prefix` before its name.
+pub(crate) fn prefixed_columns(table: &str, prefix: &str) -> String {
+    ALERT_COLUMNS
+        .split(", ")
+        .map(|c| format!("{table}.{c} AS {prefix}{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn alert(row: &sqlx::any::AnyRow) -> Result<Alert> {
-    let text = |c: &str| row.try_get::<String, _>(c);
+    alert_prefixed(row, "")
+}
+
+/// An alert from columns named with `prefix` (see [`prefixed_columns`]).
+pub(crate) fn alert_prefixed(row: &sqlx::any::AnyRow, prefix: &str) -> Result<Alert> {
+    let text = |c: &str| row.try_get::<String, _>(format!("{prefix}{c}").as_str());
     let invalid = |what: &'static str, v: String| StoreError::Corrupt {
         what,
         source: format!("{v:?}").into(),
@@ -59,9 +73,11 @@ fn alert(row: &sqlx::any::AnyRow) -> Result<Alert> {
         object_id: text("object_id")?,
         object_name: text("object_name")?,
         summary: text("summary")?,
-        fired_at: from_ms(row.try_get("fired_at")?),
-        resolved_at: row.try_get::<Option<i64>, _>("resolved_at")?.map(from_ms),
-        silenced: row.try_get::<i64, _>("silenced")? != 0,
+        fired_at: from_ms(row.try_get(format!("{prefix}fired_at").as_str())?),
+        resolved_at: row
+            .try_get::<Option<i64>, _>(format!("{prefix}resolved_at").as_str())?
+            .map(from_ms),
+        silenced: row.try_get::<i64, _>(format!("{prefix}silenced").as_str())? != 0,
     })
 }
 
@@ -198,6 +214,14 @@ impl Store {
             )
             .await?;
         }
+        // Silenced alerts notify no one, neither when they fire nor when they resolve.
+        let to_notify: Vec<&Alert> = changes
+            .fired
+            .iter()
+            .chain(&changes.resolved)
+            .filter(|a| !a.silenced)
+            .collect();
+        crate::notifications::queue(&mut w, tenant, &to_notify, now).await?;
         w.commit().await?;
         Ok(changes)
     }

@@ -15,6 +15,7 @@ mod events;
 mod metrics;
 mod migrate;
 mod nodes;
+mod notifications;
 mod replicas;
 mod rows;
 mod tenants;
@@ -38,6 +39,7 @@ pub use engine::{Drain, EngineCluster, EngineNode, WIPE_PLAN_HASH};
 pub use events::EventFilter;
 pub use metrics::{HOURS_KEPT, MINUTES_KEPT};
 pub use nodes::{NewNode, NodeFilter};
+pub use notifications::{ChannelTarget, DeliveryOutcome, DueDelivery};
 pub use replicas::{EngineWakes, Leadership, SessionChange, SessionChanges};
 pub use tenants::{PasswordUser, Principal, Tenant};
 

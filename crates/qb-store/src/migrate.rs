@@ -75,6 +75,11 @@ const SHARED: &[(i64, &str, &str)] = &[
         "alerts",
         include_str!("../migrations/shared/0013_alerts.sql"),
     ),
+    (
+        14,
+        "notifications",
+        include_str!("../migrations/shared/0014_notifications.sql"),
+    ),
 ];
 
 /// A backend's migrations: its own first one, then the shared ones.

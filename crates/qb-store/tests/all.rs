@@ -50,6 +50,8 @@ mod events;
 mod metrics;
 #[path = "cases/nodes.rs"]
 mod nodes;
+#[path = "cases/notifications.rs"]
+mod notifications;
 #[path = "cases/paging.rs"]
 mod paging;
 #[path = "cases/persistence.rs"]
