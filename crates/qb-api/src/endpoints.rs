@@ -120,6 +120,8 @@ pub const LIST_CHANNELS: Endpoint = Endpoint::new(Method::Get, "/api/v1/notifica
 pub const CREATE_CHANNEL: Endpoint = Endpoint::new(Method::Post, "/api/v1/notification-channels");
 pub const DELETE_CHANNEL: Endpoint =
     Endpoint::new(Method::Delete, "/api/v1/notification-channels/{channel}");
+pub const TEST_CHANNEL: Endpoint =
+    Endpoint::new(Method::Post, "/api/v1/notification-channels/{channel}/test");
 pub const LIST_DELIVERIES: Endpoint = Endpoint::new(Method::Get, "/api/v1/notification-deliveries");
 pub const NODE_METRICS: Endpoint = Endpoint::new(Method::Get, "/api/v1/nodes/{node}/metrics");
 
@@ -169,6 +171,7 @@ pub const ALL: &[Endpoint] = &[
     LIST_CHANNELS,
     CREATE_CHANNEL,
     DELETE_CHANNEL,
+    TEST_CHANNEL,
     LIST_DELIVERIES,
     LIST_TOKENS,
     CREATE_TOKEN,

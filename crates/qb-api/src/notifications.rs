@@ -224,7 +224,7 @@ mod tests {
             (Email, "a@b.c,,d@e.f", "\"\" is not"),
             (
                 Email,
-                &vec!["a@b.c"; 11].join(","),
+                &["a@b.c"; 11].join(","),
                 "at most 10 e-mail addresses",
             ),
         ] {

@@ -53,6 +53,9 @@ pub enum ProblemCode {
     /// The agent speaks a version of the agent protocol this controller does not (or says
     /// none); the detail names both. Upgrade whichever is older.
     UnsupportedProtocol,
+    /// A test notification did not reach its channel; the detail says what the receiver or
+    /// the SMTP server answered.
+    NotDelivered,
     /// Something went wrong on the controller; details are in its log.
     Internal,
     /// The controller's store is unavailable; retry later.
@@ -80,6 +83,7 @@ impl ProblemCode {
             | Self::QuorumAtRisk
             | Self::IdentityConflict => 409,
             Self::TooManyAttempts => 429,
+            Self::NotDelivered => 502,
             Self::Internal => 500,
             Self::Unavailable => 503,
         }
@@ -108,6 +112,7 @@ impl ProblemCode {
             Self::BundleConflict => "A different bundle has this version",
             Self::QuorumAtRisk => "etcd quorum at risk",
             Self::TooManyAttempts => "Too many failed logins",
+            Self::NotDelivered => "Notification not delivered",
             Self::UnsupportedProtocol => "Agent protocol not supported",
             Self::Internal => "Internal error",
             Self::Unavailable => "Service unavailable",

@@ -8,9 +8,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use qb_api::{
-    Alert, AlertQuery, AttachRequest, BootstrapToken, Cluster, ClusterDetail, CreateBootstrapToken,
-    CreateCluster, CreateKubeconfig, CreateSilence, CreateToken, CreateUser, CreatedBootstrapToken,
-    CreatedToken, DeletedCluster, DetachRequest, Event, Kubeconfig, LabelChange, MetricsQuery,
+    Alert, AlertQuery, AttachRequest, BootstrapToken, Channel, Cluster, ClusterDetail,
+    CreateBootstrapToken, CreateChannel, CreateCluster, CreateKubeconfig, CreateSilence,
+    CreateToken, CreateUser, CreatedBootstrapToken, CreatedChannel, CreatedToken, DeletedCluster,
+    Delivery, DeliveryQuery, DetachRequest, Event, Kubeconfig, LabelChange, MetricsQuery,
     MetricsRange, Node, NodeMetrics, NodeMove, NodeState, Page, PageParams, PingResult,
     ProblemCode, Role, SetPassword, Silence, Token, TokenId, User, Whoami,
 };
@@ -64,6 +65,10 @@ pub(crate) fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(list_alerts))
         .routes(routes!(list_silences, create_silence))
         .routes(routes!(delete_silence))
+        .routes(routes!(list_channels, create_channel))
+        .routes(routes!(delete_channel))
+        .routes(routes!(test_channel))
+        .routes(routes!(list_deliveries))
         .routes(routes!(list_clusters, create_cluster))
         .routes(routes!(get_cluster, delete_cluster))
         .routes(routes!(attach))
@@ -623,6 +628,78 @@ async fn create_silence(
         StatusCode::CREATED,
         Json(app.create_silence(&caller, &req).await?),
     ))
+}
+
+/// The tenant's notification channels: where its alerts go when they fire and resolve.
+#[utoipa::path(get, path = "/api/v1/notification-channels", tag = "alerts",
+    responses((status = 200, body = Vec<Channel>)))]
+async fn list_channels(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<Channel>>> {
+    Ok(Json(app.list_channels(&caller).await?))
+}
+
+/// Send the tenant's alerts to a webhook or to e-mail addresses from now on. A webhook's
+/// signing secret is in the answer, and never shown again.
+#[utoipa::path(post, path = "/api/v1/notification-channels", tag = "alerts",
+    request_body = CreateChannel,
+    responses((status = 201, body = CreatedChannel), (status = 400, body = qb_api::Problem),
+        (status = 409, body = qb_api::Problem)))]
+async fn create_channel(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateChannel>,
+) -> ApiResult<(StatusCode, Json<CreatedChannel>)> {
+    caller.require(Role::Operator)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(app.create_channel(&caller, &req).await?),
+    ))
+}
+
+/// Remove a notification channel and its delivery log; what it had not sent is dropped.
+#[utoipa::path(delete, path = "/api/v1/notification-channels/{channel}", tag = "alerts",
+    params(("channel" = String, Path, description = "Channel name")),
+    responses((status = 204), (status = 400, body = qb_api::Problem),
+        (status = 404, body = qb_api::Problem)))]
+async fn delete_channel(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(channel): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Operator)?;
+    app.delete_channel(&caller, &channel).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Send a test alert to a channel now: 204 when it was delivered, 502 with the receiver's
+/// or the SMTP server's answer when not.
+#[utoipa::path(post, path = "/api/v1/notification-channels/{channel}/test", tag = "alerts",
+    params(("channel" = String, Path, description = "Channel name")),
+    responses((status = 204), (status = 400, body = qb_api::Problem),
+        (status = 404, body = qb_api::Problem), (status = 502, body = qb_api::Problem)))]
+async fn test_channel(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(channel): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Operator)?;
+    app.test_channel(&caller, &channel).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The tenant's notification deliveries, newest first: each alert change sent, or to be
+/// sent, to each channel, with its attempts and last error.
+#[utoipa::path(get, path = "/api/v1/notification-deliveries", tag = "alerts",
+    params(DeliveryQuery),
+    responses((status = 200, body = Vec<Delivery>), (status = 400, body = qb_api::Problem)))]
+async fn list_deliveries(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<DeliveryQuery>,
+) -> ApiResult<Json<Vec<Delivery>>> {
+    Ok(Json(app.list_deliveries(&caller, &query).await?))
 }
 
 /// End a silence now.

@@ -17,6 +17,7 @@ mod error;
 mod extract;
 pub mod kubeconfig;
 pub mod live;
+pub mod notify;
 pub mod openapi;
 pub mod passwords;
 pub mod prometheus;

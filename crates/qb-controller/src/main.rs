@@ -17,6 +17,7 @@ use qb_controller::agents::peers::Peers;
 use qb_controller::artifacts::ArtifactStore;
 use qb_controller::engine::Engine;
 use qb_controller::kubeconfig::{self, PublicEndpoint};
+use qb_controller::notify::{Mail, MailSettings, Notifier};
 use qb_controller::{AppState, bootstrap, router, serve, tls};
 use qb_store::{Actor, Store};
 
@@ -116,6 +117,19 @@ struct ServeArgs {
     /// program.
     #[arg(long, env = "QB_AGENT_BINARY")]
     agent_binary: Option<PathBuf>,
+    /// The SMTP server e-mail notifications go through: smtp://[USER@]HOST[:587] (STARTTLS,
+    /// required) or smtps://[USER@]HOST[:465] (TLS). Without it, e-mail channels are refused.
+    #[arg(long, env = "QB_SMTP_URL", requires = "smtp_from")]
+    smtp_url: Option<String>,
+    /// A file holding the SMTP password of --smtp-url's user (or set QB_SMTP_PASSWORD).
+    #[arg(long, requires = "smtp_url")]
+    smtp_password_file: Option<PathBuf>,
+    /// The sender of e-mail notifications, e.g. "qb <alerts@example.com>".
+    #[arg(long, env = "QB_SMTP_FROM", requires = "smtp_url")]
+    smtp_from: Option<String>,
+    /// A PEM CA certificate to trust for the SMTP server, beside the system's roots.
+    #[arg(long, requires = "smtp_url")]
+    smtp_ca: Option<PathBuf>,
     /// Lifetime of node certificates; agents renew them at 70-90 % of it.
     #[arg(long, default_value_t = 86400, value_parser = clap::value_parser!(i64).range(10..=31_536_000))]
     node_cert_seconds: i64,
@@ -236,6 +250,9 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
             .map(|i| i.cert_pem.clone()),
         url: public_url,
     });
+    let notifier = Arc::new(Notifier::new(
+        mail_settings(&args)?.as_ref().map(Mail::new).transpose()?,
+    )?);
     let agents = Arc::new(Agents::new(Duration::from_secs(args.heartbeat_seconds)));
     tokio::spawn(agents.metrics().clone().run(
         store.clone(),
@@ -351,6 +368,7 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
     }
     let mut state = AppState::new(engine.clone());
     state.public = Some(public);
+    state.notifier = notifier.clone();
     state.packaging = agent_binary.map(|agent_binary| {
         Arc::new(Packaging {
             agent_url: agent_url.clone(),
@@ -359,7 +377,7 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
             agent_binary,
         })
     });
-    tokio::spawn(lead(store.clone(), engine.clone()));
+    tokio::spawn(lead(store.clone(), engine.clone(), notifier));
     serve::serve(
         listener,
         router(state),
@@ -371,10 +389,38 @@ async fn serve_api(store: Store, data_dir: &Path, args: ServeArgs) -> Result<()>
     Ok(())
 }
 
+/// The SMTP settings the flags give, when they name a server.
+fn mail_settings(args: &ServeArgs) -> Result<Option<MailSettings>> {
+    let Some(url) = &args.smtp_url else {
+        return Ok(None);
+    };
+    let password = match &args.smtp_password_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --smtp-password-file {}", path.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        ),
+        None => std::env::var("QB_SMTP_PASSWORD").ok(),
+    };
+    let ca_pem = match &args.smtp_ca {
+        Some(path) => Some(
+            std::fs::read(path).with_context(|| format!("reading --smtp-ca {}", path.display()))?,
+        ),
+        None => None,
+    };
+    Ok(Some(MailSettings {
+        url: url.clone(),
+        password,
+        from: args.smtp_from.clone().unwrap_or_default(),
+        ca_pem,
+    }))
+}
+
 /// Runs the cluster engine while this replica holds the lead (always, on SQLite); another
 /// replica takes over within seconds when this one stops or loses its database connection.
 /// Replicas that do not lead pass their wake-ups on through the database.
-async fn lead(store: Store, engine: Arc<Engine>) {
+async fn lead(store: Store, engine: Arc<Engine>, notifier: Arc<Notifier>) {
     const CHECK: Duration = Duration::from_secs(2);
     loop {
         let mut leadership = match store.try_lead().await {
@@ -401,12 +447,14 @@ async fn lead(store: Store, engine: Arc<Engine>) {
             store.clone(),
             engine.agents.clone(),
         ));
+        let notifying = tokio::spawn(qb_controller::notify::run(store.clone(), notifier.clone()));
         while leadership.holds().await {
             tokio::time::sleep(CHECK).await;
         }
         running.abort();
         listening.abort();
         alerting.abort();
+        notifying.abort();
         tracing::warn!(
             "lost the database connection that held the engine's lead; stopped the engine"
         );

@@ -11,6 +11,7 @@ mod api_input;
 mod api_kubeconfig;
 mod api_metrics;
 mod api_nodes_clusters;
+mod api_notifications;
 mod api_proxy;
 mod api_session;
 mod openapi;

@@ -90,6 +90,13 @@ impl App {
         }
     }
 
+    /// The same app, sending notifications with `notifier`.
+    pub fn with_notifier(mut self, notifier: qb_controller::notify::Notifier) -> Self {
+        self.state.notifier = std::sync::Arc::new(notifier);
+        self.router = router(self.state.clone());
+        self
+    }
+
     pub async fn tenant(&self, name: &str) -> Tenant {
         let (tenant, admin) = self
             .store

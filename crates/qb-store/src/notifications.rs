@@ -189,6 +189,25 @@ impl Store {
         .collect()
     }
 
+    /// One of the tenant's channels with its secret, by name.
+    pub async fn channel_target(
+        &self,
+        tenant: TenantId,
+        name: &Name,
+    ) -> Result<Option<ChannelTarget>> {
+        sqlx::query(&format!(
+            "SELECT {CHANNEL_COLUMNS} FROM notification_channels c \
+             WHERE c.tenant_id = $1 AND c.name = $2"
+        ))
+        .bind(tenant.to_string())
+        .bind(name.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(channel_target)
+        .transpose()
+    }
+
     /// Removes a channel and its delivery log; what it had not sent yet is never sent.
     pub async fn delete_channel(&self, tenant: TenantId, name: &Name, actor: &Actor) -> Result<()> {
         let mut w = self.write(tenant).await?;

@@ -26,9 +26,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
+pub mod exim;
 pub mod nginx;
 pub mod prometheus;
 pub mod unbound;
+pub mod webhook;
 
 /// Where Debian's `postgresql-<major>` packages put the server binaries.
 const DEBIAN_PG_ROOT: &str = "/usr/lib/postgresql";

@@ -15,6 +15,7 @@ mod alerts;
 mod bundles;
 mod clusters;
 mod nodes;
+mod notifications;
 
 #[cfg(test)]
 mod fixture;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub changes: Arc<crate::live::Changes>,
     /// Failed password logins, per user.
     pub logins: Arc<crate::passwords::Throttle>,
+    /// What sends notifications (and knows whether e-mail can be sent).
+    pub notifier: Arc<crate::notify::Notifier>,
 }
 
 impl AppState {
@@ -71,6 +74,10 @@ impl AppState {
             kube_proxy,
             changes: Arc::default(),
             logins: Arc::default(),
+            notifier: Arc::new(
+                crate::notify::Notifier::new(None)
+                    .unwrap_or_else(|e| panic!("an HTTP client for webhooks: {e:#}")),
+            ),
         }
     }
 
