@@ -63,6 +63,9 @@ pub enum Command {
     /// Alerts (a host offline, a disk nearly full, a cluster not healthy) and their silences.
     #[command(subcommand, alias = "alerts")]
     Alert(AlertCommand),
+    /// Where alerts are sent when they fire and resolve (webhooks, e-mail), and what was sent.
+    #[command(subcommand, alias = "notifications")]
+    Notify(NotifyCommand),
     /// Print a shell completion script.
     Completion {
         #[arg(value_enum)]
@@ -101,6 +104,39 @@ pub enum AlertCommand {
     Unsilence {
         /// The silence's id.
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// List the notification channels.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Send alerts to a webhook or to e-mail addresses from now on.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["webhook", "email"])))]
+    Add {
+        /// The channel's name.
+        name: String,
+        /// A webhook's URL; its bodies are signed with a secret printed once, now.
+        #[arg(long)]
+        webhook: Option<String>,
+        /// E-mail addresses, comma-separated (the controller needs an SMTP server).
+        #[arg(long)]
+        email: Option<String>,
+        /// Only alerts of this severity and above.
+        #[arg(long, value_parser = ["warning", "critical"], default_value = "warning")]
+        min_severity: String,
+    },
+    /// Remove a channel and its delivery log.
+    #[command(visible_alias = "rm")]
+    Remove { name: String },
+    /// Send a test alert to a channel now, and say whether it arrived.
+    Test { name: String },
+    /// The delivery log, newest first: each alert change sent (or to be sent) to each channel.
+    Log {
+        /// Only this channel's.
+        #[arg(long)]
+        channel: Option<String>,
     },
 }
 
@@ -837,6 +873,30 @@ mod tests {
         assert!(matches!(
             parse("qb alerts ls --all").expect("parse").command,
             Command::Alert(AlertCommand::List { all: true })
+        ));
+    }
+
+    #[test]
+    fn notify_commands_parse() {
+        let cli =
+            parse("qb notify add hook --webhook https://hooks.example.com/qb").expect("parse");
+        assert!(
+            matches!(cli.command, Command::Notify(NotifyCommand::Add { name, webhook: Some(w), email: None, min_severity })
+            if name == "hook" && w == "https://hooks.example.com/qb" && min_severity == "warning")
+        );
+        let cli = parse("qb notify add pager --email ops@example.com --min-severity critical")
+            .expect("parse");
+        assert!(
+            matches!(cli.command, Command::Notify(NotifyCommand::Add { email: Some(e), min_severity, .. })
+            if e == "ops@example.com" && min_severity == "critical")
+        );
+        // One target, exactly.
+        assert!(parse("qb notify add x").is_err());
+        assert!(parse("qb notify add x --webhook https://a.example --email a@b.example").is_err());
+        assert!(parse("qb notify add x --email a@b.example --min-severity loud").is_err());
+        assert!(matches!(
+            parse("qb notifications log --channel hook").expect("parse").command,
+            Command::Notify(NotifyCommand::Log { channel: Some(c) }) if c == "hook"
         ));
     }
 

@@ -8,9 +8,10 @@ use std::io::Write;
 use anyhow::Context as _;
 use comfy_table::{Table, presets};
 use qb_api::{
-    Alert, AlertState, BootstrapToken, Bundle, BundleManifest, Cluster, ClusterDetail, Description,
-    Event, Labels, MeshProbe, Node, NodeAgent, NodeMetrics, NodePlan, NodeRole, PlanState,
-    PreflightReport, ServiceReport, Severity, Silence, StepState, Token, User, Whoami,
+    Alert, AlertState, BootstrapToken, Bundle, BundleManifest, Channel, Cluster, ClusterDetail,
+    Delivery, DeliveryStatus, Description, Event, Labels, MeshProbe, Node, NodeAgent, NodeMetrics,
+    NodePlan, NodeRole, PlanState, PreflightReport, ServiceReport, Severity, Silence, StepState,
+    Token, User, Whoami,
 };
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -935,6 +936,52 @@ pub fn silences_table(silences: &[Silence]) -> String {
     )
 }
 
+pub fn channels_table(channels: &[Channel]) -> String {
+    table(
+        &["NAME", "KIND", "MIN SEVERITY", "TARGET", "BY"],
+        channels.iter().map(|c| {
+            vec![
+                c.name.to_string(),
+                c.kind.as_str().to_owned(),
+                c.min_severity.as_str().to_owned(),
+                truncate(&c.target, 60),
+                c.created_by.clone(),
+            ]
+        }),
+    )
+}
+
+pub fn deliveries_table(deliveries: &[Delivery]) -> String {
+    table(
+        &[
+            "AT",
+            "CHANNEL",
+            "CHANGE",
+            "STATUS",
+            "ATTEMPTS",
+            "SUMMARY",
+            "LAST ERROR",
+        ],
+        deliveries.iter().map(|d| {
+            let status = match (d.status, d.next_attempt_at) {
+                (DeliveryStatus::Pending, Some(next)) if d.attempts > 0 => {
+                    format!("retry at {}", timestamp(next))
+                }
+                (status, _) => status.as_str().to_owned(),
+            };
+            vec![
+                timestamp(d.created_at),
+                d.channel.to_string(),
+                d.transition.as_str().to_owned(),
+                status,
+                d.attempts.to_string(),
+                truncate(&d.summary, 50),
+                truncate(d.last_error.as_deref().unwrap_or(""), 60),
+            ]
+        }),
+    )
+}
+
 pub fn whoami_fields(w: &Whoami, context: &str, server: &str) -> String {
     fields(&[
         ("User", w.user.to_string()),
@@ -1802,6 +1849,24 @@ mod tests {
             "FIRED                  STATE                           SEVERITY   RULE           OBJECT    SUMMARY\n\
              2026-12-05T10:00:00Z   firing (silenced)               critical   host_offline   node/n1   the agent of n1 (in cluster web) is offline\n\
              2026-12-05T10:00:00Z   resolved 2026-12-05T10:05:00Z   critical   host_offline   node/n1   the agent of n1 (in cluster web) is offline\n"
+        );
+        let delivery = Delivery {
+            id: "d1".into(),
+            channel: "hook".parse().unwrap(),
+            alert_id: "a1".into(),
+            transition: AlertState::Firing,
+            summary: "the agent of n1 is offline".into(),
+            status: qb_api::DeliveryStatus::Pending,
+            attempts: 1,
+            last_error: Some("the webhook answered 503 Service Unavailable".into()),
+            created_at: datetime!(2026-12-05 10:00 UTC),
+            next_attempt_at: Some(datetime!(2026-12-05 10:00:05 UTC)),
+            delivered_at: None,
+        };
+        assert_eq!(
+            deliveries_table(&[delivery]),
+            "AT                     CHANNEL   CHANGE   STATUS                          ATTEMPTS   SUMMARY                      LAST ERROR\n\
+             2026-12-05T10:00:00Z   hook      firing   retry at 2026-12-05T10:00:05Z   1          the agent of n1 is offline   the webhook answered 503 Service Unavailable\n"
         );
         let silence = Silence {
             id: "s1".into(),

@@ -7,6 +7,7 @@ mod cluster;
 mod context;
 mod events;
 mod node;
+mod notify;
 mod session;
 mod token;
 mod user;
@@ -87,6 +88,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(cmd) => user::run(&app, cmd).await,
         Command::Events(args) => events::run(&app, args).await,
         Command::Alert(cmd) => alert::run(&app, cmd).await,
+        Command::Notify(cmd) => notify::run(&app, cmd).await,
         Command::AgentPackage(cmd) => agent_package::run(&app, cmd).await,
         Command::Completion { .. } => Ok(()),
     }
