@@ -43,6 +43,8 @@
 
 #[path = "all/addons.rs"]
 mod addons;
+#[path = "all/alerting.rs"]
+mod alerting;
 #[path = "all/binary.rs"]
 mod binary;
 #[path = "all/browser.rs"]

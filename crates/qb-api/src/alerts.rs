@@ -18,13 +18,20 @@ pub enum AlertRule {
     DiskFull,
     /// A cluster is degraded or blocked.
     ClusterUnhealthy,
+    /// A pod's container waits to be restarted after crashing (`CrashLoopBackOff`), or has
+    /// crashed (or been OOM-killed) more than once in the last five minutes.
+    PodCrashLooping,
+    /// A pod has been Pending for five minutes.
+    PodPending,
 }
 
 impl AlertRule {
-    pub const ALL: [AlertRule; 3] = [
+    pub const ALL: [AlertRule; 5] = [
         AlertRule::HostOffline,
         AlertRule::DiskFull,
         AlertRule::ClusterUnhealthy,
+        AlertRule::PodCrashLooping,
+        AlertRule::PodPending,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -32,6 +39,8 @@ impl AlertRule {
             AlertRule::HostOffline => "host_offline",
             AlertRule::DiskFull => "disk_full",
             AlertRule::ClusterUnhealthy => "cluster_unhealthy",
+            AlertRule::PodCrashLooping => "pod_crash_looping",
+            AlertRule::PodPending => "pod_pending",
         }
     }
 }
@@ -44,8 +53,10 @@ impl std::str::FromStr for AlertRule {
             .into_iter()
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
+                let all: Vec<&str> = Self::ALL.iter().map(|r| r.as_str()).collect();
                 crate::InvalidValue(format!(
-                    "rule must be one of host_offline, disk_full, cluster_unhealthy, not {}",
+                    "rule must be one of {}, not {}",
+                    all.join(", "),
                     crate::quote(s)
                 ))
             })
@@ -107,7 +118,7 @@ pub struct Alert {
     pub rule: AlertRule,
     pub severity: AlertSeverity,
     pub state: AlertState,
-    /// `node` or `cluster`.
+    /// `node`, `cluster` or `pod`.
     pub object_kind: String,
     pub object_id: String,
     pub object_name: String,

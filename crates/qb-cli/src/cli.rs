@@ -85,8 +85,9 @@ pub enum AlertCommand {
     /// Keep alerts of a rule, of a node or cluster, or both, quiet for a while (they still fire
     /// and resolve, and notify no one).
     Silence {
-        /// The rule: host_offline, disk_full or cluster_unhealthy; every rule when left out.
-        #[arg(long, value_parser = ["host_offline", "disk_full", "cluster_unhealthy"])]
+        /// The rule: host_offline, disk_full, cluster_unhealthy, pod_crash_looping or
+        /// pod_pending; every rule when left out.
+        #[arg(long, value_parser = ["host_offline", "disk_full", "cluster_unhealthy", "pod_crash_looping", "pod_pending"])]
         rule: Option<String>,
         /// The node or cluster, by name; every object when left out.
         #[arg(long)]

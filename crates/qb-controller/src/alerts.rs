@@ -5,7 +5,8 @@
 //! - `host_offline`: a node in the pool or in a cluster whose agent has been silent for three
 //!   heartbeats (critical in a cluster, a warning in the pool);
 //! - `disk_full`: a host's agent state file system over 90 % full in its last minute point;
-//! - `cluster_unhealthy`: a cluster degraded or blocked.
+//! - `cluster_unhealthy`: a cluster degraded or blocked;
+//! - `pod_crash_looping`, `pod_pending`: see [`crate::workloads`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use qb_store::{NodeFilter, Store, WantedAlert};
 use time::OffsetDateTime;
 
 use crate::agents::Agents;
+use crate::workloads::Workloads;
 
 /// How often the rules are evaluated.
 pub const EVALUATE_EVERY: Duration = Duration::from_secs(5);
@@ -101,24 +103,38 @@ pub fn wanted(
 }
 
 /// Evaluates the rules for every tenant every [`EVALUATE_EVERY`], until aborted.
-pub async fn run(store: Store, agents: Arc<Agents>) {
+pub async fn run(store: Store, agents: Arc<Agents>, workloads: Arc<Workloads>) {
     let mut ticker = tokio::time::interval(EVALUATE_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if let Err(e) = evaluate(&store, &agents).await {
+        if let Err(e) = evaluate(&store, &agents, &workloads).await {
             tracing::warn!(error = %e, "could not evaluate the alert rules; trying again shortly");
         }
     }
 }
 
-async fn evaluate(store: &Store, agents: &Agents) -> Result<(), qb_store::StoreError> {
+async fn evaluate(
+    store: &Store,
+    agents: &Agents,
+    workloads: &Workloads,
+) -> Result<(), qb_store::StoreError> {
     for tenant in store.tenants_with_objects().await? {
         let nodes = all_nodes(store, tenant).await?;
         let clusters = all_clusters(store, tenant).await?;
         let now = OffsetDateTime::now_utc();
         let disks = store.recent_disk_use(tenant, now - DISK_FRESH).await?;
-        let wanted = wanted(&nodes, &clusters, |n| agents.online(n), &disks);
+        let mut wanted = wanted(&nodes, &clusters, |n| agents.online(n), &disks);
+        wanted.extend(workloads.wanted(tenant, now));
+        // Pods of clusters not listed yet (this replica just began to lead): what fires
+        // stays firing, rather than resolving and firing again once they are.
+        let unlisted = workloads.unlisted(tenant);
+        if !unlisted.is_empty() {
+            let firing = store
+                .list_alerts(tenant, Some(qb_api::AlertState::Firing), u32::MAX)
+                .await?;
+            wanted.extend(carried_over(&firing, &unlisted));
+        }
         let changes = store.sync_alerts(tenant, &wanted, now).await?;
         for a in &changes.fired {
             tracing::info!(tenant_id = %tenant, rule = a.rule.as_str(), object = %a.object_name, silenced = a.silenced, "alert fired: {}", a.summary);
@@ -128,6 +144,27 @@ async fn evaluate(store: &Store, agents: &Agents) -> Result<(), qb_store::StoreE
         }
     }
     Ok(())
+}
+
+/// The firing pod alerts of the clusters named `unlisted`, wanted as they are.
+fn carried_over(firing: &[qb_api::Alert], unlisted: &[String]) -> Vec<WantedAlert> {
+    firing
+        .iter()
+        .filter(|a| {
+            matches!(a.rule, AlertRule::PodCrashLooping | AlertRule::PodPending)
+                && unlisted
+                    .iter()
+                    .any(|c| a.object_name.starts_with(&format!("{c}/")))
+        })
+        .map(|a| WantedAlert {
+            rule: a.rule,
+            severity: a.severity,
+            object_kind: "pod",
+            object_id: a.object_id.clone(),
+            object_name: a.object_name.clone(),
+            summary: a.summary.clone(),
+        })
+        .collect()
 }
 
 /// Every node of the tenant.

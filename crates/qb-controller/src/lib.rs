@@ -26,6 +26,7 @@ pub mod serve;
 pub mod session;
 pub mod tls;
 pub mod ui;
+pub mod workloads;
 
 pub use api::router;
 pub use app::AppState;

@@ -18,6 +18,7 @@ use qb_controller::artifacts::ArtifactStore;
 use qb_controller::engine::Engine;
 use qb_controller::kubeconfig::{self, PublicEndpoint};
 use qb_controller::notify::{Mail, MailSettings, Notifier};
+use qb_controller::workloads::Workloads;
 use qb_controller::{AppState, bootstrap, router, serve, tls};
 use qb_store::{Actor, Store};
 
@@ -128,7 +129,7 @@ struct ServeArgs {
     #[arg(long, env = "QB_SMTP_FROM", requires = "smtp_url")]
     smtp_from: Option<String>,
     /// A PEM CA certificate to trust for the SMTP server, beside the system's roots.
-    #[arg(long, requires = "smtp_url")]
+    #[arg(long, env = "QB_SMTP_CA", requires = "smtp_url")]
     smtp_ca: Option<PathBuf>,
     /// Lifetime of node certificates; agents renew them at 70-90 % of it.
     #[arg(long, default_value_t = 86400, value_parser = clap::value_parser!(i64).range(10..=31_536_000))]
@@ -443,9 +444,16 @@ async fn lead(store: Store, engine: Arc<Engine>, notifier: Arc<Notifier>) {
         tracing::info!("this replica runs the cluster engine");
         let running = tokio::spawn(engine.clone().run());
         let listening = tokio::spawn(hear_wakes(store.clone(), engine.clone()));
+        let workloads = Arc::new(Workloads::default());
+        let watching = tokio::spawn(qb_controller::workloads::run(
+            store.clone(),
+            engine.agents.clone(),
+            workloads.clone(),
+        ));
         let alerting = tokio::spawn(qb_controller::alerts::run(
             store.clone(),
             engine.agents.clone(),
+            workloads,
         ));
         let notifying = tokio::spawn(qb_controller::notify::run(store.clone(), notifier.clone()));
         while leadership.holds().await {
@@ -454,6 +462,7 @@ async fn lead(store: Store, engine: Arc<Engine>, notifier: Arc<Notifier>) {
         running.abort();
         listening.abort();
         alerting.abort();
+        watching.abort();
         notifying.abort();
         tracing::warn!(
             "lost the database connection that held the engine's lead; stopped the engine"

@@ -11,6 +11,8 @@
 //! host names and two paths route to Deployments on other hosts, over HTTP and over HTTPS with
 //! a TLS Secret, from every node's address; the Ingress's status lists the nodes; editing the
 //! Ingress reroutes within seconds while a client loop sees no failed request.
+//!
+//! The same cluster's alerts reach a real mailbox and a webhook ([`crate::alerting`]).
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::alerting::{Receivers, crash_loop_is_notified};
 use crate::engine::{authorize_when_online, wait_ready};
 use crate::harness::{Agent, AgentConfig, Controller, poll, run};
 use crate::http::Api;
@@ -54,7 +57,9 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
     )
     .expect("unbound");
     let resolver = upstream.addr.ip().to_string();
-    let controller = Controller::start(&lab.bridge_ip());
+    // The controller's alerts go to a real mailbox and a webhook.
+    let receivers = Receivers::start();
+    let controller = Controller::start_with_env(&lab.bridge_ip(), &receivers.controller_env());
     let api = controller.api();
     import_bundle(&api, &bundle);
     let token = api.bootstrap_token(3, 1);
@@ -85,6 +90,7 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
         addon["version"],
         started.elapsed()
     );
+    crash_loop_is_notified(&api, &agents[0], "dns", &receivers);
     // An object labelled as the DNS add-on's that no add-on renders (as an older version's
     // would be): qb deletes it.
     let stray = json!({

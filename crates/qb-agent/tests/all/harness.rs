@@ -279,6 +279,17 @@ impl Controller {
         )
     }
 
+    /// As [`Self::start`], with more environment for the controller (its flags' variables).
+    pub fn start_with_env(agent_ip: &str, env: &[(&str, String)]) -> Self {
+        Self::start_in_with(
+            tempfile::tempdir().expect("temp dir"),
+            &format!("{agent_ip}:0"),
+            None,
+            None,
+            env,
+        )
+    }
+
     /// A replica on the shared PostgreSQL database `database`; the first one to start makes
     /// the first tenant, the others use `admin_token` (the first one's).
     pub fn start_replica(agent_ip: &str, database: &str, admin_token: Option<&str>) -> Self {
@@ -311,6 +322,16 @@ impl Controller {
         database: Option<&str>,
         agent_binary: Option<&Path>,
     ) -> Self {
+        Self::start_in_with(dir, agent_listen, database, agent_binary, &[])
+    }
+
+    fn start_in_with(
+        dir: tempfile::TempDir,
+        agent_listen: &str,
+        database: Option<&str>,
+        agent_binary: Option<&Path>,
+        env: &[(&str, String)],
+    ) -> Self {
         let agent_ip = agent_listen
             .rsplit_once(':')
             .map_or(agent_listen, |(ip, _)| ip)
@@ -338,6 +359,7 @@ impl Controller {
         if let Some(binary) = agent_binary {
             cmd.env("QB_AGENT_BINARY", binary);
         }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let (proc, stdout) = Proc::spawn("qb-controller", cmd);
         let (mut agent_url, mut agent_addr, mut pin, mut api) = (None, None, None, None);
         while api.is_none() {

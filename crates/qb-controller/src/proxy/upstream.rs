@@ -35,6 +35,9 @@ const TLS_TIMEOUT: Duration = Duration::from_secs(10);
 const MASTERS_FRESH: Duration = Duration::from_secs(5);
 /// Client certificates are replaced at half their lifetime.
 const RENEW_AFTER: Duration = Duration::from_secs(12 * 3600);
+/// How long a watch may send nothing before it is taken for dead (the API server sends a
+/// bookmark about every minute when asked).
+const WATCH_SILENCE: Duration = Duration::from_secs(180);
 /// The name the API servers' certificates carry for every master.
 const APISERVER_NAME: &str = "kubernetes";
 
@@ -231,6 +234,58 @@ impl ClusterUpstream {
         let request = hyper::Request::get(format!("https://{master}{path}")).body(Body::empty())?;
         let body = self.admin_call(request, path).await?;
         Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// Follows the watch at `path` (with `watch=1`) through `master` as the controller's
+    /// administrator, calling `event` with each event the API server sends, until it ends the
+    /// watch; fails when nothing at all (not even a bookmark) came for [`WATCH_SILENCE`].
+    pub async fn watch(
+        &self,
+        master: NodeId,
+        path: &str,
+        mut event: impl FnMut(serde_json::Value),
+    ) -> Result<(), BoxError> {
+        let request = hyper::Request::get(format!("https://{master}{path}")).body(Body::empty())?;
+        let response = self.admin.request(request).await?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let text = http_body_util::BodyExt::collect(body)
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(Box::new(Refused {
+                method: hyper::Method::GET,
+                path: path.to_owned(),
+                status,
+                body: String::from_utf8_lossy(&text).chars().take(300).collect(),
+            }));
+        }
+        let mut pending = Vec::new();
+        loop {
+            let frame = match tokio::time::timeout(
+                WATCH_SILENCE,
+                http_body_util::BodyExt::frame(&mut body),
+            )
+            .await
+            {
+                Err(_) => return Err(format!("the watch of {path} went silent").into()),
+                Ok(None) => return Ok(()),
+                Ok(Some(frame)) => frame?,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            // One JSON event per line.
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                event(serde_json::from_slice(&line)?);
+            }
+        }
     }
 
     /// Sends `request` with the administrator's certificate; the body of a 2xx answer.
