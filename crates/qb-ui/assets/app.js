@@ -16,6 +16,7 @@ import * as clusters from './views/clusters.js';
 import * as cluster from './views/cluster.js';
 import * as tokens from './views/tokens.js';
 import * as events from './views/events.js';
+import * as alertsView from './views/alerts.js';
 
 const ROUTES = [
   { pattern: /^\/$/, nav: '', view: overview },
@@ -24,6 +25,7 @@ const ROUTES = [
   { pattern: /^\/clusters$/, nav: 'clusters', view: clusters },
   { pattern: /^\/clusters\/([^/]+)$/, nav: 'clusters', view: cluster },
   { pattern: /^\/tokens$/, nav: 'tokens', view: tokens },
+  { pattern: /^\/alerts$/, nav: 'alerts', view: alertsView },
   { pattern: /^\/events$/, nav: 'events', view: events },
 ];
 

@@ -39,6 +39,7 @@ pub const ASSETS: &[Asset] = assets![
     "views/cluster.js" => "text/javascript; charset=utf-8",
     "views/tokens.js" => "text/javascript; charset=utf-8",
     "views/events.js" => "text/javascript; charset=utf-8",
+    "views/alerts.js" => "text/javascript; charset=utf-8",
 ];
 
 /// The UI's file called `name`, if there is one.

@@ -13,6 +13,7 @@ use crate::browser::{Browser, SHOWS};
 use crate::engine::{import_etcd_bundle, pending_hosts};
 use crate::harness::{Agent, Controller, poll};
 use qb_lab::Lab;
+use qb_test_support::webhook::Receiver;
 
 /// From attach to ready on real etcd, on shared cores.
 const CONVERGE: Duration = Duration::from_secs(120);
@@ -33,6 +34,11 @@ const CHANGES: &[&str] = &[
     "Run preflight",
     "Set label",
     "Ping",
+    "Silence 2 h",
+    "End",
+    "Send a test",
+    "Remove",
+    "Add channel",
 ];
 
 /// The cluster's state as its page shows it.
@@ -387,6 +393,33 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
         let shown = b.text("main table");
         (shown.contains("cluster.created") && !shown.contains("node.authorized")).then_some(())
     });
+    // Alerts: a webhook channel added from the form (its signing secret shown once), a test
+    // alert sent to it from its row.
+    let hook = Receiver::start(&[]).expect("a webhook receiver");
+    view(&b, &base, "alerts", "Alerts");
+    assert_labelled(&b, "alerts");
+    b.fill("#channel-name", "ops-hook");
+    b.fill("#channel-target", &hook.url("/ui"));
+    b.click_button("main form.create-form", "Add channel");
+    let secret = b.wait("the channel's signing secret", SHOWS, |b| {
+        b.script(
+            "const e = document.querySelector('.panel-secret input'); return e && e.value;",
+            vec![],
+        )
+        .as_str()
+        .map(str::to_owned)
+    });
+    assert!(secret.starts_with("qbwh_"), "{secret}");
+    b.click_button("tr[data-channel=\"ops-hook\"]", "Send a test");
+    poll("the test alert at the webhook", SHOWS, || {
+        let got = hook.received();
+        (got.len() == 1)
+            .then_some(())
+            .ok_or(format!("{} requests", got.len()))
+    });
+    let test: Value = serde_json::from_slice(&hook.received()[0].body).expect("JSON");
+    assert_eq!(test["channel"], "ops-hook");
+    b.shot("alerts");
     b.resize(390, 844);
     view(&b, &base, "clusters/web", "web");
     b.shot("cluster-phone");
@@ -425,6 +458,7 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
         ("clusters", "Clusters"),
         ("clusters/web", "web"),
         ("tokens", "Tokens"),
+        ("alerts", "Alerts"),
         ("events", "Events"),
     ] {
         view(&b, &base, route, heading);
@@ -438,7 +472,7 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
             offered.is_empty(),
             "a viewer is offered {offered:?} on #/{route}"
         );
-        for form in ["#cluster-name", "#attach-count"] {
+        for form in ["#cluster-name", "#attach-count", "#channel-name"] {
             assert!(b.all(form).is_empty(), "a viewer sees {form} on #/{route}");
         }
         assert_labelled(&b, route);

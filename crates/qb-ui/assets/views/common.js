@@ -130,3 +130,17 @@ export function eventRow(e) {
 }
 
 export const EVENT_COLUMNS = ['Time', 'Actor', 'Action', 'Object', 'Details'];
+
+/**
+ * What an alert is about, as a link: its node, its cluster, or for a pod (`cluster/namespace/
+ * name`) the cluster it runs in.
+ */
+export function alertObjectLink(a, fk = `alert-object:${a.id}`) {
+  if (a.object_kind === 'pod') {
+    const [cluster, ...pod] = a.object_name.split('/');
+    return h('a', { href: clusterHref(cluster), 'data-fk': fk }, `Pod ${pod.join('/')} in cluster ${cluster}`);
+  }
+  const cluster = a.object_kind === 'cluster';
+  return h('a', { href: cluster ? clusterHref(a.object_name) : nodeHref(a.object_name), 'data-fk': fk },
+    `${cluster ? 'Cluster' : 'Node'} ${a.object_name}`);
+}

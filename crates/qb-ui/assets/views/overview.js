@@ -5,7 +5,7 @@
 import { h, add, render, badge, time, exact, plural, nodeHref, clusterHref } from '../dom.js';
 import { API, get, listAll } from '../api.js';
 import { section, lead, empty, code } from '../ui.js';
-import { planProgress } from './common.js';
+import { planProgress, alertObjectLink } from './common.js';
 
 const TROUBLED = new Set(['degraded', 'blocked']);
 const BUSY = new Set(['pending', 'preflight', 'installing']);
@@ -66,9 +66,7 @@ function renderProblems(ctx, nodes, clusters, alerts, now) {
   for (const a of alerts.filter((a) => !a.silenced)) {
     const told = a.rule === 'cluster_unhealthy' || (a.rule === 'host_offline' && inCluster.has(a.object_name));
     if (told) continue;
-    const href = a.object_kind === 'cluster' ? clusterHref(a.object_name) : nodeHref(a.object_name);
-    const what = a.object_kind === 'cluster' ? 'Cluster' : 'Node';
-    items.push(item(h('a', { href, 'data-fk': `a:${a.id}` }, `${what} ${a.object_name}`), a.severity,
+    items.push(item(alertObjectLink(a, `a:${a.id}`), a.severity,
       [`Alert ${a.rule}: ${a.summary}, since `, time(a.fired_at), '.'], 'alert'));
   }
   for (const c of clusters.filter((c) => TROUBLED.has(c.state))) {
