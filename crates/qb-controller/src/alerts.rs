@@ -23,6 +23,8 @@ use crate::workloads::Workloads;
 
 /// How often the rules are evaluated.
 pub const EVALUATE_EVERY: Duration = Duration::from_secs(5);
+/// How long after an agent's grace ends its liveness is looked at.
+const OFFLINE_SLACK: Duration = Duration::from_millis(20);
 /// The share of a disk in use above which a host alerts.
 pub const DISK_FULL: f64 = 0.9;
 /// How old a metrics point may be to count for `disk_full`.
@@ -102,12 +104,17 @@ pub fn wanted(
     out
 }
 
-/// Evaluates the rules for every tenant every [`EVALUATE_EVERY`], until aborted.
+/// Evaluates the rules for every tenant every [`EVALUATE_EVERY`], and as soon as an agent
+/// goes silent for too long (so a host's offline alert fires when its grace ends, not up to
+/// [`EVALUATE_EVERY`] later), until aborted.
 pub async fn run(store: Store, agents: Arc<Agents>, workloads: Arc<Workloads>) {
-    let mut ticker = tokio::time::interval(EVALUATE_EVERY);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        let next = tokio::time::Instant::now() + EVALUATE_EVERY;
+        let deadline = agents
+            .next_offline()
+            .map(|at| tokio::time::Instant::from_std(at) + OFFLINE_SLACK)
+            .map_or(next, |at| at.min(next));
+        tokio::time::sleep_until(deadline).await;
         if let Err(e) = evaluate(&store, &agents, &workloads).await {
             tracing::warn!(error = %e, "could not evaluate the alert rules; trying again shortly");
         }

@@ -257,6 +257,18 @@ impl Agents {
         ))
     }
 
+    /// The first moment an agent whose channel this replica holds goes offline unless it
+    /// speaks before: when to look at liveness again.
+    pub fn next_offline(&self) -> Option<Instant> {
+        let (now, grace) = (Instant::now(), self.grace());
+        self.lock()
+            .values()
+            .filter_map(|e| e.channel.as_ref())
+            .map(|c| c.last_seen + grace)
+            .filter(|at| *at > now)
+            .min()
+    }
+
     /// Fills in the live part of a node's agent information.
     pub fn overlay(&self, node: &mut Node) {
         let Some(agent) = node.agent.as_mut() else {
