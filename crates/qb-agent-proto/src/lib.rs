@@ -189,6 +189,9 @@ pub enum Outcome {
     KubeNodes {
         nodes: Vec<KubeNode>,
     },
+    Log {
+        piece: LogPiece,
+    },
     Failed {
         error: String,
     },
@@ -237,6 +240,41 @@ pub enum Instruction {
     /// A Kubernetes node operation through the local API server; answered with
     /// `Outcome::KubeNodes` (the nodes after the operation).
     Kube(KubeRequest),
+    /// A piece of one of the node's service logs; answered with `Outcome::Log`.
+    Log(LogRequest),
+}
+
+/// Which part of a service's log to read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogRequest {
+    /// A service of the node's plan.
+    pub service: String,
+    /// Read on from here (the `end` of the last piece, to follow the log); without it, the
+    /// log's last `max_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// At most this many bytes (at most [`LogRequest::MAX_BYTES`]).
+    pub max_bytes: u32,
+}
+
+impl LogRequest {
+    /// A frame holds 64 KiB; this leaves room for JSON's escapes in ordinary log text.
+    pub const MAX_BYTES: u32 = 24 * 1024;
+}
+
+/// A piece of a service's log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogPiece {
+    /// Whole lines (invalid UTF-8 replaced).
+    pub text: String,
+    /// Where `text` starts in the log file.
+    pub start: u64,
+    /// Where to read on from to follow the log.
+    pub end: u64,
+    /// The log was rotated since `offset`: `text` starts at its new beginning.
+    pub rotated: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -24,6 +24,7 @@ pub mod etcd;
 pub mod host;
 pub mod https;
 pub mod kube;
+pub mod logs;
 pub mod pod_network;
 pub mod preflight;
 pub mod probe;

@@ -30,6 +30,8 @@ const ROUTE_CHECK: Duration = Duration::from_secs(10);
 
 pub struct Work {
     state_dir: PathBuf,
+    /// The services' logs.
+    logs: PathBuf,
     pins: Vec<Pin>,
     supervisor: Arc<Supervisor>,
     applier: Applier,
@@ -68,6 +70,7 @@ impl Work {
         );
         let work = Arc::new(Self {
             state_dir: state_dir.to_owned(),
+            logs: log_dir.to_owned(),
             pins,
             supervisor,
             applier,
@@ -308,6 +311,26 @@ impl Work {
                     error: qb_api::error_chain(&e),
                 },
             },
+            Instruction::Log(request) => {
+                let services: Vec<String> = self
+                    .plan
+                    .borrow()
+                    .as_ref()
+                    .map(|p| p.services.iter().map(|s| s.name.to_string()).collect())
+                    .unwrap_or_default();
+                let dir = self.logs.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    crate::logs::read(&dir, &services, &request)
+                })
+                .await;
+                match read {
+                    Ok(Ok(piece)) => Outcome::Log { piece },
+                    Ok(Err(error)) => Outcome::Failed { error },
+                    Err(e) => Outcome::Failed {
+                        error: format!("reading the log: {e}"),
+                    },
+                }
+            }
         }
     }
 

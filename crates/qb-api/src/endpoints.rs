@@ -123,6 +123,7 @@ pub const DELETE_CHANNEL: Endpoint =
 pub const TEST_CHANNEL: Endpoint =
     Endpoint::new(Method::Post, "/api/v1/notification-channels/{channel}/test");
 pub const LIST_DELIVERIES: Endpoint = Endpoint::new(Method::Get, "/api/v1/notification-deliveries");
+pub const NODE_LOG: Endpoint = Endpoint::new(Method::Get, "/api/v1/nodes/{node}/logs/{service}");
 pub const NODE_METRICS: Endpoint = Endpoint::new(Method::Get, "/api/v1/nodes/{node}/metrics");
 
 pub const LIST_TOKENS: Endpoint = Endpoint::new(Method::Get, "/api/v1/tokens");
@@ -168,6 +169,7 @@ pub const ALL: &[Endpoint] = &[
     LIST_SILENCES,
     CREATE_SILENCE,
     DELETE_SILENCE,
+    NODE_LOG,
     LIST_CHANNELS,
     CREATE_CHANNEL,
     DELETE_CHANNEL,

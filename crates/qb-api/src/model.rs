@@ -623,6 +623,37 @@ pub struct PingResult {
     pub round_trip_ms: f64,
 }
 
+/// A piece of one of a node's service logs, whole lines.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeLog {
+    pub node: String,
+    pub service: String,
+    pub text: String,
+    /// Where `text` starts in the log.
+    pub start: u64,
+    /// Pass as `offset` to read what the log gets next.
+    pub end: u64,
+    /// The log was rotated since `offset`: `text` is from its new beginning.
+    pub rotated: bool,
+}
+
+/// Which part of a log to read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogQuery {
+    /// Read on from here (a former answer's `end`); without it, the log's end.
+    pub offset: Option<u64>,
+    /// At most this many bytes (default and most: 24576).
+    #[param(minimum = 1, maximum = 24576)]
+    pub max_bytes: Option<u32>,
+}
+
+impl LogQuery {
+    /// The most one piece holds.
+    pub const MAX_BYTES: u32 = 24 * 1024;
+}
+
 /// A new bootstrap token and its secret. The secret is never shown again.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CreatedBootstrapToken {

@@ -250,6 +250,20 @@ pub enum NodeCommand {
         #[arg(long, default_value = "1h", value_parser = ["1h", "6h", "24h", "7d", "30d"])]
         range: String,
     },
+    /// Print the end of a service's log on a node (etcd, containerd, kubelet, kube-apiserver,
+    /// ...), read by its agent; with --follow, keep printing what it logs.
+    Logs {
+        /// Node name or id.
+        node: String,
+        /// The service, as the node's plan names it.
+        service: String,
+        /// Keep printing new lines until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        /// How much of the end to print first, in bytes.
+        #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..=24576))]
+        bytes: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -844,6 +858,17 @@ mod tests {
             // -o is the output format, not the file.
             "qb cluster kubeconfig prod -o kubeconfig.yaml",
         ]);
+    }
+
+    #[test]
+    fn node_logs_parse() {
+        let cli = parse("qb node logs n1 etcd -f --bytes 100").expect("parse");
+        assert!(
+            matches!(cli.command, Command::Node(NodeCommand::Logs { node, service, follow: true, bytes: 100 })
+            if node == "n1" && service == "etcd")
+        );
+        assert!(parse("qb node logs n1").is_err());
+        assert!(parse("qb node logs n1 etcd --bytes 0").is_err());
     }
 
     #[test]

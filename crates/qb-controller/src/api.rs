@@ -11,8 +11,8 @@ use qb_api::{
     Alert, AlertQuery, AttachRequest, BootstrapToken, Channel, Cluster, ClusterDetail,
     CreateBootstrapToken, CreateChannel, CreateCluster, CreateKubeconfig, CreateSilence,
     CreateToken, CreateUser, CreatedBootstrapToken, CreatedChannel, CreatedToken, DeletedCluster,
-    Delivery, DeliveryQuery, DetachRequest, Event, Kubeconfig, LabelChange, MetricsQuery,
-    MetricsRange, Node, NodeMetrics, NodeMove, NodeState, Page, PageParams, PingResult,
+    Delivery, DeliveryQuery, DetachRequest, Event, Kubeconfig, LabelChange, LogQuery, MetricsQuery,
+    MetricsRange, Node, NodeLog, NodeMetrics, NodeMove, NodeState, Page, PageParams, PingResult,
     ProblemCode, Role, SetPassword, Silence, Token, TokenId, User, Whoami,
 };
 use qb_store::{ClusterSpec, EventFilter, Key};
@@ -62,6 +62,7 @@ pub(crate) fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(deauthorize_node))
         .routes(routes!(ping_node))
         .routes(routes!(node_metrics))
+        .routes(routes!(node_log))
         .routes(routes!(list_alerts))
         .routes(routes!(list_silences, create_silence))
         .routes(routes!(delete_silence))
@@ -569,6 +570,27 @@ async fn ping_node(
 ) -> ApiResult<Json<PingResult>> {
     caller.require(Role::Operator)?;
     Ok(Json(app.ping_node(&caller, &node_key(&node)).await?))
+}
+
+/// A piece of one of a node's service logs (etcd, containerd, kubelet, kube-apiserver, ...),
+/// read by its agent: the end of the log, or with `offset` what follows (to follow it).
+#[utoipa::path(get, path = "/api/v1/nodes/{node}/logs/{service}", tag = "nodes",
+    params(("node" = String, Path, description = "Node id or name"),
+        ("service" = String, Path, description = "A service of the node's plan"), LogQuery),
+    responses((status = 200, body = NodeLog), (status = 400, body = qb_api::Problem),
+        (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
+async fn node_log(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((node, service)): Path<(String, String)>,
+    ApiQuery(query): ApiQuery<LogQuery>,
+) -> ApiResult<Json<NodeLog>> {
+    // Logs may say more than a viewer should read.
+    caller.require(Role::Operator)?;
+    Ok(Json(
+        app.node_log(&caller, &node_key(&node), &service, &query)
+            .await?,
+    ))
 }
 
 /// A node's host metrics: its agent's last report (CPU, load, memory, disk, uptime) and their

@@ -91,6 +91,7 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
         started.elapsed()
     );
     crash_loop_is_notified(&api, &agents[0], "dns", &receivers);
+    logs_are_read_through_the_agent(&api, "host-1");
     // An object labelled as the DNS add-on's that no add-on renders (as an older version's
     // would be): qb deletes it.
     let stray = json!({
@@ -324,6 +325,44 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
     }
     drop(_thaw);
     eprintln!("every API server frozen for {API_OUTAGE:?}: {answered} lookups, all answered");
+}
+
+/// A service's log read from the controller through the node's agent: its end, then what
+/// follows; a service the node does not run is refused, naming those it does.
+fn logs_are_read_through_the_agent(api: &Api, node: &str) {
+    let end = api
+        .get(&format!("/nodes/{node}/logs/etcd?max_bytes=4096"))
+        .ok();
+    let text = end["text"].as_str().expect("text");
+    assert!(!text.is_empty() && text.ends_with('\n'), "{end}");
+    assert!(text.len() <= 4096, "{}", text.len());
+    assert!(text.contains("etcd") || text.contains("raft"), "{text}");
+    let offset = end["end"].as_u64().expect("end");
+    let next = api
+        .get(&format!("/nodes/{node}/logs/etcd?offset={offset}"))
+        .ok();
+    assert_eq!(next["start"].as_u64(), Some(offset), "{next}");
+    let kubelet = api.get(&format!("/nodes/{node}/logs/kubelet")).ok();
+    assert!(
+        !kubelet["text"].as_str().unwrap_or("").is_empty(),
+        "{kubelet}"
+    );
+    let refused = api.get(&format!("/nodes/{node}/logs/sshd"));
+    refused.problem(404, "not_found");
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("kubelet"),
+        "{}",
+        refused.body
+    );
+    api.get(&format!("/nodes/{node}/logs/..%2Fpasswd"))
+        .problem(400, "invalid_input");
+    eprintln!(
+        "logs: {} bytes of etcd's on {node}, then on from byte {offset}",
+        text.len()
+    );
 }
 
 /// How long an edited Ingress may take to route anew.

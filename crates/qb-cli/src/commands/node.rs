@@ -113,6 +113,60 @@ pub async fn run(app: &App, cmd: NodeCommand) -> anyhow::Result<()> {
             app.out
                 .emit(&metrics, || output::node_metrics(&metrics, now()))
         }
+        NodeCommand::Logs {
+            node,
+            service,
+            follow,
+            bytes,
+        } => logs(app, &client, &node, &service, follow, bytes).await,
+    }
+}
+
+/// How often a followed log is read again.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Prints the end of a log (as JSON with `--output json`: each piece, one per line), then with
+/// `follow` what it gets next, until interrupted.
+async fn logs(
+    app: &App,
+    client: &Client,
+    node: &str,
+    service: &str,
+    follow: bool,
+    bytes: u32,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut offset: Option<u64> = None;
+    loop {
+        let piece: qb_api::NodeLog = client
+            .call(client.request(
+                &endpoints::NODE_LOG,
+                &[node, service],
+                &[
+                    ("offset", offset.map(|o| o.to_string())),
+                    ("max_bytes", offset.is_none().then(|| bytes.to_string())),
+                ],
+            ))
+            .await?;
+        if app.table() {
+            if piece.rotated {
+                eprintln!("(the log was rotated; from its new beginning)");
+            }
+            let mut out = std::io::stdout().lock();
+            out.write_all(piece.text.as_bytes())?;
+            out.flush()?;
+        } else if offset.is_none() || !piece.text.is_empty() {
+            println!("{}", serde_json::to_string(&piece)?);
+        }
+        if !follow {
+            return Ok(());
+        }
+        // A full piece means more is waiting: read on at once.
+        let full = piece.end - piece.start >= u64::from(qb_api::LogQuery::MAX_BYTES) / 2;
+        offset = Some(piece.end);
+        if !full {
+            tokio::time::sleep(FOLLOW_EVERY).await;
+        }
     }
 }
 

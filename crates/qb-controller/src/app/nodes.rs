@@ -17,6 +17,10 @@ use crate::auth::Caller;
 const MAX_LABEL_CHANGES: usize = 64;
 /// How long a ping waits for the agent's answer.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
+// The API's limit is what one instruction carries.
+const _: () = assert!(qb_api::LogQuery::MAX_BYTES == qb_agent_proto::LogRequest::MAX_BYTES);
+/// How long an agent has to read a piece of a log.
+const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl AppState {
     /// A page of the tenant's nodes, only those in `state` and of `cluster` when given.
@@ -124,6 +128,69 @@ impl AppState {
         Ok(PingResult {
             round_trip_ms: round_trip.as_secs_f64() * 1000.0,
         })
+    }
+
+    /// A piece of the log of `service` on `node`, read by its agent.
+    pub async fn node_log(
+        &self,
+        caller: &Caller,
+        node: &Key<NodeId>,
+        service: &str,
+        query: &qb_api::LogQuery,
+    ) -> Result<qb_api::NodeLog, ApiError> {
+        let valid = !service.is_empty()
+            && service.len() <= 63
+            && service
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid {
+            return Err(ApiError::invalid(format!(
+                "{} is not a service name (etcd, kubelet, kube-apiserver, ...)",
+                qb_api::quote(service)
+            )));
+        }
+        let max = qb_agent_proto::LogRequest::MAX_BYTES;
+        let max_bytes = query.max_bytes.unwrap_or(max);
+        if !(1..=max).contains(&max_bytes) {
+            return Err(ApiError::invalid(format!(
+                "max_bytes must be between 1 and {max}"
+            )));
+        }
+        let node = self.store.get_node(caller.tenant(), node).await?;
+        let request = qb_agent_proto::LogRequest {
+            service: service.to_owned(),
+            offset: query.offset,
+            max_bytes,
+        };
+        let unavailable =
+            |e: String| ApiError::new(ProblemCode::AgentUnavailable, format!("{}: {e}", node.name));
+        match self
+            .agents
+            .request(
+                node.id,
+                |_| qb_agent_proto::Instruction::Log(request),
+                LOG_TIMEOUT,
+            )
+            .await
+        {
+            Ok(qb_agent_proto::Outcome::Log { piece }) => Ok(qb_api::NodeLog {
+                node: node.name.to_string(),
+                service: service.to_owned(),
+                text: piece.text,
+                start: piece.start,
+                end: piece.end,
+                rotated: piece.rotated,
+            }),
+            Ok(qb_agent_proto::Outcome::Failed { error }) if error.starts_with("no service") => {
+                Err(ApiError::new(
+                    ProblemCode::NotFound,
+                    format!("{}: {error}", node.name),
+                ))
+            }
+            Ok(qb_agent_proto::Outcome::Failed { error }) => Err(unavailable(error)),
+            Ok(other) => Err(unavailable(format!("unexpected answer {other:?}"))),
+            Err(e) => Err(unavailable(e.to_string())),
+        }
     }
 
     /// A node's last report and its history over `range`.
