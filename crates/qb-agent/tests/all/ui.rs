@@ -370,6 +370,18 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
     );
     b.shot("node-load");
 
+    // The master's etcd log, one click away from its page (`?log=etcd`), read through its
+    // agent.
+    let master = if worker == "host-0" { "host-1" } else { "host-0" };
+    b.goto(&format!("{base}/#/nodes/{master}?log=etcd"));
+    let log = b.wait("etcd's log on the node's page", SHOWS, |b| {
+        let text = b.text("pre.log");
+        (text.contains("etcd") || text.contains("raft")).then_some(text)
+    });
+    assert!(log.lines().count() > 3, "{log}");
+    assert_labelled(&b, &format!("nodes/{master}?log=etcd"));
+    b.shot("node-log");
+
     // The other main pages.
     view(&b, &base, "clusters", "Clusters");
     b.wait("the cluster list", SHOWS, |b| {

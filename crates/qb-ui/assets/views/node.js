@@ -1,6 +1,7 @@
 // Node detail `#/nodes/<name>`: facts, labels, agent, cluster and role, the host's load (last
 // report and charts of its history), and the plan the agent last reported (steps and services).
-// Operators authorize, deauthorize, delete, ping and label.
+// Operators authorize, deauthorize, delete, ping and label, and read the services' logs
+// (`#/nodes/<name>?log=etcd` opens one).
 
 import { h, add, render, badge, time, exact, bytes, clusterLink, plural } from '../dom.js';
 import { ApiError, get, post, del, path } from '../api.js';
@@ -46,9 +47,10 @@ export function mount(ctx) {
   add(loadSection, latest,
     h('div', { class: 'toolbar', role: 'group', 'aria-label': 'History range' }, rangeButtons),
     charts);
+  const logs = operator ? logsSection() : null;
   const body = h('div', {},
     operator ? h('div', { class: 'section' }, actionsRegion, actionAlert, pingResult) : null,
-    summary, loadSection, labelsSection, planSection);
+    summary, loadSection, labelsSection, planSection, logs && logs.el);
 
   add(ctx.root,
     h('nav', { class: 'breadcrumb', 'aria-label': 'Breadcrumb' },
@@ -86,7 +88,87 @@ export function mount(ctx) {
     render(summary, n, () => summaryCards(n));
     render(labels, n.labels, () => labelChips(n.labels, operator ? removeLabel : null));
     render(plan, [n.plan, n.state], () => planView(n));
+    if (logs) logs.services(n);
     await refreshLoad();
+  }
+
+  // ---- logs (operators: they may say more than a viewer should read) -----------------
+
+  function logsSection() {
+    const select = h('select', { id: 'log-service' });
+    const follow = h('input', { id: 'log-follow', type: 'checkbox' });
+    const alerts = alertSlot();
+    const out = h('pre', { class: 'log', tabindex: '0', 'aria-label': 'Log', 'aria-live': 'off', hidden: true });
+    const show = button('Show log', (e) => open(e.currentTarget), { fk: 'show-log' });
+    const el = section('Logs');
+    add(el,
+      h('p', { class: 'lead' }, 'The end of a service\'s log, read from the host by its agent. The same from a shell: ', h('code', {}, `qb node logs ${name} SERVICE -f`), '.'),
+      h('div', { class: 'field-row' },
+        h('div', { class: 'field' }, h('label', { for: 'log-service' }, 'Service'), select),
+        h('div', { class: 'field field-button' }, h('span', { class: 'button-row' }, show,
+          h('span', { class: 'check' }, follow, h('label', { for: 'log-follow' }, 'Follow'))))),
+      alerts, out);
+    let offset = null;
+    let shown = null;
+    let busy = false;
+    const wanted = ctx.query.get('log');
+    follow.addEventListener('change', () => { if (follow.checked && shown) more(); });
+    async function read(service, from) {
+      const query = from === null ? { max_bytes: 16384 } : { offset: from };
+      return get(path('nodes', name, 'logs', service), query);
+    }
+    async function open(btn) {
+      const service = select.value;
+      if (!service) return;
+      const piece = await runAction(btn, alerts, () => read(service, null), `Could not read the log of ${service}`);
+      if (!piece || !ctx.alive) return;
+      shown = service;
+      offset = piece.end;
+      out.hidden = false;
+      out.setAttribute('aria-label', `Log of ${service} on ${name}`);
+      out.textContent = piece.text || '(nothing logged yet)';
+      out.scrollTop = out.scrollHeight;
+      announce(`Showing the end of the log of ${service}.`);
+    }
+    async function more() {
+      if (busy || !shown || !follow.checked || !ctx.alive) return;
+      busy = true;
+      try {
+        const piece = await read(shown, offset);
+        if (!ctx.alive) return;
+        const atEnd = out.scrollTop + out.clientHeight >= out.scrollHeight - 4;
+        if (piece.rotated) out.textContent += '\n(the log was rotated)\n';
+        offset = piece.end;
+        if (piece.text) {
+          out.textContent = (out.textContent + piece.text).slice(-200000);
+          if (atEnd) out.scrollTop = out.scrollHeight;
+        }
+      } catch (err) {
+        showError(alerts, err, `Could not follow the log of ${shown}`);
+        follow.checked = false;
+      } finally {
+        busy = false;
+      }
+    }
+    const timer = setInterval(more, 2000);
+    let opened = false;
+    return {
+      el,
+      stop: () => clearInterval(timer),
+      /** Offers the services the node's plan runs, keeping the choice. */
+      services(n) {
+        const names = (n.plan && n.plan.report ? n.plan.report.services : []).map((s) => s.name);
+        render(select, names, () => names.length
+          ? names.map((s) => h('option', { value: s, selected: s === (shown || wanted) }, s))
+          : [h('option', { value: '' }, 'no services')]);
+        // `#/nodes/NAME?log=etcd` opens that log at once.
+        if (!opened && wanted && names.includes(wanted)) {
+          opened = true;
+          select.value = wanted;
+          open(show);
+        }
+      },
+    };
   }
 
   async function refreshLoad() {
@@ -271,5 +353,11 @@ export function mount(ctx) {
   // again every half minute while the page is open.
   const loadTimer = setInterval(() => refreshLoad().catch(() => {}), 30000);
 
-  return { refresh, destroy: () => clearInterval(loadTimer) };
+  return {
+    refresh,
+    destroy: () => {
+      clearInterval(loadTimer);
+      if (logs) logs.stop();
+    },
+  };
 }
