@@ -25,7 +25,7 @@ use crate::engine::{authorize_when_online, wait_ready};
 use crate::harness::{Agent, AgentConfig, Controller, poll, run};
 use crate::http::Api;
 use crate::kubernetes::{
-    BRING_UP, PodCgroups, import_bundle, kubectl, kubectl_json, wait_nodes_ready,
+    BRING_UP, PodCgroups, component_pid, import_bundle, kubectl, kubectl_json, wait_nodes_ready,
     wait_service_programmed, web, web_pods,
 };
 use qb_lab::Lab;
@@ -667,17 +667,6 @@ fn probe(admin: &Agent, name: &str, node: &str, script: &str) -> String {
     });
     let logs = kubectl(admin, &["logs", name], None);
     String::from_utf8_lossy(&logs.stdout).into_owned()
-}
-
-/// The pid of `component` on lab host `i` (the process in its network namespace).
-fn component_pid(lab: &Lab, i: usize, component: &str) -> String {
-    lab.pids(i)
-        .into_iter()
-        .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == component)
-        })
-        .unwrap_or_else(|| panic!("no {component} on host-{i}"))
 }
 
 /// Lets frozen processes go on when dropped (also when the test fails).

@@ -1157,7 +1157,7 @@ fn attached_hosts_become_a_kubernetes_cluster_that_keeps_working_while_used() {
 }
 
 /// The pid of the component (`kubelet`, `etcd`, ...) running on host `i`.
-fn component_pid(lab: &Lab, i: usize, component: &str) -> String {
+pub(crate) fn component_pid(lab: &Lab, i: usize, component: &str) -> String {
     lab.pids(i)
         .into_iter()
         .find(|p| {

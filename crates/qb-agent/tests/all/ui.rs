@@ -5,13 +5,15 @@
 //! viewer sees no control that changes anything, and requests forged from the viewer's own page
 //! are refused. Screenshots of the main pages are saved on the way.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::browser::{Browser, SHOWS};
 use crate::engine::{import_etcd_bundle, pending_hosts};
-use crate::harness::{Agent, Controller, poll};
+use crate::harness::{Agent, Controller, poll, run};
+use crate::kubernetes::component_pid;
 use qb_lab::Lab;
 use qb_test_support::webhook::Receiver;
 
@@ -372,7 +374,11 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
 
     // The master's etcd log, one click away from its page (`?log=etcd`), read through its
     // agent.
-    let master = if worker == "host-0" { "host-1" } else { "host-0" };
+    let master = if worker == "host-0" {
+        "host-1"
+    } else {
+        "host-0"
+    };
     b.goto(&format!("{base}/#/nodes/{master}?log=etcd"));
     let log = b.wait("etcd's log on the node's page", SHOWS, |b| {
         let text = b.text("pre.log");
@@ -381,6 +387,42 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
     assert!(log.lines().count() > 3, "{log}");
     assert_labelled(&b, &format!("nodes/{master}?log=etcd"));
     b.shot("node-log");
+
+    // etcd frozen on the master: the overview says the cluster needs attention, and the etcd
+    // log is one click from there.
+    let i = if master == "host-0" { 0 } else { 1 };
+    let etcd = component_pid(&lab, i, "etcd");
+    run(Command::new("kill").args(["-STOP", &etcd]));
+    let frozen = Instant::now();
+    view(&b, &base, "", "Overview");
+    let (text, state) = b.wait("the cluster under Needs attention", CONVERGE, |b| {
+        overview_entry(b, "Needs attention", "c:web")
+    });
+    eprintln!(
+        "etcd frozen on {master}: the overview says {state:?} {text:?} after {:?}",
+        frozen.elapsed()
+    );
+    assert_eq!(state, "degraded", "{text}");
+    let link = format!("log:{master}:etcd");
+    b.wait("the link to etcd's log", SHOWS, |b| {
+        b.script(
+            "const a = [...document.querySelectorAll('a.log-link')].find((a) => a.dataset.fk === arguments[0]); \
+             if (a) a.click(); return a ? true : null;",
+            vec![link.as_str().into()],
+        )
+        .as_bool()
+    });
+    b.wait("etcd's log, one click away", SHOWS, |b| {
+        (b.text("main h1").contains(master) && b.text("pre.log").contains("etcd")).then_some(())
+    });
+    b.shot("overview-to-etcd-log");
+    run(Command::new("kill").args(["-CONT", &etcd]));
+    poll("the cluster ready again", CONVERGE, || {
+        let c = api.get("/clusters/web").ok();
+        (c["state"] == "ready")
+            .then_some(())
+            .ok_or(c["state"].to_string())
+    });
 
     // The other main pages.
     view(&b, &base, "clusters", "Clusters");

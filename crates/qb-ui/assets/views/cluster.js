@@ -5,7 +5,7 @@
 import { h, add, render, badge, toneOf, time, exact, nodeLink, plural, list, uid } from '../dom.js';
 import { API, ApiError, get, post, del, path, listAll } from '../api.js';
 import { section, lead, dl, empty, table, alertSlot, runAction, announce, confirmDialog, button, showError, code } from '../ui.js';
-import { agentSummary, roleText, planCell, resources, eventRow, EVENT_COLUMNS } from './common.js';
+import { agentSummary, roleText, planCell, resources, eventRow, EVENT_COLUMNS, unhealthyLogLinks } from './common.js';
 
 /** What a state means when the engine has no message of its own. */
 const STATE_TEXT = {
@@ -142,7 +142,11 @@ export function mount(ctx) {
     // What the state means now; the engine's own words when it has some.
     const text = detail.state_message || STATE_TEXT[detail.state] || '';
     message.hidden = !text;
-    if (message.textContent !== text) message.textContent = text;
+    if (message.dataset.text !== text) {
+      message.dataset.text = text;
+      const logs = operator ? unhealthyLogLinks(detail.state_message) : [];
+      message.replaceChildren(text, ...(logs.length ? [' Read: ', ...logs.flatMap((l, i) => (i ? [', ', l] : [l])), '.'] : []));
+    }
     message.dataset.tone = toneOf(detail.state);
 
     const attached = detail.nodes.filter((n) => n.state === 'attached').map((n) => n.name);

@@ -144,3 +144,18 @@ export function alertObjectLink(a, fk = `alert-object:${a.id}`) {
   return h('a', { href: cluster ? clusterHref(a.object_name) : nodeHref(a.object_name), 'data-fk': fk },
     `${cluster ? 'Cluster' : 'Node'} ${a.object_name}`);
 }
+
+/**
+ * Links to the logs of the services an engine message names unhealthy (`host-1: etcd,
+ * kube-apiserver unhealthy; host-2: ...`): one click from "what is wrong" to "why".
+ */
+export function unhealthyLogLinks(message) {
+  const links = [];
+  for (const m of (message || '').matchAll(/([A-Za-z0-9._-]+): ([a-z0-9-]+(?:, [a-z0-9-]+)*) unhealthy/g)) {
+    for (const service of m[2].split(', ')) {
+      const href = `${nodeHref(m[1])}?log=${encodeURIComponent(service)}`;
+      links.push(h('a', { href, 'data-fk': `log:${m[1]}:${service}`, class: 'log-link' }, `${service} log on ${m[1]}`));
+    }
+  }
+  return links;
+}

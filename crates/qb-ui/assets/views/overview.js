@@ -5,7 +5,7 @@
 import { h, add, render, badge, time, exact, plural, nodeHref, clusterHref } from '../dom.js';
 import { API, get, listAll } from '../api.js';
 import { section, lead, empty, code } from '../ui.js';
-import { planProgress, alertObjectLink } from './common.js';
+import { planProgress, alertObjectLink, unhealthyLogLinks } from './common.js';
 
 const TROUBLED = new Set(['degraded', 'blocked']);
 const BUSY = new Set(['pending', 'preflight', 'installing']);
@@ -70,8 +70,10 @@ function renderProblems(ctx, nodes, clusters, alerts, now) {
       [`Alert ${a.rule}: ${a.summary}, since `, time(a.fired_at), '.'], 'alert'));
   }
   for (const c of clusters.filter((c) => TROUBLED.has(c.state))) {
+    const logs = ctx.can('operator') ? unhealthyLogLinks(c.state_message) : [];
     items.push(item(h('a', { href: clusterHref(c.name), 'data-fk': `c:${c.name}` }, `Cluster ${c.name}`), c.state,
-      c.state_message || (c.state === 'blocked' ? 'Blocked: it needs you.' : 'A node or a component is unhealthy.')));
+      [c.state_message || (c.state === 'blocked' ? 'Blocked: it needs you.' : 'A node or a component is unhealthy.'),
+        logs.length ? [' Read: ', logs.map((l, i) => [i ? ', ' : '', l]), '.'] : null]));
   }
   const busyFor = (c) => now - Date.parse(c.state_since);
   for (const c of clusters.filter((c) => BUSY.has(c.state) && busyFor(c) > BUSY_TOO_LONG_MS)) {
