@@ -8,7 +8,7 @@
 
 import { h, add, tickTimes } from './dom.js';
 import * as api from './api.js';
-import { alertSlot, announce, clearAlert, showError, showLoadError, button, code } from './ui.js';
+import { alertSlot, announce, clearAlert, clearStaleAnnouncement, showError, showLoadError, button, code } from './ui.js';
 import * as overview from './views/overview.js';
 import * as nodes from './views/nodes.js';
 import * as node from './views/node.js';
@@ -100,6 +100,8 @@ function unmount() {
   const current = state.current;
   state.current = null;
   if (!current) return;
+  // What was said on the page left does not follow the user to the next one.
+  clearStaleAnnouncement();
   current.ctx.alive = false;
   try {
     current.instance.destroy?.();

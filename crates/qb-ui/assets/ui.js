@@ -7,6 +7,11 @@ import { Unauthenticated } from './api.js';
 // ---- announcements -------------------------------------------------------------------------
 
 let statusTimer = 0;
+/** When the last announcement was made. */
+let announcedAt = 0;
+/** How long an announcement may still belong to the page that follows (an action that ends by
+ * going to another page says so as it leaves). */
+const CARRIED_MS = 1500;
 
 /**
  * Says something short in the page's polite live region (`#status`, also shown as a toast):
@@ -16,12 +21,21 @@ export function announce(message) {
   const region = document.getElementById('status');
   if (!region) return;
   clearTimeout(statusTimer);
+  announcedAt = Date.now();
   // Emptied first and filled a moment later, so that the same message twice is read twice.
   region.textContent = '';
   statusTimer = setTimeout(() => {
     region.textContent = message;
     statusTimer = setTimeout(() => { region.textContent = ''; }, 8000);
   }, 60);
+}
+
+/** Removes the last announcement when the user has left its page, unless it was just made. */
+export function clearStaleAnnouncement() {
+  if (Date.now() - announcedAt < CARRIED_MS) return;
+  const region = document.getElementById('status');
+  clearTimeout(statusTimer);
+  if (region) region.textContent = '';
 }
 
 // ---- alerts --------------------------------------------------------------------------------

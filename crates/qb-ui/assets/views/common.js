@@ -124,7 +124,8 @@ export function eventRow(e) {
   return h('tr', { 'data-event': String(e.id) },
     h('td', { class: 'nowrap' }, h('span', { class: 'stack' }, time(e.at), h('span', { class: 'muted small' }, exact(e.at)))),
     h('td', {}, e.actor),
-    h('td', {}, h('code', {}, e.action)),
+    // Never broken mid-word (`cluster.nodes_detache d`): the table scrolls instead.
+    h('td', { class: 'nowrap' }, h('code', {}, e.action)),
     h('td', {}, eventObject(e)),
     h('td', { class: 'detail' }, h('code', { class: 'json' }, detailText(e.detail))));
 }

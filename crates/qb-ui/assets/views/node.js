@@ -1,10 +1,10 @@
 // Node detail `#/nodes/<name>`: facts, labels, agent, cluster and role, the host's load (last
 // report and charts of its history), and the plan the agent last reported (steps and services).
-// Operators authorize, deauthorize, delete, ping and label, and read the services' logs
+// Operators authorize, deauthorize, delete, ping, label, attach to a cluster and detach, and read the services' logs
 // (`#/nodes/<name>?log=etcd` opens one).
 
 import { h, add, render, badge, time, exact, bytes, clusterLink, plural } from '../dom.js';
-import { ApiError, get, post, del, path } from '../api.js';
+import { API, ApiError, get, post, del, path, listAll } from '../api.js';
 import { section, dl, empty, table, alertSlot, runAction, announce, confirmDialog, button, showError } from '../ui.js';
 import { labelChips, roleText, planProgress, planText } from './common.js';
 import { latestFacts, loadCharts } from './charts.js';
@@ -61,6 +61,8 @@ export function mount(ctx) {
     body);
 
   let node = null;
+  /** The tenant's clusters, offered to attach a node of the pool to. */
+  let clusterNames = [];
 
   async function refresh() {
     let n;
@@ -84,7 +86,12 @@ export function mount(ctx) {
     body.hidden = false;
     missing.hidden = true;
     render(stateRegion, n.state, () => badge(n.state));
-    if (operator) render(actionsRegion, [n.state, n.agent && n.agent.online], () => actions(n));
+    if (operator && n.state === 'authorized') {
+      const listed = await listAll(`${API}/clusters`);
+      if (!ctx.alive) return;
+      clusterNames = listed.map((c) => c.name);
+    }
+    if (operator) render(actionsRegion, [n.state, n.agent && n.agent.online, n.cluster, clusterNames], () => actions(n));
     render(summary, n, () => summaryCards(n));
     render(labels, n.labels, () => labelChips(n.labels, operator ? removeLabel : null));
     render(plan, [n.plan, n.state], () => planView(n));
@@ -186,7 +193,55 @@ export function mount(ctx) {
     if (n.state === 'pending' || n.state === 'authorized') items.push(button('Deauthorize', (e) => deauthorize(e.currentTarget), { kind: 'danger', fk: 'deauthorize' }));
     if (n.state === 'pending' || n.state === 'deauthorized') items.push(button('Delete', (e) => remove(e.currentTarget), { kind: 'danger', fk: 'delete' }));
     if (n.agent && n.agent.online) items.push(button('Ping', (e) => ping(e.currentTarget), { fk: 'ping', label: `Ping the agent of ${name}` }));
+    if (n.state === 'attached' && n.cluster) {
+      items.push(button('Detach', (e) => detach(e.currentTarget, n.cluster.name), { kind: 'danger', fk: 'detach', label: `Detach ${name} from cluster ${n.cluster.name}` }));
+    }
+    if (n.state === 'authorized' && clusterNames.length) items.push(attachForm());
     return items;
+  }
+
+  /** Attach to a cluster: a choice of the tenant's clusters and a button. */
+  function attachForm() {
+    const select = h('select', { id: 'attach-to', 'data-fk': 'attach-to' }, clusterNames.map((c) => h('option', { value: c }, c)));
+    const submit = h('button', { type: 'submit', class: 'btn btn-primary', 'data-fk': 'attach' }, 'Attach');
+    const form = h('form', { class: 'inline-form', novalidate: true },
+      h('label', { for: 'attach-to' }, 'Attach to cluster '), select, ' ', submit);
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const cluster = select.value;
+      const done = await runAction(submit, actionAlert, () => post(path('clusters', cluster, 'attach'), { nodes: [name] }), `Could not attach ${name} to ${cluster}`);
+      if (done) {
+        announce(`Attaching ${name} to cluster ${cluster}.`);
+        await ctx.refresh();
+      }
+    });
+    return form;
+  }
+
+  async function detach(btn, cluster) {
+    const ok = await confirmDialog({
+      title: `Detach ${name} from ${cluster}?`,
+      message: `${name} is cordoned and drained, its Kubernetes components stopped and its data wiped; then it returns to the pool.`,
+    });
+    if (!ok) return;
+    const moved = await runAction(btn, actionAlert, async () => {
+      try {
+        return await post(path('clusters', cluster, 'detach'), { nodes: [name] });
+      } catch (err) {
+        if (!(err instanceof ApiError) || err.code !== 'quorum_at_risk') throw err;
+        const force = await confirmDialog({
+          title: 'Detach anyway?',
+          message: err.message,
+          details: ['Detaching anyway can leave etcd, and with it the cluster\'s API, unavailable.'],
+        });
+        if (!force) return null;
+        return post(path('clusters', cluster, 'detach'), { nodes: [name], force: true });
+      }
+    }, `Could not detach ${name}`);
+    if (moved) {
+      announce(`Detaching ${name} from ${cluster}: it returns to the pool once wiped.`);
+      await ctx.refresh();
+    }
   }
 
   function summaryCards(n) {
