@@ -389,11 +389,14 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
     b.shot("node-log");
     // An attached node's page offers to detach it; a pooled node's, to attach it.
     b.wait("Detach on the master's page", SHOWS, |b| {
-        b.buttons("main").contains(&"Detach".to_owned()).then_some(())
+        b.buttons("main")
+            .contains(&"Detach".to_owned())
+            .then_some(())
     });
     view(&b, &base, &format!("nodes/{worker}"), worker);
     b.wait("Attach to web on the pooled worker's page", SHOWS, |b| {
-        (b.attribute("#attach-to option[value=\"web\"]", "value").is_some()
+        (b.attribute("#attach-to option[value=\"web\"]", "value")
+            .is_some()
             && b.buttons("main").contains(&"Attach".to_owned()))
         .then_some(())
     });

@@ -106,3 +106,48 @@ function chart(key, title, from, to, step, at, series, summary) {
     svg,
     h('div', { class: 'chart-axis muted small' }, h('span', {}, since), h('span', {}, '100 % at the top'), h('span', {}, 'now')));
 }
+
+/** How a cluster state is drawn in its health band. */
+const HEALTH_TONE = { ready: 'good', degraded: 'bad', blocked: 'bad' };
+const DAY_MS = 86400000;
+
+/**
+ * A cluster's health over the last day, as one band: each stretch coloured by the state the
+ * cluster was in, from its `cluster.state_changed` events (newest first). Says in words what it
+ * shows, and how long each state lasted.
+ */
+export function healthBand(changes, current, createdAt, now = Date.now()) {
+  const from = Math.max(now - DAY_MS, Date.parse(createdAt));
+  // Oldest first; each change starts a stretch; before the first, the state it changed from.
+  const inside = changes.filter((e) => Date.parse(e.at) > from).reverse();
+  const stretches = [];
+  let state = inside.length ? (inside[0].detail.from || current) : current;
+  let start = from;
+  for (const e of inside) {
+    stretches.push([state, start, Date.parse(e.at)]);
+    state = e.detail.to || state;
+    start = Date.parse(e.at);
+  }
+  stretches.push([state, start, now]);
+  const span = Math.max(1, now - from);
+  const x = (t) => (((t - from) / span) * WIDTH).toFixed(1);
+  const totals = new Map();
+  for (const [st, a, b] of stretches) totals.set(st, (totals.get(st) || 0) + (b - a));
+  const troubles = stretches.filter(([st]) => HEALTH_TONE[st] === 'bad').length;
+  const hours = span / 3600000;
+  const summary = `Health over the last ${hours >= 23.5 ? '24 hours' : `${Math.max(1, Math.round(hours * 60))} minutes`}: `
+    + [...totals].sort((a, b) => b[1] - a[1]).map(([st, ms]) => `${st} ${Math.round((100 * ms) / span)} %`).join(', ')
+    + (troubles ? `; unhealthy ${troubles === 1 ? 'once' : `${troubles} times`}` : '');
+  const svg = s('svg', {
+    class: 'chart health-band', viewBox: `0 0 ${WIDTH} 16`, preserveAspectRatio: 'none',
+    role: 'img', 'aria-label': summary, 'data-chart': 'health',
+  }, ...stretches.map(([st, a, b]) => s('rect', {
+    class: `health-${HEALTH_TONE[st] || 'busy'}`, x: x(a), y: 0, width: Math.max(0.5, x(b) - x(a)), height: 16,
+  })));
+  return h('figure', { class: 'chart-box' },
+    h('figcaption', {}, h('strong', {}, 'Health'), h('span', { class: 'muted small' }, ' ready, unhealthy (red), on its way (grey)')),
+    svg,
+    h('div', { class: 'chart-axis muted small' },
+      h('span', {}, new Date(from).toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit' })),
+      h('span', {}, summary.split(': ')[1]), h('span', {}, 'now')));
+}

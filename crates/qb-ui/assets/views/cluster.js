@@ -5,6 +5,7 @@
 import { h, add, render, badge, toneOf, time, exact, nodeLink, plural, list, uid } from '../dom.js';
 import { API, ApiError, get, post, del, path, listAll } from '../api.js';
 import { section, lead, dl, empty, table, alertSlot, runAction, announce, confirmDialog, button, showError, code } from '../ui.js';
+import { healthBand } from './charts.js';
 import { agentSummary, roleText, planCell, resources, eventRow, EVENT_COLUMNS, unhealthyLogLinks } from './common.js';
 
 /** What a state means when the engine has no message of its own. */
@@ -70,9 +71,11 @@ export function mount(ctx) {
       h('a', { href: `#/events?kind=cluster&object=${encodeURIComponent(name)}` }, 'All events of this cluster'), '.'),
     eventsRegion);
 
+  const healthRegion = h('div', { class: 'region' });
   const body = h('div', {},
     message,
     actionsBar(),
+    healthRegion,
     (() => {
       const s = section('Settings');
       add(s, summary);
@@ -108,11 +111,12 @@ export function mount(ctx) {
     }
     // The cluster's own events (by id, so an older cluster of the same name does not mix in),
     // the tenant's newest events for those of its nodes, and the pool for the attach form.
-    const [clusterEvents, recent, pool, preflightEvents] = await Promise.all([
+    const [clusterEvents, recent, pool, preflightEvents, stateChanges] = await Promise.all([
       get(`${API}/events`, { kind: 'cluster', object: detail.id, order: 'newest', limit: 30 }),
       get(`${API}/events`, { order: 'newest', limit: 100 }),
       operator ? listAll(`${API}/nodes`, { state: 'authorized' }) : Promise.resolve([]),
       get(`${API}/events`, { kind: 'cluster', object: detail.id, action: 'cluster.preflight', order: 'newest', limit: 1 }),
+      get(`${API}/events`, { kind: 'cluster', object: detail.id, action: 'cluster.state_changed', order: 'newest', limit: 500 }),
     ]);
     // Every preflight run writes an event. The report can be large, so it is read only when
     // that event is new, and not at all before the first run (no 404 to ask for).
@@ -154,6 +158,9 @@ export function mount(ctx) {
     for (const n of [...attachSelected]) if (!pool.some((p) => p.name === n)) attachSelected.delete(n);
     updateDetachNote();
 
+    // Redrawn each minute too: "now" moves.
+    render(healthRegion, [stateChanges.items, detail.state, Math.floor(Date.now() / 60000)],
+      () => healthBand(stateChanges.items, detail.state, detail.created_at));
     const { nodes, addons, ...settings } = detail;
     render(summary, settings, () => summaryView(settings));
     render(addonsRegion, addons, () => addonsTable(addons || []));
