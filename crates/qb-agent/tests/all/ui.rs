@@ -437,6 +437,19 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
             .then_some(())
             .ok_or(c["state"].to_string())
     });
+    // The cluster's page draws its health over the day, the frozen stretch included.
+    view(&b, &base, "clusters/web", "web");
+    let health = b.wait("the cluster's health band", CONVERGE, |b| {
+        b.attribute("svg[data-chart=\"health\"]", "aria-label")
+            .filter(|l| l.contains("degraded"))
+    });
+    assert!(
+        health.starts_with("Health over the last")
+            && health.contains("ready")
+            && health.contains("unhealthy"),
+        "{health}"
+    );
+    b.shot("cluster-health");
 
     // The other main pages.
     view(&b, &base, "clusters", "Clusters");
