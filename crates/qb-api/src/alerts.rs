@@ -23,15 +23,23 @@ pub enum AlertRule {
     PodCrashLooping,
     /// A pod has been Pending for five minutes.
     PodPending,
+    /// A service of a node's applied plan (etcd, kube-apiserver, kubelet, containerd, ...) is
+    /// not running or fails its probe, while the node's agent is online.
+    ComponentDown,
+    /// Half or more of a cluster's etcd members are unhealthy: etcd has no quorum, so no
+    /// leader, and the cluster's API cannot change anything.
+    EtcdNoQuorum,
 }
 
 impl AlertRule {
-    pub const ALL: [AlertRule; 5] = [
+    pub const ALL: [AlertRule; 7] = [
         AlertRule::HostOffline,
         AlertRule::DiskFull,
         AlertRule::ClusterUnhealthy,
         AlertRule::PodCrashLooping,
         AlertRule::PodPending,
+        AlertRule::ComponentDown,
+        AlertRule::EtcdNoQuorum,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +49,8 @@ impl AlertRule {
             AlertRule::ClusterUnhealthy => "cluster_unhealthy",
             AlertRule::PodCrashLooping => "pod_crash_looping",
             AlertRule::PodPending => "pod_pending",
+            AlertRule::ComponentDown => "component_down",
+            AlertRule::EtcdNoQuorum => "etcd_no_quorum",
         }
     }
 }
@@ -118,7 +128,8 @@ pub struct Alert {
     pub rule: AlertRule,
     pub severity: AlertSeverity,
     pub state: AlertState,
-    /// `node`, `cluster` or `pod`.
+    /// `node`, `cluster`, `pod` (named `cluster/namespace/pod`) or `service` (named
+    /// `node/service`).
     pub object_kind: String,
     pub object_id: String,
     pub object_name: String,

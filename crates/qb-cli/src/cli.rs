@@ -85,9 +85,9 @@ pub enum AlertCommand {
     /// Keep alerts of a rule, of a node or cluster, or both, quiet for a while (they still fire
     /// and resolve, and notify no one).
     Silence {
-        /// The rule: host_offline, disk_full, cluster_unhealthy, pod_crash_looping or
-        /// pod_pending; every rule when left out.
-        #[arg(long, value_parser = ["host_offline", "disk_full", "cluster_unhealthy", "pod_crash_looping", "pod_pending"])]
+        /// The rule: host_offline, disk_full, cluster_unhealthy, pod_crash_looping,
+        /// pod_pending, component_down or etcd_no_quorum; every rule when left out.
+        #[arg(long, value_parser = ["host_offline", "disk_full", "cluster_unhealthy", "pod_crash_looping", "pod_pending", "component_down", "etcd_no_quorum"])]
         rule: Option<String>,
         /// The node or cluster, by name; every object when left out.
         #[arg(long)]

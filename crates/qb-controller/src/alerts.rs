@@ -6,6 +6,9 @@
 //!   heartbeats (critical in a cluster, a warning in the pool);
 //! - `disk_full`: a host's agent state file system over 90 % full in its last minute point;
 //! - `cluster_unhealthy`: a cluster degraded or blocked;
+//! - `component_down`: a service of a node's applied plan not running or failing its probe,
+//!   while its agent is online (critical for etcd and kube-apiserver);
+//! - `etcd_no_quorum`: half or more of an installed cluster's etcd members unhealthy;
 //! - `pod_crash_looping`, `pod_pending`: see [`crate::workloads`].
 
 use std::collections::HashMap;
@@ -13,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qb_api::{
-    AlertRule, AlertSeverity, Cluster, ClusterState, Node, NodeId, NodeState, PageParams,
+    AlertRule, AlertSeverity, Cluster, ClusterState, Node, NodeId, NodeState, PageParams, PlanState,
 };
 use qb_store::{NodeFilter, Store, WantedAlert};
 use time::OffsetDateTime;
@@ -85,6 +88,7 @@ pub fn wanted(
             });
         }
     }
+    out.extend(components(nodes, clusters, &online));
     for c in clusters {
         if matches!(c.state, ClusterState::Degraded | ClusterState::Blocked) {
             let why = c
@@ -103,6 +107,90 @@ pub fn wanted(
     }
     out
 }
+
+/// `component_down`: each service of an applied plan that fails on a node whose agent is
+/// online; `etcd_no_quorum`: each installed cluster with half or more of its etcd members
+/// unhealthy (an offline member counts as unhealthy).
+fn components(
+    nodes: &[Node],
+    clusters: &[Cluster],
+    online: &impl Fn(NodeId) -> bool,
+) -> Vec<WantedAlert> {
+    let mut out = Vec::new();
+    let report = |n: &Node| n.plan.as_ref().and_then(|p| p.report.clone());
+    for n in nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Attached && online(n.id))
+    {
+        let Some(report) = report(n).filter(|r| r.state == PlanState::Applied) else {
+            continue;
+        };
+        let place = n
+            .cluster
+            .as_ref()
+            .map_or_else(String::new, |c| format!(" (cluster {})", c.name));
+        for s in report.services.iter().filter(|s| !s.healthy) {
+            let what = if s.running {
+                "fails its health check".to_owned()
+            } else {
+                match &s.last_exit {
+                    Some(exit) => format!("is not running (last {exit})"),
+                    None => "is not running".to_owned(),
+                }
+            };
+            out.push(WantedAlert {
+                rule: AlertRule::ComponentDown,
+                severity: if CRITICAL_SERVICES.contains(&s.name.as_str()) {
+                    AlertSeverity::Critical
+                } else {
+                    AlertSeverity::Warning
+                },
+                object_kind: "service",
+                object_id: format!("{}/{}", n.id, s.name),
+                object_name: format!("{}/{}", n.name, s.name),
+                summary: format!("{} on {}{place} {what}", s.name, n.name),
+            });
+        }
+    }
+    for c in clusters
+        .iter()
+        .filter(|c| matches!(c.state, ClusterState::Ready | ClusterState::Degraded))
+    {
+        let members: Vec<(&Node, bool)> = nodes
+            .iter()
+            .filter(|n| n.cluster.as_ref().is_some_and(|x| x.id == c.id))
+            .filter_map(|n| {
+                let etcd = report(n)?.services.into_iter().find(|s| s.name == "etcd")?;
+                Some((n, etcd.healthy && online(n.id)))
+            })
+            .collect();
+        let healthy = members.iter().filter(|(_, ok)| *ok).count();
+        if !members.is_empty() && healthy * 2 <= members.len() {
+            let sick: Vec<&str> = members
+                .iter()
+                .filter(|(_, ok)| !ok)
+                .map(|(n, _)| n.name.as_str())
+                .collect();
+            out.push(WantedAlert {
+                rule: AlertRule::EtcdNoQuorum,
+                severity: AlertSeverity::Critical,
+                object_kind: "cluster",
+                object_id: c.id.to_string(),
+                object_name: c.name.to_string(),
+                summary: format!(
+                    "etcd of cluster {} has no quorum: {healthy} of {} members healthy (unhealthy: {})",
+                    c.name,
+                    members.len(),
+                    sick.join(", ")
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// Services without which a cluster's control plane stops: critical when down.
+const CRITICAL_SERVICES: &[&str] = &["etcd", "kube-apiserver"];
 
 /// Evaluates the rules for every tenant every [`EVALUATE_EVERY`], and as soon as an agent
 /// goes silent for too long (so a host's offline alert fires when its grace ends, not up to
@@ -249,6 +337,98 @@ mod tests {
             "created_at": "2026-12-05T09:00:00Z",
         }))
         .expect("a cluster")
+    }
+
+    /// An attached node of `cluster` whose plan report says `state` with `services` (name,
+    /// running, healthy).
+    fn with_services(
+        name: &str,
+        cluster: &Cluster,
+        state: &str,
+        services: &[(&str, bool, bool)],
+    ) -> Node {
+        let mut n = node(name, "attached", Some(cluster.name.as_str()), true);
+        n.cluster.as_mut().unwrap().id = cluster.id;
+        let services: Vec<serde_json::Value> = services
+            .iter()
+            .map(|(s, running, healthy)| {
+                json!({"name": s, "running": running, "healthy": healthy,
+                "restarts": 0, "last_exit": (!running).then_some("exit status 1")})
+            })
+            .collect();
+        n.plan = serde_json::from_value(json!({"generation": 1, "report": {
+            "generation": 1, "state": state, "steps": [], "services": services}}))
+        .expect("a plan");
+        n
+    }
+
+    #[test]
+    fn failed_components_alert_and_etcd_without_quorum_too() {
+        let web = cluster("web", "degraded", None);
+        let nodes = [
+            with_services(
+                "m1",
+                &web,
+                "applied",
+                &[("etcd", true, true), ("kube-apiserver", true, false)],
+            ),
+            with_services(
+                "m2",
+                &web,
+                "applied",
+                &[("etcd", false, false), ("kubelet", true, true)],
+            ),
+            with_services("m3", &web, "applied", &[("etcd", true, true)]),
+            // Still installing: nothing is down yet.
+            with_services("w1", &web, "applying", &[("kubelet", false, false)]),
+            // Offline: its own alert, not its services'.
+            with_services("w2", &web, "applied", &[("kubelet", true, false)]),
+        ];
+        let online = |id: NodeId| nodes[4].id != id;
+        let got: Vec<(AlertRule, AlertSeverity, String)> =
+            components(&nodes, std::slice::from_ref(&web), &online)
+                .into_iter()
+                .map(|a| (a.rule, a.severity, a.object_name))
+                .collect();
+        use AlertRule::*;
+        use AlertSeverity::*;
+        assert_eq!(
+            got,
+            [
+                (ComponentDown, Critical, "m1/kube-apiserver".to_owned()),
+                (ComponentDown, Critical, "m2/etcd".to_owned()),
+            ]
+        );
+        let summaries: Vec<String> = components(&nodes, std::slice::from_ref(&web), &online)
+            .into_iter()
+            .map(|a| a.summary)
+            .collect();
+        assert_eq!(
+            summaries[0],
+            "kube-apiserver on m1 (cluster web) fails its health check"
+        );
+        assert_eq!(
+            summaries[1],
+            "etcd on m2 (cluster web) is not running (last exit status 1)"
+        );
+        // Two of three etcd members down, or one offline and one failing: no quorum.
+        let down = [
+            with_services("m1", &web, "applied", &[("etcd", true, true)]),
+            with_services("m2", &web, "applied", &[("etcd", true, false)]),
+            with_services("m3", &web, "applied", &[("etcd", true, true)]),
+        ];
+        let m3 = down[2].id;
+        let no_quorum = components(&down, std::slice::from_ref(&web), &|id| id != m3);
+        let alert = no_quorum
+            .iter()
+            .find(|a| a.rule == EtcdNoQuorum)
+            .expect("no quorum");
+        assert_eq!(
+            alert.summary,
+            "etcd of cluster web has no quorum: 1 of 3 members healthy (unhealthy: m2, m3)"
+        );
+        let quorum = components(&down, std::slice::from_ref(&web), &|_| true);
+        assert!(quorum.iter().all(|a| a.rule != EtcdNoQuorum), "{quorum:?}");
     }
 
     #[test]

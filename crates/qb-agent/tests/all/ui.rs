@@ -430,6 +430,34 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
         (b.text("main h1").contains(master) && b.text("pre.log").contains("etcd")).then_some(())
     });
     b.shot("overview-to-etcd-log");
+    // And the alerts say it: etcd down on the master, and without quorum.
+    let firing = poll("the etcd alerts", CONVERGE, || {
+        let alerts = api.get("/alerts").ok();
+        let rules: Vec<String> = alerts
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                format!(
+                    "{} {}",
+                    a["rule"].as_str().unwrap_or(""),
+                    a["object_name"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        let want = [
+            format!("component_down {master}/etcd"),
+            "etcd_no_quorum web".to_owned(),
+        ];
+        want.iter()
+            .all(|w| rules.contains(w))
+            .then_some(rules.clone())
+            .ok_or(format!("{rules:?}"))
+    });
+    eprintln!(
+        "etcd frozen on {master}: alerts {firing:?} after {:?}",
+        frozen.elapsed()
+    );
     run(Command::new("kill").args(["-CONT", &etcd]));
     poll("the cluster ready again", CONVERGE, || {
         let c = api.get("/clusters/web").ok();

@@ -133,10 +133,15 @@ export function eventRow(e) {
 export const EVENT_COLUMNS = ['Time', 'Actor', 'Action', 'Object', 'Details'];
 
 /**
- * What an alert is about, as a link: its node, its cluster, or for a pod (`cluster/namespace/
- * name`) the cluster it runs in.
+ * What an alert is about, as a link: its node, its cluster, for a pod (`cluster/namespace/
+ * name`) the cluster it runs in, for a service (`node/service`) its log.
  */
 export function alertObjectLink(a, fk = `alert-object:${a.id}`) {
+  if (a.object_kind === 'service') {
+    // `node/service`: the service's log on the node's page.
+    const [node, service] = a.object_name.split('/');
+    return h('a', { href: `${nodeHref(node)}?log=${encodeURIComponent(service)}`, 'data-fk': fk }, `${service} on node ${node}`);
+  }
   if (a.object_kind === 'pod') {
     const [cluster, ...pod] = a.object_name.split('/');
     return h('a', { href: clusterHref(cluster), 'data-fk': fk }, `Pod ${pod.join('/')} in cluster ${cluster}`);

@@ -64,7 +64,11 @@ function renderProblems(ctx, nodes, clusters, alerts, now) {
   // Firing alerts the entries below do not already tell: full disks, hosts offline in the pool.
   const inCluster = new Set(nodes.filter((n) => n.cluster).map((n) => n.name));
   for (const a of alerts.filter((a) => !a.silenced)) {
-    const told = a.rule === 'cluster_unhealthy' || (a.rule === 'host_offline' && inCluster.has(a.object_name));
+    // A cluster's entry below says it is unhealthy, which of its hosts are offline and which
+    // services are down (with links to their logs).
+    const node = a.object_name.split('/')[0];
+    const told = a.rule === 'cluster_unhealthy'
+      || ((a.rule === 'host_offline' || a.rule === 'component_down') && inCluster.has(node));
     if (told) continue;
     items.push(item(alertObjectLink(a, `a:${a.id}`), a.severity,
       [`Alert ${a.rule}: ${a.summary}, since `, time(a.fired_at), '.'], 'alert'));
