@@ -172,7 +172,7 @@ export function mount(ctx) {
     const created = h('div', {});
     const alerts = alertSlot();
     const name = h('input', { id: 'channel-name', type: 'text', maxlength: '63', autocomplete: 'off', spellcheck: 'false', placeholder: 'oncall' });
-    const kind = h('select', { id: 'channel-kind' }, h('option', { value: 'webhook' }, 'Webhook (signed JSON POST)'), h('option', { value: 'email' }, 'E-mail'));
+    const kind = h('select', { id: 'channel-kind' }, h('option', { value: 'webhook' }, 'Webhook'), h('option', { value: 'email' }, 'E-mail'));
     const target = h('input', { id: 'channel-target', type: 'text', maxlength: '2048', autocomplete: 'off', spellcheck: 'false', placeholder: 'https://hooks.example.com/qb' });
     const targetLabel = h('label', { for: 'channel-target' }, 'URL');
     kind.addEventListener('change', () => {

@@ -136,7 +136,7 @@ export function healthBand(changes, current, createdAt, now = Date.now()) {
   const troubles = stretches.filter(([st]) => HEALTH_TONE[st] === 'bad').length;
   const hours = span / 3600000;
   const summary = `Health over the last ${hours >= 23.5 ? '24 hours' : `${Math.max(1, Math.round(hours * 60))} minutes`}: `
-    + [...totals].sort((a, b) => b[1] - a[1]).map(([st, ms]) => `${st} ${Math.round((100 * ms) / span)} %`).join(', ')
+    + [...totals].sort((a, b) => b[1] - a[1]).map(([st, ms]) => `${st} ${(100 * ms) / span < 1 ? '<1' : Math.round((100 * ms) / span)} %`).join(', ')
     + (troubles ? `; unhealthy ${troubles === 1 ? 'once' : `${troubles} times`}` : '');
   const svg = s('svg', {
     class: 'chart health-band', viewBox: `0 0 ${WIDTH} 16`, preserveAspectRatio: 'none',
