@@ -29,10 +29,12 @@ pub enum AlertRule {
     /// Half or more of a cluster's etcd members are unhealthy: etcd has no quorum, so no
     /// leader, and the cluster's API cannot change anything.
     EtcdNoQuorum,
+    /// A host's figure stayed above one of the tenant's thresholds ([`ThresholdRule`]).
+    HostThreshold,
 }
 
 impl AlertRule {
-    pub const ALL: [AlertRule; 7] = [
+    pub const ALL: [AlertRule; 8] = [
         AlertRule::HostOffline,
         AlertRule::DiskFull,
         AlertRule::ClusterUnhealthy,
@@ -40,6 +42,7 @@ impl AlertRule {
         AlertRule::PodPending,
         AlertRule::ComponentDown,
         AlertRule::EtcdNoQuorum,
+        AlertRule::HostThreshold,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +54,7 @@ impl AlertRule {
             AlertRule::PodPending => "pod_pending",
             AlertRule::ComponentDown => "component_down",
             AlertRule::EtcdNoQuorum => "etcd_no_quorum",
+            AlertRule::HostThreshold => "host_threshold",
         }
     }
 }
@@ -218,5 +222,142 @@ impl CreateSilence {
             return bad("a silence names a rule, an object, or both");
         }
         Ok(())
+    }
+}
+
+/// A host figure a tenant's rule watches: each a minute's value as the host reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HostMetric {
+    /// CPU busy, % (the minute's average).
+    Cpu,
+    /// Memory in use, % of the host's.
+    Memory,
+    /// The agent state's file system in use, %.
+    Disk,
+    /// The one-minute load average.
+    Load,
+}
+
+impl HostMetric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostMetric::Cpu => "cpu",
+            HostMetric::Memory => "memory",
+            HostMetric::Disk => "disk",
+            HostMetric::Load => "load",
+        }
+    }
+
+    /// The unit its values are said in.
+    pub fn unit(self) -> &'static str {
+        match self {
+            HostMetric::Load => "",
+            _ => " %",
+        }
+    }
+}
+
+impl std::str::FromStr for HostMetric {
+    type Err = crate::InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            HostMetric::Cpu,
+            HostMetric::Memory,
+            HostMetric::Disk,
+            HostMetric::Load,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
+        .ok_or_else(|| {
+            crate::InvalidValue(format!(
+                "metric must be cpu, memory, disk or load, not {}",
+                crate::quote(s)
+            ))
+        })
+    }
+}
+
+/// A tenant's own rule: an alert (`host_threshold`) for each host whose `metric` stayed above
+/// `above` for `for_minutes` minutes in a row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ThresholdRule {
+    pub id: String,
+    pub name: crate::Name,
+    pub metric: HostMetric,
+    pub above: f64,
+    pub for_minutes: u32,
+    pub severity: AlertSeverity,
+    pub created_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A new threshold rule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateThresholdRule {
+    pub name: crate::Name,
+    pub metric: HostMetric,
+    /// The threshold: a percentage (0-100) for cpu, memory and disk, a load for load.
+    pub above: f64,
+    /// How many minutes in a row, 1 to 60.
+    #[schema(minimum = 1, maximum = 60)]
+    pub for_minutes: u32,
+    /// `warning` (the default) or `critical`.
+    #[serde(default)]
+    pub severity: Option<AlertSeverity>,
+}
+
+impl CreateThresholdRule {
+    pub const MAX_MINUTES: u32 = 60;
+
+    pub fn validate(&self) -> Result<(), crate::InvalidValue> {
+        let bad = |m: String| Err(crate::InvalidValue(m));
+        if !(1..=Self::MAX_MINUTES).contains(&self.for_minutes) {
+            return bad("for_minutes must be between 1 and 60".to_owned());
+        }
+        let most = match self.metric {
+            HostMetric::Load => 10_000.0,
+            _ => 100.0,
+        };
+        if !self.above.is_finite() || self.above < 0.0 || self.above >= most {
+            return bad(format!(
+                "above must be at least 0 and below {most} for {}",
+                self.metric.as_str()
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_rules_are_checked() {
+        let rule = |metric, above, for_minutes| CreateThresholdRule {
+            name: "busy".parse().unwrap(),
+            metric,
+            above,
+            for_minutes,
+            severity: None,
+        };
+        assert_eq!(rule(HostMetric::Cpu, 90.0, 10).validate(), Ok(()));
+        assert_eq!(rule(HostMetric::Load, 150.0, 1).validate(), Ok(()));
+        for (bad, says) in [
+            (rule(HostMetric::Cpu, 100.0, 10), "below 100"),
+            (rule(HostMetric::Disk, -1.0, 10), "at least 0"),
+            (rule(HostMetric::Memory, f64::NAN, 10), "at least 0"),
+            (rule(HostMetric::Cpu, 90.0, 0), "between 1 and 60"),
+            (rule(HostMetric::Cpu, 90.0, 61), "between 1 and 60"),
+        ] {
+            let err = bad.validate().unwrap_err().0;
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
+        assert!("swap".parse::<HostMetric>().is_err());
+        assert_eq!("load".parse::<HostMetric>(), Ok(HostMetric::Load));
     }
 }

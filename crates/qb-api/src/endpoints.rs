@@ -116,6 +116,9 @@ pub const LIST_ALERTS: Endpoint = Endpoint::new(Method::Get, "/api/v1/alerts");
 pub const LIST_SILENCES: Endpoint = Endpoint::new(Method::Get, "/api/v1/silences");
 pub const CREATE_SILENCE: Endpoint = Endpoint::new(Method::Post, "/api/v1/silences");
 pub const DELETE_SILENCE: Endpoint = Endpoint::new(Method::Delete, "/api/v1/silences/{id}");
+pub const LIST_ALERT_RULES: Endpoint = Endpoint::new(Method::Get, "/api/v1/alert-rules");
+pub const CREATE_ALERT_RULE: Endpoint = Endpoint::new(Method::Post, "/api/v1/alert-rules");
+pub const DELETE_ALERT_RULE: Endpoint = Endpoint::new(Method::Delete, "/api/v1/alert-rules/{rule}");
 pub const LIST_CHANNELS: Endpoint = Endpoint::new(Method::Get, "/api/v1/notification-channels");
 pub const CREATE_CHANNEL: Endpoint = Endpoint::new(Method::Post, "/api/v1/notification-channels");
 pub const DELETE_CHANNEL: Endpoint =
@@ -170,6 +173,9 @@ pub const ALL: &[Endpoint] = &[
     CREATE_SILENCE,
     DELETE_SILENCE,
     NODE_LOG,
+    LIST_ALERT_RULES,
+    CREATE_ALERT_RULE,
+    DELETE_ALERT_RULE,
     LIST_CHANNELS,
     CREATE_CHANNEL,
     DELETE_CHANNEL,

@@ -106,6 +106,25 @@ pub enum AlertCommand {
         /// The silence's id.
         id: String,
     },
+    /// List the tenant's own alert rules.
+    Rules,
+    /// Alert on each host whose CPU, memory, disk or load stays above a threshold.
+    AddRule {
+        /// The rule's name.
+        name: String,
+        #[arg(long, value_parser = ["cpu", "memory", "disk", "load"])]
+        metric: String,
+        /// The threshold: a percentage for cpu, memory and disk; a load for load.
+        #[arg(long)]
+        above: f64,
+        /// For this many minutes in a row (1 to 60).
+        #[arg(long = "for", value_name = "MINUTES", value_parser = clap::value_parser!(u32).range(1..=60))]
+        for_minutes: u32,
+        #[arg(long, value_parser = ["warning", "critical"], default_value = "warning")]
+        severity: String,
+    },
+    /// Remove one of the tenant's alert rules.
+    RemoveRule { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -899,6 +918,23 @@ mod tests {
         assert!(matches!(
             parse("qb alerts ls --all").expect("parse").command,
             Command::Alert(AlertCommand::List { all: true })
+        ));
+    }
+
+    #[test]
+    fn alert_rule_commands_parse() {
+        let cli =
+            parse("qb alert add-rule hot --metric cpu --above 90 --for 10 --severity critical")
+                .expect("parse");
+        assert!(
+            matches!(cli.command, Command::Alert(AlertCommand::AddRule { name, metric, above, for_minutes: 10, severity })
+            if name == "hot" && metric == "cpu" && above == 90.0 && severity == "critical")
+        );
+        assert!(parse("qb alert add-rule hot --metric swap --above 1 --for 1").is_err());
+        assert!(parse("qb alert add-rule hot --metric cpu --above 90 --for 61").is_err());
+        assert!(matches!(
+            parse("qb alert remove-rule hot").expect("parse").command,
+            Command::Alert(AlertCommand::RemoveRule { name }) if name == "hot"
         ));
     }
 

@@ -11,7 +11,7 @@ use qb_api::{
     Alert, AlertState, BootstrapToken, Bundle, BundleManifest, Channel, Cluster, ClusterDetail,
     Delivery, DeliveryStatus, Description, Event, Labels, MeshProbe, Node, NodeAgent, NodeMetrics,
     NodePlan, NodeRole, PlanState, PreflightReport, ServiceReport, Severity, Silence, StepState,
-    Token, User, Whoami,
+    ThresholdRule, Token, User, Whoami,
 };
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -931,6 +931,26 @@ pub fn silences_table(silences: &[Silence]) -> String {
                 timestamp(s.ends_at),
                 s.created_by.clone(),
                 truncate(&s.comment, 60),
+            ]
+        }),
+    )
+}
+
+pub fn rules_table(rules: &[ThresholdRule]) -> String {
+    table(
+        &["NAME", "WHEN", "SEVERITY", "BY"],
+        rules.iter().map(|r| {
+            vec![
+                r.name.to_string(),
+                format!(
+                    "{} above {}{} for {} min",
+                    r.metric.as_str(),
+                    r.above,
+                    r.metric.unit(),
+                    r.for_minutes
+                ),
+                r.severity.as_str().to_owned(),
+                r.created_by.clone(),
             ]
         }),
     )

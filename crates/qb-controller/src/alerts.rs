@@ -9,6 +9,7 @@
 //! - `component_down`: a service of a node's applied plan not running or failing its probe,
 //!   while its agent is online (critical for etcd and kube-apiserver);
 //! - `etcd_no_quorum`: half or more of an installed cluster's etcd members unhealthy;
+//! - `host_threshold`: a host figure above one of the tenant's thresholds for its minutes;
 //! - `pod_crash_looping`, `pod_pending`: see [`crate::workloads`].
 
 use std::collections::HashMap;
@@ -16,9 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qb_api::{
-    AlertRule, AlertSeverity, Cluster, ClusterState, Node, NodeId, NodeState, PageParams, PlanState,
+    AlertRule, AlertSeverity, Cluster, ClusterState, Node, NodeId, NodeState, PageParams,
+    PlanState, ThresholdRule,
 };
-use qb_store::{NodeFilter, Store, WantedAlert};
+use qb_store::{MetricLows, NodeFilter, Store, WantedAlert};
 use time::OffsetDateTime;
 
 use crate::agents::Agents;
@@ -189,6 +191,48 @@ fn components(
     out
 }
 
+/// `host_threshold`: each host whose figure stayed above one of the tenant's thresholds for
+/// the rule's minutes; `lows` holds each host's lowest figures over each window the rules use
+/// (by its length in minutes).
+fn thresholds(
+    rules: &[ThresholdRule],
+    nodes: &[Node],
+    lows: &HashMap<u32, HashMap<NodeId, MetricLows>>,
+) -> Vec<WantedAlert> {
+    let mut out = Vec::new();
+    for rule in rules {
+        let Some(window) = lows.get(&rule.for_minutes) else {
+            continue;
+        };
+        for n in nodes {
+            let Some(low) = window.get(&n.id) else {
+                continue;
+            };
+            let lowest = low.of(rule.metric);
+            if low.minutes >= rule.for_minutes && lowest > rule.above {
+                let unit = rule.metric.unit();
+                out.push(WantedAlert {
+                    rule: AlertRule::HostThreshold,
+                    severity: rule.severity,
+                    object_kind: "node",
+                    object_id: format!("{}/{}", rule.id, n.id),
+                    object_name: n.name.to_string(),
+                    summary: format!(
+                        "{} of {} above {}{unit} for {} minutes (rule {}; lowest {:.1}{unit})",
+                        rule.metric.as_str(),
+                        n.name,
+                        rule.above,
+                        rule.for_minutes,
+                        rule.name,
+                        lowest
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Services without which a cluster's control plane stops: critical when down.
 const CRITICAL_SERVICES: &[&str] = &["etcd", "kube-apiserver"];
 
@@ -209,7 +253,8 @@ pub async fn run(store: Store, agents: Arc<Agents>, workloads: Arc<Workloads>) {
     }
 }
 
-async fn evaluate(
+/// Evaluates every rule for every tenant once, and syncs what they find.
+pub async fn evaluate(
     store: &Store,
     agents: &Agents,
     workloads: &Workloads,
@@ -220,6 +265,16 @@ async fn evaluate(
         let now = OffsetDateTime::now_utc();
         let disks = store.recent_disk_use(tenant, now - DISK_FRESH).await?;
         let mut wanted = wanted(&nodes, &clusters, |n| agents.online(n), &disks);
+        let rules = store.list_threshold_rules(tenant).await?;
+        let mut lows = HashMap::new();
+        for minutes in rules.iter().map(|r| r.for_minutes) {
+            if let std::collections::hash_map::Entry::Vacant(e) = lows.entry(minutes) {
+                // One minute more: the current minute may not be written yet.
+                let since = now - time::Duration::minutes(i64::from(minutes) + 1);
+                e.insert(store.metric_lows(tenant, since).await?);
+            }
+        }
+        wanted.extend(thresholds(&rules, &nodes, &lows));
         wanted.extend(workloads.wanted(tenant, now));
         // Pods of clusters not listed yet (this replica just began to lead): what fires
         // stays firing, rather than resolving and firing again once they are.
@@ -429,6 +484,47 @@ mod tests {
         );
         let quorum = components(&down, std::slice::from_ref(&web), &|_| true);
         assert!(quorum.iter().all(|a| a.rule != EtcdNoQuorum), "{quorum:?}");
+    }
+
+    #[test]
+    fn threshold_rules_fire_for_hosts_above_them_long_enough() {
+        let nodes = [
+            node("busy", "attached", Some("web"), true),
+            node("brief", "attached", Some("web"), true),
+            node("calm", "authorized", None, true),
+        ];
+        let rule: ThresholdRule = serde_json::from_value(json!({
+            "id": "r1", "name": "hot", "metric": "cpu", "above": 90.0, "for_minutes": 5,
+            "severity": "critical", "created_by": "user:op", "created_at": "2026-12-06T10:00:00Z",
+        }))
+        .expect("a rule");
+        let low = |minutes, cpu| MetricLows {
+            minutes,
+            cpu_percent: cpu,
+            memory_percent: 10.0,
+            disk_percent: 10.0,
+            load1: 0.1,
+        };
+        let lows = HashMap::from([(
+            5,
+            HashMap::from([
+                (nodes[0].id, low(6, 93.5)),
+                // Above, but reported for fewer minutes than the rule asks.
+                (nodes[1].id, low(3, 99.0)),
+                (nodes[2].id, low(6, 40.0)),
+            ]),
+        )]);
+        let got = thresholds(std::slice::from_ref(&rule), &nodes, &lows);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            (got[0].rule, got[0].severity, got[0].object_name.as_str()),
+            (AlertRule::HostThreshold, AlertSeverity::Critical, "busy")
+        );
+        assert_eq!(got[0].object_id, format!("r1/{}", nodes[0].id));
+        assert_eq!(
+            got[0].summary,
+            "cpu of busy above 90 % for 5 minutes (rule hot; lowest 93.5 %)"
+        );
     }
 
     #[test]

@@ -10,10 +10,11 @@ use axum::{Json, Router};
 use qb_api::{
     Alert, AlertQuery, AttachRequest, BootstrapToken, Channel, Cluster, ClusterDetail,
     CreateBootstrapToken, CreateChannel, CreateCluster, CreateKubeconfig, CreateSilence,
-    CreateToken, CreateUser, CreatedBootstrapToken, CreatedChannel, CreatedToken, DeletedCluster,
-    Delivery, DeliveryQuery, DetachRequest, Event, Kubeconfig, LabelChange, LogQuery, MetricsQuery,
-    MetricsRange, Node, NodeLog, NodeMetrics, NodeMove, NodeState, Page, PageParams, PingResult,
-    ProblemCode, Role, SetPassword, Silence, Token, TokenId, User, Whoami,
+    CreateThresholdRule, CreateToken, CreateUser, CreatedBootstrapToken, CreatedChannel,
+    CreatedToken, DeletedCluster, Delivery, DeliveryQuery, DetachRequest, Event, Kubeconfig,
+    LabelChange, LogQuery, MetricsQuery, MetricsRange, Node, NodeLog, NodeMetrics, NodeMove,
+    NodeState, Page, PageParams, PingResult, ProblemCode, Role, SetPassword, Silence,
+    ThresholdRule, Token, TokenId, User, Whoami,
 };
 use qb_store::{ClusterSpec, EventFilter, Key};
 use serde::Deserialize;
@@ -66,6 +67,8 @@ pub(crate) fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(list_alerts))
         .routes(routes!(list_silences, create_silence))
         .routes(routes!(delete_silence))
+        .routes(routes!(list_threshold_rules, create_threshold_rule))
+        .routes(routes!(delete_threshold_rule))
         .routes(routes!(list_channels, create_channel))
         .routes(routes!(delete_channel))
         .routes(routes!(test_channel))
@@ -650,6 +653,49 @@ async fn create_silence(
         StatusCode::CREATED,
         Json(app.create_silence(&caller, &req).await?),
     ))
+}
+
+/// The tenant's own alert rules: a host figure above a threshold for some minutes.
+#[utoipa::path(get, path = "/api/v1/alert-rules", tag = "alerts",
+    responses((status = 200, body = Vec<ThresholdRule>)))]
+async fn list_threshold_rules(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<ThresholdRule>>> {
+    Ok(Json(app.list_threshold_rules(&caller).await?))
+}
+
+/// Alert (`host_threshold`) on each host whose CPU, memory, disk or load stays above a
+/// threshold for some minutes in a row.
+#[utoipa::path(post, path = "/api/v1/alert-rules", tag = "alerts",
+    request_body = CreateThresholdRule,
+    responses((status = 201, body = ThresholdRule), (status = 400, body = qb_api::Problem),
+        (status = 409, body = qb_api::Problem)))]
+async fn create_threshold_rule(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateThresholdRule>,
+) -> ApiResult<(StatusCode, Json<ThresholdRule>)> {
+    caller.require(Role::Operator)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(app.create_threshold_rule(&caller, &req).await?),
+    ))
+}
+
+/// Remove an alert rule; its firing alerts resolve.
+#[utoipa::path(delete, path = "/api/v1/alert-rules/{rule}", tag = "alerts",
+    params(("rule" = String, Path, description = "Rule name")),
+    responses((status = 204), (status = 400, body = qb_api::Problem),
+        (status = 404, body = qb_api::Problem)))]
+async fn delete_threshold_rule(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(rule): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Operator)?;
+    app.delete_threshold_rule(&caller, &rule).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The tenant's notification channels: where its alerts go when they fire and resolve.

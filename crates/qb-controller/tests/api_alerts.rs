@@ -9,7 +9,10 @@ use time::OffsetDateTime;
 
 use crate::support::{App, on_both_stores};
 
-on_both_stores!(alerts_are_listed_and_silences_made_per_tenant);
+on_both_stores!(
+    alerts_are_listed_and_silences_made_per_tenant,
+    threshold_rules_are_made_by_operators_and_fire_on_hosts_above_them
+);
 
 async fn alerts_are_listed_and_silences_made_per_tenant(store: Store) {
     let app = App::new(store).await;
@@ -92,4 +95,109 @@ async fn alerts_are_listed_and_silences_made_per_tenant(store: Store) {
     );
     let (_, listed) = app.get(&a.viewer, "/api/v1/silences").await;
     assert_eq!(listed, json!([]));
+}
+
+async fn threshold_rules_are_made_by_operators_and_fire_on_hosts_above_them(store: Store) {
+    let app = App::new(store).await;
+    let (a, b) = (app.tenant("a").await, app.tenant("b").await);
+    let hot = json!({"name": "hot", "metric": "cpu", "above": 90, "for_minutes": 3,
+                     "severity": "critical"});
+    let (status, _) = app
+        .post(&a.viewer, "/api/v1/alert-rules", hot.clone())
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for bad in [
+        json!({"name": "x", "metric": "swap", "above": 1, "for_minutes": 3}),
+        json!({"name": "x", "metric": "cpu", "above": 100, "for_minutes": 3}),
+        json!({"name": "x", "metric": "cpu", "above": 50, "for_minutes": 0}),
+        json!({"name": "x", "metric": "cpu", "above": 50}),
+    ] {
+        let (status, problem) = app
+            .post(&a.operator, "/api/v1/alert-rules", bad.clone())
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {problem}");
+    }
+    let (status, made) = app
+        .post(&a.operator, "/api/v1/alert-rules", hot.clone())
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let (status, _) = app.post(&a.operator, "/api/v1/alert-rules", hot).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (_, listed) = app.get(&a.viewer, "/api/v1/alert-rules").await;
+    assert_eq!(listed, json!([made]));
+    let (_, none) = app.get(&b.viewer, "/api/v1/alert-rules").await;
+    assert_eq!(none, json!([]));
+
+    // a's host at 95 % for four minutes, b's as busy: only a's rule sees only a's host.
+    let busy = |tenant, node: &str| {
+        let store = app.store.clone();
+        let node = node.to_owned();
+        async move {
+            let id = store
+                .get_node(tenant, &qb_store::Key::parse(&node))
+                .await
+                .unwrap()
+                .id;
+            let now = OffsetDateTime::now_utc();
+            let points: Vec<_> = (1..=4)
+                .map(|m| {
+                    (
+                        tenant,
+                        id,
+                        qb_api::MetricsPoint {
+                            at: now - time::Duration::minutes(m),
+                            samples: 6,
+                            cpu_percent: 95.0,
+                            cpu_percent_max: 99.0,
+                            load1: 1.0,
+                            memory_used_bytes: 1 << 30,
+                            memory_total_bytes: 4 << 30,
+                            disk_used_bytes: 1 << 30,
+                            disk_total_bytes: 10 << 30,
+                        },
+                    )
+                })
+                .collect();
+            store.record_node_metrics(&points).await.unwrap();
+        }
+    };
+    app.pending_nodes(a.id, "a", 1).await;
+    app.pending_nodes(b.id, "b", 1).await;
+    busy(a.id, "a-0").await;
+    busy(b.id, "b-0").await;
+    let workloads = qb_controller::workloads::Workloads::default();
+    qb_controller::alerts::evaluate(&app.store, &app.state.agents, &workloads)
+        .await
+        .unwrap();
+    let (_, firing) = app.get(&a.viewer, "/api/v1/alerts").await;
+    let threshold: Vec<&serde_json::Value> = firing
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["rule"] == "host_threshold")
+        .collect();
+    assert_eq!(threshold.len(), 1, "{firing}");
+    assert_eq!(threshold[0]["object_name"], "a-0");
+    assert_eq!(threshold[0]["severity"], "critical");
+    assert_eq!(
+        threshold[0]["summary"],
+        "cpu of a-0 above 90 % for 3 minutes (rule hot; lowest 95.0 %)"
+    );
+    let (_, others) = app.get(&b.viewer, "/api/v1/alerts").await;
+    assert!(!others.to_string().contains("host_threshold"), "{others}");
+
+    // The rule removed: its alert resolves.
+    assert_eq!(
+        app.delete(&a.operator, "/api/v1/alert-rules/hot").await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.delete(&a.operator, "/api/v1/alert-rules/hot").await.0,
+        StatusCode::NOT_FOUND
+    );
+    qb_controller::alerts::evaluate(&app.store, &app.state.agents, &workloads)
+        .await
+        .unwrap();
+    let (_, firing) = app.get(&a.viewer, "/api/v1/alerts").await;
+    assert!(!firing.to_string().contains("host_threshold"), "{firing}");
 }

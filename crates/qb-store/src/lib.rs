@@ -18,6 +18,7 @@ mod nodes;
 mod notifications;
 mod replicas;
 mod rows;
+mod rules;
 mod tenants;
 
 use std::sync::Arc;
@@ -41,6 +42,7 @@ pub use metrics::{HOURS_KEPT, MINUTES_KEPT};
 pub use nodes::{NewNode, NodeFilter};
 pub use notifications::{ChannelTarget, DeliveryOutcome, DueDelivery};
 pub use replicas::{EngineWakes, Leadership, SessionChange, SessionChanges};
+pub use rules::MetricLows;
 pub use tenants::{PasswordUser, Principal, Tenant};
 
 /// Which database a [`Store`] runs on.

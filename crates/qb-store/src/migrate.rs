@@ -80,6 +80,11 @@ const SHARED: &[(i64, &str, &str)] = &[
         "notifications",
         include_str!("../migrations/shared/0014_notifications.sql"),
     ),
+    (
+        15,
+        "threshold rules",
+        include_str!("../migrations/shared/0015_threshold_rules.sql"),
+    ),
 ];
 
 /// A backend's migrations: its own first one, then the shared ones.

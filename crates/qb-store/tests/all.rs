@@ -58,6 +58,8 @@ mod paging;
 mod persistence;
 #[path = "cases/replicas.rs"]
 mod replicas;
+#[path = "cases/rules.rs"]
+mod rules;
 #[path = "cases/tenants.rs"]
 mod tenants;
 

@@ -1,6 +1,6 @@
-//! `qb alert`: alerts and silences.
+//! `qb alert`: alerts, silences and the tenant's own rules.
 
-use qb_api::{Alert, CreateSilence, Silence, endpoints};
+use qb_api::{Alert, CreateSilence, CreateThresholdRule, Silence, ThresholdRule, endpoints};
 
 use super::App;
 use crate::cli::AlertCommand;
@@ -20,6 +20,26 @@ pub async fn run(app: &App, cmd: AlertCommand) -> anyhow::Result<()> {
                 object_name: object.clone(),
                 duration_minutes: *minutes,
                 comment: comment.clone(),
+            };
+            new.validate()?;
+            Some(new)
+        }
+        _ => None,
+    };
+    let rule = match &cmd {
+        AlertCommand::AddRule {
+            name,
+            metric,
+            above,
+            for_minutes,
+            severity,
+        } => {
+            let new = CreateThresholdRule {
+                name: name.parse()?,
+                metric: metric.parse()?,
+                above: *above,
+                for_minutes: *for_minutes,
+                severity: Some(severity.parse()?),
             };
             new.validate()?;
             Some(new)
@@ -56,6 +76,42 @@ pub async fn run(app: &App, cmd: AlertCommand) -> anyhow::Result<()> {
                 .await?;
             app.out
                 .emit_list(&silences, "silences", || output::silences_table(&silences))
+        }
+        AlertCommand::Rules => {
+            let rules: Vec<ThresholdRule> = client
+                .call(client.request(&endpoints::LIST_ALERT_RULES, &[], &[]))
+                .await?;
+            app.out
+                .emit_list(&rules, "alert rules", || output::rules_table(&rules))
+        }
+        AlertCommand::AddRule { .. } => {
+            let new = rule.unwrap_or_else(|| unreachable!("checked above"));
+            let made: ThresholdRule = client
+                .call_with(
+                    client.request(&endpoints::CREATE_ALERT_RULE, &[], &[]),
+                    &new,
+                )
+                .await?;
+            app.out.emit(&made, || {
+                format!(
+                    "Rule {}: hosts with {} above {}{} for {} minutes alert ({}).",
+                    made.name,
+                    made.metric.as_str(),
+                    made.above,
+                    made.metric.unit(),
+                    made.for_minutes,
+                    made.severity.as_str()
+                )
+            })
+        }
+        AlertCommand::RemoveRule { name } => {
+            client
+                .call_no_content(client.request(&endpoints::DELETE_ALERT_RULE, &[&name], &[]))
+                .await?;
+            if app.table() {
+                println!("Rule {name} removed.");
+            }
+            Ok(())
         }
         AlertCommand::Unsilence { id } => {
             client

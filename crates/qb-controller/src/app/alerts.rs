@@ -1,6 +1,9 @@
 //! Alerts and silences, for the API.
 
-use qb_api::{Alert, AlertQuery, AlertState, CreateSilence, PageParams, Silence};
+use qb_api::{
+    Alert, AlertQuery, AlertState, CreateSilence, CreateThresholdRule, Name, PageParams, Silence,
+    ThresholdRule,
+};
 use time::OffsetDateTime;
 
 use super::AppState;
@@ -64,6 +67,40 @@ impl AppState {
         Ok(self
             .store
             .delete_silence(caller.tenant(), id, &caller.actor())
+            .await?)
+    }
+
+    pub async fn list_threshold_rules(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<ThresholdRule>, ApiError> {
+        Ok(self.store.list_threshold_rules(caller.tenant()).await?)
+    }
+
+    pub async fn create_threshold_rule(
+        &self,
+        caller: &Caller,
+        new: &CreateThresholdRule,
+    ) -> Result<ThresholdRule, ApiError> {
+        new.validate()?;
+        Ok(self
+            .store
+            .create_threshold_rule(
+                caller.tenant(),
+                new,
+                &caller.actor(),
+                OffsetDateTime::now_utc(),
+            )
+            .await?)
+    }
+
+    pub async fn delete_threshold_rule(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
+        let name: Name = name
+            .parse()
+            .map_err(|e: qb_api::InvalidValue| ApiError::invalid(format!("rule: {}", e.0)))?;
+        Ok(self
+            .store
+            .delete_threshold_rule(caller.tenant(), &name, &caller.actor())
             .await?)
     }
 }

@@ -1,5 +1,5 @@
 // Alerts `#/alerts`: what fires now (with a Silence button for operators), the silences in
-// force, what resolved lately, where alerts are sent (notification channels: add, test,
+// force, the tenant's own threshold rules, what resolved lately, where alerts are sent (notification channels: add, test,
 // remove) and the log of what was sent.
 
 import { h, add, render, badge, time } from '../dom.js';
@@ -27,6 +27,13 @@ export function mount(ctx) {
     lead('A silenced alert still fires and resolves, marked silenced, and notifies no one. ',
       'Silence by rule or object from a shell with ', code('qb alert silence'), '.'),
     silencesRegion);
+  const rulesRegion = h('div', { class: 'region' });
+  const rulesAlert = alertSlot();
+  const rules = section('Your rules');
+  add(rules,
+    lead('Beside the built-in rules, an alert for each host whose figure stays above a threshold. Add one from a shell: ',
+      code('qb alert add-rule hot --metric cpu --above 90 --for 10'), '.'),
+    rulesAlert, rulesRegion);
   const resolved = section('Resolved lately');
   add(resolved, resolvedRegion);
   const channels = section('Notification channels');
@@ -41,14 +48,15 @@ export function mount(ctx) {
     ctx.heading('Alerts'),
     lead('What qb watches for: hosts offline, disks nearly full, clusters unhealthy, pods crash-looping or stuck Pending.'),
     ctx.loadAlert,
-    firing, silences, resolved, channels, deliveries);
+    firing, silences, rules, resolved, channels, deliveries);
 
   async function refresh() {
-    const [all, active, chans, sent] = await Promise.all([
+    const [all, active, chans, sent, own] = await Promise.all([
       get(`${API}/alerts`, { state: 'all', limit: 200 }),
       get(`${API}/silences`),
       get(`${API}/notification-channels`),
       get(`${API}/notification-deliveries`, { limit: 50 }),
+      get(`${API}/alert-rules`),
     ]);
     if (!ctx.alive) return;
     const now = all.filter((a) => a.state === 'firing');
@@ -56,6 +64,7 @@ export function mount(ctx) {
     render(firingRegion, [now, operator], () => firingTable(now));
     render(silencesRegion, [active, operator], () => silencesTable(active));
     render(resolvedRegion, [over], () => resolvedTable(over));
+    render(rulesRegion, [own, operator], () => rulesTable(own));
     render(channelsRegion, [chans, operator], () => channelsTable(chans));
     render(deliveriesRegion, [sent], () => deliveriesTable(sent));
   }
@@ -113,6 +122,36 @@ export function mount(ctx) {
     const done = await runAction(btn, firingAlert, () => del(path('silences', s.id)), 'Could not end the silence');
     if (done) {
       announce('Silence ended.');
+      await ctx.refresh();
+    }
+  }
+
+  function rulesTable(list) {
+    if (!list.length) return empty('No rules of your own.');
+    return table({
+      label: 'Your alert rules',
+      sk: 'rules',
+      columns: ['Name', 'Alerts when', 'Severity', 'By', { content: 'Actions', class: 'col-actions' }],
+      rows: list.map((r) => h('tr', { 'data-rule': r.name },
+        h('th', { scope: 'row' }, r.name),
+        h('td', {}, `${r.metric} above ${r.above}${r.metric === 'load' ? '' : ' %'} for ${r.for_minutes} minutes`),
+        h('td', {}, r.severity),
+        h('td', {}, r.created_by),
+        h('td', { class: 'col-actions' }, operator
+          ? button('Remove', (e) => removeRule(e.currentTarget, r), { kind: 'danger', small: true, label: `Remove rule ${r.name}`, fk: `remove-rule:${r.name}` })
+          : null))),
+    });
+  }
+
+  async function removeRule(btn, r) {
+    const ok = await confirmDialog({
+      title: `Remove rule ${r.name}?`,
+      message: 'Its firing alerts resolve, and it raises no more.',
+    });
+    if (!ok) return;
+    const done = await runAction(btn, rulesAlert, () => del(path('alert-rules', r.name)), 'Could not remove the rule');
+    if (done !== undefined) {
+      announce(`Rule ${r.name} removed.`);
       await ctx.refresh();
     }
   }
