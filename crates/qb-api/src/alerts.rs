@@ -31,10 +31,13 @@ pub enum AlertRule {
     EtcdNoQuorum,
     /// A host's figure stayed above one of the tenant's thresholds ([`ThresholdRule`]).
     HostThreshold,
+    /// A certificate of a cluster (a CA, or a component's on a node) expires within 14 days:
+    /// its renewal did not happen.
+    CertExpiring,
 }
 
 impl AlertRule {
-    pub const ALL: [AlertRule; 8] = [
+    pub const ALL: [AlertRule; 9] = [
         AlertRule::HostOffline,
         AlertRule::DiskFull,
         AlertRule::ClusterUnhealthy,
@@ -43,6 +46,7 @@ impl AlertRule {
         AlertRule::ComponentDown,
         AlertRule::EtcdNoQuorum,
         AlertRule::HostThreshold,
+        AlertRule::CertExpiring,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +59,7 @@ impl AlertRule {
             AlertRule::ComponentDown => "component_down",
             AlertRule::EtcdNoQuorum => "etcd_no_quorum",
             AlertRule::HostThreshold => "host_threshold",
+            AlertRule::CertExpiring => "cert_expiring",
         }
     }
 }

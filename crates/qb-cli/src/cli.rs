@@ -86,8 +86,9 @@ pub enum AlertCommand {
     /// and resolve, and notify no one).
     Silence {
         /// The rule: host_offline, disk_full, cluster_unhealthy, pod_crash_looping,
-        /// pod_pending, component_down or etcd_no_quorum; every rule when left out.
-        #[arg(long, value_parser = ["host_offline", "disk_full", "cluster_unhealthy", "pod_crash_looping", "pod_pending", "component_down", "etcd_no_quorum"])]
+        /// pod_pending, component_down, etcd_no_quorum, host_threshold or cert_expiring;
+        /// every rule when left out.
+        #[arg(long, value_parser = ["host_offline", "disk_full", "cluster_unhealthy", "pod_crash_looping", "pod_pending", "component_down", "etcd_no_quorum", "host_threshold", "cert_expiring"])]
         rule: Option<String>,
         /// The node or cluster, by name; every object when left out.
         #[arg(long)]

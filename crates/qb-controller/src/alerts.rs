@@ -10,6 +10,8 @@
 //!   while its agent is online (critical for etcd and kube-apiserver);
 //! - `etcd_no_quorum`: half or more of an installed cluster's etcd members unhealthy;
 //! - `host_threshold`: a host figure above one of the tenant's thresholds for its minutes;
+//! - `cert_expiring`: a cluster's CA or a node's component certificate expiring within 14 days
+//!   (read every 10 minutes);
 //! - `pod_crash_looping`, `pod_pending`: see [`crate::workloads`].
 
 use std::collections::HashMap;
@@ -233,6 +235,119 @@ fn thresholds(
     out
 }
 
+/// How soon before its expiry a certificate alerts ...
+pub const CERT_WARNING: time::Duration = time::Duration::days(14);
+/// ... and when it is critical.
+const CERT_CRITICAL: time::Duration = time::Duration::days(3);
+/// How often a tenant's certificates are read again: their dates change only when they are
+/// renewed.
+const CERT_SCAN_EVERY: Duration = Duration::from_secs(600);
+
+/// `cert_expiring`: one alert for `cluster` when any of its certificates (what each is, when
+/// it expires) expires within [`CERT_WARNING`] of `now`, naming the first.
+fn expiring(
+    cluster: &Cluster,
+    certs: &[(String, OffsetDateTime)],
+    now: OffsetDateTime,
+) -> Option<WantedAlert> {
+    let mut soon: Vec<&(String, OffsetDateTime)> = certs
+        .iter()
+        .filter(|(_, at)| *at - now < CERT_WARNING)
+        .collect();
+    soon.sort_by_key(|(_, at)| *at);
+    let (what, at) = soon.first()?;
+    let left = *at - now;
+    let when = if left.is_negative() {
+        "expired".to_owned()
+    } else {
+        format!("expires in {} days", left.whole_days())
+    };
+    let date = at.date();
+    let more = match soon.len() {
+        1 => String::new(),
+        n => format!("; {} certificates in all expire within 14 days", n),
+    };
+    Some(WantedAlert {
+        rule: AlertRule::CertExpiring,
+        severity: if left < CERT_CRITICAL {
+            AlertSeverity::Critical
+        } else {
+            AlertSeverity::Warning
+        },
+        object_kind: "cluster",
+        object_id: cluster.id.to_string(),
+        object_name: cluster.name.to_string(),
+        summary: format!(
+            "the {what} of cluster {} {when} ({date}){more}",
+            cluster.name
+        ),
+    })
+}
+
+/// Each tenant's clusters' certificate expiry alerts, read again every [`CERT_SCAN_EVERY`].
+#[derive(Default)]
+pub struct CertScan {
+    found: std::sync::Mutex<HashMap<qb_api::TenantId, (std::time::Instant, Vec<WantedAlert>)>>,
+}
+
+impl CertScan {
+    async fn alerts(
+        &self,
+        store: &Store,
+        tenant: qb_api::TenantId,
+        clusters: &[Cluster],
+        now: OffsetDateTime,
+    ) -> Result<Vec<WantedAlert>, qb_store::StoreError> {
+        if let Some((at, alerts)) = self.lock().get(&tenant)
+            && at.elapsed() < CERT_SCAN_EVERY
+        {
+            return Ok(alerts.clone());
+        }
+        let mut alerts = Vec::new();
+        for c in clusters {
+            let cluster = match store.engine_cluster(tenant, c.id).await {
+                Ok(cluster) => cluster,
+                // Deleted meanwhile.
+                Err(qb_store::StoreError::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let mut certs = Vec::new();
+            if let Some(pki) = &cluster.pki {
+                for (what, ca) in [
+                    ("cluster CA", &pki.ca),
+                    ("etcd CA", &pki.etcd_ca),
+                    ("front-proxy CA", &pki.front_proxy_ca),
+                ] {
+                    certs.extend(ca.not_after().map(|at| (what.to_owned(), at)));
+                }
+            }
+            for n in &cluster.nodes {
+                for (purpose, cert) in n.certs.iter().flat_map(|c| &c.certs) {
+                    let what = serde_json::to_value(purpose)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    certs.extend(
+                        cert.not_after()
+                            .map(|at| (format!("{what} certificate of {}", n.node.name), at)),
+                    );
+                }
+            }
+            alerts.extend(expiring(c, &certs, now));
+        }
+        self.lock()
+            .insert(tenant, (std::time::Instant::now(), alerts.clone()));
+        Ok(alerts)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<qb_api::TenantId, (std::time::Instant, Vec<WantedAlert>)>>
+    {
+        self.found.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Services without which a cluster's control plane stops: critical when down.
 const CRITICAL_SERVICES: &[&str] = &["etcd", "kube-apiserver"];
 
@@ -240,6 +355,7 @@ const CRITICAL_SERVICES: &[&str] = &["etcd", "kube-apiserver"];
 /// goes silent for too long (so a host's offline alert fires when its grace ends, not up to
 /// [`EVALUATE_EVERY`] later), until aborted.
 pub async fn run(store: Store, agents: Arc<Agents>, workloads: Arc<Workloads>) {
+    let certs = CertScan::default();
     loop {
         let next = tokio::time::Instant::now() + EVALUATE_EVERY;
         let deadline = agents
@@ -247,7 +363,7 @@ pub async fn run(store: Store, agents: Arc<Agents>, workloads: Arc<Workloads>) {
             .map(|at| tokio::time::Instant::from_std(at) + OFFLINE_SLACK)
             .map_or(next, |at| at.min(next));
         tokio::time::sleep_until(deadline).await;
-        if let Err(e) = evaluate(&store, &agents, &workloads).await {
+        if let Err(e) = evaluate(&store, &agents, &workloads, &certs).await {
             tracing::warn!(error = %e, "could not evaluate the alert rules; trying again shortly");
         }
     }
@@ -258,6 +374,7 @@ pub async fn evaluate(
     store: &Store,
     agents: &Agents,
     workloads: &Workloads,
+    certs: &CertScan,
 ) -> Result<(), qb_store::StoreError> {
     for tenant in store.tenants_with_objects().await? {
         let nodes = all_nodes(store, tenant).await?;
@@ -275,6 +392,7 @@ pub async fn evaluate(
             }
         }
         wanted.extend(thresholds(&rules, &nodes, &lows));
+        wanted.extend(certs.alerts(store, tenant, &clusters, now).await?);
         wanted.extend(workloads.wanted(tenant, now));
         // Pods of clusters not listed yet (this replica just began to lead): what fires
         // stays firing, rather than resolving and firing again once they are.
@@ -484,6 +602,53 @@ mod tests {
         );
         let quorum = components(&down, std::slice::from_ref(&web), &|_| true);
         assert!(quorum.iter().all(|a| a.rule != EtcdNoQuorum), "{quorum:?}");
+    }
+
+    #[test]
+    fn certificates_alert_two_weeks_before_they_expire() {
+        let web = cluster("web", "ready", None);
+        let now = OffsetDateTime::parse(
+            "2026-12-06T10:00:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        let days = |d: i64| now + time::Duration::days(d);
+        let fine = [
+            ("cluster CA".to_owned(), days(3000)),
+            ("kubelet certificate of n1".to_owned(), days(200)),
+        ];
+        assert_eq!(expiring(&web, &fine, now), None);
+        let soon = [
+            ("cluster CA".to_owned(), days(3000)),
+            ("kubelet certificate of n1".to_owned(), days(10)),
+            ("etcd_server certificate of n2".to_owned(), days(12)),
+        ];
+        let alert = expiring(&web, &soon, now).expect("an alert");
+        assert_eq!(
+            (alert.rule, alert.severity),
+            (AlertRule::CertExpiring, AlertSeverity::Warning)
+        );
+        assert_eq!(
+            alert.summary,
+            "the kubelet certificate of n1 of cluster web expires in 10 days (2026-12-16); 2 certificates in all expire within 14 days"
+        );
+        let expired = [("etcd CA".to_owned(), days(-1))];
+        let alert = expiring(&web, &expired, now).expect("an alert");
+        assert_eq!(alert.severity, AlertSeverity::Critical);
+        assert_eq!(
+            alert.summary,
+            "the etcd CA of cluster web expired (2026-12-05)"
+        );
+        // What the store holds is read: a certificate's expiry.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["n1".to_owned()]).unwrap();
+        params.not_after = days(10);
+        let cert = params.self_signed(&key).unwrap();
+        let held = qb_plan::pki::KeyCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        assert_eq!(held.not_after(), Some(days(10)));
     }
 
     #[test]

@@ -166,7 +166,8 @@ async fn threshold_rules_are_made_by_operators_and_fire_on_hosts_above_them(stor
     busy(a.id, "a-0").await;
     busy(b.id, "b-0").await;
     let workloads = qb_controller::workloads::Workloads::default();
-    qb_controller::alerts::evaluate(&app.store, &app.state.agents, &workloads)
+    let certs = qb_controller::alerts::CertScan::default();
+    qb_controller::alerts::evaluate(&app.store, &app.state.agents, &workloads, &certs)
         .await
         .unwrap();
     let (_, firing) = app.get(&a.viewer, "/api/v1/alerts").await;
@@ -195,7 +196,7 @@ async fn threshold_rules_are_made_by_operators_and_fire_on_hosts_above_them(stor
         app.delete(&a.operator, "/api/v1/alert-rules/hot").await.0,
         StatusCode::NOT_FOUND
     );
-    qb_controller::alerts::evaluate(&app.store, &app.state.agents, &workloads)
+    qb_controller::alerts::evaluate(&app.store, &app.state.agents, &workloads, &certs)
         .await
         .unwrap();
     let (_, firing) = app.get(&a.viewer, "/api/v1/alerts").await;

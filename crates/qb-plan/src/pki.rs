@@ -80,6 +80,15 @@ pub struct KeyCert {
     pub key_pem: String,
 }
 
+impl KeyCert {
+    /// When the certificate expires; `None` when it cannot be read.
+    pub fn not_after(&self) -> Option<OffsetDateTime> {
+        CertificateParams::from_ca_cert_pem(&self.cert_pem)
+            .ok()
+            .map(|p| p.not_after)
+    }
+}
+
 impl fmt::Debug for KeyCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyCert")
