@@ -1,4 +1,4 @@
-//! Workload health: the pods of every installed cluster, watched through the tunnel by the
+//! Workload health: the pods of every cluster, watched through the tunnel by the
 //! replica that runs the engine (one watch per cluster, resumed from its last resource version
 //! when the API server ends it, listed afresh when that version is gone), and the alerts they
 //! call for:
@@ -282,14 +282,15 @@ impl Drop for Watches {
     }
 }
 
-/// The clusters with an API server to watch: (tenant, id, name).
+/// The clusters to watch, every one with nodes, also while it installs or grows (so a pod's
+/// alert does not resolve and fire again around a change): (tenant, id, name).
 async fn installed_clusters(
     store: &Store,
 ) -> Result<Vec<(TenantId, ClusterId, String)>, qb_store::StoreError> {
     let mut out = Vec::new();
     for tenant in store.tenants_with_objects().await? {
         for c in crate::alerts::all_clusters(store, tenant).await? {
-            if matches!(c.state, ClusterState::Ready | ClusterState::Degraded) {
+            if c.state != ClusterState::Empty {
                 out.push((tenant, c.id, c.name.to_string()));
             }
         }
@@ -307,7 +308,9 @@ async fn watch_cluster(
 ) {
     // The resource version to resume from; `None`: list afresh.
     let mut version: Option<String> = None;
-    let mut failing = false;
+    let mut warned = false;
+    // Before its first answer (a cluster still installing), failures are expected.
+    let mut answered = false;
     loop {
         let result: Result<(), String> = async {
             let upstream = proxy
@@ -335,6 +338,7 @@ async fn watch_cluster(
                         .map(|p| (p.uid.clone(), p))
                         .collect();
                     tracing::debug!(cluster = %name, pods = pods.len(), "listed the cluster's pods");
+                    answered = true;
                     workloads.listed(id, pods);
                     list["metadata"]["resourceVersion"]
                         .as_str()
@@ -383,15 +387,17 @@ async fn watch_cluster(
         .await;
         match result {
             Ok(()) => {
-                if failing {
+                if warned {
                     tracing::info!(cluster = %name, "watching the cluster's pods again");
-                    failing = false;
+                    warned = false;
                 }
             }
             Err(e) => {
-                if !failing {
+                if answered && !warned {
                     tracing::warn!(cluster = %name, error = %e, "cannot watch the cluster's pods; trying again every few seconds");
-                    failing = true;
+                    warned = true;
+                } else if !answered {
+                    tracing::debug!(cluster = %name, error = %e, "cannot watch the cluster's pods yet");
                 }
                 tokio::time::sleep(RETRY).await;
             }
