@@ -30,6 +30,8 @@ use crate::workloads::Workloads;
 
 /// How often the rules are evaluated.
 pub const EVALUATE_EVERY: Duration = Duration::from_secs(5);
+/// The shortest pause between two evaluations.
+const MIN_GAP: Duration = Duration::from_secs(1);
 /// How long after an agent's grace ends its liveness is looked at.
 const OFFLINE_SLACK: Duration = Duration::from_millis(20);
 /// The share of a disk in use above which a host alerts.
@@ -357,11 +359,13 @@ const CRITICAL_SERVICES: &[&str] = &["etcd", "kube-apiserver"];
 pub async fn run(store: Store, agents: Arc<Agents>, workloads: Arc<Workloads>) {
     let certs = CertScan::default();
     loop {
-        let next = tokio::time::Instant::now() + EVALUATE_EVERY;
+        let last = tokio::time::Instant::now();
+        let next = last + EVALUATE_EVERY;
+        // A rack going dark puts many deadlines close together: at most one look a second.
         let deadline = agents
             .next_offline()
             .map(|at| tokio::time::Instant::from_std(at) + OFFLINE_SLACK)
-            .map_or(next, |at| at.min(next));
+            .map_or(next, |at| at.clamp(last + MIN_GAP, next));
         tokio::time::sleep_until(deadline).await;
         if let Err(e) = evaluate(&store, &agents, &workloads, &certs).await {
             tracing::warn!(error = %e, "could not evaluate the alert rules; trying again shortly");
