@@ -312,7 +312,10 @@ async fn alerts_reach_webhooks_and_mailboxes_once_per_change_and_tenant(store: S
         (&json!("n1"), &json!("resolved"))
     );
     // The same state again sends nothing.
-    store.sync_alerts(a.id, &[disk], later).await.unwrap();
+    store
+        .sync_alerts(a.id, std::slice::from_ref(&disk), later)
+        .await
+        .unwrap();
     send_due(&store, &app.state.notifier, later + Duration::hours(1))
         .await
         .unwrap();
@@ -322,6 +325,18 @@ async fn alerts_reach_webhooks_and_mailboxes_once_per_change_and_tenant(store: S
         (exim.messages("ops").len(), hook_a.received().len()),
         (3, 3)
     );
+
+    // A channel gets at most one message every 10 s: what fires meanwhile waits for the next.
+    let soon = later + Duration::seconds(3);
+    let n3 = wanted(AlertRule::HostOffline, AlertSeverity::Critical, "n3");
+    store.sync_alerts(a.id, &[disk, n3], soon).await.unwrap();
+    send_due(&store, &app.state.notifier, soon).await.unwrap();
+    assert_eq!(hook_a.received().len(), 3, "sent within 10 s of the last");
+    send_due(&store, &app.state.notifier, later + Duration::seconds(11))
+        .await
+        .unwrap();
+    assert_eq!(hook_a.received().len(), 4);
+    assert_eq!(exim.wait_for("ops", 4, WAIT).unwrap().len(), 4);
 
     // A webhook that answers 404 is given up on at once.
     let refusing = Receiver::start(&[404]).unwrap();

@@ -97,8 +97,16 @@ impl Exim {
             .flatten()
             .map(|e| e.path())
             .collect();
-        // Maildir names start with the delivery time in seconds.
-        files.sort();
+        // Maildir names start with the delivery time: `<seconds>.M<microseconds>P<pid>...`
+        // (the microseconds not zero-padded, so compared as numbers).
+        let when = |f: &PathBuf| {
+            let name = f.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let number = |s: &str| s.parse::<u64>().unwrap_or(u64::MAX);
+            let (secs, rest) = name.split_once(".M").unwrap_or((&name, ""));
+            let micros = rest.split('P').next().unwrap_or_default();
+            (number(secs), number(micros), name.clone())
+        };
+        files.sort_by_key(when);
         files
             .iter()
             .filter_map(|f| std::fs::read_to_string(f).ok())

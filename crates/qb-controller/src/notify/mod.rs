@@ -2,14 +2,15 @@
 //! alerts fired or resolved, to webhooks ([`webhook`]) and e-mail addresses ([`email`]).
 //!
 //! Everything due for one channel at once goes in one message (a host losing its rack is one
-//! e-mail listing the hosts, not a storm of them). A message that fails is retried with
+//! e-mail listing the hosts, not a storm of them), and a channel gets at most one message
+//! every [`PACE`]: what changes meanwhile waits for the next. A message that fails is retried with
 //! growing pauses, up to [`MAX_ATTEMPTS`]; one refused for good (a 4xx answer, a permanent
 //! SMTP error) is not. Channels are sent to concurrently, so a slow webhook holds up no other.
 
 pub mod email;
 pub mod webhook;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,9 @@ const BATCH: u32 = 500;
 const PER_MESSAGE: usize = 100;
 /// Messages in flight at once.
 const CONCURRENT: usize = 8;
+/// The least time between two messages to one channel: what changes meanwhile waits and goes
+/// in the next one.
+pub const PACE: time::Duration = time::Duration::seconds(10);
 /// Attempts before a delivery is given up on: about half an hour of retries.
 pub const MAX_ATTEMPTS: u32 = 10;
 /// The pause after the first failure; it doubles after each, up to [`MAX_PAUSE`].
@@ -64,6 +68,8 @@ impl SendError {
 pub struct Notifier {
     webhooks: webhook::Webhooks,
     mail: Option<Mail>,
+    /// When each channel last got a message (by channel id), for [`PACE`].
+    delivered: std::sync::Mutex<HashMap<String, OffsetDateTime>>,
 }
 
 impl Notifier {
@@ -71,7 +77,24 @@ impl Notifier {
         Ok(Self {
             webhooks: webhook::Webhooks::new()?,
             mail,
+            delivered: std::sync::Mutex::default(),
         })
+    }
+
+    /// Whether `channel` may get a message at `now`: [`PACE`] after its last one.
+    fn paced(&self, channel: &str, now: OffsetDateTime) -> bool {
+        self.delivered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(channel)
+            .is_none_or(|last| now - *last >= PACE)
+    }
+
+    fn mark_delivered(&self, channel: &str, now: OffsetDateTime) {
+        let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget channels long quiet (deleted ones among them).
+        delivered.retain(|_, last| now - *last < PACE * 10);
+        delivered.insert(channel.to_owned(), now);
     }
 
     /// Whether e-mail channels can be served.
@@ -168,7 +191,11 @@ pub async fn send_due(
     if due.is_empty() {
         return Ok(());
     }
-    let results = futures_util::stream::iter(messages(due))
+    let ready: Vec<Vec<DueDelivery>> = messages(due)
+        .into_iter()
+        .filter(|m| notifier.paced(&m[0].channel.channel.id, now))
+        .collect();
+    let results = futures_util::stream::iter(ready)
         .map(|message| async move {
             let alerts: Vec<Alert> = message.iter().map(|d| d.alert.clone()).collect();
             let channel = &message[0].channel;
@@ -184,6 +211,9 @@ pub async fn send_due(
                     alerts = alerts.len(), attempt = attempts + 1, permanent = e.permanent,
                     error = %e, "notification not delivered"
                 ),
+            }
+            if result.is_ok() {
+                notifier.mark_delivered(&channel.channel.id, now);
             }
             let ids: Vec<String> = message.iter().map(|d| d.id.clone()).collect();
             (ids, outcome(result, attempts, now))
