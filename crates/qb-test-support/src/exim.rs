@@ -100,7 +100,11 @@ impl Exim {
         // Maildir names start with the delivery time: `<seconds>.M<microseconds>P<pid>...`
         // (the microseconds not zero-padded, so compared as numbers).
         let when = |f: &PathBuf| {
-            let name = f.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let name = f
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             let number = |s: &str| s.parse::<u64>().unwrap_or(u64::MAX);
             let (secs, rest) = name.split_once(".M").unwrap_or((&name, ""));
             let micros = rest.split('P').next().unwrap_or_default();
