@@ -381,7 +381,12 @@ pub async fn evaluate(
     certs: &CertScan,
 ) -> Result<(), qb_store::StoreError> {
     for tenant in store.tenants_with_objects().await? {
-        let nodes = all_nodes(store, tenant).await?;
+        let mut nodes = all_nodes(store, tenant).await?;
+        // The agents' live state: the store's last-seen time is the one at their last
+        // disconnect.
+        for n in &mut nodes {
+            agents.overlay(n);
+        }
         let clusters = all_clusters(store, tenant).await?;
         let now = OffsetDateTime::now_utc();
         let disks = store.recent_disk_use(tenant, now - DISK_FRESH).await?;
