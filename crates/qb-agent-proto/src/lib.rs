@@ -248,7 +248,7 @@ pub enum Instruction {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogRequest {
-    /// A service of the node's plan.
+    /// A service of the node's plan, or `qb-agent` for the agent's own log.
     pub service: String,
     /// Read on from here (the `end` of the last piece, to follow the log); without it, the
     /// log's last `max_bytes`.

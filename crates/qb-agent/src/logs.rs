@@ -2,22 +2,61 @@
 //! place already read (to follow it), always whole lines.
 
 use std::io::{Read as _, Seek as _, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use qb_agent_proto::{LogPiece, LogRequest};
 
-/// The piece of the log of `request.service`, one of `services` (the plan's), in `dir`.
+/// The agent's own log, `qb-agent.log` beside the services' (its standard error goes to the
+/// host's journal as well).
+pub const AGENT: &str = "qb-agent";
+
+/// Opens the agent's own log in `dir` for appending (made if missing; readable by its group,
+/// as the services' logs are).
+pub fn open_own(dir: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::create_dir_all(dir)?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(dir.join(format!("{AGENT}.log")))
+}
+
+/// Rotates the agent's own log in `dir` as the services' logs are rotated, until aborted.
+pub async fn keep_own_rotated(dir: PathBuf) {
+    let settings = crate::supervise::Settings::default();
+    let path = dir.join(format!("{AGENT}.log"));
+    loop {
+        tokio::time::sleep(settings.check_interval).await;
+        let (log, max, keep) = (
+            path.clone(),
+            settings.log_max_bytes,
+            settings.log_generations,
+        );
+        let rotated = tokio::task::spawn_blocking(move || {
+            crate::supervise::rotate_if_larger(&log, max, keep)
+        })
+        .await;
+        if let Ok(Err(e)) = rotated {
+            tracing::warn!(path = %path.display(), error = %e, "cannot rotate the agent's log");
+        }
+    }
+}
+
+/// The piece of the log of `request.service`, one of `services` (the plan's) or the agent's
+/// own ([`AGENT`]), in `dir`.
 pub fn read(dir: &Path, services: &[String], request: &LogRequest) -> Result<LogPiece, String> {
-    if !services.contains(&request.service) {
-        return Err(if services.is_empty() {
-            format!("no service {:?}: this node runs none", request.service)
-        } else {
-            format!(
-                "no service {:?} on this node; it runs {}",
-                request.service,
-                services.join(", ")
-            )
-        });
+    if request.service != AGENT && !services.contains(&request.service) {
+        return Err(format!(
+            "no service {:?} on this node; it has the logs of {}",
+            request.service,
+            services
+                .iter()
+                .map(String::as_str)
+                .chain([AGENT])
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     let path = dir.join(format!("{}.log", request.service));
     let mut file = match std::fs::File::open(&path) {
@@ -145,14 +184,23 @@ mod tests {
     }
 
     #[test]
-    fn only_the_plans_services_are_read() {
+    fn only_the_plans_services_and_the_agents_own_log_are_read() {
         let dir = tempfile::tempdir().unwrap();
         let services = vec!["etcd".to_owned()];
-        for bad in ["../../etc/shadow", "kubelet", ""] {
+        for bad in ["../../etc/shadow", "kubelet", "", "qb-agent.log"] {
             let err = read(dir.path(), &services, &request(bad, None, 100)).unwrap_err();
-            assert!(err.contains("it runs etcd"), "{bad}: {err}");
+            assert!(
+                err.contains("it has the logs of etcd, qb-agent"),
+                "{bad}: {err}"
+            );
         }
         let err = read(dir.path(), &[], &request("etcd", None, 100)).unwrap_err();
-        assert!(err.contains("runs none"), "{err}");
+        assert!(err.ends_with("it has the logs of qb-agent"), "{err}");
+        // The agent's own log, with or without a plan.
+        std::fs::write(dir.path().join("qb-agent.log"), "INFO connected\n").unwrap();
+        for services in [&services[..], &[]] {
+            let piece = read(dir.path(), services, &request(AGENT, None, 100)).unwrap();
+            assert_eq!(piece.text, "INFO connected\n");
+        }
     }
 }

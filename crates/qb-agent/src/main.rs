@@ -3,9 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use qb_agent::{config, host, run};
+use qb_agent::{config, host, logs, run};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 #[derive(Parser)]
 #[command(name = "qb-agent", version, about = "The qb node agent")]
@@ -33,14 +35,34 @@ enum Command {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
+    let command = cli.command.unwrap_or(Command::Run);
+    let config = match command {
+        Command::Run => Some(config::Config::load(&cli.config)?),
+        _ => None,
+    };
+    // Running, the agent also keeps its log beside the services', where the controller can
+    // read it (`qb node logs NODE qb-agent`).
+    let own_log =
+        match &config {
+            Some(config) => Some(logs::open_own(&config.log_dir).with_context(|| {
+                format!("opening the agent's log in {}", config.log_dir.display())
+            })?),
+            None => None,
+        };
+    let file_layer = own_log.map(|file| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+    });
+    tracing_subscriber::registry()
+        .with(
             tracing_subscriber::EnvFilter::try_from_env("QB_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(file_layer)
         .init();
-    match cli.command.unwrap_or(Command::Run) {
+    match command {
         Command::Facts => {
             println!(
                 "{}",
@@ -54,7 +76,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Run => {
-            let config = config::Config::load(&cli.config)?;
+            let config = config.context("the configuration was loaded")?;
             // One thread: the agent is small and mostly waits.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -66,6 +66,7 @@ pub async fn run(config: Config) -> Result<()> {
     let mut current = 0;
     let work = Work::open(&config.state_dir, &config.log_dir, config.ca_pins.clone())?;
     tokio::spawn(work.clone().run());
+    tokio::spawn(crate::logs::keep_own_rotated(config.log_dir.clone()));
     let mut backoff = Backoff { attempt: 0 };
     loop {
         let identity = match state.identity()? {

@@ -1007,7 +1007,7 @@ fn log_path(logs: &Path, name: &str) -> PathBuf {
 /// Rotates `log` when it is larger than `max`: `.1` → `.2` ... (keeping `keep`), the log copied
 /// to `.1`, then truncated in place, the service writing on with `O_APPEND`. Lines written
 /// between the copy and the truncation are lost. `Ok(true)` when it rotated.
-fn rotate_if_larger(log: &Path, max: u64, keep: u32) -> std::io::Result<bool> {
+pub(crate) fn rotate_if_larger(log: &Path, max: u64, keep: u32) -> std::io::Result<bool> {
     let size = match std::fs::metadata(log) {
         Ok(meta) => meta.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),

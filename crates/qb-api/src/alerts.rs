@@ -21,8 +21,17 @@ pub enum AlertRule {
     /// A pod's container waits to be restarted after crashing (`CrashLoopBackOff`), or has
     /// crashed (or been OOM-killed) more than once in the last five minutes.
     PodCrashLooping,
+    /// A pod's container was killed for running out of memory in the last five minutes (and
+    /// is not crash-looping, which says so itself).
+    PodOomKilled,
     /// A pod has been Pending for five minutes.
     PodPending,
+    /// A Kubernetes node has not been Ready for a minute (its kubelet does not report, or
+    /// reports a problem) while its host's agent is online.
+    NodeNotReady,
+    /// The scheduler or the controller manager of a cluster has had no leader for a minute
+    /// past its lease: no one schedules pods, or runs the controllers.
+    NoLeader,
     /// A service of a node's applied plan (etcd, kube-apiserver, kubelet, containerd, ...) is
     /// not running or fails its probe, while the node's agent is online.
     ComponentDown,
@@ -37,12 +46,15 @@ pub enum AlertRule {
 }
 
 impl AlertRule {
-    pub const ALL: [AlertRule; 9] = [
+    pub const ALL: [AlertRule; 12] = [
         AlertRule::HostOffline,
         AlertRule::DiskFull,
         AlertRule::ClusterUnhealthy,
         AlertRule::PodCrashLooping,
+        AlertRule::PodOomKilled,
         AlertRule::PodPending,
+        AlertRule::NodeNotReady,
+        AlertRule::NoLeader,
         AlertRule::ComponentDown,
         AlertRule::EtcdNoQuorum,
         AlertRule::HostThreshold,
@@ -55,7 +67,10 @@ impl AlertRule {
             AlertRule::DiskFull => "disk_full",
             AlertRule::ClusterUnhealthy => "cluster_unhealthy",
             AlertRule::PodCrashLooping => "pod_crash_looping",
+            AlertRule::PodOomKilled => "pod_oom_killed",
             AlertRule::PodPending => "pod_pending",
+            AlertRule::NodeNotReady => "node_not_ready",
+            AlertRule::NoLeader => "no_leader",
             AlertRule::ComponentDown => "component_down",
             AlertRule::EtcdNoQuorum => "etcd_no_quorum",
             AlertRule::HostThreshold => "host_threshold",
@@ -137,8 +152,9 @@ pub struct Alert {
     pub rule: AlertRule,
     pub severity: AlertSeverity,
     pub state: AlertState,
-    /// `node`, `cluster`, `pod` (named `cluster/namespace/pod`) or `service` (named
-    /// `node/service`).
+    /// `node`, `cluster`, `pod` (named `cluster/namespace/pod`), `service` (named
+    /// `node/service`), `kube_node` (named `cluster/node`) or `component` (named
+    /// `cluster/component`).
     pub object_kind: String,
     pub object_id: String,
     pub object_name: String,

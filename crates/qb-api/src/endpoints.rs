@@ -101,6 +101,8 @@ pub const LATEST_PREFLIGHT: Endpoint =
     Endpoint::new(Method::Get, "/api/v1/clusters/{cluster}/preflight");
 pub const RUN_PREFLIGHT: Endpoint =
     Endpoint::new(Method::Post, "/api/v1/clusters/{cluster}/preflight");
+pub const CLUSTER_HEALTH: Endpoint =
+    Endpoint::new(Method::Get, "/api/v1/clusters/{cluster}/health");
 
 pub const LIST_EVENTS: Endpoint = Endpoint::new(Method::Get, "/api/v1/events");
 
@@ -159,6 +161,7 @@ pub const ALL: &[Endpoint] = &[
     CREATE_KUBECONFIG,
     LATEST_PREFLIGHT,
     RUN_PREFLIGHT,
+    CLUSTER_HEALTH,
     LIST_EVENTS,
     LIST_NODES,
     GET_NODE,

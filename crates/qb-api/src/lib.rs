@@ -7,6 +7,7 @@
 mod alerts;
 mod bundle;
 pub mod endpoints;
+mod health;
 mod ids;
 mod metrics;
 mod model;
@@ -17,6 +18,7 @@ mod values;
 
 pub use alerts::*;
 pub use bundle::*;
+pub use health::*;
 pub use ids::{BootstrapTokenId, ClusterId, NodeId, TenantId, TokenId, UserId};
 pub use metrics::*;
 pub use model::*;

@@ -85,10 +85,9 @@ pub enum AlertCommand {
     /// Keep alerts of a rule, of a node or cluster, or both, quiet for a while (they still fire
     /// and resolve, and notify no one).
     Silence {
-        /// The rule: host_offline, disk_full, cluster_unhealthy, pod_crash_looping,
-        /// pod_pending, component_down, etcd_no_quorum, host_threshold or cert_expiring;
-        /// every rule when left out.
-        #[arg(long, value_parser = ["host_offline", "disk_full", "cluster_unhealthy", "pod_crash_looping", "pod_pending", "component_down", "etcd_no_quorum", "host_threshold", "cert_expiring"])]
+        /// The rule (host_offline, disk_full, pod_crash_looping, no_leader, ...); every rule
+        /// when left out.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(qb_api::AlertRule::ALL.map(qb_api::AlertRule::as_str)))]
         rule: Option<String>,
         /// The node or cluster, by name; every object when left out.
         #[arg(long)]
@@ -271,11 +270,12 @@ pub enum NodeCommand {
         range: String,
     },
     /// Print the end of a service's log on a node (etcd, containerd, kubelet, kube-apiserver,
-    /// ...), read by its agent; with --follow, keep printing what it logs.
+    /// ..., or qb-agent, the agent's own), read by its agent; with --follow, keep printing
+    /// what it logs.
     Logs {
         /// Node name or id.
         node: String,
-        /// The service, as the node's plan names it.
+        /// The service, as the node's plan names it, or qb-agent.
         service: String,
         /// Keep printing new lines until interrupted.
         #[arg(short, long)]
@@ -295,6 +295,13 @@ pub enum ClusterCommand {
     List,
     /// Show a cluster and its nodes.
     Show {
+        /// Cluster name or id.
+        cluster: String,
+    },
+    /// Read the cluster's health from its API now: whether each Kubernetes node is Ready,
+    /// whether the scheduler and the controller manager have a leader, and the pods that
+    /// restart, wait or fail, with their restart counts and why they last stopped.
+    Health {
         /// Cluster name or id.
         cluster: String,
     },

@@ -12,7 +12,8 @@
 //! - `host_threshold`: a host figure above one of the tenant's thresholds for its minutes;
 //! - `cert_expiring`: a cluster's CA or a node's component certificate expiring within 14 days
 //!   (read every 10 minutes);
-//! - `pod_crash_looping`, `pod_pending`: see [`crate::workloads`].
+//! - `pod_crash_looping`, `pod_oom_killed`, `pod_pending`, `node_not_ready`, `no_leader`: see
+//!   [`crate::workloads::health`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -402,9 +403,18 @@ pub async fn evaluate(
         }
         wanted.extend(thresholds(&rules, &nodes, &lows));
         wanted.extend(certs.alerts(store, tenant, &clusters, now).await?);
-        wanted.extend(workloads.wanted(tenant, now));
-        // Pods of clusters not listed yet (this replica just began to lead): what fires
-        // stays firing, rather than resolving and firing again once they are.
+        // A node whose host is offline is not Ready either: `host_offline` says so.
+        wanted.extend(workloads.wanted(tenant, now).into_iter().filter(|a| {
+            a.rule != AlertRule::NodeNotReady
+                || !nodes.iter().any(|n| {
+                    !agents.online(n.id)
+                        && n.cluster
+                            .as_ref()
+                            .is_some_and(|c| a.object_name == format!("{}/{}", c.name, n.name))
+                })
+        }));
+        // Clusters not read yet (this replica just began to lead): what their pods, nodes and
+        // leaders fired stays firing, rather than resolving and firing again once read.
         let unlisted = workloads.unlisted(tenant);
         if !unlisted.is_empty() {
             let firing = store
@@ -423,20 +433,28 @@ pub async fn evaluate(
     Ok(())
 }
 
-/// The firing pod alerts of the clusters named `unlisted`, wanted as they are.
+/// The firing workload alerts of the clusters named `unlisted`, wanted as they are.
 fn carried_over(firing: &[qb_api::Alert], unlisted: &[String]) -> Vec<WantedAlert> {
     firing
         .iter()
-        .filter(|a| {
-            matches!(a.rule, AlertRule::PodCrashLooping | AlertRule::PodPending)
-                && unlisted
-                    .iter()
-                    .any(|c| a.object_name.starts_with(&format!("{c}/")))
+        .filter_map(|a| {
+            let kind = match a.rule {
+                AlertRule::PodCrashLooping | AlertRule::PodOomKilled | AlertRule::PodPending => {
+                    "pod"
+                }
+                AlertRule::NodeNotReady => "kube_node",
+                AlertRule::NoLeader => "component",
+                _ => return None,
+            };
+            let of_unlisted = unlisted
+                .iter()
+                .any(|c| a.object_name.starts_with(&format!("{c}/")));
+            of_unlisted.then_some((a, kind))
         })
-        .map(|a| WantedAlert {
+        .map(|(a, kind)| WantedAlert {
             rule: a.rule,
             severity: a.severity,
-            object_kind: "pod",
+            object_kind: kind,
             object_id: a.object_id.clone(),
             object_name: a.object_name.clone(),
             summary: a.summary.clone(),

@@ -9,11 +9,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use qb_api::{
     Alert, AlertQuery, AttachRequest, BootstrapToken, Channel, Cluster, ClusterDetail,
-    CreateBootstrapToken, CreateChannel, CreateCluster, CreateKubeconfig, CreateSilence,
-    CreateThresholdRule, CreateToken, CreateUser, CreatedBootstrapToken, CreatedChannel,
-    CreatedToken, DeletedCluster, Delivery, DeliveryQuery, DetachRequest, Event, Kubeconfig,
-    LabelChange, LogQuery, MetricsQuery, MetricsRange, Node, NodeLog, NodeMetrics, NodeMove,
-    NodeState, Page, PageParams, PingResult, ProblemCode, Role, SetPassword, Silence,
+    ClusterHealth, CreateBootstrapToken, CreateChannel, CreateCluster, CreateKubeconfig,
+    CreateSilence, CreateThresholdRule, CreateToken, CreateUser, CreatedBootstrapToken,
+    CreatedChannel, CreatedToken, DeletedCluster, Delivery, DeliveryQuery, DetachRequest, Event,
+    Kubeconfig, LabelChange, LogQuery, MetricsQuery, MetricsRange, Node, NodeLog, NodeMetrics,
+    NodeMove, NodeState, Page, PageParams, PingResult, ProblemCode, Role, SetPassword, Silence,
     ThresholdRule, Token, TokenId, User, Whoami,
 };
 use qb_store::{ClusterSpec, EventFilter, Key};
@@ -75,6 +75,7 @@ pub(crate) fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(list_deliveries))
         .routes(routes!(list_clusters, create_cluster))
         .routes(routes!(get_cluster, delete_cluster))
+        .routes(routes!(cluster_health))
         .routes(routes!(attach))
         .routes(routes!(detach))
         .routes(routes!(create_kubeconfig))
@@ -153,6 +154,23 @@ async fn whoami(caller: Caller) -> Json<Whoami> {
         role: p.role,
         token_id: p.token_id,
     })
+}
+
+/// A cluster's health as its own API tells it now: whether each Kubernetes node is Ready,
+/// whether the scheduler and the controller manager have a leader, how many pods run, and the
+/// pods that restart, wait or fail, with their restart counts and why they last stopped.
+#[utoipa::path(get, path = "/api/v1/clusters/{cluster}/health", tag = "clusters",
+    params(("cluster" = String, Path, description = "Cluster id or name")),
+    responses((status = 200, body = ClusterHealth), (status = 404, body = qb_api::Problem),
+        (status = 503, body = qb_api::Problem)))]
+async fn cluster_health(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(cluster): Path<String>,
+) -> ApiResult<Json<ClusterHealth>> {
+    Ok(Json(
+        app.cluster_health(&caller, &cluster_key(&cluster)).await?,
+    ))
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -575,11 +593,12 @@ async fn ping_node(
     Ok(Json(app.ping_node(&caller, &node_key(&node)).await?))
 }
 
-/// A piece of one of a node's service logs (etcd, containerd, kubelet, kube-apiserver, ...),
-/// read by its agent: the end of the log, or with `offset` what follows (to follow it).
+/// A piece of one of a node's service logs (etcd, containerd, kubelet, kube-apiserver, ...,
+/// and `qb-agent`, the agent's own), read by its agent: the end of the log, or with `offset`
+/// what follows (to follow it).
 #[utoipa::path(get, path = "/api/v1/nodes/{node}/logs/{service}", tag = "nodes",
     params(("node" = String, Path, description = "Node id or name"),
-        ("service" = String, Path, description = "A service of the node's plan"), LogQuery),
+        ("service" = String, Path, description = "A service of the node's plan, or `qb-agent` for the agent's own log"), LogQuery),
     responses((status = 200, body = NodeLog), (status = 400, body = qb_api::Problem),
         (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
 async fn node_log(

@@ -15,7 +15,41 @@ on_both_stores!(
     delete_refuses_non_empty_clusters_unless_forced,
     racing_attaches_never_share_a_node,
     lists_page_through_everything_once,
+    health_says_why_a_cluster_api_cannot_be_read,
 );
+
+/// A cluster's health is read from its own API: before it has one, the answer says so (the
+/// lab tests read a real one).
+async fn health_says_why_a_cluster_api_cannot_be_read(store: Store) {
+    let app = App::new(store).await;
+    let t = app.tenant("a").await;
+    let op = t.operator.as_str();
+    app.post(op, "/api/v1/clusters", json!({"name": "c1"}))
+        .await;
+    let (status, problem) = app.get(op, "/api/v1/clusters/c1/health").await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
+        "{problem}"
+    );
+    assert_eq!(
+        problem["detail"],
+        "cannot read the API of cluster c1: cluster c1 has no API server yet"
+    );
+    let (status, problem) = app.get(op, "/api/v1/clusters/nope/health").await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    // Another tenant's cluster is not found either.
+    let other = app.tenant("b").await;
+    assert_eq!(
+        app.get(other.viewer.as_str(), "/api/v1/clusters/c1/health")
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+}
 
 async fn lifecycle_through_the_api(store: Store) {
     let app = App::new(store).await;

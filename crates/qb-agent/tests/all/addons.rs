@@ -347,13 +347,20 @@ fn logs_are_read_through_the_agent(api: &Api, node: &str) {
         !kubelet["text"].as_str().unwrap_or("").is_empty(),
         "{kubelet}"
     );
-    let refused = api.get(&format!("/nodes/{node}/logs/sshd"));
-    refused.problem(404, "not_found");
+    // The agent's own log, kept beside the services'.
+    let agent = api.get(&format!("/nodes/{node}/logs/qb-agent")).ok();
     assert!(
-        refused.body["detail"]
+        agent["text"]
             .as_str()
             .unwrap_or("")
-            .contains("kubelet"),
+            .contains("plan applied"),
+        "{agent}"
+    );
+    let refused = api.get(&format!("/nodes/{node}/logs/sshd"));
+    refused.problem(404, "not_found");
+    let detail = refused.body["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("kubelet") && detail.contains("qb-agent"),
         "{}",
         refused.body
     );

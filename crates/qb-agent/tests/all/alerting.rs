@@ -158,6 +158,7 @@ pub fn crash_loop_is_notified(api: &Api, admin: &Agent, cluster: &str, receivers
         "crash-looping pod: e-mail and webhook received {:?} after the pod was made",
         started.elapsed()
     );
+    cluster_health_shows_the_crashing_pod(api, cluster);
 
     // Fixed (the pod deleted): one "resolved" to each, and nothing more.
     let out = kubectl(admin, &["delete", "pod", "crasher", "--wait=false"], None);
@@ -198,5 +199,60 @@ pub fn crash_loop_is_notified(api: &Api, admin: &Agent, cluster: &str, receivers
             .flatten()
             .all(|d| d["status"] == "delivered"),
         "{deliveries}"
+    );
+}
+
+/// The cluster's health, read from its API through the controller, shows the crashing pod with
+/// its restarts and why it last stopped, every Kubernetes node Ready and the control plane led.
+fn cluster_health_shows_the_crashing_pod(api: &Api, cluster: &str) {
+    let health = poll(
+        "the crashing pod in the cluster's health",
+        DELIVERED,
+        || {
+            let health = api.get(&format!("/clusters/{cluster}/health")).ok();
+            let crasher = health["attention"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["namespace"] == "default" && p["name"] == "crasher");
+            match crasher {
+                Some(p) if p["containers"][0]["last_exit"]["exit_code"] == 3 => Ok(health.clone()),
+                _ => Err(health.to_string()),
+            }
+        },
+    );
+    let crasher = health["attention"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "crasher")
+        .expect("the crashing pod");
+    let app = &crasher["containers"][0];
+    assert_eq!(app["name"], "app", "{crasher}");
+    assert_eq!(app["last_exit"]["reason"], "Error", "{crasher}");
+    assert!(app["restarts"].as_u64() >= Some(1), "{crasher}");
+    assert!(health["pods"]["total"].as_u64() >= Some(3), "{health}");
+    let nodes = health["nodes"].as_array().expect("nodes");
+    assert!(
+        !nodes.is_empty() && nodes.iter().all(|n| n["ready"] == true),
+        "every Kubernetes node Ready: {health}"
+    );
+    let leaders: Vec<(&str, bool)> = health["leaders"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| (l["component"].as_str().unwrap_or(""), l["current"] == true))
+        .collect();
+    assert_eq!(
+        leaders,
+        [("kube-scheduler", true), ("kube-controller-manager", true)],
+        "{health}"
+    );
+    eprintln!(
+        "cluster health: {} pods, crasher restarted {} times, last exit {} ({})",
+        health["pods"]["total"],
+        app["restarts"],
+        app["last_exit"]["reason"],
+        app["last_exit"]["exit_code"]
     );
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::bail;
 use qb_api::endpoints;
 use qb_api::{
-    AttachRequest, Cluster, ClusterDetail, CreateCluster, CreateKubeconfig, DeletedCluster,
-    DetachRequest, Kubeconfig, Node, NodeId, NodeMove, NodeState, PreflightReport, Token,
+    AttachRequest, Cluster, ClusterDetail, ClusterHealth, CreateCluster, CreateKubeconfig,
+    DeletedCluster, DetachRequest, Kubeconfig, Node, NodeId, NodeMove, NodeState, PreflightReport,
+    Token,
 };
 use serde::Serialize;
 
@@ -44,6 +45,14 @@ pub async fn run(app: &App, cmd: ClusterCommand) -> anyhow::Result<()> {
                 .await?;
             app.out
                 .emit(&detail, || output::cluster_detail(&detail, now()))
+        }
+        ClusterCommand::Health { cluster } => {
+            let client = app.client()?;
+            let health: ClusterHealth = client
+                .call(client.request(&endpoints::CLUSTER_HEALTH, &[&cluster], &[]))
+                .await?;
+            app.out
+                .emit(&health, || output::cluster_health(&health, now()))
         }
         ClusterCommand::Delete { cluster, force } => {
             let client = app.client()?;

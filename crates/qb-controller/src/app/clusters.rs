@@ -2,8 +2,8 @@
 //! its quorum is refused unless forced), and preflight.
 
 use qb_api::{
-    AttachTarget, Cluster, ClusterDetail, ClusterId, DeletedCluster, NodeMove, NodeName, Page,
-    PageParams, PreflightReport, ProblemCode,
+    AttachTarget, Cluster, ClusterDetail, ClusterHealth, ClusterId, DeletedCluster, NodeMove,
+    NodeName, Page, PageParams, PreflightReport, ProblemCode,
 };
 use qb_store::{ClusterSpec, Key, StoreError};
 
@@ -42,6 +42,47 @@ impl AppState {
         let mut detail = self.store.get_cluster(caller.tenant(), cluster).await?;
         detail.nodes = self.live_all(detail.nodes);
         Ok(detail)
+    }
+
+    /// The cluster's health as its API tells it now: its nodes' readiness, its control plane's
+    /// leaders and the pods that need attention, read through a master's agent.
+    pub async fn cluster_health(
+        &self,
+        caller: &Caller,
+        cluster: &Key<ClusterId>,
+    ) -> Result<ClusterHealth, ApiError> {
+        let detail = self.store.get_cluster(caller.tenant(), cluster).await?;
+        let name = detail.cluster.name.to_string();
+        let unavailable = |why: String| {
+            ApiError::new(
+                ProblemCode::Unavailable,
+                format!("cannot read the API of cluster {name}: {why}"),
+            )
+        };
+        let upstream = self
+            .kube_proxy
+            .upstream_of(caller.tenant(), detail.cluster.id)
+            .await
+            .map_err(|e| unavailable(e.describe()))?;
+        let master = *upstream
+            .masters()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .first()
+            .ok_or_else(|| unavailable("it has no master".to_owned()))?;
+        let (nodes, leases, pods) = tokio::try_join!(
+            upstream.get(master, "/api/v1/nodes"),
+            upstream.get(master, crate::workloads::LEASES_PATH),
+            upstream.get(master, "/api/v1/pods"),
+        )
+        .map_err(|e| unavailable(e.to_string()))?;
+        Ok(crate::workloads::health::cluster_health(
+            &name,
+            &nodes,
+            &leases,
+            &pods,
+            time::OffsetDateTime::now_utc(),
+        ))
     }
 
     /// Deletes a cluster; with `force` even one with nodes, which return to the pool.

@@ -6,7 +6,11 @@ import { h, add, render, badge, toneOf, time, exact, nodeLink, plural, list, uid
 import { API, ApiError, get, post, del, path, listAll } from '../api.js';
 import { section, lead, dl, empty, table, alertSlot, runAction, announce, confirmDialog, button, showError, code } from '../ui.js';
 import { healthBand } from './charts.js';
+import { workloadsView } from './workloads.js';
 import { agentSummary, roleText, planCell, resources, eventRow, EVENT_COLUMNS, unhealthyLogLinks } from './common.js';
+
+/** The least time between two readings of the cluster's health, in ms. */
+const HEALTH_EVERY = 10000;
 
 /** What a state means when the engine has no message of its own. */
 const STATE_TEXT = {
@@ -54,6 +58,16 @@ export function mount(ctx) {
       detachNote) : null,
     nodesAlert, nodesRegion);
 
+  const workloadsRegion = h('div', { class: 'region' });
+  const workloadsSection = section('Workloads', { id: 'workloads' });
+  add(workloadsSection,
+    lead('Read from the cluster\'s own API as this page refreshes: its Kubernetes nodes, the leaders of its control plane and the pods that need attention.'),
+    workloadsRegion);
+  /** The cluster's health from its API, read at most every HEALTH_EVERY ms. */
+  let health = null;
+  let healthError = null;
+  let healthAt = 0;
+
   const addonsSection = section('Add-ons');
   add(addonsSection,
     lead('What qb runs in the cluster for it, applied again whenever it drifts or is deleted.'),
@@ -83,6 +97,7 @@ export function mount(ctx) {
     })(),
     nodesSection,
     operator ? attachSection() : null,
+    workloadsSection,
     addonsSection,
     preflightSection,
     eventsSection);
@@ -133,6 +148,7 @@ export function mount(ctx) {
       }
       preflightKey = key;
     }
+    await readHealth(detail);
     if (!ctx.alive) return;
     cluster = detail;
     missing.hidden = true;
@@ -163,6 +179,7 @@ export function mount(ctx) {
       () => healthBand(stateChanges.items, detail.state, detail.created_at));
     const { nodes, addons, ...settings } = detail;
     render(summary, settings, () => summaryView(settings));
+    render(workloadsRegion, [health, healthError], () => workloadsView(name, health, healthError));
     render(addonsRegion, addons, () => addonsTable(addons || []));
     render(nodesRegion, [nodes, [...detachSelected]], () => nodesTable(nodes));
     if (operator) render(poolRegion, [pool, [...attachSelected]], () => poolList(pool));
@@ -178,6 +195,24 @@ export function mount(ctx) {
     render(eventsRegion, evs, () => (evs.length
       ? table({ label: `Events of ${name}`, columns: EVENT_COLUMNS, rows: evs.map(eventRow), sk: 'events', className: 'events' })
       : empty('No events yet.')));
+  }
+
+  /** Reads the cluster's health when it has an API and the last reading is old. */
+  async function readHealth(detail) {
+    if (!['ready', 'degraded'].includes(detail.state)) {
+      health = null;
+      healthError = null;
+      return;
+    }
+    if (Date.now() - healthAt < HEALTH_EVERY) return;
+    healthAt = Date.now();
+    try {
+      health = await get(path('clusters', name, 'health'));
+      healthError = null;
+    } catch (err) {
+      if (!(err instanceof ApiError) || err.status === 404) throw err;
+      healthError = err.message;
+    }
   }
 
   function showMissing() {

@@ -134,7 +134,8 @@ export const EVENT_COLUMNS = ['Time', 'Actor', 'Action', 'Object', 'Details'];
 
 /**
  * What an alert is about, as a link: its node, its cluster, for a pod (`cluster/namespace/
- * name`) the cluster it runs in, for a service (`node/service`) its log.
+ * name`) or a control-plane component (`cluster/component`) the cluster's workloads, for a
+ * Kubernetes node (`cluster/node`) the node, for a service (`node/service`) its log.
  */
 export function alertObjectLink(a, fk = `alert-object:${a.id}`) {
   if (a.object_kind === 'service') {
@@ -145,6 +146,15 @@ export function alertObjectLink(a, fk = `alert-object:${a.id}`) {
   if (a.object_kind === 'pod') {
     const [cluster, ...pod] = a.object_name.split('/');
     return h('a', { href: clusterHref(cluster), 'data-fk': fk }, `Pod ${pod.join('/')} in cluster ${cluster}`);
+  }
+  if (a.object_kind === 'kube_node') {
+    // `cluster/node`: the node's page.
+    const [cluster, node] = a.object_name.split('/');
+    return h('a', { href: nodeHref(node), 'data-fk': fk }, `Kubernetes node ${node} in cluster ${cluster}`);
+  }
+  if (a.object_kind === 'component') {
+    const [cluster, component] = a.object_name.split('/');
+    return h('a', { href: clusterHref(cluster), 'data-fk': fk }, `${component} of cluster ${cluster}`);
   }
   const cluster = a.object_kind === 'cluster';
   return h('a', { href: cluster ? clusterHref(a.object_name) : nodeHref(a.object_name), 'data-fk': fk },

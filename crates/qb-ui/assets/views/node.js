@@ -162,12 +162,10 @@ export function mount(ctx) {
     return {
       el,
       stop: () => clearInterval(timer),
-      /** Offers the services the node's plan runs, keeping the choice. */
+      /** Offers the services the node's plan runs and the agent's own log, keeping the choice. */
       services(n) {
-        const names = (n.plan && n.plan.report ? n.plan.report.services : []).map((s) => s.name);
-        render(select, names, () => names.length
-          ? names.map((s) => h('option', { value: s, selected: s === (shown || wanted) }, s))
-          : [h('option', { value: '' }, 'no services')]);
+        const names = [...(n.plan && n.plan.report ? n.plan.report.services : []).map((s) => s.name), 'qb-agent'];
+        render(select, names, () => names.map((s) => h('option', { value: s, selected: s === (shown || wanted) }, s)));
         // `#/nodes/NAME?log=etcd` opens that log at once.
         if (!opened && wanted && names.includes(wanted)) {
           opened = true;
