@@ -142,6 +142,24 @@ pub struct HostMetrics {
     pub disk_total_bytes: u64,
     pub disk_available_bytes: u64,
     pub uptime_seconds: u64,
+    /// The node's etcd member, on a master, as its own metrics tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdMetrics>,
+}
+
+/// What an etcd member's metrics say of it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdMetrics {
+    /// It knows a leader (`etcd_server_has_leader`).
+    pub has_leader: bool,
+    /// It is the leader (`etcd_server_is_leader`).
+    pub is_leader: bool,
+    /// The database file's size, and the part of it in use (the rest is freed by a defrag).
+    pub db_size_bytes: u64,
+    pub db_in_use_bytes: u64,
+    /// Leader changes it has seen since it started.
+    pub leader_changes: u64,
 }
 
 /// What the agent sends on the channel.

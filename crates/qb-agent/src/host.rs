@@ -173,6 +173,7 @@ impl Metrics {
                 .next()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0),
+            etcd: None,
         }
     }
 }

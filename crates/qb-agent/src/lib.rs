@@ -21,6 +21,7 @@ pub mod balancer;
 pub mod config;
 pub mod connect;
 pub mod etcd;
+pub mod etcd_metrics;
 pub mod host;
 pub mod https;
 pub mod kube;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Empty;
+use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
@@ -58,7 +58,16 @@ pub enum ProbeError {
     },
     #[error("{url} answered status {status}")]
     Status { url: String, status: StatusCode },
+    #[error("reading the answer of {url}")]
+    Body {
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
+
+/// The most of an answer [`fetch`] reads.
+const MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// Runs `probe` once: `Ok` when the service is healthy. Gives up after `timeout`.
 pub async fn check(probe: &Probe, timeout: Duration) -> Result<(), ProbeError> {
@@ -86,7 +95,7 @@ async fn run(probe: &Probe) -> Result<(), ProbeError> {
             let target = Target::parse(url)?;
             let tcp = connect(&target.address).await?;
             if !target.https {
-                return get(TokioIo::new(tcp), &target).await;
+                return get(TokioIo::new(tcp), &target, false).await.map(drop);
             }
             let ca_file = ca_file.as_deref().ok_or_else(|| {
                 ProbeError::Config(format!("{url}: an https probe needs a ca_file"))
@@ -108,7 +117,7 @@ async fn run(probe: &Probe) -> Result<(), ProbeError> {
                     address: target.address.clone(),
                     source,
                 })?;
-            get(TokioIo::new(tls), &target).await
+            get(TokioIo::new(tls), &target, false).await.map(drop)
         }
     }
 }
@@ -173,7 +182,7 @@ impl Target {
 }
 
 /// One `GET` over HTTP/1.1 on an open connection; 2xx is healthy.
-async fn get<S>(io: TokioIo<S>, target: &Target) -> Result<(), ProbeError>
+async fn get<S>(io: TokioIo<S>, target: &Target, read_body: bool) -> Result<Bytes, ProbeError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -193,17 +202,48 @@ where
         .header(hyper::header::USER_AGENT, "qb-agent-probe")
         .body(Empty::<Bytes>::new())
         .map_err(|e| ProbeError::Config(format!("{}: {e}", target.url)))?;
-    let response = sender.send_request(request).await.map_err(http_error);
+    let read = async {
+        let response = sender.send_request(request).await.map_err(http_error)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(ProbeError::Status {
+                url: target.url.clone(),
+                status,
+            });
+        }
+        if !read_body {
+            return Ok(Bytes::new());
+        }
+        Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|source| ProbeError::Body {
+                url: target.url.clone(),
+                source,
+            })
+    };
+    let result = read.await;
     connection.abort();
-    let status = response?.status();
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(ProbeError::Status {
-            url: target.url.clone(),
-            status,
-        })
-    }
+    result
+}
+
+/// `GET url` over plain HTTP (a service's metrics on loopback, say) and the body of its 2xx
+/// answer, within `timeout`.
+pub async fn fetch(url: &str, timeout: Duration) -> Result<Bytes, ProbeError> {
+    let fetch = async {
+        let target = Target::parse(url)?;
+        if target.https {
+            return Err(ProbeError::Config(format!(
+                "{url}: only plain HTTP is fetched"
+            )));
+        }
+        let tcp = connect(&target.address).await?;
+        get(TokioIo::new(tcp), &target, true).await
+    };
+    tokio::time::timeout(timeout, fetch)
+        .await
+        .unwrap_or(Err(ProbeError::Timeout(timeout)))
 }
 
 /// A client configuration trusting only the certificates in `ca_file`.
@@ -289,7 +329,8 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(5);
 
-    /// Serves `status` to every request on a loopback port, over TLS when `tls` is given.
+    /// Serves `status` to every request on a loopback port, over TLS when `tls` is given, with
+    /// the request's path as the body.
     async fn serve(status: u16, tls: Option<rustls::ServerConfig>) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
@@ -299,11 +340,12 @@ mod tests {
                 let (tcp, _) = listener.accept().await.unwrap();
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |_req| async move {
+                    let service = service_fn(move |req: hyper::Request<_>| async move {
+                        let path = Bytes::from(req.uri().path().to_owned());
                         Ok::<_, Infallible>(
                             Response::builder()
                                 .status(status)
-                                .body(Empty::<Bytes>::new())
+                                .body(http_body_util::Full::new(path))
                                 .unwrap(),
                         )
                     });
@@ -384,6 +426,24 @@ mod tests {
             matches!(err, ProbeError::Status { status, .. } if status == StatusCode::SERVICE_UNAVAILABLE)
         );
         assert!(err.to_string().contains("status 503"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn fetch_returns_the_body_of_a_2xx_over_plain_http_only() {
+        let ok = serve(200, None).await;
+        let body = fetch(&format!("http://{ok}/metrics"), TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"/metrics");
+        let unavailable = serve(503, None).await;
+        let err = fetch(&format!("http://{unavailable}/metrics"), TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("status 503"), "{err}");
+        let err = fetch(&format!("https://{ok}/metrics"), TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProbeError::Config(_)), "{err:?}");
     }
 
     #[tokio::test]

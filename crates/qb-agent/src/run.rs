@@ -9,8 +9,9 @@ use futures_util::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Bytes, Frame};
 use qb_agent_proto::{
-    AgentMessage, CHANNEL_PATH, ControllerMessage, FrameDecoder, Instruction, REGISTER_PATH,
-    RENEW_PATH, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse, encode,
+    AgentMessage, CHANNEL_PATH, ControllerMessage, FrameDecoder, HostMetrics, Instruction,
+    REGISTER_PATH, RENEW_PATH, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse,
+    encode,
 };
 use qb_api::ProblemCode;
 use rand::Rng;
@@ -363,7 +364,8 @@ async fn hold_channel(
                 let now = host::facts(config.node_name.as_deref(), local_ip);
                 let changed = (now != facts).then(|| now.clone());
                 facts = now;
-                let message = AgentMessage::Heartbeat { facts: changed, metrics: metrics.sample(state.path()) };
+                let sample = HostMetrics { etcd: work.etcd_metrics(), ..metrics.sample(state.path()) };
+                let message = AgentMessage::Heartbeat { facts: changed, metrics: sample };
                 to_controller.send(Bytes::from(encode(&message))).await?;
             }
             () = &mut renew => {

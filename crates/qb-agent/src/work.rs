@@ -38,6 +38,8 @@ pub struct Work {
     preflight: Preflight,
     /// The accepted plan; the applier follows it.
     plan: watch::Sender<Option<Arc<Plan>>>,
+    /// The local etcd member's latest metrics, while the plan runs etcd.
+    etcd: crate::etcd_metrics::Latest,
     /// Progress of the accepted plan, published by the applier; it ticks whenever the report
     /// to send ([`Work::report`]) may have changed.
     pub report: watch::Sender<PlanReport>,
@@ -76,6 +78,7 @@ impl Work {
             applier,
             preflight: Preflight::new(),
             plan: watch::Sender::new(None),
+            etcd: crate::etcd_metrics::Latest::default(),
             report: watch::Sender::new(PlanReport::default()),
             refused: Mutex::new(None),
             connection: Mutex::new(None),
@@ -96,6 +99,11 @@ impl Work {
             }
         }
         Ok(work)
+    }
+
+    /// What the local etcd member's metrics said lately, if the plan runs etcd.
+    pub fn etcd_metrics(&self) -> Option<qb_agent_proto::EtcdMetrics> {
+        self.etcd.get()
     }
 
     /// The generation of the accepted plan (0 without one).
@@ -232,6 +240,11 @@ impl Work {
     /// failures with backoff, starts over when a new plan arrives, and keeps service health in
     /// the report fresh.
     pub async fn run(self: Arc<Self>) {
+        // Aborted with this task.
+        let _etcd = AbortOnDrop(tokio::spawn(crate::etcd_metrics::watch(
+            self.plan.subscribe(),
+            self.etcd.clone(),
+        )));
         let mut plans = self.plan.subscribe();
         let mut changes = self.supervisor.changes();
         let mut failures = 0u32;
@@ -420,5 +433,14 @@ impl ArtifactSource for Downloads<'_> {
         // What came is kept for the next attempt, even when the transfer broke off.
         file.sync_all().await?;
         result
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

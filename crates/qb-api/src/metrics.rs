@@ -23,6 +23,24 @@ pub struct MetricsSample {
     pub disk_total_bytes: u64,
     pub disk_available_bytes: u64,
     pub uptime_seconds: u64,
+    /// On a master: its etcd member, as etcd's own metrics tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdSample>,
+}
+
+/// A node's etcd member as its own metrics tell.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EtcdSample {
+    /// It knows a leader.
+    pub has_leader: bool,
+    /// It is the leader.
+    pub is_leader: bool,
+    /// The database file's size, and the part of it in use (the rest is freed by a defrag);
+    /// etcd refuses writes once the file reaches its quota (2 GiB by default).
+    pub db_size_bytes: u64,
+    pub db_in_use_bytes: u64,
+    /// Leader changes the member has seen since it started.
+    pub leader_changes: u64,
 }
 
 /// A node's load over one minute or one hour: averages of the heartbeats in it, and the peaks

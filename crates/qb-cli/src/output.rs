@@ -177,6 +177,19 @@ pub fn node_metrics(m: &NodeMetrics, now: OffsetDateTime) -> String {
         ),
         None => format!("Node {}: no report from its agent now.\n", m.name),
     };
+    if let Some(e) = m.latest.as_ref().and_then(|s| s.etcd.as_ref()) {
+        let role = match (e.has_leader, e.is_leader) {
+            (_, true) => "the leader",
+            (true, false) => "a follower",
+            (false, false) => "WITHOUT A LEADER",
+        };
+        out.push_str(&format!(
+            "etcd: {role}, database {} ({} in use), {} leader changes seen\n",
+            bytes(e.db_size_bytes),
+            bytes(e.db_in_use_bytes),
+            e.leader_changes
+        ));
+    }
     if m.points.is_empty() {
         out.push_str(&format!(
             "No history over the last {} yet.\n",
@@ -1712,6 +1725,13 @@ mod tests {
                 disk_total_bytes: 100 << 30,
                 disk_available_bytes: 40 << 30,
                 uptime_seconds: 7200,
+                etcd: Some(qb_api::EtcdSample {
+                    has_leader: true,
+                    is_leader: false,
+                    db_size_bytes: 20 << 20,
+                    db_in_use_bytes: 12 << 20,
+                    leader_changes: 2,
+                }),
             }),
             points: vec![qb_api::MetricsPoint {
                 at: datetime!(2026-12-05 10:01 UTC),
@@ -1728,7 +1748,8 @@ mod tests {
         assert_eq!(
             node_metrics(&m, NOW),
             "Node host-0: CPU 12.5%, load 0.50 0.25 0.12, memory 2Gi of 8Gi used, disk 60Gi of \
-             100Gi used, up 2h (reported 4s ago)\n\n\
+             100Gi used, up 2h (reported 4s ago)\n\
+             etcd: a follower, database 20Mi (12Mi in use), 2 leader changes seen\n\n\
              TIME                   CPU AVG   CPU MAX   LOAD1   MEMORY USED   DISK USED\n\
              2026-12-05T10:01:00Z   40.0%     55.5%     0.75    2Gi/8Gi       60Gi/100Gi\n"
         );

@@ -688,6 +688,7 @@ async fn sim_channel(
         disk_total_bytes: 100 << 30,
         disk_available_bytes: 60 << 30,
         uptime_seconds: 123_456,
+        etcd: None,
     };
     let heartbeat = AgentMessage::Heartbeat {
         facts: None,

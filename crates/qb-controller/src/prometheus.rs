@@ -216,6 +216,37 @@ fn exposition(
             }
         }
     }
+    type EtcdFigure = (&'static str, &'static str, fn(&qb_api::EtcdSample) -> f64);
+    let etcd: [EtcdFigure; 4] = [
+        (
+            "qb_etcd_has_leader",
+            "Whether the node's etcd member knows a leader.",
+            |e| f64::from(u8::from(e.has_leader)),
+        ),
+        (
+            "qb_etcd_is_leader",
+            "Whether the node's etcd member is the leader.",
+            |e| f64::from(u8::from(e.is_leader)),
+        ),
+        (
+            "qb_etcd_db_size_bytes",
+            "Size of the etcd member's database file.",
+            |e| e.db_size_bytes as f64,
+        ),
+        (
+            "qb_etcd_leader_changes",
+            "Leader changes the etcd member has seen since it started.",
+            |e| e.leader_changes as f64,
+        ),
+    ];
+    for (name, help, value) in etcd {
+        out.family(name, help);
+        for n in nodes {
+            if let Some(e) = latest.get(&n.id).and_then(|s| s.etcd.as_ref()) {
+                out.sample(name, &node_labels(n), value(e));
+            }
+        }
+    }
 
     out.family(
         "qb_cluster_state",

@@ -23,6 +23,13 @@ fn heartbeat(cpu: f32) -> qb_agent_proto::HostMetrics {
         disk_total_bytes: 100 << 30,
         disk_available_bytes: 40 << 30,
         uptime_seconds: 3600,
+        etcd: Some(qb_agent_proto::EtcdMetrics {
+            has_leader: true,
+            is_leader: true,
+            db_size_bytes: 20 << 20,
+            db_in_use_bytes: 12 << 20,
+            leader_changes: 1,
+        }),
     }
 }
 
@@ -73,6 +80,11 @@ async fn a_nodes_metrics_are_its_last_report_and_its_history(store: qb_store::St
     assert_eq!(metrics["resolution_seconds"], 60);
     assert_eq!(metrics["latest"]["cpu_percent"], 42.0);
     assert_eq!(metrics["latest"]["memory_available_bytes"], 6u64 << 30);
+    assert_eq!(
+        metrics["latest"]["etcd"],
+        serde_json::json!({"has_leader": true, "is_leader": true, "db_size_bytes": 20u64 << 20,
+               "db_in_use_bytes": 12u64 << 20, "leader_changes": 1})
+    );
     let points: Vec<MetricsPoint> = serde_json::from_value(metrics["points"].clone()).unwrap();
     assert_eq!(points, [point]);
     let (_, month) = app
@@ -132,6 +144,11 @@ async fn a_nodes_metrics_are_its_last_report_and_its_history(store: qb_store::St
     );
     assert!(
         text.contains("qb_node_state{node=\"a-0\",cluster=\"\",state=\"authorized\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("qb_etcd_has_leader{node=\"a-0\",cluster=\"\"} 1\n")
+            && text.contains("qb_etcd_db_size_bytes{node=\"a-0\",cluster=\"\"} 20971520\n"),
         "{text}"
     );
     assert!(!text.contains("b-0"), "{text}");

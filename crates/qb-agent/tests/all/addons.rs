@@ -92,6 +92,7 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
     );
     crash_loop_is_notified(&api, &agents[0], "dns", &receivers);
     logs_are_read_through_the_agent(&api, "host-1");
+    etcd_members_report_one_leader(&api, &names);
     // An object labelled as the DNS add-on's that no add-on renders (as an older version's
     // would be): qb deletes it.
     let stray = json!({
@@ -325,6 +326,45 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
     }
     drop(_thaw);
     eprintln!("every API server frozen for {API_OUTAGE:?}: {answered} lookups, all answered");
+}
+
+/// Each master's etcd member, as its metrics tell through its agent's heartbeats: all know a
+/// leader, exactly one is it, and each has a database.
+fn etcd_members_report_one_leader(api: &Api, names: &[String]) {
+    let members = poll(
+        "every etcd member's metrics",
+        Duration::from_secs(30),
+        || {
+            let members: Vec<(String, Value)> = names
+                .iter()
+                .filter_map(|n| {
+                    let m = api.get(&format!("/nodes/{n}/metrics")).ok();
+                    let etcd = m["latest"]["etcd"].clone();
+                    (!etcd.is_null()).then(|| (n.clone(), etcd))
+                })
+                .collect();
+            let leaders = members
+                .iter()
+                .filter(|(_, e)| e["is_leader"] == true)
+                .count();
+            if !members.is_empty()
+                && leaders == 1
+                && members.iter().all(|(_, e)| e["has_leader"] == true)
+            {
+                Ok(members)
+            } else {
+                Err(format!("{members:?}"))
+            }
+        },
+    );
+    for (name, etcd) in &members {
+        assert!(etcd["db_size_bytes"].as_u64() > Some(0), "{name}: {etcd}");
+        assert!(
+            etcd["db_in_use_bytes"].as_u64() <= etcd["db_size_bytes"].as_u64(),
+            "{name}: {etcd}"
+        );
+    }
+    eprintln!("etcd metrics: {members:?}");
 }
 
 /// A service's log read from the controller through the node's agent: its end, then what

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use qb_api::{MetricsPoint, MetricsSample, NodeId, TenantId};
+use qb_api::{EtcdSample, MetricsPoint, MetricsSample, NodeId, TenantId};
 use qb_store::Store;
 use time::OffsetDateTime;
 
@@ -149,6 +149,13 @@ pub fn sample(m: &qb_agent_proto::HostMetrics, at: OffsetDateTime) -> MetricsSam
         disk_total_bytes: m.disk_total_bytes,
         disk_available_bytes: m.disk_available_bytes.min(m.disk_total_bytes),
         uptime_seconds: m.uptime_seconds,
+        etcd: m.etcd.as_ref().map(|e| EtcdSample {
+            has_leader: e.has_leader,
+            is_leader: e.is_leader,
+            db_size_bytes: e.db_size_bytes,
+            db_in_use_bytes: e.db_in_use_bytes.min(e.db_size_bytes),
+            leader_changes: e.leader_changes,
+        }),
     }
 }
 

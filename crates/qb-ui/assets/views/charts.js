@@ -30,7 +30,14 @@ export function latestFacts(latest) {
     ['Memory', `${bytes(used(latest.memory_total_bytes, latest.memory_available_bytes))} of ${bytes(latest.memory_total_bytes)} used`],
     ['Disk', `${bytes(used(latest.disk_total_bytes, latest.disk_available_bytes))} of ${bytes(latest.disk_total_bytes)} used`],
     ['Up', uptime(latest.uptime_seconds)],
+    latest.etcd ? ['etcd', etcdText(latest.etcd)] : null,
   ]);
+}
+
+/** A master's etcd member: its part in the election and its database. */
+function etcdText(e) {
+  const role = e.is_leader ? 'the leader' : e.has_leader ? 'a follower' : 'without a leader';
+  return `${role} · database ${bytes(e.db_size_bytes)} (${bytes(e.db_in_use_bytes)} in use) · ${e.leader_changes} leader changes seen`;
 }
 
 function uptime(seconds) {
