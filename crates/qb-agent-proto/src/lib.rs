@@ -272,6 +272,10 @@ pub struct LogRequest {
     /// log's last `max_bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
+    /// Without `offset`: from the first line written this many seconds ago or later (by the
+    /// host's clock, as the lines' own timestamps tell), rather than the log's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_seconds: Option<u64>,
     /// At most this many bytes (at most [`LogRequest::MAX_BYTES`]).
     pub max_bytes: u32,
 }

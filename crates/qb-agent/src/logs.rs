@@ -1,10 +1,11 @@
 //! Reading the services' logs for the controller: the last part of a log, or what follows a
 //! place already read (to follow it), always whole lines.
 
-use std::io::{Read as _, Seek as _, SeekFrom};
+use std::io::{BufRead as _, Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use qb_agent_proto::{LogPiece, LogRequest};
+use time::OffsetDateTime;
 
 /// The agent's own log, `qb-agent.log` beside the services' (its standard error goes to the
 /// host's journal as well).
@@ -79,10 +80,18 @@ pub fn read(dir: &Path, services: &[String], request: &LogRequest) -> Result<Log
     let max = u64::from(request.max_bytes.clamp(1, LogRequest::MAX_BYTES));
     // Copied and truncated when rotated: a place past the end is in an older generation.
     let rotated = request.offset.is_some_and(|o| o > size);
-    let (start, tail) = match request.offset {
-        Some(offset) if !rotated => (offset, false),
-        Some(_) => (0, false),
-        None => (size.saturating_sub(max), true),
+    let (start, tail) = match (request.offset, request.since_seconds) {
+        (Some(offset), _) if !rotated => (offset, false),
+        (Some(_), _) => (0, false),
+        (None, Some(seconds)) => {
+            let now = OffsetDateTime::now_utc();
+            let since =
+                now - time::Duration::seconds(i64::try_from(seconds).unwrap_or(i64::MAX / 2));
+            let at = first_line_since(&mut file, since, now)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            (at.unwrap_or(size), false)
+        }
+        (None, None) => (size.saturating_sub(max), true),
     };
     // From the end: one byte more, before, says whether the piece begins a line.
     let before = u64::from(tail && start > 0);
@@ -94,12 +103,104 @@ pub fn read(dir: &Path, services: &[String], request: &LogRequest) -> Result<Log
     if before == 1 && !bytes.is_empty() {
         bytes.remove(0);
     }
-    let (skip, keep) = whole_lines(&bytes, partial_first);
+    let (skip, mut keep) = whole_lines(&bytes, partial_first);
+    // A line longer than a whole piece comes in parts, or reading on would never get past it.
+    if keep == skip && !tail && bytes.len() as u64 == max {
+        keep = bytes.len();
+    }
     Ok(LogPiece {
         text: String::from_utf8_lossy(&bytes[skip..keep]).into_owned(),
         start: start + skip as u64,
         end: start + keep as u64,
         rotated,
+    })
+}
+
+/// Where the first line of `file` written at `since` or later begins; `None` when none was.
+/// Lines without a timestamp (a message's continuation) are passed over.
+fn first_line_since(
+    file: &mut std::fs::File,
+    since: OffsetDateTime,
+    now: OffsetDateTime,
+) -> std::io::Result<Option<u64>> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut reader = std::io::BufReader::with_capacity(64 * 1024, &*file);
+    let mut line = Vec::new();
+    let mut at = 0u64;
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 || !line.ends_with(b"\n") {
+            return Ok(None);
+        }
+        if line_time(&line, now).is_some_and(|t| t >= since) {
+            return Ok(Some(at));
+        }
+        at += n as u64;
+    }
+}
+
+/// When a log line says it was written: a date and time near its start, as etcd, containerd
+/// and the agent write them (`2026-12-06T05:30:00.123Z`, `2026-12-06 05:30:00.123456`, UTC
+/// unless an offset follows), or klog's `I1206 05:30:00.123456` at its start, as the Kubernetes
+/// components write it (its year taken from `now`).
+pub fn line_time(line: &[u8], now: OffsetDateTime) -> Option<OffsetDateTime> {
+    let head = &line[..line.len().min(100)];
+    let digits = |b: &[u8]| -> Option<u32> {
+        b.iter().try_fold(0u32, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    let clock = |b: &[u8]| -> Option<time::Time> {
+        (b.len() >= 8 && b[2] == b':' && b[5] == b':').then_some(())?;
+        let (h, m, s) = (digits(&b[0..2])?, digits(&b[3..5])?, digits(&b[6..8])?);
+        time::Time::from_hms(h.try_into().ok()?, m.try_into().ok()?, s.try_into().ok()?).ok()
+    };
+    let month = |m: u32| time::Month::try_from(u8::try_from(m).ok()?).ok();
+    // klog: `I1206 05:30:00.123456`
+    if head.len() >= 14
+        && b"IWEF".contains(&head[0])
+        && head[5] == b' '
+        && let (Some(m), Some(d), Some(t)) = (
+            digits(&head[1..3]).and_then(month),
+            digits(&head[3..5]),
+            clock(&head[6..]),
+        )
+    {
+        let on = |year| time::Date::from_calendar_date(year, m, u8::try_from(d).ok()?).ok();
+        let at = on(now.year())?.with_time(t).assume_utc();
+        // Written late in December, read in January.
+        if at > now + time::Duration::days(1) {
+            return Some(on(now.year() - 1)?.with_time(t).assume_utc());
+        }
+        return Some(at);
+    }
+    // `YYYY-MM-DD[T ]HH:MM:SS[.frac][Z|±HH:MM]` anywhere near the start.
+    (0..head.len().saturating_sub(18)).find_map(|i| {
+        let b = &head[i..];
+        if !(b[4] == b'-' && b[7] == b'-' && (b[10] == b'T' || b[10] == b' ')) {
+            return None;
+        }
+        let date = time::Date::from_calendar_date(
+            i32::try_from(digits(&b[0..4])?).ok()?,
+            month(digits(&b[5..7])?)?,
+            u8::try_from(digits(&b[8..10])?).ok()?,
+        )
+        .ok()?;
+        let at = date.with_time(clock(&b[11..])?);
+        let mut rest = &b[19..];
+        if rest.first() == Some(&b'.') {
+            let fraction = rest[1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            rest = &rest[1 + fraction..];
+        }
+        let offset = match rest {
+            [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2, ..] => {
+                let minutes = i64::from(digits(&[*h1, *h2])? * 60 + digits(&[*m1, *m2])?);
+                if *sign == b'-' { -minutes } else { minutes }
+            }
+            _ => 0,
+        };
+        Some(at.assume_utc() - time::Duration::minutes(offset))
     })
 }
 
@@ -129,8 +230,121 @@ mod tests {
         LogRequest {
             service: service.to_owned(),
             offset,
+            since_seconds: None,
             max_bytes,
         }
+    }
+
+    fn at(t: &str) -> OffsetDateTime {
+        OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap()
+    }
+
+    #[test]
+    fn lines_say_when_they_were_written_in_each_components_own_way() {
+        let now = at("2026-12-06T10:00:00Z");
+        let cases: [(&str, Option<&str>); 9] = [
+            // etcd 3.4 (capnslog)
+            (
+                "2026-12-06 09:58:01.123456 I | etcdserver: published",
+                Some("2026-12-06T09:58:01Z"),
+            ),
+            // etcd (zap, JSON)
+            (
+                r#"{"level":"info","ts":"2026-12-06T09:58:02.5+01:00","msg":"x"}"#,
+                Some("2026-12-06T08:58:02Z"),
+            ),
+            // containerd
+            (
+                r#"time="2026-12-06T09:58:03.123456789Z" level=info msg="loading""#,
+                Some("2026-12-06T09:58:03Z"),
+            ),
+            // the agent (tracing)
+            (
+                "2026-12-06T09:58:04.000001Z  INFO qb_agent::apply: plan applied",
+                Some("2026-12-06T09:58:04Z"),
+            ),
+            // klog: kubelet, kube-apiserver, ...
+            (
+                "I1206 09:58:05.123456   4242 server.go:416] Version: v1.20.2",
+                Some("2026-12-06T09:58:05Z"),
+            ),
+            (
+                "E1231 23:59:59.000000       1 x.go:1] late last year",
+                Some("2025-12-31T23:59:59Z"),
+            ),
+            // A continuation, and things that only look like times.
+            ("    goroutine 1 [running]:", None),
+            ("I9999 99:99:99 nonsense", None),
+            ("2026-13-40 25:61:00 nonsense", None),
+        ];
+        for (line, want) in cases {
+            assert_eq!(line_time(line.as_bytes(), now), want.map(at), "{line}");
+        }
+    }
+
+    #[test]
+    fn since_starts_at_the_first_line_that_recent() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = vec!["kubelet".to_owned()];
+        let now = OffsetDateTime::now_utc();
+        let klog = |ago: i64, what: &str| {
+            let t = now - time::Duration::seconds(ago);
+            format!(
+                "I{:02}{:02} {:02}:{:02}:{:02}.000000   1 x.go:1] {what}\n",
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )
+        };
+        let text = [
+            klog(3600, "an hour ago"),
+            "  a continuation of it\n".to_owned(),
+            klog(120, "two minutes ago"),
+            "  and its continuation\n".to_owned(),
+            klog(5, "just now"),
+        ]
+        .concat();
+        std::fs::write(dir.path().join("kubelet.log"), &text).unwrap();
+        let since = |seconds| LogRequest {
+            since_seconds: Some(seconds),
+            ..request("kubelet", None, 1000)
+        };
+        let piece = read(dir.path(), &services, &since(600)).unwrap();
+        assert!(
+            piece.text.starts_with(&klog(120, "two minutes ago")),
+            "{piece:?}"
+        );
+        assert!(piece.text.ends_with("just now\n"), "{piece:?}");
+        assert_eq!(piece.end, text.len() as u64);
+        // Nothing that recent: an empty piece at the end, to follow from.
+        let quiet = read(dir.path(), &services, &since(0)).unwrap();
+        assert_eq!((quiet.text.as_str(), quiet.start), ("", text.len() as u64));
+        // Longer ago than the log goes: all of it, a piece at a time; a line longer than a
+        // piece comes in parts.
+        let all = read(
+            dir.path(),
+            &services,
+            &LogRequest {
+                max_bytes: 40,
+                ..since(86400)
+            },
+        )
+        .unwrap();
+        assert_eq!((all.start, all.end), (0, 40));
+        assert_eq!(all.text, text[..40]);
+        let next = read(
+            dir.path(),
+            &services,
+            &request("kubelet", Some(all.end), 40),
+        )
+        .unwrap();
+        assert_eq!(next.start, 40);
+        assert!(
+            next.text.starts_with(&text[40..=text.find('\n').unwrap()]),
+            "{next:?}"
+        );
     }
 
     #[test]

@@ -644,6 +644,10 @@ pub struct NodeLog {
 pub struct LogQuery {
     /// Read on from here (a former answer's `end`); without it, the log's end.
     pub offset: Option<u64>,
+    /// Without `offset`: from the first line written this many seconds ago or later (by the
+    /// host's clock, as the lines' timestamps tell) rather than the log's end; at most 30 days.
+    #[param(maximum = 2592000)]
+    pub since_seconds: Option<u64>,
     /// At most this many bytes (default and most: 24576).
     #[param(minimum = 1, maximum = 24576)]
     pub max_bytes: Option<u32>,
@@ -652,6 +656,8 @@ pub struct LogQuery {
 impl LogQuery {
     /// The most one piece holds.
     pub const MAX_BYTES: u32 = 24 * 1024;
+    /// The furthest back `since_seconds` goes: 30 days.
+    pub const MAX_SINCE_SECONDS: u64 = 30 * 24 * 3600;
 }
 
 /// A new bootstrap token and its secret. The secret is never shown again.

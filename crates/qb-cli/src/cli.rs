@@ -283,6 +283,10 @@ pub enum NodeCommand {
         /// How much of the end to print first, in bytes.
         #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..=24576))]
         bytes: u32,
+        /// Instead of the end, everything written since this long ago (by the host's clock):
+        /// 90s, 10m, 2h, 1d; at most 30d.
+        #[arg(long, value_name = "DURATION", value_parser = parse_since, conflicts_with = "bytes")]
+        since: Option<u64>,
     },
 }
 
@@ -652,6 +656,30 @@ pub fn parse_label_changes(args: &[String]) -> anyhow::Result<LabelChange> {
     Ok(change)
 }
 
+/// A duration such as `90s`, `10m`, `2h` or `1d`, in seconds, at most 30 days.
+fn parse_since(s: &str) -> Result<u64, String> {
+    let unit = s.chars().last().ok_or("empty duration")?;
+    let seconds = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86400,
+        _ => {
+            return Err(format!(
+                "{s:?}: give a number and a unit, s, m, h or d (e.g. 10m)"
+            ));
+        }
+    };
+    let n: u64 = s[..s.len() - 1]
+        .parse()
+        .map_err(|_| format!("{s:?}: give a number and a unit, s, m, h or d (e.g. 10m)"))?;
+    let total = n.saturating_mul(seconds);
+    if total > qb_api::LogQuery::MAX_SINCE_SECONDS {
+        return Err(format!("{s:?}: at most 30d"));
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -891,10 +919,28 @@ mod tests {
     fn node_logs_parse() {
         let cli = parse("qb node logs n1 etcd -f --bytes 100").expect("parse");
         assert!(
-            matches!(cli.command, Command::Node(NodeCommand::Logs { node, service, follow: true, bytes: 100 })
+            matches!(cli.command, Command::Node(NodeCommand::Logs { node, service, follow: true, bytes: 100, since: None })
             if node == "n1" && service == "etcd")
         );
         assert!(parse("qb node logs n1").is_err());
+        let cli = parse("qb node logs n1 kubelet --since 10m").expect("parse");
+        assert!(
+            matches!(
+                cli.command,
+                Command::Node(NodeCommand::Logs {
+                    since: Some(600),
+                    ..
+                })
+            ),
+            "{cli:?}"
+        );
+        assert!(parse("qb node logs n1 kubelet --since 2h -f").is_ok());
+        for bad in ["10", "m", "-1m", "31d", "10 m", "1w"] {
+            assert!(
+                parse(&format!("qb node logs n1 kubelet --since {bad}")).is_err(),
+                "{bad}"
+            );
+        }
         assert!(parse("qb node logs n1 etcd --bytes 0").is_err());
     }
 

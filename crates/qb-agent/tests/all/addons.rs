@@ -387,6 +387,23 @@ fn logs_are_read_through_the_agent(api: &Api, node: &str) {
         !kubelet["text"].as_str().unwrap_or("").is_empty(),
         "{kubelet}"
     );
+    // Since a while ago, by the lines' own timestamps (klog's, here): the last half minute
+    // starts well into the log; a day back, at its beginning.
+    let recent = api
+        .get(&format!("/nodes/{node}/logs/kubelet?since_seconds=30"))
+        .ok();
+    assert!(
+        recent["start"].as_u64() > Some(0) && !recent["text"].as_str().unwrap_or("").is_empty(),
+        "{recent}"
+    );
+    let day = api
+        .get(&format!("/nodes/{node}/logs/kubelet?since_seconds=86400"))
+        .ok();
+    assert_eq!(day["start"], 0, "{day}");
+    api.get(&format!(
+        "/nodes/{node}/logs/kubelet?since_seconds=99999999"
+    ))
+    .problem(400, "invalid_input");
     // The agent's own log, kept beside the services'.
     let agent = api.get(&format!("/nodes/{node}/logs/qb-agent")).ok();
     assert!(

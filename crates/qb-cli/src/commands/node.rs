@@ -118,15 +118,17 @@ pub async fn run(app: &App, cmd: NodeCommand) -> anyhow::Result<()> {
             service,
             follow,
             bytes,
-        } => logs(app, &client, &node, &service, follow, bytes).await,
+            since,
+        } => logs(app, &client, &node, &service, follow, bytes, since).await,
     }
 }
 
 /// How often a followed log is read again.
 const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Prints the end of a log (as JSON with `--output json`: each piece, one per line), then with
-/// `follow` what it gets next, until interrupted.
+/// Prints the end of a log, or with `since` all it holds from that many seconds ago (as JSON
+/// with `--output json`: each piece, one per line), then with `follow` what it gets next,
+/// until interrupted.
 async fn logs(
     app: &App,
     client: &Client,
@@ -134,17 +136,26 @@ async fn logs(
     service: &str,
     follow: bool,
     bytes: u32,
+    since: Option<u64>,
 ) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut offset: Option<u64> = None;
     loop {
+        let first = offset.is_none();
         let piece: qb_api::NodeLog = client
             .call(client.request(
                 &endpoints::NODE_LOG,
                 &[node, service],
                 &[
                     ("offset", offset.map(|o| o.to_string())),
-                    ("max_bytes", offset.is_none().then(|| bytes.to_string())),
+                    (
+                        "since_seconds",
+                        since.filter(|_| first).map(|s| s.to_string()),
+                    ),
+                    (
+                        "max_bytes",
+                        (first && since.is_none()).then(|| bytes.to_string()),
+                    ),
                 ],
             ))
             .await?;
@@ -158,11 +169,12 @@ async fn logs(
         } else if offset.is_none() || !piece.text.is_empty() {
             println!("{}", serde_json::to_string(&piece)?);
         }
-        if !follow {
-            return Ok(());
-        }
         // A full piece means more is waiting: read on at once.
         let full = piece.end - piece.start >= u64::from(qb_api::LogQuery::MAX_BYTES) / 2;
+        // Without --follow: the end, or everything since, and no more.
+        if !follow && (since.is_none() || !full) {
+            return Ok(());
+        }
         offset = Some(piece.end);
         if !full {
             tokio::time::sleep(FOLLOW_EVERY).await;

@@ -156,10 +156,20 @@ impl AppState {
                 "max_bytes must be between 1 and {max}"
             )));
         }
+        if query
+            .since_seconds
+            .is_some_and(|s| s > qb_api::LogQuery::MAX_SINCE_SECONDS)
+        {
+            return Err(ApiError::invalid(format!(
+                "since_seconds must be at most {} (30 days)",
+                qb_api::LogQuery::MAX_SINCE_SECONDS
+            )));
+        }
         let node = self.store.get_node(caller.tenant(), node).await?;
         let request = qb_agent_proto::LogRequest {
             service: service.to_owned(),
             offset: query.offset,
+            since_seconds: query.since_seconds,
             max_bytes,
         };
         let unavailable =

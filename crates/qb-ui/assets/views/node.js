@@ -11,6 +11,8 @@ import { latestFacts, loadCharts } from './charts.js';
 
 /** The ranges the load charts offer. */
 const RANGES = ['1h', '24h', '7d', '30d'];
+/** The most of a log the page keeps, in characters. */
+const LOG_KEPT = 200000;
 
 export function mount(ctx) {
   const name = ctx.params[0];
@@ -103,15 +105,21 @@ export function mount(ctx) {
 
   function logsSection() {
     const select = h('select', { id: 'log-service' });
+    const from = h('select', { id: 'log-from' },
+      h('option', { value: '' }, 'its end'),
+      h('option', { value: '600' }, 'the last 10 minutes'),
+      h('option', { value: '3600' }, 'the last hour'),
+      h('option', { value: '86400' }, 'the last day'));
     const follow = h('input', { id: 'log-follow', type: 'checkbox' });
     const alerts = alertSlot();
     const out = h('pre', { class: 'log', tabindex: '0', 'aria-label': 'Log', 'aria-live': 'off', hidden: true });
     const show = button('Show log', (e) => open(e.currentTarget), { fk: 'show-log' });
     const el = section('Logs');
     add(el,
-      h('p', { class: 'lead' }, 'The end of a service\'s log, read from the host by its agent. The same from a shell: ', h('code', {}, `qb node logs ${name} SERVICE -f`), '.'),
+      h('p', { class: 'lead' }, 'A service\'s log (or the agent\'s own), read from the host by its agent. The same from a shell: ', h('code', {}, `qb node logs ${name} SERVICE [--since 1h] [-f]`), '.'),
       h('div', { class: 'field-row' },
         h('div', { class: 'field' }, h('label', { for: 'log-service' }, 'Service'), select),
+        h('div', { class: 'field' }, h('label', { for: 'log-from' }, 'Show'), from),
         h('div', { class: 'field field-button' }, h('span', { class: 'button-row' }, show,
           h('span', { class: 'check' }, follow, h('label', { for: 'log-follow' }, 'Follow'))))),
       alerts, out);
@@ -120,34 +128,46 @@ export function mount(ctx) {
     let busy = false;
     const wanted = ctx.query.get('log');
     follow.addEventListener('change', () => { if (follow.checked && shown) more(); });
-    async function read(service, from) {
-      const query = from === null ? { max_bytes: 16384 } : { offset: from };
+    async function read(service, at, since) {
+      const query = at !== null ? { offset: at } : since ? { since_seconds: since } : { max_bytes: 16384 };
       return get(path('nodes', name, 'logs', service), query);
+    }
+    /** The log's end, or all of it since a while ago (up to LOG_KEPT characters). */
+    async function readFirst(service, since) {
+      let piece = await read(service, null, since);
+      let text = piece.text;
+      // A full piece means more is waiting.
+      while (since && piece.end - piece.start >= 12288 && text.length < LOG_KEPT) {
+        piece = await read(service, piece.end, null);
+        text += piece.text;
+      }
+      return { ...piece, text };
     }
     async function open(btn) {
       const service = select.value;
       if (!service) return;
-      const piece = await runAction(btn, alerts, () => read(service, null), `Could not read the log of ${service}`);
+      const since = from.value;
+      const piece = await runAction(btn, alerts, () => readFirst(service, since), `Could not read the log of ${service}`);
       if (!piece || !ctx.alive) return;
       shown = service;
       offset = piece.end;
       out.hidden = false;
       out.setAttribute('aria-label', `Log of ${service} on ${name}`);
-      out.textContent = piece.text || '(nothing logged yet)';
+      out.textContent = piece.text.slice(-LOG_KEPT) || (since ? '(nothing logged in that time)' : '(nothing logged yet)');
       out.scrollTop = out.scrollHeight;
-      announce(`Showing the end of the log of ${service}.`);
+      announce(since ? `Showing the log of ${service} since ${from.selectedOptions[0].textContent.replace('the ', '')}.` : `Showing the end of the log of ${service}.`);
     }
     async function more() {
       if (busy || !shown || !follow.checked || !ctx.alive) return;
       busy = true;
       try {
-        const piece = await read(shown, offset);
+        const piece = await read(shown, offset, null);
         if (!ctx.alive) return;
         const atEnd = out.scrollTop + out.clientHeight >= out.scrollHeight - 4;
         if (piece.rotated) out.textContent += '\n(the log was rotated)\n';
         offset = piece.end;
         if (piece.text) {
-          out.textContent = (out.textContent + piece.text).slice(-200000);
+          out.textContent = (out.textContent + piece.text).slice(-LOG_KEPT);
           if (atEnd) out.scrollTop = out.scrollHeight;
         }
       } catch (err) {
