@@ -49,7 +49,7 @@ use sqlx::Connection as _;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Connected simulated agents at each step of the memory measurement.
-const STEPS: [usize; 5] = [500, 1000, 2000, 4000, 8000];
+const STEPS: [usize; 5] = [500, 1000, 2500, 5000, 10_000];
 /// TLS handshakes in flight while agents connect.
 const CONNECTING: usize = 64;
 /// Registrations in flight.

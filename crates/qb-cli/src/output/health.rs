@@ -93,3 +93,88 @@ fn why(p: &PodStatus, now: OffsetDateTime) -> String {
         .collect();
     parts.join("; ")
 }
+
+#[cfg(test)]
+mod tests {
+    use qb_api::{
+        ContainerExit, ContainerStatus, KubeNodeHealth, LeaderHealth, PodCounts, PodStatus,
+    };
+    use time::macros::datetime;
+
+    use super::*;
+
+    const NOW: OffsetDateTime = datetime!(2026-12-06 10:00 UTC);
+
+    #[test]
+    fn nodes_leaders_and_the_pods_that_need_attention() {
+        let node = |name: &str, ready: bool| KubeNodeHealth {
+            name: name.to_owned(),
+            ready,
+            reason: Some("KubeletNotReady".to_owned()),
+            message: (!ready).then(|| "PLEG is not healthy".to_owned()),
+            since: Some(NOW - time::Duration::minutes(3)),
+            kubelet_version: Some("v1.20.2".to_owned()),
+        };
+        let leader = |component: &str, current: bool| LeaderHealth {
+            component: component.to_owned(),
+            holder: Some("host-0_6f1c".to_owned()),
+            renewed_at: Some(NOW - time::Duration::seconds(if current { 2 } else { 90 })),
+            current,
+        };
+        let health = ClusterHealth {
+            cluster: "web".to_owned(),
+            checked_at: NOW,
+            nodes: vec![node("host-0", true), node("host-1", false)],
+            leaders: vec![
+                leader("kube-scheduler", true),
+                leader("kube-controller-manager", false),
+            ],
+            pods: PodCounts {
+                total: 12,
+                running: 10,
+                pending: 1,
+                succeeded: 0,
+                failed: 1,
+            },
+            attention: vec![PodStatus {
+                namespace: "default".to_owned(),
+                name: "api-7d9f".to_owned(),
+                node: Some("host-1".to_owned()),
+                phase: "Running".to_owned(),
+                created_at: NOW - time::Duration::hours(1),
+                containers: vec![ContainerStatus {
+                    name: "app".to_owned(),
+                    ready: false,
+                    restarts: 4,
+                    waiting: Some("CrashLoopBackOff".to_owned()),
+                    last_exit: Some(ContainerExit {
+                        reason: "OOMKilled".to_owned(),
+                        exit_code: 137,
+                        at: NOW - time::Duration::minutes(2),
+                    }),
+                }],
+            }],
+        };
+        assert_eq!(
+            cluster_health(&health, NOW),
+            "NODES\n\
+             NAME     READY   SINCE   KUBELET   REASON\n\
+             host-0   yes     3m      v1.20.2\n\
+             host-1   no      3m      v1.20.2   PLEG is not healthy\n\
+             \n\
+             LEADERS\n\
+             COMPONENT                 LEADER   RENEWED   HOLDER\n\
+             kube-scheduler            yes      2s ago    host-0_6f1c\n\
+             kube-controller-manager   NONE     1m ago    host-0_6f1c\n\
+             \n\
+             PODS: 12 (10 running, 1 pending, 0 succeeded, 1 failed)\n\
+             NAMESPACE   POD        NODE     PHASE     RESTARTS   WHY\n\
+             default     api-7d9f   host-1   Running   4          app: CrashLoopBackOff, last exit OOMKilled (137) 2m ago\n"
+        );
+        let quiet = ClusterHealth {
+            attention: vec![],
+            ..health
+        };
+        assert!(cluster_health(&quiet, NOW).ends_with("No pod needs attention.\n"));
+    }
+}
