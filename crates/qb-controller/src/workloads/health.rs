@@ -28,6 +28,24 @@ fn time(v: &Value) -> Option<OffsetDateTime> {
         .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
 }
 
+/// `once`, `twice`, `3 times`, ...
+fn times(n: u32) -> String {
+    match n {
+        1 => "once".to_owned(),
+        2 => "twice".to_owned(),
+        n => format!("{n} times"),
+    }
+}
+
+/// `1 minute`, `6 minutes`, ...
+fn minutes(n: i64) -> String {
+    if n == 1 {
+        "1 minute".to_owned()
+    } else {
+        format!("{n} minutes")
+    }
+}
+
 fn text(v: &Value) -> Option<String> {
     v.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
 }
@@ -118,8 +136,11 @@ impl PodHealth {
             return Some(alert(
                 AlertRule::PodCrashLooping,
                 format!(
-                    "container {} of pod {}/{} in cluster {cluster} is crash-looping: restarted {} times{exit}",
-                    c.name, pod.namespace, pod.name, c.restarts
+                    "container {} of pod {}/{} in cluster {cluster} is crash-looping: restarted {}{exit}",
+                    c.name,
+                    pod.namespace,
+                    pod.name,
+                    times(c.restarts)
                 ),
             ));
         }
@@ -133,8 +154,11 @@ impl PodHealth {
             return Some(alert(
                 AlertRule::PodOomKilled,
                 format!(
-                    "container {} of pod {}/{} in cluster {cluster} ran out of memory and was killed (restarted {} times)",
-                    c.name, pod.namespace, pod.name, c.restarts
+                    "container {} of pod {}/{} in cluster {cluster} ran out of memory and was killed (restarted {})",
+                    c.name,
+                    pod.namespace,
+                    pod.name,
+                    times(c.restarts)
                 ),
             ));
         }
@@ -142,10 +166,10 @@ impl PodHealth {
             return Some(alert(
                 AlertRule::PodPending,
                 format!(
-                    "pod {}/{} in cluster {cluster} has been Pending for {} minutes",
+                    "pod {}/{} in cluster {cluster} has been Pending for {}",
                     pod.namespace,
                     pod.name,
-                    (now - pod.created_at).whole_minutes()
+                    minutes((now - pod.created_at).whole_minutes())
                 ),
             ));
         }
@@ -249,9 +273,9 @@ impl ControlPlane {
                 object_id: format!("{cluster_id}/{}", n.name),
                 object_name: format!("{cluster}/{}", n.name),
                 summary: format!(
-                    "Kubernetes node {} of cluster {cluster} has not been Ready for {} minutes{why}",
+                    "Kubernetes node {} of cluster {cluster} has not been Ready for {}{why}",
                     n.name,
-                    n.since.map_or(0, |s| (now - s).whole_minutes())
+                    minutes(n.since.map_or(0, |s| (now - s).whole_minutes()))
                 ),
             });
         }
@@ -267,9 +291,9 @@ impl ControlPlane {
                 object_id: format!("{cluster_id}/{}", leader.component),
                 object_name: format!("{cluster}/{}", leader.component),
                 summary: format!(
-                    "{} of cluster {cluster} has had no leader for {} minutes (its lease, last held by {}, ended at {})",
+                    "{} of cluster {cluster} has had no leader for {} (its lease, last held by {}, ended at {})",
                     leader.component,
-                    (now - *ends).whole_minutes().max(1),
+                    minutes((now - *ends).whole_minutes().max(1)),
                     leader.holder.as_deref().unwrap_or("no one"),
                     ends.format(&Rfc3339).unwrap_or_default()
                 ),
@@ -409,7 +433,7 @@ mod tests {
         assert_eq!(alert.rule, AlertRule::PodOomKilled);
         assert_eq!(
             alert.summary,
-            "container app of pod default/web-1 in cluster web ran out of memory and was killed (restarted 1 times)"
+            "container app of pod default/web-1 in cluster web ran out of memory and was killed (restarted once)"
         );
         assert_eq!(oom("2026-12-06T09:54:00Z").alert("web", now), None);
         // Pending: after five minutes, not before.
@@ -488,11 +512,11 @@ mod tests {
         );
         assert_eq!(
             alerts[0].summary,
-            "Kubernetes node host-1 of cluster web has not been Ready for 1 minutes: PLEG is not healthy"
+            "Kubernetes node host-1 of cluster web has not been Ready for 1 minute: PLEG is not healthy"
         );
         assert_eq!(
             alerts[1].summary,
-            "kube-scheduler of cluster web has had no leader for 1 minutes (its lease, last held by host-0_1f2e, ended at 2026-12-06T09:58:59Z)"
+            "kube-scheduler of cluster web has had no leader for 1 minute (its lease, last held by host-0_1f2e, ended at 2026-12-06T09:58:59Z)"
         );
         assert_eq!(alerts[1].severity, AlertSeverity::Critical);
         // Lists read long ago are judged as of when they were read, not as of now.
