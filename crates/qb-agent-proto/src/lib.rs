@@ -234,7 +234,13 @@ pub enum ControllerMessage {
     /// The node's lifecycle state changed (e.g. it was authorized).
     State { state: NodeState },
     /// Work to do now. Each has an id the agent reports back in `Done`.
-    Instruction { id: u64, instruction: Instruction },
+    ///
+    /// Boxed: the controller queues messages for every connected agent, and an inline
+    /// instruction would make each queue slot several times larger.
+    Instruction {
+        id: u64,
+        instruction: Box<Instruction>,
+    },
     /// Open a connection to one of the endpoints the node's plan allows (by name, e.g.
     /// [`plan::KUBE_APISERVER_ENDPOINT`]), and carry it at `TUNNEL_PATH/{stream}`.
     OpenTunnel { stream: u64, endpoint: String },
@@ -322,6 +328,9 @@ pub struct FrameDecoder {
     buffer: Vec<u8>,
 }
 
+/// The most room a [`FrameDecoder`] keeps once it holds nothing.
+const IDLE_BUFFER_BYTES: usize = 1024;
+
 impl FrameDecoder {
     pub fn push(&mut self, bytes: &[u8]) {
         self.buffer.extend_from_slice(bytes);
@@ -348,6 +357,11 @@ impl FrameDecoder {
         let message =
             serde_json::from_slice(&self.buffer[4..4 + len]).map_err(FrameError::Malformed)?;
         self.buffer.drain(..4 + len);
+        // A large frame (a hello, a plan report) leaves its room behind: give it back, as an
+        // idle channel should hold next to nothing.
+        if self.buffer.is_empty() && self.buffer.capacity() > IDLE_BUFFER_BYTES {
+            self.buffer = Vec::new();
+        }
         Ok(Some(message))
     }
 
@@ -394,6 +408,23 @@ mod tests {
             assert_eq!(out, messages, "chunk size {chunk}");
             assert_eq!(decoder.pending(), 0);
         }
+    }
+
+    #[test]
+    fn a_drained_decoder_gives_back_the_room_of_a_large_frame() {
+        let large = AgentMessage::TunnelRefused {
+            stream: 1,
+            reason: "x".repeat(8000),
+        };
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&encode(&large));
+        assert!(decoder.buffer.capacity() > 8000);
+        assert_eq!(decoder.next_message::<AgentMessage>().unwrap(), Some(large));
+        assert_eq!(decoder.buffer.capacity(), 0);
+        // Small frames keep their room (no allocation per heartbeat).
+        decoder.push(&encode(&heartbeat()));
+        decoder.next_message::<AgentMessage>().unwrap();
+        assert!(decoder.buffer.capacity() > 0);
     }
 
     #[test]
@@ -447,7 +478,7 @@ mod tests {
         for (id, op) in ops.into_iter().enumerate() {
             let message = ControllerMessage::Instruction {
                 id: id as u64,
-                instruction: Instruction::Kube(request(op)),
+                instruction: Box::new(Instruction::Kube(request(op))),
             };
             let mut decoder = FrameDecoder::default();
             decoder.push(&encode(&message));

@@ -327,14 +327,14 @@ async fn hold_channel(
                                 work.fetch_plan(identity.node_id, generation).await?;
                             }
                         }
-                        ControllerMessage::Instruction { id, instruction: Instruction::Ping { .. } } => {
+                        ControllerMessage::Instruction { id, instruction } if matches!(*instruction, Instruction::Ping { .. }) => {
                             to_controller.send(Bytes::from(encode(&AgentMessage::Done { instruction: id }))).await?;
                         }
                         ControllerMessage::Instruction { id, instruction } => {
                             // Preflight and etcd work take a while: answer from a task.
                             let (work, to_controller) = (work.clone(), to_controller.clone());
                             tokio::spawn(async move {
-                                let outcome = work.instruction(instruction).await;
+                                let outcome = work.instruction(*instruction).await;
                                 let reply = AgentMessage::Reply { instruction: id, outcome };
                                 let _ = to_controller.send(Bytes::from(encode(&reply))).await;
                             });

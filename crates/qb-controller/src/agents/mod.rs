@@ -330,7 +330,10 @@ impl Agents {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, (node, tx));
-        let message = ControllerMessage::Instruction { id, instruction };
+        let message = ControllerMessage::Instruction {
+            id,
+            instruction: Box::new(instruction),
+        };
         let pushed = Instant::now();
         let result = if !self.push_local(node, message) {
             Err(PingError::NotConnected)
