@@ -37,6 +37,7 @@ pub const ASSETS: &[Asset] = assets![
     "views/charts.js" => "text/javascript; charset=utf-8",
     "views/clusters.js" => "text/javascript; charset=utf-8",
     "views/cluster.js" => "text/javascript; charset=utf-8",
+    "views/workloads.js" => "text/javascript; charset=utf-8",
     "views/tokens.js" => "text/javascript; charset=utf-8",
     "views/events.js" => "text/javascript; charset=utf-8",
     "views/alerts.js" => "text/javascript; charset=utf-8",
