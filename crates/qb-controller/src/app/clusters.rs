@@ -59,17 +59,10 @@ impl AppState {
                 format!("cannot read the API of cluster {name}: {why}"),
             )
         };
-        let upstream = self
-            .kube_proxy
-            .upstream_of(caller.tenant(), detail.cluster.id)
-            .await
-            .map_err(|e| unavailable(e.describe()))?;
-        let master = *upstream
-            .masters()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?
-            .first()
-            .ok_or_else(|| unavailable("it has no master".to_owned()))?;
+        let (upstream, master) =
+            crate::workloads::master_of(&self.kube_proxy, caller.tenant(), detail.cluster.id)
+                .await
+                .map_err(unavailable)?;
         let (nodes, leases, pods) = tokio::try_join!(
             upstream.get(master, "/api/v1/nodes"),
             upstream.get(master, crate::workloads::LEASES_PATH),

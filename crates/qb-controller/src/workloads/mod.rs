@@ -205,8 +205,9 @@ async fn watch_cluster(
     );
 }
 
-/// The connections to cluster `id` and the master to ask.
-async fn master_of(
+/// The connections to cluster `id` and the master to ask (why not, in words, when there is
+/// none).
+pub(crate) async fn master_of(
     proxy: &KubeProxy,
     tenant: TenantId,
     id: ClusterId,
