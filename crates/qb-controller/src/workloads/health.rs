@@ -178,7 +178,7 @@ impl PodHealth {
 }
 
 /// A Node object's `Ready` condition; `None` when it is not a node.
-pub fn node_from_object(node: &Value) -> Option<KubeNodeHealth> {
+fn node_from_object(node: &Value) -> Option<KubeNodeHealth> {
     let ready = node["status"]["conditions"]
         .as_array()
         .into_iter()
@@ -196,7 +196,7 @@ pub fn node_from_object(node: &Value) -> Option<KubeNodeHealth> {
 
 /// The leader of `component` as its lease (if any) tells at `now`, and when the lease ends
 /// (`None`: never taken).
-pub fn leader_from_lease(
+fn leader_from_lease(
     component: &str,
     lease: Option<&Value>,
     now: OffsetDateTime,

@@ -74,19 +74,6 @@ impl Workloads {
             .collect()
     }
 
-    /// The pods of `cluster` as last seen, by namespace and name.
-    pub fn pods(&self, cluster: ClusterId) -> Vec<PodHealth> {
-        let clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
-        let mut pods: Vec<PodHealth> = clusters
-            .get(&cluster)
-            .map(|c| c.pods.values().cloned().collect())
-            .unwrap_or_default();
-        pods.sort_by(|a, b| {
-            (&a.status.namespace, &a.status.name).cmp(&(&b.status.namespace, &b.status.name))
-        });
-        pods
-    }
-
     fn with_pods(&self, cluster: ClusterId, change: impl FnOnce(&mut HashMap<String, PodHealth>)) {
         let mut clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clusters.get_mut(&cluster) {
