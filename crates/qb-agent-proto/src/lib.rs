@@ -1,18 +1,29 @@
 //! The protocol between `qb-agent` and the controller's agent endpoint.
 //!
-//! The agent always dials out: TLS to the agent endpoint, verified by a pinned CA, then HTTP/2.
+//! The agent always dials out: TLS to the agent endpoint, verified by a pinned CA.
+//!
+//! **The channel** is a TLS connection of its own, negotiated by ALPN as [`CHANNEL_ALPN`]
+//! (client certificate required): frames both ways from the first byte, [`AgentMessage`]s from
+//! the agent (a `Hello` first), [`ControllerMessage`]s from the controller, so the controller
+//! pushes instructions the moment they exist. It carries nothing else, so an idle agent costs the
+//! controller a TLS session and a few small buffers, no HTTP/2 connection. A controller that
+//! will not take the certificate sends [`ControllerMessage::Deauthorized`] and closes.
+//!
+//! **Requests** go over HTTP/2 connections (ALPN `h2`) the agent opens when it needs one and
+//! closes once idle:
 //! - `POST /agent/v1/register` (no client certificate yet): a bootstrap token, a CSR and the
 //!   host's facts; the answer is the node's certificate. Errors are `qb_api::Problem`s.
-//! - `POST /agent/v1/channel` (client certificate required): one long-lived HTTP/2 stream, full
-//!   duplex. The request body carries [`AgentMessage`] frames, the response body
-//!   [`ControllerMessage`] frames, so the controller pushes instructions the moment they exist.
 //! - `POST /agent/v1/renew` (client certificate required): a new CSR, a new certificate.
 //! - `POST /agent/v1/tunnels/{stream}` (client certificate required): one tunneled connection,
 //!   opened by the agent when the controller asks ([`ControllerMessage::OpenTunnel`]). The
 //!   request body carries the bytes from the local endpoint, the response body the bytes to it;
-//!   HTTP/2 flow control keeps each tunnel apart from the others and from the channel.
+//!   HTTP/2 flow control keeps each tunnel apart from the others.
+//! - plans and artifacts (`qb_agent_proto::plan`), and `POST /agent/v1/channel`: the channel as
+//!   agents of protocol 1 hold it, one long-lived HTTP/2 stream (the request body carries the
+//!   agent's frames, the response body the controller's), served while such agents upgrade.
 //!
-//! Every request carries the protocol version ([`PROTOCOL_HEADER`]).
+//! Every request carries the protocol version ([`PROTOCOL_HEADER`]); the channel names it in
+//! its ALPN protocol.
 //!
 //! Frames are a 4-byte big-endian length and a JSON document of at most [`MAX_FRAME_BYTES`].
 //! No I/O here: [`encode`] and [`FrameDecoder`] work on bytes.
@@ -40,10 +51,12 @@ pub const TUNNEL_PATH: &str = "/agent/v1/tunnels";
 /// [`PROTOCOL_HEADER`]; the controller refuses a version outside [`SUPPORTED_PROTOCOLS`] (or
 /// none) with 400 `unsupported_protocol` before anything else, and names its own version in
 /// the same header of every answer. A change either side could misread takes a new version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The versions a controller of this build serves (it keeps older ones while agents upgrade).
 pub const SUPPORTED_PROTOCOLS: std::ops::RangeInclusive<u32> = 1..=PROTOCOL_VERSION;
 pub const PROTOCOL_HEADER: &str = "qb-agent-protocol";
+/// The ALPN protocol of the channel's own connection (protocol 2 on).
+pub const CHANNEL_ALPN: &[u8] = b"qb-channel/2";
 
 /// The largest frame either side accepts; a larger one ends the channel.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
@@ -328,9 +341,6 @@ pub struct FrameDecoder {
     buffer: Vec<u8>,
 }
 
-/// The most room a [`FrameDecoder`] keeps once it holds nothing.
-const IDLE_BUFFER_BYTES: usize = 1024;
-
 impl FrameDecoder {
     pub fn push(&mut self, bytes: &[u8]) {
         self.buffer.extend_from_slice(bytes);
@@ -357,9 +367,9 @@ impl FrameDecoder {
         let message =
             serde_json::from_slice(&self.buffer[4..4 + len]).map_err(FrameError::Malformed)?;
         self.buffer.drain(..4 + len);
-        // A large frame (a hello, a plan report) leaves its room behind: give it back, as an
-        // idle channel should hold next to nothing.
-        if self.buffer.is_empty() && self.buffer.capacity() > IDLE_BUFFER_BYTES {
+        // Give the room back once drained: an idle channel should hold nothing (one small
+        // allocation per heartbeat is the price).
+        if self.buffer.is_empty() {
             self.buffer = Vec::new();
         }
         Ok(Some(message))
@@ -411,7 +421,7 @@ mod tests {
     }
 
     #[test]
-    fn a_drained_decoder_gives_back_the_room_of_a_large_frame() {
+    fn a_drained_decoder_holds_nothing() {
         let large = AgentMessage::TunnelRefused {
             stream: 1,
             reason: "x".repeat(8000),
@@ -421,10 +431,15 @@ mod tests {
         assert!(decoder.buffer.capacity() > 8000);
         assert_eq!(decoder.next_message::<AgentMessage>().unwrap(), Some(large));
         assert_eq!(decoder.buffer.capacity(), 0);
-        // Small frames keep their room (no allocation per heartbeat).
-        decoder.push(&encode(&heartbeat()));
+        // A frame and a half: the half stays until the rest comes.
+        let frame = encode(&heartbeat());
+        decoder.push(&frame);
+        decoder.push(&frame[..5]);
         decoder.next_message::<AgentMessage>().unwrap();
-        assert!(decoder.buffer.capacity() > 0);
+        assert_eq!(decoder.pending(), 5);
+        decoder.push(&frame[5..]);
+        decoder.next_message::<AgentMessage>().unwrap();
+        assert_eq!(decoder.buffer.capacity(), 0);
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Dialing the controller: TCP (directly or through an HTTP CONNECT proxy), TLS trusting only the
-//! pinned CA, then HTTP/2.
+//! pinned CA, then the channel's frames ([`Controller::channel`]) or HTTP/2 ([`Link`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use http_body_util::combinators::BoxBody;
@@ -11,16 +11,20 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use qb_agent_proto::CHANNEL_ALPN;
 use qb_pki::{Pin, PinnedCaVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use crate::config::{Config, authority};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long sent data may go unacknowledged before the connection counts as dead.
+const UNACKNOWLEDGED: Duration = Duration::from_secs(20);
 
 /// Where the controller is and how to trust it.
 #[derive(Clone)]
@@ -30,6 +34,79 @@ pub struct Controller {
     host: String,
     proxy: Option<String>,
     pins: Vec<Pin>,
+}
+
+/// The node certificate chain and its key, as rustls takes them.
+pub type ClientIdentity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// The channel's own connection to the controller.
+pub struct Channel {
+    pub stream: TlsStream<TcpStream>,
+    /// The host's address this connection leaves from (the source of its route towards the
+    /// controller, or towards the proxy).
+    pub local_ip: Option<std::net::IpAddr>,
+}
+
+/// HTTP/2 to the controller beside the channel, for plans, artifacts, tunnels and renewals:
+/// opened when a request needs it, shared while in use, and let go once no request has asked
+/// for it in [`LINK_IDLE`] (its open streams finish first), so an idle agent holds only its
+/// channel.
+pub struct Link {
+    controller: Controller,
+    client: std::sync::Mutex<ClientIdentity>,
+    open: tokio::sync::Mutex<Option<(SendRequest<Body>, Instant)>>,
+}
+
+/// How long an unused HTTP/2 connection to the controller is kept.
+pub const LINK_IDLE: Duration = Duration::from_secs(30);
+
+impl Link {
+    pub fn new(controller: Controller, client: ClientIdentity) -> Self {
+        Self {
+            controller,
+            client: std::sync::Mutex::new(client),
+            open: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The controller's agent endpoint URL, to which request paths are appended.
+    pub fn base(&self) -> &str {
+        &self.controller.url
+    }
+
+    /// A sender on the open connection, or on a new one.
+    pub async fn sender(&self) -> Result<SendRequest<Body>> {
+        let mut open = self.open.lock().await;
+        if let Some((sender, used)) = open.as_mut()
+            && !sender.is_closed()
+        {
+            *used = Instant::now();
+            return Ok(sender.clone());
+        }
+        let client = {
+            let client = self.client.lock().unwrap_or_else(|p| p.into_inner());
+            (client.0.clone(), client.1.clone_key())
+        };
+        let connection = self.controller.connect(Some(client)).await?;
+        *open = Some((connection.sender.clone(), Instant::now()));
+        Ok(connection.sender)
+    }
+
+    /// New connections present `client` from now on (a renewed certificate).
+    pub fn renewed(&self, client: ClientIdentity) {
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = client;
+    }
+
+    /// Lets the connection go if no request asked for it in [`LINK_IDLE`].
+    pub fn close_idle(&self) {
+        if let Ok(mut open) = self.open.try_lock()
+            && open
+                .as_ref()
+                .is_some_and(|(_, used)| used.elapsed() >= LINK_IDLE)
+        {
+            *open = None;
+        }
+    }
 }
 
 /// An open HTTP/2 connection to the controller.
@@ -64,42 +141,17 @@ impl Controller {
         })
     }
 
-    /// Opens a connection, presenting `client` (the node certificate chain and key) if given.
-    pub async fn connect(
-        &self,
-        client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-    ) -> Result<Connection> {
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, self.tcp())
-            .await
-            .with_context(|| format!("connecting to {} timed out", self.address))??;
-        let _ = tcp.set_nodelay(true);
-        let local_ip = tcp.local_addr().ok().map(|a| a.ip());
-        let builder = qb_pki::tls::client_config_builder()
-            .dangerous()
-            .with_custom_certificate_verifier(PinnedCaVerifier::new(self.pins.clone()));
-        let mut tls_config = match client {
-            Some((chain, key)) => builder
-                .with_client_auth_cert(chain, key)
-                .context("the node certificate")?,
-            None => builder.with_no_client_auth(),
-        };
-        tls_config.alpn_protocols = vec![b"h2".to_vec()];
-        let server_name =
-            ServerName::try_from(self.host.clone()).context("the controller's host name")?;
-        let tls = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            tokio_rustls::TlsConnector::from(Arc::new(tls_config)).connect(server_name, tcp),
-        )
-        .await
-        .context("TLS handshake timed out")?
-        .with_context(|| format!("TLS with {} (is the CA pin right?)", self.address))?;
+    /// Opens an HTTP/2 connection, presenting `client` (the node certificate chain and key) if
+    /// given.
+    pub async fn connect(&self, client: Option<ClientIdentity>) -> Result<Connection> {
+        let (tls, local_ip) = self.tls(client, b"h2").await?;
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            // Finds a dead link to the controller (heartbeats alone would only fill the socket).
+            // Finds a dead link to the controller while requests are under way.
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true)
-            // Stalled tunnels must leave room for the others and the channel.
+            // Stalled tunnels must leave room for the others.
             .initial_stream_window_size(qb_tunnel::window::STREAM)
             .initial_connection_window_size(qb_tunnel::window::CONNECTION)
             .handshake(TokioIo::new(tls))
@@ -115,6 +167,48 @@ impl Controller {
             local_ip,
             closed,
         })
+    }
+
+    /// Opens the channel's own connection (ALPN [`CHANNEL_ALPN`]) with the node certificate.
+    pub async fn channel(&self, client: ClientIdentity) -> Result<Channel> {
+        let (stream, local_ip) = self.tls(Some(client), CHANNEL_ALPN).await?;
+        Ok(Channel { stream, local_ip })
+    }
+
+    async fn tls(
+        &self,
+        client: Option<ClientIdentity>,
+        alpn: &[u8],
+    ) -> Result<(TlsStream<TcpStream>, Option<std::net::IpAddr>)> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, self.tcp())
+            .await
+            .with_context(|| format!("connecting to {} timed out", self.address))??;
+        let _ = tcp.set_nodelay(true);
+        // A controller that vanished without closing (a partition, a host gone) is found when
+        // what the agent sent, its heartbeats at least, goes unacknowledged this long: an idle
+        // channel has nothing else that would notice.
+        let _ = socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(UNACKNOWLEDGED));
+        let local_ip = tcp.local_addr().ok().map(|a| a.ip());
+        let builder = qb_pki::tls::client_config_builder()
+            .dangerous()
+            .with_custom_certificate_verifier(PinnedCaVerifier::new(self.pins.clone()));
+        let mut tls_config = match client {
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain, key)
+                .context("the node certificate")?,
+            None => builder.with_no_client_auth(),
+        };
+        tls_config.alpn_protocols = vec![alpn.to_vec()];
+        let server_name =
+            ServerName::try_from(self.host.clone()).context("the controller's host name")?;
+        let tls = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_rustls::TlsConnector::from(Arc::new(tls_config)).connect(server_name, tcp),
+        )
+        .await
+        .context("TLS handshake timed out")?
+        .with_context(|| format!("TLS with {} (is the CA pin right?)", self.address))?;
+        Ok((tls, local_ip))
     }
 
     async fn tcp(&self) -> Result<TcpStream> {
@@ -209,10 +303,7 @@ pub async fn post_json<T: serde::Serialize>(
 }
 
 /// PEM → what rustls wants.
-pub fn client_identity(
-    cert_pem: &str,
-    key_pem: &str,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+pub fn client_identity(cert_pem: &str, key_pem: &str) -> Result<ClientIdentity> {
     let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
     let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())?.context("no private key")?;
     Ok((certs, key))

@@ -1,24 +1,21 @@
 //! The agent's life: register once, then hold the channel, reconnecting with backoff.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use futures_util::StreamExt;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Bytes, Frame};
+use hyper::body::Bytes;
 use qb_agent_proto::{
-    AgentMessage, CHANNEL_PATH, ControllerMessage, FrameDecoder, HostMetrics, Instruction,
-    REGISTER_PATH, RENEW_PATH, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse,
-    encode,
+    AgentMessage, ControllerMessage, FrameDecoder, HostMetrics, Instruction, REGISTER_PATH,
+    RENEW_PATH, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse, encode,
 };
 use qb_api::ProblemCode;
 use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::connect::{Controller, client_identity, controller_request, post_json};
+use crate::connect::{Controller, LINK_IDLE, Link, client_identity, post_json};
 use crate::host::{self, Metrics};
 use crate::state::{Identity, StateDir};
 use crate::work::Work;
@@ -45,6 +42,15 @@ impl Backoff {
 
     fn reset(&mut self) {
         self.attempt = 0;
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -235,7 +241,7 @@ async fn session(
         Ok(ended) => ended,
         Err(e) => Ended::Lost(e),
     };
-    work.connected(String::new(), None);
+    work.connected(None);
     ended
 }
 
@@ -246,22 +252,23 @@ async fn hold_channel(
     work: &Arc<Work>,
     identity: &mut Identity,
 ) -> Result<Ended> {
-    let connection = controller
-        .connect(Some(client_identity(
-            &identity.cert_pem,
-            &identity.key_pem,
-        )?))
+    let client = client_identity(&identity.cert_pem, &identity.key_pem)?;
+    let channel = controller
+        .channel((client.0.clone(), client.1.clone_key()))
         .await?;
-    let mut sender = connection.sender;
-    work.connected(controller.url.clone(), Some(sender.clone()));
-    let (to_controller, outgoing) = mpsc::channel::<Bytes>(16);
-    let frames = futures_util::stream::unfold(outgoing, |mut rx| async move {
-        let bytes = rx.recv().await?;
-        Some((Ok::<_, Infallible>(Frame::data(bytes)), rx))
-    });
-    let request = controller_request(hyper::Method::POST, &controller.uri(CHANNEL_PATH))
-        .body(BodyExt::boxed(StreamBody::new(frames)))?;
-    let local_ip = connection.local_ip;
+    let link = Arc::new(Link::new(controller.clone(), client));
+    work.connected(Some(link.clone()));
+    let (mut reader, mut writer) = tokio::io::split(channel.stream);
+    let (to_controller, mut outgoing) = mpsc::channel::<Bytes>(16);
+    // One writer, so frames never interleave; it ends with this session.
+    let _writer = AbortOnDrop(tokio::spawn(async move {
+        while let Some(frame) = outgoing.recv().await {
+            if writer.write_all(&frame).await.is_err() || writer.flush().await.is_err() {
+                break;
+            }
+        }
+    }));
+    let local_ip = channel.local_ip;
     let mut facts = host::facts(config.node_name.as_deref(), local_ip);
     let hello = AgentMessage::Hello {
         agent_version: VERSION.to_owned(),
@@ -275,42 +282,22 @@ async fn hold_channel(
         let report = AgentMessage::Plan(report);
         to_controller.send(Bytes::from(encode(&report))).await?;
     }
-    let response = sender
-        .send_request(request)
-        .await
-        .context("opening the channel")?;
-    if !response.status().is_success() {
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let problem: Option<qb_api::Problem> = serde_json::from_slice(&body).ok();
-        if problem
-            .as_ref()
-            .is_some_and(|p| p.code == ProblemCode::CertificateRefused)
-        {
-            return Ok(Ended::Deauthorized);
-        }
-        anyhow::bail!(
-            "the controller refused the channel ({status}): {}",
-            problem.map(|p| p.detail).unwrap_or_default()
-        );
-    }
-    let mut incoming = response.into_body().into_data_stream();
+    let mut chunk = vec![0u8; 16 * 1024];
     let mut decoder = FrameDecoder::default();
     let mut metrics = Metrics::start();
     let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
     heartbeat.tick().await;
+    let mut idle_check = tokio::time::interval(LINK_IDLE / 2);
     let renew = tokio::time::sleep(renewal_delay(&identity.cert_pem));
     tokio::pin!(renew);
     loop {
         tokio::select! {
-            chunk = incoming.next() => {
-                let Some(chunk) = chunk else { anyhow::bail!("the controller closed the channel") };
-                decoder.push(&chunk.context("reading the channel")?);
+            read = reader.read(&mut chunk) => {
+                let n = read.context("reading the channel")?;
+                if n == 0 {
+                    anyhow::bail!("the controller closed the channel");
+                }
+                decoder.push(&chunk[..n]);
                 while let Some(message) = decoder.next_message::<ControllerMessage>().context("the controller's frame")? {
                     match message {
                         ControllerMessage::Welcome { node_id, state, heartbeat_seconds, plan_generation } => {
@@ -368,8 +355,9 @@ async fn hold_channel(
                 let message = AgentMessage::Heartbeat { facts: changed, metrics: sample };
                 to_controller.send(Bytes::from(encode(&message))).await?;
             }
+            _ = idle_check.tick() => link.close_idle(),
             () = &mut renew => {
-                renew_certificate(controller, &mut sender, state, identity).await?;
+                renew_certificate(&link, state, identity).await?;
                 renew.as_mut().reset(tokio::time::Instant::now() + renewal_delay(&identity.cert_pem));
             }
         }
@@ -378,16 +366,11 @@ async fn hold_channel(
 
 /// Gets a new certificate for a new key over the open connection and saves both; the next
 /// connection uses them.
-async fn renew_certificate(
-    controller: &Controller,
-    sender: &mut hyper::client::conn::http2::SendRequest<crate::connect::Body>,
-    state: &StateDir,
-    identity: &mut Identity,
-) -> Result<()> {
+async fn renew_certificate(link: &Link, state: &StateDir, identity: &mut Identity) -> Result<()> {
     let key = qb_pki::new_key_and_csr(&identity.node_name)?;
     let answer = post_json(
-        sender,
-        &controller.uri(RENEW_PATH),
+        &mut link.sender().await?,
+        &format!("{}{RENEW_PATH}", link.base()),
         &RenewRequest {
             csr_pem: key.csr_pem.clone(),
         },
@@ -402,6 +385,7 @@ async fn renew_certificate(
     identity.cert_pem = response.certificate_pem;
     identity.key_pem = key.key_pem.expose().to_owned();
     state.save(identity)?;
+    link.renewed(client_identity(&identity.cert_pem, &identity.key_pem)?);
     tracing::info!("renewed the node certificate");
     Ok(())
 }

@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::apply::{Applier, ApplierDirs, ArtifactSource};
-use crate::connect::{Body, controller_request};
+use crate::connect::{Body, Link, controller_request};
 use crate::preflight::Preflight;
 use crate::supervise::{Supervisor, SupervisorDirs};
 
@@ -46,8 +46,8 @@ pub struct Work {
     /// The last plan refused, while it is newer than the accepted one: the applier's progress
     /// on the accepted plan must not hide it.
     refused: Mutex<Option<PlanReport>>,
-    /// The open connection to the controller, for downloads.
-    connection: Mutex<Option<(String, SendRequest<Body>)>>,
+    /// HTTP/2 to the controller, for plans, artifacts and tunnels, while the channel is up.
+    link: Mutex<Option<Arc<Link>>>,
 }
 
 impl Work {
@@ -81,7 +81,7 @@ impl Work {
             etcd: crate::etcd_metrics::Latest::default(),
             report: watch::Sender::new(PlanReport::default()),
             refused: Mutex::new(None),
-            connection: Mutex::new(None),
+            link: Mutex::new(None),
         });
         let saved = state_dir.join(PLAN_FILE);
         if let Ok(text) = std::fs::read_to_string(&saved) {
@@ -116,9 +116,7 @@ impl Work {
     pub async fn open_tunnel(&self, stream: u64, endpoint: &str) -> Result<(), String> {
         let address = crate::tunnel::allowed(self.plan.borrow().as_deref(), endpoint)?;
         let tcp = crate::tunnel::dial(address).await?;
-        let (base, sender) = self
-            .sender()
-            .ok_or_else(|| "not connected to the controller".to_owned())?;
+        let (base, sender) = self.sender().await.map_err(|e| format!("{e:#}"))?;
         tokio::spawn(async move {
             if let Err(e) = crate::tunnel::carry(sender, &base, stream, tcp).await {
                 tracing::debug!(stream, error = %format!("{e:#}"), "tunnel ended");
@@ -127,16 +125,20 @@ impl Work {
         Ok(())
     }
 
-    /// The connection downloads go over, while the channel is up.
-    pub fn connected(&self, base: String, sender: Option<SendRequest<Body>>) {
-        *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = sender.map(|s| (base, s));
+    /// The way to the controller's requests, while the channel is up.
+    pub fn connected(&self, link: Option<Arc<Link>>) {
+        *self.link.lock().unwrap_or_else(|p| p.into_inner()) = link;
     }
 
-    fn sender(&self) -> Option<(String, SendRequest<Body>)> {
-        self.connection
+    /// The controller's base URL and a sender to it, on an open connection or a new one.
+    async fn sender(&self) -> Result<(String, SendRequest<Body>)> {
+        let link = self
+            .link
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+            .context("not connected to the controller")?;
+        Ok((link.base().to_owned(), link.sender().await?))
     }
 
     /// Checks a signed plan: signature by a plan signer of a pinned CA over the exact text,
@@ -173,7 +175,7 @@ impl Work {
     /// Fetches the node's plan from the controller and accepts it if it verifies; a refused
     /// plan is reported and never acted on.
     pub async fn fetch_plan(&self, node: NodeId, announced: u64) -> Result<()> {
-        let (base, mut sender) = self.sender().context("not connected")?;
+        let (base, mut sender) = self.sender().await?;
         let request = controller_request(hyper::Method::GET, &format!("{base}{PLAN_PATH}"))
             .body(Body::new(Empty::new().map_err(|never| match never {})))?;
         let response = sender
@@ -377,10 +379,7 @@ struct Downloads<'a> {
 
 impl ArtifactSource for Downloads<'_> {
     async fn fetch(&self, sha256: &str, size: u64, from: u64, into: &Path) -> anyhow::Result<()> {
-        let (base, mut sender) = self
-            .work
-            .sender()
-            .context("not connected to the controller")?;
+        let (base, mut sender) = self.work.sender().await?;
         let mut request = controller_request(
             hyper::Method::GET,
             &format!("{base}{ARTIFACTS_PATH}/{sha256}"),

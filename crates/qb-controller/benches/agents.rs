@@ -3,10 +3,12 @@
 //!
 //! Real processes throughout: the `qb-agent` and `qb-controller` binaries of this profile (built
 //! first if needed), the controller on SQLite for the idle agent and on a throwaway PostgreSQL
-//! for the rest. Simulated agents live in this process: each one a real TLS + HTTP/2 connection
-//! with its own key and node certificate (registered through the agent endpoint), speaking the
-//! channel protocol as `qb-agent` does: Hello, heartbeats at the interval the controller's
-//! Welcome names, and `Done` for every instruction at once.
+//! for the rest. Simulated agents live in this process: each one a real TLS connection with its
+//! own key and node certificate (registered through the agent endpoint), holding its channel on
+//! a connection of its own as `qb-agent` does: Hello, heartbeats at the interval the
+//! controller's Welcome names, and `Done` for every instruction at once. Beside part 2, the
+//! baseline: the same agents holding the channel as agents of protocol 1 did, one HTTP/2 stream
+//! each.
 //!
 //! Phases: (1) a real agent idles 20 s against a SQLite controller; (2) the simulated agents
 //! register with one controller, then connect in steps to a fresh one (`--heartbeat-seconds 10`)
@@ -37,8 +39,8 @@ use hyper::body::{Bytes, Frame};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use qb_agent_proto::{
-    AgentMessage, CHANNEL_PATH, ControllerMessage, FrameDecoder, HostMetrics, PROTOCOL_HEADER,
-    PROTOCOL_VERSION, REGISTER_PATH, RegisterRequest, RegisterResponse, encode,
+    AgentMessage, CHANNEL_ALPN, CHANNEL_PATH, ControllerMessage, FrameDecoder, HostMetrics,
+    PROTOCOL_HEADER, PROTOCOL_VERSION, REGISTER_PATH, RegisterRequest, RegisterResponse, encode,
 };
 use qb_api::NodeFacts;
 use qb_pki::{Pin, PinnedCaVerifier};
@@ -46,10 +48,13 @@ use rand::Rng;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
 use sqlx::Connection as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Connected simulated agents at each step of the memory measurement.
 const STEPS: [usize; 5] = [500, 1000, 2500, 5000, 10_000];
+/// Agents of the HTTP/2 baseline (protocol 1's channel) beside part 2.
+const BASELINE_AGENTS: usize = 2500;
 /// TLS handshakes in flight while agents connect.
 const CONNECTING: usize = 64;
 /// Registrations in flight.
@@ -397,6 +402,7 @@ struct SimAgent {
 /// Counters shared by all simulated agents.
 #[derive(Default)]
 struct Fleet {
+    via: Via,
     connected: AtomicUsize,
     heartbeats: AtomicU64,
     done: AtomicU64,
@@ -506,12 +512,14 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<T> {
 
 /// TCP, TLS pinned to the controller's CA (with a node certificate if given), HTTP/2: as
 /// `qb-agent` connects.
-async fn connect(
+/// TLS to the agent endpoint, offering `alpn`.
+async fn connect_tls(
     addr: &str,
     pin: Pin,
     client: Option<ClientIdentity>,
     fleet: Option<Arc<Fleet>>,
-) -> anyhow::Result<(SendRequest<Body>, tokio::task::JoinHandle<()>)> {
+    alpn: &[u8],
+) -> anyhow::Result<tokio_rustls::client::TlsStream<Counted<tokio::net::TcpStream>>> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let tcp = Counted { inner: tcp, fleet };
@@ -524,11 +532,21 @@ async fn connect(
         Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let host = addr.rsplit_once(':').unwrap().0.to_owned();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from(host)?, tcp)
-        .await?;
+        .await?)
+}
+
+/// An HTTP/2 connection to the agent endpoint.
+async fn connect(
+    addr: &str,
+    pin: Pin,
+    client: Option<ClientIdentity>,
+    fleet: Option<Arc<Fleet>>,
+) -> anyhow::Result<(SendRequest<Body>, tokio::task::JoinHandle<()>)> {
+    let tls = connect_tls(addr, pin, client, fleet, b"h2").await?;
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(10))
@@ -649,34 +667,59 @@ async fn sim_channel(
     permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
     ready: &mut Option<oneshot::Sender<Result<(), String>>>,
 ) -> anyhow::Result<()> {
-    let (mut sender, driver) = connect(
-        addr,
-        pin,
-        Some((agent.chain.clone(), agent.key.clone_key())),
-        Some(fleet.clone()),
-    )
-    .await?;
-    let _driver = AbortOnDrop(driver);
-    let (to_controller, outgoing) = mpsc::channel::<Bytes>(16);
-    let frames = futures_util::stream::unfold(outgoing, |mut rx| async move {
-        let bytes = rx.recv().await?;
-        Some((Ok::<_, Infallible>(Frame::data(bytes)), rx))
-    });
-    let request = hyper::Request::post(format!("https://{addr}{CHANNEL_PATH}"))
-        .header(PROTOCOL_HEADER, PROTOCOL_VERSION)
-        .body(BodyExt::boxed(StreamBody::new(frames)))?;
+    let client = Some((agent.chain.clone(), agent.key.clone_key()));
+    let (to_controller, mut outgoing) = mpsc::channel::<Bytes>(16);
     let hello = AgentMessage::Hello {
         agent_version: "bench".into(),
         facts: facts(&agent.name),
     };
     to_controller.send(Bytes::from(encode(&hello))).await?;
-    let response = sender.send_request(request).await?;
-    anyhow::ensure!(
-        response.status().is_success(),
-        "channel refused: {}",
-        response.status()
-    );
-    let mut incoming = response.into_body().into_data_stream();
+    let (mut incoming, _driver): (Incoming, AbortOnDrop) = match fleet.via {
+        Via::Own => {
+            let tls = connect_tls(addr, pin, client, Some(fleet.clone()), CHANNEL_ALPN).await?;
+            let (reader, mut writer) = tokio::io::split(tls);
+            let writing = tokio::spawn(async move {
+                while let Some(frame) = outgoing.recv().await {
+                    if writer.write_all(&frame).await.is_err() || writer.flush().await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let chunks = futures_util::stream::unfold(reader, |mut reader| async move {
+                let mut chunk = vec![0; 4096];
+                match reader.read(&mut chunk).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        Some((Ok(Bytes::from(chunk)), reader))
+                    }
+                    Err(e) => Some((Err(anyhow::Error::from(e)), reader)),
+                }
+            });
+            (Box::pin(chunks), AbortOnDrop(writing))
+        }
+        Via::Http2 => {
+            let (mut sender, driver) = connect(addr, pin, client, Some(fleet.clone())).await?;
+            let frames = futures_util::stream::unfold(outgoing, |mut rx| async move {
+                let bytes = rx.recv().await?;
+                Some((Ok::<_, Infallible>(Frame::data(bytes)), rx))
+            });
+            let request = hyper::Request::post(format!("https://{addr}{CHANNEL_PATH}"))
+                .header(PROTOCOL_HEADER, 1)
+                .body(BodyExt::boxed(StreamBody::new(frames)))?;
+            let response = sender.send_request(request).await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "channel refused: {}",
+                response.status()
+            );
+            let chunks = response
+                .into_body()
+                .into_data_stream()
+                .map(|chunk| chunk.map_err(anyhow::Error::from));
+            (Box::pin(chunks), AbortOnDrop(driver))
+        }
+    };
     let mut decoder = FrameDecoder::default();
     let metrics = HostMetrics {
         cpu_percent: 3.5,
@@ -748,6 +791,19 @@ async fn sim_channel(
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
+/// What a simulated agent reads from its channel.
+type Incoming = StdPin<Box<dyn futures_util::Stream<Item = anyhow::Result<Bytes>> + Send>>;
+
+/// How simulated agents hold their channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Via {
+    /// A connection of its own, as agents of protocol 2 on do.
+    #[default]
+    Own,
+    /// One HTTP/2 stream, as agents of protocol 1 did.
+    Http2,
+}
+
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
@@ -761,9 +817,12 @@ struct Connected {
 }
 
 impl Connected {
-    fn new() -> Self {
+    fn new(via: Via) -> Self {
         Self {
-            fleet: Arc::new(Fleet::default()),
+            fleet: Arc::new(Fleet {
+                via,
+                ..Fleet::default()
+            }),
             tasks: Vec::new(),
         }
     }
@@ -1137,7 +1196,7 @@ async fn controller_costs(controller_bin: &Path, max_agents: usize, table: &mut 
             "   controller VmRSS, no agents",
             format!("{:.1} MiB", mib(base)),
         );
-        let mut connected = Connected::new();
+        let mut connected = Connected::new(Via::Own);
         let mut previous = (0, base);
         for &n in &steps {
             let took = connected
@@ -1221,11 +1280,34 @@ async fn controller_costs(controller_bin: &Path, max_agents: usize, table: &mut 
         drop(connected);
         drop(controller);
     }
+    // The baseline: the same agents holding their channel as agents of protocol 1 did, one
+    // HTTP/2 stream each (h2 and its buffers per connection).
+    {
+        let n = total.min(BASELINE_AGENTS);
+        let mut controller = start_controller(controller_bin, &data, Some(&url), 10, "http2");
+        tokio::time::sleep(SETTLE).await;
+        let (base, _) = controller.process.memory();
+        let mut connected = Connected::new(Via::Http2);
+        connected
+            .connect(&agents[..n], &controller.agent_addr, controller.pin)
+            .await;
+        tokio::time::sleep(SETTLE).await;
+        connected.check(n);
+        let (rss, _) = controller.process.memory();
+        table.row(
+            format!("   baseline, {n} agents each holding one HTTP/2 stream (protocol 1): VmRSS"),
+            format!(
+                "{:.1} MiB, {:.1} KiB/agent",
+                mib(rss),
+                (rss.saturating_sub(base)) as f64 / n as f64
+            ),
+        );
+    }
     table.gap();
 
     // Parts 3 and 4: a fresh controller with 1 s heartbeats takes all agents.
     let mut controller = start_controller(controller_bin, &data, Some(&url), 1, "heartbeat");
-    let mut connected = Connected::new();
+    let mut connected = Connected::new(Via::Own);
     let cpu0 = controller.process.cpu();
     let took = connected
         .connect(&agents, &controller.agent_addr, controller.pin)

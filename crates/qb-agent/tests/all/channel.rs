@@ -1,5 +1,6 @@
 //! Speaking to the agent endpoint ourselves: TLS trusting only the pinned CA, optionally with a
-//! node certificate taken from an agent's state directory, then HTTP/2 as the agent does.
+//! node certificate taken from an agent's state directory, then HTTP/2 or the channel's own
+//! connection as the agent does.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,12 +15,15 @@ use hyper::body::{Bytes, Frame, Incoming};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use qb_agent_proto::{
-    CHANNEL_PATH, ControllerMessage, FrameDecoder, PROTOCOL_HEADER, PROTOCOL_VERSION,
+    CHANNEL_ALPN, CHANNEL_PATH, ControllerMessage, FrameDecoder, PROTOCOL_HEADER, PROTOCOL_VERSION,
 };
 use qb_pki::{Pin, PinnedCaVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_rustls::client::TlsStream;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -80,35 +84,47 @@ pub struct Conn {
     pub protocol: Option<String>,
 }
 
-impl Conn {
-    /// TLS to `addr` (certificate checked for `host` against `pin`), presenting `cert` if given.
-    pub async fn open(addr: SocketAddr, pin: &str, cert: Option<&NodeCert>) -> Self {
-        let pin: Pin = pin.parse().expect("a CA pin");
-        let tcp = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(addr))
-            .await
-            .expect("TCP connect timed out")
-            .expect("TCP connect to the agent endpoint");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .dangerous()
-            .with_custom_certificate_verifier(PinnedCaVerifier::new(vec![pin]));
-        let mut config = match cert {
-            Some(cert) => builder
-                .with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())
-                .expect("client certificate"),
-            None => builder.with_no_client_auth(),
-        };
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let name = ServerName::from(addr.ip());
-        let tls = tokio::time::timeout(
-            TIMEOUT,
-            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
-        )
+/// TLS to `addr` (certificate checked against `pin`), presenting `cert` if given, offering
+/// `alpn`.
+async fn tls(
+    addr: SocketAddr,
+    pin: &str,
+    cert: Option<&NodeCert>,
+    alpn: &[u8],
+) -> TlsStream<TcpStream> {
+    let pin: Pin = pin.parse().expect("a CA pin");
+    let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))
         .await
-        .expect("TLS handshake timed out")
-        .expect("TLS handshake with the agent endpoint");
+        .expect("TCP connect timed out")
+        .expect("TCP connect to the agent endpoint");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(PinnedCaVerifier::new(vec![pin]));
+    let mut config = match cert {
+        Some(cert) => builder
+            .with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())
+            .expect("client certificate"),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let name = ServerName::from(addr.ip());
+    tokio::time::timeout(
+        TIMEOUT,
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .expect("TLS handshake timed out")
+    .expect("TLS handshake with the agent endpoint")
+}
+
+impl Conn {
+    /// An HTTP/2 connection to `addr` (certificate checked against `pin`), presenting `cert` if
+    /// given.
+    pub async fn open(addr: SocketAddr, pin: &str, cert: Option<&NodeCert>) -> Self {
+        let tls = tls(addr, pin, cert, b"h2").await;
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(tls))
@@ -124,7 +140,8 @@ impl Conn {
         }
     }
 
-    /// `POST /agent/v1/channel`: the open channel, or the refusal's status and problem.
+    /// `POST /agent/v1/channel`, the channel of protocol 1 agents: the open channel, or the
+    /// refusal's status and problem.
     pub async fn channel(&mut self) -> Result<Channel, (u16, Value)> {
         let (tx, rx) = mpsc::channel::<Bytes>(16);
         let frames = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -140,8 +157,10 @@ impl Conn {
             return Err((status, read_json(response.into_body()).await));
         }
         Ok(Channel {
-            tx,
-            body: response.into_body(),
+            transport: Transport::Http2 {
+                tx,
+                body: response.into_body(),
+            },
             decoder: FrameDecoder::default(),
         })
     }
@@ -216,24 +235,83 @@ pub enum End {
     Reset(String),
 }
 
-/// An open channel: our frames go out in the request body, the controller's come back in the
-/// response body.
+/// An open channel, as agents hold it.
 pub struct Channel {
-    tx: mpsc::Sender<Bytes>,
-    body: Incoming,
+    transport: Transport,
     decoder: FrameDecoder,
 }
 
+enum Transport {
+    /// A connection of its own (protocol 2 on): frames both ways.
+    Own(Box<TlsStream<TcpStream>>),
+    /// One HTTP/2 stream (protocol 1): our frames in the request body, the controller's in the
+    /// response body.
+    Http2 {
+        tx: mpsc::Sender<Bytes>,
+        body: Incoming,
+    },
+}
+
+/// What the controller's side did next.
+enum Next {
+    Bytes(Vec<u8>),
+    Ended(End),
+    TimedOut,
+}
+
 impl Channel {
-    /// Sends raw bytes (frames, or anything else).
-    pub async fn send(&self, bytes: Vec<u8>) {
-        self.tx
-            .send(Bytes::from(bytes))
-            .await
-            .expect("the request body is still open");
+    /// The channel's own connection (ALPN `CHANNEL_ALPN`), presenting `cert`.
+    pub async fn open(addr: SocketAddr, pin: &str, cert: &NodeCert) -> Self {
+        Self {
+            transport: Transport::Own(Box::new(tls(addr, pin, Some(cert), CHANNEL_ALPN).await)),
+            decoder: FrameDecoder::default(),
+        }
     }
 
-    /// The controller's next message; `Err` when the body ends first (how) or nothing comes
+    /// Sends raw bytes (frames, or anything else). On its own connection, a controller that
+    /// closes the channel part-way (a frame it refuses) shows in what is read next.
+    pub async fn send(&mut self, bytes: Vec<u8>) {
+        match &mut self.transport {
+            Transport::Own(stream) => {
+                if stream.write_all(&bytes).await.is_ok() {
+                    let _ = stream.flush().await;
+                }
+            }
+            Transport::Http2 { tx, .. } => tx
+                .send(Bytes::from(bytes))
+                .await
+                .expect("the request body is still open"),
+        }
+    }
+
+    async fn next(&mut self, deadline: tokio::time::Instant) -> Next {
+        match &mut self.transport {
+            Transport::Own(stream) => {
+                let mut chunk = vec![0; 16 * 1024];
+                match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+                    Err(_) => Next::TimedOut,
+                    Ok(Ok(0)) => Next::Ended(End::Clean),
+                    Ok(Ok(n)) => {
+                        chunk.truncate(n);
+                        Next::Bytes(chunk)
+                    }
+                    Ok(Err(e)) => Next::Ended(End::Reset(e.to_string())),
+                }
+            }
+            Transport::Http2 { body, .. } => {
+                match tokio::time::timeout_at(deadline, body.frame()).await {
+                    Err(_) => Next::TimedOut,
+                    Ok(None) => Next::Ended(End::Clean),
+                    Ok(Some(Err(e))) => Next::Ended(End::Reset(e.to_string())),
+                    Ok(Some(Ok(frame))) => {
+                        Next::Bytes(frame.into_data().map(|d| d.to_vec()).unwrap_or_default())
+                    }
+                }
+            }
+        }
+    }
+
+    /// The controller's next message; `Err` when the channel ends first (how) or nothing comes
     /// within `timeout`.
     pub async fn recv(&mut self, timeout: Duration) -> Result<ControllerMessage, String> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -245,21 +323,16 @@ impl Channel {
             {
                 return Ok(message);
             }
-            match tokio::time::timeout_at(deadline, self.body.frame()).await {
-                Err(_) => return Err(format!("no message within {timeout:?}")),
-                Ok(None) => return Err(format!("{:?}", End::Clean)),
-                Ok(Some(Err(e))) => return Err(format!("{:?}", End::Reset(e.to_string()))),
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.decoder.push(&data);
-                    }
-                }
+            match self.next(deadline).await {
+                Next::TimedOut => return Err(format!("no message within {timeout:?}")),
+                Next::Ended(end) => return Err(format!("{end:?}")),
+                Next::Bytes(bytes) => self.decoder.push(&bytes),
             }
         }
     }
 
-    /// Reads until the controller ends the response body, at most `timeout`; the messages seen
-    /// on the way and how it ended. Panics if it does not end in time.
+    /// Reads until the controller ends the channel, at most `timeout`; the messages seen on
+    /// the way and how it ended. Panics if it does not end in time.
     pub async fn until_end(&mut self, timeout: Duration) -> (Vec<ControllerMessage>, End) {
         match self.ends_within(timeout).await {
             (seen, Some(end)) => (seen, end),
@@ -280,15 +353,10 @@ impl Channel {
             while let Ok(Some(message)) = self.decoder.next_message::<ControllerMessage>() {
                 seen.push(message);
             }
-            match tokio::time::timeout_at(deadline, self.body.frame()).await {
-                Err(_) => return (seen, None),
-                Ok(None) => return (seen, Some(End::Clean)),
-                Ok(Some(Err(e))) => return (seen, Some(End::Reset(e.to_string()))),
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.decoder.push(&data);
-                    }
-                }
+            match self.next(deadline).await {
+                Next::TimedOut => return (seen, None),
+                Next::Ended(end) => return (seen, Some(end)),
+                Next::Bytes(bytes) => self.decoder.push(&bytes),
             }
         }
     }

@@ -10,7 +10,7 @@ use qb_store::{Actor, NewSecret, Store};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::channel::{Conn, End, NodeCert, runtime};
+use crate::channel::{Channel, Conn, End, NodeCert, runtime};
 use crate::engine::import_etcd_bundle;
 use crate::harness::{Agent, AgentConfig, Controller, SHORT, poll, random_bootstrap_secret};
 use crate::http::{Api, online, state};
@@ -237,8 +237,7 @@ fn a_stolen_certificate_is_refused_after_deauthorization() {
     rt.block_on(async {
         // While the node is in good standing, the copy works: that is what makes it worth
         // stealing, and proves this client speaks the protocol.
-        let mut conn = Conn::open(controller.agent_addr, &controller.pin, Some(&stolen)).await;
-        let mut channel = conn.channel().await.expect("the channel opens");
+        let mut channel = Channel::open(controller.agent_addr, &controller.pin, &stolen).await;
         match channel.recv(SHORT).await.expect("a welcome") {
             ControllerMessage::Welcome { node_id, .. } => {
                 assert_eq!(node_id.to_string(), stolen.node_id);
@@ -250,6 +249,16 @@ fn a_stolen_certificate_is_refused_after_deauthorization() {
     let deauthorized = api.post("/nodes/victim/deauthorize", &json!({})).ok();
     assert_eq!(state(&deauthorized), "deauthorized");
 
+    // The channel's own connection says so and closes; so does the HTTP/2 one of protocol 1.
+    let (told, end) = runtime().block_on(async {
+        let mut channel = Channel::open(controller.agent_addr, &controller.pin, &stolen).await;
+        channel.until_end(SHORT).await
+    });
+    assert!(
+        matches!(told.as_slice(), [ControllerMessage::Deauthorized]),
+        "{told:?}"
+    );
+    assert_eq!(end, End::Clean);
     let (status, problem) = refused_channel(&controller, &stolen);
     assert_eq!(
         (status, problem["code"].as_str()),
@@ -371,11 +380,7 @@ fn another_tenant_can_neither_see_nor_reach_a_node() {
         let addr = controller.agent_addr;
         let pin = controller.pin.clone();
         runtime().block_on(async move {
-            let mut conn = Conn::open(addr, &pin, Some(&cert)).await;
-            let mut channel = conn
-                .channel()
-                .await
-                .expect("A's certificate opens a channel");
+            let mut channel = Channel::open(addr, &pin, &cert).await;
             match channel.recv(SHORT).await.expect("a welcome") {
                 ControllerMessage::Welcome { node_id, state, .. } => {
                     (node_id.to_string(), state.as_str().to_owned())
@@ -481,10 +486,22 @@ fn hostile_frames_close_the_channel_and_store_nothing() {
         );
         assert!(!online(&node), "after {what}: a closed channel is offline");
     };
-    for (what, bytes) in &cases {
+    // Both ways of holding a channel: its own connection, and protocol 1's HTTP/2 stream.
+    let open = |http2: bool| {
+        let (addr, pin, cert) = (controller.agent_addr, controller.pin.clone(), cert.clone());
+        async move {
+            if http2 {
+                let mut conn = Conn::open(addr, &pin, Some(&cert)).await;
+                conn.channel().await.expect("the channel opens")
+            } else {
+                Channel::open(addr, &pin, &cert).await
+            }
+        }
+    };
+    for ((what, bytes), http2) in cases.iter().flat_map(|case| [(case, false), (case, true)]) {
+        let what = &format!("{what} (HTTP/2: {http2})");
         let ends = rt.block_on(async {
-            let mut conn = Conn::open(controller.agent_addr, &controller.pin, Some(&cert)).await;
-            let mut channel = conn.channel().await.expect("the channel opens");
+            let mut channel = open(http2).await;
             assert!(
                 matches!(
                     channel.recv(SHORT).await,
@@ -497,22 +514,30 @@ fn hostile_frames_close_the_channel_and_store_nothing() {
             assert!(messages.is_empty(), "{what}: {messages:?}");
             end
         });
-        assert_eq!(ends, End::Clean, "{what}: the channel should end cleanly");
+        if http2 {
+            assert_eq!(ends, End::Clean, "{what}: the channel should end cleanly");
+        } else {
+            // A connection closed with our bytes unread ends in a TCP reset rather than a
+            // clean close; either way it ended, which is what matters.
+            assert!(
+                matches!(ends, End::Clean | End::Reset(_)),
+                "{what}: {ends:?}"
+            );
+        }
         check_nothing_changed(what);
     }
     // The controller logs a broken channel as it closes it: the last line may trail the close.
     poll("every broken channel logged", SHORT, || {
         match controller.proc.log.count("agent broke the protocol") {
-            n if n == cases.len() => Ok(()),
-            n => Err(format!("{n} of {} logged", cases.len())),
+            n if n == 2 * cases.len() => Ok(()),
+            n => Err(format!("{n} of {} logged", 2 * cases.len())),
         }
     });
 
     // The controller still serves channels: a well-behaved client gets in, stays in past
     // 64 KiB of traffic (the frame limit is per frame, not per channel), and answers a push.
     rt.block_on(async {
-        let mut conn = Conn::open(controller.agent_addr, &controller.pin, Some(&cert)).await;
-        let mut channel = conn.channel().await.expect("the channel opens");
+        let mut channel = open(false).await;
         assert!(matches!(
             channel.recv(SHORT).await,
             Ok(ControllerMessage::Welcome { .. })
@@ -559,9 +584,64 @@ fn hostile_frames_close_the_channel_and_store_nothing() {
     });
     assert_eq!(
         controller.proc.log.count("agent broke the protocol"),
-        cases.len(),
+        2 * cases.len(),
         "the good channel was not taken for a bad one"
     );
+}
+
+/// A channel that stays silent past the grace period (three heartbeats: 3 s here) is closed, so
+/// a dead link holds neither the node online nor the controller's memory; one that speaks
+/// stays.
+#[test]
+fn a_silent_channel_is_closed_after_the_grace_period() {
+    let controller = Controller::start(LOCAL);
+    let api = controller.api();
+    let token = api.bootstrap_token(1, 1);
+    let mut agent = Agent::start(&AgentConfig::new(&controller, &token.secret, "quiet"), None);
+    let before = online_node(&api, "quiet");
+    let cert = NodeCert::steal(&agent.state_dir);
+    agent.proc.stop();
+    let facts: qb_api::NodeFacts = serde_json::from_value(before["facts"].clone()).expect("facts");
+    let version = before["agent"]["version"]
+        .as_str()
+        .expect("version")
+        .to_owned();
+    let (talking, end, silent_for) = runtime().block_on(async {
+        let mut channel = Channel::open(controller.agent_addr, &controller.pin, &cert).await;
+        assert!(matches!(
+            channel.recv(SHORT).await,
+            Ok(ControllerMessage::Welcome { .. })
+        ));
+        channel
+            .send(encode(&AgentMessage::Hello {
+                agent_version: version,
+                facts,
+            }))
+            .await;
+        // Six seconds of heartbeats, one a second: twice the grace period, still open.
+        let heartbeat = encode(&AgentMessage::Heartbeat {
+            facts: None,
+            metrics: HostMetrics::default(),
+        });
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            channel.send(heartbeat.clone()).await;
+        }
+        let talking = channel.ends_within(Duration::from_millis(100)).await.1;
+        let silent = std::time::Instant::now();
+        let (_, end) = channel.until_end(SHORT).await;
+        (talking, end, silent.elapsed())
+    });
+    assert_eq!(talking, None, "a channel that heartbeats stays open");
+    assert_eq!(end, End::Clean);
+    assert!(
+        (Duration::from_secs(2)..Duration::from_secs(5)).contains(&silent_for),
+        "closed after {silent_for:?} of silence"
+    );
+    controller
+        .proc
+        .log
+        .wait_for(&["silent past the grace period"], SHORT);
 }
 
 /// `Hello` is the first frame of every channel (qb-agent-proto); a channel that starts with
@@ -582,8 +662,7 @@ fn a_channel_that_does_not_start_with_hello_stores_nothing() {
         serde_json::from_value(before["facts"].clone()).expect("facts");
     facts.os = "EvilOS".to_owned();
     let end = runtime().block_on(async {
-        let mut conn = Conn::open(controller.agent_addr, &controller.pin, Some(&cert)).await;
-        let mut channel = conn.channel().await.expect("the channel opens");
+        let mut channel = Channel::open(controller.agent_addr, &controller.pin, &cert).await;
         assert!(matches!(
             channel.recv(SHORT).await,
             Ok(ControllerMessage::Welcome { .. })

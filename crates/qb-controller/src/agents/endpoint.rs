@@ -5,33 +5,30 @@
 //! deauthorized node, or a certificate that is not the node's current (or previous) one, is
 //! refused before any request is read.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{AppendHeaders, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use futures_util::StreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use qb_agent_proto::plan::{ARTIFACTS_PATH, PLAN_PATH};
 use qb_agent_proto::{
-    AgentMessage, CHANNEL_PATH, ControllerMessage, FrameDecoder, PROTOCOL_HEADER, PROTOCOL_VERSION,
+    CHANNEL_ALPN, CHANNEL_PATH, ControllerMessage, PROTOCOL_HEADER, PROTOCOL_VERSION,
     REGISTER_PATH, RENEW_PATH, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse,
-    SUPPORTED_PROTOCOLS, TUNNEL_PATH, encode,
+    SUPPORTED_PROTOCOLS, TUNNEL_PATH,
 };
 use qb_api::{NodeName, NodeState, ProblemCode};
 use qb_pki::{CertificateAuthority, NodeIdentity};
 use qb_store::{IssuedCert, Registration, Store, StoreError};
 use tokio::io::AsyncSeekExt;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use super::Agents;
@@ -81,14 +78,18 @@ impl AgentEndpoint {
         let mut config = qb_pki::tls::server_config_builder()
             .with_client_cert_verifier(qb_pki::agent_client_verifier(&self.ca)?)
             .with_single_cert(certs, key)?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), CHANNEL_ALPN.to_vec()];
+        // Agents never resume a session (every connection presents the node certificate
+        // afresh): tickets and a session cache would only cost each connection memory.
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         Ok(Arc::new(config))
     }
 
     fn router(&self) -> Router {
         let agents = Router::new()
             .route(REGISTER_PATH, post(register))
-            .route(CHANNEL_PATH, post(channel))
+            .route(CHANNEL_PATH, post(super::channel::over_http2))
             .route(RENEW_PATH, post(renew))
             .route(&format!("{TUNNEL_PATH}/{{stream}}"), post(tunnel))
             .route(PLAN_PATH, get(plan))
@@ -157,6 +158,7 @@ impl AgentEndpoint {
             }
             Err(_) => return,
         };
+        let channel = tls.get_ref().1.alpn_protocol() == Some(CHANNEL_ALPN);
         let presented = tls
             .get_ref()
             .1
@@ -173,8 +175,12 @@ impl AgentEndpoint {
             Some(der) => match self.admit(&der).await {
                 Ok(identity) => Some(identity),
                 Err(reason) => {
-                    // Answer every request with the refusal, so the agent learns why and stops.
+                    // Answer with the refusal, so the agent learns why and stops.
                     tracing::warn!(%addr, %reason, "refused an agent certificate");
+                    if channel {
+                        super::channel::refuse(tls).await;
+                        return;
+                    }
                     let refuse = Router::new().fallback(|| async {
                         ApiError::new(
                             ProblemCode::CertificateRefused,
@@ -189,6 +195,21 @@ impl AgentEndpoint {
                 }
             },
         };
+        if channel {
+            // The channel's own connection: nothing but frames, and only with a node certificate.
+            let Some(identity) = identity else {
+                tracing::debug!(%addr, "a channel connection without a node certificate");
+                return;
+            };
+            let connection = self.agents.connection_opened(identity.node);
+            let peer = Peer {
+                identity,
+                connection: connection.id,
+            };
+            // A task of its own, sized for the channel alone: this one is sized for HTTP/2.
+            tokio::spawn(super::channel::hold(self, peer, tls, connection));
+            return;
+        }
         let connection = identity.map(|id| (id, self.agents.connection_opened(id.node)));
         let peer = connection.as_ref().map(|(identity, c)| Peer {
             identity: *identity,
@@ -256,7 +277,7 @@ impl AgentEndpoint {
     }
 }
 
-fn require(peer: Option<Peer>) -> Result<Peer, ApiError> {
+pub(super) fn require(peer: Option<Peer>) -> Result<Peer, ApiError> {
     peer.ok_or_else(|| {
         ApiError::new(
             ProblemCode::Unauthenticated,
@@ -647,166 +668,6 @@ async fn tunnel(
         ));
     }
     Ok(Body::new(outgoing).into_response())
-}
-
-/// The channel: agent frames in the request body, controller frames in the response body, for
-/// as long as the connection lives.
-async fn channel(
-    State(endpoint): State<AgentEndpoint>,
-    Extension(peer): Extension<Option<Peer>>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let peer = require(peer)?;
-    let node = endpoint
-        .store
-        .agent_node(peer.identity.tenant, peer.identity.node)
-        .await?
-        .node;
-    let (to_agent, from_controller) = mpsc::channel::<ControllerMessage>(64);
-    let welcome = ControllerMessage::Welcome {
-        node_id: node.id,
-        state: node.state,
-        heartbeat_seconds: u32::try_from(endpoint.agents.heartbeat().as_secs())
-            .unwrap_or(u32::MAX)
-            .max(1),
-        plan_generation: endpoint
-            .store
-            .node_plan(peer.identity.tenant, peer.identity.node)
-            .await?
-            .map(|(generation, _)| generation),
-    };
-    to_agent
-        .try_send(welcome)
-        .map_err(|_| ApiError::new(ProblemCode::Internal, "channel closed"))?;
-    endpoint
-        .agents
-        .channel_opened(node.id, peer.connection, to_agent);
-    if let Some(peers) = endpoint.agents.peers() {
-        peers.session(node.id, true).await;
-    }
-    tokio::spawn(read_agent(endpoint, peer, node, body));
-    let frames = futures_util::stream::unfold(from_controller, |mut rx| async move {
-        let message = rx.recv().await?;
-        Some((Ok::<_, Infallible>(Bytes::from(encode(&message))), rx))
-    });
-    Ok(Body::from_stream(frames).into_response())
-}
-
-/// Reads the agent's frames until the stream ends or breaks the protocol, then closes the
-/// channel. A bad frame is never acted on.
-async fn read_agent(endpoint: AgentEndpoint, peer: Peer, stored: qb_api::Node, body: Body) {
-    let (tenant, node) = (peer.identity.tenant, peer.identity.node);
-    // What the store already knows: a reconnecting agent whose facts did not change costs no write.
-    let mut known_facts = Some(stored.facts);
-    let known_version = stored.agent.map(|a| a.version);
-    let mut stream = body.into_data_stream();
-    let mut decoder = FrameDecoder::default();
-    let mut version = String::new();
-    'read: while let Some(chunk) = stream.next().await {
-        let Ok(chunk) = chunk else { break };
-        decoder.push(&chunk);
-        loop {
-            let message = match decoder.next_message::<AgentMessage>() {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(node_id = %node, error = %e, "agent broke the protocol; closing its channel");
-                    break 'read;
-                }
-            };
-            // The first frame must say who the agent is; nothing before it is acted on.
-            if version.is_empty() && !matches!(message, AgentMessage::Hello { .. }) {
-                tracing::warn!(node_id = %node, "agent did not start with hello; closing its channel");
-                break 'read;
-            }
-            endpoint.agents.heard(node);
-            let seen = match message {
-                AgentMessage::Hello {
-                    agent_version,
-                    facts,
-                } => {
-                    version = agent_version.chars().take(64).collect();
-                    if version.is_empty() {
-                        tracing::warn!(node_id = %node, "agent sent an empty version; closing its channel");
-                        break 'read;
-                    }
-                    let unchanged = known_facts.as_ref() == Some(&facts)
-                        && known_version.as_deref() == Some(version.as_str());
-                    (!unchanged).then_some(facts)
-                }
-                AgentMessage::Heartbeat { facts, metrics } => {
-                    let sample = super::metrics::sample(&metrics, time::OffsetDateTime::now_utc());
-                    endpoint.agents.metrics().record(tenant, node, sample);
-                    facts
-                }
-                AgentMessage::Done { instruction } => {
-                    endpoint
-                        .agents
-                        .answered(node, instruction, qb_agent_proto::Outcome::Done);
-                    None
-                }
-                AgentMessage::Reply {
-                    instruction,
-                    outcome,
-                } => {
-                    endpoint.agents.answered(node, instruction, outcome);
-                    None
-                }
-                AgentMessage::TunnelRefused { stream, reason } => {
-                    let reason: String = reason.chars().take(512).collect();
-                    endpoint.agents.tunnel_opened(node, stream, Err(reason));
-                    None
-                }
-                AgentMessage::Plan(report) => {
-                    if let Err(e) = endpoint
-                        .store
-                        .record_plan_report(tenant, node, &report)
-                        .await
-                    {
-                        tracing::warn!(node_id = %node, error = %e, "could not record a plan report");
-                    }
-                    endpoint.wake.notify_one();
-                    None
-                }
-            };
-            if let Some(facts) = seen {
-                let result = endpoint
-                    .store
-                    .agent_seen(
-                        tenant,
-                        node,
-                        &version,
-                        Some(&facts),
-                        time::OffsetDateTime::now_utc(),
-                    )
-                    .await;
-                if let Err(e) = result {
-                    tracing::warn!(node_id = %node, error = %e, "could not record agent facts");
-                }
-                known_facts = Some(facts);
-            }
-        }
-    }
-    endpoint.agents.channel_closed(node, peer.connection);
-    if let Some(peers) = endpoint.agents.peers()
-        && !endpoint.agents.holds(node)
-    {
-        peers.session(node, false).await;
-    }
-    if !version.is_empty()
-        && let Err(e) = endpoint
-            .store
-            .agent_seen(
-                tenant,
-                node,
-                &version,
-                None,
-                time::OffsetDateTime::now_utc(),
-            )
-            .await
-    {
-        tracing::debug!(node_id = %node, error = %e, "could not record when the agent left");
-    }
 }
 
 /// Tells a node's agent its new state, if it is connected.

@@ -5,8 +5,10 @@
 //! is written when an agent connects, when its facts change and when it leaves.
 
 pub mod ca;
+mod channel;
 pub mod endpoint;
 pub mod metrics;
+pub mod outbox;
 pub mod packages;
 pub mod peers;
 
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use qb_agent_proto::{ControllerMessage, Instruction, Outcome};
 use qb_api::{Node, NodeId};
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 /// The registry of connected agents, shared by the agent endpoint and the API.
 pub struct Agents {
@@ -44,7 +46,7 @@ struct Entry {
 
 struct Channel {
     connection: u64,
-    to_agent: mpsc::Sender<ControllerMessage>,
+    to_agent: outbox::Sender,
     last_seen: Instant,
     last_seen_at: OffsetDateTime,
 }
@@ -149,12 +151,7 @@ impl Agents {
 
     /// The agent's channel is open: from now on instructions go to `to_agent`. A newer channel
     /// replaces an older one (a reconnect that overtook the old connection's timeout).
-    pub fn channel_opened(
-        &self,
-        node: NodeId,
-        connection: u64,
-        to_agent: mpsc::Sender<ControllerMessage>,
-    ) {
+    pub fn channel_opened(&self, node: NodeId, connection: u64, to_agent: outbox::Sender) {
         self.lock().entry(node).or_default().channel = Some(Channel {
             connection,
             to_agent,
@@ -471,7 +468,7 @@ mod tests {
         let agents = Agents::new(Duration::from_secs(1));
         let node = NodeId::new();
         let mut conn = agents.connection_opened(node);
-        let (tx, mut rx) = mpsc::channel(4);
+        let (tx, mut rx) = outbox::channel(4);
         agents.channel_opened(node, conn.id, tx);
         assert_eq!(agents.status(node).map(|s| s.0), Some(true));
         agents.revoke(node);
@@ -487,7 +484,7 @@ mod tests {
         let agents = std::sync::Arc::new(Agents::new(Duration::from_secs(1)));
         let node = NodeId::new();
         let conn = agents.connection_opened(node);
-        let (tx, mut rx) = mpsc::channel(4);
+        let (tx, mut rx) = outbox::channel(4);
         agents.channel_opened(node, conn.id, tx);
         // An agent that answers.
         let answering = {
@@ -527,7 +524,7 @@ mod tests {
         let agents = Agents::new(Duration::from_millis(1));
         let node = NodeId::new();
         let conn = agents.connection_opened(node);
-        let (tx, _rx) = mpsc::channel(4);
+        let (tx, _rx) = outbox::channel(4);
         agents.channel_opened(node, conn.id, tx);
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(agents.status(node).map(|s| s.0), Some(false));
