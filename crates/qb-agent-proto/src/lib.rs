@@ -199,7 +199,16 @@ pub enum AgentMessage {
     /// The agent will not open the tunnel the controller asked for: its plan allows no such
     /// endpoint, or the endpoint did not answer.
     TunnelRefused { stream: u64, reason: String },
+    /// The controller has been quiet for [`KEEPALIVE_AFTER`]: answered with
+    /// [`ControllerMessage::KeepAlive`], so the agent finds a dead link even where a proxy in
+    /// between acknowledges what it sends.
+    KeepAlive,
 }
+
+/// How long an agent waits on a quiet channel before asking the controller for a sign of life.
+pub const KEEPALIVE_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long an agent waits for that sign before it takes the link for dead.
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// What an instruction produced.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -259,6 +268,8 @@ pub enum ControllerMessage {
     OpenTunnel { stream: u64, endpoint: String },
     /// The node's identity was revoked; the controller closes the connection after this.
     Deauthorized,
+    /// The answer to [`AgentMessage::KeepAlive`].
+    KeepAlive,
 }
 
 /// Instructions the controller pushes.

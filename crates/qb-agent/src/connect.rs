@@ -2,6 +2,7 @@
 //! pinned CA, then the channel's frames ([`Controller::channel`]) or HTTP/2 ([`Link`]).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,27 +46,56 @@ pub struct Channel {
     /// The host's address this connection leaves from (the source of its route towards the
     /// controller, or towards the proxy).
     pub local_ip: Option<std::net::IpAddr>,
+    /// The controller replica's address, when dialed directly (not through a proxy).
+    pub peer: Option<SocketAddr>,
 }
 
 /// HTTP/2 to the controller beside the channel, for plans, artifacts, tunnels and renewals:
-/// opened when a request needs it, shared while in use, and let go once no request has asked
-/// for it in [`LINK_IDLE`] (its open streams finish first), so an idle agent holds only its
-/// channel.
+/// opened when a request needs it, shared while in use, and let go once nothing has used it for
+/// [`LINK_IDLE`], so an idle agent holds only its channel. It goes to the replica that holds
+/// the channel, which is the one waiting for the agent's tunnels.
 pub struct Link {
     controller: Controller,
     client: std::sync::Mutex<ClientIdentity>,
-    open: tokio::sync::Mutex<Option<(SendRequest<Body>, Instant)>>,
+    open: tokio::sync::Mutex<Option<SendRequest<Body>>>,
+    usage: Arc<std::sync::Mutex<Usage>>,
 }
 
 /// How long an unused HTTP/2 connection to the controller is kept.
 pub const LINK_IDLE: Duration = Duration::from_secs(30);
 
+/// Requests and tunnels under way on the link, and since when none is.
+struct Usage {
+    in_use: usize,
+    since: Instant,
+}
+
+/// Held while a request or tunnel uses the link: it is not let go meanwhile.
+pub struct InUse(Arc<std::sync::Mutex<Usage>>);
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        let mut usage = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        usage.in_use -= 1;
+        usage.since = Instant::now();
+    }
+}
+
 impl Link {
-    pub fn new(controller: Controller, client: ClientIdentity) -> Self {
+    /// A link to the replica `channel` reached (the same address, when dialed directly).
+    pub fn new(controller: &Controller, channel: &Channel, client: ClientIdentity) -> Self {
+        let mut controller = controller.clone();
+        if let Some(peer) = channel.peer {
+            controller.address = peer.to_string();
+        }
         Self {
             controller,
             client: std::sync::Mutex::new(client),
             open: tokio::sync::Mutex::new(None),
+            usage: Arc::new(std::sync::Mutex::new(Usage {
+                in_use: 0,
+                since: Instant::now(),
+            })),
         }
     }
 
@@ -74,22 +104,26 @@ impl Link {
         &self.controller.url
     }
 
-    /// A sender on the open connection, or on a new one.
-    pub async fn sender(&self) -> Result<SendRequest<Body>> {
+    /// A sender on the open connection, or on a new one, and the mark that it is in use.
+    pub async fn sender(&self) -> Result<(SendRequest<Body>, InUse)> {
+        let in_use = {
+            let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+            usage.in_use += 1;
+            InUse(self.usage.clone())
+        };
         let mut open = self.open.lock().await;
-        if let Some((sender, used)) = open.as_mut()
+        if let Some(sender) = open.as_ref()
             && !sender.is_closed()
         {
-            *used = Instant::now();
-            return Ok(sender.clone());
+            return Ok((sender.clone(), in_use));
         }
         let client = {
             let client = self.client.lock().unwrap_or_else(|p| p.into_inner());
             (client.0.clone(), client.1.clone_key())
         };
         let connection = self.controller.connect(Some(client)).await?;
-        *open = Some((connection.sender.clone(), Instant::now()));
-        Ok(connection.sender)
+        *open = Some(connection.sender.clone());
+        Ok((connection.sender, in_use))
     }
 
     /// New connections present `client` from now on (a renewed certificate).
@@ -97,13 +131,13 @@ impl Link {
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = client;
     }
 
-    /// Lets the connection go if no request asked for it in [`LINK_IDLE`].
+    /// Lets the connection go once nothing has used it for [`LINK_IDLE`].
     pub fn close_idle(&self) {
-        if let Ok(mut open) = self.open.try_lock()
-            && open
-                .as_ref()
-                .is_some_and(|(_, used)| used.elapsed() >= LINK_IDLE)
-        {
+        let idle = {
+            let usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+            usage.in_use == 0 && usage.since.elapsed() >= LINK_IDLE
+        };
+        if idle && let Ok(mut open) = self.open.try_lock() {
             *open = None;
         }
     }
@@ -144,7 +178,7 @@ impl Controller {
     /// Opens an HTTP/2 connection, presenting `client` (the node certificate chain and key) if
     /// given.
     pub async fn connect(&self, client: Option<ClientIdentity>) -> Result<Connection> {
-        let (tls, local_ip) = self.tls(client, b"h2").await?;
+        let (tls, local_ip, _) = self.tls(client, b"h2").await?;
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             // Finds a dead link to the controller while requests are under way.
@@ -171,15 +205,38 @@ impl Controller {
 
     /// Opens the channel's own connection (ALPN [`CHANNEL_ALPN`]) with the node certificate.
     pub async fn channel(&self, client: ClientIdentity) -> Result<Channel> {
-        let (stream, local_ip) = self.tls(Some(client), CHANNEL_ALPN).await?;
-        Ok(Channel { stream, local_ip })
+        let older = || {
+            anyhow::anyhow!(
+                "the controller at {} does not speak agent protocol {} (its channel, ALPN {}): \
+                 upgrade the controller",
+                self.url,
+                qb_agent_proto::PROTOCOL_VERSION,
+                String::from_utf8_lossy(CHANNEL_ALPN)
+            )
+        };
+        let (stream, local_ip, peer) = match self.tls(Some(client), CHANNEL_ALPN).await {
+            Err(e) if format!("{e:#}").contains("NoApplicationProtocol") => return Err(older()),
+            other => other?,
+        };
+        if stream.get_ref().1.alpn_protocol() != Some(CHANNEL_ALPN) {
+            return Err(older());
+        }
+        Ok(Channel {
+            stream,
+            local_ip,
+            peer,
+        })
     }
 
     async fn tls(
         &self,
         client: Option<ClientIdentity>,
         alpn: &[u8],
-    ) -> Result<(TlsStream<TcpStream>, Option<std::net::IpAddr>)> {
+    ) -> Result<(
+        TlsStream<TcpStream>,
+        Option<std::net::IpAddr>,
+        Option<SocketAddr>,
+    )> {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, self.tcp())
             .await
             .with_context(|| format!("connecting to {} timed out", self.address))??;
@@ -189,6 +246,7 @@ impl Controller {
         // channel has nothing else that would notice.
         let _ = socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(UNACKNOWLEDGED));
         let local_ip = tcp.local_addr().ok().map(|a| a.ip());
+        let peer = tcp.peer_addr().ok().filter(|_| self.proxy.is_none());
         let builder = qb_pki::tls::client_config_builder()
             .dangerous()
             .with_custom_certificate_verifier(PinnedCaVerifier::new(self.pins.clone()));
@@ -208,7 +266,7 @@ impl Controller {
         .await
         .context("TLS handshake timed out")?
         .with_context(|| format!("TLS with {} (is the CA pin right?)", self.address))?;
-        Ok((tls, local_ip))
+        Ok((tls, local_ip, peer))
     }
 
     async fn tcp(&self) -> Result<TcpStream> {

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use hyper::body::Bytes;
 use qb_agent_proto::{
-    AgentMessage, ControllerMessage, FrameDecoder, HostMetrics, Instruction, REGISTER_PATH,
-    RENEW_PATH, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse, encode,
+    AgentMessage, ControllerMessage, FrameDecoder, HostMetrics, Instruction, KEEPALIVE_AFTER,
+    KEEPALIVE_TIMEOUT, REGISTER_PATH, RENEW_PATH, RegisterRequest, RegisterResponse, RenewRequest,
+    RenewResponse, encode,
 };
 use qb_api::ProblemCode;
 use rand::Rng;
@@ -256,7 +257,7 @@ async fn hold_channel(
     let channel = controller
         .channel((client.0.clone(), client.1.clone_key()))
         .await?;
-    let link = Arc::new(Link::new(controller.clone(), client));
+    let link = Arc::new(Link::new(controller, &channel, client));
     work.connected(Some(link.clone()));
     let (mut reader, mut writer) = tokio::io::split(channel.stream);
     let (to_controller, mut outgoing) = mpsc::channel::<Bytes>(16);
@@ -288,6 +289,10 @@ async fn hold_channel(
     let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
     heartbeat.tick().await;
     let mut idle_check = tokio::time::interval(LINK_IDLE / 2);
+    // When the controller was last heard, and whether it was asked for a sign of life since.
+    let mut heard = tokio::time::Instant::now();
+    let mut asked = false;
+    let mut quiet_check = tokio::time::interval(Duration::from_secs(5));
     let renew = tokio::time::sleep(renewal_delay(&identity.cert_pem));
     tokio::pin!(renew);
     loop {
@@ -297,6 +302,7 @@ async fn hold_channel(
                 if n == 0 {
                     anyhow::bail!("the controller closed the channel");
                 }
+                (heard, asked) = (tokio::time::Instant::now(), false);
                 decoder.push(&chunk[..n]);
                 while let Some(message) = decoder.next_message::<ControllerMessage>().context("the controller's frame")? {
                     match message {
@@ -337,6 +343,7 @@ async fn hold_channel(
                             });
                         }
                         ControllerMessage::Deauthorized => return Ok(Ended::Deauthorized),
+                        ControllerMessage::KeepAlive => {}
                     }
                 }
             }
@@ -356,6 +363,16 @@ async fn hold_channel(
                 to_controller.send(Bytes::from(encode(&message))).await?;
             }
             _ = idle_check.tick() => link.close_idle(),
+            _ = quiet_check.tick() => {
+                let quiet = heard.elapsed();
+                if quiet >= KEEPALIVE_AFTER + KEEPALIVE_TIMEOUT {
+                    anyhow::bail!("the controller gave no sign of life for {} s", quiet.as_secs());
+                }
+                if quiet >= KEEPALIVE_AFTER && !asked {
+                    to_controller.send(Bytes::from(encode(&AgentMessage::KeepAlive))).await?;
+                    asked = true;
+                }
+            }
             () = &mut renew => {
                 renew_certificate(&link, state, identity).await?;
                 renew.as_mut().reset(tokio::time::Instant::now() + renewal_delay(&identity.cert_pem));
@@ -364,12 +381,12 @@ async fn hold_channel(
     }
 }
 
-/// Gets a new certificate for a new key over the open connection and saves both; the next
-/// connection uses them.
+/// Gets a new certificate for a new key and saves both; new connections present them from
+/// now on.
 async fn renew_certificate(link: &Link, state: &StateDir, identity: &mut Identity) -> Result<()> {
     let key = qb_pki::new_key_and_csr(&identity.node_name)?;
     let answer = post_json(
-        &mut link.sender().await?,
+        &mut link.sender().await?.0,
         &format!("{}{RENEW_PATH}", link.base()),
         &RenewRequest {
             csr_pem: key.csr_pem.clone(),

@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::apply::{Applier, ApplierDirs, ArtifactSource};
-use crate::connect::{Body, Link, controller_request};
+use crate::connect::{Body, InUse, Link, controller_request};
 use crate::preflight::Preflight;
 use crate::supervise::{Supervisor, SupervisorDirs};
 
@@ -116,8 +116,9 @@ impl Work {
     pub async fn open_tunnel(&self, stream: u64, endpoint: &str) -> Result<(), String> {
         let address = crate::tunnel::allowed(self.plan.borrow().as_deref(), endpoint)?;
         let tcp = crate::tunnel::dial(address).await?;
-        let (base, sender) = self.sender().await.map_err(|e| format!("{e:#}"))?;
+        let (base, sender, in_use) = self.sender().await.map_err(|e| format!("{e:#}"))?;
         tokio::spawn(async move {
+            let _in_use = in_use;
             if let Err(e) = crate::tunnel::carry(sender, &base, stream, tcp).await {
                 tracing::debug!(stream, error = %format!("{e:#}"), "tunnel ended");
             }
@@ -130,15 +131,17 @@ impl Work {
         *self.link.lock().unwrap_or_else(|p| p.into_inner()) = link;
     }
 
-    /// The controller's base URL and a sender to it, on an open connection or a new one.
-    async fn sender(&self) -> Result<(String, SendRequest<Body>)> {
+    /// The controller's base URL and a sender to it, on an open connection or a new one; the
+    /// connection is kept while the mark lives.
+    async fn sender(&self) -> Result<(String, SendRequest<Body>, InUse)> {
         let link = self
             .link
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .context("not connected to the controller")?;
-        Ok((link.base().to_owned(), link.sender().await?))
+        let (sender, in_use) = link.sender().await?;
+        Ok((link.base().to_owned(), sender, in_use))
     }
 
     /// Checks a signed plan: signature by a plan signer of a pinned CA over the exact text,
@@ -175,7 +178,7 @@ impl Work {
     /// Fetches the node's plan from the controller and accepts it if it verifies; a refused
     /// plan is reported and never acted on.
     pub async fn fetch_plan(&self, node: NodeId, announced: u64) -> Result<()> {
-        let (base, mut sender) = self.sender().await?;
+        let (base, mut sender, _in_use) = self.sender().await?;
         let request = controller_request(hyper::Method::GET, &format!("{base}{PLAN_PATH}"))
             .body(Body::new(Empty::new().map_err(|never| match never {})))?;
         let response = sender
@@ -379,7 +382,7 @@ struct Downloads<'a> {
 
 impl ArtifactSource for Downloads<'_> {
     async fn fetch(&self, sha256: &str, size: u64, from: u64, into: &Path) -> anyhow::Result<()> {
-        let (base, mut sender) = self.work.sender().await?;
+        let (base, mut sender, _in_use) = self.work.sender().await?;
         let mut request = controller_request(
             hyper::Method::GET,
             &format!("{base}{ARTIFACTS_PATH}/{sha256}"),

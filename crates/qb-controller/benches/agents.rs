@@ -40,7 +40,8 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use qb_agent_proto::{
     AgentMessage, CHANNEL_ALPN, CHANNEL_PATH, ControllerMessage, FrameDecoder, HostMetrics,
-    PROTOCOL_HEADER, PROTOCOL_VERSION, REGISTER_PATH, RegisterRequest, RegisterResponse, encode,
+    KEEPALIVE_AFTER, PROTOCOL_HEADER, PROTOCOL_VERSION, REGISTER_PATH, RegisterRequest,
+    RegisterResponse, encode,
 };
 use qb_api::NodeFacts;
 use qb_pki::{Pin, PinnedCaVerifier};
@@ -739,6 +740,8 @@ async fn sim_channel(
     };
     // Until Welcome names the interval, no heartbeats.
     let mut ticker: Option<tokio::time::Interval> = None;
+    // As qb-agent does on its own connection: a quiet controller is asked for a sign of life.
+    let (mut heard, mut asked) = (Instant::now(), false);
     loop {
         let tick = async {
             match ticker.as_mut() {
@@ -752,6 +755,7 @@ async fn sim_channel(
             chunk = incoming.next() => {
                 let Some(chunk) = chunk else { return Ok(()) };
                 decoder.push(&chunk?);
+                (heard, asked) = (Instant::now(), false);
                 while let Some(message) = decoder.next_message::<ControllerMessage>()? {
                     match message {
                         ControllerMessage::Welcome { heartbeat_seconds, .. } => {
@@ -776,7 +780,8 @@ async fn sim_channel(
                         }
                         ControllerMessage::State { .. }
                         | ControllerMessage::PlanAvailable { .. }
-                        | ControllerMessage::OpenTunnel { .. } => {}
+                        | ControllerMessage::OpenTunnel { .. }
+                        | ControllerMessage::KeepAlive => {}
                         ControllerMessage::Deauthorized => anyhow::bail!("deauthorized"),
                     }
                 }
@@ -784,6 +789,10 @@ async fn sim_channel(
             () = tick => {
                 to_controller.send(Bytes::from(encode(&heartbeat))).await?;
                 fleet.heartbeats.fetch_add(1, Ordering::Relaxed);
+                if fleet.via == Via::Own && !asked && heard.elapsed() >= KEEPALIVE_AFTER {
+                    to_controller.send(Bytes::from(encode(&AgentMessage::KeepAlive))).await?;
+                    asked = true;
+                }
             }
         }
     }

@@ -591,7 +591,7 @@ fn hostile_frames_close_the_channel_and_store_nothing() {
 
 /// A channel that stays silent past the grace period (three heartbeats: 3 s here) is closed, so
 /// a dead link holds neither the node online nor the controller's memory; one that speaks
-/// stays.
+/// stays, and a sign of life asked for is given.
 #[test]
 fn a_silent_channel_is_closed_after_the_grace_period() {
     let controller = Controller::start(LOCAL);
@@ -618,6 +618,9 @@ fn a_silent_channel_is_closed_after_the_grace_period() {
                 facts,
             }))
             .await;
+        // A sign of life, asked for, comes back.
+        channel.send(encode(&AgentMessage::KeepAlive)).await;
+        assert_eq!(channel.recv(SHORT).await, Ok(ControllerMessage::KeepAlive));
         // Six seconds of heartbeats, one a second: twice the grace period, still open.
         let heartbeat = encode(&AgentMessage::Heartbeat {
             facts: None,

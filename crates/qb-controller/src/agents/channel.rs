@@ -27,8 +27,9 @@ const QUEUE: usize = 64;
 const READ_CHUNK: usize = 16 * 1024;
 
 /// The channel over a connection of its own. Ends when the agent closes it, breaks the
-/// protocol, stays silent past the grace period, or when the controller closes the connection
-/// (`connection.closed`: the node was deauthorized).
+/// protocol, sends no whole frame for the grace period, or does not take its frames within it;
+/// when a newer channel of the node replaces this one (its queue ends); or when the controller
+/// closes the connection (`connection.closed`: the node was deauthorized).
 pub(super) async fn hold<S>(
     endpoint: AgentEndpoint,
     peer: Peer,
@@ -57,6 +58,15 @@ pub(super) async fn hold<S>(
     let mut deadline = tokio::time::Instant::now() + grace;
     loop {
         tokio::select! {
+            // What is queued goes first: a `Deauthorized` before the close that follows it.
+            biased;
+            message = to_agent.recv() => {
+                let Some(message) = message else { break };
+                if !Box::pin(send(&mut stream, &message, grace)).await {
+                    tracing::info!(node_id = %node, "an agent did not take its frames; closing its channel");
+                    break;
+                }
+            }
             read = stream.read_buf(&mut chunk) => {
                 match read {
                     Ok(0) => break,
@@ -66,23 +76,18 @@ pub(super) async fn hold<S>(
                         break;
                     }
                 }
-                deadline = tokio::time::Instant::now() + grace;
                 decoder.push(&chunk);
-                if Box::pin(listener.read(&mut decoder)).await.is_err() {
-                    break;
+                match Box::pin(listener.read(&mut decoder)).await {
+                    Err(Broken) => break,
+                    // Only whole frames count as signs of life, not bytes trickled in.
+                    Ok(0) => {}
+                    Ok(_) => deadline = tokio::time::Instant::now() + grace,
                 }
                 chunk = match decoder.pending() {
                     0 => Vec::new(),
                     // Part of a frame came: read the rest in larger pieces.
                     _ => Vec::with_capacity((chunk.capacity() * 2).min(READ_CHUNK)),
                 };
-            }
-            message = to_agent.recv() => {
-                let Some(message) = message else { break };
-                if !Box::pin(send(&mut stream, &message, grace)).await {
-                    tracing::info!(node_id = %node, "an agent did not take its frames; closing its channel");
-                    break;
-                }
             }
             () = closed(&mut connection) => {
                 tracing::info!(node_id = %node, "closed the connection of a deauthorized node");
@@ -111,14 +116,13 @@ async fn send<S: AsyncWrite + Unpin>(
     matches!(sent.await, Ok(Ok(())))
 }
 
-/// Ends a channel's own connection: close_notify first, so the agent tells a deliberate close
-/// from a broken connection, then the registry and the store.
+/// Ends a channel's own connection: the registry first (nothing more is pushed to it), then
+/// close_notify, so the agent tells a deliberate close from a broken connection.
 async fn close<S: AsyncWrite + Unpin>(mut stream: S, listener: Listener) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
-    drop(stream);
     let (node, connection) = (listener.peer.identity.node, listener.peer.connection);
     let agents = listener.endpoint.agents.clone();
     listener.closed().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
     agents.connection_closed(node, connection);
 }
 
@@ -223,13 +227,17 @@ struct Listener {
 struct Broken;
 
 impl Listener {
-    /// Acts on every complete frame `decoder` holds.
-    async fn read(&mut self, decoder: &mut FrameDecoder) -> Result<(), Broken> {
+    /// Acts on every complete frame `decoder` holds; how many there were.
+    async fn read(&mut self, decoder: &mut FrameDecoder) -> Result<usize, Broken> {
         let node = self.peer.identity.node;
+        let mut frames = 0;
         loop {
             match decoder.next_message::<AgentMessage>() {
-                Ok(Some(message)) => self.on(message).await?,
-                Ok(None) => return Ok(()),
+                Ok(Some(message)) => {
+                    self.on(message).await?;
+                    frames += 1;
+                }
+                Ok(None) => return Ok(frames),
                 Err(e) => {
                     tracing::warn!(node_id = %node, error = %e, "agent broke the protocol; closing its channel");
                     return Err(Broken);
@@ -275,6 +283,12 @@ impl Listener {
                 outcome,
             } => {
                 endpoint.agents.answered(node, instruction, outcome);
+                None
+            }
+            AgentMessage::KeepAlive => {
+                endpoint
+                    .agents
+                    .push_local(node, ControllerMessage::KeepAlive);
                 None
             }
             AgentMessage::TunnelRefused { stream, reason } => {

@@ -174,7 +174,11 @@ impl AgentEndpoint {
             None => None,
             Some(der) => match self.admit(&der).await {
                 Ok(identity) => Some(identity),
-                Err(reason) => {
+                Err(Unadmitted::Unchecked(error)) => {
+                    tracing::warn!(%addr, %error, "could not check an agent certificate; closing its connection");
+                    return;
+                }
+                Err(Unadmitted::Refused(reason)) => {
                     // Answer with the refusal, so the agent learns why and stops.
                     tracing::warn!(%addr, %reason, "refused an agent certificate");
                     if channel {
@@ -258,23 +262,42 @@ impl AgentEndpoint {
 
     /// Checks a verified client certificate against the store: the node must exist in the
     /// tenant the certificate names, not be deauthorized, and the serial must be current.
-    async fn admit(&self, der: &[u8]) -> Result<NodeIdentity, String> {
-        let info = qb_pki::node_cert_info(der).map_err(|e| e.to_string())?;
-        let node = self
+    /// A store that cannot answer refuses nothing: the connection is closed and the agent
+    /// comes back (a refusal would make it give up its identity).
+    async fn admit(&self, der: &[u8]) -> Result<NodeIdentity, Unadmitted> {
+        let info = qb_pki::node_cert_info(der).map_err(|e| Unadmitted::Refused(e.to_string()))?;
+        let node = match self
             .store
             .agent_node(info.identity.tenant, info.identity.node)
             .await
-            .map_err(|e| format!("node {}: {e}", info.identity.node))?;
+        {
+            Ok(node) => node,
+            Err(e @ StoreError::NotFound { .. }) => {
+                return Err(Unadmitted::Refused(format!(
+                    "node {}: {e}",
+                    info.identity.node
+                )));
+            }
+            Err(e) => return Err(Unadmitted::Unchecked(e.to_string())),
+        };
         if !node.accepts_serial(&info.serial) {
-            return Err(format!(
+            return Err(Unadmitted::Refused(format!(
                 "node {} ({}) is {} or the certificate was replaced",
                 node.node.name,
                 info.identity.node,
                 node.node.state.as_str()
-            ));
+            )));
         }
         Ok(info.identity)
     }
+}
+
+/// Why a presented node certificate was not taken.
+enum Unadmitted {
+    /// The node is gone, deauthorized or holds another certificate now.
+    Refused(String),
+    /// The store could not be asked.
+    Unchecked(String),
 }
 
 pub(super) fn require(peer: Option<Peer>) -> Result<Peer, ApiError> {
