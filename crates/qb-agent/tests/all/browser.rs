@@ -16,6 +16,9 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a page has to show what a test waits for (the UI's live updates included).
 pub const SHOWS: Duration = Duration::from_secs(15);
+/// How long a fresh browser has for its first page: it parses and compiles the app's scripts
+/// first, which took over 15 s on two cores busy with other lab tests.
+pub const FIRST_PAGE: Duration = Duration::from_secs(60);
 
 /// One browser window. Dropping it ends the browser and its driver.
 pub struct Browser {

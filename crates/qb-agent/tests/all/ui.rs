@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::browser::{Browser, SHOWS};
+use crate::browser::{Browser, FIRST_PAGE, SHOWS};
 use crate::engine::{import_etcd_bundle, pending_hosts};
 use crate::harness::{Agent, Controller, poll, run};
 use crate::kubernetes::component_pid;
@@ -145,7 +145,9 @@ fn an_operator_drives_a_cluster_from_the_browser_and_a_viewer_cannot_change_anyt
 
     // Log in with the admin's token.
     b.goto(&format!("{base}/"));
-    b.element("#token");
+    b.wait("the login form", FIRST_PAGE, |b| {
+        b.all("#token").into_iter().next()
+    });
     b.shot("login");
     assert_labelled(&b, "login");
     log_in(&b, &base, &controller.admin_token);
