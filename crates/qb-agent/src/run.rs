@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::connect::{Controller, LINK_IDLE, Link, client_identity, post_json};
 use crate::host::{self, Metrics};
 use crate::state::{Identity, StateDir};
-use crate::work::Work;
+use crate::work::{AbortOnDrop, Work};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -43,15 +43,6 @@ impl Backoff {
 
     fn reset(&mut self) {
         self.attempt = 0;
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
