@@ -1220,16 +1220,19 @@ async fn controller_costs(controller_bin: &Path, max_agents: usize, table: &mut 
             let (rss, _) = controller.process.memory();
             let per_agent = (rss.saturating_sub(base)) as f64 / n as f64;
             let marginal = (rss as f64 - previous.1 as f64) / (n - previous.0) as f64;
-            table.target(
-                format!(
-                    "   {n:>5} agents: VmRSS (+{} connected in {:.1} s)",
-                    n - previous.0,
-                    took.as_secs_f64()
-                ),
-                format!("{:.1} MiB, {per_agent:.1} KiB/agent", mib(rss)),
-                "<= 12 KiB/agent",
-                per_agent <= 12.0,
+            let label = format!(
+                "   {n:>5} agents: VmRSS (+{} connected in {:.1} s)",
+                n - previous.0,
+                took.as_secs_f64()
             );
+            let value = format!("{:.1} MiB, {per_agent:.1} KiB/agent", mib(rss));
+            // The target is per agent at scale: with a few hundred agents, what the first
+            // connections cost once (allocator arenas, pools, buffers) still dominates.
+            if n == total {
+                table.target(label, value, "<= 12 KiB/agent", per_agent <= 12.0);
+            } else {
+                table.row(label, value);
+            }
             table.row(
                 format!("   {n:>5} agents: marginal KiB per added agent"),
                 format!("{marginal:.1} KiB"),

@@ -29,7 +29,6 @@ use qb_pki::{CertificateAuthority, NodeIdentity};
 use qb_store::{IssuedCert, Registration, Store, StoreError};
 use tokio::io::AsyncSeekExt;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 use super::Agents;
 use super::peers::{PEER_PREFIX, RelayedInstruction, RelayedOutcome};
@@ -124,7 +123,6 @@ impl AgentEndpoint {
 
     /// Serves agents on `listener` until the process ends.
     pub async fn serve(self, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
-        let acceptor = TlsAcceptor::from(tls);
         let router = self.router();
         loop {
             let (tcp, peer_addr) = match listener.accept().await {
@@ -136,10 +134,8 @@ impl AgentEndpoint {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let (endpoint, acceptor, router) = (self.clone(), acceptor.clone(), router.clone());
-            tokio::spawn(
-                async move { endpoint.connection(tcp, peer_addr, acceptor, router).await },
-            );
+            let (endpoint, tls, router) = (self.clone(), tls.clone(), router.clone());
+            tokio::spawn(async move { endpoint.connection(tcp, peer_addr, tls, router).await });
         }
     }
 
@@ -147,24 +143,20 @@ impl AgentEndpoint {
         self,
         tcp: tokio::net::TcpStream,
         addr: SocketAddr,
-        acceptor: TlsAcceptor,
+        config: Arc<rustls::ServerConfig>,
         router: Router,
     ) {
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::debug!(%addr, error = %e, "agent TLS handshake failed");
-                return;
-            }
-            Err(_) => return,
-        };
-        let channel = tls.get_ref().1.alpn_protocol() == Some(CHANNEL_ALPN);
-        let presented = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| c.to_vec());
+        let tls =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, super::tls::accept(tcp, config)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%addr, error = %e, "agent TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+        let channel = tls.alpn_protocol() == Some(CHANNEL_ALPN);
+        let presented = tls.peer_certificate().map(<[u8]>::to_vec);
         // Another controller replica, relaying work for an agent this one holds.
         let replica = presented
             .as_deref()

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod packages;
 pub mod peers;
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
