@@ -13,7 +13,7 @@ use qb_agent_proto::{
 use qb_api::ProblemCode;
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::connect::{Controller, LINK_IDLE, Link, client_identity, post_json};
@@ -284,8 +284,17 @@ async fn hold_channel(
     let mut heard = tokio::time::Instant::now();
     let mut asked = false;
     let mut quiet_check = tokio::time::interval(Duration::from_secs(5));
+    // Plans are fetched and the certificate renewed beside the channel, over the link: a slow
+    // HTTP/2 connection or answer never holds up heartbeats. Either failing ends the session.
+    let (announce, announced) = watch::channel(work.generation());
+    let mut plans = AbortOnDrop(tokio::spawn(fetch_plans(
+        work.clone(),
+        identity.node_id,
+        announced,
+    )));
     let renew = tokio::time::sleep(renewal_delay(&identity.cert_pem));
     tokio::pin!(renew);
+    let mut renewing: Option<AbortOnDrop<Result<Identity>>> = None;
     loop {
         tokio::select! {
             read = reader.read(&mut chunk) => {
@@ -301,15 +310,13 @@ async fn hold_channel(
                             tracing::info!(%node_id, state = state.as_str(), "connected to the controller");
                             heartbeat = tokio::time::interval(Duration::from_secs(u64::from(heartbeat_seconds.max(1))));
                             heartbeat.tick().await;
-                            if let Some(generation) = plan_generation.filter(|g| *g > work.generation()) {
-                                work.fetch_plan(identity.node_id, generation).await?;
+                            if let Some(generation) = plan_generation {
+                                announce.send_if_modified(|newest| newer(newest, generation));
                             }
                         }
                         ControllerMessage::State { state } => tracing::info!(state = state.as_str(), "node state changed"),
                         ControllerMessage::PlanAvailable { generation } => {
-                            if generation > work.generation() {
-                                work.fetch_plan(identity.node_id, generation).await?;
-                            }
+                            announce.send_if_modified(|newest| newer(newest, generation));
                         }
                         ControllerMessage::Instruction { id, instruction } if matches!(*instruction, Instruction::Ping { .. }) => {
                             to_controller.send(Bytes::from(encode(&AgentMessage::Done { instruction: id }))).await?;
@@ -364,17 +371,65 @@ async fn hold_channel(
                     asked = true;
                 }
             }
-            () = &mut renew => {
-                renew_certificate(&link, state, identity).await?;
+            fetched = &mut plans.0 => {
+                return Err(match fetched {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => anyhow::anyhow!("the plan fetcher stopped"),
+                    Err(e) => anyhow::anyhow!("the plan fetcher failed: {e}"),
+                });
+            }
+            () = &mut renew, if renewing.is_none() => {
+                let task = renew_certificate(link.clone(), state.clone(), identity.clone());
+                renewing = Some(AbortOnDrop(tokio::spawn(task)));
+            }
+            Some(renewed) = wait(&mut renewing) => {
+                *identity = renewed?;
                 renew.as_mut().reset(tokio::time::Instant::now() + renewal_delay(&identity.cert_pem));
             }
         }
     }
 }
 
+/// Whether `generation` is newer than the newest announced, which it then becomes.
+fn newer(newest: &mut u64, generation: u64) -> bool {
+    let newer = generation > *newest;
+    if newer {
+        *newest = generation;
+    }
+    newer
+}
+
+/// Fetches each plan generation announced that is newer than the one held, until the session
+/// ends (the announcer is dropped) or a fetch fails.
+async fn fetch_plans(
+    work: Arc<Work>,
+    node: qb_api::NodeId,
+    mut announced: watch::Receiver<u64>,
+) -> Result<()> {
+    while announced.changed().await.is_ok() {
+        let generation = *announced.borrow_and_update();
+        if generation > work.generation() {
+            work.fetch_plan(node, generation).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The renewal's outcome once it is done, and then no longer running; never while none runs.
+async fn wait(renewing: &mut Option<AbortOnDrop<Result<Identity>>>) -> Option<Result<Identity>> {
+    let task = renewing.as_mut()?;
+    let done = (&mut task.0).await;
+    *renewing = None;
+    Some(done.unwrap_or_else(|e| Err(anyhow::anyhow!("certificate renewal failed: {e}"))))
+}
+
 /// Gets a new certificate for a new key and saves both; new connections present them from
 /// now on.
-async fn renew_certificate(link: &Link, state: &StateDir, identity: &mut Identity) -> Result<()> {
+async fn renew_certificate(
+    link: Arc<Link>,
+    state: StateDir,
+    mut identity: Identity,
+) -> Result<Identity> {
     let key = qb_pki::new_key_and_csr(&identity.node_name)?;
     let answer = post_json(
         &mut link.sender().await?.0,
@@ -392,10 +447,10 @@ async fn renew_certificate(link: &Link, state: &StateDir, identity: &mut Identit
     };
     identity.cert_pem = response.certificate_pem;
     identity.key_pem = key.key_pem.expose().to_owned();
-    state.save(identity)?;
+    state.save(&identity)?;
     link.renewed(client_identity(&identity.cert_pem, &identity.key_pem)?);
     tracing::info!("renewed the node certificate");
-    Ok(())
+    Ok(identity)
 }
 
 #[cfg(test)]

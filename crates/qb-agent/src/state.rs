@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Who this host is to the controller, once registered.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Identity {
     pub tenant_id: TenantId,
     pub node_id: NodeId,
@@ -24,6 +24,19 @@ pub struct Identity {
     pub key_pem: String,
 }
 
+/// Not derived: the key must never reach a log.
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("tenant_id", &self.tenant_id)
+            .field("node_id", &self.node_id)
+            .field("node_name", &self.node_name)
+            .field("registered_with", &self.registered_with)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
 pub struct StateDir {
     dir: PathBuf,
 }

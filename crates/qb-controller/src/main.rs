@@ -132,7 +132,7 @@ struct ServeArgs {
     #[arg(long, env = "QB_SMTP_CA", requires = "smtp_url")]
     smtp_ca: Option<PathBuf>,
     /// Lifetime of node certificates; agents renew them at 70-90 % of it.
-    #[arg(long, default_value_t = 86400, value_parser = clap::value_parser!(i64).range(10..=31_536_000))]
+    #[arg(long, env = "QB_NODE_CERT_SECONDS", default_value_t = 86400, value_parser = clap::value_parser!(i64).range(10..=31_536_000))]
     node_cert_seconds: i64,
 }
 

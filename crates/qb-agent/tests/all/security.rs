@@ -309,6 +309,56 @@ fn a_stolen_certificate_is_refused_after_deauthorization() {
     );
 }
 
+/// The certificate an agent saved: what it presents on its next connection.
+fn saved_certificate(agent: &Agent) -> String {
+    let identity: Value = serde_json::from_str(
+        &std::fs::read_to_string(agent.state_dir.join("identity.json")).expect("identity.json"),
+    )
+    .expect("identity.json is JSON");
+    identity["cert_pem"].as_str().expect("cert_pem").to_owned()
+}
+
+/// A node certificate is renewed over the agent's link before it expires (here it lives 20 s),
+/// without the channel noticing; once the first one has expired, the host connects with the
+/// renewal.
+#[test]
+fn a_node_certificate_is_renewed_before_it_expires() {
+    const LIFETIME: Duration = Duration::from_secs(20);
+    let controller = Controller::start_with_env(
+        LOCAL,
+        &[("QB_NODE_CERT_SECONDS", LIFETIME.as_secs().to_string())],
+    );
+    let api = controller.api();
+    let token = api.bootstrap_token(1, 1);
+    let config = AgentConfig::new(&controller, &token.secret, "renewer");
+    let agent = Agent::start(&config, None);
+    let issued = std::time::Instant::now();
+    online_node(&api, "renewer");
+    let first = saved_certificate(&agent);
+    agent
+        .proc
+        .log
+        .wait_for(&["renewed the node certificate"], LIFETIME + SHORT);
+    assert_ne!(saved_certificate(&agent), first, "the renewal is saved");
+    assert_eq!(
+        agent.proc.log.count("lost the controller"),
+        0,
+        "the channel went on through the renewal"
+    );
+    // Past the first certificate's end, a fresh start presents the renewal and is let in.
+    std::thread::sleep(
+        (issued + LIFETIME + Duration::from_secs(1))
+            .saturating_duration_since(std::time::Instant::now()),
+    );
+    let agent = Agent::restart(agent, &config);
+    agent
+        .proc
+        .log
+        .wait_for(&["connected to the controller"], SHORT);
+    let pinged = api.post("/nodes/renewer/ping", &json!({})).ok();
+    assert!(pinged["round_trip_ms"].as_f64().is_some(), "{pinged}");
+}
+
 /// The documented way back after deauthorization is a new bootstrap token and a restart. That
 /// must also work for an agent that was not running when it was deauthorized: it learns it
 /// from the refusal of its old certificate, and the new token is not one it was revoked with.
