@@ -268,6 +268,14 @@ impl Channel {
         }
     }
 
+    /// The channel's own connection without a client certificate, as no agent opens it.
+    pub async fn open_anonymous(addr: SocketAddr, pin: &str) -> Self {
+        Self {
+            transport: Transport::Own(Box::new(tls(addr, pin, None, CHANNEL_ALPN).await)),
+            decoder: FrameDecoder::default(),
+        }
+    }
+
     /// Sends raw bytes (frames, or anything else). On its own connection, a controller that
     /// closes the channel part-way (a frame it refuses) shows in what is read next.
     pub async fn send(&mut self, bytes: Vec<u8>) {

@@ -697,6 +697,18 @@ fn a_silent_channel_is_closed_after_the_grace_period() {
         .wait_for(&["silent past the grace period"], SHORT);
 }
 
+/// The channel's own connection is for nodes alone: one without a node certificate is closed
+/// before any channel opens, and nothing is said on it.
+#[test]
+fn a_channel_connection_without_a_node_certificate_is_closed_unheard() {
+    let controller = Controller::start(LOCAL);
+    let (seen, _end) = runtime().block_on(async {
+        let mut channel = Channel::open_anonymous(controller.agent_addr, &controller.pin).await;
+        channel.until_end(SHORT).await
+    });
+    assert!(seen.is_empty(), "frames on an anonymous channel: {seen:?}");
+}
+
 /// `Hello` is the first frame of every channel (qb-agent-proto); a channel that starts with
 /// anything else breaks the protocol and must not be acted on.
 #[test]
