@@ -2,6 +2,7 @@
 //!
 //! - `test`: install what the test suite needs (when missing), then run the whole suite.
 //! - `bench`: run the benchmarks and print their figures.
+//! - `fuzz`: run every fuzz target for a bounded time (the suite's `test` does, 20 s each).
 //! - `bundle`: build (once, cached) the Kubernetes release bundle the lab tests import.
 //! - `dist`: the release binaries as they ship (the agent for glibc 2.17), in `target/dist`.
 //! - `lab`: a standing lab of hosts on this machine, to try qb on.
@@ -9,6 +10,7 @@
 mod addon_images;
 mod bundle;
 mod dist;
+mod fuzz;
 mod lab;
 mod static_build;
 mod tidy;
@@ -36,7 +38,23 @@ fn main() -> Result<()> {
                 .env(DEBIAN_12_ENV, &debian_12)
                 .args(["nextest", "run", "--workspace", "--no-fail-fast"])
                 .args(&args[1..]);
-            run(&mut cmd)
+            let tests = run(&mut cmd);
+            // The whole suite fuzzes too; a run of chosen tests (filters given) does not.
+            if args.len() == 1 {
+                let fuzzed = fuzz::run(&root, fuzz::TEST_SECONDS);
+                tests?;
+                return fuzzed;
+            }
+            tests
+        }
+        Some("fuzz") => {
+            let seconds = match args.get(1) {
+                Some(s) => s
+                    .parse()
+                    .with_context(|| format!("`cargo xtask fuzz SECONDS`: {s:?} is no number"))?,
+                None => fuzz::TEST_SECONDS,
+            };
+            fuzz::run(&root, seconds)
         }
         Some("bench") => {
             prerequisites()?;
@@ -69,6 +87,7 @@ fn main() -> Result<()> {
         Some("deps") => {
             prerequisites()?;
             dist::tools()?;
+            fuzz::tools()?;
             dist::debian_root("bullseye")?;
             dist::debian_root("bookworm")?;
             bundle::ensure().map(drop)
@@ -88,8 +107,16 @@ fn main() -> Result<()> {
             Ok(())
         }
         _ => {
-            eprintln!("usage: cargo xtask <test|bench|deps|bundle|dist|lab> [args for the runner]");
-            eprintln!("  test   install missing test prerequisites, then run the whole test suite");
+            eprintln!(
+                "usage: cargo xtask <test|bench|fuzz|deps|bundle|dist|lab> [args for the runner]"
+            );
+            eprintln!(
+                "  test   install missing test prerequisites, then run the whole test suite (and fuzz, without filters)"
+            );
+            eprintln!(
+                "  fuzz   run every fuzz target in fuzz/ for SECONDS (default {}) each",
+                fuzz::TEST_SECONDS
+            );
             eprintln!(
                 "  bench  run the benchmarks: API throughput (SQLite and PostgreSQL side by side), agent costs, preflight, Kubernetes bring-up, the API proxy's tunnel against direct and ssh -R, cluster DNS against unbound"
             );

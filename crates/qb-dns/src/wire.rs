@@ -613,8 +613,10 @@ impl Question {
     }
 }
 
-#[cfg(test)]
-mod tests {
+/// A small zone with every kind of record, and both paths' answers from it: for the tests and
+/// the fuzzer, which hold the fast path to the general one byte for byte.
+#[cfg(any(test, fuzzing))]
+pub(crate) mod sample {
     use std::net::IpAddr;
 
     use super::*;
@@ -628,7 +630,7 @@ mod tests {
         }
     }
 
-    fn zone() -> Zone {
+    pub(crate) fn zone() -> Zone {
         let service = |name: &str, kind, ports| Service {
             namespace: "default".into(),
             name: name.into(),
@@ -684,22 +686,8 @@ mod tests {
         )
     }
 
-    fn query(name: &str, rtype: RecordType, edns: Option<(u16, u8)>, rd: bool) -> Vec<u8> {
-        let mut message = Message::new();
-        message
-            .set_id(0xbeef)
-            .set_recursion_desired(rd)
-            .add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
-        if let Some((payload, version)) = edns {
-            let mut ours = Edns::new();
-            ours.set_max_payload(payload).set_version(version);
-            message.set_edns(ours);
-        }
-        message.to_vec().unwrap()
-    }
-
     /// What the general path (hickory's messages) answers, and what [`answer`] does.
-    fn both(
+    pub(crate) fn both(
         zone: &Zone,
         query: &[u8],
         transport: Transport,
@@ -715,6 +703,40 @@ mod tests {
             general_out.clear();
         }
         ((general_reply, general_out), (reply, out))
+    }
+}
+
+/// For the fuzzer: `query` answered from the sample zone over UDP and TCP; the fast path must
+/// say what the general path says, byte for byte (a panic is the fuzzer's finding).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz(query: &[u8]) {
+    static ZONE: std::sync::LazyLock<Zone> = std::sync::LazyLock::new(sample::zone);
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let (general, fast) = sample::both(&ZONE, query, transport);
+        assert_eq!(
+            fast, general,
+            "the fast path differs from the general one on {query:02x?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample::{both, zone};
+    use super::*;
+
+    fn query(name: &str, rtype: RecordType, edns: Option<(u16, u8)>, rd: bool) -> Vec<u8> {
+        let mut message = Message::new();
+        message
+            .set_id(0xbeef)
+            .set_recursion_desired(rd)
+            .add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+        if let Some((payload, version)) = edns {
+            let mut ours = Edns::new();
+            ours.set_max_payload(payload).set_version(version);
+            message.set_edns(ours);
+        }
+        message.to_vec().unwrap()
     }
 
     const NAMES: &[&str] = &[
