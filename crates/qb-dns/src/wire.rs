@@ -640,7 +640,7 @@ pub(crate) mod sample {
         let services = vec![
             service(
                 "web",
-                ServiceKind::ClusterIp(vec!["10.96.0.20".parse().unwrap()]),
+                ServiceKind::ClusterIp(vec!["10.96.0.20".parse().expect("an address")]),
                 vec![port("http", 80)],
             ),
             service("db", ServiceKind::Headless, vec![port("pg", 5432)]),
@@ -666,17 +666,17 @@ pub(crate) mod sample {
             })
             .collect();
         let db = vec![Address {
-            ip: "10.244.1.5".parse().unwrap(),
+            ip: "10.244.1.5".parse().expect("an address"),
             hostname: Some("db-0".into()),
         }];
         Zone::build(
             ZoneConfig {
-                domain: Name::from_ascii("Cluster.Local.").unwrap(),
+                domain: Name::from_ascii("Cluster.Local.").expect("a name"),
                 ttl: 5,
                 pods: PodRecords::Insecure,
                 reverse: vec![
-                    "10.96.0.0/12".parse().unwrap(),
-                    "10.244.0.0/16".parse().unwrap(),
+                    "10.96.0.0/12".parse().expect("a network"),
+                    "10.244.0.0/16".parse().expect("a network"),
                 ],
             },
             7,
