@@ -177,6 +177,7 @@ pub struct AlertQuery {
     #[param(pattern = "^(firing|resolved|all)$")]
     pub state: Option<String>,
     /// At most this many, newest first (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 

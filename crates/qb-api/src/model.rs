@@ -756,6 +756,7 @@ pub struct Page<T> {
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// At most this many items, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// The `next` cursor of the previous page.
     pub after: Option<String>,

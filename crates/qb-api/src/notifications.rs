@@ -179,6 +179,7 @@ pub struct DeliveryQuery {
     /// Only this channel's (by name).
     pub channel: Option<String>,
     /// At most this many, newest first (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
