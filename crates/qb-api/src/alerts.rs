@@ -213,7 +213,7 @@ impl Silence {
 pub struct CreateSilence {
     pub rule: Option<AlertRule>,
     /// A node's or cluster's name.
-    #[schema(max_length = 253)]
+    #[schema(min_length = 1, max_length = 253)]
     pub object_name: Option<String>,
     /// How long it lasts, 1 minute to 30 days.
     #[schema(minimum = 1, maximum = 43200)]
@@ -236,7 +236,7 @@ impl CreateSilence {
             return bad("comment must say why, in 1 to 512 characters");
         }
         if let Some(object) = &self.object_name
-            && (object.is_empty() || object.len() > 253)
+            && (object.is_empty() || object.chars().count() > 253)
         {
             return bad("object_name must be a node's or cluster's name");
         }

@@ -46,7 +46,6 @@ pub fn is_known_artifact(name: &str) -> bool {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BundleManifest {
-    #[schema(value_type = String, example = "1.20.2")]
     pub kubernetes_version: KubernetesVersion,
     pub artifacts: Vec<BundleArtifact>,
 }
@@ -57,8 +56,10 @@ pub struct BundleArtifact {
     /// One of the known artifact names, e.g. `etcd`.
     pub name: String,
     /// The component's own version, e.g. `3.4.23`.
+    #[schema(pattern = "^[A-Za-z0-9._+~-]{1,64}$")]
     pub version: String,
     /// Lowercase hex SHA-256 of the content.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub sha256: String,
     pub size: u64,
     /// Where the file is inside the bundle directory (import only; not kept).

@@ -228,7 +228,7 @@ pub struct Node {
     /// The cluster the node belongs to, when attached or detaching.
     pub cluster: Option<ClusterRef>,
     pub facts: NodeFacts,
-    #[schema(value_type = BTreeMap<String, String>)]
+    #[schema(schema_with = crate::map_schema::<LabelKey, LabelValue>)]
     pub labels: Labels,
     /// The node's agent, once one has registered.
     pub agent: Option<NodeAgent>,
@@ -276,10 +276,9 @@ pub struct NodePlan {
 #[serde(deny_unknown_fields)]
 pub struct LabelChange {
     #[serde(default)]
-    #[schema(value_type = BTreeMap<String, String>)]
+    #[schema(schema_with = crate::map_schema::<LabelKey, LabelValue>)]
     pub set: BTreeMap<LabelKey, LabelValue>,
     #[serde(default)]
-    #[schema(value_type = Vec<String>)]
     pub remove: Vec<LabelKey>,
 }
 
@@ -294,7 +293,7 @@ pub struct Cluster {
     #[schema(value_type = String, example = "auto")]
     pub masters: MasterCount,
     /// Explicit roles for named nodes ("advanced mode"); other nodes are placed automatically.
-    #[schema(value_type = BTreeMap<String, NodeRole>)]
+    #[schema(schema_with = crate::map_schema::<NodeName, NodeRole>)]
     pub roles: BTreeMap<NodeName, NodeRole>,
     /// Masters carry the `node-role.kubernetes.io/master:NoSchedule` taint: only pods that
     /// tolerate it run there.
@@ -386,7 +385,7 @@ pub struct CreateCluster {
     pub masters: MasterCount,
     /// Advanced mode: explicit roles for named nodes.
     #[serde(default)]
-    #[schema(value_type = BTreeMap<String, NodeRole>)]
+    #[schema(schema_with = crate::map_schema::<NodeName, NodeRole>)]
     pub roles: BTreeMap<NodeName, NodeRole>,
     /// Taint masters so that workloads run on workers only (default: masters run workloads
     /// too, which small clusters need).
@@ -405,11 +404,12 @@ impl CreateCluster {
 #[serde(deny_unknown_fields)]
 pub struct AttachRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub count: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<Selector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(schema_with = node_list_or_null_schema)]
     pub nodes: Option<Vec<NodeName>>,
 }
 
@@ -447,6 +447,25 @@ impl AttachRequest {
     }
 }
 
+/// [`check_node_list`]'s rule as a schema.
+fn node_list_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::ToSchema;
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(utoipa::openapi::Ref::from_schema_name(NodeName::name()))
+        .min_items(Some(1))
+        .max_items(Some(AttachRequest::MAX_NODES as usize))
+        .unique_items(true)
+        .build()
+}
+
+/// [`node_list_schema`], or `null`.
+fn node_list_or_null_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    let mut schema = node_list_schema();
+    schema.schema_type = SchemaType::from_iter([Type::Array, Type::Null]);
+    schema
+}
+
 /// A list of named nodes to move: 1 to [`AttachRequest::MAX_NODES`], each once.
 fn check_node_list(nodes: &[NodeName]) -> Result<(), crate::InvalidValue> {
     let bad = |m: &str| Err(crate::InvalidValue(m.to_owned()));
@@ -464,7 +483,7 @@ fn check_node_list(nodes: &[NodeName]) -> Result<(), crate::InvalidValue> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DetachRequest {
-    #[schema(value_type = Vec<String>)]
+    #[schema(schema_with = node_list_schema)]
     pub nodes: Vec<NodeName>,
     /// Skip the checks that would hold the detach up: the quorum guard (refusing when etcd
     /// would lose its quorum or every member), draining the nodes, and waiting for the wipe of
@@ -540,6 +559,7 @@ pub struct CreateToken {
     pub description: Option<Description>,
     /// Lifetime in hours, 1 to 8760; default 720 (30 days).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 8760)]
     pub expires_in_hours: Option<u32>,
 }
 
@@ -562,6 +582,7 @@ pub struct CreatedToken {
 pub struct CreateKubeconfig {
     /// Lifetime of the kubeconfig's token in hours, 1 to 8760; default 24.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 8760)]
     pub expires_in_hours: Option<u32>,
 }
 
@@ -604,9 +625,11 @@ pub struct CreateBootstrapToken {
     pub description: Option<Description>,
     /// Lifetime in hours, 1 to 720; default 24.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 720)]
     pub expires_in_hours: Option<u32>,
     /// How many hosts may register with it, 1 to 10000; default 1.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10000)]
     pub max_uses: Option<u32>,
 }
 
@@ -686,6 +709,7 @@ pub struct Login {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetPassword {
+    #[schema(min_length = 12, max_length = 256)]
     pub password: String,
 }
 

@@ -32,6 +32,8 @@ pub enum ProblemCode {
     NodeNotInCluster,
     /// The cluster still has nodes; detach them or delete with `force`.
     ClusterNotEmpty,
+    /// The cluster has no nodes for this to act on; attach some first.
+    ClusterHasNoNodes,
     /// The bootstrap token is unknown, expired, revoked or used up; the agent cannot register
     /// with it. The detail says which.
     RegistrationRefused,
@@ -45,6 +47,9 @@ pub enum ProblemCode {
     AgentUnavailable,
     /// A bundle for this Kubernetes version exists with different content.
     BundleConflict,
+    /// The cluster's own Kubernetes API cannot be read now: it has no API server yet, or
+    /// neither its masters' agents nor their API servers answer. The detail says which.
+    ClusterApiUnavailable,
     /// The change would leave etcd without quorum or without a member; the detail says why.
     /// Repeat with `force` to do it anyway.
     QuorumAtRisk,
@@ -78,8 +83,10 @@ impl ProblemCode {
             | Self::InvalidNodeState
             | Self::NodeNotInCluster
             | Self::ClusterNotEmpty
+            | Self::ClusterHasNoNodes
             | Self::AgentUnavailable
             | Self::BundleConflict
+            | Self::ClusterApiUnavailable
             | Self::QuorumAtRisk
             | Self::IdentityConflict => 409,
             Self::TooManyAttempts => 429,
@@ -105,11 +112,13 @@ impl ProblemCode {
             Self::InvalidNodeState => "Node state does not allow this",
             Self::NodeNotInCluster => "Node not in this cluster",
             Self::ClusterNotEmpty => "Cluster still has nodes",
+            Self::ClusterHasNoNodes => "Cluster has no nodes",
             Self::RegistrationRefused => "Registration refused",
             Self::IdentityConflict => "Host identity in use by another host",
             Self::AgentUnavailable => "Agent unavailable",
             Self::CertificateRefused => "Certificate refused",
             Self::BundleConflict => "A different bundle has this version",
+            Self::ClusterApiUnavailable => "Cluster API unavailable",
             Self::QuorumAtRisk => "etcd quorum at risk",
             Self::TooManyAttempts => "Too many failed logins",
             Self::NotDelivered => "Notification not delivered",

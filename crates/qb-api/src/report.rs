@@ -152,7 +152,6 @@ pub struct PreflightReport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NodeCheck {
     pub node: crate::NodeId,
-    #[schema(value_type = String)]
     pub node_name: crate::NodeName,
     #[serde(flatten)]
     pub check: CheckResult,
@@ -161,9 +160,7 @@ pub struct NodeCheck {
 /// One cell of the preflight matrix.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MeshProbe {
-    #[schema(value_type = String)]
     pub from: crate::NodeName,
-    #[schema(value_type = String)]
     pub to: crate::NodeName,
     pub port: u16,
     pub protocol: Protocol,

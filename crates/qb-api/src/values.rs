@@ -42,12 +42,51 @@ pub(crate) fn prefix(s: &str, chars: usize) -> Option<&str> {
     s.char_indices().nth(chars).map(|(end, _)| &s[..end])
 }
 
+/// The schema of a string that must match `pattern` (an ECMA-262 regular expression, as
+/// OpenAPI reads it) and hold at most `max_chars` characters: the same rule as the value's
+/// check, so a client or a schema-driven fuzzer knows what the server accepts.
+pub fn string_schema(
+    pattern: &str,
+    max_chars: usize,
+    example: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(pattern))
+        .max_length(Some(max_chars))
+        .examples([example])
+        .into()
+}
+
+/// The schema of a JSON object whose keys are `K`s and values `V`s.
+pub fn map_schema<K: utoipa::PartialSchema, V: utoipa::PartialSchema>()
+-> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    let RefOr::T(keys) = K::schema() else {
+        unreachable!("map keys are strings with an inline schema")
+    };
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(keys))
+        .additional_properties(Some(AdditionalProperties::RefOr(V::schema())))
+        .into()
+}
+
 macro_rules! string_value {
-    ($(#[$doc:meta])* $name:ident, $check:path, $example:literal) => {
+    ($(#[$doc:meta])* $name:ident, $check:path, $example:literal, $pattern:expr, $max_chars:expr) => {
         $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, utoipa::ToSchema)]
-        #[schema(value_type = String, example = $example)]
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(String);
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                string_schema($pattern, $max_chars, $example)
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
 
         impl $name {
             pub fn as_str(&self) -> &str {
@@ -97,6 +136,18 @@ macro_rules! string_value {
     };
 }
 
+/// [`Name`]'s rule as a pattern: a DNS-1123 label.
+pub const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+/// [`NodeName`]'s rule as a pattern (with at most 253 characters): a DNS-1123 subdomain. A
+/// cluster's or node's id (a UUID) matches it and [`NAME_PATTERN`] too.
+pub const NODE_NAME_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
+/// [`LabelKey`]'s rule as a pattern: an optional DNS prefix (at most 253 characters, which the
+/// pattern cannot say) and `/`, then a label segment.
+pub const LABEL_KEY_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
+/// [`LabelValue`]'s rule as a pattern: empty or a label segment.
+pub const LABEL_VALUE_PATTERN: &str = "^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$";
+
 /// `true` for a DNS-1123 label: 1–63 of `a-z 0-9 -`, starting and ending with a letter or digit.
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -131,11 +182,11 @@ fn check_node_name(s: &str) -> Result<(), InvalidValue> {
 
 string_value!(
     /// The name of a tenant, user or cluster: a DNS-1123 label (`clus100`).
-    Name, check_name, "clus100"
+    Name, check_name, "clus100", NAME_PATTERN, 63
 );
 string_value!(
     /// The name of a node: a lowercase DNS-1123 subdomain, normally its hostname.
-    NodeName, check_node_name, "host-1.rack2"
+    NodeName, check_node_name, "host-1.rack2", NODE_NAME_PATTERN, 253
 );
 
 /// Kubernetes' rule for a label name segment and a label value: at most 63 of
@@ -177,11 +228,11 @@ fn check_label_value(s: &str) -> Result<(), InvalidValue> {
 
 string_value!(
     /// A label key, with Kubernetes' syntax (`topology.kubernetes.io/zone`, `rack`).
-    LabelKey, check_label_key, "topology.kubernetes.io/zone"
+    LabelKey, check_label_key, "topology.kubernetes.io/zone", LABEL_KEY_PATTERN, 253 + 1 + 63
 );
 string_value!(
     /// A label value, with Kubernetes' syntax (may be empty).
-    LabelValue, check_label_value, "zone-a"
+    LabelValue, check_label_value, "zone-a", LABEL_VALUE_PATTERN, 63
 );
 
 /// A node's labels.
@@ -199,7 +250,7 @@ fn check_description(s: &str) -> Result<(), InvalidValue> {
 
 string_value!(
     /// Free text describing a token: at most 200 characters, no control characters.
-    Description, check_description, "ci pipeline"
+    Description, check_description, "ci pipeline", r"^[^\u0000-\u001F\u007F-\u009F]*$", 200
 );
 
 fn check_version(s: &str) -> Result<(), InvalidValue> {
@@ -217,7 +268,7 @@ fn check_version(s: &str) -> Result<(), InvalidValue> {
 
 string_value!(
     /// A Kubernetes release, `1.MINOR.PATCH`.
-    KubernetesVersion, check_version, "1.20.2"
+    KubernetesVersion, check_version, "1.20.2", r"^1\.[0-9]{1,4}\.[0-9]{1,4}$", 11
 );
 
 impl KubernetesVersion {
@@ -433,6 +484,76 @@ impl<'de> Deserialize<'de> for Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rule a value's schema states (its pattern and length) and the rule its check
+    /// enforces accept the same strings: every short string of a small alphabet, and the
+    /// lengths at each limit.
+    #[test]
+    fn schemas_state_the_rules_the_checks_enforce() {
+        fn agrees<T: utoipa::PartialSchema + FromStr>(samples: &[String]) {
+            let utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(schema)) =
+                T::schema()
+            else {
+                panic!("a string value's schema is an inline object");
+            };
+            let pattern = regex::Regex::new(schema.pattern.as_deref().unwrap()).unwrap();
+            let max = schema.max_length.unwrap();
+            for s in samples {
+                let stated = pattern.is_match(s) && s.chars().count() <= max;
+                assert_eq!(
+                    stated,
+                    s.parse::<T>().is_ok(),
+                    "{} {s:?}: the schema says {stated}",
+                    std::any::type_name::<T>()
+                );
+            }
+        }
+        let alphabet = ['a', 'Z', '0', '-', '.', '_', '/', '\n', 'é', '\u{85}', ' '];
+        let mut samples = vec![String::new()];
+        for _ in 0..4 {
+            let longer: Vec<String> = samples
+                .iter()
+                .filter(|s| s.chars().count() == samples.last().unwrap().chars().count())
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            samples.extend(longer);
+        }
+        let label = |n: usize| "a".repeat(n);
+        for n in [62, 63, 64, 200, 201, 253, 254] {
+            samples.push(label(n));
+            samples.push(format!("{}.{}", label(n), label(3)));
+            samples.push(format!(
+                "{}/x",
+                [label(63), label(63), label(63), label(n)].join(".")
+            ));
+            samples.push(format!("x/{}", label(n)));
+        }
+        samples.extend(
+            [
+                "1.20.2",
+                "1.2000.1",
+                "1.20000.1",
+                "2.0.0",
+                "1.20",
+                "1.20.2\n",
+            ]
+            .map(String::from),
+        );
+        agrees::<Name>(&samples);
+        agrees::<NodeName>(&samples);
+        // The one rule a pattern cannot state: a label key's prefix has at most 253 characters.
+        let (long_prefix, keys): (Vec<String>, Vec<String>) =
+            samples.iter().cloned().partition(|s| {
+                s.split_once('/')
+                    .is_some_and(|(prefix, _)| prefix.len() > 253)
+            });
+        assert!(!long_prefix.is_empty());
+        assert!(long_prefix.iter().all(|s| s.parse::<LabelKey>().is_err()));
+        agrees::<LabelKey>(&keys);
+        agrees::<LabelValue>(&samples);
+        agrees::<Description>(&samples);
+        agrees::<KubernetesVersion>(&samples);
+    }
 
     #[test]
     fn a_secret_shows_only_its_length_but_travels_whole() {

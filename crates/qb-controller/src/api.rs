@@ -160,9 +160,9 @@ async fn whoami(caller: Caller) -> Json<Whoami> {
 /// whether the scheduler and the controller manager have a leader, how many pods run, and the
 /// pods that restart, wait or fail, with their restart counts and why they last stopped.
 #[utoipa::path(get, path = "/api/v1/clusters/{cluster}/health", tag = "clusters",
-    params(("cluster" = String, Path, description = "Cluster id or name")),
+    params(("cluster" = qb_api::Name, Path, description = "Cluster id or name")),
     responses((status = 200, body = ClusterHealth), (status = 404, body = qb_api::Problem),
-        (status = 503, body = qb_api::Problem)))]
+        (status = 409, description = "The cluster's API cannot be read now: it has no API server yet, or its masters do not answer", body = qb_api::Problem)))]
 async fn cluster_health(
     State(app): State<AppState>,
     caller: Caller,
@@ -178,16 +178,21 @@ async fn cluster_health(
 #[into_params(parameter_in = Query)]
 struct NodeQuery {
     /// Only nodes in this state.
+    #[param(pattern = "^(pending|authorized|attached|detaching|deauthorized)$")]
     state: Option<String>,
     /// Only nodes of this cluster (id or name).
+    #[param(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length = 63)]
     cluster: Option<String>,
+    /// At most this many items, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     after: Option<String>,
 }
 
 /// List the tenant's nodes.
 #[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", params(NodeQuery),
-    responses((status = 200, body = Page<Node>), (status = 400, body = qb_api::Problem)))]
+    responses((status = 200, body = Page<Node>), (status = 400, body = qb_api::Problem),
+        (status = 404, description = "The cluster asked for does not exist", body = qb_api::Problem)))]
 async fn list_nodes(
     State(app): State<AppState>,
     caller: Caller,
@@ -217,7 +222,7 @@ async fn list_nodes(
 
 /// Show one node.
 #[utoipa::path(get, path = "/api/v1/nodes/{node}", tag = "nodes",
-    params(("node" = String, Path, description = "Node id or name")),
+    params(("node" = qb_api::NodeName, Path, description = "Node id or name")),
     responses((status = 200, body = Node), (status = 404, body = qb_api::Problem)))]
 async fn get_node(
     State(app): State<AppState>,
@@ -229,7 +234,7 @@ async fn get_node(
 
 /// Set or remove labels of a node.
 #[utoipa::path(post, path = "/api/v1/nodes/{node}/labels", tag = "nodes", request_body = LabelChange,
-    params(("node" = String, Path, description = "Node id or name")),
+    params(("node" = qb_api::NodeName, Path, description = "Node id or name")),
     responses((status = 200, body = Node), (status = 400, body = qb_api::Problem), (status = 404, body = qb_api::Problem)))]
 async fn label_node(
     State(app): State<AppState>,
@@ -245,7 +250,7 @@ async fn label_node(
 
 /// Authorize a pending node: it enters the pool.
 #[utoipa::path(post, path = "/api/v1/nodes/{node}/authorize", tag = "nodes",
-    params(("node" = String, Path, description = "Node id or name")),
+    params(("node" = qb_api::NodeName, Path, description = "Node id or name")),
     responses((status = 200, body = Node), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
 async fn authorize_node(
     State(app): State<AppState>,
@@ -258,7 +263,7 @@ async fn authorize_node(
 
 /// Deauthorize a node: its identity is revoked and it leaves its cluster.
 #[utoipa::path(post, path = "/api/v1/nodes/{node}/deauthorize", tag = "nodes",
-    params(("node" = String, Path, description = "Node id or name")),
+    params(("node" = qb_api::NodeName, Path, description = "Node id or name")),
     responses((status = 200, body = Node), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
 async fn deauthorize_node(
     State(app): State<AppState>,
@@ -271,7 +276,7 @@ async fn deauthorize_node(
 
 /// Forget a pending or deauthorized node.
 #[utoipa::path(delete, path = "/api/v1/nodes/{node}", tag = "nodes",
-    params(("node" = String, Path, description = "Node id or name")),
+    params(("node" = qb_api::NodeName, Path, description = "Node id or name")),
     responses((status = 204), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
 async fn delete_node(
     State(app): State<AppState>,
@@ -310,7 +315,7 @@ async fn create_cluster(
 
 /// Show a cluster and its nodes.
 #[utoipa::path(get, path = "/api/v1/clusters/{cluster}", tag = "clusters",
-    params(("cluster" = String, Path, description = "Cluster id or name")),
+    params(("cluster" = qb_api::Name, Path, description = "Cluster id or name")),
     responses((status = 200, body = ClusterDetail), (status = 404, body = qb_api::Problem)))]
 async fn get_cluster(
     State(app): State<AppState>,
@@ -333,7 +338,7 @@ struct DeleteQuery {
 
 /// Delete a cluster.
 #[utoipa::path(delete, path = "/api/v1/clusters/{cluster}", tag = "clusters",
-    params(("cluster" = String, Path, description = "Cluster id or name"), DeleteQuery),
+    params(("cluster" = qb_api::Name, Path, description = "Cluster id or name"), DeleteQuery),
     responses((status = 200, body = DeletedCluster), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
 async fn delete_cluster(
     State(app): State<AppState>,
@@ -351,7 +356,7 @@ async fn delete_cluster(
 /// Attach nodes to a cluster: a number from the pool (optionally matching a label selector), or
 /// named nodes. All or nothing.
 #[utoipa::path(post, path = "/api/v1/clusters/{cluster}/attach", tag = "clusters", request_body = AttachRequest,
-    params(("cluster" = String, Path, description = "Cluster id or name")),
+    params(("cluster" = qb_api::Name, Path, description = "Cluster id or name")),
     responses((status = 200, body = NodeMove), (status = 400, body = qb_api::Problem), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
 async fn attach(
     State(app): State<AppState>,
@@ -368,7 +373,7 @@ async fn attach(
 /// Detach named nodes from a cluster. They become `detaching` and return to the pool once their
 /// components are removed.
 #[utoipa::path(post, path = "/api/v1/clusters/{cluster}/detach", tag = "clusters", request_body = DetachRequest,
-    params(("cluster" = String, Path, description = "Cluster id or name")),
+    params(("cluster" = qb_api::Name, Path, description = "Cluster id or name")),
     responses((status = 202, body = NodeMove), (status = 400, body = qb_api::Problem), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
 async fn detach(
     State(app): State<AppState>,
@@ -389,7 +394,7 @@ async fn detach(
 /// decides what it may do there), expiring no later than the caller's token. Its secret is in
 /// this response only.
 #[utoipa::path(post, path = "/api/v1/clusters/{cluster}/kubeconfig", tag = "clusters", request_body = CreateKubeconfig,
-    params(("cluster" = String, Path, description = "Cluster id or name")),
+    params(("cluster" = qb_api::Name, Path, description = "Cluster id or name")),
     responses((status = 201, body = Kubeconfig), (status = 400, body = qb_api::Problem), (status = 404, body = qb_api::Problem), (status = 503, body = qb_api::Problem)))]
 async fn create_kubeconfig(
     State(app): State<AppState>,
@@ -428,7 +433,7 @@ async fn create_user(
 /// user for themselves. The user's web sessions end, but the one that made the change; their
 /// API tokens stay.
 #[utoipa::path(put, path = "/api/v1/users/{user}/password", tag = "users", request_body = SetPassword,
-    params(("user" = String, Path, description = "User name")),
+    params(("user" = qb_api::Name, Path, description = "User name or id")),
     responses((status = 200, body = User), (status = 400, body = qb_api::Problem),
         (status = 403, body = qb_api::Problem), (status = 404, body = qb_api::Problem)))]
 async fn set_password(
@@ -460,7 +465,8 @@ async fn list_tokens(
 
 /// Create an API token. Its secret is in this response only.
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateToken,
-    responses((status = 201, body = CreatedToken), (status = 400, body = qb_api::Problem), (status = 403, body = qb_api::Problem)))]
+    responses((status = 201, body = CreatedToken), (status = 400, body = qb_api::Problem), (status = 403, body = qb_api::Problem),
+        (status = 404, description = "The user named does not exist", body = qb_api::Problem)))]
 async fn create_token(
     State(app): State<AppState>,
     caller: Caller,
@@ -500,8 +506,11 @@ struct EventQuery {
     /// `oldest` (the default) or `newest` first; `next` continues in the same order.
     #[param(inline)]
     order: Option<EventOrder>,
+    /// At most this many items, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// The `next` cursor of the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
     after: Option<String>,
 }
 
@@ -582,7 +591,7 @@ async fn revoke_bootstrap_token(
 /// Push a ping to the node's agent and wait for its answer: the round trip from the controller
 /// deciding to the agent acting.
 #[utoipa::path(post, path = "/api/v1/nodes/{node}/ping", tag = "nodes",
-    params(("node" = String, Path, description = "Node id or name")),
+    params(("node" = qb_api::NodeName, Path, description = "Node id or name")),
     responses((status = 200, body = PingResult), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
 async fn ping_node(
     State(app): State<AppState>,
@@ -597,8 +606,8 @@ async fn ping_node(
 /// and `qb-agent`, the agent's own), read by its agent: the end of the log, or with `offset`
 /// what follows (to follow it).
 #[utoipa::path(get, path = "/api/v1/nodes/{node}/logs/{service}", tag = "nodes",
-    params(("node" = String, Path, description = "Node id or name"),
-        ("service" = String, Path, description = "A service of the node's plan, or `qb-agent` for the agent's own log"), LogQuery),
+    params(("node" = qb_api::NodeName, Path, description = "Node id or name"),
+        ("service" = String, Path, description = "A service of the node's plan, or `qb-agent` for the agent's own log", pattern = "^[-a-z0-9]{1,63}$"), LogQuery),
     responses((status = 200, body = NodeLog), (status = 400, body = qb_api::Problem),
         (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
 async fn node_log(
@@ -618,7 +627,7 @@ async fn node_log(
 /// A node's host metrics: its agent's last report (CPU, load, memory, disk, uptime) and their
 /// history, by the minute up to a day back and by the hour up to 30 days.
 #[utoipa::path(get, path = "/api/v1/nodes/{node}/metrics", tag = "nodes",
-    params(("node" = String, Path, description = "Node id or name"), MetricsQuery),
+    params(("node" = qb_api::NodeName, Path, description = "Node id or name"), MetricsQuery),
     responses((status = 200, body = NodeMetrics), (status = 400, body = qb_api::Problem), (status = 404, body = qb_api::Problem)))]
 async fn node_metrics(
     State(app): State<AppState>,
@@ -704,7 +713,7 @@ async fn create_threshold_rule(
 
 /// Remove an alert rule; its firing alerts resolve.
 #[utoipa::path(delete, path = "/api/v1/alert-rules/{rule}", tag = "alerts",
-    params(("rule" = String, Path, description = "Rule name")),
+    params(("rule" = qb_api::Name, Path, description = "Rule name")),
     responses((status = 204), (status = 400, body = qb_api::Problem),
         (status = 404, body = qb_api::Problem)))]
 async fn delete_threshold_rule(
@@ -747,7 +756,7 @@ async fn create_channel(
 
 /// Remove a notification channel and its delivery log; what it had not sent is dropped.
 #[utoipa::path(delete, path = "/api/v1/notification-channels/{channel}", tag = "alerts",
-    params(("channel" = String, Path, description = "Channel name")),
+    params(("channel" = qb_api::Name, Path, description = "Channel name")),
     responses((status = 204), (status = 400, body = qb_api::Problem),
         (status = 404, body = qb_api::Problem)))]
 async fn delete_channel(
@@ -763,7 +772,7 @@ async fn delete_channel(
 /// Send a test alert to a channel now: 204 when it was delivered, 502 with the receiver's
 /// or the SMTP server's answer when not.
 #[utoipa::path(post, path = "/api/v1/notification-channels/{channel}/test", tag = "alerts",
-    params(("channel" = String, Path, description = "Channel name")),
+    params(("channel" = qb_api::Name, Path, description = "Channel name")),
     responses((status = 204), (status = 400, body = qb_api::Problem),
         (status = 404, body = qb_api::Problem), (status = 502, body = qb_api::Problem)))]
 async fn test_channel(

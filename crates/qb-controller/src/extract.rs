@@ -266,9 +266,24 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Strict<V> {
     forward_visit! {
         visit_bool(bool); visit_i8(i8); visit_i16(i16); visit_i32(i32); visit_i64(i64);
         visit_i128(i128); visit_u8(u8); visit_u16(u16); visit_u32(u32); visit_u64(u64);
-        visit_u128(u128); visit_f32(f32); visit_f64(f64); visit_char(char); visit_str(&str);
+        visit_u128(u128); visit_f32(f32); visit_char(char); visit_str(&str);
         visit_borrowed_str(&'de str); visit_string(String); visit_bytes(&[u8]);
         visit_borrowed_bytes(&'de [u8]); visit_byte_buf(Vec<u8>);
+    }
+
+    /// JSON has one kind of number: `2.0` is the integer 2, as the API's document (JSON Schema)
+    /// reads it, so an integer field takes it; `2.5` stays a float, which it refuses.
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<V::Value, E> {
+        // 2^64 and -2^63 are exact as floats; every whole float in between is an integer.
+        const U64_END: f64 = 18_446_744_073_709_551_616.0;
+        const I64_MIN: f64 = -9_223_372_036_854_775_808.0;
+        if v.fract() == 0.0 && (0.0..U64_END).contains(&v) {
+            return self.0.visit_u64(v as u64);
+        }
+        if v.fract() == 0.0 && (I64_MIN..0.0).contains(&v) {
+            return self.0.visit_i64(v as i64);
+        }
+        self.0.visit_f64(v)
     }
 
     fn visit_none<E: de::Error>(self) -> Result<V::Value, E> {
@@ -505,6 +520,34 @@ mod tests {
         // The same key in two objects is no repetition.
         let outer: Outer = parse(br#"{"inner": [{"x": 1}, {"x": 2}]}"#).expect("a valid body");
         assert_eq!(outer.inner.len(), 2);
+    }
+
+    #[test]
+    fn a_whole_float_is_an_integer() {
+        let outer: Outer =
+            parse(br#"{"inner": [{"x": 2.0}, {"x": 0e3}], "choice": {"point": {"x": 4E0}}}"#)
+                .expect("whole floats where integers go");
+        assert_eq!(outer.inner, [Inner { x: 2 }, Inner { x: 0 }]);
+        assert_eq!(outer.choice, Some(Choice::Point { x: 4 }));
+        for (json, why) in [
+            (
+                r#"{"inner": [{"x": 2.5}]}"#,
+                "invalid type: floating point `2.5`",
+            ),
+            (r#"{"inner": [{"x": -1.0}]}"#, "invalid value: integer `-1`"),
+            (
+                r#"{"inner": [{"x": 5e9}]}"#,
+                "invalid value: integer `5000000000`",
+            ),
+            (
+                r#"{"inner": [{"x": 1e300}]}"#,
+                "invalid type: floating point",
+            ),
+        ] {
+            let (code, detail) = refused(json);
+            assert_eq!(code, ProblemCode::InvalidInput, "{json}");
+            assert!(detail.contains(why), "{json}: {detail}");
+        }
     }
 
     #[test]

@@ -43,11 +43,12 @@ const PUBLIC: &[&str] = &["/api/v1/session"];
 /// What every operation may answer beside what its handler declares, so that a client (and a
 /// schema-driven fuzzer) finds every status and content type the server sends documented:
 /// problems as `application/problem+json`; 401 where a token is needed (`security: []` where
-/// none is); 415 where a JSON body is read; 400 where anything the client chose is read.
+/// none is); 413 and 415 where a body is read; 400 where anything the client chose is read.
 fn complete(doc: &mut utoipa::openapi::OpenApi) {
     for (path, item) in doc.paths.paths.iter_mut() {
         let operations = [
             &mut item.get,
+            &mut item.head,
             &mut item.put,
             &mut item.post,
             &mut item.delete,
@@ -77,6 +78,7 @@ fn complete(doc: &mut utoipa::openapi::OpenApi) {
                 add("401", "No valid token: the request was not authenticated");
             }
             if operation.request_body.is_some() {
+                add("413", "The body is larger than the operation takes");
                 add("415", "The body is not `application/json`");
             }
             if reads_input {

@@ -29,7 +29,7 @@ async fn health_says_why_a_cluster_api_cannot_be_read(store: Store) {
     let (status, problem) = app.get(op, "/api/v1/clusters/c1/health").await;
     assert_eq!(
         (status, problem["code"].as_str()),
-        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
+        (StatusCode::CONFLICT, Some("cluster_api_unavailable")),
         "{problem}"
     );
     assert_eq!(

@@ -419,14 +419,17 @@ fn user_event<'a>(action: &'a str, user: &'a User) -> NewEvent<'a> {
     }
 }
 
-/// The tenant's user called `name`, read inside a write.
+/// The tenant's user called `name`, or else whose id it is, read inside a write.
 async fn user_by_name(w: &mut crate::WriteTx, tenant: TenantId, name: &Name) -> Result<User> {
-    let row = sqlx::query("SELECT * FROM users WHERE tenant_id = $1 AND name = $2")
-        .bind(tenant.to_string())
-        .bind(name.as_str())
-        .fetch_optional(&mut *w.tx)
-        .await?
-        .ok_or_else(|| StoreError::not_found("user", name))?;
+    let row = sqlx::query(
+        "SELECT * FROM users WHERE tenant_id = $1 AND (name = $2 OR id = $2) \
+         ORDER BY name = $2 DESC LIMIT 1",
+    )
+    .bind(tenant.to_string())
+    .bind(name.as_str())
+    .fetch_optional(&mut *w.tx)
+    .await?
+    .ok_or_else(|| StoreError::not_found("user", name))?;
     user_row(&row)
 }
 

@@ -99,16 +99,18 @@ struct AgentConfig<'a> {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct PackageQuery {
-    /// How many hosts may register with the package's bootstrap token (default 1).
+    /// How many hosts may register with the package's bootstrap token, 1 to 10000 (default 1).
+    #[param(minimum = 1, maximum = 10000)]
     max_uses: Option<u32>,
-    /// How long the package's bootstrap token is valid, in hours (default 24).
+    /// How long the package's bootstrap token is valid, in hours, 1 to 720 (default 24).
+    #[param(minimum = 1, maximum = 720)]
     expires_in_hours: Option<u32>,
 }
 
 /// Download an agent package (`deb`, `rpm` or `tar.gz`) preconfigured for this tenant, with a
 /// new bootstrap token inside.
 #[utoipa::path(get, path = "/api/v1/agent-packages/{format}", tag = "agents",
-    params(("format" = String, Path, description = "deb, rpm or tar.gz"), PackageQuery),
+    params(("format" = String, Path, description = "deb, rpm or tar.gz", pattern = "^(deb|rpm|tar\\.gz)$"), PackageQuery),
     responses(
         (status = 200, content_type = "application/octet-stream", body = Vec<u8>),
         (status = 404, body = qb_api::Problem),

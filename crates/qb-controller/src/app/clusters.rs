@@ -55,7 +55,7 @@ impl AppState {
         let name = detail.cluster.name.to_string();
         let unavailable = |why: String| {
             ApiError::new(
-                ProblemCode::Unavailable,
+                ProblemCode::ClusterApiUnavailable,
                 format!("cannot read the API of cluster {name}: {why}"),
             )
         };
@@ -185,10 +185,10 @@ impl AppState {
     ) -> Result<PreflightReport, ApiError> {
         let detail = self.store.get_cluster(caller.tenant(), cluster).await?;
         if detail.nodes.is_empty() {
-            return Err(ApiError::invalid(format!(
-                "cluster {} has no nodes to check",
-                detail.cluster.name
-            )));
+            return Err(ApiError::new(
+                ProblemCode::ClusterHasNoNodes,
+                format!("cluster {} has no nodes to check", detail.cluster.name),
+            ));
         }
         Ok(self
             .engine
@@ -209,7 +209,7 @@ mod tests {
         let f = Fixture::new().await;
         let prod = Key::Name(f.cluster("prod").await.name.to_string());
         let refused = f.app.run_preflight(&f.operator, &prod).await.unwrap_err();
-        assert_eq!(refused.0.code, ProblemCode::InvalidInput);
+        assert_eq!(refused.0.code, ProblemCode::ClusterHasNoNodes);
         assert_eq!(refused.0.detail, "cluster prod has no nodes to check");
         assert_eq!(
             f.app.latest_preflight(&f.operator, &prod).await.unwrap(),

@@ -105,8 +105,11 @@ impl AppState {
             .after
             .as_deref()
             .map(|a| {
-                a.parse::<i64>()
-                    .map_err(|_| ApiError::invalid(format!("invalid cursor {}", qb_api::quote(a))))
+                // What `next` holds: an event's number, 1 to 18 digits (as the document says).
+                let digits = (1..=18).contains(&a.len()) && a.bytes().all(|b| b.is_ascii_digit());
+                a.parse::<i64>().ok().filter(|_| digits).ok_or_else(|| {
+                    ApiError::invalid(format!("invalid cursor {}", qb_api::quote(a)))
+                })
             })
             .transpose()?;
         Ok(self

@@ -38,7 +38,7 @@ pub(crate) async fn list_bundles(
 
 /// Show one release bundle.
 #[utoipa::path(get, path = "/api/v1/bundles/{version}", tag = "bundles",
-    params(("version" = String, Path, description = "Kubernetes version, e.g. 1.20.2")),
+    params(("version" = qb_api::KubernetesVersion, Path, description = "Kubernetes version, e.g. 1.20.2")),
     responses((status = 200, body = Bundle), (status = 404, body = qb_api::Problem)))]
 pub(crate) async fn get_bundle(
     State(app): State<AppState>,
@@ -71,7 +71,7 @@ pub(crate) async fn import_bundle(
 
 /// Upload an artifact: the body's SHA-256 must be the one in the path.
 #[utoipa::path(put, path = "/api/v1/artifacts/{sha256}", tag = "bundles",
-    params(("sha256" = String, Path, description = "SHA-256 of the content, lowercase hex")),
+    params(("sha256" = String, Path, description = "SHA-256 of the content, lowercase hex", pattern = "^[0-9a-f]{64}$")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 204), (status = 400, body = qb_api::Problem), (status = 413, body = qb_api::Problem)))]
 pub(crate) async fn upload_artifact(
@@ -104,7 +104,7 @@ pub(crate) async fn upload_artifact(
 
 /// Whether an artifact is uploaded (200) or not (404).
 #[utoipa::path(head, path = "/api/v1/artifacts/{sha256}", tag = "bundles",
-    params(("sha256" = String, Path, description = "SHA-256 of the content, lowercase hex")),
+    params(("sha256" = String, Path, description = "SHA-256 of the content, lowercase hex", pattern = "^[0-9a-f]{64}$")),
     responses((status = 200), (status = 404)))]
 pub(crate) async fn artifact_exists(
     State(state): State<AppState>,
@@ -120,7 +120,7 @@ pub(crate) async fn artifact_exists(
 
 /// The newest preflight run of a cluster.
 #[utoipa::path(get, path = "/api/v1/clusters/{cluster}/preflight", tag = "clusters",
-    params(("cluster" = String, Path, description = "Cluster id or name")),
+    params(("cluster" = qb_api::Name, Path, description = "Cluster id or name")),
     responses((status = 200, body = PreflightReport), (status = 404, body = qb_api::Problem)))]
 pub(crate) async fn latest_preflight(
     State(app): State<AppState>,
@@ -139,8 +139,9 @@ pub(crate) async fn latest_preflight(
 
 /// Run preflight across the cluster's nodes now and return the result.
 #[utoipa::path(post, path = "/api/v1/clusters/{cluster}/preflight", tag = "clusters",
-    params(("cluster" = String, Path, description = "Cluster id or name")),
-    responses((status = 200, body = PreflightReport), (status = 400, body = qb_api::Problem), (status = 404, body = qb_api::Problem)))]
+    params(("cluster" = qb_api::Name, Path, description = "Cluster id or name")),
+    responses((status = 200, body = PreflightReport), (status = 404, body = qb_api::Problem),
+        (status = 409, description = "The cluster has no nodes to check", body = qb_api::Problem)))]
 pub(crate) async fn run_preflight(
     State(app): State<AppState>,
     caller: Caller,
