@@ -2,6 +2,9 @@
 //! bounded time each, from the corpus kept in the repository. `cargo xtask test` runs it after
 //! the test suite, 20 seconds a target.
 //!
+//! The REST API is fuzzed by a test of the suite (the controller's `api_fuzz`) with Schemathesis
+//! from PyPI, which [`schemathesis`] installs.
+//!
 //! The targets build with the one stable toolchain (`--sanitizer none`: the workspace forbids
 //! unsafe code, so what the fuzzer finds is panics, overflows, hangs and runaway memory). What
 //! a run discovers goes to a scratch corpus, not the repository's; a crash stops the run with
@@ -27,6 +30,47 @@ pub fn tools() -> Result<()> {
         crate::run(Command::new(crate::cargo()).args(["install", "--locked", "cargo-fuzz"]))?;
     }
     Ok(())
+}
+
+/// The Schemathesis the API fuzz test runs, pinned.
+const SCHEMATHESIS_VERSION: &str = "4.32.5";
+/// Where the API fuzz test finds it.
+pub const SCHEMATHESIS_ENV: &str = "QB_SCHEMATHESIS";
+
+/// The directory holding the pinned Schemathesis and its dependencies (a `pip install
+/// --target`), installed into the cache the first time.
+pub fn schemathesis() -> Result<std::path::PathBuf> {
+    let dir = crate::bundle::cache_dir()?.join(format!("schemathesis-{SCHEMATHESIS_VERSION}"));
+    if dir.join("schemathesis").is_dir() {
+        return Ok(dir);
+    }
+    eprintln!(
+        "xtask: installing Schemathesis {SCHEMATHESIS_VERSION} (PyPI) into {}",
+        dir.display()
+    );
+    let partial = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    crate::run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["--break-system-packages", "--target"])
+            .arg(&partial)
+            .arg(format!("schemathesis=={SCHEMATHESIS_VERSION}")),
+    )?;
+    if !partial.join("schemathesis").is_dir() {
+        bail!(
+            "pip installed no schemathesis package into {}",
+            partial.display()
+        );
+    }
+    std::fs::rename(&partial, &dir)?;
+    Ok(dir)
 }
 
 /// Runs every target for `seconds`; fails on the first target that finds a crash.

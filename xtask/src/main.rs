@@ -30,8 +30,10 @@ fn main() -> Result<()> {
             let agent = dist::agent(&root, &root.join("target/dist"))?;
             let debian_11 = dist::debian_root("bullseye")?;
             let debian_12 = dist::debian_root("bookworm")?;
+            let schemathesis = fuzz::schemathesis()?;
             let mut cmd = Command::new(cargo());
             cmd.current_dir(&root)
+                .env(fuzz::SCHEMATHESIS_ENV, &schemathesis)
                 .env(BUNDLE_ENV, &bundle)
                 .env(DIST_AGENT_ENV, &agent)
                 .env(DEBIAN_11_ENV, &debian_11)
@@ -88,6 +90,7 @@ fn main() -> Result<()> {
             prerequisites()?;
             dist::tools()?;
             fuzz::tools()?;
+            fuzz::schemathesis()?;
             dist::debian_root("bullseye")?;
             dist::debian_root("bookworm")?;
             bundle::ensure().map(drop)

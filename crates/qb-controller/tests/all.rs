@@ -1,5 +1,5 @@
 //! The controller's integration tests: the REST API through its router, on SQLite and on a real
-//! PostgreSQL server started for each test.
+//! PostgreSQL server started for each test; the API fuzzed through a running controller.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -7,6 +7,7 @@ mod support;
 mod api_agents;
 mod api_alerts;
 mod api_auth;
+mod api_fuzz;
 mod api_input;
 mod api_kubeconfig;
 mod api_metrics;
