@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod artifacts;
+pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod engine;

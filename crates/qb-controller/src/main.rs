@@ -456,6 +456,7 @@ async fn lead(store: Store, engine: Arc<Engine>, notifier: Arc<Notifier>) {
             workloads,
         ));
         let notifying = tokio::spawn(qb_controller::notify::run(store.clone(), notifier.clone()));
+        let pruning = tokio::spawn(qb_controller::audit::run(store.clone()));
         while leadership.holds().await {
             tokio::time::sleep(CHECK).await;
         }
@@ -464,6 +465,7 @@ async fn lead(store: Store, engine: Arc<Engine>, notifier: Arc<Notifier>) {
         alerting.abort();
         watching.abort();
         notifying.abort();
+        pruning.abort();
         tracing::warn!(
             "lost the database connection that held the engine's lead; stopped the engine"
         );

@@ -8,7 +8,10 @@ use serde_json::{Value, json};
 
 use crate::support::{App, bearer, json_request, on_both_stores};
 
-on_both_stores!(proxy_refuses_a_revoked_token_within_a_second);
+on_both_stores!(
+    proxy_refuses_a_revoked_token_within_a_second,
+    writes_through_the_proxy_are_in_the_audit_trail,
+);
 
 /// A GET through the proxy: its status and Kubernetes `Status` body.
 async fn get(app: &App, token: &str, path: &str) -> (StatusCode, Value) {
@@ -57,4 +60,53 @@ async fn proxy_refuses_a_revoked_token_within_a_second(store: Store) {
     assert_eq!(refused["kind"], "Status", "{refused}");
     // Other tokens of the tenant are untouched.
     assert_eq!(get(&app, &t.operator, path).await.0, StatusCode::NOT_FOUND);
+}
+
+/// A write through the proxy is recorded with who, the method, the path and the status the
+/// client got, even when no API server answered; reads are not; another tenant sees nothing.
+async fn writes_through_the_proxy_are_in_the_audit_trail(store: Store) {
+    let app = App::new(store).await;
+    let t = app.tenant("a").await;
+    let other = app.tenant("b").await;
+    let (status, _) = app
+        .post(&t.operator, "/api/v1/clusters", json!({"name": "c1"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let writes = |events: Vec<qb_api::Event>| -> Vec<qb_api::Event> {
+        events
+            .into_iter()
+            .filter(|e| e.action == "cluster.kubernetes_write")
+            .collect()
+    };
+
+    let (status, _) = get(&app, &t.operator, "/k8s/clusters/c1/api/v1/namespaces").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        writes(app.events(t.id).await).is_empty(),
+        "a read was recorded"
+    );
+
+    let path = "/k8s/clusters/c1/api/v1/namespaces/default/configmaps";
+    let (head, _) = app
+        .respond(json_request(
+            bearer(&t.operator, Method::POST, path),
+            Some(json!({"metadata": {"name": "x"}})),
+        ))
+        .await;
+    assert_eq!(head.status, StatusCode::SERVICE_UNAVAILABLE);
+    let recorded = writes(app.events(t.id).await);
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(
+        (
+            recorded[0].actor.as_str(),
+            recorded[0].object_kind.as_str(),
+            recorded[0].object_name.as_str()
+        ),
+        ("user:op", "cluster", "c1")
+    );
+    assert_eq!(
+        recorded[0].detail,
+        json!({"method": "POST", "path": "/api/v1/namespaces/default/configmaps", "status": 503})
+    );
+    assert!(writes(app.events(other.id).await).is_empty());
 }

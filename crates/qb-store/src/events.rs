@@ -1,5 +1,7 @@
-//! The append-only audit trail. Events are only ever written inside the transaction of the
-//! change they record.
+//! The append-only audit trail. Events of the store's own changes are written inside the
+//! transaction of the change they record; requests passed on elsewhere (writes to a cluster's
+//! Kubernetes API through the proxy) with [`Store::record_request`]. Events older than the
+//! retention are pruned ([`Store::prune_events`]).
 
 use qb_api::{Event, Page, TenantId};
 
@@ -64,6 +66,41 @@ impl WriteTx {
 }
 
 impl Store {
+    /// Records a request the controller passed on rather than a change of its own, such as a
+    /// write to a cluster's Kubernetes API: `action` on the object, with what it was and how it
+    /// ended in `detail`.
+    pub async fn record_request(
+        &self,
+        tenant: TenantId,
+        actor: &Actor,
+        action: &str,
+        (object_kind, object_id, object_name): (&str, String, &str),
+        detail: serde_json::Value,
+    ) -> Result<()> {
+        let w = self.write(tenant).await?;
+        w.commit_with_event(
+            tenant,
+            actor,
+            NewEvent {
+                action,
+                object_kind,
+                object_id,
+                object_name,
+                detail,
+            },
+        )
+        .await
+    }
+
+    /// Forgets every tenant's events from before `before`; how many.
+    pub async fn prune_events(&self, before: time::OffsetDateTime) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM events WHERE at < $1")
+            .bind(crate::to_ms(before))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Events of the tenant after the cursor: oldest first, or newest first if the filter
     /// says so.
     pub async fn list_events(

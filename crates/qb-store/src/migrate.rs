@@ -9,9 +9,19 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 
 use crate::Backend;
 
-/// The first migration differs per backend; the rest serve both.
+/// The first migration differs per backend, and those with triggers; the rest serve both.
 const INIT_SQLITE: &str = include_str!("../migrations/sqlite/0001_init.sql");
 const INIT_POSTGRES: &str = include_str!("../migrations/postgres/0001_init.sql");
+const OWN_SQLITE: &[(i64, &str, &str)] = &[(
+    16,
+    "events retention",
+    include_str!("../migrations/sqlite/0016_events_retention.sql"),
+)];
+const OWN_POSTGRES: &[(i64, &str, &str)] = &[(
+    16,
+    "events retention",
+    include_str!("../migrations/postgres/0016_events_retention.sql"),
+)];
 
 /// `(version, description, SQL)` after the first, in order.
 const SHARED: &[(i64, &str, &str)] = &[
@@ -87,18 +97,25 @@ const SHARED: &[(i64, &str, &str)] = &[
     ),
 ];
 
-/// A backend's migrations: its own first one, then the shared ones.
+/// A backend's migrations: its own first one, the shared ones and its own later ones, in
+/// order of version.
 #[derive(Debug)]
 struct Embedded {
     init: &'static str,
+    own: &'static [(i64, &'static str, &'static str)],
 }
 
 impl MigrationSource<'static> for Embedded {
     fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {
         Box::pin(async move {
             let init = (1, "init", self.init);
-            Ok(std::iter::once(&init)
+            let mut all: Vec<_> = std::iter::once(&init)
                 .chain(SHARED)
+                .chain(self.own)
+                .collect();
+            all.sort_by_key(|(version, _, _)| *version);
+            Ok(all
+                .into_iter()
                 .map(|(version, description, sql)| {
                     Migration::new(
                         *version,
@@ -118,9 +135,9 @@ pub(crate) async fn run(
     pool: &AnyPool,
     backend: Backend,
 ) -> Result<(), sqlx::migrate::MigrateError> {
-    let init = match backend {
-        Backend::Sqlite => INIT_SQLITE,
-        Backend::Postgres => INIT_POSTGRES,
+    let (init, own) = match backend {
+        Backend::Sqlite => (INIT_SQLITE, OWN_SQLITE),
+        Backend::Postgres => (INIT_POSTGRES, OWN_POSTGRES),
     };
-    Migrator::new(Embedded { init }).await?.run(pool).await
+    Migrator::new(Embedded { init, own }).await?.run(pool).await
 }

@@ -9,6 +9,10 @@
 //! impersonate. What the client says about identity (its `Authorization`, any `Impersonate-*`
 //! header) never reaches the cluster.
 //!
+//! Every write (any method but GET, HEAD and OPTIONS, and every upgrade) that reaches a cluster
+//! is in the tenant's audit trail as `cluster.kubernetes_write`: who, the method, the path and
+//! the status the client got, recorded before the answer goes back.
+//!
 //! Upgraded requests (`exec`, `attach`, `port-forward`) get a connection of their own, and
 //! their bytes are spliced only after the API server switched protocols: a refused upgrade is
 //! answered and its connection dropped, so nothing can be smuggled over it with the proxy's
@@ -23,7 +27,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use hyper::body::Body as _;
@@ -211,25 +215,48 @@ async fn forward(state: &AppState, request: Request) -> Result<Response, ProxyEr
         .and_then(|rest| rest.strip_prefix('/'))
         .ok_or_else(|| ProxyError::Invalid("not a proxy path".to_owned()))?;
     let (cluster, path) = match rest.split_once('/') {
-        Some((cluster, path)) => (cluster, format!("/{path}")),
-        None => (rest, "/".to_owned()),
+        Some((cluster, path)) => (cluster.to_owned(), format!("/{path}")),
+        None => (rest.to_owned(), "/".to_owned()),
     };
     let path_and_query = match parts.uri.query() {
         Some(query) => format!("{path}?{query}"),
-        None => path,
+        None => path.clone(),
     };
     let upgrade = is_upgrade(&parts.headers);
     let headers = upstream_headers(&parts.headers, &caller, upgrade)?;
     let id = state
         .kube_proxy
-        .cluster_id(caller.tenant(), cluster)
+        .cluster_id(caller.tenant(), &cluster)
         .await?;
+    let write = upgrade || !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let audit = write.then(|| (parts.method.to_string(), path));
     let result = match state.kube_proxy.upstream_of(caller.tenant(), id).await {
         Ok(upstream) => forward_to(&upstream, parts, body, path_and_query, headers, upgrade).await,
         Err(e) => Err(e),
     };
     state.kube_proxy.count(id, result.is_ok());
-    result
+    let response = result.unwrap_or_else(IntoResponse::into_response);
+    if let Some((method, path)) = audit {
+        let detail = serde_json::json!({
+            "method": method,
+            "path": path,
+            "status": response.status().as_u16(),
+        });
+        let recorded = state
+            .store
+            .record_request(
+                caller.tenant(),
+                &caller.actor(),
+                "cluster.kubernetes_write",
+                ("cluster", id.to_string(), &cluster),
+                detail,
+            )
+            .await;
+        if let Err(e) = recorded {
+            tracing::warn!(cluster_id = %id, error = %e, "could not record a Kubernetes write in the audit trail");
+        }
+    }
+    Ok(response)
 }
 
 /// Sends a request to one of the cluster's API servers.

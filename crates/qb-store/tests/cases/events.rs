@@ -15,6 +15,8 @@ on_both_backends!(
     a_change_whose_event_fails_is_rolled_back,
     every_change_is_recorded,
     event_filters,
+    only_events_past_the_retention_can_be_pruned,
+    requests_passed_on_are_recorded,
 );
 
 async fn events_are_append_only(db: TestDb) {
@@ -378,4 +380,77 @@ async fn event_filters(db: TestDb) {
         Vec::<String>::new()
     );
     assert_eq!(filtered(None, None, None).await.len(), 9);
+}
+
+/// Events older than the retention (400 days) may be deleted, by the controller's pruning; the
+/// database refuses to delete a younger one, however asked.
+async fn only_events_past_the_retention_can_be_pruned(db: TestDb) {
+    let t = tenant(&db, "acme").await;
+    let now = OffsetDateTime::now_utc();
+    let raw = db.raw().await;
+    for days in [500, 399] {
+        let at = (now - Duration::days(days)).unix_timestamp() * 1000;
+        sqlx::query(&format!(
+            "INSERT INTO events (tenant_id, at, actor, action, object_kind, object_id, object_name, detail) \
+             VALUES ('{t}', {at}, 'controller', 'test.old', 'tenant', '{t}', '{days} days', '{{}}')"
+        ))
+        .execute(&raw)
+        .await
+        .unwrap();
+    }
+    let before = all_events(&db, t).await.len();
+
+    // Asking for more than the retention allows deletes nothing.
+    let refused = db
+        .prune_events(now - Duration::days(398))
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{refused:?}").contains("append-only"),
+        "{refused:?}"
+    );
+    assert_eq!(all_events(&db, t).await.len(), before);
+
+    assert_eq!(db.prune_events(now - Duration::days(401)).await.unwrap(), 1);
+    let left = all_events(&db, t).await;
+    assert_eq!(left.len(), before - 1);
+    assert!(left.iter().all(|e| e.object_name != "500 days"));
+    assert!(left.iter().any(|e| e.object_name == "399 days"));
+    let young = sqlx::query("DELETE FROM events WHERE object_name = '399 days'")
+        .execute(&raw)
+        .await
+        .expect_err("a young event cannot be deleted");
+    assert!(young.to_string().contains("append-only"), "{young}");
+}
+
+/// A request passed on (a Kubernetes write) is an event of its own, in its tenant only.
+async fn requests_passed_on_are_recorded(db: TestDb) {
+    let t = tenant(&db, "acme").await;
+    let other = tenant(&db, "other").await;
+    let detail = serde_json::json!({"method": "POST", "path": "/api/v1/namespaces", "status": 201});
+    db.record_request(
+        t,
+        &Actor::user("alice"),
+        "cluster.kubernetes_write",
+        ("cluster", "c-1".to_owned(), "prod"),
+        detail.clone(),
+    )
+    .await
+    .unwrap();
+    let recorded = all_events(&db, t).await.pop().unwrap();
+    assert_eq!(
+        (
+            recorded.action.as_str(),
+            recorded.actor.as_str(),
+            recorded.object_name.as_str(),
+            &recorded.detail
+        ),
+        ("cluster.kubernetes_write", "user:alice", "prod", &detail)
+    );
+    assert!(
+        all_events(&db, other)
+            .await
+            .iter()
+            .all(|e| e.action != "cluster.kubernetes_write")
+    );
 }

@@ -77,7 +77,7 @@ async fn reopening_keeps_everything(db: TestDb) {
         .await
         .unwrap()
         .get("n");
-    assert_eq!((applied, total), ((1..=15).collect::<Vec<i64>>(), 15));
+    assert_eq!((applied, total), ((1..=16).collect::<Vec<i64>>(), 16));
 }
 
 /// Controller replicas starting together on a fresh PostgreSQL database take turns migrating.
