@@ -47,6 +47,14 @@ impl From<StoreError> for ApiError {
                     "the controller's database is unavailable; retry shortly",
                 );
             }
+            StoreError::Database(sqlx_error) if is_disk_full(sqlx_error) => {
+                tracing::error!(error = %qb_api::error_chain(&e), "the store's disk is full");
+                return Self::new(
+                    ProblemCode::Unavailable,
+                    "the controller's database has no space left on its disk; nothing was \
+                     changed: free space there, then retry",
+                );
+            }
             // Issuing fails on what the agent sent (a CSR that does not verify).
             StoreError::Issue(source) => {
                 return Self::invalid(format!("certificate request refused: {source}"));
@@ -87,6 +95,14 @@ impl From<qb_api::InvalidValue> for ApiError {
     fn from(e: qb_api::InvalidValue) -> Self {
         Self::invalid(e.0)
     }
+}
+
+/// SQLite's `SQLITE_FULL` (13) or PostgreSQL's `disk_full` (53100).
+fn is_disk_full(e: &sqlx::Error) -> bool {
+    e.as_database_error().is_some_and(|db| {
+        matches!(db.code().as_deref(), Some("13" | "53100"))
+            || db.message().contains("database or disk is full")
+    })
 }
 
 fn is_unavailable(e: &sqlx::Error) -> bool {

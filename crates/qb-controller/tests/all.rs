@@ -15,5 +15,6 @@ mod api_nodes_clusters;
 mod api_notifications;
 mod api_proxy;
 mod api_session;
+mod disk_full;
 mod openapi;
 mod ui;

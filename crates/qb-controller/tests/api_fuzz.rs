@@ -13,23 +13,20 @@
 //! it the test fails and says so. The run is bounded (`QB_API_FUZZ_EXAMPLES` examples per
 //! operation and phase, 10 by default) and repeatable (`QB_API_FUZZ_SEED`).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use qb_api::{Labels, NodeFacts};
 use qb_store::{Actor, NewNode, Store};
 use serde_json::{Value, json};
+
+use crate::support::Controller;
 
 /// The directory Schemathesis is installed in (a `pip install --target`).
 const SCHEMATHESIS_ENV: &str = "QB_SCHEMATHESIS";
 const EXAMPLES_ENV: &str = "QB_API_FUZZ_EXAMPLES";
 const SEED_ENV: &str = "QB_API_FUZZ_SEED";
 const DEFAULT_SEED: &str = "20261206";
-/// How long the controller may take to start listening.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the schema's examples name: generated requests use them often.
 const CLUSTER: &str = "clus100";
 const NODE: &str = "host-1.rack2";
@@ -49,7 +46,7 @@ async fn fuzz(postgres: Option<String>) {
     let schemathesis = schemathesis_dir();
     let dir = tempfile::tempdir().unwrap();
     let database = postgres.unwrap_or_else(|| qb_test_support::sqlite_url(dir.path()));
-    let controller = Controller::start(dir.path(), &database);
+    let controller = Controller::start(dir.path(), &dir.path().join("data"), &database);
     let store = Store::open(&database).await.unwrap();
 
     let fuzzed = controller.admin_token.clone();
@@ -255,94 +252,5 @@ fn forget_reads(value: &mut Value) {
         }
         Value::Array(items) => items.iter_mut().for_each(forget_reads),
         _ => {}
-    }
-}
-
-/// A running `qb-controller`; killed when dropped.
-struct Controller {
-    child: Child,
-    data_dir: PathBuf,
-    database: String,
-    log: PathBuf,
-    url: String,
-    admin_token: String,
-}
-
-impl Controller {
-    fn start(dir: &Path, database: &str) -> Self {
-        // Agent packages ship this small real executable in place of an agent.
-        let agent = dir.join("qb-agent");
-        std::fs::copy("/bin/true", &agent).unwrap();
-        let data_dir = dir.join("data");
-        let log = dir.join("controller.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qb-controller"))
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--database", database])
-            .args(["serve", "--insecure-http", "--listen", "127.0.0.1:0"])
-            .args(["--agent-listen", "127.0.0.1:0"])
-            .env("QB_AGENT_BINARY", &agent)
-            .env("QB_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("starting qb-controller");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let url = loop {
-            let line = rx
-                .recv_timeout(START_TIMEOUT)
-                .expect("qb-controller announces its address");
-            if let Some(url) = line.strip_prefix("listening on ") {
-                break url.trim().to_owned();
-            }
-        };
-        let admin_token = std::fs::read_to_string(data_dir.join("admin-token"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        Self {
-            child,
-            data_dir,
-            database: database.to_owned(),
-            log,
-            url,
-            admin_token,
-        }
-    }
-
-    /// A new tenant: its admin's token.
-    fn create_tenant(&self, name: &str) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_qb-controller"))
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--database", &self.database, "tenant", "create", name])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        stdout
-            .lines()
-            .find_map(|line| line.trim().strip_prefix("qb_").map(|t| format!("qb_{t}")))
-            .unwrap_or_else(|| panic!("no token in {stdout:?}"))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -1,4 +1,11 @@
-//! A controller router over a fresh store, with a token per role, and request helpers.
+//! A controller router over a fresh store, with a token per role, and request helpers; and a
+//! controller process ([`Controller`]) for the tests that need a real server.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{Method, Request, StatusCode, header, request, response};
@@ -276,4 +283,99 @@ pub fn items(page: &Value) -> &[Value] {
 pub fn pluck<'a>(list: &'a Value, key: &str) -> Vec<&'a str> {
     let list = list.as_array().expect("an array");
     list.iter().map(|x| x[key].as_str().expect(key)).collect()
+}
+
+/// How long a controller process may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running `qb-controller` process, over plain HTTP on loopback; killed when dropped.
+pub struct Controller {
+    child: Child,
+    data_dir: PathBuf,
+    database: String,
+    log: PathBuf,
+    pub url: String,
+    pub admin_token: String,
+}
+
+impl Controller {
+    /// Starts one with its state in `data_dir` and `database`, its log and a stand-in agent
+    /// binary in `dir`.
+    pub fn start(dir: &Path, data_dir: &Path, database: &str) -> Self {
+        // Agent packages ship this small real executable in place of an agent.
+        let agent = dir.join("qb-agent");
+        std::fs::copy("/bin/true", &agent).unwrap();
+        let data_dir = data_dir.to_owned();
+        let log = dir.join("controller.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_qb-controller"))
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--database", database])
+            .args(["serve", "--insecure-http", "--listen", "127.0.0.1:0"])
+            .args(["--agent-listen", "127.0.0.1:0"])
+            .env("QB_AGENT_BINARY", &agent)
+            .env("QB_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting qb-controller");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let url = loop {
+            let line = rx
+                .recv_timeout(START_TIMEOUT)
+                .expect("qb-controller announces its address");
+            if let Some(url) = line.strip_prefix("listening on ") {
+                break url.trim().to_owned();
+            }
+        };
+        let admin_token = std::fs::read_to_string(data_dir.join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            child,
+            data_dir,
+            database: database.to_owned(),
+            log,
+            url,
+            admin_token,
+        }
+    }
+
+    /// A new tenant: its admin's token.
+    pub fn create_tenant(&self, name: &str) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_qb-controller"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--database", &self.database, "tenant", "create", name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        stdout
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("qb_").map(|t| format!("qb_{t}")))
+            .unwrap_or_else(|| panic!("no token in {stdout:?}"))
+    }
+
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -231,6 +231,13 @@ impl Store {
                             .map(|_| ())
                         })
                     })
+                    // A COMMIT that fails on a full disk is rolled back by SQLite itself; the
+                    // driver's own ROLLBACK then fails and it counts the transaction as still
+                    // open, so every later BEGIN on that connection would fail. Such a
+                    // connection is closed rather than handed out again.
+                    .before_acquire(|conn, _| {
+                        Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+                    })
                     .connect(&url)
                     .await?
             }
