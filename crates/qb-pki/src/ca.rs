@@ -15,9 +15,10 @@ use crate::csr::verified_csr_key;
 use crate::util::{now, parse_cert, pem_encode, random_serial, single_pem_block};
 use crate::{NodeIdentity, Pin, PkiError};
 
-/// How far before "now" issued certificates start, so a host whose clock is a little behind
-/// accepts them.
-pub const CLOCK_SKEW: Duration = Duration::minutes(5);
+/// How far before "now" issued certificates start, so that a host whose clock is behind the
+/// controller's (by up to this much) accepts them: it must reach the controller to be told its
+/// clock is off (preflight refuses a host more than a minute off).
+pub const CLOCK_SKEW: Duration = Duration::hours(2);
 
 /// A PEM-encoded PKCS#8 private key. A secret: `Debug` prints `<redacted>` and there is no
 /// `Display`, so it cannot reach a log by accident; [`PrivateKeyPem::expose`] is explicit.

@@ -536,6 +536,79 @@ fn nft(lab: &Lab, i: usize, args: &str) {
     );
 }
 
+/// Hosts whose clocks are an hour behind and an hour ahead of the controller's register,
+/// connect and answer like any other (certificates start two hours before they are issued);
+/// attached to a cluster, preflight holds the install up and says how far off each clock is.
+#[test]
+fn hosts_an_hour_off_connect_and_preflight_says_how_far_off_their_clocks_are() {
+    let lab = Lab::new(3).expect("the lab");
+    let controller = Controller::start(&lab.bridge_ip());
+    let api = controller.api();
+    import_etcd_bundle(&api);
+    let token = api.bootstrap_token(3, 1);
+    let config = |i: usize| AgentConfig::new(&controller, &token.secret, &format!("host-{i}"));
+    let configs = vec![
+        config(0),
+        config(1).clock_off("-1h"),
+        config(2).clock_off("+1h"),
+    ];
+    let _agents = start_hosts(&lab, &configs);
+    authorize_when_online(&api, &configs);
+    for c in &configs {
+        let pinged = api
+            .post(&format!("/nodes/{}/ping", c.node_name), &json!({}))
+            .ok();
+        assert!(pinged["round_trip_ms"].as_f64().is_some(), "{pinged}");
+    }
+
+    api.post("/clusters", &json!({"name": "skew"})).ok();
+    api.post("/clusters/skew/attach", &json!({"count": 3})).ok();
+    let c = poll("preflight holds the install up", CONVERGE, || {
+        let c = cluster(&api, "skew");
+        if c["state"] == "blocked" {
+            Ok(c)
+        } else {
+            Err(format!("{} — {}", c["state"], c["state_message"]))
+        }
+    });
+    assert!(
+        c["state_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("preflight failed")),
+        "{c}"
+    );
+    let report = api.get("/clusters/skew/preflight").ok();
+    let problems: Vec<&str> = report["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    // "host-1: clock: offset -3600012 ms from the controller, at most ±60000 ms allowed"
+    let offset = |host: &str| -> i64 {
+        let prefix = format!("{host}: clock: offset ");
+        let problem = problems
+            .iter()
+            .find_map(|p| p.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no clock problem for {host}: {problems:#?}"));
+        problem
+            .split_once(" ms")
+            .and_then(|(ms, _)| ms.parse().ok())
+            .unwrap_or_else(|| panic!("no offset in {problem:?}"))
+    };
+    for (host, hours) in [("host-1", -1), ("host-2", 1)] {
+        let off = offset(host) - hours * 3_600_000;
+        assert!(
+            off.abs() < 60_000,
+            "{host}'s offset is {off} ms off an hour"
+        );
+    }
+    assert!(
+        !problems.iter().any(|p| p.starts_with("host-0: clock")),
+        "{problems:#?}"
+    );
+}
+
 #[test]
 fn preflight_names_a_port_in_use_and_a_node_whose_udp_is_dropped() {
     let lab = Lab::new(10).expect("the lab");

@@ -469,9 +469,27 @@ pub struct AgentConfig {
     pub bootstrap_token: Option<String>,
     pub machine_id: String,
     pub node_name: String,
+    /// The agent's environment beside its own (e.g. [`AgentConfig::clock_off`]'s).
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentConfig {
+    /// Runs the agent, and what it starts, with its clock `offset` from the real one (`-1h`,
+    /// `+1h`), through Debian's libfaketime; timers (the monotonic clock) stay real.
+    pub fn clock_off(mut self, offset: &str) -> Self {
+        const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+        assert!(
+            Path::new(LIBFAKETIME).exists(),
+            "{LIBFAKETIME} is missing: install Debian's faketime (cargo xtask test does)"
+        );
+        self.env = vec![
+            ("LD_PRELOAD".to_owned(), LIBFAKETIME.to_owned()),
+            ("FAKETIME".to_owned(), offset.to_owned()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
+        ];
+        self
+    }
+
     /// A new host (fresh machine id) for `controller`, registering with `token`.
     pub fn new(controller: &Controller, token: &str, node_name: &str) -> Self {
         Self {
@@ -481,6 +499,7 @@ impl AgentConfig {
             bootstrap_token: Some(token.to_owned()),
             machine_id: machine_id(),
             node_name: node_name.to_owned(),
+            env: Vec::new(),
         }
     }
 }
@@ -622,7 +641,10 @@ impl Agent {
             .command(&agent_binary())
             .expect("the host's directories"),
         };
-        cmd.arg("--config").arg(&path).env("QB_LOG", "info");
+        cmd.arg("--config")
+            .arg(&path)
+            .env("QB_LOG", "info")
+            .envs(config.env.iter().cloned());
         let (proc, _stdout) = Proc::spawn(&format!("qb-agent {}", config.node_name), cmd);
         Self {
             proc,
