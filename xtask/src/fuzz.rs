@@ -76,12 +76,14 @@ pub fn schemathesis() -> Result<std::path::PathBuf> {
 /// Runs every target for `seconds`; fails on the first target that finds a crash.
 pub fn run(root: &Path, seconds: u64) -> Result<()> {
     tools()?;
+    // Built into the cache, so that a fresh clone (as in CI) rebuilds only what changed.
+    let target_dir = crate::bundle::cache_dir()?.join("fuzz-target");
     let fuzz = |args: &[&str]| {
         let mut cmd = Command::new(crate::cargo());
         cmd.current_dir(root).arg("fuzz").args(args);
         cmd
     };
-    crate::run(&mut fuzz(&["build", "--sanitizer", "none"]))?;
+    crate::run(fuzz(&["build", "--sanitizer", "none", "--target-dir"]).arg(&target_dir))?;
     let listed = fuzz(&["list"])
         .output()
         .context("listing the fuzz targets")?;
@@ -98,7 +100,9 @@ pub fn run(root: &Path, seconds: u64) -> Result<()> {
         std::fs::create_dir_all(&found)?;
         let corpus = root.join("fuzz/corpus").join(target);
         eprintln!("xtask: fuzzing {target} for {seconds} s");
-        let status = fuzz(&["run", "--sanitizer", "none", target])
+        let status = fuzz(&["run", "--sanitizer", "none", "--target-dir"])
+            .arg(&target_dir)
+            .arg(target)
             .arg(&found)
             .arg(&corpus)
             .args([
