@@ -536,6 +536,34 @@ fn nft(lab: &Lab, i: usize, args: &str) {
     );
 }
 
+/// Waits (up to `timeout`) until preflight blocks the install of cluster `name`; the cluster and
+/// the preflight report.
+fn blocked_by_preflight(api: &Api, name: &str, timeout: Duration) -> (Value, Value) {
+    let c = poll("preflight blocks the install", timeout, || {
+        let c = cluster(api, name);
+        if c["state"] == "blocked" {
+            Ok(c)
+        } else {
+            Err(format!("{} — {}", c["state"], c["state_message"]))
+        }
+    });
+    let message = c["state_message"].as_str().expect("a message");
+    assert!(message.contains("preflight failed"), "{message}");
+    let report = api.get(&format!("/clusters/{name}/preflight")).ok();
+    assert_eq!(report["passed"], false, "{report}");
+    (c, report)
+}
+
+/// The problems a preflight report names.
+fn problems(report: &Value) -> Vec<&str> {
+    report["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 /// Hosts whose clocks are an hour behind and an hour ahead of the controller's register,
 /// connect and answer like any other (certificates start two hours before they are issued);
 /// attached to a cluster, preflight holds the install up and says how far off each clock is.
@@ -563,27 +591,8 @@ fn hosts_an_hour_off_connect_and_preflight_says_how_far_off_their_clocks_are() {
 
     api.post("/clusters", &json!({"name": "skew"})).ok();
     api.post("/clusters/skew/attach", &json!({"count": 3})).ok();
-    let c = poll("preflight holds the install up", CONVERGE, || {
-        let c = cluster(&api, "skew");
-        if c["state"] == "blocked" {
-            Ok(c)
-        } else {
-            Err(format!("{} — {}", c["state"], c["state_message"]))
-        }
-    });
-    assert!(
-        c["state_message"]
-            .as_str()
-            .is_some_and(|m| m.contains("preflight failed")),
-        "{c}"
-    );
-    let report = api.get("/clusters/skew/preflight").ok();
-    let problems: Vec<&str> = report["problems"]
-        .as_array()
-        .expect("problems")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let (_, report) = blocked_by_preflight(&api, "skew", CONVERGE);
+    let problems = problems(&report);
     // "host-1: clock: offset -3600012 ms from the controller, at most ±60000 ms allowed"
     let offset = |host: &str| -> i64 {
         let prefix = format!("{host}: clock: offset ");
@@ -630,28 +639,8 @@ fn preflight_names_a_port_in_use_and_a_node_whose_udp_is_dropped() {
     api.post("/clusters", &json!({"name": "pf"})).ok();
     let all: Vec<String> = (0..10).map(|i| format!("host-{i}")).collect();
     api.post("/clusters/pf/attach", &json!({"nodes": all})).ok();
-    let c = poll(
-        "preflight blocks the install",
-        Duration::from_secs(60),
-        || {
-            let c = cluster(&api, "pf");
-            if c["state"] == "blocked" {
-                Ok(c)
-            } else {
-                Err(format!("{} — {}", c["state"], c["state_message"]))
-            }
-        },
-    );
-    let message = c["state_message"].as_str().expect("a message");
-    assert!(message.contains("preflight failed"), "{message}");
-    let report = api.get("/clusters/pf/preflight").ok();
-    assert_eq!(report["passed"], false);
-    let problems: Vec<&str> = report["problems"]
-        .as_array()
-        .expect("problems")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let (c, report) = blocked_by_preflight(&api, "pf", Duration::from_secs(60));
+    let problems = problems(&report);
     assert!(
         problems
             .iter()
