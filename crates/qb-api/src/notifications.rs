@@ -177,7 +177,7 @@ pub struct Delivery {
 #[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
     /// Only this channel's (by name).
-    #[param(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length = 63)]
+    #[param(value_type = Option<crate::Name>)]
     pub channel: Option<String>,
     /// At most this many, newest first (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]

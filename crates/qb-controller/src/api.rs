@@ -181,7 +181,7 @@ struct NodeQuery {
     #[param(pattern = "^(pending|authorized|attached|detaching|deauthorized)$")]
     state: Option<String>,
     /// Only nodes of this cluster (id or name).
-    #[param(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length = 63)]
+    #[param(value_type = Option<qb_api::Name>)]
     cluster: Option<String>,
     /// At most this many items, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]

@@ -99,10 +99,8 @@ impl From<qb_api::InvalidValue> for ApiError {
 
 /// SQLite's `SQLITE_FULL` (13) or PostgreSQL's `disk_full` (53100).
 fn is_disk_full(e: &sqlx::Error) -> bool {
-    e.as_database_error().is_some_and(|db| {
-        matches!(db.code().as_deref(), Some("13" | "53100"))
-            || db.message().contains("database or disk is full")
-    })
+    e.as_database_error()
+        .is_some_and(|db| matches!(db.code().as_deref(), Some("13" | "53100")))
 }
 
 fn is_unavailable(e: &sqlx::Error) -> bool {
