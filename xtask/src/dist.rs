@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use crate::{cargo, run};
 
@@ -91,29 +91,8 @@ pub fn agent(root: &Path, dir: &Path) -> Result<PathBuf> {
 /// The directory holding the `zig` of the pinned `ziglang` wheel, installed into the cache
 /// the first time.
 fn zig() -> Result<PathBuf> {
-    let home = crate::bundle::cache_dir()?.join(format!("ziglang-{ZIGLANG_VERSION}"));
-    let dir = home.join("ziglang");
-    if dir.join("zig").exists() {
-        return Ok(dir);
-    }
-    eprintln!(
-        "xtask: installing Zig {ZIGLANG_VERSION} (PyPI's ziglang) into {}",
-        home.display()
-    );
-    let partial = home.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&partial);
-    // Into a directory of ours: `--break-system-packages` only lets pip write outside a
-    // virtual environment on a system whose Python is the distribution's.
-    run(Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--no-deps"])
-        .args(["--break-system-packages", "--target"])
-        .arg(&partial)
-        .arg(format!("ziglang=={ZIGLANG_VERSION}")))?;
-    if !partial.join("ziglang/zig").exists() {
-        bail!("the ziglang wheel has no ziglang/zig");
-    }
-    std::fs::rename(&partial, &home)?;
-    Ok(dir)
+    let home = crate::pip_into_cache(&format!("ziglang=={ZIGLANG_VERSION}"), false, "ziglang/zig")?;
+    Ok(home.join("ziglang"))
 }
 
 /// Installs the pinned cargo-zigbuild unless cargo has it.

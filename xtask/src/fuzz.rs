@@ -40,37 +40,11 @@ pub const SCHEMATHESIS_ENV: &str = "QB_SCHEMATHESIS";
 /// The directory holding the pinned Schemathesis and its dependencies (a `pip install
 /// --target`), installed into the cache the first time.
 pub fn schemathesis() -> Result<std::path::PathBuf> {
-    let dir = crate::bundle::cache_dir()?.join(format!("schemathesis-{SCHEMATHESIS_VERSION}"));
-    if dir.join("schemathesis").is_dir() {
-        return Ok(dir);
-    }
-    eprintln!(
-        "xtask: installing Schemathesis {SCHEMATHESIS_VERSION} (PyPI) into {}",
-        dir.display()
-    );
-    let partial = dir.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&partial);
-    crate::run(
-        Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(["--break-system-packages", "--target"])
-            .arg(&partial)
-            .arg(format!("schemathesis=={SCHEMATHESIS_VERSION}")),
-    )?;
-    if !partial.join("schemathesis").is_dir() {
-        bail!(
-            "pip installed no schemathesis package into {}",
-            partial.display()
-        );
-    }
-    std::fs::rename(&partial, &dir)?;
-    Ok(dir)
+    crate::pip_into_cache(
+        &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
+        true,
+        "schemathesis",
+    )
 }
 
 /// Runs every target for `seconds`; fails on the first target that finds a crash.

