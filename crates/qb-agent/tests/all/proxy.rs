@@ -385,6 +385,57 @@ fn kubectl_reaches_the_cluster_through_the_controller_as_the_qb_user() {
     );
     let exec = kubectl(&viewer, &["exec", "shell", "--", "id"]);
     assert!(!exec.status.success(), "a viewer ran exec");
+    // Every write through the proxy (and every upgrade) is in the audit trail with the status
+    // it got, the refused ones too; reads are not.
+    let events = lab.qb_json(&["events", "--action", "cluster.kubernetes_write"]);
+    let writes = events
+        .as_array()
+        .or_else(|| events["items"].as_array())
+        .expect("a list of events");
+    let recorded = |actor: Option<&str>, method: &str, path: &str, status: u64| {
+        writes.iter().any(|e| {
+            actor.is_none_or(|a| e["actor"] == a)
+                && e["detail"]["method"] == method
+                && e["detail"]["path"] == path
+                && e["detail"]["status"] == status
+        })
+    };
+    assert!(
+        recorded(None, "POST", "/api/v1/namespaces/default/pods", 201),
+        "the pod's creation: {events:#}"
+    );
+    assert!(
+        recorded(
+            None,
+            "POST",
+            "/api/v1/namespaces/default/pods/shell/exec",
+            101
+        ),
+        "the exec: {events:#}"
+    );
+    assert!(
+        recorded(
+            Some("user:vera"),
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            403
+        ),
+        "the viewer's refused write: {events:#}"
+    );
+    // A GET is recorded only as an upgrade (kubectl tries WebSockets first).
+    let upgrade = |e: &Value| {
+        e["detail"]["path"].as_str().is_some_and(|p| {
+            ["/exec", "/attach", "/portforward"]
+                .iter()
+                .any(|u| p.ends_with(u))
+        })
+    };
+    assert!(
+        writes
+            .iter()
+            .all(|e| e["detail"]["method"] != "GET" || upgrade(e)),
+        "a read was recorded: {events:#}"
+    );
     // What kubectl says about identity is not passed on.
     let impersonating = kubectl(&viewer, &["--as", "qb:admin", "create", "configmap", "x"]);
     let refusal = String::from_utf8_lossy(&impersonating.stderr);
