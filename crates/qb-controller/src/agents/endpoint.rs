@@ -626,7 +626,10 @@ async fn relay_request(
         .await
     {
         Ok(outcome) => RelayedOutcome::Outcome(outcome),
-        Err(super::PingError::NotConnected) => RelayedOutcome::NotConnected,
+        // A local request reaches no other replica.
+        Err(super::PingError::NotConnected | super::PingError::ReplicaGone) => {
+            RelayedOutcome::NotConnected
+        }
         Err(super::PingError::NoAnswer) => RelayedOutcome::NoAnswer,
         Err(super::PingError::ChannelClosed) => RelayedOutcome::ChannelClosed,
     };

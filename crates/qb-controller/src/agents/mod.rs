@@ -23,6 +23,12 @@ use qb_api::{Node, NodeId};
 use time::OffsetDateTime;
 use tokio::sync::{oneshot, watch};
 
+/// How long work for an agent whose replica cannot be reached waits for the agent to connect
+/// to another replica: agents reconnect within a second or two of losing their replica.
+const MOVE_WAIT: Duration = Duration::from_secs(10);
+/// How often the wait looks where the agent is.
+const MOVE_POLL: Duration = Duration::from_millis(100);
+
 /// The registry of connected agents, shared by the agent endpoint and the API.
 pub struct Agents {
     nodes: Mutex<HashMap<NodeId, Entry>>,
@@ -303,10 +309,40 @@ impl Agents {
         timeout: Duration,
     ) -> Result<Outcome, PingError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Some((peers, url)) = self.holder(node) {
-            return peers.request(&url, node, instruction(id), timeout).await;
+        let instruction = instruction(id);
+        let give_up = Instant::now() + timeout.min(MOVE_WAIT);
+        loop {
+            let Some((peers, url)) = self.holder(node) else {
+                return self.request_local(node, id, instruction, timeout).await;
+            };
+            match peers
+                .request(&url, node, instruction.clone(), timeout)
+                .await
+            {
+                // Nothing reached the agent: ask again wherever it went.
+                Err(PingError::ReplicaGone) => {
+                    if !self.moved_from(node, &url, give_up).await {
+                        return Err(PingError::NotConnected);
+                    }
+                }
+                answer => return answer,
+            }
         }
-        self.request_local(node, id, instruction(id), timeout).await
+    }
+
+    /// Waits until `node`'s agent is no longer said to be on the replica at `url` (it
+    /// connected here, or to another replica), until `give_up`. Whether it moved.
+    async fn moved_from(&self, node: NodeId, url: &str, give_up: Instant) -> bool {
+        loop {
+            if self.holder(node).is_none_or(|(_, holder)| holder != url) {
+                return true;
+            }
+            if Instant::now() >= give_up {
+                tracing::info!(node_id = %node, replica = url, "the agent's replica cannot be reached, and the agent did not connect elsewhere");
+                return false;
+            }
+            tokio::time::sleep(MOVE_POLL).await;
+        }
     }
 
     /// A fresh instruction id.
@@ -371,10 +407,20 @@ impl Agents {
         endpoint: &str,
         timeout: Duration,
     ) -> Result<AgentTunnel, TunnelError> {
-        if let Some((peers, url)) = self.holder(node) {
-            return peers.open_tunnel(&url, node, endpoint).await;
+        let give_up = Instant::now() + timeout.min(MOVE_WAIT);
+        loop {
+            let Some((peers, url)) = self.holder(node) else {
+                return self.open_tunnel_local(node, endpoint, timeout).await;
+            };
+            match peers.open_tunnel(&url, node, endpoint).await {
+                Err(TunnelError::ReplicaGone) => {
+                    if !self.moved_from(node, &url, give_up).await {
+                        return Err(TunnelError::NotConnected);
+                    }
+                }
+                tunnel => return tunnel,
+            }
         }
-        self.open_tunnel_local(node, endpoint, timeout).await
     }
 
     /// A tunnel through the agent if this replica holds its channel.
@@ -448,6 +494,10 @@ pub enum TunnelError {
     ChannelClosed,
     #[error("the node's agent refused: {0}")]
     Refused(String),
+    /// The replica holding the agent cannot be reached (kept within this module: a caller
+    /// sees the agent again on its new replica, or `NotConnected`).
+    #[error("the replica holding the node's agent cannot be reached")]
+    ReplicaGone,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -458,6 +508,9 @@ pub enum PingError {
     NoAnswer,
     #[error("the node's agent disconnected before it answered")]
     ChannelClosed,
+    /// As [`TunnelError::ReplicaGone`].
+    #[error("the replica holding the node's agent cannot be reached")]
+    ReplicaGone,
 }
 
 #[cfg(test)]

@@ -37,6 +37,17 @@ const REPLICA_GRACE: Duration = Duration::from_secs(5);
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why a request to another replica failed.
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    /// No connection to the replica could be made: nothing was sent. It may have died, and
+    /// its agents are on their way to another replica.
+    #[error("the agent's replica at {url} cannot be reached: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("{0:#}")]
+    Failed(#[from] anyhow::Error),
+}
+
 /// An instruction relayed to the replica that holds the agent.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -251,7 +262,7 @@ impl Peers {
         url: &str,
         path: &str,
         body: Body,
-    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+    ) -> Result<hyper::Response<hyper::body::Incoming>, RelayError> {
         self.send(hyper::Method::POST, url, path, body).await
     }
 
@@ -261,14 +272,36 @@ impl Peers {
         url: &str,
         path: &str,
         body: Body,
-    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
-        let mut sender = self.connection(url).await?;
+    ) -> Result<hyper::Response<hyper::body::Incoming>, RelayError> {
+        let mut sender = self
+            .connection(url)
+            .await
+            .map_err(|e| RelayError::Unreachable {
+                url: url.to_owned(),
+                reason: format!("{e:#}"),
+            })?;
         let request = hyper::Request::builder()
             .method(method)
             .uri(format!("{url}{PEER_PREFIX}{path}"))
             .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(body)?;
-        Ok(sender.send_request(request).await?)
+            .body(body)
+            .map_err(anyhow::Error::from)?;
+        match sender.send_request(request).await {
+            Ok(response) => Ok(response),
+            // The connection broke: when no new one can be made, the replica is gone (it died
+            // as the request went out, and whatever it passed on may be sent again: the
+            // agents' instructions are safe to repeat, as the engine repeats them anyway).
+            Err(e) => {
+                self.connections.lock().await.remove(url);
+                match self.connection(url).await {
+                    Err(unreachable) => Err(RelayError::Unreachable {
+                        url: url.to_owned(),
+                        reason: format!("{e}; then {unreachable:#}"),
+                    }),
+                    Ok(_) => Err(anyhow::Error::from(e).into()),
+                }
+            }
+        }
     }
 
     /// Copies a bundle artifact this replica lacks from another replica that has it (bundles
@@ -296,7 +329,7 @@ impl Peers {
                 Ok(response) if response.status().is_success() => response,
                 Ok(_) => continue,
                 Err(e) => {
-                    tracing::debug!(%url, error = %format!("{e:#}"), "could not ask a replica for an artifact");
+                    tracing::debug!(%url, error = %e, "could not ask a replica for an artifact");
                     continue;
                 }
             };
@@ -320,15 +353,21 @@ impl Peers {
         url: &str,
         path: &str,
         value: &T,
-    ) -> anyhow::Result<Bytes> {
-        let json = serde_json::to_vec(value)?;
+    ) -> Result<Bytes, RelayError> {
+        let json = serde_json::to_vec(value).map_err(anyhow::Error::from)?;
         let response = self
             .post(url, path, Body::new(Full::new(Bytes::from(json))))
             .await?;
         if !response.status().is_success() {
-            anyhow::bail!("the replica at {url} answered {}", refusal(response).await);
+            let refusal = refusal(response).await;
+            return Err(anyhow::anyhow!("the replica at {url} answered {refusal}").into());
         }
-        Ok(response.into_body().collect().await?.to_bytes())
+        Ok(response
+            .into_body()
+            .collect()
+            .await
+            .map_err(anyhow::Error::from)?
+            .to_bytes())
     }
 
     /// Sends `message` to `node`'s agent through the replica at `url`, in the background.
@@ -339,7 +378,7 @@ impl Peers {
                 .post_json(&url, &format!("/nodes/{node}/push"), &message)
                 .await
             {
-                tracing::warn!(node_id = %node, error = %format!("{e:#}"), "could not relay a message to the agent's replica");
+                tracing::warn!(node_id = %node, error = %e, "could not relay a message to the agent's replica");
             }
         });
     }
@@ -352,7 +391,7 @@ impl Peers {
                 .post_json(&url, &format!("/nodes/{node}/revoke"), &())
                 .await
             {
-                tracing::warn!(node_id = %node, error = %format!("{e:#}"), "could not relay a revocation to the agent's replica");
+                tracing::warn!(node_id = %node, error = %e, "could not relay a revocation to the agent's replica");
             }
         });
     }
@@ -375,9 +414,12 @@ impl Peers {
         )
         .await
         .map_err(|_| PingError::NoAnswer)?
-        .map_err(|e| {
-            tracing::warn!(node_id = %node, error = %format!("{e:#}"), "could not relay an instruction");
-            PingError::NotConnected
+        .map_err(|e| match e {
+            RelayError::Unreachable { .. } => PingError::ReplicaGone,
+            RelayError::Failed(e) => {
+                tracing::warn!(node_id = %node, error = %format!("{e:#}"), "could not relay an instruction");
+                PingError::NotConnected
+            }
         })?;
         match serde_json::from_slice(&answer) {
             Ok(RelayedOutcome::Outcome(outcome)) => Ok(outcome),
@@ -404,7 +446,12 @@ impl Peers {
                 Body::new(outgoing),
             )
             .await
-            .map_err(|e| TunnelError::Refused(format!("the agent's replica at {url}: {e:#}")))?;
+            .map_err(|e| match e {
+                RelayError::Unreachable { .. } => TunnelError::ReplicaGone,
+                RelayError::Failed(e) => {
+                    TunnelError::Refused(format!("the agent's replica at {url}: {e:#}"))
+                }
+            })?;
         if !response.status().is_success() {
             let reason = refusal(response).await;
             return Err(TunnelError::Refused(reason));

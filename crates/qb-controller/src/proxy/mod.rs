@@ -283,11 +283,23 @@ async fn forward_to(
         )
         .await;
     }
-    // A request without a body can go to the next master when one cannot be reached.
+    // A request without a body can go to the next master when one cannot be reached. A read
+    // also when its connection broke before it was answered (the replica relaying its tunnel
+    // died, say), on each master twice: the first try may take a connection already broken.
     let retryable = body.is_end_stream();
+    let read = retryable
+        && matches!(
+            parts.method,
+            hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
+        );
+    let tries = if read {
+        masters.len() * 2
+    } else {
+        masters.len()
+    };
     let mut body = Some(body);
     let mut last_error = String::new();
-    for master in &masters {
+    for master in masters.iter().cycle().take(tries) {
         if let Err(e) = upstream.ensure_rbac(*master).await {
             last_error = qb_api::error_chain(e.as_ref());
             tracing::warn!(cluster_id = %upstream.cluster, node_id = %master, error = %last_error, "cannot set up the proxy's RBAC");
@@ -309,7 +321,7 @@ async fn forward_to(
             Err(e) => {
                 last_error = qb_api::error_chain(&e);
                 tracing::info!(cluster_id = %upstream.cluster, node_id = %master, error = %last_error, "a master's API server could not be reached");
-                if !(retryable && e.is_connect()) {
+                if !(read || retryable && e.is_connect()) {
                     break;
                 }
             }
