@@ -757,7 +757,9 @@ pub struct Event {
     pub actor: String,
     /// What happened, e.g. `node.authorized`, `cluster.nodes_attached`.
     pub action: String,
-    /// `node`, `cluster`, `user` or `token`.
+    /// `node`, `cluster`, `user`, `token`, `tenant`, or `request`: a change the API refused
+    /// (action `api.request_refused`; its name is the method and path, its detail the status
+    /// and problem code).
     pub object_kind: String,
     pub object_id: String,
     pub object_name: String,

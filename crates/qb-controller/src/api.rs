@@ -46,6 +46,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::record_refusals,
+        ))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
 }
@@ -497,7 +501,8 @@ async fn revoke_token(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct EventQuery {
-    /// Only events about objects of this kind: node, cluster, user, token, tenant.
+    /// Only events about objects of this kind: node, cluster, user, token, tenant, or request
+    /// (a refused change).
     kind: Option<String>,
     /// Only events about the object with this id or name.
     object: Option<String>,

@@ -77,18 +77,23 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         // A request that names a token is judged by it alone, never by a cookie beside it.
-        if parts.headers.contains_key(AUTHORIZATION) {
-            return Self::authenticate(state, &hash_secret(bearer_secret(parts)?)).await;
+        let caller = if parts.headers.contains_key(AUTHORIZATION) {
+            Self::authenticate(state, &hash_secret(bearer_secret(parts)?)).await?
+        } else {
+            let secret = crate::session::cookie_secret(&parts.headers).ok_or_else(|| {
+                unauthenticated("send an API token as 'Authorization: Bearer <token>', or log in")
+            })?;
+            // Browsers send cookies with requests other sites make them send; only this
+            // site's pages know the session's CSRF token. Reads change nothing and need none.
+            if !parts.method.is_safe() {
+                crate::session::check_csrf(&parts.headers, secret)?;
+            }
+            Self::authenticate(state, &hash_secret(secret)).await?
+        };
+        if let Some(slot) = parts.extensions.get::<crate::audit::RequestCaller>() {
+            slot.set(&caller.0);
         }
-        let secret = crate::session::cookie_secret(&parts.headers).ok_or_else(|| {
-            unauthenticated("send an API token as 'Authorization: Bearer <token>', or log in")
-        })?;
-        // Browsers send cookies with requests other sites make them send; only this site's
-        // pages know the session's CSRF token. Reads change nothing and need none.
-        if !parts.method.is_safe() {
-            crate::session::check_csrf(&parts.headers, secret)?;
-        }
-        Self::authenticate(state, &hash_secret(secret)).await
+        Ok(caller)
     }
 }
 

@@ -118,7 +118,10 @@ impl IntoResponse for ApiError {
 
 pub(crate) fn problem_response(problem: Problem) -> Response {
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let code = problem.code;
     let mut response = (status, axum::Json(problem)).into_response();
+    // For the audit trail's record of a refusal.
+    response.extensions_mut().insert(code);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),

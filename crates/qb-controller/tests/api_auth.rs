@@ -10,6 +10,7 @@ on_both_stores!(
     every_call_needs_a_valid_token,
     revoked_and_expired_tokens_are_refused,
     viewer_reads_but_cannot_mutate,
+    refused_changes_are_in_the_callers_audit_trail,
     operator_cannot_manage_users_or_tokens,
     tenants_cannot_see_or_touch_each_other,
 );
@@ -80,7 +81,7 @@ async fn every_call_needs_a_valid_token(store: Store) {
     let app = App::new(store).await;
     let t = app.tenant("a").await;
     app.pending_nodes(t.id, "n", 1).await;
-    let before = app.events(t.id).await.len();
+    let before = app.changes(t.id).await.len();
     for bad in [
         "",
         "qb_0000000000000000000000000000000000000000000000000000000000000000",
@@ -96,7 +97,7 @@ async fn every_call_needs_a_valid_token(store: Store) {
         }
     }
     assert_eq!(
-        app.events(t.id).await.len(),
+        app.changes(t.id).await.len(),
         before,
         "refused calls wrote nothing"
     );
@@ -170,7 +171,7 @@ async fn viewer_reads_but_cannot_mutate(store: Store) {
         .post(&t.operator, "/api/v1/clusters", json!({"name": "c1"}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    let before = app.events(t.id).await.len();
+    let before = app.changes(t.id).await.len();
     for (method, path, body) in routes() {
         let (status, problem) = app.call(&t.viewer, method.clone(), path, body).await;
         let admin_only = path.starts_with("/api/v1/users") || path.starts_with("/api/v1/tokens");
@@ -185,12 +186,121 @@ async fn viewer_reads_but_cannot_mutate(store: Store) {
         }
     }
     assert_eq!(
-        app.events(t.id).await.len(),
+        app.changes(t.id).await.len(),
         before,
         "refused calls wrote nothing"
     );
     let (_, node) = app.get(&t.viewer, "/api/v1/nodes/n-0").await;
     assert_eq!(node["state"], "pending");
+    // Each refused change is in the audit trail as the viewer's, in order; reads are not.
+    let refused: Vec<String> = routes()
+        .into_iter()
+        .filter(|(method, _, _)| *method != Method::GET)
+        .map(|(method, path, _)| format!("{method} {}", path.split('?').next().unwrap()))
+        .collect();
+    let recorded = app.refusals(t.id).await;
+    let names: Vec<&str> = recorded.iter().map(|e| e.object_name.as_str()).collect();
+    assert_eq!(names, refused);
+    for event in &recorded {
+        assert_eq!(event.actor, "user:view", "{event:?}");
+        assert_eq!(event.object_kind, "request", "{event:?}");
+        assert_eq!(event.detail["status"], 403, "{event:?}");
+        assert_eq!(event.detail["code"], "forbidden", "{event:?}");
+    }
+}
+
+async fn refused_changes_are_in_the_callers_audit_trail(store: Store) {
+    let app = App::new(store).await;
+    let (a, b) = (app.tenant("a").await, app.tenant("b").await);
+    let (status, _) = app
+        .post(&a.operator, "/api/v1/clusters", json!({"name": "c1"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let refusals = [
+        (
+            &a.operator,
+            Method::POST,
+            "/api/v1/clusters",
+            Some(json!({"name": "Not a name!"})),
+        ),
+        (
+            &a.operator,
+            Method::POST,
+            "/api/v1/clusters",
+            Some(json!({"name": "c1"})),
+        ),
+        (&a.operator, Method::DELETE, "/api/v1/clusters/nope", None),
+        (
+            &a.admin,
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"expires_in_hours": 0})),
+        ),
+        (&b.operator, Method::DELETE, "/api/v1/clusters/c1", None),
+    ];
+    let mut answers = Vec::new();
+    for (token, method, path, body) in refusals {
+        let (status, problem) = app.call(token, method.clone(), path, body).await;
+        assert!(status.is_client_error(), "{method} {path}: {status}");
+        answers.push((status.as_u16(), problem["code"].clone()));
+    }
+    // Not recorded: reads, and changes without a valid token (no tenant to record them in).
+    assert_eq!(
+        app.get(&a.operator, "/api/v1/clusters/nope").await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, _) = app
+        .call(
+            "",
+            Method::POST,
+            "/api/v1/clusters",
+            Some(json!({"name": "c2"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let in_a = app.refusals(a.id).await;
+    let seen: Vec<_> = in_a
+        .iter()
+        .map(|e| {
+            (
+                e.actor.as_str(),
+                e.object_name.as_str(),
+                (
+                    e.detail["status"].as_u64().unwrap() as u16,
+                    e.detail["code"].clone(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("user:op", "POST /api/v1/clusters", answers[0].clone()),
+            ("user:op", "POST /api/v1/clusters", answers[1].clone()),
+            (
+                "user:op",
+                "DELETE /api/v1/clusters/nope",
+                answers[2].clone()
+            ),
+            ("user:admin", "POST /api/v1/tokens", answers[3].clone()),
+        ]
+    );
+    assert_eq!(answers[1], (409, json!("name_taken")), "the name is taken");
+    // b's attempt on a's cluster is b's to see, and a's cluster is untouched.
+    let in_b = app.refusals(b.id).await;
+    assert_eq!(in_b.len(), 1, "{in_b:?}");
+    assert_eq!(in_b[0].object_name, "DELETE /api/v1/clusters/c1");
+    assert_eq!(in_b[0].detail["status"], 404);
+    assert_eq!(
+        app.get(&a.operator, "/api/v1/clusters/c1").await.0,
+        StatusCode::OK
+    );
+    // Admins query them as any event.
+    let (_, listed) = app
+        .get(&a.admin, "/api/v1/events?action=api.request_refused")
+        .await;
+    assert_eq!(items(&listed).len(), 4, "{listed}");
 }
 
 async fn operator_cannot_manage_users_or_tokens(store: Store) {
@@ -264,7 +374,7 @@ async fn tenants_cannot_see_or_touch_each_other(store: Store) {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    let a_events_before = app.events(a.id).await.len();
+    let a_events_before = app.changes(a.id).await.len();
 
     // Lists show only B's own objects.
     let (_, nodes) = app.get(&b.admin, "/api/v1/nodes").await;
@@ -362,7 +472,7 @@ async fn tenants_cannot_see_or_touch_each_other(store: Store) {
         (StatusCode::CONFLICT, Some("pool_exhausted"))
     );
     assert_eq!(
-        app.events(a.id).await.len(),
+        app.changes(a.id).await.len(),
         a_events_before,
         "nothing of A changed"
     );

@@ -27,7 +27,7 @@ async fn bad_input_is_refused_and_changes_nothing(store: Store) {
         .post(&t.operator, "/api/v1/clusters", json!({"name": "c1"}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    let before = app.events(t.id).await;
+    let before = app.changes(t.id).await;
 
     let raw = |method: Method, path: &str, content_type: &str, body: Vec<u8>| {
         bearer(&t.operator, method, path)
@@ -362,7 +362,7 @@ async fn bad_input_is_refused_and_changes_nothing(store: Store) {
         );
     }
     assert_eq!(
-        app.events(t.id).await,
+        app.changes(t.id).await,
         before,
         "no refused request wrote anything"
     );
@@ -382,7 +382,7 @@ async fn only_what_the_document_describes_is_taken() {
     let app = App::new(store).await;
     let t = app.tenant("a").await;
     app.pool(&t, "n", 1).await;
-    let before = app.events(t.id).await;
+    let before = app.changes(t.id).await;
     let post = |token: &str, path: &str, body: &str| {
         bearer(token, Method::POST, path)
             .header(header::CONTENT_TYPE, "application/json")
@@ -472,7 +472,7 @@ async fn only_what_the_document_describes_is_taken() {
         "{detail}"
     );
 
-    assert_eq!(app.events(t.id).await, before, "nothing was written");
+    assert_eq!(app.changes(t.id).await, before, "nothing was written");
 }
 
 /// A body over the limit is answered 413 with a problem, over TLS as the controller serves, on

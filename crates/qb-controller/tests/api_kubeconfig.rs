@@ -266,8 +266,8 @@ async fn kubeconfig_refusals_mint_nothing(store: Store) {
     let before = (
         tokens(a.id).await,
         tokens(b.id).await,
-        app.events(a.id).await.len(),
-        app.events(b.id).await.len(),
+        app.changes(a.id).await.len(),
+        app.changes(b.id).await.len(),
     );
 
     let refused = [
@@ -362,8 +362,8 @@ async fn kubeconfig_refusals_mint_nothing(store: Store) {
     let after = (
         tokens(a.id).await,
         tokens(b.id).await,
-        app.events(a.id).await.len(),
-        app.events(b.id).await.len(),
+        app.changes(a.id).await.len(),
+        app.changes(b.id).await.len(),
     );
     assert_eq!(after, before, "a refused request minted a token");
 }

@@ -214,7 +214,7 @@ async fn impossible_attaches_change_nothing(store: Store) {
         .await;
     app.post(op, "/api/v1/clusters", json!({"name": "c1"}))
         .await;
-    let before = app.events(t.id).await;
+    let before = app.changes(t.id).await;
 
     let (status, problem) = app.post(op, attach, json!({"count": 3})).await;
     assert_eq!(
@@ -243,7 +243,7 @@ async fn impossible_attaches_change_nothing(store: Store) {
         );
         assert!(problem["detail"].as_str().unwrap().contains(bad));
     }
-    assert_eq!(app.events(t.id).await, before, "nothing was written");
+    assert_eq!(app.changes(t.id).await, before, "nothing was written");
     let (_, pool) = app.get(op, "/api/v1/nodes?state=authorized").await;
     assert_eq!(
         pluck(&pool["items"], "name"),

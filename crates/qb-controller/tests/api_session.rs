@@ -176,7 +176,7 @@ async fn cookie_changes_need_the_csrf_token_and_nothing_changes_without(store: S
     let pending = app.pending_nodes(t.id, "n", 1).await;
     let b = login(&app, &t.admin).await;
     let other = login(&app, &t.admin).await;
-    let before = app.events(t.id).await;
+    let before = app.changes(t.id).await;
     let authorize = format!("/api/v1/nodes/{}/authorize", pending[0]);
     for csrf in [None, Some(""), Some("x"), Some(other.csrf.as_str())] {
         for (method, path, body) in [
@@ -199,7 +199,7 @@ async fn cookie_changes_need_the_csrf_token_and_nothing_changes_without(store: S
         }
     }
     assert_eq!(
-        app.events(t.id).await,
+        app.changes(t.id).await,
         before,
         "a refused request changed something"
     );
@@ -232,7 +232,7 @@ async fn a_viewer_session_cannot_change_anything_by_forged_requests(store: Store
     assert!(cluster["id"].is_string(), "{cluster}");
     let viewer = login(&app, &t.viewer).await;
     assert_eq!(viewer.session["role"], "viewer");
-    let before = app.events(t.id).await;
+    let before = app.changes(t.id).await;
 
     // Every change the UI could offer, forged with the viewer's valid cookie and CSRF token.
     let forged = [
@@ -302,7 +302,7 @@ async fn a_viewer_session_cannot_change_anything_by_forged_requests(store: Store
         );
     }
     assert_eq!(
-        app.events(t.id).await,
+        app.changes(t.id).await,
         before,
         "a viewer's request changed something"
     );
@@ -352,7 +352,7 @@ async fn logout_revokes_the_session(store: Store) {
 async fn bad_logins_open_nothing(store: Store) {
     let app = App::new(store).await;
     let t = app.tenant("a").await;
-    let before = app.events(t.id).await;
+    let before = app.changes(t.id).await;
     let unknown = format!("qb_{}", "0".repeat(64));
     for (body, content_type, expected) in [
         (
@@ -385,7 +385,7 @@ async fn bad_logins_open_nothing(store: Store) {
         assert_eq!(head.status, expected, "{body}");
         assert!(head.headers.get(header::SET_COOKIE).is_none());
     }
-    assert_eq!(app.events(t.id).await, before);
+    assert_eq!(app.changes(t.id).await, before);
     let (status, _) = app
         .send(Request::get("/api/v1/session").body(Body::empty()).unwrap())
         .await;
@@ -517,7 +517,7 @@ async fn passwords_open_sessions_and_failures_are_throttled(store: Store) {
             .await
         }
     };
-    let before = app.events(t.id).await;
+    let before = app.changes(t.id).await;
     assert_eq!(
         set(t.viewer.clone(), "op", password).await.0,
         StatusCode::FORBIDDEN
@@ -536,7 +536,7 @@ async fn passwords_open_sessions_and_failures_are_throttled(store: Store) {
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        app.events(t.id).await,
+        app.changes(t.id).await,
         before,
         "a refused change wrote something"
     );

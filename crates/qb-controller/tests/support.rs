@@ -251,6 +251,20 @@ impl App {
             .unwrap()
             .items
     }
+
+    /// The tenant's events of changes made: all but the records of changes refused.
+    pub async fn changes(&self, tenant: TenantId) -> Vec<qb_api::Event> {
+        let mut events = self.events(tenant).await;
+        events.retain(|e| e.action != qb_controller::audit::REFUSED);
+        events
+    }
+
+    /// The tenant's records of changes refused, oldest first.
+    pub async fn refusals(&self, tenant: TenantId) -> Vec<qb_api::Event> {
+        let mut events = self.events(tenant).await;
+        events.retain(|e| e.action == qb_controller::audit::REFUSED);
+        events
+    }
 }
 
 /// A request with `token` as its bearer credential (none when `token` is empty).
