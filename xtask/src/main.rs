@@ -243,6 +243,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "/usr/bin/prometheus"),
     // Alert e-mail goes through a real SMTP server, Exim, into real mailboxes.
     ("exim4-daemon-light", "/usr/sbin/exim4"),
+    // Controller replicas are reached through HAProxy, as operators put one in front of them.
+    ("haproxy", "/usr/sbin/haproxy"),
     // Agents on hosts whose clocks are off run under libfaketime.
     ("faketime", "/usr/bin/faketime"),
     // The package tests hold its dependencies to dpkg-shlibdeps'.

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use qb_api::{Labels, NodeFacts};
 use qb_store::{Actor, NewNode, Store};
+use qb_test_support::haproxy::HaProxy;
 use serde_json::Value;
 
 /// How long the controller may take to start listening.
@@ -50,6 +51,13 @@ impl Controller {
 
     /// Starts a controller with extra arguments to `serve`.
     fn start_with(https: bool, extra: &[&str]) -> Self {
+        Self::start_on(https, extra, None)
+    }
+
+    /// Starts a controller on `database` (its own SQLite file when none), with extra arguments
+    /// to `serve`. A replica joining a database that has its tenants writes no admin token:
+    /// its `admin_token` is empty.
+    fn start_on(https: bool, extra: &[&str], database: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         // Agent packages ship this small real executable (it links only the C library) instead
         // of a real agent: the tests look at the packages only.
@@ -59,7 +67,10 @@ impl Controller {
         cmd.arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--database")
-            .arg(format!("sqlite://{}", dir.path().join("qb.db").display()))
+            .arg(database.map_or_else(
+                || format!("sqlite://{}", dir.path().join("qb.db").display()),
+                str::to_owned,
+            ))
             .args([
                 "serve",
                 "--listen",
@@ -100,10 +111,12 @@ impl Controller {
                 fingerprint = Some(f.trim().to_owned());
             }
         }
-        let admin_token = std::fs::read_to_string(dir.path().join("data").join("admin-token"))
-            .expect("first start writes the admin token")
-            .trim()
-            .to_owned();
+        let admin_token = match std::fs::read_to_string(dir.path().join("data").join("admin-token"))
+        {
+            Ok(token) => token.trim().to_owned(),
+            Err(_) if database.is_some() => String::new(),
+            Err(e) => panic!("first start writes the admin token: {e}"),
+        };
         Self {
             child,
             dir,
@@ -111,6 +124,18 @@ impl Controller {
             fingerprint,
             admin_token,
         }
+    }
+
+    /// Kills the process (SIGKILL), keeping its files.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The address the API listens on.
+    fn addr(&self) -> std::net::SocketAddr {
+        let authority = self.url.split("://").nth(1).expect("a URL");
+        authority.trim_end_matches('/').parse().expect("an address")
     }
 
     fn config(&self) -> PathBuf {
@@ -388,6 +413,82 @@ async fn login_pins_the_certificate_and_manages_contexts() {
     c.qb(&["whoami"]).fails_with("certificate changed");
     c.qb(&["whoami"])
         .fails_with(&format!("run `qb login {}` again", c.url));
+}
+
+/// Two replicas on one PostgreSQL behind HAProxy, both serving one certificate: one `qb login`
+/// to the balancer's address serves every call, whichever replica answers it, and calls go on
+/// when a replica is killed.
+#[tokio::test]
+async fn replicas_behind_one_address() {
+    let pg = qb_test_support::PgServer::start().expect("PostgreSQL");
+    let mut a = Controller::start_on(true, &[], Some(&pg.url()));
+    let tls = a.dir.path().join("data").join("tls");
+    let (cert, key) = (tls.join("controller.crt"), tls.join("controller.key"));
+    let b = Controller::start_on(
+        true,
+        &[
+            "--tls-cert",
+            cert.to_str().expect("a path"),
+            "--tls-key",
+            key.to_str().expect("a path"),
+        ],
+        Some(&pg.url()),
+    );
+    assert_eq!(b.fingerprint, a.fingerprint, "one certificate");
+    let port = qb_test_support::free_port().expect("a port");
+    let balancer = HaProxy::start(port, &[("a", a.addr()), ("b", b.addr())]).expect("HAProxy");
+    let fingerprint = a.fingerprint.clone().expect("https");
+    a.qb_with(
+        &[
+            "login",
+            &format!("https://127.0.0.1:{port}"),
+            "--token",
+            "-",
+            "--fingerprint",
+            &fingerprint,
+        ],
+        Some(&a.admin_token),
+        &[],
+    )
+    .ok();
+    let list = |c: &Controller| {
+        let nodes = c.qb(&["node", "list", "-o", "json"]).json();
+        assert!(nodes.is_array(), "{nodes}");
+    };
+    for _ in 0..6 {
+        list(&a);
+    }
+    // A connection is logged when it closes: wait for the six.
+    let served = |balancer: &HaProxy| (balancer.connections_to("a"), balancer.connections_to("b"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while {
+        let (x, y) = served(&balancer);
+        x + y < 7
+    } && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (by_a, by_b) = served(&balancer);
+    assert!(
+        by_a >= 2 && by_b >= 2,
+        "both replicas answer: {}",
+        balancer.log()
+    );
+
+    // A dies; the balancer sends its connections to B, and every call still works.
+    a.kill();
+    for _ in 0..6 {
+        list(&a);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while served(&balancer).1 < by_b + 6 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        served(&balancer).1 >= by_b + 6,
+        "B took over: {}",
+        balancer.log()
+    );
 }
 
 #[tokio::test]

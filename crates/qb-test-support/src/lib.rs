@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 pub mod exim;
+pub mod haproxy;
 pub mod nginx;
 pub mod prometheus;
 pub mod unbound;
