@@ -112,6 +112,7 @@ impl AgentEndpoint {
                 &format!("{PEER_PREFIX}/nodes/{{node}}/request"),
                 post(relay_request),
             )
+            .route(&format!("{PEER_PREFIX}/nodes/status"), post(relay_status))
             .route(
                 &format!("{PEER_PREFIX}/nodes/{{node}}/tunnels/{{endpoint}}"),
                 post(relay_tunnel),
@@ -608,6 +609,28 @@ async fn relay_revoke(
     require_replica(replica)?;
     endpoint.agents.revoke_local(node);
     Ok(Json(()))
+}
+
+/// Another replica asks how the agents this one holds are: online, and when last heard from.
+async fn relay_status(
+    State(endpoint): State<AgentEndpoint>,
+    Extension(replica): Extension<Option<ReplicaPeer>>,
+    ApiJson(nodes): ApiJson<Vec<qb_api::NodeId>>,
+) -> Result<Json<Vec<super::peers::AgentStatus>>, ApiError> {
+    require_replica(replica)?;
+    Ok(Json(
+        nodes
+            .into_iter()
+            .filter_map(|node| {
+                let (online, last_seen_at) = endpoint.agents.status(node)?;
+                Some(super::peers::AgentStatus {
+                    node,
+                    online,
+                    last_seen_at,
+                })
+            })
+            .collect(),
+    ))
 }
 
 /// Another replica relays an instruction and waits for the agent's answer.

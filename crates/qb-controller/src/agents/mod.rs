@@ -287,6 +287,48 @@ impl Agents {
         }
     }
 
+    /// As [`Agents::overlay`] for many nodes, with the state of agents other replicas hold
+    /// asked of them (one request per replica), so every replica shows the same last-seen
+    /// times. A replica that does not answer leaves its agents as `overlay` has them.
+    pub async fn overlay_all(&self, nodes: &mut [Node]) {
+        let mut remote: HashMap<String, Vec<NodeId>> = HashMap::new();
+        for node in nodes.iter_mut() {
+            self.overlay(node);
+            if node.agent.is_some()
+                && let Some((_, url)) = self.holder(node.id)
+            {
+                remote.entry(url).or_default().push(node.id);
+            }
+        }
+        let Some(peers) = self.peers.get() else {
+            return;
+        };
+        let asked = remote
+            .iter()
+            .map(|(url, ids)| async move { (url, peers.statuses(url, ids).await) });
+        for (url, answer) in futures_util::future::join_all(asked).await {
+            let statuses = match answer {
+                Ok(statuses) => statuses,
+                Err(e) => {
+                    tracing::debug!(replica = url, error = %format!("{e:#}"), "could not ask a replica how its agents are");
+                    continue;
+                }
+            };
+            let by_node: HashMap<NodeId, (bool, OffsetDateTime)> = statuses
+                .into_iter()
+                .map(|s| (s.node, (s.online, s.last_seen_at)))
+                .collect();
+            for node in nodes.iter_mut() {
+                if let (Some(agent), Some((online, seen))) =
+                    (node.agent.as_mut(), by_node.get(&node.id))
+                {
+                    agent.online = *online;
+                    agent.last_seen_at = Some(*seen);
+                }
+            }
+        }
+    }
+
     /// How many agents have an open channel.
     pub fn connected(&self) -> usize {
         self.lock().values().filter(|e| e.channel.is_some()).count()

@@ -56,6 +56,16 @@ pub struct RelayedInstruction {
     pub timeout_ms: u64,
 }
 
+/// How an agent a replica holds is, by that replica's clock.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentStatus {
+    pub node: NodeId,
+    pub online: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen_at: OffsetDateTime,
+}
+
 /// The relayed answer: the agent's outcome, or why there is none.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -394,6 +404,17 @@ impl Peers {
                 tracing::warn!(node_id = %node, error = %e, "could not relay a revocation to the agent's replica");
             }
         });
+    }
+
+    /// How the agents of `nodes` are, as the replica at `url` that holds them says.
+    pub async fn statuses(&self, url: &str, nodes: &[NodeId]) -> anyhow::Result<Vec<AgentStatus>> {
+        let answer = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.post_json(url, "/nodes/status", &nodes),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("the replica at {url} did not answer in time"))??;
+        Ok(serde_json::from_slice(&answer)?)
     }
 
     /// An instruction to `node`'s agent through the replica at `url`, and its answer.

@@ -40,7 +40,7 @@ impl AppState {
         cluster: &Key<ClusterId>,
     ) -> Result<ClusterDetail, StoreError> {
         let mut detail = self.store.get_cluster(caller.tenant(), cluster).await?;
-        detail.nodes = self.live_all(detail.nodes);
+        detail.nodes = self.live_all(detail.nodes).await;
         Ok(detail)
     }
 
@@ -106,7 +106,7 @@ impl AppState {
             .attach(caller.tenant(), cluster, target, &caller.actor())
             .await?;
         self.engine.wake.notify_one();
-        moved.nodes = self.live_all(moved.nodes);
+        moved.nodes = self.live_all(moved.nodes).await;
         Ok(moved)
     }
 
@@ -128,7 +128,7 @@ impl AppState {
             .detach(caller.tenant(), cluster, nodes, force, &caller.actor())
             .await?;
         self.engine.wake.notify_one();
-        moved.nodes = self.live_all(moved.nodes);
+        moved.nodes = self.live_all(moved.nodes).await;
         Ok(moved)
     }
 

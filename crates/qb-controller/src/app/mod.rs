@@ -83,13 +83,16 @@ impl AppState {
 
     /// A node with its agent's live state filled in: the store knows only what was last
     /// written, the registry of agents whether the agent is there now.
-    fn live(&self, mut node: Node) -> Node {
-        self.agents.overlay(&mut node);
+    async fn live(&self, node: Node) -> Node {
+        let mut nodes = [node];
+        self.agents.overlay_all(&mut nodes).await;
+        let [node] = nodes;
         node
     }
 
-    fn live_all(&self, nodes: Vec<Node>) -> Vec<Node> {
-        nodes.into_iter().map(|n| self.live(n)).collect()
+    async fn live_all(&self, mut nodes: Vec<Node>) -> Vec<Node> {
+        self.agents.overlay_all(&mut nodes).await;
+        nodes
     }
 
     /// A page of the tenant's audit trail; `page.after` is the `next` cursor of the page

@@ -51,13 +51,13 @@ impl AppState {
                 page.limit()?,
             )
             .await?;
-        nodes.items = self.live_all(nodes.items);
+        nodes.items = self.live_all(nodes.items).await;
         Ok(nodes)
     }
 
     pub async fn get_node(&self, caller: &Caller, node: &Key<NodeId>) -> Result<Node, StoreError> {
         let node = self.store.get_node(caller.tenant(), node).await?;
-        Ok(self.live(node))
+        Ok(self.live(node).await)
     }
 
     pub async fn label_node(
@@ -75,7 +75,7 @@ impl AppState {
             .store
             .label_node(caller.tenant(), node, change, &caller.actor())
             .await?;
-        Ok(self.live(node))
+        Ok(self.live(node).await)
     }
 
     /// Authorizes a pending node into the pool; its agent, if connected, hears so at once.
@@ -89,7 +89,7 @@ impl AppState {
             .authorize_node(caller.tenant(), node, &caller.actor())
             .await?;
         crate::agents::endpoint::notify_state(&self.agents, node.id, node.state);
-        Ok(self.live(node))
+        Ok(self.live(node).await)
     }
 
     /// Deauthorizes a node. The store refuses its certificate from now on; its live connection
@@ -104,7 +104,7 @@ impl AppState {
             .deauthorize_node(caller.tenant(), node, &caller.actor())
             .await?;
         self.agents.revoke(node.id);
-        Ok(self.live(node))
+        Ok(self.live(node).await)
     }
 
     /// Forgets a pending or deauthorized node.
