@@ -302,6 +302,15 @@ impl Controller {
         Self::start_in(dir, &format!("{agent_ip}:0"), Some(database), None)
     }
 
+    /// Kills the replica with SIGKILL (if it still runs) and starts another on the same data
+    /// directory, agent address and database: agents that knew the first find it there.
+    pub fn restart_replica(mut self, database: &str) -> Self {
+        self.proc.stop();
+        let agent_addr = self.agent_addr.to_string();
+        let Self { dir, .. } = self;
+        Self::start_in(dir, &agent_addr, Some(database), None)
+    }
+
     /// Kills the controller with SIGKILL and starts it again on the same data directory and
     /// agent address (agents find it where they left it).
     pub fn kill_and_restart(mut self) -> Self {

@@ -14,8 +14,10 @@ use crate::http::Api;
 use qb_lab::Lab;
 use qb_test_support::PgServer;
 use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
-use crate::engine::{authorize_when_online, roles, start_hosts, wait_ready};
+use crate::engine::{authorize_when_online, cluster, roles, start_hosts, wait_ready};
 use crate::harness::{AgentConfig, Controller, poll};
 use crate::kubernetes::{BRING_UP, PodCgroups, bundle_dir, import_bundle};
 
@@ -73,6 +75,31 @@ fn agents_on_one_replica_are_reached_through_another_and_move_when_it_dies() {
         "the agents registered with A: {}",
         a.proc.log.tail(20)
     );
+    // B shows when each agent was last heard from as A, which holds it, knows it: a moment
+    // ago (they heartbeat every second), not when it registered.
+    std::thread::sleep(Duration::from_secs(3));
+    for c in &configs {
+        let name = &c.node_name;
+        let seen = |api: &Api| {
+            let node = api.node(name);
+            let at = node["agent"]["last_seen_at"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            OffsetDateTime::parse(&at, &Rfc3339)
+                .unwrap_or_else(|e| panic!("{name}'s last_seen_at {at:?}: {e}"))
+        };
+        let (through_a, through_b) = (seen(&api_a), seen(&api_b));
+        let age = OffsetDateTime::now_utc() - through_b;
+        assert!(
+            age < time::Duration::seconds(3),
+            "{name} last seen {age} ago, says B"
+        );
+        assert!(
+            (through_a - through_b).abs() < time::Duration::seconds(2),
+            "{name}: A says {through_a}, B {through_b}"
+        );
+    }
 
     // B's engine forms the cluster through A: preflight, etcd members, plans; the agents
     // download through A the artifacts imported through B.
@@ -115,26 +142,9 @@ fn agents_on_one_replica_are_reached_through_another_and_move_when_it_dies() {
     // which then holds them itself. No request fails: work for an agent whose replica cannot
     // be reached waits for the agent to reconnect (a second or two), and a read whose tunnel
     // broke with A is sent again.
-    let stop = Arc::new(AtomicBool::new(false));
-    let lister = {
-        let (api, stop, all) = (api_b.clone(), stop.clone(), all.clone());
-        std::thread::spawn(move || {
-            let (mut calls, mut failures) = (0, Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                calls += 1;
-                match ready_nodes(&api) {
-                    Ok(ready) if ready == all => {}
-                    other => failures.push(format!("{other:?}")),
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            (calls, failures)
-        })
-    };
+    let lister = Lister::start(&api_b, Some(all.clone()));
     std::thread::sleep(Duration::from_secs(1));
-    let _ = Command::new("kill")
-        .args(["-9", &a.proc.pid().to_string()])
-        .status();
+    kill(&a);
     // The first ping of each agent after the kill is answered (through A it could not be).
     let killed = Instant::now();
     for c in &configs {
@@ -147,16 +157,148 @@ fn agents_on_one_replica_are_reached_through_another_and_move_when_it_dies() {
         killed.elapsed()
     );
     std::thread::sleep(Duration::from_secs(5));
-    stop.store(true, Ordering::Relaxed);
-    let (calls, failures) = lister.join().expect("the lister");
-    assert!(
-        failures.is_empty(),
-        "{} of {calls} listings through B failed while A died: {failures:#?}",
-        failures.len()
-    );
-    assert!(calls > 40, "only {calls} listings");
+    lister.finish("A died");
     let c = wait_ready(&api_b, "k8s", BRING_UP);
     assert_eq!(c["state"], "ready", "{c}");
-    assert_eq!(ready_nodes(&api_b), Ok(all), "through B, agents now on B");
-    drop(a);
+    assert_eq!(
+        ready_nodes(&api_b),
+        Ok(all.clone()),
+        "through B, agents now on B"
+    );
+
+    // The engine's replica dies in the middle of a detach, then in the middle of an attach,
+    // while a client lists the Nodes through the other replica: that one takes the engine
+    // over, the agents move to it, and each operation finishes. A comes back first, on its
+    // address: the agents know it.
+    let a = a.restart_replica(&pg.url());
+    let api_a = a.api();
+    poll("A answers", Duration::from_secs(30), || {
+        ready_nodes(&api_a).map(|_| ())
+    });
+    poll(
+        "the detach of host-2 accepted",
+        Duration::from_secs(30),
+        || {
+            let r = api_a.post("/clusters/k8s/detach", &json!({"nodes": ["host-2"]}));
+            match r.status {
+                200..300 => Ok(()),
+                409 if r.body["code"] == "quorum_at_risk" => Err(r.body.to_string()),
+                _ => panic!("detach answered {}: {}", r.status, r.body),
+            }
+        },
+    );
+    let lister = Lister::start(&api_a, None);
+    assert_eq!(
+        api_a.node("host-2")["state"],
+        "detaching",
+        "killed mid-detach"
+    );
+    kill(&b);
+    poll("host-2 back in the pool", BRING_UP, || {
+        let n = api_a.node("host-2");
+        (n["state"] == "authorized")
+            .then_some(())
+            .ok_or(n.to_string())
+    });
+    // Two nodes left: one master (an even number of etcd members is no safer than one less),
+    // so host-1's member went too, and its API server with it.
+    let c = wait_ready(&api_a, "k8s", BRING_UP);
+    assert_eq!(
+        roles(&c),
+        (vec!["host-0".to_owned()], vec!["host-1".to_owned()]),
+        "{c}"
+    );
+    lister.finish("B died in the middle of a detach");
+
+    let b = b.restart_replica(&pg.url());
+    let api_b = b.api();
+    poll("B answers", Duration::from_secs(30), || {
+        ready_nodes(&api_b).map(|_| ())
+    });
+    api_a
+        .post("/clusters/k8s/attach", &json!({"nodes": ["host-2"]}))
+        .ok();
+    let lister = Lister::start(&api_b, None);
+    let c = cluster(&api_a, "k8s");
+    assert!(
+        roles_or_none(&c).is_none_or(|masters| masters.len() < 3),
+        "killed mid-attach: {c}"
+    );
+    kill(&a);
+    let c = poll("host-2 a master again", BRING_UP, || {
+        let c = cluster(&api_b, "k8s");
+        match roles_or_none(&c) {
+            Some(masters) if masters.len() == 3 && c["state"] == "ready" => Ok(c),
+            _ => Err(format!("{} — {}", c["state"], c["state_message"])),
+        }
+    });
+    assert_eq!(roles(&c).0, all, "{c}");
+    poll("every Node Ready through B", BRING_UP, || {
+        let ready = ready_nodes(&api_b)?;
+        (ready == all)
+            .then_some(())
+            .ok_or(format!("ready: {ready:?}"))
+    });
+    lister.finish("A died in the middle of an attach");
+}
+
+/// SIGKILL, as a crash or a power cut ends a replica.
+fn kill(replica: &Controller) {
+    let _ = Command::new("kill")
+        .args(["-9", &replica.proc.pid().to_string()])
+        .status();
+}
+
+/// The masters, once every node of the cluster has a role.
+fn roles_or_none(cluster: &serde_json::Value) -> Option<Vec<String>> {
+    let nodes = cluster["nodes"].as_array()?;
+    nodes
+        .iter()
+        .all(|n| n["role"].is_string())
+        .then(|| roles(cluster).0)
+}
+
+/// A client listing the Nodes through one replica every 100 ms, as `kubectl get nodes` in a
+/// loop would, and what failed.
+struct Lister {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Lister {
+    /// Counts as failed any listing that is not answered (and, when `expected` is given, any
+    /// that lists other Ready Nodes).
+    fn start(api: &Api, expected: Option<Vec<String>>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (api, stopping) = (api.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let (mut calls, mut failures) = (0, Vec::new());
+            while !stopping.load(Ordering::Relaxed) {
+                calls += 1;
+                match (ready_nodes(&api), &expected) {
+                    (Ok(ready), Some(expected)) if ready != *expected => {
+                        failures.push(format!("ready: {ready:?}"));
+                    }
+                    (Ok(_), _) => {}
+                    (Err(e), _) => failures.push(e),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (calls, failures)
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops it; panics if any listing failed.
+    fn finish(self, during: &str) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (calls, failures) = self.thread.join().expect("the lister");
+        assert!(
+            failures.is_empty(),
+            "{} of {calls} listings failed while {during}: {failures:#?}",
+            failures.len()
+        );
+        assert!(calls > 40, "only {calls} listings while {during}");
+        eprintln!("{calls} listings while {during}, none failed");
+    }
 }

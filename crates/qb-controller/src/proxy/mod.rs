@@ -285,7 +285,8 @@ async fn forward_to(
     }
     // A request without a body can go to the next master when one cannot be reached. A read
     // also when its connection broke before it was answered (the replica relaying its tunnel
-    // died, say), on each master twice: the first try may take a connection already broken.
+    // died, say), on each master twice (the first try may take a connection already broken),
+    // and when an API server fails it while another master is left.
     let retryable = body.is_end_stream();
     let read = retryable
         && matches!(
@@ -299,7 +300,7 @@ async fn forward_to(
     };
     let mut body = Some(body);
     let mut last_error = String::new();
-    for master in masters.iter().cycle().take(tries) {
+    for (i, master) in masters.iter().cycle().take(tries).enumerate() {
         if let Err(e) = upstream.ensure_rbac(*master).await {
             last_error = qb_api::error_chain(e.as_ref());
             tracing::warn!(cluster_id = %upstream.cluster, node_id = %master, error = %last_error, "cannot set up the proxy's RBAC");
@@ -312,6 +313,14 @@ async fn forward_to(
             .map_err(|e| ProxyError::Invalid(e.to_string()))?;
         *request.headers_mut() = headers.clone();
         match upstream.client().request(request).await {
+            // An API server failing a read (its etcd member just removed, say) while another
+            // master is left to ask: that one, as a load balancer skips an unhealthy server.
+            Ok(response)
+                if read && response.status().is_server_error() && i + 1 < masters.len() =>
+            {
+                last_error = format!("the API server of {master} answered {}", response.status());
+                tracing::info!(cluster_id = %upstream.cluster, node_id = %master, status = %response.status(), "a master's API server failed a read; asking the next");
+            }
             Ok(response) => {
                 upstream.answered(*master);
                 let (mut parts, incoming) = response.into_parts();
