@@ -40,6 +40,14 @@ impl From<StoreError> for ApiError {
             StoreError::TokenRefused(refusal) => {
                 return Self::new(ProblemCode::RegistrationRefused, refusal.to_string());
             }
+            StoreError::CommitInDoubt(_) => {
+                tracing::warn!(error = %format_args!("{:#}", qb_api::error_chain(&e)), "lost the store while committing");
+                return Self::new(
+                    ProblemCode::Unavailable,
+                    "the controller's database went away while saving this change, which may \
+                     or may not have been made: look before retrying",
+                );
+            }
             StoreError::Database(sqlx_error) if is_unavailable(sqlx_error) => {
                 tracing::warn!(error = %format_args!("{:#}", qb_api::error_chain(&e)), "store unavailable");
                 return Self::new(
@@ -104,10 +112,8 @@ fn is_disk_full(e: &sqlx::Error) -> bool {
 }
 
 fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-    )
+    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+        || qb_store::connection_failed(e)
 }
 
 impl IntoResponse for ApiError {

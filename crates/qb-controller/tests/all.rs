@@ -17,4 +17,5 @@ mod api_proxy;
 mod api_session;
 mod disk_full;
 mod openapi;
+mod store_restart;
 mod ui;

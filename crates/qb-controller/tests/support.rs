@@ -328,7 +328,7 @@ impl Controller {
             .args(["serve", "--insecure-http", "--listen", "127.0.0.1:0"])
             .args(["--agent-listen", "127.0.0.1:0"])
             .env("QB_AGENT_BINARY", &agent)
-            .env("QB_LOG", "warn")
+            .env("QB_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -146,6 +146,10 @@ pub enum StoreError {
     Issue(#[source] IssueError),
     #[error("database error")]
     Database(#[from] sqlx::Error),
+    /// The connection failed while the transaction committed: the database may have made the
+    /// change or not, and nobody can tell without looking.
+    #[error("the database connection failed while committing")]
+    CommitInDoubt(#[source] sqlx::Error),
     #[error("could not apply database migrations")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -342,9 +346,26 @@ impl Store {
 
 impl WriteTx {
     async fn commit(self) -> Result<()> {
-        self.tx.commit().await?;
-        Ok(())
+        self.tx.commit().await.map_err(|e| {
+            // The commit went out and no answer came back.
+            if connection_failed(&e) {
+                StoreError::CommitInDoubt(e)
+            } else {
+                StoreError::Database(e)
+            }
+        })
     }
+}
+
+/// Whether `e` says the connection to the database failed (it went away, is shutting down or
+/// starting up) rather than the statement.
+pub fn connection_failed(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Io(_))
+        || e.as_database_error().is_some_and(|db| {
+            // PostgreSQL's classes 08 (connection exception) and 57P (shutdown, starting up).
+            db.code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P"))
+        })
 }
 
 /// Milliseconds since the Unix epoch, as stored.

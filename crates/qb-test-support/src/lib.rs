@@ -71,6 +71,8 @@ pub fn sqlite_url(dir: &Path) -> String {
 /// its data.
 pub struct PgServer {
     port: u16,
+    /// Whether commits wait for the log (see [`PgServer::start_durable`]).
+    durable: bool,
     postmaster: Child,
     /// Stops the postmaster and removes `dir` if this process dies without dropping the server
     /// (a test killed on timeout); see `spawn_watchdog`.
@@ -83,11 +85,23 @@ impl PgServer {
     ///
     /// Fails, never skips, when PostgreSQL is not installed.
     pub fn start() -> Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// As [`PgServer::start`], with every commit in the log before it is acknowledged
+    /// (`synchronous_commit`, PostgreSQL's default), so a crash of the server loses nothing
+    /// acknowledged. The other servers skip that wait for speed: what they acknowledged in the
+    /// last fraction of a second before a crash is gone.
+    pub fn start_durable() -> Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Result<Self> {
         let install = Installation::find()?;
         let template = install.template()?;
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
-            match Self::start_on(&install, &template, free_port()?)? {
+            match Self::start_on(&install, &template, free_port()?, durable)? {
                 Ok(server) => return Ok(server),
                 // Another process took the port between `free_port` and the bind: try another.
                 Err(e) => last_error = Some(e),
@@ -97,7 +111,12 @@ impl PgServer {
     }
 
     /// `Ok(Err(..))` when the port was taken, so another can be tried.
-    fn start_on(install: &Installation, template: &Path, port: u16) -> Result<Result<Self>> {
+    fn start_on(
+        install: &Installation,
+        template: &Path,
+        port: u16,
+        durable: bool,
+    ) -> Result<Result<Self>> {
         let root = scratch_root();
         let dir = tempfile::Builder::new()
             .prefix("qb-test-pg-")
@@ -118,36 +137,10 @@ impl PgServer {
             )?;
         }
         let log_path = dir.path().join("server.log");
-        let log =
-            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let mut cmd = install.command("postgres");
-        cmd.arg("-D")
-            .arg(&data)
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-k",
-            ])
-            .arg(dir.path())
-            .args([
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-            ])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().context("duplicating the log file handle")?)
-            .stderr(log)
-            // Out of the test's process group: see `spawn_watchdog`.
-            .process_group(0);
-        let postmaster = cmd.spawn().context("starting postgres")?;
+        let postmaster = spawn_postgres(install, &data, dir.path(), port, durable)?;
         let mut server = Self {
             port,
+            durable,
             postmaster,
             watchdog: None,
             dir,
@@ -216,6 +209,47 @@ impl PgServer {
         read_log(&self.dir.path().join("server.log"))
     }
 
+    /// Restarts the server as a crash and an operator would: an immediate shutdown (every
+    /// connection dropped, no checkpoint: the next start recovers from the log), `down` with
+    /// nothing listening, then a start on the same data and port. Returns once it accepts
+    /// connections again.
+    pub fn restart_after(&mut self, down: Duration) -> Result<()> {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+        self.stop()?;
+        std::thread::sleep(down);
+        let data = self.dir.path().join("data");
+        self.postmaster = spawn_postgres(
+            &Installation::find()?,
+            &data,
+            self.dir.path(),
+            self.port,
+            self.durable,
+        )?;
+        self.watchdog = Some(spawn_watchdog(self.postmaster.id(), self.dir.path())?);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.postmaster.try_wait()? {
+                bail!(
+                    "postgres exited with {status} when started again:\n{}",
+                    self.log()
+                );
+            }
+            if is_ready(&data) && TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "postgres did not accept connections again within {START_TIMEOUT:?}:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Stops the server (an immediate shutdown: nothing is kept) and waits for it to exit.
     fn stop(&mut self) -> Result<ExitStatus> {
         if let Some(status) = self.postmaster.try_wait()? {
@@ -268,6 +302,47 @@ impl std::fmt::Debug for PgServer {
             .field("dir", &self.dir.path())
             .finish()
     }
+}
+
+/// The postmaster of the data directory `data` on `port`, its socket in `dir` and its log
+/// appended to `dir/server.log`. Never `fsync`: a test crashes the server, never the machine.
+fn spawn_postgres(
+    install: &Installation,
+    data: &Path,
+    dir: &Path,
+    port: u16,
+    durable: bool,
+) -> Result<Child> {
+    let log_path = dir.join("server.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut cmd = install.command("postgres");
+    cmd.arg("-D")
+        .arg(data)
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-k",
+        ])
+        .arg(dir)
+        .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+        .args(if durable {
+            ["-c", "synchronous_commit=on"]
+        } else {
+            ["-c", "synchronous_commit=off"]
+        })
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().context("duplicating the log file handle")?)
+        .stderr(log)
+        // Out of the test's process group: see `spawn_watchdog`.
+        .process_group(0);
+    cmd.spawn().context("starting postgres")
 }
 
 /// Starts `sh` waiting for end-of-file on a pipe whose only writer is this process. When this
