@@ -95,22 +95,8 @@ async fn a_full_disk_refuses_writes_clearly_and_nothing_acknowledged_is_lost() {
 
 /// The tenant's users made by the test, in order.
 async fn users(controller: &Controller, client: &reqwest::Client) -> Vec<String> {
-    let users: Value = client
-        .get(format!("{}/api/v1/users", controller.url))
-        .bearer_auth(&controller.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut names: Vec<String> = users
-        .as_array()
-        .unwrap_or_else(|| panic!("not a list of users: {users}"))
-        .iter()
-        .map(|user| user["name"].as_str().unwrap().to_owned())
-        .filter(|name| name != "admin")
-        .collect();
+    let mut names = controller.user_names(client).await;
+    names.retain(|name| name != "admin");
     let order = |name: &String| match name.strip_prefix("during-") {
         Some(i) => (1, i.parse::<usize>().unwrap()),
         None if name == "before" => (0, 0),

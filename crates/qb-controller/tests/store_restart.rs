@@ -123,21 +123,7 @@ async fn a_restarted_database_is_reconnected_and_nothing_acknowledged_is_lost() 
     );
 
     // What was acknowledged is there; nothing refused is.
-    let listed: Value = client
-        .get(format!("{url}/api/v1/users"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut names: Vec<String> = listed
-        .as_array()
-        .unwrap_or_else(|| panic!("{listed}"))
-        .iter()
-        .map(|u| u["name"].as_str().unwrap().to_owned())
-        .collect();
+    let mut names = controller.user_names(&client).await;
     names.sort();
     for name in &acknowledged {
         assert!(

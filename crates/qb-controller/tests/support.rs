@@ -381,6 +381,25 @@ impl Controller {
             .unwrap_or_else(|| panic!("no token in {stdout:?}"))
     }
 
+    /// The names of its first tenant's users, as the API lists them.
+    pub async fn user_names(&self, client: &reqwest::Client) -> Vec<String> {
+        let users: serde_json::Value = client
+            .get(format!("{}/api/v1/users", self.url))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        users
+            .as_array()
+            .unwrap_or_else(|| panic!("not a list of users: {users}"))
+            .iter()
+            .map(|user| user["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// What it has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
