@@ -4,9 +4,9 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 /// How long HAProxy may take to start.
 const START: Duration = Duration::from_secs(10);
@@ -49,19 +49,14 @@ impl HaProxy {
             .spawn()
             .context("HAProxy is not installed: run `apt-get install -y haproxy`")?;
         let mut me = Self { child, dir, port };
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = me.child.try_wait()? {
-                bail!("haproxy exited ({status}): {}", me.log());
-            }
-            if started.elapsed() > START {
-                bail!(
-                    "haproxy did not listen on {port} within {START:?}: {}",
-                    me.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log = me.dir.path().join("haproxy.log");
+        crate::wait_ready(
+            "haproxy",
+            &mut me.child,
+            START,
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        )?;
         Ok(me)
     }
 

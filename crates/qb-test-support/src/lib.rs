@@ -229,25 +229,14 @@ impl PgServer {
             self.durable,
         )?;
         self.watchdog = Some(spawn_watchdog(self.postmaster.id(), self.dir.path())?);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self.postmaster.try_wait()? {
-                bail!(
-                    "postgres exited with {status} when started again:\n{}",
-                    self.log()
-                );
-            }
-            if is_ready(&data) && TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "postgres did not accept connections again within {START_TIMEOUT:?}:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (port, log) = (self.port, self.dir.path().join("server.log"));
+        wait_ready(
+            "postgres, started again,",
+            &mut self.postmaster,
+            START_TIMEOUT,
+            || is_ready(&data) && TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok(),
+            || read_log(&log),
+        )
     }
 
     /// Stops the server (an immediate shutdown: nothing is kept) and waits for it to exit.
@@ -302,6 +291,28 @@ impl std::fmt::Debug for PgServer {
             .field("dir", &self.dir.path())
             .finish()
     }
+}
+
+/// Waits until `ready` holds for the server `what` that `child` runs: an error, with the
+/// server's `log`, when the child exits first or `within` passes.
+pub(crate) fn wait_ready(
+    what: &str,
+    child: &mut Child,
+    within: Duration,
+    ready: impl Fn() -> bool,
+    log: impl Fn() -> String,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
+    while !ready() {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited ({status}):\n{}", log());
+        }
+        if Instant::now() > deadline {
+            bail!("{what} was not ready within {within:?}:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// The postmaster of the data directory `data` on `port`, its socket in `dir` and its log

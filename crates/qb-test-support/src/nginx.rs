@@ -3,9 +3,9 @@
 
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 /// How long nginx may take to start.
 const START: Duration = Duration::from_secs(10);
@@ -40,29 +40,20 @@ impl Nginx {
             .spawn()
             .context("nginx is not installed: run `apt-get install -y nginx`")?;
         let mut me = Self { child, dir };
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", ready_port)).is_err() {
-            if let Some(status) = me.child.try_wait()? {
-                bail!("nginx exited ({status}): {}", me.errors());
-            }
-            if started.elapsed() > START {
-                bail!(
-                    "nginx did not listen on {ready_port} within {START:?}: {}",
-                    me.errors()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log = me.dir.path().join("error.log");
+        crate::wait_ready(
+            "nginx",
+            &mut me.child,
+            START,
+            || TcpStream::connect(("127.0.0.1", ready_port)).is_ok(),
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        )?;
         Ok(me)
     }
 
     /// The master process's id.
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    fn errors(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
 }
 
