@@ -35,7 +35,8 @@ impl RequestCaller {
 /// Records every change the API refused (a request of a method other than GET, HEAD or
 /// OPTIONS answered with an error) in the caller's tenant's audit trail: who, what, when, and
 /// the status and problem code. A request whose token was missing or not valid has no tenant
-/// to record it in (and anyone could send those): it is logged, with where it came from.
+/// to record it in (and anyone could send those): it is only logged, with its method, path and
+/// status.
 pub(crate) async fn record_refusals(
     State(state): State<AppState>,
     mut req: Request,

@@ -36,6 +36,9 @@ const REPLICA_GRACE: Duration = Duration::from_secs(5);
 /// Replicas gone this long are forgotten, with their sessions.
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a node list waits for another replica to say how its agents are (a display
+/// detail: without the answer, its agents show as online with their stored last-seen time).
+const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a request to another replica failed.
 #[derive(Debug, thiserror::Error)]
@@ -408,12 +411,10 @@ impl Peers {
 
     /// How the agents of `nodes` are, as the replica at `url` that holds them says.
     pub async fn statuses(&self, url: &str, nodes: &[NodeId]) -> anyhow::Result<Vec<AgentStatus>> {
-        let answer = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            self.post_json(url, "/nodes/status", &nodes),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("the replica at {url} did not answer in time"))??;
+        let answer =
+            tokio::time::timeout(STATUS_TIMEOUT, self.post_json(url, "/nodes/status", &nodes))
+                .await
+                .map_err(|_| anyhow::anyhow!("the replica at {url} did not answer in time"))??;
         Ok(serde_json::from_slice(&answer)?)
     }
 
