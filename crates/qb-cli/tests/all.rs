@@ -190,9 +190,13 @@ impl Controller {
 
     /// Adds `pending` nodes, as registration would.
     async fn add_nodes(&self, names: &[&str]) {
-        let store = Store::open_sqlite(&self.dir.path().join("qb.db"))
-            .await
-            .expect("open the store");
+        let store = Store::open_sqlite(
+            &self.dir.path().join("qb.db"),
+            qb_store::Keyring::load(&self.dir.path().join("data").join("secrets.key"))
+                .expect("the key file"),
+        )
+        .await
+        .expect("open the store");
         let tenant = store
             .tenant_by_name("default")
             .await
@@ -424,6 +428,7 @@ async fn replicas_behind_one_address() {
     let mut a = Controller::start_on(true, &[], Some(&pg.url()));
     let tls = a.dir.path().join("data").join("tls");
     let (cert, key) = (tls.join("controller.crt"), tls.join("controller.key"));
+    let keys = a.dir.path().join("data").join("secrets.key");
     let b = Controller::start_on(
         true,
         &[
@@ -431,6 +436,8 @@ async fn replicas_behind_one_address() {
             cert.to_str().expect("a path"),
             "--tls-key",
             key.to_str().expect("a path"),
+            "--secrets-key-file",
+            keys.to_str().expect("a path"),
         ],
         Some(&pg.url()),
     );

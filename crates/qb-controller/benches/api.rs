@@ -259,10 +259,14 @@ async fn main() {
         Workload::AttachDetach,
     ];
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = Store::open_sqlite(&dir.path().join("qb.db")).await.unwrap();
+    let sqlite = Store::open_sqlite(&dir.path().join("qb.db"), qb_store::Keyring::ephemeral())
+        .await
+        .unwrap();
     let pg_server =
         qb_test_support::PgServer::start().expect("PostgreSQL is needed for the benchmark");
-    let postgres = Store::open(&pg_server.url()).await.unwrap();
+    let postgres = Store::open(&pg_server.url(), qb_store::Keyring::ephemeral())
+        .await
+        .unwrap();
     let backends = [
         ("sqlite", Arc::new(fixture(sqlite).await)),
         ("postgres", Arc::new(fixture(postgres).await)),

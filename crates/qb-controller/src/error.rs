@@ -67,7 +67,10 @@ impl From<StoreError> for ApiError {
             StoreError::Issue(source) => {
                 return Self::invalid(format!("certificate request refused: {source}"));
             }
-            StoreError::Corrupt { .. } | StoreError::Database(_) | StoreError::Migrate(_) => {
+            StoreError::Corrupt { .. }
+            | StoreError::Sealed { .. }
+            | StoreError::Database(_)
+            | StoreError::Migrate(_) => {
                 tracing::error!(error = %qb_api::error_chain(&e), "store error");
                 return Self::new(
                     ProblemCode::Internal,

@@ -20,7 +20,7 @@ use qb_controller::kubeconfig::{self, PublicEndpoint};
 use qb_controller::notify::{Mail, MailSettings, Notifier};
 use qb_controller::workloads::Workloads;
 use qb_controller::{AppState, bootstrap, router, serve, tls};
-use qb_store::{Actor, Store};
+use qb_store::{Actor, Keyring, Store};
 
 #[derive(Parser)]
 #[command(name = "qb-controller", version, about = "The qb management plane")]
@@ -32,6 +32,11 @@ struct Cli {
     /// in the data directory.
     #[arg(long, env = "QB_DATABASE_URL", global = true)]
     database: Option<String>,
+    /// The keys that seal the secrets kept in the database (private keys, signing keys,
+    /// channel secrets); created with a new key when missing. Every replica needs the same
+    /// file. Default: `secrets.key` in the data directory.
+    #[arg(long, env = "QB_SECRETS_KEY_FILE", global = true)]
+    secrets_key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -53,6 +58,21 @@ enum Command {
         #[arg(long, default_value_t = 24)]
         expires_in_hours: u32,
     },
+    /// The secrets kept in the database, sealed under the key file's keys.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// How many stored secrets each key seals.
+    Status,
+    /// Put a new key first in the key file: it seals what is written from now on. The other
+    /// keys stay, to open what they sealed. Give every replica the new file, then `reseal`.
+    NewKey,
+    /// Seal every stored secret under the key file's first key (only data keys are wrapped
+    /// again). Once no secret is sealed under an old key, its line may leave the file.
+    Reseal,
 }
 
 #[derive(Subcommand)]
@@ -155,9 +175,29 @@ async fn run(cli: Cli) -> Result<()> {
         Some(url) => url.clone(),
         None => format!("sqlite://{}", cli.data_dir.join("qb.db").display()),
     };
-    let store = Store::open(&url)
+    let key_file = cli
+        .secrets_key_file
+        .clone()
+        .unwrap_or_else(|| cli.data_dir.join("secrets.key"));
+    if let Some(Command::Secrets(SecretsCommand::NewKey)) = &cli.command {
+        let name = Keyring::add_key(&key_file)?;
+        println!(
+            "added key {name} first in {}; it seals what is written from now on. Copy the file to every replica, then run `qb-controller secrets reseal`.",
+            key_file.display()
+        );
+        return Ok(());
+    }
+    let (keyring, created) = Keyring::load_or_create(&key_file)?;
+    if created {
+        tracing::info!(file = %key_file.display(), "created the secrets key file with a new key; keep a copy apart from the database's backups");
+    }
+    let store = Store::open(&url, keyring)
         .await
         .with_context(|| format!("opening the database {}", redact(&url)))?;
+    let serving = matches!(cli.command, None | Some(Command::Serve(_)));
+    if serving || matches!(cli.command, Some(Command::Secrets(SecretsCommand::Reseal))) {
+        reseal(&store, &key_file, created).await?;
+    }
     match cli
         .command
         .unwrap_or_else(|| Command::Serve(Box::new(ServeArgs::parse_from(["serve"]))))
@@ -196,6 +236,58 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", created.secret);
             Ok(())
         }
+        Command::Secrets(SecretsCommand::Status) => {
+            let status = store.sealed_status().await?;
+            let names = store.keyring().names();
+            for (i, name) in names.iter().enumerate() {
+                let count = status.by_key.get(name).copied().unwrap_or(0);
+                let role = if i == 0 { " (seals)" } else { "" };
+                println!("{name}{role}: {count} secret(s)");
+            }
+            for (name, count) in status.by_key.iter().filter(|(n, _)| !names.contains(n)) {
+                println!("{name} (not in the key file): {count} secret(s)");
+            }
+            if status.not_sealed > 0 {
+                println!("not sealed: {} secret(s)", status.not_sealed);
+            }
+            Ok(())
+        }
+        Command::Secrets(SecretsCommand::Reseal | SecretsCommand::NewKey) => Ok(()),
+    }
+}
+
+/// Seals what is stored plain (a database from before secrets were sealed) and moves every
+/// secret to the first key. A key file made just now for a database whose secrets another key
+/// sealed is removed again: it could never open them.
+async fn reseal(store: &Store, key_file: &Path, created: bool) -> Result<()> {
+    match store.reseal().await {
+        Ok(done) => {
+            if done.sealed > 0 || done.rewrapped > 0 {
+                tracing::info!(
+                    sealed = done.sealed,
+                    rewrapped = done.rewrapped,
+                    "sealed the stored secrets under the key file's first key"
+                );
+            }
+            Ok(())
+        }
+        Err(e @ qb_store::StoreError::Sealed { .. }) => {
+            if created {
+                let _ = std::fs::remove_file(key_file);
+            }
+            let hint = if created {
+                "there was no key file, so a new one was made (and removed again)"
+            } else {
+                "the key file lacks that key"
+            };
+            Err(anyhow::Error::new(e)).with_context(|| {
+                format!(
+                    "the database's secrets cannot be opened with {} ({hint}); give this controller the key file of the replica that sealed them, with --secrets-key-file",
+                    key_file.display()
+                )
+            })
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

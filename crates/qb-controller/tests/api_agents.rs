@@ -83,7 +83,9 @@ async fn bootstrap_tokens_are_shown_once_and_scoped_to_the_tenant(store: Store) 
 #[tokio::test]
 async fn agent_packages_carry_the_controller_and_a_fresh_token() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("qb.db")).await.unwrap();
+    let store = Store::open_sqlite(&dir.path().join("qb.db"), qb_store::Keyring::ephemeral())
+        .await
+        .unwrap();
     let mut app = App::new(store).await;
     let t = app.tenant("a").await;
 

@@ -47,7 +47,9 @@ async fn fuzz(postgres: Option<String>) {
     let dir = tempfile::tempdir().unwrap();
     let database = postgres.unwrap_or_else(|| qb_test_support::sqlite_url(dir.path()));
     let controller = Controller::start(dir.path(), &dir.path().join("data"), &database);
-    let store = Store::open(&database).await.unwrap();
+    // The controller made its key file as it started.
+    let keyring = qb_store::Keyring::load(&dir.path().join("data/secrets.key")).unwrap();
+    let store = Store::open(&database, keyring).await.unwrap();
 
     let fuzzed = controller.admin_token.clone();
     let other = controller.create_tenant("other");

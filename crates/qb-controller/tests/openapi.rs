@@ -61,9 +61,10 @@ fn every_endpoint_the_cli_calls_is_documented() {
 #[tokio::test]
 async fn served_document_is_the_committed_one() {
     let dir = tempfile::tempdir().unwrap();
-    let store = qb_store::Store::open_sqlite(&dir.path().join("qb.db"))
-        .await
-        .unwrap();
+    let store =
+        qb_store::Store::open_sqlite(&dir.path().join("qb.db"), qb_store::Keyring::ephemeral())
+            .await
+            .unwrap();
     let app = crate::support::App::new(store).await;
     let (status, served) = app.get("", "/api/v1/openapi.json").await;
     assert_eq!(status, axum::http::StatusCode::OK);

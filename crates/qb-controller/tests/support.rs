@@ -46,13 +46,17 @@ pub enum StoreGuard {
 
 pub async fn sqlite_store() -> (Store, StoreGuard) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("qb.db")).await.unwrap();
+    let store = Store::open_sqlite(&dir.path().join("qb.db"), qb_store::Keyring::ephemeral())
+        .await
+        .unwrap();
     (store, StoreGuard::Sqlite(dir))
 }
 
 pub async fn postgres_store() -> (Store, StoreGuard) {
     let server = qb_test_support::PgServer::start().expect("PostgreSQL is required for this test");
-    let store = Store::open(&server.url()).await.unwrap();
+    let store = Store::open(&server.url(), qb_store::Keyring::ephemeral())
+        .await
+        .unwrap();
     (store, StoreGuard::Postgres(server))
 }
 

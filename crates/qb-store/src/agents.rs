@@ -498,7 +498,7 @@ impl Store {
         let mut w = w;
         sqlx::query("INSERT INTO controller_secrets (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
             .bind(name)
-            .bind(&value)
+            .bind(self.seal("controller_secrets", "value", name, &value))
             .bind(now_ms())
             .execute(&mut *w.tx)
             .await?;
@@ -510,14 +510,22 @@ impl Store {
     }
 
     async fn read_secret(&self, name: &str) -> Result<Option<String>> {
-        Ok(
+        let sealed: Option<String> =
             sqlx::query("SELECT value FROM controller_secrets WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&self.pool)
                 .await?
                 .map(|row| row.try_get("value"))
-                .transpose()?,
-        )
+                .transpose()?;
+        sealed
+            .map(|v| {
+                self.unseal(
+                    "controller secret",
+                    ("controller_secrets", "value", name),
+                    &v,
+                )
+            })
+            .transpose()
     }
 }
 

@@ -201,8 +201,12 @@ impl Store {
     ) -> Result<EngineCluster> {
         let mut conn = self.pool.acquire().await?;
         let row = crate::fetch_keyed(&mut *conn, tenant, &Key::Id(cluster)).await?;
-        let pki = json_column(&row, "pki", "cluster PKI")?;
         let cluster = rows::cluster(&row)?;
+        let pki = self.sealed_json(
+            &row,
+            ("clusters", "pki", &cluster.id.to_string()),
+            "cluster PKI",
+        )?;
         let node_rows = sqlx::query(&format!(
             "{NODE_SELECT} WHERE n.tenant_id = $1 AND n.cluster_id = $2 ORDER BY n.name"
         ))
@@ -216,7 +220,11 @@ impl Store {
                 Ok(EngineNode {
                     node: rows::node(row)?,
                     etcd: json_column(row, "etcd", "etcd membership")?,
-                    certs: json_column(row, "certs", "node certificates")?,
+                    certs: self.sealed_json(
+                        row,
+                        ("nodes", "certs", &row.try_get::<String, _>("id")?),
+                        "node certificates",
+                    )?,
                     plan_hash: row.try_get("plan_hash")?,
                     pod_subnet: row
                         .try_get::<Option<i64>, _>("pod_subnet")?
@@ -253,7 +261,7 @@ impl Store {
         sqlx::query(
             "UPDATE clusters SET pki = $1 WHERE tenant_id = $2 AND id = $3 AND pki IS NULL",
         )
-        .bind(to_json(pki))
+        .bind(self.seal("clusters", "pki", &cluster.to_string(), &to_json(pki)))
         .bind(tenant.to_string())
         .bind(cluster.to_string())
         .execute(&mut *w.tx)
@@ -263,7 +271,13 @@ impl Store {
             .bind(cluster.to_string())
             .fetch_optional(&mut *w.tx)
             .await?
-            .map(|row| json_column(&row, "pki", "cluster PKI"))
+            .map(|row| {
+                self.sealed_json(
+                    &row,
+                    ("clusters", "pki", &cluster.to_string()),
+                    "cluster PKI",
+                )
+            })
             .transpose()?
             .flatten();
         w.commit().await?;
@@ -452,7 +466,7 @@ impl Store {
         sqlx::query("UPDATE nodes SET role = $1, etcd = $2, certs = $3 WHERE id = $4")
             .bind(role.map(role_str))
             .bind(etcd.map(to_json))
-            .bind(certs.map(to_json))
+            .bind(certs.map(|c| self.seal("nodes", "certs", &node.to_string(), &to_json(c))))
             .bind(node.to_string())
             .execute(&mut *w.tx)
             .await?;
@@ -497,7 +511,7 @@ impl Store {
             "UPDATE nodes SET plan_generation = $1, plan = $2, plan_hash = $3 WHERE id = $4 AND plan_generation = $5",
         )
         .bind(i64::try_from(generation).unwrap_or(i64::MAX))
-        .bind(&signed)
+        .bind(self.seal("nodes", "plan", &node.to_string(), &signed))
         .bind(plan_hash)
         .bind(node.to_string())
         .bind(i64::try_from(generation - 1).unwrap_or(i64::MAX))
@@ -537,6 +551,9 @@ impl Store {
                 .ok_or_else(|| StoreError::not_found("node", node))?;
         let generation: i64 = row.try_get("plan_generation")?;
         let plan: Option<String> = row.try_get("plan")?;
+        let plan = plan
+            .map(|p| self.unseal("node plan", ("nodes", "plan", &node.to_string()), &p))
+            .transpose()?;
         Ok(plan.map(|p| (u64::try_from(generation).unwrap_or_default(), p)))
     }
 
@@ -645,6 +662,20 @@ fn bundle_row(row: &sqlx::any::AnyRow) -> Result<Bundle> {
 
 /// A JSON column read into its type; `None` when it is NULL, an error naming `what` when it
 /// does not parse (never skipped: the engine must not take a corrupt row for a missing one).
+impl Store {
+    /// A sealed JSON column of the row at `place` (table, column, id), opened and read.
+    fn sealed_json<T: serde::de::DeserializeOwned>(
+        &self,
+        row: &AnyRow,
+        place: (&str, &str, &str),
+        what: &'static str,
+    ) -> Result<Option<T>> {
+        row.try_get::<Option<String>, _>(place.1)?
+            .map(|sealed| rows::json(what, &self.unseal(what, place, &sealed)?))
+            .transpose()
+    }
+}
+
 fn json_column<T: serde::de::DeserializeOwned>(
     row: &AnyRow,
     column: &str,

@@ -19,6 +19,7 @@ mod notifications;
 mod replicas;
 mod rows;
 mod rules;
+mod sealed;
 mod tenants;
 
 use std::sync::Arc;
@@ -43,6 +44,7 @@ pub use nodes::{NewNode, NodeFilter};
 pub use notifications::{ChannelTarget, DeliveryOutcome, DueDelivery};
 pub use replicas::{EngineWakes, Leadership, SessionChange, SessionChanges};
 pub use rules::MetricLows;
+pub use sealed::{KeyFileError, Keyring, Resealed, SealError, SealedStatus};
 pub use tenants::{PasswordUser, Principal, Tenant};
 
 /// Which database a [`Store`] runs on.
@@ -150,6 +152,13 @@ pub enum StoreError {
     /// change or not, and nobody can tell without looking.
     #[error("the database connection failed while committing")]
     CommitInDoubt(#[source] sqlx::Error),
+    /// A stored secret that does not open: the key file lacks its key, or it was altered.
+    #[error("stored {what} cannot be read: {source}")]
+    Sealed {
+        what: &'static str,
+        #[source]
+        source: SealError,
+    },
     #[error("could not apply database migrations")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -192,6 +201,8 @@ pub struct Store {
     postgres_url: Option<Arc<str>>,
     /// SQLite allows one writer at a time; writers queue here instead of failing with "busy".
     sqlite_writer: Arc<Mutex<()>>,
+    /// Seals and opens the secrets the store holds.
+    keyring: Keyring,
 }
 
 /// A write transaction that holds the tenant's write lock until it ends.
@@ -202,9 +213,11 @@ struct WriteTx {
 
 impl Store {
     /// Opens (creating if needed) the database at `url` and applies pending migrations.
+    /// `keyring` seals the secrets written and opens those read; secrets stored before are
+    /// sealed by [`Store::reseal`].
     ///
     /// `sqlite://<path>` or `postgres://...`.
-    pub async fn open(url: &str) -> Result<Self> {
+    pub async fn open(url: &str, keyring: Keyring) -> Result<Self> {
         install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -259,16 +272,22 @@ impl Store {
             backend,
             postgres_url: (backend == Backend::Postgres).then(|| url.into()),
             sqlite_writer: Arc::new(Mutex::new(())),
+            keyring,
         })
     }
 
     /// Opens the SQLite database file at `path`.
-    pub async fn open_sqlite(path: &std::path::Path) -> Result<Self> {
-        Self::open(&format!("sqlite://{}", path.display())).await
+    pub async fn open_sqlite(path: &std::path::Path, keyring: Keyring) -> Result<Self> {
+        Self::open(&format!("sqlite://{}", path.display()), keyring).await
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The keys that seal the store's secrets.
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
     }
 
     /// Checks that the database answers.

@@ -58,7 +58,7 @@ pub enum DeliveryOutcome {
 const CHANNEL_COLUMNS: &str =
     "c.id, c.name, c.kind, c.target, c.secret, c.min_severity, c.created_by, c.created_at";
 
-fn channel_target(row: &sqlx::any::AnyRow) -> Result<ChannelTarget> {
+fn channel(row: &sqlx::any::AnyRow) -> Result<Channel> {
     let text = |c: &str| row.try_get::<String, _>(c);
     let corrupt = |what: &'static str, v: String| StoreError::Corrupt {
         what,
@@ -71,20 +71,32 @@ fn channel_target(row: &sqlx::any::AnyRow) -> Result<ChannelTarget> {
         other => return Err(corrupt("channel kind", other.to_owned())),
     };
     let severity = text("min_severity")?;
-    Ok(ChannelTarget {
-        channel: Channel {
-            id: text("id")?,
-            name: name.parse().map_err(|_| corrupt("channel name", name))?,
-            kind,
-            target: text("target")?,
-            min_severity: severity
-                .parse()
-                .map_err(|_| corrupt("channel severity", severity))?,
-            created_by: text("created_by")?,
-            created_at: from_ms(row.try_get("created_at")?),
-        },
-        secret: row.try_get("secret")?,
+    Ok(Channel {
+        id: text("id")?,
+        name: name.parse().map_err(|_| corrupt("channel name", name))?,
+        kind,
+        target: text("target")?,
+        min_severity: severity
+            .parse()
+            .map_err(|_| corrupt("channel severity", severity))?,
+        created_by: text("created_by")?,
+        created_at: from_ms(row.try_get("created_at")?),
     })
+}
+
+impl Store {
+    /// A channel with its secret, opened.
+    fn channel_target_row(&self, row: &sqlx::any::AnyRow) -> Result<ChannelTarget> {
+        let channel = channel(row)?;
+        let secret = row
+            .try_get::<Option<String>, _>("secret")?
+            .map(|s| {
+                let place = ("notification_channels", "secret", channel.id.as_str());
+                self.unseal("channel secret", place, &s)
+            })
+            .transpose()?;
+        Ok(ChannelTarget { channel, secret })
+    }
 }
 
 fn status(text: &str) -> Result<DeliveryStatus> {
@@ -141,7 +153,7 @@ impl Store {
         .bind(channel.name.as_str())
         .bind(channel.kind.as_str())
         .bind(&channel.target)
-        .bind(secret)
+        .bind(secret.map(|s| self.seal("notification_channels", "secret", &channel.id, &s)))
         .bind(channel.min_severity.as_str())
         .bind(&channel.created_by)
         .bind(to_ms(channel.created_at))
@@ -185,7 +197,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|row| channel_target(row).map(|t| t.channel))
+        .map(channel)
         .collect()
     }
 
@@ -204,7 +216,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?
         .as_ref()
-        .map(channel_target)
+        .map(|row| self.channel_target_row(row))
         .transpose()
     }
 
@@ -325,7 +337,7 @@ impl Store {
                     id: row.try_get("delivery_id")?,
                     tenant: crate::parse_id("tenant", &row.try_get::<String, _>("tenant_id")?)?,
                     attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
-                    channel: channel_target(row)?,
+                    channel: self.channel_target_row(row)?,
                     alert,
                 })
             })
@@ -396,13 +408,10 @@ pub(crate) async fn queue(
     .fetch_all(&mut *w.tx)
     .await?
     .iter()
-    .map(channel_target)
+    .map(channel)
     .collect::<Result<Vec<_>>>()?;
     for a in changed {
-        for c in channels
-            .iter()
-            .filter(|c| a.severity >= c.channel.min_severity)
-        {
+        for c in channels.iter().filter(|c| a.severity >= c.min_severity) {
             sqlx::query(
                 "INSERT INTO notification_deliveries (id, tenant_id, channel_id, alert_id, \
                  transition, status, attempts, created_at, next_attempt_at) \
@@ -410,7 +419,7 @@ pub(crate) async fn queue(
             )
             .bind(uuid::Uuid::now_v7().to_string())
             .bind(tenant.to_string())
-            .bind(&c.channel.id)
+            .bind(&c.id)
             .bind(&a.id)
             .bind(a.state.as_str())
             .bind(to_ms(now))

@@ -67,6 +67,8 @@ mod tenants;
 pub struct TestDb {
     pub store: Store,
     pub url: String,
+    /// The keys the store seals its secrets with; another store on the database needs them.
+    pub keyring: qb_store::Keyring,
     _home: Home,
 }
 
@@ -92,13 +94,15 @@ impl TestDb {
     }
 
     async fn open(url: String, backend: Backend, home: Home) -> Self {
-        let store = Store::open(&url)
+        let keyring = qb_store::Keyring::ephemeral();
+        let store = Store::open(&url, keyring.clone())
             .await
             .unwrap_or_else(|e| panic!("opening a {backend:?} store: {e:#}"));
         assert_eq!(store.backend(), backend);
         Self {
             store,
             url,
+            keyring,
             _home: home,
         }
     }
@@ -109,7 +113,7 @@ impl TestDb {
 
     /// Another store on the same database, as a second controller replica would open.
     pub async fn open_again(&self) -> Store {
-        Store::open(&self.url)
+        Store::open(&self.url, self.keyring.clone())
             .await
             .expect("opening the store again")
     }

@@ -291,13 +291,19 @@ impl Controller {
     }
 
     /// A replica on the shared PostgreSQL database `database`; the first one to start makes
-    /// the first tenant, the others use `admin_token` (the first one's).
-    pub fn start_replica(agent_ip: &str, database: &str, admin_token: Option<&str>) -> Self {
+    /// the first tenant and the secrets key file, the others are given `first`'s admin token
+    /// and key file, as an operator would copy them.
+    pub fn start_replica(agent_ip: &str, database: &str, first: Option<&Controller>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        if let Some(token) = admin_token {
-            std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
-            std::fs::write(dir.path().join("data").join("admin-token"), token)
-                .expect("admin token");
+        if let Some(first) = first {
+            let data = dir.path().join("data");
+            std::fs::create_dir_all(&data).expect("data dir");
+            std::fs::write(data.join("admin-token"), &first.admin_token).expect("admin token");
+            std::fs::copy(
+                first.data_dir().join("secrets.key"),
+                data.join("secrets.key"),
+            )
+            .expect("the first replica's secrets key file");
         }
         Self::start_in(dir, &format!("{agent_ip}:0"), Some(database), None)
     }
@@ -426,6 +432,12 @@ impl Controller {
 
     pub fn database(&self) -> PathBuf {
         self.dir.path().join("data").join("qb.db")
+    }
+
+    /// The keys the controller seals its database's secrets with.
+    pub fn keyring(&self) -> qb_store::Keyring {
+        qb_store::Keyring::load(&self.dir.path().join("data").join("secrets.key"))
+            .expect("the controller's secrets key file")
     }
 
     /// `qb-controller tenant create NAME` on the same database; the new admin's token.

@@ -44,7 +44,7 @@ fn agents_on_one_replica_are_reached_through_another_and_move_when_it_dies() {
         &["this replica runs the cluster engine"],
         Duration::from_secs(20),
     );
-    let a = Controller::start_replica(&lab.bridge_ip(), &pg.url(), Some(&b.admin_token));
+    let a = Controller::start_replica(&lab.bridge_ip(), &pg.url(), Some(&b));
     let (api_a, api_b) = (a.api(), b.api());
     assert_eq!(
         a.proc.log.count("this replica runs the cluster engine"),

@@ -82,7 +82,7 @@ fn refused_bootstrap_tokens_register_nothing() {
     // hour ago straight into the controller's database, as the API would have stored it.
     let expired = random_bootstrap_secret();
     runtime().block_on(async {
-        let store = Store::open_sqlite(&controller.database())
+        let store = Store::open_sqlite(&controller.database(), controller.keyring())
             .await
             .expect("open the controller's database");
         let tenant = store.tenant_by_name("default").await.expect("tenant");

@@ -367,9 +367,12 @@ mod tests {
     #[tokio::test]
     async fn the_channel_task_stays_small() {
         let dir = tempfile::tempdir().unwrap();
-        let store = qb_store::Store::open(&qb_test_support::sqlite_url(dir.path()))
-            .await
-            .unwrap();
+        let store = qb_store::Store::open(
+            &qb_test_support::sqlite_url(dir.path()),
+            qb_store::Keyring::ephemeral(),
+        )
+        .await
+        .unwrap();
         let ca = crate::agents::ca::load_or_create(&store).await.unwrap();
         let agents = Arc::new(Agents::new(Duration::from_secs(10)));
         let endpoint = AgentEndpoint {

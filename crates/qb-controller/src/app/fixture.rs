@@ -22,9 +22,12 @@ pub(super) struct Fixture {
 impl Fixture {
     pub async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&qb_test_support::sqlite_url(dir.path()))
-            .await
-            .unwrap();
+        let store = Store::open(
+            &qb_test_support::sqlite_url(dir.path()),
+            qb_store::Keyring::ephemeral(),
+        )
+        .await
+        .unwrap();
         let ca = crate::agents::ca::load_or_create(&store).await.unwrap();
         let engine = crate::engine::Engine::load(
             store.clone(),

@@ -60,8 +60,7 @@ async fn reopening_keeps_everything(db: TestDb) {
     again.close().await;
 
     // Opened a third time, by two stores at once.
-    let (third, fourth) = tokio::join!(Store::open(&db.url), Store::open(&db.url));
-    let (third, fourth) = (third.unwrap(), fourth.unwrap());
+    let (third, fourth) = tokio::join!(db.open_again(), db.open_again());
     assert_eq!(snapshot(&third, t).await, after);
     assert_eq!(snapshot(&fourth, t).await, after);
 
@@ -87,9 +86,10 @@ async fn replicas_migrate_a_fresh_postgres_database_together() {
     let server = qb_test_support::PgServer::start()
         .unwrap_or_else(|e| panic!("these tests need PostgreSQL: {e:#}"));
     let url = server.url();
+    let keyring = qb_store::Keyring::ephemeral();
     let opened = futures_join_all((0..4).map(|_| {
-        let url = url.clone();
-        async move { Store::open(&url).await }
+        let (url, keyring) = (url.clone(), keyring.clone());
+        async move { Store::open(&url, keyring).await }
     }))
     .await;
     let stores: Vec<Store> = opened.into_iter().map(|s| s.unwrap()).collect();
