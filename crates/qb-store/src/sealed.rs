@@ -710,6 +710,18 @@ impl Store {
                 }
             }
         }
+        if done.sealed > 0 && self.backend == crate::Backend::Sqlite {
+            // The plain values' old pages would stay in the file's free space and the log:
+            // rewrite the file without them.
+            let _lock = self.bookkeeping_lock().await;
+            for statement in [
+                "PRAGMA wal_checkpoint(TRUNCATE)",
+                "VACUUM",
+                "PRAGMA wal_checkpoint(TRUNCATE)",
+            ] {
+                sqlx::query(statement).execute(&self.pool).await?;
+            }
+        }
         Ok(done)
     }
 }

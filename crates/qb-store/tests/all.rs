@@ -60,6 +60,8 @@ mod persistence;
 mod replicas;
 #[path = "cases/rules.rs"]
 mod rules;
+#[path = "cases/secrets.rs"]
+mod secrets;
 #[path = "cases/tenants.rs"]
 mod tenants;
 
@@ -69,6 +71,9 @@ pub struct TestDb {
     pub url: String,
     /// The keys the store seals its secrets with; another store on the database needs them.
     pub keyring: qb_store::Keyring,
+    /// The file they are kept in.
+    pub key_file: std::path::PathBuf,
+    _keys: tempfile::TempDir,
     _home: Home,
 }
 
@@ -94,7 +99,9 @@ impl TestDb {
     }
 
     async fn open(url: String, backend: Backend, home: Home) -> Self {
-        let keyring = qb_store::Keyring::ephemeral();
+        let keys = tempfile::tempdir().expect("creating a temp dir");
+        let key_file = keys.path().join("secrets.key");
+        let (keyring, _) = qb_store::Keyring::load_or_create(&key_file).expect("a key file");
         let store = Store::open(&url, keyring.clone())
             .await
             .unwrap_or_else(|e| panic!("opening a {backend:?} store: {e:#}"));
@@ -103,6 +110,8 @@ impl TestDb {
             store,
             url,
             keyring,
+            key_file,
+            _keys: keys,
             _home: home,
         }
     }
@@ -116,6 +125,20 @@ impl TestDb {
         Store::open(&self.url, self.keyring.clone())
             .await
             .expect("opening the store again")
+    }
+
+    /// Everything the database holds, as an operator's dump or a stolen disk shows it: on
+    /// SQLite the bytes of its files (the database and its write-ahead log, free pages
+    /// included), on PostgreSQL `pg_dump`'s output.
+    pub fn dump(&self) -> String {
+        match &self._home {
+            Home::Sqlite(dir) => ["qb.db", "qb.db-wal"]
+                .iter()
+                .filter_map(|f| std::fs::read(dir.path().join(f)).ok())
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .collect(),
+            Home::Postgres(server) => server.dump().expect("pg_dump"),
+        }
     }
 
     /// A connection pool that goes around the store, straight to the database.

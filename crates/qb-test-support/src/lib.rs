@@ -204,6 +204,19 @@ impl PgServer {
         self.dir.path()
     }
 
+    /// `pg_dump` of database `postgres`: its schema and every row, as SQL text.
+    pub fn dump(&self) -> Result<String> {
+        let install = Installation::find()?;
+        let out = Command::new(install.bindir.join("pg_dump"))
+            .args(["--dbname", &self.url()])
+            .output()
+            .context("running pg_dump")?;
+        if !out.status.success() {
+            bail!("pg_dump failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        String::from_utf8(out.stdout).context("pg_dump's output is not UTF-8")
+    }
+
     /// What the server has logged so far.
     pub fn log(&self) -> String {
         read_log(&self.dir.path().join("server.log"))
