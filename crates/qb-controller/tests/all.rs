@@ -17,5 +17,6 @@ mod api_proxy;
 mod api_session;
 mod disk_full;
 mod openapi;
+mod secrets;
 mod store_restart;
 mod ui;

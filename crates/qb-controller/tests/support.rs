@@ -369,16 +369,23 @@ impl Controller {
         }
     }
 
-    /// A new tenant: its admin's token.
-    pub fn create_tenant(&self, name: &str) -> String {
+    /// Runs an operator command (`qb-controller ARGS`) on its data directory and database;
+    /// what it printed. It must succeed.
+    pub fn command(&self, args: &[&str]) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_qb-controller"))
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--database", &self.database, "tenant", "create", name])
+            .args(["--database", &self.database])
+            .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(out.status.success(), "qb-controller {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A new tenant: its admin's token.
+    pub fn create_tenant(&self, name: &str) -> String {
+        let stdout = self.command(&["tenant", "create", name]);
         stdout
             .lines()
             .find_map(|line| line.trim().strip_prefix("qb_").map(|t| format!("qb_{t}")))

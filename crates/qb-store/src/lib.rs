@@ -44,7 +44,9 @@ pub use nodes::{NewNode, NodeFilter};
 pub use notifications::{ChannelTarget, DeliveryOutcome, DueDelivery};
 pub use replicas::{EngineWakes, Leadership, SessionChange, SessionChanges};
 pub use rules::MetricLows;
-pub use sealed::{KeyFileError, Keyring, Resealed, SealError, SealedStatus};
+pub use sealed::{
+    KeyFileError, Keyring, Resealed, SealError, SealedStatus, context as sealed_place,
+};
 pub use tenants::{PasswordUser, Principal, Tenant};
 
 /// Which database a [`Store`] runs on.

@@ -563,8 +563,8 @@ const SEALED_COLUMNS: &[SealedColumn] = &[
     },
 ];
 
-/// Where a sealed value lives: what its keys are bound to.
-pub(crate) fn context(table: &str, column: &str, id: &str) -> String {
+/// Where a sealed value lives, `table.column/id`: what its keys are bound to.
+pub fn context(table: &str, column: &str, id: &str) -> String {
     format!("{table}.{column}/{id}")
 }
 

@@ -701,9 +701,9 @@ fn preflight_names_a_port_in_use_and_a_node_whose_udp_is_dropped() {
     );
 }
 
-/// The signed plan stored for `node`, tampered: a higher generation and an extra service, the
-/// signature left as it was.
-fn tamper_stored_plan(database: &Path, node: &str, marker: &str) {
+/// The signed plan stored for `node`, tampered by someone who holds the database and its
+/// secrets key file: a higher generation and an extra service, the signature left as it was.
+fn tamper_stored_plan(database: &Path, keyring: &qb_store::Keyring, node: &str, marker: &str) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -716,13 +716,16 @@ fn tamper_stored_plan(database: &Path, node: &str, marker: &str) {
         let db = sqlx::SqlitePool::connect_with(options)
             .await
             .expect("open the database");
-        let row = sqlx::query("SELECT plan, plan_generation FROM nodes WHERE name = ?")
+        let row = sqlx::query("SELECT id, plan, plan_generation FROM nodes WHERE name = ?")
             .bind(node)
             .fetch_one(&db)
             .await
             .expect("the node's plan");
-        let signed: Value =
-            serde_json::from_str(&row.get::<String, _>("plan")).expect("signed plan");
+        let place = qb_store::sealed_place("nodes", "plan", &row.get::<String, _>("id"));
+        let signed = keyring
+            .open(&place, &row.get::<String, _>("plan"))
+            .expect("the plan opens with the key file");
+        let signed: Value = serde_json::from_slice(&signed).expect("signed plan");
         let mut plan: Value =
             serde_json::from_str(signed["plan"].as_str().expect("plan text")).expect("plan");
         let generation = row.get::<i64, _>("plan_generation") + 1;
@@ -737,7 +740,7 @@ fn tamper_stored_plan(database: &Path, node: &str, marker: &str) {
         let mut forged = signed.clone();
         forged["plan"] = plan.to_string().into();
         sqlx::query("UPDATE nodes SET plan = ?, plan_generation = ? WHERE name = ?")
-            .bind(forged.to_string())
+            .bind(keyring.seal(&place, forged.to_string().as_bytes()))
             .bind(generation)
             .bind(node)
             .execute(&db)
@@ -839,9 +842,27 @@ fn tampered_artifacts_and_plans_are_refused_and_crashes_end_in_the_right_state()
         assert_eq!(attached, n["role"].is_string(), "{n}");
     }
 
-    // A plan whose text was changed after signing is refused, reported, and never run.
+    // The database holds no private key in the clear: a dump or a stolen disk shows none.
+    let database = std::fs::read(controller.database()).expect("the database file");
+    let wal = std::fs::read(controller.database().with_extension("db-wal")).unwrap_or_default();
+    for bytes in [database, wal] {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("qb-sealed-v1:"), "no sealed value");
+        assert!(
+            !text.contains("PRIVATE KEY"),
+            "a private key in the database"
+        );
+    }
+
+    // A plan whose text was changed after signing is refused, reported, and never run, even
+    // by one who holds the database and its key file.
     let marker = "/var/lib/qb/forged";
-    tamper_stored_plan(&controller.database(), "host-2", marker);
+    tamper_stored_plan(
+        &controller.database(),
+        &controller.keyring(),
+        "host-2",
+        marker,
+    );
     let agent = agents.remove(2);
     agents.insert(2, agent.kill_and_restart(&configs[2]));
     let n = poll("the forged plan refused", Duration::from_secs(60), || {
