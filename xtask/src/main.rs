@@ -82,6 +82,8 @@ fn main() -> Result<()> {
                     "dns",
                     "--bench",
                     "ingress",
+                    "--bench",
+                    "sealed",
                 ])
                 .args(&args[1..]);
             run(&mut cmd)
@@ -121,7 +123,7 @@ fn main() -> Result<()> {
                 fuzz::TEST_SECONDS
             );
             eprintln!(
-                "  bench  run the benchmarks: API throughput (SQLite and PostgreSQL side by side), agent costs, preflight, Kubernetes bring-up, the API proxy's tunnel against direct and ssh -R, cluster DNS against unbound"
+                "  bench  run the benchmarks: API throughput (SQLite and PostgreSQL side by side), agent costs, preflight, Kubernetes bring-up, the API proxy's tunnel against direct and ssh -R, cluster DNS against unbound, sealed secrets read against plain rows"
             );
             eprintln!(
                 "  deps   only install missing prerequisites (and build the Kubernetes bundle)"
