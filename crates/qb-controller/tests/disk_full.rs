@@ -3,11 +3,8 @@
 //! and once there is space again writes work without a restart; what was acknowledged is still
 //! there after one, and nothing refused is.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use axum::http::StatusCode;
+use qb_test_support::disk::{Tmpfs, fill};
 use serde_json::{Value, json};
 
 use crate::support::Controller;
@@ -19,8 +16,8 @@ const MAX_WRITES: usize = 3000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_clearly_and_nothing_acknowledged_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let small = Tmpfs::mount(&dir.path().join("small"), "6m");
-    let data = small.0.join("data");
+    let small = Tmpfs::mount(&dir.path().join("small"), "6m").unwrap();
+    let data = small.path().join("data");
     std::fs::create_dir(&data).unwrap();
     let database = qb_test_support::sqlite_url(&data);
     let controller = Controller::start(dir.path(), &data, &database);
@@ -38,8 +35,8 @@ async fn a_full_disk_refuses_writes_clearly_and_nothing_acknowledged_is_lost() {
     };
     assert_eq!(create("before".to_owned()).await.0, StatusCode::CREATED);
 
-    let filler = small.0.join("filler");
-    fill(&filler);
+    let filler = small.path().join("filler");
+    fill(&filler).unwrap();
     let mut landed = vec!["before".to_owned()];
     let mut refused = Vec::new();
     for i in 0..MAX_WRITES {
@@ -104,43 +101,4 @@ async fn users(controller: &Controller, client: &reqwest::Client) -> Vec<String>
     };
     names.sort_by_key(order);
     names
-}
-
-/// Writes to `path` until the file system has no space left.
-fn fill(path: &Path) {
-    let mut file = std::fs::File::create(path).unwrap();
-    let chunk = vec![0xa5_u8; 64 << 10];
-    loop {
-        match file.write_all(&chunk).and_then(|()| file.sync_all()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(28) => return,
-            Err(e) => panic!("filling {}: {e}", path.display()),
-        }
-    }
-}
-
-/// A tmpfs of `size` mounted at a new directory; unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Self {
-        std::fs::create_dir(at).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "qb-test"])
-            .arg(at)
-            .status()
-            .expect("running mount");
-        assert!(
-            status.success(),
-            "mounting a tmpfs at {} failed ({status}): this test needs root, as CI has",
-            at.display()
-        );
-        Self(at.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
+pub mod disk;
 pub mod exim;
 pub mod haproxy;
 pub mod nginx;

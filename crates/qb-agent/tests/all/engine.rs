@@ -15,7 +15,7 @@ use qb_lab::Lab;
 const ETCD: &str = "/usr/bin/etcd";
 const ETCDCTL: &str = "/usr/bin/etcdctl";
 /// Installing etcd from scratch and forming a cluster, on shared cores.
-const CONVERGE: Duration = Duration::from_secs(120);
+pub const CONVERGE: Duration = Duration::from_secs(120);
 
 /// The etcd-only bundle for 1.20.2, imported through the API as `qb bundle import` does.
 pub fn import_etcd_bundle(api: &Api) -> Vec<u8> {
@@ -164,8 +164,13 @@ pub fn roles(cluster: &Value) -> (Vec<String>, Vec<String>) {
 }
 
 /// `etcdctl` from the machine against the cluster, with the cluster's own client certificate
-/// taken from `host`'s private directories.
+/// taken from `host`'s private directories; what it printed.
 pub fn etcdctl(host: &Agent, endpoint: &str, args: &[&str]) -> String {
+    try_etcdctl(host, endpoint, args).unwrap_or_else(|text| panic!("etcdctl {args:?}: {text}"))
+}
+
+/// As [`etcdctl`], for a call that may fail: what it printed, as an error when it failed.
+pub fn try_etcdctl(host: &Agent, endpoint: &str, args: &[&str]) -> Result<String, String> {
     let file = |p: &str| host.host_path(p).display().to_string();
     let out = run(Command::new(ETCDCTL)
         .env("ETCDCTL_API", "3")
@@ -189,8 +194,11 @@ pub fn etcdctl(host: &Agent, endpoint: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "etcdctl {args:?}: {text}");
-    text
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
 }
 
 /// Waits until `node`'s agent is online and reports its etcd healthy.

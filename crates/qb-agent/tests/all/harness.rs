@@ -581,6 +581,14 @@ impl Agent {
         Self::start_with(dir, config, Some(netns), Some(root))
     }
 
+    /// As [`Self::start_host`], with the agent's state and the host's directories under
+    /// `parent` (a file system the test controls, e.g. one it fills).
+    pub fn start_host_in(config: &AgentConfig, netns: &str, parent: &Path) -> Self {
+        let dir = tempfile::tempdir_in(parent).expect("temp dir");
+        let root = dir.path().join("host");
+        Self::start_with(dir, config, Some(netns), Some(root))
+    }
+
     /// As [`Self::start_host`], with `resolver` as the host's one nameserver (its own
     /// `/etc/resolv.conf`).
     pub fn start_host_resolving_with(config: &AgentConfig, netns: &str, resolver: &str) -> Self {
