@@ -139,6 +139,8 @@ impl From<anyhow::Error> for RegisterError {
 }
 
 /// Where the system keeps the host's machine id: systemd's file, then D-Bus's copy.
+/// The longest pause between tries to keep a plan the host could not keep.
+const PLAN_RETRY: Duration = Duration::from_secs(10);
 const SYSTEM_MACHINE_IDS: [&str; 2] = ["/etc/machine-id", "/var/lib/dbus/machine-id"];
 
 async fn register(
@@ -400,16 +402,25 @@ fn newer(newest: &mut u64, generation: u64) -> bool {
 }
 
 /// Fetches each plan generation announced that is newer than the one held, until the session
-/// ends (the announcer is dropped) or a fetch fails.
+/// ends (the announcer is dropped) or a fetch fails. A plan the host could not keep is fetched
+/// again, every [`PLAN_RETRY`] at most, until it is kept or a newer one is announced.
 async fn fetch_plans(
     work: Arc<Work>,
     node: qb_api::NodeId,
     mut announced: watch::Receiver<u64>,
 ) -> Result<()> {
     while announced.changed().await.is_ok() {
-        let generation = *announced.borrow_and_update();
-        if generation > work.generation() {
-            work.fetch_plan(node, generation).await?;
+        let mut pause = Duration::from_secs(1);
+        loop {
+            let generation = *announced.borrow_and_update();
+            if generation <= work.generation() || work.fetch_plan(node, generation).await? {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                changed = announced.changed() => if changed.is_err() { return Ok(()) },
+            }
+            pause = (pause * 2).min(PLAN_RETRY);
         }
     }
     Ok(())

@@ -43,9 +43,9 @@ pub struct Work {
     /// Progress of the accepted plan, published by the applier; it ticks whenever the report
     /// to send ([`Work::report`]) may have changed.
     pub report: watch::Sender<PlanReport>,
-    /// The last plan refused, while it is newer than the accepted one: the applier's progress
-    /// on the accepted plan must not hide it.
-    refused: Mutex<Option<PlanReport>>,
+    /// The last plan not taken (refused, or not kept: the disk full), while it is newer than
+    /// the accepted one: the applier's progress on the accepted plan must not hide it.
+    not_taken: Mutex<Option<PlanReport>>,
     /// HTTP/2 to the controller, for plans, artifacts and tunnels, while the channel is up.
     link: Mutex<Option<Arc<Link>>>,
 }
@@ -80,7 +80,7 @@ impl Work {
             plan: watch::Sender::new(None),
             etcd: crate::etcd_metrics::Latest::default(),
             report: watch::Sender::new(PlanReport::default()),
-            refused: Mutex::new(None),
+            not_taken: Mutex::new(None),
             link: Mutex::new(None),
         });
         let saved = state_dir.join(PLAN_FILE);
@@ -176,8 +176,10 @@ impl Work {
     }
 
     /// Fetches the node's plan from the controller and accepts it if it verifies; a refused
-    /// plan is reported and never acted on.
-    pub async fn fetch_plan(&self, node: NodeId, announced: u64) -> Result<()> {
+    /// plan is reported and never acted on. `false` when a plan that verified could not be
+    /// kept (the host's disk full, say): that is reported too, and the caller tries again.
+    /// An error is the controller's: it could not be asked or did not answer well.
+    pub async fn fetch_plan(&self, node: NodeId, announced: u64) -> Result<bool> {
         let (base, mut sender, _in_use) = self.sender().await?;
         let request = controller_request(hyper::Method::GET, &format!("{base}{PLAN_PATH}"))
             .body(Body::new(Empty::new().map_err(|never| match never {})))?;
@@ -195,47 +197,56 @@ impl Work {
         match signed.and_then(|s| self.verify(&s, Some(node)).map(|p| (s, p))) {
             Ok((signed, plan)) => {
                 if plan.generation == self.generation() {
-                    return Ok(());
+                    return Ok(true);
                 }
                 let text = serde_json::to_string(&signed)?;
                 let file = self.state_dir.join(PLAN_FILE);
-                crate::state::write_private(&file, text.as_bytes())
-                    .with_context(|| format!("saving {}", file.display()))?;
+                if let Err(e) = crate::state::write_private(&file, text.as_bytes()) {
+                    let reason = format!("plan not saved in {}: {e:#}", file.display());
+                    tracing::error!(generation = plan.generation, %reason, "could not keep a plan");
+                    self.not_taken(announced, PlanState::Failed, "save", reason);
+                    return Ok(false);
+                }
                 tracing::info!(generation = plan.generation, "accepted a new plan");
-                *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                *self.not_taken.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 self.plan.send_replace(Some(Arc::new(plan)));
             }
             Err(reason) => {
                 tracing::error!(generation = announced, %reason, "refused a plan");
-                *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(PlanReport {
-                    generation: announced,
-                    state: PlanState::Refused,
-                    steps: vec![StepReport {
-                        name: "verify".to_owned(),
-                        state: StepState::Failed,
-                        message: Some(reason),
-                    }],
-                    services: Vec::new(),
-                });
-                self.report.send_modify(|_| {});
+                self.not_taken(announced, PlanState::Refused, "verify", reason);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// What to tell the controller now: a refusal of a newer plan, with the services as they
-    /// run, or else the progress on the accepted plan.
+    /// Reports plan `generation` as not taken: `state` and the `step` that failed, and why.
+    fn not_taken(&self, generation: u64, state: PlanState, step: &str, reason: String) {
+        *self.not_taken.lock().unwrap_or_else(|p| p.into_inner()) = Some(PlanReport {
+            generation,
+            state,
+            steps: vec![StepReport {
+                name: step.to_owned(),
+                state: StepState::Failed,
+                message: Some(reason),
+            }],
+            services: Vec::new(),
+        });
+        self.report.send_modify(|_| {});
+    }
+
+    /// What to tell the controller now: why a newer plan was not taken, with the services as
+    /// they run, or else the progress on the accepted plan.
     pub fn current_report(&self) -> PlanReport {
         let progress = self.report.borrow().clone();
         match self
-            .refused
+            .not_taken
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
         {
-            Some(refused) if refused.generation > progress.generation => PlanReport {
+            Some(not_taken) if not_taken.generation > progress.generation => PlanReport {
                 services: progress.services,
-                ..refused.clone()
+                ..not_taken.clone()
             },
             _ => progress,
         }
