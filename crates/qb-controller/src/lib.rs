@@ -13,6 +13,7 @@ pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
+pub mod crash;
 pub mod engine;
 mod error;
 mod extract;

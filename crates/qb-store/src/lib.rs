@@ -12,6 +12,7 @@ mod alerts;
 mod clusters;
 mod engine;
 mod events;
+mod invariants;
 mod metrics;
 mod migrate;
 mod nodes;

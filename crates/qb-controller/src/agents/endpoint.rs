@@ -360,6 +360,7 @@ async fn register(
         }
         other => other?,
     };
+    crate::crash::point("register.committed");
     tracing::info!(
         node_id = %registered.node.id,
         node = %registered.node.name,

@@ -186,6 +186,9 @@ async fn promote(
             n.node.name
         )));
     }
+    if promote_now {
+        crate::crash::point("engine.etcd.promoted");
+    }
     let voter = Membership {
         learner: false,
         ..m.clone()
@@ -242,6 +245,7 @@ async fn add_learner(
                 )));
             }
         };
+        crate::crash::point("engine.etcd.learner_added");
     }
     let Some(member) = find(&list, &peer) else {
         return Ok(Step::Waiting(format!(
@@ -360,6 +364,7 @@ async fn remove(
     match engine.etcd(via, EtcdOp::Remove { id: member.id }).await {
         Ok(_) => {
             tracing::info!(node = %n.node.name, id = member.id, "removed etcd member");
+            crate::crash::point("engine.etcd.member_removed");
             Ok(None)
         }
         Err(e) => Ok(Some(format!("removing {}'s etcd member: {e}", n.node.name))),

@@ -508,6 +508,7 @@ impl Engine {
                 )));
             }
         }
+        crate::crash::point("engine.detach.finishing");
         match self
             .store
             .finish_detach(ec.tenant, n.node.id, &Actor::controller())
@@ -701,6 +702,7 @@ impl Engine {
             })
             .await?;
         tracing::info!(node_id = %node.id, node = %node.name, generation, "published a plan");
+        crate::crash::point("engine.plan.published");
         self.agents
             .push(node.id, ControllerMessage::PlanAvailable { generation });
         Ok(())
@@ -712,10 +714,12 @@ impl Engine {
         }
         let pki = ClusterPki::generate(ec.cluster.name.as_str())
             .map_err(|e| EngineError::Plan(format!("generating the cluster PKI: {e}")))?;
-        Ok(self
+        let stored = self
             .store
             .init_cluster_pki(ec.tenant, ec.cluster.id, &pki)
-            .await?)
+            .await?;
+        crate::crash::point("engine.pki.stored");
+        Ok(stored)
     }
 
     async fn node_certs(
@@ -744,6 +748,7 @@ impl Engine {
                 Some(&certs),
             )
             .await?;
+        crate::crash::point("engine.certs.stored");
         Ok(certs)
     }
 

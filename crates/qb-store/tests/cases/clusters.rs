@@ -24,6 +24,7 @@ on_both_backends!(
     pod_subnets_are_given_once_and_freed_when_a_node_leaves,
     state_since_moves_with_the_state_not_with_the_message,
     engine_state_reads_back_typed_and_a_corrupt_row_is_an_error,
+    invariants_hold_and_broken_rows_are_named,
 );
 
 async fn cluster_spec_is_stored_as_given(db: TestDb) {
@@ -758,5 +759,30 @@ async fn state_since_moves_with_the_state_not_with_the_message(db: TestDb) {
             .len(),
         2,
         "one event per change of state"
+    );
+}
+
+/// The store's rules hold after every operation, and a row broken behind its back is named.
+async fn invariants_hold_and_broken_rows_are_named(db: TestDb) {
+    let t = tenant(&db, "acme").await;
+    pool_nodes(&db, t, &["n1", "n2", "free"]).await;
+    let c = cluster(&db, t, "c1").await;
+    attach_nodes(&db, t, c.id, &["n1", "n2"]).await;
+    detach_nodes(&db, t, c.id, &["n2"]).await;
+    assert_eq!(db.invariant_violations().await.unwrap(), Vec::<String>::new());
+
+    let raw = db.raw().await;
+    for sql in [
+        "UPDATE nodes SET role = 'worker', etcd = '{}' WHERE name = 'n1'",
+        "UPDATE nodes SET role = 'worker' WHERE name = 'free'",
+    ] {
+        sqlx::query(sql).execute(&raw).await.unwrap();
+    }
+    assert_eq!(
+        db.invariant_violations().await.unwrap(),
+        [
+            "in no cluster but holding a cluster's role, etcd membership, certificates or pod subnet: free",
+            "an etcd member that is not a master: n1",
+        ]
     );
 }
