@@ -51,6 +51,8 @@ mod binary;
 mod browser;
 #[path = "all/channel.rs"]
 mod channel;
+#[path = "all/crashes.rs"]
+mod crashes;
 #[path = "all/disk_full.rs"]
 mod disk_full;
 #[path = "all/distros.rs"]

@@ -36,10 +36,8 @@ pub fn point(name: &str) {
         == Some(name)
     {
         eprintln!("crash point {name}: the controller dies here");
-        let _ = rustix::process::kill_process(
-            rustix::process::getpid(),
-            rustix::process::Signal::KILL,
-        );
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         std::process::abort();
     }
 }

@@ -267,16 +267,33 @@ impl Store {
         } else {
             None
         };
-        if let Some(refusal) = refusal {
-            return Err(StoreError::TokenRefused(refusal));
-        }
         let token_id: String = token.try_get("id")?;
         let tenant: TenantId =
             crate::parse_id("tenant id", &token.try_get::<String, _>("tenant_id")?)?;
-        sqlx::query("UPDATE bootstrap_tokens SET uses = uses + 1 WHERE id = $1")
+        // The same host asking again with the token its stored registration used up: that
+        // registration's answer was lost (the controller died before sending it). Until its
+        // agent first connects, the host may have it again.
+        let unanswered = refusal == Some(TokenRefusal::UsedUp)
+            && sqlx::query(
+                "SELECT id FROM nodes WHERE tenant_id = $1 AND machine_id = $2 \
+                 AND bootstrap_token_id = $3 AND state = 'pending' AND last_seen_at IS NULL",
+            )
+            .bind(tenant.to_string())
+            .bind(&reg.machine_id)
             .bind(&token_id)
-            .execute(&mut *w.tx)
-            .await?;
+            .fetch_optional(&mut *w.tx)
+            .await?
+            .is_some();
+        match refusal {
+            Some(refusal) if !unanswered => return Err(StoreError::TokenRefused(refusal)),
+            Some(_) => {}
+            None => {
+                sqlx::query("UPDATE bootstrap_tokens SET uses = uses + 1 WHERE id = $1")
+                    .bind(&token_id)
+                    .execute(&mut *w.tx)
+                    .await?;
+            }
+        }
 
         let existing = sqlx::query("SELECT id FROM nodes WHERE tenant_id = $1 AND machine_id = $2")
             .bind(tenant.to_string())
@@ -322,7 +339,8 @@ impl Store {
                 labels.extend(reg.labels.clone());
                 sqlx::query(
                     "UPDATE nodes SET state = $1, facts = $2, labels = $3, agent_version = $4, \
-                     prev_cert_serial = NULL, cert_serial = $5, updated_at = $6 WHERE id = $7",
+                     prev_cert_serial = NULL, cert_serial = $5, updated_at = $6, \
+                     bootstrap_token_id = $7 WHERE id = $8",
                 )
                 .bind(state.as_str())
                 .bind(to_json(&reg.facts))
@@ -330,6 +348,7 @@ impl Store {
                 .bind(&reg.agent_version)
                 .bind(&certificate.serial)
                 .bind(now)
+                .bind(&token_id)
                 .bind(node_id.to_string())
                 .execute(&mut *w.tx)
                 .await?;
@@ -345,8 +364,8 @@ impl Store {
                 let name = free_name(&mut w, tenant, &reg.name, &reg.machine_id).await?;
                 sqlx::query(
                     "INSERT INTO nodes (id, tenant_id, name, state, cluster_id, facts, labels, created_at, updated_at, \
-                     machine_id, agent_version, cert_serial) \
-                     VALUES ($1, $2, $3, 'pending', NULL, $4, $5, $6, $6, $7, $8, $9)",
+                     machine_id, agent_version, cert_serial, bootstrap_token_id) \
+                     VALUES ($1, $2, $3, 'pending', NULL, $4, $5, $6, $6, $7, $8, $9, $10)",
                 )
                 .bind(node_id.to_string())
                 .bind(tenant.to_string())
@@ -357,6 +376,7 @@ impl Store {
                 .bind(&reg.machine_id)
                 .bind(&reg.agent_version)
                 .bind(&certificate.serial)
+                .bind(&token_id)
                 .execute(&mut *w.tx)
                 .await?;
                 let node = w.node(tenant, &Key::Id(node_id)).await?;

@@ -95,6 +95,11 @@ const SHARED: &[(i64, &str, &str)] = &[
         "threshold rules",
         include_str!("../migrations/shared/0015_threshold_rules.sql"),
     ),
+    (
+        17,
+        "node bootstrap token",
+        include_str!("../migrations/shared/0017_node_bootstrap_token.sql"),
+    ),
 ];
 
 /// A backend's migrations: its own first one, the shared ones and its own later ones, in

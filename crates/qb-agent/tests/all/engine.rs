@@ -111,7 +111,7 @@ pub fn wait_ready(api: &Api, name: &str, timeout: Duration) -> Value {
 }
 
 /// Waits as [`wait_ready`] does, and until the cluster has `nodes` nodes.
-fn wait_ready_with_nodes(api: &Api, name: &str, nodes: usize, timeout: Duration) -> Value {
+pub fn wait_ready_with_nodes(api: &Api, name: &str, nodes: usize, timeout: Duration) -> Value {
     poll(
         &format!("cluster {name} ready, its {nodes} nodes placed"),
         timeout,
@@ -218,7 +218,7 @@ pub fn wait_etcd_healthy(api: &Api, node: &str, timeout: Duration) {
 }
 
 /// Names in `etcdctl member list` (`id, started, name, peers, clients, learner`).
-fn member_names(list: &str) -> Vec<String> {
+pub fn member_names(list: &str) -> Vec<String> {
     let mut names: Vec<String> = list
         .lines()
         .filter_map(|l| l.split(", ").nth(2).map(str::to_owned))

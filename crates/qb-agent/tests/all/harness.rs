@@ -340,19 +340,59 @@ impl Controller {
         Self::start_in_with(dir, agent_listen, database, agent_binary, &[])
     }
 
-    fn start_in_with(
-        dir: tempfile::TempDir,
+    /// Kills the controller (if it still runs) and starts it again on the same data directory
+    /// and agent address, with `env` added to its environment.
+    pub fn restart_with_env(mut self, env: &[(&str, String)]) -> Self {
+        self.proc.stop();
+        let agent_addr = self.agent_addr.to_string();
+        let Self { dir, .. } = self;
+        Self::start_in_with(dir, &agent_addr, None, None, env)
+    }
+
+    /// Kills the controller (if it still runs), starts it again on the same data directory and
+    /// agent address with crash point `point` armed, and waits until it dies there: what it
+    /// was doing is left half done. (Its API address is then stale: restart it again.)
+    pub fn restart_crashing_at(mut self, point: &str, timeout: Duration) -> Self {
+        self.proc.stop();
+        let agent_addr = self.agent_addr.to_string();
+        let cmd = Self::command(
+            self.dir.path(),
+            &agent_addr,
+            None,
+            None,
+            &[("QB_CRASH_AT", point.to_owned())],
+        );
+        let (proc, _stdout) = Proc::spawn("qb-controller", cmd);
+        self.proc = proc;
+        self.wait_crashed(point, timeout);
+        self
+    }
+
+    /// Waits until the controller, started with crash point `point` armed, died there.
+    pub fn wait_crashed(&mut self, point: &str, timeout: Duration) {
+        let said = format!("crash point {point}:");
+        poll(&format!("the controller dead at {point}"), timeout, || {
+            if self.proc.is_running() {
+                return Err(self.proc.log.tail(5));
+            }
+            if self.proc.log.count(&said) == 1 {
+                Ok(())
+            } else {
+                Err(format!("it exited elsewhere: {}", self.proc.log.tail(30)))
+            }
+        });
+    }
+
+    /// The controller's command line on the data directory `dir`.
+    fn command(
+        dir: &Path,
         agent_listen: &str,
         database: Option<&str>,
         agent_binary: Option<&Path>,
         env: &[(&str, String)],
-    ) -> Self {
-        let agent_ip = agent_listen
-            .rsplit_once(':')
-            .map_or(agent_listen, |(ip, _)| ip)
-            .to_owned();
+    ) -> Command {
         let mut cmd = command(&controller_binary(), None);
-        let mut data = data_args(dir.path());
+        let mut data = data_args(dir);
         if let Some(url) = database {
             data[3] = url.to_owned();
         }
@@ -375,6 +415,21 @@ impl Controller {
             cmd.env("QB_AGENT_BINARY", binary);
         }
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    fn start_in_with(
+        dir: tempfile::TempDir,
+        agent_listen: &str,
+        database: Option<&str>,
+        agent_binary: Option<&Path>,
+        env: &[(&str, String)],
+    ) -> Self {
+        let agent_ip = agent_listen
+            .rsplit_once(':')
+            .map_or(agent_listen, |(ip, _)| ip)
+            .to_owned();
+        let cmd = Self::command(dir.path(), agent_listen, database, agent_binary, env);
         let (proc, stdout) = Proc::spawn("qb-controller", cmd);
         let (mut agent_url, mut agent_addr, mut pin, mut api) = (None, None, None, None);
         while api.is_none() {

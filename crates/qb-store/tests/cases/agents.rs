@@ -15,6 +15,7 @@ on_both_backends!(
     racing_registrations_respect_the_token_limit,
     certificates_rotate_serials,
     controller_secrets_are_created_once,
+    a_registration_whose_answer_was_lost_is_given_again,
 );
 
 fn secret(s: &str) -> NewSecret {
@@ -386,4 +387,34 @@ async fn controller_secrets_are_created_once(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(again, a);
+}
+
+/// The controller died after storing a registration and before answering it: the host asks
+/// again with the single-use token it used up, and gets its node again (a new certificate, the
+/// token still used once). Once its agent connected, or from another machine, the used token
+/// is refused as ever.
+async fn a_registration_whose_answer_was_lost_is_given_again(db: TestDb) {
+    let t = tenant(&db, "acme").await;
+    bootstrap(&db, t, "once", 1, Duration::hours(1)).await;
+    let first = register(&db, "once", "m1", "web", "s1").await.unwrap();
+    let again = register(&db, "once", "m1", "web", "s2").await.unwrap();
+    assert_eq!(again.node.id, first.node.id);
+    assert_eq!(again.certificate.serial, "s2");
+    assert_eq!(again.node.state, NodeState::Pending);
+    let nodes = all_nodes(&db, t).await;
+    assert_eq!(nodes.len(), 1);
+    let tokens = db.list_bootstrap_tokens(t, None, 10).await.unwrap();
+    assert_eq!(tokens.items[0].uses, 1);
+
+    match register(&db, "once", "m2", "db", "s3").await {
+        Err(StoreError::TokenRefused(TokenRefusal::UsedUp)) => {}
+        other => panic!("another machine with the used token: {other:?}"),
+    }
+    db.agent_seen(t, first.node.id, "0.1.0", None, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    match register(&db, "once", "m1", "web", "s4").await {
+        Err(StoreError::TokenRefused(TokenRefusal::UsedUp)) => {}
+        other => panic!("after the agent connected: {other:?}"),
+    }
 }

@@ -769,7 +769,10 @@ async fn invariants_hold_and_broken_rows_are_named(db: TestDb) {
     let c = cluster(&db, t, "c1").await;
     attach_nodes(&db, t, c.id, &["n1", "n2"]).await;
     detach_nodes(&db, t, c.id, &["n2"]).await;
-    assert_eq!(db.invariant_violations().await.unwrap(), Vec::<String>::new());
+    assert_eq!(
+        db.invariant_violations().await.unwrap(),
+        Vec::<String>::new()
+    );
 
     let raw = db.raw().await;
     for sql in [
