@@ -14,6 +14,10 @@
 //!   first is online, reported to the operator, and the first keeps working.
 //! - `engine`: the cluster engine on real etcd: a cluster forms, grows, refuses an unsafe
 //!   detach, shrinks safely; preflight; tampered plans and artifacts; crashes.
+//! - `crashes`: the controller killed at each of its crash points during a registration, two
+//!   attaches and a detach on real etcd; each finishes once, the store stays consistent.
+//! - `disk_full`: the hosts of a cluster share one small file system that fills up before,
+//!   during and after the install; agents stay connected and say why, the cluster recovers.
 //! - `kubernetes`: real Kubernetes 1.20.2 clusters from the bundle `cargo xtask bundle` builds,
 //!   used as people use them: a workload on every host, pod-to-pod between every pair of hosts
 //!   and a Service from every host and pod, after a master is cut off, a host power-cycled and
