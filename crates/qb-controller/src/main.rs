@@ -187,14 +187,21 @@ async fn run(cli: Cli) -> Result<()> {
         );
         return Ok(());
     }
-    let (keyring, created) = Keyring::load_or_create(&key_file)?;
+    let serving = matches!(cli.command, None | Some(Command::Serve(_)));
+    let (keyring, created) = match &cli.command {
+        // Only the server makes the key file, on its first start.
+        _ if serving => Keyring::load_or_create(&key_file)?,
+        Some(Command::Secrets(_)) => (Keyring::load(&key_file)?, false),
+        // Tenants and admin tokens touch no sealed secret: no key file is made for them.
+        _ if key_file.exists() => (Keyring::load(&key_file)?, false),
+        _ => (Keyring::ephemeral(), false),
+    };
     if created {
         tracing::info!(file = %key_file.display(), "created the secrets key file with a new key; keep a copy apart from the database's backups");
     }
     let store = Store::open(&url, keyring)
         .await
         .with_context(|| format!("opening the database {}", redact(&url)))?;
-    let serving = matches!(cli.command, None | Some(Command::Serve(_)));
     if serving || matches!(cli.command, Some(Command::Secrets(SecretsCommand::Reseal))) {
         reseal(&store, &key_file, created).await?;
     }
