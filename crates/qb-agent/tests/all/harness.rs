@@ -257,6 +257,9 @@ pub struct Controller {
     /// The agent CA's pin, `sha256:<hex>`.
     pub pin: String,
     pub admin_token: String,
+    /// The crash points this controller's data directory died at, in order (see
+    /// [`Controller::wait_crashed`]).
+    pub crashed_at: Vec<String>,
 }
 
 impl Controller {
@@ -345,8 +348,12 @@ impl Controller {
     pub fn restart_with_env(mut self, env: &[(&str, String)]) -> Self {
         self.proc.stop();
         let agent_addr = self.agent_addr.to_string();
-        let Self { dir, .. } = self;
-        Self::start_in_with(dir, &agent_addr, None, None, env)
+        let Self {
+            dir, crashed_at, ..
+        } = self;
+        let mut restarted = Self::start_in_with(dir, &agent_addr, None, None, env);
+        restarted.crashed_at = crashed_at;
+        restarted
     }
 
     /// Kills the controller (if it still runs), starts it again on the same data directory and
@@ -376,6 +383,7 @@ impl Controller {
                 return Err(self.proc.log.tail(5));
             }
             if self.proc.log.count(&said) == 1 {
+                self.crashed_at.push(point.to_owned());
                 Ok(())
             } else {
                 Err(format!("it exited elsewhere: {}", self.proc.log.tail(30)))
@@ -467,6 +475,7 @@ impl Controller {
             agent_addr: agent_addr.expect("agent endpoint address"),
             pin: pin.expect("the controller announces the CA pin"),
             admin_token,
+            crashed_at: Vec::new(),
         }
     }
 
