@@ -12,8 +12,10 @@ const DEFAULT_HOSTS: usize = 3;
 
 pub const USAGE: &str = "\
 usage: cargo xtask lab <command>
-  up [--hosts N] [--no-bundle]  build qb, start a controller and N hosts (default 3) with agents
-                                installed from the controller's tarball, import the Kubernetes bundle
+  up [--hosts N] [--replicas R] [--no-bundle]
+                                build qb, start a controller and N hosts (default 3) with agents
+                                installed from the controller's tarball, import the Kubernetes bundle;
+                                with R > 1, R controller replicas sharing a PostgreSQL of the lab
   status                        what runs: the controller, each host's link and agent
   exec HOST CMD...              run CMD on HOST (its network, mount and UTS namespaces)
   restart HOST                  power-cycle HOST: kill all its processes, then start its agent
@@ -64,6 +66,7 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
 
 fn up(root: &Path, dir: &Path, args: &[String]) -> Result<()> {
     let mut hosts = DEFAULT_HOSTS;
+    let mut replicas = 1;
     let mut with_bundle = true;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
@@ -73,6 +76,13 @@ fn up(root: &Path, dir: &Path, args: &[String]) -> Result<()> {
                     .next()
                     .and_then(|n| n.parse().ok())
                     .context("--hosts takes a number of hosts")?;
+            }
+            "--replicas" => {
+                replicas = rest
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| (1..=9).contains(n))
+                    .context("--replicas takes a number of controller replicas, 1 to 9")?;
             }
             "--no-bundle" => with_bundle = false,
             other => bail!("unknown argument {other:?}\n{USAGE}"),
@@ -102,6 +112,7 @@ fn up(root: &Path, dir: &Path, args: &[String]) -> Result<()> {
     let options = Options {
         dir: dir.to_owned(),
         hosts,
+        replicas,
         name_prefix: "lab".to_owned(),
         bundle,
         binaries: Binaries {
@@ -114,7 +125,7 @@ fn up(root: &Path, dir: &Path, args: &[String]) -> Result<()> {
     let first = &record.hosts[0].name;
     let names: Vec<&str> = record.hosts.iter().map(|h| h.name.as_str()).collect();
     println!(
-        "\nThe lab is up: a controller and {} hosts, registered and waiting to be authorized.\n\
+        "\nThe lab is up: {} and {} hosts, registered and waiting to be authorized.\n\
          Use it with the qb client it is logged in with:\n\n  \
          export QB_CONFIG={} PATH={}:$PATH\n  \
          qb node list\n  \
@@ -124,6 +135,11 @@ fn up(root: &Path, dir: &Path, args: &[String]) -> Result<()> {
          qb cluster show demo\n  \
          cargo xtask lab exec {first} kubectl --kubeconfig /etc/qb/kubernetes/admin.conf get nodes\n\n\
          `cargo xtask lab status` shows what runs; `cargo xtask lab down` removes it all.",
+        match replicas {
+            1 => "a controller".to_owned(),
+            n =>
+                format!("{n} controller replicas on one PostgreSQL (qb is logged in to the first)"),
+        },
         record.hosts.len(),
         standing::qb_config(dir).display(),
         bin.display(),

@@ -4,6 +4,7 @@
 //! - [`host`]: entering a host: its namespace and its own copy of the system directories.
 //! - [`cgroups`]: the cgroups a host's components (and pods) run in, to clean up after them.
 //! - [`kube`]: reading what a lab cluster's API server answers.
+//! - [`postgres`]: a PostgreSQL server for a standing lab's controller replicas.
 //! - [`standing`]: a lab that stays up after the command that made it: a controller, hosts
 //!   with agents installed from the controller's own tarball, and a teardown that leaves nothing,
 //!   also after a failed run.
@@ -14,6 +15,7 @@ pub mod cgroups;
 pub mod host;
 pub mod kube;
 pub mod netns;
+pub mod postgres;
 pub mod standing;
 
 pub use netns::Lab;

@@ -38,6 +38,8 @@ pub struct Options {
     /// Where everything of the lab lives (and its record).
     pub dir: PathBuf,
     pub hosts: usize,
+    /// Controller replicas: one on SQLite, or several sharing a PostgreSQL server of the lab.
+    pub replicas: usize,
     /// Hosts are named `<prefix>-1` to `<prefix>-N`.
     pub name_prefix: String,
     /// A release bundle to import once the hosts are up.
@@ -54,6 +56,24 @@ pub struct Record {
     pub controller_pid: Option<u32>,
     /// The controller's API, once it listens.
     pub api_url: Option<String>,
+    /// The other controller replicas, with several.
+    #[serde(default)]
+    pub more_replicas: Vec<ReplicaRecord>,
+    /// The PostgreSQL server the replicas share, with several.
+    #[serde(default)]
+    pub postgres: Option<PostgresRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReplicaRecord {
+    pub pid: Option<u32>,
+    pub api_url: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PostgresRecord {
+    pub port: u16,
+    pub pid: Option<u32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -88,6 +108,13 @@ impl Record {
         Lab::existing(self.k, self.hosts.len())
     }
 
+    /// Every controller replica's pid, the first's first.
+    pub fn controller_pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.controller_pid
+            .into_iter()
+            .chain(self.more_replicas.iter().filter_map(|r| r.pid))
+    }
+
     fn host(&self, name: &str) -> Result<(usize, &HostRecord)> {
         self.hosts
             .iter()
@@ -108,6 +135,14 @@ pub fn qb_config(dir: &Path) -> PathBuf {
 /// The controller's data directory (its database, TLS identity, artifacts).
 pub fn controller_dir(dir: &Path) -> PathBuf {
     dir.join("controller")
+}
+
+/// Replica `n`'s data directory: the first replica's is [`controller_dir`].
+fn replica_dir(dir: &Path, n: usize) -> PathBuf {
+    match n {
+        0 => controller_dir(dir),
+        n => dir.join(format!("controller-{}", n + 1)),
+    }
 }
 
 fn host_dir(dir: &Path, name: &str) -> PathBuf {
@@ -148,6 +183,8 @@ pub fn up(options: &Options) -> Result<Record> {
             .collect(),
         controller_pid: None,
         api_url: None,
+        more_replicas: Vec::new(),
+        postgres: None,
     };
     // Recorded before anything runs: from here on `down` finds all of it.
     record.save(&dir)?;
@@ -185,27 +222,97 @@ fn bring_up(options: &Options, dir: &Path, record: &mut Record) -> Result<()> {
     let lab = record.lab();
     let bridge_ip = lab.bridge_ip();
 
-    // The controller, in the machine's namespaces: API on loopback, agent endpoint on the bridge.
-    let log = dir.join("controller.log");
-    let mut controller = Command::new(&bins.controller);
-    controller
-        .arg("--data-dir")
-        .arg(controller_dir(dir))
-        .args(["serve", "--listen", "127.0.0.1:0", "--agent-listen"])
-        .arg(format!("{bridge_ip}:{AGENT_PORT}"))
-        .arg("--agent-binary")
-        .arg(&bins.agent)
-        .args(["--heartbeat-seconds", "5"]);
-    let pid = spawn_detached(controller, &log)?;
-    record.controller_pid = Some(pid);
-    record.save(dir)?;
-    let announced = wait_for_lines(&log, pid, &["listening on ", "certificate fingerprint "])
-        .context("the controller did not start")?;
-    let url = announced[0].clone();
-    let fingerprint = announced[1].clone();
-    record.api_url = Some(url.clone());
-    record.save(dir)?;
-    note(&format!("controller: {url} (log: {})", log.display()));
+    // With several replicas, the PostgreSQL server they share.
+    let database = if options.replicas > 1 {
+        let port = free_port()?;
+        record.postgres = Some(PostgresRecord { port, pid: None });
+        record.save(dir)?;
+        // The server's user must get through to its directory.
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o711);
+        std::fs::set_permissions(dir, mode)?;
+        let pid = crate::postgres::start(&dir.join("postgres"), port, &dir.join("postgres.log"))?;
+        record.postgres = Some(PostgresRecord {
+            port,
+            pid: Some(pid),
+        });
+        record.save(dir)?;
+        note(&format!(
+            "PostgreSQL on 127.0.0.1:{port} for {} replicas",
+            options.replicas
+        ));
+        Some(crate::postgres::url(port))
+    } else {
+        None
+    };
+
+    // The controller replicas, in the machine's namespaces: API on loopback, agent endpoints on
+    // the bridge. The first makes the TLS identity and the secrets key file; the others use
+    // them, and its artifacts.
+    let agent_urls: Vec<String> = (0..options.replicas)
+        .map(|n| format!("https://{bridge_ip}:{}", AGENT_PORT + n as u16))
+        .collect();
+    let mut first = None;
+    for n in 0..options.replicas {
+        let data = replica_dir(dir, n);
+        let log = match n {
+            0 => dir.join("controller.log"),
+            n => dir.join(format!("controller-{}.log", n + 1)),
+        };
+        let mut controller = Command::new(&bins.controller);
+        controller.arg("--data-dir").arg(&data);
+        if let Some(url) = &database {
+            controller.args(["--database", url]);
+        }
+        controller
+            .args(["serve", "--listen", "127.0.0.1:0", "--agent-listen"])
+            .arg(format!("{bridge_ip}:{}", AGENT_PORT + n as u16))
+            .arg("--agent-binary")
+            .arg(&bins.agent)
+            .args(["--heartbeat-seconds", "5"]);
+        for (other, url) in agent_urls.iter().enumerate() {
+            if other != n {
+                controller.args(["--other-agent-url", url]);
+            }
+        }
+        if n > 0 {
+            let main = controller_dir(dir);
+            std::fs::create_dir_all(&data)?;
+            std::os::unix::fs::symlink(main.join("artifacts"), data.join("artifacts"))?;
+            controller
+                .arg("--tls-cert")
+                .arg(main.join("tls/controller.crt"))
+                .arg("--tls-key")
+                .arg(main.join("tls/controller.key"))
+                .arg("--secrets-key-file")
+                .arg(main.join("secrets.key"));
+        }
+        let pid = spawn_detached(controller, &log)?;
+        match n {
+            0 => record.controller_pid = Some(pid),
+            _ => record.more_replicas.push(ReplicaRecord {
+                pid: Some(pid),
+                api_url: None,
+            }),
+        }
+        record.save(dir)?;
+        let announced = wait_for_lines(&log, pid, &["listening on ", "certificate fingerprint "])
+            .with_context(|| format!("controller replica {} did not start", n + 1))?;
+        let url = announced[0].clone();
+        match n {
+            0 => {
+                record.api_url = Some(url.clone());
+                first = Some((url.clone(), announced[1].clone()));
+            }
+            _ => record.more_replicas[n - 1].api_url = Some(url.clone()),
+        }
+        record.save(dir)?;
+        note(&format!(
+            "controller replica {}: {url} (log: {})",
+            n + 1,
+            log.display()
+        ));
+    }
+    let (url, fingerprint) = first.context("no controller replica")?;
 
     // The lab's own qb login, as the first admin.
     let token = std::fs::read_to_string(controller_dir(dir).join("admin-token"))
@@ -447,8 +554,15 @@ pub fn down(dir: &Path) -> Result<Vec<String>> {
         return Ok(Vec::new());
     };
     let dir = dir.canonicalize()?;
-    if let Some(pid) = record.controller_pid.filter(|p| runs(*p, "qb-controller")) {
-        crate::kill(&pid.to_string());
+    for pid in record.controller_pids() {
+        if runs(pid, "qb-controller") {
+            crate::kill(&pid.to_string());
+        }
+    }
+    if let Some(pid) = record.postgres.as_ref().and_then(|p| p.pid)
+        && runs(pid, "postgres")
+    {
+        crate::postgres::stop(pid);
     }
     for host in &record.hosts {
         if let Some(pid) = host.agent_pid.filter(|p| runs(*p, "qb-agent")) {
@@ -460,8 +574,16 @@ pub fn down(dir: &Path) -> Result<Vec<String>> {
     left.extend(crate::cgroups::remove(&names));
     let mounts = qb_host::mounts::points_below(&dir).unwrap_or_default();
     left.extend(mounts.iter().map(|m| format!("mount {}", m.display())));
-    if let Some(pid) = record.controller_pid.filter(|p| alive(*p)) {
+    for pid in record.controller_pids().filter(|p| alive(*p)) {
         left.push(format!("controller process {pid}"));
+    }
+    if let Some(pid) = record
+        .postgres
+        .as_ref()
+        .and_then(|p| p.pid)
+        .filter(|p| alive(*p))
+    {
+        left.push(format!("PostgreSQL process {pid}"));
     }
     if left.is_empty() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -483,6 +605,21 @@ pub fn status(dir: &Path) -> Result<String> {
         record.api_url.as_deref().unwrap_or("(not started)"),
         describe(record.controller_pid)
     )];
+    for (n, replica) in record.more_replicas.iter().enumerate() {
+        lines.push(format!(
+            "replica {}   {}  pid {}",
+            n + 2,
+            replica.api_url.as_deref().unwrap_or("(not started)"),
+            describe(replica.pid)
+        ));
+    }
+    if let Some(pg) = &record.postgres {
+        lines.push(format!(
+            "postgres    {}  pid {}",
+            crate::postgres::url(pg.port),
+            describe(pg.pid)
+        ));
+    }
     for (i, host) in record.hosts.iter().enumerate() {
         let link = crate::netns::ip(&["-o", "link", "show", &lab.host_veth(i)])
             .map(|l| if l.contains(",UP") { "up" } else { "cut" })
@@ -568,4 +705,11 @@ fn machine_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/uuid")
         .map(|u| u.trim().replace('-', ""))
         .unwrap_or_else(|_| format!("{:032x}", std::process::id()))
+}
+
+/// A TCP port free on loopback now.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

@@ -13,6 +13,7 @@ pub(crate) fn options(dir: &Path, prefix: &str, hosts: usize, bundle: Option<Pat
     Options {
         dir: dir.to_owned(),
         hosts,
+        replicas: 1,
         name_prefix: prefix.to_owned(),
         bundle,
         binaries: Binaries {
@@ -32,8 +33,11 @@ fn alive(pid: Option<u32>) -> bool {
 /// mounts and files.
 fn leftovers(record: &Record, dir: &Path) -> Vec<String> {
     let mut left = Lab::existing(record.k, record.hosts.len()).leftovers();
-    let pids =
-        std::iter::once(record.controller_pid).chain(record.hosts.iter().map(|h| h.agent_pid));
+    let pids = record
+        .controller_pids()
+        .map(Some)
+        .chain(record.postgres.as_ref().map(|p| p.pid))
+        .chain(record.hosts.iter().map(|h| h.agent_pid));
     left.extend(pids.filter(|p| alive(*p)).map(|p| format!("process {p:?}")));
     for host in &record.hosts {
         left.extend(
@@ -152,6 +156,100 @@ fn a_failed_up_says_why_and_leaves_nothing() {
     // A new lab can take its place.
     let record =
         standing::up(&options(&dir, "failing", 1, None)).expect("a lab after the failed one");
+    let left = standing::down(&dir).expect("down");
+    assert_eq!(left, Vec::<String>::new());
+    assert_eq!(leftovers(&record, &dir), Vec::<String>::new());
+}
+
+/// `lab up --replicas 2`: two controller replicas share a PostgreSQL server of the lab, one
+/// certificate and one secrets key file; when the first dies, the agents move to the second,
+/// which `qb` reaches with the same pinned certificate. `down` stops PostgreSQL too.
+#[test]
+fn a_standing_lab_with_two_replicas_keeps_its_agents_when_one_dies() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let parent = tempfile::tempdir().expect("temp dir");
+    // PostgreSQL runs as its own user, which must get through to the lab's directory.
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let dir = parent.path().join("lab");
+    let mut ha = options(&dir, "ha", 2, None);
+    ha.replicas = 2;
+    let record = standing::up(&ha).expect("the lab comes up");
+    let dir = dir.canonicalize().expect("the lab's directory");
+    assert_eq!(record.more_replicas.len(), 1);
+    let status = standing::status(&dir).expect("status");
+    for part in ["replica 2", "postgres://"] {
+        assert!(status.contains(part), "{part} not in {status}");
+    }
+
+    // qb logged in to the second replica, pinning the certificate the first made.
+    let log = std::fs::read_to_string(dir.join("controller.log")).expect("the log");
+    let fingerprint = log
+        .lines()
+        .find_map(|l| l.strip_prefix("certificate fingerprint "))
+        .expect("the fingerprint")
+        .trim()
+        .to_owned();
+    let token = std::fs::read_to_string(standing::controller_dir(&dir).join("admin-token"))
+        .expect("the admin token");
+    let second = record.more_replicas[0].api_url.clone().expect("its URL");
+    let config = dir.join("qb-2.yaml");
+    let qb = |args: &[&str]| {
+        let out = std::process::Command::new(&ha.binaries.qb)
+            .env("QB_CONFIG", &config)
+            .env("NO_COLOR", "1")
+            .args(args)
+            .output()
+            .expect("qb");
+        assert!(out.status.success(), "qb {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    qb(&[
+        "login",
+        &second,
+        "--token",
+        token.trim(),
+        "--fingerprint",
+        &fingerprint,
+    ]);
+
+    // The first replica dies; the agents move to the second: each connects once more.
+    let connections = |host: &str| {
+        std::fs::read_to_string(dir.join("hosts").join(host).join("agent.log"))
+            .unwrap_or_default()
+            .matches("connected to the controller")
+            .count()
+    };
+    let before: Vec<usize> = record.hosts.iter().map(|h| connections(&h.name)).collect();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &record.controller_pid.expect("a pid").to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    crate::harness::poll(
+        "the agents online on the second replica",
+        std::time::Duration::from_secs(60),
+        || {
+            let nodes: serde_json::Value =
+                serde_json::from_str(&qb(&["node", "list", "-o", "json"])).expect("JSON");
+            let online = nodes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|n| n["agent"]["online"] == true)
+                .count();
+            let moved = record
+                .hosts
+                .iter()
+                .zip(&before)
+                .all(|(h, before)| connections(&h.name) > *before);
+            if online == 2 && moved {
+                Ok(())
+            } else {
+                Err(nodes.to_string())
+            }
+        },
+    );
+
     let left = standing::down(&dir).expect("down");
     assert_eq!(left, Vec::<String>::new());
     assert_eq!(leftovers(&record, &dir), Vec::<String>::new());
