@@ -43,6 +43,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
         &[
             "qb-api",
             "qb-agent-proto",
+            "qb-host",
             "qb-pki",
             "qb-plan",
             "qb-store",

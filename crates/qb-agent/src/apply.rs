@@ -459,6 +459,7 @@ impl Run<'_, '_> {
             self.ledger.save()?;
             let owned = artifact.clone();
             let stamp = blocking(move || install_copy(&owned, &cached)).await?;
+            crate::crash::point("apply.artifact.copied");
             if let Some(entry) = self
                 .ledger
                 .installed
@@ -629,6 +630,7 @@ impl Run<'_, '_> {
             if !in_place {
                 let owned = file.clone();
                 blocking(move || write_file(&owned)).await?;
+                crate::crash::point("apply.file.written");
                 tracing::info!(path = %file.path, "file written");
                 written += 1;
             }
@@ -729,6 +731,7 @@ impl Run<'_, '_> {
             services += 1;
             logs.push(name);
         }
+        crate::crash::point("apply.wipe.services_stopped");
         // The cluster's logs go with it: a host that joins another cluster starts clean.
         for name in &logs {
             self.supervisor().remove_logs(name)?;

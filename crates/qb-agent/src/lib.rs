@@ -20,6 +20,7 @@ pub mod apply;
 pub mod balancer;
 pub mod config;
 pub mod connect;
+pub mod crash;
 pub mod etcd;
 pub mod etcd_metrics;
 pub mod host;

@@ -974,8 +974,10 @@ fn spawn(
         .expect("a child that was never waited for has a pid");
     // Until it is reaped, even an exited child has its /proc entry. `exec` keeps the start time.
     let start_time = ProcStat::read(pid).map_err(spawn_error)?.start_time;
+    crate::crash::point("service.spawned");
     // On an error the pipe closes unwritten: the shell exits, and tokio reaps it.
     record(pid, start_time)?;
+    crate::crash::point("service.recorded");
     if let Err(e) = (&release).write_all(b"go\n") {
         // The shell is gone already: the caller sees the process exit.
         tracing::warn!(service = %service.name, pid, error = %e, "could not release the service");

@@ -207,6 +207,7 @@ impl Work {
                     self.not_taken(announced, PlanState::Failed, "save", reason);
                     return Ok(false);
                 }
+                crate::crash::point("plan.kept");
                 tracing::info!(generation = plan.generation, "accepted a new plan");
                 *self.not_taken.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 self.plan.send_replace(Some(Arc::new(plan)));

@@ -1,10 +1,5 @@
-//! Crash points: places where a test makes the controller die as `kill -9` would, to show that
-//! what it was doing completes, or is undone, once it runs again. `QB_CRASH_AT=<point>` in the
-//! controller's environment picks one (a test's doing; unset, a point costs one comparison).
-//! Hand-written rather than the `fail` crate: its actions panic, pause or return, and none
-//! ends the process on the spot.
-
-use std::sync::OnceLock;
+//! The controller's crash points (see [`qb_host::crash`]): where it dies, with
+//! `QB_CRASH_AT=<point>`, with work half done.
 
 /// Every crash point, in the order an attach and a detach reach them.
 pub const POINTS: &[&str] = &[
@@ -26,18 +21,8 @@ pub const POINTS: &[&str] = &[
     "engine.detach.finishing",
 ];
 
-/// Dies here if the environment names this point.
+/// Dies here if the environment names this point (see [`qb_host::crash`]).
 pub fn point(name: &str) {
-    static AT: OnceLock<Option<String>> = OnceLock::new();
     debug_assert!(POINTS.contains(&name), "{name} is not in POINTS");
-    if AT
-        .get_or_init(|| std::env::var("QB_CRASH_AT").ok())
-        .as_deref()
-        == Some(name)
-    {
-        eprintln!("crash point {name}: the controller dies here");
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-        std::process::abort();
-    }
+    qb_host::crash::point(name);
 }

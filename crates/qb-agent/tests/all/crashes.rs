@@ -12,8 +12,8 @@ use serde_json::json;
 
 use crate::channel::runtime;
 use crate::engine::{
-    CONVERGE, authorize_when_online, cluster, etcdctl, import_etcd_bundle, member_names,
-    start_hosts, wait_online, wait_ready, wait_ready_with_nodes,
+    CONVERGE, authorize_when_online, cluster, etcd_processes, etcdctl, hosts, import_etcd_bundle,
+    member_names, start_hosts, wait_online, wait_ready, wait_ready_with_nodes,
 };
 use crate::harness::{Agent, AgentConfig, Controller, poll};
 
@@ -130,14 +130,108 @@ fn the_controller_killed_at_every_crash_point_finishes_what_it_was_doing() {
     let mut tried = controller.crashed_at.clone();
     tried.sort_unstable();
     tried.dedup();
-    let mut points = crash_points();
+    let mut points = crash_points(include_str!("../../../qb-controller/src/crash.rs"));
     points.sort_unstable();
     assert_eq!(tried, points, "every crash point tried");
 }
 
-/// The controller's crash points, from its source (its `crash::POINTS`).
-fn crash_points() -> Vec<&'static str> {
-    let source = include_str!("../../../qb-controller/src/crash.rs");
+/// The agent killed at each of its crash points while its host joins a cluster on real etcd
+/// and while it is wiped on leaving: each time it starts again and finishes the work. In the
+/// end etcd ran once (a service spawned or recorded but not let go is never doubled), and the
+/// wipe left nothing of the cluster.
+#[test]
+fn the_agent_killed_at_every_crash_point_finishes_what_it_was_doing() {
+    let lab = qb_lab::netns::Lab::new(1).expect("the lab");
+    let controller = Controller::start(&lab.bridge_ip());
+    let api = controller.api();
+    import_etcd_bundle(&api);
+    let (configs, mut agents) = hosts(&lab, &controller, 1);
+    let crashing = |point: &str| {
+        let mut config = configs[0].clone();
+        config
+            .env
+            .push(("QB_CRASH_AT".to_owned(), point.to_owned()));
+        config
+    };
+    let mut tried = Vec::new();
+
+    // The join: killed once the plan is kept, an artifact copied, a file written, etcd
+    // spawned, and etcd recorded.
+    let mut agent = agents.remove(0).kill_and_restart(&crashing("plan.kept"));
+    wait_online(&api, "host-0");
+    api.post("/clusters", &json!({"name": "agent-crash"})).ok();
+    api.post(
+        "/clusters/agent-crash/attach",
+        &json!({"nodes": ["host-0"]}),
+    )
+    .ok();
+    wait_agent_crashed(&mut agent, "plan.kept");
+    tried.push("plan.kept".to_owned());
+    for point in [
+        "apply.artifact.copied",
+        "apply.file.written",
+        "service.spawned",
+        "service.recorded",
+    ] {
+        agent = agent.kill_and_restart(&crashing(point));
+        wait_agent_crashed(&mut agent, point);
+        tried.push(point.to_owned());
+    }
+    let agent = agent.kill_and_restart(&configs[0]);
+    wait_ready_with_nodes(&api, "agent-crash", 1, CONVERGE);
+    assert_eq!(etcd_processes(&lab, 0), 1, "etcd runs once");
+    let endpoint = format!("https://{}:2379", lab.host_ip(0));
+    etcdctl(&agent, &endpoint, &["put", "joined", "once"]);
+
+    // The wipe: killed once its services stopped.
+    let mut agent = agent.kill_and_restart(&crashing("apply.wipe.services_stopped"));
+    wait_online(&api, "host-0");
+    api.post(
+        "/clusters/agent-crash/detach",
+        &json!({"nodes": ["host-0"]}),
+    )
+    .ok();
+    wait_agent_crashed(&mut agent, "apply.wipe.services_stopped");
+    tried.push("apply.wipe.services_stopped".to_owned());
+    let agent = agent.kill_and_restart(&configs[0]);
+    poll("host-0 wiped and back in the pool", CONVERGE, || {
+        let n = api.get("/nodes/host-0").ok();
+        if n["state"] == "authorized" && n["cluster"].is_null() {
+            Ok(())
+        } else {
+            Err(n.to_string())
+        }
+    });
+    assert_eq!(etcd_processes(&lab, 0), 0, "etcd left running");
+    assert!(
+        !agent.host_path("/var/lib/qb/bin/etcd").exists(),
+        "etcd's binary left"
+    );
+    tried.sort_unstable();
+    let mut points = crash_points(include_str!("../../src/crash.rs"));
+    points.sort_unstable();
+    assert_eq!(tried, points, "every crash point of the agent tried");
+}
+
+/// Waits until `agent`, started with crash point `point` armed, died there.
+fn wait_agent_crashed(agent: &mut Agent, point: &str) {
+    let started = std::time::Instant::now();
+    let said = format!("crash point {point}:");
+    poll(&format!("the agent dead at {point}"), REACH, || {
+        if agent.proc.is_running() {
+            return Err(agent.proc.log.tail(5));
+        }
+        if agent.proc.log.count(&said) == 1 {
+            Ok(())
+        } else {
+            Err(format!("it exited elsewhere: {}", agent.proc.log.tail(30)))
+        }
+    });
+    eprintln!("the agent died at {point} after {:?}", started.elapsed());
+}
+
+/// The crash points a program's `crash.rs` (its source) lists in its `POINTS`.
+fn crash_points(source: &'static str) -> Vec<&'static str> {
     let list = source
         .split("pub const POINTS")
         .nth(1)

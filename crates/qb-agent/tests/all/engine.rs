@@ -758,7 +758,7 @@ fn tamper_stored_plan(database: &Path, keyring: &qb_store::Keyring, node: &str, 
     });
 }
 
-fn etcd_processes(lab: &Lab, i: usize) -> usize {
+pub fn etcd_processes(lab: &Lab, i: usize) -> usize {
     lab.pids(i)
         .iter()
         .filter(|pid| {
