@@ -25,6 +25,7 @@ pub fn options(parent: &Path, hosts: usize, name_prefix: &str) -> Result<Options
     Ok(Options {
         dir: parent.join("lab"),
         hosts,
+        replicas: 1,
         name_prefix: name_prefix.to_owned(),
         bundle: Some(bundle),
         binaries,
