@@ -26,7 +26,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
     // The host, the controller's store, the lab.
     ("qb-host", &[]),
     ("qb-store", &["qb-api", "qb-plan"]),
-    ("qb-lab", &["qb-host"]),
+    ("qb-lab", &["qb-host", "qb-test-support"]),
     ("qb-test-support", &[]),
     // The add-ons: programs that run in the clusters, knowing nothing of qb's insides.
     ("qb-addon-kit", &[]),

@@ -3,81 +3,32 @@
 //! process group so that it outlives the command that started it.
 
 use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
+use qb_test_support::{PG_SYSTEM_USER, PgInstallation};
 
-/// Where Debian installs each PostgreSQL version's programs: `<root>/<version>/bin`.
-const DEBIAN_ROOT: &str = "/usr/lib/postgresql";
-/// PostgreSQL refuses to run as root; as root, the lab runs it as this user.
-const SYSTEM_USER: &str = "postgres";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The newest installed version's programs.
-pub fn bindir() -> Result<PathBuf> {
-    let mut versions: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir(DEBIAN_ROOT)
-        .with_context(|| {
-            format!("no PostgreSQL in {DEBIAN_ROOT}: `apt-get install postgresql` for replicas")
-        })?
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let version = name
-                .split('.')
-                .map(|p| p.parse().ok())
-                .collect::<Option<_>>()?;
-            let bin = entry.path().join("bin");
-            bin.join("initdb").is_file().then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions
-        .pop()
-        .map(|(_, bin)| bin)
-        .with_context(|| format!("no PostgreSQL server in {DEBIAN_ROOT}/*/bin"))
-}
-
-/// `program` of `bin`, run as the PostgreSQL system user when we are root.
-fn command(bin: &Path, program: &str) -> Command {
-    if is_root() {
-        let mut cmd = Command::new("setpriv");
-        cmd.args([
-            &format!("--reuid={SYSTEM_USER}"),
-            &format!("--regid={SYSTEM_USER}"),
-            "--init-groups",
-            "--",
-        ])
-        .arg(bin.join(program));
-        cmd
-    } else {
-        Command::new(bin.join(program))
-    }
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
-}
 
 /// Makes a database cluster in `dir` and starts its server on 127.0.0.1:`port`, logging to
 /// `log`; returns the postmaster's pid once it accepts connections. `dir`'s parents must let
 /// the PostgreSQL user through.
 pub fn start(dir: &Path, port: u16, log: &Path) -> Result<u32> {
-    let bin = bindir()?;
+    let pg = PgInstallation::find()?;
     let data = dir.join("data");
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
-    if is_root() {
+    if pg.as_system_user {
         let chown = Command::new("chown")
-            .args(["-R", &format!("{SYSTEM_USER}:{SYSTEM_USER}")])
+            .args(["-R", &format!("{PG_SYSTEM_USER}:{PG_SYSTEM_USER}")])
             .arg(dir)
             .status()
             .context("running chown")?;
         ensure!(chown.success(), "chown of {} failed", dir.display());
     }
-    let out = command(&bin, "initdb")
+    let out = pg
+        .command("initdb")
         .arg("-D")
         .arg(&data)
         .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
@@ -90,7 +41,8 @@ pub fn start(dir: &Path, port: u16, log: &Path) -> Result<u32> {
         String::from_utf8_lossy(&out.stderr)
     );
     let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let child = command(&bin, "postgres")
+    let child = pg
+        .command("postgres")
         .arg("-D")
         .arg(&data)
         .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
@@ -105,7 +57,7 @@ pub fn start(dir: &Path, port: u16, log: &Path) -> Result<u32> {
     let pid = child.id();
     let started = Instant::now();
     loop {
-        let ready = Command::new(bin.join("pg_isready"))
+        let ready = Command::new(pg.bindir.join("pg_isready"))
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
             .status()
             .is_ok_and(|s| s.success());

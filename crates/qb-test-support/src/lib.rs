@@ -41,7 +41,7 @@ pub const BINDIR_ENV: &str = "QB_TEST_PG_BINDIR";
 /// Overrides where servers keep their data (default: `/dev/shm` if roomy, else the temp dir).
 pub const TMPDIR_ENV: &str = "QB_TEST_PG_TMPDIR";
 /// The system account that runs PostgreSQL when the tests run as root.
-const PG_SYSTEM_USER: &str = "postgres";
+pub const PG_SYSTEM_USER: &str = "postgres";
 /// The superuser every server is initialized with, whoever runs it.
 const SUPERUSER: &str = "postgres";
 /// How long a server may take to accept connections.
@@ -98,7 +98,7 @@ impl PgServer {
     }
 
     fn start_with(durable: bool) -> Result<Self> {
-        let install = Installation::find()?;
+        let install = PgInstallation::find()?;
         let template = install.template()?;
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
@@ -113,7 +113,7 @@ impl PgServer {
 
     /// `Ok(Err(..))` when the port was taken, so another can be tried.
     fn start_on(
-        install: &Installation,
+        install: &PgInstallation,
         template: &Path,
         port: u16,
         durable: bool,
@@ -207,7 +207,7 @@ impl PgServer {
 
     /// `pg_dump` of database `postgres`: its schema and every row, as SQL text.
     pub fn dump(&self) -> Result<String> {
-        let install = Installation::find()?;
+        let install = PgInstallation::find()?;
         let out = Command::new(install.bindir.join("pg_dump"))
             .args(["--dbname", &self.url()])
             .output()
@@ -236,7 +236,7 @@ impl PgServer {
         std::thread::sleep(down);
         let data = self.dir.path().join("data");
         self.postmaster = spawn_postgres(
-            &Installation::find()?,
+            &PgInstallation::find()?,
             &data,
             self.dir.path(),
             self.port,
@@ -332,7 +332,7 @@ pub(crate) fn wait_ready(
 /// The postmaster of the data directory `data` on `port`, its socket in `dir` and its log
 /// appended to `dir/server.log`. Never `fsync`: a test crashes the server, never the machine.
 fn spawn_postgres(
-    install: &Installation,
+    install: &PgInstallation,
     data: &Path,
     dir: &Path,
     port: u16,
@@ -472,17 +472,20 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// The PostgreSQL server binaries and how to run them.
-struct Installation {
-    bindir: PathBuf,
+/// The PostgreSQL server binaries (the newest Debian installed, or [`BINDIR_ENV`]'s) and how to
+/// run them: as the `postgres` system user when we are root, since PostgreSQL refuses root.
+pub struct PgInstallation {
+    /// The directory of `initdb`, `postgres`, `pg_isready`, `psql`, ...
+    pub bindir: PathBuf,
     /// `15.18`, from `postgres --version`.
     version: String,
-    /// We are root, and PostgreSQL refuses to run as root: run it as the `postgres` user.
-    as_system_user: bool,
+    /// We are root: run PostgreSQL as the `postgres` user.
+    pub as_system_user: bool,
 }
 
-impl Installation {
-    fn find() -> Result<Self> {
+impl PgInstallation {
+    /// The installed server; an error saying how to install one when there is none.
+    pub fn find() -> Result<Self> {
         let bindir = match std::env::var_os(BINDIR_ENV) {
             Some(dir) => PathBuf::from(dir),
             None => newest_debian_bindir()?,
@@ -490,8 +493,8 @@ impl Installation {
         for tool in ["initdb", "postgres"] {
             if !bindir.join(tool).is_file() {
                 bail!(
-                    "PostgreSQL's `{tool}` is missing from {}: the store's PostgreSQL tests cannot run. \
-                     Install the server with `apt-get install postgresql` (the tests never skip themselves).",
+                    "PostgreSQL's `{tool}` is missing from {}: install the server with \
+                     `apt-get install postgresql` (the tests never skip themselves).",
                     bindir.display()
                 );
             }
@@ -516,7 +519,7 @@ impl Installation {
     }
 
     /// A command running `tool` as the user that runs PostgreSQL.
-    fn command(&self, tool: &str) -> Command {
+    pub fn command(&self, tool: &str) -> Command {
         let program = self.bindir.join(tool);
         if self.as_system_user {
             // setpriv execs the tool (runuser would fork and wait), so the child we hold is the
@@ -601,8 +604,8 @@ impl Installation {
 fn newest_debian_bindir() -> Result<PathBuf> {
     let missing = || {
         anyhow::anyhow!(
-            "PostgreSQL server binaries not found: no {DEBIAN_PG_ROOT}/<version>/bin/initdb. The store's \
-             PostgreSQL tests cannot run. Install the server with `apt-get install postgresql` (or set \
+            "PostgreSQL server binaries not found: no {DEBIAN_PG_ROOT}/<version>/bin/initdb. Install \
+             the server with `apt-get install postgresql` (or set \
              {BINDIR_ENV} to the directory holding initdb and postgres); the tests never skip themselves."
         )
     };
@@ -718,7 +721,7 @@ mod tests {
         );
         TcpStream::connect(server.addr()).unwrap();
 
-        let psql = Installation::find().unwrap().bindir.join("psql");
+        let psql = PgInstallation::find().unwrap().bindir.join("psql");
         let out = Command::new(psql)
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", &server.url()])
             .args(["-c", "SELECT current_user || ' ' || current_setting('fsync') || ' ' || current_setting('listen_addresses')"])

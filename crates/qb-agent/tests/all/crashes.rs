@@ -165,7 +165,7 @@ fn the_agent_killed_at_every_crash_point_finishes_what_it_was_doing() {
         &json!({"nodes": ["host-0"]}),
     )
     .ok();
-    wait_agent_crashed(&mut agent, "plan.kept");
+    agent.proc.wait_crashed("plan.kept", REACH);
     tried.push("plan.kept".to_owned());
     for point in [
         "apply.artifact.copied",
@@ -174,7 +174,7 @@ fn the_agent_killed_at_every_crash_point_finishes_what_it_was_doing() {
         "service.recorded",
     ] {
         agent = agent.kill_and_restart(&crashing(point));
-        wait_agent_crashed(&mut agent, point);
+        agent.proc.wait_crashed(point, REACH);
         tried.push(point.to_owned());
     }
     let agent = agent.kill_and_restart(&configs[0]);
@@ -191,7 +191,9 @@ fn the_agent_killed_at_every_crash_point_finishes_what_it_was_doing() {
         &json!({"nodes": ["host-0"]}),
     )
     .ok();
-    wait_agent_crashed(&mut agent, "apply.wipe.services_stopped");
+    agent
+        .proc
+        .wait_crashed("apply.wipe.services_stopped", REACH);
     tried.push("apply.wipe.services_stopped".to_owned());
     let agent = agent.kill_and_restart(&configs[0]);
     poll("host-0 wiped and back in the pool", CONVERGE, || {
@@ -211,23 +213,6 @@ fn the_agent_killed_at_every_crash_point_finishes_what_it_was_doing() {
     let mut points = crash_points(include_str!("../../src/crash.rs"));
     points.sort_unstable();
     assert_eq!(tried, points, "every crash point of the agent tried");
-}
-
-/// Waits until `agent`, started with crash point `point` armed, died there.
-fn wait_agent_crashed(agent: &mut Agent, point: &str) {
-    let started = std::time::Instant::now();
-    let said = format!("crash point {point}:");
-    poll(&format!("the agent dead at {point}"), REACH, || {
-        if agent.proc.is_running() {
-            return Err(agent.proc.log.tail(5));
-        }
-        if agent.proc.log.count(&said) == 1 {
-            Ok(())
-        } else {
-            Err(format!("it exited elsewhere: {}", agent.proc.log.tail(30)))
-        }
-    });
-    eprintln!("the agent died at {point} after {:?}", started.elapsed());
 }
 
 /// The crash points a program's `crash.rs` (its source) lists in its `POINTS`.

@@ -218,6 +218,28 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Waits until the program has died at crash point `point` (see `qb_host::crash`), and
+    /// only there.
+    pub fn wait_crashed(&mut self, point: &str, timeout: Duration) {
+        let started = Instant::now();
+        let said = format!("crash point {point}:");
+        poll(&format!("{} dead at {point}", self.name), timeout, || {
+            if self.is_running() {
+                return Err(self.log.tail(5));
+            }
+            if self.log.count(&said) == 1 {
+                Ok(())
+            } else {
+                Err(format!("it exited elsewhere: {}", self.log.tail(30)))
+            }
+        });
+        eprintln!(
+            "{} died at {point} after {:?}",
+            self.name,
+            started.elapsed()
+        );
+    }
 }
 
 impl Drop for Proc {
@@ -377,18 +399,8 @@ impl Controller {
 
     /// Waits until the controller, started with crash point `point` armed, died there.
     pub fn wait_crashed(&mut self, point: &str, timeout: Duration) {
-        let said = format!("crash point {point}:");
-        poll(&format!("the controller dead at {point}"), timeout, || {
-            if self.proc.is_running() {
-                return Err(self.proc.log.tail(5));
-            }
-            if self.proc.log.count(&said) == 1 {
-                self.crashed_at.push(point.to_owned());
-                Ok(())
-            } else {
-                Err(format!("it exited elsewhere: {}", self.proc.log.tail(30)))
-            }
-        });
+        self.proc.wait_crashed(point, timeout);
+        self.crashed_at.push(point.to_owned());
     }
 
     /// The controller's command line on the data directory `dir`.
