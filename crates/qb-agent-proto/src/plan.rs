@@ -163,7 +163,8 @@ pub enum RestartPolicy {
     /// Restart only after a non-zero exit or a signal.
     OnFailure,
     /// A task, not a service: it runs to completion, exit status 0 being its readiness gate, and
-    /// runs again only when its definition or inputs change (importing an image, say).
+    /// runs again only when its definition or inputs change (importing an image, say), or when
+    /// its probe, if it has one, says that what it did was undone.
     Never,
 }
 
@@ -185,5 +186,15 @@ pub enum Probe {
         cert_file: Option<String>,
         #[serde(default)]
         key_file: Option<String>,
+    },
+    /// Every image the OCI image archive `archive` holds is in containerd, as `ctr` lists
+    /// them on the socket `address` in `namespace`. The probe of the task that imports the
+    /// archive: the kubelet deletes unused images when the disk runs short, and no registry
+    /// brings a bundle's images back, so the agent imports them again when this fails.
+    Images {
+        ctr: HostPath,
+        address: HostPath,
+        namespace: String,
+        archive: HostPath,
     },
 }

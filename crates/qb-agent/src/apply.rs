@@ -45,6 +45,8 @@ use qb_api::error_chain;
 
 /// How long a service may take to pass its probe before the step fails.
 const READINESS_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a task's probe may take (`ctr images ls` on a busy host).
+const TASK_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Where artifacts come from: the controller, in the agent. Implemented by the caller.
 pub trait ArtifactSource {
@@ -242,6 +244,39 @@ impl Applier {
                 Err(e)
             }
         }
+    }
+
+    /// Runs again each task of the applied `plan` whose probe finds what it did undone: the
+    /// images the kubelet deleted when the disk ran short, say. Returns the tasks run again.
+    pub async fn redo_undone_tasks(&self, plan: &Plan) -> Vec<String> {
+        let _busy = self.busy.lock().await;
+        let mut redone = Vec::new();
+        for task in &plan.services {
+            let Some(probe) = task
+                .probe
+                .as_ref()
+                .filter(|_| task.restart == RestartPolicy::Never)
+            else {
+                continue;
+            };
+            match crate::probe::check(probe, TASK_PROBE_TIMEOUT).await {
+                Ok(()) => {}
+                Err(e) if e.undone() => {
+                    tracing::warn!(task = %task.name, reason = %error_chain(&e), "what the task did is undone; running it again");
+                    match self.supervisor.run_task(task, self.readiness_timeout).await {
+                        Ok(()) => redone.push(task.name.to_string()),
+                        Err(e) => {
+                            tracing::warn!(task = %task.name, error = %error_chain(&e), "the task failed again")
+                        }
+                    }
+                }
+                // Its check could not look (containerd restarting, say): the next round will.
+                Err(e) => {
+                    tracing::debug!(task = %task.name, error = %error_chain(&e), "task not checked")
+                }
+            }
+        }
+        redone
     }
 
     /// Refreshes the services in the last published report, e.g. when
@@ -688,11 +723,20 @@ impl Run<'_, '_> {
         blocking(move || Ok(qb_host::cgroups::ensure(&cgroups)?)).await
     }
 
-    /// Runs a task unless it already ran to completion with this definition and these inputs.
+    /// Runs a task unless it already ran to completion with this definition and these inputs,
+    /// and its probe, if it has one, finds what it did still there.
     async fn task(&mut self, task: &Service) -> Result<String, StepError> {
         let fingerprint = fingerprint(task, self.plan);
         if self.ledger.installed.tasks.get(task.name.as_str()) == Some(&fingerprint) {
-            return Ok("done earlier".to_owned());
+            let Some(probe) = &task.probe else {
+                return Ok("done earlier".to_owned());
+            };
+            match crate::probe::check(probe, TASK_PROBE_TIMEOUT).await {
+                Ok(()) => return Ok("done earlier".to_owned()),
+                Err(e) => {
+                    tracing::warn!(task = %task.name, reason = %error_chain(&e), "what the task did is not there; running it again")
+                }
+            }
         }
         self.supervisor()
             .run_task(task, self.applier.readiness_timeout)
@@ -1748,6 +1792,79 @@ mod tests {
         assert!(message.contains("image is corrupt"), "{message}");
         assert_eq!(step(&failed, "service:after").state, StepState::Pending);
         assert!(!Path::new(&after).exists());
+    }
+
+    #[tokio::test]
+    async fn a_task_whose_probe_finds_its_work_undone_runs_again() {
+        let host = Host::new();
+        let source = Source::default();
+        let (_supervisor, applier) = host.agent();
+        let report = watch::Sender::new(PlanReport::default());
+        std::fs::create_dir_all(host.path("")).unwrap();
+        // containerd's image list, as the stand-in ctr prints it; the import adds to it.
+        let listed = host.text("listed");
+        let runs = host.text("runs");
+        let archive = crate::images::testing::archive(
+            &host.path(""),
+            &[serde_json::json!({"io.containerd.image.name": "qb.local/pause:3.2"})],
+        );
+        let ctr = crate::images::testing::ctr(
+            &host.path(""),
+            &format!("[ -f {listed}.down ] && exit 1; cat {listed} 2>/dev/null; true"),
+        );
+        let mut task = service(
+            "import-pause-image",
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("echo run >> {runs}; echo qb.local/pause:3.2 >> {listed}"),
+            ],
+            Vec::new(),
+        );
+        task.restart = RestartPolicy::Never;
+        task.probe = Some(Probe::Images {
+            ctr: ctr.to_str().unwrap().try_into().unwrap(),
+            address: "/run/qb/containerd/containerd.sock".try_into().unwrap(),
+            namespace: "k8s.io".into(),
+            archive: archive.to_str().unwrap().try_into().unwrap(),
+        });
+        let mut plan = Plan {
+            node_id: NodeId::new(),
+            cluster_id: Some(ClusterId::new()),
+            generation: 1,
+            services: vec![task],
+            ..Plan::default()
+        };
+        let runs_so_far = || std::fs::read_to_string(&runs).unwrap().lines().count();
+        applier.apply(&plan, &source, &report).await.unwrap();
+        assert_eq!(runs_so_far(), 1);
+        plan.generation = 2;
+        applier.apply(&plan, &source, &report).await.unwrap();
+        assert_step_message(&report.borrow(), "task:import-pause-image", "done earlier");
+        assert!(applier.redo_undone_tasks(&plan).await.is_empty());
+        assert_eq!(runs_so_far(), 1);
+
+        // The image is deleted (by the kubelet, short of disk): it is imported again.
+        std::fs::write(&listed, "").unwrap();
+        assert_eq!(
+            applier.redo_undone_tasks(&plan).await,
+            ["import-pause-image"]
+        );
+        assert_eq!(runs_so_far(), 2);
+        assert!(applier.redo_undone_tasks(&plan).await.is_empty());
+
+        // containerd not answering is no reason to import anything.
+        std::fs::write(&listed, "").unwrap();
+        std::fs::write(format!("{listed}.down"), "").unwrap();
+        assert!(applier.redo_undone_tasks(&plan).await.is_empty());
+        assert_eq!(runs_so_far(), 2);
+
+        // Applying the same plan again (an agent restart) finds it gone too.
+        std::fs::remove_file(format!("{listed}.down")).unwrap();
+        plan.generation = 3;
+        applier.apply(&plan, &source, &report).await.unwrap();
+        assert_step_message(&report.borrow(), "task:import-pause-image", "done");
+        assert_eq!(runs_so_far(), 3);
     }
 
     #[tokio::test]

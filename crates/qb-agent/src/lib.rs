@@ -25,6 +25,7 @@ pub mod etcd;
 pub mod etcd_metrics;
 pub mod host;
 pub mod https;
+pub mod images;
 pub mod kube;
 pub mod logs;
 pub mod pod_network;

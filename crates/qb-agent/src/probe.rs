@@ -1,5 +1,5 @@
 //! Health probes of supervised services: a TCP or Unix-socket connection, or an HTTP(S) `GET`
-//! answering 2xx.
+//! answering 2xx; and of tasks: an image archive's images still in containerd.
 //!
 //! HTTPS probes trust only the plan's `ca_file` (never the system's roots) and present
 //! `cert_file`/`key_file` as the client certificate when given, as etcd and the Kubernetes API
@@ -64,6 +64,18 @@ pub enum ProbeError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(transparent)]
+    Images(#[from] crate::images::ImagesError),
+}
+
+impl ProbeError {
+    /// Whether the probe found what a task did undone (rather than failing to look).
+    pub fn undone(&self) -> bool {
+        matches!(
+            self,
+            Self::Images(crate::images::ImagesError::Missing { .. })
+        )
+    }
 }
 
 /// The most of an answer [`fetch`] reads.
@@ -79,6 +91,18 @@ pub async fn check(probe: &Probe, timeout: Duration) -> Result<(), ProbeError> {
 async fn run(probe: &Probe) -> Result<(), ProbeError> {
     match probe {
         Probe::Tcp { address } => connect(address).await.map(drop),
+        Probe::Images {
+            ctr,
+            address,
+            namespace,
+            archive,
+        } => Ok(crate::images::check(
+            ctr.as_path(),
+            address.as_path(),
+            namespace,
+            archive.as_path(),
+        )
+        .await?),
         Probe::Unix { path } => tokio::net::UnixStream::connect(path)
             .await
             .map(drop)

@@ -27,6 +27,9 @@ use crate::supervise::{Supervisor, SupervisorDirs};
 const PLAN_FILE: &str = "plan.json";
 /// How often an applied plan's routes are checked, and put back when they changed.
 const ROUTE_CHECK: Duration = Duration::from_secs(10);
+/// How often an applied plan's tasks with probes are checked, and run again when undone: one
+/// `ctr images ls` per image archive.
+const TASK_CHECK: Duration = Duration::from_secs(15);
 
 pub struct Work {
     state_dir: PathBuf,
@@ -286,10 +289,14 @@ impl Work {
                 Some(Ok(())) => {
                     failures = 0;
                     // Applied: keep the report's service health fresh until the plan changes,
-                    // and put back the plan's routes when someone deletes or changes them.
+                    // put back the plan's routes when someone deletes or changes them, and
+                    // redo tasks whose work was undone (images the kubelet deleted).
                     let mut routes = tokio::time::interval(ROUTE_CHECK);
                     routes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     routes.tick().await;
+                    let mut tasks = tokio::time::interval(TASK_CHECK);
+                    tasks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    tasks.tick().await;
                     loop {
                         tokio::select! {
                             changed = plans.changed() => {
@@ -300,6 +307,12 @@ impl Work {
                             _ = routes.tick(), if plan.cluster_id.is_some() => {
                                 if let Err(e) = crate::routes::converge(&plan.routes).await {
                                     tracing::warn!(error = %format!("{e:#}"), "could not repair the plan's routes");
+                                }
+                            }
+                            _ = tasks.tick(), if plan.cluster_id.is_some() => {
+                                let redone = self.applier.redo_undone_tasks(&plan).await;
+                                if !redone.is_empty() {
+                                    tracing::info!(tasks = ?redone, "undone tasks run again");
                                 }
                             }
                         }

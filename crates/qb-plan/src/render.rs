@@ -1295,7 +1295,8 @@ fn containerd(ctx: &Context, parts: &mut Parts) {
 }
 
 /// One task per image the bundle ships (the pause image and `image-*`): `ctr images import`
-/// into containerd's `k8s.io` namespace, where the kubelet finds them. Needs the bundle's `ctr`.
+/// into containerd's `k8s.io` namespace, where the kubelet finds them, run again whenever an
+/// image of it is gone. Needs the bundle's `ctr`.
 fn import_images(ctx: &Context, parts: &mut Parts) {
     let images: Vec<&str> = ctx
         .cluster
@@ -1325,12 +1326,20 @@ fn import_images(ctx: &Context, parts: &mut Parts) {
             "import".to_owned(),
             image.clone(),
         ];
+        // Checked again while the plan stands: the kubelet deletes unused images when the
+        // disk runs short.
+        let probe = Probe::Images {
+            ctr: host_path(&ctr),
+            address: host_path(paths::CONTAINERD_SOCKET),
+            namespace: "k8s.io".to_owned(),
+            archive: host_path(&image),
+        };
         parts.services.push(Service {
             name: service_name(&format!("import-{name}")),
             command,
             env: BTreeMap::new(),
             restart: RestartPolicy::Never,
-            probe: None,
+            probe: Some(probe),
             ports: Vec::new(),
             inputs: vec![host_path(&ctr), host_path(&image)],
             data_dirs: Vec::new(),
@@ -1533,6 +1542,10 @@ evictionHard:
   nodefs.available: \"2Gi\"
   nodefs.inodesFree: \"5%\"
   imagefs.available: \"2Gi\"
+# Pods come back a minute after the disk has room again, not the default five: qb's control
+# plane runs outside pods, so only workloads wait, and a minute still keeps a node hovering
+# around a threshold from flapping.
+evictionPressureTransitionPeriod: \"1m\"
 failSwapOn: false
 # Images go only when the disk is really short (the eviction threshold above), never because a
 # big disk is 85 % used: the bundle's images (the pause image among them) cannot be pulled
@@ -2064,6 +2077,23 @@ mod tests {
                         for path in [ca_file, cert_file, key_file].into_iter().flatten() {
                             assert!(known.contains(&path.as_str()), "{}: {path}", s.name);
                         }
+                    }
+                    // An import is checked against the very archive and ctr it runs.
+                    if s.restart == RestartPolicy::Never {
+                        let Some(Probe::Images {
+                            ctr,
+                            address,
+                            namespace,
+                            archive,
+                        }) = &s.probe
+                        else {
+                            panic!("{}: no images probe: {:?}", s.name, s.probe);
+                        };
+                        assert_eq!(ctr.as_str(), s.command[0], "{}", s.name);
+                        assert_eq!(address.as_str(), paths::CONTAINERD_SOCKET);
+                        assert_eq!(namespace, "k8s.io");
+                        assert_eq!(Some(archive.as_str()), s.command.last().map(String::as_str));
+                        assert!(known.contains(&archive.as_str()), "{}", s.name);
                     }
                     // Every file a flag names is in the plan.
                     for arg in &s.command[1..] {
