@@ -543,7 +543,7 @@ fn index_of(host: &str) -> usize {
     host.trim_start_matches("host-").parse().expect("host-N")
 }
 
-fn names(hosts: std::ops::Range<usize>) -> Vec<String> {
+pub(crate) fn names(hosts: std::ops::Range<usize>) -> Vec<String> {
     hosts.map(|i| format!("host-{i}")).collect()
 }
 
