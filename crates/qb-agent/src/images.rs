@@ -11,11 +11,11 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 
-/// The annotation `ctr images import` names an image by.
+/// The annotation `ctr images import` names an image by, as the bundle's archives carry it.
+/// (The OCI `org.opencontainers.image.ref.name` alone is not taken: `ctr` names such an image
+/// by more than that annotation says.)
 const NAME_ANNOTATION: &str = "io.containerd.image.name";
-/// The OCI annotation it falls back on.
-const REF_ANNOTATION: &str = "org.opencontainers.image.ref.name";
-/// The most of an archive's `index.json` read.
+/// The largest `index.json` read.
 const MAX_INDEX: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +26,10 @@ pub enum ImagesError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the image archive {path} has no index.json naming an image")]
+    #[error("the image archive {path} has no index.json naming an image ({NAME_ANNOTATION})")]
     NoNames { path: PathBuf },
+    #[error("the index.json of the image archive {path} is over {MAX_INDEX} bytes")]
+    IndexTooLarge { path: PathBuf },
     #[error("running {ctr}")]
     Ctr {
         ctr: PathBuf,
@@ -53,7 +55,8 @@ struct Descriptor {
     annotations: HashMap<String, String>,
 }
 
-/// The image names the archive at `path` holds; read once per version of the file.
+/// The image names the archive at `path` holds; read once per version of the file (its
+/// `index.json` comes after the blobs: the first read goes through the whole archive).
 pub fn names_in(path: &Path) -> Result<Vec<String>, ImagesError> {
     type Cache = Mutex<HashMap<PathBuf, (SystemTime, u64, Vec<String>)>>;
     static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
@@ -89,6 +92,11 @@ fn read_names(path: &Path) -> Result<Vec<String>, ImagesError> {
         if entry.path().map_err(io)?.as_ref() != Path::new("index.json") {
             continue;
         }
+        if entry.size() > MAX_INDEX {
+            return Err(ImagesError::IndexTooLarge {
+                path: path.to_owned(),
+            });
+        }
         let mut json = Vec::new();
         entry.take(MAX_INDEX).read_to_end(&mut json).map_err(io)?;
         let index: Index = serde_json::from_slice(&json)
@@ -96,11 +104,7 @@ fn read_names(path: &Path) -> Result<Vec<String>, ImagesError> {
         let names: Vec<String> = index
             .manifests
             .into_iter()
-            .filter_map(|mut m| {
-                m.annotations
-                    .remove(NAME_ANNOTATION)
-                    .or_else(|| m.annotations.remove(REF_ANNOTATION))
-            })
+            .filter_map(|mut m| m.annotations.remove(NAME_ANNOTATION))
             .collect();
         if names.is_empty() {
             break;
@@ -151,7 +155,10 @@ pub async fn check(
     namespace: &str,
     archive: &Path,
 ) -> Result<(), ImagesError> {
-    let want = names_in(archive)?;
+    let path = archive.to_owned();
+    let want = tokio::task::spawn_blocking(move || names_in(&path))
+        .await
+        .expect("reading an archive does not panic")?;
     let have = listed(ctr, address, namespace).await?;
     let missing: Vec<String> = want.into_iter().filter(|n| !have.contains(n)).collect();
     if missing.is_empty() {
@@ -213,7 +220,8 @@ mod tests {
             dir.path(),
             &[
                 serde_json::json!({NAME_ANNOTATION: "qb.local/pause:3.2"}),
-                serde_json::json!({REF_ANNOTATION: "qb.local/busybox:1"}),
+                serde_json::json!({NAME_ANNOTATION: "qb.local/busybox:1"}),
+                serde_json::json!({"org.opencontainers.image.ref.name": "1"}),
             ],
         );
         assert_eq!(

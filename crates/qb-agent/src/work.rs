@@ -310,9 +310,17 @@ impl Work {
                                 }
                             }
                             _ = tasks.tick(), if plan.cluster_id.is_some() => {
-                                let redone = self.applier.redo_undone_tasks(&plan).await;
-                                if !redone.is_empty() {
-                                    tracing::info!(tasks = ?redone, "undone tasks run again");
+                                // A new plan does not wait for the redo.
+                                tokio::select! {
+                                    redone = self.applier.redo_undone_tasks(&plan) => {
+                                        if !redone.is_empty() {
+                                            tracing::info!(tasks = ?redone, "undone tasks run again");
+                                        }
+                                    }
+                                    changed = plans.changed() => {
+                                        if changed.is_err() { return; }
+                                        break;
+                                    }
                                 }
                             }
                         }

@@ -119,6 +119,9 @@ fn a_full_disk_under_a_used_cluster_stops_no_agent_and_everything_recovers_once_
     let full = Instant::now();
     let (mut accepted, mut refused) = (0, 0);
     let mut images_gone = None;
+    // Each host's kubelet deletes some at some moment (the agent may have imported one again
+    // since, as a little room came back).
+    let mut deleted_on = [false; HOSTS];
     let value = "x".repeat(64 << 10);
     while images_gone.is_none_or(|since: Instant| since.elapsed() < FULL_FOR) {
         let key = format!("during-{accepted}-{refused}");
@@ -128,11 +131,10 @@ fn a_full_disk_under_a_used_cluster_stops_no_agent_and_everything_recovers_once_
             refused += 1;
         }
         let now: Vec<Option<Vec<String>>> = agents.iter().map(images).collect();
-        let deleted = now
-            .iter()
-            .zip(&images_before)
-            .all(|(n, b)| n.as_ref().is_some_and(|n| n.len() < b.len()));
-        if images_gone.is_none() && deleted {
+        for ((deleted, n), b) in deleted_on.iter_mut().zip(&now).zip(&images_before) {
+            *deleted |= n.as_ref().is_some_and(|n| n.len() < b.len());
+        }
+        if images_gone.is_none() && deleted_on.iter().all(|d| *d) {
             eprintln!(
                 "every kubelet deleted images {:?} after the fill: {:?} left of {:?}",
                 full.elapsed(),
@@ -170,7 +172,7 @@ fn a_full_disk_under_a_used_cluster_stops_no_agent_and_everything_recovers_once_
     );
     wait_ready(&api, "full", BRING_UP);
     poll("no Node under disk pressure", BRING_UP, || {
-        let left = pressured(admin);
+        let left = pressured(admin)?;
         if left.is_empty() {
             Ok(())
         } else {
@@ -205,6 +207,16 @@ fn a_full_disk_under_a_used_cluster_stops_no_agent_and_everything_recovers_once_
         "{evicted} pods evicted under pressure; traffic as before {:?} after space came back:\n{matrix}",
         freed.elapsed()
     );
+    for (i, before) in images_before.iter().enumerate() {
+        poll(&format!("host-{i}'s images back"), BRING_UP, || {
+            let now = images(&agents[i]);
+            if now.as_ref() == Some(before) {
+                Ok(())
+            } else {
+                Err(format!("{now:?}, before the fill {before:?}"))
+            }
+        });
+    }
     let again: Vec<usize> = agents
         .iter()
         .map(|a| a.proc.log.count("running it again"))
@@ -248,11 +260,9 @@ fn images(host: &Agent) -> Option<Vec<String>> {
 }
 
 /// The Nodes whose `DiskPressure` condition is true.
-fn pressured(admin: &Agent) -> Vec<String> {
-    let Ok(list) = kubectl_json(admin, &["get", "nodes"]) else {
-        return Vec::new();
-    };
-    list["items"]
+fn pressured(admin: &Agent) -> Result<Vec<String>, String> {
+    let list = kubectl_json(admin, &["get", "nodes"])?;
+    Ok(list["items"]
         .as_array()
         .into_iter()
         .flatten()
@@ -264,7 +274,7 @@ fn pressured(admin: &Agent) -> Vec<String> {
                 .any(|c: &Value| c["type"] == "DiskPressure" && c["status"] == "True")
         })
         .map(|node| node["metadata"]["name"].as_str().unwrap_or("?").to_owned())
-        .collect()
+        .collect())
 }
 
 fn assert_agents_up(agents: &mut [Agent]) {
