@@ -39,7 +39,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::balancer::Balancer;
 use crate::supervise::{Change, SuperviseError, Supervisor};
 use qb_api::error_chain;
 
@@ -155,8 +154,8 @@ fn summarize_leftovers(left: &[String]) -> String {
 pub struct Applier {
     dirs: ApplierDirs,
     supervisor: Arc<Supervisor>,
-    /// The node's API balancer, when its plan has one.
-    balancer: Balancer,
+    /// The program of the node's API balancer, a service of its own: this agent's binary.
+    balancer_program: Option<PathBuf>,
     readiness_timeout: Duration,
     /// Whether a wipe takes down the pod network of the host (its bridge, rules, namespaces).
     pod_network: bool,
@@ -171,11 +170,18 @@ impl Applier {
         Self {
             dirs,
             supervisor,
-            balancer: Balancer::default(),
+            balancer_program: std::env::current_exe().ok(),
             readiness_timeout: READINESS_TIMEOUT,
             pod_network: true,
             busy: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Runs the API balancer as `program api-balancer --settings FILE` (the agent's own
+    /// binary unless said otherwise).
+    pub fn with_balancer_program(mut self, program: PathBuf) -> Self {
+        self.balancer_program = Some(program);
+        self
     }
 
     /// How long each service may take to become healthy (120 s unless set).
@@ -365,7 +371,11 @@ impl Run<'_, '_> {
                 source: Box::new(source),
             })?;
         }
-        let wanted: BTreeSet<&str> = self.plan.services.iter().map(|s| s.name.as_str()).collect();
+        let mut wanted: BTreeSet<&str> =
+            self.plan.services.iter().map(|s| s.name.as_str()).collect();
+        if self.plan.api_balancer.is_some() {
+            wanted.insert(BALANCER_SERVICE);
+        }
         let retired: Vec<String> = self
             .known_services()
             .into_iter()
@@ -398,9 +408,7 @@ impl Run<'_, '_> {
         let result = self.cgroups().await;
         self.conclude("cgroups", result)?;
         self.progress.step("api-balancer", StepState::Running, None);
-        let result = (self.applier.balancer)
-            .set(self.plan.api_balancer.as_ref())
-            .map_err(StepError::from);
+        let result = self.api_balancer().await;
         self.conclude("api-balancer", result)?;
         let plan = self.plan;
         for service in &plan.services {
@@ -712,6 +720,44 @@ impl Run<'_, '_> {
         .to_owned())
     }
 
+    /// The plan's API balancer: its settings written where its process reads them, the
+    /// process run as a service of its own. Retired with the other services a plan no
+    /// longer has.
+    async fn api_balancer(&mut self) -> Result<String, StepError> {
+        let settings = self.applier.dirs.state.join(BALANCER_SETTINGS);
+        let Some(spec) = &self.plan.api_balancer else {
+            remove_path(&settings)?;
+            return Ok("none".to_owned());
+        };
+        if !spec.listen.ip().is_loopback() {
+            return Err(crate::balancer::BalancerError::NotLoopback {
+                address: spec.listen,
+            }
+            .into());
+        }
+        let json = serde_json::to_vec(spec).expect("balancer settings serialize");
+        if std::fs::read(&settings).ok().as_deref() != Some(json.as_slice()) {
+            crate::state::write_private(&settings, &json).map_err(io("writing", &settings))?;
+        }
+        let program = self
+            .applier
+            .balancer_program
+            .clone()
+            .ok_or_else(|| StepError::Io {
+                action: "finding the agent's own program for",
+                path: settings.clone(),
+                source: std::io::Error::other("the agent does not know its own path"),
+            })?;
+        let service = balancer_service(&program, &settings)?;
+        let status = self.service(&service).await?;
+        let upstreams: Vec<String> = spec.upstreams.iter().map(ToString::to_string).collect();
+        Ok(format!(
+            "{} -> {}; {status}",
+            spec.listen,
+            upstreams.join(", ")
+        ))
+    }
+
     async fn cgroups(&mut self) -> Result<String, StepError> {
         // Remembered before they exist, so a wipe finds them whatever happens next.
         let known = &mut self.ledger.installed.cgroups;
@@ -785,7 +831,7 @@ impl Run<'_, '_> {
         for name in &logs {
             self.supervisor().remove_logs(name)?;
         }
-        self.applier.balancer.set(None)?;
+        remove_path(&self.applier.dirs.state.join(BALANCER_SETTINGS))?;
         let installed = &self.ledger.installed;
         let paths: Vec<String> = installed
             .files
@@ -1133,6 +1179,37 @@ fn step_name(service: &Service) -> String {
     }
 }
 
+/// The API balancer's service, and its settings file in the agent's state directory.
+const BALANCER_SERVICE: &str = "api-balancer";
+const BALANCER_SETTINGS: &str = "api-balancer.json";
+
+/// `program api-balancer --settings <settings>`: no inputs, so new settings (read from the
+/// file) never restart it.
+fn balancer_service(program: &Path, settings: &Path) -> Result<Service, StepError> {
+    let text = |p: &Path| {
+        p.to_str().map(str::to_owned).ok_or_else(|| StepError::Io {
+            action: "naming",
+            path: p.to_owned(),
+            source: std::io::Error::other("the path is not UTF-8"),
+        })
+    };
+    Ok(Service {
+        name: BALANCER_SERVICE.parse().expect("a valid service name"),
+        command: vec![
+            text(program)?,
+            "api-balancer".to_owned(),
+            "--settings".to_owned(),
+            text(settings)?,
+        ],
+        env: BTreeMap::new(),
+        restart: RestartPolicy::Always,
+        probe: None,
+        ports: Vec::new(),
+        inputs: Vec::new(),
+        data_dirs: Vec::new(),
+    })
+}
+
 fn fingerprint(service: &Service, plan: &Plan) -> String {
     let mut hash = Sha256::new();
     hash.update(serde_json::to_vec(service).expect("services serialize"));
@@ -1185,6 +1262,11 @@ fn validate(plan: &Plan) -> Result<(), ApplyError> {
     for service in &plan.services {
         if !names.insert(service.name.as_str()) {
             return invalid(format!("service {} is declared twice", service.name));
+        }
+        if service.name.as_str() == BALANCER_SERVICE {
+            return invalid(format!(
+                "service {BALANCER_SERVICE} is the agent's own (the plan's api_balancer)"
+            ));
         }
         match service.command.first() {
             Some(program) => check_path(program)?,
@@ -1430,7 +1512,7 @@ mod tests {
     use std::time::SystemTime;
 
     use anyhow::Context;
-    use qb_agent_proto::plan::{Probe, RestartPolicy};
+    use qb_agent_proto::plan::{ApiBalancer, Probe, RestartPolicy};
     use qb_api::{ClusterId, NodeId};
     use tokio::net::TcpListener;
 
@@ -1873,6 +1955,102 @@ mod tests {
         applier.apply(&plan, &source, &report).await.unwrap();
         assert_step_message(&report.borrow(), "task:import-pause-image", "done");
         assert_eq!(runs_so_far(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_api_balancer_is_a_service_of_its_own_that_new_settings_do_not_restart() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let host = Host::new();
+        let source = Source::default();
+        let (supervisor, applier) = host.agent();
+        // A stand-in for the agent's own binary; its `api-balancer` is tested in `balancer`.
+        std::fs::create_dir_all(host.path("")).unwrap();
+        let program = host.path("qb-agent");
+        let args = host.path("args");
+        std::fs::write(
+            &program,
+            format!(
+                "#!/bin/sh\necho \"$@\" > {}\nexec sleep 1000\n",
+                args.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&program, Permissions::from_mode(0o755)).unwrap();
+        let applier = applier.with_balancer_program(program.clone());
+        let report = watch::Sender::new(PlanReport::default());
+        let spec = |upstreams: &[&str]| ApiBalancer {
+            listen: "127.0.0.1:6444".parse().unwrap(),
+            upstreams: upstreams.iter().map(|u| u.parse().unwrap()).collect(),
+        };
+        let mut plan = Plan {
+            node_id: NodeId::new(),
+            cluster_id: Some(ClusterId::new()),
+            generation: 1,
+            api_balancer: Some(spec(&["10.0.0.1:6443"])),
+            ..Plan::default()
+        };
+        let settings = host.root.path().join("agent").join(BALANCER_SETTINGS);
+        let balancer = |supervisor: &Supervisor| {
+            supervisor
+                .reports()
+                .into_iter()
+                .find(|r| r.name == BALANCER_SERVICE)
+        };
+        applier.apply(&plan, &source, &report).await.unwrap();
+        assert_step_message(
+            &report.borrow(),
+            "api-balancer",
+            "127.0.0.1:6444 -> 10.0.0.1:6443; started, healthy",
+        );
+        let read = || serde_json::from_slice::<ApiBalancer>(&std::fs::read(&settings).unwrap());
+        assert_eq!(read().unwrap(), spec(&["10.0.0.1:6443"]));
+        let first = balancer(&supervisor).and_then(|r| r.pid).unwrap();
+        let mut given = String::new();
+        for _ in 0..100 {
+            given = std::fs::read_to_string(&args).unwrap_or_default();
+            if !given.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            given.trim(),
+            format!("api-balancer --settings {}", settings.display())
+        );
+
+        // Another API server: new settings in the file, the same process.
+        plan.generation = 2;
+        plan.api_balancer = Some(spec(&["10.0.0.2:6443", "10.0.0.1:6443"]));
+        applier.apply(&plan, &source, &report).await.unwrap();
+        assert_step_message(
+            &report.borrow(),
+            "api-balancer",
+            "127.0.0.1:6444 -> 10.0.0.2:6443, 10.0.0.1:6443; unchanged, healthy",
+        );
+        assert_eq!(read().unwrap(), spec(&["10.0.0.2:6443", "10.0.0.1:6443"]));
+        assert_eq!(balancer(&supervisor).and_then(|r| r.pid), Some(first));
+
+        // A plan without one retires it.
+        plan.generation = 3;
+        plan.api_balancer = None;
+        applier.apply(&plan, &source, &report).await.unwrap();
+        assert_step_message(
+            &report.borrow(),
+            "service:api-balancer",
+            "stopped: no longer in the plan",
+        );
+        assert!(balancer(&supervisor).is_none());
+        assert!(!settings.exists());
+
+        // A plan cannot declare a service of that name itself.
+        plan.generation = 4;
+        plan.services = vec![service(
+            BALANCER_SERVICE,
+            vec!["/bin/true".into()],
+            Vec::new(),
+        )];
+        let err = applier.apply(&plan, &source, &report).await.unwrap_err();
+        assert!(matches!(err, ApplyError::Invalid(_)), "{err}");
     }
 
     #[tokio::test]

@@ -3,9 +3,16 @@
 //! the first API server in the plan's order that accepts it; one that did not is tried last for
 //! a while. Bytes are copied, never interpreted: TLS runs between the component and the API
 //! server.
+//!
+//! It runs as a process of its own ([`serve`], `qb-agent api-balancer`), a service the agent
+//! supervises like the plan's: it outlives the agent, so the kubelet's and kube-proxy's
+//! connections go on while the agent restarts or is upgraded. It reads its settings from a
+//! file the agent writes, again whenever the file changes, so a new list of API servers
+//! reaches it without a restart.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +25,8 @@ use tokio::task::JoinHandle;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an API server that did not accept is tried after the others.
 const FAILED_FOR: Duration = Duration::from_secs(15);
+/// How often [`serve`] looks at its settings file.
+const SETTINGS_CHECK: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BalancerError {
@@ -29,6 +38,49 @@ pub enum BalancerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the API balancer's settings in {path}")]
+    Settings {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the balancer its settings file `path` (an [`ApiBalancer`] as JSON) describes, and
+/// follows the file's changes, until the process ends. A file that cannot be read or parsed
+/// at first is an error; later, the last good settings stay.
+pub async fn serve(path: &Path) -> Result<(), BalancerError> {
+    let balancer = Balancer::default();
+    let mut current = read_settings(path)?;
+    balancer.set(Some(&current))?;
+    loop {
+        tokio::time::sleep(SETTINGS_CHECK).await;
+        match read_settings(path) {
+            Ok(settings) if settings != current => match balancer.set(Some(&settings)) {
+                Ok(summary) => {
+                    tracing::info!(balancer = %summary, "new API balancer settings");
+                    current = settings;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %qb_api::error_chain(&e), "new API balancer settings not taken")
+                }
+            },
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %qb_api::error_chain(&e), "keeping the API balancer's last settings")
+            }
+        }
+    }
+}
+
+fn read_settings(path: &Path) -> Result<ApiBalancer, BalancerError> {
+    let error = |source| BalancerError::Settings {
+        path: path.to_owned(),
+        source,
+    };
+    let text = std::fs::read(path).map_err(error)?;
+    serde_json::from_slice(&text)
+        .map_err(|e| error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 /// The balancer of the applied plan, if it has one.
@@ -214,6 +266,44 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(TcpStream::connect(listen).await.is_err());
         std::net::TcpListener::bind(listen).expect("the address is free");
+    }
+
+    #[tokio::test]
+    async fn the_process_follows_its_settings_file() {
+        let (a, b) = (upstream("a").await, upstream("b").await);
+        let listen = unused_address();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api-balancer.json");
+        let write = |upstreams: Vec<SocketAddr>| {
+            let spec = ApiBalancer { listen, upstreams };
+            std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+        };
+        assert!(matches!(
+            serve(&path).await,
+            Err(BalancerError::Settings { .. })
+        ));
+        write(vec![a]);
+        let serving = tokio::spawn({
+            let path = path.clone();
+            async move { serve(&path).await }
+        });
+        let until = |want: &'static str| async move {
+            for _ in 0..50 {
+                if TcpStream::connect(listen).await.is_ok() && through(listen).await == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("never reached {want}");
+        };
+        until("a").await;
+        // A new list reaches it; a broken file leaves the last good one.
+        write(vec![b]);
+        until("b").await;
+        std::fs::write(&path, "{").unwrap();
+        tokio::time::sleep(SETTINGS_CHECK * 2).await;
+        assert_eq!(through(listen).await, "b");
+        serving.abort();
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use qb_agent::{config, host, logs, run};
+use qb_agent::{balancer, config, host, logs, run};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -31,6 +31,14 @@ enum Command {
     Facts,
     /// Check the configuration file and exit.
     CheckConfig,
+    /// Run the node's API balancer (the agent runs it as a service of its own, so that it
+    /// outlives the agent).
+    #[command(hide = true)]
+    ApiBalancer {
+        /// Its settings, which the agent writes.
+        #[arg(long)]
+        settings: PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
@@ -74,6 +82,12 @@ fn main() -> Result<()> {
             config::Config::load(&cli.config)?;
             println!("{}: ok", cli.config.display());
             Ok(())
+        }
+        Command::ApiBalancer { settings } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            Ok(runtime.block_on(balancer::serve(&settings))?)
         }
         Command::Run => {
             let config = config.context("the configuration was loaded")?;

@@ -7,10 +7,12 @@
 //! - The shipped agent registers from a Debian 11 root (glibc 2.31) with no machine id.
 //! - A cluster of a Debian 11 host and a Debian 12 host, each installed as an administrator
 //!   does — the controller's `.deb`, `dpkg -i` — becomes ready, runs pods on both that reach
-//!   each other and a Service, and survives a package upgrade of the agent on both.
+//!   each other and a Service, and survives a package upgrade of the agent on both: the API
+//!   balancer, a process of its own, keeps serving meanwhile, its connections unbroken.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use serde_json::json;
@@ -167,6 +169,23 @@ fn debian_11_and_12_hosts_installed_with_dpkg_form_a_cluster_that_survives_an_ag
     // The package upgrade: a newer package of the agent (as the controller of a newer release
     // serves it), installed over the old one with dpkg, then the agent restarted as its service
     // manager does.
+    // Meanwhile each node's API balancer (127.0.0.1:6444) is connected to every 50 ms, and the
+    // connections the kubelet and kube-proxy hold through it are watched.
+    let carried: Vec<BTreeSet<String>> = (0..2).map(|i| balancer_clients(&lab, i)).collect();
+    assert!(carried.iter().all(|c| !c.is_empty()), "{carried:?}");
+    let probes: Vec<std::process::Child> = (0..2)
+        .map(|i| {
+            Command::new("ip")
+                .args(["netns", "exec", &lab.netns(i), "bash", "-c"])
+                .arg(
+                    "while :; do if timeout 1 bash -c '</dev/tcp/127.0.0.1/6444' 2>/dev/null; \
+                     then echo ok; else echo refused; fi; sleep 0.05; done",
+                )
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("a connection loop")
+        })
+        .collect();
     let upgrade = Instant::now();
     let agent_binary = std::fs::read(&shipped).expect("the shipped agent");
     for (i, name) in names.iter().enumerate() {
@@ -207,6 +226,27 @@ fn debian_11_and_12_hosts_installed_with_dpkg_form_a_cluster_that_survives_an_ag
     let ready = wait_ready(&api, "distros", BRING_UP);
     assert_eq!(roles(&ready), (masters, workers), "{ready}");
     wait_nodes_ready(&agents[admin], &refs, BRING_UP);
+    for (i, mut probe) in probes.into_iter().enumerate() {
+        let _ = probe.kill();
+        let out = probe
+            .wait_with_output()
+            .expect("the connection loop's output");
+        let said = String::from_utf8_lossy(&out.stdout);
+        let (ok, refused) = (said.matches("ok").count(), said.matches("refused").count());
+        eprintln!(
+            "host-{i}'s API balancer during the upgrade: {ok} connections taken, {refused} refused"
+        );
+        assert!(
+            ok > 0 && refused == 0,
+            "host-{i}: {ok} taken, {refused} refused"
+        );
+        let now = balancer_clients(&lab, i);
+        assert!(
+            carried[i].is_subset(&now),
+            "host-{i}: connections through the balancer before the upgrade {:?}, after {now:?}",
+            carried[i]
+        );
+    }
     // The same pods, still serving.
     assert_eq!(web_pods(&agents[admin], &names), pods);
     check_traffic(&agents[admin], &agents, &names);
@@ -214,6 +254,26 @@ fn debian_11_and_12_hosts_installed_with_dpkg_form_a_cluster_that_survives_an_ag
         "agent package {UPGRADE_VERSION} on both hosts: cluster ready, pods serving, in {:?}",
         upgrade.elapsed()
     );
+}
+
+/// The local ends of the connections established to host `i`'s API balancer (the kubelet's,
+/// kube-proxy's).
+fn balancer_clients(lab: &Lab, i: usize) -> BTreeSet<String> {
+    let out = run(Command::new("ss").args([
+        "-N",
+        &lab.netns(i),
+        "-H",
+        "-t",
+        "-n",
+        "state",
+        "established",
+        "dst",
+        "127.0.0.1:6444",
+    ]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        .collect()
 }
 
 /// The version of the upgrade package: newer than the controller's.

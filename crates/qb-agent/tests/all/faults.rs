@@ -82,22 +82,37 @@ fn applied(node: &Value) -> bool {
     plan["report"]["state"] == "applied" && plan["report"]["generation"] == plan["generation"]
 }
 
-/// The program (first word of the command line) of every process in host `i`'s network
-/// namespace, with their pids.
+/// The program (first word of the command line; with its subcommand for the agent's API
+/// balancer) of every process in host `i`'s network namespace, with their pids.
 fn programs(lab: &Lab, i: usize) -> BTreeMap<String, Vec<u32>> {
     let mut found: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for pid in lab.pids(i) {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
-        let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        let words: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .take(2)
+            .map(|w| String::from_utf8_lossy(w).into_owned())
+            .collect();
+        let program = match words.as_slice() {
+            [program, sub] if sub == "api-balancer" => format!("{program} {sub}"),
+            [program, ..] => program.clone(),
+            [] => continue,
+        };
         let Ok(pid) = pid.parse() else { continue };
-        found
-            .entry(String::from_utf8_lossy(program).into_owned())
-            .or_default()
-            .push(pid);
+        found.entry(program).or_default().push(pid);
     }
     found
+}
+
+/// The program `programs` names a service's process by.
+fn service_program(service: &str) -> String {
+    if service == "api-balancer" {
+        format!("{} api-balancer", crate::harness::agent_binary().display())
+    } else {
+        format!("{BIN_DIR}/{service}")
+    }
 }
 
 /// Waits until host `i` reports its newest plan applied with every service running and
@@ -126,7 +141,7 @@ fn wait_services(api: &Api, lab: &Lab, i: usize, not: &[u32]) -> BTreeMap<String
                 let service = s["name"].as_str().unwrap_or_default();
                 let pid = s["pid"].as_u64().and_then(|p| u32::try_from(p).ok());
                 let processes = running
-                    .get(&format!("{BIN_DIR}/{service}"))
+                    .get(&service_program(service))
                     .cloned()
                     .unwrap_or_default();
                 match pid {
