@@ -32,8 +32,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qb_agent_proto::plan::{
-    Artifact, HostPath, Owner, Plan, PlanFile, PlanReport, PlanState, RestartPolicy, Service,
-    StepReport, StepState,
+    Artifact, HostPath, Owner, Plan, PlanFile, PlanReport, PlanState, Probe, RestartPolicy,
+    Service, StepReport, StepState,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -170,7 +170,7 @@ impl Applier {
         Self {
             dirs,
             supervisor,
-            balancer_program: std::env::current_exe().ok(),
+            balancer_program: own_program(),
             readiness_timeout: READINESS_TIMEOUT,
             pod_network: true,
             busy: tokio::sync::Mutex::new(()),
@@ -748,7 +748,7 @@ impl Run<'_, '_> {
                 path: settings.clone(),
                 source: std::io::Error::other("the agent does not know its own path"),
             })?;
-        let service = balancer_service(&program, &settings)?;
+        let service = balancer_service(&program, &settings, spec.listen)?;
         let status = self.service(&service).await?;
         let upstreams: Vec<String> = spec.upstreams.iter().map(ToString::to_string).collect();
         Ok(format!(
@@ -1180,12 +1180,35 @@ fn step_name(service: &Service) -> String {
 }
 
 /// The API balancer's service, and its settings file in the agent's state directory.
-const BALANCER_SERVICE: &str = "api-balancer";
+pub const BALANCER_SERVICE: &str = "api-balancer";
 const BALANCER_SETTINGS: &str = "api-balancer.json";
 
+/// The services the applier runs for `plan`: the plan's own and its API balancer.
+pub fn service_names(plan: &Plan) -> Vec<String> {
+    let mut names: Vec<String> = plan.services.iter().map(|s| s.name.to_string()).collect();
+    if plan.api_balancer.is_some() {
+        names.push(BALANCER_SERVICE.to_owned());
+    }
+    names
+}
+
+/// This agent's program, for the API balancer's service: as the process was started (Linux
+/// names a program replaced since, by a package upgrade say, `<path> (deleted)`).
+fn own_program() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let text = exe.to_str()?;
+    Some(PathBuf::from(
+        text.strip_suffix(" (deleted)").unwrap_or(text),
+    ))
+}
+
 /// `program api-balancer --settings <settings>`: no inputs, so new settings (read from the
-/// file) never restart it.
-fn balancer_service(program: &Path, settings: &Path) -> Result<Service, StepError> {
+/// file) never restart it; a new address to listen on does (its probe changes).
+fn balancer_service(
+    program: &Path,
+    settings: &Path,
+    listen: std::net::SocketAddr,
+) -> Result<Service, StepError> {
     let text = |p: &Path| {
         p.to_str().map(str::to_owned).ok_or_else(|| StepError::Io {
             action: "naming",
@@ -1203,7 +1226,10 @@ fn balancer_service(program: &Path, settings: &Path) -> Result<Service, StepErro
         ],
         env: BTreeMap::new(),
         restart: RestartPolicy::Always,
-        probe: None,
+        // Listening: a connection is accepted (and passed on to an API server, if one answers).
+        probe: Some(Probe::Tcp {
+            address: listen.to_string(),
+        }),
         ports: Vec::new(),
         inputs: Vec::new(),
         data_dirs: Vec::new(),
@@ -1978,8 +2004,11 @@ mod tests {
         std::fs::set_permissions(&program, Permissions::from_mode(0o755)).unwrap();
         let applier = applier.with_balancer_program(program.clone());
         let report = watch::Sender::new(PlanReport::default());
+        // Its probe connects where it listens: a listener of the test's stands in there.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listen = listener.local_addr().unwrap();
         let spec = |upstreams: &[&str]| ApiBalancer {
-            listen: "127.0.0.1:6444".parse().unwrap(),
+            listen,
             upstreams: upstreams.iter().map(|u| u.parse().unwrap()).collect(),
         };
         let mut plan = Plan {
@@ -2000,7 +2029,12 @@ mod tests {
         assert_step_message(
             &report.borrow(),
             "api-balancer",
-            "127.0.0.1:6444 -> 10.0.0.1:6443; started, healthy",
+            &format!("{listen} -> 10.0.0.1:6443; started, healthy"),
+        );
+        assert_eq!(
+            service_names(&plan),
+            [BALANCER_SERVICE],
+            "its log can be read"
         );
         let read = || serde_json::from_slice::<ApiBalancer>(&std::fs::read(&settings).unwrap());
         assert_eq!(read().unwrap(), spec(&["10.0.0.1:6443"]));
@@ -2025,7 +2059,7 @@ mod tests {
         assert_step_message(
             &report.borrow(),
             "api-balancer",
-            "127.0.0.1:6444 -> 10.0.0.2:6443, 10.0.0.1:6443; unchanged, healthy",
+            &format!("{listen} -> 10.0.0.2:6443, 10.0.0.1:6443; unchanged, healthy"),
         );
         assert_eq!(read().unwrap(), spec(&["10.0.0.2:6443", "10.0.0.1:6443"]));
         assert_eq!(balancer(&supervisor).and_then(|r| r.pid), Some(first));

@@ -47,29 +47,49 @@ pub enum BalancerError {
 }
 
 /// Runs the balancer its settings file `path` (an [`ApiBalancer`] as JSON) describes, and
-/// follows the file's changes, until the process ends. A file that cannot be read or parsed
-/// at first is an error; later, the last good settings stay.
+/// follows the file's changes, until the process ends. The agent replaces the file whole, so
+/// settings this program cannot read are a newer agent's: it ends, and its supervisor starts
+/// it again from the program now installed. A file it cannot open keeps the last settings.
 pub async fn serve(path: &Path) -> Result<(), BalancerError> {
     let balancer = Balancer::default();
     let mut current = read_settings(path)?;
     balancer.set(Some(&current))?;
+    let mut failing: Option<String> = None;
     loop {
         tokio::time::sleep(SETTINGS_CHECK).await;
-        match read_settings(path) {
-            Ok(settings) if settings != current => match balancer.set(Some(&settings)) {
-                Ok(summary) => {
-                    tracing::info!(balancer = %summary, "new API balancer settings");
-                    current = settings;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %qb_api::error_chain(&e), "new API balancer settings not taken")
-                }
-            },
-            Ok(_) => {}
+        let next = match read_settings(path) {
+            Ok(settings) => settings,
+            Err(e) if is_unreadable(&e) => return Err(e),
             Err(e) => {
-                tracing::warn!(error = %qb_api::error_chain(&e), "keeping the API balancer's last settings")
+                warn_once(&mut failing, &e, "keeping the API balancer's last settings");
+                continue;
             }
+        };
+        if next == current {
+            continue;
         }
+        match balancer.set(Some(&next)) {
+            Ok(summary) => {
+                tracing::info!(balancer = %summary, "new API balancer settings");
+                current = next;
+                failing = None;
+            }
+            Err(e) => warn_once(&mut failing, &e, "new API balancer settings not taken"),
+        }
+    }
+}
+
+/// Whether the settings file was read but holds no settings this program knows.
+fn is_unreadable(error: &BalancerError) -> bool {
+    matches!(error, BalancerError::Settings { source, .. } if source.kind() == std::io::ErrorKind::InvalidData)
+}
+
+/// Warns about `error` unless it is the one warned about last.
+fn warn_once(last: &mut Option<String>, error: &BalancerError, what: &str) {
+    let text = qb_api::error_chain(error);
+    if last.as_deref() != Some(text.as_str()) {
+        tracing::warn!(error = %text, "{what}");
+        *last = Some(text);
     }
 }
 
@@ -129,9 +149,8 @@ impl Balancer {
                 address: spec.listen,
             });
         }
-        // The old listener closes as its task ends, soon after this. Should the new address
-        // collide with it meanwhile, the bind fails and the apply is retried.
-        running.take();
+        // The new address is taken before the old one is let go: a bind that fails leaves the
+        // balancer listening where it was.
         let listener = std::net::TcpListener::bind(spec.listen)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .and_then(TcpListener::from_std)
@@ -140,6 +159,7 @@ impl Balancer {
                 source,
             })?;
         let (upstreams, watching) = watch::channel(spec.upstreams.clone());
+        // The old listener closes as its task ends.
         *running = Some(Running {
             listen: spec.listen,
             upstreams,
@@ -297,13 +317,25 @@ mod tests {
             panic!("never reached {want}");
         };
         until("a").await;
-        // A new list reaches it; a broken file leaves the last good one.
+        // A new list reaches it; a file gone keeps the last one.
         write(vec![b]);
         until("b").await;
-        std::fs::write(&path, "{").unwrap();
+        std::fs::remove_file(&path).unwrap();
         tokio::time::sleep(SETTINGS_CHECK * 2).await;
         assert_eq!(through(listen).await, "b");
-        serving.abort();
+        assert!(!serving.is_finished());
+        // Settings it cannot read (a newer agent's) end it, for its supervisor to start the
+        // program installed now.
+        std::fs::write(
+            &path,
+            r#"{"listen": "127.0.0.1:1", "upstreams": [], "new": 1}"#,
+        )
+        .unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), serving)
+            .await
+            .expect("it ends")
+            .unwrap();
+        assert!(matches!(ended, Err(ref e) if is_unreadable(e)), "{ended:?}");
     }
 
     #[test]

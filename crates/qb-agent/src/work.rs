@@ -367,7 +367,7 @@ impl Work {
                     .plan
                     .borrow()
                     .as_ref()
-                    .map(|p| p.services.iter().map(|s| s.name.to_string()).collect())
+                    .map(|p| crate::apply::service_names(p))
                     .unwrap_or_default();
                 let dir = self.logs.clone();
                 let read = tokio::task::spawn_blocking(move || {

@@ -295,7 +295,9 @@ fn controller_and_agent_killed_mid_install_then_a_host_restarted_the_cluster_con
         if running.contains_key(&program) {
             Ok(running
                 .into_iter()
-                .filter(|(program, _)| program.starts_with(BIN_DIR))
+                .filter(|(program, _)| {
+                    program.starts_with(BIN_DIR) || *program == service_program("api-balancer")
+                })
                 .collect())
         } else {
             Err(format!("{running:?}"))
@@ -330,7 +332,7 @@ fn controller_and_agent_killed_mid_install_then_a_host_restarted_the_cluster_con
     let restarts = api.node("host-1")["plan"]["report"]["services"].clone();
     let (mut adopted, mut crashed) = (Vec::new(), Vec::new());
     for (service, pid) in &services {
-        let Some(before) = started.get(&format!("{BIN_DIR}/{service}")) else {
+        let Some(before) = started.get(&service_program(service)) else {
             continue;
         };
         let restarted = restarts
