@@ -258,27 +258,13 @@ impl Applier {
         let _busy = self.busy.lock().await;
         let mut redone = Vec::new();
         for task in &plan.services {
-            let Some(probe) = task
-                .probe
-                .as_ref()
-                .filter(|_| task.restart == RestartPolicy::Never)
-            else {
+            if task.restart != RestartPolicy::Never || !undone(task).await {
                 continue;
-            };
-            match crate::probe::check(probe, TASK_PROBE_TIMEOUT).await {
-                Ok(()) => {}
-                Err(e) if e.undone() => {
-                    tracing::warn!(task = %task.name, reason = %error_chain(&e), "what the task did is undone; running it again");
-                    match self.supervisor.run_task(task, self.readiness_timeout).await {
-                        Ok(()) => redone.push(task.name.to_string()),
-                        Err(e) => {
-                            tracing::warn!(task = %task.name, error = %error_chain(&e), "the task failed again")
-                        }
-                    }
-                }
-                // Its check could not look (containerd restarting, say): the next round will.
+            }
+            match self.supervisor.run_task(task, self.readiness_timeout).await {
+                Ok(()) => redone.push(task.name.to_string()),
                 Err(e) => {
-                    tracing::debug!(task = %task.name, error = %error_chain(&e), "task not checked")
+                    tracing::warn!(task = %task.name, error = %error_chain(&e), "the task failed again")
                 }
             }
         }
@@ -371,15 +357,11 @@ impl Run<'_, '_> {
                 source: Box::new(source),
             })?;
         }
-        let mut wanted: BTreeSet<&str> =
-            self.plan.services.iter().map(|s| s.name.as_str()).collect();
-        if self.plan.api_balancer.is_some() {
-            wanted.insert(BALANCER_SERVICE);
-        }
+        let wanted: BTreeSet<String> = service_names(self.plan).into_iter().collect();
         let retired: Vec<String> = self
             .known_services()
             .into_iter()
-            .filter(|name| !wanted.contains(name.as_str()))
+            .filter(|name| !wanted.contains(name))
             .collect();
         let mut steps: Vec<String> = retired.iter().map(|n| format!("service:{n}")).collect();
         steps
@@ -773,21 +755,10 @@ impl Run<'_, '_> {
     /// and its probe, if it has one, finds what it did still there.
     async fn task(&mut self, task: &Service) -> Result<String, StepError> {
         let fingerprint = fingerprint(task, self.plan);
-        if self.ledger.installed.tasks.get(task.name.as_str()) == Some(&fingerprint) {
-            let Some(probe) = &task.probe else {
-                return Ok("done earlier".to_owned());
-            };
-            match crate::probe::check(probe, TASK_PROBE_TIMEOUT).await {
-                Ok(()) => return Ok("done earlier".to_owned()),
-                Err(e) if e.undone() => {
-                    tracing::warn!(task = %task.name, reason = %error_chain(&e), "what the task did is not there; running it again")
-                }
-                // It could not look (containerd slow, say): later rounds will.
-                Err(e) => {
-                    tracing::debug!(task = %task.name, error = %error_chain(&e), "task not checked");
-                    return Ok("done earlier".to_owned());
-                }
-            }
+        if self.ledger.installed.tasks.get(task.name.as_str()) == Some(&fingerprint)
+            && !undone(task).await
+        {
+            return Ok("done earlier".to_owned());
         }
         self.supervisor()
             .run_task(task, self.applier.readiness_timeout)
@@ -1190,6 +1161,26 @@ pub fn service_names(plan: &Plan) -> Vec<String> {
         names.push(BALANCER_SERVICE.to_owned());
     }
     names
+}
+
+/// Whether `task`'s probe finds what it did undone (an image gone). A task without a probe,
+/// or whose probe could not look (containerd slow, say), counts as done: a later check will
+/// look again.
+async fn undone(task: &Service) -> bool {
+    let Some(probe) = &task.probe else {
+        return false;
+    };
+    match crate::probe::check(probe, TASK_PROBE_TIMEOUT).await {
+        Ok(()) => false,
+        Err(e) if e.undone() => {
+            tracing::warn!(task = %task.name, reason = %error_chain(&e), "what the task did is undone; running it again");
+            true
+        }
+        Err(e) => {
+            tracing::debug!(task = %task.name, error = %error_chain(&e), "task not checked");
+            false
+        }
+    }
 }
 
 /// This agent's program, for the API balancer's service: as the process was started (Linux
