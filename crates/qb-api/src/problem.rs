@@ -53,6 +53,9 @@ pub enum ProblemCode {
     /// The change would leave etcd without quorum or without a member; the detail says why.
     /// Repeat with `force` to do it anyway.
     QuorumAtRisk,
+    /// The cluster cannot move to this version: its bundle is not imported, or it would go
+    /// down, skip a Kubernetes minor version or take etcd down; the detail says which.
+    UpgradeRefused,
     /// Too many failed logins for this user; wait before trying again.
     TooManyAttempts,
     /// The agent speaks a version of the agent protocol this controller does not (or says
@@ -88,6 +91,7 @@ impl ProblemCode {
             | Self::BundleConflict
             | Self::ClusterApiUnavailable
             | Self::QuorumAtRisk
+            | Self::UpgradeRefused
             | Self::IdentityConflict => 409,
             Self::TooManyAttempts => 429,
             Self::NotDelivered => 502,
@@ -120,6 +124,7 @@ impl ProblemCode {
             Self::BundleConflict => "A different bundle has this version",
             Self::ClusterApiUnavailable => "Cluster API unavailable",
             Self::QuorumAtRisk => "etcd quorum at risk",
+            Self::UpgradeRefused => "Upgrade refused",
             Self::TooManyAttempts => "Too many failed logins",
             Self::NotDelivered => "Notification not delivered",
             Self::UnsupportedProtocol => "Agent protocol not supported",

@@ -253,28 +253,56 @@ string_value!(
     Description, check_description, "ci pipeline", r"^[^\u0000-\u001F\u007F-\u009F]*$", 200
 );
 
+/// The longest version, with its build.
+const MAX_VERSION_CHARS: usize = 32;
+
 fn check_version(s: &str) -> Result<(), InvalidValue> {
-    let parts: Vec<&str> = s.split('.').collect();
+    let (release, build) = match s.split_once('+') {
+        Some((release, build)) => (release, Some(build)),
+        None => (s, None),
+    };
+    let parts: Vec<&str> = release.split('.').collect();
     let numeric = |p: &&str| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit());
-    if parts.len() == 3 && parts.iter().all(numeric) && parts[0] == "1" {
+    let build_ok = build.is_none_or(|b| {
+        b.split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'))
+    });
+    let short = s.len() <= MAX_VERSION_CHARS;
+    if parts.len() == 3 && parts.iter().all(numeric) && parts[0] == "1" && build_ok && short {
         Ok(())
     } else {
         Err(invalid(format!(
-            "invalid Kubernetes version {}: expected MAJOR.MINOR.PATCH such as 1.20.2",
+            "invalid Kubernetes version {}: expected MAJOR.MINOR.PATCH such as 1.20.2, optionally with a build of its own such as 1.20.2+qb.1",
             quote(s)
         )))
     }
 }
 
 string_value!(
-    /// A Kubernetes release, `1.MINOR.PATCH`.
-    KubernetesVersion, check_version, "1.20.2", r"^1\.[0-9]{1,4}\.[0-9]{1,4}$", 11
+    /// A release of Kubernetes as qb ships it, `1.MINOR.PATCH`, optionally with a build of its
+    /// own after a `+` (`1.20.2+qb.1`, as k3s names `v1.20.2+k3s1`): the same Kubernetes
+    /// release in another bundle, e.g. with another etcd. Bundles are keyed by it.
+    KubernetesVersion, check_version, "1.20.2",
+    r"^1\.[0-9]{1,4}\.[0-9]{1,4}(\+[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?$", MAX_VERSION_CHARS
 );
 
 impl KubernetesVersion {
     /// The version every new cluster gets unless it asks for another.
     pub fn default_version() -> Self {
         Self("1.20.2".to_owned())
+    }
+
+    /// `(major, minor, patch)`: what Kubernetes itself reports (the build is qb's own).
+    pub fn release(&self) -> (u32, u32, u32) {
+        let release = self.0.split('+').next().unwrap_or_default();
+        let mut parts = release.split('.').map(|p| p.parse().unwrap_or_default());
+        let mut next = || parts.next().unwrap_or_default();
+        (next(), next(), next())
+    }
+
+    /// The build after the `+`, if any.
+    pub fn build(&self) -> Option<&str> {
+        self.0.split_once('+').map(|(_, build)| build)
     }
 }
 
@@ -671,7 +699,22 @@ mod tests {
     #[test]
     fn versions() {
         assert!("1.20.2".parse::<KubernetesVersion>().is_ok());
-        for bad in ["1.20", "v1.20.2", "2.0.0", "1.20.2-rc1", "1..2"] {
+        let built: KubernetesVersion = "1.20.2+qb.1".parse().unwrap();
+        assert_eq!((built.release(), built.build()), ((1, 20, 2), Some("qb.1")));
+        let plain: KubernetesVersion = "1.21.14".parse().unwrap();
+        assert_eq!((plain.release(), plain.build()), ((1, 21, 14), None));
+        for bad in [
+            "1.20",
+            "v1.20.2",
+            "2.0.0",
+            "1.20.2-rc1",
+            "1..2",
+            "1.20.2+",
+            "1.20.2+qb..1",
+            "1.20.2+qb_1",
+            "1.20.2+a+b",
+            "1.20.2+abcdefghijklmnopqrstuvwxyz",
+        ] {
             assert!(bad.parse::<KubernetesVersion>().is_err(), "{bad}");
         }
     }

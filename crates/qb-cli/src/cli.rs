@@ -318,6 +318,10 @@ pub enum ClusterCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Upgrade a cluster to another Kubernetes version (bundle), and wait until every node runs
+    /// it. Nodes change one at a time, masters first, each once the one before is healthy
+    /// again; the bundle must be imported (`qb bundle list`).
+    Upgrade(UpgradeArgs),
     /// Attach nodes: COUNT from the pool, or the NODEs named.
     Attach(AttachArgs),
     /// Detach nodes; by default wait until they are back in the pool.
@@ -381,6 +385,21 @@ pub enum BundleCommand {
         /// The Kubernetes version of the bundle, e.g. 1.20.2.
         version: KubernetesVersion,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// Cluster name or id.
+    pub cluster: String,
+    /// The version to move to, e.g. `1.20.2+qb.1`.
+    #[arg(long = "version", value_name = "VERSION")]
+    pub kubernetes_version: KubernetesVersion,
+    /// Return once the upgrade is accepted; follow it with `qb cluster show`.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for every node, in seconds.
+    #[arg(long, default_value_t = 1800)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Args)]

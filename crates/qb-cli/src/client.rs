@@ -118,6 +118,7 @@ fn http_method(method: endpoints::Method) -> Method {
         endpoints::Method::Head => Method::HEAD,
         endpoints::Method::Post => Method::POST,
         endpoints::Method::Put => Method::PUT,
+        endpoints::Method::Patch => Method::PATCH,
         endpoints::Method::Delete => Method::DELETE,
     }
 }

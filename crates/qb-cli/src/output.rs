@@ -524,6 +524,7 @@ pub fn cluster_nodes_table(nodes: &[Node], now: OffsetDateTime) -> String {
             "LAST-SEEN",
             "AGENT",
             "ADDRESSES",
+            "VERSION",
             "PLAN",
         ],
         nodes.iter().map(|n| {
@@ -536,6 +537,10 @@ pub fn cluster_nodes_table(nodes: &[Node], now: OffsetDateTime) -> String {
                 agent_last_seen(agent, now),
                 agent_version(agent),
                 addresses_cell(n),
+                n.plan
+                    .as_ref()
+                    .and_then(|p| p.kubernetes_version.as_ref())
+                    .map_or_else(|| "-".to_owned(), ToString::to_string),
                 n.plan
                     .as_ref()
                     .map_or_else(|| "-".to_owned(), |p| truncate(&plan_status(p), 72)),
@@ -1177,6 +1182,7 @@ mod tests {
     ) -> NodePlan {
         NodePlan {
             generation,
+            kubernetes_version: None,
             report: Some(qb_api::PlanReport {
                 generation,
                 state,
@@ -1242,6 +1248,7 @@ mod tests {
         behind.generation = 5;
         let unreported = NodePlan {
             generation: 1,
+            kubernetes_version: None,
             report: None,
         };
         let statuses: Vec<String> = [
@@ -1329,6 +1336,7 @@ mod tests {
                 service("kube-apiserver", false, false, 3, Some("exit status 1")),
             ];
         }
+        p.kubernetes_version = Some("1.20.2+qb.1".parse().expect("version"));
         master.plan = Some(p);
         let mut worker = node("host-2", NodeState::Attached, Some("clus100"), &[]);
         worker.role = Some(qb_api::NodeRole::Worker);
@@ -1366,10 +1374,10 @@ mod tests {
             Nodes:         3\n\
             Created:       2024-05-01T11:00:00Z (1h ago)\n\
             \n\
-            NAME     STATE      ROLE     ONLINE   LAST-SEEN   AGENT   ADDRESSES          PLAN\n\
-            host-1   attached   master   yes      2s          0.1.0   10.0.0.5,fd00::5   gen 4 applying (service:etcd running)\n\
-            host-2   attached   worker   -        -           -       10.0.0.5,fd00::5   gen 2 failed: artifacts: download of kubelet: connection reset\n\
-            host-3   attached   -        -        -           -       10.0.0.5,fd00::5   -\n\
+            NAME     STATE      ROLE     ONLINE   LAST-SEEN   AGENT   ADDRESSES          VERSION       PLAN\n\
+            host-1   attached   master   yes      2s          0.1.0   10.0.0.5,fd00::5   1.20.2+qb.1   gen 4 applying (service:etcd running)\n\
+            host-2   attached   worker   -        -           -       10.0.0.5,fd00::5   -             gen 2 failed: artifacts: download of kubelet: connection reset\n\
+            host-3   attached   -        -        -           -       10.0.0.5,fd00::5   -             -\n\
             \n\
             NODE     SERVICE          STATUS        RESTARTS   LAST-EXIT\n\
             host-1   etcd             ok            0          -\n\

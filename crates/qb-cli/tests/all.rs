@@ -1116,6 +1116,10 @@ async fn preflight_without_agents() {
         run.stdout()
     );
 
+    // An upgrade to a version whose bundle is not imported is refused, saying so.
+    c.qb(&["cluster", "upgrade", "c1", "--version", "1.21.0"])
+        .fails_with("no release bundle for Kubernetes 1.21.0 is imported");
+
     // The cluster says why it waits, and its nodes have role and plan columns.
     let shown = c.qb(&["cluster", "show", "c1"]).ok();
     let state = shown
@@ -1129,7 +1133,7 @@ async fn preflight_without_agents() {
         .expect("node table");
     assert_eq!(
         words(header),
-        "NAME STATE ROLE ONLINE LAST-SEEN AGENT ADDRESSES PLAN"
+        "NAME STATE ROLE ONLINE LAST-SEEN AGENT ADDRESSES VERSION PLAN"
     );
 
     // --force reaches the controller (no etcd member to lose here, so it is not needed).

@@ -14,7 +14,7 @@ use qb_api::{
     CreatedChannel, CreatedToken, DeletedCluster, Delivery, DeliveryQuery, DetachRequest, Event,
     Kubeconfig, LabelChange, LogQuery, MetricsQuery, MetricsRange, Node, NodeLog, NodeMetrics,
     NodeMove, NodeState, Page, PageParams, PingResult, ProblemCode, Role, SetPassword, Silence,
-    ThresholdRule, Token, TokenId, User, Whoami,
+    ThresholdRule, Token, TokenId, UpdateCluster, User, Whoami,
 };
 use qb_store::{ClusterSpec, EventFilter, Key};
 use serde::Deserialize;
@@ -78,7 +78,7 @@ pub(crate) fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(test_channel))
         .routes(routes!(list_deliveries))
         .routes(routes!(list_clusters, create_cluster))
-        .routes(routes!(get_cluster, delete_cluster))
+        .routes(routes!(get_cluster, update_cluster, delete_cluster))
         .routes(routes!(cluster_health))
         .routes(routes!(attach))
         .routes(routes!(detach))
@@ -328,6 +328,24 @@ async fn get_cluster(
 ) -> ApiResult<Json<ClusterDetail>> {
     Ok(Json(
         app.get_cluster(&caller, &cluster_key(&cluster)).await?,
+    ))
+}
+
+/// Change a cluster's settings. A new `kubernetes_version` upgrades the cluster: its nodes get
+/// the new version one at a time, masters first, each once the one before is healthy again.
+#[utoipa::path(patch, path = "/api/v1/clusters/{cluster}", tag = "clusters", request_body = UpdateCluster,
+    params(("cluster" = qb_api::Name, Path, description = "Cluster id or name")),
+    responses((status = 200, body = Cluster), (status = 400, body = qb_api::Problem), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
+async fn update_cluster(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(cluster): Path<String>,
+    ApiJson(change): ApiJson<UpdateCluster>,
+) -> ApiResult<Json<Cluster>> {
+    caller.require(Role::Operator)?;
+    Ok(Json(
+        app.update_cluster(&caller, &cluster_key(&cluster), &change)
+            .await?,
     ))
 }
 

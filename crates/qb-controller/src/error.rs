@@ -34,6 +34,7 @@ impl From<StoreError> for ApiError {
             StoreError::NodeNotInCluster { .. } => ProblemCode::NodeNotInCluster,
             StoreError::ClusterNotEmpty { .. } => ProblemCode::ClusterNotEmpty,
             StoreError::BundleConflict { .. } => ProblemCode::BundleConflict,
+            StoreError::UpgradeRefused(_) => ProblemCode::UpgradeRefused,
             StoreError::IdentityConflict(conflict) => {
                 return Self::new(ProblemCode::IdentityConflict, conflict.to_string());
             }

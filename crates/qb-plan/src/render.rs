@@ -645,11 +645,6 @@ impl VersionFlags {
     }
 }
 
-/// The Kubernetes minor version, e.g. 20 for `1.20.2`.
-fn minor_version(version: &KubernetesVersion) -> Option<u32> {
-    version.as_str().split('.').nth(1)?.parse().ok()
-}
-
 /// What every component needs to know, checked once.
 struct Context<'a> {
     cluster: &'a ClusterInput,
@@ -686,9 +681,10 @@ impl<'a> Context<'a> {
                 cluster: cluster.version.clone(),
             });
         }
-        let minor = minor_version(&cluster.version)
-            .filter(|minor| *minor >= MIN_MINOR)
-            .ok_or_else(|| RenderError::UnsupportedVersion(cluster.version.clone()))?;
+        let (_, minor, _) = cluster.version.release();
+        if minor < MIN_MINOR {
+            return Err(RenderError::UnsupportedVersion(cluster.version.clone()));
+        }
         check_etcd_bootstrap(node)?;
         Ok(Self {
             cluster,

@@ -48,7 +48,14 @@ async fn run() {
         .expect("a node");
     let plan = text(PLAN_BYTES);
     store
-        .publish_plan(tenant.id, node.id, None, "bench", |_| Ok(plan.clone()))
+        .publish_plan(
+            tenant.id,
+            node.id,
+            None,
+            "bench",
+            None,
+            |_| Ok(plan.clone()),
+        )
         .await
         .expect("the plan");
     // Through sqlx's Any driver, as the store reads.

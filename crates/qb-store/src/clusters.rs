@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use qb_api::{
-    AddonStatus, AttachTarget, Cidr, Cluster, ClusterDetail, ClusterId, ClusterRef, ClusterState,
-    CreateCluster, KubernetesVersion, MasterCount, Name, Node, NodeId, NodeMove, NodeName,
-    NodeRole, NodeState, Page, TenantId,
+    AddonStatus, AttachTarget, BundleManifest, Cidr, Cluster, ClusterDetail, ClusterId, ClusterRef,
+    ClusterState, CreateCluster, KubernetesVersion, MasterCount, Name, Node, NodeId, NodeMove,
+    NodeName, NodeRole, NodeState, Page, TenantId,
 };
 use serde_json::json;
 use sqlx::Row as _;
@@ -142,6 +142,51 @@ impl Store {
                     "roles": cluster.roles,
                     "taint_masters": cluster.taint_masters,
                 }),
+            ),
+        )
+        .await?;
+        Ok(cluster)
+    }
+
+    /// Moves a cluster to another Kubernetes version, whose bundle must be imported; `check`
+    /// says whether the move from the current bundle (if it is imported) to the new one is
+    /// allowed, and why not. The engine rolls the new version out. Asking for the version the
+    /// cluster has changes nothing.
+    pub async fn upgrade_cluster(
+        &self,
+        tenant: TenantId,
+        key: &Key<ClusterId>,
+        to: &KubernetesVersion,
+        check: impl FnOnce(Option<&BundleManifest>, &BundleManifest) -> std::result::Result<(), String>,
+        actor: &Actor,
+    ) -> Result<Cluster> {
+        let mut w = self.write(tenant).await?;
+        let cluster = w.cluster(tenant, key).await?;
+        let from = cluster.kubernetes_version.clone();
+        if from == *to {
+            return Ok(cluster);
+        }
+        let Some(target) = crate::engine::bundle_manifest(&mut w.tx, tenant, to).await? else {
+            return Err(StoreError::UpgradeRefused(format!(
+                "no release bundle for Kubernetes {to} is imported; import one with `qb bundle import`"
+            )));
+        };
+        let current = crate::engine::bundle_manifest(&mut w.tx, tenant, &from).await?;
+        check(current.as_ref(), &target).map_err(StoreError::UpgradeRefused)?;
+        sqlx::query("UPDATE clusters SET kubernetes_version = $1 WHERE id = $2 AND tenant_id = $3")
+            .bind(to.as_str())
+            .bind(cluster.id.to_string())
+            .bind(tenant.to_string())
+            .execute(&mut *w.tx)
+            .await?;
+        let cluster = w.cluster(tenant, &Key::Id(cluster.id)).await?;
+        w.commit_with_event(
+            tenant,
+            actor,
+            cluster_event(
+                "cluster.upgraded",
+                &cluster,
+                json!({ "from": from, "to": to }),
             ),
         )
         .await?;

@@ -494,6 +494,7 @@ impl Store {
         node: NodeId,
         cluster: Option<ClusterId>,
         plan_hash: &str,
+        version: Option<&KubernetesVersion>,
         sign: impl FnOnce(u64) -> std::result::Result<String, String>,
     ) -> Result<u64> {
         let mut w = self.write(tenant).await?;
@@ -508,23 +509,45 @@ impl Store {
         let generation = current.plan.as_ref().map_or(0, |p| p.generation) + 1;
         let signed = sign(generation).map_err(|e| StoreError::Invalid(qb_api::InvalidValue(e)))?;
         let done = sqlx::query(
-            "UPDATE nodes SET plan_generation = $1, plan = $2, plan_hash = $3 WHERE id = $4 AND plan_generation = $5",
+            "UPDATE nodes SET plan_generation = $1, plan = $2, plan_hash = $3, plan_version = $6 WHERE id = $4 AND plan_generation = $5",
         )
         .bind(i64::try_from(generation).unwrap_or(i64::MAX))
         .bind(self.seal("nodes", "plan", &node.to_string(), &signed))
         .bind(plan_hash)
         .bind(node.to_string())
         .bind(i64::try_from(generation - 1).unwrap_or(i64::MAX))
+        .bind(version.map(KubernetesVersion::as_str))
         .execute(&mut *w.tx)
         .await?;
         if done.rows_affected() != 1 {
             return Err(StoreError::changed_meanwhile(&current, "given a plan"));
         }
         let leaving = current.state == NodeState::Detaching;
-        let detail = json!({ "generation": generation, "leaving": leaving });
+        let detail = json!({ "generation": generation, "leaving": leaving, "version": version });
         w.commit_by_controller(tenant, "node.plan_published", &current, detail)
             .await?;
         Ok(generation)
+    }
+
+    /// Records that a node's published plan (still `plan_hash`) runs `version` too: a new
+    /// version of its cluster that leaves its plan as it was.
+    pub async fn set_plan_version(
+        &self,
+        tenant: TenantId,
+        node: NodeId,
+        plan_hash: &str,
+        version: &KubernetesVersion,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE nodes SET plan_version = $1 WHERE tenant_id = $2 AND id = $3 AND plan_hash = $4",
+        )
+        .bind(version.as_str())
+        .bind(tenant.to_string())
+        .bind(node.to_string())
+        .bind(plan_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Nodes in no cluster whose last plan was not a wipe (their cluster was deleted while
@@ -651,6 +674,26 @@ fn role_str(role: NodeRole) -> &'static str {
         NodeRole::Master => "master",
         NodeRole::Worker => "worker",
     }
+}
+
+/// The manifest of the tenant's bundle for `version`, read in a transaction.
+pub(crate) async fn bundle_manifest(
+    tx: &mut sqlx::AnyConnection,
+    tenant: TenantId,
+    version: &KubernetesVersion,
+) -> Result<Option<BundleManifest>> {
+    let row = sqlx::query(
+        "SELECT manifest, imported_at FROM bundles WHERE tenant_id = $1 AND kubernetes_version = $2",
+    )
+    .bind(tenant.to_string())
+    .bind(version.to_string())
+    .fetch_optional(tx)
+    .await?;
+    Ok(row
+        .as_ref()
+        .map(bundle_row)
+        .transpose()?
+        .map(|b| b.manifest))
 }
 
 fn bundle_row(row: &sqlx::any::AnyRow) -> Result<Bundle> {

@@ -137,6 +137,8 @@ pub enum StoreError {
         "a different bundle for Kubernetes {version} is already imported; bundles are immutable"
     )]
     BundleConflict { version: String },
+    #[error("{0}")]
+    UpgradeRefused(String),
     #[error("stored {what} is unreadable")]
     Corrupt {
         what: &'static str,

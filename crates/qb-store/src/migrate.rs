@@ -100,6 +100,11 @@ const SHARED: &[(i64, &str, &str)] = &[
         "node bootstrap token",
         include_str!("../migrations/shared/0017_node_bootstrap_token.sql"),
     ),
+    (
+        18,
+        "node plan version",
+        include_str!("../migrations/shared/0018_node_plan_version.sql"),
+    ),
 ];
 
 /// A backend's migrations: its own first one, the shared ones and its own later ones, in

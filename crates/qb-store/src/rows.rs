@@ -129,6 +129,10 @@ pub(crate) fn node(row: &AnyRow) -> Result<Node> {
             0 => None,
             generation => Some(qb_api::NodePlan {
                 generation: u64::try_from(generation).unwrap_or_default(),
+                kubernetes_version: row
+                    .try_get::<Option<String>, _>("plan_version")?
+                    .map(|v| parse::<KubernetesVersion>("plan version", &v))
+                    .transpose()?,
                 report: row
                     .try_get::<Option<String>, _>("plan_report")?
                     .map(|r| json("plan report", &r))

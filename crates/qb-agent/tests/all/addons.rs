@@ -326,6 +326,24 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
     }
     drop(_thaw);
     eprintln!("every API server frozen for {API_OUTAGE:?}: {answered} lookups, all answered");
+
+    // The used cluster upgraded: etcd 3.4 → 3.5, then Kubernetes built again; nothing fails.
+    let endpoints = (0..3)
+        .map(|i| format!("https://{}:2379", lab.host_ip(i)))
+        .collect::<Vec<_>>()
+        .join(",");
+    crate::upgrades::upgrade_under_load(&api, &agents, "dns", &endpoints, &service_ip);
+    // Names still resolve on every host, through the upgraded cluster.
+    for (i, agent) in agents.iter().enumerate() {
+        poll(
+            &format!("cluster DNS answering on host-{i} after the upgrade"),
+            PUT_BACK,
+            || match lookup(agent, "web.default.svc.cluster.local") {
+                ip if ip == service_ip => Ok(()),
+                said => Err(said),
+            },
+        );
+    }
 }
 
 /// Each master's etcd member, as its metrics tell through its agent's heartbeats: all know a

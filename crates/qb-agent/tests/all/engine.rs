@@ -171,7 +171,17 @@ pub fn etcdctl(host: &Agent, endpoint: &str, args: &[&str]) -> String {
 
 /// As [`etcdctl`], for a call that may fail: what it printed, as an error when it failed.
 pub fn try_etcdctl(host: &Agent, endpoint: &str, args: &[&str]) -> Result<String, String> {
-    let file = |p: &str| host.host_path(p).display().to_string();
+    let root = host
+        .host_root
+        .as_ref()
+        .expect("a host with private directories");
+    try_etcdctl_from(root, endpoint, args)
+}
+
+/// As [`try_etcdctl`], with the certificate of the host whose private directories are at
+/// `root` (for a thread of its own).
+pub fn try_etcdctl_from(root: &Path, endpoint: &str, args: &[&str]) -> Result<String, String> {
+    let file = |p: &str| root.join(p.trim_start_matches('/')).display().to_string();
     let out = run(Command::new(ETCDCTL)
         .env("ETCDCTL_API", "3")
         .args([

@@ -205,6 +205,10 @@ impl Api {
         self.call("POST", &format!("/api/v1{path}"), Some(body))
     }
 
+    pub fn patch(&self, path: &str, body: &Value) -> Reply {
+        self.call("PATCH", &format!("/api/v1{path}"), Some(body))
+    }
+
     pub fn delete(&self, path: &str) -> Reply {
         self.call("DELETE", &format!("/api/v1{path}"), None)
     }

@@ -8,8 +8,8 @@ use anyhow::bail;
 use qb_api::endpoints;
 use qb_api::{
     AttachRequest, Cluster, ClusterDetail, ClusterHealth, CreateCluster, CreateKubeconfig,
-    DeletedCluster, DetachRequest, Kubeconfig, Node, NodeId, NodeMove, NodeState, PreflightReport,
-    Token,
+    DeletedCluster, DetachRequest, Kubeconfig, Node, NodeId, NodeMove, NodeState, PlanState,
+    PreflightReport, Token, UpdateCluster,
 };
 use serde::Serialize;
 
@@ -17,7 +17,7 @@ use super::agent_package::{PrivateFile, shell_word};
 use super::{App, now};
 use crate::cli::{
     AttachArgs, ClusterCommand, CreateClusterArgs, DetachArgs, KubeconfigArgs, PreflightArgs,
-    roles_map,
+    UpgradeArgs, roles_map,
 };
 use crate::client::Client;
 use crate::output;
@@ -71,6 +71,7 @@ pub async fn run(app: &App, cmd: ClusterCommand) -> anyhow::Result<()> {
                 s
             })
         }
+        ClusterCommand::Upgrade(args) => upgrade(app, args).await,
         ClusterCommand::Attach(args) => attach(app, args).await,
         ClusterCommand::Detach(args) => detach(app, args).await,
         ClusterCommand::Preflight(args) => preflight(app, args).await,
@@ -106,6 +107,101 @@ async fn create(app: &App, args: CreateClusterArgs) -> anyhow::Result<()> {
             cluster.name, cluster.kubernetes_version, cluster.pod_cidr, cluster.service_cidr, cluster.name
         )
     })
+}
+
+async fn upgrade(app: &App, args: UpgradeArgs) -> anyhow::Result<()> {
+    let client = app.client()?;
+    let body = UpdateCluster {
+        kubernetes_version: Some(args.kubernetes_version.clone()),
+    };
+    let cluster: Cluster = client
+        .call_with(
+            client.request(&endpoints::UPDATE_CLUSTER, &[&args.cluster], &[]),
+            &body,
+        )
+        .await?;
+    let version = &cluster.kubernetes_version;
+    if !args.no_wait {
+        wait_until_upgraded(
+            app,
+            &client,
+            &args.cluster,
+            Duration::from_secs(args.timeout),
+        )
+        .await?;
+    }
+    app.out.emit(&cluster, || {
+        if args.no_wait {
+            format!(
+                "Upgrading cluster {} to Kubernetes {version}: nodes change one at a time (see `qb cluster show {}`).",
+                cluster.name, cluster.name
+            )
+        } else {
+            format!(
+                "Cluster {} runs Kubernetes {version} on every node.",
+                cluster.name
+            )
+        }
+    })
+}
+
+/// How far an upgrade is: the nodes whose newest plan runs the cluster's version and is
+/// applied, of all.
+fn upgraded(detail: &ClusterDetail) -> (usize, usize) {
+    let done = detail
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.plan.as_ref().is_some_and(|p| {
+                p.kubernetes_version.as_ref() == Some(&detail.cluster.kubernetes_version)
+                    && p.report.as_ref().is_some_and(|r| {
+                        r.generation == p.generation && r.state == PlanState::Applied
+                    })
+            })
+        })
+        .count();
+    (done, detail.nodes.len())
+}
+
+/// Waits until every node applied a plan of the cluster's version and the cluster is ready,
+/// printing its progress as it changes.
+async fn wait_until_upgraded(
+    app: &App,
+    client: &Client,
+    cluster: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut shown = String::new();
+    loop {
+        let detail: ClusterDetail = client
+            .call(client.request(&endpoints::GET_CLUSTER, &[cluster], &[]))
+            .await?;
+        let (done, all) = upgraded(&detail);
+        let c = &detail.cluster;
+        if done == all && c.state == qb_api::ClusterState::Ready {
+            return Ok(());
+        }
+        let progress = format!(
+            "{done} of {all} nodes upgraded; {}{}",
+            c.state.as_str(),
+            c.state_message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        );
+        if app.table() && progress != shown {
+            eprintln!("{progress}");
+            shown = progress;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "cluster {cluster} is not upgraded after {} s ({shown}); it goes on in the background",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
 }
 
 async fn attach(app: &App, args: AttachArgs) -> anyhow::Result<()> {

@@ -3,7 +3,7 @@
 
 use qb_api::{
     AttachTarget, Cluster, ClusterDetail, ClusterHealth, ClusterId, DeletedCluster, NodeMove,
-    NodeName, Page, PageParams, PreflightReport, ProblemCode,
+    NodeName, Page, PageParams, PreflightReport, ProblemCode, UpdateCluster,
 };
 use qb_store::{ClusterSpec, Key, StoreError};
 
@@ -92,6 +92,39 @@ impl AppState {
         Ok(DeletedCluster {
             returned_to_pool: returned,
         })
+    }
+
+    /// Changes a cluster's settings (its version, for now) and wakes the engine to roll the
+    /// change out.
+    pub async fn update_cluster(
+        &self,
+        caller: &Caller,
+        cluster: &Key<ClusterId>,
+        change: &UpdateCluster,
+    ) -> Result<Cluster, StoreError> {
+        let mut updated = None;
+        if let Some(version) = &change.kubernetes_version {
+            let cluster = self
+                .store
+                .upgrade_cluster(
+                    caller.tenant(),
+                    cluster,
+                    version,
+                    |from, to| from.map_or(Ok(()), |from| qb_api::check_upgrade(from, to)),
+                    &caller.actor(),
+                )
+                .await?;
+            updated = Some(cluster);
+        }
+        self.engine.wake.notify_one();
+        match updated {
+            Some(cluster) => Ok(cluster),
+            None => Ok(self
+                .store
+                .get_cluster(caller.tenant(), cluster)
+                .await?
+                .cluster),
+        }
     }
 
     /// Attaches the target's nodes, all or nothing, and wakes the engine to build them in.
@@ -203,6 +236,88 @@ mod tests {
 
     use super::*;
     use crate::app::fixture::Fixture;
+
+    /// A bundle of `version` with this etcd, imported.
+    async fn import(f: &Fixture, version: &str, etcd: &str) {
+        let manifest: qb_api::BundleManifest = serde_json::from_value(serde_json::json!({
+            "kubernetes_version": version,
+            "artifacts": [{ "name": "etcd", "version": etcd, "sha256": "ab".repeat(32), "size": 3 }],
+        }))
+        .unwrap();
+        f.store
+            .import_bundle(f.tenant, &manifest, &qb_store::Actor::controller())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cluster_moves_only_to_an_imported_version_up_and_says_why_not() {
+        let f = Fixture::new().await;
+        let prod = Key::Name(f.cluster("prod").await.name.to_string());
+        import(&f, "1.20.2", "3.4.23").await;
+        import(&f, "1.20.1", "3.4.23").await;
+        import(&f, "1.20.2+qb.1", "3.5.1").await;
+        let to = |v: &str| UpdateCluster {
+            kubernetes_version: Some(v.parse().unwrap()),
+        };
+        let refusals = [
+            (
+                "1.21.0",
+                "no release bundle for Kubernetes 1.21.0 is imported; import one with `qb bundle import`",
+            ),
+            (
+                "1.20.1",
+                "Kubernetes cannot go down from 1.20.2 to 1.20.1; only up",
+            ),
+        ];
+        for (version, why) in refusals {
+            let refused = f
+                .app
+                .update_cluster(&f.operator, &prod, &to(version))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&refused, StoreError::UpgradeRefused(m) if m == why),
+                "{version}: {refused}"
+            );
+        }
+        let upgraded = f
+            .app
+            .update_cluster(&f.operator, &prod, &to("1.20.2+qb.1"))
+            .await
+            .unwrap();
+        assert_eq!(upgraded.kubernetes_version.as_str(), "1.20.2+qb.1");
+        // etcd 3.5 cannot go back to 3.4.
+        let refused = f
+            .app
+            .update_cluster(&f.operator, &prod, &to("1.20.2"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "etcd cannot go down from 3.5.1 (in 1.20.2+qb.1) to 3.4.23 (in 1.20.2)"
+        );
+        // The same version again changes nothing; nothing at all is no change either.
+        for change in [to("1.20.2+qb.1"), UpdateCluster::default()] {
+            let same = f.app.update_cluster(&f.operator, &prod, &change).await;
+            assert_eq!(same.unwrap().kubernetes_version.as_str(), "1.20.2+qb.1");
+        }
+        let filter = qb_store::EventFilter {
+            action_prefix: Some("cluster.upgraded".to_owned()),
+            ..Default::default()
+        };
+        let events = f
+            .store
+            .list_events(f.tenant, &filter, None, 10)
+            .await
+            .unwrap();
+        let details: Vec<_> = events.items.iter().map(|e| e.detail.clone()).collect();
+        assert_eq!(
+            details,
+            [serde_json::json!({ "from": "1.20.2", "to": "1.20.2+qb.1" })]
+        );
+        assert_eq!(events.items[0].actor, "user:op");
+    }
 
     #[tokio::test]
     async fn nodes_move_in_and_out_of_a_cluster_and_preflight_needs_some() {

@@ -296,6 +296,133 @@ fn forced_off(n: &LeavingView<'_>) -> bool {
     n.force && !n.online
 }
 
+/// A staying node as the rollout of changed plans sees it.
+#[derive(Clone, Debug)]
+pub struct RolloutNode<'a> {
+    pub id: NodeId,
+    pub name: &'a str,
+    /// Its plan runs etcd and the control plane.
+    pub master: bool,
+    /// Its plan, as rendered now, differs from the one published.
+    pub due: bool,
+    /// It was given a plan of this cluster before (a node new to the cluster was not).
+    pub planned: bool,
+    pub online: bool,
+    /// Online, with its newest plan applied and every service healthy.
+    pub healthy: bool,
+}
+
+impl<'a> RolloutNode<'a> {
+    pub fn of(n: &'a EngineNode, master: bool, due: bool, online: bool) -> Self {
+        let plan = n.node.plan.as_ref();
+        let healthy = online
+            && plan.is_some_and(|p| {
+                p.report.as_ref().is_some_and(|r| {
+                    r.generation == p.generation
+                        && r.state == PlanState::Applied
+                        && r.services.iter().all(|s| s.running && s.healthy)
+                })
+            });
+        Self {
+            id: n.node.id,
+            name: n.node.name.as_str(),
+            master,
+            due,
+            planned: plan.is_some() && n.plan_hash.as_deref() != Some(qb_store::WIPE_PLAN_HASH),
+            online,
+            healthy,
+        }
+    }
+}
+
+/// Which changed plans to publish now, and what the rest wait for.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Rollout {
+    pub publish: Vec<NodeId>,
+    pub waiting: Option<String>,
+}
+
+/// How a change reaches nodes that run the cluster: one master at a time, each only while
+/// every other master is healthy (so etcd never loses a member it needs for quorum, and an
+/// API server always answers), then workers, `worker_batch` at a time, each batch once the
+/// one before is healthy. A node new to the cluster gets its plan at once, and so does every
+/// node of a cluster with no healthy master (being formed, or down anyway), and an offline
+/// worker (it applies its plan when it is back). A failed gate holds the rest, saying why.
+/// Called once per pass: the next node goes once the store shows the last one healthy again.
+pub fn rollout(nodes: &[RolloutNode<'_>], worker_batch: usize) -> Rollout {
+    let mut out = Rollout::default();
+    let serving = nodes.iter().any(|n| n.master && n.healthy);
+    for n in nodes.iter().filter(|n| n.due && (!n.planned || !serving)) {
+        out.publish.push(n.id);
+    }
+    if !serving {
+        return out;
+    }
+    // Masters first; a sick one first of all (it may need exactly this change).
+    let mut masters: Vec<&RolloutNode> = nodes
+        .iter()
+        .filter(|n| n.master && n.due && n.planned)
+        .collect();
+    masters.sort_by_key(|n| (n.healthy, n.name));
+    if let Some(next) = masters.first() {
+        let held: Vec<&str> = nodes
+            .iter()
+            .filter(|n| n.master && n.id != next.id && !n.healthy)
+            .map(|n| n.name)
+            .collect();
+        if held.is_empty() {
+            out.publish.push(next.id);
+            out.waiting = Some(format!(
+                "rolling out to {}: masters one at a time, {} left after it",
+                next.name,
+                masters.len() - 1
+            ));
+        } else {
+            out.waiting = Some(format!(
+                "rolling out: {} waits until {} {} healthy (masters change one at a time)",
+                next.name,
+                held.join(", "),
+                if held.len() == 1 { "is" } else { "are" }
+            ));
+        }
+        return out;
+    }
+    let workers: Vec<&RolloutNode> = nodes
+        .iter()
+        .filter(|n| !n.master && n.due && n.planned)
+        .collect();
+    if workers.is_empty() {
+        return out;
+    }
+    let mut busy: Vec<&str> = nodes
+        .iter()
+        .filter(|n| !n.master && n.planned && n.online && !n.healthy)
+        .map(|n| n.name)
+        .collect();
+    let mut room = worker_batch.max(1).saturating_sub(busy.len());
+    let mut left = 0;
+    for n in workers {
+        if !n.online || !n.healthy {
+            // Offline, or already changing or sick: taking it adds nothing to what is down.
+            out.publish.push(n.id);
+        } else if room > 0 {
+            room -= 1;
+            busy.push(n.name);
+            out.publish.push(n.id);
+        } else {
+            left += 1;
+        }
+    }
+    if left > 0 {
+        out.waiting = Some(format!(
+            "rolling out to workers, {left} left: waiting until {} {} healthy",
+            busy.join(", "),
+            if busy.len() == 1 { "is" } else { "are" }
+        ));
+    }
+    out
+}
+
 /// The first few items, and how many more: state messages stay short.
 pub fn summarize(items: &[String]) -> String {
     const SHOWN: usize = 5;
@@ -316,6 +443,104 @@ mod tests {
     use qb_api::{PlanReport, ServiceReport, StepReport};
 
     use super::*;
+
+    /// A node for the rollout: name, master, due, planned, online, healthy.
+    fn rolling(
+        name: &'static str,
+        master: bool,
+        due: bool,
+        planned: bool,
+        online: bool,
+        healthy: bool,
+    ) -> RolloutNode<'static> {
+        RolloutNode {
+            id: NodeId::new(),
+            name,
+            master,
+            due,
+            planned,
+            online,
+            healthy,
+        }
+    }
+
+    /// What happens, the nodes, the worker batch; who gets a plan, what the rest wait for.
+    type RolloutCase = (
+        &'static str,
+        Vec<RolloutNode<'static>>,
+        usize,
+        Vec<&'static str>,
+        Option<&'static str>,
+    );
+
+    fn names<'a>(nodes: &[RolloutNode<'a>], ids: &[NodeId]) -> Vec<&'a str> {
+        ids.iter()
+            .map(|id| nodes.iter().find(|n| n.id == *id).unwrap().name)
+            .collect()
+    }
+
+    #[test]
+    fn changes_reach_one_master_at_a_time_then_workers_in_batches() {
+        const M: bool = true;
+        const W: bool = false;
+        #[rustfmt::skip]
+        let cases: Vec<RolloutCase> = vec![
+            ("a new cluster gets every plan at once",
+             vec![rolling("m1", M, true, false, true, false), rolling("m2", M, true, false, true, false),
+                  rolling("w1", W, true, false, true, false)],
+             1, vec!["m1", "m2", "w1"], None),
+            ("the first master of three goes alone",
+             vec![rolling("m1", M, true, true, true, true), rolling("m2", M, true, true, true, true),
+                  rolling("m3", M, true, true, true, true), rolling("w1", W, true, true, true, true)],
+             1, vec!["m1"], Some("rolling out to m1: masters one at a time, 2 left after it")),
+            ("the next waits until the last is healthy again",
+             vec![rolling("m1", M, false, true, true, false), rolling("m2", M, true, true, true, true),
+                  rolling("m3", M, true, true, true, true), rolling("w1", W, true, true, true, true)],
+             1, vec![], Some("rolling out: m2 waits until m1 is healthy (masters change one at a time)")),
+            ("then the next",
+             vec![rolling("m1", M, false, true, true, true), rolling("m2", M, true, true, true, true),
+                  rolling("m3", M, true, true, true, true)],
+             1, vec!["m2"], Some("rolling out to m2: masters one at a time, 1 left after it")),
+            ("an offline master gets its plan (it applies it when back) ...",
+             vec![rolling("m1", M, true, true, true, true), rolling("m2", M, true, true, false, false),
+                  rolling("m3", M, true, true, true, true)],
+             1, vec!["m2"], Some("rolling out to m2: masters one at a time, 2 left after it")),
+            ("... and holds the others (etcd would lose its quorum)",
+             vec![rolling("m1", M, true, true, true, true), rolling("m2", M, false, true, false, false),
+                  rolling("m3", M, true, true, true, true)],
+             1, vec![], Some("rolling out: m1 waits until m2 is healthy (masters change one at a time)")),
+            ("a sick master goes first while the others are healthy",
+             vec![rolling("m1", M, true, true, true, true), rolling("m2", M, true, true, true, false),
+                  rolling("m3", M, true, true, true, true)],
+             1, vec!["m2"], Some("rolling out to m2: masters one at a time, 2 left after it")),
+            ("a node new to the cluster does not wait for the rollout",
+             vec![rolling("m1", M, true, true, true, true), rolling("m2", M, true, true, true, false),
+                  rolling("m3", M, true, true, true, true), rolling("w9", W, true, false, true, false)],
+             1, vec!["w9", "m2"], Some("rolling out to m2: masters one at a time, 2 left after it")),
+            ("workers wait for the masters",
+             vec![rolling("m1", M, true, true, true, true), rolling("w1", W, true, true, true, true)],
+             1, vec!["m1"], Some("rolling out to m1: masters one at a time, 0 left after it")),
+            ("workers in batches",
+             vec![rolling("m1", M, false, true, true, true), rolling("w1", W, true, true, true, true),
+                  rolling("w2", W, true, true, true, true), rolling("w3", W, true, true, true, true)],
+             2, vec!["w1", "w2"], Some("rolling out to workers, 1 left: waiting until w1, w2 are healthy")),
+            ("a worker changing holds the next batch; an offline one gets its plan",
+             vec![rolling("m1", M, false, true, true, true), rolling("w1", W, false, true, true, false),
+                  rolling("w2", W, true, true, true, true), rolling("w3", W, true, true, false, false)],
+             1, vec!["w3"], Some("rolling out to workers, 1 left: waiting until w1 is healthy")),
+            ("no healthy master: nothing to keep serving, every plan goes",
+             vec![rolling("m1", M, true, true, false, false), rolling("w1", W, true, true, true, true)],
+             1, vec!["m1", "w1"], None),
+            ("nothing due",
+             vec![rolling("m1", M, false, true, true, true), rolling("w1", W, false, true, true, true)],
+             1, vec![], None),
+        ];
+        for (what, nodes, batch, publish, waiting) in cases {
+            let got = rollout(&nodes, batch);
+            assert_eq!(names(&nodes, &got.publish), publish, "{what}");
+            assert_eq!(got.waiting.as_deref(), waiting, "{what}");
+        }
+    }
 
     /// What happens, whether the cluster was installed, its nodes, what the engine waits on,
     /// the Nodes the API lists; the state and message expected.
@@ -341,6 +566,7 @@ mod tests {
     fn plan(generation: u64, state: PlanState, services: &[(&str, bool)]) -> NodePlan {
         NodePlan {
             generation: 2,
+            kubernetes_version: None,
             report: Some(PlanReport {
                 generation,
                 state,
@@ -502,6 +728,7 @@ mod tests {
         assert!(wiped(None), "no plan: nothing installed");
         let no_report = NodePlan {
             generation: 3,
+            kubernetes_version: None,
             report: None,
         };
         assert!(wiped(Some(&no_report)), "never reported: nothing installed");

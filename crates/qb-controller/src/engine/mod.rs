@@ -27,7 +27,8 @@
 //!    the first masters form etcd together, later ones join as learners and are promoted
 //!    once caught up;
 //! 5. every node's plan is rendered, and published (signed, with a new generation) when it
-//!    changed; the agent is told at once;
+//!    changed, as [`decide::rollout`] lets it: one master at a time, then workers in batches,
+//!    each once the ones before are healthy again; the agent is told at once;
 //! 6. the cluster's state follows from the agents' reports and, with an API server, from the
 //!    Nodes' `Ready` condition: `installing`, `ready`, `degraded`;
 //! 7. an installed cluster's add-ons are applied and checked (see [`crate::addons`]).
@@ -248,15 +249,51 @@ impl Engine {
             };
             inputs.push(node_input(n, addresses[&n.node.id], subnet));
         }
+        let mut rendered = Vec::new();
         for (n, node_input) in staying.iter().zip(&inputs) {
             let certs = self.node_certs(&ec, n, &pki, &input, node_input).await?;
             let plan = qb_plan::render::render(&input, &inputs, n.node.id, &pki, &certs)
                 .map_err(|e| EngineError::Plan(format!("rendering {}'s plan: {e}", n.node.name)))?;
             let hash = plan_hash(&plan);
-            if n.plan_hash.as_deref() != Some(hash.as_str()) {
-                self.publish(tenant, &n.node, Some(cluster), plan, &hash)
+            rendered.push((n, plan, hash));
+        }
+        // Changed plans reach running nodes one master at a time, then workers in batches.
+        let views: Vec<decide::RolloutNode> = rendered
+            .iter()
+            .map(|(n, _, hash)| {
+                let master = node_input_role(n) == NodeRole::Master;
+                let due = n.plan_hash.as_deref() != Some(hash.as_str());
+                decide::RolloutNode::of(n, master, due, self.agents.online(n.node.id))
+            })
+            .collect();
+        let workers = views.iter().filter(|v| !v.master).count();
+        let rollout = decide::rollout(&views, worker_batch(workers));
+        for (n, plan, hash) in rendered {
+            if rollout.publish.contains(&n.node.id) {
+                self.publish(
+                    tenant,
+                    &n.node,
+                    Some(cluster),
+                    plan,
+                    &hash,
+                    Some(&input.version),
+                )
+                .await?;
+            } else if n.plan_hash.as_deref() == Some(hash.as_str())
+                && n.node
+                    .plan
+                    .as_ref()
+                    .and_then(|p| p.kubernetes_version.as_ref())
+                    != Some(&input.version)
+            {
+                // A new version that does not change this node's plan (e.g. only etcd's).
+                self.store
+                    .set_plan_version(tenant, n.node.id, &hash, &input.version)
                     .await?;
             }
+        }
+        if let Some(waiting) = rollout.waiting {
+            waiting_on.push(waiting);
         }
 
         // State, from the agents' reports and the Nodes.
@@ -671,7 +708,7 @@ impl Engine {
             node_id: node.id,
             ..Plan::default()
         };
-        self.publish(tenant, node, cluster, plan, WIPE_PLAN_HASH)
+        self.publish(tenant, node, cluster, plan, WIPE_PLAN_HASH, None)
             .await
     }
 
@@ -683,10 +720,11 @@ impl Engine {
         cluster: Option<qb_api::ClusterId>,
         mut plan: Plan,
         hash: &str,
+        version: Option<&qb_api::KubernetesVersion>,
     ) -> Result<(), EngineError> {
         let generation = self
             .store
-            .publish_plan(tenant, node.id, cluster, hash, |generation| {
+            .publish_plan(tenant, node.id, cluster, hash, version, |generation| {
                 plan.generation = generation;
                 let text = serde_json::to_string(&plan).map_err(|e| e.to_string())?;
                 let signature = self
@@ -849,6 +887,12 @@ fn node_input_role(n: &EngineNode) -> NodeRole {
         (Some(NodeRole::Master), Some(_)) => NodeRole::Master,
         _ => NodeRole::Worker,
     }
+}
+
+/// How many workers a change reaches at once: a quarter of them (as a Deployment's default
+/// `maxUnavailable`), at least one.
+fn worker_batch(workers: usize) -> usize {
+    (workers / 4).max(1)
 }
 
 /// SHA-256 of the plan without its generation: equal plans hash equal.

