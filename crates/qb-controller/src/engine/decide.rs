@@ -308,21 +308,20 @@ pub struct RolloutNode<'a> {
     /// It was given a plan of this cluster before (a node new to the cluster was not).
     pub planned: bool,
     pub online: bool,
-    /// Online, with its newest plan applied and every service healthy.
+    /// Its agent's last report: its newest plan applied and every service healthy.
     pub healthy: bool,
 }
 
 impl<'a> RolloutNode<'a> {
     pub fn of(n: &'a EngineNode, master: bool, due: bool, online: bool) -> Self {
         let plan = n.node.plan.as_ref();
-        let healthy = online
-            && plan.is_some_and(|p| {
-                p.report.as_ref().is_some_and(|r| {
-                    r.generation == p.generation
-                        && r.state == PlanState::Applied
-                        && r.services.iter().all(|s| s.running && s.healthy)
-                })
-            });
+        let healthy = plan.is_some_and(|p| {
+            p.report.as_ref().is_some_and(|r| {
+                r.generation == p.generation
+                    && r.state == PlanState::Applied
+                    && r.services.iter().all(|s| s.running && s.healthy)
+            })
+        });
         Self {
             id: n.node.id,
             name: n.node.name.as_str(),
@@ -343,19 +342,34 @@ pub struct Rollout {
 }
 
 /// How a change reaches nodes that run the cluster: one master at a time, each only while
-/// every other master is healthy (so etcd never loses a member it needs for quorum, and an
-/// API server always answers), then workers, `worker_batch` at a time, each batch once the
-/// one before is healthy. A node new to the cluster gets its plan at once, and so does every
-/// node of a cluster with no healthy master (being formed, or down anyway), and an offline
-/// worker (it applies its plan when it is back). A failed gate holds the rest, saying why.
-/// Called once per pass: the next node goes once the store shows the last one healthy again.
-pub fn rollout(nodes: &[RolloutNode<'_>], worker_batch: usize) -> Rollout {
+/// every other master is online and healthy (so etcd never loses a member it needs for quorum,
+/// and an API server always answers), then workers, `worker_batch` at a time, each batch once
+/// the one before is healthy. A node new to the cluster gets its plan at once, and so does
+/// every node of a cluster whose masters all last reported trouble (being formed, or down
+/// anyway), and an offline worker (it applies its plan when it is back). While `settling`
+/// (the engine just began running), an offline agent may only not be back yet: nodes that
+/// run the cluster wait. A failed gate holds the rest, saying why. Called once per pass: the
+/// next node goes once the store shows the last one healthy again.
+pub fn rollout(nodes: &[RolloutNode<'_>], worker_batch: usize, settling: bool) -> Rollout {
     let mut out = Rollout::default();
+    let ready = |n: &RolloutNode| n.online && n.healthy;
     let serving = nodes.iter().any(|n| n.master && n.healthy);
     for n in nodes.iter().filter(|n| n.due && (!n.planned || !serving)) {
         out.publish.push(n.id);
     }
-    if !serving {
+    if !serving || !nodes.iter().any(|n| n.due && n.planned) {
+        return out;
+    }
+    let away: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.planned && !n.online)
+        .map(|n| n.name)
+        .collect();
+    if settling && !away.is_empty() {
+        out.waiting = Some(format!(
+            "rolling out: waiting for the agents of {} to connect to the controller, which just started",
+            away.join(", ")
+        ));
         return out;
     }
     // Masters first; a sick one first of all (it may need exactly this change).
@@ -363,11 +377,11 @@ pub fn rollout(nodes: &[RolloutNode<'_>], worker_batch: usize) -> Rollout {
         .iter()
         .filter(|n| n.master && n.due && n.planned)
         .collect();
-    masters.sort_by_key(|n| (n.healthy, n.name));
+    masters.sort_by_key(|n| (ready(n), n.name));
     if let Some(next) = masters.first() {
         let held: Vec<&str> = nodes
             .iter()
-            .filter(|n| n.master && n.id != next.id && !n.healthy)
+            .filter(|n| n.master && n.id != next.id && !ready(n))
             .map(|n| n.name)
             .collect();
         if held.is_empty() {
@@ -391,9 +405,6 @@ pub fn rollout(nodes: &[RolloutNode<'_>], worker_batch: usize) -> Rollout {
         .iter()
         .filter(|n| !n.master && n.due && n.planned)
         .collect();
-    if workers.is_empty() {
-        return out;
-    }
     let mut busy: Vec<&str> = nodes
         .iter()
         .filter(|n| !n.master && n.planned && n.online && !n.healthy)
@@ -402,7 +413,7 @@ pub fn rollout(nodes: &[RolloutNode<'_>], worker_batch: usize) -> Rollout {
     let mut room = worker_batch.max(1).saturating_sub(busy.len());
     let mut left = 0;
     for n in workers {
-        if !n.online || !n.healthy {
+        if !ready(n) {
             // Offline, or already changing or sick: taking it adds nothing to what is down.
             out.publish.push(n.id);
         } else if room > 0 {
@@ -480,6 +491,31 @@ mod tests {
     }
 
     #[test]
+    fn agents_not_back_after_a_start_hold_the_rollout_then_count_as_offline() {
+        const M: bool = true;
+        let nodes = vec![
+            rolling("m1", M, true, true, false, true),
+            rolling("m2", M, true, true, false, true),
+            rolling("m3", M, true, true, false, true),
+            rolling("w9", false, true, false, false, false),
+        ];
+        let settling = rollout(&nodes, 1, true);
+        assert_eq!(names(&nodes, &settling.publish), ["w9"]);
+        assert_eq!(
+            settling.waiting.as_deref(),
+            Some(
+                "rolling out: waiting for the agents of m1, m2, m3 to connect to the controller, which just started"
+            )
+        );
+        let later = rollout(&nodes, 1, false);
+        assert_eq!(names(&nodes, &later.publish), ["w9"]);
+        assert_eq!(
+            later.waiting.as_deref(),
+            Some("rolling out: m1 waits until m2, m3 are healthy (masters change one at a time)")
+        );
+    }
+
+    #[test]
     fn changes_reach_one_master_at_a_time_then_workers_in_batches() {
         const M: bool = true;
         const W: bool = false;
@@ -536,7 +572,7 @@ mod tests {
              1, vec![], None),
         ];
         for (what, nodes, batch, publish, waiting) in cases {
-            let got = rollout(&nodes, batch);
+            let got = rollout(&nodes, batch, false);
             assert_eq!(names(&nodes, &got.publish), publish, "{what}");
             assert_eq!(got.waiting.as_deref(), waiting, "{what}");
         }

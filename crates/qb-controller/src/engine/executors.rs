@@ -31,6 +31,7 @@ impl Engine {
     /// Runs until the process ends (or the task is aborted, which ends every executor): one
     /// executor per cluster with work, and the pool's wipes.
     pub async fn run(self: Arc<Self>) {
+        *super::lock(&self.running_since) = Some(std::time::Instant::now());
         let mut tasks = JoinSet::new();
         let mut executors: HashMap<(TenantId, ClusterId), Executor> = HashMap::new();
         // Executors told to stop that may still be in their last pass.

@@ -83,6 +83,8 @@ pub struct Engine {
     /// the same ports of the cluster's nodes.
     preflights: Mutex<HashMap<qb_api::ClusterId, Arc<tokio::sync::Mutex<()>>>>,
     addons: crate::addons::AddonManager,
+    /// When this replica's engine began running (see [`Engine::settling`]).
+    running_since: Mutex<Option<std::time::Instant>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +126,7 @@ impl Engine {
             signer: PlanSigner::from_pem(&stored.chain_pem, &stored.key_pem)?,
             wake: Arc::new(Notify::new()),
             preflights: Mutex::new(HashMap::new()),
+            running_since: Mutex::new(None),
         })
     }
 
@@ -267,7 +270,7 @@ impl Engine {
             })
             .collect();
         let workers = views.iter().filter(|v| !v.master).count();
-        let rollout = decide::rollout(&views, worker_batch(workers));
+        let rollout = decide::rollout(&views, worker_batch(workers), self.settling());
         for (n, plan, hash) in rendered {
             if rollout.publish.contains(&n.node.id) {
                 self.publish(
@@ -650,6 +653,12 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Whether the engine began running so recently (the controller started, or this replica
+    /// took the engine over) that an agent it sees offline may just not be back yet.
+    fn settling(&self) -> bool {
+        lock(&self.running_since).is_some_and(|since| since.elapsed() < self.agents.grace())
     }
 
     /// A staying master whose agent is online and whose API server is healthy.
