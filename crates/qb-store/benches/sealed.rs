@@ -52,7 +52,10 @@ async fn run() {
             tenant.id,
             node.id,
             None,
-            "bench",
+            qb_store::PlanHashes {
+                plan: "bench",
+                restart: None,
+            },
             None,
             |_| Ok(plan.clone()),
         )

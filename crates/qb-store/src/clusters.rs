@@ -171,6 +171,23 @@ impl Store {
                 "no release bundle for Kubernetes {to} is imported; import one with `qb bundle import`"
             )));
         };
+        // One upgrade at a time: nodes still given an older version would skip one.
+        let behind: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM nodes WHERE cluster_id = $1 AND state = 'attached' \
+             AND plan_version IS NOT NULL AND plan_version <> $2 ORDER BY name",
+        )
+        .bind(cluster.id.to_string())
+        .bind(from.as_str())
+        .fetch_all(&mut *w.tx)
+        .await?;
+        if !behind.is_empty() {
+            return Err(StoreError::UpgradeRefused(format!(
+                "cluster {} is still moving to {from}: {} {} not given it yet; upgrade again once every node runs it (`qb cluster show`)",
+                cluster.name,
+                behind.join(", "),
+                if behind.len() == 1 { "was" } else { "were" }
+            )));
+        }
         let current = crate::engine::bundle_manifest(&mut w.tx, tenant, &from).await?;
         check(current.as_ref(), &target).map_err(StoreError::UpgradeRefused)?;
         sqlx::query("UPDATE clusters SET kubernetes_version = $1 WHERE id = $2 AND tenant_id = $3")

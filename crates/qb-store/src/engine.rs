@@ -44,12 +44,22 @@ pub struct EngineNode {
     pub certs: Option<NodeCerts>,
     /// Hash of the node's current plan without its generation, to tell whether it changed.
     pub plan_hash: Option<String>,
+    /// Hash of what in that plan restarts services (see [`PlanHashes`]).
+    pub plan_restart_hash: Option<String>,
     /// The index of the node's pod subnet in the cluster's pod CIDR, once given.
     pub pod_subnet: Option<u32>,
     /// Detached with `--force`: an unreachable host's wipe is not waited for.
     pub detach_force: bool,
     /// A leaving node's drain, as far as it went.
     pub drain: Drain,
+}
+
+/// A plan's hashes as the engine keeps them: of the whole plan without its generation (whether
+/// it changed), and of what restarts services when it changes (`None` for a wipe).
+#[derive(Clone, Copy, Debug)]
+pub struct PlanHashes<'a> {
+    pub plan: &'a str,
+    pub restart: Option<&'a str>,
 }
 
 /// How far a leaving node's drain went; kept in the store so that a restarted or failed-over
@@ -226,6 +236,7 @@ impl Store {
                         "node certificates",
                     )?,
                     plan_hash: row.try_get("plan_hash")?,
+                    plan_restart_hash: row.try_get("plan_restart_hash")?,
                     pod_subnet: row
                         .try_get::<Option<i64>, _>("pod_subnet")?
                         .and_then(|i| u32::try_from(i).ok()),
@@ -493,10 +504,14 @@ impl Store {
         tenant: TenantId,
         node: NodeId,
         cluster: Option<ClusterId>,
-        plan_hash: &str,
+        hashes: PlanHashes<'_>,
         version: Option<&KubernetesVersion>,
         sign: impl FnOnce(u64) -> std::result::Result<String, String>,
     ) -> Result<u64> {
+        let PlanHashes {
+            plan: plan_hash,
+            restart: restart_hash,
+        } = hashes;
         let mut w = self.write(tenant).await?;
         let current = w.node(tenant, &Key::Id(node)).await?;
         if current.cluster.as_ref().map(|c| c.id) != cluster {
@@ -509,7 +524,7 @@ impl Store {
         let generation = current.plan.as_ref().map_or(0, |p| p.generation) + 1;
         let signed = sign(generation).map_err(|e| StoreError::Invalid(qb_api::InvalidValue(e)))?;
         let done = sqlx::query(
-            "UPDATE nodes SET plan_generation = $1, plan = $2, plan_hash = $3, plan_version = $6 WHERE id = $4 AND plan_generation = $5",
+            "UPDATE nodes SET plan_generation = $1, plan = $2, plan_hash = $3, plan_version = $6, plan_restart_hash = $7 WHERE id = $4 AND plan_generation = $5",
         )
         .bind(i64::try_from(generation).unwrap_or(i64::MAX))
         .bind(self.seal("nodes", "plan", &node.to_string(), &signed))
@@ -517,6 +532,7 @@ impl Store {
         .bind(node.to_string())
         .bind(i64::try_from(generation - 1).unwrap_or(i64::MAX))
         .bind(version.map(KubernetesVersion::as_str))
+        .bind(restart_hash)
         .execute(&mut *w.tx)
         .await?;
         if done.rows_affected() != 1 {

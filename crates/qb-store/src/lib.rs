@@ -38,7 +38,7 @@ pub use agents::{
 };
 pub use alerts::{AlertChanges, WantedAlert};
 pub use clusters::{ClusterSpec, SpecError};
-pub use engine::{Drain, EngineCluster, EngineNode, WIPE_PLAN_HASH};
+pub use engine::{Drain, EngineCluster, EngineNode, PlanHashes, WIPE_PLAN_HASH};
 pub use events::EventFilter;
 pub use metrics::{HOURS_KEPT, MINUTES_KEPT};
 pub use nodes::{NewNode, NodeFilter};

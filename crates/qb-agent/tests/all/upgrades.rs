@@ -106,6 +106,7 @@ fn etcd_is_upgraded_from_3_4_to_3_5_one_member_at_a_time_without_losing_quorum_a
     // A refused upgrade changes nothing.
     let refused = api.patch("/clusters/up", &json!({"kubernetes_version": "1.19.0"}));
     refused.problem(409, "upgrade_refused");
+    assert_eq!(api.get("/clusters/up").ok()["kubernetes_version"], "1.20.2");
 
     // While it runs: a client writes every 100 ms through all three members, and the cluster
     // is watched through the API (how many nodes change at once) and through etcd (how many

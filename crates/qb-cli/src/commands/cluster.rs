@@ -179,8 +179,14 @@ async fn wait_until_upgraded(
             .await?;
         let (done, all) = upgraded(&detail);
         let c = &detail.cluster;
-        if done == all && c.state == qb_api::ClusterState::Ready {
-            return Ok(());
+        match c.state {
+            qb_api::ClusterState::Ready if done == all => return Ok(()),
+            qb_api::ClusterState::Empty => return Ok(()),
+            qb_api::ClusterState::Blocked => bail!(
+                "cluster {cluster} is blocked: {}; the upgrade goes on once that is solved",
+                c.state_message.as_deref().unwrap_or("no reason given")
+            ),
+            _ => {}
         }
         let progress = format!(
             "{done} of {all} nodes upgraded; {}{}",

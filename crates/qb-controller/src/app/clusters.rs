@@ -281,12 +281,60 @@ mod tests {
                 "{version}: {refused}"
             );
         }
+        // A node that runs 1.20.2.
+        let name = f.pending_node("n1").await;
+        let node = f
+            .app
+            .authorize_node(&f.operator, &Key::Name(name.to_string()))
+            .await
+            .unwrap();
+        let target = AttachTarget::Named(vec![name]);
+        let cluster = f.app.attach(&f.operator, &prod, &target).await.unwrap();
+        let hashes = qb_store::PlanHashes {
+            plan: "p1",
+            restart: None,
+        };
+        let running = "1.20.2".parse().unwrap();
+        f.store
+            .publish_plan(
+                f.tenant,
+                node.id,
+                Some(cluster.cluster.id),
+                hashes,
+                Some(&running),
+                |_| Ok("{}".to_owned()),
+            )
+            .await
+            .unwrap();
         let upgraded = f
             .app
             .update_cluster(&f.operator, &prod, &to("1.20.2+qb.1"))
             .await
             .unwrap();
         assert_eq!(upgraded.kubernetes_version.as_str(), "1.20.2+qb.1");
+        // The next upgrade waits until every node was given this one.
+        import(&f, "1.20.3+qb.1", "3.5.1").await;
+        let refused = f
+            .app
+            .update_cluster(&f.operator, &prod, &to("1.20.3+qb.1"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "cluster prod is still moving to 1.20.2+qb.1: n1 was not given it yet; upgrade again once every node runs it (`qb cluster show`)"
+        );
+        let given = "1.20.2+qb.1".parse().unwrap();
+        f.store
+            .publish_plan(
+                f.tenant,
+                node.id,
+                Some(cluster.cluster.id),
+                hashes,
+                Some(&given),
+                |_| Ok("{}".to_owned()),
+            )
+            .await
+            .unwrap();
         // etcd 3.5 cannot go back to 3.4.
         let refused = f
             .app

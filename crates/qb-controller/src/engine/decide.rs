@@ -296,6 +296,16 @@ fn forced_off(n: &LeavingView<'_>) -> bool {
     n.force && !n.online
 }
 
+/// How a node's plan, as rendered now, differs from the one published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    None,
+    /// Nothing that restarts a service (routes, the API balancer's upstreams).
+    Quiet,
+    /// A service, or a file or binary one reads: it restarts.
+    Restarts,
+}
+
 /// A staying node as the rollout of changed plans sees it.
 #[derive(Clone, Debug)]
 pub struct RolloutNode<'a> {
@@ -303,33 +313,36 @@ pub struct RolloutNode<'a> {
     pub name: &'a str,
     /// Its plan runs etcd and the control plane.
     pub master: bool,
-    /// Its plan, as rendered now, differs from the one published.
-    pub due: bool,
+    pub change: Change,
     /// It was given a plan of this cluster before (a node new to the cluster was not).
     pub planned: bool,
     pub online: bool,
-    /// Its agent's last report: its newest plan applied and every service healthy.
+    /// Its agent's last report: its newest plan applied.
+    pub applied: bool,
+    /// Applied, and every service healthy.
     pub healthy: bool,
+    /// Its agent last reported a plan applied, perhaps an older one: it runs the cluster.
+    pub installed: bool,
 }
 
 impl<'a> RolloutNode<'a> {
-    pub fn of(n: &'a EngineNode, master: bool, due: bool, online: bool) -> Self {
+    pub fn of(n: &'a EngineNode, master: bool, change: Change, online: bool) -> Self {
         let plan = n.node.plan.as_ref();
-        let healthy = plan.is_some_and(|p| {
-            p.report.as_ref().is_some_and(|r| {
-                r.generation == p.generation
-                    && r.state == PlanState::Applied
-                    && r.services.iter().all(|s| s.running && s.healthy)
-            })
-        });
+        let report = plan.and_then(|p| p.report.as_ref());
+        let installed = report.is_some_and(|r| r.state == PlanState::Applied);
+        let applied =
+            installed && plan.is_some_and(|p| report.is_some_and(|r| r.generation == p.generation));
         Self {
             id: n.node.id,
             name: n.node.name.as_str(),
             master,
-            due,
+            change,
             planned: plan.is_some() && n.plan_hash.as_deref() != Some(qb_store::WIPE_PLAN_HASH),
             online,
-            healthy,
+            applied,
+            healthy: applied
+                && report.is_some_and(|r| r.services.iter().all(|s| s.running && s.healthy)),
+            installed,
         }
     }
 }
@@ -341,23 +354,27 @@ pub struct Rollout {
     pub waiting: Option<String>,
 }
 
-/// How a change reaches nodes that run the cluster: one master at a time, each only while
-/// every other master is online and healthy (so etcd never loses a member it needs for quorum,
-/// and an API server always answers), then workers, `worker_batch` at a time, each batch once
-/// the one before is healthy. A node new to the cluster gets its plan at once, and so does
-/// every node of a cluster whose masters all last reported trouble (being formed, or down
-/// anyway), and an offline worker (it applies its plan when it is back). While `settling`
-/// (the engine just began running), an offline agent may only not be back yet: nodes that
-/// run the cluster wait. A failed gate holds the rest, saying why. Called once per pass: the
-/// next node goes once the store shows the last one healthy again.
+/// How a change that restarts services reaches nodes that run the cluster: one master at a
+/// time, each only while every other master is online and healthy (so etcd never loses a
+/// member it needs for quorum, and an API server always answers), then workers, `worker_batch`
+/// at a time, each batch once the one before applied its plan. Goes at once: a change that
+/// restarts nothing, a node new to the cluster, every node of a cluster none of whose masters
+/// ever ran (being formed), and a worker that is offline or sick (taking it adds nothing to
+/// what is down). While `settling` (the engine just began running), an offline agent may only
+/// not be back yet: nodes that run the cluster wait. A failed gate holds the rest, saying why.
+/// Called once per pass: the next node goes once the store shows the last one healthy again.
 pub fn rollout(nodes: &[RolloutNode<'_>], worker_batch: usize, settling: bool) -> Rollout {
     let mut out = Rollout::default();
     let ready = |n: &RolloutNode| n.online && n.healthy;
-    let serving = nodes.iter().any(|n| n.master && n.healthy);
-    for n in nodes.iter().filter(|n| n.due && (!n.planned || !serving)) {
+    let serving = nodes.iter().any(|n| n.master && n.installed);
+    let rolled = |n: &&RolloutNode| n.change == Change::Restarts && n.planned && serving;
+    for n in nodes
+        .iter()
+        .filter(|n| n.change != Change::None && !rolled(n))
+    {
         out.publish.push(n.id);
     }
-    if !serving || !nodes.iter().any(|n| n.due && n.planned) {
+    if !nodes.iter().any(|n| rolled(&n)) {
         return out;
     }
     let away: Vec<&str> = nodes
@@ -373,10 +390,7 @@ pub fn rollout(nodes: &[RolloutNode<'_>], worker_batch: usize, settling: bool) -
         return out;
     }
     // Masters first; a sick one first of all (it may need exactly this change).
-    let mut masters: Vec<&RolloutNode> = nodes
-        .iter()
-        .filter(|n| n.master && n.due && n.planned)
-        .collect();
+    let mut masters: Vec<&RolloutNode> = nodes.iter().filter(|n| n.master && rolled(n)).collect();
     masters.sort_by_key(|n| (ready(n), n.name));
     if let Some(next) = masters.first() {
         let held: Vec<&str> = nodes
@@ -401,20 +415,30 @@ pub fn rollout(nodes: &[RolloutNode<'_>], worker_batch: usize, settling: bool) -
         }
         return out;
     }
-    let workers: Vec<&RolloutNode> = nodes
+    // Workers once every master is back.
+    let masters_away: Vec<&str> = nodes
         .iter()
-        .filter(|n| !n.master && n.due && n.planned)
+        .filter(|n| n.master && !ready(n))
+        .map(|n| n.name)
         .collect();
+    if !masters_away.is_empty() {
+        out.waiting = Some(format!(
+            "rolling out: workers wait until {} {} healthy",
+            masters_away.join(", "),
+            if masters_away.len() == 1 { "is" } else { "are" }
+        ));
+        return out;
+    }
+    // Workers in flight: given a plan they have not applied yet.
     let mut busy: Vec<&str> = nodes
         .iter()
-        .filter(|n| !n.master && n.planned && n.online && !n.healthy)
+        .filter(|n| !n.master && n.planned && n.online && !n.applied)
         .map(|n| n.name)
         .collect();
     let mut room = worker_batch.max(1).saturating_sub(busy.len());
     let mut left = 0;
-    for n in workers {
+    for n in nodes.iter().filter(|n| !n.master && rolled(n)) {
         if !ready(n) {
-            // Offline, or already changing or sick: taking it adds nothing to what is down.
             out.publish.push(n.id);
         } else if room > 0 {
             room -= 1;
@@ -426,9 +450,14 @@ pub fn rollout(nodes: &[RolloutNode<'_>], worker_batch: usize, settling: bool) -
     }
     if left > 0 {
         out.waiting = Some(format!(
-            "rolling out to workers, {left} left: waiting until {} {} healthy",
+            "rolling out to workers, {left} left: waiting until {} {} applied {}",
             busy.join(", "),
-            if busy.len() == 1 { "is" } else { "are" }
+            if busy.len() == 1 { "has" } else { "have" },
+            if busy.len() == 1 {
+                "its plan"
+            } else {
+                "their plans"
+            }
         ));
     }
     out
@@ -468,10 +497,19 @@ mod tests {
             id: NodeId::new(),
             name,
             master,
-            due,
+            change: if due { Change::Restarts } else { Change::None },
             planned,
             online,
+            applied: healthy,
             healthy,
+            installed: planned,
+        }
+    }
+
+    impl RolloutNode<'static> {
+        fn with(mut self, change: impl FnOnce(&mut Self)) -> Self {
+            change(&mut self);
+            self
         }
     }
 
@@ -559,14 +597,28 @@ mod tests {
             ("workers in batches",
              vec![rolling("m1", M, false, true, true, true), rolling("w1", W, true, true, true, true),
                   rolling("w2", W, true, true, true, true), rolling("w3", W, true, true, true, true)],
-             2, vec!["w1", "w2"], Some("rolling out to workers, 1 left: waiting until w1, w2 are healthy")),
+             2, vec!["w1", "w2"], Some("rolling out to workers, 1 left: waiting until w1, w2 have applied their plans")),
             ("a worker changing holds the next batch; an offline one gets its plan",
              vec![rolling("m1", M, false, true, true, true), rolling("w1", W, false, true, true, false),
                   rolling("w2", W, true, true, true, true), rolling("w3", W, true, true, false, false)],
-             1, vec!["w3"], Some("rolling out to workers, 1 left: waiting until w1 is healthy")),
-            ("no healthy master: nothing to keep serving, every plan goes",
-             vec![rolling("m1", M, true, true, false, false), rolling("w1", W, true, true, true, true)],
+             1, vec!["w3"], Some("rolling out to workers, 1 left: waiting until w1 has applied its plan")),
+            ("a cluster being formed (no master ever ran) gets every plan at once",
+             vec![rolling("m1", M, true, true, true, false).with(|n| n.installed = false),
+                  rolling("w1", W, true, true, true, false).with(|n| n.installed = false)],
              1, vec!["m1", "w1"], None),
+            ("the only master changing: workers wait for it",
+             vec![rolling("m1", M, false, true, true, false), rolling("w1", W, true, true, true, true)],
+             1, vec![], Some("rolling out: workers wait until m1 is healthy")),
+            ("a change that restarts nothing goes everywhere at once, past any gate",
+             vec![rolling("m1", M, true, true, true, true).with(|n| n.change = Change::Quiet),
+                  rolling("m2", M, true, true, false, false).with(|n| n.change = Change::Quiet),
+                  rolling("w1", W, true, true, true, true).with(|n| n.change = Change::Quiet)],
+             1, vec!["m1", "m2", "w1"], None),
+            ("a sick worker that applied its plan holds no one",
+             vec![rolling("m1", M, false, true, true, true),
+                  rolling("w1", W, false, true, true, false).with(|n| n.applied = true),
+                  rolling("w2", W, true, true, true, true), rolling("w3", W, true, true, true, true)],
+             1, vec!["w2"], Some("rolling out to workers, 1 left: waiting until w2 has applied its plan")),
             ("nothing due",
              vec![rolling("m1", M, false, true, true, true), rolling("w1", W, false, true, true, true)],
              1, vec![], None),

@@ -51,7 +51,9 @@ use qb_api::{ClusterState, Node, NodeId, NodeRole, TenantId};
 use qb_pki::PlanSigner;
 use qb_plan::pki::{ClusterPki, NodeCerts};
 use qb_plan::render::{ClusterInput, NodeInput};
-use qb_store::{Actor, Drain, EngineCluster, EngineNode, Store, StoreError, WIPE_PLAN_HASH};
+use qb_store::{
+    Actor, Drain, EngineCluster, EngineNode, PlanHashes, Store, StoreError, WIPE_PLAN_HASH,
+};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
@@ -257,28 +259,38 @@ impl Engine {
             let certs = self.node_certs(&ec, n, &pki, &input, node_input).await?;
             let plan = qb_plan::render::render(&input, &inputs, n.node.id, &pki, &certs)
                 .map_err(|e| EngineError::Plan(format!("rendering {}'s plan: {e}", n.node.name)))?;
-            let hash = plan_hash(&plan);
-            rendered.push((n, plan, hash));
+            let hashes = (plan_hash(&plan), restart_hash(&plan));
+            rendered.push((n, plan, hashes));
         }
         // Changed plans reach running nodes one master at a time, then workers in batches.
         let views: Vec<decide::RolloutNode> = rendered
             .iter()
-            .map(|(n, _, hash)| {
+            .map(|(n, _, (hash, restart))| {
                 let master = node_input_role(n) == NodeRole::Master;
-                let due = n.plan_hash.as_deref() != Some(hash.as_str());
-                decide::RolloutNode::of(n, master, due, self.agents.online(n.node.id))
+                let change = if n.plan_hash.as_deref() == Some(hash.as_str()) {
+                    decide::Change::None
+                } else if n.plan_restart_hash.as_deref() == Some(restart.as_str()) {
+                    decide::Change::Quiet
+                } else {
+                    decide::Change::Restarts
+                };
+                decide::RolloutNode::of(n, master, change, self.agents.online(n.node.id))
             })
             .collect();
         let workers = views.iter().filter(|v| !v.master).count();
         let rollout = decide::rollout(&views, worker_batch(workers), self.settling());
-        for (n, plan, hash) in rendered {
+        for (n, plan, (hash, restart)) in rendered {
             if rollout.publish.contains(&n.node.id) {
+                let hashes = PlanHashes {
+                    plan: &hash,
+                    restart: Some(&restart),
+                };
                 self.publish(
                     tenant,
                     &n.node,
                     Some(cluster),
                     plan,
-                    &hash,
+                    hashes,
                     Some(&input.version),
                 )
                 .await?;
@@ -717,7 +729,11 @@ impl Engine {
             node_id: node.id,
             ..Plan::default()
         };
-        self.publish(tenant, node, cluster, plan, WIPE_PLAN_HASH, None)
+        let hashes = PlanHashes {
+            plan: WIPE_PLAN_HASH,
+            restart: None,
+        };
+        self.publish(tenant, node, cluster, plan, hashes, None)
             .await
     }
 
@@ -728,12 +744,12 @@ impl Engine {
         node: &Node,
         cluster: Option<qb_api::ClusterId>,
         mut plan: Plan,
-        hash: &str,
+        hashes: PlanHashes<'_>,
         version: Option<&qb_api::KubernetesVersion>,
     ) -> Result<(), EngineError> {
         let generation = self
             .store
-            .publish_plan(tenant, node.id, cluster, hash, version, |generation| {
+            .publish_plan(tenant, node.id, cluster, hashes, version, |generation| {
                 plan.generation = generation;
                 let text = serde_json::to_string(&plan).map_err(|e| e.to_string())?;
                 let signature = self
@@ -902,6 +918,34 @@ fn node_input_role(n: &EngineNode) -> NodeRole {
 /// `maxUnavailable`), at least one.
 fn worker_batch(workers: usize) -> usize {
     (workers / 4).max(1)
+}
+
+/// SHA-256 of what in a plan restarts services when it changes: the services themselves, the
+/// files and artifacts they name as inputs, and what the node's cluster and state are. Routes,
+/// the API balancer's upstreams and files no service reads change without a restart.
+fn restart_hash(plan: &Plan) -> String {
+    let inputs: std::collections::BTreeSet<_> =
+        plan.services.iter().flat_map(|s| &s.inputs).collect();
+    let files: Vec<_> = plan
+        .files
+        .iter()
+        .filter(|f| inputs.contains(&f.path))
+        .collect();
+    let artifacts: Vec<_> = plan
+        .artifacts
+        .iter()
+        .filter(|a| inputs.contains(&a.path))
+        .collect();
+    let restarting = (
+        plan.cluster_id,
+        &plan.services,
+        files,
+        artifacts,
+        &plan.state_dirs,
+        &plan.cgroups,
+    );
+    let json = serde_json::to_vec(&restarting).expect("plans serialize");
+    hex::encode(Sha256::digest(json))
 }
 
 /// SHA-256 of the plan without its generation: equal plans hash equal.

@@ -50,9 +50,19 @@ async fn write_every_secret(db: &Store) -> Written {
     db.set_node_engine(t, n.id, c.id, None, None, Some(&certs))
         .await
         .unwrap();
-    db.publish_plan(t, n.id, Some(c.id), "hash", None, |_| Ok(PLAN.to_owned()))
-        .await
-        .unwrap();
+    db.publish_plan(
+        t,
+        n.id,
+        Some(c.id),
+        qb_store::PlanHashes {
+            plan: "hash",
+            restart: None,
+        },
+        None,
+        |_| Ok(PLAN.to_owned()),
+    )
+    .await
+    .unwrap();
     let hook = CreateChannel {
         name: "hook".parse().unwrap(),
         kind: ChannelKind::Webhook,
