@@ -955,3 +955,60 @@ fn plan_hash(plan: &Plan) -> String {
     let json = serde_json::to_vec(&plan).expect("plans serialize");
     hex::encode(Sha256::digest(json))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plan with one service reading `/etc/qb/a.conf`, one file it does not read, and a route.
+    fn plan(read: &str, unread: &str, route_via: &str) -> Plan {
+        serde_json::from_value(serde_json::json!({
+            "node_id": NodeId::new(),
+            "cluster_id": qb_api::ClusterId::new(),
+            "generation": 1,
+            "artifacts": [],
+            "files": [
+                {"path": "/etc/qb/a.conf", "content": read, "mode": 0o600},
+                {"path": "/etc/qb/b.conf", "content": unread, "mode": 0o600},
+            ],
+            "services": [{
+                "name": "etcd", "command": ["/opt/qb/bin/etcd"], "inputs": ["/etc/qb/a.conf"],
+            }],
+            "state_dirs": [],
+            "routes": [{"destination": "10.244.1.0/24", "via": route_via}],
+        }))
+        .expect("a plan")
+    }
+
+    #[test]
+    fn only_what_services_read_restarts_them() {
+        let base = plan("a", "b", "10.0.0.2");
+        let (hash, restart) = (plan_hash(&base), restart_hash(&base));
+        let mut same = base.clone();
+        same.generation = 7;
+        assert_eq!(
+            (plan_hash(&same), restart_hash(&same)),
+            (hash.clone(), restart.clone())
+        );
+        // A route, or a file no service reads: another plan that restarts nothing.
+        for quiet in [plan("a", "b", "10.0.0.3"), plan("a", "c", "10.0.0.2")] {
+            let quiet = Plan {
+                node_id: base.node_id,
+                cluster_id: base.cluster_id,
+                ..quiet
+            };
+            assert_ne!(plan_hash(&quiet), hash);
+            assert_eq!(restart_hash(&quiet), restart);
+        }
+        // A file a service reads, or the service itself: a restart.
+        let read = Plan {
+            node_id: base.node_id,
+            cluster_id: base.cluster_id,
+            ..plan("z", "b", "10.0.0.2")
+        };
+        assert_ne!(restart_hash(&read), restart);
+        let mut command = base.clone();
+        command.services[0].command.push("--flag".to_owned());
+        assert_ne!(restart_hash(&command), restart);
+    }
+}
