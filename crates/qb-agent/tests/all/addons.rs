@@ -290,16 +290,7 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
     );
 
     // Every host's kube-proxy sends the DNS Service to the new replicas before the outage.
-    for (i, agent) in agents.iter().enumerate() {
-        poll(
-            &format!("cluster DNS answering on host-{i}"),
-            PUT_BACK,
-            || match lookup(agent, "web.default.svc.cluster.local") {
-                ip if ip == service_ip => Ok(()),
-                said => Err(said),
-            },
-        );
-    }
+    wait_resolving_everywhere(&agents, &service_ip, "before the outage");
 
     // Every API server frozen: names that existed keep resolving.
     let frozen: Vec<String> = (0..3)
@@ -328,15 +319,16 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
     eprintln!("every API server frozen for {API_OUTAGE:?}: {answered} lookups, all answered");
 
     // The used cluster upgraded: etcd 3.4 → 3.5, then Kubernetes built again; nothing fails.
-    let endpoints = (0..3)
-        .map(|i| format!("https://{}:2379", lab.host_ip(i)))
-        .collect::<Vec<_>>()
-        .join(",");
+    let endpoints = crate::upgrades::etcd_endpoints(&lab, 3);
     crate::upgrades::upgrade_under_load(&api, &agents, "dns", &endpoints, &service_ip);
-    // Names still resolve on every host, through the upgraded cluster.
+    wait_resolving_everywhere(&agents, &service_ip, "after the upgrade");
+}
+
+/// Waits until the cluster DNS answers `web` with `service_ip` on every host.
+fn wait_resolving_everywhere(agents: &[Agent], service_ip: &str, when: &str) {
     for (i, agent) in agents.iter().enumerate() {
         poll(
-            &format!("cluster DNS answering on host-{i} after the upgrade"),
+            &format!("cluster DNS answering on host-{i} {when}"),
             PUT_BACK,
             || match lookup(agent, "web.default.svc.cluster.local") {
                 ip if ip == service_ip => Ok(()),

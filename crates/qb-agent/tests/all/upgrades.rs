@@ -60,6 +60,14 @@ fn versions(host: &Agent, endpoints: &str) -> Vec<String> {
         .collect()
 }
 
+/// The client URLs of the etcd members on the first `n` lab hosts, for `etcdctl --endpoints`.
+pub(crate) fn etcd_endpoints(lab: &Lab, n: usize) -> String {
+    (0..n)
+        .map(|i| format!("https://{}:2379", lab.host_ip(i)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The nodes whose newest plan their agent has not applied yet (every step done, every
 /// service through its first probe), by name.
 fn changing(cluster: &Value) -> Vec<String> {
@@ -90,10 +98,7 @@ fn etcd_is_upgraded_from_3_4_to_3_5_one_member_at_a_time_without_losing_quorum_a
     )
     .ok();
     wait_ready(&api, "up", CONVERGE);
-    let endpoints = (0..3)
-        .map(|i| format!("https://{}:2379", lab.host_ip(i)))
-        .collect::<Vec<_>>()
-        .join(",");
+    let endpoints = etcd_endpoints(&lab, 3);
     assert_eq!(versions(&agents[0], &endpoints), ["3.4.23"; 3]);
     for i in 0..50 {
         etcdctl(

@@ -250,6 +250,26 @@ mod tests {
             .unwrap();
     }
 
+    /// The node gets a plan of `version`, as the engine would give it.
+    async fn give(f: &Fixture, node: qb_api::NodeId, cluster: ClusterId, version: &str) {
+        let hashes = qb_store::PlanHashes {
+            plan: version,
+            restart: None,
+        };
+        let version: qb_api::KubernetesVersion = version.parse().unwrap();
+        f.store
+            .publish_plan(
+                f.tenant,
+                node,
+                Some(cluster),
+                hashes,
+                Some(&version),
+                |_| Ok("{}".to_owned()),
+            )
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn a_cluster_moves_only_to_an_imported_version_up_and_says_why_not() {
         let f = Fixture::new().await;
@@ -290,22 +310,7 @@ mod tests {
             .unwrap();
         let target = AttachTarget::Named(vec![name]);
         let cluster = f.app.attach(&f.operator, &prod, &target).await.unwrap();
-        let hashes = qb_store::PlanHashes {
-            plan: "p1",
-            restart: None,
-        };
-        let running = "1.20.2".parse().unwrap();
-        f.store
-            .publish_plan(
-                f.tenant,
-                node.id,
-                Some(cluster.cluster.id),
-                hashes,
-                Some(&running),
-                |_| Ok("{}".to_owned()),
-            )
-            .await
-            .unwrap();
+        give(&f, node.id, cluster.cluster.id, "1.20.2").await;
         let upgraded = f
             .app
             .update_cluster(&f.operator, &prod, &to("1.20.2+qb.1"))
@@ -323,18 +328,7 @@ mod tests {
             refused.to_string(),
             "cluster prod is still moving to 1.20.2+qb.1: n1 was not given it yet; upgrade again once every node runs it (`qb cluster show`)"
         );
-        let given = "1.20.2+qb.1".parse().unwrap();
-        f.store
-            .publish_plan(
-                f.tenant,
-                node.id,
-                Some(cluster.cluster.id),
-                hashes,
-                Some(&given),
-                |_| Ok("{}".to_owned()),
-            )
-            .await
-            .unwrap();
+        give(&f, node.id, cluster.cluster.id, "1.20.2+qb.1").await;
         // etcd 3.5 cannot go back to 3.4.
         let refused = f
             .app
