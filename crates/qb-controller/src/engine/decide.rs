@@ -34,7 +34,13 @@ impl<'a> NodeView<'a> {
                 .node
                 .address
                 .filter(|a| !facts.is_empty() && !facts.contains(a)),
-            plan: n.node.plan.as_ref(),
+            // A wipe (of a cluster it left) is no plan of this one: a node attached again
+            // waits for its plan, even while the wipe stands applied.
+            plan: n
+                .node
+                .plan
+                .as_ref()
+                .filter(|_| n.plan_hash.as_deref() != Some(qb_store::WIPE_PLAN_HASH)),
         }
     }
 }
@@ -904,5 +910,40 @@ mod tests {
         let items: Vec<String> = (1..=7).map(|i| i.to_string()).collect();
         assert_eq!(summarize(&items), "1; 2; 3; 4; 5; and 2 more");
         assert_eq!(summarize(&items[..2]), "1; 2");
+    }
+    /// A node attached again holds the wipe of the cluster it left, applied: that is no plan
+    /// of this cluster, so the cluster is not ready before the node's own plan is.
+    #[test]
+    fn a_node_whose_newest_plan_is_a_wipe_has_no_plan_of_the_cluster_yet() {
+        let engine_node = |plan_hash: &str| EngineNode {
+            node: serde_json::from_value(serde_json::json!({
+                "id": NodeId::new(),
+                "name": "again",
+                "state": "attached",
+                "cluster": null,
+                "facts": qb_api::NodeFacts::default(),
+                "labels": {},
+                "agent": null,
+                "role": "master",
+                "plan": plan(2, PlanState::Applied, &[]),
+                "created_at": "2024-05-01T12:00:00Z",
+                "updated_at": "2024-05-01T12:00:00Z",
+            }))
+            .expect("a node"),
+            etcd: None,
+            certs: None,
+            plan_hash: Some(plan_hash.to_owned()),
+            plan_restart_hash: None,
+            pod_subnet: None,
+            detach_force: false,
+            drain: qb_store::Drain::NotStarted,
+        };
+        let wiped = engine_node(qb_store::WIPE_PLAN_HASH);
+        let (state, message) = cluster_state(true, &[NodeView::of(&wiped, true)], &[], None);
+        assert_eq!(state, ClusterState::Installing);
+        assert_eq!(message.as_deref(), Some("again: no plan yet"));
+        let planned = engine_node("0123abcd");
+        let (state, _) = cluster_state(true, &[NodeView::of(&planned, true)], &[], None);
+        assert_eq!(state, ClusterState::Ready);
     }
 }
