@@ -5,7 +5,6 @@
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EtcdRequest {
     /// The local member's client URL, e.g. `https://127.0.0.1:2379`.
     pub endpoint: String,
@@ -16,7 +15,7 @@ pub struct EtcdRequest {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum EtcdOp {
     /// List the members.
     List,
@@ -35,7 +34,6 @@ pub enum EtcdOp {
 
 /// A member as etcd lists it. A member added but not yet started has an empty `name`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EtcdMember {
     pub id: u64,
     pub name: String,

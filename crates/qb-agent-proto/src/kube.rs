@@ -5,7 +5,6 @@
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KubeRequest {
     /// The local API server, e.g. `https://127.0.0.1:6443`.
     pub endpoint: String,
@@ -16,7 +15,7 @@ pub struct KubeRequest {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum KubeOp {
     /// List the nodes.
     Nodes,
@@ -57,7 +56,6 @@ pub fn role_labels(master: bool) -> Vec<&'static str> {
 
 /// A node as the API server lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KubeNode {
     pub name: String,
     /// Its `Ready` condition is `True`.

@@ -25,6 +25,14 @@
 //! Every request carries the protocol version ([`PROTOCOL_HEADER`]); the channel names it in
 //! its ALPN protocol.
 //!
+//! **Compatibility.** Within a protocol version, either side may add an optional field (one
+//! with a default): the other side ignores fields it does not know, so an older agent reads
+//! a newer controller's plans and messages, and a rolled-back agent its newer state. What the
+//! other side must act on (a message type, an instruction, a task or probe kind, a field that
+//! changes the meaning of others) takes a new protocol version; a controller sends it only to
+//! agents that speak that version, and either side refuses a message it does not know
+//! ([`FrameError::Unknown`]) rather than skip it.
+//!
 //! Frames are a 4-byte big-endian length and a JSON document of at most [`MAX_FRAME_BYTES`].
 //! No I/O here: [`encode`] and [`FrameDecoder`] work on bytes.
 
@@ -104,7 +112,6 @@ impl std::str::FromStr for MachineId {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// The bootstrap token from the agent's configuration.
     pub token: qb_api::Secret,
@@ -130,7 +137,6 @@ pub struct RegisterResponse {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RenewRequest {
     pub csr_pem: String,
 }
@@ -142,7 +148,6 @@ pub struct RenewResponse {
 
 /// Host load, sent with every heartbeat.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HostMetrics {
     /// Busy share of all CPUs since the previous heartbeat, 0–100.
     pub cpu_percent: f32,
@@ -162,7 +167,6 @@ pub struct HostMetrics {
 
 /// What an etcd member's metrics say of it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EtcdMetrics {
     /// It knows a leader (`etcd_server_has_leader`).
     pub has_leader: bool,
@@ -177,7 +181,7 @@ pub struct EtcdMetrics {
 
 /// What the agent sends on the channel.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentMessage {
     /// First frame of every channel.
     Hello {
@@ -212,7 +216,7 @@ pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 
 /// What an instruction produced.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outcome {
     /// Carried out; nothing to return.
     Done,
@@ -239,7 +243,7 @@ pub enum Outcome {
 
 /// What the controller sends on the channel.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControllerMessage {
     /// First frame: who the agent is, and how often to heartbeat.
     Welcome {
@@ -274,7 +278,7 @@ pub enum ControllerMessage {
 
 /// Instructions the controller pushes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Instruction {
     /// Answer at once (`Done`); measures push latency and liveness end to end.
     Ping { nonce: u64 },
@@ -294,7 +298,6 @@ pub enum Instruction {
 
 /// Which part of a service's log to read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LogRequest {
     /// A service of the node's plan, or `qb-agent` for the agent's own log.
     pub service: String,
@@ -317,7 +320,6 @@ impl LogRequest {
 
 /// A piece of a service's log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LogPiece {
     /// Whole lines (invalid UTF-8 replaced).
     pub text: String,
@@ -335,6 +337,10 @@ pub enum FrameError {
     TooLarge(usize),
     #[error("malformed frame")]
     Malformed(#[source] serde_json::Error),
+    /// JSON, but no message this side knows: an unknown type or kind, or a required field
+    /// missing. Messages and variants are never ignored, only fields (see the crate's docs).
+    #[error("a message this side does not know: {0}")]
+    Unknown(#[source] serde_json::Error),
 }
 
 /// A message as one frame: length, then JSON.
@@ -375,8 +381,13 @@ impl FrameDecoder {
         if self.buffer.len() < 4 + len {
             return Ok(None);
         }
-        let message =
-            serde_json::from_slice(&self.buffer[4..4 + len]).map_err(FrameError::Malformed)?;
+        let frame = &self.buffer[4..4 + len];
+        let message = serde_json::from_slice(frame).map_err(|e| {
+            match serde_json::from_slice::<serde::de::IgnoredAny>(frame) {
+                Ok(_) => FrameError::Unknown(e),
+                Err(_) => FrameError::Malformed(e),
+            }
+        })?;
         self.buffer.drain(..4 + len);
         // Give the room back once drained: an idle channel should hold nothing (one small
         // allocation per heartbeat is the price).
@@ -470,16 +481,67 @@ mod tests {
             Err(FrameError::Malformed(_))
         ));
 
-        // Unknown message types and unknown fields are refused, not ignored.
+        // Unknown message types, and messages missing a required field, are refused.
         for json in [
             r#"{"type":"shell","cmd":"rm -rf /"}"#,
-            r#"{"type":"done","instruction":1,"extra":1}"#,
+            r#"{"type":"done"}"#,
+            r#"{"type":"reply","instruction":1,"outcome":{"kind":"reformat"}}"#,
         ] {
             let mut decoder = FrameDecoder::default();
             decoder.push(&(json.len() as u32).to_be_bytes());
             decoder.push(json.as_bytes());
-            assert!(decoder.next_message::<AgentMessage>().is_err(), "{json}");
+            let refused = decoder.next_message::<AgentMessage>();
+            assert!(
+                matches!(refused, Err(FrameError::Unknown(_))),
+                "{json}: {refused:?}"
+            );
         }
+    }
+
+    /// What a newer side adds as an optional field, an older one reads past: messages, plans
+    /// and reports with fields this build does not know decode as if they were not there.
+    #[test]
+    fn unknown_fields_are_ignored_at_every_depth() {
+        use serde_json::json;
+
+        let with_extra = |mut value: serde_json::Value, pointer: &str| {
+            value
+                .pointer_mut(pointer)
+                .and_then(serde_json::Value::as_object_mut)
+                .expect("an object there")
+                .insert("added_by_a_newer_build".into(), json!({"any": ["thing"]}));
+            value
+        };
+        let hello = AgentMessage::Hello {
+            agent_version: "0.1.0".into(),
+            facts: NodeFacts::default(),
+        };
+        let plan = plan::Plan::default();
+        for (message, pointer) in [(&hello, ""), (&hello, "/facts"), (&heartbeat(), "/metrics")] {
+            let value = with_extra(serde_json::to_value(message).expect("JSON"), pointer);
+            let mut decoder = FrameDecoder::default();
+            decoder.push(&encode(&value));
+            assert_eq!(
+                decoder.next_message::<AgentMessage>().expect("decodes"),
+                Some(message.clone())
+            );
+        }
+        let welcome = ControllerMessage::Welcome {
+            node_id: NodeId::new(),
+            state: NodeState::Authorized,
+            heartbeat_seconds: 10,
+            plan_generation: Some(4),
+        };
+        let value = with_extra(serde_json::to_value(&welcome).expect("JSON"), "");
+        assert_eq!(
+            serde_json::from_value::<ControllerMessage>(value).expect("decodes"),
+            welcome
+        );
+        let value = with_extra(serde_json::to_value(&plan).expect("JSON"), "");
+        assert_eq!(
+            serde_json::from_value::<plan::Plan>(value).expect("decodes"),
+            plan
+        );
     }
 
     #[test]
@@ -546,16 +608,22 @@ mod tests {
                 "op": {"op": "drain", "node": "w1", "timeout_seconds": 60},
             })
         );
-        // Unknown operations and fields are refused, not ignored. (serde lets extra fields
-        // next to the tag of a unit variant such as `nodes` through.)
+        // Unknown operations, and operations missing a field, are refused; fields a newer
+        // controller added are read past.
         for json in [
             r#"{"kind":"kube","endpoint":"e","ca_file":"c","cert_file":"c","key_file":"k","op":{"op":"reboot"}}"#,
-            r#"{"kind":"kube","endpoint":"e","ca_file":"c","cert_file":"c","key_file":"k","op":{"op":"delete_node","node":"w1","force":true}}"#,
             r#"{"kind":"kube","endpoint":"e","ca_file":"c","cert_file":"c","key_file":"k","op":{"op":"drain","node":"w1"}}"#,
-            r#"{"kind":"kube","endpoint":"e","ca_file":"c","cert_file":"c","key_file":"k","op":{"op":"nodes"},"x":1}"#,
         ] {
             assert!(serde_json::from_str::<Instruction>(json).is_err(), "{json}");
         }
+        let newer = r#"{"kind":"kube","endpoint":"e","ca_file":"c","cert_file":"c","key_file":"k","op":{"op":"delete_node","node":"w1","grace":true},"x":1}"#;
+        assert!(
+            matches!(
+                serde_json::from_str::<Instruction>(newer),
+                Ok(Instruction::Kube(KubeRequest { op: KubeOp::DeleteNode { node }, .. })) if node == "w1"
+            ),
+            "{newer}"
+        );
     }
 
     #[test]

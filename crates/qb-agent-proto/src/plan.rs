@@ -25,7 +25,6 @@ pub const ARTIFACTS_PATH: &str = "/agent/v1/artifacts";
 
 /// A plan as the controller signed it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SignedPlan {
     /// The plan's JSON text, exactly as signed. Parse it only after the signature verified.
     pub plan: String,
@@ -37,7 +36,6 @@ pub struct SignedPlan {
 
 /// Everything one node must have and run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Plan {
     pub node_id: NodeId,
     /// `None`: the node is in no cluster; stop everything and wipe `state_dirs` of the old plan.
@@ -72,7 +70,6 @@ pub struct Plan {
 
 /// A TCP load balancer the agent runs for the node's Kubernetes components.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ApiBalancer {
     /// Where it listens: a loopback address.
     pub listen: std::net::SocketAddr,
@@ -85,7 +82,6 @@ pub const KUBE_APISERVER_ENDPOINT: &str = "kube-apiserver";
 
 /// `destination` is reached through `via`, a host on the node's own network.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Route {
     /// A CIDR, e.g. `10.244.3.0/24`.
     pub destination: ipnet::IpNet,
@@ -94,7 +90,6 @@ pub struct Route {
 
 /// A file from the release bundle, installed at `path` once its SHA-256 matched.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Artifact {
     /// The bundle's name for it, e.g. `etcd`.
     pub name: String,
@@ -107,7 +102,6 @@ pub struct Artifact {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PlanFile {
     pub path: HostPath,
     /// Secret, as many plan files hold keys: `Debug` shows only its length.
@@ -119,7 +113,6 @@ pub struct PlanFile {
 
 /// Numeric owner of a file; `0:0` (root) unless said otherwise.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Owner {
     pub uid: u32,
     pub gid: u32,
@@ -128,7 +121,6 @@ pub struct Owner {
 /// A long-running process the agent supervises, or a task (`restart: never`) it runs to
 /// completion once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Service {
     /// E.g. `etcd`; names its log file and step.
     pub name: ServiceName,
@@ -170,7 +162,7 @@ pub enum RestartPolicy {
 
 /// How to tell a service is healthy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Probe {
     /// A TCP connection to `address` (`host:port`) succeeds.
     Tcp { address: String },

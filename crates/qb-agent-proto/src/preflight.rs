@@ -23,7 +23,6 @@ pub fn banner(session: u64) -> String {
 
 /// Phase 1: local checks, and listen.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PreflightCheck {
     pub session: u64,
     /// Ports to bind and answer on. Ports held by services of the node's current plan are
@@ -31,8 +30,8 @@ pub struct PreflightCheck {
     pub listen: Vec<PortSpec>,
     /// Ports only the node itself uses: each must be free to bind at its address, but nothing
     /// listens on it afterwards and no peer probes it. Ports held by services of the node's
-    /// current plan are left alone, as in `listen`. (Left out when empty, so an older agent,
-    /// which refuses unknown fields, still reads the checks of nodes that have none.)
+    /// current plan are left alone, as in `listen`. (Left out when empty, so an agent of a build
+    /// that refused unknown fields still reads the checks of nodes that have none.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub local: Vec<LocalPort>,
     /// How long listeners stay open, from when they opened.
@@ -43,7 +42,6 @@ pub struct PreflightCheck {
 /// A port a component of the node binds for the node's own use (a health or metrics endpoint,
 /// the API balancer), at the address it binds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LocalPort {
     pub port: PortSpec,
     /// `127.0.0.1` for a component that binds loopback only, `0.0.0.0` for every address.
@@ -52,7 +50,6 @@ pub struct LocalPort {
 
 /// What the host must have.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Requirements {
     pub min_memory_bytes: u64,
     pub min_cpus: u32,
@@ -67,7 +64,6 @@ pub struct Requirements {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LocalReport {
     pub checks: Vec<CheckResult>,
     /// Ports now listening for the mesh check.
@@ -80,7 +76,6 @@ pub struct LocalReport {
 
 /// Phase 2: probe the peers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PreflightProbe {
     pub session: u64,
     pub targets: Vec<ProbeTarget>,
@@ -89,7 +84,6 @@ pub struct PreflightProbe {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ProbeTarget {
     pub node: NodeId,
     pub address: std::net::IpAddr,
@@ -101,7 +95,6 @@ pub struct ProbeTarget {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ProbeResult {
     pub to: NodeId,
     pub port: PortSpec,

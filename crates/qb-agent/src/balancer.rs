@@ -324,11 +324,12 @@ mod tests {
         tokio::time::sleep(SETTINGS_CHECK * 2).await;
         assert_eq!(through(listen).await, "b");
         assert!(!serving.is_finished());
-        // Settings it cannot read (a newer agent's) end it, for its supervisor to start the
-        // program installed now.
+        // Settings it cannot read (a newer agent's, of another shape) end it, for its
+        // supervisor to start the program installed now. (Fields it does not know, it reads
+        // past.)
         std::fs::write(
             &path,
-            r#"{"listen": "127.0.0.1:1", "upstreams": [], "new": 1}"#,
+            r#"{"listen": ["127.0.0.1:1", "[::1]:1"], "upstreams": []}"#,
         )
         .unwrap();
         let ended = tokio::time::timeout(Duration::from_secs(5), serving)

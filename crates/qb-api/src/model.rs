@@ -145,7 +145,6 @@ pub enum NodeRole {
 
 /// What the host reported about itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct NodeFacts {
     pub hostname: String,
     /// Distribution and version, e.g. `Debian GNU/Linux 12 (bookworm)`.
@@ -170,7 +169,6 @@ pub struct NodeFacts {
 
 /// A network interface of a host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct NetInterface {
     pub name: String,
     pub kind: InterfaceKind,

@@ -24,7 +24,6 @@ impl Protocol {
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
 )]
-#[serde(deny_unknown_fields)]
 pub struct PortSpec {
     pub port: u16,
     pub protocol: Protocol,
@@ -54,7 +53,6 @@ impl std::fmt::Display for PortSpec {
 
 /// The agent's account of applying a plan, sent whenever it changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct PlanReport {
     pub generation: u64,
     pub state: PlanState,
@@ -77,7 +75,6 @@ pub enum PlanState {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct StepReport {
     /// `artifacts`, `files`, `service:<name>`, or `wipe`.
     pub name: String,
@@ -97,7 +94,6 @@ pub enum StepState {
 
 /// A supervised service as the agent sees it now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ServiceReport {
     pub name: String,
     pub running: bool,
@@ -112,7 +108,6 @@ pub struct ServiceReport {
     pub last_exit: Option<String>,
 }
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct CheckResult {
     /// e.g. `port 2379/tcp`, `memory`, `swap`, `clock`, `kernel`, `module br_netfilter`.
     pub name: String,

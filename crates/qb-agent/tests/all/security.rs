@@ -497,9 +497,14 @@ fn hostile_frames_close_the_channel_and_store_nothing() {
     };
     let oversized = serde_json::to_vec(&evil_hello(70 * 1024)).expect("JSON");
     assert!(oversized.len() > qb_agent_proto::MAX_FRAME_BYTES);
-    let unknown_field = {
+    // (A field it does not know, the controller ignores: a newer agent may add optional ones.)
+    let missing_field = {
         let mut hello = evil_hello(0);
-        hello["extra"] = json!(1);
+        hello
+            .as_object_mut()
+            .expect("an object")
+            .remove("facts")
+            .expect("facts");
         serde_json::to_vec(&hello).expect("JSON")
     };
     let unknown_type =
@@ -520,8 +525,8 @@ fn hostile_frames_close_the_channel_and_store_nothing() {
             frame(&unknown_type, unknown_type.len() as u32),
         ),
         (
-            "unknown field",
-            frame(&unknown_field, unknown_field.len() as u32),
+            "a required field missing",
+            frame(&missing_field, missing_field.len() as u32),
         ),
     ];
 
