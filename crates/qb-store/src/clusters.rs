@@ -399,6 +399,8 @@ impl Store {
                 .execute(&mut *w.tx)
                 .await?;
         }
+        w.no_longer_ready(tenant, &cluster, "attaching", &chosen)
+            .await?;
         for node in &chosen {
             w.set_node_state(node, NodeState::Attached, Some(cluster.id))
                 .await?;
@@ -440,6 +442,8 @@ impl Store {
             }
             chosen.push(node);
         }
+        w.no_longer_ready(tenant, &cluster, "detaching", &chosen)
+            .await?;
         for node in &chosen {
             w.set_node_state(node, NodeState::Detaching, Some(cluster.id))
                 .await?;
@@ -497,6 +501,24 @@ impl WriteTx {
 
     /// Records that `nodes` moved into or out of `cluster` (`action`) and commits; returns them
     /// as the move left them.
+    /// A ready cluster is ready no longer once nodes are on their way in or out: said with the
+    /// move itself, so that no crash before the engine's next pass leaves it shown ready.
+    async fn no_longer_ready(
+        &mut self,
+        tenant: TenantId,
+        cluster: &Cluster,
+        doing: &str,
+        nodes: &[Node],
+    ) -> Result<()> {
+        if cluster.state == ClusterState::Ready {
+            let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+            let message = format!("{doing} {}", names.join(", "));
+            self.set_cluster_state(tenant, cluster, ClusterState::Installing, Some(&message))
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn commit_move(
         mut self,
         tenant: TenantId,

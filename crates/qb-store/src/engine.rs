@@ -306,40 +306,11 @@ impl Store {
     ) -> Result<bool> {
         let mut w = self.write(tenant).await?;
         let current = w.cluster(tenant, &Key::Id(cluster)).await?;
-        let stored_state = match current.state {
-            ClusterState::Pending => ClusterState::Empty,
-            s => s,
-        };
-        if stored_state == state && current.state_message.as_deref() == message {
+        if !w
+            .set_cluster_state(tenant, &current, state, message)
+            .await?
+        {
             return Ok(false);
-        }
-        let state_changed_at = if stored_state == state {
-            to_ms(current.state_since)
-        } else {
-            now_ms()
-        };
-        sqlx::query(
-            "UPDATE clusters SET state = $1, state_message = $2, state_changed_at = $3 \
-             WHERE tenant_id = $4 AND id = $5",
-        )
-        .bind(state.as_str())
-        .bind(message)
-        .bind(state_changed_at)
-        .bind(tenant.to_string())
-        .bind(cluster.to_string())
-        .execute(&mut *w.tx)
-        .await?;
-        if stored_state != state {
-            w.event(
-                tenant,
-                &Actor::controller(),
-                cluster_event(
-                    "cluster.state_changed",
-                    &current,
-                    json!({ "from": current.state, "to": state, "message": message }),
-                ),
-            )
-            .await?;
         }
         w.commit().await?;
         Ok(true)
@@ -743,4 +714,52 @@ fn json_column<T: serde::de::DeserializeOwned>(
     row.try_get::<Option<String>, _>(column)?
         .map(|text| rows::json(what, &text))
         .transpose()
+}
+
+impl crate::WriteTx {
+    /// [`Store::set_cluster_state`] within this transaction, `current` as read in it.
+    pub(crate) async fn set_cluster_state(
+        &mut self,
+        tenant: TenantId,
+        current: &qb_api::Cluster,
+        state: ClusterState,
+        message: Option<&str>,
+    ) -> Result<bool> {
+        let stored_state = match current.state {
+            ClusterState::Pending => ClusterState::Empty,
+            s => s,
+        };
+        if stored_state == state && current.state_message.as_deref() == message {
+            return Ok(false);
+        }
+        let state_changed_at = if stored_state == state {
+            to_ms(current.state_since)
+        } else {
+            now_ms()
+        };
+        sqlx::query(
+            "UPDATE clusters SET state = $1, state_message = $2, state_changed_at = $3 \
+             WHERE tenant_id = $4 AND id = $5",
+        )
+        .bind(state.as_str())
+        .bind(message)
+        .bind(state_changed_at)
+        .bind(tenant.to_string())
+        .bind(current.id.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        if stored_state != state {
+            self.event(
+                tenant,
+                &Actor::controller(),
+                cluster_event(
+                    "cluster.state_changed",
+                    current,
+                    json!({ "from": current.state, "to": state, "message": message }),
+                ),
+            )
+            .await?;
+        }
+        Ok(true)
+    }
 }

@@ -760,6 +760,31 @@ async fn state_since_moves_with_the_state_not_with_the_message(db: TestDb) {
         2,
         "one event per change of state"
     );
+
+    // A ready cluster is ready no longer once a node is attached, in the same transaction:
+    // no crash before the engine's next pass leaves it shown ready with a node not in yet.
+    later().await;
+    assert!(set(ClusterState::Ready, None).await.unwrap());
+    let ready = shown().await;
+    later().await;
+    pool_nodes(&db, t, &["n2"]).await;
+    attach_nodes(&db, t, created.id, &["n2"]).await;
+    let attaching = shown().await;
+    assert_eq!(attaching.state, ClusterState::Installing);
+    assert_eq!(attaching.state_message.as_deref(), Some("attaching n2"));
+    assert!(attaching.state_since > ready.state_since, "{attaching:?}");
+    // So is one a node leaves.
+    assert!(set(ClusterState::Ready, None).await.unwrap());
+    detach_nodes(&db, t, created.id, &["n1"]).await;
+    let detaching = shown().await;
+    assert_eq!(detaching.state, ClusterState::Installing);
+    assert_eq!(detaching.state_message.as_deref(), Some("detaching n1"));
+    assert_eq!(
+        events_with_action(&db, t, "cluster.state_changed")
+            .await
+            .len(),
+        6
+    );
 }
 
 /// The store's rules hold after every operation, and a row broken behind its back is named.
