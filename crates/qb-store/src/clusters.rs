@@ -499,8 +499,6 @@ impl WriteTx {
         Ok(out)
     }
 
-    /// Records that `nodes` moved into or out of `cluster` (`action`) and commits; returns them
-    /// as the move left them.
     /// A ready cluster is ready no longer once nodes are on their way in or out: said with the
     /// move itself, so that no crash before the engine's next pass leaves it shown ready.
     async fn no_longer_ready(
@@ -519,6 +517,8 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Records that `nodes` moved into or out of `cluster` (`action`) and commits; returns them
+    /// as the move left them.
     async fn commit_move(
         mut self,
         tenant: TenantId,
