@@ -54,6 +54,13 @@ pub struct EngineNode {
     pub drain: Drain,
 }
 
+impl EngineNode {
+    /// Its newest plan is a wipe (of the cluster it leaves, or left): no plan of a cluster.
+    pub fn wipe_published(&self) -> bool {
+        self.plan_hash.as_deref() == Some(WIPE_PLAN_HASH)
+    }
+}
+
 /// A plan's hashes as the engine keeps them: of the whole plan without its generation (whether
 /// it changed), and of what restarts services when it changes (`None` for a wipe).
 #[derive(Clone, Copy, Debug)]

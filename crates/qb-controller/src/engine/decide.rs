@@ -36,11 +36,7 @@ impl<'a> NodeView<'a> {
                 .filter(|a| !facts.is_empty() && !facts.contains(a)),
             // A wipe (of a cluster it left) is no plan of this one: a node attached again
             // waits for its plan, even while the wipe stands applied.
-            plan: n
-                .node
-                .plan
-                .as_ref()
-                .filter(|_| n.plan_hash.as_deref() != Some(qb_store::WIPE_PLAN_HASH)),
+            plan: n.node.plan.as_ref().filter(|_| !n.wipe_published()),
         }
     }
 }
@@ -343,7 +339,7 @@ impl<'a> RolloutNode<'a> {
             name: n.node.name.as_str(),
             master,
             change,
-            planned: plan.is_some() && n.plan_hash.as_deref() != Some(qb_store::WIPE_PLAN_HASH),
+            planned: plan.is_some() && !n.wipe_published(),
             online,
             applied,
             healthy: applied

@@ -523,7 +523,7 @@ impl Engine {
             drained: n.drain == Drain::Done || !has_api_server(ec),
             member: n.etcd.is_some(),
             plan: n.node.plan.as_ref(),
-            wipe_published: n.plan_hash.as_deref() == Some(WIPE_PLAN_HASH),
+            wipe_published: n.wipe_published(),
             online: self.agents.online(n.node.id),
         };
         loop {
