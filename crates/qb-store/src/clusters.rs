@@ -196,6 +196,8 @@ impl Store {
             .bind(tenant.to_string())
             .execute(&mut *w.tx)
             .await?;
+        w.no_longer_ready(tenant, &cluster, &format!("upgrading to {to}"))
+            .await?;
         let cluster = w.cluster(tenant, &Key::Id(cluster.id)).await?;
         w.commit_with_event(
             tenant,
@@ -399,8 +401,8 @@ impl Store {
                 .execute(&mut *w.tx)
                 .await?;
         }
-        w.no_longer_ready(tenant, &cluster, "attaching", &chosen)
-            .await?;
+        let message = format!("attaching {}", names_of(&chosen));
+        w.no_longer_ready(tenant, &cluster, &message).await?;
         for node in &chosen {
             w.set_node_state(node, NodeState::Attached, Some(cluster.id))
                 .await?;
@@ -442,8 +444,8 @@ impl Store {
             }
             chosen.push(node);
         }
-        w.no_longer_ready(tenant, &cluster, "detaching", &chosen)
-            .await?;
+        let message = format!("detaching {}", names_of(&chosen));
+        w.no_longer_ready(tenant, &cluster, &message).await?;
         for node in &chosen {
             w.set_node_state(node, NodeState::Detaching, Some(cluster.id))
                 .await?;
@@ -499,19 +501,17 @@ impl WriteTx {
         Ok(out)
     }
 
-    /// A ready cluster is ready no longer once nodes are on their way in or out: said with the
-    /// move itself, so that no crash before the engine's next pass leaves it shown ready.
+    /// A ready cluster is ready no longer once the user changed it (nodes on their way in or
+    /// out, a new version): said with the change itself, so that no crash before the engine's
+    /// next pass leaves it shown ready.
     async fn no_longer_ready(
         &mut self,
         tenant: TenantId,
         cluster: &Cluster,
-        doing: &str,
-        nodes: &[Node],
+        message: &str,
     ) -> Result<()> {
         if cluster.state == ClusterState::Ready {
-            let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-            let message = format!("{doing} {}", names.join(", "));
-            self.set_cluster_state(tenant, cluster, ClusterState::Installing, Some(&message))
+            self.set_cluster_state(tenant, cluster, ClusterState::Installing, Some(message))
                 .await?;
         }
         Ok(())
@@ -541,6 +541,12 @@ impl WriteTx {
             nodes: moved,
         })
     }
+}
+
+/// The nodes' names, for a message.
+fn names_of(nodes: &[Node]) -> String {
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    names.join(", ")
 }
 
 impl crate::Keyed for ClusterId {

@@ -232,7 +232,7 @@ impl AppState {
 
 #[cfg(test)]
 mod tests {
-    use qb_api::NodeState;
+    use qb_api::{ClusterState, NodeState};
 
     use super::*;
     use crate::app::fixture::Fixture;
@@ -311,12 +311,21 @@ mod tests {
         let target = AttachTarget::Named(vec![name]);
         let cluster = f.app.attach(&f.operator, &prod, &target).await.unwrap();
         give(&f, node.id, cluster.cluster.id, "1.20.2").await;
+        f.store
+            .set_cluster_state(f.tenant, cluster.cluster.id, ClusterState::Ready, None)
+            .await
+            .unwrap();
         let upgraded = f
             .app
             .update_cluster(&f.operator, &prod, &to("1.20.2+qb.1"))
             .await
             .unwrap();
         assert_eq!(upgraded.kubernetes_version.as_str(), "1.20.2+qb.1");
+        // Ready no longer from the upgrade on, not from the engine's next pass.
+        assert_eq!(
+            (upgraded.state, upgraded.state_message.as_deref()),
+            (ClusterState::Installing, Some("upgrading to 1.20.2+qb.1"))
+        );
         // The next upgrade waits until every node was given this one.
         import(&f, "1.20.3+qb.1", "3.5.1").await;
         let refused = f
