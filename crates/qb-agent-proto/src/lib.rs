@@ -498,10 +498,11 @@ mod tests {
         }
     }
 
-    /// What a newer side adds as an optional field, an older one reads past: messages, plans
-    /// and reports with fields this build does not know decode as if they were not there.
+    /// What a newer side adds as an optional field, an older one reads past: messages (at the
+    /// top and in a nested struct) and plans with fields this build does not know decode as if
+    /// they were not there.
     #[test]
-    fn unknown_fields_are_ignored_at_every_depth() {
+    fn unknown_fields_are_read_past_in_messages_and_plans() {
         use serde_json::json;
 
         let with_extra = |mut value: serde_json::Value, pointer: &str| {
