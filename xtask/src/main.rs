@@ -45,14 +45,15 @@ fn main() -> Result<()> {
                 .env(DEBIAN_12_ENV, &debian_12)
                 .args(["nextest", "run", "--workspace", "--no-fail-fast"])
                 .args(&args[1..]);
-            let tests = run(&mut cmd);
-            // The whole suite fuzzes too; a run of chosen tests (filters given) does not.
-            if args.len() == 1 {
-                let fuzzed = fuzz::run(&root, fuzz::TEST_SECONDS);
-                tests?;
-                return fuzzed;
-            }
-            tests
+            // The whole suite fuzzes too; a run of chosen tests (filters given) does not. Fuzzing
+            // goes first so that what a run prints last is the tests' summary, with the output
+            // of any test that failed.
+            let fuzzed = match args.len() {
+                1 => fuzz::run(&root, fuzz::TEST_SECONDS),
+                _ => Ok(()),
+            };
+            run(&mut cmd)?;
+            fuzzed
         }
         Some("fuzz") => {
             let seconds = match args.get(1) {
