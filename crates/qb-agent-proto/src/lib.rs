@@ -49,6 +49,7 @@ use crate::etcd::{EtcdMember, EtcdRequest};
 use crate::kube::{KubeNode, KubeRequest};
 use crate::plan::PlanReport;
 use crate::preflight::{LocalReport, PreflightCheck, PreflightProbe, ProbeResult};
+pub use crate::values::Sha256Hex;
 
 pub const REGISTER_PATH: &str = "/agent/v1/register";
 pub const CHANNEL_PATH: &str = "/agent/v1/channel";
@@ -59,12 +60,17 @@ pub const TUNNEL_PATH: &str = "/agent/v1/tunnels";
 /// [`PROTOCOL_HEADER`]; the controller refuses a version outside [`SUPPORTED_PROTOCOLS`] (or
 /// none) with 400 `unsupported_protocol` before anything else, and names its own version in
 /// the same header of every answer. A change either side could misread takes a new version.
-pub const PROTOCOL_VERSION: u32 = 2;
+///
+/// Protocol 3 added [`Instruction::UpgradeAgent`].
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The versions a controller of this build serves (it keeps older ones while agents upgrade).
 pub const SUPPORTED_PROTOCOLS: std::ops::RangeInclusive<u32> = 1..=PROTOCOL_VERSION;
 pub const PROTOCOL_HEADER: &str = "qb-agent-protocol";
-/// The ALPN protocol of the channel's own connection (protocol 2 on).
-pub const CHANNEL_ALPN: &[u8] = b"qb-channel/2";
+/// The ALPN protocol of the channel's own connection, which names the agent's protocol.
+pub const CHANNEL_ALPN: &[u8] = b"qb-channel/3";
+/// The channel's ALPN protocols a controller of this build accepts, with the protocol each
+/// names (protocol 1 held the channel as an HTTP/2 stream, [`CHANNEL_PATH`]).
+pub const CHANNEL_ALPNS: [(&[u8], u32); 2] = [(CHANNEL_ALPN, 3), (b"qb-channel/2", 2)];
 
 /// The largest frame either side accepts; a larger one ends the channel.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
@@ -187,6 +193,12 @@ pub enum AgentMessage {
     Hello {
         agent_version: String,
         facts: NodeFacts,
+        /// The SHA-256 of the agent's binary: which build runs (protocol 3 on).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        build: Option<Sha256Hex>,
+        /// The last build the agent upgraded to and went back from, and why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rolled_back: Option<RolledBack>,
     },
     /// Periodic; `facts` only when they changed since the last frame that carried them.
     Heartbeat {
@@ -294,6 +306,52 @@ pub enum Instruction {
     Kube(KubeRequest),
     /// A piece of one of the node's service logs; answered with `Outcome::Log`.
     Log(LogRequest),
+    /// Run this build of the agent (protocol 3 on): answered with `Done` once the build is
+    /// staged, just before the agent restarts into it on trial, or at once when it already
+    /// runs it.
+    UpgradeAgent(SignedAgentBuild),
+}
+
+impl Instruction {
+    /// The first protocol version whose agents know this instruction.
+    pub fn protocol(&self) -> u32 {
+        match self {
+            Self::UpgradeAgent(_) => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// A build of the agent, as the controller offers it, signed like plans (by a plan signer of
+/// a pinned CA, over the exact text of `build`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedAgentBuild {
+    /// An [`AgentBuild`]'s JSON text, exactly as signed. Parse it only after the signature
+    /// verified.
+    pub build: String,
+    /// ECDSA P-256 / SHA-256 signature of `build`'s bytes (ASN.1 DER), hex.
+    pub signature: String,
+    /// The certificate of the key that signed, issued by the controller's CA for plan signing.
+    pub signer_pem: String,
+}
+
+/// A build of the agent: its binary is the artifact `sha256` (`plan::ARTIFACTS_PATH`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentBuild {
+    pub sha256: Sha256Hex,
+    pub size: u64,
+    /// The agent's version in that build.
+    pub version: String,
+    /// How long the new build has to reach the controller before the host goes back to the
+    /// build it ran before.
+    pub trial_seconds: u32,
+}
+
+/// A build an agent upgraded to and went back from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledBack {
+    pub build: Sha256Hex,
+    pub reason: String,
 }
 
 /// Which part of a service's log to read.
@@ -423,6 +481,11 @@ mod tests {
             AgentMessage::Hello {
                 agent_version: "0.1.0".into(),
                 facts: NodeFacts::default(),
+                build: Some(Sha256Hex::try_from("ab".repeat(32)).unwrap()),
+                rolled_back: Some(RolledBack {
+                    build: Sha256Hex::try_from("cd".repeat(32)).unwrap(),
+                    reason: "it exited".into(),
+                }),
             },
             heartbeat(),
             AgentMessage::Done { instruction: 7 },
@@ -516,6 +579,8 @@ mod tests {
         let hello = AgentMessage::Hello {
             agent_version: "0.1.0".into(),
             facts: NodeFacts::default(),
+            build: None,
+            rolled_back: None,
         };
         let plan = plan::Plan::default();
         for (message, pointer) in [(&hello, ""), (&hello, "/facts"), (&heartbeat(), "/metrics")] {

@@ -18,6 +18,7 @@
 
 pub mod apply;
 pub mod balancer;
+pub mod builds;
 pub mod config;
 pub mod connect;
 pub mod crash;

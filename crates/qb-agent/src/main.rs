@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use qb_agent::{balancer, config, host, logs, run};
+use qb_agent::{balancer, builds, config, host, logs, run};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -25,8 +25,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent (the default).
+    /// Run the agent (the default): a small supervisor that runs the agent's build and tries
+    /// new ones (see `qb_agent::builds`).
     Run,
+    /// The agent itself, as its supervisor runs it (stdin: the supervisor's pipe).
+    #[command(hide = true)]
+    Work,
     /// Print the facts the agent reports about this host, as JSON.
     Facts,
     /// Check the configuration file and exit.
@@ -45,18 +49,20 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
     let config = match command {
-        Command::Run => Some(config::Config::load(&cli.config)?),
+        Command::Run | Command::Work => Some(config::Config::load(&cli.config)?),
         _ => None,
     };
     // Running, the agent also keeps its log beside the services', where the controller can
     // read it (`qb node logs NODE qb-agent`).
-    let own_log =
-        match &config {
-            Some(config) => Some(logs::open_own(&config.log_dir).with_context(|| {
+    // (Its supervisor logs to stderr only: the service manager's journal.)
+    let own_log = match (&config, &command) {
+        (Some(config), Command::Work) => {
+            Some(logs::open_own(&config.log_dir).with_context(|| {
                 format!("opening the agent's log in {}", config.log_dir.display())
-            })?),
-            None => None,
-        };
+            })?)
+        }
+        _ => None,
+    };
     let file_layer = own_log.map(|file| {
         tracing_subscriber::fmt::layer()
             .with_ansi(false)
@@ -91,6 +97,11 @@ fn main() -> Result<()> {
         }
         Command::Run => {
             let config = config.context("the configuration was loaded")?;
+            builds::supervise(&cli.config, &config.state_dir)
+        }
+        Command::Work => {
+            let config = config.context("the configuration was loaded")?;
+            builds::exit_with_supervisor();
             // One thread: the agent is small and mostly waits.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -56,6 +56,17 @@ enum Ended {
 
 /// Runs until the process is stopped.
 pub async fn run(config: Config) -> Result<()> {
+    if let (Ok(marked), Some(own)) = (
+        std::env::var(crate::builds::UNREACHABLE_BUILD_ENV),
+        crate::builds::own_build(),
+    ) && marked == own.as_str()
+    {
+        tracing::error!(
+            "this build plays one that cannot reach its controller ({}, a test's doing)",
+            crate::builds::UNREACHABLE_BUILD_ENV
+        );
+        return std::future::pending().await;
+    }
     let state = StateDir::open(&config.state_dir)?;
     // The controller's replicas, tried in turn: a lost or unreachable one moves the agent on.
     let controllers = config
@@ -267,6 +278,10 @@ async fn hold_channel(
     let hello = AgentMessage::Hello {
         agent_version: VERSION.to_owned(),
         facts: facts.clone(),
+        build: crate::builds::own_build().cloned(),
+        rolled_back: crate::builds::BuildStore::new(&config.state_dir)
+            .load()
+            .rolled_back,
     };
     to_controller.send(Bytes::from(encode(&hello))).await?;
     let mut reports = work.report.subscribe();
@@ -310,6 +325,12 @@ async fn hold_channel(
                     match message {
                         ControllerMessage::Welcome { node_id, state, heartbeat_seconds, plan_generation } => {
                             tracing::info!(%node_id, state = state.as_str(), "connected to the controller");
+                            // On trial, a new build passes once the controller welcomed it.
+                            if let Some(passed) = std::env::var_os(crate::builds::TRIAL_ENV)
+                                && let Err(e) = std::fs::write(&passed, b"")
+                            {
+                                tracing::error!(error = %e, "cannot tell the supervisor that this build works");
+                            }
                             heartbeat = tokio::time::interval(Duration::from_secs(u64::from(heartbeat_seconds.max(1))));
                             heartbeat.tick().await;
                             if let Some(generation) = plan_generation {
@@ -330,6 +351,11 @@ async fn hold_channel(
                                 let outcome = work.instruction(*instruction).await;
                                 let reply = AgentMessage::Reply { instruction: id, outcome };
                                 let _ = to_controller.send(Bytes::from(encode(&reply))).await;
+                                if work.upgrade_staged() {
+                                    // Time for the answer to leave; the services run on.
+                                    tokio::time::sleep(Duration::from_millis(300)).await;
+                                    std::process::exit(crate::builds::EXIT_UPGRADE);
+                                }
                             });
                         }
                         ControllerMessage::OpenTunnel { stream, endpoint } => {

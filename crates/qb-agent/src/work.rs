@@ -12,13 +12,14 @@ use http_body_util::{BodyExt, Empty};
 use hyper::StatusCode;
 use hyper::client::conn::http2::SendRequest;
 use qb_agent_proto::plan::{ARTIFACTS_PATH, PLAN_PATH, Plan, SignedPlan};
-use qb_agent_proto::{Instruction, Outcome};
+use qb_agent_proto::{AgentBuild, Instruction, Outcome, SignedAgentBuild};
 use qb_api::{NodeId, PlanReport, PlanState, PortSpec, StepReport, StepState};
 use qb_pki::Pin;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::apply::{Applier, ApplierDirs, ArtifactSource};
+use crate::builds;
 use crate::connect::{Body, InUse, Link, controller_request};
 use crate::preflight::Preflight;
 use crate::supervise::{Supervisor, SupervisorDirs};
@@ -51,6 +52,10 @@ pub struct Work {
     not_taken: Mutex<Option<PlanReport>>,
     /// HTTP/2 to the controller, for plans, artifacts and tunnels, while the channel is up.
     link: Mutex<Option<Arc<Link>>>,
+    /// A new build of the agent is staged: the agent restarts into it once it answered.
+    upgrade_staged: std::sync::atomic::AtomicBool,
+    /// One build staged at a time (the controller asks again when an answer is slow).
+    staging: tokio::sync::Mutex<()>,
 }
 
 impl Work {
@@ -85,6 +90,8 @@ impl Work {
             report: watch::Sender::new(PlanReport::default()),
             not_taken: Mutex::new(None),
             link: Mutex::new(None),
+            upgrade_staged: std::sync::atomic::AtomicBool::new(false),
+            staging: tokio::sync::Mutex::new(()),
         });
         let saved = state_dir.join(PLAN_FILE);
         if let Ok(text) = std::fs::read_to_string(&saved) {
@@ -356,6 +363,13 @@ impl Work {
                     error: qb_api::error_chain(&e),
                 },
             },
+            Instruction::UpgradeAgent(offer) => match self.stage_build(&offer).await {
+                Ok(()) => Outcome::Done,
+                Err(error) => {
+                    tracing::warn!(error, "did not take the agent build the controller offered");
+                    Outcome::Failed { error }
+                }
+            },
             Instruction::Kube(request) => match crate::kube::run(&request).await {
                 Ok(nodes) => Outcome::KubeNodes { nodes },
                 Err(e) => Outcome::Failed {
@@ -383,6 +397,99 @@ impl Work {
                 }
             }
         }
+    }
+
+    /// Whether a new build is staged, the agent to restart into it (with
+    /// [`builds::EXIT_UPGRADE`]) once it answered the controller.
+    pub fn upgrade_staged(&self) -> bool {
+        self.upgrade_staged
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stages the build of the agent the controller offers: signature, download, hash, a run
+    /// with `--version` to see it runs on this host, then the request to its supervisor. Does
+    /// nothing when this build runs already.
+    async fn stage_build(&self, offer: &SignedAgentBuild) -> Result<(), String> {
+        qb_pki::verify_plan_signature(
+            offer.build.as_bytes(),
+            &offer.signature,
+            &offer.signer_pem,
+            &self.pins,
+            time::OffsetDateTime::now_utc(),
+        )
+        .map_err(|e| format!("agent build refused: {e}"))?;
+        let build: AgentBuild = serde_json::from_str(&offer.build)
+            .map_err(|e| format!("agent build refused: unreadable: {e}"))?;
+        let _staging = self.staging.lock().await;
+        if builds::own_build() == Some(&build.sha256) || self.upgrade_staged() {
+            return Ok(());
+        }
+        let store = builds::BuildStore::new(&self.state_dir);
+        let binary = store.binary(&build.sha256);
+        let partial = binary.with_extension("partial");
+        let dir = binary
+            .parent()
+            .expect("a build's binary is in its directory");
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        let from = if have < build.size { have } else { 0 };
+        Downloads { work: self }
+            .fetch(build.sha256.as_str(), build.size, from, &partial)
+            .await
+            .map_err(|e| format!("downloading agent build {}: {e:#}", build.sha256))?;
+        let hashed = partial.clone();
+        let sha256 = tokio::task::spawn_blocking(move || builds::sha256_of(&hashed))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("hashing {}: {e}", partial.display()))?;
+        if sha256 != build.sha256 {
+            let _ = std::fs::remove_file(&partial);
+            return Err(format!(
+                "the agent build downloaded has SHA-256 {sha256}, not {}",
+                build.sha256
+            ));
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))
+            .and_then(|()| std::fs::rename(&partial, &binary))
+            .map_err(|e| format!("installing {}: {e}", binary.display()))?;
+        let runs = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new(&binary)
+                .arg("--version")
+                .stdin(std::process::Stdio::null())
+                .output(),
+        )
+        .await;
+        match runs {
+            Ok(Ok(output)) if output.status.success() => {}
+            outcome => {
+                let _ = std::fs::remove_dir_all(dir);
+                let why = match outcome {
+                    Ok(Ok(output)) => format!(
+                        "{}: {}",
+                        output.status,
+                        String::from_utf8_lossy(&output.stderr).trim()
+                    ),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "no answer within 30 s".to_owned(),
+                };
+                return Err(format!(
+                    "agent build {} does not run on this host: {why}",
+                    build.sha256
+                ));
+            }
+        }
+        store
+            .request(&builds::UpgradeRequest {
+                build: build.sha256.clone(),
+                trial_seconds: build.trial_seconds,
+            })
+            .map_err(|e| format!("{e:#}"))?;
+        tracing::info!(build = %build.sha256, version = build.version, "staged a new agent build; restarting into it");
+        self.upgrade_staged
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     /// Ports the services of the accepted plan listen on, while they run.

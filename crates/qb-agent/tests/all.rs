@@ -42,6 +42,9 @@
 //!   loses its quorum. (The add-ons' used Kubernetes
 //!   cluster is upgraded the same way, to etcd 3.5 and then to Kubernetes built again, while a
 //!   pod fetches a Service and `kubectl` lists pods through the proxy.)
+//! - `agent_upgrades`: three hosts' agents upgrade themselves to the build the controller
+//!   ships, the first alone, across a controller killed in the middle and a host offline; a
+//!   build that cannot reach the controller goes back on the first host and stops the upgrade.
 //! - `netns`: the lab helper itself, and a check that it leaves nothing behind when a test panics.
 //!
 //! The controller binary is `$QB_CONTROLLER_BIN` if set, else built with `cargo build -p
@@ -52,6 +55,8 @@
 
 #[path = "all/addons.rs"]
 mod addons;
+#[path = "all/agent_upgrades.rs"]
+mod agent_upgrades;
 #[path = "all/alerting.rs"]
 mod alerting;
 #[path = "all/binary.rs"]

@@ -77,6 +77,12 @@ impl Endpoint {
 }
 
 pub const AGENT_PACKAGE: Endpoint = Endpoint::new(Method::Get, "/api/v1/agent-packages/{format}");
+pub const START_AGENT_UPGRADE: Endpoint = Endpoint::new(Method::Post, "/api/v1/agent-upgrade");
+pub const GET_AGENT_UPGRADE: Endpoint = Endpoint::new(Method::Get, "/api/v1/agent-upgrade");
+pub const PAUSE_AGENT_UPGRADE: Endpoint =
+    Endpoint::new(Method::Post, "/api/v1/agent-upgrade/pause");
+pub const RESUME_AGENT_UPGRADE: Endpoint =
+    Endpoint::new(Method::Post, "/api/v1/agent-upgrade/resume");
 
 pub const ARTIFACT_EXISTS: Endpoint = Endpoint::new(Method::Head, "/api/v1/artifacts/{sha256}");
 pub const UPLOAD_ARTIFACT: Endpoint = Endpoint::new(Method::Put, "/api/v1/artifacts/{sha256}");
@@ -147,6 +153,10 @@ pub const WHOAMI: Endpoint = Endpoint::new(Method::Get, "/api/v1/whoami");
 /// Every endpoint above, for the test that holds them to the OpenAPI document.
 pub const ALL: &[Endpoint] = &[
     AGENT_PACKAGE,
+    START_AGENT_UPGRADE,
+    GET_AGENT_UPGRADE,
+    PAUSE_AGENT_UPGRADE,
+    RESUME_AGENT_UPGRADE,
     ARTIFACT_EXISTS,
     UPLOAD_ARTIFACT,
     LIST_BOOTSTRAP_TOKENS,

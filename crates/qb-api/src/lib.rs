@@ -4,6 +4,7 @@
 //! validated newtypes at the edge (`Name`, `LabelKey`, `Cidr`, ...), so code holding one never
 //! re-checks it.
 
+mod agent_upgrade;
 mod alerts;
 mod bundle;
 pub mod endpoints;
@@ -16,6 +17,7 @@ mod problem;
 mod report;
 mod values;
 
+pub use agent_upgrade::*;
 pub use alerts::*;
 pub use bundle::*;
 pub use health::*;

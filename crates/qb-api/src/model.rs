@@ -253,6 +253,12 @@ pub struct Node {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NodeAgent {
     pub version: String,
+    /// The build it runs: the SHA-256 of its binary (agents of protocol 3 on say it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
+    /// The agent protocol it speaks, as it last connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
     /// Connected and heartbeating, judged by the controller's clock.
     pub online: bool,
     /// When the controller last heard from it.

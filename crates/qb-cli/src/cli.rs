@@ -52,6 +52,9 @@ pub enum Command {
     /// Manage API tokens, and the bootstrap tokens agents register hosts with.
     #[command(subcommand, alias = "tokens")]
     Token(TokenCommand),
+    /// Upgrade the hosts' agents to the build this controller ships.
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// Download qb-agent packages preconfigured for this controller.
     #[command(subcommand, name = "agent-package", alias = "agent-packages")]
     AgentPackage(AgentPackageCommand),
@@ -554,6 +557,35 @@ impl PackageFormat {
             Self::TarGz => "tar.gz",
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Move the hosts' agents to the build this controller ships: one host first (the
+    /// canary), then in batches; a host whose new agent fails its trial goes back to the build
+    /// it ran, and the upgrade stops.
+    #[command(subcommand)]
+    Upgrade(AgentUpgradeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentUpgradeCommand {
+    /// Start the upgrade.
+    Start {
+        /// How many hosts upgrade at once after the canary [default: 1].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        batch: Option<u32>,
+        /// How long a host's new agent has to reach the controller before the host goes back
+        /// to the build it ran, in seconds [default: 120].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(10..=3600))]
+        trial_seconds: Option<u32>,
+    },
+    /// Show where the upgrade is, host by host.
+    Status,
+    /// Start no more hosts (those upgrading finish).
+    Pause,
+    /// Go on with a paused upgrade.
+    Resume,
 }
 
 #[derive(Debug, Subcommand)]

@@ -985,6 +985,8 @@ mod tests {
     fn agent(online: bool, seen: Option<OffsetDateTime>) -> Option<NodeAgent> {
         Some(NodeAgent {
             version: "0.1.0".to_owned(),
+            build: None,
+            protocol: Some(3),
             online,
             last_seen_at: seen,
         })

@@ -1173,6 +1173,54 @@ fn mode(path: &Path) -> u32 {
 }
 
 #[tokio::test]
+async fn agent_upgrades_start_show_every_host_pause_and_resume() {
+    let c = Controller::start(true);
+    login(&c);
+    c.qb(&["agent", "upgrade", "status"])
+        .fails_with("no agent upgrade was started");
+    // Hosts whose agents never connected: they wait, offline, and the upgrade with them.
+    c.add_nodes(&["n1", "n2"]).await;
+    c.qb(&["agent", "upgrade", "start", "--batch", "0"])
+        .fails_with("0 is not in 1..=1000");
+    let started = c
+        .qb(&["agent", "upgrade", "start", "--batch", "3", "-o", "json"])
+        .json();
+    let shipped = std::fs::read(c.dir.path().join("qb-agent")).expect("the stand-in agent");
+    let build = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&shipped));
+    assert_eq!(started["build"], build.as_str(), "{started}");
+    assert_eq!(
+        (
+            &started["state"],
+            &started["batch_size"],
+            &started["trial_seconds"]
+        ),
+        (&"running".into(), &3.into(), &120.into())
+    );
+    let table = c.qb(&["agent", "upgrade", "status"]).ok();
+    assert!(
+        table.contains(&format!("Build:    {}", &build[..12])),
+        "{table}"
+    );
+    for host in ["n1", "n2"] {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [host, "offline"]),
+            "{table}"
+        );
+    }
+    c.qb(&["agent", "upgrade", "start"])
+        .fails_with("an agent upgrade is already running");
+    let paused = c.qb(&["agent", "upgrade", "pause", "-o", "json"]).json();
+    assert_eq!(paused["state"], "paused");
+    // Asking twice is no error.
+    let again = c.qb(&["agent", "upgrade", "pause", "-o", "json"]).json();
+    assert_eq!(again["state"], "paused");
+    let resumed = c.qb(&["agent", "upgrade", "resume", "-o", "json"]).json();
+    assert_eq!(resumed["state"], "running");
+}
+
+#[tokio::test]
 async fn agent_packages() {
     let c = Controller::start(true);
     login(&c);

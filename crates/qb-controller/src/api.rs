@@ -8,13 +8,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use qb_api::{
-    Alert, AlertQuery, AttachRequest, BootstrapToken, Channel, Cluster, ClusterDetail,
-    ClusterHealth, CreateBootstrapToken, CreateChannel, CreateCluster, CreateKubeconfig,
-    CreateSilence, CreateThresholdRule, CreateToken, CreateUser, CreatedBootstrapToken,
-    CreatedChannel, CreatedToken, DeletedCluster, Delivery, DeliveryQuery, DetachRequest, Event,
-    Kubeconfig, LabelChange, LogQuery, MetricsQuery, MetricsRange, Node, NodeLog, NodeMetrics,
-    NodeMove, NodeState, Page, PageParams, PingResult, ProblemCode, Role, SetPassword, Silence,
-    ThresholdRule, Token, TokenId, UpdateCluster, User, Whoami,
+    AgentUpgrade, Alert, AlertQuery, AttachRequest, BootstrapToken, Channel, Cluster,
+    ClusterDetail, ClusterHealth, CreateBootstrapToken, CreateChannel, CreateCluster,
+    CreateKubeconfig, CreateSilence, CreateThresholdRule, CreateToken, CreateUser,
+    CreatedBootstrapToken, CreatedChannel, CreatedToken, DeletedCluster, Delivery, DeliveryQuery,
+    DetachRequest, Event, Kubeconfig, LabelChange, LogQuery, MetricsQuery, MetricsRange, Node,
+    NodeLog, NodeMetrics, NodeMove, NodeState, Page, PageParams, PingResult, ProblemCode, Role,
+    SetPassword, Silence, StartAgentUpgrade, ThresholdRule, Token, TokenId, UpdateCluster, User,
+    Whoami,
 };
 use qb_store::{ClusterSpec, EventFilter, Key};
 use serde::Deserialize;
@@ -91,6 +92,9 @@ pub(crate) fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(crate::agents::packages::agent_package))
         .routes(routes!(list_bootstrap_tokens, create_bootstrap_token))
         .routes(routes!(revoke_bootstrap_token))
+        .routes(routes!(get_agent_upgrade, start_agent_upgrade))
+        .routes(routes!(pause_agent_upgrade))
+        .routes(routes!(resume_agent_upgrade))
         .merge(crate::engine::api::routes())
         .merge(crate::session::routes())
         .merge(crate::live::routes())
@@ -609,6 +613,53 @@ async fn revoke_bootstrap_token(
         )
     })?;
     Ok(Json(app.revoke_bootstrap_token(&caller, id).await?))
+}
+
+/// Start moving the tenant's hosts to the build of the agent this controller ships: one host
+/// first, then `batch_size` at a time; a host whose new agent fails its trial goes back to the
+/// build it ran, and the upgrade stops. Offline hosts upgrade when they return.
+#[utoipa::path(post, path = "/api/v1/agent-upgrade", tag = "agents", request_body = StartAgentUpgrade,
+    responses((status = 201, body = AgentUpgrade), (status = 400, body = qb_api::Problem), (status = 403, body = qb_api::Problem), (status = 409, body = qb_api::Problem), (status = 503, body = qb_api::Problem)))]
+async fn start_agent_upgrade(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<StartAgentUpgrade>,
+) -> ApiResult<(StatusCode, Json<AgentUpgrade>)> {
+    caller.require(Role::Operator)?;
+    let upgrade = app.start_agent_upgrade(&caller, &req).await?;
+    Ok((StatusCode::CREATED, Json(upgrade)))
+}
+
+/// The tenant's agent upgrade: where it is, and every host's part in it.
+#[utoipa::path(get, path = "/api/v1/agent-upgrade", tag = "agents",
+    responses((status = 200, body = AgentUpgrade), (status = 404, body = qb_api::Problem)))]
+async fn get_agent_upgrade(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<AgentUpgrade>> {
+    Ok(Json(app.agent_upgrade(&caller).await?))
+}
+
+/// Pause the running agent upgrade: no more hosts start (those on trial finish theirs).
+#[utoipa::path(post, path = "/api/v1/agent-upgrade/pause", tag = "agents",
+    responses((status = 200, body = AgentUpgrade), (status = 403, body = qb_api::Problem), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
+async fn pause_agent_upgrade(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<AgentUpgrade>> {
+    caller.require(Role::Operator)?;
+    Ok(Json(app.pause_agent_upgrade(&caller, true).await?))
+}
+
+/// Resume a paused agent upgrade.
+#[utoipa::path(post, path = "/api/v1/agent-upgrade/resume", tag = "agents",
+    responses((status = 200, body = AgentUpgrade), (status = 403, body = qb_api::Problem), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
+async fn resume_agent_upgrade(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<AgentUpgrade>> {
+    caller.require(Role::Operator)?;
+    Ok(Json(app.pause_agent_upgrade(&caller, false).await?))
 }
 
 /// Push a ping to the node's agent and wait for its answer: the round trip from the controller

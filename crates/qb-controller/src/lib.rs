@@ -5,6 +5,7 @@
 //! the records' rules and writes the audit trail. Handlers never run SQL.
 
 pub mod addons;
+pub mod agent_upgrades;
 pub mod agents;
 pub mod alerts;
 pub mod api;

@@ -27,6 +27,15 @@ pub enum TokenRefusal {
 }
 
 /// A new secret and the hash that is stored in its place.
+/// A connected agent as it said hello.
+#[derive(Clone, Copy, Debug)]
+pub struct SeenAgent<'a> {
+    pub version: &'a str,
+    /// The SHA-256 of its binary, if it says (protocol 3 on).
+    pub build: Option<&'a str>,
+    pub protocol: u32,
+}
+
 #[derive(Clone)]
 pub struct NewSecret {
     pub secret: String,
@@ -485,16 +494,18 @@ impl Store {
         &self,
         tenant: TenantId,
         id: NodeId,
-        agent_version: &str,
+        agent: &SeenAgent<'_>,
         facts: Option<&NodeFacts>,
         at: OffsetDateTime,
     ) -> Result<()> {
         let _writer = self.bookkeeping_lock().await;
         sqlx::query(
-            "UPDATE nodes SET agent_version = $1, facts = COALESCE($2, facts), last_seen_at = $3 \
-             WHERE tenant_id = $4 AND id = $5",
+            "UPDATE nodes SET agent_version = $1, agent_build = $2, agent_protocol = $3, \
+             facts = COALESCE($4, facts), last_seen_at = $5 WHERE tenant_id = $6 AND id = $7",
         )
-        .bind(agent_version)
+        .bind(agent.version)
+        .bind(agent.build)
+        .bind(i64::from(agent.protocol))
         .bind(facts.map(to_json))
         .bind(to_ms(at))
         .bind(tenant.to_string())

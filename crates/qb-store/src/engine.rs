@@ -185,10 +185,12 @@ impl Store {
         bundle_row(&row)
     }
 
-    /// Whether a bundle of `tenant` ships the artifact with this SHA-256 (who may download it).
+    /// Whether `tenant` may download the artifact with this SHA-256: a bundle of theirs ships
+    /// it, or their agent upgrade is to it (the agent binary).
     pub async fn tenant_has_artifact(&self, tenant: TenantId, sha256: &str) -> Result<bool> {
         let row = sqlx::query(
-            "SELECT 1 AS one FROM bundle_artifacts WHERE tenant_id = $1 AND sha256 = $2 LIMIT 1",
+            "SELECT 1 AS one FROM bundle_artifacts WHERE tenant_id = $1 AND sha256 = $2 \
+             UNION ALL SELECT 1 AS one FROM agent_upgrades WHERE tenant_id = $1 AND build = $2",
         )
         .bind(tenant.to_string())
         .bind(sha256)

@@ -7,6 +7,7 @@
 //!
 //! The store knows nothing of HTTP: it speaks in [`qb_api`] types and [`StoreError`]s.
 
+mod agent_upgrades;
 mod agents;
 mod alerts;
 mod clusters;
@@ -32,9 +33,10 @@ use sqlx::{Any, AnyPool, Executor, Transaction};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+pub use agent_upgrades::{NewAgentUpgrade, StoredAgentUpgrade, UpgradingNode, UpgradingState};
 pub use agents::{
     AgentNode, IdentityConflict, IssueError, IssuedCert, NewSecret, Registered, Registration,
-    TokenRefusal,
+    SeenAgent, TokenRefusal,
 };
 pub use alerts::{AlertChanges, WantedAlert};
 pub use clusters::{ClusterSpec, SpecError};

@@ -105,6 +105,11 @@ const SHARED: &[(i64, &str, &str)] = &[
         "node plan version",
         include_str!("../migrations/shared/0018_node_plan_version.sql"),
     ),
+    (
+        19,
+        "agent upgrades",
+        include_str!("../migrations/shared/0019_agent_upgrades.sql"),
+    ),
 ];
 
 /// A backend's migrations: its own first one, the shared ones and its own later ones, in

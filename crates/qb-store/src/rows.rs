@@ -112,6 +112,10 @@ pub(crate) fn node(row: &AnyRow) -> Result<Node> {
             .map(|version| -> Result<qb_api::NodeAgent> {
                 Ok(qb_api::NodeAgent {
                     version,
+                    build: row.try_get::<Option<String>, _>("agent_build")?,
+                    protocol: row
+                        .try_get::<Option<i64>, _>("agent_protocol")?
+                        .and_then(|p| u32::try_from(p).ok()),
                     online: false,
                     last_seen_at: row.try_get::<Option<i64>, _>("last_seen_at")?.map(from_ms),
                 })

@@ -282,6 +282,8 @@ pub struct Controller {
     /// The crash points this controller's data directory died at, in order (see
     /// [`Controller::wait_crashed`]).
     pub crashed_at: Vec<String>,
+    /// The agent it ships, when given (restarts ship it too).
+    agent_binary: Option<PathBuf>,
 }
 
 impl Controller {
@@ -347,8 +349,10 @@ impl Controller {
     pub fn kill_and_restart(mut self) -> Self {
         self.proc.stop();
         let agent_addr = self.agent_addr.to_string();
-        let Self { dir, .. } = self;
-        Self::start_in(dir, &agent_addr, None, None)
+        let Self {
+            dir, agent_binary, ..
+        } = self;
+        Self::start_in(dir, &agent_addr, None, agent_binary.as_deref())
     }
 
     /// The controller's data directory (database, artifacts).
@@ -488,6 +492,7 @@ impl Controller {
             pin: pin.expect("the controller announces the CA pin"),
             admin_token,
             crashed_at: Vec::new(),
+            agent_binary: agent_binary.map(Path::to_owned),
         }
     }
 

@@ -604,6 +604,8 @@ fn hostile_frames_close_the_channel_and_store_nothing() {
             .send(encode(&AgentMessage::Hello {
                 agent_version: version,
                 facts,
+                build: None,
+                rolled_back: None,
             }))
             .await;
         let heartbeat = encode(&AgentMessage::Heartbeat {
@@ -671,6 +673,8 @@ fn a_silent_channel_is_closed_after_the_grace_period() {
             .send(encode(&AgentMessage::Hello {
                 agent_version: version,
                 facts,
+                build: None,
+                rolled_back: None,
             }))
             .await;
         // A sign of life, asked for, comes back.

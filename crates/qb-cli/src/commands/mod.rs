@@ -1,5 +1,6 @@
 //! The commands: each reads the configuration and arguments, calls the controller, prints.
 
+mod agent;
 mod agent_package;
 mod alert;
 mod bundle;
@@ -89,6 +90,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(args) => events::run(&app, args).await,
         Command::Alert(cmd) => alert::run(&app, cmd).await,
         Command::Notify(cmd) => notify::run(&app, cmd).await,
+        Command::Agent(cmd) => agent::run(&app, cmd).await,
         Command::AgentPackage(cmd) => agent_package::run(&app, cmd).await,
         Command::Completion { .. } => Ok(()),
     }

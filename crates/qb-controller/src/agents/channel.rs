@@ -33,6 +33,7 @@ const READ_CHUNK: usize = 16 * 1024;
 pub(super) async fn hold<S>(
     endpoint: AgentEndpoint,
     peer: Peer,
+    protocol: u32,
     mut stream: S,
     mut connection: Connection,
 ) where
@@ -41,7 +42,8 @@ pub(super) async fn hold<S>(
     // This future is what every idle agent costs: what it holds across awaits is kept small,
     // and the rare, large steps (opening, writing, closing, the store) are boxed.
     let node = peer.identity.node;
-    let (mut listener, mut to_agent) = match Box::pin(open(endpoint.clone(), peer)).await {
+    let (mut listener, mut to_agent) = match Box::pin(open(endpoint.clone(), peer, protocol)).await
+    {
         Ok(opened) => opened,
         Err(e) => {
             tracing::warn!(node_id = %node, error = %e.0.detail, "could not open an agent's channel");
@@ -149,7 +151,7 @@ pub(super) async fn over_http2(
     body: Body,
 ) -> Result<Response, ApiError> {
     let peer = require(peer)?;
-    let (mut listener, from_controller) = open(endpoint, peer).await?;
+    let (mut listener, from_controller) = open(endpoint, peer, 1).await?;
     tokio::spawn(async move {
         let mut stream = body.into_data_stream();
         let mut decoder = FrameDecoder::default();
@@ -173,6 +175,7 @@ pub(super) async fn over_http2(
 async fn open(
     endpoint: AgentEndpoint,
     peer: Peer,
+    protocol: u32,
 ) -> Result<(Listener, outbox::Receiver), ApiError> {
     let node = endpoint
         .store
@@ -197,7 +200,7 @@ async fn open(
         .map_err(|_| ApiError::new(ProblemCode::Internal, "channel closed"))?;
     endpoint
         .agents
-        .channel_opened(node.id, peer.connection, to_agent);
+        .channel_opened(node.id, peer.connection, protocol, to_agent);
     if let Some(peers) = endpoint.agents.peers() {
         peers.session(node.id, true).await;
     }
@@ -207,8 +210,10 @@ async fn open(
         // What the store already knows: a reconnecting agent whose facts did not change costs
         // no write.
         known_facts: Some(node.facts),
-        known_version: node.agent.map(|a| a.version),
+        known_agent: node.agent.map(|a| (a.version, a.build, a.protocol)),
         version: String::new(),
+        build: None,
+        protocol,
     };
     Ok((listener, from_controller))
 }
@@ -218,9 +223,14 @@ struct Listener {
     endpoint: AgentEndpoint,
     peer: Peer,
     known_facts: Option<NodeFacts>,
-    known_version: Option<String>,
+    /// The agent's version, build and protocol as the store has them.
+    known_agent: Option<(String, Option<String>, Option<u32>)>,
     /// The agent's version, from its `Hello`; empty until then.
     version: String,
+    /// The agent's build, from its `Hello`.
+    build: Option<String>,
+    /// The protocol the agent speaks on this channel.
+    protocol: u32,
 }
 
 /// The agent broke the protocol: its channel closes.
@@ -259,14 +269,37 @@ impl Listener {
             AgentMessage::Hello {
                 agent_version,
                 facts,
+                build,
+                rolled_back,
             } => {
                 self.version = agent_version.chars().take(64).collect();
                 if self.version.is_empty() {
                     tracing::warn!(node_id = %node, "agent sent an empty version; closing its channel");
                     return Err(Broken);
                 }
+                self.build = build.map(|b| b.as_str().to_owned());
+                if let Some(back) = rolled_back {
+                    let reason: String = back.reason.chars().take(512).collect();
+                    tracing::warn!(node_id = %node, build = %back.build, reason, "the agent went back from a new build");
+                    let result = Box::pin(endpoint.store.agent_rolled_back(
+                        tenant,
+                        node,
+                        back.build.as_str(),
+                        &reason,
+                    ))
+                    .await;
+                    if let Err(e) = result {
+                        tracing::warn!(node_id = %node, error = %e, "could not record the agent's roll-back");
+                    }
+                }
+                let agent = (
+                    self.version.clone(),
+                    self.build.clone(),
+                    Some(self.protocol),
+                );
                 let unchanged = self.known_facts.as_ref() == Some(&facts)
-                    && self.known_version.as_deref() == Some(self.version.as_str());
+                    && self.known_agent.as_ref() == Some(&agent);
+                self.known_agent = Some(agent);
                 (!unchanged).then_some(facts)
             }
             AgentMessage::Heartbeat { facts, metrics } => {
@@ -310,7 +343,7 @@ impl Listener {
             let result = Box::pin(endpoint.store.agent_seen(
                 tenant,
                 node,
-                &self.version,
+                &self.seen(),
                 Some(&facts),
                 time::OffsetDateTime::now_utc(),
             ))
@@ -321,6 +354,14 @@ impl Listener {
             self.known_facts = Some(facts);
         }
         Ok(())
+    }
+
+    fn seen(&self) -> qb_store::SeenAgent<'_> {
+        qb_store::SeenAgent {
+            version: &self.version,
+            build: self.build.as_deref(),
+            protocol: self.protocol,
+        }
     }
 
     /// The channel is gone: instructions stop going to it, other replicas learn that this one
@@ -340,7 +381,7 @@ impl Listener {
                 .agent_seen(
                     tenant,
                     node,
-                    &self.version,
+                    &self.seen(),
                     None,
                     time::OffsetDateTime::now_utc(),
                 )
@@ -355,6 +396,7 @@ impl Listener {
 mod tests {
     use std::sync::Arc;
 
+    use qb_agent_proto::PROTOCOL_VERSION;
     use qb_api::{NodeId, TenantId};
     use qb_pki::NodeIdentity;
     use tokio::io::DuplexStream;
@@ -393,7 +435,7 @@ mod tests {
             connection: connection.id,
         };
         let (stream, _other_end) = tokio::io::duplex(64);
-        let task = hold(endpoint, peer, stream, connection);
+        let task = hold(endpoint, peer, PROTOCOL_VERSION, stream, connection);
         let own = std::mem::size_of_val(&task) - std::mem::size_of::<DuplexStream>();
         eprintln!("the channel's future holds {own} bytes beside its stream");
         // 1264 bytes when this was written; a step held inline rather than boxed adds kilobytes.

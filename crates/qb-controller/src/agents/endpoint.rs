@@ -20,7 +20,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use qb_agent_proto::plan::{ARTIFACTS_PATH, PLAN_PATH};
 use qb_agent_proto::{
-    CHANNEL_ALPN, CHANNEL_PATH, ControllerMessage, PROTOCOL_HEADER, PROTOCOL_VERSION,
+    CHANNEL_ALPNS, CHANNEL_PATH, ControllerMessage, PROTOCOL_HEADER, PROTOCOL_VERSION,
     REGISTER_PATH, RENEW_PATH, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse,
     SUPPORTED_PROTOCOLS, TUNNEL_PATH,
 };
@@ -77,7 +77,11 @@ impl AgentEndpoint {
         let mut config = qb_pki::tls::server_config_builder()
             .with_client_cert_verifier(qb_pki::agent_client_verifier(&self.ca)?)
             .with_single_cert(certs, key)?;
-        config.alpn_protocols = vec![b"h2".to_vec(), CHANNEL_ALPN.to_vec()];
+        config.alpn_protocols = [b"h2".as_slice()]
+            .into_iter()
+            .chain(CHANNEL_ALPNS.map(|(alpn, _)| alpn))
+            .map(<[u8]>::to_vec)
+            .collect();
         // Agents never resume a session (every connection presents the node certificate
         // afresh): tickets and a session cache would only cost each connection memory.
         config.send_tls13_tickets = 0;
@@ -156,7 +160,11 @@ impl AgentEndpoint {
                 }
                 Err(_) => return,
             };
-        let channel = tls.alpn_protocol() == Some(CHANNEL_ALPN);
+        // The channel's own connection names the agent's protocol.
+        let channel = CHANNEL_ALPNS
+            .iter()
+            .find(|(alpn, _)| tls.alpn_protocol() == Some(*alpn))
+            .map(|(_, protocol)| *protocol);
         let presented = tls.peer_certificate().map(<[u8]>::to_vec);
         // Another controller replica, relaying work for an agent this one holds.
         let replica = presented
@@ -174,7 +182,7 @@ impl AgentEndpoint {
                 Err(Unadmitted::Refused(reason)) => {
                     // Answer with the refusal, so the agent learns why and stops.
                     tracing::warn!(%addr, %reason, "refused an agent certificate");
-                    if channel {
+                    if channel.is_some() {
                         super::channel::refuse(tls).await;
                         return;
                     }
@@ -192,7 +200,7 @@ impl AgentEndpoint {
                 }
             },
         };
-        if channel {
+        if let Some(protocol) = channel {
             // The channel's own connection: nothing but frames, and only with a node certificate.
             let Some(identity) = identity else {
                 tracing::debug!(%addr, "a channel connection without a node certificate");
@@ -204,7 +212,7 @@ impl AgentEndpoint {
                 connection: connection.id,
             };
             // A task of its own, sized for the channel alone: this one is sized for HTTP/2.
-            tokio::spawn(super::channel::hold(self, peer, tls, connection));
+            tokio::spawn(super::channel::hold(self, peer, protocol, tls, connection));
             return;
         }
         let connection = identity.map(|id| (id, self.agents.connection_opened(id.node)));

@@ -53,6 +53,8 @@ struct Entry {
 
 struct Channel {
     connection: u64,
+    /// The agent protocol the agent speaks on it.
+    protocol: u32,
     to_agent: outbox::Sender,
     last_seen: Instant,
     last_seen_at: OffsetDateTime,
@@ -158,9 +160,16 @@ impl Agents {
 
     /// The agent's channel is open: from now on instructions go to `to_agent`. A newer channel
     /// replaces an older one (a reconnect that overtook the old connection's timeout).
-    pub fn channel_opened(&self, node: NodeId, connection: u64, to_agent: outbox::Sender) {
+    pub fn channel_opened(
+        &self,
+        node: NodeId,
+        connection: u64,
+        protocol: u32,
+        to_agent: outbox::Sender,
+    ) {
         self.lock().entry(node).or_default().channel = Some(Channel {
             connection,
+            protocol,
             to_agent,
             last_seen: Instant::now(),
             last_seen_at: OffsetDateTime::now_utc(),
@@ -401,6 +410,21 @@ impl Agents {
         instruction: Instruction,
         timeout: Duration,
     ) -> Result<Outcome, PingError> {
+        let protocol = self
+            .lock()
+            .get(&node)
+            .and_then(|e| e.channel.as_ref())
+            .map(|c| c.protocol);
+        if let Some(protocol) = protocol
+            && protocol < instruction.protocol()
+        {
+            return Ok(Outcome::Failed {
+                error: format!(
+                    "the node's agent speaks protocol {protocol}, and this takes protocol {}: upgrade the agent's package",
+                    instruction.protocol()
+                ),
+            });
+        }
         let (tx, rx) = oneshot::channel();
         self.waiting
             .lock()
@@ -557,6 +581,8 @@ pub enum PingError {
 
 #[cfg(test)]
 mod tests {
+    use qb_agent_proto::PROTOCOL_VERSION;
+
     use super::*;
 
     #[tokio::test]
@@ -565,7 +591,7 @@ mod tests {
         let node = NodeId::new();
         let mut conn = agents.connection_opened(node);
         let (tx, mut rx) = outbox::channel(4);
-        agents.channel_opened(node, conn.id, tx);
+        agents.channel_opened(node, conn.id, PROTOCOL_VERSION, tx);
         assert_eq!(agents.status(node).map(|s| s.0), Some(true));
         agents.revoke(node);
         assert_eq!(rx.recv().await, Some(ControllerMessage::Deauthorized));
@@ -581,7 +607,7 @@ mod tests {
         let node = NodeId::new();
         let conn = agents.connection_opened(node);
         let (tx, mut rx) = outbox::channel(4);
-        agents.channel_opened(node, conn.id, tx);
+        agents.channel_opened(node, conn.id, PROTOCOL_VERSION, tx);
         // An agent that answers.
         let answering = {
             let agents = agents.clone();
@@ -621,7 +647,7 @@ mod tests {
         let node = NodeId::new();
         let conn = agents.connection_opened(node);
         let (tx, _rx) = outbox::channel(4);
-        agents.channel_opened(node, conn.id, tx);
+        agents.channel_opened(node, conn.id, PROTOCOL_VERSION, tx);
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(agents.status(node).map(|s| s.0), Some(false));
         agents.heard(node);

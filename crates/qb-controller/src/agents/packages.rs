@@ -28,7 +28,7 @@ pub struct Packaging {
 }
 
 /// The version packages carry: the controller's own.
-const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 impl Packaging {
     /// The agent binary to ship, once it is known to be packageable. Packages ship it as given:

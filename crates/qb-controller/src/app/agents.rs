@@ -2,11 +2,12 @@
 //! carry one.
 
 use qb_api::{
-    BootstrapToken, BootstrapTokenId, CreateBootstrapToken, CreatedBootstrapToken, Page,
-    PageParams, ProblemCode,
+    AgentUpgrade, AgentUpgradeState, BootstrapToken, BootstrapTokenId, CreateBootstrapToken,
+    CreatedBootstrapToken, Page, PageParams, ProblemCode, StartAgentUpgrade,
 };
 use qb_package::Format;
-use qb_store::StoreError;
+use qb_store::{NewAgentUpgrade, StoreError};
+use sha2::{Digest as _, Sha256};
 
 use super::{AppState, hours_from_now, within};
 use crate::ApiError;
@@ -104,6 +105,104 @@ impl AppState {
     }
 }
 
+/// Agent upgrades (driven by [`crate::agent_upgrades`]).
+impl AppState {
+    /// Starts moving the caller's hosts to the build of the agent this controller ships: it
+    /// becomes an artifact the tenant's agents may download, and the upgrade runs.
+    pub async fn start_agent_upgrade(
+        &self,
+        caller: &Caller,
+        req: &StartAgentUpgrade,
+    ) -> Result<AgentUpgrade, ApiError> {
+        let (batch_size, trial_seconds) = req.settings()?;
+        let packaging = self.packaging.clone().ok_or_else(|| {
+            ApiError::new(
+                ProblemCode::Unavailable,
+                "this controller has no agent build to offer (see --agent-binary)",
+            )
+        })?;
+        let binary = packaging.agent_binary().await?;
+        let size = binary.len() as u64;
+        let (binary, sha256) = tokio::task::spawn_blocking(move || {
+            let sha256 = hex::encode(Sha256::digest(&binary));
+            (binary, sha256)
+        })
+        .await
+        .map_err(|e| ApiError::new(ProblemCode::Internal, e.to_string()))?;
+        let body = futures_util::stream::once(async move {
+            Ok::<_, axum::Error>(axum::body::Bytes::from(binary))
+        });
+        self.engine
+            .artifacts
+            .put(&sha256, Box::pin(body))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot keep the agent build as an artifact");
+                ApiError::new(
+                    ProblemCode::Internal,
+                    "cannot keep the agent build; see the controller's log",
+                )
+            })?;
+        let new = NewAgentUpgrade {
+            build: &sha256,
+            size,
+            version: packages::VERSION,
+            batch_size,
+            trial_seconds,
+        };
+        self.store
+            .start_agent_upgrade(caller.tenant(), &new, &caller.actor())
+            .await?;
+        tracing::info!(tenant_id = %caller.tenant(), build = sha256, batch_size, trial_seconds, "started an agent upgrade");
+        self.agent_upgrade(caller).await
+    }
+
+    /// The caller's agent upgrade: where it is and every host's part.
+    pub async fn agent_upgrade(&self, caller: &Caller) -> Result<AgentUpgrade, ApiError> {
+        let upgrade = self
+            .store
+            .agent_upgrade(caller.tenant())
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ProblemCode::NotFound,
+                    "no agent upgrade was started (`qb agent upgrade start`)",
+                )
+            })?;
+        let mut nodes = self.store.upgradable_nodes(caller.tenant()).await?;
+        self.agents.overlay_all(&mut nodes).await;
+        Ok(crate::agent_upgrades::status(&upgrade, &nodes))
+    }
+
+    /// Pauses (`pause`) or resumes the caller's agent upgrade.
+    pub async fn pause_agent_upgrade(
+        &self,
+        caller: &Caller,
+        pause: bool,
+    ) -> Result<AgentUpgrade, ApiError> {
+        let (from, to) = match pause {
+            true => (AgentUpgradeState::Running, AgentUpgradeState::Paused),
+            false => (AgentUpgradeState::Paused, AgentUpgradeState::Running),
+        };
+        let moved = self
+            .store
+            .set_agent_upgrade_state(caller.tenant(), &[from], to, None, &caller.actor())
+            .await?;
+        let upgrade = self.agent_upgrade(caller).await?;
+        if !moved && upgrade.state != to {
+            return Err(ApiError::new(
+                ProblemCode::UpgradeRefused,
+                format!(
+                    "the agent upgrade is {}, so it cannot be {}",
+                    upgrade.state.as_str(),
+                    if pause { "paused" } else { "resumed" }
+                ),
+            ));
+        }
+        Ok(upgrade)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +279,108 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(refused.0.code, ProblemCode::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn an_agent_upgrade_needs_a_build_sane_settings_and_moves_only_as_its_state_allows() {
+        let mut f = Fixture::new().await;
+        let start = |batch, trial| StartAgentUpgrade {
+            batch_size: batch,
+            trial_seconds: trial,
+        };
+        let refused = f
+            .app
+            .start_agent_upgrade(&f.operator, &start(None, None))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.0.code, ProblemCode::Unavailable);
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("qb-agent");
+        std::fs::copy("/bin/true", &agent).unwrap();
+        f.app.packaging = Some(std::sync::Arc::new(packages::Packaging {
+            agent_url: "https://qb.example.net:7444".to_owned(),
+            other_agent_urls: Vec::new(),
+            ca_pin: "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+                .parse()
+                .unwrap(),
+            agent_binary: agent.clone(),
+        }));
+        for (batch, trial, message) in [
+            (
+                Some(0),
+                None,
+                "batch_size must be between 1 and 1000, not 0",
+            ),
+            (
+                None,
+                Some(9),
+                "trial_seconds must be between 10 and 3600, not 9",
+            ),
+        ] {
+            let refused = f
+                .app
+                .start_agent_upgrade(&f.operator, &start(batch, trial))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (refused.0.code, refused.0.detail.as_str()),
+                (ProblemCode::InvalidInput, message)
+            );
+        }
+        assert!(
+            f.store.agent_upgrade(f.tenant).await.unwrap().is_none(),
+            "nothing started"
+        );
+        let started = f
+            .app
+            .start_agent_upgrade(&f.operator, &start(None, None))
+            .await
+            .unwrap();
+        let build = hex::encode(Sha256::digest(std::fs::read(&agent).unwrap()));
+        assert_eq!(
+            (started.build.as_str(), started.batch_size),
+            (build.as_str(), 1)
+        );
+        // Its agents may download it now.
+        assert!(f.store.tenant_has_artifact(f.tenant, &build).await.unwrap());
+        assert!(f.app.engine.artifacts.size(&build).await.unwrap().is_some());
+        // A stopped upgrade can be neither paused nor resumed; it can be started again.
+        f.store
+            .set_agent_upgrade_state(
+                f.tenant,
+                &[AgentUpgradeState::Running],
+                AgentUpgradeState::Stopped,
+                Some("n1 failed"),
+                &qb_store::Actor::controller(),
+            )
+            .await
+            .unwrap();
+        for pause in [true, false] {
+            let refused = f
+                .app
+                .pause_agent_upgrade(&f.operator, pause)
+                .await
+                .unwrap_err();
+            assert_eq!(
+                refused.0.code,
+                ProblemCode::UpgradeRefused,
+                "{}",
+                refused.0.detail
+            );
+        }
+        let again = f
+            .app
+            .start_agent_upgrade(&f.operator, &start(Some(4), Some(30)))
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                again.state,
+                again.batch_size,
+                again.trial_seconds,
+                again.message
+            ),
+            (AgentUpgradeState::Running, 4, 30, None)
+        );
     }
 }

@@ -737,6 +737,23 @@ impl Engine {
             .await
     }
 
+    /// A build of the agent, offered to agents, signed as plans are.
+    pub fn sign_agent_build(
+        &self,
+        build: &qb_agent_proto::AgentBuild,
+    ) -> Result<qb_agent_proto::SignedAgentBuild, EngineError> {
+        let text = serde_json::to_string(build).map_err(|e| EngineError::Plan(e.to_string()))?;
+        let signature = self
+            .signer
+            .sign(text.as_bytes())
+            .map_err(|e| EngineError::Plan(format!("signing the agent build: {e}")))?;
+        Ok(qb_agent_proto::SignedAgentBuild {
+            build: text,
+            signature,
+            signer_pem: self.signer.chain_pem().to_owned(),
+        })
+    }
+
     /// Signs and stores a plan with the node's next generation, and tells its agent.
     async fn publish(
         &self,

@@ -3,7 +3,9 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use qb_api::{NodeFacts, NodeState};
-use qb_store::{IssuedCert, NewSecret, Registered, Registration, StoreError, TokenRefusal};
+use qb_store::{
+    IssuedCert, NewSecret, Registered, Registration, SeenAgent, StoreError, TokenRefusal,
+};
 use time::{Duration, OffsetDateTime};
 
 use crate::{TestDb, actor, all_events, all_nodes, by_name, labels, node, node_name, tenant};
@@ -367,11 +369,24 @@ async fn certificates_rotate_serials(db: TestDb) {
     assert!(matches!(err, StoreError::InvalidNodeState { .. }), "{err}");
     // Heartbeat bookkeeping writes no event.
     let events = all_events(&db, t).await.len();
-    db.agent_seen(t, id, "0.2.0", None, OffsetDateTime::now_utc())
+    let seen = SeenAgent {
+        version: "0.2.0",
+        build: Some("ab12"),
+        protocol: 3,
+    };
+    db.agent_seen(t, id, &seen, None, OffsetDateTime::now_utc())
         .await
         .unwrap();
     assert_eq!(all_events(&db, t).await.len(), events);
-    assert_eq!(node(&db, t, "h1").await.agent.unwrap().version, "0.2.0");
+    let agent = node(&db, t, "h1").await.agent.unwrap();
+    assert_eq!(
+        (
+            agent.version.as_str(),
+            agent.build.as_deref(),
+            agent.protocol
+        ),
+        ("0.2.0", Some("ab12"), Some(3))
+    );
 }
 
 async fn controller_secrets_are_created_once(db: TestDb) {
@@ -410,7 +425,12 @@ async fn a_registration_whose_answer_was_lost_is_given_again(db: TestDb) {
         Err(StoreError::TokenRefused(TokenRefusal::UsedUp)) => {}
         other => panic!("another machine with the used token: {other:?}"),
     }
-    db.agent_seen(t, first.node.id, "0.1.0", None, OffsetDateTime::now_utc())
+    let seen = SeenAgent {
+        version: "0.1.0",
+        build: None,
+        protocol: 2,
+    };
+    db.agent_seen(t, first.node.id, &seen, None, OffsetDateTime::now_utc())
         .await
         .unwrap();
     match register(&db, "once", "m1", "web", "s4").await {
