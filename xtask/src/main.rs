@@ -13,6 +13,7 @@ mod dist;
 mod fuzz;
 mod lab;
 mod next_bundles;
+mod previous_agent;
 mod static_build;
 mod tidy;
 
@@ -34,6 +35,7 @@ fn main() -> Result<()> {
             let schemathesis = fuzz::schemathesis()?;
             let next_etcd = next_etcd()?;
             let next_bundles = next_bundles::make(&root, &bundle, &next_etcd)?;
+            let previous_agent = previous_agent::agent(&root)?;
             let mut cmd = Command::new(cargo());
             cmd.current_dir(&root)
                 .env(fuzz::SCHEMATHESIS_ENV, &schemathesis)
@@ -41,6 +43,7 @@ fn main() -> Result<()> {
                 .env(NEXT_BUNDLES_ENV, &next_bundles)
                 .env(BUNDLE_ENV, &bundle)
                 .env(DIST_AGENT_ENV, &agent)
+                .env(previous_agent::ENV, &previous_agent)
                 .env(DEBIAN_11_ENV, &debian_11)
                 .env(DEBIAN_12_ENV, &debian_12)
                 .args(["nextest", "run", "--workspace", "--no-fail-fast"])
@@ -101,6 +104,7 @@ fn main() -> Result<()> {
             fuzz::schemathesis()?;
             dist::debian_root("bullseye")?;
             dist::debian_root("bookworm")?;
+            previous_agent::agent(&root)?;
             bundle::ensure().map(drop)
         }
         Some("dist") => {

@@ -24,6 +24,8 @@ use crate::connect::{Body, InUse, Link, controller_request};
 use crate::preflight::Preflight;
 use crate::supervise::{Supervisor, SupervisorDirs};
 
+/// How many times a broken-off download of an agent build is taken up again.
+const DOWNLOAD_TRIES: u64 = 5;
 /// The signed plan the agent accepted last, in the state directory.
 const PLAN_FILE: &str = "plan.json";
 /// How often an applied plan's routes are checked, and put back when they changed.
@@ -431,12 +433,26 @@ impl Work {
             .parent()
             .expect("a build's binary is in its directory");
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-        let from = if have < build.size { have } else { 0 };
-        Downloads { work: self }
-            .fetch(build.sha256.as_str(), build.size, from, &partial)
-            .await
-            .map_err(|e| format!("downloading agent build {}: {e:#}", build.sha256))?;
+        // A download that breaks off (the controller restarting) goes on where it stopped.
+        let mut attempt = 0;
+        loop {
+            let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+            let from = if have < build.size { have } else { 0 };
+            match (Downloads { work: self })
+                .fetch(build.sha256.as_str(), build.size, from, &partial)
+                .await
+            {
+                Ok(()) => break,
+                Err(e) if attempt < DOWNLOAD_TRIES => {
+                    attempt += 1;
+                    tracing::info!(error = %format!("{e:#}"), attempt, "the agent build's download broke off; going on");
+                    tokio::time::sleep(Duration::from_secs(2 * attempt)).await;
+                }
+                Err(e) => {
+                    return Err(format!("downloading agent build {}: {e:#}", build.sha256));
+                }
+            }
+        }
         let hashed = partial.clone();
         let sha256 = tokio::task::spawn_blocking(move || builds::sha256_of(&hashed))
             .await

@@ -155,7 +155,8 @@ fn agents_upgrade_a_canary_first_then_in_batches_and_a_broken_build_goes_back_an
         "an offline host waits, and the upgrade with it: {upgrade}"
     );
     // Back, it upgrades, and the upgrade is done.
-    agents[2] = crate::harness::Agent::start_host(&configs[2], &lab.netns(2));
+    let host_2 = agents.pop().expect("host-2's agent");
+    agents.push(host_2.kill_and_restart(&configs[2]));
     let upgrade = watch(&api, "the upgrade done", UPGRADED, |u| u["state"] == "done");
     assert!(
         states(&upgrade).iter().all(|(_, s)| s == "upgraded"),
@@ -217,4 +218,64 @@ fn agents_upgrade_a_canary_first_then_in_batches_and_a_broken_build_goes_back_an
         2,
         "{events}"
     );
+}
+
+/// `qb-agent` as the last commit of protocol 2 built it (`cargo xtask test` builds it once).
+fn previous_agent() -> PathBuf {
+    std::env::var_os("QB_PREVIOUS_AGENT")
+        .map(PathBuf::from)
+        .expect("QB_PREVIOUS_AGENT is not set: run the suite with `cargo xtask test`")
+}
+
+#[test]
+fn an_agent_of_the_previous_protocol_works_with_this_controller_and_is_left_to_its_package() {
+    let lab = Lab::new(2).expect("the lab");
+    let builds = tempfile::tempdir().expect("temp dir");
+    let shipped = builds.path().join("qb-agent");
+    std::fs::copy(dist_agent(), &shipped).expect("the shipped agent");
+    let controller = Controller::start_shipping(&lab.bridge_ip(), &shipped);
+    let api = controller.api();
+    let token = api.bootstrap_token(2, 1);
+    let configs: Vec<AgentConfig> = ["host-0", "host-1"]
+        .iter()
+        .map(|host| AgentConfig::new(&controller, &token.secret, host))
+        .collect();
+    let mut previous =
+        crate::harness::Agent::start_host_running(&configs[0], &lab.netns(0), &previous_agent());
+    let _current = crate::harness::Agent::start_host(&configs[1], &lab.netns(1));
+    authorize_when_online(&api, &configs);
+    let node = wait_online(&api, "host-0");
+    assert_eq!(node["agent"]["protocol"], 2, "{node}");
+    assert!(
+        node["agent"].get("build").is_none(),
+        "protocol 2 names no build: {node}"
+    );
+    let ping = api.post("/nodes/host-0/ping", &json!({}));
+    assert_eq!(ping.status, 200, "{}", ping.body);
+
+    // An upgrade leaves it to its package and upgrades the other host.
+    api.post("/agent-upgrade", &json!({"trial_seconds": 60}))
+        .ok();
+    let upgrade = poll("host-1 upgraded", UPGRADED, || {
+        let upgrade = status(&api);
+        if state_of(&upgrade, "host-1") == "upgraded" {
+            Ok(upgrade)
+        } else {
+            Err(upgrade.to_string())
+        }
+    });
+    assert_eq!(state_of(&upgrade, "host-0"), "needs_package", "{upgrade}");
+    assert_eq!(upgrade["state"], "running", "{upgrade}");
+    // It was never sent what it does not know: it would have closed its channel.
+    assert!(previous.proc.is_running());
+    assert_eq!(
+        controller.proc.log.count("broke the protocol"),
+        0,
+        "{}",
+        controller.proc.log.tail(20)
+    );
+    let node = wait_online(&api, "host-0");
+    assert_eq!(node["agent"]["protocol"], 2, "{node}");
+    let ping = api.post("/nodes/host-0/ping", &json!({}));
+    assert_eq!(ping.status, 200, "{}", ping.body);
 }

@@ -717,7 +717,24 @@ impl Agent {
         Self::start_with(dir, config, netns, None)
     }
 
+    /// As [`Self::start_host`], running `binary` (another build of the agent).
+    pub fn start_host_running(config: &AgentConfig, netns: &str, binary: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("host");
+        Self::start_binary(binary, dir, config, Some(netns), Some(root))
+    }
+
     fn start_with(
+        dir: tempfile::TempDir,
+        config: &AgentConfig,
+        netns: Option<&str>,
+        host_root: Option<PathBuf>,
+    ) -> Self {
+        Self::start_binary(&agent_binary(), dir, config, netns, host_root)
+    }
+
+    fn start_binary(
+        binary: &Path,
         dir: tempfile::TempDir,
         config: &AgentConfig,
         netns: Option<&str>,
@@ -738,7 +755,7 @@ impl Agent {
         let path = dir.path().join("config.toml");
         std::fs::write(&path, toml::to_string(&file).expect("TOML")).expect("write config");
         let mut cmd = match &host_root {
-            None => command(&agent_binary(), netns),
+            None => command(binary, netns),
             Some(root) => qb_lab::host::Host {
                 netns,
                 root,
@@ -748,7 +765,7 @@ impl Agent {
                 machine_id: None,
                 die_with_parent: true,
             }
-            .command(&agent_binary())
+            .command(binary)
             .expect("the host's directories"),
         };
         cmd.arg("--config")
