@@ -1186,6 +1186,11 @@ async fn undone(task: &Service) -> bool {
 /// This agent's program, for the API balancer's service: as the process was started (Linux
 /// names a program replaced since, by a package upgrade say, `<path> (deleted)`).
 fn own_program() -> Option<PathBuf> {
+    // The installed binary, not a build the agent upgraded itself to: a path that stays, so
+    // an agent upgrade restarts no balancer (and removing an old build breaks none).
+    if let Some(installed) = std::env::var_os(crate::builds::INSTALLED_ENV) {
+        return Some(PathBuf::from(installed));
+    }
     let exe = std::env::current_exe().ok()?;
     let text = exe.to_str()?;
     Some(PathBuf::from(

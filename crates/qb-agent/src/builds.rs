@@ -8,8 +8,9 @@
 //!   ([`Builds`], `<state>/agent-build.json`) says which one runs (none: the installed binary).
 //! - The agent stages a new build (downloaded, its hash and signature checked, run once with
 //!   `--version`), writes its [`UpgradeRequest`] and exits with [`EXIT_UPGRADE`].
-//! - The supervisor starts the new build on trial. The trial passes once the new agent holds
-//!   the channel and the controller welcomed it: it creates the file [`TRIAL_ENV`] names, and
+//! - The supervisor starts the new build on trial. The trial passes once the new agent has held
+//!   the channel for [`TRIAL_HOLD`] since the controller welcomed it (a controller that refused
+//!   what it said would have closed it): it creates the file [`TRIAL_ENV`] names, and
 //!   the build becomes the one that runs. If the agent on trial exits, or the deadline passes
 //!   first, the supervisor kills it and starts the build that ran before, which tells the
 //!   controller what it went back from and why ([`RolledBack`]).
@@ -33,11 +34,18 @@ use sha2::{Digest as _, Sha256};
 
 /// The exit code of an agent that staged a new build and wants the supervisor to try it.
 pub const EXIT_UPGRADE: i32 = 75;
-/// Set for an agent on trial: the file it creates once the controller welcomed it.
+/// The installed binary, as the supervisor tells the agent it runs (services of the agent's own,
+/// the API balancer, run it).
+pub const INSTALLED_ENV: &str = "QB_AGENT_INSTALLED";
+/// Set for an agent on trial: the file it creates once it has held the channel for
+/// [`TRIAL_HOLD`] since the controller welcomed it.
 pub const TRIAL_ENV: &str = "QB_AGENT_TRIAL";
 /// A test's doing: the build (SHA-256) named here plays one that cannot reach its
 /// controller (it runs, and never dials), so a test can show such a build going back.
 pub const UNREACHABLE_BUILD_ENV: &str = "QB_TEST_UNREACHABLE_BUILD";
+
+/// How long an agent on trial holds the channel before its build passes.
+pub const TRIAL_HOLD: Duration = Duration::from_secs(10);
 
 const STATE_FILE: &str = "agent-build.json";
 const REQUEST_FILE: &str = "agent-upgrade.json";
@@ -178,8 +186,14 @@ pub fn own_build() -> Option<&'static Sha256Hex> {
     .as_ref()
 }
 
-/// Exits this process when its supervisor goes (its stdin, the supervisor's pipe, closes).
+/// Exits this process when its supervisor goes: the kernel kills it (the parent-death
+/// signal), and should that not be set, it sees its stdin (the supervisor's pipe) close.
 pub fn exit_with_supervisor() {
+    if let Err(e) =
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+    {
+        tracing::warn!(error = %e, "cannot ask to die with the supervisor");
+    }
     std::thread::spawn(|| {
         let mut stdin = std::io::stdin();
         let mut byte = [0u8; 1];
@@ -200,10 +214,16 @@ enum Ended {
 /// Runs the agent (`<binary> --config <config> work`) from the build it should run, for as long
 /// as this process lives.
 pub fn supervise(config: &Path, state_dir: &Path) -> Result<()> {
-    let installed = std::env::current_exe().context("finding the agent's own binary")?;
+    let exe = std::env::current_exe().context("finding the agent's own binary")?;
+    // Replaced by a package since it started: the new binary is at the same path.
+    let installed = match exe.to_str().and_then(|t| t.strip_suffix(" (deleted)")) {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    };
     let installed_build =
         sha256_of(Path::new("/proc/self/exe")).context("hashing the agent's own binary")?;
-    std::fs::create_dir_all(state_dir)
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
     let supervisor = Supervisor {
         store: BuildStore::new(state_dir),
@@ -273,7 +293,7 @@ impl Supervisor {
             (None, Some(current)) if store.binary(current).exists() => store.binary(current),
             (None, _) => self.installed.clone(),
         };
-        let ended = run_agent(store, &binary, &self.config, &mut builds)?;
+        let ended = run_agent(store, &binary, &self.installed, &self.config, &mut builds)?;
         match &ended {
             Ended::TrialFailed(reason) => {
                 let trial = builds.trial.take().expect("a trial failed");
@@ -294,6 +314,8 @@ impl Supervisor {
                             build: request.build,
                             deadline: now_unix() + i64::from(request.trial_seconds),
                         });
+                        // What the agent on trial reports is about this trial alone.
+                        builds.rolled_back = None;
                         store.save(&builds)?;
                     }
                     _ => tracing::warn!("the agent asked for a build it did not stage"),
@@ -318,6 +340,7 @@ const TRIAL_POLL: Duration = Duration::from_millis(200);
 fn run_agent(
     store: &BuildStore,
     binary: &Path,
+    installed: &Path,
     config: &Path,
     builds: &mut Builds,
 ) -> Result<Ended> {
@@ -326,6 +349,7 @@ fn run_agent(
         .arg("--config")
         .arg(config)
         .arg("work")
+        .env(INSTALLED_ENV, installed)
         .stdin(Stdio::piped());
     if builds.trial.is_some() {
         command.env(TRIAL_ENV, store.trial_passed_file());

@@ -311,6 +311,11 @@ async fn hold_channel(
     )));
     let renew = tokio::time::sleep(renewal_delay(&identity.cert_pem));
     tokio::pin!(renew);
+    // On trial, a new build passes once it has held the channel a while since the controller
+    // welcomed it: a controller that refused what it said would have closed the channel.
+    let mut trial = std::env::var_os(crate::builds::TRIAL_ENV);
+    let mut trial_check = tokio::time::interval(Duration::from_secs(1));
+    let mut welcomed: Option<tokio::time::Instant> = None;
     let mut renewing: Option<AbortOnDrop<Result<Identity>>> = None;
     loop {
         tokio::select! {
@@ -325,12 +330,7 @@ async fn hold_channel(
                     match message {
                         ControllerMessage::Welcome { node_id, state, heartbeat_seconds, plan_generation } => {
                             tracing::info!(%node_id, state = state.as_str(), "connected to the controller");
-                            // On trial, a new build passes once the controller welcomed it.
-                            if let Some(passed) = std::env::var_os(crate::builds::TRIAL_ENV)
-                                && let Err(e) = std::fs::write(&passed, b"")
-                            {
-                                tracing::error!(error = %e, "cannot tell the supervisor that this build works");
-                            }
+                            welcomed.get_or_insert_with(tokio::time::Instant::now);
                             heartbeat = tokio::time::interval(Duration::from_secs(u64::from(heartbeat_seconds.max(1))));
                             heartbeat.tick().await;
                             if let Some(generation) = plan_generation {
@@ -389,6 +389,15 @@ async fn hold_channel(
                 to_controller.send(Bytes::from(encode(&message))).await?;
             }
             _ = idle_check.tick() => link.close_idle(),
+            _ = trial_check.tick(), if trial.is_some() => {
+                if welcomed.is_some_and(|at| at.elapsed() >= crate::builds::TRIAL_HOLD) {
+                    let passed = trial.take().expect("on trial");
+                    match std::fs::write(&passed, b"") {
+                        Ok(()) => tracing::info!("this build held the channel: its trial passed"),
+                        Err(e) => tracing::error!(error = %e, "cannot tell the supervisor that this build works"),
+                    }
+                }
+            }
             _ = quiet_check.tick() => {
                 let quiet = heard.elapsed();
                 if quiet >= KEEPALIVE_AFTER + KEEPALIVE_TIMEOUT {

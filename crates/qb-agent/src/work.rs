@@ -54,8 +54,8 @@ pub struct Work {
     not_taken: Mutex<Option<PlanReport>>,
     /// HTTP/2 to the controller, for plans, artifacts and tunnels, while the channel is up.
     link: Mutex<Option<Arc<Link>>>,
-    /// A new build of the agent is staged: the agent restarts into it once it answered.
-    upgrade_staged: std::sync::atomic::AtomicBool,
+    /// The new build of the agent that is staged: the agent restarts into it once it answered.
+    staged: Mutex<Option<qb_agent_proto::Sha256Hex>>,
     /// One build staged at a time (the controller asks again when an answer is slow).
     staging: tokio::sync::Mutex<()>,
 }
@@ -92,7 +92,7 @@ impl Work {
             report: watch::Sender::new(PlanReport::default()),
             not_taken: Mutex::new(None),
             link: Mutex::new(None),
-            upgrade_staged: std::sync::atomic::AtomicBool::new(false),
+            staged: Mutex::new(None),
             staging: tokio::sync::Mutex::new(()),
         });
         let saved = state_dir.join(PLAN_FILE);
@@ -404,8 +404,10 @@ impl Work {
     /// Whether a new build is staged, the agent to restart into it (with
     /// [`builds::EXIT_UPGRADE`]) once it answered the controller.
     pub fn upgrade_staged(&self) -> bool {
-        self.upgrade_staged
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.staged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     /// Stages the build of the agent the controller offers: signature, download, hash, a run
@@ -423,8 +425,22 @@ impl Work {
         let build: AgentBuild = serde_json::from_str(&offer.build)
             .map_err(|e| format!("agent build refused: unreadable: {e}"))?;
         let _staging = self.staging.lock().await;
-        if builds::own_build() == Some(&build.sha256) || self.upgrade_staged() {
+        if builds::own_build() == Some(&build.sha256) {
             return Ok(());
+        }
+        let staged = self
+            .staged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match staged {
+            Some(staged) if staged == build.sha256 => return Ok(()),
+            Some(staged) => {
+                return Err(format!(
+                    "agent build {staged} is staged already; this agent restarts into it"
+                ));
+            }
+            None => {}
         }
         let store = builds::BuildStore::new(&self.state_dir);
         let binary = store.binary(&build.sha256);
@@ -474,6 +490,7 @@ impl Work {
             tokio::process::Command::new(&binary)
                 .arg("--version")
                 .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
                 .output(),
         )
         .await;
@@ -503,8 +520,7 @@ impl Work {
             })
             .map_err(|e| format!("{e:#}"))?;
         tracing::info!(build = %build.sha256, version = build.version, "staged a new agent build; restarting into it");
-        self.upgrade_staged
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        *self.staged.lock().unwrap_or_else(|p| p.into_inner()) = Some(build.sha256);
         Ok(())
     }
 

@@ -83,6 +83,7 @@ pub const PAUSE_AGENT_UPGRADE: Endpoint =
     Endpoint::new(Method::Post, "/api/v1/agent-upgrade/pause");
 pub const RESUME_AGENT_UPGRADE: Endpoint =
     Endpoint::new(Method::Post, "/api/v1/agent-upgrade/resume");
+pub const STOP_AGENT_UPGRADE: Endpoint = Endpoint::new(Method::Post, "/api/v1/agent-upgrade/stop");
 
 pub const ARTIFACT_EXISTS: Endpoint = Endpoint::new(Method::Head, "/api/v1/artifacts/{sha256}");
 pub const UPLOAD_ARTIFACT: Endpoint = Endpoint::new(Method::Put, "/api/v1/artifacts/{sha256}");
@@ -157,6 +158,7 @@ pub const ALL: &[Endpoint] = &[
     GET_AGENT_UPGRADE,
     PAUSE_AGENT_UPGRADE,
     RESUME_AGENT_UPGRADE,
+    STOP_AGENT_UPGRADE,
     ARTIFACT_EXISTS,
     UPLOAD_ARTIFACT,
     LIST_BOOTSTRAP_TOKENS,

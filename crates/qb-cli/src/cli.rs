@@ -586,6 +586,8 @@ pub enum AgentUpgradeCommand {
     Pause,
     /// Go on with a paused upgrade.
     Resume,
+    /// End the upgrade (hosts upgrading finish their trial); start another once ready.
+    Stop,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1218,6 +1218,17 @@ async fn agent_upgrades_start_show_every_host_pause_and_resume() {
     assert_eq!(again["state"], "paused");
     let resumed = c.qb(&["agent", "upgrade", "resume", "-o", "json"]).json();
     assert_eq!(resumed["state"], "running");
+    // Stopped (hosts that never come back hold no upgrade forever), it starts again.
+    let stopped = c.qb(&["agent", "upgrade", "stop", "-o", "json"]).json();
+    assert_eq!(
+        (&stopped["state"], &stopped["message"]),
+        (&"stopped".into(), &"stopped by user:admin".into()),
+        "{stopped}"
+    );
+    c.qb(&["agent", "upgrade", "resume"])
+        .fails_with("the agent upgrade is stopped, so it cannot be resumed");
+    let again = c.qb(&["agent", "upgrade", "start", "-o", "json"]).json();
+    assert_eq!(again["state"], "running");
 }
 
 #[tokio::test]

@@ -33,6 +33,9 @@ pub const STAGE_TIMEOUT: Duration = Duration::from_secs(600);
 pub const BACK_GRACE: Duration = Duration::from_secs(60);
 /// How soon an instruction to a host that has not staged the build yet is sent again.
 const RESEND: Duration = Duration::from_secs(30);
+/// How long after it was told (or staged the build) a host must be back on the build before it
+/// counts as upgraded: its new agent passes its trial once it held the channel 10 s.
+pub const SOAK: Duration = Duration::from_secs(15);
 /// The message of a host that staged the build and restarts into it.
 const ON_TRIAL: &str = "on trial";
 
@@ -97,7 +100,7 @@ pub fn decide(upgrade: &StoredAgentUpgrade, nodes: &[Node], now: OffsetDateTime)
                 }
             }
             Some(row) => {
-                if online(node) && on_build {
+                if online(node) && on_build && now - row.since >= SOAK {
                     decision
                         .record
                         .push((node.id, UpgradingState::Upgraded, None));
@@ -247,7 +250,14 @@ async fn step(
     let decision = decide(&upgrade, &nodes, now);
     for (node, state, message) in &decision.record {
         store
-            .set_upgrading_node(tenant, *node, *state, message.as_deref(), now)
+            .set_upgrading_node(
+                tenant,
+                *node,
+                &upgrade.build,
+                *state,
+                message.as_deref(),
+                now,
+            )
             .await?;
         if *state == UpgradingState::Upgraded {
             tracing::info!(%tenant, node_id = %node, build = upgrade.build, "a host's agent upgraded");
@@ -280,7 +290,7 @@ async fn step(
             }
             told.insert(node, Instant::now());
         }
-        let (engine, offer) = (engine.clone(), offer.clone());
+        let (engine, offer, build) = (engine.clone(), offer.clone(), upgrade.build.clone());
         tokio::spawn(async move {
             let asked = engine
                 .agents
@@ -302,7 +312,7 @@ async fn step(
             let now = OffsetDateTime::now_utc();
             if let Err(e) = engine
                 .store
-                .set_upgrading_node(tenant, node, state, Some(&message), now)
+                .upgrading_node_answered(tenant, node, &build, state, &message, now)
                 .await
             {
                 tracing::warn!(node_id = %node, error = %e, "could not record a host's upgrade");
@@ -392,10 +402,19 @@ mod tests {
         let rows = vec![row(&nodes[0], UpgradingState::Upgrading, 5, Some(ON_TRIAL))];
         let waiting = decide(&upgrade(2, rows.clone()), &nodes, now());
         assert_eq!(waiting, Decision::default());
-        // Back on the build: it upgraded, and a batch of two starts.
+        // Back on the build: once it has been for a while, it upgraded, and a batch of two
+        // starts.
         let mut back = nodes.clone();
         back[0] = node("h0", NEW, 3, true);
         back[0].id = nodes[0].id;
+        let soaking = decide(&upgrade(2, rows), &back, now());
+        assert_eq!(soaking, Decision::default());
+        let rows = vec![row(
+            &nodes[0],
+            UpgradingState::Upgrading,
+            20,
+            Some(ON_TRIAL),
+        )];
         let next = decide(&upgrade(2, rows), &back, now());
         assert_eq!(
             next.record.first(),

@@ -23,6 +23,7 @@ use utoipa::{IntoParams, OpenApi as _};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::app::AgentUpgradeChange;
 use crate::auth::Caller;
 use crate::extract::{ApiJson, ApiQuery};
 use crate::{ApiError, AppState};
@@ -95,6 +96,7 @@ pub(crate) fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(get_agent_upgrade, start_agent_upgrade))
         .routes(routes!(pause_agent_upgrade))
         .routes(routes!(resume_agent_upgrade))
+        .routes(routes!(stop_agent_upgrade))
         .merge(crate::engine::api::routes())
         .merge(crate::session::routes())
         .merge(crate::live::routes())
@@ -648,7 +650,10 @@ async fn pause_agent_upgrade(
     caller: Caller,
 ) -> ApiResult<Json<AgentUpgrade>> {
     caller.require(Role::Operator)?;
-    Ok(Json(app.pause_agent_upgrade(&caller, true).await?))
+    Ok(Json(
+        app.change_agent_upgrade(&caller, AgentUpgradeChange::Pause)
+            .await?,
+    ))
 }
 
 /// Resume a paused agent upgrade.
@@ -659,7 +664,25 @@ async fn resume_agent_upgrade(
     caller: Caller,
 ) -> ApiResult<Json<AgentUpgrade>> {
     caller.require(Role::Operator)?;
-    Ok(Json(app.pause_agent_upgrade(&caller, false).await?))
+    Ok(Json(
+        app.change_agent_upgrade(&caller, AgentUpgradeChange::Resume)
+            .await?,
+    ))
+}
+
+/// Stop the agent upgrade (running or paused): hosts upgrading finish their trial, no other
+/// host starts. Start another once ready.
+#[utoipa::path(post, path = "/api/v1/agent-upgrade/stop", tag = "agents",
+    responses((status = 200, body = AgentUpgrade), (status = 403, body = qb_api::Problem), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
+async fn stop_agent_upgrade(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<AgentUpgrade>> {
+    caller.require(Role::Operator)?;
+    Ok(Json(
+        app.change_agent_upgrade(&caller, AgentUpgradeChange::Stop)
+            .await?,
+    ))
 }
 
 /// Push a ping to the node's agent and wait for its answer: the round trip from the controller

@@ -233,6 +233,17 @@ impl Store {
         .bind(tenant.to_string())
         .execute(&mut *w.tx)
         .await?;
+        if state == AgentUpgradeState::Running {
+            // A pause does not count against the hosts upgrading: their time starts again.
+            sqlx::query(
+                "UPDATE agent_upgrade_nodes SET since = $1 \
+                 WHERE tenant_id = $2 AND state = 'upgrading'",
+            )
+            .bind(now_ms())
+            .bind(tenant.to_string())
+            .execute(&mut *w.tx)
+            .await?;
+        }
         w.commit_with_event(
             tenant,
             actor,
@@ -248,11 +259,13 @@ impl Store {
         Ok(true)
     }
 
-    /// Records a host's part in its tenant's agent upgrade.
+    /// Records a host's part in its tenant's agent upgrade to `build`, while that upgrade runs
+    /// (a decision about an upgrade since stopped or replaced changes nothing).
     pub async fn set_upgrading_node(
         &self,
         tenant: TenantId,
         node: NodeId,
+        build: &str,
         state: UpgradingState,
         message: Option<&str>,
         at: OffsetDateTime,
@@ -260,8 +273,8 @@ impl Store {
         let _writer = self.bookkeeping_lock().await;
         sqlx::query(
             "INSERT INTO agent_upgrade_nodes (tenant_id, node_id, state, since, message) \
-             SELECT $1, $2, $3, $4, $5 WHERE EXISTS \
-             (SELECT 1 FROM agent_upgrades WHERE tenant_id = $1) \
+             SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM agent_upgrades \
+             WHERE tenant_id = $1 AND build = $6 AND state = 'running') \
              ON CONFLICT (tenant_id, node_id) DO UPDATE SET state = $3, since = $4, message = $5",
         )
         .bind(tenant.to_string())
@@ -269,6 +282,37 @@ impl Store {
         .bind(state.as_str())
         .bind(to_ms(at))
         .bind(message)
+        .bind(build)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A host told to upgrade to `build` answered: it staged the build (`Upgrading`, with
+    /// `message` "on trial") or could not (`Failed`). Only a host still waiting for that
+    /// answer moves: a late or repeated answer changes nothing.
+    pub async fn upgrading_node_answered(
+        &self,
+        tenant: TenantId,
+        node: NodeId,
+        build: &str,
+        state: UpgradingState,
+        message: &str,
+        at: OffsetDateTime,
+    ) -> Result<()> {
+        let _writer = self.bookkeeping_lock().await;
+        sqlx::query(
+            "UPDATE agent_upgrade_nodes SET state = $1, message = $2, since = $3 \
+             WHERE tenant_id = $4 AND node_id = $5 AND state = 'upgrading' AND message IS NULL \
+             AND EXISTS (SELECT 1 FROM agent_upgrades WHERE tenant_id = $4 AND build = $6 \
+             AND state IN ('running', 'paused'))",
+        )
+        .bind(state.as_str())
+        .bind(message)
+        .bind(to_ms(at))
+        .bind(tenant.to_string())
+        .bind(node.to_string())
+        .bind(build)
         .execute(&self.pool)
         .await?;
         Ok(())

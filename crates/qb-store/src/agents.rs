@@ -26,7 +26,6 @@ pub enum TokenRefusal {
     UsedUp,
 }
 
-/// A new secret and the hash that is stored in its place.
 /// A connected agent as it said hello.
 #[derive(Clone, Copy, Debug)]
 pub struct SeenAgent<'a> {
@@ -36,6 +35,7 @@ pub struct SeenAgent<'a> {
     pub protocol: u32,
 }
 
+/// A new secret and the hash that is stored in its place.
 #[derive(Clone)]
 pub struct NewSecret {
     pub secret: String,
@@ -486,6 +486,19 @@ impl Store {
         w.commit_by_controller(tenant, "node.certificate_renewed", &node, detail)
             .await?;
         Ok(cert)
+    }
+
+    /// When a node's agent was last heard from, as its channel closes (nothing else: a newer
+    /// channel may have said more since).
+    pub async fn agent_left(&self, tenant: TenantId, id: NodeId, at: OffsetDateTime) -> Result<()> {
+        let _writer = self.bookkeeping_lock().await;
+        sqlx::query("UPDATE nodes SET last_seen_at = $1 WHERE tenant_id = $2 AND id = $3")
+            .bind(to_ms(at))
+            .bind(tenant.to_string())
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Bookkeeping from a connected agent: its version, changed facts, when it was last seen.

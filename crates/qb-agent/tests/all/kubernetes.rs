@@ -663,12 +663,19 @@ fn host_state(lab: &Lab, agent: &Agent, i: usize) -> HostState {
     }
 }
 
-/// The command lines of what runs in host `i`'s network namespace besides its agent.
+/// The command lines of what runs in host `i`'s network namespace besides its agent (the
+/// supervisor and the agent it runs).
 fn other_processes(lab: &Lab, agent: &Agent, i: usize) -> Vec<String> {
-    let agent_pid = agent.proc.pid().to_string();
+    let supervisor = agent.proc.pid().to_string();
+    let children =
+        std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children"))
+            .unwrap_or_default();
+    let agent_pids: Vec<&str> = std::iter::once(supervisor.as_str())
+        .chain(children.split_whitespace())
+        .collect();
     lab.pids(i)
         .into_iter()
-        .filter(|p| *p != agent_pid)
+        .filter(|p| !agent_pids.contains(&p.as_str()))
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).ok())
         .map(|c| c.replace('\0', " "))
         .collect()

@@ -41,6 +41,11 @@ pub async fn run(app: &App, cmd: AgentCommand) -> anyhow::Result<()> {
                 .call(client.request(&endpoints::RESUME_AGENT_UPGRADE, &[], &[]))
                 .await?
         }
+        AgentUpgradeCommand::Stop => {
+            client
+                .call(client.request(&endpoints::STOP_AGENT_UPGRADE, &[], &[]))
+                .await?
+        }
     };
     app.out.emit(&upgrade, || render(&upgrade))
 }

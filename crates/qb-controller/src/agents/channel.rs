@@ -278,7 +278,10 @@ impl Listener {
                     return Err(Broken);
                 }
                 self.build = build.map(|b| b.as_str().to_owned());
-                if let Some(back) = rolled_back {
+                // An agent running the build it says it went back from reports an old trial.
+                if let Some(back) =
+                    rolled_back.filter(|b| Some(b.build.as_str()) != self.build.as_deref())
+                {
                     let reason: String = back.reason.chars().take(512).collect();
                     tracing::warn!(node_id = %node, build = %back.build, reason, "the agent went back from a new build");
                     let result = Box::pin(endpoint.store.agent_rolled_back(
@@ -378,13 +381,7 @@ impl Listener {
         if !self.version.is_empty()
             && let Err(e) = endpoint
                 .store
-                .agent_seen(
-                    tenant,
-                    node,
-                    &self.seen(),
-                    None,
-                    time::OffsetDateTime::now_utc(),
-                )
+                .agent_left(tenant, node, time::OffsetDateTime::now_utc())
                 .await
         {
             tracing::debug!(node_id = %node, error = %e, "could not record when the agent left");

@@ -105,6 +105,15 @@ impl AppState {
     }
 }
 
+/// What an operator does to a running agent upgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentUpgradeChange {
+    Pause,
+    Resume,
+    /// Ends it: hosts upgrading finish their trial, no other starts.
+    Stop,
+}
+
 /// Agent upgrades (driven by [`crate::agent_upgrades`]).
 impl AppState {
     /// Starts moving the caller's hosts to the build of the agent this controller ships: it
@@ -174,28 +183,41 @@ impl AppState {
         Ok(crate::agent_upgrades::status(&upgrade, &nodes))
     }
 
-    /// Pauses (`pause`) or resumes the caller's agent upgrade.
-    pub async fn pause_agent_upgrade(
+    /// Pauses, resumes or stops the caller's agent upgrade. Asking for the state it is in
+    /// already is no error.
+    pub async fn change_agent_upgrade(
         &self,
         caller: &Caller,
-        pause: bool,
+        change: AgentUpgradeChange,
     ) -> Result<AgentUpgrade, ApiError> {
-        let (from, to) = match pause {
-            true => (AgentUpgradeState::Running, AgentUpgradeState::Paused),
-            false => (AgentUpgradeState::Paused, AgentUpgradeState::Running),
+        use AgentUpgradeState::{Paused, Running, Stopped};
+        let (from, to, done, message): (&[AgentUpgradeState], _, _, _) = match change {
+            AgentUpgradeChange::Pause => (&[Running], Paused, "paused", None),
+            AgentUpgradeChange::Resume => (&[Paused], Running, "resumed", None),
+            AgentUpgradeChange::Stop => (
+                &[Running, Paused],
+                Stopped,
+                "stopped",
+                Some(format!("stopped by {}", caller.actor().0)),
+            ),
         };
         let moved = self
             .store
-            .set_agent_upgrade_state(caller.tenant(), &[from], to, None, &caller.actor())
+            .set_agent_upgrade_state(
+                caller.tenant(),
+                from,
+                to,
+                message.as_deref(),
+                &caller.actor(),
+            )
             .await?;
         let upgrade = self.agent_upgrade(caller).await?;
         if !moved && upgrade.state != to {
             return Err(ApiError::new(
                 ProblemCode::UpgradeRefused,
                 format!(
-                    "the agent upgrade is {}, so it cannot be {}",
-                    upgrade.state.as_str(),
-                    if pause { "paused" } else { "resumed" }
+                    "the agent upgrade is {}, so it cannot be {done}",
+                    upgrade.state.as_str()
                 ),
             ));
         }
@@ -355,10 +377,10 @@ mod tests {
             )
             .await
             .unwrap();
-        for pause in [true, false] {
+        for change in [AgentUpgradeChange::Pause, AgentUpgradeChange::Resume] {
             let refused = f
                 .app
-                .pause_agent_upgrade(&f.operator, pause)
+                .change_agent_upgrade(&f.operator, change)
                 .await
                 .unwrap_err();
             assert_eq!(

@@ -26,7 +26,7 @@ use qb_api::{Event, Node, Page, PageParams};
 use qb_store::{EventFilter, Store};
 
 pub use access::{OpenedSession, SessionLogin, mint_token};
-pub use agents::AgentPackageFile;
+pub use agents::{AgentPackageFile, AgentUpgradeChange};
 pub use bundles::ImportedBundle;
 
 use crate::ApiError;
