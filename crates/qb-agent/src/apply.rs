@@ -1325,19 +1325,9 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StepE
 
 /// SHA-256 (hex) and length of a file.
 fn hash_file(path: &Path) -> Result<(String, u64), StepError> {
-    let mut file = File::open(path).map_err(io("reading", path))?;
-    let mut hash = Sha256::new();
-    let mut buffer = vec![0; 256 * 1024];
-    let mut size = 0;
-    loop {
-        let n = file.read(&mut buffer).map_err(io("reading", path))?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buffer[..n]);
-        size += n as u64;
-    }
-    Ok((hex::encode(hash.finalize()), size))
+    crate::builds::hash_file(path)
+        .map(|(sha256, size)| (String::from(sha256), size))
+        .map_err(io("reading", path))
 }
 
 /// Whether `file` is on disk with its content, mode and owner.

@@ -163,16 +163,26 @@ impl BuildStore {
 /// The SHA-256 of a file, e.g. `/proc/self/exe` (this process's binary, even when the package
 /// manager has replaced the file since).
 pub fn sha256_of(path: &Path) -> std::io::Result<Sha256Hex> {
+    hash_file(path).map(|(sha256, _)| sha256)
+}
+
+/// A file's SHA-256 and size, read once.
+pub fn hash_file(path: &Path) -> std::io::Result<(Sha256Hex, u64)> {
     let mut file = std::fs::File::open(path)?;
     let mut hash = Sha256::new();
     let mut buffer = vec![0u8; 256 * 1024];
+    let mut size = 0;
     loop {
         match file.read(&mut buffer)? {
             0 => break,
-            n => hash.update(&buffer[..n]),
+            n => {
+                hash.update(&buffer[..n]);
+                size += n as u64;
+            }
         }
     }
-    Ok(Sha256Hex::try_from(hex::encode(hash.finalize())).expect("a SHA-256 in hex"))
+    let sha256 = Sha256Hex::try_from(hex::encode(hash.finalize())).expect("a SHA-256 in hex");
+    Ok((sha256, size))
 }
 
 /// The build of this process's binary, hashed once.

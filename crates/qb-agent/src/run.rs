@@ -56,10 +56,8 @@ enum Ended {
 
 /// Runs until the process is stopped.
 pub async fn run(config: Config) -> Result<()> {
-    if let (Ok(marked), Some(own)) = (
-        std::env::var(crate::builds::UNREACHABLE_BUILD_ENV),
-        crate::builds::own_build(),
-    ) && marked == own.as_str()
+    if let Ok(marked) = std::env::var(crate::builds::UNREACHABLE_BUILD_ENV)
+        && crate::builds::own_build().is_some_and(|own| marked == own.as_str())
     {
         tracing::error!(
             "this build plays one that cannot reach its controller ({}, a test's doing)",
