@@ -368,6 +368,16 @@ pub(crate) fn web_pods(admin: &Agent, hosts: &[String]) -> Vec<(String, String, 
 /// host itself, each reaching every backend; and the Service's name looked up in the cluster
 /// DNS from a pod on every host. Panics naming what failed; returns the pair matrix.
 pub(crate) fn check_traffic(admin: &Agent, agents: &[Agent], hosts: &[String]) -> String {
+    try_traffic(admin, agents, hosts).unwrap_or_else(|failures| panic!("{failures}"))
+}
+
+/// [`check_traffic`], saying what failed (and what the hosts' packet filters and the probes
+/// saw) rather than panicking.
+pub(crate) fn try_traffic(
+    admin: &Agent,
+    agents: &[Agent],
+    hosts: &[String],
+) -> Result<String, String> {
     let pods = web_pods(admin, hosts);
     let service = kubectl_json(admin, &["get", "service", "web"]).expect("the web Service");
     let service_ip = service["spec"]["clusterIP"]
@@ -426,7 +436,9 @@ pub(crate) fn check_traffic(admin: &Agent, agents: &[Agent], hosts: &[String]) -
         let missed = never_reached(&backends, &logs);
         if !missed.is_empty() {
             failures.push(format!(
-                "Service {service_ip} from a pod on {host}: never reached {missed:?}"
+                "Service {service_ip} from a pod on {host}: never reached {missed:?}; answers: {:?}\n{}",
+                answers(&logs),
+                service_path(&agents[index_of(host)], &pods),
             ));
         }
         if !logs.lines().any(|l| l == format!("DNS {service_ip}")) {
@@ -469,10 +481,12 @@ pub(crate) fn check_traffic(admin: &Agent, agents: &[Agent], hosts: &[String]) -
         let out = run(Command::new("nsenter")
             .args(["-t", &agent.proc.pid().to_string(), "-n", "sh", "-c"])
             .arg(&script));
-        let missed = never_reached(&backends, &String::from_utf8_lossy(&out.stdout));
+        let said = String::from_utf8_lossy(&out.stdout);
+        let missed = never_reached(&backends, &said);
         if !missed.is_empty() {
             failures.push(format!(
-                "Service {service_ip} from host {host}: never reached {missed:?}"
+                "Service {service_ip} from host {host}: never reached {missed:?}; answers: {:?}",
+                answers(&said)
             ));
         }
     }
@@ -481,8 +495,46 @@ pub(crate) fn check_traffic(admin: &Agent, agents: &[Agent], hosts: &[String]) -
         &["delete", "pod", "-l", "app=probe", "--wait=false"],
         None,
     );
-    assert!(failures.is_empty(), "{failures:#?}\n{matrix}");
-    matrix
+    if failures.is_empty() {
+        Ok(matrix)
+    } else {
+        Err(format!("{}\n{matrix}", failures.join("\n")))
+    }
+}
+
+/// How many times each answer came back to a probe's fetches of the Service (an empty answer:
+/// nothing came back in time).
+fn answers(output: &str) -> std::collections::BTreeMap<&str, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for answer in output.lines().filter_map(|l| l.strip_prefix("SVC -")) {
+        *counts.entry(answer.trim()).or_default() += 1;
+    }
+    counts
+}
+
+/// Where `host` sends the `web` Service and each backend: its packet filter's rules for the
+/// Service, and its route to every backend pod.
+fn service_path(host: &Agent, pods: &[(String, String, String)]) -> String {
+    let pid = host.proc.pid().to_string();
+    let netns = |args: &[&str]| {
+        let out = run(Command::new("nsenter").args(["-t", &pid, "-n"]).args(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let rules: Vec<String> = netns(&["iptables-save", "-t", "nat"])
+        .lines()
+        .filter(|l| l.contains("default/web"))
+        .map(str::to_owned)
+        .collect();
+    let routes: Vec<String> = pods
+        .iter()
+        .map(|(name, node, ip)| {
+            format!(
+                "{name} on {node}: {}",
+                netns(&["ip", "route", "get", ip]).trim()
+            )
+        })
+        .collect();
+    format!("  {}\n  {}", rules.join("\n  "), routes.join("\n  "))
 }
 
 /// Waits until every host's kube-proxy sends the `web` Service to exactly `ips`: it programs a
