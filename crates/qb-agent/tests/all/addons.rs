@@ -59,7 +59,13 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
     let resolver = upstream.addr.ip().to_string();
     // The controller's alerts go to a real mailbox and a webhook.
     let receivers = Receivers::start();
-    let controller = Controller::start_with_env(&lab.bridge_ip(), &receivers.controller_env());
+    // The controller ships the agent `cargo xtask dist` builds; the hosts start on the test
+    // build, and upgrade to it at the end.
+    let controller = Controller::start_shipping_with_env(
+        &lab.bridge_ip(),
+        Some(&crate::agent_upgrades::dist_agent()),
+        &receivers.controller_env(),
+    );
     let api = controller.api();
     import_bundle(&api, &bundle);
     let token = api.bootstrap_token(3, 1);
@@ -318,7 +324,8 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
     drop(_thaw);
     eprintln!("every API server frozen for {API_OUTAGE:?}: {answered} lookups, all answered");
 
-    // The used cluster upgraded: etcd 3.4 → 3.5, then Kubernetes built again; nothing fails.
+    // The used cluster upgraded: etcd 3.4 → 3.5, then Kubernetes built again, then every
+    // agent; nothing fails.
     let endpoints = crate::upgrades::etcd_endpoints(&lab, 3);
     crate::upgrades::upgrade_under_load(&api, &agents, "dns", &endpoints, &service_ip);
     wait_resolving_everywhere(&agents, &service_ip, "after the upgrade");

@@ -24,7 +24,8 @@ const HOSTS: [&str; 3] = ["host-0", "host-1", "host-2"];
 /// From the start to every online host upgraded: downloads of a few MiB, restarts, reconnects.
 const UPGRADED: Duration = Duration::from_secs(120);
 
-fn dist_agent() -> PathBuf {
+/// The agent as `cargo xtask dist` builds it (release, stripped).
+pub(crate) fn dist_agent() -> PathBuf {
     std::env::var_os("QB_DIST_AGENT")
         .map(PathBuf::from)
         .expect("QB_DIST_AGENT is not set: run the suite with `cargo xtask test`")

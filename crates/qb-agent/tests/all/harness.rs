@@ -308,11 +308,21 @@ impl Controller {
 
     /// As [`Self::start`], with more environment for the controller (its flags' variables).
     pub fn start_with_env(agent_ip: &str, env: &[(&str, String)]) -> Self {
+        Self::start_shipping_with_env(agent_ip, None, env)
+    }
+
+    /// As [`Self::start_with_env`], with agent packages (and agent upgrades) that ship
+    /// `agent_binary` when given.
+    pub fn start_shipping_with_env(
+        agent_ip: &str,
+        agent_binary: Option<&Path>,
+        env: &[(&str, String)],
+    ) -> Self {
         Self::start_in_with(
             tempfile::tempdir().expect("temp dir"),
             &format!("{agent_ip}:0"),
             None,
-            None,
+            agent_binary,
             env,
         )
     }

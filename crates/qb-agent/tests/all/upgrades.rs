@@ -193,12 +193,15 @@ const NEXT_BUNDLES_ENV: &str = "QB_LAB_NEXT_BUNDLES";
 const REBUILT: &str = "1.20.2+qb.2";
 /// How long one upgrade of a 3-master Kubernetes cluster may take on shared cores.
 const UPGRADE: Duration = Duration::from_secs(420);
+/// How long the agents of 3 hosts may take to upgrade (each on trial 30 s, then watched 15 s).
+const AGENTS_UPGRADED: Duration = Duration::from_secs(240);
 
 /// A used Kubernetes cluster `cluster` (every host a master, the Service `web` at
-/// `service_ip`) upgraded twice: to etcd 3.5, then to Kubernetes built again. Meanwhile a pod
-/// fetches the Service every 100 ms, `kubectl` lists pods through qb's proxy, and etcd's health
-/// and the nodes changing at once are watched. No fetch may fail, etcd never lose its quorum,
-/// no two nodes change at once.
+/// `service_ip`) upgraded twice, to etcd 3.5, then to Kubernetes built again; then every
+/// host's agent upgraded to the build the controller ships, one host first, then two at a time.
+/// Meanwhile a pod fetches the Service every 100 ms, `kubectl` lists pods through qb's proxy,
+/// and etcd's health and the nodes changing at once are watched. No fetch may fail, etcd never
+/// lose its quorum, no two nodes change at once.
 pub(crate) fn upgrade_under_load(
     api: &Api,
     agents: &[Agent],
@@ -266,13 +269,40 @@ pub(crate) fn upgrade_under_load(
         );
     }
 
+    // Every agent: the API balancer and the components run on while each agent restarts.
+    let started = Instant::now();
+    let upgrade = api
+        .post(
+            "/agent-upgrade",
+            &json!({"batch_size": 2, "trial_seconds": 30}),
+        )
+        .ok();
+    let build = upgrade["build"].as_str().expect("a build").to_owned();
+    let done = poll("every agent upgraded", AGENTS_UPGRADED, || {
+        let upgrade = api.get("/agent-upgrade").ok();
+        match upgrade["state"].as_str() {
+            Some("done") => Ok(upgrade),
+            Some("running") => Err(upgrade.to_string()),
+            _ => panic!("the agent upgrade did not go on: {upgrade}"),
+        }
+    });
+    eprintln!(
+        "every agent upgraded in {:?}: {}",
+        started.elapsed(),
+        done["nodes"]
+    );
+    for i in 0..agents.len() {
+        let node = crate::engine::wait_online(api, &format!("host-{i}"));
+        assert_eq!(node["agent"]["build"], build.as_str(), "{node}");
+    }
+
     let (listed, fewest) = (lister.stop(), {
         health.0.stop();
         health.1.load(Ordering::Relaxed)
     });
     let fetched = fetcher.stop(admin);
     eprintln!(
-        "during both upgrades: {} Service fetches from a pod, {} failed; {} pod listings through \
+        "during the three upgrades: {} Service fetches from a pod, {} failed; {} pod listings through \
          the proxy, {} failed (first: {:?}), longest without an answer {:?}; at least {fewest} \
          of 3 etcd members healthy at every look",
         fetched.0,
