@@ -25,6 +25,9 @@ pub enum KubeOp {
     Drain { node: String, timeout_seconds: u32 },
     /// Remove the node object; one that is gone already is not an error.
     DeleteNode { node: String },
+    /// Make the node schedulable again (after a drain); one the API server does not know is
+    /// not an error. Protocol 3.
+    Uncordon { node: String },
     /// Give the node its role's labels ([`ROLE_LABELS`]) and, for a master with `taint`, the
     /// [`MASTER_TAINT`] (`NoSchedule`); take away those of the other role. Other labels and
     /// taints stay.

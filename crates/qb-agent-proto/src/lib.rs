@@ -46,7 +46,7 @@ use qb_api::{Labels, NodeFacts, NodeId, NodeState, TenantId};
 use serde::{Deserialize, Serialize};
 
 use crate::etcd::{EtcdMember, EtcdRequest};
-use crate::kube::{KubeNode, KubeRequest};
+use crate::kube::{KubeNode, KubeOp, KubeRequest};
 use crate::plan::PlanReport;
 use crate::preflight::{LocalReport, PreflightCheck, PreflightProbe, ProbeResult};
 pub use crate::values::Sha256Hex;
@@ -317,6 +317,10 @@ impl Instruction {
     pub fn protocol(&self) -> u32 {
         match self {
             Self::UpgradeAgent(_) => 3,
+            Self::Kube(KubeRequest {
+                op: KubeOp::Uncordon { .. },
+                ..
+            }) => 3,
             _ => 1,
         }
     }

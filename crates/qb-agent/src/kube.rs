@@ -90,6 +90,9 @@ pub async fn run(req: &KubeRequest) -> Result<Vec<KubeNode>, KubeError> {
         KubeOp::DeleteNode { node } => {
             delete_node(&mut api, ObjectName::parse("node", node)?).await?
         }
+        KubeOp::Uncordon { node } => {
+            schedule(&mut api, ObjectName::parse("node", node)?, true).await?;
+        }
         KubeOp::SetRole {
             node,
             master,
@@ -151,6 +154,31 @@ async fn set_role(
     Ok(())
 }
 
+/// Cordons (`schedulable` false) or uncordons `node`; false when the API server does not know
+/// it.
+async fn schedule(
+    api: &mut Api<'_>,
+    node: ObjectName<'_>,
+    schedulable: bool,
+) -> Result<bool, KubeError> {
+    let patch = Payload::typed(
+        "application/strategic-merge-patch+json",
+        &json!({ "spec": { "unschedulable": !schedulable } }),
+    );
+    let path = format!("{NODES_PATH}/{node}");
+    let response = api.send(Method::PATCH, &path, Some(patch)).await?;
+    if response.status == hyper::StatusCode::NOT_FOUND {
+        return Ok(false);
+    }
+    api.check(Method::PATCH, &path, &response)?;
+    if schedulable {
+        tracing::info!(%node, "uncordoned");
+    } else {
+        tracing::info!(%node, "cordoned");
+    }
+    Ok(true)
+}
+
 /// Cordons `node`, evicts its pods but those of daemon sets, mirror pods and finished ones,
 /// and waits until they are gone, all within `timeout_seconds`.
 async fn drain(
@@ -159,18 +187,10 @@ async fn drain(
     timeout_seconds: u32,
 ) -> Result<(), KubeError> {
     let deadline = Instant::now() + Duration::from_secs(timeout_seconds.into());
-    let cordon = Payload::typed(
-        "application/strategic-merge-patch+json",
-        &json!({ "spec": { "unschedulable": true } }),
-    );
-    let path = format!("{NODES_PATH}/{node}");
-    let response = api.send(Method::PATCH, &path, Some(cordon)).await?;
-    if response.status == hyper::StatusCode::NOT_FOUND {
+    if !schedule(api, node, false).await? {
         tracing::info!(%node, "the API server does not know the node: nothing to drain");
         return Ok(());
     }
-    api.check(Method::PATCH, &path, &response)?;
-    tracing::info!(%node, "cordoned");
 
     let pods_path = format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{node}");
     let pods: List<Pod> = api.get(&pods_path).await?;
@@ -839,13 +859,15 @@ mod tests {
                 ("PATCH", ["api", "v1", "nodes", name]) => {
                     assert_eq!(content_type, Some("application/strategic-merge-patch+json"));
                     let patch: Value = serde_json::from_slice(body).unwrap();
-                    assert_eq!(patch, json!({"spec": {"unschedulable": true}}));
+                    let unschedulable = patch["spec"]["unschedulable"].clone();
+                    assert!(unschedulable.is_boolean(), "{patch}");
+                    assert_eq!(patch, json!({"spec": {"unschedulable": unschedulable}}));
                     if *name == "locked" {
                         return (403, status(403, "nodes \"locked\" is forbidden"));
                     }
                     match self.nodes.iter_mut().find(|n| name_of(n) == *name) {
                         Some(node) => {
-                            node["spec"]["unschedulable"] = json!(true);
+                            node["spec"]["unschedulable"] = unschedulable;
                             (200, node.clone())
                         }
                         None => (404, status(404, &format!("nodes \"{name}\" not found"))),
@@ -1168,6 +1190,16 @@ mod tests {
         // Draining again finds nothing left to evict.
         run(&lab.request(drain_op("w1", 30))).await.unwrap();
         assert_eq!(lab.cluster().evictions().len(), 3);
+        // Uncordoned, it takes pods again; a node the API server does not know is no error.
+        let nodes = run(&lab.request(KubeOp::Uncordon { node: "w1".into() }))
+            .await
+            .unwrap();
+        assert!(nodes.iter().all(|n| !n.unschedulable), "{nodes:?}");
+        run(&lab.request(KubeOp::Uncordon {
+            node: "gone".into(),
+        }))
+        .await
+        .unwrap();
     }
 
     #[tokio::test]

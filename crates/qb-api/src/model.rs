@@ -307,6 +307,10 @@ pub struct Cluster {
     /// tolerate it run there.
     #[serde(default)]
     pub taint_masters: bool,
+    /// The rollout of changes that restart services (a new version) is paused: nodes not given
+    /// the change yet wait until it is resumed.
+    #[serde(default)]
+    pub rollout_paused: bool,
     pub state: ClusterState,
     /// Why the cluster is in its state, when there is more to say (e.g. what blocks it).
     #[serde(default)]
@@ -410,6 +414,13 @@ pub struct UpdateCluster {
     /// minor version at a time and never down, and etcd never down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes_version: Option<KubernetesVersion>,
+    /// Taint masters so that workloads run on workers only, or no longer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taint_masters: Option<bool>,
+    /// Pause the rollout of changes that restart services (nodes not given the change yet
+    /// wait; a worker being drained stays cordoned), or resume it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_paused: Option<bool>,
 }
 
 impl CreateCluster {

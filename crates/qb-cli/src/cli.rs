@@ -325,6 +325,19 @@ pub enum ClusterCommand {
     /// it. Nodes change one at a time, masters first, each once the one before is healthy
     /// again; the bundle must be imported (`qb bundle list`).
     Upgrade(UpgradeArgs),
+    /// Pause a cluster's rollout of changes that restart services (an upgrade): nodes not
+    /// given the change yet wait; a worker being drained stays cordoned.
+    Pause {
+        /// Cluster name or id.
+        cluster: String,
+    },
+    /// Resume a cluster's paused rollout.
+    Resume {
+        /// Cluster name or id.
+        cluster: String,
+    },
+    /// Change a cluster's settings.
+    Set(SetClusterArgs),
     /// Attach nodes: COUNT from the pool, or the NODEs named.
     Attach(AttachArgs),
     /// Detach nodes; by default wait until they are back in the pool.
@@ -388,6 +401,16 @@ pub enum BundleCommand {
         /// The Kubernetes version of the bundle, e.g. 1.20.2.
         version: KubernetesVersion,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct SetClusterArgs {
+    /// Cluster name or id.
+    pub cluster: String,
+    /// Taint masters so that workloads run on workers only (`true`), or let workloads run on
+    /// masters too (`false`).
+    #[arg(long, value_name = "BOOL")]
+    pub taint_masters: Option<bool>,
 }
 
 #[derive(Debug, Args)]

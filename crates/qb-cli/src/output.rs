@@ -457,11 +457,26 @@ pub fn cluster_detail(d: &ClusterDetail, now: OffsetDateTime) -> String {
         ("ID", c.id.to_string()),
         ("State", state),
         ("Version", c.kubernetes_version.to_string()),
-        ("Masters", c.masters.to_string()),
+        (
+            "Masters",
+            if c.taint_masters {
+                format!("{} (tainted: workloads on workers only)", c.masters)
+            } else {
+                c.masters.to_string()
+            },
+        ),
         ("Roles", or_none(roles)),
         ("Pod CIDR", c.pod_cidr.to_string()),
         ("Service CIDR", c.service_cidr.to_string()),
         ("Nodes", c.node_count.to_string()),
+        (
+            "Rollout",
+            if c.rollout_paused {
+                format!("paused (`qb cluster resume {}`)", c.name)
+            } else {
+                "on".to_owned()
+            },
+        ),
         (
             "Created",
             format!(
@@ -1129,6 +1144,7 @@ mod tests {
             masters: MasterCount::Auto,
             roles: BTreeMap::from([("host-1".parse().expect("node"), qb_api::NodeRole::Master)]),
             taint_masters: false,
+            rollout_paused: false,
             state: ClusterState::Pending,
             state_message: None,
             state_since: datetime!(2024-05-01 11:00:00 UTC),
@@ -1374,6 +1390,7 @@ mod tests {
             Pod CIDR:      10.20.0.0/16\n\
             Service CIDR:  10.21.0.0/16\n\
             Nodes:         3\n\
+            Rollout:       on\n\
             Created:       2024-05-01T11:00:00Z (1h ago)\n\
             \n\
             NAME     STATE      ROLE     ONLINE   LAST-SEEN   AGENT   ADDRESSES          VERSION       PLAN\n\

@@ -46,6 +46,9 @@ pub struct Decision {
     pub tell: Vec<NodeId>,
     /// Hosts whose part changed: what it is now.
     pub record: Vec<(NodeId, UpgradingState, Option<String>)>,
+    /// Hosts told that went away before they staged the build: they wait like any offline
+    /// host, and are told again once back.
+    pub forget: Vec<NodeId>,
     /// The upgrade's new state, and why.
     pub verdict: Option<(AgentUpgradeState, Option<String>)>,
 }
@@ -60,6 +63,17 @@ fn runs(node: &Node, build: &str) -> bool {
 
 fn online(node: &Node) -> bool {
     node.agent.as_ref().is_some_and(|a| a.online)
+}
+
+/// How long the node's agent has been offline at `now` (zero while online).
+fn away(node: &Node, now: OffsetDateTime) -> Duration {
+    match &node.agent {
+        Some(agent) if agent.online => Duration::ZERO,
+        Some(agent) => agent
+            .last_seen_at
+            .map_or(Duration::MAX, |seen| (now - seen).unsigned_abs()),
+        None => Duration::MAX,
+    }
 }
 
 /// Whether the node's agent can upgrade itself (it speaks protocol 3 or later).
@@ -108,6 +122,17 @@ pub fn decide(upgrade: &StoredAgentUpgrade, nodes: &[Node], now: OffsetDateTime)
                     continue;
                 }
                 let staged = row.message.as_deref() == Some(ON_TRIAL);
+                // Gone before it staged: it may be right back; if not, it waits like any
+                // offline host.
+                if !staged && !online(node) {
+                    if away(node, now) > BACK_GRACE {
+                        decision.forget.push(node.id);
+                        behind += 1;
+                    } else {
+                        in_flight += 1;
+                    }
+                    continue;
+                }
                 let allowed = if staged {
                     trial + BACK_GRACE
                 } else {
@@ -262,6 +287,12 @@ async fn step(
         if *state == UpgradingState::Upgraded {
             tracing::info!(%tenant, node_id = %node, build = upgrade.build, "a host's agent upgraded");
         }
+    }
+    for node in &decision.forget {
+        store
+            .forget_upgrading_node(tenant, *node, &upgrade.build)
+            .await?;
+        tracing::info!(%tenant, node_id = %node, "a host told to upgrade went away before it staged the build; it is told again once back");
     }
     if let Some((state, message)) = &decision.verdict {
         tracing::info!(%tenant, state = state.as_str(), message, "agent upgrade");
@@ -506,6 +537,32 @@ mod tests {
         ];
         let verdict = decide(&upgrade(2, vec![]), &done, now()).verdict;
         assert_eq!(verdict, Some((AgentUpgradeState::Done, None)));
+    }
+
+    #[test]
+    fn a_host_gone_before_it_staged_waits_and_is_told_again_once_back() {
+        let mut nodes = vec![node("h0", OLD, 3, false), node("h1", OLD, 3, true)];
+        nodes[0].agent.as_mut().unwrap().last_seen_at = Some(now() - time::Duration::seconds(30));
+        // Told 700 s ago (longer than staging may take), offline for 30 s: it waits.
+        let rows = vec![row(&nodes[0], UpgradingState::Upgrading, 700, None)];
+        let waiting = decide(&upgrade(2, rows.clone()), &nodes, now());
+        assert_eq!(waiting, Decision::default());
+        // Away longer than the grace: forgotten, and the upgrade goes on without it.
+        nodes[0].agent.as_mut().unwrap().last_seen_at = Some(now() - time::Duration::seconds(61));
+        let away = decide(&upgrade(2, rows.clone()), &nodes, now());
+        assert_eq!(names(&nodes, &away.forget), ["h0"]);
+        assert_eq!(names(&nodes, &away.tell), ["h1"]);
+        assert_eq!(away.verdict, None);
+        // On trial, it is not forgotten: its new agent had to be back in time.
+        let on_trial = vec![row(
+            &nodes[0],
+            UpgradingState::Upgrading,
+            121,
+            Some(ON_TRIAL),
+        )];
+        let late = decide(&upgrade(2, on_trial), &nodes, now());
+        assert!(late.forget.is_empty());
+        assert_eq!(late.verdict.unwrap().0, AgentUpgradeState::Stopped);
     }
 
     #[test]

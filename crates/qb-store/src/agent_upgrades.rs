@@ -288,6 +288,28 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets a host told to upgrade to `build` that has not staged it (it went away): it is
+    /// told again, as a host not yet upgraded, once back.
+    pub async fn forget_upgrading_node(
+        &self,
+        tenant: TenantId,
+        node: NodeId,
+        build: &str,
+    ) -> Result<()> {
+        let _writer = self.bookkeeping_lock().await;
+        sqlx::query(
+            "DELETE FROM agent_upgrade_nodes WHERE tenant_id = $1 AND node_id = $2 \
+             AND state = 'upgrading' AND message IS NULL AND EXISTS (SELECT 1 FROM agent_upgrades \
+             WHERE tenant_id = $1 AND build = $3 AND state = 'running')",
+        )
+        .bind(tenant.to_string())
+        .bind(node.to_string())
+        .bind(build)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// A host told to upgrade to `build` answered: it staged the build (`Upgrading`, with
     /// `message` "on trial") or could not (`Failed`). Only a host still waiting for that
     /// answer moves: a late or repeated answer changes nothing.

@@ -212,6 +212,51 @@ impl Store {
         Ok(cluster)
     }
 
+    /// Changes the settings of a cluster that need no other bundle: whether its masters are
+    /// tainted, whether its rollout is paused. What is `None` stays as it is; asking for what
+    /// the cluster has changes (and records) nothing.
+    pub async fn change_cluster_settings(
+        &self,
+        tenant: TenantId,
+        key: &Key<ClusterId>,
+        taint_masters: Option<bool>,
+        rollout_paused: Option<bool>,
+        actor: &Actor,
+    ) -> Result<Cluster> {
+        let mut w = self.write(tenant).await?;
+        let cluster = w.cluster(tenant, key).await?;
+        let mut changed = serde_json::Map::new();
+        for (column, want, has) in [
+            ("taint_masters", taint_masters, cluster.taint_masters),
+            ("rollout_paused", rollout_paused, cluster.rollout_paused),
+        ] {
+            let Some(want) = want.filter(|want| *want != has) else {
+                continue;
+            };
+            // `column` is one of the two names above, never input.
+            sqlx::query(&format!(
+                "UPDATE clusters SET {column} = $1 WHERE id = $2 AND tenant_id = $3"
+            ))
+            .bind(i64::from(want))
+            .bind(cluster.id.to_string())
+            .bind(tenant.to_string())
+            .execute(&mut *w.tx)
+            .await?;
+            changed.insert(column.to_owned(), want.into());
+        }
+        if changed.is_empty() {
+            return Ok(cluster);
+        }
+        let cluster = w.cluster(tenant, &Key::Id(cluster.id)).await?;
+        w.commit_with_event(
+            tenant,
+            actor,
+            cluster_event("cluster.changed", &cluster, changed.into()),
+        )
+        .await?;
+        Ok(cluster)
+    }
+
     /// Records the cluster's add-ons as last checked, only when something other than the time
     /// of the check changed (a check every few seconds writes nothing while all is well).
     /// Returns whether it wrote.

@@ -50,7 +50,8 @@ pub struct EngineNode {
     pub pod_subnet: Option<u32>,
     /// Detached with `--force`: an unreachable host's wipe is not waited for.
     pub detach_force: bool,
-    /// A leaving node's drain, as far as it went.
+    /// The node's drain, as far as it went: a leaving node's, or a worker's before a change
+    /// restarts it.
     pub drain: Drain,
 }
 
@@ -69,8 +70,9 @@ pub struct PlanHashes<'a> {
     pub restart: Option<&'a str>,
 }
 
-/// How far a leaving node's drain went; kept in the store so that a restarted or failed-over
-/// controller resumes it rather than starting over.
+/// How far a node's drain went (it leaves, or a change that restarts its services reaches
+/// it); kept in the store so that a restarted or failed-over controller resumes it rather than
+/// starting over, and puts a worker drained for a change back in service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Drain {
     NotStarted,
@@ -427,7 +429,7 @@ impl Store {
         Ok(crate::from_ms(now))
     }
 
-    /// Records that a leaving node is drained, or (`gave_up`) that the engine stopped trying.
+    /// Records that a node is drained, or (`gave_up`) that the engine stopped trying.
     pub async fn finish_drain(&self, tenant: TenantId, node: NodeId, gave_up: bool) -> Result<()> {
         let mut w = self.write(tenant).await?;
         let current = w.node(tenant, &Key::Id(node)).await?;
@@ -438,6 +440,20 @@ impl Store {
         let cluster = current.cluster.as_ref().map(|c| &c.name);
         let detail = json!({ "cluster": cluster, "gave_up": gave_up });
         w.commit_by_controller(tenant, "node.drained", &current, detail)
+            .await
+    }
+
+    /// Records that a node drained for a change takes pods again (it was uncordoned).
+    pub async fn uncordoned(&self, tenant: TenantId, node: NodeId) -> Result<()> {
+        let mut w = self.write(tenant).await?;
+        let current = w.node(tenant, &Key::Id(node)).await?;
+        sqlx::query("UPDATE nodes SET drain_started_at = NULL, drained = 0 WHERE id = $1")
+            .bind(node.to_string())
+            .execute(&mut *w.tx)
+            .await?;
+        let cluster = current.cluster.as_ref().map(|c| &c.name);
+        let detail = json!({ "cluster": cluster });
+        w.commit_by_controller(tenant, "node.uncordoned", &current, detail)
             .await
     }
 

@@ -110,6 +110,11 @@ const SHARED: &[(i64, &str, &str)] = &[
         "agent upgrades",
         include_str!("../migrations/shared/0019_agent_upgrades.sql"),
     ),
+    (
+        20,
+        "cluster rollout pause",
+        include_str!("../migrations/shared/0020_cluster_rollout_pause.sql"),
+    ),
 ];
 
 /// A backend's migrations: its own first one, the shared ones and its own later ones, in

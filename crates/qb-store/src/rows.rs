@@ -163,6 +163,7 @@ pub(crate) fn cluster(row: &AnyRow) -> Result<Cluster> {
         masters: parse::<MasterCount>("master count", &row.try_get::<String, _>("masters")?)?,
         roles: json::<BTreeMap<NodeName, NodeRole>>("roles", &row.try_get::<String, _>("roles")?)?,
         taint_masters: row.try_get::<i64, _>("taint_masters")? != 0,
+        rollout_paused: row.try_get::<i64, _>("rollout_paused")? != 0,
         state: match cluster_state(&row.try_get::<String, _>("state")?)? {
             ClusterState::Empty if node_count > 0 => ClusterState::Pending,
             state => state,

@@ -26,7 +26,7 @@ use crate::harness::{Agent, AgentConfig, Controller, poll, run};
 use crate::http::Api;
 use crate::kubernetes::{
     BRING_UP, PodCgroups, component_pid, import_bundle, kubectl, kubectl_json, wait_nodes_ready,
-    wait_service_programmed, web, web_pods,
+    wait_service_programmed, web, web_pods, web_with_grace,
 };
 use qb_lab::Lab;
 use qb_test_support::unbound::{Records, Unbound};
@@ -42,8 +42,11 @@ const API_OUTAGE: Duration = Duration::from_secs(30);
 fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api() {
     let bundle = crate::kubernetes::bundle_dir();
     let names: Vec<String> = (0..3).map(|i| format!("host-{i}")).collect();
-    let _cgroups = PodCgroups(names.clone());
-    let lab = Lab::new(3).expect("the lab");
+    // Two more hosts join the used cluster as workers before it is upgraded.
+    let workers: Vec<String> = (3..5).map(|i| format!("host-{i}")).collect();
+    let all: Vec<String> = names.iter().chain(&workers).cloned().collect();
+    let _cgroups = PodCgroups(all.clone());
+    let lab = Lab::new(all.len()).expect("the lab");
     lab.add_gateway().expect("the hosts' gateway");
     // The hosts' own resolver, Debian's unbound on the lab network.
     let upstream = Unbound::start(
@@ -68,17 +71,18 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
     );
     let api = controller.api();
     import_bundle(&api, &bundle);
-    let token = api.bootstrap_token(3, 1);
-    let configs: Vec<AgentConfig> = names
+    let token = api.bootstrap_token(all.len() as u32, 1);
+    let configs: Vec<AgentConfig> = all
         .iter()
         .map(|n| AgentConfig::new(&controller, &token.secret, n))
         .collect();
-    let agents: Vec<Agent> = configs
+    let mut agents: Vec<Agent> = configs
         .iter()
         .enumerate()
         .map(|(i, c)| Agent::start_host_resolving_with(c, &lab.netns(i), &resolver))
         .collect();
     authorize_when_online(&api, &configs);
+    let spare = agents.split_off(names.len());
     api.post(
         "/clusters",
         &json!({"name": "dns", "pod_cidr": "10.244.0.0/16", "service_cidr": "10.96.0.0/12"}),
@@ -324,9 +328,36 @@ fn cluster_dns_answers_pods_by_name_comes_back_when_deleted_and_outlives_the_api
     drop(_thaw);
     eprintln!("every API server frozen for {API_OUTAGE:?}: {answered} lookups, all answered");
 
-    // The used cluster upgraded: etcd 3.4 → 3.5, then Kubernetes built again, then every
-    // agent; nothing fails.
-    let endpoints = crate::upgrades::etcd_endpoints(&lab, 3);
+    // The used cluster grows by two workers, the workload with it (its pods serve on a few
+    // seconds once told to stop, and a disruption budget lets one go at a time); then it is
+    // upgraded, etcd 3.4 → 3.5, then Kubernetes built again, then every agent; nothing fails.
+    let grown = Instant::now();
+    api.post("/clusters/dns/attach", &json!({"nodes": workers}))
+        .ok();
+    agents.extend(spare);
+    let admin = &agents[0];
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    wait_ready(&api, "dns", BRING_UP);
+    wait_nodes_ready(admin, &refs, BRING_UP);
+    let budget = json!({
+        "apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": "web"},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}},
+    });
+    let manifests = format!("{}{budget}\n", web_with_grace(&all, 5));
+    let out = kubectl(admin, &["apply", "-f", "-"], Some(&manifests));
+    assert!(out.status.success(), "{out:?}");
+    let ips: Vec<String> = web_pods(admin, &all)
+        .into_iter()
+        .map(|(.., ip)| ip)
+        .collect();
+    wait_service_programmed(&agents, &all, &ips);
+    eprintln!(
+        "grown to {} hosts, the workload on every one, in {:?}",
+        all.len(),
+        grown.elapsed()
+    );
+    let endpoints = crate::upgrades::etcd_endpoints(&lab, names.len());
     crate::upgrades::upgrade_under_load(&api, &agents, "dns", &endpoints, &service_ip);
     wait_resolving_everywhere(&agents, &service_ip, "after the upgrade");
 }

