@@ -591,10 +591,20 @@ impl ArtifactSource for Downloads<'_> {
             .with_context(|| format!("opening {}", into.display()))?;
         let mut body = response.into_body();
         let mut result = Ok(());
+        let mut written = if resumed { from } else { 0 };
         while let Some(frame) = body.frame().await {
             match frame {
                 Ok(frame) => {
                     if let Ok(data) = frame.into_data() {
+                        written += data.len() as u64;
+                        if written > size {
+                            // Never more than announced on the disk; start over next time.
+                            drop(file);
+                            tokio::fs::remove_file(into).await?;
+                            anyhow::bail!(
+                                "the controller sent more than the {size} bytes announced"
+                            );
+                        }
                         file.write_all(&data).await?;
                     }
                 }
