@@ -184,24 +184,32 @@ fn a_full_disk_under_a_used_cluster_stops_no_agent_and_everything_recovers_once_
         "every Node Ready without pressure {:?} after space came back",
         freed.elapsed()
     );
-    // Pods the kubelets evicted stay listed (Failed) until someone deletes them.
-    let evicted = kubectl_json(
-        admin,
-        &["get", "pods", "-A", "--field-selector=status.phase=Failed"],
-    )
-    .expect("the failed pods");
+    // Pods the kubelets evicted stay listed (Failed) until someone deletes them. (The API may
+    // still be slow to answer on a busy machine: each call is tried until it answers.)
+    let evicted = poll("the failed pods listed", BRING_UP, || {
+        kubectl_json(
+            admin,
+            &["get", "pods", "-A", "--field-selector=status.phase=Failed"],
+        )
+    });
     let evicted = evicted["items"].as_array().map_or(0, Vec::len);
-    let out = kubectl(
-        admin,
-        &[
-            "delete",
-            "pods",
-            "-A",
-            "--field-selector=status.phase=Failed",
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{out:?}");
+    poll("the failed pods deleted", BRING_UP, || {
+        let out = kubectl(
+            admin,
+            &[
+                "delete",
+                "pods",
+                "-A",
+                "--field-selector=status.phase=Failed",
+            ],
+            None,
+        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    });
     // Traffic as before, on the third try at the latest, 20 s apart (a miss is printed with
     // what the probes and the hosts' packet filters saw).
     let mut misses = 0;

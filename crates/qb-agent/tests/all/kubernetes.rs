@@ -385,7 +385,10 @@ pub(crate) fn try_traffic(
     hosts: &[String],
 ) -> Result<String, String> {
     let pods = web_pods(admin, hosts);
-    let service = kubectl_json(admin, &["get", "service", "web"]).expect("the web Service");
+    // Each API call is tried until it answers: the API may be slow on a busy machine.
+    let service = poll("the web Service", BRING_UP, || {
+        kubectl_json(admin, &["get", "service", "web"])
+    });
     let service_ip = service["spec"]["clusterIP"]
         .as_str()
         .expect("a cluster IP")
@@ -412,8 +415,14 @@ pub(crate) fn try_traffic(
         ));
         manifests.push('\n');
     }
-    let out = kubectl(admin, &["apply", "-f", "-"], Some(&manifests));
-    assert!(out.status.success(), "{out:?}");
+    poll("the probe pods made", BRING_UP, || {
+        let out = kubectl(admin, &["apply", "-f", "-"], Some(&manifests));
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    });
     let mut failures = Vec::new();
     let mut matrix = format!("{:>8} │ {}\n", "from\\to", hosts.join(" "));
     for host in hosts {
