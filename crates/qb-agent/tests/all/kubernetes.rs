@@ -1244,17 +1244,17 @@ pub(crate) fn component_pid(lab: &Lab, i: usize, component: &str) -> String {
 }
 
 /// The actions of `node`'s drain events, oldest first.
-fn drain_events(api: &Api, node: &str) -> Vec<String> {
+pub(crate) fn drain_events(api: &Api, node: &str) -> Vec<String> {
     let events = api
-        .get(&format!(
-            "/events?object={node}&action=node.drain&limit=100"
-        ))
+        .get(&format!("/events?object={node}&action=node.&limit=100"))
         .ok();
     events["items"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|e| e["action"].as_str().map(str::to_owned))
+        .filter_map(|e| e["action"].as_str())
+        .filter(|a| a.starts_with("node.drain") || *a == "node.uncordoned")
+        .map(str::to_owned)
         .collect()
 }
 

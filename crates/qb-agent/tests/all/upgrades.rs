@@ -376,18 +376,8 @@ pub(crate) fn upgrade_under_load(
     // Each worker drained once (for Kubernetes; etcd and the agents restart nothing on it),
     // then back in service.
     for worker in &workers {
-        let events = api
-            .get(&format!("/events?object={worker}&action=node.&limit=100"))
-            .ok();
-        let drains: Vec<&str> = events["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e["action"].as_str())
-            .filter(|a| a.starts_with("node.drain") || *a == "node.uncordoned")
-            .collect();
         assert_eq!(
-            drains,
+            crate::kubernetes::drain_events(api, worker),
             ["node.draining", "node.drained", "node.uncordoned"],
             "{worker}"
         );

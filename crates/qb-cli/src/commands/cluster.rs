@@ -72,29 +72,8 @@ pub async fn run(app: &App, cmd: ClusterCommand) -> anyhow::Result<()> {
             })
         }
         ClusterCommand::Upgrade(args) => upgrade(app, args).await,
-        ClusterCommand::Pause { cluster } => {
-            let change = UpdateCluster {
-                rollout_paused: Some(true),
-                ..UpdateCluster::default()
-            };
-            let updated = update(app, &cluster, &change).await?;
-            app.out.emit(&updated, || {
-                format!(
-                    "Rollout of cluster {} paused: nodes not changed yet wait for `qb cluster resume {}`.",
-                    updated.name, updated.name
-                )
-            })
-        }
-        ClusterCommand::Resume { cluster } => {
-            let change = UpdateCluster {
-                rollout_paused: Some(false),
-                ..UpdateCluster::default()
-            };
-            let updated = update(app, &cluster, &change).await?;
-            app.out.emit(&updated, || {
-                format!("Rollout of cluster {} resumed.", updated.name)
-            })
-        }
+        ClusterCommand::Pause { cluster } => pause(app, &cluster, true).await,
+        ClusterCommand::Resume { cluster } => pause(app, &cluster, false).await,
         ClusterCommand::Set(args) => {
             anyhow::ensure!(
                 args.taint_masters.is_some(),
@@ -151,6 +130,25 @@ async fn create(app: &App, args: CreateClusterArgs) -> anyhow::Result<()> {
             "Cluster {} created (Kubernetes {}, pods {}, services {}). Attach nodes with `qb cluster attach {} --count N`.",
             cluster.name, cluster.kubernetes_version, cluster.pod_cidr, cluster.service_cidr, cluster.name
         )
+    })
+}
+
+/// Pauses or resumes `cluster`'s rollout.
+async fn pause(app: &App, cluster: &str, paused: bool) -> anyhow::Result<()> {
+    let change = UpdateCluster {
+        rollout_paused: Some(paused),
+        ..UpdateCluster::default()
+    };
+    let updated = update(app, cluster, &change).await?;
+    app.out.emit(&updated, || {
+        if paused {
+            format!(
+                "Rollout of cluster {} paused: nodes not changed yet wait for `qb cluster resume {}`.",
+                updated.name, updated.name
+            )
+        } else {
+            format!("Rollout of cluster {} resumed.", updated.name)
+        }
     })
 }
 
