@@ -5,34 +5,38 @@
 use qb_agent_proto::kube::KubeOp;
 use qb_store::{Drain, EngineCluster, EngineNode};
 
-use super::{DRAIN_ATTEMPT_SECONDS, DRAIN_TIMEOUT, Engine, EngineError, UNCORDON_PROTOCOL};
+use super::{DRAIN_ATTEMPT_SECONDS, Engine, EngineError, UNCORDON_PROTOCOL};
 
 impl Engine {
-    /// Cordons and drains a leaving node through a master, once ([`decide::leave`] says when:
-    /// not yet drained, and the cluster runs an API server). `Some` while it is still being
-    /// drained, or waits for a master's API server to answer; `None` when it is drained or
-    /// [`DRAIN_TIMEOUT`] ran out. How far it went is kept in
-    /// the store: a restarted controller neither drains again nor waits anew.
+    /// Cordons and drains a node through a master: a leaving one ([`decide::leave`] says when),
+    /// given up on once `give_up` has passed since the first attempt, or a worker before a
+    /// change restarts it ([`decide::rollout`] says when), never given up on (`None`: a pod a
+    /// disruption budget never lets go holds the rollout, which says so). `Some` while it is
+    /// still being drained or waits for a master's API server; `None` once drained or given
+    /// up on. How far it went is kept in the store: a restarted controller neither drains
+    /// again nor waits anew.
     pub(super) async fn drain(
         &self,
         ec: &EngineCluster,
         n: &EngineNode,
+        give_up: Option<std::time::Duration>,
     ) -> Result<Option<String>, EngineError> {
         let id = n.node.id;
         let started = match n.drain {
             Drain::Since(started) => started,
             _ => self.store.start_drain(ec.tenant, id).await?,
         };
-        let elapsed = time::OffsetDateTime::now_utc() - started;
+        let late =
+            || give_up.is_some_and(|limit| time::OffsetDateTime::now_utc() - started >= limit);
         // The API may be back in a moment (a restarted controller waits for its agents).
         let Some(via) = self.api_master(ec) else {
-            if elapsed < DRAIN_TIMEOUT {
+            if !late() {
                 return Ok(Some(format!(
                     "draining {}: waiting for a master's API server",
                     n.node.name
                 )));
             }
-            tracing::warn!(node = %n.node.name, timeout = ?DRAIN_TIMEOUT,
+            tracing::warn!(node = %n.node.name, timeout = ?give_up,
                 "no API server answered to drain the node; detaching it anyway");
             self.store.finish_drain(ec.tenant, id, true).await?;
             return Ok(None);
@@ -41,15 +45,13 @@ impl Engine {
             node: n.node.name.to_string(),
             timeout_seconds: DRAIN_ATTEMPT_SECONDS,
         };
-        let result = self.kube(via, op).await;
-        let elapsed = time::OffsetDateTime::now_utc() - started;
-        let gave_up = match &result {
+        let gave_up = match self.kube(via, op).await {
             Ok(_) => {
                 tracing::info!(node = %n.node.name, "node cordoned and drained");
                 false
             }
-            Err(e) if elapsed >= DRAIN_TIMEOUT => {
-                tracing::warn!(node = %n.node.name, error = %e, timeout = ?DRAIN_TIMEOUT,
+            Err(e) if late() => {
+                tracing::warn!(node = %n.node.name, error = %e, timeout = ?give_up,
                     "draining did not finish in time; detaching anyway");
                 true
             }
@@ -57,38 +59,6 @@ impl Engine {
         };
         self.store.finish_drain(ec.tenant, id, gave_up).await?;
         Ok(None)
-    }
-
-    /// Cordons and drains a worker before a change restarts it ([`decide::rollout`] says when);
-    /// `Some` while it is not drained yet. Unlike a leaving node's drain, this one is never given
-    /// up on: a pod that a disruption budget never lets go holds the rollout, which says so.
-    pub(super) async fn drain_for_change(
-        &self,
-        ec: &EngineCluster,
-        n: &EngineNode,
-    ) -> Result<Option<String>, EngineError> {
-        let id = n.node.id;
-        if n.drain == Drain::NotStarted {
-            self.store.start_drain(ec.tenant, id).await?;
-        }
-        let Some(via) = self.api_master(ec) else {
-            return Ok(Some(format!(
-                "draining {}: waiting for a master's API server",
-                n.node.name
-            )));
-        };
-        let op = KubeOp::Drain {
-            node: n.node.name.to_string(),
-            timeout_seconds: DRAIN_ATTEMPT_SECONDS,
-        };
-        match self.kube(via, op).await {
-            Ok(_) => {
-                tracing::info!(node = %n.node.name, "worker cordoned and drained for a change");
-                self.store.finish_drain(ec.tenant, id, false).await?;
-                Ok(None)
-            }
-            Err(e) => Ok(Some(format!("draining {}: {e}", n.node.name))),
-        }
     }
 
     /// Makes a worker drained for a change schedulable again; a failure is tried again on the

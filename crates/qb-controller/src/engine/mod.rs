@@ -326,7 +326,7 @@ impl Engine {
         // Workers drained before a change, and back in service once they run it healthy.
         for n in &staying {
             if rollout.drain.contains(&n.node.id)
-                && let Some(waiting) = self.drain_for_change(&ec, n).await?
+                && let Some(waiting) = self.drain(&ec, n, None).await?
             {
                 waiting_on.push(waiting);
             } else if rollout.uncordon.contains(&n.node.id) {
@@ -551,7 +551,7 @@ impl Engine {
         };
         loop {
             match decide::leave(&view) {
-                decide::Leave::Drain => match self.drain(ec, n).await? {
+                decide::Leave::Drain => match self.drain(ec, n, Some(DRAIN_TIMEOUT)).await? {
                     Some(waiting) => return Ok(Some(waiting)),
                     None => view.drained = true,
                 },
