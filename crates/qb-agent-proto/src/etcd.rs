@@ -30,6 +30,28 @@ pub enum EtcdOp {
     Remove {
         id: u64,
     },
+    /// Take a snapshot of the local member's database (protocol 4), upload it with
+    /// `PUT {SNAPSHOTS_PATH}/{snapshot}`, and answer with `Outcome::EtcdSnapshot`.
+    Snapshot {
+        snapshot: u64,
+    },
+}
+
+/// `PUT {SNAPSHOTS_PATH}/{id}`: the snapshot `EtcdOp::Snapshot` asked for, as etcd streamed it
+/// (the database with its own SHA-256 at the end), with [`SNAPSHOT_SHA256_HEADER`] and
+/// [`SNAPSHOT_REVISION_HEADER`]. Answered 204 once stored.
+pub const SNAPSHOTS_PATH: &str = "/agent/v1/snapshots";
+/// The SHA-256 of the whole upload, hex.
+pub const SNAPSHOT_SHA256_HEADER: &str = "qb-snapshot-sha256";
+/// The member's revision when the snapshot began: the snapshot holds it and maybe more.
+pub const SNAPSHOT_REVISION_HEADER: &str = "qb-snapshot-revision";
+
+/// A snapshot taken and uploaded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotTaken {
+    pub size: u64,
+    pub sha256: crate::Sha256Hex,
+    pub revision: u64,
 }
 
 /// A member as etcd lists it. A member added but not yet started has an empty `name`.

@@ -45,7 +45,7 @@ pub mod values;
 use qb_api::{Labels, NodeFacts, NodeId, NodeState, TenantId};
 use serde::{Deserialize, Serialize};
 
-use crate::etcd::{EtcdMember, EtcdRequest};
+use crate::etcd::{EtcdMember, EtcdOp, EtcdRequest, SnapshotTaken};
 use crate::kube::{KubeNode, KubeOp, KubeRequest};
 use crate::plan::PlanReport;
 use crate::preflight::{LocalReport, PreflightCheck, PreflightProbe, ProbeResult};
@@ -61,16 +61,21 @@ pub const TUNNEL_PATH: &str = "/agent/v1/tunnels";
 /// none) with 400 `unsupported_protocol` before anything else, and names its own version in
 /// the same header of every answer. A change either side could misread takes a new version.
 ///
-/// Protocol 3 added [`Instruction::UpgradeAgent`].
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Protocol 3 added [`Instruction::UpgradeAgent`] and `KubeOp::Uncordon`; protocol 4
+/// `EtcdOp::Snapshot`.
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The versions a controller of this build serves (it keeps older ones while agents upgrade).
 pub const SUPPORTED_PROTOCOLS: std::ops::RangeInclusive<u32> = 1..=PROTOCOL_VERSION;
 pub const PROTOCOL_HEADER: &str = "qb-agent-protocol";
 /// The ALPN protocol of the channel's own connection, which names the agent's protocol.
-pub const CHANNEL_ALPN: &[u8] = b"qb-channel/3";
+pub const CHANNEL_ALPN: &[u8] = b"qb-channel/4";
 /// The channel's ALPN protocols a controller of this build accepts, with the protocol each
 /// names (protocol 1 held the channel as an HTTP/2 stream, [`CHANNEL_PATH`]).
-pub const CHANNEL_ALPNS: [(&[u8], u32); 2] = [(CHANNEL_ALPN, 3), (b"qb-channel/2", 2)];
+pub const CHANNEL_ALPNS: [(&[u8], u32); 3] = [
+    (CHANNEL_ALPN, 4),
+    (b"qb-channel/3", 3),
+    (b"qb-channel/2", 2),
+];
 
 /// The largest frame either side accepts; a larger one ends the channel.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
@@ -241,6 +246,8 @@ pub enum Outcome {
     EtcdMembers {
         members: Vec<EtcdMember>,
     },
+    /// A snapshot taken and uploaded (`EtcdOp::Snapshot`).
+    EtcdSnapshot(SnapshotTaken),
     /// The nodes after a Kubernetes node operation.
     KubeNodes {
         nodes: Vec<KubeNode>,
@@ -316,6 +323,10 @@ impl Instruction {
     /// The first protocol version whose agents know this instruction.
     pub fn protocol(&self) -> u32 {
         match self {
+            Self::Etcd(EtcdRequest {
+                op: EtcdOp::Snapshot { .. },
+                ..
+            }) => 4,
             Self::UpgradeAgent(_) => 3,
             Self::Kube(KubeRequest {
                 op: KubeOp::Uncordon { .. },

@@ -1,12 +1,14 @@
 //! etcd membership changes through the local member's JSON gateway (`/v3/cluster/member/...`),
 //! over HTTPS with the client certificate the instruction names, trusting only its CA.
+//! Snapshots go through the same gateway, in [`crate::etcd_snapshot`].
 //!
 //! The gateway speaks the protobuf JSON mapping: `uint64` fields travel as strings, and fields
 //! at their default value (`isLearner: false`, the empty `name` of a member that has not
 //! started yet) are left out.
 
+use http_body_util::{BodyExt, Limited};
 use hyper::Method;
-use hyper::body::Bytes;
+use hyper::body::{Bytes, Incoming};
 use qb_agent_proto::etcd::{EtcdMember, EtcdOp, EtcdRequest};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
@@ -37,6 +39,9 @@ pub enum EtcdError {
         #[source]
         source: serde_json::Error,
     },
+    /// An operation that is not a membership change (a snapshot) reached [`run`].
+    #[error("{0} is not a membership operation")]
+    NotMembership(&'static str),
 }
 
 /// Carries out `req` against the local etcd member and returns the member list after it.
@@ -59,18 +64,22 @@ pub async fn run(req: &EtcdRequest) -> Result<Vec<EtcdMember>, EtcdError> {
                 .call(REMOVE_PATH, &json!({ "ID": id.to_string() }))
                 .await?;
         }
+        EtcdOp::Snapshot { .. } => return Err(EtcdError::NotMembership("a snapshot")),
     }
     tracing::info!("etcd membership changed");
     client.list().await
 }
 
+/// How much of an error answer is read when a streamed call fails.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
 /// A connection to the gateway.
-struct Client {
+pub(crate) struct Client {
     https: https::Client,
 }
 
 impl Client {
-    async fn connect(req: &EtcdRequest) -> Result<Self, EtcdError> {
+    pub(crate) async fn connect(req: &EtcdRequest) -> Result<Self, EtcdError> {
         let files = TlsFiles {
             ca_file: &req.ca_file,
             cert_file: &req.cert_file,
@@ -92,7 +101,7 @@ impl Client {
     }
 
     /// POSTs `body` to `path`; the answer's body on success, etcd's message otherwise.
-    async fn call(
+    pub(crate) async fn call(
         &mut self,
         path: &'static str,
         body: &serde_json::Value,
@@ -108,6 +117,33 @@ impl Client {
             path,
             status: response.status.as_u16(),
             message: error_message(&response.body),
+        })
+    }
+
+    /// POSTs `body` to `path`; the answer's body unread on success (for answers too large
+    /// to hold), etcd's message otherwise.
+    pub(crate) async fn call_streamed(
+        &mut self,
+        path: &'static str,
+        body: &serde_json::Value,
+    ) -> Result<Incoming, EtcdError> {
+        let response = self
+            .https
+            .stream(Method::POST, path, Some(Payload::json(body)))
+            .await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response.into_body());
+        }
+        let answer = Limited::new(response.into_body(), MAX_ERROR_BODY)
+            .collect()
+            .await
+            .map(|body| body.to_bytes())
+            .unwrap_or_default();
+        Err(EtcdError::Etcd {
+            path,
+            status: status.as_u16(),
+            message: error_message(&answer),
         })
     }
 }
@@ -164,7 +200,7 @@ impl From<Member> for EtcdMember {
 }
 
 /// A `uint64` as the protobuf JSON mapping writes it (a string), or as a plain number.
-fn uint64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+pub(crate) fn uint64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Uint64 {
@@ -176,6 +212,10 @@ fn uint64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
         Uint64::Text(s) => s.parse().map_err(serde::de::Error::custom),
     }
 }
+
+/// A real etcd over mutual TLS, for the snapshot's tests too.
+#[cfg(test)]
+pub(crate) use tests::{Server, pki};
 
 #[cfg(test)]
 mod tests {
@@ -234,7 +274,7 @@ mod tests {
 
     /// The certificates of a test cluster in a temp dir: `ca.crt`, `member.{crt,key}` (client
     /// and peer serving, peer client), `client.{crt,key}`, and an unrelated `other-ca.crt`.
-    fn pki() -> tempfile::TempDir {
+    pub(crate) fn pki() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new("qb test etcd CA");
         std::fs::write(dir.path().join("ca.crt"), ca.cert.pem()).unwrap();
@@ -280,7 +320,7 @@ mod tests {
     }
 
     /// One etcd member (a server process) on its own ports; its process (once started) is killed when dropped.
-    struct Server {
+    pub(crate) struct Server {
         name: &'static str,
         client_url: String,
         peer_url: String,
@@ -345,7 +385,7 @@ mod tests {
         }
 
         /// A request to this member with the test client's certificate.
-        fn request(&self, pki: &Path, op: EtcdOp) -> EtcdRequest {
+        pub(crate) fn request(&self, pki: &Path, op: EtcdOp) -> EtcdRequest {
             let file = |name: &str| pki.join(name).display().to_string();
             EtcdRequest {
                 endpoint: self.client_url.clone(),
@@ -379,14 +419,14 @@ mod tests {
         }
 
         /// Starts `name` as the first member of a new cluster; it and the members it lists.
-        async fn first(pki: &Path, name: &'static str) -> (Self, Vec<EtcdMember>) {
+        pub(crate) async fn first(pki: &Path, name: &'static str) -> (Self, Vec<EtcdMember>) {
             let mut server = Self::new(pki, name);
             server.start(pki, &[]);
             let members = server.ready(pki).await;
             (server, members)
         }
 
-        fn log_text(&self) -> String {
+        pub(crate) fn log_text(&self) -> String {
             std::fs::read_to_string(&self.log).unwrap_or_default()
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -170,6 +170,47 @@ impl Client {
         path: &str,
         body: Option<Payload<'_>>,
     ) -> Result<Response, HttpsError> {
+        let what = format!("{method} {path}");
+        let exchange = async {
+            let response = self.exchange(method, path, body).await?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|source| self.http_error(source))?;
+            Ok::<_, HttpsError>(Response {
+                status,
+                body: body.to_bytes(),
+            })
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| self.timeout(what))?
+    }
+
+    /// Sends one request and returns the answer once its head came, within
+    /// [`REQUEST_TIMEOUT`], its body unread: for bodies too large to hold, which the caller
+    /// reads as they come (and bounds how long that may take).
+    pub async fn stream(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Payload<'_>>,
+    ) -> Result<hyper::Response<Incoming>, HttpsError> {
+        let what = format!("{method} {path}");
+        tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path, body))
+            .await
+            .map_err(|_| self.timeout(what))?
+    }
+
+    /// Sends one request; the answer's head and its body unread.
+    async fn exchange(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Payload<'_>>,
+    ) -> Result<hyper::Response<Incoming>, HttpsError> {
         let mut builder = hyper::Request::builder()
             .method(method.clone())
             .uri(path)
@@ -185,32 +226,34 @@ impl Client {
         let request = builder
             .body(Full::new(bytes))
             .map_err(|source| HttpsError::Request {
-                method: method.clone(),
+                method,
                 path: path.to_owned(),
                 source,
             })?;
-        let endpoint = self.endpoint.as_str();
-        let http = |source| HttpsError::Http {
-            endpoint: endpoint.to_owned(),
-            source,
-        };
-        let sender = &mut self.sender;
-        let exchange = async {
-            sender.ready().await.map_err(http)?;
-            let response = sender.send_request(request).await.map_err(http)?;
-            let status = response.status();
-            let body = response.into_body().collect().await.map_err(http)?;
-            Ok::<_, HttpsError>(Response {
-                status,
-                body: body.to_bytes(),
-            })
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        self.sender
+            .ready()
             .await
-            .map_err(|_| HttpsError::Timeout {
-                endpoint: endpoint.to_owned(),
-                what: format!("{method} {path}"),
-            })?
+            .map_err(|source| self.http_error(source))?;
+        self.sender
+            .send_request(request)
+            .await
+            .map_err(|source| self.http_error(source))
+    }
+
+    /// `source` broke the exchange with this client's endpoint.
+    fn http_error(&self, source: hyper::Error) -> HttpsError {
+        HttpsError::Http {
+            endpoint: self.endpoint.clone(),
+            source,
+        }
+    }
+
+    /// `what` took too long.
+    fn timeout(&self, what: String) -> HttpsError {
+        HttpsError::Timeout {
+            endpoint: self.endpoint.clone(),
+            what,
+        }
     }
 }
 

@@ -8,8 +8,8 @@
 //! - [`supervise`]: runs a plan's services and tasks, restarts them, probes them, keeps their
 //!   logs; they outlive the agent and are adopted again when it restarts;
 //! - [`preflight`] and [`probe`]: a host's checks and the reachability matrix;
-//! - [`kube`] and [`etcd`]: what the controller asks of a cluster's Kubernetes API and etcd,
-//!   against the local endpoints;
+//! - [`kube`], [`etcd`] and [`etcd_snapshot`]: what the controller asks of a cluster's
+//!   Kubernetes API and etcd, against the local endpoints;
 //! - [`run`], [`connect`], [`work`], [`tunnel`]: the channel to the controller and what comes
 //!   over it.
 //!
@@ -24,6 +24,7 @@ pub mod connect;
 pub mod crash;
 pub mod etcd;
 pub mod etcd_metrics;
+pub mod etcd_snapshot;
 pub mod host;
 pub mod https;
 pub mod images;

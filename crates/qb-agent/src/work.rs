@@ -5,12 +5,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use http_body_util::{BodyExt, Empty};
 use hyper::StatusCode;
 use hyper::client::conn::http2::SendRequest;
+use qb_agent_proto::etcd::{EtcdOp, EtcdRequest};
 use qb_agent_proto::plan::{ARTIFACTS_PATH, PLAN_PATH, Plan, SignedPlan};
 use qb_agent_proto::{AgentBuild, Instruction, Outcome, SignedAgentBuild};
 use qb_api::{NodeId, PlanReport, PlanState, PortSpec, StepReport, StepState};
@@ -28,6 +29,8 @@ use crate::supervise::{Supervisor, SupervisorDirs};
 const DOWNLOAD_TRIES: u64 = 5;
 /// The signed plan the agent accepted last, in the state directory.
 const PLAN_FILE: &str = "plan.json";
+/// Where an etcd snapshot waits for its upload, in the state directory.
+const SNAPSHOTS_DIR: &str = "snapshots";
 /// How often an applied plan's routes are checked, and put back when they changed.
 const ROUTE_CHECK: Duration = Duration::from_secs(10);
 /// How often an applied plan's tasks with probes are checked, and run again when undone: one
@@ -58,6 +61,8 @@ pub struct Work {
     staged: Mutex<Option<qb_agent_proto::Sha256Hex>>,
     /// One build staged at a time (the controller asks again when an answer is slow).
     staging: tokio::sync::Mutex<()>,
+    /// One etcd snapshot at a time: they share a directory, and the member's disk.
+    snapshotting: tokio::sync::Mutex<()>,
 }
 
 impl Work {
@@ -94,6 +99,7 @@ impl Work {
             link: Mutex::new(None),
             staged: Mutex::new(None),
             staging: tokio::sync::Mutex::new(()),
+            snapshotting: tokio::sync::Mutex::new(()),
         });
         let saved = state_dir.join(PLAN_FILE);
         if let Ok(text) = std::fs::read_to_string(&saved) {
@@ -359,6 +365,12 @@ impl Work {
             Instruction::Probe(probe) => Outcome::Probes {
                 results: self.preflight.probe(&probe).await,
             },
+            Instruction::Etcd(
+                request @ EtcdRequest {
+                    op: EtcdOp::Snapshot { snapshot },
+                    ..
+                },
+            ) => self.etcd_snapshot(&request, snapshot).await,
             Instruction::Etcd(request) => match crate::etcd::run(&request).await {
                 Ok(members) => Outcome::EtcdMembers { members },
                 Err(e) => Outcome::Failed {
@@ -397,6 +409,33 @@ impl Work {
                         error: format!("reading the log: {e}"),
                     },
                 }
+            }
+        }
+    }
+
+    /// Takes a snapshot of the local etcd member and uploads it to the controller as
+    /// `snapshot`; its size, hash and revision, or why not.
+    #[tracing::instrument(skip_all, fields(snapshot = snapshot))]
+    async fn etcd_snapshot(&self, request: &EtcdRequest, snapshot: u64) -> Outcome {
+        let _one_at_a_time = self.snapshotting.lock().await;
+        let started = Instant::now();
+        tracing::info!(endpoint = %request.endpoint, "taking an etcd snapshot");
+        let dir = self.state_dir.join(SNAPSHOTS_DIR);
+        let sender = || self.sender();
+        match crate::etcd_snapshot::run(request, &dir, snapshot, sender).await {
+            Ok(taken) => {
+                tracing::info!(
+                    size = taken.size,
+                    revision = taken.revision,
+                    elapsed = ?started.elapsed(),
+                    "etcd snapshot uploaded"
+                );
+                Outcome::EtcdSnapshot(taken)
+            }
+            Err(e) => {
+                let error = qb_api::error_chain(&e);
+                tracing::warn!(%error, elapsed = ?started.elapsed(), "etcd snapshot failed");
+                Outcome::Failed { error }
             }
         }
     }

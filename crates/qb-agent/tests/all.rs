@@ -93,6 +93,8 @@ mod proxy;
 mod replicas;
 #[path = "all/security.rs"]
 mod security;
+#[path = "all/snapshots.rs"]
+mod snapshots;
 #[path = "all/standing.rs"]
 mod standing;
 #[path = "all/ui.rs"]

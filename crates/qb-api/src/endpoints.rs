@@ -105,6 +105,14 @@ pub const UPDATE_CLUSTER: Endpoint = Endpoint::new(Method::Patch, "/api/v1/clust
 pub const DELETE_CLUSTER: Endpoint = Endpoint::new(Method::Delete, "/api/v1/clusters/{cluster}");
 pub const ATTACH_NODES: Endpoint = Endpoint::new(Method::Post, "/api/v1/clusters/{cluster}/attach");
 pub const DETACH_NODES: Endpoint = Endpoint::new(Method::Post, "/api/v1/clusters/{cluster}/detach");
+pub const LIST_SNAPSHOTS: Endpoint =
+    Endpoint::new(Method::Get, "/api/v1/clusters/{cluster}/snapshots");
+pub const TAKE_SNAPSHOT: Endpoint =
+    Endpoint::new(Method::Post, "/api/v1/clusters/{cluster}/snapshots");
+pub const GET_SNAPSHOT: Endpoint = Endpoint::new(
+    Method::Get,
+    "/api/v1/clusters/{cluster}/snapshots/{snapshot}",
+);
 pub const CREATE_KUBECONFIG: Endpoint =
     Endpoint::new(Method::Post, "/api/v1/clusters/{cluster}/kubeconfig");
 pub const LATEST_PREFLIGHT: Endpoint =

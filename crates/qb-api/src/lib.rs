@@ -15,6 +15,7 @@ mod model;
 mod notifications;
 mod problem;
 mod report;
+mod snapshot;
 mod values;
 
 pub use agent_upgrade::*;
@@ -27,6 +28,7 @@ pub use model::*;
 pub use notifications::*;
 pub use problem::{Problem, ProblemCode};
 pub use report::*;
+pub use snapshot::*;
 pub use values::*;
 
 /// The path prefix of the current API version.

@@ -311,6 +311,13 @@ pub struct Cluster {
     /// the change yet wait until it is resumed.
     #[serde(default)]
     pub rollout_paused: bool,
+    /// Minutes between scheduled etcd snapshots; 0: none are scheduled.
+    #[serde(default)]
+    pub snapshot_interval_minutes: u32,
+    /// How many scheduled snapshots are kept (the oldest go first); manual ones stay until
+    /// deleted.
+    #[serde(default)]
+    pub snapshot_retention: u32,
     pub state: ClusterState,
     /// Why the cluster is in its state, when there is more to say (e.g. what blocks it).
     #[serde(default)]
@@ -421,6 +428,14 @@ pub struct UpdateCluster {
     /// wait; a worker being drained stays cordoned), or resume it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_paused: Option<bool>,
+    /// Minutes between scheduled etcd snapshots (at least 5, at most a week); 0: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 10080)]
+    pub snapshot_interval_minutes: Option<u32>,
+    /// How many scheduled snapshots to keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub snapshot_retention: Option<u32>,
 }
 
 impl CreateCluster {

@@ -56,6 +56,9 @@ pub enum ProblemCode {
     /// The cluster cannot move to this version: its bundle is not imported, or it would go
     /// down, skip a Kubernetes minor version or take etcd down; the detail says which.
     UpgradeRefused,
+    /// The snapshot cannot be taken, deleted or read as things stand (the cluster is not
+    /// running, another is being taken, this one is not done); the detail says which.
+    SnapshotRefused,
     /// Too many failed logins for this user; wait before trying again.
     TooManyAttempts,
     /// The agent speaks a version of the agent protocol this controller does not (or says
@@ -92,6 +95,7 @@ impl ProblemCode {
             | Self::ClusterApiUnavailable
             | Self::QuorumAtRisk
             | Self::UpgradeRefused
+            | Self::SnapshotRefused
             | Self::IdentityConflict => 409,
             Self::TooManyAttempts => 429,
             Self::NotDelivered => 502,
@@ -125,6 +129,7 @@ impl ProblemCode {
             Self::ClusterApiUnavailable => "Cluster API unavailable",
             Self::QuorumAtRisk => "etcd quorum at risk",
             Self::UpgradeRefused => "Upgrade refused",
+            Self::SnapshotRefused => "Snapshot not possible now",
             Self::TooManyAttempts => "Too many failed logins",
             Self::NotDelivered => "Notification not delivered",
             Self::UnsupportedProtocol => "Agent protocol not supported",

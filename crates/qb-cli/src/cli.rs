@@ -338,6 +338,19 @@ pub enum ClusterCommand {
     },
     /// Change a cluster's settings.
     Set(SetClusterArgs),
+    /// Take an etcd snapshot of the cluster now, and wait until it is stored.
+    Backup {
+        /// Cluster name or id.
+        cluster: String,
+        /// Return once asked for, without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List the cluster's etcd snapshots, newest first.
+    Snapshots {
+        /// Cluster name or id.
+        cluster: String,
+    },
     /// Attach nodes: COUNT from the pool, or the NODEs named.
     Attach(AttachArgs),
     /// Detach nodes; by default wait until they are back in the pool.
@@ -411,6 +424,12 @@ pub struct SetClusterArgs {
     /// masters too (`false`).
     #[arg(long, value_name = "BOOL")]
     pub taint_masters: Option<bool>,
+    /// Minutes between scheduled etcd snapshots (0: none).
+    #[arg(long, value_name = "MINUTES")]
+    pub snapshot_interval: Option<u32>,
+    /// How many scheduled snapshots to keep.
+    #[arg(long, value_name = "COUNT")]
+    pub snapshot_retention: Option<u32>,
 }
 
 #[derive(Debug, Args)]

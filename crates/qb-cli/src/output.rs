@@ -477,6 +477,7 @@ pub fn cluster_detail(d: &ClusterDetail, now: OffsetDateTime) -> String {
                 "on".to_owned()
             },
         ),
+        ("Snapshots", crate::commands::cluster::snapshot_schedule(c)),
         (
             "Created",
             format!(
@@ -1145,6 +1146,8 @@ mod tests {
             roles: BTreeMap::from([("host-1".parse().expect("node"), qb_api::NodeRole::Master)]),
             taint_masters: false,
             rollout_paused: false,
+            snapshot_interval_minutes: 720,
+            snapshot_retention: 5,
             state: ClusterState::Pending,
             state_message: None,
             state_since: datetime!(2024-05-01 11:00:00 UTC),
@@ -1391,6 +1394,7 @@ mod tests {
             Service CIDR:  10.21.0.0/16\n\
             Nodes:         3\n\
             Rollout:       on\n\
+            Snapshots:     a snapshot every 720 minutes, the last 5 kept\n\
             Created:       2024-05-01T11:00:00Z (1h ago)\n\
             \n\
             NAME     STATE      ROLE     ONLINE   LAST-SEEN   AGENT   ADDRESSES          VERSION       PLAN\n\

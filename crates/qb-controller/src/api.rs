@@ -31,7 +31,7 @@ use crate::{ApiError, AppState};
 /// The largest request body the API accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 pub fn router(state: AppState) -> Router {
     let (api, _) = documented().split_for_parts();
@@ -85,6 +85,15 @@ pub(crate) fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(attach))
         .routes(routes!(detach))
         .routes(routes!(create_kubeconfig))
+        .routes(routes!(
+            crate::snapshots::list_snapshots,
+            crate::snapshots::take_snapshot
+        ))
+        .routes(routes!(
+            crate::snapshots::get_snapshot,
+            crate::snapshots::delete_snapshot
+        ))
+        .routes(routes!(crate::snapshots::download_snapshot))
         .routes(routes!(list_users, create_user))
         .routes(routes!(set_password))
         .routes(routes!(list_tokens, create_token))
@@ -148,7 +157,7 @@ fn node_key(s: &str) -> Key<qb_api::NodeId> {
     Key::parse(s)
 }
 
-fn cluster_key(s: &str) -> Key<qb_api::ClusterId> {
+pub(crate) fn cluster_key(s: &str) -> Key<qb_api::ClusterId> {
     Key::parse(s)
 }
 

@@ -35,6 +35,7 @@ impl From<StoreError> for ApiError {
             StoreError::ClusterNotEmpty { .. } => ProblemCode::ClusterNotEmpty,
             StoreError::BundleConflict { .. } => ProblemCode::BundleConflict,
             StoreError::UpgradeRefused(_) => ProblemCode::UpgradeRefused,
+            StoreError::SnapshotRefused(_) => ProblemCode::SnapshotRefused,
             StoreError::IdentityConflict(conflict) => {
                 return Self::new(ProblemCode::IdentityConflict, conflict.to_string());
             }

@@ -27,6 +27,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod serve;
 pub mod session;
+pub mod snapshots;
 pub mod tls;
 pub mod ui;
 pub mod workloads;

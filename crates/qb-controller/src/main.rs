@@ -557,6 +557,7 @@ async fn lead(store: Store, engine: Arc<Engine>, notifier: Arc<Notifier>) {
         let notifying = tokio::spawn(qb_controller::notify::run(store.clone(), notifier.clone()));
         let pruning = tokio::spawn(qb_controller::audit::run(store.clone()));
         let upgrading = tokio::spawn(qb_controller::agent_upgrades::run(engine.clone()));
+        let snapshotting = tokio::spawn(qb_controller::snapshots::run(engine.clone()));
         while leadership.holds().await {
             tokio::time::sleep(CHECK).await;
         }
@@ -567,6 +568,7 @@ async fn lead(store: Store, engine: Arc<Engine>, notifier: Arc<Notifier>) {
         notifying.abort();
         pruning.abort();
         upgrading.abort();
+        snapshotting.abort();
         tracing::warn!(
             "lost the database connection that held the engine's lead; stopped the engine"
         );

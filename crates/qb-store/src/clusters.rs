@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use qb_api::{
     AddonStatus, AttachTarget, BundleManifest, Cidr, Cluster, ClusterDetail, ClusterId, ClusterRef,
-    ClusterState, CreateCluster, KubernetesVersion, MasterCount, Name, Node, NodeId, NodeMove,
-    NodeName, NodeRole, NodeState, Page, TenantId,
+    ClusterState, CreateCluster, InvalidValue, KubernetesVersion, MasterCount, Name, Node, NodeId,
+    NodeMove, NodeName, NodeRole, NodeState, Page, TenantId, UpdateCluster,
 };
 use serde_json::json;
 use sqlx::Row as _;
@@ -88,6 +88,11 @@ impl TryFrom<CreateCluster> for ClusterSpec {
         })
     }
 }
+
+/// The longest time between scheduled snapshots, in minutes: a week.
+pub const MAX_SNAPSHOT_INTERVAL: u32 = 7 * 24 * 60;
+/// The most scheduled snapshots a cluster keeps.
+pub const MAX_SNAPSHOT_RETENTION: u32 = 1000;
 
 const CLUSTER_SELECT: &str = "SELECT c.*, \
      (SELECT COUNT(*) FROM nodes n WHERE n.cluster_id = c.id) AS node_count FROM clusters c";
@@ -212,37 +217,77 @@ impl Store {
         Ok(cluster)
     }
 
-    /// Changes the settings of a cluster that need no other bundle: whether its masters are
-    /// tainted, whether its rollout is paused. What is `None` stays as it is; asking for what
+    /// Changes the settings of a cluster that need no other bundle (all of `change` but its
+    /// version): whether its masters are tainted, whether its rollout is paused, its snapshot
+    /// schedule. What is `None` stays as it is; asking for what
     /// the cluster has changes (and records) nothing.
     pub async fn change_cluster_settings(
         &self,
         tenant: TenantId,
         key: &Key<ClusterId>,
-        taint_masters: Option<bool>,
-        rollout_paused: Option<bool>,
+        change: &UpdateCluster,
         actor: &Actor,
     ) -> Result<Cluster> {
+        if change
+            .snapshot_interval_minutes
+            .is_some_and(|m| m > MAX_SNAPSHOT_INTERVAL)
+        {
+            return Err(StoreError::Invalid(InvalidValue(format!(
+                "snapshot_interval_minutes must be at most {MAX_SNAPSHOT_INTERVAL} (a week), or 0 for no scheduled snapshots"
+            ))));
+        }
+        if change
+            .snapshot_retention
+            .is_some_and(|n| !(1..=MAX_SNAPSHOT_RETENTION).contains(&n))
+        {
+            return Err(StoreError::Invalid(InvalidValue(format!(
+                "snapshot_retention must be from 1 to {MAX_SNAPSHOT_RETENTION}"
+            ))));
+        }
         let mut w = self.write(tenant).await?;
         let cluster = w.cluster(tenant, key).await?;
         let mut changed = serde_json::Map::new();
+        let flag = |b: Option<bool>| b.map(i64::from);
+        let number = |n: Option<u32>| n.map(i64::from);
         for (column, want, has) in [
-            ("taint_masters", taint_masters, cluster.taint_masters),
-            ("rollout_paused", rollout_paused, cluster.rollout_paused),
+            (
+                "taint_masters",
+                flag(change.taint_masters),
+                i64::from(cluster.taint_masters),
+            ),
+            (
+                "rollout_paused",
+                flag(change.rollout_paused),
+                i64::from(cluster.rollout_paused),
+            ),
+            (
+                "snapshot_interval_minutes",
+                number(change.snapshot_interval_minutes),
+                i64::from(cluster.snapshot_interval_minutes),
+            ),
+            (
+                "snapshot_retention",
+                number(change.snapshot_retention),
+                i64::from(cluster.snapshot_retention),
+            ),
         ] {
             let Some(want) = want.filter(|want| *want != has) else {
                 continue;
             };
-            // `column` is one of the two names above, never input.
+            // `column` is one of the names above, never input.
             sqlx::query(&format!(
                 "UPDATE clusters SET {column} = $1 WHERE id = $2 AND tenant_id = $3"
             ))
-            .bind(i64::from(want))
+            .bind(want)
             .bind(cluster.id.to_string())
             .bind(tenant.to_string())
             .execute(&mut *w.tx)
             .await?;
-            changed.insert(column.to_owned(), want.into());
+            let shown = match column {
+                "taint_masters" | "rollout_paused" => (want != 0).into(),
+                _ => want.into(),
+            };
+            changed.insert(column.to_owned(), shown);
         }
         if changed.is_empty() {
             return Ok(cluster);
@@ -366,6 +411,12 @@ impl Store {
                 .await?;
         }
         sqlx::query("DELETE FROM preflights WHERE cluster_id = $1")
+            .bind(cluster.id.to_string())
+            .execute(&mut *w.tx)
+            .await?;
+        // Its snapshots go with it (their chunks by cascade): there is nothing to restore
+        // them into.
+        sqlx::query("DELETE FROM etcd_snapshots WHERE cluster_id = $1")
             .bind(cluster.id.to_string())
             .execute(&mut *w.tx)
             .await?;

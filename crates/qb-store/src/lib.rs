@@ -22,6 +22,7 @@ mod replicas;
 mod rows;
 mod rules;
 mod sealed;
+mod snapshots;
 mod tenants;
 
 use std::sync::Arc;
@@ -39,7 +40,7 @@ pub use agents::{
     SeenAgent, TokenRefusal,
 };
 pub use alerts::{AlertChanges, WantedAlert};
-pub use clusters::{ClusterSpec, SpecError};
+pub use clusters::{ClusterSpec, MAX_SNAPSHOT_INTERVAL, MAX_SNAPSHOT_RETENTION, SpecError};
 pub use engine::{Drain, EngineCluster, EngineNode, PlanHashes, WIPE_PLAN_HASH};
 pub use events::EventFilter;
 pub use metrics::{HOURS_KEPT, MINUTES_KEPT};
@@ -50,6 +51,7 @@ pub use rules::MetricLows;
 pub use sealed::{
     KeyFileError, Keyring, Resealed, SealError, SealedStatus, context as sealed_place,
 };
+pub use snapshots::{CHUNK_BYTES, SnapshotJob, SnapshotReader, SnapshotUpload};
 pub use tenants::{PasswordUser, Principal, Tenant};
 
 /// Which database a [`Store`] runs on.
@@ -141,6 +143,9 @@ pub enum StoreError {
     BundleConflict { version: String },
     #[error("{0}")]
     UpgradeRefused(String),
+    /// A snapshot cannot be asked for, deleted or read as it stands.
+    #[error("{0}")]
+    SnapshotRefused(String),
     #[error("stored {what} is unreadable")]
     Corrupt {
         what: &'static str,

@@ -12,16 +12,30 @@ use crate::Backend;
 /// The first migration differs per backend, and those with triggers; the rest serve both.
 const INIT_SQLITE: &str = include_str!("../migrations/sqlite/0001_init.sql");
 const INIT_POSTGRES: &str = include_str!("../migrations/postgres/0001_init.sql");
-const OWN_SQLITE: &[(i64, &str, &str)] = &[(
-    16,
-    "events retention",
-    include_str!("../migrations/sqlite/0016_events_retention.sql"),
-)];
-const OWN_POSTGRES: &[(i64, &str, &str)] = &[(
-    16,
-    "events retention",
-    include_str!("../migrations/postgres/0016_events_retention.sql"),
-)];
+const OWN_SQLITE: &[(i64, &str, &str)] = &[
+    (
+        16,
+        "events retention",
+        include_str!("../migrations/sqlite/0016_events_retention.sql"),
+    ),
+    (
+        22,
+        "etcd snapshots",
+        include_str!("../migrations/sqlite/0022_etcd_snapshots.sql"),
+    ),
+];
+const OWN_POSTGRES: &[(i64, &str, &str)] = &[
+    (
+        16,
+        "events retention",
+        include_str!("../migrations/postgres/0016_events_retention.sql"),
+    ),
+    (
+        22,
+        "etcd snapshots",
+        include_str!("../migrations/postgres/0022_etcd_snapshots.sql"),
+    ),
+];
 
 /// `(version, description, SQL)` after the first, in order.
 const SHARED: &[(i64, &str, &str)] = &[
@@ -114,6 +128,11 @@ const SHARED: &[(i64, &str, &str)] = &[
         20,
         "cluster rollout pause",
         include_str!("../migrations/shared/0020_cluster_rollout_pause.sql"),
+    ),
+    (
+        21,
+        "cluster snapshot schedule",
+        include_str!("../migrations/shared/0021_cluster_snapshot_schedule.sql"),
     ),
 ];
 

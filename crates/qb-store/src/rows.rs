@@ -164,6 +164,8 @@ pub(crate) fn cluster(row: &AnyRow) -> Result<Cluster> {
         roles: json::<BTreeMap<NodeName, NodeRole>>("roles", &row.try_get::<String, _>("roles")?)?,
         taint_masters: row.try_get::<i64, _>("taint_masters")? != 0,
         rollout_paused: row.try_get::<i64, _>("rollout_paused")? != 0,
+        snapshot_interval_minutes: count(row, "snapshot_interval_minutes")?,
+        snapshot_retention: count(row, "snapshot_retention")?,
         state: match cluster_state(&row.try_get::<String, _>("state")?)? {
             ClusterState::Empty if node_count > 0 => ClusterState::Pending,
             state => state,
@@ -228,5 +230,14 @@ pub(crate) fn bootstrap_token(row: &AnyRow) -> Result<qb_api::BootstrapToken> {
         max_uses: count("max_uses")?,
         uses: count("uses")?,
         revoked_at: revoked_at.map(from_ms),
+    })
+}
+
+/// A non-negative count or size column that fits `T` (always, for rows qb wrote).
+pub(crate) fn count<T: TryFrom<i64>>(row: &AnyRow, column: &'static str) -> Result<T> {
+    let value: i64 = row.try_get(column)?;
+    T::try_from(value).map_err(|_| StoreError::Corrupt {
+        what: column,
+        source: format!("{value} is out of range").into(),
     })
 }

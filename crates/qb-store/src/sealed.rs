@@ -337,11 +337,11 @@ fn wrap_aad(key: &str, context: &str) -> Vec<u8> {
     format!("{key}\n{context}").into_bytes()
 }
 
-fn aead_key(bytes: &[u8]) -> LessSafeKey {
+pub(crate) fn aead_key(bytes: &[u8]) -> LessSafeKey {
     LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).expect("a 32-byte AES-256 key"))
 }
 
-fn fill(buf: &mut [u8]) {
+pub(crate) fn fill(buf: &mut [u8]) {
     SystemRandom::new()
         .fill(buf)
         .expect("the system's random source works");
@@ -560,6 +560,11 @@ const SEALED_COLUMNS: &[SealedColumn] = &[
         table: "notification_channels",
         column: "secret",
         id: "id",
+    },
+    SealedColumn {
+        table: "etcd_snapshots",
+        column: "data_key",
+        id: "CAST(id AS TEXT)",
     },
 ];
 

@@ -62,6 +62,8 @@ mod replicas;
 mod rules;
 #[path = "cases/secrets.rs"]
 mod secrets;
+#[path = "cases/snapshots.rs"]
+mod snapshots;
 #[path = "cases/tenants.rs"]
 mod tenants;
 

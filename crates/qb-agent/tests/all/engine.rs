@@ -13,7 +13,7 @@ use crate::http::Api;
 use qb_lab::Lab;
 
 const ETCD: &str = "/usr/bin/etcd";
-const ETCDCTL: &str = "/usr/bin/etcdctl";
+pub const ETCDCTL: &str = "/usr/bin/etcdctl";
 /// Installing etcd from scratch and forming a cluster, on shared cores.
 pub const CONVERGE: Duration = Duration::from_secs(120);
 

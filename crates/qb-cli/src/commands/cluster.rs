@@ -9,7 +9,7 @@ use qb_api::endpoints;
 use qb_api::{
     AttachRequest, Cluster, ClusterDetail, ClusterHealth, CreateCluster, CreateKubeconfig,
     DeletedCluster, DetachRequest, Kubeconfig, Node, NodeId, NodeMove, NodeState, PlanState,
-    PreflightReport, Token, UpdateCluster,
+    PreflightReport, Snapshot, SnapshotState, Token, UpdateCluster,
 };
 use serde::Serialize;
 
@@ -75,26 +75,38 @@ pub async fn run(app: &App, cmd: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Pause { cluster } => pause(app, &cluster, true).await,
         ClusterCommand::Resume { cluster } => pause(app, &cluster, false).await,
         ClusterCommand::Set(args) => {
-            anyhow::ensure!(
-                args.taint_masters.is_some(),
-                "nothing to change: say what, e.g. `--taint-masters true`"
-            );
             let change = UpdateCluster {
                 taint_masters: args.taint_masters,
+                snapshot_interval_minutes: args.snapshot_interval,
+                snapshot_retention: args.snapshot_retention,
                 ..UpdateCluster::default()
             };
+            anyhow::ensure!(
+                change != UpdateCluster::default(),
+                "nothing to change: say what, e.g. `--taint-masters true` or `--snapshot-interval 60`"
+            );
             let updated = update(app, &args.cluster, &change).await?;
             app.out.emit(&updated, || {
                 format!(
-                    "Cluster {}: masters {}.",
+                    "Cluster {}: masters {}; {}.",
                     updated.name,
                     if updated.taint_masters {
                         "tainted (workloads run on workers only)"
                     } else {
                         "untainted (workloads run on masters too)"
-                    }
+                    },
+                    snapshot_schedule(&updated)
                 )
             })
+        }
+        ClusterCommand::Backup { cluster, no_wait } => backup(app, &cluster, no_wait).await,
+        ClusterCommand::Snapshots { cluster } => {
+            let client = app.client()?;
+            let snapshots: Vec<Snapshot> = client
+                .call(client.request(&endpoints::LIST_SNAPSHOTS, &[&cluster], &[]))
+                .await?;
+            app.out
+                .emit_list(&snapshots, "snapshots", || snapshots_table(&snapshots))
         }
         ClusterCommand::Attach(args) => attach(app, args).await,
         ClusterCommand::Detach(args) => detach(app, args).await,
@@ -131,6 +143,51 @@ async fn create(app: &App, args: CreateClusterArgs) -> anyhow::Result<()> {
             cluster.name, cluster.kubernetes_version, cluster.pod_cidr, cluster.service_cidr, cluster.name
         )
     })
+}
+
+/// Asks for a snapshot of `cluster` and, unless told not to, waits until it is stored.
+async fn backup(app: &App, cluster: &str, no_wait: bool) -> anyhow::Result<()> {
+    const POLL: std::time::Duration = std::time::Duration::from_secs(1);
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+    let client = app.client()?;
+    let mut snapshot: Snapshot = client
+        .call(client.request(&endpoints::TAKE_SNAPSHOT, &[cluster], &[]))
+        .await?;
+    let id = snapshot.id.to_string();
+    let started = std::time::Instant::now();
+    let mut said = None;
+    while !no_wait
+        && matches!(
+            snapshot.state,
+            SnapshotState::Requested | SnapshotState::Taking
+        )
+    {
+        anyhow::ensure!(
+            started.elapsed() < WAIT,
+            "snapshot {id} is still {} after {} minutes; follow it with `qb cluster snapshots {cluster}`",
+            snapshot.state.as_str(),
+            WAIT.as_secs() / 60
+        );
+        let now = (snapshot.state, snapshot.node.clone());
+        if said.as_ref() != Some(&now) {
+            match &now.1 {
+                Some(node) => eprintln!("Snapshot {id}: {} on {node}…", now.0.as_str()),
+                None => eprintln!("Snapshot {id}: {}…", now.0.as_str()),
+            }
+            said = Some(now);
+        }
+        tokio::time::sleep(POLL).await;
+        snapshot = client
+            .call(client.request(&endpoints::GET_SNAPSHOT, &[cluster, &id], &[]))
+            .await?;
+    }
+    if snapshot.state == SnapshotState::Failed {
+        anyhow::bail!(
+            "snapshot {id} failed: {}",
+            snapshot.error.as_deref().unwrap_or("no reason given")
+        );
+    }
+    app.out.emit(&snapshot, || snapshot_line(&snapshot))
 }
 
 /// Pauses or resumes `cluster`'s rollout.
@@ -469,4 +526,58 @@ async fn wait_until_detached(
         eprintln!("All {total} node(s) are back in the pool.");
     }
     Ok(())
+}
+
+/// A cluster's snapshot schedule, in words.
+pub(crate) fn snapshot_schedule(c: &qb_api::Cluster) -> String {
+    if c.snapshot_interval_minutes == 0 {
+        "no scheduled snapshots".to_owned()
+    } else {
+        format!(
+            "a snapshot every {} minutes, the last {} kept",
+            c.snapshot_interval_minutes, c.snapshot_retention
+        )
+    }
+}
+
+/// One snapshot, in a sentence.
+fn snapshot_line(s: &qb_api::Snapshot) -> String {
+    match s.state {
+        qb_api::SnapshotState::Done => format!(
+            "Snapshot {} stored: {}, etcd revision {}, taken on {}.",
+            s.id,
+            crate::output::bytes(s.size.unwrap_or_default()),
+            s.revision.unwrap_or_default(),
+            s.node.as_ref().map_or("a master", |n| n.as_str())
+        ),
+        state => format!("Snapshot {} {}.", s.id, state.as_str()),
+    }
+}
+
+/// Snapshots as a table.
+fn snapshots_table(list: &[qb_api::Snapshot]) -> String {
+    crate::output::table(
+        &[
+            "ID",
+            "TRIGGER",
+            "STATE",
+            "SIZE",
+            "REVISION",
+            "NODE",
+            "REQUESTED",
+            "NOTE",
+        ],
+        list.iter().map(|s| {
+            vec![
+                s.id.to_string(),
+                s.trigger.as_str().to_owned(),
+                s.state.as_str().to_owned(),
+                s.size.map(crate::output::bytes).unwrap_or_default(),
+                s.revision.map(|r| r.to_string()).unwrap_or_default(),
+                s.node.as_ref().map(|n| n.to_string()).unwrap_or_default(),
+                crate::output::timestamp(s.requested_at),
+                s.error.clone().unwrap_or_default(),
+            ]
+        }),
+    )
 }

@@ -4,7 +4,7 @@ mod agent;
 mod agent_package;
 mod alert;
 mod bundle;
-mod cluster;
+pub(crate) mod cluster;
 mod context;
 mod events;
 mod node;

@@ -18,6 +18,7 @@ use axum::{Extension, Json, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use qb_agent_proto::etcd::SNAPSHOTS_PATH;
 use qb_agent_proto::plan::{ARTIFACTS_PATH, PLAN_PATH};
 use qb_agent_proto::{
     CHANNEL_ALPNS, CHANNEL_PATH, ControllerMessage, PROTOCOL_HEADER, PROTOCOL_VERSION,
@@ -97,6 +98,10 @@ impl AgentEndpoint {
             .route(&format!("{TUNNEL_PATH}/{{stream}}"), post(tunnel))
             .route(PLAN_PATH, get(plan))
             .route(&format!("{ARTIFACTS_PATH}/{{sha256}}"), get(artifact))
+            .route(
+                &format!("{SNAPSHOTS_PATH}/{{id}}"),
+                axum::routing::put(crate::snapshots::upload),
+            )
             .route_layer(axum::middleware::from_fn(agent_protocol));
         Router::new()
             .merge(agents)
@@ -301,7 +306,7 @@ enum Unadmitted {
     Unchecked(String),
 }
 
-pub(super) fn require(peer: Option<Peer>) -> Result<Peer, ApiError> {
+pub(crate) fn require(peer: Option<Peer>) -> Result<Peer, ApiError> {
     peer.ok_or_else(|| {
         ApiError::new(
             ProblemCode::Unauthenticated,

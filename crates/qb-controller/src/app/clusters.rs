@@ -116,19 +116,17 @@ impl AppState {
                 .await?;
             updated = Some(cluster);
         }
-        if change.taint_masters.is_some() || change.rollout_paused.is_some() {
+        let settings = UpdateCluster {
+            kubernetes_version: None,
+            ..change.clone()
+        };
+        if settings != UpdateCluster::default() {
             let key = updated
                 .as_ref()
                 .map_or_else(|| cluster.clone(), |c: &Cluster| Key::Id(c.id));
             let changed = self
                 .store
-                .change_cluster_settings(
-                    caller.tenant(),
-                    &key,
-                    change.taint_masters,
-                    change.rollout_paused,
-                    &caller.actor(),
-                )
+                .change_cluster_settings(caller.tenant(), &key, &settings, &caller.actor())
                 .await?;
             updated = Some(changed);
         }

@@ -837,14 +837,7 @@ impl Engine {
         via: NodeId,
         op: qb_agent_proto::etcd::EtcdOp,
     ) -> Result<Vec<qb_agent_proto::etcd::EtcdMember>, String> {
-        use qb_plan::render::paths;
-        let request = qb_agent_proto::etcd::EtcdRequest {
-            endpoint: "https://127.0.0.1:2379".to_owned(),
-            ca_file: paths::ETCD_CA_CERT.to_owned(),
-            cert_file: paths::ETCD_HEALTHCHECK_CLIENT_CERT.to_owned(),
-            key_file: paths::ETCD_HEALTHCHECK_CLIENT_KEY.to_owned(),
-            op,
-        };
+        let request = local_etcd(op);
         match self
             .agents
             .request(via, |_| Instruction::Etcd(request), Duration::from_secs(20))
@@ -855,6 +848,18 @@ impl Engine {
             Ok(other) => Err(format!("unexpected answer {other:?}")),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+/// `op` on a master's own etcd member, with the client certificate its plan gives the agent.
+pub(crate) fn local_etcd(op: qb_agent_proto::etcd::EtcdOp) -> qb_agent_proto::etcd::EtcdRequest {
+    use qb_plan::render::paths;
+    qb_agent_proto::etcd::EtcdRequest {
+        endpoint: "https://127.0.0.1:2379".to_owned(),
+        ca_file: paths::ETCD_CA_CERT.to_owned(),
+        cert_file: paths::ETCD_HEALTHCHECK_CLIENT_CERT.to_owned(),
+        key_file: paths::ETCD_HEALTHCHECK_CLIENT_KEY.to_owned(),
+        op,
     }
 }
 

@@ -1,0 +1,342 @@
+//! etcd snapshots of clusters. On the engine's replica, [`run`] asks for each cluster's
+//! scheduled snapshots when due, prunes those past its retention, and gives each asked-for
+//! snapshot to one master whose agent takes it (`EtcdOp::Snapshot`) and uploads it to the
+//! agent endpoint ([`upload`]), where it is stored sealed as it streams in. The API lists,
+//! takes, deletes and downloads them.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures_util::StreamExt as _;
+use qb_agent_proto::etcd::{EtcdOp, EtcdRequest, SNAPSHOT_REVISION_HEADER, SNAPSHOT_SHA256_HEADER};
+use qb_agent_proto::{Instruction, Outcome};
+use qb_api::{NodeRole, ProblemCode, Role, Snapshot, SnapshotTrigger};
+use qb_store::{EngineCluster, Key, StoreError};
+
+use crate::ApiError;
+use crate::agents::endpoint::{AgentEndpoint, Peer, require};
+use crate::api::ApiResult;
+use crate::api::cluster_key;
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::engine::Engine;
+
+/// How often the loop looks for work.
+const STEP: Duration = Duration::from_secs(2);
+/// How often schedules and retention are looked at.
+const SCHEDULE_EVERY: Duration = Duration::from_secs(30);
+/// The longest a master's agent may take to take and upload a snapshot.
+const TAKE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The first protocol whose agents take snapshots.
+const SNAPSHOT_PROTOCOL: u32 = 4;
+
+/// Runs on the replica that runs the engine, while it does.
+pub async fn run(engine: Arc<Engine>) {
+    // Snapshots this replica had taken before it led were waited for by another process.
+    match engine.store.snapshots_being_taken().await {
+        Ok(taking) => {
+            for (id, _) in taking {
+                let why = "the controller that asked for it stopped while it was taken; ask again";
+                if let Err(e) = engine.store.fail_snapshot(id, why).await {
+                    tracing::warn!(snapshot = id, error = %e, "cannot record a snapshot as failed");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot list the snapshots being taken"),
+    }
+    let in_flight: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let mut scheduled = tokio::time::Instant::now();
+    loop {
+        if scheduled.elapsed() >= SCHEDULE_EVERY || scheduled == tokio::time::Instant::now() {
+            scheduled = tokio::time::Instant::now();
+            match engine.store.request_due_snapshots().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(snapshots = n, "scheduled snapshots asked for"),
+                Err(e) => tracing::warn!(error = %e, "cannot ask for the scheduled snapshots"),
+            }
+            match engine.store.prune_snapshots().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(snapshots = n, "snapshots past their retention deleted"),
+                Err(e) => tracing::warn!(error = %e, "cannot prune snapshots"),
+            }
+        }
+        match engine.store.requested_snapshots().await {
+            Ok(jobs) => {
+                for job in jobs {
+                    if !lock(&in_flight).insert(job.id) {
+                        continue;
+                    }
+                    let (engine, in_flight) = (engine.clone(), in_flight.clone());
+                    // One task per snapshot: a slow upload holds nobody else up.
+                    tokio::spawn(async move {
+                        take(&engine, &job).await;
+                        lock(&in_flight).remove(&job.id);
+                    });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list the snapshots asked for"),
+        }
+        tokio::time::sleep(STEP).await;
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Gives the snapshot to a master that can take it, and waits until it did or failed. While
+/// no master can, it stays asked for.
+async fn take(engine: &Engine, job: &qb_store::SnapshotJob) {
+    let store = &engine.store;
+    let ec = match store.engine_cluster(job.tenant, job.cluster).await {
+        Ok(ec) => ec,
+        Err(e) => {
+            tracing::warn!(snapshot = job.id, error = %e, "cannot read the snapshot's cluster");
+            return;
+        }
+    };
+    let Some(master) = taker(engine, &ec) else {
+        return;
+    };
+    match store.start_snapshot(job.id, &master.node).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            tracing::warn!(snapshot = job.id, error = %e, "cannot start a snapshot");
+            return;
+        }
+    }
+    let node = master.node.id;
+    tracing::info!(snapshot = job.id, cluster = %ec.cluster.name, node = %master.node.name, "taking an etcd snapshot");
+    let request = EtcdRequest {
+        op: EtcdOp::Snapshot { snapshot: job.id },
+        ..crate::engine::local_etcd(EtcdOp::List)
+    };
+    let failure = match engine
+        .agents
+        .request(node, |_| Instruction::Etcd(request), TAKE_TIMEOUT)
+        .await
+    {
+        Ok(Outcome::EtcdSnapshot(taken)) => {
+            // The upload marked it done; an answer without one is a failure.
+            match store
+                .snapshot(job.tenant, &Key::Id(job.cluster), job.id)
+                .await
+            {
+                Ok(s) if s.state == qb_api::SnapshotState::Done => {
+                    tracing::info!(
+                        snapshot = job.id,
+                        size = taken.size,
+                        revision = taken.revision,
+                        "etcd snapshot taken"
+                    );
+                    return;
+                }
+                Ok(_) => "the agent said it took the snapshot, and nothing was uploaded".to_owned(),
+                Err(e) => format!("cannot read the snapshot back: {e}"),
+            }
+        }
+        Ok(Outcome::Failed { error }) => error,
+        Ok(other) => format!("unexpected answer {other:?}"),
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!(snapshot = job.id, error = %failure, "etcd snapshot failed");
+    if let Err(e) = store.fail_snapshot(job.id, &failure).await {
+        tracing::warn!(snapshot = job.id, error = %e, "cannot record a snapshot as failed");
+    }
+}
+
+/// A master of the cluster whose agent is online, speaks a protocol that takes snapshots, and
+/// whose etcd runs healthy.
+fn taker<'a>(engine: &Engine, ec: &'a EngineCluster) -> Option<&'a qb_store::EngineNode> {
+    ec.nodes.iter().find(|n| {
+        n.node.role == Some(NodeRole::Master)
+            && n.node.state == qb_api::NodeState::Attached
+            && engine.agents.online(n.node.id)
+            && n.node.agent.as_ref().and_then(|a| a.protocol).unwrap_or(1) >= SNAPSHOT_PROTOCOL
+            && n.node.plan.as_ref().is_some_and(|p| {
+                p.report.as_ref().is_some_and(|r| {
+                    r.services
+                        .iter()
+                        .any(|s| s.name == "etcd" && s.running && s.healthy)
+                })
+            })
+    })
+}
+
+/// `PUT /agent/v1/snapshots/{id}`: the snapshot a master's agent was asked to take, stored
+/// sealed as it streams in, and marked done once whole and matching its SHA-256.
+pub async fn upload(
+    State(endpoint): State<AgentEndpoint>,
+    Extension(peer): Extension<Option<Peer>>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let peer = require(peer)?;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let sha256 = header(SNAPSHOT_SHA256_HEADER)
+        .filter(|s| qb_api::is_sha256_hex(s))
+        .ok_or_else(|| {
+            ApiError::invalid(format!("{SNAPSHOT_SHA256_HEADER} must be a SHA-256, hex"))
+        })?;
+    let revision: u64 = header(SNAPSHOT_REVISION_HEADER)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ApiError::invalid(format!("{SNAPSHOT_REVISION_HEADER} must be a number")))?;
+    let mut upload = endpoint
+        .store
+        .snapshot_upload(peer.identity.tenant, peer.identity.node, id)
+        .await?;
+    let mut stream = body.into_data_stream();
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(|e| {
+            ApiError::new(
+                ProblemCode::MalformedRequest,
+                format!("the upload broke off: {e}"),
+            )
+        })?;
+        upload.write(&piece).await?;
+    }
+    let done = upload.finish(&sha256, revision).await?;
+    tracing::info!(snapshot = id, size = ?done.size, node_id = %peer.identity.node, "etcd snapshot stored");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Take an etcd snapshot of the cluster now. A master's agent takes it and uploads it; follow
+/// it with `GET` until it is `done` or `failed`.
+#[utoipa::path(post, path = "/api/v1/clusters/{cluster}/snapshots", tag = "clusters",
+    params(("cluster" = qb_api::Name, Path, description = "Cluster id or name")),
+    responses((status = 202, body = Snapshot), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
+pub async fn take_snapshot(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(cluster): Path<String>,
+) -> ApiResult<(StatusCode, Json<Snapshot>)> {
+    caller.require(Role::Operator)?;
+    let snapshot = app
+        .store
+        .request_snapshot(
+            caller.tenant(),
+            &cluster_key(&cluster),
+            SnapshotTrigger::Manual,
+            &caller.actor(),
+        )
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(snapshot)))
+}
+
+/// The cluster's etcd snapshots, newest first.
+#[utoipa::path(get, path = "/api/v1/clusters/{cluster}/snapshots", tag = "clusters",
+    params(("cluster" = qb_api::Name, Path, description = "Cluster id or name")),
+    responses((status = 200, body = Vec<Snapshot>), (status = 404, body = qb_api::Problem)))]
+pub async fn list_snapshots(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(cluster): Path<String>,
+) -> ApiResult<Json<Vec<Snapshot>>> {
+    Ok(Json(
+        app.store
+            .snapshots(caller.tenant(), &cluster_key(&cluster))
+            .await?,
+    ))
+}
+
+/// One etcd snapshot of the cluster.
+#[utoipa::path(get, path = "/api/v1/clusters/{cluster}/snapshots/{snapshot}", tag = "clusters",
+    params(("cluster" = qb_api::Name, Path, description = "Cluster id or name"),
+        ("snapshot" = u64, Path, description = "Snapshot id")),
+    responses((status = 200, body = Snapshot), (status = 404, body = qb_api::Problem)))]
+pub async fn get_snapshot(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((cluster, snapshot)): Path<(String, String)>,
+) -> ApiResult<Json<Snapshot>> {
+    let id = snapshot_id(&snapshot)?;
+    Ok(Json(
+        app.store
+            .snapshot(caller.tenant(), &cluster_key(&cluster), id)
+            .await?,
+    ))
+}
+
+/// Delete an etcd snapshot (not one being taken).
+#[utoipa::path(delete, path = "/api/v1/clusters/{cluster}/snapshots/{snapshot}", tag = "clusters",
+    params(("cluster" = qb_api::Name, Path, description = "Cluster id or name"),
+        ("snapshot" = u64, Path, description = "Snapshot id")),
+    responses((status = 204), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
+pub async fn delete_snapshot(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((cluster, snapshot)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Operator)?;
+    let id = snapshot_id(&snapshot)?;
+    app.store
+        .delete_snapshot(caller.tenant(), &cluster_key(&cluster), id, &caller.actor())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Download a done snapshot: the file etcd wrote (`etcdctl snapshot status` reads it). It holds
+/// every Secret of the cluster, so only administrators may.
+#[utoipa::path(get, path = "/api/v1/clusters/{cluster}/snapshots/{snapshot}/content", tag = "clusters",
+    params(("cluster" = qb_api::Name, Path, description = "Cluster id or name"),
+        ("snapshot" = u64, Path, description = "Snapshot id")),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 403, body = qb_api::Problem), (status = 404, body = qb_api::Problem), (status = 409, body = qb_api::Problem)))]
+pub async fn download_snapshot(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((cluster, snapshot)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    caller.require(Role::Admin)?;
+    let id = snapshot_id(&snapshot)?;
+    let key = cluster_key(&cluster);
+    let reader = app.store.snapshot_reader(caller.tenant(), &key, id).await?;
+    let size = reader.snapshot.size.unwrap_or_default();
+    let chunks = futures_util::stream::unfold(Some(reader), |reader| async move {
+        let mut reader = reader?;
+        match reader.next_chunk().await {
+            Ok(Some(chunk)) => Some((Ok(chunk), Some(reader))),
+            Ok(None) => None,
+            Err(e) => Some((Err(io_error(e)), None)),
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, size.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"snapshot-{id}.db\""),
+            ),
+        ],
+        // A refusal before the first byte is a problem response; a fault after it breaks the
+        // download off, short of its length.
+        Body::from_stream(chunks),
+    )
+        .into_response())
+}
+
+fn io_error(e: StoreError) -> std::io::Error {
+    tracing::warn!(error = %qb_api::error_chain(&e), "a snapshot download broke off");
+    std::io::Error::other(e.to_string())
+}
+
+fn snapshot_id(text: &str) -> Result<u64, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::new(ProblemCode::NotFound, "no such snapshot"))
+}

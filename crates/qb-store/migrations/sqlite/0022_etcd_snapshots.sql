@@ -1,0 +1,30 @@
+-- etcd snapshots of clusters, taken by a master's agent. Their bytes are kept in chunks, each
+-- sealed (AES-256-GCM) under the snapshot's own data key, which is sealed like every other
+-- secret (under the key file's key, bound to its row).
+CREATE TABLE etcd_snapshots (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant_id TEXT NOT NULL REFERENCES tenants (id),
+    cluster_id TEXT NOT NULL REFERENCES clusters (id),
+    state TEXT NOT NULL CHECK (state IN ('requested', 'taking', 'done', 'failed')),
+    trigger_kind TEXT NOT NULL CHECK (trigger_kind IN ('scheduled', 'manual')),
+    kubernetes_version TEXT NOT NULL,
+    node_id TEXT,
+    node_name TEXT,
+    size BIGINT,
+    sha256 TEXT,
+    revision BIGINT,
+    error TEXT,
+    data_key TEXT,
+    chunks BIGINT,
+    requested_at BIGINT NOT NULL,
+    started_at BIGINT,
+    finished_at BIGINT
+);
+CREATE INDEX etcd_snapshots_cluster ON etcd_snapshots (cluster_id, id);
+
+CREATE TABLE etcd_snapshot_chunks (
+    snapshot_id BIGINT NOT NULL REFERENCES etcd_snapshots (id) ON DELETE CASCADE,
+    seq BIGINT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (snapshot_id, seq)
+);
