@@ -15,7 +15,8 @@
 //! whose RSS is read at each step; (3) a fresh controller with `--heartbeat-seconds 1` takes
 //! them all and a quiet 10 s window counts PostgreSQL's tuple writes and the controller's CPU
 //! per heartbeat; (4) pings through the API to the connected agents, one at a time and 16 at
-//! once (median of 3 rounds of 1000).
+//! once (median of 3 rounds of 1000); (5) the same pings before and while one agent uploads a
+//! 100 MiB etcd snapshot.
 //!
 //! Targets are DESIGN.md's; "CPU per heartbeat <= 200 us" is derived from them (100,000 agents
 //! at 10 s heartbeats on 2 cores). Run with `cargo xtask bench` (or `cargo bench -p
@@ -76,6 +77,8 @@ const PG_STATS_LAG: Duration = Duration::from_secs(11);
 const PING_ROUNDS: usize = 3;
 const PINGS_PER_ROUND: usize = 1000;
 const PING_CONCURRENCY: [usize; 2] = [1, 16];
+/// The etcd snapshot uploaded beside pushes (part 5).
+const SNAPSHOT_BYTES: usize = 100 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // Processes
@@ -1536,6 +1539,17 @@ async fn controller_costs(controller_bin: &Path, max_agents: usize, table: &mut 
             format!("{worst_rt:.1} / {worst_call:.1} ms, {rate:.0}/s"),
         );
     }
+    table.gap();
+    snapshot_beside_pushes(
+        &client,
+        &controller,
+        &admin,
+        &names,
+        &agents[0],
+        &mut pg_conn,
+        table,
+    )
+    .await;
     let done = connected.fleet.done.load(Ordering::Relaxed);
     connected.check(total);
     table.row(
@@ -1561,6 +1575,160 @@ async fn controller_costs(controller_bin: &Path, max_agents: usize, table: &mut 
     drop(connected);
     drop(controller);
     drop(pg_conn);
+}
+
+/// Part 5: push latency while one agent uploads a snapshot of [`SNAPSHOT_BYTES`]: pings 16 at a
+/// time before it and while it streams, side by side. The snapshot is planted in the database
+/// as being taken by that agent's node (no etcd runs here), then uploaded as a master's agent
+/// does, to be stored sealed in chunks.
+async fn snapshot_beside_pushes(
+    client: &reqwest::Client,
+    controller: &Controller,
+    admin: &str,
+    names: &Arc<Vec<String>>,
+    uploader: &SimAgent,
+    pg: &mut sqlx::PgConnection,
+    table: &mut Table,
+) {
+    const CONCURRENCY: usize = 16;
+    table.row(
+        format!(
+            "5. push latency while agent {} uploads a {} MiB etcd snapshot (concurrency {CONCURRENCY})",
+            uploader.name,
+            SNAPSHOT_BYTES >> 20
+        ),
+        "",
+    );
+    let created = client
+        .post(format!("{}/api/v1/clusters", controller.api))
+        .bearer_auth(admin)
+        .json(&json!({"name": "snapshots"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success(), "{}", created.status());
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO etcd_snapshots (tenant_id, cluster_id, state, trigger_kind, \
+         kubernetes_version, node_id, node_name, requested_at, started_at) \
+         SELECT c.tenant_id, c.id, 'taking', 'manual', c.kubernetes_version, n.id, n.name, 0, 0 \
+         FROM clusters c JOIN nodes n ON n.name = $1 AND n.tenant_id = c.tenant_id \
+         WHERE c.name = 'snapshots' RETURNING id",
+    )
+    .bind(&uploader.name)
+    .fetch_one(&mut *pg)
+    .await
+    .unwrap();
+    // Bytes that do not compress, made once; their SHA-256 goes with them.
+    let mut bytes = vec![0u8; SNAPSHOT_BYTES];
+    rand::rng().fill(&mut bytes[..]);
+    let bytes = Bytes::from(bytes);
+    let sha256 = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&bytes));
+
+    let rounds = |label: &'static str| async move {
+        let mut all = Vec::new();
+        for r in 0..PING_ROUNDS {
+            all.push(ping_round(client, &controller.api, admin, names, CONCURRENCY, r * 13).await);
+        }
+        (label, all)
+    };
+    let before = rounds("before").await;
+    let upload = {
+        let (addr, pin) = (controller.agent_addr.clone(), controller.pin);
+        let identity = (uploader.chain.clone(), uploader.key.clone_key());
+        let (bytes, sha256) = (bytes.clone(), sha256.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let (mut sender, _driver) = connect(&addr, pin, Some(identity), None).await.unwrap();
+            // Sent in pieces of 64 KiB, as a file is read.
+            let pieces: Vec<Result<Frame<Bytes>, Infallible>> = (0..bytes.len())
+                .step_by(64 << 10)
+                .map(|at| {
+                    Ok(Frame::data(
+                        bytes.slice(at..(at + (64 << 10)).min(bytes.len())),
+                    ))
+                })
+                .collect();
+            let request = hyper::Request::put(format!(
+                "https://{addr}{}/{id}",
+                qb_agent_proto::etcd::SNAPSHOTS_PATH
+            ))
+            .header(PROTOCOL_HEADER, PROTOCOL_VERSION)
+            .header(hyper::header::CONTENT_LENGTH, bytes.len())
+            .header(qb_agent_proto::etcd::SNAPSHOT_SHA256_HEADER, &sha256)
+            .header(qb_agent_proto::etcd::SNAPSHOT_REVISION_HEADER, "1")
+            .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+                pieces,
+            ))))
+            .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(status, 204, "{}", String::from_utf8_lossy(&body));
+            started.elapsed()
+        })
+    };
+    // Pings while the upload streams (at least one round, however quick it is).
+    let mut during = Vec::new();
+    while during.is_empty() || !upload.is_finished() {
+        during.push(
+            ping_round(
+                client,
+                &controller.api,
+                admin,
+                names,
+                CONCURRENCY,
+                during.len() * 17,
+            )
+            .await,
+        );
+    }
+    let took = upload.await.unwrap();
+    let stored: (String, i64) =
+        sqlx::query_as("SELECT state, size FROM etcd_snapshots WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *pg)
+            .await
+            .unwrap();
+    assert_eq!(stored, ("done".to_owned(), SNAPSHOT_BYTES as i64));
+    table.row(
+        "   upload: stored sealed, whole",
+        format!(
+            "{:.1} s, {:.0} MiB/s",
+            took.as_secs_f64(),
+            SNAPSHOT_BYTES as f64 / 1_048_576.0 / took.as_secs_f64()
+        ),
+    );
+    let p99 = |rounds: &[PingRound]| {
+        median(
+            rounds
+                .iter()
+                .map(|r| percentile(&r.round_trip, 0.99))
+                .collect(),
+        )
+    };
+    let p50 = |rounds: &[PingRound]| {
+        median(
+            rounds
+                .iter()
+                .map(|r| percentile(&r.round_trip, 0.5))
+                .collect(),
+        )
+    };
+    let (quiet, busy) = (p99(&before.1), p99(&during));
+    table.row(
+        format!(
+            "   round trip p50 / p99 {} ({} rounds)",
+            before.0,
+            before.1.len()
+        ),
+        format!("{:.2} / {quiet:.2} ms", p50(&before.1)),
+    );
+    table.target(
+        format!("   round trip p50 / p99 during ({} rounds)", during.len()),
+        format!("{:.2} / {busy:.2} ms ({:.2}x)", p50(&during), busy / quiet),
+        "p99 < 50 ms",
+        busy < 50.0,
+    );
 }
 
 #[tokio::main]

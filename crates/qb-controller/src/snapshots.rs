@@ -16,8 +16,8 @@ use axum::{Extension, Json};
 use futures_util::StreamExt as _;
 use qb_agent_proto::etcd::{EtcdOp, EtcdRequest, SNAPSHOT_REVISION_HEADER, SNAPSHOT_SHA256_HEADER};
 use qb_agent_proto::{Instruction, Outcome};
-use qb_api::{NodeRole, ProblemCode, Role, Snapshot, SnapshotTrigger};
-use qb_store::{EngineCluster, Key, StoreError};
+use qb_api::{NodeId, NodeRole, NodeState, ProblemCode, Role, Snapshot, SnapshotTrigger};
+use qb_store::{EngineNode, Key, StoreError};
 
 use crate::ApiError;
 use crate::agents::endpoint::{AgentEndpoint, Peer, require};
@@ -35,6 +35,8 @@ const SCHEDULE_EVERY: Duration = Duration::from_secs(30);
 const TAKE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// The first protocol whose agents take snapshots.
 const SNAPSHOT_PROTOCOL: u32 = 4;
+/// How long a snapshot waits for a master that can take it before it fails.
+const NO_TAKER_LIMIT: time::Duration = time::Duration::minutes(5);
 
 /// Runs on the replica that runs the engine, while it does.
 pub async fn run(engine: Arc<Engine>) {
@@ -103,8 +105,24 @@ async fn take(engine: &Engine, job: &qb_store::SnapshotJob) {
             return;
         }
     };
-    let Some(master) = taker(engine, &ec) else {
-        return;
+    let master = match taker(&ec.nodes, |node| engine.agents.online(node)) {
+        Ok(master) => master,
+        Err(why) => {
+            // It waits while no master can, for a while: a master may come back, or be
+            // mid-change in a rollout.
+            let waited = time::OffsetDateTime::now_utc() - job.requested_at;
+            if waited > NO_TAKER_LIMIT {
+                let why = format!(
+                    "no master could take it for {} minutes: {why}",
+                    NO_TAKER_LIMIT.whole_minutes()
+                );
+                tracing::warn!(snapshot = job.id, error = %why, "etcd snapshot failed");
+                if let Err(e) = store.fail_snapshot(job.id, &why).await {
+                    tracing::warn!(snapshot = job.id, error = %e, "cannot record a snapshot as failed");
+                }
+            }
+            return;
+        }
     };
     match store.start_snapshot(job.id, &master.node).await {
         Ok(true) => {}
@@ -155,20 +173,38 @@ async fn take(engine: &Engine, job: &qb_store::SnapshotJob) {
 }
 
 /// A master of the cluster whose agent is online, speaks a protocol that takes snapshots, and
-/// whose etcd runs healthy.
-fn taker<'a>(engine: &Engine, ec: &'a EngineCluster) -> Option<&'a qb_store::EngineNode> {
-    ec.nodes.iter().find(|n| {
-        n.node.role == Some(NodeRole::Master)
-            && n.node.state == qb_api::NodeState::Attached
-            && engine.agents.online(n.node.id)
-            && n.node.agent.as_ref().and_then(|a| a.protocol).unwrap_or(1) >= SNAPSHOT_PROTOCOL
-            && n.node.plan.as_ref().is_some_and(|p| {
-                p.report.as_ref().is_some_and(|r| {
-                    r.services
-                        .iter()
-                        .any(|s| s.name == "etcd" && s.running && s.healthy)
-                })
+/// whose etcd runs healthy; else why each master cannot.
+fn taker(nodes: &[EngineNode], online: impl Fn(NodeId) -> bool) -> Result<&EngineNode, String> {
+    let mut why = Vec::new();
+    for n in nodes {
+        if n.node.role != Some(NodeRole::Master) || n.node.state != NodeState::Attached {
+            continue;
+        }
+        let protocol = n.node.agent.as_ref().and_then(|a| a.protocol).unwrap_or(1);
+        let etcd_healthy = n.node.plan.as_ref().is_some_and(|p| {
+            p.report.as_ref().is_some_and(|r| {
+                r.services
+                    .iter()
+                    .any(|s| s.name == "etcd" && s.running && s.healthy)
             })
+        });
+        let cannot = if !online(n.node.id) {
+            "its agent is offline".to_owned()
+        } else if protocol < SNAPSHOT_PROTOCOL {
+            format!(
+                "its agent speaks protocol {protocol}, and snapshots take {SNAPSHOT_PROTOCOL}: upgrade it"
+            )
+        } else if !etcd_healthy {
+            "its etcd is not running healthy".to_owned()
+        } else {
+            return Ok(n);
+        };
+        why.push(format!("{}: {cannot}", n.node.name));
+    }
+    Err(if why.is_empty() {
+        "the cluster has no master".to_owned()
+    } else {
+        why.join("; ")
     })
 }
 
@@ -339,4 +375,73 @@ fn io_error(e: StoreError) -> std::io::Error {
 fn snapshot_id(text: &str) -> Result<u64, ApiError> {
     text.parse()
         .map_err(|_| ApiError::new(ProblemCode::NotFound, "no such snapshot"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node as the engine reads it: its role, agent protocol and etcd's health.
+    fn node(name: &str, role: &str, protocol: u32, etcd_healthy: bool) -> EngineNode {
+        EngineNode {
+            node: serde_json::from_value(serde_json::json!({
+                "id": NodeId::new(),
+                "name": name,
+                "state": "attached",
+                "cluster": null,
+                "facts": qb_api::NodeFacts::default(),
+                "labels": {},
+                "agent": {"version": "0.1.0", "protocol": protocol, "online": true, "last_seen_at": null},
+                "role": role,
+                "plan": {"generation": 2, "report": {
+                    "generation": 2, "state": "applied", "steps": [],
+                    "services": [{"name": "etcd", "running": true, "healthy": etcd_healthy, "restarts": 0}],
+                }},
+                "created_at": "2024-05-01T12:00:00Z",
+                "updated_at": "2024-05-01T12:00:00Z",
+            }))
+            .expect("a node"),
+            etcd: None,
+            certs: None,
+            plan_hash: None,
+            plan_restart_hash: None,
+            pod_subnet: None,
+            detach_force: false,
+            drain: qb_store::Drain::NotStarted,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_goes_to_a_master_that_can_take_it_else_each_says_why_not() {
+        let old = node("old", "master", 3, true);
+        let sick = node("sick", "master", 4, false);
+        let worker = node("worker", "worker", 4, true);
+        let away = node("away", "master", 4, true);
+        let good = node("good", "master", 4, true);
+        let offline = away.node.id;
+        let online = |id: NodeId| id != offline;
+        let all = [
+            old.clone(),
+            sick.clone(),
+            worker.clone(),
+            away.clone(),
+            good,
+        ];
+        assert_eq!(
+            taker(&all, online).map(|n| n.node.name.to_string()),
+            Ok("good".to_owned())
+        );
+        assert_eq!(
+            taker(&all[..4], online).map(|n| n.node.name.to_string()),
+            Err(
+                "old: its agent speaks protocol 3, and snapshots take 4: upgrade it; \
+                 sick: its etcd is not running healthy; away: its agent is offline"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            taker(&[worker], online).map(|n| n.node.name.to_string()),
+            Err("the cluster has no master".to_owned())
+        );
+    }
 }

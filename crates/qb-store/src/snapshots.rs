@@ -31,6 +31,7 @@ pub struct SnapshotJob {
     pub id: u64,
     pub tenant: TenantId,
     pub cluster: ClusterId,
+    pub requested_at: time::OffsetDateTime,
 }
 
 fn snapshot(row: &AnyRow) -> Result<Snapshot> {
@@ -215,7 +216,8 @@ impl Store {
     /// Snapshots asked for and not taken yet, oldest first.
     pub async fn requested_snapshots(&self) -> Result<Vec<SnapshotJob>> {
         sqlx::query(
-            "SELECT id, tenant_id, cluster_id FROM etcd_snapshots WHERE state = 'requested' \
+            "SELECT id, tenant_id, cluster_id, requested_at FROM etcd_snapshots \
+             WHERE state = 'requested' \
              ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -226,6 +228,7 @@ impl Store {
                 id: rows::count(row, "id")?,
                 tenant: rows::parse("tenant id", &row.try_get::<String, _>("tenant_id")?)?,
                 cluster: rows::parse("cluster id", &row.try_get::<String, _>("cluster_id")?)?,
+                requested_at: from_ms(row.try_get("requested_at")?),
             })
         })
         .collect()
