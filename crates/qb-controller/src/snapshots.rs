@@ -53,10 +53,10 @@ pub async fn run(engine: Arc<Engine>) {
         Err(e) => tracing::warn!(error = %e, "cannot list the snapshots being taken"),
     }
     let in_flight: Arc<Mutex<HashSet<u64>>> = Arc::default();
-    let mut scheduled = tokio::time::Instant::now();
+    let mut next_schedule = tokio::time::Instant::now();
     loop {
-        if scheduled.elapsed() >= SCHEDULE_EVERY || scheduled == tokio::time::Instant::now() {
-            scheduled = tokio::time::Instant::now();
+        if tokio::time::Instant::now() >= next_schedule {
+            next_schedule = tokio::time::Instant::now() + SCHEDULE_EVERY;
             match engine.store.request_due_snapshots().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(snapshots = n, "scheduled snapshots asked for"),

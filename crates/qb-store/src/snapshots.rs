@@ -21,6 +21,8 @@ use crate::{Actor, Key, Result, Store, StoreError, from_ms, now_ms, rows};
 
 /// The plain bytes of one stored chunk (the last may be shorter).
 pub const CHUNK_BYTES: usize = 1 << 20;
+/// The largest snapshot stored: etcd's largest database (its `--quota-backend-bytes` at most).
+pub const MAX_SNAPSHOT_BYTES: u64 = 8 << 30;
 
 const SELECT: &str = "SELECT s.*, c.name AS cluster_name FROM etcd_snapshots s \
                       JOIN clusters c ON c.id = s.cluster_id";
@@ -565,6 +567,12 @@ impl SnapshotUpload<'_> {
     pub async fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
         self.digest.update(bytes);
         self.size += bytes.len() as u64;
+        if self.size > MAX_SNAPSHOT_BYTES {
+            return Err(StoreError::Invalid(InvalidValue(format!(
+                "a snapshot is at most {} GiB, as etcd's database",
+                MAX_SNAPSHOT_BYTES >> 30
+            ))));
+        }
         while !bytes.is_empty() {
             let room = CHUNK_BYTES - self.pending.len();
             let (now, rest) = bytes.split_at(room.min(bytes.len()));

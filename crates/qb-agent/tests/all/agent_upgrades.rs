@@ -108,7 +108,11 @@ fn agents_upgrade_a_canary_first_then_in_batches_and_a_broken_build_goes_back_an
     let mut agents = start_hosts(&lab, &configs);
     authorize_when_online(&api, &configs);
     let before = wait_online(&api, HOSTS[0]);
-    assert_eq!(before["agent"]["protocol"], 3, "{before}");
+    assert_eq!(
+        before["agent"]["protocol"],
+        qb_agent_proto::PROTOCOL_VERSION,
+        "{before}"
+    );
     assert_ne!(
         before["agent"]["build"],
         good.as_str(),
