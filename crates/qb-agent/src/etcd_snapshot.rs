@@ -46,6 +46,9 @@ const STREAM_IDLE: Duration = Duration::from_secs(60);
 const CHECKSUM_BYTES: usize = 32;
 /// The snapshot file's write buffer, and the size of the upload's frames.
 const CHUNK_BYTES: usize = 256 * 1024;
+/// Free space left on the snapshot's disk beyond the snapshot itself: the same disk often
+/// holds etcd's data and the kubelet's, which must not run out.
+const DISK_SPARE: u64 = 512 << 20;
 /// How many times a failed upload is tried again, with [`UPLOAD_PAUSE`] times the attempt's
 /// number in between.
 const UPLOAD_RETRIES: u32 = 3;
@@ -89,6 +92,16 @@ pub enum SnapshotError {
     },
     #[error(transparent)]
     Upload(#[from] UploadError),
+    /// Writing the snapshot would leave the disk that etcd and the kubelet use too full.
+    #[error(
+        "{} has {} MiB free, and a snapshot of this {} MiB database needs {} MiB there (with {} MiB to spare)",
+        dir.display(), available >> 20, database >> 20, (database + DISK_SPARE) >> 20, DISK_SPARE >> 20
+    )]
+    NoRoom {
+        dir: PathBuf,
+        available: u64,
+        database: u64,
+    },
 }
 
 /// Why an upload to the controller failed.
@@ -187,7 +200,15 @@ where
 pub async fn take(req: &EtcdRequest, dir: &Path, id: u64) -> Result<SnapshotFile, SnapshotError> {
     clear(dir)?;
     let mut client = Client::connect(req).await?;
-    let revision = revision(&mut client).await?;
+    let (revision, database) = status(&mut client).await?;
+    let available = rustix::fs::statvfs(dir)
+        .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
+        .map_err(|e| SnapshotError::File {
+            action: "reading the free space of",
+            path: dir.to_owned(),
+            source: e.into(),
+        })?;
+    room(dir, available, database)?;
     let body = client.call_streamed(SNAPSHOT_PATH, &json!({})).await?;
     let file = RemovedOnDrop(dir.join(format!("{id}.db")));
     let failed = |action| {
@@ -215,6 +236,19 @@ pub async fn take(req: &EtcdRequest, dir: &Path, id: u64) -> Result<SnapshotFile
     })
 }
 
+/// Whether a snapshot of a `database` of that many bytes fits in `available` bytes of `dir`,
+/// with [`DISK_SPARE`] left.
+fn room(dir: &Path, available: u64, database: u64) -> Result<(), SnapshotError> {
+    if available < database.saturating_add(DISK_SPARE) {
+        return Err(SnapshotError::NoRoom {
+            dir: dir.to_owned(),
+            available,
+            database,
+        });
+    }
+    Ok(())
+}
+
 /// Makes `dir` if missing and empties it of leftovers.
 fn clear(dir: &Path) -> Result<(), SnapshotError> {
     let failed = |action, path: &Path| {
@@ -238,11 +272,14 @@ fn clear(dir: &Path) -> Result<(), SnapshotError> {
     Ok(())
 }
 
-/// The member's current revision, from its status.
-async fn revision(client: &mut Client) -> Result<u64, SnapshotError> {
+/// The member's current revision and the size of its database file, from its status.
+async fn status(client: &mut Client) -> Result<(u64, u64), SnapshotError> {
     #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
     struct Status {
         header: Header,
+        #[serde(default, deserialize_with = "uint64")]
+        db_size: u64,
     }
     #[derive(Deserialize)]
     struct Header {
@@ -254,7 +291,7 @@ async fn revision(client: &mut Client) -> Result<u64, SnapshotError> {
         path: STATUS_PATH,
         source,
     })?;
-    Ok(status.header.revision)
+    Ok((status.header.revision, status.db_size))
 }
 
 /// The snapshot as written: its size and SHA-256.
@@ -618,6 +655,18 @@ mod tests {
 
     fn database(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_snapshot_that_would_fill_the_disk_is_not_taken() {
+        let dir = Path::new("/var/lib/qb-agent/snapshots");
+        let mib = 1u64 << 20;
+        assert!(room(dir, 600 * mib, 80 * mib).is_ok());
+        let refused = room(dir, 600 * mib, 100 * mib).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "/var/lib/qb-agent/snapshots has 600 MiB free, and a snapshot of this 100 MiB database needs 612 MiB there (with 512 MiB to spare)"
+        );
     }
 
     #[tokio::test]

@@ -428,7 +428,7 @@ pub struct UpdateCluster {
     /// wait; a worker being drained stays cordoned), or resume it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_paused: Option<bool>,
-    /// Minutes between scheduled etcd snapshots (at least 5, at most a week); 0: none.
+    /// Minutes between scheduled etcd snapshots (at most a week); 0: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(maximum = 10080)]
     pub snapshot_interval_minutes: Option<u32>,

@@ -4,9 +4,9 @@
 //! agent endpoint ([`upload`]), where it is stored sealed as it streams in. The API lists,
 //! takes, deletes and downloads them.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -18,6 +18,7 @@ use qb_agent_proto::etcd::{EtcdOp, EtcdRequest, SNAPSHOT_REVISION_HEADER, SNAPSH
 use qb_agent_proto::{Instruction, Outcome};
 use qb_api::{NodeId, NodeRole, NodeState, ProblemCode, Role, Snapshot, SnapshotTrigger};
 use qb_store::{EngineNode, Key, StoreError};
+use tokio::task::JoinSet;
 
 use crate::ApiError;
 use crate::agents::endpoint::{AgentEndpoint, Peer, require};
@@ -31,12 +32,13 @@ use crate::engine::Engine;
 const STEP: Duration = Duration::from_secs(2);
 /// How often schedules and retention are looked at.
 const SCHEDULE_EVERY: Duration = Duration::from_secs(30);
-/// The longest a master's agent may take to take and upload a snapshot.
-const TAKE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The longest a master's agent may take to take and upload a snapshot (also the longest
+/// another replica relays an instruction for).
+const TAKE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// The first protocol whose agents take snapshots.
 const SNAPSHOT_PROTOCOL: u32 = 4;
 /// How long a snapshot waits for a master that can take it before it fails.
-const NO_TAKER_LIMIT: time::Duration = time::Duration::minutes(5);
+const NO_TAKER_LIMIT: Duration = Duration::from_secs(5 * 60);
 
 /// Runs on the replica that runs the engine, while it does.
 pub async fn run(engine: Arc<Engine>) {
@@ -52,11 +54,22 @@ pub async fn run(engine: Arc<Engine>) {
         }
         Err(e) => tracing::warn!(error = %e, "cannot list the snapshots being taken"),
     }
-    let in_flight: Arc<Mutex<HashSet<u64>>> = Arc::default();
-    let mut next_schedule = tokio::time::Instant::now();
+    // Each snapshot's taking is a task of this loop's: they end with it when this replica no
+    // longer leads.
+    let mut taking: JoinSet<u64> = JoinSet::new();
+    let mut in_flight: HashSet<u64> = HashSet::new();
+    // When this loop first saw each snapshot waiting: after a restart, masters get time to
+    // connect again before a snapshot fails for want of one.
+    let mut first_seen: HashMap<u64, Instant> = HashMap::new();
+    let mut next_schedule = Instant::now();
     loop {
-        if tokio::time::Instant::now() >= next_schedule {
-            next_schedule = tokio::time::Instant::now() + SCHEDULE_EVERY;
+        while let Some(done) = taking.try_join_next() {
+            if let Ok(id) = done {
+                in_flight.remove(&id);
+            }
+        }
+        if Instant::now() >= next_schedule {
+            next_schedule = Instant::now() + SCHEDULE_EVERY;
             match engine.store.request_due_snapshots().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(snapshots = n, "scheduled snapshots asked for"),
@@ -70,15 +83,17 @@ pub async fn run(engine: Arc<Engine>) {
         }
         match engine.store.requested_snapshots().await {
             Ok(jobs) => {
+                first_seen.retain(|id, _| jobs.iter().any(|job| job.id == *id));
                 for job in jobs {
-                    if !lock(&in_flight).insert(job.id) {
+                    let seen = *first_seen.entry(job.id).or_insert_with(Instant::now);
+                    if !in_flight.insert(job.id) {
                         continue;
                     }
-                    let (engine, in_flight) = (engine.clone(), in_flight.clone());
+                    let engine = engine.clone();
                     // One task per snapshot: a slow upload holds nobody else up.
-                    tokio::spawn(async move {
-                        take(&engine, &job).await;
-                        lock(&in_flight).remove(&job.id);
+                    taking.spawn(async move {
+                        take(&engine, &job, seen.elapsed()).await;
+                        job.id
                     });
                 }
             }
@@ -88,15 +103,9 @@ pub async fn run(engine: Arc<Engine>) {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Gives the snapshot to a master that can take it, and waits until it did or failed. While
 /// no master can, it stays asked for.
-async fn take(engine: &Engine, job: &qb_store::SnapshotJob) {
+async fn take(engine: &Engine, job: &qb_store::SnapshotJob, waited: Duration) {
     let store = &engine.store;
     let ec = match store.engine_cluster(job.tenant, job.cluster).await {
         Ok(ec) => ec,
@@ -110,11 +119,10 @@ async fn take(engine: &Engine, job: &qb_store::SnapshotJob) {
         Err(why) => {
             // It waits while no master can, for a while: a master may come back, or be
             // mid-change in a rollout.
-            let waited = time::OffsetDateTime::now_utc() - job.requested_at;
             if waited > NO_TAKER_LIMIT {
                 let why = format!(
                     "no master could take it for {} minutes: {why}",
-                    NO_TAKER_LIMIT.whole_minutes()
+                    NO_TAKER_LIMIT.as_secs() / 60
                 );
                 tracing::warn!(snapshot = job.id, error = %why, "etcd snapshot failed");
                 if let Err(e) = store.fail_snapshot(job.id, &why).await {

@@ -89,6 +89,27 @@ impl TryFrom<CreateCluster> for ClusterSpec {
     }
 }
 
+/// Refuses a snapshot schedule out of bounds (before anything else of a change is made).
+pub fn check_snapshot_schedule(change: &UpdateCluster) -> Result<()> {
+    if change
+        .snapshot_interval_minutes
+        .is_some_and(|m| m > MAX_SNAPSHOT_INTERVAL)
+    {
+        return Err(StoreError::Invalid(InvalidValue(format!(
+            "snapshot_interval_minutes must be at most {MAX_SNAPSHOT_INTERVAL} (a week), or 0 for no scheduled snapshots"
+        ))));
+    }
+    if change
+        .snapshot_retention
+        .is_some_and(|n| !(1..=MAX_SNAPSHOT_RETENTION).contains(&n))
+    {
+        return Err(StoreError::Invalid(InvalidValue(format!(
+            "snapshot_retention must be from 1 to {MAX_SNAPSHOT_RETENTION}"
+        ))));
+    }
+    Ok(())
+}
+
 /// The longest time between scheduled snapshots, in minutes: a week.
 pub const MAX_SNAPSHOT_INTERVAL: u32 = 7 * 24 * 60;
 /// The most scheduled snapshots a cluster keeps.
@@ -228,22 +249,7 @@ impl Store {
         change: &UpdateCluster,
         actor: &Actor,
     ) -> Result<Cluster> {
-        if change
-            .snapshot_interval_minutes
-            .is_some_and(|m| m > MAX_SNAPSHOT_INTERVAL)
-        {
-            return Err(StoreError::Invalid(InvalidValue(format!(
-                "snapshot_interval_minutes must be at most {MAX_SNAPSHOT_INTERVAL} (a week), or 0 for no scheduled snapshots"
-            ))));
-        }
-        if change
-            .snapshot_retention
-            .is_some_and(|n| !(1..=MAX_SNAPSHOT_RETENTION).contains(&n))
-        {
-            return Err(StoreError::Invalid(InvalidValue(format!(
-                "snapshot_retention must be from 1 to {MAX_SNAPSHOT_RETENTION}"
-            ))));
-        }
+        check_snapshot_schedule(change)?;
         let mut w = self.write(tenant).await?;
         let cluster = w.cluster(tenant, key).await?;
         let mut changed = serde_json::Map::new();

@@ -40,7 +40,9 @@ pub use agents::{
     SeenAgent, TokenRefusal,
 };
 pub use alerts::{AlertChanges, WantedAlert};
-pub use clusters::{ClusterSpec, MAX_SNAPSHOT_INTERVAL, MAX_SNAPSHOT_RETENTION, SpecError};
+pub use clusters::{
+    ClusterSpec, MAX_SNAPSHOT_INTERVAL, MAX_SNAPSHOT_RETENTION, SpecError, check_snapshot_schedule,
+};
 pub use engine::{Drain, EngineCluster, EngineNode, PlanHashes, WIPE_PLAN_HASH};
 pub use events::EventFilter;
 pub use metrics::{HOURS_KEPT, MINUTES_KEPT};

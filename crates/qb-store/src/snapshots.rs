@@ -33,7 +33,6 @@ pub struct SnapshotJob {
     pub id: u64,
     pub tenant: TenantId,
     pub cluster: ClusterId,
-    pub requested_at: time::OffsetDateTime,
 }
 
 fn snapshot(row: &AnyRow) -> Result<Snapshot> {
@@ -120,7 +119,17 @@ impl Store {
         .bind(cluster.kubernetes_version.to_string())
         .bind(now_ms())
         .fetch_one(&mut *w.tx)
-        .await?;
+        .await
+        .map_err(|e| {
+            if crate::is_unique_violation(&e) {
+                StoreError::SnapshotRefused(format!(
+                    "a snapshot of cluster {:?} is being taken; wait for it",
+                    cluster.name.as_str()
+                ))
+            } else {
+                e.into()
+            }
+        })?;
         let row = sqlx::query(&format!("{SELECT} WHERE s.id = $1"))
             .bind(id)
             .fetch_one(&mut *w.tx)
@@ -218,8 +227,7 @@ impl Store {
     /// Snapshots asked for and not taken yet, oldest first.
     pub async fn requested_snapshots(&self) -> Result<Vec<SnapshotJob>> {
         sqlx::query(
-            "SELECT id, tenant_id, cluster_id, requested_at FROM etcd_snapshots \
-             WHERE state = 'requested' \
+            "SELECT id, tenant_id, cluster_id FROM etcd_snapshots WHERE state = 'requested' \
              ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -230,7 +238,6 @@ impl Store {
                 id: rows::count(row, "id")?,
                 tenant: rows::parse("tenant id", &row.try_get::<String, _>("tenant_id")?)?,
                 cluster: rows::parse("cluster id", &row.try_get::<String, _>("cluster_id")?)?,
-                requested_at: from_ms(row.try_get("requested_at")?),
             })
         })
         .collect()
@@ -320,51 +327,63 @@ impl Store {
     }
 
     /// Starts storing the bytes of snapshot `id`, which `node` of `tenant` must be taking.
-    /// What an earlier try stored is dropped, and a new data key seals this one.
+    /// Each upload is an attempt of its own, with a new data key: one that overtakes an
+    /// earlier (the agent tried again while the first still streamed) makes the earlier's
+    /// writes fail, and only the attempt that finishes is read back.
     pub async fn snapshot_upload(
         &self,
         tenant: TenantId,
         node: NodeId,
         id: u64,
     ) -> Result<SnapshotUpload<'_>> {
-        let taking: Option<String> = sqlx::query_scalar(
-            "SELECT state FROM etcd_snapshots WHERE id = $1 AND tenant_id = $2 AND node_id = $3",
-        )
-        .bind(id_i64(id)?)
-        .bind(tenant.to_string())
-        .bind(node.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        match taking.as_deref() {
-            Some("taking") => {}
-            Some(state) => {
-                return Err(StoreError::SnapshotRefused(format!(
-                    "snapshot {id} is {state}, not being taken"
-                )));
-            }
-            None => return Err(StoreError::not_found("snapshot", id)),
-        }
         let mut data_key = [0u8; 32];
         fill(&mut data_key);
+        let mut attempt = [0u8; 8];
+        fill(&mut attempt);
+        let attempt = i64::from_be_bytes(attempt) & i64::MAX;
         let sealed = self.seal(
             "etcd_snapshots",
             "data_key",
             &id.to_string(),
             &hex(&data_key),
         );
-        let _lock = self.bookkeeping_lock().await;
-        sqlx::query("DELETE FROM etcd_snapshot_chunks WHERE snapshot_id = $1")
-            .bind(id_i64(id)?)
-            .execute(&self.pool)
-            .await?;
-        sqlx::query("UPDATE etcd_snapshots SET data_key = $1 WHERE id = $2 AND state = 'taking'")
+        let claimed = {
+            let _lock = self.bookkeeping_lock().await;
+            sqlx::query(
+                "UPDATE etcd_snapshots SET data_key = $1, attempt = $2 WHERE id = $3 \
+                 AND tenant_id = $4 AND node_id = $5 AND state = 'taking'",
+            )
             .bind(sealed)
+            .bind(attempt)
             .bind(id_i64(id)?)
+            .bind(tenant.to_string())
+            .bind(node.to_string())
             .execute(&self.pool)
+            .await?
+            .rows_affected()
+                == 1
+        };
+        if !claimed {
+            let state: Option<String> = sqlx::query_scalar(
+                "SELECT state FROM etcd_snapshots WHERE id = $1 AND tenant_id = $2 \
+                 AND node_id = $3",
+            )
+            .bind(id_i64(id)?)
+            .bind(tenant.to_string())
+            .bind(node.to_string())
+            .fetch_optional(&self.pool)
             .await?;
+            return Err(match state {
+                Some(state) => StoreError::SnapshotRefused(format!(
+                    "snapshot {id} is {state}, not being taken"
+                )),
+                None => StoreError::not_found("snapshot", id),
+            });
+        }
         Ok(SnapshotUpload {
             store: self,
             id,
+            attempt,
             key: aead_key(&data_key),
             pending: Vec::with_capacity(CHUNK_BYTES),
             full: None,
@@ -382,15 +401,17 @@ impl Store {
         id: u64,
     ) -> Result<SnapshotReader> {
         let found = self.snapshot(tenant, key, id).await?;
-        let row = sqlx::query("SELECT data_key, chunks FROM etcd_snapshots WHERE id = $1")
+        let row = sqlx::query("SELECT data_key, chunks, attempt FROM etcd_snapshots WHERE id = $1")
             .bind(id_i64(id)?)
-            .fetch_one(&self.pool)
-            .await?;
-        let (SnapshotState::Done, Some(sha256), Some(sealed), Some(chunks)) = (
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("snapshot", id))?;
+        let (SnapshotState::Done, Some(sha256), Some(sealed), Some(chunks), Some(attempt)) = (
             found.state,
             found.sha256.clone(),
             row.try_get::<Option<String>, _>("data_key")?,
             row.try_get::<Option<i64>, _>("chunks")?,
+            row.try_get::<Option<i64>, _>("attempt")?,
         ) else {
             return Err(StoreError::SnapshotRefused(format!(
                 "snapshot {id} is {}: only a done one can be read",
@@ -409,6 +430,7 @@ impl Store {
             key: aead_key(&data_key),
             sha256,
             chunks: u64::try_from(chunks).map_err(|_| corrupt("snapshot chunks"))?,
+            attempt,
             seq: 0,
             digest: Digest::new(&SHA256),
         })
@@ -454,23 +476,36 @@ impl Store {
     }
 
     /// Deletes each cluster's scheduled snapshots beyond its retention (the oldest first),
-    /// and failed scheduled ones older than the oldest kept. Returns how many went.
+    /// and failed scheduled ones older than the oldest kept, each with its event; and the
+    /// chunks of uploads that broke off or were overtaken. Returns how many snapshots went.
     pub async fn prune_snapshots(&self) -> Result<usize> {
+        {
+            let _lock = self.bookkeeping_lock().await;
+            sqlx::query(
+                "DELETE FROM etcd_snapshot_chunks WHERE NOT EXISTS (SELECT 1 FROM etcd_snapshots s \
+                 WHERE s.id = etcd_snapshot_chunks.snapshot_id \
+                 AND s.attempt = etcd_snapshot_chunks.attempt AND s.state IN ('taking', 'done'))",
+            )
+            .execute(&self.pool)
+            .await?;
+        }
         let clusters = sqlx::query(
-            "SELECT DISTINCT c.id, c.snapshot_retention FROM clusters c \
+            "SELECT DISTINCT c.id, c.tenant_id, c.snapshot_retention FROM clusters c \
              JOIN etcd_snapshots s ON s.cluster_id = c.id AND s.trigger_kind = 'scheduled'",
         )
         .fetch_all(&self.pool)
         .await?;
         let mut pruned = 0;
         for row in clusters {
-            let cluster: String = row.try_get("id")?;
+            let cluster: ClusterId = rows::parse("cluster id", &row.try_get::<String, _>("id")?)?;
+            let tenant: TenantId =
+                rows::parse("tenant id", &row.try_get::<String, _>("tenant_id")?)?;
             let keep: i64 = row.try_get("snapshot_retention")?;
             let kept: Vec<i64> = sqlx::query_scalar(
                 "SELECT id FROM etcd_snapshots WHERE cluster_id = $1 \
                  AND trigger_kind = 'scheduled' AND state = 'done' ORDER BY id DESC LIMIT $2",
             )
-            .bind(&cluster)
+            .bind(cluster.to_string())
             .bind(keep)
             .fetch_all(&self.pool)
             .await?;
@@ -482,16 +517,24 @@ impl Store {
                 "SELECT id FROM etcd_snapshots WHERE cluster_id = $1 \
                  AND trigger_kind = 'scheduled' AND state IN ('done', 'failed') AND id < $2",
             )
-            .bind(&cluster)
+            .bind(cluster.to_string())
             .bind(oldest_kept)
             .fetch_all(&self.pool)
             .await?;
             for id in gone {
-                let _lock = self.bookkeeping_lock().await;
-                sqlx::query("DELETE FROM etcd_snapshots WHERE id = $1")
-                    .bind(id)
-                    .execute(&self.pool)
-                    .await?;
+                let mut w = self.write(tenant).await?;
+                let found = w.cluster(tenant, &Key::Id(cluster)).await?;
+                delete_rows(&mut w, id).await?;
+                w.commit_with_event(
+                    tenant,
+                    &Actor::controller(),
+                    cluster_event(
+                        "cluster.snapshot_deleted",
+                        &found,
+                        json!({ "snapshot": id, "why": "past the cluster's retention" }),
+                    ),
+                )
+                .await?;
                 pruned += 1;
             }
         }
@@ -552,6 +595,7 @@ fn chunk_nonce(seq: u64) -> Nonce {
 pub struct SnapshotUpload<'a> {
     store: &'a Store,
     id: u64,
+    attempt: i64,
     key: LessSafeKey,
     /// Bytes not yet making a whole chunk.
     pending: Vec<u8>,
@@ -597,14 +641,23 @@ impl SnapshotUpload<'_> {
             )
             .map_err(|_| corrupt("snapshot chunk"))?;
         let _lock = self.store.bookkeeping_lock().await;
-        sqlx::query(
-            "INSERT INTO etcd_snapshot_chunks (snapshot_id, seq, data) VALUES ($1, $2, $3)",
+        let stored = sqlx::query(
+            "INSERT INTO etcd_snapshot_chunks (snapshot_id, attempt, seq, data) \
+             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM etcd_snapshots \
+             WHERE id = $1 AND attempt = $2 AND state = 'taking')",
         )
         .bind(id_i64(self.id)?)
+        .bind(self.attempt)
         .bind(i64::try_from(self.seq).map_err(|_| corrupt("snapshot chunk"))?)
         .bind(chunk)
         .execute(&self.store.pool)
         .await?;
+        if stored.rows_affected() == 0 {
+            return Err(StoreError::SnapshotRefused(format!(
+                "snapshot {} is no longer being taken by this upload (it failed, or a newer upload took over)",
+                self.id
+            )));
+        }
         self.seq += 1;
         Ok(())
     }
@@ -640,7 +693,7 @@ impl SnapshotUpload<'_> {
         let mut w = self.store.write(tenant).await?;
         let done = sqlx::query(
             "UPDATE etcd_snapshots SET state = 'done', size = $1, sha256 = $2, revision = $3, \
-             chunks = $4, finished_at = $5 WHERE id = $6 AND state = 'taking'",
+             chunks = $4, finished_at = $5 WHERE id = $6 AND state = 'taking' AND attempt = $7",
         )
         .bind(i64::try_from(self.size).map_err(|_| corrupt("snapshot size"))?)
         .bind(got.clone())
@@ -648,11 +701,12 @@ impl SnapshotUpload<'_> {
         .bind(i64::try_from(self.seq).map_err(|_| corrupt("snapshot chunks"))?)
         .bind(now_ms())
         .bind(id_i64(self.id)?)
+        .bind(self.attempt)
         .execute(&mut *w.tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::SnapshotRefused(format!(
-                "snapshot {} is no longer being taken (it failed or was given up meanwhile)",
+                "snapshot {} is no longer being taken by this upload (it failed, or a newer upload took over)",
                 self.id
             )));
         }
@@ -680,6 +734,7 @@ pub struct SnapshotReader {
     key: LessSafeKey,
     sha256: String,
     chunks: u64,
+    attempt: i64,
     seq: u64,
     digest: Digest,
 }
@@ -701,9 +756,11 @@ impl SnapshotReader {
             return Ok(None);
         }
         let data: Option<Vec<u8>> = sqlx::query_scalar(
-            "SELECT data FROM etcd_snapshot_chunks WHERE snapshot_id = $1 AND seq = $2",
+            "SELECT data FROM etcd_snapshot_chunks WHERE snapshot_id = $1 AND attempt = $2 \
+             AND seq = $3",
         )
         .bind(id_i64(self.snapshot.id)?)
+        .bind(self.attempt)
         .bind(i64::try_from(self.seq).map_err(|_| corrupt("snapshot chunk"))?)
         .fetch_optional(&self.store.pool)
         .await?;

@@ -138,11 +138,22 @@ fn an_etcd_snapshot_is_taken_by_a_master_stored_sealed_and_read_back_with_every_
     );
     assert!(restored.join("member/snap/db").is_file());
 
-    // The bytes at rest are sealed: no run of the big value is in the database file.
-    let database = std::fs::read(controller.database()).expect("the database");
+    // The bytes at rest are sealed: no run of the big values is in the database's files (the
+    // database and its write-ahead log, where recent pages still are).
+    let database = controller.database();
+    let mut files = vec![database.clone()];
+    files.push(database.with_extension("db-wal"));
+    for file in files.iter().filter(|f| f.exists()) {
+        let bytes = std::fs::read(file).expect("the database");
+        assert!(
+            !bytes.windows(4096).any(|w| w.iter().all(|b| *b == b'x')),
+            "plain snapshot bytes in {}",
+            file.display()
+        );
+    }
     assert!(
-        !database.windows(4096).any(|w| w.iter().all(|b| *b == b'x')),
-        "plain snapshot bytes in the database"
+        files.iter().all(|f| f.exists()),
+        "no write-ahead log: {files:?}"
     );
 
     // A schedule: a snapshot is taken on it by itself.

@@ -102,6 +102,8 @@ impl AppState {
         cluster: &Key<ClusterId>,
         change: &UpdateCluster,
     ) -> Result<Cluster, StoreError> {
+        // Nothing is changed when any part is refused: the version is checked as it is made.
+        qb_store::check_snapshot_schedule(change)?;
         let mut updated = None;
         if let Some(version) = &change.kubernetes_version {
             let cluster = self

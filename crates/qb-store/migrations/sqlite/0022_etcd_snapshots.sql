@@ -15,16 +15,23 @@ CREATE TABLE etcd_snapshots (
     revision BIGINT,
     error TEXT,
     data_key TEXT,
+    -- The upload that stores its bytes now (while taking) or stored them (done): chunks of
+    -- any other are leftovers of an upload that broke off or was overtaken.
+    attempt BIGINT,
     chunks BIGINT,
     requested_at BIGINT NOT NULL,
     started_at BIGINT,
     finished_at BIGINT
 );
 CREATE INDEX etcd_snapshots_cluster ON etcd_snapshots (cluster_id, id);
+-- One snapshot of a cluster at a time.
+CREATE UNIQUE INDEX etcd_snapshots_one_at_a_time ON etcd_snapshots (cluster_id)
+    WHERE state IN ('requested', 'taking');
 
 CREATE TABLE etcd_snapshot_chunks (
     snapshot_id BIGINT NOT NULL REFERENCES etcd_snapshots (id) ON DELETE CASCADE,
+    attempt BIGINT NOT NULL,
     seq BIGINT NOT NULL,
     data BLOB NOT NULL,
-    PRIMARY KEY (snapshot_id, seq)
+    PRIMARY KEY (snapshot_id, attempt, seq)
 );

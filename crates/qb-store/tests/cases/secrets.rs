@@ -20,6 +20,7 @@ on_both_backends!(
 const PLAN: &str = "a signed plan with -----BEGIN PRIVATE KEY----- plan-key-material";
 const CHANNEL_SECRET: &str = "webhook-signing-secret-5bd1";
 const CONTROLLER_SECRET: &str = "-----BEGIN PRIVATE KEY----- controller-ca-material";
+const SNAPSHOT: &[u8] = b"an etcd snapshot with every Secret of the cluster";
 
 /// Every kind of secret the store keeps, written through the store; what each reads back as.
 struct Written {
@@ -28,6 +29,7 @@ struct Written {
     node: NodeId,
     pki: ClusterPki,
     certs: NodeCerts,
+    snapshot: u64,
 }
 
 async fn write_every_secret(db: &Store) -> Written {
@@ -81,12 +83,32 @@ async fn write_every_secret(db: &Store) -> Written {
     db.controller_secret("ca", || Ok(CONTROLLER_SECRET.to_owned()))
         .await
         .unwrap();
+    // An etcd snapshot: its data key is sealed like the rest.
+    db.set_cluster_state(t, c.id, qb_api::ClusterState::Ready, None)
+        .await
+        .unwrap();
+    let snapshot = db
+        .request_snapshot(
+            t,
+            &qb_store::Key::Id(c.id),
+            qb_api::SnapshotTrigger::Manual,
+            &actor(),
+        )
+        .await
+        .unwrap();
+    assert!(db.start_snapshot(snapshot.id, &n).await.unwrap());
+    let mut upload = db.snapshot_upload(t, n.id, snapshot.id).await.unwrap();
+    upload.write(SNAPSHOT).await.unwrap();
+    let digest = ring::digest::digest(&ring::digest::SHA256, SNAPSHOT);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    upload.finish(&hex, 1).await.unwrap();
     Written {
         tenant: t,
         cluster: c.id,
         node: n.id,
         pki,
         certs,
+        snapshot: snapshot.id,
     }
 }
 
@@ -108,6 +130,15 @@ async fn read_every_secret(store: &Store, w: &Written) {
         .await
         .unwrap();
     assert_eq!(ca, CONTROLLER_SECRET);
+    let mut reader = store
+        .snapshot_reader(w.tenant, &qb_store::Key::Id(w.cluster), w.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(
+        reader.next_chunk().await.unwrap().as_deref(),
+        Some(SNAPSHOT)
+    );
+    assert_eq!(reader.next_chunk().await.unwrap(), None);
 }
 
 /// What in `dump` gives a secret away.
@@ -129,7 +160,7 @@ async fn a_dump_of_the_database_shows_no_secret(db: TestDb) {
     let status = db.sealed_status().await.unwrap();
     assert_eq!(status.not_sealed, 0);
     // The cluster PKI, node certificates, plan, channel secret and controller secret.
-    assert_eq!(status.by_key.values().sum::<u64>(), 5, "{status:?}");
+    assert_eq!(status.by_key.values().sum::<u64>(), 6, "{status:?}");
     let dump = db.dump();
     assert!(
         dump.contains("qb-sealed-v1:"),
@@ -186,7 +217,7 @@ async fn secrets_stored_plain_are_sealed_and_keys_rotate(db: TestDb) {
         rotated.reseal().await.unwrap(),
         Resealed {
             sealed: 0,
-            rewrapped: 5
+            rewrapped: 6
         }
     );
     let status = rotated.sealed_status().await.unwrap();
@@ -236,6 +267,21 @@ async fn without_the_key_nothing_opens_and_nothing_changes(db: TestDb) {
             ..
         }) => {}
         other => panic!("expected a refusal, got {other:?}"),
+    }
+    match stranger
+        .snapshot_reader(
+            written.tenant,
+            &qb_store::Key::Id(written.cluster),
+            written.snapshot,
+        )
+        .await
+    {
+        Err(StoreError::Sealed {
+            source: SealError::UnknownKey(_),
+            ..
+        }) => {}
+        Err(e) => panic!("expected a refusal, got {e:?}"),
+        Ok(_) => panic!("a snapshot opened without its key"),
     }
     assert_eq!(
         db.sealed_status().await.unwrap(),

@@ -75,15 +75,21 @@ async fn a_snapshot_is_stored_sealed_and_read_back_whole(db: TestDb) {
         Some(StoreError::NotFound { .. })
     ));
     let bytes = content(2 * CHUNK_BYTES + 12345);
-    // A first try that broke off is dropped by the second.
+    // A first try still streaming when a second begins (the agent tried again) cannot
+    // finish; the chunk it stored is left for the prune to clear.
     let mut first = db.snapshot_upload(t, node.id, asked.id).await.unwrap();
     first.write(&bytes[..CHUNK_BYTES + 10]).await.unwrap();
     first
         .write(&bytes[CHUNK_BYTES + 10..2 * CHUNK_BYTES + 1])
         .await
         .unwrap();
-    drop(first);
     let mut upload = db.snapshot_upload(t, node.id, asked.id).await.unwrap();
+    first.write(&bytes[2 * CHUNK_BYTES + 1..]).await.unwrap();
+    let overtaken = first.finish(&sha256(&bytes), 7).await;
+    assert!(
+        matches!(overtaken, Err(StoreError::SnapshotRefused(_))),
+        "{overtaken:?}"
+    );
     // A damaged upload is refused, and nothing is marked done.
     upload.write(&bytes[..100]).await.unwrap();
     let refused = upload.finish(&sha256(&bytes), 7).await;
@@ -108,6 +114,19 @@ async fn a_snapshot_is_stored_sealed_and_read_back_whole(db: TestDb) {
 
     // At rest the chunks hold no plain byte run of the content, and the key is sealed.
     let raw = db.raw().await;
+    // The overtaken try's chunk goes with the prune; the finished upload's three stay.
+    let count = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM etcd_snapshot_chunks WHERE snapshot_id = $1",
+        )
+        .bind(done.id as i64)
+        .fetch_one(&raw)
+        .await
+        .unwrap()
+    };
+    assert_eq!(count().await, 4);
+    db.prune_snapshots().await.unwrap();
+    assert_eq!(count().await, 3);
     let chunks: Vec<Vec<u8>> = sqlx::query_scalar(
         "SELECT data FROM etcd_snapshot_chunks WHERE snapshot_id = $1 ORDER BY seq",
     )
@@ -128,21 +147,47 @@ async fn a_snapshot_is_stored_sealed_and_read_back_whole(db: TestDb) {
         .unwrap();
     assert!(key.starts_with("qb-sealed-v1:"), "{key}");
 
-    // Swapped chunks, or a cut-off end, do not read back.
-    for sql in [
-        "UPDATE etcd_snapshot_chunks SET seq = 9 - seq WHERE snapshot_id = $1 AND seq IN (0, 9)",
-        "DELETE FROM etcd_snapshot_chunks WHERE snapshot_id = $1 AND seq = 2",
-    ] {
-        sqlx::query(sql)
-            .bind(done.id as i64)
-            .execute(&raw)
-            .await
-            .unwrap();
+    // Swapped chunks, or a cut-off end (even with the count made to match), do not read back;
+    // put back as they were, they do.
+    let swap = [
+        "UPDATE etcd_snapshot_chunks SET seq = 100 WHERE snapshot_id = $1 AND seq = 0",
+        "UPDATE etcd_snapshot_chunks SET seq = 0 WHERE snapshot_id = $1 AND seq = 1",
+        "UPDATE etcd_snapshot_chunks SET seq = 1 WHERE snapshot_id = $1 AND seq = 100",
+    ];
+    let cases: [(&[&str], &[&str]); 2] = [
+        (&swap, &swap),
+        (
+            &[
+                "UPDATE etcd_snapshot_chunks SET seq = 100 WHERE snapshot_id = $1 AND seq = 2",
+                "UPDATE etcd_snapshots SET chunks = 2 WHERE id = $1",
+            ],
+            &[
+                "UPDATE etcd_snapshot_chunks SET seq = 2 WHERE snapshot_id = $1 AND seq = 100",
+                "UPDATE etcd_snapshots SET chunks = 3 WHERE id = $1",
+            ],
+        ),
+    ];
+    for (damage, undo) in cases {
+        for sql in damage {
+            sqlx::query(sql)
+                .bind(done.id as i64)
+                .execute(&raw)
+                .await
+                .unwrap();
+        }
         let read = read_all(&db, t, &c, done.id).await;
         assert!(
             matches!(read, Err(StoreError::Corrupt { .. })),
-            "{sql}: {read:?}"
+            "{damage:?}: {read:?}"
         );
+        for sql in undo {
+            sqlx::query(sql)
+                .bind(done.id as i64)
+                .execute(&raw)
+                .await
+                .unwrap();
+        }
+        assert_eq!(read_all(&db, t, &c, done.id).await.unwrap(), bytes);
     }
 
     let events = actions(&events_with_action(&db, t, "cluster.snapshot").await)
