@@ -189,20 +189,13 @@ fn taker(nodes: &[EngineNode], online: impl Fn(NodeId) -> bool) -> Result<&Engin
             continue;
         }
         let protocol = n.node.agent.as_ref().and_then(|a| a.protocol).unwrap_or(1);
-        let etcd_healthy = n.node.plan.as_ref().is_some_and(|p| {
-            p.report.as_ref().is_some_and(|r| {
-                r.services
-                    .iter()
-                    .any(|s| s.name == "etcd" && s.running && s.healthy)
-            })
-        });
         let cannot = if !online(n.node.id) {
             "its agent is offline".to_owned()
         } else if protocol < SNAPSHOT_PROTOCOL {
             format!(
                 "its agent speaks protocol {protocol}, and snapshots take {SNAPSHOT_PROTOCOL}: upgrade it"
             )
-        } else if !etcd_healthy {
+        } else if !n.reports_healthy("etcd") {
             "its etcd is not running healthy".to_owned()
         } else {
             return Ok(n);

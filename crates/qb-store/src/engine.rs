@@ -56,6 +56,17 @@ pub struct EngineNode {
 }
 
 impl EngineNode {
+    /// Its agent last reported `service` of its plan running and healthy.
+    pub fn reports_healthy(&self, service: &str) -> bool {
+        self.node.plan.as_ref().is_some_and(|p| {
+            p.report.as_ref().is_some_and(|r| {
+                r.services
+                    .iter()
+                    .any(|s| s.name == service && s.running && s.healthy)
+            })
+        })
+    }
+
     /// Its newest plan is a wipe (of the cluster it leaves, or left): no plan of a cluster.
     pub fn wipe_published(&self) -> bool {
         self.plan_hash.as_deref() == Some(WIPE_PLAN_HASH)

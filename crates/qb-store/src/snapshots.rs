@@ -345,7 +345,7 @@ impl Store {
             "etcd_snapshots",
             "data_key",
             &id.to_string(),
-            &hex(&data_key),
+            &hex::encode(data_key),
         );
         let claimed = {
             let _lock = self.bookkeeping_lock().await;
@@ -423,7 +423,7 @@ impl Store {
             ("etcd_snapshots", "data_key", &id.to_string()),
             &sealed,
         )?;
-        let data_key = unhex(&data_key).ok_or_else(|| corrupt("snapshot key"))?;
+        let data_key = hex::decode(&data_key).map_err(|_| corrupt("snapshot key"))?;
         Ok(SnapshotReader {
             store: self.clone(),
             snapshot: found,
@@ -559,22 +559,6 @@ fn corrupt(what: &'static str) -> StoreError {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    text.len()
-        .is_multiple_of(2)
-        .then(|| {
-            (0..text.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-                .collect()
-        })
-        .flatten()
-}
-
 /// What a chunk is bound to: its snapshot, its place, and whether it is the last.
 fn chunk_aad(id: u64, seq: u64, last: bool) -> Vec<u8> {
     format!(
@@ -665,7 +649,7 @@ impl SnapshotUpload<'_> {
     /// Stores the rest and marks the snapshot done, once the bytes are those the agent says
     /// it sent (`sha256`, hex). `revision` is etcd's when it began.
     pub async fn finish(mut self, sha256: &str, revision: u64) -> Result<Snapshot> {
-        let got = hex(self.digest.clone().finish().as_ref());
+        let got = hex::encode(self.digest.clone().finish());
         if !got.eq_ignore_ascii_case(sha256) {
             return Err(StoreError::Invalid(InvalidValue(format!(
                 "the snapshot's bytes have SHA-256 {got}, not {sha256} as its sender says: it was damaged on the way"
@@ -747,7 +731,7 @@ impl SnapshotReader {
             if self.seq == u64::MAX {
                 return Ok(None);
             }
-            let got = hex(self.digest.clone().finish().as_ref());
+            let got = hex::encode(self.digest.clone().finish());
             if got != self.sha256 {
                 return Err(corrupt("snapshot bytes"));
             }

@@ -40,14 +40,7 @@ async fn set_engine(
 
 /// Whether a node's etcd is up and healthy, as its agent reports.
 fn etcd_healthy(engine: &Engine, n: &EngineNode) -> bool {
-    engine.agents.online(n.node.id)
-        && n.node.plan.as_ref().is_some_and(|p| {
-            p.report.as_ref().is_some_and(|r| {
-                r.services
-                    .iter()
-                    .any(|s| s.name == "etcd" && s.running && s.healthy)
-            })
-        })
+    engine.agents.online(n.node.id) && n.reports_healthy("etcd")
 }
 
 /// What a membership step did.

@@ -659,15 +659,7 @@ impl Engine {
                 let spoken = n.node.agent.as_ref().and_then(|a| a.protocol);
                 spoken.unwrap_or(1) >= protocol
             })
-            .find(|n| {
-                n.node.plan.as_ref().is_some_and(|p| {
-                    p.report.as_ref().is_some_and(|r| {
-                        r.services
-                            .iter()
-                            .any(|s| s.name == "kube-apiserver" && s.running && s.healthy)
-                    })
-                })
-            })
+            .find(|n| n.reports_healthy("kube-apiserver"))
             .map(|n| n.node.id)
     }
 
